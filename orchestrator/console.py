@@ -1,0 +1,51 @@
+"""Terminal output: results on stdout, diagnostics on stderr, never wrapped mid-line (CI logs stay grep-able)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+
+from trainer.problems import Problem
+
+out = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def problem_line(problem: Problem) -> Text:
+    """`file:line:col: error[code] loc: message → hint` as one line."""
+    where = ":".join(str(part) for part in (problem.file, problem.line, problem.column) if part is not None)
+    style = "bold red" if problem.is_error else "bold yellow"
+    line = Text()
+    if where:
+        line.append(where + ": ", style="bold")
+    line.append(f"{problem.severity}[{problem.code}]", style=style)
+    if problem.loc:
+        line.append(f" {problem.dotted_loc}", style="cyan")
+    line.append(f": {problem.message}")
+    if problem.hint:
+        line.append(f" → {problem.hint}", style="dim")
+    return line
+
+
+def print_error(message: str, hint: str = "") -> None:
+    line = Text()
+    line.append("error: ", style="bold red")
+    line.append(message)
+    err.print(line)
+    if hint:
+        err.print(Text("hint: " + hint, style="dim"))

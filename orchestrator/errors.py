@@ -1,0 +1,32 @@
+"""Errors that end a command: each carries its exit code; the CLI maps them to a message in one place."""
+
+from __future__ import annotations
+
+from orchestrator.exit_codes import ExitCode
+
+
+class DistillctlError(Exception):
+    """A failure the user can act on: `message` says what happened, `hint` what to change."""
+
+    exit_code: ExitCode = ExitCode.FAILED
+
+    def __init__(self, message: str, hint: str = "", *, exit_code: ExitCode | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class UsageError(DistillctlError):
+    exit_code = ExitCode.USAGE
+
+
+class InvalidSpecError(DistillctlError):
+    """A spec or sweep has errors; `problems` holds them, already located."""
+
+    exit_code = ExitCode.INVALID_SPEC
+
+    def __init__(self, message: str, problems=(), hint: str = ""):
+        super().__init__(message, hint)
+        self.problems = tuple(problems)

@@ -1,0 +1,310 @@
+"""The distillation spec: one frozen pydantic model that the orchestrator validates and the trainer runs.
+
+Importing this module must not import JAX: the CLI validates specs on laptops without it.
+
+Types, ranges and unknown keys are checked here; rules that relate several fields (vocab match, feature-loss
+prerequisites, layer indices against depths, ...) live in `trainer.checks`, because a pydantic model validator
+does not run while any field is invalid and cannot report every problem at once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from trainer import layer_presets
+from trainer.registry import MODELS, ModelShape
+from trainer.schedules import ScheduleKind, schedule_value
+
+Dtype = Literal["float32", "bfloat16"]
+FeatureLossType = Literal["cosine", "l2"]
+DataSource = Literal["synthetic", "text", "tokens", "hf", "tfds", "grain"]
+BUNDLED_DATA_SOURCES = ("synthetic", "text", "tokens")
+BATCH_SHAPE_KEYS = ("per_device_batch_size", "max_target_length", "gradient_accumulation_steps")
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+class _Block(BaseModel):
+    # strict: `alpha: true` or `steps: "100"` is a mistake, not something to coerce.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# --- scheduled loss weights -------------------------------------------------------------------------------
+
+
+def _in_unit_interval(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise PydanticCustomError("alpha_out_of_range", "α must be in [0, 1], got {value}", {"value": value})
+    return value
+
+
+def _positive_temperature(value: float) -> float:
+    if not value > 0.0:
+        raise PydanticCustomError("temperature_out_of_range", "temperature must be > 0, got {value}", {"value": value})
+    return value
+
+
+def _non_negative_beta(value: float) -> float:
+    if not value >= 0.0:
+        raise PydanticCustomError("beta_out_of_range", "β must be >= 0, got {value}", {"value": value})
+    return value
+
+
+class ScheduledValue(_Block):
+    """A loss weight that moves from `start` to `end` over training; a bare number means a constant."""
+
+    start: float
+    end: float | None = None
+    schedule: ScheduleKind = "constant"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _number_is_constant(cls, data: Any) -> Any:
+        if isinstance(data, bool) or isinstance(data, str):
+            raise PydanticCustomError(
+                "wrong_type",
+                "expected a number or a mapping with start, end and schedule, got {value!r}",
+                {"value": data},
+            )
+        if isinstance(data, (int, float)):
+            return {"start": data}
+        return data
+
+    @property
+    def effective_end(self) -> float:
+        """Where the schedule ends; a constant (or a schedule with no end) stays at `start`."""
+        return self.start if self.schedule == "constant" or self.end is None else self.end
+
+    def at(self, step, max_steps: int):
+        """The value at optimizer step `step` (a number, or a JAX array inside a jitted step)."""
+        return schedule_value(self.schedule, self.start, self.effective_end, step, max_steps)
+
+
+class AlphaSchedule(ScheduledValue):
+    start: Annotated[float, AfterValidator(_in_unit_interval)] = 0.5
+    end: Annotated[float, AfterValidator(_in_unit_interval)] | None = None
+
+
+class TemperatureSchedule(ScheduledValue):
+    start: Annotated[float, AfterValidator(_positive_temperature)] = 1.0
+    end: Annotated[float, AfterValidator(_positive_temperature)] | None = None
+
+
+class BetaSchedule(ScheduledValue):
+    start: Annotated[float, AfterValidator(_non_negative_beta)] = 0.0
+    end: Annotated[float, AfterValidator(_non_negative_beta)] | None = None
+
+
+class LossSpec(_Block):
+    """`total = α·T²·KL(teacher_T ‖ student_T) + (1 − α)·CE + β·feature_loss`."""
+
+    alpha: AlphaSchedule = AlphaSchedule()
+    temperature: TemperatureSchedule = TemperatureSchedule()
+    beta: BetaSchedule = BetaSchedule()
+    feature_loss_type: FeatureLossType = "cosine"
+    # A list of layer indices, a preset (`full_depth:8`, ...), or None: every layer (both stacks equally deep).
+    layer_indices: list[int] | str | None = None
+
+    @field_validator("layer_indices")
+    @classmethod
+    def _preset_parses(cls, value: list[int] | str | None) -> list[int] | str | None:
+        if isinstance(value, str):
+            try:
+                layer_presets.parse_preset(value)
+            except layer_presets.PresetError as e:
+                raise PydanticCustomError("bad_layer_preset", "{reason}", {"reason": str(e)}) from None
+        return value
+
+    @property
+    def feature_loss_on(self) -> bool:
+        """Whether features are extracted at all: a β that starts at 0 disables the `sow` (the guide's rule)."""
+        return self.beta.start > 0.0 or (self.beta.end or 0.0) > 0.0
+
+
+# --- models -----------------------------------------------------------------------------------------------
+
+
+def _known_model(name: str) -> str:
+    if name not in MODELS:
+        from difflib import get_close_matches
+
+        close = get_close_matches(name, MODELS, n=3, cutoff=0.5)
+        raise PydanticCustomError(
+            "unknown_model",
+            "unknown model {name!r}{suggestion}",
+            {"name": name, "suggestion": f"; did you mean {', '.join(close)}?" if close else ""},
+        )
+    return name
+
+
+class ModelSpec(_Block):
+    """One side of the pair: a registry model plus overrides of its shape."""
+
+    model: Annotated[str, AfterValidator(_known_model)]
+    num_layers: PositiveInt | None = None
+    emb_dim: PositiveInt | None = None
+    num_query_heads: PositiveInt | None = None
+    num_kv_heads: PositiveInt | None = None
+    head_dim: PositiveInt | None = None
+    mlp_dim: PositiveInt | None = None
+    vocab_size: PositiveInt | None = None
+    load_parameters_path: str | None = None
+    scan_layers: bool = True
+    enable_nnx: bool = True
+    weight_dtype: Dtype = "float32"
+    dtype: Dtype = "float32"
+    # Student only: start from random weights, or from the teacher's with `drop_layers` removed (pruning).
+    init: Literal["random", "teacher"] = "random"
+    drop_layers: list[NonNegativeInt] = []
+
+    def shape(self) -> ModelShape:
+        """The registry shape with this block's overrides applied."""
+        return MODELS[self.model].with_overrides(
+            num_layers=self.num_layers,
+            emb_dim=self.emb_dim,
+            num_query_heads=self.num_query_heads,
+            num_kv_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            mlp_dim=self.mlp_dim,
+            vocab_size=self.vocab_size,
+        )
+
+
+# --- data, batch, optimisation, outputs -------------------------------------------------------------------
+
+
+class DataSpec(_Block):
+    """Where tokens come from. The bundled trainer reads `synthetic`, `text` and `tokens`."""
+
+    source: DataSource = "synthetic"
+    path: str | None = None  # text: file, directory or fsspec URL; tokens: a .npy / raw uint16|int32 file
+    tokenizer: str = "byte"  # `byte`, or a path to a `tokenizer.json`
+    seed: int = 0
+
+
+class BatchSpec(_Block):
+    """The one batch shape both models see (MaxText rejects it inside *_overrides for the same reason)."""
+
+    per_device_batch_size: Annotated[float, Field(gt=0)] = 1.0
+    max_target_length: PositiveInt = 128
+    gradient_accumulation_steps: PositiveInt = 1
+
+
+class OptimizerSpec(_Block):
+    """AdamW with linear warm-up, then cosine decay to `final_lr_fraction` of the peak; global-norm clipping."""
+
+    learning_rate: Annotated[float, Field(gt=0)] = 3e-4
+    warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    final_lr_fraction: Annotated[float, Field(ge=0, le=1)] = 0.1
+    b1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    b2: Annotated[float, Field(ge=0, lt=1)] = 0.95
+    eps: Annotated[float, Field(gt=0)] = 1e-8
+    weight_decay: Annotated[float, Field(ge=0)] = 0.1
+    grad_clip_norm: Annotated[float, Field(gt=0)] | None = 1.0
+
+
+class CheckpointSpec(_Block):
+    enabled: bool = True
+    every_steps: PositiveInt | None = None  # None: only at the end (and on SIGTERM)
+    keep: PositiveInt = 3
+
+
+class LoggingSpec(_Block):
+    every_steps: PositiveInt = 10
+    tensorboard: bool = True
+
+
+class MeshSpec(_Block):
+    """Device mesh axis sizes; -1 takes the devices the other axes leave."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+    @field_validator("data", "fsdp", "tensor")
+    @classmethod
+    def _axis_size(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise PydanticCustomError("bad_mesh_axis", "a mesh axis is -1 (fill) or >= 1, got {value}", {"value": value})
+        return value
+
+
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _run_name(value: str) -> str:
+    if not _RUN_NAME.match(value) or len(value) > 128:
+        raise PydanticCustomError(
+            "bad_run_name",
+            "run name {value!r} must start with a letter or digit and use only letters, digits, '.', '_', '-'",
+            {"value": value},
+        )
+    return value
+
+
+class DistillSpec(_Block):
+    """A whole distillation (or teacher pre-training) run."""
+
+    name: Annotated[str, AfterValidator(_run_name)] = "distill"
+    mode: Literal["distill", "pretrain"] = "distill"
+    student: ModelSpec
+    teacher: ModelSpec | None = None
+    loss: LossSpec = LossSpec()
+    data: DataSpec = DataSpec()
+    batch: BatchSpec = BatchSpec()
+    steps: PositiveInt = 1000
+    optimizer: OptimizerSpec = OptimizerSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    logging: LoggingSpec = LoggingSpec()
+    mesh: MeshSpec = MeshSpec()
+    offline_data_dir: str | None = None
+    output_dir: str = "runs"
+    seed: int = 0
+
+    @property
+    def is_online_distillation(self) -> bool:
+        return self.mode == "distill" and not self.offline_data_dir
+
+    def layer_indices(self) -> list[int] | None:
+        """Resolved feature-loss layer indices (presets against the student's depth); None when β is off."""
+        if not (self.mode == "distill" and self.loss.feature_loss_on):
+            return None
+        depth = self.student.shape().num_layers
+        indices = self.loss.layer_indices
+        if indices is None:
+            return list(range(depth))
+        if isinstance(indices, str):
+            return layer_presets.resolve_preset(indices, depth, tuple(self.student.drop_layers))
+        return list(indices)
+
+    def resolved(self) -> DistillSpec:
+        """The canonical form: registry shapes written out, presets resolved. Two specs that mean the same run
+        resolve to equal values (run identities hash this)."""
+
+        def explicit(model: ModelSpec | None) -> ModelSpec | None:
+            if model is None:
+                return None
+            s = model.shape()
+            dims = dict(
+                num_layers=s.num_layers, emb_dim=s.emb_dim, num_query_heads=s.num_query_heads,
+                num_kv_heads=s.num_kv_heads, head_dim=s.head_dim, mlp_dim=s.mlp_dim, vocab_size=s.vocab_size,
+            )  # fmt: skip
+            return model.model_copy(update=dims)
+
+        loss = self.loss.model_copy(update={"layer_indices": self.layer_indices()})
+        return self.model_copy(update={"student": explicit(self.student), "teacher": explicit(self.teacher), "loss": loss})
+
+    def tokens_per_step(self, num_devices: int) -> int:
+        """Tokens in one optimizer step across all devices (padding included)."""
+        b = self.batch
+        return math.floor(b.per_device_batch_size * num_devices) * b.max_target_length * b.gradient_accumulation_steps
+
+
+def field_names(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)

@@ -1,0 +1,166 @@
+"""Read a MaxText `distillation.yml` (flat `distill_*` keys, `student_overrides`, `teacher_overrides`) into the
+native spec layout, remembering which file key each native key came from.
+
+As in MaxText, top-level model keys (`scan_layers`, `vocab_size`, ...) configure both models and
+`*_overrides` win per side. MaxText's base config has hundreds of keys the bundled trainer does not use: those
+are kept out of the spec with a warning, while likely typos of keys we do use are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from difflib import get_close_matches
+from typing import Any
+
+from trainer.problems import Loc, Problem
+
+# MaxText key -> native location.
+TOP_LEVEL: dict[str, Loc] = {
+    "run_name": ("name",),
+    "steps": ("steps",),
+    "offline_data_dir": ("offline_data_dir",),
+    "base_output_directory": ("output_dir",),
+    "init_weights_seed": ("seed",),
+    "distill_feature_loss_type": ("loss", "feature_loss_type"),
+    "distill_layer_indices": ("loss", "layer_indices"),
+    "per_device_batch_size": ("batch", "per_device_batch_size"),
+    "max_target_length": ("batch", "max_target_length"),
+    "gradient_accumulation_steps": ("batch", "gradient_accumulation_steps"),
+    "learning_rate": ("optimizer", "learning_rate"),
+    "warmup_steps_fraction": ("optimizer", "warmup_fraction"),
+    "learning_rate_final_fraction": ("optimizer", "final_lr_fraction"),
+    "adam_b1": ("optimizer", "b1"),
+    "adam_b2": ("optimizer", "b2"),
+    "adam_eps": ("optimizer", "eps"),
+    "adam_weight_decay": ("optimizer", "weight_decay"),
+    "gradient_clipping_threshold": ("optimizer", "grad_clip_norm"),
+    "enable_checkpointing": ("checkpoint", "enabled"),
+    "checkpoint_period": ("checkpoint", "every_steps"),
+    "max_num_checkpoints_to_keep": ("checkpoint", "keep"),
+    "log_period": ("logging", "every_steps"),
+    "dataset_type": ("data", "source"),
+    "tokenizer_path": ("data", "tokenizer"),
+    "data_shuffle_seed": ("data", "seed"),
+    "ici_data_parallelism": ("mesh", "data"),
+    "ici_fsdp_parallelism": ("mesh", "fsdp"),
+    "ici_tensor_parallelism": ("mesh", "tensor"),
+}
+for _name in ("alpha", "temperature", "beta"):
+    TOP_LEVEL[f"distill_{_name}"] = ("loss", _name, "start")
+    TOP_LEVEL[f"distill_{_name}_end"] = ("loss", _name, "end")
+    TOP_LEVEL[f"distill_{_name}_schedule"] = ("loss", _name, "schedule")
+
+DATA_PATH_KEYS = ("dataset_path", "hf_path", "grain_train_files")
+
+# MaxText model key -> native ModelSpec field; valid at the top level (both models) and in *_overrides.
+MODEL_KEYS: dict[str, str] = {
+    "model_name": "model",
+    "base_emb_dim": "emb_dim",
+    "base_num_query_heads": "num_query_heads",
+    "base_num_kv_heads": "num_kv_heads",
+    "base_mlp_dim": "mlp_dim",
+    "base_num_decoder_layers": "num_layers",
+    "head_dim": "head_dim",
+    "vocab_size": "vocab_size",
+    "load_parameters_path": "load_parameters_path",
+    "scan_layers": "scan_layers",
+    "enable_nnx": "enable_nnx",
+    "weight_dtype": "weight_dtype",
+    "dtype": "dtype",
+}
+BATCH_KEYS = ("per_device_batch_size", "max_target_length", "gradient_accumulation_steps")
+OVERRIDE_BLOCKS = {"student_overrides": "student", "teacher_overrides": "teacher"}
+
+# Keys MaxText users set whose behaviour the bundled trainer already has; accepted without a word.
+ACCEPTED = {
+    "base_config", "override_model_config", "save_checkpoint_on_completion", "packing", "tokenizer_type",
+    "learning_rate_schedule_steps", "skip_jax_distributed_system", "async_checkpointing", "opt_type",
+}  # fmt: skip
+KNOWN_KEYS = set(TOP_LEVEL) | set(DATA_PATH_KEYS) | set(MODEL_KEYS) | set(OVERRIDE_BLOCKS) | ACCEPTED
+
+
+def looks_like_maxtext(data: dict) -> bool:
+    return any(
+        isinstance(key, str) and (key.startswith("distill_") or key in OVERRIDE_BLOCKS or key == "base_config")
+        for key in data
+    )
+
+
+@dataclasses.dataclass
+class Translation:
+    data: dict[str, Any]
+    file_locs: dict[Loc, Loc]  # native loc -> the file's loc
+    problems: list[Problem]  # with file locs
+
+    def to_file_loc(self, loc: Loc) -> Loc:
+        for end in range(len(loc), 0, -1):
+            if (found := self.file_locs.get(tuple(loc[:end]))) is not None:
+                return found + tuple(loc[end:])
+        return loc
+
+
+def _none(value: Any) -> Any:
+    return None if value == "None" else value  # MaxText's YAML writes None for null
+
+
+def _set(data: dict, loc: Loc, value: Any) -> None:
+    for key in loc[:-1]:
+        data = data.setdefault(key, {})
+    data[loc[-1]] = value
+
+
+def from_maxtext(flat: dict[str, Any]) -> Translation:
+    out = Translation({"mode": "distill"}, {}, [])
+    shared_model: dict[str, tuple[Any, Loc]] = {}
+    for key, value in flat.items():
+        value = _none(value)
+        if key in TOP_LEVEL:
+            _set(out.data, TOP_LEVEL[key], value)
+            out.file_locs[TOP_LEVEL[key]] = (key,)
+        elif key in DATA_PATH_KEYS:
+            if value not in (None, ""):
+                _set(out.data, ("data", "path"), value)
+                out.file_locs[("data", "path")] = (key,)
+        elif key in MODEL_KEYS:
+            shared_model[MODEL_KEYS[key]] = (value, (key,))
+        elif key in OVERRIDE_BLOCKS:
+            continue
+        elif key not in ACCEPTED:
+            out.problems.append(_unknown((key,), key, KNOWN_KEYS))
+    for block, side in OVERRIDE_BLOCKS.items():
+        overrides = _none(flat.get(block)) or {}
+        out.file_locs[(side,)] = (block,)
+        if not isinstance(overrides, dict):
+            out.problems.append(Problem((block,), "wrong_type", f"{block} must be a mapping of MaxText model keys",
+                                        "write it as `key: value` lines under the block"))  # fmt: skip
+            overrides = {}
+        model: dict[str, Any] = {}
+        for field, (value, loc) in shared_model.items():
+            model[field] = value
+            out.file_locs[(side, field)] = loc
+        for key, value in overrides.items():
+            value = _none(value)
+            if key in MODEL_KEYS:
+                model[MODEL_KEYS[key]] = value
+                out.file_locs[(side, MODEL_KEYS[key])] = (block, key)
+            elif key in BATCH_KEYS:
+                model[key] = value  # reported by the batch-shape rule, with both values
+                out.file_locs[(side, key)] = (block, key)
+            elif key not in ACCEPTED:
+                out.problems.append(_unknown((block, key), key, set(MODEL_KEYS) | set(BATCH_KEYS)))
+        out.data[side] = model
+    return out
+
+
+def _unknown(loc: Loc, key: str, known: set[str]) -> Problem:
+    close = get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+    if close or key.startswith("distill_"):
+        return Problem(
+            loc, "unknown_key", f"unknown key {key!r}",
+            f"did you mean {close[0]!r}?" if close else "this distill_* key is not one distillctl knows; see the guide's "
+            "configuration surface",
+        )  # fmt: skip
+    return Problem(
+        loc, "maxtext_key_ignored", f"MaxText key {key!r} is not used by distillctl's trainer and is ignored",
+        "remove it if it was meant for something else", severity="warning",
+    )  # fmt: skip

@@ -1,0 +1,312 @@
+"""Load a spec from a file, text or data and report every problem with the file's keys, line and column.
+
+The pipeline: YAML with positions -> (MaxText layout -> native layout) -> batch-shape rule -> pydantic (types,
+ranges, unknown keys) -> cross-field checks -> locations mapped back to the file. When pydantic rejects some
+fields, the offending keys are set aside and the rest is validated again so that the cross-field rules still
+report what they can: a user sees every problem in one pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import typing
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from trainer import checks, maxtext_format
+from trainer.config import BATCH_SHAPE_KEYS, BatchSpec, DistillSpec
+from trainer.problems import Loc, Problem, format_loc, has_errors
+from trainer.yaml_source import YamlDocument, YamlSourceError, parse_yaml, read_text_file
+
+_REPAIR_ROUNDS = 8
+
+HINTS = {
+    "alpha_out_of_range": "α weights the teacher's soft loss against the labels' hard loss: 0 is pure SFT, 1 pure "
+    "teacher mimicry",
+    "temperature_out_of_range": "use a temperature > 0: 1 is the raw softmax, 2 the guide's recommended start",
+    "beta_out_of_range": "β scales the feature loss: 0 disables it; 0.1-2.0 is typical for cosine, 0.01-0.1 for l2",
+    "unknown_model": "`distillctl models` lists the models distillctl knows",
+    "bad_layer_preset": "use a list such as [3, 7, 11] or a preset: first:N, full_depth:N, top_heavy:N, "
+    "straddle:[pruned layers]",
+    "bad_run_name": "use letters, digits, '.', '_' and '-'",
+    "bad_mesh_axis": "use -1 for the axis that takes the remaining devices, or a size >= 1",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecReport:
+    """The outcome of loading one spec: the spec when there is no error, and every problem found."""
+
+    file: str | None
+    spec: DistillSpec | None
+    problems: tuple[Problem, ...]
+    format: str | None = None  # "native" or "maxtext"
+
+    @property
+    def ok(self) -> bool:
+        return self.spec is not None and not has_errors(list(self.problems))
+
+
+def read_spec_file(path: str | Path) -> SpecReport:
+    file = str(path)
+    try:
+        document = parse_yaml(read_text_file(path))
+    except YamlSourceError as e:
+        return SpecReport(file, None, (_source_problem(e, file),))
+    return validate_document(document, file=file)
+
+
+def read_spec_text(text: str, *, file: str | None = None) -> SpecReport:
+    try:
+        document = parse_yaml(text)
+    except YamlSourceError as e:
+        return SpecReport(file, None, (_source_problem(e, file),))
+    return validate_document(document, file=file)
+
+
+def _source_problem(e: YamlSourceError, file: str | None) -> Problem:
+    p = e.position
+    return Problem((), e.code, e.message, e.hint, file=file, line=p.line if p else None, column=p.column if p else None)
+
+
+def validate_document(document: YamlDocument, *, file: str | None = None) -> SpecReport:
+    data = document.data
+    if not isinstance(data, dict):
+        kind = type(data).__name__ if data is not None else "null"
+        problem = Problem((), "not_a_mapping", f"the top level of a spec must be a mapping of keys, not a {kind}",
+                          "start with `student:`, `teacher:` and `loss:` blocks", file=file, line=1, column=1)  # fmt: skip
+        return SpecReport(file, None, (problem,))
+    problems = [
+        Problem(loc, "duplicate_key", f"key {loc[-1]!r} appears twice; the later value would silently win",
+                "keep one of them")  # fmt: skip
+        for loc, _ in document.duplicate_keys
+    ]
+    if maxtext_format.looks_like_maxtext(data):
+        translation = maxtext_format.from_maxtext(data)
+        spec, found = validate_data(translation.data, batch_keys_home="the top level of the file")
+        problems += translation.problems + [_in_file_terms(p, translation) for p in found]
+        fmt = "maxtext"
+    else:
+        spec, found = validate_data(data)
+        problems += found
+        fmt = "native"
+    located = [_locate(p, document, file) for p in problems]
+    located.sort(key=lambda p: (p.line or 0, p.column or 0, p.code))
+    return SpecReport(file, spec if not has_errors(located) else None, tuple(located), fmt)
+
+
+_NATIVE_PATH = re.compile(r"\b(?:student|teacher|loss|batch|optimizer|checkpoint|logging|mesh|data)(?:\.[a-z_]+)+")
+
+
+def _in_file_terms(problem: Problem, translation: maxtext_format.Translation) -> Problem:
+    """Say `teacher_overrides.load_parameters_path`, not `teacher.load_parameters_path`, to a MaxText user."""
+
+    def rename(match: re.Match) -> str:
+        return format_loc(translation.to_file_loc(tuple(match.group(0).split("."))))
+
+    return dataclasses.replace(
+        problem,
+        loc=translation.to_file_loc(problem.loc),
+        message=_NATIVE_PATH.sub(rename, problem.message),
+        hint=_NATIVE_PATH.sub(rename, problem.hint),
+    )
+
+
+def _locate(problem: Problem, document: YamlDocument, file: str | None) -> Problem:
+    position = document.position_of(problem.loc)
+    return dataclasses.replace(
+        problem, file=file, line=position.line if position else None, column=position.column if position else None
+    )
+
+
+def validate_data(data: dict[str, Any], *, batch_keys_home: str = "`batch:`") -> tuple[DistillSpec | None, list[Problem]]:
+    """Validate native-layout data; returns the spec (None on any error) and problems with native locs."""
+    data = copy.deepcopy(data)
+    problems = _batch_shape_in_models(data, batch_keys_home)
+    spec, type_problems = _validate_with_repairs(data)
+    problems += type_problems
+    if spec is not None:
+        bad_locs = [p.loc for p in type_problems]
+        problems += [p for p in checks.check(spec) if not any(_related(p.loc, bad) for bad in bad_locs)]
+    return (spec if not has_errors(problems) else None), problems
+
+
+def _related(a: Loc, b: Loc) -> bool:
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
+
+
+def _batch_shape_in_models(data: dict[str, Any], home: str) -> list[Problem]:
+    """Rule: the batch shape is shared by both models, so it cannot be set per model."""
+    problems = []
+    batch = data.get("batch") if isinstance(data.get("batch"), dict) else {}
+    for side, other in (("student", "teacher"), ("teacher", "student")):
+        block = data.get(side)
+        if not isinstance(block, dict):
+            continue
+        for key in BATCH_SHAPE_KEYS:
+            if key not in block:
+                continue
+            mine = block[key]
+            other_block = data.get(other) if isinstance(data.get(other), dict) else {}
+            theirs = other_block.get(key, batch.get(key, getattr(BatchSpec(), key)))
+            problems.append(Problem(
+                (side, key), "batch_shape_in_override",
+                f"{key} is set for the {side} alone: {side} {mine}, {other} {theirs}; both models must see the "
+                "same batch",
+                f"set {key} once, at {home}, and remove it from the {side}'s block",
+            ))  # fmt: skip
+        for key in BATCH_SHAPE_KEYS:
+            block.pop(key, None)
+    return problems
+
+
+def _validate_with_repairs(data: dict[str, Any]) -> tuple[DistillSpec | None, list[Problem]]:
+    problems: list[Problem] = []
+    for _ in range(_REPAIR_ROUNDS):
+        try:
+            return DistillSpec.model_validate(data), problems
+        except ValidationError as e:
+            found = _from_pydantic(e, data)
+        new = [p for p in found if p not in problems]
+        if not new:
+            break
+        problems += new
+        if not _set_aside(data, [p.loc for p in new]):
+            break
+    return None, problems
+
+
+def _set_aside(data: dict[str, Any], locs: list[Loc]) -> bool:
+    """Remove the top-most existing key of each loc from `data` so the rest can be validated."""
+    removed = False
+    for loc in locs:
+        node: Any = data
+        for depth, part in enumerate(loc):
+            if isinstance(node, dict) and part in node:
+                if depth == len(loc) - 1 or not isinstance(node[part], (dict, list)):
+                    del node[part]
+                    removed = True
+                    break
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                parent_loc = loc[:depth]
+                removed |= _set_aside(data, [parent_loc]) if parent_loc else False
+                break
+            else:
+                break
+    return removed
+
+
+def _real_loc(data: Any, loc: tuple) -> Loc:
+    """Drop pydantic's union-member tags (`'list[int]'`, `'str'`) from a loc, keeping the keys the data has."""
+    real: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            real.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            real.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and not _is_tag(part):
+            real.append(part)  # a missing or unknown key
+            node = None
+    return tuple(real)
+
+
+def _is_tag(part: str) -> bool:
+    return any(ch in part for ch in "[]()-") or part in {"str", "int", "float", "bool", "none", "list", "dict"}
+
+
+def _from_pydantic(error: ValidationError, data: dict[str, Any]) -> list[Problem]:
+    by_loc: dict[Loc, list[dict]] = {}
+    for err in error.errors(include_url=False):
+        by_loc.setdefault(_real_loc(data, err["loc"]), []).append(err)
+    # A union reports one error per member; where one member got deeper (a bad list item), keep that one.
+    locs = [loc for loc in by_loc if not any(other != loc and other[: len(loc)] == loc for other in by_loc)]
+    return [_problem(loc, by_loc[loc]) for loc in locs]
+
+
+def _problem(loc: Loc, errors: list[dict]) -> Problem:
+    err = errors[0]
+    kind, key = err["type"], (loc[-1] if loc else "")
+    where = format_loc(loc) or "the spec"
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        return Problem(loc, "unknown_key", f"unknown key {key!r} in {format_loc(loc[:-1]) or 'the spec'}",
+                       _did_you_mean(loc))  # fmt: skip
+    if kind == "missing":
+        return Problem(loc, "missing_key", f"{where} is required", f"add `{key}:`")
+    if kind in HINTS or kind in ("wrong_type",):
+        return Problem(loc, kind, err["msg"], HINTS.get(kind, ""))
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return Problem(loc, "bad_value", f"{key} must be {expected}; got {value!r}", f"use one of {expected}")
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"):
+        return Problem(loc, "out_of_range", f"{key} {_must(err['msg'])}, got {value!r}", "")
+    expected = " or ".join(dict.fromkeys(_must(e["msg"]).removeprefix("must be ") for e in errors))
+    return Problem(loc, "wrong_type", f"expected {expected}, got {_describe(value)}", _type_hint(value))
+
+
+def _must(msg: str) -> str:
+    return msg.replace("Input should be", "must be").replace("Input should", "must")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return f"a {'mapping' if isinstance(value, dict) else 'list'}"
+    return f"{type(value).__name__} {value!r}" if value is not None else "null"
+
+
+def _type_hint(value: Any) -> str:
+    if value == "None":
+        return "write null (YAML's empty value), not None"
+    if isinstance(value, str):
+        try:
+            float(value)
+            return "remove the quotes around the number"
+        except ValueError:
+            pass
+    return ""
+
+
+_MAXTEXT_NAMES = {**{v: k for k, v in maxtext_format.MODEL_KEYS.items()},
+                  **{loc[-1]: k for k, loc in maxtext_format.TOP_LEVEL.items()}}  # fmt: skip
+_FROM_MAXTEXT = {maxtext: native for native, maxtext in _MAXTEXT_NAMES.items()}
+
+
+def _did_you_mean(loc: Loc) -> str:
+    known = _keys_at(loc[:-1])
+    key = str(loc[-1])
+    if key in _FROM_MAXTEXT and _FROM_MAXTEXT[key] in known:
+        return f"did you mean {_FROM_MAXTEXT[key]!r}? (MaxText's {key} is {_FROM_MAXTEXT[key]} here)"
+    if key in BATCH_SHAPE_KEYS and "batch" in _keys_at(()):
+        return f"{key} belongs under `batch:`"
+    close = get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return f"valid keys here: {', '.join(known)}" if known else ""
+
+
+def _keys_at(loc: Loc) -> list[str]:
+    model: type[BaseModel] | None = DistillSpec
+    for part in loc:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return []
+        model = _model_in(model.model_fields[part].annotation)
+    return list(model.model_fields) if model else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if found := _model_in(arg):
+            return found
+    return None

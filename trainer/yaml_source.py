@@ -1,0 +1,187 @@
+"""Parse YAML while remembering the line and column of every key and list item.
+
+Scalars resolve as in YAML 1.1 (PyYAML's safe loader, which is what MaxText configs are written for), with one
+YAML 1.2 addition: exponent floats without a dot (`1e-6`, the guide's β ramp value) are floats, not strings.
+Anything that would make parsing blow up (huge files, alias bombs, deep nesting) is an error, not a crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer.problems import Loc
+
+MAX_BYTES = 4 * 1024 * 1024
+MAX_NODES = 200_000
+MAX_DEPTH = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Position:
+    line: int  # 1-based
+    column: int  # 1-based
+
+
+class YamlSourceError(Exception):
+    """The text is not a YAML document we can read; `code` is stable, `position` may be None."""
+
+    def __init__(self, code: str, message: str, hint: str = "", position: Position | None = None):
+        super().__init__(message)
+        self.code, self.message, self.hint, self.position = code, message, hint, position
+
+
+@dataclasses.dataclass(frozen=True)
+class YamlDocument:
+    data: Any
+    positions: dict[Loc, Position]
+    duplicate_keys: tuple[tuple[Loc, Position], ...] = ()
+
+    def position_of(self, loc: Loc) -> Position | None:
+        """The position of `loc`, or of its nearest ancestor that the file has (a missing key points at its
+        parent)."""
+        for end in range(len(loc), -1, -1):
+            if (position := self.positions.get(tuple(loc[:end]))) is not None:
+                return position
+        return None
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def read_text_file(path: str | Path) -> str:
+    """A UTF-8 text file's contents; raises YamlSourceError for a missing, unreadable, huge or binary file."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise YamlSourceError("not_a_file", f"{path} is a directory, not a file", "pass the path of a YAML file")
+        size = p.stat().st_size
+        if size > MAX_BYTES:
+            raise YamlSourceError(
+                "file_too_large",
+                f"the file is {size / (1024 * 1024):.0f} MiB, over the {MAX_BYTES // (1024 * 1024)} MiB limit",
+                "a spec or sweep file is a few kilobytes; check that this is the file you meant",
+            )
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise YamlSourceError("file_not_found", f"no such file: {path}", "check the path") from None
+    except PermissionError:
+        raise YamlSourceError("unreadable", f"permission denied reading {path}", "check the file's permissions") from None
+    except OSError as e:
+        raise YamlSourceError("unreadable", f"cannot read {path}: {e.strerror or e}", "check the path") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise YamlSourceError(
+            "not_utf8", f"the file is not UTF-8 text (bad byte at offset {e.start})", "save the file as UTF-8 YAML"
+        ) from None
+
+
+def _position(mark) -> Position:
+    return Position(mark.line + 1, mark.column + 1)
+
+
+def parse_yaml(text: str) -> YamlDocument:
+    """Parse one YAML document; raises YamlSourceError (syntax, size, several documents, too complex)."""
+    if len(text.encode("utf-8", errors="replace")) > MAX_BYTES:
+        raise YamlSourceError(
+            "file_too_large",
+            f"the file is larger than {MAX_BYTES // (1024 * 1024)} MiB",
+            "a spec or sweep file is a few kilobytes; check that this is the file you meant",
+        )
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        message = " ".join(str(part) for part in (e.context, e.problem) if part)
+        if "expected a single document" in message:
+            raise YamlSourceError(
+                "multiple_documents",
+                "the file holds more than one YAML document",
+                "keep one document per file (remove the extra `---`)",
+                _position(mark) if mark else None,
+            ) from None
+        raise YamlSourceError(
+            "yaml_syntax", f"YAML syntax error: {message}", "fix the YAML at this position", _position(mark) if mark else None
+        ) from None
+    except yaml.YAMLError as e:
+        raise YamlSourceError("yaml_syntax", f"YAML syntax error: {e}", "fix the YAML syntax") from None
+    except RecursionError:
+        raise YamlSourceError("yaml_too_deep", "the YAML is nested too deeply", f"keep nesting under {MAX_DEPTH} levels") from None
+    finally:
+        loader.dispose()
+    if root is None:
+        raise YamlSourceError("empty_file", "the file is empty", "write a spec: at least a `student:` block")
+    builder = _Builder(loader)
+    try:
+        data = builder.build(root, ())
+    except RecursionError:
+        raise YamlSourceError("yaml_too_deep", "the YAML is nested too deeply", f"keep nesting under {MAX_DEPTH} levels") from None
+    return YamlDocument(data, builder.positions, tuple(builder.duplicates))
+
+
+class _Builder:
+    """Turns a composed node tree into Python values and a loc -> position map."""
+
+    def __init__(self, loader: yaml.SafeLoader):
+        self.loader = loader
+        self.positions: dict[Loc, Position] = {}
+        self.duplicates: list[tuple[Loc, Position]] = []
+        self.nodes = 0
+
+    def build(self, node: yaml.Node, loc: Loc) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise YamlSourceError(
+                "yaml_too_complex",
+                f"the YAML expands to more than {MAX_NODES} values (aliases repeated too often?)",
+                "write the values out instead of nesting aliases",
+            )
+        if len(loc) > MAX_DEPTH:
+            raise YamlSourceError("yaml_too_deep", "the YAML is nested too deeply", f"keep nesting under {MAX_DEPTH} levels")
+        self.positions.setdefault(loc, _position(node.start_mark))
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, loc)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, loc + (i,)) for i, item in enumerate(node.value)]
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, OverflowError) as e:
+            raise YamlSourceError(
+                "yaml_bad_value", f"unreadable value {node.value!r}: {e}", "quote the value or fix it", _position(node.start_mark)
+            ) from None
+
+    def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict:
+        try:
+            self.loader.flatten_mapping(node)  # `<<` merge keys
+        except yaml.YAMLError as e:
+            raise YamlSourceError("yaml_syntax", f"YAML merge error: {e}", "fix the `<<` merge", _position(node.start_mark)) from None
+        result: dict = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise YamlSourceError(
+                    "bad_key", "a mapping key must be a plain word, not a list or mapping", "", _position(key_node.start_mark)
+                )
+            key = self.loader.construct_object(key_node)
+            if not isinstance(key, str):
+                key = key_node.value  # `on:`, `1:`: keep the key as written, not as YAML 1.1 reads it
+            position = _position(key_node.start_mark)
+            if key in result:
+                self.duplicates.append((loc + (key,), position))
+            self.positions[loc + (key,)] = position
+            result[key] = self.build(value_node, loc + (key,))
+        return result
