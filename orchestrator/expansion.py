@@ -1,0 +1,361 @@
+"""Sweep -> points: the grid, expanded deterministically, every point a validated spec with a stable identity.
+
+Order: the cartesian product of the factors in file order — each `axes` entry, then each `zip` group, then
+`seeds` — with the last factor varying fastest; points matching an `exclude` entry are dropped; then each
+`baseline` entry (once per seed). With no axes the grid is the base spec alone. Indices number the final
+list from 0.
+
+For each point the spec data is: the base spec, then `overrides`, then the point's axis values, then
+`${prerequisites.<name>.output}` placeholders filled with the prerequisite's output path. That data is
+validated with the spec model and its cross-field checks; the run id hashes the resolved spec and the target
+(`identity.run_id`), and the point's spec is given `name = run id` and `output_dir = target.output_base`, so
+the trainer writes to `<output_base>/<run id>/`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import math
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from orchestrator import identity, spec_paths, tpu
+from orchestrator.sweep_file import PLACEHOLDER, SpecSource, Sweep, SweepSource, same_value
+from trainer.config import DistillSpec
+from trainer.problems import Loc, Problem, has_errors
+from trainer.specfile import validate_data
+
+DEFAULT_MAX_POINTS = 64  # larger grids need an explicit yes (`--yes`)
+HARD_MAX_GRID = 100_000  # never enumerated, whatever the caller allows
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One run of a sweep. `axis_values` are as the user wrote them (dotted or MaxText names; `seed` when the
+    sweep has `seeds:`). `spec` is validated, with `name` = `run_id` and `output_dir` = the target's output base.
+    `depends_on` maps prerequisite names to their run ids. `prerequisite` is set on prerequisite runs."""
+
+    sweep: str
+    index: int
+    axis_values: Mapping[str, Any]
+    spec: DistillSpec
+    run_id: str
+    spec_hash: str
+    jobset_name: str
+    output_path: str
+    is_baseline: bool
+    seed: int
+    depends_on: Mapping[str, str] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    prerequisite: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How messages name the point: `point 3 (loss.alpha.end=0.5, seed=1)`."""
+        if self.prerequisite is not None:
+            return f"prerequisite {self.prerequisite!r}"
+        return _label(self.index, self.axis_values, self.is_baseline)
+
+
+@dataclasses.dataclass(frozen=True)
+class Expansion:
+    """The outcome of expanding a sweep: points (empty on any error), prerequisite runs, and every problem."""
+
+    sweep: Sweep | None
+    points: tuple[Point, ...]
+    prerequisites: tuple[Point, ...]
+    problems: tuple[Problem, ...]
+    grid_size: int = 0  # points in the product, before exclusion
+    excluded: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not has_errors(list(self.problems))
+
+    @property
+    def runs(self) -> tuple[Point, ...]:
+        """Prerequisites first, then points: the order a launcher starts them in."""
+        return self.prerequisites + self.points
+
+
+class GridTooLarge(ValueError):
+    def __init__(self, count: int, limit: int):
+        self.count, self.limit = count, limit
+        super().__init__(f"the sweep expands to {count} points, over the limit of {limit}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Draft:
+    """A point before validation: where each value came from, for messages."""
+
+    index: int
+    assignments: tuple[tuple[Loc, str, Any], ...]  # (file loc of the value, path as written, value)
+    is_baseline: bool
+    seed: int | None
+
+    @property
+    def axis_values(self) -> dict[str, Any]:
+        return {text: value for _, text, value in self.assignments}
+
+
+def _label(index: int, axis_values: Mapping[str, Any], is_baseline: bool) -> str:
+    values = ", ".join(f"{k}={_short(v)}" for k, v in axis_values.items())
+    kind = "baseline point" if is_baseline else "point"
+    return f"{kind} {index}" + (f" ({values})" if values else " (the base spec)")
+
+
+def _short(value: Any) -> str:
+    return identity.canonical_json(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def count_points(sweep: Sweep) -> int:
+    """Points before exclusion: the product of factor sizes plus baselines, each times the seeds."""
+    sizes = [len(v) for v in sweep.axes.values()] + [len(next(iter(g.values()), [])) for g in sweep.zip]
+    seeds = max(len(sweep.seeds), 1)
+    return math.prod(sizes) * seeds + len(sweep.baseline) * seeds
+
+
+def expand(source: SweepSource, *, max_points: int | None = DEFAULT_MAX_POINTS) -> Expansion:
+    """Expand a loaded sweep. Pure. Raises GridTooLarge when there are more than `max_points` points (None:
+    no limit below HARD_MAX_GRID); every other problem is returned, located in the sweep or spec file."""
+    sweep = source.sweep
+    if not source.ok or sweep is None or source.base is None:
+        return Expansion(sweep, (), (), source.problems)
+    upper = count_points(sweep)
+    if upper > HARD_MAX_GRID:
+        raise GridTooLarge(upper, HARD_MAX_GRID if max_points is None else min(max_points, HARD_MAX_GRID))
+    grid = _grid(sweep)
+    kept, unused = _exclude(sweep, grid)
+    drafts = kept + _baselines(sweep, start=len(kept))
+    drafts = [dataclasses.replace(d, index=i) for i, d in enumerate(drafts)]
+    if max_points is not None and len(drafts) > max_points:
+        raise GridTooLarge(len(drafts), max_points)
+
+    problems: list[Problem] = list(source.problems) + unused
+    prerequisites, found = _prerequisites(sweep, source)
+    problems += found
+    if has_errors(found):
+        return Expansion(sweep, (), prerequisites, tuple(problems), len(grid), len(grid) - len(kept))
+    outputs = {p.prerequisite: p for p in prerequisites}
+    points: list[Point] = []
+    grouped: dict[tuple, list[str]] = {}
+    for draft in drafts:
+        point, found = _point(sweep, source, draft, outputs)
+        for p in found:
+            grouped.setdefault((p.loc, p.file, p.line, p.column, p.code, p.message, p.hint, p.severity), []).append(
+                _label(draft.index, draft.axis_values, draft.is_baseline)
+            )
+        if point is not None:
+            points.append(point)
+    problems += [_named(key, labels, len(drafts)) for key, labels in grouped.items()]
+    problems += _duplicates(source, prerequisites + tuple(points), drafts)
+    problems += _names(source, prerequisites + tuple(points))
+    ok = not has_errors(problems)
+    return Expansion(
+        sweep, tuple(points) if ok else (), prerequisites, tuple(problems), len(grid), len(grid) - len(kept)
+    )
+
+
+def _named(key: tuple, labels: list[str], total: int) -> Problem:
+    loc, file, line, column, code, message, hint, severity = key
+    if total > 1 and len(labels) == total:
+        where = "every point"
+    elif len(labels) > 1:
+        where = f"{labels[0]} and {len(labels) - 1} more point(s)"
+    else:
+        where = labels[0]
+    return Problem(loc, code, f"{where}: {message}", hint, severity, file, line, column)
+
+
+# --- the grid ---------------------------------------------------------------------------------------------
+
+
+def _factors(sweep: Sweep) -> list[list[tuple[tuple[Loc, str, Any], ...]]]:
+    """Each factor is a list of alternatives; an alternative is the assignments it makes."""
+    factors = [[((("axes", text, i), text, v),) for i, v in enumerate(values)] for text, values in sweep.axes.items()]
+    for g, group in enumerate(sweep.zip):
+        n = len(next(iter(group.values()), []))
+        factors.append([tuple((("zip", g, text, i), text, values[i]) for text, values in group.items()) for i in range(n)])
+    if sweep.seeds:
+        factors.append([((("seeds", i), "seed", s),) for i, s in enumerate(sweep.seeds)])
+    return factors
+
+
+def _grid(sweep: Sweep) -> list[_Draft]:
+    out = []
+    for combo in itertools.product(*_factors(sweep)):
+        assignments = tuple(a for alternative in combo for a in alternative)
+        seed = next((v for _, text, v in assignments if text == "seed" and sweep.seeds), None)
+        out.append(_Draft(len(out), assignments, False, seed))
+    return out
+
+
+def _exclude(sweep: Sweep, grid: list[_Draft]) -> tuple[list[_Draft], list[Problem]]:
+    used = [False] * len(sweep.exclude)
+    kept = []
+    for draft in grid:
+        values = draft.axis_values
+        hits = [i for i, entry in enumerate(sweep.exclude)
+                if entry and all(k in values and same_value(values[k], v) for k, v in entry.items())]  # fmt: skip
+        for i in hits:
+            used[i] = True
+        if not hits:
+            kept.append(draft)
+    unused = [
+        Problem(("exclude", i), "exclude_unused", "this exclude entry matches no point of the grid",
+                "check its values against the axes", severity="warning")  # fmt: skip
+        for i, hit in enumerate(used) if not hit and sweep.exclude[i]
+    ]
+    return kept, unused
+
+
+def _baselines(sweep: Sweep, start: int) -> list[_Draft]:
+    seeds = [((("seeds", i), "seed", s),) for i, s in enumerate(sweep.seeds)] or [()]
+    out = []
+    for b, entry in enumerate(sweep.baseline):
+        for seed in seeds:
+            assignments = tuple((("baseline", b, text), text, value) for text, value in entry.items()) + seed
+            out.append(_Draft(start + len(out), assignments, True, seed[0][2] if seed else None))
+    return out
+
+
+# --- points -----------------------------------------------------------------------------------------------
+
+
+def _fill(value: Any, outputs: Mapping[str, Point]) -> Any:
+    if isinstance(value, str):
+        return PLACEHOLDER.sub(lambda m: outputs[m.group(1)].output_path, value)
+    if isinstance(value, dict):
+        return {k: _fill(v, outputs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, outputs) for v in value]
+    return value
+
+
+def _referenced(value: Any) -> set[str]:
+    if isinstance(value, str):
+        return set(PLACEHOLDER.findall(value))
+    if isinstance(value, dict):
+        return set().union(*(_referenced(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_referenced(v) for v in value)) if value else set()
+    return set()
+
+
+def _build(
+    sweep: Sweep, base: SpecSource, overrides: Mapping[str, Any], assignments: tuple[tuple[Loc, str, Any], ...],
+    override_loc: Loc, outputs: Mapping[str, Point],
+) -> tuple[DistillSpec | None, dict[str, str], list[Problem]]:
+    """Validate one run's spec data; problems are located where the offending value is written."""
+    data = base.copy_data()
+    origins: list[tuple[Loc, Loc]] = []  # (native loc, file loc)
+    for text, value in overrides.items():
+        native = spec_paths.resolve(text)
+        spec_paths.set_value(data, native, copy.deepcopy(value))
+        origins.append((native, override_loc + (text,)))
+    for file_loc, text, value in assignments:
+        native = spec_paths.resolve(text)
+        spec_paths.set_value(data, native, copy.deepcopy(value))
+        origins.append((native, file_loc))
+    depends_on = {name: outputs[name].run_id for name in sorted(_referenced(data)) if name in outputs}
+    data = _fill(data, outputs)
+    spec, found = validate_data(data)
+    located = []
+    for p in found:
+        origin = next((file_loc for native, file_loc in reversed(origins) if p.loc[: len(native)] == native), None)
+        located.append(_locate_in_sweep(p, origin) if origin is not None else base.locate(p))
+    return spec, depends_on, located
+
+
+def _locate_in_sweep(problem: Problem, loc: Loc) -> Problem:
+    return dataclasses.replace(problem, loc=loc, file=None)  # the sweep file's position is added by the caller
+
+
+def _finish(
+    sweep: Sweep, spec: DistillSpec, *, index: int, axis_values: Mapping[str, Any], is_baseline: bool,
+    depends_on: Mapping[str, str], prerequisite: str | None,
+) -> Point:
+    target = sweep.target
+    run = identity.run_id(spec, target)
+    final = spec.model_copy(update={"name": run, "output_dir": target.output_base})
+    return Point(
+        sweep=sweep.name, index=index, axis_values=MappingProxyType(dict(axis_values)), spec=final, run_id=run,
+        spec_hash=identity.spec_hash(final), jobset_name=identity.jobset_name(sweep.name, run),
+        output_path=identity.output_path(target.output_base, run), is_baseline=is_baseline, seed=final.seed,
+        depends_on=MappingProxyType(dict(depends_on)), prerequisite=prerequisite,
+    )  # fmt: skip
+
+
+def _prerequisites(sweep: Sweep, source: SweepSource) -> tuple[tuple[Point, ...], list[Problem]]:
+    out, problems = [], []
+    for i, (name, prerequisite) in enumerate(sweep.prerequisites.items()):
+        base = source.prerequisites.get(name)
+        if base is None:
+            continue  # its spec could not be read; reported by the loader
+        spec, _, found = _build(sweep, base, prerequisite.overrides, (), ("prerequisites", name, "overrides"), {})
+        problems += [_in_file(source, dataclasses.replace(p, message=f"prerequisite {name!r}: {p.message}")) for p in found]
+        if spec is not None:
+            out.append(_finish(sweep, spec, index=i, axis_values={}, is_baseline=False, depends_on={}, prerequisite=name))
+    return tuple(out), problems
+
+
+def _in_file(source: SweepSource, problem: Problem) -> Problem:
+    return problem if problem.file is not None else source.locate(problem)
+
+
+def _point(
+    sweep: Sweep, source: SweepSource, draft: _Draft, outputs: Mapping[str, Point]
+) -> tuple[Point | None, list[Problem]]:
+    assert source.base is not None
+    spec, depends_on, found = _build(sweep, source.base, sweep.overrides, draft.assignments, ("overrides",), outputs)
+    found = [_in_file(source, p) for p in found]
+    if spec is None:
+        return None, found
+    point = _finish(sweep, spec, index=draft.index, axis_values=draft.axis_values, is_baseline=draft.is_baseline,
+                    depends_on=depends_on, prerequisite=None)  # fmt: skip
+    return point, found
+
+
+def _first_loc(draft: _Draft | None) -> Loc:
+    if draft is None or not draft.assignments:
+        return ("spec",)
+    return draft.assignments[0][0]
+
+
+def _duplicates(source: SweepSource, runs: tuple[Point, ...], drafts: list[_Draft]) -> list[Problem]:
+    seen: dict[str, Point] = {}
+    out = []
+    by_index = {d.index: d for d in drafts}
+    for run in runs:
+        if run.run_id in seen:
+            first = seen[run.run_id]
+            loc = ("prerequisites", run.prerequisite) if run.prerequisite else _first_loc(by_index.get(run.index))
+            out.append(source.locate(Problem(
+                loc, "duplicate_point",
+                f"{run.label} and {first.label} resolve to the same spec (run id {run.run_id})",
+                "remove one of them: values that mean the same run (a layer preset and the list it resolves to) or a "
+                "baseline equal to a grid point resolve alike",
+            )))  # fmt: skip
+        else:
+            seen[run.run_id] = run
+    return out
+
+
+def _names(source: SweepSource, runs: tuple[Point, ...]) -> list[Problem]:
+    sweep = source.sweep
+    assert sweep is not None
+    target = sweep.target
+    if not target.on_cluster or target.tpu_type is None:
+        return []
+    shape = tpu.lookup(target.tpu_type)
+    seen: set[tuple] = set()
+    out = []
+    for run in runs:
+        for p in identity.name_problems(run.jobset_name, slices=target.slices, vms_per_slice=shape.vms_per_slice,
+                                        kind=target.kind):  # fmt: skip
+            key = (p.code, len(run.jobset_name))
+            if key not in seen:
+                seen.add(key)
+                out.append(source.locate(p))
+    return out

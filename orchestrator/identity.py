@@ -1,0 +1,123 @@
+"""Run identities and Kubernetes names.
+
+A run id is a short hash of what determines a run's result: the canonical resolved spec (without `name` and
+`output_dir`, which are derived from the id) and the target fields that change the run (TPU type, slices,
+image, the environment the trainer sees). It is not derived from grid indices, so the same point in two sweep
+files gets the same id, and editing any value that matters gives a new one. Namespace, queue, priority, TTL,
+restart policy and the output base are not part of it: they change where and when a run happens, not what
+it computes.
+
+Names are checked against every limit that applies before anything is rendered:
+- the JobSet name is a DNS-1035 label (lower-case alphanumerics and '-', starting with a letter, <= 63);
+- the JobSet webhook derives `<jobset>-<replicatedJob>-<jobIndex>` (Job names) and, for Indexed Jobs,
+  `<jobset>-<replicatedJob>-<jobIndex>-<podIndex>-<5 random chars>` (pod names): both must be DNS-1035 labels;
+- the JobSet name is also a label value (`jobset.sigs.k8s.io/jobset-name`), <= 63;
+- XPK's `--workload` names are at most 40 characters (`xpk.parser.validators.name_type`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from typing import Any
+
+from orchestrator.sweep_file import Target
+from trainer.config import DistillSpec
+from trainer.problems import Loc, Problem
+
+IDENTITY_SCHEME = "distillctl.run/v1"  # bump when the payload changes, so old and new ids never collide
+RUN_ID_LENGTH = 10  # base32 characters: 50 bits
+SPEC_HASH_LENGTH = 32  # hex characters: fits a label value (<= 63)
+
+DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+DNS_LABEL_MAX = 63
+LABEL_VALUE_MAX = 63
+XPK_WORKLOAD_NAME_MAX = 40
+POD_SUFFIX = "-abcde"  # the 5 random characters Kubernetes appends to a Job's pod names, with their dash
+REPLICATED_JOB = "slice-job"
+
+
+def canonical_json(value: Any) -> str:
+    """One text per value: sorted keys, no spaces, no NaN."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def target_identity(target: Target) -> dict[str, Any]:
+    """The target fields that change what a run computes. A local run has no TPU, slices or image."""
+    on_cluster = target.on_cluster
+    return {
+        "tpu_type": target.tpu_type if on_cluster else None,
+        "slices": target.slices if on_cluster else None,
+        "image": target.image if on_cluster else None,
+        "env": dict(sorted(target.env.items())),
+        "secret_env": {name: {"secret": ref.secret, "key": ref.key} for name, ref in sorted(target.secret_env.items())},
+    }
+
+
+def identity_payload(spec: DistillSpec, target: Target) -> dict[str, Any]:
+    resolved = spec.resolved().model_dump(mode="json")
+    for derived in ("name", "output_dir"):
+        resolved.pop(derived)
+    return {"scheme": IDENTITY_SCHEME, "spec": resolved, "run": target_identity(target)}
+
+
+def run_id(spec: DistillSpec, target: Target) -> str:
+    """`RUN_ID_LENGTH` lower-case base32 characters (a-z, 2-7) of the payload's sha256: DNS-safe."""
+    digest = hashlib.sha256(canonical_json(identity_payload(spec, target)).encode()).digest()
+    return base64.b32encode(digest).decode().lower()[:RUN_ID_LENGTH]
+
+
+def spec_hash(spec: DistillSpec) -> str:
+    """Hex sha256 prefix of the exact resolved spec handed to the trainer (name and output_dir included)."""
+    return hashlib.sha256(canonical_json(spec.resolved().model_dump(mode="json")).encode()).hexdigest()[:SPEC_HASH_LENGTH]
+
+
+def jobset_name(sweep: str, run: str) -> str:
+    return f"{sweep}-{run}"
+
+
+def output_path(output_base: str, run: str) -> str:
+    """Where a run writes: `<output_base>/<run id>` (the trainer's `<output_dir>/<name>`)."""
+    return f"{output_base.rstrip('/')}/{run}" if output_base.rstrip("/") else run
+
+
+def longest_job_name(name: str, slices: int) -> str:
+    return f"{name}-{REPLICATED_JOB}-{slices - 1}"
+
+
+def longest_pod_name(name: str, slices: int, vms_per_slice: int) -> str:
+    return f"{longest_job_name(name, slices)}-{vms_per_slice - 1}{POD_SUFFIX}"
+
+
+def name_budget(*, slices: int, vms_per_slice: int, kind: str) -> int:
+    """The longest JobSet name that passes every check for this shape of run."""
+    overhead = len(longest_pod_name("", slices, vms_per_slice))
+    budget = min(DNS_LABEL_MAX - overhead, LABEL_VALUE_MAX)
+    return min(budget, XPK_WORKLOAD_NAME_MAX) if kind == "xpk" else budget
+
+
+def name_problems(name: str, *, slices: int, vms_per_slice: int, kind: str, loc: Loc = ("name",)) -> list[Problem]:
+    """Every naming rule `name` breaks as a JobSet for this target (empty when it is fine)."""
+    out = []
+    hint = (f"shorten the sweep name: JobSet names here may be at most "
+            f"{name_budget(slices=slices, vms_per_slice=vms_per_slice, kind=kind)} characters")  # fmt: skip
+    if not DNS_1035_LABEL.match(name):
+        out.append(Problem(loc, "name_not_dns_1035", f"JobSet name {name!r} is not a DNS-1035 label",
+                           "use lower-case letters, digits and '-', starting with a letter"))  # fmt: skip
+    if len(name) > LABEL_VALUE_MAX:
+        out.append(Problem(loc, "name_too_long", f"JobSet name {name!r} has {len(name)} characters; names and label "
+                           f"values are limited to {LABEL_VALUE_MAX}", hint))  # fmt: skip
+    job = longest_job_name(name, slices)
+    if len(job) > DNS_LABEL_MAX:
+        out.append(Problem(loc, "job_name_too_long", f"the JobSet controller would name a Job {job!r} "
+                           f"({len(job)} characters, over {DNS_LABEL_MAX})", hint))  # fmt: skip
+    pod = longest_pod_name(name, slices, vms_per_slice)
+    if len(pod) > DNS_LABEL_MAX:
+        out.append(Problem(loc, "pod_name_too_long", f"pods of {name!r} would be named like {pod!r} ({len(pod)} "
+                           f"characters, over {DNS_LABEL_MAX}); the JobSet webhook rejects it", hint))  # fmt: skip
+    if kind == "xpk" and len(name) > XPK_WORKLOAD_NAME_MAX:
+        out.append(Problem(loc, "xpk_name_too_long", f"XPK workload name {name!r} has {len(name)} characters; "
+                           f"`xpk workload create` accepts at most {XPK_WORKLOAD_NAME_MAX}", hint))  # fmt: skip
+    return out

@@ -1,0 +1,115 @@
+"""Dotted paths into a distillation spec, as sweep files write them: `loss.alpha.end`, or MaxText's flat names
+(`distill_alpha_end`, `student_overrides.base_num_decoder_layers`), which mean the same field.
+
+A path names a field of `trainer.config.DistillSpec` (any depth, a whole block included); list items are not
+addressable. Setting a path on spec data creates the mappings on the way, and turns a bare-number schedule
+(`alpha: 0.9`) into its mapping form (`alpha: {start: 0.9}`) when a path goes inside it.
+"""
+
+from __future__ import annotations
+
+import typing
+from difflib import get_close_matches
+from functools import cache
+from typing import Any
+
+from pydantic import BaseModel
+
+from trainer import maxtext_format
+from trainer.config import DistillSpec, ScheduledValue
+from trainer.problems import Loc
+
+# Fields a sweep derives for every run: the run id names the run, the target's output base holds it.
+DERIVED = {("name",): "the run id", ("output_dir",): "target.output_base"}
+
+
+class UnknownPath(ValueError):
+    def __init__(self, text: str, suggestions: list[str]):
+        self.text, self.suggestions = text, suggestions
+        super().__init__(f"unknown spec path {text!r}")
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if found := _model_in(arg):
+            return found
+    return None
+
+
+@cache
+def native_paths() -> dict[str, Loc]:
+    """Every dotted path of the spec model -> its loc."""
+    out: dict[str, Loc] = {}
+
+    def walk(model: type[BaseModel], prefix: Loc) -> None:
+        for field, info in model.model_fields.items():
+            loc = prefix + (field,)
+            out[".".join(loc)] = loc
+            if inner := _model_in(info.annotation):
+                walk(inner, loc)
+
+    walk(DistillSpec, ())
+    return out
+
+
+@cache
+def maxtext_paths() -> dict[str, Loc]:
+    """MaxText flat names accepted as paths -> native loc."""
+    out: dict[str, Loc] = dict(maxtext_format.TOP_LEVEL)
+    for key in maxtext_format.DATA_PATH_KEYS:
+        out[key] = ("data", "path")
+    for block, side in maxtext_format.OVERRIDE_BLOCKS.items():
+        for key, field in maxtext_format.MODEL_KEYS.items():
+            out[f"{block}.{key}"] = (side, field)
+    return out
+
+
+def resolve(text: str) -> Loc:
+    """The native loc of a dotted or MaxText path; raises UnknownPath with close matches."""
+    if not isinstance(text, str):
+        raise UnknownPath(str(text), [])
+    if text in native_paths():
+        return native_paths()[text]
+    if text in maxtext_paths():
+        return maxtext_paths()[text]
+    return _unknown(text)
+
+
+def _unknown(text: str) -> typing.NoReturn:
+    known = list(native_paths()) + list(maxtext_paths())
+    close = get_close_matches(text, known, n=3, cutoff=0.6)
+    if not close:  # `alpha.end` for `loss.alpha.end`: match on the last parts
+        tail = text.split(".")[-2:]
+        close = [p for p in native_paths() if p.split(".")[-len(tail):] == tail][:3]
+    raise UnknownPath(text, close)
+
+
+def dotted(loc: Loc) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = DistillSpec
+    for part in loc:
+        if model is None or part not in model.model_fields:
+            return None
+        model = _model_in(model.model_fields[part].annotation)
+    return model
+
+
+def set_value(data: dict[str, Any], loc: Loc, value: Any) -> None:
+    """Set `loc` in native spec data (mutates `data`; callers pass their own copy)."""
+    node = data
+    for depth, key in enumerate(loc[:-1]):
+        child = node.get(key)
+        if not isinstance(child, dict):
+            model = _model_at(loc[: depth + 1])
+            if model is not None and issubclass(model, ScheduledValue) and isinstance(child, (int, float)):
+                child = {"start": child}  # `alpha: 0.9` is `alpha: {start: 0.9}`
+            else:
+                child = {}
+            node[key] = child
+        node = child
+    node[loc[-1]] = value

@@ -1,0 +1,540 @@
+"""The sweep file: a base spec, the axes to vary, and where the runs go. Loaded with the file's positions.
+
+```yaml
+name: alpha-end                 # DNS-1035 label; JobSets are named <name>-<run id>
+spec: llama3.1-8b-pruning-recovery.yaml   # a path (relative to this file), or an inline spec mapping
+overrides: {steps: 5000}        # dotted paths set on the base spec before the grid
+prerequisites:                  # named runs that points depend on (launched first)
+  teacher: {spec: tiny-teacher.yaml, overrides: {}}
+axes:                           # cartesian product, in file order; MaxText flat names accepted
+  loss.alpha.end: [0.3, 0.5, 0.7]
+zip:                            # groups of paths that move together (each group is one more factor)
+  - {loss.temperature.start: [1.0, 2.0], loss.temperature.end: [1.0, 1.0]}
+exclude:                        # drop grid points matching every path of an entry
+  - {loss.alpha.end: 0.7, loss.temperature.start: 1.0}
+seeds: [0, 1]                   # each point once per seed (sets the spec's `seed`)
+baseline:                       # extra points, always included, each a mapping of paths
+  - {loss.alpha.start: 0.0, loss.beta.start: 0.0}
+target: {kind: kubernetes, tpu_type: v5p-128, slices: 2, image: ..., output_base: gs://bucket/runs}
+```
+
+String values anywhere in the spec data may hold `${prerequisites.<name>.output}`: the output path of that
+prerequisite run (`<output_base>/<run id>`), filled in before a point is hashed.
+
+Types, ranges and unknown keys are pydantic's (strict, frozen, unknown keys rejected, like the spec);
+rules that relate fields are `check(sweep)`. Every problem is `trainer.problems.Problem` with the file's
+keys, line and column.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from difflib import get_close_matches
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
+
+from orchestrator import spec_paths, tpu
+from trainer import maxtext_format
+from trainer.problems import Loc, Problem, format_loc, has_errors
+from trainer.yaml_source import YamlDocument, YamlSourceError, parse_yaml, read_text_file
+
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+PLACEHOLDER = re.compile(r"\$\{prerequisites\.([^.}]*)\.output\}")
+ANY_PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
+
+# Variables distillctl sets in the container itself; a sweep cannot set them.
+RESERVED_ENV = ("DISTILLCTL_SPEC", "DISTILLCTL_RUN_ID")
+JOBSET_VERSIONS = ("v0.10.1", "v0.12.0")
+SWEEP_NAME_MAX = 40  # the JobSet name is `<sweep>-<run id>`; identity.py checks the whole budget
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+ExitCode = Annotated[int, Field(ge=1, le=255)]
+
+
+class _Block(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _dns_label(value: str) -> str:
+    if not DNS_1035.match(value) or len(value) > SWEEP_NAME_MAX:
+        raise PydanticCustomError(
+            "bad_sweep_name",
+            "sweep name {value!r} must be a DNS-1035 label of at most {limit} characters: lower-case letters, digits "
+            "and '-', starting with a letter",
+            {"value": value, "limit": SWEEP_NAME_MAX},
+        )
+    return value
+
+
+def _known_tpu(value: str) -> str:
+    try:
+        return tpu.lookup(value).name
+    except tpu.UnknownTpuType as e:
+        raise PydanticCustomError(
+            "unknown_tpu_type",
+            "unknown TPU type {name!r}{suggestion}",
+            {"name": value, "suggestion": f"; did you mean {', '.join(e.suggestions)}?" if e.suggestions else ""},
+        ) from None
+
+
+class SecretRef(_Block):
+    """A key of a Kubernetes Secret in the target namespace; the manifest names it, never holds its value."""
+
+    secret: str
+    key: str
+
+
+class Target(_Block):
+    """Where and how the runs execute. Fields that change a run's result (tpu_type, slices, image, env,
+    secret_env) are part of its identity; the rest (namespace, queue, priority, TTL, ...) are not."""
+
+    kind: Literal["local", "kubernetes", "xpk"] = "local"
+    tpu_type: Annotated[str, AfterValidator(_known_tpu)] | None = None
+    slices: PositiveInt = 1
+    image: str | None = None
+    namespace: str = "default"
+    queue: str | None = None  # Kueue LocalQueue: label kueue.x-k8s.io/queue-name
+    priority: str | None = None  # PriorityClass of the pods (XPK's --priority: very-low ... very-high)
+    workload_priority_class: str | None = None  # Kueue WorkloadPriorityClass: label kueue.x-k8s.io/priority-class
+    max_restarts: NonNegativeInt = 0
+    restartable_exit_codes: list[ExitCode] = []  # in addition to 42 and 127-255
+    output_base: str = "runs"  # gs://bucket/prefix, or a local path (relative to the current directory)
+    service_account: str | None = None
+    env: dict[str, str] = {}
+    secret_env: dict[str, SecretRef] = {}
+    ttl_seconds_after_finished: NonNegativeInt = 43_200  # 12 h, XPK's default
+    host_network: bool = True  # XPK's default for TPU pods (DCN traffic between slices)
+    termination_grace_seconds: NonNegativeInt = 300  # time to write a checkpoint after SIGTERM
+    jobset_version: Literal["v0.10.1", "v0.12.0"] = "v0.10.1"
+    cluster: str | None = None  # xpk
+    project: str | None = None  # xpk
+    zone: str | None = None  # xpk
+    parallelism: PositiveInt | None = None  # local: concurrent runs (default: the machine's cores)
+
+    @property
+    def on_cluster(self) -> bool:
+        return self.kind != "local"
+
+
+class Prerequisite(_Block):
+    """A run that points depend on (e.g. the teacher's pre-training)."""
+
+    spec: str | dict[str, Any]
+    overrides: dict[str, Any] = {}
+
+
+class Sweep(_Block):
+    name: Annotated[str, AfterValidator(_dns_label)]
+    description: str = ""
+    spec: str | dict[str, Any]
+    overrides: dict[str, Any] = {}
+    prerequisites: dict[str, Prerequisite] = {}
+    axes: dict[str, list[Any]] = {}
+    zip: list[dict[str, list[Any]]] = []
+    exclude: list[dict[str, Any]] = []
+    seeds: list[int] = []
+    baseline: list[dict[str, Any]] = []
+    target: Target = Target()
+
+    def with_target(self, **changes: Any) -> Sweep:
+        """A copy with target fields replaced (validated again, so an unknown TPU type is still an error)."""
+        target = Target.model_validate({**self.target.model_dump(), **changes})
+        return self.model_copy(update={"target": target})
+
+
+# --- sources: data plus how to point at it ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecSource:
+    """A base spec in native layout, and where its keys are written (a spec file, or inside the sweep file)."""
+
+    data: Mapping[str, Any]
+    file: str | None
+    document: YamlDocument | None
+    prefix: Loc = ()  # the spec's loc inside `document`: ("spec",) when inline in a sweep file
+    translation: maxtext_format.Translation | None = None  # set when the file is a MaxText distillation.yml
+    format: str = "native"
+
+    def copy_data(self) -> dict[str, Any]:
+        return copy.deepcopy(dict(self.data))
+
+    def locate(self, problem: Problem) -> Problem:
+        loc = self.translation.to_file_loc(problem.loc) if self.translation else problem.loc
+        return _at(problem, self.prefix + tuple(loc), self.document, self.file)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSource:
+    """A loaded sweep file: the validated model (None on errors), its base specs, and every problem found."""
+
+    file: str | None
+    document: YamlDocument | None
+    sweep: Sweep | None
+    base: SpecSource | None
+    prerequisites: Mapping[str, SpecSource]
+    problems: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.sweep is not None and self.base is not None and not has_errors(list(self.problems))
+
+    def locate(self, problem: Problem) -> Problem:
+        """Add the sweep file's line and column to a problem whose loc is in sweep-file keys."""
+        return _at(problem, problem.loc, self.document, self.file)
+
+
+def _at(problem: Problem, loc: Loc, document: YamlDocument | None, file: str | None) -> Problem:
+    position = document.position_of(loc) if document else None
+    return dataclasses.replace(
+        problem, loc=loc, file=file, line=position.line if position else None, column=position.column if position else None
+    )
+
+
+def load_sweep(path: str | Path) -> SweepSource:
+    """Read a sweep file and the spec files it names (relative to its folder). Never raises for bad input."""
+    file = str(path)
+    try:
+        text = read_text_file(path)
+    except YamlSourceError as e:
+        return SweepSource(file, None, None, None, MappingProxyType({}), (_source_problem(e, file),))
+    return parse_sweep(text, file=file, base_dir=Path(path).parent)
+
+
+def parse_sweep(text: str, *, file: str | None = None, base_dir: str | Path = ".") -> SweepSource:
+    try:
+        document = parse_yaml(text)
+    except YamlSourceError as e:
+        return SweepSource(file, None, None, None, MappingProxyType({}), (_source_problem(e, file),))
+    empty = SweepSource(file, document, None, None, MappingProxyType({}), ())
+    data = document.data
+    if not isinstance(data, dict):
+        problem = Problem((), "not_a_mapping", "the top level of a sweep file must be a mapping of keys",
+                          "start with `name:`, `spec:` and `axes:`")  # fmt: skip
+        return dataclasses.replace(empty, problems=(empty.locate(problem),))
+    problems = [
+        Problem(loc, "duplicate_key", f"key {loc[-1]!r} appears twice; the later value would silently win", "keep one of them")
+        for loc, _ in document.duplicate_keys
+    ]
+    sweep, found = validate_sweep_data(data)
+    problems += found
+    base = None
+    prerequisites: dict[str, SpecSource] = {}
+    if sweep is not None:
+        base, base_problems = _spec_source(sweep.spec, ("spec",), document, file, Path(base_dir))
+        problems += base_problems
+        for name, prerequisite in sweep.prerequisites.items():
+            source, found = _spec_source(prerequisite.spec, ("prerequisites", name, "spec"), document, file, Path(base_dir))
+            problems += found
+            if source is not None:
+                prerequisites[name] = source
+        problems += check(sweep)
+    located = [p if p.file is not None else empty.locate(p) for p in problems]
+    return SweepSource(file, document, sweep, base, MappingProxyType(prerequisites), tuple(located))
+
+
+def _source_problem(e: YamlSourceError, file: str | None) -> Problem:
+    p = e.position
+    return Problem((), e.code, e.message, e.hint, file=file, line=p.line if p else None, column=p.column if p else None)
+
+
+def _spec_source(
+    spec: str | dict[str, Any], loc: Loc, document: YamlDocument, file: str | None, base_dir: Path
+) -> tuple[SpecSource | None, list[Problem]]:
+    """The spec named at `loc` of the sweep file: a path (relative to the sweep file) or inline data."""
+    if isinstance(spec, str):
+        spec_file = base_dir / spec
+        try:
+            spec_document = parse_yaml(read_text_file(spec_file))
+        except YamlSourceError as e:
+            problem = Problem(loc, e.code, f"spec {spec!r}: {e.message}", e.hint)
+            return None, [_at(problem, loc, document, file)]
+        data, where = spec_document.data, str(spec_file)
+        source_document, prefix = spec_document, ()
+    else:
+        data, where, source_document, prefix = spec, file, document, loc
+    if not isinstance(data, dict):
+        problem = Problem((), "not_a_mapping", "a spec must be a mapping of keys", "start with a `student:` block")
+        return None, [_at(problem, prefix, source_document, where)]
+    if maxtext_format.looks_like_maxtext(data):
+        translation = maxtext_format.from_maxtext(data)
+        source = SpecSource(MappingProxyType(translation.data), where, source_document, prefix, translation, "maxtext")
+        return source, [_at(p, prefix + tuple(p.loc), source_document, where) for p in translation.problems]
+    return SpecSource(MappingProxyType(copy.deepcopy(data)), where, source_document, prefix), []
+
+
+# --- pydantic errors -> problems --------------------------------------------------------------------------
+
+HINTS = {
+    "unknown_tpu_type": "`distillctl tpus` lists the TPU types distillctl knows",
+    "bad_sweep_name": "use lower-case letters, digits and '-', e.g. alpha-end",
+}
+
+
+def validate_sweep_data(data: dict[str, Any]) -> tuple[Sweep | None, list[Problem]]:
+    try:
+        return Sweep.model_validate(data), []
+    except ValidationError as e:
+        return None, [_problem(err) for err in e.errors(include_url=False)]
+
+
+def _real_loc(loc: tuple) -> Loc:
+    # pydantic adds union member tags (`str`, `dict[str,any]`, `function-after[...]`): not keys of the file
+    return tuple(p for p in loc if isinstance(p, int) or not any(ch in p for ch in "[]()") and p not in ("str", "dict"))
+
+
+def _problem(err: dict) -> Problem:
+    loc = _real_loc(err["loc"])
+    kind, key = err["type"], (loc[-1] if loc else "")
+    if kind == "extra_forbidden":
+        known = _fields_at(loc[:-1])
+        close = get_close_matches(str(key), known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else (f"valid keys here: {', '.join(known)}" if known else "")
+        return Problem(loc, "unknown_key", f"unknown key {key!r} in {format_loc(loc[:-1]) or 'the sweep'}", hint)
+    if kind == "missing":
+        return Problem(loc, "missing_key", f"{format_loc(loc) or 'the sweep'} is required", f"add `{key}:`")
+    if kind in HINTS:
+        return Problem(loc, kind, err["msg"], HINTS[kind])
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return Problem(loc, "bad_value", f"{key} must be {expected}; got {err.get('input')!r}", f"use one of {expected}")
+    message = err["msg"].replace("Input should be", "must be").replace("Input should", "must")
+    value = err.get("input")
+    shown = f"a {'mapping' if isinstance(value, dict) else 'list'}" if isinstance(value, (dict, list)) else repr(value)
+    hint = "quote the value to make it a string" if "valid string" in err["msg"] else ""
+    return Problem(loc, "wrong_type" if "type" in kind else "bad_value", f"{format_loc(loc)}: {message}, got {shown}", hint)
+
+
+def _fields_at(loc: Loc) -> list[str]:
+    model: type[BaseModel] = Sweep
+    for part in loc:
+        if isinstance(part, int) or part not in model.model_fields:
+            if model is Sweep and loc and loc[0] == "prerequisites":
+                return list(Prerequisite.model_fields)
+            return []
+        inner = spec_paths._model_in(model.model_fields[part].annotation)
+        if inner is None:
+            return []
+        model = inner
+    return list(model.model_fields)
+
+
+# --- cross-field rules ------------------------------------------------------------------------------------
+
+
+def check(sweep: Sweep) -> list[Problem]:
+    """Rules that relate fields of a sweep file; each problem's loc is in the file's keys."""
+    problems: list[Problem] = []
+    for rule in (_paths, _axes, _exclude, _seeds, _placeholders, _target):
+        problems.extend(rule(sweep))
+    return problems
+
+
+def _path_problem(loc: Loc, text: str) -> Problem | None:
+    try:
+        native = spec_paths.resolve(text)
+    except spec_paths.UnknownPath as e:
+        hint = f"did you mean {', '.join(repr(s) for s in e.suggestions)}?" if e.suggestions else (
+            "use a dotted path into the spec such as loss.alpha.end, or a MaxText name such as distill_alpha_end")
+        return Problem(loc, "unknown_axis_path", f"{text!r} is not a field of the spec", hint)  # fmt: skip
+    if native in spec_paths.DERIVED:
+        return Problem(loc, "derived_path", f"{text!r} is set for every run from {spec_paths.DERIVED[native]}",
+                       "remove it; the run id names each run and target.output_base says where it writes")  # fmt: skip
+    return None
+
+
+def _paths(sweep: Sweep) -> list[Problem]:
+    out = []
+    for key in sweep.overrides:
+        out += [p for p in [_path_problem(("overrides", key), key)] if p]
+    for name, prerequisite in sweep.prerequisites.items():
+        for key in prerequisite.overrides:
+            out += [p for p in [_path_problem(("prerequisites", name, "overrides", key), key)] if p]
+    for i, point in enumerate(sweep.baseline):
+        for key in point:
+            out += [p for p in [_path_problem(("baseline", i, key), key)] if p]
+    return out
+
+
+def axis_entries(sweep: Sweep) -> list[tuple[Loc, str, list[Any]]]:
+    """Every varied path with its file loc: `axes` entries, then `zip` members, then `seed` from `seeds`."""
+    entries: list[tuple[Loc, str, list[Any]]] = [(("axes", k), k, v) for k, v in sweep.axes.items()]
+    for g, group in enumerate(sweep.zip):
+        entries += [(("zip", g, k), k, v) for k, v in group.items()]
+    if sweep.seeds:
+        entries.append((("seeds",), "seed", list(sweep.seeds)))
+    return entries
+
+
+def _axes(sweep: Sweep) -> list[Problem]:
+    out = []
+    seen: dict[Loc, tuple[Loc, str]] = {}
+    for loc, text, values in axis_entries(sweep):
+        if (problem := _path_problem(loc, text)) is not None:
+            out.append(problem)
+            continue
+        if not values:
+            out.append(Problem(loc, "empty_axis", f"axis {text!r} has no values, so the grid would be empty",
+                               "list at least one value, or remove the axis"))  # fmt: skip
+        native = spec_paths.resolve(text)
+        for other_native, (other_loc, other_text) in seen.items():
+            if native[: len(other_native)] == other_native or other_native[: len(native)] == native:
+                out.append(Problem(
+                    loc, "axis_overlap",
+                    f"{text!r} and {other_text!r} ({format_loc(other_loc)}) set the same field"
+                    + (" (seeds: sets `seed`)" if "seed" in (text, other_text) else ""),
+                    "vary each field in one place only",
+                ))  # fmt: skip
+        seen[native] = (loc, text)
+        duplicates = [v for i, v in enumerate(values) if any(same_value(v, w) for w in values[:i])]
+        if duplicates:
+            out.append(Problem(loc, "duplicate_axis_value", f"axis {text!r} lists {duplicates[0]!r} more than once",
+                               "list each value once"))  # fmt: skip
+    for g, group in enumerate(sweep.zip):
+        if not group:
+            out.append(Problem(("zip", g), "empty_axis", "a zip group needs at least one path", "remove the empty group"))
+        lengths = {k: len(v) for k, v in group.items()}
+        if len(set(lengths.values())) > 1:
+            shown = ", ".join(f"{k}: {n}" for k, n in lengths.items())
+            out.append(Problem(("zip", g), "zip_length_mismatch", f"paths in a zip group move together, so they need "
+                               f"the same number of values; got {shown}", "give every path in the group as many values"))  # fmt: skip
+    return out
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal as YAML values: 1 and 1.0 are the same number, but true is not 1."""
+    return type(a) is type(b) and a == b or (isinstance(a, (int, float)) and isinstance(b, (int, float))
+                                              and not isinstance(a, bool) and not isinstance(b, bool) and a == b)  # fmt: skip
+
+
+def _exclude(sweep: Sweep) -> list[Problem]:
+    varied = {text for _, text, _ in axis_entries(sweep)}
+    out = []
+    for i, entry in enumerate(sweep.exclude):
+        if not entry:
+            out.append(Problem(("exclude", i), "empty_exclude", "an empty exclude entry would drop every point",
+                               "name the axis values to drop, e.g. {loss.alpha.end: 0.7}"))  # fmt: skip
+        for key in entry:
+            if key not in varied:
+                close = get_close_matches(key, sorted(varied), n=1, cutoff=0.5)
+                out.append(Problem(("exclude", i, key), "exclude_not_an_axis", f"exclude names {key!r}, which is not an axis "
+                                   "of this sweep", f"did you mean {close[0]!r}?" if close else
+                                   f"use the axis names as written under axes/zip: {', '.join(sorted(varied))}"))  # fmt: skip
+    return out
+
+
+def _seeds(sweep: Sweep) -> list[Problem]:
+    if len(set(sweep.seeds)) != len(sweep.seeds):
+        return [Problem(("seeds",), "duplicate_axis_value", "seeds lists a seed more than once", "list each seed once")]
+    return []
+
+
+def placeholders_in(value: Any) -> list[str]:
+    """Every `${...}` expression in the strings of `value` (the text between the braces)."""
+    if isinstance(value, str):
+        return ANY_PLACEHOLDER.findall(value)
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in placeholders_in(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in placeholders_in(v)]
+    return []
+
+
+def _placeholders(sweep: Sweep) -> list[Problem]:
+    out = []
+    names = list(sweep.prerequisites)
+    places: list[tuple[Loc, Any]] = [(("overrides",), sweep.overrides), (("axes",), sweep.axes), (("zip",), sweep.zip),
+                                     (("baseline",), sweep.baseline)]  # fmt: skip
+    if isinstance(sweep.spec, dict):
+        places.append((("spec",), sweep.spec))
+    for loc, value in places:
+        for expression in placeholders_in(value):
+            m = PLACEHOLDER.fullmatch("${" + expression + "}")
+            if m is None:
+                out.append(Problem(loc, "bad_placeholder", f"unknown placeholder ${{{expression}}}",
+                                   "the only placeholder is ${prerequisites.<name>.output}"))  # fmt: skip
+            elif m.group(1) not in names:
+                close = get_close_matches(m.group(1), names, n=1, cutoff=0.5)
+                out.append(Problem(loc, "unknown_prerequisite", f"${{{expression}}} names no prerequisite of this sweep",
+                                   f"did you mean {close[0]!r}?" if close else
+                                   (f"prerequisites: {', '.join(names)}" if names else "declare it under `prerequisites:`")))  # fmt: skip
+    for name, prerequisite in sweep.prerequisites.items():
+        if not DNS_1035.match(name):
+            out.append(Problem(("prerequisites", name), "bad_prerequisite_name", f"prerequisite name {name!r} must be "
+                               "lower-case letters, digits and '-'", "rename it, e.g. teacher"))  # fmt: skip
+        inline = prerequisite.spec if isinstance(prerequisite.spec, dict) else {}
+        if placeholders_in(prerequisite.overrides) or placeholders_in(inline):
+            out.append(Problem(("prerequisites", name), "nested_prerequisite", "a prerequisite cannot depend on another "
+                               "prerequisite's output", "give it a fixed path, or run the chain as two sweeps"))  # fmt: skip
+    return out
+
+
+def _target(sweep: Sweep) -> list[Problem]:
+    t = sweep.target
+    out = []
+    if t.on_cluster:
+        for field in ("tpu_type", "image"):
+            if getattr(t, field) is None:
+                out.append(Problem(("target", field), "target_field_missing", f"a {t.kind} target needs target.{field}",
+                                   "e.g. tpu_type: v5p-128" if field == "tpu_type" else
+                                   "the container image with distillctl's trainer, e.g. us-docker.pkg.dev/p/r/distill:1"))  # fmt: skip
+        if not _is_remote(t.output_base):
+            out.append(Problem(("target", "output_base"), "output_base_not_shared", f"output_base {t.output_base!r} is a "
+                               "local path: pods on different hosts would each write their own copy",
+                               "use a bucket such as gs://my-bucket/distill", severity="warning"))  # fmt: skip
+    if t.kind == "xpk" and t.cluster is None:
+        out.append(Problem(("target", "cluster"), "target_field_missing", "an xpk target needs target.cluster",
+                           "the name of the cluster `xpk cluster create` made"))  # fmt: skip
+    if t.kind == "local" and t.tpu_type is not None:
+        out.append(Problem(("target", "tpu_type"), "tpu_type_ignored", "a local target runs on this machine; tpu_type "
+                           "is ignored", "set kind: kubernetes or xpk to run on TPUs", severity="warning"))  # fmt: skip
+    for name in list(t.env) + list(t.secret_env):
+        section = "env" if name in t.env else "secret_env"
+        if not ENV_NAME.match(name):
+            out.append(Problem(("target", section, name), "bad_env_name", f"{name!r} is not an environment variable name",
+                               "use letters, digits and '_', not starting with a digit"))  # fmt: skip
+        if name in RESERVED_ENV:
+            out.append(Problem(("target", section, name), "reserved_env", f"{name} is set by distillctl for every run",
+                               "remove it; the resolved spec reaches the trainer in DISTILLCTL_SPEC"))  # fmt: skip
+    for name in sorted(set(t.env) & set(t.secret_env)):
+        out.append(Problem(("target", "secret_env", name), "duplicate_env", f"{name} is set in both target.env and "
+                           "target.secret_env", "set each variable once"))  # fmt: skip
+    for name, ref in t.secret_env.items():
+        if not DNS_1123_SUBDOMAIN.match(ref.secret) or len(ref.secret) > 253:
+            out.append(Problem(("target", "secret_env", name, "secret"), "bad_secret_name",
+                               f"{ref.secret!r} is not a Kubernetes Secret name", "lower-case letters, digits, '-' and '.'"))
+        if not SECRET_KEY.match(ref.key):
+            out.append(Problem(("target", "secret_env", name, "key"), "bad_secret_key",
+                               f"{ref.key!r} is not a Secret key", "letters, digits, '-', '_' and '.'"))
+    for field in ("namespace", "queue", "priority", "workload_priority_class", "service_account"):
+        value = getattr(t, field)
+        if value is not None and (not DNS_1123_SUBDOMAIN.match(value) or len(value) > 63):
+            out.append(Problem(("target", field), "bad_k8s_name", f"target.{field} {value!r} is not a Kubernetes name",
+                               "lower-case letters, digits and '-', at most 63 characters"))  # fmt: skip
+    if len(set(t.restartable_exit_codes)) != len(t.restartable_exit_codes):
+        out.append(Problem(("target", "restartable_exit_codes"), "duplicate_axis_value",
+                           "restartable_exit_codes lists a code more than once", "list each code once"))  # fmt: skip
+    for i, code in enumerate(t.restartable_exit_codes):
+        if code == 42 or code >= 127:
+            out.append(Problem(("target", "restartable_exit_codes", i), "exit_code_default",
+                               f"exit code {code} already restarts the JobSet (42 and 127-255 always do)",
+                               "remove it", severity="warning"))  # fmt: skip
+        elif code in (1, 65):
+            out.append(Problem(("target", "restartable_exit_codes", i), "exit_code_not_retryable",
+                               f"the trainer exits {code} for " + ("a user error" if code == 1 else "a diverged run")
+                               + ", which a restart does not fix", "remove it", severity="warning"))  # fmt: skip
+    return out
+
+
+def _is_remote(path: str) -> bool:
+    return bool(re.match(r"^[a-z][a-z0-9+.-]*://", path))
