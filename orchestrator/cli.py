@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from orchestrator import console
+from orchestrator import console, sweep_commands
 from orchestrator.console import OutputFormat
 from orchestrator.errors import DistillctlError, InvalidSpecError, UsageError
 from orchestrator.exit_codes import ExitCode, epilog
@@ -166,6 +166,11 @@ def models(output: OutputOption = OutputFormat.text) -> None:
         table.add_row(r["name"], f"{r['parameters'] / 1e9:.2f}B", *(str(r[k]) for k in (
             "num_layers", "emb_dim", "num_query_heads", "num_kv_heads", "head_dim", "mlp_dim", "vocab_size")))  # fmt: skip
     console.out.print(table)
+
+
+app.command()(sweep_commands.plan)
+app.command()(sweep_commands.render)
+app.command()(sweep_commands.tpus)
 
 
 def main() -> None:

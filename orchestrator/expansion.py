@@ -51,6 +51,11 @@ class Point:
     prerequisite: str | None = None
 
     @property
+    def role(self) -> str:
+        """`prerequisite`, `baseline` or `point`."""
+        return "prerequisite" if self.prerequisite is not None else ("baseline" if self.is_baseline else "point")
+
+    @property
     def label(self) -> str:
         """How messages name the point: `point 3 (loss.alpha.end=0.5, seed=1)`."""
         if self.prerequisite is not None:

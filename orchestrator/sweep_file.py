@@ -243,6 +243,15 @@ def parse_sweep(text: str, *, file: str | None = None, base_dir: str | Path = ".
     return SweepSource(file, document, sweep, base, MappingProxyType(prerequisites), tuple(located))
 
 
+def override_target(source: SweepSource, **changes: Any) -> SweepSource:
+    """The same sweep with target fields replaced (a command line's --tpu-type): target rules run again."""
+    assert source.sweep is not None
+    sweep = source.sweep.with_target(**changes)
+    others = [p for p in source.problems if p.loc[:1] != ("target",)]
+    target_problems = [source.locate(p) for p in check(sweep) if p.loc[:1] == ("target",)]
+    return dataclasses.replace(source, sweep=sweep, problems=tuple(others + target_problems))
+
+
 def _source_problem(e: YamlSourceError, file: str | None) -> Problem:
     p = e.position
     return Problem((), e.code, e.message, e.hint, file=file, line=p.line if p else None, column=p.column if p else None)

@@ -36,6 +36,7 @@ class TpuType:
     vms_per_slice: int  # pods per slice: the Job's parallelism and completions
     tensorcores_per_chip: int
     hbm_gb_per_chip: float
+    peak_bf16_tflops_per_chip: float  # published peak dense bf16 throughput, for chip-hour estimates
 
     @property
     def chips(self) -> int:
@@ -59,6 +60,7 @@ class _Family:
     machine_type: str
     tensorcores_per_chip: int
     hbm_gb_per_chip: float
+    peak_bf16_tflops: float
     topologies: tuple[str, ...]
     single_chip_machine_type: str | None = None  # the 1-chip VM (`ct6e-standard-1t`), where there is one
 
@@ -66,16 +68,16 @@ class _Family:
 # Sizes people use; XPK knows many more 3-D shapes (every multiple of 4 up to its cube limit). A shape
 # missing here is an "unknown TPU type" with suggestions, not a guess.
 _FAMILIES = (
-    _Family("v4", "v4", "tpu-v4-podslice", "ct4p-hightpu-4t", 2, 32.0,
+    _Family("v4", "v4", "tpu-v4-podslice", "ct4p-hightpu-4t", 2, 32.0, 275.0,
             ("2x2x1", "2x2x2", "2x2x4", "2x4x4", "4x4x4", "4x4x8", "4x8x8", "8x8x8", "8x8x12", "8x8x16", "8x16x16")),
-    _Family("v5e", "v5litepod", "tpu-v5-lite-podslice", "ct5lp-hightpu-4t", 1, 16.0,
+    _Family("v5e", "v5litepod", "tpu-v5-lite-podslice", "ct5lp-hightpu-4t", 1, 16.0, 197.0,
             ("2x4", "4x4", "4x8", "8x8", "8x16", "16x16")),
-    _Family("v5p", "v5p", "tpu-v5p-slice", "ct5p-hightpu-4t", 2, 95.0,
+    _Family("v5p", "v5p", "tpu-v5p-slice", "ct5p-hightpu-4t", 2, 95.0, 459.0,
             ("2x2x1", "2x2x2", "2x2x4", "2x4x4", "4x4x4", "4x4x8", "4x8x8", "8x8x8", "8x8x16", "8x16x16",
              "12x12x12", "16x16x16", "16x16x24")),
-    _Family("v6e", "v6e", "tpu-v6e-slice", "ct6e-standard-4t", 1, 32.0,
+    _Family("v6e", "v6e", "tpu-v6e-slice", "ct6e-standard-4t", 1, 32.0, 918.0,
             ("1x1", "2x2", "2x4", "4x4", "4x8", "8x8", "8x16", "16x16"), single_chip_machine_type="ct6e-standard-1t"),
-    _Family("tpu7x", "tpu7x", "tpu7x", "tpu7x-standard-4t", 2, 192.0,
+    _Family("tpu7x", "tpu7x", "tpu7x", "tpu7x-standard-4t", 2, 192.0, 2307.0,
             ("1x1x1", "2x2x1", "2x2x2", "2x2x4", "2x4x4", "4x4x4", "4x4x8", "4x8x8", "8x8x8", "8x8x16", "8x16x16",
              "16x16x16"), single_chip_machine_type="tpu7x-standard-1t"),
 )  # fmt: skip
@@ -94,7 +96,7 @@ def _build() -> dict[str, TpuType]:
             name = f"{f.prefix}-{chips * f.tensorcores_per_chip}"
             table[name] = TpuType(
                 name, f.family, f.accelerator, topology, machine, chips_per_vm, chips // chips_per_vm,
-                f.tensorcores_per_chip, f.hbm_gb_per_chip,
+                f.tensorcores_per_chip, f.hbm_gb_per_chip, f.peak_bf16_tflops,
             )  # fmt: skip
     return table
 

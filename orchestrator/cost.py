@@ -1,0 +1,28 @@
+"""Estimated chip-hours of a run, from dense matmul FLOPs at an assumed utilisation.
+
+FLOPs per token: 6·P_s for the student (forward and backward) plus 2·P_t for the teacher's forward pass
+(online distillation only); attention's T² term and rematerialisation's extra forward are not counted,
+which the utilisation figure absorbs. Tokens per step are `per_device_batch_size × chips ×
+max_target_length × gradient_accumulation_steps` (one JAX device per chip). chip-hours =
+steps × tokens per step × FLOPs per token / (peak bf16 FLOP/s per chip × MFU) / 3600 — independent of how
+many chips share the work, so it is the figure to compare and to bill.
+"""
+
+from __future__ import annotations
+
+from orchestrator.tpu import TpuType
+from trainer.config import DistillSpec
+
+ASSUMED_MFU = 0.4  # model FLOPs utilisation that well-tuned MaxText runs reach on TPU
+
+
+def flops_per_token(spec: DistillSpec) -> int:
+    student = 6 * spec.student.shape().param_count()
+    teacher = 2 * spec.teacher.shape().param_count() if spec.teacher is not None and spec.is_online_distillation else 0
+    return student + teacher
+
+
+def chip_hours(spec: DistillSpec, tpu: TpuType, *, slices: int, mfu: float = ASSUMED_MFU) -> float:
+    chips = tpu.chips * slices
+    total_flops = spec.steps * spec.tokens_per_step(chips) * flops_per_token(spec)
+    return total_flops / (tpu.peak_bf16_tflops_per_chip * 1e12 * mfu) / 3600.0

@@ -1,0 +1,89 @@
+"""What a sweep will cost before it runs: one row per run with its shape, chip-hours and per-chip memory."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from orchestrator import cost, memory, tpu
+from orchestrator.expansion import Expansion, Point
+from orchestrator.sweep_file import Target
+from trainer.problems import Problem
+
+GB = 1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanRow:
+    point: Point
+    slices: int | None  # None for a local run
+    vms_per_slice: int | None
+    chips_per_vm: int | None
+    chip_hours: float | None
+    memory: memory.MemoryEstimate
+
+    @property
+    def chips(self) -> int | None:
+        if self.slices is None or self.vms_per_slice is None or self.chips_per_vm is None:
+            return None
+        return self.slices * self.vms_per_slice * self.chips_per_vm
+
+    @property
+    def shape(self) -> str:
+        """`slices × hosts × chips`, e.g. `2 × 16 × 4`; `local` for a local run."""
+        return "local" if self.chips is None else f"{self.slices} × {self.vms_per_slice} × {self.chips_per_vm}"
+
+    def to_json(self) -> dict:
+        p = self.point
+        return {
+            "index": p.index, "run_id": p.run_id, "jobset_name": p.jobset_name, "role": p.role,
+            "prerequisite": p.prerequisite, "axis_values": dict(p.axis_values), "seed": p.seed,
+            "depends_on": dict(p.depends_on), "output_path": p.output_path, "spec_hash": p.spec_hash,
+            "slices": self.slices, "vms_per_slice": self.vms_per_slice, "chips_per_vm": self.chips_per_vm,
+            "chips": self.chips, "chip_hours": self.chip_hours, "memory": self.memory.to_json(),
+        }  # fmt: skip
+
+
+def plan_row(point: Point, target: Target) -> PlanRow:
+    if not target.on_cluster or target.tpu_type is None:
+        return PlanRow(point, None, None, None, None, memory.estimate(point.spec, chips=1, hbm_bytes_per_chip=None))
+    shape = tpu.lookup(target.tpu_type)
+    chips = shape.chips * target.slices
+    return PlanRow(
+        point, target.slices, shape.vms_per_slice, shape.chips_per_vm,
+        cost.chip_hours(point.spec, shape, slices=target.slices),
+        memory.estimate(point.spec, chips=chips, hbm_bytes_per_chip=shape.hbm_bytes_per_chip),
+    )  # fmt: skip
+
+
+def plan(expansion: Expansion) -> tuple[PlanRow, ...]:
+    """Rows for every run, prerequisites first."""
+    assert expansion.sweep is not None
+    return tuple(plan_row(run, expansion.sweep.target) for run in expansion.runs)
+
+
+def memory_problems(rows: tuple[PlanRow, ...], target: Target) -> list[Problem]:
+    """A warning for the runs whose estimate does not fit (or barely fits) the TPU's HBM; runs with the same
+    estimate share one warning."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        m = row.memory
+        if m.fit not in ("does_not_fit", "tight") or m.hbm_per_chip is None:
+            continue
+        parts = (f"student {m.student_params / GB:.1f} + gradients {m.gradients / GB:.1f} + optimizer "
+                 f"{m.optimizer_state / GB:.1f} + teacher {m.teacher_params / GB:.1f} + activations "
+                 f"{m.activations / GB:.1f}")  # fmt: skip
+        verdict = "will not fit" if m.fit == "does_not_fit" else "barely fits"
+        text = (f"needs about {m.total / GB:.1f} GB per chip ({parts}), {verdict} in the "
+                f"{m.hbm_per_chip / GB:.0f} GB of a {target.tpu_type} chip")  # fmt: skip
+        grouped.setdefault((m.fit, text), []).append(row.point.label)
+    out = []
+    for (fit, text), labels in grouped.items():
+        where = labels[0] if len(labels) == 1 else (
+            "every run" if len(labels) == len(rows) else f"{labels[0]} and {len(labels) - 1} more run(s)")
+        out.append(Problem(
+            ("target", "tpu_type"), "memory_over_hbm" if fit == "does_not_fit" else "memory_tight", f"{where}: {text}",
+            "shard the parameters over more chips (mesh.fsdp: -1 with mesh.data: 1), reduce "
+            "batch.per_device_batch_size, use more slices or a larger TPU type, or distill offline from top-k logits",
+            severity="warning",
+        ))  # fmt: skip
+    return out

@@ -1,0 +1,205 @@
+"""Points -> JobSet manifests: a view model computed here, rendered by `templates/jobset.yaml.j2`.
+
+Templates are found, in order, in `$DISTILLCTL_TEMPLATES`, in `templates/` beside the `orchestrator` package
+(a source checkout or an editable install), and in `<prefix>/share/distillctl/templates` (where a wheel
+installs them, see `[tool.setuptools.data-files]` in pyproject.toml).
+
+The manifest has the shape `xpk workload create` gives multi-host TPU work (replicatedJob `slice-job`, one
+Job per slice, one pod per VM, the exclusive-topology annotation, TPU node selectors and toleration) and
+uses only fields of JobSet v0.10.1, the version XPK installs.
+
+Environment: the container's variables are one mapping merged from layers with fixed precedence, later
+layers winning — `target.env`, then `target.secret_env` (references to Secrets, never values), then
+distillctl's own (`DISTILLCTL_SPEC`: the resolved spec as JSON, which `python -m trainer` reads;
+`DISTILLCTL_RUN_ID`). The sweep checks reject a name set in two layers, so nothing is silently overridden;
+the variables are rendered sorted by name, each once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sysconfig
+from functools import cache
+from pathlib import Path
+from typing import Any, Mapping
+
+import jinja2
+
+from orchestrator import identity, tpu
+from orchestrator.expansion import Expansion, Point
+from orchestrator.sweep_file import Target
+
+TEMPLATE = "jobset.yaml.j2"
+TEMPLATES_ENV = "DISTILLCTL_TEMPLATES"
+CONTAINER_NAME = "trainer"
+TRAINER_COMMAND = ("python", "-m", "trainer")
+RETRYABLE_EXIT_CODES = (42, *range(127, 256))  # the trainer's "retry me" (42) and signals (128+n), as XPK
+FAILURE_RULE_NAME = "failJobSetOnNonRetryableExit"
+EXCLUSIVE_TOPOLOGY = ("alpha.jobset.sigs.k8s.io/exclusive-topology", "cloud.google.com/gke-nodepool")
+
+LABEL_SWEEP = "distillctl.dev/sweep"
+LABEL_RUN_ID = "distillctl.dev/run-id"
+LABEL_SPEC_HASH = "distillctl.dev/spec-hash"
+LABEL_ROLE = "distillctl.dev/role"  # point, baseline or prerequisite
+LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+LABEL_WORKLOAD_PRIORITY = "kueue.x-k8s.io/priority-class"
+LABEL_XPK_WORKLOAD = "xpk.google.com/workload"
+ANNOTATION_AXIS_VALUES = "distillctl.dev/axis-values"
+ANNOTATION_OUTPUT_PATH = "distillctl.dev/output-path"
+ANNOTATION_DEPENDS_ON = "distillctl.dev/depends-on"
+
+
+class RenderError(ValueError):
+    """A point cannot be rendered for this target (a local target, no TPU type or image)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvVar:
+    name: str
+    value: str | None = None
+    secret: str | None = None
+    key: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    name: str  # the JobSet name
+    filename: str  # `<name>.yaml`
+    text: str
+
+
+def merge_env(*layers: Mapping[str, EnvVar]) -> tuple[EnvVar, ...]:
+    """One variable per name, later layers winning; sorted by name."""
+    merged: dict[str, EnvVar] = {}
+    for layer in layers:
+        merged.update(layer)
+    return tuple(merged[name] for name in sorted(merged))
+
+
+def spec_json(point: Point) -> str:
+    """The resolved spec as the trainer receives it in DISTILLCTL_SPEC (canonical JSON)."""
+    return identity.canonical_json(point.spec.resolved().model_dump(mode="json"))
+
+
+def container_env(point: Point, target: Target) -> tuple[EnvVar, ...]:
+    user = {name: EnvVar(name, value=value) for name, value in target.env.items()}
+    secrets = {name: EnvVar(name, secret=ref.secret, key=ref.key) for name, ref in target.secret_env.items()}
+    own = {
+        "DISTILLCTL_SPEC": EnvVar("DISTILLCTL_SPEC", value=spec_json(point)),
+        "DISTILLCTL_RUN_ID": EnvVar("DISTILLCTL_RUN_ID", value=point.run_id),
+    }
+    return merge_env(user, secrets, own)
+
+
+def retryable_exit_codes(target: Target) -> list[int]:
+    return sorted(set(RETRYABLE_EXIT_CODES) | set(target.restartable_exit_codes))
+
+
+def jobset_view(point: Point, target: Target) -> dict[str, Any]:
+    """Everything the template prints, precomputed; raises RenderError for a target without a cluster."""
+    if not target.on_cluster:
+        raise RenderError("a local target runs on this machine; there is no JobSet to render")
+    if target.tpu_type is None or target.image is None:
+        raise RenderError("rendering needs target.tpu_type and target.image")
+    shape = tpu.lookup(target.tpu_type)
+    labels = {
+        LABEL_SWEEP: point.sweep,
+        LABEL_RUN_ID: point.run_id,
+        LABEL_SPEC_HASH: point.spec_hash,
+        LABEL_ROLE: point.role,
+    }
+    if target.queue is not None:
+        labels[LABEL_QUEUE] = target.queue
+    if target.workload_priority_class is not None:
+        labels[LABEL_WORKLOAD_PRIORITY] = target.workload_priority_class
+    if target.kind == "xpk":
+        labels[LABEL_XPK_WORKLOAD] = point.jobset_name  # so `xpk workload list` shows it
+    annotations = {
+        EXCLUSIVE_TOPOLOGY[0]: EXCLUSIVE_TOPOLOGY[1],
+        ANNOTATION_AXIS_VALUES: json.dumps(dict(point.axis_values), sort_keys=False, separators=(",", ":")),
+        ANNOTATION_OUTPUT_PATH: point.output_path,
+    }
+    if point.depends_on:
+        annotations[ANNOTATION_DEPENDS_ON] = identity.canonical_json(dict(point.depends_on))
+    return {
+        "name": point.jobset_name,
+        "namespace": target.namespace,
+        "labels": sorted(labels.items()),
+        "annotations": sorted(annotations.items()),
+        "ttl_seconds_after_finished": target.ttl_seconds_after_finished,
+        "max_restarts": target.max_restarts,
+        "failure_rule_name": FAILURE_RULE_NAME,
+        "replicated_job": identity.REPLICATED_JOB,
+        "slices": target.slices,
+        "vms_per_slice": shape.vms_per_slice,
+        "container_name": CONTAINER_NAME,
+        "retryable_exit_codes": retryable_exit_codes(target),
+        "pod_labels": sorted({LABEL_SWEEP: point.sweep, LABEL_RUN_ID: point.run_id}.items()),
+        "node_selector": sorted({tpu.ACCELERATOR_LABEL: shape.accelerator, tpu.TOPOLOGY_LABEL: shape.topology}.items()),
+        "tpu_resource": tpu.RESOURCE,
+        "chips_per_vm": shape.chips_per_vm,
+        "priority_class_name": target.priority,
+        "service_account": target.service_account,
+        "host_network": target.host_network,
+        "termination_grace_seconds": target.termination_grace_seconds,
+        "image": target.image,
+        "command": list(TRAINER_COMMAND),
+        "env": [dataclasses.asdict(var) for var in container_env(point, target)],
+    }
+
+
+def template_dirs() -> list[Path]:
+    """Where templates are looked for, in order (only existing folders)."""
+    candidates = []
+    if os.environ.get(TEMPLATES_ENV):
+        candidates.append(Path(os.environ[TEMPLATES_ENV]))
+    candidates.append(Path(__file__).resolve().parent.parent / "templates")
+    candidates.append(Path(sysconfig.get_path("data")) / "share" / "distillctl" / "templates")
+    return [c for c in candidates if (c / TEMPLATE).is_file()]
+
+
+@cache
+def environment() -> jinja2.Environment:
+    dirs = template_dirs()
+    if not dirs:
+        raise FileNotFoundError(f"cannot find {TEMPLATE}: set {TEMPLATES_ENV} to the folder that holds it")
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(d) for d in dirs]),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["tojson"] = yaml_scalar
+    return env
+
+
+def _yaml_printable(ch: str) -> bool:
+    # YAML 1.1's printable set, minus its line breaks (NEL, LS, PS), which a double-quoted scalar would fold.
+    o = ord(ch)
+    return o in (0x9, 0xA, 0xD) or 0x20 <= o <= 0x7E or 0xA0 <= o <= 0xD7FF and o not in (0x2028, 0x2029) or (
+        0xE000 <= o <= 0xFFFD and o != 0xFEFF) or o >= 0x10000
+
+
+def yaml_scalar(value: Any) -> str:
+    """JSON text of `value`, which YAML reads back as the same value: a `tojson` scalar can never break the
+    document. Not HTML-escaped (Jinja's own `tojson` is, for HTML). Characters YAML would not keep as they
+    are (line separators, C1 controls, BOM) are written as \\u escapes."""
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    return "".join(ch if _yaml_printable(ch) else f"\\u{ord(ch):04x}" for ch in text)
+
+
+def render_jobset(point: Point, target: Target) -> str:
+    return environment().get_template(TEMPLATE).render(v=jobset_view(point, target))
+
+
+def render(expansion: Expansion) -> tuple[Manifest, ...]:
+    """One manifest per run (prerequisites first, then points), each named `<jobset name>.yaml`."""
+    assert expansion.sweep is not None
+    target = expansion.sweep.target
+    return tuple(
+        Manifest(run.jobset_name, f"{run.jobset_name}.yaml", render_jobset(run, target)) for run in expansion.runs
+    )

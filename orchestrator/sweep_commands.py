@@ -1,0 +1,205 @@
+"""`distillctl plan`, `render` and `tpus`: each parses, calls the core, prints, and exits.
+
+Errors are raised as `DistillctlError`s; `orchestrator.cli` maps them to messages and exit codes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator import console, expansion, plan as planning, rendering, tpu, xpk_command
+from orchestrator.console import OutputFormat
+from orchestrator.errors import InvalidSpecError, UsageError
+from orchestrator.sweep_file import load_sweep, override_target
+from trainer.problems import Problem, has_errors
+
+USAGE_CODES = {"file_not_found", "not_a_file", "unreadable"}
+GB = 1e9
+
+SweepArgument = Annotated[Path, typer.Argument(help="a sweep file")]
+OutputOption = Annotated[OutputFormat, typer.Option("--output", help="text for people, json for machines")]
+TpuOption = Annotated[Optional[str], typer.Option("--tpu-type", help="override target.tpu_type, e.g. v6e-256")]
+SlicesOption = Annotated[Optional[int], typer.Option("--slices", min=1, help="override target.slices")]
+YesOption = Annotated[bool, typer.Option("--yes", help=f"allow more than {expansion.DEFAULT_MAX_POINTS} points")]
+
+
+class RenderAs(str, Enum):
+    jobset = "jobset"
+    xpk = "xpk"
+
+
+def expand_sweep(path: Path, *, tpu_type: str | None, slices: int | None, yes: bool) -> expansion.Expansion:
+    """Load and expand a sweep (with target overrides), or raise the error that explains why not."""
+    if tpu_type is not None:
+        try:
+            tpu_type = tpu.lookup(tpu_type).name
+        except tpu.UnknownTpuType as e:
+            raise UsageError(str(e), "`distillctl tpus` lists the TPU types distillctl knows") from None
+    source = load_sweep(path)
+    _raise_for(source.problems, path)
+    assert source.sweep is not None
+    changes = {k: v for k, v in (("tpu_type", tpu_type), ("slices", slices)) if v is not None}
+    if changes:
+        if source.sweep.target.kind == "local" and tpu_type is not None:
+            changes["kind"] = "kubernetes"  # a TPU type means a cluster run
+        source = override_target(source, **changes)
+    try:
+        result = expansion.expand(source, max_points=None if yes else expansion.DEFAULT_MAX_POINTS)
+    except expansion.GridTooLarge as e:
+        raise UsageError(str(e), "check the axes, or pass --yes to expand it anyway") from None
+    _raise_for(result.problems, path)
+    return result
+
+
+def _raise_for(problems: tuple[Problem, ...], path: Path) -> None:
+    errors = [p for p in problems if p.is_error]
+    if not errors:
+        return
+    if all(p.code in USAGE_CODES for p in errors) and errors[0].loc == ():
+        raise UsageError(errors[0].message, errors[0].hint)
+    raise InvalidSpecError(f"{path} is not a valid sweep", problems, "fix the problems above")
+
+
+def _warn(problems: list[Problem] | tuple[Problem, ...]) -> None:
+    for problem in problems:
+        if not problem.is_error:
+            console.err.print(console.problem_line(problem))
+
+
+def _axes(values: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items()) or "—"
+
+
+def plan(
+    sweep: SweepArgument,
+    output: OutputOption = OutputFormat.text,
+    tpu_type: TpuOption = None,
+    slices: SlicesOption = None,
+    yes: YesOption = False,
+) -> None:
+    """List a sweep's runs: ids, JobSet names, axis values, chips, chip-hours and per-chip memory."""
+    result = expand_sweep(sweep, tpu_type=tpu_type, slices=slices, yes=yes)
+    assert result.sweep is not None
+    target = result.sweep.target
+    rows = planning.plan(result)
+    warnings = [p for p in result.problems if not p.is_error] + planning.memory_problems(rows, target)
+    if output is OutputFormat.json:
+        console.print_json({
+            "sweep": result.sweep.name, "target": target.model_dump(mode="json"),
+            "grid_size": result.grid_size, "excluded": result.excluded,
+            "runs": [row.to_json() for row in rows], "problems": [p.to_json() for p in warnings],
+        })  # fmt: skip
+        return
+    _warn(warnings)
+    where = f"{target.tpu_type} × {target.slices}" if target.on_cluster else "local"
+    table = Table(title=f"{result.sweep.name}: {len(result.points)} point(s), {len(result.prerequisites)} "
+                  f"prerequisite(s) on {where}", title_justify="left")  # fmt: skip
+    for column in ("#", "run id", "jobset", "axis values", "slices×hosts×chips", "chip-h", "GB/chip", "fit"):
+        table.add_column(column, justify="right" if column in ("#", "chip-h", "GB/chip") else "left")
+    for row in rows:
+        p, m = row.point, row.memory
+        table.add_row(
+            p.prerequisite if p.prerequisite else (f"{p.index}b" if p.is_baseline else str(p.index)),
+            p.run_id, p.jobset_name, _axes(dict(p.axis_values)), row.shape,
+            "—" if row.chip_hours is None else f"{row.chip_hours:,.0f}",
+            f"{m.total / GB:.1f}" + ("" if m.hbm_per_chip is None else f"/{m.hbm_per_chip / GB:.0f}"),
+            {"fits": "ok", "tight": "tight", "does_not_fit": "OOM", "unknown": "—"}[m.fit],
+        )  # fmt: skip
+    _print_wide(table)
+
+
+def _print_wide(table: Table) -> None:
+    """Print a table at its natural width (never truncating ids), even past a narrow terminal or a pipe."""
+    width = Measurement.get(console.out, console.out.options.update(width=1_000), table).maximum
+    if width <= console.out.width:
+        console.out.print(table)
+    else:  # Console.print caps `width` at the console's own: print through a wider one
+        Console(width=width, highlight=False, color_system=console.out.color_system and "auto").print(table)
+
+
+def render(
+    sweep: SweepArgument,
+    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", "-o", help="folder for the manifests")] = None,
+    output: OutputOption = OutputFormat.text,
+    as_: Annotated[RenderAs, typer.Option("--as", help="jobset: write manifests; xpk: print xpk commands")] = RenderAs.jobset,
+    tpu_type: TpuOption = None,
+    slices: SlicesOption = None,
+    yes: YesOption = False,
+) -> None:
+    """Write one JobSet manifest per run to DIR as `<jobset name>.yaml` (or print `xpk workload create` lines)."""
+    result = expand_sweep(sweep, tpu_type=tpu_type, slices=slices, yes=yes)
+    assert result.sweep is not None
+    target = result.sweep.target
+    if not target.on_cluster:
+        raise UsageError(f"{sweep} targets {target.kind!r}: there is nothing to render",
+                         "set target.kind to kubernetes or xpk, or pass --tpu-type to render for a cluster")  # fmt: skip
+    if as_ is RenderAs.xpk:
+        found = xpk_command.problems(target)
+        if has_errors(found):
+            raise InvalidSpecError(f"{sweep} cannot be expressed as xpk commands", found)
+        _warn(list(result.problems) + found)
+        commands = [(run, xpk_command.xpk_command(run, target)) for run in result.runs]
+        if output is OutputFormat.json:
+            console.print_json([{"name": run.jobset_name, "run_id": run.run_id, "argv": list(c.argv), "line": c.line}
+                                for run, c in commands])  # fmt: skip
+        else:
+            for run, c in commands:
+                console.out.print(f"# {run.label}: {run.jobset_name}", markup=False)
+                console.out.print(c.line, markup=False)
+        return
+    if out_dir is None:
+        raise UsageError("render needs an output folder", "pass -o DIR (or --as xpk to print xpk commands)")
+    manifests = rendering.render(result)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = [_write(out_dir / m.filename, m.text) for m in manifests]
+    except OSError as e:
+        raise UsageError(f"cannot write to {out_dir}: {e.strerror or e}", "check the folder and its permissions") from None
+    _warn(result.problems)
+    if output is OutputFormat.json:
+        console.print_json([
+            {"name": m.name, "file": str(out_dir / m.filename), "sha256": hashlib.sha256(m.text.encode()).hexdigest(),
+             "changed": changed} for m, changed in zip(manifests, written)
+        ])  # fmt: skip
+        return
+    for m, changed in zip(manifests, written):
+        console.out.print(f"{'wrote' if changed else 'unchanged'} {out_dir / m.filename}", markup=False)
+
+
+def _write(path: Path, text: str) -> bool:
+    """Write `text` unless the file already holds it; True when the file changed."""
+    data = text.encode()
+    if path.is_file() and path.read_bytes() == data:
+        return False
+    path.write_bytes(data)
+    return True
+
+
+def tpus(output: OutputOption = OutputFormat.text) -> None:
+    """List the TPU types distillctl knows (the names `xpk workload create --tpu-type` takes)."""
+    rows = [
+        {"name": t.name, "family": t.family, "topology": t.topology, "accelerator": t.accelerator,
+         "machine_type": t.machine_type, "chips_per_vm": t.chips_per_vm, "vms_per_slice": t.vms_per_slice,
+         "chips": t.chips, "hbm_gb_per_chip": t.hbm_gb_per_chip}
+        for t in tpu.TPU_TYPES.values()
+    ]  # fmt: skip
+    if output is OutputFormat.json:
+        console.print_json(rows)
+        return
+    table = Table()
+    for column in ("name", "topology", "accelerator", "machine type", "VMs", "chips/VM", "chips", "HBM/chip"):
+        table.add_column(column, justify="right" if column in ("VMs", "chips/VM", "chips", "HBM/chip") else "left")
+    for r in rows:
+        table.add_row(r["name"], r["topology"], r["accelerator"], r["machine_type"], str(r["vms_per_slice"]),
+                      str(r["chips_per_vm"]), str(r["chips"]), f"{r['hbm_gb_per_chip']:.0f} GB")  # fmt: skip
+    _print_wide(table)
+    console.out.print(Text("also accepted: <family>-<topology> (v5p-4x4x4) and v5e-N for v5litepod-N", style="dim"))

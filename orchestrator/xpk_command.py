@@ -1,0 +1,101 @@
+"""The `xpk workload create` command line equivalent to a rendered JobSet (`distillctl render --as xpk`).
+
+Flag names are those of XPK's `workload create` parser. XPK writes `--env` values into its YAML without
+escaping them, so the resolved spec (JSON, full of quotes) would break the manifest: it is passed
+base64-encoded inside `--command` instead, and decoded in the container:
+`DISTILLCTL_SPEC="$(echo <base64> | base64 -d)" DISTILLCTL_RUN_ID=<id> python -m trainer`.
+
+What XPK cannot express is a problem: Secret references (an error), and a LocalQueue, service account,
+Kueue WorkloadPriorityClass or host-network setting other than XPK's own (warnings: XPK uses its own).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import shlex
+
+from orchestrator.expansion import Point
+from orchestrator.rendering import RETRYABLE_EXIT_CODES, spec_json
+from orchestrator.sweep_file import Target
+from trainer.problems import Problem
+
+XPK_LOCAL_QUEUE = "multislice-queue"  # the LocalQueue `xpk cluster create` makes; every XPK workload uses it
+XPK_PRIORITIES = ("very-low", "low", "medium", "high", "very-high")
+_UNSAFE_ENV = ('"', "\\", "\n", "\r")
+
+
+@dataclasses.dataclass(frozen=True)
+class XpkCommand:
+    argv: tuple[str, ...]
+
+    @property
+    def line(self) -> str:
+        return shlex.join(self.argv)
+
+
+def problems(target: Target) -> list[Problem]:
+    """What of this target `xpk workload create` cannot express."""
+    out = []
+    if target.cluster is None:
+        out.append(Problem(("target", "cluster"), "target_field_missing", "`xpk workload create` needs target.cluster",
+                           "set target.cluster to the cluster `xpk cluster create` made"))  # fmt: skip
+    if target.tpu_type is None or target.image is None:
+        out.append(Problem(("target",), "target_field_missing", "`xpk workload create` needs target.tpu_type and "
+                           "target.image", "set both"))  # fmt: skip
+    if target.secret_env:
+        out.append(Problem(("target", "secret_env"), "xpk_no_secrets", "XPK cannot pass Secret references to the "
+                           "container", "render the JobSet instead (`distillctl render`), or drop secret_env"))  # fmt: skip
+    if target.priority is not None and target.priority not in XPK_PRIORITIES:
+        out.append(Problem(("target", "priority"), "xpk_bad_priority", f"XPK's --priority is one of "
+                           f"{', '.join(XPK_PRIORITIES)}; got {target.priority!r}", "use one of XPK's priorities"))  # fmt: skip
+    for name, value in target.env.items():
+        if any(ch in value for ch in _UNSAFE_ENV):
+            out.append(Problem(("target", "env", name), "xpk_unsafe_env", f"XPK writes --env values into its YAML "
+                               f"unescaped; the value of {name} holds a quote, backslash or line break",
+                               "render the JobSet instead, or simplify the value"))  # fmt: skip
+    warnings = [
+        ("queue", target.queue not in (None, XPK_LOCAL_QUEUE), f"XPK always uses the LocalQueue {XPK_LOCAL_QUEUE!r}"),
+        ("service_account", target.service_account is not None, "XPK sets the service account itself"),
+        ("workload_priority_class", target.workload_priority_class is not None,
+         "XPK sets no kueue.x-k8s.io/priority-class label; its --priority is the pods' PriorityClass"),
+        ("host_network", not target.host_network, "XPK always runs TPU pods with hostNetwork: true"),
+    ]  # fmt: skip
+    for field, applies, message in warnings:
+        if applies:
+            out.append(Problem(("target", field), "xpk_ignores", message, "render the JobSet to keep this setting",
+                               severity="warning"))  # fmt: skip
+    return out
+
+
+def trainer_command(point: Point) -> str:
+    encoded = base64.b64encode(spec_json(point).encode()).decode()
+    return f'DISTILLCTL_SPEC="$(echo {encoded} | base64 -d)" DISTILLCTL_RUN_ID={point.run_id} python -m trainer'
+
+
+def xpk_command(point: Point, target: Target) -> XpkCommand:
+    """The command; call `problems(target)` first, as this does not check what XPK cannot express."""
+    argv = ["xpk", "workload", "create", "--cluster", str(target.cluster)]
+    if target.project:
+        argv += ["--project", target.project]
+    if target.zone:
+        argv += ["--zone", target.zone]
+    argv += [
+        "--namespace", target.namespace,
+        "--workload", point.jobset_name,
+        "--tpu-type", str(target.tpu_type),
+        "--num-slices", str(target.slices),
+        "--docker-image", str(target.image),
+        "--command", trainer_command(point),
+        "--max-restarts", str(target.max_restarts),
+        "--ttl-seconds-after-finished", str(target.ttl_seconds_after_finished),
+        "--termination-grace-period-seconds", str(target.termination_grace_seconds),
+    ]  # fmt: skip
+    if target.priority:
+        argv += ["--priority", target.priority]
+    extra = sorted(set(target.restartable_exit_codes) - set(RETRYABLE_EXIT_CODES))
+    if extra:
+        argv += ["--restart-on-exit-codes", ",".join(str(code) for code in extra)]
+    for name in sorted(target.env):
+        argv += ["--env", f"{name}={target.env[name]}"]
+    return XpkCommand(tuple(argv))
