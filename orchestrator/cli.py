@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import traceback
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
@@ -18,6 +18,7 @@ from orchestrator.console import OutputFormat
 from orchestrator.errors import DistillctlError, InvalidSpecError, UsageError
 from orchestrator.exit_codes import ExitCode, epilog
 from orchestrator.explain import explain as explain_spec
+from trainer import maxtext_format
 from trainer.problems import has_errors
 from trainer.registry import MODELS
 from trainer.specfile import SpecReport, read_spec_file
@@ -42,7 +43,10 @@ class _Commands(TyperGroup):
             raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
         except (typer.Exit, typer.Abort):
             raise
-        except Exception as e:  # a bug: say so briefly unless debugging
+        except Exception as e:
+            if hasattr(e, "exit_code") and hasattr(e, "show"):
+                raise  # the command line itself is wrong: Typer prints usage and exits 2
+            # Anything else is a bug: say so briefly unless debugging.
             if os.environ.get("DISTILLCTL_DEBUG"):
                 traceback.print_exc()
             console.print_error(
@@ -124,7 +128,7 @@ def explain(
     for problem in report.problems:
         console.err.print(console.problem_line(problem))
     console.out.print(Text(f"# {file}: resolved spec", style="bold"))
-    console.out.print(yaml.safe_dump(view["spec"], sort_keys=False, default_flow_style=None).rstrip(), markup=False)
+    console.out.print(console.to_yaml(view["spec"]).rstrip(), markup=False)
     models = Table(title="models", title_justify="left")
     for column in ("side", "model", "layers", "parameters"):
         models.add_column(column)
@@ -146,6 +150,28 @@ def explain(
         for name, info in view["schedules"].items():
             table.add_row(name, info["schedule"], *(f"{v['value']:.4g}" for v in info["values"]))
         console.out.print(table)
+
+
+class SpecLayout(str, Enum):
+    native = "native"
+    maxtext = "maxtext"
+
+
+@app.command()
+def convert(
+    file: Annotated[Path, typer.Argument(help="a spec file in either layout")],
+    to: Annotated[SpecLayout, typer.Option("--to", help="the layout to write")] = SpecLayout.native,
+) -> None:
+    """Print a spec in distillctl's layout or as a MaxText distillation.yml (to stdout)."""
+    spec = load_valid_spec(file).spec
+    native = spec.model_dump(mode="json", exclude_defaults=to is SpecLayout.native)
+    if to is SpecLayout.maxtext:
+        native["loss"]["layer_indices"] = spec.layer_indices() if spec.loss.feature_loss_on else spec.loss.layer_indices
+        try:
+            native = maxtext_format.to_maxtext(native)
+        except maxtext_format.NotRepresentable as e:
+            raise UsageError(str(e), "keep this spec in distillctl's layout") from None
+    console.out.print(console.to_yaml(native).rstrip(), markup=False)
 
 
 @app.command()

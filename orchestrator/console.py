@@ -7,6 +7,7 @@ import sys
 from enum import Enum
 from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.text import Text
 
@@ -49,3 +50,20 @@ def print_error(message: str, hint: str = "") -> None:
     err.print(line)
     if hint:
         err.print(Text("hint: " + hint, style="dim"))
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flow = all(not isinstance(item, (dict, list)) for item in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
+def to_yaml(data: Any) -> str:
+    """Block-style YAML with short lists on one line (`layer_indices: [3, 7, 11]`), keys in given order."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=120)

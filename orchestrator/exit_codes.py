@@ -11,6 +11,11 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad command line or a file that does not exist; for `regress`: infrastructure failure
     TIMEOUT = 3  # waited longer than --timeout
     INVALID_SPEC = 4  # a spec or sweep file has errors
+    CLUSTER_UNREACHABLE = 5  # no kubeconfig, unknown context, API server down
+    CLUSTER_NOT_READY = 6  # JobSet or Kueue not installed, or a JobSet CRD older than the fields used
+    FORBIDDEN = 7  # RBAC: not allowed to list/create/delete JobSets (or credentials expired)
+    REJECTED = 8  # the API server or a webhook rejected a manifest (dry-run=server shows it first)
+    NOT_ADMITTED = 9  # Kueue will never admit a point as configured (no such queue, request above quota)
     INTERNAL = 70  # a bug in distillctl: rerun with DISTILLCTL_DEBUG=1 and report the traceback
     INTERRUPTED = 130  # Ctrl-C
 
@@ -25,6 +30,11 @@ DESCRIPTIONS: dict[ExitCode, str] = {
     ExitCode.USAGE: "usage error: bad option or missing file (regress: infrastructure failure)",
     ExitCode.TIMEOUT: "timed out",
     ExitCode.INVALID_SPEC: "invalid spec or sweep file",
+    ExitCode.CLUSTER_UNREACHABLE: "cluster unreachable (kubeconfig, context, API server)",
+    ExitCode.CLUSTER_NOT_READY: "JobSet/Kueue missing or too old on the cluster",
+    ExitCode.FORBIDDEN: "forbidden by RBAC or credentials",
+    ExitCode.REJECTED: "manifest rejected by the API server",
+    ExitCode.NOT_ADMITTED: "Kueue will not admit a point",
     ExitCode.INTERNAL: "internal error (a bug): rerun with DISTILLCTL_DEBUG=1",
     ExitCode.INTERRUPTED: "interrupted",
 }

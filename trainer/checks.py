@@ -24,7 +24,7 @@ def _schedules(spec: DistillSpec) -> list[Problem]:
         value: ScheduledValue = getattr(spec.loss, name)
         if value.schedule != "constant" and value.end is None:
             out.append(Problem(
-                ("loss", name, "schedule"), "schedule_without_end",
+                ("loss", name, "end"), "schedule_without_end",
                 f"{name} schedule is {value.schedule!r} but {name} has no end value",
                 f"set loss.{name}.end to the value to reach at the last step, or use schedule: constant",
             ))  # fmt: skip

@@ -69,7 +69,7 @@ class ScheduledValue(_Block):
         if isinstance(data, bool) or isinstance(data, str):
             raise PydanticCustomError(
                 "wrong_type",
-                "expected a number or a mapping with start, end and schedule, got {value!r}",
+                "expected a number or a mapping with start, end and schedule, got '{value}'",
                 {"value": data},
             )
         if isinstance(data, (int, float)):
@@ -137,7 +137,7 @@ def _known_model(name: str) -> str:
         close = get_close_matches(name, MODELS, n=3, cutoff=0.5)
         raise PydanticCustomError(
             "unknown_model",
-            "unknown model {name!r}{suggestion}",
+            "unknown model '{name}'{suggestion}",
             {"name": name, "suggestion": f"; did you mean {', '.join(close)}?" if close else ""},
         )
     return name
@@ -242,7 +242,7 @@ def _run_name(value: str) -> str:
     if not _RUN_NAME.match(value) or len(value) > 128:
         raise PydanticCustomError(
             "bad_run_name",
-            "run name {value!r} must start with a letter or digit and use only letters, digits, '.', '_', '-'",
+            "run name '{value}' must start with a letter or digit and use only letters, digits, '.', '_', '-'",
             {"value": value},
         )
     return value

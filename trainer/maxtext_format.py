@@ -16,13 +16,18 @@ from trainer.problems import Loc, Problem
 
 # MaxText key -> native location.
 TOP_LEVEL: dict[str, Loc] = {
+    f"distill_{name}{suffix}": ("loss", name, field)
+    for name in ("alpha", "temperature", "beta")
+    for suffix, field in (("", "start"), ("_end", "end"), ("_schedule", "schedule"))
+}
+TOP_LEVEL |= {
+    "distill_feature_loss_type": ("loss", "feature_loss_type"),
+    "distill_layer_indices": ("loss", "layer_indices"),
     "run_name": ("name",),
     "steps": ("steps",),
     "offline_data_dir": ("offline_data_dir",),
     "base_output_directory": ("output_dir",),
     "init_weights_seed": ("seed",),
-    "distill_feature_loss_type": ("loss", "feature_loss_type"),
-    "distill_layer_indices": ("loss", "layer_indices"),
     "per_device_batch_size": ("batch", "per_device_batch_size"),
     "max_target_length": ("batch", "max_target_length"),
     "gradient_accumulation_steps": ("batch", "gradient_accumulation_steps"),
@@ -38,6 +43,7 @@ TOP_LEVEL: dict[str, Loc] = {
     "checkpoint_period": ("checkpoint", "every_steps"),
     "max_num_checkpoints_to_keep": ("checkpoint", "keep"),
     "log_period": ("logging", "every_steps"),
+    "enable_tensorboard": ("logging", "tensorboard"),
     "dataset_type": ("data", "source"),
     "tokenizer_path": ("data", "tokenizer"),
     "data_shuffle_seed": ("data", "seed"),
@@ -45,10 +51,6 @@ TOP_LEVEL: dict[str, Loc] = {
     "ici_fsdp_parallelism": ("mesh", "fsdp"),
     "ici_tensor_parallelism": ("mesh", "tensor"),
 }
-for _name in ("alpha", "temperature", "beta"):
-    TOP_LEVEL[f"distill_{_name}"] = ("loss", _name, "start")
-    TOP_LEVEL[f"distill_{_name}_end"] = ("loss", _name, "end")
-    TOP_LEVEL[f"distill_{_name}_schedule"] = ("loss", _name, "schedule")
 
 DATA_PATH_KEYS = ("dataset_path", "hf_path", "grain_train_files")
 
@@ -80,6 +82,9 @@ KNOWN_KEYS = set(TOP_LEVEL) | set(DATA_PATH_KEYS) | set(MODEL_KEYS) | set(OVERRI
 
 
 def looks_like_maxtext(data: dict) -> bool:
+    """MaxText's flat layout, unless the file has distillctl's blocks (then stray MaxText keys are typos)."""
+    if any(key in data for key in ("student", "teacher", "loss")):
+        return False
     return any(
         isinstance(key, str) and (key.startswith("distill_") or key in OVERRIDE_BLOCKS or key == "base_config")
         for key in data
@@ -152,8 +157,24 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
     return out
 
 
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance with adjacent transpositions (a typo's distance)."""
+    previous2, previous = None, list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            cost = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb))
+            if previous2 is not None and i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                cost = min(cost, previous2[j - 2] + 1)
+            current.append(cost)
+        previous2, previous = previous, current
+    return previous[-1]
+
+
 def _unknown(loc: Loc, key: str, known: set[str]) -> Problem:
-    close = get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+    # MaxText has hundreds of keys we do not use; only a near-miss of one we do use is treated as a typo.
+    typo_budget = 1 if len(key) < 8 else 2
+    close = [k for k in get_close_matches(key, sorted(known), n=3, cutoff=0.6) if _edit_distance(key, k) <= typo_budget]
     if close or key.startswith("distill_"):
         return Problem(
             loc, "unknown_key", f"unknown key {key!r}",
@@ -164,3 +185,34 @@ def _unknown(loc: Loc, key: str, known: set[str]) -> Problem:
         loc, "maxtext_key_ignored", f"MaxText key {key!r} is not used by distillctl's trainer and is ignored",
         "remove it if it was meant for something else", severity="warning",
     )  # fmt: skip
+
+
+DATA_PATH_KEY_BY_SOURCE = {"hf": "hf_path", "grain": "grain_train_files"}
+
+
+class NotRepresentable(ValueError):
+    """A spec feature MaxText's distillation config has no key for."""
+
+
+def to_maxtext(native: dict[str, Any]) -> dict[str, Any]:
+    """A MaxText `distillation.yml` mapping for a (JSON-dumped) native spec; inverse of `from_maxtext`."""
+    if native.get("mode", "distill") != "distill":
+        raise NotRepresentable("MaxText's distillation config describes distillation; a pretrain spec has no equivalent")
+    for side in ("student", "teacher"):
+        block = native.get(side) or {}
+        if block.get("init", "random") != "random" or block.get("drop_layers"):
+            raise NotRepresentable(f"MaxText has no key for initialising the {side} from the teacher (init/drop_layers)")
+    flat: dict[str, Any] = {"base_config": "base.yml"}
+    for side, block_name in (("student", "student_overrides"), ("teacher", "teacher_overrides")):
+        block = native.get(side) or {}
+        flat[block_name] = {key: block[field] for key, field in MODEL_KEYS.items() if block.get(field) is not None}
+    for key, loc in TOP_LEVEL.items():
+        value: Any = native
+        for part in loc:
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            flat[key] = value
+    data = native.get("data") or {}
+    if data.get("path") is not None:
+        flat[DATA_PATH_KEY_BY_SOURCE.get(data.get("source"), "dataset_path")] = data["path"]
+    return flat

@@ -173,7 +173,8 @@ def _validate_with_repairs(data: dict[str, Any]) -> tuple[DistillSpec | None, li
             return DistillSpec.model_validate(data), problems
         except ValidationError as e:
             found = _from_pydantic(e, data)
-        new = [p for p in found if p not in problems]
+        # A key set aside in an earlier round may now be "missing": that is the same problem, already reported.
+        new = [p for p in found if not any(_related(p.loc, old.loc) for old in problems)]
         if not new:
             break
         problems += new
@@ -276,21 +277,24 @@ def _type_hint(value: Any) -> str:
     return ""
 
 
-_MAXTEXT_NAMES = {**{v: k for k, v in maxtext_format.MODEL_KEYS.items()},
-                  **{loc[-1]: k for k, loc in maxtext_format.TOP_LEVEL.items()}}  # fmt: skip
-_FROM_MAXTEXT = {maxtext: native for native, maxtext in _MAXTEXT_NAMES.items()}
+# Where each MaxText key lives in this layout, to answer `distill_alpha:` or `base_emb_dim:` in a native file.
+_NATIVE_HOME = {key: format_loc(loc) for key, loc in maxtext_format.TOP_LEVEL.items()}
+_NATIVE_FIELD = dict(maxtext_format.MODEL_KEYS)
 
 
 def _did_you_mean(loc: Loc) -> str:
     known = _keys_at(loc[:-1])
     key = str(loc[-1])
-    if key in _FROM_MAXTEXT and _FROM_MAXTEXT[key] in known:
-        return f"did you mean {_FROM_MAXTEXT[key]!r}? (MaxText's {key} is {_FROM_MAXTEXT[key]} here)"
+    if key in _NATIVE_FIELD and _NATIVE_FIELD[key] in known:
+        return f"did you mean {_NATIVE_FIELD[key]!r}? (MaxText's {key} is {_NATIVE_FIELD[key]} here)"
     if key in BATCH_SHAPE_KEYS and "batch" in _keys_at(()):
         return f"{key} belongs under `batch:`"
     close = get_close_matches(key, known, n=1, cutoff=0.6)
     if close:
         return f"did you mean {close[0]!r}?"
+    maxtext = get_close_matches(key, list(_NATIVE_HOME), n=1, cutoff=0.8)
+    if maxtext:
+        return f"MaxText's {maxtext[0]} is {_NATIVE_HOME[maxtext[0]]} in this layout"
     return f"valid keys here: {', '.join(known)}" if known else ""
 
 

@@ -102,8 +102,9 @@ def parse_yaml(text: str) -> YamlDocument:
             f"the file is larger than {MAX_BYTES // (1024 * 1024)} MiB",
             "a spec or sweep file is a few kilobytes; check that this is the file you meant",
         )
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -118,19 +119,25 @@ def parse_yaml(text: str) -> YamlDocument:
         raise YamlSourceError(
             "yaml_syntax", f"YAML syntax error: {message}", "fix the YAML at this position", _position(mark) if mark else None
         ) from None
+    except yaml.reader.ReaderError as e:
+        raise YamlSourceError(
+            "yaml_syntax", f"unacceptable character #x{e.character:04x} at offset {e.position}",
+            "YAML files hold printable text only; remove control characters",
+        ) from None  # fmt: skip
     except yaml.YAMLError as e:
         raise YamlSourceError("yaml_syntax", f"YAML syntax error: {e}", "fix the YAML syntax") from None
     except RecursionError:
         raise YamlSourceError("yaml_too_deep", "the YAML is nested too deeply", f"keep nesting under {MAX_DEPTH} levels") from None
     finally:
-        loader.dispose()
-    if root is None:
-        raise YamlSourceError("empty_file", "the file is empty", "write a spec: at least a `student:` block")
+        if loader is not None:
+            loader.dispose()
     builder = _Builder(loader)
     try:
-        data = builder.build(root, ())
+        data = builder.build(root, ()) if root is not None else None
     except RecursionError:
         raise YamlSourceError("yaml_too_deep", "the YAML is nested too deeply", f"keep nesting under {MAX_DEPTH} levels") from None
+    if data is None:
+        raise YamlSourceError("empty_file", "the file is empty", "write the document: at least a `student:` block")
     return YamlDocument(data, builder.positions, tuple(builder.duplicates))
 
 

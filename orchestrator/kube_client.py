@@ -1,0 +1,175 @@
+"""Talking to a Kubernetes API server: configuration as kubectl takes it, retries, and errors people can act on.
+
+Every call goes through `call()`: 429, 5xx and dropped connections are retried with exponential backoff (honouring
+Retry-After); anything else becomes a `ClusterError` with an exit code. Creating a JobSet is safe to retry because
+its name is derived from the run id: a create whose response was lost comes back as 409 AlreadyExists, never as a
+second JobSet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from orchestrator.errors import DistillctlError
+from orchestrator.exit_codes import ExitCode
+
+T = TypeVar("T")
+
+RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+CONNECTION_ERRORS = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
+
+
+class ClusterError(DistillctlError):
+    exit_code = ExitCode.CLUSTER_UNREACHABLE
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterAccess:
+    """Where the cluster is, as kubectl takes it: --kubeconfig (else $KUBECONFIG, ~/.kube/config, in-cluster),
+    --context, and the namespace (flag, else the target's, else the context's, else `default`)."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Retry:
+    attempts: int = 6
+    base_delay: float = 0.2
+    max_delay: float = 5.0
+
+
+@dataclasses.dataclass
+class Cluster:
+    """A connected API client and the namespace commands act in."""
+
+    api: client.ApiClient
+    namespace: str
+    retry: Retry = dataclasses.field(default_factory=Retry)
+    server: str = ""
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` with retries; `what` names the action in error messages."""
+        delay = self.retry.base_delay
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                return fn(*args, **kwargs)
+            except ApiException as e:
+                if e.status not in RETRYABLE_STATUS or attempt == self.retry.attempts:
+                    raise api_error(what, e, self) from None
+                wait = _retry_after(e) or delay
+            except CONNECTION_ERRORS as e:
+                if attempt == self.retry.attempts:
+                    raise unreachable(self.server, e) from None
+                wait = delay
+            time.sleep(min(wait, self.retry.max_delay) * (0.5 + random.random()))
+            delay = min(delay * 2, self.retry.max_delay)
+        raise AssertionError("unreachable")
+
+
+def _retry_after(e: ApiException) -> float | None:
+    try:
+        return float((e.headers or {}).get("Retry-After"))
+    except (TypeError, ValueError):
+        return None
+
+
+def connect(access: ClusterAccess, default_namespace: str | None = None, retry: Retry | None = None) -> Cluster:
+    """A client for the cluster `access` names; raises ClusterError for a missing kubeconfig or context."""
+    configuration = client.Configuration()
+    namespace = access.namespace
+    kubeconfig = access.kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+    default_path = os.path.expanduser("~/.kube/config")
+    try:
+        if kubeconfig or os.path.exists(default_path) or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            path = kubeconfig or default_path
+            if not os.path.exists(path):
+                raise ClusterError(
+                    f"no kubeconfig at {path}",
+                    "point --kubeconfig (or KUBECONFIG) at your cluster's kubeconfig, e.g. from "
+                    "`gcloud container clusters get-credentials`, or `make cluster-up` for the local test cluster",
+                )
+            contexts, current = config.list_kube_config_contexts(config_file=path)
+            names = [c["name"] for c in contexts]
+            if access.context and access.context not in names:
+                raise ClusterError(
+                    f"context {access.context!r} is not in {path}",
+                    f"use one of: {', '.join(names) or '(none)'}",
+                )
+            chosen = next((c for c in contexts if c["name"] == access.context), current)
+            config.load_kube_config(config_file=path, context=access.context, client_configuration=configuration)
+            namespace = namespace or default_namespace or (chosen or {}).get("context", {}).get("namespace")
+        else:
+            config.load_incluster_config(client_configuration=configuration)
+            namespace = namespace or default_namespace or _incluster_namespace()
+    except ConfigException as e:
+        raise ClusterError(f"cannot load the cluster configuration: {e}", "check --kubeconfig and --context") from None
+    configuration.retries = False  # retries are ours, with backoff and error mapping
+    return Cluster(client.ApiClient(configuration), namespace or "default", retry or Retry(), configuration.host)
+
+
+def _incluster_namespace() -> str:
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+            return f.read().strip()
+    except OSError:
+        return "default"
+
+
+def unreachable(server: str, e: BaseException) -> ClusterError:
+    return ClusterError(
+        f"cannot reach the Kubernetes API server at {server or 'the configured address'} ({type(e).__name__})",
+        "check that the cluster is up and that --kubeconfig/--context point at it (`kubectl cluster-info`)",
+    )
+
+
+def api_error(what: str, e: ApiException, cluster: Cluster) -> DistillctlError:
+    """An API error as a message, a hint and an exit code."""
+    message = _server_message(e)
+    if e.status == 401:
+        return ClusterError(f"{what}: unauthorized ({message})", "refresh your credentials (gcloud auth login, or a "
+                            "new kubeconfig)", exit_code=ExitCode.FORBIDDEN)  # fmt: skip
+    if e.status == 403:
+        return ClusterError(f"{what}: forbidden ({message})",
+                            f"ask for RBAC rights on JobSets in namespace {cluster.namespace!r}",
+                            exit_code=ExitCode.FORBIDDEN)  # fmt: skip
+    if e.status == 404 and "the server could not find the requested resource" in message.lower():
+        return ClusterError(f"{what}: the API server does not serve this resource ({message})",
+                            "install the JobSet controller and its CRDs", exit_code=ExitCode.CLUSTER_NOT_READY)  # fmt: skip
+    if e.status in (400, 422):
+        return DistillctlError(f"{what}: the API server rejected it: {message}",
+                               "fix the sweep's target or template; `distillctl sweep --dry-run=server` shows this "
+                               "before anything is created", exit_code=ExitCode.REJECTED)  # fmt: skip
+    if e.status in RETRYABLE_STATUS:
+        return ClusterError(f"{what}: the API server kept failing ({e.status} {message})",
+                            "try again later; the cluster may be overloaded or upgrading")  # fmt: skip
+    return DistillctlError(f"{what}: {e.status} {message}", exit_code=ExitCode.FAILED)
+
+
+def _server_message(e: ApiException) -> str:
+    import json
+
+    try:
+        body = json.loads(e.body or "")
+        return str(body.get("message") or e.reason)
+    except (ValueError, AttributeError):
+        return str(e.reason or e.body or "")

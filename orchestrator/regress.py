@@ -1,0 +1,125 @@
+"""Comparing a finished sweep with its golden file: per-check outcomes, JUnit XML and a markdown summary.
+
+An outcome is a `pass`, a `regression` (the metric is off) or `infra` (the point failed, never ran, or did not log
+the metric): CI must tell "the model got worse" from "the run did not happen".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from typing import Literal
+
+from orchestrator.exit_codes import INFRA_FAILURE, ExitCode
+from orchestrator.golden import GoldenFile
+
+Kind = Literal["pass", "regression", "infra"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    """What a point did: its phase (`Succeeded`, `Failed`, ...) and its aggregated metrics."""
+
+    run_id: str
+    label: str
+    phase: str
+    reason: str
+    metrics: Mapping[str, float | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    run_id: str
+    label: str
+    metric: str
+    kind: Kind
+    expected: str
+    observed: float | None
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RegressReport:
+    sweep: str
+    outcomes: tuple[Outcome, ...]
+
+    def count(self, kind: Kind) -> int:
+        return sum(o.kind == kind for o in self.outcomes)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.count("infra"):
+            return INFRA_FAILURE
+        return ExitCode.FAILED if self.count("regression") else ExitCode.OK
+
+
+def evaluate(golden: GoldenFile, observed: Mapping[str, Observed]) -> RegressReport:
+    outcomes: list[Outcome] = []
+    for point in golden.points:
+        seen = observed.get(point.run_id)
+        label = point.label or (seen.label if seen else "")
+        if seen is None:
+            outcomes.append(Outcome(point.run_id, label, "*", "infra", "a finished point", None,
+                                    "this point is not in the sweep (its spec changed?); run `distillctl golden "
+                                    "update` if the change is intended"))  # fmt: skip
+            continue
+        if seen.phase != "Succeeded":
+            why = f"{seen.phase}" + (f" ({seen.reason})" if seen.reason else "")
+            outcomes.append(Outcome(point.run_id, label, "*", "infra", "Succeeded", None, f"the point is {why}"))
+            continue
+        for name, check in point.checks.items():
+            value = seen.metrics.get(name)
+            if value is None or not math.isfinite(value):
+                outcomes.append(Outcome(point.run_id, label, name, "infra", check.describe(), value,
+                                        f"{name} was not logged" if value is None else f"{name} is {value}"))  # fmt: skip
+            elif check.passes(value):
+                outcomes.append(Outcome(point.run_id, label, name, "pass", check.describe(), value, ""))
+            else:
+                outcomes.append(Outcome(point.run_id, label, name, "regression", check.describe(), value,
+                                        f"{name} = {value:.6g}, expected {check.describe()}"))  # fmt: skip
+    return RegressReport(golden.sweep, tuple(outcomes))
+
+
+def junit_xml(report: RegressReport) -> str:
+    """JUnit XML: one testcase per (point, metric); regressions are failures, infrastructure problems errors."""
+    suite = ET.Element("testsuite", name=f"distillctl.{report.sweep}", tests=str(len(report.outcomes)),
+                       failures=str(report.count("regression")), errors=str(report.count("infra")))  # fmt: skip
+    for o in report.outcomes:
+        case = ET.SubElement(suite, "testcase", classname=f"{report.sweep}.{o.run_id}", name=f"{o.label or o.run_id}: {o.metric}")
+        if o.kind == "regression":
+            ET.SubElement(case, "failure", message=o.message, type="MetricRegression").text = o.message
+        elif o.kind == "infra":
+            ET.SubElement(case, "error", message=o.message, type="InfrastructureFailure").text = o.message
+        elif o.observed is not None:
+            ET.SubElement(case, "system-out").text = f"{o.metric} = {o.observed:.6g}, expected {o.expected}"
+    suites = ET.Element("testsuites")
+    suites.append(suite)
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+_ICON = {"pass": "✅", "regression": "❌", "infra": "⚠️"}
+
+
+def markdown(report: RegressReport) -> str:
+    passed, regressed, infra = report.count("pass"), report.count("regression"), report.count("infra")
+    verdict = "passed" if report.exit_code == ExitCode.OK else ("infrastructure failure" if infra else "regressed")
+    lines = [
+        f"### distillctl regress `{report.sweep}`: {verdict}",
+        "",
+        f"{passed} passed, {regressed} regressed, {infra} infrastructure problem(s).",
+        "",
+        "| | point | metric | observed | expected |",
+        "| --- | --- | --- | ---: | --- |",
+    ]
+    for o in report.outcomes:
+        observed = "—" if o.observed is None else f"{o.observed:.6g}"
+        expected = o.expected if o.kind != "infra" else f"{o.expected} — {o.message}"
+        lines.append(f"| {_ICON[o.kind]} | {_md(o.label or o.run_id)} | `{o.metric}` | {observed} | {_md(expected)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")

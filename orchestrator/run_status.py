@@ -1,0 +1,110 @@
+"""The phase a person sees for a run, derived (never stored) from what the backend observes and what the run wrote.
+
+Kubernetes-style: a backend reports conditions `{type, status, reason, message}` with upstream reasons kept
+verbatim (`ReachedMaxRestarts`, `Pending`, ...); the output storage adds the trainer's own verdict
+(`summary.json`) and liveness (the time of the last metrics record).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from orchestrator import aggregate
+from orchestrator.run_outputs import RunOutputs
+
+Phase = Literal["Pending", "Queued", "Running", "Restarting", "Succeeded", "Failed", "Diverged", "Stalled"]
+TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed", "Diverged"})
+KL_T1 = "distill/kl_div_T1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str  # "True" | "False" | "Unknown"
+    reason: str = ""
+    message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """What a backend sees of one run, normalised across backends."""
+
+    exists: bool
+    conditions: tuple[Condition, ...] = ()
+    suspended: bool = False
+    restarts: int = 0
+    active: bool = False  # some pod/process of the current attempt is running
+    queue_reason: str = ""  # Kueue's reason while not admitted
+    queue_message: str = ""
+    created_at: float | None = None  # unix seconds
+    lost: str = ""  # local backend: the process ended without a verdict
+
+    def condition(self, kind: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == kind and c.status == "True"), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStatus:
+    phase: Phase
+    reason: str = ""
+    message: str = ""
+    restarts: int = 0
+    step: int | None = None
+    total_steps: int | None = None
+    kl_div_t1: float | None = None
+    age_seconds: float | None = None
+    last_metrics_at: float | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL
+
+    @property
+    def shown(self) -> str:
+        """`Queued (Pending)`, `Restarting 2`, `Failed (ReachedMaxRestarts)`."""
+        if self.phase == "Restarting":
+            return f"Restarting {self.restarts}"
+        return f"{self.phase} ({self.reason})" if self.reason else self.phase
+
+
+def derive(observation: Observation, outputs: RunOutputs, *, now: float, stall_after: float,
+           total_steps: int | None = None) -> RunStatus:  # fmt: skip
+    """The run's status. Order matters: the trainer's own verdict (diverged, succeeded) beats the backend's."""
+    summary = outputs.summary or {}
+    last_time = _last_metrics_time(outputs)
+    common = dict(
+        restarts=observation.restarts,
+        step=outputs.last_step,
+        total_steps=summary.get("total_steps") if isinstance(summary.get("total_steps"), int) else total_steps,
+        kl_div_t1=aggregate.metric(aggregate.last(outputs.log, 1), KL_T1),
+        age_seconds=(now - observation.created_at) if observation.created_at else None,
+        last_metrics_at=last_time,
+    )
+    verdict = summary.get("status")
+    if verdict == "diverged":
+        return RunStatus("Diverged", "LossNotFinite", "the loss became NaN or infinite", **common)
+    if failed := observation.condition("Failed"):
+        return RunStatus("Failed", failed.reason, failed.message, **common)
+    if observation.condition("Completed") or (verdict == "succeeded" and not observation.active):
+        return RunStatus("Succeeded", **common)
+    if not observation.exists:
+        if verdict in ("failed", "preempted"):
+            return RunStatus("Failed", "TrainerExit", f"exit code {summary.get('exit_code')}", **common)
+        return RunStatus("Pending", "NotCreated", "not submitted yet", **common)
+    if observation.lost:
+        return RunStatus("Failed", "ProcessLost", observation.lost, **common)
+    if observation.suspended or observation.queue_reason:
+        return RunStatus("Queued", observation.queue_reason or "Suspended", observation.queue_message, **common)
+    if observation.restarts and not observation.active:
+        return RunStatus("Restarting", "Restarting", f"attempt {observation.restarts + 1} is starting", **common)
+    started = last_time or observation.created_at
+    if observation.active and started is not None and now - started > stall_after:
+        since = int(now - started)
+        return RunStatus("Stalled", "NoNewMetrics", f"no new metrics for {since}s", **common)
+    return RunStatus("Running", **common)
+
+
+def _last_metrics_time(outputs: RunOutputs) -> float | None:
+    times = [r.time for r in outputs.log if r.time is not None]
+    return times[-1] if times else None

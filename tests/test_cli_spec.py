@@ -1,0 +1,138 @@
+"""`distillctl validate`, `explain`, `convert` and `models` through the CLI, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.exit_codes import ExitCode
+
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+BAD = """\
+student:
+  model: tiny-2l
+teacher:
+  model: tiny-4l
+loss:
+  alpha: {start: 0.9, end: 1.2, schedule: cosine}
+  beta: {start: 0.0, end: 0.5, schedule: cosine}
+  distill_alpa: 3
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_validate_good_examples_exit_0():
+    result = runner.invoke(app, ["validate", *(str(p) for p in sorted((ROOT / "sweeps").glob("*.y*ml")) if
+                                               "sweep" not in p.read_text()[:0])])  # fmt: skip
+    assert result.exit_code == ExitCode.OK, result.output
+    assert "valid" in result.stdout
+
+
+def test_validate_reports_every_problem_with_file_line_column(tmp_path):
+    path = write(tmp_path, BAD)
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == ExitCode.INVALID_SPEC
+    codes = {line.split("error[")[1].split("]")[0] for line in result.stdout.splitlines() if "error[" in line}
+    assert codes == {"alpha_out_of_range", "beta_ramp_from_zero", "unknown_key", "teacher_path_missing",
+                     "layer_indices_missing"}  # fmt: skip
+    assert f"{path}:6:" in result.stdout and "error[alpha_out_of_range] loss.alpha.end" in result.stdout
+    assert "error[unknown_key] loss.distill_alpa" in result.stdout
+    assert "Traceback" not in result.output
+
+
+def test_validate_json_output(tmp_path):
+    path = write(tmp_path, BAD)
+    result = runner.invoke(app, ["validate", "--output", "json", str(path)])
+    assert result.exit_code == ExitCode.INVALID_SPEC
+    problems = json.loads(result.stdout)
+    assert {tuple(sorted(p)) for p in problems} == {("code", "column", "file", "hint", "line", "loc", "message", "severity")}
+    by_code = {p["code"]: p for p in problems}
+    assert by_code["beta_ramp_from_zero"]["line"] == 7 and by_code["beta_ramp_from_zero"]["loc"] == "loss.beta.start"
+    assert by_code["teacher_path_missing"]["file"] == str(path)
+
+
+def test_validate_missing_file_is_a_usage_error(tmp_path):
+    result = runner.invoke(app, ["validate", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == ExitCode.USAGE
+    assert "file_not_found" in result.stdout
+
+
+def test_validate_mixed_files_exit_4(tmp_path):
+    result = runner.invoke(app, ["validate", str(tmp_path / "missing.yaml"), str(write(tmp_path, BAD))])
+    assert result.exit_code == ExitCode.INVALID_SPEC
+
+
+def test_validate_strict_fails_on_warnings(tmp_path):
+    path = write(tmp_path, "student: {model: tiny-2l}\nmode: pretrain\nloss: {temperature: {start: 2, end: 1}}\n")
+    assert runner.invoke(app, ["validate", str(path)]).exit_code == ExitCode.OK
+    assert runner.invoke(app, ["validate", "--strict", str(path)]).exit_code == ExitCode.INVALID_SPEC
+
+
+def test_validate_empty_and_garbage_files(tmp_path):
+    for text in ("", "[1, 2", "- a\n"):
+        result = runner.invoke(app, ["validate", str(write(tmp_path, text))])
+        assert result.exit_code == ExitCode.INVALID_SPEC
+        assert len([line for line in result.stdout.splitlines() if "error[" in line]) == 1
+
+
+def test_explain_shows_resolved_layers_and_schedules():
+    result = runner.invoke(app, ["explain", str(ROOT / "sweeps" / "llama3.1-8b-pruning-recovery.yaml")])
+    assert result.exit_code == ExitCode.OK, result.output
+    assert "layer_indices: [3, 7, 11, 15, 19, 23, 27, 31]" in result.stdout
+    assert "num_layers: 32" in result.stdout and "vocab_size: 128256" in result.stdout
+
+
+def test_explain_json_schedule_values():
+    result = runner.invoke(app, ["explain", "--output", "json", str(ROOT / "sweeps" / "llama3.1-8b-pruning-recovery.yaml")])
+    view = json.loads(result.stdout)
+    alpha = [round(v["value"], 4) for v in view["schedules"]["alpha"]["values"]]
+    assert alpha == [0.9, 0.8414, 0.7, 0.5586, 0.5]
+    assert [v["step"] for v in view["schedules"]["beta"]["values"]] == [0, 5000, 10000, 15000, 20000]
+    assert view["models"]["teacher"]["parameters"] == 8_030_261_248
+
+
+def test_explain_invalid_spec_exits_4_on_stderr(tmp_path):
+    result = runner.invoke(app, ["explain", str(write(tmp_path, BAD))])
+    assert result.exit_code == ExitCode.INVALID_SPEC
+    assert "alpha_out_of_range" in result.stderr and result.stdout == ""
+
+
+def test_convert_to_maxtext_and_back(tmp_path):
+    result = runner.invoke(app, ["convert", "--to", "maxtext", str(ROOT / "sweeps" / "tiny.yaml")])
+    assert result.exit_code == ExitCode.OK, result.output
+    assert "distill_alpha: 0.9" in result.stdout and "student_overrides:" in result.stdout
+    back = runner.invoke(app, ["convert", str(write(tmp_path, result.stdout, "d.yml"))])
+    assert back.exit_code == ExitCode.OK and "model: tiny-2l" in back.stdout
+
+
+def test_models_lists_registry_as_json():
+    rows = json.loads(runner.invoke(app, ["models", "--output", "json"]).stdout)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["gemma2-9b"]["vocab_size"] == 256128 and by_name["qwen3-4b"]["num_layers"] == 36
+
+
+def test_unknown_option_is_usage_error():
+    assert runner.invoke(app, ["validate", "--nope", "x"]).exit_code == ExitCode.USAGE
+
+
+def test_console_script_runs_without_jax():
+    """The CLI (and the spec model) never import JAX: validation runs on laptops without it."""
+    code = (
+        "import sys; import orchestrator.cli, trainer.config, trainer.specfile;"
+        "from orchestrator.cli import app; from typer.testing import CliRunner;"
+        f"r = CliRunner().invoke(app, ['validate', '{ROOT / 'sweeps' / 'tiny.yaml'}']);"
+        "assert r.exit_code == 0, r.output; assert 'jax' not in sys.modules, 'jax was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -1,0 +1,64 @@
+"""The phase people see, derived from backend observations and run outputs."""
+
+from __future__ import annotations
+
+from orchestrator.run_outputs import LogLine, RunOutputs
+from orchestrator.run_status import Condition, Observation, derive
+
+NOW = 1_000_000.0
+
+
+def outputs(summary=None, times=()):
+    log = tuple(LogLine(10 * (i + 1), t, None, None, {"distill/kl_div_T1": (2.0 * (i + 1), 2.0)}) for i, t in enumerate(times))
+    return RunOutputs("p", log, summary)
+
+
+def status(observation, out=None, stall_after=300.0):
+    return derive(observation, out or outputs(), now=NOW, stall_after=stall_after, total_steps=100)
+
+
+def test_not_created():
+    s = status(Observation(exists=False))
+    assert s.phase == "Pending" and s.shown == "Pending (NotCreated)"
+
+
+def test_queued_with_kueue_reason():
+    s = status(Observation(exists=True, suspended=True, queue_reason="Pending",
+                           queue_message="couldn't assign flavors to pod set slice-job: insufficient unused quota"))  # fmt: skip
+    assert s.phase == "Queued" and s.reason == "Pending" and "insufficient" in s.message
+
+
+def test_running_with_progress():
+    s = status(Observation(exists=True, active=True, created_at=NOW - 60), outputs(times=(NOW - 20, NOW - 10)))
+    assert (s.phase, s.step, s.total_steps, s.kl_div_t1, s.age_seconds) == ("Running", 20, 100, 2.0, 60)
+
+
+def test_stalled_when_metrics_stop():
+    s = status(Observation(exists=True, active=True, created_at=NOW - 4000), outputs(times=(NOW - 1000,)))
+    assert s.phase == "Stalled" and "1000s" in s.message
+
+
+def test_restarting_between_attempts():
+    s = status(Observation(exists=True, restarts=1, active=False, created_at=NOW - 10))
+    assert s.phase == "Restarting" and s.shown == "Restarting 1"
+
+
+def test_failed_keeps_upstream_reason():
+    s = status(Observation(exists=True, conditions=(Condition("Failed", "True", "ReachedMaxRestarts", "jobset failed"),), restarts=3))
+    assert s.shown == "Failed (ReachedMaxRestarts)" and s.terminal
+
+
+def test_completed_and_reused_outputs():
+    assert status(Observation(exists=True, conditions=(Condition("Completed", "True"),))).phase == "Succeeded"
+    # The JobSet was garbage-collected after its TTL: the output storage still says it succeeded.
+    assert status(Observation(exists=False), outputs({"status": "succeeded"})).phase == "Succeeded"
+
+
+def test_diverged_beats_failed():
+    failed = Observation(exists=True, conditions=(Condition("Failed", "True", "PodFailurePolicy"),))
+    assert status(failed, outputs({"status": "diverged"})).phase == "Diverged"
+
+
+def test_lost_local_process():
+    s = status(Observation(exists=True, lost="exited with signal 9"), outputs({"status": "running"}))
+    assert s.shown == "Failed (ProcessLost)"

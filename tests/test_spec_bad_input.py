@@ -1,0 +1,88 @@
+"""Files that are not specs at all: each gets one clear problem and an exit code, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainer.specfile import read_spec_file, read_spec_text
+from trainer.yaml_source import MAX_BYTES, YamlSourceError, parse_yaml
+
+
+def only_problem(report):
+    assert report.spec is None
+    [problem] = report.problems
+    assert problem.message and problem.hint
+    return problem
+
+
+def test_missing_file(tmp_path):
+    problem = only_problem(read_spec_file(tmp_path / "nope.yaml"))
+    assert problem.code == "file_not_found"
+
+
+def test_directory(tmp_path):
+    assert only_problem(read_spec_file(tmp_path)).code == "not_a_file"
+
+
+@pytest.mark.parametrize("text", ["", "   \n", "# only a comment\n", "---\n"])
+def test_empty_file(text):
+    assert only_problem(read_spec_text(text)).code == "empty_file"
+
+
+def test_yaml_syntax_error_has_a_position():
+    problem = only_problem(read_spec_text("student:\n  model: tiny-2l\n  bad: [1, 2\n"))
+    assert problem.code == "yaml_syntax"
+    assert problem.line is not None and problem.line >= 3
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "42\n", "just a string\n"])
+def test_non_mapping_top_level(text):
+    assert only_problem(read_spec_text(text)).code == "not_a_mapping"
+
+
+def test_several_documents():
+    assert only_problem(read_spec_text("a: 1\n---\nb: 2\n")).code == "multiple_documents"
+
+
+def test_huge_file_is_refused_before_parsing(tmp_path):
+    big = tmp_path / "big.yaml"
+    with big.open("wb") as f:
+        f.write(b"student: {model: tiny-2l}\n")
+        f.write(b"# " + b"x" * (50 * 1024 * 1024) + b"\n")
+    problem = only_problem(read_spec_file(big))
+    assert problem.code == "file_too_large" and "50 MiB" in problem.message
+
+
+def test_binary_file(tmp_path):
+    path = tmp_path / "weights.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    assert only_problem(read_spec_file(path)).code == "not_utf8"
+
+
+def test_alias_bomb_is_refused():
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+    for name in "bcdefgh":
+        prev = chr(ord(name) - 1)
+        bomb += f"{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+    assert only_problem(read_spec_text(bomb)).code == "yaml_too_complex"
+
+
+def test_deep_nesting_is_refused():
+    text = "a: " + "[" * 5000 + "]" * 5000 + "\n"
+    assert only_problem(read_spec_text(text)).code in {"yaml_too_deep", "yaml_syntax"}
+
+
+def test_duplicate_keys_are_errors():
+    report = read_spec_text("student: {model: tiny-2l}\nmode: pretrain\nsteps: 5\nsteps: 6\n")
+    [problem] = report.problems
+    assert (problem.code, problem.line) == ("duplicate_key", 4)
+
+
+def test_max_bytes_applies_to_text_too():
+    with pytest.raises(YamlSourceError) as e:
+        parse_yaml("a: 1\n" + "#" * MAX_BYTES)
+    assert e.value.code == "file_too_large"
+
+
+def test_exponent_floats_without_dot_are_floats():
+    assert parse_yaml("a: 1e-6\nb: 2.0e-4\nc: 10_000\nd: '1e-6'\n").data == {"a": 1e-6, "b": 2e-4, "c": 10000, "d": "1e-6"}

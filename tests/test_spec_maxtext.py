@@ -1,0 +1,143 @@
+"""MaxText's distillation.yml loads into the same spec, reports problems with MaxText's keys, and round-trips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trainer import maxtext_format
+from trainer.specfile import read_spec_file, read_spec_text, validate_data
+
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+
+# MaxText's own starter config (src/maxtext/configs/post_train/distillation.yml), with the teacher path users add.
+MAXTEXT_STARTER = """\
+base_config: "base.yml"
+student_overrides:
+  model_name: "llama3.1-8b"
+teacher_overrides:
+  model_name: "llama3.1-8b"
+  load_parameters_path: "gs://bucket/teacher/0/items"
+distill_alpha: 0.5
+distill_temperature: 1.0
+hf_path: "OptimalScale/ClimbMix"
+dataset_type: "hf"
+tokenizer_path: "meta-llama/Llama-3.1-8B"
+tokenizer_type: "huggingface"
+max_target_length: 2048
+packing: true
+steps: 200000
+checkpoint_period: 2000
+log_period: 10
+save_checkpoint_on_completion: true
+per_device_batch_size: 2
+gradient_accumulation_steps: 1
+learning_rate: 2.0e-4
+learning_rate_schedule_steps: 200000
+warmup_steps_fraction: 0.1
+learning_rate_final_fraction: 0.1
+"""
+
+
+def test_maxtext_starter_config_validates_unchanged():
+    report = read_spec_text(MAXTEXT_STARTER, file="distillation.yml")
+    assert report.format == "maxtext"
+    assert report.ok, report.problems
+    spec = report.spec
+    assert spec.student.model == spec.teacher.model == "llama3.1-8b"
+    assert spec.loss.alpha.start == 0.5 and spec.loss.temperature.start == 1.0 and not spec.loss.feature_loss_on
+    assert spec.batch.per_device_batch_size == 2 and spec.batch.max_target_length == 2048
+    assert spec.data.source == "hf" and spec.data.path == "OptimalScale/ClimbMix"
+    assert spec.checkpoint.every_steps == 2000 and spec.steps == 200000
+    # hf data is a warning (the bundled trainer cannot read it), never an error.
+    assert [p.code for p in report.problems] == ["data_source_not_bundled"]
+
+
+def test_maxtext_file_without_teacher_path_says_so_in_maxtext_terms():
+    report = read_spec_text(MAXTEXT_STARTER.replace('  load_parameters_path: "gs://bucket/teacher/0/items"\n', ""))
+    [problem] = [p for p in report.problems if p.is_error]
+    assert problem.code == "teacher_path_missing"
+    assert problem.dotted_loc == "teacher_overrides.load_parameters_path"
+    assert "teacher_overrides.load_parameters_path" in problem.hint
+
+
+def test_maxtext_none_strings_mean_null():
+    text = MAXTEXT_STARTER + "distill_alpha_end: None\ndistill_layer_indices: None\n"
+    report = read_spec_text(text)
+    assert report.ok and report.spec.loss.alpha.end is None
+
+
+def test_maxtext_typos_are_errors_with_suggestions_and_foreign_keys_are_warnings():
+    text = MAXTEXT_STARTER + "distill_alpa: 0.7\nper_device_batch_sise: 4\nici_sequence_parallelism: 1\n"
+    report = read_spec_text(text, file="d.yml")
+    by_key = {p.dotted_loc: p for p in report.problems}
+    assert by_key["distill_alpa"].code == "unknown_key" and "distill_alpha" in by_key["distill_alpa"].hint
+    assert by_key["per_device_batch_sise"].code == "unknown_key"
+    assert by_key["ici_sequence_parallelism"].severity == "warning"
+    assert by_key["distill_alpa"].line == 25
+
+
+def test_maxtext_beta_asymmetry_cannot_happen():
+    # MaxText's CLI overrides reach only the student; here β lives once and feature rules check both models.
+    text = MAXTEXT_STARTER + "distill_beta: 1.0\ndistill_layer_indices: [0, 1]\n"
+    text = text.replace("teacher_overrides:\n", "teacher_overrides:\n  scan_layers: false\n")
+    report = read_spec_text(text)
+    codes = {p.code for p in report.problems if p.is_error}
+    assert "feature_loss_needs_scan_layers" in codes
+    [problem] = [p for p in report.problems if p.code == "feature_loss_needs_scan_layers"]
+    assert problem.dotted_loc == "teacher_overrides.scan_layers"
+
+
+def test_maxtext_top_level_model_keys_apply_to_both_models():
+    text = MAXTEXT_STARTER + "scan_layers: false\nvocab_size: 1000\n"
+    spec = read_spec_text(text).spec
+    assert spec.student.vocab_size == spec.teacher.vocab_size == 1000
+    assert not spec.student.scan_layers and not spec.teacher.scan_layers
+
+
+@pytest.mark.parametrize("key", ["per_device_batch_size", "max_target_length", "gradient_accumulation_steps"])
+def test_maxtext_batch_shape_in_overrides_is_rejected(key):
+    text = MAXTEXT_STARTER.replace('student_overrides:\n', f"student_overrides:\n  {key}: 8\n")
+    report = read_spec_text(text)
+    [problem] = [p for p in report.problems if p.is_error]
+    assert problem.code == "batch_shape_in_override"
+    assert problem.dotted_loc == f"student_overrides.{key}"
+    assert "student 8, teacher" in problem.message and "top level" in problem.hint
+
+
+def test_maxtext_model_keys_map_to_shapes():
+    text = MAXTEXT_STARTER.replace(
+        'student_overrides:\n  model_name: "llama3.1-8b"\n',
+        'student_overrides:\n  model_name: "llama3.1-8b"\n  base_num_decoder_layers: 24\n  base_mlp_dim: 8192\n',
+    )
+    shape = read_spec_text(text).spec.student.shape()
+    assert (shape.num_layers, shape.mlp_dim, shape.emb_dim) == (24, 8192, 4096)
+
+
+def test_example_maxtext_file_matches_native_example():
+    maxtext = read_spec_file(SWEEPS / "maxtext-distillation.yml").spec
+    native = read_spec_file(SWEEPS / "llama3.1-8b-pruning-recovery.yaml").spec
+    assert maxtext.loss == native.loss.model_copy(update={"layer_indices": native.layer_indices()})
+    assert maxtext.student.shape() == native.student.shape()
+
+
+@pytest.mark.parametrize("name", ["llama3.1-8b-pruning-recovery.yaml", "tiny.yaml", "maxtext-distillation.yml"])
+def test_round_trip_through_maxtext_layout(name):
+    spec = read_spec_file(SWEEPS / name).spec
+    native = spec.model_dump(mode="json")
+    native["loss"]["layer_indices"] = spec.layer_indices()
+    flat = maxtext_format.to_maxtext(native)
+    # What we write is YAML MaxText can read, and reads back to the same spec.
+    again = read_spec_text(yaml.safe_dump(flat)).spec
+    translation = maxtext_format.from_maxtext(flat)
+    assert translation.problems == []
+    assert again == validate_data(translation.data)[0]
+    assert again.resolved() == spec.resolved()
+
+
+def test_pretrain_specs_have_no_maxtext_form():
+    spec = read_spec_file(SWEEPS / "tiny-teacher.yaml").spec
+    with pytest.raises(maxtext_format.NotRepresentable):
+        maxtext_format.to_maxtext(spec.model_dump(mode="json"))

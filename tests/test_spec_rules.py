@@ -1,0 +1,244 @@
+"""One good and one bad case for each validation rule of the distillation guide (issue: the spec)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.spec_helpers import DELETE, GOOD, codes, report_for, spec_data
+
+
+def test_good_spec_has_no_problems():
+    report = report_for(GOOD)
+    assert report.ok, report.problems
+    assert report.problems == ()
+    assert report.spec.layer_indices() == [0, 1]
+
+
+# Rule 1: vocabularies must match.
+def test_vocab_mismatch_is_reported_with_both_sizes():
+    report = report_for(spec_data(**{"teacher.vocab_size": 512}))
+    [problem] = [p for p in report.problems if p.code == "vocab_mismatch"]
+    assert problem.message.startswith("Vocab size mismatch! Student: 256, Teacher: 512")
+    assert problem.dotted_loc == "teacher.vocab_size"
+    assert problem.line == 7 and problem.hint
+
+
+def test_vocab_mismatch_from_registry_models():
+    assert "vocab_mismatch" in codes(spec_data(**{"teacher.model": "llama3.1-8b"}))
+    assert "vocab_mismatch" not in codes(spec_data(**{"student.vocab_size": 256}))
+
+
+# Rule 2: feature loss needs scan_layers and enable_nnx on both models.
+@pytest.mark.parametrize("side", ["student", "teacher"])
+@pytest.mark.parametrize("flag", ["scan_layers", "enable_nnx"])
+def test_feature_loss_needs_scan_and_nnx_on_both(side, flag):
+    found = codes(spec_data(**{f"{side}.{flag}": False}))
+    assert found == [f"feature_loss_needs_{flag}"]
+
+
+def test_logit_only_runs_need_neither_flag():
+    data = spec_data(**{"loss.beta": 0.0, "student.scan_layers": False, "teacher.enable_nnx": False})
+    assert codes(data) == []
+
+
+# Rule 3: β cannot ramp from zero.
+def test_beta_ramp_from_zero_suggests_small_start():
+    report = report_for(spec_data(**{"loss.beta": {"start": 0.0, "end": 0.5, "schedule": "linear"}}))
+    [problem] = [p for p in report.problems if p.is_error]
+    assert problem.code == "beta_ramp_from_zero"
+    assert "1e-6" in problem.hint
+
+
+def test_beta_ramp_from_tiny_start_is_fine():
+    # 1e-6 without a dot is a float (YAML 1.2), as the guide writes it.
+    text = report_for(GOOD)  # sanity
+    assert text.ok
+    yaml_text = "student: {model: tiny-2l}\nteacher: {model: tiny-4l, load_parameters_path: x}\n" \
+                "loss: {beta: {start: 1e-6, end: 0.5, schedule: linear}, layer_indices: [0]}\n"  # fmt: skip
+    report = report_for(yaml_text)
+    assert report.ok, report.problems
+    assert report.spec.loss.beta.start == 1e-6
+
+
+# Rule 4: schedules and end values.
+@pytest.mark.parametrize("name", ["alpha", "temperature", "beta"])
+def test_non_constant_schedule_needs_an_end(name):
+    start = {"alpha": 0.9, "temperature": 2.0, "beta": 1.0}[name]
+    assert codes(spec_data(**{f"loss.{name}": {"start": start, "schedule": "cosine"}})) == ["schedule_without_end"]
+
+
+def test_end_with_constant_schedule_is_a_warning():
+    report = report_for(spec_data(**{"loss.temperature": {"start": 2.0, "end": 1.0}}))
+    assert report.ok
+    [warning] = report.problems
+    assert (warning.code, warning.severity, warning.dotted_loc) == ("end_ignored", "warning", "loss.temperature.end")
+
+
+# Rule 5: ranges, start and end alike.
+@pytest.mark.parametrize(
+    ("path", "value", "code"),
+    [
+        ("loss.alpha.start", 1.5, "alpha_out_of_range"),
+        ("loss.alpha.end", -0.1, "alpha_out_of_range"),
+        ("loss.temperature", 0.0, "temperature_out_of_range"),
+        ("loss.temperature", {"start": 2.0, "end": -1.0, "schedule": "linear"}, "temperature_out_of_range"),
+        ("loss.beta.start", -1.0, "beta_out_of_range"),
+        ("loss.beta.end", -0.5, "beta_out_of_range"),
+    ],
+)
+def test_ranges(path, value, code):
+    assert code in codes(spec_data(**{path: value}))
+
+
+@pytest.mark.parametrize(("path", "value"), [("loss.alpha.start", 1.0), ("loss.alpha.end", 0.0), ("loss.beta.end", 0.0)])
+def test_range_limits_are_allowed(path, value):
+    assert codes(spec_data(**{path: value})) == []
+
+
+def test_nan_is_rejected():
+    assert "out_of_range" in codes("student: {model: tiny-2l}\nmode: pretrain\nloss: {temperature: .nan}\n")
+
+
+# Rule 6: layer indices when β > 0.
+@pytest.mark.parametrize(
+    ("indices", "code"),
+    [([], "layer_indices_empty"), ([0, 2], "layer_index_out_of_range"), ([0, -3], "layer_index_out_of_range"),
+     ([1, -1], "layer_index_duplicate"), ("first:0", "bad_layer_preset"), ("everything", "bad_layer_preset")],
+)  # fmt: skip
+def test_bad_layer_indices(indices, code):
+    assert code in codes(spec_data(**{"loss.layer_indices": indices}))
+
+
+def test_out_of_range_index_points_at_the_item():
+    report = report_for(spec_data(**{"loss.layer_indices": [0, 7]}))
+    [problem] = report.problems
+    assert problem.dotted_loc == "loss.layer_indices[1]"
+
+
+@pytest.mark.parametrize("indices", [[0, 1], [-1], [0, -1], "first:2", "full_depth:2", "top_heavy:1"])
+def test_good_layer_indices(indices):
+    assert codes(spec_data(**{"loss.layer_indices": indices})) == []
+
+
+def test_layer_indices_are_not_checked_when_beta_is_off():
+    assert codes(spec_data(**{"loss.beta": 0.0, "loss.layer_indices": [99]})) == []
+
+
+def test_missing_layer_indices_with_different_depths():
+    assert codes(spec_data(**{"loss.layer_indices": DELETE})) == ["layer_indices_missing"]
+    same_depth = spec_data(**{"loss.layer_indices": DELETE, "student.model": "tiny-4l"})
+    assert codes(same_depth) == []
+
+
+def test_preset_resolves_against_student_depth():
+    data = spec_data(**{"student.model": "llama3.1-8b", "teacher.model": "llama3.1-8b",
+                        "loss.layer_indices": "full_depth:8"})  # fmt: skip
+    report = report_for(data)
+    assert report.ok, report.problems
+    assert report.spec.layer_indices() == [3, 7, 11, 15, 19, 23, 27, 31]
+    assert report.spec.resolved().loss.layer_indices == [3, 7, 11, 15, 19, 23, 27, 31]
+
+
+def test_preset_out_of_range_names_the_resolution():
+    data = spec_data(**{"teacher.model": "tiny-2l", "student.model": "tiny-4l", "loss.layer_indices": "full_depth:4"})
+    report = report_for(data)
+    [problem] = [p for p in report.problems if p.code == "layer_index_out_of_range"][:1]
+    assert "resolves to [0, 1, 2, 3]" in problem.message
+
+
+# Rule 7: feature width.
+def test_feature_width_must_match_when_beta_on():
+    assert "feature_width_mismatch" in codes(spec_data(**{"student.emb_dim": 32}))
+    assert "feature_width_mismatch" not in codes(spec_data(**{"student.emb_dim": 32, "loss.beta": 0.0}))
+
+
+# Rule 8: teacher path online; no features offline.
+def test_online_distillation_needs_teacher_path():
+    report = report_for(spec_data(**{"teacher.load_parameters_path": DELETE}))
+    [problem] = report.problems
+    assert problem.code == "teacher_path_missing"
+    assert problem.message.startswith("Teacher model path is missing")
+    assert problem.dotted_loc == "teacher.load_parameters_path"
+
+
+def test_offline_mode_needs_no_teacher_path_but_rejects_beta():
+    offline = {"teacher.load_parameters_path": DELETE, "offline_data_dir": "gs://b/topk"}
+    assert codes(spec_data(**offline)) == ["offline_feature_loss"]
+    assert codes(spec_data(**offline, **{"loss.beta": 0.0})) == []
+
+
+# Rule 9: batch shape belongs to both models.
+@pytest.mark.parametrize("key", ["per_device_batch_size", "max_target_length", "gradient_accumulation_steps"])
+def test_batch_shape_in_a_model_block_is_rejected_naming_both_values(key):
+    report = report_for(spec_data(**{f"teacher.{key}": 3}))
+    [problem] = report.problems
+    assert problem.code == "batch_shape_in_override"
+    shared = {"per_device_batch_size": 2, "max_target_length": 16, "gradient_accumulation_steps": 1}[key]
+    assert f"teacher 3, student {shared}" in problem.message
+    assert problem.dotted_loc == f"teacher.{key}"
+
+
+# Rule 10: unknown keys, with suggestions.
+@pytest.mark.parametrize(
+    ("path", "suggestion"),
+    [("loss.alpah", "alpha"), ("stpes", "steps"), ("student.base_emb_dim", "emb_dim"),
+     ("loss.feature_loss", "feature_loss_type"), ("max_target_length", "batch:")],
+)  # fmt: skip
+def test_unknown_keys_are_rejected_with_a_suggestion(path, suggestion):
+    report = report_for(spec_data(**{path: 1}))
+    [problem] = [p for p in report.problems if p.code == "unknown_key"]
+    assert problem.dotted_loc == path
+    assert suggestion in problem.hint
+
+
+def test_all_problems_are_reported_together():
+    data = spec_data(**{"loss.alpah": 1, "loss.alpha.end": 3, "teacher.vocab_size": 7, "student.scan_layers": False,
+                        "teacher.load_parameters_path": DELETE, "steps": 0})  # fmt: skip
+    found = set(codes(data))
+    assert {"unknown_key", "alpha_out_of_range", "vocab_mismatch", "feature_loss_needs_scan_layers",
+            "teacher_path_missing", "out_of_range"} <= found  # fmt: skip
+
+
+def test_problems_are_sorted_by_line_and_carry_positions():
+    report = report_for(spec_data(**{"loss.alpah": 1, "steps": 0}))
+    lines = [p.line for p in report.problems]
+    assert lines == sorted(lines) and all(lines)
+
+
+# Further mistakes the guide's troubleshooting implies.
+def test_distill_mode_needs_a_teacher():
+    assert codes(spec_data(teacher=DELETE)) == ["teacher_missing"]
+    assert codes(spec_data(teacher=DELETE, mode="pretrain")) == []
+
+
+def test_unknown_model_suggests_close_names():
+    report = report_for(spec_data(**{"teacher.model": "llama3.1-8"}))
+    [problem] = report.problems
+    assert problem.code == "unknown_model" and "llama3.1-8b" in problem.message
+
+
+def test_pruned_student_must_match_teacher_minus_dropped_layers():
+    prune = {"student.model": "tiny-4l", "student.init": "teacher", "student.drop_layers": [1, 2],
+             "loss.layer_indices": [0]}  # fmt: skip
+    assert codes(spec_data(**prune)) == ["pruned_depth_mismatch"]
+    assert codes(spec_data(**prune, **{"student.num_layers": 2})) == []
+    assert "pruned_shape_mismatch" in codes(spec_data(**prune, **{"student.num_layers": 2, "student.mlp_dim": 8}))
+
+
+def test_wrong_types_are_not_coerced():
+    found = report_for(spec_data(steps="100", **{"student.scan_layers": "yes please", "loss.alpha": True}))
+    by_loc = {p.dotted_loc: p for p in found.problems}
+    assert by_loc["steps"].code == "wrong_type" and "quotes" in by_loc["steps"].hint
+    assert by_loc["student.scan_layers"].code == "wrong_type"
+    assert by_loc["loss.alpha"].code == "wrong_type"
+
+
+def test_bad_choice_lists_the_options():
+    [problem] = report_for(spec_data(**{"loss.feature_loss_type": "l1"})).problems
+    assert problem.code == "bad_value" and "'cosine' or 'l2'" in problem.message
+
+
+def test_maxtext_key_in_a_native_file_points_to_its_home():
+    report = report_for(spec_data(distill_beta_end=0.1))
+    [problem] = report.problems
+    assert problem.code == "unknown_key" and "loss.beta.end" in problem.hint
