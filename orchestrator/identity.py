@@ -101,8 +101,9 @@ def name_budget(*, slices: int, vms_per_slice: int, kind: str) -> int:
 def name_problems(name: str, *, slices: int, vms_per_slice: int, kind: str, loc: Loc = ("name",)) -> list[Problem]:
     """Every naming rule `name` breaks as a JobSet for this target (empty when it is fine)."""
     out = []
-    hint = (f"shorten the sweep name: JobSet names here may be at most "
-            f"{name_budget(slices=slices, vms_per_slice=vms_per_slice, kind=kind)} characters")  # fmt: skip
+    budget = name_budget(slices=slices, vms_per_slice=vms_per_slice, kind=kind)
+    hint = (f"shorten the sweep name to at most {budget - 1 - RUN_ID_LENGTH} characters (JobSet names "
+            f"`<sweep>-<run id>` here may have at most {budget})")  # fmt: skip
     if not DNS_1035_LABEL.match(name):
         out.append(Problem(loc, "name_not_dns_1035", f"JobSet name {name!r} is not a DNS-1035 label",
                            "use lower-case letters, digits and '-', starting with a letter"))  # fmt: skip

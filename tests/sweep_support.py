@@ -1,0 +1,112 @@
+"""Builders and validators for sweep tests: sweep files from dicts, and the JobSet / Kubernetes schemas."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from orchestrator.expansion import Expansion, expand
+from orchestrator.sweep_file import SweepSource, load_sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEPS = ROOT / "sweeps"
+SCHEMAS = ROOT.parent / "shared" / "schemas"  # read in place, never copied into the repository
+JOBSET_VERSIONS = ("v0.10.1", "v0.12.0")
+EXAMPLE_SWEEPS = ("alpha-end", "layer-indices", "beta-end", "temperature", "schedule-shape", "feature-loss-type")
+
+SPEC: dict[str, Any] = {
+    "student": {"model": "tiny-2l"},
+    "teacher": {"model": "tiny-4l", "load_parameters_path": "runs/teacher/checkpoints"},
+    "loss": {
+        "alpha": {"start": 0.9, "end": 0.5, "schedule": "cosine"},
+        "temperature": 2.0,
+        "beta": {"start": 1.0, "end": 0.1, "schedule": "cosine"},
+        "layer_indices": [0, 1],
+    },
+    "batch": {"per_device_batch_size": 2, "max_target_length": 16},
+    "steps": 10,
+}
+TARGET: dict[str, Any] = {
+    "kind": "kubernetes", "tpu_type": "v5p-128", "slices": 2, "image": "example.com/distill:1",
+    "output_base": "gs://bucket/runs", "queue": "multislice-queue", "priority": "medium", "max_restarts": 3,
+}  # fmt: skip
+
+
+def sweep_data(**fields: Any) -> dict[str, Any]:
+    """A valid sweep (inline tiny spec, kubernetes target) with top-level fields replaced."""
+    data: dict[str, Any] = {"name": "t", "spec": copy.deepcopy(SPEC), "target": dict(TARGET)}
+    data.update(copy.deepcopy(fields))
+    return data
+
+
+def write(tmp_path: Path, data: dict[str, Any] | str, name: str = "sweep.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def load(tmp_path: Path, data: dict[str, Any] | str, name: str = "sweep.yaml") -> SweepSource:
+    return load_sweep(write(tmp_path, data, name))
+
+
+def expanded(tmp_path: Path, data: dict[str, Any] | str, name: str = "sweep.yaml", **kw: Any) -> Expansion:
+    return expand(load(tmp_path, data, name), **kw)
+
+
+def error_codes(result: Expansion | SweepSource) -> list[str]:
+    return [p.code for p in result.problems if p.is_error]
+
+
+# --- schemas ----------------------------------------------------------------------------------------------
+
+
+def _strict(schema: Any) -> Any:
+    """A CRD's openAPIV3Schema as Draft-7 JSON Schema: `x-kubernetes-*` dropped (int-or-string as anyOf),
+    and unknown fields rejected wherever the API server would prune them (objects with `properties` and no
+    `x-kubernetes-preserve-unknown-fields`), so a field the CRD version lacks is an error, not silence."""
+    if isinstance(schema, list):
+        return [_strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _strict(v) for k, v in schema.items() if not k.startswith("x-kubernetes-")}
+    if schema.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if "properties" in schema and "additionalProperties" not in schema and not schema.get(
+        "x-kubernetes-preserve-unknown-fields"
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+@functools.cache
+def jobset_validator(version: str):
+    jsonschema = pytest.importorskip("jsonschema")
+    path = SCHEMAS / f"jobset.x-k8s.io_jobsets.{version}.yaml"
+    if not path.is_file():
+        pytest.skip(f"{path} is missing: the JobSet CRDs live in shared/schemas beside the repository")
+    crd = yaml.safe_load(path.read_text())
+    schema = _strict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    return jsonschema.Draft7Validator(schema)
+
+
+def jobset_errors(manifest: dict, version: str) -> list[str]:
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in jobset_validator(version).iter_errors(manifest)]
+
+
+def pod_template_errors(manifest: dict) -> list[str]:
+    """Each replicatedJob's Job template, as a batch/v1 Job, against Kubernetes' own schemas in strict mode."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    errors = []
+    for rjob in manifest["spec"]["replicatedJobs"]:
+        job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": rjob["name"]}, **rjob["template"]}
+        try:
+            kubernetes_validate.validate(job, kubernetes_validate.latest_version(), strict=True)
+        except kubernetes_validate.ValidationError as e:
+            errors.append(f"{'.'.join(map(str, e.path))}: {e.message}")
+    return errors

@@ -1,0 +1,188 @@
+"""Expansion: product, zip, exclude, seeds, baselines, prerequisites, and per-point validation errors."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orchestrator.expansion import DEFAULT_MAX_POINTS, GridTooLarge, expand
+from sweep_support import SPEC, error_codes, expanded, load, sweep_data, write
+
+
+def values(result, *paths):
+    return [tuple(p.axis_values.get(k) for k in paths) for p in result.points]
+
+
+def test_the_product_is_in_file_order_with_the_last_axis_fastest(tmp_path):
+    result = expanded(tmp_path, sweep_data(axes={"loss.alpha.end": [0.3, 0.5], "loss.temperature": [1.0, 2.0, 4.0]}))
+    assert values(result, "loss.alpha.end", "loss.temperature") == [
+        (0.3, 1.0), (0.3, 2.0), (0.3, 4.0), (0.5, 1.0), (0.5, 2.0), (0.5, 4.0)]  # fmt: skip
+    assert [p.index for p in result.points] == list(range(6))
+    assert result.points[4].spec.loss.alpha.end == 0.5 and result.points[4].spec.loss.temperature.start == 2.0
+
+
+def test_no_axes_is_the_base_spec_alone(tmp_path):
+    result = expanded(tmp_path, sweep_data())
+    assert len(result.points) == 1 and dict(result.points[0].axis_values) == {}
+
+
+def test_zip_moves_paths_together(tmp_path):
+    data = sweep_data(axes={"loss.alpha.end": [0.3, 0.5]},
+                      zip=[{"loss.feature_loss_type": ["cosine", "l2"], "loss.beta.start": [1.0, 0.05]}])  # fmt: skip
+    result = expanded(tmp_path, data)
+    assert values(result, "loss.alpha.end", "loss.feature_loss_type", "loss.beta.start") == [
+        (0.3, "cosine", 1.0), (0.3, "l2", 0.05), (0.5, "cosine", 1.0), (0.5, "l2", 0.05)]  # fmt: skip
+
+
+def test_exclude_drops_matching_points_and_warns_about_unused_entries(tmp_path):
+    data = sweep_data(axes={"loss.alpha.end": [0.3, 0.5], "loss.temperature": [1.0, 2.0]},
+                      exclude=[{"loss.alpha.end": 0.5, "loss.temperature": 1}, {"loss.alpha.end": 0.9}])  # fmt: skip
+    result = expanded(tmp_path, data)
+    assert values(result, "loss.alpha.end", "loss.temperature") == [(0.3, 1.0), (0.3, 2.0), (0.5, 2.0)]
+    assert result.excluded == 1 and result.grid_size == 4
+    assert [(p.code, p.loc) for p in result.problems] == [("exclude_unused", ("exclude", 1))]
+
+
+def test_seeds_repeat_every_point_and_set_the_spec_seed(tmp_path):
+    result = expanded(tmp_path, sweep_data(axes={"loss.alpha.end": [0.3, 0.5]}, seeds=[0, 7]))
+    assert values(result, "loss.alpha.end", "seed") == [(0.3, 0), (0.3, 7), (0.5, 0), (0.5, 7)]
+    assert [p.seed for p in result.points] == [0, 7, 0, 7] == [p.spec.seed for p in result.points]
+
+
+def test_baselines_come_last_once_per_seed_and_are_never_excluded(tmp_path):
+    data = sweep_data(axes={"loss.alpha.end": [0.3]}, seeds=[1, 2], exclude=[{"seed": 2}],
+                      baseline=[{"loss.alpha": 0.0, "loss.beta": 0.0}])  # fmt: skip
+    result = expanded(tmp_path, data)
+    assert [(p.is_baseline, p.seed) for p in result.points] == [(False, 1), (True, 1), (True, 2)]
+    assert result.points[1].spec.loss.alpha.start == 0.0 and not result.points[1].spec.loss.feature_loss_on
+
+
+def test_a_path_into_a_bare_number_schedule_keeps_its_start(tmp_path):
+    result = expanded(tmp_path, sweep_data(axes={"loss.temperature.end": [1.0]}, overrides={"loss.temperature.schedule": "cosine"}))
+    (point,) = result.points
+    assert (point.spec.loss.temperature.start, point.spec.loss.temperature.end) == (2.0, 1.0)
+
+
+def test_points_carry_the_run_identity_and_output_path(tmp_path):
+    (point,) = expanded(tmp_path, sweep_data()).points
+    assert point.spec.name == point.run_id and point.spec.output_dir == "gs://bucket/runs"
+    assert point.output_path == f"gs://bucket/runs/{point.run_id}" and point.jobset_name == f"t-{point.run_id}"
+    assert len(point.spec_hash) == 32 and point.sweep == "t"
+
+
+def test_an_invalid_point_names_the_point_its_axis_values_and_the_value_in_the_file(tmp_path):
+    path = write(tmp_path, sweep_data(axes={"loss.alpha.end": [0.5, 1.5], "loss.temperature": [1.0, 2.0]}))
+    from orchestrator.sweep_file import load_sweep
+
+    result = expand(load_sweep(path))
+    assert result.points == () and not result.ok
+    (problem,) = [p for p in result.problems if p.is_error]
+    assert problem.code == "alpha_out_of_range" and problem.loc == ("axes", "loss.alpha.end", 1)
+    assert problem.message.startswith("point 2 (loss.alpha.end=1.5, loss.temperature=1.0) and 1 more point(s): ")
+    assert path.read_text().splitlines()[problem.line - 1].strip() == "- 1.5"
+
+
+def test_an_error_every_point_shares_is_reported_once_in_the_base_spec(tmp_path):
+    spec = dict(SPEC, steps=0)
+    result = expanded(tmp_path, sweep_data(spec=spec, axes={"loss.alpha.end": [0.3, 0.5]}))
+    (problem,) = [p for p in result.problems if p.is_error]
+    assert problem.loc == ("spec", "steps") and problem.message.startswith("every point: ")
+
+
+def test_two_points_that_resolve_to_the_same_spec_are_an_error(tmp_path):
+    # full_depth:2 of the 2-layer student is [0, 1]: the same run written twice
+    result = expanded(tmp_path, sweep_data(axes={"loss.layer_indices": [[0, 1], "full_depth:2"]}))
+    assert error_codes(result) == ["duplicate_point"]
+    (problem,) = result.problems
+    assert "point 1 (loss.layer_indices=full_depth:2) and point 0" in problem.message
+
+
+def test_a_baseline_equal_to_a_grid_point_is_a_duplicate(tmp_path):
+    result = expanded(tmp_path, sweep_data(axes={"loss.alpha.end": [0.3, 0.5]}, baseline=[{"loss.alpha.end": 0.5}]))
+    assert error_codes(result) == ["duplicate_point"]
+
+
+def test_a_grid_above_the_limit_needs_a_yes(tmp_path):
+    data = sweep_data(axes={"loss.alpha.end": [i / 100 for i in range(30)], "loss.temperature": [1.0, 2.0, 3.0]})
+    with pytest.raises(GridTooLarge) as e:
+        expanded(tmp_path, data)
+    assert e.value.count == 90 and e.value.limit == DEFAULT_MAX_POINTS
+    assert len(expanded(tmp_path, data, max_points=None).points) == 90
+
+
+def test_exclusions_count_towards_the_limit(tmp_path):
+    data = sweep_data(axes={"loss.alpha.end": [i / 100 for i in range(65)]}, exclude=[{"loss.alpha.end": 0.0}])
+    assert len(expanded(tmp_path, data).points) == 64
+
+
+def test_prerequisites_resolve_placeholders_before_hashing(tmp_path):
+    teacher = {"student": {"model": "tiny-4l"}, "mode": "pretrain", "steps": 5}
+    data = sweep_data(overrides={"teacher.load_parameters_path": "${prerequisites.teacher.output}/checkpoints"},
+                      prerequisites={"teacher": {"spec": teacher}}, axes={"loss.alpha.end": [0.3, 0.5]})  # fmt: skip
+    result = expanded(tmp_path, data)
+    (pre,) = result.prerequisites
+    assert pre.prerequisite == "teacher" and pre.spec.mode == "pretrain" and pre.role == "prerequisite"
+    for point in result.points:
+        assert point.spec.teacher.load_parameters_path == f"gs://bucket/runs/{pre.run_id}/checkpoints"
+        assert dict(point.depends_on) == {"teacher": pre.run_id}
+    assert result.runs == (pre, *result.points)
+    # a change to the prerequisite's spec reaches every point's id through the path
+    changed = expanded(tmp_path, {**data, "prerequisites": {"teacher": {"spec": {**teacher, "steps": 6}}}}, "b.yaml")
+    assert {p.run_id for p in changed.points}.isdisjoint({p.run_id for p in result.points})
+
+
+def test_an_invalid_prerequisite_is_named(tmp_path):
+    data = sweep_data(prerequisites={"teacher": {"spec": {"student": {"model": "tiny-4l"}, "mode": "pretrain", "steps": -1}}})
+    result = expanded(tmp_path, data)
+    (problem,) = [p for p in result.problems if p.is_error]
+    assert problem.message.startswith("prerequisite 'teacher': ") and problem.loc == ("prerequisites", "teacher", "spec", "steps")
+
+
+def test_a_maxtext_base_spec_works_with_flat_axis_names(tmp_path):
+    from sweep_support import SWEEPS
+
+    data = sweep_data(spec=str(SWEEPS / "maxtext-distillation.yml"), axes={"distill_alpha_end": [0.3, 0.7]},
+                      overrides={"teacher_overrides.weight_dtype": "bfloat16"})  # fmt: skip
+    result = expanded(tmp_path, data)
+    assert result.ok and [p.spec.loss.alpha.end for p in result.points] == [0.3, 0.7]
+    assert all(p.spec.teacher.weight_dtype == "bfloat16" for p in result.points)
+
+
+def test_the_same_point_in_two_example_sweeps_has_one_id():
+    from orchestrator.sweep_file import load_sweep
+    from sweep_support import SWEEPS
+
+    alpha = expand(load_sweep(SWEEPS / "alpha-end.yaml"))
+    beta = expand(load_sweep(SWEEPS / "beta-end.yaml"))
+    # alpha end 0.5 with seed 0 and beta end 0.1 are both the base spec unchanged
+    (a,) = [p for p in alpha.points if p.axis_values == {"distill_alpha_end": 0.5, "seed": 0}]
+    (b,) = [p for p in beta.points if p.axis_values == {"loss.beta.end": 0.1}]
+    assert a.run_id == b.run_id and a.output_path == b.output_path and a.jobset_name != b.jobset_name
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    axes=st.dictionaries(
+        st.sampled_from(["loss.alpha.end", "loss.temperature", "steps", "optimizer.learning_rate"]),
+        st.lists(st.integers(1, 9), min_size=1, max_size=3, unique=True),
+        max_size=3,
+    ),
+    seeds=st.lists(st.integers(0, 5), max_size=3, unique=True),
+)
+def test_expansion_is_deterministic_and_sized_as_the_product(tmp_path_factory, axes, seeds):
+    scaled = {k: [v / 10 if k == "loss.alpha.end" else (v * 1e-4 if "rate" in k else v) for v in vs] for k, vs in axes.items()}
+    data = sweep_data(axes=scaled, seeds=seeds)
+    tmp = tmp_path_factory.mktemp("prop")
+    first, second = expanded(tmp, data), expanded(tmp, data, "again.yaml")
+    expected = 1
+    for vs in scaled.values():
+        expected *= len(vs)
+    assert len(first.points) == expected * max(len(seeds), 1)
+    assert [p.run_id for p in first.points] == [p.run_id for p in second.points]
+    assert len({p.run_id for p in first.points}) == len(first.points)
+
+
+def test_load_problems_stop_expansion(tmp_path):
+    source = load(tmp_path, sweep_data(axes={"nope": [1]}))
+    assert expand(source).points == () and error_codes(expand(source)) == ["unknown_axis_path"]

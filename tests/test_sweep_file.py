@@ -1,0 +1,141 @@
+"""The sweep file: its model, its cross-field rules, and problems located in the file (one good, one bad each)."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator import spec_paths
+from orchestrator.sweep_file import load_sweep
+from sweep_support import error_codes, load, sweep_data, write
+
+
+def test_a_valid_sweep_loads_without_problems(tmp_path):
+    source = load(tmp_path, sweep_data(axes={"loss.alpha.end": [0.3, 0.5]}))
+    assert source.ok and source.problems == ()
+    assert source.sweep.target.tpu_type == "v5p-128"
+
+
+def test_the_base_spec_can_be_a_file_next_to_the_sweep(tmp_path):
+    write(tmp_path, sweep_data()["spec"], "base.yaml")
+    source = load(tmp_path, sweep_data(spec="base.yaml"))
+    assert source.ok and source.base.file.endswith("base.yaml")
+
+
+def test_a_missing_spec_file_is_an_error_at_the_spec_key(tmp_path):
+    source = load(tmp_path, sweep_data(spec="nope.yaml"))
+    (problem,) = [p for p in source.problems if p.is_error]
+    assert problem.code == "file_not_found" and problem.loc == ("spec",) and problem.line == 2
+
+
+def test_an_empty_file_is_an_error(tmp_path):
+    assert error_codes(load(tmp_path, "")) == ["empty_file"]
+
+
+def test_unknown_top_level_key_suggests_the_right_one(tmp_path):
+    source = load(tmp_path, sweep_data(axis={"loss.alpha.end": [0.3]}))
+    (problem,) = source.problems
+    assert problem.code == "unknown_key" and "'axes'" in problem.hint and problem.line is not None
+
+
+def test_unknown_axis_path_suggests_close_paths(tmp_path):
+    path = write(tmp_path, sweep_data(axes={"loss.alpha.ends": [0.3]}))
+    (problem,) = load_sweep(path).problems
+    assert problem.code == "unknown_axis_path" and problem.loc == ("axes", "loss.alpha.ends")
+    assert "loss.alpha.end" in problem.hint
+    assert path.read_text().splitlines()[problem.line - 1].strip().startswith("loss.alpha.ends:")
+
+
+def test_unknown_axis_path_suggests_from_the_last_parts(tmp_path):
+    (problem,) = load(tmp_path, sweep_data(axes={"alpha.end": [0.3]})).problems
+    assert "loss.alpha.end" in problem.hint
+
+
+def test_maxtext_flat_names_are_axis_paths():
+    assert spec_paths.resolve("distill_alpha_end") == spec_paths.resolve("loss.alpha.end") == ("loss", "alpha", "end")
+    assert spec_paths.resolve("student_overrides.base_num_decoder_layers") == ("student", "num_layers")
+
+
+def test_an_empty_axis_is_an_error(tmp_path):
+    assert error_codes(load(tmp_path, sweep_data(axes={"loss.alpha.end": []}))) == ["empty_axis"]
+
+
+def test_the_same_field_varied_twice_is_an_error(tmp_path):
+    source = load(tmp_path, sweep_data(axes={"loss.alpha.end": [0.3], "distill_alpha_end": [0.5]}))
+    assert error_codes(source) == ["axis_overlap"]
+
+
+def test_a_seeds_list_overlaps_a_seed_axis(tmp_path):
+    assert error_codes(load(tmp_path, sweep_data(axes={"seed": [1, 2]}, seeds=[0, 1]))) == ["axis_overlap"]
+
+
+def test_a_repeated_axis_value_is_an_error(tmp_path):
+    assert error_codes(load(tmp_path, sweep_data(axes={"loss.alpha.end": [0.5, 0.5]}))) == ["duplicate_axis_value"]
+
+
+def test_derived_fields_cannot_be_varied(tmp_path):
+    assert error_codes(load(tmp_path, sweep_data(axes={"output_dir": ["a", "b"]}))) == ["derived_path"]
+
+
+def test_zip_groups_need_equal_lengths(tmp_path):
+    source = load(tmp_path, sweep_data(zip=[{"loss.beta.start": [1.0, 0.05], "loss.beta.end": [0.1]}]))
+    assert error_codes(source) == ["zip_length_mismatch"]
+
+
+def test_exclude_must_name_an_axis(tmp_path):
+    source = load(tmp_path, sweep_data(axes={"loss.alpha.end": [0.3, 0.5]}, exclude=[{"loss.alpha.ends": 0.3}]))
+    (problem,) = source.problems
+    assert problem.code == "exclude_not_an_axis" and "'loss.alpha.end'" in problem.hint
+
+
+def test_placeholders_must_name_a_prerequisite(tmp_path):
+    data = sweep_data(overrides={"teacher.load_parameters_path": "${prerequisites.teachr.output}/checkpoints"},
+                      prerequisites={"teacher": {"spec": sweep_data()["spec"]}})  # fmt: skip
+    (problem,) = load(tmp_path, data).problems
+    assert problem.code == "unknown_prerequisite" and "'teacher'" in problem.hint
+
+
+def test_an_unknown_placeholder_is_an_error(tmp_path):
+    data = sweep_data(overrides={"teacher.load_parameters_path": "${env.HOME}/ckpt"})
+    assert error_codes(load(tmp_path, data)) == ["bad_placeholder"]
+
+
+def test_unknown_tpu_type_suggests_nearby_sizes(tmp_path):
+    source = load(tmp_path, sweep_data(target={**sweep_data()["target"], "tpu_type": "v5p-100"}))
+    (problem,) = source.problems
+    assert problem.code == "unknown_tpu_type" and problem.loc == ("target", "tpu_type")
+    assert "v5p-128" in problem.message and problem.hint
+
+
+def test_a_cluster_target_needs_an_image(tmp_path):
+    target = {k: v for k, v in sweep_data()["target"].items() if k != "image"}
+    assert error_codes(load(tmp_path, sweep_data(target=target))) == ["target_field_missing"]
+
+
+def test_a_local_output_base_on_a_cluster_is_a_warning(tmp_path):
+    source = load(tmp_path, sweep_data(target={**sweep_data()["target"], "output_base": "runs"}))
+    assert source.ok and [p.code for p in source.problems] == ["output_base_not_shared"]
+
+
+@pytest.mark.parametrize(
+    ("target", "code"),
+    [
+        ({"env": {"DISTILLCTL_SPEC": "x"}}, "reserved_env"),
+        ({"env": {"TOKEN": "x"}, "secret_env": {"TOKEN": {"secret": "s", "key": "k"}}}, "duplicate_env"),
+        ({"env": {"1BAD": "x"}}, "bad_env_name"),
+        ({"secret_env": {"TOKEN": {"secret": "Not_A_Name", "key": "k"}}}, "bad_secret_name"),
+        ({"queue": "Multi Slice"}, "bad_k8s_name"),
+        ({"kind": "xpk"}, "target_field_missing"),
+    ],
+)
+def test_target_rules(tmp_path, target, code):
+    assert error_codes(load(tmp_path, sweep_data(target={**sweep_data()["target"], **target}))) == [code]
+
+
+def test_env_values_must_be_strings(tmp_path):
+    source = load(tmp_path, sweep_data(target={**sweep_data()["target"], "env": {"XLA_FLAGS": 3}}))
+    (problem,) = source.problems
+    assert problem.loc == ("target", "env", "XLA_FLAGS") and "quote" in problem.hint
+
+
+def test_a_bad_sweep_name_is_an_error(tmp_path):
+    assert error_codes(load(tmp_path, sweep_data(name="Alpha_End"))) == ["bad_sweep_name"]
