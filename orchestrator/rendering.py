@@ -185,10 +185,18 @@ def _yaml_printable(ch: str) -> bool:
 
 
 def yaml_scalar(value: Any) -> str:
-    """JSON text of `value`, which YAML reads back as the same value: a `tojson` scalar can never break the
-    document. Not HTML-escaped (Jinja's own `tojson` is, for HTML). Characters YAML would not keep as they
-    are (line separators, C1 controls, BOM) are written as \\u escapes."""
+    """JSON text of `value` that YAML (1.1 and 1.2) reads back as the same value: a `tojson` scalar can never
+    break the document. Not HTML-escaped (Jinja's own `tojson` is, for HTML). Characters YAML would not keep
+    as they are (line separators, C1 controls, BOM) are written as \\u escapes, and exponent floats get a
+    decimal point (`1.0e-06`: YAML 1.1 reads `1e-06` as a string)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{yaml_scalar(str(k))}: {yaml_scalar(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(yaml_scalar(v) for v in value) + "]"
     text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    if isinstance(value, float) and "e" in text and "." not in text:
+        mantissa, exponent = text.split("e")
+        return f"{mantissa}.0e{exponent}"
     return "".join(ch if _yaml_printable(ch) else f"\\u{ord(ch):04x}" for ch in text)
 
 
