@@ -1,0 +1,142 @@
+"""`distillctl plan`, `render` and `tpus` as a user runs them: output, files, exit codes, never a traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.exit_codes import ExitCode
+from sweep_support import EXAMPLE_SWEEPS, SWEEPS, TARGET, sweep_data, write
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_plan_lists_every_point_with_its_id_shape_and_memory():
+    result = invoke("plan", str(SWEEPS / "alpha-end.yaml"))
+    assert result.exit_code == ExitCode.OK, result.output
+    assert "alpha-end: 6 point(s)" in result.stdout and "2 × 16 × 4" in result.stdout
+    assert "distill_alpha_end=0.3, seed=0" in result.stdout
+
+
+def test_plan_json_is_for_machines():
+    result = invoke("plan", str(SWEEPS / "alpha-end.yaml"), "--output", "json")
+    assert result.exit_code == ExitCode.OK
+    data = json.loads(result.stdout)
+    assert data["sweep"] == "alpha-end" and len(data["runs"]) == 6 and data["grid_size"] == 6
+    run = data["runs"][0]
+    assert run["jobset_name"] == f"alpha-end-{run['run_id']}" and run["chips"] == 128
+    assert run["memory"]["fit"] == "fits" and run["chip_hours"] > 0
+    assert run["axis_values"] == {"distill_alpha_end": 0.3, "seed": 0}
+
+
+def test_plan_warns_when_the_teacher_will_not_fit(tmp_path):
+    # Llama 3.1 70B teacher, 8B student, default (all data-parallel) mesh on a v5e slice: the guide's
+    # "Teacher OOMs at startup", caught before launch
+    spec = {"student": {"model": "llama3.1-8b"}, "teacher": {"model": "llama3.1-70b", "load_parameters_path": "gs://t"},
+            "loss": {"alpha": 1.0}}  # fmt: skip
+    path = write(tmp_path, sweep_data(spec=spec, target={**TARGET, "tpu_type": "v5e-256", "slices": 1}))
+    result = invoke("plan", str(path), "--output", "json")
+    assert result.exit_code == ExitCode.OK
+    data = json.loads(result.stdout)
+    assert data["runs"][0]["memory"]["fit"] == "does_not_fit"
+    assert [p["code"] for p in data["problems"]] == ["memory_over_hbm"]
+    text = invoke("plan", str(path))
+    assert "warning[memory_over_hbm]" in text.stderr and "OOM" in text.stdout
+
+
+def test_plan_the_quickstart_locally():
+    result = invoke("plan", str(SWEEPS / "quickstart.yaml"), "--output", "json")
+    assert result.exit_code == ExitCode.OK, result.output
+    runs = json.loads(result.stdout)["runs"]
+    assert [r["role"] for r in runs] == ["prerequisite"] + ["point"] * 4 + ["baseline"]
+    teacher = runs[0]
+    assert all(r["depends_on"] == {"teacher": teacher["run_id"]} for r in runs[1:])
+    assert teacher["output_path"] == f"runs/quickstart/{teacher['run_id']}"
+
+
+@pytest.mark.parametrize("name", EXAMPLE_SWEEPS)
+@pytest.mark.parametrize("shape", [("v5p-128", "2"), ("v6e-256", "1")])
+def test_render_writes_one_file_per_point_and_rerendering_changes_nothing(tmp_path, name, shape):
+    args = ["render", str(SWEEPS / f"{name}.yaml"), "-o", str(tmp_path), "--tpu-type", shape[0], "--slices", shape[1]]
+    first = invoke(*args, "--output", "json")
+    assert first.exit_code == ExitCode.OK, first.output
+    files = json.loads(first.stdout)
+    assert all(f["changed"] for f in files)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == sorted(f"{f['name']}.yaml" for f in files)
+    second = invoke(*args)
+    assert second.exit_code == ExitCode.OK and "wrote" not in second.stdout
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    doc = yaml.safe_load(next(iter(before.values())))
+    assert doc["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["nodeSelector"][
+        "cloud.google.com/gke-tpu-accelerator"] == ("tpu-v5p-slice" if shape[0] == "v5p-128" else "tpu-v6e-slice")
+
+
+def test_render_as_xpk_prints_one_command_per_point(tmp_path):
+    path = write(tmp_path, sweep_data(axes={"loss.alpha.end": [0.3, 0.5]},
+                                      target={**TARGET, "kind": "xpk", "cluster": "demo"}))  # fmt: skip
+    result = invoke("render", str(path), "--as", "xpk", "--output", "json")
+    assert result.exit_code == ExitCode.OK, result.output
+    commands = json.loads(result.stdout)
+    assert len(commands) == 2
+    argv = commands[0]["argv"]
+    assert argv[:5] == ["xpk", "workload", "create", "--cluster", "demo"]
+    assert argv[argv.index("--workload") + 1] == commands[0]["name"] and argv[argv.index("--num-slices") + 1] == "2"
+
+
+def test_render_as_xpk_refuses_secret_references(tmp_path):
+    target = {**TARGET, "kind": "xpk", "cluster": "demo", "secret_env": {"HF_TOKEN": {"secret": "hf", "key": "t"}}}
+    result = invoke("render", str(write(tmp_path, sweep_data(target=target))), "--as", "xpk")
+    assert result.exit_code == ExitCode.INVALID_SPEC and "xpk_no_secrets" in result.stderr
+
+
+def test_render_a_local_sweep_is_a_usage_error(tmp_path):
+    result = invoke("render", str(SWEEPS / "quickstart.yaml"), "-o", str(tmp_path))
+    assert result.exit_code == ExitCode.USAGE and "nothing to render" in result.stderr
+
+
+def test_render_needs_an_output_folder():
+    result = invoke("render", str(SWEEPS / "alpha-end.yaml"))
+    assert result.exit_code == ExitCode.USAGE and "-o DIR" in result.stderr
+
+
+def test_an_invalid_sweep_exits_4_with_located_problems(tmp_path):
+    path = write(tmp_path, sweep_data(axes={"loss.alpha.ends": [0.3]}))
+    result = invoke("plan", str(path))
+    assert result.exit_code == ExitCode.INVALID_SPEC
+    assert f"{path}:" in result.stderr and "error[unknown_axis_path] axes.loss.alpha.ends" in result.stderr
+    assert "did you mean 'loss.alpha.end'" in result.stderr
+
+
+def test_a_missing_sweep_file_is_a_usage_error(tmp_path):
+    result = invoke("plan", str(tmp_path / "nope.yaml"))
+    assert result.exit_code == ExitCode.USAGE and "no such file" in result.stderr
+
+
+def test_an_unknown_tpu_type_option_suggests_names():
+    result = invoke("plan", str(SWEEPS / "alpha-end.yaml"), "--tpu-type", "v6e-250")
+    assert result.exit_code == ExitCode.USAGE and "v6e-256" in result.stderr
+
+
+def test_a_large_grid_needs_yes(tmp_path):
+    path = write(tmp_path, sweep_data(axes={"loss.alpha.end": [i / 100 for i in range(70)]}))
+    result = invoke("plan", str(path))
+    assert result.exit_code == ExitCode.USAGE and "--yes" in result.stderr
+    assert invoke("plan", str(path), "--yes", "--output", "json").exit_code == ExitCode.OK
+
+
+def test_tpus_lists_the_table():
+    result = invoke("tpus", "--output", "json")
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert rows["v5p-128"]["vms_per_slice"] == 16 and rows["v6e-256"]["topology"] == "16x16"
+    assert "v5p-128" in invoke("tpus").stdout
