@@ -29,11 +29,11 @@ class UnknownPath(ValueError):
         super().__init__(f"unknown spec path {text!r}")
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
+def model_in(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in typing.get_args(annotation):
-        if found := _model_in(arg):
+        if found := model_in(arg):
             return found
     return None
 
@@ -47,7 +47,7 @@ def native_paths() -> dict[str, Loc]:
         for field, info in model.model_fields.items():
             loc = prefix + (field,)
             out[".".join(loc)] = loc
-            if inner := _model_in(info.annotation):
+            if inner := model_in(info.annotation):
                 walk(inner, loc)
 
     walk(DistillSpec, ())
@@ -95,7 +95,7 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
     for part in loc:
         if model is None or part not in model.model_fields:
             return None
-        model = _model_in(model.model_fields[part].annotation)
+        model = model_in(model.model_fields[part].annotation)
     return model
 
 

@@ -168,10 +168,10 @@ def render(
     if output is OutputFormat.json:
         console.print_json([
             {"name": m.name, "file": str(out_dir / m.filename), "sha256": hashlib.sha256(m.text.encode()).hexdigest(),
-             "changed": changed} for m, changed in zip(manifests, written)
+             "changed": changed} for m, changed in zip(manifests, written, strict=True)
         ])  # fmt: skip
         return
-    for m, changed in zip(manifests, written):
+    for m, changed in zip(manifests, written, strict=True):
         console.out.print(f"{'wrote' if changed else 'unchanged'} {out_dir / m.filename}", markup=False)
 
 

@@ -331,7 +331,7 @@ def _fields_at(loc: Loc) -> list[str]:
             if model is Sweep and loc and loc[0] == "prerequisites":
                 return list(Prerequisite.model_fields)
             return []
-        inner = spec_paths._model_in(model.model_fields[part].annotation)
+        inner = spec_paths.model_in(model.model_fields[part].annotation)
         if inner is None:
             return []
         model = inner

@@ -174,7 +174,7 @@ def test_expansion_is_deterministic_and_sized_as_the_product(tmp_path_factory, a
     scaled = {k: [v / 10 if k == "loss.alpha.end" else (v * 1e-4 if "rate" in k else v) for v in vs] for k, vs in axes.items()}
     data = sweep_data(axes=scaled, seeds=seeds)
     tmp = tmp_path_factory.mktemp("prop")
-    first, second = expanded(tmp, data), expanded(tmp, data, "again.yaml")
+    first, second = expanded(tmp, data, max_points=None), expanded(tmp, data, "again.yaml", max_points=None)
     expected = 1
     for vs in scaled.values():
         expected *= len(vs)
