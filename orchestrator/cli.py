@@ -205,3 +205,7 @@ app.command()(launch_commands.cancel)
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""The local backend end to end: real trainer processes on CPU, driven through the CLI as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.backends import local_claims
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+TEACHER = """\
+name: teacher
+mode: pretrain
+student: {model: tiny-4l}
+batch: {per_device_batch_size: 4, max_target_length: 32}
+steps: 20
+optimizer: {learning_rate: 3.0e-3}
+logging: {every_steps: 5}
+"""
+STUDENT = """\
+name: student
+student: {model: tiny-2l}
+teacher: {model: tiny-4l, load_parameters_path: x}
+loss:
+  alpha: {start: 0.9, end: 0.5, schedule: cosine}
+  temperature: 2.0
+batch: {per_device_batch_size: 4, max_target_length: 32}
+steps: 20
+optimizer: {learning_rate: 3.0e-3}
+logging: {every_steps: 5}
+"""
+SWEEP = """\
+name: {name}
+spec: student.yaml
+overrides:
+  teacher.load_parameters_path: ${{prerequisites.teacher.output}}/checkpoints
+  steps: {steps}
+prerequisites:
+  teacher: {{spec: teacher.yaml}}
+axes:
+  loss.alpha.end: [0.3, 0.7]
+baseline:
+  - {{loss.alpha: 0.0}}
+target: {{kind: local, output_base: {base}, parallelism: 2}}
+"""
+
+
+def write_sweep(folder: Path, name: str = "local-test", steps: int = 20) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "teacher.yaml").write_text(TEACHER)
+    (folder / "student.yaml").write_text(STUDENT)
+    path = folder / f"{name}.yaml"
+    path.write_text(SWEEP.format(name=name, steps=steps, base=folder / "runs"))
+    return path
+
+
+def distillctl(*args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("DISTILLCTL_SPEC", None)
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def status(sweep: Path) -> dict[str, dict]:
+    done = distillctl("status", str(sweep), "--output", "json", check=True)
+    return {row["run_id"]: row for row in json.loads(done.stdout)}
+
+
+def wait_until(predicate, timeout: float = 300, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def attempts(run_dir: Path) -> int:
+    """How many trainer processes started in this run directory (each logs one `started` line)."""
+    log = run_dir / local_claims.LOG_FILE
+    return log.read_text().count("python -m trainer") if log.exists() else 0
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The sweep run once to the end with --wait."""
+    folder = tmp_path_factory.mktemp("local")
+    sweep = write_sweep(folder)
+    done = distillctl("sweep", str(sweep), "--wait", "--timeout", "500")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return sweep, done
+
+
+def test_sweep_wait_runs_prerequisite_then_points(finished):
+    sweep, done = finished
+    rows = status(sweep)
+    assert len(rows) == 4 and {r["phase"] for r in rows.values()} == {"Succeeded"}
+    teacher = next(r for r in rows.values() if r["role"] == "prerequisite")
+    for row in rows.values():
+        summary = json.loads((Path(row["output_path"]) / "summary.json").read_text())
+        assert summary["status"] == "succeeded" and summary["step"] == 20
+        if row["role"] != "prerequisite":
+            # A point starts only after its teacher has finished.
+            assert json.loads((Path(row["output_path"]) / local_claims.CLAIM_FILE).read_text())["started_at"] >= \
+                json.loads((Path(teacher["output_path"]) / local_claims.CLAIM_FILE).read_text())["started_at"]  # fmt: skip
+    assert "4 created" in done.stdout
+
+
+def test_sweep_again_creates_nothing(finished):
+    sweep, _ = finished
+    done = distillctl("sweep", str(sweep), check=True)
+    assert "0 created, 4 unchanged" in done.stdout
+    assert all(attempts(Path(r["output_path"])) <= 1 for r in status(sweep).values())
+
+
+def test_logs_print_the_trainer_output(finished):
+    sweep, _ = finished
+    done = distillctl("logs", str(sweep), "teacher", check=True)
+    assert "succeeded" in done.stdout
+    missing = distillctl("logs", str(sweep), "nope")
+    assert missing.returncode == 2 and "no run 'nope'" in missing.stderr
+
+
+def test_two_concurrent_sweeps_and_an_interrupted_one_end_with_one_run_each(tmp_path):
+    sweep = write_sweep(tmp_path, name="race")
+    first = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", str(sweep)], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    second = distillctl("sweep", str(sweep))
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0 and second.returncode == 0, out + err + second.stdout + second.stderr
+    # Interrupt: kill whichever supervisor owns the queued runs; a new sweep takes them over.
+    for run_dir in (tmp_path / "runs").iterdir():
+        claim = local_claims.read_claim(str(run_dir))
+        if claim and claim.state == "queued":
+            try:
+                os.kill(claim.supervisor_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    again = distillctl("sweep", str(sweep), "--wait", "--timeout", "500")
+    assert again.returncode == 0, again.stdout + again.stderr
+    rows = status(sweep)
+    assert {r["phase"] for r in rows.values()} == {"Succeeded"}
+    for row in rows.values():
+        records = [json.loads(line) for line in (Path(row["output_path"]) / "metrics.jsonl").read_text().splitlines()]
+        steps = [r["step"] for r in records]
+        assert steps == sorted(set(steps)), f"a run trained twice: {steps}"
+
+
+def test_cancel_stops_one_run_and_it_resumes_later(tmp_path):
+    sweep = write_sweep(tmp_path, name="cancel-me", steps=400)
+    other = write_sweep(tmp_path / "other", name="other-sweep", steps=400)
+    distillctl("sweep", str(sweep), check=True)
+    distillctl("sweep", str(other), check=True)
+    teacher = next(r for r in status(sweep).values() if r["role"] == "prerequisite")
+    wait_until(lambda: status(sweep)[teacher["run_id"]]["phase"] == "Running", what="the teacher to run")
+    refused = distillctl("cancel", str(sweep), teacher["run_id"])
+    assert refused.returncode == 2 and "--yes" in refused.stderr  # no prompt without a terminal
+    done = distillctl("cancel", str(sweep), "--yes", check=True)
+    assert "deleted cancel-me-" in done.stdout
+    rows = status(sweep)
+    assert all(r["phase"] == "Pending" for r in rows.values()), rows
+    summary = json.loads((Path(teacher["output_path"]) / "summary.json").read_text())
+    assert summary["status"] == "preempted" and summary["exit_code"] == 143
+    # The other sweep was not touched.
+    assert any(r["phase"] in ("Running", "Queued") for r in status(other).values())
+    distillctl("cancel", str(other), "--yes", check=True)
+
+
+def test_failed_point_is_left_alone_until_retry(tmp_path):
+    sweep = write_sweep(tmp_path, name="fails")
+    # Point the student at a teacher checkpoint that does not exist: the trainer exits 1 (never retried).
+    text = sweep.read_text().replace("${prerequisites.teacher.output}/checkpoints", str(tmp_path / "no-teacher"))
+    text = text.replace("prerequisites:\n  teacher: {spec: teacher.yaml}\n", "")
+    sweep.write_text(text)
+    done = distillctl("sweep", str(sweep), "--wait", "--timeout", "300")
+    assert done.returncode == 1 and "did not succeed" in done.stderr
+    rows = status(sweep)
+    assert {r["phase"] for r in rows.values()} == {"Failed"} and {r["reason"] for r in rows.values()} == {"UserError"}
+    again = distillctl("sweep", str(sweep), check=True)
+    assert "0 created" in again.stdout and "--retry-failed" in again.stdout
+    retried = distillctl("sweep", str(sweep), "--retry-failed")
+    assert retried.returncode == 0 and "3 created" in retried.stdout
