@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from trainer.problems import Problem
+from trainer.yaml_source import YamlSourceError, parse_yaml, read_text_file
 
 DEFAULT_METRICS = ("distill/kl_div_T1", "distill/hard_loss", "distill/top1_agreement")
 DEFAULT_RTOL = 0.1
@@ -118,6 +123,68 @@ def derive(
                 half = max(SEED_SIGMAS * statistics.stdev(seeds), rtol * abs(mean))
                 checks[name] = Band(low=round(mean - half, 6), high=round(mean + half, 6))
             else:
-                checks[name] = Approx(value=value, rtol=rtol)
+                checks[name] = Approx(value=float(f"{value:.6g}"), rtol=rtol)
         points.append(GoldenPoint(run_id=run_id, label=label, checks=checks))
     return GoldenFile(sweep=sweep, window=window, points=points)
+
+
+# --- files ------------------------------------------------------------------------------------------------
+
+
+def read_golden(path: str | Path) -> tuple[GoldenFile | None, list[Problem]]:
+    """A golden file and every problem with it, located by line (never raises for bad input)."""
+    file = str(path)
+    try:
+        document = parse_yaml(read_text_file(path))
+    except YamlSourceError as e:
+        where = e.position
+        return None, [Problem((), e.code, e.message, e.hint, file=file, line=where.line if where else None,
+                              column=where.column if where else None)]  # fmt: skip
+    try:
+        return GoldenFile.model_validate(document.data), []
+    except ValidationError as e:
+        problems = []
+        for error in e.errors(include_url=False):
+            # Drop the discriminator's tag (`approx`) from locations: the file has no such key.
+            loc = tuple(part for part in error["loc"] if part not in ("approx", "band", "deterministic"))
+            where = document.position_of(loc)
+            problems.append(Problem(loc, error["type"], error["msg"], "see `distillctl golden update --help` for the format",
+                                    file=file, line=where.line if where else None, column=where.column if where else None))  # fmt: skip
+        return None, problems
+
+
+def mismatches(golden: GoldenFile, sweep: str, run_ids: Iterable[str], *, file: str | None = None) -> list[Problem]:
+    """Why a golden file does not belong to a sweep: another sweep's name, or points the sweep no longer has
+    (a changed spec gives new run ids)."""
+    hint = "if the change is intended, write a new golden file with `distillctl golden update`"
+    problems = []
+    if golden.sweep != sweep:
+        problems.append(Problem(("sweep",), "golden_sweep_mismatch",
+                                f"the golden file is for sweep {golden.sweep!r}, not {sweep!r}", hint, file=file))  # fmt: skip
+    known = set(run_ids)
+    for i, point in enumerate(golden.points):
+        if point.run_id not in known:
+            problems.append(Problem(("points", i, "run_id"), "golden_point_not_in_sweep",
+                                    f"{point.label or point.run_id}: run id {point.run_id} is not in the sweep (its spec or "
+                                    "target changed?)", hint, file=file))  # fmt: skip
+    return problems
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _represent_dict(dumper: yaml.SafeDumper, data: dict) -> yaml.Node:
+    flow = all(not isinstance(v, (dict, list)) for v in data.values())  # a check: one line
+    return dumper.represent_mapping("tag:yaml.org,2002:map", data, flow_style=flow)
+
+
+_Dumper.add_representer(dict, _represent_dict)
+
+
+def dump(golden: GoldenFile, header: str = "") -> str:
+    """The golden file as YAML: one line per check, a `#` comment header."""
+    data = golden.model_dump(mode="json", exclude_none=True)
+    text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=200)
+    comment = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines())
+    return comment + text
