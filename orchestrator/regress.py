@@ -129,6 +129,7 @@ _ICON = {"pass": "✅", "regression": "❌", "infra": "⚠️"}
 
 
 def markdown(report: RegressReport) -> str:
+    """A pull-request comment: the verdict, the checks that did not pass, then every check folded away."""
     passed, regressed, infra = report.count("pass"), report.count("regression"), report.count("infra")
     icon = {ExitCode.OK: "✅", ExitCode.FAILED: "❌"}.get(report.exit_code, "⚠️")
     window = "" if report.window is None else (
@@ -139,16 +140,25 @@ def markdown(report: RegressReport) -> str:
         "",
         f"{passed} passed, {regressed} regressed, {infra} infrastructure problem(s).{window}",
         "",
-        "| | point | metric | observed | expected |",
-        "| --- | --- | --- | ---: | --- |",
     ]
-    for o in report.outcomes:
-        observed = "—" if o.observed is None else f"{o.observed:.6g}"
-        expected = o.expected if o.kind != "infra" else f"{o.expected} — {o.message}"
-        lines.append(f"| {_ICON[o.kind]} | {_md(o.label or o.run_id)} | `{o.metric}` | {observed} | {_md(expected)} |")
+    problems = [o for o in report.outcomes if o.kind != "pass"]
+    if problems:
+        lines += _table(problems) + [""]
+    if report.outcomes:
+        lines += [f"<details><summary>All {len(report.outcomes)} checks</summary>", ""] + _table(report.outcomes)
+        lines += ["", "</details>"]
     if report.unchecked:
         lines += ["", f"Not checked (no golden values): {_md(', '.join(report.unchecked))}."]
     return "\n".join(lines) + "\n"
+
+
+def _table(outcomes: list[Outcome] | tuple[Outcome, ...]) -> list[str]:
+    lines = ["| | point | metric | observed | expected |", "| --- | --- | --- | ---: | --- |"]
+    for o in outcomes:
+        observed = "—" if o.observed is None else f"{o.observed:.6g}"
+        expected = o.expected if o.kind != "infra" else f"{o.expected} — {o.message}"
+        lines.append(f"| {_ICON[o.kind]} | {_md(o.label or o.run_id)} | `{o.metric}` | {observed} | {_md(expected)} |")
+    return lines
 
 
 def _md(text: str) -> str:

@@ -24,6 +24,7 @@ from orchestrator import aggregate, identity, tpu
 from orchestrator.expansion import Expansion, Point
 from orchestrator.run_outputs import RunOutputs
 from orchestrator.run_status import Observation, RunStatus, derive
+from orchestrator.sweep_file import Sweep
 
 KL_T1 = "distill/kl_div_T1"
 HARD_LOSS = "distill/hard_loss"
@@ -154,13 +155,15 @@ def _common_prefix(names: Sequence[str]) -> str:
     return ".".join(prefix) + "." if prefix else ""
 
 
-def labels(runs: Sequence[Point]) -> dict[str, str]:
-    """run id -> a short label: the axis values without their shared dotted prefix; a prerequisite's name."""
+def labels(runs: Sequence[Point], sweep: Sweep | None = None) -> dict[str, str]:
+    """run id -> a short label: the axis values without their shared dotted prefix; for a prerequisite, the spec
+    it runs (`spec tiny-teacher.yaml`)."""
     prefix = _common_prefix([name for run in runs for name in run.axis_values])
     out = {}
     for run in runs:
         if run.prerequisite is not None:
-            out[run.run_id] = run.prerequisite
+            spec = sweep.prerequisites[run.prerequisite].spec if sweep and run.prerequisite in sweep.prerequisites else None
+            out[run.run_id] = f"spec {spec}" if isinstance(spec, str) else "inline spec"
             continue
         parts = [f"{name.removeprefix(prefix) if name != 'seed' else name}={_value_text(v)}"
                  for name, v in run.axis_values.items()]  # fmt: skip
@@ -195,7 +198,7 @@ def build(expansion: Expansion, outputs: Mapping[str, RunOutputs], statuses: Map
     """The results table: prerequisites first, then points in sweep order."""
     assert expansion.sweep is not None
     tpu_type, chips = _chips(expansion)
-    names = labels(expansion.runs)
+    names = labels(expansion.runs, expansion.sweep)
     rows = []
     for run in expansion.runs:
         out = outputs.get(run.run_id) or RunOutputs(run.output_path)

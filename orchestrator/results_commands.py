@@ -79,8 +79,12 @@ def results_command(
     slices: SlicesOption = None,
     yes: YesOption = False,
 ) -> None:
-    """One row per run of a sweep: status, restarts, step, aggregated metrics, throughput, cost and Δkl_div_T1 vs
-    the baseline; ★ marks the best point. Reads local paths and gs:// (install distillctl[gcs])."""
+    """Compare a sweep's runs: one row each, with status, metrics, cost and Δ vs the baseline.
+
+    Metrics: token-weighted means over each run's last --window log records. ★: lowest kl_div_T1.
+
+    Outputs are read from local paths or gs:// URLs (gs:// needs the `gcs` extra).
+    """
     expansion = expand_sweep(sweep, tpu_type=tpu_type, slices=slices, yes=yes)
     outputs, statuses = observe(expansion, output_base)
     table = results.build(expansion, outputs, statuses, window=window)
@@ -92,6 +96,7 @@ def results_command(
         console.out.file.write(results_format.markdown(table))
     else:
         print_wide(results_format.text_table(table))
+    console.out.file.flush()
     if plot is not None:
         logs = {run_id: out.log for run_id, out in outputs.items()}
         specs = {run.run_id: run.spec for run in expansion.runs}
@@ -157,9 +162,14 @@ def regress(
     slices: SlicesOption = None,
     yes: YesOption = False,
 ) -> None:
-    """Check a finished sweep against its golden file; print a markdown summary. Exit 0 pass, 1 a metric
-    regressed, 2 infrastructure failure (a run failed or never ran), 3 timed out waiting, 4 invalid sweep or
-    golden file."""
+    """Gate CI on a sweep: check its runs against a golden file.
+
+    Prints a markdown summary (and writes --junit and --summary files).
+
+    Exit 0: every check passed; 1: a metric regressed; 2: infrastructure failure (a run failed or never ran).
+
+    Exit 3: timed out waiting (--wait); 4: invalid sweep or golden file.
+    """
     try:
         expansion = expand_sweep(sweep, tpu_type=tpu_type, slices=slices, yes=yes)
         expected = load_golden(golden, expansion)
@@ -223,8 +233,12 @@ def golden_update(
     slices: SlicesOption = None,
     yes: YesOption = False,
 ) -> None:
-    """Write a golden file from a finished sweep: a band over the seeds for runs repeated with several seeds
-    (mean ± max(4σ, rtol·|mean|)), an approx check (rtol) otherwise."""
+    """Write a golden file from a finished sweep.
+
+    Runs repeated over seeds get a band: mean ± max(4σ, rtol·|mean|) over the seeds.
+
+    Other runs get an approx check with --rtol. Refuses (exit 2) while any run has not succeeded.
+    """
     expansion = expand_sweep(sweep, tpu_type=tpu_type, slices=slices, yes=yes)
     assert expansion.sweep is not None
     outputs, statuses = observe(expansion, output_base)

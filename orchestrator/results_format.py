@@ -32,6 +32,11 @@ def number(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:,.0f}"
 
 
+def rate(value: float | None) -> str:
+    """Throughput: a whole number with thousands separators."""
+    return MISSING if value is None or not math.isfinite(value) else f"{value:,.0f}"
+
+
 def duration(seconds: float | None) -> str:
     """`8.9 s`, `12 m 05 s`, `3 h 07 m`."""
     if seconds is None or not math.isfinite(seconds):
@@ -68,8 +73,8 @@ def cost(results: Results, row: Row) -> str:
     return duration(row.wall_time_sec) if results.chips is None else number(row.chip_hours, 3)
 
 
-def cost_header(results: Results) -> str:
-    return "wall time" if results.chips is None else f"chip-h ({results.chips} chips)"
+def cost_header(results: Results, sep: str = " ") -> str:
+    return "wall time" if results.chips is None else f"chip-h{sep}({results.chips} chips)"
 
 
 def title(results: Results) -> str:
@@ -89,16 +94,18 @@ def legend(results: Results) -> str:
     return "; ".join(parts)
 
 
-def _headers(results: Results) -> list[str]:
+def _headers(results: Results, sep: str = " ") -> list[str]:
+    """Column headers; metric headers name their aggregation (`kl_div_T1 (last 5)`), `sep` between the two."""
     window = results.aggregation
-    return (["#", "point", "role", "status", "restarts", "step"] + [window.header(m) for m in TABLE_METRICS]
-            + [f"tokens/s ({window.describe})", cost_header(results), "Δkl_div_T1"])  # fmt: skip
+    return (["#", "point", "role", "status", "restarts", "step"]
+            + [f"{short_metric(m)}{sep}({window.describe})" for m in TABLE_METRICS]
+            + [f"tokens/s{sep}({window.describe})", cost_header(results, sep), f"Δkl_div_T1{sep}vs baseline"])  # fmt: skip
 
 
 def _cells(results: Results, row: Row) -> list[str]:
     return ([row.name, (f"{BEST} " if row.best else "") + row.label, role(row), row.status.shown, str(row.status.restarts),
              steps(row)] + [number(row.metrics.get(m)) for m in TABLE_METRICS]
-            + [number(row.tokens_per_sec, 5), cost(results, row), signed(row.delta_kl, row.delta_kl_relative)])  # fmt: skip
+            + [rate(row.tokens_per_sec), cost(results, row), signed(row.delta_kl, row.delta_kl_relative)])  # fmt: skip
 
 
 # --- formats ----------------------------------------------------------------------------------------------
@@ -106,9 +113,8 @@ def _cells(results: Results, row: Row) -> list[str]:
 
 def text_table(results: Results) -> Table:
     table = Table(title=title(results), title_justify="left", caption=legend(results), caption_justify="left")
-    numeric = {"restarts", "step"} | {h for h in _headers(results)[6:]}
-    for header in _headers(results):
-        table.add_column(header, justify="right" if header in numeric else "left")
+    for i, header in enumerate(_headers(results, "\n")):
+        table.add_column(header, justify="right" if i >= 4 else "left")
     for row in results.rows:
         style = "bold green" if row.best else ("dim" if row.role == "prerequisite" else None)
         table.add_row(*_cells(results, row), style=style)
@@ -134,7 +140,7 @@ def markdown(results: Results) -> str:
     for row in results.rows:
         cells = _cells(results, row)
         if row.best:
-            cells = [f"**{c}**" if c != MISSING else c for c in cells]
+            cells = [f"**{c}**" if c and c != MISSING else c for c in cells]
         lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
     lines += ["", f"<sub>{title(results)}. {_md(legend(results))}.</sub>"]
     return "\n".join(lines) + "\n"
