@@ -190,6 +190,8 @@ def metric_figure(sweep: str, name: str, curves: Sequence[Curve], reference: Cur
     axes.grid(True, which="major", alpha=0.3)
     axes.margins(x=0.01)
     if not shown:
+        axes.set_xticks([])
+        axes.set_yticks([])
         axes.text(0.5, 0.5, "no point has logged this metric yet", ha="center", va="center", transform=axes.transAxes,
                   fontsize=FONT + 1)  # fmt: skip
     else:

@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from orchestrator import console, golden as golden_file, identity, plots, regress as regression, results, results_format
+from orchestrator import console, golden as golden_file, identity, regress as regression, results, results_format
 from orchestrator.errors import DistillctlError, InvalidSpecError, UsageError
 from orchestrator.exit_codes import ExitCode
 from orchestrator.expansion import Expansion
@@ -98,6 +98,8 @@ def results_command(
         print_wide(results_format.text_table(table))
     console.out.file.flush()
     if plot is not None:
+        from orchestrator import plots  # matplotlib takes seconds to import: only when plotting
+
         logs = {run_id: out.log for run_id, out in outputs.items()}
         specs = {run.run_id: run.spec for run in expansion.runs}
         try:
