@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 
@@ -21,6 +21,7 @@ from orchestrator.errors import DistillctlError, InvalidSpecError, UsageError
 from orchestrator.exit_codes import ExitCode
 from orchestrator.expansion import Expansion
 from orchestrator.run_outputs import RunOutputs, read_run_outputs
+from orchestrator.results import StatusFn
 from orchestrator.run_status import RunStatus
 from orchestrator.sweep_commands import SlicesOption, SweepArgument, TpuOption, YesOption, expand_sweep
 from orchestrator.sweep_commands import _print_wide as print_wide
@@ -142,6 +143,39 @@ def observed(expansion: Expansion, outputs: Mapping[str, RunOutputs], statuses: 
     return out
 
 
+State = tuple[dict[str, RunOutputs], Mapping[str, RunStatus]]
+
+
+def check_sweep(expansion: Expansion, expected: golden_file.GoldenFile, *, statuses: StatusFn | None = None,
+                output_base: str | None = None, wait: bool = False, timeout: float = 3600.0, poll: float = 30.0,
+                clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                on_wait: Callable[[State, float], None] | None = None) -> regression.RegressReport:  # fmt: skip
+    """Read the sweep's outputs and statuses (`statuses`, default `observe_statuses`), waiting with `wait` until
+    every run is terminal or `timeout` seconds pass, and check them against `expected`."""
+    status_fn = statuses or observe_statuses
+
+    def look() -> State:
+        outputs = read_outputs(expansion, output_base)
+        return outputs, status_fn(expansion, outputs)
+
+    def finished(state: State) -> bool:
+        return all((status := state[1].get(run.run_id)) is not None and status.terminal for run in expansion.runs)
+
+    if wait:
+        (outputs, found), timed_out = poll_until(look, finished, timeout=timeout, every=poll, clock=clock, sleep=sleep,
+                                                 on_wait=on_wait)  # fmt: skip
+    else:
+        (outputs, found), timed_out = look(), False
+    metrics = sorted({name for point in expected.points for name in point.checks})
+    seen = observed(expansion, outputs, found, window=expected.window, metrics=metrics)
+    return regression.evaluate(expected, seen, timed_out=timed_out)
+
+
+def _progress(state: State, left: float) -> None:
+    done = sum(status.terminal for status in state[1].values())
+    console.err.print(f"waiting: {done}/{len(state[1])} run(s) finished, {left:.0f} s left", markup=False)
+
+
 def _write(path: Path, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,24 +211,8 @@ def regress(
         expected = load_golden(golden, expansion)
     except DistillctlError as e:
         raise _invalid(e) from None
-    metrics = sorted({name for point in expected.points for name in point.checks})
-
-    def look() -> tuple[dict[str, RunOutputs], Mapping[str, RunStatus]]:
-        return observe(expansion, output_base)
-
-    def finished(state: tuple[dict[str, RunOutputs], Mapping[str, RunStatus]]) -> bool:
-        return all(status.terminal for status in state[1].values())
-
-    def progress(state: tuple[dict[str, RunOutputs], Mapping[str, RunStatus]], left: float) -> None:
-        done = sum(status.terminal for status in state[1].values())
-        console.err.print(f"waiting: {done}/{len(state[1])} run(s) finished, {left:.0f} s left", markup=False)
-
-    if wait:
-        (outputs, statuses), timed_out = poll_until(look, finished, timeout=timeout, every=poll, on_wait=progress)
-    else:
-        (outputs, statuses), timed_out = look(), False
-    report = regression.evaluate(expected, observed(expansion, outputs, statuses, window=expected.window,
-                                                    metrics=metrics), timed_out=timed_out)  # fmt: skip
+    report = check_sweep(expansion, expected, output_base=output_base, wait=wait, timeout=timeout, poll=poll,
+                         on_wait=_progress)  # fmt: skip
     text = regression.markdown(report)
     if junit is not None:
         _write(junit, regression.junit_xml(report))

@@ -118,6 +118,8 @@ def write_outputs(point: Point, *, status: str | None = "succeeded", steps: int 
     (run_dir / "metrics.jsonl").write_text(lines + tail)
     if status is not None:
         (run_dir / "summary.json").write_text(json.dumps(summary(point, status, steps), indent=2))
+    else:
+        (run_dir / "summary.json").unlink(missing_ok=True)
     (run_dir / "spec.json").write_text(json.dumps(point.spec.model_dump(mode="json")))
     return run_dir
 
