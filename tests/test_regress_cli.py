@@ -245,3 +245,15 @@ def test_golden_update_bands_from_repeated_seeds(tmp_path):
     teacher = by_id[result.prerequisites[0].run_id]
     assert teacher.checks == {}  # one teacher run (prerequisites are not seeded), and it logs no KL
     assert invoke("regress", path, "--golden", golden).exit_code == ExitCode.OK
+
+
+def test_the_committed_quickstart_golden_file_matches_the_sweep():
+    """A change to the quickstart sweep or its specs gives new run ids: the golden file must be written again
+    (`distillctl golden update sweeps/quickstart.yaml -o sweeps/quickstart.golden.yaml` after `make demo`)."""
+    from results_support import SWEEPS
+
+    golden, problems = golden_file.read_golden(SWEEPS / "quickstart.golden.yaml")
+    assert problems == [] and golden is not None
+    result = expanded(SWEEPS / "quickstart.yaml")
+    assert golden_file.mismatches(golden, result.sweep.name, [r.run_id for r in result.runs]) == []
+    assert {p.run_id for p in golden.points} == {r.run_id for r in result.runs}
