@@ -34,6 +34,11 @@ OutputBaseOption = Annotated[Optional[str], typer.Option(
     "sweep's target.output_base; run ids do not change")]  # fmt: skip
 
 
+class MatchBy(str, Enum):
+    run_id = "run_id"
+    axis_values = "axis_values"
+
+
 class ResultsFormat(str, Enum):
     table = "table"
     md = "md"
@@ -126,7 +131,7 @@ def load_golden(path: Path, expansion: Expansion) -> golden_file.GoldenFile:
     assert expansion.sweep is not None
     golden, problems = golden_file.read_golden(path)
     if golden is not None:
-        problems = golden_file.mismatches(golden, expansion.sweep.name, (r.run_id for r in expansion.runs), file=str(path))
+        golden, problems = golden_file.match_sweep(golden, expansion.sweep.name, point_keys(expansion), file=str(path))
     if problems:
         raise InvalidSpecError(f"{path} is not a usable golden file for {expansion.sweep.name!r}", problems)
     assert golden is not None
@@ -230,13 +235,16 @@ golden_app = typer.Typer(help="Golden files: the metric values `distillctl regre
                          no_args_is_help=True)  # fmt: skip
 
 
-def group_key(expansion: Expansion) -> dict[str, str]:
+def point_keys(expansion: Expansion) -> dict[str, str]:
+    """run id -> what identifies the run besides its id (golden files with `match: axis_values`)."""
+    return {run.run_id: golden_file.point_key(run.role, run.prerequisite, run.axis_values) for run in expansion.runs}
+
+
+def seed_groups(expansion: Expansion) -> dict[str, str]:
     """run id -> its seed group: runs that differ only by `seed` share one."""
-    out = {}
-    for run in expansion.runs:
-        values = {k: v for k, v in run.axis_values.items() if k != "seed"}
-        out[run.run_id] = identity.canonical_json([run.role, run.prerequisite, values])
-    return out
+    return {run.run_id: golden_file.point_key(run.role, run.prerequisite,
+                                              {k: v for k, v in run.axis_values.items() if k != "seed"})
+            for run in expansion.runs}  # fmt: skip
 
 
 @golden_app.command("update")
@@ -248,6 +256,9 @@ def golden_update(
                                         "repeated seeds)")] = golden_file.DEFAULT_RTOL,  # fmt: skip
     metric: Annotated[Optional[list[str]], typer.Option("--metric", help="a metric to check (repeat); default: "
                       + ", ".join(golden_file.DEFAULT_METRICS))] = None,  # fmt: skip
+    match: Annotated[MatchBy, typer.Option("--match", help="how regress finds each golden point's run: run_id "
+                     "(strict: any spec or image change needs a new golden file) or axis_values (role and axis "
+                     "values: for CI images built per commit)")] = MatchBy.run_id,  # fmt: skip
     output_base: OutputBaseOption = None,
     tpu_type: TpuOption = None,
     slices: SlicesOption = None,
@@ -269,10 +280,11 @@ def golden_update(
         raise UsageError(f"{len(unfinished)} of {len(expansion.runs)} run(s) have not succeeded ({listed}{more})",
                          f"golden values come from a finished sweep: `distillctl results {sweep}` shows where it stands")  # fmt: skip
     names = list(metric) if metric else list(golden_file.DEFAULT_METRICS)
-    groups = group_key(expansion)
-    rows = [(run.run_id, run.label, groups[run.run_id], results.run_metrics(outputs[run.run_id], window, names))
-            for run in expansion.runs]  # fmt: skip
-    derived = golden_file.derive(expansion.sweep.name, window, rows, metrics=names, rtol=rtol)
+    groups = seed_groups(expansion)
+    finished = [golden_file.Finished(run.run_id, run.label, groups[run.run_id],
+                                     results.run_metrics(outputs[run.run_id], window, names), run.role,
+                                     run.prerequisite, dict(run.axis_values)) for run in expansion.runs]  # fmt: skip
+    derived = golden_file.derive(expansion.sweep.name, window, finished, metrics=names, rtol=rtol, match=match.value)
     header = (f"Golden values of sweep {expansion.sweep.name!r} for `distillctl regress {sweep} --golden {out}`.\n"
               f"Written by `distillctl golden update {sweep} -o {out}` from finished runs; rerun it after an intended "
               "change.\nChecks: approx (|x - value| <= atol + rtol·|value|), band (low <= x <= high), deterministic "

@@ -255,5 +255,29 @@ def test_the_committed_quickstart_golden_file_matches_the_sweep():
     golden, problems = golden_file.read_golden(SWEEPS / "quickstart.golden.yaml")
     assert problems == [] and golden is not None
     result = expanded(SWEEPS / "quickstart.yaml")
-    assert golden_file.mismatches(golden, result.sweep.name, [r.run_id for r in result.runs]) == []
-    assert {p.run_id for p in golden.points} == {r.run_id for r in result.runs}
+    matched, problems = golden_file.match_sweep(golden, result.sweep.name, results_commands.point_keys(result))
+    assert problems == [] and golden.match == "run_id" and matched == golden
+    assert [p.run_id for p in golden.points] == [r.run_id for r in result.runs]
+
+
+def test_match_by_axis_values_survives_new_run_ids(sweep, tmp_path):
+    """A cluster CI job builds an image per commit: the image is part of every run id, so a golden file matched
+    by run id would never match again; `--match axis_values` matches by role and axis values instead."""
+    path, _, result = sweep
+    by_values = tmp_path / "by-values.yaml"
+    out = invoke("golden", "update", path, "-o", by_values, "--match", "axis_values")
+    assert out.exit_code == 0
+    data, _ = golden_file.read_golden(by_values)
+    assert data.match == "axis_values" and data.points[1].axis_values == dict(result.points[0].axis_values)
+    assert data.points[5].role == "baseline" and data.points[0].prerequisite == "teacher"
+    # The same sweep with one more environment variable (as a new image would): every run id changes.
+    moved = write_sweep(tmp_path, name="moved.yaml", output_base=str(tmp_path / "moved-runs"),
+                        target={"kind": "local", "output_base": str(tmp_path / "moved-runs"), "env": {"IMAGE": "sha-2"}})  # fmt: skip
+    moved_result = expanded(moved)
+    assert not {r.run_id for r in moved_result.runs} & {r.run_id for r in result.runs}
+    finish_all(moved_result)
+    assert invoke("regress", moved, "--golden", by_values).exit_code == ExitCode.OK
+    strict = invoke("regress", moved, "--golden", tmp_path / "golden.yaml")
+    assert strict.exit_code == 4 and strict.stderr.count("golden_point_not_in_sweep") == 6
+    doctor(by_values, data.points[4].run_id, "distill/kl_div_T1", 0.5)  # still checked: against the new run
+    assert invoke("regress", moved, "--golden", by_values).exit_code == ExitCode.FAILED

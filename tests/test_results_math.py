@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator import aggregate
 from orchestrator.exit_codes import ExitCode
-from orchestrator.golden import Approx, Band, Deterministic, GoldenFile, GoldenPoint, derive
+from orchestrator.golden import Approx, Band, Deterministic, Finished, GoldenFile, GoldenPoint, derive
 from orchestrator.regress import Observed, evaluate, junit_xml, markdown
 from orchestrator.run_outputs import LogLine, parse_log_line, read_run_outputs
 
@@ -107,8 +107,8 @@ def test_junit_and_markdown():
 
 
 def test_golden_derive_bands_from_seeds_and_approx_otherwise():
-    observed = [("r1", "a s0", "a", {"distill/kl_div_T1": 1.0}), ("r2", "a s1", "a", {"distill/kl_div_T1": 1.2}),
-                ("r3", "b", "b", {"distill/kl_div_T1": 2.0, "distill/hard_loss": None})]  # fmt: skip
+    observed = [Finished("r1", "a s0", "a", {"distill/kl_div_T1": 1.0}), Finished("r2", "a s1", "a", {"distill/kl_div_T1": 1.2}),
+                Finished("r3", "b", "b", {"distill/kl_div_T1": 2.0, "distill/hard_loss": None})]  # fmt: skip
     g = derive("s", 5, observed)
     band = g.points[0].checks["distill/kl_div_T1"]
     assert isinstance(band, Band) and band.low < 1.0 and band.high > 1.2
