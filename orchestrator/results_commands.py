@@ -29,6 +29,8 @@ from orchestrator.waiting import poll_until
 
 WindowOption = Annotated[int, typer.Option("--window", min=0, help="aggregate each metric over the last N log records "
                                            "(token-weighted, from the (sum, count) pairs); 0: every record")]  # fmt: skip
+ImageOption = Annotated[Optional[str], typer.Option(
+    "--image", help="override target.image, as the sweep was launched with (the image is part of each run id)")]
 OutputBaseOption = Annotated[Optional[str], typer.Option(
     "--output-base", help="read the runs' outputs under this path or URL (gs://bucket/prefix) instead of the "
     "sweep's target.output_base; run ids do not change")]  # fmt: skip
@@ -83,6 +85,7 @@ def results_command(
     output_base: OutputBaseOption = None,
     tpu_type: TpuOption = None,
     slices: SlicesOption = None,
+    image: ImageOption = None,
     yes: YesOption = False,
 ) -> None:
     """Compare a sweep's runs: one row each, with status, metrics, cost and Δ vs the baseline.
@@ -91,7 +94,7 @@ def results_command(
 
     Outputs are read from local paths or gs:// URLs (gs:// needs the `gcs` extra).
     """
-    expansion = expand_sweep(sweep, tpu_type=tpu_type, slices=slices, yes=yes)
+    expansion = expand_sweep(sweep, tpu_type=tpu_type, slices=slices, image=image, yes=yes)
     outputs, statuses = observe(expansion, output_base)
     table = results.build(expansion, outputs, statuses, window=window)
     if format is ResultsFormat.json:
@@ -201,6 +204,7 @@ def regress(
     output_base: OutputBaseOption = None,
     tpu_type: TpuOption = None,
     slices: SlicesOption = None,
+    image: ImageOption = None,
     yes: YesOption = False,
 ) -> None:
     """Gate CI on a sweep: check its runs against a golden file.
@@ -212,7 +216,7 @@ def regress(
     Exit 3: timed out waiting (--wait); 4: invalid sweep or golden file.
     """
     try:
-        expansion = expand_sweep(sweep, tpu_type=tpu_type, slices=slices, yes=yes)
+        expansion = expand_sweep(sweep, tpu_type=tpu_type, slices=slices, image=image, yes=yes)
         expected = load_golden(golden, expansion)
     except DistillctlError as e:
         raise _invalid(e) from None
@@ -262,6 +266,7 @@ def golden_update(
     output_base: OutputBaseOption = None,
     tpu_type: TpuOption = None,
     slices: SlicesOption = None,
+    image: ImageOption = None,
     yes: YesOption = False,
 ) -> None:
     """Write a golden file from a finished sweep.
@@ -270,7 +275,7 @@ def golden_update(
 
     Other runs get an approx check with --rtol. Refuses (exit 2) while any run has not succeeded.
     """
-    expansion = expand_sweep(sweep, tpu_type=tpu_type, slices=slices, yes=yes)
+    expansion = expand_sweep(sweep, tpu_type=tpu_type, slices=slices, image=image, yes=yes)
     assert expansion.sweep is not None
     outputs, statuses = observe(expansion, output_base)
     unfinished = [run for run in expansion.runs if statuses[run.run_id].phase != "Succeeded"]

@@ -91,3 +91,23 @@ def test_an_unknown_protocol_is_a_usage_error():
     with pytest.raises(Exception) as caught:
         read_run_outputs("nosuchproto://x/y")
     assert getattr(caught.value, "exit_code", None) == ExitCode.USAGE
+
+
+def test_image_override_finds_runs_launched_with_another_image(tmp_path):
+    """The image is part of each run id: a sweep launched with `--image` is read back with the same override."""
+    from orchestrator.expansion import expand
+    from orchestrator.sweep_file import load_sweep, override_target
+
+    target = {"kind": "kubernetes", "tpu_type": "v5p-8", "image": "registry/trainer:base",
+              "output_base": str(tmp_path / "runs")}  # fmt: skip
+    path = write_sweep(tmp_path, target=target)
+    launched = expand(override_target(load_sweep(path), image="registry/trainer:sha-123"))
+    for run in launched.runs:
+        write_outputs(run)
+    found = runner.invoke(app, ["results", str(path), "--format", "json", "--image", "registry/trainer:sha-123"])
+    assert found.exit_code == ExitCode.OK, found.output
+    runs = json.loads(found.stdout)["runs"]
+    assert [r["run_id"] for r in runs] == [r.run_id for r in launched.runs]
+    assert {r["status"]["phase"] for r in runs} == {"Succeeded"} and runs[1]["chip_hours"] == pytest.approx(0.1)
+    other = json.loads(runner.invoke(app, ["results", str(path), "--format", "json"]).stdout)["runs"]
+    assert {r["status"]["phase"] for r in other} == {"Pending"}  # the base image's run ids never ran
