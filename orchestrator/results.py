@@ -117,12 +117,15 @@ class Results:
 def statuses_from_outputs(runs: Sequence[Point], outputs: Mapping[str, RunOutputs], *, now: float,
                           stall_after: float = STALL_AFTER_SECONDS) -> dict[str, RunStatus]:  # fmt: skip
     """Each run's status from its outputs alone (no backend): Succeeded, Failed or Diverged from summary.json's
-    verdict, Pending otherwise (not started, or running: without the backend the two look alike)."""
-    return {
-        run.run_id: derive(Observation(exists=False), outputs.get(run.run_id) or RunOutputs(run.output_path),
-                           now=now, stall_after=stall_after, total_steps=run.spec.steps)  # fmt: skip
-        for run in runs
-    }
+    verdict; Running while the trainer's summary says `running` (Stalled when its last metrics line is older
+    than `stall_after` seconds: a process killed without a verdict looks like this); Pending otherwise."""
+    out = {}
+    for run in runs:
+        found = outputs.get(run.run_id) or RunOutputs(run.output_path)
+        running = (found.summary or {}).get("status") == "running"
+        observation = Observation(exists=True, active=True) if running else Observation(exists=False)
+        out[run.run_id] = derive(observation, found, now=now, stall_after=stall_after, total_steps=run.spec.steps)
+    return out
 
 
 def outputs_only(expansion: Expansion, outputs: Mapping[str, RunOutputs]) -> dict[str, RunStatus]:

@@ -2,8 +2,9 @@
 prints, and exits.
 
 Run statuses come from one function, `observe_statuses`: today it sees only what the runs wrote (summary.json's
-verdict), so a running point reads as Pending; the launcher replaces it with its backend's view (queued,
-running, restarting, ...) without changing anything else here.
+verdict, the time of the last metrics line); the launcher replaces it with its backend's view (queued,
+restarting, lost processes, ...) without changing anything else here. `check_sweep` also takes the status
+function as a parameter.
 """
 
 from __future__ import annotations

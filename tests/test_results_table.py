@@ -14,7 +14,7 @@ from orchestrator import results, results_format
 from orchestrator.cli import app
 from orchestrator.exit_codes import ExitCode
 from orchestrator.run_outputs import read_run_outputs
-from results_support import LOG_EVERY, STEPS, SWEEPS, TOKENS_PER_STEP, expanded, final_kl, finish_all, write_outputs, write_sweep
+from results_support import LOG_EVERY, START_TIME, STEPS, SWEEPS, TOKENS_PER_STEP, expanded, final_kl, finish_all, write_outputs, write_sweep
 
 runner = CliRunner()
 
@@ -197,3 +197,19 @@ def test_a_bad_sweep_is_reported_not_crashed(tmp_path):
     bad.write_text("name: quickstart\nspec: {student: {model: nope}}\n")
     invalid = invoke("results", str(bad))
     assert invalid.exit_code == ExitCode.INVALID_SPEC and "unknown model" in invalid.stderr
+
+
+def test_statuses_from_outputs_alone(tmp_path):
+    result = expanded(write_sweep(tmp_path))
+    teacher, p0, p1, *_ = result.runs
+    write_outputs(teacher)
+    write_outputs(p0, status="running", steps=20)  # its last metrics line: START_TIME + 20
+    write_outputs(p1, status="preempted", steps=20)
+    outputs = {run.run_id: read_run_outputs(run.output_path) for run in result.runs}
+    fresh = results.statuses_from_outputs(result.runs, outputs, now=START_TIME + 60)
+    assert fresh[teacher.run_id].phase == "Succeeded" and fresh[p0.run_id].phase == "Running"
+    assert fresh[p0.run_id].step == 20 and fresh[p0.run_id].total_steps == STEPS
+    assert fresh[p1.run_id].phase in ("Failed", "Pending")  # preempted: resumes when submitted again
+    assert fresh[result.points[-1].run_id].shown == "Pending (NotCreated)"
+    stale = results.statuses_from_outputs(result.runs, outputs, now=START_TIME + 20 + results.STALL_AFTER_SECONDS + 1)
+    assert stale[p0.run_id].shown == "Stalled (NoNewMetrics)" and not stale[p0.run_id].terminal
