@@ -79,7 +79,8 @@ def reference_curve(results: Results, logs: Mapping[str, Sequence[LogLine]]) -> 
     for row in plotted_rows(results):
         steps, values = aggregate.series(logs.get(row.run_id, ()), TEACHER_LOSS)
         if steps:
-            return Curve("teacher", "teacher's cross-entropy on the same batches", "reference", tuple(steps), tuple(values))
+            label = "teacher's cross-entropy on the same batches"
+            return Curve("teacher", label, "reference", tuple(steps), tuple(values))
     return None
 
 
@@ -236,7 +237,8 @@ def write_plots(results: Results, logs: Mapping[str, Sequence[LogLine]], specs: 
         reference = reference_curve(results, logs) if name == HARD_LOSS else None
         figure = metric_figure(results.sweep, name, metric_curves(results, logs, name), reference, note)
         written.append(_save(figure, out_dir / filename))
-    written.append(_save(schedules_figure(results.sweep, schedule_curves(results, logs, specs)), out_dir / SCHEDULES_FILE))
+    schedules = schedules_figure(results.sweep, schedule_curves(results, logs, specs))
+    written.append(_save(schedules, out_dir / SCHEDULES_FILE))
     return written
 
 

@@ -165,7 +165,8 @@ def labels(runs: Sequence[Point], sweep: Sweep | None = None) -> dict[str, str]:
     out = {}
     for run in runs:
         if run.prerequisite is not None:
-            spec = sweep.prerequisites[run.prerequisite].spec if sweep and run.prerequisite in sweep.prerequisites else None
+            prerequisite = sweep.prerequisites.get(run.prerequisite) if sweep is not None else None
+            spec = prerequisite.spec if prerequisite is not None else None
             out[run.run_id] = f"spec {spec}" if isinstance(spec, str) else "inline spec"
             continue
         parts = [f"{name.removeprefix(prefix) if name != 'seed' else name}={_value_text(v)}"

@@ -115,7 +115,8 @@ def results_command(
         try:
             written = plots.write_plots(table, logs, specs, plot)
         except OSError as e:
-            raise UsageError(f"cannot write plots to {plot}: {e.strerror or e}", "check the folder and its permissions") from None
+            raise UsageError(f"cannot write plots to {plot}: {e.strerror or e}",
+                             "check the folder and its permissions") from None
         for path in written:
             console.err.print(f"wrote {path}", markup=False)
 

@@ -91,7 +91,8 @@ def check_filesystem(path: str) -> None:
         install = f"install it with `pip install 'distillctl[{extra}]'`" if extra else "install the fsspec backend"
         raise MissingFilesystem(f"cannot read {path}: {e}", install) from None
     except ValueError as e:
-        raise UsageError(f"cannot read {path}: {e}", "use a local path or an fsspec URL such as gs://bucket/prefix") from None
+        raise UsageError(f"cannot read {path}: {e}",
+                         "use a local path or an fsspec URL such as gs://bucket/prefix") from None
 
 
 def _read_text(path: str) -> str | None:
@@ -164,4 +165,5 @@ def read_run_outputs(path: str) -> RunOutputs:
     protocol cannot be read at all (gs:// without gcsfs)."""
     check_filesystem(path)
     text = _read_text(join(path, "metrics.jsonl")) or ""
-    return RunOutputs(path, parse_log(text), _read_json(join(path, "summary.json")), _read_json(join(path, "spec.json")))
+    summary, spec = _read_json(join(path, "summary.json")), _read_json(join(path, "spec.json"))
+    return RunOutputs(path, parse_log(text), summary, spec)

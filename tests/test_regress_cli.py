@@ -240,7 +240,8 @@ def test_golden_update_bands_from_repeated_seeds(tmp_path):
     for run in result.points:
         check = by_id[run.run_id].checks["distill/kl_div_T1"]
         assert isinstance(check, golden_file.Band)
-        twin = next(r for r in result.points if r is not run and dict(r.axis_values, seed=0) == dict(run.axis_values, seed=0))
+        twin = next(r for r in result.points
+                    if r is not run and dict(r.axis_values, seed=0) == dict(run.axis_values, seed=0))  # fmt: skip
         assert by_id[twin.run_id].checks["distill/kl_div_T1"] == check  # the two seeds of a point share one band
     teacher = by_id[result.prerequisites[0].run_id]
     assert teacher.checks == {}  # one teacher run (prerequisites are not seeded), and it logs no KL

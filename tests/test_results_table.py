@@ -14,7 +14,9 @@ from orchestrator import results, results_format
 from orchestrator.cli import app
 from orchestrator.exit_codes import ExitCode
 from orchestrator.run_outputs import read_run_outputs
-from results_support import LOG_EVERY, START_TIME, STEPS, SWEEPS, TOKENS_PER_STEP, expanded, final_kl, finish_all, write_outputs, write_sweep
+from results_support import (
+    LOG_EVERY, START_TIME, STEPS, SWEEPS, TOKENS_PER_STEP, expanded, final_kl, finish_all, write_outputs, write_sweep,
+)  # fmt: skip
 
 runner = CliRunner()
 
