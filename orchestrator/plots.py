@@ -39,6 +39,7 @@ FONT = 11
 LINE_WIDTH = 2.2
 STRIPE = 4.0  # dash length of striped (coinciding) curves, in line widths
 STRIPED_NOTE = "a striped line is several points with the same values"
+ZOOM_FROM = 0.4  # the metric figures' right panel: this last fraction of the steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,34 +170,66 @@ def _log_scale_helps(curves: Sequence[Curve]) -> bool:
     return bool(values) and max(values) / min(values) > 20
 
 
-def metric_figure(sweep: str, name: str, curves: Sequence[Curve], reference: Curve | None, window_note: str) -> Figure:
-    title, ylabel = METRIC_AXES.get(name, (name, name))
-    shown = [c for c in curves if c.steps] + ([reference] if reference is not None else [])
-    figure = _figure(10, 6.8)
-    axes = figure.add_subplot()
-    styles = _styles(shown)
-    striped = _draw(axes, shown, styles)
-    if _log_scale_helps(shown):
+def _zoom_range(curves: Sequence[Curve], start: float, log: bool) -> tuple[float, float] | None:
+    """y limits that fit every curve from step `start` on, with a margin; None when nothing is there."""
+    values = [v for c in curves for s, v in zip(c.steps, c.values) if s >= start and (v > 0 or not log)]
+    if not values:
+        return None
+    low, high = min(values), max(values)
+    if log:
+        return low / 1.15, high * 1.15
+    pad = (high - low) * 0.08 or abs(high) * 0.01 or 0.01
+    return low - pad, high + pad
+
+
+def _value_axis(axes, ylabel: str, log: bool, *, fine: bool = False) -> None:
+    if log:
         axes.set_yscale("log")
-        # Plain decimals, with the 2s and 5s between powers of ten labelled too: readable without counting ticks.
+        # Plain decimals, with the 2s and 5s between powers of ten labelled too (every digit on a zoomed axis that
+        # spans about a decade): readable without counting ticks.
         axes.yaxis.set_major_formatter(FuncFormatter(_decimal))
-        axes.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        axes.yaxis.set_minor_locator(LogLocator(subs=tuple(range(2, 10)) if fine else (2.0, 5.0)))
         axes.yaxis.set_minor_formatter(FuncFormatter(_decimal))
-        ylabel += ", log scale"
-    figure.suptitle(f"{sweep} — {title}", fontsize=FONT + 2, x=0.01, ha="left")
-    axes.set_title(window_note, fontsize=FONT - 1, color="0.35", loc="left")
     axes.set_xlabel(STEP_AXIS, fontsize=FONT + 1)
     axes.set_ylabel(ylabel, fontsize=FONT + 1)
     axes.tick_params(labelsize=FONT)
     axes.grid(True, which="major", alpha=0.3)
     axes.margins(x=0.01)
+
+
+def metric_figure(sweep: str, name: str, curves: Sequence[Curve], reference: Curve | None, window_note: str) -> Figure:
+    """The whole run on the left; on the right the last `ZOOM_FROM` of the steps with the y axis fitted to them,
+    where the points' final differences show."""
+    title, ylabel = METRIC_AXES.get(name, (name, name))
+    shown = [c for c in curves if c.steps] + ([reference] if reference is not None else [])
+    figure = _figure(13, 6.8)
+    figure.suptitle(f"{sweep} — {title}", fontsize=FONT + 2, x=0.01, ha="left")
     if not shown:
-        axes.set_xticks([])
-        axes.set_yticks([])
-        axes.text(0.5, 0.5, "no point has logged this metric yet", ha="center", va="center", transform=axes.transAxes,
-                  fontsize=FONT + 1)  # fmt: skip
-    else:
-        _legend(figure, shown, styles, STRIPED_NOTE if striped else "")
+        whole = figure.add_subplot()
+        whole.set_title(window_note, fontsize=FONT - 1, color="0.35", loc="left")
+        _value_axis(whole, ylabel, log=False)
+        whole.set_xticks([])
+        whole.set_yticks([])
+        whole.text(0.5, 0.5, "no point has logged this metric yet", ha="center", va="center", transform=whole.transAxes,
+                   fontsize=FONT + 1)  # fmt: skip
+        return figure
+    whole, zoom = figure.subplots(1, 2, width_ratios=(3, 2))
+    whole.set_title(window_note, fontsize=FONT - 1, color="0.35", loc="left")
+    styles = _styles(shown)
+    log = _log_scale_helps(shown)
+    striped = _draw(whole, shown, styles)
+    _draw(zoom, shown, styles)
+    _value_axis(whole, ylabel + (", log scale" if log else ""), log)
+    last = max(s for c in shown for s in c.steps)
+    first = min(s for c in shown for s in c.steps)
+    start = first + (last - first) * (1 - ZOOM_FROM)
+    limits = _zoom_range(shown, start, log)
+    _value_axis(zoom, "", log, fine=limits is not None and limits[1] / limits[0] < 15)
+    zoom.set_xlim(start, last + (last - start) * 0.02)
+    if limits is not None:
+        zoom.set_ylim(*limits)
+    zoom.set_title(f"the last {ZOOM_FROM:.0%} of the steps, zoomed", fontsize=FONT - 1, color="0.35", loc="left")
+    _legend(figure, shown, styles, STRIPED_NOTE if striped else "")
     return figure
 
 
@@ -230,8 +263,8 @@ def write_plots(results: Results, logs: Mapping[str, Sequence[LogLine]], specs: 
     """Write `kl_div_T1.png`, `hard_loss.png` and `schedules.png` to `out_dir` (created); returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     window = results.aggregation.window
-    note = ("each value: the token-weighted mean over one logging interval; the table aggregates "
-            + (f"the last {window} intervals" if window else "every interval"))  # fmt: skip
+    note = ("each value: token-weighted mean over one logging interval (the table: "
+            + (f"the last {window})" if window else "all of them)"))  # fmt: skip
     written = []
     for name, filename in FILES.items():
         reference = reference_curve(results, logs) if name == HARD_LOSS else None

@@ -35,8 +35,8 @@ def test_plots_are_written_non_empty_with_their_sizes(tmp_path):
         path = tmp_path / "plots" / name
         assert path.stat().st_size > 20_000, f"{name} looks empty"  # a blank 1500×1000 PNG is ~5 kB
         assert f"wrote {path}" in out.stderr
-    assert png_size(tmp_path / "plots" / "kl_div_T1.png") == (1500, 1020)  # 10 × 6.8 in at 150 dpi
-    assert png_size(tmp_path / "plots" / "hard_loss.png") == (1500, 1020)
+    assert png_size(tmp_path / "plots" / "kl_div_T1.png") == (1950, 1020)  # 13 × 6.8 in at 150 dpi
+    assert png_size(tmp_path / "plots" / "hard_loss.png") == (1950, 1020)
     assert png_size(tmp_path / "plots" / "schedules.png") == (2100, 930)  # 14 × 6.2 in
 
 
