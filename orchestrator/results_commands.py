@@ -68,9 +68,13 @@ def read_outputs(expansion: Expansion, output_base: str | None) -> dict[str, Run
     return {run_id: read_run_outputs(path) for run_id, path in output_paths(expansion, output_base).items()}
 
 
-def observe(expansion: Expansion, output_base: str | None) -> tuple[dict[str, RunOutputs], Mapping[str, RunStatus]]:
+State = tuple[dict[str, RunOutputs], Mapping[str, RunStatus]]
+
+
+def observe(expansion: Expansion, output_base: str | None, statuses: StatusFn | None = None) -> State:
+    """What every run wrote, and its status (from `statuses`, default `observe_statuses`)."""
     outputs = read_outputs(expansion, output_base)
-    return outputs, observe_statuses(expansion, outputs)
+    return outputs, (statuses or observe_statuses)(expansion, outputs)
 
 
 # --- results ----------------------------------------------------------------------------------------------
@@ -153,20 +157,14 @@ def observed(expansion: Expansion, outputs: Mapping[str, RunOutputs], statuses: 
     return out
 
 
-State = tuple[dict[str, RunOutputs], Mapping[str, RunStatus]]
-
-
 def check_sweep(expansion: Expansion, expected: golden_file.GoldenFile, *, statuses: StatusFn | None = None,
                 output_base: str | None = None, wait: bool = False, timeout: float = 3600.0, poll: float = 30.0,
                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                 on_wait: Callable[[State, float], None] | None = None) -> regression.RegressReport:  # fmt: skip
     """Read the sweep's outputs and statuses (`statuses`, default `observe_statuses`), waiting with `wait` until
     every run is terminal or `timeout` seconds pass, and check them against `expected`."""
-    status_fn = statuses or observe_statuses
-
     def look() -> State:
-        outputs = read_outputs(expansion, output_base)
-        return outputs, status_fn(expansion, outputs)
+        return observe(expansion, output_base, statuses)
 
     def finished(state: State) -> bool:
         return all((status := state[1].get(run.run_id)) is not None and status.terminal for run in expansion.runs)
