@@ -53,9 +53,12 @@ class RunOutputs:
 
     @property
     def last_step(self) -> int | None:
-        if self.summary and isinstance(self.summary.get("step"), int):
-            return self.summary["step"]
-        return self.log[-1].step if self.log else None
+        """The furthest step either file reports: a running trainer rewrites summary.json only at checkpoints, so
+        its log is usually ahead."""
+        steps = [self.log[-1].step] if self.log else []
+        if self.summary and isinstance(self.summary.get("step"), int) and not isinstance(self.summary["step"], bool):
+            steps.append(self.summary["step"])
+        return max(steps) if steps else None
 
     @property
     def total_steps(self) -> int | None:

@@ -168,3 +168,13 @@ def test_lines_with_bad_numbers_are_skipped():
     assert parse_log_line('{"step": true, "metrics": {}}') is None
     record = parse_log_line('{"step": 5, "metrics": {"a": {"sum": "x", "count": 1}, "b": {"sum": 1, "count": 2}}}')
     assert record is not None and record.metrics == {"b": (1.0, 2.0)}
+
+
+def test_last_step_is_the_furthest_either_file_reports(tmp_path):
+    line = {"step": 130, "time": 1.0, "metrics": {}}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(line) + "\n")
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "running", "step": 100, "total_steps": 200}))
+    outputs = read_run_outputs(str(tmp_path))
+    assert outputs.last_step == 130 and outputs.total_steps == 200  # summary.json is rewritten only at checkpoints
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert read_run_outputs(str(tmp_path)).last_step == 100
