@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
 from rich.text import Text
 
 from trainer.problems import Problem
@@ -67,3 +69,23 @@ _Dumper.add_representer(list, _represent_list)
 def to_yaml(data: Any) -> str:
     """Block-style YAML with short lists on one line (`layer_indices: [3, 7, 11]`), keys in given order."""
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=120)
+
+
+def print_wide(table: Table) -> None:
+    """Print a table at its natural width (never truncating ids), even past a narrow terminal or a pipe."""
+    width = Measurement.get(out, out.options.update(width=1_000), table).maximum
+    if width <= out.width:
+        out.print(table)
+    else:  # Console.print caps `width` at the console's own: print through a wider one
+        Console(width=width, highlight=False, color_system=out.color_system and "auto").print(table)
+
+
+def run_key(run) -> str:
+    """The short name of a run in tables: its index, `3b` for a baseline, or the prerequisite's name."""
+    if run.prerequisite:
+        return run.prerequisite
+    return f"{run.index}b" if run.is_baseline else str(run.index)
+
+
+def axis_text(values) -> str:
+    return ", ".join(f"{k}={v}" for k, v in dict(values).items()) or "—"

@@ -67,13 +67,17 @@ class Cluster:
     def core(self) -> client.CoreV1Api:
         return client.CoreV1Api(self.api)
 
-    def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """`fn(*args, **kwargs)` with retries; `what` names the action in error messages."""
+    def call(self, what: str, fn: Callable[..., T], *args: Any, passthrough: frozenset[int] = frozenset(),
+             **kwargs: Any) -> T:  # fmt: skip
+        """`fn(*args, **kwargs)` with retries; `what` names the action in error messages. An ApiException whose
+        status is in `passthrough` is raised as it is, for the caller to interpret (409 on create, say)."""
         delay = self.retry.base_delay
         for attempt in range(1, self.retry.attempts + 1):
             try:
                 return fn(*args, **kwargs)
             except ApiException as e:
+                if e.status in passthrough:
+                    raise
                 if e.status not in RETRYABLE_STATUS or attempt == self.retry.attempts:
                     raise api_error(what, e, self) from None
                 wait = _retry_after(e) or delay
@@ -144,7 +148,7 @@ def unreachable(server: str, e: BaseException) -> ClusterError:
 
 def api_error(what: str, e: ApiException, cluster: Cluster) -> DistillctlError:
     """An API error as a message, a hint and an exit code."""
-    message = _server_message(e)
+    message = server_message(e)
     if e.status == 401:
         return ClusterError(f"{what}: unauthorized ({message})", "refresh your credentials (gcloud auth login, or a "
                             "new kubeconfig)", exit_code=ExitCode.FORBIDDEN)  # fmt: skip
@@ -165,7 +169,7 @@ def api_error(what: str, e: ApiException, cluster: Cluster) -> DistillctlError:
     return DistillctlError(f"{what}: {e.status} {message}", exit_code=ExitCode.FAILED)
 
 
-def _server_message(e: ApiException) -> str:
+def server_message(e: ApiException) -> str:
     import json
 
     try:

@@ -25,7 +25,6 @@ from orchestrator.run_outputs import RunOutputs, read_run_outputs
 from orchestrator.results import StatusFn
 from orchestrator.run_status import RunStatus
 from orchestrator.sweep_commands import SlicesOption, SweepArgument, TpuOption, YesOption, expand_sweep
-from orchestrator.sweep_commands import _print_wide as print_wide
 from orchestrator.waiting import poll_until
 
 WindowOption = Annotated[int, typer.Option("--window", min=0, help="aggregate each metric over the last N log records "
@@ -109,7 +108,7 @@ def results_command(
     elif format is ResultsFormat.md:
         console.out.file.write(results_format.markdown(table))
     else:
-        print_wide(results_format.text_table(table))
+        console.print_wide(results_format.text_table(table))
     console.out.file.flush()
     if plot is not None:
         from orchestrator import plots  # matplotlib takes seconds to import: only when plotting

@@ -89,8 +89,12 @@ def derive(observation: Observation, outputs: RunOutputs, *, now: float, stall_a
     if observation.condition("Completed") or (verdict == "succeeded" and not observation.active):
         return RunStatus("Succeeded", **common)
     if not observation.exists:
-        if verdict in ("failed", "preempted"):
+        if verdict == "failed":
             return RunStatus("Failed", "TrainerExit", f"exit code {summary.get('exit_code')}", **common)
+        if verdict == "preempted":  # stopped by SIGTERM (cancel, preemption): it resumes when created again
+            return RunStatus("Pending", "Preempted", "stopped with a checkpoint; resumes when submitted again", **common)
+        if verdict == "running":  # nothing runs it any more (deleted, or its machine went away)
+            return RunStatus("Pending", "Orphaned", "outputs say running, but no run exists; resumes when submitted", **common)
         return RunStatus("Pending", "NotCreated", "not submitted yet", **common)
     if observation.lost:
         return RunStatus("Failed", "ProcessLost", observation.lost, **common)

@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -76,10 +74,6 @@ def _warn(problems: list[Problem] | tuple[Problem, ...]) -> None:
             console.err.print(console.problem_line(problem))
 
 
-def _axes(values: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in values.items()) or "—"
-
-
 def plan(
     sweep: SweepArgument,
     output: OutputOption = OutputFormat.text,
@@ -109,22 +103,13 @@ def plan(
     for row in rows:
         p, m = row.point, row.memory
         table.add_row(
-            p.prerequisite if p.prerequisite else (f"{p.index}b" if p.is_baseline else str(p.index)),
-            p.run_id, p.jobset_name, _axes(dict(p.axis_values)), row.shape,
+            console.run_key(p),
+            p.run_id, p.jobset_name, console.axis_text(p.axis_values), row.shape,
             "—" if row.chip_hours is None else f"{row.chip_hours:,.0f}",
             f"{m.total / GB:.1f}" + ("" if m.hbm_per_chip is None else f"/{m.hbm_per_chip / GB:.0f}"),
             {"fits": "ok", "tight": "tight", "does_not_fit": "OOM", "unknown": "—"}[m.fit],
         )  # fmt: skip
-    _print_wide(table)
-
-
-def _print_wide(table: Table) -> None:
-    """Print a table at its natural width (never truncating ids), even past a narrow terminal or a pipe."""
-    width = Measurement.get(console.out, console.out.options.update(width=1_000), table).maximum
-    if width <= console.out.width:
-        console.out.print(table)
-    else:  # Console.print caps `width` at the console's own: print through a wider one
-        Console(width=width, highlight=False, color_system=console.out.color_system and "auto").print(table)
+    console.print_wide(table)
 
 
 def render(
@@ -202,5 +187,5 @@ def tpus(output: OutputOption = OutputFormat.text) -> None:
     for r in rows:
         table.add_row(r["name"], r["topology"], r["accelerator"], r["machine_type"], str(r["vms_per_slice"]),
                       str(r["chips_per_vm"]), str(r["chips"]), f"{r['hbm_gb_per_chip']:.0f} GB")  # fmt: skip
-    _print_wide(table)
+    console.print_wide(table)
     console.out.print(Text("also accepted: <family>-<topology> (v5p-4x4x4) and v5e-N for v5litepod-N", style="dim"))

@@ -1,0 +1,47 @@
+"""Where runs execute. One interface; the sweep's `target.kind` picks the implementation.
+
+A backend observes runs (by run id), submits one, deletes some, and streams a run's logs. It keeps no state of its
+own: Kubernetes backends read the cluster (JobSets labelled with sweep and run id), the local backend reads the
+output storage (a claim file beside each run's outputs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Literal, Protocol
+
+from orchestrator.expansion import Expansion, Point
+from orchestrator.run_status import Observation
+
+DryRun = Literal["client", "server"]
+Submitted = Literal["created", "exists", "dry-run"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LogRequest:
+    slice: int = 0
+    worker: int = 0
+    all: bool = False
+    follow: bool = False
+    tail: int | None = None
+
+
+class Backend(Protocol):
+    def preflight(self, expansion: Expansion) -> None:
+        """Raise a DistillctlError when the runs cannot be launched at all (missing CRDs, no xpk, no queue)."""
+
+    def observe(self, expansion: Expansion) -> dict[str, Observation]:
+        """What exists for each run of the sweep, by run id (runs that do not exist may be absent)."""
+
+    def submit(self, run: Point, *, dry_run: DryRun | None = None) -> Submitted:
+        """Create the run; an existing one is left alone ("exists"), never duplicated."""
+
+    def delete(self, runs: Sequence[Point]) -> list[str]:
+        """Stop and remove these runs; returns the names of what was deleted."""
+
+    def logs(self, run: Point, request: LogRequest) -> Iterator[str]:
+        """Lines of the run's trainer output."""
+
+    def close(self) -> None:
+        """Release connections; a local backend leaves its runs running."""

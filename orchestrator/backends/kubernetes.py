@@ -1,0 +1,252 @@
+"""The Kubernetes backend: one JobSet per run, found again by its labels; Kueue's view of queued runs.
+
+Creation is idempotent by construction: the JobSet's name is `<sweep>-<run id>`, so a second create — a re-run,
+a concurrent `distillctl sweep`, a retry after a dropped connection — gets 409 AlreadyExists, never a duplicate.
+Manifests are sent with strict field validation, so a JobSet CRD older than the fields we use is an error that
+says so, not a silently dropped field.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from orchestrator import rendering
+from orchestrator.backends import DryRun, LogRequest, Submitted
+from orchestrator.errors import DistillctlError, UsageError
+from orchestrator.exit_codes import ExitCode
+from orchestrator.expansion import Expansion, Point
+from orchestrator.kube_client import Cluster, ClusterAccess, ClusterError, api_error, connect, server_message
+from orchestrator.run_status import Condition, Observation
+from orchestrator.sweep_file import Target
+
+JOBSET = ("jobset.x-k8s.io", "v1alpha2", "jobsets")
+KUEUE_GROUP = "kueue.x-k8s.io"
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
+JOB_INDEX_LABEL = "jobset.sigs.k8s.io/job-index"
+COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+CREATE_CONCURRENCY = 8
+
+INSTALL_JOBSET = (
+    "install JobSet {version} (what XPK installs): kubectl apply --server-side -f "
+    "https://github.com/kubernetes-sigs/jobset/releases/download/{version}/manifests.yaml"
+)
+INSTALL_KUEUE = (
+    "install Kueue (xpk cluster create does), or remove target.queue to submit without queueing: kubectl apply "
+    "--server-side -f https://github.com/kubernetes-sigs/kueue/releases/download/v0.17.1/manifests.yaml"
+)
+
+
+class KubernetesBackend:
+    handles_dependencies = False  # a point is created once its prerequisites have succeeded
+
+    def __init__(self, target: Target, access: ClusterAccess, cluster: Cluster | None = None):
+        self.target = target
+        self.cluster = cluster or connect(access, default_namespace=target.namespace)
+        self._kueue_version: str | None = None
+
+    # --- preflight ----------------------------------------------------------------------------------------
+
+    def preflight(self, expansion: Expansion) -> None:
+        groups = self._served_groups()
+        if JOBSET[0] not in groups or JOBSET[1] not in groups[JOBSET[0]]:
+            raise ClusterError(
+                f"the cluster does not serve JobSets ({JOBSET[0]}/{JOBSET[1]}): the JobSet controller is not installed",
+                INSTALL_JOBSET.format(version=self.target.jobset_version), exit_code=ExitCode.CLUSTER_NOT_READY,
+            )  # fmt: skip
+        if self.target.queue:
+            if KUEUE_GROUP not in groups:
+                raise ClusterError(f"target.queue is {self.target.queue!r} but Kueue is not installed on the cluster",
+                                   INSTALL_KUEUE, exit_code=ExitCode.CLUSTER_NOT_READY)  # fmt: skip
+            self._kueue_version = groups[KUEUE_GROUP][0]
+            try:
+                self.cluster.custom.get_namespaced_custom_object(
+                    KUEUE_GROUP, self._kueue_version, self.cluster.namespace, "localqueues", self.target.queue
+                )
+            except ApiException as e:
+                if e.status == 404:
+                    raise DistillctlError(
+                        f"Kueue LocalQueue {self.target.queue!r} does not exist in namespace {self.cluster.namespace!r}: "
+                        "no point would ever be admitted",
+                        "set target.queue to an existing LocalQueue (kubectl get localqueues -A), or create it",
+                        exit_code=ExitCode.NOT_ADMITTED,
+                    ) from None
+                raise api_error("read the Kueue LocalQueue", e, self.cluster) from None
+
+    def _served_groups(self) -> dict[str, list[str]]:
+        """API group -> served versions, preferred first."""
+        found = self.cluster.call("list the API groups", client.ApisApi(self.cluster.api).get_api_versions)
+        groups = {}
+        for group in found.groups or []:
+            versions = [v.version for v in group.versions]
+            preferred = group.preferred_version.version if group.preferred_version else None
+            groups[group.name] = sorted(versions, key=lambda v: v != preferred)
+        return groups
+
+    # --- observing ----------------------------------------------------------------------------------------
+
+    def _jobsets(self, expansion: Expansion) -> list[dict]:
+        sweep = expansion.sweep.name if expansion.sweep else ""
+        listing = self.cluster.call(
+            f"list the JobSets of sweep {sweep!r}", self.cluster.custom.list_namespaced_custom_object,
+            *JOBSET[:2], self.cluster.namespace, JOBSET[2], label_selector=f"{rendering.LABEL_SWEEP}={sweep}",
+        )  # fmt: skip
+        return listing.get("items", [])
+
+    def _workloads(self) -> dict[str, dict]:
+        """Kueue Workloads by the uid of the JobSet that owns them (empty when Kueue is absent)."""
+        version = self._kueue_version or self._served_groups().get(KUEUE_GROUP, [None])[0]
+        if version is None:
+            return {}
+        self._kueue_version = version
+        listing = self.cluster.call(
+            "list Kueue workloads", self.cluster.custom.list_namespaced_custom_object,
+            KUEUE_GROUP, version, self.cluster.namespace, "workloads",
+        )  # fmt: skip
+        owned = {}
+        for workload in listing.get("items", []):
+            for owner in workload.get("metadata", {}).get("ownerReferences", []):
+                owned[owner.get("uid")] = workload
+        return owned
+
+    def observe(self, expansion: Expansion) -> dict[str, Observation]:
+        jobsets = self._jobsets(expansion)
+        workloads = self._workloads() if jobsets else {}
+        wanted = {run.run_id for run in expansion.runs}
+        observed = {}
+        for jobset in jobsets:
+            run_id = jobset.get("metadata", {}).get("labels", {}).get(rendering.LABEL_RUN_ID)
+            if run_id in wanted:
+                observed[run_id] = observe_jobset(jobset, workloads.get(jobset["metadata"].get("uid")))
+        return observed
+
+    # --- submitting ---------------------------------------------------------------------------------------
+
+    def manifest(self, run: Point) -> dict:
+        body = yaml.safe_load(rendering.render_jobset(run, self.target))
+        body["metadata"]["namespace"] = self.cluster.namespace
+        return body
+
+    def submit(self, runs: Sequence[Point], expansion: Expansion, *, dry_run: DryRun | None = None) -> dict[str, Submitted]:
+        if dry_run == "client":
+            for run in runs:
+                self.manifest(run)  # renders, or raises
+            return {run.run_id: "dry-run" for run in runs}
+        with ThreadPoolExecutor(max_workers=CREATE_CONCURRENCY) as pool:
+            results = list(pool.map(lambda run: self._create(run, dry_run == "server"), runs))
+        return {run.run_id: result for run, result in zip(runs, results, strict=True)}
+
+    def _create(self, run: Point, server_dry_run: bool) -> Submitted:
+        kwargs = {"field_validation": "Strict"}
+        if server_dry_run:
+            kwargs["dry_run"] = "All"
+        what = f"create JobSet {run.jobset_name}"
+        try:
+            self.cluster.call(
+                what, self.cluster.custom.create_namespaced_custom_object, *JOBSET[:2], self.cluster.namespace,
+                JOBSET[2], self.manifest(run), passthrough=frozenset({409, 400, 422}), **kwargs,
+            )  # fmt: skip
+        except ApiException as e:
+            if e.status == 409:
+                return "exists"  # a concurrent sweep, a re-run, or our own retried create: never a duplicate
+            message = server_message(e)
+            if "unknown field" in message:
+                raise DistillctlError(
+                    f"the cluster's JobSet CRD is older than the fields distillctl uses: {message}",
+                    f"upgrade JobSet to {self.target.jobset_version} or later, or set target.jobset_version to the "
+                    "installed version", exit_code=ExitCode.CLUSTER_NOT_READY,
+                ) from None  # fmt: skip
+            raise api_error(what, e, self.cluster) from None
+        return "dry-run" if server_dry_run else "created"
+
+    # --- deleting and logs --------------------------------------------------------------------------------
+
+    def delete(self, runs: Sequence[Point]) -> list[str]:
+        deleted = []
+        for run in runs:
+            try:
+                self.cluster.custom.delete_namespaced_custom_object(
+                    *JOBSET[:2], self.cluster.namespace, JOBSET[2], run.jobset_name, propagation_policy="Foreground"
+                )
+                deleted.append(run.jobset_name)
+            except ApiException as e:
+                if e.status != 404:
+                    raise api_error(f"delete JobSet {run.jobset_name}", e, self.cluster) from None
+        return deleted
+
+    def _pods(self, run: Point, request: LogRequest) -> list[client.V1Pod]:
+        selector = f"{JOBSET_NAME_LABEL}={run.jobset_name}"
+        if not request.all:
+            selector += f",{JOB_INDEX_LABEL}={request.slice},{COMPLETION_INDEX_LABEL}={request.worker}"
+        pods = self.cluster.call(f"list the pods of {run.jobset_name}", self.cluster.core.list_namespaced_pod,
+                                 self.cluster.namespace, label_selector=selector).items  # fmt: skip
+        newest: dict[tuple[str, str], client.V1Pod] = {}
+        for pod in sorted(pods, key=lambda p: p.metadata.creation_timestamp):
+            labels = pod.metadata.labels or {}
+            newest[(labels.get(JOB_INDEX_LABEL, ""), labels.get(COMPLETION_INDEX_LABEL, ""))] = pod  # latest attempt
+        return [newest[key] for key in sorted(newest, key=lambda k: (int(k[0] or 0), int(k[1] or 0)))]
+
+    def logs(self, run: Point, request: LogRequest) -> Iterator[str]:
+        pods = self._pods(run, request)
+        if not pods:
+            where = "" if request.all else f" for slice {request.slice}, worker {request.worker}"
+            raise UsageError(f"{run.jobset_name} has no pods{where}", "`distillctl status` says whether it is queued")
+        for pod in pods:
+            labels = pod.metadata.labels or {}
+            prefix = f"[{labels.get(JOB_INDEX_LABEL)}/{labels.get(COMPLETION_INDEX_LABEL)}] " if request.all else ""
+            try:
+                if request.follow and len(pods) == 1:
+                    stream = self.cluster.core.read_namespaced_pod_log(
+                        pod.metadata.name, self.cluster.namespace, container=rendering.CONTAINER_NAME, follow=True,
+                        tail_lines=request.tail, _preload_content=False,
+                    )  # fmt: skip
+                    for chunk in stream.stream():
+                        yield from (prefix + line + "\n" for line in chunk.decode(errors="replace").splitlines())
+                    continue
+                text = self.cluster.call(
+                    f"read the log of pod {pod.metadata.name}", self.cluster.core.read_namespaced_pod_log,
+                    pod.metadata.name, self.cluster.namespace, container=rendering.CONTAINER_NAME, tail_lines=request.tail,
+                )  # fmt: skip
+            except ApiException as e:
+                raise api_error(f"read the log of pod {pod.metadata.name}", e, self.cluster) from None
+            yield from (prefix + line + "\n" for line in (text or "").splitlines())
+
+    def close(self) -> None:
+        self.cluster.api.close()
+
+
+def _timestamp(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def observe_jobset(jobset: dict, workload: dict | None) -> Observation:
+    """A JobSet (and its Kueue Workload) as an Observation: conditions verbatim, Kueue's reason while queued."""
+    status = jobset.get("status") or {}
+    conditions = tuple(
+        Condition(c.get("type", ""), c.get("status", ""), c.get("reason", ""), c.get("message", ""))
+        for c in status.get("conditions") or []
+    )
+    suspended = bool((jobset.get("spec") or {}).get("suspend"))
+    active = any((r.get("active") or 0) + (r.get("ready") or 0) > 0 for r in status.get("replicatedJobsStatus") or [])
+    reason = message = ""
+    if suspended:
+        reason, message = "WaitingForKueue", "the JobSet is suspended and Kueue has not admitted it yet"
+        for condition in ((workload or {}).get("status") or {}).get("conditions") or []:
+            if condition.get("type") in ("QuotaReserved", "Admitted") and condition.get("status") == "False":
+                reason, message = condition.get("reason", reason), condition.get("message", message)
+                break
+    return Observation(
+        exists=True, conditions=conditions, suspended=suspended, restarts=int(status.get("restarts") or 0),
+        active=active, queue_reason=reason, queue_message=message,
+        created_at=_timestamp((jobset.get("metadata") or {}).get("creationTimestamp")),
+    )  # fmt: skip

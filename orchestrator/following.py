@@ -1,0 +1,43 @@
+"""Backends for targets, and the status of every run of a sweep: what the backend observes plus what the run wrote."""
+
+from __future__ import annotations
+
+import time
+
+from orchestrator.backends import Backend
+from orchestrator.expansion import Expansion
+from orchestrator.kube_client import ClusterAccess
+from orchestrator.run_outputs import RunOutputs, read_run_outputs
+from orchestrator.run_status import Observation, RunStatus, derive
+from orchestrator.sweep_file import Target
+
+DEFAULT_STALL_SECONDS = 900.0
+
+
+def backend_for(target: Target, access: ClusterAccess) -> Backend:
+    if target.kind == "local":
+        from orchestrator.backends.local import LocalBackend
+
+        return LocalBackend(target)
+    if target.kind == "xpk":
+        from orchestrator.backends.xpk import XpkBackend
+
+        return XpkBackend(target, access)
+    from orchestrator.backends.kubernetes import KubernetesBackend
+
+    return KubernetesBackend(target, access)
+
+
+def sweep_status(
+    expansion: Expansion, backend: Backend, *, stall_after: float = DEFAULT_STALL_SECONDS, now: float | None = None
+) -> tuple[dict[str, RunStatus], dict[str, RunOutputs]]:
+    """Each run's status and outputs, by run id (prerequisites included)."""
+    observed = backend.observe(expansion)
+    now = time.time() if now is None else now
+    outputs = {run.run_id: read_run_outputs(run.output_path) for run in expansion.runs}
+    statuses = {
+        run.run_id: derive(observed.get(run.run_id, Observation(exists=False)), outputs[run.run_id], now=now,
+                           stall_after=stall_after, total_steps=run.spec.steps)  # fmt: skip
+        for run in expansion.runs
+    }
+    return statuses, outputs
