@@ -12,6 +12,10 @@ from collections.abc import Sequence
 from orchestrator.run_outputs import LogLine
 
 HARD_LOSS = "distill/hard_loss"
+# The trainer logs these with the cross-entropy's (sum, count); their value is exp(Σsum/Σcount)
+# (`trainer.loss.PERPLEXITY_METRICS`). The student's falls back to the hard loss, which is the same cross-entropy.
+PERPLEXITY_OF = {"distill/student_perplexity": HARD_LOSS, "distill/teacher_perplexity": "distill/teacher_loss"}
+MAX_EXP = 700.0  # exp overflows a float past ~709
 
 
 def last(log: Sequence[LogLine], window: int) -> Sequence[LogLine]:
@@ -30,12 +34,21 @@ def weighted_mean(records: Sequence[LogLine], name: str) -> float | None:
 
 
 def metric(records: Sequence[LogLine], name: str) -> float | None:
-    """A metric over `records`; `student_perplexity` is exp of the window's hard loss, not a mean of
-    perplexities."""
-    if name.endswith("student_perplexity"):
-        hard = weighted_mean(records, HARD_LOSS)
-        return math.exp(hard) if hard is not None and hard < 700 else None
+    """A metric over `records`: Σsum/Σcount; a perplexity is exp of the window's mean cross-entropy, never a
+    mean of per-record perplexities (inf past exp's range; None when nothing was logged)."""
+    if name in PERPLEXITY_OF:
+        loss = weighted_mean(records, name)
+        if loss is None:
+            loss = weighted_mean(records, PERPLEXITY_OF[name])
+        if loss is None:
+            return None
+        return math.exp(loss) if loss < MAX_EXP else math.inf
     return weighted_mean(records, name)
+
+
+def describe_window(window: int) -> str:
+    """How column headers name the aggregation: `last 5` or `all`."""
+    return f"last {window}" if window > 0 else "all"
 
 
 def tokens_per_sec(log: Sequence[LogLine], window: int) -> float | None:

@@ -3,24 +3,40 @@
 ```yaml
 sweep: quickstart
 window: 5                      # records per point the values aggregate over (token-weighted)
+match: run_id                  # or axis_values (see below)
 points:
   - run_id: k3v9x0q2ab
-    label: loss.alpha.end=0.3
+    label: point 0 (loss.alpha.end=0.3)
+    role: point                # point | baseline | prerequisite
+    axis_values: {loss.alpha.end: 0.3}
     checks:
       distill/kl_div_T1: {check: approx, value: 0.123, rtol: 0.1, atol: 0.002}
       distill/hard_loss: {check: band, low: 1.0, high: 1.3}
       distill/teacher_loss: {check: deterministic, value: 1.0123}
 ```
+
+`match` says how a golden point finds its run in the sweep. `run_id` (the default) is strict: any change to a
+spec or to the target fields that enter the run id (TPU type, slices, image, env) leaves the golden file
+unmatched, and regress says it must be written again. `axis_values` matches by role, prerequisite name and
+axis values instead, for sweeps whose run ids change on purpose between otherwise equal runs — a cluster CI
+job that builds an image per commit (the image is part of the run id).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from trainer.problems import Problem
+from trainer.yaml_source import YamlSourceError, parse_yaml, read_text_file
 
 DEFAULT_METRICS = ("distill/kl_div_T1", "distill/hard_loss", "distill/top1_agreement")
 DEFAULT_RTOL = 0.1
@@ -78,35 +94,67 @@ class Deterministic(_Frozen):
 Check = Annotated[Approx | Band | Deterministic, Field(discriminator="check")]
 
 
+Role = Literal["point", "baseline", "prerequisite"]
+Match = Literal["run_id", "axis_values"]
+
+
+def point_key(role: str, prerequisite: str | None, axis_values: Mapping[str, Any]) -> str:
+    """What identifies a run within its sweep apart from its run id: role, prerequisite name and axis values."""
+    return json.dumps([role, prerequisite, dict(axis_values)], sort_keys=True, separators=(",", ":"))
+
+
 class GoldenPoint(_Frozen):
     run_id: str
     label: str = ""
+    role: Role = "point"
+    prerequisite: str | None = None
+    axis_values: dict[str, Any] = {}
     checks: dict[str, Check]
+
+    @property
+    def key(self) -> str:
+        return point_key(self.role, self.prerequisite, self.axis_values)
 
 
 class GoldenFile(_Frozen):
     sweep: str
     window: Annotated[int, Field(ge=0)] = 5
+    match: Match = "run_id"
     points: list[GoldenPoint]
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """A finished run, as `derive` needs it. Runs that differ only by seed share a `seed_group`."""
+
+    run_id: str
+    label: str
+    seed_group: str
+    values: Mapping[str, float | None]
+    role: Role = "point"
+    prerequisite: str | None = None
+    axis_values: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def derive(
     sweep: str,
     window: int,
-    observed: Sequence[tuple[str, str, str, Mapping[str, float | None]]],
+    observed: Sequence[Finished],
     metrics: Sequence[str] = DEFAULT_METRICS,
     rtol: float = DEFAULT_RTOL,
+    match: Match = "run_id",
 ) -> GoldenFile:
-    """A golden file from finished points given as (run_id, label, seed_group, {metric: value}).
+    """A golden file from finished runs.
 
-    Points that differ only by seed share a `seed_group`: with two or more seeds each metric becomes a band of
-    mean ± max(4σ, rtol·|mean|) over the group, the spread the seeds showed; a lone point gets an `approx` check.
+    With two or more seeds in a seed group each metric becomes a band of mean ± max(4σ, rtol·|mean|) over the
+    group, the spread the seeds showed; a lone run gets an `approx` check (rtol; value to 6 significant digits).
     """
     groups: dict[str, list[Mapping[str, float | None]]] = {}
-    for _, _, group, values in observed:
-        groups.setdefault(group, []).append(values)
+    for run in observed:
+        groups.setdefault(run.seed_group, []).append(run.values)
     points = []
-    for run_id, label, group, values in observed:
+    for run in observed:
+        values, group = run.values, run.seed_group
         checks: dict[str, Check] = {}
         for name in metrics:
             value = values.get(name)
@@ -118,6 +166,88 @@ def derive(
                 half = max(SEED_SIGMAS * statistics.stdev(seeds), rtol * abs(mean))
                 checks[name] = Band(low=round(mean - half, 6), high=round(mean + half, 6))
             else:
-                checks[name] = Approx(value=value, rtol=rtol)
-        points.append(GoldenPoint(run_id=run_id, label=label, checks=checks))
-    return GoldenFile(sweep=sweep, window=window, points=points)
+                checks[name] = Approx(value=float(f"{value:.6g}"), rtol=rtol)
+        points.append(GoldenPoint(run_id=run.run_id, label=run.label, role=run.role, prerequisite=run.prerequisite,
+                                  axis_values=dict(run.axis_values), checks=checks))  # fmt: skip
+    return GoldenFile(sweep=sweep, window=window, match=match, points=points)
+
+
+# --- files ------------------------------------------------------------------------------------------------
+
+
+def read_golden(path: str | Path) -> tuple[GoldenFile | None, list[Problem]]:
+    """A golden file and every problem with it, located by line (never raises for bad input)."""
+    file = str(path)
+    try:
+        document = parse_yaml(read_text_file(path))
+    except YamlSourceError as e:
+        where = e.position
+        return None, [Problem((), e.code, e.message, e.hint, file=file, line=where.line if where else None,
+                              column=where.column if where else None)]  # fmt: skip
+    try:
+        return GoldenFile.model_validate(document.data), []
+    except ValidationError as e:
+        problems = []
+        for error in e.errors(include_url=False):
+            # Drop the discriminator's tag (`approx`) from locations: the file has no such key.
+            loc = tuple(part for part in error["loc"] if part not in ("approx", "band", "deterministic"))
+            where = document.position_of(loc)
+            problems.append(Problem(loc, error["type"], error["msg"], "see `distillctl golden update --help` for the format",
+                                    file=file, line=where.line if where else None, column=where.column if where else None))  # fmt: skip
+        return None, problems
+
+
+def match_sweep(golden: GoldenFile, sweep: str, keys: Mapping[str, str], *,
+                file: str | None = None) -> tuple[GoldenFile, list[Problem]]:  # fmt: skip
+    """`golden` with each point's `run_id` set to the sweep run it matches (by run id, or by `point_key` when
+    `match: axis_values`), and every reason it does not belong to the sweep: another sweep's name, points the
+    sweep no longer has (a changed spec or target gives new run ids), two points matching one run.
+    `keys` maps each of the sweep's run ids to its `point_key`."""
+    hint = "if the change is intended, write a new golden file with `distillctl golden update`"
+    problems = []
+    if golden.sweep != sweep:
+        problems.append(Problem(("sweep",), "golden_sweep_mismatch",
+                                f"the golden file is for sweep {golden.sweep!r}, not {sweep!r}", hint, file=file))  # fmt: skip
+    by_key: dict[str, list[str]] = {}
+    for run_id, key in keys.items():
+        by_key.setdefault(key, []).append(run_id)
+    points, claimed = [], {}
+    for i, point in enumerate(golden.points):
+        name = point.label or point.run_id
+        if golden.match == "run_id":
+            found = [point.run_id] if point.run_id in keys else []
+            why = f"{name}: run id {point.run_id} is not in the sweep (its spec or target changed?)"
+        else:
+            found = by_key.get(point.key, [])
+            why = f"{name}: no run of the sweep has role {point.role} and axis values {dict(point.axis_values)}"
+        if len(found) != 1:
+            problems.append(Problem(("points", i), "golden_point_not_in_sweep" if not found else "golden_point_ambiguous",
+                                    why if not found else f"{name}: matches {len(found)} runs", hint, file=file))  # fmt: skip
+            continue
+        if found[0] in claimed:
+            problems.append(Problem(("points", i), "golden_point_duplicate",
+                                    f"{name}: the same run as points[{claimed[found[0]]}]", "keep one of them", file=file))  # fmt: skip
+            continue
+        claimed[found[0]] = i
+        points.append(point.model_copy(update={"run_id": found[0]}))
+    return golden.model_copy(update={"points": points}), problems
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _represent_dict(dumper: yaml.SafeDumper, data: dict) -> yaml.Node:
+    flow = all(not isinstance(v, (dict, list)) for v in data.values())  # a check: one line
+    return dumper.represent_mapping("tag:yaml.org,2002:map", data, flow_style=flow)
+
+
+_Dumper.add_representer(dict, _represent_dict)
+
+
+def dump(golden: GoldenFile, header: str = "") -> str:
+    """The golden file as YAML: one line per check, a `#` comment header."""
+    data = golden.model_dump(mode="json", exclude_none=True)
+    text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=200)
+    comment = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines())
+    return comment + text

@@ -1,7 +1,9 @@
 """Comparing a finished sweep with its golden file: per-check outcomes, JUnit XML and a markdown summary.
 
 An outcome is a `pass`, a `regression` (the metric is off) or `infra` (the point failed, never ran, or did not log
-the metric): CI must tell "the model got worse" from "the run did not happen".
+the metric): CI must tell "the model got worse" from "the run did not happen". The exit code says which, in this
+order: 3 when waiting for the sweep timed out (points were still running), 2 for any infrastructure problem, 1 for
+any regression, 0 when every check passed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Literal
 
 from orchestrator.exit_codes import INFRA_FAILURE, ExitCode
 from orchestrator.golden import GoldenFile
+from orchestrator.run_status import TERMINAL
 
 Kind = Literal["pass", "regression", "infra"]
 
@@ -44,18 +47,30 @@ class Outcome:
 class RegressReport:
     sweep: str
     outcomes: tuple[Outcome, ...]
+    timed_out: bool = False  # waited for the sweep and some point was still not finished at the deadline
+    unchecked: tuple[str, ...] = ()  # labels of the sweep's runs the golden file has no checks for
+    window: int | None = None
 
     def count(self, kind: Kind) -> int:
         return sum(o.kind == kind for o in self.outcomes)
 
     @property
     def exit_code(self) -> ExitCode:
+        if self.timed_out:
+            return ExitCode.TIMEOUT
         if self.count("infra"):
             return INFRA_FAILURE
         return ExitCode.FAILED if self.count("regression") else ExitCode.OK
 
+    @property
+    def verdict(self) -> str:
+        return {ExitCode.OK: "passed", ExitCode.FAILED: "regressed", ExitCode.TIMEOUT: "timed out"}.get(
+            self.exit_code, "infrastructure failure")
 
-def evaluate(golden: GoldenFile, observed: Mapping[str, Observed]) -> RegressReport:
+
+def evaluate(golden: GoldenFile, observed: Mapping[str, Observed], *, timed_out: bool = False) -> RegressReport:
+    """Every check of `golden` against what the points did. `timed_out`: the caller stopped waiting for
+    points that had not finished (they are reported as such, and the exit code is TIMEOUT)."""
     outcomes: list[Outcome] = []
     for point in golden.points:
         seen = observed.get(point.run_id)
@@ -67,7 +82,10 @@ def evaluate(golden: GoldenFile, observed: Mapping[str, Observed]) -> RegressRep
             continue
         if seen.phase != "Succeeded":
             why = f"{seen.phase}" + (f" ({seen.reason})" if seen.reason else "")
-            outcomes.append(Outcome(point.run_id, label, "*", "infra", "Succeeded", None, f"the point is {why}"))
+            message = f"the point is {why}"
+            if timed_out and seen.phase not in TERMINAL:
+                message = f"the point was still {why} when the wait timed out"
+            outcomes.append(Outcome(point.run_id, label, "*", "infra", "Succeeded", None, message))
             continue
         for name, check in point.checks.items():
             value = seen.metrics.get(name)
@@ -79,13 +97,16 @@ def evaluate(golden: GoldenFile, observed: Mapping[str, Observed]) -> RegressRep
             else:
                 outcomes.append(Outcome(point.run_id, label, name, "regression", check.describe(), value,
                                         f"{name} = {value:.6g}, expected {check.describe()}"))  # fmt: skip
-    return RegressReport(golden.sweep, tuple(outcomes))
+    checked = {point.run_id for point in golden.points}
+    unchecked = tuple(seen.label or run_id for run_id, seen in observed.items() if run_id not in checked)
+    return RegressReport(golden.sweep, tuple(outcomes), timed_out, unchecked, golden.window)
 
 
 def junit_xml(report: RegressReport) -> str:
     """JUnit XML: one testcase per (point, metric); regressions are failures, infrastructure problems errors."""
     suite = ET.Element("testsuite", name=f"distillctl.{report.sweep}", tests=str(len(report.outcomes)),
-                       failures=str(report.count("regression")), errors=str(report.count("infra")))  # fmt: skip
+                       failures=str(report.count("regression")), errors=str(report.count("infra")),
+                       skipped=str(len(report.unchecked)))  # fmt: skip
     for o in report.outcomes:
         case = ET.SubElement(suite, "testcase", classname=f"{report.sweep}.{o.run_id}", name=f"{o.label or o.run_id}: {o.metric}")
         if o.kind == "regression":
@@ -94,6 +115,10 @@ def junit_xml(report: RegressReport) -> str:
             ET.SubElement(case, "error", message=o.message, type="InfrastructureFailure").text = o.message
         elif o.observed is not None:
             ET.SubElement(case, "system-out").text = f"{o.metric} = {o.observed:.6g}, expected {o.expected}"
+    for label in report.unchecked:
+        case = ET.SubElement(suite, "testcase", classname=f"{report.sweep}.unchecked", name=label)
+        ET.SubElement(case, "skipped", message="the golden file has no checks for this run")
+    suite.set("tests", str(len(report.outcomes) + len(report.unchecked)))
     suites = ET.Element("testsuites")
     suites.append(suite)
     ET.indent(suites)
@@ -104,21 +129,36 @@ _ICON = {"pass": "✅", "regression": "❌", "infra": "⚠️"}
 
 
 def markdown(report: RegressReport) -> str:
+    """A pull-request comment: the verdict, the checks that did not pass, then every check folded away."""
     passed, regressed, infra = report.count("pass"), report.count("regression"), report.count("infra")
-    verdict = "passed" if report.exit_code == ExitCode.OK else ("infrastructure failure" if infra else "regressed")
+    icon = {ExitCode.OK: "✅", ExitCode.FAILED: "❌"}.get(report.exit_code, "⚠️")
+    window = "" if report.window is None else (
+        f" Values: token-weighted mean over the last {report.window} log records." if report.window else
+        " Values: token-weighted mean over every log record.")  # fmt: skip
     lines = [
-        f"### distillctl regress `{report.sweep}`: {verdict}",
+        f"### {icon} distillctl regress `{report.sweep}`: {report.verdict} (exit {int(report.exit_code)})",
         "",
-        f"{passed} passed, {regressed} regressed, {infra} infrastructure problem(s).",
+        f"{passed} passed, {regressed} regressed, {infra} infrastructure problem(s).{window}",
         "",
-        "| | point | metric | observed | expected |",
-        "| --- | --- | --- | ---: | --- |",
     ]
-    for o in report.outcomes:
+    problems = [o for o in report.outcomes if o.kind != "pass"]
+    if problems:
+        lines += _table(problems) + [""]
+    if report.outcomes:
+        lines += [f"<details><summary>All {len(report.outcomes)} checks</summary>", ""] + _table(report.outcomes)
+        lines += ["", "</details>"]
+    if report.unchecked:
+        lines += ["", f"Not checked (no golden values): {_md(', '.join(report.unchecked))}."]
+    return "\n".join(lines) + "\n"
+
+
+def _table(outcomes: list[Outcome] | tuple[Outcome, ...]) -> list[str]:
+    lines = ["| | point | metric | observed | expected |", "| --- | --- | --- | ---: | --- |"]
+    for o in outcomes:
         observed = "—" if o.observed is None else f"{o.observed:.6g}"
         expected = o.expected if o.kind != "infra" else f"{o.expected} — {o.message}"
         lines.append(f"| {_ICON[o.kind]} | {_md(o.label or o.run_id)} | `{o.metric}` | {observed} | {_md(expected)} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _md(text: str) -> str:

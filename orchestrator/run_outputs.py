@@ -1,16 +1,34 @@
-"""Reading what a run wrote: `metrics.jsonl` and `summary.json` under its output path (local or fsspec URL).
+"""Reading what a run wrote: `metrics.jsonl`, `summary.json` and `spec.json` under its output path, a local
+path or an fsspec URL (`gs://bucket/prefix/<run id>`, `memory://...` in tests).
+
+The trainer's format (`trainer/metrics_io.py` on the trainer branch): each `metrics.jsonl` line is
+
+    {"step": 20, "time": <unix s>, "tokens": <valid tokens so far>, "tokens_per_sec": ..., "step_time_sec": ...,
+     "learning_rate": ..., "metrics": {"distill/kl_div_T1": {"sum": 812.5, "count": 5120.0, "value": 0.1587}, ...}}
+
+where `sum`/`count` accumulate over the steps since the previous line (`value` is that line's own aggregate and
+is ignored here: windows are aggregated from the pairs). Perplexity metrics carry the cross-entropy's sum and
+count. `summary.json` holds the trainer's verdict (`status`: running, succeeded, failed, diverged, preempted),
+`step`, `total_steps`, `wall_time_sec`, ...
 
 A running point's files may be missing or half-written (the last line cut off mid-write): those read as absent
-or shorter, never as an error.
+or shorter, never as an error. If a restarted attempt appended steps the log already had, the later attempt's
+records win (the trainer itself truncates the log to its checkpoint on resume, so this only guards old files).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 import fsspec
+
+from orchestrator.errors import UsageError
+
+# fsspec protocols and the extra that installs their implementation.
+EXTRAS = {"gs": "gcs", "gcs": "gcs"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +40,8 @@ class LogLine:
     tokens: int | None
     tokens_per_sec: float | None
     metrics: dict[str, tuple[float, float]]
+    step_time_sec: float | None = None
+    learning_rate: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,17 +53,49 @@ class RunOutputs:
 
     @property
     def last_step(self) -> int | None:
-        if self.summary and isinstance(self.summary.get("step"), int):
-            return self.summary["step"]
-        return self.log[-1].step if self.log else None
+        """The furthest step either file reports: a running trainer rewrites summary.json only at checkpoints, so
+        its log is usually ahead."""
+        steps = [self.log[-1].step] if self.log else []
+        if self.summary and isinstance(self.summary.get("step"), int) and not isinstance(self.summary["step"], bool):
+            steps.append(self.summary["step"])
+        return max(steps) if steps else None
+
+    @property
+    def total_steps(self) -> int | None:
+        value = (self.summary or {}).get("total_steps")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def wall_time_sec(self) -> float | None:
+        """The run's wall time so far, as the trainer reported it (all attempts' time is not summed by it)."""
+        return _float((self.summary or {}).get("wall_time_sec"))
 
     @property
     def exists(self) -> bool:
         return bool(self.log) or self.summary is not None
 
 
+class MissingFilesystem(UsageError):
+    """An output path's protocol (gs://) needs a package that is not installed."""
+
+
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
+
+
+def check_filesystem(path: str) -> None:
+    """Raise MissingFilesystem when `path`'s protocol has no implementation installed (gs:// without gcsfs);
+    otherwise every read below treats an unreachable file as absent, which would hide the real cause."""
+    protocol = fsspec.utils.get_protocol(path)
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ImportError as e:
+        extra = EXTRAS.get(protocol)
+        install = f"install it with `pip install 'distillctl[{extra}]'`" if extra else "install the fsspec backend"
+        raise MissingFilesystem(f"cannot read {path}: {e}", install) from None
+    except ValueError as e:
+        raise UsageError(f"cannot read {path}: {e}",
+                         "use a local path or an fsspec URL such as gs://bucket/prefix") from None
 
 
 def _read_text(path: str) -> str | None:
@@ -68,22 +120,27 @@ def _read_json(path: str) -> dict | None:
 
 
 def parse_log_line(line: str) -> LogLine | None:
-    """A record, or None for a blank, cut-off or foreign line."""
+    """A record, or None for a blank, cut-off or foreign line. Pairs with a non-finite sum are kept (a
+    diverged step); pairs that are not numbers are dropped."""
     try:
         raw = json.loads(line)
-        metrics = {
-            str(name): (float(pair["sum"]), float(pair["count"]))
-            for name, pair in (raw.get("metrics") or {}).items()
-            if isinstance(pair, dict) and "sum" in pair and "count" in pair
-        }
+        metrics = {}
+        for name, pair in (raw.get("metrics") or {}).items():
+            if isinstance(pair, dict) and _float(pair.get("sum")) is not None and _float(pair.get("count")) is not None:
+                metrics[str(name)] = (float(pair["sum"]), float(pair["count"]))
+        step = raw["step"]
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step):
+            return None
         return LogLine(
-            step=int(raw["step"]),
+            step=int(step),
             time=_float(raw.get("time")),
-            tokens=int(raw["tokens"]) if isinstance(raw.get("tokens"), (int, float)) else None,
+            tokens=int(raw["tokens"]) if _float(raw.get("tokens")) is not None else None,
             tokens_per_sec=_float(raw.get("tokens_per_sec")),
             metrics=metrics,
+            step_time_sec=_float(raw.get("step_time_sec")),
+            learning_rate=_float(raw.get("learning_rate")),
         )
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, OverflowError):
         return None
 
 
@@ -91,8 +148,25 @@ def _float(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def latest_attempt(records: list[LogLine]) -> tuple[LogLine, ...]:
+    """Records in step order, where a record whose step does not advance replaces the earlier records from
+    that step on (a restarted attempt that re-logged steps after its checkpoint)."""
+    out: list[LogLine] = []
+    for record in records:
+        while out and out[-1].step >= record.step:
+            out.pop()
+        out.append(record)
+    return tuple(out)
+
+
+def parse_log(text: str) -> tuple[LogLine, ...]:
+    return latest_attempt([record for record in map(parse_log_line, text.splitlines()) if record is not None])
+
+
 def read_run_outputs(path: str) -> RunOutputs:
-    """Everything readable under `path` (a run's output directory)."""
+    """Everything readable under `path` (a run's output directory). Raises MissingFilesystem when the path's
+    protocol cannot be read at all (gs:// without gcsfs)."""
+    check_filesystem(path)
     text = _read_text(join(path, "metrics.jsonl")) or ""
-    lines = tuple(record for record in map(parse_log_line, text.splitlines()) if record is not None)
-    return RunOutputs(path, lines, _read_json(join(path, "summary.json")), _read_json(join(path, "spec.json")))
+    summary, spec = _read_json(join(path, "summary.json")), _read_json(join(path, "spec.json"))
+    return RunOutputs(path, parse_log(text), summary, spec)

@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator import aggregate
 from orchestrator.exit_codes import ExitCode
-from orchestrator.golden import Approx, Band, Deterministic, GoldenFile, GoldenPoint, derive
+from orchestrator.golden import Approx, Band, Deterministic, Finished, GoldenFile, GoldenPoint, derive
 from orchestrator.regress import Observed, evaluate, junit_xml, markdown
 from orchestrator.run_outputs import LogLine, parse_log_line, read_run_outputs
 
@@ -107,11 +107,74 @@ def test_junit_and_markdown():
 
 
 def test_golden_derive_bands_from_seeds_and_approx_otherwise():
-    observed = [("r1", "a s0", "a", {"distill/kl_div_T1": 1.0}), ("r2", "a s1", "a", {"distill/kl_div_T1": 1.2}),
-                ("r3", "b", "b", {"distill/kl_div_T1": 2.0, "distill/hard_loss": None})]  # fmt: skip
+    observed = [Finished("r1", "a s0", "a", {"distill/kl_div_T1": 1.0}), Finished("r2", "a s1", "a", {"distill/kl_div_T1": 1.2}),
+                Finished("r3", "b", "b", {"distill/kl_div_T1": 2.0, "distill/hard_loss": None})]  # fmt: skip
     g = derive("s", 5, observed)
     band = g.points[0].checks["distill/kl_div_T1"]
     assert isinstance(band, Band) and band.low < 1.0 and band.high > 1.2
     assert g.points[1].checks["distill/kl_div_T1"] == band
     assert g.points[2].checks == {"distill/kl_div_T1": Approx(value=2.0, rtol=0.1)}
     assert GoldenFile.model_validate(g.model_dump()) == g
+
+
+# A line as the trainer branch's `trainer/metrics_io.py` writes it (from a real tiny distillation run, trimmed).
+TRAINER_LINE = (
+    '{"step": 10, "time": 1795924241.338, "tokens": 5120, "tokens_per_sec": 3178.0720210620093, '
+    '"step_time_sec": 0.1611039638519287, "learning_rate": 0.0019814055413007736, "metrics": {'
+    '"distill/alpha": {"sum": 4255.20947265625, "count": 5120.0, "value": 0.8310956001281739}, '
+    '"distill/hard_loss": {"sum": 26849.5078125, "count": 5120.0, "value": 5.244044494628906}, '
+    '"distill/kl_div_T1": {"sum": 13337.4736328125, "count": 5120.0, "value": 2.6049753189086915}, '
+    '"distill/out_proj_feature_loss": {"sum": 4687.12109375, "count": 10240.0, "value": 0.45772666931152345}, '
+    '"distill/student_perplexity": {"sum": 26849.5078125, "count": 5120.0, "value": 189.4347228307814}, '
+    '"distill/teacher_loss": {"sum": 11967.5771484375, "count": 5120.0, "value": 2.337417411804199}, '
+    '"distill/teacher_perplexity": {"sum": 11967.5771484375, "count": 5120.0, "value": 10.354460694130594}, '
+    '"distill/top1_agreement": {"sum": 696.0, "count": 5120.0, "value": null}}}'
+)
+
+
+def test_the_trainers_real_line_format():
+    record = parse_log_line(TRAINER_LINE)
+    assert record is not None and record.step == 10 and record.tokens == 5120
+    assert record.step_time_sec == pytest.approx(0.1611, rel=1e-3) and record.learning_rate == pytest.approx(0.00198, rel=1e-3)
+    assert record.metrics["distill/kl_div_T1"] == (13337.4736328125, 5120.0)
+    assert record.metrics["distill/top1_agreement"] == (696.0, 5120.0)  # a null `value` is ignored: pairs are read
+    # Each logged `value` is what the pairs give back.
+    for name, expected in (("distill/kl_div_T1", 2.6049753189086915), ("distill/student_perplexity", 189.4347228307814),
+                           ("distill/teacher_perplexity", 10.354460694130594),
+                           ("distill/out_proj_feature_loss", 0.45772666931152345)):  # fmt: skip
+        assert aggregate.metric([record], name) == pytest.approx(expected, rel=1e-9)
+
+
+def test_teacher_perplexity_is_exp_of_its_own_cross_entropy():
+    log = [LogLine(1, None, None, None, {"distill/teacher_loss": (2.0, 1.0), "distill/hard_loss": (5.0, 1.0)})]
+    assert aggregate.metric(log, "distill/teacher_perplexity") == pytest.approx(math.exp(2.0))
+    assert aggregate.metric(log, "distill/student_perplexity") == pytest.approx(math.exp(5.0))
+    huge = [LogLine(1, None, None, None, {"distill/hard_loss": (800.0, 1.0)})]
+    assert aggregate.metric(huge, "distill/student_perplexity") == math.inf
+
+
+def test_a_restarted_attempt_replaces_the_steps_it_logged_again(tmp_path):
+    def rec(step, kl):
+        return json.dumps({"step": step, "time": float(step), "metrics": {"distill/kl_div_T1": {"sum": kl, "count": 1.0}}})
+
+    # Attempt 1 logged 10..30, was killed, attempt 2 resumed from the checkpoint at 20 and logged 30, 40 again.
+    (tmp_path / "metrics.jsonl").write_text("\n".join([rec(10, 1), rec(20, 2), rec(30, 9), rec(30, 3), rec(40, 4)]) + "\n")
+    outputs = read_run_outputs(str(tmp_path))
+    assert [(r.step, r.metrics["distill/kl_div_T1"][0]) for r in outputs.log] == [(10, 1), (20, 2), (30, 3), (40, 4)]
+
+
+def test_lines_with_bad_numbers_are_skipped():
+    assert parse_log_line('{"step": "ten", "metrics": {}}') is None
+    assert parse_log_line('{"step": true, "metrics": {}}') is None
+    record = parse_log_line('{"step": 5, "metrics": {"a": {"sum": "x", "count": 1}, "b": {"sum": 1, "count": 2}}}')
+    assert record is not None and record.metrics == {"b": (1.0, 2.0)}
+
+
+def test_last_step_is_the_furthest_either_file_reports(tmp_path):
+    line = {"step": 130, "time": 1.0, "metrics": {}}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(line) + "\n")
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "running", "step": 100, "total_steps": 200}))
+    outputs = read_run_outputs(str(tmp_path))
+    assert outputs.last_step == 130 and outputs.total_steps == 200  # summary.json is rewritten only at checkpoints
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert read_run_outputs(str(tmp_path)).last_step == 100

@@ -1,0 +1,280 @@
+"""Figures of a sweep: `kl_div_T1` and `hard_loss` against the optimizer step for every point, and each point's
+α, β and temperature schedules.
+
+Curves are built first (`Curve`, pure), then drawn on `matplotlib.figure.Figure`s directly (no pyplot, so no
+global state and no display: the Agg canvas renders PNGs anywhere). One colour per point across every figure;
+the baseline is black and dashed; the legend sits below the axes so it never covers a curve. Points whose curves
+coincide exactly (the same α schedule, say) share one line drawn as alternating dashes of their colours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator
+
+from orchestrator import aggregate
+from orchestrator.results import HARD_LOSS, KL_T1, Results, Row
+from orchestrator.run_outputs import LogLine
+from trainer.config import DistillSpec
+
+TEACHER_LOSS = "distill/teacher_loss"
+SCHEDULES = (("distill/alpha", "alpha", "α (weight of the soft loss)"),
+             ("distill/beta_feature", "beta", "β (weight of the feature loss)"),
+             ("distill/temperature", "temperature", "temperature T"))  # fmt: skip
+METRIC_AXES = {
+    KL_T1: ("kl_div_T1: KL(teacher ‖ student) at T = 1", "KL divergence (nats/token)"),
+    HARD_LOSS: ("hard_loss: student cross-entropy on the labels", "cross-entropy (nats/token)"),
+}
+STEP_AXIS = "optimizer step"
+SCHEDULE_SAMPLES = 200
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+DPI = 150
+FONT = 11
+LINE_WIDTH = 2.2
+STRIPE = 4.0  # dash length of striped (coinciding) curves, in line widths
+STRIPED_NOTE = "a striped line is several points with the same values"
+ZOOM_FROM = 0.4  # the metric figures' right panel: this last fraction of the steps
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """One line: a run's values against the optimizer step."""
+
+    key: str  # run id
+    label: str
+    role: str
+    steps: tuple[float, ...]
+    values: tuple[float, ...]
+
+
+def _legend_label(row: Row) -> str:
+    star = "★ " if row.best else ""
+    if row.role == "baseline":
+        return f"{star}{row.name}: baseline ({row.label})"
+    return f"{star}{row.name}: {row.label}"
+
+
+def plotted_rows(results: Results) -> list[Row]:
+    """The points (prerequisites are runs of their own kind: a pre-trained teacher has no KL or schedules)."""
+    return [r for r in results.rows if r.role != "prerequisite"]
+
+
+def metric_curves(results: Results, logs: Mapping[str, Sequence[LogLine]], name: str) -> list[Curve]:
+    """Each point's per-record value of `name` (token-weighted within the record's logging interval)."""
+    out = []
+    for row in plotted_rows(results):
+        steps, values = aggregate.series(logs.get(row.run_id, ()), name)
+        out.append(Curve(row.run_id, _legend_label(row), row.role, tuple(steps), tuple(values)))
+    return out
+
+
+def reference_curve(results: Results, logs: Mapping[str, Sequence[LogLine]]) -> Curve | None:
+    """The teacher's own cross-entropy on the same batches (logged by distillation points), for the hard-loss
+    figure: the floor the students approach."""
+    for row in plotted_rows(results):
+        steps, values = aggregate.series(logs.get(row.run_id, ()), TEACHER_LOSS)
+        if steps:
+            label = "teacher's cross-entropy on the same batches"
+            return Curve("teacher", label, "reference", tuple(steps), tuple(values))
+    return None
+
+
+def schedule_curves(results: Results, logs: Mapping[str, Sequence[LogLine]],
+                    specs: Mapping[str, DistillSpec]) -> dict[str, list[Curve]]:  # fmt: skip
+    """α, β and T per point: the values the trainer logged when it logged them, else computed from the spec
+    (`ScheduledValue.at`, the trainer's own formula) at `SCHEDULE_SAMPLES` steps."""
+    out: dict[str, list[Curve]] = {}
+    for logged, field, _ in SCHEDULES:
+        curves = []
+        for row in plotted_rows(results):
+            steps, values = aggregate.series(logs.get(row.run_id, ()), logged)
+            spec = specs.get(row.run_id)
+            if not steps and spec is not None:
+                schedule = getattr(spec.loss, field)
+                every = max(spec.steps // SCHEDULE_SAMPLES, 1)
+                steps = list(range(0, spec.steps + 1, every))
+                values = [float(schedule.at(step, spec.steps)) for step in steps]
+            curves.append(Curve(row.run_id, _legend_label(row), row.role, tuple(steps), tuple(values)))
+        out[field] = curves
+    return out
+
+
+# --- drawing ----------------------------------------------------------------------------------------------
+
+
+def _styles(curves: Sequence[Curve]) -> dict[str, dict]:
+    """Line style per run: a colour per point (the same in every figure), black dashes for baselines, grey dots
+    for the reference."""
+    styles = {}
+    points = [c for c in curves if c.role not in ("baseline", "reference")]
+    for i, curve in enumerate(curves):
+        if curve.role == "baseline":
+            styles[curve.key] = dict(color="black", linestyle=(0, (4, 2)), linewidth=LINE_WIDTH, zorder=4)
+        elif curve.role == "reference":
+            styles[curve.key] = dict(color="0.45", linestyle=":", linewidth=LINE_WIDTH, zorder=2)
+        else:
+            styles[curve.key] = dict(color=COLOURS[points.index(curve) % len(COLOURS)], linewidth=LINE_WIDTH,
+                                     zorder=3, solid_capstyle="butt")  # fmt: skip
+    return styles
+
+
+def coinciding(curves: Sequence[Curve]) -> list[list[Curve]]:
+    """Curves grouped by identical (steps, values), in order: a group of several is drawn striped."""
+    groups: dict[tuple, list[Curve]] = {}
+    for curve in curves:
+        key = (curve.steps, tuple(round(v, 9) for v in curve.values))
+        groups.setdefault(key, []).append(curve)
+    return list(groups.values())
+
+
+def _draw(axes, curves: Sequence[Curve], styles: Mapping[str, dict]) -> bool:
+    """Plot `curves`; curves that coincide share the line as alternating dashes of their colours, so none
+    hides another. True when some did."""
+    striped = False
+    for group in coinciding([c for c in curves if c.steps]):
+        k = len(group)
+        for j, curve in enumerate(group):
+            style = dict(styles[curve.key])
+            if k > 1:
+                style.update(linestyle=(j * STRIPE, (STRIPE, (k - 1) * STRIPE)), zorder=3, dash_capstyle="butt")
+                striped = True
+            axes.plot(curve.steps, curve.values, **style)
+    return striped
+
+
+def _figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _legend(figure: Figure, curves: Sequence[Curve], styles: Mapping[str, dict], note: str = "") -> None:
+    handles = [Line2D([], [], **styles[c.key], label=c.label) for c in curves]
+    columns = 1 if max((len(c.label) for c in curves), default=0) > 45 else 2
+    figure.legend(handles=handles, loc="outside lower center", ncols=columns, fontsize=FONT - 1, frameon=False,
+                  title=note or None, title_fontsize=FONT - 2)  # fmt: skip
+
+
+def _decimal(value: float, _position=None) -> str:
+    return f"{value:g}"
+
+
+def _log_scale_helps(curves: Sequence[Curve]) -> bool:
+    values = [v for c in curves for v in c.values if v > 0]
+    return bool(values) and max(values) / min(values) > 20
+
+
+def _zoom_range(curves: Sequence[Curve], start: float, log: bool) -> tuple[float, float] | None:
+    """y limits that fit every curve from step `start` on, with a margin; None when nothing is there."""
+    values = [v for c in curves for s, v in zip(c.steps, c.values) if s >= start and (v > 0 or not log)]
+    if not values:
+        return None
+    low, high = min(values), max(values)
+    if log:
+        return low / 1.15, high * 1.15
+    pad = (high - low) * 0.08 or abs(high) * 0.01 or 0.01
+    return low - pad, high + pad
+
+
+def _value_axis(axes, ylabel: str, log: bool, *, fine: bool = False) -> None:
+    if log:
+        axes.set_yscale("log")
+        # Plain decimals, with the 2s and 5s between powers of ten labelled too (every digit on a zoomed axis that
+        # spans about a decade): readable without counting ticks.
+        axes.yaxis.set_major_formatter(FuncFormatter(_decimal))
+        axes.yaxis.set_minor_locator(LogLocator(subs=tuple(range(2, 10)) if fine else (2.0, 5.0)))
+        axes.yaxis.set_minor_formatter(FuncFormatter(_decimal))
+    axes.set_xlabel(STEP_AXIS, fontsize=FONT + 1)
+    axes.set_ylabel(ylabel, fontsize=FONT + 1)
+    axes.tick_params(labelsize=FONT)
+    axes.grid(True, which="major", alpha=0.3)
+    axes.margins(x=0.01)
+
+
+def metric_figure(sweep: str, name: str, curves: Sequence[Curve], reference: Curve | None, window_note: str) -> Figure:
+    """The whole run on the left; on the right the last `ZOOM_FROM` of the steps with the y axis fitted to them,
+    where the points' final differences show."""
+    title, ylabel = METRIC_AXES.get(name, (name, name))
+    shown = [c for c in curves if c.steps] + ([reference] if reference is not None else [])
+    figure = _figure(13, 6.8)
+    figure.suptitle(f"{sweep} — {title}", fontsize=FONT + 2, x=0.01, ha="left")
+    if not shown:
+        whole = figure.add_subplot()
+        whole.set_title(window_note, fontsize=FONT - 1, color="0.35", loc="left")
+        _value_axis(whole, ylabel, log=False)
+        whole.set_xticks([])
+        whole.set_yticks([])
+        whole.text(0.5, 0.5, "no point has logged this metric yet", ha="center", va="center", transform=whole.transAxes,
+                   fontsize=FONT + 1)  # fmt: skip
+        return figure
+    whole, zoom = figure.subplots(1, 2, width_ratios=(3, 2))
+    whole.set_title(window_note, fontsize=FONT - 1, color="0.35", loc="left")
+    styles = _styles(shown)
+    log = _log_scale_helps(shown)
+    striped = _draw(whole, shown, styles)
+    _draw(zoom, shown, styles)
+    _value_axis(whole, ylabel + (", log scale" if log else ""), log)
+    last = max(s for c in shown for s in c.steps)
+    first = min(s for c in shown for s in c.steps)
+    start = first + (last - first) * (1 - ZOOM_FROM)
+    limits = _zoom_range(shown, start, log)
+    _value_axis(zoom, "", log, fine=limits is not None and limits[1] / limits[0] < 15)
+    zoom.set_xlim(start, last + (last - start) * 0.02)
+    if limits is not None:
+        zoom.set_ylim(*limits)
+    zoom.set_title(f"the last {ZOOM_FROM:.0%} of the steps, zoomed", fontsize=FONT - 1, color="0.35", loc="left")
+    _legend(figure, shown, styles, STRIPED_NOTE if striped else "")
+    return figure
+
+
+def schedules_figure(sweep: str, curves: Mapping[str, Sequence[Curve]]) -> Figure:
+    figure = _figure(14, 6.2)
+    grid = figure.subplots(1, len(SCHEDULES), sharex=True)
+    all_curves = next(iter(curves.values()), [])
+    styles = _styles(all_curves)
+    striped = False
+    for axes, (_, field, ylabel) in zip(grid, SCHEDULES, strict=True):
+        striped |= _draw(axes, curves.get(field, []), styles)
+        axes.set_title(ylabel, fontsize=FONT + 1)
+        axes.set_xlabel(STEP_AXIS, fontsize=FONT)
+        axes.set_ylabel(field, fontsize=FONT)
+        axes.tick_params(labelsize=FONT - 1)
+        axes.grid(True, alpha=0.3)
+        axes.margins(x=0.01, y=0.08)
+    figure.suptitle(f"{sweep} — loss-weight schedules per point (as logged; from the spec where not logged)",
+                    fontsize=FONT + 2, x=0.01, ha="left")  # fmt: skip
+    if all_curves:
+        _legend(figure, all_curves, styles, STRIPED_NOTE if striped else "")
+    return figure
+
+
+FILES = {KL_T1: "kl_div_T1.png", HARD_LOSS: "hard_loss.png"}
+SCHEDULES_FILE = "schedules.png"
+
+
+def write_plots(results: Results, logs: Mapping[str, Sequence[LogLine]], specs: Mapping[str, DistillSpec],
+                out_dir: Path) -> list[Path]:  # fmt: skip
+    """Write `kl_div_T1.png`, `hard_loss.png` and `schedules.png` to `out_dir` (created); returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    window = results.aggregation.window
+    note = ("each value: token-weighted mean over one logging interval (the table: "
+            + (f"the last {window})" if window else "all of them)"))  # fmt: skip
+    written = []
+    for name, filename in FILES.items():
+        reference = reference_curve(results, logs) if name == HARD_LOSS else None
+        figure = metric_figure(results.sweep, name, metric_curves(results, logs, name), reference, note)
+        written.append(_save(figure, out_dir / filename))
+    schedules = schedules_figure(results.sweep, schedule_curves(results, logs, specs))
+    written.append(_save(schedules, out_dir / SCHEDULES_FILE))
+    return written
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    figure.savefig(path, format="png", dpi=DPI)
+    return path

@@ -1,0 +1,245 @@
+"""A sweep's results: one row per run with its status and aggregated metrics, the best point and the
+difference from the baseline. Pure: outputs and statuses are read by the caller.
+
+Every metric is aggregated the same explicit way (`Aggregation`): the token-weighted mean Σsum/Σcount of the
+trainer's (sum, count) pairs over the last `window` records of `metrics.jsonl` (all of them when 0);
+`student_perplexity` is exp of that window's mean hard loss. Throughput is tokens over wall time across the
+same window. Chip-hours are the trainer's wall time × the target's chips (TPU targets only; a local run has
+no chips, so its wall time is shown instead).
+
+The best point is the succeeded, non-baseline point with the lowest `kl_div_T1` (the guide's cross-run
+metric: the KL at temperature 1 does not depend on each point's temperature schedule). Δ is against the
+baseline point with the same seed (the first baseline when none has it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
+
+from orchestrator import aggregate, identity, tpu
+from orchestrator.expansion import Expansion, Point
+from orchestrator.run_outputs import RunOutputs
+from orchestrator.run_status import Observation, RunStatus, derive
+from orchestrator.sweep_file import Sweep
+
+KL_T1 = "distill/kl_div_T1"
+HARD_LOSS = "distill/hard_loss"
+PERPLEXITY = "distill/student_perplexity"
+TOP1 = "distill/top1_agreement"
+TABLE_METRICS = (KL_T1, HARD_LOSS, PERPLEXITY, TOP1)
+DEFAULT_WINDOW = 5
+STALL_AFTER_SECONDS = 15 * 60.0
+
+# A function from the sweep and what its runs wrote to each run's status; the launcher's backends supply one
+# that also sees the cluster (queued, restarting, ...). `statuses_from_outputs` is the outputs-only view.
+StatusFn = Callable[[Expansion, Mapping[str, RunOutputs]], Mapping[str, RunStatus]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Aggregation:
+    """How a window of log records becomes one number."""
+
+    window: int = DEFAULT_WINDOW
+
+    @property
+    def describe(self) -> str:
+        return aggregate.describe_window(self.window)
+
+    def header(self, name: str) -> str:
+        return f"{short_metric(name)} ({self.describe})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "unit": "metrics.jsonl records (one per logging step); 0 means all",
+            "method": "token-weighted mean: Σsum / Σcount of the logged (sum, count) pairs; perplexity = exp of the "
+            "window's mean cross-entropy; tokens_per_sec = Δtokens / Δtime across the window",
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One run of the sweep, as the table shows it (raw numbers; formatting is the caller's)."""
+
+    run_id: str
+    index: int
+    role: str  # point | baseline | prerequisite
+    name: str  # `0`, `4b`, `teacher`: the same numbering as `distillctl plan`
+    label: str  # axis values, shortened (`alpha.end=0.3, beta.start=1.0`), or the prerequisite's name
+    axis_values: Mapping[str, Any]
+    seed: int
+    status: RunStatus
+    step: int | None
+    total_steps: int | None
+    metrics: Mapping[str, float | None]
+    tokens_per_sec: float | None
+    wall_time_sec: float | None
+    chip_hours: float | None
+    output_path: str
+    baseline_run_id: str | None = None
+    delta_kl: float | None = None  # kl_div_T1 - the baseline's (negative: better than no distillation)
+    delta_kl_relative: float | None = None  # delta_kl / the baseline's kl_div_T1
+    best: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Results:
+    sweep: str
+    target_kind: str
+    tpu_type: str | None
+    chips: int | None  # all slices together; None for a local target
+    aggregation: Aggregation
+    rows: tuple[Row, ...]
+
+    @property
+    def best(self) -> Row | None:
+        return next((r for r in self.rows if r.best), None)
+
+    @property
+    def baselines(self) -> tuple[Row, ...]:
+        return tuple(r for r in self.rows if r.role == "baseline")
+
+    @property
+    def axis_names(self) -> list[str]:
+        names: dict[str, None] = {}
+        for row in self.rows:
+            names.update(dict.fromkeys(row.axis_values))
+        return list(names)
+
+
+# --- statuses ---------------------------------------------------------------------------------------------
+
+
+def statuses_from_outputs(runs: Sequence[Point], outputs: Mapping[str, RunOutputs], *, now: float,
+                          stall_after: float = STALL_AFTER_SECONDS) -> dict[str, RunStatus]:  # fmt: skip
+    """Each run's status from its outputs alone (no backend): Succeeded, Failed or Diverged from summary.json's
+    verdict; Running while the trainer's summary says `running` (Stalled when its last metrics line is older
+    than `stall_after` seconds: a process killed without a verdict looks like this); Pending otherwise."""
+    out = {}
+    for run in runs:
+        found = outputs.get(run.run_id) or RunOutputs(run.output_path)
+        running = (found.summary or {}).get("status") == "running"
+        observation = Observation(exists=True, active=True) if running else Observation(exists=False)
+        out[run.run_id] = derive(observation, found, now=now, stall_after=stall_after, total_steps=run.spec.steps)
+    return out
+
+
+def outputs_only(expansion: Expansion, outputs: Mapping[str, RunOutputs]) -> dict[str, RunStatus]:
+    """A `StatusFn` that sees only the outputs, at the current time."""
+    return statuses_from_outputs(expansion.runs, outputs, now=time.time())
+
+
+# --- labels -----------------------------------------------------------------------------------------------
+
+
+def short_metric(name: str) -> str:
+    return name.split("/", 1)[-1]
+
+
+def _value_text(value: Any) -> str:
+    return identity.canonical_json(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def _common_prefix(names: Sequence[str]) -> str:
+    """The dotted prefix every axis name shares (`loss.`), so labels say `alpha.end=0.3`. Kept when stripping it
+    would leave a bare name that is also a prefix's own (never strips a whole name)."""
+    dotted = [n.split(".") for n in names if n != "seed"]
+    if not dotted:
+        return ""
+    prefix: list[str] = []
+    for parts in zip(*(d[:-1] for d in dotted)):
+        if len(set(parts)) != 1:
+            break
+        prefix.append(parts[0])
+    return ".".join(prefix) + "." if prefix else ""
+
+
+def labels(runs: Sequence[Point], sweep: Sweep | None = None) -> dict[str, str]:
+    """run id -> a short label: the axis values without their shared dotted prefix; for a prerequisite, the spec
+    it runs (`spec tiny-teacher.yaml`)."""
+    prefix = _common_prefix([name for run in runs for name in run.axis_values])
+    out = {}
+    for run in runs:
+        if run.prerequisite is not None:
+            prerequisite = sweep.prerequisites.get(run.prerequisite) if sweep is not None else None
+            spec = prerequisite.spec if prerequisite is not None else None
+            out[run.run_id] = f"spec {spec}" if isinstance(spec, str) else "inline spec"
+            continue
+        parts = [f"{name.removeprefix(prefix) if name != 'seed' else name}={_value_text(v)}"
+                 for name, v in run.axis_values.items()]  # fmt: skip
+        out[run.run_id] = ", ".join(parts) or "base spec"
+    return out
+
+
+def point_name(run: Point) -> str:
+    if run.prerequisite is not None:
+        return run.prerequisite
+    return f"{run.index}b" if run.is_baseline else str(run.index)
+
+
+# --- the table --------------------------------------------------------------------------------------------
+
+
+def _chips(expansion: Expansion) -> tuple[str | None, int | None]:
+    assert expansion.sweep is not None
+    target = expansion.sweep.target
+    if not target.on_cluster or target.tpu_type is None:
+        return None, None
+    return target.tpu_type, tpu.lookup(target.tpu_type).chips * target.slices
+
+
+def run_metrics(outputs: RunOutputs, window: int, names: Sequence[str] = TABLE_METRICS) -> dict[str, float | None]:
+    records = aggregate.last(outputs.log, window)
+    return {name: aggregate.metric(records, name) for name in names}
+
+
+def build(expansion: Expansion, outputs: Mapping[str, RunOutputs], statuses: Mapping[str, RunStatus], *,
+          window: int = DEFAULT_WINDOW) -> Results:  # fmt: skip
+    """The results table: prerequisites first, then points in sweep order."""
+    assert expansion.sweep is not None
+    tpu_type, chips = _chips(expansion)
+    names = labels(expansion.runs, expansion.sweep)
+    rows = []
+    for run in expansion.runs:
+        out = outputs.get(run.run_id) or RunOutputs(run.output_path)
+        status = statuses.get(run.run_id) or RunStatus("Pending", "NotObserved")
+        wall = out.wall_time_sec
+        rows.append(Row(
+            run_id=run.run_id, index=run.index, role=run.role, name=point_name(run), label=names[run.run_id],
+            axis_values=run.axis_values, seed=run.seed, status=status,
+            step=out.last_step if out.last_step is not None else status.step,
+            total_steps=out.total_steps or status.total_steps or run.spec.steps,
+            metrics=run_metrics(out, window), tokens_per_sec=aggregate.tokens_per_sec(out.log, window),
+            wall_time_sec=wall, chip_hours=None if chips is None or wall is None else wall * chips / 3600.0,
+            output_path=out.path,
+        ))  # fmt: skip
+    rows = _compare(rows)
+    return Results(expansion.sweep.name, expansion.sweep.target.kind, tpu_type, chips, Aggregation(window), tuple(rows))
+
+
+def _compare(rows: list[Row]) -> list[Row]:
+    """Δkl against each point's baseline, and the best point marked."""
+    baselines = [r for r in rows if r.role == "baseline"]
+    out = []
+    for row in rows:
+        if row.role != "point" or not baselines:
+            out.append(row)
+            continue
+        base = next((b for b in baselines if b.seed == row.seed), baselines[0])
+        kl, base_kl = row.metrics.get(KL_T1), base.metrics.get(KL_T1)
+        delta = kl - base_kl if _finite(kl) and _finite(base_kl) else None
+        relative = delta / base_kl if delta is not None and base_kl else None
+        out.append(dataclasses.replace(row, baseline_run_id=base.run_id, delta_kl=delta, delta_kl_relative=relative))
+    finished = [r for r in out if r.role == "point" and r.status.phase == "Succeeded" and _finite(r.metrics.get(KL_T1))]
+    if finished:
+        best = min(finished, key=lambda r: r.metrics[KL_T1])
+        out = [dataclasses.replace(r, best=True) if r is best else r for r in out]
+    return out
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)

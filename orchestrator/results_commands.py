@@ -1,0 +1,298 @@
+"""`distillctl results`, `regress` and `golden update`: each parses, reads the sweep's outputs, calls the core,
+prints, and exits.
+
+Run statuses come from one function, `observe_statuses`: today it sees only what the runs wrote (summary.json's
+verdict, the time of the last metrics line); the launcher replaces it with its backend's view (queued,
+restarting, lost processes, ...) without changing anything else here. `check_sweep` also takes the status
+function as a parameter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from orchestrator import console, golden as golden_file, identity, regress as regression, results, results_format
+from orchestrator.errors import DistillctlError, InvalidSpecError, UsageError
+from orchestrator.exit_codes import ExitCode
+from orchestrator.expansion import Expansion
+from orchestrator.run_outputs import RunOutputs, read_run_outputs
+from orchestrator.results import StatusFn
+from orchestrator.run_status import RunStatus
+from orchestrator.sweep_commands import SlicesOption, SweepArgument, TpuOption, YesOption, expand_sweep
+from orchestrator.waiting import poll_until
+
+WindowOption = Annotated[int, typer.Option("--window", min=0, help="aggregate each metric over the last N log records "
+                                           "(token-weighted, from the (sum, count) pairs); 0: every record")]  # fmt: skip
+ImageOption = Annotated[Optional[str], typer.Option(
+    "--image", help="override target.image, as the sweep was launched with (the image is part of each run id)")]
+OutputBaseOption = Annotated[Optional[str], typer.Option(
+    "--output-base", help="read the runs' outputs under this path or URL (gs://bucket/prefix) instead of the "
+    "sweep's target.output_base; run ids do not change")]  # fmt: skip
+
+
+class MatchBy(str, Enum):
+    run_id = "run_id"
+    axis_values = "axis_values"
+
+
+class ResultsFormat(str, Enum):
+    table = "table"
+    md = "md"
+    csv = "csv"
+    json = "json"
+
+
+# --- reading a sweep's state ------------------------------------------------------------------------------
+
+
+def observe_statuses(expansion: Expansion, outputs: Mapping[str, RunOutputs]) -> Mapping[str, RunStatus]:
+    """The status of every run of the sweep. The one place statuses come from (see the module docstring)."""
+    return results.outputs_only(expansion, outputs)
+
+
+def output_paths(expansion: Expansion, output_base: str | None) -> dict[str, str]:
+    """run id -> where its outputs are: `<output base>/<run id>`."""
+    if output_base is None:
+        return {run.run_id: run.output_path for run in expansion.runs}
+    return {run.run_id: identity.output_path(output_base, run.run_id) for run in expansion.runs}
+
+
+def read_outputs(expansion: Expansion, output_base: str | None) -> dict[str, RunOutputs]:
+    return {run_id: read_run_outputs(path) for run_id, path in output_paths(expansion, output_base).items()}
+
+
+State = tuple[dict[str, RunOutputs], Mapping[str, RunStatus]]
+
+
+def observe(expansion: Expansion, output_base: str | None, statuses: StatusFn | None = None) -> State:
+    """What every run wrote, and its status (from `statuses`, default `observe_statuses`)."""
+    outputs = read_outputs(expansion, output_base)
+    return outputs, (statuses or observe_statuses)(expansion, outputs)
+
+
+# --- results ----------------------------------------------------------------------------------------------
+
+
+def results_command(
+    sweep: SweepArgument,
+    format: Annotated[ResultsFormat, typer.Option("--format", "--output", "-f", help="table for people, md for a "
+                      "pull-request comment, csv and json (raw numbers) for machines")] = ResultsFormat.table,  # fmt: skip
+    window: WindowOption = results.DEFAULT_WINDOW,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="write kl_div_T1.png, hard_loss.png and schedules.png "
+                    "to this folder")] = None,  # fmt: skip
+    output_base: OutputBaseOption = None,
+    tpu_type: TpuOption = None,
+    slices: SlicesOption = None,
+    image: ImageOption = None,
+    yes: YesOption = False,
+) -> None:
+    """Compare a sweep's runs: one row each, with status, metrics, cost and Δ vs the baseline.
+
+    Metrics: token-weighted means over each run's last --window log records. ★: lowest kl_div_T1.
+
+    Outputs are read from local paths or gs:// URLs (gs:// needs the `gcs` extra).
+    """
+    expansion = expand_sweep(sweep, tpu_type=tpu_type, slices=slices, image=image, yes=yes)
+    outputs, statuses = observe(expansion, output_base)
+    table = results.build(expansion, outputs, statuses, window=window)
+    if format is ResultsFormat.json:
+        console.print_json(results_format.to_json(table))
+    elif format is ResultsFormat.csv:
+        console.out.file.write(results_format.csv_text(table))
+    elif format is ResultsFormat.md:
+        console.out.file.write(results_format.markdown(table))
+    else:
+        console.print_wide(results_format.text_table(table))
+    console.out.file.flush()
+    if plot is not None:
+        from orchestrator import plots  # matplotlib takes seconds to import: only when plotting
+
+        logs = {run_id: out.log for run_id, out in outputs.items()}
+        specs = {run.run_id: run.spec for run in expansion.runs}
+        try:
+            written = plots.write_plots(table, logs, specs, plot)
+        except OSError as e:
+            raise UsageError(f"cannot write plots to {plot}: {e.strerror or e}",
+                             "check the folder and its permissions") from None
+        for path in written:
+            console.err.print(f"wrote {path}", markup=False)
+
+
+# --- regress ----------------------------------------------------------------------------------------------
+
+
+def _invalid(e: DistillctlError) -> DistillctlError:
+    """For regress a sweep or golden file that cannot be used is an invalid spec (4), never exit 2, which
+    regress reserves for infrastructure failures."""
+    if e.exit_code == ExitCode.INVALID_SPEC:
+        return e
+    return DistillctlError(e.message, e.hint, exit_code=ExitCode.INVALID_SPEC)
+
+
+def load_golden(path: Path, expansion: Expansion) -> golden_file.GoldenFile:
+    assert expansion.sweep is not None
+    golden, problems = golden_file.read_golden(path)
+    if golden is not None:
+        golden, problems = golden_file.match_sweep(golden, expansion.sweep.name, point_keys(expansion), file=str(path))
+    if problems:
+        raise InvalidSpecError(f"{path} is not a usable golden file for {expansion.sweep.name!r}", problems)
+    assert golden is not None
+    return golden
+
+
+def observed(expansion: Expansion, outputs: Mapping[str, RunOutputs], statuses: Mapping[str, RunStatus],
+             *, window: int, metrics: list[str]) -> dict[str, regression.Observed]:  # fmt: skip
+    out = {}
+    for run in expansion.runs:
+        status = statuses.get(run.run_id) or RunStatus("Pending", "NotObserved")
+        values = results.run_metrics(outputs.get(run.run_id) or RunOutputs(run.output_path), window, metrics)
+        out[run.run_id] = regression.Observed(run.run_id, run.label, status.phase, status.reason, values)
+    return out
+
+
+def check_sweep(expansion: Expansion, expected: golden_file.GoldenFile, *, statuses: StatusFn | None = None,
+                output_base: str | None = None, wait: bool = False, timeout: float = 3600.0, poll: float = 30.0,
+                clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                on_wait: Callable[[State, float], None] | None = None) -> regression.RegressReport:  # fmt: skip
+    """Read the sweep's outputs and statuses (`statuses`, default `observe_statuses`), waiting with `wait` until
+    every run is terminal or `timeout` seconds pass, and check them against `expected`."""
+    def look() -> State:
+        return observe(expansion, output_base, statuses)
+
+    def finished(state: State) -> bool:
+        return all((status := state[1].get(run.run_id)) is not None and status.terminal for run in expansion.runs)
+
+    if wait:
+        (outputs, found), timed_out = poll_until(look, finished, timeout=timeout, every=poll, clock=clock, sleep=sleep,
+                                                 on_wait=on_wait)  # fmt: skip
+    else:
+        (outputs, found), timed_out = look(), False
+    metrics = sorted({name for point in expected.points for name in point.checks})
+    seen = observed(expansion, outputs, found, window=expected.window, metrics=metrics)
+    return regression.evaluate(expected, seen, timed_out=timed_out)
+
+
+def _progress(state: State, left: float) -> None:
+    done = sum(status.terminal for status in state[1].values())
+    console.err.print(f"waiting: {done}/{len(state[1])} run(s) finished, {left:.0f} s left", markup=False)
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror or e}", "check the folder and its permissions") from None
+
+
+def regress(
+    sweep: SweepArgument,
+    golden: Annotated[Path, typer.Option("--golden", help="the golden file (distillctl golden update writes one)")],
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="write a JUnit XML report here")] = None,
+    summary: Annotated[Optional[Path], typer.Option("--summary", help="also write the markdown summary here")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="wait until every run has finished (or --timeout)")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=0, help="with --wait: give up after this many seconds "
+                                           "(exit 3)")] = 3600.0,  # fmt: skip
+    poll: Annotated[float, typer.Option("--poll", min=0.1, help="with --wait: seconds between looks")] = 30.0,
+    output_base: OutputBaseOption = None,
+    tpu_type: TpuOption = None,
+    slices: SlicesOption = None,
+    image: ImageOption = None,
+    yes: YesOption = False,
+) -> None:
+    """Gate CI on a sweep: check its runs against a golden file.
+
+    Prints a markdown summary (and writes --junit and --summary files).
+
+    Exit 0: every check passed; 1: a metric regressed; 2: infrastructure failure (a run failed or never ran).
+
+    Exit 3: timed out waiting (--wait); 4: invalid sweep or golden file.
+    """
+    try:
+        expansion = expand_sweep(sweep, tpu_type=tpu_type, slices=slices, image=image, yes=yes)
+        expected = load_golden(golden, expansion)
+    except DistillctlError as e:
+        raise _invalid(e) from None
+    report = check_sweep(expansion, expected, output_base=output_base, wait=wait, timeout=timeout, poll=poll,
+                         on_wait=_progress)  # fmt: skip
+    text = regression.markdown(report)
+    if junit is not None:
+        _write(junit, regression.junit_xml(report))
+    if summary is not None:
+        _write(summary, text)
+    console.out.file.write(text)
+    console.out.file.flush()
+    if report.exit_code != ExitCode.OK:
+        raise typer.Exit(int(report.exit_code))
+
+
+# --- golden update ----------------------------------------------------------------------------------------
+
+golden_app = typer.Typer(help="Golden files: the metric values `distillctl regress` checks a sweep against.",
+                         no_args_is_help=True)  # fmt: skip
+
+
+def point_keys(expansion: Expansion) -> dict[str, str]:
+    """run id -> what identifies the run besides its id (golden files with `match: axis_values`)."""
+    return {run.run_id: golden_file.point_key(run.role, run.prerequisite, run.axis_values) for run in expansion.runs}
+
+
+def seed_groups(expansion: Expansion) -> dict[str, str]:
+    """run id -> its seed group: runs that differ only by `seed` share one."""
+    return {run.run_id: golden_file.point_key(run.role, run.prerequisite,
+                                              {k: v for k, v in run.axis_values.items() if k != "seed"})
+            for run in expansion.runs}  # fmt: skip
+
+
+@golden_app.command("update")
+def golden_update(
+    sweep: SweepArgument,
+    out: Annotated[Path, typer.Option("-o", "--out", help="the golden file to write")],
+    window: WindowOption = results.DEFAULT_WINDOW,
+    rtol: Annotated[float, typer.Option("--rtol", min=0, help="relative tolerance of approx checks (runs without "
+                                        "repeated seeds)")] = golden_file.DEFAULT_RTOL,  # fmt: skip
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", help="a metric to check (repeat); default: "
+                      + ", ".join(golden_file.DEFAULT_METRICS))] = None,  # fmt: skip
+    match: Annotated[MatchBy, typer.Option("--match", help="how regress finds each golden point's run: run_id "
+                     "(strict: any spec or image change needs a new golden file) or axis_values (role and axis "
+                     "values: for CI images built per commit)")] = MatchBy.run_id,  # fmt: skip
+    output_base: OutputBaseOption = None,
+    tpu_type: TpuOption = None,
+    slices: SlicesOption = None,
+    image: ImageOption = None,
+    yes: YesOption = False,
+) -> None:
+    """Write a golden file from a finished sweep.
+
+    Runs repeated over seeds get a band: mean ± max(4σ, rtol·|mean|) over the seeds.
+
+    Other runs get an approx check with --rtol. Refuses (exit 2) while any run has not succeeded.
+    """
+    expansion = expand_sweep(sweep, tpu_type=tpu_type, slices=slices, image=image, yes=yes)
+    assert expansion.sweep is not None
+    outputs, statuses = observe(expansion, output_base)
+    unfinished = [run for run in expansion.runs if statuses[run.run_id].phase != "Succeeded"]
+    if unfinished:
+        listed = "; ".join(f"{run.label}: {statuses[run.run_id].shown}" for run in unfinished[:5])
+        more = f" and {len(unfinished) - 5} more" if len(unfinished) > 5 else ""
+        raise UsageError(f"{len(unfinished)} of {len(expansion.runs)} run(s) have not succeeded ({listed}{more})",
+                         f"golden values come from a finished sweep: `distillctl results {sweep}` shows where it stands")  # fmt: skip
+    names = list(metric) if metric else list(golden_file.DEFAULT_METRICS)
+    groups = seed_groups(expansion)
+    finished = [golden_file.Finished(run.run_id, run.label, groups[run.run_id],
+                                     results.run_metrics(outputs[run.run_id], window, names), run.role,
+                                     run.prerequisite, dict(run.axis_values)) for run in expansion.runs]  # fmt: skip
+    derived = golden_file.derive(expansion.sweep.name, window, finished, metrics=names, rtol=rtol, match=match.value)
+    header = (f"Golden values of sweep {expansion.sweep.name!r} for `distillctl regress {sweep} --golden {out}`.\n"
+              f"Written by `distillctl golden update {sweep} -o {out}` from finished runs; rerun it after an intended "
+              "change.\nChecks: approx (|x - value| <= atol + rtol·|value|), band (low <= x <= high), deterministic "
+              "(exact).\nValues are token-weighted means over the last `window` log records of each run (0: all).")  # fmt: skip
+    _write(out, golden_file.dump(derived, header))
+    checks = sum(len(p.checks) for p in derived.points)
+    console.err.print(f"wrote {out}: {checks} check(s) on {len(derived.points)} run(s)", markup=False)

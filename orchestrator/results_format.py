@@ -1,0 +1,216 @@
+"""The results table as text (a rich Table), markdown (a pull-request comment), CSV and JSON.
+
+JSON and CSV carry raw numbers (full precision, `null`/empty for missing) and the aggregation's parameters;
+text and markdown round for people and mark the best point with ★.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import Any
+
+from rich.table import Table
+
+from orchestrator.results import KL_T1, TABLE_METRICS, Results, Row, short_metric
+
+MISSING = "—"
+BEST = "★"
+
+
+# --- numbers for people -----------------------------------------------------------------------------------
+
+
+def number(value: float | None, digits: int = 4) -> str:
+    """`digits` significant digits, `—` when missing; inf/nan spelled out."""
+    if value is None:
+        return MISSING
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:,.0f}"
+
+
+def rate(value: float | None) -> str:
+    """Throughput: a whole number with thousands separators."""
+    return MISSING if value is None or not math.isfinite(value) else f"{value:,.0f}"
+
+
+def duration(seconds: float | None) -> str:
+    """`8.9 s`, `12 m 05 s`, `3 h 07 m`."""
+    if seconds is None or not math.isfinite(seconds):
+        return MISSING
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} m {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} m"
+
+
+def signed(delta: float | None, relative: float | None) -> str:
+    if delta is None or not math.isfinite(delta):
+        return MISSING
+    text = f"{delta:+.3g}".replace("-", "−")
+    if relative is not None and math.isfinite(relative):
+        text += f" ({relative:+.0%})".replace("-", "−")
+    return text
+
+
+def steps(row: Row) -> str:
+    if row.step is None:
+        return MISSING if row.total_steps is None else f"0/{row.total_steps}"
+    return f"{row.step}/{row.total_steps}" if row.total_steps is not None else str(row.step)
+
+
+def role(row: Row) -> str:
+    return {"baseline": "baseline", "prerequisite": "prerequisite"}.get(row.role, "")
+
+
+def cost(results: Results, row: Row) -> str:
+    return duration(row.wall_time_sec) if results.chips is None else number(row.chip_hours, 3)
+
+
+def cost_header(results: Results, sep: str = " ") -> str:
+    return "wall time" if results.chips is None else f"chip-h{sep}({results.chips} chips)"
+
+
+def title(results: Results) -> str:
+    where = "local" if results.chips is None else f"{results.tpu_type} × {results.chips} chips"
+    return f"{results.sweep}: {len(results.rows)} run(s) on {where}"
+
+
+def legend(results: Results) -> str:
+    """What the numbers mean, one line."""
+    window = results.aggregation.window
+    span = f"the last {window} log records" if window else "every log record"
+    parts = [f"metrics: token-weighted mean (Σsum/Σcount) over {span} of each run; perplexity = exp(mean hard loss)"]
+    best = results.best
+    parts.append(f"{BEST} lowest kl_div_T1 among finished points" + ("" if best else " (none finished yet)"))
+    if results.baselines:
+        parts.append("Δkl vs the baseline " + ", ".join(b.name for b in results.baselines))
+    return "; ".join(parts)
+
+
+def _headers(results: Results, sep: str = " ") -> list[str]:
+    """Column headers; metric headers name their aggregation (`kl_div_T1 (last 5)`), `sep` between the two."""
+    window = results.aggregation
+    return (["#", "point", "role", "status", "restarts", "step"]
+            + [f"{short_metric(m)}{sep}({window.describe})" for m in TABLE_METRICS]
+            + [f"tokens/s{sep}({window.describe})", cost_header(results, sep), f"Δkl_div_T1{sep}vs baseline"])  # fmt: skip
+
+
+def _cells(results: Results, row: Row) -> list[str]:
+    return ([row.name, (f"{BEST} " if row.best else "") + row.label, role(row), row.status.shown, str(row.status.restarts),
+             steps(row)] + [number(row.metrics.get(m)) for m in TABLE_METRICS]
+            + [rate(row.tokens_per_sec), cost(results, row), signed(row.delta_kl, row.delta_kl_relative)])  # fmt: skip
+
+
+# --- formats ----------------------------------------------------------------------------------------------
+
+
+def text_table(results: Results) -> Table:
+    table = Table(title=title(results), title_justify="left", caption=legend(results), caption_justify="left")
+    for i, header in enumerate(_headers(results, "\n")):
+        table.add_column(header, justify="right" if i >= 4 else "left")
+    for row in results.rows:
+        style = "bold green" if row.best else ("dim" if row.role == "prerequisite" else None)
+        table.add_row(*_cells(results, row), style=style)
+    return table
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown(results: Results) -> str:
+    """A GitHub-flavoured markdown section: title, the table, then what the numbers mean."""
+    headers = _headers(results)
+    align = ["---:" if i == 0 or i >= 4 else "---" for i in range(len(headers))]
+    lines = [f"### distillctl results: `{results.sweep}`", ""]
+    best = results.best
+    if best is not None:
+        line = f"Best point: **{_md(best.label)}** (`{best.run_id}`), kl_div_T1 {number(best.metrics.get(KL_T1))}"
+        if best.delta_kl is not None:
+            line += f", {signed(best.delta_kl, best.delta_kl_relative)} vs the baseline"
+        lines += [line + ".", ""]
+    lines += ["| " + " | ".join(_md(h) for h in headers) + " |", "| " + " | ".join(align) + " |"]
+    for row in results.rows:
+        cells = _cells(results, row)
+        if row.best:
+            cells = [f"**{c}**" if c and c != MISSING else c for c in cells]
+        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
+    lines += ["", f"<sub>{title(results)}. {_md(legend(results))}.</sub>"]
+    return "\n".join(lines) + "\n"
+
+
+CSV_FIXED = ["index", "name", "run_id", "role", "label"]
+
+
+def csv_text(results: Results) -> str:
+    """One header line, one line per run; axis values get a column each; numbers at full precision."""
+    axes = results.axis_names
+    columns = (CSV_FIXED + [f"axis:{a}" for a in axes] + ["seed", "phase", "reason", "restarts", "step", "total_steps",
+               "window"] + [short_metric(m) for m in TABLE_METRICS]
+               + ["tokens_per_sec", "wall_time_sec", "chip_hours", "delta_kl_div_T1", "delta_kl_div_T1_relative",
+                  "baseline_run_id", "best", "output_path"])  # fmt: skip
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in results.rows:
+        writer.writerow(
+            [row.index, row.name, row.run_id, row.role, row.label]
+            + [_csv(row.axis_values[a]) if a in row.axis_values else "" for a in axes]
+            + [row.seed, row.status.phase, row.status.reason, row.status.restarts, _csv(row.step), _csv(row.total_steps),
+               results.aggregation.window] + [_csv(row.metrics.get(m)) for m in TABLE_METRICS]
+            + [_csv(row.tokens_per_sec), _csv(row.wall_time_sec), _csv(row.chip_hours), _csv(row.delta_kl),
+               _csv(row.delta_kl_relative), row.baseline_run_id or "", "true" if row.best else "false", row.output_path]
+        )  # fmt: skip
+    return buffer.getvalue()
+
+
+def _csv(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _json_number(value: float | None) -> float | str | None:
+    """JSON has no inf/nan: those become strings so nothing is silently dropped."""
+    if value is None or math.isfinite(value):
+        return value
+    return str(value)
+
+
+def to_json(results: Results) -> dict[str, Any]:
+    best = results.best
+    return {
+        "sweep": results.sweep,
+        "target": {"kind": results.target_kind, "tpu_type": results.tpu_type, "chips": results.chips},
+        "aggregation": results.aggregation.to_json(),
+        "metrics": list(TABLE_METRICS),
+        "best": best.run_id if best else None,
+        "baselines": [b.run_id for b in results.baselines],
+        "runs": [
+            {
+                "index": row.index, "name": row.name, "run_id": row.run_id, "role": row.role, "label": row.label,
+                "axis_values": dict(row.axis_values), "seed": row.seed,
+                "status": {"phase": row.status.phase, "reason": row.status.reason, "message": row.status.message,
+                           "shown": row.status.shown},
+                "restarts": row.status.restarts, "step": row.step, "total_steps": row.total_steps,
+                "metrics": {m: _json_number(row.metrics.get(m)) for m in TABLE_METRICS},
+                "tokens_per_sec": _json_number(row.tokens_per_sec), "wall_time_sec": row.wall_time_sec,
+                "chip_hours": _json_number(row.chip_hours), "baseline_run_id": row.baseline_run_id,
+                "delta_kl_div_T1": _json_number(row.delta_kl),
+                "delta_kl_div_T1_relative": _json_number(row.delta_kl_relative), "best": row.best,
+                "output_path": row.output_path,
+            }  # fmt: skip
+            for row in results.rows
+        ],
+    }

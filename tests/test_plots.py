@@ -1,0 +1,99 @@
+"""`distillctl results --plot`: the PNGs are written, non-empty and of the intended size; curves are built from the
+logs (schedules from the spec when not logged); coinciding curves are striped, not hidden."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator import plots, results
+from orchestrator.cli import app
+from orchestrator.exit_codes import ExitCode
+from orchestrator.run_outputs import read_run_outputs
+from results_support import STEPS, expanded, finish_all, png_size, write_outputs, write_sweep
+
+runner = CliRunner()
+
+
+def build(result):
+    outputs = {run.run_id: read_run_outputs(run.output_path) for run in result.runs}
+    statuses = results.statuses_from_outputs(result.runs, outputs, now=2e9)
+    table = results.build(result, outputs, statuses)
+    return table, {k: v.log for k, v in outputs.items()}, {r.run_id: r.spec for r in result.runs}
+
+
+def test_plots_are_written_non_empty_with_their_sizes(tmp_path):
+    result = expanded(write_sweep(tmp_path))
+    finish_all(result)
+    out = runner.invoke(app, ["results", str(tmp_path / "sweep.yaml"), "--plot", str(tmp_path / "plots")])
+    assert out.exit_code == ExitCode.OK, out.output
+    written = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert written == ["hard_loss.png", "kl_div_T1.png", "schedules.png"]
+    for name in written:
+        path = tmp_path / "plots" / name
+        assert path.stat().st_size > 20_000, f"{name} looks empty"  # a blank 1500×1000 PNG is ~5 kB
+        assert f"wrote {path}" in out.stderr
+    assert png_size(tmp_path / "plots" / "kl_div_T1.png") == (1950, 1020)  # 13 × 6.8 in at 150 dpi
+    assert png_size(tmp_path / "plots" / "hard_loss.png") == (1950, 1020)
+    assert png_size(tmp_path / "plots" / "schedules.png") == (2100, 930)  # 14 × 6.2 in
+
+
+def test_metric_curves_have_one_labelled_line_per_point(tmp_path):
+    result = expanded(write_sweep(tmp_path))
+    finish_all(result)
+    table, logs, _ = build(result)
+    curves = plots.metric_curves(table, logs, results.KL_T1)
+    assert len(curves) == 5  # the points and the baseline; the prerequisite teacher has no KL
+    assert curves[0].label == "0: alpha.end=0.3, beta.start=1.0, beta.end=0.1"
+    assert curves[3].label.startswith("★ 3: ") and curves[4].label == "4b: baseline (alpha=0.0, beta=0.0)"
+    assert curves[4].role == "baseline" and plots._styles(curves)[curves[4].key]["color"] == "black"
+    assert curves[0].steps == (10, 20, 30, 40) and curves[0].values[0] > curves[0].values[-1]
+    reference = plots.reference_curve(table, logs)
+    assert reference is not None and reference.values == pytest.approx([2.3] * 4)
+
+
+def test_schedules_come_from_the_logs_or_else_the_spec(tmp_path):
+    result = expanded(write_sweep(tmp_path))
+    finish_all(result)
+    unlogged = result.points[0]
+    path = tmp_path / "runs" / unlogged.run_id / "metrics.jsonl"
+    path.write_text("")  # nothing logged yet: α, β, T are computed from the spec
+    table, logs, specs = build(result)
+    curves = plots.schedule_curves(table, logs, specs)
+    alpha = {c.key: c for c in curves["alpha"]}
+    computed = alpha[unlogged.run_id]
+    assert computed.steps[0] == 0 and computed.steps[-1] == STEPS
+    assert computed.values[0] == pytest.approx(0.9) and computed.values[-1] == pytest.approx(0.3)  # cosine 0.9 → 0.3
+    logged = alpha[result.points[1].run_id]
+    assert logged.steps == (10, 20, 30, 40) and logged.values[-1] == pytest.approx(0.3)
+    baseline = alpha[result.points[-1].run_id]
+    assert set(baseline.values) == {0.0}
+
+
+def test_coinciding_curves_are_grouped_to_be_striped(tmp_path):
+    result = expanded(write_sweep(tmp_path))
+    finish_all(result)
+    table, logs, specs = build(result)
+    curves = plots.schedule_curves(table, logs, specs)
+    groups = [[c.label.split(":")[0] for c in g] for g in plots.coinciding(curves["alpha"])]
+    assert groups == [["0", "1"], ["2", "★ 3"], ["4b"]]  # points sharing an α end share one striped line
+    assert len(plots.coinciding(curves["temperature"])) == 1  # every point has the same T schedule
+
+
+def test_plots_of_a_sweep_that_has_not_started(tmp_path):
+    result = expanded(write_sweep(tmp_path))
+    table, logs, specs = build(result)
+    written = plots.write_plots(table, logs, specs, tmp_path / "empty")
+    assert [p.name for p in written] == ["kl_div_T1.png", "hard_loss.png", "schedules.png"]
+    assert all(p.stat().st_size > 5_000 for p in written)  # the axes, and "no point has logged this metric yet"
+
+
+def test_unwritable_plot_folder_is_a_usage_error(tmp_path):
+    result = expanded(write_sweep(tmp_path))
+    write_outputs(result.points[0])
+    blocker = tmp_path / "file"
+    blocker.write_text(json.dumps({}))
+    out = runner.invoke(app, ["results", str(tmp_path / "sweep.yaml"), "--plot", str(blocker / "plots")])
+    assert out.exit_code == ExitCode.USAGE and "cannot write plots" in out.stderr

@@ -1,0 +1,284 @@
+"""`distillctl regress` and `golden update` as CI runs them: exit codes 0-4, JUnit content, the markdown summary, and
+the golden-file round trip."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from orchestrator import golden as golden_file, results_commands
+from orchestrator.cli import app
+from orchestrator.exit_codes import ExitCode
+from orchestrator.run_status import RunStatus
+from results_support import expanded, finish_all, write_outputs, write_sweep
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """A finished quickstart-shaped sweep and its golden file, written by `golden update`."""
+    path = write_sweep(tmp_path)
+    result = expanded(path)
+    finish_all(result)
+    golden = tmp_path / "golden.yaml"
+    out = invoke("golden", "update", path, "-o", golden)
+    assert out.exit_code == ExitCode.OK, out.output
+    return path, golden, result
+
+
+def junit(path):
+    root = ET.parse(path).getroot()
+    suite = root.find("testsuite")
+    return suite, suite.findall("testcase")
+
+
+def doctor(golden, run_id: str, metric: str, factor: float) -> None:
+    data = yaml.safe_load(golden.read_text())
+    point = next(p for p in data["points"] if p["run_id"] == run_id)
+    point["checks"][metric]["value"] *= factor
+    golden.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def test_golden_update_writes_approx_checks_for_every_run(sweep):
+    _, golden, result = sweep
+    text = golden.read_text()
+    assert text.startswith("# Golden values of sweep 'quickstart'")
+    data, problems = golden_file.read_golden(golden)
+    assert problems == [] and data.sweep == "quickstart" and data.window == 5
+    assert [p.run_id for p in data.points] == [r.run_id for r in result.runs]
+    teacher, point = data.points[0], data.points[1]
+    assert list(teacher.checks) == ["distill/hard_loss"]  # a pre-trained teacher logs no KL or agreement
+    assert set(point.checks) == set(golden_file.DEFAULT_METRICS)
+    check = point.checks["distill/kl_div_T1"]
+    assert isinstance(check, golden_file.Approx) and check.rtol == golden_file.DEFAULT_RTOL
+    assert "distill/kl_div_T1: {check: approx, value: " in text  # one line per check
+
+
+def test_regress_passes_on_the_same_outputs(sweep, tmp_path):
+    path, golden, result = sweep
+    out = invoke("regress", path, "--golden", golden, "--junit", tmp_path / "ci" / "junit.xml",
+                 "--summary", tmp_path / "ci" / "summary.md")  # fmt: skip
+    assert out.exit_code == ExitCode.OK, out.output
+    assert out.stdout.startswith("### ✅ distillctl regress `quickstart`: passed (exit 0)")
+    assert (tmp_path / "ci" / "summary.md").read_text() == out.stdout
+    suite, cases = junit(tmp_path / "ci" / "junit.xml")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("16", "0", "0")
+    assert len(cases) == 16 and all(c.find("failure") is None and c.find("error") is None for c in cases)
+    assert cases[1].get("classname") == f"quickstart.{result.points[0].run_id}"
+    assert cases[1].get("name") == "point 0 (loss.alpha.end=0.3, loss.beta.start=1.0, loss.beta.end=0.1): distill/kl_div_T1"
+
+
+def test_a_doctored_golden_value_is_a_metric_regression(sweep, tmp_path):
+    path, golden, result = sweep
+    best = result.points[3]
+    doctor(golden, best.run_id, "distill/kl_div_T1", 0.5)
+    out = invoke("regress", path, "--golden", golden, "--junit", tmp_path / "junit.xml")
+    assert out.exit_code == ExitCode.FAILED
+    assert "❌ distillctl regress `quickstart`: regressed (exit 1)" in out.stdout
+    assert "15 passed, 1 regressed, 0 infrastructure problem(s)" in out.stdout
+    suite, cases = junit(tmp_path / "junit.xml")
+    assert (suite.get("failures"), suite.get("errors")) == ("1", "0")
+    failed = [c for c in cases if c.find("failure") is not None]
+    assert len(failed) == 1 and failed[0].get("classname") == f"quickstart.{best.run_id}"
+    failure = failed[0].find("failure")
+    assert failure.get("type") == "MetricRegression" and "distill/kl_div_T1 = " in failure.get("message")
+    assert "expected ≈ " in failure.text
+
+
+def test_a_failed_point_is_an_infrastructure_failure(sweep, tmp_path):
+    path, golden, result = sweep
+    write_outputs(result.points[1], status="failed", steps=10)
+    out = invoke("regress", path, "--golden", golden, "--junit", tmp_path / "junit.xml")
+    assert out.exit_code == ExitCode.USAGE == 2
+    assert "infrastructure failure (exit 2)" in out.stdout and "Failed (TrainerExit)" in out.stdout
+    suite, cases = junit(tmp_path / "junit.xml")
+    errors = [c.find("error") for c in cases if c.find("error") is not None]
+    assert suite.get("errors") == "1" and errors[0].get("type") == "InfrastructureFailure"
+    assert "the point is Failed (TrainerExit)" in errors[0].get("message")
+
+
+def test_a_point_that_never_ran_is_an_infrastructure_failure(sweep):
+    path, golden, result = sweep
+    run_dir = result.points[2].output_path
+    import shutil
+
+    shutil.rmtree(run_dir)
+    out = invoke("regress", path, "--golden", golden)
+    assert out.exit_code == 2 and "Pending (NotCreated)" in out.stdout
+
+
+def test_infrastructure_beats_regression(sweep):
+    path, golden, result = sweep
+    doctor(golden, result.points[0].run_id, "distill/hard_loss", 3.0)
+    write_outputs(result.points[1], status="diverged", steps=10)
+    out = invoke("regress", path, "--golden", golden)
+    assert out.exit_code == 2 and "1 regressed, 1 infrastructure problem(s)" in out.stdout
+
+
+@pytest.mark.parametrize("content, code", [
+    ("sweep: quickstart\npoints: [{run_id: x, checks: {distill/kl_div_T1: {check: nearly, value: 1}}}]\n",
+     "union_tag_invalid"),
+    ("sweep: quickstart\npoints: [{run_id: x, checks: {distill/kl_div_T1: {check: approx}}}]\n", "missing"),
+    ("sweep: quickstart\npoints: [{run_id: x, checks: {distill/kl_div_T1: {check: approx, value: 1, rtol: -1}}}]\n",
+     "greater_than_equal"),
+    ("sweep: [unclosed\n", "yaml_syntax"),
+    ("", "empty_file"),
+])  # fmt: skip
+def test_an_invalid_golden_file_exits_4(sweep, tmp_path, content, code):
+    path, _, _ = sweep
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(content)
+    out = invoke("regress", path, "--golden", bad)
+    assert out.exit_code == ExitCode.INVALID_SPEC == 4
+    assert f"[{code}]" in out.stderr and str(bad) in out.stderr
+
+
+def test_a_golden_file_that_does_not_match_the_sweep_exits_4(sweep, tmp_path):
+    path, golden, _ = sweep
+    data = yaml.safe_load(golden.read_text())
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**data, "sweep": "another"}))
+    out = invoke("regress", path, "--golden", other)
+    assert out.exit_code == 4 and "golden_sweep_mismatch" in out.stderr
+    data["points"][1]["run_id"] = "zzzzzzzzzz"
+    stale = tmp_path / "stale.yaml"
+    stale.write_text(yaml.safe_dump(data))
+    out = invoke("regress", path, "--golden", stale)
+    assert out.exit_code == 4 and "golden_point_not_in_sweep" in out.stderr and "golden update" in out.stderr
+
+
+def test_a_missing_or_invalid_sweep_or_golden_exits_4_not_2(sweep, tmp_path):
+    path, golden, _ = sweep
+    assert invoke("regress", tmp_path / "nope.yaml", "--golden", golden).exit_code == 4
+    assert invoke("regress", path, "--golden", tmp_path / "nope.yaml").exit_code == 4
+    bad = tmp_path / "bad-sweep.yaml"
+    bad.write_text("name: quickstart\nspec: {student: {model: nope}}\n")
+    assert invoke("regress", bad, "--golden", golden).exit_code == 4
+
+
+def test_runs_without_golden_values_are_reported_as_skipped(sweep, tmp_path):
+    path, golden, result = sweep
+    data = yaml.safe_load(golden.read_text())
+    data["points"] = data["points"][1:]  # no checks for the teacher
+    golden.write_text(yaml.safe_dump(data))
+    out = invoke("regress", path, "--golden", golden, "--junit", tmp_path / "junit.xml")
+    assert out.exit_code == 0 and "Not checked (no golden values): prerequisite 'teacher'." in out.stdout
+    suite, cases = junit(tmp_path / "junit.xml")
+    assert suite.get("skipped") == "1" and cases[-1].find("skipped") is not None
+
+
+def test_waiting_that_times_out_exits_3_and_still_reports(sweep, tmp_path):
+    path, golden, result = sweep
+    write_outputs(result.points[0], status=None, steps=20)  # still running (from its outputs: not terminal)
+    out = invoke("regress", path, "--golden", golden, "--wait", "--timeout", "0", "--poll", "0.1",
+                 "--junit", tmp_path / "junit.xml")  # fmt: skip
+    assert out.exit_code == ExitCode.TIMEOUT == 3
+    assert "timed out (exit 3)" in out.stdout and "still Pending (NotCreated) when the wait timed out" in out.stdout
+    suite, _ = junit(tmp_path / "junit.xml")
+    assert suite.get("errors") == "1"
+
+
+def test_waiting_polls_the_status_function_until_every_run_is_terminal(sweep):
+    """The launcher plugs its backend's statuses in as `statuses=`: here one that says Running twice."""
+    _, golden, result = sweep
+    expected, _ = golden_file.read_golden(golden)
+    calls, sleeps, now = [], [], [0.0]
+
+    def statuses(expansion, outputs):
+        calls.append(1)
+        real = results_commands.observe_statuses(expansion, outputs)
+        if len(calls) <= 2:
+            return {**real, result.points[0].run_id: RunStatus("Running")}
+        return real
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    report = results_commands.check_sweep(result, expected, statuses=statuses, wait=True, timeout=100, poll=30,
+                                          clock=lambda: now[0], sleep=sleep)  # fmt: skip
+    assert report.exit_code == ExitCode.OK and len(calls) == 3 and sleeps == [30, 30]
+    calls.clear(), sleeps.clear()
+    now[0] = 0.0
+    report = results_commands.check_sweep(result, expected, statuses=lambda e, o: {
+        **results_commands.observe_statuses(e, o), result.points[0].run_id: RunStatus("Running")},
+        wait=True, timeout=50, poll=30, clock=lambda: now[0], sleep=sleep)  # fmt: skip
+    assert report.exit_code == ExitCode.TIMEOUT and sleeps == [30, 20]
+    assert any("still Running when the wait timed out" in o.message for o in report.outcomes)
+
+
+def test_golden_update_refuses_an_unfinished_sweep(tmp_path):
+    path = write_sweep(tmp_path)
+    result = expanded(path)
+    finish_all(result)
+    write_outputs(result.points[2], status=None, steps=20)
+    out = invoke("golden", "update", path, "-o", tmp_path / "golden.yaml")
+    assert out.exit_code == ExitCode.USAGE
+    assert "1 of 6 run(s) have not succeeded" in out.stderr and "point 2" in out.stderr
+    assert not (tmp_path / "golden.yaml").exists()
+
+
+def test_golden_update_bands_from_repeated_seeds(tmp_path):
+    path = write_sweep(tmp_path, seeds=[0, 1])
+    result = expanded(path)
+    finish_all(result)
+    golden = tmp_path / "golden.yaml"
+    out = invoke("golden", "update", path, "-o", golden, "--metric", "distill/kl_div_T1", "--rtol", "0.05")
+    assert out.exit_code == ExitCode.OK, out.output
+    data, _ = golden_file.read_golden(golden)
+    by_id = {p.run_id: p for p in data.points}
+    for run in result.points:
+        check = by_id[run.run_id].checks["distill/kl_div_T1"]
+        assert isinstance(check, golden_file.Band)
+        twin = next(r for r in result.points
+                    if r is not run and dict(r.axis_values, seed=0) == dict(run.axis_values, seed=0))  # fmt: skip
+        assert by_id[twin.run_id].checks["distill/kl_div_T1"] == check  # the two seeds of a point share one band
+    teacher = by_id[result.prerequisites[0].run_id]
+    assert teacher.checks == {}  # one teacher run (prerequisites are not seeded), and it logs no KL
+    assert invoke("regress", path, "--golden", golden).exit_code == ExitCode.OK
+
+
+def test_the_committed_quickstart_golden_file_matches_the_sweep():
+    """A change to the quickstart sweep or its specs gives new run ids: the golden file must be written again
+    (`distillctl golden update sweeps/quickstart.yaml -o sweeps/quickstart.golden.yaml` after `make demo`)."""
+    from results_support import SWEEPS
+
+    golden, problems = golden_file.read_golden(SWEEPS / "quickstart.golden.yaml")
+    assert problems == [] and golden is not None
+    result = expanded(SWEEPS / "quickstart.yaml")
+    matched, problems = golden_file.match_sweep(golden, result.sweep.name, results_commands.point_keys(result))
+    assert problems == [] and golden.match == "run_id" and matched == golden
+    assert [p.run_id for p in golden.points] == [r.run_id for r in result.runs]
+
+
+def test_match_by_axis_values_survives_new_run_ids(sweep, tmp_path):
+    """A cluster CI job builds an image per commit: the image is part of every run id, so a golden file matched
+    by run id would never match again; `--match axis_values` matches by role and axis values instead."""
+    path, _, result = sweep
+    by_values = tmp_path / "by-values.yaml"
+    out = invoke("golden", "update", path, "-o", by_values, "--match", "axis_values")
+    assert out.exit_code == 0
+    data, _ = golden_file.read_golden(by_values)
+    assert data.match == "axis_values" and data.points[1].axis_values == dict(result.points[0].axis_values)
+    assert data.points[5].role == "baseline" and data.points[0].prerequisite == "teacher"
+    # The same sweep with one more environment variable (as a new image would): every run id changes.
+    moved = write_sweep(tmp_path, name="moved.yaml", output_base=str(tmp_path / "moved-runs"),
+                        target={"kind": "local", "output_base": str(tmp_path / "moved-runs"), "env": {"IMAGE": "sha-2"}})  # fmt: skip
+    moved_result = expanded(moved)
+    assert not {r.run_id for r in moved_result.runs} & {r.run_id for r in result.runs}
+    finish_all(moved_result)
+    assert invoke("regress", moved, "--golden", by_values).exit_code == ExitCode.OK
+    strict = invoke("regress", moved, "--golden", tmp_path / "golden.yaml")
+    assert strict.exit_code == 4 and strict.stderr.count("golden_point_not_in_sweep") == 6
+    doctor(by_values, data.points[4].run_id, "distill/kl_div_T1", 0.5)  # still checked: against the new run
+    assert invoke("regress", moved, "--golden", by_values).exit_code == ExitCode.FAILED

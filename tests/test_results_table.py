@@ -1,0 +1,217 @@
+"""`distillctl results`: the table's rows, aggregation, best point, Δ vs baseline, partial outputs, every format."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator import results, results_format
+from orchestrator.cli import app
+from orchestrator.exit_codes import ExitCode
+from orchestrator.run_outputs import read_run_outputs
+from results_support import (
+    LOG_EVERY, START_TIME, STEPS, SWEEPS, TOKENS_PER_STEP, expanded, final_kl, finish_all, write_outputs, write_sweep,
+)  # fmt: skip
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def table(result, window=results.DEFAULT_WINDOW) -> results.Results:
+    outputs = {run.run_id: read_run_outputs(run.output_path) for run in result.runs}
+    statuses = results.statuses_from_outputs(result.runs, outputs, now=2e9)
+    return results.build(result, outputs, statuses, window=window)
+
+
+@pytest.fixture
+def finished(tmp_path):
+    result = expanded(write_sweep(tmp_path))
+    finish_all(result)
+    return result
+
+
+def test_one_row_per_run_with_status_steps_metrics_and_roles(finished):
+    t = table(finished)
+    assert [r.role for r in t.rows] == ["prerequisite", "point", "point", "point", "point", "baseline"]
+    assert [r.name for r in t.rows] == ["teacher", "0", "1", "2", "3", "4b"]
+    assert t.rows[0].label == f"spec {SWEEPS / 'tiny-teacher.yaml'}"
+    assert t.rows[1].label == "alpha.end=0.3, beta.start=1.0, beta.end=0.1"  # the shared `loss.` prefix dropped
+    assert t.rows[5].label == "alpha=0.0, beta=0.0"
+    for row in t.rows:
+        assert row.status.phase == "Succeeded" and row.status.restarts == 0
+        assert (row.step, row.total_steps) == (STEPS, STEPS)
+        assert row.wall_time_sec == 90.0 and row.chip_hours is None  # local target: wall time, no chips
+        assert row.tokens_per_sec == pytest.approx(TOKENS_PER_STEP)  # Δtokens/Δtime: 512 tokens per second
+    point = t.rows[1]
+    # The last 4 records of a synthetic run (window 5 > records: every record), token-weighted.
+    assert point.metrics[results.KL_T1] == pytest.approx(final_kl(finished.points[0]) + 2.5 * sum(
+        math.exp(-6 * s / STEPS) for s in range(LOG_EVERY, STEPS + 1, LOG_EVERY)) / 4)  # fmt: skip
+    assert point.metrics[results.PERPLEXITY] == pytest.approx(math.exp(point.metrics[results.HARD_LOSS]))
+    assert t.rows[0].metrics[results.KL_T1] is None  # a pre-trained teacher logs no KL
+
+
+def test_window_aggregates_sum_count_pairs_not_a_mean_of_means(tmp_path):
+    result = expanded(write_sweep(tmp_path))
+    finish_all(result)
+    point = result.points[0]
+    # Rewrite the point's log: two records with very different token counts.
+    lines = [
+        {"step": 10, "time": 1.0, "tokens": 100, "metrics": {"distill/kl_div_T1": {"sum": 10.0, "count": 10.0, "value": 1.0}}},
+        {"step": 20, "time": 2.0, "tokens": 200, "metrics": {"distill/kl_div_T1": {"sum": 90.0, "count": 30.0, "value": 3.0}}},
+    ]  # fmt: skip
+    (tmp_path / "runs" / point.run_id / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    row = next(r for r in table(result, window=2).rows if r.run_id == point.run_id)
+    assert row.metrics[results.KL_T1] == pytest.approx(2.5)  # 100/40, not (1 + 3)/2
+    row = next(r for r in table(result, window=1).rows if r.run_id == point.run_id)
+    assert row.metrics[results.KL_T1] == pytest.approx(3.0)
+    assert results.Aggregation(0).header(results.KL_T1) == "kl_div_T1 (all)"
+    assert results.Aggregation(5).header(results.KL_T1) == "kl_div_T1 (last 5)"
+
+
+def test_best_point_and_delta_against_the_baseline(finished):
+    t = table(finished)
+    best = t.best
+    assert best is not None and best.label == "alpha.end=0.7, beta.start=0.0, beta.end=0.0"
+    assert sum(r.best for r in t.rows) == 1
+    baseline = t.rows[5]
+    assert baseline.delta_kl is None and not baseline.best  # the baseline is never "best"
+    for row in t.rows[1:5]:
+        assert row.baseline_run_id == baseline.run_id
+        assert row.delta_kl == pytest.approx(row.metrics[results.KL_T1] - baseline.metrics[results.KL_T1])
+        assert row.delta_kl < 0  # every distilled student beats the no-distillation baseline on kl_div_T1
+        assert row.delta_kl_relative == pytest.approx(row.delta_kl / baseline.metrics[results.KL_T1])
+
+
+def test_partial_outputs_of_running_and_missing_points(tmp_path):
+    result = expanded(write_sweep(tmp_path))
+    teacher, p0, p1, p2, p3, base = result.runs
+    write_outputs(teacher)
+    write_outputs(p0, status=None, steps=20, tail='{"step": 30, "time": 1800000030.0, "tok')  # running, cut off
+    write_outputs(p1, status="failed", steps=10)
+    write_outputs(p2, status="diverged", steps=30)
+    (tmp_path / "runs" / p3.run_id).mkdir(parents=True)
+    (tmp_path / "runs" / p3.run_id / "summary.json").write_text('{"status": "runn')  # half-written
+    t = table(result)  # base: never ran
+    rows = {r.run_id: r for r in t.rows}
+    assert rows[p0.run_id].step == 20 and rows[p0.run_id].total_steps == STEPS
+    assert rows[p0.run_id].status.phase == "Pending"  # from outputs alone, running looks like not started
+    assert rows[p0.run_id].metrics[results.KL_T1] is not None and rows[p0.run_id].wall_time_sec is None
+    assert rows[p1.run_id].status.shown == "Failed (TrainerExit)"
+    assert rows[p2.run_id].status.phase == "Diverged"
+    assert rows[p3.run_id].step is None and rows[p3.run_id].metrics[results.KL_T1] is None
+    assert rows[base.run_id].status.shown == "Pending (NotCreated)" and rows[base.run_id].step is None
+    assert t.best is None  # nothing finished: no best point, and no Δ without a baseline value
+    assert all(r.delta_kl is None for r in t.rows)
+    text = results_format.markdown(t)
+    assert "| 3 | alpha.end=0.7, beta.start=0.0, beta.end=0.0 |  | Pending (NotCreated) | 0 | 0/40 | — |" in text
+    assert "(none finished yet)" in results_format.legend(t)
+
+
+def test_text_table_names_the_aggregation_and_marks_the_best(finished, tmp_path):
+    result = invoke("results", str(tmp_path / "sweep.yaml"))
+    assert result.exit_code == ExitCode.OK, result.output
+    out = result.stdout
+    assert "quickstart: 6 run(s) on local" in out and "(last 5)" in out and "wall time" in out
+    assert "★ alpha.end=0.7, beta.start=0.0, beta.end=0.0" in out and "baseline" in out and "prerequisite" in out
+    assert "40/40" in out and "Succeeded" in out and "−" in out  # Δ printed with a real minus sign
+    assert result.stderr == ""
+
+
+def test_markdown_reads_as_a_pull_request_comment(finished, tmp_path):
+    result = invoke("results", str(tmp_path / "sweep.yaml"), "--format", "md", "--window", "2")
+    assert result.exit_code == ExitCode.OK
+    lines = result.stdout.splitlines()
+    assert lines[0] == "### distillctl results: `quickstart`"
+    assert lines[2].startswith("Best point: **alpha.end=0.7, beta.start=0.0, beta.end=0.0**")
+    header = next(line for line in lines if line.startswith("| # |"))
+    assert "kl_div_T1 (last 2)" in header and "Δkl_div_T1 vs baseline" in header
+    separator = lines[lines.index(header) + 1]
+    assert separator.count("|") == header.count("|") and "---:" in separator
+    best = next(line for line in lines if "★" in line)
+    assert best.startswith("| **3** | **★ alpha.end=0.7") and "| **** |" not in best
+    assert lines[-1].startswith("<sub>") and "last 2 log records" in lines[-1]
+
+
+def test_csv_is_machine_friendly(finished, tmp_path):
+    result = invoke("results", str(tmp_path / "sweep.yaml"), "--format", "csv", "--window", "0")
+    assert result.exit_code == ExitCode.OK
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(rows) == 6 and rows[0]["role"] == "prerequisite"
+    assert rows[1]["axis:loss.alpha.end"] == "0.3" and rows[5]["axis:loss.alpha"] == "0.0"
+    assert {r["window"] for r in rows} == {"0"}
+    assert float(rows[1]["kl_div_T1"]) > float(rows[4]["kl_div_T1"])  # full precision, parseable
+    assert rows[0]["kl_div_T1"] == "" and rows[4]["best"] == "true" and rows[1]["best"] == "false"
+    assert float(rows[1]["delta_kl_div_T1"]) < 0 and rows[1]["baseline_run_id"] == rows[5]["run_id"]
+
+
+def test_json_has_raw_numbers_and_the_aggregation(finished, tmp_path):
+    result = invoke("results", str(tmp_path / "sweep.yaml"), "--output", "json")
+    assert result.exit_code == ExitCode.OK
+    data = json.loads(result.stdout)
+    assert data["aggregation"]["window"] == 5 and "Σsum / Σcount" in data["aggregation"]["method"]
+    assert data["target"] == {"kind": "local", "tpu_type": None, "chips": None}
+    runs = {r["name"]: r for r in data["runs"]}
+    assert data["best"] == runs["3"]["run_id"] and data["baselines"] == [runs["4b"]["run_id"]]
+    kl = runs["3"]["metrics"]["distill/kl_div_T1"]
+    assert isinstance(kl, float) and kl == table(finished).best.metrics[results.KL_T1]  # not rounded
+    assert runs["3"]["status"] == {"phase": "Succeeded", "reason": "", "message": "", "shown": "Succeeded"}
+    assert runs["teacher"]["metrics"]["distill/kl_div_T1"] is None
+    assert runs["0"]["axis_values"] == {"loss.alpha.end": 0.3, "loss.beta.start": 1.0, "loss.beta.end": 0.1}
+
+
+def test_tpu_targets_show_chip_hours(tmp_path):
+    path = write_sweep(tmp_path, target={"kind": "kubernetes", "tpu_type": "v5p-8", "slices": 2, "image": "x/y:1",
+                                         "output_base": str(tmp_path / "runs")})  # fmt: skip
+    result = expanded(path)
+    finish_all(result)
+    t = table(result)
+    assert t.chips == 8 and t.tpu_type == "v5p-8"  # v5p-8: 4 chips per slice, 2 slices
+    assert t.rows[1].chip_hours == pytest.approx(90.0 * 8 / 3600)
+    assert "chip-h (8 chips)" in results_format.markdown(t)
+
+
+def test_seeded_points_compare_with_the_baseline_of_their_seed(tmp_path):
+    result = expanded(write_sweep(tmp_path, seeds=[0, 1]))
+    finish_all(result)
+    t = table(result)
+    baselines = {b.seed: b.run_id for b in t.baselines}
+    assert len(baselines) == 2
+    for row in t.rows:
+        if row.role == "point":
+            assert row.baseline_run_id == baselines[row.seed]
+            assert "seed=" in row.label
+
+
+def test_a_bad_sweep_is_reported_not_crashed(tmp_path):
+    missing = invoke("results", str(tmp_path / "nope.yaml"))
+    assert missing.exit_code == ExitCode.USAGE and "no such file" in missing.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: quickstart\nspec: {student: {model: nope}}\n")
+    invalid = invoke("results", str(bad))
+    assert invalid.exit_code == ExitCode.INVALID_SPEC and "unknown model" in invalid.stderr
+
+
+def test_statuses_from_outputs_alone(tmp_path):
+    result = expanded(write_sweep(tmp_path))
+    teacher, p0, p1, *_ = result.runs
+    write_outputs(teacher)
+    write_outputs(p0, status="running", steps=20)  # its last metrics line: START_TIME + 20
+    write_outputs(p1, status="preempted", steps=20)
+    outputs = {run.run_id: read_run_outputs(run.output_path) for run in result.runs}
+    fresh = results.statuses_from_outputs(result.runs, outputs, now=START_TIME + 60)
+    assert fresh[teacher.run_id].phase == "Succeeded" and fresh[p0.run_id].phase == "Running"
+    assert fresh[p0.run_id].step == 20 and fresh[p0.run_id].total_steps == STEPS
+    assert fresh[p1.run_id].phase in ("Failed", "Pending")  # preempted: resumes when submitted again
+    assert fresh[result.points[-1].run_id].shown == "Pending (NotCreated)"
+    stale = results.statuses_from_outputs(result.runs, outputs, now=START_TIME + 20 + results.STALL_AFTER_SECONDS + 1)
+    assert stale[p0.run_id].shown == "Stalled (NoNewMetrics)" and not stale[p0.run_id].terminal
