@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from orchestrator.backends import Backend
 from orchestrator.expansion import Expansion
@@ -28,16 +29,21 @@ def backend_for(target: Target, access: ClusterAccess) -> Backend:
     return KubernetesBackend(target, access)
 
 
+def derive_all(expansion: Expansion, observed: Mapping[str, Observation], outputs: Mapping[str, RunOutputs], *,
+               now: float, stall_after: float = DEFAULT_STALL_SECONDS) -> dict[str, RunStatus]:  # fmt: skip
+    """Each run's status from what the backend observed (absent: never created) and what it wrote."""
+    return {
+        run.run_id: derive(observed.get(run.run_id, Observation(exists=False)), outputs[run.run_id], now=now,
+                           stall_after=stall_after, total_steps=run.spec.steps)  # fmt: skip
+        for run in expansion.runs
+    }
+
+
 def sweep_status(
     expansion: Expansion, backend: Backend, *, stall_after: float = DEFAULT_STALL_SECONDS, now: float | None = None
 ) -> tuple[dict[str, RunStatus], dict[str, RunOutputs]]:
     """Each run's status and outputs, by run id (prerequisites included)."""
     observed = backend.observe(expansion)
-    now = time.time() if now is None else now
     outputs = {run.run_id: read_run_outputs(run.output_path) for run in expansion.runs}
-    statuses = {
-        run.run_id: derive(observed.get(run.run_id, Observation(exists=False)), outputs[run.run_id], now=now,
-                           stall_after=stall_after, total_steps=run.spec.steps)  # fmt: skip
-        for run in expansion.runs
-    }
-    return statuses, outputs
+    now = time.time() if now is None else now
+    return derive_all(expansion, observed, outputs, now=now, stall_after=stall_after), outputs

@@ -1,10 +1,10 @@
 """`distillctl results`, `regress` and `golden update`: each parses, reads the sweep's outputs, calls the core,
 prints, and exits.
 
-Run statuses come from one function, `observe_statuses`: today it sees only what the runs wrote (summary.json's
-verdict, the time of the last metrics line); the launcher replaces it with its backend's view (queued,
-restarting, lost processes, ...) without changing anything else here. `check_sweep` also takes the status
-function as a parameter.
+Run statuses come from one function, `backend_statuses`: the sweep's backend (the cluster's JobSets and Kueue
+workloads, or the local claim files) combined with what each run wrote. When the cluster cannot be reached the
+statuses fall back to the outputs alone, with a warning: results still read from storage. `check_sweep` also
+takes the status function as a parameter.
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ from orchestrator.run_outputs import RunOutputs, read_run_outputs
 from orchestrator.results import StatusFn
 from orchestrator.run_status import RunStatus
 from orchestrator.sweep_commands import SlicesOption, SweepArgument, TpuOption, YesOption, expand_sweep
+from orchestrator.following import backend_for, derive_all
+from orchestrator.kube_client import ClusterAccess, ClusterError
+from orchestrator.launch_commands import ContextOption, KubeconfigOption, NamespaceOption
 from orchestrator.waiting import poll_until
+from trainer.problems import Problem
 
 WindowOption = Annotated[int, typer.Option("--window", min=0, help="aggregate each metric over the last N log records "
                                            "(token-weighted, from the (sum, count) pairs); 0: every record")]  # fmt: skip
@@ -51,9 +55,25 @@ class ResultsFormat(str, Enum):
 # --- reading a sweep's state ------------------------------------------------------------------------------
 
 
-def observe_statuses(expansion: Expansion, outputs: Mapping[str, RunOutputs]) -> Mapping[str, RunStatus]:
-    """The status of every run of the sweep. The one place statuses come from (see the module docstring)."""
-    return results.outputs_only(expansion, outputs)
+def backend_statuses(access: ClusterAccess) -> StatusFn:
+    """The status of every run of the sweep, from its backend. The one place statuses come from."""
+
+    def statuses(expansion: Expansion, outputs: Mapping[str, RunOutputs]) -> Mapping[str, RunStatus]:
+        assert expansion.sweep is not None
+        try:
+            backend = backend_for(expansion.sweep.target, access)
+            try:
+                observed = backend.observe(expansion)
+            finally:
+                backend.close()
+        except ClusterError as e:
+            console.err.print(console.problem_line(Problem(
+                (), "statuses_from_outputs", f"{e.message}: statuses come from the runs' outputs only", e.hint,
+                severity="warning")))  # fmt: skip
+            return results.outputs_only(expansion, outputs)
+        return derive_all(expansion, observed, outputs, now=time.time())
+
+    return statuses
 
 
 def output_paths(expansion: Expansion, output_base: str | None) -> dict[str, str]:
@@ -70,10 +90,10 @@ def read_outputs(expansion: Expansion, output_base: str | None) -> dict[str, Run
 State = tuple[dict[str, RunOutputs], Mapping[str, RunStatus]]
 
 
-def observe(expansion: Expansion, output_base: str | None, statuses: StatusFn | None = None) -> State:
-    """What every run wrote, and its status (from `statuses`, default `observe_statuses`)."""
+def observe(expansion: Expansion, output_base: str | None, statuses: StatusFn) -> State:
+    """What every run wrote, and its status."""
     outputs = read_outputs(expansion, output_base)
-    return outputs, (statuses or observe_statuses)(expansion, outputs)
+    return outputs, statuses(expansion, outputs)
 
 
 # --- results ----------------------------------------------------------------------------------------------
@@ -91,6 +111,9 @@ def results_command(
     slices: SlicesOption = None,
     image: ImageOption = None,
     yes: YesOption = False,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
+    namespace: NamespaceOption = None,
 ) -> None:
     """Compare a sweep's runs: one row each, with status, metrics, cost and Δ vs the baseline.
 
@@ -99,7 +122,7 @@ def results_command(
     Outputs are read from local paths or gs:// URLs (gs:// needs the `gcs` extra).
     """
     expansion = expand_sweep(sweep, tpu_type=tpu_type, slices=slices, image=image, yes=yes)
-    outputs, statuses = observe(expansion, output_base)
+    outputs, statuses = observe(expansion, output_base, backend_statuses(ClusterAccess(kubeconfig, context, namespace)))
     table = results.build(expansion, outputs, statuses, window=window)
     if format is ResultsFormat.json:
         console.print_json(results_format.to_json(table))
@@ -156,11 +179,11 @@ def observed(expansion: Expansion, outputs: Mapping[str, RunOutputs], statuses: 
     return out
 
 
-def check_sweep(expansion: Expansion, expected: golden_file.GoldenFile, *, statuses: StatusFn | None = None,
+def check_sweep(expansion: Expansion, expected: golden_file.GoldenFile, *, statuses: StatusFn,
                 output_base: str | None = None, wait: bool = False, timeout: float = 3600.0, poll: float = 30.0,
                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                 on_wait: Callable[[State, float], None] | None = None) -> regression.RegressReport:  # fmt: skip
-    """Read the sweep's outputs and statuses (`statuses`, default `observe_statuses`), waiting with `wait` until
+    """Read the sweep's outputs and statuses (`statuses`: see `backend_statuses`), waiting with `wait` until
     every run is terminal or `timeout` seconds pass, and check them against `expected`."""
     def look() -> State:
         return observe(expansion, output_base, statuses)
@@ -205,6 +228,9 @@ def regress(
     slices: SlicesOption = None,
     image: ImageOption = None,
     yes: YesOption = False,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
+    namespace: NamespaceOption = None,
 ) -> None:
     """Gate CI on a sweep: check its runs against a golden file.
 
@@ -219,8 +245,8 @@ def regress(
         expected = load_golden(golden, expansion)
     except DistillctlError as e:
         raise _invalid(e) from None
-    report = check_sweep(expansion, expected, output_base=output_base, wait=wait, timeout=timeout, poll=poll,
-                         on_wait=_progress)  # fmt: skip
+    report = check_sweep(expansion, expected, statuses=backend_statuses(ClusterAccess(kubeconfig, context, namespace)),
+                         output_base=output_base, wait=wait, timeout=timeout, poll=poll, on_wait=_progress)  # fmt: skip
     text = regression.markdown(report)
     if junit is not None:
         _write(junit, regression.junit_xml(report))
@@ -267,6 +293,9 @@ def golden_update(
     slices: SlicesOption = None,
     image: ImageOption = None,
     yes: YesOption = False,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
+    namespace: NamespaceOption = None,
 ) -> None:
     """Write a golden file from a finished sweep.
 
@@ -276,7 +305,7 @@ def golden_update(
     """
     expansion = expand_sweep(sweep, tpu_type=tpu_type, slices=slices, image=image, yes=yes)
     assert expansion.sweep is not None
-    outputs, statuses = observe(expansion, output_base)
+    outputs, statuses = observe(expansion, output_base, backend_statuses(ClusterAccess(kubeconfig, context, namespace)))
     unfinished = [run for run in expansion.runs if statuses[run.run_id].phase != "Succeeded"]
     if unfinished:
         listed = "; ".join(f"{run.label}: {statuses[run.run_id].shown}" for run in unfinished[:5])

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from orchestrator.kube_client import ClusterAccess
 from orchestrator import golden as golden_file, results_commands
 from orchestrator.cli import app
 from orchestrator.exit_codes import ExitCode
@@ -196,7 +197,7 @@ def test_waiting_polls_the_status_function_until_every_run_is_terminal(sweep):
 
     def statuses(expansion, outputs):
         calls.append(1)
-        real = results_commands.observe_statuses(expansion, outputs)
+        real = results_commands.backend_statuses(ClusterAccess())(expansion, outputs)
         if len(calls) <= 2:
             return {**real, result.points[0].run_id: RunStatus("Running")}
         return real
@@ -211,7 +212,7 @@ def test_waiting_polls_the_status_function_until_every_run_is_terminal(sweep):
     calls.clear(), sleeps.clear()
     now[0] = 0.0
     report = results_commands.check_sweep(result, expected, statuses=lambda e, o: {
-        **results_commands.observe_statuses(e, o), result.points[0].run_id: RunStatus("Running")},
+        **results_commands.backend_statuses(ClusterAccess())(e, o), result.points[0].run_id: RunStatus("Running")},
         wait=True, timeout=50, poll=30, clock=lambda: now[0], sleep=sleep)  # fmt: skip
     assert report.exit_code == ExitCode.TIMEOUT and sleeps == [30, 20]
     assert any("still Running when the wait timed out" in o.message for o in report.outcomes)
