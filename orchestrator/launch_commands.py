@@ -34,6 +34,8 @@ KubeconfigOption = Annotated[Optional[str], typer.Option("--kubeconfig", help="k
 ContextOption = Annotated[Optional[str], typer.Option("--context", help="kubeconfig context (default: the current one)")]
 NamespaceOption = Annotated[Optional[str], typer.Option("--namespace", "-n", help="namespace (default: target.namespace)")]
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation; allow large grids")]
+ImageOption = Annotated[Optional[str], typer.Option("--image", help="override target.image (part of every run id: "
+                        "status, logs and cancel need the same value)")]  # fmt: skip
 StallOption = Annotated[float, typer.Option("--stall-after", help="seconds without new metrics before a running point shows as Stalled")]
 
 
@@ -46,8 +48,18 @@ def _access(kubeconfig: str | None, context: str | None, namespace: str | None) 
     return ClusterAccess(kubeconfig=kubeconfig, context=context, namespace=namespace)
 
 
-def _open(sweep: Path, access: ClusterAccess, yes: bool) -> tuple[Expansion, Backend]:
-    result = expand_sweep(sweep, tpu_type=None, slices=None, yes=yes)
+def parse_labels(items: list[str] | None) -> dict[str, str]:
+    labels = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--label {item!r} is not KEY=VALUE", "e.g. --label distillctl.dev/ci-key=pr12-3f2a9c")
+        labels[key] = value
+    return labels
+
+
+def _open(sweep: Path, access: ClusterAccess, yes: bool, **target_overrides) -> tuple[Expansion, Backend]:
+    result = expand_sweep(sweep, tpu_type=None, slices=None, yes=yes, **target_overrides)
     assert result.sweep is not None
     for problem in result.problems:
         console.err.print(console.problem_line(problem))
@@ -64,14 +76,23 @@ def sweep(
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="with --wait: give up after this many seconds (exit 3)")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="run failed and diverged points again (they resume)")] = False,
     stall_after: StallOption = DEFAULT_STALL_SECONDS,
+    image: ImageOption = None,
+    queue: Annotated[Optional[str], typer.Option("--queue", help="override target.queue (Kueue LocalQueue)")] = None,
+    priority: Annotated[Optional[str], typer.Option("--priority", help="override target.priority")] = None,
+    label: Annotated[Optional[list[str]], typer.Option("--label", help="KEY=VALUE: an extra label on every JobSet "
+                     "created (repeat), e.g. a CI key; not part of run ids")] = None,  # fmt: skip
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
     namespace: NamespaceOption = None,
     yes: YesOption = False,
 ) -> None:
-    """Create the sweep's runs that do not exist yet (prerequisites first); with --wait, follow them to the end."""
+    """Create the sweep's runs that do not exist yet (prerequisites first); with --wait, follow them to the end.
+
+    Running it again creates nothing new: runs are found by their ids, so a re-run, an interrupted run or two at
+    once still end with one run per point."""
     access = _access(kubeconfig, context, namespace)
-    expansion, backend = _open(sweep_file, access, yes)
+    expansion, backend = _open(sweep_file, access, yes, image=image, queue=queue, priority=priority,
+                               labels=parse_labels(label))  # fmt: skip
     try:
         backend.preflight(expansion)
         statuses, _ = sweep_status(expansion, backend, stall_after=stall_after)
@@ -242,12 +263,13 @@ def status(
     watch: Annotated[bool, typer.Option("--watch", "-w", help="refresh in place until interrupted")] = False,
     output: OutputOption = OutputFormat.text,
     stall_after: StallOption = DEFAULT_STALL_SECONDS,
+    image: ImageOption = None,
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
     namespace: NamespaceOption = None,
 ) -> None:
     """One row per run: phase, restarts, step, latest kl_div_T1 and age."""
-    expansion, backend = _open(sweep_file, _access(kubeconfig, context, namespace), yes=True)
+    expansion, backend = _open(sweep_file, _access(kubeconfig, context, namespace), yes=True, image=image)
     try:
         if output is OutputFormat.json:
             statuses, _ = sweep_status(expansion, backend, stall_after=stall_after)
@@ -287,12 +309,13 @@ def logs(
     all_: Annotated[bool, typer.Option("--all", help="every worker of every slice, prefixed [slice/worker]")] = False,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
     tail: Annotated[Optional[int], typer.Option("--tail", min=1, help="only the last N lines")] = None,
+    image: ImageOption = None,
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
     namespace: NamespaceOption = None,
 ) -> None:
     """Print a run's trainer log (slice 0, worker 0 by default)."""
-    expansion, backend = _open(sweep_file, _access(kubeconfig, context, namespace), yes=True)
+    expansion, backend = _open(sweep_file, _access(kubeconfig, context, namespace), yes=True, image=image)
     try:
         target = find_run(expansion, run)
         request = LogRequest(slice=slice_, worker=worker, all=all_, follow=follow, tail=tail)
@@ -307,12 +330,13 @@ def cancel(
     sweep_file: SweepArgument,
     runs: Annotated[Optional[list[str]], typer.Argument(help="runs to cancel (default: every run of the sweep)")] = None,
     yes: YesOption = False,
+    image: ImageOption = None,
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
     namespace: NamespaceOption = None,
 ) -> None:
     """Stop and delete this sweep's runs (never another sweep's); finished outputs and checkpoints stay."""
-    expansion, backend = _open(sweep_file, _access(kubeconfig, context, namespace), yes=True)
+    expansion, backend = _open(sweep_file, _access(kubeconfig, context, namespace), yes=True, image=image)
     try:
         chosen = [find_run(expansion, key) for key in runs] if runs else list(expansion.runs)
         existing = backend.observe(expansion)

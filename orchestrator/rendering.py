@@ -105,6 +105,7 @@ def jobset_view(point: Point, target: Target) -> dict[str, Any]:
         raise RenderError("rendering needs target.tpu_type and target.image")
     shape = tpu.lookup(target.tpu_type)
     labels = {
+        **target.labels,  # the sweep check rejects any of distillctl's own keys here
         LABEL_SWEEP: point.sweep,
         LABEL_RUN_ID: point.run_id,
         LABEL_SPEC_HASH: point.spec_hash,

@@ -35,8 +35,9 @@ class RenderAs(str, Enum):
     xpk = "xpk"
 
 
-def expand_sweep(path: Path, *, tpu_type: str | None, slices: int | None, yes: bool,
-                 image: str | None = None) -> expansion.Expansion:  # fmt: skip
+def expand_sweep(path: Path, *, tpu_type: str | None, slices: int | None, yes: bool, image: str | None = None,
+                 queue: str | None = None, priority: str | None = None,
+                 labels: dict[str, str] | None = None) -> expansion.Expansion:  # fmt: skip
     """Load and expand a sweep (with target overrides), or raise the error that explains why not."""
     if tpu_type is not None:
         try:
@@ -46,7 +47,10 @@ def expand_sweep(path: Path, *, tpu_type: str | None, slices: int | None, yes: b
     source = load_sweep(path)
     _raise_for(source.problems, path)
     assert source.sweep is not None
-    changes = {k: v for k, v in (("tpu_type", tpu_type), ("slices", slices), ("image", image)) if v is not None}
+    overrides = (("tpu_type", tpu_type), ("slices", slices), ("image", image), ("queue", queue), ("priority", priority))
+    changes = {k: v for k, v in overrides if v is not None}
+    if labels:
+        changes["labels"] = {**source.sweep.target.labels, **labels}
     if changes:
         if source.sweep.target.kind == "local" and tpu_type is not None:
             changes["kind"] = "kubernetes"  # a TPU type means a cluster run

@@ -48,8 +48,18 @@ DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+# Labels distillctl sets itself (the launcher finds runs by them); a sweep cannot set them.
+RESERVED_LABELS = ("distillctl.dev/sweep", "distillctl.dev/run-id", "distillctl.dev/spec-hash", "distillctl.dev/role",
+                   "kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class", "xpk.google.com/workload")  # fmt: skip
 PLACEHOLDER = re.compile(r"\$\{prerequisites\.([^.}]*)\.output\}")
-ANY_PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
+ANY_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+# Labels distillctl sets itself (the launcher finds runs by them); a sweep cannot set them.
+RESERVED_LABELS = ("distillctl.dev/sweep", "distillctl.dev/run-id", "distillctl.dev/spec-hash", "distillctl.dev/role",
+                   "kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class", "xpk.google.com/workload")  # fmt: skip
+PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 
 # Variables distillctl sets in the container itself; a sweep cannot set them.
 RESERVED_ENV = ("DISTILLCTL_SPEC", "DISTILLCTL_RUN_ID")
@@ -120,6 +130,7 @@ class Target(_Block):
     project: str | None = None  # xpk
     zone: str | None = None  # xpk
     parallelism: PositiveInt | None = None  # local: concurrent runs (default: the machine's cores)
+    labels: dict[str, str] = {}  # extra JobSet labels (a CI key, a team): bookkeeping, not part of run ids
 
     @property
     def on_cluster(self) -> bool:
@@ -530,6 +541,15 @@ def _target(sweep: Sweep) -> list[Problem]:
         if value is not None and (not DNS_1123_SUBDOMAIN.match(value) or len(value) > 63):
             out.append(Problem(("target", field), "bad_k8s_name", f"target.{field} {value!r} is not a Kubernetes name",
                                "lower-case letters, digits and '-', at most 63 characters"))  # fmt: skip
+    for key, value in t.labels.items():
+        if not _label_key_ok(key) or key in RESERVED_LABELS:
+            why = "is set by distillctl" if key in RESERVED_LABELS else "is not a Kubernetes label key"
+            out.append(Problem(("target", "labels", key), "bad_label", f"label {key!r} {why}",
+                               "use [prefix/]name: a DNS prefix and a name of letters, digits, '-', '_', '.'"))  # fmt: skip
+        if not LABEL_VALUE.match(value):
+            out.append(Problem(("target", "labels", key), "bad_label", f"label value {value!r} is not a Kubernetes "
+                               "label value", "at most 63 letters, digits, '-', '_', '.', starting and ending "
+                               "alphanumeric"))  # fmt: skip
     if len(set(t.restartable_exit_codes)) != len(t.restartable_exit_codes):
         out.append(Problem(("target", "restartable_exit_codes"), "duplicate_axis_value",
                            "restartable_exit_codes lists a code more than once", "list each code once"))  # fmt: skip
@@ -543,6 +563,11 @@ def _target(sweep: Sweep) -> list[Problem]:
                                f"the trainer exits {code} for " + ("a user error" if code == 1 else "a diverged run")
                                + ", which a restart does not fix", "remove it", severity="warning"))  # fmt: skip
     return out
+
+
+def _label_key_ok(key: str) -> bool:
+    prefix, _, name = key.rpartition("/")
+    return bool(LABEL_NAME.match(name)) and (not prefix or (len(prefix) <= 253 and bool(DNS_1123_SUBDOMAIN.match(prefix))))
 
 
 def _is_remote(path: str) -> bool:
