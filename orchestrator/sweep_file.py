@@ -54,12 +54,7 @@ LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 RESERVED_LABELS = ("distillctl.dev/sweep", "distillctl.dev/run-id", "distillctl.dev/spec-hash", "distillctl.dev/role",
                    "kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class", "xpk.google.com/workload")  # fmt: skip
 PLACEHOLDER = re.compile(r"\$\{prerequisites\.([^.}]*)\.output\}")
-ANY_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-# Labels distillctl sets itself (the launcher finds runs by them); a sweep cannot set them.
-RESERVED_LABELS = ("distillctl.dev/sweep", "distillctl.dev/run-id", "distillctl.dev/spec-hash", "distillctl.dev/role",
-                   "kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class", "xpk.google.com/workload")  # fmt: skip
-PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
+ANY_PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 
 # Variables distillctl sets in the container itself; a sweep cannot set them.
 RESERVED_ENV = ("DISTILLCTL_SPEC", "DISTILLCTL_RUN_ID")

@@ -14,7 +14,7 @@ from orchestrator import rendering
 from orchestrator.expansion import expand
 from orchestrator.sweep_file import load_sweep, override_target
 from sweep_support import (
-    EXAMPLE_SWEEPS, JOBSET_VERSIONS, SWEEPS, TARGET, expanded, jobset_errors, pod_template_errors, sweep_data,
+    EXAMPLE_SWEEPS, JOBSET_VERSIONS, SWEEPS, TARGET, expanded, jobset_errors, load, pod_template_errors, sweep_data,
 )  # fmt: skip
 
 SHAPES = {"v5p-128x2": {"tpu_type": "v5p-128", "slices": 2}, "v6e-256": {"tpu_type": "v6e-256", "slices": 1}}
@@ -173,3 +173,17 @@ def test_the_pod_check_is_strict(tmp_path):
 @example({"a": 1, "b\ufeff": 2})
 def test_a_tojson_scalar_reads_back_as_the_same_value(value):
     assert yaml.safe_load(f"key: {rendering.yaml_scalar(value)}\n") == {"key": value}
+
+
+def test_extra_target_labels_reach_the_jobset_but_not_the_run_id(tmp_path):
+    plain = expanded(tmp_path, sweep_data(), "a.yaml")
+    labelled = expanded(tmp_path, sweep_data(target={**TARGET, "labels": {"distillctl.dev/ci-key": "pr12-abc"}}), "b.yaml")
+    assert [p.run_id for p in plain.points] == [p.run_id for p in labelled.points]
+    jobset = yaml.safe_load(rendering.render_jobset(labelled.points[0], labelled.sweep.target))
+    assert jobset["metadata"]["labels"]["distillctl.dev/ci-key"] == "pr12-abc"
+
+
+@pytest.mark.parametrize("labels", [{"distillctl.dev/run-id": "x"}, {"bad key!": "x"}, {"team": "not ok!"}])
+def test_reserved_or_malformed_labels_are_rejected(tmp_path, labels):
+    source = load(tmp_path, sweep_data(target={**TARGET, "labels": labels}))
+    assert "bad_label" in [p.code for p in source.problems if p.is_error]
