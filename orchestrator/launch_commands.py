@@ -128,7 +128,7 @@ def _recreate_failed(backend: Backend, expansion: Expansion, actions: list[Actio
     backend.delete(runs)
     deadline = time.monotonic() + DELETE_WAIT_SECONDS
     wanted = {run.run_id for run in runs}
-    while wanted & backend.observe(expansion).keys():
+    while wanted & {run_id for run_id, seen in backend.observe(expansion).items() if seen.exists}:
         if time.monotonic() > deadline:
             raise DistillctlError("the failed runs were not deleted in time", "check the cluster, then run the sweep again")
         time.sleep(1.0)

@@ -45,7 +45,7 @@ overrides:
   teacher.load_parameters_path: ${{prerequisites.teacher.output}}/checkpoints
   steps: {steps}
 prerequisites:
-  teacher: {{spec: teacher.yaml}}
+  teacher: {{spec: teacher.yaml, overrides: {{steps: {steps}}}}}
 axes:
   loss.alpha.end: [0.3, 0.7]
 baseline:
@@ -171,7 +171,8 @@ def test_cancel_stops_one_run_and_it_resumes_later(tmp_path):
     done = distillctl("cancel", str(sweep), "--yes", check=True)
     assert "deleted cancel-me-" in done.stdout
     rows = status(sweep)
-    assert all(r["phase"] == "Pending" for r in rows.values()), rows
+    assert all(r["phase"] == "Pending" for r in rows.values()), {r["label"]: r["phase"] for r in rows.values()}
+    assert rows[teacher["run_id"]]["reason"] == "Preempted"
     summary = json.loads((Path(teacher["output_path"]) / "summary.json").read_text())
     assert summary["status"] == "preempted" and summary["exit_code"] == 143
     # The other sweep was not touched.
@@ -183,7 +184,7 @@ def test_failed_point_is_left_alone_until_retry(tmp_path):
     sweep = write_sweep(tmp_path, name="fails")
     # Point the student at a teacher checkpoint that does not exist: the trainer exits 1 (never retried).
     text = sweep.read_text().replace("${prerequisites.teacher.output}/checkpoints", str(tmp_path / "no-teacher"))
-    text = text.replace("prerequisites:\n  teacher: {spec: teacher.yaml}\n", "")
+    text = text.replace("prerequisites:\n  teacher: {spec: teacher.yaml, overrides: {steps: 20}}\n", "")
     sweep.write_text(text)
     done = distillctl("sweep", str(sweep), "--wait", "--timeout", "300")
     assert done.returncode == 1 and "did not succeed" in done.stderr
