@@ -1,0 +1,218 @@
+"""A decoder-only transformer of the Llama family in Flax NNX: RMSNorm, RoPE, SwiGLU, grouped-query attention.
+
+Einsum letters: B batch, T/S query/key positions, D model width, H query heads, N kv heads, G query heads per kv
+head, K head dim, F MLP width, V vocabulary, L layers.
+
+With `scan_layers`, the layers' parameters are stacked along a leading `layers` axis (built once with
+`nnx.vmap`) and the forward pass scans over them with `jax.lax.scan`, so compile time does not grow with depth.
+When `sow_features` is set, every layer's attention output projection `[B, T, D]` is sown into
+`nnx.Intermediate` as `out_projection_activations`; the model re-sows them stacked as `[L, B, T, D]`, which
+`forward` returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from trainer.config import ModelSpec
+from trainer.registry import ModelShape
+from trainer.sharding import constrain
+
+FEATURES = "out_projection_activations"
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """What the module needs: the shape, dtypes, and whether to scan layers and sow features."""
+
+    shape: ModelShape
+    weight_dtype: Any = jnp.float32  # parameters as stored and optimised
+    dtype: Any = jnp.float32  # activations and matmuls
+    scan_layers: bool = True
+    sow_features: bool = False
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, *, sow_features: bool = False) -> ModelConfig:
+        return cls(spec.shape(), _DTYPES[spec.weight_dtype], _DTYPES[spec.dtype], spec.scan_layers, sow_features)
+
+
+def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], names: tuple[str | None, ...], dtype) -> nnx.Param:
+    return nnx.Param(init(rngs.params(), shape, dtype), sharding_names=names, eager_sharding=False)
+
+
+_dense_init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+def _fan_in_init(fan_in_dims: int):
+    """Variance scaling for an einsum kernel whose first `fan_in_dims` dimensions are contracted."""
+    return nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                             in_axis=tuple(range(fan_in_dims)), out_axis=-1)  # fmt: skip
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, *, dtype, rngs: nnx.Rngs):
+        del rngs
+        self.scale = nnx.Param(jnp.ones((dim,), dtype), sharding_names=("norm",), eager_sharding=False)
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # [..., D] -> [..., D]
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (normed * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding on `x [B, T, N, K]` at `positions [B, T]` (halves rotated, as in Llama)."""
+    half = x.shape[-1] // 2
+    freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [K/2]
+    angle = positions[..., None].astype(jnp.float32) * freq  # [B, T, K/2]
+    sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Causal grouped-query self-attention; sows its output projection when `sow_features` is set."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        s, w = config.shape, config.weight_dtype
+        self.wq = _param(rngs, _fan_in_init(1), (s.emb_dim, s.num_query_heads, s.head_dim), ("embed", "q_heads", "head_dim"), w)
+        self.wk = _param(rngs, _fan_in_init(1), (s.emb_dim, s.num_kv_heads, s.head_dim), ("embed", "kv_heads", "head_dim"), w)
+        self.wv = _param(rngs, _fan_in_init(1), (s.emb_dim, s.num_kv_heads, s.head_dim), ("embed", "kv_heads", "head_dim"), w)
+        self.wo = _param(rngs, _fan_in_init(2), (s.num_query_heads, s.head_dim, s.emb_dim), ("q_heads", "head_dim", "embed"), w)
+        self.config = config
+
+    def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:  # x [B, T, D], positions [B, T]
+        c, dt = self.config, self.config.dtype
+        q = jnp.einsum("btd,dhk->bthk", x, self.wq[...].astype(dt))  # [B, T, H, K]
+        k = jnp.einsum("btd,dnk->btnk", x, self.wk[...].astype(dt))  # [B, T, N, K]
+        v = jnp.einsum("btd,dnk->btnk", x, self.wv[...].astype(dt))  # [B, T, N, K]
+        q = constrain(rope(q, positions, c.shape.rope_theta), ("act_batch", "act_length", "act_heads", None))
+        k = rope(k, positions, c.shape.rope_theta)
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=True)  # [B, T, H, K]; GQA: N divides H
+        out = jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(dt))  # [B, T, D]
+        if c.sow_features:
+            self.sow(nnx.Intermediate, FEATURES, out)
+        return out
+
+
+class MLP(nnx.Module):
+    """SwiGLU: `down(silu(x·gate) ⊙ x·up)`."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        s, w = config.shape, config.weight_dtype
+        self.gate = _param(rngs, _dense_init, (s.emb_dim, s.mlp_dim), ("embed", "mlp"), w)
+        self.up = _param(rngs, _dense_init, (s.emb_dim, s.mlp_dim), ("embed", "mlp"), w)
+        self.down = _param(rngs, _dense_init, (s.mlp_dim, s.emb_dim), ("mlp", "embed"), w)
+        self.dtype = config.dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D]
+        dt = self.dtype
+        h = jax.nn.silu(x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))  # [B, T, F]
+        return h @ self.down[...].astype(dt)
+
+
+class Block(nnx.Module):
+    """Pre-norm residual block: attention, then MLP."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        s = config.shape
+        self.attention_norm = RMSNorm(s.emb_dim, s.norm_eps, dtype=config.weight_dtype, rngs=rngs)
+        self.attention = Attention(config, rngs=rngs)
+        self.mlp_norm = RMSNorm(s.emb_dim, s.norm_eps, dtype=config.weight_dtype, rngs=rngs)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D]
+        x = x + self.attention(self.attention_norm(x), positions)
+        x = x + self.mlp(self.mlp_norm(x))
+        return constrain(x, ("act_batch", "act_length", "act_embed"))
+
+
+class Transformer(nnx.Module):
+    """Token ids `[B, T]` -> next-token logits `[B, T, V]` (float32)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        s, w = config.shape, config.weight_dtype
+        self.config = config
+        self.embed = _param(rngs, nnx.initializers.normal(1.0), (s.vocab_size, s.emb_dim), ("vocab", "embed"), w)
+        if config.scan_layers:
+
+            @nnx.split_rngs(splits=s.num_layers)
+            @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def stacked(rngs: nnx.Rngs) -> Block:
+                return Block(config, rngs=rngs)
+
+            self.layers = stacked(rngs)
+        else:
+            self.layers = nnx.List([Block(config, rngs=rngs) for _ in range(s.num_layers)])
+        self.final_norm = RMSNorm(s.emb_dim, s.norm_eps, dtype=w, rngs=rngs)
+        self.lm_head = None if s.tie_embeddings else _param(rngs, _dense_init, (s.emb_dim, s.vocab_size), ("embed", "vocab"), w)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:  # [B, T] int -> [B, T, V] float32
+        c = self.config
+        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)  # [B, T]
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(c.dtype)  # [B, T, D]
+        x = constrain(x, ("act_batch", "act_length", "act_embed"))
+        if c.scan_layers:
+            x, features = self._scan(x, positions)
+        else:
+            per_layer = []
+            for block in self.layers:
+                x, captured = nnx.capture(block, nnx.Intermediate)(x, positions)
+                per_layer.append(_sown(captured))
+            features = jnp.stack(per_layer) if c.sow_features else None
+        if c.sow_features:
+            self.sow(nnx.Intermediate, FEATURES, features)  # [L, B, T, D]
+        x = self.final_norm(x)
+        head = self.embed[...].T if self.lm_head is None else self.lm_head[...]  # [D, V]
+        logits = jnp.einsum("btd,dv->btv", x, head.astype(c.dtype), preferred_element_type=jnp.float32)
+        return constrain(logits, ("act_batch", "act_length", "act_vocab"))
+
+    def _scan(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        graphdef, layer_state = nnx.split(self.layers)
+        sow = self.config.sow_features
+
+        def body(carry: jax.Array, state) -> tuple[jax.Array, jax.Array | None]:
+            y, captured = nnx.capture(nnx.merge(graphdef, state), nnx.Intermediate)(carry, positions)
+            return y, (_sown(captured) if sow else None)
+
+        return jax.lax.scan(body, x, layer_state)  # features: [L, B, T, D]
+
+
+def _sown(captured: nnx.State) -> jax.Array | None:
+    """The one array a block sows (its attention output projection), or None."""
+    leaves = jax.tree.leaves(captured)
+    return leaves[0] if leaves else None
+
+
+def forward(model: Transformer, tokens: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """Logits `[B, T, V]` and, when the model sows them, out-projection features `[L, B, T, D]`."""
+    logits, captured = nnx.capture(model, nnx.Intermediate)(tokens)
+    return logits, (_sown(captured) if model.config.sow_features else None)
+
+
+def init_model(config: ModelConfig, seed: int) -> Transformer:
+    return Transformer(config, rngs=nnx.Rngs(params=seed))
+
+
+def drop_layers(params: nnx.State, drop: list[int], num_layers: int, scan_layers: bool) -> nnx.State:
+    """Copy of a model's parameters with layers `drop` removed (the guide's pruning-recovery student).
+
+    Scanned parameters lose those rows of the stacked `layers` axis; unscanned ones lose those list entries
+    (renumbered from 0).
+    """
+    keep = [i for i in range(num_layers) if i not in set(drop)]
+    pure = nnx.to_pure_dict(params)
+    layers = pure["layers"]
+    if scan_layers:
+        index = jnp.asarray(keep)
+        pure["layers"] = jax.tree.map(lambda a: jnp.take(a, index, axis=0), layers)
+    else:
+        pure["layers"] = {new: layers[old] for new, old in enumerate(keep)}
+    return pure

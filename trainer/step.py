@@ -1,0 +1,142 @@
+"""The compiled training step: teacher forward under `stop_gradient`, student forward and backward over the
+micro-batches, one optax update, and the metric window — one `jax.jit` with the training state donated.
+
+Gradient accumulation divides every micro-batch's loss sums by the whole step's valid-token count, so the
+accumulated gradient is the gradient of the step's token-weighted mean loss (micro-batches weighted by their
+valid tokens), exactly as if the step's rows were one batch.
+
+Schedules: the update with 0-based index `s` uses `value.at(s, steps - 1)`, so the first update sees `start` and
+the last update `end`, whatever the accumulation; a resumed run continues from its restored `s`.
+
+A step whose loss or gradient is not finite leaves parameters and optimizer state unchanged and records its index
+in `bad_step`; the loop reads it at the next log or checkpoint and stops the run as diverged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from trainer import loss as losses
+from trainer.config import DistillSpec
+from trainer.model import forward
+
+State = dict[str, Any]  # {"params", "opt_state", "step", "window", "bad_step"}
+
+
+def make_optimizer(spec: DistillSpec) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with linear warm-up then cosine decay to `final_lr_fraction` of the peak, after global-norm clipping.
+    Norm scales are not decayed."""
+    o = spec.optimizer
+    warmup = int(round(o.warmup_fraction * spec.steps))
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else o.learning_rate, peak_value=o.learning_rate, warmup_steps=warmup,
+        decay_steps=max(spec.steps, warmup + 1), end_value=o.learning_rate * o.final_lr_fraction,
+    )  # fmt: skip
+
+    def decay_mask(params):
+        return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) != "scale", params)
+
+    adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask)
+    chain = [optax.clip_by_global_norm(o.grad_clip_norm)] if o.grad_clip_norm else []
+    return optax.chain(*chain, adamw), schedule
+
+
+def metric_names(spec: DistillSpec) -> tuple[str, ...]:
+    return losses.DISTILL_METRICS if spec.mode == "distill" else losses.PRETRAIN_METRICS
+
+
+def empty_window(spec: DistillSpec) -> dict[str, jax.Array]:
+    """Metric accumulators `{name: [sum, count]}`."""
+    return {name: jnp.zeros((2,), jnp.float32) for name in metric_names(spec)}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepModels:
+    """The static halves of the models (graph definitions) the step merges its parameters into."""
+
+    student: nnx.GraphDef
+    teacher: nnx.GraphDef | None
+    features: bool  # both models sow out-projection activations
+
+
+def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.GradientTransformation) -> Callable:
+    """`step(state, teacher_params, batch) -> state`; batch arrays are `[A, R, T]` (A micro-batches of R rows)."""
+    distill = spec.mode == "distill"
+    layer_indices = spec.layer_indices() if models.features else None
+    n_layers = len(layer_indices) if layer_indices is not None else None
+    last = max(spec.steps - 1, 1)
+
+    def apply(graphdef, params, tokens):
+        return forward(nnx.merge(graphdef, params), tokens)
+
+    def micro_loss(params, teacher_out, mb, weights, n_tokens, n_features):
+        logits, feats = apply(models.student, params, mb["inputs"])
+        if not distill:
+            sums = losses.pretrain_sums(logits, mb["targets"], mb["mask"])
+            return sums["ce"][0] / jnp.maximum(n_tokens, 1.0), sums
+        t_logits, t_feats = teacher_out
+        sums = losses.distillation_sums(
+            logits, t_logits, mb["targets"], mb["mask"], temperature=weights["temperature"],
+            student_features=feats if models.features else None,
+            teacher_features=t_feats if models.features else None,
+            layer_indices=layer_indices, feature_loss_type=spec.loss.feature_loss_type,
+        )  # fmt: skip
+        total = losses.weighted_total(sums, alpha=weights["alpha"], temperature=weights["temperature"],
+                                      beta=weights["beta"], token_count=n_tokens, feature_count=n_features)  # fmt: skip
+        return total, sums
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+    sum_keys = ("kl_at_T", "ce", "kl_T1", "teacher_ce", "top1_agreement") if distill else ("ce",)
+    if distill and models.features:
+        sum_keys += ("feature",)
+
+    def step(state: State, teacher_params, batch: dict[str, jax.Array]) -> State:
+        index = state["step"]
+        weights = {
+            "alpha": spec.loss.alpha.at(index, last), "temperature": spec.loss.temperature.at(index, last),
+            "beta": spec.loss.beta.at(index, last),
+        }  # fmt: skip
+        n_tokens = jnp.sum(batch["mask"])
+        n_features = n_tokens * n_layers if n_layers is not None else None
+        params = state["params"]
+
+        def one(carry, mb):
+            grads, sums, total = carry
+            teacher_out = None
+            if distill:
+                teacher_out = jax.lax.stop_gradient(apply(models.teacher, teacher_params, mb["inputs"]))
+            (loss, mb_sums), g = grad_fn(params, teacher_out, mb, weights, n_tokens, n_features)
+            add = lambda a, b: a + b  # noqa: E731
+            return (jax.tree.map(add, grads, g), jax.tree.map(add, sums, mb_sums), total + loss), None
+
+        zero_grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        zero = jnp.zeros((), jnp.float32)
+        carry = (zero_grads, {k: (zero, zero) for k in sum_keys}, zero)
+        if batch["inputs"].shape[0] == 1:
+            (grads, sums, total), _ = one(carry, jax.tree.map(lambda a: a[0], batch))
+        else:
+            (grads, sums, total), _ = jax.lax.scan(one, carry, batch)
+
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        finite = jnp.isfinite(total) & jnp.isfinite(optax.global_norm(grads))
+        updates, new_opt = optimizer.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        metrics = (losses.distill_metrics(sums, total, **weights) if distill else losses.pretrain_metrics(sums, total))
+        window = {k: v + jnp.stack(metrics[k]) for k, v in state["window"].items()}
+        return {
+            "params": jax.tree.map(keep, new_params, params),
+            "opt_state": jax.tree.map(keep, new_opt, state["opt_state"]),
+            "step": index + 1,
+            "window": window,
+            "bad_step": jnp.where((state["bad_step"] < 0) & ~finite, index, state["bad_step"]),
+        }
+
+    return step
