@@ -13,10 +13,12 @@ When `sow_features` is set, every layer's attention output projection `[B, T, D]
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from trainer.config import ModelSpec
@@ -42,23 +44,21 @@ class ModelConfig:
         return cls(spec.shape(), _DTYPES[spec.weight_dtype], _DTYPES[spec.dtype], spec.scan_layers, sow_features)
 
 
-def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], names: tuple[str | None, ...], dtype) -> nnx.Param:
-    return nnx.Param(init(rngs.params(), shape, dtype), sharding_names=names, eager_sharding=False)
+def _param(rngs: nnx.Rngs, std: float, shape: tuple[int, ...], names: tuple[str | None, ...], dtype) -> nnx.Param:
+    """A parameter drawn from N(0, std²); `init_std` metadata lets `host_init` draw the same distribution."""
+    value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
+    return nnx.Param(value.astype(dtype), sharding_names=names, eager_sharding=False, init_std=std)
 
 
-_dense_init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-
-
-def _fan_in_init(fan_in_dims: int):
-    """Variance scaling for an einsum kernel whose first `fan_in_dims` dimensions are contracted."""
-    return nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
-                                             in_axis=tuple(range(fan_in_dims)), out_axis=-1)  # fmt: skip
+def _fan_in(*dims: int) -> float:
+    """Standard deviation 1/sqrt(fan-in): unit-variance outputs for unit-variance inputs."""
+    return float(np.prod(dims)) ** -0.5
 
 
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, eps: float, *, dtype, rngs: nnx.Rngs):
         del rngs
-        self.scale = nnx.Param(jnp.ones((dim,), dtype), sharding_names=("norm",), eager_sharding=False)
+        self.scale = nnx.Param(jnp.ones((dim,), dtype), sharding_names=("norm",), eager_sharding=False, init_std=None)
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:  # [..., D] -> [..., D]
@@ -82,10 +82,11 @@ class Attention(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         s, w = config.shape, config.weight_dtype
-        self.wq = _param(rngs, _fan_in_init(1), (s.emb_dim, s.num_query_heads, s.head_dim), ("embed", "q_heads", "head_dim"), w)
-        self.wk = _param(rngs, _fan_in_init(1), (s.emb_dim, s.num_kv_heads, s.head_dim), ("embed", "kv_heads", "head_dim"), w)
-        self.wv = _param(rngs, _fan_in_init(1), (s.emb_dim, s.num_kv_heads, s.head_dim), ("embed", "kv_heads", "head_dim"), w)
-        self.wo = _param(rngs, _fan_in_init(2), (s.num_query_heads, s.head_dim, s.emb_dim), ("q_heads", "head_dim", "embed"), w)
+        d, h, n, k = s.emb_dim, s.num_query_heads, s.num_kv_heads, s.head_dim
+        self.wq = _param(rngs, _fan_in(d), (s.emb_dim, s.num_query_heads, s.head_dim), ("embed", "q_heads", "head_dim"), w)
+        self.wk = _param(rngs, _fan_in(d), (s.emb_dim, s.num_kv_heads, s.head_dim), ("embed", "kv_heads", "head_dim"), w)
+        self.wv = _param(rngs, _fan_in(d), (s.emb_dim, s.num_kv_heads, s.head_dim), ("embed", "kv_heads", "head_dim"), w)
+        self.wo = _param(rngs, _fan_in(h, k), (s.num_query_heads, s.head_dim, s.emb_dim), ("q_heads", "head_dim", "embed"), w)
         self.config = config
 
     def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:  # x [B, T, D], positions [B, T]
@@ -107,9 +108,9 @@ class MLP(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         s, w = config.shape, config.weight_dtype
-        self.gate = _param(rngs, _dense_init, (s.emb_dim, s.mlp_dim), ("embed", "mlp"), w)
-        self.up = _param(rngs, _dense_init, (s.emb_dim, s.mlp_dim), ("embed", "mlp"), w)
-        self.down = _param(rngs, _dense_init, (s.mlp_dim, s.emb_dim), ("mlp", "embed"), w)
+        self.gate = _param(rngs, _fan_in(s.emb_dim), (s.emb_dim, s.mlp_dim), ("embed", "mlp"), w)
+        self.up = _param(rngs, _fan_in(s.emb_dim), (s.emb_dim, s.mlp_dim), ("embed", "mlp"), w)
+        self.down = _param(rngs, _fan_in(s.mlp_dim), (s.mlp_dim, s.emb_dim), ("mlp", "embed"), w)
         self.dtype = config.dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D]
@@ -140,7 +141,7 @@ class Transformer(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         s, w = config.shape, config.weight_dtype
         self.config = config
-        self.embed = _param(rngs, nnx.initializers.normal(1.0), (s.vocab_size, s.emb_dim), ("vocab", "embed"), w)
+        self.embed = _param(rngs, 1.0, (s.vocab_size, s.emb_dim), ("vocab", "embed"), w)
         if config.scan_layers:
 
             @nnx.split_rngs(splits=s.num_layers)
@@ -152,7 +153,7 @@ class Transformer(nnx.Module):
         else:
             self.layers = nnx.List([Block(config, rngs=rngs) for _ in range(s.num_layers)])
         self.final_norm = RMSNorm(s.emb_dim, s.norm_eps, dtype=w, rngs=rngs)
-        self.lm_head = None if s.tie_embeddings else _param(rngs, _dense_init, (s.emb_dim, s.vocab_size), ("embed", "vocab"), w)
+        self.lm_head = None if s.tie_embeddings else _param(rngs, _fan_in(s.emb_dim), (s.emb_dim, s.vocab_size), ("embed", "vocab"), w)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:  # [B, T] int -> [B, T, V] float32
         c = self.config
@@ -198,7 +199,41 @@ def forward(model: Transformer, tokens: jax.Array) -> tuple[jax.Array, jax.Array
 
 
 def init_model(config: ModelConfig, seed: int) -> Transformer:
+    """A model with parameters drawn by JAX (eager or inside jit)."""
     return Transformer(config, rngs=nnx.Rngs(params=seed))
+
+
+def abstract_model(config: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
+    """The graph definition and abstract parameters (shapes, dtypes, metadata) without computing anything."""
+    return nnx.split(nnx.eval_shape(lambda: init_model(config, 0)))
+
+
+def host_init(abstract_state: nnx.State, seed: int) -> dict:
+    """Parameters drawn on the host with NumPy from each parameter's `init_std` metadata (ones where None), as
+    a pure dict of arrays.
+
+    Why not `init_model` under jit: XLA:CPU spends 10-15 s compiling threefry for a 4-layer model's ~30 random
+    draws. Each parameter gets its own stream from `(seed, crc32(path))`, so values do not depend on the
+    device layout; every process of a multi-host run draws the same values and keeps its own shards.
+    """
+    out = {}
+    for path, variable in nnx.to_flat_state(abstract_state):
+        std = variable.get_metadata().get("init_std")
+        shape, dtype = variable.shape, variable.dtype
+        name = "/".join(str(p) for p in path)
+        if std is None:
+            value = np.ones(shape, np.float32)
+        else:
+            rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+            value = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+        _set(out, path, value.astype(jnp.dtype(dtype)))
+    return out
+
+
+def _set(tree: dict, path: tuple, value) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
 
 
 def drop_layers(params: nnx.State, drop: list[int], num_layers: int, scan_layers: bool) -> nnx.State:

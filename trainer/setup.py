@@ -23,7 +23,7 @@ from trainer import sharding as shard_lib
 from trainer.checkpointing import restore_params
 from trainer.config import DistillSpec, ModelSpec
 from trainer.exit_codes import UserError
-from trainer.model import ModelConfig, drop_layers, init_model
+from trainer.model import ModelConfig, abstract_model, drop_layers, host_init
 from trainer.step import StepModels, empty_window, make_optimizer, make_train_step
 
 
@@ -67,17 +67,18 @@ def param_shardings(abstract_state: nnx.State, mesh: Mesh) -> Any:
 class _Model:
     config: ModelConfig
     graphdef: nnx.GraphDef
+    abstract_state: nnx.State  # with metadata (logical axes, init_std)
     abstract: Any  # pure dict of ShapeDtypeStructs with shardings
     shardings: Any
 
 
 def _model(model_spec: ModelSpec, sow: bool, mesh: Mesh) -> _Model:
     config = ModelConfig.from_spec(model_spec, sow_features=sow)
-    graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: init_model(config, 0)))
+    graphdef, abstract_state = abstract_model(config)
     shardings = param_shardings(abstract_state, mesh)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             nnx.to_pure_dict(abstract_state), shardings)  # fmt: skip
-    return _Model(config, graphdef, abstract, shardings)
+    return _Model(config, graphdef, abstract_state, abstract, shardings)
 
 
 def build(spec: DistillSpec, *, devices: list | None = None) -> Built:
@@ -99,9 +100,9 @@ def build(spec: DistillSpec, *, devices: list | None = None) -> Built:
     state = {
         "params": params,
         "opt_state": opt_state,
-        "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
-        "window": jax.device_put(empty_window(spec), replicated),
-        "bad_step": jax.device_put(jnp.full((), -1, jnp.int32), replicated),
+        "step": _put(np.zeros((), np.int32), replicated),
+        "window": jax.jit(lambda: empty_window(spec), out_shardings=replicated)(),
+        "bad_step": _put(np.full((), -1, np.int32), replicated),
     }
     state_shardings = jax.tree.map(lambda a: a.sharding, state)
     step = make_train_step(spec, StepModels(student.graphdef, teacher.graphdef if teacher else None, features), optimizer)
@@ -150,8 +151,13 @@ def _student_params(spec: DistillSpec, student: _Model, teacher: _Model | None, 
             return jax.tree.map(lambda a, dt: a.astype(dt), out, cast)
 
         return jax.jit(pruned, out_shardings=student.shardings)(teacher_params)
-    config = student.config
-    return jax.jit(lambda: nnx.to_pure_dict(nnx.state(init_model(config, spec.seed))), out_shardings=student.shardings)()
+    host = host_init(student.abstract_state, spec.seed)
+    return jax.tree.map(lambda value, sharding: _put(value, sharding), host, student.shardings)
+
+
+def _put(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array from a host array every process holds in full (each process fills its own shards)."""
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
 def _restack(layers: Any, scan: bool) -> Any:

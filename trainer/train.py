@@ -98,6 +98,7 @@ def run(spec: DistillSpec, *, process: ProcessOptions = ProcessOptions(), report
         code, message = TrainerExit.OK, ""
         try:
             _initialize_distributed(process)
+            _enable_compilation_cache()
             train(spec, session, stop)
             if stop.signal_name:
                 code, message = TrainerExit.PREEMPTED, f"stopped by {stop.signal_name} at step {session.step}; checkpoint saved"
@@ -131,6 +132,19 @@ def _is_runtime_error(e: Exception) -> bool:
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return lines[0][:500] if lines else type(e).__name__
+
+
+def _enable_compilation_cache() -> None:
+    """Reuse compiled steps across runs of the same shapes (sweeps, tests): XLA:CPU takes seconds per compile.
+    `DISTILLCTL_COMPILE_CACHE=off` disables it; JAX_COMPILATION_CACHE_DIR, when set, wins."""
+    import jax
+
+    where = os.environ.get("DISTILLCTL_COMPILE_CACHE", os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "distillctl", "xla"))  # fmt: skip
+    if where == "off" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def _initialize_distributed(process: ProcessOptions) -> None:
