@@ -168,5 +168,10 @@ def models(output: OutputOption = OutputFormat.text) -> None:
     console.out.print(table)
 
 
+from orchestrator.train_command import train  # noqa: E402
+
+app.command()(train)
+
+
 def main() -> None:
     app()

@@ -24,7 +24,7 @@ from trainer.checkpointing import restore_params
 from trainer.config import DistillSpec, ModelSpec
 from trainer.exit_codes import UserError
 from trainer.model import ModelConfig, abstract_model, drop_layers, host_init
-from trainer.step import StepModels, empty_window, make_optimizer, make_train_step
+from trainer.step import StepModels, empty_window, learning_rate_schedule, make_optimizer, make_train_step
 
 
 @dataclasses.dataclass
@@ -34,7 +34,7 @@ class Built:
     vocab_size: int
     state: dict[str, Any]
     teacher_params: Any
-    step_fn: Any  # jitted step(state, teacher_params, batch) -> state; lower it under `jax.set_mesh(mesh)`
+    step_fn: Any  # jitted step(state, teacher_params, batch, hparams) -> state; lower it under `jax.set_mesh(mesh)`
     lr_schedule: Callable[[int], Any]
     to_device: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]]
     zero_window: Callable[[], dict[str, jax.Array]]
@@ -94,7 +94,7 @@ def build(spec: DistillSpec, *, devices: list | None = None) -> Built:
         teacher_params = _load_teacher(spec, teacher)
 
     params = _student_params(spec, student, teacher, teacher_params)
-    optimizer, lr_schedule = make_optimizer(spec)
+    optimizer, lr_schedule = make_optimizer(spec), learning_rate_schedule(spec)
     replicated = shard_lib.replicated(mesh)
     opt_state = jax.jit(optimizer.init)(params)
     state = {

@@ -6,7 +6,10 @@ accumulated gradient is the gradient of the step's token-weighted mean loss (mic
 valid tokens), exactly as if the step's rows were one batch.
 
 Schedules: the update with 0-based index `s` uses `value.at(s, steps - 1)`, so the first update sees `start` and
-the last update `end`, whatever the accumulation; a resumed run continues from its restored `s`.
+the last update `end`, whatever the accumulation; a resumed run continues from its restored `s`. The scheduled
+values (α, T, β, learning rate) are computed on the host by `hyperparameters(spec, s)` and passed in as scalars,
+so one compiled step serves every point of a sweep that differs only in them (the persistent compilation cache
+then skips the compile).
 
 A step whose loss or gradient is not finite leaves parameters and optimizer state unchanged and records its index
 in `bad_step`; the loop reads it at the next log or checkpoint and stops the run as diverged.
@@ -15,6 +18,7 @@ in `bad_step`; the loop reads it at the next log or checkpoint and stops the run
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -30,22 +34,45 @@ from trainer.model import forward
 State = dict[str, Any]  # {"params", "opt_state", "step", "window", "bad_step"}
 
 
-def make_optimizer(spec: DistillSpec) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with linear warm-up then cosine decay to `final_lr_fraction` of the peak, after global-norm clipping.
-    Norm scales are not decayed."""
+def learning_rate_schedule(spec: DistillSpec) -> Callable[[int], float]:
+    """Linear warm-up from 0 over `round(warmup_fraction · steps)` steps, then cosine decay to `final_lr_fraction`
+    of the peak at the last step (optax's `warmup_cosine_decay_schedule`, in plain Python: the host calls it every
+    step and must not dispatch device work)."""
     o = spec.optimizer
+    peak, final = o.learning_rate, o.learning_rate * o.final_lr_fraction
     warmup = int(round(o.warmup_fraction * spec.steps))
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup else o.learning_rate, peak_value=o.learning_rate, warmup_steps=warmup,
-        decay_steps=max(spec.steps, warmup + 1), end_value=o.learning_rate * o.final_lr_fraction,
-    )  # fmt: skip
+    decay = max(spec.steps, warmup + 1) - warmup
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return peak * step / warmup
+        progress = min(max(step - warmup, 0) / decay, 1.0)
+        return final + (peak - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return schedule
+
+
+def make_optimizer(spec: DistillSpec) -> optax.GradientTransformation:
+    """AdamW without its learning rate (global-norm clipping, Adam moments, decoupled weight decay on everything
+    but norm scales): the step multiplies the result by `-learning_rate`, a runtime scalar."""
+    o = spec.optimizer
 
     def decay_mask(params):
         return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) != "scale", params)
 
-    adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask)
     chain = [optax.clip_by_global_norm(o.grad_clip_norm)] if o.grad_clip_norm else []
-    return optax.chain(*chain, adamw), schedule
+    chain += [optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps), optax.add_decayed_weights(o.weight_decay, decay_mask)]
+    return optax.chain(*chain)
+
+
+def hyperparameters(spec: DistillSpec, step: int, schedule: Callable[[int], float] | None = None) -> dict[str, float]:
+    """The scheduled values the update with 0-based index `step` uses: α, T and β reach `end` at the last update."""
+    last = max(spec.steps - 1, 1)
+    lr = float((schedule or learning_rate_schedule(spec))(step))
+    return {
+        "alpha": float(spec.loss.alpha.at(step, last)), "temperature": float(spec.loss.temperature.at(step, last)),
+        "beta": float(spec.loss.beta.at(step, last)), "learning_rate": lr,
+    }  # fmt: skip
 
 
 def metric_names(spec: DistillSpec) -> tuple[str, ...]:
@@ -67,11 +94,11 @@ class StepModels:
 
 
 def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.GradientTransformation) -> Callable:
-    """`step(state, teacher_params, batch) -> state`; batch arrays are `[A, R, T]` (A micro-batches of R rows)."""
+    """`step(state, teacher_params, batch, hparams) -> state`; batch arrays are `[A, R, T]` (A micro-batches of R
+    rows); `hparams` maps alpha, temperature, beta and learning_rate to float32 scalars."""
     distill = spec.mode == "distill"
     layer_indices = spec.layer_indices() if models.features else None
     n_layers = len(layer_indices) if layer_indices is not None else None
-    last = max(spec.steps - 1, 1)
 
     def apply(graphdef, params, tokens):
         return forward(nnx.merge(graphdef, params), tokens)
@@ -97,12 +124,9 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
     if distill and models.features:
         sum_keys += ("feature",)
 
-    def step(state: State, teacher_params, batch: dict[str, jax.Array]) -> State:
+    def step(state: State, teacher_params, batch: dict[str, jax.Array], hparams: dict[str, jax.Array]) -> State:
         index = state["step"]
-        weights = {
-            "alpha": spec.loss.alpha.at(index, last), "temperature": spec.loss.temperature.at(index, last),
-            "beta": spec.loss.beta.at(index, last),
-        }  # fmt: skip
+        weights = {k: hparams[k] for k in ("alpha", "temperature", "beta")}
         n_tokens = jnp.sum(batch["mask"])
         n_features = n_tokens * n_layers if n_layers is not None else None
         params = state["params"]
@@ -127,7 +151,7 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
         finite = jnp.isfinite(total) & jnp.isfinite(optax.global_norm(grads))
         updates, new_opt = optimizer.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
+        new_params = optax.apply_updates(params, jax.tree.map(lambda u: -hparams["learning_rate"] * u, updates))
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         metrics = (losses.distill_metrics(sums, total, **weights) if distill else losses.pretrain_metrics(sums, total))
         window = {k: v + jnp.stack(metrics[k]) for k, v in state["window"].items()}

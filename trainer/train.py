@@ -74,6 +74,16 @@ class _Stop:
         self.signal_name = signal.Signals(signum).name
 
 
+def with_overrides(spec: DistillSpec, *, output_dir: str | None = None, steps: int | None = None):
+    """`(spec, problems)` with command-line overrides applied and everything validated again (spec None on error)."""
+    from trainer.specfile import validate_data
+
+    changes = {k: v for k, v in (("output_dir", output_dir), ("steps", steps)) if v is not None}
+    if not changes:
+        return spec, []
+    return validate_data({**spec.model_dump(mode="json", exclude_unset=True), **changes})
+
+
 def run_dir_of(spec: DistillSpec) -> str:
     return f"{spec.output_dir.rstrip('/')}/{spec.name}"
 
@@ -233,6 +243,7 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
     from trainer.checkpointing import RunCheckpoints
     from trainer.metrics_io import RunFiles, metrics_record, now_iso
     from trainer.setup import build
+    from trainer.step import hyperparameters
 
     run_dir = run_dir_of(spec)
     process_zero = jax.process_index() == 0
@@ -278,12 +289,16 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
         host = {k: np.stack([m[k] for m in micro]) for k in micro[0]}  # [A, R, T]
         return host, built.to_device(host)
 
+    def hparams_at(step: int) -> dict[str, Any]:
+        values = hyperparameters(spec, step, built.lr_schedule)
+        return {k: np.float32(v) for k, v in values.items()}
+
     reporter = session.reporter
     reporter.start(run_dir, start_step, spec.steps)
     compile_start = time.time()
     host, device_batch = batch(position)
     with jax.set_mesh(built.mesh):  # activation sharding constraints name the mesh's axes
-        step_fn = built.step_fn.lower(state, built.teacher_params, device_batch).compile()
+        step_fn = built.step_fn.lower(state, built.teacher_params, device_batch, hparams_at(start_step)).compile()
     session.compile_seconds = time.time() - compile_start
 
     def save(step: int) -> None:
@@ -302,7 +317,7 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
     while step < spec.steps:
         if _should_stop(stop, step):
             break
-        state = step_fn(state, built.teacher_params, device_batch)
+        state = step_fn(state, built.teacher_params, device_batch, hparams_at(step))
         step += 1
         position += accumulation
         tokens = int(host["mask"].sum())
