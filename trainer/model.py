@@ -47,7 +47,7 @@ class ModelConfig:
 def _param(rngs: nnx.Rngs, std: float, shape: tuple[int, ...], names: tuple[str | None, ...], dtype) -> nnx.Param:
     """A parameter drawn from N(0, std²); `init_std` metadata lets `host_init` draw the same distribution."""
     value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
-    return nnx.Param(value.astype(dtype), sharding_names=names, eager_sharding=False, init_std=std)
+    return nnx.Param(value.astype(dtype), out_sharding=names, eager_sharding=False, init_std=std)
 
 
 def _fan_in(*dims: int) -> float:
@@ -58,7 +58,7 @@ def _fan_in(*dims: int) -> float:
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, eps: float, *, dtype, rngs: nnx.Rngs):
         del rngs
-        self.scale = nnx.Param(jnp.ones((dim,), dtype), sharding_names=("norm",), eager_sharding=False, init_std=None)
+        self.scale = nnx.Param(jnp.ones((dim,), dtype), out_sharding=("norm",), eager_sharding=False, init_std=None)
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:  # [..., D] -> [..., D]
@@ -236,14 +236,14 @@ def _set(tree: dict, path: tuple, value) -> None:
     tree[path[-1]] = value
 
 
-def drop_layers(params: nnx.State, drop: list[int], num_layers: int, scan_layers: bool) -> nnx.State:
-    """Copy of a model's parameters with layers `drop` removed (the guide's pruning-recovery student).
+def drop_layers(params: dict, drop: list[int], num_layers: int, scan_layers: bool) -> dict:
+    """Copy of a model's parameters (a pure dict) with layers `drop` removed (the guide's pruning-recovery student).
 
     Scanned parameters lose those rows of the stacked `layers` axis; unscanned ones lose those list entries
     (renumbered from 0).
     """
     keep = [i for i in range(num_layers) if i not in set(drop)]
-    pure = nnx.to_pure_dict(params)
+    pure = dict(params)  # a pure dict (nnx.to_pure_dict); the input is not modified
     layers = pure["layers"]
     if scan_layers:
         index = jnp.asarray(keep)

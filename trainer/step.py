@@ -149,7 +149,7 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
             (grads, sums, total), _ = jax.lax.scan(one, carry, batch)
 
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-        finite = jnp.isfinite(total) & jnp.isfinite(optax.global_norm(grads))
+        finite = jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(grads))
         updates, new_opt = optimizer.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, jax.tree.map(lambda u: -hparams["learning_rate"] * u, updates))
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
