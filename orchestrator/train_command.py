@@ -17,7 +17,7 @@ from orchestrator.errors import InvalidSpecError
 def train(
     file: Annotated[Path, typer.Argument(help="a spec file (distillctl layout or a MaxText distillation.yml)")],
     output_dir: Annotated[str | None, typer.Option("--output-dir", help="override the spec's output_dir")] = None,
-    steps: Annotated[int | None, typer.Option("--steps", min=1, help="override the spec's steps")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="override the spec's steps")] = None,
 ) -> None:
     """Train one spec locally (CPU or the local accelerators); resumes from <output_dir>/<name>/checkpoints.
 

@@ -123,16 +123,20 @@ def batch_at(source: TokenSource, index: int, rows: int, seq_len: int) -> dict[s
 
 
 def _expand(path: str | None) -> list[fsspec.core.OpenFile]:
+    """The files `path` names: a file, every file under a directory, or a glob's matches (sorted)."""
     if not path:
         raise UserError("data.path is not set", "set data.path to a file, directory, glob or fsspec URL")
     try:
         fs, root = fsspec.core.url_to_fs(path)
-        if fs.isdir(root):
+        if any(c in root for c in "*?["):
+            names = sorted(p for p in fs.glob(root) if not fs.isdir(p))
+        elif fs.isdir(root):
             names = sorted(p for p in fs.find(root) if not fs.isdir(p))
-            return [fsspec.core.OpenFile(fs, name, "rb") for name in names]
-        return list(fsspec.open_files(path, "rb"))
+        else:
+            names = [root] if fs.exists(root) else []
     except (OSError, ValueError, ImportError) as e:
         raise UserError(f"cannot list data.path {path!r}: {e}", "check the path and its credentials") from None
+    return [fsspec.core.OpenFile(fs, name, "rb") for name in names]
 
 
 def read_texts(path: str | None) -> list[str]:
@@ -177,6 +181,8 @@ def tokenize_text(texts: list[str], tokenizer: str, vocab_size: int) -> np.ndarr
 def read_token_file(path: str | None) -> np.ndarray:
     """Token ids from a `.npy` file or a raw little-endian uint16 (int32 for `.i32`/`.int32`) file."""
     files = _expand(path)
+    if not files:
+        raise UserError(f"no files at data.path {path!r}", "point data.path at a .npy or raw token file")
     if len(files) != 1:
         raise UserError(f"data.path {path!r} must name exactly one token file, found {len(files)}")
     name = files[0].path

@@ -63,6 +63,24 @@ def param_shardings(abstract_state: nnx.State, mesh: Mesh) -> Any:
     )  # fmt: skip
 
 
+def optimizer_shardings(optimizer, params: Any, fallback: NamedSharding) -> Any:
+    """Shardings for the optimizer state: a leaf that mirrors a parameter (Adam's moments) is sharded like it,
+    anything else (step counts) is replicated."""
+    by_path = {tuple(str(k) for k in path): (leaf.shape, leaf.sharding)
+               for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}  # fmt: skip
+    abstract_state = jax.eval_shape(optimizer.init, params)
+
+    def pick(path, leaf):
+        keys = tuple(str(k) for k in path)
+        for start in range(len(keys)):
+            found = by_path.get(keys[start:])
+            if found and found[0] == leaf.shape:
+                return found[1]
+        return fallback
+
+    return jax.tree_util.tree_map_with_path(pick, abstract_state)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Model:
     config: ModelConfig
@@ -96,7 +114,7 @@ def build(spec: DistillSpec, *, devices: list | None = None) -> Built:
     params = _student_params(spec, student, teacher, teacher_params)
     optimizer, lr_schedule = make_optimizer(spec), learning_rate_schedule(spec)
     replicated = shard_lib.replicated(mesh)
-    opt_state = jax.jit(optimizer.init)(params)
+    opt_state = jax.jit(optimizer.init, out_shardings=optimizer_shardings(optimizer, params, replicated))(params)
     state = {
         "params": params,
         "opt_state": opt_state,
