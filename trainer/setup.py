@@ -99,17 +99,22 @@ def _model(model_spec: ModelSpec, sow: bool, mesh: Mesh) -> _Model:
     return _Model(config, graphdef, abstract_state, abstract, shardings)
 
 
-def build(spec: DistillSpec, *, devices: list | None = None) -> Built:
+def build(spec: DistillSpec, *, devices: list | None = None, teacher_params: Any = None) -> Built:
+    """Everything the loop needs. `teacher_params` (a pure dict shaped like the teacher) replaces loading the
+    teacher from its checkpoint (benchmarks, tests)."""
     mesh = shard_lib.make_mesh(spec.mesh, devices)
     rows = global_rows(spec, mesh)
     distill = spec.mode == "distill"
     features = distill and spec.loss.feature_loss_on
     student = _model(spec.student, features, mesh)
 
-    teacher = teacher_params = None
+    teacher = None
     if distill:
         teacher = _model(spec.teacher, features, mesh)
-        teacher_params = _load_teacher(spec, teacher)
+        if teacher_params is None:
+            teacher_params = _load_teacher(spec, teacher)
+        else:
+            teacher_params = jax.tree.map(lambda v, s: _put(np.asarray(v), s), teacher_params, teacher.shardings)
 
     params = _student_params(spec, student, teacher, teacher_params)
     optimizer, lr_schedule = make_optimizer(spec), learning_rate_schedule(spec)
