@@ -5,7 +5,8 @@
 
 Both trainers drive the same models (this repository's NNX Transformer, same initial parameters) on the same
 pre-generated batches (synthetic language, float32), with AdamW and gradient clipping, and both are timed after
-their warm-up steps (compilation excluded), in one process. Ours computes all 13 metrics of `trainer.loss`;
+their warm-up steps (compilation excluded), one after the other in one process. The machine's load average is
+printed with each result: on a shared machine, rerun when it is high. Ours computes all 13 metrics of `trainer.loss`;
 LogitStrategy computes 4. Tokens/s counts every token of the batch. Needs the `tunix` extra
 (`pip install -e '.[train,tunix]'`).
 
@@ -129,10 +130,15 @@ def time_tunix(spec, params, seqs: list[np.ndarray], warmup: int) -> float:
     trainer.train(inputs[:warmup])
     jax.block_until_ready(nnx.state(trainer.model))
     start = time.perf_counter()
-    trainer.train(inputs[warmup:])
+    # train() skips as many items as it has already trained steps (it resumes an iterator), so it gets the whole
+    # list again and trains the rest.
+    trainer.train(inputs)
     jax.block_until_ready(nnx.state(trainer.model))
     elapsed = time.perf_counter() - start
+    trained = trainer._train_steps  # noqa: SLF001 - the check that every timed step really ran
     trainer.close()
+    if trained != len(seqs):
+        raise RuntimeError(f"tunix trained {trained} steps, expected {len(seqs)}")
     return (len(seqs) - warmup) * seqs[0].shape[0] * (seqs[0].shape[1] - 1) / elapsed
 
 
@@ -154,7 +160,7 @@ def main() -> None:
         ours = time_ours(spec, params, seqs, args.warmup)
         row = {"size": name, "tokens_per_step": size["rows"] * size["length"], "timed_steps": steps,
                "ours_tokens_per_sec": round(ours, 1), "tunix_tokens_per_sec": round(tunix, 1),
-               "ratio": round(ours / tunix, 2)}  # fmt: skip
+               "ratio": round(ours / tunix, 2), "load_average_1min": round(os.getloadavg()[0], 2)}  # fmt: skip
         results.append(row)
         print(f"{name}: ours {ours:,.0f} tok/s, tunix {tunix:,.0f} tok/s, ratio {ours / tunix:.2f}x", flush=True)
     print(json.dumps(results, indent=2))

@@ -283,3 +283,27 @@ def test_bad_feature_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="differ in shape"):
         L.distillation_loss(*args, alpha=0.5, temperature=1.0, beta=1.0, student_features=jnp.asarray(sf[..., :3]),
                             teacher_features=jnp.asarray(tf))  # fmt: skip
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_fused_terms_and_their_custom_gradient_equal_autodiff_of_the_plain_formula(temperature):
+    """logit_terms (one fused pass, hand-written VJP) against log-softmaxes differentiated by JAX."""
+    s, t, targets, mask, _, _ = batch(17)
+    s, t, y, m = (jnp.asarray(x) for x in (s, t, targets, mask))
+
+    def plain(s_logits):
+        s1, st = L.log_softmax_at(s_logits, temperature)
+        t1, tt = L.log_softmax_at(t, temperature)
+        kl_t, ce = L.token_kl(tt, st), L.token_cross_entropy(s1, y)
+        return jnp.sum(m * (0.7 * kl_t + 0.3 * ce)), (kl_t, L.token_kl(t1, s1), ce, L.token_cross_entropy(t1, y))
+
+    def fused(s_logits):
+        kl_t, kl_1, ce, ce_t, _ = L.logit_terms(s_logits, t, y, temperature)
+        return jnp.sum(m * (0.7 * kl_t + 0.3 * ce)), (kl_t, kl_1, ce, ce_t)
+
+    (value_a, terms_a), grad_a = jax.value_and_grad(plain, has_aux=True)(s)
+    (value_b, terms_b), grad_b = jax.value_and_grad(fused, has_aux=True)(s)
+    np.testing.assert_allclose(float(value_a), float(value_b), rtol=1e-5)
+    for a, b in zip(terms_a, terms_b):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(grad_a), np.asarray(grad_b), rtol=1e-4, atol=1e-6)

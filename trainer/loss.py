@@ -9,10 +9,11 @@ layers. Metrics are `(sum, count)` pairs so that logging windows, micro-batches 
 perplexity) and a window's perplexity is `exp(Σsum / Σcount)` — the honest next-token perplexity of the window,
 which no per-token average of `exp(CE)` gives. `PERPLEXITY_METRICS` names them; `metric_value` applies the rule.
 
-Speed: all logit terms come from shared passes — one row max per model, one log-softmax at T = 1 and one at the
-(traced) temperature T per model, reused by the KL at T, the KL at 1, both cross-entropies and the argmax
-agreement. Metric-only terms are under `stop_gradient`, so the backward pass only differentiates the student's
-KL at T and CE. Logits are upcast to float32 here.
+Speed: all logit terms come from shared passes (`logit_terms`): one row-max pass over each model's logits, then
+one fused pass computing the four normalisers (student and teacher at T = 1 and at T), both KLs, both
+cross-entropies and the argmax agreement, with no `[B, T, V]` intermediate kept; the backward pass is one
+elementwise expression (a custom VJP) instead of autodiff through log-softmaxes. Metric-only terms carry no
+gradient. Logits are upcast to float32 here.
 
 Per-token functions (`token_kl`, `token_cross_entropy`, `token_cosine_distance`, `token_squared_error`) return
 unreduced values; `masked_sum` is the one place that reduces.
@@ -52,14 +53,89 @@ def log_softmax_at(logits: jax.Array, temperature) -> tuple[jax.Array, jax.Array
     return at_1, at_t
 
 
+def logit_terms(student_logits: jax.Array, teacher_logits: jax.Array, targets: jax.Array, temperature
+                ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:  # fmt: skip
+    """Every per-token logit quantity from one max pass and one fused pass over the student's and the teacher's
+    logits `[..., V]`: `(kl_at_T, kl_T1, student_ce, teacher_ce, top1_agreement)`, each `[...]`.
+
+    With `d = z − max(z)` and `Z_T = Σ exp(d / T)` per row:
+        KL_T(t ‖ s) = Σ_v p_tT·(d_t − d_s)/T − log Z_tT + log Z_sT,      CE = log Z_1 − d[target].
+    The gradient (w.r.t. the student's logits only) is written out, one elementwise pass:
+        ∂KL_T/∂s = (p_sT − p_tT)/T,   ∂CE/∂s = p_s1 − onehot(target).
+    `kl_T1`, `teacher_ce` and the agreement are metrics: no gradient flows from them (as under stop_gradient),
+    nor into the teacher's logits or the temperature.
+    """
+    t = jnp.asarray(temperature, jnp.float32)
+    return _logit_terms(student_logits.astype(jnp.float32), teacher_logits.astype(jnp.float32),
+                        targets.astype(jnp.int32), t)  # fmt: skip
+
+
+def _row_stats(s, t, temperature):
+    inv_t = 1.0 / temperature
+    d_s = s - jnp.max(s, axis=-1, keepdims=True)
+    d_t = t - jnp.max(t, axis=-1, keepdims=True)
+    e_s1, e_st, e_t1, e_tt = jnp.exp(d_s), jnp.exp(d_s * inv_t), jnp.exp(d_t), jnp.exp(d_t * inv_t)
+    sums = {
+        "z_s1": jnp.sum(e_s1, axis=-1), "z_st": jnp.sum(e_st, axis=-1),
+        "z_t1": jnp.sum(e_t1, axis=-1), "z_tt": jnp.sum(e_tt, axis=-1),
+        "a_t": jnp.sum(e_tt * (d_t - d_s), axis=-1), "a_1": jnp.sum(e_t1 * (d_t - d_s), axis=-1),
+    }  # fmt: skip
+    return d_s, d_t, sums
+
+
+@jax.custom_vjp
+def _logit_terms(s, t, targets, temperature):
+    return _logit_terms_fwd(s, t, targets, temperature)[0]
+
+
+def _logit_terms_fwd(s, t, targets, temperature):
+    d_s, d_t, z = _row_stats(s, t, temperature)
+    hit = jax.lax.broadcasted_iota(jnp.int32, s.shape, s.ndim - 1) == targets[..., None]
+    log = jnp.log
+    kl_t = z["a_t"] / z["z_tt"] / temperature - log(z["z_tt"]) + log(z["z_st"])
+    kl_1 = z["a_1"] / z["z_t1"] - log(z["z_t1"]) + log(z["z_s1"])
+    ce_s = log(z["z_s1"]) - jnp.sum(jnp.where(hit, d_s, 0.0), axis=-1)
+    ce_t = log(z["z_t1"]) - jnp.sum(jnp.where(hit, d_t, 0.0), axis=-1)
+    agree = (jnp.argmax(s, axis=-1) == jnp.argmax(t, axis=-1)).astype(jnp.float32)
+    row = (jnp.max(s, axis=-1), jnp.max(t, axis=-1), z["z_s1"], z["z_st"], z["z_tt"])
+    return (kl_t, kl_1, ce_s, ce_t, agree), (s, t, targets, temperature, row)
+
+
+def _logit_terms_bwd(residuals, cotangents):
+    s, t, targets, temperature, (m_s, m_t, z_s1, z_st, z_tt) = residuals
+    g_kl_t, _, g_ce, _, _ = cotangents
+    inv_t = 1.0 / temperature
+    d_s, d_t = s - m_s[..., None], t - m_t[..., None]
+    hit = jax.lax.broadcasted_iota(jnp.int32, s.shape, s.ndim - 1) == targets[..., None]
+    p_st = jnp.exp(d_s * inv_t) / z_st[..., None]
+    p_tt = jnp.exp(d_t * inv_t) / z_tt[..., None]
+    p_s1 = jnp.exp(d_s) / z_s1[..., None]
+    grad_s = (g_kl_t * inv_t)[..., None] * (p_st - p_tt) + g_ce[..., None] * (p_s1 - hit.astype(jnp.float32))
+    # Materialise the gradient once: otherwise XLA:CPU fuses these exps into the transposing copy that feeds
+    # the output layer's weight-gradient matmul and recomputes them in strided order (2 s of a 5 s step at
+    # vocab 32000).
+    grad_s = jax.lax.optimization_barrier(grad_s)
+    return grad_s, jnp.zeros_like(t), None, jnp.zeros_like(temperature)
+
+
+_logit_terms.defvjp(_logit_terms_fwd, _logit_terms_bwd)
+
+
 def token_kl(teacher_log_probs: jax.Array, student_log_probs: jax.Array) -> jax.Array:
     """`KL(teacher ‖ student)` per token from log-probabilities `[..., V]` -> `[...]`."""
     return jnp.sum(jnp.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs), axis=-1)
 
 
 def token_cross_entropy(log_probs: jax.Array, targets: jax.Array) -> jax.Array:
-    """`-log p(target)` per token: `log_probs [B, T, V]`, integer `targets [B, T]` -> `[B, T]`."""
-    return -jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    """`-log p(target)` per token: `log_probs [B, T, V]`, integer `targets [B, T]` -> `[B, T]`.
+
+    Selected with a compare against the vocabulary index, which XLA fuses into the reduction (and its gradient
+    into an elementwise select); `take_along_axis` would differentiate into a scatter, which XLA:CPU runs
+    serially — 3 s of a 4 s step at vocab 32000. No one-hot tensor is materialised either way.
+    """
+    vocab = jax.lax.broadcasted_iota(jnp.int32, log_probs.shape, log_probs.ndim - 1)
+    hit = vocab == targets[..., None].astype(jnp.int32)
+    return -jnp.sum(jnp.where(hit, log_probs, 0.0), axis=-1)
 
 
 def token_cosine_distance(a: jax.Array, b: jax.Array, eps: float = COSINE_EPS) -> jax.Array:
@@ -129,18 +205,12 @@ def distillation_sums(student_logits: jax.Array, teacher_logits: jax.Array, targ
     metric-only `kl_T1`, `teacher_ce`, `top1_agreement` (gradient-free).
     Shapes: logits `[B, T, V]`, targets/mask `[B, T]`, features `[L, B, T, D]`.
     """
-    teacher_logits = jax.lax.stop_gradient(teacher_logits)
-    s_1, s_t = log_softmax_at(student_logits, temperature)
-    t_1, t_t = log_softmax_at(teacher_logits, temperature)
+    kl_t, kl_1, ce_s, ce_t, agree = logit_terms(student_logits, jax.lax.stop_gradient(teacher_logits), targets,
+                                                temperature)  # fmt: skip
     sums = {
-        "kl_at_T": masked_sum(token_kl(t_t, s_t), mask),
-        "ce": masked_sum(token_cross_entropy(s_1, targets), mask),
-    }
-    s_1_const = jax.lax.stop_gradient(s_1)
-    agree = jnp.argmax(student_logits, axis=-1) == jnp.argmax(teacher_logits, axis=-1)
-    sums["kl_T1"] = masked_sum(token_kl(t_1, s_1_const), mask)
-    sums["teacher_ce"] = masked_sum(token_cross_entropy(t_1, targets), mask)
-    sums["top1_agreement"] = masked_sum(agree.astype(jnp.float32), mask)
+        "kl_at_T": masked_sum(kl_t, mask), "ce": masked_sum(ce_s, mask), "kl_T1": masked_sum(kl_1, mask),
+        "teacher_ce": masked_sum(ce_t, mask), "top1_agreement": masked_sum(agree, mask),
+    }  # fmt: skip
     if student_features is not None:
         if teacher_features is None:
             raise ValueError("student_features were given without teacher_features")

@@ -153,7 +153,9 @@ class Transformer(nnx.Module):
         else:
             self.layers = nnx.List([Block(config, rngs=rngs) for _ in range(s.num_layers)])
         self.final_norm = RMSNorm(s.emb_dim, s.norm_eps, dtype=w, rngs=rngs)
-        self.lm_head = None if s.tie_embeddings else _param(rngs, _fan_in(s.emb_dim), (s.emb_dim, s.vocab_size), ("embed", "vocab"), w)
+        # [V, D] like the embedding: the weight gradient gᵀ·x then needs no transpose of the [B·T, V] gradient,
+        # which XLA:CPU copies in strided order (seconds at vocab 32000).
+        self.lm_head = None if s.tie_embeddings else _param(rngs, _fan_in(s.emb_dim), (s.vocab_size, s.emb_dim), ("vocab", "embed"), w)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:  # [B, T] int -> [B, T, V] float32
         c = self.config
@@ -171,8 +173,8 @@ class Transformer(nnx.Module):
         if c.sow_features:
             self.sow(nnx.Intermediate, FEATURES, features)  # [L, B, T, D]
         x = self.final_norm(x)
-        head = self.embed[...].T if self.lm_head is None else self.lm_head[...]  # [D, V]
-        logits = jnp.einsum("btd,dv->btv", x, head.astype(c.dtype), preferred_element_type=jnp.float32)
+        head = self.embed[...] if self.lm_head is None else self.lm_head[...]  # [V, D]
+        logits = jnp.einsum("btd,vd->btv", x, head.astype(c.dtype), preferred_element_type=jnp.float32)
         return constrain(logits, ("act_batch", "act_length", "act_vocab"))
 
     def _scan(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array | None]:

@@ -150,14 +150,20 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
 
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
         finite = jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(grads))
-        updates, new_opt = optimizer.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, jax.tree.map(lambda u: -hparams["learning_rate"] * u, updates))
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+
+        def update(operands):
+            params, opt_state, grads = operands
+            updates, new_opt = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, jax.tree.map(lambda u: -hparams["learning_rate"] * u, updates)), new_opt
+
+        # A non-finite step changes nothing (a branch, not a select over every parameter).
+        new_params, new_opt = jax.lax.cond(finite, update, lambda operands: operands[:2],
+                                           (params, state["opt_state"], grads))  # fmt: skip
         metrics = (losses.distill_metrics(sums, total, **weights) if distill else losses.pretrain_metrics(sums, total))
         window = {k: v + jnp.stack(metrics[k]) for k, v in state["window"].items()}
         return {
-            "params": jax.tree.map(keep, new_params, params),
-            "opt_state": jax.tree.map(keep, new_opt, state["opt_state"]),
+            "params": new_params,
+            "opt_state": new_opt,
             "step": index + 1,
             "window": window,
             "bad_step": jnp.where((state["bad_step"] < 0) & ~finite, index, state["bad_step"]),

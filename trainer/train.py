@@ -314,46 +314,47 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
     every_log = spec.logging.every_steps
     every_save = spec.checkpoint.every_steps
     step = start_step
-    while step < spec.steps:
-        if _should_stop(stop, step):
-            break
-        state = step_fn(state, built.teacher_params, device_batch, hparams_at(step))
-        step += 1
-        position += accumulation
-        tokens = int(host["mask"].sum())
-        session.tokens += tokens
-        window_tokens += tokens
-        window_steps += 1
-        session.step = step
-        if step < spec.steps:
-            host, device_batch = batch(position)  # prepared while the device computes this step
-        if step % every_log == 0 or step == spec.steps:
-            sums, bad_step = jax.device_get((state["window"], state["bad_step"]))
-            if int(bad_step) >= 0:
-                raise Diverged(f"the loss became NaN or infinite at step {int(bad_step)}",
-                               "lower the learning rate, or check the data and the teacher checkpoint")  # fmt: skip
-            elapsed = time.time() - window_start
-            session.train_seconds += elapsed
-            session.train_tokens += window_tokens
-            record = metrics_record(
-                step, time=time.time(), tokens=session.tokens, tokens_per_sec=window_tokens / max(elapsed, 1e-9),
-                step_time_sec=elapsed / window_steps, learning_rate=float(built.lr_schedule(step - 1)),
-                sums={k: (float(v[0]), float(v[1])) for k, v in sums.items()},
-            )  # fmt: skip
-            session.final_metrics = {k: v["value"] for k, v in record["metrics"].items()}
-            if process_zero:
-                session.files.log(record)
-            reporter.log(record)
-            state = {**state, "window": built.zero_window()}
-            window_start, window_tokens, window_steps = time.time(), 0, 0
-        if checkpoints and every_save and step % every_save == 0 and step < spec.steps:
-            save(step)
-    if checkpoints and (step == spec.steps or _stopped(stop)):
-        if step > start_step or checkpoints.latest_step() != step:
-            save(step)
-        checkpoints.close()
-    elif checkpoints:
-        checkpoints.close()
+    try:
+        while step < spec.steps:
+            if _should_stop(stop, step):
+                break
+            state = step_fn(state, built.teacher_params, device_batch, hparams_at(step))
+            step += 1
+            position += accumulation
+            tokens = int(host["mask"].sum())
+            session.tokens += tokens
+            window_tokens += tokens
+            window_steps += 1
+            session.step = step
+            if step < spec.steps:
+                host, device_batch = batch(position)  # prepared while the device computes this step
+            if step % every_log == 0 or step == spec.steps:
+                sums, bad_step = jax.device_get((state["window"], state["bad_step"]))
+                if int(bad_step) >= 0:
+                    raise Diverged(f"the loss became NaN or infinite at step {int(bad_step)}",
+                                   "lower the learning rate, or check the data and the teacher checkpoint")  # fmt: skip
+                elapsed = time.time() - window_start
+                session.train_seconds += elapsed
+                session.train_tokens += window_tokens
+                record = metrics_record(
+                    step, time=time.time(), tokens=session.tokens, tokens_per_sec=window_tokens / max(elapsed, 1e-9),
+                    step_time_sec=elapsed / window_steps, learning_rate=float(built.lr_schedule(step - 1)),
+                    sums={k: (float(v[0]), float(v[1])) for k, v in sums.items()},
+                )  # fmt: skip
+                session.final_metrics = {k: v["value"] for k, v in record["metrics"].items()}
+                if process_zero:
+                    session.files.log(record)
+                reporter.log(record)
+                state = {**state, "window": built.zero_window()}
+                window_start, window_tokens, window_steps = time.time(), 0, 0
+            if checkpoints and every_save and step % every_save == 0 and step < spec.steps:
+                save(step)
+        if checkpoints and (step == spec.steps or _stopped(stop)):
+            if step > start_step or checkpoints.latest_step() != step:
+                save(step)
+    finally:
+        if checkpoints:
+            checkpoints.close()  # waits for saves in flight
     if not _stopped(stop):
         _check_finite(state, step)
 
