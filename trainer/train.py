@@ -110,7 +110,7 @@ def run(spec: DistillSpec, *, process: ProcessOptions = ProcessOptions(), report
             _initialize_distributed(process)
             _enable_compilation_cache()
             train(spec, session, stop)
-            if stop.signal_name:
+            if stop.signal_name and session.step < spec.steps:
                 code, message = TrainerExit.PREEMPTED, f"stopped by {stop.signal_name} at step {session.step}; checkpoint saved"
         except TrainerError as e:
             code, message = e.exit_code, e.message + (f" (hint: {e.hint})" if e.hint else "")
