@@ -12,6 +12,7 @@ be local or `gs://` (orbax and etils handle both).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -132,14 +133,41 @@ def restore_params(path: str, params_like: Any) -> Any:
     """
     params_dir = resolve_params_dir(path)
     target = flatten(abstract(params_like))
+    _check_shapes(params_dir, {k: tuple(v.shape) for k, v in target.items()})
     try:
-        restored = ocp.StandardCheckpointer().restore(params_dir, target)
+        with ocp.StandardCheckpointer() as checkpointer:
+            restored = checkpointer.restore(params_dir, target)
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(
             f"the checkpoint at {params_dir} does not hold this model's parameters: {_first_line(e)}",
             "check that the model block (shape, layers, vocab) matches the run that wrote it",
         ) from None
     return unflatten(params_like, restored)
+
+
+def _check_shapes(params_dir: epath.Path, want: dict[str, tuple[int, ...]]) -> None:
+    """Raise UserError naming the differences when the saved arrays are not the ones `want` describes."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # orbax warns about a metadata file that StandardSave does not write
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            tree = checkpointer.metadata(params_dir).item_metadata
+        saved = {k: tuple(v.shape) for k, v in tree.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # unreadable metadata: the restore itself reports what is wrong
+    finally:
+        absl.setLevel(level)
+    differences = [f"{k} missing" for k in sorted(set(want) - set(saved))]
+    differences += [f"{k} not in this model" for k in sorted(set(saved) - set(want))]
+    differences += [f"{k} is {saved[k]}, this model needs {want[k]}" for k in sorted(set(saved) & set(want))
+                    if saved[k] != want[k]]  # fmt: skip
+    if differences:
+        raise UserError(
+            f"the checkpoint at {params_dir} does not hold this model's parameters: "
+            + "; ".join(differences[:4]) + (f" (and {len(differences) - 4} more)" if len(differences) > 4 else ""),
+            "check that the model block (shape, layers, vocab) matches the run that wrote it",
+        )
 
 
 def _first_line(e: Exception) -> str:
