@@ -4,9 +4,9 @@
     .venv/bin/python bench/bench_trainer.py --sizes mid --steps 10
 
 Both trainers drive the same models (this repository's NNX Transformer, same initial parameters) on the same
-pre-generated batches (synthetic language, float32), with AdamW and gradient clipping, and both are timed after
-their warm-up steps (compilation excluded), one after the other in one process. The machine's load average is
-printed with each result: on a shared machine, rerun when it is high. Ours computes all 13 metrics of `trainer.loss`;
+pre-generated batches (synthetic language, float32), with AdamW and gradient clipping, timed after their warm-up
+steps (compilation excluded) in one process, in interleaved rounds (tunix, ours, tunix, ours, ...) so that load
+from other processes hits both; the medians and every round's ratio are printed with the load average. Ours computes all 13 metrics of `trainer.loss`;
 LogitStrategy computes 4. Tokens/s counts every token of the batch. Needs the `tunix` extra
 (`pip install -e '.[train,tunix]'`).
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -71,36 +72,43 @@ def initial_params(spec):
     return out
 
 
-def time_ours(spec, params, seqs: list[np.ndarray], warmup: int) -> float:
-    """Tokens/s of this trainer's compiled step and host loop (batch to device, scheduled values, dispatch)."""
+def ours_runner(spec, params, seqs: list[np.ndarray]):
+    """`run(start, count) -> seconds` for this trainer's compiled step and host loop (batch to device, scheduled
+    values, dispatch; one metrics read at the end, as a log step does)."""
     import jax
 
     from trainer.setup import build
     from trainer.step import hyperparameters
 
     built = build(spec, teacher_params=params["teacher"][2])
-    state = built.state
+    holder = {"state": built.state}
 
     def device_batch(seq):
         host = {"inputs": seq[None, :, :-1], "targets": seq[None, :, 1:],
                 "mask": np.ones((1, seq.shape[0], seq.shape[1] - 1), np.float32)}  # fmt: skip
         return built.to_device(host)
 
-    hp = lambda i: {k: np.float32(v) for k, v in hyperparameters(spec, i, built.lr_schedule).items()}  # noqa: E731
+    def hp(i):
+        return {k: np.float32(v) for k, v in hyperparameters(spec, i, built.lr_schedule).items()}
+
     with jax.set_mesh(built.mesh):
-        step = built.step_fn.lower(state, built.teacher_params, device_batch(seqs[0]), hp(0)).compile()
-    for i in range(warmup):
-        state = step(state, built.teacher_params, device_batch(seqs[i]), hp(i))
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for i in range(warmup, len(seqs)):
-        state = step(state, built.teacher_params, device_batch(seqs[i]), hp(i))
-    jax.device_get(state["window"])  # the metrics a log step would read
-    elapsed = time.perf_counter() - start
-    return (len(seqs) - warmup) * seqs[0].shape[0] * (seqs[0].shape[1] - 1) / elapsed
+        step = built.step_fn.lower(holder["state"], built.teacher_params, device_batch(seqs[0]), hp(0)).compile()
+
+    def run(first: int, count: int) -> float:
+        state = holder["state"]
+        jax.block_until_ready(state)
+        begin = time.perf_counter()
+        for i in range(first, first + count):
+            state = step(state, built.teacher_params, device_batch(seqs[i]), hp(i))
+        jax.device_get(state["window"])
+        holder["state"] = state
+        return time.perf_counter() - begin
+
+    return run
 
 
-def time_tunix(spec, params, seqs: list[np.ndarray], warmup: int) -> float:
+def tunix_runner(spec, params, seqs: list[np.ndarray]):
+    """`run(start, count) -> seconds` for tunix's DistillationTrainer + LogitStrategy."""
     import jax
     import optax
     from flax import nnx
@@ -110,8 +118,8 @@ def time_tunix(spec, params, seqs: list[np.ndarray], warmup: int) -> float:
 
     vocab = spec.student.shape().vocab_size
     (_, s_graph, s_params), (_, t_graph, t_params) = params["student"], params["teacher"]
-    student, teacher = nnx.merge(s_graph, jax.tree.map(jax.numpy.asarray, s_params)), nnx.merge(
-        t_graph, jax.tree.map(jax.numpy.asarray, t_params))  # fmt: skip
+    student = nnx.merge(s_graph, jax.tree.map(jax.numpy.asarray, s_params))
+    teacher = nnx.merge(t_graph, jax.tree.map(jax.numpy.asarray, t_params))
 
     def forward(model, input_tokens, input_mask):
         return model(input_tokens[:, :-1])
@@ -125,44 +133,59 @@ def time_tunix(spec, params, seqs: list[np.ndarray], warmup: int) -> float:
     config = distillation_trainer.TrainingConfig(eval_every_n_steps=10**9, max_steps=len(seqs),
                                                  pbar_description=None)  # fmt: skip
     trainer = distillation_trainer.DistillationTrainer(student, teacher, strategy, optimizer, config)
+    # Driven segment by segment: no close() after each train() call, and no skipping of already-seen items.
+    trainer.is_managed_externally = True
     inputs = [peft_trainer.TrainingInput(input_tokens=jax.numpy.asarray(s), input_mask=jax.numpy.ones(s.shape))
               for s in seqs]  # fmt: skip
-    trainer.train(inputs[:warmup])
-    jax.block_until_ready(nnx.state(trainer.model))
-    start = time.perf_counter()
-    # train() skips as many items as it has already trained steps (it resumes an iterator), so it gets the whole
-    # list again and trains the rest.
-    trainer.train(inputs)
-    jax.block_until_ready(nnx.state(trainer.model))
-    elapsed = time.perf_counter() - start
-    trained = trainer._train_steps  # noqa: SLF001 - the check that every timed step really ran
-    trainer.close()
-    if trained != len(seqs):
-        raise RuntimeError(f"tunix trained {trained} steps, expected {len(seqs)}")
-    return (len(seqs) - warmup) * seqs[0].shape[0] * (seqs[0].shape[1] - 1) / elapsed
+
+    def run(first: int, count: int) -> float:
+        assert trainer.train_steps == first, (trainer.train_steps, first)
+        jax.block_until_ready(nnx.state(trainer.model))
+        begin = time.perf_counter()
+        trainer.train(inputs[first : first + count])
+        jax.block_until_ready(nnx.state(trainer.model))
+        elapsed = time.perf_counter() - begin
+        if trainer.train_steps != first + count:
+            raise RuntimeError(f"tunix trained to step {trainer.train_steps}, expected {first + count}")
+        return elapsed
+
+    return run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="tiny,mid")
-    parser.add_argument("--steps", type=int, default=0, help="timed steps (default: 60 tiny, 12 mid)")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=0, help="timed steps per round (default: 30 tiny, 4 mid)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per side")
+    parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     os.environ.setdefault("DISTILLCTL_COMPILE_CACHE", "off")
     results = []
     for name in args.sizes.split(","):
         size = SIZES[name]
-        steps = args.steps or (60 if name == "tiny" else 12)
-        spec = spec_for(size, args.warmup + steps)
-        seqs = batches(spec, args.warmup + steps)
+        steps = args.steps or (30 if name == "tiny" else 4)
+        total = args.warmup + args.rounds * steps
+        spec = spec_for(size, total)
+        seqs = batches(spec, total)
         params = initial_params(spec)
-        tunix = time_tunix(spec, params, seqs, args.warmup)
-        ours = time_ours(spec, params, seqs, args.warmup)
-        row = {"size": name, "tokens_per_step": size["rows"] * size["length"], "timed_steps": steps,
-               "ours_tokens_per_sec": round(ours, 1), "tunix_tokens_per_sec": round(tunix, 1),
-               "ratio": round(ours / tunix, 2), "load_average_1min": round(os.getloadavg()[0], 2)}  # fmt: skip
+        runners = {"tunix": tunix_runner(spec, params, seqs), "ours": ours_runner(spec, params, seqs)}
+        for runner in runners.values():
+            runner(0, args.warmup)
+        times: dict[str, list[float]] = {"tunix": [], "ours": []}
+        for r in range(args.rounds):  # interleaved, so load changes on a shared machine hit both sides
+            first = args.warmup + r * steps
+            for side in ("tunix", "ours"):
+                times[side].append(runners[side](first, steps))
+        tokens = steps * size["rows"] * size["length"]
+        ratios = sorted(t / o for t, o in zip(times["tunix"], times["ours"]))
+        ours, tunix = tokens / statistics.median(times["ours"]), tokens / statistics.median(times["tunix"])
+        row = {"size": name, "tokens_per_step": size["rows"] * size["length"], "steps_per_round": steps,
+               "rounds": args.rounds, "ours_tokens_per_sec": round(ours, 1), "tunix_tokens_per_sec": round(tunix, 1),
+               "ratio_median": round(statistics.median(ratios), 2), "ratio_per_round": [round(x, 2) for x in ratios],
+               "load_average_1min": round(os.getloadavg()[0], 2)}  # fmt: skip
         results.append(row)
-        print(f"{name}: ours {ours:,.0f} tok/s, tunix {tunix:,.0f} tok/s, ratio {ours / tunix:.2f}x", flush=True)
+        print(f"{name}: ours {ours:,.0f} tok/s, tunix {tunix:,.0f} tok/s (medians), ratio {row['ratio_median']}x "
+              f"(per round {row['ratio_per_round']}), load {row['load_average_1min']}", flush=True)
     print(json.dumps(results, indent=2))
 
 

@@ -105,16 +105,25 @@ def _logit_terms_bwd(residuals, cotangents):
     s, t, targets, temperature, (m_s, m_t, z_s1, z_st, z_tt) = residuals
     g_kl_t, _, g_ce, _, _ = cotangents
     inv_t = 1.0 / temperature
-    d_s, d_t = s - m_s[..., None], t - m_t[..., None]
-    hit = jax.lax.broadcasted_iota(jnp.int32, s.shape, s.ndim - 1) == targets[..., None]
-    p_st = jnp.exp(d_s * inv_t) / z_st[..., None]
-    p_tt = jnp.exp(d_t * inv_t) / z_tt[..., None]
-    p_s1 = jnp.exp(d_s) / z_s1[..., None]
-    grad_s = (g_kl_t * inv_t)[..., None] * (p_st - p_tt) + g_ce[..., None] * (p_s1 - hit.astype(jnp.float32))
-    # Materialise the gradient once: otherwise XLA:CPU fuses these exps into the transposing copy that feeds
-    # the output layer's weight-gradient matmul and recomputes them in strided order (2 s of a 5 s step at
-    # vocab 32000).
-    grad_s = jax.lax.optimization_barrier(grad_s)
+
+    def rows(args):  # one block of rows [R, V]: an elementwise expression of the saved row statistics
+        s, t, targets, m_s, m_t, z_s1, z_st, z_tt, g_kl_t, g_ce = args
+        d_s, d_t = s - m_s[..., None], t - m_t[..., None]
+        hit = jax.lax.broadcasted_iota(jnp.int32, s.shape, s.ndim - 1) == targets[..., None]
+        p_st = jnp.exp(d_s * inv_t) / z_st[..., None]
+        p_tt = jnp.exp(d_t * inv_t) / z_tt[..., None]
+        p_s1 = jnp.exp(d_s) / z_s1[..., None]
+        return (g_kl_t * inv_t)[..., None] * (p_st - p_tt) + g_ce[..., None] * (p_s1 - hit.astype(jnp.float32))
+
+    # Blocks of rows in a loop, so the gradient is written once, row-major: left to itself, XLA:CPU fuses this
+    # expression into the transposing copy that feeds the output layer's weight-gradient matmul and evaluates it
+    # in strided order (1.4 s of a 4.5 s step at vocab 32000).
+    vocab = s.shape[-1]
+    flat = [a.reshape(-1, vocab) if a.ndim == s.ndim else a.reshape(-1)
+            for a in (s, t, targets, m_s, m_t, z_s1, z_st, z_tt, g_kl_t, g_ce)]  # fmt: skip
+    n = flat[0].shape[0]
+    block = next(b for b in (256, 128, 64, 32, 16, 8, 4, 2, 1) if n % b == 0)
+    grad_s = jax.lax.map(rows, flat, batch_size=block).reshape(s.shape) if n > block else rows(flat).reshape(s.shape)
     return grad_s, jnp.zeros_like(t), None, jnp.zeros_like(temperature)
 
 
