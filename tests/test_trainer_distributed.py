@@ -80,3 +80,47 @@ def test_two_process_run_completes_and_matches(single, tmp_path):
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["status"] == "succeeded" and summary["tokens"] == 10 * 8 * 32
     assert (tmp_path / "two" / "checkpoints" / "10").is_dir()
+
+
+def _launch_pair(spec, address: str) -> list[subprocess.Popen]:
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "trainer", "--spec", str(spec), "--coordinator-address", address,
+             "--num-processes", "2", "--process-id", str(i)],
+            cwd=REPO, env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+
+
+def test_two_processes_stop_together_on_sigterm_and_resume(tmp_path):
+    """SIGTERM to every process (as Kubernetes sends it): they agree on one step through the coordination
+    service's preemption sync point, save one checkpoint there and exit 143; a rerun resumes and finishes."""
+    import signal
+    import time
+
+    data = merged(BASE, name="pre", output_dir=str(tmp_path), steps=120, batch={"per_device_batch_size": 4},
+                  checkpoint={"every_steps": 1000})  # fmt: skip
+    spec = write_spec(tmp_path / "pre.json", data)
+    procs = _launch_pair(spec, f"127.0.0.1:{_free_port()}")
+    metrics = tmp_path / "pre" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert all(p.poll() is None for p in procs), [p.stderr.read()[-2000:] for p in procs]
+        time.sleep(0.1)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    errors = [p.communicate(timeout=240)[1] for p in procs]
+    assert [p.returncode for p in procs] == [143, 143], [e[-2000:] for e in errors]
+    summary = json.loads((tmp_path / "pre" / "summary.json").read_text())
+    stopped = summary["step"]
+    assert summary["status"] == "preempted" and 10 <= stopped < 120
+    assert (tmp_path / "pre" / "checkpoints" / str(stopped)).is_dir()
+
+    procs = _launch_pair(spec, f"127.0.0.1:{_free_port()}")
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for e in errors]
+    summary = json.loads((tmp_path / "pre" / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and summary["resumed_from_step"] == stopped
+    steps = [r["step"] for r in read_metrics(tmp_path / "pre")]
+    assert steps == list(range(5, 121, 5))
