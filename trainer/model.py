@@ -89,10 +89,10 @@ class Attention(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         s, w = config.shape, config.weight_dtype
         d, h, n, k = s.emb_dim, s.num_query_heads, s.num_kv_heads, s.head_dim
-        self.wq = _param(rngs, _fan_in(d), (s.emb_dim, s.num_query_heads, s.head_dim), ("embed", "q_heads", "head_dim"), w)
-        self.wk = _param(rngs, _fan_in(d), (s.emb_dim, s.num_kv_heads, s.head_dim), ("embed", "kv_heads", "head_dim"), w)
-        self.wv = _param(rngs, _fan_in(d), (s.emb_dim, s.num_kv_heads, s.head_dim), ("embed", "kv_heads", "head_dim"), w)
-        self.wo = _param(rngs, _fan_in(h, k), (s.num_query_heads, s.head_dim, s.emb_dim), ("q_heads", "head_dim", "embed"), w)
+        self.wq = _param(rngs, _fan_in(d), (d, h, k), ("embed", "q_heads", "head_dim"), w)  # [D, H, K]
+        self.wk = _param(rngs, _fan_in(d), (d, n, k), ("embed", "kv_heads", "head_dim"), w)  # [D, N, K]
+        self.wv = _param(rngs, _fan_in(d), (d, n, k), ("embed", "kv_heads", "head_dim"), w)  # [D, N, K]
+        self.wo = _param(rngs, _fan_in(h, k), (h, k, d), ("q_heads", "head_dim", "embed"), w)  # [H, K, D]
         self.config = config
 
     def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:  # x [B, T, D], positions [B, T]

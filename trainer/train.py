@@ -13,7 +13,6 @@ write their checkpoint shards.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import signal
 import threading
