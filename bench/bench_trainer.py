@@ -14,6 +14,7 @@ Sizes:
 - tiny: teacher tiny-4l, student tiny-2l (width 64, vocab 256), 8 × 64 tokens: overhead-bound.
 - mid: teacher mid-4l, student mid-2l (width 256, vocab 32000), 4 × 256 tokens: the vocabulary-sized output layer and
   the loss dominate the step.
+- overhead (`--sizes overhead`): width 16, 2 × 16 tokens: almost no compute, so the ratio is per-step overhead.
 """
 
 from __future__ import annotations
@@ -30,9 +31,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+_MICRO = {"emb_dim": 16, "num_query_heads": 2, "num_kv_heads": 1, "head_dim": 8, "mlp_dim": 32}
 SIZES = {
     "tiny": {"teacher": "tiny-4l", "student": "tiny-2l", "rows": 8, "length": 64},
     "mid": {"teacher": "mid-4l", "student": "mid-2l", "rows": 4, "length": 256},
+    # Not a target: near-zero compute, so the ratio is the two trainers' per-step overhead.
+    "overhead": {"teacher": "tiny-2l", "student": "tiny-2l", "rows": 2, "length": 16,
+                 "teacher_overrides": _MICRO, "student_overrides": {**_MICRO, "num_layers": 1}},
 }
 LR, ALPHA, TEMPERATURE = 1e-3, 0.5, 2.0
 
@@ -41,8 +46,8 @@ def spec_for(size: dict, steps: int):
     from trainer.specfile import validate_data
 
     spec, problems = validate_data({
-        "name": "bench", "student": {"model": size["student"]},
-        "teacher": {"model": size["teacher"], "load_parameters_path": "unused"},
+        "name": "bench", "student": {"model": size["student"], **size.get("student_overrides", {})},
+        "teacher": {"model": size["teacher"], "load_parameters_path": "unused", **size.get("teacher_overrides", {})},
         "loss": {"alpha": ALPHA, "temperature": TEMPERATURE},
         "batch": {"per_device_batch_size": size["rows"], "max_target_length": size["length"]}, "steps": steps,
         "optimizer": {"learning_rate": LR, "warmup_fraction": 0.0, "final_lr_fraction": 1.0, "weight_decay": 0.0},
@@ -163,7 +168,7 @@ def main() -> None:
     results = []
     for name in args.sizes.split(","):
         size = SIZES[name]
-        steps = args.steps or (30 if name == "tiny" else 4)
+        steps = args.steps or {"tiny": 30, "mid": 4, "overhead": 100}[name]
         total = args.warmup + args.rounds * steps
         spec = spec_for(size, total)
         seqs = batches(spec, total)
