@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from orchestrator import console, launch_commands, results_commands, sweep_commands
+from orchestrator import console, launch_commands, results_commands, sweep_commands, train_command
 from orchestrator.console import OutputFormat
 from orchestrator.errors import DistillctlError, InvalidSpecError, UsageError
 from orchestrator.exit_codes import ExitCode, epilog
@@ -208,6 +208,7 @@ app.command()(launch_commands.cancel)
 app.command("results")(results_commands.results_command)
 app.command()(results_commands.regress)
 app.add_typer(results_commands.golden_app, name="golden")
+app.command()(train_command.train)
 
 
 def main() -> None:

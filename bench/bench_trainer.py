@@ -1,0 +1,198 @@
+"""Training-step throughput of this trainer vs tunix's DistillationTrainer + LogitStrategy (not a test).
+
+    .venv/bin/python bench/bench_trainer.py                  # both sizes
+    .venv/bin/python bench/bench_trainer.py --sizes mid --steps 10
+
+Both trainers drive the same models (this repository's NNX Transformer, same initial parameters) on the same
+pre-generated batches (synthetic language, float32), with AdamW and gradient clipping, timed after their warm-up
+steps (compilation excluded) in one process, in interleaved rounds (tunix, ours, tunix, ours, ...) so that load
+from other processes hits both; the medians and every round's ratio are printed with the load average. Ours computes all 13 metrics of `trainer.loss`;
+LogitStrategy computes 4. Tokens/s counts every token of the batch. Needs the `tunix` extra
+(`pip install -e '.[train,tunix]'`).
+
+Sizes:
+- tiny: teacher tiny-4l, student tiny-2l (width 64, vocab 256), 8 × 64 tokens: overhead-bound.
+- mid: teacher mid-4l, student mid-2l (width 256, vocab 32000), 4 × 256 tokens: the vocabulary-sized output layer and
+  the loss dominate the step.
+- overhead (`--sizes overhead`): width 16, 2 × 16 tokens: almost no compute, so the ratio is per-step overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_MICRO = {"emb_dim": 16, "num_query_heads": 2, "num_kv_heads": 1, "head_dim": 8, "mlp_dim": 32}
+SIZES = {
+    "tiny": {"teacher": "tiny-4l", "student": "tiny-2l", "rows": 8, "length": 64},
+    "mid": {"teacher": "mid-4l", "student": "mid-2l", "rows": 4, "length": 256},
+    # Not a target: near-zero compute, so the ratio is the two trainers' per-step overhead.
+    "overhead": {"teacher": "tiny-2l", "student": "tiny-2l", "rows": 2, "length": 16,
+                 "teacher_overrides": _MICRO, "student_overrides": {**_MICRO, "num_layers": 1}},
+}
+LR, ALPHA, TEMPERATURE = 1e-3, 0.5, 2.0
+
+
+def spec_for(size: dict, steps: int):
+    from trainer.specfile import validate_data
+
+    spec, problems = validate_data({
+        "name": "bench", "student": {"model": size["student"], **size.get("student_overrides", {})},
+        "teacher": {"model": size["teacher"], "load_parameters_path": "unused", **size.get("teacher_overrides", {})},
+        "loss": {"alpha": ALPHA, "temperature": TEMPERATURE},
+        "batch": {"per_device_batch_size": size["rows"], "max_target_length": size["length"]}, "steps": steps,
+        "optimizer": {"learning_rate": LR, "warmup_fraction": 0.0, "final_lr_fraction": 1.0, "weight_decay": 0.0},
+        "output_dir": tempfile.mkdtemp(),
+    })  # fmt: skip
+    assert spec is not None, [p.message for p in problems]
+    return spec
+
+
+def batches(spec, count: int) -> list[np.ndarray]:
+    """`count` batches of `[rows, length + 1]` token ids from the synthetic language."""
+    from trainer.data import make_source
+
+    source = make_source(spec.data, spec.student.shape().vocab_size, spec.batch.max_target_length + 1)
+    return [source.sequences(i, int(spec.batch.per_device_batch_size), spec.batch.max_target_length + 1)
+            for i in range(count)]  # fmt: skip
+
+
+def initial_params(spec):
+    from trainer.model import ModelConfig, abstract_model, host_init
+
+    out = {}
+    for side in ("student", "teacher"):
+        config = ModelConfig.from_spec(getattr(spec, side))
+        graphdef, abstract = abstract_model(config)
+        out[side] = (config, graphdef, host_init(abstract, 1 if side == "teacher" else 0))
+    return out
+
+
+def ours_runner(spec, params, seqs: list[np.ndarray]):
+    """`run(start, count) -> seconds` for this trainer's compiled step and host loop (batch to device, scheduled
+    values, dispatch; one metrics read at the end, as a log step does)."""
+    import jax
+
+    from trainer.setup import build
+    from trainer.step import hyperparameters
+
+    built = build(spec, teacher_params=params["teacher"][2])
+    holder = {"state": built.state}
+
+    def device_batch(seq):
+        host = {"inputs": seq[None, :, :-1], "targets": seq[None, :, 1:],
+                "mask": np.ones((1, seq.shape[0], seq.shape[1] - 1), np.float32)}  # fmt: skip
+        return built.to_device(host)
+
+    def hp(i):
+        return {k: np.float32(v) for k, v in hyperparameters(spec, i, built.lr_schedule).items()}
+
+    with jax.set_mesh(built.mesh):
+        step = built.step_fn.lower(holder["state"], built.teacher_params, device_batch(seqs[0]), hp(0)).compile()
+
+    def run(first: int, count: int) -> float:
+        state = holder["state"]
+        jax.block_until_ready(state)
+        begin = time.perf_counter()
+        for i in range(first, first + count):
+            state = step(state, built.teacher_params, device_batch(seqs[i]), hp(i))
+        jax.device_get(state["window"])
+        holder["state"] = state
+        return time.perf_counter() - begin
+
+    return run
+
+
+def tunix_runner(spec, params, seqs: list[np.ndarray]):
+    """`run(start, count) -> seconds` for tunix's DistillationTrainer + LogitStrategy."""
+    import jax
+    import optax
+    from flax import nnx
+    from tunix.distillation import distillation_trainer
+    from tunix.distillation.strategies import LogitStrategy
+    from tunix.sft import peft_trainer
+
+    vocab = spec.student.shape().vocab_size
+    (_, s_graph, s_params), (_, t_graph, t_params) = params["student"], params["teacher"]
+    student = nnx.merge(s_graph, jax.tree.map(jax.numpy.asarray, s_params))
+    teacher = nnx.merge(t_graph, jax.tree.map(jax.numpy.asarray, t_params))
+
+    def forward(model, input_tokens, input_mask):
+        return model(input_tokens[:, :-1])
+
+    def labels(input_tokens, input_mask):
+        return jax.nn.one_hot(input_tokens[:, 1:], vocab) * input_mask[:, 1:, None]
+
+    strategy = LogitStrategy(forward, forward, labels, temperature=TEMPERATURE, alpha=ALPHA)
+    optimizer = optax.chain(optax.clip_by_global_norm(spec.optimizer.grad_clip_norm),
+                            optax.adamw(LR, b1=spec.optimizer.b1, b2=spec.optimizer.b2, weight_decay=0.0))  # fmt: skip
+    config = distillation_trainer.TrainingConfig(eval_every_n_steps=10**9, max_steps=len(seqs),
+                                                 pbar_description=None)  # fmt: skip
+    trainer = distillation_trainer.DistillationTrainer(student, teacher, strategy, optimizer, config)
+    # Driven segment by segment: no close() after each train() call, and no skipping of already-seen items.
+    trainer.is_managed_externally = True
+    inputs = [peft_trainer.TrainingInput(input_tokens=jax.numpy.asarray(s), input_mask=jax.numpy.ones(s.shape))
+              for s in seqs]  # fmt: skip
+
+    def run(first: int, count: int) -> float:
+        assert trainer.train_steps == first, (trainer.train_steps, first)
+        jax.block_until_ready(nnx.state(trainer.model))
+        begin = time.perf_counter()
+        trainer.train(inputs[first : first + count])
+        jax.block_until_ready(nnx.state(trainer.model))
+        elapsed = time.perf_counter() - begin
+        if trainer.train_steps != first + count:
+            raise RuntimeError(f"tunix trained to step {trainer.train_steps}, expected {first + count}")
+        return elapsed
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="tiny,mid")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps per round (default: 30 tiny, 4 mid)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per side")
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    os.environ.setdefault("DISTILLCTL_COMPILE_CACHE", "off")
+    results = []
+    for name in args.sizes.split(","):
+        size = SIZES[name]
+        steps = args.steps or {"tiny": 30, "mid": 4, "overhead": 100}[name]
+        total = args.warmup + args.rounds * steps
+        spec = spec_for(size, total)
+        seqs = batches(spec, total)
+        params = initial_params(spec)
+        runners = {"tunix": tunix_runner(spec, params, seqs), "ours": ours_runner(spec, params, seqs)}
+        for runner in runners.values():
+            runner(0, args.warmup)
+        times: dict[str, list[float]] = {"tunix": [], "ours": []}
+        for r in range(args.rounds):  # interleaved, so load changes on a shared machine hit both sides
+            first = args.warmup + r * steps
+            for side in ("tunix", "ours"):
+                times[side].append(runners[side](first, steps))
+        tokens = steps * size["rows"] * size["length"]
+        ratios = sorted(t / o for t, o in zip(times["tunix"], times["ours"]))
+        ours, tunix = tokens / statistics.median(times["ours"]), tokens / statistics.median(times["tunix"])
+        row = {"size": name, "tokens_per_step": size["rows"] * size["length"], "steps_per_round": steps,
+               "rounds": args.rounds, "ours_tokens_per_sec": round(ours, 1), "tunix_tokens_per_sec": round(tunix, 1),
+               "ratio_median": round(statistics.median(ratios), 2), "ratio_per_round": [round(x, 2) for x in ratios],
+               "load_average_1min": round(os.getloadavg()[0], 2)}  # fmt: skip
+        results.append(row)
+        print(f"{name}: ours {ours:,.0f} tok/s, tunix {tunix:,.0f} tok/s (medians), ratio {row['ratio_median']}x "
+              f"(per round {row['ratio_per_round']}), load {row['load_average_1min']}", flush=True)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The two entry points: `distillctl train SPEC` (in-process, JAX imported lazily) and `python -m trainer`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from trainer_support import REPO, TEACHER, merged, python_env, run_trainer
+
+pytest.importorskip("jax")
+pytestmark = pytest.mark.slow
+
+STDLIB_JSON = str(Path(json.__file__).parent)
+
+
+def test_the_base_cli_does_not_import_jax():
+    code = "import sys, orchestrator.cli; sys.exit('jax' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_distillctl_train_runs_a_spec_on_text_data(tmp_path):
+    from orchestrator.cli import app
+
+    data = merged(TEACHER, name="cli", data={"source": "text", "path": STDLIB_JSON + "/*.py"},
+                  checkpoint={"every_steps": 4})  # fmt: skip
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["train", str(spec), "--output-dir", str(tmp_path / "out"), "--steps", "8"])
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "out" / "cli"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and summary["step"] == 8 and summary["total_steps"] == 8
+    assert json.loads((run_dir / "spec.json").read_text())["data"]["source"] == "text"
+    assert "succeeded" in result.output
+
+
+def test_distillctl_train_rejects_an_invalid_spec_before_importing_jax(tmp_path):
+    from orchestrator.cli import app
+
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(yaml.safe_dump(merged(TEACHER, loss={"alpha": 1.5})))
+    result = CliRunner().invoke(app, ["train", str(spec)])
+    assert result.exit_code == 4  # the CLI's invalid-spec code
+    assert "alpha" in result.output
+    missing = CliRunner().invoke(app, ["train", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(TEACHER))
+    override = CliRunner().invoke(app, ["train", str(good), "--steps", "0"])
+    assert override.exit_code == 4 and "steps" in override.output
+
+
+def test_python_m_trainer_validates_the_spec_from_the_environment():
+    bad = run_trainer([], env=python_env(DISTILLCTL_SPEC=json.dumps(merged(TEACHER, steps=0, loss={"alpha": 2.0}))))
+    assert bad.returncode == 1
+    lines = [line for line in bad.stderr.splitlines() if line.startswith("error[")]
+    assert len(lines) >= 2 and any("steps" in line for line in lines) and any("alpha" in line for line in lines)
+    garbled = run_trainer([], env=python_env(DISTILLCTL_SPEC="{not json"))
+    assert garbled.returncode == 1 and "not valid JSON" in garbled.stderr
+    nothing = run_trainer([])
+    assert nothing.returncode == 1 and "no spec" in nothing.stderr
+    assert "Traceback" not in bad.stderr + garbled.stderr + nothing.stderr
+
+
+def test_python_m_trainer_missing_teacher_exits_1_without_a_traceback(tmp_path):
+    data = {
+        "name": "orphan", "student": {"model": "tiny-2l"},
+        "teacher": {"model": "tiny-4l", "load_parameters_path": str(tmp_path / "no-teacher" / "checkpoints")},
+        "output_dir": str(tmp_path), "steps": 5,
+    }  # fmt: skip
+    done = run_trainer([], env=python_env(DISTILLCTL_SPEC=json.dumps(data)))
+    assert done.returncode == 1
+    assert "teacher checkpoint not found at" in done.stderr and "Traceback" not in done.stderr
+    assert json.loads((tmp_path / "orphan" / "summary.json").read_text())["status"] == "failed"
+
+
+def test_python_m_trainer_bad_process_flags_are_a_user_error(tmp_path):
+    spec = tmp_path / "s.json"
+    spec.write_text(json.dumps(merged(TEACHER, output_dir=str(tmp_path))))
+    done = run_trainer(["--spec", str(spec), "--num-processes", "2"])
+    assert done.returncode == 1 and "--coordinator-address" in done.stderr

@@ -1,0 +1,126 @@
+"""Sharded and multi-process runs compute what a one-device run computes.
+
+- 8 simulated CPU devices (`--xla_force_host_platform_device_count=8`, set before JAX starts, so in a
+  subprocess) on a data × fsdp × tensor = 2 × 2 × 2 mesh;
+- two `python -m trainer` processes joined through a coordinator on 127.0.0.1 (one CPU device each, gloo
+  collectives), process 0 alone writing the outputs.
+The global batch is the same in every layout, so the metrics must agree to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from trainer_support import REPO, TEACHER, merged, python_env, read_metrics, run_trainer, write_spec
+
+pytest.importorskip("jax")
+pytestmark = pytest.mark.slow
+
+BASE = merged(TEACHER, steps=10, logging={"every_steps": 5}, checkpoint={"every_steps": 5})
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The reference: one device, 8 rows per step."""
+    out = tmp_path_factory.mktemp("single")
+    spec = write_spec(out / "one.json", merged(BASE, name="one", output_dir=str(out)))
+    done = run_trainer(["--spec", str(spec)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return read_metrics(out / "one")
+
+
+def assert_same_metrics(got: list[dict], want: list[dict]) -> None:
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    for a, b in zip(got, want):
+        assert a["tokens"] == b["tokens"]
+        assert set(a["metrics"]) == set(b["metrics"])
+        for name in a["metrics"]:
+            assert a["metrics"][name]["count"] == b["metrics"][name]["count"], name
+            assert a["metrics"][name]["sum"] == pytest.approx(b["metrics"][name]["sum"], rel=1e-4), name
+
+
+def test_eight_device_sharded_run_matches_one_device(single, tmp_path):
+    data = merged(BASE, name="eight", output_dir=str(tmp_path), batch={"per_device_batch_size": 1},
+                  mesh={"data": 2, "fsdp": 2, "tensor": 2})  # fmt: skip
+    spec = write_spec(tmp_path / "eight.json", data)
+    env = python_env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    done = run_trainer(["--spec", str(spec)], env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_metrics(read_metrics(tmp_path / "eight"), single)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_run_completes_and_matches(single, tmp_path):
+    data = merged(BASE, name="two", output_dir=str(tmp_path), batch={"per_device_batch_size": 4})
+    spec = write_spec(tmp_path / "two.json", data)
+    address = f"127.0.0.1:{_free_port()}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "trainer", "--spec", str(spec), "--coordinator-address", address,
+             "--num-processes", "2", "--process-id", str(i)],
+            cwd=REPO, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    assert "succeeded" in outputs[0][1]
+    assert_same_metrics(read_metrics(tmp_path / "two"), single)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and summary["tokens"] == 10 * 8 * 32
+    assert (tmp_path / "two" / "checkpoints" / "10").is_dir()
+
+
+def _launch_pair(spec, address: str) -> list[subprocess.Popen]:
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "trainer", "--spec", str(spec), "--coordinator-address", address,
+             "--num-processes", "2", "--process-id", str(i)],
+            cwd=REPO, env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+
+
+def test_two_processes_stop_together_on_sigterm_and_resume(tmp_path):
+    """SIGTERM to every process (as Kubernetes sends it): they agree on one step through the coordination
+    service's preemption sync point, save one checkpoint there and exit 143; a rerun resumes and finishes."""
+    import signal
+    import time
+
+    data = merged(BASE, name="pre", output_dir=str(tmp_path), steps=120, batch={"per_device_batch_size": 4},
+                  checkpoint={"every_steps": 1000})  # fmt: skip
+    spec = write_spec(tmp_path / "pre.json", data)
+    procs = _launch_pair(spec, f"127.0.0.1:{_free_port()}")
+    metrics = tmp_path / "pre" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert all(p.poll() is None for p in procs), [p.stderr.read()[-2000:] for p in procs]
+        time.sleep(0.1)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    errors = [p.communicate(timeout=240)[1] for p in procs]
+    assert [p.returncode for p in procs] == [143, 143], [e[-2000:] for e in errors]
+    summary = json.loads((tmp_path / "pre" / "summary.json").read_text())
+    stopped = summary["step"]
+    assert summary["status"] == "preempted" and 10 <= stopped < 120
+    assert (tmp_path / "pre" / "checkpoints" / str(stopped)).is_dir()
+
+    procs = _launch_pair(spec, f"127.0.0.1:{_free_port()}")
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for e in errors]
+    summary = json.loads((tmp_path / "pre" / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and summary["resumed_from_step"] == stopped
+    steps = [r["step"] for r in read_metrics(tmp_path / "pre")]
+    assert steps == list(range(5, 121, 5))

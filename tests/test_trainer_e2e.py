@@ -1,0 +1,193 @@
+"""End to end on CPU: pretrain a tiny teacher, distill a pruned student from it, resume, diverge, fail cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trainer_support import (
+    REPO, TEACHER, event_tags, merged, metric, python_env, read_metrics, spec_of, without_timing, write_spec,
+)  # fmt: skip
+
+pytest.importorskip("jax")
+
+from trainer.exit_codes import TrainerExit  # noqa: E402
+from trainer.loss import DISTILL_METRICS, PRETRAIN_METRICS  # noqa: E402
+from trainer.train import run  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def teacher(out) -> Path:
+    """A tiny-4l teacher pretrained for 60 steps (checkpoints at 30 and 60)."""
+    code = run(spec_of(merged(TEACHER, output_dir=str(out))))
+    assert code == TrainerExit.OK
+    return out / "teacher"
+
+
+def distill_spec(out: Path, teacher_dir: Path, **changes) -> dict:
+    base = {
+        "name": "student", "mode": "distill",
+        "student": {"model": "tiny-2l", "init": "teacher", "drop_layers": [1, 2]},
+        "teacher": {"model": "tiny-4l", "load_parameters_path": str(teacher_dir / "checkpoints")},
+        "loss": {"alpha": {"start": 0.9, "end": 0.7, "schedule": "cosine"},
+                 "temperature": {"start": 2.0, "end": 1.0, "schedule": "cosine"},
+                 "beta": {"start": 1.0, "end": 0.1, "schedule": "cosine"}, "layer_indices": [0, -1]},
+        "data": {"source": "synthetic", "seed": 1},
+        "batch": {"per_device_batch_size": 8, "max_target_length": 32},
+        "steps": 40, "optimizer": {"learning_rate": 1e-3, "warmup_fraction": 0.05},
+        "checkpoint": {"every_steps": 20}, "logging": {"every_steps": 5}, "output_dir": str(out),
+    }  # fmt: skip
+    return merged(base, **changes)
+
+
+def test_pretrain_writes_every_output(teacher):
+    summary = json.loads((teacher / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and summary["exit_code"] == 0
+    assert summary["step"] == summary["total_steps"] == 60
+    assert summary["tokens"] == 60 * 8 * 32 and summary["tokens_per_sec"] > 0
+    assert set(summary["final_metrics"]) == set(PRETRAIN_METRICS)
+    for key in ("wall_time_sec", "started_at", "updated_at", "mode", "run_name", "compile_time_sec"):
+        assert key in summary
+    spec = json.loads((teacher / "spec.json").read_text())
+    assert spec["student"]["num_layers"] == 4 and spec["mode"] == "pretrain"  # resolved: registry shape written out
+    records = read_metrics(teacher)
+    assert [r["step"] for r in records] == [10, 20, 30, 40, 50, 60]
+    for r in records:
+        assert set(r) == {"step", "time", "tokens", "tokens_per_sec", "step_time_sec", "learning_rate", "metrics"}
+        assert set(r["metrics"]) == set(PRETRAIN_METRICS)
+        assert r["metrics"]["distill/hard_loss"]["count"] == 10 * 8 * 32  # the window's valid tokens
+    first, last = records[0], records[-1]
+    assert metric(last, "distill/hard_loss") < metric(first, "distill/hard_loss") - 1.0
+    assert metric(last, "distill/student_perplexity") == pytest.approx(
+        __import__("math").exp(metric(last, "distill/hard_loss")), rel=1e-6)  # fmt: skip
+    assert sorted(p.name for p in (teacher / "checkpoints").iterdir() if p.name.isdigit()) == ["30", "60"]
+    assert {"distill/hard_loss", "distill/student_perplexity", "train/learning_rate"} <= event_tags(teacher / "tensorboard")
+
+
+def test_distill_pruned_student_kl_falls(out, teacher):
+    code = run(spec_of(distill_spec(out, teacher)))
+    assert code == TrainerExit.OK
+    records = read_metrics(out / "student")
+    assert set(records[0]["metrics"]) == set(DISTILL_METRICS)
+    kl = [metric(r, "distill/kl_div_T1") for r in records]
+    assert kl[-1] < 0.6 * kl[0], kl  # the pruned student recovers towards its teacher
+    # the teacher is frozen: its loss only moves with the batches
+    teacher_loss = [metric(r, "distill/teacher_loss") for r in records]
+    assert max(teacher_loss) - min(teacher_loss) < 0.5
+    # schedules fire: α and T at their start in the first window, near their end in the last
+    assert metric(records[0], "distill/alpha") > 0.89 and metric(records[-1], "distill/alpha") < 0.71
+    assert metric(records[-1], "distill/temperature") < 1.05
+    tags = event_tags(out / "student" / "tensorboard")
+    assert set(DISTILL_METRICS) <= tags
+
+
+def test_resume_after_sigterm_reproduces_the_uninterrupted_metrics(out, teacher):
+    data = distill_spec(out, teacher, name="whole", steps=30, checkpoint={"every_steps": 10},
+                        logging={"every_steps": 5})  # fmt: skip
+    assert run(spec_of(data)) == TrainerExit.OK
+
+    class SigtermAt:  # a preemption notice arriving in the middle of the run
+        def start(self, *a): pass
+        def note(self, m): pass
+        def end(self, *a): pass
+        def log(self, record):
+            if record["step"] == 15:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    cut = merged(data, name="cut")
+    assert run(spec_of(cut), reporter=SigtermAt()) == TrainerExit.PREEMPTED
+    summary = json.loads((out / "cut" / "summary.json").read_text())
+    assert summary["status"] == "preempted" and summary["exit_code"] == 143 and summary["step"] == 15
+    assert (out / "cut" / "checkpoints" / "15").is_dir()
+    assert run(spec_of(cut)) == TrainerExit.OK
+    resumed = json.loads((out / "cut" / "summary.json").read_text())
+    assert resumed["resumed_from_step"] == 15 and resumed["status"] == "succeeded"
+    assert without_timing(read_metrics(out / "cut")) == without_timing(read_metrics(out / "whole"))
+
+
+def test_resume_after_a_hard_kill_reproduces_the_uninterrupted_metrics(out, teacher):
+    """SIGKILL between checkpoints: the rerun resumes from the last checkpoint and drops the lines after it."""
+    data = distill_spec(out, teacher, name="killed", steps=30, checkpoint={"every_steps": 10},
+                        logging={"every_steps": 5})  # fmt: skip
+    spec_file = write_spec(out / "killed.json", data)
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", "--spec", str(spec_file)], cwd=REPO, env=python_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    metrics_file = out / "killed" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        lines = metrics_file.read_text().splitlines() if metrics_file.exists() else []
+        if lines and json.loads(lines[-1])["step"] >= 15:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    steps_seen = [json.loads(line)["step"] for line in metrics_file.read_text().splitlines()]
+    if steps_seen[-1] == 30:
+        pytest.skip("the run finished before it could be killed")
+    assert run(spec_of(data)) == TrainerExit.OK
+    reference = distill_spec(out, teacher, name="whole", steps=30, checkpoint={"every_steps": 10},
+                             logging={"every_steps": 5})  # fmt: skip
+    if not (out / "whole" / "metrics.jsonl").exists():
+        assert run(spec_of(reference)) == TrainerExit.OK
+    assert without_timing(read_metrics(out / "killed")) == without_timing(read_metrics(out / "whole"))
+
+
+def test_divergence_exits_with_its_own_code(out, teacher):
+    data = merged(TEACHER, name="diverge", output_dir=str(out), steps=20,
+                  optimizer={"learning_rate": 1e30, "warmup_fraction": 0.0, "grad_clip_norm": None})  # fmt: skip
+    assert run(spec_of(data)) == TrainerExit.DIVERGED
+    summary = json.loads((out / "diverge" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["exit_code"] == 65
+    assert "NaN or infinite" in summary["message"]
+    assert not (out / "diverge" / "checkpoints" / "20").exists()  # a diverged state is never checkpointed
+
+
+def test_missing_teacher_is_a_user_error_with_a_clear_message(out, tmp_path):
+    data = distill_spec(out, tmp_path / "nowhere", name="orphan")
+    messages = []
+
+    class Capture:
+        def start(self, *a): pass
+        def log(self, r): pass
+        def note(self, m): pass
+        def end(self, status, code, message): messages.append((status, code, message))
+
+    assert run(spec_of(data), reporter=Capture()) == TrainerExit.USER_ERROR
+    status, code, message = messages[0]
+    assert status == "failed" and code == 1
+    assert "teacher checkpoint not found at" in message and "distillctl train sweeps/tiny-teacher.yaml" in message
+    assert json.loads((out / "orphan" / "summary.json").read_text())["exit_code"] == 1
+
+
+def test_teacher_checkpoint_of_another_model_is_a_user_error(out, teacher):
+    data = distill_spec(out, teacher, name="mismatch", teacher={"model": "tiny-4l", "emb_dim": 32,
+                        "load_parameters_path": str(teacher / "checkpoints")},
+                        student={"model": "tiny-2l", "emb_dim": 32, "init": "random", "drop_layers": []},
+                        loss={"beta": 0.0})  # fmt: skip
+    assert run(spec_of(data)) == TrainerExit.USER_ERROR
+    assert "does not hold this model's parameters" in json.loads((out / "mismatch" / "summary.json").read_text())["message"]
+
+
+def test_student_from_its_own_checkpoint_and_exact_step_directory(out, teacher):
+    data = distill_spec(out, teacher, name="warm", steps=10, teacher={
+        "model": "tiny-4l", "load_parameters_path": str(teacher / "checkpoints" / "30")},
+        student={"model": "tiny-4l", "init": "random", "drop_layers": [],
+                 "load_parameters_path": str(teacher / "checkpoints")})  # fmt: skip
+    assert run(spec_of(data)) == TrainerExit.OK
+    first = read_metrics(out / "warm")[0]
+    # a student starting as the final teacher agrees with the step-30 teacher far more than a random one would
+    assert metric(first, "distill/top1_agreement") > 0.5

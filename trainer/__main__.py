@@ -1,0 +1,85 @@
+"""`python -m trainer`: the container entry point.
+
+    python -m trainer --spec FILE                  # a spec file (YAML/JSON, distillctl or MaxText layout)
+    DISTILLCTL_SPEC='{"student": ...}' python -m trainer   # the resolved spec as JSON (what the JobSet sets)
+
+Multi-host off TPU: `--coordinator-address HOST:PORT --num-processes N --process-id I` on every process (on TPU,
+`jax.distributed.initialize()` finds its peers itself). The spec is validated with the same model and checks as
+`distillctl validate`; an invalid one exits 1 with one problem per line on stderr. Exit codes: see
+`trainer.exit_codes` (0 done, 1 user error, 42 retryable, 65 diverged, 70 bug, 143 SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from trainer.exit_codes import DESCRIPTIONS, TrainerExit
+from trainer.problems import Problem
+
+SPEC_ENV = "DISTILLCTL_SPEC"
+
+
+def problem_line(p: Problem) -> str:
+    where = ":".join(str(x) for x in (p.file, p.line, p.column) if x is not None)
+    text = f"{where + ': ' if where else ''}{p.severity}[{p.code}]" + (f" {p.dotted_loc}" if p.loc else "")
+    return text + f": {p.message}" + (f" → {p.hint}" if p.hint else "")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer", description="Run one distillation (or pretrain) spec.",
+        epilog="exit codes: " + "; ".join(f"{int(c)} {d}" for c, d in DESCRIPTIONS.items()),
+    )  # fmt: skip
+    parser.add_argument("--spec", help=f"spec file; default: the JSON in ${SPEC_ENV}")
+    parser.add_argument("--output-dir", help="override the spec's output_dir")
+    parser.add_argument("--steps", type=int, help="override the spec's steps")
+    parser.add_argument("--coordinator-address", help="host:port of process 0's coordinator (multi-process off TPU)")
+    parser.add_argument("--num-processes", type=int)
+    parser.add_argument("--process-id", type=int)
+    return parser.parse_args(argv)
+
+
+def load_spec(args: argparse.Namespace):
+    """`(spec, problems)` from --spec or $DISTILLCTL_SPEC, overrides applied."""
+    from trainer.specfile import read_spec_file, validate_data
+    from trainer.train import with_overrides
+
+    if args.spec:
+        report = read_spec_file(args.spec)
+        spec, problems = report.spec, list(report.problems)
+    elif os.environ.get(SPEC_ENV):
+        try:
+            data = json.loads(os.environ[SPEC_ENV])
+        except json.JSONDecodeError as e:
+            return None, [Problem((), "bad_json", f"${SPEC_ENV} is not valid JSON: {e}")]
+        if not isinstance(data, dict):
+            return None, [Problem((), "not_a_mapping", f"${SPEC_ENV} must hold a JSON object")]
+        spec, problems = validate_data(data)
+    else:
+        return None, [Problem((), "no_spec", f"no spec: pass --spec FILE or set ${SPEC_ENV} to the spec's JSON")]
+    if spec is None:
+        return None, problems
+    spec, more = with_overrides(spec, output_dir=args.output_dir, steps=args.steps)
+    return spec, problems + list(more)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    spec, problems = load_spec(args)
+    for p in problems:
+        print(problem_line(p), file=sys.stderr)
+    if spec is None:
+        print("error: invalid spec; nothing was trained", file=sys.stderr)
+        return int(TrainerExit.USER_ERROR)
+    from trainer.progress import ConsoleReporter
+    from trainer.train import ProcessOptions, run
+
+    process = ProcessOptions(args.coordinator_address, args.num_processes, args.process_id)
+    return int(run(spec, process=process, reporter=ConsoleReporter()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

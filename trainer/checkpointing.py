@@ -1,0 +1,175 @@
+"""Orbax checkpoints of a run: `<run>/checkpoints/<step>/{params, train_state, meta}`.
+
+- `params`: the student's parameters (a flat `{path: array}` dict; what a teacher or a student's
+  `load_parameters_path` restores);
+- `train_state`: optimizer state and the metric window accumulators, so a resumed run logs exactly what an
+  uninterrupted one logs;
+- `meta`: JSON — step, data position (micro-batches consumed), tokens, wall time.
+
+Arrays restore straight into their target shardings (multi-host: each process reads its own shards). Paths may
+be local or `gs://` (orbax and etils handle both).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+from trainer.exit_codes import RetryableError, UserError
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (orbax requires it); URLs unchanged. Relative paths are the working directory's."""
+    return path if "://" in path else os.path.abspath(path)
+
+
+def flatten(tree: Any) -> dict[str, Any]:
+    """`{"a.b.0": leaf}` for every leaf of a pytree (nnx states, optax states, dicts)."""
+    flat = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        flat[".".join(_key_name(k) for k in path)] = leaf
+    return flat
+
+
+def unflatten(like: Any, flat: Mapping[str, Any]) -> Any:
+    """A pytree shaped like `like` with leaves taken from `flat` by path."""
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(like)
+    names = [".".join(_key_name(k) for k in path) for path, _ in leaves_with_path]
+    missing = [n for n in names if n not in flat]
+    if missing:
+        raise KeyError(f"missing {len(missing)} arrays, e.g. {missing[:3]}")
+    return jax.tree_util.tree_unflatten(treedef, [flat[n] for n in names])
+
+
+def _key_name(key) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def abstract(tree: Any) -> Any:
+    """Shape, dtype and sharding of every array: what orbax restores into."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
+
+
+class RunCheckpoints:
+    """Save and restore one run's checkpoints (keeps the latest `keep`)."""
+
+    def __init__(self, directory: str, *, keep: int):
+        self.directory = directory = absolute(directory)
+        try:
+            self._manager = ocp.CheckpointManager(
+                directory,
+                options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+                item_names=("params", "train_state", "meta"),
+            )
+        except OSError as e:
+            raise RetryableError(f"cannot open checkpoint directory {directory}: {e}") from None
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, params: Any, train_state: Any, meta: dict) -> None:
+        """Start saving step `step` (asynchronously; `wait` blocks until it is durable)."""
+        try:
+            self._manager.save(step, args=ocp.args.Composite(
+                params=ocp.args.StandardSave(flatten(params)),
+                train_state=ocp.args.StandardSave(flatten(train_state)),
+                meta=ocp.args.JsonSave(meta),
+            ), force=True)  # fmt: skip
+        except OSError as e:
+            raise RetryableError(f"cannot save checkpoint {step} under {self.directory}: {e}") from None
+
+    def restore(self, step: int, params_like: Any, train_state_like: Any) -> tuple[Any, Any, dict]:
+        """`(params, train_state, meta)` of step `step`, shaped and sharded like the given trees."""
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(flatten(abstract(params_like))),
+            train_state=ocp.args.StandardRestore(flatten(abstract(train_state_like))),
+            meta=ocp.args.JsonRestore(),
+        ))  # fmt: skip
+        return (unflatten(params_like, restored["params"]), unflatten(train_state_like, restored["train_state"]),
+                dict(restored["meta"]))  # fmt: skip
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def resolve_params_dir(path: str) -> epath.Path:
+    """The `params` item a `load_parameters_path` means: a run's `checkpoints` directory (its latest step), one
+    step directory, or the `params` directory itself. Raises UserError when there is none."""
+    root = epath.Path(absolute(path))
+    try:
+        if not root.exists():
+            raise FileNotFoundError(path)
+        if root.name == "params" and root.is_dir():
+            return root
+        if (root / "params").is_dir():
+            return root / "params"
+        steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "params").is_dir())
+    except FileNotFoundError:
+        raise UserError(f"checkpoint not found at {path}") from None
+    except OSError as e:
+        raise RetryableError(f"cannot read checkpoint directory {path}: {e}") from None
+    if not steps:
+        raise UserError(f"checkpoint not found at {path}: no finished step directory with parameters in it")
+    return root / str(steps[-1]) / "params"
+
+
+def restore_params(path: str, params_like: Any) -> Any:
+    """Parameters written by this trainer at `path`, shaped and sharded like `params_like`.
+
+    Raises UserError when there is no checkpoint or it holds a different model.
+    """
+    params_dir = resolve_params_dir(path)
+    target = flatten(abstract(params_like))
+    _check_shapes(params_dir, {k: tuple(v.shape) for k, v in target.items()})
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            restored = checkpointer.restore(params_dir, target)
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(
+            f"the checkpoint at {params_dir} does not hold this model's parameters: {_first_line(e)}",
+            "check that the model block (shape, layers, vocab) matches the run that wrote it",
+        ) from None
+    return unflatten(params_like, restored)
+
+
+def _check_shapes(params_dir: epath.Path, want: dict[str, tuple[int, ...]]) -> None:
+    """Raise UserError naming the differences when the saved arrays are not the ones `want` describes."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # orbax warns about a metadata file that StandardSave does not write
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            tree = checkpointer.metadata(params_dir).item_metadata
+        saved = {k: tuple(v.shape) for k, v in tree.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # unreadable metadata: the restore itself reports what is wrong
+    finally:
+        absl.setLevel(level)
+    differences = [f"{k} missing" for k in sorted(set(want) - set(saved))]
+    differences += [f"{k} not in this model" for k in sorted(set(saved) - set(want))]
+    differences += [f"{k} is {saved[k]}, this model needs {want[k]}" for k in sorted(set(saved) & set(want))
+                    if saved[k] != want[k]]  # fmt: skip
+    if differences:
+        raise UserError(
+            f"the checkpoint at {params_dir} does not hold this model's parameters: "
+            + "; ".join(differences[:4]) + (f" (and {len(differences) - 4} more)" if len(differences) > 4 else ""),
+            "check that the model block (shape, layers, vocab) matches the run that wrote it",
+        )
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__

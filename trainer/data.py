@@ -1,0 +1,212 @@
+"""Deterministic, resumable token batches.
+
+Every source is a pure function of `(data.seed, batch index)`: batch `i` is the same on every host, in every
+process layout and after any resume, so the data position is one integer (the number of micro-batches consumed),
+saved with each checkpoint. Each process builds the global batch and hands JAX only the rows of its own devices.
+
+Sources:
+- `synthetic`: a seeded, learnable "language": a sparse Markov chain whose next token follows the previous token
+  (bigram table, 3/4 of the time) or the one before it (skip-gram table, 1/4), each row with a few successors of
+  Zipf-like probabilities. A model learns it; a bigger one learns it better; it is never uniform noise.
+- `text`: UTF-8 text files (a file, a directory, a glob or an fsspec URL such as gs://bucket/corpus/*.txt),
+  tokenised with the byte-level tokenizer (vocab 256) or a `tokenizer.json` through the `tokenizers` library;
+  windows of `max_target_length + 1` tokens are drawn at seeded random offsets of the concatenated corpus.
+- `tokens`: pre-tokenized ids: a `.npy` array of integers, or a raw file of little-endian uint16 (int32 when the
+  name ends in `.i32` or `.int32`), windows drawn the same way.
+
+A batch is `{"inputs": [R, T] int32, "targets": [R, T] int32, "mask": [R, T] float32}` with targets the inputs
+shifted by one and mask 1 for every token these sources produce.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+import fsspec
+import numpy as np
+
+from trainer.config import DataSpec
+from trainer.exit_codes import UserError
+
+SYNTHETIC_SUCCESSORS = 4
+_SKIP_SHARE = 0.25
+
+
+class TokenSource(Protocol):
+    def sequences(self, index: int, rows: int, length: int) -> np.ndarray:
+        """Batch `index`: `[rows, length]` token ids, the same for the same arguments."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkovSource:
+    """The synthetic language: successor tables drawn from the seed."""
+
+    seed: int
+    bigram_next: np.ndarray  # [V, S] successor ids
+    bigram_cdf: np.ndarray  # [V, S] cumulative probabilities
+    skip_next: np.ndarray
+    skip_cdf: np.ndarray
+
+    @classmethod
+    def build(cls, vocab_size: int, seed: int) -> MarkovSource:
+        rng = np.random.default_rng([seed, 0x5EED])
+
+        def table() -> tuple[np.ndarray, np.ndarray]:
+            nxt = rng.integers(0, vocab_size, size=(vocab_size, SYNTHETIC_SUCCESSORS))
+            weights = rng.dirichlet(np.full(SYNTHETIC_SUCCESSORS, 0.7), size=vocab_size)
+            weights = -np.sort(-weights, axis=1)  # Zipf-like: a dominant successor, then a tail
+            return nxt.astype(np.int32), np.cumsum(weights, axis=1)
+
+        (bn, bc), (sn, sc) = table(), table()
+        return cls(seed, bn, bc, sn, sc)
+
+    def sequences(self, index: int, rows: int, length: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, index])
+        vocab = self.bigram_next.shape[0]
+        out = np.empty((rows, length), np.int32)
+        out[:, :2] = rng.integers(0, vocab, size=(rows, 2))
+        skip = rng.random((rows, length)) < _SKIP_SHARE
+        u = rng.random((rows, length))
+        r = np.arange(rows)
+        for t in range(2, length):
+            src = np.where(skip[:, t], out[:, t - 2], out[:, t - 1])
+            nxt = np.where(skip[:, t, None], self.skip_next[src], self.bigram_next[src])
+            cdf = np.where(skip[:, t, None], self.skip_cdf[src], self.bigram_cdf[src])
+            choice = np.minimum((u[:, t, None] > cdf).sum(axis=1), SYNTHETIC_SUCCESSORS - 1)
+            out[:, t] = nxt[r, choice]
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowSource:
+    """Windows at seeded random offsets of one token stream (text and pre-tokenized data)."""
+
+    seed: int
+    tokens: np.ndarray  # [N]
+
+    def sequences(self, index: int, rows: int, length: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, index])
+        starts = rng.integers(0, len(self.tokens) - length + 1, size=rows)
+        return np.stack([np.asarray(self.tokens[s : s + length], np.int32) for s in starts])
+
+
+def make_source(spec: DataSpec, vocab_size: int, length: int) -> TokenSource:
+    """The source a spec names; raises UserError for data that cannot feed a model with `vocab_size` tokens in
+    windows of `length`."""
+    if spec.source == "synthetic":
+        return MarkovSource.build(vocab_size, spec.seed)
+    if spec.source == "text":
+        tokens = tokenize_text(read_texts(spec.path), spec.tokenizer, vocab_size)
+    elif spec.source == "tokens":
+        tokens = read_token_file(spec.path)
+    else:
+        raise UserError(f"the bundled trainer cannot read data.source {spec.source!r}",
+                        "use source: synthetic, text or tokens")  # fmt: skip
+    if len(tokens) < length:
+        raise UserError(f"data at {spec.path} has {len(tokens)} tokens, fewer than one window of {length}",
+                        "add more text, or lower batch.max_target_length")  # fmt: skip
+    top = int(tokens.max()) if len(tokens) else 0
+    if top >= vocab_size:
+        raise UserError(f"data at {spec.path} has token id {top}, outside the model's vocabulary of {vocab_size}",
+                        "use a tokenizer whose vocabulary fits the models' vocab_size")  # fmt: skip
+    return WindowSource(spec.seed, tokens)
+
+
+def batch_at(source: TokenSource, index: int, rows: int, seq_len: int) -> dict[str, np.ndarray]:
+    """Batch `index` as inputs/targets/mask `[rows, seq_len]`."""
+    seqs = source.sequences(index, rows, seq_len + 1)
+    return {"inputs": seqs[:, :-1], "targets": seqs[:, 1:], "mask": np.ones((rows, seq_len), np.float32)}
+
+
+# --- text and token files ----------------------------------------------------------------------------------
+
+
+def _expand(path: str | None) -> list[fsspec.core.OpenFile]:
+    """The files `path` names: a file, every file under a directory, or a glob's matches (sorted)."""
+    if not path:
+        raise UserError("data.path is not set", "set data.path to a file, directory, glob or fsspec URL")
+    try:
+        fs, root = fsspec.core.url_to_fs(path)
+        if any(c in root for c in "*?["):
+            names = sorted(p for p in fs.glob(root) if not fs.isdir(p))
+        elif fs.isdir(root):
+            names = sorted(p for p in fs.find(root) if not fs.isdir(p))
+        else:
+            names = [root] if fs.exists(root) else []
+    except (OSError, ValueError, ImportError) as e:
+        raise UserError(f"cannot list data.path {path!r}: {e}", "check the path and its credentials") from None
+    return [fsspec.core.OpenFile(fs, name, "rb") for name in names]
+
+
+def read_texts(path: str | None) -> list[str]:
+    """The UTF-8 texts at `path` (undecodable bytes replaced), in sorted file order."""
+    files = _expand(path)
+    if not files:
+        raise UserError(f"no files at data.path {path!r}", "point data.path at text files")
+    texts = []
+    for f in files:
+        try:
+            with f as handle:
+                texts.append(handle.read().decode("utf-8", errors="replace"))
+        except OSError as e:
+            raise UserError(f"cannot read {f.path}: {e}") from None
+    return texts
+
+
+def tokenize_text(texts: list[str], tokenizer: str, vocab_size: int) -> np.ndarray:
+    """Concatenated token ids of `texts` (documents joined by a newline byte / the tokenizer's own tokens)."""
+    if tokenizer == "byte":
+        if vocab_size < 256:
+            raise UserError(f"the byte tokenizer needs vocab_size >= 256, the models have {vocab_size}")
+        return np.frombuffer("\n".join(texts).encode("utf-8"), np.uint8).astype(np.int32)
+    try:
+        from tokenizers import Tokenizer
+
+        with fsspec.open(tokenizer, "r", encoding="utf-8") as f:
+            tok = Tokenizer.from_str(f.read())
+    except (OSError, ValueError, ImportError) as e:
+        raise UserError(f"cannot load tokenizer {tokenizer!r}: {e}",
+                        "data.tokenizer is `byte` or the path of a tokenizer.json") from None  # fmt: skip
+    except Exception as e:  # tokenizers raises its own exception type for malformed files
+        raise UserError(f"cannot parse tokenizer {tokenizer!r}: {e}",
+                        "data.tokenizer must be a tokenizers-library tokenizer.json") from None  # fmt: skip
+    if tok.get_vocab_size() > vocab_size:
+        raise UserError(f"tokenizer {tokenizer!r} has {tok.get_vocab_size()} tokens; the models' vocab_size is "
+                        f"{vocab_size}", "set the models' vocab_size to at least the tokenizer's")  # fmt: skip
+    ids = [np.asarray(e.ids, np.int32) for e in tok.encode_batch(texts)]
+    return np.concatenate(ids) if ids else np.zeros((0,), np.int32)
+
+
+def read_token_file(path: str | None) -> np.ndarray:
+    """Token ids from a `.npy` file or a raw little-endian uint16 (int32 for `.i32`/`.int32`) file."""
+    files = _expand(path)
+    if not files:
+        raise UserError(f"no files at data.path {path!r}", "point data.path at a .npy or raw token file")
+    if len(files) != 1:
+        raise UserError(f"data.path {path!r} must name exactly one token file, found {len(files)}")
+    name = files[0].path
+    try:
+        with files[0] as f:
+            raw = f.read()
+    except OSError as e:
+        raise UserError(f"cannot read {name}: {e}") from None
+    if name.endswith(".npy"):
+        import io
+
+        try:
+            tokens = np.load(io.BytesIO(raw), allow_pickle=False)
+        except ValueError as e:
+            raise UserError(f"{name} is not a readable .npy file: {e}") from None
+        if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+            raise UserError(f"{name} must hold a 1-D integer array, got {tokens.dtype} {tokens.shape}")
+        if len(tokens) and tokens.min() < 0:
+            raise UserError(f"{name} has negative token ids")
+        return tokens.astype(np.int32)
+    dtype = np.dtype("<i4") if name.endswith((".i32", ".int32")) else np.dtype("<u2")
+    if len(raw) % dtype.itemsize:
+        raise UserError(f"{name} has {len(raw)} bytes, not a whole number of {dtype.itemsize}-byte tokens")
+    tokens = np.frombuffer(raw, dtype).astype(np.int32)
+    if len(tokens) and tokens.min() < 0:
+        raise UserError(f"{name} has negative token ids")
+    return tokens

@@ -1,0 +1,157 @@
+"""What a run writes besides checkpoints, under `<output_dir>/<name>/` (a local path or an fsspec URL).
+
+`spec.json`: the resolved spec (`DistillSpec.resolved()`), written at start.
+
+`metrics.jsonl`: one JSON object per log step (every `logging.every_steps` optimizer steps, and the last step):
+
+    {"step": 20, "time": 1767000000.0, "tokens": 10240, "tokens_per_sec": 51234.5, "step_time_sec": 0.0099,
+     "learning_rate": 0.0029,
+     "metrics": {"distill/kl_div_T1": {"sum": 812.5, "count": 5120.0, "value": 0.1587}, ...}}
+
+`tokens` counts valid tokens processed so far; `tokens_per_sec` and `step_time_sec` are over the steps since the
+previous line (wall clock, including data loading; compilation happens before the first step and is reported
+in summary.json). Each metric's `sum`/`count` accumulate over the steps since the previous line, so any window
+aggregates token-weighted as Σsum/Σcount; `value` is that line's own aggregate. Perplexity metrics
+(`trainer.loss.PERPLEXITY_METRICS`) carry the cross-entropy's sum and count: their value is exp(Σsum/Σcount).
+On resume, lines after the restored checkpoint's step are dropped, so the file equals an uninterrupted run's.
+
+`summary.json` (replaced atomically): `{"status": "running"|"succeeded"|"failed"|"diverged"|"preempted",
+"exit_code": int|null, "step", "total_steps", "tokens", "tokens_per_sec" (whole run, excluding compilation),
+"wall_time_sec", "compile_time_sec", "final_metrics": {name: value over the last log window}, "started_at",
+"updated_at" (ISO 8601 UTC), "mode", "run_name", "message" (why it stopped, when not succeeded),
+"resumed_from_step" (int|null)}` — at start, at each checkpoint and at exit.
+
+`tensorboard/`: event files with the guide's tags (`distill/...`) plus `train/learning_rate` and
+`train/tokens_per_sec`; for a remote run directory they are written locally and copied up at each checkpoint and
+at exit.
+
+Only process 0 writes any of these.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import tempfile
+from typing import Any
+
+import fsspec
+
+from trainer.loss import metric_value
+
+STATUSES = ("running", "succeeded", "failed", "diverged", "preempted")
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def metrics_record(step: int, *, time: float, tokens: int, tokens_per_sec: float, step_time_sec: float,
+                   learning_rate: float, sums: dict[str, tuple[float, float]]) -> dict[str, Any]:  # fmt: skip
+    """One metrics.jsonl line."""
+    return {
+        "step": step, "time": round(time, 3), "tokens": tokens, "tokens_per_sec": tokens_per_sec,
+        "step_time_sec": step_time_sec, "learning_rate": learning_rate,
+        "metrics": {name: {"sum": s, "count": c, "value": _json_float(metric_value(name, s, c))}
+                    for name, (s, c) in sorted(sums.items())},
+    }  # fmt: skip
+
+
+def _json_float(x: float) -> float | None:
+    """JSON has no NaN or inf: an undefined value (no valid token) is null."""
+    return x if x == x and abs(x) != float("inf") else None
+
+
+class RunFiles:
+    """Writer of one run directory's files (create on process 0 only)."""
+
+    def __init__(self, run_dir: str, *, tensorboard: bool):
+        self.run_dir = run_dir.rstrip("/")
+        self.fs, self._root = fsspec.core.url_to_fs(self.run_dir)
+        self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        self.fs.makedirs(self._root, exist_ok=True)
+        self._lines: list[str] = []
+        self._tb = None
+        self._tb_local_dir = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb_local_dir = os.path.join(self._root, "tensorboard") if self.local else tempfile.mkdtemp()
+            self._tb = SummaryWriter(logdir=self._tb_local_dir, flush_secs=30)
+
+    def path(self, name: str) -> str:
+        return f"{self._root}/{name}"
+
+    def write_json(self, name: str, data: Any) -> None:
+        """Write `name` atomically: a temporary file renamed over it (one PUT for object stores)."""
+        payload = json.dumps(data, indent=2, allow_nan=False) + "\n"
+        target = self.path(name)
+        if self.local:
+            fd, tmp = tempfile.mkstemp(dir=self._root, prefix=f".{name}.")
+            with os.fdopen(fd, "w") as f:
+                f.write(payload)
+            os.replace(tmp, target)
+        else:
+            self.fs.pipe_file(target, payload.encode())
+
+    def read_json(self, name: str) -> Any | None:
+        try:
+            with self.fs.open(self.path(name), "r") as f:
+                return json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def start_metrics(self, *, keep_through_step: int | None) -> None:
+        """Open metrics.jsonl: a fresh run starts it empty; a resumed one keeps lines up to its checkpoint."""
+        kept: list[str] = []
+        if keep_through_step is not None and self.fs.exists(self.path("metrics.jsonl")):
+            with self.fs.open(self.path("metrics.jsonl"), "r") as f:
+                for line in f:
+                    try:
+                        if json.loads(line)["step"] <= keep_through_step:
+                            kept.append(line.rstrip("\n"))
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        break  # a line cut by the kill: nothing after it counts
+        self._lines = kept
+        self._rewrite_metrics()
+
+    def _rewrite_metrics(self) -> None:
+        payload = "".join(line + "\n" for line in self._lines)
+        if self.local:
+            fd, tmp = tempfile.mkstemp(dir=self._root, prefix=".metrics.jsonl.")
+            with os.fdopen(fd, "w") as f:
+                f.write(payload)
+            os.replace(tmp, self.path("metrics.jsonl"))
+        else:
+            self.fs.pipe_file(self.path("metrics.jsonl"), payload.encode())
+
+    def log(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, allow_nan=False)
+        self._lines.append(line)
+        if self.local:
+            with open(self.path("metrics.jsonl"), "a") as f:
+                f.write(line + "\n")
+        else:
+            self._rewrite_metrics()
+        if self._tb is not None:
+            step = record["step"]
+            for name, entry in record["metrics"].items():
+                if entry["value"] is not None:
+                    self._tb.add_scalar(name, entry["value"], step)
+            self._tb.add_scalar("train/learning_rate", record["learning_rate"], step)
+            self._tb.add_scalar("train/tokens_per_sec", record["tokens_per_sec"], step)
+
+    def flush(self) -> None:
+        """Make TensorBoard events durable (and copy them up for a remote run directory)."""
+        if self._tb is None:
+            return
+        self._tb.flush()
+        if not self.local:
+            self.fs.put(self._tb_local_dir + "/", self.path("tensorboard"), recursive=True)
+
+    def close(self) -> None:
+        self.flush()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None

@@ -1,0 +1,73 @@
+"""The console side of a run: a progress bar (step, loss, kl_div_T1, tokens/s) on a terminal, one plain line per
+log step otherwise (CI logs, containers), and the final status. Everything goes to stderr; only process 0 prints.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+from trainer.exit_codes import DESCRIPTIONS, TrainerExit
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+class ConsoleReporter:
+    def __init__(self, stream: TextIO | None = None, *, enabled: bool | None = None):
+        """`enabled=None`: print on process 0 only (decided when the run starts, after joining the others)."""
+        self.stream = stream or sys.stderr
+        self.enabled = True if enabled is None else enabled
+        self._decide = enabled is None
+        self.tty = self.stream.isatty()
+        self._progress = None
+        self._task = None
+
+    def start(self, run_dir: str, start_step: int, total_steps: int) -> None:
+        if self._decide:
+            import jax
+
+            self.enabled = jax.process_index() == 0
+        if not self.enabled:
+            return
+        self.stream.write(f"training → {run_dir} (steps {start_step}..{total_steps})\n")
+        if self.tty:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(), console=Console(file=self.stream), transient=False,
+            )  # fmt: skip
+            self._task = self._progress.add_task("train", total=total_steps, completed=start_step, info="compiling…")
+            self._progress.start()
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        m = record["metrics"]
+        loss = m.get("distill/total_loss", {}).get("value")
+        kl = m.get("distill/kl_div_T1", {}).get("value")
+        info = f"loss {_fmt(loss)}" + (f"  kl_div_T1 {_fmt(kl)}" if kl is not None or "distill/kl_div_T1" in m else "")
+        info += f"  {record['tokens_per_sec']:,.0f} tok/s"
+        if self._progress is not None:
+            self._progress.update(self._task, completed=record["step"], info=info)
+        else:
+            self.stream.write(f"step {record['step']}  {info}\n")
+            self.stream.flush()
+
+    def note(self, message: str) -> None:
+        if self.enabled:
+            (self._progress.console.print if self._progress else lambda m: self.stream.write(m + "\n"))(message)
+
+    def end(self, status: str, exit_code: int, message: str) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        if not self.enabled:
+            return
+        meaning = DESCRIPTIONS.get(TrainerExit(exit_code), "") if exit_code in iter(TrainerExit) else ""
+        line = f"{status} (exit {exit_code}: {meaning})" + (f": {message}" if message else "")
+        self.stream.write(line + "\n")
+        self.stream.flush()

@@ -1,0 +1,191 @@
+"""Everything a run needs before its first step: mesh, models, sharded parameters, optimizer and the jitted step.
+
+The student starts at random, from the teacher with `drop_layers` removed (`init: teacher`, the guide's pruning
+recovery), or from its own `load_parameters_path`. The teacher is always loaded from `load_parameters_path`
+(a checkpoint this trainer wrote). Parameters are created inside `jax.jit` with their target shardings, so each
+device only ever holds its shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from trainer import sharding as shard_lib
+from trainer.checkpointing import restore_params
+from trainer.config import DistillSpec, ModelSpec
+from trainer.exit_codes import UserError
+from trainer.model import ModelConfig, abstract_model, drop_layers, host_init
+from trainer.step import StepModels, empty_window, learning_rate_schedule, make_optimizer, make_train_step
+
+
+@dataclasses.dataclass
+class Built:
+    mesh: Mesh
+    rows: int  # global rows per micro-batch
+    vocab_size: int
+    state: dict[str, Any]
+    teacher_params: Any
+    step_fn: Any  # jitted step(state, teacher_params, batch, hparams) -> state; lower it under `jax.set_mesh(mesh)`
+    lr_schedule: Callable[[int], Any]
+    to_device: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]]
+    zero_window: Callable[[], dict[str, jax.Array]]
+
+
+def global_rows(spec: DistillSpec, mesh: Mesh) -> int:
+    """Rows of one micro-batch across all devices; raises UserError unless the batch axes divide them."""
+    rows = math.floor(spec.batch.per_device_batch_size * mesh.size)
+    split = mesh.shape["data"] * mesh.shape["fsdp"]
+    if rows < 1 or rows % split:
+        raise UserError(
+            f"batch.per_device_batch_size {spec.batch.per_device_batch_size} on {mesh.size} devices gives {rows} rows, "
+            f"which the data × fsdp mesh axes ({split}) do not divide",
+            "pick a per_device_batch_size whose product with the device count is a multiple of data × fsdp",
+        )
+    return rows
+
+
+def param_shardings(abstract_state: nnx.State, mesh: Mesh) -> Any:
+    """NamedShardings (as a pure dict) from the parameters' logical axis names."""
+    specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_state))
+    shapes = nnx.to_pure_dict(abstract_state)
+    return jax.tree.map(
+        lambda spec, shape: NamedSharding(mesh, shard_lib.logical_to_spec(tuple(spec), shape.shape, mesh)),
+        specs, shapes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
+    )  # fmt: skip
+
+
+def optimizer_shardings(optimizer, params: Any, fallback: NamedSharding) -> Any:
+    """Shardings for the optimizer state: a leaf that mirrors a parameter (Adam's moments) is sharded like it,
+    anything else (step counts) is replicated."""
+    by_path = {tuple(str(k) for k in path): (leaf.shape, leaf.sharding)
+               for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}  # fmt: skip
+    abstract_state = jax.eval_shape(optimizer.init, params)
+
+    def pick(path, leaf):
+        keys = tuple(str(k) for k in path)
+        for start in range(len(keys)):
+            found = by_path.get(keys[start:])
+            if found and found[0] == leaf.shape:
+                return found[1]
+        return fallback
+
+    return jax.tree_util.tree_map_with_path(pick, abstract_state)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Model:
+    config: ModelConfig
+    graphdef: nnx.GraphDef
+    abstract_state: nnx.State  # with metadata (logical axes, init_std)
+    abstract: Any  # pure dict of ShapeDtypeStructs with shardings
+    shardings: Any
+
+
+def _model(model_spec: ModelSpec, sow: bool, mesh: Mesh) -> _Model:
+    config = ModelConfig.from_spec(model_spec, sow_features=sow)
+    graphdef, abstract_state = abstract_model(config)
+    shardings = param_shardings(abstract_state, mesh)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            nnx.to_pure_dict(abstract_state), shardings)  # fmt: skip
+    return _Model(config, graphdef, abstract_state, abstract, shardings)
+
+
+def build(spec: DistillSpec, *, devices: list | None = None, teacher_params: Any = None) -> Built:
+    """Everything the loop needs. `teacher_params` (a pure dict shaped like the teacher) replaces loading the
+    teacher from its checkpoint (benchmarks, tests)."""
+    mesh = shard_lib.make_mesh(spec.mesh, devices)
+    rows = global_rows(spec, mesh)
+    distill = spec.mode == "distill"
+    features = distill and spec.loss.feature_loss_on
+    student = _model(spec.student, features, mesh)
+
+    teacher = None
+    if distill:
+        teacher = _model(spec.teacher, features, mesh)
+        if teacher_params is None:
+            teacher_params = _load_teacher(spec, teacher)
+        else:
+            teacher_params = jax.tree.map(lambda v, s: _put(np.asarray(v), s), teacher_params, teacher.shardings)
+
+    params = _student_params(spec, student, teacher, teacher_params)
+    optimizer, lr_schedule = make_optimizer(spec), learning_rate_schedule(spec)
+    replicated = shard_lib.replicated(mesh)
+    opt_state = jax.jit(optimizer.init, out_shardings=optimizer_shardings(optimizer, params, replicated))(params)
+    state = {
+        "params": params,
+        "opt_state": opt_state,
+        "step": _put(np.zeros((), np.int32), replicated),
+        "window": jax.jit(lambda: empty_window(spec), out_shardings=replicated)(),
+        "bad_step": _put(np.full((), -1, np.int32), replicated),
+    }
+    state_shardings = jax.tree.map(lambda a: a.sharding, state)
+    step = make_train_step(spec, StepModels(student.graphdef, teacher.graphdef if teacher else None, features), optimizer)
+    batch_sharding = NamedSharding(mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp"), None))
+
+    step_fn = jax.jit(step, out_shardings=state_shardings, donate_argnums=(0,))
+
+    def to_device(host: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return {k: jax.make_array_from_callback(v.shape, batch_sharding, lambda index, v=v: v[index])
+                for k, v in host.items()}  # fmt: skip
+
+    zero_window = jax.jit(lambda: empty_window(spec), out_shardings=replicated)
+    vocab = spec.student.shape().vocab_size
+    return Built(mesh, rows, vocab, state, teacher_params, step_fn, lr_schedule, to_device, zero_window)
+
+
+def _load_teacher(spec: DistillSpec, teacher: _Model) -> Any:
+    path = spec.teacher.load_parameters_path
+    if not path:
+        raise UserError("teacher.load_parameters_path is not set", "point it at the teacher run's checkpoints directory")
+    try:
+        return restore_params(path, teacher.abstract)
+    except UserError as e:
+        if "not found" in e.message:
+            raise UserError(
+                f"teacher checkpoint not found at {path}; pretrain it first: distillctl train sweeps/tiny-teacher.yaml",
+                "train the teacher with a `mode: pretrain` spec whose run directory holds that checkpoints path",
+            ) from None
+        raise
+
+
+def _student_params(spec: DistillSpec, student: _Model, teacher: _Model | None, teacher_params: Any) -> Any:
+    s = spec.student
+    if s.load_parameters_path:
+        return restore_params(s.load_parameters_path, student.abstract)
+    if s.init == "teacher":
+        if teacher is None or teacher_params is None:
+            raise UserError("student.init: teacher needs a teacher with load_parameters_path", "add a teacher block")
+        depth = teacher.config.shape.num_layers
+        cast = jax.tree.map(lambda a: a.dtype, student.abstract)
+
+        def pruned(params):
+            out = drop_layers(params, list(s.drop_layers), depth, teacher.config.scan_layers)
+            if teacher.config.scan_layers != student.config.scan_layers:
+                out["layers"] = _restack(out["layers"], student.config.scan_layers)
+            return jax.tree.map(lambda a, dt: a.astype(dt), out, cast)
+
+        return jax.jit(pruned, out_shardings=student.shardings)(teacher_params)
+    host = host_init(student.abstract_state, spec.seed)
+    return jax.tree.map(lambda value, sharding: _put(value, sharding), host, student.shardings)
+
+
+def _put(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array from a host array every process holds in full (each process fills its own shards)."""
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def _restack(layers: Any, scan: bool) -> Any:
+    """Between a stacked `layers` tree and a `{index: layer}` dict, when teacher and student scan differently."""
+    if scan:
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *[layers[i] for i in sorted(layers)])
+    depth = jax.tree.leaves(layers)[0].shape[0]
+    return {i: jax.tree.map(lambda a, i=i: a[i], layers) for i in range(depth)}

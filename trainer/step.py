@@ -1,0 +1,172 @@
+"""The compiled training step: teacher forward under `stop_gradient`, student forward and backward over the
+micro-batches, one optax update, and the metric window — one `jax.jit` with the training state donated.
+
+Gradient accumulation divides every micro-batch's loss sums by the whole step's valid-token count, so the
+accumulated gradient is the gradient of the step's token-weighted mean loss (micro-batches weighted by their
+valid tokens), exactly as if the step's rows were one batch.
+
+Schedules: the update with 0-based index `s` uses `value.at(s, steps - 1)`, so the first update sees `start` and
+the last update `end`, whatever the accumulation; a resumed run continues from its restored `s`. The scheduled
+values (α, T, β, learning rate) are computed on the host by `hyperparameters(spec, s)` and passed in as scalars,
+so one compiled step serves every point of a sweep that differs only in them (the persistent compilation cache
+then skips the compile).
+
+A step whose loss or gradient is not finite leaves parameters and optimizer state unchanged and records its index
+in `bad_step`; the loop reads it at the next log or checkpoint and stops the run as diverged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from trainer import loss as losses
+from trainer.config import DistillSpec
+from trainer.model import forward
+
+State = dict[str, Any]  # {"params", "opt_state", "step", "window", "bad_step"}
+
+
+def learning_rate_schedule(spec: DistillSpec) -> Callable[[int], float]:
+    """Linear warm-up from 0 over `round(warmup_fraction · steps)` steps, then cosine decay to `final_lr_fraction`
+    of the peak at the last step (optax's `warmup_cosine_decay_schedule`, in plain Python: the host calls it every
+    step and must not dispatch device work)."""
+    o = spec.optimizer
+    peak, final = o.learning_rate, o.learning_rate * o.final_lr_fraction
+    warmup = int(round(o.warmup_fraction * spec.steps))
+    decay = max(spec.steps, warmup + 1) - warmup
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return peak * step / warmup
+        progress = min(max(step - warmup, 0) / decay, 1.0)
+        return final + (peak - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return schedule
+
+
+def make_optimizer(spec: DistillSpec) -> optax.GradientTransformation:
+    """AdamW without its learning rate (global-norm clipping, Adam moments, decoupled weight decay on everything
+    but norm scales): the step multiplies the result by `-learning_rate`, a runtime scalar."""
+    o = spec.optimizer
+
+    def decay_mask(params):
+        return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) != "scale", params)
+
+    chain = [optax.clip_by_global_norm(o.grad_clip_norm)] if o.grad_clip_norm else []
+    chain += [optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps), optax.add_decayed_weights(o.weight_decay, decay_mask)]
+    return optax.chain(*chain)
+
+
+def hyperparameters(spec: DistillSpec, step: int, schedule: Callable[[int], float] | None = None) -> dict[str, float]:
+    """The scheduled values the update with 0-based index `step` uses: α, T and β reach `end` at the last update."""
+    last = max(spec.steps - 1, 1)
+    lr = float((schedule or learning_rate_schedule(spec))(step))
+    return {
+        "alpha": float(spec.loss.alpha.at(step, last)), "temperature": float(spec.loss.temperature.at(step, last)),
+        "beta": float(spec.loss.beta.at(step, last)), "learning_rate": lr,
+    }  # fmt: skip
+
+
+def metric_names(spec: DistillSpec) -> tuple[str, ...]:
+    return losses.DISTILL_METRICS if spec.mode == "distill" else losses.PRETRAIN_METRICS
+
+
+def empty_window(spec: DistillSpec) -> dict[str, jax.Array]:
+    """Metric accumulators `{name: [sum, count]}`."""
+    return {name: jnp.zeros((2,), jnp.float32) for name in metric_names(spec)}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepModels:
+    """The static halves of the models (graph definitions) the step merges its parameters into."""
+
+    student: nnx.GraphDef
+    teacher: nnx.GraphDef | None
+    features: bool  # both models sow out-projection activations
+
+
+def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.GradientTransformation) -> Callable:
+    """`step(state, teacher_params, batch, hparams) -> state`; batch arrays are `[A, R, T]` (A micro-batches of R
+    rows); `hparams` maps alpha, temperature, beta and learning_rate to float32 scalars."""
+    distill = spec.mode == "distill"
+    layer_indices = spec.layer_indices() if models.features else None
+    n_layers = len(layer_indices) if layer_indices is not None else None
+
+    def apply(graphdef, params, tokens):
+        return forward(nnx.merge(graphdef, params), tokens)
+
+    def micro_loss(params, teacher_out, mb, weights, n_tokens, n_features):
+        logits, feats = apply(models.student, params, mb["inputs"])
+        if not distill:
+            sums = losses.pretrain_sums(logits, mb["targets"], mb["mask"])
+            return sums["ce"][0] / jnp.maximum(n_tokens, 1.0), sums
+        t_logits, t_feats = teacher_out
+        sums = losses.distillation_sums(
+            logits, t_logits, mb["targets"], mb["mask"], temperature=weights["temperature"],
+            student_features=feats if models.features else None,
+            teacher_features=t_feats if models.features else None,
+            layer_indices=layer_indices, feature_loss_type=spec.loss.feature_loss_type,
+        )  # fmt: skip
+        total = losses.weighted_total(sums, alpha=weights["alpha"], temperature=weights["temperature"],
+                                      beta=weights["beta"], token_count=n_tokens, feature_count=n_features)  # fmt: skip
+        return total, sums
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+    sum_keys = ("kl_at_T", "ce", "kl_T1", "teacher_ce", "top1_agreement") if distill else ("ce",)
+    if distill and models.features:
+        sum_keys += ("feature",)
+
+    def step(state: State, teacher_params, batch: dict[str, jax.Array], hparams: dict[str, jax.Array]) -> State:
+        index = state["step"]
+        weights = {k: hparams[k] for k in ("alpha", "temperature", "beta")}
+        n_tokens = jnp.sum(batch["mask"])
+        n_features = n_tokens * n_layers if n_layers is not None else None
+        params = state["params"]
+
+        def one(carry, mb):
+            grads, sums, total = carry
+            teacher_out = None
+            if distill:
+                teacher_out = jax.lax.stop_gradient(apply(models.teacher, teacher_params, mb["inputs"]))
+            (loss, mb_sums), g = grad_fn(params, teacher_out, mb, weights, n_tokens, n_features)
+            add = lambda a, b: a + b  # noqa: E731
+            return (jax.tree.map(add, grads, g), jax.tree.map(add, sums, mb_sums), total + loss), None
+
+        zero_grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        zero = jnp.zeros((), jnp.float32)
+        carry = (zero_grads, {k: (zero, zero) for k in sum_keys}, zero)
+        if batch["inputs"].shape[0] == 1:
+            (grads, sums, total), _ = one(carry, jax.tree.map(lambda a: a[0], batch))
+        else:
+            (grads, sums, total), _ = jax.lax.scan(one, carry, batch)
+
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        finite = jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(grads))
+
+        def update(operands):
+            params, opt_state, grads = operands
+            updates, new_opt = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, jax.tree.map(lambda u: -hparams["learning_rate"] * u, updates)), new_opt
+
+        # A non-finite step changes nothing (a branch, not a select over every parameter).
+        new_params, new_opt = jax.lax.cond(finite, update, lambda operands: operands[:2],
+                                           (params, state["opt_state"], grads))  # fmt: skip
+        metrics = (losses.distill_metrics(sums, total, **weights) if distill else losses.pretrain_metrics(sums, total))
+        window = {k: v + jnp.stack(metrics[k]) for k, v in state["window"].items()}
+        return {
+            "params": new_params,
+            "opt_state": new_opt,
+            "step": index + 1,
+            "window": window,
+            "bad_step": jnp.where((state["bad_step"] < 0) & ~finite, index, state["bad_step"]),
+        }
+
+    return step
