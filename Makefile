@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+EXTRAS := train,dev,tunix
+STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo '$(EXTRAS)') | sha256sum | cut -c1-12)
 
 XPK_VERSION := 1.16.0
 XPK_VENV := .venv-xpk
@@ -15,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[train,dev,tunix]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -34,9 +35,12 @@ $(XPK_VENV)/.xpk-$(XPK_VERSION):
 	@rm -f $(XPK_VENV)/.xpk-*
 	@touch $@
 
+# The main job on the local, embedded default: the quickstart sweep (teacher pre-training, four distilled
+# students and a labels-only baseline) as background trainer processes, followed to the end, then the table.
 demo: install
-	$(VENV)/bin/distillctl validate sweeps/tiny.yaml sweeps/llama3.1-8b-pruning-recovery.yaml
-	$(VENV)/bin/distillctl explain sweeps/tiny.yaml
+	$(VENV)/bin/distillctl validate sweeps/tiny-teacher.yaml sweeps/tiny.yaml sweeps/maxtext-distillation.yml
+	$(VENV)/bin/distillctl sweep sweeps/quickstart.yaml --wait
+	$(VENV)/bin/distillctl results sweeps/quickstart.yaml --plot out/quickstart
 
 test: install xpk
 	$(PY) -m pytest

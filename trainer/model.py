@@ -216,13 +216,15 @@ def abstract_model(config: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
     return nnx.split(nnx.eval_shape(lambda: init_model(config, 0)))
 
 
-def host_init(abstract_state: nnx.State, seed: int) -> dict:
+def host_init(abstract_state: nnx.State, seed: int, stream: str = "") -> dict:
     """Parameters drawn on the host with NumPy from each parameter's `init_std` metadata (ones where None), as
     a pure dict of arrays.
 
     Why not `init_model` under jit: XLA:CPU spends 10-15 s compiling threefry for a 4-layer model's ~30 random
-    draws. Each parameter gets its own stream from `(seed, crc32(path))`, so values do not depend on the
-    device layout; every process of a multi-host run draws the same values and keeps its own shards.
+    draws. Each parameter gets its own stream from `(seed, crc32(stream/path))`, so values do not depend on the
+    device layout; every process of a multi-host run draws the same values and keeps its own shards. `stream`
+    keeps runs that share a seed apart: a distilled student must not start from the very draws its teacher
+    started from when it was pre-trained (they would share structure no real student has).
     """
     out = {}
     for path, variable in nnx.to_flat_state(abstract_state):
@@ -232,7 +234,7 @@ def host_init(abstract_state: nnx.State, seed: int) -> dict:
         if std is None:
             value = np.ones(shape, np.float32)
         else:
-            rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+            rng = np.random.default_rng([seed, zlib.crc32(f"{stream}/{name}".encode() if stream else name.encode())])
             value = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
         _set(out, path, value.astype(jnp.dtype(dtype)))
     return out

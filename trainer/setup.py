@@ -174,7 +174,7 @@ def _student_params(spec: DistillSpec, student: _Model, teacher: _Model | None, 
             return jax.tree.map(lambda a, dt: a.astype(dt), out, cast)
 
         return jax.jit(pruned, out_shardings=student.shardings)(teacher_params)
-    host = host_init(student.abstract_state, spec.seed)
+    host = host_init(student.abstract_state, spec.seed, stream=f"{spec.mode}/{spec.student.model}")
     return jax.tree.map(lambda value, sharding: _put(value, sharding), host, student.shardings)
 
 
