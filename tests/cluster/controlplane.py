@@ -35,6 +35,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -644,8 +645,9 @@ class ControlPlane:
         from kubernetes import client
 
         core = client.CoreV1Api(self.client)
-        for node in tpu_nodes():
-            core.create_node(node)
+        # A few requests in flight at once (the client's connection pool holds 4).
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(core.create_node, tpu_nodes()))
         self._mark("nodes")
 
     def _apply_kueue_fixtures(self) -> None:

@@ -149,23 +149,22 @@ class Supervisor:
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_file)
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM every process group (last started first), then SIGKILL what remains."""
-        comps = [c for c in reversed(list(self.components.values())) if c.proc is not None]
-        for c in comps:
-            _signal_group(c.pid, c.start_time, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for c in comps:
-            try:
-                c.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for c in comps:
-            # Also reaps anything left in the group (children of the component).
-            _signal_group(c.pid, c.start_time, signal.SIGKILL, group_only=True)
-            if c.proc.poll() is None:
-                c.proc.kill()
-                c.proc.wait(5)
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop components in reverse start order (clients before the apiserver,
+        the apiserver before etcd): SIGTERM to the process group, then SIGKILL
+        after `timeout` seconds."""
+        for c in reversed(list(self.components.values())):
+            if c.proc is None:
+                continue
+            if c.proc.returncode is None:
+                _signal_group(c.pid, c.start_time, signal.SIGTERM, group_only=True)
+                deadline = time.monotonic() + timeout
+                while not _exited_unreaped(c.pid) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                # The leader is not reaped yet, so its pid (the group id) cannot have
+                # been reused: SIGKILL whatever is left of the group, then reap.
+                _signal_group(c.pid, c.start_time, signal.SIGKILL, group_only=True)
+            c.proc.wait()
         self.components.clear()
         try:
             self.state_file.unlink()
@@ -173,60 +172,55 @@ class Supervisor:
             pass
 
 
-def _group_alive(pgid: int) -> bool:
+def _exited_unreaped(pid: int) -> bool:
+    """Whether our child `pid` has exited, without reaping it."""
     try:
-        os.killpg(pgid, 0)
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
         return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    return info is not None
 
 
-def _signal_group(pid: int, start_time: int | None, sig: int, group_only: bool = False) -> None:
-    """Signal the process group led by `pid`, if `pid` is still the recorded process.
+def _signal_group(pid: int | None, start_time: int | None, sig: int, group_only: bool = False) -> None:
+    """Signal the process group led by `pid` while `pid` is still the recorded process.
 
-    When the leader has exited (`group_only`), its group may live on; the group id
-    cannot be reused while any member lives, so signalling it is still safe.
+    `group_only`: `pid` is our own child, not yet reaped (its pid cannot have
+    been reused), so its group may be signalled even after it exited.
     """
     if pid is None:
         return
-    current = proc_start_time(pid)
-    if current is not None and start_time is not None and current != start_time:
-        return  # pid reused by an unrelated process
-    if current is None and not group_only:
-        return
+    if not group_only:
+        current = proc_start_time(pid)
+        if current is None or (start_time is not None and current != start_time):
+            return  # gone, or the pid now belongs to an unrelated process
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
 
-def stop_recorded(state_file: Path, timeout: float = 15.0) -> list[str]:
+def stop_recorded(state_file: Path, timeout: float = 5.0) -> list[str]:
     """Stop the processes recorded in a state file (from this or a dead session).
 
-    Returns the names of components that were still running.
+    Components are stopped in reverse start order; returns the names of those
+    that were still running. Only processes whose pid *and* kernel start time
+    match the record are signalled.
     """
     try:
         state = json.loads(state_file.read_text())
     except (OSError, ValueError):
         return []
     running = []
-    comps = list(reversed(state.get("components", [])))
-    for c in comps:
+    for c in reversed(state.get("components", [])):
         pid, st = c.get("pid"), c.get("start_time")
-        if pid and proc_start_time(pid) is not None and proc_start_time(pid) == st:
-            running.append(c["name"])
-            _signal_group(pid, st, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for c in comps:
-        pid, st = c.get("pid"), c.get("start_time")
-        while pid and time.monotonic() < deadline and proc_start_time(pid) == st and st is not None:
-            time.sleep(0.1)
-        if pid and st is not None and proc_start_time(pid) == st:
-            _signal_group(pid, st, signal.SIGKILL)
-        elif pid and _group_alive(pid):
-            _signal_group(pid, st, signal.SIGKILL, group_only=True)
+        if not pid or st is None or proc_start_time(pid) != st:
+            continue
+        running.append(c["name"])
+        _signal_group(pid, st, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc_start_time(pid) == st:
+            time.sleep(0.05)
+        _signal_group(pid, st, signal.SIGKILL)  # no-op unless it is still the same process
     try:
         state_file.unlink()
     except FileNotFoundError:

@@ -49,13 +49,17 @@ def load_build(required: tuple[str, ...] = ("etcd", "kube", "jobset", "kueue", "
     return build
 
 
+# libyaml's loader is ~10x faster than pure Python: the Kueue CRDs are 2 MB of YAML.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_yaml_docs(path: Path) -> list[dict]:
     with open(path) as f:
-        return [d for d in yaml.safe_load_all(f) if d]
+        return [d for d in yaml.load_all(f, Loader=_Loader) if d]
 
 
 def _kustomize_resources_and_patches(directory: Path) -> tuple[list[Path], list[Path]]:
-    k = yaml.safe_load((directory / "kustomization.yaml").read_text()) or {}
+    k = yaml.load((directory / "kustomization.yaml").read_text(), Loader=_Loader) or {}
     resources = [directory / r for r in k.get("resources", [])]
     patches = [directory / p["path"] for p in k.get("patches", []) if isinstance(p, dict) and "path" in p]
     return resources, patches
