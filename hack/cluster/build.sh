@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Build the local Kubernetes control plane used by the tests (tests/cluster):
 # kube-apiserver/controller-manager/scheduler (one multi-call binary `kube`),
-# etcd, the JobSet and Kueue controllers, kwok and helm. Every component is a
-# small Go module under hack/cluster/<name>/ whose go.mod pins the upstream
-# version; sources come from the Go module proxy.
+# etcd, the JobSet and Kueue controllers, kwok and helm, from small Go modules
+# under hack/cluster/ whose go.mod files pin the upstream versions; sources come
+# from the Go module proxy.
 #
 # Idempotent and cached: a binary is keyed by its upstream version and a hash
 # of its module files, Go version and build flags, and stored in
@@ -25,13 +25,18 @@ CACHE="${DISTILLCTL_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/distillctl/cl
 GO="${GO:-go}"
 
 # name|module dir|package to build|upstream module (gives the version)
+# Components that can share dependency versions share a module, so that the
+# Go build cache compiles k8s.io/api, client-go, ... once for all of them:
+#   k8s/    k8s.io/kubernetes (staging modules pinned to v0.35.x), Kueue, etcd
+#   jobset/ the JobSet controller (Kueue needs the newer jobset API module, so apart)
+#   tools/  kwok and helm (client libraries v0.37)
 COMPONENTS=(
-  "etcd|etcd|go.etcd.io/etcd/server/v3|go.etcd.io/etcd/server/v3"
-  "kube|kube|.|k8s.io/kubernetes"
+  "kube|k8s|./kube|k8s.io/kubernetes"
+  "kueue|k8s|sigs.k8s.io/kueue/cmd/kueue|sigs.k8s.io/kueue"
+  "etcd|k8s|go.etcd.io/etcd/server/v3|go.etcd.io/etcd/server/v3"
   "jobset|jobset|sigs.k8s.io/jobset|sigs.k8s.io/jobset"
-  "kueue|kueue|sigs.k8s.io/kueue/cmd/kueue|sigs.k8s.io/kueue"
-  "kwok|kwok|sigs.k8s.io/kwok/cmd/kwok|sigs.k8s.io/kwok"
-  "helm|helm|helm.sh/helm/v3/cmd/helm|helm.sh/helm/v3"
+  "kwok|tools|sigs.k8s.io/kwok/cmd/kwok|sigs.k8s.io/kwok"
+  "helm|tools|helm.sh/helm/v3/cmd/helm|helm.sh/helm/v3"
 )
 
 if ! command -v "$GO" >/dev/null 2>&1; then
@@ -81,7 +86,7 @@ for spec in "${COMPONENTS[@]}"; do
   elif selected "$name"; then
     ldflags="-s -w $(ldflags_for "$name" "$version")"
     key="$( { echo "$goversion"; echo "$ldflags"; cat "$moddir"/go.mod "$moddir"/go.sum; \
-              find "$moddir" -maxdepth 1 -name '*.go' -type f | LC_ALL=C sort | xargs -r cat; } \
+              find "$moddir" -name '*.go' -type f | LC_ALL=C sort | xargs -r cat; } \
             | sha256sum | cut -c1-12)"
     binary="$CACHE/$name-$version-$key"
     if [ -x "$binary" ]; then
