@@ -90,8 +90,10 @@ class ControlPlane:
     """A local control plane; use as a context manager or call start()/stop().
 
     Args:
-      workdir: where certificates, configs, etcd data and logs go (default: a new
-        temporary folder, removed by stop() unless keep_workdir).
+      workdir: the cluster's folder, for certificates, configs, etcd data and
+        logs; its contents are replaced (default: a new
+        temporary folder, removed by stop() unless keep_workdir or the
+        environment sets DISTILLCTL_CLUSTER_KEEP=1).
       pod_run_ms: how long a fake pod "runs" before it succeeds (kwok stage
         pod-complete); per pod, the annotation distillctl.dev/run-duration wins.
       detach: start processes that outlive this Python process (for
@@ -116,7 +118,7 @@ class ControlPlane:
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="distillctl-cluster-"))
         self.pod_run_ms = pod_run_ms
         self.detach = detach
-        self.keep_workdir = keep_workdir
+        self.keep_workdir = keep_workdir or os.environ.get("DISTILLCTL_CLUSTER_KEEP") == "1"
         self.with_fixtures = with_fixtures
         self.start_timeout = start_timeout
         self.binaries = dict(binaries or {})
@@ -141,35 +143,61 @@ class ControlPlane:
         self.stop()
 
     def start(self) -> "ControlPlane":
+        """Start everything; raises ComponentError (naming the component, with its
+        log tail) or TimeoutError, after stopping what was started."""
         t0 = time.monotonic()
         self._deadline = t0 + self.start_timeout
-        self._t_last = t0
         try:
             required = tuple(c for c in ("etcd", "kube", "jobset", "kueue", "kwok") if c not in self.binaries)
             self._build = upstream.load_build(required)
             for name, path in self.binaries.items():
                 self._build.setdefault(name, {})["binary"] = path
             reap_stale_sessions()
-            self._prepare()
-            self._register_session()
-            self._start_etcd()
-            self._start_apiserver()
-            self._start_kube_controllers()
-            self._install_api_extensions()
-            self._start_addons()
-            if self.with_fixtures:
-                self._create_nodes()
-            self._mount_kueue_certs()
-            self._wait_addons_ready()
-            if self.with_fixtures:
-                self._apply_kueue_fixtures()
-            self._wait_cluster_ready()
+            try:
+                self._start_once()
+            except ComponentError as e:
+                # Ports are picked free, then released for the components to bind:
+                # another process may take one in between. Retry once, on new ports.
+                if "address already in use" not in str(e) or self.binaries:
+                    raise
+                self._reset()
+                self._start_once()
         except BaseException:
             self.stop()
             raise
         self._started = True
         self.startup_seconds = time.monotonic() - t0
         return self
+
+    def _start_once(self) -> None:
+        self._t_last = time.monotonic()
+        self._prepare()
+        self._register_session()
+        self._start_etcd()
+        self._start_apiserver()
+        self._start_kube_controllers()
+        self._install_api_extensions()
+        self._start_addons()
+        if self.with_fixtures:
+            self._create_nodes()
+        self._mount_kueue_certs()
+        self._wait_addons_ready()
+        if self.with_fixtures:
+            self._apply_kueue_fixtures()
+        self._wait_cluster_ready()
+
+    def _reset(self) -> None:
+        """Stop what a failed attempt started and empty the folder for another."""
+        self.supervisor.stop()
+        if self._api_client is not None:
+            self._api_client.close()
+            self._api_client = None
+        for child in self.workdir.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        self.timings.clear()
 
     def stop(self) -> None:
         if self._api_client is not None:
