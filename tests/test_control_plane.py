@@ -303,8 +303,8 @@ def test_second_jobset_waits_for_quota(cluster):
     assert "google.com/tpu" in reason["message"], reason
     time.sleep(2)  # it stays held
     assert cluster.jobset("train-second")["spec"]["suspend"] is True
-    assert cluster.condition(cluster.workload("train-second"), "Admitted") is None or \
-        cluster.condition(cluster.workload("train-second"), "Admitted")["status"] != "True"
+    admitted = cluster.condition(cluster.workload("train-second"), "Admitted")
+    assert admitted is None or admitted["status"] != "True", admitted
 
     # Finish the first JobSet: every pod exits 0.
     for p in cluster.wait_pods_running("train-first", 32):
@@ -312,7 +312,8 @@ def test_second_jobset_waits_for_quota(cluster):
     cluster.wait_jobset_condition("train-first", "Completed", timeout=120)
 
     cluster.wait_admitted("train-second", timeout=120)
-    assert cluster.jobset("train-second")["spec"]["suspend"] is False
+    cluster.cp.wait_for(lambda: cluster.jobset("train-second")["spec"]["suspend"] is False, 30,
+                        "Kueue to unsuspend train-second")
     cluster.wait_jobset_condition("train-second", "Completed", timeout=180)
 
 

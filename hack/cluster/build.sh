@@ -82,7 +82,8 @@ for spec in "${COMPONENTS[@]}"; do
   if [ "$name" = etcd ] && [ "${CLUSTER_ETCD:-}" = system ]; then
     binary="$(command -v etcd || true)"
     [ -n "$binary" ] || { echo "build.sh: CLUSTER_ETCD=system but no etcd in PATH" >&2; exit 1; }
-    echo "etcd: using $binary ($("$binary" --version 2>/dev/null | head -1))"
+    version="$("$binary" --version 2>/dev/null | sed -n 's/^etcd Version: /v/p' | head -1) (system)"
+    echo "etcd: using $binary ($version)"
   elif selected "$name"; then
     ldflags="-s -w $(ldflags_for "$name" "$version")"
     key="$( { echo "$goversion"; echo "$ldflags"; cat "$moddir"/go.mod "$moddir"/go.sum; \
