@@ -42,5 +42,24 @@ demo: install
 	$(VENV)/bin/distillctl sweep sweeps/quickstart.yaml --wait
 	$(VENV)/bin/distillctl results sweeps/quickstart.yaml --plot out/quickstart
 
-test: install xpk
+test: install xpk cluster-build
 	$(PY) -m pytest
+
+# --- Local Kubernetes control plane for the tests (tests/cluster, hack/cluster) ---
+# cluster-build compiles the components from the Go module proxy (cached; see
+# hack/cluster/build.sh). CLUSTER_ETCD=system uses an etcd from PATH instead of
+# building one, installing Debian's etcd-server if there is none.
+.PHONY: cluster-build cluster-up cluster-down
+
+cluster-build:
+	@if [ "$(CLUSTER_ETCD)" = system ] && ! command -v etcd >/dev/null 2>&1; then \
+	  echo "no etcd found: installing Debian's etcd-server"; \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q etcd-server; \
+	fi
+	CLUSTER_ETCD=$(CLUSTER_ETCD) hack/cluster/build.sh
+
+cluster-up: install cluster-build
+	$(PY) -m tests.cluster up
+
+cluster-down:
+	@if [ -x $(PY) ]; then $(PY) -m tests.cluster down; else python3 -m tests.cluster down; fi
