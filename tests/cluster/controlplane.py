@@ -53,6 +53,8 @@ KUEUE_NAMESPACE = "kueue-system"
 KUEUE_WEBHOOK_SERVICE = "kueue-webhook-service"
 KUEUE_WEBHOOK_SECRET = "kueue-webhook-server-cert"
 SERVICE_CIDR = "10.96.0.0/16"
+# What a fake pod's `trainer` container logs (kwok serves it to the apiserver's log endpoint).
+POD_LOG = "training → gs://bucket/run (steps 0..20)\nstep 10  loss 2.1000  kl_div_T1 0.5000  1,000 tok/s\nsucceeded (exit 0: done)\n"
 
 _PROXY_VARS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
@@ -320,7 +322,7 @@ class ControlPlane:
             (w / d).mkdir(parents=True, exist_ok=True)
         names = [
             "etcd", "etcd_peer", "apiserver", "kcm", "scheduler",
-            "jobset_webhook", "jobset_health", "kueue_webhook", "kueue_health",
+            "jobset_webhook", "jobset_health", "kueue_webhook", "kueue_health", "kwok_server",
         ]
         self.ports = dict(zip(names, free_ports(len(names))))
         self.server = f"https://127.0.0.1:{self.ports['apiserver']}"
@@ -444,6 +446,8 @@ class ControlPlane:
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             "--authorization-mode=Node,RBAC",
+            # Pod logs: the apiserver asks the node's kubelet endpoint, which kwok serves on 127.0.0.1.
+            "--kubelet-preferred-address-types=InternalIP",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
             "--profiling=false",
@@ -519,7 +523,7 @@ class ControlPlane:
         crds = (
             upstream.crds(self._source("jobset"))  # single version: no conversion webhook needed
             + upstream.crds(self._source("kueue"), self._kueue_service_ref("/convert"))
-            + upstream.kwok_crds(self._source("kwok"))
+            + upstream.kwok_crds(self._source("kwok"), ("stages", "clusterlogs"))
         )
         self.apply(crds)
         namespaces = [
@@ -546,6 +550,7 @@ class ControlPlane:
         self.apply(webhooks)
         self._wait_crds_established([c["metadata"]["name"] for c in crds])
         self.apply(self._kwok_stages())
+        self.apply([self._kwok_logs()])
         self._mark("crds+webhooks")
 
     def _wait_crds_established(self, names: list[str]) -> None:
@@ -562,6 +567,18 @@ class ControlPlane:
             return True
 
         self.wait_for(established, self._remaining(), "CRDs to be established", interval=0.1)
+
+    def _kwok_logs(self) -> dict:
+        """Every `trainer` container's log is POD_LOG (a trainer's console output, written once here)."""
+        path = self.workdir / "trainer.log"
+        # The CRI log format a kubelet reads: `<RFC 3339 time> <stream> <F: full line> <text>`.
+        path.write_text("".join(f"2026-01-01T00:00:0{i}.000000000Z stdout F {line}\n"
+                                for i, line in enumerate(POD_LOG.splitlines())))  # fmt: skip
+        return {
+            "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "ClusterLogs",
+            "metadata": {"name": "trainer-logs"},
+            "spec": {"logs": [{"containers": ["trainer"], "logsFile": str(path), "follow": False}]},
+        }  # fmt: skip
 
     def _kwok_stages(self) -> list[dict]:
         stages = upstream.load_yaml_docs(upstream.MANIFESTS / "kwok-stages.yaml")
@@ -629,10 +646,13 @@ class ControlPlane:
             f"--config={self.workdir / 'kwok.yaml'}",
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
-            "--enable-crds=Stage",
+            "--enable-crds=Stage,ClusterLogs",
             "--node-lease-duration-seconds=40",
             "--cidr=10.0.0.0/16",
-            "--node-ip=10.128.0.1",
+            # Every fake node's kubelet endpoint is kwok's own server on loopback: `kubectl logs` works.
+            "--node-ip=127.0.0.1",
+            f"--node-port={p['kwok_server']}",
+            f"--server-address=127.0.0.1:{p['kwok_server']}",
         ], HOME=str(self.workdir / "home"))
         self._mark("addons-started")
 
