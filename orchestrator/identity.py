@@ -53,6 +53,7 @@ def target_identity(target: Target) -> dict[str, Any]:
         "image": target.image if on_cluster else None,
         "env": dict(sorted(target.env.items())),
         "secret_env": {name: {"secret": ref.secret, "key": ref.key} for name, ref in sorted(target.secret_env.items())},
+        **({"pod_annotations": dict(sorted(target.pod_annotations.items()))} if target.pod_annotations else {}),
     }
 
 

@@ -138,6 +138,7 @@ def jobset_view(point: Point, target: Target) -> dict[str, Any]:
         "container_name": CONTAINER_NAME,
         "retryable_exit_codes": retryable_exit_codes(target),
         "pod_labels": sorted({LABEL_SWEEP: point.sweep, LABEL_RUN_ID: point.run_id}.items()),
+        "pod_annotations": sorted(target.pod_annotations.items()),
         "node_selector": sorted({tpu.ACCELERATOR_LABEL: shape.accelerator, tpu.TOPOLOGY_LABEL: shape.topology}.items()),
         "tpu_resource": tpu.RESOURCE,
         "chips_per_vm": shape.chips_per_vm,

@@ -126,6 +126,7 @@ class Target(_Block):
     zone: str | None = None  # xpk
     parallelism: PositiveInt | None = None  # local: concurrent runs (default: the machine's cores)
     labels: dict[str, str] = {}  # extra JobSet labels (a CI key, a team): bookkeeping, not part of run ids
+    pod_annotations: dict[str, str] = {}  # on every pod, e.g. gke-gcsfuse/volumes: "true"; part of run ids
 
     @property
     def on_cluster(self) -> bool:
@@ -545,6 +546,11 @@ def _target(sweep: Sweep) -> list[Problem]:
             out.append(Problem(("target", "labels", key), "bad_label", f"label value {value!r} is not a Kubernetes "
                                "label value", "at most 63 letters, digits, '-', '_', '.', starting and ending "
                                "alphanumeric"))  # fmt: skip
+    for key in t.pod_annotations:
+        if not _label_key_ok(key):
+            out.append(Problem(("target", "pod_annotations", key), "bad_annotation",
+                               f"{key!r} is not a Kubernetes annotation key",
+                               "use [prefix/]name: a DNS prefix and a name of letters, digits, '-', '_', '.'"))  # fmt: skip
     if len(set(t.restartable_exit_codes)) != len(t.restartable_exit_codes):
         out.append(Problem(("target", "restartable_exit_codes"), "duplicate_axis_value",
                            "restartable_exit_codes lists a code more than once", "list each code once"))  # fmt: skip

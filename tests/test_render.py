@@ -187,3 +187,13 @@ def test_extra_target_labels_reach_the_jobset_but_not_the_run_id(tmp_path):
 def test_reserved_or_malformed_labels_are_rejected(tmp_path, labels):
     source = load(tmp_path, sweep_data(target={**TARGET, "labels": labels}))
     assert "bad_label" in [p.code for p in source.problems if p.is_error]
+
+
+def test_pod_annotations_reach_every_pod_and_change_the_run_id(tmp_path):
+    plain = expanded(tmp_path, sweep_data(), "a.yaml")
+    annotated = expanded(tmp_path, sweep_data(target={**TARGET, "pod_annotations": {"gke-gcsfuse/volumes": "true"}}), "b.yaml")
+    assert plain.points[0].run_id != annotated.points[0].run_id
+    jobset = yaml.safe_load(rendering.render_jobset(annotated.points[0], annotated.sweep.target))
+    pod = jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
+    assert pod["metadata"]["annotations"] == {"gke-gcsfuse/volumes": "true"}
+    assert not jobset_errors(jobset, "v0.10.1") and not pod_template_errors(jobset)
