@@ -140,7 +140,7 @@ def _print_actions(actions: list[Action], submitted: dict[str, str], dry_run: Dr
         if outcome == "dry-run":
             verb, style = f"would create ({dry_run.value if dry_run else 'dry run'})", "cyan"
         elif outcome == "exists":
-            verb, style = "exists (created concurrently)", "dim"
+            verb, style = "exists (already there: a concurrent or retried create)", "dim"
         elif outcome == "created":
             verb, style = ("created" if action.kind != "wait" else "queued"), "green"
         else:
@@ -174,6 +174,14 @@ def _follow(backend: Backend, expansion: Expansion, *, stall_after: float, timeo
                 live.update(status_table(expansion, statuses), refresh=True)
             else:
                 _print_transitions(expansion, statuses, previous)
+            hopeless = [run for run in expansion.runs if statuses[run.run_id].never_admitted]
+            if hopeless:
+                if not live:
+                    console.print_wide(status_table(expansion, statuses))
+                s = statuses[hopeless[0].run_id]
+                console.print_error(f"Kueue will never admit {len(hopeless)} run(s) as configured: {s.message}",
+                                    "lower target.slices or the TPU type, or raise the ClusterQueue's quota")  # fmt: skip
+                return ExitCode.NOT_ADMITTED
             blocked = [a for a in actions if a.kind == "blocked"]
             if all(statuses[run.run_id].terminal or run.run_id in {a.run.run_id for a in blocked} for run in expansion.runs):
                 break
@@ -340,7 +348,7 @@ def cancel(
     try:
         chosen = [find_run(expansion, key) for key in runs] if runs else list(expansion.runs)
         existing = backend.observe(expansion)
-        chosen = [run for run in chosen if run.run_id in existing]
+        chosen = [run for run in chosen if run.run_id in existing and existing[run.run_id].exists]
         if not chosen:
             console.out.print("nothing to cancel: none of these runs exists")
             return

@@ -47,6 +47,8 @@ def reconcile(runs: Sequence[Point], statuses: Mapping[str, RunStatus], *, retry
                 actions.append(Action("skip", run, f"{status.shown}; --retry-failed runs it again"))
         elif status.phase != "Pending":
             actions.append(Action("skip", run, f"exists: {status.shown}"))
+        elif status.reason == "Deleting":
+            actions.append(Action("wait", run, "the previous run is still being deleted"))
         else:
             actions.append(_pending(run, statuses, by_name, retry_failed))
     return actions

@@ -39,6 +39,7 @@ class Observation:
     queue_message: str = ""
     created_at: float | None = None  # unix seconds
     lost: str = ""  # local backend: the process ended without a verdict
+    deleting: bool = False  # being deleted (a cancel in progress): its name is not free yet
 
     def condition(self, kind: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind and c.status == "True"), None)
@@ -59,6 +60,12 @@ class RunStatus:
     @property
     def terminal(self) -> bool:
         return self.phase in TERMINAL
+
+    @property
+    def never_admitted(self) -> bool:
+        """Queued for good: Kueue says the request exceeds what the queue could ever give it (not that the
+        quota is busy: that reads "insufficient unused quota ... N more needed")."""
+        return self.phase == "Queued" and "> maximum capacity" in self.message
 
     @property
     def shown(self) -> str:
@@ -82,6 +89,8 @@ def derive(observation: Observation, outputs: RunOutputs, *, now: float, stall_a
         last_metrics_at=last_time,
     )
     verdict = summary.get("status")
+    if observation.deleting:
+        return RunStatus("Pending", "Deleting", "the previous run is still being deleted", **common)
     if verdict == "diverged":
         return RunStatus("Diverged", "LossNotFinite", "the loss became NaN or infinite", **common)
     if failed := observation.condition("Failed"):

@@ -62,3 +62,19 @@ def test_diverged_beats_failed():
 def test_lost_local_process():
     s = status(Observation(exists=True, lost="exited with signal 9"), outputs({"status": "running"}))
     assert s.shown == "Failed (ProcessLost)"
+
+
+def test_a_run_being_deleted_is_pending_and_waited_for():
+    from orchestrator.reconcile import reconcile
+
+    s = status(Observation(exists=True, deleting=True, conditions=(Condition("Completed", "True"),)))
+    assert s.shown == "Pending (Deleting)"
+
+
+def test_kueue_saying_the_request_exceeds_the_queue_means_never():
+    busy = status(Observation(exists=True, suspended=True, queue_reason="Pending",
+                              queue_message="insufficient unused quota for google.com/tpu in flavor f, 128 more needed"))
+    never = status(Observation(exists=True, suspended=True, queue_reason="Pending", queue_message=(
+        "insufficient quota for google.com/tpu in flavor f, previously considered podsets requests (0) + current "
+        "podset request (192) > maximum capacity (128)")))  # fmt: skip
+    assert not busy.never_admitted and never.never_admitted

@@ -245,8 +245,9 @@ def observe_jobset(jobset: dict, workload: dict | None) -> Observation:
             if condition.get("type") in ("QuotaReserved", "Admitted") and condition.get("status") == "False":
                 reason, message = condition.get("reason", reason), condition.get("message", message)
                 break
+    metadata = jobset.get("metadata") or {}
     return Observation(
         exists=True, conditions=conditions, suspended=suspended, restarts=int(status.get("restarts") or 0),
         active=active, queue_reason=reason, queue_message=message,
-        created_at=_timestamp((jobset.get("metadata") or {}).get("creationTimestamp")),
+        created_at=_timestamp(metadata.get("creationTimestamp")), deleting=bool(metadata.get("deletionTimestamp")),
     )  # fmt: skip

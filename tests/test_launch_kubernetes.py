@@ -1,0 +1,336 @@
+"""`distillctl sweep`, `status`, `logs` and `cancel` against the real local control plane (tests/cluster):
+kube-apiserver with etcd, the JobSet and Kueue controllers, and kwok playing fake TPU nodes.
+
+The cluster's ClusterQueue has TPU quota for one v5p-128 × 2 JobSet at a time, so a sweep's other points wait in
+Kueue's queue. Pods "run" for `run_duration` (a pod annotation the kwok stages read) unless a test makes one exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.exit_codes import ExitCode
+from tests.cluster.fault_proxy import FaultProxy, Rule
+
+pytestmark = pytest.mark.cluster
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+SWEEP = """\
+name: {name}
+spec:
+  student: {{model: tiny-2l}}
+  teacher: {{model: tiny-4l, load_parameters_path: gs://bucket/teacher/checkpoints}}
+  batch: {{per_device_batch_size: 1, max_target_length: 16}}
+  steps: 10
+axes:
+  loss.temperature: {temperatures}
+target:
+  kind: kubernetes
+  tpu_type: v5p-128
+  slices: {slices}
+  image: example.invalid/distillctl-trainer:test
+  queue: {queue}
+  priority: medium
+  max_restarts: 2
+  output_base: {base}
+  pod_annotations: {{distillctl.dev/run-duration: "{duration}"}}
+"""
+
+
+def write_sweep(tmp_path: Path, name: str, *, points: int = 2, duration: str = "2s", slices: int = 2,
+                queue: str = "multislice-queue") -> Path:  # fmt: skip
+    temperatures = [1.0 + i for i in range(points)]
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(SWEEP.format(name=name, temperatures=temperatures, base=tmp_path / "runs", duration=duration,
+                                 slices=slices, queue=queue))  # fmt: skip
+    return path
+
+
+def cli(*args: str, kubeconfig) -> "CliRunner.Result":
+    return runner.invoke(app, [*args, "--kubeconfig", str(kubeconfig)])
+
+
+def jobsets(cp, sweep: str, *, deleting: bool = False) -> list[dict]:
+    """The sweep's JobSets (with those being deleted, when `deleting`)."""
+    api = client.CustomObjectsApi(cp.client)
+    listing = api.list_namespaced_custom_object("jobset.x-k8s.io", "v1alpha2", "default", "jobsets",
+                                                label_selector=f"distillctl.dev/sweep={sweep}")  # fmt: skip
+    return [j for j in listing["items"] if deleting or not j["metadata"].get("deletionTimestamp")]
+
+
+def status_rows(path: Path, kubeconfig) -> dict[str, dict]:
+    result = cli("status", str(path), "--output", "json", kubeconfig=kubeconfig)
+    assert result.exit_code == 0, result.output
+    return {row["run_id"]: row for row in json.loads(result.stdout)}
+
+
+def pods_of(cp, jobset_name: str) -> list[client.V1Pod]:
+    core = client.CoreV1Api(cp.client)
+    return core.list_namespaced_pod("default", label_selector=f"jobset.sigs.k8s.io/jobset-name={jobset_name}").items
+
+
+def cancel_all(path: Path, kubeconfig) -> None:
+    cli("cancel", str(path), "--yes", kubeconfig=kubeconfig)
+
+
+def wait_gone(cp, sweep: str, timeout: float = 120) -> None:
+    cp.wait_for(lambda: not jobsets(cp, sweep, deleting=True), timeout, f"the JobSets of {sweep} to be deleted")
+
+
+# --- reconcile: exactly one JobSet per point ---------------------------------------------------------------
+
+
+def test_sweep_creates_each_point_once_and_again_creates_nothing(control_plane, tmp_path):
+    cp = control_plane
+    path = write_sweep(tmp_path, "once", points=3, duration="60s")
+    first = cli("sweep", str(path), kubeconfig=cp.kubeconfig)
+    assert first.exit_code == 0, first.output
+    assert "3 created, 0 unchanged" in first.stdout
+    assert len(jobsets(cp, "once")) == 3
+    again = cli("sweep", str(path), kubeconfig=cp.kubeconfig)
+    assert again.exit_code == 0 and "0 created, 3 unchanged" in again.stdout
+    assert len(jobsets(cp, "once")) == 3
+    cancel_all(path, cp.kubeconfig)
+    wait_gone(cp, "once")
+
+
+def test_concurrent_and_interrupted_sweeps_end_with_one_jobset_per_point(control_plane, tmp_path):
+    cp = control_plane
+    path = write_sweep(tmp_path, "race", points=4, duration="60s")
+    command = [sys.executable, "-m", "orchestrator.cli", "sweep", str(path), "--kubeconfig", str(cp.kubeconfig)]
+    both = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]  # fmt: skip
+    outputs = [p.communicate(timeout=120) for p in both]
+    assert all(p.returncode == 0 for p in both), outputs
+    assert len(jobsets(cp, "race")) == 4
+    created = sum(int(re.search(r"(\d+) created, \d+ unchanged", out).group(1)) for out, _ in outputs)
+    assert created == 4  # each JobSet created by exactly one of the two
+    cancel_all(path, cp.kubeconfig)
+    wait_gone(cp, "race")
+
+    # Interrupted: kill a sweep as soon as its first JobSet exists, then run it again.
+    victim = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cp.wait_for(lambda: jobsets(cp, "race") or victim.poll() is not None, 60, "a first JobSet")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    partial = len(jobsets(cp, "race"))
+    again = cli("sweep", str(path), kubeconfig=cp.kubeconfig)
+    assert again.exit_code == 0, again.output
+    assert len(jobsets(cp, "race")) == 4 and f"{4 - partial} created" in again.stdout
+    cancel_all(path, cp.kubeconfig)
+    wait_gone(cp, "race")
+
+
+def test_retries_through_a_faulty_api_never_duplicate(control_plane, tmp_path):
+    cp = control_plane
+    path = write_sweep(tmp_path, "flaky", points=3, duration="60s")
+    rules = [
+        Rule("status", method="GET", path_contains="/jobsets", status=503),  # the first list fails
+        Rule("status", method="POST", path_contains="/jobsets", status=429, retry_after=0.1),  # throttled
+        Rule("drop", method="POST", path_contains="/jobsets"),  # created, but the answer is lost
+        Rule("status", method="POST", path_contains="/jobsets", status=500),
+    ]
+    with FaultProxy(cp, rules) as proxy:
+        result = cli("sweep", str(path), kubeconfig=proxy.kubeconfig)
+        assert result.exit_code == 0, result.output
+        actions = [action for _, _, action in proxy.events]
+    assert {"status", "drop"} <= set(actions)
+    assert len(jobsets(cp, "flaky")) == 3  # the dropped create was not repeated as a second JobSet
+    assert "3 created" in result.stdout or "exists" in result.stdout
+    cancel_all(path, cp.kubeconfig)
+    wait_gone(cp, "flaky")
+
+
+# --- dry runs and clusters that are not ready -----------------------------------------------------------------
+
+
+def test_server_dry_run_creates_nothing(control_plane, tmp_path):
+    cp = control_plane
+    path = write_sweep(tmp_path, "dry", points=2)
+    result = cli("sweep", str(path), "--dry-run", "server", kubeconfig=cp.kubeconfig)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("would create (server)") == 2
+    assert jobsets(cp, "dry") == []
+
+
+def test_server_dry_run_surfaces_a_jobset_crd_older_than_the_fields_used(control_plane, tmp_path):
+    cp = control_plane
+    path = write_sweep(tmp_path, "oldcrd", points=1)
+    ext = client.ApiextensionsV1Api(cp.client)
+    crd = ext.read_custom_resource_definition("jobsets.jobset.x-k8s.io")
+    original = client.ApiClient().sanitize_for_serialization(crd)
+    older = json.loads(json.dumps(original))
+    policy = older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["failurePolicy"]
+    policy["properties"].pop("rules")  # as in a JobSet release before failure-policy rules
+    older["metadata"] = {"name": original["metadata"]["name"], "resourceVersion": original["metadata"]["resourceVersion"]}
+    older.pop("status", None)
+    ext.replace_custom_resource_definition("jobsets.jobset.x-k8s.io", older)
+    try:
+        time.sleep(2)  # the apiserver picks up the new schema
+        result = cli("sweep", str(path), "--dry-run", "server", kubeconfig=cp.kubeconfig)
+    finally:
+        current = ext.read_custom_resource_definition("jobsets.jobset.x-k8s.io")
+        restored = {**original, "metadata": {"name": original["metadata"]["name"],
+                                             "resourceVersion": current.metadata.resource_version}}  # fmt: skip
+        restored.pop("status", None)
+        ext.replace_custom_resource_definition("jobsets.jobset.x-k8s.io", restored)
+        time.sleep(2)
+    assert result.exit_code == ExitCode.CLUSTER_NOT_READY, result.output
+    assert "older than the fields distillctl uses" in result.stderr and "unknown field" in result.stderr
+    assert jobsets(cp, "oldcrd") == []
+
+
+@pytest.mark.parametrize(("group", "words"), [("jobset.x-k8s.io", "JobSet controller is not installed"),
+                                              ("kueue.x-k8s.io", "Kueue is not installed")])  # fmt: skip
+def test_missing_components_say_which_and_how_to_install(control_plane, tmp_path, group, words):
+    path = write_sweep(tmp_path, "bare", points=1)
+    with FaultProxy(control_plane, [Rule("hide_group", group=group, times=None)]) as proxy:
+        result = cli("sweep", str(path), kubeconfig=proxy.kubeconfig)
+    assert result.exit_code == ExitCode.CLUSTER_NOT_READY, result.output
+    assert words in result.stderr and "kubectl apply --server-side" in result.stderr
+
+
+def test_rbac_forbidden_is_its_own_exit_code(control_plane, tmp_path):
+    path = write_sweep(tmp_path, "denied", points=1)
+    with FaultProxy(control_plane, [Rule("impersonate", user="nobody", times=None)]) as proxy:
+        result = cli("sweep", str(path), kubeconfig=proxy.kubeconfig)
+    assert result.exit_code == ExitCode.FORBIDDEN, result.output
+    assert "forbidden" in result.stderr and "RBAC" in result.stderr
+
+
+def test_unreachable_cluster_and_unknown_context(control_plane, tmp_path):
+    path = write_sweep(tmp_path, "nowhere", points=1)
+    dead = tmp_path / "dead-kubeconfig"
+    dead.write_text(control_plane.kubeconfig.read_text().replace(control_plane.server, "https://127.0.0.1:9"))
+    result = cli("status", str(path), kubeconfig=dead)
+    assert result.exit_code == ExitCode.CLUSTER_UNREACHABLE and "cannot reach" in result.stderr
+    result = runner.invoke(app, ["status", str(path), "--kubeconfig", str(control_plane.kubeconfig), "--context", "prod"])
+    assert result.exit_code == ExitCode.CLUSTER_UNREACHABLE and "use one of: distillctl-local" in result.stderr
+    result = runner.invoke(app, ["status", str(path), "--kubeconfig", str(tmp_path / "missing")])
+    assert result.exit_code == ExitCode.CLUSTER_UNREACHABLE and "no kubeconfig" in result.stderr
+
+
+def test_a_queue_that_does_not_exist_never_admits(control_plane, tmp_path):
+    path = write_sweep(tmp_path, "noqueue", points=1, queue="no-such-queue")
+    result = cli("sweep", str(path), kubeconfig=control_plane.kubeconfig)
+    assert result.exit_code == ExitCode.NOT_ADMITTED and "does not exist" in result.stderr
+
+
+def test_a_request_above_the_quota_is_not_admitted(control_plane, tmp_path):
+    cp = control_plane
+    path = write_sweep(tmp_path, "toobig", points=1, slices=3)  # 3 × 64 chips > the queue's 128
+    started = time.monotonic()
+    result = cli("sweep", str(path), "--wait", "--timeout", "300", kubeconfig=cp.kubeconfig)
+    assert result.exit_code == ExitCode.NOT_ADMITTED, result.output
+    assert "will never admit" in result.stderr and "maximum capacity" in result.stderr
+    assert time.monotonic() - started < 60  # said at once, not after the timeout
+    cancel_all(path, cp.kubeconfig)
+    wait_gone(cp, "toobig")
+
+
+# --- following: status, restarts, failures, logs, cancel ---------------------------------------------------
+
+
+def test_status_follows_queueing_restarts_and_failures(control_plane, tmp_path):
+    cp = control_plane
+    path = write_sweep(tmp_path, "follow", points=3, duration="10m")
+    assert cli("sweep", str(path), kubeconfig=cp.kubeconfig).exit_code == 0
+
+    def phases() -> dict[str, str]:
+        return {row["jobset"]: row["phase"] for row in status_rows(path, cp.kubeconfig).values()}
+
+    cp.wait_for(lambda: sorted(phases().values()) == ["Queued", "Queued", "Running"], 120, "one running, two queued")
+    rows = status_rows(path, cp.kubeconfig)
+    queued = next(r for r in rows.values() if r["phase"] == "Queued")
+    assert "insufficient" in queued["message"] and "google.com/tpu" in queued["message"]
+    running = next(r["jobset"] for r in rows.values() if r["phase"] == "Running")
+
+    # A worker exits 143 (SIGTERM, a preemption): the JobSet restarts.
+    cp.wait_for(lambda: any(p.status.phase == "Running" for p in pods_of(cp, running)), 60, "running pods")
+    pod = next(p for p in pods_of(cp, running) if p.status.phase == "Running")
+    cp.set_pod_exit_code(pod.metadata.name, 143)
+    cp.wait_for(lambda: status_rows(path, cp.kubeconfig)[running.rsplit("-", 1)[1]]["restarts"] == 1, 120, "restart 1")
+
+    # After the restart a worker exits 1 (a user error): the JobSet fails at once, no more restarts.
+    def fail_one() -> bool:
+        pods = [p for p in pods_of(cp, running) if p.status.phase == "Running" and not p.metadata.deletion_timestamp
+                and (p.metadata.labels or {}).get("jobset.sigs.k8s.io/restart-attempt") == "1"]  # fmt: skip
+        if pods:
+            cp.set_pod_exit_code(pods[0].metadata.name, 1)
+        return bool(pods)
+
+    cp.wait_for(fail_one, 120, "a running pod of the second attempt")
+    cp.wait_for(lambda: status_rows(path, cp.kubeconfig)[running.rsplit("-", 1)[1]]["phase"] == "Failed", 120, "failed")
+    row = status_rows(path, cp.kubeconfig)[running.rsplit("-", 1)[1]]
+    assert row["restarts"] == 1 and row["reason"]
+    table = cli("status", str(path), kubeconfig=cp.kubeconfig)
+    assert f"Failed ({row['reason']})" in table.stdout and "Queued" in table.stdout
+
+    # A failed point is left alone by the next sweep; --retry-failed replaces it.
+    again = cli("sweep", str(path), kubeconfig=cp.kubeconfig)
+    assert again.exit_code == 0 and "--retry-failed" in again.stdout and "0 created" in again.stdout
+    cancel_all(path, cp.kubeconfig)
+    wait_gone(cp, "follow")
+
+
+def test_sweep_wait_ends_when_every_point_succeeds(control_plane, tmp_path):
+    cp = control_plane
+    path = write_sweep(tmp_path, "waits", points=2, duration="1s")
+    result = cli("sweep", str(path), "--wait", "--timeout", "240", kubeconfig=cp.kubeconfig)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("Succeeded") >= 2
+    assert {row["phase"] for row in status_rows(path, cp.kubeconfig).values()} == {"Succeeded"}
+    cancel_all(path, cp.kubeconfig)
+    wait_gone(cp, "waits")
+
+
+def test_logs_of_one_worker_and_of_all(control_plane, tmp_path):
+    cp = control_plane
+    path = write_sweep(tmp_path, "talk", points=1, duration="10m")
+    assert cli("sweep", str(path), kubeconfig=cp.kubeconfig).exit_code == 0
+    name = jobsets(cp, "talk")[0]["metadata"]["name"]
+    cp.wait_for(lambda: sum(p.status.phase == "Running" for p in pods_of(cp, name)) == 32, 120, "32 running pods")
+    one = cli("logs", str(path), "0", kubeconfig=cp.kubeconfig)
+    assert one.exit_code == 0, one.output
+    assert "kl_div_T1" in one.stdout and one.stdout.count("\n") == 3
+    every = cli("logs", str(path), name, "--all", kubeconfig=cp.kubeconfig)
+    assert every.exit_code == 0 and every.stdout.count("\n") == 32 * 3
+    assert "[1/15] " in every.stdout
+    worker = cli("logs", str(path), "0", "--slice", "1", "--worker", "7", "--tail", "1", kubeconfig=cp.kubeconfig)
+    assert worker.stdout.strip() == "succeeded (exit 0: done)"
+    cancel_all(path, cp.kubeconfig)
+    wait_gone(cp, "talk")
+
+
+def test_cancel_deletes_one_sweeps_jobsets_only(control_plane, tmp_path):
+    cp = control_plane
+    mine, theirs = write_sweep(tmp_path, "mine", points=2, duration="10m"), write_sweep(tmp_path, "theirs", points=1,
+                                                                                          duration="10m")  # fmt: skip
+    assert cli("sweep", str(mine), kubeconfig=cp.kubeconfig).exit_code == 0
+    assert cli("sweep", str(theirs), kubeconfig=cp.kubeconfig).exit_code == 0
+    one = jobsets(cp, "mine")[0]["metadata"]["labels"]["distillctl.dev/run-id"]
+    partial = cli("cancel", str(mine), one, "--yes", kubeconfig=cp.kubeconfig)
+    assert partial.exit_code == 0 and partial.stdout.count("deleted") == 1
+    cp.wait_for(lambda: len(jobsets(cp, "mine")) == 1, 120, "one of mine deleted")
+    refused = cli("cancel", str(mine), kubeconfig=cp.kubeconfig)  # no terminal to ask on: must pass --yes
+    assert refused.exit_code == ExitCode.USAGE and "--yes" in refused.stderr
+    assert cli("cancel", str(mine), "--yes", kubeconfig=cp.kubeconfig).exit_code == 0
+    wait_gone(cp, "mine")
+    assert len(jobsets(cp, "theirs")) == 1
+    rows = status_rows(mine, cp.kubeconfig)
+    assert {r["phase"] for r in rows.values()} == {"Pending"}
+    cancel_all(theirs, cp.kubeconfig)
+    wait_gone(cp, "theirs")
