@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
+from orchestrator import console
 from orchestrator.backends import Backend
+from orchestrator.errors import UsageError
 from orchestrator.expansion import Expansion
 from orchestrator.kube_client import ClusterAccess
 from orchestrator.run_outputs import RunOutputs, read_run_outputs
 from orchestrator.run_status import Observation, RunStatus, derive
 from orchestrator.sweep_file import Target
+from trainer.problems import Problem
 
 DEFAULT_STALL_SECONDS = 900.0
 
@@ -29,6 +32,22 @@ def backend_for(target: Target, access: ClusterAccess) -> Backend:
     return KubernetesBackend(target, access)
 
 
+def read_outputs_or_warn(expansion: Expansion) -> dict[str, RunOutputs]:
+    """Each run's outputs; when the storage cannot be read at all (gs:// without gcsfs), a warning and no outputs:
+    following a sweep still works from what the cluster says."""
+    try:
+        return {run.run_id: read_run_outputs(run.output_path) for run in expansion.runs}
+    except UsageError as e:
+        if not _warned:
+            console.err.print(console.problem_line(Problem(
+                (), "outputs_unreadable", f"{e.message}: steps and metrics are not shown", e.hint, severity="warning")))
+            _warned.append(True)
+        return {run.run_id: RunOutputs(run.output_path) for run in expansion.runs}
+
+
+_warned: list[bool] = []
+
+
 def derive_all(expansion: Expansion, observed: Mapping[str, Observation], outputs: Mapping[str, RunOutputs], *,
                now: float, stall_after: float = DEFAULT_STALL_SECONDS) -> dict[str, RunStatus]:  # fmt: skip
     """Each run's status from what the backend observed (absent: never created) and what it wrote."""
@@ -44,6 +63,6 @@ def sweep_status(
 ) -> tuple[dict[str, RunStatus], dict[str, RunOutputs]]:
     """Each run's status and outputs, by run id (prerequisites included)."""
     observed = backend.observe(expansion)
-    outputs = {run.run_id: read_run_outputs(run.output_path) for run in expansion.runs}
+    outputs = read_outputs_or_warn(expansion)
     now = time.time() if now is None else now
     return derive_all(expansion, observed, outputs, now=now, stall_after=stall_after), outputs

@@ -153,7 +153,12 @@ def _print_actions(actions: list[Action], submitted: dict[str, str], dry_run: Dr
             line.append(f"  ({action.reason})", style="dim")
         console.out.print(line)
     created = sum(1 for v in submitted.values() if v == "created")
-    console.out.print(Text(f"{created} created, {len(actions) - created} unchanged", style="bold"))
+    would = sum(1 for v in submitted.values() if v == "dry-run")
+    if would:
+        console.out.print(Text(f"{would} would be created (dry run: nothing was), {len(actions) - would} unchanged",
+                               style="bold"))  # fmt: skip
+    else:
+        console.out.print(Text(f"{created} created, {len(actions) - created} unchanged", style="bold"))
 
 
 def _follow(backend: Backend, expansion: Expansion, *, stall_after: float, timeout: float | None) -> ExitCode:

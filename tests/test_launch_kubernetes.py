@@ -163,6 +163,7 @@ def test_server_dry_run_creates_nothing(control_plane, tmp_path):
     result = cli("sweep", str(path), "--dry-run", "server", kubeconfig=cp.kubeconfig)
     assert result.exit_code == 0, result.output
     assert result.stdout.count("would create (server)") == 2
+    assert "2 would be created (dry run: nothing was)" in result.stdout
     assert jobsets(cp, "dry") == []
 
 
