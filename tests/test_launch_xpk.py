@@ -1,0 +1,142 @@
+"""The xpk backend: `xpk workload create` per missing point, followed through the Kubernetes API.
+
+XPK itself needs gcloud and a GKE cluster to submit. Here `xpk` on PATH is a thin wrapper around the real XPK
+(`.venv-xpk`, `make xpk`) that runs it with `--dry-run --output-manifest-file` — XPK builds its own manifest from
+our command line — and creates that manifest on the local control plane, as XPK would on GKE. Everything after
+that (Kueue admission, the JobSet controller, finding the runs again by name) is real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.exit_codes import ExitCode
+from tests.test_launch_kubernetes import status_rows
+
+REPO = Path(__file__).resolve().parents[1]
+XPK_BIN = Path(os.environ.get("XPK_BIN", REPO / ".venv-xpk" / "bin" / "xpk"))
+runner = CliRunner()
+
+SWEEP = """\
+name: {name}
+spec:
+  student: {{model: tiny-2l}}
+  teacher: {{model: tiny-4l, load_parameters_path: gs://bucket/teacher/checkpoints}}
+  batch: {{per_device_batch_size: 1, max_target_length: 16}}
+  steps: 10
+axes:
+  loss.temperature: [1.0, 2.0]
+target:
+  kind: xpk
+  cluster: demo
+  project: demo-project
+  zone: us-east5-a
+  tpu_type: v5p-128
+  slices: 2
+  image: example.invalid/distillctl-trainer:test
+  priority: medium
+  max_restarts: 1
+  output_base: {base}
+"""
+
+WRAPPER = '''#!{python}
+"""xpk, as far as it can go without gcloud: XPK's own manifest (dry run), created on the test cluster."""
+import os, subprocess, sys, tempfile
+import yaml
+from kubernetes import client, config
+
+work = tempfile.mkdtemp()
+manifest = os.path.join(work, "manifest.yaml")
+with open(os.path.join(os.environ["XPK_CALLS"], str(os.getpid())), "w") as f:
+    f.write(" ".join(sys.argv[1:]))
+done = subprocess.run(["{xpk}", *sys.argv[1:], "--dry-run", "--skip-validation", "--output-manifest-file", manifest],
+                      cwd=work, env={{**os.environ, "HOME": work}}, capture_output=True, text=True)
+if done.returncode != 0:
+    sys.stderr.write(done.stdout + done.stderr)
+    sys.exit(done.returncode)
+config.load_kube_config(os.environ["KUBECONFIG"])
+api = client.CustomObjectsApi()
+for doc in yaml.safe_load_all(open(manifest)):
+    if doc and doc.get("kind") == "JobSet":
+        api.create_namespaced_custom_object("jobset.x-k8s.io", "v1alpha2", doc["metadata"].get("namespace", "default"),
+                                            "jobsets", doc)
+'''
+
+
+@pytest.fixture
+def xpk_on_path(tmp_path, monkeypatch, control_plane):
+    if not XPK_BIN.is_file():
+        pytest.fail(f"XPK is not installed at {XPK_BIN}: run `make xpk` (make test does)")
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    calls.mkdir()
+    wrapper = bin_dir / "xpk"
+    wrapper.write_text(WRAPPER.format(python=sys.executable, xpk=XPK_BIN))
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig))
+    monkeypatch.setenv("XPK_CALLS", str(calls))
+    return calls
+
+
+def write_sweep(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(SWEEP.format(name=name, base=tmp_path / "runs"))
+    return path
+
+
+@pytest.mark.cluster
+def test_xpk_creates_missing_points_once_and_follows_them(control_plane, tmp_path, xpk_on_path):
+    cp = control_plane
+    path = write_sweep(tmp_path, "viaxpk")
+    first = runner.invoke(app, ["sweep", str(path), "--kubeconfig", str(cp.kubeconfig)])
+    assert first.exit_code == 0, first.output
+    assert "2 created" in first.stdout and len(list(xpk_on_path.iterdir())) == 2
+    call = next(xpk_on_path.iterdir()).read_text()
+    assert call.startswith("workload create --cluster demo") and "--workload viaxpk-" in call
+    names = {j["metadata"]["name"] for j in _all_jobsets(cp)} & {f"viaxpk-{rid}" for rid in _run_ids(path, cp)}
+    assert len(names) == 2  # XPK named the JobSets after --workload
+
+    again = runner.invoke(app, ["sweep", str(path), "--kubeconfig", str(cp.kubeconfig)])
+    assert again.exit_code == 0 and "0 created, 2 unchanged" in again.stdout
+    assert len(list(xpk_on_path.iterdir())) == 2  # xpk was not called again
+
+    # Kueue admits XPK's JobSets from multislice-queue; status follows them through the API.
+    cp.wait_for(lambda: {r["phase"] for r in status_rows(path, cp.kubeconfig).values()} <= {"Succeeded", "Running",
+                                                                                            "Queued"}, 60, "statuses")
+    cp.wait_for(lambda: all(r["phase"] == "Succeeded" for r in status_rows(path, cp.kubeconfig).values()), 180,
+                "both points to succeed")  # fmt: skip
+    deleted = runner.invoke(app, ["cancel", str(path), "--yes", "--kubeconfig", str(cp.kubeconfig)])
+    assert deleted.exit_code == 0 and deleted.stdout.count("deleted") == 2
+
+
+def _all_jobsets(cp) -> list[dict]:
+    from kubernetes import client
+
+    api = client.CustomObjectsApi(cp.client)
+    return api.list_namespaced_custom_object("jobset.x-k8s.io", "v1alpha2", "default", "jobsets")["items"]
+
+
+def _run_ids(path: Path, cp) -> list[str]:
+    return list(status_rows(path, cp.kubeconfig))
+
+
+def test_xpk_missing_from_path_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing here
+    path = write_sweep(tmp_path, "noxpk")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:9"}}],
+        "users": [{"name": "u", "user": {}}], "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+    }))  # fmt: skip
+    result = runner.invoke(app, ["sweep", str(path), "--kubeconfig", str(kubeconfig)])
+    assert result.exit_code == ExitCode.CLUSTER_NOT_READY
+    assert "`xpk` is not on PATH" in result.stderr and "pip install xpk" in result.stderr
