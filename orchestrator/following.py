@@ -42,7 +42,7 @@ def read_outputs_or_warn(expansion: Expansion) -> dict[str, RunOutputs]:
             console.err.print(console.problem_line(Problem(
                 (), "outputs_unreadable", f"{e.message}: steps and metrics are not shown", e.hint, severity="warning")))
             _warned.append(True)
-        return {run.run_id: RunOutputs(run.output_path) for run in expansion.runs}
+        return {run.run_id: RunOutputs(run.output_path, readable=False) for run in expansion.runs}
 
 
 _warned: list[bool] = []

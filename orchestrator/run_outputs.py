@@ -50,6 +50,7 @@ class RunOutputs:
     log: tuple[LogLine, ...] = ()
     summary: dict[str, Any] | None = None
     spec: dict[str, Any] | None = None
+    readable: bool = True  # False: the storage could not be read at all (say gs:// without gcsfs)
 
     @property
     def last_step(self) -> int | None:

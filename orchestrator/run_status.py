@@ -38,6 +38,7 @@ class Observation:
     queue_reason: str = ""  # Kueue's reason while not admitted
     queue_message: str = ""
     created_at: float | None = None  # unix seconds
+    started_at: float | None = None  # when the current attempt was let run (admitted by Kueue, process started)
     lost: str = ""  # local backend: the process ended without a verdict
     deleting: bool = False  # being deleted (a cancel in progress): its name is not free yet
 
@@ -111,8 +112,10 @@ def derive(observation: Observation, outputs: RunOutputs, *, now: float, stall_a
         return RunStatus("Queued", observation.queue_reason or "Suspended", observation.queue_message, **common)
     if observation.restarts and not observation.active:
         return RunStatus("Restarting", "Restarting", f"attempt {observation.restarts + 1} is starting", **common)
-    started = last_time or observation.created_at
-    if observation.active and started is not None and now - started > stall_after:
+    # Stalled: running, yet nothing logged for stall_after (counted from the last record, or from the start of the
+    # attempt: time spent queued is not stalling). Unreadable outputs say nothing either way.
+    started = last_time or observation.started_at or observation.created_at
+    if observation.active and outputs.readable and started is not None and now - started > stall_after:
         since = int(now - started)
         return RunStatus("Stalled", "NoNewMetrics", f"no new metrics for {since}s", **common)
     return RunStatus("Running", **common)

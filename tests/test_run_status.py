@@ -78,3 +78,14 @@ def test_kueue_saying_the_request_exceeds_the_queue_means_never():
         "insufficient quota for google.com/tpu in flavor f, previously considered podsets requests (0) + current "
         "podset request (192) > maximum capacity (128)")))  # fmt: skip
     assert not busy.never_admitted and never.never_admitted
+
+
+def test_time_spent_queued_is_not_stalling():
+    queued_long = Observation(exists=True, active=True, created_at=NOW - 4000, started_at=NOW - 60)
+    assert status(queued_long).phase == "Running"
+    assert status(Observation(exists=True, active=True, created_at=NOW - 4000, started_at=NOW - 1000)).phase == "Stalled"
+
+
+def test_unreadable_outputs_never_claim_a_stall():
+    unreadable = RunOutputs("gs://b/r", readable=False)
+    assert status(Observation(exists=True, active=True, created_at=NOW - 4000), unreadable).phase == "Running"

@@ -246,8 +246,11 @@ def observe_jobset(jobset: dict, workload: dict | None) -> Observation:
                 reason, message = condition.get("reason", reason), condition.get("message", message)
                 break
     metadata = jobset.get("metadata") or {}
+    resumed = next((c for c in status.get("conditions") or [] if c.get("type") == "Suspended" and c.get("status") == "False"),
+                   None)  # Kueue let it run: the attempt started then, not at creation  # fmt: skip
     return Observation(
         exists=True, conditions=conditions, suspended=suspended, restarts=int(status.get("restarts") or 0),
         active=active, queue_reason=reason, queue_message=message,
         created_at=_timestamp(metadata.get("creationTimestamp")), deleting=bool(metadata.get("deletionTimestamp")),
+        started_at=_timestamp((resumed or {}).get("lastTransitionTime")),
     )  # fmt: skip

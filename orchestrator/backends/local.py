@@ -138,7 +138,8 @@ def observe_claim(claim: local_claims.Claim | None) -> Observation:
         return Observation(exists=True, queue_reason=claim.reason or "Queued", restarts=claim.restarts,
                            created_at=claim.created_at)  # fmt: skip
     if claim.state == "running":
-        return Observation(exists=True, active=True, restarts=claim.restarts, created_at=claim.created_at)
+        return Observation(exists=True, active=True, restarts=claim.restarts, created_at=claim.created_at,
+                           started_at=claim.started_at)  # fmt: skip
     code = claim.exit_code
     if code == 0:
         condition = Condition("Completed", "True", "AllJobsCompleted")
