@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from orchestrator.run_outputs import LogLine
 
 HARD_LOSS = "distill/hard_loss"
+KL_T1 = "distill/kl_div_T1"  # the guide's cross-run comparison metric
 # The trainer logs these with the cross-entropy's (sum, count); their value is exp(Σsum/Σcount)
 # (`trainer.loss.PERPLEXITY_METRICS`). The student's falls back to the hard loss, which is the same cross-entropy.
 PERPLEXITY_OF = {"distill/student_perplexity": HARD_LOSS, "distill/teacher_perplexity": "distill/teacher_loss"}

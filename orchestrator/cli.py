@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 
 from orchestrator import console, launch_commands, results_commands, sweep_commands, train_command
 from orchestrator.console import OutputFormat
-from orchestrator.errors import DistillctlError, InvalidSpecError, UsageError
+from orchestrator.errors import USAGE_CODES, DistillctlError, InvalidSpecError, UsageError
 from orchestrator.exit_codes import ExitCode, epilog
 from orchestrator.explain import explain as explain_spec
 from trainer import maxtext_format
@@ -24,7 +24,6 @@ from trainer.problems import has_errors
 from trainer.registry import MODELS
 from trainer.specfile import SpecReport, read_spec_file
 
-USAGE_CODES = {"file_not_found", "not_a_file", "unreadable"}
 
 
 class _Commands(TyperGroup):
@@ -42,7 +41,10 @@ class _Commands(TyperGroup):
         except KeyboardInterrupt:
             console.print_error("interrupted")
             raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
-        except BrokenPipeError:  # `distillctl status --output json | head`: the reader has what it wanted
+        except BrokenPipeError:
+            if not _stdout_closed():
+                raise  # a pipe to something else broke: not the reader going away
+            # `distillctl status --output json | head`: the reader has what it wanted.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise typer.Exit(0) from None
         except (typer.Exit, typer.Abort):
@@ -58,6 +60,17 @@ class _Commands(TyperGroup):
                 "this is a bug in distillctl; rerun with DISTILLCTL_DEBUG=1 for the traceback and report it",
             )
             raise typer.Exit(int(ExitCode.INTERNAL)) from None
+
+
+def _stdout_closed() -> bool:
+    try:
+        sys.stdout.flush()
+        os.write(sys.stdout.fileno(), b"")
+        return False
+    except BrokenPipeError:
+        return True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 app = typer.Typer(

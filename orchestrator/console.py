@@ -89,3 +89,19 @@ def run_key(run) -> str:
 
 def axis_text(values) -> str:
     return ", ".join(f"{k}={v}" for k, v in dict(values).items()) or "—"
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def warn_once(problem: Problem) -> None:
+    """Print a warning the first time this process meets it (polling loops meet the same one every round)."""
+    key = (problem.code, problem.message)
+    if key not in _warned:
+        _warned.add(key)
+        err.print(problem_line(problem))
+
+
+def md_cell(text: str) -> str:
+    """Text for a markdown table cell (a `|` would end the cell)."""
+    return text.replace("|", "\\|")

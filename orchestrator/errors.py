@@ -30,3 +30,7 @@ class InvalidSpecError(DistillctlError):
     def __init__(self, message: str, problems=(), hint: str = ""):
         super().__init__(message, hint)
         self.problems = tuple(problems)
+
+
+# Problem codes that mean "the file could not be read" rather than "the file is wrong": a usage error (exit 2).
+USAGE_CODES = frozenset({"file_not_found", "not_a_file", "unreadable"})

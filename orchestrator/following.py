@@ -11,11 +11,10 @@ from orchestrator.errors import UsageError
 from orchestrator.expansion import Expansion
 from orchestrator.kube_client import ClusterAccess
 from orchestrator.run_outputs import RunOutputs, read_run_outputs
-from orchestrator.run_status import Observation, RunStatus, derive
+from orchestrator.run_status import DEFAULT_STALL_SECONDS, Observation, RunStatus, derive
 from orchestrator.sweep_file import Target
 from trainer.problems import Problem
 
-DEFAULT_STALL_SECONDS = 900.0
 
 
 def backend_for(target: Target, access: ClusterAccess) -> Backend:
@@ -38,14 +37,9 @@ def read_outputs_or_warn(expansion: Expansion) -> dict[str, RunOutputs]:
     try:
         return {run.run_id: read_run_outputs(run.output_path) for run in expansion.runs}
     except UsageError as e:
-        if not _warned:
-            console.err.print(console.problem_line(Problem(
-                (), "outputs_unreadable", f"{e.message}: steps and metrics are not shown", e.hint, severity="warning")))
-            _warned.append(True)
+        console.warn_once(Problem((), "outputs_unreadable", f"{e.message}: steps and metrics are not shown", e.hint,
+                                  severity="warning"))  # fmt: skip
         return {run.run_id: RunOutputs(run.output_path, readable=False) for run in expansion.runs}
-
-
-_warned: list[bool] = []
 
 
 def derive_all(expansion: Expansion, observed: Mapping[str, Observation], outputs: Mapping[str, RunOutputs], *,

@@ -136,6 +136,14 @@ class Finished:
     axis_values: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def _round(x: float, direction) -> float:
+    """x to 6 significant digits, rounded in `direction` (math.floor or math.ceil)."""
+    if x == 0 or not math.isfinite(x):
+        return x
+    scale = 10 ** (5 - math.floor(math.log10(abs(x))))
+    return direction(x * scale) / scale
+
+
 def derive(
     sweep: str,
     window: int,
@@ -147,7 +155,8 @@ def derive(
     """A golden file from finished runs.
 
     With two or more seeds in a seed group each metric becomes a band of mean ± max(4σ, rtol·|mean|) over the
-    group, the spread the seeds showed; a lone run gets an `approx` check (rtol; value to 6 significant digits).
+    group, the spread the seeds showed (bounds rounded outwards to 6 significant digits); a lone run gets an
+    `approx` check (rtol; value to 6 significant digits), or with rtol 0 a `deterministic` one (the exact value).
     """
     groups: dict[str, list[Mapping[str, float | None]]] = {}
     for run in observed:
@@ -164,7 +173,10 @@ def derive(
             if len(seeds) >= 2:
                 mean = statistics.fmean(seeds)
                 half = max(SEED_SIGMAS * statistics.stdev(seeds), rtol * abs(mean))
-                checks[name] = Band(low=round(mean - half, 6), high=round(mean + half, 6))
+                # Rounded outwards: a rounded band never excludes a value the seeds produced.
+                checks[name] = Band(low=_round(mean - half, math.floor), high=_round(mean + half, math.ceil))
+            elif rtol == 0:
+                checks[name] = Deterministic(value=value)  # exact: no rounding either
             else:
                 checks[name] = Approx(value=float(f"{value:.6g}"), rtol=rtol)
         points.append(GoldenPoint(run_id=run.run_id, label=run.label, role=run.role, prerequisite=run.prerequisite,

@@ -26,6 +26,7 @@ from orchestrator.exit_codes import ExitCode
 T = TypeVar("T")
 
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+REQUEST_TIMEOUT_SECONDS = 60
 CONNECTION_ERRORS = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
 
 
@@ -72,6 +73,7 @@ class Cluster:
         """`fn(*args, **kwargs)` with retries; `what` names the action in error messages. An ApiException whose
         status is in `passthrough` is raised as it is, for the caller to interpret (409 on create, say)."""
         delay = self.retry.base_delay
+        kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT_SECONDS)  # a hung server must not hang --wait
         for attempt in range(1, self.retry.attempts + 1):
             try:
                 return fn(*args, **kwargs)
@@ -101,14 +103,16 @@ def connect(access: ClusterAccess, default_namespace: str | None = None, retry: 
     """A client for the cluster `access` names; raises ClusterError for a missing kubeconfig or context."""
     configuration = client.Configuration()
     namespace = access.namespace
-    kubeconfig = access.kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+    from_env = [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
     default_path = os.path.expanduser("~/.kube/config")
     try:
-        if kubeconfig or os.path.exists(default_path) or not os.environ.get("KUBERNETES_SERVICE_HOST"):
-            path = kubeconfig or default_path
-            if not os.path.exists(path):
+        if access.kubeconfig or from_env or os.path.exists(default_path) or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            # --kubeconfig is one file; $KUBECONFIG may list several, which the client merges as kubectl does.
+            path = access.kubeconfig or (None if from_env else default_path)
+            missing = [p for p in ([path] if path else from_env) if not os.path.exists(p)]
+            if missing and (path or len(missing) == len(from_env)):
                 raise ClusterError(
-                    f"no kubeconfig at {path}",
+                    f"no kubeconfig at {', '.join(missing)}",
                     "point --kubeconfig (or KUBECONFIG) at your cluster's kubeconfig, e.g. from "
                     "`gcloud container clusters get-credentials`, or `make cluster-up` for the local test cluster",
                 )
@@ -116,7 +120,7 @@ def connect(access: ClusterAccess, default_namespace: str | None = None, retry: 
             names = [c["name"] for c in contexts]
             if access.context and access.context not in names:
                 raise ClusterError(
-                    f"context {access.context!r} is not in {path}",
+                    f"context {access.context!r} is not in {path or os.environ['KUBECONFIG']}",
                     f"use one of: {', '.join(names) or '(none)'}",
                 )
             chosen = next((c for c in contexts if c["name"] == access.context), current)

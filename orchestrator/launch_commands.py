@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator import console
+from orchestrator import console, rendering
 from orchestrator.backends import Backend, LogRequest
 from orchestrator.console import OutputFormat
 from orchestrator.errors import DistillctlError, UsageError
@@ -21,7 +21,7 @@ from orchestrator.exit_codes import ExitCode
 from orchestrator.expansion import Expansion, Point
 from orchestrator.following import DEFAULT_STALL_SECONDS, backend_for, sweep_status
 from orchestrator.kube_client import ClusterAccess
-from orchestrator.reconcile import Action, reconcile
+from orchestrator.reconcile import DELETING, Action, reconcile
 from orchestrator.run_status import RunStatus
 from orchestrator.sweep_commands import expand_sweep
 
@@ -71,7 +71,7 @@ def _open(sweep: Path, access: ClusterAccess, yes: bool, **target_overrides) -> 
 
 def sweep(
     sweep_file: SweepArgument,
-    dry_run: Annotated[Optional[DryRunMode], typer.Option("--dry-run", help="client: render only; server: the API server's dry run")] = None,
+    dry_run: Annotated[Optional[DryRunMode], typer.Option("--dry-run", help="client: render only (no cluster needed); server: the API server's dry run of what would be created")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="follow the sweep to the end")] = False,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="with --wait: give up after this many seconds (exit 3)")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="run failed and diverged points again (they resume)")] = False,
@@ -91,13 +91,17 @@ def sweep(
     Running it again creates nothing new: runs are found by their ids, so a re-run, an interrupted run or two at
     once still end with one run per point."""
     access = _access(kubeconfig, context, namespace)
-    expansion, backend = _open(sweep_file, access, yes, image=image, queue=queue, priority=priority,
-                               labels=parse_labels(label))  # fmt: skip
+    overrides = dict(image=image, queue=queue, priority=priority, labels=parse_labels(label))
+    if dry_run is DryRunMode.client:
+        _client_dry_run(expand_sweep(sweep_file, tpu_type=None, slices=None, yes=yes, **overrides))
+        return
+    expansion, backend = _open(sweep_file, access, yes, **overrides)
     try:
         backend.preflight(expansion)
         statuses, _ = sweep_status(expansion, backend, stall_after=stall_after)
         actions = reconcile(expansion.runs, statuses, retry_failed=retry_failed)
-        _recreate_failed(backend, expansion, actions)
+        if dry_run is None:
+            _recreate_failed(backend, expansion, actions)
         submitted = _submit(backend, expansion, actions, dry_run)
         _print_actions(actions, submitted, dry_run)
         if not wait or dry_run is not None:
@@ -109,8 +113,23 @@ def sweep(
         raise typer.Exit(int(code))
 
 
+def _client_dry_run(expansion: Expansion) -> None:
+    """Render every run as it would be submitted, without asking the cluster what already exists."""
+    assert expansion.sweep is not None
+    target = expansion.sweep.target
+    for run in expansion.runs:
+        if target.on_cluster:
+            rendering.render_jobset(run, target)  # renders, or raises
+        console.out.print(f"would create (client) {run.jobset_name}  {run.label}", markup=False)
+    console.out.print(Text(f"{len(expansion.runs)} rendered (dry run: the cluster was not asked what exists; "
+                           "--dry-run=server asks it)", style="bold"))  # fmt: skip
+
+
 def _to_submit(backend: Backend, actions: list[Action]) -> list[Point]:
-    return [a.run for a in actions if a.submits or (a.kind == "wait" and backend.handles_dependencies)]
+    """Runs to hand to the backend now: new ones; with a backend that orders prerequisites itself, also the ones
+    that wait for a prerequisite."""
+    return [a.run for a in actions if a.submits or (a.kind == "wait" and backend.handles_dependencies
+                                                    and a.reason != DELETING)]  # fmt: skip
 
 
 def _submit(backend: Backend, expansion: Expansion, actions: list[Action], dry_run: DryRunMode | None) -> dict[str, str]:
@@ -172,7 +191,7 @@ def _follow(backend: Backend, expansion: Expansion, *, stall_after: float, timeo
         while True:
             statuses, _ = sweep_status(expansion, backend, stall_after=stall_after)
             actions = reconcile(expansion.runs, statuses)
-            ready = [a.run for a in actions if a.kind == "create" and not backend.handles_dependencies]
+            ready = _to_submit(backend, actions)  # points whose prerequisites finished; runs a dead supervisor lost
             if ready:
                 backend.submit(ready, expansion)
             if live:
@@ -210,7 +229,7 @@ def _follow(backend: Backend, expansion: Expansion, *, stall_after: float, timeo
 
 def _timeout_code(expansion: Expansion, statuses: dict[str, RunStatus]) -> ExitCode:
     queued = [r for r in expansion.runs if statuses[r.run_id].phase == "Queued"]
-    if queued:
+    if queued and expansion.sweep is not None and expansion.sweep.target.on_cluster:
         s = statuses[queued[0].run_id]
         console.print_error(f"timed out with {len(queued)} run(s) still queued: {s.reason}: {s.message}",
                             "Kueue has not admitted them: check the ClusterQueue's quota for this TPU type")  # fmt: skip
@@ -292,6 +311,12 @@ def status(
             statuses, _ = sweep_status(expansion, backend, stall_after=stall_after)
             console.print_wide(status_table(expansion, statuses))
             return
+        if not console.out.is_terminal:  # a log, not a screen: one table per refresh
+            while True:
+                statuses, _ = sweep_status(expansion, backend, stall_after=stall_after)
+                console.out.print(Text(time.strftime("%H:%M:%S"), style="dim"))
+                console.print_wide(status_table(expansion, statuses))
+                time.sleep(POLL_SECONDS)
         with Live(console=console.out, auto_refresh=False) as live:
             while True:
                 statuses, _ = sweep_status(expansion, backend, stall_after=stall_after)
@@ -307,10 +332,10 @@ def status(
 def find_run(expansion: Expansion, key: str) -> Point:
     """A run by run id, JobSet name, point index or prerequisite name."""
     for run in expansion.runs:
-        if key in (run.run_id, run.jobset_name, run.prerequisite) or (run.prerequisite is None and key == str(run.index)):
+        keys = {run.run_id, run.jobset_name, console.run_key(run)}
+        if key in keys or (run.prerequisite is None and key == str(run.index)):
             return run
-    choices = ", ".join(run.run_id + (f" ({run.prerequisite})" if run.prerequisite else f" (#{run.index})")
-                        for run in expansion.runs)  # fmt: skip
+    choices = ", ".join(f"{console.run_key(run)} ({run.run_id})" for run in expansion.runs)
     raise UsageError(f"no run {key!r} in this sweep", f"use a run id, JobSet name, point index or prerequisite: {choices}")
 
 

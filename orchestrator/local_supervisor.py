@@ -19,7 +19,7 @@ from pathlib import Path
 
 from orchestrator.backends import local_claims
 from orchestrator.backends.local_claims import Claim
-from orchestrator.run_outputs import read_run_outputs
+from orchestrator.run_outputs import read_summary
 
 POLL_SECONDS = 0.3
 
@@ -50,16 +50,17 @@ class _Running:
 
 
 def dependency_state(output_path: str) -> str:
-    """`succeeded`, `failed` or `waiting` for a prerequisite run's output path."""
-    summary = read_run_outputs(output_path).summary or {}
-    if summary.get("status") == "succeeded":
-        return "succeeded"
-    if summary.get("status") in ("failed", "diverged"):
-        return "failed"
+    """`succeeded`, `failed` or `waiting` for a prerequisite run's output path. The prerequisite's claim speaks
+    first: a queued or running claim means it is being (re)run, whatever an earlier attempt's summary says."""
     claim = local_claims.read_claim(output_path)
-    if claim is not None and claim.state == "exited" and claim.exit_code not in (0, None):
-        return "failed"
-    return "waiting"
+    if claim is not None and not local_claims.is_stale(claim):
+        if claim.state != "exited":
+            return "waiting"
+        return "succeeded" if claim.exit_code == 0 else "failed"
+    status = (read_summary(output_path) or {}).get("status")
+    if status == "succeeded":
+        return "succeeded"
+    return "failed" if status in ("failed", "diverged") else "waiting"
 
 
 class Supervisor:

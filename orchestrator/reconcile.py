@@ -19,6 +19,7 @@ from orchestrator.run_status import RunStatus
 
 ActionKind = Literal["create", "recreate", "skip", "wait", "blocked"]
 FAILED = frozenset({"Failed", "Diverged"})
+DELETING = "the previous run is still being deleted"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +35,6 @@ class Action:
 
 def reconcile(runs: Sequence[Point], statuses: Mapping[str, RunStatus], *, retry_failed: bool = False) -> list[Action]:
     """One action per run, in the order given (prerequisites first)."""
-    by_name = {run.prerequisite: run for run in runs if run.prerequisite is not None}
     actions = []
     for run in runs:
         status = statuses[run.run_id]
@@ -48,14 +48,13 @@ def reconcile(runs: Sequence[Point], statuses: Mapping[str, RunStatus], *, retry
         elif status.phase != "Pending":
             actions.append(Action("skip", run, f"exists: {status.shown}"))
         elif status.reason == "Deleting":
-            actions.append(Action("wait", run, "the previous run is still being deleted"))
+            actions.append(Action("wait", run, DELETING))
         else:
-            actions.append(_pending(run, statuses, by_name, retry_failed))
+            actions.append(_pending(run, statuses, retry_failed))
     return actions
 
 
-def _pending(run: Point, statuses: Mapping[str, RunStatus], prerequisites: Mapping[str, Point],
-             retry_failed: bool) -> Action:  # fmt: skip
+def _pending(run: Point, statuses: Mapping[str, RunStatus], retry_failed: bool) -> Action:
     for name, run_id in run.depends_on.items():
         status = statuses.get(run_id)
         if status is None or status.phase == "Succeeded":

@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Literal
 
+from orchestrator import console
 from orchestrator.exit_codes import INFRA_FAILURE, ExitCode
 from orchestrator.golden import GoldenFile
 from orchestrator.run_status import TERMINAL
@@ -148,7 +149,7 @@ def markdown(report: RegressReport) -> str:
         lines += [f"<details><summary>All {len(report.outcomes)} checks</summary>", ""] + _table(report.outcomes)
         lines += ["", "</details>"]
     if report.unchecked:
-        lines += ["", f"Not checked (no golden values): {_md(', '.join(report.unchecked))}."]
+        lines += ["", f"Not checked (no golden values): {console.md_cell(', '.join(report.unchecked))}."]
     return "\n".join(lines) + "\n"
 
 
@@ -157,9 +158,5 @@ def _table(outcomes: list[Outcome] | tuple[Outcome, ...]) -> list[str]:
     for o in outcomes:
         observed = "—" if o.observed is None else f"{o.observed:.6g}"
         expected = o.expected if o.kind != "infra" else f"{o.expected} — {o.message}"
-        lines.append(f"| {_ICON[o.kind]} | {_md(o.label or o.run_id)} | `{o.metric}` | {observed} | {_md(expected)} |")
+        lines.append(f"| {_ICON[o.kind]} | {console.md_cell(o.label or o.run_id)} | `{o.metric}` | {observed} | {console.md_cell(expected)} |")
     return lines
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|")

@@ -20,19 +20,17 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
-from orchestrator import aggregate, identity, tpu
+from orchestrator import aggregate, console, identity, tpu
+from orchestrator.aggregate import HARD_LOSS, KL_T1
 from orchestrator.expansion import Expansion, Point
 from orchestrator.run_outputs import RunOutputs
-from orchestrator.run_status import Observation, RunStatus, derive
+from orchestrator.run_status import DEFAULT_STALL_SECONDS, Observation, RunStatus, derive
 from orchestrator.sweep_file import Sweep
 
-KL_T1 = "distill/kl_div_T1"
-HARD_LOSS = "distill/hard_loss"
 PERPLEXITY = "distill/student_perplexity"
 TOP1 = "distill/top1_agreement"
 TABLE_METRICS = (KL_T1, HARD_LOSS, PERPLEXITY, TOP1)
 DEFAULT_WINDOW = 5
-STALL_AFTER_SECONDS = 15 * 60.0
 
 # A function from the sweep and what its runs wrote to each run's status; the launcher's backends supply one
 # that also sees the cluster (queued, restarting, ...). `statuses_from_outputs` is the outputs-only view.
@@ -115,7 +113,7 @@ class Results:
 
 
 def statuses_from_outputs(runs: Sequence[Point], outputs: Mapping[str, RunOutputs], *, now: float,
-                          stall_after: float = STALL_AFTER_SECONDS) -> dict[str, RunStatus]:  # fmt: skip
+                          stall_after: float = DEFAULT_STALL_SECONDS) -> dict[str, RunStatus]:  # fmt: skip
     """Each run's status from its outputs alone (no backend): Succeeded, Failed or Diverged from summary.json's
     verdict; Running while the trainer's summary says `running` (Stalled when its last metrics line is older
     than `stall_after` seconds: a process killed without a verdict looks like this); Pending otherwise."""
@@ -175,12 +173,6 @@ def labels(runs: Sequence[Point], sweep: Sweep | None = None) -> dict[str, str]:
     return out
 
 
-def point_name(run: Point) -> str:
-    if run.prerequisite is not None:
-        return run.prerequisite
-    return f"{run.index}b" if run.is_baseline else str(run.index)
-
-
 # --- the table --------------------------------------------------------------------------------------------
 
 
@@ -209,7 +201,7 @@ def build(expansion: Expansion, outputs: Mapping[str, RunOutputs], statuses: Map
         status = statuses.get(run.run_id) or RunStatus("Pending", "NotObserved")
         wall = out.wall_time_sec
         rows.append(Row(
-            run_id=run.run_id, index=run.index, role=run.role, name=point_name(run), label=names[run.run_id],
+            run_id=run.run_id, index=run.index, role=run.role, name=console.run_key(run), label=names[run.run_id],
             axis_values=run.axis_values, seed=run.seed, status=status,
             step=out.last_step if out.last_step is not None else status.step,
             total_steps=out.total_steps or status.total_steps or run.spec.steps,

@@ -26,15 +26,14 @@ from orchestrator.results import StatusFn
 from orchestrator.run_status import RunStatus
 from orchestrator.sweep_commands import SlicesOption, SweepArgument, TpuOption, YesOption, expand_sweep
 from orchestrator.following import backend_for, derive_all
-from orchestrator.kube_client import ClusterAccess, ClusterError
-from orchestrator.launch_commands import ContextOption, KubeconfigOption, NamespaceOption
+from orchestrator.kube_client import ClusterAccess
+from orchestrator.reconcile import reconcile
+from orchestrator.launch_commands import ContextOption, ImageOption, KubeconfigOption, NamespaceOption
 from orchestrator.waiting import poll_until
 from trainer.problems import Problem
 
 WindowOption = Annotated[int, typer.Option("--window", min=0, help="aggregate each metric over the last N log records "
                                            "(token-weighted, from the (sum, count) pairs); 0: every record")]  # fmt: skip
-ImageOption = Annotated[Optional[str], typer.Option(
-    "--image", help="override target.image, as the sweep was launched with (the image is part of each run id)")]
 OutputBaseOption = Annotated[Optional[str], typer.Option(
     "--output-base", help="read the runs' outputs under this path or URL (gs://bucket/prefix) instead of the "
     "sweep's target.output_base; run ids do not change")]  # fmt: skip
@@ -66,7 +65,7 @@ def backend_statuses(access: ClusterAccess) -> StatusFn:
                 observed = backend.observe(expansion)
             finally:
                 backend.close()
-        except ClusterError as e:
+        except DistillctlError as e:  # the cluster is down or refuses: results still read from storage
             console.err.print(console.problem_line(Problem(
                 (), "statuses_from_outputs", f"{e.message}: statuses come from the runs' outputs only", e.hint,
                 severity="warning")))  # fmt: skip
@@ -189,7 +188,12 @@ def check_sweep(expansion: Expansion, expected: golden_file.GoldenFile, *, statu
         return observe(expansion, output_base, statuses)
 
     def finished(state: State) -> bool:
-        return all((status := state[1].get(run.run_id)) is not None and status.terminal for run in expansion.runs)
+        # A point whose prerequisite failed will never run: waiting longer would only end in a timeout.
+        statuses = state[1]
+        if any(run.run_id not in statuses for run in expansion.runs):
+            return False
+        blocked = {a.run.run_id for a in reconcile(expansion.runs, statuses) if a.kind == "blocked"}
+        return all(statuses[run.run_id].terminal or run.run_id in blocked for run in expansion.runs)
 
     if wait:
         (outputs, found), timed_out = poll_until(look, finished, timeout=timeout, every=poll, clock=clock, sleep=sleep,

@@ -164,6 +164,11 @@ def parse_log(text: str) -> tuple[LogLine, ...]:
     return latest_attempt([record for record in map(parse_log_line, text.splitlines()) if record is not None])
 
 
+def read_summary(path: str) -> dict | None:
+    """Just `summary.json` under a run's output path (None when absent or half-written)."""
+    return _read_json(join(path, "summary.json"))
+
+
 def read_run_outputs(path: str) -> RunOutputs:
     """Everything readable under `path` (a run's output directory). Raises MissingFilesystem when the path's
     protocol cannot be read at all (gs:// without gcsfs)."""

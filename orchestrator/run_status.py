@@ -8,14 +8,16 @@ verbatim (`ReachedMaxRestarts`, `Pending`, ...); the output storage adds the tra
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from typing import Literal
 
 from orchestrator import aggregate
+from orchestrator.aggregate import KL_T1
 from orchestrator.run_outputs import RunOutputs
 
 Phase = Literal["Pending", "Queued", "Running", "Restarting", "Succeeded", "Failed", "Diverged", "Stalled"]
 TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed", "Diverged"})
-KL_T1 = "distill/kl_div_T1"
+DEFAULT_STALL_SECONDS = 900.0  # no new metrics for this long while running: Stalled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +80,8 @@ class RunStatus:
 
 def derive(observation: Observation, outputs: RunOutputs, *, now: float, stall_after: float,
            total_steps: int | None = None) -> RunStatus:  # fmt: skip
-    """The run's status. Order matters: the trainer's own verdict (diverged, succeeded) beats the backend's."""
+    """The run's status. Order matters: the trainer's own verdict (diverged, succeeded) beats the backend's — but
+    only a verdict this attempt wrote: a retried run must not read as its predecessor's result."""
     summary = outputs.summary or {}
     last_time = _last_metrics_time(outputs)
     common = dict(
@@ -89,7 +92,7 @@ def derive(observation: Observation, outputs: RunOutputs, *, now: float, stall_a
         age_seconds=(now - observation.created_at) if observation.created_at else None,
         last_metrics_at=last_time,
     )
-    verdict = summary.get("status")
+    verdict = summary.get("status") if _current(summary, observation) else None
     if observation.deleting:
         return RunStatus("Pending", "Deleting", "the previous run is still being deleted", **common)
     if verdict == "diverged":
@@ -112,13 +115,35 @@ def derive(observation: Observation, outputs: RunOutputs, *, now: float, stall_a
         return RunStatus("Queued", observation.queue_reason or "Suspended", observation.queue_message, **common)
     if observation.restarts and not observation.active:
         return RunStatus("Restarting", "Restarting", f"attempt {observation.restarts + 1} is starting", **common)
-    # Stalled: running, yet nothing logged for stall_after (counted from the last record, or from the start of the
-    # attempt: time spent queued is not stalling). Unreadable outputs say nothing either way.
-    started = last_time or observation.started_at or observation.created_at
+    # Stalled: running, yet nothing logged for stall_after, counted from the later of the last record and the start
+    # of this attempt (time spent queued, or before a resume, is not stalling). Unreadable outputs say nothing.
+    started = max((t for t in (last_time, observation.started_at) if t is not None), default=observation.created_at)
     if observation.active and outputs.readable and started is not None and now - started > stall_after:
         since = int(now - started)
         return RunStatus("Stalled", "NoNewMetrics", f"no new metrics for {since}s", **common)
     return RunStatus("Running", **common)
+
+
+CLOCK_SLACK_SECONDS = 5.0  # summary.json times have whole seconds; hosts' clocks differ a little
+
+
+def _current(summary: dict, observation: Observation) -> bool:
+    """Whether summary.json speaks for the run the backend sees: always when nothing is running (the outputs are
+    then the truth), else only when it was written during the current attempt."""
+    if not observation.exists or observation.condition("Failed") or observation.condition("Completed"):
+        return True
+    attempt_start = observation.started_at or observation.created_at
+    written = _timestamp(summary.get("updated_at"))
+    return attempt_start is None or (written is not None and written >= attempt_start - CLOCK_SLACK_SECONDS)
+
+
+def _timestamp(value) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _last_metrics_time(outputs: RunOutputs) -> float | None:

@@ -16,11 +16,10 @@ from rich.text import Text
 
 from orchestrator import console, expansion, plan as planning, rendering, tpu, xpk_command
 from orchestrator.console import OutputFormat
-from orchestrator.errors import InvalidSpecError, UsageError
+from orchestrator.errors import USAGE_CODES, InvalidSpecError, UsageError
 from orchestrator.sweep_file import load_sweep, override_target
 from trainer.problems import Problem, has_errors
 
-USAGE_CODES = {"file_not_found", "not_a_file", "unreadable"}
 GB = 1e9
 
 SweepArgument = Annotated[Path, typer.Argument(help="a sweep file")]

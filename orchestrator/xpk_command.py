@@ -16,7 +16,7 @@ import dataclasses
 import shlex
 
 from orchestrator.expansion import Point
-from orchestrator.rendering import RETRYABLE_EXIT_CODES, spec_json
+from orchestrator.rendering import CONTAINER_NAME, RETRYABLE_EXIT_CODES, spec_json
 from orchestrator.sweep_file import Target
 from trainer.problems import Problem
 
@@ -86,6 +86,7 @@ def xpk_command(point: Point, target: Target) -> XpkCommand:
         "--tpu-type", str(target.tpu_type),
         "--num-slices", str(target.slices),
         "--docker-image", str(target.image),
+        "--docker-name", CONTAINER_NAME,  # XPK's default is jax-tpu; logs and exit-code rules name this container
         "--command", trainer_command(point),
         "--max-restarts", str(target.max_restarts),
         "--ttl-seconds-after-finished", str(target.ttl_seconds_after_finished),

@@ -113,6 +113,8 @@ def test_xpk_creates_missing_points_once_and_follows_them(control_plane, tmp_pat
                                                                                             "Queued"}, 60, "statuses")
     cp.wait_for(lambda: all(r["phase"] == "Succeeded" for r in status_rows(path, cp.kubeconfig).values()), 180,
                 "both points to succeed")  # fmt: skip
+    logs = runner.invoke(app, ["logs", str(path), "0", "--kubeconfig", str(cp.kubeconfig)])
+    assert logs.exit_code == 0 and "kl_div_T1" in logs.stdout, logs.output  # XPK's container is named trainer
     deleted = runner.invoke(app, ["cancel", str(path), "--yes", "--kubeconfig", str(cp.kubeconfig)])
     assert deleted.exit_code == 0 and deleted.stdout.count("deleted") == 2
 

@@ -178,3 +178,12 @@ def test_last_step_is_the_furthest_either_file_reports(tmp_path):
     assert outputs.last_step == 130 and outputs.total_steps == 200  # summary.json is rewritten only at checkpoints
     (tmp_path / "metrics.jsonl").write_text("")
     assert read_run_outputs(str(tmp_path)).last_step == 100
+
+
+def test_golden_derive_never_fails_its_own_runs():
+    value = 0.123456789123
+    exact = derive("s", 5, [Finished("r", "r", "r", {"distill/kl_div_T1": value})], rtol=0.0)
+    assert exact.points[0].checks["distill/kl_div_T1"] == Deterministic(value=value)
+    seeds = [Finished(f"r{i}", "", "g", {"distill/kl_div_T1": v}) for i, v in enumerate((1.234567e-7, 1.234569e-7))]
+    band = derive("s", 5, seeds, rtol=0.0).points[0].checks["distill/kl_div_T1"]
+    assert all(band.passes(v) for v in (1.234567e-7, 1.234569e-7)) and band.low < band.high

@@ -213,5 +213,5 @@ def test_statuses_from_outputs_alone(tmp_path):
     assert fresh[p0.run_id].step == 20 and fresh[p0.run_id].total_steps == STEPS
     assert fresh[p1.run_id].phase in ("Failed", "Pending")  # preempted: resumes when submitted again
     assert fresh[result.points[-1].run_id].shown == "Pending (NotCreated)"
-    stale = results.statuses_from_outputs(result.runs, outputs, now=START_TIME + 20 + results.STALL_AFTER_SECONDS + 1)
+    stale = results.statuses_from_outputs(result.runs, outputs, now=START_TIME + 20 + results.DEFAULT_STALL_SECONDS + 1)
     assert stale[p0.run_id].shown == "Stalled (NoNewMetrics)" and not stale[p0.run_id].terminal

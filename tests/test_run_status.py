@@ -89,3 +89,24 @@ def test_time_spent_queued_is_not_stalling():
 def test_unreadable_outputs_never_claim_a_stall():
     unreadable = RunOutputs("gs://b/r", readable=False)
     assert status(Observation(exists=True, active=True, created_at=NOW - 4000), unreadable).phase == "Running"
+
+
+def iso(t: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_a_retried_run_is_not_read_as_its_predecessors_verdict():
+    old = outputs({"status": "diverged", "updated_at": iso(NOW - 600)})
+    retried = Observation(exists=True, queue_reason="WaitingForSlot", created_at=NOW - 5)
+    assert status(retried, old).phase == "Queued"
+    running = Observation(exists=True, active=True, created_at=NOW - 30, started_at=NOW - 20)
+    assert status(running, old).phase == "Running"
+    fresh = outputs({"status": "diverged", "updated_at": iso(NOW - 1)})
+    assert status(running, fresh).phase == "Diverged"
+
+
+def test_a_resumed_run_is_not_stalled_by_the_previous_attempts_records():
+    resumed = Observation(exists=True, active=True, created_at=NOW - 90_000, started_at=NOW - 30)
+    assert status(resumed, outputs(times=(NOW - 86_400,))).phase == "Running"

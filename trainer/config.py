@@ -124,7 +124,7 @@ class LossSpec(_Block):
     @property
     def feature_loss_on(self) -> bool:
         """Whether features are extracted at all: a β that starts at 0 disables the `sow` (the guide's rule)."""
-        return self.beta.start > 0.0 or (self.beta.end or 0.0) > 0.0
+        return self.beta.start > 0.0 or self.beta.effective_end > 0.0
 
 
 # --- models -----------------------------------------------------------------------------------------------

@@ -183,7 +183,11 @@ class _Builder:
                 raise YamlSourceError(
                     "bad_key", "a mapping key must be a plain word, not a list or mapping", "", _position(key_node.start_mark)
                 )
-            key = self.loader.construct_object(key_node)
+            try:
+                key = self.loader.construct_object(key_node)
+            except (yaml.YAMLError, ValueError, OverflowError) as e:
+                raise YamlSourceError("yaml_bad_value", f"unreadable key {key_node.value!r}: {e}",
+                                      "quote the key or fix it", _position(key_node.start_mark)) from None  # fmt: skip
             if not isinstance(key, str):
                 key = key_node.value  # `on:`, `1:`: keep the key as written, not as YAML 1.1 reads it
             position = _position(key_node.start_mark)

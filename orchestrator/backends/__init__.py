@@ -28,14 +28,19 @@ class LogRequest:
 
 
 class Backend(Protocol):
+    # True when the backend orders runs after their prerequisites itself (the local supervisor): runs waiting for
+    # a prerequisite are handed over at once. Otherwise a point is submitted once its prerequisites succeeded.
+    handles_dependencies: bool
+
     def preflight(self, expansion: Expansion) -> None:
         """Raise a DistillctlError when the runs cannot be launched at all (missing CRDs, no xpk, no queue)."""
 
     def observe(self, expansion: Expansion) -> dict[str, Observation]:
         """What exists for each run of the sweep, by run id (runs that do not exist may be absent)."""
 
-    def submit(self, run: Point, *, dry_run: DryRun | None = None) -> Submitted:
-        """Create the run; an existing one is left alone ("exists"), never duplicated."""
+    def submit(self, runs: Sequence[Point], expansion: Expansion, *, dry_run: DryRun | None = None) -> dict[str, Submitted]:
+        """Create these runs (by run id: what happened); an existing one is left alone ("exists"), never
+        duplicated."""
 
     def delete(self, runs: Sequence[Point]) -> list[str]:
         """Stop and remove these runs; returns the names of what was deleted."""

@@ -8,6 +8,7 @@ says so, not a silently dropped field.
 
 from __future__ import annotations
 
+import codecs
 import datetime
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,9 @@ from orchestrator.backends import DryRun, LogRequest, Submitted
 from orchestrator.errors import DistillctlError, UsageError
 from orchestrator.exit_codes import ExitCode
 from orchestrator.expansion import Expansion, Point
-from orchestrator.kube_client import Cluster, ClusterAccess, ClusterError, api_error, connect, server_message
+from orchestrator.kube_client import (
+    CONNECTION_ERRORS, Cluster, ClusterAccess, ClusterError, api_error, connect, server_message, unreachable,
+)
 from orchestrator.run_status import Condition, Observation
 from orchestrator.sweep_file import Target
 
@@ -44,6 +47,7 @@ INSTALL_KUEUE = (
 
 class KubernetesBackend:
     handles_dependencies = False  # a point is created once its prerequisites have succeeded
+    container = rendering.CONTAINER_NAME  # the trainer's container in each pod
 
     def __init__(self, target: Target, access: ClusterAccess, cluster: Cluster | None = None):
         self.target = target
@@ -170,13 +174,14 @@ class KubernetesBackend:
         deleted = []
         for run in runs:
             try:
-                self.cluster.custom.delete_namespaced_custom_object(
-                    *JOBSET[:2], self.cluster.namespace, JOBSET[2], run.jobset_name, propagation_policy="Foreground"
-                )
+                self.cluster.call(
+                    f"delete JobSet {run.jobset_name}", self.cluster.custom.delete_namespaced_custom_object,
+                    *JOBSET[:2], self.cluster.namespace, JOBSET[2], run.jobset_name, propagation_policy="Foreground",
+                    passthrough=frozenset({404}),
+                )  # fmt: skip
                 deleted.append(run.jobset_name)
-            except ApiException as e:
-                if e.status != 404:
-                    raise api_error(f"delete JobSet {run.jobset_name}", e, self.cluster) from None
+            except ApiException:
+                pass  # 404: already gone
         return deleted
 
     def _pods(self, run: Point, request: LogRequest) -> list[client.V1Pod]:
@@ -193,28 +198,44 @@ class KubernetesBackend:
 
     def logs(self, run: Point, request: LogRequest) -> Iterator[str]:
         pods = self._pods(run, request)
+        if request.follow and len(pods) > 1:
+            raise UsageError("--follow follows one worker", "drop --all, or choose one with --slice and --worker")
         if not pods:
             where = "" if request.all else f" for slice {request.slice}, worker {request.worker}"
             raise UsageError(f"{run.jobset_name} has no pods{where}", "`distillctl status` says whether it is queued")
         for pod in pods:
             labels = pod.metadata.labels or {}
             prefix = f"[{labels.get(JOB_INDEX_LABEL)}/{labels.get(COMPLETION_INDEX_LABEL)}] " if request.all else ""
-            try:
-                if request.follow and len(pods) == 1:
-                    stream = self.cluster.core.read_namespaced_pod_log(
-                        pod.metadata.name, self.cluster.namespace, container=rendering.CONTAINER_NAME, follow=True,
-                        tail_lines=request.tail, _preload_content=False,
-                    )  # fmt: skip
-                    for chunk in stream.stream():
-                        yield from (prefix + line + "\n" for line in chunk.decode(errors="replace").splitlines())
-                    continue
-                text = self.cluster.call(
-                    f"read the log of pod {pod.metadata.name}", self.cluster.core.read_namespaced_pod_log,
-                    pod.metadata.name, self.cluster.namespace, container=rendering.CONTAINER_NAME, tail_lines=request.tail,
-                )  # fmt: skip
-            except ApiException as e:
-                raise api_error(f"read the log of pod {pod.metadata.name}", e, self.cluster) from None
+            what = f"read the log of pod {pod.metadata.name}"
+            if request.follow and len(pods) == 1:
+                yield from self._follow_log(pod.metadata.name, request.tail, what)
+                continue
+            text = self.cluster.call(
+                what, self.cluster.core.read_namespaced_pod_log, pod.metadata.name, self.cluster.namespace,
+                container=self.container, tail_lines=request.tail,
+            )  # fmt: skip
             yield from (prefix + line + "\n" for line in (text or "").splitlines())
+
+    def _follow_log(self, pod: str, tail: int | None, what: str) -> Iterator[str]:
+        """A pod's log as it grows, whole lines only (a line may straddle two chunks of the stream)."""
+        stream = self.cluster.call(
+            what, self.cluster.core.read_namespaced_pod_log, pod, self.cluster.namespace, container=self.container,
+            follow=True, tail_lines=tail, _preload_content=False, _request_timeout=None,
+        )  # fmt: skip
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = ""
+        try:
+            for chunk in stream.stream(amt=4096, decode_content=True):
+                pending += decoder.decode(chunk)
+                *lines, pending = pending.split("\n")
+                yield from (line + "\n" for line in lines)
+        except CONNECTION_ERRORS as e:
+            raise unreachable(self.cluster.server, e) from None
+        finally:
+            stream.release_conn()
+        pending += decoder.decode(b"", final=True)
+        if pending:
+            yield pending + "\n"
 
     def close(self) -> None:
         self.cluster.api.close()

@@ -84,8 +84,12 @@ class LocalBackend:
         finally:
             log.close()
         parallelism = self.target.parallelism or os.cpu_count() or 1
-        supervisor.stdin.write(json.dumps({"orders": orders, "parallelism": parallelism}).encode())
-        supervisor.stdin.close()
+        try:
+            supervisor.stdin.write(json.dumps({"orders": orders, "parallelism": parallelism}).encode())
+            supervisor.stdin.close()
+        except BrokenPipeError:
+            raise DistillctlError("the local supervisor exited before it read the runs",
+                                  f"see {base / f'.{runs[0].sweep}.supervisor.log'}") from None  # fmt: skip
         # The supervisor claims runs as it starts; wait until each is claimed (by it or an earlier one).
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -98,15 +102,16 @@ class LocalBackend:
         return {run.run_id: "created" for run in runs}
 
     def delete(self, runs: Sequence[Point]) -> list[str]:
-        stopped = []
+        stopped, running = [], []
         for run in runs:
             claim = local_claims.read_claim(run.output_path)
             if claim is None or claim.sweep != run.sweep:
                 continue  # not running, or started by another sweep that shares this point
             local_claims.release(run.output_path)  # first: the supervisor must not restart or record it
             if claim.state == "running" and local_claims.alive(claim.pid, claim.pid_start):
-                _stop_group(claim.pid)
+                running.append(claim.pid)
             stopped.append(run.jobset_name)
+        _stop_groups(running)  # all at once: each saves its checkpoint in parallel
         return stopped
 
     def logs(self, run: Point, request: LogRequest) -> Iterator[str]:
@@ -132,6 +137,7 @@ class LocalBackend:
 
 
 def observe_claim(claim: local_claims.Claim | None) -> Observation:
+    """A claim as an Observation: queued (waiting for a slot or a prerequisite), running, or exited with a code."""
     if claim is None or local_claims.is_stale(claim):
         return Observation(exists=False)
     if claim.state == "queued":
@@ -148,21 +154,23 @@ def observe_claim(claim: local_claims.Claim | None) -> Observation:
     return Observation(exists=True, conditions=(condition,), restarts=claim.restarts, created_at=claim.created_at)
 
 
-def _stop_group(pid: int) -> None:
-    """SIGTERM the run's process group (the trainer checkpoints and exits 143); SIGKILL after a grace period."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
+def _stop_groups(pids: list[int]) -> None:
+    """SIGTERM each run's process group (the trainer checkpoints and exits 143); SIGKILL what is left after a
+    grace period."""
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     deadline = time.monotonic() + STOP_GRACE_SECONDS
-    while time.monotonic() < deadline:
-        if not local_claims.alive(pid):
-            return
+    while time.monotonic() < deadline and any(local_claims.alive(pid) for pid in pids):
         time.sleep(0.1)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    for pid in pids:
+        if local_claims.alive(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _importable_env() -> dict[str, str]:

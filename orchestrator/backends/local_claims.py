@@ -27,6 +27,7 @@ class Claim:
     sweep: str
     token: str  # identifies the owner's claim: a replaced claim has another token
     supervisor_pid: int
+    supervisor_start: float | None = None  # the supervisor's start time, to tell a reused pid apart
     state: State = "queued"
     reason: str = ""  # while queued: WaitingForPrerequisite, WaitingForSlot
     pid: int | None = None  # the trainer process (and its process group)
@@ -65,7 +66,7 @@ def try_claim(output_path: str, run_id: str, sweep: str) -> Claim | None:
     path = claim_path(output_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(3):
-        claim = Claim(run_id, sweep, secrets.token_hex(8), os.getpid())
+        claim = Claim(run_id, sweep, secrets.token_hex(8), os.getpid(), process_start_time(os.getpid()))
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -142,4 +143,4 @@ def is_stale(claim: Claim) -> bool:
         return False  # a finished run's record, not a live claim; retries replace it explicitly
     if claim.state == "running":
         return not alive(claim.pid, claim.pid_start)
-    return not alive(claim.supervisor_pid)
+    return not alive(claim.supervisor_pid, claim.supervisor_start)

@@ -60,8 +60,17 @@ class XpkBackend(KubernetesBackend):
             if run.run_id in existing:
                 results[run.run_id] = "exists"
                 continue
-            command = xpk_command.xpk_command(run, self.target)
-            done = subprocess.run(command.argv, capture_output=True, text=True, timeout=XPK_TIMEOUT_SECONDS)
+            # The namespace the runs are looked for in (-n wins over target.namespace), and this backend's xpk.
+            target = self.target.model_copy(update={"namespace": self.cluster.namespace})
+            command = xpk_command.xpk_command(run, target)
+            argv = (self.xpk, *command.argv[1:])
+            try:
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=XPK_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                raise DistillctlError(
+                    f"`xpk workload create` for {run.jobset_name} did not finish in {XPK_TIMEOUT_SECONDS // 60} minutes",
+                    f"run it by hand to see where it hangs: {command.line}",
+                ) from None  # fmt: skip
             if done.returncode != 0:
                 if run.run_id in self.observe(expansion):
                     results[run.run_id] = "exists"  # created concurrently
