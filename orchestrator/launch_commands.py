@@ -134,9 +134,13 @@ def _to_submit(backend: Backend, actions: list[Action]) -> list[Point]:
 
 def _submit(backend: Backend, expansion: Expansion, actions: list[Action], dry_run: DryRunMode | None) -> dict[str, str]:
     runs = _to_submit(backend, actions)
-    if not runs:
-        return {}
-    return backend.submit(runs, expansion, dry_run=dry_run.value if dry_run else None)
+    if dry_run is not None:
+        # The failed run a retry would replace still exists, so the server cannot dry-run its creation.
+        recreated = {a.run.run_id for a in actions if a.kind == "recreate"}
+        runs = [run for run in runs if run.run_id not in recreated]
+        done = backend.submit(runs, expansion, dry_run=dry_run.value) if runs else {}
+        return {**done, **{run_id: "dry-run-recreate" for run_id in recreated}}
+    return backend.submit(runs, expansion) if runs else {}
 
 
 def _recreate_failed(backend: Backend, expansion: Expansion, actions: list[Action]) -> None:
@@ -158,6 +162,8 @@ def _print_actions(actions: list[Action], submitted: dict[str, str], dry_run: Dr
         outcome = submitted.get(action.run.run_id)
         if outcome == "dry-run":
             verb, style = f"would create ({dry_run.value if dry_run else 'dry run'})", "cyan"
+        elif outcome == "dry-run-recreate":
+            verb, style = "would delete and create again (dry run)", "cyan"
         elif outcome == "exists":
             verb, style = "exists (already there: a concurrent or retried create)", "dim"
         elif outcome == "created":
@@ -172,7 +178,7 @@ def _print_actions(actions: list[Action], submitted: dict[str, str], dry_run: Dr
             line.append(f"  ({action.reason})", style="dim")
         console.out.print(line)
     created = sum(1 for v in submitted.values() if v == "created")
-    would = sum(1 for v in submitted.values() if v == "dry-run")
+    would = sum(1 for v in submitted.values() if v in ("dry-run", "dry-run-recreate"))
     if would:
         console.out.print(Text(f"{would} would be created (dry run: nothing was), {len(actions) - would} unchanged",
                                style="bold"))  # fmt: skip

@@ -283,6 +283,9 @@ def test_status_follows_queueing_restarts_and_failures(control_plane, tmp_path):
     # A failed point is left alone by the next sweep; --retry-failed replaces it.
     again = cli("sweep", str(path), kubeconfig=cp.kubeconfig)
     assert again.exit_code == 0 and "--retry-failed" in again.stdout and "0 created" in again.stdout
+    dry = cli("sweep", str(path), "--retry-failed", "--dry-run", "server", kubeconfig=cp.kubeconfig)
+    assert dry.exit_code == 0 and "would delete and create again (dry run)" in dry.stdout
+    assert running in {j["metadata"]["name"] for j in jobsets(cp, "follow")}  # a dry run deletes nothing
     cancel_all(path, cp.kubeconfig)
     wait_gone(cp, "follow")
 

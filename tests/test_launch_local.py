@@ -194,3 +194,19 @@ def test_failed_point_is_left_alone_until_retry(tmp_path):
     assert "0 created" in again.stdout and "--retry-failed" in again.stdout
     retried = distillctl("sweep", str(sweep), "--retry-failed")
     assert retried.returncode == 0 and "3 created" in retried.stdout
+
+
+def test_retry_failed_reruns_a_failed_prerequisite_then_its_points(tmp_path):
+    sweep = write_sweep(tmp_path, name="prereq-retry")
+    expanded = status(sweep)
+    teacher = next(r for r in expanded.values() if r["role"] == "prerequisite")
+    # An earlier attempt of the teacher failed (its outputs say so; nothing runs it now).
+    out = Path(teacher["output_path"])
+    out.mkdir(parents=True)
+    (out / "summary.json").write_text(json.dumps({"status": "failed", "exit_code": 1, "updated_at": "2026-01-01T00:00:00Z"}))
+    blocked = distillctl("sweep", str(sweep), "--wait", "--timeout", "120")
+    assert blocked.returncode == 1, blocked.stdout + blocked.stderr
+    assert "blocked" in blocked.stdout and status(sweep)[teacher["run_id"]]["phase"] == "Failed"
+    retried = distillctl("sweep", str(sweep), "--retry-failed", "--wait", "--timeout", "500")
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert {r["phase"] for r in status(sweep).values()} == {"Succeeded"}
