@@ -99,7 +99,10 @@ class LocalBackend:
                 raise DistillctlError(f"the local supervisor failed to start (exit {supervisor.returncode})",
                                       f"see {base / f'.{runs[0].sweep}.supervisor.log'}")  # fmt: skip
             time.sleep(0.05)
-        return {run.run_id: "created" for run in runs}
+        claims = {run.run_id: local_claims.read_claim(run.output_path) for run in runs}
+        # A run another sweep's supervisor already owns exists; this supervisor skipped it.
+        return {run_id: "created" if claim is not None and claim.supervisor_pid == supervisor.pid else "exists"
+                for run_id, claim in claims.items()}  # fmt: skip
 
     def delete(self, runs: Sequence[Point]) -> list[str]:
         stopped, running = [], []
