@@ -315,6 +315,19 @@ def test_logs_of_one_worker_and_of_all(control_plane, tmp_path):
     assert "[1/15] " in every.stdout
     worker = cli("logs", str(path), "0", "--slice", "1", "--worker", "7", "--tail", "1", kubeconfig=cp.kubeconfig)
     assert worker.stdout.strip() == "succeeded (exit 0: done)"
+    refused = cli("logs", str(path), "0", "--all", "--follow", kubeconfig=cp.kubeconfig)
+    assert refused.exit_code == ExitCode.USAGE and "--follow follows one worker" in refused.stderr
+
+    # --follow streams the running pod's log through the apiserver and kwok, and stays attached until stopped.
+    command = [sys.executable, "-m", "orchestrator.cli", "logs", str(path), "0", "--follow",
+               "--kubeconfig", str(cp.kubeconfig)]  # fmt: skip
+    follower = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = [follower.stdout.readline() for _ in range(3)]
+    assert lines[0].startswith("training") and "kl_div_T1" in lines[1], lines
+    assert follower.poll() is None  # still following
+    follower.send_signal(signal.SIGINT)
+    _, err = follower.communicate(timeout=30)
+    assert follower.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     cancel_all(path, cp.kubeconfig)
     wait_gone(cp, "talk")
 
