@@ -19,6 +19,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from kubernetes.config.incluster_config import InClusterConfigLoader
 
 from orchestrator.errors import DistillctlError
 from orchestrator.exit_codes import ExitCode
@@ -99,6 +100,10 @@ def _retry_after(e: ApiException) -> float | None:
         return None
 
 
+# Where the kubelet mounts a pod's service-account credentials.
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
 def connect(access: ClusterAccess, default_namespace: str | None = None, retry: Retry | None = None) -> Cluster:
     """A client for the cluster `access` names; raises ClusterError for a missing kubeconfig or context."""
     configuration = client.Configuration()
@@ -127,7 +132,11 @@ def connect(access: ClusterAccess, default_namespace: str | None = None, retry: 
             config.load_kube_config(config_file=path, context=access.context, client_configuration=configuration)
             namespace = namespace or default_namespace or (chosen or {}).get("context", {}).get("namespace")
         else:
-            config.load_incluster_config(client_configuration=configuration)
+            # In a pod: its service account's token (re-read as the kubelet rotates it) and the cluster's CA.
+            InClusterConfigLoader(
+                token_filename=os.path.join(SERVICE_ACCOUNT_DIR, "token"),
+                cert_filename=os.path.join(SERVICE_ACCOUNT_DIR, "ca.crt"),
+            ).load_and_set(configuration)
             namespace = namespace or default_namespace or _incluster_namespace()
     except ConfigException as e:
         raise ClusterError(f"cannot load the cluster configuration: {e}", "check --kubeconfig and --context") from None
@@ -137,7 +146,7 @@ def connect(access: ClusterAccess, default_namespace: str | None = None, retry: 
 
 def _incluster_namespace() -> str:
     try:
-        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+        with open(os.path.join(SERVICE_ACCOUNT_DIR, "namespace")) as f:
             return f.read().strip()
     except OSError:
         return "default"

@@ -17,9 +17,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client
+from kubernetes import utils as k8s_utils
 from typer.testing import CliRunner
 
+from orchestrator import kube_client
 from orchestrator.cli import app
 from orchestrator.exit_codes import ExitCode
 from tests.cluster.fault_proxy import FaultProxy, Rule
@@ -210,6 +213,62 @@ def test_rbac_forbidden_is_its_own_exit_code(control_plane, tmp_path):
         result = cli("sweep", str(path), kubeconfig=proxy.kubeconfig)
     assert result.exit_code == ExitCode.FORBIDDEN, result.output
     assert "forbidden" in result.stderr and "RBAC" in result.stderr
+
+
+def launcher_rbac() -> list[dict]:
+    """The ServiceAccount, Role and RoleBinding the README's "Running distillctl in a pod" documents."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- launcher-rbac -->\n```yaml\n", 1)[1].split("```", 1)[0]
+    return [doc for doc in yaml.safe_load_all(block) if doc]
+
+
+def test_in_a_pod_it_uses_the_service_account_and_needs_only_the_documented_rbac(control_plane, tmp_path,
+                                                                                 monkeypatch):  # fmt: skip
+    cp = control_plane
+    docs = launcher_rbac()
+    core, rbac = client.CoreV1Api(cp.client), client.RbacAuthorizationV1Api(cp.client)
+    account = next(d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount")
+    path = write_sweep(tmp_path, "inpod", points=1, duration="10m", slices=1)
+    k8s_utils.create_from_dict(cp.client, {"kind": "List", "apiVersion": "v1", "items": docs})
+    try:
+        token = core.create_namespaced_service_account_token(account, "default", {"spec": {"expirationSeconds": 3600}})
+        mounted = tmp_path / "serviceaccount"  # what the kubelet mounts into a pod
+        mounted.mkdir()
+        (mounted / "token").write_text(token.status.token)
+        (mounted / "ca.crt").write_bytes(cp.ca_pem)
+        (mounted / "namespace").write_text("default")
+        monkeypatch.setattr(kube_client, "SERVICE_ACCOUNT_DIR", str(mounted))
+        host, port = cp.server.removeprefix("https://").rsplit(":", 1)
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", host)
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", port)
+        monkeypatch.delenv("KUBECONFIG", raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config
+
+        for args in (["sweep", str(path), "--dry-run=server"], ["sweep", str(path)]):
+            result = runner.invoke(app, args)
+            assert result.exit_code == 0, result.output
+        assert "1 created" in result.stdout
+        jobset = jobsets(cp, "inpod")[0]
+        cp.wait_for(lambda: any(p.status.phase == "Running" for p in pods_of(cp, jobset["metadata"]["name"])), 120,
+                    "a running pod")  # fmt: skip
+        status = runner.invoke(app, ["status", str(path), "--output", "json"])
+        assert status.exit_code == 0 and json.loads(status.stdout)[0]["phase"] == "Running", status.output
+        logs = runner.invoke(app, ["logs", str(path), "0"])
+        assert logs.exit_code == 0 and "kl_div_T1" in logs.stdout, logs.output
+        assert runner.invoke(app, ["cancel", str(path), "--yes"]).exit_code == 0
+        wait_gone(cp, "inpod")
+
+        # What the Role does not grant is refused as forbidden, with the account named.
+        elsewhere = tmp_path / "elsewhere.yaml"
+        elsewhere.write_text(path.read_text().replace("kind: kubernetes", "kind: kubernetes\n  namespace: kube-system"))
+        result = runner.invoke(app, ["sweep", str(elsewhere)])
+        assert result.exit_code == ExitCode.FORBIDDEN, result.output
+        assert f"system:serviceaccount:default:{account}" in result.stderr
+    finally:
+        cancel_all(path, cp.kubeconfig)
+        core.delete_namespaced_service_account(account, "default")
+        rbac.delete_namespaced_role(account, "default")
+        rbac.delete_namespaced_role_binding(account, "default")
 
 
 def test_unreachable_cluster_and_unknown_context(control_plane, tmp_path):
