@@ -95,7 +95,8 @@ def test_distill_pruned_student_kl_falls(out, teacher):
     assert set(DISTILL_METRICS) <= tags
 
 
-def test_resume_after_sigterm_reproduces_the_uninterrupted_metrics(out, teacher):
+@pytest.mark.parametrize("stop_at", [15, 20], ids=["between-checkpoints", "at-a-checkpoint"])
+def test_resume_after_sigterm_reproduces_the_uninterrupted_metrics(out, teacher, stop_at):
     data = distill_spec(out, teacher, name="whole", steps=30, checkpoint={"every_steps": 10},
                         logging={"every_steps": 5})  # fmt: skip
     assert run(spec_of(data)) == TrainerExit.OK
@@ -105,18 +106,18 @@ def test_resume_after_sigterm_reproduces_the_uninterrupted_metrics(out, teacher)
         def note(self, m): pass
         def end(self, *a): pass
         def log(self, record):
-            if record["step"] == 15:
+            if record["step"] == stop_at:
                 os.kill(os.getpid(), signal.SIGTERM)
 
-    cut = merged(data, name="cut")
+    cut = merged(data, name=f"cut-{stop_at}")
     assert run(spec_of(cut), reporter=SigtermAt()) == TrainerExit.PREEMPTED
-    summary = json.loads((out / "cut" / "summary.json").read_text())
-    assert summary["status"] == "preempted" and summary["exit_code"] == 143 and summary["step"] == 15
-    assert (out / "cut" / "checkpoints" / "15").is_dir()
+    summary = json.loads((out / f"cut-{stop_at}" / "summary.json").read_text())
+    assert summary["status"] == "preempted" and summary["exit_code"] == 143 and summary["step"] == stop_at
+    assert (out / f"cut-{stop_at}" / "checkpoints" / str(stop_at)).is_dir()
     assert run(spec_of(cut)) == TrainerExit.OK
-    resumed = json.loads((out / "cut" / "summary.json").read_text())
-    assert resumed["resumed_from_step"] == 15 and resumed["status"] == "succeeded"
-    assert without_timing(read_metrics(out / "cut")) == without_timing(read_metrics(out / "whole"))
+    resumed = json.loads((out / f"cut-{stop_at}" / "summary.json").read_text())
+    assert resumed["resumed_from_step"] == stop_at and resumed["status"] == "succeeded"
+    assert without_timing(read_metrics(out / f"cut-{stop_at}")) == without_timing(read_metrics(out / "whole"))
 
 
 def test_resume_after_a_hard_kill_reproduces_the_uninterrupted_metrics(out, teacher):

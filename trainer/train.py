@@ -348,9 +348,10 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
                 window_start, window_tokens, window_steps = time.time(), 0, 0
             if checkpoints and every_save and step % every_save == 0 and step < spec.steps:
                 save(step)
-        if checkpoints and (step == spec.steps or _stopped(stop)):
-            if step > start_step or checkpoints.latest_step() != step:
-                save(step)
+        # The last step, or where a signal stopped the run, unless a periodic save just wrote that very step
+        # (saving a step twice is an error to orbax).
+        if checkpoints and (step == spec.steps or _stopped(stop)) and checkpoints.latest_step() != step:
+            save(step)
     finally:
         if checkpoints:
             checkpoints.close()  # waits for saves in flight
