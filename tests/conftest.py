@@ -1,4 +1,10 @@
+import os
+
 import pytest
+
+# gcsfs reads this once, when first imported (by whichever test touches gs:// first): its experimental
+# zonal/HNS support asks a gRPC API that the Cloud Storage emulator (the `gcs` fixture) does not serve.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 
 @pytest.fixture(scope="session")
@@ -12,3 +18,16 @@ def control_plane():
         yield cp
     finally:
         cp.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A Cloud Storage emulator (fake-gcs-server; see tests/cluster/gcs.py) for gs:// outputs."""
+    from tests.cluster import GcsEmulator
+
+    emulator = GcsEmulator()
+    emulator.start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()

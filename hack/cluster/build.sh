@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the local Kubernetes control plane used by the tests (tests/cluster):
 # kube-apiserver/controller-manager/scheduler (one multi-call binary `kube`),
-# etcd, the JobSet and Kueue controllers, kwok and helm, from small Go modules
+# etcd, the JobSet and Kueue controllers, kwok and helm, and the fake-gcs-server
+# Cloud Storage emulator (gs:// outputs in tests), from small Go modules
 # under hack/cluster/ whose go.mod files pin the upstream versions; sources come
 # from the Go module proxy.
 #
@@ -30,6 +31,7 @@ GO="${GO:-go}"
 #   k8s/    k8s.io/kubernetes (staging modules pinned to v0.35.x), Kueue, etcd
 #   jobset/ the JobSet controller (Kueue needs the newer jobset API module, so apart)
 #   tools/  kwok and helm (client libraries v0.37)
+#   gcs/    fake-gcs-server, a Cloud Storage emulator for gs:// outputs (Google client libraries)
 COMPONENTS=(
   "kube|k8s|./kube|k8s.io/kubernetes"
   "kueue|k8s|sigs.k8s.io/kueue/cmd/kueue|sigs.k8s.io/kueue"
@@ -37,6 +39,7 @@ COMPONENTS=(
   "jobset|jobset|sigs.k8s.io/jobset|sigs.k8s.io/jobset"
   "kwok|tools|sigs.k8s.io/kwok/cmd/kwok|sigs.k8s.io/kwok"
   "helm|tools|helm.sh/helm/v3/cmd/helm|helm.sh/helm/v3"
+  "fake-gcs-server|gcs|github.com/fsouza/fake-gcs-server|github.com/fsouza/fake-gcs-server"
 )
 
 if ! command -v "$GO" >/dev/null 2>&1; then

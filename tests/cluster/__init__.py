@@ -10,6 +10,7 @@ Build the components with `make cluster-build` (hack/cluster/build.sh); use the
 # the standard library.
 _EXPORTS = {
     "ControlPlane": "controlplane",
+    "GcsEmulator": "gcs",
     "EXIT_CODE_ANNOTATION": "controlplane",
     "RUN_DURATION_ANNOTATION": "controlplane",
     "tpu_nodes": "controlplane",

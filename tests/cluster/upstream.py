@@ -18,7 +18,7 @@ import yaml
 
 from .paths import BIN_MANIFEST, CLUSTER_DIR, MANIFESTS, REPO  # noqa: F401
 
-COMPONENTS = ("etcd", "kube", "jobset", "kueue", "kwok", "helm")
+COMPONENTS = ("etcd", "kube", "jobset", "kueue", "kwok", "helm", "fake-gcs-server")
 
 
 class NotBuilt(RuntimeError):

@@ -1,0 +1,108 @@
+"""Runs whose outputs live on gs://, as on GKE, against a Cloud Storage emulator (fake-gcs-server, built from
+source like the control plane; tests/cluster/gcs.py): the trainer reads its text corpus from a gs:// glob,
+writes every output and checkpoint there (gcsfs, orbax and tensorstore), stops on SIGTERM with a checkpoint
+there and resumes from it, distills from a teacher checkpoint there, and `distillctl results` and `regress` read
+it all back.
+
+Each run is started as its pod would start it: `python -m trainer` with the point's resolved spec in
+DISTILLCTL_SPEC (what the rendered JobSet carries), here on this machine's CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import fsspec
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.exit_codes import ExitCode
+from orchestrator.rendering import spec_json
+from tests.results_support import expanded, sweep_data
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "distill-ci"
+runner = CliRunner()
+pytestmark = pytest.mark.slow
+
+
+def run_pod(point, env: dict[str, str], *, stop_at_checkpoint: str | None = None) -> subprocess.CompletedProcess:
+    """`python -m trainer` as the point's pod runs it; with `stop_at_checkpoint`, SIGTERM once that checkpoint
+    directory exists (the trainer saves another checkpoint and exits 143)."""
+    proc = subprocess.Popen([sys.executable, "-m", "trainer"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **env, "DISTILLCTL_SPEC": spec_json(point)})  # fmt: skip
+    if stop_at_checkpoint:
+        fs = fsspec.filesystem("gs", token="anon")
+        deadline = time.monotonic() + 180
+        while proc.poll() is None and time.monotonic() < deadline:
+            fs.invalidate_cache()
+            if fs.exists(stop_at_checkpoint):
+                proc.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.2)
+    out, _ = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out)
+
+
+def test_runs_write_resume_and_report_on_gs(gcs, tmp_path, monkeypatch):
+    gcs.create_bucket(BUCKET)
+    for name, value in gcs.env.items():
+        monkeypatch.setenv(name, value)  # this process (results, regress, gcsfs below) and the trainers
+    base = f"gs://{BUCKET}/runs"
+    fs = fsspec.filesystem("gs", token="anon")
+    for module in (textwrap, argparse):  # a corpus every Python installation ships
+        fs.put_file(module.__file__, f"gs://{BUCKET}/corpus/{Path(module.__file__).stem}.txt")
+    corpus = {"data.source": "text", "data.path": f"gs://{BUCKET}/corpus/*.txt"}
+    sweep = tmp_path / "ongcs.yaml"
+    data = sweep_data(base, name="ongcs", baseline=[], zip=[])
+    data["overrides"].update({**corpus, "checkpoint.every_steps": 10})
+    data["prerequisites"]["teacher"]["overrides"].update(corpus)
+    sweep.write_text(yaml.safe_dump(data, sort_keys=False))
+    expansion = expanded(sweep)
+    teacher = next(r for r in expansion.runs if r.role == "prerequisite")
+    students = [r for r in expansion.runs if r.role == "point"]
+    assert teacher.spec.data.path == students[0].spec.data.path == corpus["data.path"]
+
+    done = run_pod(teacher, gcs.env)
+    assert done.returncode == 0, done.stdout
+    outputs = {Path(p).name for p in fs.ls(f"{base}/{teacher.run_id}")}
+    assert {"spec.json", "metrics.jsonl", "summary.json", "checkpoints", "tensorboard"} <= outputs, outputs
+    assert fs.ls(f"{base}/{teacher.run_id}/checkpoints")
+
+    # A student distilled from the teacher's gs:// checkpoint, stopped by SIGTERM mid-run and run again.
+    first, second = students
+    stopped = run_pod(first, gcs.env, stop_at_checkpoint=f"{base}/{first.run_id}/checkpoints/10")
+    assert stopped.returncode == 143, stopped.stdout
+    summary = json.loads(fs.cat(f"{base}/{first.run_id}/summary.json"))
+    assert summary["status"] == "preempted" and summary["step"] < first.spec.steps, summary
+    resumed = run_pod(first, gcs.env)
+    assert resumed.returncode == 0, resumed.stdout
+    summary = json.loads(fs.cat(f"{base}/{first.run_id}/summary.json"))
+    assert summary["status"] == "succeeded" and summary["resumed_from_step"] >= 10, summary
+    steps = [json.loads(line)["step"] for line in fs.cat(f"{base}/{first.run_id}/metrics.jsonl").decode().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == first.spec.steps, steps  # no step logged twice
+    assert run_pod(second, gcs.env).returncode == 0
+
+    # results and regress read it all back from gs:// (statuses from the outputs: no cluster here).
+    table = runner.invoke(app, ["results", str(sweep), "--format", "json"])
+    assert table.exit_code == ExitCode.OK, table.output
+    rows = {row["run_id"]: row for row in json.loads(table.stdout)["runs"]}
+    for student in students:
+        row = rows[student.run_id]
+        assert row["status"]["phase"] == "Succeeded" and row["step"] == student.spec.steps, row
+        assert row["metrics"]["distill/kl_div_T1"] > 0 and row["output_path"] == f"{base}/{student.run_id}", row
+    golden = tmp_path / "golden.yaml"
+    assert runner.invoke(app, ["golden", "update", str(sweep), "-o", str(golden)]).exit_code == ExitCode.OK
+    check = runner.invoke(app, ["regress", str(sweep), "--golden", str(golden), "--junit", str(tmp_path / "j.xml")])
+    assert check.exit_code == ExitCode.OK, check.output
