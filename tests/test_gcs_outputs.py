@@ -66,7 +66,9 @@ def test_runs_write_resume_and_report_on_gs(gcs, tmp_path, monkeypatch):
     corpus = {"data.source": "text", "data.path": f"gs://{BUCKET}/corpus/*.txt"}
     sweep = tmp_path / "ongcs.yaml"
     data = sweep_data(base, name="ongcs", baseline=[], zip=[])
-    data["overrides"].update({**corpus, "checkpoint.every_steps": 10})
+    # Students long enough (120 steps, 11 checkpoints on the emulator) that a SIGTERM sent when the first
+    # checkpoint appears always lands mid-run.
+    data["overrides"].update({**corpus, "steps": 120, "checkpoint.every_steps": 10})
     data["prerequisites"]["teacher"]["overrides"].update(corpus)
     sweep.write_text(yaml.safe_dump(data, sort_keys=False))
     expansion = expanded(sweep)
