@@ -8,6 +8,7 @@ read `gs://` outputs through the same clients as on GKE.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 import urllib.error
@@ -69,3 +70,4 @@ class GcsEmulator:
 
     def stop(self) -> None:
         self.supervisor.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
