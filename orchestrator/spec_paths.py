@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from trainer import maxtext_format
 from trainer.config import DistillSpec, ScheduledValue
 from trainer.problems import Loc
+from trainer.specfile import model_in
 
 # Fields a sweep derives for every run: the run id names the run, the target's output base holds it.
 DERIVED = {("name",): "the run id", ("output_dir",): "target.output_base"}
@@ -27,15 +28,6 @@ class UnknownPath(ValueError):
     def __init__(self, text: str, suggestions: list[str]):
         self.text, self.suggestions = text, suggestions
         super().__init__(f"unknown spec path {text!r}")
-
-
-def model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        if found := model_in(arg):
-            return found
-    return None
 
 
 @cache

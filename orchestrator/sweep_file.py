@@ -42,6 +42,7 @@ from pydantic_core import PydanticCustomError
 from orchestrator import spec_paths, tpu
 from trainer import maxtext_format
 from trainer.problems import Loc, Problem, format_loc, has_errors
+from trainer.specfile import model_in
 from trainer.yaml_source import YamlDocument, YamlSourceError, parse_yaml, read_text_file
 
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -338,7 +339,7 @@ def _fields_at(loc: Loc) -> list[str]:
             if model is Sweep and loc and loc[0] == "prerequisites":
                 return list(Prerequisite.model_fields)
             return []
-        inner = spec_paths.model_in(model.model_fields[part].annotation)
+        inner = model_in(model.model_fields[part].annotation)
         if inner is None:
             return []
         model = inner

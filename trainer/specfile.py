@@ -303,14 +303,15 @@ def _keys_at(loc: Loc) -> list[str]:
     for part in loc:
         if model is None or not isinstance(part, str) or part not in model.model_fields:
             return []
-        model = _model_in(model.model_fields[part].annotation)
+        model = model_in(model.model_fields[part].annotation)
     return list(model.model_fields) if model else []
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
+def model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field's annotation holds (directly, or inside Optional, Union, list, ...), or None."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in typing.get_args(annotation):
-        if found := _model_in(arg):
+        if found := model_in(arg):
             return found
     return None
