@@ -13,6 +13,7 @@ import yaml
 
 from orchestrator.expansion import Expansion, expand
 from orchestrator.sweep_file import SweepSource, load_sweep
+from tests.spec_helpers import GOOD
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = ROOT / "sweeps"
@@ -20,18 +21,8 @@ SCHEMAS = ROOT.parent / "shared" / "schemas"  # read in place, never copied into
 JOBSET_VERSIONS = ("v0.10.1", "v0.12.0")
 EXAMPLE_SWEEPS = ("alpha-end", "layer-indices", "beta-end", "temperature", "schedule-shape", "feature-loss-type")
 
-SPEC: dict[str, Any] = {
-    "student": {"model": "tiny-2l"},
-    "teacher": {"model": "tiny-4l", "load_parameters_path": "runs/teacher/checkpoints"},
-    "loss": {
-        "alpha": {"start": 0.9, "end": 0.5, "schedule": "cosine"},
-        "temperature": 2.0,
-        "beta": {"start": 1.0, "end": 0.1, "schedule": "cosine"},
-        "layer_indices": [0, 1],
-    },
-    "batch": {"per_device_batch_size": 2, "max_target_length": 16},
-    "steps": 10,
-}
+# The spec tests' known-good spec; a sweep names each run itself (its run id).
+SPEC: dict[str, Any] = {key: value for key, value in GOOD.items() if key != "name"}
 TARGET: dict[str, Any] = {
     "kind": "kubernetes", "tpu_type": "v5p-128", "slices": 2, "image": "example.com/distill:1",
     "output_base": "gs://bucket/runs", "queue": "multislice-queue", "priority": "medium", "max_restarts": 3,

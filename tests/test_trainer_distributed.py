@@ -64,14 +64,7 @@ def test_two_process_run_completes_and_matches(single, tmp_path):
     data = merged(BASE, name="two", output_dir=str(tmp_path), batch={"per_device_batch_size": 4})
     spec = write_spec(tmp_path / "two.json", data)
     address = f"127.0.0.1:{_free_port()}"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "trainer", "--spec", str(spec), "--coordinator-address", address,
-             "--num-processes", "2", "--process-id", str(i)],
-            cwd=REPO, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        for i in range(2)
-    ]
+    procs = _launch_pair(spec, address)
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]

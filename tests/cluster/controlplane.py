@@ -73,7 +73,7 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _http_ok(url: str, context: ssl.SSLContext | None = None, timeout: float = 2.0) -> bool:
+def http_ok(url: str, context: ssl.SSLContext | None = None, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, context=context, timeout=timeout) as r:
             return 200 <= r.status < 300
@@ -424,7 +424,7 @@ class ControlPlane:
             argv.append("--unsafe-no-fsync")
         self._start("etcd", argv)
         self.wait_for(
-            lambda: _http_ok(f"http://127.0.0.1:{p['etcd']}/health"),
+            lambda: http_ok(f"http://127.0.0.1:{p['etcd']}/health"),
             self._remaining(), "etcd to be healthy", interval=0.1,
         )
         self._mark("etcd")
@@ -456,7 +456,7 @@ class ControlPlane:
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
         self.wait_for(
-            lambda: _http_ok(f"{self.server}/readyz", ctx),
+            lambda: http_ok(f"{self.server}/readyz", ctx),
             self._remaining(), "kube-apiserver /readyz", interval=0.2,
         )
         self._mark("kube-apiserver")
@@ -678,11 +678,11 @@ class ControlPlane:
     def _wait_addons_ready(self) -> None:
         p = self.ports
         self.wait_for(
-            lambda: _http_ok(f"http://127.0.0.1:{p['jobset_health']}/readyz"),
+            lambda: http_ok(f"http://127.0.0.1:{p['jobset_health']}/readyz"),
             self._remaining(), "jobset-controller /readyz",
         )
         self.wait_for(
-            lambda: _http_ok(f"http://127.0.0.1:{p['kueue_health']}/readyz"),
+            lambda: http_ok(f"http://127.0.0.1:{p['kueue_health']}/readyz"),
             self._remaining(), "kueue-controller /readyz",
         )
         self._mark("addons-ready")
@@ -711,9 +711,9 @@ class ControlPlane:
         core = client.CoreV1Api(self.client)
         p = self.ports
         insecure = _insecure_context()
-        self.wait_for(lambda: _http_ok(f"https://127.0.0.1:{p['kcm']}/healthz", insecure),
+        self.wait_for(lambda: http_ok(f"https://127.0.0.1:{p['kcm']}/healthz", insecure),
                       self._remaining(), "kube-controller-manager /healthz")
-        self.wait_for(lambda: _http_ok(f"https://127.0.0.1:{p['scheduler']}/healthz", insecure),
+        self.wait_for(lambda: http_ok(f"https://127.0.0.1:{p['scheduler']}/healthz", insecure),
                       self._remaining(), "kube-scheduler /healthz")
         # Pods need the namespace's default ServiceAccount (made by the controller-manager).
         self.wait_for(lambda: core.read_namespaced_service_account("default", "default"),

@@ -11,11 +11,10 @@ import json
 import shutil
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .controlplane import free_ports
+from .controlplane import free_ports, http_ok
 from .processes import ComponentError, Supervisor
 from .upstream import load_build
 
@@ -49,16 +48,11 @@ class GcsEmulator:
             "-external-url", self.url, "-public-host", f"127.0.0.1:{port}", "-log-level", "warn",
         ])  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT
-        while True:
+        while not http_ok(f"{self.url}/storage/v1/b"):
             component.check()
-            try:
-                with urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=2):
-                    return
-            except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline:
-                    raise ComponentError("fake-gcs-server", f"did not answer within {START_TIMEOUT:.0f}s",
-                                         component.log) from None  # fmt: skip
-                time.sleep(0.1)
+            if time.monotonic() > deadline:
+                raise ComponentError("fake-gcs-server", f"did not answer within {START_TIMEOUT:.0f}s", component.log)
+            time.sleep(0.1)
 
     def create_bucket(self, name: str) -> None:
         request = urllib.request.Request(
