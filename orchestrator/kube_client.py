@@ -133,10 +133,17 @@ def connect(access: ClusterAccess, default_namespace: str | None = None, retry: 
             namespace = namespace or default_namespace or (chosen or {}).get("context", {}).get("namespace")
         else:
             # In a pod: its service account's token (re-read as the kubelet rotates it) and the cluster's CA.
-            InClusterConfigLoader(
-                token_filename=os.path.join(SERVICE_ACCOUNT_DIR, "token"),
-                cert_filename=os.path.join(SERVICE_ACCOUNT_DIR, "ca.crt"),
-            ).load_and_set(configuration)
+            try:
+                InClusterConfigLoader(
+                    token_filename=os.path.join(SERVICE_ACCOUNT_DIR, "token"),
+                    cert_filename=os.path.join(SERVICE_ACCOUNT_DIR, "ca.crt"),
+                ).load_and_set(configuration)
+            except ConfigException as e:
+                raise ClusterError(
+                    f"no kubeconfig, and the in-cluster configuration cannot be loaded: {e}",
+                    f"in a pod, mount its service account's token ({SERVICE_ACCOUNT_DIR}; "
+                    "automountServiceAccountToken); elsewhere pass --kubeconfig or set KUBECONFIG",
+                ) from None
             namespace = namespace or default_namespace or _incluster_namespace()
     except ConfigException as e:
         raise ClusterError(f"cannot load the cluster configuration: {e}", "check --kubeconfig and --context") from None

@@ -264,6 +264,12 @@ def test_in_a_pod_it_uses_the_service_account_and_needs_only_the_documented_rbac
         result = runner.invoke(app, ["sweep", str(elsewhere)])
         assert result.exit_code == ExitCode.FORBIDDEN, result.output
         assert f"system:serviceaccount:default:{account}" in result.stderr
+
+        # A pod without a mounted token says so, instead of a kubeconfig hint.
+        monkeypatch.setattr(kube_client, "SERVICE_ACCOUNT_DIR", str(tmp_path / "not-mounted"))
+        result = runner.invoke(app, ["status", str(path)])
+        assert result.exit_code == ExitCode.CLUSTER_UNREACHABLE, result.output
+        assert "in-cluster configuration" in result.stderr and "automountServiceAccountToken" in result.stderr
     finally:
         cancel_all(path, cp.kubeconfig)
         core.delete_namespaced_service_account(account, "default")
