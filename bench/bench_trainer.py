@@ -36,8 +36,14 @@ SIZES = {
     "tiny": {"teacher": "tiny-4l", "student": "tiny-2l", "rows": 8, "length": 64},
     "mid": {"teacher": "mid-4l", "student": "mid-2l", "rows": 4, "length": 256},
     # Not a target: near-zero compute, so the ratio is the two trainers' per-step overhead.
-    "overhead": {"teacher": "tiny-2l", "student": "tiny-2l", "rows": 2, "length": 16,
-                 "teacher_overrides": _MICRO, "student_overrides": {**_MICRO, "num_layers": 1}},
+    "overhead": {
+        "teacher": "tiny-2l",
+        "student": "tiny-2l",
+        "rows": 2,
+        "length": 16,
+        "teacher_overrides": _MICRO,
+        "student_overrides": {**_MICRO, "num_layers": 1},
+    },
 }
 LR, ALPHA, TEMPERATURE = 1e-3, 0.5, 2.0
 
@@ -45,14 +51,22 @@ LR, ALPHA, TEMPERATURE = 1e-3, 0.5, 2.0
 def spec_for(size: dict, steps: int):
     from trainer.specfile import validate_data
 
-    spec, problems = validate_data({
-        "name": "bench", "student": {"model": size["student"], **size.get("student_overrides", {})},
-        "teacher": {"model": size["teacher"], "load_parameters_path": "unused", **size.get("teacher_overrides", {})},
-        "loss": {"alpha": ALPHA, "temperature": TEMPERATURE},
-        "batch": {"per_device_batch_size": size["rows"], "max_target_length": size["length"]}, "steps": steps,
-        "optimizer": {"learning_rate": LR, "warmup_fraction": 0.0, "final_lr_fraction": 1.0, "weight_decay": 0.0},
-        "output_dir": tempfile.mkdtemp(),
-    })  # fmt: skip
+    spec, problems = validate_data(
+        {
+            "name": "bench",
+            "student": {"model": size["student"], **size.get("student_overrides", {})},
+            "teacher": {
+                "model": size["teacher"],
+                "load_parameters_path": "unused",
+                **size.get("teacher_overrides", {}),
+            },
+            "loss": {"alpha": ALPHA, "temperature": TEMPERATURE},
+            "batch": {"per_device_batch_size": size["rows"], "max_target_length": size["length"]},
+            "steps": steps,
+            "optimizer": {"learning_rate": LR, "warmup_fraction": 0.0, "final_lr_fraction": 1.0, "weight_decay": 0.0},
+            "output_dir": tempfile.mkdtemp(),
+        }
+    )
     assert spec is not None, [p.message for p in problems]
     return spec
 
@@ -62,8 +76,10 @@ def batches(spec, count: int) -> list[np.ndarray]:
     from trainer.data import make_source
 
     source = make_source(spec.data, spec.student.shape().vocab_size, spec.batch.max_target_length + 1)
-    return [source.sequences(i, int(spec.batch.per_device_batch_size), spec.batch.max_target_length + 1)
-            for i in range(count)]  # fmt: skip
+    return [
+        source.sequences(i, int(spec.batch.per_device_batch_size), spec.batch.max_target_length + 1)
+        for i in range(count)
+    ]
 
 
 def initial_params(spec):
@@ -89,8 +105,11 @@ def ours_runner(spec, params, seqs: list[np.ndarray]):
     holder = {"state": built.state}
 
     def device_batch(seq):
-        host = {"inputs": seq[None, :, :-1], "targets": seq[None, :, 1:],
-                "mask": np.ones((1, seq.shape[0], seq.shape[1] - 1), np.float32)}  # fmt: skip
+        host = {
+            "inputs": seq[None, :, :-1],
+            "targets": seq[None, :, 1:],
+            "mask": np.ones((1, seq.shape[0], seq.shape[1] - 1), np.float32),
+        }
         return built.to_device(host)
 
     def hp(i):
@@ -133,15 +152,17 @@ def tunix_runner(spec, params, seqs: list[np.ndarray]):
         return jax.nn.one_hot(input_tokens[:, 1:], vocab) * input_mask[:, 1:, None]
 
     strategy = LogitStrategy(forward, forward, labels, temperature=TEMPERATURE, alpha=ALPHA)
-    optimizer = optax.chain(optax.clip_by_global_norm(spec.optimizer.grad_clip_norm),
-                            optax.adamw(LR, b1=spec.optimizer.b1, b2=spec.optimizer.b2, weight_decay=0.0))  # fmt: skip
-    config = distillation_trainer.TrainingConfig(eval_every_n_steps=10**9, max_steps=len(seqs),
-                                                 pbar_description=None)  # fmt: skip
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(spec.optimizer.grad_clip_norm),
+        optax.adamw(LR, b1=spec.optimizer.b1, b2=spec.optimizer.b2, weight_decay=0.0),
+    )
+    config = distillation_trainer.TrainingConfig(eval_every_n_steps=10**9, max_steps=len(seqs), pbar_description=None)
     trainer = distillation_trainer.DistillationTrainer(student, teacher, strategy, optimizer, config)
     # Driven segment by segment: no close() after each train() call, and no skipping of already-seen items.
     trainer.is_managed_externally = True
-    inputs = [peft_trainer.TrainingInput(input_tokens=jax.numpy.asarray(s), input_mask=jax.numpy.ones(s.shape))
-              for s in seqs]  # fmt: skip
+    inputs = [
+        peft_trainer.TrainingInput(input_tokens=jax.numpy.asarray(s), input_mask=jax.numpy.ones(s.shape)) for s in seqs
+    ]
 
     def run(first: int, count: int) -> float:
         assert trainer.train_steps == first, (trainer.train_steps, first)
@@ -184,13 +205,23 @@ def main() -> None:
         tokens = steps * size["rows"] * size["length"]
         ratios = sorted(t / o for t, o in zip(times["tunix"], times["ours"]))
         ours, tunix = tokens / statistics.median(times["ours"]), tokens / statistics.median(times["tunix"])
-        row = {"size": name, "tokens_per_step": size["rows"] * size["length"], "steps_per_round": steps,
-               "rounds": args.rounds, "ours_tokens_per_sec": round(ours, 1), "tunix_tokens_per_sec": round(tunix, 1),
-               "ratio_median": round(statistics.median(ratios), 2), "ratio_per_round": [round(x, 2) for x in ratios],
-               "load_average_1min": round(os.getloadavg()[0], 2)}  # fmt: skip
+        row = {
+            "size": name,
+            "tokens_per_step": size["rows"] * size["length"],
+            "steps_per_round": steps,
+            "rounds": args.rounds,
+            "ours_tokens_per_sec": round(ours, 1),
+            "tunix_tokens_per_sec": round(tunix, 1),
+            "ratio_median": round(statistics.median(ratios), 2),
+            "ratio_per_round": [round(x, 2) for x in ratios],
+            "load_average_1min": round(os.getloadavg()[0], 2),
+        }
         results.append(row)
-        print(f"{name}: ours {ours:,.0f} tok/s, tunix {tunix:,.0f} tok/s (medians), ratio {row['ratio_median']}x "
-              f"(per round {row['ratio_per_round']}), load {row['load_average_1min']}", flush=True)
+        print(
+            f"{name}: ours {ours:,.0f} tok/s, tunix {tunix:,.0f} tok/s (medians), ratio {row['ratio_median']}x "
+            f"(per round {row['ratio_per_round']}), load {row['load_average_1min']}",
+            flush=True,
+        )
     print(json.dumps(results, indent=2))
 
 

@@ -25,7 +25,6 @@ from trainer.registry import MODELS
 from trainer.specfile import SpecReport, read_spec_file
 
 
-
 class _Commands(TyperGroup):
     """Maps DistillctlError (and stray exceptions) to a message and an exit code, in one place."""
 
@@ -115,7 +114,9 @@ def _print_report(report: SpecReport) -> None:
         console.out.print(Text(f"✗ {report.file}: {errors} error(s), {warnings} warning(s)", style="red"))
     else:
         kind = "MaxText distillation config" if report.format == "maxtext" else "spec"
-        console.out.print(Text(f"✓ {report.file}: valid {kind}" + (f", {warnings} warning(s)" if warnings else ""), style="green"))
+        console.out.print(
+            Text(f"✓ {report.file}: valid {kind}" + (f", {warnings} warning(s)" if warnings else ""), style="green")
+        )
 
 
 def load_valid_spec(path: Path) -> SpecReport:
@@ -126,8 +127,11 @@ def load_valid_spec(path: Path) -> SpecReport:
         if usage:
             problem = report.problems[0]
             raise UsageError(problem.message, problem.hint)
-        raise InvalidSpecError(f"{path} is not a valid spec", [p for p in report.problems if p.is_error],
-                               f"run `distillctl validate {path}` for details")  # fmt: skip
+        raise InvalidSpecError(
+            f"{path} is not a valid spec",
+            [p for p in report.problems if p.is_error],
+            f"run `distillctl validate {path}` for details",
+        )
     return report
 
 
@@ -195,10 +199,24 @@ def convert(
 def models(output: OutputOption = OutputFormat.text) -> None:
     """List the models distillctl knows, with their shapes."""
     rows = [
-        {"name": name, "parameters": s.param_count(), **{k: getattr(s, k) for k in (
-            "num_layers", "emb_dim", "num_query_heads", "num_kv_heads", "head_dim", "mlp_dim", "vocab_size")}}
+        {
+            "name": name,
+            "parameters": s.param_count(),
+            **{
+                k: getattr(s, k)
+                for k in (
+                    "num_layers",
+                    "emb_dim",
+                    "num_query_heads",
+                    "num_kv_heads",
+                    "head_dim",
+                    "mlp_dim",
+                    "vocab_size",
+                )
+            },
+        }
         for name, s in MODELS.items()
-    ]  # fmt: skip
+    ]
     if output is OutputFormat.json:
         console.print_json(rows)
         return
@@ -206,8 +224,22 @@ def models(output: OutputOption = OutputFormat.text) -> None:
     for column in ("name", "params", "layers", "emb", "heads", "kv", "head_dim", "mlp", "vocab"):
         table.add_column(column, justify="left" if column == "name" else "right")
     for r in rows:
-        table.add_row(r["name"], f"{r['parameters'] / 1e9:.2f}B", *(str(r[k]) for k in (
-            "num_layers", "emb_dim", "num_query_heads", "num_kv_heads", "head_dim", "mlp_dim", "vocab_size")))  # fmt: skip
+        table.add_row(
+            r["name"],
+            f"{r['parameters'] / 1e9:.2f}B",
+            *(
+                str(r[k])
+                for k in (
+                    "num_layers",
+                    "emb_dim",
+                    "num_query_heads",
+                    "num_kv_heads",
+                    "head_dim",
+                    "mlp_dim",
+                    "vocab_size",
+                )
+            ),
+        )
     console.out.print(table)
 
 

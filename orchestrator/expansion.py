@@ -181,7 +181,9 @@ def _factors(sweep: Sweep) -> list[list[tuple[tuple[Loc, str, Any], ...]]]:
     factors = [[((("axes", text, i), text, v),) for i, v in enumerate(values)] for text, values in sweep.axes.items()]
     for g, group in enumerate(sweep.zip):
         n = len(next(iter(group.values()), []))
-        factors.append([tuple((("zip", g, text, i), text, values[i]) for text, values in group.items()) for i in range(n)])
+        factors.append(
+            [tuple((("zip", g, text, i), text, values[i]) for text, values in group.items()) for i in range(n)]
+        )
     if sweep.seeds:
         factors.append([((("seeds", i), "seed", s),) for i, s in enumerate(sweep.seeds)])
     return factors
@@ -201,16 +203,25 @@ def _exclude(sweep: Sweep, grid: list[_Draft]) -> tuple[list[_Draft], list[Probl
     kept = []
     for draft in grid:
         values = draft.axis_values
-        hits = [i for i, entry in enumerate(sweep.exclude)
-                if entry and all(k in values and same_value(values[k], v) for k, v in entry.items())]  # fmt: skip
+        hits = [
+            i
+            for i, entry in enumerate(sweep.exclude)
+            if entry and all(k in values and same_value(values[k], v) for k, v in entry.items())
+        ]
         for i in hits:
             used[i] = True
         if not hits:
             kept.append(draft)
     unused = [
-        Problem(("exclude", i), "exclude_unused", "this exclude entry matches no point of the grid",
-                "check its values against the axes", severity="warning")  # fmt: skip
-        for i, hit in enumerate(used) if not hit and sweep.exclude[i]
+        Problem(
+            ("exclude", i),
+            "exclude_unused",
+            "this exclude entry matches no point of the grid",
+            "check its values against the axes",
+            severity="warning",
+        )
+        for i, hit in enumerate(used)
+        if not hit and sweep.exclude[i]
     ]
     return kept, unused
 
@@ -249,8 +260,12 @@ def _referenced(value: Any) -> set[str]:
 
 
 def _build(
-    sweep: Sweep, base: SpecSource, overrides: Mapping[str, Any], assignments: tuple[tuple[Loc, str, Any], ...],
-    override_loc: Loc, outputs: Mapping[str, Point],
+    sweep: Sweep,
+    base: SpecSource,
+    overrides: Mapping[str, Any],
+    assignments: tuple[tuple[Loc, str, Any], ...],
+    override_loc: Loc,
+    outputs: Mapping[str, Point],
 ) -> tuple[DistillSpec | None, dict[str, str], list[Problem]]:
     """Validate one run's spec data; problems are located where the offending value is written."""
     data = base.copy_data()
@@ -278,18 +293,32 @@ def _locate_in_sweep(problem: Problem, loc: Loc) -> Problem:
 
 
 def _finish(
-    sweep: Sweep, spec: DistillSpec, *, index: int, axis_values: Mapping[str, Any], is_baseline: bool,
-    depends_on: Mapping[str, str], prerequisite: str | None,
+    sweep: Sweep,
+    spec: DistillSpec,
+    *,
+    index: int,
+    axis_values: Mapping[str, Any],
+    is_baseline: bool,
+    depends_on: Mapping[str, str],
+    prerequisite: str | None,
 ) -> Point:
     target = sweep.target
     run = identity.run_id(spec, target)
     final = spec.model_copy(update={"name": run, "output_dir": target.output_base})
     return Point(
-        sweep=sweep.name, index=index, axis_values=MappingProxyType(dict(axis_values)), spec=final, run_id=run,
-        spec_hash=identity.spec_hash(final), jobset_name=identity.jobset_name(sweep.name, run),
-        output_path=identity.output_path(target.output_base, run), is_baseline=is_baseline, seed=final.seed,
-        depends_on=MappingProxyType(dict(depends_on)), prerequisite=prerequisite,
-    )  # fmt: skip
+        sweep=sweep.name,
+        index=index,
+        axis_values=MappingProxyType(dict(axis_values)),
+        spec=final,
+        run_id=run,
+        spec_hash=identity.spec_hash(final),
+        jobset_name=identity.jobset_name(sweep.name, run),
+        output_path=identity.output_path(target.output_base, run),
+        is_baseline=is_baseline,
+        seed=final.seed,
+        depends_on=MappingProxyType(dict(depends_on)),
+        prerequisite=prerequisite,
+    )
 
 
 def _prerequisites(sweep: Sweep, source: SweepSource) -> tuple[tuple[Point, ...], list[Problem]]:
@@ -299,9 +328,13 @@ def _prerequisites(sweep: Sweep, source: SweepSource) -> tuple[tuple[Point, ...]
         if base is None:
             continue  # its spec could not be read; reported by the loader
         spec, _, found = _build(sweep, base, prerequisite.overrides, (), ("prerequisites", name, "overrides"), {})
-        problems += [_in_file(source, dataclasses.replace(p, message=f"prerequisite {name!r}: {p.message}")) for p in found]
+        problems += [
+            _in_file(source, dataclasses.replace(p, message=f"prerequisite {name!r}: {p.message}")) for p in found
+        ]
         if spec is not None:
-            out.append(_finish(sweep, spec, index=i, axis_values={}, is_baseline=False, depends_on={}, prerequisite=name))
+            out.append(
+                _finish(sweep, spec, index=i, axis_values={}, is_baseline=False, depends_on={}, prerequisite=name)
+            )
     return tuple(out), problems
 
 
@@ -317,8 +350,15 @@ def _point(
     found = [_in_file(source, p) for p in found]
     if spec is None:
         return None, found
-    point = _finish(sweep, spec, index=draft.index, axis_values=draft.axis_values, is_baseline=draft.is_baseline,
-                    depends_on=depends_on, prerequisite=None)  # fmt: skip
+    point = _finish(
+        sweep,
+        spec,
+        index=draft.index,
+        axis_values=draft.axis_values,
+        is_baseline=draft.is_baseline,
+        depends_on=depends_on,
+        prerequisite=None,
+    )
     return point, found
 
 
@@ -336,12 +376,17 @@ def _duplicates(source: SweepSource, runs: tuple[Point, ...], drafts: list[_Draf
         if run.run_id in seen:
             first = seen[run.run_id]
             loc = ("prerequisites", run.prerequisite) if run.prerequisite else _first_loc(by_index.get(run.index))
-            out.append(source.locate(Problem(
-                loc, "duplicate_point",
-                f"{run.label} and {first.label} resolve to the same spec (run id {run.run_id})",
-                "remove one of them: values that mean the same run (a layer preset and the list it resolves to) or a "
-                "baseline equal to a grid point resolve alike",
-            )))  # fmt: skip
+            out.append(
+                source.locate(
+                    Problem(
+                        loc,
+                        "duplicate_point",
+                        f"{run.label} and {first.label} resolve to the same spec (run id {run.run_id})",
+                        "remove one of them: values that mean the same run (a layer preset and the list it resolves to) or a "
+                        "baseline equal to a grid point resolve alike",
+                    )
+                )
+            )
         else:
             seen[run.run_id] = run
     return out
@@ -357,8 +402,9 @@ def _names(source: SweepSource, runs: tuple[Point, ...]) -> list[Problem]:
     seen: set[tuple] = set()
     out = []
     for run in runs:
-        for p in identity.name_problems(run.jobset_name, slices=target.slices, vms_per_slice=shape.vms_per_slice,
-                                        kind=target.kind):  # fmt: skip
+        for p in identity.name_problems(
+            run.jobset_name, slices=target.slices, vms_per_slice=shape.vms_per_slice, kind=target.kind
+        ):
             key = (p.code, len(run.jobset_name))
             if key not in seen:
                 seen.add(key)

@@ -23,7 +23,11 @@ def explain(spec: DistillSpec) -> dict:
             schedules[name] = {
                 "schedule": value.schedule,
                 "values": [
-                    {"progress": p, "step": round(p * spec.steps), "value": float(value.at(round(p * spec.steps), spec.steps))}
+                    {
+                        "progress": p,
+                        "step": round(p * spec.steps),
+                        "value": float(value.at(round(p * spec.steps), spec.steps)),
+                    }
                     for p in PROGRESS_POINTS
                 ],
             }

@@ -16,7 +16,6 @@ from orchestrator.sweep_file import Target
 from trainer.problems import Problem
 
 
-
 def backend_for(target: Target, access: ClusterAccess) -> Backend:
     if target.kind == "local":
         from orchestrator.backends.local import LocalBackend
@@ -37,17 +36,31 @@ def read_outputs_or_warn(expansion: Expansion) -> dict[str, RunOutputs]:
     try:
         return {run.run_id: read_run_outputs(run.output_path) for run in expansion.runs}
     except UsageError as e:
-        console.warn_once(Problem((), "outputs_unreadable", f"{e.message}: steps and metrics are not shown", e.hint,
-                                  severity="warning"))  # fmt: skip
+        console.warn_once(
+            Problem(
+                (), "outputs_unreadable", f"{e.message}: steps and metrics are not shown", e.hint, severity="warning"
+            )
+        )
         return {run.run_id: RunOutputs(run.output_path, readable=False) for run in expansion.runs}
 
 
-def derive_all(expansion: Expansion, observed: Mapping[str, Observation], outputs: Mapping[str, RunOutputs], *,
-               now: float, stall_after: float = DEFAULT_STALL_SECONDS) -> dict[str, RunStatus]:  # fmt: skip
+def derive_all(
+    expansion: Expansion,
+    observed: Mapping[str, Observation],
+    outputs: Mapping[str, RunOutputs],
+    *,
+    now: float,
+    stall_after: float = DEFAULT_STALL_SECONDS,
+) -> dict[str, RunStatus]:
     """Each run's status from what the backend observed (absent: never created) and what it wrote."""
     return {
-        run.run_id: derive(observed.get(run.run_id, Observation(exists=False)), outputs[run.run_id], now=now,
-                           stall_after=stall_after, total_steps=run.spec.steps)  # fmt: skip
+        run.run_id: derive(
+            observed.get(run.run_id, Observation(exists=False)),
+            outputs[run.run_id],
+            now=now,
+            stall_after=stall_after,
+            total_steps=run.spec.steps,
+        )
         for run in expansion.runs
     }
 

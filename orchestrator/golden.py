@@ -179,8 +179,16 @@ def derive(
                 checks[name] = Deterministic(value=value)  # exact: no rounding either
             else:
                 checks[name] = Approx(value=float(f"{value:.6g}"), rtol=rtol)
-        points.append(GoldenPoint(run_id=run.run_id, label=run.label, role=run.role, prerequisite=run.prerequisite,
-                                  axis_values=dict(run.axis_values), checks=checks))  # fmt: skip
+        points.append(
+            GoldenPoint(
+                run_id=run.run_id,
+                label=run.label,
+                role=run.role,
+                prerequisite=run.prerequisite,
+                axis_values=dict(run.axis_values),
+                checks=checks,
+            )
+        )
     return GoldenFile(sweep=sweep, window=window, match=match, points=points)
 
 
@@ -194,8 +202,17 @@ def read_golden(path: str | Path) -> tuple[GoldenFile | None, list[Problem]]:
         document = parse_yaml(read_text_file(path))
     except YamlSourceError as e:
         where = e.position
-        return None, [Problem((), e.code, e.message, e.hint, file=file, line=where.line if where else None,
-                              column=where.column if where else None)]  # fmt: skip
+        return None, [
+            Problem(
+                (),
+                e.code,
+                e.message,
+                e.hint,
+                file=file,
+                line=where.line if where else None,
+                column=where.column if where else None,
+            )
+        ]
     try:
         return GoldenFile.model_validate(document.data), []
     except ValidationError as e:
@@ -204,13 +221,23 @@ def read_golden(path: str | Path) -> tuple[GoldenFile | None, list[Problem]]:
             # Drop the discriminator's tag (`approx`) from locations: the file has no such key.
             loc = tuple(part for part in error["loc"] if part not in ("approx", "band", "deterministic"))
             where = document.position_of(loc)
-            problems.append(Problem(loc, error["type"], error["msg"], "see `distillctl golden update --help` for the format",
-                                    file=file, line=where.line if where else None, column=where.column if where else None))  # fmt: skip
+            problems.append(
+                Problem(
+                    loc,
+                    error["type"],
+                    error["msg"],
+                    "see `distillctl golden update --help` for the format",
+                    file=file,
+                    line=where.line if where else None,
+                    column=where.column if where else None,
+                )
+            )
         return None, problems
 
 
-def match_sweep(golden: GoldenFile, sweep: str, keys: Mapping[str, str], *,
-                file: str | None = None) -> tuple[GoldenFile, list[Problem]]:  # fmt: skip
+def match_sweep(
+    golden: GoldenFile, sweep: str, keys: Mapping[str, str], *, file: str | None = None
+) -> tuple[GoldenFile, list[Problem]]:
     """`golden` with each point's `run_id` set to the sweep run it matches (by run id, or by `point_key` when
     `match: axis_values`), and every reason it does not belong to the sweep: another sweep's name, points the
     sweep no longer has (a changed spec or target gives new run ids), two points matching one run.
@@ -218,8 +245,15 @@ def match_sweep(golden: GoldenFile, sweep: str, keys: Mapping[str, str], *,
     hint = "if the change is intended, write a new golden file with `distillctl golden update`"
     problems = []
     if golden.sweep != sweep:
-        problems.append(Problem(("sweep",), "golden_sweep_mismatch",
-                                f"the golden file is for sweep {golden.sweep!r}, not {sweep!r}", hint, file=file))  # fmt: skip
+        problems.append(
+            Problem(
+                ("sweep",),
+                "golden_sweep_mismatch",
+                f"the golden file is for sweep {golden.sweep!r}, not {sweep!r}",
+                hint,
+                file=file,
+            )
+        )
     by_key: dict[str, list[str]] = {}
     for run_id, key in keys.items():
         by_key.setdefault(key, []).append(run_id)
@@ -233,12 +267,26 @@ def match_sweep(golden: GoldenFile, sweep: str, keys: Mapping[str, str], *,
             found = by_key.get(point.key, [])
             why = f"{name}: no run of the sweep has role {point.role} and axis values {dict(point.axis_values)}"
         if len(found) != 1:
-            problems.append(Problem(("points", i), "golden_point_not_in_sweep" if not found else "golden_point_ambiguous",
-                                    why if not found else f"{name}: matches {len(found)} runs", hint, file=file))  # fmt: skip
+            problems.append(
+                Problem(
+                    ("points", i),
+                    "golden_point_not_in_sweep" if not found else "golden_point_ambiguous",
+                    why if not found else f"{name}: matches {len(found)} runs",
+                    hint,
+                    file=file,
+                )
+            )
             continue
         if found[0] in claimed:
-            problems.append(Problem(("points", i), "golden_point_duplicate",
-                                    f"{name}: the same run as points[{claimed[found[0]]}]", "keep one of them", file=file))  # fmt: skip
+            problems.append(
+                Problem(
+                    ("points", i),
+                    "golden_point_duplicate",
+                    f"{name}: the same run as points[{claimed[found[0]]}]",
+                    "keep one of them",
+                    file=file,
+                )
+            )
             continue
         claimed[found[0]] = i
         points.append(point.model_copy(update={"run_id": found[0]}))

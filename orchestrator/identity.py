@@ -72,7 +72,9 @@ def run_id(spec: DistillSpec, target: Target) -> str:
 
 def spec_hash(spec: DistillSpec) -> str:
     """Hex sha256 prefix of the exact resolved spec handed to the trainer (name and output_dir included)."""
-    return hashlib.sha256(canonical_json(spec.resolved().model_dump(mode="json")).encode()).hexdigest()[:SPEC_HASH_LENGTH]
+    return hashlib.sha256(canonical_json(spec.resolved().model_dump(mode="json")).encode()).hexdigest()[
+        :SPEC_HASH_LENGTH
+    ]
 
 
 def jobset_name(sweep: str, run: str) -> str:
@@ -103,23 +105,58 @@ def name_problems(name: str, *, slices: int, vms_per_slice: int, kind: str, loc:
     """Every naming rule `name` breaks as a JobSet for this target (empty when it is fine)."""
     out = []
     budget = name_budget(slices=slices, vms_per_slice=vms_per_slice, kind=kind)
-    hint = (f"shorten the sweep name to at most {budget - 1 - RUN_ID_LENGTH} characters (JobSet names "
-            f"`<sweep>-<run id>` here may have at most {budget})")  # fmt: skip
+    hint = (
+        f"shorten the sweep name to at most {budget - 1 - RUN_ID_LENGTH} characters (JobSet names "
+        f"`<sweep>-<run id>` here may have at most {budget})"
+    )
     if not DNS_1035_LABEL.match(name):
-        out.append(Problem(loc, "name_not_dns_1035", f"JobSet name {name!r} is not a DNS-1035 label",
-                           "use lower-case letters, digits and '-', starting with a letter"))  # fmt: skip
+        out.append(
+            Problem(
+                loc,
+                "name_not_dns_1035",
+                f"JobSet name {name!r} is not a DNS-1035 label",
+                "use lower-case letters, digits and '-', starting with a letter",
+            )
+        )
     if len(name) > LABEL_VALUE_MAX:
-        out.append(Problem(loc, "name_too_long", f"JobSet name {name!r} has {len(name)} characters; names and label "
-                           f"values are limited to {LABEL_VALUE_MAX}", hint))  # fmt: skip
+        out.append(
+            Problem(
+                loc,
+                "name_too_long",
+                f"JobSet name {name!r} has {len(name)} characters; names and label "
+                f"values are limited to {LABEL_VALUE_MAX}",
+                hint,
+            )
+        )
     job = longest_job_name(name, slices)
     if len(job) > DNS_LABEL_MAX:
-        out.append(Problem(loc, "job_name_too_long", f"the JobSet controller would name a Job {job!r} "
-                           f"({len(job)} characters, over {DNS_LABEL_MAX})", hint))  # fmt: skip
+        out.append(
+            Problem(
+                loc,
+                "job_name_too_long",
+                f"the JobSet controller would name a Job {job!r} ({len(job)} characters, over {DNS_LABEL_MAX})",
+                hint,
+            )
+        )
     pod = longest_pod_name(name, slices, vms_per_slice)
     if len(pod) > DNS_LABEL_MAX:
-        out.append(Problem(loc, "pod_name_too_long", f"pods of {name!r} would be named like {pod!r} ({len(pod)} "
-                           f"characters, over {DNS_LABEL_MAX}); the JobSet webhook rejects it", hint))  # fmt: skip
+        out.append(
+            Problem(
+                loc,
+                "pod_name_too_long",
+                f"pods of {name!r} would be named like {pod!r} ({len(pod)} "
+                f"characters, over {DNS_LABEL_MAX}); the JobSet webhook rejects it",
+                hint,
+            )
+        )
     if kind == "xpk" and len(name) > XPK_WORKLOAD_NAME_MAX:
-        out.append(Problem(loc, "xpk_name_too_long", f"XPK workload name {name!r} has {len(name)} characters; "
-                           f"`xpk workload create` accepts at most {XPK_WORKLOAD_NAME_MAX}", hint))  # fmt: skip
+        out.append(
+            Problem(
+                loc,
+                "xpk_name_too_long",
+                f"XPK workload name {name!r} has {len(name)} characters; "
+                f"`xpk workload create` accepts at most {XPK_WORKLOAD_NAME_MAX}",
+                hint,
+            )
+        )
     return out

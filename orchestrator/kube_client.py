@@ -69,8 +69,9 @@ class Cluster:
     def core(self) -> client.CoreV1Api:
         return client.CoreV1Api(self.api)
 
-    def call(self, what: str, fn: Callable[..., T], *args: Any, passthrough: frozenset[int] = frozenset(),
-             **kwargs: Any) -> T:  # fmt: skip
+    def call(
+        self, what: str, fn: Callable[..., T], *args: Any, passthrough: frozenset[int] = frozenset(), **kwargs: Any
+    ) -> T:
         """`fn(*args, **kwargs)` with retries; `what` names the action in error messages. An ApiException whose
         status is in `passthrough` is raised as it is, for the caller to interpret (409 on create, say)."""
         delay = self.retry.base_delay
@@ -111,7 +112,12 @@ def connect(access: ClusterAccess, default_namespace: str | None = None, retry: 
     from_env = [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
     default_path = os.path.expanduser("~/.kube/config")
     try:
-        if access.kubeconfig or from_env or os.path.exists(default_path) or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        if (
+            access.kubeconfig
+            or from_env
+            or os.path.exists(default_path)
+            or not os.environ.get("KUBERNETES_SERVICE_HOST")
+        ):
             # --kubeconfig is one file; $KUBECONFIG may list several, which the client merges as kubectl does.
             path = access.kubeconfig or (None if from_env else default_path)
             missing = [p for p in ([path] if path else from_env) if not os.path.exists(p)]
@@ -170,22 +176,35 @@ def api_error(what: str, e: ApiException, cluster: Cluster) -> DistillctlError:
     """An API error as a message, a hint and an exit code."""
     message = server_message(e)
     if e.status == 401:
-        return ClusterError(f"{what}: unauthorized ({message})", "refresh your credentials (gcloud auth login, or a "
-                            "new kubeconfig)", exit_code=ExitCode.FORBIDDEN)  # fmt: skip
+        return ClusterError(
+            f"{what}: unauthorized ({message})",
+            "refresh your credentials (gcloud auth login, or a new kubeconfig)",
+            exit_code=ExitCode.FORBIDDEN,
+        )
     if e.status == 403:
-        return ClusterError(f"{what}: forbidden ({message})",
-                            f"ask for RBAC rights on JobSets in namespace {cluster.namespace!r}",
-                            exit_code=ExitCode.FORBIDDEN)  # fmt: skip
+        return ClusterError(
+            f"{what}: forbidden ({message})",
+            f"ask for RBAC rights on JobSets in namespace {cluster.namespace!r}",
+            exit_code=ExitCode.FORBIDDEN,
+        )
     if e.status == 404 and "the server could not find the requested resource" in message.lower():
-        return ClusterError(f"{what}: the API server does not serve this resource ({message})",
-                            "install the JobSet controller and its CRDs", exit_code=ExitCode.CLUSTER_NOT_READY)  # fmt: skip
+        return ClusterError(
+            f"{what}: the API server does not serve this resource ({message})",
+            "install the JobSet controller and its CRDs",
+            exit_code=ExitCode.CLUSTER_NOT_READY,
+        )
     if e.status in (400, 422):
-        return DistillctlError(f"{what}: the API server rejected it: {message}",
-                               "fix the sweep's target or template; `distillctl sweep --dry-run=server` shows this "
-                               "before anything is created", exit_code=ExitCode.REJECTED)  # fmt: skip
+        return DistillctlError(
+            f"{what}: the API server rejected it: {message}",
+            "fix the sweep's target or template; `distillctl sweep --dry-run=server` shows this "
+            "before anything is created",
+            exit_code=ExitCode.REJECTED,
+        )
     if e.status in RETRYABLE_STATUS:
-        return ClusterError(f"{what}: the API server kept failing ({e.status} {message})",
-                            "try again later; the cluster may be overloaded or upgrading")  # fmt: skip
+        return ClusterError(
+            f"{what}: the API server kept failing ({e.status} {message})",
+            "try again later; the cluster may be overloaded or upgrading",
+        )
     return DistillctlError(f"{what}: {e.status} {message}", exit_code=ExitCode.FAILED)
 
 

@@ -30,13 +30,26 @@ DELETE_WAIT_SECONDS = 120.0
 
 SweepArgument = Annotated[Path, typer.Argument(help="a sweep file")]
 OutputOption = Annotated[OutputFormat, typer.Option("--output", help="text for people, json for machines")]
-KubeconfigOption = Annotated[Optional[str], typer.Option("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")]
-ContextOption = Annotated[Optional[str], typer.Option("--context", help="kubeconfig context (default: the current one)")]
-NamespaceOption = Annotated[Optional[str], typer.Option("--namespace", "-n", help="namespace (default: target.namespace)")]
+KubeconfigOption = Annotated[
+    Optional[str],
+    typer.Option("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)"),
+]
+ContextOption = Annotated[
+    Optional[str], typer.Option("--context", help="kubeconfig context (default: the current one)")
+]
+NamespaceOption = Annotated[
+    Optional[str], typer.Option("--namespace", "-n", help="namespace (default: target.namespace)")
+]
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation; allow large grids")]
-ImageOption = Annotated[Optional[str], typer.Option("--image", help="override target.image (part of every run id: "
-                        "status, logs and cancel need the same value)")]  # fmt: skip
-StallOption = Annotated[float, typer.Option("--stall-after", help="seconds without new metrics before a running point shows as Stalled")]
+ImageOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--image", help="override target.image (part of every run id: status, logs and cancel need the same value)"
+    ),
+]
+StallOption = Annotated[
+    float, typer.Option("--stall-after", help="seconds without new metrics before a running point shows as Stalled")
+]
 
 
 class DryRunMode(str, Enum):
@@ -71,16 +84,31 @@ def _open(sweep: Path, access: ClusterAccess, yes: bool, **target_overrides) -> 
 
 def sweep(
     sweep_file: SweepArgument,
-    dry_run: Annotated[Optional[DryRunMode], typer.Option("--dry-run", help="client: render only (no cluster needed); server: the API server's dry run of what would be created")] = None,
+    dry_run: Annotated[
+        Optional[DryRunMode],
+        typer.Option(
+            "--dry-run",
+            help="client: render only (no cluster needed); server: the API server's dry run of what would be created",
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="follow the sweep to the end")] = False,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", help="with --wait: give up after this many seconds (exit 3)")] = None,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="run failed and diverged points again (they resume)")] = False,
+    timeout: Annotated[
+        Optional[float], typer.Option("--timeout", help="with --wait: give up after this many seconds (exit 3)")
+    ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="run failed and diverged points again (they resume)")
+    ] = False,
     stall_after: StallOption = DEFAULT_STALL_SECONDS,
     image: ImageOption = None,
     queue: Annotated[Optional[str], typer.Option("--queue", help="override target.queue (Kueue LocalQueue)")] = None,
     priority: Annotated[Optional[str], typer.Option("--priority", help="override target.priority")] = None,
-    label: Annotated[Optional[list[str]], typer.Option("--label", help="KEY=VALUE: an extra label on every JobSet "
-                     "created (repeat), e.g. a CI key; not part of run ids")] = None,  # fmt: skip
+    label: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--label",
+            help="KEY=VALUE: an extra label on every JobSet created (repeat), e.g. a CI key; not part of run ids",
+        ),
+    ] = None,
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
     namespace: NamespaceOption = None,
@@ -121,18 +149,28 @@ def _client_dry_run(expansion: Expansion) -> None:
         if target.on_cluster:
             rendering.render_jobset(run, target)  # renders, or raises
         console.out.print(f"would create (client) {run.jobset_name}  {run.label}", markup=False)
-    console.out.print(Text(f"{len(expansion.runs)} rendered (dry run: the cluster was not asked what exists; "
-                           "--dry-run=server asks it)", style="bold"))  # fmt: skip
+    console.out.print(
+        Text(
+            f"{len(expansion.runs)} rendered (dry run: the cluster was not asked what exists; "
+            "--dry-run=server asks it)",
+            style="bold",
+        )
+    )
 
 
 def _to_submit(backend: Backend, actions: list[Action]) -> list[Point]:
     """Runs to hand to the backend now: new ones; with a backend that orders prerequisites itself, also the ones
     that wait for a prerequisite."""
-    return [a.run for a in actions if a.submits or (a.kind == "wait" and backend.handles_dependencies
-                                                    and a.reason != DELETING)]  # fmt: skip
+    return [
+        a.run
+        for a in actions
+        if a.submits or (a.kind == "wait" and backend.handles_dependencies and a.reason != DELETING)
+    ]
 
 
-def _submit(backend: Backend, expansion: Expansion, actions: list[Action], dry_run: DryRunMode | None) -> dict[str, str]:
+def _submit(
+    backend: Backend, expansion: Expansion, actions: list[Action], dry_run: DryRunMode | None
+) -> dict[str, str]:
     runs = _to_submit(backend, actions)
     if dry_run is not None:
         # The failed run a retry would replace still exists, so the server cannot dry-run its creation.
@@ -153,7 +191,9 @@ def _recreate_failed(backend: Backend, expansion: Expansion, actions: list[Actio
     wanted = {run.run_id for run in runs}
     while wanted & {run_id for run_id, seen in backend.observe(expansion).items() if seen.exists}:
         if time.monotonic() > deadline:
-            raise DistillctlError("the failed runs were not deleted in time", "check the cluster, then run the sweep again")
+            raise DistillctlError(
+                "the failed runs were not deleted in time", "check the cluster, then run the sweep again"
+            )
         time.sleep(1.0)
 
 
@@ -169,8 +209,11 @@ def _print_actions(actions: list[Action], submitted: dict[str, str], dry_run: Dr
         elif outcome == "created":
             verb, style = ("created" if action.kind != "wait" else "queued"), "green"
         else:
-            verb, style = {"skip": ("skipped", "dim"), "wait": ("waiting", "yellow"),
-                           "blocked": ("blocked", "red")}.get(action.kind, (action.kind, ""))  # fmt: skip
+            verb, style = {
+                "skip": ("skipped", "dim"),
+                "wait": ("waiting", "yellow"),
+                "blocked": ("blocked", "red"),
+            }.get(action.kind, (action.kind, ""))
         line = Text()
         line.append(f"{verb:>9} ", style=style)
         line.append(f"{action.run.jobset_name}  {action.run.label}")
@@ -180,8 +223,9 @@ def _print_actions(actions: list[Action], submitted: dict[str, str], dry_run: Dr
     created = sum(1 for v in submitted.values() if v == "created")
     would = sum(1 for v in submitted.values() if v in ("dry-run", "dry-run-recreate"))
     if would:
-        console.out.print(Text(f"{would} would be created (dry run: nothing was), {len(actions) - would} unchanged",
-                               style="bold"))  # fmt: skip
+        console.out.print(
+            Text(f"{would} would be created (dry run: nothing was), {len(actions) - would} unchanged", style="bold")
+        )
     else:
         console.out.print(Text(f"{created} created, {len(actions) - created} unchanged", style="bold"))
 
@@ -209,11 +253,15 @@ def _follow(backend: Backend, expansion: Expansion, *, stall_after: float, timeo
                 if not live:
                     console.print_wide(status_table(expansion, statuses))
                 s = statuses[hopeless[0].run_id]
-                console.print_error(f"Kueue will never admit {len(hopeless)} run(s) as configured: {s.message}",
-                                    "lower target.slices or the TPU type, or raise the ClusterQueue's quota")  # fmt: skip
+                console.print_error(
+                    f"Kueue will never admit {len(hopeless)} run(s) as configured: {s.message}",
+                    "lower target.slices or the TPU type, or raise the ClusterQueue's quota",
+                )
                 return ExitCode.NOT_ADMITTED
             blocked = [a for a in actions if a.kind == "blocked"]
-            if all(statuses[run.run_id].terminal or run.run_id in {a.run.run_id for a in blocked} for run in expansion.runs):
+            if all(
+                statuses[run.run_id].terminal or run.run_id in {a.run.run_id for a in blocked} for run in expansion.runs
+            ):
                 break
             if deadline is not None and time.monotonic() > deadline:
                 if not live:
@@ -227,8 +275,10 @@ def _follow(backend: Backend, expansion: Expansion, *, stall_after: float, timeo
         console.print_wide(status_table(expansion, statuses))
     failed = [r for r in expansion.runs if statuses[r.run_id].phase != "Succeeded"]
     if failed:
-        console.print_error(f"{len(failed)} of {len(expansion.runs)} run(s) did not succeed",
-                            "`distillctl status` and `distillctl logs` say why; --retry-failed runs them again")  # fmt: skip
+        console.print_error(
+            f"{len(failed)} of {len(expansion.runs)} run(s) did not succeed",
+            "`distillctl status` and `distillctl logs` say why; --retry-failed runs them again",
+        )
         return ExitCode.FAILED
     return ExitCode.OK
 
@@ -237,8 +287,10 @@ def _timeout_code(expansion: Expansion, statuses: dict[str, RunStatus]) -> ExitC
     queued = [r for r in expansion.runs if statuses[r.run_id].phase == "Queued"]
     if queued and expansion.sweep is not None and expansion.sweep.target.on_cluster:
         s = statuses[queued[0].run_id]
-        console.print_error(f"timed out with {len(queued)} run(s) still queued: {s.reason}: {s.message}",
-                            "Kueue has not admitted them: check the ClusterQueue's quota for this TPU type")  # fmt: skip
+        console.print_error(
+            f"timed out with {len(queued)} run(s) still queued: {s.reason}: {s.message}",
+            "Kueue has not admitted them: check the ClusterQueue's quota for this TPU type",
+        )
         return ExitCode.NOT_ADMITTED
     console.print_error("timed out before every run finished", "the runs keep going; `distillctl status` follows them")
     return ExitCode.TIMEOUT
@@ -265,8 +317,16 @@ def _age(seconds: float | None) -> str:
     return f"{seconds}s"
 
 
-PHASE_STYLE = {"Succeeded": "green", "Failed": "red", "Diverged": "red", "Stalled": "yellow", "Queued": "cyan",
-               "Restarting": "yellow", "Running": "blue", "Pending": "dim"}  # fmt: skip
+PHASE_STYLE = {
+    "Succeeded": "green",
+    "Failed": "red",
+    "Diverged": "red",
+    "Stalled": "yellow",
+    "Queued": "cyan",
+    "Restarting": "yellow",
+    "Running": "blue",
+    "Pending": "dim",
+}
 
 
 def status_table(expansion: Expansion, statuses: dict[str, RunStatus]) -> Table:
@@ -278,22 +338,39 @@ def status_table(expansion: Expansion, statuses: dict[str, RunStatus]) -> Table:
         s = statuses[run.run_id]
         step = "—" if s.step is None else f"{s.step}/{s.total_steps or '?'}"
         table.add_row(
-            console.run_key(run), run.run_id, console.axis_text(run.axis_values),
-            Text(s.shown, style=PHASE_STYLE.get(s.phase, "")), str(s.restarts), step,
-            "—" if s.kl_div_t1 is None else f"{s.kl_div_t1:.4f}", _age(s.age_seconds),
-        )  # fmt: skip
+            console.run_key(run),
+            run.run_id,
+            console.axis_text(run.axis_values),
+            Text(s.shown, style=PHASE_STYLE.get(s.phase, "")),
+            str(s.restarts),
+            step,
+            "—" if s.kl_div_t1 is None else f"{s.kl_div_t1:.4f}",
+            _age(s.age_seconds),
+        )
     return table
 
 
 def status_json(expansion: Expansion, statuses: dict[str, RunStatus]) -> list[dict]:
     return [
-        {"run_id": run.run_id, "jobset": run.jobset_name, "label": run.label, "role": run.role,
-         "axis_values": dict(run.axis_values), "phase": s.phase, "reason": s.reason, "message": s.message,
-         "restarts": s.restarts, "step": s.step, "total_steps": s.total_steps, "kl_div_T1": s.kl_div_t1,
-         "age_seconds": s.age_seconds, "output_path": run.output_path}
+        {
+            "run_id": run.run_id,
+            "jobset": run.jobset_name,
+            "label": run.label,
+            "role": run.role,
+            "axis_values": dict(run.axis_values),
+            "phase": s.phase,
+            "reason": s.reason,
+            "message": s.message,
+            "restarts": s.restarts,
+            "step": s.step,
+            "total_steps": s.total_steps,
+            "kl_div_T1": s.kl_div_t1,
+            "age_seconds": s.age_seconds,
+            "output_path": run.output_path,
+        }
         for run in expansion.runs
         for s in [statuses[run.run_id]]
-    ]  # fmt: skip
+    ]
 
 
 def status(
@@ -342,7 +419,9 @@ def find_run(expansion: Expansion, key: str) -> Point:
         if key in keys or (run.prerequisite is None and key == str(run.index)):
             return run
     choices = ", ".join(f"{console.run_key(run)} ({run.run_id})" for run in expansion.runs)
-    raise UsageError(f"no run {key!r} in this sweep", f"use a run id, JobSet name, point index or prerequisite: {choices}")
+    raise UsageError(
+        f"no run {key!r} in this sweep", f"use a run id, JobSet name, point index or prerequisite: {choices}"
+    )
 
 
 def logs(
@@ -372,7 +451,9 @@ def logs(
 
 def cancel(
     sweep_file: SweepArgument,
-    runs: Annotated[Optional[list[str]], typer.Argument(help="runs to cancel (default: every run of the sweep)")] = None,
+    runs: Annotated[
+        Optional[list[str]], typer.Argument(help="runs to cancel (default: every run of the sweep)")
+    ] = None,
     yes: YesOption = False,
     image: ImageOption = None,
     kubeconfig: KubeconfigOption = None,

@@ -37,9 +37,14 @@ class Order:
 
     @classmethod
     def from_json(cls, data: dict) -> Order:
-        return cls(**{**data, "depends_on": tuple(data.get("depends_on", ())),
-                      "env": tuple(tuple(kv) for kv in data.get("env", ())),
-                      "retryable": tuple(data.get("retryable", ()))})  # fmt: skip
+        return cls(
+            **{
+                **data,
+                "depends_on": tuple(data.get("depends_on", ())),
+                "env": tuple(tuple(kv) for kv in data.get("env", ())),
+                "retryable": tuple(data.get("retryable", ())),
+            }
+        )
 
 
 @dataclasses.dataclass
@@ -114,15 +119,24 @@ class Supervisor:
         log = open(Path(order.output_path) / local_claims.LOG_FILE, "ab")
         try:
             process = subprocess.Popen(
-                [self.python, "-m", "trainer"], env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                [self.python, "-m", "trainer"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         finally:
             log.close()
         claim = dataclasses.replace(
-            claim, state="running", reason="", pid=process.pid, pid_start=local_claims.process_start_time(process.pid),
-            started_at=time.time(), exit_code=None,
-        )  # fmt: skip
+            claim,
+            state="running",
+            reason="",
+            pid=process.pid,
+            pid_start=local_claims.process_start_time(process.pid),
+            started_at=time.time(),
+            exit_code=None,
+        )
         local_claims.write_claim(order.output_path, claim)
         self.running.append(_Running(order, claim, process))
 
@@ -140,7 +154,9 @@ class Supervisor:
             if code != 0 and retryable and item.claim.restarts < item.order.max_restarts:
                 restarts.append((item.order, dataclasses.replace(item.claim, restarts=item.claim.restarts + 1)))
                 continue
-            local_claims.write_claim(item.order.output_path, dataclasses.replace(item.claim, state="exited", exit_code=code))
+            local_claims.write_claim(
+                item.order.output_path, dataclasses.replace(item.claim, state="exited", exit_code=code)
+            )
         self.running = still
         for order, claim in restarts:
             self._start(order, claim)  # resumes from the run's latest checkpoint

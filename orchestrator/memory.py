@@ -72,11 +72,18 @@ class MemoryEstimate:
 
     def to_json(self) -> dict:
         return {
-            "chips": self.chips, "param_shards": self.param_shards, "student_params": self.student_params,
-            "gradients": self.gradients, "optimizer_state": self.optimizer_state,
-            "teacher_params": self.teacher_params, "activations": self.activations, "total": self.total,
-            "hbm_per_chip": self.hbm_per_chip, "fraction": self.fraction, "fit": self.fit,
-        }  # fmt: skip
+            "chips": self.chips,
+            "param_shards": self.param_shards,
+            "student_params": self.student_params,
+            "gradients": self.gradients,
+            "optimizer_state": self.optimizer_state,
+            "teacher_params": self.teacher_params,
+            "activations": self.activations,
+            "total": self.total,
+            "hbm_per_chip": self.hbm_per_chip,
+            "fraction": self.fraction,
+            "fit": self.fit,
+        }
 
 
 def mesh_sizes(mesh: MeshSpec, devices: int) -> dict[str, int]:

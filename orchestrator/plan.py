@@ -35,12 +35,23 @@ class PlanRow:
     def to_json(self) -> dict:
         p = self.point
         return {
-            "index": p.index, "run_id": p.run_id, "jobset_name": p.jobset_name, "role": p.role,
-            "prerequisite": p.prerequisite, "axis_values": dict(p.axis_values), "seed": p.seed,
-            "depends_on": dict(p.depends_on), "output_path": p.output_path, "spec_hash": p.spec_hash,
-            "slices": self.slices, "vms_per_slice": self.vms_per_slice, "chips_per_vm": self.chips_per_vm,
-            "chips": self.chips, "chip_hours": self.chip_hours, "memory": self.memory.to_json(),
-        }  # fmt: skip
+            "index": p.index,
+            "run_id": p.run_id,
+            "jobset_name": p.jobset_name,
+            "role": p.role,
+            "prerequisite": p.prerequisite,
+            "axis_values": dict(p.axis_values),
+            "seed": p.seed,
+            "depends_on": dict(p.depends_on),
+            "output_path": p.output_path,
+            "spec_hash": p.spec_hash,
+            "slices": self.slices,
+            "vms_per_slice": self.vms_per_slice,
+            "chips_per_vm": self.chips_per_vm,
+            "chips": self.chips,
+            "chip_hours": self.chip_hours,
+            "memory": self.memory.to_json(),
+        }
 
 
 def plan_row(point: Point, target: Target) -> PlanRow:
@@ -49,10 +60,13 @@ def plan_row(point: Point, target: Target) -> PlanRow:
     shape = tpu.lookup(target.tpu_type)
     chips = shape.chips * target.slices
     return PlanRow(
-        point, target.slices, shape.vms_per_slice, shape.chips_per_vm,
+        point,
+        target.slices,
+        shape.vms_per_slice,
+        shape.chips_per_vm,
         cost.chip_hours(point.spec, shape, slices=target.slices),
         memory.estimate(point.spec, chips=chips, hbm_bytes_per_chip=shape.hbm_bytes_per_chip),
-    )  # fmt: skip
+    )
 
 
 def plan(expansion: Expansion) -> tuple[PlanRow, ...]:
@@ -69,21 +83,32 @@ def memory_problems(rows: tuple[PlanRow, ...], target: Target) -> list[Problem]:
         m = row.memory
         if m.fit not in ("does_not_fit", "tight") or m.hbm_per_chip is None:
             continue
-        parts = (f"student {m.student_params / GB:.1f} + gradients {m.gradients / GB:.1f} + optimizer "
-                 f"{m.optimizer_state / GB:.1f} + teacher {m.teacher_params / GB:.1f} + activations "
-                 f"{m.activations / GB:.1f}")  # fmt: skip
+        parts = (
+            f"student {m.student_params / GB:.1f} + gradients {m.gradients / GB:.1f} + optimizer "
+            f"{m.optimizer_state / GB:.1f} + teacher {m.teacher_params / GB:.1f} + activations "
+            f"{m.activations / GB:.1f}"
+        )
         verdict = "will not fit" if m.fit == "does_not_fit" else "barely fits"
-        text = (f"needs about {m.total / GB:.1f} GB per chip ({parts}), {verdict} in the "
-                f"{m.hbm_per_chip / GB:.0f} GB of a {target.tpu_type} chip")  # fmt: skip
+        text = (
+            f"needs about {m.total / GB:.1f} GB per chip ({parts}), {verdict} in the "
+            f"{m.hbm_per_chip / GB:.0f} GB of a {target.tpu_type} chip"
+        )
         grouped.setdefault((m.fit, text), []).append(row.point.label)
     out = []
     for (fit, text), labels in grouped.items():
-        where = labels[0] if len(labels) == 1 else (
-            "every run" if len(labels) == len(rows) else f"{labels[0]} and {len(labels) - 1} more run(s)")
-        out.append(Problem(
-            ("target", "tpu_type"), "memory_over_hbm" if fit == "does_not_fit" else "memory_tight", f"{where}: {text}",
-            "shard the parameters over more chips (mesh.fsdp: -1 with mesh.data: 1), reduce "
-            "batch.per_device_batch_size, use more slices or a larger TPU type, or distill offline from top-k logits",
-            severity="warning",
-        ))  # fmt: skip
+        where = (
+            labels[0]
+            if len(labels) == 1
+            else ("every run" if len(labels) == len(rows) else f"{labels[0]} and {len(labels) - 1} more run(s)")
+        )
+        out.append(
+            Problem(
+                ("target", "tpu_type"),
+                "memory_over_hbm" if fit == "does_not_fit" else "memory_tight",
+                f"{where}: {text}",
+                "shard the parameters over more chips (mesh.fsdp: -1 with mesh.data: 1), reduce "
+                "batch.per_device_batch_size, use more slices or a larger TPU type, or distill offline from top-k logits",
+                severity="warning",
+            )
+        )
     return out

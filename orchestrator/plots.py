@@ -24,9 +24,11 @@ from orchestrator.run_outputs import LogLine
 from trainer.config import DistillSpec
 
 TEACHER_LOSS = "distill/teacher_loss"
-SCHEDULES = (("distill/alpha", "alpha", "α (weight of the soft loss)"),
-             ("distill/beta_feature", "beta", "β (weight of the feature loss)"),
-             ("distill/temperature", "temperature", "temperature T"))  # fmt: skip
+SCHEDULES = (
+    ("distill/alpha", "alpha", "α (weight of the soft loss)"),
+    ("distill/beta_feature", "beta", "β (weight of the feature loss)"),
+    ("distill/temperature", "temperature", "temperature T"),
+)
 METRIC_AXES = {
     KL_T1: ("kl_div_T1: KL(teacher ‖ student) at T = 1", "KL divergence (nats/token)"),
     HARD_LOSS: ("hard_loss: student cross-entropy on the labels", "cross-entropy (nats/token)"),
@@ -85,8 +87,9 @@ def reference_curve(results: Results, logs: Mapping[str, Sequence[LogLine]]) -> 
     return None
 
 
-def schedule_curves(results: Results, logs: Mapping[str, Sequence[LogLine]],
-                    specs: Mapping[str, DistillSpec]) -> dict[str, list[Curve]]:  # fmt: skip
+def schedule_curves(
+    results: Results, logs: Mapping[str, Sequence[LogLine]], specs: Mapping[str, DistillSpec]
+) -> dict[str, list[Curve]]:
     """α, β and T per point: the values the trainer logged when it logged them, else computed from the spec
     (`ScheduledValue.at`, the trainer's own formula) at `SCHEDULE_SAMPLES` steps."""
     out: dict[str, list[Curve]] = {}
@@ -119,8 +122,9 @@ def _styles(curves: Sequence[Curve]) -> dict[str, dict]:
         elif curve.role == "reference":
             styles[curve.key] = dict(color="0.45", linestyle=":", linewidth=LINE_WIDTH, zorder=2)
         else:
-            styles[curve.key] = dict(color=COLOURS[points.index(curve) % len(COLOURS)], linewidth=LINE_WIDTH,
-                                     zorder=3, solid_capstyle="butt")  # fmt: skip
+            styles[curve.key] = dict(
+                color=COLOURS[points.index(curve) % len(COLOURS)], linewidth=LINE_WIDTH, zorder=3, solid_capstyle="butt"
+            )
     return styles
 
 
@@ -157,8 +161,15 @@ def _figure(width: float, height: float) -> Figure:
 def _legend(figure: Figure, curves: Sequence[Curve], styles: Mapping[str, dict], note: str = "") -> None:
     handles = [Line2D([], [], **styles[c.key], label=c.label) for c in curves]
     columns = 1 if max((len(c.label) for c in curves), default=0) > 45 else 2
-    figure.legend(handles=handles, loc="outside lower center", ncols=columns, fontsize=FONT - 1, frameon=False,
-                  title=note or None, title_fontsize=FONT - 2)  # fmt: skip
+    figure.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncols=columns,
+        fontsize=FONT - 1,
+        frameon=False,
+        title=note or None,
+        title_fontsize=FONT - 2,
+    )
 
 
 def _decimal(value: float, _position=None) -> str:
@@ -210,8 +221,15 @@ def metric_figure(sweep: str, name: str, curves: Sequence[Curve], reference: Cur
         _value_axis(whole, ylabel, log=False)
         whole.set_xticks([])
         whole.set_yticks([])
-        whole.text(0.5, 0.5, "no point has logged this metric yet", ha="center", va="center", transform=whole.transAxes,
-                   fontsize=FONT + 1)  # fmt: skip
+        whole.text(
+            0.5,
+            0.5,
+            "no point has logged this metric yet",
+            ha="center",
+            va="center",
+            transform=whole.transAxes,
+            fontsize=FONT + 1,
+        )
         return figure
     whole, zoom = figure.subplots(1, 2, width_ratios=(3, 2))
     whole.set_title(window_note, fontsize=FONT - 1, color="0.35", loc="left")
@@ -247,8 +265,12 @@ def schedules_figure(sweep: str, curves: Mapping[str, Sequence[Curve]]) -> Figur
         axes.tick_params(labelsize=FONT - 1)
         axes.grid(True, alpha=0.3)
         axes.margins(x=0.01, y=0.08)
-    figure.suptitle(f"{sweep} — loss-weight schedules per point (as logged; from the spec where not logged)",
-                    fontsize=FONT + 2, x=0.01, ha="left")  # fmt: skip
+    figure.suptitle(
+        f"{sweep} — loss-weight schedules per point (as logged; from the spec where not logged)",
+        fontsize=FONT + 2,
+        x=0.01,
+        ha="left",
+    )
     if all_curves:
         _legend(figure, all_curves, styles, STRIPED_NOTE if striped else "")
     return figure
@@ -258,13 +280,15 @@ FILES = {KL_T1: "kl_div_T1.png", HARD_LOSS: "hard_loss.png"}
 SCHEDULES_FILE = "schedules.png"
 
 
-def write_plots(results: Results, logs: Mapping[str, Sequence[LogLine]], specs: Mapping[str, DistillSpec],
-                out_dir: Path) -> list[Path]:  # fmt: skip
+def write_plots(
+    results: Results, logs: Mapping[str, Sequence[LogLine]], specs: Mapping[str, DistillSpec], out_dir: Path
+) -> list[Path]:
     """Write `kl_div_T1.png`, `hard_loss.png` and `schedules.png` to `out_dir` (created); returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     window = results.aggregation.window
-    note = ("each value: token-weighted mean over one logging interval (the table: "
-            + (f"the last {window})" if window else "all of them)"))  # fmt: skip
+    note = "each value: token-weighted mean over one logging interval (the table: " + (
+        f"the last {window})" if window else "all of them)"
+    )
     written = []
     for name, filename in FILES.items():
         reference = reference_curve(results, logs) if name == HARD_LOSS else None

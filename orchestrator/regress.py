@@ -66,7 +66,8 @@ class RegressReport:
     @property
     def verdict(self) -> str:
         return {ExitCode.OK: "passed", ExitCode.FAILED: "regressed", ExitCode.TIMEOUT: "timed out"}.get(
-            self.exit_code, "infrastructure failure")
+            self.exit_code, "infrastructure failure"
+        )
 
 
 def evaluate(golden: GoldenFile, observed: Mapping[str, Observed], *, timed_out: bool = False) -> RegressReport:
@@ -77,9 +78,18 @@ def evaluate(golden: GoldenFile, observed: Mapping[str, Observed], *, timed_out:
         seen = observed.get(point.run_id)
         label = point.label or (seen.label if seen else "")
         if seen is None:
-            outcomes.append(Outcome(point.run_id, label, "*", "infra", "a finished point", None,
-                                    "this point is not in the sweep (its spec changed?); run `distillctl golden "
-                                    "update` if the change is intended"))  # fmt: skip
+            outcomes.append(
+                Outcome(
+                    point.run_id,
+                    label,
+                    "*",
+                    "infra",
+                    "a finished point",
+                    None,
+                    "this point is not in the sweep (its spec changed?); run `distillctl golden "
+                    "update` if the change is intended",
+                )
+            )
             continue
         if seen.phase != "Succeeded":
             why = f"{seen.phase}" + (f" ({seen.reason})" if seen.reason else "")
@@ -91,13 +101,31 @@ def evaluate(golden: GoldenFile, observed: Mapping[str, Observed], *, timed_out:
         for name, check in point.checks.items():
             value = seen.metrics.get(name)
             if value is None or not math.isfinite(value):
-                outcomes.append(Outcome(point.run_id, label, name, "infra", check.describe(), value,
-                                        f"{name} was not logged" if value is None else f"{name} is {value}"))  # fmt: skip
+                outcomes.append(
+                    Outcome(
+                        point.run_id,
+                        label,
+                        name,
+                        "infra",
+                        check.describe(),
+                        value,
+                        f"{name} was not logged" if value is None else f"{name} is {value}",
+                    )
+                )
             elif check.passes(value):
                 outcomes.append(Outcome(point.run_id, label, name, "pass", check.describe(), value, ""))
             else:
-                outcomes.append(Outcome(point.run_id, label, name, "regression", check.describe(), value,
-                                        f"{name} = {value:.6g}, expected {check.describe()}"))  # fmt: skip
+                outcomes.append(
+                    Outcome(
+                        point.run_id,
+                        label,
+                        name,
+                        "regression",
+                        check.describe(),
+                        value,
+                        f"{name} = {value:.6g}, expected {check.describe()}",
+                    )
+                )
     checked = {point.run_id for point in golden.points}
     unchecked = tuple(seen.label or run_id for run_id, seen in observed.items() if run_id not in checked)
     return RegressReport(golden.sweep, tuple(outcomes), timed_out, unchecked, golden.window)
@@ -105,11 +133,18 @@ def evaluate(golden: GoldenFile, observed: Mapping[str, Observed], *, timed_out:
 
 def junit_xml(report: RegressReport) -> str:
     """JUnit XML: one testcase per (point, metric); regressions are failures, infrastructure problems errors."""
-    suite = ET.Element("testsuite", name=f"distillctl.{report.sweep}", tests=str(len(report.outcomes)),
-                       failures=str(report.count("regression")), errors=str(report.count("infra")),
-                       skipped=str(len(report.unchecked)))  # fmt: skip
+    suite = ET.Element(
+        "testsuite",
+        name=f"distillctl.{report.sweep}",
+        tests=str(len(report.outcomes)),
+        failures=str(report.count("regression")),
+        errors=str(report.count("infra")),
+        skipped=str(len(report.unchecked)),
+    )
     for o in report.outcomes:
-        case = ET.SubElement(suite, "testcase", classname=f"{report.sweep}.{o.run_id}", name=f"{o.label or o.run_id}: {o.metric}")
+        case = ET.SubElement(
+            suite, "testcase", classname=f"{report.sweep}.{o.run_id}", name=f"{o.label or o.run_id}: {o.metric}"
+        )
         if o.kind == "regression":
             ET.SubElement(case, "failure", message=o.message, type="MetricRegression").text = o.message
         elif o.kind == "infra":
@@ -133,9 +168,15 @@ def markdown(report: RegressReport) -> str:
     """A pull-request comment: the verdict, the checks that did not pass, then every check folded away."""
     passed, regressed, infra = report.count("pass"), report.count("regression"), report.count("infra")
     icon = {ExitCode.OK: "✅", ExitCode.FAILED: "❌"}.get(report.exit_code, "⚠️")
-    window = "" if report.window is None else (
-        f" Values: token-weighted mean over the last {report.window} log records." if report.window else
-        " Values: token-weighted mean over every log record.")  # fmt: skip
+    window = (
+        ""
+        if report.window is None
+        else (
+            f" Values: token-weighted mean over the last {report.window} log records."
+            if report.window
+            else " Values: token-weighted mean over every log record."
+        )
+    )
     lines = [
         f"### {icon} distillctl regress `{report.sweep}`: {report.verdict} (exit {int(report.exit_code)})",
         "",
@@ -158,5 +199,7 @@ def _table(outcomes: list[Outcome] | tuple[Outcome, ...]) -> list[str]:
     for o in outcomes:
         observed = "—" if o.observed is None else f"{o.observed:.6g}"
         expected = o.expected if o.kind != "infra" else f"{o.expected} — {o.message}"
-        lines.append(f"| {_ICON[o.kind]} | {console.md_cell(o.label or o.run_id)} | `{o.metric}` | {observed} | {console.md_cell(expected)} |")
+        lines.append(
+            f"| {_ICON[o.kind]} | {console.md_cell(o.label or o.run_id)} | `{o.metric}` | {observed} | {console.md_cell(expected)} |"
+        )
     return lines

@@ -182,8 +182,14 @@ def environment() -> jinja2.Environment:
 def _yaml_printable(ch: str) -> bool:
     # YAML 1.1's printable set, minus its line breaks (NEL, LS, PS), which a double-quoted scalar would fold.
     o = ord(ch)
-    return o in (0x9, 0xA, 0xD) or 0x20 <= o <= 0x7E or 0xA0 <= o <= 0xD7FF and o not in (0x2028, 0x2029) or (
-        0xE000 <= o <= 0xFFFD and o != 0xFEFF) or o >= 0x10000
+    return (
+        o in (0x9, 0xA, 0xD)
+        or 0x20 <= o <= 0x7E
+        or 0xA0 <= o <= 0xD7FF
+        and o not in (0x2028, 0x2029)
+        or (0xE000 <= o <= 0xFFFD and o != 0xFEFF)
+        or o >= 0x10000
+    )
 
 
 def yaml_scalar(value: Any) -> str:

@@ -112,8 +112,9 @@ class Results:
 # --- statuses ---------------------------------------------------------------------------------------------
 
 
-def statuses_from_outputs(runs: Sequence[Point], outputs: Mapping[str, RunOutputs], *, now: float,
-                          stall_after: float = DEFAULT_STALL_SECONDS) -> dict[str, RunStatus]:  # fmt: skip
+def statuses_from_outputs(
+    runs: Sequence[Point], outputs: Mapping[str, RunOutputs], *, now: float, stall_after: float = DEFAULT_STALL_SECONDS
+) -> dict[str, RunStatus]:
     """Each run's status from its outputs alone (no backend): Succeeded, Failed or Diverged from summary.json's
     verdict; Running while the trainer's summary says `running` (Stalled when its last metrics line is older
     than `stall_after` seconds: a process killed without a verdict looks like this); Pending otherwise."""
@@ -167,8 +168,10 @@ def labels(runs: Sequence[Point], sweep: Sweep | None = None) -> dict[str, str]:
             spec = prerequisite.spec if prerequisite is not None else None
             out[run.run_id] = f"spec {spec}" if isinstance(spec, str) else "inline spec"
             continue
-        parts = [f"{name.removeprefix(prefix) if name != 'seed' else name}={_value_text(v)}"
-                 for name, v in run.axis_values.items()]  # fmt: skip
+        parts = [
+            f"{name.removeprefix(prefix) if name != 'seed' else name}={_value_text(v)}"
+            for name, v in run.axis_values.items()
+        ]
         out[run.run_id] = ", ".join(parts) or "base spec"
     return out
 
@@ -189,8 +192,13 @@ def run_metrics(outputs: RunOutputs, window: int, names: Sequence[str] = TABLE_M
     return {name: aggregate.metric(records, name) for name in names}
 
 
-def build(expansion: Expansion, outputs: Mapping[str, RunOutputs], statuses: Mapping[str, RunStatus], *,
-          window: int = DEFAULT_WINDOW) -> Results:  # fmt: skip
+def build(
+    expansion: Expansion,
+    outputs: Mapping[str, RunOutputs],
+    statuses: Mapping[str, RunStatus],
+    *,
+    window: int = DEFAULT_WINDOW,
+) -> Results:
     """The results table: prerequisites first, then points in sweep order."""
     assert expansion.sweep is not None
     tpu_type, chips = _chips(expansion)
@@ -200,15 +208,25 @@ def build(expansion: Expansion, outputs: Mapping[str, RunOutputs], statuses: Map
         out = outputs.get(run.run_id) or RunOutputs(run.output_path)
         status = statuses.get(run.run_id) or RunStatus("Pending", "NotObserved")
         wall = out.wall_time_sec
-        rows.append(Row(
-            run_id=run.run_id, index=run.index, role=run.role, name=console.run_key(run), label=names[run.run_id],
-            axis_values=run.axis_values, seed=run.seed, status=status,
-            step=out.last_step if out.last_step is not None else status.step,
-            total_steps=out.total_steps or status.total_steps or run.spec.steps,
-            metrics=run_metrics(out, window), tokens_per_sec=aggregate.tokens_per_sec(out.log, window),
-            wall_time_sec=wall, chip_hours=None if chips is None or wall is None else wall * chips / 3600.0,
-            output_path=out.path,
-        ))  # fmt: skip
+        rows.append(
+            Row(
+                run_id=run.run_id,
+                index=run.index,
+                role=run.role,
+                name=console.run_key(run),
+                label=names[run.run_id],
+                axis_values=run.axis_values,
+                seed=run.seed,
+                status=status,
+                step=out.last_step if out.last_step is not None else status.step,
+                total_steps=out.total_steps or status.total_steps or run.spec.steps,
+                metrics=run_metrics(out, window),
+                tokens_per_sec=aggregate.tokens_per_sec(out.log, window),
+                wall_time_sec=wall,
+                chip_hours=None if chips is None or wall is None else wall * chips / 3600.0,
+                output_path=out.path,
+            )
+        )
     rows = _compare(rows)
     return Results(expansion.sweep.name, expansion.sweep.target.kind, tpu_type, chips, Aggregation(window), tuple(rows))
 

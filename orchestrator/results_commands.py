@@ -32,11 +32,23 @@ from orchestrator.launch_commands import ContextOption, ImageOption, KubeconfigO
 from orchestrator.waiting import poll_until
 from trainer.problems import Problem
 
-WindowOption = Annotated[int, typer.Option("--window", min=0, help="aggregate each metric over the last N log records "
-                                           "(token-weighted, from the (sum, count) pairs); 0: every record")]  # fmt: skip
-OutputBaseOption = Annotated[Optional[str], typer.Option(
-    "--output-base", help="read the runs' outputs under this path or URL (gs://bucket/prefix) instead of the "
-    "sweep's target.output_base; run ids do not change")]  # fmt: skip
+WindowOption = Annotated[
+    int,
+    typer.Option(
+        "--window",
+        min=0,
+        help="aggregate each metric over the last N log records "
+        "(token-weighted, from the (sum, count) pairs); 0: every record",
+    ),
+]
+OutputBaseOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--output-base",
+        help="read the runs' outputs under this path or URL (gs://bucket/prefix) instead of the "
+        "sweep's target.output_base; run ids do not change",
+    ),
+]
 
 
 class MatchBy(str, Enum):
@@ -66,9 +78,17 @@ def backend_statuses(access: ClusterAccess) -> StatusFn:
             finally:
                 backend.close()
         except DistillctlError as e:  # the cluster is down or refuses: results still read from storage
-            console.err.print(console.problem_line(Problem(
-                (), "statuses_from_outputs", f"{e.message}: statuses come from the runs' outputs only", e.hint,
-                severity="warning")))  # fmt: skip
+            console.err.print(
+                console.problem_line(
+                    Problem(
+                        (),
+                        "statuses_from_outputs",
+                        f"{e.message}: statuses come from the runs' outputs only",
+                        e.hint,
+                        severity="warning",
+                    )
+                )
+            )
             return results.outputs_only(expansion, outputs)
         return derive_all(expansion, observed, outputs, now=time.time())
 
@@ -100,11 +120,20 @@ def observe(expansion: Expansion, output_base: str | None, statuses: StatusFn) -
 
 def results_command(
     sweep: SweepArgument,
-    format: Annotated[ResultsFormat, typer.Option("--format", "--output", "-f", help="table for people, md for a "
-                      "pull-request comment, csv and json (raw numbers) for machines")] = ResultsFormat.table,  # fmt: skip
+    format: Annotated[
+        ResultsFormat,
+        typer.Option(
+            "--format",
+            "--output",
+            "-f",
+            help="table for people, md for a pull-request comment, csv and json (raw numbers) for machines",
+        ),
+    ] = ResultsFormat.table,
     window: WindowOption = results.DEFAULT_WINDOW,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="write kl_div_T1.png, hard_loss.png and schedules.png "
-                    "to this folder")] = None,  # fmt: skip
+    plot: Annotated[
+        Optional[Path],
+        typer.Option("--plot", help="write kl_div_T1.png, hard_loss.png and schedules.png to this folder"),
+    ] = None,
     output_base: OutputBaseOption = None,
     tpu_type: TpuOption = None,
     slices: SlicesOption = None,
@@ -140,8 +169,9 @@ def results_command(
         try:
             written = plots.write_plots(table, logs, specs, plot)
         except OSError as e:
-            raise UsageError(f"cannot write plots to {plot}: {e.strerror or e}",
-                             "check the folder and its permissions") from None
+            raise UsageError(
+                f"cannot write plots to {plot}: {e.strerror or e}", "check the folder and its permissions"
+            ) from None
         for path in written:
             console.err.print(f"wrote {path}", markup=False)
 
@@ -168,8 +198,14 @@ def load_golden(path: Path, expansion: Expansion) -> golden_file.GoldenFile:
     return golden
 
 
-def observed(expansion: Expansion, outputs: Mapping[str, RunOutputs], statuses: Mapping[str, RunStatus],
-             *, window: int, metrics: list[str]) -> dict[str, regression.Observed]:  # fmt: skip
+def observed(
+    expansion: Expansion,
+    outputs: Mapping[str, RunOutputs],
+    statuses: Mapping[str, RunStatus],
+    *,
+    window: int,
+    metrics: list[str],
+) -> dict[str, regression.Observed]:
     out = {}
     for run in expansion.runs:
         status = statuses.get(run.run_id) or RunStatus("Pending", "NotObserved")
@@ -178,12 +214,22 @@ def observed(expansion: Expansion, outputs: Mapping[str, RunOutputs], statuses: 
     return out
 
 
-def check_sweep(expansion: Expansion, expected: golden_file.GoldenFile, *, statuses: StatusFn,
-                output_base: str | None = None, wait: bool = False, timeout: float = 3600.0, poll: float = 30.0,
-                clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                on_wait: Callable[[State, float], None] | None = None) -> regression.RegressReport:  # fmt: skip
+def check_sweep(
+    expansion: Expansion,
+    expected: golden_file.GoldenFile,
+    *,
+    statuses: StatusFn,
+    output_base: str | None = None,
+    wait: bool = False,
+    timeout: float = 3600.0,
+    poll: float = 30.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    on_wait: Callable[[State, float], None] | None = None,
+) -> regression.RegressReport:
     """Read the sweep's outputs and statuses (`statuses`: see `backend_statuses`), waiting with `wait` until
     every run is terminal or `timeout` seconds pass, and check them against `expected`."""
+
     def look() -> State:
         return observe(expansion, output_base, statuses)
 
@@ -196,8 +242,9 @@ def check_sweep(expansion: Expansion, expected: golden_file.GoldenFile, *, statu
         return all(statuses[run.run_id].terminal or run.run_id in blocked for run in expansion.runs)
 
     if wait:
-        (outputs, found), timed_out = poll_until(look, finished, timeout=timeout, every=poll, clock=clock, sleep=sleep,
-                                                 on_wait=on_wait)  # fmt: skip
+        (outputs, found), timed_out = poll_until(
+            look, finished, timeout=timeout, every=poll, clock=clock, sleep=sleep, on_wait=on_wait
+        )
     else:
         (outputs, found), timed_out = look(), False
     metrics = sorted({name for point in expected.points for name in point.checks})
@@ -224,8 +271,9 @@ def regress(
     junit: Annotated[Optional[Path], typer.Option("--junit", help="write a JUnit XML report here")] = None,
     summary: Annotated[Optional[Path], typer.Option("--summary", help="also write the markdown summary here")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="wait until every run has finished (or --timeout)")] = False,
-    timeout: Annotated[float, typer.Option("--timeout", min=0, help="with --wait: give up after this many seconds "
-                                           "(exit 3)")] = 3600.0,  # fmt: skip
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0, help="with --wait: give up after this many seconds (exit 3)")
+    ] = 3600.0,
     poll: Annotated[float, typer.Option("--poll", min=0.1, help="with --wait: seconds between looks")] = 30.0,
     output_base: OutputBaseOption = None,
     tpu_type: TpuOption = None,
@@ -249,8 +297,16 @@ def regress(
         expected = load_golden(golden, expansion)
     except DistillctlError as e:
         raise _invalid(e) from None
-    report = check_sweep(expansion, expected, statuses=backend_statuses(ClusterAccess(kubeconfig, context, namespace)),
-                         output_base=output_base, wait=wait, timeout=timeout, poll=poll, on_wait=_progress)  # fmt: skip
+    report = check_sweep(
+        expansion,
+        expected,
+        statuses=backend_statuses(ClusterAccess(kubeconfig, context, namespace)),
+        output_base=output_base,
+        wait=wait,
+        timeout=timeout,
+        poll=poll,
+        on_wait=_progress,
+    )
     text = regression.markdown(report)
     if junit is not None:
         _write(junit, regression.junit_xml(report))
@@ -264,8 +320,9 @@ def regress(
 
 # --- golden update ----------------------------------------------------------------------------------------
 
-golden_app = typer.Typer(help="Golden files: the metric values `distillctl regress` checks a sweep against.",
-                         no_args_is_help=True)  # fmt: skip
+golden_app = typer.Typer(
+    help="Golden files: the metric values `distillctl regress` checks a sweep against.", no_args_is_help=True
+)
 
 
 def point_keys(expansion: Expansion) -> dict[str, str]:
@@ -275,9 +332,12 @@ def point_keys(expansion: Expansion) -> dict[str, str]:
 
 def seed_groups(expansion: Expansion) -> dict[str, str]:
     """run id -> its seed group: runs that differ only by `seed` share one."""
-    return {run.run_id: golden_file.point_key(run.role, run.prerequisite,
-                                              {k: v for k, v in run.axis_values.items() if k != "seed"})
-            for run in expansion.runs}  # fmt: skip
+    return {
+        run.run_id: golden_file.point_key(
+            run.role, run.prerequisite, {k: v for k, v in run.axis_values.items() if k != "seed"}
+        )
+        for run in expansion.runs
+    }
 
 
 @golden_app.command("update")
@@ -285,13 +345,22 @@ def golden_update(
     sweep: SweepArgument,
     out: Annotated[Path, typer.Option("-o", "--out", help="the golden file to write")],
     window: WindowOption = results.DEFAULT_WINDOW,
-    rtol: Annotated[float, typer.Option("--rtol", min=0, help="relative tolerance of approx checks (runs without "
-                                        "repeated seeds)")] = golden_file.DEFAULT_RTOL,  # fmt: skip
-    metric: Annotated[Optional[list[str]], typer.Option("--metric", help="a metric to check (repeat); default: "
-                      + ", ".join(golden_file.DEFAULT_METRICS))] = None,  # fmt: skip
-    match: Annotated[MatchBy, typer.Option("--match", help="how regress finds each golden point's run: run_id "
-                     "(strict: any spec or image change needs a new golden file) or axis_values (role and axis "
-                     "values: for CI images built per commit)")] = MatchBy.run_id,  # fmt: skip
+    rtol: Annotated[
+        float, typer.Option("--rtol", min=0, help="relative tolerance of approx checks (runs without repeated seeds)")
+    ] = golden_file.DEFAULT_RTOL,
+    metric: Annotated[
+        Optional[list[str]],
+        typer.Option("--metric", help="a metric to check (repeat); default: " + ", ".join(golden_file.DEFAULT_METRICS)),
+    ] = None,
+    match: Annotated[
+        MatchBy,
+        typer.Option(
+            "--match",
+            help="how regress finds each golden point's run: run_id "
+            "(strict: any spec or image change needs a new golden file) or axis_values (role and axis "
+            "values: for CI images built per commit)",
+        ),
+    ] = MatchBy.run_id,
     output_base: OutputBaseOption = None,
     tpu_type: TpuOption = None,
     slices: SlicesOption = None,
@@ -314,18 +383,31 @@ def golden_update(
     if unfinished:
         listed = "; ".join(f"{run.label}: {statuses[run.run_id].shown}" for run in unfinished[:5])
         more = f" and {len(unfinished) - 5} more" if len(unfinished) > 5 else ""
-        raise UsageError(f"{len(unfinished)} of {len(expansion.runs)} run(s) have not succeeded ({listed}{more})",
-                         f"golden values come from a finished sweep: `distillctl results {sweep}` shows where it stands")  # fmt: skip
+        raise UsageError(
+            f"{len(unfinished)} of {len(expansion.runs)} run(s) have not succeeded ({listed}{more})",
+            f"golden values come from a finished sweep: `distillctl results {sweep}` shows where it stands",
+        )
     names = list(metric) if metric else list(golden_file.DEFAULT_METRICS)
     groups = seed_groups(expansion)
-    finished = [golden_file.Finished(run.run_id, run.label, groups[run.run_id],
-                                     results.run_metrics(outputs[run.run_id], window, names), run.role,
-                                     run.prerequisite, dict(run.axis_values)) for run in expansion.runs]  # fmt: skip
+    finished = [
+        golden_file.Finished(
+            run.run_id,
+            run.label,
+            groups[run.run_id],
+            results.run_metrics(outputs[run.run_id], window, names),
+            run.role,
+            run.prerequisite,
+            dict(run.axis_values),
+        )
+        for run in expansion.runs
+    ]
     derived = golden_file.derive(expansion.sweep.name, window, finished, metrics=names, rtol=rtol, match=match.value)
-    header = (f"Golden values of sweep {expansion.sweep.name!r} for `distillctl regress {sweep} --golden {out}`.\n"
-              f"Written by `distillctl golden update {sweep} -o {out}` from finished runs; rerun it after an intended "
-              "change.\nChecks: approx (|x - value| <= atol + rtol·|value|), band (low <= x <= high), deterministic "
-              "(exact).\nValues are token-weighted means over the last `window` log records of each run (0: all).")  # fmt: skip
+    header = (
+        f"Golden values of sweep {expansion.sweep.name!r} for `distillctl regress {sweep} --golden {out}`.\n"
+        f"Written by `distillctl golden update {sweep} -o {out}` from finished runs; rerun it after an intended "
+        "change.\nChecks: approx (|x - value| <= atol + rtol·|value|), band (low <= x <= high), deterministic "
+        "(exact).\nValues are token-weighted means over the last `window` log records of each run (0: all)."
+    )
     _write(out, golden_file.dump(derived, header))
     checks = sum(len(p.checks) for p in derived.points)
     console.err.print(f"wrote {out}: {checks} check(s) on {len(derived.points)} run(s)", markup=False)

@@ -30,7 +30,7 @@ def number(value: float | None, digits: int = 4) -> str:
         return MISSING
     if not math.isfinite(value):
         return str(value)
-    return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:,.0f}"
+    return f"{value:.{digits}g}" if abs(value) < 10**digits else f"{value:,.0f}"
 
 
 def rate(value: float | None) -> str:
@@ -98,15 +98,26 @@ def legend(results: Results) -> str:
 def _headers(results: Results, sep: str = " ") -> list[str]:
     """Column headers; metric headers name their aggregation (`kl_div_T1 (last 5)`), `sep` between the two."""
     window = results.aggregation
-    return (["#", "point", "role", "status", "restarts", "step"]
-            + [f"{short_metric(m)}{sep}({window.describe})" for m in TABLE_METRICS]
-            + [f"tokens/s{sep}({window.describe})", cost_header(results, sep), f"Δkl_div_T1{sep}vs baseline"])  # fmt: skip
+    return (
+        ["#", "point", "role", "status", "restarts", "step"]
+        + [f"{short_metric(m)}{sep}({window.describe})" for m in TABLE_METRICS]
+        + [f"tokens/s{sep}({window.describe})", cost_header(results, sep), f"Δkl_div_T1{sep}vs baseline"]
+    )
 
 
 def _cells(results: Results, row: Row) -> list[str]:
-    return ([row.name, (f"{BEST} " if row.best else "") + row.label, role(row), row.status.shown, str(row.status.restarts),
-             steps(row)] + [number(row.metrics.get(m)) for m in TABLE_METRICS]
-            + [rate(row.tokens_per_sec), cost(results, row), signed(row.delta_kl, row.delta_kl_relative)])  # fmt: skip
+    return (
+        [
+            row.name,
+            (f"{BEST} " if row.best else "") + row.label,
+            role(row),
+            row.status.shown,
+            str(row.status.restarts),
+            steps(row),
+        ]
+        + [number(row.metrics.get(m)) for m in TABLE_METRICS]
+        + [rate(row.tokens_per_sec), cost(results, row), signed(row.delta_kl, row.delta_kl_relative)]
+    )
 
 
 # --- formats ----------------------------------------------------------------------------------------------
@@ -149,10 +160,22 @@ CSV_FIXED = ["index", "name", "run_id", "role", "label"]
 def csv_text(results: Results) -> str:
     """One header line, one line per run; axis values get a column each; numbers at full precision."""
     axes = results.axis_names
-    columns = (CSV_FIXED + [f"axis:{a}" for a in axes] + ["seed", "phase", "reason", "restarts", "step", "total_steps",
-               "window"] + [short_metric(m) for m in TABLE_METRICS]
-               + ["tokens_per_sec", "wall_time_sec", "chip_hours", "delta_kl_div_T1", "delta_kl_div_T1_relative",
-                  "baseline_run_id", "best", "output_path"])  # fmt: skip
+    columns = (
+        CSV_FIXED
+        + [f"axis:{a}" for a in axes]
+        + ["seed", "phase", "reason", "restarts", "step", "total_steps", "window"]
+        + [short_metric(m) for m in TABLE_METRICS]
+        + [
+            "tokens_per_sec",
+            "wall_time_sec",
+            "chip_hours",
+            "delta_kl_div_T1",
+            "delta_kl_div_T1_relative",
+            "baseline_run_id",
+            "best",
+            "output_path",
+        ]
+    )
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
@@ -160,11 +183,27 @@ def csv_text(results: Results) -> str:
         writer.writerow(
             [row.index, row.name, row.run_id, row.role, row.label]
             + [_csv(row.axis_values[a]) if a in row.axis_values else "" for a in axes]
-            + [row.seed, row.status.phase, row.status.reason, row.status.restarts, _csv(row.step), _csv(row.total_steps),
-               results.aggregation.window] + [_csv(row.metrics.get(m)) for m in TABLE_METRICS]
-            + [_csv(row.tokens_per_sec), _csv(row.wall_time_sec), _csv(row.chip_hours), _csv(row.delta_kl),
-               _csv(row.delta_kl_relative), row.baseline_run_id or "", "true" if row.best else "false", row.output_path]
-        )  # fmt: skip
+            + [
+                row.seed,
+                row.status.phase,
+                row.status.reason,
+                row.status.restarts,
+                _csv(row.step),
+                _csv(row.total_steps),
+                results.aggregation.window,
+            ]
+            + [_csv(row.metrics.get(m)) for m in TABLE_METRICS]
+            + [
+                _csv(row.tokens_per_sec),
+                _csv(row.wall_time_sec),
+                _csv(row.chip_hours),
+                _csv(row.delta_kl),
+                _csv(row.delta_kl_relative),
+                row.baseline_run_id or "",
+                "true" if row.best else "false",
+                row.output_path,
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -196,18 +235,32 @@ def to_json(results: Results) -> dict[str, Any]:
         "baselines": [b.run_id for b in results.baselines],
         "runs": [
             {
-                "index": row.index, "name": row.name, "run_id": row.run_id, "role": row.role, "label": row.label,
-                "axis_values": dict(row.axis_values), "seed": row.seed,
-                "status": {"phase": row.status.phase, "reason": row.status.reason, "message": row.status.message,
-                           "shown": row.status.shown},
-                "restarts": row.status.restarts, "step": row.step, "total_steps": row.total_steps,
+                "index": row.index,
+                "name": row.name,
+                "run_id": row.run_id,
+                "role": row.role,
+                "label": row.label,
+                "axis_values": dict(row.axis_values),
+                "seed": row.seed,
+                "status": {
+                    "phase": row.status.phase,
+                    "reason": row.status.reason,
+                    "message": row.status.message,
+                    "shown": row.status.shown,
+                },
+                "restarts": row.status.restarts,
+                "step": row.step,
+                "total_steps": row.total_steps,
                 "metrics": {m: _json_number(row.metrics.get(m)) for m in TABLE_METRICS},
-                "tokens_per_sec": _json_number(row.tokens_per_sec), "wall_time_sec": row.wall_time_sec,
-                "chip_hours": _json_number(row.chip_hours), "baseline_run_id": row.baseline_run_id,
+                "tokens_per_sec": _json_number(row.tokens_per_sec),
+                "wall_time_sec": row.wall_time_sec,
+                "chip_hours": _json_number(row.chip_hours),
+                "baseline_run_id": row.baseline_run_id,
                 "delta_kl_div_T1": _json_number(row.delta_kl),
-                "delta_kl_div_T1_relative": _json_number(row.delta_kl_relative), "best": row.best,
+                "delta_kl_div_T1_relative": _json_number(row.delta_kl_relative),
+                "best": row.best,
                 "output_path": row.output_path,
-            }  # fmt: skip
+            }
             for row in results.rows
         ],
     }

@@ -95,8 +95,9 @@ def check_filesystem(path: str) -> None:
         install = f"install it with `pip install 'distillctl[{extra}]'`" if extra else "install the fsspec backend"
         raise MissingFilesystem(f"cannot read {path}: {e}", install) from None
     except ValueError as e:
-        raise UsageError(f"cannot read {path}: {e}",
-                         "use a local path or an fsspec URL such as gs://bucket/prefix") from None
+        raise UsageError(
+            f"cannot read {path}: {e}", "use a local path or an fsspec URL such as gs://bucket/prefix"
+        ) from None
 
 
 def _read_text(path: str) -> str | None:

@@ -78,8 +78,9 @@ class RunStatus:
         return f"{self.phase} ({self.reason})" if self.reason else self.phase
 
 
-def derive(observation: Observation, outputs: RunOutputs, *, now: float, stall_after: float,
-           total_steps: int | None = None) -> RunStatus:  # fmt: skip
+def derive(
+    observation: Observation, outputs: RunOutputs, *, now: float, stall_after: float, total_steps: int | None = None
+) -> RunStatus:
     """The run's status. Order matters: the trainer's own verdict (diverged, succeeded) beats the backend's — but
     only a verdict this attempt wrote: a retried run must not read as its predecessor's result."""
     summary = outputs.summary or {}
@@ -105,9 +106,13 @@ def derive(observation: Observation, outputs: RunOutputs, *, now: float, stall_a
         if verdict == "failed":
             return RunStatus("Failed", "TrainerExit", f"exit code {summary.get('exit_code')}", **common)
         if verdict == "preempted":  # stopped by SIGTERM (cancel, preemption): it resumes when created again
-            return RunStatus("Pending", "Preempted", "stopped with a checkpoint; resumes when submitted again", **common)
+            return RunStatus(
+                "Pending", "Preempted", "stopped with a checkpoint; resumes when submitted again", **common
+            )
         if verdict == "running":  # nothing runs it any more (deleted, or its machine went away)
-            return RunStatus("Pending", "Orphaned", "outputs say running, but no run exists; resumes when submitted", **common)
+            return RunStatus(
+                "Pending", "Orphaned", "outputs say running, but no run exists; resumes when submitted", **common
+            )
         return RunStatus("Pending", "NotCreated", "not submitted yet", **common)
     if observation.lost:
         return RunStatus("Failed", "ProcessLost", observation.lost, **common)

@@ -74,7 +74,7 @@ def _unknown(text: str) -> typing.NoReturn:
     close = get_close_matches(text, known, n=3, cutoff=0.6)
     if not close:  # `alpha.end` for `loss.alpha.end`: match on the last parts
         tail = text.split(".")[-2:]
-        close = [p for p in native_paths() if p.split(".")[-len(tail):] == tail][:3]
+        close = [p for p in native_paths() if p.split(".")[-len(tail) :] == tail][:3]
     raise UnknownPath(text, close)
 
 

@@ -34,9 +34,17 @@ class RenderAs(str, Enum):
     xpk = "xpk"
 
 
-def expand_sweep(path: Path, *, tpu_type: str | None, slices: int | None, yes: bool, image: str | None = None,
-                 queue: str | None = None, priority: str | None = None,
-                 labels: dict[str, str] | None = None) -> expansion.Expansion:  # fmt: skip
+def expand_sweep(
+    path: Path,
+    *,
+    tpu_type: str | None,
+    slices: int | None,
+    yes: bool,
+    image: str | None = None,
+    queue: str | None = None,
+    priority: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> expansion.Expansion:
     """Load and expand a sweep (with target overrides), or raise the error that explains why not."""
     if tpu_type is not None:
         try:
@@ -91,27 +99,38 @@ def plan(
     rows = planning.plan(result)
     warnings = [p for p in result.problems if not p.is_error] + planning.memory_problems(rows, target)
     if output is OutputFormat.json:
-        console.print_json({
-            "sweep": result.sweep.name, "target": target.model_dump(mode="json"),
-            "grid_size": result.grid_size, "excluded": result.excluded,
-            "runs": [row.to_json() for row in rows], "problems": [p.to_json() for p in warnings],
-        })  # fmt: skip
+        console.print_json(
+            {
+                "sweep": result.sweep.name,
+                "target": target.model_dump(mode="json"),
+                "grid_size": result.grid_size,
+                "excluded": result.excluded,
+                "runs": [row.to_json() for row in rows],
+                "problems": [p.to_json() for p in warnings],
+            }
+        )
         return
     _warn(warnings)
     where = f"{target.tpu_type} × {target.slices}" if target.on_cluster else "local"
-    table = Table(title=f"{result.sweep.name}: {len(result.points)} point(s), {len(result.prerequisites)} "
-                  f"prerequisite(s) on {where}", title_justify="left")  # fmt: skip
+    table = Table(
+        title=f"{result.sweep.name}: {len(result.points)} point(s), {len(result.prerequisites)} "
+        f"prerequisite(s) on {where}",
+        title_justify="left",
+    )
     for column in ("#", "run id", "jobset", "axis values", "slices×hosts×chips", "chip-h", "GB/chip", "fit"):
         table.add_column(column, justify="right" if column in ("#", "chip-h", "GB/chip") else "left")
     for row in rows:
         p, m = row.point, row.memory
         table.add_row(
             console.run_key(p),
-            p.run_id, p.jobset_name, console.axis_text(p.axis_values), row.shape,
+            p.run_id,
+            p.jobset_name,
+            console.axis_text(p.axis_values),
+            row.shape,
             "—" if row.chip_hours is None else f"{row.chip_hours:,.0f}",
             f"{m.total / GB:.1f}" + ("" if m.hbm_per_chip is None else f"/{m.hbm_per_chip / GB:.0f}"),
             {"fits": "ok", "tight": "tight", "does_not_fit": "OOM", "unknown": "—"}[m.fit],
-        )  # fmt: skip
+        )
     console.print_wide(table)
 
 
@@ -119,7 +138,9 @@ def render(
     sweep: SweepArgument,
     out_dir: Annotated[Optional[Path], typer.Option("--out-dir", "-o", help="folder for the manifests")] = None,
     output: OutputOption = OutputFormat.text,
-    as_: Annotated[RenderAs, typer.Option("--as", help="jobset: write manifests; xpk: print xpk commands")] = RenderAs.jobset,
+    as_: Annotated[
+        RenderAs, typer.Option("--as", help="jobset: write manifests; xpk: print xpk commands")
+    ] = RenderAs.jobset,
     tpu_type: TpuOption = None,
     slices: SlicesOption = None,
     yes: YesOption = False,
@@ -129,8 +150,10 @@ def render(
     assert result.sweep is not None
     target = result.sweep.target
     if not target.on_cluster:
-        raise UsageError(f"{sweep} targets {target.kind!r}: there is nothing to render",
-                         "set target.kind to kubernetes or xpk, or pass --tpu-type to render for a cluster")  # fmt: skip
+        raise UsageError(
+            f"{sweep} targets {target.kind!r}: there is nothing to render",
+            "set target.kind to kubernetes or xpk, or pass --tpu-type to render for a cluster",
+        )
     if as_ is RenderAs.xpk:
         found = xpk_command.problems(target)
         if has_errors(found):
@@ -138,8 +161,12 @@ def render(
         _warn(list(result.problems) + found)
         commands = [(run, xpk_command.xpk_command(run, target)) for run in result.runs]
         if output is OutputFormat.json:
-            console.print_json([{"name": run.jobset_name, "run_id": run.run_id, "argv": list(c.argv), "line": c.line}
-                                for run, c in commands])  # fmt: skip
+            console.print_json(
+                [
+                    {"name": run.jobset_name, "run_id": run.run_id, "argv": list(c.argv), "line": c.line}
+                    for run, c in commands
+                ]
+            )
         else:
             for run, c in commands:
                 console.out.print(f"# {run.label}: {run.jobset_name}", markup=False)
@@ -152,13 +179,22 @@ def render(
         out_dir.mkdir(parents=True, exist_ok=True)
         written = [_write(out_dir / m.filename, m.text) for m in manifests]
     except OSError as e:
-        raise UsageError(f"cannot write to {out_dir}: {e.strerror or e}", "check the folder and its permissions") from None
+        raise UsageError(
+            f"cannot write to {out_dir}: {e.strerror or e}", "check the folder and its permissions"
+        ) from None
     _warn(result.problems)
     if output is OutputFormat.json:
-        console.print_json([
-            {"name": m.name, "file": str(out_dir / m.filename), "sha256": hashlib.sha256(m.text.encode()).hexdigest(),
-             "changed": changed} for m, changed in zip(manifests, written, strict=True)
-        ])  # fmt: skip
+        console.print_json(
+            [
+                {
+                    "name": m.name,
+                    "file": str(out_dir / m.filename),
+                    "sha256": hashlib.sha256(m.text.encode()).hexdigest(),
+                    "changed": changed,
+                }
+                for m, changed in zip(manifests, written, strict=True)
+            ]
+        )
         return
     for m, changed in zip(manifests, written, strict=True):
         console.out.print(f"{'wrote' if changed else 'unchanged'} {out_dir / m.filename}", markup=False)
@@ -176,11 +212,19 @@ def _write(path: Path, text: str) -> bool:
 def tpus(output: OutputOption = OutputFormat.text) -> None:
     """List the TPU types distillctl knows (the names `xpk workload create --tpu-type` takes)."""
     rows = [
-        {"name": t.name, "family": t.family, "topology": t.topology, "accelerator": t.accelerator,
-         "machine_type": t.machine_type, "chips_per_vm": t.chips_per_vm, "vms_per_slice": t.vms_per_slice,
-         "chips": t.chips, "hbm_gb_per_chip": t.hbm_gb_per_chip}
+        {
+            "name": t.name,
+            "family": t.family,
+            "topology": t.topology,
+            "accelerator": t.accelerator,
+            "machine_type": t.machine_type,
+            "chips_per_vm": t.chips_per_vm,
+            "vms_per_slice": t.vms_per_slice,
+            "chips": t.chips,
+            "hbm_gb_per_chip": t.hbm_gb_per_chip,
+        }
         for t in tpu.TPU_TYPES.values()
-    ]  # fmt: skip
+    ]
     if output is OutputFormat.json:
         console.print_json(rows)
         return
@@ -188,7 +232,15 @@ def tpus(output: OutputOption = OutputFormat.text) -> None:
     for column in ("name", "topology", "accelerator", "machine type", "VMs", "chips/VM", "chips", "HBM/chip"):
         table.add_column(column, justify="right" if column in ("VMs", "chips/VM", "chips", "HBM/chip") else "left")
     for r in rows:
-        table.add_row(r["name"], r["topology"], r["accelerator"], r["machine_type"], str(r["vms_per_slice"]),
-                      str(r["chips_per_vm"]), str(r["chips"]), f"{r['hbm_gb_per_chip']:.0f} GB")  # fmt: skip
+        table.add_row(
+            r["name"],
+            r["topology"],
+            r["accelerator"],
+            r["machine_type"],
+            str(r["vms_per_slice"]),
+            str(r["chips_per_vm"]),
+            str(r["chips"]),
+            f"{r['hbm_gb_per_chip']:.0f} GB",
+        )
     console.print_wide(table)
     console.out.print(Text("also accepted: <family>-<topology> (v5p-4x4x4) and v5e-N for v5litepod-N", style="dim"))

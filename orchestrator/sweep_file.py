@@ -52,8 +52,15 @@ SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 # Labels distillctl sets itself (the launcher finds runs by them); a sweep cannot set them.
-RESERVED_LABELS = ("distillctl.dev/sweep", "distillctl.dev/run-id", "distillctl.dev/spec-hash", "distillctl.dev/role",
-                   "kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class", "xpk.google.com/workload")  # fmt: skip
+RESERVED_LABELS = (
+    "distillctl.dev/sweep",
+    "distillctl.dev/run-id",
+    "distillctl.dev/spec-hash",
+    "distillctl.dev/role",
+    "kueue.x-k8s.io/queue-name",
+    "kueue.x-k8s.io/priority-class",
+    "xpk.google.com/workload",
+)
 PLACEHOLDER = re.compile(r"\$\{prerequisites\.([^.}]*)\.output\}")
 ANY_PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 
@@ -205,7 +212,11 @@ class SweepSource:
 def _at(problem: Problem, loc: Loc, document: YamlDocument | None, file: str | None) -> Problem:
     position = document.position_of(loc) if document else None
     return dataclasses.replace(
-        problem, loc=loc, file=file, line=position.line if position else None, column=position.column if position else None
+        problem,
+        loc=loc,
+        file=file,
+        line=position.line if position else None,
+        column=position.column if position else None,
     )
 
 
@@ -227,11 +238,20 @@ def parse_sweep(text: str, *, file: str | None = None, base_dir: str | Path = ".
     empty = SweepSource(file, document, None, None, MappingProxyType({}), ())
     data = document.data
     if not isinstance(data, dict):
-        problem = Problem((), "not_a_mapping", "the top level of a sweep file must be a mapping of keys",
-                          "start with `name:`, `spec:` and `axes:`")  # fmt: skip
+        problem = Problem(
+            (),
+            "not_a_mapping",
+            "the top level of a sweep file must be a mapping of keys",
+            "start with `name:`, `spec:` and `axes:`",
+        )
         return dataclasses.replace(empty, problems=(empty.locate(problem),))
     problems = [
-        Problem(loc, "duplicate_key", f"key {loc[-1]!r} appears twice; the later value would silently win", "keep one of them")
+        Problem(
+            loc,
+            "duplicate_key",
+            f"key {loc[-1]!r} appears twice; the later value would silently win",
+            "keep one of them",
+        )
         for loc, _ in document.duplicate_keys
     ]
     sweep, found = validate_sweep_data(data)
@@ -242,7 +262,9 @@ def parse_sweep(text: str, *, file: str | None = None, base_dir: str | Path = ".
         base, base_problems = _spec_source(sweep.spec, ("spec",), document, file, Path(base_dir))
         problems += base_problems
         for name, prerequisite in sweep.prerequisites.items():
-            source, found = _spec_source(prerequisite.spec, ("prerequisites", name, "spec"), document, file, Path(base_dir))
+            source, found = _spec_source(
+                prerequisite.spec, ("prerequisites", name, "spec"), document, file, Path(base_dir)
+            )
             problems += found
             if source is not None:
                 prerequisites[name] = source
@@ -324,12 +346,16 @@ def _problem(err: dict) -> Problem:
         return Problem(loc, kind, err["msg"], HINTS[kind])
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
-        return Problem(loc, "bad_value", f"{key} must be {expected}; got {err.get('input')!r}", f"use one of {expected}")
+        return Problem(
+            loc, "bad_value", f"{key} must be {expected}; got {err.get('input')!r}", f"use one of {expected}"
+        )
     message = err["msg"].replace("Input should be", "must be").replace("Input should", "must")
     value = err.get("input")
     shown = f"a {'mapping' if isinstance(value, dict) else 'list'}" if isinstance(value, (dict, list)) else repr(value)
     hint = "quote the value to make it a string" if "valid string" in err["msg"] else ""
-    return Problem(loc, "wrong_type" if "type" in kind else "bad_value", f"{format_loc(loc)}: {message}, got {shown}", hint)
+    return Problem(
+        loc, "wrong_type" if "type" in kind else "bad_value", f"{format_loc(loc)}: {message}, got {shown}", hint
+    )
 
 
 def _fields_at(loc: Loc) -> list[str]:
@@ -361,12 +387,19 @@ def _path_problem(loc: Loc, text: str) -> Problem | None:
     try:
         native = spec_paths.resolve(text)
     except spec_paths.UnknownPath as e:
-        hint = f"did you mean {', '.join(repr(s) for s in e.suggestions)}?" if e.suggestions else (
-            "use a dotted path into the spec such as loss.alpha.end, or a MaxText name such as distill_alpha_end")
-        return Problem(loc, "unknown_axis_path", f"{text!r} is not a field of the spec", hint)  # fmt: skip
+        hint = (
+            f"did you mean {', '.join(repr(s) for s in e.suggestions)}?"
+            if e.suggestions
+            else ("use a dotted path into the spec such as loss.alpha.end, or a MaxText name such as distill_alpha_end")
+        )
+        return Problem(loc, "unknown_axis_path", f"{text!r} is not a field of the spec", hint)
     if native in spec_paths.DERIVED:
-        return Problem(loc, "derived_path", f"{text!r} is set for every run from {spec_paths.DERIVED[native]}",
-                       "remove it; the run id names each run and target.output_base says where it writes")  # fmt: skip
+        return Problem(
+            loc,
+            "derived_path",
+            f"{text!r} is set for every run from {spec_paths.DERIVED[native]}",
+            "remove it; the run id names each run and target.output_base says where it writes",
+        )
     return None
 
 
@@ -401,37 +434,69 @@ def _axes(sweep: Sweep) -> list[Problem]:
             out.append(problem)
             continue
         if not values:
-            out.append(Problem(loc, "empty_axis", f"axis {text!r} has no values, so the grid would be empty",
-                               "list at least one value, or remove the axis"))  # fmt: skip
+            out.append(
+                Problem(
+                    loc,
+                    "empty_axis",
+                    f"axis {text!r} has no values, so the grid would be empty",
+                    "list at least one value, or remove the axis",
+                )
+            )
         native = spec_paths.resolve(text)
         for other_native, (other_loc, other_text) in seen.items():
             if native[: len(other_native)] == other_native or other_native[: len(native)] == native:
-                out.append(Problem(
-                    loc, "axis_overlap",
-                    f"{text!r} and {other_text!r} ({format_loc(other_loc)}) set the same field"
-                    + (" (seeds: sets `seed`)" if "seed" in (text, other_text) else ""),
-                    "vary each field in one place only",
-                ))  # fmt: skip
+                out.append(
+                    Problem(
+                        loc,
+                        "axis_overlap",
+                        f"{text!r} and {other_text!r} ({format_loc(other_loc)}) set the same field"
+                        + (" (seeds: sets `seed`)" if "seed" in (text, other_text) else ""),
+                        "vary each field in one place only",
+                    )
+                )
         seen[native] = (loc, text)
         duplicates = [v for i, v in enumerate(values) if any(same_value(v, w) for w in values[:i])]
         if duplicates:
-            out.append(Problem(loc, "duplicate_axis_value", f"axis {text!r} lists {duplicates[0]!r} more than once",
-                               "list each value once"))  # fmt: skip
+            out.append(
+                Problem(
+                    loc,
+                    "duplicate_axis_value",
+                    f"axis {text!r} lists {duplicates[0]!r} more than once",
+                    "list each value once",
+                )
+            )
     for g, group in enumerate(sweep.zip):
         if not group:
-            out.append(Problem(("zip", g), "empty_axis", "a zip group needs at least one path", "remove the empty group"))
+            out.append(
+                Problem(("zip", g), "empty_axis", "a zip group needs at least one path", "remove the empty group")
+            )
         lengths = {k: len(v) for k, v in group.items()}
         if len(set(lengths.values())) > 1:
             shown = ", ".join(f"{k}: {n}" for k, n in lengths.items())
-            out.append(Problem(("zip", g), "zip_length_mismatch", f"paths in a zip group move together, so they need "
-                               f"the same number of values; got {shown}", "give every path in the group as many values"))  # fmt: skip
+            out.append(
+                Problem(
+                    ("zip", g),
+                    "zip_length_mismatch",
+                    f"paths in a zip group move together, so they need the same number of values; got {shown}",
+                    "give every path in the group as many values",
+                )
+            )
     return out
 
 
 def same_value(a: Any, b: Any) -> bool:
     """Equal as YAML values: 1 and 1.0 are the same number, but true is not 1."""
-    return type(a) is type(b) and a == b or (isinstance(a, (int, float)) and isinstance(b, (int, float))
-                                              and not isinstance(a, bool) and not isinstance(b, bool) and a == b)  # fmt: skip
+    return (
+        type(a) is type(b)
+        and a == b
+        or (
+            isinstance(a, (int, float))
+            and isinstance(b, (int, float))
+            and not isinstance(a, bool)
+            and not isinstance(b, bool)
+            and a == b
+        )
+    )
 
 
 def _exclude(sweep: Sweep) -> list[Problem]:
@@ -439,14 +504,27 @@ def _exclude(sweep: Sweep) -> list[Problem]:
     out = []
     for i, entry in enumerate(sweep.exclude):
         if not entry:
-            out.append(Problem(("exclude", i), "empty_exclude", "an empty exclude entry would drop every point",
-                               "name the axis values to drop, e.g. {loss.alpha.end: 0.7}"))  # fmt: skip
+            out.append(
+                Problem(
+                    ("exclude", i),
+                    "empty_exclude",
+                    "an empty exclude entry would drop every point",
+                    "name the axis values to drop, e.g. {loss.alpha.end: 0.7}",
+                )
+            )
         for key in entry:
             if key not in varied:
                 close = get_close_matches(key, sorted(varied), n=1, cutoff=0.5)
-                out.append(Problem(("exclude", i, key), "exclude_not_an_axis", f"exclude names {key!r}, which is not an axis "
-                                   "of this sweep", f"did you mean {close[0]!r}?" if close else
-                                   f"use the axis names as written under axes/zip: {', '.join(sorted(varied))}"))  # fmt: skip
+                out.append(
+                    Problem(
+                        ("exclude", i, key),
+                        "exclude_not_an_axis",
+                        f"exclude names {key!r}, which is not an axis of this sweep",
+                        f"did you mean {close[0]!r}?"
+                        if close
+                        else f"use the axis names as written under axes/zip: {', '.join(sorted(varied))}",
+                    )
+                )
     return out
 
 
@@ -470,29 +548,58 @@ def placeholders_in(value: Any) -> list[str]:
 def _placeholders(sweep: Sweep) -> list[Problem]:
     out = []
     names = list(sweep.prerequisites)
-    places: list[tuple[Loc, Any]] = [(("overrides",), sweep.overrides), (("axes",), sweep.axes), (("zip",), sweep.zip),
-                                     (("baseline",), sweep.baseline)]  # fmt: skip
+    places: list[tuple[Loc, Any]] = [
+        (("overrides",), sweep.overrides),
+        (("axes",), sweep.axes),
+        (("zip",), sweep.zip),
+        (("baseline",), sweep.baseline),
+    ]
     if isinstance(sweep.spec, dict):
         places.append((("spec",), sweep.spec))
     for loc, value in places:
         for expression in placeholders_in(value):
             m = PLACEHOLDER.fullmatch("${" + expression + "}")
             if m is None:
-                out.append(Problem(loc, "bad_placeholder", f"unknown placeholder ${{{expression}}}",
-                                   "the only placeholder is ${prerequisites.<name>.output}"))  # fmt: skip
+                out.append(
+                    Problem(
+                        loc,
+                        "bad_placeholder",
+                        f"unknown placeholder ${{{expression}}}",
+                        "the only placeholder is ${prerequisites.<name>.output}",
+                    )
+                )
             elif m.group(1) not in names:
                 close = get_close_matches(m.group(1), names, n=1, cutoff=0.5)
-                out.append(Problem(loc, "unknown_prerequisite", f"${{{expression}}} names no prerequisite of this sweep",
-                                   f"did you mean {close[0]!r}?" if close else
-                                   (f"prerequisites: {', '.join(names)}" if names else "declare it under `prerequisites:`")))  # fmt: skip
+                out.append(
+                    Problem(
+                        loc,
+                        "unknown_prerequisite",
+                        f"${{{expression}}} names no prerequisite of this sweep",
+                        f"did you mean {close[0]!r}?"
+                        if close
+                        else (f"prerequisites: {', '.join(names)}" if names else "declare it under `prerequisites:`"),
+                    )
+                )
     for name, prerequisite in sweep.prerequisites.items():
         if not DNS_1035.match(name):
-            out.append(Problem(("prerequisites", name), "bad_prerequisite_name", f"prerequisite name {name!r} must be "
-                               "lower-case letters, digits and '-'", "rename it, e.g. teacher"))  # fmt: skip
+            out.append(
+                Problem(
+                    ("prerequisites", name),
+                    "bad_prerequisite_name",
+                    f"prerequisite name {name!r} must be lower-case letters, digits and '-'",
+                    "rename it, e.g. teacher",
+                )
+            )
         inline = prerequisite.spec if isinstance(prerequisite.spec, dict) else {}
         if placeholders_in(prerequisite.overrides) or placeholders_in(inline):
-            out.append(Problem(("prerequisites", name), "nested_prerequisite", "a prerequisite cannot depend on another "
-                               "prerequisite's output", "give it a fixed path, or run the chain as two sweeps"))  # fmt: skip
+            out.append(
+                Problem(
+                    ("prerequisites", name),
+                    "nested_prerequisite",
+                    "a prerequisite cannot depend on another prerequisite's output",
+                    "give it a fixed path, or run the chain as two sweeps",
+                )
+            )
     return out
 
 
@@ -502,74 +609,175 @@ def _target(sweep: Sweep) -> list[Problem]:
     if t.on_cluster:
         for field in ("tpu_type", "image"):
             if getattr(t, field) is None:
-                out.append(Problem(("target", field), "target_field_missing", f"a {t.kind} target needs target.{field}",
-                                   "e.g. tpu_type: v5p-128" if field == "tpu_type" else
-                                   "the container image with distillctl's trainer, e.g. us-docker.pkg.dev/p/r/distill:1"))  # fmt: skip
+                out.append(
+                    Problem(
+                        ("target", field),
+                        "target_field_missing",
+                        f"a {t.kind} target needs target.{field}",
+                        "e.g. tpu_type: v5p-128"
+                        if field == "tpu_type"
+                        else "the container image with distillctl's trainer, e.g. us-docker.pkg.dev/p/r/distill:1",
+                    )
+                )
         if not _is_remote(t.output_base):
-            out.append(Problem(("target", "output_base"), "output_base_not_shared", f"output_base {t.output_base!r} is a "
-                               "local path: pods on different hosts would each write their own copy",
-                               "use a bucket such as gs://my-bucket/distill", severity="warning"))  # fmt: skip
+            out.append(
+                Problem(
+                    ("target", "output_base"),
+                    "output_base_not_shared",
+                    f"output_base {t.output_base!r} is a "
+                    "local path: pods on different hosts would each write their own copy",
+                    "use a bucket such as gs://my-bucket/distill",
+                    severity="warning",
+                )
+            )
     if t.kind == "xpk" and t.cluster is None:
-        out.append(Problem(("target", "cluster"), "target_field_missing", "an xpk target needs target.cluster",
-                           "the name of the cluster `xpk cluster create` made"))  # fmt: skip
+        out.append(
+            Problem(
+                ("target", "cluster"),
+                "target_field_missing",
+                "an xpk target needs target.cluster",
+                "the name of the cluster `xpk cluster create` made",
+            )
+        )
     if t.kind == "local" and t.tpu_type is not None:
-        out.append(Problem(("target", "tpu_type"), "tpu_type_ignored", "a local target runs on this machine; tpu_type "
-                           "is ignored", "set kind: kubernetes or xpk to run on TPUs", severity="warning"))  # fmt: skip
+        out.append(
+            Problem(
+                ("target", "tpu_type"),
+                "tpu_type_ignored",
+                "a local target runs on this machine; tpu_type is ignored",
+                "set kind: kubernetes or xpk to run on TPUs",
+                severity="warning",
+            )
+        )
     for name in list(t.env) + list(t.secret_env):
         section = "env" if name in t.env else "secret_env"
         if not ENV_NAME.match(name):
-            out.append(Problem(("target", section, name), "bad_env_name", f"{name!r} is not an environment variable name",
-                               "use letters, digits and '_', not starting with a digit"))  # fmt: skip
+            out.append(
+                Problem(
+                    ("target", section, name),
+                    "bad_env_name",
+                    f"{name!r} is not an environment variable name",
+                    "use letters, digits and '_', not starting with a digit",
+                )
+            )
         if name in RESERVED_ENV:
-            out.append(Problem(("target", section, name), "reserved_env", f"{name} is set by distillctl for every run",
-                               "remove it; the resolved spec reaches the trainer in DISTILLCTL_SPEC"))  # fmt: skip
+            out.append(
+                Problem(
+                    ("target", section, name),
+                    "reserved_env",
+                    f"{name} is set by distillctl for every run",
+                    "remove it; the resolved spec reaches the trainer in DISTILLCTL_SPEC",
+                )
+            )
     for name in sorted(set(t.env) & set(t.secret_env)):
-        out.append(Problem(("target", "secret_env", name), "duplicate_env", f"{name} is set in both target.env and "
-                           "target.secret_env", "set each variable once"))  # fmt: skip
+        out.append(
+            Problem(
+                ("target", "secret_env", name),
+                "duplicate_env",
+                f"{name} is set in both target.env and target.secret_env",
+                "set each variable once",
+            )
+        )
     for name, ref in t.secret_env.items():
         if not DNS_1123_SUBDOMAIN.match(ref.secret) or len(ref.secret) > 253:
-            out.append(Problem(("target", "secret_env", name, "secret"), "bad_secret_name",
-                               f"{ref.secret!r} is not a Kubernetes Secret name", "lower-case letters, digits, '-' and '.'"))
+            out.append(
+                Problem(
+                    ("target", "secret_env", name, "secret"),
+                    "bad_secret_name",
+                    f"{ref.secret!r} is not a Kubernetes Secret name",
+                    "lower-case letters, digits, '-' and '.'",
+                )
+            )
         if not SECRET_KEY.match(ref.key):
-            out.append(Problem(("target", "secret_env", name, "key"), "bad_secret_key",
-                               f"{ref.key!r} is not a Secret key", "letters, digits, '-', '_' and '.'"))
+            out.append(
+                Problem(
+                    ("target", "secret_env", name, "key"),
+                    "bad_secret_key",
+                    f"{ref.key!r} is not a Secret key",
+                    "letters, digits, '-', '_' and '.'",
+                )
+            )
     for field in ("namespace", "queue", "priority", "workload_priority_class", "service_account"):
         value = getattr(t, field)
         if value is not None and (not DNS_1123_SUBDOMAIN.match(value) or len(value) > 63):
-            out.append(Problem(("target", field), "bad_k8s_name", f"target.{field} {value!r} is not a Kubernetes name",
-                               "lower-case letters, digits and '-', at most 63 characters"))  # fmt: skip
+            out.append(
+                Problem(
+                    ("target", field),
+                    "bad_k8s_name",
+                    f"target.{field} {value!r} is not a Kubernetes name",
+                    "lower-case letters, digits and '-', at most 63 characters",
+                )
+            )
     for key, value in t.labels.items():
         if not _label_key_ok(key) or key in RESERVED_LABELS:
             why = "is set by distillctl" if key in RESERVED_LABELS else "is not a Kubernetes label key"
-            out.append(Problem(("target", "labels", key), "bad_label", f"label {key!r} {why}",
-                               "use [prefix/]name: a DNS prefix and a name of letters, digits, '-', '_', '.'"))  # fmt: skip
+            out.append(
+                Problem(
+                    ("target", "labels", key),
+                    "bad_label",
+                    f"label {key!r} {why}",
+                    "use [prefix/]name: a DNS prefix and a name of letters, digits, '-', '_', '.'",
+                )
+            )
         if not LABEL_VALUE.match(value):
-            out.append(Problem(("target", "labels", key), "bad_label", f"label value {value!r} is not a Kubernetes "
-                               "label value", "at most 63 letters, digits, '-', '_', '.', starting and ending "
-                               "alphanumeric"))  # fmt: skip
+            out.append(
+                Problem(
+                    ("target", "labels", key),
+                    "bad_label",
+                    f"label value {value!r} is not a Kubernetes label value",
+                    "at most 63 letters, digits, '-', '_', '.', starting and ending alphanumeric",
+                )
+            )
     for key in t.pod_annotations:
         if not _label_key_ok(key):
-            out.append(Problem(("target", "pod_annotations", key), "bad_annotation",
-                               f"{key!r} is not a Kubernetes annotation key",
-                               "use [prefix/]name: a DNS prefix and a name of letters, digits, '-', '_', '.'"))  # fmt: skip
+            out.append(
+                Problem(
+                    ("target", "pod_annotations", key),
+                    "bad_annotation",
+                    f"{key!r} is not a Kubernetes annotation key",
+                    "use [prefix/]name: a DNS prefix and a name of letters, digits, '-', '_', '.'",
+                )
+            )
     if len(set(t.restartable_exit_codes)) != len(t.restartable_exit_codes):
-        out.append(Problem(("target", "restartable_exit_codes"), "duplicate_axis_value",
-                           "restartable_exit_codes lists a code more than once", "list each code once"))  # fmt: skip
+        out.append(
+            Problem(
+                ("target", "restartable_exit_codes"),
+                "duplicate_axis_value",
+                "restartable_exit_codes lists a code more than once",
+                "list each code once",
+            )
+        )
     for i, code in enumerate(t.restartable_exit_codes):
         if code == 42 or code >= 127:
-            out.append(Problem(("target", "restartable_exit_codes", i), "exit_code_default",
-                               f"exit code {code} already restarts the JobSet (42 and 127-255 always do)",
-                               "remove it", severity="warning"))  # fmt: skip
+            out.append(
+                Problem(
+                    ("target", "restartable_exit_codes", i),
+                    "exit_code_default",
+                    f"exit code {code} already restarts the JobSet (42 and 127-255 always do)",
+                    "remove it",
+                    severity="warning",
+                )
+            )
         elif code in (1, 65):
-            out.append(Problem(("target", "restartable_exit_codes", i), "exit_code_not_retryable",
-                               f"the trainer exits {code} for " + ("a user error" if code == 1 else "a diverged run")
-                               + ", which a restart does not fix", "remove it", severity="warning"))  # fmt: skip
+            out.append(
+                Problem(
+                    ("target", "restartable_exit_codes", i),
+                    "exit_code_not_retryable",
+                    f"the trainer exits {code} for "
+                    + ("a user error" if code == 1 else "a diverged run")
+                    + ", which a restart does not fix",
+                    "remove it",
+                    severity="warning",
+                )
+            )
     return out
 
 
 def _label_key_ok(key: str) -> bool:
     prefix, _, name = key.rpartition("/")
-    return bool(LABEL_NAME.match(name)) and (not prefix or (len(prefix) <= 253 and bool(DNS_1123_SUBDOMAIN.match(prefix))))
+    return bool(LABEL_NAME.match(name)) and (
+        not prefix or (len(prefix) <= 253 and bool(DNS_1123_SUBDOMAIN.match(prefix)))
+    )
 
 
 def _is_remote(path: str) -> bool:

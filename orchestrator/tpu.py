@@ -68,19 +68,86 @@ class _Family:
 # Sizes people use; XPK knows many more 3-D shapes (every multiple of 4 up to its cube limit). A shape
 # missing here is an "unknown TPU type" with suggestions, not a guess.
 _FAMILIES = (
-    _Family("v4", "v4", "tpu-v4-podslice", "ct4p-hightpu-4t", 2, 32.0, 275.0,
-            ("2x2x1", "2x2x2", "2x2x4", "2x4x4", "4x4x4", "4x4x8", "4x8x8", "8x8x8", "8x8x12", "8x8x16", "8x16x16")),
-    _Family("v5e", "v5litepod", "tpu-v5-lite-podslice", "ct5lp-hightpu-4t", 1, 16.0, 197.0,
-            ("2x4", "4x4", "4x8", "8x8", "8x16", "16x16")),
-    _Family("v5p", "v5p", "tpu-v5p-slice", "ct5p-hightpu-4t", 2, 95.0, 459.0,
-            ("2x2x1", "2x2x2", "2x2x4", "2x4x4", "4x4x4", "4x4x8", "4x8x8", "8x8x8", "8x8x16", "8x16x16",
-             "12x12x12", "16x16x16", "16x16x24")),
-    _Family("v6e", "v6e", "tpu-v6e-slice", "ct6e-standard-4t", 1, 32.0, 918.0,
-            ("1x1", "2x2", "2x4", "4x4", "4x8", "8x8", "8x16", "16x16"), single_chip_machine_type="ct6e-standard-1t"),
-    _Family("tpu7x", "tpu7x", "tpu7x", "tpu7x-standard-4t", 2, 192.0, 2307.0,
-            ("1x1x1", "2x2x1", "2x2x2", "2x2x4", "2x4x4", "4x4x4", "4x4x8", "4x8x8", "8x8x8", "8x8x16", "8x16x16",
-             "16x16x16"), single_chip_machine_type="tpu7x-standard-1t"),
-)  # fmt: skip
+    _Family(
+        "v4",
+        "v4",
+        "tpu-v4-podslice",
+        "ct4p-hightpu-4t",
+        2,
+        32.0,
+        275.0,
+        ("2x2x1", "2x2x2", "2x2x4", "2x4x4", "4x4x4", "4x4x8", "4x8x8", "8x8x8", "8x8x12", "8x8x16", "8x16x16"),
+    ),
+    _Family(
+        "v5e",
+        "v5litepod",
+        "tpu-v5-lite-podslice",
+        "ct5lp-hightpu-4t",
+        1,
+        16.0,
+        197.0,
+        ("2x4", "4x4", "4x8", "8x8", "8x16", "16x16"),
+    ),
+    _Family(
+        "v5p",
+        "v5p",
+        "tpu-v5p-slice",
+        "ct5p-hightpu-4t",
+        2,
+        95.0,
+        459.0,
+        (
+            "2x2x1",
+            "2x2x2",
+            "2x2x4",
+            "2x4x4",
+            "4x4x4",
+            "4x4x8",
+            "4x8x8",
+            "8x8x8",
+            "8x8x16",
+            "8x16x16",
+            "12x12x12",
+            "16x16x16",
+            "16x16x24",
+        ),
+    ),
+    _Family(
+        "v6e",
+        "v6e",
+        "tpu-v6e-slice",
+        "ct6e-standard-4t",
+        1,
+        32.0,
+        918.0,
+        ("1x1", "2x2", "2x4", "4x4", "4x8", "8x8", "8x16", "16x16"),
+        single_chip_machine_type="ct6e-standard-1t",
+    ),
+    _Family(
+        "tpu7x",
+        "tpu7x",
+        "tpu7x",
+        "tpu7x-standard-4t",
+        2,
+        192.0,
+        2307.0,
+        (
+            "1x1x1",
+            "2x2x1",
+            "2x2x2",
+            "2x2x4",
+            "2x4x4",
+            "4x4x4",
+            "4x4x8",
+            "4x8x8",
+            "8x8x8",
+            "8x8x16",
+            "8x16x16",
+            "16x16x16",
+        ),
+        single_chip_machine_type="tpu7x-standard-1t",
+    ),
+)
 
 ALIASES = {"v5e": "v5litepod"}
 
@@ -95,9 +162,17 @@ def _build() -> dict[str, TpuType]:
             assert machine is not None and chips % chips_per_vm == 0
             name = f"{f.prefix}-{chips * f.tensorcores_per_chip}"
             table[name] = TpuType(
-                name, f.family, f.accelerator, topology, machine, chips_per_vm, chips // chips_per_vm,
-                f.tensorcores_per_chip, f.hbm_gb_per_chip, f.peak_bf16_tflops,
-            )  # fmt: skip
+                name,
+                f.family,
+                f.accelerator,
+                topology,
+                machine,
+                chips_per_vm,
+                chips // chips_per_vm,
+                f.tensorcores_per_chip,
+                f.hbm_gb_per_chip,
+                f.peak_bf16_tflops,
+            )
     return table
 
 

@@ -9,9 +9,16 @@ from typing import Callable, TypeVar
 T = TypeVar("T")
 
 
-def poll_until(observe: Callable[[], T], done: Callable[[T], bool], *, timeout: float, every: float,
-               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-               on_wait: Callable[[T, float], None] | None = None) -> tuple[T, bool]:  # fmt: skip
+def poll_until(
+    observe: Callable[[], T],
+    done: Callable[[T], bool],
+    *,
+    timeout: float,
+    every: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    on_wait: Callable[[T, float], None] | None = None,
+) -> tuple[T, bool]:
     """Call `observe()` until `done(value)`, at most every `every` seconds, for at most `timeout` seconds.
 
     Returns `(last value, timed_out)`: the value is always a fresh observation (the last one, taken at or after

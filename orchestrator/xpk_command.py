@@ -38,33 +38,73 @@ def problems(target: Target) -> list[Problem]:
     """What of this target `xpk workload create` cannot express."""
     out = []
     if target.cluster is None:
-        out.append(Problem(("target", "cluster"), "target_field_missing", "`xpk workload create` needs target.cluster",
-                           "set target.cluster to the cluster `xpk cluster create` made"))  # fmt: skip
+        out.append(
+            Problem(
+                ("target", "cluster"),
+                "target_field_missing",
+                "`xpk workload create` needs target.cluster",
+                "set target.cluster to the cluster `xpk cluster create` made",
+            )
+        )
     if target.tpu_type is None or target.image is None:
-        out.append(Problem(("target",), "target_field_missing", "`xpk workload create` needs target.tpu_type and "
-                           "target.image", "set both"))  # fmt: skip
+        out.append(
+            Problem(
+                ("target",),
+                "target_field_missing",
+                "`xpk workload create` needs target.tpu_type and target.image",
+                "set both",
+            )
+        )
     if target.secret_env:
-        out.append(Problem(("target", "secret_env"), "xpk_no_secrets", "XPK cannot pass Secret references to the "
-                           "container", "render the JobSet instead (`distillctl render`), or drop secret_env"))  # fmt: skip
+        out.append(
+            Problem(
+                ("target", "secret_env"),
+                "xpk_no_secrets",
+                "XPK cannot pass Secret references to the container",
+                "render the JobSet instead (`distillctl render`), or drop secret_env",
+            )
+        )
     if target.priority is not None and target.priority not in XPK_PRIORITIES:
-        out.append(Problem(("target", "priority"), "xpk_bad_priority", f"XPK's --priority is one of "
-                           f"{', '.join(XPK_PRIORITIES)}; got {target.priority!r}", "use one of XPK's priorities"))  # fmt: skip
+        out.append(
+            Problem(
+                ("target", "priority"),
+                "xpk_bad_priority",
+                f"XPK's --priority is one of {', '.join(XPK_PRIORITIES)}; got {target.priority!r}",
+                "use one of XPK's priorities",
+            )
+        )
     for name, value in target.env.items():
         if any(ch in value for ch in _UNSAFE_ENV):
-            out.append(Problem(("target", "env", name), "xpk_unsafe_env", f"XPK writes --env values into its YAML "
-                               f"unescaped; the value of {name} holds a quote, backslash or line break",
-                               "render the JobSet instead, or simplify the value"))  # fmt: skip
+            out.append(
+                Problem(
+                    ("target", "env", name),
+                    "xpk_unsafe_env",
+                    f"XPK writes --env values into its YAML "
+                    f"unescaped; the value of {name} holds a quote, backslash or line break",
+                    "render the JobSet instead, or simplify the value",
+                )
+            )
     warnings = [
         ("queue", target.queue not in (None, XPK_LOCAL_QUEUE), f"XPK always uses the LocalQueue {XPK_LOCAL_QUEUE!r}"),
         ("service_account", target.service_account is not None, "XPK sets the service account itself"),
-        ("workload_priority_class", target.workload_priority_class is not None,
-         "XPK sets no kueue.x-k8s.io/priority-class label; its --priority is the pods' PriorityClass"),
+        (
+            "workload_priority_class",
+            target.workload_priority_class is not None,
+            "XPK sets no kueue.x-k8s.io/priority-class label; its --priority is the pods' PriorityClass",
+        ),
         ("host_network", not target.host_network, "XPK always runs TPU pods with hostNetwork: true"),
-    ]  # fmt: skip
+    ]
     for field, applies, message in warnings:
         if applies:
-            out.append(Problem(("target", field), "xpk_ignores", message, "render the JobSet to keep this setting",
-                               severity="warning"))  # fmt: skip
+            out.append(
+                Problem(
+                    ("target", field),
+                    "xpk_ignores",
+                    message,
+                    "render the JobSet to keep this setting",
+                    severity="warning",
+                )
+            )
     return out
 
 
@@ -81,17 +121,27 @@ def xpk_command(point: Point, target: Target) -> XpkCommand:
     if target.zone:
         argv += ["--zone", target.zone]
     argv += [
-        "--namespace", target.namespace,
-        "--workload", point.jobset_name,
-        "--tpu-type", str(target.tpu_type),
-        "--num-slices", str(target.slices),
-        "--docker-image", str(target.image),
-        "--docker-name", CONTAINER_NAME,  # XPK's default is jax-tpu; logs and exit-code rules name this container
-        "--command", trainer_command(point),
-        "--max-restarts", str(target.max_restarts),
-        "--ttl-seconds-after-finished", str(target.ttl_seconds_after_finished),
-        "--termination-grace-period-seconds", str(target.termination_grace_seconds),
-    ]  # fmt: skip
+        "--namespace",
+        target.namespace,
+        "--workload",
+        point.jobset_name,
+        "--tpu-type",
+        str(target.tpu_type),
+        "--num-slices",
+        str(target.slices),
+        "--docker-image",
+        str(target.image),
+        "--docker-name",
+        CONTAINER_NAME,  # XPK's default is jax-tpu; logs and exit-code rules name this container
+        "--command",
+        trainer_command(point),
+        "--max-restarts",
+        str(target.max_restarts),
+        "--ttl-seconds-after-finished",
+        str(target.ttl_seconds_after_finished),
+        "--termination-grace-period-seconds",
+        str(target.termination_grace_seconds),
+    ]
     if target.priority:
         argv += ["--priority", target.priority]
     extra = sorted(set(target.restartable_exit_codes) - set(RETRYABLE_EXIT_CODES))

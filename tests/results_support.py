@@ -78,38 +78,65 @@ def records(point: Point, *, steps: int = STEPS, kl_end: float | None = None) ->
         values: dict[str, float] = {"distill/hard_loss": hard, "distill/total_loss": hard}
         if point.prerequisite is None:
             loss = point.spec.loss
-            values.update({
-                "distill/kl_div_T1": kl_end + 2.5 * math.exp(-6 * progress),
-                "distill/teacher_loss": 2.3,
-                "distill/top1_agreement": 0.9 - kl_end,
-                "distill/alpha": float(loss.alpha.at(step, STEPS)),
-                "distill/beta_feature": float(loss.beta.at(step, STEPS)),
-                "distill/temperature": float(loss.temperature.at(step, STEPS)),
-            })  # fmt: skip
+            values.update(
+                {
+                    "distill/kl_div_T1": kl_end + 2.5 * math.exp(-6 * progress),
+                    "distill/teacher_loss": 2.3,
+                    "distill/top1_agreement": 0.9 - kl_end,
+                    "distill/alpha": float(loss.alpha.at(step, STEPS)),
+                    "distill/beta_feature": float(loss.beta.at(step, STEPS)),
+                    "distill/temperature": float(loss.temperature.at(step, STEPS)),
+                }
+            )
         metrics = {name: {"sum": v * count, "count": count, "value": v} for name, v in values.items()}
-        for perplexity, loss_name in (("distill/student_perplexity", "distill/hard_loss"),
-                                      ("distill/teacher_perplexity", "distill/teacher_loss")):  # fmt: skip
+        for perplexity, loss_name in (
+            ("distill/student_perplexity", "distill/hard_loss"),
+            ("distill/teacher_perplexity", "distill/teacher_loss"),
+        ):
             if loss_name in metrics:
                 pair = metrics[loss_name]
                 metrics[perplexity] = {**pair, "value": math.exp(pair["value"])}
-        out.append({
-            "step": step, "time": START_TIME + step, "tokens": step * TOKENS_PER_STEP, "tokens_per_sec": 512.0,
-            "step_time_sec": 1.0, "learning_rate": 1e-3, "metrics": metrics,
-        })  # fmt: skip
+        out.append(
+            {
+                "step": step,
+                "time": START_TIME + step,
+                "tokens": step * TOKENS_PER_STEP,
+                "tokens_per_sec": 512.0,
+                "step_time_sec": 1.0,
+                "learning_rate": 1e-3,
+                "metrics": metrics,
+            }
+        )
     return out
 
 
 def summary(point: Point, status: str = "succeeded", step: int = STEPS) -> dict[str, Any]:
     return {
-        "status": status, "exit_code": {"succeeded": 0, "failed": 1, "diverged": 65}.get(status), "step": step,
-        "total_steps": point.spec.steps, "tokens": step * TOKENS_PER_STEP, "tokens_per_sec": 512.0,
-        "wall_time_sec": 90.0, "compile_time_sec": 5.0, "final_metrics": {}, "mode": point.spec.mode,
-        "run_name": point.run_id, "message": "", "resumed_from_step": None,
-    }  # fmt: skip
+        "status": status,
+        "exit_code": {"succeeded": 0, "failed": 1, "diverged": 65}.get(status),
+        "step": step,
+        "total_steps": point.spec.steps,
+        "tokens": step * TOKENS_PER_STEP,
+        "tokens_per_sec": 512.0,
+        "wall_time_sec": 90.0,
+        "compile_time_sec": 5.0,
+        "final_metrics": {},
+        "mode": point.spec.mode,
+        "run_name": point.run_id,
+        "message": "",
+        "resumed_from_step": None,
+    }
 
 
-def write_outputs(point: Point, *, status: str | None = "succeeded", steps: int = STEPS, base: Path | None = None,
-                  kl_end: float | None = None, tail: str = "") -> Path:  # fmt: skip
+def write_outputs(
+    point: Point,
+    *,
+    status: str | None = "succeeded",
+    steps: int = STEPS,
+    base: Path | None = None,
+    kl_end: float | None = None,
+    tail: str = "",
+) -> Path:
     """A run directory as the trainer leaves it; `status=None` writes no summary.json; `tail` is appended to
     metrics.jsonl (a line cut off mid-write)."""
     run_dir = Path(point.output_path) if base is None else base / point.run_id

@@ -24,9 +24,15 @@ EXAMPLE_SWEEPS = ("alpha-end", "layer-indices", "beta-end", "temperature", "sche
 # The spec tests' known-good spec; a sweep names each run itself (its run id).
 SPEC: dict[str, Any] = {key: value for key, value in GOOD.items() if key != "name"}
 TARGET: dict[str, Any] = {
-    "kind": "kubernetes", "tpu_type": "v5p-128", "slices": 2, "image": "example.com/distill:1",
-    "output_base": "gs://bucket/runs", "queue": "multislice-queue", "priority": "medium", "max_restarts": 3,
-}  # fmt: skip
+    "kind": "kubernetes",
+    "tpu_type": "v5p-128",
+    "slices": 2,
+    "image": "example.com/distill:1",
+    "output_base": "gs://bucket/runs",
+    "queue": "multislice-queue",
+    "priority": "medium",
+    "max_restarts": 3,
+}
 
 
 def sweep_data(**fields: Any) -> dict[str, Any]:
@@ -69,8 +75,10 @@ def _strict(schema: Any) -> Any:
     if schema.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
         out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-    if "properties" in schema and "additionalProperties" not in schema and not schema.get(
-        "x-kubernetes-preserve-unknown-fields"
+    if (
+        "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
     ):
         out["additionalProperties"] = False
     return out
@@ -81,7 +89,9 @@ def crd_path(version: str) -> Path | None:
     shared = SCHEMAS / f"jobset.x-k8s.io_jobsets.{version}.yaml"
     if shared.is_file():
         return shared
-    gomodcache = Path(os.environ.get("GOMODCACHE") or Path(os.environ.get("GOPATH") or Path.home() / "go") / "pkg" / "mod")
+    gomodcache = Path(
+        os.environ.get("GOMODCACHE") or Path(os.environ.get("GOPATH") or Path.home() / "go") / "pkg" / "mod"
+    )
     cached = gomodcache / f"sigs.k8s.io/jobset@{version}/config/components/crd/bases/jobset.x-k8s.io_jobsets.yaml"
     return cached if cached.is_file() else None
 
@@ -91,15 +101,19 @@ def jobset_validator(version: str):
     jsonschema = pytest.importorskip("jsonschema")
     path = crd_path(version)
     if path is None:
-        pytest.skip(f"no JobSet {version} CRD: shared/schemas beside the repository, or the Go module cache after "
-                    "`make cluster-build`, holds it")  # fmt: skip
+        pytest.skip(
+            f"no JobSet {version} CRD: shared/schemas beside the repository, or the Go module cache after "
+            "`make cluster-build`, holds it"
+        )
     crd = yaml.safe_load(path.read_text())
     schema = _strict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
     return jsonschema.Draft7Validator(schema)
 
 
 def jobset_errors(manifest: dict, version: str) -> list[str]:
-    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in jobset_validator(version).iter_errors(manifest)]
+    return [
+        f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in jobset_validator(version).iter_errors(manifest)
+    ]
 
 
 def pod_template_errors(manifest: dict) -> list[str]:

@@ -54,8 +54,13 @@ def test_validate_reports_every_problem_with_file_line_column(tmp_path):
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == ExitCode.INVALID_SPEC
     codes = {line.split("error[")[1].split("]")[0] for line in result.stdout.splitlines() if "error[" in line}
-    assert codes == {"alpha_out_of_range", "beta_ramp_from_zero", "unknown_key", "teacher_path_missing",
-                     "layer_indices_missing"}  # fmt: skip
+    assert codes == {
+        "alpha_out_of_range",
+        "beta_ramp_from_zero",
+        "unknown_key",
+        "teacher_path_missing",
+        "layer_indices_missing",
+    }
     assert f"{path}:6:" in result.stdout and "error[alpha_out_of_range] loss.alpha.end" in result.stdout
     assert "error[unknown_key] loss.distill_alpa" in result.stdout
     assert "Traceback" not in result.output
@@ -66,7 +71,9 @@ def test_validate_json_output(tmp_path):
     result = runner.invoke(app, ["validate", "--output", "json", str(path)])
     assert result.exit_code == ExitCode.INVALID_SPEC
     problems = json.loads(result.stdout)
-    assert {tuple(sorted(p)) for p in problems} == {("code", "column", "file", "hint", "line", "loc", "message", "severity")}
+    assert {tuple(sorted(p)) for p in problems} == {
+        ("code", "column", "file", "hint", "line", "loc", "message", "severity")
+    }
     by_code = {p["code"]: p for p in problems}
     assert by_code["beta_ramp_from_zero"]["line"] == 7 and by_code["beta_ramp_from_zero"]["loc"] == "loss.beta.start"
     assert by_code["teacher_path_missing"]["file"] == str(path)
@@ -104,7 +111,9 @@ def test_explain_shows_resolved_layers_and_schedules():
 
 
 def test_explain_json_schedule_values():
-    result = runner.invoke(app, ["explain", "--output", "json", str(ROOT / "sweeps" / "llama3.1-8b-pruning-recovery.yaml")])
+    result = runner.invoke(
+        app, ["explain", "--output", "json", str(ROOT / "sweeps" / "llama3.1-8b-pruning-recovery.yaml")]
+    )
     view = json.loads(result.stdout)
     alpha = [round(v["value"], 4) for v in view["schedules"]["alpha"]["values"]]
     assert alpha == [0.9, 0.8414, 0.7, 0.5586, 0.5]

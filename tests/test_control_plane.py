@@ -52,49 +52,61 @@ def tpu_jobset(
                 "rules": [{"action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]}],
                 "maxRestarts": max_restarts,
             },
-            "replicatedJobs": [{
-                "name": "slice-job",
-                "replicas": slices,
-                "template": {"spec": {
-                    "parallelism": vms_per_slice,
-                    "completions": vms_per_slice,
-                    "completionMode": "Indexed",
-                    "backoffLimit": 0,
-                    "podFailurePolicy": {"rules": [{
-                        "action": "FailJob",
-                        "onPodConditions": [],
-                        "onExitCodes": {
-                            "containerName": CONTAINER,
-                            "operator": "NotIn",
-                            "values": RESTART_EXIT_CODES,
-                        },
-                    }]},
+            "replicatedJobs": [
+                {
+                    "name": "slice-job",
+                    "replicas": slices,
                     "template": {
-                        "metadata": {
-                            "labels": {"xpk.google.com/workload": name},
-                            "annotations": dict(pod_annotations or {}),
-                        },
                         "spec": {
-                            "restartPolicy": "Never",
-                            "nodeSelector": {
-                                "cloud.google.com/gke-tpu-accelerator": "tpu-v5p-slice",
-                                "cloud.google.com/gke-tpu-topology": "4x4x4",
+                            "parallelism": vms_per_slice,
+                            "completions": vms_per_slice,
+                            "completionMode": "Indexed",
+                            "backoffLimit": 0,
+                            "podFailurePolicy": {
+                                "rules": [
+                                    {
+                                        "action": "FailJob",
+                                        "onPodConditions": [],
+                                        "onExitCodes": {
+                                            "containerName": CONTAINER,
+                                            "operator": "NotIn",
+                                            "values": RESTART_EXIT_CODES,
+                                        },
+                                    }
+                                ]
                             },
-                            "priorityClassName": "medium",
-                            "hostNetwork": True,
-                            "dnsPolicy": "ClusterFirstWithHostNet",
-                            "terminationGracePeriodSeconds": 30,
-                            "tolerations": [{"key": "google.com/tpu", "operator": "Exists", "effect": "NoSchedule"}],
-                            "containers": [{
-                                "name": CONTAINER,
-                                "image": "us-docker.pkg.dev/example/distillctl/trainer:test",
-                                "command": ["bash", "-c", "python -m trainer.distill"],
-                                "resources": {"limits": {"google.com/tpu": chips_per_vm}},
-                            }],
-                        },
+                            "template": {
+                                "metadata": {
+                                    "labels": {"xpk.google.com/workload": name},
+                                    "annotations": dict(pod_annotations or {}),
+                                },
+                                "spec": {
+                                    "restartPolicy": "Never",
+                                    "nodeSelector": {
+                                        "cloud.google.com/gke-tpu-accelerator": "tpu-v5p-slice",
+                                        "cloud.google.com/gke-tpu-topology": "4x4x4",
+                                    },
+                                    "priorityClassName": "medium",
+                                    "hostNetwork": True,
+                                    "dnsPolicy": "ClusterFirstWithHostNet",
+                                    "terminationGracePeriodSeconds": 30,
+                                    "tolerations": [
+                                        {"key": "google.com/tpu", "operator": "Exists", "effect": "NoSchedule"}
+                                    ],
+                                    "containers": [
+                                        {
+                                            "name": CONTAINER,
+                                            "image": "us-docker.pkg.dev/example/distillctl/trainer:test",
+                                            "command": ["bash", "-c", "python -m trainer.distill"],
+                                            "resources": {"limits": {"google.com/tpu": chips_per_vm}},
+                                        }
+                                    ],
+                                },
+                            },
+                        }
                     },
-                }},
-            }],
+                }
+            ],
         },
     }
 
@@ -157,8 +169,11 @@ class Cluster:
 
     def wait_pods_running(self, jobset: str, count: int, restart_attempt: int | None = None, timeout: float = 120):
         def check():
-            pods = [p for p in self.pods(jobset, restart_attempt)
-                    if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+            pods = [
+                p
+                for p in self.pods(jobset, restart_attempt)
+                if p.status.phase == "Running" and not p.metadata.deletion_timestamp
+            ]
             return pods if len(pods) >= count else None
 
         return self.cp.wait_for(check, timeout, f"{count} running pods of JobSet {jobset}")
@@ -202,7 +217,9 @@ def test_fake_tpu_capacity(cluster):
     for n in nodes:
         pools[n.metadata.labels["cloud.google.com/gke-nodepool"]].append(n)
     assert {p: len(ns) for p, ns in pools.items()} == {
-        "tpu-v5p-128-np-0": 16, "tpu-v5p-128-np-1": 16, "tpu-v6e-16-np-0": 4,
+        "tpu-v5p-128-np-0": 16,
+        "tpu-v5p-128-np-1": 16,
+        "tpu-v6e-16-np-0": 4,
     }
     n = pools["tpu-v5p-128-np-0"][0]
     assert n.metadata.labels["cloud.google.com/gke-tpu-accelerator"] == "tpu-v5p-slice"
@@ -213,12 +230,20 @@ def test_fake_tpu_capacity(cluster):
     assert lq["spec"]["clusterQueue"] == "cluster-queue"
     # XPK writes v1beta1; reading it back exercises Kueue's conversion webhook.
     cq = cluster.custom.get_cluster_custom_object("kueue.x-k8s.io", "v1beta1", "clusterqueues", "cluster-queue")
-    quota = {(f["name"], r["name"]): r["nominalQuota"]
-             for g in cq["spec"]["resourceGroups"] for f in g["flavors"] for r in f["resources"]}
+    quota = {
+        (f["name"], r["name"]): r["nominalQuota"]
+        for g in cq["spec"]["resourceGroups"]
+        for f in g["flavors"]
+        for r in f["resources"]
+    }
     assert quota[("2xv5p-128", "google.com/tpu")] in (128, "128")
     prios = {pc.metadata.name: pc.value for pc in _scheduling(cluster).list_priority_class().items}
     assert {k: prios[k] for k in ("very-low", "low", "medium", "high", "very-high")} == {
-        "very-low": 100, "low": 250, "medium": 500, "high": 750, "very-high": 1000,
+        "very-low": 100,
+        "low": 250,
+        "medium": 500,
+        "high": 750,
+        "very-high": 1000,
     }
 
 
@@ -312,8 +337,9 @@ def test_second_jobset_waits_for_quota(cluster):
     cluster.wait_jobset_condition("train-first", "Completed", timeout=120)
 
     cluster.wait_admitted("train-second", timeout=120)
-    cluster.cp.wait_for(lambda: cluster.jobset("train-second")["spec"]["suspend"] is False, 30,
-                        "Kueue to unsuspend train-second")
+    cluster.cp.wait_for(
+        lambda: cluster.jobset("train-second")["spec"]["suspend"] is False, 30, "Kueue to unsuspend train-second"
+    )
     cluster.wait_jobset_condition("train-second", "Completed", timeout=180)
 
 

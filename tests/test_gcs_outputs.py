@@ -39,9 +39,14 @@ pytestmark = pytest.mark.slow
 def run_pod(point, env: dict[str, str], *, stop_at_checkpoint: str | None = None) -> subprocess.CompletedProcess:
     """`python -m trainer` as the point's pod runs it; with `stop_at_checkpoint`, SIGTERM once that checkpoint
     directory exists (the trainer saves another checkpoint and exits 143)."""
-    proc = subprocess.Popen([sys.executable, "-m", "trainer"], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **env, "DISTILLCTL_SPEC": spec_json(point)})  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **env, "DISTILLCTL_SPEC": spec_json(point)},
+    )
     if stop_at_checkpoint:
         fs = fsspec.filesystem("gs", token="anon")
         deadline = time.monotonic() + 180

@@ -53,12 +53,22 @@ target:
 """
 
 
-def write_sweep(tmp_path: Path, name: str, *, points: int = 2, duration: str = "2s", slices: int = 2,
-                queue: str = "multislice-queue") -> Path:  # fmt: skip
+def write_sweep(
+    tmp_path: Path,
+    name: str,
+    *,
+    points: int = 2,
+    duration: str = "2s",
+    slices: int = 2,
+    queue: str = "multislice-queue",
+) -> Path:
     temperatures = [1.0 + i for i in range(points)]
     path = tmp_path / f"{name}.yaml"
-    path.write_text(SWEEP.format(name=name, temperatures=temperatures, base=tmp_path / "runs", duration=duration,
-                                 slices=slices, queue=queue))  # fmt: skip
+    path.write_text(
+        SWEEP.format(
+            name=name, temperatures=temperatures, base=tmp_path / "runs", duration=duration, slices=slices, queue=queue
+        )
+    )
     return path
 
 
@@ -69,8 +79,9 @@ def cli(*args: str, kubeconfig) -> "CliRunner.Result":
 def jobsets(cp, sweep: str, *, deleting: bool = False) -> list[dict]:
     """The sweep's JobSets (with those being deleted, when `deleting`)."""
     api = client.CustomObjectsApi(cp.client)
-    listing = api.list_namespaced_custom_object("jobset.x-k8s.io", "v1alpha2", "default", "jobsets",
-                                                label_selector=f"distillctl.dev/sweep={sweep}")  # fmt: skip
+    listing = api.list_namespaced_custom_object(
+        "jobset.x-k8s.io", "v1alpha2", "default", "jobsets", label_selector=f"distillctl.dev/sweep={sweep}"
+    )
     return [j for j in listing["items"] if deleting or not j["metadata"].get("deletionTimestamp")]
 
 
@@ -114,8 +125,9 @@ def test_concurrent_and_interrupted_sweeps_end_with_one_jobset_per_point(control
     cp = control_plane
     path = write_sweep(tmp_path, "race", points=4, duration="60s")
     command = [sys.executable, "-m", "orchestrator.cli", "sweep", str(path), "--kubeconfig", str(cp.kubeconfig)]
-    both = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]  # fmt: skip
+    both = [
+        subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=120) for p in both]
     assert all(p.returncode == 0 for p in both), outputs
     assert len(jobsets(cp, "race")) == 4
@@ -177,9 +189,14 @@ def test_server_dry_run_surfaces_a_jobset_crd_older_than_the_fields_used(control
     crd = ext.read_custom_resource_definition("jobsets.jobset.x-k8s.io")
     original = client.ApiClient().sanitize_for_serialization(crd)
     older = json.loads(json.dumps(original))
-    policy = older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["failurePolicy"]
+    policy = older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "failurePolicy"
+    ]
     policy["properties"].pop("rules")  # as in a JobSet release before failure-policy rules
-    older["metadata"] = {"name": original["metadata"]["name"], "resourceVersion": original["metadata"]["resourceVersion"]}
+    older["metadata"] = {
+        "name": original["metadata"]["name"],
+        "resourceVersion": original["metadata"]["resourceVersion"],
+    }
     older.pop("status", None)
     ext.replace_custom_resource_definition("jobsets.jobset.x-k8s.io", older)
     try:
@@ -187,8 +204,10 @@ def test_server_dry_run_surfaces_a_jobset_crd_older_than_the_fields_used(control
         result = cli("sweep", str(path), "--dry-run", "server", kubeconfig=cp.kubeconfig)
     finally:
         current = ext.read_custom_resource_definition("jobsets.jobset.x-k8s.io")
-        restored = {**original, "metadata": {"name": original["metadata"]["name"],
-                                             "resourceVersion": current.metadata.resource_version}}  # fmt: skip
+        restored = {
+            **original,
+            "metadata": {"name": original["metadata"]["name"], "resourceVersion": current.metadata.resource_version},
+        }
         restored.pop("status", None)
         ext.replace_custom_resource_definition("jobsets.jobset.x-k8s.io", restored)
         time.sleep(2)
@@ -197,8 +216,10 @@ def test_server_dry_run_surfaces_a_jobset_crd_older_than_the_fields_used(control
     assert jobsets(cp, "oldcrd") == []
 
 
-@pytest.mark.parametrize(("group", "words"), [("jobset.x-k8s.io", "JobSet controller is not installed"),
-                                              ("kueue.x-k8s.io", "Kueue is not installed")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("group", "words"),
+    [("jobset.x-k8s.io", "JobSet controller is not installed"), ("kueue.x-k8s.io", "Kueue is not installed")],
+)
 def test_missing_components_say_which_and_how_to_install(control_plane, tmp_path, group, words):
     path = write_sweep(tmp_path, "bare", points=1)
     with FaultProxy(control_plane, [Rule("hide_group", group=group, times=None)]) as proxy:
@@ -222,8 +243,7 @@ def launcher_rbac() -> list[dict]:
     return [doc for doc in yaml.safe_load_all(block) if doc]
 
 
-def test_in_a_pod_it_uses_the_service_account_and_needs_only_the_documented_rbac(control_plane, tmp_path,
-                                                                                 monkeypatch):  # fmt: skip
+def test_in_a_pod_it_uses_the_service_account_and_needs_only_the_documented_rbac(control_plane, tmp_path, monkeypatch):
     cp = control_plane
     docs = launcher_rbac()
     core, rbac = client.CoreV1Api(cp.client), client.RbacAuthorizationV1Api(cp.client)
@@ -249,8 +269,11 @@ def test_in_a_pod_it_uses_the_service_account_and_needs_only_the_documented_rbac
             assert result.exit_code == 0, result.output
         assert "1 created" in result.stdout
         jobset = jobsets(cp, "inpod")[0]
-        cp.wait_for(lambda: any(p.status.phase == "Running" for p in pods_of(cp, jobset["metadata"]["name"])), 120,
-                    "a running pod")  # fmt: skip
+        cp.wait_for(
+            lambda: any(p.status.phase == "Running" for p in pods_of(cp, jobset["metadata"]["name"])),
+            120,
+            "a running pod",
+        )
         status = runner.invoke(app, ["status", str(path), "--output", "json"])
         assert status.exit_code == 0 and json.loads(status.stdout)[0]["phase"] == "Running", status.output
         logs = runner.invoke(app, ["logs", str(path), "0"])
@@ -283,7 +306,9 @@ def test_unreachable_cluster_and_unknown_context(control_plane, tmp_path):
     dead.write_text(control_plane.kubeconfig.read_text().replace(control_plane.server, "https://127.0.0.1:9"))
     result = cli("status", str(path), kubeconfig=dead)
     assert result.exit_code == ExitCode.CLUSTER_UNREACHABLE and "cannot reach" in result.stderr
-    result = runner.invoke(app, ["status", str(path), "--kubeconfig", str(control_plane.kubeconfig), "--context", "prod"])
+    result = runner.invoke(
+        app, ["status", str(path), "--kubeconfig", str(control_plane.kubeconfig), "--context", "prod"]
+    )
     assert result.exit_code == ExitCode.CLUSTER_UNREACHABLE and "use one of: distillctl-local" in result.stderr
     result = runner.invoke(app, ["status", str(path), "--kubeconfig", str(tmp_path / "missing")])
     assert result.exit_code == ExitCode.CLUSTER_UNREACHABLE and "no kubeconfig" in result.stderr
@@ -332,8 +357,13 @@ def test_status_follows_queueing_restarts_and_failures(control_plane, tmp_path):
 
     # After the restart a worker exits 1 (a user error): the JobSet fails at once, no more restarts.
     def fail_one() -> bool:
-        pods = [p for p in pods_of(cp, running) if p.status.phase == "Running" and not p.metadata.deletion_timestamp
-                and (p.metadata.labels or {}).get("jobset.sigs.k8s.io/restart-attempt") == "1"]  # fmt: skip
+        pods = [
+            p
+            for p in pods_of(cp, running)
+            if p.status.phase == "Running"
+            and not p.metadata.deletion_timestamp
+            and (p.metadata.labels or {}).get("jobset.sigs.k8s.io/restart-attempt") == "1"
+        ]
         if pods:
             cp.set_pod_exit_code(pods[0].metadata.name, 1)
         return bool(pods)
@@ -384,8 +414,17 @@ def test_logs_of_one_worker_and_of_all(control_plane, tmp_path):
     assert refused.exit_code == ExitCode.USAGE and "--follow follows one worker" in refused.stderr
 
     # --follow streams the running pod's log through the apiserver and kwok, and stays attached until stopped.
-    command = [sys.executable, "-m", "orchestrator.cli", "logs", str(path), "0", "--follow",
-               "--kubeconfig", str(cp.kubeconfig)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "logs",
+        str(path),
+        "0",
+        "--follow",
+        "--kubeconfig",
+        str(cp.kubeconfig),
+    ]
     follower = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = [follower.stdout.readline() for _ in range(3)]
     assert lines[0].startswith("training") and "kl_div_T1" in lines[1], lines
@@ -399,8 +438,10 @@ def test_logs_of_one_worker_and_of_all(control_plane, tmp_path):
 
 def test_cancel_deletes_one_sweeps_jobsets_only(control_plane, tmp_path):
     cp = control_plane
-    mine, theirs = write_sweep(tmp_path, "mine", points=2, duration="10m"), write_sweep(tmp_path, "theirs", points=1,
-                                                                                          duration="10m")  # fmt: skip
+    mine, theirs = (
+        write_sweep(tmp_path, "mine", points=2, duration="10m"),
+        write_sweep(tmp_path, "theirs", points=1, duration="10m"),
+    )
     assert cli("sweep", str(mine), kubeconfig=cp.kubeconfig).exit_code == 0
     assert cli("sweep", str(theirs), kubeconfig=cp.kubeconfig).exit_code == 0
     one = jobsets(cp, "mine")[0]["metadata"]["labels"]["distillctl.dev/run-id"]

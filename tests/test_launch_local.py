@@ -66,8 +66,14 @@ def write_sweep(folder: Path, name: str = "local-test", steps: int = 20) -> Path
 def distillctl(*args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("DISTILLCTL_SPEC", None)
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check:
         assert done.returncode == 0, done.stdout + done.stderr
     return done
@@ -114,8 +120,10 @@ def test_sweep_wait_runs_prerequisite_then_points(finished):
         assert summary["status"] == "succeeded" and summary["step"] == 20
         if row["role"] != "prerequisite":
             # A point starts only after its teacher has finished.
-            assert json.loads((Path(row["output_path"]) / local_claims.CLAIM_FILE).read_text())["started_at"] >= \
-                json.loads((Path(teacher["output_path"]) / local_claims.CLAIM_FILE).read_text())["started_at"]  # fmt: skip
+            assert (
+                json.loads((Path(row["output_path"]) / local_claims.CLAIM_FILE).read_text())["started_at"]
+                >= json.loads((Path(teacher["output_path"]) / local_claims.CLAIM_FILE).read_text())["started_at"]
+            )
     assert "4 created" in done.stdout
 
 
@@ -136,8 +144,13 @@ def test_logs_print_the_trainer_output(finished):
 
 def test_two_concurrent_sweeps_and_an_interrupted_one_end_with_one_run_each(tmp_path):
     sweep = write_sweep(tmp_path, name="race")
-    first = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", str(sweep)], cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "sweep", str(sweep)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     second = distillctl("sweep", str(sweep))
     out, err = first.communicate(timeout=120)
     assert first.returncode == 0 and second.returncode == 0, out + err + second.stdout + second.stderr
@@ -203,7 +216,9 @@ def test_retry_failed_reruns_a_failed_prerequisite_then_its_points(tmp_path):
     # An earlier attempt of the teacher failed (its outputs say so; nothing runs it now).
     out = Path(teacher["output_path"])
     out.mkdir(parents=True)
-    (out / "summary.json").write_text(json.dumps({"status": "failed", "exit_code": 1, "updated_at": "2026-01-01T00:00:00Z"}))
+    (out / "summary.json").write_text(
+        json.dumps({"status": "failed", "exit_code": 1, "updated_at": "2026-01-01T00:00:00Z"})
+    )
     blocked = distillctl("sweep", str(sweep), "--wait", "--timeout", "120")
     assert blocked.returncode == 1, blocked.stdout + blocked.stderr
     assert "blocked" in blocked.stdout and status(sweep)[teacher["run_id"]]["phase"] == "Failed"

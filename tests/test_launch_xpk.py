@@ -109,10 +109,16 @@ def test_xpk_creates_missing_points_once_and_follows_them(control_plane, tmp_pat
     assert len(list(xpk_on_path.iterdir())) == 2  # xpk was not called again
 
     # Kueue admits XPK's JobSets from multislice-queue; status follows them through the API.
-    cp.wait_for(lambda: {r["phase"] for r in status_rows(path, cp.kubeconfig).values()} <= {"Succeeded", "Running",
-                                                                                            "Queued"}, 60, "statuses")
-    cp.wait_for(lambda: all(r["phase"] == "Succeeded" for r in status_rows(path, cp.kubeconfig).values()), 180,
-                "both points to succeed")  # fmt: skip
+    cp.wait_for(
+        lambda: {r["phase"] for r in status_rows(path, cp.kubeconfig).values()} <= {"Succeeded", "Running", "Queued"},
+        60,
+        "statuses",
+    )
+    cp.wait_for(
+        lambda: all(r["phase"] == "Succeeded" for r in status_rows(path, cp.kubeconfig).values()),
+        180,
+        "both points to succeed",
+    )
     logs = runner.invoke(app, ["logs", str(path), "0", "--kubeconfig", str(cp.kubeconfig)])
     assert logs.exit_code == 0 and "kl_div_T1" in logs.stdout, logs.output  # XPK's container is named trainer
     deleted = runner.invoke(app, ["cancel", str(path), "--yes", "--kubeconfig", str(cp.kubeconfig)])
@@ -134,11 +140,18 @@ def test_xpk_missing_from_path_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing here
     path = write_sweep(tmp_path, "noxpk")
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:9"}}],
-        "users": [{"name": "u", "user": {}}], "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-    }))  # fmt: skip
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "c",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:9"}}],
+                "users": [{"name": "u", "user": {}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+            }
+        )
+    )
     result = runner.invoke(app, ["sweep", str(path), "--kubeconfig", str(kubeconfig)])
     assert result.exit_code == ExitCode.CLUSTER_NOT_READY
     assert "`xpk` is not on PATH" in result.stderr and "pip install xpk" in result.stderr

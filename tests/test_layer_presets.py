@@ -32,7 +32,9 @@ def test_straddle_brackets_each_pruned_region():
     assert resolve_preset("straddle", 28, pruned=(5, 9, 10)) == [4, 6, 8, 11]
 
 
-@pytest.mark.parametrize("text", ["first", "first:x", "first:0", "middle:3", "straddle:[a]", "straddle:5-2", "straddle:[]"])
+@pytest.mark.parametrize(
+    "text", ["first", "first:x", "first:0", "middle:3", "straddle:[a]", "straddle:5-2", "straddle:[]"]
+)
 def test_bad_presets(text):
     with pytest.raises(PresetError):
         parse_preset(text)

@@ -58,8 +58,14 @@ def np_reference(s, t, targets, mask, alpha, temperature, beta=0.0, sf=None, tf=
     total = alpha * temperature**2 * kl_t + (1 - alpha) * hard + beta * feature
     agree = mean((s.argmax(-1) == t.argmax(-1)).astype(np.float64))
     return {
-        "total": total, "kl_t": kl_t, "kl_1": kl_1, "hard": hard, "teacher": teacher, "feature": beta * feature,
-        "agree": agree, "n": n,
+        "total": total,
+        "kl_t": kl_t,
+        "kl_1": kl_1,
+        "hard": hard,
+        "teacher": teacher,
+        "feature": beta * feature,
+        "agree": agree,
+        "n": n,
     }
 
 
@@ -69,7 +75,7 @@ def batch(seed=0, pad_rows=(), pad_tail=2):
     t = rng.normal(size=(B, T, V)).astype(np.float32) * 3
     targets = rng.integers(0, V, size=(B, T))
     mask = np.ones((B, T), np.float32)
-    mask[0, T - pad_tail:] = 0  # a padded tail
+    mask[0, T - pad_tail :] = 0  # a padded tail
     for r in pad_rows:
         mask[r] = 0
     sf = rng.normal(size=(LAYERS, B, T, D)).astype(np.float32)
@@ -86,8 +92,9 @@ def value(metrics, name):
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
 def test_logit_terms_match_numpy(temperature, alpha):
     s, t, targets, mask, _, _ = batch()
-    total, m = L.distillation_loss(jnp.asarray(s), jnp.asarray(t), jnp.asarray(targets), jnp.asarray(mask),
-                                   alpha=alpha, temperature=temperature)  # fmt: skip
+    total, m = L.distillation_loss(
+        jnp.asarray(s), jnp.asarray(t), jnp.asarray(targets), jnp.asarray(mask), alpha=alpha, temperature=temperature
+    )
     ref = np_reference(s, t, targets, mask, alpha, temperature)
     np.testing.assert_allclose(float(total), ref["total"], rtol=1e-5)
     np.testing.assert_allclose(value(m, "distill/kl_div_at_T"), ref["kl_t"], rtol=1e-5)
@@ -108,10 +115,18 @@ def test_logit_terms_match_numpy(temperature, alpha):
 def test_feature_terms_match_numpy(kind, beta, layers):
     s, t, targets, mask, sf, tf = batch(1)
     total, m = L.distillation_loss(
-        jnp.asarray(s), jnp.asarray(t), jnp.asarray(targets), jnp.asarray(mask), alpha=0.7, temperature=2.0,
-        beta=beta, student_features=jnp.asarray(sf), teacher_features=jnp.asarray(tf), layer_indices=layers,
+        jnp.asarray(s),
+        jnp.asarray(t),
+        jnp.asarray(targets),
+        jnp.asarray(mask),
+        alpha=0.7,
+        temperature=2.0,
+        beta=beta,
+        student_features=jnp.asarray(sf),
+        teacher_features=jnp.asarray(tf),
+        layer_indices=layers,
         feature_loss_type=kind,
-    )  # fmt: skip
+    )
     ref = np_reference(s, t, targets, mask, 0.7, 2.0, beta, sf, tf, layers, kind)
     np.testing.assert_allclose(float(total), ref["total"], rtol=1e-5)
     np.testing.assert_allclose(value(m, "distill/out_proj_feature_loss"), ref["feature"], rtol=1e-5, atol=1e-7)
@@ -121,9 +136,18 @@ def test_feature_terms_match_numpy(kind, beta, layers):
 def test_negative_layer_indices_count_from_each_models_last_layer():
     s, t, targets, mask, sf, tf = batch(2)
     student = sf[:2]  # a 2-layer student against a 4-layer teacher: -1 is layer 1 of one and 3 of the other
-    _, m = L.distillation_loss(jnp.asarray(s), jnp.asarray(t), jnp.asarray(targets), jnp.asarray(mask), alpha=0.5,
-                               temperature=1.0, beta=1.0, student_features=jnp.asarray(student),
-                               teacher_features=jnp.asarray(tf), layer_indices=[0, -1])  # fmt: skip
+    _, m = L.distillation_loss(
+        jnp.asarray(s),
+        jnp.asarray(t),
+        jnp.asarray(targets),
+        jnp.asarray(mask),
+        alpha=0.5,
+        temperature=1.0,
+        beta=1.0,
+        student_features=jnp.asarray(student),
+        teacher_features=jnp.asarray(tf),
+        layer_indices=[0, -1],
+    )
     pairs = np.stack([student[0], student[1]]), np.stack([tf[0], tf[3]])
     per = 1 - (pairs[0] * pairs[1]).sum(-1) / (np.linalg.norm(pairs[0], axis=-1) * np.linalg.norm(pairs[1], axis=-1))
     expected = per[np.broadcast_to(mask.astype(bool), per.shape)].mean()
@@ -134,16 +158,30 @@ def test_padding_is_excluded_not_averaged_in():
     """Changing logits, targets or features at padded positions changes nothing."""
     s, t, targets, mask, sf, tf = batch(3)
     args = dict(alpha=0.6, temperature=2.0, beta=1.0, layer_indices=[1, 2])
-    base = L.distillation_loss(jnp.asarray(s), jnp.asarray(t), jnp.asarray(targets), jnp.asarray(mask),
-                               student_features=jnp.asarray(sf), teacher_features=jnp.asarray(tf), **args)  # fmt: skip
+    base = L.distillation_loss(
+        jnp.asarray(s),
+        jnp.asarray(t),
+        jnp.asarray(targets),
+        jnp.asarray(mask),
+        student_features=jnp.asarray(sf),
+        teacher_features=jnp.asarray(tf),
+        **args,
+    )
     pad = ~mask.astype(bool)
     s2, t2, targets2, sf2 = s.copy(), t.copy(), targets.copy(), sf.copy()
     s2[pad] = 1e4
     t2[pad] = -1e4
     targets2[pad] = 0
     sf2[:, pad] = 0.0  # zero vectors: cosine's worst case
-    other = L.distillation_loss(jnp.asarray(s2), jnp.asarray(t2), jnp.asarray(targets2), jnp.asarray(mask),
-                                student_features=jnp.asarray(sf2), teacher_features=jnp.asarray(tf), **args)  # fmt: skip
+    other = L.distillation_loss(
+        jnp.asarray(s2),
+        jnp.asarray(t2),
+        jnp.asarray(targets2),
+        jnp.asarray(mask),
+        student_features=jnp.asarray(sf2),
+        teacher_features=jnp.asarray(tf),
+        **args,
+    )
     np.testing.assert_allclose(float(base[0]), float(other[0]), rtol=1e-6)
     for name in L.DISTILL_METRICS:
         np.testing.assert_allclose(np.asarray(base[1][name]), np.asarray(other[1][name]), rtol=1e-5, err_msg=name)
@@ -153,18 +191,33 @@ def test_masked_equals_sliced():
     """A batch with a padded row gives the loss of the batch without that row."""
     s, t, targets, mask, _, _ = batch(4, pad_rows=(1,), pad_tail=0)
     keep = [0, 2]
-    masked = L.distillation_loss(jnp.asarray(s), jnp.asarray(t), jnp.asarray(targets), jnp.asarray(mask),
-                                 alpha=0.5, temperature=2.0)[0]  # fmt: skip
-    sliced = L.distillation_loss(jnp.asarray(s[keep]), jnp.asarray(t[keep]), jnp.asarray(targets[keep]),
-                                 jnp.ones((2, T)), alpha=0.5, temperature=2.0)[0]  # fmt: skip
+    masked = L.distillation_loss(
+        jnp.asarray(s), jnp.asarray(t), jnp.asarray(targets), jnp.asarray(mask), alpha=0.5, temperature=2.0
+    )[0]
+    sliced = L.distillation_loss(
+        jnp.asarray(s[keep]),
+        jnp.asarray(t[keep]),
+        jnp.asarray(targets[keep]),
+        jnp.ones((2, T)),
+        alpha=0.5,
+        temperature=2.0,
+    )[0]
     np.testing.assert_allclose(float(masked), float(sliced), rtol=1e-6)
 
 
 def test_self_distillation_has_zero_kl():
     s, _, targets, mask, sf, _ = batch(5)
-    total, m = L.distillation_loss(jnp.asarray(s), jnp.asarray(s), jnp.asarray(targets), jnp.asarray(mask),
-                                   alpha=1.0, temperature=2.0, beta=1.0, student_features=jnp.asarray(sf),
-                                   teacher_features=jnp.asarray(sf))  # fmt: skip
+    total, m = L.distillation_loss(
+        jnp.asarray(s),
+        jnp.asarray(s),
+        jnp.asarray(targets),
+        jnp.asarray(mask),
+        alpha=1.0,
+        temperature=2.0,
+        beta=1.0,
+        student_features=jnp.asarray(sf),
+        teacher_features=jnp.asarray(sf),
+    )
     assert abs(value(m, "distill/kl_div_T1")) < 1e-6
     assert abs(value(m, "distill/kl_div_at_T")) < 1e-6
     assert abs(value(m, "distill/out_proj_feature_loss")) < 1e-6
@@ -178,9 +231,17 @@ def test_gradients_finite_when_a_row_or_everything_is_padding():
     for mask in (np.array([[1] * T, [0] * T, [1] * T], np.float32), np.zeros((B, T), np.float32)):
 
         def f(s_logits, s_feats):
-            return L.distillation_loss(s_logits, jnp.asarray(t), jnp.asarray(targets), jnp.asarray(mask), alpha=0.5,
-                                       temperature=2.0, beta=1.0, student_features=s_feats,
-                                       teacher_features=jnp.asarray(tf))[0]  # fmt: skip
+            return L.distillation_loss(
+                s_logits,
+                jnp.asarray(t),
+                jnp.asarray(targets),
+                jnp.asarray(mask),
+                alpha=0.5,
+                temperature=2.0,
+                beta=1.0,
+                student_features=s_feats,
+                teacher_features=jnp.asarray(tf),
+            )[0]
 
         total, grads = jax.value_and_grad(f, argnums=(0, 1))(jnp.asarray(s), jnp.asarray(sf))
         assert np.isfinite(float(total))
@@ -193,8 +254,9 @@ def test_gradient_matches_numpy_finite_differences():
     s, t, targets, mask, _, _ = batch(7)
 
     def f(x):
-        return L.distillation_loss(x, jnp.asarray(t), jnp.asarray(targets), jnp.asarray(mask), alpha=0.4,
-                                   temperature=2.0)[0]  # fmt: skip
+        return L.distillation_loss(
+            x, jnp.asarray(t), jnp.asarray(targets), jnp.asarray(mask), alpha=0.4, temperature=2.0
+        )[0]
 
     grad = np.asarray(jax.grad(f)(jnp.asarray(s, jnp.float32)))
     eps = 1e-3
@@ -202,15 +264,20 @@ def test_gradient_matches_numpy_finite_differences():
         up, down = s.astype(np.float64).copy(), s.astype(np.float64).copy()
         up[index] += eps
         down[index] -= eps
-        numeric = (np_reference(up, t, targets, mask, 0.4, 2.0)["total"]
-                   - np_reference(down, t, targets, mask, 0.4, 2.0)["total"]) / (2 * eps)  # fmt: skip
+        numeric = (
+            np_reference(up, t, targets, mask, 0.4, 2.0)["total"]
+            - np_reference(down, t, targets, mask, 0.4, 2.0)["total"]
+        ) / (2 * eps)
         np.testing.assert_allclose(grad[index], numeric, rtol=2e-3, atol=1e-6)
 
 
 def test_teacher_gets_no_gradient():
     s, t, targets, mask, _, _ = batch(8)
-    g = jax.grad(lambda tl: L.distillation_loss(jnp.asarray(s), tl, jnp.asarray(targets), jnp.asarray(mask),
-                                                alpha=0.5, temperature=2.0)[0])(jnp.asarray(t))  # fmt: skip
+    g = jax.grad(
+        lambda tl: L.distillation_loss(
+            jnp.asarray(s), tl, jnp.asarray(targets), jnp.asarray(mask), alpha=0.5, temperature=2.0
+        )[0]
+    )(jnp.asarray(t))
     assert not np.asarray(g).any()
 
 
@@ -219,8 +286,14 @@ def test_jit_equals_eager_and_traced_schedule_values_work():
     args = [jnp.asarray(x) for x in (s, t, targets, mask)]
 
     def f(alpha, temperature, beta):
-        return L.distillation_loss(*args, alpha=alpha, temperature=temperature, beta=beta,
-                                   student_features=jnp.asarray(sf), teacher_features=jnp.asarray(tf))  # fmt: skip
+        return L.distillation_loss(
+            *args,
+            alpha=alpha,
+            temperature=temperature,
+            beta=beta,
+            student_features=jnp.asarray(sf),
+            teacher_features=jnp.asarray(tf),
+        )
 
     eager = f(0.3, 2.0, 0.5)
     jitted = jax.jit(f)(jnp.float32(0.3), jnp.float32(2.0), jnp.float32(0.5))
@@ -229,11 +302,23 @@ def test_jit_equals_eager_and_traced_schedule_values_work():
 
 def test_bfloat16_logits_are_upcast():
     s, t, targets, mask, _, _ = batch(10)
-    total, _ = L.distillation_loss(jnp.asarray(s, jnp.bfloat16), jnp.asarray(t, jnp.bfloat16), jnp.asarray(targets),
-                                   jnp.asarray(mask), alpha=0.5, temperature=2.0)  # fmt: skip
+    total, _ = L.distillation_loss(
+        jnp.asarray(s, jnp.bfloat16),
+        jnp.asarray(t, jnp.bfloat16),
+        jnp.asarray(targets),
+        jnp.asarray(mask),
+        alpha=0.5,
+        temperature=2.0,
+    )
     assert total.dtype == jnp.float32
-    ref = np_reference(np.asarray(jnp.asarray(s, jnp.bfloat16), np.float32),
-                       np.asarray(jnp.asarray(t, jnp.bfloat16), np.float32), targets, mask, 0.5, 2.0)  # fmt: skip
+    ref = np_reference(
+        np.asarray(jnp.asarray(s, jnp.bfloat16), np.float32),
+        np.asarray(jnp.asarray(t, jnp.bfloat16), np.float32),
+        targets,
+        mask,
+        0.5,
+        2.0,
+    )
     np.testing.assert_allclose(float(total), ref["total"], rtol=1e-4)
 
 
@@ -250,8 +335,9 @@ def test_windows_aggregate_token_weighted():
 
 def test_perplexity_is_exp_of_the_windows_mean_cross_entropy():
     s, t, targets, mask, _, _ = batch(13)
-    _, m = L.distillation_loss(jnp.asarray(s), jnp.asarray(t), jnp.asarray(targets), jnp.asarray(mask), alpha=0.5,
-                               temperature=1.0)  # fmt: skip
+    _, m = L.distillation_loss(
+        jnp.asarray(s), jnp.asarray(t), jnp.asarray(targets), jnp.asarray(mask), alpha=0.5, temperature=1.0
+    )
     ref = np_reference(s, t, targets, mask, 0.5, 1.0)
     ppl = L.metric_value("distill/student_perplexity", *map(float, m["distill/student_perplexity"]))
     np.testing.assert_allclose(ppl, math.exp(ref["hard"]), rtol=1e-5)
@@ -268,8 +354,9 @@ def test_pretrain_loss_is_cross_entropy():
 
 def test_metric_names_are_the_guides_plus_top1_agreement():
     s, t, targets, mask, _, _ = batch(15)
-    _, m = L.distillation_loss(jnp.asarray(s), jnp.asarray(t), jnp.asarray(targets), jnp.asarray(mask), alpha=0.5,
-                               temperature=1.0)  # fmt: skip
+    _, m = L.distillation_loss(
+        jnp.asarray(s), jnp.asarray(t), jnp.asarray(targets), jnp.asarray(mask), alpha=0.5, temperature=1.0
+    )
     assert set(m) == set(L.DISTILL_METRICS)
     assert all(len(v) == 2 for v in m.values())
 
@@ -278,11 +365,24 @@ def test_bad_feature_inputs_raise_clear_errors():
     s, t, targets, mask, sf, tf = batch(16)
     args = [jnp.asarray(x) for x in (s, t, targets, mask)]
     with pytest.raises(ValueError, match="feature_loss_type"):
-        L.distillation_loss(*args, alpha=0.5, temperature=1.0, beta=1.0, student_features=jnp.asarray(sf),
-                            teacher_features=jnp.asarray(tf), feature_loss_type="l1")  # fmt: skip
+        L.distillation_loss(
+            *args,
+            alpha=0.5,
+            temperature=1.0,
+            beta=1.0,
+            student_features=jnp.asarray(sf),
+            teacher_features=jnp.asarray(tf),
+            feature_loss_type="l1",
+        )
     with pytest.raises(ValueError, match="differ in shape"):
-        L.distillation_loss(*args, alpha=0.5, temperature=1.0, beta=1.0, student_features=jnp.asarray(sf[..., :3]),
-                            teacher_features=jnp.asarray(tf))  # fmt: skip
+        L.distillation_loss(
+            *args,
+            alpha=0.5,
+            temperature=1.0,
+            beta=1.0,
+            student_features=jnp.asarray(sf[..., :3]),
+            teacher_features=jnp.asarray(tf),
+        )
 
 
 @pytest.mark.parametrize("temperature", [0.5, 2.0])

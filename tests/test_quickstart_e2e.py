@@ -21,8 +21,9 @@ pytestmark = pytest.mark.slow
 def distillctl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "DISTILLCTL_SPEC"}
     env["PYTHONPATH"] = str(REPO)
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,9 @@ def test_distilled_students_beat_the_labels_only_baseline(finished):
 
 
 def test_regress_passes_on_the_committed_golden_file(finished, tmp_path):
-    done = distillctl("regress", str(SWEEP), "--golden", str(GOLDEN), "--junit", str(tmp_path / "junit.xml"),
-                      cwd=finished)  # fmt: skip
+    done = distillctl(
+        "regress", str(SWEEP), "--golden", str(GOLDEN), "--junit", str(tmp_path / "junit.xml"), cwd=finished
+    )
     assert done.returncode == 0, done.stdout
     assert 'failures="0"' in (tmp_path / "junit.xml").read_text()
 
@@ -61,7 +63,8 @@ def test_regress_fails_with_exit_1_on_a_doctored_golden_file(finished, tmp_path)
     check["value"] = check["value"] / 2 if "value" in check else check["low"] / 2
     doctored = tmp_path / "doctored.yaml"
     doctored.write_text(yaml.safe_dump(golden))
-    done = distillctl("regress", str(SWEEP), "--golden", str(doctored), "--junit", str(tmp_path / "junit.xml"),
-                      cwd=finished)  # fmt: skip
+    done = distillctl(
+        "regress", str(SWEEP), "--golden", str(doctored), "--junit", str(tmp_path / "junit.xml"), cwd=finished
+    )
     assert done.returncode == 1, done.stdout
     assert 'failures="1"' in (tmp_path / "junit.xml").read_text()

@@ -67,8 +67,16 @@ def test_golden_update_writes_approx_checks_for_every_run(sweep):
 
 def test_regress_passes_on_the_same_outputs(sweep, tmp_path):
     path, golden, result = sweep
-    out = invoke("regress", path, "--golden", golden, "--junit", tmp_path / "ci" / "junit.xml",
-                 "--summary", tmp_path / "ci" / "summary.md")  # fmt: skip
+    out = invoke(
+        "regress",
+        path,
+        "--golden",
+        golden,
+        "--junit",
+        tmp_path / "ci" / "junit.xml",
+        "--summary",
+        tmp_path / "ci" / "summary.md",
+    )
     assert out.exit_code == ExitCode.OK, out.output
     assert out.stdout.startswith("### ✅ distillctl regress `quickstart`: passed (exit 0)")
     assert (tmp_path / "ci" / "summary.md").read_text() == out.stdout
@@ -76,7 +84,10 @@ def test_regress_passes_on_the_same_outputs(sweep, tmp_path):
     assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("16", "0", "0")
     assert len(cases) == 16 and all(c.find("failure") is None and c.find("error") is None for c in cases)
     assert cases[1].get("classname") == f"quickstart.{result.points[0].run_id}"
-    assert cases[1].get("name") == "point 0 (loss.alpha.end=0.3, loss.beta.start=1.0, loss.beta.end=0.1): distill/kl_div_T1"
+    assert (
+        cases[1].get("name")
+        == "point 0 (loss.alpha.end=0.3, loss.beta.start=1.0, loss.beta.end=0.1): distill/kl_div_T1"
+    )
 
 
 def test_a_doctored_golden_value_is_a_metric_regression(sweep, tmp_path):
@@ -126,15 +137,22 @@ def test_infrastructure_beats_regression(sweep):
     assert out.exit_code == 2 and "1 regressed, 1 infrastructure problem(s)" in out.stdout
 
 
-@pytest.mark.parametrize("content, code", [
-    ("sweep: quickstart\npoints: [{run_id: x, checks: {distill/kl_div_T1: {check: nearly, value: 1}}}]\n",
-     "union_tag_invalid"),
-    ("sweep: quickstart\npoints: [{run_id: x, checks: {distill/kl_div_T1: {check: approx}}}]\n", "missing"),
-    ("sweep: quickstart\npoints: [{run_id: x, checks: {distill/kl_div_T1: {check: approx, value: 1, rtol: -1}}}]\n",
-     "greater_than_equal"),
-    ("sweep: [unclosed\n", "yaml_syntax"),
-    ("", "empty_file"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, code",
+    [
+        (
+            "sweep: quickstart\npoints: [{run_id: x, checks: {distill/kl_div_T1: {check: nearly, value: 1}}}]\n",
+            "union_tag_invalid",
+        ),
+        ("sweep: quickstart\npoints: [{run_id: x, checks: {distill/kl_div_T1: {check: approx}}}]\n", "missing"),
+        (
+            "sweep: quickstart\npoints: [{run_id: x, checks: {distill/kl_div_T1: {check: approx, value: 1, rtol: -1}}}]\n",
+            "greater_than_equal",
+        ),
+        ("sweep: [unclosed\n", "yaml_syntax"),
+        ("", "empty_file"),
+    ],
+)
 def test_an_invalid_golden_file_exits_4(sweep, tmp_path, content, code):
     path, _, _ = sweep
     bad = tmp_path / "bad.yaml"
@@ -181,8 +199,19 @@ def test_runs_without_golden_values_are_reported_as_skipped(sweep, tmp_path):
 def test_waiting_that_times_out_exits_3_and_still_reports(sweep, tmp_path):
     path, golden, result = sweep
     write_outputs(result.points[0], status=None, steps=20)  # still running (from its outputs: not terminal)
-    out = invoke("regress", path, "--golden", golden, "--wait", "--timeout", "0", "--poll", "0.1",
-                 "--junit", tmp_path / "junit.xml")  # fmt: skip
+    out = invoke(
+        "regress",
+        path,
+        "--golden",
+        golden,
+        "--wait",
+        "--timeout",
+        "0",
+        "--poll",
+        "0.1",
+        "--junit",
+        tmp_path / "junit.xml",
+    )
     assert out.exit_code == ExitCode.TIMEOUT == 3
     assert "timed out (exit 3)" in out.stdout and "still Pending (NotCreated) when the wait timed out" in out.stdout
     suite, _ = junit(tmp_path / "junit.xml")
@@ -206,14 +235,25 @@ def test_waiting_polls_the_status_function_until_every_run_is_terminal(sweep):
         sleeps.append(seconds)
         now[0] += seconds
 
-    report = results_commands.check_sweep(result, expected, statuses=statuses, wait=True, timeout=100, poll=30,
-                                          clock=lambda: now[0], sleep=sleep)  # fmt: skip
+    report = results_commands.check_sweep(
+        result, expected, statuses=statuses, wait=True, timeout=100, poll=30, clock=lambda: now[0], sleep=sleep
+    )
     assert report.exit_code == ExitCode.OK and len(calls) == 3 and sleeps == [30, 30]
     calls.clear(), sleeps.clear()
     now[0] = 0.0
-    report = results_commands.check_sweep(result, expected, statuses=lambda e, o: {
-        **results_commands.backend_statuses(ClusterAccess())(e, o), result.points[0].run_id: RunStatus("Running")},
-        wait=True, timeout=50, poll=30, clock=lambda: now[0], sleep=sleep)  # fmt: skip
+    report = results_commands.check_sweep(
+        result,
+        expected,
+        statuses=lambda e, o: {
+            **results_commands.backend_statuses(ClusterAccess())(e, o),
+            result.points[0].run_id: RunStatus("Running"),
+        },
+        wait=True,
+        timeout=50,
+        poll=30,
+        clock=lambda: now[0],
+        sleep=sleep,
+    )
     assert report.exit_code == ExitCode.TIMEOUT and sleeps == [30, 20]
     assert any("still Running when the wait timed out" in o.message for o in report.outcomes)
 
@@ -241,8 +281,9 @@ def test_golden_update_bands_from_repeated_seeds(tmp_path):
     for run in result.points:
         check = by_id[run.run_id].checks["distill/kl_div_T1"]
         assert isinstance(check, golden_file.Band)
-        twin = next(r for r in result.points
-                    if r is not run and dict(r.axis_values, seed=0) == dict(run.axis_values, seed=0))  # fmt: skip
+        twin = next(
+            r for r in result.points if r is not run and dict(r.axis_values, seed=0) == dict(run.axis_values, seed=0)
+        )
         assert by_id[twin.run_id].checks["distill/kl_div_T1"] == check  # the two seeds of a point share one band
     teacher = by_id[result.prerequisites[0].run_id]
     assert teacher.checks == {}  # one teacher run (prerequisites are not seeded), and it logs no KL
@@ -273,8 +314,12 @@ def test_match_by_axis_values_survives_new_run_ids(sweep, tmp_path):
     assert data.match == "axis_values" and data.points[1].axis_values == dict(result.points[0].axis_values)
     assert data.points[5].role == "baseline" and data.points[0].prerequisite == "teacher"
     # The same sweep with one more environment variable (as a new image would): every run id changes.
-    moved = write_sweep(tmp_path, name="moved.yaml", output_base=str(tmp_path / "moved-runs"),
-                        target={"kind": "local", "output_base": str(tmp_path / "moved-runs"), "env": {"IMAGE": "sha-2"}})  # fmt: skip
+    moved = write_sweep(
+        tmp_path,
+        name="moved.yaml",
+        output_base=str(tmp_path / "moved-runs"),
+        target={"kind": "local", "output_base": str(tmp_path / "moved-runs"), "env": {"IMAGE": "sha-2"}},
+    )
     moved_result = expanded(moved)
     assert not {r.run_id for r in moved_result.runs} & {r.run_id for r in result.runs}
     finish_all(moved_result)

@@ -37,8 +37,15 @@ def test_polls_every_interval_until_done():
 
 def test_times_out_with_a_last_look_at_the_deadline():
     t, seen, waits = FakeTime(), [], []
-    value, timed_out = poll_until(lambda: seen.append(t.now) or "running", lambda v: False, timeout=25, every=10,
-                                  clock=t.clock, sleep=t.sleep, on_wait=lambda v, left: waits.append(left))  # fmt: skip
+    value, timed_out = poll_until(
+        lambda: seen.append(t.now) or "running",
+        lambda v: False,
+        timeout=25,
+        every=10,
+        clock=t.clock,
+        sleep=t.sleep,
+        on_wait=lambda v, left: waits.append(left),
+    )
     assert timed_out and value == "running"
     assert t.sleeps == [10, 10, 5] and seen == [0, 10, 20, 25]  # the last sleep is shortened to the deadline
     assert waits == [25, 15, 5]

@@ -51,8 +51,13 @@ def test_the_quickstart_job_runs_on_pull_requests_and_gates_on_the_golden_file()
 def test_every_distillctl_line_is_accepted_by_the_cli(job, tmp_path, monkeypatch):
     """Options exist and take what is given: a usage error would say `No such option` or `Invalid value`."""
     monkeypatch.chdir(ROOT)
-    env = {"OUT": str(tmp_path), "SWEEP": "sweeps/quickstart.yaml", "GOLDEN": "sweeps/quickstart.golden.yaml",
-           "IMAGE": "registry/trainer:sha", "CI_KEY": "pr1-abc"}  # fmt: skip
+    env = {
+        "OUT": str(tmp_path),
+        "SWEEP": "sweeps/quickstart.yaml",
+        "GOLDEN": "sweeps/quickstart.golden.yaml",
+        "IMAGE": "registry/trainer:sha",
+        "CI_KEY": "pr1-abc",
+    }
     lines = commands(workflow()["jobs"][job])
     assert lines
     for words in lines:

@@ -14,8 +14,16 @@ from orchestrator import rendering
 from orchestrator.expansion import expand
 from orchestrator.sweep_file import load_sweep, override_target
 from sweep_support import (
-    EXAMPLE_SWEEPS, JOBSET_VERSIONS, SWEEPS, TARGET, expanded, jobset_errors, load, pod_template_errors, sweep_data,
-)  # fmt: skip
+    EXAMPLE_SWEEPS,
+    JOBSET_VERSIONS,
+    SWEEPS,
+    TARGET,
+    expanded,
+    jobset_errors,
+    load,
+    pod_template_errors,
+    sweep_data,
+)
 
 SHAPES = {"v5p-128x2": {"tpu_type": "v5p-128", "slices": 2}, "v6e-256": {"tpu_type": "v6e-256", "slices": 1}}
 
@@ -52,7 +60,9 @@ def test_the_jobset_has_xpks_multi_host_tpu_shape(tmp_path):
     doc, result = manifest(tmp_path)
     point = result.points[0]
     assert doc["apiVersion"] == "jobset.x-k8s.io/v1alpha2" and doc["kind"] == "JobSet"
-    assert doc["metadata"]["annotations"]["alpha.jobset.sigs.k8s.io/exclusive-topology"] == "cloud.google.com/gke-nodepool"
+    assert (
+        doc["metadata"]["annotations"]["alpha.jobset.sigs.k8s.io/exclusive-topology"] == "cloud.google.com/gke-nodepool"
+    )
     (rjob,) = doc["spec"]["replicatedJobs"]
     job = rjob["template"]["spec"]
     assert rjob["name"] == "slice-job" and rjob["replicas"] == 2
@@ -60,8 +70,10 @@ def test_the_jobset_has_xpks_multi_host_tpu_shape(tmp_path):
     assert job["backoffLimit"] == 0
     pod = job["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
-    assert pod["nodeSelector"] == {"cloud.google.com/gke-tpu-accelerator": "tpu-v5p-slice",
-                                   "cloud.google.com/gke-tpu-topology": "4x4x4"}  # fmt: skip
+    assert pod["nodeSelector"] == {
+        "cloud.google.com/gke-tpu-accelerator": "tpu-v5p-slice",
+        "cloud.google.com/gke-tpu-topology": "4x4x4",
+    }
     assert pod["tolerations"] == [{"key": "google.com/tpu", "operator": "Exists"}]
     (container,) = pod["containers"]
     assert container["resources"] == {"limits": {"google.com/tpu": 4}}
@@ -76,21 +88,25 @@ def test_the_exit_code_policy_fails_fast_on_user_errors_and_restarts_on_retryabl
     doc, _ = manifest(tmp_path, target={**TARGET, "restartable_exit_codes": [75]})
     policy = doc["spec"]["failurePolicy"]
     assert policy["maxRestarts"] == 3
-    assert policy["rules"] == [{"name": "failJobSetOnNonRetryableExit", "action": "FailJobSet",
-                                "onJobFailureReasons": ["PodFailurePolicy"]}]  # fmt: skip
+    assert policy["rules"] == [
+        {"name": "failJobSetOnNonRetryableExit", "action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]}
+    ]
     (rule,) = doc["spec"]["replicatedJobs"][0]["template"]["spec"]["podFailurePolicy"]["rules"]
     retryable = rule["onExitCodes"]["values"]
     assert rule["action"] == "FailJob" and rule["onExitCodes"]["operator"] == "NotIn"
-    assert rule["onExitCodes"]["containerName"] == doc["spec"]["replicatedJobs"][0]["template"]["spec"]["template"][
-        "spec"]["containers"][0]["name"]  # fmt: skip
+    assert (
+        rule["onExitCodes"]["containerName"]
+        == doc["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]["name"]
+    )
     assert sorted(retryable) == retryable and set(retryable) == {42, 75, *range(127, 256)}
     # the trainer's codes: 42 retry and 143 SIGTERM restart the JobSet; 1 (user error) and 65 (diverged) fail it
     assert {42, 143} <= set(retryable) and not {0, 1, 65} & set(retryable)
 
 
 def test_labels_and_annotations_identify_the_run(tmp_path):
-    doc, result = manifest(tmp_path, axes={"loss.alpha.end": [0.3]}, seeds=[4],
-                           target={**TARGET, "workload_priority_class": "research"})  # fmt: skip
+    doc, result = manifest(
+        tmp_path, axes={"loss.alpha.end": [0.3]}, seeds=[4], target={**TARGET, "workload_priority_class": "research"}
+    )
     point = result.points[0]
     labels, annotations = doc["metadata"]["labels"], doc["metadata"]["annotations"]
     assert labels["distillctl.dev/sweep"] == "t" and labels["distillctl.dev/run-id"] == point.run_id
@@ -105,8 +121,11 @@ def test_labels_and_annotations_identify_the_run(tmp_path):
 
 
 def test_the_resolved_spec_reaches_the_trainer_and_env_is_one_mapping(tmp_path):
-    target = {**TARGET, "env": {"XLA_FLAGS": "--xla_foo", "A_FIRST": "1"},
-              "secret_env": {"HF_TOKEN": {"secret": "hf", "key": "token"}}}  # fmt: skip
+    target = {
+        **TARGET,
+        "env": {"XLA_FLAGS": "--xla_foo", "A_FIRST": "1"},
+        "secret_env": {"HF_TOKEN": {"secret": "hf", "key": "token"}},
+    }
     doc, result = manifest(tmp_path, target=target)
     env = doc["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]["env"]
     names = [e["name"] for e in env]
@@ -122,7 +141,10 @@ def test_the_resolved_spec_reaches_the_trainer_and_env_is_one_mapping(tmp_path):
 def test_env_precedence_later_layers_win():
     first = {"X": rendering.EnvVar("X", value="user")}
     second = {"X": rendering.EnvVar("X", value="distillctl"), "A": rendering.EnvVar("A", value="a")}
-    assert rendering.merge_env(first, second) == (rendering.EnvVar("A", value="a"), rendering.EnvVar("X", value="distillctl"))
+    assert rendering.merge_env(first, second) == (
+        rendering.EnvVar("A", value="a"),
+        rendering.EnvVar("X", value="distillctl"),
+    )
 
 
 def test_optional_fields_are_left_out_when_unset(tmp_path):
@@ -137,8 +159,10 @@ def test_optional_fields_are_left_out_when_unset(tmp_path):
 
 
 def test_prerequisites_render_with_their_role_and_dependents_name_them(tmp_path):
-    data = sweep_data(prerequisites={"teacher": {"spec": {"student": {"model": "tiny-4l"}, "mode": "pretrain"}}},
-                      overrides={"teacher.load_parameters_path": "${prerequisites.teacher.output}/checkpoints"})  # fmt: skip
+    data = sweep_data(
+        prerequisites={"teacher": {"spec": {"student": {"model": "tiny-4l"}, "mode": "pretrain"}}},
+        overrides={"teacher.load_parameters_path": "${prerequisites.teacher.output}/checkpoints"},
+    )
     result = expanded(tmp_path, data)
     pre, point = (yaml.safe_load(m.text) for m in rendering.render(result))
     assert pre["metadata"]["labels"]["distillctl.dev/role"] == "prerequisite"
@@ -165,9 +189,17 @@ def test_the_pod_check_is_strict(tmp_path):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.one_of(st.text(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.none(),
-                 st.lists(st.one_of(st.text(max_size=5), st.floats(allow_nan=False, allow_infinity=False)), max_size=3),
-                 st.dictionaries(st.text(max_size=5), st.integers(), max_size=3)))  # fmt: skip
+@given(
+    st.one_of(
+        st.text(),
+        st.integers(),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.booleans(),
+        st.none(),
+        st.lists(st.one_of(st.text(max_size=5), st.floats(allow_nan=False, allow_infinity=False)), max_size=3),
+        st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+    )
+)
 @example(1e-06)
 @example([1e20, "\u2028", "\x85"])
 @example({"a": 1, "b\ufeff": 2})
@@ -177,7 +209,9 @@ def test_a_tojson_scalar_reads_back_as_the_same_value(value):
 
 def test_extra_target_labels_reach_the_jobset_but_not_the_run_id(tmp_path):
     plain = expanded(tmp_path, sweep_data(), "a.yaml")
-    labelled = expanded(tmp_path, sweep_data(target={**TARGET, "labels": {"distillctl.dev/ci-key": "pr12-abc"}}), "b.yaml")
+    labelled = expanded(
+        tmp_path, sweep_data(target={**TARGET, "labels": {"distillctl.dev/ci-key": "pr12-abc"}}), "b.yaml"
+    )
     assert [p.run_id for p in plain.points] == [p.run_id for p in labelled.points]
     jobset = yaml.safe_load(rendering.render_jobset(labelled.points[0], labelled.sweep.target))
     assert jobset["metadata"]["labels"]["distillctl.dev/ci-key"] == "pr12-abc"
@@ -191,7 +225,9 @@ def test_reserved_or_malformed_labels_are_rejected(tmp_path, labels):
 
 def test_pod_annotations_reach_every_pod_and_change_the_run_id(tmp_path):
     plain = expanded(tmp_path, sweep_data(), "a.yaml")
-    annotated = expanded(tmp_path, sweep_data(target={**TARGET, "pod_annotations": {"gke-gcsfuse/volumes": "true"}}), "b.yaml")
+    annotated = expanded(
+        tmp_path, sweep_data(target={**TARGET, "pod_annotations": {"gke-gcsfuse/volumes": "true"}}), "b.yaml"
+    )
     assert plain.points[0].run_id != annotated.points[0].run_id
     jobset = yaml.safe_load(rendering.render_jobset(annotated.points[0], annotated.sweep.target))
     pod = jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]

@@ -27,8 +27,15 @@ XPK_BIN = Path(os.environ.get("XPK_BIN", ROOT / ".venv-xpk" / "bin" / "xpk"))
 def both(tmp_path_factory):
     if not XPK_BIN.is_file():
         pytest.skip(f"XPK is not installed at {XPK_BIN}: run `make xpk`")
-    source = override_target(load_sweep(SWEEPS / "alpha-end.yaml"), tpu_type="v5p-128", slices=2, cluster="demo",
-                             project="demo-project", zone="us-east5-a", restartable_exit_codes=[75])  # fmt: skip
+    source = override_target(
+        load_sweep(SWEEPS / "alpha-end.yaml"),
+        tpu_type="v5p-128",
+        slices=2,
+        cluster="demo",
+        project="demo-project",
+        zone="us-east5-a",
+        restartable_exit_codes=[75],
+    )
     result = expand(source)
     assert result.ok
     point, target = result.points[0], result.sweep.target
@@ -37,8 +44,14 @@ def both(tmp_path_factory):
     out = work / "xpk-manifest.yaml"
     argv = list(xpk_command.xpk_command(point, target).argv)
     argv[0] = str(XPK_BIN)
-    run = subprocess.run(argv + ["--dry-run", "--skip-validation", "--output-manifest-file", str(out)], cwd=work,
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "HOME": str(work)})  # fmt: skip
+    run = subprocess.run(
+        argv + ["--dry-run", "--skip-validation", "--output-manifest-file", str(out)],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HOME": str(work)},
+    )
     assert run.returncode == 0 and out.is_file(), run.stdout[-3000:] + run.stderr[-3000:]
     ours = yaml.safe_load(rendering.render_jobset(point, target))
     return ours, yaml.safe_load(out.read_text())
@@ -70,9 +83,14 @@ def test_same_selectors_tolerations_and_limits(both):
     assert _pod(ours)["containers"][0]["image"] == _pod(theirs)["containers"][0]["image"]
     for key in ("restartPolicy", "hostNetwork", "dnsPolicy", "priorityClassName", "terminationGracePeriodSeconds"):
         assert _pod(ours)[key] == _pod(theirs)[key], key
-    assert ours["metadata"]["annotations"]["alpha.jobset.sigs.k8s.io/exclusive-topology"] == theirs["metadata"][
-        "annotations"]["alpha.jobset.sigs.k8s.io/exclusive-topology"]  # fmt: skip
-    assert ours["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == theirs["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
+    assert (
+        ours["metadata"]["annotations"]["alpha.jobset.sigs.k8s.io/exclusive-topology"]
+        == theirs["metadata"]["annotations"]["alpha.jobset.sigs.k8s.io/exclusive-topology"]
+    )
+    assert (
+        ours["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
+        == theirs["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
+    )
     assert ours["spec"]["ttlSecondsAfterFinished"] == theirs["spec"]["ttlSecondsAfterFinished"]
 
 

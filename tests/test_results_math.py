@@ -50,7 +50,13 @@ def test_throughput_from_token_and_time_deltas():
 
 
 def test_partial_and_garbage_lines_are_skipped(tmp_path):
-    good = {"step": 10, "time": 1.0, "tokens": 64, "tokens_per_sec": 5.0, "metrics": {"distill/kl_div_T1": {"sum": 3.0, "count": 2.0}}}
+    good = {
+        "step": 10,
+        "time": 1.0,
+        "tokens": 64,
+        "tokens_per_sec": 5.0,
+        "metrics": {"distill/kl_div_T1": {"sum": 3.0, "count": 2.0}},
+    }
     (tmp_path / "metrics.jsonl").write_text(json.dumps(good) + "\nnot json\n" + json.dumps(good)[:20])
     (tmp_path / "summary.json").write_text('{"status": "runn')  # cut off mid-write
     outputs = read_run_outputs(str(tmp_path))
@@ -65,23 +71,33 @@ def test_missing_directory_reads_as_empty(tmp_path):
 
 
 def golden() -> GoldenFile:
-    return GoldenFile(sweep="s", points=[
-        GoldenPoint(run_id="a", label="alpha=0.3", checks={"distill/kl_div_T1": Approx(value=1.0, rtol=0.1),
-                                                          "distill/hard_loss": Band(low=2.0, high=3.0)}),
-        GoldenPoint(run_id="b", label="baseline", checks={"distill/teacher_loss": Deterministic(value=1.25)}),
-    ])  # fmt: skip
+    return GoldenFile(
+        sweep="s",
+        points=[
+            GoldenPoint(
+                run_id="a",
+                label="alpha=0.3",
+                checks={"distill/kl_div_T1": Approx(value=1.0, rtol=0.1), "distill/hard_loss": Band(low=2.0, high=3.0)},
+            ),
+            GoldenPoint(run_id="b", label="baseline", checks={"distill/teacher_loss": Deterministic(value=1.25)}),
+        ],
+    )
 
 
 def test_regress_passes():
-    observed = {"a": Observed("a", "alpha=0.3", "Succeeded", "", {"distill/kl_div_T1": 1.05, "distill/hard_loss": 2.5}),
-                "b": Observed("b", "baseline", "Succeeded", "", {"distill/teacher_loss": 1.25})}  # fmt: skip
+    observed = {
+        "a": Observed("a", "alpha=0.3", "Succeeded", "", {"distill/kl_div_T1": 1.05, "distill/hard_loss": 2.5}),
+        "b": Observed("b", "baseline", "Succeeded", "", {"distill/teacher_loss": 1.25}),
+    }
     report = evaluate(golden(), observed)
     assert report.exit_code == ExitCode.OK and report.count("pass") == 3
 
 
 def test_regress_metric_regression_exits_1():
-    observed = {"a": Observed("a", "", "Succeeded", "", {"distill/kl_div_T1": 1.2, "distill/hard_loss": 3.5}),
-                "b": Observed("b", "", "Succeeded", "", {"distill/teacher_loss": 1.2500001})}  # fmt: skip
+    observed = {
+        "a": Observed("a", "", "Succeeded", "", {"distill/kl_div_T1": 1.2, "distill/hard_loss": 3.5}),
+        "b": Observed("b", "", "Succeeded", "", {"distill/teacher_loss": 1.2500001}),
+    }
     report = evaluate(golden(), observed)
     assert report.exit_code == ExitCode.FAILED and report.count("regression") == 3
 
@@ -95,8 +111,10 @@ def test_regress_infra_failure_exits_2():
 
 
 def test_junit_and_markdown():
-    observed = {"a": Observed("a", "alpha=0.3", "Succeeded", "", {"distill/kl_div_T1": 5.0, "distill/hard_loss": 2.5}),
-                "b": Observed("b", "baseline", "Running", "", {})}  # fmt: skip
+    observed = {
+        "a": Observed("a", "alpha=0.3", "Succeeded", "", {"distill/kl_div_T1": 5.0, "distill/hard_loss": 2.5}),
+        "b": Observed("b", "baseline", "Running", "", {}),
+    }
     report = evaluate(golden(), observed)
     root = ET.fromstring(junit_xml(report).split("?>", 1)[1])
     suite = root.find("testsuite")
@@ -107,8 +125,11 @@ def test_junit_and_markdown():
 
 
 def test_golden_derive_bands_from_seeds_and_approx_otherwise():
-    observed = [Finished("r1", "a s0", "a", {"distill/kl_div_T1": 1.0}), Finished("r2", "a s1", "a", {"distill/kl_div_T1": 1.2}),
-                Finished("r3", "b", "b", {"distill/kl_div_T1": 2.0, "distill/hard_loss": None})]  # fmt: skip
+    observed = [
+        Finished("r1", "a s0", "a", {"distill/kl_div_T1": 1.0}),
+        Finished("r2", "a s1", "a", {"distill/kl_div_T1": 1.2}),
+        Finished("r3", "b", "b", {"distill/kl_div_T1": 2.0, "distill/hard_loss": None}),
+    ]
     g = derive("s", 5, observed)
     band = g.points[0].checks["distill/kl_div_T1"]
     assert isinstance(band, Band) and band.low < 1.0 and band.high > 1.2
@@ -135,13 +156,18 @@ TRAINER_LINE = (
 def test_the_trainers_real_line_format():
     record = parse_log_line(TRAINER_LINE)
     assert record is not None and record.step == 10 and record.tokens == 5120
-    assert record.step_time_sec == pytest.approx(0.1611, rel=1e-3) and record.learning_rate == pytest.approx(0.00198, rel=1e-3)
+    assert record.step_time_sec == pytest.approx(0.1611, rel=1e-3) and record.learning_rate == pytest.approx(
+        0.00198, rel=1e-3
+    )
     assert record.metrics["distill/kl_div_T1"] == (13337.4736328125, 5120.0)
     assert record.metrics["distill/top1_agreement"] == (696.0, 5120.0)  # a null `value` is ignored: pairs are read
     # Each logged `value` is what the pairs give back.
-    for name, expected in (("distill/kl_div_T1", 2.6049753189086915), ("distill/student_perplexity", 189.4347228307814),
-                           ("distill/teacher_perplexity", 10.354460694130594),
-                           ("distill/out_proj_feature_loss", 0.45772666931152345)):  # fmt: skip
+    for name, expected in (
+        ("distill/kl_div_T1", 2.6049753189086915),
+        ("distill/student_perplexity", 189.4347228307814),
+        ("distill/teacher_perplexity", 10.354460694130594),
+        ("distill/out_proj_feature_loss", 0.45772666931152345),
+    ):
         assert aggregate.metric([record], name) == pytest.approx(expected, rel=1e-9)
 
 
@@ -155,10 +181,14 @@ def test_teacher_perplexity_is_exp_of_its_own_cross_entropy():
 
 def test_a_restarted_attempt_replaces_the_steps_it_logged_again(tmp_path):
     def rec(step, kl):
-        return json.dumps({"step": step, "time": float(step), "metrics": {"distill/kl_div_T1": {"sum": kl, "count": 1.0}}})
+        return json.dumps(
+            {"step": step, "time": float(step), "metrics": {"distill/kl_div_T1": {"sum": kl, "count": 1.0}}}
+        )
 
     # Attempt 1 logged 10..30, was killed, attempt 2 resumed from the checkpoint at 20 and logged 30, 40 again.
-    (tmp_path / "metrics.jsonl").write_text("\n".join([rec(10, 1), rec(20, 2), rec(30, 9), rec(30, 3), rec(40, 4)]) + "\n")
+    (tmp_path / "metrics.jsonl").write_text(
+        "\n".join([rec(10, 1), rec(20, 2), rec(30, 9), rec(30, 3), rec(40, 4)]) + "\n"
+    )
     outputs = read_run_outputs(str(tmp_path))
     assert [(r.step, r.metrics["distill/kl_div_T1"][0]) for r in outputs.log] == [(10, 1), (20, 2), (30, 3), (40, 4)]
 

@@ -49,8 +49,10 @@ def test_results_read_a_remote_output_base(tmp_path, bucket):
 
 def test_remote_partial_files_read_as_shorter_not_as_errors(bucket):
     fs, root = bucket
-    lines = [{"step": s, "time": float(s), "tokens": 10 * s, "metrics": {"distill/kl_div_T1": {"sum": 2.0, "count": 1.0}}}
-             for s in (10, 20)]  # fmt: skip
+    lines = [
+        {"step": s, "time": float(s), "tokens": 10 * s, "metrics": {"distill/kl_div_T1": {"sum": 2.0, "count": 1.0}}}
+        for s in (10, 20)
+    ]
     put(fs, f"{root}/run/metrics.jsonl", "".join(json.dumps(x) + "\n" for x in lines) + '{"step": 30, "ti')
     put(fs, f"{root}/run/summary.json", '{"status": "running", "st')
     outputs = read_run_outputs(f"{root}/run")
@@ -98,8 +100,12 @@ def test_image_override_finds_runs_launched_with_another_image(tmp_path):
     from orchestrator.expansion import expand
     from orchestrator.sweep_file import load_sweep, override_target
 
-    target = {"kind": "kubernetes", "tpu_type": "v5p-8", "image": "registry/trainer:base",
-              "output_base": str(tmp_path / "runs")}  # fmt: skip
+    target = {
+        "kind": "kubernetes",
+        "tpu_type": "v5p-8",
+        "image": "registry/trainer:base",
+        "output_base": str(tmp_path / "runs"),
+    }
     path = write_sweep(tmp_path, target=target)
     launched = expand(override_target(load_sweep(path), image="registry/trainer:sha-123"))
     for run in launched.runs:

@@ -15,8 +15,17 @@ from orchestrator.cli import app
 from orchestrator.exit_codes import ExitCode
 from orchestrator.run_outputs import read_run_outputs
 from results_support import (
-    LOG_EVERY, START_TIME, STEPS, SWEEPS, TOKENS_PER_STEP, expanded, final_kl, finish_all, write_outputs, write_sweep,
-)  # fmt: skip
+    LOG_EVERY,
+    START_TIME,
+    STEPS,
+    SWEEPS,
+    TOKENS_PER_STEP,
+    expanded,
+    final_kl,
+    finish_all,
+    write_outputs,
+    write_sweep,
+)
 
 runner = CliRunner()
 
@@ -54,8 +63,10 @@ def test_one_row_per_run_with_status_steps_metrics_and_roles(finished):
         assert row.tokens_per_sec == pytest.approx(TOKENS_PER_STEP)  # Δtokens/Δtime: 512 tokens per second
     point = t.rows[1]
     # The last 4 records of a synthetic run (window 5 > records: every record), token-weighted.
-    assert point.metrics[results.KL_T1] == pytest.approx(final_kl(finished.points[0]) + 2.5 * sum(
-        math.exp(-6 * s / STEPS) for s in range(LOG_EVERY, STEPS + 1, LOG_EVERY)) / 4)  # fmt: skip
+    assert point.metrics[results.KL_T1] == pytest.approx(
+        final_kl(finished.points[0])
+        + 2.5 * sum(math.exp(-6 * s / STEPS) for s in range(LOG_EVERY, STEPS + 1, LOG_EVERY)) / 4
+    )
     assert point.metrics[results.PERPLEXITY] == pytest.approx(math.exp(point.metrics[results.HARD_LOSS]))
     assert t.rows[0].metrics[results.KL_T1] is None  # a pre-trained teacher logs no KL
 
@@ -66,9 +77,19 @@ def test_window_aggregates_sum_count_pairs_not_a_mean_of_means(tmp_path):
     point = result.points[0]
     # Rewrite the point's log: two records with very different token counts.
     lines = [
-        {"step": 10, "time": 1.0, "tokens": 100, "metrics": {"distill/kl_div_T1": {"sum": 10.0, "count": 10.0, "value": 1.0}}},
-        {"step": 20, "time": 2.0, "tokens": 200, "metrics": {"distill/kl_div_T1": {"sum": 90.0, "count": 30.0, "value": 3.0}}},
-    ]  # fmt: skip
+        {
+            "step": 10,
+            "time": 1.0,
+            "tokens": 100,
+            "metrics": {"distill/kl_div_T1": {"sum": 10.0, "count": 10.0, "value": 1.0}},
+        },
+        {
+            "step": 20,
+            "time": 2.0,
+            "tokens": 200,
+            "metrics": {"distill/kl_div_T1": {"sum": 90.0, "count": 30.0, "value": 3.0}},
+        },
+    ]
     (tmp_path / "runs" / point.run_id / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     row = next(r for r in table(result, window=2).rows if r.run_id == point.run_id)
     assert row.metrics[results.KL_T1] == pytest.approx(2.5)  # 100/40, not (1 + 3)/2
@@ -170,8 +191,16 @@ def test_json_has_raw_numbers_and_the_aggregation(finished, tmp_path):
 
 
 def test_tpu_targets_show_chip_hours(tmp_path):
-    path = write_sweep(tmp_path, target={"kind": "kubernetes", "tpu_type": "v5p-8", "slices": 2, "image": "x/y:1",
-                                         "output_base": str(tmp_path / "runs")})  # fmt: skip
+    path = write_sweep(
+        tmp_path,
+        target={
+            "kind": "kubernetes",
+            "tpu_type": "v5p-8",
+            "slices": 2,
+            "image": "x/y:1",
+            "output_base": str(tmp_path / "runs"),
+        },
+    )
     result = expanded(path)
     finish_all(result)
     t = table(result)

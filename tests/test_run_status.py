@@ -9,7 +9,9 @@ NOW = 1_000_000.0
 
 
 def outputs(summary=None, times=()):
-    log = tuple(LogLine(10 * (i + 1), t, None, None, {"distill/kl_div_T1": (2.0 * (i + 1), 2.0)}) for i, t in enumerate(times))
+    log = tuple(
+        LogLine(10 * (i + 1), t, None, None, {"distill/kl_div_T1": (2.0 * (i + 1), 2.0)}) for i, t in enumerate(times)
+    )
     return RunOutputs("p", log, summary)
 
 
@@ -23,8 +25,14 @@ def test_not_created():
 
 
 def test_queued_with_kueue_reason():
-    s = status(Observation(exists=True, suspended=True, queue_reason="Pending",
-                           queue_message="couldn't assign flavors to pod set slice-job: insufficient unused quota"))  # fmt: skip
+    s = status(
+        Observation(
+            exists=True,
+            suspended=True,
+            queue_reason="Pending",
+            queue_message="couldn't assign flavors to pod set slice-job: insufficient unused quota",
+        )
+    )
     assert s.phase == "Queued" and s.reason == "Pending" and "insufficient" in s.message
 
 
@@ -44,7 +52,11 @@ def test_restarting_between_attempts():
 
 
 def test_failed_keeps_upstream_reason():
-    s = status(Observation(exists=True, conditions=(Condition("Failed", "True", "ReachedMaxRestarts", "jobset failed"),), restarts=3))
+    s = status(
+        Observation(
+            exists=True, conditions=(Condition("Failed", "True", "ReachedMaxRestarts", "jobset failed"),), restarts=3
+        )
+    )
     assert s.shown == "Failed (ReachedMaxRestarts)" and s.terminal
 
 
@@ -72,18 +84,34 @@ def test_a_run_being_deleted_is_pending_and_waited_for():
 
 
 def test_kueue_saying_the_request_exceeds_the_queue_means_never():
-    busy = status(Observation(exists=True, suspended=True, queue_reason="Pending",
-                              queue_message="insufficient unused quota for google.com/tpu in flavor f, 128 more needed"))
-    never = status(Observation(exists=True, suspended=True, queue_reason="Pending", queue_message=(
-        "insufficient quota for google.com/tpu in flavor f, previously considered podsets requests (0) + current "
-        "podset request (192) > maximum capacity (128)")))  # fmt: skip
+    busy = status(
+        Observation(
+            exists=True,
+            suspended=True,
+            queue_reason="Pending",
+            queue_message="insufficient unused quota for google.com/tpu in flavor f, 128 more needed",
+        )
+    )
+    never = status(
+        Observation(
+            exists=True,
+            suspended=True,
+            queue_reason="Pending",
+            queue_message=(
+                "insufficient quota for google.com/tpu in flavor f, previously considered podsets requests (0) + current "
+                "podset request (192) > maximum capacity (128)"
+            ),
+        )
+    )
     assert not busy.never_admitted and never.never_admitted
 
 
 def test_time_spent_queued_is_not_stalling():
     queued_long = Observation(exists=True, active=True, created_at=NOW - 4000, started_at=NOW - 60)
     assert status(queued_long).phase == "Running"
-    assert status(Observation(exists=True, active=True, created_at=NOW - 4000, started_at=NOW - 1000)).phase == "Stalled"
+    assert (
+        status(Observation(exists=True, active=True, created_at=NOW - 4000, started_at=NOW - 1000)).phase == "Stalled"
+    )
 
 
 def test_unreadable_outputs_never_claim_a_stall():

@@ -85,7 +85,12 @@ def test_max_bytes_applies_to_text_too():
 
 
 def test_exponent_floats_without_dot_are_floats():
-    assert parse_yaml("a: 1e-6\nb: 2.0e-4\nc: 10_000\nd: '1e-6'\n").data == {"a": 1e-6, "b": 2e-4, "c": 10000, "d": "1e-6"}
+    assert parse_yaml("a: 1e-6\nb: 2.0e-4\nc: 10_000\nd: '1e-6'\n").data == {
+        "a": 1e-6,
+        "b": 2e-4,
+        "c": 10000,
+        "d": "1e-6",
+    }
 
 
 @pytest.mark.parametrize("text", ["2020-13-45: 1\n", "!!float abc: 1\n", "student: {2020-13-45: x}\n"])

@@ -12,18 +12,66 @@ from tests.spec_helpers import GOOD
 from trainer.config import DistillSpec
 from trainer.specfile import read_spec_text
 
-KEYS = ["student", "teacher", "loss", "alpha", "beta", "temperature", "start", "end", "schedule", "model",
-        "layer_indices", "batch", "steps", "mode", "data", "source", "num_layers", "vocab_size", "emb_dim",
-        "distill_alpha", "student_overrides", "teacher_overrides", "model_name", "per_device_batch_size",
-        "scan_layers", "enable_nnx", "load_parameters_path", "offline_data_dir", "init", "drop_layers", "x"]  # fmt: skip
+KEYS = [
+    "student",
+    "teacher",
+    "loss",
+    "alpha",
+    "beta",
+    "temperature",
+    "start",
+    "end",
+    "schedule",
+    "model",
+    "layer_indices",
+    "batch",
+    "steps",
+    "mode",
+    "data",
+    "source",
+    "num_layers",
+    "vocab_size",
+    "emb_dim",
+    "distill_alpha",
+    "student_overrides",
+    "teacher_overrides",
+    "model_name",
+    "per_device_batch_size",
+    "scan_layers",
+    "enable_nnx",
+    "load_parameters_path",
+    "offline_data_dir",
+    "init",
+    "drop_layers",
+    "x",
+]
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=12), st.sampled_from(["tiny-2l", "tiny-4l", "llama3.1-8b", "cosine", "linear", "None",
-                                           "first:3", "straddle:[1,2]", "full_depth:0", "1e-6", "pretrain"]),
-)  # fmt: skip
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "tiny-2l",
+            "tiny-4l",
+            "llama3.1-8b",
+            "cosine",
+            "linear",
+            "None",
+            "first:3",
+            "straddle:[1,2]",
+            "full_depth:0",
+            "1e-6",
+            "pretrain",
+        ]
+    ),
+)
 values = st.recursive(
     scalars,
-    lambda children: st.one_of(st.lists(children, max_size=5), st.dictionaries(st.sampled_from(KEYS), children, max_size=6)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=5), st.dictionaries(st.sampled_from(KEYS), children, max_size=6)
+    ),
     max_leaves=30,
 )
 

@@ -99,7 +99,7 @@ def test_maxtext_top_level_model_keys_apply_to_both_models():
 
 @pytest.mark.parametrize("key", ["per_device_batch_size", "max_target_length", "gradient_accumulation_steps"])
 def test_maxtext_batch_shape_in_overrides_is_rejected(key):
-    text = MAXTEXT_STARTER.replace('student_overrides:\n', f"student_overrides:\n  {key}: 8\n")
+    text = MAXTEXT_STARTER.replace("student_overrides:\n", f"student_overrides:\n  {key}: 8\n")
     report = read_spec_text(text)
     [problem] = [p for p in report.problems if p.is_error]
     assert problem.code == "batch_shape_in_override"

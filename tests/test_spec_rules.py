@@ -53,8 +53,10 @@ def test_beta_ramp_from_tiny_start_is_fine():
     # 1e-6 without a dot is a float (YAML 1.2), as the guide writes it.
     text = report_for(GOOD)  # sanity
     assert text.ok
-    yaml_text = "student: {model: tiny-2l}\nteacher: {model: tiny-4l, load_parameters_path: x}\n" \
-                "loss: {beta: {start: 1e-6, end: 0.5, schedule: linear}, layer_indices: [0]}\n"  # fmt: skip
+    yaml_text = (
+        "student: {model: tiny-2l}\nteacher: {model: tiny-4l, load_parameters_path: x}\n"
+        "loss: {beta: {start: 1e-6, end: 0.5, schedule: linear}, layer_indices: [0]}\n"
+    )
     report = report_for(yaml_text)
     assert report.ok, report.problems
     assert report.spec.loss.beta.start == 1e-6
@@ -90,7 +92,9 @@ def test_ranges(path, value, code):
     assert code in codes(spec_data(**{path: value}))
 
 
-@pytest.mark.parametrize(("path", "value"), [("loss.alpha.start", 1.0), ("loss.alpha.end", 0.0), ("loss.beta.end", 0.0)])
+@pytest.mark.parametrize(
+    ("path", "value"), [("loss.alpha.start", 1.0), ("loss.alpha.end", 0.0), ("loss.beta.end", 0.0)]
+)
 def test_range_limits_are_allowed(path, value):
     assert codes(spec_data(**{path: value})) == []
 
@@ -102,9 +106,15 @@ def test_nan_is_rejected():
 # Rule 6: layer indices when β > 0.
 @pytest.mark.parametrize(
     ("indices", "code"),
-    [([], "layer_indices_empty"), ([0, 2], "layer_index_out_of_range"), ([0, -3], "layer_index_out_of_range"),
-     ([1, -1], "layer_index_duplicate"), ("first:0", "bad_layer_preset"), ("everything", "bad_layer_preset")],
-)  # fmt: skip
+    [
+        ([], "layer_indices_empty"),
+        ([0, 2], "layer_index_out_of_range"),
+        ([0, -3], "layer_index_out_of_range"),
+        ([1, -1], "layer_index_duplicate"),
+        ("first:0", "bad_layer_preset"),
+        ("everything", "bad_layer_preset"),
+    ],
+)
 def test_bad_layer_indices(indices, code):
     assert code in codes(spec_data(**{"loss.layer_indices": indices}))
 
@@ -131,8 +141,9 @@ def test_missing_layer_indices_with_different_depths():
 
 
 def test_preset_resolves_against_student_depth():
-    data = spec_data(**{"student.model": "llama3.1-8b", "teacher.model": "llama3.1-8b",
-                        "loss.layer_indices": "full_depth:8"})  # fmt: skip
+    data = spec_data(
+        **{"student.model": "llama3.1-8b", "teacher.model": "llama3.1-8b", "loss.layer_indices": "full_depth:8"}
+    )
     report = report_for(data)
     assert report.ok, report.problems
     assert report.spec.layer_indices() == [3, 7, 11, 15, 19, 23, 27, 31]
@@ -181,9 +192,14 @@ def test_batch_shape_in_a_model_block_is_rejected_naming_both_values(key):
 # Rule 10: unknown keys, with suggestions.
 @pytest.mark.parametrize(
     ("path", "suggestion"),
-    [("loss.alpah", "alpha"), ("stpes", "steps"), ("student.base_emb_dim", "emb_dim"),
-     ("loss.feature_loss", "feature_loss_type"), ("max_target_length", "batch:")],
-)  # fmt: skip
+    [
+        ("loss.alpah", "alpha"),
+        ("stpes", "steps"),
+        ("student.base_emb_dim", "emb_dim"),
+        ("loss.feature_loss", "feature_loss_type"),
+        ("max_target_length", "batch:"),
+    ],
+)
 def test_unknown_keys_are_rejected_with_a_suggestion(path, suggestion):
     report = report_for(spec_data(**{path: 1}))
     [problem] = [p for p in report.problems if p.code == "unknown_key"]
@@ -192,11 +208,25 @@ def test_unknown_keys_are_rejected_with_a_suggestion(path, suggestion):
 
 
 def test_all_problems_are_reported_together():
-    data = spec_data(**{"loss.alpah": 1, "loss.alpha.end": 3, "teacher.vocab_size": 7, "student.scan_layers": False,
-                        "teacher.load_parameters_path": DELETE, "steps": 0})  # fmt: skip
+    data = spec_data(
+        **{
+            "loss.alpah": 1,
+            "loss.alpha.end": 3,
+            "teacher.vocab_size": 7,
+            "student.scan_layers": False,
+            "teacher.load_parameters_path": DELETE,
+            "steps": 0,
+        }
+    )
     found = set(codes(data))
-    assert {"unknown_key", "alpha_out_of_range", "vocab_mismatch", "feature_loss_needs_scan_layers",
-            "teacher_path_missing", "out_of_range"} <= found  # fmt: skip
+    assert {
+        "unknown_key",
+        "alpha_out_of_range",
+        "vocab_mismatch",
+        "feature_loss_needs_scan_layers",
+        "teacher_path_missing",
+        "out_of_range",
+    } <= found
 
 
 def test_problems_are_sorted_by_line_and_carry_positions():
@@ -218,8 +248,12 @@ def test_unknown_model_suggests_close_names():
 
 
 def test_pruned_student_must_match_teacher_minus_dropped_layers():
-    prune = {"student.model": "tiny-4l", "student.init": "teacher", "student.drop_layers": [1, 2],
-             "loss.layer_indices": [0]}  # fmt: skip
+    prune = {
+        "student.model": "tiny-4l",
+        "student.init": "teacher",
+        "student.drop_layers": [1, 2],
+        "loss.layer_indices": [0],
+    }
     assert codes(spec_data(**prune)) == ["pruned_depth_mismatch"]
     assert codes(spec_data(**prune, **{"student.num_layers": 2})) == []
     assert "pruned_shape_mismatch" in codes(spec_data(**prune, **{"student.num_layers": 2, "student.mlp_dim": 8}))

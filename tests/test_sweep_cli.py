@@ -42,8 +42,11 @@ def test_plan_json_is_for_machines():
 def test_plan_warns_when_the_teacher_will_not_fit(tmp_path):
     # Llama 3.1 70B teacher, 8B student, default (all data-parallel) mesh on a v5e slice: the guide's
     # "Teacher OOMs at startup", caught before launch
-    spec = {"student": {"model": "llama3.1-8b"}, "teacher": {"model": "llama3.1-70b", "load_parameters_path": "gs://t"},
-            "loss": {"alpha": 1.0}}  # fmt: skip
+    spec = {
+        "student": {"model": "llama3.1-8b"},
+        "teacher": {"model": "llama3.1-70b", "load_parameters_path": "gs://t"},
+        "loss": {"alpha": 1.0},
+    }
     path = write(tmp_path, sweep_data(spec=spec, target={**TARGET, "tpu_type": "v5e-256", "slices": 1}))
     result = invoke("plan", str(path), "--output", "json")
     assert result.exit_code == ExitCode.OK
@@ -79,12 +82,14 @@ def test_render_writes_one_file_per_point_and_rerendering_changes_nothing(tmp_pa
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     doc = yaml.safe_load(next(iter(before.values())))
     assert doc["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["nodeSelector"][
-        "cloud.google.com/gke-tpu-accelerator"] == ("tpu-v5p-slice" if shape[0] == "v5p-128" else "tpu-v6e-slice")
+        "cloud.google.com/gke-tpu-accelerator"
+    ] == ("tpu-v5p-slice" if shape[0] == "v5p-128" else "tpu-v6e-slice")
 
 
 def test_render_as_xpk_prints_one_command_per_point(tmp_path):
-    path = write(tmp_path, sweep_data(axes={"loss.alpha.end": [0.3, 0.5]},
-                                      target={**TARGET, "kind": "xpk", "cluster": "demo"}))  # fmt: skip
+    path = write(
+        tmp_path, sweep_data(axes={"loss.alpha.end": [0.3, 0.5]}, target={**TARGET, "kind": "xpk", "cluster": "demo"})
+    )
     result = invoke("render", str(path), "--as", "xpk", "--output", "json")
     assert result.exit_code == ExitCode.OK, result.output
     commands = json.loads(result.stdout)

@@ -17,7 +17,13 @@ def values(result, *paths):
 def test_the_product_is_in_file_order_with_the_last_axis_fastest(tmp_path):
     result = expanded(tmp_path, sweep_data(axes={"loss.alpha.end": [0.3, 0.5], "loss.temperature": [1.0, 2.0, 4.0]}))
     assert values(result, "loss.alpha.end", "loss.temperature") == [
-        (0.3, 1.0), (0.3, 2.0), (0.3, 4.0), (0.5, 1.0), (0.5, 2.0), (0.5, 4.0)]  # fmt: skip
+        (0.3, 1.0),
+        (0.3, 2.0),
+        (0.3, 4.0),
+        (0.5, 1.0),
+        (0.5, 2.0),
+        (0.5, 4.0),
+    ]
     assert [p.index for p in result.points] == list(range(6))
     assert result.points[4].spec.loss.alpha.end == 0.5 and result.points[4].spec.loss.temperature.start == 2.0
 
@@ -28,16 +34,24 @@ def test_no_axes_is_the_base_spec_alone(tmp_path):
 
 
 def test_zip_moves_paths_together(tmp_path):
-    data = sweep_data(axes={"loss.alpha.end": [0.3, 0.5]},
-                      zip=[{"loss.feature_loss_type": ["cosine", "l2"], "loss.beta.start": [1.0, 0.05]}])  # fmt: skip
+    data = sweep_data(
+        axes={"loss.alpha.end": [0.3, 0.5]},
+        zip=[{"loss.feature_loss_type": ["cosine", "l2"], "loss.beta.start": [1.0, 0.05]}],
+    )
     result = expanded(tmp_path, data)
     assert values(result, "loss.alpha.end", "loss.feature_loss_type", "loss.beta.start") == [
-        (0.3, "cosine", 1.0), (0.3, "l2", 0.05), (0.5, "cosine", 1.0), (0.5, "l2", 0.05)]  # fmt: skip
+        (0.3, "cosine", 1.0),
+        (0.3, "l2", 0.05),
+        (0.5, "cosine", 1.0),
+        (0.5, "l2", 0.05),
+    ]
 
 
 def test_exclude_drops_matching_points_and_warns_about_unused_entries(tmp_path):
-    data = sweep_data(axes={"loss.alpha.end": [0.3, 0.5], "loss.temperature": [1.0, 2.0]},
-                      exclude=[{"loss.alpha.end": 0.5, "loss.temperature": 1}, {"loss.alpha.end": 0.9}])  # fmt: skip
+    data = sweep_data(
+        axes={"loss.alpha.end": [0.3, 0.5], "loss.temperature": [1.0, 2.0]},
+        exclude=[{"loss.alpha.end": 0.5, "loss.temperature": 1}, {"loss.alpha.end": 0.9}],
+    )
     result = expanded(tmp_path, data)
     assert values(result, "loss.alpha.end", "loss.temperature") == [(0.3, 1.0), (0.3, 2.0), (0.5, 2.0)]
     assert result.excluded == 1 and result.grid_size == 4
@@ -51,15 +65,21 @@ def test_seeds_repeat_every_point_and_set_the_spec_seed(tmp_path):
 
 
 def test_baselines_come_last_once_per_seed_and_are_never_excluded(tmp_path):
-    data = sweep_data(axes={"loss.alpha.end": [0.3]}, seeds=[1, 2], exclude=[{"seed": 2}],
-                      baseline=[{"loss.alpha": 0.0, "loss.beta": 0.0}])  # fmt: skip
+    data = sweep_data(
+        axes={"loss.alpha.end": [0.3]},
+        seeds=[1, 2],
+        exclude=[{"seed": 2}],
+        baseline=[{"loss.alpha": 0.0, "loss.beta": 0.0}],
+    )
     result = expanded(tmp_path, data)
     assert [(p.is_baseline, p.seed) for p in result.points] == [(False, 1), (True, 1), (True, 2)]
     assert result.points[1].spec.loss.alpha.start == 0.0 and not result.points[1].spec.loss.feature_loss_on
 
 
 def test_a_path_into_a_bare_number_schedule_keeps_its_start(tmp_path):
-    result = expanded(tmp_path, sweep_data(axes={"loss.temperature.end": [1.0]}, overrides={"loss.temperature.schedule": "cosine"}))
+    result = expanded(
+        tmp_path, sweep_data(axes={"loss.temperature.end": [1.0]}, overrides={"loss.temperature.schedule": "cosine"})
+    )
     (point,) = result.points
     assert (point.spec.loss.temperature.start, point.spec.loss.temperature.end) == (2.0, 1.0)
 
@@ -118,8 +138,11 @@ def test_exclusions_count_towards_the_limit(tmp_path):
 
 def test_prerequisites_resolve_placeholders_before_hashing(tmp_path):
     teacher = {"student": {"model": "tiny-4l"}, "mode": "pretrain", "steps": 5}
-    data = sweep_data(overrides={"teacher.load_parameters_path": "${prerequisites.teacher.output}/checkpoints"},
-                      prerequisites={"teacher": {"spec": teacher}}, axes={"loss.alpha.end": [0.3, 0.5]})  # fmt: skip
+    data = sweep_data(
+        overrides={"teacher.load_parameters_path": "${prerequisites.teacher.output}/checkpoints"},
+        prerequisites={"teacher": {"spec": teacher}},
+        axes={"loss.alpha.end": [0.3, 0.5]},
+    )
     result = expanded(tmp_path, data)
     (pre,) = result.prerequisites
     assert pre.prerequisite == "teacher" and pre.spec.mode == "pretrain" and pre.role == "prerequisite"
@@ -133,17 +156,27 @@ def test_prerequisites_resolve_placeholders_before_hashing(tmp_path):
 
 
 def test_an_invalid_prerequisite_is_named(tmp_path):
-    data = sweep_data(prerequisites={"teacher": {"spec": {"student": {"model": "tiny-4l"}, "mode": "pretrain", "steps": -1}}})
+    data = sweep_data(
+        prerequisites={"teacher": {"spec": {"student": {"model": "tiny-4l"}, "mode": "pretrain", "steps": -1}}}
+    )
     result = expanded(tmp_path, data)
     (problem,) = [p for p in result.problems if p.is_error]
-    assert problem.message.startswith("prerequisite 'teacher': ") and problem.loc == ("prerequisites", "teacher", "spec", "steps")
+    assert problem.message.startswith("prerequisite 'teacher': ") and problem.loc == (
+        "prerequisites",
+        "teacher",
+        "spec",
+        "steps",
+    )
 
 
 def test_a_maxtext_base_spec_works_with_flat_axis_names(tmp_path):
     from sweep_support import SWEEPS
 
-    data = sweep_data(spec=str(SWEEPS / "maxtext-distillation.yml"), axes={"distill_alpha_end": [0.3, 0.7]},
-                      overrides={"teacher_overrides.weight_dtype": "bfloat16"})  # fmt: skip
+    data = sweep_data(
+        spec=str(SWEEPS / "maxtext-distillation.yml"),
+        axes={"distill_alpha_end": [0.3, 0.7]},
+        overrides={"teacher_overrides.weight_dtype": "bfloat16"},
+    )
     result = expanded(tmp_path, data)
     assert result.ok and [p.spec.loss.alpha.end for p in result.points] == [0.3, 0.7]
     assert all(p.spec.teacher.weight_dtype == "bfloat16" for p in result.points)
@@ -171,7 +204,9 @@ def test_the_same_point_in_two_example_sweeps_has_one_id():
     seeds=st.lists(st.integers(0, 5), max_size=3, unique=True),
 )
 def test_expansion_is_deterministic_and_sized_as_the_product(tmp_path_factory, axes, seeds):
-    scaled = {k: [v / 10 if k == "loss.alpha.end" else (v * 1e-4 if "rate" in k else v) for v in vs] for k, vs in axes.items()}
+    scaled = {
+        k: [v / 10 if k == "loss.alpha.end" else (v * 1e-4 if "rate" in k else v) for v in vs] for k, vs in axes.items()
+    }
     data = sweep_data(axes=scaled, seeds=seeds)
     tmp = tmp_path_factory.mktemp("prop")
     first, second = expanded(tmp, data, max_points=None), expanded(tmp, data, "again.yaml", max_points=None)

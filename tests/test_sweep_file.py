@@ -88,8 +88,10 @@ def test_exclude_must_name_an_axis(tmp_path):
 
 
 def test_placeholders_must_name_a_prerequisite(tmp_path):
-    data = sweep_data(overrides={"teacher.load_parameters_path": "${prerequisites.teachr.output}/checkpoints"},
-                      prerequisites={"teacher": {"spec": sweep_data()["spec"]}})  # fmt: skip
+    data = sweep_data(
+        overrides={"teacher.load_parameters_path": "${prerequisites.teachr.output}/checkpoints"},
+        prerequisites={"teacher": {"spec": sweep_data()["spec"]}},
+    )
     (problem,) = load(tmp_path, data).problems
     assert problem.code == "unknown_prerequisite" and "'teacher'" in problem.hint
 

@@ -22,8 +22,13 @@ def test_the_run_id_ignores_name_output_dir_and_how_the_spec_is_written():
     target = Target.model_validate(TARGET)
     renamed = SPEC_MODEL.model_copy(update={"name": "other", "output_dir": "elsewhere"})
     # a preset and the list it resolves to, and registry dims written out, mean the same run
-    spelled_out = DistillSpec.model_validate({**SPEC, "loss": {**SPEC["loss"], "layer_indices": "full_depth:2"},
-                                              "student": {"model": "tiny-2l", "num_layers": 2}})  # fmt: skip
+    spelled_out = DistillSpec.model_validate(
+        {
+            **SPEC,
+            "loss": {**SPEC["loss"], "layer_indices": "full_depth:2"},
+            "student": {"model": "tiny-2l", "num_layers": 2},
+        }
+    )
     ids = {identity.run_id(s, target) for s in (SPEC_MODEL, renamed, spelled_out)}
     assert len(ids) == 1
 
@@ -37,13 +42,19 @@ def test_editing_one_value_changes_the_run_id():
 @pytest.mark.parametrize(
     ("field", "value", "changes"),
     [
-        ("tpu_type", "v6e-256", True), ("slices", 1, True), ("image", "example.com/distill:2", True),
+        ("tpu_type", "v6e-256", True),
+        ("slices", 1, True),
+        ("image", "example.com/distill:2", True),
         ("env", {"XLA_FLAGS": "--xla_dump_to=/tmp"}, True),
-        ("namespace", "research", False), ("queue", "other-queue", False), ("priority", "high", False),
-        ("ttl_seconds_after_finished", 60, False), ("max_restarts", 0, False), ("output_base", "gs://x/y", False),
+        ("namespace", "research", False),
+        ("queue", "other-queue", False),
+        ("priority", "high", False),
+        ("ttl_seconds_after_finished", 60, False),
+        ("max_restarts", 0, False),
+        ("output_base", "gs://x/y", False),
         ("kind", "xpk", False),
     ],
-)  # fmt: skip
+)
 def test_only_target_fields_that_change_the_run_change_the_id(field, value, changes):
     base = Target.model_validate(TARGET)
     other = Target.model_validate({**TARGET, field: value, "cluster": "c"})
@@ -87,7 +98,8 @@ def test_xpk_caps_workload_names_at_40():
 
 def test_a_non_dns_name_is_rejected():
     assert [p.code for p in identity.name_problems("9abc", slices=1, vms_per_slice=1, kind="kubernetes")] == [
-        "name_not_dns_1035"]  # fmt: skip
+        "name_not_dns_1035"
+    ]
 
 
 def test_a_sweep_name_over_budget_is_an_error_before_rendering(tmp_path):

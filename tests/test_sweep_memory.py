@@ -40,14 +40,21 @@ def test_activations_follow_the_formula():
     s = spec(mesh={"data": 1, "fsdp": -1})
     shape = s.student.shape()
     tokens = 1024
-    expected = (32 * tokens * 4096 * 4 + tokens * (8 * 4096 + 4 * 14_336) * 4 + 3 * tokens * shape.vocab_size * 4  # student
-                + tokens * (8 * 4096 + 4 * 14_336) * 4 + 2 * tokens * shape.vocab_size * 4)  # teacher  # fmt: skip
+    expected = (
+        32 * tokens * 4096 * 4
+        + tokens * (8 * 4096 + 4 * 14_336) * 4
+        + 3 * tokens * shape.vocab_size * 4  # student
+        + tokens * (8 * 4096 + 4 * 14_336) * 4
+        + 2 * tokens * shape.vocab_size * 4
+    )  # teacher
     assert memory.estimate(s, chips=8, hbm_bytes_per_chip=None).activations == expected
 
 
 def test_feature_loss_keeps_the_chosen_layers_of_both_models():
     off = memory.estimate(spec(), chips=8, hbm_bytes_per_chip=None).activations
-    on = memory.estimate(spec(loss={"alpha": 0.5, "beta": 1.0, "layer_indices": [3, 7]}), chips=8, hbm_bytes_per_chip=None)
+    on = memory.estimate(
+        spec(loss={"alpha": 0.5, "beta": 1.0, "layer_indices": [3, 7]}), chips=8, hbm_bytes_per_chip=None
+    )
     assert on.activations - off == 2 * 1024 * (4096 * 4 + 4096 * 4)
 
 

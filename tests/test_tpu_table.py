@@ -17,14 +17,22 @@ def test_each_tpu_type_matches_xpk(name):
         theirs = XPK[key]
         assert theirs.accelerator_type == xpk_sc.AcceleratorType.TPU
         assert (ours.accelerator, ours.topology, ours.machine_type, ours.chips_per_vm, ours.vms_per_slice) == (
-            theirs.gke_accelerator, theirs.topology, theirs.gce_machine_type, theirs.chips_per_vm, theirs.vms_per_slice)
+            theirs.gke_accelerator,
+            theirs.topology,
+            theirs.gce_machine_type,
+            theirs.chips_per_vm,
+            theirs.vms_per_slice,
+        )
     assert XPK[name].device_type == name
 
 
 def test_node_labels_and_resource_match_xpk():
     characteristics = xpk_sc.AcceleratorTypeToAcceleratorCharacteristics[xpk_sc.AcceleratorType.TPU]
     assert (tpu.ACCELERATOR_LABEL, tpu.TOPOLOGY_LABEL, tpu.RESOURCE) == (
-        characteristics.accelerator_label, characteristics.machine_label, characteristics.resource_type)
+        characteristics.accelerator_label,
+        characteristics.machine_label,
+        characteristics.resource_type,
+    )
 
 
 def test_every_family_and_the_done_when_shapes_are_covered():

@@ -27,8 +27,9 @@ def test_the_base_cli_does_not_import_jax():
 def test_distillctl_train_runs_a_spec_on_text_data(tmp_path):
     from orchestrator.cli import app
 
-    data = merged(TEACHER, name="cli", data={"source": "text", "path": STDLIB_JSON + "/*.py"},
-                  checkpoint={"every_steps": 4})  # fmt: skip
+    data = merged(
+        TEACHER, name="cli", data={"source": "text", "path": STDLIB_JSON + "/*.py"}, checkpoint={"every_steps": 4}
+    )
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(data))
     result = CliRunner().invoke(app, ["train", str(spec), "--output-dir", str(tmp_path / "out"), "--steps", "8"])
@@ -70,10 +71,12 @@ def test_python_m_trainer_validates_the_spec_from_the_environment():
 
 def test_python_m_trainer_missing_teacher_exits_1_without_a_traceback(tmp_path):
     data = {
-        "name": "orphan", "student": {"model": "tiny-2l"},
+        "name": "orphan",
+        "student": {"model": "tiny-2l"},
         "teacher": {"model": "tiny-4l", "load_parameters_path": str(tmp_path / "no-teacher" / "checkpoints")},
-        "output_dir": str(tmp_path), "steps": 5,
-    }  # fmt: skip
+        "output_dir": str(tmp_path),
+        "steps": 5,
+    }
     done = run_trainer([], env=python_env(DISTILLCTL_SPEC=json.dumps(data)))
     assert done.returncode == 1
     assert "teacher checkpoint not found at" in done.stderr and "Traceback" not in done.stderr

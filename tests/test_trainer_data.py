@@ -59,7 +59,9 @@ def test_text_source_with_a_tokenizer_json(tmp_path):
 
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel()
-    tok.train([str(p) for p in Path(STDLIB_JSON).glob("*.py")], trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]"]))
+    tok.train(
+        [str(p) for p in Path(STDLIB_JSON).glob("*.py")], trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]"])
+    )
     path = tmp_path / "tokenizer.json"
     tok.save(str(path))
     source = D.make_source(DataSpec(source="text", path=STDLIB_JSON, tokenizer=str(path)), 512, 33)
@@ -80,12 +82,15 @@ def test_token_files(tmp_path):
         assert ((np.diff(window) % 200) == 1).all()  # a contiguous slice of the file
 
 
-@pytest.mark.parametrize(("data", "vocab", "match"), [
-    (dict(source="text", path="/nonexistent/corpus"), 256, "no files"),
-    (dict(source="text", path=STDLIB_JSON), 128, "byte tokenizer needs vocab_size >= 256"),
-    (dict(source="text", path=STDLIB_JSON, tokenizer="/nonexistent/tokenizer.json"), 256, "cannot load tokenizer"),
-    (dict(source="tokens", path="/nonexistent/ids.npy"), 256, "no files|exactly one"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("data", "vocab", "match"),
+    [
+        (dict(source="text", path="/nonexistent/corpus"), 256, "no files"),
+        (dict(source="text", path=STDLIB_JSON), 128, "byte tokenizer needs vocab_size >= 256"),
+        (dict(source="text", path=STDLIB_JSON, tokenizer="/nonexistent/tokenizer.json"), 256, "cannot load tokenizer"),
+        (dict(source="tokens", path="/nonexistent/ids.npy"), 256, "no files|exactly one"),
+    ],
+)
 def test_bad_data_is_a_user_error(data, vocab, match):
     with pytest.raises(UserError, match=match):
         D.make_source(DataSpec(**data), vocab, 33)

@@ -45,8 +45,13 @@ def assert_same_metrics(got: list[dict], want: list[dict]) -> None:
 
 
 def test_eight_device_sharded_run_matches_one_device(single, tmp_path):
-    data = merged(BASE, name="eight", output_dir=str(tmp_path), batch={"per_device_batch_size": 1},
-                  mesh={"data": 2, "fsdp": 2, "tensor": 2})  # fmt: skip
+    data = merged(
+        BASE,
+        name="eight",
+        output_dir=str(tmp_path),
+        batch={"per_device_batch_size": 1},
+        mesh={"data": 2, "fsdp": 2, "tensor": 2},
+    )
     spec = write_spec(tmp_path / "eight.json", data)
     env = python_env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
     done = run_trainer(["--spec", str(spec)], env=env)
@@ -78,10 +83,25 @@ def test_two_process_run_completes_and_matches(single, tmp_path):
 def _launch_pair(spec, address: str) -> list[subprocess.Popen]:
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "trainer", "--spec", str(spec), "--coordinator-address", address,
-             "--num-processes", "2", "--process-id", str(i)],
-            cwd=REPO, env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "trainer",
+                "--spec",
+                str(spec),
+                "--coordinator-address",
+                address,
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
+            cwd=REPO,
+            env=python_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(2)
     ]
 
@@ -92,8 +112,14 @@ def test_two_processes_stop_together_on_sigterm_and_resume(tmp_path):
     import signal
     import time
 
-    data = merged(BASE, name="pre", output_dir=str(tmp_path), steps=120, batch={"per_device_batch_size": 4},
-                  checkpoint={"every_steps": 1000})  # fmt: skip
+    data = merged(
+        BASE,
+        name="pre",
+        output_dir=str(tmp_path),
+        steps=120,
+        batch={"per_device_batch_size": 4},
+        checkpoint={"every_steps": 1000},
+    )
     spec = write_spec(tmp_path / "pre.json", data)
     procs = _launch_pair(spec, f"127.0.0.1:{_free_port()}")
     metrics = tmp_path / "pre" / "metrics.jsonl"

@@ -13,8 +13,17 @@ from pathlib import Path
 import pytest
 
 from trainer_support import (
-    REPO, TEACHER, event_tags, merged, metric, python_env, read_metrics, spec_of, without_timing, write_spec,
-)  # fmt: skip
+    REPO,
+    TEACHER,
+    event_tags,
+    merged,
+    metric,
+    python_env,
+    read_metrics,
+    spec_of,
+    without_timing,
+    write_spec,
+)
 
 pytest.importorskip("jax")
 
@@ -40,17 +49,24 @@ def teacher(out) -> Path:
 
 def distill_spec(out: Path, teacher_dir: Path, **changes) -> dict:
     base = {
-        "name": "student", "mode": "distill",
+        "name": "student",
+        "mode": "distill",
         "student": {"model": "tiny-2l", "init": "teacher", "drop_layers": [1, 2]},
         "teacher": {"model": "tiny-4l", "load_parameters_path": str(teacher_dir / "checkpoints")},
-        "loss": {"alpha": {"start": 0.9, "end": 0.7, "schedule": "cosine"},
-                 "temperature": {"start": 2.0, "end": 1.0, "schedule": "cosine"},
-                 "beta": {"start": 1.0, "end": 0.1, "schedule": "cosine"}, "layer_indices": [0, -1]},
+        "loss": {
+            "alpha": {"start": 0.9, "end": 0.7, "schedule": "cosine"},
+            "temperature": {"start": 2.0, "end": 1.0, "schedule": "cosine"},
+            "beta": {"start": 1.0, "end": 0.1, "schedule": "cosine"},
+            "layer_indices": [0, -1],
+        },
         "data": {"source": "synthetic", "seed": 1},
         "batch": {"per_device_batch_size": 8, "max_target_length": 32},
-        "steps": 40, "optimizer": {"learning_rate": 1e-3, "warmup_fraction": 0.05},
-        "checkpoint": {"every_steps": 20}, "logging": {"every_steps": 5}, "output_dir": str(out),
-    }  # fmt: skip
+        "steps": 40,
+        "optimizer": {"learning_rate": 1e-3, "warmup_fraction": 0.05},
+        "checkpoint": {"every_steps": 20},
+        "logging": {"every_steps": 5},
+        "output_dir": str(out),
+    }
     return merged(base, **changes)
 
 
@@ -73,9 +89,12 @@ def test_pretrain_writes_every_output(teacher):
     first, last = records[0], records[-1]
     assert metric(last, "distill/hard_loss") < metric(first, "distill/hard_loss") - 1.0
     assert metric(last, "distill/student_perplexity") == pytest.approx(
-        __import__("math").exp(metric(last, "distill/hard_loss")), rel=1e-6)  # fmt: skip
+        __import__("math").exp(metric(last, "distill/hard_loss")), rel=1e-6
+    )
     assert sorted(p.name for p in (teacher / "checkpoints").iterdir() if p.name.isdigit()) == ["30", "60"]
-    assert {"distill/hard_loss", "distill/student_perplexity", "train/learning_rate"} <= event_tags(teacher / "tensorboard")
+    assert {"distill/hard_loss", "distill/student_perplexity", "train/learning_rate"} <= event_tags(
+        teacher / "tensorboard"
+    )
 
 
 def test_distill_pruned_student_kl_falls(out, teacher):
@@ -97,14 +116,21 @@ def test_distill_pruned_student_kl_falls(out, teacher):
 
 @pytest.mark.parametrize("stop_at", [15, 20], ids=["between-checkpoints", "at-a-checkpoint"])
 def test_resume_after_sigterm_reproduces_the_uninterrupted_metrics(out, teacher, stop_at):
-    data = distill_spec(out, teacher, name="whole", steps=30, checkpoint={"every_steps": 10},
-                        logging={"every_steps": 5})  # fmt: skip
+    data = distill_spec(
+        out, teacher, name="whole", steps=30, checkpoint={"every_steps": 10}, logging={"every_steps": 5}
+    )
     assert run(spec_of(data)) == TrainerExit.OK
 
     class SigtermAt:  # a preemption notice arriving in the middle of the run
-        def start(self, *a): pass
-        def note(self, m): pass
-        def end(self, *a): pass
+        def start(self, *a):
+            pass
+
+        def note(self, m):
+            pass
+
+        def end(self, *a):
+            pass
+
         def log(self, record):
             if record["step"] == stop_at:
                 os.kill(os.getpid(), signal.SIGTERM)
@@ -122,11 +148,18 @@ def test_resume_after_sigterm_reproduces_the_uninterrupted_metrics(out, teacher,
 
 def test_resume_after_a_hard_kill_reproduces_the_uninterrupted_metrics(out, teacher):
     """SIGKILL between checkpoints: the rerun resumes from the last checkpoint and drops the lines after it."""
-    data = distill_spec(out, teacher, name="killed", steps=30, checkpoint={"every_steps": 10},
-                        logging={"every_steps": 5})  # fmt: skip
+    data = distill_spec(
+        out, teacher, name="killed", steps=30, checkpoint={"every_steps": 10}, logging={"every_steps": 5}
+    )
     spec_file = write_spec(out / "killed.json", data)
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", "--spec", str(spec_file)], cwd=REPO, env=python_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer", "--spec", str(spec_file)],
+        cwd=REPO,
+        env=python_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics_file = out / "killed" / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -140,16 +173,22 @@ def test_resume_after_a_hard_kill_reproduces_the_uninterrupted_metrics(out, teac
     if steps_seen[-1] == 30:
         pytest.skip("the run finished before it could be killed")
     assert run(spec_of(data)) == TrainerExit.OK
-    reference = distill_spec(out, teacher, name="whole", steps=30, checkpoint={"every_steps": 10},
-                             logging={"every_steps": 5})  # fmt: skip
+    reference = distill_spec(
+        out, teacher, name="whole", steps=30, checkpoint={"every_steps": 10}, logging={"every_steps": 5}
+    )
     if not (out / "whole" / "metrics.jsonl").exists():
         assert run(spec_of(reference)) == TrainerExit.OK
     assert without_timing(read_metrics(out / "killed")) == without_timing(read_metrics(out / "whole"))
 
 
 def test_divergence_exits_with_its_own_code(out, teacher):
-    data = merged(TEACHER, name="diverge", output_dir=str(out), steps=20,
-                  optimizer={"learning_rate": 1e30, "warmup_fraction": 0.0, "grad_clip_norm": None})  # fmt: skip
+    data = merged(
+        TEACHER,
+        name="diverge",
+        output_dir=str(out),
+        steps=20,
+        optimizer={"learning_rate": 1e30, "warmup_fraction": 0.0, "grad_clip_norm": None},
+    )
     assert run(spec_of(data)) == TrainerExit.DIVERGED
     summary = json.loads((out / "diverge" / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["exit_code"] == 65
@@ -162,10 +201,17 @@ def test_missing_teacher_is_a_user_error_with_a_clear_message(out, tmp_path):
     messages = []
 
     class Capture:
-        def start(self, *a): pass
-        def log(self, r): pass
-        def note(self, m): pass
-        def end(self, status, code, message): messages.append((status, code, message))
+        def start(self, *a):
+            pass
+
+        def log(self, r):
+            pass
+
+        def note(self, m):
+            pass
+
+        def end(self, status, code, message):
+            messages.append((status, code, message))
 
     assert run(spec_of(data), reporter=Capture()) == TrainerExit.USER_ERROR
     status, code, message = messages[0]
@@ -175,19 +221,35 @@ def test_missing_teacher_is_a_user_error_with_a_clear_message(out, tmp_path):
 
 
 def test_teacher_checkpoint_of_another_model_is_a_user_error(out, teacher):
-    data = distill_spec(out, teacher, name="mismatch", teacher={"model": "tiny-4l", "emb_dim": 32,
-                        "load_parameters_path": str(teacher / "checkpoints")},
-                        student={"model": "tiny-2l", "emb_dim": 32, "init": "random", "drop_layers": []},
-                        loss={"beta": 0.0})  # fmt: skip
+    data = distill_spec(
+        out,
+        teacher,
+        name="mismatch",
+        teacher={"model": "tiny-4l", "emb_dim": 32, "load_parameters_path": str(teacher / "checkpoints")},
+        student={"model": "tiny-2l", "emb_dim": 32, "init": "random", "drop_layers": []},
+        loss={"beta": 0.0},
+    )
     assert run(spec_of(data)) == TrainerExit.USER_ERROR
-    assert "does not hold this model's parameters" in json.loads((out / "mismatch" / "summary.json").read_text())["message"]
+    assert (
+        "does not hold this model's parameters"
+        in json.loads((out / "mismatch" / "summary.json").read_text())["message"]
+    )
 
 
 def test_student_from_its_own_checkpoint_and_exact_step_directory(out, teacher):
-    data = distill_spec(out, teacher, name="warm", steps=10, teacher={
-        "model": "tiny-4l", "load_parameters_path": str(teacher / "checkpoints" / "30")},
-        student={"model": "tiny-4l", "init": "random", "drop_layers": [],
-                 "load_parameters_path": str(teacher / "checkpoints")})  # fmt: skip
+    data = distill_spec(
+        out,
+        teacher,
+        name="warm",
+        steps=10,
+        teacher={"model": "tiny-4l", "load_parameters_path": str(teacher / "checkpoints" / "30")},
+        student={
+            "model": "tiny-4l",
+            "init": "random",
+            "drop_layers": [],
+            "load_parameters_path": str(teacher / "checkpoints"),
+        },
+    )
     assert run(spec_of(data)) == TrainerExit.OK
     first = read_metrics(out / "warm")[0]
     # a student starting as the final teacher agrees with the step-30 teacher far more than a random one would

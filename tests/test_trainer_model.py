@@ -58,7 +58,9 @@ def test_scanned_and_unscanned_layers_compute_the_same(scanned):
     b, fb = jax.jit(lambda p, x: forward(nnx.merge(graphdef, p), x))(unscanned, tokens)
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(fa, fb, rtol=2e-5, atol=2e-5)
-    assert jax.tree.map(jnp.shape, _restack(unscanned["layers"], scan=True)) == jax.tree.map(jnp.shape, params["layers"])
+    assert jax.tree.map(jnp.shape, _restack(unscanned["layers"], scan=True)) == jax.tree.map(
+        jnp.shape, params["layers"]
+    )
 
 
 def test_features_are_not_sown_when_off():

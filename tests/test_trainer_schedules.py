@@ -15,13 +15,23 @@ jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
 
-@pytest.mark.parametrize(("kind", "step", "expected"), [
-    ("constant", 50, 0.9),
-    ("linear", 0, 0.9), ("linear", 25, 0.8), ("linear", 50, 0.7), ("linear", 100, 0.5),
-    ("cosine", 0, 0.9), ("cosine", 50, 0.7), ("cosine", 100, 0.5),
-    ("cosine", 25, 0.5 + 0.4 * 0.5 * (1 + math.cos(math.pi * 0.25))),
-    ("linear", 250, 0.5), ("cosine", 1000, 0.5), ("linear", -5, 0.9),  # clamped past either end
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kind", "step", "expected"),
+    [
+        ("constant", 50, 0.9),
+        ("linear", 0, 0.9),
+        ("linear", 25, 0.8),
+        ("linear", 50, 0.7),
+        ("linear", 100, 0.5),
+        ("cosine", 0, 0.9),
+        ("cosine", 50, 0.7),
+        ("cosine", 100, 0.5),
+        ("cosine", 25, 0.5 + 0.4 * 0.5 * (1 + math.cos(math.pi * 0.25))),
+        ("linear", 250, 0.5),
+        ("cosine", 1000, 0.5),
+        ("linear", -5, 0.9),  # clamped past either end
+    ],
+)
 def test_schedule_formula_points(kind, step, expected):
     assert schedule_value(kind, 0.9, 0.5, step, 100) == pytest.approx(expected)
     traced = jax.jit(lambda s: schedule_value(kind, 0.9, 0.5, s, 100))(jnp.int32(step))
@@ -36,10 +46,19 @@ def test_cosine_holds_near_start_longer_than_linear():
 def test_schedules_reach_their_end_at_the_last_optimizer_update(accumulation):
     from trainer.step import hyperparameters
 
-    spec = spec_of(merged(TEACHER, mode="distill", steps=40, batch={"gradient_accumulation_steps": accumulation},
-                          teacher={"model": "tiny-4l", "load_parameters_path": "x"},
-                          loss={"alpha": {"start": 0.9, "end": 0.3, "schedule": "cosine"},
-                                "temperature": {"start": 2.0, "end": 1.0, "schedule": "linear"}}))  # fmt: skip
+    spec = spec_of(
+        merged(
+            TEACHER,
+            mode="distill",
+            steps=40,
+            batch={"gradient_accumulation_steps": accumulation},
+            teacher={"model": "tiny-4l", "load_parameters_path": "x"},
+            loss={
+                "alpha": {"start": 0.9, "end": 0.3, "schedule": "cosine"},
+                "temperature": {"start": 2.0, "end": 1.0, "schedule": "linear"},
+            },
+        )
+    )
     first, last = hyperparameters(spec, 0), hyperparameters(spec, spec.steps - 1)
     assert (first["alpha"], first["temperature"]) == pytest.approx((0.9, 2.0))
     assert (last["alpha"], last["temperature"]) == pytest.approx((0.3, 1.0))
@@ -52,8 +71,9 @@ def test_learning_rate_is_optax_warmup_cosine():
 
     from trainer.step import learning_rate_schedule
 
-    spec = spec_of(merged(TEACHER, steps=200, optimizer={"learning_rate": 1e-3, "warmup_fraction": 0.1,
-                                                         "final_lr_fraction": 0.05}))  # fmt: skip
+    spec = spec_of(
+        merged(TEACHER, steps=200, optimizer={"learning_rate": 1e-3, "warmup_fraction": 0.1, "final_lr_fraction": 0.05})
+    )
     ours = learning_rate_schedule(spec)
     ref = optax.warmup_cosine_decay_schedule(0.0, 1e-3, 20, 200, 5e-5)
     for step in (0, 1, 10, 20, 21, 100, 199, 200, 300):
@@ -81,8 +101,12 @@ def test_gradient_accumulation_weights_micro_batches_by_valid_tokens():
     mask[:rows, 5:] = 0.0  # the first micro-batch is mostly padding: equal weighting per micro-batch would be wrong
     whole = {"inputs": tokens[None, :, :-1], "targets": tokens[None, :, 1:], "mask": mask[None]}
     split = {k: v.reshape(2, rows, length) for k, v in whole.items()}
-    base = merged(TEACHER, batch={"max_target_length": length}, steps=10,
-                  optimizer={"warmup_fraction": 0.0, "weight_decay": 0.0, "grad_clip_norm": None})  # fmt: skip
+    base = merged(
+        TEACHER,
+        batch={"max_target_length": length},
+        steps=10,
+        optimizer={"warmup_fraction": 0.0, "weight_decay": 0.0, "grad_clip_norm": None},
+    )
     one = spec_of(merged(base, batch={"per_device_batch_size": 2 * rows, "gradient_accumulation_steps": 1}))
     two = spec_of(merged(base, batch={"per_device_batch_size": rows, "gradient_accumulation_steps": 2}))
     params_one, window_one = _one_step(one, whole)

@@ -53,8 +53,9 @@ def test_strategy_matches_distillation_loss_on_the_same_batch(beta):
     student, teacher = _models(sow=beta > 0)
     tokens, mask = _batch()
     model_forward, labels_fn = _fns(256, with_features=beta > 0)
-    strategy = DistillCtlStrategy(model_forward, model_forward, labels_fn, alpha=0.7, temperature=2.0, beta=beta,
-                                  layer_indices=[0, -1])  # fmt: skip
+    strategy = DistillCtlStrategy(
+        model_forward, model_forward, labels_fn, alpha=0.7, temperature=2.0, beta=beta, layer_indices=[0, -1]
+    )
     inputs = {"input_tokens": tokens, "input_mask": mask}
     teacher_output = strategy.get_teacher_outputs(teacher, inputs)  # tunix's path: jitted, stop_gradient
     total, metrics = strategy.get_train_loss(student, teacher_output, inputs)
@@ -64,9 +65,17 @@ def test_strategy_matches_distillation_loss_on_the_same_batch(beta):
     def reference(model):
         s_logits, s_feats = forward(model, tokens[:, :-1])
         return L.distillation_loss(
-            s_logits, t_logits, tokens[:, 1:], mask[:, 1:], alpha=0.7, temperature=2.0, beta=beta,
-            student_features=s_feats, teacher_features=t_feats, layer_indices=[0, -1],
-        )  # fmt: skip
+            s_logits,
+            t_logits,
+            tokens[:, 1:],
+            mask[:, 1:],
+            alpha=0.7,
+            temperature=2.0,
+            beta=beta,
+            student_features=s_feats,
+            teacher_features=t_feats,
+            layer_indices=[0, -1],
+        )
 
     ref_total, ref_metrics = nnx.jit(reference)(student)
     np.testing.assert_allclose(float(total), float(ref_total), rtol=1e-5)

@@ -13,12 +13,16 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 TEACHER = {
-    "name": "teacher", "mode": "pretrain", "student": {"model": "tiny-4l"},
+    "name": "teacher",
+    "mode": "pretrain",
+    "student": {"model": "tiny-4l"},
     "data": {"source": "synthetic", "seed": 0},
     "batch": {"per_device_batch_size": 8, "max_target_length": 32},
-    "steps": 60, "optimizer": {"learning_rate": 3e-3, "warmup_fraction": 0.05},
-    "checkpoint": {"every_steps": 30}, "logging": {"every_steps": 10},
-}  # fmt: skip
+    "steps": 60,
+    "optimizer": {"learning_rate": 3e-3, "warmup_fraction": 0.05},
+    "checkpoint": {"every_steps": 30},
+    "logging": {"every_steps": 10},
+}
 
 
 def spec_of(data: dict[str, Any]):
@@ -76,9 +80,17 @@ def python_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_trainer(args: list[str], *, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainer", *args], cwd=REPO, env=env or python_env(),
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+def run_trainer(
+    args: list[str], *, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", *args],
+        cwd=REPO,
+        env=env or python_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def write_spec(path: Path, data: dict) -> Path:

@@ -30,9 +30,10 @@ def problem_line(p: Problem) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m trainer", description="Run one distillation (or pretrain) spec.",
+        prog="python -m trainer",
+        description="Run one distillation (or pretrain) spec.",
         epilog="exit codes: " + "; ".join(f"{int(c)} {d}" for c, d in DESCRIPTIONS.items()),
-    )  # fmt: skip
+    )
     parser.add_argument("--spec", help=f"spec file; default: the JSON in ${SPEC_ENV}")
     parser.add_argument("--output-dir", help="override the spec's output_dir")
     parser.add_argument("--steps", type=int, help="override the spec's steps")

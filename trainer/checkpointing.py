@@ -79,23 +79,33 @@ class RunCheckpoints:
     def save(self, step: int, params: Any, train_state: Any, meta: dict) -> None:
         """Start saving step `step` (asynchronously; `wait` blocks until it is durable)."""
         try:
-            self._manager.save(step, args=ocp.args.Composite(
-                params=ocp.args.StandardSave(flatten(params)),
-                train_state=ocp.args.StandardSave(flatten(train_state)),
-                meta=ocp.args.JsonSave(meta),
-            ), force=True)  # fmt: skip
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    params=ocp.args.StandardSave(flatten(params)),
+                    train_state=ocp.args.StandardSave(flatten(train_state)),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+                force=True,
+            )
         except OSError as e:
             raise RetryableError(f"cannot save checkpoint {step} under {self.directory}: {e}") from None
 
     def restore(self, step: int, params_like: Any, train_state_like: Any) -> tuple[Any, Any, dict]:
         """`(params, train_state, meta)` of step `step`, shaped and sharded like the given trees."""
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(flatten(abstract(params_like))),
-            train_state=ocp.args.StandardRestore(flatten(abstract(train_state_like))),
-            meta=ocp.args.JsonRestore(),
-        ))  # fmt: skip
-        return (unflatten(params_like, restored["params"]), unflatten(train_state_like, restored["train_state"]),
-                dict(restored["meta"]))  # fmt: skip
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(flatten(abstract(params_like))),
+                train_state=ocp.args.StandardRestore(flatten(abstract(train_state_like))),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        return (
+            unflatten(params_like, restored["params"]),
+            unflatten(train_state_like, restored["train_state"]),
+            dict(restored["meta"]),
+        )
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
@@ -160,12 +170,14 @@ def _check_shapes(params_dir: epath.Path, want: dict[str, tuple[int, ...]]) -> N
         absl.setLevel(level)
     differences = [f"{k} missing" for k in sorted(set(want) - set(saved))]
     differences += [f"{k} not in this model" for k in sorted(set(saved) - set(want))]
-    differences += [f"{k} is {saved[k]}, this model needs {want[k]}" for k in sorted(set(saved) & set(want))
-                    if saved[k] != want[k]]  # fmt: skip
+    differences += [
+        f"{k} is {saved[k]}, this model needs {want[k]}" for k in sorted(set(saved) & set(want)) if saved[k] != want[k]
+    ]
     if differences:
         raise UserError(
             f"the checkpoint at {params_dir} does not hold this model's parameters: "
-            + "; ".join(differences[:4]) + (f" (and {len(differences) - 4} more)" if len(differences) > 4 else ""),
+            + "; ".join(differences[:4])
+            + (f" (and {len(differences) - 4} more)" if len(differences) > 4 else ""),
             "check that the model block (shape, layers, vocab) matches the run that wrote it",
         )
 

@@ -23,30 +23,39 @@ def _schedules(spec: DistillSpec) -> list[Problem]:
     for name in ("alpha", "temperature", "beta"):
         value: ScheduledValue = getattr(spec.loss, name)
         if value.schedule != "constant" and value.end is None:
-            out.append(Problem(
-                ("loss", name, "end"), "schedule_without_end",
-                f"{name} schedule is {value.schedule!r} but {name} has no end value",
-                f"set loss.{name}.end to the value to reach at the last step, or use schedule: constant",
-            ))  # fmt: skip
+            out.append(
+                Problem(
+                    ("loss", name, "end"),
+                    "schedule_without_end",
+                    f"{name} schedule is {value.schedule!r} but {name} has no end value",
+                    f"set loss.{name}.end to the value to reach at the last step, or use schedule: constant",
+                )
+            )
         elif value.schedule == "constant" and value.end is not None and value.end != value.start:
-            out.append(Problem(
-                ("loss", name, "end"), "end_ignored",
-                f"{name} end {value.end} is ignored: the schedule is constant, so {name} stays at {value.start}",
-                f"set loss.{name}.schedule to linear or cosine to move towards the end value, or remove the end",
-                severity="warning",
-            ))  # fmt: skip
+            out.append(
+                Problem(
+                    ("loss", name, "end"),
+                    "end_ignored",
+                    f"{name} end {value.end} is ignored: the schedule is constant, so {name} stays at {value.start}",
+                    f"set loss.{name}.schedule to linear or cosine to move towards the end value, or remove the end",
+                    severity="warning",
+                )
+            )
     return out
 
 
 def _beta_ramp(spec: DistillSpec) -> list[Problem]:
     beta = spec.loss.beta
     if beta.start == 0.0 and beta.end is not None and beta.end > 0.0:
-        return [Problem(
-            ("loss", "beta", "start"), "beta_ramp_from_zero",
-            f"β starts at 0.0 and ends at {beta.end}: a β of 0.0 disables feature extraction, so there is nothing "
-            "to ramp",
-            f"start at a small positive value such as 1e-6 and keep end: {beta.end}",
-        )]  # fmt: skip
+        return [
+            Problem(
+                ("loss", "beta", "start"),
+                "beta_ramp_from_zero",
+                f"β starts at 0.0 and ends at {beta.end}: a β of 0.0 disables feature extraction, so there is nothing "
+                "to ramp",
+                f"start at a small positive value such as 1e-6 and keep end: {beta.end}",
+            )
+        ]
     return []
 
 
@@ -55,36 +64,54 @@ def _mode_and_teacher(spec: DistillSpec) -> list[Problem]:
         return []
     out = []
     if spec.teacher is None:
-        return [Problem(("teacher",), "teacher_missing", "distillation needs a teacher model",
-                        "add a `teacher:` block, or set mode: pretrain to train without one")]  # fmt: skip
+        return [
+            Problem(
+                ("teacher",),
+                "teacher_missing",
+                "distillation needs a teacher model",
+                "add a `teacher:` block, or set mode: pretrain to train without one",
+            )
+        ]
     student, teacher = spec.student.shape(), spec.teacher.shape()
     if student.vocab_size != teacher.vocab_size:
-        out.append(Problem(
-            ("teacher", "vocab_size") if spec.teacher.vocab_size is not None else ("teacher", "model"),
-            "vocab_mismatch",
-            f"Vocab size mismatch! Student: {student.vocab_size}, Teacher: {teacher.vocab_size}",
-            "use a student and teacher with the same tokenizer (same vocab_size); logits cannot be matched across "
-            "vocabularies",
-        ))  # fmt: skip
+        out.append(
+            Problem(
+                ("teacher", "vocab_size") if spec.teacher.vocab_size is not None else ("teacher", "model"),
+                "vocab_mismatch",
+                f"Vocab size mismatch! Student: {student.vocab_size}, Teacher: {teacher.vocab_size}",
+                "use a student and teacher with the same tokenizer (same vocab_size); logits cannot be matched across "
+                "vocabularies",
+            )
+        )
     if spec.offline_data_dir:
         if spec.loss.feature_loss_on:
-            out.append(Problem(
-                ("loss", "beta", "start"), "offline_feature_loss",
-                "offline distillation (offline_data_dir is set) has no teacher activations, so β must be 0",
-                "set loss.beta to 0.0, or remove offline_data_dir to distill online",
-            ))  # fmt: skip
-        out.append(Problem(
-            ("offline_data_dir",), "offline_not_bundled",
-            "the bundled trainer runs online distillation only; offline top-k data needs MaxText's trainer",
-            "remove offline_data_dir to distill online with the bundled trainer", severity="warning",
-        ))  # fmt: skip
+            out.append(
+                Problem(
+                    ("loss", "beta", "start"),
+                    "offline_feature_loss",
+                    "offline distillation (offline_data_dir is set) has no teacher activations, so β must be 0",
+                    "set loss.beta to 0.0, or remove offline_data_dir to distill online",
+                )
+            )
+        out.append(
+            Problem(
+                ("offline_data_dir",),
+                "offline_not_bundled",
+                "the bundled trainer runs online distillation only; offline top-k data needs MaxText's trainer",
+                "remove offline_data_dir to distill online with the bundled trainer",
+                severity="warning",
+            )
+        )
     elif not spec.teacher.load_parameters_path:
-        out.append(Problem(
-            ("teacher", "load_parameters_path"), "teacher_path_missing",
-            "Teacher model path is missing: online distillation loads the teacher from teacher.load_parameters_path",
-            "set teacher.load_parameters_path to the teacher's checkpoint (or set offline_data_dir for offline "
-            "distillation)",
-        ))  # fmt: skip
+        out.append(
+            Problem(
+                ("teacher", "load_parameters_path"),
+                "teacher_path_missing",
+                "Teacher model path is missing: online distillation loads the teacher from teacher.load_parameters_path",
+                "set teacher.load_parameters_path to the teacher's checkpoint (or set offline_data_dir for offline "
+                "distillation)",
+            )
+        )
     return out
 
 
@@ -96,21 +123,26 @@ def _feature_loss(spec: DistillSpec) -> list[Problem]:
         model = getattr(spec, side)
         for flag in ("scan_layers", "enable_nnx"):
             if not getattr(model, flag):
-                out.append(Problem(
-                    (side, flag), f"feature_loss_needs_{flag}",
-                    f"a β > 0 (feature loss) requires {flag}: true on both models; the {side} has {flag}: false",
-                    f"set {side}.{flag}: true (features are stacked along the scanned layer axis and sown with NNX), "
-                    "or set β to 0.0 for logit-only distillation",
-                ))  # fmt: skip
+                out.append(
+                    Problem(
+                        (side, flag),
+                        f"feature_loss_needs_{flag}",
+                        f"a β > 0 (feature loss) requires {flag}: true on both models; the {side} has {flag}: false",
+                        f"set {side}.{flag}: true (features are stacked along the scanned layer axis and sown with NNX), "
+                        "or set β to 0.0 for logit-only distillation",
+                    )
+                )
     student, teacher = spec.student.shape(), spec.teacher.shape()
     if student.emb_dim != teacher.emb_dim:
-        out.append(Problem(
-            ("student", "emb_dim") if spec.student.emb_dim is not None else ("student", "model"),
-            "feature_width_mismatch",
-            f"feature loss compares attention outputs, but the student's width is {student.emb_dim} and the "
-            f"teacher's is {teacher.emb_dim}",
-            "distill features only between models of the same emb_dim, or set β to 0.0",
-        ))  # fmt: skip
+        out.append(
+            Problem(
+                ("student", "emb_dim") if spec.student.emb_dim is not None else ("student", "model"),
+                "feature_width_mismatch",
+                f"feature loss compares attention outputs, but the student's width is {student.emb_dim} and the "
+                f"teacher's is {teacher.emb_dim}",
+                "distill features only between models of the same emb_dim, or set β to 0.0",
+            )
+        )
     out.extend(_layer_indices(spec, student.num_layers, teacher.num_layers))
     return out
 
@@ -120,24 +152,39 @@ def _layer_indices(spec: DistillSpec, student_depth: int, teacher_depth: int) ->
     loc = ("loss", "layer_indices")
     if indices is None:
         if student_depth != teacher_depth:
-            return [Problem(
-                loc, "layer_indices_missing",
-                f"no layer_indices: every layer would be matched, but the student has {student_depth} layers and "
-                f"the teacher {teacher_depth}",
-                "choose layers explicitly, e.g. layer_indices: full_depth:8",
-            )]  # fmt: skip
+            return [
+                Problem(
+                    loc,
+                    "layer_indices_missing",
+                    f"no layer_indices: every layer would be matched, but the student has {student_depth} layers and "
+                    f"the teacher {teacher_depth}",
+                    "choose layers explicitly, e.g. layer_indices: full_depth:8",
+                )
+            ]
         return []
     if isinstance(indices, str):
         resolved = layer_presets.resolve_preset(indices, student_depth, tuple(spec.student.drop_layers))
         if not resolved:
-            return [Problem(loc, "layer_indices_empty", f"preset {indices!r} selects no layers",
-                            "pass straddle the pruned layers, e.g. straddle:[20, 21]")]  # fmt: skip
+            return [
+                Problem(
+                    loc,
+                    "layer_indices_empty",
+                    f"preset {indices!r} selects no layers",
+                    "pass straddle the pruned layers, e.g. straddle:[20, 21]",
+                )
+            ]
         what = f"preset {indices!r} resolves to {resolved}, but "
         items = [(loc, i) for i in resolved]
     else:
         if not indices:
-            return [Problem(loc, "layer_indices_empty", "layer_indices is empty but β > 0",
-                            "list the layers to align, e.g. full_depth:8, or set β to 0.0")]  # fmt: skip
+            return [
+                Problem(
+                    loc,
+                    "layer_indices_empty",
+                    "layer_indices is empty but β > 0",
+                    "list the layers to align, e.g. full_depth:8, or set β to 0.0",
+                )
+            ]
         what = ""
         items = [(loc + (k,), i) for k, i in enumerate(indices)]
     out = []
@@ -145,20 +192,26 @@ def _layer_indices(spec: DistillSpec, student_depth: int, teacher_depth: int) ->
     limit = min(student_depth, teacher_depth)
     for item_loc, index in items:
         if not -limit <= index < limit:
-            out.append(Problem(
-                item_loc, "layer_index_out_of_range",
-                f"{what}layer index {index} is outside the student ({student_depth} layers) or teacher "
-                f"({teacher_depth} layers)",
-                f"use indices in [{-limit}, {limit - 1}] (negative indices count from the end)",
-            ))  # fmt: skip
+            out.append(
+                Problem(
+                    item_loc,
+                    "layer_index_out_of_range",
+                    f"{what}layer index {index} is outside the student ({student_depth} layers) or teacher "
+                    f"({teacher_depth} layers)",
+                    f"use indices in [{-limit}, {limit - 1}] (negative indices count from the end)",
+                )
+            )
             continue
         normalized = index % student_depth
         if normalized in seen:
-            out.append(Problem(
-                item_loc, "layer_index_duplicate",
-                f"layer index {index} selects layer {normalized} twice",
-                "list each layer once",
-            ))  # fmt: skip
+            out.append(
+                Problem(
+                    item_loc,
+                    "layer_index_duplicate",
+                    f"layer index {index} selects layer {normalized} twice",
+                    "list each layer once",
+                )
+            )
         seen[normalized] = index
     return out
 
@@ -167,9 +220,15 @@ def _pruning(spec: DistillSpec) -> list[Problem]:
     student = spec.student
     if student.init != "teacher":
         if student.drop_layers:
-            return [Problem(("student", "drop_layers"), "drop_layers_unused",
-                            "drop_layers only applies when the student starts from the teacher",
-                            "set student.init: teacher, or remove drop_layers", severity="warning")]  # fmt: skip
+            return [
+                Problem(
+                    ("student", "drop_layers"),
+                    "drop_layers_unused",
+                    "drop_layers only applies when the student starts from the teacher",
+                    "set student.init: teacher, or remove drop_layers",
+                    severity="warning",
+                )
+            ]
         return []
     if spec.teacher is None:
         return []  # reported as teacher_missing
@@ -177,27 +236,36 @@ def _pruning(spec: DistillSpec) -> list[Problem]:
     out = []
     bad = [layer for layer in student.drop_layers if layer >= t.num_layers]
     if bad or len(set(student.drop_layers)) != len(student.drop_layers):
-        out.append(Problem(
-            ("student", "drop_layers"), "drop_layers_invalid",
-            f"drop_layers must be distinct layers of the teacher's {t.num_layers}; got {student.drop_layers}",
-            f"use distinct layer numbers in [0, {t.num_layers - 1}]",
-        ))  # fmt: skip
+        out.append(
+            Problem(
+                ("student", "drop_layers"),
+                "drop_layers_invalid",
+                f"drop_layers must be distinct layers of the teacher's {t.num_layers}; got {student.drop_layers}",
+                f"use distinct layer numbers in [0, {t.num_layers - 1}]",
+            )
+        )
     expected = t.num_layers - len(set(student.drop_layers))
     if s.num_layers != expected:
-        out.append(Problem(
-            ("student", "num_layers"), "pruned_depth_mismatch",
-            f"a student made from the {t.num_layers}-layer teacher minus {len(set(student.drop_layers))} dropped "
-            f"layers has {expected} layers, but student.num_layers is {s.num_layers}",
-            f"set student.num_layers: {expected} (or change drop_layers)",
-        ))  # fmt: skip
+        out.append(
+            Problem(
+                ("student", "num_layers"),
+                "pruned_depth_mismatch",
+                f"a student made from the {t.num_layers}-layer teacher minus {len(set(student.drop_layers))} dropped "
+                f"layers has {expected} layers, but student.num_layers is {s.num_layers}",
+                f"set student.num_layers: {expected} (or change drop_layers)",
+            )
+        )
     for field in ("emb_dim", "num_query_heads", "num_kv_heads", "head_dim", "mlp_dim", "vocab_size"):
         if getattr(s, field) != getattr(t, field):
-            out.append(Problem(
-                ("student", field), "pruned_shape_mismatch",
-                f"a student initialised from the teacher keeps the teacher's {field} ({getattr(t, field)}), "
-                f"but the student has {getattr(s, field)}",
-                f"remove the student's {field} override, or use init: random",
-            ))  # fmt: skip
+            out.append(
+                Problem(
+                    ("student", field),
+                    "pruned_shape_mismatch",
+                    f"a student initialised from the teacher keeps the teacher's {field} ({getattr(t, field)}), "
+                    f"but the student has {getattr(s, field)}",
+                    f"remove the student's {field} override, or use init: random",
+                )
+            )
     return out
 
 
@@ -205,23 +273,36 @@ def _data(spec: DistillSpec) -> list[Problem]:
     data = spec.data
     out = []
     if data.source in ("text", "tokens") and not data.path:
-        out.append(Problem(("data", "path"), "data_path_missing", f"data.source {data.source!r} needs data.path",
-                           "set data.path to a file, directory or fsspec URL"))  # fmt: skip
+        out.append(
+            Problem(
+                ("data", "path"),
+                "data_path_missing",
+                f"data.source {data.source!r} needs data.path",
+                "set data.path to a file, directory or fsspec URL",
+            )
+        )
     if data.source not in BUNDLED_DATA_SOURCES:
-        out.append(Problem(
-            ("data", "source"), "data_source_not_bundled",
-            f"the bundled trainer reads {', '.join(BUNDLED_DATA_SOURCES)} data; {data.source!r} needs MaxText's input "
-            "pipeline",
-            "use source: text (files or fsspec URLs) or tokens (pre-tokenized) to run with the bundled trainer",
-            severity="warning",
-        ))  # fmt: skip
+        out.append(
+            Problem(
+                ("data", "source"),
+                "data_source_not_bundled",
+                f"the bundled trainer reads {', '.join(BUNDLED_DATA_SOURCES)} data; {data.source!r} needs MaxText's input "
+                "pipeline",
+                "use source: text (files or fsspec URLs) or tokens (pre-tokenized) to run with the bundled trainer",
+                severity="warning",
+            )
+        )
     if spec.checkpoint.every_steps and spec.checkpoint.every_steps > spec.steps:
-        out.append(Problem(
-            ("checkpoint", "every_steps"), "checkpoint_after_end",
-            f"checkpoint.every_steps ({spec.checkpoint.every_steps}) exceeds steps ({spec.steps}): only the final "
-            "checkpoint is written", "lower checkpoint.every_steps to save progress during training",
-            severity="warning",
-        ))  # fmt: skip
+        out.append(
+            Problem(
+                ("checkpoint", "every_steps"),
+                "checkpoint_after_end",
+                f"checkpoint.every_steps ({spec.checkpoint.every_steps}) exceeds steps ({spec.steps}): only the final "
+                "checkpoint is written",
+                "lower checkpoint.every_steps to save progress during training",
+                severity="warning",
+            )
+        )
     return out
 
 
@@ -229,12 +310,23 @@ def _mesh(spec: DistillSpec) -> list[Problem]:
     mesh = spec.mesh
     fills = [axis for axis in ("data", "fsdp", "tensor") if getattr(mesh, axis) == -1]
     if len(fills) > 1:
-        return [Problem(("mesh", fills[1]), "mesh_two_fills", f"mesh axes {' and '.join(fills)} are both -1",
-                        "let one axis take the remaining devices (-1) and size the others")]  # fmt: skip
+        return [
+            Problem(
+                ("mesh", fills[1]),
+                "mesh_two_fills",
+                f"mesh axes {' and '.join(fills)} are both -1",
+                "let one axis take the remaining devices (-1) and size the others",
+            )
+        ]
     out = []
     heads = spec.student.shape().num_kv_heads
     if mesh.tensor > 1 and heads % mesh.tensor:
-        out.append(Problem(("mesh", "tensor"), "tensor_axis_indivisible",
-                           f"mesh.tensor = {mesh.tensor} does not divide the student's {heads} kv heads",
-                           "pick a tensor axis size that divides num_kv_heads"))  # fmt: skip
+        out.append(
+            Problem(
+                ("mesh", "tensor"),
+                "tensor_axis_indivisible",
+                f"mesh.tensor = {mesh.tensor} does not divide the student's {heads} kv heads",
+                "pick a tensor axis size that divides num_kv_heads",
+            )
+        )
     return out

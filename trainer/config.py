@@ -231,7 +231,9 @@ class MeshSpec(_Block):
     @classmethod
     def _axis_size(cls, value: int) -> int:
         if value == 0 or value < -1:
-            raise PydanticCustomError("bad_mesh_axis", "a mesh axis is -1 (fill) or >= 1, got {value}", {"value": value})
+            raise PydanticCustomError(
+                "bad_mesh_axis", "a mesh axis is -1 (fill) or >= 1, got {value}", {"value": value}
+            )
         return value
 
 
@@ -292,13 +294,20 @@ class DistillSpec(_Block):
                 return None
             s = model.shape()
             dims = dict(
-                num_layers=s.num_layers, emb_dim=s.emb_dim, num_query_heads=s.num_query_heads,
-                num_kv_heads=s.num_kv_heads, head_dim=s.head_dim, mlp_dim=s.mlp_dim, vocab_size=s.vocab_size,
-            )  # fmt: skip
+                num_layers=s.num_layers,
+                emb_dim=s.emb_dim,
+                num_query_heads=s.num_query_heads,
+                num_kv_heads=s.num_kv_heads,
+                head_dim=s.head_dim,
+                mlp_dim=s.mlp_dim,
+                vocab_size=s.vocab_size,
+            )
             return model.model_copy(update=dims)
 
         loss = self.loss.model_copy(update={"layer_indices": self.layer_indices()})
-        return self.model_copy(update={"student": explicit(self.student), "teacher": explicit(self.teacher), "loss": loss})
+        return self.model_copy(
+            update={"student": explicit(self.student), "teacher": explicit(self.teacher), "loss": loss}
+        )
 
     def tokens_per_step(self, num_devices: int) -> int:
         """Tokens in one optimizer step across all devices (padding included)."""

@@ -101,15 +101,20 @@ def make_source(spec: DataSpec, vocab_size: int, length: int) -> TokenSource:
     elif spec.source == "tokens":
         tokens = read_token_file(spec.path)
     else:
-        raise UserError(f"the bundled trainer cannot read data.source {spec.source!r}",
-                        "use source: synthetic, text or tokens")  # fmt: skip
+        raise UserError(
+            f"the bundled trainer cannot read data.source {spec.source!r}", "use source: synthetic, text or tokens"
+        )
     if len(tokens) < length:
-        raise UserError(f"data at {spec.path} has {len(tokens)} tokens, fewer than one window of {length}",
-                        "add more text, or lower batch.max_target_length")  # fmt: skip
+        raise UserError(
+            f"data at {spec.path} has {len(tokens)} tokens, fewer than one window of {length}",
+            "add more text, or lower batch.max_target_length",
+        )
     top = int(tokens.max()) if len(tokens) else 0
     if top >= vocab_size:
-        raise UserError(f"data at {spec.path} has token id {top}, outside the model's vocabulary of {vocab_size}",
-                        "use a tokenizer whose vocabulary fits the models' vocab_size")  # fmt: skip
+        raise UserError(
+            f"data at {spec.path} has token id {top}, outside the model's vocabulary of {vocab_size}",
+            "use a tokenizer whose vocabulary fits the models' vocab_size",
+        )
     return WindowSource(spec.seed, tokens)
 
 
@@ -166,14 +171,18 @@ def tokenize_text(texts: list[str], tokenizer: str, vocab_size: int) -> np.ndarr
         with fsspec.open(tokenizer, "r", encoding="utf-8") as f:
             tok = Tokenizer.from_str(f.read())
     except (OSError, ValueError, ImportError) as e:
-        raise UserError(f"cannot load tokenizer {tokenizer!r}: {e}",
-                        "data.tokenizer is `byte` or the path of a tokenizer.json") from None  # fmt: skip
+        raise UserError(
+            f"cannot load tokenizer {tokenizer!r}: {e}", "data.tokenizer is `byte` or the path of a tokenizer.json"
+        ) from None
     except Exception as e:  # tokenizers raises its own exception type for malformed files
-        raise UserError(f"cannot parse tokenizer {tokenizer!r}: {e}",
-                        "data.tokenizer must be a tokenizers-library tokenizer.json") from None  # fmt: skip
+        raise UserError(
+            f"cannot parse tokenizer {tokenizer!r}: {e}", "data.tokenizer must be a tokenizers-library tokenizer.json"
+        ) from None
     if tok.get_vocab_size() > vocab_size:
-        raise UserError(f"tokenizer {tokenizer!r} has {tok.get_vocab_size()} tokens; the models' vocab_size is "
-                        f"{vocab_size}", "set the models' vocab_size to at least the tokenizer's")  # fmt: skip
+        raise UserError(
+            f"tokenizer {tokenizer!r} has {tok.get_vocab_size()} tokens; the models' vocab_size is {vocab_size}",
+            "set the models' vocab_size to at least the tokenizer's",
+        )
     ids = [np.asarray(e.ids, np.int32) for e in tok.encode_batch(texts)]
     return np.concatenate(ids) if ids else np.zeros((0,), np.int32)
 

@@ -31,10 +31,20 @@ FeatureLossType = str  # "cosine" | "l2"
 COSINE_EPS = 1e-6
 PERPLEXITY_METRICS = ("distill/student_perplexity", "distill/teacher_perplexity")
 DISTILL_METRICS = (
-    "distill/soft_loss", "distill/hard_loss", "distill/teacher_loss", "distill/kl_div_at_T", "distill/kl_div_T1",
-    "distill/student_perplexity", "distill/teacher_perplexity", "distill/out_proj_feature_loss",
-    "distill/total_loss", "distill/alpha", "distill/beta_feature", "distill/temperature", "distill/top1_agreement",
-)  # fmt: skip
+    "distill/soft_loss",
+    "distill/hard_loss",
+    "distill/teacher_loss",
+    "distill/kl_div_at_T",
+    "distill/kl_div_T1",
+    "distill/student_perplexity",
+    "distill/teacher_perplexity",
+    "distill/out_proj_feature_loss",
+    "distill/total_loss",
+    "distill/alpha",
+    "distill/beta_feature",
+    "distill/temperature",
+    "distill/top1_agreement",
+)
 PRETRAIN_METRICS = ("distill/hard_loss", "distill/student_perplexity", "distill/total_loss")
 
 SumCount = tuple[jax.Array, jax.Array]
@@ -53,8 +63,9 @@ def log_softmax_at(logits: jax.Array, temperature) -> tuple[jax.Array, jax.Array
     return at_1, at_t
 
 
-def logit_terms(student_logits: jax.Array, teacher_logits: jax.Array, targets: jax.Array, temperature
-                ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:  # fmt: skip
+def logit_terms(
+    student_logits: jax.Array, teacher_logits: jax.Array, targets: jax.Array, temperature
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """Every per-token logit quantity from one max pass and one fused pass over the student's and the teacher's
     logits `[..., V]`: `(kl_at_T, kl_T1, student_ce, teacher_ce, top1_agreement)`, each `[...]`.
 
@@ -66,8 +77,9 @@ def logit_terms(student_logits: jax.Array, teacher_logits: jax.Array, targets: j
     nor into the teacher's logits or the temperature.
     """
     t = jnp.asarray(temperature, jnp.float32)
-    return _logit_terms(student_logits.astype(jnp.float32), teacher_logits.astype(jnp.float32),
-                        targets.astype(jnp.int32), t)  # fmt: skip
+    return _logit_terms(
+        student_logits.astype(jnp.float32), teacher_logits.astype(jnp.float32), targets.astype(jnp.int32), t
+    )
 
 
 def _row_stats(s, t, temperature):
@@ -76,10 +88,13 @@ def _row_stats(s, t, temperature):
     d_t = t - jnp.max(t, axis=-1, keepdims=True)
     e_s1, e_st, e_t1, e_tt = jnp.exp(d_s), jnp.exp(d_s * inv_t), jnp.exp(d_t), jnp.exp(d_t * inv_t)
     sums = {
-        "z_s1": jnp.sum(e_s1, axis=-1), "z_st": jnp.sum(e_st, axis=-1),
-        "z_t1": jnp.sum(e_t1, axis=-1), "z_tt": jnp.sum(e_tt, axis=-1),
-        "a_t": jnp.sum(e_tt * (d_t - d_s), axis=-1), "a_1": jnp.sum(e_t1 * (d_t - d_s), axis=-1),
-    }  # fmt: skip
+        "z_s1": jnp.sum(e_s1, axis=-1),
+        "z_st": jnp.sum(e_st, axis=-1),
+        "z_t1": jnp.sum(e_t1, axis=-1),
+        "z_tt": jnp.sum(e_tt, axis=-1),
+        "a_t": jnp.sum(e_tt * (d_t - d_s), axis=-1),
+        "a_1": jnp.sum(e_t1 * (d_t - d_s), axis=-1),
+    }
     return d_s, d_t, sums
 
 
@@ -119,8 +134,10 @@ def _logit_terms_bwd(residuals, cotangents):
     # expression into the transposing copy that feeds the output layer's weight-gradient matmul and evaluates it
     # in strided order (1.4 s of a 4.5 s step at vocab 32000).
     vocab = s.shape[-1]
-    flat = [a.reshape(-1, vocab) if a.ndim == s.ndim else a.reshape(-1)
-            for a in (s, t, targets, m_s, m_t, z_s1, z_st, z_tt, g_kl_t, g_ce)]  # fmt: skip
+    flat = [
+        a.reshape(-1, vocab) if a.ndim == s.ndim else a.reshape(-1)
+        for a in (s, t, targets, m_s, m_t, z_s1, z_st, z_tt, g_kl_t, g_ce)
+    ]
     n = flat[0].shape[0]
     block = next(b for b in (256, 128, 64, 32, 16, 8, 4, 2, 1) if n % b == 0)
     grad_s = jax.lax.map(rows, flat, batch_size=block).reshape(s.shape) if n > block else rows(flat).reshape(s.shape)
@@ -190,8 +207,12 @@ def select_layers(features: jax.Array, layer_indices: Sequence[int] | None) -> j
     return jnp.take(features, jnp.asarray([i % depth for i in layer_indices]), axis=0)
 
 
-def feature_token_losses(student_features: jax.Array, teacher_features: jax.Array,
-                         layer_indices: Sequence[int] | None, feature_loss_type: FeatureLossType) -> jax.Array:  # fmt: skip
+def feature_token_losses(
+    student_features: jax.Array,
+    teacher_features: jax.Array,
+    layer_indices: Sequence[int] | None,
+    feature_loss_type: FeatureLossType,
+) -> jax.Array:
     """Per layer and token feature loss `[L_selected, B, T]` between the selected layers of both models."""
     s = select_layers(student_features, layer_indices)
     t = jax.lax.stop_gradient(select_layers(teacher_features, layer_indices))
@@ -204,22 +225,34 @@ def feature_token_losses(student_features: jax.Array, teacher_features: jax.Arra
     raise ValueError(f"unknown feature_loss_type {feature_loss_type!r}; expected 'cosine' or 'l2'")
 
 
-def distillation_sums(student_logits: jax.Array, teacher_logits: jax.Array, targets: jax.Array, mask: jax.Array,
-                      *, temperature, student_features: jax.Array | None = None,
-                      teacher_features: jax.Array | None = None, layer_indices: Sequence[int] | None = None,
-                      feature_loss_type: FeatureLossType = "cosine") -> dict[str, SumCount]:  # fmt: skip
+def distillation_sums(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    *,
+    temperature,
+    student_features: jax.Array | None = None,
+    teacher_features: jax.Array | None = None,
+    layer_indices: Sequence[int] | None = None,
+    feature_loss_type: FeatureLossType = "cosine",
+) -> dict[str, SumCount]:
     """Unweighted `(sum, count)` of every per-token quantity, from shared passes over the logits.
 
     Keys: `kl_at_T`, `ce`, `feature` (when features are given; count = valid tokens × selected layers), and the
     metric-only `kl_T1`, `teacher_ce`, `top1_agreement` (gradient-free).
     Shapes: logits `[B, T, V]`, targets/mask `[B, T]`, features `[L, B, T, D]`.
     """
-    kl_t, kl_1, ce_s, ce_t, agree = logit_terms(student_logits, jax.lax.stop_gradient(teacher_logits), targets,
-                                                temperature)  # fmt: skip
+    kl_t, kl_1, ce_s, ce_t, agree = logit_terms(
+        student_logits, jax.lax.stop_gradient(teacher_logits), targets, temperature
+    )
     sums = {
-        "kl_at_T": masked_sum(kl_t, mask), "ce": masked_sum(ce_s, mask), "kl_T1": masked_sum(kl_1, mask),
-        "teacher_ce": masked_sum(ce_t, mask), "top1_agreement": masked_sum(agree, mask),
-    }  # fmt: skip
+        "kl_at_T": masked_sum(kl_t, mask),
+        "ce": masked_sum(ce_s, mask),
+        "kl_T1": masked_sum(kl_1, mask),
+        "teacher_ce": masked_sum(ce_t, mask),
+        "top1_agreement": masked_sum(agree, mask),
+    }
     if student_features is not None:
         if teacher_features is None:
             raise ValueError("student_features were given without teacher_features")
@@ -228,8 +261,9 @@ def distillation_sums(student_logits: jax.Array, teacher_logits: jax.Array, targ
     return sums
 
 
-def weighted_total(sums: Mapping[str, SumCount], *, alpha, temperature, beta,
-                   token_count=None, feature_count=None) -> jax.Array:  # fmt: skip
+def weighted_total(
+    sums: Mapping[str, SumCount], *, alpha, temperature, beta, token_count=None, feature_count=None
+) -> jax.Array:
     """`α·T²·KL_T + (1 − α)·CE + β·feature`, each a sum divided by its count (or by the given denominators:
     gradient accumulation divides every micro-batch by the whole step's valid tokens)."""
     n = jnp.maximum(sums["ce"][1] if token_count is None else token_count, 1.0)
@@ -255,21 +289,32 @@ def distill_metrics(sums: Mapping[str, SumCount], total, *, alpha, temperature, 
         "distill/kl_div_T1": sums["kl_T1"],
         "distill/student_perplexity": (ce, n),  # read as exp(Σsum/Σcount): see the module docstring
         "distill/teacher_perplexity": sums["teacher_ce"],
-        "distill/out_proj_feature_loss": (beta * sums["feature"][0], sums["feature"][1]) if "feature" in sums
+        "distill/out_proj_feature_loss": (beta * sums["feature"][0], sums["feature"][1])
+        if "feature" in sums
         else (jnp.zeros((), f32), n),
         "distill/total_loss": (total * n, n),
         "distill/alpha": (alpha * n, n),
         "distill/beta_feature": (beta * n, n),
         "distill/temperature": (temperature * n, n),
         "distill/top1_agreement": sums["top1_agreement"],
-    }  # fmt: skip
+    }
     return {k: (jnp.asarray(s, f32), jnp.asarray(c, f32)) for k, (s, c) in metrics.items()}
 
 
-def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array, targets: jax.Array, mask: jax.Array,
-                      *, alpha, temperature, beta=0.0, student_features: jax.Array | None = None,
-                      teacher_features: jax.Array | None = None, layer_indices: Sequence[int] | None = None,
-                      feature_loss_type: FeatureLossType = "cosine") -> tuple[jax.Array, dict[str, SumCount]]:  # fmt: skip
+def distillation_loss(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    *,
+    alpha,
+    temperature,
+    beta=0.0,
+    student_features: jax.Array | None = None,
+    teacher_features: jax.Array | None = None,
+    layer_indices: Sequence[int] | None = None,
+    feature_loss_type: FeatureLossType = "cosine",
+) -> tuple[jax.Array, dict[str, SumCount]]:
     """The total loss and its metrics.
 
     Args:
@@ -286,11 +331,16 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array, targ
     """
     features = student_features is not None and teacher_features is not None and not _is_zero(beta)
     sums = distillation_sums(
-        student_logits, teacher_logits, targets, mask, temperature=temperature,
+        student_logits,
+        teacher_logits,
+        targets,
+        mask,
+        temperature=temperature,
         student_features=student_features if features else None,
         teacher_features=teacher_features if features else None,
-        layer_indices=layer_indices, feature_loss_type=feature_loss_type,
-    )  # fmt: skip
+        layer_indices=layer_indices,
+        feature_loss_type=feature_loss_type,
+    )
     total = weighted_total(sums, alpha=alpha, temperature=temperature, beta=beta)
     return total, distill_metrics(sums, total, alpha=alpha, temperature=temperature, beta=beta)
 
@@ -304,7 +354,11 @@ def pretrain_sums(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> dic
 def pretrain_metrics(sums: Mapping[str, SumCount], total) -> dict[str, SumCount]:
     ce, n = sums["ce"]
     f32 = jnp.float32
-    metrics = {"distill/hard_loss": (ce, n), "distill/student_perplexity": (ce, n), "distill/total_loss": (total * n, n)}
+    metrics = {
+        "distill/hard_loss": (ce, n),
+        "distill/student_perplexity": (ce, n),
+        "distill/total_loss": (total * n, n),
+    }
     return {k: (jnp.asarray(s, f32), jnp.asarray(c, f32)) for k, (s, c) in metrics.items()}
 
 

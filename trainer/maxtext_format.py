@@ -75,9 +75,16 @@ OVERRIDE_BLOCKS = {"student_overrides": "student", "teacher_overrides": "teacher
 
 # Keys MaxText users set whose behaviour the bundled trainer already has; accepted without a word.
 ACCEPTED = {
-    "base_config", "override_model_config", "save_checkpoint_on_completion", "packing", "tokenizer_type",
-    "learning_rate_schedule_steps", "skip_jax_distributed_system", "async_checkpointing", "opt_type",
-}  # fmt: skip
+    "base_config",
+    "override_model_config",
+    "save_checkpoint_on_completion",
+    "packing",
+    "tokenizer_type",
+    "learning_rate_schedule_steps",
+    "skip_jax_distributed_system",
+    "async_checkpointing",
+    "opt_type",
+}
 KNOWN_KEYS = set(TOP_LEVEL) | set(DATA_PATH_KEYS) | set(MODEL_KEYS) | set(OVERRIDE_BLOCKS) | ACCEPTED
 
 
@@ -136,8 +143,14 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
         overrides = _none(flat.get(block)) or {}
         out.file_locs[(side,)] = (block,)
         if not isinstance(overrides, dict):
-            out.problems.append(Problem((block,), "wrong_type", f"{block} must be a mapping of MaxText model keys",
-                                        "write it as `key: value` lines under the block"))  # fmt: skip
+            out.problems.append(
+                Problem(
+                    (block,),
+                    "wrong_type",
+                    f"{block} must be a mapping of MaxText model keys",
+                    "write it as `key: value` lines under the block",
+                )
+            )
             overrides = {}
         model: dict[str, Any] = {}
         for field, (value, loc) in shared_model.items():
@@ -177,14 +190,20 @@ def _unknown(loc: Loc, key: str, known: set[str]) -> Problem:
     close = [k for k in get_close_matches(key, sorted(known), n=3, cutoff=0.6) if _edit_distance(key, k) <= typo_budget]
     if close or key.startswith("distill_"):
         return Problem(
-            loc, "unknown_key", f"unknown key {key!r}",
-            f"did you mean {close[0]!r}?" if close else "this distill_* key is not one distillctl knows; see the guide's "
-            "configuration surface",
-        )  # fmt: skip
+            loc,
+            "unknown_key",
+            f"unknown key {key!r}",
+            f"did you mean {close[0]!r}?"
+            if close
+            else "this distill_* key is not one distillctl knows; see the guide's configuration surface",
+        )
     return Problem(
-        loc, "maxtext_key_ignored", f"MaxText key {key!r} is not used by distillctl's trainer and is ignored",
-        "remove it if it was meant for something else", severity="warning",
-    )  # fmt: skip
+        loc,
+        "maxtext_key_ignored",
+        f"MaxText key {key!r} is not used by distillctl's trainer and is ignored",
+        "remove it if it was meant for something else",
+        severity="warning",
+    )
 
 
 DATA_PATH_KEY_BY_SOURCE = {"hf": "hf_path", "grain": "grain_train_files"}
@@ -197,11 +216,15 @@ class NotRepresentable(ValueError):
 def to_maxtext(native: dict[str, Any]) -> dict[str, Any]:
     """A MaxText `distillation.yml` mapping for a (JSON-dumped) native spec; inverse of `from_maxtext`."""
     if native.get("mode", "distill") != "distill":
-        raise NotRepresentable("MaxText's distillation config describes distillation; a pretrain spec has no equivalent")
+        raise NotRepresentable(
+            "MaxText's distillation config describes distillation; a pretrain spec has no equivalent"
+        )
     for side in ("student", "teacher"):
         block = native.get(side) or {}
         if block.get("init", "random") != "random" or block.get("drop_layers"):
-            raise NotRepresentable(f"MaxText has no key for initialising the {side} from the teacher (init/drop_layers)")
+            raise NotRepresentable(
+                f"MaxText has no key for initialising the {side} from the teacher (init/drop_layers)"
+            )
     flat: dict[str, Any] = {"base_config": "base.yml"}
     for side, block_name in (("student", "student_overrides"), ("teacher", "teacher_overrides")):
         block = native.get(side) or {}

@@ -47,15 +47,29 @@ def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def metrics_record(step: int, *, time: float, tokens: int, tokens_per_sec: float, step_time_sec: float,
-                   learning_rate: float, sums: dict[str, tuple[float, float]]) -> dict[str, Any]:  # fmt: skip
+def metrics_record(
+    step: int,
+    *,
+    time: float,
+    tokens: int,
+    tokens_per_sec: float,
+    step_time_sec: float,
+    learning_rate: float,
+    sums: dict[str, tuple[float, float]],
+) -> dict[str, Any]:
     """One metrics.jsonl line."""
     return {
-        "step": step, "time": round(time, 3), "tokens": tokens, "tokens_per_sec": tokens_per_sec,
-        "step_time_sec": step_time_sec, "learning_rate": learning_rate,
-        "metrics": {name: {"sum": s, "count": c, "value": _json_float(metric_value(name, s, c))}
-                    for name, (s, c) in sorted(sums.items())},
-    }  # fmt: skip
+        "step": step,
+        "time": round(time, 3),
+        "tokens": tokens,
+        "tokens_per_sec": tokens_per_sec,
+        "step_time_sec": step_time_sec,
+        "learning_rate": learning_rate,
+        "metrics": {
+            name: {"sum": s, "count": c, "value": _json_float(metric_value(name, s, c))}
+            for name, (s, c) in sorted(sums.items())
+        },
+    }
 
 
 def _json_float(x: float) -> float | None:

@@ -161,7 +161,11 @@ class Transformer(nnx.Module):
         self.final_norm = RMSNorm(s.emb_dim, s.norm_eps, dtype=w, rngs=rngs)
         # [V, D] like the embedding: the weight gradient gᵀ·x then needs no transpose of the [B·T, V] gradient,
         # which XLA:CPU copies in strided order (seconds at vocab 32000).
-        self.lm_head = None if s.tie_embeddings else _param(rngs, _fan_in(s.emb_dim), (s.vocab_size, s.emb_dim), ("vocab", "embed"), w)
+        self.lm_head = (
+            None
+            if s.tie_embeddings
+            else _param(rngs, _fan_in(s.emb_dim), (s.vocab_size, s.emb_dim), ("vocab", "embed"), w)
+        )
 
     def __call__(self, tokens: jax.Array) -> jax.Array:  # [B, T] int -> [B, T, V] float32
         c = self.config

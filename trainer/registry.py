@@ -56,9 +56,19 @@ def _gemma2(blocks: int, d: int, heads: int, kv: int, hd: int, mlp: int):
 
 def _qwen3(layers: int, d: int, heads: int, mlp: int, *, tie: bool):
     return ModelShape(
-        "qwen3", layers, d, heads, 8, 128, mlp, 151_936, tie_embeddings=tie, qk_norm=True,
-        rope_theta=1_000_000.0, norm_eps=1e-6,
-    )  # fmt: skip
+        "qwen3",
+        layers,
+        d,
+        heads,
+        8,
+        128,
+        mlp,
+        151_936,
+        tie_embeddings=tie,
+        qk_norm=True,
+        rope_theta=1_000_000.0,
+        norm_eps=1e-6,
+    )
 
 
 def _tiny(layers: int, d: int, vocab: int):

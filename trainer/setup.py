@@ -59,15 +59,19 @@ def param_shardings(abstract_state: nnx.State, mesh: Mesh) -> Any:
     shapes = nnx.to_pure_dict(abstract_state)
     return jax.tree.map(
         lambda spec, shape: NamedSharding(mesh, shard_lib.logical_to_spec(tuple(spec), shape.shape, mesh)),
-        specs, shapes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
-    )  # fmt: skip
+        specs,
+        shapes,
+        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
+    )
 
 
 def optimizer_shardings(optimizer, params: Any, fallback: NamedSharding) -> Any:
     """Shardings for the optimizer state: a leaf that mirrors a parameter (Adam's moments) is sharded like it,
     anything else (step counts) is replicated."""
-    by_path = {tuple(str(k) for k in path): (leaf.shape, leaf.sharding)
-               for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}  # fmt: skip
+    by_path = {
+        tuple(str(k) for k in path): (leaf.shape, leaf.sharding)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
     abstract_state = jax.eval_shape(optimizer.init, params)
 
     def pick(path, leaf):
@@ -94,8 +98,9 @@ def _model(model_spec: ModelSpec, sow: bool, mesh: Mesh) -> _Model:
     config = ModelConfig.from_spec(model_spec, sow_features=sow)
     graphdef, abstract_state = abstract_model(config)
     shardings = param_shardings(abstract_state, mesh)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            nnx.to_pure_dict(abstract_state), shardings)  # fmt: skip
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nnx.to_pure_dict(abstract_state), shardings
+    )
     return _Model(config, graphdef, abstract_state, abstract, shardings)
 
 
@@ -128,14 +133,18 @@ def build(spec: DistillSpec, *, devices: list | None = None, teacher_params: Any
         "bad_step": _put(np.full((), -1, np.int32), replicated),
     }
     state_shardings = jax.tree.map(lambda a: a.sharding, state)
-    step = make_train_step(spec, StepModels(student.graphdef, teacher.graphdef if teacher else None, features), optimizer)
+    step = make_train_step(
+        spec, StepModels(student.graphdef, teacher.graphdef if teacher else None, features), optimizer
+    )
     batch_sharding = NamedSharding(mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp"), None))
 
     step_fn = jax.jit(step, out_shardings=state_shardings, donate_argnums=(0,))
 
     def to_device(host: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        return {k: jax.make_array_from_callback(v.shape, batch_sharding, lambda index, v=v: v[index])
-                for k, v in host.items()}  # fmt: skip
+        return {
+            k: jax.make_array_from_callback(v.shape, batch_sharding, lambda index, v=v: v[index])
+            for k, v in host.items()
+        }
 
     zero_window = jax.jit(lambda: empty_window(spec), out_shardings=replicated)
     vocab = spec.student.shape().vocab_size
@@ -145,7 +154,9 @@ def build(spec: DistillSpec, *, devices: list | None = None, teacher_params: Any
 def _load_teacher(spec: DistillSpec, teacher: _Model) -> Any:
     path = spec.teacher.load_parameters_path
     if not path:
-        raise UserError("teacher.load_parameters_path is not set", "point it at the teacher run's checkpoints directory")
+        raise UserError(
+            "teacher.load_parameters_path is not set", "point it at the teacher run's checkpoints directory"
+        )
     try:
         return restore_params(path, teacher.abstract)
     except UserError as e:

@@ -78,12 +78,23 @@ def validate_document(document: YamlDocument, *, file: str | None = None) -> Spe
     data = document.data
     if not isinstance(data, dict):
         kind = type(data).__name__ if data is not None else "null"
-        problem = Problem((), "not_a_mapping", f"the top level of a spec must be a mapping of keys, not a {kind}",
-                          "start with `student:`, `teacher:` and `loss:` blocks", file=file, line=1, column=1)  # fmt: skip
+        problem = Problem(
+            (),
+            "not_a_mapping",
+            f"the top level of a spec must be a mapping of keys, not a {kind}",
+            "start with `student:`, `teacher:` and `loss:` blocks",
+            file=file,
+            line=1,
+            column=1,
+        )
         return SpecReport(file, None, (problem,))
     problems = [
-        Problem(loc, "duplicate_key", f"key {loc[-1]!r} appears twice; the later value would silently win",
-                "keep one of them")  # fmt: skip
+        Problem(
+            loc,
+            "duplicate_key",
+            f"key {loc[-1]!r} appears twice; the later value would silently win",
+            "keep one of them",
+        )
         for loc, _ in document.duplicate_keys
     ]
     if maxtext_format.looks_like_maxtext(data):
@@ -124,7 +135,9 @@ def _locate(problem: Problem, document: YamlDocument, file: str | None) -> Probl
     )
 
 
-def validate_data(data: dict[str, Any], *, batch_keys_home: str = "`batch:`") -> tuple[DistillSpec | None, list[Problem]]:
+def validate_data(
+    data: dict[str, Any], *, batch_keys_home: str = "`batch:`"
+) -> tuple[DistillSpec | None, list[Problem]]:
     """Validate native-layout data; returns the spec (None on any error) and problems with native locs."""
     data = copy.deepcopy(data)
     problems = _batch_shape_in_models(data, batch_keys_home)
@@ -155,12 +168,15 @@ def _batch_shape_in_models(data: dict[str, Any], home: str) -> list[Problem]:
             mine = block[key]
             other_block = data.get(other) if isinstance(data.get(other), dict) else {}
             theirs = other_block.get(key, batch.get(key, getattr(BatchSpec(), key)))
-            problems.append(Problem(
-                (side, key), "batch_shape_in_override",
-                f"{key} is set for the {side} alone: {side} {mine}, {other} {theirs}; both models must see the "
-                "same batch",
-                f"set {key} once, at {home}, and remove it from the {side}'s block",
-            ))  # fmt: skip
+            problems.append(
+                Problem(
+                    (side, key),
+                    "batch_shape_in_override",
+                    f"{key} is set for the {side} alone: {side} {mine}, {other} {theirs}; both models must see the "
+                    "same batch",
+                    f"set {key} once, at {home}, and remove it from the {side}'s block",
+                )
+            )
         for key in BATCH_SHAPE_KEYS:
             block.pop(key, None)
     return problems
@@ -240,8 +256,9 @@ def _problem(loc: Loc, errors: list[dict]) -> Problem:
     where = format_loc(loc) or "the spec"
     value = err.get("input")
     if kind == "extra_forbidden":
-        return Problem(loc, "unknown_key", f"unknown key {key!r} in {format_loc(loc[:-1]) or 'the spec'}",
-                       _did_you_mean(loc))  # fmt: skip
+        return Problem(
+            loc, "unknown_key", f"unknown key {key!r} in {format_loc(loc[:-1]) or 'the spec'}", _did_you_mean(loc)
+        )
     if kind == "missing":
         return Problem(loc, "missing_key", f"{where} is required", f"add `{key}:`")
     if kind in HINTS or kind in ("wrong_type",):

@@ -70,9 +70,11 @@ def hyperparameters(spec: DistillSpec, step: int, schedule: Callable[[int], floa
     last = max(spec.steps - 1, 1)
     lr = float((schedule or learning_rate_schedule(spec))(step))
     return {
-        "alpha": float(spec.loss.alpha.at(step, last)), "temperature": float(spec.loss.temperature.at(step, last)),
-        "beta": float(spec.loss.beta.at(step, last)), "learning_rate": lr,
-    }  # fmt: skip
+        "alpha": float(spec.loss.alpha.at(step, last)),
+        "temperature": float(spec.loss.temperature.at(step, last)),
+        "beta": float(spec.loss.beta.at(step, last)),
+        "learning_rate": lr,
+    }
 
 
 def metric_names(spec: DistillSpec) -> tuple[str, ...]:
@@ -110,13 +112,24 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
             return sums["ce"][0] / jnp.maximum(n_tokens, 1.0), sums
         t_logits, t_feats = teacher_out
         sums = losses.distillation_sums(
-            logits, t_logits, mb["targets"], mb["mask"], temperature=weights["temperature"],
+            logits,
+            t_logits,
+            mb["targets"],
+            mb["mask"],
+            temperature=weights["temperature"],
             student_features=feats if models.features else None,
             teacher_features=t_feats if models.features else None,
-            layer_indices=layer_indices, feature_loss_type=spec.loss.feature_loss_type,
-        )  # fmt: skip
-        total = losses.weighted_total(sums, alpha=weights["alpha"], temperature=weights["temperature"],
-                                      beta=weights["beta"], token_count=n_tokens, feature_count=n_features)  # fmt: skip
+            layer_indices=layer_indices,
+            feature_loss_type=spec.loss.feature_loss_type,
+        )
+        total = losses.weighted_total(
+            sums,
+            alpha=weights["alpha"],
+            temperature=weights["temperature"],
+            beta=weights["beta"],
+            token_count=n_tokens,
+            feature_count=n_features,
+        )
         return total, sums
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
@@ -157,9 +170,10 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
             return optax.apply_updates(params, jax.tree.map(lambda u: -hparams["learning_rate"] * u, updates)), new_opt
 
         # A non-finite step changes nothing (a branch, not a select over every parameter).
-        new_params, new_opt = jax.lax.cond(finite, update, lambda operands: operands[:2],
-                                           (params, state["opt_state"], grads))  # fmt: skip
-        metrics = (losses.distill_metrics(sums, total, **weights) if distill else losses.pretrain_metrics(sums, total))
+        new_params, new_opt = jax.lax.cond(
+            finite, update, lambda operands: operands[:2], (params, state["opt_state"], grads)
+        )
+        metrics = losses.distill_metrics(sums, total, **weights) if distill else losses.pretrain_metrics(sums, total)
         window = {k: v + jnp.stack(metrics[k]) for k, v in state["window"].items()}
         return {
             "params": new_params,

@@ -88,12 +88,18 @@ def run_dir_of(spec: DistillSpec) -> str:
 
 
 STATUS_OF = {
-    TrainerExit.OK: "succeeded", TrainerExit.PREEMPTED: "preempted", TrainerExit.DIVERGED: "diverged",
-    TrainerExit.USER_ERROR: "failed", TrainerExit.RETRYABLE: "failed", TrainerExit.INTERNAL: "failed",
-}  # fmt: skip
+    TrainerExit.OK: "succeeded",
+    TrainerExit.PREEMPTED: "preempted",
+    TrainerExit.DIVERGED: "diverged",
+    TrainerExit.USER_ERROR: "failed",
+    TrainerExit.RETRYABLE: "failed",
+    TrainerExit.INTERNAL: "failed",
+}
 
 
-def run(spec: DistillSpec, *, process: ProcessOptions = ProcessOptions(), reporter: Reporter | None = None) -> TrainerExit:
+def run(
+    spec: DistillSpec, *, process: ProcessOptions = ProcessOptions(), reporter: Reporter | None = None
+) -> TrainerExit:
     """Train `spec` to its last step (resuming from `<run_dir>/checkpoints` when present); the exit code says how
     it ended. Installs SIGTERM/SIGINT handlers for the duration when called from the main thread."""
     reporter = reporter or SilentReporter()
@@ -110,7 +116,10 @@ def run(spec: DistillSpec, *, process: ProcessOptions = ProcessOptions(), report
             _enable_compilation_cache()
             train(spec, session, stop)
             if stop.signal_name and session.step < spec.steps:
-                code, message = TrainerExit.PREEMPTED, f"stopped by {stop.signal_name} at step {session.step}; checkpoint saved"
+                code, message = (
+                    TrainerExit.PREEMPTED,
+                    f"stopped by {stop.signal_name} at step {session.step}; checkpoint saved",
+                )
         except TrainerError as e:
             code, message = e.exit_code, e.message + (f" (hint: {e.hint})" if e.hint else "")
         except (OSError, ConnectionError, TimeoutError) as e:
@@ -121,9 +130,12 @@ def run(spec: DistillSpec, *, process: ProcessOptions = ProcessOptions(), report
             else:
                 if os.environ.get("DISTILLCTL_DEBUG"):
                     traceback.print_exc()
-                code, message = TrainerExit.INTERNAL, (
-                    f"internal error: {type(e).__name__}: {_first_line(e)} (a bug; rerun with DISTILLCTL_DEBUG=1 "
-                    "for the traceback)"
+                code, message = (
+                    TrainerExit.INTERNAL,
+                    (
+                        f"internal error: {type(e).__name__}: {_first_line(e)} (a bug; rerun with DISTILLCTL_DEBUG=1 "
+                        "for the traceback)"
+                    ),
                 )
         session.finish(code, message)
         return code
@@ -148,8 +160,10 @@ def _enable_compilation_cache() -> None:
     `DISTILLCTL_COMPILE_CACHE=off` disables it; JAX_COMPILATION_CACHE_DIR, when set, wins."""
     import jax
 
-    where = os.environ.get("DISTILLCTL_COMPILE_CACHE", os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "distillctl", "xla"))  # fmt: skip
+    where = os.environ.get(
+        "DISTILLCTL_COMPILE_CACHE",
+        os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "distillctl", "xla"),
+    )
     if where == "off" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return
     jax.config.update("jax_compilation_cache_dir", where)
@@ -166,7 +180,9 @@ def _initialize_distributed(process: ProcessOptions) -> None:
         try:
             jax.distributed.initialize(process.coordinator_address, process.num_processes, process.process_id)
         except (RuntimeError, ValueError) as e:
-            raise RetryableError(f"cannot join the coordinator at {process.coordinator_address}: {_first_line(e)}") from None
+            raise RetryableError(
+                f"cannot join the coordinator at {process.coordinator_address}: {_first_line(e)}"
+            ) from None
     elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
         jax.distributed.initialize()  # TPU pods: the peers are found from the environment
 
@@ -192,14 +208,22 @@ class _Session:
         from trainer.metrics_io import now_iso
 
         return {
-            "status": status, "exit_code": exit_code, "step": self.step, "total_steps": self.spec.steps,
+            "status": status,
+            "exit_code": exit_code,
+            "step": self.step,
+            "total_steps": self.spec.steps,
             "tokens": self.tokens,
             "tokens_per_sec": self.train_tokens / self.train_seconds if self.train_seconds > 0 else 0.0,
-            "wall_time_sec": round(time.time() - self.started, 3), "compile_time_sec": round(self.compile_seconds, 3),
-            "final_metrics": self.final_metrics, "started_at": self.started_at or now_iso(), "updated_at": now_iso(),
-            "mode": self.spec.mode, "run_name": self.spec.name, "message": message,
+            "wall_time_sec": round(time.time() - self.started, 3),
+            "compile_time_sec": round(self.compile_seconds, 3),
+            "final_metrics": self.final_metrics,
+            "started_at": self.started_at or now_iso(),
+            "updated_at": now_iso(),
+            "mode": self.spec.mode,
+            "run_name": self.spec.name,
+            "message": message,
             "resumed_from_step": self.resumed_from,
-        }  # fmt: skip
+        }
 
     def write_summary(self, status: str, exit_code: int | None, message: str = "") -> None:
         if self.files is not None:
@@ -252,7 +276,9 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
         session.files = RunFiles(run_dir, tensorboard=spec.logging.tensorboard)
         session.files.write_json("spec.json", spec.resolved().model_dump(mode="json"))
 
-    checkpoints = RunCheckpoints(f"{run_dir}/checkpoints", keep=spec.checkpoint.keep) if spec.checkpoint.enabled else None
+    checkpoints = (
+        RunCheckpoints(f"{run_dir}/checkpoints", keep=spec.checkpoint.keep) if spec.checkpoint.enabled else None
+    )
     state = built.state
     position = 0  # micro-batches consumed
     start_step = 0
@@ -283,8 +309,10 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
     accumulation = spec.batch.gradient_accumulation_steps
 
     def batch(step_position: int):
-        micro = [data_lib.batch_at(source, step_position + a, built.rows, spec.batch.max_target_length)
-                 for a in range(accumulation)]  # fmt: skip
+        micro = [
+            data_lib.batch_at(source, step_position + a, built.rows, spec.batch.max_target_length)
+            for a in range(accumulation)
+        ]
         host = {k: np.stack([m[k] for m in micro]) for k in micro[0]}  # [A, R, T]
         return host, built.to_device(host)
 
@@ -302,8 +330,12 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
 
     def save(step: int) -> None:
         _check_finite(state, step)
-        meta = {"step": step, "data_position": position, "tokens": session.tokens,
-                "wall_time_sec": round(time.time() - session.started, 3)}  # fmt: skip
+        meta = {
+            "step": step,
+            "data_position": position,
+            "tokens": session.tokens,
+            "wall_time_sec": round(time.time() - session.started, 3),
+        }
         checkpoints.save(step, state["params"], _train_state(state), meta)
         if process_zero:
             session.files.flush()
@@ -330,16 +362,22 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
             if step % every_log == 0 or step == spec.steps:
                 sums, bad_step = jax.device_get((state["window"], state["bad_step"]))
                 if int(bad_step) >= 0:
-                    raise Diverged(f"the loss became NaN or infinite at step {int(bad_step)}",
-                                   "lower the learning rate, or check the data and the teacher checkpoint")  # fmt: skip
+                    raise Diverged(
+                        f"the loss became NaN or infinite at step {int(bad_step)}",
+                        "lower the learning rate, or check the data and the teacher checkpoint",
+                    )
                 elapsed = time.time() - window_start
                 session.train_seconds += elapsed
                 session.train_tokens += window_tokens
                 record = metrics_record(
-                    step, time=time.time(), tokens=session.tokens, tokens_per_sec=window_tokens / max(elapsed, 1e-9),
-                    step_time_sec=elapsed / window_steps, learning_rate=float(built.lr_schedule(step - 1)),
+                    step,
+                    time=time.time(),
+                    tokens=session.tokens,
+                    tokens_per_sec=window_tokens / max(elapsed, 1e-9),
+                    step_time_sec=elapsed / window_steps,
+                    learning_rate=float(built.lr_schedule(step - 1)),
                     sums={k: (float(v[0]), float(v[1])) for k, v in sums.items()},
-                )  # fmt: skip
+                )
                 session.final_metrics = {k: v["value"] for k, v in record["metrics"].items()}
                 if process_zero:
                     session.files.log(record)
@@ -368,8 +406,10 @@ def _check_finite(state: dict[str, Any], step: int) -> None:
 
     bad = int(jax.device_get(state["bad_step"]))
     if bad >= 0:
-        raise Diverged(f"the loss became NaN or infinite at step {bad}",
-                       "lower the learning rate, or check the data and the teacher checkpoint")  # fmt: skip
+        raise Diverged(
+            f"the loss became NaN or infinite at step {bad}",
+            "lower the learning rate, or check the data and the teacher checkpoint",
+        )
 
 
 def _stopped(stop) -> bool:

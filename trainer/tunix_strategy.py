@@ -58,9 +58,18 @@ def _strategy_class() -> type:
     class DistillCtlStrategy(base_strategy.BaseStrategy):
         """`α·T²·KL + (1 − α)·CE + β·feature_loss` with the guide's metrics (see `trainer.loss`)."""
 
-        def __init__(self, student_forward_fn, teacher_forward_fn, labels_fn, *, alpha: float = 0.5,
-                     temperature: float = 1.0, beta: float = 0.0, layer_indices: Sequence[int] | None = None,
-                     feature_loss_type: str = "cosine"):  # fmt: skip
+        def __init__(
+            self,
+            student_forward_fn,
+            teacher_forward_fn,
+            labels_fn,
+            *,
+            alpha: float = 0.5,
+            temperature: float = 1.0,
+            beta: float = 0.0,
+            layer_indices: Sequence[int] | None = None,
+            feature_loss_type: str = "cosine",
+        ):
             super().__init__(student_forward_fn, teacher_forward_fn, labels_fn)
             if temperature <= 0:
                 raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -79,10 +88,18 @@ def _strategy_class() -> type:
             t_logits, t_features = _split(teacher_output)
             targets, mask = labels_to_targets(labels)
             total, metrics = losses.distillation_loss(
-                s_logits, t_logits, targets, mask, alpha=self.alpha, temperature=self.temperature, beta=self.beta,
-                student_features=s_features, teacher_features=t_features, layer_indices=self.layer_indices,
+                s_logits,
+                t_logits,
+                targets,
+                mask,
+                alpha=self.alpha,
+                temperature=self.temperature,
+                beta=self.beta,
+                student_features=s_features,
+                teacher_features=t_features,
+                layer_indices=self.layer_indices,
                 feature_loss_type=self.feature_loss_type,
-            )  # fmt: skip
+            )
             return total, _means(metrics)
 
         def compute_eval_loss(self, student_output, labels):

@@ -79,7 +79,9 @@ def read_text_file(path: str | Path) -> str:
     except FileNotFoundError:
         raise YamlSourceError("file_not_found", f"no such file: {path}", "check the path") from None
     except PermissionError:
-        raise YamlSourceError("unreadable", f"permission denied reading {path}", "check the file's permissions") from None
+        raise YamlSourceError(
+            "unreadable", f"permission denied reading {path}", "check the file's permissions"
+        ) from None
     except OSError as e:
         raise YamlSourceError("unreadable", f"cannot read {path}: {e.strerror or e}", "check the path") from None
     try:
@@ -117,17 +119,23 @@ def parse_yaml(text: str) -> YamlDocument:
                 _position(mark) if mark else None,
             ) from None
         raise YamlSourceError(
-            "yaml_syntax", f"YAML syntax error: {message}", "fix the YAML at this position", _position(mark) if mark else None
+            "yaml_syntax",
+            f"YAML syntax error: {message}",
+            "fix the YAML at this position",
+            _position(mark) if mark else None,
         ) from None
     except yaml.reader.ReaderError as e:
         raise YamlSourceError(
-            "yaml_syntax", f"unacceptable character #x{e.character:04x} at offset {e.position}",
+            "yaml_syntax",
+            f"unacceptable character #x{e.character:04x} at offset {e.position}",
             "YAML files hold printable text only; remove control characters",
-        ) from None  # fmt: skip
+        ) from None
     except yaml.YAMLError as e:
         raise YamlSourceError("yaml_syntax", f"YAML syntax error: {e}", "fix the YAML syntax") from None
     except RecursionError:
-        raise YamlSourceError("yaml_too_deep", "the YAML is nested too deeply", f"keep nesting under {MAX_DEPTH} levels") from None
+        raise YamlSourceError(
+            "yaml_too_deep", "the YAML is nested too deeply", f"keep nesting under {MAX_DEPTH} levels"
+        ) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -135,7 +143,9 @@ def parse_yaml(text: str) -> YamlDocument:
     try:
         data = builder.build(root, ()) if root is not None else None
     except RecursionError:
-        raise YamlSourceError("yaml_too_deep", "the YAML is nested too deeply", f"keep nesting under {MAX_DEPTH} levels") from None
+        raise YamlSourceError(
+            "yaml_too_deep", "the YAML is nested too deeply", f"keep nesting under {MAX_DEPTH} levels"
+        ) from None
     if data is None:
         raise YamlSourceError("empty_file", "the file is empty", "write the document: at least a `student:` block")
     return YamlDocument(data, builder.positions, tuple(builder.duplicates))
@@ -159,7 +169,9 @@ class _Builder:
                 "write the values out instead of nesting aliases",
             )
         if len(loc) > MAX_DEPTH:
-            raise YamlSourceError("yaml_too_deep", "the YAML is nested too deeply", f"keep nesting under {MAX_DEPTH} levels")
+            raise YamlSourceError(
+                "yaml_too_deep", "the YAML is nested too deeply", f"keep nesting under {MAX_DEPTH} levels"
+            )
         self.positions.setdefault(loc, _position(node.start_mark))
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, loc)
@@ -169,25 +181,37 @@ class _Builder:
             return self.loader.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, OverflowError) as e:
             raise YamlSourceError(
-                "yaml_bad_value", f"unreadable value {node.value!r}: {e}", "quote the value or fix it", _position(node.start_mark)
+                "yaml_bad_value",
+                f"unreadable value {node.value!r}: {e}",
+                "quote the value or fix it",
+                _position(node.start_mark),
             ) from None
 
     def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict:
         try:
             self.loader.flatten_mapping(node)  # `<<` merge keys
         except yaml.YAMLError as e:
-            raise YamlSourceError("yaml_syntax", f"YAML merge error: {e}", "fix the `<<` merge", _position(node.start_mark)) from None
+            raise YamlSourceError(
+                "yaml_syntax", f"YAML merge error: {e}", "fix the `<<` merge", _position(node.start_mark)
+            ) from None
         result: dict = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise YamlSourceError(
-                    "bad_key", "a mapping key must be a plain word, not a list or mapping", "", _position(key_node.start_mark)
+                    "bad_key",
+                    "a mapping key must be a plain word, not a list or mapping",
+                    "",
+                    _position(key_node.start_mark),
                 )
             try:
                 key = self.loader.construct_object(key_node)
             except (yaml.YAMLError, ValueError, OverflowError) as e:
-                raise YamlSourceError("yaml_bad_value", f"unreadable key {key_node.value!r}: {e}",
-                                      "quote the key or fix it", _position(key_node.start_mark)) from None  # fmt: skip
+                raise YamlSourceError(
+                    "yaml_bad_value",
+                    f"unreadable key {key_node.value!r}: {e}",
+                    "quote the key or fix it",
+                    _position(key_node.start_mark),
+                ) from None
             if not isinstance(key, str):
                 key = key_node.value  # `on:`, `1:`: keep the key as written, not as YAML 1.1 reads it
             position = _position(key_node.start_mark)

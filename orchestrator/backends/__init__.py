@@ -38,7 +38,9 @@ class Backend(Protocol):
     def observe(self, expansion: Expansion) -> dict[str, Observation]:
         """What exists for each run of the sweep, by run id (runs that do not exist may be absent)."""
 
-    def submit(self, runs: Sequence[Point], expansion: Expansion, *, dry_run: DryRun | None = None) -> dict[str, Submitted]:
+    def submit(
+        self, runs: Sequence[Point], expansion: Expansion, *, dry_run: DryRun | None = None
+    ) -> dict[str, Submitted]:
         """Create these runs (by run id: what happened); an existing one is left alone ("exists"), never
         duplicated."""
 

@@ -23,7 +23,14 @@ from orchestrator.errors import DistillctlError, UsageError
 from orchestrator.exit_codes import ExitCode
 from orchestrator.expansion import Expansion, Point
 from orchestrator.kube_client import (
-    CONNECTION_ERRORS, Cluster, ClusterAccess, ClusterError, api_error, connect, server_message, unreachable,
+    CONNECTION_ERRORS,
+    Cluster,
+    ClusterAccess,
+    ClusterError,
+    api_error,
+    connect,
+    server_message,
+    unreachable,
 )
 from orchestrator.run_status import Condition, Observation
 from orchestrator.sweep_file import Target
@@ -61,12 +68,16 @@ class KubernetesBackend:
         if JOBSET[0] not in groups or JOBSET[1] not in groups[JOBSET[0]]:
             raise ClusterError(
                 f"the cluster does not serve JobSets ({JOBSET[0]}/{JOBSET[1]}): the JobSet controller is not installed",
-                INSTALL_JOBSET.format(version=self.target.jobset_version), exit_code=ExitCode.CLUSTER_NOT_READY,
-            )  # fmt: skip
+                INSTALL_JOBSET.format(version=self.target.jobset_version),
+                exit_code=ExitCode.CLUSTER_NOT_READY,
+            )
         if self.target.queue:
             if KUEUE_GROUP not in groups:
-                raise ClusterError(f"target.queue is {self.target.queue!r} but Kueue is not installed on the cluster",
-                                   INSTALL_KUEUE, exit_code=ExitCode.CLUSTER_NOT_READY)  # fmt: skip
+                raise ClusterError(
+                    f"target.queue is {self.target.queue!r} but Kueue is not installed on the cluster",
+                    INSTALL_KUEUE,
+                    exit_code=ExitCode.CLUSTER_NOT_READY,
+                )
             self._kueue_version = groups[KUEUE_GROUP][0]
             try:
                 self.cluster.custom.get_namespaced_custom_object(
@@ -97,9 +108,13 @@ class KubernetesBackend:
     def _jobsets(self, expansion: Expansion) -> list[dict]:
         sweep = expansion.sweep.name if expansion.sweep else ""
         listing = self.cluster.call(
-            f"list the JobSets of sweep {sweep!r}", self.cluster.custom.list_namespaced_custom_object,
-            *JOBSET[:2], self.cluster.namespace, JOBSET[2], label_selector=f"{rendering.LABEL_SWEEP}={sweep}",
-        )  # fmt: skip
+            f"list the JobSets of sweep {sweep!r}",
+            self.cluster.custom.list_namespaced_custom_object,
+            *JOBSET[:2],
+            self.cluster.namespace,
+            JOBSET[2],
+            label_selector=f"{rendering.LABEL_SWEEP}={sweep}",
+        )
         return listing.get("items", [])
 
     def _workloads(self) -> dict[str, dict]:
@@ -109,9 +124,13 @@ class KubernetesBackend:
             return {}
         self._kueue_version = version
         listing = self.cluster.call(
-            "list Kueue workloads", self.cluster.custom.list_namespaced_custom_object,
-            KUEUE_GROUP, version, self.cluster.namespace, "workloads",
-        )  # fmt: skip
+            "list Kueue workloads",
+            self.cluster.custom.list_namespaced_custom_object,
+            KUEUE_GROUP,
+            version,
+            self.cluster.namespace,
+            "workloads",
+        )
         owned = {}
         for workload in listing.get("items", []):
             for owner in workload.get("metadata", {}).get("ownerReferences", []):
@@ -136,7 +155,9 @@ class KubernetesBackend:
         body["metadata"]["namespace"] = self.cluster.namespace
         return body
 
-    def submit(self, runs: Sequence[Point], expansion: Expansion, *, dry_run: DryRun | None = None) -> dict[str, Submitted]:
+    def submit(
+        self, runs: Sequence[Point], expansion: Expansion, *, dry_run: DryRun | None = None
+    ) -> dict[str, Submitted]:
         if dry_run == "client":
             for run in runs:
                 self.manifest(run)  # renders, or raises
@@ -152,9 +173,15 @@ class KubernetesBackend:
         what = f"create JobSet {run.jobset_name}"
         try:
             self.cluster.call(
-                what, self.cluster.custom.create_namespaced_custom_object, *JOBSET[:2], self.cluster.namespace,
-                JOBSET[2], self.manifest(run), passthrough=frozenset({409, 400, 422}), **kwargs,
-            )  # fmt: skip
+                what,
+                self.cluster.custom.create_namespaced_custom_object,
+                *JOBSET[:2],
+                self.cluster.namespace,
+                JOBSET[2],
+                self.manifest(run),
+                passthrough=frozenset({409, 400, 422}),
+                **kwargs,
+            )
         except ApiException as e:
             if e.status == 409:
                 return "exists"  # a concurrent sweep, a re-run, or our own retried create: never a duplicate
@@ -163,8 +190,9 @@ class KubernetesBackend:
                 raise DistillctlError(
                     f"the cluster's JobSet CRD is older than the fields distillctl uses: {message}",
                     f"upgrade JobSet to {self.target.jobset_version} or later, or set target.jobset_version to the "
-                    "installed version", exit_code=ExitCode.CLUSTER_NOT_READY,
-                ) from None  # fmt: skip
+                    "installed version",
+                    exit_code=ExitCode.CLUSTER_NOT_READY,
+                ) from None
             raise api_error(what, e, self.cluster) from None
         return "dry-run" if server_dry_run else "created"
 
@@ -175,10 +203,15 @@ class KubernetesBackend:
         for run in runs:
             try:
                 self.cluster.call(
-                    f"delete JobSet {run.jobset_name}", self.cluster.custom.delete_namespaced_custom_object,
-                    *JOBSET[:2], self.cluster.namespace, JOBSET[2], run.jobset_name, propagation_policy="Foreground",
+                    f"delete JobSet {run.jobset_name}",
+                    self.cluster.custom.delete_namespaced_custom_object,
+                    *JOBSET[:2],
+                    self.cluster.namespace,
+                    JOBSET[2],
+                    run.jobset_name,
+                    propagation_policy="Foreground",
                     passthrough=frozenset({404}),
-                )  # fmt: skip
+                )
                 deleted.append(run.jobset_name)
             except ApiException:
                 pass  # 404: already gone
@@ -188,8 +221,12 @@ class KubernetesBackend:
         selector = f"{JOBSET_NAME_LABEL}={run.jobset_name}"
         if not request.all:
             selector += f",{JOB_INDEX_LABEL}={request.slice},{COMPLETION_INDEX_LABEL}={request.worker}"
-        pods = self.cluster.call(f"list the pods of {run.jobset_name}", self.cluster.core.list_namespaced_pod,
-                                 self.cluster.namespace, label_selector=selector).items  # fmt: skip
+        pods = self.cluster.call(
+            f"list the pods of {run.jobset_name}",
+            self.cluster.core.list_namespaced_pod,
+            self.cluster.namespace,
+            label_selector=selector,
+        ).items
         newest: dict[tuple[str, str], client.V1Pod] = {}
         for pod in sorted(pods, key=lambda p: p.metadata.creation_timestamp):
             labels = pod.metadata.labels or {}
@@ -211,17 +248,28 @@ class KubernetesBackend:
                 yield from self._follow_log(pod.metadata.name, request.tail, what)
                 continue
             text = self.cluster.call(
-                what, self.cluster.core.read_namespaced_pod_log, pod.metadata.name, self.cluster.namespace,
-                container=self.container, tail_lines=request.tail,
-            )  # fmt: skip
+                what,
+                self.cluster.core.read_namespaced_pod_log,
+                pod.metadata.name,
+                self.cluster.namespace,
+                container=self.container,
+                tail_lines=request.tail,
+            )
             yield from (prefix + line + "\n" for line in (text or "").splitlines())
 
     def _follow_log(self, pod: str, tail: int | None, what: str) -> Iterator[str]:
         """A pod's log as it grows, whole lines only (a line may straddle two chunks of the stream)."""
         stream = self.cluster.call(
-            what, self.cluster.core.read_namespaced_pod_log, pod, self.cluster.namespace, container=self.container,
-            follow=True, tail_lines=tail, _preload_content=False, _request_timeout=None,
-        )  # fmt: skip
+            what,
+            self.cluster.core.read_namespaced_pod_log,
+            pod,
+            self.cluster.namespace,
+            container=self.container,
+            follow=True,
+            tail_lines=tail,
+            _preload_content=False,
+            _request_timeout=None,
+        )
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pending = ""
         try:
@@ -267,11 +315,18 @@ def observe_jobset(jobset: dict, workload: dict | None) -> Observation:
                 reason, message = condition.get("reason", reason), condition.get("message", message)
                 break
     metadata = jobset.get("metadata") or {}
-    resumed = next((c for c in status.get("conditions") or [] if c.get("type") == "Suspended" and c.get("status") == "False"),
-                   None)  # Kueue let it run: the attempt started then, not at creation  # fmt: skip
+    resumed = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Suspended" and c.get("status") == "False"), None
+    )  # Kueue let it run: the attempt started then, not at creation
     return Observation(
-        exists=True, conditions=conditions, suspended=suspended, restarts=int(status.get("restarts") or 0),
-        active=active, queue_reason=reason, queue_message=message,
-        created_at=_timestamp(metadata.get("creationTimestamp")), deleting=bool(metadata.get("deletionTimestamp")),
+        exists=True,
+        conditions=conditions,
+        suspended=suspended,
+        restarts=int(status.get("restarts") or 0),
+        active=active,
+        queue_reason=reason,
+        queue_message=message,
+        created_at=_timestamp(metadata.get("creationTimestamp")),
+        deleting=bool(metadata.get("deletionTimestamp")),
         started_at=_timestamp((resumed or {}).get("lastTransitionTime")),
-    )  # fmt: skip
+    )

@@ -50,25 +50,33 @@ class LocalBackend:
                 exit_code=ExitCode.CLUSTER_NOT_READY,
             )
         if self.target.secret_env:
-            raise UsageError("secret_env refers to Kubernetes Secrets, which a local run cannot read",
-                             "set the variables in target.env or in your shell instead")  # fmt: skip
+            raise UsageError(
+                "secret_env refers to Kubernetes Secrets, which a local run cannot read",
+                "set the variables in target.env or in your shell instead",
+            )
 
     def observe(self, expansion: Expansion) -> dict[str, Observation]:
         return {run.run_id: observe_claim(local_claims.read_claim(run.output_path)) for run in expansion.runs}
 
-    def submit(self, runs: Sequence[Point], expansion: Expansion, *, dry_run: DryRun | None = None) -> dict[str, Submitted]:
+    def submit(
+        self, runs: Sequence[Point], expansion: Expansion, *, dry_run: DryRun | None = None
+    ) -> dict[str, Submitted]:
         if dry_run is not None or not runs:
             return {run.run_id: "dry-run" for run in runs}
         by_id = {run.run_id: run for run in expansion.runs}
         orders = [
             {
-                "run_id": run.run_id, "sweep": run.sweep, "output_path": run.output_path, "spec_json": spec_json(run),
+                "run_id": run.run_id,
+                "sweep": run.sweep,
+                "output_path": run.output_path,
+                "spec_json": spec_json(run),
                 "depends_on": [by_id[rid].output_path for rid in run.depends_on.values() if rid in by_id],
-                "env": sorted(self.target.env.items()), "max_restarts": self.target.max_restarts,
+                "env": sorted(self.target.env.items()),
+                "max_restarts": self.target.max_restarts,
                 "retryable": list(self.target.restartable_exit_codes),
             }
             for run in runs
-        ]  # fmt: skip
+        ]
         for run in runs:  # a retried run's old verdict must not count as this attempt's
             claim = local_claims.read_claim(run.output_path)
             if claim is not None and claim.state == "exited":
@@ -78,9 +86,13 @@ class LocalBackend:
         log = open(base / f".{runs[0].sweep}.supervisor.log", "ab")
         try:
             supervisor = subprocess.Popen(
-                [self.python, "-m", "orchestrator.local_supervisor"], stdin=subprocess.PIPE, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, env=_importable_env(),
-            )  # fmt: skip
+                [self.python, "-m", "orchestrator.local_supervisor"],
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=_importable_env(),
+            )
         finally:
             log.close()
         parallelism = self.target.parallelism or os.cpu_count() or 1
@@ -88,21 +100,27 @@ class LocalBackend:
             supervisor.stdin.write(json.dumps({"orders": orders, "parallelism": parallelism}).encode())
             supervisor.stdin.close()
         except BrokenPipeError:
-            raise DistillctlError("the local supervisor exited before it read the runs",
-                                  f"see {base / f'.{runs[0].sweep}.supervisor.log'}") from None  # fmt: skip
+            raise DistillctlError(
+                "the local supervisor exited before it read the runs",
+                f"see {base / f'.{runs[0].sweep}.supervisor.log'}",
+            ) from None
         # The supervisor claims runs as it starts; wait until each is claimed (by it or an earlier one).
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if all(local_claims.read_claim(run.output_path) is not None for run in runs):
                 break
             if supervisor.poll() is not None and supervisor.returncode != 0:
-                raise DistillctlError(f"the local supervisor failed to start (exit {supervisor.returncode})",
-                                      f"see {base / f'.{runs[0].sweep}.supervisor.log'}")  # fmt: skip
+                raise DistillctlError(
+                    f"the local supervisor failed to start (exit {supervisor.returncode})",
+                    f"see {base / f'.{runs[0].sweep}.supervisor.log'}",
+                )
             time.sleep(0.05)
         claims = {run.run_id: local_claims.read_claim(run.output_path) for run in runs}
         # A run another sweep's supervisor already owns exists; this supervisor skipped it.
-        return {run_id: "created" if claim is not None and claim.supervisor_pid == supervisor.pid else "exists"
-                for run_id, claim in claims.items()}  # fmt: skip
+        return {
+            run_id: "created" if claim is not None and claim.supervisor_pid == supervisor.pid else "exists"
+            for run_id, claim in claims.items()
+        }
 
     def delete(self, runs: Sequence[Point]) -> list[str]:
         stopped, running = [], []
@@ -123,7 +141,7 @@ class LocalBackend:
             raise UsageError(f"{run.label} has no log yet ({path})", "it has not started; `distillctl status` says why")
         with path.open("r", errors="replace") as f:
             lines = f.readlines()
-            yield from (lines[-request.tail:] if request.tail else lines)
+            yield from (lines[-request.tail :] if request.tail else lines)
             while request.follow:
                 line = f.readline()
                 if line:
@@ -144,16 +162,20 @@ def observe_claim(claim: local_claims.Claim | None) -> Observation:
     if claim is None or local_claims.is_stale(claim):
         return Observation(exists=False)
     if claim.state == "queued":
-        return Observation(exists=True, queue_reason=claim.reason or "Queued", restarts=claim.restarts,
-                           created_at=claim.created_at)  # fmt: skip
+        return Observation(
+            exists=True, queue_reason=claim.reason or "Queued", restarts=claim.restarts, created_at=claim.created_at
+        )
     if claim.state == "running":
-        return Observation(exists=True, active=True, restarts=claim.restarts, created_at=claim.created_at,
-                           started_at=claim.started_at)  # fmt: skip
+        return Observation(
+            exists=True, active=True, restarts=claim.restarts, created_at=claim.created_at, started_at=claim.started_at
+        )
     code = claim.exit_code
     if code == 0:
         condition = Condition("Completed", "True", "AllJobsCompleted")
     else:
-        condition = Condition("Failed", "True", EXIT_REASONS.get(code, f"ExitCode{code}"), f"the trainer exited with {code}")
+        condition = Condition(
+            "Failed", "True", EXIT_REASONS.get(code, f"ExitCode{code}"), f"the trainer exited with {code}"
+        )
     return Observation(exists=True, conditions=(condition,), restarts=claim.restarts, created_at=claim.created_at)
 
 

@@ -35,23 +35,32 @@ class XpkBackend(KubernetesBackend):
             raise DistillctlError(
                 f"the sweep's target is xpk, but `{self.xpk}` is not on PATH",
                 "install XPK (pip install xpk, with gcloud and kubectl) or set target.kind: kubernetes to create the "
-                "JobSets directly", exit_code=ExitCode.CLUSTER_NOT_READY,
-            )  # fmt: skip
+                "JobSets directly",
+                exit_code=ExitCode.CLUSTER_NOT_READY,
+            )
         super().preflight(expansion)
 
     def observe(self, expansion: Expansion) -> dict[str, Observation]:
         listing = self.cluster.call(
-            "list JobSets", self.cluster.custom.list_namespaced_custom_object, *JOBSET[:2], self.cluster.namespace, JOBSET[2]
-        )  # fmt: skip
+            "list JobSets",
+            self.cluster.custom.list_namespaced_custom_object,
+            *JOBSET[:2],
+            self.cluster.namespace,
+            JOBSET[2],
+        )
         by_name = {item["metadata"]["name"]: item for item in listing.get("items", [])}
         workloads = self._workloads() if by_name else {}
         return {
-            run.run_id: observe_jobset(by_name[run.jobset_name], workloads.get(by_name[run.jobset_name]["metadata"].get("uid")))
+            run.run_id: observe_jobset(
+                by_name[run.jobset_name], workloads.get(by_name[run.jobset_name]["metadata"].get("uid"))
+            )
             for run in expansion.runs
             if run.jobset_name in by_name
         }
 
-    def submit(self, runs: Sequence[Point], expansion: Expansion, *, dry_run: DryRun | None = None) -> dict[str, Submitted]:
+    def submit(
+        self, runs: Sequence[Point], expansion: Expansion, *, dry_run: DryRun | None = None
+    ) -> dict[str, Submitted]:
         if dry_run is not None:
             return super().submit(runs, expansion, dry_run=dry_run)  # the same manifest, through the API server
         existing = self.observe(expansion)
@@ -70,13 +79,15 @@ class XpkBackend(KubernetesBackend):
                 raise DistillctlError(
                     f"`xpk workload create` for {run.jobset_name} did not finish in {XPK_TIMEOUT_SECONDS // 60} minutes",
                     f"run it by hand to see where it hangs: {command.line}",
-                ) from None  # fmt: skip
+                ) from None
             if done.returncode != 0:
                 if run.run_id in self.observe(expansion):
                     results[run.run_id] = "exists"  # created concurrently
                     continue
                 tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-                raise DistillctlError(f"`xpk workload create` failed for {run.jobset_name} (exit {done.returncode}):\n{tail}",
-                                      f"the command was: {command.line}")  # fmt: skip
+                raise DistillctlError(
+                    f"`xpk workload create` failed for {run.jobset_name} (exit {done.returncode}):\n{tail}",
+                    f"the command was: {command.line}",
+                )
             results[run.run_id] = "created"
         return results

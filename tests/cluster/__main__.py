@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.cluster", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     u = sub.add_parser("up", help="start the local cluster in the background")
-    u.add_argument("--pod-run-ms", type=int, default=5000,
-                   help="how long fake pods run before they succeed (default 5000)")
+    u.add_argument(
+        "--pod-run-ms", type=int, default=5000, help="how long fake pods run before they succeed (default 5000)"
+    )
     u.set_defaults(func=up)
     sub.add_parser("down", help="stop it").set_defaults(func=down)
     sub.add_parser("status", help="is it running?").set_defaults(func=status)

@@ -321,8 +321,16 @@ class ControlPlane:
         for d in ("pki", "etcd", "logs", "jobset-certs", "kueue-certs", "kcm", "scheduler", "apiserver", "home"):
             (w / d).mkdir(parents=True, exist_ok=True)
         names = [
-            "etcd", "etcd_peer", "apiserver", "kcm", "scheduler",
-            "jobset_webhook", "jobset_health", "kueue_webhook", "kueue_health", "kwok_server",
+            "etcd",
+            "etcd_peer",
+            "apiserver",
+            "kcm",
+            "scheduler",
+            "jobset_webhook",
+            "jobset_health",
+            "kueue_webhook",
+            "kueue_health",
+            "kwok_server",
         ]
         self.ports = dict(zip(names, free_ports(len(names))))
         self.server = f"https://127.0.0.1:{self.ports['apiserver']}"
@@ -334,8 +342,13 @@ class ControlPlane:
         ca.pair.write(pki, "ca")
         ca.issue(
             "kube-apiserver",
-            dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                       "kubernetes.default.svc.cluster.local"),
+            dns_names=(
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ),
             ip_addresses=("127.0.0.1", "10.96.0.1"),
             server=True,
         ).write(pki, "apiserver")
@@ -356,14 +369,24 @@ class ControlPlane:
         cfg = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "distillctl-local", "cluster": {
-                "server": self.server,
-                "certificate-authority-data": upstream.b64(self.ca_pem),
-            }}],
-            "users": [{"name": "admin", "user": {
-                "client-certificate-data": upstream.b64(self.admin.cert_pem),
-                "client-key-data": upstream.b64(self.admin.key_pem),
-            }}],
+            "clusters": [
+                {
+                    "name": "distillctl-local",
+                    "cluster": {
+                        "server": self.server,
+                        "certificate-authority-data": upstream.b64(self.ca_pem),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": "admin",
+                    "user": {
+                        "client-certificate-data": upstream.b64(self.admin.cert_pem),
+                        "client-key-data": upstream.b64(self.admin.key_pem),
+                    },
+                }
+            ],
             "contexts": [{"name": "distillctl-local", "context": {"cluster": "distillctl-local", "user": "admin"}}],
             "current-context": "distillctl-local",
         }
@@ -425,39 +448,47 @@ class ControlPlane:
         self._start("etcd", argv)
         self.wait_for(
             lambda: http_ok(f"http://127.0.0.1:{p['etcd']}/health"),
-            self._remaining(), "etcd to be healthy", interval=0.1,
+            self._remaining(),
+            "etcd to be healthy",
+            interval=0.1,
         )
         self._mark("etcd")
 
     def _start_apiserver(self) -> None:
         pki = self.workdir / "pki"
         p = self.ports
-        self._start("kube-apiserver", [
-            self._binary("kube"), "apiserver",
-            f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            f"--secure-port={p['apiserver']}",
-            f"--cert-dir={self.workdir / 'apiserver'}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}",
-            f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}",
-            f"--service-account-key-file={pki / 'sa.crt'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            "--authorization-mode=Node,RBAC",
-            # Pod logs: the apiserver asks the node's kubelet endpoint, which kwok serves on 127.0.0.1.
-            "--kubelet-preferred-address-types=InternalIP",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--allow-privileged=true",
-            "--profiling=false",
-            "--v=1",
-        ])
+        self._start(
+            "kube-apiserver",
+            [
+                self._binary("kube"),
+                "apiserver",
+                f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={p['apiserver']}",
+                f"--cert-dir={self.workdir / 'apiserver'}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                f"--service-account-key-file={pki / 'sa.crt'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                "--authorization-mode=Node,RBAC",
+                # Pod logs: the apiserver asks the node's kubelet endpoint, which kwok serves on 127.0.0.1.
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
         self.wait_for(
             lambda: http_ok(f"{self.server}/readyz", ctx),
-            self._remaining(), "kube-apiserver /readyz", interval=0.2,
+            self._remaining(),
+            "kube-apiserver /readyz",
+            interval=0.2,
         )
         self._mark("kube-apiserver")
 
@@ -465,52 +496,68 @@ class ControlPlane:
         pki = self.workdir / "pki"
         p = self.ports
         kc = str(self.kubeconfig)
-        self._start("kube-controller-manager", [
-            self._binary("kube"), "controller-manager",
-            f"--kubeconfig={kc}",
-            f"--authentication-kubeconfig={kc}",
-            f"--authorization-kubeconfig={kc}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={p['kcm']}",
-            f"--cert-dir={self.workdir / 'kcm'}",
-            "--leader-elect=false",
-            f"--service-account-private-key-file={pki / 'sa.key'}",
-            f"--root-ca-file={pki / 'ca.crt'}",
-            "--use-service-account-credentials=false",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--cluster-name=distillctl-local",
-            "--kube-api-qps=200",
-            "--kube-api-burst=400",
-            "--concurrent-job-syncs=10",
-            "--profiling=false",
-            "--v=1",
-        ])
+        self._start(
+            "kube-controller-manager",
+            [
+                self._binary("kube"),
+                "controller-manager",
+                f"--kubeconfig={kc}",
+                f"--authentication-kubeconfig={kc}",
+                f"--authorization-kubeconfig={kc}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={p['kcm']}",
+                f"--cert-dir={self.workdir / 'kcm'}",
+                "--leader-elect=false",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                "--use-service-account-credentials=false",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--cluster-name=distillctl-local",
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
+                "--concurrent-job-syncs=10",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
         sched_cfg = self.workdir / "scheduler" / "config.yaml"
-        sched_cfg.write_text(yaml.safe_dump({
-            "apiVersion": "kubescheduler.config.k8s.io/v1",
-            "kind": "KubeSchedulerConfiguration",
-            "clientConnection": {"kubeconfig": kc, "qps": 200, "burst": 400},
-            "leaderElection": {"leaderElect": False},
-        }))
-        self._start("kube-scheduler", [
-            self._binary("kube"), "scheduler",
-            f"--config={sched_cfg}",
-            f"--authentication-kubeconfig={kc}",
-            f"--authorization-kubeconfig={kc}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={p['scheduler']}",
-            f"--cert-dir={self.workdir / 'scheduler'}",
-            "--profiling=false",
-            "--v=1",
-        ])
+        sched_cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kubescheduler.config.k8s.io/v1",
+                    "kind": "KubeSchedulerConfiguration",
+                    "clientConnection": {"kubeconfig": kc, "qps": 200, "burst": 400},
+                    "leaderElection": {"leaderElect": False},
+                }
+            )
+        )
+        self._start(
+            "kube-scheduler",
+            [
+                self._binary("kube"),
+                "scheduler",
+                f"--config={sched_cfg}",
+                f"--authentication-kubeconfig={kc}",
+                f"--authorization-kubeconfig={kc}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={p['scheduler']}",
+                f"--cert-dir={self.workdir / 'scheduler'}",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
         self._mark("kube-controllers-started")
 
     # -- CRDs, webhook configurations, kwok stages
 
     def _kueue_service_ref(self, path: str) -> dict:
         return {
-            "service": {"namespace": KUEUE_NAMESPACE, "name": KUEUE_WEBHOOK_SERVICE,
-                        "path": path, "port": self.ports["kueue_webhook"]},
+            "service": {
+                "namespace": KUEUE_NAMESPACE,
+                "name": KUEUE_WEBHOOK_SERVICE,
+                "path": path,
+                "port": self.ports["kueue_webhook"],
+            },
         }
 
     def _jobset_url(self, path: str) -> dict:
@@ -531,20 +578,24 @@ class ControlPlane:
             for n in (KUEUE_NAMESPACE, "jobset-system")
         ]
         self.apply(namespaces)
-        self.apply([
-            {
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": KUEUE_WEBHOOK_SERVICE, "namespace": KUEUE_NAMESPACE},
-                # The apiserver resolves an ExternalName Service to <externalName>:<webhook port>
-                # and checks the certificate for kueue-webhook-service.kueue-system.svc.
-                "spec": {"type": "ExternalName", "externalName": "127.0.0.1"},
-            },
-            {
-                # Kueue's cert rotator fills it; _mount_kueue_certs copies it to Kueue's cert dir.
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": KUEUE_WEBHOOK_SECRET, "namespace": KUEUE_NAMESPACE},
-            },
-        ])
+        self.apply(
+            [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": {"name": KUEUE_WEBHOOK_SERVICE, "namespace": KUEUE_NAMESPACE},
+                    # The apiserver resolves an ExternalName Service to <externalName>:<webhook port>
+                    # and checks the certificate for kueue-webhook-service.kueue-system.svc.
+                    "spec": {"type": "ExternalName", "externalName": "127.0.0.1"},
+                },
+                {
+                    # Kueue's cert rotator fills it; _mount_kueue_certs copies it to Kueue's cert dir.
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": KUEUE_WEBHOOK_SECRET, "namespace": KUEUE_NAMESPACE},
+                },
+            ]
+        )
         webhooks = upstream.webhook_configurations(self._source("jobset"), "jobset-", self._jobset_url)
         webhooks += upstream.webhook_configurations(self._source("kueue"), "kueue-", self._kueue_service_ref)
         self.apply(webhooks)
@@ -572,13 +623,17 @@ class ControlPlane:
         """Every `trainer` container's log is POD_LOG (a trainer's console output, written once here)."""
         path = self.workdir / "trainer.log"
         # The CRI log format a kubelet reads: `<RFC 3339 time> <stream> <F: full line> <text>`.
-        path.write_text("".join(f"2026-01-01T00:00:0{i}.000000000Z stdout F {line}\n"
-                                for i, line in enumerate(POD_LOG.splitlines())))  # fmt: skip
+        path.write_text(
+            "".join(
+                f"2026-01-01T00:00:0{i}.000000000Z stdout F {line}\n" for i, line in enumerate(POD_LOG.splitlines())
+            )
+        )
         return {
-            "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "ClusterLogs",
+            "apiVersion": "kwok.x-k8s.io/v1alpha1",
+            "kind": "ClusterLogs",
             "metadata": {"name": "trainer-logs"},
             "spec": {"logs": [{"containers": ["trainer"], "logsFile": str(path), "follow": False}]},
-        }  # fmt: skip
+        }
 
     def _kwok_stages(self) -> list[dict]:
         stages = upstream.load_yaml_docs(upstream.MANIFESTS / "kwok-stages.yaml")
@@ -593,67 +648,91 @@ class ControlPlane:
         p = self.ports
         kc = str(self.kubeconfig)
         jobset_cfg = self.workdir / "jobset-config.yaml"
-        jobset_cfg.write_text(yaml.safe_dump({
-            "apiVersion": "config.jobset.x-k8s.io/v1alpha1",
-            "kind": "Configuration",
-            "leaderElection": {"leaderElect": False},
-            "internalCertManagement": {"enable": False},
-            "webhook": {"port": p["jobset_webhook"], "host": "127.0.0.1",
-                        "certDir": str(self.workdir / "jobset-certs")},
-            "metrics": {"bindAddress": "0"},
-            "health": {"healthProbeBindAddress": f"127.0.0.1:{p['jobset_health']}"},
-            "clientConnection": {"qps": 500, "burst": 500},
-        }))
-        self._start("jobset-controller", [
-            self._binary("jobset"),
-            f"--config={jobset_cfg}",
-            f"--kubeconfig={kc}",
-            "--metrics-bind-address=0",
-            f"--health-probe-bind-address=127.0.0.1:{p['jobset_health']}",
-            "--zap-log-level=info",
-        ])
+        jobset_cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "config.jobset.x-k8s.io/v1alpha1",
+                    "kind": "Configuration",
+                    "leaderElection": {"leaderElect": False},
+                    "internalCertManagement": {"enable": False},
+                    "webhook": {
+                        "port": p["jobset_webhook"],
+                        "host": "127.0.0.1",
+                        "certDir": str(self.workdir / "jobset-certs"),
+                    },
+                    "metrics": {"bindAddress": "0"},
+                    "health": {"healthProbeBindAddress": f"127.0.0.1:{p['jobset_health']}"},
+                    "clientConnection": {"qps": 500, "burst": 500},
+                }
+            )
+        )
+        self._start(
+            "jobset-controller",
+            [
+                self._binary("jobset"),
+                f"--config={jobset_cfg}",
+                f"--kubeconfig={kc}",
+                "--metrics-bind-address=0",
+                f"--health-probe-bind-address=127.0.0.1:{p['jobset_health']}",
+                "--zap-log-level=info",
+            ],
+        )
         kueue_cfg = self.workdir / "kueue-config.yaml"
-        kueue_cfg.write_text(yaml.safe_dump({
-            "apiVersion": "config.kueue.x-k8s.io/v1beta2",
-            "kind": "Configuration",
-            "namespace": KUEUE_NAMESPACE,
-            "health": {"healthProbeBindAddress": f"127.0.0.1:{p['kueue_health']}"},
-            "metrics": {"bindAddress": "0"},
-            "webhook": {"port": p["kueue_webhook"], "host": "127.0.0.1",
-                        "certDir": str(self.workdir / "kueue-certs")},
-            "leaderElection": {"leaderElect": False},
-            "internalCertManagement": {
-                "enable": True,
-                "webhookServiceName": KUEUE_WEBHOOK_SERVICE,
-                "webhookSecretName": KUEUE_WEBHOOK_SECRET,
-            },
-            "clientConnection": {"qps": 200, "burst": 400},
-            "manageJobsWithoutQueueName": False,
-            "integrations": {"frameworks": ["jobset.x-k8s.io/jobset", "batch/job"]},
-            # The visibility API server would listen on all interfaces; not needed here.
-            "featureGates": {"VisibilityOnDemand": False},
-        }))
-        self._start("kueue-controller", [
-            self._binary("kueue"),
-            f"--config={kueue_cfg}",
-            f"--kubeconfig={kc}",
-            "--zap-log-level=info",
-        ])
+        kueue_cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "config.kueue.x-k8s.io/v1beta2",
+                    "kind": "Configuration",
+                    "namespace": KUEUE_NAMESPACE,
+                    "health": {"healthProbeBindAddress": f"127.0.0.1:{p['kueue_health']}"},
+                    "metrics": {"bindAddress": "0"},
+                    "webhook": {
+                        "port": p["kueue_webhook"],
+                        "host": "127.0.0.1",
+                        "certDir": str(self.workdir / "kueue-certs"),
+                    },
+                    "leaderElection": {"leaderElect": False},
+                    "internalCertManagement": {
+                        "enable": True,
+                        "webhookServiceName": KUEUE_WEBHOOK_SERVICE,
+                        "webhookSecretName": KUEUE_WEBHOOK_SECRET,
+                    },
+                    "clientConnection": {"qps": 200, "burst": 400},
+                    "manageJobsWithoutQueueName": False,
+                    "integrations": {"frameworks": ["jobset.x-k8s.io/jobset", "batch/job"]},
+                    # The visibility API server would listen on all interfaces; not needed here.
+                    "featureGates": {"VisibilityOnDemand": False},
+                }
+            )
+        )
+        self._start(
+            "kueue-controller",
+            [
+                self._binary("kueue"),
+                f"--config={kueue_cfg}",
+                f"--kubeconfig={kc}",
+                "--zap-log-level=info",
+            ],
+        )
         (self.workdir / "kwok.yaml").write_text("")  # no stages from files: they are Stage objects
-        self._start("kwok", [
-            self._binary("kwok"),
-            f"--kubeconfig={kc}",
-            f"--config={self.workdir / 'kwok.yaml'}",
-            "--manage-all-nodes=false",
-            f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
-            "--enable-crds=Stage,ClusterLogs",
-            "--node-lease-duration-seconds=40",
-            "--cidr=10.0.0.0/16",
-            # Every fake node's kubelet endpoint is kwok's own server on loopback: `kubectl logs` works.
-            "--node-ip=127.0.0.1",
-            f"--node-port={p['kwok_server']}",
-            f"--server-address=127.0.0.1:{p['kwok_server']}",
-        ], HOME=str(self.workdir / "home"))
+        self._start(
+            "kwok",
+            [
+                self._binary("kwok"),
+                f"--kubeconfig={kc}",
+                f"--config={self.workdir / 'kwok.yaml'}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
+                "--enable-crds=Stage,ClusterLogs",
+                "--node-lease-duration-seconds=40",
+                "--cidr=10.0.0.0/16",
+                # Every fake node's kubelet endpoint is kwok's own server on loopback: `kubectl logs` works.
+                "--node-ip=127.0.0.1",
+                f"--node-port={p['kwok_server']}",
+                f"--server-address=127.0.0.1:{p['kwok_server']}",
+            ],
+            HOME=str(self.workdir / "home"),
+        )
         self._mark("addons-started")
 
     def _mount_kueue_certs(self) -> None:
@@ -679,11 +758,13 @@ class ControlPlane:
         p = self.ports
         self.wait_for(
             lambda: http_ok(f"http://127.0.0.1:{p['jobset_health']}/readyz"),
-            self._remaining(), "jobset-controller /readyz",
+            self._remaining(),
+            "jobset-controller /readyz",
         )
         self.wait_for(
             lambda: http_ok(f"http://127.0.0.1:{p['kueue_health']}/readyz"),
-            self._remaining(), "kueue-controller /readyz",
+            self._remaining(),
+            "kueue-controller /readyz",
         )
         self._mark("addons-ready")
 
@@ -701,8 +782,12 @@ class ControlPlane:
     def _apply_kueue_fixtures(self) -> None:
         docs = upstream.load_yaml_docs(upstream.MANIFESTS / "kueue-tpu.yaml")
         # Kueue's webhooks answer once its cert is injected and served; retry until then.
-        self.wait_for(lambda: self.apply(docs) or True, self._remaining(),
-                      "Kueue webhooks to accept the queue objects", interval=0.5)
+        self.wait_for(
+            lambda: self.apply(docs) or True,
+            self._remaining(),
+            "Kueue webhooks to accept the queue objects",
+            interval=0.5,
+        )
         self._mark("kueue-objects")
 
     def _wait_cluster_ready(self) -> None:
@@ -711,20 +796,30 @@ class ControlPlane:
         core = client.CoreV1Api(self.client)
         p = self.ports
         insecure = _insecure_context()
-        self.wait_for(lambda: http_ok(f"https://127.0.0.1:{p['kcm']}/healthz", insecure),
-                      self._remaining(), "kube-controller-manager /healthz")
-        self.wait_for(lambda: http_ok(f"https://127.0.0.1:{p['scheduler']}/healthz", insecure),
-                      self._remaining(), "kube-scheduler /healthz")
+        self.wait_for(
+            lambda: http_ok(f"https://127.0.0.1:{p['kcm']}/healthz", insecure),
+            self._remaining(),
+            "kube-controller-manager /healthz",
+        )
+        self.wait_for(
+            lambda: http_ok(f"https://127.0.0.1:{p['scheduler']}/healthz", insecure),
+            self._remaining(),
+            "kube-scheduler /healthz",
+        )
         # Pods need the namespace's default ServiceAccount (made by the controller-manager).
-        self.wait_for(lambda: core.read_namespaced_service_account("default", "default"),
-                      self._remaining(), "the default ServiceAccount")
+        self.wait_for(
+            lambda: core.read_namespaced_service_account("default", "default"),
+            self._remaining(),
+            "the default ServiceAccount",
+        )
         if self.with_fixtures:
             expected = sum(pool["nodes"] for pool in node_pools()["pools"])
 
             def nodes_ready() -> bool:
                 nodes = core.list_node().items
                 ready = [
-                    n for n in nodes
+                    n
+                    for n in nodes
                     if any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
                     and not any(t.key.startswith("node.kubernetes.io/") for t in (n.spec.taints or []))
                 ]
@@ -735,8 +830,9 @@ class ControlPlane:
 
             def queue_active() -> bool:
                 cq = custom.get_cluster_custom_object("kueue.x-k8s.io", "v1beta2", "clusterqueues", "cluster-queue")
-                return any(c["type"] == "Active" and c["status"] == "True"
-                           for c in cq.get("status", {}).get("conditions", []))
+                return any(
+                    c["type"] == "Active" and c["status"] == "True" for c in cq.get("status", {}).get("conditions", [])
+                )
 
             self.wait_for(queue_active, self._remaining(), "ClusterQueue cluster-queue to be Active")
         self._mark("ready")
@@ -756,33 +852,35 @@ def tpu_nodes() -> list[dict]:
     for pool in spec["pools"]:
         for i in range(pool["nodes"]):
             name = f"gke-{pool['name']}-{i:02d}"
-            nodes.append({
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {
-                    "name": name,
-                    "annotations": {FAKE_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
-                    "labels": {
-                        "kubernetes.io/hostname": name,
-                        "kubernetes.io/os": "linux",
-                        "kubernetes.io/arch": "amd64",
-                        "type": "kwok",
-                        "node.kubernetes.io/instance-type": pool["machineType"],
-                        "topology.kubernetes.io/zone": spec["zone"],
-                        "topology.kubernetes.io/region": spec["region"],
-                        "cloud.google.com/gke-nodepool": pool["name"],
-                        "cloud.google.com/gke-tpu-accelerator": pool["accelerator"],
-                        "cloud.google.com/gke-tpu-topology": pool["topology"],
-                        "cloud.google.com/machine-family": pool["machineType"].split("-")[0],
-                        "cloud.google.com/gke-os-distribution": "cos",
+            nodes.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {
+                        "name": name,
+                        "annotations": {FAKE_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                        "labels": {
+                            "kubernetes.io/hostname": name,
+                            "kubernetes.io/os": "linux",
+                            "kubernetes.io/arch": "amd64",
+                            "type": "kwok",
+                            "node.kubernetes.io/instance-type": pool["machineType"],
+                            "topology.kubernetes.io/zone": spec["zone"],
+                            "topology.kubernetes.io/region": spec["region"],
+                            "cloud.google.com/gke-nodepool": pool["name"],
+                            "cloud.google.com/gke-tpu-accelerator": pool["accelerator"],
+                            "cloud.google.com/gke-tpu-topology": pool["topology"],
+                            "cloud.google.com/machine-family": pool["machineType"].split("-")[0],
+                            "cloud.google.com/gke-os-distribution": "cos",
+                        },
                     },
-                },
-                "spec": {"taints": list(spec.get("taints", []))},
-                "status": {
-                    "capacity": dict(pool["capacity"]),
-                    "allocatable": dict(pool["capacity"]),
-                },
-            })
+                    "spec": {"taints": list(spec.get("taints", []))},
+                    "status": {
+                        "capacity": dict(pool["capacity"]),
+                        "allocatable": dict(pool["capacity"]),
+                    },
+                }
+            )
     return nodes
 
 

@@ -87,13 +87,18 @@ class FaultProxy:
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         port = self._server.server_address[1]
-        self.kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "proxy", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-            "users": [{"name": "proxy", "user": {}}],
-            "contexts": [{"name": "proxy", "context": {"cluster": "proxy", "user": "proxy"}}],
-            "current-context": "proxy",
-        }))  # fmt: skip
+        self.kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "proxy", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                    "users": [{"name": "proxy", "user": {}}],
+                    "contexts": [{"name": "proxy", "context": {"cluster": "proxy", "user": "proxy"}}],
+                    "current-context": "proxy",
+                }
+            )
+        )
         return self
 
     def stop(self) -> None:
@@ -119,8 +124,15 @@ class FaultProxy:
         body = request.rfile.read(length) if length else None
         rule = self._rule_for(method, path)
         if rule is not None and rule.action == "status":
-            payload = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": rule.status,
-                                  "message": f"injected {rule.status}"}).encode()  # fmt: skip
+            payload = json.dumps(
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "code": rule.status,
+                    "message": f"injected {rule.status}",
+                }
+            ).encode()
             request.send_response(rule.status)
             request.send_header("Content-Type", "application/json")
             if rule.retry_after is not None:

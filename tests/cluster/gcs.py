@@ -43,10 +43,26 @@ class GcsEmulator:
         binary = load_build(("fake-gcs-server",))["fake-gcs-server"]["binary"]
         (port,) = free_ports(1)
         self.url = f"http://127.0.0.1:{port}"
-        component = self.supervisor.start("fake-gcs-server", [
-            binary, "-scheme", "http", "-host", "127.0.0.1", "-port", port, "-backend", "memory",
-            "-external-url", self.url, "-public-host", f"127.0.0.1:{port}", "-log-level", "warn",
-        ])  # fmt: skip
+        component = self.supervisor.start(
+            "fake-gcs-server",
+            [
+                binary,
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                port,
+                "-backend",
+                "memory",
+                "-external-url",
+                self.url,
+                "-public-host",
+                f"127.0.0.1:{port}",
+                "-log-level",
+                "warn",
+            ],
+        )
         deadline = time.monotonic() + START_TIMEOUT
         while not http_ok(f"{self.url}/storage/v1/b"):
             component.check()
@@ -56,9 +72,11 @@ class GcsEmulator:
 
     def create_bucket(self, name: str) -> None:
         request = urllib.request.Request(
-            f"{self.url}/storage/v1/b?project=distillctl-test", data=json.dumps({"name": name}).encode(),
-            headers={"Content-Type": "application/json"}, method="POST",
-        )  # fmt: skip
+            f"{self.url}/storage/v1/b?project=distillctl-test",
+            data=json.dumps({"name": name}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         with urllib.request.urlopen(request, timeout=10):
             pass
 

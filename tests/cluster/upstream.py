@@ -43,9 +43,7 @@ def load_build(required: tuple[str, ...] = ("etcd", "kube", "jobset", "kueue", "
         elif not Path(entry.get("source", "")).is_dir():
             missing.append(f"{name} (module source {entry.get('source')})")
     if missing:
-        raise NotBuilt(
-            f"control plane components not built: {', '.join(missing)}; run `make cluster-build`"
-        )
+        raise NotBuilt(f"control plane components not built: {', '.join(missing)}; run `make cluster-build`")
     return build
 
 
