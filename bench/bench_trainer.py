@@ -49,7 +49,7 @@ LR, ALPHA, TEMPERATURE = 1e-3, 0.5, 2.0
 
 
 def spec_for(size: dict, steps: int):
-    from trainer.specfile import validate_data
+    from distillspec.specfile import validate_data
 
     spec, problems = validate_data(
         {

@@ -14,15 +14,15 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
+from distillspec import maxtext_format
+from distillspec.problems import has_errors
+from distillspec.registry import MODELS
+from distillspec.specfile import SpecReport, read_spec_file
 from orchestrator import console, launch_commands, results_commands, sweep_commands, train_command
 from orchestrator.console import OutputFormat
+from orchestrator.core.explain import explain as explain_spec
 from orchestrator.errors import USAGE_CODES, DistillctlError, InvalidSpecError, UsageError
 from orchestrator.exit_codes import ExitCode, epilog
-from orchestrator.explain import explain as explain_spec
-from trainer import maxtext_format
-from trainer.problems import has_errors
-from trainer.registry import MODELS
-from trainer.specfile import SpecReport, read_spec_file
 
 
 class _Commands(TyperGroup):

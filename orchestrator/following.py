@@ -5,27 +5,27 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
+from distillspec.problems import Problem
+from distillspec.sweep import Target
 from orchestrator import console
 from orchestrator.backends import Backend
+from orchestrator.backends.kubernetes.client import ClusterAccess
+from orchestrator.core.expansion import Expansion
+from orchestrator.core.run_status import DEFAULT_STALL_SECONDS, Observation, RunStatus, derive
 from orchestrator.errors import UsageError
-from orchestrator.expansion import Expansion
-from orchestrator.kube_client import ClusterAccess
-from orchestrator.run_outputs import RunOutputs, read_run_outputs
-from orchestrator.run_status import DEFAULT_STALL_SECONDS, Observation, RunStatus, derive
-from orchestrator.sweep_file import Target
-from trainer.problems import Problem
+from orchestrator.outputs import RunOutputs, read_run_outputs
 
 
 def backend_for(target: Target, access: ClusterAccess) -> Backend:
     if target.kind == "local":
-        from orchestrator.backends.local import LocalBackend
+        from orchestrator.backends.local.backend import LocalBackend
 
         return LocalBackend(target)
     if target.kind == "xpk":
-        from orchestrator.backends.xpk import XpkBackend
+        from orchestrator.backends.xpk.backend import XpkBackend
 
         return XpkBackend(target, access)
-    from orchestrator.backends.kubernetes import KubernetesBackend
+    from orchestrator.backends.kubernetes.backend import KubernetesBackend
 
     return KubernetesBackend(target, access)
 

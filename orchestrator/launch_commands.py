@@ -13,16 +13,17 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator import console, rendering
+from orchestrator import console
 from orchestrator.backends import Backend, LogRequest
+from orchestrator.backends.kubernetes.client import ClusterAccess
 from orchestrator.console import OutputFormat
+from orchestrator.core import rendering
+from orchestrator.core.expansion import Expansion, Point
+from orchestrator.core.reconcile import DELETING, Action, reconcile
+from orchestrator.core.run_status import RunStatus
 from orchestrator.errors import DistillctlError, UsageError
 from orchestrator.exit_codes import ExitCode
-from orchestrator.expansion import Expansion, Point
 from orchestrator.following import DEFAULT_STALL_SECONDS, backend_for, sweep_status
-from orchestrator.kube_client import ClusterAccess
-from orchestrator.reconcile import DELETING, Action, reconcile
-from orchestrator.run_status import RunStatus
 from orchestrator.sweep_commands import expand_sweep
 
 POLL_SECONDS = 2.0

@@ -18,10 +18,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator
 
-from orchestrator import aggregate
-from orchestrator.results import HARD_LOSS, KL_T1, Results, Row
-from orchestrator.run_outputs import LogLine
-from trainer.config import DistillSpec
+from distillspec.config import DistillSpec
+from orchestrator.core import aggregate
+from orchestrator.core.results import HARD_LOSS, KL_T1, Results, Row
+from orchestrator.outputs import LogLine
 
 TEACHER_LOSS = "distill/teacher_loss"
 SCHEDULES = (

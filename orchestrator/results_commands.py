@@ -17,20 +17,23 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
-from orchestrator import console, golden as golden_file, identity, regress as regression, results, results_format
+from distillspec.problems import Problem
+from orchestrator import console, results_format
+from orchestrator.backends.kubernetes.client import ClusterAccess
+from orchestrator.core import golden as golden_file
+from orchestrator.core import identity, results
+from orchestrator.core import regress as regression
+from orchestrator.core.expansion import Expansion
+from orchestrator.core.reconcile import reconcile
+from orchestrator.core.results import StatusFn
+from orchestrator.core.run_status import RunStatus
+from orchestrator.core.waiting import poll_until
 from orchestrator.errors import DistillctlError, InvalidSpecError, UsageError
 from orchestrator.exit_codes import ExitCode
-from orchestrator.expansion import Expansion
-from orchestrator.run_outputs import RunOutputs, read_run_outputs
-from orchestrator.results import StatusFn
-from orchestrator.run_status import RunStatus
-from orchestrator.sweep_commands import SlicesOption, SweepArgument, TpuOption, YesOption, expand_sweep
 from orchestrator.following import backend_for, derive_all
-from orchestrator.kube_client import ClusterAccess
-from orchestrator.reconcile import reconcile
 from orchestrator.launch_commands import ContextOption, ImageOption, KubeconfigOption, NamespaceOption
-from orchestrator.waiting import poll_until
-from trainer.problems import Problem
+from orchestrator.outputs import RunOutputs, read_run_outputs
+from orchestrator.sweep_commands import SlicesOption, SweepArgument, TpuOption, YesOption, expand_sweep
 
 WindowOption = Annotated[
     int,

@@ -15,7 +15,7 @@ from typing import Any
 from rich.table import Table
 
 from orchestrator import console
-from orchestrator.results import KL_T1, TABLE_METRICS, Results, Row, short_metric
+from orchestrator.core.results import KL_T1, TABLE_METRICS, Results, Row, short_metric
 
 MISSING = "—"
 BEST = "★"

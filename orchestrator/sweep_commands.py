@@ -14,11 +14,15 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator import console, expansion, plan as planning, rendering, tpu, xpk_command
+from distillspec import tpu
+from distillspec.problems import Problem, has_errors
+from distillspec.sweep import load_sweep, override_target
+from orchestrator import console
+from orchestrator.backends.xpk import command as xpk_command
 from orchestrator.console import OutputFormat
+from orchestrator.core import expansion, rendering
+from orchestrator.core import plan as planning
 from orchestrator.errors import USAGE_CODES, InvalidSpecError, UsageError
-from orchestrator.sweep_file import load_sweep, override_target
-from trainer.problems import Problem, has_errors
 
 GB = 1e9
 

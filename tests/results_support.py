@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from orchestrator.expansion import Expansion, Point, expand
-from orchestrator.sweep_file import load_sweep
+from distillspec.sweep import load_sweep
+from orchestrator.core.expansion import Expansion, Point, expand
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = ROOT / "sweeps"

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from trainer.specfile import SpecReport, read_spec_text
+from distillspec.specfile import SpecReport, read_spec_text
 
 GOOD: dict[str, Any] = {
     "name": "t",

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import copy
-import os
 import functools
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from orchestrator.expansion import Expansion, expand
-from orchestrator.sweep_file import SweepSource, load_sweep
+from distillspec.sweep import SweepSource, load_sweep
+from orchestrator.core.expansion import Expansion, expand
 from tests.spec_helpers import GOOD
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -148,7 +148,7 @@ def test_unknown_option_is_usage_error():
 def test_console_script_runs_without_jax():
     """The CLI (and the spec model) never import JAX: validation runs on laptops without it."""
     code = (
-        "import sys; import orchestrator.cli, trainer.config, trainer.specfile;"
+        "import sys; import orchestrator.cli, distillspec.config, distillspec.specfile;"
         "from orchestrator.cli import app; from typer.testing import CliRunner;"
         f"r = CliRunner().invoke(app, ['validate', '{ROOT / 'sweeps' / 'tiny.yaml'}']);"
         "assert r.exit_code == 0, r.output; assert 'jax' not in sys.modules, 'jax was imported'"

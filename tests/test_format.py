@@ -1,4 +1,4 @@
-"""The code has one formatter, ruff format (settings in pyproject.toml), and no `# fmt: skip` escapes."""
+"""The code has one formatter, ruff format (settings in pyproject.toml), and no formatter escape comments."""
 
 import shutil
 import subprocess

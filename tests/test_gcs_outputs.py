@@ -26,8 +26,8 @@ import yaml
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from orchestrator.core.rendering import spec_json
 from orchestrator.exit_codes import ExitCode
-from orchestrator.rendering import spec_json
 from tests.results_support import expanded, sweep_data
 
 REPO = Path(__file__).resolve().parents[1]

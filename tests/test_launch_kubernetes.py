@@ -8,7 +8,6 @@ Kueue's queue. Pods "run" for `run_duration` (a pod annotation the kwok stages r
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from kubernetes import client
 from kubernetes import utils as k8s_utils
 from typer.testing import CliRunner
 
-from orchestrator import kube_client
+from orchestrator.backends.kubernetes import client as kube_client
 from orchestrator.cli import app
 from orchestrator.exit_codes import ExitCode
 from tests.cluster.fault_proxy import FaultProxy, Rule

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.backends import local_claims
+from orchestrator.backends.local import claims as local_claims
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

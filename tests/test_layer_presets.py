@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.layer_presets import PresetError, parse_preset, resolve_preset, straddle
+from distillspec.layer_presets import PresetError, parse_preset, resolve_preset, straddle
 
 
 def test_full_depth_matches_the_guide():

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from results_support import STEPS, expanded, finish_all, png_size, write_outputs, write_sweep
 from typer.testing import CliRunner
 
-from orchestrator import plots, results
+from orchestrator import plots
 from orchestrator.cli import app
+from orchestrator.core import results
 from orchestrator.exit_codes import ExitCode
-from orchestrator.run_outputs import read_run_outputs
-from results_support import STEPS, expanded, finish_all, png_size, write_outputs, write_sweep
+from orchestrator.outputs import read_run_outputs
 
 runner = CliRunner()
 

@@ -7,14 +7,15 @@ import xml.etree.ElementTree as ET
 
 import pytest
 import yaml
+from results_support import expanded, finish_all, write_outputs, write_sweep
 from typer.testing import CliRunner
 
-from orchestrator.kube_client import ClusterAccess
-from orchestrator import golden as golden_file, results_commands
+from orchestrator import results_commands
+from orchestrator.backends.kubernetes.client import ClusterAccess
 from orchestrator.cli import app
+from orchestrator.core import golden as golden_file
+from orchestrator.core.run_status import RunStatus
 from orchestrator.exit_codes import ExitCode
-from orchestrator.run_status import RunStatus
-from results_support import expanded, finish_all, write_outputs, write_sweep
 
 runner = CliRunner()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.waiting import poll_until
+from orchestrator.core.waiting import poll_until
 
 
 class FakeTime:

@@ -9,10 +9,6 @@ import pytest
 import yaml
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-
-from orchestrator import rendering
-from orchestrator.expansion import expand
-from orchestrator.sweep_file import load_sweep, override_target
 from sweep_support import (
     EXAMPLE_SWEEPS,
     JOBSET_VERSIONS,
@@ -24,6 +20,10 @@ from sweep_support import (
     pod_template_errors,
     sweep_data,
 )
+
+from distillspec.sweep import load_sweep, override_target
+from orchestrator.core import rendering
+from orchestrator.core.expansion import expand
 
 SHAPES = {"v5p-128x2": {"tpu_type": "v5p-128", "slices": 2}, "v6e-256": {"tpu_type": "v6e-256", "slices": 1}}
 

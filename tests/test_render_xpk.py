@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from orchestrator import rendering, xpk_command
-from orchestrator.expansion import expand
-from orchestrator.sweep_file import load_sweep, override_target
 from sweep_support import ROOT, SWEEPS
+
+from distillspec.sweep import load_sweep, override_target
+from orchestrator.backends.xpk import command as xpk_command
+from orchestrator.core import rendering
+from orchestrator.core.expansion import expand
 
 XPK_BIN = Path(os.environ.get("XPK_BIN", ROOT / ".venv-xpk" / "bin" / "xpk"))
 

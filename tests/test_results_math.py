@@ -8,11 +8,11 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from orchestrator import aggregate
+from orchestrator.core import aggregate
+from orchestrator.core.golden import Approx, Band, Deterministic, Finished, GoldenFile, GoldenPoint, derive
+from orchestrator.core.regress import Observed, evaluate, junit_xml, markdown
 from orchestrator.exit_codes import ExitCode
-from orchestrator.golden import Approx, Band, Deterministic, Finished, GoldenFile, GoldenPoint, derive
-from orchestrator.regress import Observed, evaluate, junit_xml, markdown
-from orchestrator.run_outputs import LogLine, parse_log_line, read_run_outputs
+from orchestrator.outputs import LogLine, parse_log_line, read_run_outputs
 
 
 def line(step, kl=None, hard=None, tokens=None, time=None, rate=None):

@@ -7,13 +7,13 @@ import json
 
 import fsspec
 import pytest
+from results_support import expanded, records, summary, write_outputs, write_sweep
 from typer.testing import CliRunner
 
-from orchestrator import run_outputs
+from orchestrator import outputs as run_outputs
 from orchestrator.cli import app
 from orchestrator.exit_codes import ExitCode
-from orchestrator.run_outputs import MissingFilesystem, read_run_outputs
-from results_support import expanded, records, summary, write_outputs, write_sweep
+from orchestrator.outputs import MissingFilesystem, read_run_outputs
 
 runner = CliRunner()
 
@@ -97,8 +97,8 @@ def test_an_unknown_protocol_is_a_usage_error():
 
 def test_image_override_finds_runs_launched_with_another_image(tmp_path):
     """The image is part of each run id: a sweep launched with `--image` is read back with the same override."""
-    from orchestrator.expansion import expand
-    from orchestrator.sweep_file import load_sweep, override_target
+    from distillspec.sweep import load_sweep, override_target
+    from orchestrator.core.expansion import expand
 
     target = {
         "kind": "kubernetes",

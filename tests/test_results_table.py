@@ -8,12 +8,6 @@ import json
 import math
 
 import pytest
-from typer.testing import CliRunner
-
-from orchestrator import results, results_format
-from orchestrator.cli import app
-from orchestrator.exit_codes import ExitCode
-from orchestrator.run_outputs import read_run_outputs
 from results_support import (
     LOG_EVERY,
     START_TIME,
@@ -26,6 +20,13 @@ from results_support import (
     write_outputs,
     write_sweep,
 )
+from typer.testing import CliRunner
+
+from orchestrator import results_format
+from orchestrator.cli import app
+from orchestrator.core import results
+from orchestrator.exit_codes import ExitCode
+from orchestrator.outputs import read_run_outputs
 
 runner = CliRunner()
 

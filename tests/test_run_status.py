@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from orchestrator.run_outputs import LogLine, RunOutputs
-from orchestrator.run_status import Condition, Observation, derive
+from orchestrator.core.run_status import Condition, Observation, derive
+from orchestrator.outputs import LogLine, RunOutputs
 
 NOW = 1_000_000.0
 
@@ -77,7 +77,6 @@ def test_lost_local_process():
 
 
 def test_a_run_being_deleted_is_pending_and_waited_for():
-    from orchestrator.reconcile import reconcile
 
     s = status(Observation(exists=True, deleting=True, conditions=(Condition("Completed", "True"),)))
     assert s.shown == "Pending (Deleting)"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.specfile import read_spec_file, read_spec_text
-from trainer.yaml_source import MAX_BYTES, YamlSourceError, parse_yaml
+from distillspec.specfile import read_spec_file, read_spec_text
+from distillspec.yaml_source import MAX_BYTES, YamlSourceError, parse_yaml
 
 
 def only_problem(report):

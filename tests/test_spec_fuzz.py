@@ -8,9 +8,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from distillspec.config import DistillSpec
+from distillspec.specfile import read_spec_text
 from tests.spec_helpers import GOOD
-from trainer.config import DistillSpec
-from trainer.specfile import read_spec_text
 
 KEYS = [
     "student",

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer import maxtext_format
-from trainer.specfile import read_spec_file, read_spec_text, validate_data
+from distillspec import maxtext_format
+from distillspec.specfile import read_spec_file, read_spec_text, validate_data
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 

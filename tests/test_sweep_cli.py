@@ -6,11 +6,11 @@ import json
 
 import pytest
 import yaml
+from sweep_support import EXAMPLE_SWEEPS, SWEEPS, TARGET, sweep_data, write
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from orchestrator.exit_codes import ExitCode
-from sweep_support import EXAMPLE_SWEEPS, SWEEPS, TARGET, sweep_data, write
 
 runner = CliRunner()
 

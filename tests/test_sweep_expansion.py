@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from orchestrator.expansion import DEFAULT_MAX_POINTS, GridTooLarge, expand
 from sweep_support import SPEC, error_codes, expanded, load, sweep_data, write
+
+from orchestrator.core.expansion import DEFAULT_MAX_POINTS, GridTooLarge, expand
 
 
 def values(result, *paths):
@@ -93,7 +93,7 @@ def test_points_carry_the_run_identity_and_output_path(tmp_path):
 
 def test_an_invalid_point_names_the_point_its_axis_values_and_the_value_in_the_file(tmp_path):
     path = write(tmp_path, sweep_data(axes={"loss.alpha.end": [0.5, 1.5], "loss.temperature": [1.0, 2.0]}))
-    from orchestrator.sweep_file import load_sweep
+    from distillspec.sweep import load_sweep
 
     result = expand(load_sweep(path))
     assert result.points == () and not result.ok
@@ -183,8 +183,9 @@ def test_a_maxtext_base_spec_works_with_flat_axis_names(tmp_path):
 
 
 def test_the_same_point_in_two_example_sweeps_has_one_id():
-    from orchestrator.sweep_file import load_sweep
     from sweep_support import SWEEPS
+
+    from distillspec.sweep import load_sweep
 
     alpha = expand(load_sweep(SWEEPS / "alpha-end.yaml"))
     beta = expand(load_sweep(SWEEPS / "beta-end.yaml"))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from orchestrator import spec_paths
-from orchestrator.sweep_file import load_sweep
 from sweep_support import error_codes, load, sweep_data, write
+
+from distillspec import spec_paths
+from distillspec.sweep import load_sweep
 
 
 def test_a_valid_sweep_loads_without_problems(tmp_path):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from sweep_support import SPEC, TARGET, error_codes, expanded, sweep_data
 
-from orchestrator import identity
-from orchestrator.sweep_file import Target
-from sweep_support import TARGET, error_codes, expanded, sweep_data
-from trainer.config import DistillSpec
-from sweep_support import SPEC
+from distillspec.config import DistillSpec
+from distillspec.sweep import Target
+from orchestrator.core import identity
 
 SPEC_MODEL = DistillSpec.model_validate(SPEC)
 

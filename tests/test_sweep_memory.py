@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import cost, memory, tpu
-from trainer.config import DistillSpec
+from distillspec import tpu
+from distillspec.config import DistillSpec
+from orchestrator.core import cost, memory
 
 LLAMA = {
     "student": {"model": "llama3.1-8b"},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import tpu
+from distillspec import tpu
 
 xpk_sc = pytest.importorskip("xpk.core.system_characteristics", reason="XPK is a test reference: run `make xpk`")
 XPK = xpk_sc.UserFacingNameToSystemCharacteristics

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
-
 from trainer_support import REPO, TEACHER, merged, python_env, run_trainer
+from typer.testing import CliRunner
 
 pytest.importorskip("jax")
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.config import DataSpec
+from distillspec.config import DataSpec
 from trainer.exit_codes import UserError
 
 pytest.importorskip("jax")

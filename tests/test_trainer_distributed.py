@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 import pytest
-
 from trainer_support import REPO, TEACHER, merged, python_env, read_metrics, run_trainer, write_spec
 
 pytest.importorskip("jax")

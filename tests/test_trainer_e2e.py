@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from trainer_support import (
     REPO,
     TEACHER,

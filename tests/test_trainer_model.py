@@ -9,8 +9,8 @@ jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from distillspec.registry import MODELS  # noqa: E402
 from trainer.model import FEATURES, ModelConfig, abstract_model, drop_layers, forward, host_init  # noqa: E402
-from trainer.registry import MODELS  # noqa: E402
 from trainer.setup import _restack  # noqa: E402
 
 SHAPE = MODELS["tiny-4l"]

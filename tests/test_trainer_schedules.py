@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 import pytest
-
-from trainer.schedules import schedule_value
 from trainer_support import TEACHER, merged, spec_of
+
+from distillspec.schedules import schedule_value
 
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402

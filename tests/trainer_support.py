@@ -26,7 +26,7 @@ TEACHER = {
 
 
 def spec_of(data: dict[str, Any]):
-    from trainer.specfile import validate_data
+    from distillspec.specfile import validate_data
 
     spec, problems = validate_data(data)
     assert spec is not None, [p.message for p in problems]

@@ -16,10 +16,11 @@ import json
 import os
 import sys
 
+from distillspec.contract import ENV_SPEC
+from distillspec.problems import Problem
 from trainer.exit_codes import DESCRIPTIONS, TrainerExit
-from trainer.problems import Problem
 
-SPEC_ENV = "DISTILLCTL_SPEC"
+SPEC_ENV = ENV_SPEC
 
 
 def problem_line(p: Problem) -> str:
@@ -45,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def load_spec(args: argparse.Namespace):
     """`(spec, problems)` from --spec or $DISTILLCTL_SPEC, overrides applied."""
-    from trainer.specfile import read_spec_file, validate_data
+    from distillspec.specfile import read_spec_file, validate_data
     from trainer.train import with_overrides
 
     if args.spec:

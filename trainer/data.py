@@ -26,7 +26,7 @@ from typing import Protocol
 import fsspec
 import numpy as np
 
-from trainer.config import DataSpec
+from distillspec.config import DataSpec
 from trainer.exit_codes import UserError
 
 SYNTHETIC_SUCCESSORS = 4

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from trainer.config import ModelSpec
-from trainer.registry import ModelShape
+from distillspec.config import ModelSpec
+from distillspec.registry import ModelShape
 from trainer.sharding import constrain
 
 FEATURES = "out_projection_activations"

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from trainer.config import MeshSpec
+from distillspec.config import MeshSpec
 from trainer.exit_codes import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")

@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from distillspec.config import DistillSpec
 from trainer import loss as losses
-from trainer.config import DistillSpec
 from trainer.model import forward
 
 State = dict[str, Any]  # {"params", "opt_state", "step", "window", "bad_step"}

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from trainer.config import DistillSpec
+from distillspec.config import DistillSpec
 from trainer.exit_codes import RetryableError, TrainerError, TrainerExit, UserError
 
 
@@ -75,7 +75,7 @@ class _Stop:
 
 def with_overrides(spec: DistillSpec, *, output_dir: str | None = None, steps: int | None = None):
     """`(spec, problems)` with command-line overrides applied and everything validated again (spec None on error)."""
-    from trainer.specfile import validate_data
+    from distillspec.specfile import validate_data
 
     changes = {k: v for k, v in (("output_dir", output_dir), ("steps", steps)) if v is not None}
     if not changes:

@@ -11,8 +11,8 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Literal, Protocol
 
-from orchestrator.expansion import Expansion, Point
-from orchestrator.run_status import Observation
+from orchestrator.core.expansion import Expansion, Point
+from orchestrator.core.run_status import Observation
 
 DryRun = Literal["client", "server"]
 Submitted = Literal["created", "exists", "dry-run"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import ctypes
 import json
-import shutil
 import os
+import shutil
 import signal
 import subprocess
 import time

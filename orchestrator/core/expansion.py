@@ -21,11 +21,12 @@ import math
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from orchestrator import identity, spec_paths, tpu
-from orchestrator.sweep_file import PLACEHOLDER, SpecSource, Sweep, SweepSource, same_value
-from trainer.config import DistillSpec
-from trainer.problems import Loc, Problem, has_errors
-from trainer.specfile import validate_data
+from distillspec import spec_paths, tpu
+from distillspec.config import DistillSpec
+from distillspec.problems import Loc, Problem, has_errors
+from distillspec.specfile import validate_data
+from distillspec.sweep import PLACEHOLDER, SpecSource, Sweep, SweepSource, same_value
+from orchestrator.core import identity
 
 DEFAULT_MAX_POINTS = 64  # larger grids need an explicit yes (`--yes`)
 HARD_MAX_GRID = 100_000  # never enumerated, whatever the caller allows

@@ -35,8 +35,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from trainer.problems import Problem
-from trainer.yaml_source import YamlSourceError, parse_yaml, read_text_file
+from distillspec.problems import Problem
+from distillspec.yaml_source import YamlSourceError, parse_yaml, read_text_file
 
 DEFAULT_METRICS = ("distill/kl_div_T1", "distill/hard_loss", "distill/top1_agreement")
 DEFAULT_RTOL = 0.1

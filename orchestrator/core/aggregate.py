@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from orchestrator.run_outputs import LogLine
+from orchestrator.outputs import LogLine
 
 HARD_LOSS = "distill/hard_loss"
 KL_T1 = "distill/kl_div_T1"  # the guide's cross-run comparison metric

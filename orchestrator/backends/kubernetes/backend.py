@@ -17,12 +17,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from orchestrator import rendering
+from distillspec.sweep import Target
 from orchestrator.backends import DryRun, LogRequest, Submitted
-from orchestrator.errors import DistillctlError, UsageError
-from orchestrator.exit_codes import ExitCode
-from orchestrator.expansion import Expansion, Point
-from orchestrator.kube_client import (
+from orchestrator.backends.kubernetes.client import (
     CONNECTION_ERRORS,
     Cluster,
     ClusterAccess,
@@ -32,8 +29,11 @@ from orchestrator.kube_client import (
     server_message,
     unreachable,
 )
-from orchestrator.run_status import Condition, Observation
-from orchestrator.sweep_file import Target
+from orchestrator.core import rendering
+from orchestrator.core.expansion import Expansion, Point
+from orchestrator.core.run_status import Condition, Observation
+from orchestrator.errors import DistillctlError, UsageError
+from orchestrator.exit_codes import ExitCode
 
 JOBSET = ("jobset.x-k8s.io", "v1alpha2", "jobsets")
 KUEUE_GROUP = "kueue.x-k8s.io"

@@ -6,9 +6,9 @@ the file's keys and positions). Each rule has a stable code.
 
 from __future__ import annotations
 
-from trainer import layer_presets
-from trainer.config import BUNDLED_DATA_SOURCES, DistillSpec, ScheduledValue
-from trainer.problems import Problem
+from distillspec import layer_presets
+from distillspec.config import BUNDLED_DATA_SOURCES, DistillSpec, ScheduledValue
+from distillspec.problems import Problem
 
 
 def check(spec: DistillSpec) -> list[Problem]:

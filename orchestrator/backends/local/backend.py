@@ -1,6 +1,6 @@
 """The local backend: a sweep's points as trainer processes on this machine (CPU), same output layout as a cluster.
 
-Submitting hands the runs to a detached supervisor (`orchestrator.local_supervisor`), which keeps going after the
+Submitting hands the runs to a detached supervisor (`orchestrator.backends.local.supervisor`), which keeps going after the
 command returns; observing reads each run's claim file and outputs; deleting stops the run's process group with
 SIGTERM (the trainer saves a checkpoint and exits 143) and removes its claim.
 """
@@ -17,17 +17,18 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from distillspec.contract import exit_reason
+from distillspec.sweep import Target
 from orchestrator.backends import DryRun, LogRequest, Submitted
-from orchestrator.backends import local_claims
+from orchestrator.backends.local import claims as local_claims
+from orchestrator.backends.local import supervisor as supervisor_module
+from orchestrator.core.expansion import Expansion, Point
+from orchestrator.core.rendering import spec_json
+from orchestrator.core.run_status import Condition, Observation
 from orchestrator.errors import DistillctlError, UsageError
 from orchestrator.exit_codes import ExitCode
-from orchestrator.expansion import Expansion, Point
-from orchestrator.rendering import spec_json
-from orchestrator.run_status import Condition, Observation
-from orchestrator.sweep_file import Target
 
 STOP_GRACE_SECONDS = 60.0
-EXIT_REASONS = {1: "UserError", 42: "Retryable", 65: "Diverged", 70: "TrainerBug", 143: "Terminated", 137: "Killed"}
 
 
 class LocalBackend:
@@ -86,7 +87,7 @@ class LocalBackend:
         log = open(base / f".{runs[0].sweep}.supervisor.log", "ab")
         try:
             supervisor = subprocess.Popen(
-                [self.python, "-m", "orchestrator.local_supervisor"],
+                [self.python, "-m", supervisor_module.__name__],
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -173,9 +174,7 @@ def observe_claim(claim: local_claims.Claim | None) -> Observation:
     if code == 0:
         condition = Condition("Completed", "True", "AllJobsCompleted")
     else:
-        condition = Condition(
-            "Failed", "True", EXIT_REASONS.get(code, f"ExitCode{code}"), f"the trainer exited with {code}"
-        )
+        condition = Condition("Failed", "True", exit_reason(code), f"the trainer exited with {code}")
     return Observation(exists=True, conditions=(condition,), restarts=claim.restarts, created_at=claim.created_at)
 
 
@@ -200,6 +199,6 @@ def _stop_groups(pids: list[int]) -> None:
 
 def _importable_env() -> dict[str, str]:
     """The environment, with this checkout importable by the supervisor and trainer processes."""
-    root = str(Path(__file__).resolve().parents[2])
+    root = str(Path(__file__).resolve().parents[3])
     path = os.environ.get("PYTHONPATH", "")
     return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}

@@ -5,8 +5,9 @@
 - linear:   `start + (end - start) * progress`
 - cosine:   `end + (start - end) * 0.5 * (1 + cos(pi * progress))`
 
-`step` is the optimizer step. It may be a Python number (planning, `explain`) or a JAX array inside a jitted
-step; JAX is imported only in the second case, so the orchestrator can use this module without it.
+`step` is the optimizer step. It may be a Python number (planning, `explain`) or an array inside a jitted step;
+an array is computed with its own namespace (`step.__array_namespace__()`, the Array API), so this module never
+imports JAX.
 """
 
 from __future__ import annotations
@@ -23,20 +24,19 @@ def schedule_value(kind: ScheduleKind, start: float, end: float | None, step, ma
     if kind not in SCHEDULE_KINDS:
         raise ValueError(f"unknown schedule {kind!r}; expected one of {', '.join(SCHEDULE_KINDS)}")
     if kind == "constant" or end is None:
-        return start if isinstance(step, (int, float)) else _jnp().asarray(start, dtype=_jnp().float32)
+        return start if isinstance(step, (int, float)) else _namespace(step).asarray(start, dtype="float32")
     if isinstance(step, (int, float)):
         progress = min(max(step / max(max_steps, 1), 0.0), 1.0)
         cos = math.cos
     else:
-        jnp = _jnp()
-        progress = jnp.clip(jnp.asarray(step, jnp.float32) / max(max_steps, 1), 0.0, 1.0)
-        cos = jnp.cos
+        xp = _namespace(step)
+        progress = xp.clip(xp.asarray(step, dtype="float32") / max(max_steps, 1), 0.0, 1.0)
+        cos = xp.cos
     if kind == "linear":
         return start + (end - start) * progress
     return end + (start - end) * 0.5 * (1.0 + cos(math.pi * progress))
 
 
-def _jnp():
-    import jax.numpy as jnp
-
-    return jnp
+def _namespace(array):
+    """The array's own module of functions (jax.numpy for a JAX array or tracer)."""
+    return array.__array_namespace__()

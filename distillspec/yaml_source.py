@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from trainer.problems import Loc
+from distillspec.problems import Loc
 
 MAX_BYTES = 4 * 1024 * 1024
 MAX_NODES = 200_000

@@ -11,9 +11,9 @@ import dataclasses
 import datetime
 from typing import Literal
 
-from orchestrator import aggregate
-from orchestrator.aggregate import KL_T1
-from orchestrator.run_outputs import RunOutputs
+from orchestrator.core import aggregate
+from orchestrator.core.aggregate import KL_T1
+from orchestrator.outputs import RunOutputs
 
 Phase = Literal["Pending", "Queued", "Running", "Restarting", "Succeeded", "Failed", "Diverged", "Stalled"]
 TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed", "Diverged"})

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from typing import Literal
 
 from orchestrator import console
+from orchestrator.core.golden import GoldenFile
+from orchestrator.core.run_status import TERMINAL
 from orchestrator.exit_codes import INFRA_FAILURE, ExitCode
-from orchestrator.golden import GoldenFile
-from orchestrator.run_status import TERMINAL
 
 Kind = Literal["pass", "regression", "infra"]
 

@@ -10,14 +10,14 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
-from orchestrator import xpk_command
+from distillspec.problems import has_errors
 from orchestrator.backends import DryRun, Submitted
-from orchestrator.backends.kubernetes import JOBSET, KubernetesBackend, observe_jobset
+from orchestrator.backends.kubernetes.backend import JOBSET, KubernetesBackend, observe_jobset
+from orchestrator.backends.xpk import command as xpk_command
+from orchestrator.core.expansion import Expansion, Point
+from orchestrator.core.run_status import Observation
 from orchestrator.errors import DistillctlError, InvalidSpecError
 from orchestrator.exit_codes import ExitCode
-from orchestrator.expansion import Expansion, Point
-from orchestrator.run_status import Observation
-from trainer.problems import has_errors
 
 XPK_TIMEOUT_SECONDS = 900
 

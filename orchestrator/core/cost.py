@@ -10,8 +10,8 @@ many chips share the work, so it is the figure to compare and to bill.
 
 from __future__ import annotations
 
-from orchestrator.tpu import TpuType
-from trainer.config import DistillSpec
+from distillspec.config import DistillSpec
+from distillspec.tpu import TpuType
 
 ASSUMED_MFU = 0.4  # model FLOPs utilisation that well-tuned MaxText runs reach on TPU
 

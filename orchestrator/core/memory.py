@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from trainer.config import DistillSpec, MeshSpec
+from distillspec.config import DistillSpec, MeshSpec
 
 TIGHT_FRACTION = 0.9
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}

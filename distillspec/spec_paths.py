@@ -1,7 +1,7 @@
 """Dotted paths into a distillation spec, as sweep files write them: `loss.alpha.end`, or MaxText's flat names
 (`distill_alpha_end`, `student_overrides.base_num_decoder_layers`), which mean the same field.
 
-A path names a field of `trainer.config.DistillSpec` (any depth, a whole block included); list items are not
+A path names a field of `distillspec.config.DistillSpec` (any depth, a whole block included); list items are not
 addressable. Setting a path on spec data creates the mappings on the way, and turns a bare-number schedule
 (`alpha: 0.9`) into its mapping form (`alpha: {start: 0.9}`) when a path goes inside it.
 """
@@ -15,10 +15,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from trainer import maxtext_format
-from trainer.config import DistillSpec, ScheduledValue
-from trainer.problems import Loc
-from trainer.specfile import model_in
+from distillspec import maxtext_format
+from distillspec.config import DistillSpec, ScheduledValue
+from distillspec.problems import Loc
+from distillspec.specfile import model_in
 
 # Fields a sweep derives for every run: the run id names the run, the target's output base holds it.
 DERIVED = {("name",): "the run id", ("output_dir",): "target.output_base"}

@@ -15,10 +15,11 @@ import base64
 import dataclasses
 import shlex
 
-from orchestrator.expansion import Point
-from orchestrator.rendering import CONTAINER_NAME, RETRYABLE_EXIT_CODES, spec_json
-from orchestrator.sweep_file import Target
-from trainer.problems import Problem
+from distillspec.contract import CONTAINER_NAME, ENV_RUN_ID, ENV_SPEC, RETRYABLE_EXIT_CODES, TRAINER_COMMAND
+from distillspec.problems import Problem
+from distillspec.sweep import Target
+from orchestrator.core.expansion import Point
+from orchestrator.core.rendering import spec_json
 
 XPK_LOCAL_QUEUE = "multislice-queue"  # the LocalQueue `xpk cluster create` makes; every XPK workload uses it
 XPK_PRIORITIES = ("very-low", "low", "medium", "high", "very-high")
@@ -110,7 +111,7 @@ def problems(target: Target) -> list[Problem]:
 
 def trainer_command(point: Point) -> str:
     encoded = base64.b64encode(spec_json(point).encode()).decode()
-    return f'DISTILLCTL_SPEC="$(echo {encoded} | base64 -d)" DISTILLCTL_RUN_ID={point.run_id} python -m trainer'
+    return f'{ENV_SPEC}="$(echo {encoded} | base64 -d)" {ENV_RUN_ID}={point.run_id} {" ".join(TRAINER_COMMAND)}'
 
 
 def xpk_command(point: Point, target: Target) -> XpkCommand:

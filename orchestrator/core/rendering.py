@@ -27,28 +27,32 @@ from typing import Any, Mapping
 
 import jinja2
 
-from orchestrator import identity, tpu
-from orchestrator.expansion import Expansion, Point
-from orchestrator.sweep_file import Target
+from distillspec import tpu
+from distillspec.contract import (
+    ANNOTATION_AXIS_VALUES,
+    ANNOTATION_DEPENDS_ON,
+    ANNOTATION_OUTPUT_PATH,
+    CONTAINER_NAME,
+    ENV_RUN_ID,
+    ENV_SPEC,
+    LABEL_ROLE,
+    LABEL_RUN_ID,
+    LABEL_SPEC_HASH,
+    LABEL_SWEEP,
+    RETRYABLE_EXIT_CODES,
+    TRAINER_COMMAND,
+)
+from distillspec.sweep import Target
+from orchestrator.core import identity
+from orchestrator.core.expansion import Expansion, Point
 
 TEMPLATE = "jobset.yaml.j2"
 TEMPLATES_ENV = "DISTILLCTL_TEMPLATES"
-CONTAINER_NAME = "trainer"
-TRAINER_COMMAND = ("python", "-m", "trainer")
-RETRYABLE_EXIT_CODES = (42, *range(127, 256))  # the trainer's "retry me" (42) and signals (128+n), as XPK
 FAILURE_RULE_NAME = "failJobSetOnNonRetryableExit"
 EXCLUSIVE_TOPOLOGY = ("alpha.jobset.sigs.k8s.io/exclusive-topology", "cloud.google.com/gke-nodepool")
-
-LABEL_SWEEP = "distillctl.dev/sweep"
-LABEL_RUN_ID = "distillctl.dev/run-id"
-LABEL_SPEC_HASH = "distillctl.dev/spec-hash"
-LABEL_ROLE = "distillctl.dev/role"  # point, baseline or prerequisite
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 LABEL_WORKLOAD_PRIORITY = "kueue.x-k8s.io/priority-class"
 LABEL_XPK_WORKLOAD = "xpk.google.com/workload"
-ANNOTATION_AXIS_VALUES = "distillctl.dev/axis-values"
-ANNOTATION_OUTPUT_PATH = "distillctl.dev/output-path"
-ANNOTATION_DEPENDS_ON = "distillctl.dev/depends-on"
 
 
 class RenderError(ValueError):
@@ -87,8 +91,8 @@ def container_env(point: Point, target: Target) -> tuple[EnvVar, ...]:
     user = {name: EnvVar(name, value=value) for name, value in target.env.items()}
     secrets = {name: EnvVar(name, secret=ref.secret, key=ref.key) for name, ref in target.secret_env.items()}
     own = {
-        "DISTILLCTL_SPEC": EnvVar("DISTILLCTL_SPEC", value=spec_json(point)),
-        "DISTILLCTL_RUN_ID": EnvVar("DISTILLCTL_RUN_ID", value=point.run_id),
+        ENV_SPEC: EnvVar(ENV_SPEC, value=spec_json(point)),
+        ENV_RUN_ID: EnvVar(ENV_RUN_ID, value=point.run_id),
     }
     return merge_env(user, secrets, own)
 
@@ -157,7 +161,7 @@ def template_dirs() -> list[Path]:
     candidates = []
     if os.environ.get(TEMPLATES_ENV):
         candidates.append(Path(os.environ[TEMPLATES_ENV]))
-    candidates.append(Path(__file__).resolve().parent.parent / "templates")
+    candidates.append(Path(__file__).resolve().parents[2] / "templates")
     candidates.append(Path(sysconfig.get_path("data")) / "share" / "distillctl" / "templates")
     return [c for c in candidates if (c / TEMPLATE).is_file()]
 

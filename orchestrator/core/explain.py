@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainer.config import DistillSpec
+from distillspec.config import DistillSpec
 
 PROGRESS_POINTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from trainer import checks, maxtext_format
-from trainer.config import BATCH_SHAPE_KEYS, BatchSpec, DistillSpec
-from trainer.problems import Loc, Problem, format_loc, has_errors
-from trainer.yaml_source import YamlDocument, YamlSourceError, parse_yaml, read_text_file
+from distillspec import checks, maxtext_format
+from distillspec.config import BATCH_SHAPE_KEYS, BatchSpec, DistillSpec
+from distillspec.problems import Loc, Problem, format_loc, has_errors
+from distillspec.yaml_source import YamlDocument, YamlSourceError, parse_yaml, read_text_file
 
 _REPAIR_ROUNDS = 8
 

@@ -23,9 +23,9 @@ import json
 import re
 from typing import Any
 
-from orchestrator.sweep_file import Target
-from trainer.config import DistillSpec
-from trainer.problems import Loc, Problem
+from distillspec.config import DistillSpec
+from distillspec.problems import Loc, Problem
+from distillspec.sweep import Target
 
 IDENTITY_SCHEME = "distillctl.run/v1"  # bump when the payload changes, so old and new ids never collide
 RUN_ID_LENGTH = 10  # base32 characters: 50 bits

@@ -12,7 +12,7 @@ import dataclasses
 from difflib import get_close_matches
 from typing import Any
 
-from trainer.problems import Loc, Problem
+from distillspec.problems import Loc, Problem
 
 # MaxText key -> native location.
 TOP_LEVEL: dict[str, Loc] = {

@@ -22,7 +22,7 @@ String values anywhere in the spec data may hold `${prerequisites.<name>.output}
 prerequisite run (`<output_base>/<run id>`), filled in before a point is hashed.
 
 Types, ranges and unknown keys are pydantic's (strict, frozen, unknown keys rejected, like the spec);
-rules that relate fields are `check(sweep)`. Every problem is `trainer.problems.Problem` with the file's
+rules that relate fields are `check(sweep)`. Every problem is `distillspec.problems.Problem` with the file's
 keys, line and column.
 """
 
@@ -39,11 +39,11 @@ from typing import Annotated, Any, Literal, Mapping
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
-from orchestrator import spec_paths, tpu
-from trainer import maxtext_format
-from trainer.problems import Loc, Problem, format_loc, has_errors
-from trainer.specfile import model_in
-from trainer.yaml_source import YamlDocument, YamlSourceError, parse_yaml, read_text_file
+from distillspec import maxtext_format, spec_paths, tpu
+from distillspec.contract import ENV_SPEC, RESERVED_ENV, RESERVED_LABELS, RETRYABLE_DESCRIPTION, RETRYABLE_EXIT_CODES
+from distillspec.problems import Loc, Problem, format_loc, has_errors
+from distillspec.specfile import model_in
+from distillspec.yaml_source import YamlDocument, YamlSourceError, parse_yaml, read_text_file
 
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -52,20 +52,10 @@ SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 # Labels distillctl sets itself (the launcher finds runs by them); a sweep cannot set them.
-RESERVED_LABELS = (
-    "distillctl.dev/sweep",
-    "distillctl.dev/run-id",
-    "distillctl.dev/spec-hash",
-    "distillctl.dev/role",
-    "kueue.x-k8s.io/queue-name",
-    "kueue.x-k8s.io/priority-class",
-    "xpk.google.com/workload",
-)
 PLACEHOLDER = re.compile(r"\$\{prerequisites\.([^.}]*)\.output\}")
 ANY_PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 
 # Variables distillctl sets in the container itself; a sweep cannot set them.
-RESERVED_ENV = ("DISTILLCTL_SPEC", "DISTILLCTL_RUN_ID")
 JOBSET_VERSIONS = ("v0.10.1", "v0.12.0")
 SWEEP_NAME_MAX = 40  # the JobSet name is `<sweep>-<run id>`; identity.py checks the whole budget
 
@@ -120,7 +110,7 @@ class Target(_Block):
     priority: str | None = None  # PriorityClass of the pods (XPK's --priority: very-low ... very-high)
     workload_priority_class: str | None = None  # Kueue WorkloadPriorityClass: label kueue.x-k8s.io/priority-class
     max_restarts: NonNegativeInt = 0
-    restartable_exit_codes: list[ExitCode] = []  # in addition to 42 and 127-255
+    restartable_exit_codes: list[ExitCode] = []  # in addition to the contract's RETRYABLE_EXIT_CODES
     output_base: str = "runs"  # gs://bucket/prefix, or a local path (relative to the current directory)
     service_account: str | None = None
     env: dict[str, str] = {}
@@ -666,7 +656,7 @@ def _target(sweep: Sweep) -> list[Problem]:
                     ("target", section, name),
                     "reserved_env",
                     f"{name} is set by distillctl for every run",
-                    "remove it; the resolved spec reaches the trainer in DISTILLCTL_SPEC",
+                    f"remove it; the resolved spec reaches the trainer in {ENV_SPEC}",
                 )
             )
     for name in sorted(set(t.env) & set(t.secret_env)):
@@ -748,12 +738,12 @@ def _target(sweep: Sweep) -> list[Problem]:
             )
         )
     for i, code in enumerate(t.restartable_exit_codes):
-        if code == 42 or code >= 127:
+        if code in RETRYABLE_EXIT_CODES:
             out.append(
                 Problem(
                     ("target", "restartable_exit_codes", i),
                     "exit_code_default",
-                    f"exit code {code} already restarts the JobSet (42 and 127-255 always do)",
+                    f"exit code {code} already restarts the JobSet ({RETRYABLE_DESCRIPTION} always do)",
                     "remove it",
                     severity="warning",
                 )

@@ -14,8 +14,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from orchestrator.expansion import Point
-from orchestrator.run_status import RunStatus
+from orchestrator.core.expansion import Point
+from orchestrator.core.run_status import RunStatus
 
 ActionKind = Literal["create", "recreate", "skip", "wait", "blocked"]
 FAILED = frozenset({"Failed", "Diverged"})

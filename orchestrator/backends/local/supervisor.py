@@ -2,7 +2,7 @@
 
 `distillctl sweep` starts it detached (its own session) and writes the orders to its stdin as JSON; it claims each
 run (see `backends.local_claims`), starts `python -m trainer` for it once its prerequisites have succeeded, at most
-`parallelism` at a time, restarts a run that exits with a retryable code (42, 127-255, the target's extras) up to
+`parallelism` at a time, restarts a run that exits with a retryable code (the contract's, and the target's extras) up to
 `max_restarts` times, records each exit in the run's claim, and exits when nothing is left. Cancelling a run
 removes its claim; the supervisor then drops it.
 """
@@ -17,9 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.backends import local_claims
-from orchestrator.backends.local_claims import Claim
-from orchestrator.run_outputs import read_summary
+from distillspec.contract import ENV_RUN_ID, ENV_SPEC, is_retryable
+from orchestrator.backends.local import claims as local_claims
+from orchestrator.backends.local.claims import Claim
+from orchestrator.outputs import read_summary
 
 POLL_SECONDS = 0.3
 
@@ -115,7 +116,7 @@ class Supervisor:
 
     def _start(self, order: Order, claim: Claim) -> None:
         Path(order.output_path).mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **dict(order.env), "DISTILLCTL_SPEC": order.spec_json, "DISTILLCTL_RUN_ID": order.run_id}
+        env = {**os.environ, **dict(order.env), ENV_SPEC: order.spec_json, ENV_RUN_ID: order.run_id}
         log = open(Path(order.output_path) / local_claims.LOG_FILE, "ab")
         try:
             process = subprocess.Popen(
@@ -150,7 +151,7 @@ class Supervisor:
             code = 128 - code if code < 0 else code  # killed by signal n: report 128 + n, as a shell does
             if not self._still_ours(item.order, item.claim):
                 continue  # cancelled: the canceller removed the claim
-            retryable = code == 42 or 127 <= code <= 255 or code in item.order.retryable
+            retryable = is_retryable(code, tuple(item.order.retryable))
             if code != 0 and retryable and item.claim.restarts < item.order.max_restarts:
                 restarts.append((item.order, dataclasses.replace(item.claim, restarts=item.claim.restarts + 1)))
                 continue

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from orchestrator import cost, memory, tpu
-from orchestrator.expansion import Expansion, Point
-from orchestrator.sweep_file import Target
-from trainer.problems import Problem
+from distillspec import tpu
+from distillspec.problems import Problem
+from distillspec.sweep import Target
+from orchestrator.core import cost, memory
+from orchestrator.core.expansion import Expansion, Point
 
 GB = 1e9
 

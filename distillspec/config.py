@@ -3,7 +3,7 @@
 Importing this module must not import JAX: the CLI validates specs on laptops without it.
 
 Types, ranges and unknown keys are checked here; rules that relate several fields (vocab match, feature-loss
-prerequisites, layer indices against depths, ...) live in `trainer.checks`, because a pydantic model validator
+prerequisites, layer indices against depths, ...) live in `distillspec.checks`, because a pydantic model validator
 does not run while any field is invalid and cannot report every problem at once.
 """
 
@@ -16,9 +16,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from trainer import layer_presets
-from trainer.registry import MODELS, ModelShape
-from trainer.schedules import ScheduleKind, schedule_value
+from distillspec import layer_presets
+from distillspec.registry import MODELS, ModelShape
+from distillspec.schedules import ScheduleKind, schedule_value
 
 Dtype = Literal["float32", "bfloat16"]
 FeatureLossType = Literal["cosine", "l2"]

@@ -20,12 +20,14 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
-from orchestrator import aggregate, console, identity, tpu
-from orchestrator.aggregate import HARD_LOSS, KL_T1
-from orchestrator.expansion import Expansion, Point
-from orchestrator.run_outputs import RunOutputs
-from orchestrator.run_status import DEFAULT_STALL_SECONDS, Observation, RunStatus, derive
-from orchestrator.sweep_file import Sweep
+from distillspec import tpu
+from distillspec.sweep import Sweep
+from orchestrator import console
+from orchestrator.core import aggregate, identity
+from orchestrator.core.aggregate import HARD_LOSS, KL_T1
+from orchestrator.core.expansion import Expansion, Point
+from orchestrator.core.run_status import DEFAULT_STALL_SECONDS, Observation, RunStatus, derive
+from orchestrator.outputs import RunOutputs
 
 PERPLEXITY = "distill/student_perplexity"
 TOP1 = "distill/top1_agreement"

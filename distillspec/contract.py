@@ -1,0 +1,77 @@
+"""What crosses the process boundary between the orchestrator and the trainer, defined once.
+
+The orchestrator renders these into JobSets and local supervisor orders; the trainer reads and returns them.
+Neither side spells one of these values as a literal.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+# --- Exit codes ---------------------------------------------------------------------------------------------------
+
+
+class TrainerExit(IntEnum):
+    OK = 0  # trained to the last step; final checkpoint and summary written
+    USER_ERROR = 1  # invalid spec, missing teacher checkpoint, unreadable data: fix the input, never retry
+    RETRYABLE = 42  # transient failure (I/O, device, coordinator): the JobSet restarts and the run resumes
+    DIVERGED = 65  # the loss became NaN or infinite; the last good checkpoint is kept; retrying repeats it
+    INTERNAL = 70  # a bug in the trainer (an unexpected exception): not retried; report the traceback
+    PREEMPTED = 143  # SIGTERM: a checkpoint was saved; starting again on the same output resumes
+
+
+DESCRIPTIONS: dict[TrainerExit, str] = {
+    TrainerExit.OK: "done",
+    TrainerExit.USER_ERROR: "invalid spec or user error (never worth a retry)",
+    TrainerExit.RETRYABLE: "retryable failure (I/O, device, coordinator); rerun to resume",
+    TrainerExit.DIVERGED: "the loss became NaN or infinite (diverged); not retried",
+    TrainerExit.INTERNAL: "internal error (a bug); not retried",
+    TrainerExit.PREEMPTED: "stopped by SIGTERM after saving a checkpoint; rerun to resume",
+}
+
+# The trainer's "retry me" and every death by signal (128 + n; 127 is "command not found" as a shell reports it,
+# kept as XPK keeps it): a pod or local process that ends with one of these is restarted and resumes.
+RETRYABLE_EXIT_CODES: tuple[int, ...] = (int(TrainerExit.RETRYABLE), *range(127, 256))
+RETRYABLE_DESCRIPTION = "42 and 127-255"
+
+
+def is_retryable(code: int, extra: tuple[int, ...] | frozenset[int] = ()) -> bool:
+    """Whether a trainer that exited with `code` is restarted (the target may add `extra` codes)."""
+    return code in RETRYABLE_EXIT_CODES or code in extra
+
+
+# A short CamelCase reason for a trainer's exit, as run status conditions show it.
+EXIT_REASONS: dict[int, str] = {
+    TrainerExit.USER_ERROR: "UserError",
+    TrainerExit.RETRYABLE: "Retryable",
+    TrainerExit.DIVERGED: "Diverged",
+    TrainerExit.INTERNAL: "TrainerBug",
+    TrainerExit.PREEMPTED: "Terminated",
+    137: "Killed",
+}
+
+
+def exit_reason(code: int) -> str:
+    return EXIT_REASONS.get(code, f"ExitCode{code}")
+
+
+# --- Environment variables ----------------------------------------------------------------------------------------
+
+ENV_SPEC = "DISTILLCTL_SPEC"  # the resolved spec as canonical JSON; `python -m trainer` reads it
+ENV_RUN_ID = "DISTILLCTL_RUN_ID"  # the run's identity; the trainer records it in summary.json
+RESERVED_ENV: tuple[str, ...] = (ENV_SPEC, ENV_RUN_ID)
+
+# --- Labels and annotations on JobSets and pods -------------------------------------------------------------------
+
+LABEL_SWEEP = "distillctl.dev/sweep"
+LABEL_RUN_ID = "distillctl.dev/run-id"
+LABEL_SPEC_HASH = "distillctl.dev/spec-hash"
+LABEL_ROLE = "distillctl.dev/role"  # point, baseline or prerequisite
+RESERVED_LABELS: tuple[str, ...] = (LABEL_SWEEP, LABEL_RUN_ID, LABEL_SPEC_HASH, LABEL_ROLE)
+
+ANNOTATION_AXIS_VALUES = "distillctl.dev/axis-values"
+ANNOTATION_OUTPUT_PATH = "distillctl.dev/output-path"
+ANNOTATION_DEPENDS_ON = "distillctl.dev/depends-on"
+
+CONTAINER_NAME = "trainer"
+TRAINER_COMMAND: tuple[str, ...] = ("python", "-m", "trainer")
