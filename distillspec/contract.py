@@ -75,3 +75,38 @@ ANNOTATION_DEPENDS_ON = "distillctl.dev/depends-on"
 
 CONTAINER_NAME = "trainer"
 TRAINER_COMMAND: tuple[str, ...] = ("python", "-m", "trainer")
+
+# --- Status reasons -----------------------------------------------------------------------------------------------
+# A run's status is a phase and a CamelCase reason (Kubernetes style; upstream reasons such as ReachedMaxRestarts
+# or Inadmissible are kept verbatim as the backend reports them). distillctl's own reasons, by the phase they
+# explain. Some are written by the trainer into summary.json (`reason`) and read back by the orchestrator.
+
+
+class PendingReason:
+    NOT_CREATED = "NotCreated"  # never submitted
+    NOT_OBSERVED = "NotObserved"  # no status could be read
+    PREEMPTED = "Preempted"  # stopped with a checkpoint (SIGTERM); resumes when submitted again
+    ORPHANED = "Orphaned"  # outputs say running, yet nothing runs it
+    DELETING = "Deleting"  # the previous run of this id is still being deleted
+
+
+class QueuedReason:
+    SUSPENDED = "Suspended"
+    QUEUED = "Queued"  # waiting for a free slot (local parallelism)
+
+
+class RestartingReason:
+    RESTARTING = "Restarting"
+
+
+class StalledReason:
+    NO_NEW_METRICS = "NoNewMetrics"
+
+
+class DivergedReason:
+    LOSS_NOT_FINITE = "LossNotFinite"
+
+
+class FailedReason:
+    TRAINER_EXIT = "TrainerExit"  # the trainer's summary says failed; its exit code in the message
+    OUTPUT_NOT_WRITABLE = "OutputNotWritable"  # the run's folder or checkpoints cannot be written

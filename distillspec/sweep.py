@@ -72,9 +72,9 @@ def _dns_label(value: str) -> str:
     if not DNS_1035.match(value) or len(value) > SWEEP_NAME_MAX:
         raise PydanticCustomError(
             "bad_sweep_name",
-            "sweep name {value!r} must be a DNS-1035 label of at most {limit} characters: lower-case letters, digits "
+            "sweep name {value} must be a DNS-1035 label of at most {limit} characters: lower-case letters, digits "
             "and '-', starting with a letter",
-            {"value": value, "limit": SWEEP_NAME_MAX},
+            {"value": repr(value), "limit": SWEEP_NAME_MAX},
         )
     return value
 
@@ -85,8 +85,8 @@ def _known_tpu(value: str) -> str:
     except tpu.UnknownTpuType as e:
         raise PydanticCustomError(
             "unknown_tpu_type",
-            "unknown TPU type {name!r}{suggestion}",
-            {"name": value, "suggestion": f"; did you mean {', '.join(e.suggestions)}?" if e.suggestions else ""},
+            "unknown TPU type {name}{suggestion}",
+            {"name": repr(value), "suggestion": f"; did you mean {', '.join(e.suggestions)}?" if e.suggestions else ""},
         ) from None
 
 
@@ -220,6 +220,13 @@ def load_sweep(path: str | Path) -> SweepSource:
     return parse_sweep(text, file=file, base_dir=Path(path).parent)
 
 
+def _is_spec(data: dict) -> bool:
+    """A spec (either layout) rather than a sweep: no `spec:` key, and a spec's own top-level keys."""
+    return "spec" not in data and (
+        bool({"student", "teacher"} & data.keys()) or maxtext_format.looks_like_maxtext(data)
+    )
+
+
 def parse_sweep(text: str, *, file: str | None = None, base_dir: str | Path = ".") -> SweepSource:
     try:
         document = parse_yaml(text)
@@ -235,6 +242,15 @@ def parse_sweep(text: str, *, file: str | None = None, base_dir: str | Path = ".
             "start with `name:`, `spec:` and `axes:`",
         )
         return dataclasses.replace(empty, problems=(empty.locate(problem),))
+    if _is_spec(data):
+        problem = Problem(
+            (),
+            "spec_not_sweep",
+            "this is a spec, not a sweep file",
+            "`distillctl validate` and `train` take a spec; a sweep file names it with `spec:` and adds `axes:` "
+            "and `target:` (see sweeps/quickstart.yaml)",
+        )
+        return dataclasses.replace(empty, problems=(problem,))
     problems = [
         Problem(
             loc,

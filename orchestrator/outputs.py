@@ -23,8 +23,6 @@ import json
 import math
 from typing import Any
 
-import fsspec
-
 from orchestrator.errors import UsageError
 
 # fsspec protocols and the extra that installs their implementation.
@@ -87,6 +85,8 @@ def join(base: str, *parts: str) -> str:
 def check_filesystem(path: str) -> None:
     """Raise MissingFilesystem when `path`'s protocol has no implementation installed (gs:// without gcsfs);
     otherwise every read below treats an unreachable file as absent, which would hide the real cause."""
+    import fsspec  # imported when outputs are read: the CLI starts without it
+
     protocol = fsspec.utils.get_protocol(path)
     try:
         fsspec.get_filesystem_class(protocol)
@@ -102,6 +102,8 @@ def check_filesystem(path: str) -> None:
 
 def _read_text(path: str) -> str | None:
     try:
+        import fsspec
+
         with fsspec.open(path, "r", encoding="utf-8") as f:
             return f.read()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, UnicodeDecodeError):

@@ -9,8 +9,7 @@ import pytest
 from results_support import STEPS, expanded, finish_all, png_size, write_outputs, write_sweep
 from typer.testing import CliRunner
 
-from orchestrator import plots
-from orchestrator.cli import app
+from orchestrator.cli import app, plots
 from orchestrator.core import results
 from orchestrator.exit_codes import ExitCode
 from orchestrator.outputs import read_run_outputs

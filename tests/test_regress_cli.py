@@ -10,9 +10,10 @@ import yaml
 from results_support import expanded, finish_all, write_outputs, write_sweep
 from typer.testing import CliRunner
 
-from orchestrator import results_commands
-from orchestrator.backends.kubernetes.client import ClusterAccess
+from orchestrator.backends import ClusterAccess
 from orchestrator.cli import app
+from orchestrator.cli import results as results_cli
+from orchestrator.core import gate
 from orchestrator.core import golden as golden_file
 from orchestrator.core.run_status import RunStatus
 from orchestrator.exit_codes import ExitCode
@@ -227,7 +228,7 @@ def test_waiting_polls_the_status_function_until_every_run_is_terminal(sweep):
 
     def statuses(expansion, outputs):
         calls.append(1)
-        real = results_commands.backend_statuses(ClusterAccess())(expansion, outputs)
+        real = results_cli.backend_statuses(ClusterAccess())(expansion, outputs)
         if len(calls) <= 2:
             return {**real, result.points[0].run_id: RunStatus("Running")}
         return real
@@ -236,17 +237,17 @@ def test_waiting_polls_the_status_function_until_every_run_is_terminal(sweep):
         sleeps.append(seconds)
         now[0] += seconds
 
-    report = results_commands.check_sweep(
+    report = gate.check_sweep(
         result, expected, statuses=statuses, wait=True, timeout=100, poll=30, clock=lambda: now[0], sleep=sleep
     )
     assert report.exit_code == ExitCode.OK and len(calls) == 3 and sleeps == [30, 30]
     calls.clear(), sleeps.clear()
     now[0] = 0.0
-    report = results_commands.check_sweep(
+    report = gate.check_sweep(
         result,
         expected,
         statuses=lambda e, o: {
-            **results_commands.backend_statuses(ClusterAccess())(e, o),
+            **results_cli.backend_statuses(ClusterAccess())(e, o),
             result.points[0].run_id: RunStatus("Running"),
         },
         wait=True,
@@ -299,7 +300,7 @@ def test_the_committed_quickstart_golden_file_matches_the_sweep():
     golden, problems = golden_file.read_golden(SWEEPS / "quickstart.golden.yaml")
     assert problems == [] and golden is not None
     result = expanded(SWEEPS / "quickstart.yaml")
-    matched, problems = golden_file.match_sweep(golden, result.sweep.name, results_commands.point_keys(result))
+    matched, problems = golden_file.match_sweep(golden, result.sweep.name, gate.point_keys(result))
     assert problems == [] and golden.match == "run_id" and matched == golden
     assert [p.run_id for p in golden.points] == [r.run_id for r in result.runs]
 

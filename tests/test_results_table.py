@@ -22,8 +22,7 @@ from results_support import (
 )
 from typer.testing import CliRunner
 
-from orchestrator import results_format
-from orchestrator.cli import app
+from orchestrator.cli import app, results_format
 from orchestrator.core import results
 from orchestrator.exit_codes import ExitCode
 from orchestrator.outputs import read_run_outputs

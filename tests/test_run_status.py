@@ -71,11 +71,6 @@ def test_diverged_beats_failed():
     assert status(failed, outputs({"status": "diverged"})).phase == "Diverged"
 
 
-def test_lost_local_process():
-    s = status(Observation(exists=True, lost="exited with signal 9"), outputs({"status": "running"}))
-    assert s.shown == "Failed (ProcessLost)"
-
-
 def test_a_run_being_deleted_is_pending_and_waited_for():
 
     s = status(Observation(exists=True, deleting=True, conditions=(Condition("Completed", "True"),)))

@@ -9,13 +9,26 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from orchestrator.core.expansion import Expansion, Point
 from orchestrator.core.run_status import Observation
 
+if TYPE_CHECKING:
+    from distillspec.sweep import Target
+
 DryRun = Literal["client", "server"]
 Submitted = Literal["created", "exists", "dry-run"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterAccess:
+    """Where the cluster is, as kubectl takes it: --kubeconfig (else $KUBECONFIG, ~/.kube/config, in-cluster),
+    --context, and the namespace (flag, else the target's, else the context's, else `default`)."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,3 +65,18 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release connections; a local backend leaves its runs running."""
+
+
+def backend_for(target: Target, access: ClusterAccess) -> Backend:
+    """The backend of `target.kind`; each is imported only when used (the Kubernetes client takes a while)."""
+    if target.kind == "local":
+        from orchestrator.backends.local.backend import LocalBackend
+
+        return LocalBackend(target)
+    if target.kind == "xpk":
+        from orchestrator.backends.xpk.backend import XpkBackend
+
+        return XpkBackend(target, access)
+    from orchestrator.backends.kubernetes.backend import KubernetesBackend
+
+    return KubernetesBackend(target, access)

@@ -57,6 +57,14 @@ class Point:
         return "prerequisite" if self.prerequisite is not None else ("baseline" if self.is_baseline else "point")
 
     @property
+    def key(self) -> str:
+        """The short name of a run in tables and commands: its index, `3b` for a baseline, or the prerequisite's
+        name."""
+        if self.prerequisite is not None:
+            return self.prerequisite
+        return f"{self.index}b" if self.is_baseline else str(self.index)
+
+    @property
     def label(self) -> str:
         """How messages name the point: `point 3 (loss.alpha.end=0.5, seed=1)`."""
         if self.prerequisite is not None:
@@ -66,9 +74,9 @@ class Point:
 
 @dataclasses.dataclass(frozen=True)
 class Expansion:
-    """The outcome of expanding a sweep: points (empty on any error), prerequisite runs, and every problem."""
+    """The outcome of expanding a loaded sweep: points (empty on any error), prerequisite runs, and every problem."""
 
-    sweep: Sweep | None
+    sweep: Sweep
     points: tuple[Point, ...]
     prerequisites: tuple[Point, ...]
     problems: tuple[Problem, ...]
@@ -83,6 +91,20 @@ class Expansion:
     def runs(self) -> tuple[Point, ...]:
         """Prerequisites first, then points: the order a launcher starts them in."""
         return self.prerequisites + self.points
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejected:
+    """A sweep that could not be loaded at all (unreadable, or its own fields invalid): only problems."""
+
+    problems: tuple[Problem, ...]
+    points: tuple[Point, ...] = ()
+    prerequisites: tuple[Point, ...] = ()
+    ok: bool = False
+
+    @property
+    def runs(self) -> tuple[Point, ...]:
+        return ()
 
 
 class GridTooLarge(ValueError):
@@ -122,11 +144,13 @@ def count_points(sweep: Sweep) -> int:
     return math.prod(sizes) * seeds + len(sweep.baseline) * seeds
 
 
-def expand(source: SweepSource, *, max_points: int | None = DEFAULT_MAX_POINTS) -> Expansion:
+def expand(source: SweepSource, *, max_points: int | None = DEFAULT_MAX_POINTS) -> Expansion | Rejected:
     """Expand a loaded sweep. Pure. Raises GridTooLarge when there are more than `max_points` points (None:
     no limit below HARD_MAX_GRID); every other problem is returned, located in the sweep or spec file."""
     sweep = source.sweep
-    if not source.ok or sweep is None or source.base is None:
+    if sweep is None:
+        return Rejected(source.problems)
+    if not source.ok or source.base is None:
         return Expansion(sweep, (), (), source.problems)
     upper = count_points(sweep)
     if upper > HARD_MAX_GRID:

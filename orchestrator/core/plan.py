@@ -72,7 +72,6 @@ def plan_row(point: Point, target: Target) -> PlanRow:
 
 def plan(expansion: Expansion) -> tuple[PlanRow, ...]:
     """Rows for every run, prerequisites first."""
-    assert expansion.sweep is not None
     return tuple(plan_row(run, expansion.sweep.target) for run in expansion.runs)
 
 

@@ -11,15 +11,29 @@ The cluster (or, locally, the output storage) is the truth. Each run is looked a
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Mapping, Sequence
-from typing import Literal
 
+from distillspec.contract import PendingReason
 from orchestrator.core.expansion import Point
-from orchestrator.core.run_status import RunStatus
+from orchestrator.core.run_status import Phase, RunStatus
 
-ActionKind = Literal["create", "recreate", "skip", "wait", "blocked"]
-FAILED = frozenset({"Failed", "Diverged"})
-DELETING = "the previous run is still being deleted"
+FAILED = frozenset({Phase.FAILED, Phase.DIVERGED})
+
+
+class ActionKind(enum.StrEnum):
+    CREATE = "create"
+    RECREATE = "recreate"  # --retry-failed: delete the failed run, create it again (it resumes)
+    SKIP = "skip"
+    WAIT = "wait"
+    BLOCKED = "blocked"  # a prerequisite failed: this run will never start unless it is retried
+
+
+class Waiting(enum.StrEnum):
+    """What a `wait` action waits for."""
+
+    PREREQUISITE = "prerequisite"
+    DELETION = "deletion"  # the previous run of the same id is still being deleted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,10 +41,11 @@ class Action:
     kind: ActionKind
     run: Point
     reason: str
+    waiting_for: Waiting | None = None
 
     @property
     def submits(self) -> bool:
-        return self.kind in ("create", "recreate")
+        return self.kind in (ActionKind.CREATE, ActionKind.RECREATE)
 
 
 def reconcile(runs: Sequence[Point], statuses: Mapping[str, RunStatus], *, retry_failed: bool = False) -> list[Action]:
@@ -38,17 +53,17 @@ def reconcile(runs: Sequence[Point], statuses: Mapping[str, RunStatus], *, retry
     actions = []
     for run in runs:
         status = statuses[run.run_id]
-        if status.phase == "Succeeded":
-            actions.append(Action("skip", run, "succeeded"))
+        if status.phase == Phase.SUCCEEDED:
+            actions.append(Action(ActionKind.SKIP, run, "succeeded"))
         elif status.phase in FAILED:
             if retry_failed:
-                actions.append(Action("recreate", run, f"retrying: {status.shown}"))
+                actions.append(Action(ActionKind.RECREATE, run, f"retrying: {status.shown}"))
             else:
-                actions.append(Action("skip", run, f"{status.shown}; --retry-failed runs it again"))
-        elif status.phase != "Pending":
-            actions.append(Action("skip", run, f"exists: {status.shown}"))
-        elif status.reason == "Deleting":
-            actions.append(Action("wait", run, DELETING))
+                actions.append(Action(ActionKind.SKIP, run, f"{status.shown}; --retry-failed runs it again"))
+        elif status.phase != Phase.PENDING:
+            actions.append(Action(ActionKind.SKIP, run, f"exists: {status.shown}"))
+        elif status.reason == PendingReason.DELETING:
+            actions.append(Action(ActionKind.WAIT, run, status.message, Waiting.DELETION))
         else:
             actions.append(_pending(run, statuses, retry_failed))
     return actions
@@ -57,9 +72,9 @@ def reconcile(runs: Sequence[Point], statuses: Mapping[str, RunStatus], *, retry
 def _pending(run: Point, statuses: Mapping[str, RunStatus], retry_failed: bool) -> Action:
     for name, run_id in run.depends_on.items():
         status = statuses.get(run_id)
-        if status is None or status.phase == "Succeeded":
+        if status is None or status.phase == Phase.SUCCEEDED:
             continue
         if status.phase in FAILED and not retry_failed:
-            return Action("blocked", run, f"prerequisite {name!r} is {status.shown}")
-        return Action("wait", run, f"waiting for prerequisite {name!r} ({status.shown})")
-    return Action("create", run, "new")
+            return Action(ActionKind.BLOCKED, run, f"prerequisite {name!r} is {status.shown}")
+        return Action(ActionKind.WAIT, run, f"waiting for prerequisite {name!r} ({status.shown})", Waiting.PREREQUISITE)
+    return Action(ActionKind.CREATE, run, "new")

@@ -14,8 +14,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Literal
 
-from orchestrator import console
 from orchestrator.core.golden import GoldenFile
+from orchestrator.core.markdown import cell as md_cell
 from orchestrator.core.run_status import TERMINAL
 from orchestrator.exit_codes import INFRA_FAILURE, ExitCode
 
@@ -190,7 +190,7 @@ def markdown(report: RegressReport) -> str:
         lines += [f"<details><summary>All {len(report.outcomes)} checks</summary>", ""] + _table(report.outcomes)
         lines += ["", "</details>"]
     if report.unchecked:
-        lines += ["", f"Not checked (no golden values): {console.md_cell(', '.join(report.unchecked))}."]
+        lines += ["", f"Not checked (no golden values): {md_cell(', '.join(report.unchecked))}."]
     return "\n".join(lines) + "\n"
 
 
@@ -200,6 +200,6 @@ def _table(outcomes: list[Outcome] | tuple[Outcome, ...]) -> list[str]:
         observed = "—" if o.observed is None else f"{o.observed:.6g}"
         expected = o.expected if o.kind != "infra" else f"{o.expected} — {o.message}"
         lines.append(
-            f"| {_ICON[o.kind]} | {console.md_cell(o.label or o.run_id)} | `{o.metric}` | {observed} | {console.md_cell(expected)} |"
+            f"| {_ICON[o.kind]} | {md_cell(o.label or o.run_id)} | `{o.metric}` | {observed} | {md_cell(expected)} |"
         )
     return lines

@@ -218,7 +218,6 @@ def render_jobset(point: Point, target: Target) -> str:
 
 def render(expansion: Expansion) -> tuple[Manifest, ...]:
     """One manifest per run (prerequisites first, then points), each named `<jobset name>.yaml`."""
-    assert expansion.sweep is not None
     target = expansion.sweep.target
     return tuple(
         Manifest(run.jobset_name, f"{run.jobset_name}.yaml", render_jobset(run, target)) for run in expansion.runs

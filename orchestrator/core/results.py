@@ -22,7 +22,6 @@ from typing import Any, Callable
 
 from distillspec import tpu
 from distillspec.sweep import Sweep
-from orchestrator import console
 from orchestrator.core import aggregate, identity
 from orchestrator.core.aggregate import HARD_LOSS, KL_T1
 from orchestrator.core.expansion import Expansion, Point
@@ -182,7 +181,6 @@ def labels(runs: Sequence[Point], sweep: Sweep | None = None) -> dict[str, str]:
 
 
 def _chips(expansion: Expansion) -> tuple[str | None, int | None]:
-    assert expansion.sweep is not None
     target = expansion.sweep.target
     if not target.on_cluster or target.tpu_type is None:
         return None, None
@@ -202,7 +200,6 @@ def build(
     window: int = DEFAULT_WINDOW,
 ) -> Results:
     """The results table: prerequisites first, then points in sweep order."""
-    assert expansion.sweep is not None
     tpu_type, chips = _chips(expansion)
     names = labels(expansion.runs, expansion.sweep)
     rows = []
@@ -215,7 +212,7 @@ def build(
                 run_id=run.run_id,
                 index=run.index,
                 role=run.role,
-                name=console.run_key(run),
+                name=run.key,
                 label=names[run.run_id],
                 axis_values=run.axis_values,
                 seed=run.seed,

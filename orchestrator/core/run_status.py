@@ -9,23 +9,45 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from typing import Literal
+import enum
 
+from distillspec.contract import (
+    DivergedReason,
+    FailedReason,
+    PendingReason,
+    QueuedReason,
+    RestartingReason,
+    StalledReason,
+)
 from orchestrator.core import aggregate
 from orchestrator.core.aggregate import KL_T1
 from orchestrator.outputs import RunOutputs
 
-Phase = Literal["Pending", "Queued", "Running", "Restarting", "Succeeded", "Failed", "Diverged", "Stalled"]
-TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed", "Diverged"})
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    STALLED = "Stalled"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    DIVERGED = "Diverged"
+
+
+TERMINAL: frozenset[Phase] = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.DIVERGED})
 DEFAULT_STALL_SECONDS = 900.0  # no new metrics for this long while running: Stalled
 
 
 @dataclasses.dataclass(frozen=True)
 class Condition:
+    """A backend's condition, as Kubernetes writes them (`Failed`, `Completed`, ...)."""
+
     type: str
     status: str  # "True" | "False" | "Unknown"
     reason: str = ""
     message: str = ""
+    last_transition_time: float | None = None  # unix seconds; when `status` last changed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +63,6 @@ class Observation:
     queue_message: str = ""
     created_at: float | None = None  # unix seconds
     started_at: float | None = None  # when the current attempt was let run (admitted by Kueue, process started)
-    lost: str = ""  # local backend: the process ended without a verdict
     deleting: bool = False  # being deleted (a cancel in progress): its name is not free yet
 
     def condition(self, kind: str) -> Condition | None:
@@ -51,7 +72,7 @@ class Observation:
 @dataclasses.dataclass(frozen=True)
 class RunStatus:
     phase: Phase
-    reason: str = ""
+    reason: str = ""  # CamelCase: distillspec.contract's reasons, or the backend's verbatim
     message: str = ""
     restarts: int = 0
     step: int | None = None
@@ -59,6 +80,7 @@ class RunStatus:
     kl_div_t1: float | None = None
     age_seconds: float | None = None
     last_metrics_at: float | None = None
+    since: float | None = None  # when the backend's deciding condition last changed (unix seconds), if known
 
     @property
     def terminal(self) -> bool:
@@ -68,12 +90,12 @@ class RunStatus:
     def never_admitted(self) -> bool:
         """Queued for good: Kueue says the request exceeds what the queue could ever give it (not that the
         quota is busy: that reads "insufficient unused quota ... N more needed")."""
-        return self.phase == "Queued" and "> maximum capacity" in self.message
+        return self.phase == Phase.QUEUED and "> maximum capacity" in self.message
 
     @property
     def shown(self) -> str:
         """`Queued (Pending)`, `Restarting 2`, `Failed (ReachedMaxRestarts)`."""
-        if self.phase == "Restarting":
+        if self.phase == Phase.RESTARTING:
             return f"Restarting {self.restarts}"
         return f"{self.phase} ({self.reason})" if self.reason else self.phase
 
@@ -95,38 +117,49 @@ def derive(
     )
     verdict = summary.get("status") if _current(summary, observation) else None
     if observation.deleting:
-        return RunStatus("Pending", "Deleting", "the previous run is still being deleted", **common)
+        return RunStatus(Phase.PENDING, PendingReason.DELETING, "the previous run is still being deleted", **common)
     if verdict == "diverged":
-        return RunStatus("Diverged", "LossNotFinite", "the loss became NaN or infinite", **common)
+        return RunStatus(Phase.DIVERGED, DivergedReason.LOSS_NOT_FINITE, "the loss became NaN or infinite", **common)
     if failed := observation.condition("Failed"):
-        return RunStatus("Failed", failed.reason, failed.message, **common)
-    if observation.condition("Completed") or (verdict == "succeeded" and not observation.active):
-        return RunStatus("Succeeded", **common)
+        return RunStatus(Phase.FAILED, failed.reason, failed.message, since=failed.last_transition_time, **common)
+    completed = observation.condition("Completed")
+    if completed or (verdict == "succeeded" and not observation.active):
+        return RunStatus(Phase.SUCCEEDED, since=completed.last_transition_time if completed else None, **common)
     if not observation.exists:
         if verdict == "failed":
-            return RunStatus("Failed", "TrainerExit", f"exit code {summary.get('exit_code')}", **common)
+            return RunStatus(Phase.FAILED, FailedReason.TRAINER_EXIT, f"exit code {summary.get('exit_code')}", **common)
         if verdict == "preempted":  # stopped by SIGTERM (cancel, preemption): it resumes when created again
             return RunStatus(
-                "Pending", "Preempted", "stopped with a checkpoint; resumes when submitted again", **common
+                Phase.PENDING,
+                PendingReason.PREEMPTED,
+                "stopped with a checkpoint; resumes when submitted again",
+                **common,
             )
         if verdict == "running":  # nothing runs it any more (deleted, or its machine went away)
             return RunStatus(
-                "Pending", "Orphaned", "outputs say running, but no run exists; resumes when submitted", **common
+                Phase.PENDING,
+                PendingReason.ORPHANED,
+                "outputs say running, but no run exists; resumes when submitted",
+                **common,
             )
-        return RunStatus("Pending", "NotCreated", "not submitted yet", **common)
-    if observation.lost:
-        return RunStatus("Failed", "ProcessLost", observation.lost, **common)
+        return RunStatus(Phase.PENDING, PendingReason.NOT_CREATED, "not submitted yet", **common)
     if observation.suspended or observation.queue_reason:
-        return RunStatus("Queued", observation.queue_reason or "Suspended", observation.queue_message, **common)
+        reason = observation.queue_reason or QueuedReason.SUSPENDED
+        return RunStatus(Phase.QUEUED, reason, observation.queue_message, **common)
     if observation.restarts and not observation.active:
-        return RunStatus("Restarting", "Restarting", f"attempt {observation.restarts + 1} is starting", **common)
+        return RunStatus(
+            Phase.RESTARTING,
+            RestartingReason.RESTARTING,
+            f"attempt {observation.restarts + 1} is starting",
+            **common,
+        )
     # Stalled: running, yet nothing logged for stall_after, counted from the later of the last record and the start
     # of this attempt (time spent queued, or before a resume, is not stalling). Unreadable outputs say nothing.
     started = max((t for t in (last_time, observation.started_at) if t is not None), default=observation.created_at)
     if observation.active and outputs.readable and started is not None and now - started > stall_after:
         since = int(now - started)
-        return RunStatus("Stalled", "NoNewMetrics", f"no new metrics for {since}s", **common)
-    return RunStatus("Running", **common)
+        return RunStatus(Phase.STALLED, StalledReason.NO_NEW_METRICS, f"no new metrics for {since}s", **common)
+    return RunStatus(Phase.RUNNING, **common)
 
 
 CLOCK_SLACK_SECONDS = 5.0  # summary.json times have whole seconds; hosts' clocks differ a little
@@ -138,11 +171,12 @@ def _current(summary: dict, observation: Observation) -> bool:
     if not observation.exists or observation.condition("Failed") or observation.condition("Completed"):
         return True
     attempt_start = observation.started_at or observation.created_at
-    written = _timestamp(summary.get("updated_at"))
+    written = parse_timestamp(summary.get("updated_at"))
     return attempt_start is None or (written is not None and written >= attempt_start - CLOCK_SLACK_SECONDS)
 
 
-def _timestamp(value) -> float | None:
+def parse_timestamp(value) -> float | None:
+    """Unix seconds from an RFC 3339 time (`2026-12-01T10:00:00Z`); None when absent or unreadable."""
     if not isinstance(value, str):
         return None
     try:

@@ -9,7 +9,6 @@ says so, not a silently dropped field.
 from __future__ import annotations
 
 import codecs
-import datetime
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,7 +30,7 @@ from orchestrator.backends.kubernetes.client import (
 )
 from orchestrator.core import rendering
 from orchestrator.core.expansion import Expansion, Point
-from orchestrator.core.run_status import Condition, Observation
+from orchestrator.core.run_status import Condition, Observation, parse_timestamp
 from orchestrator.errors import DistillctlError, UsageError
 from orchestrator.exit_codes import ExitCode
 
@@ -289,20 +288,17 @@ class KubernetesBackend:
         self.cluster.api.close()
 
 
-def _timestamp(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 def observe_jobset(jobset: dict, workload: dict | None) -> Observation:
     """A JobSet (and its Kueue Workload) as an Observation: conditions verbatim, Kueue's reason while queued."""
     status = jobset.get("status") or {}
     conditions = tuple(
-        Condition(c.get("type", ""), c.get("status", ""), c.get("reason", ""), c.get("message", ""))
+        Condition(
+            c.get("type", ""),
+            c.get("status", ""),
+            c.get("reason", ""),
+            c.get("message", ""),
+            parse_timestamp(c.get("lastTransitionTime")),
+        )
         for c in status.get("conditions") or []
     )
     suspended = bool((jobset.get("spec") or {}).get("suspend"))
@@ -326,7 +322,7 @@ def observe_jobset(jobset: dict, workload: dict | None) -> Observation:
         active=active,
         queue_reason=reason,
         queue_message=message,
-        created_at=_timestamp(metadata.get("creationTimestamp")),
+        created_at=parse_timestamp(metadata.get("creationTimestamp")),
         deleting=bool(metadata.get("deletionTimestamp")),
-        started_at=_timestamp((resumed or {}).get("lastTransitionTime")),
+        started_at=parse_timestamp((resumed or {}).get("lastTransitionTime")),
     )

@@ -21,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.config.incluster_config import InClusterConfigLoader
 
+from orchestrator.backends import ClusterAccess
 from orchestrator.errors import DistillctlError
 from orchestrator.exit_codes import ExitCode
 
@@ -33,16 +34,6 @@ CONNECTION_ERRORS = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError
 
 class ClusterError(DistillctlError):
     exit_code = ExitCode.CLUSTER_UNREACHABLE
-
-
-@dataclasses.dataclass(frozen=True)
-class ClusterAccess:
-    """Where the cluster is, as kubectl takes it: --kubeconfig (else $KUBECONFIG, ~/.kube/config, in-cluster),
-    --context, and the namespace (flag, else the target's, else the context's, else `default`)."""
-
-    kubeconfig: str | None = None
-    context: str | None = None
-    namespace: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.table import Table
 
-from orchestrator import console
+from orchestrator.core.markdown import cell as md_cell
 from orchestrator.core.results import KL_T1, TABLE_METRICS, Results, Row, short_metric
 
 MISSING = "—"
@@ -140,17 +140,17 @@ def markdown(results: Results) -> str:
     lines = [f"### distillctl results: `{results.sweep}`", ""]
     best = results.best
     if best is not None:
-        line = f"Best point: **{console.md_cell(best.label)}** (`{best.run_id}`), kl_div_T1 {number(best.metrics.get(KL_T1))}"
+        line = f"Best point: **{md_cell(best.label)}** (`{best.run_id}`), kl_div_T1 {number(best.metrics.get(KL_T1))}"
         if best.delta_kl is not None:
             line += f", {signed(best.delta_kl, best.delta_kl_relative)} vs the baseline"
         lines += [line + ".", ""]
-    lines += ["| " + " | ".join(console.md_cell(h) for h in headers) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(md_cell(h) for h in headers) + " |", "| " + " | ".join(align) + " |"]
     for row in results.rows:
         cells = _cells(results, row)
         if row.best:
             cells = [f"**{c}**" if c and c != MISSING else c for c in cells]
-        lines.append("| " + " | ".join(console.md_cell(c) for c in cells) + " |")
-    lines += ["", f"<sub>{title(results)}. {console.md_cell(legend(results))}.</sub>"]
+        lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
+    lines += ["", f"<sub>{title(results)}. {md_cell(legend(results))}.</sub>"]
     return "\n".join(lines) + "\n"
 
 

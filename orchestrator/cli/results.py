@@ -3,8 +3,8 @@ prints, and exits.
 
 Run statuses come from one function, `backend_statuses`: the sweep's backend (the cluster's JobSets and Kueue
 workloads, or the local claim files) combined with what each run wrote. When the cluster cannot be reached the
-statuses fall back to the outputs alone, with a warning: results still read from storage. `check_sweep` also
-takes the status function as a parameter.
+statuses fall back to the outputs alone, with a warning: results still read from storage. The core's
+`gate.check_sweep` takes the status function as a parameter.
 """
 
 from __future__ import annotations
@@ -13,45 +13,25 @@ import time
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from distillspec.problems import Problem
-from orchestrator import console, results_format
-from orchestrator.backends.kubernetes.client import ClusterAccess
+from orchestrator.cli.options import (
+    ContextOption,
+    GridYesOption,
+    ImageOption,
+    KubeconfigOption,
+    NamespaceOption,
+    OutputBaseOption,
+    SlicesOption,
+    SweepArgument,
+    SweepContext,
+    TpuOption,
+    WindowOption,
+)
 from orchestrator.core import golden as golden_file
-from orchestrator.core import identity, results
-from orchestrator.core import regress as regression
-from orchestrator.core.expansion import Expansion
-from orchestrator.core.reconcile import reconcile
-from orchestrator.core.results import StatusFn
-from orchestrator.core.run_status import RunStatus
-from orchestrator.core.waiting import poll_until
-from orchestrator.errors import DistillctlError, InvalidSpecError, UsageError
-from orchestrator.exit_codes import ExitCode
-from orchestrator.following import backend_for, derive_all
-from orchestrator.launch_commands import ContextOption, ImageOption, KubeconfigOption, NamespaceOption
-from orchestrator.outputs import RunOutputs, read_run_outputs
-from orchestrator.sweep_commands import SlicesOption, SweepArgument, TpuOption, YesOption, expand_sweep
-
-WindowOption = Annotated[
-    int,
-    typer.Option(
-        "--window",
-        min=0,
-        help="aggregate each metric over the last N log records "
-        "(token-weighted, from the (sum, count) pairs); 0: every record",
-    ),
-]
-OutputBaseOption = Annotated[
-    Optional[str],
-    typer.Option(
-        "--output-base",
-        help="read the runs' outputs under this path or URL (gs://bucket/prefix) instead of the "
-        "sweep's target.output_base; run ids do not change",
-    ),
-]
+from orchestrator.core import results
 
 
 class MatchBy(str, Enum):
@@ -69,11 +49,16 @@ class ResultsFormat(str, Enum):
 # --- reading a sweep's state ------------------------------------------------------------------------------
 
 
-def backend_statuses(access: ClusterAccess) -> StatusFn:
-    """The status of every run of the sweep, from its backend. The one place statuses come from."""
+def backend_statuses(access):
+    """The status of every run of the sweep, from its backend (`access`: a ClusterAccess). The one place statuses
+    come from."""
+    from distillspec.problems import Problem
+    from orchestrator.backends import backend_for
+    from orchestrator.cli import console
+    from orchestrator.core.status import derive_all
+    from orchestrator.errors import DistillctlError
 
-    def statuses(expansion: Expansion, outputs: Mapping[str, RunOutputs]) -> Mapping[str, RunStatus]:
-        assert expansion.sweep is not None
+    def statuses(expansion, outputs: Mapping):
         try:
             backend = backend_for(expansion.sweep.target, access)
             try:
@@ -96,26 +81,6 @@ def backend_statuses(access: ClusterAccess) -> StatusFn:
         return derive_all(expansion, observed, outputs, now=time.time())
 
     return statuses
-
-
-def output_paths(expansion: Expansion, output_base: str | None) -> dict[str, str]:
-    """run id -> where its outputs are: `<output base>/<run id>`."""
-    if output_base is None:
-        return {run.run_id: run.output_path for run in expansion.runs}
-    return {run.run_id: identity.output_path(output_base, run.run_id) for run in expansion.runs}
-
-
-def read_outputs(expansion: Expansion, output_base: str | None) -> dict[str, RunOutputs]:
-    return {run_id: read_run_outputs(path) for run_id, path in output_paths(expansion, output_base).items()}
-
-
-State = tuple[dict[str, RunOutputs], Mapping[str, RunStatus]]
-
-
-def observe(expansion: Expansion, output_base: str | None, statuses: StatusFn) -> State:
-    """What every run wrote, and its status."""
-    outputs = read_outputs(expansion, output_base)
-    return outputs, statuses(expansion, outputs)
 
 
 # --- results ----------------------------------------------------------------------------------------------
@@ -141,7 +106,7 @@ def results_command(
     tpu_type: TpuOption = None,
     slices: SlicesOption = None,
     image: ImageOption = None,
-    yes: YesOption = False,
+    yes: GridYesOption = False,
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
     namespace: NamespaceOption = None,
@@ -152,8 +117,22 @@ def results_command(
 
     Outputs are read from local paths or gs:// URLs (gs:// needs the `gcs` extra).
     """
-    expansion = expand_sweep(sweep, tpu_type=tpu_type, slices=slices, image=image, yes=yes)
-    outputs, statuses = observe(expansion, output_base, backend_statuses(ClusterAccess(kubeconfig, context, namespace)))
+    from orchestrator.cli import console, results_format
+    from orchestrator.core import gate
+    from orchestrator.errors import UsageError
+
+    ctx = SweepContext.build(
+        sweep,
+        kubeconfig=kubeconfig,
+        context=context,
+        namespace=namespace,
+        yes=yes,
+        tpu_type=tpu_type,
+        slices=slices,
+        image=image,
+    )
+    expansion = ctx.expand()
+    outputs, statuses = gate.observe(expansion, output_base, backend_statuses(ctx.access))
     table = results.build(expansion, outputs, statuses, window=window)
     if format is ResultsFormat.json:
         console.print_json(results_format.to_json(table))
@@ -165,7 +144,7 @@ def results_command(
         console.print_wide(results_format.text_table(table))
     console.out.file.flush()
     if plot is not None:
-        from orchestrator import plots  # matplotlib takes seconds to import: only when plotting
+        from orchestrator.cli import plots  # matplotlib takes seconds to import: only when plotting
 
         logs = {run_id: out.log for run_id, out in outputs.items()}
         specs = {run.run_id: run.spec for run in expansion.runs}
@@ -182,85 +161,27 @@ def results_command(
 # --- regress ----------------------------------------------------------------------------------------------
 
 
-def _invalid(e: DistillctlError) -> DistillctlError:
+def _invalid(e):
     """For regress a sweep or golden file that cannot be used is an invalid spec (4), never exit 2, which
     regress reserves for infrastructure failures."""
+    from orchestrator.errors import DistillctlError
+    from orchestrator.exit_codes import ExitCode
+
     if e.exit_code == ExitCode.INVALID_SPEC:
         return e
     return DistillctlError(e.message, e.hint, exit_code=ExitCode.INVALID_SPEC)
 
 
-def load_golden(path: Path, expansion: Expansion) -> golden_file.GoldenFile:
-    assert expansion.sweep is not None
-    golden, problems = golden_file.read_golden(path)
-    if golden is not None:
-        golden, problems = golden_file.match_sweep(golden, expansion.sweep.name, point_keys(expansion), file=str(path))
-    if problems:
-        raise InvalidSpecError(f"{path} is not a usable golden file for {expansion.sweep.name!r}", problems)
-    assert golden is not None
-    return golden
+def _progress(state, left: float) -> None:
+    from orchestrator.cli import console
 
-
-def observed(
-    expansion: Expansion,
-    outputs: Mapping[str, RunOutputs],
-    statuses: Mapping[str, RunStatus],
-    *,
-    window: int,
-    metrics: list[str],
-) -> dict[str, regression.Observed]:
-    out = {}
-    for run in expansion.runs:
-        status = statuses.get(run.run_id) or RunStatus("Pending", "NotObserved")
-        values = results.run_metrics(outputs.get(run.run_id) or RunOutputs(run.output_path), window, metrics)
-        out[run.run_id] = regression.Observed(run.run_id, run.label, status.phase, status.reason, values)
-    return out
-
-
-def check_sweep(
-    expansion: Expansion,
-    expected: golden_file.GoldenFile,
-    *,
-    statuses: StatusFn,
-    output_base: str | None = None,
-    wait: bool = False,
-    timeout: float = 3600.0,
-    poll: float = 30.0,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-    on_wait: Callable[[State, float], None] | None = None,
-) -> regression.RegressReport:
-    """Read the sweep's outputs and statuses (`statuses`: see `backend_statuses`), waiting with `wait` until
-    every run is terminal or `timeout` seconds pass, and check them against `expected`."""
-
-    def look() -> State:
-        return observe(expansion, output_base, statuses)
-
-    def finished(state: State) -> bool:
-        # A point whose prerequisite failed will never run: waiting longer would only end in a timeout.
-        statuses = state[1]
-        if any(run.run_id not in statuses for run in expansion.runs):
-            return False
-        blocked = {a.run.run_id for a in reconcile(expansion.runs, statuses) if a.kind == "blocked"}
-        return all(statuses[run.run_id].terminal or run.run_id in blocked for run in expansion.runs)
-
-    if wait:
-        (outputs, found), timed_out = poll_until(
-            look, finished, timeout=timeout, every=poll, clock=clock, sleep=sleep, on_wait=on_wait
-        )
-    else:
-        (outputs, found), timed_out = look(), False
-    metrics = sorted({name for point in expected.points for name in point.checks})
-    seen = observed(expansion, outputs, found, window=expected.window, metrics=metrics)
-    return regression.evaluate(expected, seen, timed_out=timed_out)
-
-
-def _progress(state: State, left: float) -> None:
     done = sum(status.terminal for status in state[1].values())
     console.err.print(f"waiting: {done}/{len(state[1])} run(s) finished, {left:.0f} s left", markup=False)
 
 
 def _write(path: Path, text: str) -> None:
+    from orchestrator.errors import UsageError
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
@@ -282,7 +203,7 @@ def regress(
     tpu_type: TpuOption = None,
     slices: SlicesOption = None,
     image: ImageOption = None,
-    yes: YesOption = False,
+    yes: GridYesOption = False,
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
     namespace: NamespaceOption = None,
@@ -295,15 +216,31 @@ def regress(
 
     Exit 3: timed out waiting (--wait); 4: invalid sweep or golden file.
     """
+    from orchestrator.cli import console
+    from orchestrator.core import gate
+    from orchestrator.core import regress as regression
+    from orchestrator.errors import DistillctlError
+    from orchestrator.exit_codes import ExitCode
+
+    ctx = SweepContext.build(
+        sweep,
+        kubeconfig=kubeconfig,
+        context=context,
+        namespace=namespace,
+        yes=yes,
+        tpu_type=tpu_type,
+        slices=slices,
+        image=image,
+    )
     try:
-        expansion = expand_sweep(sweep, tpu_type=tpu_type, slices=slices, image=image, yes=yes)
-        expected = load_golden(golden, expansion)
+        expansion = ctx.expand()
+        expected = gate.load_golden(golden, expansion)
     except DistillctlError as e:
         raise _invalid(e) from None
-    report = check_sweep(
+    report = gate.check_sweep(
         expansion,
         expected,
-        statuses=backend_statuses(ClusterAccess(kubeconfig, context, namespace)),
+        statuses=backend_statuses(ctx.access),
         output_base=output_base,
         wait=wait,
         timeout=timeout,
@@ -326,21 +263,6 @@ def regress(
 golden_app = typer.Typer(
     help="Golden files: the metric values `distillctl regress` checks a sweep against.", no_args_is_help=True
 )
-
-
-def point_keys(expansion: Expansion) -> dict[str, str]:
-    """run id -> what identifies the run besides its id (golden files with `match: axis_values`)."""
-    return {run.run_id: golden_file.point_key(run.role, run.prerequisite, run.axis_values) for run in expansion.runs}
-
-
-def seed_groups(expansion: Expansion) -> dict[str, str]:
-    """run id -> its seed group: runs that differ only by `seed` share one."""
-    return {
-        run.run_id: golden_file.point_key(
-            run.role, run.prerequisite, {k: v for k, v in run.axis_values.items() if k != "seed"}
-        )
-        for run in expansion.runs
-    }
 
 
 @golden_app.command("update")
@@ -368,7 +290,7 @@ def golden_update(
     tpu_type: TpuOption = None,
     slices: SlicesOption = None,
     image: ImageOption = None,
-    yes: YesOption = False,
+    yes: GridYesOption = False,
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
     namespace: NamespaceOption = None,
@@ -379,10 +301,24 @@ def golden_update(
 
     Other runs get an approx check with --rtol. Refuses (exit 2) while any run has not succeeded.
     """
-    expansion = expand_sweep(sweep, tpu_type=tpu_type, slices=slices, image=image, yes=yes)
-    assert expansion.sweep is not None
-    outputs, statuses = observe(expansion, output_base, backend_statuses(ClusterAccess(kubeconfig, context, namespace)))
-    unfinished = [run for run in expansion.runs if statuses[run.run_id].phase != "Succeeded"]
+    from orchestrator.cli import console
+    from orchestrator.core import gate
+    from orchestrator.core.run_status import Phase
+    from orchestrator.errors import UsageError
+
+    ctx = SweepContext.build(
+        sweep,
+        kubeconfig=kubeconfig,
+        context=context,
+        namespace=namespace,
+        yes=yes,
+        tpu_type=tpu_type,
+        slices=slices,
+        image=image,
+    )
+    expansion = ctx.expand()
+    outputs, statuses = gate.observe(expansion, output_base, backend_statuses(ctx.access))
+    unfinished = [run for run in expansion.runs if statuses[run.run_id].phase != Phase.SUCCEEDED]
     if unfinished:
         listed = "; ".join(f"{run.label}: {statuses[run.run_id].shown}" for run in unfinished[:5])
         more = f" and {len(unfinished) - 5} more" if len(unfinished) > 5 else ""
@@ -391,7 +327,7 @@ def golden_update(
             f"golden values come from a finished sweep: `distillctl results {sweep}` shows where it stands",
         )
     names = list(metric) if metric else list(golden_file.DEFAULT_METRICS)
-    groups = seed_groups(expansion)
+    groups = gate.seed_groups(expansion)
     finished = [
         golden_file.Finished(
             run.run_id,

@@ -1,6 +1,6 @@
 """`distillctl plan`, `render` and `tpus`: each parses, calls the core, prints, and exits.
 
-Errors are raised as `DistillctlError`s; `orchestrator.cli` maps them to messages and exit codes.
+Errors are raised as `DistillctlError`s; `orchestrator.cli.app` maps them to messages and exit codes.
 """
 
 from __future__ import annotations
@@ -11,26 +11,18 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
-from distillspec import tpu
-from distillspec.problems import Problem, has_errors
-from distillspec.sweep import load_sweep, override_target
-from orchestrator import console
-from orchestrator.backends.xpk import command as xpk_command
-from orchestrator.console import OutputFormat
-from orchestrator.core import expansion, rendering
-from orchestrator.core import plan as planning
-from orchestrator.errors import USAGE_CODES, InvalidSpecError, UsageError
+from orchestrator.cli.options import (
+    GridYesOption,
+    OutputFormat,
+    OutputOption,
+    SlicesOption,
+    SweepArgument,
+    SweepContext,
+    TpuOption,
+)
 
 GB = 1e9
-
-SweepArgument = Annotated[Path, typer.Argument(help="a sweep file")]
-OutputOption = Annotated[OutputFormat, typer.Option("--output", help="text for people, json for machines")]
-TpuOption = Annotated[Optional[str], typer.Option("--tpu-type", help="override target.tpu_type, e.g. v6e-256")]
-SlicesOption = Annotated[Optional[int], typer.Option("--slices", min=1, help="override target.slices")]
-YesOption = Annotated[bool, typer.Option("--yes", help=f"allow more than {expansion.DEFAULT_MAX_POINTS} points")]
 
 
 class RenderAs(str, Enum):
@@ -38,52 +30,9 @@ class RenderAs(str, Enum):
     xpk = "xpk"
 
 
-def expand_sweep(
-    path: Path,
-    *,
-    tpu_type: str | None,
-    slices: int | None,
-    yes: bool,
-    image: str | None = None,
-    queue: str | None = None,
-    priority: str | None = None,
-    labels: dict[str, str] | None = None,
-) -> expansion.Expansion:
-    """Load and expand a sweep (with target overrides), or raise the error that explains why not."""
-    if tpu_type is not None:
-        try:
-            tpu_type = tpu.lookup(tpu_type).name
-        except tpu.UnknownTpuType as e:
-            raise UsageError(str(e), "`distillctl tpus` lists the TPU types distillctl knows") from None
-    source = load_sweep(path)
-    _raise_for(source.problems, path)
-    assert source.sweep is not None
-    overrides = (("tpu_type", tpu_type), ("slices", slices), ("image", image), ("queue", queue), ("priority", priority))
-    changes = {k: v for k, v in overrides if v is not None}
-    if labels:
-        changes["labels"] = {**source.sweep.target.labels, **labels}
-    if changes:
-        if source.sweep.target.kind == "local" and tpu_type is not None:
-            changes["kind"] = "kubernetes"  # a TPU type means a cluster run
-        source = override_target(source, **changes)
-    try:
-        result = expansion.expand(source, max_points=None if yes else expansion.DEFAULT_MAX_POINTS)
-    except expansion.GridTooLarge as e:
-        raise UsageError(str(e), "check the axes, or pass --yes to expand it anyway") from None
-    _raise_for(result.problems, path)
-    return result
+def _warn(problems) -> None:
+    from orchestrator.cli import console
 
-
-def _raise_for(problems: tuple[Problem, ...], path: Path) -> None:
-    errors = [p for p in problems if p.is_error]
-    if not errors:
-        return
-    if all(p.code in USAGE_CODES for p in errors) and errors[0].loc == ():
-        raise UsageError(errors[0].message, errors[0].hint)
-    raise InvalidSpecError(f"{path} is not a valid sweep", problems, "fix the problems above")
-
-
-def _warn(problems: list[Problem] | tuple[Problem, ...]) -> None:
     for problem in problems:
         if not problem.is_error:
             console.err.print(console.problem_line(problem))
@@ -94,11 +43,15 @@ def plan(
     output: OutputOption = OutputFormat.text,
     tpu_type: TpuOption = None,
     slices: SlicesOption = None,
-    yes: YesOption = False,
+    yes: GridYesOption = False,
 ) -> None:
     """List a sweep's runs: ids, JobSet names, axis values, chips, chip-hours and per-chip memory."""
-    result = expand_sweep(sweep, tpu_type=tpu_type, slices=slices, yes=yes)
-    assert result.sweep is not None
+    from rich.table import Table
+
+    from orchestrator.cli import console
+    from orchestrator.core import plan as planning
+
+    result = SweepContext.build(sweep, tpu_type=tpu_type, slices=slices, yes=yes).expand()
     target = result.sweep.target
     rows = planning.plan(result)
     warnings = [p for p in result.problems if not p.is_error] + planning.memory_problems(rows, target)
@@ -126,7 +79,7 @@ def plan(
     for row in rows:
         p, m = row.point, row.memory
         table.add_row(
-            console.run_key(p),
+            p.key,
             p.run_id,
             p.jobset_name,
             console.axis_text(p.axis_values),
@@ -147,11 +100,16 @@ def render(
     ] = RenderAs.jobset,
     tpu_type: TpuOption = None,
     slices: SlicesOption = None,
-    yes: YesOption = False,
+    yes: GridYesOption = False,
 ) -> None:
     """Write one JobSet manifest per run to DIR as `<jobset name>.yaml` (or print `xpk workload create` lines)."""
-    result = expand_sweep(sweep, tpu_type=tpu_type, slices=slices, yes=yes)
-    assert result.sweep is not None
+    from distillspec.problems import has_errors
+    from orchestrator.backends.xpk import command as xpk_command
+    from orchestrator.cli import console
+    from orchestrator.core import rendering
+    from orchestrator.errors import InvalidSpecError, UsageError
+
+    result = SweepContext.build(sweep, tpu_type=tpu_type, slices=slices, yes=yes).expand()
     target = result.sweep.target
     if not target.on_cluster:
         raise UsageError(
@@ -215,6 +173,12 @@ def _write(path: Path, text: str) -> bool:
 
 def tpus(output: OutputOption = OutputFormat.text) -> None:
     """List the TPU types distillctl knows (the names `xpk workload create --tpu-type` takes)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from distillspec import tpu
+    from orchestrator.cli import console
+
     rows = [
         {
             "name": t.name,

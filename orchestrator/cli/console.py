@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
 from typing import Any
 
 import yaml
@@ -17,11 +16,6 @@ from distillspec.problems import Problem
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
-
-
-class OutputFormat(str, Enum):
-    text = "text"
-    json = "json"
 
 
 def print_json(data: Any) -> None:
@@ -80,13 +74,6 @@ def print_wide(table: Table) -> None:
         Console(width=width, highlight=False, color_system=out.color_system and "auto").print(table)
 
 
-def run_key(run) -> str:
-    """The short name of a run in tables: its index, `3b` for a baseline, or the prerequisite's name."""
-    if run.prerequisite:
-        return run.prerequisite
-    return f"{run.index}b" if run.is_baseline else str(run.index)
-
-
 def axis_text(values) -> str:
     return ", ".join(f"{k}={v}" for k, v in dict(values).items()) or "—"
 
@@ -100,8 +87,3 @@ def warn_once(problem: Problem) -> None:
     if key not in _warned:
         _warned.add(key)
         err.print(problem_line(problem))
-
-
-def md_cell(text: str) -> str:
-    """Text for a markdown table cell (a `|` would end the cell)."""
-    return text.replace("|", "\\|")

@@ -10,9 +10,6 @@ from typing import Annotated
 
 import typer
 
-from orchestrator import console
-from orchestrator.errors import InvalidSpecError
-
 
 def train(
     file: Annotated[Path, typer.Argument(help="a spec file (distillctl layout or a MaxText distillation.yml)")],
@@ -24,7 +21,9 @@ def train(
     Trainer exit codes: 0 done; 1 invalid spec or user error; 42 retryable failure; 65 diverged (NaN/inf loss);
     70 internal error; 143 stopped by SIGTERM/SIGINT after saving a checkpoint.
     """
-    from orchestrator.cli import load_valid_spec
+    from orchestrator.cli import console
+    from orchestrator.cli.spec import load_valid_spec
+    from orchestrator.errors import InvalidSpecError
 
     report = load_valid_spec(file)
     for problem in report.problems:

@@ -1,96 +1,28 @@
-"""The `distillctl` command line. Each command parses, calls one core function, prints, and exits."""
+"""`distillctl validate`, `explain`, `convert` and `models`: commands on one spec file (no sweep, no cluster)."""
 
 from __future__ import annotations
 
-import os
-import sys
-import traceback
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
-from rich.text import Text
-from typer.core import TyperGroup
 
-from distillspec import maxtext_format
-from distillspec.problems import has_errors
-from distillspec.registry import MODELS
-from distillspec.specfile import SpecReport, read_spec_file
-from orchestrator import console, launch_commands, results_commands, sweep_commands, train_command
-from orchestrator.console import OutputFormat
-from orchestrator.core.explain import explain as explain_spec
-from orchestrator.errors import USAGE_CODES, DistillctlError, InvalidSpecError, UsageError
-from orchestrator.exit_codes import ExitCode, epilog
+from orchestrator.cli.options import OutputFormat, OutputOption
 
 
-class _Commands(TyperGroup):
-    """Maps DistillctlError (and stray exceptions) to a message and an exit code, in one place."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except DistillctlError as e:
-            if isinstance(e, InvalidSpecError):
-                for problem in e.problems:
-                    console.err.print(console.problem_line(problem))
-            console.print_error(e.message, e.hint)
-            raise typer.Exit(int(e.exit_code)) from None
-        except KeyboardInterrupt:
-            console.print_error("interrupted")
-            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
-        except BrokenPipeError:
-            if not _stdout_closed():
-                raise  # a pipe to something else broke: not the reader going away
-            # `distillctl status --output json | head`: the reader has what it wanted.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise typer.Exit(0) from None
-        except (typer.Exit, typer.Abort):
-            raise
-        except Exception as e:
-            if hasattr(e, "exit_code") and hasattr(e, "show"):
-                raise  # the command line itself is wrong: Typer prints usage and exits 2
-            # Anything else is a bug: say so briefly unless debugging.
-            if os.environ.get("DISTILLCTL_DEBUG"):
-                traceback.print_exc()
-            console.print_error(
-                f"internal error: {type(e).__name__}: {e}",
-                "this is a bug in distillctl; rerun with DISTILLCTL_DEBUG=1 for the traceback and report it",
-            )
-            raise typer.Exit(int(ExitCode.INTERNAL)) from None
-
-
-def _stdout_closed() -> bool:
-    try:
-        sys.stdout.flush()
-        os.write(sys.stdout.fileno(), b"")
-        return False
-    except BrokenPipeError:
-        return True
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-app = typer.Typer(
-    cls=_Commands,
-    help="Validate, sweep, launch and compare knowledge-distillation runs on TPU pods.",
-    epilog=epilog(),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-OutputOption = Annotated[OutputFormat, typer.Option("--output", help="text for people, json for machines")]
-
-
-@app.command()
 def validate(
     files: Annotated[list[Path], typer.Argument(help="spec files: distillctl's layout or a MaxText distillation.yml")],
     output: OutputOption = OutputFormat.text,
     strict: Annotated[bool, typer.Option(help="treat warnings as errors")] = False,
 ) -> None:
     """Check specs for every known mistake before anything is launched."""
+    from distillspec.problems import has_errors
+    from distillspec.specfile import read_spec_file
+    from orchestrator.cli import console
+    from orchestrator.errors import USAGE_CODES
+    from orchestrator.exit_codes import ExitCode
+
     reports = [read_spec_file(path) for path in files]
     problems = [p for report in reports for p in report.problems]
     if output is OutputFormat.json:
@@ -105,7 +37,11 @@ def validate(
         raise typer.Exit(int(ExitCode.USAGE))
 
 
-def _print_report(report: SpecReport) -> None:
+def _print_report(report) -> None:
+    from rich.text import Text
+
+    from orchestrator.cli import console
+
     for problem in report.problems:
         console.out.print(console.problem_line(problem))
     errors = sum(p.is_error for p in report.problems)
@@ -119,8 +55,11 @@ def _print_report(report: SpecReport) -> None:
         )
 
 
-def load_valid_spec(path: Path) -> SpecReport:
-    """The spec in `path`, or an error carrying every problem."""
+def load_valid_spec(path: Path):
+    """The spec in `path` (a SpecReport), or an error carrying every problem."""
+    from distillspec.specfile import read_spec_file
+    from orchestrator.errors import USAGE_CODES, InvalidSpecError, UsageError
+
     report = read_spec_file(path)
     if not report.ok:
         usage = all(p.code in USAGE_CODES for p in report.problems if p.is_error)
@@ -135,12 +74,17 @@ def load_valid_spec(path: Path) -> SpecReport:
     return report
 
 
-@app.command()
 def explain(
     file: Annotated[Path, typer.Argument(help="a spec file")],
     output: OutputOption = OutputFormat.text,
 ) -> None:
     """Show the fully resolved spec: defaults, model shapes, layer indices and the α/β/T schedules."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from orchestrator.cli import console
+    from orchestrator.core.explain import explain as explain_spec
+
     report = load_valid_spec(file)
     view = explain_spec(report.spec)
     if output is OutputFormat.json:
@@ -178,12 +122,15 @@ class SpecLayout(str, Enum):
     maxtext = "maxtext"
 
 
-@app.command()
 def convert(
     file: Annotated[Path, typer.Argument(help="a spec file in either layout")],
     to: Annotated[SpecLayout, typer.Option("--to", help="the layout to write")] = SpecLayout.native,
 ) -> None:
     """Print a spec in distillctl's layout or as a MaxText distillation.yml (to stdout)."""
+    from distillspec import maxtext_format
+    from orchestrator.cli import console
+    from orchestrator.errors import UsageError
+
     spec = load_valid_spec(file).spec
     native = spec.model_dump(mode="json", exclude_defaults=to is SpecLayout.native)
     if to is SpecLayout.maxtext:
@@ -195,9 +142,13 @@ def convert(
     console.out.print(console.to_yaml(native).rstrip(), markup=False)
 
 
-@app.command()
 def models(output: OutputOption = OutputFormat.text) -> None:
     """List the models distillctl knows, with their shapes."""
+    from rich.table import Table
+
+    from distillspec.registry import MODELS
+    from orchestrator.cli import console
+
     rows = [
         {
             "name": name,
@@ -241,24 +192,3 @@ def models(output: OutputOption = OutputFormat.text) -> None:
             ),
         )
     console.out.print(table)
-
-
-app.command()(sweep_commands.plan)
-app.command()(sweep_commands.render)
-app.command()(sweep_commands.tpus)
-app.command()(launch_commands.sweep)
-app.command()(launch_commands.status)
-app.command()(launch_commands.logs)
-app.command()(launch_commands.cancel)
-app.command("results")(results_commands.results_command)
-app.command()(results_commands.regress)
-app.add_typer(results_commands.golden_app, name="golden")
-app.command()(train_command.train)
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

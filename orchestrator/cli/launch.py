@@ -1,0 +1,352 @@
+"""`distillctl sweep`, `status`, `logs` and `cancel`: each builds its sweep context, calls the core (launch, follow,
+look, delete), prints what it returns, and exits."""
+
+from __future__ import annotations
+
+import sys
+import time
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+from orchestrator.cli.options import (
+    ContextOption,
+    ImageOption,
+    KubeconfigOption,
+    NamespaceOption,
+    OutputFormat,
+    OutputOption,
+    StallOption,
+    SweepArgument,
+    SweepContext,
+    YesOption,
+)
+
+DEFAULT_STALL_SECONDS = 900.0  # orchestrator.core.run_status's (a test keeps them equal)
+
+
+class DryRunMode(str, Enum):
+    client = "client"
+    server = "server"
+
+
+def parse_labels(items: list[str] | None) -> dict[str, str]:
+    from orchestrator.errors import UsageError
+
+    labels = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--label {item!r} is not KEY=VALUE", "e.g. --label distillctl.dev/ci-key=pr12-3f2a9c")
+        labels[key] = value
+    return labels
+
+
+# --- sweep ------------------------------------------------------------------------------------------------
+
+
+def sweep(
+    sweep_file: SweepArgument,
+    dry_run: Annotated[
+        Optional[DryRunMode],
+        typer.Option(
+            "--dry-run",
+            help="client: render only (no cluster needed); server: the API server's dry run of what would be created",
+        ),
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="follow the sweep to the end")] = False,
+    timeout: Annotated[
+        Optional[float], typer.Option("--timeout", help="with --wait: give up after this many seconds (exit 3)")
+    ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="run failed and diverged points again (they resume)")
+    ] = False,
+    stall_after: StallOption = DEFAULT_STALL_SECONDS,
+    image: ImageOption = None,
+    queue: Annotated[Optional[str], typer.Option("--queue", help="override target.queue (Kueue LocalQueue)")] = None,
+    priority: Annotated[Optional[str], typer.Option("--priority", help="override target.priority")] = None,
+    label: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--label",
+            help="KEY=VALUE: an extra label on every JobSet created (repeat), e.g. a CI key; not part of run ids",
+        ),
+    ] = None,
+    output: OutputOption = OutputFormat.text,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
+    namespace: NamespaceOption = None,
+    yes: YesOption = False,
+) -> None:
+    """Create the sweep's runs that do not exist yet (prerequisites first); with --wait, follow them to the end.
+
+    Running it again creates nothing new: runs are found by their ids, so a re-run, an interrupted run or two at
+    once still end with one run per point."""
+    from orchestrator.cli import console, views
+    from orchestrator.core.launch import launch
+
+    ctx = SweepContext.build(
+        sweep_file,
+        kubeconfig=kubeconfig,
+        context=context,
+        namespace=namespace,
+        yes=yes,
+        labels=parse_labels(label),
+        image=image,
+        queue=queue,
+        priority=priority,
+    )
+    if dry_run is DryRunMode.client:
+        _client_dry_run(ctx.expand(), output)
+        return
+    expansion, backend = ctx.open()
+    try:
+        mode = dry_run.value if dry_run else None
+        report = launch(expansion, backend, retry_failed=retry_failed, dry_run=mode, stall_after=stall_after)
+        for problem in report.state.warnings:
+            console.warn_once(problem)
+        if output is OutputFormat.json:
+            console.print_json(views.launch_json(report, mode))
+        else:
+            for line in views.launch_lines(report, mode):
+                console.out.print(line)
+        if not wait or dry_run is not None:
+            return
+        code = _follow(expansion, backend, stall_after=stall_after, timeout=timeout, quiet=output is OutputFormat.json)
+    finally:
+        backend.close()
+    if code:
+        raise typer.Exit(int(code))
+
+
+def _client_dry_run(expansion, output: OutputFormat) -> None:
+    """Render every run as it would be submitted, without asking the cluster what already exists."""
+    from rich.text import Text
+
+    from orchestrator.cli import console
+    from orchestrator.core import rendering
+
+    target = expansion.sweep.target
+    for run in expansion.runs:
+        if target.on_cluster:
+            rendering.render_jobset(run, target)  # renders, or raises
+    if output is OutputFormat.json:
+        console.print_json(
+            [
+                {"run_id": run.run_id, "jobset": run.jobset_name, "label": run.label, "outcome": "dry-run-client"}
+                for run in expansion.runs
+            ]
+        )
+        return
+    for run in expansion.runs:
+        console.out.print(f"would create (client) {run.jobset_name}  {run.label}", markup=False)
+    console.out.print(
+        Text(
+            f"{len(expansion.runs)} rendered (dry run: the cluster was not asked what exists; "
+            "--dry-run=server asks it)",
+            style="bold",
+        )
+    )
+
+
+def _follow(expansion, backend, *, stall_after: float, timeout: float | None, quiet: bool = False) -> int:
+    """Print the follow events (a live table on a terminal, transitions in a log); the exit code of the end."""
+    from rich.live import Live
+
+    from orchestrator.cli import console, views
+    from orchestrator.core.follow import Finished, Outcome, follow
+    from orchestrator.exit_codes import ExitCode
+
+    live = Live(console=console.out, auto_refresh=False) if console.out.is_terminal and not quiet else None
+    previous: dict[str, str] = {}
+    if live:
+        live.start()
+    try:
+        for event in follow(expansion, backend, stall_after=stall_after, timeout=timeout):
+            if isinstance(event, Finished):
+                break
+            for problem in event.state.warnings:
+                console.warn_once(problem)
+            if live:
+                live.update(views.status_table(expansion, event.state.statuses), refresh=True)
+            elif not quiet:
+                for line in views.transitions(expansion, dict(event.state.statuses), previous):
+                    console.out.print(line, markup=False, highlight=False)
+    finally:
+        if live:
+            live.stop()
+    statuses = event.state.statuses
+    if not live and not quiet:
+        console.print_wide(views.status_table(expansion, statuses))
+    if event.outcome is Outcome.SUCCEEDED:
+        return ExitCode.OK
+    first = statuses[event.runs[0].run_id] if event.runs else None
+    if event.outcome is Outcome.NEVER_ADMITTED:
+        console.print_error(
+            f"Kueue will never admit {len(event.runs)} run(s) as configured: {first.message}",
+            "lower target.slices or the TPU type, or raise the ClusterQueue's quota",
+        )
+        return ExitCode.NOT_ADMITTED
+    if event.outcome is Outcome.TIMED_OUT_QUEUED:
+        console.print_error(
+            f"timed out with {len(event.runs)} run(s) still queued: {first.reason}: {first.message}",
+            "Kueue has not admitted them: check the ClusterQueue's quota for this TPU type",
+        )
+        return ExitCode.NOT_ADMITTED
+    if event.outcome is Outcome.TIMED_OUT:
+        console.print_error(
+            "timed out before every run finished", "the runs keep going; `distillctl status` follows them"
+        )
+        return ExitCode.TIMEOUT
+    console.print_error(
+        f"{len(event.runs)} of {len(expansion.runs)} run(s) did not succeed",
+        "`distillctl status` and `distillctl logs` say why; --retry-failed runs them again",
+    )
+    return ExitCode.FAILED
+
+
+# --- status -----------------------------------------------------------------------------------------------
+
+
+def status(
+    sweep_file: SweepArgument,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="refresh in place until interrupted")] = False,
+    output: OutputOption = OutputFormat.text,
+    stall_after: StallOption = DEFAULT_STALL_SECONDS,
+    image: ImageOption = None,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """One row per run: phase, restarts, step, latest kl_div_T1 and age."""
+    from rich.live import Live
+    from rich.text import Text
+
+    from orchestrator.cli import console, views
+    from orchestrator.core.follow import POLL_SECONDS
+    from orchestrator.core.status import look
+
+    ctx = SweepContext.build(
+        sweep_file, kubeconfig=kubeconfig, context=context, namespace=namespace, yes=True, image=image
+    )
+    expansion, backend = ctx.open()
+
+    def statuses():
+        state = look(expansion, backend, now=time.time(), stall_after=stall_after)
+        for problem in state.warnings:
+            console.warn_once(problem)
+        return state.statuses
+
+    try:
+        if output is OutputFormat.json:
+            console.print_json(views.status_json(expansion, statuses()))
+            return
+        if not watch:
+            console.print_wide(views.status_table(expansion, statuses()))
+            return
+        if not console.out.is_terminal:  # a log, not a screen: one table per refresh
+            while True:
+                table = views.status_table(expansion, statuses())
+                console.out.print(Text(time.strftime("%H:%M:%S"), style="dim"))
+                console.print_wide(table)
+                time.sleep(POLL_SECONDS)
+        with Live(console=console.out, auto_refresh=False) as live:
+            while True:
+                live.update(views.status_table(expansion, statuses()), refresh=True)
+                time.sleep(POLL_SECONDS)
+    finally:
+        backend.close()
+
+
+# --- logs and cancel --------------------------------------------------------------------------------------
+
+
+def find_run(expansion, key: str):
+    """A run by run id, JobSet name, point index or prerequisite name."""
+    from orchestrator.errors import UsageError
+
+    for run in expansion.runs:
+        if key in {run.run_id, run.jobset_name, run.key} or (run.prerequisite is None and key == str(run.index)):
+            return run
+    choices = ", ".join(f"{run.key} ({run.run_id})" for run in expansion.runs)
+    raise UsageError(
+        f"no run {key!r} in this sweep", f"use a run id, JobSet name, point index or prerequisite: {choices}"
+    )
+
+
+def logs(
+    sweep_file: SweepArgument,
+    run: Annotated[str, typer.Argument(help="run id, JobSet name, point index or prerequisite name")],
+    slice_: Annotated[int, typer.Option("--slice", min=0, help="slice (Job) index")] = 0,
+    worker: Annotated[int, typer.Option("--worker", min=0, help="worker (pod) index in the slice")] = 0,
+    all_: Annotated[bool, typer.Option("--all", help="every worker of every slice, prefixed [slice/worker]")] = False,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
+    tail: Annotated[Optional[int], typer.Option("--tail", min=1, help="only the last N lines")] = None,
+    image: ImageOption = None,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Print a run's trainer log (slice 0, worker 0 by default)."""
+    from orchestrator.backends import LogRequest
+
+    ctx = SweepContext.build(
+        sweep_file, kubeconfig=kubeconfig, context=context, namespace=namespace, yes=True, image=image
+    )
+    expansion, backend = ctx.open()
+    try:
+        target = find_run(expansion, run)
+        request = LogRequest(slice=slice_, worker=worker, all=all_, follow=follow, tail=tail)
+        for line in backend.logs(target, request):
+            sys.stdout.write(line)
+            sys.stdout.flush()
+    finally:
+        backend.close()
+
+
+def cancel(
+    sweep_file: SweepArgument,
+    runs: Annotated[
+        Optional[list[str]], typer.Argument(help="runs to cancel (default: every run of the sweep)")
+    ] = None,
+    yes: YesOption = False,
+    output: OutputOption = OutputFormat.text,
+    image: ImageOption = None,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Stop and delete this sweep's runs (never another sweep's); finished outputs and checkpoints stay."""
+    from orchestrator.cli import console
+    from orchestrator.errors import UsageError
+    from orchestrator.exit_codes import ExitCode
+
+    ctx = SweepContext.build(
+        sweep_file, kubeconfig=kubeconfig, context=context, namespace=namespace, yes=True, image=image
+    )
+    expansion, backend = ctx.open()
+    try:
+        chosen = [find_run(expansion, key) for key in runs] if runs else list(expansion.runs)
+        existing = backend.observe(expansion)
+        chosen = [run for run in chosen if run.run_id in existing and existing[run.run_id].exists]
+        if not chosen:
+            if output is OutputFormat.json:
+                console.print_json([])
+            else:
+                console.out.print("nothing to cancel: none of these runs exists")
+            return
+        if not yes:
+            if not sys.stdin.isatty():
+                raise UsageError(f"cancel would delete {len(chosen)} run(s)", "pass --yes to confirm without a prompt")
+            names = "\n  ".join(run.jobset_name for run in chosen)
+            if not typer.confirm(f"Delete {len(chosen)} run(s) of sweep {expansion.sweep.name}?\n  {names}\n"):
+                raise typer.Exit(int(ExitCode.FAILED))
+        deleted = backend.delete(chosen)
+        if output is OutputFormat.json:
+            console.print_json([{"deleted": name} for name in deleted])
+        else:
+            for name in deleted:
+                console.out.print(f"deleted {name}", markup=False)
+    finally:
+        backend.close()

@@ -1,0 +1,115 @@
+"""Options and arguments that several commands share, and the values built from them once per command.
+
+Importing this module is cheap (typer only): every command module imports it at start-up, so whatever a command
+needs beyond it is imported inside the command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+DEFAULT_MAX_POINTS = 64  # orchestrator.core.expansion's, repeated for the help text (a test keeps them equal)
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+SweepArgument = Annotated[Path, typer.Argument(help="a sweep file")]
+OutputOption = Annotated[OutputFormat, typer.Option("--output", help="text for people, json for machines")]
+TpuOption = Annotated[Optional[str], typer.Option("--tpu-type", help="override target.tpu_type, e.g. v6e-256")]
+SlicesOption = Annotated[Optional[int], typer.Option("--slices", min=1, help="override target.slices")]
+GridYesOption = Annotated[bool, typer.Option("--yes", help=f"allow more than {DEFAULT_MAX_POINTS} points")]
+YesOption = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation; allow large grids")]
+KubeconfigOption = Annotated[
+    Optional[str],
+    typer.Option("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)"),
+]
+ContextOption = Annotated[
+    Optional[str], typer.Option("--context", help="kubeconfig context (default: the current one)")
+]
+NamespaceOption = Annotated[
+    Optional[str], typer.Option("--namespace", "-n", help="namespace (default: target.namespace)")
+]
+ImageOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--image", help="override target.image (part of every run id: status, logs and cancel need the same value)"
+    ),
+]
+StallOption = Annotated[
+    float, typer.Option("--stall-after", help="seconds without new metrics before a running point shows as Stalled")
+]
+WindowOption = Annotated[
+    int,
+    typer.Option(
+        "--window",
+        min=0,
+        help="aggregate each metric over the last N log records "
+        "(token-weighted, from the (sum, count) pairs); 0: every record",
+    ),
+]
+OutputBaseOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--output-base",
+        help="read the runs' outputs under this path or URL (gs://bucket/prefix) instead of the "
+        "sweep's target.output_base; run ids do not change",
+    ),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepContext:
+    """What a sweep command was told about where the sweep runs, built once from its options: the sweep file,
+    target overrides, and the cluster access."""
+
+    path: Path
+    overrides: object  # orchestrator.core.sweeps.TargetOverrides (imported lazily: start-up time)
+    access: object  # orchestrator.backends.ClusterAccess
+    yes: bool = False
+
+    @classmethod
+    def build(
+        cls,
+        path: Path,
+        *,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        namespace: str | None = None,
+        yes: bool = False,
+        labels: dict[str, str] | None = None,
+        **overrides,
+    ) -> SweepContext:
+        from orchestrator.backends import ClusterAccess
+        from orchestrator.core.sweeps import TargetOverrides
+
+        return cls(
+            path,
+            TargetOverrides(**overrides, labels=tuple((labels or {}).items())),
+            ClusterAccess(kubeconfig=kubeconfig, context=context, namespace=namespace),
+            yes,
+        )
+
+    def expand(self):
+        """The sweep, loaded and expanded with the overrides (an Expansion), or the error that says why not."""
+        from orchestrator.core.sweeps import expand_sweep
+
+        return expand_sweep(self.path, self.overrides, yes=self.yes)
+
+    def open(self):
+        """`(expansion, backend)`: the expanded sweep and its target's backend (close it when done). Warnings of
+        the expansion are printed."""
+        from orchestrator.backends import backend_for
+        from orchestrator.cli import console
+
+        expansion = self.expand()
+        for problem in expansion.problems:
+            console.err.print(console.problem_line(problem))
+        return expansion, backend_for(expansion.sweep.target, self.access)

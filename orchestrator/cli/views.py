@@ -1,0 +1,144 @@
+"""How the launch commands show runs to people and machines: the status table and JSON, action lines, events."""
+
+from __future__ import annotations
+
+import time
+
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator.backends import Submitted
+from orchestrator.cli import console
+from orchestrator.core.expansion import Expansion
+from orchestrator.core.launch import DRY_RUN_RECREATE, LaunchReport
+from orchestrator.core.reconcile import ActionKind
+from orchestrator.core.run_status import Phase, RunStatus
+
+PHASE_STYLE = {
+    Phase.SUCCEEDED: "green",
+    Phase.FAILED: "red",
+    Phase.DIVERGED: "red",
+    Phase.STALLED: "yellow",
+    Phase.QUEUED: "cyan",
+    Phase.RESTARTING: "yellow",
+    Phase.RUNNING: "blue",
+    Phase.PENDING: "dim",
+}
+
+
+def age(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def status_table(expansion: Expansion, statuses) -> Table:
+    table = Table(title=f"sweep {expansion.sweep.name}", title_justify="left")
+    for column in ("#", "run id", "axis values", "phase", "restarts", "step", "kl_div_T1", "age"):
+        table.add_column(column, justify="right" if column in ("#", "restarts", "step", "kl_div_T1", "age") else "left")
+    for run in expansion.runs:
+        s = statuses[run.run_id]
+        step = "—" if s.step is None else f"{s.step}/{s.total_steps or '?'}"
+        table.add_row(
+            run.key,
+            run.run_id,
+            console.axis_text(run.axis_values),
+            Text(s.shown, style=PHASE_STYLE.get(s.phase, "")),
+            str(s.restarts),
+            step,
+            "—" if s.kl_div_t1 is None else f"{s.kl_div_t1:.4f}",
+            age(s.age_seconds),
+        )
+    return table
+
+
+def status_json(expansion: Expansion, statuses) -> list[dict]:
+    return [
+        {
+            "run_id": run.run_id,
+            "jobset": run.jobset_name,
+            "label": run.label,
+            "role": run.role,
+            "axis_values": dict(run.axis_values),
+            "phase": str(s.phase),
+            "reason": s.reason,
+            "message": s.message,
+            "restarts": s.restarts,
+            "step": s.step,
+            "total_steps": s.total_steps,
+            "kl_div_T1": s.kl_div_t1,
+            "age_seconds": s.age_seconds,
+            "output_path": run.output_path,
+        }
+        for run in expansion.runs
+        for s in [statuses[run.run_id]]
+    ]
+
+
+def _verb(kind: ActionKind, outcome: Submitted | str | None, dry_run: str | None) -> tuple[str, str]:
+    if outcome == "dry-run":
+        return f"would create ({dry_run or 'dry run'})", "cyan"
+    if outcome == DRY_RUN_RECREATE:
+        return "would delete and create again (dry run)", "cyan"
+    if outcome == "exists":
+        return "exists (already there: a concurrent or retried create)", "dim"
+    if outcome == "created":
+        return ("created" if kind != ActionKind.WAIT else "queued"), "green"
+    return {
+        ActionKind.SKIP: ("skipped", "dim"),
+        ActionKind.WAIT: ("waiting", "yellow"),
+        ActionKind.BLOCKED: ("blocked", "red"),
+    }.get(kind, (str(kind), ""))
+
+
+def launch_lines(report: LaunchReport, dry_run: str | None) -> list[Text]:
+    """One line per run (what was done or decided, and why), then a count."""
+    lines = []
+    for action in report.actions:
+        outcome = report.submitted.get(action.run.run_id)
+        verb, style = _verb(action.kind, outcome, dry_run)
+        line = Text()
+        line.append(f"{verb:>9} ", style=style)
+        line.append(f"{action.run.jobset_name}  {action.run.label}")
+        if action.kind != ActionKind.CREATE and not (outcome == "created" and action.kind == ActionKind.WAIT):
+            line.append(f"  ({action.reason})", style="dim")
+        lines.append(line)
+    outcomes = list(report.submitted.values())
+    created = outcomes.count("created")
+    would = sum(1 for v in outcomes if v in ("dry-run", DRY_RUN_RECREATE))
+    unchanged = len(report.actions) - (would or created)
+    if would:
+        lines.append(Text(f"{would} would be created (dry run: nothing was), {unchanged} unchanged", style="bold"))
+    else:
+        lines.append(Text(f"{created} created, {unchanged} unchanged", style="bold"))
+    return lines
+
+
+def launch_json(report: LaunchReport, dry_run: str | None) -> list[dict]:
+    return [
+        {
+            "run_id": a.run.run_id,
+            "jobset": a.run.jobset_name,
+            "label": a.run.label,
+            "action": str(a.kind),
+            "reason": a.reason,
+            "outcome": report.submitted.get(a.run.run_id),
+            "dry_run": dry_run,
+        }
+        for a in report.actions
+    ]
+
+
+def transitions(expansion: Expansion, statuses: dict[str, RunStatus], previous: dict[str, str]) -> list[str]:
+    """A line for each run whose shown phase changed since `previous` (which is updated)."""
+    lines = []
+    for run in expansion.runs:
+        shown = statuses[run.run_id].shown
+        if previous.get(run.run_id) != shown:
+            previous[run.run_id] = shown
+            lines.append(f"{time.strftime('%H:%M:%S')} {run.jobset_name} {shown}")
+    return lines

@@ -1,0 +1,92 @@
+"""Following a sweep to its end, as a stream of events.
+
+Each round looks at every run, submits what has become ready (points whose prerequisites finished; runs a dead
+local supervisor lost) and yields a `Polled` event; the last event is a `Finished` with the outcome. Printing and
+exit codes belong to the front end (the CLI prints the events, the service writes them to the sweep's status);
+time is injected, so the loop is tested with a fake clock and no sleeping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from collections.abc import Callable, Iterator
+
+from orchestrator.backends import Backend
+from orchestrator.core.expansion import Expansion, Point
+from orchestrator.core.launch import to_submit
+from orchestrator.core.reconcile import Action, ActionKind, reconcile
+from orchestrator.core.run_status import DEFAULT_STALL_SECONDS, Phase
+from orchestrator.core.status import SweepState, look
+
+POLL_SECONDS = 2.0
+
+
+class Outcome(enum.StrEnum):
+    SUCCEEDED = "succeeded"  # every run succeeded
+    FAILED = "failed"  # every run ended (or is blocked by a failed prerequisite), some did not succeed
+    NEVER_ADMITTED = "never_admitted"  # Kueue says the request exceeds what the queue could ever give
+    TIMED_OUT_QUEUED = "timed_out_queued"  # the timeout passed with runs still waiting for Kueue
+    TIMED_OUT = "timed_out"  # the timeout passed; the runs keep going
+
+
+@dataclasses.dataclass(frozen=True)
+class Polled:
+    """One look at the sweep, and the runs handed to the backend after it."""
+
+    state: SweepState
+    actions: tuple[Action, ...]
+    submitted: tuple[Point, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """The end: `runs` are the ones the outcome is about (failed, never admitted, still queued)."""
+
+    outcome: Outcome
+    state: SweepState
+    runs: tuple[Point, ...] = ()
+
+
+Event = Polled | Finished
+
+
+def follow(
+    expansion: Expansion,
+    backend: Backend,
+    *,
+    stall_after: float = DEFAULT_STALL_SECONDS,
+    timeout: float | None = None,
+    poll: float = POLL_SECONDS,
+    wall: Callable[[], float] = time.time,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[Event]:
+    """Events until every run is terminal or blocked, Kueue will never admit one, or `timeout` seconds pass."""
+    deadline = None if timeout is None else clock() + timeout
+    while True:
+        state = look(expansion, backend, now=wall(), stall_after=stall_after)
+        statuses = state.statuses
+        actions = tuple(reconcile(expansion.runs, statuses))
+        ready = tuple(to_submit(backend, actions))
+        if ready:
+            backend.submit(ready, expansion)
+        yield Polled(state, actions, ready)
+        hopeless = tuple(run for run in expansion.runs if statuses[run.run_id].never_admitted)
+        if hopeless:
+            yield Finished(Outcome.NEVER_ADMITTED, state, hopeless)
+            return
+        blocked = {a.run.run_id for a in actions if a.kind == ActionKind.BLOCKED}
+        if all(statuses[run.run_id].terminal or run.run_id in blocked for run in expansion.runs):
+            failed = tuple(run for run in expansion.runs if statuses[run.run_id].phase != Phase.SUCCEEDED)
+            yield Finished(Outcome.FAILED if failed else Outcome.SUCCEEDED, state, failed)
+            return
+        if deadline is not None and clock() > deadline:
+            queued = tuple(run for run in expansion.runs if statuses[run.run_id].phase == Phase.QUEUED)
+            if queued and expansion.sweep.target.on_cluster:
+                yield Finished(Outcome.TIMED_OUT_QUEUED, state, queued)
+            else:
+                yield Finished(Outcome.TIMED_OUT, state)
+            return
+        sleep(poll)

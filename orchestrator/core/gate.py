@@ -1,0 +1,120 @@
+"""Checking a sweep against its golden file (`regress`), and what golden files and checks need of a sweep: its
+runs' outputs (read from storage) and statuses (from a status function, so the caller picks the source)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Callable
+
+from distillspec.contract import PendingReason
+from orchestrator.core import golden as golden_file
+from orchestrator.core import identity, results
+from orchestrator.core import regress as regression
+from orchestrator.core.expansion import Expansion
+from orchestrator.core.reconcile import ActionKind, reconcile
+from orchestrator.core.results import StatusFn
+from orchestrator.core.run_status import Phase, RunStatus
+from orchestrator.core.waiting import poll_until
+from orchestrator.errors import InvalidSpecError
+from orchestrator.outputs import RunOutputs, read_run_outputs
+
+
+def output_paths(expansion: Expansion, output_base: str | None) -> dict[str, str]:
+    """run id -> where its outputs are: `<output base>/<run id>`."""
+    if output_base is None:
+        return {run.run_id: run.output_path for run in expansion.runs}
+    return {run.run_id: identity.output_path(output_base, run.run_id) for run in expansion.runs}
+
+
+def read_outputs(expansion: Expansion, output_base: str | None) -> dict[str, RunOutputs]:
+    return {run_id: read_run_outputs(path) for run_id, path in output_paths(expansion, output_base).items()}
+
+
+State = tuple[dict[str, RunOutputs], Mapping[str, RunStatus]]
+
+
+def observe(expansion: Expansion, output_base: str | None, statuses: StatusFn) -> State:
+    """What every run wrote, and its status."""
+    outputs = read_outputs(expansion, output_base)
+    return outputs, statuses(expansion, outputs)
+
+
+def load_golden(path: Path, expansion: Expansion) -> golden_file.GoldenFile:
+    golden, problems = golden_file.read_golden(path)
+    if golden is not None:
+        golden, problems = golden_file.match_sweep(golden, expansion.sweep.name, point_keys(expansion), file=str(path))
+    if problems:
+        raise InvalidSpecError(f"{path} is not a usable golden file for {expansion.sweep.name!r}", problems)
+    assert golden is not None
+    return golden
+
+
+def observed(
+    expansion: Expansion,
+    outputs: Mapping[str, RunOutputs],
+    statuses: Mapping[str, RunStatus],
+    *,
+    window: int,
+    metrics: list[str],
+) -> dict[str, regression.Observed]:
+    out = {}
+    for run in expansion.runs:
+        status = statuses.get(run.run_id) or RunStatus(Phase.PENDING, PendingReason.NOT_OBSERVED)
+        values = results.run_metrics(outputs.get(run.run_id) or RunOutputs(run.output_path), window, metrics)
+        out[run.run_id] = regression.Observed(run.run_id, run.label, status.phase, status.reason, values)
+    return out
+
+
+def check_sweep(
+    expansion: Expansion,
+    expected: golden_file.GoldenFile,
+    *,
+    statuses: StatusFn,
+    output_base: str | None = None,
+    wait: bool = False,
+    timeout: float = 3600.0,
+    poll: float = 30.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    on_wait: Callable[[State, float], None] | None = None,
+) -> regression.RegressReport:
+    """Read the sweep's outputs and statuses (`statuses`: e.g. the CLI's `backend_statuses`), waiting with `wait` until
+    every run is terminal or `timeout` seconds pass, and check them against `expected`."""
+
+    def look() -> State:
+        return observe(expansion, output_base, statuses)
+
+    def finished(state: State) -> bool:
+        # A point whose prerequisite failed will never run: waiting longer would only end in a timeout.
+        statuses = state[1]
+        if any(run.run_id not in statuses for run in expansion.runs):
+            return False
+        blocked = {a.run.run_id for a in reconcile(expansion.runs, statuses) if a.kind == ActionKind.BLOCKED}
+        return all(statuses[run.run_id].terminal or run.run_id in blocked for run in expansion.runs)
+
+    if wait:
+        (outputs, found), timed_out = poll_until(
+            look, finished, timeout=timeout, every=poll, clock=clock, sleep=sleep, on_wait=on_wait
+        )
+    else:
+        (outputs, found), timed_out = look(), False
+    metrics = sorted({name for point in expected.points for name in point.checks})
+    seen = observed(expansion, outputs, found, window=expected.window, metrics=metrics)
+    return regression.evaluate(expected, seen, timed_out=timed_out)
+
+
+def point_keys(expansion: Expansion) -> dict[str, str]:
+    """run id -> what identifies the run besides its id (golden files with `match: axis_values`)."""
+    return {run.run_id: golden_file.point_key(run.role, run.prerequisite, run.axis_values) for run in expansion.runs}
+
+
+def seed_groups(expansion: Expansion) -> dict[str, str]:
+    """run id -> its seed group: runs that differ only by `seed` share one."""
+    return {
+        run.run_id: golden_file.point_key(
+            run.role, run.prerequisite, {k: v for k, v in run.axis_values.items() if k != "seed"}
+        )
+        for run in expansion.runs
+    }

@@ -1,0 +1,64 @@
+"""The status of every run of a sweep: what its backend observes plus what the run wrote to its outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from distillspec.problems import Problem
+from orchestrator.backends import Backend
+from orchestrator.core.expansion import Expansion
+from orchestrator.core.run_status import DEFAULT_STALL_SECONDS, Observation, RunStatus, derive
+from orchestrator.errors import UsageError
+from orchestrator.outputs import RunOutputs, read_run_outputs
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepState:
+    """One look at a sweep: each run's status and outputs by run id, and warnings met while looking."""
+
+    statuses: Mapping[str, RunStatus]
+    outputs: Mapping[str, RunOutputs]
+    warnings: tuple[Problem, ...] = ()
+
+
+def read_outputs(expansion: Expansion) -> tuple[dict[str, RunOutputs], tuple[Problem, ...]]:
+    """Each run's outputs; when the storage cannot be read at all (gs:// without gcsfs), a warning and no outputs:
+    following a sweep still works from what the cluster says."""
+    try:
+        return {run.run_id: read_run_outputs(run.output_path) for run in expansion.runs}, ()
+    except UsageError as e:
+        warning = Problem(
+            (), "outputs_unreadable", f"{e.message}: steps and metrics are not shown", e.hint, severity="warning"
+        )
+        return {run.run_id: RunOutputs(run.output_path, readable=False) for run in expansion.runs}, (warning,)
+
+
+def derive_all(
+    expansion: Expansion,
+    observed: Mapping[str, Observation],
+    outputs: Mapping[str, RunOutputs],
+    *,
+    now: float,
+    stall_after: float = DEFAULT_STALL_SECONDS,
+) -> dict[str, RunStatus]:
+    """Each run's status from what the backend observed (absent: never created) and what it wrote."""
+    return {
+        run.run_id: derive(
+            observed.get(run.run_id, Observation(exists=False)),
+            outputs[run.run_id],
+            now=now,
+            stall_after=stall_after,
+            total_steps=run.spec.steps,
+        )
+        for run in expansion.runs
+    }
+
+
+def look(
+    expansion: Expansion, backend: Backend, *, now: float, stall_after: float = DEFAULT_STALL_SECONDS
+) -> SweepState:
+    """Each run's status and outputs, by run id (prerequisites included)."""
+    observed = backend.observe(expansion)
+    outputs, warnings = read_outputs(expansion)
+    return SweepState(derive_all(expansion, observed, outputs, now=now, stall_after=stall_after), outputs, warnings)
