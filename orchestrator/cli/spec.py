@@ -55,25 +55,6 @@ def _print_report(report) -> None:
         )
 
 
-def load_valid_spec(path: Path):
-    """The spec in `path` (a SpecReport), or an error carrying every problem."""
-    from distillspec.specfile import read_spec_file
-    from orchestrator.errors import USAGE_CODES, InvalidSpecError, UsageError
-
-    report = read_spec_file(path)
-    if not report.ok:
-        usage = all(p.code in USAGE_CODES for p in report.problems if p.is_error)
-        if usage:
-            problem = report.problems[0]
-            raise UsageError(problem.message, problem.hint)
-        raise InvalidSpecError(
-            f"{path} is not a valid spec",
-            [p for p in report.problems if p.is_error],
-            f"run `distillctl validate {path}` for details",
-        )
-    return report
-
-
 def explain(
     file: Annotated[Path, typer.Argument(help="a spec file")],
     output: OutputOption = OutputFormat.text,
@@ -84,6 +65,7 @@ def explain(
 
     from orchestrator.cli import console
     from orchestrator.core.explain import explain as explain_spec
+    from orchestrator.core.specs import load_valid_spec
 
     report = load_valid_spec(file)
     view = explain_spec(report.spec)
@@ -129,6 +111,7 @@ def convert(
     """Print a spec in distillctl's layout or as a MaxText distillation.yml (to stdout)."""
     from distillspec import maxtext_format
     from orchestrator.cli import console
+    from orchestrator.core.specs import load_valid_spec
     from orchestrator.errors import UsageError
 
     spec = load_valid_spec(file).spec

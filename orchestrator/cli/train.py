@@ -22,7 +22,7 @@ def train(
     70 internal error; 143 stopped by SIGTERM/SIGINT after saving a checkpoint.
     """
     from orchestrator.cli import console
-    from orchestrator.cli.spec import load_valid_spec
+    from orchestrator.core.specs import load_valid_spec
     from orchestrator.errors import InvalidSpecError
 
     report = load_valid_spec(file)

@@ -1,0 +1,25 @@
+"""Loading one spec file for a command that needs it valid (`explain`, `convert`, `train`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distillspec.specfile import SpecReport, read_spec_file
+from orchestrator.errors import USAGE_CODES, InvalidSpecError, UsageError
+
+
+def load_valid_spec(path: Path) -> SpecReport:
+    """The spec in `path`, or an error carrying every problem: UsageError when it cannot be read, InvalidSpecError
+    otherwise."""
+    report = read_spec_file(path)
+    if not report.ok:
+        usage = all(p.code in USAGE_CODES for p in report.problems if p.is_error)
+        if usage:
+            problem = report.problems[0]
+            raise UsageError(problem.message, problem.hint)
+        raise InvalidSpecError(
+            f"{path} is not a valid spec",
+            [p for p in report.problems if p.is_error],
+            f"run `distillctl validate {path}` for details",
+        )
+    return report
