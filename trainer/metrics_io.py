@@ -16,16 +16,22 @@ aggregates token-weighted as Σsum/Σcount; `value` is that line's own aggregate
 On resume, lines after the restored checkpoint's step are dropped, so the file equals an uninterrupted run's.
 
 `summary.json` (replaced atomically): `{"status": "running"|"succeeded"|"failed"|"diverged"|"preempted",
-"exit_code": int|null, "step", "total_steps", "tokens", "tokens_per_sec" (whole run, excluding compilation),
-"wall_time_sec", "compile_time_sec", "final_metrics": {name: value over the last log window}, "started_at",
-"updated_at" (ISO 8601 UTC), "mode", "run_name", "message" (why it stopped, when not succeeded),
+"exit_code": int|null, "step", "total_steps", "tokens", "tokens_per_sec" (this attempt, excluding compilation),
+"wall_time_sec" (every attempt so far: a resumed run adds its time to its checkpoint's and its last summary's),
+"compile_time_sec", "final_metrics": {name: value over the last log window}, "started_at", "updated_at" (ISO 8601
+UTC), "mode", "run_name", "run_id" (the orchestrator's $DISTILLCTL_RUN_ID, null when unset), "message" (why it
+stopped, when not succeeded; `OutputNotWritable: <path>: <error>` when the storage refused a write),
 "resumed_from_step" (int|null)}` — at start, at each checkpoint and at exit.
 
 `tensorboard/`: event files with the guide's tags (`distill/...`) plus `train/learning_rate` and
 `train/tokens_per_sec`; for a remote run directory they are written locally and copied up at each checkpoint and
 at exit.
 
-Only process 0 writes any of these.
+Only process 0 writes any of these. A process other than 0 that fails writes `failures/process-<i>.json`
+(summary.json's keys plus `process_index`) instead, and removes its own at start: process 0 may never get to say
+why the run ended, and the orchestrator reads these when summary.json is missing or still says running.
+
+Local files get mode 0666 minus the umask (0644 by default), like any file the user creates.
 """
 
 from __future__ import annotations
