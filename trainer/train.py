@@ -1,13 +1,15 @@
 """The training loop: build the models and state, resume, train, log, checkpoint, and end with an exit code.
 
 `run(spec, ...) -> TrainerExit` is the whole run. It never raises: every failure becomes an exit code (see
-`trainer.exit_codes`), a `summary.json` status and a message for the reporter. `train(...)` is the loop itself,
-raising `TrainerError`s.
+`trainer.exit_codes`), a `summary.json` status and a message for the reporter. `train(...)` raises
+`TrainerError`s: it checks the output and checkpoint storage writable (before anything is compiled), builds,
+then `restore_or_init` (the latest checkpoint, else step 0) and `_loop`, a short loop over a typed `TrainState`
+with a `MetricWindow` (when to write a metrics line, and its timing) and a `CheckpointPolicy` (when to save).
 
 Multi-host: with `ProcessOptions` (coordinator address, process count, process id) or on TPU (where
 `jax.distributed.initialize()` finds its peers itself) every process runs this same loop on its share of the global
 batch; process 0 alone writes `spec.json`, `metrics.jsonl`, `summary.json` and TensorBoard events; all processes
-write their checkpoint shards.
+write their checkpoint shards; a process other than 0 that fails writes `failures/process-<i>.json`.
 """
 
 from __future__ import annotations
