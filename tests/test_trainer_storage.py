@@ -5,6 +5,7 @@ leaves its verdict in the output storage, where the orchestrator reads it once t
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -35,6 +36,27 @@ def can_chattr(tmp_path: Path) -> bool:
     ok = subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode == 0
     subprocess.run(["chattr", "-i", str(probe)], capture_output=True)
     return ok and os.geteuid() == 0
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (NotADirectoryError(errno.ENOTDIR, "Not a directory"), TrainerExit.USER_ERROR),
+        (PermissionError(errno.EACCES, "Permission denied"), TrainerExit.USER_ERROR),
+        (OSError(errno.EROFS, "Read-only file system"), TrainerExit.USER_ERROR),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), TrainerExit.USER_ERROR),
+        (OSError(errno.EIO, "Input/output error"), TrainerExit.RETRYABLE),
+        (ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), TrainerExit.RETRYABLE),
+        (TimeoutError("write timed out"), TrainerExit.RETRYABLE),
+    ],
+)
+def test_unusable_storage_is_a_user_error_and_transient_io_is_retried(error, code):
+    from trainer.exit_codes import storage_failure
+
+    failure = storage_failure("/runs/x/checkpoints", error)
+    assert failure.exit_code == code
+    if code == TrainerExit.USER_ERROR:
+        assert failure.message == f"OutputNotWritable: /runs/x/checkpoints: {error}"
 
 
 def test_a_file_where_the_checkpoints_belong_fails_before_step_0(tmp_path):
