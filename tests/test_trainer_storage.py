@@ -199,3 +199,16 @@ def test_a_failing_worker_leaves_its_verdict_for_the_orchestrator(tmp_path):
     status = derive(Observation(exists=False), outputs, now=time.time(), stall_after=900.0)
     assert status.shown == "Failed (TrainerExit)" and status.terminal
     assert status.message.startswith("exit code 1 on process 1: checkpoint not found at")
+
+
+def test_failure_files_and_the_storage_probe_work_on_object_store_urls():
+    """The gs:// code path (fsspec, no local file calls), on fsspec's in-memory file system."""
+    from orchestrator.outputs import read_failures
+    from trainer.metrics_io import check_writable, clear_process_failure, write_process_failure
+
+    check_writable("memory://bucket/probe-run/checkpoints")
+    record = {"status": "failed", "exit_code": 42, "process_index": 3, "message": "EIO"}
+    write_process_failure("memory://bucket/probe-run", 3, record)
+    assert read_failures("memory://bucket/probe-run") == (record,)
+    clear_process_failure("memory://bucket/probe-run", 3)
+    assert read_failures("memory://bucket/probe-run") == ()
