@@ -27,9 +27,8 @@ from typing import Any
 
 import fsspec
 
+from distillspec.contract import FAILURES_DIR
 from orchestrator.errors import UsageError
-
-FAILURES_DIR = "failures"  # the trainer's per-process failure files (trainer/metrics_io.py)
 
 # fsspec protocols and the extra that installs their implementation.
 EXTRAS = {"gs": "gcs", "gcs": "gcs"}

@@ -45,6 +45,7 @@ from typing import Any
 
 import fsspec
 
+from distillspec.contract import FAILURES_DIR
 from trainer.loss import metric_value
 
 STATUSES = ("running", "succeeded", "failed", "diverged", "preempted")
@@ -225,9 +226,6 @@ def check_writable(directory: str) -> None:
         fs.rm_file(probe)
     except OSError as e:
         raise storage_failure(directory, e) from None
-
-
-FAILURES_DIR = "failures"
 
 
 def failure_name(process_index: int) -> str:
