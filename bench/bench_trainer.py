@@ -124,7 +124,7 @@ def ours_runner(spec, params, seqs: list[np.ndarray]):
         begin = time.perf_counter()
         for i in range(first, first + count):
             state = step(state, built.teacher_params, device_batch(seqs[i]), hp(i))
-        jax.device_get(state["window"])
+        jax.device_get(state.window)
         holder["state"] = state
         return time.perf_counter() - begin
 

@@ -61,6 +61,12 @@ ENV_SPEC = "DISTILLCTL_SPEC"  # the resolved spec as canonical JSON; `python -m 
 ENV_RUN_ID = "DISTILLCTL_RUN_ID"  # the run's identity; the trainer records it in summary.json
 RESERVED_ENV: tuple[str, ...] = (ENV_SPEC, ENV_RUN_ID)
 
+# --- Files in a run's output storage besides the trainer's documented outputs -----------------------------------------
+
+# A process other than 0 that fails leaves `<run dir>/failures/process-<i>.json` (summary.json's keys plus
+# `process_index`): the orchestrator's verdict when summary.json is missing or still says running.
+FAILURES_DIR = "failures"
+
 # --- Labels and annotations on JobSets and pods -------------------------------------------------------------------
 
 LABEL_SWEEP = "distillctl.dev/sweep"

@@ -9,7 +9,9 @@ The trainer's format (`trainer/metrics_io.py` on the trainer branch): each `metr
 where `sum`/`count` accumulate over the steps since the previous line (`value` is that line's own aggregate and
 is ignored here: windows are aggregated from the pairs). Perplexity metrics carry the cross-entropy's sum and
 count. `summary.json` holds the trainer's verdict (`status`: running, succeeded, failed, diverged, preempted),
-`step`, `total_steps`, `wall_time_sec`, ...
+`step`, `total_steps`, `wall_time_sec` (over every attempt), `run_id`, ...; a process other than 0 that fails leaves
+`failures/process-<i>.json` (summary.json's keys plus `process_index`), the verdict when summary.json is missing or
+still says running (process 0 may never get to write it).
 
 A running point's files may be missing or half-written (the last line cut off mid-write): those read as absent
 or shorter, never as an error. If a restarted attempt appended steps the log already had, the later attempt's
@@ -23,6 +25,7 @@ import json
 import math
 from typing import Any
 
+from distillspec.contract import FAILURES_DIR
 from orchestrator.errors import UsageError
 
 # fsspec protocols and the extra that installs their implementation.
@@ -49,6 +52,15 @@ class RunOutputs:
     summary: dict[str, Any] | None = None
     spec: dict[str, Any] | None = None
     readable: bool = True  # False: the storage could not be read at all (say gs:// without gcsfs)
+    failures: tuple[dict[str, Any], ...] = ()  # `failures/process-<i>.json`: processes other than 0 that failed
+
+    @property
+    def verdict(self) -> dict[str, Any] | None:
+        """The trainer's last word on the run: summary.json, unless that is missing or still says running while a
+        process other than 0 left a failure (then the latest such failure, with its `process_index`)."""
+        if self.failures and (self.summary is None or self.summary.get("status") == "running"):
+            return max(self.failures, key=lambda f: str(f.get("updated_at") or ""))
+        return self.summary
 
     @property
     def last_step(self) -> int | None:
@@ -66,12 +78,12 @@ class RunOutputs:
 
     @property
     def wall_time_sec(self) -> float | None:
-        """The run's wall time so far, as the trainer reported it (all attempts' time is not summed by it)."""
+        """The run's wall time so far over every attempt, as the trainer reported it."""
         return _float((self.summary or {}).get("wall_time_sec"))
 
     @property
     def exists(self) -> bool:
-        return bool(self.log) or self.summary is not None
+        return bool(self.log) or self.summary is not None or bool(self.failures)
 
 
 class MissingFilesystem(UsageError):
@@ -172,10 +184,28 @@ def read_summary(path: str) -> dict | None:
     return _read_json(join(path, "summary.json"))
 
 
+def read_failures(path: str) -> tuple[dict[str, Any], ...]:
+    """The failure files that processes other than 0 left under `path`/failures (the trainer's
+    `metrics_io.write_process_failure`), in process order; unreadable ones are skipped."""
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(join(path, FAILURES_DIR))
+        names = sorted(fs.glob(f"{root}/process-*.json"))
+    except (OSError, ValueError):
+        return ()
+    found = []
+    for name in names:
+        record = _read_json(join(path, FAILURES_DIR, name.rstrip("/").rsplit("/", 1)[-1]))
+        if record is not None and record.get("status") in ("failed", "diverged"):
+            found.append(record)
+    return tuple(sorted(found, key=lambda r: r.get("process_index") if isinstance(r.get("process_index"), int) else 0))
+
+
 def read_run_outputs(path: str) -> RunOutputs:
     """Everything readable under `path` (a run's output directory). Raises MissingFilesystem when the path's
     protocol cannot be read at all (gs:// without gcsfs)."""
     check_filesystem(path)
     text = _read_text(join(path, "metrics.jsonl")) or ""
     summary, spec = _read_json(join(path, "summary.json")), _read_json(join(path, "spec.json"))
-    return RunOutputs(path, parse_log(text), summary, spec)
+    return RunOutputs(path, parse_log(text), summary, spec, failures=read_failures(path))

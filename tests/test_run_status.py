@@ -132,3 +132,48 @@ def test_a_retried_run_is_not_read_as_its_predecessors_verdict():
 def test_a_resumed_run_is_not_stalled_by_the_previous_attempts_records():
     resumed = Observation(exists=True, active=True, created_at=NOW - 90_000, started_at=NOW - 30)
     assert status(resumed, outputs(times=(NOW - 86_400,))).phase == "Running"
+
+
+def worker_failure(process_index: int, message: str, exit_code: int = 1, status: str = "failed") -> dict:
+    """What `trainer.metrics_io.write_process_failure` leaves: summary.json's keys plus `process_index`."""
+    return {
+        "status": status,
+        "exit_code": exit_code,
+        "message": message,
+        "process_index": process_index,
+        "updated_at": iso(NOW - 5),
+    }
+
+
+def test_a_failed_worker_keeps_the_run_failed_after_the_jobset_is_gone():
+    """Process 1 failed; process 0's summary.json still says running (or was never written) and the JobSet has been
+    deleted: the worker's failure file in the output storage is the verdict, reason included."""
+    why = "OutputNotWritable: gs://b/r/checkpoints: [Errno 13] Permission denied"
+    for summary in ({"status": "running", "updated_at": iso(NOW - 60)}, None):
+        out = RunOutputs("p", (), summary, failures=(worker_failure(1, why),))
+        s = status(Observation(exists=False), out)
+        assert s.shown == "Failed (TrainerExit)" and s.terminal
+        assert s.message == f"exit code 1 on process 1: {why}"
+
+
+def test_a_final_summary_beats_a_workers_failure_file():
+    out = RunOutputs("p", (), {"status": "succeeded", "exit_code": 0}, failures=(worker_failure(3, "old attempt"),))
+    assert status(Observation(exists=False), out).phase == "Succeeded"
+    assert outputs({"status": "failed", "exit_code": 42}).verdict == {"status": "failed", "exit_code": 42}
+    running = Observation(exists=True, active=True, created_at=NOW - 30, started_at=NOW - 20)
+    # while the JobSet exists the backend speaks: a worker's failure file alone does not end the run
+    assert status(running, RunOutputs("p", (), None, failures=(worker_failure(2, "x"),))).phase == "Running"
+
+
+def test_failure_files_are_read_from_the_output_storage(tmp_path):
+    from orchestrator.outputs import read_run_outputs
+
+    run = tmp_path / "run"
+    (run / "failures").mkdir(parents=True)
+    (run / "summary.json").write_text('{"status": "running", "step": 20, "total_steps": 100}')
+    (run / "failures" / "process-2.json").write_text(__import__("json").dumps(worker_failure(2, "disk gone", 42)))
+    (run / "failures" / "process-1.json").write_text("{cut off")
+    out = read_run_outputs(str(run))
+    assert [f["process_index"] for f in out.failures] == [2]
+    s = status(Observation(exists=False), out)
+    assert s.shown == "Failed (TrainerExit)" and s.message == "exit code 42 on process 2: disk gone"

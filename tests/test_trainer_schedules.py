@@ -89,7 +89,7 @@ def _one_step(spec, host_batch):
     hp = {k: np.float32(v) for k, v in hyperparameters(spec, 0).items()}
     with jax.set_mesh(built.mesh):
         state = built.step_fn(built.state, built.teacher_params, built.to_device(host_batch), hp)
-    return jax.device_get(state["params"]), jax.device_get(state["window"])
+    return jax.device_get(state.params), jax.device_get(state.window)
 
 
 def test_gradient_accumulation_weights_micro_batches_by_valid_tokens():

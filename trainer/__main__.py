@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -83,5 +84,20 @@ def main(argv: list[str] | None = None) -> int:
     return int(run(spec, process=process, reporter=ConsoleReporter()))
 
 
+def exit_now(code: int) -> None:
+    """End the process with `code` once its verdict is written, without waiting for threads that may never end.
+
+    After a failure, orbax's save threads (or JAX's, waiting for peers that are gone) can block interpreter exit
+    for minutes; the verdict (summary.json, the failure file, the console line) is already out, so flush and go.
+    A run that succeeded or was stopped by SIGTERM exits normally, which lets `jax.distributed` shut down
+    together with its peers."""
+    if code in (TrainerExit.OK, TrainerExit.PREEMPTED):
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

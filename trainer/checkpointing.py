@@ -21,7 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from trainer.exit_codes import RetryableError, UserError
+from trainer.exit_codes import RetryableError, UserError, storage_failure
 
 
 def absolute(path: str) -> str:
@@ -60,24 +60,36 @@ def abstract(tree: Any) -> Any:
 
 
 class RunCheckpoints:
-    """Save and restore one run's checkpoints (keeps the latest `keep`)."""
+    """Save and restore one run's checkpoints (keeps the latest `keep`).
+
+    Saves run in orbax's background threads; a save that fails there is raised by the next `check`, `save` or
+    `close` as OutputNotWritable (the storage refuses: exit 1) or RetryableError (transient I/O: exit 42), so the
+    run ends at the next step instead of training on without checkpoints."""
 
     def __init__(self, directory: str, *, keep: int):
         self.directory = directory = absolute(directory)
         try:
             self._manager = ocp.CheckpointManager(
                 directory,
-                options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=keep,
+                    create=True,
+                    # The step's directory is made in `save` itself, so an unusable path fails there; made in the
+                    # background, its failure left the other save threads waiting 300 s for its signal at exit.
+                    async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
+                ),
                 item_names=("params", "train_state", "meta"),
             )
         except OSError as e:
-            raise RetryableError(f"cannot open checkpoint directory {directory}: {e}") from None
+            raise storage_failure(directory, e) from None
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
     def save(self, step: int, params: Any, train_state: Any, meta: dict) -> None:
-        """Start saving step `step` (asynchronously; `wait` blocks until it is durable)."""
+        """Start saving step `step` (asynchronously; `close` blocks until it is durable). Raises the failure of an
+        earlier save still unreported, or of this one's synchronous part (see the class)."""
+        self.check()
         try:
             self._manager.save(
                 step,
@@ -89,7 +101,14 @@ class RunCheckpoints:
                 force=True,
             )
         except OSError as e:
-            raise RetryableError(f"cannot save checkpoint {step} under {self.directory}: {e}") from None
+            raise storage_failure(self.directory, e) from None
+
+    def check(self) -> None:
+        """Raise the failure of a background save that has ended (cheap: no waiting)."""
+        try:
+            self._manager.check_for_errors()
+        except OSError as e:
+            raise storage_failure(self.directory, e) from None
 
     def restore(self, step: int, params_like: Any, train_state_like: Any) -> tuple[Any, Any, dict]:
         """`(params, train_state, meta)` of step `step`, shaped and sharded like the given trees."""
@@ -107,12 +126,12 @@ class RunCheckpoints:
             dict(restored["meta"]),
         )
 
-    def wait(self) -> None:
-        self._manager.wait_until_finished()
-
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Wait for the saves in flight and release orbax's threads; raises a save's failure like `check`."""
+        try:
+            self._manager.close()
+        except OSError as e:
+            raise storage_failure(self.directory, e) from None
 
 
 def resolve_params_dir(path: str) -> epath.Path:

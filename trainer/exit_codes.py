@@ -6,9 +6,19 @@ diverged loss, a bug) stays outside that set. Importing this module does not imp
 
 from __future__ import annotations
 
+import errno
+
 from distillspec.contract import DESCRIPTIONS, TrainerExit
 
-__all__ = ["DESCRIPTIONS", "RetryableError", "TrainerError", "TrainerExit", "UserError"]
+__all__ = [
+    "DESCRIPTIONS",
+    "OutputNotWritable",
+    "RetryableError",
+    "TrainerError",
+    "TrainerExit",
+    "UserError",
+    "storage_failure",
+]
 
 
 class TrainerError(Exception):
@@ -28,3 +38,42 @@ class UserError(TrainerError):
 
 class RetryableError(TrainerError):
     exit_code = TrainerExit.RETRYABLE
+
+
+# An OSError with one of these says the storage itself refuses the write (a file where a directory belongs, no
+# permission, a read-only or full file system, over quota): a person must change something, so a retry repeats it.
+UNUSABLE_ERRNOS: frozenset[int] = frozenset(
+    {
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENOTDIR,
+        errno.EEXIST,
+        errno.EISDIR,
+        errno.EROFS,
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.ENAMETOOLONG,
+    }
+)
+
+
+class OutputNotWritable(UserError):
+    """The run's output or checkpoint storage cannot be written: `OutputNotWritable: <path>: <error>`, exit 1."""
+
+    def __init__(self, path: str, error: BaseException | str):
+        super().__init__(
+            f"OutputNotWritable: {path}: {error}",
+            "make the path a writable directory (or choose another output_dir), then run again",
+        )
+        self.path = path
+
+
+def storage_failure(path: str, error: BaseException) -> TrainerError:
+    """What a failed write under `path` means for the run: OutputNotWritable (exit 1) when the storage refuses it,
+    RetryableError (exit 42) for transient I/O (EIO, a dropped connection, a timeout)."""
+    unusable = isinstance(error, (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError)) or (
+        isinstance(error, OSError) and error.errno in UNUSABLE_ERRNOS
+    )
+    if unusable:
+        return OutputNotWritable(path, error)
+    return RetryableError(f"cannot write {path}: {type(error).__name__}: {error}")

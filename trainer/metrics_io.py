@@ -16,20 +16,27 @@ aggregates token-weighted as Σsum/Σcount; `value` is that line's own aggregate
 On resume, lines after the restored checkpoint's step are dropped, so the file equals an uninterrupted run's.
 
 `summary.json` (replaced atomically): `{"status": "running"|"succeeded"|"failed"|"diverged"|"preempted",
-"exit_code": int|null, "step", "total_steps", "tokens", "tokens_per_sec" (whole run, excluding compilation),
-"wall_time_sec", "compile_time_sec", "final_metrics": {name: value over the last log window}, "started_at",
-"updated_at" (ISO 8601 UTC), "mode", "run_name", "message" (why it stopped, when not succeeded),
+"exit_code": int|null, "step", "total_steps", "tokens", "tokens_per_sec" (this attempt, excluding compilation),
+"wall_time_sec" (every attempt so far: a resumed run adds its time to its checkpoint's and its last summary's),
+"compile_time_sec", "final_metrics": {name: value over the last log window}, "started_at", "updated_at" (ISO 8601
+UTC), "mode", "run_name", "run_id" (the orchestrator's $DISTILLCTL_RUN_ID, null when unset), "message" (why it
+stopped, when not succeeded; `OutputNotWritable: <path>: <error>` when the storage refused a write),
 "resumed_from_step" (int|null)}` — at start, at each checkpoint and at exit.
 
 `tensorboard/`: event files with the guide's tags (`distill/...`) plus `train/learning_rate` and
 `train/tokens_per_sec`; for a remote run directory they are written locally and copied up at each checkpoint and
 at exit.
 
-Only process 0 writes any of these.
+Only process 0 writes any of these. A process other than 0 that fails writes `failures/process-<i>.json`
+(summary.json's keys plus `process_index`) instead, and removes its own at start: process 0 may never get to say
+why the run ended, and the orchestrator reads these when summary.json is missing or still says running.
+
+Local files get mode 0666 minus the umask (0644 by default), like any file the user creates.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -38,9 +45,26 @@ from typing import Any
 
 import fsspec
 
+from distillspec.contract import FAILURES_DIR
 from trainer.loss import metric_value
 
 STATUSES = ("running", "succeeded", "failed", "diverged", "preempted")
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once at import, before any thread could create files meanwhile
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def now_iso() -> str:
@@ -99,13 +123,31 @@ class RunFiles:
 
     def write_json(self, name: str, data: Any) -> None:
         """Write `name` atomically: a temporary file renamed over it (one PUT for object stores)."""
-        payload = json.dumps(data, indent=2, allow_nan=False) + "\n"
+        with self._writing():
+            self._replace(name, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """An OSError while writing the run directory as OutputNotWritable (exit 1) or RetryableError (exit 42)."""
+        from trainer.exit_codes import storage_failure
+
+        try:
+            yield
+        except OSError as e:
+            raise storage_failure(self.run_dir, e) from None
+
+    def _replace(self, name: str, payload: str) -> None:
         target = self.path(name)
         if self.local:
             fd, tmp = tempfile.mkstemp(dir=self._root, prefix=f".{name}.")
-            with os.fdopen(fd, "w") as f:
-                f.write(payload)
-            os.replace(tmp, target)
+            try:
+                os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the outputs are for the team (0644 by default)
+                with os.fdopen(fd, "w") as f:
+                    f.write(payload)
+                os.replace(tmp, target)
+            except BaseException:
+                _remove(tmp)
+                raise
         else:
             self.fs.pipe_file(target, payload.encode())
 
@@ -128,26 +170,21 @@ class RunFiles:
                     except (json.JSONDecodeError, KeyError, TypeError):
                         break  # a line cut by the kill: nothing after it counts
         self._lines = kept
-        self._rewrite_metrics()
+        with self._writing():
+            self._rewrite_metrics()
 
     def _rewrite_metrics(self) -> None:
-        payload = "".join(line + "\n" for line in self._lines)
-        if self.local:
-            fd, tmp = tempfile.mkstemp(dir=self._root, prefix=".metrics.jsonl.")
-            with os.fdopen(fd, "w") as f:
-                f.write(payload)
-            os.replace(tmp, self.path("metrics.jsonl"))
-        else:
-            self.fs.pipe_file(self.path("metrics.jsonl"), payload.encode())
+        self._replace("metrics.jsonl", "".join(line + "\n" for line in self._lines))
 
     def log(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, allow_nan=False)
         self._lines.append(line)
-        if self.local:
-            with open(self.path("metrics.jsonl"), "a") as f:
-                f.write(line + "\n")
-        else:
-            self._rewrite_metrics()
+        with self._writing():
+            if self.local:
+                with open(self.path("metrics.jsonl"), "a") as f:
+                    f.write(line + "\n")
+            else:
+                self._rewrite_metrics()
         if self._tb is not None:
             step = record["step"]
             for name, entry in record["metrics"].items():
@@ -160,12 +197,56 @@ class RunFiles:
         """Make TensorBoard events durable (and copy them up for a remote run directory)."""
         if self._tb is None:
             return
-        self._tb.flush()
-        if not self.local:
-            self.fs.put(self._tb_local_dir + "/", self.path("tensorboard"), recursive=True)
+        with self._writing():
+            self._tb.flush()
+            if not self.local:
+                self.fs.put(self._tb_local_dir + "/", self.path("tensorboard"), recursive=True)
 
     def close(self) -> None:
         self.flush()
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def check_writable(directory: str) -> None:
+    """Create `directory` (a local path or fsspec URL) if needed and write and delete a probe file in it.
+
+    Raises OutputNotWritable (exit 1) when the storage refuses (a file where a directory belongs, no permission, a
+    read-only or full file system), RetryableError (exit 42) for transient I/O."""
+    import uuid
+
+    from trainer.exit_codes import storage_failure
+
+    fs, root = fsspec.core.url_to_fs(directory.rstrip("/"))
+    probe = f"{root}/.write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        fs.makedirs(root, exist_ok=True)
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
+    except OSError as e:
+        raise storage_failure(directory, e) from None
+
+
+def failure_name(process_index: int) -> str:
+    """Where process `process_index` (> 0) leaves its verdict when it fails: `failures/process-<i>.json`."""
+    return f"{FAILURES_DIR}/process-{process_index}.json"
+
+
+def write_process_failure(run_dir: str, process_index: int, record: dict[str, Any]) -> None:
+    """Leave the failure of a process other than 0 (which writes summary.json) in the run directory, so the verdict
+    outlives the process and its pod. `record` has summary.json's keys plus `process_index`."""
+    fs, root = fsspec.core.url_to_fs(run_dir.rstrip("/"))
+    fs.makedirs(f"{root}/{FAILURES_DIR}", exist_ok=True)
+    fs.pipe_file(
+        f"{root}/{failure_name(process_index)}", (json.dumps(record, indent=2, allow_nan=False) + "\n").encode()
+    )
+
+
+def clear_process_failure(run_dir: str, process_index: int) -> None:
+    """Forget an earlier attempt's failure of this process (a new attempt speaks for it now)."""
+    fs, root = fsspec.core.url_to_fs(run_dir.rstrip("/"))
+    try:
+        fs.rm_file(f"{root}/{failure_name(process_index)}")
+    except OSError:  # FileNotFoundError included: nothing to forget
+        pass

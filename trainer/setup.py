@@ -24,7 +24,7 @@ from trainer import sharding as shard_lib
 from trainer.checkpointing import restore_params
 from trainer.exit_codes import UserError
 from trainer.model import ModelConfig, abstract_model, drop_layers, host_init
-from trainer.step import StepModels, empty_window, learning_rate_schedule, make_optimizer, make_train_step
+from trainer.step import StepModels, TrainState, empty_window, learning_rate_schedule, make_optimizer, make_train_step
 
 
 @dataclasses.dataclass
@@ -32,7 +32,7 @@ class Built:
     mesh: Mesh
     rows: int  # global rows per micro-batch
     vocab_size: int
-    state: dict[str, Any]
+    state: TrainState  # at step 0
     teacher_params: Any
     step_fn: Any  # jitted step(state, teacher_params, batch, hparams) -> state; lower it under `jax.set_mesh(mesh)`
     lr_schedule: Callable[[int], Any]
@@ -125,13 +125,13 @@ def build(spec: DistillSpec, *, devices: list | None = None, teacher_params: Any
     optimizer, lr_schedule = make_optimizer(spec), learning_rate_schedule(spec)
     replicated = shard_lib.replicated(mesh)
     opt_state = jax.jit(optimizer.init, out_shardings=optimizer_shardings(optimizer, params, replicated))(params)
-    state = {
-        "params": params,
-        "opt_state": opt_state,
-        "step": _put(np.zeros((), np.int32), replicated),
-        "window": jax.jit(lambda: empty_window(spec), out_shardings=replicated)(),
-        "bad_step": _put(np.full((), -1, np.int32), replicated),
-    }
+    state = TrainState(
+        params=params,
+        opt_state=opt_state,
+        step=_put(np.zeros((), np.int32), replicated),
+        window=jax.jit(lambda: empty_window(spec), out_shardings=replicated)(),
+        bad_step=_put(np.full((), -1, np.int32), replicated),
+    )
     state_shardings = jax.tree.map(lambda a: a.sharding, state)
     step = make_train_step(
         spec, StepModels(student.graphdef, teacher.graphdef if teacher else None, features), optimizer

@@ -25,13 +25,30 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
+from flax import nnx, struct
 
 from distillspec.config import DistillSpec
 from trainer import loss as losses
 from trainer.model import forward
 
-State = dict[str, Any]  # {"params", "opt_state", "step", "window", "bad_step"}
+
+@struct.dataclass
+class TrainState:
+    """What one step reads and returns (a pytree, donated to the step): the loop's whole device state."""
+
+    params: Any  # the student's parameters (a pure dict of arrays)
+    opt_state: Any  # the optimizer's state (Adam moments, counts)
+    step: jax.Array  # int32 scalar: updates applied so far
+    window: dict[str, jax.Array]  # {metric: [sum, count]} accumulated since the last metrics line
+    bad_step: jax.Array  # int32 scalar: index of the first update whose loss or gradient was not finite, else -1
+
+    def checkpointed(self) -> dict[str, Any]:
+        """Everything but the parameters, as checkpoints store it (`train_state`, beside `params`)."""
+        return {"opt_state": self.opt_state, "step": self.step, "window": self.window, "bad_step": self.bad_step}
+
+    @classmethod
+    def from_checkpoint(cls, params: Any, rest: dict[str, Any]) -> TrainState:
+        return cls(params=params, **rest)
 
 
 def learning_rate_schedule(spec: DistillSpec) -> Callable[[int], float]:
@@ -137,12 +154,14 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
     if distill and models.features:
         sum_keys += ("feature",)
 
-    def step(state: State, teacher_params, batch: dict[str, jax.Array], hparams: dict[str, jax.Array]) -> State:
-        index = state["step"]
+    def step(
+        state: TrainState, teacher_params, batch: dict[str, jax.Array], hparams: dict[str, jax.Array]
+    ) -> TrainState:
+        index = state.step
         weights = {k: hparams[k] for k in ("alpha", "temperature", "beta")}
         n_tokens = jnp.sum(batch["mask"])
         n_features = n_tokens * n_layers if n_layers is not None else None
-        params = state["params"]
+        params = state.params
 
         def one(carry, mb):
             grads, sums, total = carry
@@ -171,16 +190,16 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
 
         # A non-finite step changes nothing (a branch, not a select over every parameter).
         new_params, new_opt = jax.lax.cond(
-            finite, update, lambda operands: operands[:2], (params, state["opt_state"], grads)
+            finite, update, lambda operands: operands[:2], (params, state.opt_state, grads)
         )
         metrics = losses.distill_metrics(sums, total, **weights) if distill else losses.pretrain_metrics(sums, total)
-        window = {k: v + jnp.stack(metrics[k]) for k, v in state["window"].items()}
-        return {
-            "params": new_params,
-            "opt_state": new_opt,
-            "step": index + 1,
-            "window": window,
-            "bad_step": jnp.where((state["bad_step"] < 0) & ~finite, index, state["bad_step"]),
-        }
+        window = {k: v + jnp.stack(metrics[k]) for k, v in state.window.items()}
+        return TrainState(
+            params=new_params,
+            opt_state=new_opt,
+            step=index + 1,
+            window=window,
+            bad_step=jnp.where((state.bad_step < 0) & ~finite, index, state.bad_step),
+        )
 
     return step

@@ -1,13 +1,15 @@
 """The training loop: build the models and state, resume, train, log, checkpoint, and end with an exit code.
 
 `run(spec, ...) -> TrainerExit` is the whole run. It never raises: every failure becomes an exit code (see
-`trainer.exit_codes`), a `summary.json` status and a message for the reporter. `train(...)` is the loop itself,
-raising `TrainerError`s.
+`trainer.exit_codes`), a `summary.json` status and a message for the reporter. `train(...)` raises
+`TrainerError`s: it checks the output and checkpoint storage writable (before anything is compiled), builds,
+then `restore_or_init` (the latest checkpoint, else step 0) and `_loop`, a short loop over a typed `TrainState`
+with a `MetricWindow` (when to write a metrics line, and its timing) and a `CheckpointPolicy` (when to save).
 
 Multi-host: with `ProcessOptions` (coordinator address, process count, process id) or on TPU (where
 `jax.distributed.initialize()` finds its peers itself) every process runs this same loop on its share of the global
 batch; process 0 alone writes `spec.json`, `metrics.jsonl`, `summary.json` and TensorBoard events; all processes
-write their checkpoint shards.
+write their checkpoint shards; a process other than 0 that fails writes `failures/process-<i>.json`.
 """
 
 from __future__ import annotations
@@ -19,12 +21,18 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from distillspec.config import DistillSpec
+from distillspec.contract import ENV_RUN_ID
 from trainer.exit_codes import RetryableError, TrainerError, TrainerExit, UserError
+
+if TYPE_CHECKING:  # the loop's types; importing them at run time would import JAX with this module
+    from trainer.checkpointing import RunCheckpoints
+    from trainer.setup import Built
+    from trainer.step import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,21 +196,28 @@ def _initialize_distributed(process: ProcessOptions) -> None:
 
 
 class _Session:
-    """What the run has written and must write at exit: the summary and the outputs of process 0."""
+    """What the run has written and must write at exit: the summary and the outputs of process 0, or (any other
+    process) its failure file."""
 
     def __init__(self, spec: DistillSpec, reporter: Reporter):
         self.spec = spec
         self.reporter = reporter
         self.files = None  # RunFiles on process 0 once the run directory is open
+        self.run_id = os.environ.get(ENV_RUN_ID) or None
         self.step = 0
         self.tokens = 0
         self.started = time.time()
+        self.earlier_wall_seconds = 0.0  # wall time of the attempts before this one (read back on resume)
         self.started_at = None
         self.train_seconds = 0.0
         self.train_tokens = 0
         self.compile_seconds = 0.0
         self.final_metrics: dict[str, float | None] = {}
         self.resumed_from: int | None = None
+
+    def wall_time(self) -> float:
+        """Seconds of wall time over every attempt so far (what chip-hours are counted from)."""
+        return round(self.earlier_wall_seconds + time.time() - self.started, 3)
 
     def summary(self, status: str, exit_code: int | None, message: str = "") -> dict[str, Any]:
         from trainer.metrics_io import now_iso
@@ -214,13 +229,14 @@ class _Session:
             "total_steps": self.spec.steps,
             "tokens": self.tokens,
             "tokens_per_sec": self.train_tokens / self.train_seconds if self.train_seconds > 0 else 0.0,
-            "wall_time_sec": round(time.time() - self.started, 3),
+            "wall_time_sec": self.wall_time(),
             "compile_time_sec": round(self.compile_seconds, 3),
             "final_metrics": self.final_metrics,
             "started_at": self.started_at or now_iso(),
             "updated_at": now_iso(),
             "mode": self.spec.mode,
             "run_name": self.spec.name,
+            "run_id": self.run_id,
             "message": message,
             "resumed_from_step": self.resumed_from,
         }
@@ -231,7 +247,12 @@ class _Session:
 
     def finish(self, code: TrainerExit, message: str) -> None:
         status = STATUS_OF[code]
-        if self.files is None and _is_process_zero():
+        index = _process_index()
+        if index != 0:
+            message = self._leave_failure(index, code, status, message)
+            self.reporter.end(status, int(code), message)
+            return
+        if self.files is None:
             try:  # a failure before the directory opened (bad teacher path...): still leave a summary behind
                 from trainer.metrics_io import RunFiles
 
@@ -246,170 +267,291 @@ class _Session:
             message = f"{message}; could not write summary.json: {e}"
         self.reporter.end(status, int(code), message)
 
+    def _leave_failure(self, index: int, code: TrainerExit, status: str, message: str) -> str:
+        """Process `index` > 0 failed: write its verdict where the orchestrator finds it after the pod is gone
+        (process 0's summary.json may still say running, or process 0 may never get to write it)."""
+        if code in (TrainerExit.OK, TrainerExit.PREEMPTED):
+            return message
+        from trainer.metrics_io import write_process_failure
 
-def _is_process_zero() -> bool:
+        try:
+            write_process_failure(
+                run_dir_of(self.spec), index, {**self.summary(status, int(code), message), "process_index": index}
+            )
+        except Exception as e:  # noqa: BLE001 - the exit code still says it
+            message = f"{message}; could not write its failure file: {e}"
+        return message
+
+
+def _process_index() -> int:
     try:
         import jax
 
-        return jax.process_index() == 0
+        return jax.process_index()
     except Exception:  # noqa: BLE001
-        return True
+        return 0
 
 
 # --- the loop ------------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """Where the loop starts: step 0 of a fresh run, or what the latest checkpoint restored."""
+
+    state: TrainState
+    step: int
+    position: int  # micro-batches consumed
+    tokens: int  # valid tokens trained on
+    wall_time_sec: float  # wall time of the earlier attempts
+    resumed: bool
+
+
+def restore_or_init(checkpoints: RunCheckpoints | None, initial: TrainState) -> Start:
+    """The latest checkpoint's state and position, else `initial` at step 0. Raises UserError when the checkpoint
+    holds another model."""
+    from trainer.step import TrainState
+
+    latest = checkpoints.latest_step() if checkpoints else None
+    if latest is None:
+        return Start(initial, 0, 0, 0, 0.0, False)
+    try:
+        params, rest, meta = checkpoints.restore(latest, initial.params, initial.checkpointed())
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(
+            f"the checkpoint at {checkpoints.directory}/{latest} does not match this spec: {_first_line(e)}",
+            "use a new run name (or output_dir) for a different model, or delete the old run directory",
+        ) from None
+    return Start(
+        TrainState.from_checkpoint(params, rest),
+        step=int(meta["step"]),
+        position=int(meta["data_position"]),
+        tokens=int(meta["tokens"]),
+        wall_time_sec=float(meta.get("wall_time_sec", 0.0)),
+        resumed=True,
+    )
+
+
+class MetricWindow:
+    """The host's side of one metrics line: time, tokens and steps since the previous line (the metric sums
+    themselves accumulate on the device, in `TrainState.window`)."""
+
+    def __init__(self, every: int, last: int, now: float):
+        self.every, self.last = every, last
+        self.started, self.tokens, self.steps = now, 0, 0
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+        self.steps += 1
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0 or step == self.last
+
+    def close(self, step: int, now: float, **fields: Any) -> tuple[dict[str, Any], float, int]:
+        """`(metrics.jsonl record, seconds, tokens)` of the window ending at `step`; the next one starts at `now`."""
+        from trainer.metrics_io import metrics_record
+
+        elapsed = now - self.started
+        record = metrics_record(
+            step,
+            time=now,
+            tokens_per_sec=self.tokens / max(elapsed, 1e-9),
+            step_time_sec=elapsed / self.steps,
+            **fields,
+        )
+        tokens = self.tokens
+        self.started, self.tokens, self.steps = now, 0, 0
+        return record, elapsed, tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointPolicy:
+    """When to save: every `every` steps before the last (0: never periodically), and at the end — the last step,
+    or where a signal stopped the run — unless a periodic save just wrote that very step (orbax refuses a step
+    twice)."""
+
+    enabled: bool
+    every: int
+    last: int
+
+    def periodic(self, step: int) -> bool:
+        return self.enabled and bool(self.every) and step % self.every == 0 and step < self.last
+
+    def final(self, step: int, stopped: bool, latest: int | None) -> bool:
+        return self.enabled and (step == self.last or stopped) and latest != step
+
+
 def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop) -> None:
+    """Check the storage, build, restore or initialise, then run the loop; raises TrainerErrors."""
     import jax
 
-    from trainer import data as data_lib
     from trainer.checkpointing import RunCheckpoints
-    from trainer.metrics_io import RunFiles, metrics_record, now_iso
+    from trainer.metrics_io import RunFiles, check_writable, clear_process_failure, now_iso
     from trainer.setup import build
-    from trainer.step import hyperparameters
 
     run_dir = run_dir_of(spec)
-    process_zero = jax.process_index() == 0
+    index = jax.process_index()
+    # Before any compile: an unusable output or checkpoint path fails now, as OutputNotWritable (exit 1).
+    for directory in ([run_dir] if index == 0 else []) + (
+        [f"{run_dir}/checkpoints"] if spec.checkpoint.enabled else []
+    ):
+        check_writable(directory)
+    if index != 0:
+        clear_process_failure(run_dir, index)
     built = build(spec)
     session.started_at = now_iso()
-    if process_zero:
+    if index == 0:
         session.files = RunFiles(run_dir, tensorboard=spec.logging.tensorboard)
         session.files.write_json("spec.json", spec.resolved().model_dump(mode="json"))
-
     checkpoints = (
         RunCheckpoints(f"{run_dir}/checkpoints", keep=spec.checkpoint.keep) if spec.checkpoint.enabled else None
     )
-    state = built.state
-    position = 0  # micro-batches consumed
-    start_step = 0
-    latest = checkpoints.latest_step() if checkpoints else None
-    if latest is not None:
-        try:
-            params, train_state, meta = checkpoints.restore(latest, state["params"], _train_state(state))
-        except (ValueError, KeyError, TypeError) as e:
-            raise UserError(
-                f"the checkpoint at {run_dir}/checkpoints/{latest} does not match this spec: {_first_line(e)}",
-                "use a new run name (or output_dir) for a different model, or delete the old run directory",
-            ) from None
-        state = {"params": params, **train_state}
-        position, start_step = int(meta["data_position"]), int(meta["step"])
-        session.tokens = int(meta["tokens"])
-        session.resumed_from = start_step
-        session.reporter.note(f"resuming from step {start_step} (checkpoint in {run_dir}/checkpoints)")
-    session.step = start_step
-    if process_zero:
-        session.files.start_metrics(keep_through_step=start_step if latest is not None else None)
-        previous = session.files.read_json("summary.json") if latest is not None else None
-        if previous:
-            session.started_at = previous.get("started_at", session.started_at)
-            session.final_metrics = previous.get("final_metrics", {})
-        session.write_summary("running", None)
+    try:
+        start = restore_or_init(checkpoints, built.state)
+        _resume_session(session, start, checkpoints)
+        state = _loop(spec, built, session, stop, checkpoints, start)
+    except BaseException:
+        if checkpoints:
+            _close_quietly(checkpoints)
+        raise
+    if checkpoints:
+        checkpoints.close()  # waits for the saves in flight; raises a failed one's error
+    if not _stopped(stop):
+        _check_finite(state, session.step)
+
+
+def _resume_session(session: _Session, start: Start, checkpoints: RunCheckpoints | None) -> None:
+    """Carry the restored position into the session, and (process 0) start metrics.jsonl and summary.json."""
+    session.step, session.tokens = start.step, start.tokens
+    session.earlier_wall_seconds = start.wall_time_sec
+    if start.resumed:
+        session.resumed_from = start.step
+        session.reporter.note(f"resuming from step {start.step} (checkpoint in {checkpoints.directory})")
+    if session.files is None:
+        return
+    session.files.start_metrics(keep_through_step=start.step if start.resumed else None)
+    previous = session.files.read_json("summary.json") if start.resumed else None
+    if previous:
+        session.started_at = previous.get("started_at", session.started_at)
+        session.final_metrics = previous.get("final_metrics", {})
+        # The last attempt's summary counts its time after the checkpoint too (a SIGTERM, a failure).
+        before = previous.get("wall_time_sec")
+        if isinstance(before, (int, float)) and not isinstance(before, bool):
+            session.earlier_wall_seconds = max(session.earlier_wall_seconds, float(before))
+    session.write_summary("running", None)
+
+
+def _loop(
+    spec: DistillSpec,
+    built: Built,
+    session: _Session,
+    stop: Callable[[], Any] | _Stop,
+    checkpoints: RunCheckpoints | None,
+    start: Start,
+) -> TrainState:
+    """Train from `start` to the last step (or a stop signal), logging and checkpointing; the final state."""
+    import jax
+
+    from trainer import data as data_lib
+    from trainer.step import hyperparameters
 
     source = data_lib.make_source(spec.data, built.vocab_size, spec.batch.max_target_length)
     accumulation = spec.batch.gradient_accumulation_steps
 
-    def batch(step_position: int):
+    def batch(position: int):
         micro = [
-            data_lib.batch_at(source, step_position + a, built.rows, spec.batch.max_target_length)
+            data_lib.batch_at(source, position + a, built.rows, spec.batch.max_target_length)
             for a in range(accumulation)
         ]
         host = {k: np.stack([m[k] for m in micro]) for k in micro[0]}  # [A, R, T]
         return host, built.to_device(host)
 
     def hparams_at(step: int) -> dict[str, Any]:
-        values = hyperparameters(spec, step, built.lr_schedule)
-        return {k: np.float32(v) for k, v in values.items()}
+        return {k: np.float32(v) for k, v in hyperparameters(spec, step, built.lr_schedule).items()}
 
-    reporter = session.reporter
-    reporter.start(run_dir, start_step, spec.steps)
+    state, step, position = start.state, start.step, start.position
+    session.reporter.start(run_dir_of(spec), step, spec.steps)
     compile_start = time.time()
     host, device_batch = batch(position)
     with jax.set_mesh(built.mesh):  # activation sharding constraints name the mesh's axes
-        step_fn = built.step_fn.lower(state, built.teacher_params, device_batch, hparams_at(start_step)).compile()
+        step_fn = built.step_fn.lower(state, built.teacher_params, device_batch, hparams_at(step)).compile()
     session.compile_seconds = time.time() - compile_start
 
-    def save(step: int) -> None:
+    def save(state: TrainState, step: int) -> None:
         _check_finite(state, step)
-        meta = {
-            "step": step,
-            "data_position": position,
-            "tokens": session.tokens,
-            "wall_time_sec": round(time.time() - session.started, 3),
-        }
-        checkpoints.save(step, state["params"], _train_state(state), meta)
-        if process_zero:
+        meta = {"step": step, "data_position": position, "tokens": session.tokens, "wall_time_sec": session.wall_time()}
+        checkpoints.save(step, state.params, state.checkpointed(), meta)
+        if session.files is not None:
             session.files.flush()
             session.write_summary("running", None)
 
-    window_start, window_tokens, window_steps = time.time(), 0, 0
-    every_log = spec.logging.every_steps
-    every_save = spec.checkpoint.every_steps
-    step = start_step
-    try:
-        while step < spec.steps:
-            if _should_stop(stop, step):
-                break
-            state = step_fn(state, built.teacher_params, device_batch, hparams_at(step))
-            step += 1
-            position += accumulation
-            tokens = int(host["mask"].sum())
-            session.tokens += tokens
-            window_tokens += tokens
-            window_steps += 1
-            session.step = step
-            if step < spec.steps:
-                host, device_batch = batch(position)  # prepared while the device computes this step
-            if step % every_log == 0 or step == spec.steps:
-                sums, bad_step = jax.device_get((state["window"], state["bad_step"]))
-                if int(bad_step) >= 0:
-                    raise Diverged(
-                        f"the loss became NaN or infinite at step {int(bad_step)}",
-                        "lower the learning rate, or check the data and the teacher checkpoint",
-                    )
-                elapsed = time.time() - window_start
-                session.train_seconds += elapsed
-                session.train_tokens += window_tokens
-                record = metrics_record(
-                    step,
-                    time=time.time(),
-                    tokens=session.tokens,
-                    tokens_per_sec=window_tokens / max(elapsed, 1e-9),
-                    step_time_sec=elapsed / window_steps,
-                    learning_rate=float(built.lr_schedule(step - 1)),
-                    sums={k: (float(v[0]), float(v[1])) for k, v in sums.items()},
-                )
-                session.final_metrics = {k: v["value"] for k, v in record["metrics"].items()}
-                if process_zero:
-                    session.files.log(record)
-                reporter.log(record)
-                state = {**state, "window": built.zero_window()}
-                window_start, window_tokens, window_steps = time.time(), 0, 0
-            if checkpoints and every_save and step % every_save == 0 and step < spec.steps:
-                save(step)
-        # The last step, or where a signal stopped the run, unless a periodic save just wrote that very step
-        # (saving a step twice is an error to orbax).
-        if checkpoints and (step == spec.steps or _stopped(stop)) and checkpoints.latest_step() != step:
-            save(step)
-    finally:
+    policy = CheckpointPolicy(checkpoints is not None, spec.checkpoint.every_steps or 0, spec.steps)
+    window = MetricWindow(spec.logging.every_steps, spec.steps, time.time())
+    while step < spec.steps and not _should_stop(stop, step):
         if checkpoints:
-            checkpoints.close()  # waits for saves in flight
-    if not _stopped(stop):
-        _check_finite(state, step)
+            checkpoints.check()  # a background save that failed ends the run now, not at the next save
+        state = step_fn(state, built.teacher_params, device_batch, hparams_at(step))
+        step += 1
+        position += accumulation
+        tokens = int(host["mask"].sum())
+        session.step, session.tokens = step, session.tokens + tokens
+        window.add(tokens)
+        if step < spec.steps:
+            host, device_batch = batch(position)  # prepared while the device computes this step
+        if window.due(step):
+            state = _log(state, step, window, built, session)
+        if policy.periodic(step):
+            save(state, step)
+    if policy.final(step, _stopped(stop), checkpoints.latest_step() if checkpoints else None):
+        save(state, step)
+    return state
 
 
-def _train_state(state: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in state.items() if k != "params"}
-
-
-def _check_finite(state: dict[str, Any], step: int) -> None:
+def _log(state: TrainState, step: int, window: MetricWindow, built: Built, session: _Session) -> TrainState:
+    """Close the metric window at `step`: raise Diverged, or write the line and return the state with a zero
+    window."""
     import jax
 
-    bad = int(jax.device_get(state["bad_step"]))
+    sums, bad_step = jax.device_get((state.window, state.bad_step))
+    if int(bad_step) >= 0:
+        raise _diverged(int(bad_step))
+    record, seconds, tokens = window.close(
+        step,
+        time.time(),
+        tokens=session.tokens,
+        learning_rate=float(built.lr_schedule(step - 1)),
+        sums={k: (float(v[0]), float(v[1])) for k, v in sums.items()},
+    )
+    session.train_seconds += seconds
+    session.train_tokens += tokens
+    session.final_metrics = {k: v["value"] for k, v in record["metrics"].items()}
+    if session.files is not None:
+        session.files.log(record)
+    session.reporter.log(record)
+    return state.replace(window=built.zero_window())
+
+
+def _close_quietly(checkpoints: RunCheckpoints) -> None:
+    """Let good saves in flight finish while another error ends the run; that error is the one reported."""
+    try:
+        checkpoints.close()
+    except Exception:  # noqa: BLE001, S110 - the error that ended the run is the one to report
+        pass
+
+
+def _diverged(bad_step: int) -> Diverged:
+    return Diverged(
+        f"the loss became NaN or infinite at step {bad_step}",
+        "lower the learning rate, or check the data and the teacher checkpoint",
+    )
+
+
+def _check_finite(state: TrainState, step: int) -> None:
+    import jax
+
+    bad = int(jax.device_get(state.bad_step))
     if bad >= 0:
-        raise Diverged(
-            f"the loss became NaN or infinite at step {bad}",
-            "lower the learning rate, or check the data and the teacher checkpoint",
-        )
+        raise _diverged(bad)
 
 
 def _stopped(stop) -> bool:

@@ -115,7 +115,8 @@ def derive(
         age_seconds=(now - observation.created_at) if observation.created_at else None,
         last_metrics_at=last_time,
     )
-    verdict = summary.get("status") if _current(summary, observation) else None
+    final = outputs.verdict or {}  # summary.json, or a failed worker's file when summary.json says no more
+    verdict = final.get("status") if _current(final, observation) else None
     if observation.deleting:
         return RunStatus(Phase.PENDING, PendingReason.DELETING, "the previous run is still being deleted", **common)
     if verdict == "diverged":
@@ -127,7 +128,7 @@ def derive(
         return RunStatus(Phase.SUCCEEDED, since=completed.last_transition_time if completed else None, **common)
     if not observation.exists:
         if verdict == "failed":
-            return RunStatus(Phase.FAILED, FailedReason.TRAINER_EXIT, f"exit code {summary.get('exit_code')}", **common)
+            return RunStatus(Phase.FAILED, FailedReason.TRAINER_EXIT, _failure_message(final), **common)
         if verdict == "preempted":  # stopped by SIGTERM (cancel, preemption): it resumes when created again
             return RunStatus(
                 Phase.PENDING,
@@ -160,6 +161,16 @@ def derive(
         since = int(now - started)
         return RunStatus(Phase.STALLED, StalledReason.NO_NEW_METRICS, f"no new metrics for {since}s", **common)
     return RunStatus(Phase.RUNNING, **common)
+
+
+def _failure_message(verdict: dict) -> str:
+    """`exit code 1`, and for a process other than 0 which one and why (its summary.json cannot say it)."""
+    text = f"exit code {verdict.get('exit_code')}"
+    if isinstance(verdict.get("process_index"), int):
+        text += f" on process {verdict['process_index']}" + (
+            f": {verdict['message']}" if verdict.get("message") else ""
+        )
+    return text
 
 
 CLOCK_SLACK_SECONDS = 5.0  # summary.json times have whole seconds; hosts' clocks differ a little

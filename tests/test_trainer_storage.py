@@ -1,0 +1,214 @@
+"""Faults of the storage under a run, with real `python -m trainer` processes: an unusable output or checkpoint path
+fails the run with exit 1 and the reason (before step 0, or at the save that meets it), never hangs and is never
+called retryable; wall time counts every attempt; outputs keep the user's umask; a failing process other than 0
+leaves its verdict in the output storage, where the orchestrator reads it once the processes are gone."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from trainer_support import REPO, TEACHER, merged, python_env, read_metrics, run_trainer, spec_of, write_spec
+
+pytest.importorskip("jax")
+
+from distillspec.contract import ENV_RUN_ID, TrainerExit  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+HANG = 240  # seconds: a run that has decided to end takes seconds; the old hang was orbax's 300 s signal timeout
+
+
+def summary_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def can_chattr(tmp_path: Path) -> bool:
+    probe = tmp_path / "chattr-probe"
+    probe.mkdir()
+    ok = subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode == 0
+    subprocess.run(["chattr", "-i", str(probe)], capture_output=True)
+    return ok and os.geteuid() == 0
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (NotADirectoryError(errno.ENOTDIR, "Not a directory"), TrainerExit.USER_ERROR),
+        (PermissionError(errno.EACCES, "Permission denied"), TrainerExit.USER_ERROR),
+        (OSError(errno.EROFS, "Read-only file system"), TrainerExit.USER_ERROR),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), TrainerExit.USER_ERROR),
+        (OSError(errno.EIO, "Input/output error"), TrainerExit.RETRYABLE),
+        (ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), TrainerExit.RETRYABLE),
+        (TimeoutError("write timed out"), TrainerExit.RETRYABLE),
+    ],
+)
+def test_unusable_storage_is_a_user_error_and_transient_io_is_retried(error, code):
+    from trainer.exit_codes import storage_failure
+
+    failure = storage_failure("/runs/x/checkpoints", error)
+    assert failure.exit_code == code
+    if code == TrainerExit.USER_ERROR:
+        assert failure.message == f"OutputNotWritable: /runs/x/checkpoints: {error}"
+
+
+def test_a_file_where_the_checkpoints_belong_fails_before_step_0(tmp_path):
+    run_dir = tmp_path / "t"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").write_text("not a directory")
+    spec = write_spec(tmp_path / "t.json", merged(TEACHER, name="t", output_dir=str(tmp_path)))
+    done = run_trainer(["--spec", str(spec)], env=python_env(**{ENV_RUN_ID: "abc123xyz0"}), timeout=HANG)
+    assert done.returncode == TrainerExit.USER_ERROR, done.stderr[-2000:]
+    summary = summary_of(run_dir)
+    assert summary["status"] == "failed" and summary["exit_code"] == 1 and summary["step"] == 0
+    assert summary["message"].startswith(f"OutputNotWritable: {run_dir / 'checkpoints'}: ")
+    assert summary["run_id"] == "abc123xyz0"  # the orchestrator's DISTILLCTL_RUN_ID, recorded
+    assert "OutputNotWritable" in done.stderr and "Traceback" not in done.stderr
+    assert not (run_dir / "metrics.jsonl").exists()  # nothing was trained
+
+
+@pytest.mark.parametrize("fault", ["file-in-place", "immutable"])
+def test_a_checkpoint_save_that_fails_mid_run_ends_the_run_at_that_save(tmp_path, fault):
+    """The checkpoints directory becomes unusable after step 0 (replaced by a file; or `chattr +i`, as root): the
+    save at step 150 fails, the run stops there with exit 1 and the reason, and the process ends at once."""
+    if fault == "immutable" and not can_chattr(tmp_path):
+        pytest.skip("chattr +i needs root on a file system that supports it")
+    data = merged(TEACHER, name="t", output_dir=str(tmp_path), steps=300, checkpoint={"every_steps": 150})
+    spec = write_spec(tmp_path / "t.json", merged(data, logging={"every_steps": 5}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer", "--spec", str(spec)],
+        cwd=REPO,
+        env=python_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run_dir, checkpoints = tmp_path / "t", tmp_path / "t" / "checkpoints"
+    try:
+        deadline = time.time() + HANG
+        while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().strip()):
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+            time.sleep(0.05)
+        if fault == "file-in-place":
+            checkpoints.rmdir()  # empty: the first save is at step 150
+            checkpoints.write_text("")
+        else:
+            subprocess.run(["chattr", "+i", str(checkpoints)], check=True)
+        err = proc.communicate(timeout=HANG)[1]
+    finally:
+        subprocess.run(["chattr", "-i", str(checkpoints)], capture_output=True)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == TrainerExit.USER_ERROR, err[-2000:]
+    summary = summary_of(run_dir)
+    assert summary["status"] == "failed" and summary["step"] == 150  # not one step trained without a checkpoint
+    assert summary["message"].startswith(f"OutputNotWritable: {checkpoints}: ")
+    assert read_metrics(run_dir)[-1]["step"] == 150
+    assert "OutputNotWritable" in err and "Timeout waiting for key" not in err
+
+
+def test_wall_time_counts_every_attempt_and_outputs_keep_the_umask(tmp_path):
+    from trainer.train import run
+
+    data = merged(TEACHER, name="w", output_dir=str(tmp_path), steps=20, checkpoint={"every_steps": 10})
+
+    class SigtermAt10:
+        def start(self, *a):
+            pass
+
+        def note(self, m):
+            pass
+
+        def end(self, *a):
+            pass
+
+        def log(self, record):
+            if record["step"] == 10:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = os.umask(0o027)
+    try:
+        assert run(spec_of(data), reporter=SigtermAt10()) == TrainerExit.PREEMPTED
+        first = summary_of(tmp_path / "w")["wall_time_sec"]
+        began = time.time()
+        assert run(spec_of(data)) == TrainerExit.OK
+        second_attempt = time.time() - began
+    finally:
+        os.umask(previous)
+    summary = summary_of(tmp_path / "w")
+    assert summary["resumed_from_step"] == 10
+    assert first + 0.9 * second_attempt <= summary["wall_time_sec"] <= first + second_attempt + 1.0
+    for name in ("spec.json", "summary.json", "metrics.jsonl"):
+        assert (tmp_path / "w" / name).stat().st_mode & 0o777 == 0o640, name  # 0666 & ~umask, not mkstemp's 0600
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_failing_worker_leaves_its_verdict_for_the_orchestrator(tmp_path):
+    """Two processes; process 1 alone cannot load its student checkpoint (as if its host lost a mount). It exits 1
+    and writes failures/process-1.json; process 0 is then killed, as Kubernetes tears the JobSet down. With no
+    processes left, the orchestrator reads the run as Failed with process 1's reason."""
+    from orchestrator.core.run_status import Observation, derive
+    from orchestrator.outputs import read_run_outputs
+
+    data = merged(TEACHER, name="pair", output_dir=str(tmp_path), steps=10, batch={"per_device_batch_size": 4})
+    missing = tmp_path / "nowhere" / "checkpoints"
+    specs = [
+        write_spec(tmp_path / "p0.json", data),
+        write_spec(tmp_path / "p1.json", merged(data, student={"load_parameters_path": str(missing)})),
+    ]
+    (tmp_path / "pair" / "failures").mkdir(parents=True)
+    (tmp_path / "pair" / "failures" / "process-1.json").write_text('{"status": "failed", "message": "stale"}')
+    address = f"127.0.0.1:{_free_port()}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "trainer", "--spec", str(specs[i]), "--coordinator-address", address]
+            + ["--num-processes", "2", "--process-id", str(i)],
+            cwd=REPO,
+            env=python_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        err1 = procs[1].communicate(timeout=HANG)[1]
+    finally:
+        procs[0].kill()
+        procs[0].communicate()
+    assert procs[1].returncode == TrainerExit.USER_ERROR, err1[-2000:]
+    failure = json.loads((tmp_path / "pair" / "failures" / "process-1.json").read_text())
+    assert failure["process_index"] == 1 and failure["exit_code"] == 1 and failure["status"] == "failed"
+    assert f"checkpoint not found at {missing}" in failure["message"]
+
+    outputs = read_run_outputs(str(tmp_path / "pair"))
+    status = derive(Observation(exists=False), outputs, now=time.time(), stall_after=900.0)
+    assert status.shown == "Failed (TrainerExit)" and status.terminal
+    assert status.message.startswith("exit code 1 on process 1: checkpoint not found at")
+
+
+def test_failure_files_and_the_storage_probe_work_on_object_store_urls():
+    """The gs:// code path (fsspec, no local file calls), on fsspec's in-memory file system."""
+    from orchestrator.outputs import read_failures
+    from trainer.metrics_io import check_writable, clear_process_failure, write_process_failure
+
+    check_writable("memory://bucket/probe-run/checkpoints")
+    record = {"status": "failed", "exit_code": 42, "process_index": 3, "message": "EIO"}
+    write_process_failure("memory://bucket/probe-run", 3, record)
+    assert read_failures("memory://bucket/probe-run") == (record,)
+    clear_process_failure("memory://bucket/probe-run", 3)
+    assert read_failures("memory://bucket/probe-run") == ()
