@@ -209,6 +209,10 @@ def _print_actions(actions: list[Action], submitted: dict[str, str], dry_run: Dr
             verb, style = "exists (already there: a concurrent or retried create)", "dim"
         elif outcome == "created":
             verb, style = ("created" if action.kind != "wait" else "queued"), "green"
+        elif outcome == "restarted":
+            verb, style = "restarted", "green"
+        elif outcome == "failed":
+            verb, style = "failed", "red"
         else:
             verb, style = {
                 "skip": ("skipped", "dim"),
@@ -218,7 +222,7 @@ def _print_actions(actions: list[Action], submitted: dict[str, str], dry_run: Dr
         line = Text()
         line.append(f"{verb:>9} ", style=style)
         line.append(f"{action.run.jobset_name}  {action.run.label}")
-        if action.kind != "create" and not (outcome == "created" and action.kind == "wait"):
+        if action.kind != "create" and not (outcome in ("created", "restarted") and action.kind == "wait"):
             line.append(f"  ({action.reason})", style="dim")
         console.out.print(line)
     created = sum(1 for v in submitted.values() if v == "created")
@@ -228,7 +232,13 @@ def _print_actions(actions: list[Action], submitted: dict[str, str], dry_run: Dr
             Text(f"{would} would be created (dry run: nothing was), {len(actions) - would} unchanged", style="bold")
         )
     else:
-        console.out.print(Text(f"{created} created, {len(actions) - created} unchanged", style="bold"))
+        restarted = sum(1 for v in submitted.values() if v == "restarted")
+        failed = sum(1 for v in submitted.values() if v == "failed")
+        parts = [f"{created} created"]
+        parts += [f"restarted {restarted} run(s) from their checkpoints"] if restarted else []
+        parts += [f"{failed} failed at once (`distillctl status` says why)"] if failed else []
+        unchanged = len(actions) - created - restarted - failed
+        console.out.print(Text(", ".join([*parts, f"{unchanged} unchanged"]), style="bold"))
 
 
 def _follow(backend: Backend, expansion: Expansion, *, stall_after: float, timeout: float | None) -> ExitCode:
@@ -276,12 +286,18 @@ def _follow(backend: Backend, expansion: Expansion, *, stall_after: float, timeo
         console.print_wide(status_table(expansion, statuses))
     failed = [r for r in expansion.runs if statuses[r.run_id].phase != "Succeeded"]
     if failed:
+        named = "; ".join(f"{r.jobset_name}: {_verdict(statuses[r.run_id])}" for r in failed[:5])
         console.print_error(
-            f"{len(failed)} of {len(expansion.runs)} run(s) did not succeed",
+            f"{len(failed)} of {len(expansion.runs)} run(s) did not succeed: {named}",
             "`distillctl status` and `distillctl logs` say why; --retry-failed runs them again",
         )
         return ExitCode.FAILED
     return ExitCode.OK
+
+
+def _verdict(s: RunStatus) -> str:
+    """`Failed (OutputNotWritable: <path>: <error>)`: the phase with its reason and message."""
+    return f"{s.phase} ({s.reason}: {s.message})" if s.reason and s.message else s.shown
 
 
 def _timeout_code(expansion: Expansion, statuses: dict[str, RunStatus]) -> ExitCode:
