@@ -103,6 +103,7 @@ class Failure:
     reason: str
     message: str
     exit_code: int = 1
+    output_path: str = ""
     at: float = dataclasses.field(default_factory=time.time)
 
 
@@ -116,6 +117,12 @@ def read_failure(folder: Path, run_id: str) -> Failure | None:
         return Failure(**data) if isinstance(data, dict) else None
     except TypeError:
         return None
+
+
+def failed_paths(folder: Path) -> frozenset[str]:
+    """The output paths of the runs the supervisor failed (their dependents are blocked)."""
+    records = (read_json(path) for path in (folder / "failed").glob("*.json"))
+    return frozenset(r["output_path"] for r in records if isinstance(r, dict) and r.get("output_path"))
 
 
 def clear_failure(folder: Path, run_id: str) -> None:

@@ -113,9 +113,12 @@ def has_checkpoint(output_path: str) -> bool:
         return False
 
 
-def dependency_state(output_path: str) -> str:
-    """`succeeded`, `failed` or `waiting` for a prerequisite run's output path. The prerequisite's claim speaks
-    first: a queued or running claim means it is being (re)run, whatever an earlier attempt's summary says."""
+def dependency_state(output_path: str, failed: frozenset[str] = frozenset()) -> str:
+    """`succeeded`, `failed` or `waiting` for a prerequisite run's output path. The supervisor's own verdict
+    (`failed`: output paths of runs it failed, whose claims could not record it) speaks first, then the claim: a
+    queued or running claim means it is being (re)run, whatever an earlier attempt's summary says."""
+    if output_path in failed:
+        return "failed"
     claim = local_claims.read_claim(output_path)
     if claim is not None and not local_claims.is_stale(claim):
         if claim.state != "exited":
@@ -181,7 +184,9 @@ class Supervisor:
         folder does)."""
         message = not_writable(order.output_path, error)
         _log(f"{order.run_id} failed: {OUTPUT_NOT_WRITABLE}: {message}")
-        failure = state.Failure(order.run_id, token, OUTPUT_NOT_WRITABLE, message, int(TrainerExit.USER_ERROR))
+        failure = state.Failure(
+            order.run_id, token, OUTPUT_NOT_WRITABLE, message, int(TrainerExit.USER_ERROR), order.output_path
+        )
         try:
             state.record_failure(self.folder, failure)
         except OSError as e:
@@ -193,8 +198,9 @@ class Supervisor:
 
     def _start_ready(self) -> None:
         live = [(order, claim) for order, claim in self.pending if self._still_ours(order, claim)]  # else cancelled
+        failed = state.failed_paths(self.folder)
         steps = schedule(
-            [[dependency_state(path) for path in order.depends_on] for order, _ in live],
+            [[dependency_state(path, failed) for path in order.depends_on] for order, _ in live],
             len(self.running),
             self.parallelism,
         )
