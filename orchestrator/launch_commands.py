@@ -222,7 +222,11 @@ def _print_actions(actions: list[Action], submitted: dict[str, str], dry_run: Dr
         line = Text()
         line.append(f"{verb:>9} ", style=style)
         line.append(f"{action.run.jobset_name}  {action.run.label}")
-        if action.kind != "create" and not (outcome in ("created", "restarted") and action.kind == "wait"):
+        if (
+            outcome != "failed"
+            and action.kind != "create"
+            and not (outcome in ("created", "restarted") and action.kind == "wait")
+        ):
             line.append(f"  ({action.reason})", style="dim")
         console.out.print(line)
     created = sum(1 for v in submitted.values() if v == "created")
