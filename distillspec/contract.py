@@ -116,3 +116,4 @@ class DivergedReason:
 class FailedReason:
     TRAINER_EXIT = "TrainerExit"  # the trainer's summary says failed; its exit code in the message
     OUTPUT_NOT_WRITABLE = "OutputNotWritable"  # the run's folder or checkpoints cannot be written
+    SUPERVISOR_CRASHED = "SupervisorCrashed"  # local backend: the supervisor that held the run died of an error

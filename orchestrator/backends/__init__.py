@@ -18,7 +18,10 @@ if TYPE_CHECKING:
     from distillspec.sweep import Target
 
 DryRun = Literal["client", "server"]
-Submitted = Literal["created", "exists", "dry-run"]
+# What a submit did with a run: created it (from step 0); restarted it (it resumes from its checkpoint: the local
+# backend, after a crash or a cancel); found it already there (another submit or sweep owns it); or failed it at
+# once (the local backend: its output folder cannot be written). A dry run only says what it would do.
+Submitted = Literal["created", "restarted", "exists", "failed", "dry-run"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +57,8 @@ class Backend(Protocol):
     def submit(
         self, runs: Sequence[Point], expansion: Expansion, *, dry_run: DryRun | None = None
     ) -> dict[str, Submitted]:
-        """Create these runs (by run id: what happened); an existing one is left alone ("exists"), never
-        duplicated."""
+        """Create these runs (by run id: what happened, see `Submitted`); an existing one is left alone ("exists"),
+        never duplicated."""
 
     def delete(self, runs: Sequence[Point]) -> list[str]:
         """Stop and remove these runs; returns the names of what was deleted."""

@@ -199,8 +199,9 @@ def _follow(expansion, backend, *, stall_after: float, timeout: float | None, qu
             "timed out before every run finished", "the runs keep going; `distillctl status` follows them"
         )
         return ExitCode.TIMEOUT
+    named = "; ".join(f"{r.jobset_name}: {views.verdict(statuses[r.run_id])}" for r in event.runs[:5])
     console.print_error(
-        f"{len(event.runs)} of {len(expansion.runs)} run(s) did not succeed",
+        f"{len(event.runs)} of {len(expansion.runs)} run(s) did not succeed: {named}",
         "`distillctl status` and `distillctl logs` say why; --retry-failed runs them again",
     )
     return ExitCode.FAILED

@@ -88,6 +88,10 @@ def _verb(kind: ActionKind, outcome: Submitted | str | None, dry_run: str | None
         return "exists (already there: a concurrent or retried create)", "dim"
     if outcome == "created":
         return ("created" if kind != ActionKind.WAIT else "queued"), "green"
+    if outcome == "restarted":
+        return "restarted", "green"
+    if outcome == "failed":
+        return "failed", "red"
     return {
         ActionKind.SKIP: ("skipped", "dim"),
         ActionKind.WAIT: ("waiting", "yellow"),
@@ -104,18 +108,28 @@ def launch_lines(report: LaunchReport, dry_run: str | None) -> list[Text]:
         line = Text()
         line.append(f"{verb:>9} ", style=style)
         line.append(f"{action.run.jobset_name}  {action.run.label}")
-        if action.kind != ActionKind.CREATE and not (outcome == "created" and action.kind == ActionKind.WAIT):
+        started = outcome in ("created", "restarted") and action.kind == ActionKind.WAIT
+        if outcome != "failed" and action.kind != ActionKind.CREATE and not started:
             line.append(f"  ({action.reason})", style="dim")
         lines.append(line)
     outcomes = list(report.submitted.values())
-    created = outcomes.count("created")
     would = sum(1 for v in outcomes if v in ("dry-run", DRY_RUN_RECREATE))
-    unchanged = len(report.actions) - (would or created)
     if would:
+        unchanged = len(report.actions) - would
         lines.append(Text(f"{would} would be created (dry run: nothing was), {unchanged} unchanged", style="bold"))
-    else:
-        lines.append(Text(f"{created} created, {unchanged} unchanged", style="bold"))
+        return lines
+    created, restarted, failed = (outcomes.count(kind) for kind in ("created", "restarted", "failed"))
+    parts = [f"{created} created"]
+    parts += [f"restarted {restarted} run(s) from their checkpoints"] if restarted else []
+    parts += [f"{failed} failed at once (`distillctl status` says why)"] if failed else []
+    unchanged = len(report.actions) - created - restarted - failed
+    lines.append(Text(", ".join([*parts, f"{unchanged} unchanged"]), style="bold"))
     return lines
+
+
+def verdict(s: RunStatus) -> str:
+    """`Failed (OutputNotWritable: <path>: <error>)`: the phase with its reason and message."""
+    return f"{s.phase} ({s.reason}: {s.message})" if s.reason and s.message else s.shown
 
 
 def launch_json(report: LaunchReport, dry_run: str | None) -> list[dict]:

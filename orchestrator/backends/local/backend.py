@@ -1,15 +1,17 @@
 """The local backend: a sweep's points as trainer processes on this machine (CPU), same output layout as a cluster.
 
-Submitting hands the runs to a detached supervisor (`orchestrator.backends.local.supervisor`), which keeps going after the
-command returns; observing reads each run's claim file and outputs; deleting stops the run's process group with
-SIGTERM (the trainer saves a checkpoint and exits 143) and removes its claim.
+Submitting hands the runs to the sweep's detached supervisor (`orchestrator.backends.local.supervisor`; one per
+sweep, by a lock), which keeps going after the command returns; observing reads each run's claim file and what the
+supervisor recorded in its folder (`backends.local.state`: runs it failed, its own crash); deleting stops the run's
+process group with SIGTERM (the trainer saves a checkpoint and exits 143) and removes its claim.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,10 +19,11 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from distillspec.contract import exit_reason
+from distillspec.contract import FailedReason, exit_reason
 from distillspec.sweep import Target
 from orchestrator.backends import DryRun, LogRequest, Submitted
 from orchestrator.backends.local import claims as local_claims
+from orchestrator.backends.local import state
 from orchestrator.backends.local import supervisor as supervisor_module
 from orchestrator.core.expansion import Expansion, Point
 from orchestrator.core.rendering import spec_json
@@ -29,6 +32,7 @@ from orchestrator.errors import DistillctlError, UsageError
 from orchestrator.exit_codes import ExitCode
 
 STOP_GRACE_SECONDS = 60.0
+RECEIPT_TIMEOUT_SECONDS = 60.0
 
 
 class LocalBackend:
@@ -56,12 +60,28 @@ class LocalBackend:
                 "set the variables in target.env or in your shell instead",
             )
 
+    def _folder(self, sweep: str) -> Path:
+        return state.state_dir(self.target.output_base, sweep)
+
     def observe(self, expansion: Expansion) -> dict[str, Observation]:
-        return {run.run_id: observe_claim(local_claims.read_claim(run.output_path)) for run in expansion.runs}
+        return {run.run_id: self._observe(run) for run in expansion.runs}
+
+    def _observe(self, run: Point) -> Observation:
+        folder = self._folder(run.sweep)
+        claim = local_claims.read_claim(run.output_path)
+        stale = claim is not None and local_claims.is_stale(claim)
+        crashed = None
+        if stale and claim.state == "queued":
+            error = state.crash_of(folder, claim.supervisor_pid, claim.supervisor_start)
+            crashed = None if error is None else f"{error} (its log: {folder / state.LOG})"
+        return observe_claim(claim, stale=stale, failure=state.read_failure(folder, run.run_id), crashed=crashed)
 
     def submit(
         self, runs: Sequence[Point], expansion: Expansion, *, dry_run: DryRun | None = None
     ) -> dict[str, Submitted]:
+        """Hand the runs to the sweep's supervisor (starting one unless one runs) and wait for its receipt: each
+        run `created` (starts from step 0), `restarted` (resumes from its checkpoint), `exists` (another
+        supervisor owns it) or `failed` (its folder cannot be written)."""
         if dry_run is not None or not runs:
             return {run.run_id: "dry-run" for run in runs}
         by_id = {run.run_id: run for run in expansion.runs}
@@ -78,58 +98,66 @@ class LocalBackend:
             }
             for run in runs
         ]
-        for run in runs:  # a retried run's old verdict must not count as this attempt's
-            claim = local_claims.read_claim(run.output_path)
-            if claim is not None and claim.state == "exited":
-                local_claims.release(run.output_path, claim.token)
-        base = Path(self.target.output_base)
-        base.mkdir(parents=True, exist_ok=True)
-        log = open(base / f".{runs[0].sweep}.supervisor.log", "ab")
+        folder = self._folder(runs[0].sweep)
+        log_path = folder / state.LOG
+        submission = secrets.token_hex(8)
         try:
+            state.ensure(folder)
+            for run in runs:  # a retried run's old verdict must not count as this attempt's
+                state.clear_failure(folder, run.run_id)
+                claim = local_claims.read_claim(run.output_path)
+                if claim is not None and claim.state == "exited":
+                    with contextlib.suppress(OSError):  # an unwritable run folder: the supervisor fails the run
+                        local_claims.release(run.output_path, claim.token)
+            parallelism = self.target.parallelism or os.cpu_count() or 1
+            state.post_orders(folder, submission, {"orders": orders, "parallelism": parallelism})
+            log = open(log_path, "ab")
+        except OSError as e:
+            raise DistillctlError(
+                f"cannot write the local supervisor's folder: {e.filename or folder}: {e.strerror or e}",
+                "make target.output_base a folder you can write to",
+            ) from None
+        with log:
             supervisor = subprocess.Popen(
-                [self.python, "-m", supervisor_module.__name__],
-                stdin=subprocess.PIPE,
+                [self.python, "-m", supervisor_module.__name__, str(folder), submission],
+                stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 env=_importable_env(),
             )
-        finally:
-            log.close()
-        parallelism = self.target.parallelism or os.cpu_count() or 1
-        try:
-            supervisor.stdin.write(json.dumps({"orders": orders, "parallelism": parallelism}).encode())
-            supervisor.stdin.close()
-        except BrokenPipeError:
-            raise DistillctlError(
-                "the local supervisor exited before it read the runs",
-                f"see {base / f'.{runs[0].sweep}.supervisor.log'}",
-            ) from None
-        # The supervisor claims runs as it starts; wait until each is claimed (by it or an earlier one).
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if all(local_claims.read_claim(run.output_path) is not None for run in runs):
-                break
-            if supervisor.poll() is not None and supervisor.returncode != 0:
+        # The new supervisor, or the sweep's running one, takes the orders and answers with a receipt.
+        deadline = time.monotonic() + RECEIPT_TIMEOUT_SECONDS
+        while (receipt := state.pop_receipt(folder, submission)) is None:
+            code = supervisor.poll()
+            if code not in (None, 0):
+                error = state.crash_of(folder, supervisor.pid, None) or f"exit code {code}"
+                raise DistillctlError(f"the local supervisor failed: {error}", f"its log: {log_path}")
+            if time.monotonic() > deadline:
                 raise DistillctlError(
-                    f"the local supervisor failed to start (exit {supervisor.returncode})",
-                    f"see {base / f'.{runs[0].sweep}.supervisor.log'}",
+                    f"the local supervisor did not take the runs within {RECEIPT_TIMEOUT_SECONDS:.0f}s",
+                    f"its log: {log_path}",
                 )
             time.sleep(0.05)
-        claims = {run.run_id: local_claims.read_claim(run.output_path) for run in runs}
-        # A run another sweep's supervisor already owns exists; this supervisor skipped it.
-        return {
-            run_id: "created" if claim is not None and claim.supervisor_pid == supervisor.pid else "exists"
-            for run_id, claim in claims.items()
-        }
+        return {run.run_id: receipt.get(run.run_id, "exists") for run in runs}
 
     def delete(self, runs: Sequence[Point]) -> list[str]:
         stopped, running = [], []
         for run in runs:
+            folder = self._folder(run.sweep)
+            failed = state.read_failure(folder, run.run_id) is not None
+            if failed:
+                with contextlib.suppress(OSError):
+                    state.clear_failure(folder, run.run_id)
             claim = local_claims.read_claim(run.output_path)
             if claim is None or claim.sweep != run.sweep:
+                if failed:
+                    stopped.append(run.jobset_name)
                 continue  # not running, or started by another sweep that shares this point
-            local_claims.release(run.output_path)  # first: the supervisor must not restart or record it
+            try:
+                local_claims.release(run.output_path)  # first: the supervisor must not restart or record it
+            except OSError:
+                pass  # an unwritable run folder: its claim stays, and goes stale with its processes
             if claim.state == "running" and local_claims.alive(claim.pid, claim.pid_start):
                 running.append(claim.pid)
             stopped.append(run.jobset_name)
@@ -158,9 +186,33 @@ class LocalBackend:
         pass
 
 
-def observe_claim(claim: local_claims.Claim | None) -> Observation:
-    """A claim as an Observation: queued (waiting for a slot or a prerequisite), running, or exited with a code."""
-    if claim is None or local_claims.is_stale(claim):
+def observe_claim(
+    claim: local_claims.Claim | None,
+    *,
+    stale: bool = False,
+    failure: state.Failure | None = None,
+    crashed: str | None = None,
+) -> Observation:
+    """A run's claim as an Observation: queued (waiting for a slot or a prerequisite), running, or exited with a
+    code. Pure: the caller says whether the claim is `stale` (its owner is gone), the supervisor's `failure` record
+    of the run, and the error its supervisor died of (`crashed`) when that one left it queued.
+
+    A failure record speaks unless a newer live owner holds the run; a stale claim is no run at all (the outputs
+    then speak), except one its crashed supervisor left queued: that fails with the supervisor's error."""
+    if failure is not None and (claim is None or stale or claim.token == failure.token):
+        return Observation(
+            exists=True,
+            conditions=(Condition("Failed", "True", failure.reason, failure.message),),
+            restarts=claim.restarts if claim else 0,
+            created_at=claim.created_at if claim else failure.at,
+        )
+    if claim is None:
+        return Observation(exists=False)
+    if stale:
+        if crashed is not None and claim.state == "queued":
+            message = f"the local supervisor died: {crashed}"
+            condition = Condition("Failed", "True", FailedReason.SUPERVISOR_CRASHED, message)
+            return Observation(exists=True, conditions=(condition,), created_at=claim.created_at)
         return Observation(exists=False)
     if claim.state == "queued":
         return Observation(

@@ -1,22 +1,28 @@
 """Claim files: how local runs are owned, observed and stopped without a state store.
 
-Each local run keeps `local-run.json` beside its outputs (`<output_base>/<run id>/`). The file is created
-exclusively (O_EXCL), so two supervisors can never both own a run, and it is replaced atomically as the run moves
-from `queued` to `running` to `exited`. A claim whose owner is gone (the supervisor died, the machine rebooted) is
-stale and may be taken over.
+Each local run keeps `local-run.json` beside its outputs (`<output_base>/<run id>/`). Every change to it is a
+compare-and-swap: it happens under an exclusive lock on `.local-run.lock` in the same folder (`fcntl.flock`, held
+only for the read-decide-replace), and the file is replaced atomically, so a reader without the lock sees the old
+or the new claim, never half of one. Taking over a stale claim (its owner is gone: the supervisor died, the machine
+rebooted) re-reads it under the lock, so of several supervisors that all saw it stale exactly one wins; an owner
+updating its claim (queued, running, exited) checks under the lock that it is still the owner.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 CLAIM_FILE = "local-run.json"
+LOCK_FILE = ".local-run.lock"
 LOG_FILE = "trainer.log"
 State = Literal["queued", "running", "exited"]
 
@@ -36,6 +42,7 @@ class Claim:
     started_at: float | None = None
     exit_code: int | None = None
     restarts: int = 0
+    submission: str = ""  # the `sweep` command's hand-over this claim answers (see supervisor.Order)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -53,53 +60,72 @@ def read_claim(output_path: str) -> Claim | None:
         return None
 
 
-def write_claim(output_path: str, claim: Claim) -> None:
-    """Replace the claim atomically (a reader sees the old or the new file, never half of one)."""
+@contextlib.contextmanager
+def _locked(output_path: str) -> Iterator[None]:
+    """Hold the run's claim lock. Raises OSError when the run's folder cannot be written."""
+    fd = os.open(Path(output_path) / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
+def _replace(output_path: str, claim: Claim) -> None:
     path = claim_path(output_path)
     tmp = path.with_name(f".{CLAIM_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
-    tmp.write_text(json.dumps(claim.to_json()))
-    os.replace(tmp, path)
-
-
-def try_claim(output_path: str, run_id: str, sweep: str) -> Claim | None:
-    """Own the run, or None when a live owner already has it. A stale claim is taken over."""
-    path = claim_path(output_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(3):
-        claim = Claim(run_id, sweep, secrets.token_hex(8), os.getpid(), process_start_time(os.getpid()))
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            existing = read_claim(output_path)
-            if existing is not None and not is_stale(existing):
-                return None
-            _retire(path)
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(claim.to_json(), f)
-        return claim
-    return None
-
-
-def _retire(path: Path) -> None:
-    """Move a stale claim aside; whoever wins the O_EXCL create afterwards owns the run."""
     try:
-        os.replace(path, path.with_name(f".{CLAIM_FILE}.stale.{secrets.token_hex(4)}"))
-    except FileNotFoundError:
-        pass
+        tmp.write_text(json.dumps(claim.to_json()))
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
-def release(output_path: str, token: str | None = None) -> None:
-    """Remove the claim (only if it is still `token`'s, when given)."""
-    path = claim_path(output_path)
-    if token is not None:
+def write_claim(output_path: str, claim: Claim) -> bool:
+    """Replace the claim with `claim` if the file still holds the same owner's claim (same token); False when
+    someone else owns the run now (it was cancelled, or taken over). Raises OSError when the folder cannot be
+    written."""
+    with _locked(output_path):
         current = read_claim(output_path)
-        if current is None or current.token != token:
-            return
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+        if current is None or current.token != claim.token:
+            return False
+        _replace(output_path, claim)
+        return True
+
+
+def try_claim(output_path: str, run_id: str, sweep: str, submission: str = "") -> Claim | None:
+    """Own the run, or None when a live owner (or a finished run's record) already has it. A stale claim is taken
+    over. Raises OSError when the run's folder cannot be created or written."""
+    Path(output_path).mkdir(parents=True, exist_ok=True)
+    with _locked(output_path):
+        existing = read_claim(output_path)
+        if existing is not None and not is_stale(existing):
+            return None
+        # Absent, stale, or unreadable (not a claim this code wrote): ours now. Re-read under the lock, so a
+        # fresh claim another supervisor wrote after we first looked is seen here and not replaced.
+        pid = os.getpid()
+        claim = Claim(run_id, sweep, secrets.token_hex(8), pid, process_start_time(pid), submission=submission)
+        _replace(output_path, claim)
+        return claim
+
+
+def release(output_path: str, token: str | None = None) -> bool:
+    """Remove the claim (only if it is still `token`'s, when given); whether one was removed. Raises OSError when
+    the folder cannot be written."""
+    if not claim_path(output_path).exists():
+        return False
+    with _locked(output_path):
+        if token is not None:
+            current = read_claim(output_path)
+            if current is None or current.token != token:
+                return False
+        try:
+            claim_path(output_path).unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
 
 def process_start_time(pid: int) -> float | None:

@@ -1,28 +1,40 @@
 """The local backend's supervisor: runs a sweep's points as trainer processes on this machine, in the background.
 
-`distillctl sweep` starts it detached (its own session) and writes the orders to its stdin as JSON; it claims each
-run (see `backends.local_claims`), starts `python -m trainer` for it once its prerequisites have succeeded, at most
-`parallelism` at a time, restarts a run that exits with a retryable code (the contract's, and the target's extras) up to
-`max_restarts` times, records each exit in the run's claim, and exits when nothing is left. Cancelling a run
-removes its claim; the supervisor then drops it.
+One supervisor per sweep at a time: it holds an exclusive lock on the sweep's supervisor folder
+(`backends.local.state`) for its whole life. `distillctl sweep` posts its runs there as orders and starts a
+supervisor; if one already holds the lock, that one takes the orders and the new one exits. The supervisor claims
+each run (see `backends.local.claims`), answers the order with a receipt (created, restarted, exists, failed),
+starts `python -m trainer` for a run once its prerequisites have succeeded, at most `parallelism` at a time,
+restarts a run that exits with a retryable code (the contract's, and the target's extras) up to `max_restarts`
+times, records each exit in the run's claim, and exits when nothing is left. Cancelling a run removes its claim;
+the supervisor then drops it.
+
+A run whose folder cannot be written fails alone (`OutputNotWritable`, recorded in the supervisor folder since its
+claim cannot say so); anything else the supervisor dies of is recorded there too, for `status` to show.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import fcntl
 import os
+import signal
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
-from distillspec.contract import ENV_RUN_ID, ENV_SPEC, is_retryable
+from distillspec.contract import ENV_RUN_ID, ENV_SPEC, FailedReason, TrainerExit, is_retryable
 from orchestrator.backends.local import claims as local_claims
+from orchestrator.backends.local import state
 from orchestrator.backends.local.claims import Claim
 from orchestrator.outputs import read_summary
 
 POLL_SECONDS = 0.3
+OUTPUT_NOT_WRITABLE = FailedReason.OUTPUT_NOT_WRITABLE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +67,58 @@ class _Running:
     process: subprocess.Popen
 
 
-def dependency_state(output_path: str) -> str:
-    """`succeeded`, `failed` or `waiting` for a prerequisite run's output path. The prerequisite's claim speaks
-    first: a queued or running claim means it is being (re)run, whatever an earlier attempt's summary says."""
+# --- scheduling (pure) -----------------------------------------------------------------------------------------
+
+Step = Literal["start", "WaitingForPrerequisite", "WaitingForSlot", "blocked"]
+
+
+def schedule(prerequisites: Sequence[Sequence[str]], running: int, parallelism: int) -> list[Step]:
+    """What to do now with each pending run, in the order given (the sweep's: prerequisites first), from the states
+    of its prerequisites (`succeeded`, `failed`, `waiting`): block it when one failed, keep it waiting while one is
+    on its way, else start it while fewer than `parallelism` (at least 1) runs are running."""
+    free = max(1, parallelism) - running
+    steps: list[Step] = []
+    for states in prerequisites:
+        if "failed" in states:
+            steps.append("blocked")
+        elif "waiting" in states:
+            steps.append("WaitingForPrerequisite")
+        elif free > 0:
+            steps.append("start")
+            free -= 1
+        else:
+            steps.append("WaitingForSlot")
+    return steps
+
+
+def exit_status(returncode: int) -> int:
+    """A Popen return code as a shell reports it: killed by signal n is 128 + n."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def after_exit(
+    code: int, restarts: int, max_restarts: int, retryable: Sequence[int] = ()
+) -> Literal["restart", "exit"]:
+    """Restart a run that exited with a retryable code while it has restarts left; otherwise its exit is final."""
+    if code != 0 and is_retryable(code, tuple(retryable)) and restarts < max_restarts:
+        return "restart"
+    return "exit"
+
+
+def has_checkpoint(output_path: str) -> bool:
+    """Whether the run has a finished checkpoint to resume from (orbax names them by step)."""
+    try:
+        return any(p.name.isdigit() for p in (Path(output_path) / "checkpoints").iterdir())
+    except OSError:
+        return False
+
+
+def dependency_state(output_path: str, failed: frozenset[str] = frozenset()) -> str:
+    """`succeeded`, `failed` or `waiting` for a prerequisite run's output path. The supervisor's own verdict
+    (`failed`: output paths of runs it failed, whose claims could not record it) speaks first, then the claim: a
+    queued or running claim means it is being (re)run, whatever an earlier attempt's summary says."""
+    if output_path in failed:
+        return "failed"
     claim = local_claims.read_claim(output_path)
     if claim is not None and not local_claims.is_stale(claim):
         if claim.state != "exited":
@@ -69,56 +130,104 @@ def dependency_state(output_path: str) -> str:
     return "failed" if status in ("failed", "diverged") else "waiting"
 
 
+def not_writable(path: str, error: OSError) -> str:
+    """`<path>: <error>` for a run's storage fault."""
+    return f"{error.filename or path}: {error.strerror or error}"
+
+
+# --- the supervisor --------------------------------------------------------------------------------------------
+
+
 class Supervisor:
-    def __init__(self, orders: list[Order], parallelism: int, python: str = sys.executable):
+    def __init__(self, folder: Path, python: str = sys.executable):
+        self.folder = folder
         self.python = python
-        self.parallelism = max(1, parallelism)
+        self.parallelism = os.cpu_count() or 1
         self.pending: list[tuple[Order, Claim]] = []
         self.running: list[_Running] = []
-        for order in orders:
-            claim = local_claims.try_claim(order.output_path, order.run_id, order.sweep)
-            if claim is not None:
-                self.pending.append((order, claim))
 
     def run(self) -> None:
-        while self.pending or self.running:
+        while True:
+            self.take_orders()  # last thing before exiting too: orders posted later find the lock free
+            if not self.pending and not self.running:
+                return
             self._reap()
             self._start_ready()
             time.sleep(POLL_SECONDS)
+
+    def take_orders(self) -> None:
+        for submission, request in state.take_orders(self.folder):
+            self.parallelism = max(1, int(request.get("parallelism") or os.cpu_count() or 1))
+            outcomes = {}
+            for data in request.get("orders", []):
+                order = Order.from_json(data)
+                outcomes[order.run_id] = self._claim(order, submission)
+            _log(f"took {len(outcomes)} run(s): {outcomes}")
+            state.write_receipt(self.folder, submission, outcomes)
+
+    def _claim(self, order: Order, submission: str) -> str:
+        mine = [o for o, _ in self.pending] + [r.order for r in self.running]
+        if any(o.run_id == order.run_id for o in mine):
+            return "exists"
+        try:
+            claim = local_claims.try_claim(order.output_path, order.run_id, order.sweep, submission)
+        except OSError as e:
+            self._fail(order, "", e)
+            return "failed"
+        if claim is None:
+            return "exists"
+        self.pending.append((order, claim))
+        return "restarted" if has_checkpoint(order.output_path) else "created"
+
+    def _fail(self, order: Order, token: str, error: OSError) -> None:
+        """The run's folder cannot be written: fail this run alone (its claim cannot say so; the supervisor
+        folder does)."""
+        message = not_writable(order.output_path, error)
+        _log(f"{order.run_id} failed: {OUTPUT_NOT_WRITABLE}: {message}")
+        failure = state.Failure(
+            order.run_id, token, OUTPUT_NOT_WRITABLE, message, int(TrainerExit.USER_ERROR), order.output_path
+        )
+        try:
+            state.record_failure(self.folder, failure)
+        except OSError as e:
+            _log(f"cannot record the failure of {order.run_id} in {self.folder}: {e}")
 
     def _still_ours(self, order: Order, claim: Claim) -> bool:
         current = local_claims.read_claim(order.output_path)
         return current is not None and current.token == claim.token
 
     def _start_ready(self) -> None:
+        live = [(order, claim) for order, claim in self.pending if self._still_ours(order, claim)]  # else cancelled
+        failed = state.failed_paths(self.folder)
+        steps = schedule(
+            [[dependency_state(path, failed) for path in order.depends_on] for order, _ in live],
+            len(self.running),
+            self.parallelism,
+        )
         keep = []
-        for order, claim in self.pending:
-            if not self._still_ours(order, claim):
-                continue  # cancelled
-            states = [dependency_state(path) for path in order.depends_on]
-            if "failed" in states:
-                local_claims.release(order.output_path, claim.token)  # blocked: leave it Pending
-                continue
-            if "waiting" in states:
-                keep.append((order, self._note(order, claim, "WaitingForPrerequisite")))
-            elif len(self.running) < self.parallelism:
-                self._start(order, claim)
-            else:
-                keep.append((order, self._note(order, claim, "WaitingForSlot")))
+        for (order, claim), step in zip(live, steps):
+            try:
+                if step == "blocked":
+                    local_claims.release(order.output_path, claim.token)  # leave it Pending
+                elif step == "start":
+                    self._start(order, claim)
+                elif noted := self._note(order, claim, step):
+                    keep.append((order, noted))
+            except OSError as e:
+                self._fail(order, claim.token, e)
         self.pending = keep
 
-    def _note(self, order: Order, claim: Claim, reason: str) -> Claim:
+    def _note(self, order: Order, claim: Claim, reason: str) -> Claim | None:
+        """The claim with its queue reason, or None when the run is no longer ours."""
         if claim.reason == reason:
             return claim
         claim = dataclasses.replace(claim, reason=reason)
-        local_claims.write_claim(order.output_path, claim)
-        return claim
+        return claim if local_claims.write_claim(order.output_path, claim) else None
 
     def _start(self, order: Order, claim: Claim) -> None:
         Path(order.output_path).mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **dict(order.env), ENV_SPEC: order.spec_json, ENV_RUN_ID: order.run_id}
-        log = open(Path(order.output_path) / local_claims.LOG_FILE, "ab")
-        try:
+        with open(Path(order.output_path) / local_claims.LOG_FILE, "ab") as log:
             process = subprocess.Popen(
                 [self.python, "-m", "trainer"],
                 env=env,
@@ -127,8 +236,6 @@ class Supervisor:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        finally:
-            log.close()
         claim = dataclasses.replace(
             claim,
             state="running",
@@ -138,35 +245,92 @@ class Supervisor:
             started_at=time.time(),
             exit_code=None,
         )
-        local_claims.write_claim(order.output_path, claim)
+        try:
+            ours = local_claims.write_claim(order.output_path, claim)
+        except OSError:
+            _kill(process)  # nobody could see or stop it
+            raise
+        if not ours:
+            _kill(process)  # cancelled while it started
+            return
         self.running.append(_Running(order, claim, process))
 
     def _reap(self) -> None:
         still, restarts = [], []
         for item in self.running:
-            code = item.process.poll()
-            if code is None:
+            returncode = item.process.poll()
+            if returncode is None:
                 still.append(item)
                 continue
-            code = 128 - code if code < 0 else code  # killed by signal n: report 128 + n, as a shell does
-            if not self._still_ours(item.order, item.claim):
-                continue  # cancelled: the canceller removed the claim
-            retryable = is_retryable(code, tuple(item.order.retryable))
-            if code != 0 and retryable and item.claim.restarts < item.order.max_restarts:
-                restarts.append((item.order, dataclasses.replace(item.claim, restarts=item.claim.restarts + 1)))
-                continue
-            local_claims.write_claim(
-                item.order.output_path, dataclasses.replace(item.claim, state="exited", exit_code=code)
-            )
+            code = exit_status(returncode)
+            order, claim = item.order, item.claim
+            try:
+                if not self._still_ours(order, claim):
+                    continue  # cancelled: the canceller removed the claim
+                if after_exit(code, claim.restarts, order.max_restarts, order.retryable) == "restart":
+                    restarts.append((order, dataclasses.replace(claim, restarts=claim.restarts + 1)))
+                else:
+                    local_claims.write_claim(
+                        order.output_path, dataclasses.replace(claim, state="exited", exit_code=code)
+                    )
+            except OSError as e:
+                self._fail(order, claim.token, e)
         self.running = still
         for order, claim in restarts:
-            self._start(order, claim)  # resumes from the run's latest checkpoint
+            try:
+                self._start(order, claim)  # resumes from the run's latest checkpoint
+            except OSError as e:
+                self._fail(order, claim.token, e)
 
 
-def main() -> int:
-    request = json.load(sys.stdin)
-    orders = [Order.from_json(o) for o in request["orders"]]
-    Supervisor(orders, int(request.get("parallelism") or os.cpu_count() or 1)).run()
+def _kill(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def _log(message: str) -> None:
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {message}", flush=True)
+
+
+def acquire(folder: Path, submission: str) -> int | None:
+    """Become the sweep's supervisor: the lock's descriptor (held until this process exits), or None once
+    another supervisor has taken this submission's orders."""
+    fd = os.open(folder / state.LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not state.order_path(folder, submission).exists():
+                os.close(fd)
+                return None
+            time.sleep(0.1)
+            continue
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # for people: who holds it
+        return fd
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    folder, submission = (sys.argv[1:] if argv is None else argv)[:2]
+    folder = Path(folder)
+    if acquire(folder, submission) is None:
+        _log(f"another supervisor took submission {submission}")
+        return 0
+    _log(f"supervising sweep folder {folder}")
+    try:
+        Supervisor(folder).run()
+    except Exception as e:
+        traceback.print_exc()
+        pid = os.getpid()
+        try:
+            state.record_crash(folder, pid, local_claims.process_start_time(pid), f"{type(e).__name__}: {e}")
+        except OSError as e2:
+            _log(f"cannot record the crash in {folder}: {e2}")
+        return int(TrainerExit.INTERNAL)
+    _log("nothing left to run; exiting")
     return 0
 
 

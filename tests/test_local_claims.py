@@ -1,0 +1,169 @@
+"""The local backend's pure parts (the supervisor's scheduling, observe_claim) and its claim files, raced by real
+processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+
+import pytest
+
+from orchestrator.backends.local import claims as local_claims
+from orchestrator.backends.local import state
+from orchestrator.backends.local.backend import observe_claim
+from orchestrator.backends.local.claims import Claim
+from orchestrator.backends.local.supervisor import after_exit, exit_status, has_checkpoint, schedule
+
+# --- scheduling ----------------------------------------------------------------------------------------------
+
+
+def test_schedule_starts_ready_runs_in_order_up_to_parallelism():
+    ready = [[], ["succeeded"], [], []]
+    assert schedule(ready, running=0, parallelism=2) == ["start", "start", "WaitingForSlot", "WaitingForSlot"]
+    assert schedule(ready, running=1, parallelism=2) == ["start", "WaitingForSlot", "WaitingForSlot", "WaitingForSlot"]
+    assert schedule(ready, running=3, parallelism=2) == ["WaitingForSlot"] * 4
+
+
+def test_schedule_waits_for_and_blocks_on_prerequisites_without_using_a_slot():
+    steps = schedule([["waiting"], ["failed", "waiting"], ["succeeded", "succeeded"], []], running=0, parallelism=1)
+    assert steps == ["WaitingForPrerequisite", "blocked", "start", "WaitingForSlot"]
+
+
+def test_schedule_runs_one_at_a_time_at_least():
+    assert schedule([[], []], running=0, parallelism=0) == ["start", "WaitingForSlot"]
+
+
+@pytest.mark.parametrize(
+    ("code", "restarts", "max_restarts", "extra", "want"),
+    [
+        (0, 0, 3, (), "exit"),
+        (1, 0, 3, (), "exit"),  # a user error is never retried
+        (42, 0, 3, (), "restart"),
+        (42, 3, 3, (), "exit"),  # no restarts left
+        (137, 0, 1, (), "restart"),  # killed by a signal
+        (42, 0, 0, (), "exit"),
+        (3, 0, 2, (3,), "restart"),  # the target's extra retryable code
+        (65, 0, 2, (), "exit"),  # diverged
+    ],
+)
+def test_after_exit(code, restarts, max_restarts, extra, want):
+    assert after_exit(code, restarts, max_restarts, extra) == want
+
+
+def test_exit_status_reports_signals_as_a_shell_does():
+    assert exit_status(-9) == 137 and exit_status(-15) == 143 and exit_status(42) == 42
+
+
+def test_has_checkpoint_only_for_a_finished_step(tmp_path):
+    assert not has_checkpoint(str(tmp_path))
+    (tmp_path / "checkpoints" / "100.orbax-checkpoint-tmp-1").mkdir(parents=True)
+    assert not has_checkpoint(str(tmp_path))
+    (tmp_path / "checkpoints" / "100").mkdir()
+    assert has_checkpoint(str(tmp_path))
+
+
+# --- observe_claim -------------------------------------------------------------------------------------------
+
+
+def claim(**changes) -> Claim:
+    return Claim(**{"run_id": "r", "sweep": "s", "token": "t1", "supervisor_pid": 1, "created_at": 100.0, **changes})
+
+
+def test_observe_claim_states():
+    assert not observe_claim(None).exists
+    queued = observe_claim(claim(reason="WaitingForSlot", restarts=1))
+    assert queued.exists and queued.queue_reason == "WaitingForSlot" and queued.restarts == 1
+    running = observe_claim(claim(state="running", pid=5, started_at=120.0))
+    assert running.active and running.started_at == 120.0
+    done = observe_claim(claim(state="exited", exit_code=0))
+    assert done.condition("Completed") and not done.condition("Failed")
+    failed = observe_claim(claim(state="exited", exit_code=1)).condition("Failed")
+    assert failed.reason == "UserError" and failed.message == "the trainer exited with 1"
+
+
+def test_observe_claim_stale_is_no_run_unless_a_crashed_supervisor_left_it_queued():
+    assert not observe_claim(claim(), stale=True).exists
+    assert not observe_claim(claim(state="running"), stale=True, crashed="ValueError: x").exists  # outputs speak
+    crashed = observe_claim(claim(), stale=True, crashed="ValueError: x (its log: l)").condition("Failed")
+    assert crashed.reason == "SupervisorCrashed" and "ValueError: x" in crashed.message
+
+
+def test_observe_claim_failure_record_speaks_unless_a_newer_owner_holds_the_run():
+    failure = state.Failure("r", "t1", "OutputNotWritable", "/runs/r/trainer.log: Operation not permitted", at=7.0)
+    for c, stale in ((claim(state="running"), False), (claim(), True), (None, False)):
+        seen = observe_claim(c, stale=stale, failure=failure).condition("Failed")
+        assert (seen.reason, seen.message) == ("OutputNotWritable", failure.message)
+    newer = observe_claim(claim(token="t2", state="running"), failure=failure)
+    assert newer.active and not newer.condition("Failed")
+
+
+# --- claims ----------------------------------------------------------------------------------------------------
+
+
+def dead_pid() -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    return int(done.stdout)
+
+
+def stale_claim(path: str, pid: int) -> None:
+    os.makedirs(path, exist_ok=True)
+    state.write_json(local_claims.claim_path(path), claim(supervisor_pid=pid, token="stale").to_json())
+
+
+def test_try_claim_takes_over_only_a_stale_claim(tmp_path):
+    path = str(tmp_path / "run")
+    stale_claim(path, dead_pid())
+    mine = local_claims.try_claim(path, "r", "s", "sub1")
+    assert mine is not None and local_claims.read_claim(path) == mine and mine.submission == "sub1"
+    assert local_claims.try_claim(path, "r", "s") is None  # this process is alive: not stale
+    assert not local_claims.write_claim(path, claim(token="other"))  # not the owner
+    assert local_claims.write_claim(path, mine.__class__(**{**mine.to_json(), "reason": "WaitingForSlot"}))
+    assert not local_claims.release(path, "other") and local_claims.release(path, mine.token)
+    assert local_claims.read_claim(path) is None
+
+
+def test_try_claim_raises_when_the_run_folder_cannot_be_made(tmp_path):
+    (tmp_path / "run").write_text("a file where the run's folder belongs")
+    with pytest.raises(OSError):
+        local_claims.try_claim(str(tmp_path / "run"), "r", "s")
+
+
+def _racer(path, start, done, wins, trials):
+    for _ in range(trials):
+        start.wait()
+        won = local_claims.try_claim(path, "r", "s") is not None
+        wins.put((os.getpid(), won))
+        done.wait()
+
+
+@pytest.mark.parametrize(("processes", "trials"), [(2, 200), (4, 200)])
+def test_stale_claim_race_has_exactly_one_winner_every_time(tmp_path, processes, trials):
+    """Real processes take over one stale claim at the same moment, `trials` times: exactly one wins each time, and
+    the claim on disk is the winner's."""
+    ctx = multiprocessing.get_context("fork")
+    path = str(tmp_path / "run")
+    start, done = ctx.Barrier(processes + 1), ctx.Barrier(processes + 1)
+    wins = ctx.Queue()
+    racers = [ctx.Process(target=_racer, args=(path, start, done, wins, trials)) for _ in range(processes)]
+    for p in racers:
+        p.start()
+    gone = dead_pid()
+    counts = []
+    try:
+        for _ in range(trials):
+            stale_claim(path, gone)
+            start.wait(timeout=60)
+            results = [wins.get(timeout=60) for _ in racers]
+            winners = [pid for pid, won in results if won]
+            counts.append(len(winners))
+            if len(winners) == 1:
+                assert local_claims.read_claim(path).supervisor_pid == winners[0]
+            done.wait(timeout=60)
+    finally:
+        for p in racers:
+            p.join(timeout=60)
+    assert counts == [1] * trials, f"trials with other than one winner: {[c for c in counts if c != 1]}"

@@ -1,0 +1,229 @@
+"""The local backend under faults of its storage and of its supervisor, with real trainer processes through the
+CLI: a run whose folder cannot be written fails alone; a supervisor's death is shown, not hidden; a re-run after a
+crash says what it restarted and starts no second supervisor."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.backends.local import claims as local_claims
+from orchestrator.backends.local import state
+from orchestrator.backends.local.supervisor import has_checkpoint
+from tests.test_launch_local import STUDENT, distillctl, status, wait_until
+
+pytestmark = pytest.mark.slow
+
+TEACHER = """\
+name: teacher
+mode: pretrain
+student: {model: tiny-4l}
+batch: {per_device_batch_size: 4, max_target_length: 32}
+steps: 20
+optimizer: {learning_rate: 3.0e-3}
+logging: {every_steps: 5}
+checkpoint: {every_steps: 10}
+"""
+SWEEP = """\
+name: {name}
+spec: student.yaml
+overrides:
+  teacher.load_parameters_path: ${{prerequisites.teacher.output}}/checkpoints
+  steps: {steps}
+prerequisites:
+  teacher: {{spec: teacher.yaml, overrides: {{steps: {teacher_steps}}}}}
+axes:
+  loss.alpha.end: [0.3, 0.7]
+baseline:
+  - {{loss.alpha: 0.0}}
+target: {{kind: local, output_base: {base}, parallelism: {parallelism}}}
+"""
+
+
+def write_sweep(folder: Path, name: str, *, steps: int = 20, teacher_steps: int = 20, parallelism: int = 1) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "teacher.yaml").write_text(TEACHER)
+    (folder / "student.yaml").write_text(STUDENT)
+    path = folder / f"{name}.yaml"
+    text = SWEEP.format(
+        name=name, steps=steps, teacher_steps=teacher_steps, base=folder / "runs", parallelism=parallelism
+    )
+    path.write_text(text)
+    return path
+
+
+def by_role(rows: dict[str, dict]) -> tuple[dict, list[dict]]:
+    """The teacher's row, and the points' rows in sweep order."""
+    teacher = next(r for r in rows.values() if r["role"] == "prerequisite")
+    return teacher, [r for r in rows.values() if r["role"] != "prerequisite"]
+
+
+def all_terminal(rows: dict[str, dict]) -> dict[str, dict] | None:
+    return rows if all(r["phase"] in ("Succeeded", "Failed", "Diverged") for r in rows.values()) else None
+
+
+@contextlib.contextmanager
+def immutable(path: Path):
+    """The folder and everything in it cannot be changed, even by root (chattr +i), until the block ends."""
+    subprocess.run(["chattr", "-R", "+i", str(path)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(path)], check=True)
+
+
+def supervisors(folder: Path) -> list[int]:
+    """Live supervisor processes of the sweep whose supervisor folder is `folder`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if SUPERVISOR.encode() in argv and str(folder).encode() in argv:
+            if local_claims.alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "orchestrator.cli"]
+SUPERVISOR = "orchestrator.backends.local.supervisor"
+QUIET = {"cwd": REPO, "text": True, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chattr +i needs root")
+
+
+@needs_root
+def test_runs_whose_folders_cannot_be_written_fail_alone(tmp_path):
+    """One point's folder is a file; another's becomes immutable while it is queued. Both fail as
+    OutputNotWritable, the teacher and the third point train, and `sweep --wait` exits 1 naming both."""
+    sweep = write_sweep(tmp_path, "faults", parallelism=1)
+    teacher, points = by_role(status(sweep))
+    as_file, frozen, healthy = (Path(p["output_path"]) for p in points)
+    as_file.parent.mkdir(parents=True)
+    as_file.write_text("a file where the run's folder belongs")
+    first = distillctl("sweep", str(sweep), check=True)
+    assert f"failed {points[0]['jobset']}" in " ".join(first.stdout.split()), first.stdout
+    assert "1 failed at once" in first.stdout
+    assert local_claims.read_claim(str(frozen)).state == "queued"  # waits for the teacher
+    with immutable(frozen):
+        done = distillctl("sweep", str(sweep), "--wait", "--timeout", "500")
+        assert done.returncode == 1, done.stdout + done.stderr
+        for run, path in ((points[0], as_file), (points[1], frozen)):
+            assert run["jobset"] in done.stderr and "OutputNotWritable" in done.stderr
+            row = status(sweep)[run["run_id"]]
+            assert (row["phase"], row["reason"]) == ("Failed", "OutputNotWritable"), row
+            assert row["message"].startswith(str(path)), row["message"]
+        rows = status(sweep)
+        assert rows[teacher["run_id"]]["phase"] == rows[points[2]["run_id"]]["phase"] == "Succeeded"
+        assert json.loads((healthy / "summary.json").read_text())["status"] == "succeeded"
+        log = (state.state_dir(str(tmp_path / "runs"), "faults") / state.LOG).read_text()
+        assert "Traceback" not in log and log.count("supervising sweep folder") == 1, log
+        # Retrying while the folder is still immutable fails the run again, alone and at once.
+        again = distillctl("sweep", str(sweep), "--retry-failed")
+        assert again.returncode == 0 and "2 failed at once" in again.stdout, again.stdout + again.stderr
+    # Once it can be written, a retry trains it.
+    as_file.unlink()
+    retried = distillctl("sweep", str(sweep), "--retry-failed", "--wait", "--timeout", "500")
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert {r["phase"] for r in status(sweep).values()} == {"Succeeded"}
+
+
+@needs_root
+def test_a_prerequisite_whose_folder_goes_read_only_mid_run_fails_and_blocks_its_points(tmp_path):
+    """The teacher's folder becomes immutable while it trains and its trainer dies: the supervisor cannot record
+    the exit, fails the teacher as OutputNotWritable, blocks the points and exits; `sweep --wait` exits 1."""
+    sweep = write_sweep(tmp_path, "midrun", teacher_steps=100000)
+    teacher, _ = by_role(status(sweep))
+    folder = Path(teacher["output_path"])
+    distillctl("sweep", str(sweep), check=True)
+    wait_until(lambda: (status(sweep)[teacher["run_id"]]["step"] or 0) > 0, what="the teacher to train")
+    claim = local_claims.read_claim(str(folder))
+    with immutable(folder):
+        os.killpg(claim.pid, signal.SIGKILL)
+        done = distillctl("sweep", str(sweep), "--wait", "--timeout", "300")
+        assert done.returncode == 1, done.stdout + done.stderr
+        row = status(sweep)[teacher["run_id"]]
+        assert (row["phase"], row["reason"]) == ("Failed", "OutputNotWritable"), row
+        assert row["message"].startswith(str(folder)) and "Operation not permitted" in row["message"]
+        assert "blocked" in done.stdout or "Pending" in done.stdout
+        wait_until(lambda: not supervisors(state.state_dir(str(tmp_path / "runs"), "midrun")), 30, "the exit")
+
+
+def test_a_supervisor_crash_reaches_the_terminal_and_status(tmp_path):
+    """A malformed order in the supervisor folder (only a bug writes one) kills the supervisor. Taken before this
+    sweep's orders, `sweep` prints the supervisor's error; taken after, the runs it had claimed show
+    Failed (SupervisorCrashed) with that error, not Pending forever."""
+    bad = {"orders": [{"run_id": "x", "not_an_order_field": 1}], "parallelism": 1}
+    early = write_sweep(tmp_path / "early", "early")
+    folder = state.state_dir(str(tmp_path / "early" / "runs"), "early")
+    state.ensure(folder)
+    state.post_orders(folder, "bad", bad)
+    done = distillctl("sweep", str(early))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "the local supervisor failed: TypeError" in done.stderr and str(folder / state.LOG) in done.stderr
+    late = write_sweep(tmp_path / "late", "late")
+    folder = state.state_dir(str(tmp_path / "late" / "runs"), "late")
+    state.ensure(folder)
+    state.post_orders(folder, "bad", bad)
+    os.utime(state.order_path(folder, "bad"), (time.time() + 3600,) * 2)  # taken after this sweep's
+    distillctl("sweep", str(late), check=True)
+    rows = wait_until(lambda: all_terminal(status(late)), 60, "the crash to show")
+    assert {(r["phase"], r["reason"]) for r in rows.values()} == {("Failed", "SupervisorCrashed")}, rows
+    assert all("TypeError" in r["message"] and state.LOG in r["message"] for r in rows.values())
+
+
+def test_a_rerun_after_a_crash_says_it_restarted_and_keeps_one_supervisor(tmp_path):
+    """kill -9 of the supervisor and the teacher's trainer after its first checkpoint: `sweep` again restarts the
+    teacher from its checkpoint and says so; more `sweep`s at once start no second supervisor."""
+    sweep = write_sweep(tmp_path, "crash", teacher_steps=100000, parallelism=2)
+    teacher, points = by_role(status(sweep))
+    folder = state.state_dir(str(tmp_path / "runs"), "crash")
+    distillctl("sweep", str(sweep), check=True)
+    try:
+        wait_until(lambda: has_checkpoint(teacher["output_path"]), what="the teacher's first checkpoint")
+        claim = local_claims.read_claim(teacher["output_path"])
+        [first] = supervisors(folder)
+        os.kill(first, signal.SIGKILL)
+        os.killpg(claim.pid, signal.SIGKILL)
+        wait_until(lambda: not local_claims.alive(claim.pid) and not supervisors(folder), 30, "the deaths")
+        again = distillctl("sweep", str(sweep), check=True)
+        lines = {line.split()[1]: line.split()[0] for line in again.stdout.splitlines() if len(line.split()) > 1}
+        assert lines[teacher["jobset"]] == "restarted", again.stdout
+        assert {lines[p["jobset"]] for p in points} == {"queued"}, again.stdout
+        assert "restarted 1 run(s) from their checkpoints" in again.stdout and "exists" not in again.stdout
+        # Two `sweep --wait` at once while it runs, polling: they find everything there and start nothing.
+        racing = [subprocess.Popen([*CLI, "sweep", str(sweep), "--wait", "--timeout", "10"], **QUIET) for _ in "ab"]
+        for proc in racing:
+            out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 3 and "0 created" in out, out + err  # 3: timed out, the teacher trains on
+        # Two supervisors started by hand with orders for runs the sweep's supervisor owns: they wait for the lock
+        # until it takes their orders (its receipts say the runs exist), then exit.
+        point = points[0]
+        orders = [{"run_id": point["run_id"], "sweep": "crash", "output_path": point["output_path"], "spec_json": ""}]
+        for submission in ("hand1", "hand2"):
+            state.post_orders(folder, submission, {"orders": orders, "parallelism": 2})
+        extra = [
+            subprocess.Popen([sys.executable, "-m", SUPERVISOR, str(folder), s], **QUIET) for s in ("hand1", "hand2")
+        ]
+        assert [proc.wait(timeout=60) for proc in extra] == [0, 0]
+        assert (
+            state.pop_receipt(folder, "hand1") == state.pop_receipt(folder, "hand2") == {points[0]["run_id"]: "exists"}
+        )
+        [holder] = wait_until(lambda: supervisors(folder) if len(supervisors(folder)) == 1 else None, 30, "one")
+        assert int((folder / state.LOCK).read_text()) == holder
+        owners = {local_claims.read_claim(r["output_path"]).supervisor_pid for r in [teacher, *points]}
+        assert owners == {holder}
+        assert status(sweep)[teacher["run_id"]]["phase"] == "Running"
+    finally:
+        distillctl("cancel", str(sweep), "--yes")
