@@ -23,7 +23,7 @@ from distillspec.config import DistillSpec, ModelSpec
 from trainer import sharding as shard_lib
 from trainer.checkpointing import restore_params
 from trainer.exit_codes import UserError
-from trainer.model import ModelConfig, abstract_model, drop_layers, host_init
+from trainer.models import ModelConfig, abstract_model, drop_layers, host_init
 from trainer.step import StepModels, empty_window, learning_rate_schedule, make_optimizer, make_train_step
 
 
