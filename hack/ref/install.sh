@@ -40,5 +40,5 @@ PY
 "$PY" -m pip install -q --no-deps $(printf '%s\n' "${REQS[@]}" | grep -v '^cuda-toolkit')
 TOOLKIT=$(printf '%s\n' "${REQS[@]}" | grep '^cuda-toolkit' || true)
 if [ -n "$TOOLKIT" ]; then "$PY" -m pip install -q "$TOOLKIT"; fi
-"$PY" -m pip install -q "mpmath<1.4" "transformers==$TRANSFORMERS"
+"$PY" -m pip install -q "mpmath<1.4" markupsafe "transformers==$TRANSFORMERS"
 "$PY" -c "import torch, transformers; torch.zeros(2) @ torch.ones(2); print('reference env:', torch.__version__, transformers.__version__)"
