@@ -5,6 +5,9 @@ imported by the tests: makes a tiny random Hugging Face model and writes what tr
         builds FAMILY's model from CONFIG_JSON with random weights (norm weights randomised too: Gemma's start at
         0 and Llama's at 1, so a wrong norm formula would otherwise go unseen), saves it with `save_pretrained`
         into OUT_DIR, and writes its float32 logits for the int32 tokens in TOKENS_NPY to OUT_DIR/logits.npy.
+    python hf_models.py make-many JOBS_JSON
+        the same for each {"family", "out", "config", "seed", "tokens", "max_shard_size"?} in the JSON list (one
+        torch start-up for all of them).
     python hf_models.py logits MODEL_DIR TOKENS_NPY OUT_NPY
         loads MODEL_DIR with `from_pretrained` and writes its logits for TOKENS_NPY.
 """
@@ -52,6 +55,10 @@ def main(argv: list[str]) -> None:
     if argv[0] == "make":
         max_shard = argv[argv.index("--max-shard-size") + 1] if "--max-shard-size" in argv else None
         make(argv[1], argv[2], argv[3], int(argv[4]), argv[5], max_shard)
+    elif argv[0] == "make-many":
+        for job in json.loads(argv[1]):
+            config = json.dumps(job["config"])
+            make(job["family"], job["out"], config, job["seed"], job["tokens"], job.get("max_shard_size"))
     elif argv[0] == "logits":
         model = transformers.AutoModelForCausalLM.from_pretrained(argv[1], attn_implementation="eager").float()
         np.save(argv[3], logits(model.eval(), np.load(argv[2])))
