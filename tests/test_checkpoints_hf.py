@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ref_support import make_models
+from ref_support import make_models, run_ref
 from trainer_support import merged, read_metrics, spec_of
 
 jax = pytest.importorskip("jax")
@@ -99,6 +99,25 @@ def test_sharded_folder_loads(folders):
     sharded = folders["sharded"]
     assert (sharded / hf.INDEX).exists() and len(list(sharded.glob("model-*-of-*.safetensors"))) > 1
     _assert_same_logits(sharded, np.load(folders["tokens"]))
+
+
+def test_export_then_transformers_loads_the_same_model(folders, tmp_path):
+    """Our parameters written back as a Hugging Face folder (`hf.save`) load in transformers with the logits
+    the original folder gave, for every family."""
+    from flax import nnx
+
+    jobs = []
+    for family in sorted(CONFIGS):
+        model = load_model(str(folders[family]))
+        out = tmp_path / family
+        hf.save(nnx.to_pure_dict(nnx.state(model, nnx.Param)), model.config.shape, str(out))
+        assert hf.shape_from_config(hf.read_config(str(out))) == model.config.shape
+        jobs.append([str(out), str(folders["tokens"]), str(out / "back.npy")])
+    run_ref("logits-many", json.dumps(jobs))
+    for family in sorted(CONFIGS):
+        ref = np.load(folders[family] / "logits.npy")
+        back = np.load(tmp_path / family / "back.npy")
+        np.testing.assert_allclose(back, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max(), err_msg=family)
 
 
 def test_config_is_read_as_the_family_it_is(folders):

@@ -10,6 +10,8 @@ imported by the tests: makes a tiny random Hugging Face model and writes what tr
         torch start-up for all of them).
     python hf_models.py logits MODEL_DIR TOKENS_NPY OUT_NPY
         loads MODEL_DIR with `from_pretrained` and writes its logits for TOKENS_NPY.
+    python hf_models.py logits-many JOBS_JSON
+        the same for each [MODEL_DIR, TOKENS_NPY, OUT_NPY] in the JSON list.
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ def main(argv: list[str]) -> None:
     elif argv[0] == "logits":
         model = transformers.AutoModelForCausalLM.from_pretrained(argv[1], attn_implementation="eager").float()
         np.save(argv[3], logits(model.eval(), np.load(argv[2])))
+    elif argv[0] == "logits-many":  # JSON list of [MODEL_DIR, TOKENS_NPY, OUT_NPY]
+        for model_dir, tokens, out in json.loads(argv[1]):
+            model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager")
+            np.save(out, logits(model.float().eval(), np.load(tokens)))
     else:
         raise SystemExit(__doc__)
 

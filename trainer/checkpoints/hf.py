@@ -143,7 +143,8 @@ class Entry:
 
     name: str
     shape: tuple[int, ...]
-    convert: Callable[[np.ndarray], np.ndarray]
+    convert: Callable[[np.ndarray], np.ndarray]  # Hugging Face layout -> ours
+    invert: Callable[[np.ndarray], np.ndarray]  # ours -> Hugging Face layout
 
 
 def _linear_in(d: int, heads: int, k: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -158,6 +159,18 @@ def _same(w: np.ndarray) -> np.ndarray:
     return w
 
 
+def _flat_in(w: np.ndarray) -> np.ndarray:
+    return w.reshape(w.shape[0], -1).T  # [D, H, K] -> [H·K, D]
+
+
+def _flat_out(w: np.ndarray) -> np.ndarray:
+    return w.reshape(-1, w.shape[-1]).T  # [H, K, D] -> [D, H·K]
+
+
+def _norm(name: str, dim: int) -> Entry:
+    return Entry(name, (dim,), _same, _same)
+
+
 def _transpose(w: np.ndarray) -> np.ndarray:
     return w.T
 
@@ -167,24 +180,24 @@ def layer_entries(shape: ModelShape, layer: int) -> dict[tuple[str, ...], Entry]
     s, p = shape, f"model.layers.{layer}."
     d, h, n, k, f = s.emb_dim, s.num_query_heads, s.num_kv_heads, s.head_dim, s.mlp_dim
     out = {
-        ("attention", "wq"): Entry(p + "self_attn.q_proj.weight", (h * k, d), _linear_in(d, h, k)),
-        ("attention", "wk"): Entry(p + "self_attn.k_proj.weight", (n * k, d), _linear_in(d, n, k)),
-        ("attention", "wv"): Entry(p + "self_attn.v_proj.weight", (n * k, d), _linear_in(d, n, k)),
-        ("attention", "wo"): Entry(p + "self_attn.o_proj.weight", (d, h * k), _linear_out(h, k, d)),
-        ("mlp", "gate"): Entry(p + "mlp.gate_proj.weight", (f, d), _transpose),
-        ("mlp", "up"): Entry(p + "mlp.up_proj.weight", (f, d), _transpose),
-        ("mlp", "down"): Entry(p + "mlp.down_proj.weight", (d, f), _transpose),
-        ("attention_norm", "scale"): Entry(p + "input_layernorm.weight", (d,), _same),
+        ("attention", "wq"): Entry(p + "self_attn.q_proj.weight", (h * k, d), _linear_in(d, h, k), _flat_in),
+        ("attention", "wk"): Entry(p + "self_attn.k_proj.weight", (n * k, d), _linear_in(d, n, k), _flat_in),
+        ("attention", "wv"): Entry(p + "self_attn.v_proj.weight", (n * k, d), _linear_in(d, n, k), _flat_in),
+        ("attention", "wo"): Entry(p + "self_attn.o_proj.weight", (d, h * k), _linear_out(h, k, d), _flat_out),
+        ("mlp", "gate"): Entry(p + "mlp.gate_proj.weight", (f, d), _transpose, _transpose),
+        ("mlp", "up"): Entry(p + "mlp.up_proj.weight", (f, d), _transpose, _transpose),
+        ("mlp", "down"): Entry(p + "mlp.down_proj.weight", (d, f), _transpose, _transpose),
+        ("attention_norm", "scale"): _norm(p + "input_layernorm.weight", d),
     }
     if s.is_gemma:
-        out[("post_attention_norm", "scale")] = Entry(p + "post_attention_layernorm.weight", (d,), _same)
-        out[("mlp_norm", "scale")] = Entry(p + "pre_feedforward_layernorm.weight", (d,), _same)
-        out[("post_mlp_norm", "scale")] = Entry(p + "post_feedforward_layernorm.weight", (d,), _same)
+        out[("post_attention_norm", "scale")] = _norm(p + "post_attention_layernorm.weight", d)
+        out[("mlp_norm", "scale")] = _norm(p + "pre_feedforward_layernorm.weight", d)
+        out[("post_mlp_norm", "scale")] = _norm(p + "post_feedforward_layernorm.weight", d)
     else:  # Llama's "post_attention_layernorm" is the norm before the MLP
-        out[("mlp_norm", "scale")] = Entry(p + "post_attention_layernorm.weight", (d,), _same)
+        out[("mlp_norm", "scale")] = _norm(p + "post_attention_layernorm.weight", d)
     if s.qk_norm:
-        out[("attention", "q_norm", "scale")] = Entry(p + "self_attn.q_norm.weight", (k,), _same)
-        out[("attention", "k_norm", "scale")] = Entry(p + "self_attn.k_norm.weight", (k,), _same)
+        out[("attention", "q_norm", "scale")] = _norm(p + "self_attn.q_norm.weight", k)
+        out[("attention", "k_norm", "scale")] = _norm(p + "self_attn.k_norm.weight", k)
     return out
 
 
@@ -201,11 +214,11 @@ def block_entries(shape: ModelShape, entry: int) -> dict[tuple[str, ...], Entry]
 def top_entries(shape: ModelShape) -> dict[tuple[str, ...], Entry]:
     s = shape
     out = {
-        ("embed",): Entry("model.embed_tokens.weight", (s.vocab_size, s.emb_dim), _same),
-        ("final_norm", "scale"): Entry("model.norm.weight", (s.emb_dim,), _same),
+        ("embed",): Entry("model.embed_tokens.weight", (s.vocab_size, s.emb_dim), _same, _same),
+        ("final_norm", "scale"): _norm("model.norm.weight", s.emb_dim),
     }
     if not s.tie_embeddings:
-        out[("lm_head",)] = Entry("lm_head.weight", (s.vocab_size, s.emb_dim), _same)
+        out[("lm_head",)] = Entry("lm_head.weight", (s.vocab_size, s.emb_dim), _same, _same)
     return out
 
 
@@ -347,3 +360,95 @@ def _put(tree: dict, path: tuple, value: Any) -> None:
     for key in path[:-1]:
         tree = tree.setdefault(key, {})
     tree[path[-1]] = value
+
+
+# --- out -----------------------------------------------------------------------------------------------------
+
+_CLASSES = {
+    "llama": ("llama", "LlamaForCausalLM"),
+    "qwen3": ("qwen3", "Qwen3ForCausalLM"),
+    "gemma2": ("gemma2", "Gemma2ForCausalLM"),
+    "gemma3": ("gemma3_text", "Gemma3ForCausalLM"),
+}
+
+
+def _rope_parameters(theta: float, scaling: RopeScaling | None) -> dict:
+    if scaling is None:
+        return {"rope_type": "default", "rope_theta": theta}
+    if scaling.kind == "linear":
+        return {"rope_type": "linear", "rope_theta": theta, "factor": scaling.factor}
+    return {
+        "rope_type": "llama3",
+        "rope_theta": theta,
+        "factor": scaling.factor,
+        "low_freq_factor": scaling.low_freq_factor,
+        "high_freq_factor": scaling.high_freq_factor,
+        "original_max_position_embeddings": scaling.original_max_position,
+    }
+
+
+def config_of(shape: ModelShape, dtype: str = "float32") -> dict:
+    """The config.json (transformers 5 layout) that `shape_from_config` reads back as `shape`."""
+    s = shape
+    model_type, architecture = _CLASSES[s.family]
+    config = {
+        "architectures": [architecture],
+        "model_type": model_type,
+        "vocab_size": s.vocab_size,
+        "hidden_size": s.emb_dim,
+        "intermediate_size": s.mlp_dim,
+        "num_hidden_layers": s.depth,
+        "num_attention_heads": s.num_query_heads,
+        "num_key_value_heads": s.num_kv_heads,
+        "head_dim": s.head_dim,
+        "rms_norm_eps": s.norm_eps,
+        "tie_word_embeddings": s.tie_embeddings,
+        "attention_bias": False,
+        "dtype": dtype,
+    }
+    if s.is_gemma:
+        config |= {
+            "hidden_activation": "gelu_pytorch_tanh",
+            "sliding_window": s.sliding_window,
+            "query_pre_attn_scalar": s.query_pre_attn_scalar or s.head_dim,
+            "attn_logit_softcapping": s.attn_softcap,
+            "final_logit_softcapping": s.final_softcap,
+            "layer_types": ["sliding_attention" if s.is_local(i) else "full_attention" for i in range(s.depth)],
+        }
+    else:
+        config |= {"hidden_act": "silu", "mlp_bias": False}
+    if s.family == "gemma3":
+        config["sliding_window_pattern"] = s.global_every
+        config["rope_parameters"] = {
+            "full_attention": _rope_parameters(s.rope_theta, s.rope_scaling),
+            "sliding_attention": _rope_parameters(s.rope_local_theta or s.rope_theta, None),
+        }
+    else:
+        config["rope_parameters"] = _rope_parameters(s.rope_theta, s.rope_scaling)
+    if s.family == "qwen3":
+        config["use_sliding_window"] = False
+    return config
+
+
+def save(params: Any, shape: ModelShape, out_dir: str, *, scanned: bool = True, dtype: str = "float32") -> None:
+    """Write parameters (a pure dict, host or device arrays) as a Hugging Face folder: config.json and one
+    model.safetensors (`dtype`: float32 or bfloat16), loadable by transformers as is."""
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}[dtype]
+    tensors = {}
+    for path_, entry in top_entries(shape).items():
+        tensors[entry.name] = entry.invert(np.asarray(_get(params, path_), np.float32))
+    for i in range(shape.num_layers):
+        for sub, entry in block_entries(shape, i).items():
+            leaf = _get(params["layers"], sub)[i] if scanned else _get(params["layers"][i], sub)
+            tensors[entry.name] = entry.invert(np.asarray(leaf, np.float32))
+    os.makedirs(out_dir, exist_ok=True)
+    save_file(
+        {k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in tensors.items()},
+        os.path.join(out_dir, SINGLE),
+        metadata={"format": "pt"},
+    )
+    with open(os.path.join(out_dir, CONFIG), "w") as f:
+        json.dump(config_of(shape, dtype), f, indent=2)
