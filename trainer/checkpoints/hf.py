@@ -237,9 +237,9 @@ class Files:
     """The folder's safetensors files, opened lazily; `where[name]` is the file holding tensor `name`."""
 
     def __init__(self, path: str):
-        from safetensors import safe_open  # the `train` extra; imported here so the module imports without it
+        from safetensors import SafetensorError, safe_open  # the `train` extra; imported here, not at module load
 
-        self._open = safe_open
+        self._open, self._errors = safe_open, (SafetensorError, OSError, ValueError)
         self.path = path
         self._handles: dict[str, Any] = {}
         index = os.path.join(path, INDEX)
@@ -252,7 +252,8 @@ class Files:
             self.where = {name: os.path.join(path, file) for name, file in weight_map.items()}
         else:
             single = os.path.join(path, SINGLE)
-            self.where = {name: single for name in self._handle(single).keys()}
+            names = self._handle(single).keys()  # a safe_open handle, not a dict
+            self.where = dict.fromkeys(names, single)
 
     def _handle(self, file: str):
         handle = self._handles.get(file)
@@ -264,7 +265,7 @@ class Files:
             )
         try:
             handle = self._open(file, framework="numpy")
-        except Exception as e:  # safetensors raises its own SafetensorError for truncated or corrupted files
+        except self._errors as e:  # SafetensorError for truncated or corrupted files
             raise UserError(
                 f"{file} is not a readable safetensors file: {e}", "download or copy the file again"
             ) from None
@@ -280,7 +281,7 @@ class Files:
         file = self.where[name]
         try:
             return self._handle(file).get_tensor(name)
-        except Exception as e:
+        except self._errors as e:
             raise UserError(f"cannot read tensor {name} from {file}: {e}", "download or copy the file again") from None
 
 
@@ -340,7 +341,10 @@ def load(path: str, shape: ModelShape, abstract: Any) -> Any:
     per_entry = list(block_entries(shape, 0))
     if scanned:
         for sub in per_entry:
-            entry_of = lambda i, sub=sub: block_entries(shape, i)[sub]  # noqa: E731
+
+            def entry_of(i: int, sub: tuple = sub) -> Entry:
+                return block_entries(shape, i)[sub]
+
             _put(out, ("layers", *sub), placed(_get(layers, sub), reader(entry_of), stacked=True))
     else:
         for i in sorted(layers):

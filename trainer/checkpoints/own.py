@@ -11,13 +11,13 @@ from typing import Any
 from distillspec.config import ModelSpec
 from distillspec.registry import ModelShape
 from trainer.checkpointing import resolve_params_dir, restore_params
-from trainer.exit_codes import UserError
+from trainer.exit_codes import TrainerError, UserError
 
 
 def is_own(path: str) -> bool:
     try:
         resolve_params_dir(path)
-    except Exception:
+    except TrainerError:
         return False
     return True
 

@@ -30,7 +30,16 @@ from trainer.sharding import constrain
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 UNROLL_UP_TO = 4
 
-__all__ = ["FEATURES", "ModelConfig", "Transformer", "forward", "init_model", "abstract_model", "host_init"]
+__all__ = [
+    "FEATURES",
+    "ModelConfig",
+    "Transformer",
+    "abstract_model",
+    "drop_layers",
+    "forward",
+    "host_init",
+    "init_model",
+]
 
 
 @dataclasses.dataclass(frozen=True)
