@@ -9,7 +9,14 @@ STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo '$(EXTRAS)') | sha
 XPK_VERSION := 1.16.0
 XPK_VENV := .venv-xpk
 
-.PHONY: install xpk demo test clean
+# Test-only reference models: PyTorch (CPU use) + Hugging Face transformers, in their own venv (never imported
+# by trainer/ or orchestrator/). See hack/ref/install.sh for why torch comes without most of its CUDA wheels.
+REF_TORCH := 2.15.0
+REF_TRANSFORMERS := 5.12.1
+REF_VENV := .venv-ref
+REF_STAMP := $(REF_VENV)/.ref-$(REF_TORCH)-$(REF_TRANSFORMERS)
+
+.PHONY: install xpk ref demo test clean
 
 install: $(STAMP)
 
@@ -35,6 +42,13 @@ $(XPK_VENV)/.xpk-$(XPK_VERSION):
 	@rm -f $(XPK_VENV)/.xpk-*
 	@touch $@
 
+ref: $(REF_STAMP)
+
+$(REF_STAMP): hack/ref/install.sh
+	PYTHON=$(PYTHON) hack/ref/install.sh $(REF_VENV) $(REF_TORCH) $(REF_TRANSFORMERS)
+	@rm -f $(REF_VENV)/.ref-*
+	@touch $@
+
 # The main job on the local, embedded default: the quickstart sweep (teacher pre-training, four distilled
 # students and a labels-only baseline) as background trainer processes, followed to the end, then the table.
 demo: install
@@ -42,7 +56,7 @@ demo: install
 	$(VENV)/bin/distillctl sweep sweeps/quickstart.yaml --wait
 	$(VENV)/bin/distillctl results sweeps/quickstart.yaml --plot out/quickstart
 
-test: install xpk cluster-build
+test: install xpk ref cluster-build
 	$(PY) -m pytest
 
 # --- Local Kubernetes control plane for the tests (tests/cluster, hack/cluster) ---

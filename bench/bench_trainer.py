@@ -83,7 +83,7 @@ def batches(spec, count: int) -> list[np.ndarray]:
 
 
 def initial_params(spec):
-    from trainer.model import ModelConfig, abstract_model, host_init
+    from trainer.models import ModelConfig, abstract_model, host_init
 
     out = {}
     for side in ("student", "teacher"):

@@ -1,21 +1,36 @@
-"""Model shapes users distill, named as MaxText names them.
+"""Model shapes users distill, named as MaxText names them, with every number the model's math depends on.
 
-Numbers are MaxText's own (`src/maxtext/configs/models/<name>.yml`): vocab sizes are the padded sizes MaxText
-uses (Gemma 2: 256128), and `num_layers` is the length of the scanned layer stack, which is what
-`layer_indices` index. Gemma 2 scans pairs of (local, global) attention layers, so its stack is half the
-published depth; `layers_per_block` keeps parameter counts right.
+Dimensions are MaxText's own (`src/maxtext/configs/models/<name>.yml`) and agree with the published Hugging Face
+configs: vocab sizes are the sizes MaxText uses (Gemma 2: 256128, Gemma 3: 262144). `num_layers` is the length of
+the scanned layer stack, which is what `layer_indices` index: one transformer layer per entry, except Gemma 2,
+whose stack (as in MaxText) holds pairs of (sliding-window, global) layers, so its stack is half the published
+depth and `layers_per_block` is 2. Gemma 3 is stacked one layer per entry (MaxText scans it in blocks of six);
+its layer `i` is global when `(i + 1) % global_every == 0`, else sliding-window.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+FAMILIES = ("llama", "qwen3", "gemma2", "gemma3")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling of the global layers: `llama3` (Llama 3.1/3.2) or `linear` (Gemma 3 ≥ 4B)."""
+
+    kind: str  # "llama3" | "linear"
+    factor: float
+    low_freq_factor: float = 1.0  # llama3 only
+    high_freq_factor: float = 4.0  # llama3 only
+    original_max_position: int = 8192  # llama3 only
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelShape:
-    """A decoder-only transformer's dimensions (widths in elements, not bytes)."""
+    """A decoder-only transformer's dimensions (widths in elements, not bytes) and the constants of its math."""
 
-    family: str
+    family: str  # one of FAMILIES: which block the trainer builds
     num_layers: int  # entries in the scanned layer stack
     emb_dim: int
     num_query_heads: int
@@ -25,32 +40,99 @@ class ModelShape:
     vocab_size: int
     tie_embeddings: bool = False  # MaxText `logits_via_embedding`
     layers_per_block: int = 1  # transformer layers per scanned entry (Gemma 2: 2)
-    qk_norm: bool = False
-    rope_theta: float = 10_000.0
+    qk_norm: bool = False  # RMSNorm over each head's queries and keys before RoPE (Qwen 3, Gemma 3)
+    rope_theta: float = 10_000.0  # global layers
+    rope_local_theta: float | None = None  # sliding-window layers, when their base differs (Gemma 3)
+    rope_scaling: RopeScaling | None = None
     norm_eps: float = 1e-5
+    sliding_window: int | None = None  # keys a sliding-window layer's query sees, itself included
+    global_every: int = 0  # Gemma 3: every n-th layer is global, the others sliding-window
+    attn_softcap: float | None = None  # scores -> cap·tanh(scores / cap) (Gemma 2)
+    final_softcap: float | None = None  # logits -> cap·tanh(logits / cap) (Gemma 2)
+    query_pre_attn_scalar: float | None = None  # scores scaled by its -1/2 power; None: head_dim
+
+    @property
+    def is_gemma(self) -> bool:
+        """Gemma's math: (1 + w) norms, pre- and post-norms, GeGLU (tanh GELU), embeddings scaled by √d."""
+        return self.family in ("gemma2", "gemma3")
+
+    @property
+    def depth(self) -> int:
+        """Transformer layers (not stack entries)."""
+        return self.num_layers * self.layers_per_block
+
+    def is_local(self, layer: int) -> bool:
+        """Whether transformer layer `layer` (0-based, in published order) uses sliding-window attention."""
+        if self.family == "gemma2":
+            return layer % 2 == 0
+        if self.family == "gemma3":
+            return (layer + 1) % self.global_every != 0
+        return False
 
     def param_count(self) -> int:
         """Parameters, counting embeddings once when tied."""
         d, h, kv, hd, f = self.emb_dim, self.num_query_heads, self.num_kv_heads, self.head_dim, self.mlp_dim
         attention = d * h * hd + 2 * d * kv * hd + h * hd * d
         mlp = 3 * d * f  # SwiGLU / GeGLU: gate, up, down
-        norms = 2 * d + (2 * hd if self.qk_norm else 0)
+        norms = (4 if self.is_gemma else 2) * d + (2 * hd if self.qk_norm else 0)
         per_layer = attention + mlp + norms
         embed = self.vocab_size * d
         head = 0 if self.tie_embeddings else self.vocab_size * d
-        return self.num_layers * self.layers_per_block * per_layer + embed + head + d
+        return self.depth * per_layer + embed + head + d
 
     def with_overrides(self, **overrides: int | None) -> ModelShape:
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _llama3(layers: int, d: int, heads: int, mlp: int, *, kv: int = 8, hd: int = 128, tie: bool = False):
-    return ModelShape("llama", layers, d, heads, kv, hd, mlp, 128_256, tie_embeddings=tie, rope_theta=500_000.0)
+_LLAMA31 = RopeScaling("llama3", 8.0)
+_LLAMA32 = RopeScaling("llama3", 32.0)
 
 
-def _gemma2(blocks: int, d: int, heads: int, kv: int, hd: int, mlp: int):
+def _llama3(layers: int, d: int, heads: int, mlp: int, *, kv: int = 8, hd: int = 128, tie: bool = False, rope):
     return ModelShape(
-        "gemma2", blocks, d, heads, kv, hd, mlp, 256_128, tie_embeddings=True, layers_per_block=2, norm_eps=1e-6
+        "llama", layers, d, heads, kv, hd, mlp, 128_256, tie_embeddings=tie, rope_theta=500_000.0, rope_scaling=rope
+    )
+
+
+def _gemma2(blocks: int, d: int, heads: int, kv: int, hd: int, mlp: int, *, query_scalar: int):
+    return ModelShape(
+        "gemma2",
+        blocks,
+        d,
+        heads,
+        kv,
+        hd,
+        mlp,
+        256_128,
+        tie_embeddings=True,
+        layers_per_block=2,
+        norm_eps=1e-6,
+        sliding_window=4096,
+        attn_softcap=50.0,
+        final_softcap=30.0,
+        query_pre_attn_scalar=query_scalar,
+    )
+
+
+def _gemma3(layers: int, d: int, heads: int, kv: int, hd: int, mlp: int, *, window: int, query_scalar: int, scale):
+    return ModelShape(
+        "gemma3",
+        layers,
+        d,
+        heads,
+        kv,
+        hd,
+        mlp,
+        262_144,
+        tie_embeddings=True,
+        qk_norm=True,
+        rope_theta=1_000_000.0,
+        rope_local_theta=10_000.0,
+        rope_scaling=RopeScaling("linear", scale) if scale else None,
+        norm_eps=1e-6,
+        sliding_window=window,
+        global_every=6,
+        query_pre_attn_scalar=query_scalar,
     )
 
 
@@ -76,14 +158,18 @@ def _tiny(layers: int, d: int, vocab: int):
 
 
 MODELS: dict[str, ModelShape] = {
-    "llama3.1-8b": _llama3(32, 4096, 32, 14_336),
-    "llama3.1-70b": _llama3(80, 8192, 64, 28_672),
-    "llama3.1-405b": _llama3(126, 16_384, 128, 53_248),
-    "llama3.2-1b": _llama3(16, 2048, 32, 8192, hd=64, tie=True),
-    "llama3.2-3b": _llama3(28, 3072, 24, 8192, tie=True),
-    "gemma2-2b": _gemma2(13, 2304, 8, 4, 256, 9216),
-    "gemma2-9b": _gemma2(21, 3584, 16, 8, 256, 14_336),
-    "gemma2-27b": _gemma2(23, 4608, 32, 16, 128, 36_864),
+    "llama3.1-8b": _llama3(32, 4096, 32, 14_336, rope=_LLAMA31),
+    "llama3.1-70b": _llama3(80, 8192, 64, 28_672, rope=_LLAMA31),
+    "llama3.1-405b": _llama3(126, 16_384, 128, 53_248, rope=_LLAMA31),
+    "llama3.2-1b": _llama3(16, 2048, 32, 8192, hd=64, tie=True, rope=_LLAMA32),
+    "llama3.2-3b": _llama3(28, 3072, 24, 8192, tie=True, rope=_LLAMA32),
+    "gemma2-2b": _gemma2(13, 2304, 8, 4, 256, 9216, query_scalar=256),
+    "gemma2-9b": _gemma2(21, 3584, 16, 8, 256, 14_336, query_scalar=256),
+    "gemma2-27b": _gemma2(23, 4608, 32, 16, 128, 36_864, query_scalar=144),
+    "gemma3-1b": _gemma3(26, 1152, 4, 1, 256, 6912, window=512, query_scalar=256, scale=None),
+    "gemma3-4b": _gemma3(34, 2560, 8, 4, 256, 10_240, window=1024, query_scalar=256, scale=8.0),
+    "gemma3-12b": _gemma3(48, 3840, 16, 8, 256, 15_360, window=1024, query_scalar=256, scale=8.0),
+    "gemma3-27b": _gemma3(62, 5376, 32, 16, 128, 21_504, window=1024, query_scalar=168, scale=8.0),
     "qwen3-0.6b": _qwen3(28, 1024, 16, 3072, tie=True),
     "qwen3-1.7b": _qwen3(28, 2048, 16, 6144, tie=True),
     "qwen3-4b": _qwen3(36, 2560, 32, 9728, tie=True),

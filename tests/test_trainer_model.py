@@ -10,7 +10,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from distillspec.registry import MODELS  # noqa: E402
-from trainer.model import FEATURES, ModelConfig, abstract_model, drop_layers, forward, host_init  # noqa: E402
+from trainer.models import FEATURES, ModelConfig, abstract_model, drop_layers, forward, host_init  # noqa: E402
 from trainer.setup import _restack  # noqa: E402
 
 SHAPE = MODELS["tiny-4l"]

@@ -14,7 +14,7 @@ from flax import nnx  # noqa: E402
 
 from distillspec.registry import MODELS  # noqa: E402
 from trainer import loss as L  # noqa: E402
-from trainer.model import ModelConfig, abstract_model, forward, host_init  # noqa: E402
+from trainer.models import ModelConfig, abstract_model, forward, host_init  # noqa: E402
 from trainer.tunix_strategy import DistillCtlStrategy, labels_to_targets  # noqa: E402
 
 pytestmark = pytest.mark.slow

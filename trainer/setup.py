@@ -2,7 +2,7 @@
 
 The student starts at random, from the teacher with `drop_layers` removed (`init: teacher`, the guide's pruning
 recovery), or from its own `load_parameters_path`. The teacher is always loaded from `load_parameters_path`
-(a checkpoint this trainer wrote). Parameters are created inside `jax.jit` with their target shardings, so each
+(this trainer's checkpoint or a Hugging Face folder; `trainer.checkpoints` detects which). Parameters are created inside `jax.jit` with their target shardings, so each
 device only ever holds its shards.
 """
 
@@ -21,9 +21,9 @@ from jax.sharding import Mesh, NamedSharding
 
 from distillspec.config import DistillSpec, ModelSpec
 from trainer import sharding as shard_lib
-from trainer.checkpointing import restore_params
+from trainer.checkpoints import load_params
 from trainer.exit_codes import UserError
-from trainer.model import ModelConfig, abstract_model, drop_layers, host_init
+from trainer.models import ModelConfig, abstract_model, drop_layers, host_init
 from trainer.step import StepModels, TrainState, empty_window, learning_rate_schedule, make_optimizer, make_train_step
 
 
@@ -158,12 +158,15 @@ def _load_teacher(spec: DistillSpec, teacher: _Model) -> Any:
             "teacher.load_parameters_path is not set", "point it at the teacher run's checkpoints directory"
         )
     try:
-        return restore_params(path, teacher.abstract)
+        return load_params(path, teacher.config.shape, teacher.abstract, side="teacher")
     except UserError as e:
         if "not found" in e.message:
             raise UserError(
-                f"teacher checkpoint not found at {path}; pretrain it first: distillctl train sweeps/tiny-teacher.yaml",
-                "train the teacher with a `mode: pretrain` spec whose run directory holds that checkpoints path",
+                f"teacher checkpoint not found at {path}: neither a Hugging Face folder (config.json and "
+                "model.safetensors) nor a checkpoint of this trainer; pretrain it first: distillctl train "
+                "sweeps/tiny-teacher.yaml",
+                "point it at a save_pretrained folder, or train the teacher with a `mode: pretrain` spec whose run "
+                "directory holds that checkpoints path",
             ) from None
         raise
 
@@ -171,7 +174,7 @@ def _load_teacher(spec: DistillSpec, teacher: _Model) -> Any:
 def _student_params(spec: DistillSpec, student: _Model, teacher: _Model | None, teacher_params: Any) -> Any:
     s = spec.student
     if s.load_parameters_path:
-        return restore_params(s.load_parameters_path, student.abstract)
+        return load_params(s.load_parameters_path, student.config.shape, student.abstract, side="student")
     if s.init == "teacher":
         if teacher is None or teacher_params is None:
             raise UserError("student.init: teacher needs a teacher with load_parameters_path", "add a teacher block")

@@ -29,7 +29,7 @@ from flax import nnx, struct
 
 from distillspec.config import DistillSpec
 from trainer import loss as losses
-from trainer.model import forward
+from trainer.models import forward
 
 
 @struct.dataclass

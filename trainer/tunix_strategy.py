@@ -7,7 +7,7 @@
 
 `compute_loss` is `trainer.loss.distillation_loss`: the same total and the same metric names. Inputs:
 - model outputs: logits `[B, T, V]`, or `(logits, out_projection_features [L, B, T, D])` when β > 0 (for our
-  `trainer.model.Transformer`, `trainer.model.forward` returns exactly that pair);
+  `trainer.models.Transformer`, `trainer.models.forward` returns exactly that pair);
 - labels: tunix's one-hot `[B, T, V]` (an all-zero row is padding, as the guide says), or a mapping with integer
   `targets [B, T]` and `mask [B, T]` (no one-hot tensor needed).
 Metrics are returned as floats per step (tunix averages them over steps): `sum / count`, with perplexities as

@@ -1,0 +1,242 @@
+"""Hugging Face checkpoints in: for every family, a tiny random model saved by transformers (PyTorch on CPU, the
+test-only reference environment) loads with `trainer.checkpoints.load_model` and gives transformers' logits
+within 1e-4 (relative to the logits' scale, float32) on sequences longer than the sliding window; sharded
+folders load too; bad folders are a UserError naming the file and tensor; a layer-dropped student distils from
+an imported teacher and its KL falls."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ref_support import make_models, run_ref
+from trainer_support import merged, read_metrics, spec_of
+
+jax = pytest.importorskip("jax")
+import jax.numpy as jnp  # noqa: E402
+
+from distillspec.registry import MODELS  # noqa: E402
+from trainer.checkpoints import hf, load_model, load_params  # noqa: E402
+from trainer.exit_codes import TrainerExit, UserError  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+WINDOW = 6
+LENGTH = 24  # > WINDOW: sliding-window layers see only part of it
+SMALL = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)
+SMALL |= dict(head_dim=8, rms_norm_eps=1e-6)
+CONFIGS = {
+    "llama": dict(
+        SMALL,
+        num_hidden_layers=3,
+        rope_theta=500_000.0,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=16,
+        ),
+    ),
+    "qwen3": dict(SMALL, num_hidden_layers=3, tie_word_embeddings=True, rope_theta=1_000_000.0),
+    "gemma2": dict(SMALL, num_hidden_layers=4, sliding_window=WINDOW, query_pre_attn_scalar=16),
+    "gemma3": dict(
+        SMALL,
+        num_hidden_layers=7,  # layers 0-4 and 6 sliding-window, 5 global
+        sliding_window=WINDOW,
+        query_pre_attn_scalar=16,
+        rope_scaling=dict(rope_type="linear", factor=8.0),
+    ),
+}
+# The shape of the registry's tiny-4l, as a Hugging Face Llama: the distillation test's teacher.
+TINY_4L = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    rms_norm_eps=1e-5,
+    rope_theta=10_000.0,
+)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hf")
+    tokens = root / "tokens.npy"
+    np.save(tokens, (np.arange(2 * LENGTH).reshape(2, LENGTH) * 37 % 96).astype(np.int32))
+    jobs = [
+        dict(family=f, out=str(root / f), config=c, seed=i, tokens=str(tokens))
+        for i, (f, c) in enumerate(CONFIGS.items())
+    ]
+    jobs.append(dict(family="llama", out=str(root / "sharded"), config=CONFIGS["llama"], seed=7, tokens=str(tokens)))
+    jobs[-1]["max_shard_size"] = "20KB"
+    jobs.append(dict(family="llama", out=str(root / "teacher"), config=TINY_4L, seed=11, tokens=str(tokens)))
+    make_models(jobs)
+    out = {job["out"].rsplit("/", 1)[1]: Path(job["out"]) for job in jobs}
+    out["tokens"] = tokens
+    return out
+
+
+def _assert_same_logits(folder: Path, tokens: np.ndarray) -> None:
+    ours = np.asarray(load_model(str(folder)).logits(jnp.asarray(tokens)))
+    ref = np.load(folder / "logits.npy")
+    assert ours.dtype == np.float32 and ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_logits_equal_transformers(folders, family):
+    _assert_same_logits(folders[family], np.load(folders["tokens"]))
+
+
+def test_sharded_folder_loads(folders):
+    sharded = folders["sharded"]
+    assert (sharded / hf.INDEX).exists() and len(list(sharded.glob("model-*-of-*.safetensors"))) > 1
+    _assert_same_logits(sharded, np.load(folders["tokens"]))
+
+
+def test_export_then_transformers_loads_the_same_model(folders, tmp_path):
+    """Our parameters written back as a Hugging Face folder (`hf.save`) load in transformers with the logits
+    the original folder gave, for every family."""
+    from flax import nnx
+
+    jobs = []
+    for family in sorted(CONFIGS):
+        model = load_model(str(folders[family]))
+        out = tmp_path / family
+        hf.save(nnx.to_pure_dict(nnx.state(model, nnx.Param)), model.config.shape, str(out))
+        assert hf.shape_from_config(hf.read_config(str(out))) == model.config.shape
+        jobs.append([str(out), str(folders["tokens"]), str(out / "back.npy")])
+    run_ref("logits-many", json.dumps(jobs))
+    for family in sorted(CONFIGS):
+        ref = np.load(folders[family] / "logits.npy")
+        back = np.load(tmp_path / family / "back.npy")
+        np.testing.assert_allclose(back, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max(), err_msg=family)
+
+
+def test_config_is_read_as_the_family_it_is(folders):
+    shape = hf.shape_from_config(hf.read_config(str(folders["gemma3"])))
+    assert shape.family == "gemma3" and shape.qk_norm and shape.sliding_window == WINDOW
+    assert [shape.is_local(i) for i in range(7)] == [True] * 5 + [False, True]
+    assert shape.rope_scaling.kind == "linear" and shape.rope_local_theta == 10_000.0
+    llama = hf.shape_from_config(hf.read_config(str(folders["llama"])))
+    assert llama.rope_scaling.kind == "llama3" and llama.rope_theta == 500_000.0 and not llama.tie_embeddings
+    assert hf.shape_from_config(hf.read_config(str(folders["teacher"]))) == MODELS["tiny-4l"]
+
+
+def _abstract(shape):
+    from flax import nnx
+
+    from trainer.models import ModelConfig, abstract_model
+
+    _, state = abstract_model(ModelConfig(shape))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), nnx.to_pure_dict(state))
+
+
+def test_another_size_or_family_names_every_mismatch(folders):
+    teacher = str(folders["teacher"])
+    with pytest.raises(UserError) as size:
+        load_params(teacher, MODELS["tiny-2l"], _abstract(MODELS["tiny-2l"]), side="teacher")
+    assert (
+        "teacher.load_parameters_path" in size.value.message and "num_layers: expected 2, found 4" in size.value.message
+    )
+    with pytest.raises(UserError) as family:
+        load_params(str(folders["gemma2"]), MODELS["tiny-4l"], _abstract(MODELS["tiny-4l"]), side="student")
+    for field in ("family: expected llama, found gemma2", "emb_dim: expected 64, found 32", "vocab_size"):
+        assert field in family.value.message
+
+
+def test_tensor_of_another_shape_is_named_with_both_shapes(folders, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(folders["llama"], bad)
+    config = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, "intermediate_size": 128}))
+    with pytest.raises(UserError) as e:
+        load_model(str(bad))
+    assert "model.layers.0.mlp.gate_proj.weight in model.safetensors: expected (128, 32), found (64, 32)" in (
+        e.value.message
+    )
+
+
+def test_missing_shard_names_the_file(folders, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(folders["sharded"], bad)
+    victim = sorted(bad.glob("model-*-of-*.safetensors"))[-1]
+    victim.unlink()
+    with pytest.raises(UserError) as e:
+        load_model(str(bad))
+    assert f"missing shard {victim}" in e.value.message
+
+
+def test_truncated_file_names_the_file(folders, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(folders["qwen3"], bad)
+    data = (bad / hf.SINGLE).read_bytes()
+    (bad / hf.SINGLE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError) as e:
+        load_model(str(bad))
+    assert str(bad / hf.SINGLE) in e.value.message and "not a readable safetensors file" in e.value.message
+
+
+def test_disallowed_dtype_names_the_tensor(folders, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    bad = tmp_path / "bad"
+    shutil.copytree(folders["qwen3"], bad)
+    tensors = load_file(bad / hf.SINGLE)
+    name = "model.layers.1.self_attn.k_proj.weight"
+    tensors[name] = tensors[name].astype(np.int8)
+    save_file(tensors, bad / hf.SINGLE)
+    with pytest.raises(UserError) as e:
+        load_model(str(bad))
+    assert f"{name} in model.safetensors: dtype I8" in e.value.message
+
+
+def test_pruned_student_distils_from_an_imported_teacher(folders, tmp_path):
+    """The guide's pruning recovery: tiny-4l teacher from a Hugging Face folder, the student is it minus layers
+    1 and 2 (`drop_layers`), then distilled; KL(teacher ‖ student) at T=1 falls."""
+    from trainer.train import run
+
+    spec = {
+        "name": "pruned",
+        "mode": "distill",
+        "student": {"model": "tiny-2l", "init": "teacher", "drop_layers": [1, 2]},
+        "teacher": {"model": "tiny-4l", "load_parameters_path": str(folders["teacher"])},
+        "loss": {"alpha": 1.0, "temperature": 1.0},
+        "data": {"source": "synthetic", "seed": 1},
+        "batch": {"per_device_batch_size": 8, "max_target_length": 32},
+        "steps": 30,
+        "optimizer": {"learning_rate": 3e-3, "warmup_fraction": 0.05},
+        "checkpoint": {"enabled": False},
+        "logging": {"every_steps": 5},
+        "output_dir": str(tmp_path),
+    }
+    assert run(spec_of(merged(spec))) == TrainerExit.OK
+    kl = [r["metrics"]["distill/kl_div_T1"]["value"] for r in read_metrics(tmp_path / "pruned") if "metrics" in r]
+    assert len(kl) >= 4 and kl[-1] < 0.8 * kl[0], kl
+
+
+def test_bad_teacher_checkpoint_exits_1_naming_file(folders, tmp_path):
+    from trainer_support import python_env, run_trainer
+
+    bad = tmp_path / "bad"
+    shutil.copytree(folders["teacher"], bad)
+    data = (bad / hf.SINGLE).read_bytes()
+    (bad / hf.SINGLE).write_bytes(data[:1000])
+    spec = {
+        "name": "orphan",
+        "student": {"model": "tiny-2l"},
+        "teacher": {"model": "tiny-4l", "load_parameters_path": str(bad)},
+        "output_dir": str(tmp_path / "runs"),
+        "steps": 5,
+    }
+    done = run_trainer([], env=python_env(DISTILLCTL_SPEC=json.dumps(spec)))
+    assert done.returncode == 1 and str(bad / hf.SINGLE) in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "runs" / "orphan" / "checkpoints").exists()

@@ -1,0 +1,93 @@
+"""Checkpoints in every format the trainer reads, behind one API; one module per format (`own`: this trainer's
+Orbax checkpoints, `hf`: Hugging Face folders). MaxText's Orbax layout is not read yet.
+
+`load_params` fills a model's parameters from a spec's `load_parameters_path`, after checking the checkpoint's
+own config against the spec's model; `load_model` builds the model a checkpoint describes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from distillspec.registry import ModelShape
+from trainer.checkpoints import hf, own
+from trainer.exit_codes import UserError
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Constants of the math that a spec cannot override but a checkpoint's config states: they must agree.
+_COMPARED = [f.name for f in dataclasses.fields(ModelShape)]
+
+
+def detect(path: str) -> str:
+    """`hf` or `own`; raises UserError naming what was looked for."""
+    if path.startswith(("gs://", "s3://", "http://", "https://")):
+        if path.rstrip("/").endswith("/items"):
+            raise UserError(
+                f"{path} looks like a MaxText checkpoint, which this trainer does not read yet",
+                "convert it to a Hugging Face folder (MaxText's to_huggingface script) and point at that",
+            )
+        return "own"  # Orbax reads gs:// itself; Hugging Face folders are read from local disk only
+    if hf.is_hf_folder(path):
+        return "hf"
+    if path.rstrip("/").endswith("/items") or path.rstrip("/") == "items":
+        raise UserError(
+            f"{path} looks like a MaxText checkpoint, which this trainer does not read yet",
+            "convert it to a Hugging Face folder (MaxText's to_huggingface script) and point at that",
+        )
+    return "own"
+
+
+def checkpoint_shape(path: str) -> ModelShape:
+    """The model a checkpoint's own config describes."""
+    if detect(path) == "hf":
+        return hf.shape_from_config(hf.read_config(path), f"{path}/{hf.CONFIG}")
+    return own.shape(path)
+
+
+def shape_mismatches(found: ModelShape, expected: ModelShape) -> list[str]:
+    """`field: expected X, found Y` for every difference between two shapes."""
+    return [
+        f"{name}: expected {getattr(expected, name)}, found {getattr(found, name)}"
+        for name in _COMPARED
+        if getattr(found, name) != getattr(expected, name)
+    ]
+
+
+def load_params(path: str, shape: ModelShape, abstract: Any, *, side: str) -> Any:
+    """Parameters for a model of `shape` from `path` (any format), placed like `abstract` (a pure dict of
+    ShapeDtypeStructs with shardings). `side` ("teacher"/"student") names the spec block in errors."""
+    if detect(path) == "hf":
+        found = checkpoint_shape(path)
+        problems = shape_mismatches(found, shape)
+        if problems:
+            raise UserError(
+                f"{side}.load_parameters_path {path} holds a different model than the spec's {side}: "
+                + "; ".join(problems),
+                f"choose the registry model (and overrides) of that checkpoint in the {side} block",
+            )
+        return hf.load(path, shape, abstract)
+    return own.load(path, abstract)
+
+
+def load_model(path: str, *, dtype: str = "float32") -> Any:
+    """The model stored at `path` (family and shape read from the checkpoint), on the default device, with
+    weights and activations in `dtype`. Its `logits(tokens)` maps int32 `[batch, length]` to float32
+    `[batch, length, vocab]`. Raises UserError for a checkpoint it cannot read."""
+    from trainer.models import ModelConfig, abstract_model
+
+    if dtype not in _DTYPES:
+        raise UserError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}", "use float32 or bfloat16")
+    shape = checkpoint_shape(path)
+    config = ModelConfig(shape, weight_dtype=_DTYPES[dtype], dtype=_DTYPES[dtype])
+    graphdef, abstract_state = abstract_model(config)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), nnx.to_pure_dict(abstract_state)
+    )
+    params = load_params(path, shape, abstract, side="model")
+    return nnx.merge(graphdef, params)

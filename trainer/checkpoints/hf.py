@@ -1,0 +1,458 @@
+"""Hugging Face model folders: `config.json` plus `model.safetensors`, or shards listed by
+`model.safetensors.index.json`, as `save_pretrained` writes them for Llama 3.x, Qwen 3, Gemma 2 and Gemma 3 (text).
+
+`shape_from_config` turns config.json into a `ModelShape` (transformers 5's `rope_parameters`, per layer type for
+Gemma 3, and 4.x's `rope_theta`/`rope_scaling`/`rope_local_base_freq` are both read). `tensor_table` lists the
+tensors a shape needs by their Hugging Face names, with shapes, and how each becomes one of our parameters.
+`load` streams them with the `safetensors` library (memory-mapped): every device shard is filled by reading,
+one tensor at a time, only the tensors it covers, so a host holds its shards plus one tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from distillspec.registry import ModelShape, RopeScaling
+from trainer.exit_codes import UserError
+
+CONFIG = "config.json"
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+MODEL_TYPES = {"llama": "llama", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3_text": "gemma3"}
+ALLOWED_DTYPES = ("F32", "BF16", "F16")
+
+
+def is_hf_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, CONFIG)) and (
+        os.path.isfile(os.path.join(path, SINGLE)) or os.path.isfile(os.path.join(path, INDEX))
+    )
+
+
+def read_config(path: str) -> dict:
+    file = os.path.join(path, CONFIG)
+    try:
+        with open(file) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {file}: {e}", "point load_parameters_path at a save_pretrained folder") from None
+
+
+def _rope(params: dict | None, legacy_theta, legacy_scaling: dict | None, default_theta: float, file: str):
+    """(theta, RopeScaling | None) from one `rope_parameters` entry or the 4.x fields."""
+    p = dict(params or {})
+    if legacy_scaling:
+        p = {**legacy_scaling, **p}
+    theta = p.get("rope_theta") or legacy_theta or default_theta
+    kind = p.get("rope_type") or p.get("type") or "default"
+    if kind == "default":
+        return float(theta), None
+    if kind == "llama3":
+        return float(theta), RopeScaling(
+            "llama3",
+            float(p["factor"]),
+            float(p["low_freq_factor"]),
+            float(p["high_freq_factor"]),
+            int(p["original_max_position_embeddings"]),
+        )
+    if kind == "linear":
+        return float(theta), RopeScaling("linear", float(p["factor"]))
+    raise UserError(f"{file}: RoPE type {kind!r} is not supported", "use a llama3, linear or default RoPE model")
+
+
+def shape_from_config(config: dict, file: str = CONFIG) -> ModelShape:
+    """The `ModelShape` a Hugging Face config.json describes; raises UserError for what the trainer cannot build."""
+    model_type = config.get("model_type")
+    family = MODEL_TYPES.get(model_type)
+    if family is None:
+        raise UserError(
+            f"{file}: model_type {model_type!r} is not supported",
+            f"supported model types: {', '.join(MODEL_TYPES)} (for Gemma 3 the text-only Gemma3ForCausalLM)",
+        )
+    c = config
+    heads = c["num_attention_heads"]
+    depth = c["num_hidden_layers"]
+    gemma = family.startswith("gemma")
+    rope_params = c.get("rope_parameters") or {}
+    if family == "gemma3":
+        theta, scaling = _rope(
+            rope_params.get("full_attention"), c.get("rope_theta"), c.get("rope_scaling"), 1_000_000.0, file
+        )
+        local_theta, _ = _rope(
+            rope_params.get("sliding_attention"), c.get("rope_local_base_freq"), None, 10_000.0, file
+        )
+    else:
+        theta, scaling = _rope(rope_params, c.get("rope_theta"), c.get("rope_scaling"), 10_000.0, file)
+        local_theta = None
+    shape = ModelShape(
+        family=family,
+        num_layers=depth // 2 if family == "gemma2" else depth,
+        emb_dim=c["hidden_size"],
+        num_query_heads=heads,
+        num_kv_heads=c.get("num_key_value_heads") or heads,
+        head_dim=c.get("head_dim") or c["hidden_size"] // heads,
+        mlp_dim=c["intermediate_size"],
+        vocab_size=c["vocab_size"],
+        tie_embeddings=bool(c.get("tie_word_embeddings", gemma)),
+        layers_per_block=2 if family == "gemma2" else 1,
+        qk_norm=family in ("qwen3", "gemma3"),
+        rope_theta=theta,
+        rope_local_theta=local_theta,
+        rope_scaling=scaling,
+        norm_eps=float(c.get("rms_norm_eps", 1e-6)),
+        sliding_window=c.get("sliding_window") if gemma else None,
+        global_every=int(c.get("_sliding_window_pattern") or c.get("sliding_window_pattern") or 6)
+        if family == "gemma3"
+        else 0,
+        attn_softcap=c.get("attn_logit_softcapping") if gemma else None,
+        final_softcap=c.get("final_logit_softcapping") if gemma else None,
+        query_pre_attn_scalar=c.get("query_pre_attn_scalar") if gemma else None,
+    )
+    problems = []
+    if family == "gemma2" and depth % 2:
+        problems.append(f"Gemma 2 pairs sliding-window and global layers, but num_hidden_layers is {depth}")
+    types = c.get("layer_types")
+    expected = ["sliding_attention" if shape.is_local(i) else "full_attention" for i in range(depth)]
+    if types is not None and list(types) != expected:
+        problems.append(f"layer_types {types} differ from the {family} pattern {expected}")
+    if c.get("use_sliding_window"):
+        problems.append("use_sliding_window is set, which this trainer does not build for Qwen 3")
+    if c.get("attention_bias") or c.get("mlp_bias"):
+        problems.append("attention or MLP biases are set; the trainer's models have none")
+    act = c.get("hidden_activation") or c.get("hidden_act")
+    want_act = ("gelu_pytorch_tanh",) if gemma else ("silu",)
+    if act is not None and act not in want_act:
+        problems.append(f"activation {act!r}, this trainer builds {want_act[0]} for {family}")
+    if problems:
+        raise UserError(f"{file}: " + "; ".join(problems), "use an unmodified model of a supported family")
+    return shape
+
+
+# --- tensors -------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One Hugging Face tensor: its name, shape, and how it becomes our layout."""
+
+    name: str
+    shape: tuple[int, ...]
+    convert: Callable[[np.ndarray], np.ndarray]  # Hugging Face layout -> ours
+    invert: Callable[[np.ndarray], np.ndarray]  # ours -> Hugging Face layout
+
+
+def _linear_in(d: int, heads: int, k: int) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda w: w.T.reshape(d, heads, k)  # [H·K, D] -> [D, H, K]
+
+
+def _linear_out(heads: int, k: int, d: int) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda w: w.T.reshape(heads, k, d)  # [D, H·K] -> [H, K, D]
+
+
+def _same(w: np.ndarray) -> np.ndarray:
+    return w
+
+
+def _flat_in(w: np.ndarray) -> np.ndarray:
+    return w.reshape(w.shape[0], -1).T  # [D, H, K] -> [H·K, D]
+
+
+def _flat_out(w: np.ndarray) -> np.ndarray:
+    return w.reshape(-1, w.shape[-1]).T  # [H, K, D] -> [D, H·K]
+
+
+def _norm(name: str, dim: int) -> Entry:
+    return Entry(name, (dim,), _same, _same)
+
+
+def _transpose(w: np.ndarray) -> np.ndarray:
+    return w.T
+
+
+def layer_entries(shape: ModelShape, layer: int) -> dict[tuple[str, ...], Entry]:
+    """Our in-block parameter path -> the Hugging Face tensor of transformer layer `layer`."""
+    s, p = shape, f"model.layers.{layer}."
+    d, h, n, k, f = s.emb_dim, s.num_query_heads, s.num_kv_heads, s.head_dim, s.mlp_dim
+    out = {
+        ("attention", "wq"): Entry(p + "self_attn.q_proj.weight", (h * k, d), _linear_in(d, h, k), _flat_in),
+        ("attention", "wk"): Entry(p + "self_attn.k_proj.weight", (n * k, d), _linear_in(d, n, k), _flat_in),
+        ("attention", "wv"): Entry(p + "self_attn.v_proj.weight", (n * k, d), _linear_in(d, n, k), _flat_in),
+        ("attention", "wo"): Entry(p + "self_attn.o_proj.weight", (d, h * k), _linear_out(h, k, d), _flat_out),
+        ("mlp", "gate"): Entry(p + "mlp.gate_proj.weight", (f, d), _transpose, _transpose),
+        ("mlp", "up"): Entry(p + "mlp.up_proj.weight", (f, d), _transpose, _transpose),
+        ("mlp", "down"): Entry(p + "mlp.down_proj.weight", (d, f), _transpose, _transpose),
+        ("attention_norm", "scale"): _norm(p + "input_layernorm.weight", d),
+    }
+    if s.is_gemma:
+        out[("post_attention_norm", "scale")] = _norm(p + "post_attention_layernorm.weight", d)
+        out[("mlp_norm", "scale")] = _norm(p + "pre_feedforward_layernorm.weight", d)
+        out[("post_mlp_norm", "scale")] = _norm(p + "post_feedforward_layernorm.weight", d)
+    else:  # Llama's "post_attention_layernorm" is the norm before the MLP
+        out[("mlp_norm", "scale")] = _norm(p + "post_attention_layernorm.weight", d)
+    if s.qk_norm:
+        out[("attention", "q_norm", "scale")] = _norm(p + "self_attn.q_norm.weight", k)
+        out[("attention", "k_norm", "scale")] = _norm(p + "self_attn.k_norm.weight", k)
+    return out
+
+
+def block_entries(shape: ModelShape, entry: int) -> dict[tuple[str, ...], Entry]:
+    """Our in-stack-entry parameter path -> Hugging Face tensor, for stack entry `entry` (Gemma 2: a pair)."""
+    if shape.family != "gemma2":
+        return layer_entries(shape, entry)
+    out = {}
+    for sub, layer in (("sliding", 2 * entry), ("full", 2 * entry + 1)):
+        out |= {(sub, *path): e for path, e in layer_entries(shape, layer).items()}
+    return out
+
+
+def top_entries(shape: ModelShape) -> dict[tuple[str, ...], Entry]:
+    s = shape
+    out = {
+        ("embed",): Entry("model.embed_tokens.weight", (s.vocab_size, s.emb_dim), _same, _same),
+        ("final_norm", "scale"): _norm("model.norm.weight", s.emb_dim),
+    }
+    if not s.tie_embeddings:
+        out[("lm_head",)] = Entry("lm_head.weight", (s.vocab_size, s.emb_dim), _same, _same)
+    return out
+
+
+def tensor_table(shape: ModelShape) -> dict[str, tuple[int, ...]]:
+    """Every Hugging Face tensor name the shape needs -> its shape."""
+    table = {e.name: e.shape for e in top_entries(shape).values()}
+    for i in range(shape.num_layers):
+        table |= {e.name: e.shape for e in block_entries(shape, i).values()}
+    return table
+
+
+# --- files ---------------------------------------------------------------------------------------------------
+
+
+class Files:
+    """The folder's safetensors files, opened lazily; `where[name]` is the file holding tensor `name`."""
+
+    def __init__(self, path: str):
+        from safetensors import SafetensorError, safe_open  # the `train` extra; imported here, not at module load
+
+        self._open, self._errors = safe_open, (SafetensorError, OSError, ValueError)
+        self.path = path
+        self._handles: dict[str, Any] = {}
+        index = os.path.join(path, INDEX)
+        if os.path.isfile(index):
+            try:
+                with open(index) as f:
+                    weight_map = json.load(f)["weight_map"]
+            except (OSError, json.JSONDecodeError, KeyError) as e:
+                raise UserError(f"cannot read {index}: {e}", "re-save the model with save_pretrained") from None
+            self.where = {name: os.path.join(path, file) for name, file in weight_map.items()}
+        else:
+            single = os.path.join(path, SINGLE)
+            names = self._handle(single).keys()  # a safe_open handle, not a dict
+            self.where = dict.fromkeys(names, single)
+
+    def _handle(self, file: str):
+        handle = self._handles.get(file)
+        if handle is not None:
+            return handle
+        if not os.path.isfile(file):
+            raise UserError(
+                f"missing shard {file} (named by {INDEX})", "copy every shard the index lists into the folder"
+            )
+        try:
+            handle = self._open(file, framework="numpy")
+        except self._errors as e:  # SafetensorError for truncated or corrupted files
+            raise UserError(
+                f"{file} is not a readable safetensors file: {e}", "download or copy the file again"
+            ) from None
+        self._handles[file] = handle
+        return handle
+
+    def header(self, name: str) -> tuple[tuple[int, ...], str]:
+        """(shape, safetensors dtype) of tensor `name`, read from the file header only."""
+        s = self._handle(self.where[name]).get_slice(name)
+        return tuple(s.get_shape()), s.get_dtype()
+
+    def read(self, name: str) -> np.ndarray:
+        file = self.where[name]
+        try:
+            return self._handle(file).get_tensor(name)
+        except self._errors as e:
+            raise UserError(f"cannot read tensor {name} from {file}: {e}", "download or copy the file again") from None
+
+
+def check(files: Files, shape: ModelShape) -> None:
+    """Raise UserError naming every tensor that is missing, extra, of another shape or of a disallowed dtype."""
+    want = tensor_table(shape)
+    problems = [f"{name}: expected {want[name]}, missing" for name in want if name not in files.where]
+    for name in want:
+        if name in files.where:
+            found, dtype = files.header(name)
+            if found != want[name]:
+                problems.append(
+                    f"{name} in {os.path.basename(files.where[name])}: expected {want[name]}, found {found}"
+                )
+            elif dtype not in ALLOWED_DTYPES:
+                problems.append(
+                    f"{name} in {os.path.basename(files.where[name])}: dtype {dtype} not one of F32/BF16/F16"
+                )
+    extra = sorted(n for n in files.where if n not in want and not (shape.tie_embeddings and n == "lm_head.weight"))
+    problems += [f"{name}: not part of this model" for name in extra]
+    if problems:
+        raise UserError(
+            f"the Hugging Face checkpoint at {files.path} does not hold this model ({shape.family}, "
+            f"{shape.depth} layers, width {shape.emb_dim}): "
+            + "; ".join(problems[:8])
+            + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""),
+            "point load_parameters_path at a checkpoint of the spec's model, or change the model block to match it",
+        )
+
+
+def load(path: str, shape: ModelShape, abstract: Any) -> Any:
+    """Our parameters (a pure dict of global arrays shaped, typed and sharded like `abstract`, whose leaves are
+    ShapeDtypeStructs with shardings) from the Hugging Face folder `path`. Scanned (`layers` stacked) and
+    unscanned (`layers` a dict of entries) targets both work. Raises UserError for any mismatch or bad file."""
+    files = Files(path)
+    check(files, shape)
+
+    def placed(leaf, read_one: Callable[[int | None], np.ndarray], stacked: bool):
+        def fill(index):
+            if not stacked:
+                return np.asarray(read_one(None)[index], dtype=leaf.dtype)
+            rows = range(leaf.shape[0])[index[0]]
+            return np.stack([np.asarray(read_one(i)[index[1:]], dtype=leaf.dtype) for i in rows])
+
+        return jax.make_array_from_callback(leaf.shape, leaf.sharding, fill)
+
+    def reader(entry_of: Callable[[int], Entry]):
+        return lambda i: entry_of(i).convert(files.read(entry_of(i).name))
+
+    out: dict = {}
+    for path_, entry in top_entries(shape).items():
+        _put(out, path_, placed(_get(abstract, path_), reader(lambda _i, e=entry: e), stacked=False))
+    if shape.tie_embeddings and "lm_head" in abstract:
+        raise UserError("internal: tied model with an lm_head")  # pragma: no cover
+    layers = abstract["layers"]
+    scanned = not all(isinstance(k, int) for k in layers)
+    per_entry = list(block_entries(shape, 0))
+    if scanned:
+        for sub in per_entry:
+
+            def entry_of(i: int, sub: tuple = sub) -> Entry:
+                return block_entries(shape, i)[sub]
+
+            _put(out, ("layers", *sub), placed(_get(layers, sub), reader(entry_of), stacked=True))
+    else:
+        for i in sorted(layers):
+            table = block_entries(shape, i)
+            for sub in per_entry:
+                _put(out, ("layers", i, *sub), placed(_get(layers[i], sub), reader(lambda _j, e=table[sub]: e), False))
+    return out
+
+
+def _get(tree: Any, path: tuple) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _put(tree: dict, path: tuple, value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+# --- out -----------------------------------------------------------------------------------------------------
+
+_CLASSES = {
+    "llama": ("llama", "LlamaForCausalLM"),
+    "qwen3": ("qwen3", "Qwen3ForCausalLM"),
+    "gemma2": ("gemma2", "Gemma2ForCausalLM"),
+    "gemma3": ("gemma3_text", "Gemma3ForCausalLM"),
+}
+
+
+def _rope_parameters(theta: float, scaling: RopeScaling | None) -> dict:
+    if scaling is None:
+        return {"rope_type": "default", "rope_theta": theta}
+    if scaling.kind == "linear":
+        return {"rope_type": "linear", "rope_theta": theta, "factor": scaling.factor}
+    return {
+        "rope_type": "llama3",
+        "rope_theta": theta,
+        "factor": scaling.factor,
+        "low_freq_factor": scaling.low_freq_factor,
+        "high_freq_factor": scaling.high_freq_factor,
+        "original_max_position_embeddings": scaling.original_max_position,
+    }
+
+
+def config_of(shape: ModelShape, dtype: str = "float32") -> dict:
+    """The config.json (transformers 5 layout) that `shape_from_config` reads back as `shape`."""
+    s = shape
+    model_type, architecture = _CLASSES[s.family]
+    config = {
+        "architectures": [architecture],
+        "model_type": model_type,
+        "vocab_size": s.vocab_size,
+        "hidden_size": s.emb_dim,
+        "intermediate_size": s.mlp_dim,
+        "num_hidden_layers": s.depth,
+        "num_attention_heads": s.num_query_heads,
+        "num_key_value_heads": s.num_kv_heads,
+        "head_dim": s.head_dim,
+        "rms_norm_eps": s.norm_eps,
+        "tie_word_embeddings": s.tie_embeddings,
+        "attention_bias": False,
+        "dtype": dtype,
+    }
+    if s.is_gemma:
+        config |= {
+            "hidden_activation": "gelu_pytorch_tanh",
+            "sliding_window": s.sliding_window,
+            "query_pre_attn_scalar": s.query_pre_attn_scalar or s.head_dim,
+            "attn_logit_softcapping": s.attn_softcap,
+            "final_logit_softcapping": s.final_softcap,
+            "layer_types": ["sliding_attention" if s.is_local(i) else "full_attention" for i in range(s.depth)],
+        }
+    else:
+        config |= {"hidden_act": "silu", "mlp_bias": False}
+    if s.family == "gemma3":
+        config["sliding_window_pattern"] = s.global_every
+        config["rope_parameters"] = {
+            "full_attention": _rope_parameters(s.rope_theta, s.rope_scaling),
+            "sliding_attention": _rope_parameters(s.rope_local_theta or s.rope_theta, None),
+        }
+    else:
+        config["rope_parameters"] = _rope_parameters(s.rope_theta, s.rope_scaling)
+    if s.family == "qwen3":
+        config["use_sliding_window"] = False
+    return config
+
+
+def save(params: Any, shape: ModelShape, out_dir: str, *, scanned: bool = True, dtype: str = "float32") -> None:
+    """Write parameters (a pure dict, host or device arrays) as a Hugging Face folder: config.json and one
+    model.safetensors (`dtype`: float32 or bfloat16), loadable by transformers as is."""
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}[dtype]
+    tensors = {}
+    for path_, entry in top_entries(shape).items():
+        tensors[entry.name] = entry.invert(np.asarray(_get(params, path_), np.float32))
+    for i in range(shape.num_layers):
+        for sub, entry in block_entries(shape, i).items():
+            leaf = _get(params["layers"], sub)[i] if scanned else _get(params["layers"][i], sub)
+            tensors[entry.name] = entry.invert(np.asarray(leaf, np.float32))
+    os.makedirs(out_dir, exist_ok=True)
+    save_file(
+        {k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in tensors.items()},
+        os.path.join(out_dir, SINGLE),
+        metadata={"format": "pt"},
+    )
+    with open(os.path.join(out_dir, CONFIG), "w") as f:
+        json.dump(config_of(shape, dtype), f, indent=2)

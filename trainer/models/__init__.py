@@ -1,0 +1,27 @@
+"""Faithful decoder-only models of the families the registry names (Llama 3.x, Qwen 3, Gemma 2, Gemma 3).
+
+`layers` holds what the families share; `gemma` Gemma 2's paired block; `transformer` the model shell, its
+config, initialisation and layer dropping.
+"""
+
+from trainer.models.layers import FEATURES
+from trainer.models.transformer import (
+    ModelConfig,
+    Transformer,
+    abstract_model,
+    drop_layers,
+    forward,
+    host_init,
+    init_model,
+)
+
+__all__ = [
+    "FEATURES",
+    "ModelConfig",
+    "Transformer",
+    "abstract_model",
+    "drop_layers",
+    "forward",
+    "host_init",
+    "init_model",
+]

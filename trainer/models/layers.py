@@ -1,0 +1,191 @@
+"""The blocks every family shares, in Flax NNX: RMSNorm, RoPE, grouped-query attention, the gated MLP and one
+pre-norm decoder layer whose family options switch on what Qwen 3 and Gemma add.
+
+Einsum letters: B batch, T/S query/key positions, D model width, H query heads, N kv heads, G query heads per kv
+head, K head dim, F MLP width, V vocabulary.
+
+What each option does is written the way Hugging Face's `modeling_{llama,qwen3,gemma2,gemma3}.py` compute it
+(float32 norms, halves-rotated RoPE, scores soft-capped before the mask, softmax in float32), so imported
+weights give the same logits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from distillspec.registry import ModelShape
+from trainer.sharding import constrain
+
+FEATURES = "out_projection_activations"
+
+
+def param(rngs: nnx.Rngs, std: float, shape: tuple[int, ...], names: tuple[str | None, ...], dtype) -> nnx.Param:
+    """A parameter drawn from N(0, std²); `init_std` metadata lets `host_init` draw the same distribution."""
+    value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
+    return nnx.Param(value.astype(dtype), out_sharding=names, eager_sharding=False, init_std=std)
+
+
+def fan_in(*dims: int) -> float:
+    """Standard deviation 1/sqrt(fan-in): unit-variance outputs for unit-variance inputs."""
+    return float(np.prod(dims)) ** -0.5
+
+
+class RMSNorm(nnx.Module):
+    """`x / rms(x) · w`, or `· (1 + w)` for Gemma (whose stored `w` starts at 0), computed in float32."""
+
+    def __init__(self, dim: int, eps: float, *, plus_one: bool, dtype):
+        init = 0.0 if plus_one else 1.0
+        self.scale = nnx.Param(
+            jnp.full((dim,), init, dtype), out_sharding=("norm",), eager_sharding=False, init_std=None, init=init
+        )
+        self.eps = eps
+        self.plus_one = plus_one
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # [..., D] -> [..., D]
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        w = self.scale[...].astype(jnp.float32)
+        return (normed * (1.0 + w if self.plus_one else w)).astype(x.dtype)
+
+
+def inverse_frequencies(shape: ModelShape, *, local: bool) -> np.ndarray:
+    """RoPE inverse frequencies `[K/2]` (float32) of a global or sliding-window layer, scaled as the model is."""
+    theta = shape.rope_local_theta if (local and shape.rope_local_theta) else shape.rope_theta
+    k = shape.head_dim
+    inv = (1.0 / (np.float32(theta) ** (np.arange(0, k, 2, dtype=np.float32) / np.float32(k)))).astype(np.float32)
+    scaling = None if local else shape.rope_scaling
+    if scaling is None:
+        return inv
+    if scaling.kind == "linear":
+        return (inv / np.float32(scaling.factor)).astype(np.float32)
+    # llama3: long wavelengths divided by `factor`, short ones kept, the band between interpolated smoothly.
+    low_wavelen = scaling.original_max_position / scaling.low_freq_factor
+    high_wavelen = scaling.original_max_position / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv
+    scaled = np.where(wavelen > low_wavelen, inv / scaling.factor, inv)
+    smooth = (scaling.original_max_position / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotary position embedding on `x [B, T, N, K]` at `positions [B, T]` (halves rotated, as Hugging Face
+    stores Llama-style weights)."""
+    angle = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, K/2]
+    sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, softcap: float | None, window) -> jax.Array:
+    """Causal grouped-query attention: q `[B, T, H, K]`, k and v `[B, S, N, K]` -> `[B, T, H, K]`.
+
+    `window`: None (global), an int (every query sees that many keys, itself included), or a traced pair
+    `(is_local, size)` when the layer's kind is only known inside a scan (Gemma 3)."""
+    b, t, h, kd = q.shape
+    n = k.shape[2]
+    qg = q.reshape(b, t, n, h // n, kd)  # [B, T, N, G, K]
+    scores = jnp.einsum("btngk,bsnk->bngts", qg, k, preferred_element_type=jnp.float32) * scale
+    if softcap is not None:
+        scores = softcap * jnp.tanh(scores / softcap)
+    i = jnp.arange(t)[:, None]
+    j = jnp.arange(k.shape[1])[None, :]
+    allowed = j <= i  # [T, S]
+    if isinstance(window, int):
+        allowed = allowed & (i - j < window)
+    elif window is not None:
+        is_local, size = window
+        allowed = allowed & ((i - j < size) | ~is_local)
+    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bngts,bsnk->btngk", probs, v)
+    return out.reshape(b, t, h, kd)
+
+
+class Attention(nnx.Module):
+    """Self-attention with optional per-head QK RMSNorm; sows its output projection when `sow` is set."""
+
+    def __init__(self, shape: ModelShape, *, weight_dtype, dtype, sow: bool, rngs: nnx.Rngs):
+        s, w = shape, weight_dtype
+        d, h, n, k = s.emb_dim, s.num_query_heads, s.num_kv_heads, s.head_dim
+        self.wq = param(rngs, fan_in(d), (d, h, k), ("embed", "q_heads", "head_dim"), w)  # [D, H, K]
+        self.wk = param(rngs, fan_in(d), (d, n, k), ("embed", "kv_heads", "head_dim"), w)  # [D, N, K]
+        self.wv = param(rngs, fan_in(d), (d, n, k), ("embed", "kv_heads", "head_dim"), w)  # [D, N, K]
+        self.wo = param(rngs, fan_in(h, k), (h, k, d), ("q_heads", "head_dim", "embed"), w)  # [H, K, D]
+        if s.qk_norm:
+            self.q_norm = RMSNorm(k, s.norm_eps, plus_one=s.is_gemma, dtype=w)
+            self.k_norm = RMSNorm(k, s.norm_eps, plus_one=s.is_gemma, dtype=w)
+        self.shape, self.dtype, self.sow_features = shape, dtype, sow
+
+    def __call__(self, x: jax.Array, positions: jax.Array, local: Any) -> jax.Array:
+        """x `[B, T, D]`, positions `[B, T]`; `local` True/False, or a traced bool (Gemma 3 in a scan)."""
+        s, dt = self.shape, self.dtype
+        q = jnp.einsum("btd,dhk->bthk", x, self.wq[...].astype(dt))  # [B, T, H, K]
+        k = jnp.einsum("btd,dnk->btnk", x, self.wk[...].astype(dt))  # [B, T, N, K]
+        v = jnp.einsum("btd,dnk->btnk", x, self.wv[...].astype(dt))  # [B, T, N, K]
+        if s.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if isinstance(local, bool):
+            inv_freq = jnp.asarray(inverse_frequencies(s, local=local))
+            window = s.sliding_window if local else None
+        else:  # both frequency sets are constants; the traced flag picks one
+            inv_freq = jnp.where(
+                local, inverse_frequencies(s, local=True), inverse_frequencies(s, local=False)
+            )  # [K/2]
+            window = (local, s.sliding_window)
+        q = constrain(rope(q, positions, inv_freq), ("act_batch", "act_length", "act_heads", None))
+        k = rope(k, positions, inv_freq)
+        scale = (s.query_pre_attn_scalar or s.head_dim) ** -0.5
+        out = attend(q, k, v, scale=scale, softcap=s.attn_softcap, window=window)  # [B, T, H, K]
+        out = jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(dt))  # [B, T, D]
+        if self.sow_features:
+            self.sow(nnx.Intermediate, FEATURES, out)
+        return out
+
+
+class MLP(nnx.Module):
+    """Gated MLP `down(act(x·gate) ⊙ x·up)`: SiLU (SwiGLU) or tanh-approximate GELU (Gemma's GeGLU)."""
+
+    def __init__(self, shape: ModelShape, *, weight_dtype, dtype, rngs: nnx.Rngs):
+        s, w = shape, weight_dtype
+        self.gate = param(rngs, fan_in(s.emb_dim), (s.emb_dim, s.mlp_dim), ("embed", "mlp"), w)  # [D, F]
+        self.up = param(rngs, fan_in(s.emb_dim), (s.emb_dim, s.mlp_dim), ("embed", "mlp"), w)  # [D, F]
+        self.down = param(rngs, fan_in(s.mlp_dim), (s.mlp_dim, s.emb_dim), ("mlp", "embed"), w)  # [F, D]
+        self.dtype, self.gelu = dtype, s.is_gemma
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D]
+        dt = self.dtype
+        g = x @ self.gate[...].astype(dt)  # [B, T, F]
+        act = jax.nn.gelu(g, approximate=True) if self.gelu else jax.nn.silu(g)
+        return (act * (x @ self.up[...].astype(dt))) @ self.down[...].astype(dt)
+
+
+class DecoderLayer(nnx.Module):
+    """One transformer layer: pre-norm attention and MLP residuals; Gemma adds a norm after each (pre + post)."""
+
+    def __init__(self, shape: ModelShape, *, weight_dtype, dtype, sow: bool, rngs: nnx.Rngs):
+        s, w, g = shape, weight_dtype, shape.is_gemma
+        self.attention_norm = RMSNorm(s.emb_dim, s.norm_eps, plus_one=g, dtype=w)
+        self.attention = Attention(s, weight_dtype=w, dtype=dtype, sow=sow, rngs=rngs)
+        self.mlp_norm = RMSNorm(s.emb_dim, s.norm_eps, plus_one=g, dtype=w)
+        self.mlp = MLP(s, weight_dtype=w, dtype=dtype, rngs=rngs)
+        if g:
+            self.post_attention_norm = RMSNorm(s.emb_dim, s.norm_eps, plus_one=True, dtype=w)
+            self.post_mlp_norm = RMSNorm(s.emb_dim, s.norm_eps, plus_one=True, dtype=w)
+        self.post_norms = g
+
+    def __call__(self, x: jax.Array, positions: jax.Array, local: Any) -> jax.Array:  # [B, T, D] -> [B, T, D]
+        h = self.attention(self.attention_norm(x), positions, local)
+        x = x + (self.post_attention_norm(h) if self.post_norms else h)
+        h = self.mlp(self.mlp_norm(x))
+        x = x + (self.post_mlp_norm(h) if self.post_norms else h)
+        return constrain(x, ("act_batch", "act_length", "act_embed"))

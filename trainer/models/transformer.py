@@ -1,0 +1,210 @@
+"""The decoder-only transformer of every family: embeddings, a stack of blocks, final norm and logits head.
+
+The stack's entry is the family's block: one `DecoderLayer` (Llama 3, Qwen 3, Gemma 3) or a `Gemma2Pair`.
+With `scan_layers`, the blocks' parameters are stacked along a leading `layers` axis (built once with `nnx.vmap`)
+and the forward pass scans over them with `jax.lax.scan`, so compile time does not grow with depth; Gemma 3's
+layer kinds (sliding-window or global) ride along the scan as a boolean per entry. When `sow_features` is set,
+every entry's attention output projection `[B, T, D]` is sown into `nnx.Intermediate` as
+`out_projection_activations`; the model re-sows them stacked as `[L, B, T, D]` (L = stack entries), which
+`forward` returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from distillspec.config import ModelSpec
+from distillspec.registry import FAMILIES, ModelShape
+from trainer.models.gemma import Gemma2Pair
+from trainer.models.layers import FEATURES, DecoderLayer, RMSNorm, fan_in, param
+from trainer.sharding import constrain
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+UNROLL_UP_TO = 4
+
+__all__ = [
+    "FEATURES",
+    "ModelConfig",
+    "Transformer",
+    "abstract_model",
+    "drop_layers",
+    "forward",
+    "host_init",
+    "init_model",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """What the module needs: the shape, dtypes, and whether to scan layers and sow features."""
+
+    shape: ModelShape
+    weight_dtype: Any = jnp.float32  # parameters as stored and optimised
+    dtype: Any = jnp.float32  # activations and matmuls
+    scan_layers: bool = True
+    sow_features: bool = False
+    scan_unroll: int = 1  # layers per scan iteration; parameters stay stacked either way
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, *, sow_features: bool = False) -> ModelConfig:
+        """The spec's model. Stacks of at most `UNROLL_UP_TO` layers are scanned fully unrolled: on CPU the loop
+        costs more than it saves (a 2-layer backward pass is ~30% faster), and compile time stays small."""
+        shape = spec.shape()
+        unroll = shape.num_layers if shape.num_layers <= UNROLL_UP_TO else 1
+        return cls(shape, _DTYPES[spec.weight_dtype], _DTYPES[spec.dtype], spec.scan_layers, sow_features, unroll)
+
+
+def _block(config: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
+    s = config.shape
+    if s.family not in FAMILIES:
+        raise ValueError(f"unknown model family {s.family!r}; known: {', '.join(FAMILIES)}")
+    kind = Gemma2Pair if s.family == "gemma2" else DecoderLayer
+    return kind(s, weight_dtype=config.weight_dtype, dtype=config.dtype, sow=config.sow_features, rngs=rngs)
+
+
+class Transformer(nnx.Module):
+    """Token ids `[B, T]` -> next-token logits `[B, T, V]` (float32)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        s, w = config.shape, config.weight_dtype
+        self.config = config
+        self.embed = param(rngs, 1.0, (s.vocab_size, s.emb_dim), ("vocab", "embed"), w)  # [V, D]
+        if config.scan_layers:
+
+            @nnx.split_rngs(splits=s.num_layers)
+            @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def stacked(rngs: nnx.Rngs) -> nnx.Module:
+                return _block(config, rngs)
+
+            self.layers = stacked(rngs)
+        else:
+            self.layers = nnx.List([_block(config, rngs) for _ in range(s.num_layers)])
+        self.final_norm = RMSNorm(s.emb_dim, s.norm_eps, plus_one=s.is_gemma, dtype=w)
+        # [V, D] like the embedding: the weight gradient gᵀ·x then needs no transpose of the [B·T, V] gradient,
+        # which XLA:CPU copies in strided order (seconds at vocab 32000).
+        self.lm_head = (
+            None
+            if s.tie_embeddings
+            else param(rngs, fan_in(s.emb_dim), (s.vocab_size, s.emb_dim), ("vocab", "embed"), w)
+        )
+
+    def logits(self, tokens: jax.Array) -> jax.Array:
+        """Float32 logits `[B, T, V]` for int32 `tokens [B, T]` (the checkpoint API's promise)."""
+        return self(tokens)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:  # [B, T] int -> [B, T, V] float32
+        c, s = self.config, self.config.shape
+        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)  # [B, T]
+        x = jnp.take(self.embed[...], tokens, axis=0)  # [B, T, D]
+        if s.is_gemma:  # √d, rounded to the weights' dtype first, as Gemma does
+            x = x * jnp.asarray(math.sqrt(s.emb_dim), self.embed[...].dtype)
+        x = constrain(x.astype(c.dtype), ("act_batch", "act_length", "act_embed"))
+        kinds = [s.is_local(i) for i in range(s.num_layers)] if s.family == "gemma3" else [False] * s.num_layers
+        if c.scan_layers:
+            x, features = self._scan(x, positions, jnp.asarray(kinds))
+        else:
+            per_layer = []
+            for block, local in zip(self.layers, kinds):
+                x, captured = nnx.capture(block, nnx.Intermediate)(x, positions, local)
+                per_layer.append(_sown(captured))
+            features = jnp.stack(per_layer) if c.sow_features else None
+        if c.sow_features:
+            self.sow(nnx.Intermediate, FEATURES, features)  # [L, B, T, D]
+        x = self.final_norm(x)
+        head = self.embed[...] if self.lm_head is None else self.lm_head[...]  # [V, D]
+        logits = jnp.einsum("btd,vd->btv", x, head.astype(c.dtype), preferred_element_type=jnp.float32)
+        if s.final_softcap is not None:
+            logits = s.final_softcap * jnp.tanh(logits / s.final_softcap)
+        return constrain(logits, ("act_batch", "act_length", "act_vocab"))
+
+    def _scan(self, x: jax.Array, positions: jax.Array, kinds: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        graphdef, layer_state = nnx.split(self.layers)
+        sow, dynamic = self.config.sow_features, self.config.shape.family == "gemma3"
+
+        def body(carry: jax.Array, xs) -> tuple[jax.Array, jax.Array | None]:
+            state, local = xs
+            block = nnx.merge(graphdef, state)
+            y, captured = nnx.capture(block, nnx.Intermediate)(carry, positions, local if dynamic else False)
+            return y, (_sown(captured) if sow else None)
+
+        # features: [L, B, T, D]
+        return jax.lax.scan(body, x, (layer_state, kinds), unroll=self.config.scan_unroll)
+
+
+def _sown(captured: nnx.State) -> jax.Array | None:
+    """The one array a block sows (its attention output projection), or None."""
+    leaves = jax.tree.leaves(captured)
+    return leaves[0] if leaves else None
+
+
+def forward(model: Transformer, tokens: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """Logits `[B, T, V]` and, when the model sows them, out-projection features `[L, B, T, D]`."""
+    logits, captured = nnx.capture(model, nnx.Intermediate)(tokens)
+    return logits, (_sown(captured) if model.config.sow_features else None)
+
+
+def init_model(config: ModelConfig, seed: int) -> Transformer:
+    """A model with parameters drawn by JAX (eager or inside jit)."""
+    return Transformer(config, rngs=nnx.Rngs(params=seed))
+
+
+def abstract_model(config: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
+    """The graph definition and abstract parameters (shapes, dtypes, metadata) without computing anything."""
+    return nnx.split(nnx.eval_shape(lambda: init_model(config, 0)))
+
+
+def host_init(abstract_state: nnx.State, seed: int, stream: str = "") -> dict:
+    """Parameters drawn on the host with NumPy from each parameter's `init_std` metadata (norm scales: their
+    `init` value, 1, or 0 for Gemma's (1 + w) norms), as a pure dict of arrays.
+
+    Why not `init_model` under jit: XLA:CPU spends 10-15 s compiling threefry for a 4-layer model's ~30 random
+    draws. Each parameter gets its own stream from `(seed, crc32(stream/path))`, so values do not depend on the
+    device layout; every process of a multi-host run draws the same values and keeps its own shards. `stream`
+    keeps runs that share a seed apart: a distilled student must not start from the very draws its teacher
+    started from when it was pre-trained (they would share structure no real student has).
+    """
+    out = {}
+    for path, variable in nnx.to_flat_state(abstract_state):
+        metadata = variable.get_metadata()
+        std = metadata.get("init_std")
+        shape, dtype = variable.shape, variable.dtype
+        name = "/".join(str(p) for p in path)
+        if std is None:
+            value = np.full(shape, metadata.get("init", 1.0), np.float32)
+        else:
+            rng = np.random.default_rng([seed, zlib.crc32(f"{stream}/{name}".encode() if stream else name.encode())])
+            value = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+        _set(out, path, value.astype(jnp.dtype(dtype)))
+    return out
+
+
+def _set(tree: dict, path: tuple, value) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def drop_layers(params: dict, drop: list[int], num_layers: int, scan_layers: bool) -> dict:
+    """Copy of a model's parameters (a pure dict) with stack entries `drop` removed (the guide's pruning-recovery
+    student; for Gemma 2 an entry is a (local, global) pair, so pairs are dropped and the pattern holds).
+
+    Scanned parameters lose those rows of the stacked `layers` axis; unscanned ones lose those list entries
+    (renumbered from 0).
+    """
+    keep = [i for i in range(num_layers) if i not in set(drop)]
+    pure = dict(params)  # a pure dict (nnx.to_pure_dict); the input is not modified
+    layers = pure["layers"]
+    if scan_layers:
+        index = jnp.asarray(keep)
+        pure["layers"] = jax.tree.map(lambda a: jnp.take(a, index, axis=0), layers)
+    else:
+        pure["layers"] = {new: layers[old] for new, old in enumerate(keep)}
+    return pure
