@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
+from trainer import blocked_logits
+
 FeatureLossType = str  # "cosine" | "l2"
 COSINE_EPS = 1e-6
 PERPLEXITY_METRICS = ("distill/student_perplexity", "distill/teacher_perplexity")
@@ -336,6 +338,114 @@ def distillation_loss(
         targets,
         mask,
         temperature=temperature,
+        student_features=student_features if features else None,
+        teacher_features=teacher_features if features else None,
+        layer_indices=layer_indices,
+        feature_loss_type=feature_loss_type,
+    )
+    total = weighted_total(sums, alpha=alpha, temperature=temperature, beta=beta)
+    return total, distill_metrics(sums, total, alpha=alpha, temperature=temperature, beta=beta)
+
+
+def fused_distillation_sums(
+    student_hidden: jax.Array,
+    student_head: jax.Array,
+    teacher_hidden: jax.Array,
+    teacher_head: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    *,
+    temperature,
+    block_tokens: int = 1024,
+    block_vocab: int = 8192,
+    student_softcap: float | None = None,
+    teacher_softcap: float | None = None,
+    student_features: jax.Array | None = None,
+    teacher_features: jax.Array | None = None,
+    layer_indices: Sequence[int] | None = None,
+    feature_loss_type: FeatureLossType = "cosine",
+) -> dict[str, SumCount]:
+    """`distillation_sums` from hidden states and LM heads instead of logits, block by block (see
+    `trainer.blocked_logits`): the same keys and values without ever holding `[tokens, vocab]`.
+
+    Shapes: hidden `[N, Ds]` / `[N, Dt]` (the final, normed hidden states, tokens flattened), heads `[Ds, V]` /
+    `[Dt, V]`, targets and mask `[N]`, features `[L, N, D]`. The teacher gets no gradient.
+    """
+    blocks = blocked_logits.Blocks(block_tokens, block_vocab, student_softcap, teacher_softcap)
+    kl_t, kl_1, ce_s, ce_t, agree = blocked_logits.logit_terms_from_hidden(
+        student_hidden,
+        student_head,
+        jax.lax.stop_gradient(teacher_hidden),
+        jax.lax.stop_gradient(teacher_head),
+        targets,
+        temperature,
+        blocks,
+    )
+    sums = {
+        "kl_at_T": masked_sum(kl_t, mask),
+        "ce": masked_sum(ce_s, mask),
+        "kl_T1": masked_sum(kl_1, mask),
+        "teacher_ce": masked_sum(ce_t, mask),
+        "top1_agreement": masked_sum(agree, mask),
+    }
+    if student_features is not None:
+        if teacher_features is None:
+            raise ValueError("student_features were given without teacher_features")
+        per_token = feature_token_losses(student_features, teacher_features, layer_indices, feature_loss_type)
+        sums["feature"] = masked_sum(per_token, mask[None])
+    return sums
+
+
+def fused_distillation_loss(
+    student_hidden: jax.Array,
+    student_head: jax.Array,
+    teacher_hidden: jax.Array,
+    teacher_head: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    *,
+    alpha,
+    temperature,
+    block_tokens: int = 1024,
+    block_vocab: int = 8192,
+    student_softcap: float | None = None,
+    teacher_softcap: float | None = None,
+    beta=0.0,
+    student_features: jax.Array | None = None,
+    teacher_features: jax.Array | None = None,
+    layer_indices: Sequence[int] | None = None,
+    feature_loss_type: FeatureLossType = "cosine",
+) -> tuple[jax.Array, dict[str, SumCount]]:
+    """`distillation_loss` of the logits `hidden @ head` (soft-capped as `cap·tanh(logits/cap)` where a cap is
+    given), computed block by block: `block_tokens` × `block_vocab` logits of each model at a time, forward and
+    backward (a hand-written blocked gradient w.r.t. the student's hidden states and head).
+
+    Args:
+      student_hidden `[N, Ds]`, student_head `[Ds, V]`, teacher_hidden `[N, Dt]`, teacher_head `[Dt, V]`: any float
+        dtype, matmuls accumulate in float32. targets: integer `[N]`; mask: `[N]`, 1 where the token counts.
+      alpha, temperature, beta, features, layer_indices, feature_loss_type: as in `distillation_loss` (features
+        `[L, N, D]`).
+      block_tokens, block_vocab: block sizes (any N and V work: tokens are padded, the last vocabulary block
+        overlaps the one before it).
+      student_softcap, teacher_softcap: each model's final-logit soft cap, or None.
+
+    Returns:
+      `(total, metrics)` with the same names and `(sum, count)` pairs as `distillation_loss`.
+    Raises ValueError on mismatched shapes or non-positive block sizes or caps.
+    """
+    features = student_features is not None and teacher_features is not None and not _is_zero(beta)
+    sums = fused_distillation_sums(
+        student_hidden,
+        student_head,
+        teacher_hidden,
+        teacher_head,
+        targets,
+        mask,
+        temperature=temperature,
+        block_tokens=block_tokens,
+        block_vocab=block_vocab,
+        student_softcap=student_softcap,
+        teacher_softcap=teacher_softcap,
         student_features=student_features if features else None,
         teacher_features=teacher_features if features else None,
         layer_indices=layer_indices,

@@ -103,13 +103,84 @@ def empty_window(spec: DistillSpec) -> dict[str, jax.Array]:
     return {name: jnp.zeros((2,), jnp.float32) for name in metric_names(spec)}
 
 
+# Per device, one model's dense float32 logits `[tokens, vocab]` above this many bytes select the fused loss: the
+# dense loss holds several such arrays at once (logits of both models, the gradient, the metric passes).
+DENSE_LOGITS_BUDGET_BYTES = 512 * 2**20
+
+
+def fused_loss_wanted(tokens_per_device: int, vocab: int, budget_bytes: int = DENSE_LOGITS_BUDGET_BYTES) -> bool:
+    """Whether the step should compute the loss from hidden states block by block (`hidden_distillation_sums`)
+    instead of from dense logits: when one model's float32 logits for a device's micro-batch
+    (`tokens_per_device × vocab × 4` bytes) exceed `budget_bytes`. Small models keep the dense loss (faster on
+    CPU, no recomputation of the LM head matmul in the backward pass)."""
+    return tokens_per_device * vocab * 4 > budget_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class HiddenLoss:
+    """The fused loss's static settings: block sizes and each model's final-logit soft cap (None: none)."""
+
+    block_tokens: int = 1024
+    block_vocab: int = 8192
+    student_softcap: float | None = None
+    teacher_softcap: float | None = None
+
+
+def hidden_distillation_sums(
+    student_hidden: jax.Array,
+    student_head: jax.Array,
+    teacher_hidden: jax.Array,
+    teacher_head: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    *,
+    temperature,
+    settings: HiddenLoss = HiddenLoss(),
+    student_features: jax.Array | None = None,
+    teacher_features: jax.Array | None = None,
+    layer_indices=None,
+    feature_loss_type: str = "cosine",
+) -> dict[str, losses.SumCount]:
+    """`losses.distillation_sums` of one micro-batch from the models' final (normed) hidden states `[B, T, D]` and
+    LM heads `[V, D]` (the layout of the models' embedding and `lm_head`), without `[B, T, V]` logits; targets
+    and mask `[B, T]`, features `[L, B, T, D]`. The teacher's inputs are under `stop_gradient`."""
+
+    def flat(x):
+        return None if x is None else x.reshape(*x.shape[:-3], -1, x.shape[-1])
+
+    return losses.fused_distillation_sums(
+        flat(student_hidden),
+        student_head.T,
+        flat(jax.lax.stop_gradient(teacher_hidden)),
+        jax.lax.stop_gradient(teacher_head).T,
+        targets.reshape(-1),
+        mask.reshape(-1),
+        temperature=temperature,
+        block_tokens=settings.block_tokens,
+        block_vocab=settings.block_vocab,
+        student_softcap=settings.student_softcap,
+        teacher_softcap=settings.teacher_softcap,
+        student_features=flat(student_features),
+        teacher_features=flat(teacher_features),
+        layer_indices=layer_indices,
+        feature_loss_type=feature_loss_type,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class StepModels:
-    """The static halves of the models (graph definitions) the step merges its parameters into."""
+    """The static halves of the models (graph definitions) the step merges its parameters into.
+
+    `forward_hidden`, when set (distill mode), selects the fused loss: `forward_hidden(model, tokens) ->
+    (hidden [B, T, D] after the final norm, head [V, D], features [L, B, T, D] or None)` for both models, and
+    `hidden_loss` its settings.
+    """
 
     student: nnx.GraphDef
     teacher: nnx.GraphDef | None
     features: bool  # both models sow out-projection activations
+    forward_hidden: Callable | None = None
+    hidden_loss: HiddenLoss = HiddenLoss()
 
 
 def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.GradientTransformation) -> Callable:
@@ -119,26 +190,48 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
     layer_indices = spec.layer_indices() if models.features else None
     n_layers = len(layer_indices) if layer_indices is not None else None
 
+    fused = distill and models.forward_hidden is not None
+
     def apply(graphdef, params, tokens):
+        if fused:  # (hidden, head, features): the loss never forms [B, T, V] logits
+            return models.forward_hidden(nnx.merge(graphdef, params), tokens)
         return forward(nnx.merge(graphdef, params), tokens)
 
     def micro_loss(params, teacher_out, mb, weights, n_tokens, n_features):
-        logits, feats = apply(models.student, params, mb["inputs"])
-        if not distill:
-            sums = losses.pretrain_sums(logits, mb["targets"], mb["mask"])
-            return sums["ce"][0] / jnp.maximum(n_tokens, 1.0), sums
-        t_logits, t_feats = teacher_out
-        sums = losses.distillation_sums(
-            logits,
-            t_logits,
-            mb["targets"],
-            mb["mask"],
-            temperature=weights["temperature"],
-            student_features=feats if models.features else None,
-            teacher_features=t_feats if models.features else None,
-            layer_indices=layer_indices,
-            feature_loss_type=spec.loss.feature_loss_type,
-        )
+        if fused:
+            hidden, head, feats = apply(models.student, params, mb["inputs"])
+            t_hidden, t_head, t_feats = teacher_out
+            sums = hidden_distillation_sums(
+                hidden,
+                head,
+                t_hidden,
+                t_head,
+                mb["targets"],
+                mb["mask"],
+                temperature=weights["temperature"],
+                settings=models.hidden_loss,
+                student_features=feats if models.features else None,
+                teacher_features=t_feats if models.features else None,
+                layer_indices=layer_indices,
+                feature_loss_type=spec.loss.feature_loss_type,
+            )
+        else:
+            logits, feats = apply(models.student, params, mb["inputs"])
+            if not distill:
+                sums = losses.pretrain_sums(logits, mb["targets"], mb["mask"])
+                return sums["ce"][0] / jnp.maximum(n_tokens, 1.0), sums
+            t_logits, t_feats = teacher_out
+            sums = losses.distillation_sums(
+                logits,
+                t_logits,
+                mb["targets"],
+                mb["mask"],
+                temperature=weights["temperature"],
+                student_features=feats if models.features else None,
+                teacher_features=t_feats if models.features else None,
+                layer_indices=layer_indices,
+                feature_loss_type=spec.loss.feature_loss_type,
+            )
         total = losses.weighted_total(
             sums,
             alpha=weights["alpha"],

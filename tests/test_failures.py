@@ -1,0 +1,111 @@
+"""trainer.failures.classify: only transient failures exit 42; out of memory, compile and shape errors exit 1."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from distillspec.contract import RETRYABLE_EXIT_CODES, TrainerExit
+from trainer.exit_codes import RetryableError, UserError
+from trainer.failures import classify
+
+jax = pytest.importorskip("jax")
+import jax.numpy as jnp  # noqa: E402
+
+# Messages as XLA writes them (TPU compile-time and run-time out-of-memory, CPU allocation failure).
+XLA = {
+    "tpu_compile_oom": "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. "
+    "Used 20.50G of 15.48G hbm. Exceeded hbm capacity by 5.02G.",
+    "tpu_runtime_oom": "RESOURCE_EXHAUSTED: Error allocating device buffer: Attempting to allocate 1.00G. That was "
+    "not possible. There are 512.00M free.",
+    "cpu_oom": "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8589934592 bytes.",
+    "compile": "INVALID_ARGUMENT: during context [hlo verifier]: Expected instruction to have shape equal to f32[8]",
+    "mosaic": "INTERNAL: Mosaic failed to compile TPU kernel: unsupported shape",
+    "unavailable": "UNAVAILABLE: The TPU runtime is unavailable: device lost",
+    "deadline": "DEADLINE_EXCEEDED: Barrier timed out. Id: step_barrier",
+    "coordinator": "INTERNAL: Coordination service heartbeat timed out; the leader task was lost",
+    "other": "INTERNAL: something nobody has seen before",
+}
+
+
+def xla(key: str) -> Exception:
+    return jax.errors.JaxRuntimeError(XLA[key])
+
+
+@pytest.mark.parametrize("key", ["tpu_compile_oom", "tpu_runtime_oom", "cpu_oom"])
+def test_device_out_of_memory_is_a_user_error_not_retried(key):
+    failure = classify(xla(key))
+    assert failure.code == TrainerExit.USER_ERROR and failure.reason == "out_of_memory"
+    assert int(failure.code) not in RETRYABLE_EXIT_CODES
+    assert "per_device_batch_size" in failure.message
+
+
+def test_host_out_of_memory_is_a_user_error():
+    failure = classify(MemoryError("Unable to allocate 8.00 GiB for an array"))
+    assert (failure.code, failure.reason) == (TrainerExit.USER_ERROR, "out_of_memory")
+
+
+@pytest.mark.parametrize("key", ["compile", "mosaic"])
+def test_compile_errors_exit_1(key):
+    assert (classify(xla(key)).code, classify(xla(key)).reason) == (TrainerExit.USER_ERROR, "compile_error")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: jnp.dot(jnp.ones((2, 3)), jnp.ones((4, 5))),
+        lambda: jnp.ones((2, 3)) + jnp.ones((4, 5)),
+        lambda: jnp.ones((2, 3)).reshape(7),
+    ],
+)
+def test_shape_errors_exit_1(make):
+    with pytest.raises((TypeError, ValueError)) as raised:
+        make()
+    failure = classify(raised.value)
+    assert (failure.code, failure.reason) == (TrainerExit.USER_ERROR, "shape_error")
+
+
+@pytest.mark.parametrize("key, reason", [("unavailable", "transient_device"), ("deadline", "transient_device")])
+def test_transient_device_errors_are_retried(key, reason):
+    failure = classify(xla(key))
+    assert (failure.code, failure.reason) == (TrainerExit.RETRYABLE, reason)
+    assert int(failure.code) in RETRYABLE_EXIT_CODES
+
+
+def test_a_lost_coordinator_is_retried():
+    assert (classify(xla("coordinator")).code, classify(xla("coordinator")).reason) == (
+        TrainerExit.RETRYABLE,
+        "coordinator",
+    )
+
+
+def test_an_unknown_xla_error_is_not_retried():
+    assert classify(xla("other")).code == TrainerExit.INTERNAL
+
+
+def test_refused_connection_is_transient_io():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connecting is refused
+        with pytest.raises(ConnectionRefusedError) as raised:
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+    assert (classify(raised.value).code, classify(raised.value).reason) == (TrainerExit.RETRYABLE, "transient_io")
+
+
+def test_a_missing_file_is_not_retried(tmp_path):
+    with pytest.raises(FileNotFoundError) as raised:
+        open(tmp_path / "absent")
+    assert classify(raised.value).code == TrainerExit.USER_ERROR
+
+
+def test_trainer_errors_keep_their_code_and_hint():
+    assert classify(RetryableError("bucket unreachable")).code == TrainerExit.RETRYABLE
+    failure = classify(UserError("no teacher", "set teacher.load_parameters_path"))
+    assert failure.code == TrainerExit.USER_ERROR and failure.reason == "user_error"
+    assert failure.message == "no teacher (hint: set teacher.load_parameters_path)"
+
+
+def test_anything_else_is_internal():
+    failure = classify(KeyError("params"))
+    assert failure.code == TrainerExit.INTERNAL and "DISTILLCTL_DEBUG" in failure.message

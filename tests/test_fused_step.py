@@ -1,0 +1,101 @@
+"""The training step with the fused loss (hidden states + LM heads, `StepModels.forward_hidden`) computes what the
+step with the dense loss computes: the same metric window and the same gradients (read as the update of an
+identity optimizer at a large learning rate)."""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+
+from trainer import step as step_lib  # noqa: E402
+
+pytestmark = pytest.mark.slow
+LR = 1e4  # large, so that parameter rounding is far below the gradient's
+
+
+def forward_hidden(model, tokens):
+    """Final hidden states, LM head and features of this repository's Transformer: its `__call__` up to the
+    final norm (the per-family models are to provide this themselves)."""
+    c = model.config
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    x = jnp.take(model.embed[...], tokens, axis=0).astype(c.dtype)
+    x, features = model._scan(x, positions)  # features [L, B, T, D] when the model sows them
+    head = model.embed[...] if model.lm_head is None else model.lm_head[...]
+    return model.final_norm(x), head.astype(c.dtype), features if c.sow_features else None
+
+
+def distill_spec(feature_loss: bool):
+    from distillspec.specfile import validate_data
+
+    data = {
+        "name": "fused",
+        "student": {"model": "tiny-2l"},
+        "teacher": {"model": "tiny-4l", "load_parameters_path": "unused"},
+        "loss": {"alpha": 0.5, "temperature": 2.0, **({"beta": 0.5, "layer_indices": [0, -1]} if feature_loss else {})},
+        "batch": {"per_device_batch_size": 4, "max_target_length": 16, "gradient_accumulation_steps": 2},
+        "steps": 4,
+        "optimizer": {"learning_rate": 1e-3, "warmup_fraction": 0.0},
+        "output_dir": tempfile.mkdtemp(),
+    }
+    spec, problems = validate_data(data)
+    assert spec is not None, [p.message for p in problems]
+    return spec
+
+
+def test_fused_loss_is_chosen_only_when_dense_logits_are_large():
+    assert not step_lib.fused_loss_wanted(4 * 256, 32000)  # the mid bench size: 131 MB of logits
+    assert step_lib.fused_loss_wanted(16384, 128256)  # 8 GiB
+    assert step_lib.fused_loss_wanted(1024, 1024, budget_bytes=1024 * 1024 * 4 - 1)
+
+
+@pytest.mark.parametrize("feature_loss", [False, True])
+def test_fused_step_equals_dense_step(feature_loss):
+    from trainer.model import ModelConfig, abstract_model, host_init
+    from trainer.setup import build
+
+    spec = distill_spec(feature_loss)
+    teacher = host_init(abstract_model(ModelConfig.from_spec(spec.teacher))[1], 1)
+    built = build(spec, teacher_params=teacher)
+    features = spec.loss.feature_loss_on
+    student_graph = abstract_model(ModelConfig.from_spec(spec.student, sow_features=features))[0]
+    teacher_graph = abstract_model(ModelConfig.from_spec(spec.teacher, sow_features=features))[0]
+    optimizer = optax.identity()  # each parameter moves by −LR × its gradient
+    dense = step_lib.StepModels(student_graph, teacher_graph, features)
+    fused = step_lib.StepModels(
+        student_graph, teacher_graph, features, forward_hidden, step_lib.HiddenLoss(block_tokens=8, block_vocab=96)
+    )
+
+    rng = np.random.default_rng(0)
+    vocab = spec.student.shape().vocab_size
+    tokens = rng.integers(0, vocab, size=(2, 4, 17))
+    mask = np.ones((2, 4, 16), np.float32)
+    mask[0, 1, 10:] = 0
+    batch = {"inputs": tokens[..., :-1], "targets": tokens[..., 1:], "mask": mask}
+    hp = {k: np.float32(v) for k, v in step_lib.hyperparameters(spec, 0).items()} | {"learning_rate": np.float32(LR)}
+
+    out = {}
+    for name, models in (("dense", dense), ("fused", fused)):
+        step = jax.jit(step_lib.make_train_step(spec, models, optimizer))
+        out[name] = jax.device_get(step(built.state, built.teacher_params, batch, hp))
+    for name, (s, c) in out["dense"]["window"].items():
+        got_s, got_c = out["fused"]["window"][name]
+        assert got_c == c, name
+        np.testing.assert_allclose(got_s, s, rtol=1e-5, atol=1e-6, err_msg=name)
+    before = jax.device_get(built.state["params"])
+    grads = {name: jax.tree.map(lambda a, b: (a - b) / LR, before, out[name]["params"]) for name in out}
+    for path, g in jax.tree_util.tree_leaves_with_path(grads["fused"]):
+        want = _at(grads["dense"], path)
+        assert np.max(np.abs(want)) > 0, path
+        np.testing.assert_allclose(g, want, rtol=0, atol=1e-5 * np.max(np.abs(want)), err_msg=str(path))
+
+
+def _at(tree, path):
+    for key in path:
+        tree = tree[key.key]
+    return tree

@@ -1,0 +1,329 @@
+"""Every per-token logit quantity of the distillation loss, computed from hidden states and LM heads block by
+block, so that no `[tokens, vocab]` array of either model ever exists.
+
+`logit_terms_from_hidden(student_hidden [N, Ds], student_head [Ds, V], teacher_hidden [N, Dt], teacher_head
+[Dt, V], targets [N], temperature, blocks)` returns `(kl_at_T, kl_T1, student_ce, teacher_ce, top1_agreement)`,
+each `[N]` float32 — the same five values `trainer.loss.logit_terms` computes from dense logits.
+
+Forward: a loop over token blocks `[bt]` (tokens padded to a multiple of `bt`, the padding dropped from the
+outputs) and inside it a loop over vocabulary blocks `[bv]` keeping running row statistics (online log-sum-exp):
+the row max `m`, `Z_1 = Σ exp(z − m)`, `Z_T = Σ exp((z − m)/T)` for both models, the teacher-weighted differences
+`A_T = Σ exp((t − m_t)/T)·(t − s)` and `A_1`, the target logits and the first-index argmax. Then per row
+    KL_T = A_T/(T·Z_tT) − (m_t − m_s)/T − log Z_tT + log Z_sT,      CE = log Z_1 + m − z[target].
+Only the row statistics (five `[N]` arrays) are saved for the backward pass.
+
+Backward (a `jax.custom_vjp`): the same two loops recompute each `[bt, bv]` block of both models' logits and form
+the gradient w.r.t. the student's (soft-capped) logits,
+    g = (ḡ_KL/T)·(p_sT − p_tT) + ḡ_CE·(p_s1 − onehot(target)),
+times the soft-cap's derivative `1 − (capped/cap)²`, then accumulate `g·headᵀ` into the hidden-state gradient and
+`hiddenᵀ·g` into the head gradient (float32). As in `trainer.loss.logit_terms`, `kl_T1`, `teacher_ce` and the
+agreement carry no gradient, and nothing flows into the teacher or the temperature.
+
+The vocabulary is not padded (that would copy the head): the last vocabulary block starts at `V − bv` and its
+columns already seen are masked out. Soft-capping (Gemma): `cap·tanh(logits/cap)` applied to each model's logits
+before everything else, when its cap is set.
+
+Sharding: under a mesh whose batch axes (`data`, `fsdp`) split the tokens, both passes run inside
+`jax.shard_map` on each device's own tokens (heads replicated into it, as FSDP gathers weights for any matmul);
+per-token outputs stay sharded and the head gradient is a `psum` over the batch axes — no per-token or logit array
+is ever gathered across devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+BATCH_AXES = ("data", "fsdp")
+ROWS = "rows"  # placeholder in a PartitionSpec below for the token-splitting mesh axes
+F32 = jnp.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+    """Static settings: block sizes (tokens, vocabulary), each model's final-logit soft cap (None: none), and the
+    mesh axes that split the tokens (None: the `data`/`fsdp` axes of the mesh in context, if any)."""
+
+    tokens: int = 1024
+    vocab: int = 8192
+    student_softcap: float | None = None
+    teacher_softcap: float | None = None
+    batch_axes: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if self.tokens < 1 or self.vocab < 1:
+            raise ValueError(f"block sizes must be positive, got tokens={self.tokens}, vocab={self.vocab}")
+        for name in ("student_softcap", "teacher_softcap"):
+            cap = getattr(self, name)
+            if cap is not None and not cap > 0:
+                raise ValueError(f"{name} must be positive or None, got {cap}")
+
+
+def logit_terms_from_hidden(
+    student_hidden: jax.Array,
+    student_head: jax.Array,
+    teacher_hidden: jax.Array,
+    teacher_head: jax.Array,
+    targets: jax.Array,
+    temperature,
+    blocks: Blocks = Blocks(),
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """`(kl_at_T, kl_T1, student_ce, teacher_ce, top1_agreement)`, each `[N]` float32 (see the module docstring).
+
+    Shapes: hidden `[N, D]` (each model its own D), heads `[D, V]` (same V), integer targets `[N]`; any float
+    dtypes (matmuls accumulate in float32). Raises ValueError on mismatched shapes.
+    """
+    n, v = student_hidden.shape[0], student_head.shape[1]
+    if (
+        student_hidden.ndim != 2
+        or teacher_hidden.shape[0] != n
+        or student_head.shape[0] != student_hidden.shape[1]
+        or teacher_head.shape != (teacher_hidden.shape[1], v)
+        or targets.shape != (n,)
+    ):
+        raise ValueError(
+            "expected student_hidden [N, Ds], student_head [Ds, V], teacher_hidden [N, Dt], teacher_head [Dt, V], "
+            f"targets [N]; got {student_hidden.shape}, {student_head.shape}, {teacher_hidden.shape}, "
+            f"{teacher_head.shape}, {targets.shape}"
+        )
+    t = jnp.asarray(temperature, F32)
+    return _terms(blocks, student_hidden, student_head, teacher_hidden, teacher_head, targets.astype(jnp.int32), t)
+
+
+# --- sharding ----------------------------------------------------------------------------------------------
+
+
+def _token_axes(blocks: Blocks, n_tokens: int) -> tuple[tuple[str, ...], jax.sharding.AbstractMesh | None]:
+    """The mesh axes (of the mesh in context) over which tokens are split, when that split divides them."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return (), None
+    wanted = blocks.batch_axes if blocks.batch_axes is not None else BATCH_AXES
+    axes = tuple(a for a in wanted if a in mesh.shape and mesh.shape[a] > 1)
+    if not axes or n_tokens % math.prod(mesh.shape[a] for a in axes):
+        return (), None
+    return axes, mesh
+
+
+def _per_device(fn, blocks: Blocks, n_tokens: int, in_specs, out_specs):
+    """`fn(axes, ...)` run on each device's tokens (`ROWS` in a spec stands for the token-splitting axes), or
+    `fn((), ...)` on all tokens without such a mesh."""
+    axes, mesh = _token_axes(blocks, n_tokens)
+    if not axes:
+        return functools.partial(fn, ())
+
+    def place(specs):
+        def one(s: P) -> P:
+            return P(*(axes if a == ROWS else a for a in s))
+
+        return jax.tree.map(one, specs, is_leaf=lambda x: isinstance(x, P))
+
+    in_specs = place(in_specs)
+    mapped = jax.shard_map(
+        functools.partial(fn, axes), mesh=mesh, in_specs=in_specs, out_specs=place(out_specs), check_vma=False
+    )
+    if not any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+        return mapped
+    # Under explicit sharding shard_map takes its inputs only as `in_specs` says: replicate the heads (the
+    # weight all-gather FSDP does for any matmul) and keep the tokens where they are.
+    return lambda *args: mapped(*jax.tree.map(jax.reshard, args, in_specs, is_leaf=lambda x: isinstance(x, P)))
+
+
+# --- the blocked passes ------------------------------------------------------------------------------------
+
+
+def _cap(z: jax.Array, cap: float | None) -> jax.Array:
+    return z if cap is None else cap * jnp.tanh(z / cap)
+
+
+def _geometry(n: int, v: int, blocks: Blocks) -> tuple[int, int, int, int]:
+    bt, bv = min(blocks.tokens, n), min(blocks.vocab, v)
+    return bt, -(-n // bt), bv, -(-v // bv)
+
+
+def _rows(x: jax.Array, bt: int, nb: int) -> jax.Array:
+    """`[n, ...]` zero-padded to `nb·bt` rows and split into `[nb, bt, ...]` blocks."""
+    pad = nb * bt - x.shape[0]
+    if pad:
+        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+    return x.reshape(nb, bt, *x.shape[1:])
+
+
+def _vocab_block(j, v: int, bv: int):
+    """Start column of vocabulary block `j` (the last one clamped to end at `v`) and the mask of its columns not
+    seen in an earlier block."""
+    start = jnp.minimum(j * bv, v - bv)
+    col = start + jax.lax.iota(jnp.int32, bv)
+    return start, col, col >= j * bv
+
+
+def _logits(hidden, head, start, bv, cap):
+    w = jax.lax.dynamic_slice_in_dim(head, start, bv, axis=1)
+    return _cap(jnp.dot(hidden, w, preferred_element_type=F32), cap), w
+
+
+def _forward_local(axes, blocks: Blocks, s_h, s_w, t_h, t_w, targets, temperature):
+    """Per-token terms and saved row statistics for this device's tokens."""
+    del axes
+    n, v = s_h.shape[0], s_w.shape[1]
+    bt, nb, bv, nv = _geometry(n, v, blocks)
+    inv_t = 1.0 / temperature
+
+    def token_block(_, xs):
+        h_s, h_t, tg = xs
+        neg = jnp.full((bt,), -jnp.inf, F32)
+        zero = jnp.zeros((bt,), F32)
+        first = jnp.zeros((bt,), jnp.int32)
+        # (m_s, z_s1, z_sT, x_s, arg_s, m_t, z_t1, z_tT, x_t, arg_t, a_1, a_T)
+        init = (neg, zero, zero, zero, first, neg, zero, zero, zero, first, zero, zero)
+
+        def vocab_block(j, c):
+            m_s, z_s1, z_st, x_s, arg_s, m_t, z_t1, z_tt, x_t, arg_t, a_1, a_t = c
+            start, col, fresh = _vocab_block(j, v, bv)
+            s = jnp.where(fresh, _logits(h_s, s_w, start, bv, blocks.student_softcap)[0], -jnp.inf)
+            t = jnp.where(fresh, _logits(h_t, t_w, start, bv, blocks.teacher_softcap)[0], -jnp.inf)
+            hit = (col == tg[:, None]) & fresh
+
+            def running(z, m, z1, zt, x, arg):
+                bmax = jnp.max(z, axis=-1)
+                m_new = jnp.maximum(m, bmax)
+                r1 = jnp.exp(m - m_new)  # rescales the sums kept so far (0 at the first block)
+                rt = jnp.exp((m - m_new) * inv_t)
+                d = z - m_new[:, None]
+                e1, et = jnp.exp(d), jnp.exp(d * inv_t)
+                z1 = z1 * r1 + jnp.sum(e1, axis=-1)
+                zt = zt * rt + jnp.sum(et, axis=-1)
+                x = x + jnp.sum(jnp.where(hit, z, 0.0), axis=-1)
+                arg = jnp.where(bmax > m, start + jnp.argmax(z, axis=-1).astype(jnp.int32), arg)  # first index wins
+                return m_new, z1, zt, x, arg, r1, rt, e1, et
+
+            m_s, z_s1, z_st, x_s, arg_s, *_ = running(s, m_s, z_s1, z_st, x_s, arg_s)
+            m_t, z_t1, z_tt, x_t, arg_t, r1, rt, e1, et = running(t, m_t, z_t1, z_tt, x_t, arg_t)
+            diff = jnp.where(fresh, t - s, 0.0)
+            a_1 = a_1 * r1 + jnp.sum(e1 * diff, axis=-1)
+            a_t = a_t * rt + jnp.sum(et * diff, axis=-1)
+            return m_s, z_s1, z_st, x_s, arg_s, m_t, z_t1, z_tt, x_t, arg_t, a_1, a_t
+
+        m_s, z_s1, z_st, x_s, arg_s, m_t, z_t1, z_tt, x_t, arg_t, a_1, a_t = jax.lax.fori_loop(0, nv, vocab_block, init)
+        log = jnp.log
+        gap = m_t - m_s
+        kl_t = a_t / (z_tt * temperature) - gap * inv_t - log(z_tt) + log(z_st)
+        kl_1 = a_1 / z_t1 - gap - log(z_t1) + log(z_s1)
+        ce_s = log(z_s1) + m_s - x_s
+        ce_t = log(z_t1) + m_t - x_t
+        agree = (arg_s == arg_t).astype(F32)
+        saved = (m_s, log(z_s1), log(z_st), m_t, log(z_tt))
+        return None, ((kl_t, kl_1, ce_s, ce_t, agree), saved)
+
+    _, (terms, saved) = jax.lax.scan(
+        token_block, None, (_rows(s_h, bt, nb), _rows(t_h, bt, nb), _rows(targets, bt, nb))
+    )
+    unblock = lambda a: a.reshape(-1)[:n]  # noqa: E731
+    return tuple(map(unblock, terms)), tuple(map(unblock, saved))
+
+
+def _backward_local(axes, blocks: Blocks, s_h, s_w, t_h, t_w, targets, temperature, saved, g_kl_t, g_ce):
+    """Gradients w.r.t. this device's student hidden states and (summed over the token axes) the student head."""
+    n, v = s_h.shape[0], s_w.shape[1]
+    bt, nb, bv, nv = _geometry(n, v, blocks)
+    inv_t = 1.0 / temperature
+    cap = blocks.student_softcap
+
+    def token_block(grad_w, xs):
+        h_s, h_t, tg, (m_s, lz_s1, lz_st, m_t, lz_tt), gk, gc = xs
+        gk = gk * inv_t
+
+        def vocab_block(j, c):
+            grad_h, grad_w = c
+            start, col, fresh = _vocab_block(j, v, bv)
+            s, w = _logits(h_s, s_w, start, bv, cap)
+            t, _ = _logits(h_t, t_w, start, bv, blocks.teacher_softcap)
+            d_s = s - m_s[:, None]
+            p_st = jnp.exp(d_s * inv_t - lz_st[:, None])
+            p_tt = jnp.exp((t - m_t[:, None]) * inv_t - lz_tt[:, None])
+            p_s1 = jnp.exp(d_s - lz_s1[:, None])
+            hit = (col == tg[:, None]).astype(F32)
+            g = gk[:, None] * (p_st - p_tt) + gc[:, None] * (p_s1 - hit)
+            if cap is not None:
+                g = g * (1.0 - jnp.square(s / cap))  # d/dz cap·tanh(z/cap), written with the capped value
+            g = jnp.where(fresh, g, 0.0)  # columns of the clamped last block already counted
+            grad_h = grad_h + jnp.dot(g.astype(w.dtype), w.T, preferred_element_type=F32)
+            block = jax.lax.dynamic_slice_in_dim(grad_w, start, bv, axis=1)
+            block = block + jnp.dot(h_s.T, g.astype(h_s.dtype), preferred_element_type=F32)
+            return grad_h, jax.lax.dynamic_update_slice_in_dim(grad_w, block, start, axis=1)
+
+        grad_h = jnp.zeros((bt, s_h.shape[1]), F32)
+        grad_h, grad_w = jax.lax.fori_loop(0, nv, vocab_block, (grad_h, grad_w))
+        return grad_w, grad_h
+
+    xs = (
+        _rows(s_h, bt, nb),
+        _rows(t_h, bt, nb),
+        _rows(targets, bt, nb),
+        tuple(_rows(a, bt, nb) for a in saved),
+        _rows(g_kl_t, bt, nb),  # padded rows get zero cotangents: they add nothing
+        _rows(g_ce, bt, nb),
+    )
+    grad_w, grad_h = jax.lax.scan(token_block, jnp.zeros(s_w.shape, F32), xs)
+    if axes:
+        grad_w = jax.lax.psum(grad_w, axes)
+    return grad_h.reshape(-1, s_h.shape[1])[:n].astype(s_h.dtype), grad_w.astype(s_w.dtype)
+
+
+# --- the custom VJP ----------------------------------------------------------------------------------------
+
+_ROWS2, _ROWS1, _REP = P(ROWS, None), P(ROWS), P()
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _terms(blocks, s_h, s_w, t_h, t_w, targets, temperature):
+    return _terms_fwd(blocks, s_h, s_w, t_h, t_w, targets, temperature)[0]
+
+
+def _terms_fwd(blocks, s_h, s_w, t_h, t_w, targets, temperature):
+    fwd = _per_device(
+        _bind(_forward_local, blocks),
+        blocks,
+        s_h.shape[0],
+        in_specs=(_ROWS2, _REP, _ROWS2, _REP, _ROWS1, _REP),
+        out_specs=((_ROWS1,) * 5, (_ROWS1,) * 5),
+    )
+    terms, saved = fwd(s_h, s_w, t_h, t_w, targets, temperature)
+    return terms, (s_h, s_w, t_h, t_w, targets, temperature, saved)
+
+
+def _terms_bwd(blocks, residuals, cotangents):
+    s_h, s_w, t_h, t_w, targets, temperature, saved = residuals
+    g_kl_t, _, g_ce, _, _ = cotangents
+    bwd = _per_device(
+        _bind(_backward_local, blocks),
+        blocks,
+        s_h.shape[0],
+        in_specs=(_ROWS2, _REP, _ROWS2, _REP, _ROWS1, _REP, (_ROWS1,) * 5, _ROWS1, _ROWS1),
+        out_specs=(_ROWS2, _REP),
+    )
+    grad_h, grad_w = bwd(s_h, s_w, t_h, t_w, targets, temperature, saved, g_kl_t, g_ce)
+    grad_h, grad_w = _typed_like(grad_h, s_h), _typed_like(grad_w, s_w)
+    return grad_h, grad_w, jnp.zeros_like(t_h), jnp.zeros_like(t_w), None, jnp.zeros_like(temperature)
+
+
+def _typed_like(x: jax.Array, primal: jax.Array) -> jax.Array:
+    """`x` with the primal's sharding where sharding is part of the type (explicit mesh axes); else `x`."""
+    sharding = jax.typeof(primal).sharding
+    if getattr(sharding, "mesh", None) is None or sharding.mesh.empty:
+        return x
+    if not any(t == jax.sharding.AxisType.Explicit for t in sharding.mesh.axis_types):
+        return x
+    return jax.reshard(x, sharding.spec)
+
+
+def _bind(fn, blocks):
+    return lambda axes, *args: fn(axes, blocks, *args)
+
+
+_terms.defvjp(_terms_fwd, _terms_bwd)
