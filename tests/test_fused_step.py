@@ -10,24 +10,13 @@ import numpy as np
 import pytest
 
 jax = pytest.importorskip("jax")
-import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 from trainer import step as step_lib  # noqa: E402
+from trainer.models import forward_hidden  # noqa: E402
 
 pytestmark = pytest.mark.slow
 LR = 1e4  # large, so that parameter rounding is far below the gradient's
-
-
-def forward_hidden(model, tokens):
-    """Final hidden states, LM head and features of this repository's Transformer: its `__call__` up to the
-    final norm (the per-family models are to provide this themselves)."""
-    c = model.config
-    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    x = jnp.take(model.embed[...], tokens, axis=0).astype(c.dtype)
-    x, features = model._scan(x, positions)  # features [L, B, T, D] when the model sows them
-    head = model.embed[...] if model.lm_head is None else model.lm_head[...]
-    return model.final_norm(x), head.astype(c.dtype), features if c.sow_features else None
 
 
 def distill_spec(feature_loss: bool):
@@ -57,6 +46,7 @@ def test_fused_loss_is_chosen_only_when_dense_logits_are_large():
 @pytest.mark.parametrize("feature_loss", [False, True])
 def test_fused_step_equals_dense_step(feature_loss):
     from trainer.model import ModelConfig, abstract_model, host_init
+
     from trainer.setup import build
 
     spec = distill_spec(feature_loss)

@@ -23,8 +23,17 @@ from distillspec.config import DistillSpec, ModelSpec
 from trainer import sharding as shard_lib
 from trainer.checkpoints import load_params
 from trainer.exit_codes import UserError
-from trainer.models import ModelConfig, abstract_model, drop_layers, host_init
-from trainer.step import StepModels, TrainState, empty_window, learning_rate_schedule, make_optimizer, make_train_step
+from trainer.models import ModelConfig, abstract_model, drop_layers, forward_hidden, host_init
+from trainer.step import (
+    HiddenLoss,
+    StepModels,
+    TrainState,
+    empty_window,
+    fused_loss_wanted,
+    learning_rate_schedule,
+    make_optimizer,
+    make_train_step,
+)
 
 
 @dataclasses.dataclass
@@ -104,6 +113,23 @@ def _model(model_spec: ModelSpec, sow: bool, mesh: Mesh) -> _Model:
     return _Model(config, graphdef, abstract_state, abstract, shardings)
 
 
+def step_models(spec: DistillSpec, student: _Model, teacher: _Model | None, features: bool, mesh: Mesh) -> StepModels:
+    """The step's view of the models: with the fused loss (hidden states and heads, never `[tokens, vocab]`
+    logits) when one model's dense float32 logits for a device's micro-batch would not fit comfortably."""
+    models = StepModels(student.graphdef, teacher.graphdef if teacher else None, features)
+    if teacher is None:
+        return models
+    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    rows_per_device = max(global_rows(spec, mesh) // max(batch_devices, 1), 1)
+    tokens = rows_per_device * spec.batch.max_target_length
+    if not fused_loss_wanted(tokens, spec.student.shape().vocab_size):
+        return models
+    hidden_loss = HiddenLoss(
+        student_softcap=spec.student.shape().final_softcap, teacher_softcap=spec.teacher.shape().final_softcap
+    )
+    return dataclasses.replace(models, forward_hidden=forward_hidden, hidden_loss=hidden_loss)
+
+
 def build(spec: DistillSpec, *, devices: list | None = None, teacher_params: Any = None) -> Built:
     """Everything the loop needs. `teacher_params` (a pure dict shaped like the teacher) replaces loading the
     teacher from its checkpoint (benchmarks, tests)."""
@@ -133,9 +159,7 @@ def build(spec: DistillSpec, *, devices: list | None = None, teacher_params: Any
         bad_step=_put(np.full((), -1, np.int32), replicated),
     )
     state_shardings = jax.tree.map(lambda a: a.sharding, state)
-    step = make_train_step(
-        spec, StepModels(student.graphdef, teacher.graphdef if teacher else None, features), optimizer
-    )
+    step = make_train_step(spec, step_models(spec, student, teacher, features, mesh), optimizer)
     batch_sharding = NamedSharding(mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp"), None))
 
     step_fn = jax.jit(step, out_shardings=state_shardings, donate_argnums=(0,))

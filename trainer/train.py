@@ -28,6 +28,7 @@ import numpy as np
 from distillspec.config import DistillSpec
 from distillspec.contract import ENV_RUN_ID
 from trainer.exit_codes import RetryableError, TrainerError, TrainerExit, UserError
+from trainer.failures import classify
 
 if TYPE_CHECKING:  # the loop's types; importing them at run time would import JAX with this module
     from trainer.checkpointing import RunCheckpoints
@@ -128,34 +129,16 @@ def run(
                     TrainerExit.PREEMPTED,
                     f"stopped by {stop.signal_name} at step {session.step}; checkpoint saved",
                 )
-        except TrainerError as e:
-            code, message = e.exit_code, e.message + (f" (hint: {e.hint})" if e.hint else "")
-        except (OSError, ConnectionError, TimeoutError) as e:
-            code, message = TrainerExit.RETRYABLE, f"{type(e).__name__}: {e}"
         except Exception as e:  # noqa: BLE001 - the exit code decides what happens next
-            if _is_runtime_error(e):
-                code, message = TrainerExit.RETRYABLE, f"{type(e).__name__}: {_first_line(e)}"
-            else:
-                if os.environ.get("DISTILLCTL_DEBUG"):
-                    traceback.print_exc()
-                code, message = (
-                    TrainerExit.INTERNAL,
-                    (
-                        f"internal error: {type(e).__name__}: {_first_line(e)} (a bug; rerun with DISTILLCTL_DEBUG=1 "
-                        "for the traceback)"
-                    ),
-                )
+            failure = classify(e)  # only transient I/O, device and coordinator failures are retried
+            if failure.code == TrainerExit.INTERNAL and os.environ.get("DISTILLCTL_DEBUG"):
+                traceback.print_exc()
+            code, message, session.failure_reason = failure.code, failure.message, failure.reason
         session.finish(code, message)
         return code
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _is_runtime_error(e: Exception) -> bool:
-    import jax
-
-    return isinstance(e, jax.errors.JaxRuntimeError)
 
 
 def _first_line(e: BaseException) -> str:
@@ -202,6 +185,7 @@ class _Session:
     def __init__(self, spec: DistillSpec, reporter: Reporter):
         self.spec = spec
         self.reporter = reporter
+        self.failure_reason: str | None = None
         self.files = None  # RunFiles on process 0 once the run directory is open
         self.run_id = os.environ.get(ENV_RUN_ID) or None
         self.step = 0
@@ -238,6 +222,7 @@ class _Session:
             "run_name": self.spec.name,
             "run_id": self.run_id,
             "message": message,
+            "failure_reason": self.failure_reason,  # trainer.failures' category when an exception ended the run
             "resumed_from_step": self.resumed_from,
         }
 

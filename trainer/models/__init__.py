@@ -11,6 +11,7 @@ from trainer.models.transformer import (
     abstract_model,
     drop_layers,
     forward,
+    forward_hidden,
     host_init,
     init_model,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "abstract_model",
     "drop_layers",
     "forward",
+    "forward_hidden",
     "host_init",
     "init_model",
 ]

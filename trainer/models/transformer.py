@@ -100,7 +100,9 @@ class Transformer(nnx.Module):
         """Float32 logits `[B, T, V]` for int32 `tokens [B, T]` (the checkpoint API's promise)."""
         return self(tokens)
 
-    def __call__(self, tokens: jax.Array) -> jax.Array:  # [B, T] int -> [B, T, V] float32
+    def hidden(self, tokens: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        """Hidden states after the final norm `[B, T, D]` (compute dtype) for int `tokens [B, T]`, and the
+        out-projection features `[L, B, T, D]` when the model sows them (else None)."""
         c, s = self.config, self.config.shape
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)  # [B, T]
         x = jnp.take(self.embed[...], tokens, axis=0)  # [B, T, D]
@@ -116,11 +118,19 @@ class Transformer(nnx.Module):
                 x, captured = nnx.capture(block, nnx.Intermediate)(x, positions, local)
                 per_layer.append(_sown(captured))
             features = jnp.stack(per_layer) if c.sow_features else None
-        if c.sow_features:
+        return self.final_norm(x), (features if c.sow_features else None)
+
+    def head(self) -> jax.Array:
+        """The LM head `[V, D]` in the compute dtype (the embedding when tied)."""
+        head = self.embed[...] if self.lm_head is None else self.lm_head[...]
+        return head.astype(self.config.dtype)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:  # [B, T] int -> [B, T, V] float32
+        s = self.config.shape
+        x, features = self.hidden(tokens)
+        if self.config.sow_features:
             self.sow(nnx.Intermediate, FEATURES, features)  # [L, B, T, D]
-        x = self.final_norm(x)
-        head = self.embed[...] if self.lm_head is None else self.lm_head[...]  # [V, D]
-        logits = jnp.einsum("btd,vd->btv", x, head.astype(c.dtype), preferred_element_type=jnp.float32)
+        logits = jnp.einsum("btd,vd->btv", x, self.head(), preferred_element_type=jnp.float32)
         if s.final_softcap is not None:
             logits = s.final_softcap * jnp.tanh(logits / s.final_softcap)
         return constrain(logits, ("act_batch", "act_length", "act_vocab"))
@@ -149,6 +159,14 @@ def forward(model: Transformer, tokens: jax.Array) -> tuple[jax.Array, jax.Array
     """Logits `[B, T, V]` and, when the model sows them, out-projection features `[L, B, T, D]`."""
     logits, captured = nnx.capture(model, nnx.Intermediate)(tokens)
     return logits, (_sown(captured) if model.config.sow_features else None)
+
+
+def forward_hidden(model: Transformer, tokens: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """What the fused loss takes instead of logits: hidden states after the final norm `[B, T, D]`, the LM head
+    `[V, D]` and, when the model sows them, features `[L, B, T, D]` (the model's final soft cap goes to the loss
+    separately: `StepModels.hidden_loss`)."""
+    hidden, features = model.hidden(tokens)
+    return hidden, model.head(), features
 
 
 def init_model(config: ModelConfig, seed: int) -> Transformer:
