@@ -52,12 +52,18 @@ STATUSES = ("running", "succeeded", "failed", "diverged", "preempted")
 
 
 def _current_umask() -> int:
+    """The process's umask now. Linux reports it in /proc (a read: safe with other threads writing files);
+    elsewhere it is set and restored, which is safe only before threads start."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-_UMASK = _current_umask()  # read once at import, before any thread could create files meanwhile
 
 
 def _remove(path: str) -> None:
@@ -141,7 +147,9 @@ class RunFiles:
         if self.local:
             fd, tmp = tempfile.mkstemp(dir=self._root, prefix=f".{name}.")
             try:
-                os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the outputs are for the team (0644 by default)
+                os.fchmod(
+                    fd, 0o666 & ~_current_umask()
+                )  # mkstemp makes 0600; the outputs are for the team (0644 by default)
                 with os.fdopen(fd, "w") as f:
                     f.write(payload)
                 os.replace(tmp, target)
@@ -210,18 +218,25 @@ class RunFiles:
 
 
 def check_writable(directory: str) -> None:
-    """Create `directory` (a local path or fsspec URL) if needed and write and delete a probe file in it.
+    """Check that `directory` (a local path or fsspec URL) can be written, creating nothing: a probe file is
+    written and deleted in it, or, while it does not exist yet, in its nearest existing ancestor (a run that
+    fails before training leaves no folders behind).
 
     Raises OutputNotWritable (exit 1) when the storage refuses (a file where a directory belongs, no permission, a
     read-only or full file system), RetryableError (exit 42) for transient I/O."""
+    import errno
     import uuid
 
     from trainer.exit_codes import storage_failure
 
     fs, root = fsspec.core.url_to_fs(directory.rstrip("/"))
-    probe = f"{root}/.write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        fs.makedirs(root, exist_ok=True)
+        where = root
+        while not fs.exists(where) and "/" in where.strip("/"):
+            where = where.rstrip("/").rsplit("/", 1)[0] or "/"
+        if fs.exists(where) and not fs.isdir(where):
+            raise NotADirectoryError(errno.ENOTDIR, "a file is where a directory belongs", where)
+        probe = f"{where.rstrip('/')}/.write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         fs.pipe_file(probe, b"")
         fs.rm_file(probe)
     except OSError as e:
