@@ -3,15 +3,33 @@
 # PyPI's torch is a CUDA build whose full dependency set is ~2.9 GB; with --no-deps plus only the NVIDIA runtime
 # wheels its shared library links against, it imports and runs on CPU (~1.8 GB). The versions of those wheels are
 # the ones torch's own metadata pins. Idempotent: pip skips what is installed.
+#
+# Cached: every wheel is first downloaded (`pip download`) into a per-user folder shared by all clones,
+#   ${DISTILLCTL_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/distillctl/wheels/ref}
+# and installed from there alone (`pip install --no-index`), because pip's own HTTP cache may stay empty (e.g. behind
+# a registry proxy whose responses are not cacheable) and the wheels are ~2 GB. Each download is first tried from the
+# cache alone, so once it holds everything no step touches the network. PIP_FIND_LINKS, if set, is still searched.
+# A corrupt wheel in the cache (e.g. a copy cut off by a crash) is not detected: delete the folder to start over.
 set -euo pipefail
 VENV=${1:?usage: install.sh VENV TORCH_VERSION TRANSFORMERS_VERSION}
 TORCH=${2:?}
 TRANSFORMERS=${3:?}
 PYTHON=${PYTHON:-python3}
+WHEELS=${DISTILLCTL_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/distillctl/wheels/ref}
+mkdir -p "$WHEELS"
 test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
 PY="$VENV/bin/python"
-"$PY" -m pip install -q --upgrade pip
-"$PY" -m pip install -q --no-deps "torch==$TORCH"
+fetch() {  # pip download args...: from the cache alone if it has them all, else from the index into the cache
+  "$PY" -m pip download -q --no-index --find-links "$WHEELS" -d "$WHEELS" "$@" >/dev/null 2>&1 ||
+    "$PY" -m pip download -q --find-links "$WHEELS" -d "$WHEELS" "$@"
+}
+install() {  # pip install args...: from the cache (and PIP_FIND_LINKS) only
+  "$PY" -m pip install -q --no-index --find-links "$WHEELS" "$@"
+}
+fetch pip
+install --upgrade pip
+fetch --no-deps "torch==$TORCH"
+install --no-deps "torch==$TORCH"
 # torch's runtime needs: the small pure-Python ones, and the NVIDIA libraries libtorch_cuda.so links against.
 mapfile -t REQS < <("$PY" - <<'PY'
 import importlib.metadata as md
@@ -37,8 +55,15 @@ for req in md.requires("torch") or []:
 PY
 )
 # cuda-toolkit's extras pull in their wheels; everything else comes without its own dependencies.
-"$PY" -m pip install -q --no-deps $(printf '%s\n' "${REQS[@]}" | grep -v '^cuda-toolkit')
+mapfile -t PLAIN < <(printf '%s\n' "${REQS[@]}" | grep -v '^cuda-toolkit')
+fetch --no-deps "${PLAIN[@]}"
+install --no-deps "${PLAIN[@]}"
 TOOLKIT=$(printf '%s\n' "${REQS[@]}" | grep '^cuda-toolkit' || true)
-if [ -n "$TOOLKIT" ]; then "$PY" -m pip install -q "$TOOLKIT"; fi
-"$PY" -m pip install -q "mpmath<1.4" markupsafe "transformers==$TRANSFORMERS"
+if [ -n "$TOOLKIT" ]; then
+  fetch "$TOOLKIT"
+  install "$TOOLKIT"
+fi
+LAST=("mpmath<1.4" markupsafe "transformers==$TRANSFORMERS")
+fetch "${LAST[@]}"
+install "${LAST[@]}"
 "$PY" -c "import torch, transformers; torch.zeros(2) @ torch.ones(2); print('reference env:', torch.__version__, transformers.__version__)"
