@@ -13,7 +13,7 @@ from distillspec.problems import Problem
 
 def check(spec: DistillSpec) -> list[Problem]:
     problems: list[Problem] = []
-    for rule in (_schedules, _beta_ramp, _mode_and_teacher, _feature_loss, _pruning, _data, _mesh):
+    for rule in (_schedules, _beta_ramp, _mode_and_teacher, _checkpoint_paths, _feature_loss, _pruning, _data, _mesh):
         problems.extend(rule(spec))
     return problems
 
@@ -97,9 +97,9 @@ def _mode_and_teacher(spec: DistillSpec) -> list[Problem]:
             Problem(
                 ("offline_data_dir",),
                 "offline_not_bundled",
-                "the bundled trainer runs online distillation only; offline top-k data needs MaxText's trainer",
-                "remove offline_data_dir to distill online with the bundled trainer",
-                severity="warning",
+                "the bundled trainer runs online distillation only; offline top-k data is not read yet",
+                "remove offline_data_dir and set teacher.load_parameters_path to distill online (the teacher runs "
+                "alongside the student)",
             )
         )
     elif not spec.teacher.load_parameters_path:
@@ -112,6 +112,29 @@ def _mode_and_teacher(spec: DistillSpec) -> list[Problem]:
                 "distillation)",
             )
         )
+    return out
+
+
+def is_maxtext_items(path: str) -> bool:
+    """Whether `path` names a MaxText Orbax checkpoint (`…/<step>/items`), which the trainer does not read yet."""
+    return path.rstrip("/").rsplit("/", 1)[-1] == "items"
+
+
+def _checkpoint_paths(spec: DistillSpec) -> list[Problem]:
+    out = []
+    for side in ("student", "teacher"):
+        model = getattr(spec, side)
+        path = model.load_parameters_path if model is not None else None
+        if path and is_maxtext_items(path):
+            out.append(
+                Problem(
+                    (side, "load_parameters_path"),
+                    "maxtext_checkpoint_not_supported",
+                    f"{path} is a MaxText Orbax checkpoint (…/items), which the bundled trainer does not read yet",
+                    "convert it to a Hugging Face folder (MaxText's to_huggingface script) and point "
+                    "load_parameters_path at that folder (config.json + *.safetensors, local or gs://)",
+                )
+            )
     return out
 
 
@@ -286,10 +309,9 @@ def _data(spec: DistillSpec) -> list[Problem]:
             Problem(
                 ("data", "source"),
                 "data_source_not_bundled",
-                f"the bundled trainer reads {', '.join(BUNDLED_DATA_SOURCES)} data; {data.source!r} needs MaxText's input "
-                "pipeline",
-                "use source: text (files or fsspec URLs) or tokens (pre-tokenized) to run with the bundled trainer",
-                severity="warning",
+                f"the bundled trainer reads {', '.join(BUNDLED_DATA_SOURCES)} data; {data.source!r} is not read yet",
+                "use source: text (files or fsspec URLs, tokenized by data.tokenizer) or tokens (a pre-tokenized .npy "
+                "or raw uint16/int32 file) instead",
             )
         )
     if spec.checkpoint.every_steps and spec.checkpoint.every_steps > spec.steps:

@@ -184,7 +184,9 @@ class DataSpec(_Block):
 
     source: DataSource = "synthetic"
     path: str | None = None  # text: file, directory or fsspec URL; tokens: a .npy / raw uint16|int32 file
-    tokenizer: str = "byte"  # `byte`, or a path to a `tokenizer.json`
+    # `byte`, a path to a `tokenizer.json` (MaxText's `tokenizer_path`), or None: the tokenizer.json of the
+    # teacher's (else the student's) Hugging Face checkpoint folder when it has one, else `byte`.
+    tokenizer: str | None = None
     seed: int = 0
 
 
@@ -209,10 +211,15 @@ class OptimizerSpec(_Block):
     grad_clip_norm: Annotated[float, Field(gt=0)] | None = 1.0
 
 
+ExportFormat = Literal["hf"]
+
+
 class CheckpointSpec(_Block):
     enabled: bool = True
     every_steps: PositiveInt | None = None  # None: only at the end (and on SIGTERM)
     keep: PositiveInt = 3
+    # `hf`: at the end of a finished run, also write the student as a Hugging Face folder to <run_dir>/export/hf.
+    export: ExportFormat | None = None
 
 
 class LoggingSpec(_Block):

@@ -39,24 +39,41 @@ learning_rate_schedule_steps: 200000
 warmup_steps_fraction: 0.1
 learning_rate_final_fraction: 0.1
 """
+# The same with what the bundled trainer runs: a Hugging Face teacher folder and text files.
+RUNNABLE = (
+    MAXTEXT_STARTER.replace("gs://bucket/teacher/0/items", "gs://bucket/teacher-hf")
+    .replace(
+        'hf_path: "OptimalScale/ClimbMix"\ndataset_type: "hf"',
+        'dataset_path: "gs://bucket/corpus/*.txt"\ndataset_type: "text"',
+    )
+    .replace('tokenizer_path: "meta-llama/Llama-3.1-8B"', 'tokenizer_path: "gs://bucket/teacher-hf/tokenizer.json"')
+)
 
 
-def test_maxtext_starter_config_validates_unchanged():
+def test_maxtext_starter_config_is_rejected_where_the_trainer_cannot_run_it():
+    """The guide's starter reads into the spec, but its MaxText checkpoint and hf data are errors now: the bundled
+    trainer reads neither yet (until then validate called it valid and the run failed)."""
     report = read_spec_text(MAXTEXT_STARTER, file="distillation.yml")
+    assert report.format == "maxtext" and not report.ok
+    assert [p.code for p in report.problems] == ["maxtext_checkpoint_not_supported", "data_source_not_bundled"]
+    assert all(p.is_error and p.hint for p in report.problems)
+
+
+def test_runnable_maxtext_config_validates():
+    report = read_spec_text(RUNNABLE, file="distillation.yml")
     assert report.format == "maxtext"
-    assert report.ok, report.problems
+    assert report.ok and report.problems == (), report.problems
     spec = report.spec
     assert spec.student.model == spec.teacher.model == "llama3.1-8b"
     assert spec.loss.alpha.start == 0.5 and spec.loss.temperature.start == 1.0 and not spec.loss.feature_loss_on
     assert spec.batch.per_device_batch_size == 2 and spec.batch.max_target_length == 2048
-    assert spec.data.source == "hf" and spec.data.path == "OptimalScale/ClimbMix"
+    assert spec.data.source == "text" and spec.data.path == "gs://bucket/corpus/*.txt"
+    assert spec.data.tokenizer == "gs://bucket/teacher-hf/tokenizer.json"  # MaxText's tokenizer_path
     assert spec.checkpoint.every_steps == 2000 and spec.steps == 200000
-    # hf data is a warning (the bundled trainer cannot read it), never an error.
-    assert [p.code for p in report.problems] == ["data_source_not_bundled"]
 
 
 def test_maxtext_file_without_teacher_path_says_so_in_maxtext_terms():
-    report = read_spec_text(MAXTEXT_STARTER.replace('  load_parameters_path: "gs://bucket/teacher/0/items"\n', ""))
+    report = read_spec_text(RUNNABLE.replace('  load_parameters_path: "gs://bucket/teacher-hf"\n', ""))
     [problem] = [p for p in report.problems if p.is_error]
     assert problem.code == "teacher_path_missing"
     assert problem.dotted_loc == "teacher_overrides.load_parameters_path"
@@ -64,13 +81,13 @@ def test_maxtext_file_without_teacher_path_says_so_in_maxtext_terms():
 
 
 def test_maxtext_none_strings_mean_null():
-    text = MAXTEXT_STARTER + "distill_alpha_end: None\ndistill_layer_indices: None\n"
+    text = RUNNABLE + "distill_alpha_end: None\ndistill_layer_indices: None\n"
     report = read_spec_text(text)
     assert report.ok and report.spec.loss.alpha.end is None
 
 
 def test_maxtext_typos_are_errors_with_suggestions_and_foreign_keys_are_warnings():
-    text = MAXTEXT_STARTER + "distill_alpa: 0.7\nper_device_batch_sise: 4\nici_sequence_parallelism: 1\n"
+    text = RUNNABLE + "distill_alpa: 0.7\nper_device_batch_sise: 4\nici_sequence_parallelism: 1\n"
     report = read_spec_text(text, file="d.yml")
     by_key = {p.dotted_loc: p for p in report.problems}
     assert by_key["distill_alpa"].code == "unknown_key" and "distill_alpha" in by_key["distill_alpa"].hint
@@ -81,7 +98,7 @@ def test_maxtext_typos_are_errors_with_suggestions_and_foreign_keys_are_warnings
 
 def test_maxtext_beta_asymmetry_cannot_happen():
     # MaxText's CLI overrides reach only the student; here β lives once and feature rules check both models.
-    text = MAXTEXT_STARTER + "distill_beta: 1.0\ndistill_layer_indices: [0, 1]\n"
+    text = RUNNABLE + "distill_beta: 1.0\ndistill_layer_indices: [0, 1]\n"
     text = text.replace("teacher_overrides:\n", "teacher_overrides:\n  scan_layers: false\n")
     report = read_spec_text(text)
     codes = {p.code for p in report.problems if p.is_error}
@@ -91,7 +108,7 @@ def test_maxtext_beta_asymmetry_cannot_happen():
 
 
 def test_maxtext_top_level_model_keys_apply_to_both_models():
-    text = MAXTEXT_STARTER + "scan_layers: false\nvocab_size: 1000\n"
+    text = RUNNABLE + "scan_layers: false\nvocab_size: 1000\n"
     spec = read_spec_text(text).spec
     assert spec.student.vocab_size == spec.teacher.vocab_size == 1000
     assert not spec.student.scan_layers and not spec.teacher.scan_layers
@@ -99,7 +116,7 @@ def test_maxtext_top_level_model_keys_apply_to_both_models():
 
 @pytest.mark.parametrize("key", ["per_device_batch_size", "max_target_length", "gradient_accumulation_steps"])
 def test_maxtext_batch_shape_in_overrides_is_rejected(key):
-    text = MAXTEXT_STARTER.replace("student_overrides:\n", f"student_overrides:\n  {key}: 8\n")
+    text = RUNNABLE.replace("student_overrides:\n", f"student_overrides:\n  {key}: 8\n")
     report = read_spec_text(text)
     [problem] = [p for p in report.problems if p.is_error]
     assert problem.code == "batch_shape_in_override"
@@ -108,7 +125,7 @@ def test_maxtext_batch_shape_in_overrides_is_rejected(key):
 
 
 def test_maxtext_model_keys_map_to_shapes():
-    text = MAXTEXT_STARTER.replace(
+    text = RUNNABLE.replace(
         'student_overrides:\n  model_name: "llama3.1-8b"\n',
         'student_overrides:\n  model_name: "llama3.1-8b"\n  base_num_decoder_layers: 24\n  base_mlp_dim: 8192\n',
     )

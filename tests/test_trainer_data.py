@@ -109,3 +109,33 @@ def test_token_file_errors(tmp_path):
     np.save(tmp_path / "float.npy", np.ones(40))
     with pytest.raises(UserError, match="integer"):
         D.make_source(DataSpec(source="tokens", path=str(tmp_path / "float.npy")), 256, 17)
+
+
+def test_tokenizer_defaults_to_the_teacher_folders_then_byte(tmp_path):
+    """resolve_tokenizer: the spec's data.tokenizer (a tokenizer.json, or a folder holding one, as MaxText's
+    tokenizer_path may be); else the teacher's, then the student's checkpoint folder's tokenizer.json; else byte."""
+    from distillspec.config import DistillSpec
+    from trainer.exit_codes import UserError
+
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    teacher.mkdir()
+    student.mkdir()
+
+    def spec(**data):
+        return DistillSpec.model_validate(
+            {
+                "student": {"model": "tiny-2l", "load_parameters_path": str(student)},
+                "teacher": {"model": "tiny-4l", "load_parameters_path": str(teacher)},
+                "data": data,
+            }
+        )
+
+    assert D.resolve_tokenizer(spec()) == "byte"
+    (student / "tokenizer.json").write_text("{}")
+    assert D.resolve_tokenizer(spec()) == f"{student}/tokenizer.json"
+    (teacher / "tokenizer.json").write_text("{}")
+    assert D.resolve_tokenizer(spec()) == f"{teacher}/tokenizer.json"
+    assert D.resolve_tokenizer(spec(tokenizer="byte")) == "byte"
+    assert D.resolve_tokenizer(spec(tokenizer=str(student))) == f"{student}/tokenizer.json"
+    with pytest.raises(UserError, match="neither `byte`, a tokenizer.json"):
+        D.resolve_tokenizer(spec(tokenizer=str(tmp_path / "tokenizer.model")))

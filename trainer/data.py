@@ -9,8 +9,8 @@ Sources:
   (bigram table, 3/4 of the time) or the one before it (skip-gram table, 1/4), each row with a few successors of
   Zipf-like probabilities. A model learns it; a bigger one learns it better; it is never uniform noise.
 - `text`: UTF-8 text files (a file, a directory, a glob or an fsspec URL such as gs://bucket/corpus/*.txt),
-  tokenised with the byte-level tokenizer (vocab 256) or a `tokenizer.json` through the `tokenizers` library;
-  windows of `max_target_length + 1` tokens are drawn at seeded random offsets of the concatenated corpus.
+  tokenised with the byte-level tokenizer (vocab 256) or a `tokenizer.json` through the `tokenizers` library
+  (`resolve_tokenizer`: the spec's data.tokenizer, else the teacher's Hugging Face folder's tokenizer.json); windows of `max_target_length + 1` tokens are drawn at seeded random offsets of the concatenated corpus.
 - `tokens`: pre-tokenized ids: a `.npy` array of integers, or a raw file of little-endian uint16 (int32 when the
   name ends in `.i32` or `.int32`), windows drawn the same way.
 
@@ -26,7 +26,7 @@ from typing import Protocol
 import fsspec
 import numpy as np
 
-from distillspec.config import DataSpec
+from distillspec.config import DataSpec, DistillSpec
 from trainer.exit_codes import UserError
 
 SYNTHETIC_SUCCESSORS = 4
@@ -159,9 +159,47 @@ def read_texts(path: str | None) -> list[str]:
     return texts
 
 
-def tokenize_text(texts: list[str], tokenizer: str, vocab_size: int) -> np.ndarray:
-    """Concatenated token ids of `texts` (documents joined by a newline byte / the tokenizer's own tokens)."""
-    if tokenizer == "byte":
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def resolve_tokenizer(spec: DistillSpec) -> str:
+    """What the run tokenises with: `byte` or the path of a tokenizer.json.
+
+    data.tokenizer when the spec names one (a tokenizer.json, or a folder holding one, as MaxText's
+    `tokenizer_path` may be); otherwise the tokenizer.json of the teacher's checkpoint folder, then the
+    student's, when it has one (a Hugging Face model folder usually does); otherwise `byte`."""
+    named = spec.data.tokenizer
+    if named is not None:
+        if named == "byte" or named.endswith(".json"):
+            return named
+        folder_file = f"{named.rstrip('/')}/{TOKENIZER_FILE}"
+        if _is_file(folder_file):
+            return folder_file
+        raise UserError(
+            f"data.tokenizer {named!r} is neither `byte`, a tokenizer.json, nor a folder holding one",
+            "point data.tokenizer (MaxText: tokenizer_path) at a Hugging Face tokenizer.json; SentencePiece "
+            ".model files are not read by the bundled trainer",
+        )
+    for side in (spec.teacher, spec.student):
+        if side is not None and side.load_parameters_path:
+            candidate = f"{side.load_parameters_path.rstrip('/')}/{TOKENIZER_FILE}"
+            if _is_file(candidate):
+                return candidate
+    return "byte"
+
+
+def _is_file(path: str) -> bool:
+    try:
+        fs, root = fsspec.core.url_to_fs(path)
+        return bool(fs.isfile(root))
+    except (OSError, ValueError, ImportError):
+        return False
+
+
+def tokenize_text(texts: list[str], tokenizer: str | None, vocab_size: int) -> np.ndarray:
+    """Concatenated token ids of `texts` (documents joined by a newline byte / the tokenizer's own tokens);
+    `tokenizer` is `byte` (or None) or the path of a tokenizer.json (see `resolve_tokenizer`)."""
+    if tokenizer in ("byte", None):
         if vocab_size < 256:
             raise UserError(f"the byte tokenizer needs vocab_size >= 256, the models have {vocab_size}")
         return np.frombuffer("\n".join(texts).encode("utf-8"), np.uint8).astype(np.int32)

@@ -370,10 +370,15 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
     """Check the storage, build, restore or initialise, then run the loop; raises TrainerErrors."""
     import jax
 
+    from trainer import data as data_lib
     from trainer.checkpointing import RunCheckpoints
     from trainer.metrics_io import RunFiles, check_writable, clear_process_failure, now_iso
     from trainer.setup import build
 
+    # The tokenizer the spec leaves to the checkpoint folders is fixed now, and recorded in spec.json.
+    spec = spec.model_copy(
+        update={"data": spec.data.model_copy(update={"tokenizer": data_lib.resolve_tokenizer(spec)})}
+    )
     run_dir = run_dir_of(spec)
     index = jax.process_index()
     # Before any compile: an unusable output or checkpoint path fails now, as OutputNotWritable (exit 1).
@@ -403,6 +408,23 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
         checkpoints.close()  # waits for the saves in flight; raises a failed one's error
     if not _stopped(stop):
         _check_finite(state, session.step)
+        if spec.checkpoint.export:
+            _export_final(spec, state, run_dir, index)
+
+
+def _export_final(spec: DistillSpec, state: TrainState, run_dir: str, index: int) -> None:
+    """`checkpoint.export: hf`: the final student as a Hugging Face folder in `<run_dir>/export/hf` (replacing
+    the one an earlier attempt wrote). Every process takes part in gathering the parameters; process 0 writes."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    from trainer.export import write_hf
+
+    params = state.params
+    if jax.process_count() > 1:
+        params = multihost_utils.process_allgather(params, tiled=True)
+    if index == 0:
+        write_hf(params, spec, f"{run_dir}/export/{spec.checkpoint.export}", replace=True)
 
 
 def _resume_session(session: _Session, start: Start, checkpoints: RunCheckpoints | None) -> None:

@@ -27,7 +27,7 @@ from distillspec.config import DistillSpec
 from distillspec.problems import Loc, Problem
 from distillspec.sweep import Target
 
-IDENTITY_SCHEME = "distillctl.run/v1"  # bump when the payload changes, so old and new ids never collide
+IDENTITY_SCHEME = "distillctl.run/v2"  # bump when the payload changes, so old and new ids never collide
 RUN_ID_LENGTH = 10  # base32 characters: 50 bits
 SPEC_HASH_LENGTH = 32  # hex characters: fits a label value (<= 63)
 
@@ -61,6 +61,8 @@ def identity_payload(spec: DistillSpec, target: Target) -> dict[str, Any]:
     resolved = spec.resolved().model_dump(mode="json")
     for derived in ("name", "output_dir"):
         resolved.pop(derived)
+    # An extra copy of the result in another format, not a different result.
+    resolved["checkpoint"].pop("export", None)
     return {"scheme": IDENTITY_SCHEME, "spec": resolved, "run": target_identity(target)}
 
 

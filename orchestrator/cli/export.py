@@ -1,0 +1,45 @@
+"""`distillctl export RUN_DIR --to hf -o DIR`: a run's trained student as a Hugging Face folder.
+
+The trainer (JAX) is imported only when the command runs, so the rest of the CLI starts without it.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+
+class ExportFormat(str, Enum):
+    hf = "hf"
+
+
+class ExportDtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+def export(
+    run_dir: Annotated[str, typer.Argument(help="a run folder (<output_dir>/<name>: spec.json and checkpoints/)")],
+    out: Annotated[str, typer.Option("--output-dir", "-o", help="the folder to write (new or empty; local or gs://)")],
+    to: Annotated[ExportFormat, typer.Option("--to", help="hf: a Hugging Face folder transformers loads")] = (
+        ExportFormat.hf
+    ),
+    dtype: Annotated[
+        ExportDtype | None, typer.Option("--dtype", help="tensor dtype (default: the student's weight_dtype)")
+    ] = None,
+) -> None:
+    """Write the student of a run (its latest checkpoint) as a Hugging Face folder: config.json, model.safetensors
+    and the run's tokenizer files. Bad input (not a run folder, no checkpoint, an output folder that exists and is
+    not empty or cannot be written) exits 2 with nothing written."""
+    from orchestrator.cli import console
+    from orchestrator.errors import UsageError
+    from trainer.exit_codes import TrainerError
+    from trainer.export import export_run
+
+    try:
+        source = export_run(run_dir, out, to=to.value, dtype=dtype.value if dtype else None)
+    except TrainerError as e:
+        raise UsageError(e.message, e.hint) from None
+    console.out.print(f"exported {source} to {out} ({to.value})", markup=False)

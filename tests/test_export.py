@@ -1,0 +1,162 @@
+"""Checkpoints out: a run's student as a Hugging Face folder (`distillctl export RUN_DIR --to hf -o DIR`, and
+`checkpoint.export: hf` at the end of a run) that transformers (the test-only reference environment) loads with
+the logits this trainer computes from the run's checkpoint, within 1e-4 relative (float32); the run's tokenizer
+(here the teacher folder's tokenizer.json, the default when the spec names none) travels with it. Bad input
+exits 2 with nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ref_support import make_models, run_ref
+from trainer_support import merged, spec_of
+from typer.testing import CliRunner
+
+jax = pytest.importorskip("jax")
+import jax.numpy as jnp  # noqa: E402
+
+from orchestrator.exit_codes import ExitCode  # noqa: E402
+from trainer.checkpoints import hf, load_model  # noqa: E402
+from trainer.exit_codes import TrainerExit  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+TINY_4L = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    rms_norm_eps=1e-5,
+    rope_theta=10_000.0,
+)
+WORDS = "the quick brown fox jumps over a lazy dog while seven cats sleep under one warm old tree".split()
+
+
+def _tokenizer_json(path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(path))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> dict[str, Path]:
+    """A pruned student distilled from a Hugging Face teacher folder that carries a tokenizer.json, on text data,
+    with `checkpoint.export: hf`."""
+    from trainer.train import run as train_run
+
+    root = tmp_path_factory.mktemp("export")
+    tokens = root / "tokens.npy"
+    np.save(tokens, (np.arange(2 * 24).reshape(2, 24) * 37 % 256).astype(np.int32))
+    teacher = root / "teacher"
+    make_models([dict(family="llama", out=str(teacher), config=TINY_4L, seed=3, tokens=str(tokens))])
+    _tokenizer_json(teacher / "tokenizer.json")
+    rng = np.random.default_rng(0)
+    (root / "corpus.txt").write_text(" ".join(rng.choice(WORDS, 4000)))
+    spec = {
+        "name": "exported",
+        "student": {"model": "tiny-2l", "init": "teacher", "drop_layers": [1, 2]},
+        "teacher": {"model": "tiny-4l", "load_parameters_path": str(teacher)},
+        "data": {"source": "text", "path": str(root / "corpus.txt"), "seed": 1},
+        "batch": {"per_device_batch_size": 4, "max_target_length": 32},
+        "steps": 4,
+        "optimizer": {"learning_rate": 1e-3},
+        "checkpoint": {"export": "hf"},
+        "logging": {"every_steps": 2},
+        "output_dir": str(root / "runs"),
+    }
+    assert train_run(spec_of(merged(spec))) == TrainerExit.OK
+    return {"root": root, "run": root / "runs" / "exported", "teacher": teacher, "tokens": tokens}
+
+
+def _export(*args: str):
+    from orchestrator.cli import app
+
+    return CliRunner().invoke(app, ["export", *args])
+
+
+def test_the_run_records_the_teacher_folders_tokenizer(run):
+    spec = json.loads((run["run"] / "spec.json").read_text())
+    assert spec["data"]["tokenizer"] == f"{run['teacher']}/tokenizer.json"
+    assert spec["checkpoint"]["export"] == "hf"
+
+
+def test_export_loads_in_transformers_with_the_runs_logits(run, tmp_path):
+    """The CLI's export and the automatic one, loaded by transformers, give the logits of the run's checkpoint."""
+    out = tmp_path / "student"
+    result = _export(str(run["run"]), "--to", "hf", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    auto = run["run"] / "export" / "hf"
+    for folder in (out, auto):
+        # generation_config.json (eos/bos ids) comes from the teacher folder with its tokenizer.json
+        names = {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"}
+        assert {p.name for p in folder.iterdir()} == names
+        assert (folder / "tokenizer.json").read_bytes() == (run["teacher"] / "tokenizer.json").read_bytes()
+    assert hf.shape_from_config(hf.read_config(str(out))).num_layers == 2
+    run_ref("logits-many", json.dumps([[str(f), str(run["tokens"]), str(f / "ref.npy")] for f in (out, auto)]))
+    ours = np.asarray(load_model(str(run["run"] / "checkpoints")).logits(jnp.asarray(np.load(run["tokens"]))))
+    for folder in (out, auto):
+        ref = np.load(folder / "ref.npy")
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max(), err_msg=str(folder))
+    # Trained: the export is not the pruned teacher it started from.
+    teacher = np.asarray(load_model(str(run["teacher"])).logits(jnp.asarray(np.load(run["tokens"]))))
+    assert not np.allclose(teacher, ours)
+
+
+def test_bfloat16_export(run, tmp_path):
+    out = tmp_path / "bf16"
+    assert _export(str(run["run"]), "-o", str(out), "--dtype", "bfloat16").exit_code == 0
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    from safetensors import safe_open
+
+    with safe_open(str(out / hf.SINGLE), framework="numpy") as f:
+        assert f.get_slice("model.embed_tokens.weight").get_dtype() == "BF16"
+
+
+def _nothing_new(parent: Path, before: set[str]) -> None:
+    assert {p.name for p in parent.iterdir()} == before  # no output, no partial folder
+
+
+def test_not_a_run_folder(tmp_path):
+    result = _export(str(tmp_path), "-o", str(tmp_path / "out"))
+    assert result.exit_code == ExitCode.USAGE and "not a run folder" in result.output
+    assert "Traceback" not in result.output
+    _nothing_new(tmp_path, set())
+
+
+def test_a_run_without_checkpoint(run, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "spec.json").write_bytes((run["run"] / "spec.json").read_bytes())
+    result = _export(str(bare), "-o", str(tmp_path / "out"))
+    assert result.exit_code == ExitCode.USAGE and "has no checkpoint to export" in result.output
+    _nothing_new(tmp_path, {"bare"})
+
+
+def test_an_output_folder_in_use_or_unwritable(run, tmp_path):
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "keep.txt").write_text("mine")
+    result = _export(str(run["run"]), "-o", str(used))
+    assert result.exit_code == ExitCode.USAGE and "already exists and is not empty" in result.output
+    assert [p.name for p in used.iterdir()] == ["keep.txt"]
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = _export(str(run["run"]), "-o", str(blocker / "out"))
+    assert result.exit_code == ExitCode.USAGE and "OutputNotWritable" in result.output
+    if os.getuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        result = _export(str(run["run"]), "-o", str(locked / "out"))
+        assert result.exit_code == ExitCode.USAGE and "OutputNotWritable" in result.output
+        assert list(locked.iterdir()) == []
+    _nothing_new(tmp_path, {"used", "file", *(["locked"] if os.getuid() != 0 else [])})

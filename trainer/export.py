@@ -1,0 +1,186 @@
+"""A run's trained student out as a Hugging Face folder that transformers loads as is.
+
+`export_run(run_dir, out_dir)` reads the run's `spec.json` (which model the student is, which tokenizer the run
+used) and its latest checkpoint's parameters, and writes `out_dir` with config.json, model.safetensors and, when
+the run had a tokenizer, the tokenizer files. `export_params` does the same from parameters in memory (the
+trainer's `checkpoint.export: hf`, at the end of a run).
+
+Nothing is half-written: the folder is assembled in a temporary sibling (local) or a local temporary folder
+(fsspec URLs such as gs://) and only then renamed (local) or uploaded (remote) into place; an `out_dir` that
+exists and is not empty is refused before any work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import fsspec
+
+from distillspec.config import DistillSpec
+from trainer.exit_codes import OutputNotWritable, UserError
+
+FORMATS = ("hf",)
+# The files of a Hugging Face tokenizer that sit next to its tokenizer.json and are copied with it when present.
+TOKENIZER_COMPANIONS = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+
+
+def read_run_spec(run_dir: str) -> DistillSpec:
+    """The resolved spec a run wrote (`<run_dir>/spec.json`); UserError when `run_dir` is not a run folder."""
+    file = f"{run_dir.rstrip('/')}/spec.json"
+    try:
+        with fsspec.open(file, "r") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise UserError(
+            f"{run_dir} is not a run folder: it has no spec.json",
+            "pass the folder a run wrote (<output_dir>/<name>, with spec.json and checkpoints/ in it)",
+        ) from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {file}: {e}", "pass the folder a run wrote") from None
+    from pydantic import ValidationError
+
+    try:
+        return DistillSpec.model_validate(data)
+    except ValidationError as e:
+        raise UserError(
+            f"{file} is not a spec this version reads: {e.errors()[0]['msg']} at "
+            + ".".join(str(x) for x in e.errors()[0]["loc"]),
+            "pass a run folder written by this version of distillctl",
+        ) from None
+
+
+def export_run(run_dir: str, out_dir: str, *, to: str = "hf", dtype: str | None = None) -> str:
+    """Write the student of the run at `run_dir` (its latest checkpoint) to `out_dir` in format `to`; returns the
+    checkpoint directory that was read. `dtype` (float32 or bfloat16) defaults to the student's weight_dtype.
+
+    Raises UserError for a folder that is not a run, a run without a finished checkpoint, or an `out_dir` that
+    exists and is not empty; OutputNotWritable when `out_dir` cannot be written. Nothing is left at `out_dir` then.
+    """
+    if to not in FORMATS:
+        raise UserError(f"export format {to!r} is not supported", f"use one of: {', '.join(FORMATS)}")
+    spec = read_run_spec(run_dir)
+    _check_destination(out_dir)
+    import jax
+    from flax import nnx
+
+    from trainer.checkpointing import resolve_params_dir, restore_params
+    from trainer.models import ModelConfig, abstract_model
+
+    checkpoints = f"{run_dir.rstrip('/')}/checkpoints"
+    try:
+        params_dir = str(resolve_params_dir(checkpoints))
+    except UserError as e:
+        raise UserError(
+            f"the run at {run_dir} has no checkpoint to export ({e.message})",
+            "export a run that saved a checkpoint (checkpoint.enabled: true; one is written at the end of the run)",
+        ) from None
+    config = ModelConfig.from_spec(spec.student)
+    _, abstract_state = abstract_model(config)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), nnx.to_pure_dict(abstract_state)
+    )
+    params = restore_params(params_dir, abstract)
+    write_hf(params, spec, out_dir, dtype=dtype)
+    return params_dir
+
+
+def export_params(params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | None = None) -> None:
+    """Write in-memory student parameters (a pure dict of arrays, host-readable) like `export_run` does."""
+    _check_destination(out_dir)
+    write_hf(params, spec, out_dir, dtype=dtype)
+
+
+def write_hf(params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | None = None, replace: bool = False) -> None:
+    """Assemble the Hugging Face folder in a temporary place, then move (local) or upload (URL) it to `out_dir`;
+    with `replace`, a folder already at `out_dir` is replaced once the new one is complete."""
+    from trainer.checkpoints import hf
+
+    dtype = dtype or spec.student.weight_dtype
+    if dtype not in ("float32", "bfloat16"):
+        raise UserError(f"export dtype {dtype!r} is not one of float32, bfloat16", "use float32 or bfloat16")
+    remote = "://" in out_dir
+    if remote:
+        staging_root = tempfile.mkdtemp(prefix="distillctl-export-")
+    else:
+        parent = os.path.dirname(os.path.abspath(out_dir))
+        try:
+            os.makedirs(parent, exist_ok=True)
+            staging_root = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir.rstrip('/'))}.partial-", dir=parent)
+        except OSError as e:
+            raise OutputNotWritable(out_dir, e) from None
+    staging = os.path.join(staging_root, "hf")
+    try:
+        try:
+            hf.save(params, spec.student.shape(), staging, scanned=spec.student.scan_layers, dtype=dtype)
+            for name, source in tokenizer_files(spec).items():
+                with fsspec.open(source, "rb") as src, open(os.path.join(staging, name), "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        except OSError as e:
+            raise OutputNotWritable(out_dir, e) from None
+        if remote:
+            _upload(staging, out_dir)
+        else:
+            try:
+                target = os.path.abspath(out_dir)
+                if replace and os.path.isdir(target):
+                    os.rename(target, os.path.join(staging_root, "old"))  # removed with the staging folder
+                os.rename(staging, target)  # atomic; replaces an empty directory
+            except OSError as e:
+                raise OutputNotWritable(out_dir, e) from None
+    finally:
+        shutil.rmtree(staging_root, ignore_errors=True)
+
+
+def tokenizer_files(spec: DistillSpec) -> dict[str, str]:
+    """`{name in the export: source path}` of the run's tokenizer: its tokenizer.json and the companion files next
+    to it. Empty for the byte tokenizer (nothing transformers could load)."""
+    tokenizer = spec.data.tokenizer
+    if tokenizer == "byte":
+        return {}
+    out = {"tokenizer.json": tokenizer}
+    folder = tokenizer.rsplit("/", 1)[0] if "/" in tokenizer else "."
+    for name in TOKENIZER_COMPANIONS:
+        candidate = f"{folder}/{name}"
+        try:
+            fs, path = fsspec.core.url_to_fs(candidate)
+            if fs.isfile(path):
+                out[name] = candidate
+        except (OSError, ValueError, ImportError):
+            continue
+    return out
+
+
+def _check_destination(out_dir: str) -> None:
+    try:
+        fs, path = fsspec.core.url_to_fs(out_dir)
+        exists = fs.exists(path)
+        if exists and not fs.isdir(path):
+            raise UserError(f"{out_dir} exists and is not a directory", "choose another output folder (-o)")
+        if exists and fs.ls(path):
+            raise UserError(
+                f"{out_dir} already exists and is not empty", "choose a new output folder (-o), or remove that one"
+            )
+    except (OSError, ValueError, ImportError) as e:
+        raise OutputNotWritable(out_dir, e) from None
+
+
+def _upload(staging: str, out_dir: str) -> None:
+    """Copy the finished folder to a URL, config.json last, so a reader that sees config.json sees a whole model."""
+    fs, root = fsspec.core.url_to_fs(out_dir)
+    names = sorted(os.listdir(staging), key=lambda n: n == "config.json")
+    try:
+        fs.makedirs(root, exist_ok=True)
+        for name in names:
+            fs.put_file(os.path.join(staging, name), f"{root.rstrip('/')}/{name}")
+    except OSError as e:
+        for name in names:  # leave nothing half-written behind
+            try:
+                fs.rm_file(f"{root.rstrip('/')}/{name}")
+            except OSError:
+                pass
+        raise OutputNotWritable(out_dir, e) from None
