@@ -11,6 +11,7 @@ its layer `i` is global when `(i + 1) % global_every == 0`, else sliding-window.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 FAMILIES = ("llama", "qwen3", "gemma2", "gemma3")
 
@@ -81,7 +82,13 @@ class ModelShape:
         return self.depth * per_layer + embed + head + d
 
     def with_overrides(self, **overrides: int | None) -> ModelShape:
-        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        changes = tuple(sorted((k, v) for k, v in overrides.items() if v is not None))
+        return _replaced(self, changes) if changes else self
+
+
+@functools.lru_cache(maxsize=4096)  # a sweep asks for the same few shapes thousands of times
+def _replaced(shape: ModelShape, changes: tuple[tuple[str, int], ...]) -> ModelShape:
+    return dataclasses.replace(shape, **dict(changes))
 
 
 _LLAMA31 = RopeScaling("llama3", 8.0)

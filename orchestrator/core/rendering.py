@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import os
 import sysconfig
 from functools import cache
@@ -183,17 +184,13 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def _yaml_printable(ch: str) -> bool:
-    # YAML 1.1's printable set, minus its line breaks (NEL, LS, PS), which a double-quoted scalar would fold.
-    o = ord(ch)
-    return (
-        o in (0x9, 0xA, 0xD)
-        or 0x20 <= o <= 0x7E
-        or 0xA0 <= o <= 0xD7FF
-        and o not in (0x2028, 0x2029)
-        or (0xE000 <= o <= 0xFFFD and o != 0xFEFF)
-        or o >= 0x10000
-    )
+# YAML 1.1's printable set, minus its line breaks (NEL, LS, PS), which a double-quoted scalar would fold, and the
+# BOM: everything else is written as a \u escape. One regex over the text, not a test per character.
+_NOT_PRINTABLE = re.compile("[^\t\n\r\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]")
+
+
+def _escape(match: re.Match) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 def yaml_scalar(value: Any) -> str:
@@ -209,7 +206,7 @@ def yaml_scalar(value: Any) -> str:
     if isinstance(value, float) and "e" in text and "." not in text:
         mantissa, exponent = text.split("e")
         return f"{mantissa}.0e{exponent}"
-    return "".join(ch if _yaml_printable(ch) else f"\\u{ord(ch):04x}" for ch in text)
+    return _NOT_PRINTABLE.sub(_escape, text)
 
 
 def render_jobset(point: Point, target: Target) -> str:
