@@ -21,6 +21,10 @@ from distillspec.registry import MODELS, ModelShape
 from distillspec.schedules import ScheduleKind, schedule_value
 
 Dtype = Literal["float32", "bfloat16"]
+# Per-layer rematerialisation of the student's backward pass: `full` keeps only each layer's input and recomputes
+# the layer, `dots` also keeps the layer's weight matmuls (recomputing norms, activations and attention scores),
+# `none` keeps every activation (fastest when it fits: small models, CPU).
+Remat = Literal["full", "dots", "none"]
 FeatureLossType = Literal["cosine", "l2"]
 DataSource = Literal["synthetic", "text", "tokens", "hf", "tfds", "grain"]
 BUNDLED_DATA_SOURCES = ("synthetic", "text", "tokens")
@@ -159,6 +163,7 @@ class ModelSpec(_Block):
     enable_nnx: bool = True
     weight_dtype: Dtype = "float32"
     dtype: Dtype = "float32"
+    remat: Remat = "full"
     # Student only: start from random weights, or from the teacher's with `drop_layers` removed (pruning).
     init: Literal["random", "teacher"] = "random"
     drop_layers: list[NonNegativeInt] = []
