@@ -59,14 +59,17 @@ class ModelConfig:
     remat: str = "none"  # per-layer rematerialisation: "full", "dots" or "none" (see `REMAT_POLICIES`)
 
     @classmethod
-    def from_spec(cls, spec: ModelSpec, *, sow_features: bool = False) -> ModelConfig:
+    def from_spec(cls, spec: ModelSpec, *, sow_features: bool = False, trained: bool = False) -> ModelConfig:
         """The spec's model. Stacks of at most `UNROLL_UP_TO` layers are scanned fully unrolled: on CPU the loop
-        costs more than it saves (a 2-layer backward pass is ~30% faster), and compile time stays small."""
+        costs more than it saves (a 2-layer backward pass is ~30% faster), and compile time stays small.
+
+        `trained` (the student): parameters are float32 master weights whatever `weight_dtype` says, so the
+        optimizer's moments and updates stay float32; `dtype: bfloat16` still computes in bfloat16 (each weight
+        is cast where it is used). A frozen teacher is stored in its `weight_dtype`."""
         shape = spec.shape()
         unroll = shape.num_layers if shape.num_layers <= UNROLL_UP_TO else 1
-        return cls(
-            shape, _DTYPES[spec.weight_dtype], _DTYPES[spec.dtype], spec.scan_layers, sow_features, unroll, spec.remat
-        )
+        weights = jnp.float32 if trained else _DTYPES[spec.weight_dtype]
+        return cls(shape, weights, _DTYPES[spec.dtype], spec.scan_layers, sow_features, unroll, spec.remat)
 
 
 def _block(config: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
