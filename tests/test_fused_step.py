@@ -73,12 +73,12 @@ def test_fused_step_equals_dense_step(feature_loss):
     for name, models in (("dense", dense), ("fused", fused)):
         step = jax.jit(step_lib.make_train_step(spec, models, optimizer))
         out[name] = jax.device_get(step(built.state, built.teacher_params, batch, hp))
-    for name, (s, c) in out["dense"]["window"].items():
-        got_s, got_c = out["fused"]["window"][name]
+    for name, (s, c) in out["dense"].window.items():
+        got_s, got_c = out["fused"].window[name]
         assert got_c == c, name
         np.testing.assert_allclose(got_s, s, rtol=1e-5, atol=1e-6, err_msg=name)
-    before = jax.device_get(built.state["params"])
-    grads = {name: jax.tree.map(lambda a, b: (a - b) / LR, before, out[name]["params"]) for name in out}
+    before = jax.device_get(built.state.params)
+    grads = {name: jax.tree.map(lambda a, b: (a - b) / LR, before, out[name].params) for name in out}
     for path, g in jax.tree_util.tree_leaves_with_path(grads["fused"]):
         want = _at(grads["dense"], path)
         assert np.max(np.abs(want)) > 0, path
