@@ -21,6 +21,10 @@ from distillspec.registry import MODELS, ModelShape
 from distillspec.schedules import ScheduleKind, schedule_value
 
 Dtype = Literal["float32", "bfloat16"]
+# Per-layer rematerialisation of the student's backward pass: `full` keeps only each layer's input and recomputes
+# the layer, `dots` also keeps the layer's weight matmuls (recomputing norms, activations and attention scores),
+# `none` keeps every activation (fastest when it fits: small models, CPU).
+Remat = Literal["full", "dots", "none"]
 FeatureLossType = Literal["cosine", "l2"]
 DataSource = Literal["synthetic", "text", "tokens", "hf", "tfds", "grain"]
 BUNDLED_DATA_SOURCES = ("synthetic", "text", "tokens")
@@ -159,6 +163,7 @@ class ModelSpec(_Block):
     enable_nnx: bool = True
     weight_dtype: Dtype = "float32"
     dtype: Dtype = "float32"
+    remat: Remat = "full"
     # Student only: start from random weights, or from the teacher's with `drop_layers` removed (pruning).
     init: Literal["random", "teacher"] = "random"
     drop_layers: list[NonNegativeInt] = []
@@ -228,20 +233,37 @@ class LoggingSpec(_Block):
 
 
 class MeshSpec(_Block):
-    """Device mesh axis sizes; -1 takes the devices the other axes leave."""
+    """Device mesh axis sizes; -1 takes the devices the other axes leave.
 
-    data: int = -1
-    fsdp: int = 1
+    Unset `data` and `fsdp` (the default) mean: data parallelism across slices (over DCN) and FSDP inside each
+    slice (over ICI), so parameters and optimizer state are sharded within a slice and only gradients cross the
+    data-centre network. An unset axis beside explicit ones takes the remaining devices (-1) when no other axis
+    does, else the slice count (data) or 1 (fsdp)."""
+
+    data: int | None = None
+    fsdp: int | None = None
     tensor: int = 1
 
     @field_validator("data", "fsdp", "tensor")
     @classmethod
-    def _axis_size(cls, value: int) -> int:
-        if value == 0 or value < -1:
+    def _axis_size(cls, value: int | None) -> int | None:
+        if value is not None and (value == 0 or value < -1):
             raise PydanticCustomError(
                 "bad_mesh_axis", "a mesh axis is -1 (fill) or >= 1, got {value}", {"value": value}
             )
         return value
+
+    def resolved_axes(self, slices: int = 1) -> tuple[int, int, int]:
+        """(data, fsdp, tensor) with unset axes decided for `slices` slices (-1 still means "fill")."""
+        data, fsdp, tensor = self.data, self.fsdp, self.tensor
+        if data is None and fsdp is None:
+            return (slices, 1, -1) if tensor == -1 else (slices, -1, tensor)
+        fill_taken = -1 in (data, fsdp, tensor)
+        if data is None:
+            data = slices if fill_taken else -1
+        if fsdp is None:
+            fsdp = 1 if fill_taken else -1
+        return data, fsdp, tensor
 
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -40,12 +40,13 @@ def test_plan_json_is_for_machines():
 
 
 def test_plan_warns_when_the_teacher_will_not_fit(tmp_path):
-    # Llama 3.1 70B teacher, 8B student, default (all data-parallel) mesh on a v5e slice: the guide's
+    # Llama 3.1 70B teacher, 8B student, an all data-parallel mesh on a v5e slice: the guide's
     # "Teacher OOMs at startup", caught before launch
     spec = {
         "student": {"model": "llama3.1-8b"},
         "teacher": {"model": "llama3.1-70b", "load_parameters_path": "gs://t"},
         "loss": {"alpha": 1.0},
+        "mesh": {"data": -1, "fsdp": 1},
     }
     path = write(tmp_path, sweep_data(spec=spec, target={**TARGET, "tpu_type": "v5e-256", "slices": 1}))
     result = invoke("plan", str(path), "--output", "json")

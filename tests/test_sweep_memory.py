@@ -25,15 +25,16 @@ def test_parameter_count_is_llama_8b():
     assert spec().student.shape().param_count() == P
 
 
-def test_default_mesh_replicates_parameters_on_every_chip():
-    m = memory.estimate(spec(), chips=128, hbm_bytes_per_chip=95 * 10**9)
+def test_all_data_parallel_mesh_replicates_parameters_on_every_chip():
+    m = memory.estimate(spec(mesh={"data": -1, "fsdp": 1}), chips=128, hbm_bytes_per_chip=95 * 10**9)
     assert m.param_shards == 1
     assert (m.student_params, m.gradients, m.optimizer_state, m.teacher_params) == (4 * P, 4 * P, 8 * P, 2 * P)
     assert m.fit == "does_not_fit" and m.fraction > 1
 
 
-def test_fsdp_shards_parameters_over_all_chips():
-    m = memory.estimate(spec(mesh={"data": 1, "fsdp": -1}), chips=128, hbm_bytes_per_chip=95 * 10**9)
+@pytest.mark.parametrize("mesh", [{"data": 1, "fsdp": -1}, {}], ids=["explicit", "default"])
+def test_fsdp_shards_parameters_over_all_chips(mesh):
+    m = memory.estimate(spec(mesh=mesh), chips=128, hbm_bytes_per_chip=95 * 10**9)
     assert m.param_shards == 128 and m.student_params == 4 * P // 128 and m.fit == "fits"
 
 

@@ -103,8 +103,8 @@ class _Model:
     shardings: Any
 
 
-def _model(model_spec: ModelSpec, sow: bool, mesh: Mesh) -> _Model:
-    config = ModelConfig.from_spec(model_spec, sow_features=sow)
+def _model(model_spec: ModelSpec, sow: bool, mesh: Mesh, *, trained: bool = False) -> _Model:
+    config = ModelConfig.from_spec(model_spec, sow_features=sow, trained=trained)
     graphdef, abstract_state = abstract_model(config)
     shardings = param_shardings(abstract_state, mesh)
     abstract = jax.tree.map(
@@ -137,7 +137,7 @@ def build(spec: DistillSpec, *, devices: list | None = None, teacher_params: Any
     rows = global_rows(spec, mesh)
     distill = spec.mode == "distill"
     features = distill and spec.loss.feature_loss_on
-    student = _model(spec.student, features, mesh)
+    student = _model(spec.student, features, mesh, trained=True)  # float32 master weights
 
     teacher = None
     if distill:

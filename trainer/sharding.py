@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from distillspec.config import MeshSpec
@@ -43,9 +44,10 @@ LOGICAL_RULES: dict[str, tuple[str, ...] | None] = {
 }
 
 
-def mesh_shape(spec: MeshSpec, num_devices: int) -> tuple[int, int, int]:
-    """Axis sizes (data, fsdp, tensor) with the -1 axis filled; raises UserError when they do not fit."""
-    sizes = [spec.data, spec.fsdp, spec.tensor]
+def mesh_shape(spec: MeshSpec, num_devices: int, slices: int = 1) -> tuple[int, int, int]:
+    """Axis sizes (data, fsdp, tensor) with unset axes decided for `slices` slices (`MeshSpec.resolved_axes`) and
+    the -1 axis filled; raises UserError when they do not fit."""
+    sizes = list(spec.resolved_axes(slices))
     fixed = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % fixed:
@@ -62,10 +64,44 @@ def mesh_shape(spec: MeshSpec, num_devices: int) -> tuple[int, int, int]:
     return tuple(sizes)  # type: ignore[return-value]
 
 
+def slice_count(devices: Sequence[jax.Device]) -> int:
+    """Distinct `slice_index` values of the devices (multi-slice TPU), else 1."""
+    return len({getattr(d, "slice_index", 0) for d in devices}) or 1
+
+
 def make_mesh(spec: MeshSpec, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The mesh over `devices` (default: all). Within a slice devices are laid out for the chip interconnect
+    (`mesh_utils.create_device_mesh`); with several slices (`slice_index`), each axis is split into a part
+    inside slices (ICI) and a part across them (DCN, `create_hybrid_device_mesh`), the cross-slice part taken
+    from `data` first, so FSDP's all-gathers stay inside a slice."""
     devices = list(devices if devices is not None else jax.devices())
-    shape = mesh_shape(spec, len(devices))
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+    slices = slice_count(devices)
+    shape = mesh_shape(spec, len(devices), slices)
+    if slices > 1:
+        dcn = _dcn_split(shape, slices)
+        ici = tuple(size // across for size, across in zip(shape, dcn))
+        grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, allow_split_physical_axes=True)
+    else:
+        try:
+            grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        except (ValueError, NotImplementedError, AssertionError):  # a layout the topology helper cannot place
+            grid = np.asarray(devices).reshape(shape)
+    return Mesh(grid, MESH_AXES)
+
+
+def _dcn_split(shape: tuple[int, int, int], slices: int) -> tuple[int, int, int]:
+    """How many slices each axis spans (their product is `slices`): data first, then fsdp, then tensor."""
+    left, out = slices, []
+    for size in shape:
+        across = math.gcd(size, left)
+        out.append(across)
+        left //= across
+    if left != 1:
+        raise UserError(
+            f"mesh {dict(zip(MESH_AXES, shape))} cannot be split over {slices} slices",
+            "make the data axis (or data × fsdp) a multiple of the slice count",
+        )
+    return tuple(out)  # type: ignore[return-value]
 
 
 def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
@@ -109,3 +145,33 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def expected_processes(env: dict[str, str]) -> tuple[int | None, str]:
+    """The JAX process count a multi-host TPU environment promises (slices × hosts per slice) and the variables
+    it was read from; (None, "") when the environment says nothing. Hosts per slice: the entries of
+    `TPU_WORKER_HOSTNAMES`; slices: `MEGASCALE_NUM_SLICES` (1 when unset)."""
+    hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+    slices_text = env.get("MEGASCALE_NUM_SLICES", "")
+    if not hosts and not slices_text:
+        return None, ""
+    try:
+        slices = int(slices_text) if slices_text else 1
+    except ValueError:
+        raise UserError(
+            f"MEGASCALE_NUM_SLICES={slices_text!r} is not a whole number", "check the JobSet's environment"
+        ) from None
+    seen = f"MEGASCALE_NUM_SLICES={slices_text or '(unset)'}, TPU_WORKER_HOSTNAMES lists {len(hosts) or 1} host(s)"
+    return slices * max(len(hosts), 1), seen
+
+
+def check_process_count(env: dict[str, str], process_count: int) -> None:
+    """Raise UserError (exit 1) when the JAX processes that joined are not the slices × hosts the environment
+    describes: otherwise every pod would train alone and write the same output directory."""
+    expected, seen = expected_processes(env)
+    if expected is not None and process_count != expected:
+        raise UserError(
+            f"{process_count} JAX process(es) joined, but the environment describes {expected} ({seen})",
+            "check that jax.distributed found every host (TPU_WORKER_HOSTNAMES, MEGASCALE_* variables) and that "
+            "the JobSet runs one pod per host of every slice",
+        )

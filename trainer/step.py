@@ -78,7 +78,10 @@ def make_optimizer(spec: DistillSpec) -> optax.GradientTransformation:
         return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) != "scale", params)
 
     chain = [optax.clip_by_global_norm(o.grad_clip_norm)] if o.grad_clip_norm else []
-    chain += [optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps), optax.add_decayed_weights(o.weight_decay, decay_mask)]
+    # float32 first moment whatever the parameters' dtype (the second follows the parameters, which the trainer
+    # keeps as float32 master weights: `ModelConfig.from_spec(trained=True)`).
+    adam = optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps, mu_dtype=jnp.float32)
+    chain += [adam, optax.add_decayed_weights(o.weight_decay, decay_mask)]
     return optax.chain(*chain)
 
 

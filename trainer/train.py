@@ -176,6 +176,9 @@ def _initialize_distributed(process: ProcessOptions) -> None:
             ) from None
     elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
         jax.distributed.initialize()  # TPU pods: the peers are found from the environment
+        from trainer.sharding import check_process_count
+
+        check_process_count(dict(os.environ), jax.process_count())
 
 
 class _Session:

@@ -88,7 +88,8 @@ class MemoryEstimate:
 
 def mesh_sizes(mesh: MeshSpec, devices: int) -> dict[str, int]:
     """Axis sizes with the -1 axis filled; an axis that cannot be filled evenly is rounded down (>= 1)."""
-    sizes = {"data": mesh.data, "fsdp": mesh.fsdp, "tensor": mesh.tensor}
+    data, fsdp, tensor = mesh.resolved_axes()  # one slice: unset axes mean FSDP over every chip
+    sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
     fixed = 1
     for size in sizes.values():
         if size != -1:

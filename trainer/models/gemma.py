@@ -24,6 +24,8 @@ class Gemma2Pair(nnx.Module):
         self.sliding = DecoderLayer(shape, weight_dtype=weight_dtype, dtype=dtype, sow=False, rngs=rngs)
         self.full = DecoderLayer(shape, weight_dtype=weight_dtype, dtype=dtype, sow=sow, rngs=rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, local: Any = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, local: Any = None, segment_ids: jax.Array | None = None
+    ) -> jax.Array:
         del local  # the pair's kinds are fixed
-        return self.full(self.sliding(x, positions, True), positions, False)
+        return self.full(self.sliding(x, positions, True, segment_ids), positions, False, segment_ids)

@@ -86,25 +86,71 @@ def rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, softcap: float | None, window) -> jax.Array:
+def segment_positions(segment_ids: jax.Array) -> jax.Array:
+    """Positions `[B, T]` (int32) that restart at 0 where `segment_ids [B, T]` changes: each packed document is
+    positioned as if it were alone in its row."""
+    t = segment_ids.shape[-1]
+    index = jnp.arange(t, dtype=jnp.int32)
+    change = jnp.concatenate(
+        [jnp.ones_like(segment_ids[..., :1], bool), segment_ids[..., 1:] != segment_ids[..., :-1]], axis=-1
+    )
+    starts = jax.lax.cummax(jnp.where(change, index, 0), axis=segment_ids.ndim - 1)
+    return index - starts
+
+
+def _mask(t: int, s: int, window, segment_ids: jax.Array | None, *, causal: bool) -> jax.Array | None:
+    """Boolean mask `[B or 1, 1, T, S]` (True: may attend) of what `jax.nn.dot_product_attention`'s static
+    arguments cannot say: a traced window (Gemma 3 in a scan) and packed documents; with `causal`, also the causal
+    and static-window parts (the explicit path). None when nothing is left to mask."""
+    i = jnp.arange(t)[:, None]
+    j = jnp.arange(s)[None, :]
+    allowed = None
+    if causal:
+        allowed = j <= i  # [T, S]
+        if isinstance(window, int):
+            allowed = allowed & (i - j < window)
+    if window is not None and not isinstance(window, int):
+        is_local, size = window
+        local = (i - j < size) | ~is_local
+        allowed = local if allowed is None else allowed & local
+    mask = None if allowed is None else allowed[None, None]  # [1, 1, T, S]
+    if segment_ids is not None:
+        same = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]  # [B, 1, T, S]
+        mask = same if mask is None else mask & same
+    return mask
+
+
+def attend(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    scale: float,
+    softcap: float | None,
+    window,
+    segment_ids: jax.Array | None = None,
+) -> jax.Array:
     """Causal grouped-query attention: q `[B, T, H, K]`, k and v `[B, S, N, K]` -> `[B, T, H, K]`.
 
     `window`: None (global), an int (every query sees that many keys, itself included), or a traced pair
-    `(is_local, size)` when the layer's kind is only known inside a scan (Gemma 3)."""
+    `(is_local, size)` when the layer's kind is only known inside a scan (Gemma 3). `segment_ids [B, T]` (packed
+    data): a query sees only keys of its own segment.
+
+    Without a soft cap this is `jax.nn.dot_product_attention` (scores in float32, softmax in float32, the
+    platform's fused kernel where one applies); it has no logit soft-cap, so soft-capped families (Gemma 2) take
+    the explicit path, which computes the same thing with the cap applied before the mask."""
+    if softcap is None:
+        static_window = (window - 1, 0) if isinstance(window, int) else None
+        mask = _mask(q.shape[1], k.shape[1], window, segment_ids, causal=False)
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=mask, scale=scale, is_causal=True, local_window_size=static_window
+        ).astype(v.dtype)
     b, t, h, kd = q.shape
     n = k.shape[2]
     qg = q.reshape(b, t, n, h // n, kd)  # [B, T, N, G, K]
     scores = jnp.einsum("btngk,bsnk->bngts", qg, k, preferred_element_type=jnp.float32) * scale
-    if softcap is not None:
-        scores = softcap * jnp.tanh(scores / softcap)
-    i = jnp.arange(t)[:, None]
-    j = jnp.arange(k.shape[1])[None, :]
-    allowed = j <= i  # [T, S]
-    if isinstance(window, int):
-        allowed = allowed & (i - j < window)
-    elif window is not None:
-        is_local, size = window
-        allowed = allowed & ((i - j < size) | ~is_local)
+    scores = softcap * jnp.tanh(scores / softcap)
+    allowed = _mask(t, k.shape[1], window, segment_ids, causal=True)[:, :, None]  # [B or 1, 1, 1, T, S]
     scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bngts,bsnk->btngk", probs, v)
@@ -126,8 +172,11 @@ class Attention(nnx.Module):
             self.k_norm = RMSNorm(k, s.norm_eps, plus_one=s.is_gemma, dtype=w)
         self.shape, self.dtype, self.sow_features = shape, dtype, sow
 
-    def __call__(self, x: jax.Array, positions: jax.Array, local: Any) -> jax.Array:
-        """x `[B, T, D]`, positions `[B, T]`; `local` True/False, or a traced bool (Gemma 3 in a scan)."""
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, local: Any, segment_ids: jax.Array | None = None
+    ) -> jax.Array:
+        """x `[B, T, D]`, positions `[B, T]`; `local` True/False, or a traced bool (Gemma 3 in a scan);
+        `segment_ids [B, T]` keeps packed documents from attending to each other."""
         s, dt = self.shape, self.dtype
         q = jnp.einsum("btd,dhk->bthk", x, self.wq[...].astype(dt))  # [B, T, H, K]
         k = jnp.einsum("btd,dnk->btnk", x, self.wk[...].astype(dt))  # [B, T, N, K]
@@ -145,7 +194,9 @@ class Attention(nnx.Module):
         q = constrain(rope(q, positions, inv_freq), ("act_batch", "act_length", "act_heads", None))
         k = rope(k, positions, inv_freq)
         scale = (s.query_pre_attn_scalar or s.head_dim) ** -0.5
-        out = attend(q, k, v, scale=scale, softcap=s.attn_softcap, window=window)  # [B, T, H, K]
+        out = attend(
+            q, k, v, scale=scale, softcap=s.attn_softcap, window=window, segment_ids=segment_ids
+        )  # [B, T, H, K]
         out = jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(dt))  # [B, T, D]
         if self.sow_features:
             self.sow(nnx.Intermediate, FEATURES, out)
@@ -183,8 +234,10 @@ class DecoderLayer(nnx.Module):
             self.post_mlp_norm = RMSNorm(s.emb_dim, s.norm_eps, plus_one=True, dtype=w)
         self.post_norms = g
 
-    def __call__(self, x: jax.Array, positions: jax.Array, local: Any) -> jax.Array:  # [B, T, D] -> [B, T, D]
-        h = self.attention(self.attention_norm(x), positions, local)
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, local: Any, segment_ids: jax.Array | None = None
+    ) -> jax.Array:  # [B, T, D] -> [B, T, D]
+        h = self.attention(self.attention_norm(x), positions, local, segment_ids)
         x = x + (self.post_attention_norm(h) if self.post_norms else h)
         h = self.mlp(self.mlp_norm(x))
         x = x + (self.post_mlp_norm(h) if self.post_norms else h)

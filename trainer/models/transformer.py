@@ -24,11 +24,15 @@ from flax import nnx
 from distillspec.config import ModelSpec
 from distillspec.registry import FAMILIES, ModelShape
 from trainer.models.gemma import Gemma2Pair
-from trainer.models.layers import FEATURES, DecoderLayer, RMSNorm, fan_in, param
+from trainer.models.layers import FEATURES, DecoderLayer, RMSNorm, fan_in, param, segment_positions
 from trainer.sharding import constrain
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 UNROLL_UP_TO = 4
+# What the backward pass keeps of each stack entry's forward (`jax.checkpoint` policies): "full" keeps nothing but
+# the entry's input, "dots" keeps matmul results without batch dimensions (the weight projections; attention
+# scores and elementwise work are recomputed). "none" is no checkpoint at all.
+REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 __all__ = [
     "FEATURES",
@@ -52,14 +56,20 @@ class ModelConfig:
     scan_layers: bool = True
     sow_features: bool = False
     scan_unroll: int = 1  # layers per scan iteration; parameters stay stacked either way
+    remat: str = "none"  # per-layer rematerialisation: "full", "dots" or "none" (see `REMAT_POLICIES`)
 
     @classmethod
-    def from_spec(cls, spec: ModelSpec, *, sow_features: bool = False) -> ModelConfig:
+    def from_spec(cls, spec: ModelSpec, *, sow_features: bool = False, trained: bool = False) -> ModelConfig:
         """The spec's model. Stacks of at most `UNROLL_UP_TO` layers are scanned fully unrolled: on CPU the loop
-        costs more than it saves (a 2-layer backward pass is ~30% faster), and compile time stays small."""
+        costs more than it saves (a 2-layer backward pass is ~30% faster), and compile time stays small.
+
+        `trained` (the student): parameters are float32 master weights whatever `weight_dtype` says, so the
+        optimizer's moments and updates stay float32; `dtype: bfloat16` still computes in bfloat16 (each weight
+        is cast where it is used). A frozen teacher is stored in its `weight_dtype`."""
         shape = spec.shape()
         unroll = shape.num_layers if shape.num_layers <= UNROLL_UP_TO else 1
-        return cls(shape, _DTYPES[spec.weight_dtype], _DTYPES[spec.dtype], spec.scan_layers, sow_features, unroll)
+        weights = jnp.float32 if trained else _DTYPES[spec.weight_dtype]
+        return cls(shape, weights, _DTYPES[spec.dtype], spec.scan_layers, sow_features, unroll, spec.remat)
 
 
 def _block(config: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
@@ -100,23 +110,30 @@ class Transformer(nnx.Module):
         """Float32 logits `[B, T, V]` for int32 `tokens [B, T]` (the checkpoint API's promise)."""
         return self(tokens)
 
-    def hidden(self, tokens: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    def hidden(self, tokens: jax.Array, segment_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
         """Hidden states after the final norm `[B, T, D]` (compute dtype) for int `tokens [B, T]`, and the
-        out-projection features `[L, B, T, D]` when the model sows them (else None)."""
+        out-projection features `[L, B, T, D]` when the model sows them (else None).
+
+        `segment_ids [B, T]` (packed data, optional): tokens attend only within their segment, and positions
+        restart at 0 where the segment id changes."""
         c, s = self.config, self.config.shape
-        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)  # [B, T]
+        if segment_ids is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)  # [B, T]
+        else:
+            positions = segment_positions(segment_ids)
         x = jnp.take(self.embed[...], tokens, axis=0)  # [B, T, D]
         if s.is_gemma:  # √d, rounded to the weights' dtype first, as Gemma does
             x = x * jnp.asarray(math.sqrt(s.emb_dim), self.embed[...].dtype)
         x = constrain(x.astype(c.dtype), ("act_batch", "act_length", "act_embed"))
         kinds = [s.is_local(i) for i in range(s.num_layers)] if s.family == "gemma3" else [False] * s.num_layers
         if c.scan_layers:
-            x, features = self._scan(x, positions, jnp.asarray(kinds))
+            x, features = self._scan(x, positions, jnp.asarray(kinds), segment_ids)
         else:
             per_layer = []
             for block, local in zip(self.layers, kinds):
-                x, captured = nnx.capture(block, nnx.Intermediate)(x, positions, local)
-                per_layer.append(_sown(captured))
+                graphdef, state = nnx.split(block)
+                x, sown = _entry(graphdef, local, c.remat, scanned=False)(state, x, positions, segment_ids)
+                per_layer.append(sown)
             features = jnp.stack(per_layer) if c.sow_features else None
         return self.final_norm(x), (features if c.sow_features else None)
 
@@ -125,9 +142,10 @@ class Transformer(nnx.Module):
         head = self.embed[...] if self.lm_head is None else self.lm_head[...]
         return head.astype(self.config.dtype)
 
-    def __call__(self, tokens: jax.Array) -> jax.Array:  # [B, T] int -> [B, T, V] float32
+    def __call__(self, tokens: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+        """[B, T] int (and optional segment ids [B, T]) -> [B, T, V] float32."""
         s = self.config.shape
-        x, features = self.hidden(tokens)
+        x, features = self.hidden(tokens, segment_ids)
         if self.config.sow_features:
             self.sow(nnx.Intermediate, FEATURES, features)  # [L, B, T, D]
         logits = jnp.einsum("btd,vd->btv", x, self.head(), preferred_element_type=jnp.float32)
@@ -135,18 +153,38 @@ class Transformer(nnx.Module):
             logits = s.final_softcap * jnp.tanh(logits / s.final_softcap)
         return constrain(logits, ("act_batch", "act_length", "act_vocab"))
 
-    def _scan(self, x: jax.Array, positions: jax.Array, kinds: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    def _scan(
+        self, x: jax.Array, positions: jax.Array, kinds: jax.Array, segment_ids: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array | None]:
         graphdef, layer_state = nnx.split(self.layers)
-        sow, dynamic = self.config.sow_features, self.config.shape.family == "gemma3"
+        c = self.config
+        dynamic = c.shape.family == "gemma3"
 
         def body(carry: jax.Array, xs) -> tuple[jax.Array, jax.Array | None]:
             state, local = xs
-            block = nnx.merge(graphdef, state)
-            y, captured = nnx.capture(block, nnx.Intermediate)(carry, positions, local if dynamic else False)
-            return y, (_sown(captured) if sow else None)
+            entry = _entry(graphdef, local if dynamic else False, c.remat, scanned=True)
+            y, sown = entry(state, carry, positions, segment_ids)
+            return y, (sown if c.sow_features else None)
 
         # features: [L, B, T, D]
-        return jax.lax.scan(body, x, (layer_state, kinds), unroll=self.config.scan_unroll)
+        return jax.lax.scan(body, x, (layer_state, kinds), unroll=c.scan_unroll)
+
+
+def _entry(graphdef: nnx.GraphDef, local: Any, remat: str, *, scanned: bool) -> Any:
+    """One stack entry as a pure function `(state, x, positions, segment_ids) -> (y, sown or None)`, under
+    `jax.checkpoint` with the remat policy unless it is "none". In a scan, CSE cannot merge the recomputation
+    with the forward pass across iterations, so `prevent_cse` is off there (JAX's advice for scanned remat)."""
+
+    def run(state, x, positions, segment_ids):
+        block = nnx.merge(graphdef, state)
+        y, captured = nnx.capture(block, nnx.Intermediate)(x, positions, local, segment_ids)
+        return y, _sown(captured)
+
+    if remat == "none":
+        return run
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {remat!r}; known: none, {', '.join(REMAT_POLICIES)}")
+    return jax.checkpoint(run, policy=REMAT_POLICIES[remat], prevent_cse=not scanned)
 
 
 def _sown(captured: nnx.State) -> jax.Array | None:
@@ -155,17 +193,21 @@ def _sown(captured: nnx.State) -> jax.Array | None:
     return leaves[0] if leaves else None
 
 
-def forward(model: Transformer, tokens: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+def forward(
+    model: Transformer, tokens: jax.Array, segment_ids: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array | None]:
     """Logits `[B, T, V]` and, when the model sows them, out-projection features `[L, B, T, D]`."""
-    logits, captured = nnx.capture(model, nnx.Intermediate)(tokens)
+    logits, captured = nnx.capture(model, nnx.Intermediate)(tokens, segment_ids)
     return logits, (_sown(captured) if model.config.sow_features else None)
 
 
-def forward_hidden(model: Transformer, tokens: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+def forward_hidden(
+    model: Transformer, tokens: jax.Array, segment_ids: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """What the fused loss takes instead of logits: hidden states after the final norm `[B, T, D]`, the LM head
     `[V, D]` and, when the model sows them, features `[L, B, T, D]` (the model's final soft cap goes to the loss
     separately: `StepModels.hidden_loss`)."""
-    hidden, features = model.hidden(tokens)
+    hidden, features = model.hidden(tokens, segment_ids)
     return hidden, model.head(), features
 
 

@@ -1,0 +1,80 @@
+"""The default mesh is FSDP inside a slice and data parallel across slices; explicit axes still win; multi-host
+start-up refuses a process count the TPU environment does not describe."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from trainer_support import REPO, python_env
+
+pytest.importorskip("jax")
+
+from distillspec.config import MeshSpec  # noqa: E402
+from trainer.exit_codes import UserError  # noqa: E402
+from trainer.sharding import _dcn_split, check_process_count, expected_processes, mesh_shape  # noqa: E402
+
+
+def test_unset_axes_mean_fsdp_inside_slices_and_data_across():
+    assert mesh_shape(MeshSpec(), 8) == (1, 8, 1)
+    assert mesh_shape(MeshSpec(), 128, slices=2) == (2, 64, 1)
+    assert mesh_shape(MeshSpec(tensor=4), 128, slices=2) == (2, 16, 4)
+    assert mesh_shape(MeshSpec(data=-1, fsdp=1), 8) == (8, 1, 1)  # today's all-data-parallel, when asked for
+    assert mesh_shape(MeshSpec(fsdp=4), 8) == (2, 4, 1)  # an unset axis takes what is left
+    assert mesh_shape(MeshSpec(fsdp=-1), 16, slices=2) == (2, 8, 1)
+    assert mesh_shape(MeshSpec(data=2), 8) == (2, 4, 1)
+
+
+def test_slices_are_taken_from_data_first():
+    assert _dcn_split((2, 64, 1), 2) == (2, 1, 1)
+    assert _dcn_split((1, 16, 1), 4) == (1, 4, 1)  # data 1: FSDP spans slices (the user asked for it)
+    with pytest.raises(UserError, match="cannot be split over 3 slices"):
+        _dcn_split((2, 4, 1), 3)
+
+
+def test_process_count_must_match_the_tpu_environment():
+    env = {"TPU_WORKER_HOSTNAMES": "h0,h1,h2,h3", "MEGASCALE_NUM_SLICES": "2"}
+    assert expected_processes(env) == (8, "MEGASCALE_NUM_SLICES=2, TPU_WORKER_HOSTNAMES lists 4 host(s)")
+    check_process_count(env, 8)
+    with pytest.raises(UserError, match=r"1 JAX process\(es\) joined, but the environment describes 8") as e:
+        check_process_count(env, 1)
+    assert "MEGASCALE_NUM_SLICES=2" in e.value.message
+    assert expected_processes({}) == (None, "")
+    check_process_count({}, 1)
+    assert expected_processes({"TPU_WORKER_HOSTNAMES": "h0,h1"})[0] == 2
+
+
+SCRIPT = """
+import jax
+from flax import nnx
+from distillspec.config import MeshSpec
+from trainer.models import ModelConfig, abstract_model
+from distillspec.registry import MODELS
+from trainer.setup import param_shardings
+from trainer.sharding import make_mesh
+
+mesh = make_mesh(MeshSpec())
+print("shape", dict(mesh.shape))
+_, abstract = abstract_model(ModelConfig(MODELS["tiny-4l"]))
+shardings = param_shardings(abstract, mesh)
+shapes = nnx.to_pure_dict(abstract)
+sharded = replicated = 0
+for s, a in zip(jax.tree.leaves(shardings), jax.tree.leaves(shapes)):
+    shard = s.shard_shape(a.shape)
+    if shard != a.shape:
+        sharded += 1
+    else:
+        replicated += 1
+    if a.size >= 4096:  # every matrix; norm scales [L, D] stay replicated by design
+        assert shard != a.shape, (a.shape, s.spec)
+print("sharded", sharded, "replicated", replicated)
+"""
+
+
+def test_default_mesh_shards_parameters_on_eight_devices():
+    env = python_env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "shape {'data': 1, 'fsdp': 8, 'tensor': 1}" in done.stdout
+    assert "sharded 0" not in done.stdout, done.stdout
