@@ -8,7 +8,6 @@ report what they can: a user sees every problem in one pass.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import re
 import typing
@@ -21,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from distillspec import checks, maxtext_format
 from distillspec.config import BATCH_SHAPE_KEYS, BatchSpec, DistillSpec
 from distillspec.problems import Loc, Problem, format_loc, has_errors
-from distillspec.yaml_source import YamlDocument, YamlSourceError, parse_yaml, read_text_file
+from distillspec.yaml_source import YamlDocument, YamlSourceError, copy_plain, parse_yaml, read_text_file
 
 _REPAIR_ROUNDS = 8
 
@@ -139,7 +138,7 @@ def validate_data(
     data: dict[str, Any], *, batch_keys_home: str = "`batch:`"
 ) -> tuple[DistillSpec | None, list[Problem]]:
     """Validate native-layout data; returns the spec (None on any error) and problems with native locs."""
-    data = copy.deepcopy(data)
+    data = copy_plain(data)
     problems = _batch_shape_in_models(data, batch_keys_home)
     spec, type_problems = _validate_with_repairs(data)
     problems += type_problems

@@ -43,7 +43,7 @@ from distillspec import maxtext_format, spec_paths, tpu
 from distillspec.contract import ENV_SPEC, RESERVED_ENV, RESERVED_LABELS, RETRYABLE_DESCRIPTION, RETRYABLE_EXIT_CODES
 from distillspec.problems import Loc, Problem, format_loc, has_errors
 from distillspec.specfile import model_in
-from distillspec.yaml_source import YamlDocument, YamlSourceError, parse_yaml, read_text_file
+from distillspec.yaml_source import YamlDocument, YamlSourceError, copy_plain, parse_yaml, read_text_file
 
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -172,7 +172,7 @@ class SpecSource:
     format: str = "native"
 
     def copy_data(self) -> dict[str, Any]:
-        return copy.deepcopy(dict(self.data))
+        return copy_plain(dict(self.data))
 
     def locate(self, problem: Problem) -> Problem:
         loc = self.translation.to_file_loc(problem.loc) if self.translation else problem.loc

@@ -8,6 +8,7 @@ Anything that would make parsing blow up (huge files, alias bombs, deep nesting)
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -220,3 +221,9 @@ class _Builder:
             self.positions[loc + (key,)] = position
             result[key] = self.build(value_node, loc + (key,))
         return result
+
+
+def copy_plain(data: Any) -> Any:
+    """A deep copy of plain YAML data (mappings, lists, scalars), through pickle: several times faster than
+    copy.deepcopy, which matters when a sweep copies a spec per point at 10,000 points."""
+    return pickle.loads(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))

@@ -154,3 +154,15 @@ def test_console_script_runs_without_jax():
         "assert r.exit_code == 0, r.output; assert 'jax' not in sys.modules, 'jax was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_the_command_lines_defaults_are_the_cores():
+    """orchestrator.cli.options repeats a few core defaults (so start-up imports no core module): equal."""
+    from orchestrator.cli import options
+    from orchestrator.core import expansion, golden, results, run_status
+
+    assert options.DEFAULT_MAX_POINTS == expansion.DEFAULT_MAX_POINTS
+    assert options.DEFAULT_WINDOW == results.DEFAULT_WINDOW
+    assert options.DEFAULT_RTOL == golden.DEFAULT_RTOL
+    assert options.DEFAULT_METRICS == golden.DEFAULT_METRICS
+    assert options.DEFAULT_STALL_SECONDS == run_status.DEFAULT_STALL_SECONDS

@@ -46,7 +46,6 @@ def test_fused_loss_is_chosen_only_when_dense_logits_are_large():
 @pytest.mark.parametrize("feature_loss", [False, True])
 def test_fused_step_equals_dense_step(feature_loss):
     from trainer.models import ModelConfig, abstract_model, host_init
-
     from trainer.setup import build
 
     spec = distill_spec(feature_loss)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from sweep_support import SPEC, TARGET, error_codes, expanded, sweep_data
+from sweep_support import SPEC, SWEEPS, TARGET, error_codes, expanded, sweep_data
 
 from distillspec.config import DistillSpec
-from distillspec.sweep import Target
+from distillspec.sweep import Target, load_sweep
 from orchestrator.core import identity
 
 SPEC_MODEL = DistillSpec.model_validate(SPEC)
@@ -113,3 +113,15 @@ def test_an_xpk_target_applies_xpk_limit(tmp_path):
     target = {**TARGET, "kind": "xpk", "cluster": "c", "tpu_type": "v5p-8", "slices": 1}
     result = expanded(tmp_path, sweep_data(name="a" * 30, target=target))
     assert error_codes(result) == ["xpk_name_too_long"]
+
+
+def test_identify_equals_run_id_and_spec_hash_of_the_final_spec():
+    """The sweep's one-pass identity is the same as the two separate functions."""
+    from orchestrator.core import identity
+    from orchestrator.core.expansion import expand
+
+    result = expand(load_sweep(SWEEPS / "quickstart.yaml"))
+    for run in result.runs:
+        unnamed = run.spec.model_copy(update={"name": "x", "output_dir": "elsewhere"})
+        assert identity.run_id(unnamed, result.sweep.target) == run.run_id
+        assert identity.spec_hash(run.spec) == run.spec_hash

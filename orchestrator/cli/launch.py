@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from orchestrator.cli.options import (
+    DEFAULT_STALL_SECONDS,
     ContextOption,
     ImageOption,
     KubeconfigOption,
@@ -22,8 +23,6 @@ from orchestrator.cli.options import (
     SweepContext,
     YesOption,
 )
-
-DEFAULT_STALL_SECONDS = 900.0  # orchestrator.core.run_status's (a test keeps them equal)
 
 
 class DryRunMode(str, Enum):

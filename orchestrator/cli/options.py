@@ -13,7 +13,13 @@ from typing import Annotated, Optional
 
 import typer
 
-DEFAULT_MAX_POINTS = 64  # orchestrator.core.expansion's, repeated for the help text (a test keeps them equal)
+# The core's defaults, repeated here so that building the command line imports no core module (start-up time);
+# tests/test_cli_spec.py keeps each equal to its source.
+DEFAULT_MAX_POINTS = 64  # orchestrator.core.expansion.DEFAULT_MAX_POINTS
+DEFAULT_WINDOW = 5  # orchestrator.core.results.DEFAULT_WINDOW
+DEFAULT_RTOL = 0.1  # orchestrator.core.golden.DEFAULT_RTOL
+DEFAULT_METRICS = ("distill/kl_div_T1", "distill/hard_loss", "distill/top1_agreement")  # ...golden.DEFAULT_METRICS
+DEFAULT_STALL_SECONDS = 900.0  # orchestrator.core.run_status.DEFAULT_STALL_SECONDS
 
 
 class OutputFormat(str, Enum):

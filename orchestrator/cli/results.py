@@ -18,6 +18,9 @@ from typing import Annotated, Optional
 import typer
 
 from orchestrator.cli.options import (
+    DEFAULT_METRICS,
+    DEFAULT_RTOL,
+    DEFAULT_WINDOW,
     ContextOption,
     GridYesOption,
     ImageOption,
@@ -30,8 +33,6 @@ from orchestrator.cli.options import (
     TpuOption,
     WindowOption,
 )
-from orchestrator.core import golden as golden_file
-from orchestrator.core import results
 
 
 class MatchBy(str, Enum):
@@ -55,6 +56,7 @@ def backend_statuses(access):
     from distillspec.problems import Problem
     from orchestrator.backends import backend_for
     from orchestrator.cli import console
+    from orchestrator.core import results
     from orchestrator.core.status import derive_all
     from orchestrator.errors import DistillctlError
 
@@ -97,7 +99,7 @@ def results_command(
             help="table for people, md for a pull-request comment, csv and json (raw numbers) for machines",
         ),
     ] = ResultsFormat.table,
-    window: WindowOption = results.DEFAULT_WINDOW,
+    window: WindowOption = DEFAULT_WINDOW,
     plot: Annotated[
         Optional[Path],
         typer.Option("--plot", help="write kl_div_T1.png, hard_loss.png and schedules.png to this folder"),
@@ -118,7 +120,7 @@ def results_command(
     Outputs are read from local paths or gs:// URLs (gs:// needs the `gcs` extra).
     """
     from orchestrator.cli import console, results_format
-    from orchestrator.core import gate
+    from orchestrator.core import gate, results
     from orchestrator.errors import UsageError
 
     ctx = SweepContext.build(
@@ -269,13 +271,13 @@ golden_app = typer.Typer(
 def golden_update(
     sweep: SweepArgument,
     out: Annotated[Path, typer.Option("-o", "--out", help="the golden file to write")],
-    window: WindowOption = results.DEFAULT_WINDOW,
+    window: WindowOption = DEFAULT_WINDOW,
     rtol: Annotated[
         float, typer.Option("--rtol", min=0, help="relative tolerance of approx checks (runs without repeated seeds)")
-    ] = golden_file.DEFAULT_RTOL,
+    ] = DEFAULT_RTOL,
     metric: Annotated[
         Optional[list[str]],
-        typer.Option("--metric", help="a metric to check (repeat); default: " + ", ".join(golden_file.DEFAULT_METRICS)),
+        typer.Option("--metric", help="a metric to check (repeat); default: " + ", ".join(DEFAULT_METRICS)),
     ] = None,
     match: Annotated[
         MatchBy,
@@ -302,7 +304,8 @@ def golden_update(
     Other runs get an approx check with --rtol. Refuses (exit 2) while any run has not succeeded.
     """
     from orchestrator.cli import console
-    from orchestrator.core import gate
+    from orchestrator.core import gate, results
+    from orchestrator.core import golden as golden_file
     from orchestrator.core.run_status import Phase
     from orchestrator.errors import UsageError
 

@@ -170,8 +170,17 @@ def expand(source: SweepSource, *, max_points: int | None = DEFAULT_MAX_POINTS) 
     outputs = {p.prerequisite: p for p in prerequisites}
     points: list[Point] = []
     grouped: dict[tuple, list[str]] = {}
+    # Placeholders can only come from the base spec, the sweep's overrides or an axis value: look once.
+    templated = bool(
+        outputs
+        and (
+            _referenced(dict(source.base.data))
+            or _referenced(dict(sweep.overrides))
+            or any(_referenced(value) for draft in drafts for _, _, value in draft.assignments)
+        )
+    )
     for draft in drafts:
-        point, found = _point(sweep, source, draft, outputs)
+        point, found = _point(sweep, source, draft, outputs, templated)
         for p in found:
             grouped.setdefault((p.loc, p.file, p.line, p.column, p.code, p.message, p.hint, p.severity), []).append(
                 _label(draft.index, draft.axis_values, draft.is_baseline)
@@ -291,8 +300,10 @@ def _build(
     assignments: tuple[tuple[Loc, str, Any], ...],
     override_loc: Loc,
     outputs: Mapping[str, Point],
+    templated: bool = True,
 ) -> tuple[DistillSpec | None, dict[str, str], list[Problem]]:
-    """Validate one run's spec data; problems are located where the offending value is written."""
+    """Validate one run's spec data; problems are located where the offending value is written. `templated`
+    False says no value can hold a `${prerequisites...}` placeholder (nothing to look for or fill)."""
     data = base.copy_data()
     origins: list[tuple[Loc, Loc]] = []  # (native loc, file loc)
     for text, value in overrides.items():
@@ -303,8 +314,10 @@ def _build(
         native = spec_paths.resolve(text)
         spec_paths.set_value(data, native, copy.deepcopy(value))
         origins.append((native, file_loc))
-    depends_on = {name: outputs[name].run_id for name in sorted(_referenced(data)) if name in outputs}
-    data = _fill(data, outputs)
+    mentioned = _referenced(data) if templated else set()
+    depends_on = {name: outputs[name].run_id for name in sorted(mentioned) if name in outputs}
+    if mentioned:
+        data = _fill(data, outputs)
     spec, found = validate_data(data)
     located = []
     for p in found:
@@ -328,7 +341,7 @@ def _finish(
     prerequisite: str | None,
 ) -> Point:
     target = sweep.target
-    run = identity.run_id(spec, target)
+    run, spec_hash = identity.identify(spec, target)
     final = spec.model_copy(update={"name": run, "output_dir": target.output_base})
     return Point(
         sweep=sweep.name,
@@ -336,7 +349,7 @@ def _finish(
         axis_values=MappingProxyType(dict(axis_values)),
         spec=final,
         run_id=run,
-        spec_hash=identity.spec_hash(final),
+        spec_hash=spec_hash,
         jobset_name=identity.jobset_name(sweep.name, run),
         output_path=identity.output_path(target.output_base, run),
         is_baseline=is_baseline,
@@ -368,10 +381,12 @@ def _in_file(source: SweepSource, problem: Problem) -> Problem:
 
 
 def _point(
-    sweep: Sweep, source: SweepSource, draft: _Draft, outputs: Mapping[str, Point]
+    sweep: Sweep, source: SweepSource, draft: _Draft, outputs: Mapping[str, Point], templated: bool = True
 ) -> tuple[Point | None, list[Problem]]:
     assert source.base is not None
-    spec, depends_on, found = _build(sweep, source.base, sweep.overrides, draft.assignments, ("overrides",), outputs)
+    spec, depends_on, found = _build(
+        sweep, source.base, sweep.overrides, draft.assignments, ("overrides",), outputs, templated
+    )
     found = [_in_file(source, p) for p in found]
     if spec is None:
         return None, found

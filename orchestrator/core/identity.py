@@ -58,25 +58,43 @@ def target_identity(target: Target) -> dict[str, Any]:
 
 
 def identity_payload(spec: DistillSpec, target: Target) -> dict[str, Any]:
-    resolved = spec.resolved().model_dump(mode="json")
-    for derived in ("name", "output_dir"):
-        resolved.pop(derived)
+    return _payload(spec.resolved().model_dump(mode="json"), target)
+
+
+def _payload(resolved: dict[str, Any], target: Target) -> dict[str, Any]:
+    """The identity of a run from its resolved spec as JSON data (not modified)."""
+    spec = {k: v for k, v in resolved.items() if k not in ("name", "output_dir")}
     # An extra copy of the result in another format, not a different result.
-    resolved["checkpoint"].pop("export", None)
-    return {"scheme": IDENTITY_SCHEME, "spec": resolved, "run": target_identity(target)}
+    spec["checkpoint"] = {k: v for k, v in spec["checkpoint"].items() if k != "export"}
+    return {"scheme": IDENTITY_SCHEME, "spec": spec, "run": target_identity(target)}
+
+
+def identify(spec: DistillSpec, target: Target) -> tuple[str, str]:
+    """`(run_id(spec, target), spec_hash(<spec named run id, output_dir the target's output base>))`, resolving
+    the spec once (a sweep does this per point)."""
+    resolved = spec.resolved().model_dump(mode="json")
+    run = _digest_id(_payload(resolved, target))
+    final = {**resolved, "name": run, "output_dir": target.output_base}
+    return run, _digest_hash(final)
+
+
+def _digest_id(payload: dict[str, Any]) -> str:
+    digest = hashlib.sha256(canonical_json(payload).encode()).digest()
+    return base64.b32encode(digest).decode().lower()[:RUN_ID_LENGTH]
+
+
+def _digest_hash(resolved: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(resolved).encode()).hexdigest()[:SPEC_HASH_LENGTH]
 
 
 def run_id(spec: DistillSpec, target: Target) -> str:
     """`RUN_ID_LENGTH` lower-case base32 characters (a-z, 2-7) of the payload's sha256: DNS-safe."""
-    digest = hashlib.sha256(canonical_json(identity_payload(spec, target)).encode()).digest()
-    return base64.b32encode(digest).decode().lower()[:RUN_ID_LENGTH]
+    return _digest_id(identity_payload(spec, target))
 
 
 def spec_hash(spec: DistillSpec) -> str:
     """Hex sha256 prefix of the exact resolved spec handed to the trainer (name and output_dir included)."""
-    return hashlib.sha256(canonical_json(spec.resolved().model_dump(mode="json")).encode()).hexdigest()[
-        :SPEC_HASH_LENGTH
-    ]
+    return _digest_hash(spec.resolved().model_dump(mode="json"))
 
 
 def jobset_name(sweep: str, run: str) -> str:

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import os
+import re
 import sysconfig
 from functools import cache
 from pathlib import Path
@@ -179,6 +179,7 @@ def environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        auto_reload=False,  # one process renders thousands of manifests from one template: no stat per render
     )
     env.filters["tojson"] = yaml_scalar
     return env
@@ -187,6 +188,9 @@ def environment() -> jinja2.Environment:
 # YAML 1.1's printable set, minus its line breaks (NEL, LS, PS), which a double-quoted scalar would fold, and the
 # BOM: everything else is written as a \u escape. One regex over the text, not a test per character.
 _NOT_PRINTABLE = re.compile("[^\t\n\r\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]")
+
+
+_encode_string = json.encoder.encode_basestring  # json.dumps(text, ensure_ascii=False), without its set-up
 
 
 def _escape(match: re.Match) -> str:
@@ -198,6 +202,10 @@ def yaml_scalar(value: Any) -> str:
     break the document. Not HTML-escaped (Jinja's own `tojson` is, for HTML). Characters YAML would not keep
     as they are (line separators, C1 controls, BOM) are written as \\u escapes, and exponent floats get a
     decimal point (`1.0e-06`: YAML 1.1 reads `1e-06` as a string)."""
+    if value is None or value is True or value is False or type(value) is int:
+        return json.dumps(value) if type(value) is not int else str(value)  # the hot cases: exit codes, ports
+    if type(value) is str:
+        return _NOT_PRINTABLE.sub(_escape, _encode_string(value))
     if isinstance(value, dict):
         return "{" + ", ".join(f"{yaml_scalar(str(k))}: {yaml_scalar(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
