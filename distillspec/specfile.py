@@ -20,7 +20,15 @@ from pydantic import BaseModel, ValidationError
 from distillspec import checks, maxtext_format
 from distillspec.config import BATCH_SHAPE_KEYS, BatchSpec, DistillSpec
 from distillspec.problems import Loc, Problem, format_loc, has_errors
-from distillspec.yaml_source import YamlDocument, YamlSourceError, copy_plain, parse_yaml, read_text_file
+from distillspec.pydantic_problems import problems_from
+from distillspec.yaml_source import (
+    YamlDocument,
+    YamlSourceError,
+    copy_plain,
+    parse_yaml,
+    read_text_file,
+    source_problem,
+)
 
 _REPAIR_ROUNDS = 8
 
@@ -56,7 +64,7 @@ def read_spec_file(path: str | Path) -> SpecReport:
     try:
         document = parse_yaml(read_text_file(path))
     except YamlSourceError as e:
-        return SpecReport(file, None, (_source_problem(e, file),))
+        return SpecReport(file, None, (source_problem(e, file),))
     return validate_document(document, file=file)
 
 
@@ -64,13 +72,8 @@ def read_spec_text(text: str, *, file: str | None = None) -> SpecReport:
     try:
         document = parse_yaml(text)
     except YamlSourceError as e:
-        return SpecReport(file, None, (_source_problem(e, file),))
+        return SpecReport(file, None, (source_problem(e, file),))
     return validate_document(document, file=file)
-
-
-def _source_problem(e: YamlSourceError, file: str | None) -> Problem:
-    p = e.position
-    return Problem((), e.code, e.message, e.hint, file=file, line=p.line if p else None, column=p.column if p else None)
 
 
 def validate_document(document: YamlDocument, *, file: str | None = None) -> SpecReport:
@@ -187,7 +190,7 @@ def _validate_with_repairs(data: dict[str, Any]) -> tuple[DistillSpec | None, li
         try:
             return DistillSpec.model_validate(data), problems
         except ValidationError as e:
-            found = _from_pydantic(e, data)
+            found = problems_from(e, data, root="the spec", did_you_mean=_did_you_mean, hints=HINTS)
         # A key set aside in an earlier round may now be "missing": that is the same problem, already reported.
         new = [p for p in found if not any(_related(p.loc, old.loc) for old in problems)]
         if not new:
@@ -217,80 +220,6 @@ def _set_aside(data: dict[str, Any], locs: list[Loc]) -> bool:
             else:
                 break
     return removed
-
-
-def _real_loc(data: Any, loc: tuple) -> Loc:
-    """Drop pydantic's union-member tags (`'list[int]'`, `'str'`) from a loc, keeping the keys the data has."""
-    real: list[str | int] = []
-    node = data
-    for part in loc:
-        if isinstance(node, dict) and part in node:
-            real.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            real.append(part)
-            node = node[part]
-        elif isinstance(node, dict) and isinstance(part, str) and not _is_tag(part):
-            real.append(part)  # a missing or unknown key
-            node = None
-    return tuple(real)
-
-
-def _is_tag(part: str) -> bool:
-    return any(ch in part for ch in "[]()-") or part in {"str", "int", "float", "bool", "none", "list", "dict"}
-
-
-def _from_pydantic(error: ValidationError, data: dict[str, Any]) -> list[Problem]:
-    by_loc: dict[Loc, list[dict]] = {}
-    for err in error.errors(include_url=False):
-        by_loc.setdefault(_real_loc(data, err["loc"]), []).append(err)
-    # A union reports one error per member; where one member got deeper (a bad list item), keep that one.
-    locs = [loc for loc in by_loc if not any(other != loc and other[: len(loc)] == loc for other in by_loc)]
-    return [_problem(loc, by_loc[loc]) for loc in locs]
-
-
-def _problem(loc: Loc, errors: list[dict]) -> Problem:
-    err = errors[0]
-    kind, key = err["type"], (loc[-1] if loc else "")
-    where = format_loc(loc) or "the spec"
-    value = err.get("input")
-    if kind == "extra_forbidden":
-        return Problem(
-            loc, "unknown_key", f"unknown key {key!r} in {format_loc(loc[:-1]) or 'the spec'}", _did_you_mean(loc)
-        )
-    if kind == "missing":
-        return Problem(loc, "missing_key", f"{where} is required", f"add `{key}:`")
-    if kind in HINTS or kind in ("wrong_type",):
-        return Problem(loc, kind, err["msg"], HINTS.get(kind, ""))
-    if kind == "literal_error":
-        expected = err.get("ctx", {}).get("expected", "")
-        return Problem(loc, "bad_value", f"{key} must be {expected}; got {value!r}", f"use one of {expected}")
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"):
-        return Problem(loc, "out_of_range", f"{key} {_must(err['msg'])}, got {value!r}", "")
-    expected = " or ".join(dict.fromkeys(_must(e["msg"]).removeprefix("must be ") for e in errors))
-    return Problem(loc, "wrong_type", f"expected {expected}, got {_describe(value)}", _type_hint(value))
-
-
-def _must(msg: str) -> str:
-    return msg.replace("Input should be", "must be").replace("Input should", "must")
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, (dict, list)):
-        return f"a {'mapping' if isinstance(value, dict) else 'list'}"
-    return f"{type(value).__name__} {value!r}" if value is not None else "null"
-
-
-def _type_hint(value: Any) -> str:
-    if value == "None":
-        return "write null (YAML's empty value), not None"
-    if isinstance(value, str):
-        try:
-            float(value)
-            return "remove the quotes around the number"
-        except ValueError:
-            pass
-    return ""
 
 
 # Where each MaxText key lives in this layout, to answer `distill_alpha:` or `base_emb_dim:` in a native file.

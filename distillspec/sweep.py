@@ -42,8 +42,16 @@ from pydantic_core import PydanticCustomError
 from distillspec import maxtext_format, spec_paths, tpu
 from distillspec.contract import ENV_SPEC, RESERVED_ENV, RESERVED_LABELS, RETRYABLE_DESCRIPTION, RETRYABLE_EXIT_CODES
 from distillspec.problems import Loc, Problem, format_loc, has_errors
+from distillspec.pydantic_problems import problems_from
 from distillspec.specfile import model_in
-from distillspec.yaml_source import YamlDocument, YamlSourceError, copy_plain, parse_yaml, read_text_file
+from distillspec.yaml_source import (
+    YamlDocument,
+    YamlSourceError,
+    copy_plain,
+    parse_yaml,
+    read_text_file,
+    source_problem,
+)
 
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -216,7 +224,7 @@ def load_sweep(path: str | Path) -> SweepSource:
     try:
         text = read_text_file(path)
     except YamlSourceError as e:
-        return SweepSource(file, None, None, None, MappingProxyType({}), (_source_problem(e, file),))
+        return SweepSource(file, None, None, None, MappingProxyType({}), (source_problem(e, file),))
     return parse_sweep(text, file=file, base_dir=Path(path).parent)
 
 
@@ -231,7 +239,7 @@ def parse_sweep(text: str, *, file: str | None = None, base_dir: str | Path = ".
     try:
         document = parse_yaml(text)
     except YamlSourceError as e:
-        return SweepSource(file, None, None, None, MappingProxyType({}), (_source_problem(e, file),))
+        return SweepSource(file, None, None, None, MappingProxyType({}), (source_problem(e, file),))
     empty = SweepSource(file, document, None, None, MappingProxyType({}), ())
     data = document.data
     if not isinstance(data, dict):
@@ -288,11 +296,6 @@ def override_target(source: SweepSource, **changes: Any) -> SweepSource:
     return dataclasses.replace(source, sweep=sweep, problems=tuple(others + target_problems))
 
 
-def _source_problem(e: YamlSourceError, file: str | None) -> Problem:
-    p = e.position
-    return Problem((), e.code, e.message, e.hint, file=file, line=p.line if p else None, column=p.column if p else None)
-
-
 def _spec_source(
     spec: str | dict[str, Any], loc: Loc, document: YamlDocument, file: str | None, base_dir: Path
 ) -> tuple[SpecSource | None, list[Problem]]:
@@ -330,38 +333,13 @@ def validate_sweep_data(data: dict[str, Any]) -> tuple[Sweep | None, list[Proble
     try:
         return Sweep.model_validate(data), []
     except ValidationError as e:
-        return None, [_problem(err) for err in e.errors(include_url=False)]
+        return None, problems_from(e, data, root="the sweep", did_you_mean=_did_you_mean, hints=HINTS)
 
 
-def _real_loc(loc: tuple) -> Loc:
-    # pydantic adds union member tags (`str`, `dict[str,any]`, `function-after[...]`): not keys of the file
-    return tuple(p for p in loc if isinstance(p, int) or not any(ch in p for ch in "[]()") and p not in ("str", "dict"))
-
-
-def _problem(err: dict) -> Problem:
-    loc = _real_loc(err["loc"])
-    kind, key = err["type"], (loc[-1] if loc else "")
-    if kind == "extra_forbidden":
-        known = _fields_at(loc[:-1])
-        close = get_close_matches(str(key), known, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}?" if close else (f"valid keys here: {', '.join(known)}" if known else "")
-        return Problem(loc, "unknown_key", f"unknown key {key!r} in {format_loc(loc[:-1]) or 'the sweep'}", hint)
-    if kind == "missing":
-        return Problem(loc, "missing_key", f"{format_loc(loc) or 'the sweep'} is required", f"add `{key}:`")
-    if kind in HINTS:
-        return Problem(loc, kind, err["msg"], HINTS[kind])
-    if kind == "literal_error":
-        expected = err.get("ctx", {}).get("expected", "")
-        return Problem(
-            loc, "bad_value", f"{key} must be {expected}; got {err.get('input')!r}", f"use one of {expected}"
-        )
-    message = err["msg"].replace("Input should be", "must be").replace("Input should", "must")
-    value = err.get("input")
-    shown = f"a {'mapping' if isinstance(value, dict) else 'list'}" if isinstance(value, (dict, list)) else repr(value)
-    hint = "quote the value to make it a string" if "valid string" in err["msg"] else ""
-    return Problem(
-        loc, "wrong_type" if "type" in kind else "bad_value", f"{format_loc(loc)}: {message}, got {shown}", hint
-    )
+def _did_you_mean(loc: Loc) -> str:
+    known = _fields_at(loc[:-1])
+    close = get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else (f"valid keys here: {', '.join(known)}" if known else "")
 
 
 def _fields_at(loc: Loc) -> list[str]:

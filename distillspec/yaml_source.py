@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from distillspec.problems import Loc
+from distillspec.problems import Loc, Problem
 
 MAX_BYTES = 4 * 1024 * 1024
 MAX_NODES = 200_000
@@ -227,3 +227,9 @@ def copy_plain(data: Any) -> Any:
     """A deep copy of plain YAML data (mappings, lists, scalars), through pickle: several times faster than
     copy.deepcopy, which matters when a sweep copies a spec per point at 10,000 points."""
     return pickle.loads(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def source_problem(e: YamlSourceError, file: str | None) -> Problem:
+    """The problem a file that cannot be read or parsed is: at the file's top, with the position YAML gave."""
+    p = e.position
+    return Problem((), e.code, e.message, e.hint, file=file, line=p.line if p else None, column=p.column if p else None)

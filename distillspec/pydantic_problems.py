@@ -1,0 +1,100 @@
+"""pydantic's validation errors as Problems, one mapper for every file distillctl reads (specs and sweeps).
+
+Locations are the file's own keys (pydantic's union-member tags dropped); a union's errors at one place become
+one problem; each kind of error gets a stable code and a hint: `unknown_key` (with "did you mean"), `missing_key`,
+`bad_value` (a literal), `out_of_range`, `wrong_type`, or a validator's own code with its hint from `hints`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from distillspec.problems import Loc, Problem, format_loc
+
+
+def problems_from(
+    error: ValidationError,
+    data: Any,
+    *,
+    root: str,
+    did_you_mean: Callable[[Loc], str],
+    hints: Mapping[str, str] = {},
+) -> list[Problem]:
+    """One problem per location of `error` (raised validating `data`). `root` names the file's top level in
+    messages ("the spec", "the sweep"); `did_you_mean(loc)` is the hint for an unknown key at `loc`."""
+    by_loc: dict[Loc, list[dict]] = {}
+    for err in error.errors(include_url=False):
+        by_loc.setdefault(_real_loc(data, err["loc"]), []).append(err)
+    # A union reports one error per member; where one member got deeper (a bad list item), keep that one.
+    locs = [loc for loc in by_loc if not any(other != loc and other[: len(loc)] == loc for other in by_loc)]
+    return [_problem(loc, by_loc[loc], root, did_you_mean, hints) for loc in locs]
+
+
+def _real_loc(data: Any, loc: tuple) -> Loc:
+    """Drop pydantic's union-member tags (`'list[int]'`, `'str'`) from a loc, keeping the keys the data has."""
+    real: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            real.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            real.append(part)
+            node = node[part]
+        elif isinstance(part, str) and not _is_tag(part):
+            real.append(part)  # a missing or unknown key
+            node = None
+    return tuple(real)
+
+
+def _is_tag(part: str) -> bool:
+    return any(ch in part for ch in "[]()-") or part in {"str", "int", "float", "bool", "none", "list", "dict"}
+
+
+def _problem(
+    loc: Loc, errors: list[dict], root: str, did_you_mean: Callable[[Loc], str], hints: Mapping[str, str]
+) -> Problem:
+    err = errors[0]
+    kind, key = err["type"], (loc[-1] if loc else "")
+    where = format_loc(loc) or root
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        return Problem(loc, "unknown_key", f"unknown key {key!r} in {format_loc(loc[:-1]) or root}", did_you_mean(loc))
+    if kind == "missing":
+        return Problem(loc, "missing_key", f"{where} is required", f"add `{key}:`")
+    if kind in hints or kind == "wrong_type":
+        return Problem(loc, kind, err["msg"], hints.get(kind, ""))
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return Problem(loc, "bad_value", f"{key} must be {expected}; got {value!r}", f"use one of {expected}")
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"):
+        return Problem(loc, "out_of_range", f"{key} {_must(err['msg'])}, got {value!r}", "")
+    expected = " or ".join(dict.fromkeys(_must(e["msg"]).removeprefix("must be ") for e in errors))
+    return Problem(loc, "wrong_type", f"expected {expected}, got {_describe(value)}", _type_hint(value, err))
+
+
+def _must(msg: str) -> str:
+    return msg.replace("Input should be", "must be").replace("Input should", "must")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return f"a {'mapping' if isinstance(value, dict) else 'list'}"
+    return f"{type(value).__name__} {value!r}" if value is not None else "null"
+
+
+def _type_hint(value: Any, err: dict) -> str:
+    if value == "None":
+        return "write null (YAML's empty value), not None"
+    if isinstance(value, str):
+        try:
+            float(value)
+            return "remove the quotes around the number"
+        except ValueError:
+            pass
+    if "valid string" in err["msg"]:
+        return "quote the value to make it a string"
+    return ""
