@@ -30,6 +30,17 @@ class Problem:
     def dotted_loc(self) -> str:
         return format_loc(self.loc)
 
+    @property
+    def where(self) -> str:
+        """`file:line:column`, as far as known ("" when nothing is)."""
+        return ":".join(str(part) for part in (self.file, self.line, self.column) if part is not None)
+
+    def __str__(self) -> str:
+        """`file:line:col: error[code] loc: message → hint`, one line (the CLI prints a coloured one like it)."""
+        text = f"{self.where + ': ' if self.where else ''}{self.severity}[{self.code}]"
+        text += f" {self.dotted_loc}" if self.loc else ""
+        return text + f": {self.message}" + (f" → {self.hint}" if self.hint else "")
+
     def to_json(self) -> dict:
         return {
             "file": self.file,

@@ -24,12 +24,6 @@ from trainer.exit_codes import DESCRIPTIONS, TrainerExit
 SPEC_ENV = ENV_SPEC
 
 
-def problem_line(p: Problem) -> str:
-    where = ":".join(str(x) for x in (p.file, p.line, p.column) if x is not None)
-    text = f"{where + ': ' if where else ''}{p.severity}[{p.code}]" + (f" {p.dotted_loc}" if p.loc else "")
-    return text + f": {p.message}" + (f" → {p.hint}" if p.hint else "")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m trainer",
@@ -73,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     spec, problems = load_spec(args)
     for p in problems:
-        print(problem_line(p), file=sys.stderr)
+        print(str(p), file=sys.stderr)
     if spec is None:
         print("error: invalid spec; nothing was trained", file=sys.stderr)
         return int(TrainerExit.USER_ERROR)

@@ -25,7 +25,7 @@ def print_json(data: Any) -> None:
 
 def problem_line(problem: Problem) -> Text:
     """`file:line:col: error[code] loc: message → hint` as one line."""
-    where = ":".join(str(part) for part in (problem.file, problem.line, problem.column) if part is not None)
+    where = problem.where
     style = "bold red" if problem.is_error else "bold yellow"
     line = Text()
     if where:
