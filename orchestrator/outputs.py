@@ -112,7 +112,8 @@ def check_filesystem(path: str) -> None:
         ) from None
 
 
-def _read_text(path: str) -> str | None:
+def read_text(path: str) -> str | None:
+    """A text file at a local path or fsspec URL; None when it is absent or cannot be read."""
     try:
         import fsspec
 
@@ -125,7 +126,7 @@ def _read_text(path: str) -> str | None:
 
 
 def _read_json(path: str) -> dict | None:
-    text = _read_text(path)
+    text = read_text(path)
     if text is None:
         return None
     try:
@@ -206,6 +207,6 @@ def read_run_outputs(path: str) -> RunOutputs:
     """Everything readable under `path` (a run's output directory). Raises MissingFilesystem when the path's
     protocol cannot be read at all (gs:// without gcsfs)."""
     check_filesystem(path)
-    text = _read_text(join(path, "metrics.jsonl")) or ""
+    text = read_text(join(path, "metrics.jsonl")) or ""
     summary, spec = _read_json(join(path, "summary.json")), _read_json(join(path, "spec.json"))
     return RunOutputs(path, parse_log(text), summary, spec, failures=read_failures(path))

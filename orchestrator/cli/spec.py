@@ -15,8 +15,18 @@ def validate(
     files: Annotated[list[Path], typer.Argument(help="spec files: distillctl's layout or a MaxText distillation.yml")],
     output: OutputOption = OutputFormat.text,
     strict: Annotated[bool, typer.Option(help="treat warnings as errors")] = False,
+    check_paths: Annotated[
+        bool,
+        typer.Option(
+            "--check-paths",
+            help="also read each load_parameters_path's config (local or gs://, never its tensors) and compare "
+            "it with the spec's model",
+        ),
+    ] = False,
 ) -> None:
     """Check specs for every known mistake before anything is launched."""
+    import dataclasses
+
     from distillspec.problems import has_errors
     from distillspec.specfile import read_spec_file
     from orchestrator.cli import console
@@ -24,6 +34,18 @@ def validate(
     from orchestrator.exit_codes import ExitCode
 
     reports = [read_spec_file(path) for path in files]
+    if check_paths:
+        from orchestrator.core.checkpoint_paths import check_paths as checked
+        from orchestrator.outputs import read_text
+
+        reports = [
+            dataclasses.replace(
+                r, problems=r.problems + tuple(dataclasses.replace(p, file=r.file) for p in checked(r.spec, read_text))
+            )
+            if r.spec is not None
+            else r
+            for r in reports
+        ]
     problems = [p for report in reports for p in report.problems]
     if output is OutputFormat.json:
         console.print_json([p.to_json() for p in problems])

@@ -7,20 +7,18 @@ own config against the spec's model; `load_model` builds the model a checkpoint 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from distillspec.hf_config import shape_mismatches
 from distillspec.registry import ModelShape
 from trainer.checkpoints import hf, own
 from trainer.exit_codes import UserError
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# Constants of the math that a spec cannot override but a checkpoint's config states: they must agree.
-_COMPARED = [f.name for f in dataclasses.fields(ModelShape)]
 
 
 def detect(path: str) -> str:
@@ -47,15 +45,6 @@ def checkpoint_shape(path: str) -> ModelShape:
     if detect(path) == "hf":
         return hf.shape_from_config(hf.read_config(path), f"{path}/{hf.CONFIG}")
     return own.shape(path)
-
-
-def shape_mismatches(found: ModelShape, expected: ModelShape) -> list[str]:
-    """`field: expected X, found Y` for every difference between two shapes."""
-    return [
-        f"{name}: expected {getattr(expected, name)}, found {getattr(found, name)}"
-        for name in _COMPARED
-        if getattr(found, name) != getattr(expected, name)
-    ]
 
 
 def load_params(path: str, shape: ModelShape, abstract: Any, *, side: str) -> Any:

@@ -1,0 +1,192 @@
+"""Hugging Face `config.json` and this project's `ModelShape`, both ways, without JAX: the trainer builds its
+models from it, `distillctl validate --check-paths` compares a checkpoint's config with the spec before launch.
+
+Read: transformers 5's `rope_parameters` (per layer type for Gemma 3) and 4.x's `rope_theta`/`rope_scaling`/
+`rope_local_base_freq`. Written (`config_of`): transformers 5's layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from distillspec.registry import ModelShape, RopeScaling
+
+CONFIG = "config.json"
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+MODEL_TYPES = {"llama": "llama", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3_text": "gemma3"}
+# Every field of a shape: a checkpoint's config states them all, and they must agree with the spec's model.
+COMPARED = [f.name for f in dataclasses.fields(ModelShape)]
+
+
+class ConfigError(ValueError):
+    """A config.json this project cannot build a model from; `hint` says what to do."""
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.message, self.hint = message, hint
+
+
+def _rope(params: dict | None, legacy_theta, legacy_scaling: dict | None, default_theta: float, file: str):
+    """(theta, RopeScaling | None) from one `rope_parameters` entry or the 4.x fields."""
+    p = dict(params or {})
+    if legacy_scaling:
+        p = {**legacy_scaling, **p}
+    theta = p.get("rope_theta") or legacy_theta or default_theta
+    kind = p.get("rope_type") or p.get("type") or "default"
+    if kind == "default":
+        return float(theta), None
+    if kind == "llama3":
+        return float(theta), RopeScaling(
+            "llama3",
+            float(p["factor"]),
+            float(p["low_freq_factor"]),
+            float(p["high_freq_factor"]),
+            int(p["original_max_position_embeddings"]),
+        )
+    if kind == "linear":
+        return float(theta), RopeScaling("linear", float(p["factor"]))
+    raise ConfigError(f"{file}: RoPE type {kind!r} is not supported", "use a llama3, linear or default RoPE model")
+
+
+def shape_from_config(config: dict, file: str = CONFIG) -> ModelShape:
+    """The `ModelShape` a Hugging Face config.json describes; raises ConfigError for what the trainer cannot build."""
+    model_type = config.get("model_type")
+    family = MODEL_TYPES.get(model_type)
+    if family is None:
+        raise ConfigError(
+            f"{file}: model_type {model_type!r} is not supported",
+            f"supported model types: {', '.join(MODEL_TYPES)} (for Gemma 3 the text-only Gemma3ForCausalLM)",
+        )
+    c = config
+    heads = c["num_attention_heads"]
+    depth = c["num_hidden_layers"]
+    gemma = family.startswith("gemma")
+    rope_params = c.get("rope_parameters") or {}
+    if family == "gemma3":
+        theta, scaling = _rope(
+            rope_params.get("full_attention"), c.get("rope_theta"), c.get("rope_scaling"), 1_000_000.0, file
+        )
+        local_theta, _ = _rope(
+            rope_params.get("sliding_attention"), c.get("rope_local_base_freq"), None, 10_000.0, file
+        )
+    else:
+        theta, scaling = _rope(rope_params, c.get("rope_theta"), c.get("rope_scaling"), 10_000.0, file)
+        local_theta = None
+    shape = ModelShape(
+        family=family,
+        num_layers=depth // 2 if family == "gemma2" else depth,
+        emb_dim=c["hidden_size"],
+        num_query_heads=heads,
+        num_kv_heads=c.get("num_key_value_heads") or heads,
+        head_dim=c.get("head_dim") or c["hidden_size"] // heads,
+        mlp_dim=c["intermediate_size"],
+        vocab_size=c["vocab_size"],
+        tie_embeddings=bool(c.get("tie_word_embeddings", gemma)),
+        layers_per_block=2 if family == "gemma2" else 1,
+        qk_norm=family in ("qwen3", "gemma3"),
+        rope_theta=theta,
+        rope_local_theta=local_theta,
+        rope_scaling=scaling,
+        norm_eps=float(c.get("rms_norm_eps", 1e-6)),
+        sliding_window=c.get("sliding_window") if gemma else None,
+        global_every=int(c.get("_sliding_window_pattern") or c.get("sliding_window_pattern") or 6)
+        if family == "gemma3"
+        else 0,
+        attn_softcap=c.get("attn_logit_softcapping") if gemma else None,
+        final_softcap=c.get("final_logit_softcapping") if gemma else None,
+        query_pre_attn_scalar=c.get("query_pre_attn_scalar") if gemma else None,
+    )
+    problems = []
+    if family == "gemma2" and depth % 2:
+        problems.append(f"Gemma 2 pairs sliding-window and global layers, but num_hidden_layers is {depth}")
+    types = c.get("layer_types")
+    expected = ["sliding_attention" if shape.is_local(i) else "full_attention" for i in range(depth)]
+    if types is not None and list(types) != expected:
+        problems.append(f"layer_types {types} differ from the {family} pattern {expected}")
+    if c.get("use_sliding_window"):
+        problems.append("use_sliding_window is set, which this trainer does not build for Qwen 3")
+    if c.get("attention_bias") or c.get("mlp_bias"):
+        problems.append("attention or MLP biases are set; the trainer's models have none")
+    act = c.get("hidden_activation") or c.get("hidden_act")
+    want_act = ("gelu_pytorch_tanh",) if gemma else ("silu",)
+    if act is not None and act not in want_act:
+        problems.append(f"activation {act!r}, this trainer builds {want_act[0]} for {family}")
+    if problems:
+        raise ConfigError(f"{file}: " + "; ".join(problems), "use an unmodified model of a supported family")
+    return shape
+
+
+def shape_mismatches(found: ModelShape, expected: ModelShape) -> list[str]:
+    """`field: expected X, found Y` for every difference between two shapes."""
+    return [
+        f"{name}: expected {getattr(expected, name)}, found {getattr(found, name)}"
+        for name in COMPARED
+        if getattr(found, name) != getattr(expected, name)
+    ]
+
+
+_CLASSES = {
+    "llama": ("llama", "LlamaForCausalLM"),
+    "qwen3": ("qwen3", "Qwen3ForCausalLM"),
+    "gemma2": ("gemma2", "Gemma2ForCausalLM"),
+    "gemma3": ("gemma3_text", "Gemma3ForCausalLM"),
+}
+
+
+def _rope_parameters(theta: float, scaling: RopeScaling | None) -> dict:
+    if scaling is None:
+        return {"rope_type": "default", "rope_theta": theta}
+    if scaling.kind == "linear":
+        return {"rope_type": "linear", "rope_theta": theta, "factor": scaling.factor}
+    return {
+        "rope_type": "llama3",
+        "rope_theta": theta,
+        "factor": scaling.factor,
+        "low_freq_factor": scaling.low_freq_factor,
+        "high_freq_factor": scaling.high_freq_factor,
+        "original_max_position_embeddings": scaling.original_max_position,
+    }
+
+
+def config_of(shape: ModelShape, dtype: str = "float32") -> dict:
+    """The config.json (transformers 5 layout) that `shape_from_config` reads back as `shape`."""
+    s = shape
+    model_type, architecture = _CLASSES[s.family]
+    config = {
+        "architectures": [architecture],
+        "model_type": model_type,
+        "vocab_size": s.vocab_size,
+        "hidden_size": s.emb_dim,
+        "intermediate_size": s.mlp_dim,
+        "num_hidden_layers": s.depth,
+        "num_attention_heads": s.num_query_heads,
+        "num_key_value_heads": s.num_kv_heads,
+        "head_dim": s.head_dim,
+        "rms_norm_eps": s.norm_eps,
+        "tie_word_embeddings": s.tie_embeddings,
+        "attention_bias": False,
+        "dtype": dtype,
+    }
+    if s.is_gemma:
+        config |= {
+            "hidden_activation": "gelu_pytorch_tanh",
+            "sliding_window": s.sliding_window,
+            "query_pre_attn_scalar": s.query_pre_attn_scalar or s.head_dim,
+            "attn_logit_softcapping": s.attn_softcap,
+            "final_logit_softcapping": s.final_softcap,
+            "layer_types": ["sliding_attention" if s.is_local(i) else "full_attention" for i in range(s.depth)],
+        }
+    else:
+        config |= {"hidden_act": "silu", "mlp_bias": False}
+    if s.family == "gemma3":
+        config["sliding_window_pattern"] = s.global_every
+        config["rope_parameters"] = {
+            "full_attention": _rope_parameters(s.rope_theta, s.rope_scaling),
+            "sliding_attention": _rope_parameters(s.rope_local_theta or s.rope_theta, None),
+        }
+    else:
+        config["rope_parameters"] = _rope_parameters(s.rope_theta, s.rope_scaling)
+    if s.family == "qwen3":
+        config["use_sliding_window"] = False
+    return config

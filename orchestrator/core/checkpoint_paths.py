@@ -1,0 +1,85 @@
+"""`distillctl validate --check-paths`: before any TPU time is spent, each `load_parameters_path` is looked at
+(its config, never its tensors) and compared with the spec's model.
+
+A Hugging Face folder is read through its `config.json`; this trainer's own checkpoint through the `spec.json` of
+the run that wrote it (found above `checkpoints/`, a step folder or `params`). Reading is injected
+(`read_text(path) -> text or None when absent`), so the checks are pure and work for local paths and gs:// alike.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from distillspec.config import DistillSpec, ModelSpec
+from distillspec.hf_config import CONFIG, ConfigError, shape_from_config, shape_mismatches
+from distillspec.problems import Problem
+from distillspec.registry import ModelShape
+
+ReadText = Callable[[str], "str | None"]
+
+
+def check_paths(spec: DistillSpec, read_text: ReadText) -> list[Problem]:
+    """Every problem with the spec's checkpoint paths: absent, unreadable, or a different model than the block's."""
+    problems = []
+    for side in ("teacher", "student"):
+        model: ModelSpec | None = getattr(spec, side)
+        path = model.load_parameters_path if model is not None else None
+        if not path or path.rstrip("/").endswith("items"):  # MaxText's layout: validate already says it is not read
+            continue
+        loc = (side, "load_parameters_path")
+        try:
+            found, where = _checkpoint_shape(path.rstrip("/"), read_text)
+        except ConfigError as e:
+            problems.append(Problem(loc, "checkpoint_unreadable", e.message, e.hint))
+            continue
+        if found is None:
+            problems.append(
+                Problem(
+                    loc,
+                    "checkpoint_not_found",
+                    f"nothing to load at {path}: no {CONFIG} (a Hugging Face folder) and no spec.json of a run above it",
+                    "check the path; a prerequisite's checkpoint exists only once it has run",
+                )
+            )
+            continue
+        for mismatch in shape_mismatches(found, model.shape()):
+            problems.append(
+                Problem(
+                    loc,
+                    "checkpoint_mismatch",
+                    f"{where} holds a different {side} model: {mismatch}",
+                    f"choose the registry model (and overrides) of that checkpoint in the {side} block",
+                )
+            )
+    return problems
+
+
+def _checkpoint_shape(path: str, read_text: ReadText) -> tuple[ModelShape | None, str]:
+    """The model a checkpoint's own config describes, and the file that said so (None: no config found)."""
+    config_file = f"{path}/{CONFIG}"
+    text = read_text(config_file)
+    if text is not None:
+        return shape_from_config(_json(text, config_file), config_file), config_file
+    folder = path
+    for _ in range(3):  # params -> step -> checkpoints -> run
+        folder = folder.rsplit("/", 1)[0] if "/" in folder else "."
+        spec_file = f"{folder}/spec.json"
+        text = read_text(spec_file)
+        if text is not None:
+            data = _json(text, spec_file)
+            try:
+                return ModelSpec.model_validate(data["student"]).shape(), spec_file
+            except (KeyError, TypeError, ValueError) as e:
+                raise ConfigError(f"{spec_file} has no valid student block: {e}", "is this a distillctl run?") from None
+    return None, ""
+
+
+def _json(text: str, file: str) -> dict:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{file} is not JSON: {e}", "the checkpoint folder is damaged") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file} is not a JSON object", "the checkpoint folder is damaged")
+    return data

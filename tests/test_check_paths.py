@@ -1,0 +1,85 @@
+"""`distillctl validate --check-paths`: each load_parameters_path's own config against the spec's model, before
+launch, for Hugging Face folders and this trainer's run folders, on local disk and through an fsspec URL."""
+
+from __future__ import annotations
+
+import json
+
+import fsspec
+import yaml
+from spec_helpers import spec_data
+from typer.testing import CliRunner
+
+from distillspec.config import ModelSpec
+from distillspec.hf_config import CONFIG, config_of
+from distillspec.specfile import validate_data
+from orchestrator.cli import app
+from orchestrator.core.checkpoint_paths import check_paths
+from orchestrator.exit_codes import ExitCode
+from orchestrator.outputs import read_text
+
+runner = CliRunner()
+
+
+def spec_with(teacher_path: str):
+    spec, problems = validate_data(spec_data(**{"teacher.load_parameters_path": teacher_path}))
+    assert spec is not None, problems
+    return spec
+
+
+def hf_folder(path, model: str, **overrides) -> str:
+    path.mkdir(parents=True, exist_ok=True)
+    shape = ModelSpec(model=model, **overrides).shape()
+    (path / CONFIG).write_text(json.dumps(config_of(shape)))
+    return str(path)
+
+
+def test_a_matching_hugging_face_folder_has_no_problem(tmp_path):
+    assert check_paths(spec_with(hf_folder(tmp_path / "teacher", "tiny-4l")), read_text) == []
+
+
+def test_every_difference_is_named_with_the_file(tmp_path):
+    folder = hf_folder(tmp_path / "teacher", "tiny-4l", num_layers=6, vocab_size=512)
+    problems = check_paths(spec_with(folder), read_text)
+    assert {p.code for p in problems} == {"checkpoint_mismatch"}
+    text = " ".join(p.message for p in problems)
+    assert "num_layers: expected 4, found 6" in text and "vocab_size: expected 256, found 512" in text
+    assert all(p.loc == ("teacher", "load_parameters_path") and f"{folder}/{CONFIG}" in p.message for p in problems)
+
+
+def test_a_run_folder_is_read_through_its_spec_json(tmp_path):
+    run = tmp_path / "runs" / "teacher"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "spec.json").write_text(json.dumps({"student": {"model": "tiny-2l"}}))
+    problems = check_paths(spec_with(str(run / "checkpoints")), read_text)
+    assert [p.code for p in problems] == ["checkpoint_mismatch"] * len(problems) and problems
+    assert "spec.json holds a different teacher model: num_layers: expected 4, found 2" in problems[0].message
+
+
+def test_nothing_there_and_a_damaged_config_are_errors(tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / CONFIG).write_text("{not json")
+    assert [p.code for p in check_paths(spec_with(str(tmp_path / "absent")), read_text)] == ["checkpoint_not_found"]
+    assert [p.code for p in check_paths(spec_with(str(tmp_path / "broken")), read_text)] == ["checkpoint_unreadable"]
+    (tmp_path / "broken" / CONFIG).write_text(json.dumps({"model_type": "mistral"}))
+    (problem,) = check_paths(spec_with(str(tmp_path / "broken")), read_text)
+    assert problem.code == "checkpoint_unreadable" and "mistral" in problem.message
+
+
+def test_a_url_is_read_through_fsspec():
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/ckpt/teacher/config.json", json.dumps(config_of(ModelSpec(model="tiny-4l").shape())).encode())
+    assert check_paths(spec_with("memory://ckpt/teacher"), read_text) == []
+    assert [p.code for p in check_paths(spec_with("memory://ckpt/missing"), read_text)] == ["checkpoint_not_found"]
+
+
+def test_validate_check_paths_exits_4_naming_the_mismatch(tmp_path):
+    folder = hf_folder(tmp_path / "teacher", "tiny-4l", num_layers=6)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(spec_data(**{"teacher.load_parameters_path": folder})))
+    assert runner.invoke(app, ["validate", str(spec)]).exit_code == 0  # paths are not read without the flag
+    result = runner.invoke(app, ["validate", "--check-paths", str(spec), "--output", "json"])
+    assert result.exit_code == ExitCode.INVALID_SPEC
+    (problem,) = json.loads(result.stdout)
+    assert problem["code"] == "checkpoint_mismatch" and problem["file"] == str(spec)
+    assert problem["loc"] == "teacher.load_parameters_path" and "num_layers: expected 4, found 6" in problem["message"]
