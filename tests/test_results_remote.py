@@ -10,7 +10,6 @@ import pytest
 from results_support import expanded, records, summary, write_outputs, write_sweep
 from typer.testing import CliRunner
 
-from orchestrator import outputs as run_outputs
 from orchestrator.cli import app
 from orchestrator.exit_codes import ExitCode
 from orchestrator.outputs import MissingFilesystem, read_run_outputs
@@ -79,7 +78,7 @@ def test_gs_without_gcsfs_says_which_extra_to_install(tmp_path, monkeypatch):
             raise ImportError("Please install gcsfs to access Google Storage")
         return real(protocol)
 
-    monkeypatch.setattr(run_outputs.fsspec, "get_filesystem_class", without_gcsfs)
+    monkeypatch.setattr(fsspec, "get_filesystem_class", without_gcsfs)  # outputs imports fsspec when reading
     with pytest.raises(MissingFilesystem) as caught:
         read_run_outputs("gs://bucket/runs/abc")
     assert "distillctl[gcs]" in caught.value.hint
