@@ -424,7 +424,16 @@ def test_logs_of_one_worker_and_of_all(control_plane, tmp_path):
         "--kubeconfig",
         str(cp.kubeconfig),
     ]
-    follower = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell runs background jobs with SIGINT ignored, and children inherit that: give the follower the default
+    # disposition, as a terminal would, so that its Ctrl-C handling is what is tested.
+    follower = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     lines = [follower.stdout.readline() for _ in range(3)]
     assert lines[0].startswith("training") and "kl_div_T1" in lines[1], lines
     assert follower.poll() is None  # still following
