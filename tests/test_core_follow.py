@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from distillspec.sweep import load_sweep
+from distillspec.sweep import load_sweep, override_target
 from orchestrator.core.expansion import Expansion, Point, expand
 from orchestrator.core.follow import Finished, Outcome, Polled, follow
 from orchestrator.core.launch import DRY_RUN_RECREATE, launch, to_submit
@@ -23,8 +23,10 @@ from tests.sweep_support import SWEEPS
 
 
 @pytest.fixture(scope="module")
-def quickstart() -> Expansion:
-    result = expand(load_sweep(SWEEPS / "quickstart.yaml"))
+def quickstart(tmp_path_factory) -> Expansion:
+    # Outputs in an empty folder: the quickstart's own runs/quickstart/ may hold a real run's verdicts.
+    source = override_target(load_sweep(SWEEPS / "quickstart.yaml"), output_base=str(tmp_path_factory.mktemp("out")))
+    result = expand(source)
     assert result.ok and len(result.prerequisites) == 1
     return result
 
