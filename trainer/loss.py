@@ -248,19 +248,9 @@ def distillation_sums(
     kl_t, kl_1, ce_s, ce_t, agree = logit_terms(
         student_logits, jax.lax.stop_gradient(teacher_logits), targets, temperature
     )
-    sums = {
-        "kl_at_T": masked_sum(kl_t, mask),
-        "ce": masked_sum(ce_s, mask),
-        "kl_T1": masked_sum(kl_1, mask),
-        "teacher_ce": masked_sum(ce_t, mask),
-        "top1_agreement": masked_sum(agree, mask),
-    }
-    if student_features is not None:
-        if teacher_features is None:
-            raise ValueError("student_features were given without teacher_features")
-        per_token = feature_token_losses(student_features, teacher_features, layer_indices, feature_loss_type)
-        sums["feature"] = masked_sum(per_token, mask[None])
-    return sums
+    return _reduce(
+        (kl_t, kl_1, ce_s, ce_t, agree), mask, student_features, teacher_features, layer_indices, feature_loss_type
+    )
 
 
 def weighted_total(
@@ -381,19 +371,9 @@ def fused_distillation_sums(
         temperature,
         blocks,
     )
-    sums = {
-        "kl_at_T": masked_sum(kl_t, mask),
-        "ce": masked_sum(ce_s, mask),
-        "kl_T1": masked_sum(kl_1, mask),
-        "teacher_ce": masked_sum(ce_t, mask),
-        "top1_agreement": masked_sum(agree, mask),
-    }
-    if student_features is not None:
-        if teacher_features is None:
-            raise ValueError("student_features were given without teacher_features")
-        per_token = feature_token_losses(student_features, teacher_features, layer_indices, feature_loss_type)
-        sums["feature"] = masked_sum(per_token, mask[None])
-    return sums
+    return _reduce(
+        (kl_t, kl_1, ce_s, ce_t, agree), mask, student_features, teacher_features, layer_indices, feature_loss_type
+    )
 
 
 def fused_distillation_loss(
@@ -492,3 +472,22 @@ def metric_value(name: str, total: float, count: float) -> float:
 
 def _is_zero(value) -> bool:
     return isinstance(value, (int, float)) and value == 0.0
+
+
+def _reduce(terms, mask, student_features, teacher_features, layer_indices, feature_loss_type) -> dict[str, SumCount]:
+    """The per-token terms (KL at T, cross-entropy, KL at 1, the teacher's cross-entropy, top-1 agreement) and the
+    feature loss as `(sum, count)` pairs over the valid tokens: one place for the dense and the fused losses."""
+    kl_t, kl_1, ce_s, ce_t, agree = terms
+    sums = {
+        "kl_at_T": masked_sum(kl_t, mask),
+        "ce": masked_sum(ce_s, mask),
+        "kl_T1": masked_sum(kl_1, mask),
+        "teacher_ce": masked_sum(ce_t, mask),
+        "top1_agreement": masked_sum(agree, mask),
+    }
+    if student_features is not None:
+        if teacher_features is None:
+            raise ValueError("student_features were given without teacher_features")
+        per_token = feature_token_losses(student_features, teacher_features, layer_indices, feature_loss_type)
+        sums["feature"] = masked_sum(per_token, mask[None])
+    return sums
