@@ -9,6 +9,7 @@ does not run while any field is invalid and cannot report every problem at once.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Annotated, Any, Literal
@@ -170,15 +171,43 @@ class ModelSpec(_Block):
 
     def shape(self) -> ModelShape:
         """The registry shape with this block's overrides applied."""
-        return MODELS[self.model].with_overrides(
-            num_layers=self.num_layers,
-            emb_dim=self.emb_dim,
-            num_query_heads=self.num_query_heads,
-            num_kv_heads=self.num_kv_heads,
-            head_dim=self.head_dim,
-            mlp_dim=self.mlp_dim,
-            vocab_size=self.vocab_size,
+        return _shape(
+            self.model,
+            self.num_layers,
+            self.emb_dim,
+            self.num_query_heads,
+            self.num_kv_heads,
+            self.head_dim,
+            self.mlp_dim,
+            self.vocab_size,
         )
+
+
+@functools.lru_cache(maxsize=4096)  # checks, plans and identities ask for the same few shapes per point
+def _shape(model: str, *dims: int | None) -> ModelShape:
+    names = ("num_layers", "emb_dim", "num_query_heads", "num_kv_heads", "head_dim", "mlp_dim", "vocab_size")
+    return MODELS[model].with_overrides(**dict(zip(names, dims)))
+
+
+# What each field's resolved form reads besides the field itself (`DistillSpec.resolved_block`).
+RESOLUTION_INPUTS: dict[str, tuple[str, ...]] = {"loss": ("mode", "student")}
+
+
+def _dims(shape: ModelShape) -> dict[str, int]:
+    return dict(
+        num_layers=shape.num_layers,
+        emb_dim=shape.emb_dim,
+        num_query_heads=shape.num_query_heads,
+        num_kv_heads=shape.num_kv_heads,
+        head_dim=shape.head_dim,
+        mlp_dim=shape.mlp_dim,
+        vocab_size=shape.vocab_size,
+    )
+
+
+def _explicit(model: ModelSpec | None) -> ModelSpec | None:
+    """The block with its registry shape written out."""
+    return None if model is None else model.model_copy(update=_dims(model.shape()))
 
 
 # --- data, batch, optimisation, outputs -------------------------------------------------------------------
@@ -317,26 +346,24 @@ class DistillSpec(_Block):
     def resolved(self) -> DistillSpec:
         """The canonical form: registry shapes written out, presets resolved. Two specs that mean the same run
         resolve to equal values (run identities hash this)."""
-
-        def explicit(model: ModelSpec | None) -> ModelSpec | None:
-            if model is None:
-                return None
-            s = model.shape()
-            dims = dict(
-                num_layers=s.num_layers,
-                emb_dim=s.emb_dim,
-                num_query_heads=s.num_query_heads,
-                num_kv_heads=s.num_kv_heads,
-                head_dim=s.head_dim,
-                mlp_dim=s.mlp_dim,
-                vocab_size=s.vocab_size,
-            )
-            return model.model_copy(update=dims)
-
         loss = self.loss.model_copy(update={"layer_indices": self.layer_indices()})
         return self.model_copy(
-            update={"student": explicit(self.student), "teacher": explicit(self.teacher), "loss": loss}
+            update={"student": _explicit(self.student), "teacher": _explicit(self.teacher), "loss": loss}
         )
+
+    def resolved_data(self) -> dict[str, Any]:
+        """`resolved().model_dump(mode="json")`, without building the resolved models (a sweep asks per point)."""
+        return {name: self.resolved_block(name) for name in type(self).model_fields}
+
+    def resolved_block(self, name: str) -> Any:
+        """One top-level field of `resolved_data()`. It depends on the field itself and on the fields
+        `RESOLUTION_INPUTS` names for it, nothing else."""
+        value = getattr(self, name)
+        if name in ("student", "teacher") and value is not None:
+            return {**value.model_dump(mode="json"), **_dims(value.shape())}
+        if name == "loss":
+            return {**value.model_dump(mode="json"), "layer_indices": self.layer_indices()}
+        return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
     def tokens_per_step(self, num_devices: int) -> int:
         """Tokens in one optimizer step across all devices (padding included)."""

@@ -92,16 +92,19 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
 
 
 def set_value(data: dict[str, Any], loc: Loc, value: Any) -> None:
-    """Set `loc` in native spec data (mutates `data`; callers pass their own copy)."""
+    """Set `loc` in native spec data. Changes `data` (callers pass their own copy) but no mapping nested in it:
+    those on the way are copied, so a sweep's points can share the blocks they do not change."""
     node = data
     for depth, key in enumerate(loc[:-1]):
         child = node.get(key)
-        if not isinstance(child, dict):
+        if isinstance(child, dict):
+            child = dict(child)
+        else:
             model = _model_at(loc[: depth + 1])
             if model is not None and issubclass(model, ScheduledValue) and isinstance(child, (int, float)):
                 child = {"start": child}  # `alpha: 0.9` is `alpha: {start: 0.9}`
             else:
                 child = {}
-            node[key] = child
+        node[key] = child
         node = child
     node[loc[-1]] = value

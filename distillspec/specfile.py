@@ -138,10 +138,13 @@ def _locate(problem: Problem, document: YamlDocument, file: str | None) -> Probl
 
 
 def validate_data(
-    data: dict[str, Any], *, batch_keys_home: str = "`batch:`"
+    data: dict[str, Any], *, batch_keys_home: str = "`batch:`", owned: bool = False
 ) -> tuple[DistillSpec | None, list[Problem]]:
-    """Validate native-layout data; returns the spec (None on any error) and problems with native locs."""
-    data = copy_plain(data)
+    """Validate native-layout data; returns the spec (None on any error) and problems with native locs. Blocks
+    may be given as validated models. `owned`: the caller hands `data` over (it is changed while problems are
+    set aside) instead of having it copied."""
+    if not owned:
+        data = copy_plain(data)
     problems = _batch_shape_in_models(data, batch_keys_home)
     spec, type_problems = _validate_with_repairs(data)
     problems += type_problems

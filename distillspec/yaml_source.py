@@ -226,6 +226,8 @@ class _Builder:
 def copy_plain(data: Any) -> Any:
     """A deep copy of plain YAML data (mappings, lists, scalars), through pickle: several times faster than
     copy.deepcopy, which matters when a sweep copies a spec per point at 10,000 points."""
+    if data is None or isinstance(data, (str, int, float)):
+        return data  # immutable
     return pickle.loads(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
 
 

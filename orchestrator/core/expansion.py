@@ -14,18 +14,20 @@ the trainer writes to `<output_base>/<run id>/`.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
 import math
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from pydantic import BaseModel
+
 from distillspec import spec_paths, tpu
 from distillspec.config import DistillSpec
 from distillspec.problems import Loc, Problem, has_errors
 from distillspec.specfile import validate_data
 from distillspec.sweep import PLACEHOLDER, SpecSource, Sweep, SweepSource, same_value
+from distillspec.yaml_source import copy_plain
 from orchestrator.core import identity
 
 DEFAULT_MAX_POINTS = 64  # larger grids need an explicit yes (`--yes`)
@@ -44,6 +46,7 @@ class Point:
     spec: DistillSpec
     run_id: str
     spec_hash: str
+    spec_json: str  # the canonical JSON of the resolved `spec`, as the trainer receives it; `spec_hash` hashes it
     jobset_name: str
     output_path: str
     is_baseline: bool
@@ -179,8 +182,10 @@ def expand(source: SweepSource, *, max_points: int | None = DEFAULT_MAX_POINTS) 
             or any(_referenced(value) for draft in drafts for _, _, value in draft.assignments)
         )
     )
+    common = _common(sweep, source.base, templated)
+    encodings = identity.Encodings()
     for draft in drafts:
-        point, found = _point(sweep, source, draft, outputs, templated)
+        point, found = _point(sweep, source, draft, outputs, templated, common, encodings)
         for p in found:
             grouped.setdefault((p.loc, p.file, p.line, p.column, p.code, p.message, p.hint, p.severity), []).append(
                 _label(draft.index, draft.axis_values, draft.is_baseline)
@@ -301,29 +306,85 @@ def _build(
     override_loc: Loc,
     outputs: Mapping[str, Point],
     templated: bool = True,
+    common: _Common | None = None,
 ) -> tuple[DistillSpec | None, dict[str, str], list[Problem]]:
     """Validate one run's spec data; problems are located where the offending value is written. `templated`
-    False says no value can hold a `${prerequisites...}` placeholder (nothing to look for or fill)."""
-    data = base.copy_data()
+    False says no value can hold a `${prerequisites...}` placeholder (nothing to look for or fill). With
+    `common` (the base spec and `overrides` already validated), only the blocks the assignments touch are
+    validated again: the others are the common spec's own, equal to what validating them again would give."""
     origins: list[tuple[Loc, Loc]] = []  # (native loc, file loc)
-    for text, value in overrides.items():
-        native = spec_paths.resolve(text)
-        spec_paths.set_value(data, native, copy.deepcopy(value))
-        origins.append((native, override_loc + (text,)))
+    if common is None:
+        data = base.copy_data()
+        for text, value in overrides.items():
+            native = spec_paths.resolve(text)
+            spec_paths.set_value(data, native, copy_plain(value))
+            origins.append((native, override_loc + (text,)))
+    else:
+        data = dict(common.data)  # set_value copies what it changes: untouched blocks stay shared
+        origins += common.origins
     for file_loc, text, value in assignments:
         native = spec_paths.resolve(text)
-        spec_paths.set_value(data, native, copy.deepcopy(value))
+        spec_paths.set_value(data, native, copy_plain(value))
         origins.append((native, file_loc))
     mentioned = _referenced(data) if templated else set()
     depends_on = {name: outputs[name].run_id for name in sorted(mentioned) if name in outputs}
     if mentioned:
         data = _fill(data, outputs)
-    spec, found = validate_data(data)
+    if common is not None:
+        data = _reuse(data, common.data, common.spec)
+    spec, found = validate_data(data, owned=common is not None)
     located = []
     for p in found:
         origin = next((file_loc for native, file_loc in reversed(origins) if p.loc[: len(native)] == native), None)
         located.append(_locate_in_sweep(p, origin) if origin is not None else base.locate(p))
     return spec, depends_on, located
+
+
+@dataclasses.dataclass(frozen=True)
+class _Common:
+    """What every point of a sweep shares: the base spec's data with the sweep's `overrides`, its validated spec,
+    and where each override was written."""
+
+    data: dict[str, Any]
+    spec: DistillSpec
+    origins: tuple[tuple[Loc, Loc], ...]
+
+
+def _common(sweep: Sweep, base: SpecSource, templated: bool) -> _Common | None:
+    """The shared part, validated once; None when it is invalid on its own (a point may still complete it, so
+    points are then validated whole) or when values may hold placeholders (filled per point)."""
+    if templated:
+        return None
+    data = base.copy_data()
+    origins = []
+    for text, value in sweep.overrides.items():
+        try:
+            native = spec_paths.resolve(text)
+        except spec_paths.UnknownPath:
+            return None
+        spec_paths.set_value(data, native, copy_plain(value))
+        origins.append((native, ("overrides", text)))
+    spec, found = validate_data(data)
+    if spec is None or found:
+        return None
+    return _Common(data, spec, tuple(origins))
+
+
+def _reuse(data: dict[str, Any], common_data: dict[str, Any], model: Any) -> dict[str, Any]:
+    """`data` with each block still shared with `common_data` replaced by the common spec's validated block
+    (pydantic takes a model instance as it is); blocks on an assigned path are looked into, and any other
+    shared value is copied, so validation may change `data` freely."""
+    out = {}
+    for key, value in data.items():
+        shared = common_data.get(key)
+        validated = getattr(model, key, None) if model is not None else None
+        if value is shared and isinstance(validated, BaseModel):
+            out[key] = validated
+        elif isinstance(value, dict) and isinstance(shared, dict) and isinstance(validated, BaseModel):
+            out[key] = _reuse(value, shared, validated)
+        else:
+            out[key] = copy_plain(value) if value is shared and isinstance(value, (dict, list)) else value
+    return out
 
 
 def _locate_in_sweep(problem: Problem, loc: Loc) -> Problem:
@@ -339,9 +400,10 @@ def _finish(
     is_baseline: bool,
     depends_on: Mapping[str, str],
     prerequisite: str | None,
+    encodings: identity.Encodings | None = None,
 ) -> Point:
     target = sweep.target
-    run, spec_hash = identity.identify(spec, target)
+    run, spec_hash, spec_json = identity.identify(spec, target, encodings)
     final = spec.model_copy(update={"name": run, "output_dir": target.output_base})
     return Point(
         sweep=sweep.name,
@@ -350,6 +412,7 @@ def _finish(
         spec=final,
         run_id=run,
         spec_hash=spec_hash,
+        spec_json=spec_json,
         jobset_name=identity.jobset_name(sweep.name, run),
         output_path=identity.output_path(target.output_base, run),
         is_baseline=is_baseline,
@@ -381,11 +444,17 @@ def _in_file(source: SweepSource, problem: Problem) -> Problem:
 
 
 def _point(
-    sweep: Sweep, source: SweepSource, draft: _Draft, outputs: Mapping[str, Point], templated: bool = True
+    sweep: Sweep,
+    source: SweepSource,
+    draft: _Draft,
+    outputs: Mapping[str, Point],
+    templated: bool = True,
+    common: _Common | None = None,
+    encodings: identity.Encodings | None = None,
 ) -> tuple[Point | None, list[Problem]]:
     assert source.base is not None
     spec, depends_on, found = _build(
-        sweep, source.base, sweep.overrides, draft.assignments, ("overrides",), outputs, templated
+        sweep, source.base, sweep.overrides, draft.assignments, ("overrides",), outputs, templated, common
     )
     found = [_in_file(source, p) for p in found]
     if spec is None:
@@ -398,6 +467,7 @@ def _point(
         is_baseline=draft.is_baseline,
         depends_on=depends_on,
         prerequisite=None,
+        encodings=encodings,
     )
     return point, found
 

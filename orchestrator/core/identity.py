@@ -21,9 +21,11 @@ import base64
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, Callable
 
-from distillspec.config import DistillSpec
+from pydantic import BaseModel
+
+from distillspec.config import RESOLUTION_INPUTS, DistillSpec
 from distillspec.problems import Loc, Problem
 from distillspec.sweep import Target
 
@@ -39,9 +41,13 @@ POD_SUFFIX = "-abcde"  # the 5 random characters Kubernetes appends to a Job's p
 REPLICATED_JOB = "slice-job"
 
 
+# One encoder for every call: json.dumps with options builds a new one each time, which a sweep feels.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical_json(value: Any) -> str:
     """One text per value: sorted keys, no spaces, no NaN."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _CANONICAL.encode(value)
 
 
 def target_identity(target: Target) -> dict[str, Any]:
@@ -58,33 +64,99 @@ def target_identity(target: Target) -> dict[str, Any]:
 
 
 def identity_payload(spec: DistillSpec, target: Target) -> dict[str, Any]:
-    return _payload(spec.resolved().model_dump(mode="json"), target)
+    return _payload(spec.resolved_data(), target)
 
 
 def _payload(resolved: dict[str, Any], target: Target) -> dict[str, Any]:
     """The identity of a run from its resolved spec as JSON data (not modified)."""
     spec = {k: v for k, v in resolved.items() if k not in ("name", "output_dir")}
     # An extra copy of the result in another format, not a different result.
-    spec["checkpoint"] = {k: v for k, v in spec["checkpoint"].items() if k != "export"}
+    spec["checkpoint"] = _without_export(spec["checkpoint"])
     return {"scheme": IDENTITY_SCHEME, "spec": spec, "run": target_identity(target)}
 
 
-def identify(spec: DistillSpec, target: Target) -> tuple[str, str]:
-    """`(run_id(spec, target), spec_hash(<spec named run id, output_dir the target's output base>))`, resolving
-    the spec once (a sweep does this per point)."""
-    resolved = spec.resolved().model_dump(mode="json")
-    run = _digest_id(_payload(resolved, target))
-    final = {**resolved, "name": run, "output_dir": target.output_base}
-    return run, _digest_hash(final)
+class Encodings:
+    """Canonical JSON of resolved spec blocks, remembered by the block objects they came from. A sweep's points
+    share the block objects they do not change (see expansion), so each shared block is encoded once per sweep
+    instead of once per point. The objects are kept alive with their text: an id is never reused meanwhile."""
+
+    def __init__(self) -> None:
+        self._texts: dict[tuple, tuple[tuple, str]] = {}
+
+    def block(self, spec: DistillSpec, name: str, variant: str = "", make: Callable[[], Any] | None = None) -> str:
+        """`canonical_json(make())`, by default of `spec.resolved_block(name)`; encoded again only when the
+        block or an input of its resolution is another object. `variant` names another text of the same block."""
+        inputs = (getattr(spec, name),) + tuple(getattr(spec, field) for field in RESOLUTION_INPUTS.get(name, ()))
+        key = (name, variant) + tuple(map(id, inputs))
+        known = self._texts.get(key)
+        if known is None:
+            known = self._texts[key] = (inputs, canonical_json(make() if make else spec.resolved_block(name)))
+        return known[1]
+
+    def target(self, target: Target) -> str:
+        key = ("target", id(target))
+        known = self._texts.get(key)
+        if known is None:
+            known = self._texts[key] = ((target,), canonical_json(target_identity(target)))
+        return known[1]
+
+
+def identify(spec: DistillSpec, target: Target, encodings: Encodings | None = None) -> tuple[str, str, str]:
+    """`(run_id(spec, target), spec_hash(final), canonical JSON of final)`, where final is the resolved spec
+    named by its run id with `output_dir` the target's output base: the same texts those functions hash, built
+    from each block's encoding once (a sweep does this per point, sharing `encodings`)."""
+    known = encodings or Encodings()
+    blocks = {
+        name: known.block(spec, name)
+        if isinstance(getattr(spec, name), BaseModel)
+        else canonical_json(spec.resolved_block(name))
+        for name in type(spec).model_fields
+        if name not in ("name", "output_dir")
+    }
+    # An extra copy of the result in another format, not a different result (as in `_payload`).
+    identity_checkpoint = known.block(
+        spec, "checkpoint", "identity", lambda: _without_export(spec.resolved_block("checkpoint"))
+    )
+    payload = _object(
+        {
+            "run": known.target(target),
+            "scheme": canonical_json(IDENTITY_SCHEME),
+            "spec": _object({**blocks, "checkpoint": identity_checkpoint}),
+        }
+    )
+    run = _id_of(payload)
+    final = _object({**blocks, "name": _string(run), "output_dir": _string(target.output_base)})
+    return run, _hash_of(final), final
+
+
+def _without_export(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in checkpoint.items() if k != "export"}
+
+
+def _object(encoded: dict[str, str]) -> str:
+    """`canonical_json` of a mapping whose values are already encoded: the same text, byte for byte."""
+    return "{" + ",".join(f"{_string(key)}:{encoded[key]}" for key in sorted(encoded)) + "}"
+
+
+_string = json.encoder.encode_basestring  # how canonical_json writes a string (ensure_ascii=False)
 
 
 def _digest_id(payload: dict[str, Any]) -> str:
-    digest = hashlib.sha256(canonical_json(payload).encode()).digest()
-    return base64.b32encode(digest).decode().lower()[:RUN_ID_LENGTH]
+    return _id_of(canonical_json(payload))
+
+
+def _id_of(text: str) -> str:
+    digest = hashlib.sha256(text.encode()).digest()
+    # base32 turns each 5 bytes into 8 characters: the first 10 bytes give the first 16 characters.
+    return base64.b32encode(digest[:10]).decode().lower()[:RUN_ID_LENGTH]
 
 
 def _digest_hash(resolved: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical_json(resolved).encode()).hexdigest()[:SPEC_HASH_LENGTH]
+    return _hash_of(canonical_json(resolved))
+
+
+def _hash_of(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:SPEC_HASH_LENGTH]
 
 
 def run_id(spec: DistillSpec, target: Target) -> str:
@@ -94,7 +166,7 @@ def run_id(spec: DistillSpec, target: Target) -> str:
 
 def spec_hash(spec: DistillSpec) -> str:
     """Hex sha256 prefix of the exact resolved spec handed to the trainer (name and output_dir included)."""
-    return _digest_hash(spec.resolved().model_dump(mode="json"))
+    return _digest_hash(spec.resolved_data())
 
 
 def jobset_name(sweep: str, run: str) -> str:

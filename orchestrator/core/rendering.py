@@ -85,7 +85,7 @@ def merge_env(*layers: Mapping[str, EnvVar]) -> tuple[EnvVar, ...]:
 
 def spec_json(point: Point) -> str:
     """The resolved spec as the trainer receives it in DISTILLCTL_SPEC (canonical JSON)."""
-    return identity.canonical_json(point.spec.resolved().model_dump(mode="json"))
+    return point.spec_json
 
 
 def container_env(point: Point, target: Target) -> tuple[EnvVar, ...]:
