@@ -61,9 +61,26 @@ def identity_payload(spec: DistillSpec, target: Target) -> dict[str, Any]:
     return _payload(spec.resolved().model_dump(mode="json"), target)
 
 
+# Spec fields added after IDENTITY_SCHEME v2, left out of the identity while they hold their default, so the runs
+# of specs written before them keep their ids: {block or "" for the top level: {field: default}}.
+LATER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "": {"eval": None},
+    "data": {"text_column": "text", "prompt_column": None, "completion_column": None, "completion_only": False},
+}
+
+
+def _without_later_defaults(resolved: dict[str, Any]) -> dict[str, Any]:
+    """A resolved spec's JSON data minus the `LATER_DEFAULTS` fields that hold their default (not modified)."""
+    out = {k: v for k, v in resolved.items() if k not in LATER_DEFAULTS[""] or v != LATER_DEFAULTS[""][k]}
+    for block, defaults in LATER_DEFAULTS.items():
+        if block:
+            out[block] = {k: v for k, v in out[block].items() if k not in defaults or v != defaults[k]}
+    return out
+
+
 def _payload(resolved: dict[str, Any], target: Target) -> dict[str, Any]:
     """The identity of a run from its resolved spec as JSON data (not modified)."""
-    spec = {k: v for k, v in resolved.items() if k not in ("name", "output_dir")}
+    spec = {k: v for k, v in _without_later_defaults(resolved).items() if k not in ("name", "output_dir")}
     # An extra copy of the result in another format, not a different result.
     spec["checkpoint"] = {k: v for k, v in spec["checkpoint"].items() if k != "export"}
     return {"scheme": IDENTITY_SCHEME, "spec": spec, "run": target_identity(target)}
@@ -84,7 +101,7 @@ def _digest_id(payload: dict[str, Any]) -> str:
 
 
 def _digest_hash(resolved: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical_json(resolved).encode()).hexdigest()[:SPEC_HASH_LENGTH]
+    return hashlib.sha256(canonical_json(_without_later_defaults(resolved)).encode()).hexdigest()[:SPEC_HASH_LENGTH]
 
 
 def run_id(spec: DistillSpec, target: Target) -> str:
