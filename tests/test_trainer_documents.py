@@ -112,6 +112,7 @@ def test_completion_only_masks_the_prompt(tmp_path):
     assert bytes(row["targets"][row["mask"] > 0].astype(np.uint8)) == b"2345abcyZ"
 
 
+@pytest.mark.slow
 def test_attention_never_crosses_documents():
     """Two documents in one row: changing document A's tokens leaves document B's logits unchanged with segment
     ids, and changes them without (so the test would fail if attention crossed the boundary)."""
