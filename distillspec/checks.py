@@ -7,7 +7,7 @@ the file's keys and positions). Each rule has a stable code.
 from __future__ import annotations
 
 from distillspec import layer_presets
-from distillspec.config import BUNDLED_DATA_SOURCES, DistillSpec, ScheduledValue
+from distillspec.config import BUNDLED_DATA_SOURCES, DOCUMENT_SOURCES, DistillSpec, ScheduledValue
 from distillspec.problems import Problem
 
 
@@ -295,23 +295,62 @@ def _pruning(spec: DistillSpec) -> list[Problem]:
 def _data(spec: DistillSpec) -> list[Problem]:
     data = spec.data
     out = []
-    if data.source in ("text", "tokens") and not data.path:
+    if data.source in ("text", "tokens", *DOCUMENT_SOURCES) and not data.path:
         out.append(
             Problem(
                 ("data", "path"),
                 "data_path_missing",
                 f"data.source {data.source!r} needs data.path",
-                "set data.path to a file, directory or fsspec URL",
+                "set data.path to a file, directory, glob or fsspec URL",
             )
         )
-    if data.source not in BUNDLED_DATA_SOURCES:
+    if data.source == "hf":
+        out.append(
+            Problem(
+                ("data", "source"),
+                "hub_dataset_not_read",
+                f"data.source 'hf' names a Hugging Face hub dataset ({data.path or 'no path'}); the trainer does not "
+                "download data at run time",
+                "save it to disk or a bucket first (datasets.load_dataset(...)['train'].save_to_disk('gs://bucket/"
+                "corpus')) and use source: hf_disk with path: that folder (or export it as jsonl/parquet files)",
+            )
+        )
+    elif data.source not in BUNDLED_DATA_SOURCES:
         out.append(
             Problem(
                 ("data", "source"),
                 "data_source_not_bundled",
                 f"the bundled trainer reads {', '.join(BUNDLED_DATA_SOURCES)} data; {data.source!r} is not read yet",
-                "use source: text (files or fsspec URLs, tokenized by data.tokenizer) or tokens (a pre-tokenized .npy "
-                "or raw uint16/int32 file) instead",
+                "use source: jsonl, parquet, arrayrecord or hf_disk (documents, packed), text (files tokenized by "
+                "data.tokenizer) or tokens (a pre-tokenized .npy or raw uint16/int32 file) instead",
+            )
+        )
+    if (data.prompt_column is None) != (data.completion_column is None):
+        missing = "completion_column" if data.completion_column is None else "prompt_column"
+        out.append(
+            Problem(
+                ("data", missing),
+                "prompt_completion_pair",
+                "data.prompt_column and data.completion_column go together",
+                f"set data.{missing} too, or remove the other to read data.text_column",
+            )
+        )
+    elif data.completion_only and data.prompt_column is None:
+        out.append(
+            Problem(
+                ("data", "completion_only"),
+                "completion_only_without_prompt",
+                "data.completion_only masks the prompt, but no prompt_column/completion_column is set",
+                "set data.prompt_column and data.completion_column, or remove completion_only",
+            )
+        )
+    if spec.eval is not None and data.source not in DOCUMENT_SOURCES:
+        out.append(
+            Problem(
+                ("eval",),
+                "eval_needs_documents",
+                f"eval reads a held-out set like data, but data.source {data.source!r} is not a document source",
+                f"use data.source {' | '.join(DOCUMENT_SOURCES)} for an eval set, or remove the eval block",
             )
         )
     if spec.checkpoint.every_steps and spec.checkpoint.every_steps > spec.steps:

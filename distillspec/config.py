@@ -27,8 +27,11 @@ Dtype = Literal["float32", "bfloat16"]
 # `none` keeps every activation (fastest when it fits: small models, CPU).
 Remat = Literal["full", "dots", "none"]
 FeatureLossType = Literal["cosine", "l2"]
-DataSource = Literal["synthetic", "text", "tokens", "hf", "tfds", "grain"]
-BUNDLED_DATA_SOURCES = ("synthetic", "text", "tokens")
+DataSource = Literal["synthetic", "text", "tokens", "jsonl", "parquet", "arrayrecord", "hf_disk", "hf", "tfds", "grain"]
+# Sources of documents (records with a text column, or a prompt and a completion), read through Grain, sharded by
+# process and packed into rows with segment ids; `synthetic`, `text` and `tokens` are token streams cut in windows.
+DOCUMENT_SOURCES = ("jsonl", "parquet", "arrayrecord", "hf_disk")
+BUNDLED_DATA_SOURCES = ("synthetic", "text", "tokens", *DOCUMENT_SOURCES)
 BATCH_SHAPE_KEYS = ("per_device_batch_size", "max_target_length", "gradient_accumulation_steps")
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -214,14 +217,31 @@ def _explicit(model: ModelSpec | None) -> ModelSpec | None:
 
 
 class DataSpec(_Block):
-    """Where tokens come from. The bundled trainer reads `synthetic`, `text` and `tokens`."""
+    """Where tokens come from: a token stream (`synthetic`, `text`, `tokens`) cut in windows, or documents
+    (`jsonl`, `parquet`, `arrayrecord`, `hf_disk`) packed into rows without attention or loss across them."""
 
     source: DataSource = "synthetic"
-    path: str | None = None  # text: file, directory or fsspec URL; tokens: a .npy / raw uint16|int32 file
+    # text/jsonl/parquet: a file, a folder, a glob or an fsspec URL (gs://...); arrayrecord: files as well;
+    # hf_disk: a folder written by `datasets.Dataset.save_to_disk`; tokens: a .npy / raw uint16|int32 file.
+    path: str | None = None
+    text_column: str = "text"  # documents: the column holding the text
+    # documents: a prompt/completion pair instead of text_column (the document is the prompt then the completion)
+    prompt_column: str | None = None
+    completion_column: str | None = None
+    completion_only: bool = False  # with prompt/completion columns: loss on the completion's tokens only
     # `byte`, a path to a `tokenizer.json` (MaxText's `tokenizer_path`), or None: the tokenizer.json of the
     # teacher's (else the student's) Hugging Face checkpoint folder when it has one, else `byte`.
     tokenizer: str | None = None
     seed: int = 0
+
+
+class EvalSpec(_Block):
+    """A held-out set read like `data` (same source kind, columns and tokenizer) from `path`: its first `batches`
+    batches are evaluated every `every_steps` steps and at the last step (`eval/...` metrics)."""
+
+    path: str
+    every_steps: PositiveInt = 100
+    batches: PositiveInt = 4
 
 
 class BatchSpec(_Block):
@@ -317,6 +337,7 @@ class DistillSpec(_Block):
     teacher: ModelSpec | None = None
     loss: LossSpec = LossSpec()
     data: DataSpec = DataSpec()
+    eval: EvalSpec | None = None
     batch: BatchSpec = BatchSpec()
     steps: PositiveInt = 1000
     optimizer: OptimizerSpec = OptimizerSpec()

@@ -3,6 +3,7 @@ with XPK's multi-host shape, the exit-code policy, labels, annotations and the e
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -21,8 +22,9 @@ from sweep_support import (
     sweep_data,
 )
 
+from distillspec.config import DistillSpec
 from distillspec.sweep import load_sweep, override_target
-from orchestrator.core import rendering
+from orchestrator.core import identity, rendering
 from orchestrator.core.expansion import expand
 
 SHAPES = {"v5p-128x2": {"tpu_type": "v5p-128", "slices": 2}, "v6e-256": {"tpu_type": "v6e-256", "slices": 1}}
@@ -134,7 +136,14 @@ def test_the_resolved_spec_reaches_the_trainer_and_env_is_one_mapping(tmp_path):
     assert by_name["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
     spec = json.loads(by_name["DISTILLCTL_SPEC"]["value"])
     point = result.points[0]
-    assert spec == point.spec.resolved().model_dump(mode="json") and spec["name"] == point.run_id
+    # Fields added after the identity scheme are left out while they hold their default (identity.LATER_DEFAULTS):
+    # the trainer reads the same spec, and spec_hash hashes exactly this text.
+    assert DistillSpec.model_validate(spec) == point.spec.resolved() and spec["name"] == point.run_id
+    assert (
+        identity.spec_hash(point.spec)
+        == point.spec_hash
+        == hashlib.sha256(by_name["DISTILLCTL_SPEC"]["value"].encode()).hexdigest()[: identity.SPEC_HASH_LENGTH]
+    )
     assert by_name["DISTILLCTL_RUN_ID"]["value"] == point.run_id
 
 

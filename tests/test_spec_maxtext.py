@@ -55,7 +55,7 @@ def test_maxtext_starter_config_is_rejected_where_the_trainer_cannot_run_it():
     trainer reads neither yet (until then validate called it valid and the run failed)."""
     report = read_spec_text(MAXTEXT_STARTER, file="distillation.yml")
     assert report.format == "maxtext" and not report.ok
-    assert [p.code for p in report.problems] == ["maxtext_checkpoint_not_supported", "data_source_not_bundled"]
+    assert [p.code for p in report.problems] == ["maxtext_checkpoint_not_supported", "hub_dataset_not_read"]
     assert all(p.is_error and p.hint for p in report.problems)
 
 

@@ -4,7 +4,8 @@
   `load_parameters_path` restores);
 - `train_state`: optimizer state and the metric window accumulators, so a resumed run logs exactly what an
   uninterrupted one logs;
-- `meta`: JSON — step, data position (micro-batches consumed), tokens, wall time.
+- `meta`: JSON — step, data position (micro-batches consumed), tokens, wall time;
+- `data` (document sources): each process's Grain iterator state (`process_<i>-of-<n>.json`).
 
 Arrays restore straight into their target shardings (multi-host: each process reads its own shards). Paths may
 be local or `gs://` (orbax and etils handle both).
@@ -17,6 +18,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
@@ -59,6 +61,23 @@ def abstract(tree: Any) -> Any:
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
 
 
+class DataState:
+    """An input-pipeline position as Grain's orbax checkpoint handler saves it (`get_state` bytes, one
+    `process_<i>-of-<n>.json` per process); the loop hands over the state it captured before reading ahead."""
+
+    def __init__(self, state: bytes = b""):
+        self.state = state
+
+    def get_state(self) -> bytes:
+        return self.state
+
+    def set_state(self, state: bytes) -> None:
+        self.state = state
+
+    def start_prefetch(self) -> None:  # the handler calls it after a restore; the loop's iterator prefetches
+        pass
+
+
 class RunCheckpoints:
     """Save and restore one run's checkpoints (keeps the latest `keep`).
 
@@ -78,7 +97,7 @@ class RunCheckpoints:
                     # background, its failure left the other save threads waiting 300 s for its signal at exit.
                     async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
                 ),
-                item_names=("params", "train_state", "meta"),
+                item_names=("params", "train_state", "meta", "data"),
             )
         except OSError as e:
             raise storage_failure(directory, e) from None
@@ -86,20 +105,21 @@ class RunCheckpoints:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def save(self, step: int, params: Any, train_state: Any, meta: dict) -> None:
-        """Start saving step `step` (asynchronously; `close` blocks until it is durable). Raises the failure of an
-        earlier save still unreported, or of this one's synchronous part (see the class)."""
+    def save(self, step: int, params: Any, train_state: Any, meta: dict, data_state: bytes | None = None) -> None:
+        """Start saving step `step` (asynchronously; `close` blocks until it is durable). `data_state`: this
+        process's input-pipeline position (a Grain iterator's state), saved by Grain's checkpoint handler as one
+        file per process. Raises the failure of an earlier save still unreported, or of this one's synchronous
+        part (see the class)."""
         self.check()
+        items = {
+            "params": ocp.args.StandardSave(flatten(params)),
+            "train_state": ocp.args.StandardSave(flatten(train_state)),
+            "meta": ocp.args.JsonSave(meta),
+        }
+        if data_state is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(DataState(data_state))
         try:
-            self._manager.save(
-                step,
-                args=ocp.args.Composite(
-                    params=ocp.args.StandardSave(flatten(params)),
-                    train_state=ocp.args.StandardSave(flatten(train_state)),
-                    meta=ocp.args.JsonSave(meta),
-                ),
-                force=True,
-            )
+            self._manager.save(step, args=ocp.args.Composite(**items), force=True)
         except OSError as e:
             raise storage_failure(self.directory, e) from None
 
@@ -110,20 +130,24 @@ class RunCheckpoints:
         except OSError as e:
             raise storage_failure(self.directory, e) from None
 
-    def restore(self, step: int, params_like: Any, train_state_like: Any) -> tuple[Any, Any, dict]:
-        """`(params, train_state, meta)` of step `step`, shaped and sharded like the given trees."""
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(flatten(abstract(params_like))),
-                train_state=ocp.args.StandardRestore(flatten(abstract(train_state_like))),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
+    def restore(
+        self, step: int, params_like: Any, train_state_like: Any, *, data: bool = False
+    ) -> tuple[Any, Any, dict, bytes | None]:
+        """`(params, train_state, meta, data_state)` of step `step`, shaped and sharded like the given trees;
+        `data_state` (this process's input-pipeline position) only when `data` is asked for, else None."""
+        items = {
+            "params": ocp.args.StandardRestore(flatten(abstract(params_like))),
+            "train_state": ocp.args.StandardRestore(flatten(abstract(train_state_like))),
+            "meta": ocp.args.JsonRestore(),
+        }
+        if data:
+            items["data"] = grain.checkpoint.CheckpointRestore(DataState())
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         return (
             unflatten(params_like, restored["params"]),
             unflatten(train_state_like, restored["train_state"]),
             dict(restored["meta"]),
+            restored["data"].state if data else None,
         )
 
     def close(self) -> None:

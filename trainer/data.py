@@ -16,6 +16,12 @@ Sources:
 
 A batch is `{"inputs": [R, T] int32, "targets": [R, T] int32, "mask": [R, T] float32}` with targets the inputs
 shifted by one and mask 1 for every token these sources produce.
+
+Document sources (`jsonl`, `parquet`, `arrayrecord`, `hf_disk`) are different: each process reads only its own
+shard of the records (`trainer.corpus`), tokenizes and packs them (`trainer.packing`) and batches its own rows,
+with `segment_ids`; the position is the Grain iterator's state, saved with each checkpoint. `make_batches` hides
+the difference from the loop: `Batches.next()` is the next step's `[A, R, T]` host arrays (R: every row for the
+index sources, this process's rows for documents; `Batches.local` says which).
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ from typing import Protocol
 import fsspec
 import numpy as np
 
-from distillspec.config import DataSpec, DistillSpec
+from distillspec.config import DOCUMENT_SOURCES, DataSpec, DistillSpec
 from trainer.exit_codes import UserError
+from trainer.packing import load_tokenizer
 
 SYNTHETIC_SUCCESSORS = 4
 _SKIP_SHARE = 0.25
@@ -118,6 +125,140 @@ def make_source(spec: DataSpec, vocab_size: int, length: int) -> TokenSource:
     return WindowSource(spec.seed, tokens)
 
 
+class Batches(Protocol):
+    local: bool  # batches hold this process's rows only (else every row of the global batch)
+
+    def next(self) -> dict[str, np.ndarray]:
+        """The next optimizer step's micro-batches, `{key: [A, R, T]}`."""
+
+    def state(self) -> bytes | None:
+        """The position after the batches handed out so far, for a checkpoint (None: the micro-batch count
+        saved in the checkpoint's meta is the whole position)."""
+
+    def restore(self, state: bytes) -> None:
+        """Continue from a `state` a checkpoint saved."""
+
+    def close(self) -> None:
+        """Release readers and threads."""
+
+
+class IndexBatches:
+    """The index sources: micro-batch `i` is `batch_at(source, i)`, the same on every process."""
+
+    local = False
+
+    def __init__(self, source: TokenSource, rows: int, length: int, accumulation: int, position: int = 0):
+        self.source, self.rows, self.length, self.accumulation = source, rows, length, accumulation
+        self.position = position
+
+    def next(self) -> dict[str, np.ndarray]:
+        micro = [batch_at(self.source, self.position + a, self.rows, self.length) for a in range(self.accumulation)]
+        self.position += self.accumulation
+        return {k: np.stack([m[k] for m in micro]) for k in micro[0]}
+
+    def state(self) -> None:
+        return None
+
+    def restore(self, state: bytes) -> None:
+        raise ValueError("index sources have no iterator state")
+
+    def close(self) -> None:
+        pass
+
+
+class StreamBatches:
+    """Document sources: this process's packed rows from a Grain iterator, `accumulation` batches per step."""
+
+    local = True
+
+    def __init__(self, iterator, accumulation: int):
+        self.iterator, self.accumulation = iterator, accumulation
+
+    def next(self) -> dict[str, np.ndarray]:
+        micro = [next(self.iterator) for _ in range(self.accumulation)]
+        return {k: np.stack([m[k] for m in micro]) for k in micro[0]}
+
+    def state(self) -> bytes:
+        import json
+
+        return json.dumps(self.iterator.get_state(), sort_keys=True).encode()
+
+    def restore(self, state: bytes) -> None:
+        import json
+
+        self.iterator.set_state(json.loads(state))
+
+    def close(self) -> None:
+        """Stop the prefetch thread."""
+        close = getattr(self.iterator, "close", None)
+        if close is not None:
+            close()
+
+
+PREFETCH_BATCHES = 4  # packed batches a process prepares ahead: what bounds the input pipeline's memory
+
+
+def document_rows(
+    data: DataSpec, path: str | None, vocab_size: int, length: int, shard, *, repeat: bool
+):  # -> grain.IterDataset
+    """This process's packed rows (`trainer.packing`) of the documents at `path`."""
+    from trainer import corpus, packing
+
+    tokenize = load_tokenizer(data.tokenizer, vocab_size)
+    records = corpus.host_records(data, path, shard, repeat=repeat)
+    documents = records.map(lambda r: packing.document_features(r, data, tokenize))
+    return packing.packed_rows(documents, length).map(lambda row: packing.check_vocab(row, vocab_size, path))
+
+
+def make_batches(spec: DistillSpec, vocab_size: int, rows: int, shard, position: int = 0) -> Batches:
+    """The training batches of `spec`: `rows` global rows per micro-batch (a process with shard `i of n` of a
+    document source reads `rows / n`), starting at micro-batch `position` (index sources; a document source's
+    iterator is restored from its checkpointed state instead)."""
+    import grain
+
+    length, accumulation = spec.batch.max_target_length, spec.batch.gradient_accumulation_steps
+    if spec.data.source not in DOCUMENT_SOURCES:
+        return IndexBatches(make_source(spec.data, vocab_size, length), rows, length, accumulation, position)
+    rows_here = host_rows(rows, shard)
+    ds = document_rows(spec.data, spec.data.path, vocab_size, length, shard, repeat=True)
+    ds = ds.batch(rows_here, drop_remainder=True)
+    ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=PREFETCH_BATCHES)
+    return StreamBatches(iter(ds), accumulation)
+
+
+def host_rows(rows: int, shard) -> int:
+    """Rows per process; UserError when the processes cannot share `rows` evenly."""
+    if rows % shard.count:
+        raise UserError(
+            f"a micro-batch of {rows} rows cannot be shared evenly by {shard.count} processes",
+            "pick a per_device_batch_size that gives every process the same number of rows",
+        )
+    return rows // shard.count
+
+
+def eval_batches(spec: DistillSpec, vocab_size: int, rows: int, shard) -> list[dict[str, np.ndarray]]:
+    """The held-out set: the first `eval.batches` batches of `[rows / n, T]` rows of this process's shard of
+    `eval.path`, read once; a set that runs out is padded with rows of mask 0 (so every process evaluates the same
+    number of batches)."""
+    import itertools
+
+    assert spec.eval is not None
+    length, rows_here = spec.batch.max_target_length, host_rows(rows, shard)
+    ds = document_rows(spec.data, spec.eval.path, vocab_size, length, shard, repeat=False)
+    flat = list(itertools.islice(iter(ds), spec.eval.batches * rows_here))
+    pad = {
+        "inputs": np.zeros((length,), np.int32),
+        "targets": np.zeros((length,), np.int32),
+        "segment_ids": np.zeros((length,), np.int32),
+        "mask": np.zeros((length,), np.float32),
+    }
+    flat += [pad] * (spec.eval.batches * rows_here - len(flat))
+    return [
+        {k: np.stack([r[k] for r in flat[b * rows_here : (b + 1) * rows_here]]) for k in pad}
+        for b in range(spec.eval.batches)
+    ]
+
+
 def batch_at(source: TokenSource, index: int, rows: int, seq_len: int) -> dict[str, np.ndarray]:
     """Batch `index` as inputs/targets/mask `[rows, seq_len]`."""
     seqs = source.sequences(index, rows, seq_len + 1)
@@ -199,29 +340,10 @@ def _is_file(path: str) -> bool:
 def tokenize_text(texts: list[str], tokenizer: str | None, vocab_size: int) -> np.ndarray:
     """Concatenated token ids of `texts` (documents joined by a newline byte / the tokenizer's own tokens);
     `tokenizer` is `byte` (or None) or the path of a tokenizer.json (see `resolve_tokenizer`)."""
+    tokenize = load_tokenizer(tokenizer, vocab_size)
     if tokenizer in ("byte", None):
-        if vocab_size < 256:
-            raise UserError(f"the byte tokenizer needs vocab_size >= 256, the models have {vocab_size}")
-        return np.frombuffer("\n".join(texts).encode("utf-8"), np.uint8).astype(np.int32)
-    try:
-        from tokenizers import Tokenizer
-
-        with fsspec.open(tokenizer, "r", encoding="utf-8") as f:
-            tok = Tokenizer.from_str(f.read())
-    except (OSError, ValueError, ImportError) as e:
-        raise UserError(
-            f"cannot load tokenizer {tokenizer!r}: {e}", "data.tokenizer is `byte` or the path of a tokenizer.json"
-        ) from None
-    except Exception as e:  # tokenizers raises its own exception type for malformed files
-        raise UserError(
-            f"cannot parse tokenizer {tokenizer!r}: {e}", "data.tokenizer must be a tokenizers-library tokenizer.json"
-        ) from None
-    if tok.get_vocab_size() > vocab_size:
-        raise UserError(
-            f"tokenizer {tokenizer!r} has {tok.get_vocab_size()} tokens; the models' vocab_size is {vocab_size}",
-            "set the models' vocab_size to at least the tokenizer's",
-        )
-    ids = [np.asarray(e.ids, np.int32) for e in tok.encode_batch(texts)]
+        return tokenize("\n".join(texts))
+    ids = [tokenize(text) for text in texts]
     return np.concatenate(ids) if ids else np.zeros((0,), np.int32)
 
 

@@ -31,7 +31,7 @@ from trainer import blocked_logits
 
 FeatureLossType = str  # "cosine" | "l2"
 COSINE_EPS = 1e-6
-PERPLEXITY_METRICS = ("distill/student_perplexity", "distill/teacher_perplexity")
+PERPLEXITY_METRICS = ("distill/student_perplexity", "distill/teacher_perplexity", "eval/student_perplexity")
 DISTILL_METRICS = (
     "distill/soft_loss",
     "distill/hard_loss",

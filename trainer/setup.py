@@ -31,6 +31,7 @@ from trainer.step import (
     empty_window,
     fused_loss_wanted,
     learning_rate_schedule,
+    make_eval_step,
     make_optimizer,
     make_train_step,
 )
@@ -47,6 +48,10 @@ class Built:
     lr_schedule: Callable[[int], Any]
     to_device: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]]
     zero_window: Callable[[], dict[str, jax.Array]]
+    # `[A, R/n, T]` host arrays of this process's rows -> the global `[A, R, T]` batch (document sources)
+    local_to_device: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]] | None = None
+    # jitted eval_step(params, teacher_params, batch [R, T]) -> {metric: [sum, count]} (see `make_eval_step`)
+    eval_fn: Any = None
 
 
 def global_rows(spec: DistillSpec, mesh: Mesh) -> int:
@@ -159,7 +164,8 @@ def build(spec: DistillSpec, *, devices: list | None = None, teacher_params: Any
         bad_step=_put(np.full((), -1, np.int32), replicated),
     )
     state_shardings = jax.tree.map(lambda a: a.sharding, state)
-    step = make_train_step(spec, step_models(spec, student, teacher, features, mesh), optimizer)
+    models = step_models(spec, student, teacher, features, mesh)
+    step = make_train_step(spec, models, optimizer)
     batch_sharding = NamedSharding(mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp"), None))
 
     step_fn = jax.jit(step, out_shardings=state_shardings, donate_argnums=(0,))
@@ -170,9 +176,24 @@ def build(spec: DistillSpec, *, devices: list | None = None, teacher_params: Any
             for k, v in host.items()
         }
 
+    def local_to_device(local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        sharding = batch_sharding if next(iter(local.values())).ndim == 3 else eval_sharding
+        return {
+            k: jax.make_array_from_process_local_data(sharding, v, (*v.shape[:-2], rows, v.shape[-1]))
+            for k, v in local.items()
+        }
+
+    eval_sharding = NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"), None))
+    eval_fn = None
+    if spec.eval is not None:
+        eval_fn = jax.jit(
+            make_eval_step(spec, dataclasses.replace(models, forward_hidden=None)), out_shardings=replicated
+        )
     zero_window = jax.jit(lambda: empty_window(spec), out_shardings=replicated)
     vocab = spec.student.shape().vocab_size
-    return Built(mesh, rows, vocab, state, teacher_params, step_fn, lr_schedule, to_device, zero_window)
+    return Built(
+        mesh, rows, vocab, state, teacher_params, step_fn, lr_schedule, to_device, zero_window, local_to_device, eval_fn
+    )
 
 
 def _load_teacher(spec: DistillSpec, teacher: _Model) -> Any:

@@ -188,21 +188,22 @@ class StepModels:
 
 def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.GradientTransformation) -> Callable:
     """`step(state, teacher_params, batch, hparams) -> state`; batch arrays are `[A, R, T]` (A micro-batches of R
-    rows); `hparams` maps alpha, temperature, beta and learning_rate to float32 scalars."""
+    rows): inputs, targets, mask and, for packed documents, segment_ids (attention stays within a segment and
+    positions restart at each); `hparams` maps alpha, temperature, beta and learning_rate to float32 scalars."""
     distill = spec.mode == "distill"
     layer_indices = spec.layer_indices() if models.features else None
     n_layers = len(layer_indices) if layer_indices is not None else None
 
     fused = distill and models.forward_hidden is not None
 
-    def apply(graphdef, params, tokens):
+    def apply(graphdef, params, tokens, segment_ids=None):
         if fused:  # (hidden, head, features): the loss never forms [B, T, V] logits
-            return models.forward_hidden(nnx.merge(graphdef, params), tokens)
-        return forward(nnx.merge(graphdef, params), tokens)
+            return models.forward_hidden(nnx.merge(graphdef, params), tokens, segment_ids)
+        return forward(nnx.merge(graphdef, params), tokens, segment_ids)
 
     def micro_loss(params, teacher_out, mb, weights, n_tokens, n_features):
         if fused:
-            hidden, head, feats = apply(models.student, params, mb["inputs"])
+            hidden, head, feats = apply(models.student, params, mb["inputs"], mb.get("segment_ids"))
             t_hidden, t_head, t_feats = teacher_out
             sums = hidden_distillation_sums(
                 hidden,
@@ -219,7 +220,7 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
                 feature_loss_type=spec.loss.feature_loss_type,
             )
         else:
-            logits, feats = apply(models.student, params, mb["inputs"])
+            logits, feats = apply(models.student, params, mb["inputs"], mb.get("segment_ids"))
             if not distill:
                 sums = losses.pretrain_sums(logits, mb["targets"], mb["mask"])
                 return sums["ce"][0] / jnp.maximum(n_tokens, 1.0), sums
@@ -263,7 +264,9 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
             grads, sums, total = carry
             teacher_out = None
             if distill:
-                teacher_out = jax.lax.stop_gradient(apply(models.teacher, teacher_params, mb["inputs"]))
+                teacher_out = jax.lax.stop_gradient(
+                    apply(models.teacher, teacher_params, mb["inputs"], mb.get("segment_ids"))
+                )
             (loss, mb_sums), g = grad_fn(params, teacher_out, mb, weights, n_tokens, n_features)
             add = lambda a, b: a + b  # noqa: E731
             return (jax.tree.map(add, grads, g), jax.tree.map(add, sums, mb_sums), total + loss), None
@@ -299,3 +302,42 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
         )
 
     return step
+
+
+EVAL_METRICS = (
+    "eval/kl_div_T1",
+    "eval/hard_loss",
+    "eval/student_perplexity",
+    "eval/top1_agreement",
+    "eval/teacher_loss",
+)
+PRETRAIN_EVAL_METRICS = ("eval/hard_loss", "eval/student_perplexity")
+
+
+def make_eval_step(spec: DistillSpec, models: StepModels) -> Callable:
+    """`eval_step(params, teacher_params, batch) -> {metric: [sum, count]}` of one held-out batch `[R, T]` (dense
+    logits at T = 1; pretrain runs: the student's loss only). Sums add over batches; a value is Σsum / Σcount
+    (perplexity: exp of it)."""
+    distill = spec.mode == "distill"
+
+    def logits_of(graphdef, params, batch):
+        return forward(nnx.merge(graphdef, params), batch["inputs"], batch.get("segment_ids"))[0]
+
+    def eval_step(params, teacher_params, batch):
+        logits = logits_of(models.student, params, batch)
+        if not distill:
+            ce = losses.pretrain_sums(logits, batch["targets"], batch["mask"])["ce"]
+            return {"eval/hard_loss": jnp.stack(ce), "eval/student_perplexity": jnp.stack(ce)}
+        sums = losses.distillation_sums(
+            logits, logits_of(models.teacher, teacher_params, batch), batch["targets"], batch["mask"], temperature=1.0
+        )
+        pairs = {
+            "eval/kl_div_T1": sums["kl_T1"],
+            "eval/hard_loss": sums["ce"],
+            "eval/student_perplexity": sums["ce"],
+            "eval/top1_agreement": sums["top1_agreement"],
+            "eval/teacher_loss": sums["teacher_ce"],
+        }
+        return {k: jnp.stack([jnp.asarray(a, jnp.float32) for a in v]) for k, v in pairs.items()}
+
+    return eval_step

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from distillspec.config import DistillSpec
+from distillspec.config import DOCUMENT_SOURCES, DistillSpec
 from distillspec.contract import ENV_RUN_ID
 from trainer.exit_codes import RetryableError, TrainerError, TrainerExit, UserError
 from trainer.failures import classify
@@ -293,19 +293,20 @@ class Start:
     tokens: int  # valid tokens trained on
     wall_time_sec: float  # wall time of the earlier attempts
     resumed: bool
+    data_state: bytes | None = None  # this process's input-pipeline state (document sources)
 
 
-def restore_or_init(checkpoints: RunCheckpoints | None, initial: TrainState) -> Start:
-    """The latest checkpoint's state and position, else `initial` at step 0. Raises UserError when the checkpoint
-    holds another model."""
+def restore_or_init(checkpoints: RunCheckpoints | None, initial: TrainState, *, data: bool = False) -> Start:
+    """The latest checkpoint's state and position (with `data`, also this process's input-pipeline state), else
+    `initial` at step 0. Raises UserError when the checkpoint holds another model."""
     from trainer.step import TrainState
 
     latest = checkpoints.latest_step() if checkpoints else None
     if latest is None:
         return Start(initial, 0, 0, 0, 0.0, False)
     try:
-        params, rest, meta = checkpoints.restore(latest, initial.params, initial.checkpointed())
-    except (ValueError, KeyError, TypeError) as e:
+        params, rest, meta, data_state = checkpoints.restore(latest, initial.params, initial.checkpointed(), data=data)
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
         raise UserError(
             f"the checkpoint at {checkpoints.directory}/{latest} does not match this spec: {_first_line(e)}",
             "use a new run name (or output_dir) for a different model, or delete the old run directory",
@@ -317,6 +318,7 @@ def restore_or_init(checkpoints: RunCheckpoints | None, initial: TrainState) -> 
         tokens=int(meta["tokens"]),
         wall_time_sec=float(meta.get("wall_time_sec", 0.0)),
         resumed=True,
+        data_state=data_state,
     )
 
 
@@ -400,7 +402,7 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
         RunCheckpoints(f"{run_dir}/checkpoints", keep=spec.checkpoint.keep) if spec.checkpoint.enabled else None
     )
     try:
-        start = restore_or_init(checkpoints, built.state)
+        start = restore_or_init(checkpoints, built.state, data=spec.data.source in DOCUMENT_SOURCES)
         _resume_session(session, start, checkpoints)
         state = _loop(spec, built, session, stop, checkpoints, start)
     except BaseException:
@@ -463,18 +465,20 @@ def _loop(
     import jax
 
     from trainer import data as data_lib
+    from trainer.corpus import Shard
     from trainer.step import hyperparameters
 
-    source = data_lib.make_source(spec.data, built.vocab_size, spec.batch.max_target_length)
+    shard = Shard(jax.process_index(), jax.process_count())
     accumulation = spec.batch.gradient_accumulation_steps
+    batches = data_lib.make_batches(spec, built.vocab_size, built.rows, shard, start.position)
+    if start.data_state is not None:
+        batches.restore(start.data_state)
+    to_device = built.local_to_device if batches.local else built.to_device
+    evaluation = _Evaluation(spec, built, shard) if spec.eval is not None else None
 
     def batch(position: int):
-        micro = [
-            data_lib.batch_at(source, position + a, built.rows, spec.batch.max_target_length)
-            for a in range(accumulation)
-        ]
-        host = {k: np.stack([m[k] for m in micro]) for k in micro[0]}  # [A, R, T]
-        return host, built.to_device(host)
+        host = batches.next()  # [A, R, T]: every row (index sources) or this process's rows (documents)
+        return host, to_device(host)
 
     def hparams_at(step: int) -> dict[str, Any]:
         return {k: np.float32(v) for k, v in hyperparameters(spec, step, built.lr_schedule).items()}
@@ -482,6 +486,7 @@ def _loop(
     state, step, position = start.state, start.step, start.position
     session.reporter.start(run_dir_of(spec), step, spec.steps)
     compile_start = time.time()
+    data_state = batches.state()  # the position the next checkpoint saves: before the batch read ahead
     host, device_batch = batch(position)
     with jax.set_mesh(built.mesh):  # activation sharding constraints name the mesh's axes
         step_fn = built.step_fn.lower(state, built.teacher_params, device_batch, hparams_at(step)).compile()
@@ -490,7 +495,7 @@ def _loop(
     def save(state: TrainState, step: int) -> None:
         _check_finite(state, step)
         meta = {"step": step, "data_position": position, "tokens": session.tokens, "wall_time_sec": session.wall_time()}
-        checkpoints.save(step, state.params, state.checkpointed(), meta)
+        checkpoints.save(step, state.params, state.checkpointed(), meta, data_state)
         if session.files is not None:
             session.files.flush()
             session.write_summary("running", None)
@@ -503,23 +508,71 @@ def _loop(
         state = step_fn(state, built.teacher_params, device_batch, hparams_at(step))
         step += 1
         position += accumulation
-        tokens = int(host["mask"].sum())
+        tokens = _global_tokens(host["mask"], batches.local)
         session.step, session.tokens = step, session.tokens + tokens
         window.add(tokens)
         if step < spec.steps:
+            data_state = batches.state()
             host, device_batch = batch(position)  # prepared while the device computes this step
-        if window.due(step):
-            state = _log(state, step, window, built, session)
+        eval_due = evaluation is not None and evaluation.due(step)
+        if window.due(step) or eval_due:
+            state = _log(state, step, window, built, session, evaluation.run(state) if eval_due else {})
         if policy.periodic(step):
             save(state, step)
     if policy.final(step, _stopped(stop), checkpoints.latest_step() if checkpoints else None):
         save(state, step)
+    batches.close()
     return state
 
 
-def _log(state: TrainState, step: int, window: MetricWindow, built: Built, session: _Session) -> TrainState:
-    """Close the metric window at `step`: raise Diverged, or write the line and return the state with a zero
-    window."""
+def _global_tokens(mask: np.ndarray, local: bool) -> int:
+    """Valid tokens of a step across every process (a process that holds only its rows asks the others)."""
+    tokens = int(mask.sum())
+    import jax
+
+    if local and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        tokens = int(np.sum(multihost_utils.process_allgather(np.asarray(tokens, np.int64))))
+    return tokens
+
+
+class _Evaluation:
+    """The held-out set (`spec.eval`), read once, and when to evaluate it: every `eval.every_steps` steps and at
+    the last step."""
+
+    def __init__(self, spec: DistillSpec, built: Built, shard):
+        from trainer import data as data_lib
+
+        self.spec, self.built = spec, built
+        host = data_lib.eval_batches(spec, built.vocab_size, built.rows, shard)
+        self.batches = [built.local_to_device(b) for b in host]
+
+    def due(self, step: int) -> bool:
+        return step % self.spec.eval.every_steps == 0 or step == self.spec.steps
+
+    def run(self, state: TrainState) -> dict[str, tuple[float, float]]:
+        """`{eval/metric: (Σsum, Σcount)}` over the held-out batches."""
+        import jax
+
+        total = None
+        with jax.set_mesh(self.built.mesh):
+            for b in self.batches:
+                sums = self.built.eval_fn(state.params, self.built.teacher_params, b)
+                total = sums if total is None else jax.tree.map(lambda x, y: x + y, total, sums)
+        return {k: (float(v[0]), float(v[1])) for k, v in jax.device_get(total).items()}
+
+
+def _log(
+    state: TrainState,
+    step: int,
+    window: MetricWindow,
+    built: Built,
+    session: _Session,
+    eval_sums: dict[str, tuple[float, float]] | None = None,
+) -> TrainState:
+    """Close the metric window at `step`: raise Diverged, or write the line (with the eval metrics, when this
+    step evaluated) and return the state with a zero window."""
     import jax
 
     sums, bad_step = jax.device_get((state.window, state.bad_step))
@@ -530,11 +583,12 @@ def _log(state: TrainState, step: int, window: MetricWindow, built: Built, sessi
         time.time(),
         tokens=session.tokens,
         learning_rate=float(built.lr_schedule(step - 1)),
-        sums={k: (float(v[0]), float(v[1])) for k, v in sums.items()},
+        sums={**{k: (float(v[0]), float(v[1])) for k, v in sums.items()}, **(eval_sums or {})},
     )
     session.train_seconds += seconds
     session.train_tokens += tokens
-    session.final_metrics = {k: v["value"] for k, v in record["metrics"].items()}
+    # merged: a line without eval metrics keeps the last eval's values
+    session.final_metrics = {**session.final_metrics, **{k: v["value"] for k, v in record["metrics"].items()}}
     if session.files is not None:
         session.files.log(record)
     session.reporter.log(record)

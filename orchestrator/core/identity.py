@@ -67,9 +67,26 @@ def identity_payload(spec: DistillSpec, target: Target) -> dict[str, Any]:
     return _payload(spec.resolved_data(), target)
 
 
+# Spec fields added after IDENTITY_SCHEME v2, left out of the identity while they hold their default, so the runs
+# of specs written before them keep their ids: {block or "" for the top level: {field: default}}.
+LATER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "": {"eval": None},
+    "data": {"text_column": "text", "prompt_column": None, "completion_column": None, "completion_only": False},
+}
+
+
+def _without_later_defaults(resolved: dict[str, Any]) -> dict[str, Any]:
+    """A resolved spec's JSON data minus the `LATER_DEFAULTS` fields that hold their default (not modified)."""
+    out = {k: v for k, v in resolved.items() if k not in LATER_DEFAULTS[""] or v != LATER_DEFAULTS[""][k]}
+    for block, defaults in LATER_DEFAULTS.items():
+        if block:
+            out[block] = {k: v for k, v in out[block].items() if k not in defaults or v != defaults[k]}
+    return out
+
+
 def _payload(resolved: dict[str, Any], target: Target) -> dict[str, Any]:
     """The identity of a run from its resolved spec as JSON data (not modified)."""
-    spec = {k: v for k, v in resolved.items() if k not in ("name", "output_dir")}
+    spec = {k: v for k, v in _without_later_defaults(resolved).items() if k not in ("name", "output_dir")}
     # An extra copy of the result in another format, not a different result.
     spec["checkpoint"] = _without_export(spec["checkpoint"])
     return {"scheme": IDENTITY_SCHEME, "spec": spec, "run": target_identity(target)}
@@ -106,12 +123,14 @@ def identify(spec: DistillSpec, target: Target, encodings: Encodings | None = No
     named by its run id with `output_dir` the target's output base: the same texts those functions hash, built
     from each block's encoding once (a sweep does this per point, sharing `encodings`)."""
     known = encodings or Encodings()
+    top_defaults = LATER_DEFAULTS[""]
     blocks = {
-        name: known.block(spec, name)
+        name: known.block(spec, name, make=lambda name=name: _block_data(spec, name))
         if isinstance(getattr(spec, name), BaseModel)
         else canonical_json(spec.resolved_block(name))
         for name in type(spec).model_fields
         if name not in ("name", "output_dir")
+        and not (name in top_defaults and spec.resolved_block(name) == top_defaults[name])
     }
     # An extra copy of the result in another format, not a different result (as in `_payload`).
     identity_checkpoint = known.block(
@@ -127,6 +146,13 @@ def identify(spec: DistillSpec, target: Target, encodings: Encodings | None = No
     run = _id_of(payload)
     final = _object({**blocks, "name": _string(run), "output_dir": _string(target.output_base)})
     return run, _hash_of(final), final
+
+
+def _block_data(spec: DistillSpec, name: str) -> Any:
+    """One block of `_without_later_defaults(spec.resolved_data())`."""
+    data = spec.resolved_block(name)
+    defaults = LATER_DEFAULTS.get(name)
+    return {k: v for k, v in data.items() if k not in defaults or v != defaults[k]} if defaults else data
 
 
 def _without_export(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -152,7 +178,7 @@ def _id_of(text: str) -> str:
 
 
 def _digest_hash(resolved: dict[str, Any]) -> str:
-    return _hash_of(canonical_json(resolved))
+    return _hash_of(canonical_json(_without_later_defaults(resolved)))
 
 
 def _hash_of(text: str) -> str:

@@ -1,0 +1,232 @@
+"""Document corpora through Grain: JSONL, Parquet, ArrayRecord and saved Hugging Face datasets the tests write
+themselves; per-process shards; packing with segment ids against a NumPy reference; no attention across
+documents; completion-only masks; clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distillspec.config import DataSpec
+from trainer.exit_codes import UserError
+
+pytest.importorskip("jax")
+pytest.importorskip("grain")
+
+from trainer import corpus, packing  # noqa: E402
+from trainer import data as D  # noqa: E402
+from trainer.corpus import Shard  # noqa: E402
+
+DOCS = [f"document {i}: " + "abcdefghij"[: i % 9 + 1] * (i % 5 + 1) for i in range(30)]
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory) -> dict[str, Path]:
+    """The same 30 documents as JSONL (3 files), Parquet (3 files), ArrayRecord (2 files) and a saved dataset."""
+    import array_record.python.array_record_module as ar
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path_factory.mktemp("corpora")
+    parts = [DOCS[0:10], DOCS[10:20], DOCS[20:30]]
+    for kind in ("jsonl", "parquet", "arrayrecord"):
+        (root / kind).mkdir()
+    for i, part in enumerate(parts):
+        (root / "jsonl" / f"part-{i}.jsonl").write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for d in part))
+        pq.write_table(pa.table({"text": part}), root / "parquet" / f"part-{i}.parquet", row_group_size=4)
+    for i, part in enumerate([DOCS[:15], DOCS[15:]]):
+        writer = ar.ArrayRecordWriter(str(root / "arrayrecord" / f"part-{i}.array_record"), "group_size:1")
+        for d in part:
+            writer.write(json.dumps({"text": d}).encode())
+        writer.close()
+    datasets.Dataset.from_dict({"text": DOCS, "other": list(range(30))}).save_to_disk(str(root / "hf"))
+    return {
+        "jsonl": root / "jsonl",
+        "parquet": root / "parquet" / "*.parquet",
+        "arrayrecord": root / "arrayrecord",
+        "hf_disk": root / "hf",
+    }
+
+
+def texts(data: DataSpec, path, shard: Shard) -> list[str]:
+    return [r[data.text_column] for r in corpus.host_records(data, str(path), shard, repeat=False)]
+
+
+@pytest.mark.parametrize("source", ["jsonl", "parquet", "arrayrecord", "hf_disk"])
+def test_every_record_once_per_epoch_across_processes(corpora, source):
+    data = DataSpec(source=source, path=str(corpora[source]))
+    one = texts(data, corpora[source], Shard(0, 1))
+    assert sorted(one) == sorted(DOCS)
+    halves = [texts(data, corpora[source], Shard(i, 2)) for i in range(2)]
+    assert sorted(halves[0] + halves[1]) == sorted(DOCS)  # every record once, across both processes
+    assert not set(halves[0]) & set(halves[1]) and all(halves)  # nobody reads another's shard
+    if source in ("jsonl", "parquet"):  # whole files per process: files 0 and 2 to process 0, file 1 to process 1
+        assert sorted(halves[1]) == sorted(DOCS[10:20])
+
+
+def numpy_reference(docs: list[str], length: int) -> dict[str, np.ndarray]:
+    """Concatenate every document's (inputs, targets) pairs, cut rows of `length`, number the pieces of each row
+    from 1; the last row padded with segment 0."""
+    inputs, targets, segments = [], [], []
+    for d in docs:
+        ids = np.frombuffer(d.encode(), np.uint8).astype(np.int32)
+        inputs.append(ids[:-1])
+        targets.append(ids[1:])
+        segments.append(np.full(len(ids) - 1, len(segments)))  # a document number
+    flat_in, flat_tg, flat_doc = (np.concatenate(x) for x in (inputs, targets, segments))
+    rows = -(-len(flat_in) // length)
+    pad = rows * length - len(flat_in)
+    flat_in, flat_tg = np.pad(flat_in, (0, pad)), np.pad(flat_tg, (0, pad))
+    flat_doc = np.pad(flat_doc, (0, pad), constant_values=-1).reshape(rows, length)
+    seg = np.zeros_like(flat_doc)
+    for r in range(rows):
+        row = flat_doc[r]
+        change = np.concatenate([[True], row[1:] != row[:-1]])
+        seg[r] = np.where(row >= 0, np.cumsum(change), 0)
+    return {"inputs": flat_in.reshape(rows, length), "targets": flat_tg.reshape(rows, length), "segment_ids": seg}
+
+
+def test_packing_equals_a_numpy_reference(corpora):
+    data = DataSpec(source="jsonl", path=str(corpora["jsonl"]))
+    rows = list(D.document_rows(data, data.path, 256, 24, Shard(0, 1), repeat=False))
+    got = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    want = numpy_reference(DOCS, 24)
+    for key in ("inputs", "targets", "segment_ids"):
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    np.testing.assert_array_equal(got["mask"], (want["segment_ids"] > 0).astype(np.float32))
+    assert got["mask"].sum() == sum(len(d) - 1 for d in DOCS)  # every in-document target once, nothing else
+
+
+def test_completion_only_masks_the_prompt(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"q": "12345", "a": "abc"}) + "\n" + json.dumps({"q": "xy", "a": "Z"}) + "\n")
+    both = dict(source="jsonl", path=str(path), prompt_column="q", completion_column="a")
+    row = next(iter(D.document_rows(DataSpec(**both, completion_only=True), str(path), 256, 16, Shard(), repeat=False)))
+    trained = bytes(row["targets"][row["mask"] > 0].astype(np.uint8))
+    assert trained == b"abcZ"  # the targets are the completions' tokens only
+    row = next(iter(D.document_rows(DataSpec(**both), str(path), 256, 16, Shard(), repeat=False)))
+    assert bytes(row["targets"][row["mask"] > 0].astype(np.uint8)) == b"2345abcyZ"
+
+
+@pytest.mark.slow
+def test_attention_never_crosses_documents():
+    """Two documents in one row: changing document A's tokens leaves document B's logits unchanged with segment
+    ids, and changes them without (so the test would fail if attention crossed the boundary)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from distillspec.config import ModelSpec
+    from trainer.models import ModelConfig, abstract_model, forward, host_init
+
+    graphdef, abstract = abstract_model(ModelConfig.from_spec(ModelSpec(model="tiny-2l", remat="none")))
+    state = nnx.State(abstract)
+    nnx.replace_by_pure_dict(state, host_init(abstract, 0))
+    model = nnx.merge(graphdef, state)
+    logits = nnx.jit(lambda m, x, s: forward(m, x, s)[0][0])
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 256, 10), rng.integers(0, 256, 14)
+    row = jnp.asarray(np.concatenate([a, b])[None], jnp.int32)
+    changed = jnp.asarray(np.concatenate([rng.integers(0, 256, 10), b])[None], jnp.int32)
+    segments = jnp.asarray(np.repeat([1, 2], [10, 14])[None], jnp.int32)
+    with_ids = [logits(model, x, segments)[10:] for x in (row, changed)]
+    np.testing.assert_allclose(with_ids[0], with_ids[1], atol=1e-5)
+    alone = logits(model, jnp.asarray(b[None], jnp.int32), None)  # B alone: positions restart at 0 too
+    np.testing.assert_allclose(with_ids[0], alone, atol=1e-4)
+    without = [logits(model, x, None)[10:] for x in (row, changed)]
+    assert np.abs(np.asarray(without[0] - without[1])).max() > 1e-3
+
+
+def test_stream_resumes_from_its_state(corpora):
+    """Batches after a saved state are the batches an uninterrupted stream gives (into the second epoch)."""
+    from distillspec.config import DistillSpec
+
+    spec = DistillSpec.model_validate(
+        {
+            "mode": "pretrain",
+            "student": {"model": "tiny-2l"},
+            "data": {"source": "parquet", "path": str(corpora["parquet"]), "seed": 3},
+            "batch": {"per_device_batch_size": 2, "max_target_length": 16, "gradient_accumulation_steps": 2},
+        }
+    )
+    whole = D.make_batches(spec, 256, 2, Shard())
+    first = [whole.next() for _ in range(3)]
+    state = whole.state()
+    rest = [whole.next() for _ in range(12)]  # past the end of the first epoch (~24 rows)
+    resumed = D.make_batches(spec, 256, 2, Shard())
+    resumed.restore(state)
+    again = [resumed.next() for _ in range(12)]
+    for x, y in zip(rest, again):
+        assert all((x[k] == y[k]).all() for k in x)
+    assert first[0]["inputs"].shape == (2, 2, 16)
+    whole.close()
+    resumed.close()
+
+
+def test_eval_set_is_fixed_and_padded(corpora):
+    from distillspec.config import DistillSpec
+
+    spec = DistillSpec.model_validate(
+        {
+            "mode": "pretrain",
+            "student": {"model": "tiny-2l"},
+            "data": {"source": "hf_disk", "path": str(corpora["hf_disk"])},
+            "eval": {"path": str(corpora["hf_disk"]), "batches": 40},
+            "batch": {"per_device_batch_size": 2, "max_target_length": 32},
+        }
+    )
+    batches = D.eval_batches(spec, 256, 2, Shard())
+    assert len(batches) == 40 and batches[0]["inputs"].shape == (2, 32)
+    mask = np.stack([b["mask"] for b in batches])
+    assert mask.sum() == sum(len(d) - 1 for d in DOCS) and mask[-1].sum() == 0  # all of it once, then padding
+    again = D.eval_batches(spec, 256, 2, Shard())
+    assert all((x["inputs"] == y["inputs"]).all() for x, y in zip(batches, again))
+
+
+# --- bad input ---------------------------------------------------------------------------------------------
+
+
+def test_bad_input_names_the_file(tmp_path, corpora):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "fine"}) + "\n{not json\n")
+    with pytest.raises(UserError, match=rf"{bad}:2 is not a JSON object"):
+        texts(DataSpec(source="jsonl", path=str(bad)), bad, Shard())
+    with pytest.raises(UserError, match=r"part-0.jsonl:1 has no column 'body'"):
+        texts(DataSpec(source="jsonl", text_column="body"), corpora["jsonl"], Shard())
+    with pytest.raises(UserError, match=r"part-0.parquet has no column 'body'"):
+        texts(DataSpec(source="parquet", text_column="body"), corpora["parquet"], Shard())
+    with pytest.raises(UserError, match=r"hf has no column 'body' \(it has text, other\)"):
+        texts(DataSpec(source="hf_disk", text_column="body"), corpora["hf_disk"], Shard())
+    with pytest.raises(UserError, match=r"arrayrecord record \d+ has no column 'body'"):
+        texts(DataSpec(source="arrayrecord", text_column="body"), corpora["arrayrecord"], Shard())
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"not parquet at all")
+    with pytest.raises(UserError, match=rf"cannot read {junk} as Parquet"):
+        texts(DataSpec(source="parquet"), junk, Shard())
+    one = corpora["jsonl"] / "part-0.jsonl"
+    with pytest.raises(UserError, match=r"1 jsonl file\(s\) for 2 processes: process 1 would read nothing"):
+        texts(DataSpec(source="jsonl"), one, Shard(1, 2))
+    with pytest.raises(UserError, match="no files at data.path"):
+        texts(DataSpec(source="jsonl"), tmp_path / "nowhere", Shard())
+    with pytest.raises(UserError, match="saved Hugging Face dataset"):
+        texts(DataSpec(source="hf_disk"), tmp_path, Shard())
+
+
+def test_hub_names_and_half_pairs_are_spec_errors():
+    from distillspec.specfile import validate_data
+
+    base = {"mode": "pretrain", "student": {"model": "tiny-2l"}}
+    spec, problems = validate_data({**base, "data": {"source": "hf", "path": "OptimalScale/ClimbMix"}})
+    assert spec is None and [p.code for p in problems] == ["hub_dataset_not_read"]
+    assert "save_to_disk" in problems[0].hint and "hf_disk" in problems[0].hint
+    spec, problems = validate_data({**base, "data": {"source": "jsonl", "path": "x", "prompt_column": "q"}})
+    assert [p.code for p in problems] == ["prompt_completion_pair"]
+    spec, problems = validate_data({**base, "data": {"source": "jsonl"}})
+    assert [p.code for p in problems] == ["data_path_missing"]
+    spec, problems = validate_data({**base, "eval": {"path": "held-out.jsonl"}})
+    assert [p.code for p in problems] == ["eval_needs_documents"]
+    spec, problems = validate_data({**base, "data": {"source": "jsonl", "path": "x"}, "eval": {"path": "y"}})
+    assert spec is not None and not problems

@@ -1,0 +1,255 @@
+"""Document records of a corpus, read through Grain, each process reading only its own shard.
+
+`host_records(data, path, shard, repeat=...)` is a Grain `IterDataset` of this process's records, each a dict
+holding the columns the spec reads (`text_column`, or `prompt_column` and `completion_column`):
+
+- `jsonl`, `parquet`: files (a file, a folder, a glob or an fsspec URL) are sharded by process, as MaxText shards
+  its Parquet files: process `i` of `n` reads files `i, i + n, ...` in sorted order, one after the other, as a
+  stream (`JsonlIterDataset`, Grain's `ParquetIterDataset`); a process left without a file is an error.
+- `arrayrecord` (each record a UTF-8 JSON object, like a JSONL line) and `hf_disk` (a folder written by
+  `datasets.Dataset.save_to_disk`, memory-mapped Arrow): random access, so records are sharded: process `i`
+  reads records `i, i + n, ...`, in an order shuffled by `data.seed`.
+
+With `repeat`, the records go round again after the last (epochs, in the same order); without, they end. The
+iterators' state (`get_state`) is their position, so a checkpoint restores the stream exactly. Nothing here
+holds more than one row group (Parquet) or one line (JSONL) of a file at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import fsspec
+import grain
+import numpy as np
+
+from distillspec.config import DataSpec
+from trainer.exit_codes import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """This process's place among the readers: `index` of `count` (JAX's process index and count)."""
+
+    index: int = 0
+    count: int = 1
+
+
+def columns(data: DataSpec) -> tuple[str, ...]:
+    """The record columns a spec reads."""
+    if data.prompt_column is not None and data.completion_column is not None:
+        return (data.prompt_column, data.completion_column)
+    return (data.text_column,)
+
+
+def list_files(path: str | None) -> list[str]:
+    """The files `path` names, sorted, as fsspec URLs or local paths: a file, every file under a folder, or a
+    glob's matches. Raises UserError when the path cannot be listed."""
+    if not path:
+        raise UserError("data.path is not set", "set data.path to a file, directory, glob or fsspec URL")
+    try:
+        fs, root = fsspec.core.url_to_fs(path)
+        if any(c in root for c in "*?["):
+            names = sorted(p for p in fs.glob(root) if not fs.isdir(p))
+        elif fs.isdir(root):
+            names = sorted(p for p in fs.find(root) if not fs.isdir(p))
+        else:
+            names = [root] if fs.exists(root) else []
+    except (OSError, ValueError, ImportError) as e:
+        raise UserError(f"cannot list data.path {path!r}: {e}", "check the path and its credentials") from None
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return [name if protocol in ("file", "local") else fs.unstrip_protocol(name) for name in names]
+
+
+def _files_of_shard(path: str | None, shard: Shard, kind: str) -> list[str]:
+    files = list_files(path)
+    if not files:
+        raise UserError(f"no files at data.path {path!r}", f"point data.path at {kind} files")
+    mine = files[shard.index :: shard.count]
+    if not mine:
+        raise UserError(
+            f"{path} has {len(files)} {kind} file(s) for {shard.count} processes: process {shard.index} would read "
+            "nothing (files are shared out whole)",
+            f"split the corpus into at least {shard.count} files (one or more per process)",
+        )
+    return mine
+
+
+# --- JSONL ---------------------------------------------------------------------------------------------------
+
+
+class _JsonlIterator(grain.DatasetIterator):
+    """One JSONL file's records, line by line; state: the number of lines consumed."""
+
+    def __init__(self, path: str, wanted: tuple[str, ...]):
+        super().__init__()
+        self._path, self._wanted = path, wanted
+        self._line = 0
+        self._handle = None
+
+    def _open(self, skip: int) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        try:
+            self._handle = fsspec.open(self._path, "rt", encoding="utf-8", errors="replace").open()
+            for _ in range(skip):
+                self._handle.readline()
+        except OSError as e:
+            raise UserError(f"cannot read {self._path}: {e}") from None
+        self._line = skip
+
+    def __next__(self) -> dict[str, Any]:
+        if self._handle is None:
+            self._open(self._line)
+        while True:
+            try:
+                line = self._handle.readline()
+            except OSError as e:
+                raise UserError(f"cannot read {self._path}: {e}") from None
+            if not line:
+                self._handle.close()
+                raise StopIteration
+            self._line += 1
+            if line.strip():
+                return _record(f"{self._path}:{self._line}", line, self._wanted)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"line": self._line}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._open(int(state["line"]))
+
+
+def _record(where: str, text: str | bytes, wanted: tuple[str, ...]) -> dict[str, Any]:
+    """The wanted columns of one JSON object; UserError naming `where` (file and line, or record) when it is not
+    one or lacks a column."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise UserError(f"{where} is not a JSON object: {e}", "write one JSON object per line/record") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{where} is not a JSON object", "write one JSON object per line/record")
+    missing = [c for c in wanted if c not in value]
+    if missing:
+        raise UserError(
+            f"{where} has no column {missing[0]!r} (it has {', '.join(sorted(value)) or 'none'})",
+            "set data.text_column (or prompt_column/completion_column) to the record's column",
+        )
+    return {c: value[c] for c in wanted}
+
+
+class JsonlIterDataset(grain.IterDataset):
+    """The records of one JSONL file (a Grain source: checkpointable by line)."""
+
+    def __init__(self, path: str, wanted: tuple[str, ...]):
+        super().__init__()
+        self._path, self._wanted = path, wanted
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _JsonlIterator(self._path, self._wanted)
+
+
+# --- Parquet -------------------------------------------------------------------------------------------------
+
+
+def _check_parquet(path: str, wanted: tuple[str, ...]) -> None:
+    import pyarrow.parquet as pq
+
+    try:
+        with fsspec.open(path, "rb") as f:
+            names = pq.read_schema(f).names
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise UserError(f"cannot read {path} as Parquet: {e}") from None
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise UserError(
+            f"{path} has no column {missing[0]!r} (it has {', '.join(names)})",
+            "set data.text_column (or prompt_column/completion_column) to the file's column",
+        )
+
+
+def _parquet(path: str, wanted: tuple[str, ...]) -> grain.IterDataset:
+    fs, root = fsspec.core.url_to_fs(path)
+    kwargs = {} if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)) else {"filesystem": fs}
+    return grain.experimental.ParquetIterDataset(root, **kwargs).map(lambda r: {c: _scalar(r[c]) for c in wanted})
+
+
+def _scalar(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# --- random access: ArrayRecord and saved Hugging Face datasets ---------------------------------------------
+
+
+def _arrayrecord(path: str | None, wanted: tuple[str, ...]) -> grain.MapDataset:
+    files = list_files(path)
+    if not files:
+        raise UserError(f"no files at data.path {path!r}", "point data.path at .array_record files")
+    try:
+        source = grain.sources.ArrayRecordDataSource(files)
+    except Exception as e:  # noqa: BLE001 - array_record raises plain RuntimeErrors/ValueErrors for bad files
+        raise UserError(f"cannot read {path} as ArrayRecord: {e}") from None
+
+    def read(index: int) -> dict[str, Any]:  # by index, so an error names the record
+        return _record(f"{path} record {index}", source[index], wanted)
+
+    return grain.MapDataset.range(len(source)).map(read)
+
+
+def _hf_disk(path: str | None, wanted: tuple[str, ...]) -> grain.MapDataset:
+    try:
+        import datasets
+
+        loaded = datasets.load_from_disk(path)
+    except (FileNotFoundError, OSError, ValueError) as e:
+        raise UserError(
+            f"cannot read {path} as a saved Hugging Face dataset: {e}",
+            "point data.path at a folder written by datasets' save_to_disk",
+        ) from None
+    if isinstance(loaded, datasets.DatasetDict):
+        raise UserError(
+            f"{path} holds splits ({', '.join(loaded)}), not one dataset",
+            f"point data.path at one split's folder, e.g. {path.rstrip('/')}/{next(iter(loaded), 'train')}",
+        )
+    missing = [c for c in wanted if c not in loaded.column_names]
+    if missing:
+        raise UserError(
+            f"{path} has no column {missing[0]!r} (it has {', '.join(loaded.column_names)})",
+            "set data.text_column (or prompt_column/completion_column) to the dataset's column",
+        )
+    return grain.MapDataset.source(loaded.select_columns(list(wanted)))
+
+
+def host_records(data: DataSpec, path: str | None, shard: Shard, *, repeat: bool) -> grain.IterDataset:
+    """This process's records of the corpus at `path` (see the module docstring). Raises UserError for a path
+    that names nothing, a shard left empty, or (at once for Parquet and saved datasets, when reached for JSONL and
+    ArrayRecord) a file that cannot be read or lacks a column."""
+    wanted = columns(data)
+    if data.source in ("jsonl", "parquet"):
+        files = _files_of_shard(path, shard, data.source)
+        if data.source == "parquet":
+            for f in files:
+                _check_parquet(f, wanted)
+        make = (lambda f: JsonlIterDataset(f, wanted)) if data.source == "jsonl" else (lambda f: _parquet(f, wanted))
+        ds = grain.MapDataset.source(files)
+        if repeat:
+            ds = ds.repeat(None)
+        return grain.experimental.InterleaveIterDataset(ds.map(make), cycle_length=1)
+    if data.source == "arrayrecord":
+        records = _arrayrecord(path, wanted)
+    elif data.source == "hf_disk":
+        records = _hf_disk(path, wanted)
+    else:
+        raise UserError(f"data.source {data.source!r} has no document records")
+    if len(records) < shard.count:
+        raise UserError(
+            f"{path} has {len(records)} record(s) for {shard.count} processes: process {shard.index} would read "
+            "nothing",
+            "add records, or run on fewer processes",
+        )
+    mine = records[shard.index :: shard.count].shuffle(seed=data.seed)
+    if repeat:
+        mine = mine.repeat(None)
+    return mine.to_iter_dataset()

@@ -1,0 +1,102 @@
+"""Documents into packed rows: tokenize each record, then concatenate and cut into rows with segment ids.
+
+A document of tokens `d[0..L)` becomes `inputs = d[:-1]`, `targets = d[1:]` and `weights` (1 where the target is
+trained on: every target, or with `completion_only` only the completion's), so every target lies inside its own
+document and nothing is ever predicted across a boundary. Grain's `ConcatThenSplitIterDataset` concatenates the
+documents and cuts rows of `length` tokens, numbering the documents of a row from 1 (`inputs_segment_ids`); a
+document longer than what is left of a row continues in the next row as a new segment. Rows are never padded
+while records last; a finite stream's last row is padded with segment id 0.
+
+A batch is `{"inputs", "targets", "segment_ids": [R, T] int32, "mask": [R, T] float32}`: the models attend only
+within a segment (and restart positions at each), and the loss covers exactly the tokens whose mask is 1 — in a
+segment (id > 0) and with weight 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import fsspec
+import grain
+import numpy as np
+
+from distillspec.config import DataSpec
+from trainer.exit_codes import UserError
+
+Tokenize = Callable[[str], np.ndarray]
+
+
+def load_tokenizer(tokenizer: str | None, vocab_size: int) -> Tokenize:
+    """`text -> int32 ids`: the byte tokenizer (`byte` or None, vocab 256) or a tokenizer.json through the
+    `tokenizers` library. Raises UserError when it cannot be loaded or does not fit `vocab_size`."""
+    if tokenizer in ("byte", None):
+        if vocab_size < 256:
+            raise UserError(f"the byte tokenizer needs vocab_size >= 256, the models have {vocab_size}")
+        return lambda text: np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
+    try:
+        from tokenizers import Tokenizer
+
+        with fsspec.open(tokenizer, "r", encoding="utf-8") as f:
+            tok = Tokenizer.from_str(f.read())
+    except (OSError, ValueError, ImportError) as e:
+        raise UserError(
+            f"cannot load tokenizer {tokenizer!r}: {e}", "data.tokenizer is `byte` or the path of a tokenizer.json"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception type for malformed files
+        raise UserError(
+            f"cannot parse tokenizer {tokenizer!r}: {e}", "data.tokenizer must be a tokenizers-library tokenizer.json"
+        ) from None
+    if tok.get_vocab_size() > vocab_size:
+        raise UserError(
+            f"tokenizer {tokenizer!r} has {tok.get_vocab_size()} tokens; the models' vocab_size is {vocab_size}",
+            "set the models' vocab_size to at least the tokenizer's",
+        )
+    return lambda text: np.asarray(tok.encode(text).ids, np.int32)
+
+
+def document_features(record: dict[str, Any], data: DataSpec, tokenize: Tokenize) -> dict[str, np.ndarray]:
+    """One record as `{"inputs", "targets": int32 [L-1], "weights": int32 [L-1]}` (L the document's tokens; empty
+    arrays for a document of fewer than 2 tokens)."""
+    if data.prompt_column is not None and data.completion_column is not None:
+        prompt = tokenize(str(record[data.prompt_column]))
+        completion = tokenize(str(record[data.completion_column]))
+        tokens = np.concatenate([prompt, completion])
+        trained = np.concatenate([np.full(len(prompt), not data.completion_only), np.ones(len(completion), bool)])
+    else:
+        tokens = tokenize(str(record[data.text_column]))
+        trained = np.ones(len(tokens), bool)
+    if len(tokens) < 2:
+        empty = np.zeros((0,), np.int32)
+        return {"inputs": empty, "targets": empty, "weights": empty}
+    return {"inputs": tokens[:-1], "targets": tokens[1:], "weights": trained[1:].astype(np.int32)}
+
+
+def packed_rows(documents: grain.IterDataset, length: int) -> grain.IterDataset:
+    """Rows of `length` tokens from a stream of `document_features` (see the module docstring)."""
+    nonempty = documents.filter(lambda d: len(d["inputs"]) > 0)
+    packed = grain.experimental.ConcatThenSplitIterDataset(
+        nonempty, length_struct={"inputs": length, "targets": length, "weights": length}
+    )
+    return packed.map(_row)
+
+
+def _row(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    segments = np.asarray(packed["inputs_segment_ids"], np.int32)
+    return {
+        "inputs": np.asarray(packed["inputs"], np.int32),
+        "targets": np.asarray(packed["targets"], np.int32),
+        "segment_ids": segments,
+        "mask": ((segments > 0) & (np.asarray(packed["weights"]) > 0)).astype(np.float32),
+    }
+
+
+def check_vocab(row: dict[str, np.ndarray], vocab_size: int, where: str) -> dict[str, np.ndarray]:
+    """`row` unchanged; UserError when a token id is outside the models' vocabulary."""
+    top = int(max(row["inputs"].max(initial=0), row["targets"].max(initial=0)))
+    if top >= vocab_size:
+        raise UserError(
+            f"data at {where} has token id {top}, outside the model's vocabulary of {vocab_size}",
+            "use a tokenizer whose vocabulary fits the models' vocab_size",
+        )
+    return row
