@@ -284,3 +284,34 @@ def test_bad_teacher_checkpoint_exits_1_with_nothing_written(models, tmp_path):
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "runs" / "orphan" / "checkpoints").exists()
     assert not os.path.exists(tmp_path / "runs" / "orphan" / "metrics.jsonl")
+
+
+def test_validate_check_paths_reads_maxtext_shapes(models, tmp_path):
+    """`validate --check-paths` reads a MaxText checkpoint's tensor shapes (metadata only) and names each mismatch;
+    a checkpoint of the spec's model has none."""
+    from spec_helpers import spec_data
+
+    from distillspec.maxtext_checkpoint import read_checkpoint
+    from distillspec.specfile import validate_data
+    from orchestrator.core.checkpoint_paths import check_paths
+    from orchestrator.outputs import read_text
+    from trainer.models import ModelConfig, abstract_model, host_init
+
+    def spec_with(path: str):
+        spec, problems = validate_data(spec_data(**{"teacher.load_parameters_path": path}))
+        assert spec is not None, problems
+        return spec
+
+    _, state = abstract_model(ModelConfig(MODELS["tiny-4l"]))
+    maxtext.save(host_init(state, 0), MODELS["tiny-4l"], str(tmp_path / "tiny4"), scanned=True)
+    assert check_paths(spec_with(str(tmp_path / "tiny4" / "0" / "items")), read_text, read_checkpoint) == []
+    problems = check_paths(spec_with(str(models[("llama", True)])), read_text, read_checkpoint)
+    messages = [p.message for p in problems]
+    assert {p.code for p in problems} == {"checkpoint_mismatch"} and all(p.loc[0] == "teacher" for p in problems)
+    assert any(
+        "decoder/layers/self_attention/query/kernel: expected (64, 4, 4, 16), found (32, 2, 4, 8)" in m
+        for m in messages
+    )
+    assert any("config.json holds a different teacher model: num_layers: expected 4, found 2" in m for m in messages)
+    (missing,) = check_paths(spec_with(str(tmp_path / "gone" / "0" / "items")), read_text, read_checkpoint)
+    assert missing.code == "checkpoint_unreadable" and "does not exist" in missing.message

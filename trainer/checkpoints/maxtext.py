@@ -100,8 +100,7 @@ def check(items: str, found: dict, shape: ModelShape, *, side: str) -> None:
         raise UserError(
             f"{side}.load_parameters_path {items} holds a different model than the spec's {side} "
             f"({shape.family}, {shape.depth} layers, width {shape.emb_dim}): "
-            + "; ".join(problems[:8])
-            + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""),
+            + "; ".join(problems),
             f"choose the registry model (and overrides) of that checkpoint in the {side} block",
         )
 
