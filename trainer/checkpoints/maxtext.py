@@ -99,8 +99,7 @@ def check(items: str, found: dict, shape: ModelShape, *, side: str) -> None:
     if problems:
         raise UserError(
             f"{side}.load_parameters_path {items} holds a different model than the spec's {side} "
-            f"({shape.family}, {shape.depth} layers, width {shape.emb_dim}): "
-            + "; ".join(problems),
+            f"({shape.family}, {shape.depth} layers, width {shape.emb_dim}): " + "; ".join(problems),
             f"choose the registry model (and overrides) of that checkpoint in the {side} block",
         )
 
