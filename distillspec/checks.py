@@ -13,7 +13,7 @@ from distillspec.problems import Problem
 
 def check(spec: DistillSpec) -> list[Problem]:
     problems: list[Problem] = []
-    for rule in (_schedules, _beta_ramp, _mode_and_teacher, _checkpoint_paths, _feature_loss, _pruning, _data, _mesh):
+    for rule in (_schedules, _beta_ramp, _mode_and_teacher, _feature_loss, _pruning, _data, _mesh):
         problems.extend(rule(spec))
     return problems
 
@@ -112,29 +112,6 @@ def _mode_and_teacher(spec: DistillSpec) -> list[Problem]:
                 "distillation)",
             )
         )
-    return out
-
-
-def is_maxtext_items(path: str) -> bool:
-    """Whether `path` names a MaxText Orbax checkpoint (`…/<step>/items`), which the trainer does not read yet."""
-    return path.rstrip("/").rsplit("/", 1)[-1] == "items"
-
-
-def _checkpoint_paths(spec: DistillSpec) -> list[Problem]:
-    out = []
-    for side in ("student", "teacher"):
-        model = getattr(spec, side)
-        path = model.load_parameters_path if model is not None else None
-        if path and is_maxtext_items(path):
-            out.append(
-                Problem(
-                    (side, "load_parameters_path"),
-                    "maxtext_checkpoint_not_supported",
-                    f"{path} is a MaxText Orbax checkpoint (…/items), which the bundled trainer does not read yet",
-                    "convert it to a Hugging Face folder (MaxText's to_huggingface script) and point "
-                    "load_parameters_path at that folder (config.json + *.safetensors, local or gs://)",
-                )
-            )
     return out
 
 

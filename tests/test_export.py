@@ -160,3 +160,21 @@ def test_an_output_folder_in_use_or_unwritable(run, tmp_path):
         assert result.exit_code == ExitCode.USAGE and "OutputNotWritable" in result.output
         assert list(locked.iterdir()) == []
     _nothing_new(tmp_path, {"used", "file", *(["locked"] if os.getuid() != 0 else [])})
+
+
+def test_export_to_maxtext_loads_with_the_runs_logits(run, tmp_path):
+    """`--to maxtext` writes DIR/0/items (MaxText's layout, scanned as the student is) and DIR/config.json; loaded
+    back, it gives the logits of the run's checkpoint."""
+    out = tmp_path / "mt"
+    result = _export(str(run["run"]), "--to", "maxtext", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert (out / "0" / "items" / "_METADATA").is_file() and (out / "config.json").is_file()
+    tokens = jnp.asarray(np.load(run["tokens"]))
+    ours = np.asarray(load_model(str(run["run"] / "checkpoints")).logits(tokens))
+    back = np.asarray(load_model(str(out / "0" / "items")).logits(tokens))
+    np.testing.assert_allclose(back, ours, rtol=1e-5, atol=1e-5 * np.abs(ours).max())
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "keep").write_text("")
+    refused = _export(str(run["run"]), "--to", "maxtext", "-o", str(used))
+    assert refused.exit_code == ExitCode.USAGE and "already exists and is not empty" in refused.output

@@ -1,4 +1,4 @@
-"""A run's trained student out as a Hugging Face folder that transformers loads as is.
+"""A run's trained student out as a Hugging Face folder that transformers loads as is, or as a MaxText checkpoint.
 
 `export_run(run_dir, out_dir)` reads the run's `spec.json` (which model the student is, which tokenizer the run
 used) and its latest checkpoint's parameters, and writes `out_dir` with config.json, model.safetensors and, when
@@ -23,7 +23,7 @@ import fsspec
 from distillspec.config import DistillSpec
 from trainer.exit_codes import OutputNotWritable, UserError
 
-FORMATS = ("hf",)
+FORMATS = ("hf", "maxtext")
 # The files of a Hugging Face tokenizer that sit next to its tokenizer.json and are copied with it when present.
 TOKENIZER_COMPANIONS = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 
@@ -85,7 +85,10 @@ def export_run(run_dir: str, out_dir: str, *, to: str = "hf", dtype: str | None 
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), nnx.to_pure_dict(abstract_state)
     )
     params = restore_params(params_dir, abstract)
-    write_hf(params, spec, out_dir, dtype=dtype)
+    if to == "maxtext":
+        write_maxtext(params, spec, out_dir, dtype=dtype)
+    else:
+        write_hf(params, spec, out_dir, dtype=dtype)
     return params_dir
 
 
@@ -132,6 +135,42 @@ def write_hf(params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | None 
                 os.rename(staging, target)  # atomic; replaces an empty directory
             except OSError as e:
                 raise OutputNotWritable(out_dir, e) from None
+    finally:
+        shutil.rmtree(staging_root, ignore_errors=True)
+
+
+def write_maxtext(params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | None = None) -> None:
+    """The student as a MaxText checkpoint (`out_dir/0/items`, scanned as the student is, and `out_dir/config.json`),
+    assembled in a temporary place and then moved (local) or uploaded (URL) to `out_dir`."""
+    from trainer.checkpoints import maxtext
+
+    dtype = dtype or spec.student.weight_dtype
+    if dtype not in ("float32", "bfloat16"):
+        raise UserError(f"export dtype {dtype!r} is not one of float32, bfloat16", "use float32 or bfloat16")
+    remote = "://" in out_dir
+    try:
+        if remote:
+            staging_root = tempfile.mkdtemp(prefix="distillctl-export-")
+        else:
+            parent = os.path.dirname(os.path.abspath(out_dir))
+            os.makedirs(parent, exist_ok=True)
+            staging_root = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir.rstrip('/'))}.partial-", dir=parent)
+    except OSError as e:
+        raise OutputNotWritable(out_dir, e) from None
+    staging = os.path.join(staging_root, "maxtext")
+    try:
+        try:
+            maxtext.save(params, spec.student.shape(), staging, scanned=spec.student.scan_layers, dtype=dtype)
+        except OSError as e:
+            raise OutputNotWritable(out_dir, e) from None
+        try:
+            if remote:
+                fs, root = fsspec.core.url_to_fs(out_dir)
+                fs.put(staging.rstrip("/") + "/", root.rstrip("/") + "/", recursive=True)
+            else:
+                os.rename(staging, os.path.abspath(out_dir))  # atomic; replaces an empty directory
+        except OSError as e:
+            raise OutputNotWritable(out_dir, e) from None
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
 

@@ -1,4 +1,5 @@
-"""`distillctl export RUN_DIR --to hf -o DIR`: a run's trained student as a Hugging Face folder.
+"""`distillctl export RUN_DIR --to hf|maxtext -o DIR`: a run's trained student as a Hugging Face folder or a MaxText
+checkpoint.
 
 The trainer (JAX) is imported only when the command runs, so the rest of the CLI starts without it.
 """
@@ -13,6 +14,7 @@ import typer
 
 class ExportFormat(str, Enum):
     hf = "hf"
+    maxtext = "maxtext"
 
 
 class ExportDtype(str, Enum):
@@ -23,15 +25,19 @@ class ExportDtype(str, Enum):
 def export(
     run_dir: Annotated[str, typer.Argument(help="a run folder (<output_dir>/<name>: spec.json and checkpoints/)")],
     out: Annotated[str, typer.Option("--output-dir", "-o", help="the folder to write (new or empty; local or gs://)")],
-    to: Annotated[ExportFormat, typer.Option("--to", help="hf: a Hugging Face folder transformers loads")] = (
-        ExportFormat.hf
-    ),
+    to: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--to",
+            help="hf: a Hugging Face folder transformers loads; maxtext: a MaxText Orbax checkpoint (DIR/0/items)",
+        ),
+    ] = (ExportFormat.hf),
     dtype: Annotated[
         ExportDtype | None, typer.Option("--dtype", help="tensor dtype (default: the student's weight_dtype)")
     ] = None,
 ) -> None:
-    """Write the student of a run (its latest checkpoint) as a Hugging Face folder: config.json, model.safetensors
-    and the run's tokenizer files. Bad input (not a run folder, no checkpoint, an output folder that exists and is
+    """Write the student of a run (its latest checkpoint) as a Hugging Face folder (config.json, model.safetensors
+    and the run's tokenizer files) or a MaxText checkpoint (DIR/0/items, load_parameters_path: DIR/0/items). Bad input (not a run folder, no checkpoint, an output folder that exists and is
     not empty or cannot be written) exits 2 with nothing written."""
     from orchestrator.cli import console
     from orchestrator.errors import UsageError

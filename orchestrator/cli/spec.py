@@ -35,12 +35,15 @@ def validate(
 
     reports = [read_spec_file(path) for path in files]
     if check_paths:
+        from distillspec.maxtext_checkpoint import read_checkpoint
         from orchestrator.core.checkpoint_paths import check_paths as checked
         from orchestrator.outputs import read_text
 
         reports = [
             dataclasses.replace(
-                r, problems=r.problems + tuple(dataclasses.replace(p, file=r.file) for p in checked(r.spec, read_text))
+                r,
+                problems=r.problems
+                + tuple(dataclasses.replace(p, file=r.file) for p in checked(r.spec, read_text, read_checkpoint)),
             )
             if r.spec is not None
             else r

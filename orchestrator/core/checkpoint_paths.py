@@ -2,8 +2,11 @@
 (its config, never its tensors) and compared with the spec's model.
 
 A Hugging Face folder is read through its `config.json`; this trainer's own checkpoint through the `spec.json` of
-the run that wrote it (found above `checkpoints/`, a step folder or `params`). Reading is injected
-(`read_text(path) -> text or None when absent`), so the checks are pure and work for local paths and gs:// alike.
+the run that wrote it (found above `checkpoints/`, a step folder or `params`); a MaxText checkpoint (`…/<step>/items`,
+its step folder or root) through its tensors' shapes (storage metadata, never values), every tensor of another shape
+named. Reading is injected (`read_text(path) -> text or None when absent`; `read_maxtext(path) -> (items folder,
+Orbax metadata, tensor shapes) or None when no MaxText checkpoint is there`), so the checks are pure and work for
+local paths and gs:// alike.
 """
 
 from __future__ import annotations
@@ -11,23 +14,34 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from distillspec import maxtext_checkpoint as mt
 from distillspec.config import DistillSpec, ModelSpec
 from distillspec.hf_config import CONFIG, ConfigError, shape_from_config, shape_mismatches
 from distillspec.problems import Problem
 from distillspec.registry import ModelShape
 
 ReadText = Callable[[str], "str | None"]
+ReadMaxText = Callable[[str], "tuple[str, dict, dict] | None"]
 
 
-def check_paths(spec: DistillSpec, read_text: ReadText) -> list[Problem]:
+def check_paths(spec: DistillSpec, read_text: ReadText, read_maxtext: ReadMaxText | None = None) -> list[Problem]:
     """Every problem with the spec's checkpoint paths: absent, unreadable, or a different model than the block's."""
     problems = []
     for side in ("teacher", "student"):
         model: ModelSpec | None = getattr(spec, side)
         path = model.load_parameters_path if model is not None else None
-        if not path or path.rstrip("/").endswith("items"):  # MaxText's layout: validate already says it is not read
+        if not path:
             continue
         loc = (side, "load_parameters_path")
+        if read_maxtext is not None:
+            try:
+                got = read_maxtext(path)
+            except mt.CheckpointError as e:
+                problems.append(Problem(loc, "checkpoint_unreadable", e.message, e.hint))
+                continue
+            if got is not None:
+                problems += _maxtext_problems(got, model, side, loc, read_text)
+                continue
         try:
             found, where = _checkpoint_shape(path.rstrip("/"), read_text)
         except ConfigError as e:
@@ -52,6 +66,27 @@ def check_paths(spec: DistillSpec, read_text: ReadText) -> list[Problem]:
                     f"choose the registry model (and overrides) of that checkpoint in the {side} block",
                 )
             )
+    return problems
+
+
+def _maxtext_problems(got: tuple, model: ModelSpec, side: str, loc, read_text: ReadText) -> list[Problem]:
+    items, _, found = got
+    hint = f"choose the registry model (and overrides) of that checkpoint in the {side} block"
+    problems = [
+        Problem(loc, "checkpoint_mismatch", f"{items} holds a different {side} model: {m}", hint)
+        for m in mt.mismatches(found, model.shape())
+    ]
+    config_file = mt.sidecar_config(items)
+    text = read_text(config_file)
+    if text is not None:  # written by `distillctl export --to maxtext`: the model's constants
+        try:
+            found_shape = shape_from_config(_json(text, config_file), config_file)
+        except ConfigError as e:
+            return [*problems, Problem(loc, "checkpoint_unreadable", e.message, e.hint)]
+        problems += [
+            Problem(loc, "checkpoint_mismatch", f"{config_file} holds a different {side} model: {m}", hint)
+            for m in shape_mismatches(found_shape, model.shape())
+        ]
     return problems
 
 

@@ -1,5 +1,5 @@
 """Checkpoints in every format the trainer reads, behind one API; one module per format (`own`: this trainer's
-Orbax checkpoints, `hf`: Hugging Face folders). MaxText's Orbax layout is not read yet.
+Orbax checkpoints, `hf`: Hugging Face folders, `maxtext`: MaxText's Orbax checkpoints, `…/<step>/items`).
 
 `load_params` fills a model's parameters from a spec's `load_parameters_path`, after checking the checkpoint's
 own config against the spec's model; `load_model` builds the model a checkpoint describes.
@@ -15,42 +15,42 @@ from flax import nnx
 
 from distillspec.hf_config import shape_mismatches
 from distillspec.registry import ModelShape
-from trainer.checkpoints import hf, own
+from trainer.checkpoints import hf, maxtext, own
 from trainer.exit_codes import UserError
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def detect(path: str) -> str:
-    """`hf` or `own`; raises UserError naming what was looked for."""
+    """`hf`, `maxtext` or `own`; raises UserError for a path that names a MaxText checkpoint but is broken."""
     if path.startswith(("gs://", "s3://", "http://", "https://")):
-        if path.rstrip("/").endswith("/items"):
-            raise UserError(
-                f"{path} looks like a MaxText checkpoint, which this trainer does not read yet",
-                "convert it to a Hugging Face folder (MaxText's to_huggingface script) and point at that",
-            )
+        if maxtext.is_maxtext(path):
+            return "maxtext"
         return "own"  # Orbax reads gs:// itself; Hugging Face folders are read from local disk only
     if hf.is_hf_folder(path):
         return "hf"
-    if path.rstrip("/").endswith("/items") or path.rstrip("/") == "items":
-        raise UserError(
-            f"{path} looks like a MaxText checkpoint, which this trainer does not read yet",
-            "convert it to a Hugging Face folder (MaxText's to_huggingface script) and point at that",
-        )
+    if maxtext.is_maxtext(path):
+        return "maxtext"
     return "own"
 
 
 def checkpoint_shape(path: str) -> ModelShape:
     """The model a checkpoint's own config describes."""
-    if detect(path) == "hf":
+    kind = detect(path)
+    if kind == "hf":
         return hf.shape_from_config(hf.read_config(path), f"{path}/{hf.CONFIG}")
+    if kind == "maxtext":
+        return maxtext.checkpoint_shape(path)
     return own.shape(path)
 
 
 def load_params(path: str, shape: ModelShape, abstract: Any, *, side: str) -> Any:
     """Parameters for a model of `shape` from `path` (any format), placed like `abstract` (a pure dict of
     ShapeDtypeStructs with shardings). `side` ("teacher"/"student") names the spec block in errors."""
-    if detect(path) == "hf":
+    kind = detect(path)
+    if kind == "maxtext":
+        return maxtext.load(path, shape, abstract, side=side)
+    if kind == "hf":
         found = checkpoint_shape(path)
         problems = shape_mismatches(found, shape)
         if problems:
