@@ -187,6 +187,13 @@ def _follow(expansion, backend, *, stall_after: float, timeout: float | None, qu
             "lower target.slices or the TPU type, or raise the ClusterQueue's quota",
         )
         return ExitCode.NOT_ADMITTED
+    if event.outcome is Outcome.WILL_NOT_START:
+        named = "; ".join(f"{r.jobset_name}: {views.verdict(statuses[r.run_id])}" for r in event.runs[:5])
+        console.print_error(
+            f"{len(event.runs)} run(s) cannot start, and waiting will not fix it: {named}",
+            "fix the image or create the missing Secret, then `distillctl cancel` and `distillctl sweep` again",
+        )
+        return ExitCode.FAILED
     if event.outcome is Outcome.TIMED_OUT_QUEUED:
         console.print_error(
             f"timed out with {len(event.runs)} run(s) still queued: {first.reason}: {first.message}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import re
 
 from distillspec.contract import (
     DivergedReason,
@@ -18,6 +19,7 @@ from distillspec.contract import (
     QueuedReason,
     RestartingReason,
     StalledReason,
+    StuckReason,
 )
 from orchestrator.core import aggregate
 from orchestrator.core.aggregate import KL_T1
@@ -29,6 +31,7 @@ class Phase(enum.StrEnum):
     QUEUED = "Queued"
     RUNNING = "Running"
     RESTARTING = "Restarting"
+    STUCK = "Stuck"  # its JobSet exists, but pods cannot start (image pull, missing Secret, unschedulable)
     STALLED = "Stalled"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
@@ -51,6 +54,36 @@ class Condition:
 
 
 @dataclasses.dataclass(frozen=True)
+class PodProblem:
+    """Why one pod of a run is not running: a kubelet waiting reason, the scheduler's verdict, or a warning
+    Event, with its message verbatim."""
+
+    reason: str  # distillspec.contract.StuckReason
+    message: str
+    pod: str = ""
+
+    @property
+    def heals(self) -> bool:
+        """Whether waiting can fix it. An image that does not exist or may not be pulled, an invalid image name,
+        or a missing Secret/ConfigMap stay broken until someone changes the sweep or the cluster; a busy or
+        scaling cluster (Unschedulable), a registry hiccup or a slow volume may pass."""
+        if self.reason in (
+            StuckReason.INVALID_IMAGE_NAME,
+            StuckReason.ERR_IMAGE_NEVER_PULL,
+            StuckReason.CREATE_CONTAINER_CONFIG_ERROR,
+        ):
+            return False
+        if self.reason in (StuckReason.IMAGE_PULL_BACK_OFF, StuckReason.ERR_IMAGE_PULL):
+            return not _PULL_WONT_HEAL.search(self.message)
+        return True
+
+
+# What a registry answers for an image that is not there or not ours to pull (containerd's and the registries'
+# wording: `code = NotFound`, `manifest unknown`, `401 Unauthorized`, `403 Forbidden`, `denied`).
+_PULL_WONT_HEAL = re.compile(r"not ?found|manifest unknown|unauthorized|forbidden|denied|\b40[134]\b", re.I)
+
+
+@dataclasses.dataclass(frozen=True)
 class Observation:
     """What a backend sees of one run, normalised across backends."""
 
@@ -64,6 +97,7 @@ class Observation:
     created_at: float | None = None  # unix seconds
     started_at: float | None = None  # when the current attempt was let run (admitted by Kueue, process started)
     deleting: bool = False  # being deleted (a cancel in progress): its name is not free yet
+    pod_problems: tuple[PodProblem, ...] = ()  # pods of the current attempt that cannot start, and why
 
     def condition(self, kind: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind and c.status == "True"), None)
@@ -81,6 +115,7 @@ class RunStatus:
     age_seconds: float | None = None
     last_metrics_at: float | None = None
     since: float | None = None  # when the backend's deciding condition last changed (unix seconds), if known
+    heals: bool = True  # False: Stuck on something waiting will not fix (a missing image or Secret)
 
     @property
     def terminal(self) -> bool:
@@ -91,6 +126,11 @@ class RunStatus:
         """Queued for good: Kueue says the request exceeds what the queue could ever give it (not that the
         quota is busy: that reads "insufficient unused quota ... N more needed")."""
         return self.phase == Phase.QUEUED and "> maximum capacity" in self.message
+
+    @property
+    def will_not_start(self) -> bool:
+        """Stuck on something that waiting will not fix: `--wait` stops and names it."""
+        return self.phase == Phase.STUCK and not self.heals
 
     @property
     def shown(self) -> str:
@@ -147,6 +187,12 @@ def derive(
     if observation.suspended or observation.queue_reason:
         reason = observation.queue_reason or QueuedReason.SUSPENDED
         return RunStatus(Phase.QUEUED, reason, observation.queue_message, **common)
+    if observation.pod_problems:
+        # A Job counts pending pods as active: without this the run would read Running while nothing runs.
+        # The problem that will not heal comes first; one pod speaks for the others (they share a template).
+        problem = min(observation.pod_problems, key=lambda p: p.heals)
+        where = f"pod {problem.pod}: " if problem.pod else ""
+        return RunStatus(Phase.STUCK, problem.reason, where + problem.message, heals=problem.heals, **common)
     if observation.restarts and not observation.active:
         return RunStatus(
             Phase.RESTARTING,

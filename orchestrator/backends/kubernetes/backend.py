@@ -16,6 +16,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from distillspec.contract import LABEL_RUN_ID, STUCK_EVENT_REASONS, STUCK_WAITING_REASONS, StuckReason
 from distillspec.sweep import Target
 from orchestrator.backends import DryRun, LogRequest, Submitted
 from orchestrator.backends.kubernetes.client import (
@@ -30,7 +31,7 @@ from orchestrator.backends.kubernetes.client import (
 )
 from orchestrator.core import rendering
 from orchestrator.core.expansion import Expansion, Point
-from orchestrator.core.run_status import Condition, Observation, parse_timestamp
+from orchestrator.core.run_status import Condition, Observation, PodProblem, parse_timestamp
 from orchestrator.errors import DistillctlError, UsageError
 from orchestrator.exit_codes import ExitCode
 
@@ -136,15 +137,48 @@ class KubernetesBackend:
                 owned[owner.get("uid")] = workload
         return owned
 
+    def _stuck_pods(self) -> dict[str, tuple[PodProblem, ...]]:
+        """Why pods of distillctl's JobSets are not running, by JobSet name: one list of the Pending pods (few,
+        normally none), and the Warning Events only when a pod is waiting without a reason of its own."""
+        pods = self.cluster.call(
+            "list the pending pods",
+            self.cluster.core.list_namespaced_pod,
+            self.cluster.namespace,
+            label_selector=LABEL_RUN_ID,
+            field_selector="status.phase=Pending",
+        ).items
+        pods = [p for p in pods if not p.metadata.deletion_timestamp]  # an attempt being torn down says nothing
+        events: dict[str, list] = {}
+        if any(not pod_problems(p) and _scheduled(p) for p in pods):
+            listing = self.cluster.call(
+                "list the pods' warning events",
+                self.cluster.core.list_namespaced_event,
+                self.cluster.namespace,
+                field_selector="involvedObject.kind=Pod,type=Warning",
+            ).items
+            for event in listing:
+                events.setdefault(event.involved_object.uid, []).append(event)
+        found: dict[str, list[PodProblem]] = {}
+        for pod in pods:
+            problems = pod_problems(pod, events.get(pod.metadata.uid, ()))
+            if problems:
+                found.setdefault((pod.metadata.labels or {}).get(JOBSET_NAME_LABEL, ""), []).extend(problems)
+        return {name: tuple(problems) for name, problems in found.items()}
+
     def observe(self, expansion: Expansion) -> dict[str, Observation]:
         jobsets = self._jobsets(expansion)
         workloads = self._workloads() if jobsets else {}
+        running = any(not (j.get("spec") or {}).get("suspend") for j in jobsets)
+        stuck = self._stuck_pods() if running else {}
         wanted = {run.run_id for run in expansion.runs}
         observed = {}
         for jobset in jobsets:
             run_id = jobset.get("metadata", {}).get("labels", {}).get(rendering.LABEL_RUN_ID)
             if run_id in wanted:
-                observed[run_id] = observe_jobset(jobset, workloads.get(jobset["metadata"].get("uid")))
+                metadata = jobset["metadata"]
+                observed[run_id] = observe_jobset(
+                    jobset, workloads.get(metadata.get("uid")), stuck.get(metadata.get("name"), ())
+                )
         return observed
 
     # --- submitting ---------------------------------------------------------------------------------------
@@ -288,8 +322,43 @@ class KubernetesBackend:
         self.cluster.api.close()
 
 
-def observe_jobset(jobset: dict, workload: dict | None) -> Observation:
-    """A JobSet (and its Kueue Workload) as an Observation: conditions verbatim, Kueue's reason while queued."""
+def _scheduled(pod: client.V1Pod) -> bool:
+    return bool(pod.spec and pod.spec.node_name)  # bound to a node: its kubelet has it
+
+
+def _event_time(event) -> float:
+    when = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
+    return when.timestamp() if when else 0.0
+
+
+def pod_problems(pod: client.V1Pod, events: Sequence = ()) -> tuple[PodProblem, ...]:
+    """Why a Pending pod is not running, as the scheduler and the kubelet wrote it: PodScheduled=False
+    (Unschedulable, with the scheduler's message), a container's waiting reason that is not a start-up step
+    (ImagePullBackOff, CreateContainerConfigError, ...), or else the latest of its Warning `events` that explains
+    a pod stuck creating its containers (FailedMount). Empty while the pod is merely starting."""
+    name = pod.metadata.name
+    status = pod.status
+    for condition in status.conditions or []:
+        if condition.type == "PodScheduled" and condition.status == "False":
+            if condition.reason == StuckReason.UNSCHEDULABLE:
+                return (PodProblem(StuckReason.UNSCHEDULABLE, condition.message or "", name),)
+    problems = tuple(
+        PodProblem(c.state.waiting.reason, c.state.waiting.message or "", name)
+        for c in [*(status.init_container_statuses or []), *(status.container_statuses or [])]
+        if c.state and c.state.waiting and c.state.waiting.reason in STUCK_WAITING_REASONS
+    )
+    if problems:
+        return problems
+    explaining = [e for e in events if e.reason in STUCK_EVENT_REASONS]
+    if explaining:
+        latest = max(explaining, key=_event_time)
+        return (PodProblem(latest.reason, latest.message or "", name),)
+    return ()
+
+
+def observe_jobset(jobset: dict, workload: dict | None, stuck: tuple[PodProblem, ...] = ()) -> Observation:
+    """A JobSet (and its Kueue Workload) as an Observation: conditions verbatim, Kueue's reason while queued, and
+    why its pending pods are not running (`stuck`, from `pod_problems`)."""
     status = jobset.get("status") or {}
     conditions = tuple(
         Condition(
@@ -325,4 +394,5 @@ def observe_jobset(jobset: dict, workload: dict | None) -> Observation:
         created_at=parse_timestamp(metadata.get("creationTimestamp")),
         deleting=bool(metadata.get("deletionTimestamp")),
         started_at=parse_timestamp((resumed or {}).get("lastTransitionTime")),
+        pod_problems=() if suspended else stuck,
     )
