@@ -181,3 +181,64 @@ def test_pods_that_cannot_start_say_why_and_wait_stops_on_what_will_not_heal(con
             cancel_all(path, cp.kubeconfig)
         for sweep in ("pull", "mount", "nowhere"):
             wait_gone(cp, sweep)
+
+
+@pytest.mark.cluster
+def test_runs_are_owned_by_run_id_across_sweeps_and_orphans_are_listed_and_removed(control_plane, tmp_path):
+    cp = control_plane
+    extra = "  queue: multislice-queue\n" + annotations(**{"distillctl.dev/run-duration": "10m"})
+    alpha = write(tmp_path, "alpha", temperatures=(1.0, 2.0), extra=extra)
+    beta = write(tmp_path, "beta", temperatures=(2.0, 3.0), extra=extra)  # shares the point temperature=2.0
+    try:
+        assert cli("sweep", str(alpha), kubeconfig=cp.kubeconfig).exit_code == 0
+        rows = status_rows(alpha, cp.kubeconfig)
+        shared = next(run_id for run_id, row in rows.items() if row["axis_values"]["loss.temperature"] == 2.0)
+
+        # Sweep beta finds the shared run under alpha's JobSet: it creates only its own point, never a second.
+        result = cli("sweep", str(beta), kubeconfig=cp.kubeconfig)
+        assert result.exit_code == 0 and "1 created, 1 unchanged" in result.stdout, result.output
+        assert "owned by sweep alpha" in result.stdout
+        assert [j["metadata"]["labels"]["distillctl.dev/run-id"] for j in jobsets(cp, "beta")] != [shared]
+        row = status_rows(beta, cp.kubeconfig)[shared]
+        assert row["owner_sweep"] == "alpha" and row["phase"] != "Pending", row
+        assert "owned by sweep alpha" in cli("status", str(beta), kubeconfig=cp.kubeconfig).stdout
+
+        # Cancelling beta leaves alpha's run alone, and says so.
+        result = cli("cancel", str(beta), "--yes", kubeconfig=cp.kubeconfig)
+        assert result.exit_code == 0 and result.stdout.count("deleted") == 1, result.output
+        assert f"alpha-{shared}" in result.stderr and "owned by sweep alpha" in result.stderr
+        wait_gone(cp, "beta")
+        assert len(jobsets(cp, "alpha")) == 2
+
+        # A failed run whose JobSet is gone (TTL) is failed by its outputs: not created again without --retry-failed.
+        (own,) = [run_id for run_id in status_rows(beta, cp.kubeconfig) if run_id != shared]
+        folder = tmp_path / "runs" / own
+        folder.mkdir(parents=True, exist_ok=True)
+        verdict = {
+            "status": "failed",
+            "exit_code": 1,
+            "step": 3,
+            "total_steps": 10,
+            "updated_at": "2026-01-01T00:00:00Z",
+        }
+        (folder / "summary.json").write_text(json.dumps(verdict))
+        result = cli("sweep", str(beta), kubeconfig=cp.kubeconfig)
+        assert result.exit_code == 0 and "0 created" in result.stdout and "--retry-failed" in result.stdout
+        assert jobsets(cp, "beta") == []
+        dry = cli("sweep", str(beta), "--retry-failed", "--dry-run", "server", kubeconfig=cp.kubeconfig)
+        assert dry.exit_code == 0 and "would delete and create again (dry run)" in dry.stdout, dry.output
+
+        # Alpha's file loses the shared point: its JobSet is an orphan, listed by status and removed by --orphans.
+        alpha.write_text(alpha.read_text().replace("[1.0, 2.0]", "[1.0]"))
+        status = cli("status", str(alpha), kubeconfig=cp.kubeconfig)
+        assert status.exit_code == 0 and f"alpha-{shared}" in status.stderr and "cancel --orphans" in status.stderr
+        result = cli("cancel", str(alpha), "--orphans", "--yes", kubeconfig=cp.kubeconfig)
+        assert result.exit_code == 0 and result.stdout.strip() == f"deleted alpha-{shared}", result.output
+        cp.wait_for(lambda: len(jobsets(cp, "alpha", deleting=True)) == 1, 120, "the orphan deleted", interval=1)
+        again = cli("cancel", str(alpha), "--orphans", "--yes", kubeconfig=cp.kubeconfig)
+        assert again.exit_code == 0 and "no orphaned JobSets" in again.stdout
+    finally:
+        for path in (alpha, beta):
+            cancel_all(path, cp.kubeconfig)
+        for sweep in ("alpha", "beta"):
+            wait_gone(cp, sweep)

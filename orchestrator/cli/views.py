@@ -75,6 +75,7 @@ def status_json(expansion: Expansion, statuses) -> list[dict]:
             "phase": str(s.phase),
             "reason": s.reason,
             "message": s.message,
+            "owner_sweep": s.owner or None,
             "restarts": s.restarts,
             "step": s.step,
             "total_steps": s.total_steps,

@@ -98,6 +98,8 @@ class Observation:
     started_at: float | None = None  # when the current attempt was let run (admitted by Kueue, process started)
     deleting: bool = False  # being deleted (a cancel in progress): its name is not free yet
     pod_problems: tuple[PodProblem, ...] = ()  # pods of the current attempt that cannot start, and why
+    owner: str = ""  # the sweep that created it, when not the sweep being looked at (run ids are shared)
+    name: str = ""  # the backend's name for it (a JobSet's), when known
 
     def condition(self, kind: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind and c.status == "True"), None)
@@ -116,6 +118,7 @@ class RunStatus:
     last_metrics_at: float | None = None
     since: float | None = None  # when the backend's deciding condition last changed (unix seconds), if known
     heals: bool = True  # False: Stuck on something waiting will not fix (a missing image or Secret)
+    owner: str = ""  # another sweep that created this run (the same point, the same outputs): it is left to it
 
     @property
     def terminal(self) -> bool:
@@ -134,10 +137,12 @@ class RunStatus:
 
     @property
     def shown(self) -> str:
-        """`Queued (Pending)`, `Restarting 2`, `Failed (ReachedMaxRestarts)`."""
+        """`Queued (Pending)`, `Restarting 2`, `Failed (ReachedMaxRestarts)`, `Running (owned by sweep a)`."""
         if self.phase == Phase.RESTARTING:
-            return f"Restarting {self.restarts}"
-        return f"{self.phase} ({self.reason})" if self.reason else self.phase
+            text = f"Restarting {self.restarts}"
+        else:
+            text = f"{self.phase} ({self.reason})" if self.reason else str(self.phase)
+        return f"{text} (owned by sweep {self.owner})" if self.owner else text
 
 
 def derive(
@@ -154,6 +159,7 @@ def derive(
         kl_div_t1=aggregate.metric(aggregate.last(outputs.log, 1), KL_T1),
         age_seconds=(now - observation.created_at) if observation.created_at else None,
         last_metrics_at=last_time,
+        owner=observation.owner,
     )
     final = outputs.verdict or {}  # summary.json, or a failed worker's file when summary.json says no more
     verdict = final.get("status") if _current(final, observation) else None

@@ -9,6 +9,7 @@ says so, not a silently dropped field.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -105,15 +106,16 @@ class KubernetesBackend:
 
     # --- observing ----------------------------------------------------------------------------------------
 
-    def _jobsets(self, expansion: Expansion) -> list[dict]:
-        sweep = expansion.sweep.name if expansion.sweep else ""
+    def _jobsets(self) -> list[dict]:
+        """Every distillctl JobSet in the namespace, whatever sweep created it: a run id is shared by every sweep
+        with that point (and so are its outputs), so a run is found by its id, never by the sweep's label."""
         listing = self.cluster.call(
-            f"list the JobSets of sweep {sweep!r}",
+            "list the JobSets",
             self.cluster.custom.list_namespaced_custom_object,
             *JOBSET[:2],
             self.cluster.namespace,
             JOBSET[2],
-            label_selector=f"{rendering.LABEL_SWEEP}={sweep}",
+            label_selector=LABEL_RUN_ID,
         )
         return listing.get("items", [])
 
@@ -166,20 +168,42 @@ class KubernetesBackend:
         return {name: tuple(problems) for name, problems in found.items()}
 
     def observe(self, expansion: Expansion) -> dict[str, Observation]:
-        jobsets = self._jobsets(expansion)
-        workloads = self._workloads() if jobsets else {}
-        running = any(not (j.get("spec") or {}).get("suspend") for j in jobsets)
-        stuck = self._stuck_pods() if running else {}
+        """Each run's JobSet, found by its run id: one this sweep created, or another sweep's (then `owner` names
+        that sweep, and this sweep neither creates a second nor deletes it)."""
+        sweep = expansion.sweep.name if expansion.sweep else ""
         wanted = {run.run_id for run in expansion.runs}
-        observed = {}
-        for jobset in jobsets:
-            run_id = jobset.get("metadata", {}).get("labels", {}).get(rendering.LABEL_RUN_ID)
+        candidates: dict[str, list[dict]] = {}
+        for jobset in self._jobsets():
+            run_id = _labels(jobset).get(LABEL_RUN_ID)
             if run_id in wanted:
-                metadata = jobset["metadata"]
-                observed[run_id] = observe_jobset(
-                    jobset, workloads.get(metadata.get("uid")), stuck.get(metadata.get("name"), ())
-                )
+                candidates.setdefault(run_id, []).append(jobset)
+        chosen = {run_id: min(found, key=lambda j: _preference(j, sweep)) for run_id, found in candidates.items()}
+        workloads = self._workloads() if chosen else {}
+        running = any(not (j.get("spec") or {}).get("suspend") for j in chosen.values())
+        stuck = self._stuck_pods() if running else {}
+        observed = {}
+        for run_id, jobset in chosen.items():
+            metadata = jobset["metadata"]
+            owner = _labels(jobset).get(rendering.LABEL_SWEEP, "")
+            observed[run_id] = dataclasses.replace(
+                observe_jobset(jobset, workloads.get(metadata.get("uid")), stuck.get(metadata.get("name"), ())),
+                owner="" if owner == sweep else owner,
+                name=metadata.get("name", ""),
+            )
         return observed
+
+    def orphans(self, expansion: Expansion) -> list[Orphan]:
+        """JobSets labelled with this sweep's name whose run ids the sweep no longer has (an edited sweep file):
+        nothing shows or cancels them otherwise, and they keep holding Kueue quota until they finish."""
+        sweep = expansion.sweep.name if expansion.sweep else ""
+        wanted = {run.run_id for run in expansion.runs}
+        found = []
+        for jobset in self._jobsets():
+            labels = _labels(jobset)
+            if labels.get(rendering.LABEL_SWEEP) == sweep and labels.get(LABEL_RUN_ID) not in wanted:
+                if not jobset["metadata"].get("deletionTimestamp"):
+                    found.append(Orphan(jobset["metadata"]["name"], labels.get(LABEL_RUN_ID, ""), _state(jobset)))
+        return sorted(found, key=lambda o: o.name)
 
     # --- submitting ---------------------------------------------------------------------------------------
 
@@ -232,20 +256,24 @@ class KubernetesBackend:
     # --- deleting and logs --------------------------------------------------------------------------------
 
     def delete(self, runs: Sequence[Point]) -> list[str]:
+        return self.delete_jobsets([run.jobset_name for run in runs])
+
+    def delete_jobsets(self, names: Sequence[str]) -> list[str]:
+        """Delete these JobSets (and their pods); returns the names that were there to delete."""
         deleted = []
-        for run in runs:
+        for name in names:
             try:
                 self.cluster.call(
-                    f"delete JobSet {run.jobset_name}",
+                    f"delete JobSet {name}",
                     self.cluster.custom.delete_namespaced_custom_object,
                     *JOBSET[:2],
                     self.cluster.namespace,
                     JOBSET[2],
-                    run.jobset_name,
+                    name,
                     propagation_policy="Foreground",
                     passthrough=frozenset({404}),
                 )
-                deleted.append(run.jobset_name)
+                deleted.append(name)
             except ApiException:
                 pass  # 404: already gone
         return deleted
@@ -320,6 +348,42 @@ class KubernetesBackend:
 
     def close(self) -> None:
         self.cluster.api.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class Orphan:
+    """A JobSet of this sweep for a run id the sweep file no longer has."""
+
+    name: str
+    run_id: str
+    state: str  # "queued", "active" or "finished"
+
+
+def _labels(jobset: dict) -> dict[str, str]:
+    return (jobset.get("metadata") or {}).get("labels") or {}
+
+
+def _finished(jobset: dict) -> bool:
+    conditions = (jobset.get("status") or {}).get("conditions") or []
+    return any(c.get("type") in ("Completed", "Failed") and c.get("status") == "True" for c in conditions)
+
+
+def _state(jobset: dict) -> str:
+    if _finished(jobset):
+        return "finished"
+    return "queued" if (jobset.get("spec") or {}).get("suspend") else "active"
+
+
+def _preference(jobset: dict, sweep: str) -> tuple:
+    """Which of a run's JobSets speaks for it (smallest first): one not being deleted, still going, this sweep's,
+    the oldest."""
+    metadata = jobset.get("metadata") or {}
+    return (
+        bool(metadata.get("deletionTimestamp")),
+        _finished(jobset),
+        _labels(jobset).get(rendering.LABEL_SWEEP) != sweep,
+        metadata.get("creationTimestamp") or "",
+    )
 
 
 def _scheduled(pod: client.V1Pod) -> bool:
