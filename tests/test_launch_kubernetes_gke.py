@@ -242,3 +242,47 @@ def test_runs_are_owned_by_run_id_across_sweeps_and_orphans_are_listed_and_remov
             cancel_all(path, cp.kubeconfig)
         for sweep in ("alpha", "beta"):
             wait_gone(cp, sweep)
+
+
+@pytest.mark.cluster
+def test_preemption_and_sigterm_restart_without_spending_max_restarts(control_plane, tmp_path):
+    cp = control_plane
+    extra = "  queue: multislice-queue\n  max_restarts: 0\n" + annotations(**{"distillctl.dev/run-duration": "10m"})
+    path = write(tmp_path, "preempt", extra=extra)
+    try:
+        assert cli("sweep", str(path), kubeconfig=cp.kubeconfig).exit_code == 0
+        name = jobsets(cp, "preempt")[0]["metadata"]["name"]
+
+        def running_pod(attempt: int):
+            pods = [
+                p
+                for p in pods_of(cp, name)
+                if p.status.phase == "Running"
+                and not p.metadata.deletion_timestamp
+                and (p.metadata.labels or {}).get("jobset.sigs.k8s.io/restart-attempt") == str(attempt)
+            ]
+            return pods[0] if pods else None
+
+        def restarted(count: int):
+            status = jobsets(cp, "preempt")[0].get("status") or {}
+            return status if status.get("restarts") == count else None
+
+        # A worker stopped by SIGTERM (maintenance, a spot VM reclaimed) exits 143: a free restart.
+        pod = cp.wait_for(lambda: running_pod(0), 120, "a running pod", interval=1)
+        cp.set_pod_exit_code(pod.metadata.name, 143)
+        status = cp.wait_for(lambda: restarted(1), 120, "restart 1", interval=1)
+        assert not status.get("restartsCountTowardsMax"), status
+
+        # A retryable failure that is not a preemption spends the budget: with max_restarts 0 the run fails.
+        pod = cp.wait_for(lambda: running_pod(1), 120, "a running pod of attempt 1", interval=1)
+        cp.set_pod_exit_code(pod.metadata.name, 42)
+        row = cp.wait_for(
+            lambda: next(r for r in status_rows(path, cp.kubeconfig).values() if r["phase"] == "Failed"),
+            120,
+            "the run to fail",
+            interval=2,
+        )
+        assert row["reason"] == "ReachedMaxRestarts" and row["restarts"] == 1, row
+    finally:
+        cancel_all(path, cp.kubeconfig)
+        wait_gone(cp, "preempt")
