@@ -117,3 +117,33 @@ class FailedReason:
     TRAINER_EXIT = "TrainerExit"  # the trainer's summary says failed; its exit code in the message
     OUTPUT_NOT_WRITABLE = "OutputNotWritable"  # the run's folder or checkpoints cannot be written
     SUPERVISOR_CRASHED = "SupervisorCrashed"  # local backend: the supervisor that held the run died of an error
+
+
+class StuckReason:
+    """Why a run whose JobSet exists has pods that are not running: the kubelet's container waiting reasons and
+    the scheduler's PodScheduled reason, verbatim (typed here so nothing spells them as literals)."""
+
+    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
+    ERR_IMAGE_PULL = "ErrImagePull"
+    INVALID_IMAGE_NAME = "InvalidImageName"
+    ERR_IMAGE_NEVER_PULL = "ErrImageNeverPull"
+    CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"  # a missing Secret/ConfigMap key or object
+    CREATE_CONTAINER_ERROR = "CreateContainerError"
+    UNSCHEDULABLE = "Unschedulable"  # PodScheduled=False: the scheduler's message says which nodes and why
+    FAILED_MOUNT = "FailedMount"  # an Event: a volume (Secret, PVC, gcsfuse CSI) cannot be mounted
+
+
+# Container waiting reasons that mean the container will not start as things are (not a normal start-up step
+# such as ContainerCreating or PodInitializing).
+STUCK_WAITING_REASONS: frozenset[str] = frozenset(
+    {
+        StuckReason.IMAGE_PULL_BACK_OFF,
+        StuckReason.ERR_IMAGE_PULL,
+        StuckReason.INVALID_IMAGE_NAME,
+        StuckReason.ERR_IMAGE_NEVER_PULL,
+        StuckReason.CREATE_CONTAINER_CONFIG_ERROR,
+        StuckReason.CREATE_CONTAINER_ERROR,
+    }
+)
+# Warning Events (kubelet) that explain a pod still in ContainerCreating.
+STUCK_EVENT_REASONS: frozenset[str] = frozenset({StuckReason.FAILED_MOUNT, "FailedAttachVolume"})

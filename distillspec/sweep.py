@@ -117,7 +117,9 @@ class Target(_Block):
     queue: str | None = None  # Kueue LocalQueue: label kueue.x-k8s.io/queue-name
     priority: str | None = None  # PriorityClass of the pods (XPK's --priority: very-low ... very-high)
     workload_priority_class: str | None = None  # Kueue WorkloadPriorityClass: label kueue.x-k8s.io/priority-class
-    max_restarts: NonNegativeInt = 0
+    # Restarts after a retryable failure (exit 42, a signal such as an OOM kill's 137). Preemption and SIGTERM
+    # (143) do not count on a cluster: they restart without limit (the JobSet's RestartJobSetAndIgnoreMaxRestarts).
+    max_restarts: NonNegativeInt = 3
     restartable_exit_codes: list[ExitCode] = []  # in addition to the contract's RETRYABLE_EXIT_CODES
     output_base: str = "runs"  # gs://bucket/prefix, or a local path (relative to the current directory)
     service_account: str | None = None

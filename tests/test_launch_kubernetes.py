@@ -448,7 +448,7 @@ def test_cancel_deletes_one_sweeps_jobsets_only(control_plane, tmp_path):
     cp = control_plane
     mine, theirs = (
         write_sweep(tmp_path, "mine", points=2, duration="10m"),
-        write_sweep(tmp_path, "theirs", points=1, duration="10m"),
+        write_sweep(tmp_path, "theirs", points=1, duration="11m"),  # not one of mine's points (those are shared)
     )
     assert cli("sweep", str(mine), kubeconfig=cp.kubeconfig).exit_code == 0
     assert cli("sweep", str(theirs), kubeconfig=cp.kubeconfig).exit_code == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import pytest
 import yaml
@@ -90,10 +91,26 @@ def test_the_exit_code_policy_fails_fast_on_user_errors_and_restarts_on_retryabl
     doc, _ = manifest(tmp_path, target={**TARGET, "restartable_exit_codes": [75]})
     policy = doc["spec"]["failurePolicy"]
     assert policy["maxRestarts"] == 3
-    assert policy["rules"] == [
-        {"name": "failJobSetOnNonRetryableExit", "action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]}
-    ]
-    (rule,) = doc["spec"]["replicatedJobs"][0]["template"]["spec"]["podFailurePolicy"]["rules"]
+    preemption, fail = policy["rules"]
+    assert fail == {
+        "name": "failJobSetOnNonRetryableExit",
+        "action": "FailJobSet",
+        "onJobFailureReasons": ["PodFailurePolicy"],
+    }
+    # Preemption restarts without spending maxRestarts; it is matched first, by the Job controller's message.
+    assert preemption["action"] == "RestartJobSetAndIgnoreMaxRestarts"
+    assert preemption["onJobFailureReasons"] == ["PodFailurePolicy"]
+    disrupted, sigterm, rule = doc["spec"]["replicatedJobs"][0]["template"]["spec"]["podFailurePolicy"]["rules"]
+    assert disrupted == {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert sigterm["action"] == "FailJob" and sigterm["onExitCodes"]["values"] == [143]
+    messages = (
+        "Pod default/x-0 has condition DisruptionTarget matching FailJob rule at index 0",
+        "Container trainer for pod default/x-0 failed with exit code 143 matching FailJob rule at index 1",
+    )
+    for message in messages:
+        assert any(re.search(pattern, message) for pattern in preemption["onJobFailureMessagePatterns"])
+    user_error = "Container trainer for pod default/x-0 failed with exit code 1 matching FailJob rule at index 2"
+    assert not any(re.search(pattern, user_error) for pattern in preemption["onJobFailureMessagePatterns"])
     retryable = rule["onExitCodes"]["values"]
     assert rule["action"] == "FailJob" and rule["onExitCodes"]["operator"] == "NotIn"
     assert (

@@ -177,3 +177,33 @@ def test_failure_files_are_read_from_the_output_storage(tmp_path):
     assert [f["process_index"] for f in out.failures] == [2]
     s = status(Observation(exists=False), out)
     assert s.shown == "Failed (TrainerExit)" and s.message == "exit code 42 on process 2: disk gone"
+
+
+# --- pods that cannot start: Stuck, with the kubelet's or the scheduler's reason -----------------------------
+
+
+def test_pending_pods_with_a_reason_read_stuck_not_running():
+    from orchestrator.core.run_status import PodProblem
+
+    pull = PodProblem(
+        "ImagePullBackOff", 'Back-off pulling image "x": rpc error: code = NotFound desc = not found', "p-0"
+    )
+    secret = PodProblem("CreateContainerConfigError", 'secret "hf" not found', "p-1")
+    unschedulable = PodProblem("Unschedulable", "0/36 nodes are available: 36 node(s) didn't match selector", "p-2")
+    for problem, heals in ((pull, False), (secret, False), (unschedulable, True)):
+        s = status(Observation(exists=True, active=True, created_at=NOW - 10, pod_problems=(problem,)))
+        assert s.phase == "Stuck" and s.reason == problem.reason and problem.message in s.message
+        assert s.will_not_start is (not heals) and s.shown == f"Stuck ({problem.reason})"
+    # One that will not heal speaks for the run, whatever the order the pods came in.
+    s = status(Observation(exists=True, active=True, pod_problems=(unschedulable, secret)))
+    assert s.reason == "CreateContainerConfigError" and s.will_not_start
+
+
+def test_a_registry_hiccup_is_shown_but_may_heal():
+    from orchestrator.core.run_status import PodProblem
+
+    for message in ("rpc error: code = Unavailable desc = i/o timeout", "context deadline exceeded"):
+        assert PodProblem("ErrImagePull", message).heals
+    for message in ("manifest unknown", "failed to authorize: 403 Forbidden", "pull access denied"):
+        assert not PodProblem("ErrImagePull", message).heals
+    assert not PodProblem("InvalidImageName", "").heals and PodProblem("FailedMount", "timed out").heals

@@ -187,6 +187,13 @@ def _follow(expansion, backend, *, stall_after: float, timeout: float | None, qu
             "lower target.slices or the TPU type, or raise the ClusterQueue's quota",
         )
         return ExitCode.NOT_ADMITTED
+    if event.outcome is Outcome.WILL_NOT_START:
+        named = "; ".join(f"{r.jobset_name}: {views.verdict(statuses[r.run_id])}" for r in event.runs[:5])
+        console.print_error(
+            f"{len(event.runs)} run(s) cannot start, and waiting will not fix it: {named}",
+            "fix the image or create the missing Secret, then `distillctl cancel` and `distillctl sweep` again",
+        )
+        return ExitCode.FAILED
     if event.outcome is Outcome.TIMED_OUT_QUEUED:
         console.print_error(
             f"timed out with {len(event.runs)} run(s) still queued: {first.reason}: {first.message}",
@@ -239,6 +246,7 @@ def status(
         return state.statuses
 
     try:
+        _warn_orphans(expansion, backend)
         if output is OutputFormat.json:
             console.print_json(views.status_json(expansion, statuses()))
             return
@@ -305,11 +313,35 @@ def logs(
         backend.close()
 
 
+def _warn_orphans(expansion, backend) -> None:
+    """On stderr: this sweep's JobSets for runs its file no longer has (they hold quota until they finish)."""
+    from distillspec.problems import Problem
+    from orchestrator.cli import console
+
+    orphans = backend.orphans(expansion) if hasattr(backend, "orphans") else []
+    if orphans:
+        listed = ", ".join(f"{o.name} ({o.state})" for o in orphans[:10]) + (" ..." if len(orphans) > 10 else "")
+        console.warn_once(
+            Problem(
+                (),
+                "orphaned_runs",
+                f"{len(orphans)} JobSet(s) of sweep {expansion.sweep.name} are for runs no longer in the sweep file: "
+                f"{listed}",
+                "`distillctl cancel --orphans` deletes them (outputs and checkpoints stay)",
+                severity="warning",
+            )
+        )
+
+
 def cancel(
     sweep_file: SweepArgument,
     runs: Annotated[
         Optional[list[str]], typer.Argument(help="runs to cancel (default: every run of the sweep)")
     ] = None,
+    orphans: Annotated[
+        bool,
+        typer.Option("--orphans", help="only this sweep's JobSets for runs no longer in the sweep file"),
+    ] = False,
     yes: YesOption = False,
     output: OutputOption = OutputFormat.text,
     image: ImageOption = None,
@@ -327,9 +359,20 @@ def cancel(
     )
     expansion, backend = ctx.open()
     try:
+        if orphans:
+            if runs:
+                raise UsageError("--orphans takes no runs", "drop the run arguments")
+            _cancel_orphans(expansion, backend, yes=yes, output=output)
+            return
         chosen = [find_run(expansion, key) for key in runs] if runs else list(expansion.runs)
         existing = backend.observe(expansion)
         chosen = [run for run in chosen if run.run_id in existing and existing[run.run_id].exists]
+        for run in [run for run in chosen if existing[run.run_id].owner]:
+            console.err.print(  # the same point in another sweep: that sweep's to cancel, with its outputs
+                f"left {existing[run.run_id].name or run.run_id}: owned by sweep {existing[run.run_id].owner}",
+                markup=False,
+            )
+        chosen = [run for run in chosen if not existing[run.run_id].owner]
         if not chosen:
             if output is OutputFormat.json:
                 console.print_json([])
@@ -343,10 +386,39 @@ def cancel(
             if not typer.confirm(f"Delete {len(chosen)} run(s) of sweep {expansion.sweep.name}?\n  {names}\n"):
                 raise typer.Exit(int(ExitCode.FAILED))
         deleted = backend.delete(chosen)
-        if output is OutputFormat.json:
-            console.print_json([{"deleted": name} for name in deleted])
-        else:
-            for name in deleted:
-                console.out.print(f"deleted {name}", markup=False)
+        _print_deleted(deleted, output)
     finally:
         backend.close()
+
+
+def _cancel_orphans(expansion, backend, *, yes: bool, output: OutputFormat) -> None:
+    from orchestrator.cli import console
+    from orchestrator.errors import UsageError
+    from orchestrator.exit_codes import ExitCode
+
+    if not hasattr(backend, "orphans"):
+        raise UsageError(f"--orphans is for cluster targets, not {expansion.sweep.target.kind!r}")
+    names = [o.name for o in backend.orphans(expansion)]
+    if not names:
+        if output is OutputFormat.json:
+            console.print_json([])
+        else:
+            console.out.print("no orphaned JobSets")
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"cancel would delete {len(names)} JobSet(s)", "pass --yes to confirm without a prompt")
+        listed = "\n  ".join(names)
+        if not typer.confirm(f"Delete {len(names)} orphaned JobSet(s) of sweep {expansion.sweep.name}?\n  {listed}\n"):
+            raise typer.Exit(int(ExitCode.FAILED))
+    _print_deleted(backend.delete_jobsets(names), output)
+
+
+def _print_deleted(deleted: list[str], output: OutputFormat) -> None:
+    from orchestrator.cli import console
+
+    if output is OutputFormat.json:
+        console.print_json([{"deleted": name} for name in deleted])
+    else:
+        for name in deleted:
+            console.out.print(f"deleted {name}", markup=False)

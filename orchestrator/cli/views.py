@@ -21,6 +21,7 @@ PHASE_STYLE = {
     Phase.STALLED: "yellow",
     Phase.QUEUED: "cyan",
     Phase.RESTARTING: "yellow",
+    Phase.STUCK: "red",
     Phase.RUNNING: "blue",
     Phase.PENDING: "dim",
 }
@@ -38,11 +39,17 @@ def age(seconds: float | None) -> str:
 
 def status_table(expansion: Expansion, statuses) -> Table:
     table = Table(title=f"sweep {expansion.sweep.name}", title_justify="left")
-    for column in ("#", "run id", "axis values", "phase", "restarts", "step", "kl_div_T1", "age"):
+    # A stuck run's reason alone (ImagePullBackOff) does not say which image or Secret: then a column says why.
+    why = any(statuses[run.run_id].phase == Phase.STUCK for run in expansion.runs)
+    columns = ("#", "run id", "axis values", "phase", "restarts", "step", "kl_div_T1", "age") + (
+        ("why",) if why else ()
+    )
+    for column in columns:
         table.add_column(column, justify="right" if column in ("#", "restarts", "step", "kl_div_T1", "age") else "left")
     for run in expansion.runs:
         s = statuses[run.run_id]
         step = "—" if s.step is None else f"{s.step}/{s.total_steps or '?'}"
+        extra = ((s.message if s.phase == Phase.STUCK else ""),) if why else ()
         table.add_row(
             run.key,
             run.run_id,
@@ -52,6 +59,7 @@ def status_table(expansion: Expansion, statuses) -> Table:
             step,
             "—" if s.kl_div_t1 is None else f"{s.kl_div_t1:.4f}",
             age(s.age_seconds),
+            *extra,
         )
     return table
 
@@ -67,6 +75,7 @@ def status_json(expansion: Expansion, statuses) -> list[dict]:
             "phase": str(s.phase),
             "reason": s.reason,
             "message": s.message,
+            "owner_sweep": s.owner or None,
             "restarts": s.restarts,
             "step": s.step,
             "total_steps": s.total_steps,

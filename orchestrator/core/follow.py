@@ -27,6 +27,7 @@ class Outcome(enum.StrEnum):
     SUCCEEDED = "succeeded"  # every run succeeded
     FAILED = "failed"  # every run ended (or is blocked by a failed prerequisite), some did not succeed
     NEVER_ADMITTED = "never_admitted"  # Kueue says the request exceeds what the queue could ever give
+    WILL_NOT_START = "will_not_start"  # pods stuck on what waiting will not fix (missing image or Secret)
     TIMED_OUT_QUEUED = "timed_out_queued"  # the timeout passed with runs still waiting for Kueue
     TIMED_OUT = "timed_out"  # the timeout passed; the runs keep going
 
@@ -63,7 +64,8 @@ def follow(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[Event]:
-    """Events until every run is terminal or blocked, Kueue will never admit one, or `timeout` seconds pass."""
+    """Events until every run is terminal or blocked, Kueue will never admit one, one's pods are stuck on what
+    waiting will not fix, or `timeout` seconds pass."""
     deadline = None if timeout is None else clock() + timeout
     while True:
         state = look(expansion, backend, now=wall(), stall_after=stall_after)
@@ -76,6 +78,10 @@ def follow(
         hopeless = tuple(run for run in expansion.runs if statuses[run.run_id].never_admitted)
         if hopeless:
             yield Finished(Outcome.NEVER_ADMITTED, state, hopeless)
+            return
+        stuck = tuple(run for run in expansion.runs if statuses[run.run_id].will_not_start)
+        if stuck:
+            yield Finished(Outcome.WILL_NOT_START, state, stuck)
             return
         blocked = {a.run.run_id for a in actions if a.kind == ActionKind.BLOCKED}
         if all(statuses[run.run_id].terminal or run.run_id in blocked for run in expansion.runs):

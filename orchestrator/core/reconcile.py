@@ -2,8 +2,10 @@
 
 The cluster (or, locally, the output storage) is the truth. Each run is looked at on its own:
 - Succeeded: skip, whoever ran it (the same point in another sweep shares its id and outputs).
-- Failed or Diverged: left alone, unless `retry_failed` (then it is created again and resumes from its checkpoint).
-- Queued, Running, Restarting, Stalled: it exists; skip.
+- Failed or Diverged (also when its JobSet is gone: the verdict is read from its outputs): left alone, unless
+  `retry_failed` (then it is created again and resumes from its checkpoint; not when another sweep owns it).
+- Queued, Running, Restarting, Stuck, Stalled: it exists (created by this sweep or another with the same point:
+  either way its outputs are the same); skip.
 - Pending (never created, or preempted and gone): create it once every prerequisite it depends on has
   succeeded; wait while one is still on its way; block when one failed.
 """
@@ -56,7 +58,9 @@ def reconcile(runs: Sequence[Point], statuses: Mapping[str, RunStatus], *, retry
         if status.phase == Phase.SUCCEEDED:
             actions.append(Action(ActionKind.SKIP, run, "succeeded"))
         elif status.phase in FAILED:
-            if retry_failed:
+            if retry_failed and status.owner:  # its JobSet is another sweep's: never replaced from here
+                actions.append(Action(ActionKind.SKIP, run, f"{status.shown}; retry it from sweep {status.owner}"))
+            elif retry_failed:
                 actions.append(Action(ActionKind.RECREATE, run, f"retrying: {status.shown}"))
             else:
                 actions.append(Action(ActionKind.SKIP, run, f"{status.shown}; --retry-failed runs it again"))

@@ -42,6 +42,7 @@ from distillspec.contract import (
     LABEL_SWEEP,
     RETRYABLE_EXIT_CODES,
     TRAINER_COMMAND,
+    TrainerExit,
 )
 from distillspec.sweep import Target
 from orchestrator.core import identity
@@ -50,6 +51,14 @@ from orchestrator.core.expansion import Expansion, Point
 TEMPLATE = "jobset.yaml.j2"
 TEMPLATES_ENV = "DISTILLCTL_TEMPLATES"
 FAILURE_RULE_NAME = "failJobSetOnNonRetryableExit"
+PREEMPTION_RULE_NAME = "restartJobSetOnPreemption"
+# How the Job controller words a failure by a podFailurePolicy FailJob rule (k8s.io/kubernetes pkg/controller/job,
+# pod_failure_policy.go): "Pod <ns>/<name> has condition DisruptionTarget matching FailJob rule at index 0" and
+# "Container trainer for pod <ns>/<name> failed with exit code 143 matching FailJob rule at index 1".
+PREEMPTION_MESSAGE_PATTERNS = (
+    "has condition DisruptionTarget matching",
+    f"with exit code {int(TrainerExit.PREEMPTED)} matching",
+)
 EXCLUSIVE_TOPOLOGY = ("alpha.jobset.sigs.k8s.io/exclusive-topology", "cloud.google.com/gke-nodepool")
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 LABEL_WORKLOAD_PRIORITY = "kueue.x-k8s.io/priority-class"
@@ -137,6 +146,9 @@ def jobset_view(point: Point, target: Target) -> dict[str, Any]:
         "ttl_seconds_after_finished": target.ttl_seconds_after_finished,
         "max_restarts": target.max_restarts,
         "failure_rule_name": FAILURE_RULE_NAME,
+        "preemption_rule_name": PREEMPTION_RULE_NAME,
+        "preemption_message_patterns": list(PREEMPTION_MESSAGE_PATTERNS),
+        "preempted_exit_codes": [int(TrainerExit.PREEMPTED)],
         "replicated_job": identity.REPLICATED_JOB,
         "slices": target.slices,
         "vms_per_slice": shape.vms_per_slice,

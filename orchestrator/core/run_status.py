@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import re
 
 from distillspec.contract import (
     DivergedReason,
@@ -18,6 +19,7 @@ from distillspec.contract import (
     QueuedReason,
     RestartingReason,
     StalledReason,
+    StuckReason,
 )
 from orchestrator.core import aggregate
 from orchestrator.core.aggregate import KL_T1
@@ -29,6 +31,7 @@ class Phase(enum.StrEnum):
     QUEUED = "Queued"
     RUNNING = "Running"
     RESTARTING = "Restarting"
+    STUCK = "Stuck"  # its JobSet exists, but pods cannot start (image pull, missing Secret, unschedulable)
     STALLED = "Stalled"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
@@ -51,6 +54,36 @@ class Condition:
 
 
 @dataclasses.dataclass(frozen=True)
+class PodProblem:
+    """Why one pod of a run is not running: a kubelet waiting reason, the scheduler's verdict, or a warning
+    Event, with its message verbatim."""
+
+    reason: str  # distillspec.contract.StuckReason
+    message: str
+    pod: str = ""
+
+    @property
+    def heals(self) -> bool:
+        """Whether waiting can fix it. An image that does not exist or may not be pulled, an invalid image name,
+        or a missing Secret/ConfigMap stay broken until someone changes the sweep or the cluster; a busy or
+        scaling cluster (Unschedulable), a registry hiccup or a slow volume may pass."""
+        if self.reason in (
+            StuckReason.INVALID_IMAGE_NAME,
+            StuckReason.ERR_IMAGE_NEVER_PULL,
+            StuckReason.CREATE_CONTAINER_CONFIG_ERROR,
+        ):
+            return False
+        if self.reason in (StuckReason.IMAGE_PULL_BACK_OFF, StuckReason.ERR_IMAGE_PULL):
+            return not _PULL_WONT_HEAL.search(self.message)
+        return True
+
+
+# What a registry answers for an image that is not there or not ours to pull (containerd's and the registries'
+# wording: `code = NotFound`, `manifest unknown`, `401 Unauthorized`, `403 Forbidden`, `denied`).
+_PULL_WONT_HEAL = re.compile(r"not ?found|manifest unknown|unauthorized|forbidden|denied|\b40[134]\b", re.I)
+
+
+@dataclasses.dataclass(frozen=True)
 class Observation:
     """What a backend sees of one run, normalised across backends."""
 
@@ -64,6 +97,9 @@ class Observation:
     created_at: float | None = None  # unix seconds
     started_at: float | None = None  # when the current attempt was let run (admitted by Kueue, process started)
     deleting: bool = False  # being deleted (a cancel in progress): its name is not free yet
+    pod_problems: tuple[PodProblem, ...] = ()  # pods of the current attempt that cannot start, and why
+    owner: str = ""  # the sweep that created it, when not the sweep being looked at (run ids are shared)
+    name: str = ""  # the backend's name for it (a JobSet's), when known
 
     def condition(self, kind: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind and c.status == "True"), None)
@@ -81,6 +117,8 @@ class RunStatus:
     age_seconds: float | None = None
     last_metrics_at: float | None = None
     since: float | None = None  # when the backend's deciding condition last changed (unix seconds), if known
+    heals: bool = True  # False: Stuck on something waiting will not fix (a missing image or Secret)
+    owner: str = ""  # another sweep that created this run (the same point, the same outputs): it is left to it
 
     @property
     def terminal(self) -> bool:
@@ -93,11 +131,18 @@ class RunStatus:
         return self.phase == Phase.QUEUED and "> maximum capacity" in self.message
 
     @property
+    def will_not_start(self) -> bool:
+        """Stuck on something that waiting will not fix: `--wait` stops and names it."""
+        return self.phase == Phase.STUCK and not self.heals
+
+    @property
     def shown(self) -> str:
-        """`Queued (Pending)`, `Restarting 2`, `Failed (ReachedMaxRestarts)`."""
+        """`Queued (Pending)`, `Restarting 2`, `Failed (ReachedMaxRestarts)`, `Running (owned by sweep a)`."""
         if self.phase == Phase.RESTARTING:
-            return f"Restarting {self.restarts}"
-        return f"{self.phase} ({self.reason})" if self.reason else self.phase
+            text = f"Restarting {self.restarts}"
+        else:
+            text = f"{self.phase} ({self.reason})" if self.reason else str(self.phase)
+        return f"{text} (owned by sweep {self.owner})" if self.owner else text
 
 
 def derive(
@@ -114,6 +159,7 @@ def derive(
         kl_div_t1=aggregate.metric(aggregate.last(outputs.log, 1), KL_T1),
         age_seconds=(now - observation.created_at) if observation.created_at else None,
         last_metrics_at=last_time,
+        owner=observation.owner,
     )
     final = outputs.verdict or {}  # summary.json, or a failed worker's file when summary.json says no more
     verdict = final.get("status") if _current(final, observation) else None
@@ -147,6 +193,12 @@ def derive(
     if observation.suspended or observation.queue_reason:
         reason = observation.queue_reason or QueuedReason.SUSPENDED
         return RunStatus(Phase.QUEUED, reason, observation.queue_message, **common)
+    if observation.pod_problems:
+        # A Job counts pending pods as active: without this the run would read Running while nothing runs.
+        # The problem that will not heal comes first; one pod speaks for the others (they share a template).
+        problem = min(observation.pod_problems, key=lambda p: p.heals)
+        where = f"pod {problem.pod}: " if problem.pod else ""
+        return RunStatus(Phase.STUCK, problem.reason, where + problem.message, heals=problem.heals, **common)
     if observation.restarts and not observation.active:
         return RunStatus(
             Phase.RESTARTING,

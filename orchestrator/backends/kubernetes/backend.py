@@ -9,6 +9,7 @@ says so, not a silently dropped field.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +17,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from distillspec.contract import LABEL_RUN_ID, STUCK_EVENT_REASONS, STUCK_WAITING_REASONS, StuckReason
 from distillspec.sweep import Target
 from orchestrator.backends import DryRun, LogRequest, Submitted
 from orchestrator.backends.kubernetes.client import (
@@ -30,7 +32,7 @@ from orchestrator.backends.kubernetes.client import (
 )
 from orchestrator.core import rendering
 from orchestrator.core.expansion import Expansion, Point
-from orchestrator.core.run_status import Condition, Observation, parse_timestamp
+from orchestrator.core.run_status import Condition, Observation, PodProblem, parse_timestamp
 from orchestrator.errors import DistillctlError, UsageError
 from orchestrator.exit_codes import ExitCode
 
@@ -104,15 +106,16 @@ class KubernetesBackend:
 
     # --- observing ----------------------------------------------------------------------------------------
 
-    def _jobsets(self, expansion: Expansion) -> list[dict]:
-        sweep = expansion.sweep.name if expansion.sweep else ""
+    def _jobsets(self) -> list[dict]:
+        """Every distillctl JobSet in the namespace, whatever sweep created it: a run id is shared by every sweep
+        with that point (and so are its outputs), so a run is found by its id, never by the sweep's label."""
         listing = self.cluster.call(
-            f"list the JobSets of sweep {sweep!r}",
+            "list the JobSets",
             self.cluster.custom.list_namespaced_custom_object,
             *JOBSET[:2],
             self.cluster.namespace,
             JOBSET[2],
-            label_selector=f"{rendering.LABEL_SWEEP}={sweep}",
+            label_selector=LABEL_RUN_ID,
         )
         return listing.get("items", [])
 
@@ -136,16 +139,71 @@ class KubernetesBackend:
                 owned[owner.get("uid")] = workload
         return owned
 
+    def _stuck_pods(self) -> dict[str, tuple[PodProblem, ...]]:
+        """Why pods of distillctl's JobSets are not running, by JobSet name: one list of the Pending pods (few,
+        normally none), and the Warning Events only when a pod is waiting without a reason of its own."""
+        pods = self.cluster.call(
+            "list the pending pods",
+            self.cluster.core.list_namespaced_pod,
+            self.cluster.namespace,
+            label_selector=LABEL_RUN_ID,
+            field_selector="status.phase=Pending",
+        ).items
+        pods = [p for p in pods if not p.metadata.deletion_timestamp]  # an attempt being torn down says nothing
+        events: dict[str, list] = {}
+        if any(not pod_problems(p) and _scheduled(p) for p in pods):
+            listing = self.cluster.call(
+                "list the pods' warning events",
+                self.cluster.core.list_namespaced_event,
+                self.cluster.namespace,
+                field_selector="involvedObject.kind=Pod,type=Warning",
+            ).items
+            for event in listing:
+                events.setdefault(event.involved_object.uid, []).append(event)
+        found: dict[str, list[PodProblem]] = {}
+        for pod in pods:
+            problems = pod_problems(pod, events.get(pod.metadata.uid, ()))
+            if problems:
+                found.setdefault((pod.metadata.labels or {}).get(JOBSET_NAME_LABEL, ""), []).extend(problems)
+        return {name: tuple(problems) for name, problems in found.items()}
+
     def observe(self, expansion: Expansion) -> dict[str, Observation]:
-        jobsets = self._jobsets(expansion)
-        workloads = self._workloads() if jobsets else {}
+        """Each run's JobSet, found by its run id: one this sweep created, or another sweep's (then `owner` names
+        that sweep, and this sweep neither creates a second nor deletes it)."""
+        sweep = expansion.sweep.name if expansion.sweep else ""
         wanted = {run.run_id for run in expansion.runs}
-        observed = {}
-        for jobset in jobsets:
-            run_id = jobset.get("metadata", {}).get("labels", {}).get(rendering.LABEL_RUN_ID)
+        candidates: dict[str, list[dict]] = {}
+        for jobset in self._jobsets():
+            run_id = _labels(jobset).get(LABEL_RUN_ID)
             if run_id in wanted:
-                observed[run_id] = observe_jobset(jobset, workloads.get(jobset["metadata"].get("uid")))
+                candidates.setdefault(run_id, []).append(jobset)
+        chosen = {run_id: min(found, key=lambda j: _preference(j, sweep)) for run_id, found in candidates.items()}
+        workloads = self._workloads() if chosen else {}
+        running = any(not (j.get("spec") or {}).get("suspend") for j in chosen.values())
+        stuck = self._stuck_pods() if running else {}
+        observed = {}
+        for run_id, jobset in chosen.items():
+            metadata = jobset["metadata"]
+            owner = _labels(jobset).get(rendering.LABEL_SWEEP, "")
+            observed[run_id] = dataclasses.replace(
+                observe_jobset(jobset, workloads.get(metadata.get("uid")), stuck.get(metadata.get("name"), ())),
+                owner="" if owner == sweep else owner,
+                name=metadata.get("name", ""),
+            )
         return observed
+
+    def orphans(self, expansion: Expansion) -> list[Orphan]:
+        """JobSets labelled with this sweep's name whose run ids the sweep no longer has (an edited sweep file):
+        nothing shows or cancels them otherwise, and they keep holding Kueue quota until they finish."""
+        sweep = expansion.sweep.name if expansion.sweep else ""
+        wanted = {run.run_id for run in expansion.runs}
+        found = []
+        for jobset in self._jobsets():
+            labels = _labels(jobset)
+            if labels.get(rendering.LABEL_SWEEP) == sweep and labels.get(LABEL_RUN_ID) not in wanted:
+                if not jobset["metadata"].get("deletionTimestamp"):
+                    found.append(Orphan(jobset["metadata"]["name"], labels.get(LABEL_RUN_ID, ""), _state(jobset)))
+        return sorted(found, key=lambda o: o.name)
 
     # --- submitting ---------------------------------------------------------------------------------------
 
@@ -198,20 +256,24 @@ class KubernetesBackend:
     # --- deleting and logs --------------------------------------------------------------------------------
 
     def delete(self, runs: Sequence[Point]) -> list[str]:
+        return self.delete_jobsets([run.jobset_name for run in runs])
+
+    def delete_jobsets(self, names: Sequence[str]) -> list[str]:
+        """Delete these JobSets (and their pods); returns the names that were there to delete."""
         deleted = []
-        for run in runs:
+        for name in names:
             try:
                 self.cluster.call(
-                    f"delete JobSet {run.jobset_name}",
+                    f"delete JobSet {name}",
                     self.cluster.custom.delete_namespaced_custom_object,
                     *JOBSET[:2],
                     self.cluster.namespace,
                     JOBSET[2],
-                    run.jobset_name,
+                    name,
                     propagation_policy="Foreground",
                     passthrough=frozenset({404}),
                 )
-                deleted.append(run.jobset_name)
+                deleted.append(name)
             except ApiException:
                 pass  # 404: already gone
         return deleted
@@ -288,8 +350,79 @@ class KubernetesBackend:
         self.cluster.api.close()
 
 
-def observe_jobset(jobset: dict, workload: dict | None) -> Observation:
-    """A JobSet (and its Kueue Workload) as an Observation: conditions verbatim, Kueue's reason while queued."""
+@dataclasses.dataclass(frozen=True)
+class Orphan:
+    """A JobSet of this sweep for a run id the sweep file no longer has."""
+
+    name: str
+    run_id: str
+    state: str  # "queued", "active" or "finished"
+
+
+def _labels(jobset: dict) -> dict[str, str]:
+    return (jobset.get("metadata") or {}).get("labels") or {}
+
+
+def _finished(jobset: dict) -> bool:
+    conditions = (jobset.get("status") or {}).get("conditions") or []
+    return any(c.get("type") in ("Completed", "Failed") and c.get("status") == "True" for c in conditions)
+
+
+def _state(jobset: dict) -> str:
+    if _finished(jobset):
+        return "finished"
+    return "queued" if (jobset.get("spec") or {}).get("suspend") else "active"
+
+
+def _preference(jobset: dict, sweep: str) -> tuple:
+    """Which of a run's JobSets speaks for it (smallest first): one not being deleted, still going, this sweep's,
+    the oldest."""
+    metadata = jobset.get("metadata") or {}
+    return (
+        bool(metadata.get("deletionTimestamp")),
+        _finished(jobset),
+        _labels(jobset).get(rendering.LABEL_SWEEP) != sweep,
+        metadata.get("creationTimestamp") or "",
+    )
+
+
+def _scheduled(pod: client.V1Pod) -> bool:
+    return bool(pod.spec and pod.spec.node_name)  # bound to a node: its kubelet has it
+
+
+def _event_time(event) -> float:
+    when = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
+    return when.timestamp() if when else 0.0
+
+
+def pod_problems(pod: client.V1Pod, events: Sequence = ()) -> tuple[PodProblem, ...]:
+    """Why a Pending pod is not running, as the scheduler and the kubelet wrote it: PodScheduled=False
+    (Unschedulable, with the scheduler's message), a container's waiting reason that is not a start-up step
+    (ImagePullBackOff, CreateContainerConfigError, ...), or else the latest of its Warning `events` that explains
+    a pod stuck creating its containers (FailedMount). Empty while the pod is merely starting."""
+    name = pod.metadata.name
+    status = pod.status
+    for condition in status.conditions or []:
+        if condition.type == "PodScheduled" and condition.status == "False":
+            if condition.reason == StuckReason.UNSCHEDULABLE:
+                return (PodProblem(StuckReason.UNSCHEDULABLE, condition.message or "", name),)
+    problems = tuple(
+        PodProblem(c.state.waiting.reason, c.state.waiting.message or "", name)
+        for c in [*(status.init_container_statuses or []), *(status.container_statuses or [])]
+        if c.state and c.state.waiting and c.state.waiting.reason in STUCK_WAITING_REASONS
+    )
+    if problems:
+        return problems
+    explaining = [e for e in events if e.reason in STUCK_EVENT_REASONS]
+    if explaining:
+        latest = max(explaining, key=_event_time)
+        return (PodProblem(latest.reason, latest.message or "", name),)
+    return ()
+
+
+def observe_jobset(jobset: dict, workload: dict | None, stuck: tuple[PodProblem, ...] = ()) -> Observation:
+    """A JobSet (and its Kueue Workload) as an Observation: conditions verbatim, Kueue's reason while queued, and
+    why its pending pods are not running (`stuck`, from `pod_problems`)."""
     status = jobset.get("status") or {}
     conditions = tuple(
         Condition(
@@ -325,4 +458,5 @@ def observe_jobset(jobset: dict, workload: dict | None) -> Observation:
         created_at=parse_timestamp(metadata.get("creationTimestamp")),
         deleting=bool(metadata.get("deletionTimestamp")),
         started_at=parse_timestamp((resumed or {}).get("lastTransitionTime")),
+        pod_problems=() if suspended else stuck,
     )

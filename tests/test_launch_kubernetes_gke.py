@@ -1,0 +1,288 @@
+"""What a real GKE TPU cluster does that the happy path does not: pods that cannot start, runs shared between sweeps.
+
+Pure parts (reading pod status) are tested on Kubernetes' own client objects; the rest on the local control plane
+(tests/cluster): the real scheduler for Unschedulable, kwok's `pod-waiting` stage for the kubelet's waiting reasons,
+and Events written through the API server as the kubelet writes them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from distillspec.contract import StuckReason
+from orchestrator.backends.kubernetes.backend import pod_problems
+from orchestrator.exit_codes import ExitCode
+from tests.test_launch_kubernetes import cancel_all, cli, jobsets, pods_of, status_rows, wait_gone
+
+SWEEP = """\
+name: {name}
+spec:
+  student: {{model: tiny-2l}}
+  teacher: {{model: tiny-4l, load_parameters_path: gs://bucket/teacher/checkpoints}}
+  batch: {{per_device_batch_size: 1, max_target_length: 16}}
+  steps: 10
+axes:
+  loss.temperature: {temperatures}
+target:
+  kind: kubernetes
+  tpu_type: {tpu_type}
+  slices: 1
+  image: example.invalid/distillctl-trainer:test
+  output_base: {base}
+{extra}"""
+
+PULL_NOT_FOUND = (
+    'Back-off pulling image "example.invalid/distillctl-trainer:test": ErrImagePull: rpc error: code = NotFound '
+    "desc = failed to pull and unpack image: not found"
+)
+
+
+def write(tmp_path: Path, name: str, *, temperatures=(1.0,), tpu_type="v5p-128", extra: str = "") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    text = SWEEP.format(
+        name=name, temperatures=list(temperatures), tpu_type=tpu_type, base=tmp_path / "runs", extra=extra
+    )
+    path.write_text(text)
+    return path
+
+
+def annotations(**values: str) -> str:
+    return "  pod_annotations: " + json.dumps(values) + "\n"
+
+
+# --- reading pod status (pure) ----------------------------------------------------------------------------------
+
+
+def pod(name="p-0", *, node="n-0", conditions=(), waiting=None, uid="u-0") -> client.V1Pod:
+    statuses = None
+    if waiting:
+        state = client.V1ContainerState(waiting=client.V1ContainerStateWaiting(reason=waiting[0], message=waiting[1]))
+        statuses = [
+            client.V1ContainerStatus(name="trainer", image="i", image_id="", ready=False, restart_count=0, state=state)
+        ]
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(name=name, uid=uid),
+        spec=client.V1PodSpec(containers=[], node_name=node),
+        status=client.V1PodStatus(
+            phase="Pending",
+            conditions=[client.V1PodCondition(type=t, status=s, reason=r, message=m) for t, s, r, m in conditions],
+            container_statuses=statuses,
+        ),
+    )
+
+
+def event(reason: str, message: str, minute: int) -> client.CoreV1Event:
+    when = datetime.datetime(2026, 1, 1, 0, minute, tzinfo=datetime.timezone.utc)
+    return client.CoreV1Event(
+        metadata=client.V1ObjectMeta(name=f"e{minute}"),
+        involved_object=client.V1ObjectReference(kind="Pod", uid="u-0"),
+        reason=reason,
+        message=message,
+        type="Warning",
+        last_timestamp=when,
+    )
+
+
+def test_pod_problems_read_scheduler_kubelet_and_events():
+    unschedulable = pod(node=None, conditions=[("PodScheduled", "False", "Unschedulable", "0/4 nodes are available")])
+    assert [(p.reason, p.message) for p in pod_problems(unschedulable)] == [
+        ("Unschedulable", "0/4 nodes are available")
+    ]
+    secret = pod(waiting=("CreateContainerConfigError", 'secret "hf" not found'))
+    assert [(p.reason, p.pod) for p in pod_problems(secret)] == [("CreateContainerConfigError", "p-0")]
+    # Starting normally: nothing to say, unless a warning Event explains the wait (the latest one).
+    creating = pod(waiting=("ContainerCreating", ""))
+    assert pod_problems(creating) == ()
+    events = [event("FailedMount", "old", 1), event("FailedMount", 'secret "hf" not found', 2), event("BackOff", "", 3)]
+    assert [(p.reason, p.message) for p in pod_problems(creating, events)] == [("FailedMount", 'secret "hf" not found')]
+
+
+# --- on the control plane -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.cluster
+def test_pods_that_cannot_start_say_why_and_wait_stops_on_what_will_not_heal(control_plane, tmp_path):
+    cp = control_plane
+    queue = "  queue: multislice-queue\n"
+    pull = write(
+        tmp_path,
+        "pull",
+        extra=queue
+        + annotations(
+            **{"distillctl.dev/waiting-reason": "ImagePullBackOff", "distillctl.dev/waiting-message": PULL_NOT_FOUND}
+        ),
+    )
+    mount = write(
+        tmp_path, "mount", extra=queue + annotations(**{"distillctl.dev/waiting-reason": "ContainerCreating"})
+    )
+    nowhere = write(tmp_path, "nowhere", tpu_type="v6e-32")  # no v6e 4x8 node pool: the scheduler has no node
+    try:
+        for path in (mount, nowhere):
+            result = cli("sweep", str(path), kubeconfig=cp.kubeconfig)
+            assert result.exit_code == 0, result.output
+
+        # --wait stops as soon as the image pull is known to fail, naming it (not at the timeout).
+        started = time.monotonic()
+        result = cli("sweep", str(pull), "--wait", "--timeout", "240", kubeconfig=cp.kubeconfig)
+        assert result.exit_code == ExitCode.FAILED, result.output
+        assert "cannot start" in result.stderr and "ImagePullBackOff" in result.stderr and "not found" in result.stderr
+        assert time.monotonic() - started < 120
+        (row,) = status_rows(pull, cp.kubeconfig).values()
+        assert (row["phase"], row["reason"]) == ("Stuck", StuckReason.IMAGE_PULL_BACK_OFF)
+        table = cli("status", str(pull), kubeconfig=cp.kubeconfig)
+        assert "Stuck (ImagePullBackOff)" in table.stdout and "why" in table.stdout
+
+        # Unschedulable, in the real scheduler's words; it may heal (capacity, autoscaling), so it does not end --wait.
+        def unschedulable() -> dict:
+            (row,) = status_rows(nowhere, cp.kubeconfig).values()
+            return row if row["phase"] == "Stuck" else None
+
+        row = cp.wait_for(unschedulable, 120, "the scheduler to give up on the v6e-32 pods", interval=2)
+        assert row["reason"] == StuckReason.UNSCHEDULABLE and "nodes are available" in row["message"], row
+
+        # A pod still creating its containers: the kubelet's FailedMount Event says why.
+        name = jobsets(cp, "mount")[0]["metadata"]["name"]
+        cp.wait_for(
+            lambda: pods_of(cp, name) and all(p.status.container_statuses for p in pods_of(cp, name)),
+            120,
+            "pods",
+            interval=1,
+        )
+        (row,) = status_rows(mount, cp.kubeconfig).values()
+        assert row["phase"] == "Running"  # starting normally, as far as anyone can tell
+        first = pods_of(cp, name)[0]
+        now = datetime.datetime.now(datetime.timezone.utc)
+        client.CoreV1Api(cp.client).create_namespaced_event(
+            "default",
+            client.CoreV1Event(
+                metadata=client.V1ObjectMeta(generate_name=f"{first.metadata.name}."),
+                involved_object=client.V1ObjectReference(
+                    kind="Pod", name=first.metadata.name, namespace="default", uid=first.metadata.uid, api_version="v1"
+                ),
+                reason="FailedMount",
+                message='MountVolume.SetUp failed for volume "hf" : secret "hf" not found',
+                type="Warning",
+                source=client.V1EventSource(component="kubelet", host=first.spec.node_name),
+                first_timestamp=now,
+                last_timestamp=now,
+                count=1,
+            ),
+        )
+        (row,) = status_rows(mount, cp.kubeconfig).values()
+        assert (row["phase"], row["reason"]) == ("Stuck", "FailedMount") and 'secret "hf" not found' in row["message"]
+    finally:
+        for path in (pull, mount, nowhere):
+            cancel_all(path, cp.kubeconfig)
+        for sweep in ("pull", "mount", "nowhere"):
+            wait_gone(cp, sweep)
+
+
+@pytest.mark.cluster
+def test_runs_are_owned_by_run_id_across_sweeps_and_orphans_are_listed_and_removed(control_plane, tmp_path):
+    cp = control_plane
+    extra = "  queue: multislice-queue\n" + annotations(**{"distillctl.dev/run-duration": "10m"})
+    alpha = write(tmp_path, "alpha", temperatures=(1.0, 2.0), extra=extra)
+    beta = write(tmp_path, "beta", temperatures=(2.0, 3.0), extra=extra)  # shares the point temperature=2.0
+    try:
+        assert cli("sweep", str(alpha), kubeconfig=cp.kubeconfig).exit_code == 0
+        rows = status_rows(alpha, cp.kubeconfig)
+        shared = next(run_id for run_id, row in rows.items() if row["axis_values"]["loss.temperature"] == 2.0)
+
+        # Sweep beta finds the shared run under alpha's JobSet: it creates only its own point, never a second.
+        result = cli("sweep", str(beta), kubeconfig=cp.kubeconfig)
+        assert result.exit_code == 0 and "1 created, 1 unchanged" in result.stdout, result.output
+        assert "owned by sweep alpha" in result.stdout
+        assert [j["metadata"]["labels"]["distillctl.dev/run-id"] for j in jobsets(cp, "beta")] != [shared]
+        row = status_rows(beta, cp.kubeconfig)[shared]
+        assert row["owner_sweep"] == "alpha" and row["phase"] != "Pending", row
+        assert "owned by sweep alpha" in cli("status", str(beta), kubeconfig=cp.kubeconfig).stdout
+
+        # Cancelling beta leaves alpha's run alone, and says so.
+        result = cli("cancel", str(beta), "--yes", kubeconfig=cp.kubeconfig)
+        assert result.exit_code == 0 and result.stdout.count("deleted") == 1, result.output
+        assert f"alpha-{shared}" in result.stderr and "owned by sweep alpha" in result.stderr
+        wait_gone(cp, "beta")
+        assert len(jobsets(cp, "alpha")) == 2
+
+        # A failed run whose JobSet is gone (TTL) is failed by its outputs: not created again without --retry-failed.
+        (own,) = [run_id for run_id in status_rows(beta, cp.kubeconfig) if run_id != shared]
+        folder = tmp_path / "runs" / own
+        folder.mkdir(parents=True, exist_ok=True)
+        verdict = {
+            "status": "failed",
+            "exit_code": 1,
+            "step": 3,
+            "total_steps": 10,
+            "updated_at": "2026-01-01T00:00:00Z",
+        }
+        (folder / "summary.json").write_text(json.dumps(verdict))
+        result = cli("sweep", str(beta), kubeconfig=cp.kubeconfig)
+        assert result.exit_code == 0 and "0 created" in result.stdout and "--retry-failed" in result.stdout
+        assert jobsets(cp, "beta") == []
+        dry = cli("sweep", str(beta), "--retry-failed", "--dry-run", "server", kubeconfig=cp.kubeconfig)
+        assert dry.exit_code == 0 and "would delete and create again (dry run)" in dry.stdout, dry.output
+
+        # Alpha's file loses the shared point: its JobSet is an orphan, listed by status and removed by --orphans.
+        alpha.write_text(alpha.read_text().replace("[1.0, 2.0]", "[1.0]"))
+        status = cli("status", str(alpha), kubeconfig=cp.kubeconfig)
+        assert status.exit_code == 0 and f"alpha-{shared}" in status.stderr and "cancel --orphans" in status.stderr
+        result = cli("cancel", str(alpha), "--orphans", "--yes", kubeconfig=cp.kubeconfig)
+        assert result.exit_code == 0 and result.stdout.strip() == f"deleted alpha-{shared}", result.output
+        cp.wait_for(lambda: len(jobsets(cp, "alpha", deleting=True)) == 1, 120, "the orphan deleted", interval=1)
+        again = cli("cancel", str(alpha), "--orphans", "--yes", kubeconfig=cp.kubeconfig)
+        assert again.exit_code == 0 and "no orphaned JobSets" in again.stdout
+    finally:
+        for path in (alpha, beta):
+            cancel_all(path, cp.kubeconfig)
+        for sweep in ("alpha", "beta"):
+            wait_gone(cp, sweep)
+
+
+@pytest.mark.cluster
+def test_preemption_and_sigterm_restart_without_spending_max_restarts(control_plane, tmp_path):
+    cp = control_plane
+    extra = "  queue: multislice-queue\n  max_restarts: 0\n" + annotations(**{"distillctl.dev/run-duration": "10m"})
+    path = write(tmp_path, "preempt", extra=extra)
+    try:
+        assert cli("sweep", str(path), kubeconfig=cp.kubeconfig).exit_code == 0
+        name = jobsets(cp, "preempt")[0]["metadata"]["name"]
+
+        def running_pod(attempt: int):
+            pods = [
+                p
+                for p in pods_of(cp, name)
+                if p.status.phase == "Running"
+                and not p.metadata.deletion_timestamp
+                and (p.metadata.labels or {}).get("jobset.sigs.k8s.io/restart-attempt") == str(attempt)
+            ]
+            return pods[0] if pods else None
+
+        def restarted(count: int):
+            status = jobsets(cp, "preempt")[0].get("status") or {}
+            return status if status.get("restarts") == count else None
+
+        # A worker stopped by SIGTERM (maintenance, a spot VM reclaimed) exits 143: a free restart.
+        pod = cp.wait_for(lambda: running_pod(0), 120, "a running pod", interval=1)
+        cp.set_pod_exit_code(pod.metadata.name, 143)
+        status = cp.wait_for(lambda: restarted(1), 120, "restart 1", interval=1)
+        assert not status.get("restartsCountTowardsMax"), status
+
+        # A retryable failure that is not a preemption spends the budget: with max_restarts 0 the run fails.
+        pod = cp.wait_for(lambda: running_pod(1), 120, "a running pod of attempt 1", interval=1)
+        cp.set_pod_exit_code(pod.metadata.name, 42)
+        row = cp.wait_for(
+            lambda: next(r for r in status_rows(path, cp.kubeconfig).values() if r["phase"] == "Failed"),
+            120,
+            "the run to fail",
+            interval=2,
+        )
+        assert row["reason"] == "ReachedMaxRestarts" and row["restarts"] == 1, row
+    finally:
+        cancel_all(path, cp.kubeconfig)
+        wait_gone(cp, "preempt")
