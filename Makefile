@@ -56,8 +56,9 @@ demo: install
 	$(VENV)/bin/distillctl sweep sweeps/quickstart.yaml --wait
 	$(VENV)/bin/distillctl results sweeps/quickstart.yaml --plot out/quickstart
 
+# One worker per core; tests/conftest.py keeps each file, and everything on the control plane, on one worker.
 test: install xpk ref cluster-build
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist loadgroup
 
 # --- Local Kubernetes control plane for the tests (tests/cluster, hack/cluster) ---
 # cluster-build compiles the components from the Go module proxy (cached; see

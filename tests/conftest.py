@@ -31,3 +31,12 @@ def gcs():
         yield emulator
     finally:
         emulator.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Groups for pytest-xdist (`make test` runs `-n auto --dist loadgroup`): the tests of one file stay on one
+    worker, so module fixtures (reference checkpoints, trained runs) are built once, and every test on the control
+    plane shares one worker, so one control plane serves them all."""
+    for item in items:
+        group = "control-plane" if item.get_closest_marker("cluster") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
