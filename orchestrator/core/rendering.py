@@ -76,6 +76,9 @@ class EnvVar:
     secret: str | None = None
     key: str | None = None
 
+    def view(self) -> dict[str, str | None]:
+        return {"name": self.name, "value": self.value, "secret": self.secret, "key": self.key}
+
 
 @dataclasses.dataclass(frozen=True)
 class Manifest:
@@ -108,7 +111,12 @@ def container_env(point: Point, target: Target) -> tuple[EnvVar, ...]:
 
 
 def retryable_exit_codes(target: Target) -> list[int]:
-    return sorted(set(RETRYABLE_EXIT_CODES) | set(target.restartable_exit_codes))
+    return list(_retryable(tuple(target.restartable_exit_codes)))
+
+
+@cache  # asked once per manifest, with the same few inputs
+def _retryable(extra: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(sorted(set(RETRYABLE_EXIT_CODES) | set(extra)))
 
 
 def jobset_view(point: Point, target: Target) -> dict[str, Any]:
@@ -165,7 +173,7 @@ def jobset_view(point: Point, target: Target) -> dict[str, Any]:
         "termination_grace_seconds": target.termination_grace_seconds,
         "image": target.image,
         "command": list(TRAINER_COMMAND),
-        "env": [dataclasses.asdict(var) for var in container_env(point, target)],
+        "env": [var.view() for var in container_env(point, target)],
     }
 
 
@@ -221,6 +229,8 @@ def yaml_scalar(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{yaml_scalar(str(k))}: {yaml_scalar(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
+        if all(type(v) is int for v in value):  # exit codes: ~130 per manifest
+            return "[" + ", ".join(map(str, value)) + "]"
         return "[" + ", ".join(yaml_scalar(v) for v in value) + "]"
     text = json.dumps(value, ensure_ascii=False, allow_nan=False)
     if isinstance(value, float) and "e" in text and "." not in text:
