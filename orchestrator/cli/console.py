@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 from rich.console import Console
@@ -16,6 +16,12 @@ from distillspec.problems import Problem
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def print_lines(lines: Iterable[str]) -> None:
+    """Plain lines on stdout, as they are (a line per manifest for a 10,000-point render: no rich per line)."""
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
 
 
 def print_json(data: Any) -> None:

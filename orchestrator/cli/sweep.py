@@ -130,9 +130,7 @@ def render(
                 ]
             )
         else:
-            for run, c in commands:
-                console.out.print(f"# {run.label}: {run.jobset_name}", markup=False)
-                console.out.print(c.line, markup=False)
+            console.print_lines(f"# {run.label}: {run.jobset_name}\n{c.line}" for run, c in commands)
         return
     if out_dir is None:
         raise UsageError("render needs an output folder", "pass -o DIR (or --as xpk to print xpk commands)")
@@ -158,8 +156,10 @@ def render(
             ]
         )
         return
-    for m, changed in zip(manifests, written, strict=True):
-        console.out.print(f"{'wrote' if changed else 'unchanged'} {out_dir / m.filename}", markup=False)
+    console.print_lines(
+        f"{'wrote' if changed else 'unchanged'} {out_dir / m.filename}"
+        for m, changed in zip(manifests, written, strict=True)
+    )
 
 
 def _write(path: Path, text: str) -> bool:

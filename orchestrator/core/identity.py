@@ -18,6 +18,7 @@ Names are checked against every limit that applies before anything is rendered:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -93,29 +94,26 @@ def _payload(resolved: dict[str, Any], target: Target) -> dict[str, Any]:
 
 
 class Encodings:
-    """Canonical JSON of resolved spec blocks, remembered by the block objects they came from. A sweep's points
+    """Canonical JSON of resolved spec blocks, remembered by the objects they were made from. A sweep's points
     share the block objects they do not change (see expansion), so each shared block is encoded once per sweep
     instead of once per point. The objects are kept alive with their text: an id is never reused meanwhile."""
 
     def __init__(self) -> None:
         self._texts: dict[tuple, tuple[tuple, str]] = {}
 
-    def block(self, spec: DistillSpec, name: str, variant: str = "", make: Callable[[], Any] | None = None) -> str:
-        """`canonical_json(make())`, by default of `spec.resolved_block(name)`; encoded again only when the
-        block or an input of its resolution is another object. `variant` names another text of the same block."""
-        inputs = (getattr(spec, name),) + tuple(getattr(spec, field) for field in RESOLUTION_INPUTS.get(name, ()))
-        key = (name, variant) + tuple(map(id, inputs))
+    def text(self, tag: str, objects: tuple, make: Callable[[], Any]) -> str:
+        """`canonical_json(make())`, encoded again only when one of `objects` (what `make` reads) is another."""
+        key = (tag, *map(id, objects))
         known = self._texts.get(key)
         if known is None:
-            known = self._texts[key] = (inputs, canonical_json(make() if make else spec.resolved_block(name)))
+            known = self._texts[key] = (objects, canonical_json(make()))
         return known[1]
 
-    def target(self, target: Target) -> str:
-        key = ("target", id(target))
-        known = self._texts.get(key)
-        if known is None:
-            known = self._texts[key] = ((target,), canonical_json(target_identity(target)))
-        return known[1]
+
+# Each field of the identity and what its resolved form reads besides itself.
+_FIELDS = tuple(
+    (name, RESOLUTION_INPUTS.get(name, ())) for name in DistillSpec.model_fields if name not in ("name", "output_dir")
+)
 
 
 def identify(spec: DistillSpec, target: Target, encodings: Encodings | None = None) -> tuple[str, str, str]:
@@ -123,24 +121,26 @@ def identify(spec: DistillSpec, target: Target, encodings: Encodings | None = No
     named by its run id with `output_dir` the target's output base: the same texts those functions hash, built
     from each block's encoding once (a sweep does this per point, sharing `encodings`)."""
     known = encodings or Encodings()
-    top_defaults = LATER_DEFAULTS[""]
-    blocks = {
-        name: known.block(spec, name, make=lambda name=name: _block_data(spec, name))
-        if isinstance(getattr(spec, name), BaseModel)
-        else canonical_json(spec.resolved_block(name))
-        for name in type(spec).model_fields
-        if name not in ("name", "output_dir")
-        and not (name in top_defaults and spec.resolved_block(name) == top_defaults[name])
-    }
+    later = LATER_DEFAULTS[""]
+    blocks = {}
+    for name, inputs in _FIELDS:
+        value = getattr(spec, name)
+        if name in later and spec.resolved_block(name) == later[name]:
+            continue
+        if isinstance(value, BaseModel):
+            objects = (value, *(getattr(spec, field) for field in inputs))
+            blocks[name] = known.text(name, objects, functools.partial(_block_data, spec, name))
+        else:
+            blocks[name] = canonical_json(value)  # a plain field resolves to itself
     # An extra copy of the result in another format, not a different result (as in `_payload`).
-    identity_checkpoint = known.block(
-        spec, "checkpoint", "identity", lambda: _without_export(spec.resolved_block("checkpoint"))
+    checkpoint = known.text(
+        "checkpoint/identity", (spec.checkpoint,), lambda: _without_export(spec.resolved_block("checkpoint"))
     )
     payload = _object(
         {
-            "run": known.target(target),
+            "run": known.text("target", (target,), lambda: target_identity(target)),
             "scheme": canonical_json(IDENTITY_SCHEME),
-            "spec": _object({**blocks, "checkpoint": identity_checkpoint}),
+            "spec": _object({**blocks, "checkpoint": checkpoint}),
         }
     )
     run = _id_of(payload)

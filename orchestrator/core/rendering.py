@@ -101,11 +101,15 @@ def spec_json(point: Point) -> str:
 
 
 def container_env(point: Point, target: Target) -> tuple[EnvVar, ...]:
+    return _env({"spec": spec_json(point), "run_id": point.run_id}, target)
+
+
+def _env(point: Mapping[str, str], target: Target) -> tuple[EnvVar, ...]:
     user = {name: EnvVar(name, value=value) for name, value in target.env.items()}
     secrets = {name: EnvVar(name, secret=ref.secret, key=ref.key) for name, ref in target.secret_env.items()}
     own = {
-        ENV_SPEC: EnvVar(ENV_SPEC, value=spec_json(point)),
-        ENV_RUN_ID: EnvVar(ENV_RUN_ID, value=point.run_id),
+        ENV_SPEC: EnvVar(ENV_SPEC, value=point["spec"]),
+        ENV_RUN_ID: EnvVar(ENV_RUN_ID, value=point["run_id"]),
     }
     return merge_env(user, secrets, own)
 
@@ -121,6 +125,27 @@ def _retryable(extra: tuple[int, ...]) -> tuple[int, ...]:
 
 def jobset_view(point: Point, target: Target) -> dict[str, Any]:
     """Everything the template prints, precomputed; raises RenderError for a target without a cluster."""
+    return _view(point_values(point), target)
+
+
+def point_values(point: Point) -> dict[str, str]:
+    """The strings of a manifest that differ from point to point (everything else depends on the target)."""
+    values = {
+        "name": point.jobset_name,
+        "sweep": point.sweep,
+        "run_id": point.run_id,
+        "spec_hash": point.spec_hash,
+        "role": point.role,
+        "axis_values": json.dumps(dict(point.axis_values), sort_keys=False, separators=(",", ":")),
+        "output_path": point.output_path,
+        "spec": spec_json(point),
+    }
+    if point.depends_on:
+        values["depends_on"] = identity.canonical_json(dict(point.depends_on))
+    return values
+
+
+def _view(point: Mapping[str, str], target: Target) -> dict[str, Any]:
     if not target.on_cluster:
         raise RenderError("a local target runs on this machine; there is no JobSet to render")
     if target.tpu_type is None or target.image is None:
@@ -128,26 +153,26 @@ def jobset_view(point: Point, target: Target) -> dict[str, Any]:
     shape = tpu.lookup(target.tpu_type)
     labels = {
         **target.labels,  # the sweep check rejects any of distillctl's own keys here
-        LABEL_SWEEP: point.sweep,
-        LABEL_RUN_ID: point.run_id,
-        LABEL_SPEC_HASH: point.spec_hash,
-        LABEL_ROLE: point.role,
+        LABEL_SWEEP: point["sweep"],
+        LABEL_RUN_ID: point["run_id"],
+        LABEL_SPEC_HASH: point["spec_hash"],
+        LABEL_ROLE: point["role"],
     }
     if target.queue is not None:
         labels[LABEL_QUEUE] = target.queue
     if target.workload_priority_class is not None:
         labels[LABEL_WORKLOAD_PRIORITY] = target.workload_priority_class
     if target.kind == "xpk":
-        labels[LABEL_XPK_WORKLOAD] = point.jobset_name  # so `xpk workload list` shows it
+        labels[LABEL_XPK_WORKLOAD] = point["name"]  # so `xpk workload list` shows it
     annotations = {
         EXCLUSIVE_TOPOLOGY[0]: EXCLUSIVE_TOPOLOGY[1],
-        ANNOTATION_AXIS_VALUES: json.dumps(dict(point.axis_values), sort_keys=False, separators=(",", ":")),
-        ANNOTATION_OUTPUT_PATH: point.output_path,
+        ANNOTATION_AXIS_VALUES: point["axis_values"],
+        ANNOTATION_OUTPUT_PATH: point["output_path"],
     }
-    if point.depends_on:
-        annotations[ANNOTATION_DEPENDS_ON] = identity.canonical_json(dict(point.depends_on))
+    if "depends_on" in point:
+        annotations[ANNOTATION_DEPENDS_ON] = point["depends_on"]
     return {
-        "name": point.jobset_name,
+        "name": point["name"],
         "namespace": target.namespace,
         "labels": sorted(labels.items()),
         "annotations": sorted(annotations.items()),
@@ -162,7 +187,7 @@ def jobset_view(point: Point, target: Target) -> dict[str, Any]:
         "vms_per_slice": shape.vms_per_slice,
         "container_name": CONTAINER_NAME,
         "retryable_exit_codes": retryable_exit_codes(target),
-        "pod_labels": sorted({LABEL_SWEEP: point.sweep, LABEL_RUN_ID: point.run_id}.items()),
+        "pod_labels": sorted({LABEL_SWEEP: point["sweep"], LABEL_RUN_ID: point["run_id"]}.items()),
         "pod_annotations": sorted(target.pod_annotations.items()),
         "node_selector": sorted({tpu.ACCELERATOR_LABEL: shape.accelerator, tpu.TOPOLOGY_LABEL: shape.topology}.items()),
         "tpu_resource": tpu.RESOURCE,
@@ -173,7 +198,7 @@ def jobset_view(point: Point, target: Target) -> dict[str, Any]:
         "termination_grace_seconds": target.termination_grace_seconds,
         "image": target.image,
         "command": list(TRAINER_COMMAND),
-        "env": [var.view() for var in container_env(point, target)],
+        "env": [var.view() for var in _env(point, target)],
     }
 
 
@@ -244,8 +269,50 @@ def render_jobset(point: Point, target: Target) -> str:
 
 
 def render(expansion: Expansion) -> tuple[Manifest, ...]:
-    """One manifest per run (prerequisites first, then points), each named `<jobset name>.yaml`."""
+    """One manifest per run (prerequisites first, then points), each named `<jobset name>.yaml`. Byte for byte
+    `render_jobset` of each run, through one `_Stencil` per shape of manifest."""
     target = expansion.sweep.target
-    return tuple(
-        Manifest(run.jobset_name, f"{run.jobset_name}.yaml", render_jobset(run, target)) for run in expansion.runs
-    )
+    stencils: dict[tuple, _Stencil | None] = {}
+    out = []
+    for run in expansion.runs:
+        values = point_values(run)
+        key = (run.role, tuple(values))
+        if key not in stencils:
+            stencils[key] = _Stencil.made(run, values, target)
+        stencil = stencils[key]
+        text = stencil.fill(values) if stencil is not None else render_jobset(run, target)
+        out.append(Manifest(run.jobset_name, f"{run.jobset_name}.yaml", text))
+    return tuple(out)
+
+
+_MARK = "\ue000"  # a private-use character: printable, so `tojson` writes it as it is, and in no real value
+_MARKED = re.compile(f'"{_MARK}(\\w+){_MARK}"')
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stencil:
+    """The template rendered once with a marker for each per-point value: a manifest is then its literal parts
+    joined with the point's values as `tojson` writes them. Rendering thousands of points costs one template
+    render per shape (role and which values a point has) instead of one per point."""
+
+    parts: tuple[str, ...]  # literal, field, literal, field, ..., literal
+
+    @staticmethod
+    def made(run: Point, values: Mapping[str, str], target: Target) -> _Stencil | None:
+        """The stencil for runs shaped like `run`, or None when the template uses a per-point value other than
+        as a whole `tojson` scalar (the caller renders those runs one by one). Checked on `run` itself."""
+        marked = (
+            environment()
+            .get_template(TEMPLATE)
+            .render(v=_view({field: f"{_MARK}{field}{_MARK}" for field in values}, target))
+        )
+        parts = tuple(_MARKED.split(marked))
+        stencil = _Stencil(parts)
+        if any(_MARK in literal for literal in parts[::2]) or stencil.fill(values) != render_jobset(run, target):
+            return None
+        return stencil
+
+    def fill(self, values: Mapping[str, str]) -> str:
+        parts = list(self.parts)
+        parts[1::2] = [yaml_scalar(values[field]) for field in parts[1::2]]
+        return "".join(parts)
