@@ -51,7 +51,9 @@ def canonical_json(value: Any) -> str:
 
 
 def target_identity(target: Target) -> dict[str, Any]:
-    """The target fields that change what a run computes. A local run has no TPU, slices or image."""
+    """The target fields that change what a run computes. A local run has no TPU, slices or image. Where the pods
+    run (namespace, queue, priority, capacity, node selectors, tolerations, resources, /dev/shm, host network)
+    is not part of it."""
     on_cluster = target.on_cluster
     return {
         "tpu_type": target.tpu_type if on_cluster else None,
@@ -60,6 +62,13 @@ def target_identity(target: Target) -> dict[str, Any]:
         "env": dict(sorted(target.env.items())),
         "secret_env": {name: {"secret": ref.secret, "key": ref.key} for name, ref in sorted(target.secret_env.items())},
         **({"pod_annotations": dict(sorted(target.pod_annotations.items()))} if target.pod_annotations else {}),
+        # What is mounted where can change what a spec's path reads; left out while empty (older ids stay).
+        **({"volumes": [v.model_dump(exclude_none=True) for v in target.volumes]} if target.volumes else {}),
+        **(
+            {"volume_mounts": [m.model_dump(exclude_none=True) for m in target.volume_mounts]}
+            if target.volume_mounts
+            else {}
+        ),
     }
 
 
