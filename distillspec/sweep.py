@@ -224,6 +224,10 @@ class Target(_Block):
     resources: Resources = Resources()  # requests/limits besides google.com/tpu (e.g. memory for a sidecar-heavy pod)
     dev_shm: bool = True  # a Memory emptyDir at /dev/shm, as XPK mounts (`dshm-2`); the runtime's default is 64 MiB
     dev_shm_size: str | None = None  # its sizeLimit (a quantity such as 64Gi); none: bounded by the pod's memory
+    # local: the installed trainer's code (a hash of its sources) is part of run ids, so `sweep` runs points again
+    # after the trainer changed instead of skipping them as Succeeded. Off by default for now: it changes every
+    # local run id (and the committed golden files' ids) whenever the trainer's code changes.
+    code_in_run_id: bool = False
     # Volumes and mounts into the trainer: part of run ids when set (a mount can change what a path reads).
     volumes: list[Volume] = []
     volume_mounts: list[VolumeMount] = []
