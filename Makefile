@@ -56,8 +56,13 @@ demo: install
 	$(VENV)/bin/distillctl sweep sweeps/quickstart.yaml --wait
 	$(VENV)/bin/distillctl results sweeps/quickstart.yaml --plot out/quickstart
 
-test: install xpk ref cluster-build
+test: install xpk ref cluster-build tools
 	$(PY) -m pytest
+
+# actionlint (tests/test_workflows.py), built from the Go module proxy into .cache/tools/bin (cached per version).
+.PHONY: tools
+tools:
+	@hack/tools/actionlint.sh >/dev/null
 
 # --- Local Kubernetes control plane for the tests (tests/cluster, hack/cluster) ---
 # cluster-build compiles the components from the Go module proxy (cached; see
