@@ -57,8 +57,13 @@ demo: install
 	$(VENV)/bin/distillctl results sweeps/quickstart.yaml --plot out/quickstart
 
 # One worker per core; tests/conftest.py keeps each file, and everything on the control plane, on one worker.
-test: install xpk ref cluster-build
+test: install xpk ref cluster-build tools
 	$(PY) -m pytest -n auto --dist loadgroup
+
+# actionlint (tests/test_workflows.py), built from the Go module proxy into ~/.cache/distillctl/tools (per version).
+.PHONY: tools
+tools:
+	@hack/tools/actionlint.sh >/dev/null
 
 # --- Local Kubernetes control plane for the tests (tests/cluster, hack/cluster) ---
 # cluster-build compiles the components from the Go module proxy (cached; see

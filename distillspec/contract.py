@@ -66,6 +66,10 @@ RESERVED_ENV: tuple[str, ...] = (ENV_SPEC, ENV_RUN_ID)
 # A process other than 0 that fails leaves `<run dir>/failures/process-<i>.json` (summary.json's keys plus
 # `process_index`): the orchestrator's verdict when summary.json is missing or still says running.
 FAILURES_DIR = "failures"
+# On object stores the trainer writes its metrics log as numbered parts (`metrics/part-00000.jsonl`, ...), read
+# back in name order, since an object cannot be appended to; metrics.jsonl is written whole at exit.
+METRICS_PARTS_DIR = "metrics"
+METRICS_PART_PATTERN = "part-*.jsonl"
 
 # --- Labels and annotations on JobSets and pods -------------------------------------------------------------------
 

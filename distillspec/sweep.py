@@ -54,6 +54,7 @@ from distillspec.yaml_source import (
 )
 
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
@@ -105,6 +106,83 @@ class SecretRef(_Block):
     key: str
 
 
+# A Kubernetes resource quantity (`8`, `500m`, `64Gi`, `1e3`), as `resource.ParseQuantity` reads it.
+QUANTITY = re.compile(r"^(\d+(\.\d*)?|\.\d+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|[eE][-+]?\d+)?$")
+Capacity = Literal["on-demand", "spot", "reservation", "flex-start"]
+
+
+class Toleration(_Block):
+    """A pod toleration, written as in a pod spec (Kubernetes' field names)."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    tolerationSeconds: int | None = None
+
+
+class EmptyDirSource(_Block):
+    medium: Literal["", "Memory"] = ""
+    sizeLimit: str | None = None
+
+
+class CsiSource(_Block):
+    """E.g. the Cloud Storage FUSE CSI driver: {driver: gcsfuse.csi.storage.gke.io, volumeAttributes: {bucketName: b}}
+    (the pods also need the annotation gke-gcsfuse/volumes: "true", see target.pod_annotations)."""
+
+    driver: str
+    readOnly: bool | None = None
+    volumeAttributes: dict[str, str] = {}
+
+
+class PersistentVolumeClaimSource(_Block):
+    claimName: str
+    readOnly: bool | None = None
+
+
+class SecretVolumeSource(_Block):
+    secretName: str
+    optional: bool | None = None
+
+
+class ConfigMapVolumeSource(_Block):
+    name: str
+    optional: bool | None = None
+
+
+VOLUME_SOURCES = ("emptyDir", "csi", "persistentVolumeClaim", "secret", "configMap")
+
+
+class Volume(_Block):
+    """A pod volume, written as in a pod spec: a name and exactly one source."""
+
+    name: str
+    emptyDir: EmptyDirSource | None = None
+    csi: CsiSource | None = None
+    persistentVolumeClaim: PersistentVolumeClaimSource | None = None
+    secret: SecretVolumeSource | None = None
+    configMap: ConfigMapVolumeSource | None = None
+
+    def sources(self) -> list[str]:
+        return [field for field in VOLUME_SOURCES if getattr(self, field) is not None]
+
+
+class VolumeMount(_Block):
+    """A mount into the trainer container, written as in a pod spec."""
+
+    name: str
+    mountPath: str
+    readOnly: bool | None = None
+    subPath: str | None = None
+
+
+class Resources(_Block):
+    """The trainer container's requests and limits besides its TPU chips (which distillctl sets)."""
+
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+
+
 class Target(_Block):
     """Where and how the runs execute. Fields that change a run's result (tpu_type, slices, image, env,
     secret_env) are part of its identity; the rest (namespace, queue, priority, TTL, ...) are not."""
@@ -126,7 +204,9 @@ class Target(_Block):
     env: dict[str, str] = {}
     secret_env: dict[str, SecretRef] = {}
     ttl_seconds_after_finished: NonNegativeInt = 43_200  # 12 h, XPK's default
-    host_network: bool = True  # XPK's default for TPU pods (DCN traffic between slices)
+    # XPK's choice for every TPU pod: the host's network stack for DCN traffic between slices. GKE's Workload
+    # Identity and Autopilot do not take host-network pods: set false there (see the README's "Networking").
+    host_network: bool = True
     termination_grace_seconds: NonNegativeInt = 300  # time to write a checkpoint after SIGTERM
     jobset_version: Literal["v0.10.1", "v0.12.0"] = "v0.10.1"
     cluster: str | None = None  # xpk
@@ -135,6 +215,22 @@ class Target(_Block):
     parallelism: PositiveInt | None = None  # local: concurrent runs (default: the machine's cores)
     labels: dict[str, str] = {}  # extra JobSet labels (a CI key, a team): bookkeeping, not part of run ids
     pod_annotations: dict[str, str] = {}  # on every pod, e.g. gke-gcsfuse/volumes: "true"; part of run ids
+    # Where the pods may run (none of these is part of run ids: they change where, not what, a run computes).
+    capacity: Capacity = "on-demand"  # spot / flex-start / reservation: XPK's node selectors (and tolerations)
+    reservation: str | None = None  # with capacity: reservation, the label cloud.google.com/reservation-name
+    node_selector: dict[str, str] = {}  # added to the TPU selectors distillctl sets
+    tolerations: list[Toleration] = []  # added to the google.com/tpu toleration
+    machine_type_selector: bool | None = None  # node.kubernetes.io/instance-type; None: where a topology is ambiguous
+    resources: Resources = Resources()  # requests/limits besides google.com/tpu (e.g. memory for a sidecar-heavy pod)
+    dev_shm: bool = True  # a Memory emptyDir at /dev/shm, as XPK mounts (`dshm-2`); the runtime's default is 64 MiB
+    dev_shm_size: str | None = None  # its sizeLimit (a quantity such as 64Gi); none: bounded by the pod's memory
+    # local: the installed trainer's code (a hash of its sources) is part of run ids, so `sweep` runs points again
+    # after the trainer changed instead of skipping them as Succeeded. Off by default for now: it changes every
+    # local run id (and the committed golden files' ids) whenever the trainer's code changes.
+    code_in_run_id: bool = False
+    # Volumes and mounts into the trainer: part of run ids when set (a mount can change what a path reads).
+    volumes: list[Volume] = []
+    volume_mounts: list[VolumeMount] = []
 
     @property
     def on_cluster(self) -> bool:
@@ -724,6 +820,7 @@ def _target(sweep: Sweep) -> list[Problem]:
                     "use [prefix/]name: a DNS prefix and a name of letters, digits, '-', '_', '.'",
                 )
             )
+    out += _placement(t) + _volumes(t) + _resources(t) + _identity_inputs(t)
     if len(set(t.restartable_exit_codes)) != len(t.restartable_exit_codes):
         out.append(
             Problem(
@@ -768,3 +865,245 @@ def _label_key_ok(key: str) -> bool:
 
 def _is_remote(path: str) -> bool:
     return bool(re.match(r"^[a-z][a-z0-9+.-]*://", path))
+
+
+DSHM_VOLUME = "dshm-2"  # XPK's name for the /dev/shm volume
+DSHM_PATH = "/dev/shm"
+# Node labels distillctl sets from other fields: the field to use instead.
+_SELECTOR_OWNERS = {
+    tpu.ACCELERATOR_LABEL: "tpu_type",
+    tpu.TOPOLOGY_LABEL: "tpu_type",
+    tpu.MACHINE_TYPE_LABEL: "machine_type_selector",
+    tpu.SPOT_LABEL: "capacity: spot",
+    tpu.FLEX_START_LABEL: "capacity: flex-start",
+    tpu.RESERVATION_LABEL: "capacity: reservation with reservation: <name>",
+}
+IMAGE_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def _placement(t: Target) -> list[Problem]:
+    """Queue, capacity, node selectors, tolerations and the network: where the pods may run."""
+    out = []
+    if t.kind == "kubernetes" and t.queue is None:
+        out.append(
+            Problem(
+                ("target", "queue"),
+                "no_queue",
+                "target.queue is unset: the JobSets bypass Kueue (no quota, no all-slices-at-once admission, "
+                "no preemption by priority)",
+                "set target.queue to the cluster's Kueue LocalQueue (XPK's is multislice-queue)",
+                severity="warning",
+            )
+        )
+    if t.capacity == "reservation" and t.reservation is None:
+        out.append(
+            Problem(
+                ("target", "reservation"),
+                "target_field_missing",
+                "capacity: reservation needs target.reservation",
+                "the name of the Compute Engine reservation the TPU node pools use",
+            )
+        )
+    if t.reservation is not None and t.capacity != "reservation":
+        out.append(
+            Problem(
+                ("target", "reservation"),
+                "reservation_without_capacity",
+                f"target.reservation is set but capacity is {t.capacity!r}, so it would be ignored",
+                "set capacity: reservation, or remove reservation",
+            )
+        )
+    if t.reservation is not None and (not LABEL_VALUE.match(t.reservation) or not t.reservation):
+        out.append(
+            Problem(
+                ("target", "reservation"),
+                "bad_label",
+                f"reservation {t.reservation!r} is not a node label value",
+                "the reservation's name (not its path): at most 63 letters, digits, '-', '_', '.'",
+            )
+        )
+    for key, value in t.node_selector.items():
+        if key in _SELECTOR_OWNERS:
+            out.append(
+                Problem(
+                    ("target", "node_selector", key),
+                    "reserved_node_selector",
+                    f"node label {key!r} is set by distillctl",
+                    f"use target.{_SELECTOR_OWNERS[key]}",
+                )
+            )
+        elif not _label_key_ok(key) or not LABEL_VALUE.match(value):
+            out.append(
+                Problem(
+                    ("target", "node_selector", key),
+                    "bad_label",
+                    f"{key}: {value!r} is not a Kubernetes label selector entry",
+                    "a label key ([prefix/]name) and a value of at most 63 letters, digits, '-', '_', '.'",
+                )
+            )
+    for i, toleration in enumerate(t.tolerations):
+        loc = ("target", "tolerations", i)
+        if toleration.operator == "Exists" and toleration.value:
+            out.append(
+                Problem(loc, "bad_toleration", "a toleration with operator Exists takes no value", "remove value")
+            )
+        if toleration.operator == "Equal" and not toleration.key:
+            out.append(Problem(loc, "bad_toleration", "a toleration without a key must use operator Exists", "set key"))
+        if toleration.tolerationSeconds is not None and toleration.effect != "NoExecute":
+            out.append(
+                Problem(
+                    loc,
+                    "bad_toleration",
+                    "tolerationSeconds applies only to effect NoExecute",
+                    "set effect: NoExecute, or remove tolerationSeconds",
+                )
+            )
+        if toleration.key is not None and not _label_key_ok(toleration.key):
+            out.append(Problem(loc, "bad_toleration", f"{toleration.key!r} is not a taint key", "e.g. example.com/x"))
+    if t.machine_type_selector is False and t.tpu_type and tpu.lookup(t.tpu_type).topology_ambiguous:
+        shape = tpu.lookup(t.tpu_type)
+        out.append(
+            Problem(
+                ("target", "machine_type_selector"),
+                "ambiguous_topology",
+                f"{shape.name} has topology {shape.topology}, which GKE also offers as one VM; without the "
+                f"machine-type selector its {shape.vms_per_slice} pods may land on a one-VM pool and never all start",
+                f"remove machine_type_selector (the default selects {shape.machine_type} VMs)",
+                severity="warning",
+            )
+        )
+    if t.on_cluster and t.host_network and t.service_account is not None:
+        out.append(
+            Problem(
+                ("target", "host_network"),
+                "host_network_workload_identity",
+                "pods on the host network cannot use GKE Workload Identity: the service account "
+                f"{t.service_account!r} would not reach Google Cloud APIs (gs:// outputs) through it",
+                "set host_network: false to use Workload Identity (and on Autopilot, which rejects host-network "
+                "pods), or keep it and give the node pool's service account access",
+                severity="warning",
+            )
+        )
+    return out
+
+
+def _volumes(t: Target) -> list[Problem]:
+    out = []
+    names = [v.name for v in t.volumes]
+    if t.dev_shm_size is not None and not QUANTITY.match(t.dev_shm_size):
+        out.append(_bad_quantity(("target", "dev_shm_size"), t.dev_shm_size))
+    if t.dev_shm_size is not None and not t.dev_shm:
+        out.append(
+            Problem(
+                ("target", "dev_shm_size"),
+                "dev_shm_size_ignored",
+                "dev_shm_size is set but dev_shm is false",
+                "set dev_shm: true, or remove dev_shm_size",
+            )
+        )
+    for i, volume in enumerate(t.volumes):
+        loc = ("target", "volumes", i)
+        if not DNS_1123_LABEL.match(volume.name):
+            out.append(
+                Problem(
+                    (*loc, "name"),
+                    "bad_k8s_name",
+                    f"volume name {volume.name!r} is not a DNS-1123 label",
+                    "lower-case letters, digits and '-', at most 63 characters",
+                )
+            )
+        if names.index(volume.name) != i or (t.dev_shm and volume.name == DSHM_VOLUME):
+            why = "is distillctl's /dev/shm volume (dev_shm)" if volume.name == DSHM_VOLUME else "is used twice"
+            out.append(Problem((*loc, "name"), "duplicate_volume", f"volume name {volume.name!r} {why}", "rename it"))
+        if len(volume.sources()) != 1:
+            out.append(
+                Problem(
+                    loc,
+                    "volume_source",
+                    f"volume {volume.name!r} needs exactly one source; "
+                    + (f"it has {', '.join(volume.sources())}" if volume.sources() else "it has none"),
+                    f"give one of {', '.join(VOLUME_SOURCES)}",
+                )
+            )
+        if volume.emptyDir and volume.emptyDir.sizeLimit and not QUANTITY.match(volume.emptyDir.sizeLimit):
+            out.append(_bad_quantity((*loc, "emptyDir", "sizeLimit"), volume.emptyDir.sizeLimit))
+    paths: list[str] = [DSHM_PATH] if t.dev_shm else []
+    for i, mount in enumerate(t.volume_mounts):
+        loc = ("target", "volume_mounts", i)
+        if mount.name not in names:
+            close = get_close_matches(mount.name, names, n=1, cutoff=0.5)
+            out.append(
+                Problem(
+                    (*loc, "name"),
+                    "unknown_volume",
+                    f"volume mount names {mount.name!r}, which is not in target.volumes",
+                    f"did you mean {close[0]!r}?" if close else "declare the volume under target.volumes",
+                )
+            )
+        if not mount.mountPath.startswith("/"):
+            out.append(
+                Problem((*loc, "mountPath"), "bad_mount_path", f"{mount.mountPath!r} is not absolute", "start with /")
+            )
+        elif mount.mountPath.rstrip("/") in paths:
+            why = "dev_shm mounts /dev/shm" if mount.mountPath.rstrip("/") == DSHM_PATH else "it is mounted twice"
+            out.append(
+                Problem(
+                    (*loc, "mountPath"),
+                    "duplicate_mount_path",
+                    f"{mount.mountPath} cannot be mounted here: {why}",
+                    "set dev_shm: false to mount your own /dev/shm" if "dev_shm" in why else "mount each path once",
+                )
+            )
+        paths.append(mount.mountPath.rstrip("/"))
+        if mount.subPath is not None and (mount.subPath.startswith("/") or ".." in mount.subPath.split("/")):
+            out.append(
+                Problem(
+                    (*loc, "subPath"),
+                    "bad_sub_path",
+                    f"subPath {mount.subPath!r} must be relative, without '..'",
+                    "a path inside the volume",
+                )
+            )
+    return out
+
+
+def _resources(t: Target) -> list[Problem]:
+    out = []
+    for section in ("requests", "limits"):
+        for name, value in getattr(t.resources, section).items():
+            loc = ("target", "resources", section, name)
+            if name == tpu.RESOURCE:
+                out.append(
+                    Problem(
+                        loc,
+                        "reserved_resource",
+                        f"{tpu.RESOURCE} is set by distillctl from target.tpu_type (chips per VM)",
+                        "remove it",
+                    )
+                )
+            elif not _label_key_ok(name):
+                out.append(Problem(loc, "bad_resource", f"{name!r} is not a resource name", "e.g. cpu, memory"))
+            if not QUANTITY.match(value):
+                out.append(_bad_quantity(loc, value))
+    return out
+
+
+def _identity_inputs(t: Target) -> list[Problem]:
+    """What a run id cannot see: an image tag can be pushed again with other code under the same id."""
+    if not t.on_cluster or t.image is None or IMAGE_DIGEST.search(t.image):
+        return []
+    return [
+        Problem(
+            ("target", "image"),
+            "mutable_image_tag",
+            f"image {t.image!r} is named by tag: run ids hash the name, so pushing other code under the same tag "
+            "keeps every run id (and `sweep` skips runs that succeeded with the old code)",
+            "name the image by digest (repository@sha256:...), as `docker push` or `crane digest` prints it; or use "
+            "a tag per build (the commit) and never push it twice",
+            severity="warning",
+        )
+    ]
+
+
+def _bad_quantity(loc: Loc, value: str) -> Problem:
+    return Problem(loc, "bad_quantity", f"{value!r} is not a Kubernetes quantity", "e.g. 8, 500m, 64Gi")

@@ -21,6 +21,14 @@ from typing import Mapping
 ACCELERATOR_LABEL = "cloud.google.com/gke-tpu-accelerator"
 TOPOLOGY_LABEL = "cloud.google.com/gke-tpu-topology"
 RESOURCE = "google.com/tpu"
+MACHINE_TYPE_LABEL = "node.kubernetes.io/instance-type"
+SPOT_LABEL = "cloud.google.com/gke-spot"
+FLEX_START_LABEL = "cloud.google.com/gke-queued"  # XPK's --flex (queued provisioning)
+RESERVATION_LABEL = "cloud.google.com/reservation-name"
+# Topologies GKE offers on two machine types: v5e and v6e `2x4` is one 8-chip VM (ct5lp-hightpu-8t,
+# ct6e-standard-8t) or two 4-chip VMs (the `-4t` types, the multi-host slice this table describes). The
+# topology label alone can place a 2-pod JobSet on a 1-VM pool, where the second pod never schedules.
+AMBIGUOUS_TOPOLOGIES = frozenset({("v5e", "2x4"), ("v6e", "2x4")})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +53,11 @@ class TpuType:
     @property
     def hbm_bytes_per_chip(self) -> int:
         return int(self.hbm_gb_per_chip * 1e9)
+
+    @property
+    def topology_ambiguous(self) -> bool:
+        """True when GKE has node pools of this topology on another machine type (see AMBIGUOUS_TOPOLOGIES)."""
+        return (self.family, self.topology) in AMBIGUOUS_TOPOLOGIES
 
     @property
     def topology_name(self) -> str:

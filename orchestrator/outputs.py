@@ -23,9 +23,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
-from distillspec.contract import FAILURES_DIR
+from distillspec.contract import FAILURES_DIR, METRICS_PART_PATTERN, METRICS_PARTS_DIR
 from orchestrator.errors import UsageError
 
 # fsspec protocols and the extra that installs their implementation.
@@ -203,10 +204,47 @@ def read_failures(path: str) -> tuple[dict[str, Any], ...]:
     return tuple(sorted(found, key=lambda r: r.get("process_index") if isinstance(r.get("process_index"), int) else 0))
 
 
+def read_metrics_text(path: str) -> str:
+    """A run's metrics log: its part files (`metrics/part-*.jsonl`, written on object stores while it runs)
+    concatenated in name order, else `metrics.jsonl`; empty when there is neither."""
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(join(path, METRICS_PARTS_DIR))
+        parts = sorted(fs.glob(f"{root.rstrip('/')}/{METRICS_PART_PATTERN}"))
+    except (OSError, ValueError):
+        parts = []
+    if parts:
+        texts = [fs.cat_file(part).decode("utf-8", errors="replace") for part in parts]
+        return "".join(t if t.endswith("\n") or not t else t + "\n" for t in texts)
+    return read_text(join(path, "metrics.jsonl")) or ""
+
+
 def read_run_outputs(path: str) -> RunOutputs:
     """Everything readable under `path` (a run's output directory). Raises MissingFilesystem when the path's
     protocol cannot be read at all (gs:// without gcsfs)."""
     check_filesystem(path)
-    text = read_text(join(path, "metrics.jsonl")) or ""
+    text = read_metrics_text(path)
     summary, spec = _read_json(join(path, "summary.json")), _read_json(join(path, "spec.json"))
     return RunOutputs(path, parse_log(text), summary, spec, failures=read_failures(path))
+
+
+READ_CONCURRENCY = 16  # files of this many runs read at once: object-store reads are latency-bound
+
+
+def read_many_run_outputs(paths: Mapping[str, str], *, workers: int = READ_CONCURRENCY) -> dict[str, RunOutputs]:
+    """`read_run_outputs` of each path (by key, in the mapping's order), `workers` runs at a time. Raises
+    MissingFilesystem as `read_run_outputs` does, checked once per protocol before anything is read."""
+    for protocol_path in {_protocol(p): p for p in paths.values()}.values():
+        check_filesystem(protocol_path)
+    if len(paths) <= 1:
+        return {key: read_run_outputs(path) for key, path in paths.items()}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(paths)), thread_name_prefix="outputs") as pool:
+        results = list(pool.map(read_run_outputs, paths.values()))
+    return dict(zip(paths, results))
+
+
+def _protocol(path: str) -> str:
+    return path.split("://", 1)[0] if "://" in path else "file"

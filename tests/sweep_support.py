@@ -27,7 +27,7 @@ TARGET: dict[str, Any] = {
     "kind": "kubernetes",
     "tpu_type": "v5p-128",
     "slices": 2,
-    "image": "example.com/distill:1",
+    "image": "example.com/distill@sha256:" + "0123456789abcdef" * 4,  # by digest: no mutable-tag warning
     "output_base": "gs://bucket/runs",
     "queue": "multislice-queue",
     "priority": "medium",

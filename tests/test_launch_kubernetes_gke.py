@@ -286,3 +286,50 @@ def test_preemption_and_sigterm_restart_without_spending_max_restarts(control_pl
     finally:
         cancel_all(path, cp.kubeconfig)
         wait_gone(cp, "preempt")
+
+
+KNOBS = """\
+  capacity: spot
+  node_selector: {example.com/pool: distill}
+  tolerations: [{key: example.com/dedicated, operator: Exists, effect: NoSchedule}]
+  resources: {requests: {cpu: "2", memory: 8Gi}, limits: {memory: 16Gi}}
+  dev_shm_size: 4Gi
+  host_network: false
+  volumes: [{name: scratch, emptyDir: {sizeLimit: 1Gi}}]
+  volume_mounts: [{name: scratch, mountPath: /scratch}]
+"""
+
+
+@pytest.mark.cluster
+def test_the_platform_knobs_reach_the_pods_through_the_api_server_and_the_jobset_controller(control_plane, tmp_path):
+    cp = control_plane
+    path = write(tmp_path, "knobs", tpu_type="v5p-8", extra=KNOBS)  # no queue: a warning, and no Kueue gate
+    try:
+        result = cli("sweep", str(path), kubeconfig=cp.kubeconfig)
+        assert result.exit_code == 0, result.output
+        assert "no_queue" in result.stderr and "bypass Kueue" in result.stderr
+        name = jobsets(cp, "knobs")[0]["metadata"]["name"]
+        cp.wait_for(lambda: pods_of(cp, name), 120, "the JobSet controller to create the pod", interval=1)
+        (created,) = pods_of(cp, name)
+        spec = created.spec
+        assert spec.node_selector["cloud.google.com/gke-spot"] == "true"
+        assert spec.node_selector["example.com/pool"] == "distill"
+        assert {(t.key, t.effect) for t in spec.tolerations} >= {
+            ("google.com/tpu", None),
+            ("cloud.google.com/gke-spot", "NoSchedule"),
+            ("example.com/dedicated", "NoSchedule"),
+        }
+        volumes = {v.name: v for v in spec.volumes}
+        assert volumes["dshm-2"].empty_dir.medium == "Memory" and volumes["dshm-2"].empty_dir.size_limit == "4Gi"
+        assert volumes["scratch"].empty_dir.size_limit == "1Gi"
+        (container,) = spec.containers
+        assert {(m.name, m.mount_path) for m in container.volume_mounts} >= {
+            ("dshm-2", "/dev/shm"),
+            ("scratch", "/scratch"),
+        }
+        assert container.resources.limits == {"google.com/tpu": "4", "memory": "16Gi"}
+        assert container.resources.requests == {"cpu": "2", "memory": "8Gi", "google.com/tpu": "4"}
+        assert not spec.host_network
+    finally:
+        cancel_all(path, cp.kubeconfig)
+        wait_gone(cp, "knobs")

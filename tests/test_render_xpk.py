@@ -130,3 +130,10 @@ def test_xpk_runs_the_same_spec(both):
     env = {e["name"]: e["value"] for e in _pod(ours)["containers"][0]["env"] if "value" in e}
     assert json.loads(base64.b64decode(encoded)) == json.loads(env["DISTILLCTL_SPEC"])
     assert "python -m trainer" in script
+
+
+def test_same_dev_shm_volume(both):
+    ours, theirs = both
+    assert _pod(ours)["volumes"] == _pod(theirs)["volumes"] == [{"name": "dshm-2", "emptyDir": {"medium": "Memory"}}]
+    ours_mounts = _pod(ours)["containers"][0]["volumeMounts"]
+    assert ours_mounts == _pod(theirs)["containers"][0]["volumeMounts"] == [{"name": "dshm-2", "mountPath": "/dev/shm"}]

@@ -2,7 +2,8 @@
 
 `spec.json`: the resolved spec (`DistillSpec.resolved()`), written at start.
 
-`metrics.jsonl`: one JSON object per log step (every `logging.every_steps` optimizer steps, and the last step):
+`metrics.jsonl` (on object stores: `metrics/part-NNNNN.jsonl` while running, see METRICS_PARTS_DIR): one JSON
+object per log step (every `logging.every_steps` optimizer steps, and the last step):
 
     {"step": 20, "time": 1767000000.0, "tokens": 10240, "tokens_per_sec": 51234.5, "step_time_sec": 0.0099,
      "learning_rate": 0.0029,
@@ -45,10 +46,18 @@ from typing import Any
 
 import fsspec
 
-from distillspec.contract import FAILURES_DIR
+from distillspec.contract import FAILURES_DIR, METRICS_PART_PATTERN, METRICS_PARTS_DIR
 from trainer.loss import metric_value
 
 STATUSES = ("running", "succeeded", "failed", "diverged", "preempted")
+# On an object store (gs://), metrics.jsonl cannot be appended to: the log is written as numbered parts of
+# METRICS_PART_LINES lines, `metrics/part-00000.jsonl`, ..., each rewritten while it fills (readers concatenate
+# them in name order, see orchestrator/outputs.py), and metrics.jsonl is written whole once, at exit.
+METRICS_PART_LINES = 100
+
+
+def part_name(number: int) -> str:
+    return f"{METRICS_PARTS_DIR}/part-{number:05d}.jsonl"
 
 
 def _current_umask() -> int:
@@ -167,22 +176,47 @@ class RunFiles:
             return None
 
     def start_metrics(self, *, keep_through_step: int | None) -> None:
-        """Open metrics.jsonl: a fresh run starts it empty; a resumed one keeps lines up to its checkpoint."""
+        """Open the metrics log: a fresh run starts it empty; a resumed one keeps lines up to its checkpoint."""
         kept: list[str] = []
-        if keep_through_step is not None and self.fs.exists(self.path("metrics.jsonl")):
-            with self.fs.open(self.path("metrics.jsonl"), "r") as f:
-                for line in f:
-                    try:
-                        if json.loads(line)["step"] <= keep_through_step:
-                            kept.append(line.rstrip("\n"))
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        break  # a line cut by the kill: nothing after it counts
+        if keep_through_step is not None:
+            for line in self._existing_metric_lines():
+                try:
+                    if json.loads(line)["step"] <= keep_through_step:
+                        kept.append(line.rstrip("\n"))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    break  # a line cut by the kill: nothing after it counts
         self._lines = kept
         with self._writing():
-            self._rewrite_metrics()
+            if self.local:
+                self._replace("metrics.jsonl", "".join(line + "\n" for line in self._lines))
+            else:
+                for stale in self._part_paths():
+                    self.fs.rm_file(stale)
+                if self.fs.exists(self.path("metrics.jsonl")):
+                    self.fs.rm_file(self.path("metrics.jsonl"))  # written again, whole, at close
+                for first in range(0, len(self._lines), METRICS_PART_LINES):
+                    self._write_part(first)
 
-    def _rewrite_metrics(self) -> None:
-        self._replace("metrics.jsonl", "".join(line + "\n" for line in self._lines))
+    def _existing_metric_lines(self) -> list[str]:
+        """The log as an earlier attempt left it: its part files in order (object stores), else metrics.jsonl."""
+        parts = self._part_paths()
+        names = parts or ([self.path("metrics.jsonl")] if self.fs.exists(self.path("metrics.jsonl")) else [])
+        lines: list[str] = []
+        for name in names:
+            with self.fs.open(name, "r") as f:
+                lines += list(f)
+        return lines
+
+    def _part_paths(self) -> list[str]:
+        if self.local:
+            return []
+        return sorted(self.fs.glob(self.path(f"{METRICS_PARTS_DIR}/{METRICS_PART_PATTERN}")))
+
+    def _write_part(self, first: int) -> None:
+        """Write the part file holding line `first` (a multiple of METRICS_PART_LINES) and the lines after it."""
+        number = first // METRICS_PART_LINES
+        chunk = self._lines[first : first + METRICS_PART_LINES]
+        self._replace(part_name(number), "".join(line + "\n" for line in chunk))
 
     def log(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, allow_nan=False)
@@ -192,7 +226,10 @@ class RunFiles:
                 with open(self.path("metrics.jsonl"), "a") as f:
                     f.write(line + "\n")
             else:
-                self._rewrite_metrics()
+                # An object cannot be appended to: rewrite only the current part (at most METRICS_PART_LINES lines),
+                # so the bytes uploaded per line stay bounded instead of growing with the run.
+                last = len(self._lines) - 1
+                self._write_part(last - last % METRICS_PART_LINES)
         if self._tb is not None:
             step = record["step"]
             for name, entry in record["metrics"].items():
@@ -211,6 +248,9 @@ class RunFiles:
                 self.fs.put(self._tb_local_dir + "/", self.path("tensorboard"), recursive=True)
 
     def close(self) -> None:
+        if not self.local and self._lines:
+            with self._writing():  # one whole copy for readers that know only metrics.jsonl; the parts stay
+                self._replace("metrics.jsonl", "".join(line + "\n" for line in self._lines))
         self.flush()
         if self._tb is not None:
             self._tb.close()

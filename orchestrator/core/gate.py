@@ -18,7 +18,7 @@ from orchestrator.core.results import StatusFn
 from orchestrator.core.run_status import Phase, RunStatus
 from orchestrator.core.waiting import poll_until
 from orchestrator.errors import InvalidSpecError
-from orchestrator.outputs import RunOutputs, read_run_outputs
+from orchestrator.outputs import RunOutputs, read_many_run_outputs
 
 
 def output_paths(expansion: Expansion, output_base: str | None) -> dict[str, str]:
@@ -29,7 +29,7 @@ def output_paths(expansion: Expansion, output_base: str | None) -> dict[str, str
 
 
 def read_outputs(expansion: Expansion, output_base: str | None) -> dict[str, RunOutputs]:
-    return {run_id: read_run_outputs(path) for run_id, path in output_paths(expansion, output_base).items()}
+    return read_many_run_outputs(output_paths(expansion, output_base))
 
 
 State = tuple[dict[str, RunOutputs], Mapping[str, RunStatus]]

@@ -20,8 +20,10 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import importlib.util
 import json
 import re
+from pathlib import Path
 from typing import Any, Callable
 
 from pydantic import BaseModel
@@ -52,7 +54,9 @@ def canonical_json(value: Any) -> str:
 
 
 def target_identity(target: Target) -> dict[str, Any]:
-    """The target fields that change what a run computes. A local run has no TPU, slices or image."""
+    """The target fields that change what a run computes. A local run has no TPU, slices or image. Where the pods
+    run (namespace, queue, priority, capacity, node selectors, tolerations, resources, /dev/shm, host network)
+    is not part of it."""
     on_cluster = target.on_cluster
     return {
         "tpu_type": target.tpu_type if on_cluster else None,
@@ -61,7 +65,33 @@ def target_identity(target: Target) -> dict[str, Any]:
         "env": dict(sorted(target.env.items())),
         "secret_env": {name: {"secret": ref.secret, "key": ref.key} for name, ref in sorted(target.secret_env.items())},
         **({"pod_annotations": dict(sorted(target.pod_annotations.items()))} if target.pod_annotations else {}),
+        # A cluster run's code is its image (by digest, where the sweep says so); a local run's is the installed trainer.
+        **({"trainer_code": trainer_code_hash()} if target.code_in_run_id and not on_cluster else {}),
+        # What is mounted where can change what a spec's path reads; left out while empty (older ids stay).
+        **({"volumes": [v.model_dump(exclude_none=True) for v in target.volumes]} if target.volumes else {}),
+        **(
+            {"volume_mounts": [m.model_dump(exclude_none=True) for m in target.volume_mounts]}
+            if target.volume_mounts
+            else {}
+        ),
     }
+
+
+@functools.cache
+def trainer_code_hash(package: str = "trainer") -> str | None:
+    """Hex sha256 (`SPEC_HASH_LENGTH` characters) of the installed trainer's Python sources: their paths relative to
+    the package and their bytes, in path order. Found without importing the package (no JAX); None when it is not
+    installed. Computed once per process: the sources do not change under a running sweep."""
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        return None
+    root = Path(next(iter(found.submodule_search_locations)))
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root).as_posix()
+        digest.update(f"{relative}\0{path.stat().st_size}\0".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:SPEC_HASH_LENGTH]
 
 
 def identity_payload(spec: DistillSpec, target: Target) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from distillspec.contract import (
     TRAINER_COMMAND,
     TrainerExit,
 )
-from distillspec.sweep import Target
+from distillspec.sweep import DSHM_PATH, DSHM_VOLUME, Target
 from orchestrator.core import identity
 from orchestrator.core.expansion import Expansion, Point
 
@@ -123,6 +123,57 @@ def _retryable(extra: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(sorted(set(RETRYABLE_EXIT_CODES) | set(extra)))
 
 
+def node_selector(target: Target) -> dict[str, str]:
+    """The pods' nodeSelector: the TPU slice shape, the machine type where the topology is ambiguous (or asked
+    for), the capacity's label as XPK sets it, then target.node_selector (the sweep check keeps its keys apart)."""
+    shape = tpu.lookup(str(target.tpu_type))
+    selector = {tpu.ACCELERATOR_LABEL: shape.accelerator, tpu.TOPOLOGY_LABEL: shape.topology}
+    machine = target.machine_type_selector
+    if machine or (machine is None and shape.topology_ambiguous):
+        selector[tpu.MACHINE_TYPE_LABEL] = shape.machine_type
+    if target.capacity == "spot":
+        selector[tpu.SPOT_LABEL] = "true"
+    elif target.capacity == "flex-start":
+        selector[tpu.FLEX_START_LABEL] = "true"
+    elif target.capacity == "reservation":
+        selector[tpu.RESERVATION_LABEL] = str(target.reservation)
+    return dict(sorted({**selector, **target.node_selector}.items()))
+
+
+def tolerations(target: Target) -> list[dict[str, Any]]:
+    """The TPU taint, the capacity's taint (spot and flex-start node pools may be tainted with their label;
+    tolerating a taint a pool lacks changes nothing), then target.tolerations."""
+    out: list[dict[str, Any]] = [{"key": tpu.RESOURCE, "operator": "Exists"}]
+    capacity_label = {"spot": tpu.SPOT_LABEL, "flex-start": tpu.FLEX_START_LABEL}.get(target.capacity)
+    if capacity_label:
+        out.append({"key": capacity_label, "operator": "Equal", "value": "true", "effect": "NoSchedule"})
+    out += [t.model_dump(exclude_none=True) for t in target.tolerations]
+    return out
+
+
+def volumes(target: Target) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the pod's volumes, the trainer's volumeMounts): XPK's /dev/shm Memory emptyDir first, then the target's."""
+    pod: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if target.dev_shm:
+        empty_dir = {"medium": "Memory", **({"sizeLimit": target.dev_shm_size} if target.dev_shm_size else {})}
+        pod.append({"name": DSHM_VOLUME, "emptyDir": empty_dir})
+        mounts.append({"name": DSHM_VOLUME, "mountPath": DSHM_PATH})
+    pod += [v.model_dump(exclude_none=True, exclude_defaults=False) for v in target.volumes]
+    mounts += [m.model_dump(exclude_none=True) for m in target.volume_mounts]
+    return pod, mounts
+
+
+def resources(target: Target) -> dict[str, dict[str, Any]]:
+    """The trainer's requests and limits: its TPU chips, plus the target's (the sweep check rejects a TPU key)."""
+    shape = tpu.lookup(str(target.tpu_type))
+    limits = {tpu.RESOURCE: shape.chips_per_vm, **target.resources.limits}
+    out: dict[str, dict[str, Any]] = {"limits": dict(sorted(limits.items()))}
+    if target.resources.requests:
+        out["requests"] = dict(sorted(target.resources.requests.items()))
+    return out
+
+
 def jobset_view(point: Point, target: Target) -> dict[str, Any]:
     """Everything the template prints, precomputed; raises RenderError for a target without a cluster."""
     return _view(point_values(point), target)
@@ -171,6 +222,7 @@ def _view(point: Mapping[str, str], target: Target) -> dict[str, Any]:
     }
     if "depends_on" in point:
         annotations[ANNOTATION_DEPENDS_ON] = point["depends_on"]
+    pod_volumes, mounts = volumes(target)
     return {
         "name": point["name"],
         "namespace": target.namespace,
@@ -189,9 +241,11 @@ def _view(point: Mapping[str, str], target: Target) -> dict[str, Any]:
         "retryable_exit_codes": retryable_exit_codes(target),
         "pod_labels": sorted({LABEL_SWEEP: point["sweep"], LABEL_RUN_ID: point["run_id"]}.items()),
         "pod_annotations": sorted(target.pod_annotations.items()),
-        "node_selector": sorted({tpu.ACCELERATOR_LABEL: shape.accelerator, tpu.TOPOLOGY_LABEL: shape.topology}.items()),
-        "tpu_resource": tpu.RESOURCE,
-        "chips_per_vm": shape.chips_per_vm,
+        "node_selector": sorted(node_selector(target).items()),
+        "tolerations": tolerations(target),
+        "volumes": pod_volumes,
+        "volume_mounts": mounts,
+        "resources": resources(target),
         "priority_class_name": target.priority,
         "service_account": target.service_account,
         "host_network": target.host_network,

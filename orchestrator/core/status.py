@@ -10,7 +10,7 @@ from orchestrator.backends import Backend
 from orchestrator.core.expansion import Expansion
 from orchestrator.core.run_status import DEFAULT_STALL_SECONDS, Observation, RunStatus, derive
 from orchestrator.errors import UsageError
-from orchestrator.outputs import RunOutputs, read_run_outputs
+from orchestrator.outputs import RunOutputs, read_many_run_outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +26,7 @@ def read_outputs(expansion: Expansion) -> tuple[dict[str, RunOutputs], tuple[Pro
     """Each run's outputs; when the storage cannot be read at all (gs:// without gcsfs), a warning and no outputs:
     following a sweep still works from what the cluster says."""
     try:
-        return {run.run_id: read_run_outputs(run.output_path) for run in expansion.runs}, ()
+        return read_many_run_outputs({run.run_id: run.output_path for run in expansion.runs}), ()
     except UsageError as e:
         warning = Problem(
             (), "outputs_unreadable", f"{e.message}: steps and metrics are not shown", e.hint, severity="warning"

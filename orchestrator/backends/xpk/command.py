@@ -6,7 +6,9 @@ base64-encoded inside `--command` instead, and decoded in the container:
 `DISTILLCTL_SPEC="$(echo <base64> | base64 -d)" DISTILLCTL_RUN_ID=<id> python -m trainer`.
 
 What XPK cannot express is a problem: Secret references (an error), and a LocalQueue, service account,
-Kueue WorkloadPriorityClass or host-network setting other than XPK's own (warnings: XPK uses its own).
+Kueue WorkloadPriorityClass, host-network or /dev/shm setting other than XPK's own, extra node selectors,
+tolerations, resources or volumes (warnings: XPK uses its own). `capacity` becomes XPK's `--spot`, `--flex` or
+`--reservation` (XPK's own flags for the same node selectors).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import shlex
 
 from distillspec.contract import CONTAINER_NAME, ENV_RUN_ID, ENV_SPEC, RETRYABLE_EXIT_CODES, TRAINER_COMMAND
 from distillspec.problems import Problem
-from distillspec.sweep import Target
+from distillspec.sweep import Resources, Target
 from orchestrator.core.expansion import Point
 from orchestrator.core.rendering import spec_json
 
@@ -94,6 +96,21 @@ def problems(target: Target) -> list[Problem]:
             "XPK sets no kueue.x-k8s.io/priority-class label; its --priority is the pods' PriorityClass",
         ),
         ("host_network", not target.host_network, "XPK always runs TPU pods with hostNetwork: true"),
+        ("dev_shm", not target.dev_shm, "XPK always mounts a Memory emptyDir (dshm-2) at /dev/shm"),
+        ("dev_shm_size", target.dev_shm_size is not None, "XPK's /dev/shm volume has no size limit"),
+        ("node_selector", bool(target.node_selector), "XPK takes no extra node selectors"),
+        ("tolerations", bool(target.tolerations), "XPK takes no extra tolerations"),
+        ("resources", target.resources != Resources(), "XPK sets only the container's google.com/tpu limit"),
+        (
+            "volumes",
+            bool(target.volumes or target.volume_mounts),
+            "XPK mounts only the storages `xpk storage attach` made (its --storage)",
+        ),
+        (
+            "machine_type_selector",
+            bool(target.machine_type_selector),
+            "XPK selects nodes by accelerator and topology only",
+        ),
     ]
     for field, applies, message in warnings:
         if applies:
@@ -145,6 +162,13 @@ def xpk_command(point: Point, target: Target) -> XpkCommand:
     ]
     if target.priority:
         argv += ["--priority", target.priority]
+    # XPK's capacity flags (its node selectors: cloud.google.com/gke-spot, gke-queued, reservation-name).
+    if target.capacity == "spot":
+        argv += ["--spot"]
+    elif target.capacity == "flex-start":
+        argv += ["--flex"]
+    elif target.capacity == "reservation":
+        argv += ["--reservation", str(target.reservation)]
     extra = sorted(set(target.restartable_exit_codes) - set(RETRYABLE_EXIT_CODES))
     if extra:
         argv += ["--restart-on-exit-codes", ",".join(str(code) for code in extra)]

@@ -1,0 +1,51 @@
+"""What a run id sees of the trainer's code: the image string (a digest, when the sweep names one; a tag gets a
+warning in tests/test_target_knobs.py), and for local targets that ask for it, a hash of the installed trainer's
+sources."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from sweep_support import TARGET, expanded, sweep_data
+
+from orchestrator.core import identity
+
+DIGEST = "example.com/distill@sha256:" + "ab" * 32
+
+
+def test_the_image_digest_is_part_of_the_run_id(tmp_path):
+    one = expanded(tmp_path, sweep_data(target={**TARGET, "image": DIGEST}), "a.yaml")
+    other = expanded(tmp_path, sweep_data(target={**TARGET, "image": DIGEST.replace("ab", "cd")}), "b.yaml")
+    assert one.points[0].run_id != other.points[0].run_id
+
+
+def test_local_run_ids_include_the_trainer_code_only_when_asked(tmp_path):
+    local = {"kind": "local", "output_base": str(tmp_path / "runs")}
+    plain = expanded(tmp_path, sweep_data(target=local), "a.yaml")
+    coded = expanded(tmp_path, sweep_data(target={**local, "code_in_run_id": True}), "b.yaml")
+    assert plain.points[0].run_id != coded.points[0].run_id
+    # the option itself, off, is not part of the id: ids from before it stay
+    off = expanded(tmp_path, sweep_data(target={**local, "code_in_run_id": False}), "c.yaml")
+    assert off.points[0].run_id == plain.points[0].run_id
+    # on a cluster the image is the code: the option changes nothing there
+    cluster = expanded(tmp_path, sweep_data(target=TARGET), "d.yaml")
+    cluster_coded = expanded(tmp_path, sweep_data(target={**TARGET, "code_in_run_id": True}), "e.yaml")
+    assert cluster.points[0].run_id == cluster_coded.points[0].run_id
+
+
+def test_the_trainer_code_hash_follows_the_sources_without_importing_them(tmp_path, monkeypatch):
+    package = tmp_path / "fake_trainer"
+    (package / "models").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('never imported')\n")
+    (package / "models" / "layers.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    first = identity.trainer_code_hash.__wrapped__("fake_trainer")
+    assert first == identity.trainer_code_hash.__wrapped__("fake_trainer") and len(first) == identity.SPEC_HASH_LENGTH
+    (package / "models" / "layers.py").write_text("X = 2\n")
+    assert identity.trainer_code_hash.__wrapped__("fake_trainer") != first
+    (package / "models" / "layers.py").rename(package / "layers.py")  # same bytes, another module
+    assert identity.trainer_code_hash.__wrapped__("fake_trainer") not in (first, None)
+    assert "fake_trainer" not in sys.modules
+    assert identity.trainer_code_hash.__wrapped__("no_such_package_here") is None
