@@ -20,7 +20,6 @@ import math
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from pydantic import BaseModel
 
 from distillspec import spec_paths, tpu
 from distillspec.config import DistillSpec
@@ -374,16 +373,18 @@ def _reuse(data: dict[str, Any], common_data: dict[str, Any], model: Any) -> dic
     """`data` with each block still shared with `common_data` replaced by the common spec's validated block
     (pydantic takes a model instance as it is); blocks on an assigned path are looked into, and any other
     shared value is copied, so validation may change `data` freely."""
-    out = {}
+    out = dict(data)
     for key, value in data.items():
+        if not isinstance(value, (dict, list)):
+            continue  # a scalar: immutable, and validated again cheaply
         shared = common_data.get(key)
-        validated = getattr(model, key, None) if model is not None else None
-        if value is shared and isinstance(validated, BaseModel):
+        validated = getattr(model, key, None)
+        if not identity.is_model(validated):
+            out[key] = copy_plain(value) if value is shared else value
+        elif value is shared:
             out[key] = validated
-        elif isinstance(value, dict) and isinstance(shared, dict) and isinstance(validated, BaseModel):
+        elif isinstance(value, dict) and isinstance(shared, dict):
             out[key] = _reuse(value, shared, validated)
-        else:
-            out[key] = copy_plain(value) if value is shared and isinstance(value, (dict, list)) else value
     return out
 
 

@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel
+from pydantic._internal._model_construction import ModelMetaclass
 
 from distillspec.config import RESOLUTION_INPUTS, DistillSpec
 from distillspec.problems import Loc, Problem
@@ -157,7 +157,7 @@ def identify(spec: DistillSpec, target: Target, encodings: Encodings | None = No
         value = getattr(spec, name)
         if name in later and spec.resolved_block(name) == later[name]:
             continue
-        if isinstance(value, BaseModel):
+        if is_model(value):
             objects = (value, *(getattr(spec, field) for field in inputs))
             blocks[name] = known.text(name, objects, functools.partial(_block_data, spec, name))
         else:
@@ -176,6 +176,11 @@ def identify(spec: DistillSpec, target: Target, encodings: Encodings | None = No
     run = _id_of(payload)
     final = _object({**blocks, "name": _string(run), "output_dir": _string(target.output_base)})
     return run, _hash_of(final), final
+
+
+def is_model(value: Any) -> bool:
+    """isinstance(value, BaseModel), without the ABC machinery of pydantic's metaclass (asked per block per point)."""
+    return isinstance(type(value), ModelMetaclass)
 
 
 def _block_data(spec: DistillSpec, name: str) -> Any:
