@@ -78,7 +78,7 @@ def export_run(run_dir: str, out_dir: str, *, to: str = "hf", dtype: str | None 
             f"the run at {run_dir} has no checkpoint to export ({e.message})",
             "export a run that saved a checkpoint (checkpoint.enabled: true; one is written at the end of the run)",
         ) from None
-    config = ModelConfig.from_spec(spec.student)
+    config = ModelConfig.from_spec(spec.student_block())
     _, abstract_state = abstract_model(config)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(
@@ -119,7 +119,7 @@ def write_hf(params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | None 
     staging = os.path.join(staging_root, "hf")
     try:
         try:
-            hf.save(params, spec.student.shape(), staging, scanned=spec.student.scan_layers, dtype=dtype)
+            hf.save(params, spec.student_block().shape(), staging, scanned=spec.student.scan_layers, dtype=dtype)
             for name, source in tokenizer_files(spec).items():
                 with fsspec.open(source, "rb") as src, open(os.path.join(staging, name), "wb") as dst:
                     shutil.copyfileobj(src, dst)
@@ -160,7 +160,7 @@ def write_maxtext(params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | 
     staging = os.path.join(staging_root, "maxtext")
     try:
         try:
-            maxtext.save(params, spec.student.shape(), staging, scanned=spec.student.scan_layers, dtype=dtype)
+            maxtext.save(params, spec.student_block().shape(), staging, scanned=spec.student.scan_layers, dtype=dtype)
         except OSError as e:
             raise OutputNotWritable(out_dir, e) from None
         try:

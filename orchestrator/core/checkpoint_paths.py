@@ -28,7 +28,8 @@ def check_paths(spec: DistillSpec, read_text: ReadText, read_maxtext: ReadMaxTex
     """Every problem with the spec's checkpoint paths: absent, unreadable, or a different model than the block's."""
     problems = []
     for side in ("teacher", "student"):
-        model: ModelSpec | None = getattr(spec, side)
+        # the student as built: a pruned Gemma 3 student's layer kinds come from the teacher
+        model: ModelSpec | None = spec.student_block() if side == "student" else spec.teacher
         path = model.load_parameters_path if model is not None else None
         if not path:
             continue
