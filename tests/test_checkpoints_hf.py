@@ -279,3 +279,34 @@ def test_pruned_gemma_keeps_each_layers_kind_through_export(folders, tmp_path):
     for family, ref in ours.items():
         back = np.load(tmp_path / family / "back.npy")
         np.testing.assert_allclose(back, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max(), err_msg=family)
+
+
+def _to_memory(folder: Path, name: str) -> str:
+    """A copy of `folder` in fsspec's in-memory filesystem (a real fsspec implementation, as gcsfs is one)."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for file in folder.iterdir():
+        fs.pipe_file(f"/{name}/{file.name}", file.read_bytes())
+    return f"memory://{name}"
+
+
+def test_a_folder_at_an_fsspec_url_loads_tensor_by_tensor(folders):
+    """`gs://…` Hugging Face folders are read through fsspec: here the single-file and the sharded folder copied
+    into `memory://` give transformers' logits; a truncated remote file is a UserError naming it."""
+    tokens = jnp.asarray(np.load(folders["tokens"]))
+    for name in ("gemma3", "sharded"):
+        url = _to_memory(folders[name], f"remote-{name}")
+        assert hf.is_remote(url) and hf.is_hf_folder(url)
+        ref = np.load(folders[name] / "logits.npy")
+        ours = np.asarray(load_model(url).logits(tokens))
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max(), err_msg=name)
+    import fsspec
+
+    url = _to_memory(folders["qwen3"], "remote-truncated")
+    fs = fsspec.filesystem("memory")
+    data = fs.cat_file(f"/remote-truncated/{hf.SINGLE}")
+    fs.pipe_file(f"/remote-truncated/{hf.SINGLE}", data[: len(data) // 2])
+    with pytest.raises(UserError) as e:
+        load_model(url)
+    assert f"{url}/{hf.SINGLE} is not a readable safetensors file" in e.value.message
