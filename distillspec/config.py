@@ -281,14 +281,15 @@ class OptimizerSpec(_Block):
     grad_clip_norm: Annotated[float, Field(gt=0)] | None = 1.0
 
 
-ExportFormat = Literal["hf"]
+ExportFormat = Literal["hf", "maxtext"]
 
 
 class CheckpointSpec(_Block):
     enabled: bool = True
     every_steps: PositiveInt | None = None  # None: only at the end (and on SIGTERM)
     keep: PositiveInt = 3
-    # `hf`: at the end of a finished run, also write the student as a Hugging Face folder to <run_dir>/export/hf.
+    # At the end of a finished run, also write the student to <run_dir>/export/<format>: `hf`, a Hugging Face
+    # folder; `maxtext`, a MaxText checkpoint (<dir>/0/items and <dir>/config.json; single-process runs only).
     export: ExportFormat | None = None
 
 

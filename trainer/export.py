@@ -139,9 +139,14 @@ def write_hf(params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | None 
         shutil.rmtree(staging_root, ignore_errors=True)
 
 
-def write_maxtext(params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | None = None) -> None:
+def write_maxtext(
+    params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | None = None, replace: bool = False
+) -> None:
     """The student as a MaxText checkpoint (`out_dir/0/items`, scanned as the student is, and `out_dir/config.json`),
-    assembled in a temporary place and then moved (local) or uploaded (URL) to `out_dir`."""
+    assembled in a temporary place and then moved (local) or uploaded (URL) to `out_dir`; with `replace`, a
+    checkpoint already at `out_dir` is replaced once the new one is complete. Orbax writes it from this one
+    process: a multi-process run cannot call it from process 0 alone (`checkpoint.export: maxtext` is refused
+    there before training)."""
     from trainer.checkpoints import maxtext
 
     dtype = dtype or spec.student.weight_dtype
@@ -166,9 +171,14 @@ def write_maxtext(params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | 
         try:
             if remote:
                 fs, root = fsspec.core.url_to_fs(out_dir)
+                if replace and fs.exists(root):
+                    fs.rm(root, recursive=True)
                 fs.put(staging.rstrip("/") + "/", root.rstrip("/") + "/", recursive=True)
             else:
-                os.rename(staging, os.path.abspath(out_dir))  # atomic; replaces an empty directory
+                target = os.path.abspath(out_dir)
+                if replace and os.path.isdir(target):
+                    os.rename(target, os.path.join(staging_root, "old"))  # removed with the staging folder
+                os.rename(staging, target)  # atomic; replaces an empty directory
         except OSError as e:
             raise OutputNotWritable(out_dir, e) from None
     finally:
