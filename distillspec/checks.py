@@ -13,7 +13,7 @@ from distillspec.problems import Problem
 
 def check(spec: DistillSpec) -> list[Problem]:
     problems: list[Problem] = []
-    for rule in (_schedules, _beta_ramp, _mode_and_teacher, _feature_loss, _pruning, _data, _mesh):
+    for rule in (_schedules, _beta_ramp, _mode_and_teacher, _feature_loss, _pruning, _global_layers, _data, _mesh):
         problems.extend(rule(spec))
     return problems
 
@@ -255,6 +255,16 @@ def _pruning(spec: DistillSpec) -> list[Problem]:
                 f"set student.num_layers: {expected} (or change drop_layers)",
             )
         )
+    if s.family != t.family:
+        out.append(
+            Problem(
+                ("student", "model"),
+                "pruned_family_mismatch",
+                f"a student initialised from the teacher is of the teacher's family ({t.family}), but the student's "
+                f"model {student.model} is {s.family}",
+                "choose a student model of the teacher's family, or use init: random",
+            )
+        )
     for field in ("emb_dim", "num_query_heads", "num_kv_heads", "head_dim", "mlp_dim", "vocab_size"):
         if getattr(s, field) != getattr(t, field):
             out.append(
@@ -264,6 +274,54 @@ def _pruning(spec: DistillSpec) -> list[Problem]:
                     f"a student initialised from the teacher keeps the teacher's {field} ({getattr(t, field)}), "
                     f"but the student has {getattr(s, field)}",
                     f"remove the student's {field} override, or use init: random",
+                )
+            )
+    return out
+
+
+def _global_layers(spec: DistillSpec) -> list[Problem]:
+    """`global_layers` only where Gemma 3 is built, within its depth, and (for a student made from the teacher)
+    equal to the kinds the teacher's kept layers had."""
+    out = []
+    for side in ("student", "teacher"):
+        model = getattr(spec, side)
+        if model is None or model.global_layers is None:
+            continue
+        shape, loc = model.shape(), (side, "global_layers")
+        if shape.family != "gemma3":
+            out.append(
+                Problem(
+                    loc,
+                    "global_layers_unused",
+                    f"global_layers applies to Gemma 3 only; the {side} is {shape.family}",
+                    f"remove {side}.global_layers",
+                )
+            )
+            continue
+        bad = [i for i in model.global_layers if i >= shape.num_layers]
+        if bad or len(set(model.global_layers)) != len(model.global_layers):
+            out.append(
+                Problem(
+                    loc,
+                    "global_layers_invalid",
+                    f"global_layers must be distinct layers of the {side}'s {shape.num_layers}; got "
+                    f"{model.global_layers}",
+                    f"use distinct layer numbers in [0, {shape.num_layers - 1}]",
+                )
+            )
+    s, t = spec.student, spec.teacher
+    if s.global_layers is not None and s.init == "teacher" and t is not None and not out:
+        derived = spec.model_copy(update={"student": s.model_copy(update={"global_layers": None})}).student_block()
+        want = derived.shape().global_layers
+        if s.shape().global_layers != want:
+            kept = list(want) if want is not None else list(derived.shape().pattern_global_layers())
+            out.append(
+                Problem(
+                    ("student", "global_layers"),
+                    "global_layers_mismatch",
+                    f"a student made from the teacher keeps each layer's attention kind: its global layers are "
+                    f"{kept}, but student.global_layers is {s.global_layers}",
+                    "remove student.global_layers (it is derived from the teacher and drop_layers)",
                 )
             )
     return out

@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from pydantic_core import PydanticCustomError
 
 from distillspec import layer_presets
-from distillspec.registry import MODELS, ModelShape
+from distillspec.registry import MODELS, ModelShape, pruned_global_layers
 from distillspec.schedules import ScheduleKind, schedule_value
 
 Dtype = Literal["float32", "bfloat16"]
@@ -171,6 +171,10 @@ class ModelSpec(_Block):
     # Student only: start from random weights, or from the teacher's with `drop_layers` removed (pruning).
     init: Literal["random", "teacher"] = "random"
     drop_layers: list[NonNegativeInt] = []
+    # Gemma 3: the layers (0-based) with global attention when they are not every 6th: a model pruned with
+    # `drop_layers` keeps each layer's kind. A student made from the teacher gets them from the teacher's kept
+    # layers (`DistillSpec.student_block`); state them for a pruned checkpoint loaded with load_parameters_path.
+    global_layers: list[NonNegativeInt] | None = None
 
     def shape(self) -> ModelShape:
         """The registry shape with this block's overrides applied."""
@@ -183,20 +187,30 @@ class ModelSpec(_Block):
             self.head_dim,
             self.mlp_dim,
             self.vocab_size,
+            None if self.global_layers is None else tuple(self.global_layers),
         )
 
 
 @functools.lru_cache(maxsize=4096)  # checks, plans and identities ask for the same few shapes per point
-def _shape(model: str, *dims: int | None) -> ModelShape:
-    names = ("num_layers", "emb_dim", "num_query_heads", "num_kv_heads", "head_dim", "mlp_dim", "vocab_size")
+def _shape(model: str, *dims: int | tuple[int, ...] | None) -> ModelShape:
+    names = (
+        "num_layers",
+        "emb_dim",
+        "num_query_heads",
+        "num_kv_heads",
+        "head_dim",
+        "mlp_dim",
+        "vocab_size",
+        "global_layers",
+    )
     return MODELS[model].with_overrides(**dict(zip(names, dims)))
 
 
 # What each field's resolved form reads besides the field itself (`DistillSpec.resolved_block`).
-RESOLUTION_INPUTS: dict[str, tuple[str, ...]] = {"loss": ("mode", "student")}
+RESOLUTION_INPUTS: dict[str, tuple[str, ...]] = {"loss": ("mode", "student"), "student": ("teacher",)}
 
 
-def _dims(shape: ModelShape) -> dict[str, int]:
+def _dims(shape: ModelShape) -> dict[str, int | list[int] | None]:
     return dict(
         num_layers=shape.num_layers,
         emb_dim=shape.emb_dim,
@@ -205,6 +219,8 @@ def _dims(shape: ModelShape) -> dict[str, int]:
         head_dim=shape.head_dim,
         mlp_dim=shape.mlp_dim,
         vocab_size=shape.vocab_size,
+        # normalised: None where the layers follow the family's pattern
+        global_layers=None if shape.global_layers is None else list(shape.global_layers),
     )
 
 
@@ -265,14 +281,15 @@ class OptimizerSpec(_Block):
     grad_clip_norm: Annotated[float, Field(gt=0)] | None = 1.0
 
 
-ExportFormat = Literal["hf"]
+ExportFormat = Literal["hf", "maxtext"]
 
 
 class CheckpointSpec(_Block):
     enabled: bool = True
     every_steps: PositiveInt | None = None  # None: only at the end (and on SIGTERM)
     keep: PositiveInt = 3
-    # `hf`: at the end of a finished run, also write the student as a Hugging Face folder to <run_dir>/export/hf.
+    # At the end of a finished run, also write the student to <run_dir>/export/<format>: `hf`, a Hugging Face
+    # folder; `maxtext`, a MaxText checkpoint (<dir>/0/items and <dir>/config.json; single-process runs only).
     export: ExportFormat | None = None
 
 
@@ -369,8 +386,20 @@ class DistillSpec(_Block):
         resolve to equal values (run identities hash this)."""
         loss = self.loss.model_copy(update={"layer_indices": self.layer_indices()})
         return self.model_copy(
-            update={"student": _explicit(self.student), "teacher": _explicit(self.teacher), "loss": loss}
+            update={"student": _explicit(self.student_block()), "teacher": _explicit(self.teacher), "loss": loss}
         )
+
+    def student_block(self) -> ModelSpec:
+        """The student as the trainer builds it: one made from the teacher (`init: teacher`) keeps each kept
+        layer's attention kind, so a Gemma 3 student's `global_layers` come from the teacher's kept layers unless
+        the block states them (checks reject a statement that disagrees)."""
+        s, t = self.student, self.teacher
+        if s.init != "teacher" or t is None or s.global_layers is not None:
+            return s
+        if MODELS[s.model].family != MODELS[t.model].family:
+            return s
+        derived = pruned_global_layers(t.shape(), tuple(s.drop_layers))
+        return s if derived is None else s.model_copy(update={"global_layers": list(derived)})
 
     def resolved_data(self) -> dict[str, Any]:
         """`resolved().model_dump(mode="json")`, without building the resolved models (a sweep asks per point)."""
@@ -379,7 +408,7 @@ class DistillSpec(_Block):
     def resolved_block(self, name: str) -> Any:
         """One top-level field of `resolved_data()`. It depends on the field itself and on the fields
         `RESOLUTION_INPUTS` names for it, nothing else."""
-        value = getattr(self, name)
+        value = self.student_block() if name == "student" else getattr(self, name)
         if name in ("student", "teacher") and value is not None:
             return {**value.model_dump(mode="json"), **_dims(value.shape())}
         if name == "loss":

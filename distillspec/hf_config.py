@@ -19,6 +19,14 @@ MODEL_TYPES = {"llama": "llama", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3_t
 COMPARED = [f.name for f in dataclasses.fields(ModelShape)]
 
 
+_KINDS = ("sliding_attention", "full_attention")
+
+
+def layer_types(shape: ModelShape) -> list[str]:
+    """Hugging Face's `layer_types`: each transformer layer's attention kind, in published order."""
+    return [_KINDS[0] if shape.is_local(i) else _KINDS[1] for i in range(shape.depth)]
+
+
 class ConfigError(ValueError):
     """A config.json this project cannot build a model from; `hint` says what to do."""
 
@@ -101,7 +109,10 @@ def shape_from_config(config: dict, file: str = CONFIG) -> ModelShape:
     if family == "gemma2" and depth % 2:
         problems.append(f"Gemma 2 pairs sliding-window and global layers, but num_hidden_layers is {depth}")
     types = c.get("layer_types")
-    expected = ["sliding_attention" if shape.is_local(i) else "full_attention" for i in range(depth)]
+    if family == "gemma3" and isinstance(types, list) and len(types) == depth and set(types) <= set(_KINDS):
+        # A pruned Gemma 3 keeps its layers' kinds; the shape normalises a list that is the pattern to None.
+        shape = dataclasses.replace(shape, global_layers=tuple(i for i, t in enumerate(types) if t == _KINDS[1]))
+    expected = layer_types(shape)
     if types is not None and list(types) != expected:
         problems.append(f"layer_types {types} differ from the {family} pattern {expected}")
     if c.get("use_sliding_window"):
@@ -118,12 +129,26 @@ def shape_from_config(config: dict, file: str = CONFIG) -> ModelShape:
 
 
 def shape_mismatches(found: ModelShape, expected: ModelShape) -> list[str]:
-    """`field: expected X, found Y` for every difference between two shapes."""
-    return [
-        f"{name}: expected {getattr(expected, name)}, found {getattr(found, name)}"
-        for name in COMPARED
-        if getattr(found, name) != getattr(expected, name)
-    ]
+    """`field: expected X, found Y` for every difference between two shapes (Gemma 3's global layers as the
+    lists they are, with a hint for a pruned checkpoint)."""
+    out = []
+    for name in COMPARED:
+        if getattr(found, name) == getattr(expected, name):
+            continue
+        if name == "global_layers":
+            want, got = _globals(expected), _globals(found)
+            if want != got:  # else another field (depth) differs and says so
+                out.append(
+                    f"global_layers: expected {want}, found {got} (a pruned Gemma 3 keeps its layers' kinds: set "
+                    "global_layers in the model block to the checkpoint's)"
+                )
+            continue
+        out.append(f"{name}: expected {getattr(expected, name)}, found {getattr(found, name)}")
+    return out
+
+
+def _globals(shape: ModelShape) -> list[int]:
+    return list(shape.global_layers if shape.global_layers is not None else shape.pattern_global_layers())
 
 
 _CLASSES = {
@@ -175,7 +200,7 @@ def config_of(shape: ModelShape, dtype: str = "float32") -> dict:
             "query_pre_attn_scalar": s.query_pre_attn_scalar or s.head_dim,
             "attn_logit_softcapping": s.attn_softcap,
             "final_logit_softcapping": s.final_softcap,
-            "layer_types": ["sliding_attention" if s.is_local(i) else "full_attention" for i in range(s.depth)],
+            "layer_types": layer_types(s),
         }
     else:
         config |= {"hidden_act": "silu", "mlp_bias": False}

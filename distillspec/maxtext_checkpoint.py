@@ -49,6 +49,18 @@ class CheckpointError(ValueError):
         self.message, self.hint = message, hint
 
 
+class MissingDependency(CheckpointError):
+    """Reading the checkpoint needs a package that is not installed (tensorstore, or gcsfs for gs://): not a
+    problem of the checkpoint or the spec, so `validate --check-paths` stops with it instead of listing it."""
+
+
+def _missing(package: str, path: str, why: str, e: ImportError) -> MissingDependency:
+    return MissingDependency(
+        f"reading {path} needs {package}, which is not installed ({e})",
+        f"install it: pip install {package} ({why})",
+    )
+
+
 # --- names ---------------------------------------------------------------------------------------------------
 
 _ATTENTION = {
@@ -370,7 +382,15 @@ def _kvstore_spec(items: str, use_ocdbt: bool) -> dict | str:
 
 
 def open_kvstore(items: str, metadata: dict):
-    import tensorstore as ts
+    try:
+        import tensorstore as ts
+    except ImportError as e:
+        raise _missing(
+            "tensorstore",
+            items,
+            "MaxText checkpoints are Orbax's, stored through tensorstore; distillctl[train] has it",
+            e,
+        ) from None
 
     return ts.KvStore.open(_kvstore_spec(items, bool(metadata.get("use_ocdbt", True)))).result()
 
@@ -442,7 +462,11 @@ def resolve_items(path: str) -> str | None:
     path = path.rstrip("/")
     try:
         fs, local = fsspec.core.url_to_fs(path)
-    except (ImportError, ValueError) as e:
+    except ImportError as e:
+        raise _missing(
+            "gcsfs" if path.startswith("gs://") else "the fsspec filesystem", path, "fsspec's URL support", e
+        ) from None
+    except ValueError as e:
         raise CheckpointError(f"cannot open {path}: {e}", "install gcsfs for gs:// paths (pip install gcsfs)") from None
     if path.rsplit("/", 1)[-1] == ITEMS:
         if not _exists(fs, f"{local}/{METADATA}"):

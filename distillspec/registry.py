@@ -5,7 +5,9 @@ configs: vocab sizes are the sizes MaxText uses (Gemma 2: 256128, Gemma 3: 26214
 the scanned layer stack, which is what `layer_indices` index: one transformer layer per entry, except Gemma 2,
 whose stack (as in MaxText) holds pairs of (sliding-window, global) layers, so its stack is half the published
 depth and `layers_per_block` is 2. Gemma 3 is stacked one layer per entry (MaxText scans it in blocks of six);
-its layer `i` is global when `(i + 1) % global_every == 0`, else sliding-window.
+its layer `i` is global when `(i + 1) % global_every == 0`, else sliding-window, unless `global_layers` lists
+the global layers: a student pruned from a Gemma 3 teacher (`drop_layers`) keeps each kept layer's kind and RoPE
+base from its original index, so its pattern is the teacher's minus the dropped layers (`pruned_global_layers`).
 """
 
 from __future__ import annotations
@@ -51,6 +53,16 @@ class ModelShape:
     attn_softcap: float | None = None  # scores -> cap·tanh(scores / cap) (Gemma 2)
     final_softcap: float | None = None  # logits -> cap·tanh(logits / cap) (Gemma 2)
     query_pre_attn_scalar: float | None = None  # scores scaled by its -1/2 power; None: head_dim
+    # Gemma 3: the global layers (0-based, sorted) when they are not every `global_every`-th (a pruned model);
+    # None: the pattern. Normalised on construction: a list equal to the pattern becomes None.
+    global_layers: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.global_layers is not None:
+            layers = tuple(sorted(set(self.global_layers)))
+            pattern = self.family == "gemma3" and layers == self.pattern_global_layers()
+            # frozen: the one place a field is normalised
+            object.__setattr__(self, "global_layers", None if pattern else layers)
 
     @property
     def is_gemma(self) -> bool:
@@ -67,8 +79,16 @@ class ModelShape:
         if self.family == "gemma2":
             return layer % 2 == 0
         if self.family == "gemma3":
+            if self.global_layers is not None:
+                return layer not in self.global_layers
             return (layer + 1) % self.global_every != 0
         return False
+
+    def pattern_global_layers(self) -> tuple[int, ...]:
+        """Gemma 3's global layers by the `global_every` pattern alone (empty for the other families)."""
+        if self.family != "gemma3" or self.global_every <= 0:
+            return ()
+        return tuple(i for i in range(self.depth) if (i + 1) % self.global_every == 0)
 
     def param_count(self) -> int:
         """Parameters, counting embeddings once when tied."""
@@ -81,7 +101,7 @@ class ModelShape:
         head = 0 if self.tie_embeddings else self.vocab_size * d
         return self.depth * per_layer + embed + head + d
 
-    def with_overrides(self, **overrides: int | None) -> ModelShape:
+    def with_overrides(self, **overrides: int | tuple[int, ...] | None) -> ModelShape:
         changes = tuple(sorted((k, v) for k, v in overrides.items() if v is not None))
         return _replaced(self, changes) if changes else self
 
@@ -89,6 +109,19 @@ class ModelShape:
 @functools.lru_cache(maxsize=4096)  # a sweep asks for the same few shapes thousands of times
 def _replaced(shape: ModelShape, changes: tuple[tuple[str, int], ...]) -> ModelShape:
     return dataclasses.replace(shape, **dict(changes))
+
+
+def pruned_global_layers(teacher: ModelShape, drop: list[int] | tuple[int, ...]) -> tuple[int, ...] | None:
+    """The `global_layers` of a student made from `teacher` by removing stack entries `drop` (`init: teacher`):
+    each kept layer keeps the attention kind it had in the teacher. None for families whose kinds are fixed by
+    their stack (Gemma 2's entries are (sliding-window, global) pairs, so dropping entries keeps the alternation)
+    and when the kept kinds follow the `global_every` pattern anyway."""
+    if teacher.family != "gemma3":
+        return None
+    dropped = set(drop)
+    kept = [i for i in range(teacher.num_layers) if i not in dropped]
+    layers = tuple(new for new, old in enumerate(kept) if not teacher.is_local(old))
+    return dataclasses.replace(teacher, num_layers=len(kept), global_layers=layers).global_layers
 
 
 _LLAMA31 = RopeScaling("llama3", 8.0)

@@ -83,3 +83,53 @@ def test_validate_check_paths_exits_4_naming_the_mismatch(tmp_path):
     (problem,) = json.loads(result.stdout)
     assert problem["code"] == "checkpoint_mismatch" and problem["file"] == str(spec)
     assert problem["loc"] == "teacher.load_parameters_path" and "num_layers: expected 4, found 6" in problem["message"]
+
+
+def test_a_maxtext_path_without_tensorstore_exits_1_naming_it(tmp_path):
+    """Where tensorstore is not installed (a CLI-only install), a MaxText path in --check-paths stops with exit 1
+    naming the package, not an ImportError traceback. The package's absence is made the way Python documents:
+    `sys.modules[name] = None` makes `import name` raise ImportError (in a child process)."""
+    import subprocess
+    import sys
+
+    items = tmp_path / "maxtext" / "0" / "items"
+    items.mkdir(parents=True)
+    (items / "_METADATA").write_text(json.dumps({"tree_metadata": {}, "use_ocdbt": True}))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(spec_data(**{"teacher.load_parameters_path": str(items)})))
+    code = (
+        "import sys; sys.modules['tensorstore'] = None; from orchestrator.cli import main; "
+        f"sys.argv = ['distillctl', 'validate', '--check-paths', {str(spec)!r}]; main()"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == ExitCode.FAILED, done.stderr
+    assert "pip install tensorstore" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_pruned_gemma3_checkpoint_needs_its_global_layers_in_the_spec(tmp_path):
+    """A Gemma 3 exported after pruning states its layers' kinds (config.json `layer_types`); a spec that builds
+    the pattern is told which global layers to set, and one that sets them passes."""
+    pruned = ModelSpec(model="gemma3-1b", num_layers=25, global_layers=[4, 10, 16, 22])
+    folder = tmp_path / "pruned"
+    folder.mkdir()
+    (folder / CONFIG).write_text(json.dumps(config_of(pruned.shape())))
+    gemma = {"student.model": "gemma3-1b", "loss.layer_indices": [0], "teacher.load_parameters_path": str(folder)}
+    teacher = {"model": "gemma3-1b", "num_layers": 25, "load_parameters_path": str(folder)}
+    spec, _ = validate_data(spec_data(**gemma, teacher=teacher))
+    (problem,) = check_paths(spec, read_text)
+    assert problem.code == "checkpoint_mismatch"
+    assert "global_layers: expected [5, 11, 17, 23], found [4, 10, 16, 22]" in problem.message
+    spec, _ = validate_data(spec_data(**gemma, teacher={**teacher, "global_layers": [4, 10, 16, 22]}))
+    assert check_paths(spec, read_text) == []
+
+
+def test_validate_check_paths_reads_a_url_folders_config(tmp_path):
+    """Through the CLI (which first asks whether the path is a MaxText checkpoint): a Hugging Face folder at an
+    fsspec URL is read through its config.json."""
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/cli/teacher/config.json", json.dumps(config_of(ModelSpec(model="tiny-4l").shape())).encode())
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(spec_data(**{"teacher.load_parameters_path": "memory://cli/teacher"})))
+    assert runner.invoke(app, ["validate", "--check-paths", str(spec)]).exit_code == ExitCode.OK
+    spec.write_text(yaml.safe_dump(spec_data(**{"teacher.load_parameters_path": "memory://cli/absent"})))
+    assert runner.invoke(app, ["validate", "--check-paths", str(spec)]).exit_code == ExitCode.INVALID_SPEC

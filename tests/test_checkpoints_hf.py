@@ -6,6 +6,7 @@ an imported teacher and its KL falls."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -240,3 +241,72 @@ def test_bad_teacher_checkpoint_exits_1_naming_file(folders, tmp_path):
     done = run_trainer([], env=python_env(DISTILLCTL_SPEC=json.dumps(spec)))
     assert done.returncode == 1 and str(bad / hf.SINGLE) in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "runs" / "orphan" / "checkpoints").exists()
+
+
+def test_pruned_gemma_keeps_each_layers_kind_through_export(folders, tmp_path):
+    """A student made from a Gemma teacher by dropping layers keeps each kept layer's attention kind (and RoPE
+    base) from its original index: Gemma 3's layer 1 of 7 dropped leaves the global layer at index 4, not at the
+    pattern's 5; Gemma 2 drops (sliding-window, global) pairs, so its alternation holds. Exported, transformers
+    loads the student and gives our student's logits, and its config.json reads back as the student's shape."""
+    from flax import nnx
+
+    from distillspec.registry import pruned_global_layers
+    from trainer.models import ModelConfig, abstract_model, drop_layers
+
+    tokens = np.load(folders["tokens"])
+    jobs, ours = [], {}
+    for family, drop in (("gemma3", [1]), ("gemma2", [0])):
+        teacher = load_model(str(folders[family]))
+        t = teacher.config.shape
+        kept = [i for i in range(t.num_layers) if i not in drop]
+        s = dataclasses.replace(t, num_layers=len(kept), global_layers=pruned_global_layers(t, drop))
+        per = t.layers_per_block
+        assert [s.is_local(i) for i in range(s.depth)] == [t.is_local(k * per + j) for k in kept for j in range(per)]
+        params = drop_layers(nnx.to_pure_dict(nnx.state(teacher, nnx.Param)), drop, t.num_layers, scan_layers=True)
+        graphdef, _ = abstract_model(ModelConfig(s))
+        ours[family] = np.asarray(nnx.merge(graphdef, params).logits(jnp.asarray(tokens)))
+        out = tmp_path / family
+        hf.save(params, s, str(out))
+        assert hf.shape_from_config(hf.read_config(str(out))) == s
+        jobs.append([str(out), str(folders["tokens"]), str(out / "back.npy")])
+    gemma3 = hf.shape_from_config(hf.read_config(str(tmp_path / "gemma3")))
+    assert gemma3.global_layers == (4,) and gemma3.pattern_global_layers() == (5,)
+    assert json.loads((tmp_path / "gemma3" / hf.CONFIG).read_text())["layer_types"][4:] == [
+        "full_attention",
+        "sliding_attention",
+    ]
+    run_ref("logits-many", json.dumps(jobs))
+    for family, ref in ours.items():
+        back = np.load(tmp_path / family / "back.npy")
+        np.testing.assert_allclose(back, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max(), err_msg=family)
+
+
+def _to_memory(folder: Path, name: str) -> str:
+    """A copy of `folder` in fsspec's in-memory filesystem (a real fsspec implementation, as gcsfs is one)."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for file in folder.iterdir():
+        fs.pipe_file(f"/{name}/{file.name}", file.read_bytes())
+    return f"memory://{name}"
+
+
+def test_a_folder_at_an_fsspec_url_loads_tensor_by_tensor(folders):
+    """`gs://…` Hugging Face folders are read through fsspec: here the single-file and the sharded folder copied
+    into `memory://` give transformers' logits; a truncated remote file is a UserError naming it."""
+    tokens = jnp.asarray(np.load(folders["tokens"]))
+    for name in ("gemma3", "sharded"):
+        url = _to_memory(folders[name], f"remote-{name}")
+        assert hf.is_remote(url) and hf.is_hf_folder(url)
+        ref = np.load(folders[name] / "logits.npy")
+        ours = np.asarray(load_model(url).logits(tokens))
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max(), err_msg=name)
+    import fsspec
+
+    url = _to_memory(folders["qwen3"], "remote-truncated")
+    fs = fsspec.filesystem("memory")
+    data = fs.cat_file(f"/remote-truncated/{hf.SINGLE}")
+    fs.pipe_file(f"/remote-truncated/{hf.SINGLE}", data[: len(data) // 2])
+    with pytest.raises(UserError) as e:
+        load_model(url)
+    assert f"{url}/{hf.SINGLE} is not a readable safetensors file" in e.value.message

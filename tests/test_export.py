@@ -178,3 +178,32 @@ def test_export_to_maxtext_loads_with_the_runs_logits(run, tmp_path):
     (used / "keep").write_text("")
     refused = _export(str(run["run"]), "--to", "maxtext", "-o", str(used))
     assert refused.exit_code == ExitCode.USAGE and "already exists and is not empty" in refused.output
+
+
+def test_checkpoint_export_maxtext_writes_the_final_student(tmp_path):
+    """`checkpoint.export: maxtext` (single process): the finished run's student in <run>/export/maxtext, loading
+    with the run checkpoint's logits; a multi-process run is refused before training, saying what to use."""
+    from trainer.exit_codes import UserError
+    from trainer.train import _check_export
+    from trainer.train import run as train_run
+
+    spec = {
+        "name": "mt",
+        "mode": "pretrain",
+        "student": {"model": "tiny-2l"},
+        "teacher": None,
+        "batch": {"per_device_batch_size": 2, "max_target_length": 16},
+        "steps": 2,
+        "checkpoint": {"export": "maxtext"},
+        "output_dir": str(tmp_path),
+    }
+    assert train_run(spec_of(merged(spec))) == TrainerExit.OK
+    out = tmp_path / "mt" / "export" / "maxtext"
+    assert (out / "0" / "items" / "_METADATA").is_file() and (out / "config.json").is_file()
+    tokens = jnp.asarray((np.arange(2 * 16).reshape(2, 16) * 37 % 256).astype(np.int32))
+    ours = np.asarray(load_model(str(tmp_path / "mt" / "checkpoints")).logits(tokens))
+    back = np.asarray(load_model(str(out)).logits(tokens))
+    np.testing.assert_allclose(back, ours, rtol=1e-5, atol=1e-5 * np.abs(ours).max())
+    with pytest.raises(UserError) as refused:
+        _check_export(spec_of(merged(spec)), 2)
+    assert "checkpoint.export: hf" in refused.value.hint

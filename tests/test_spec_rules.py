@@ -277,3 +277,52 @@ def test_maxtext_key_in_a_native_file_points_to_its_home():
     report = report_for(spec_data(distill_beta_end=0.1))
     [problem] = report.problems
     assert problem.code == "unknown_key" and "loss.beta.end" in problem.hint
+
+
+def test_a_pruned_gemma3_student_keeps_the_teachers_layer_kinds():
+    """Gemma 3 (global every 6th layer): dropping teacher layer 3 moves the global layers 5, 11, 17, 23 to 4, 10,
+    16, 22 in the student, not the pattern's 5, 11, 17, 23; dropping the last layer keeps the pattern (None)."""
+    from distillspec.config import DistillSpec
+    from distillspec.hf_config import config_of
+
+    gemma = {
+        "student.model": "gemma3-1b",
+        "student.num_layers": 25,
+        "student.init": "teacher",
+        "student.drop_layers": [3],
+        "teacher.model": "gemma3-1b",
+        "loss.layer_indices": [0],
+    }
+    assert codes(spec_data(**gemma)) == []
+    spec = DistillSpec.model_validate(spec_data(**gemma))
+    student = spec.student_block().shape()
+    assert student.global_layers == (4, 10, 16, 22)
+    assert spec.resolved().student.global_layers == [4, 10, 16, 22]
+    assert spec.resolved_data()["student"]["global_layers"] == [4, 10, 16, 22]
+    assert [i for i, t in enumerate(config_of(student)["layer_types"]) if t == "full_attention"] == [4, 10, 16, 22]
+    kept_pattern = DistillSpec.model_validate(spec_data(**{**gemma, "student.drop_layers": [25]}))
+    assert kept_pattern.student_block().shape().global_layers is None
+    stated = {**gemma, "student.global_layers": [4, 10, 16, 22]}
+    assert codes(spec_data(**stated)) == []
+    assert codes(spec_data(**{**stated, "student.global_layers": [5, 11, 17, 23]})) == ["global_layers_mismatch"]
+    assert codes(spec_data(**{**stated, "student.global_layers": [25]})) == ["global_layers_invalid"]
+    assert codes(spec_data(**{"student.global_layers": [1]})) == ["global_layers_unused"]
+    assert "pruned_family_mismatch" in codes(spec_data(**{**gemma, "student.model": "qwen3-0.6b"}))
+
+
+def test_global_layers_leave_old_run_ids_alone_and_change_them_where_the_model_changes():
+    from distillspec.config import DistillSpec
+    from distillspec.sweep import Target
+    from orchestrator.core import identity
+
+    target = Target.model_validate({"kind": "local"})
+    base = spec_data(**{"student.model": "gemma3-1b", "teacher.model": "gemma3-1b", "loss.layer_indices": [0]})
+    pruned = {**base, "student": {"model": "gemma3-1b", "num_layers": 25, "init": "teacher"}}
+    last, third = (
+        DistillSpec.model_validate({**pruned, "student": {**pruned["student"], "drop_layers": [d]}}) for d in (25, 3)
+    )
+    assert "global_layers" not in identity.identity_payload(last, target)["spec"]["student"]
+    assert identity.identity_payload(third, target)["spec"]["student"]["global_layers"] == [4, 10, 16, 22]
+    assert identity.identify(third, target)[0] == identity.run_id(third, target)
+    pretrain = DistillSpec.model_validate({**base, "mode": "pretrain", "teacher": None})
+    assert identity.identify(pretrain, target)[0] == identity.run_id(pretrain, target)

@@ -78,7 +78,7 @@ def export_run(run_dir: str, out_dir: str, *, to: str = "hf", dtype: str | None 
             f"the run at {run_dir} has no checkpoint to export ({e.message})",
             "export a run that saved a checkpoint (checkpoint.enabled: true; one is written at the end of the run)",
         ) from None
-    config = ModelConfig.from_spec(spec.student)
+    config = ModelConfig.from_spec(spec.student_block())
     _, abstract_state = abstract_model(config)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(
@@ -119,7 +119,7 @@ def write_hf(params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | None 
     staging = os.path.join(staging_root, "hf")
     try:
         try:
-            hf.save(params, spec.student.shape(), staging, scanned=spec.student.scan_layers, dtype=dtype)
+            hf.save(params, spec.student_block().shape(), staging, scanned=spec.student.scan_layers, dtype=dtype)
             for name, source in tokenizer_files(spec).items():
                 with fsspec.open(source, "rb") as src, open(os.path.join(staging, name), "wb") as dst:
                     shutil.copyfileobj(src, dst)
@@ -139,9 +139,14 @@ def write_hf(params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | None 
         shutil.rmtree(staging_root, ignore_errors=True)
 
 
-def write_maxtext(params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | None = None) -> None:
+def write_maxtext(
+    params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | None = None, replace: bool = False
+) -> None:
     """The student as a MaxText checkpoint (`out_dir/0/items`, scanned as the student is, and `out_dir/config.json`),
-    assembled in a temporary place and then moved (local) or uploaded (URL) to `out_dir`."""
+    assembled in a temporary place and then moved (local) or uploaded (URL) to `out_dir`; with `replace`, a
+    checkpoint already at `out_dir` is replaced once the new one is complete. Orbax writes it from this one
+    process: a multi-process run cannot call it from process 0 alone (`checkpoint.export: maxtext` is refused
+    there before training)."""
     from trainer.checkpoints import maxtext
 
     dtype = dtype or spec.student.weight_dtype
@@ -160,15 +165,20 @@ def write_maxtext(params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | 
     staging = os.path.join(staging_root, "maxtext")
     try:
         try:
-            maxtext.save(params, spec.student.shape(), staging, scanned=spec.student.scan_layers, dtype=dtype)
+            maxtext.save(params, spec.student_block().shape(), staging, scanned=spec.student.scan_layers, dtype=dtype)
         except OSError as e:
             raise OutputNotWritable(out_dir, e) from None
         try:
             if remote:
                 fs, root = fsspec.core.url_to_fs(out_dir)
+                if replace and fs.exists(root):
+                    fs.rm(root, recursive=True)
                 fs.put(staging.rstrip("/") + "/", root.rstrip("/") + "/", recursive=True)
             else:
-                os.rename(staging, os.path.abspath(out_dir))  # atomic; replaces an empty directory
+                target = os.path.abspath(out_dir)
+                if replace and os.path.isdir(target):
+                    os.rename(target, os.path.join(staging_root, "old"))  # removed with the staging folder
+                os.rename(staging, target)  # atomic; replaces an empty directory
         except OSError as e:
             raise OutputNotWritable(out_dir, e) from None
     finally:

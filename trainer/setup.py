@@ -142,7 +142,7 @@ def build(spec: DistillSpec, *, devices: list | None = None, teacher_params: Any
     rows = global_rows(spec, mesh)
     distill = spec.mode == "distill"
     features = distill and spec.loss.feature_loss_on
-    student = _model(spec.student, features, mesh, trained=True)  # float32 master weights
+    student = _model(spec.student_block(), features, mesh, trained=True)  # float32 master weights
 
     teacher = None
     if distill:

@@ -386,6 +386,7 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
     )
     run_dir = run_dir_of(spec)
     index = jax.process_index()
+    _check_export(spec, jax.process_count())
     # Before any compile: an unusable output or checkpoint path fails now, as OutputNotWritable (exit 1).
     for directory in ([run_dir] if index == 0 else []) + (
         [f"{run_dir}/checkpoints"] if spec.checkpoint.enabled else []
@@ -418,18 +419,30 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
 
 
 def _export_final(spec: DistillSpec, state: TrainState, run_dir: str, index: int) -> None:
-    """`checkpoint.export: hf`: the final student as a Hugging Face folder in `<run_dir>/export/hf` (replacing
-    the one an earlier attempt wrote). Every process takes part in gathering the parameters; process 0 writes."""
+    """`checkpoint.export: hf|maxtext`: the final student in `<run_dir>/export/<format>` (replacing the one an
+    earlier attempt wrote). Every process takes part in gathering the parameters; process 0 writes (`maxtext`:
+    single-process runs only, checked before training by `_check_export`)."""
     import jax
     from jax.experimental import multihost_utils
 
-    from trainer.export import write_hf
+    from trainer.export import write_hf, write_maxtext
 
     params = state.params
     if jax.process_count() > 1:
         params = multihost_utils.process_allgather(params, tiled=True)
     if index == 0:
-        write_hf(params, spec, f"{run_dir}/export/{spec.checkpoint.export}", replace=True)
+        write = write_maxtext if spec.checkpoint.export == "maxtext" else write_hf
+        write(params, spec, f"{run_dir}/export/{spec.checkpoint.export}", replace=True)
+
+
+def _check_export(spec: DistillSpec, process_count: int) -> None:
+    """Before any compile: a MaxText export is an Orbax save, which every process of a multi-process run would
+    have to join; the final export writes from process 0 alone, so it is refused there (exit 1)."""
+    if spec.checkpoint.export == "maxtext" and process_count > 1:
+        raise UserError(
+            f"checkpoint.export: maxtext is written by one process; this run has {process_count}",
+            "use checkpoint.export: hf, or export after the run: distillctl export RUN_DIR --to maxtext -o DIR",
+        )
 
 
 def _resume_session(session: _Session, start: Start, checkpoints: RunCheckpoints | None) -> None:

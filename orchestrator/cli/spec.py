@@ -35,20 +35,24 @@ def validate(
 
     reports = [read_spec_file(path) for path in files]
     if check_paths:
-        from distillspec.maxtext_checkpoint import read_checkpoint
+        from distillspec.maxtext_checkpoint import MissingDependency, read_checkpoint
         from orchestrator.core.checkpoint_paths import check_paths as checked
+        from orchestrator.errors import DistillctlError
         from orchestrator.outputs import read_text
 
-        reports = [
-            dataclasses.replace(
-                r,
-                problems=r.problems
-                + tuple(dataclasses.replace(p, file=r.file) for p in checked(r.spec, read_text, read_checkpoint)),
-            )
-            if r.spec is not None
-            else r
-            for r in reports
-        ]
+        try:
+            reports = [
+                dataclasses.replace(
+                    r,
+                    problems=r.problems
+                    + tuple(dataclasses.replace(p, file=r.file) for p in checked(r.spec, read_text, read_checkpoint)),
+                )
+                if r.spec is not None
+                else r
+                for r in reports
+            ]
+        except MissingDependency as e:  # exit 1: the machine, not the spec, lacks something
+            raise DistillctlError(e.message, e.hint) from None
     problems = [p for report in reports for p in report.problems]
     if output is OutputFormat.json:
         console.print_json([p.to_json() for p in problems])

@@ -25,10 +25,12 @@ ReadMaxText = Callable[[str], "tuple[str, dict, dict] | None"]
 
 
 def check_paths(spec: DistillSpec, read_text: ReadText, read_maxtext: ReadMaxText | None = None) -> list[Problem]:
-    """Every problem with the spec's checkpoint paths: absent, unreadable, or a different model than the block's."""
+    """Every problem with the spec's checkpoint paths: absent, unreadable, or a different model than the block's.
+    Raises `maxtext_checkpoint.MissingDependency` when reading a path needs a package that is not installed."""
     problems = []
     for side in ("teacher", "student"):
-        model: ModelSpec | None = getattr(spec, side)
+        # the student as built: a pruned Gemma 3 student's layer kinds come from the teacher
+        model: ModelSpec | None = spec.student_block() if side == "student" else spec.teacher
         path = model.load_parameters_path if model is not None else None
         if not path:
             continue
@@ -36,6 +38,8 @@ def check_paths(spec: DistillSpec, read_text: ReadText, read_maxtext: ReadMaxTex
         if read_maxtext is not None:
             try:
                 got = read_maxtext(path)
+            except mt.MissingDependency:
+                raise  # the machine lacks a package: nothing the spec can change
             except mt.CheckpointError as e:
                 problems.append(Problem(loc, "checkpoint_unreadable", e.message, e.hint))
                 continue

@@ -103,6 +103,8 @@ def identity_payload(spec: DistillSpec, target: Target) -> dict[str, Any]:
 LATER_DEFAULTS: dict[str, dict[str, Any]] = {
     "": {"eval": None},
     "data": {"text_column": "text", "prompt_column": None, "completion_column": None, "completion_only": False},
+    "student": {"global_layers": None},
+    "teacher": {"global_layers": None},
 }
 
 
@@ -110,7 +112,7 @@ def _without_later_defaults(resolved: dict[str, Any]) -> dict[str, Any]:
     """A resolved spec's JSON data minus the `LATER_DEFAULTS` fields that hold their default (not modified)."""
     out = {k: v for k, v in resolved.items() if k not in LATER_DEFAULTS[""] or v != LATER_DEFAULTS[""][k]}
     for block, defaults in LATER_DEFAULTS.items():
-        if block:
+        if block and isinstance(out.get(block), dict):  # `teacher` may be None
             out[block] = {k: v for k, v in out[block].items() if k not in defaults or v != defaults[k]}
     return out
 
@@ -187,7 +189,9 @@ def _block_data(spec: DistillSpec, name: str) -> Any:
     """One block of `_without_later_defaults(spec.resolved_data())`."""
     data = spec.resolved_block(name)
     defaults = LATER_DEFAULTS.get(name)
-    return {k: v for k, v in data.items() if k not in defaults or v != defaults[k]} if defaults else data
+    if not defaults or not isinstance(data, dict):
+        return data
+    return {k: v for k, v in data.items() if k not in defaults or v != defaults[k]}
 
 
 def _without_export(checkpoint: dict[str, Any]) -> dict[str, Any]:

@@ -23,10 +23,12 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 def detect(path: str) -> str:
     """`hf`, `maxtext` or `own`; raises UserError for a path that names a MaxText checkpoint but is broken."""
-    if path.startswith(("gs://", "s3://", "http://", "https://")):
+    if hf.is_remote(path):
+        if hf.is_hf_folder(path):  # read through fsspec
+            return "hf"
         if maxtext.is_maxtext(path):
             return "maxtext"
-        return "own"  # Orbax reads gs:// itself; Hugging Face folders are read from local disk only
+        return "own"  # Orbax reads gs:// itself
     if hf.is_hf_folder(path):
         return "hf"
     if maxtext.is_maxtext(path):

@@ -6,6 +6,11 @@ Gemma 3, and 4.x's `rope_theta`/`rope_scaling`/`rope_local_base_freq` are both r
 tensors a shape needs by their Hugging Face names, with shapes, and how each becomes one of our parameters.
 `load` streams them with the `safetensors` library (memory-mapped): every device shard is filled by reading,
 one tensor at a time, only the tensors it covers, so a host holds its shards plus one tensor.
+
+A folder at an fsspec URL (`gs://…`, or any fsspec filesystem) is read without copying it to disk: each file's
+safetensors header is read once (its first bytes), then each tensor as one ranged read of its bytes, once per
+host: the tensor's slices go to every local device's shard before the next tensor is read, so a host holds its
+shards of the parameter being filled plus one tensor.
 """
 
 from __future__ import annotations
@@ -27,18 +32,50 @@ from trainer.exit_codes import UserError
 ALLOWED_DTYPES = ("F32", "BF16", "F16")
 
 
+def is_remote(path: str) -> bool:
+    """Whether `path` is an fsspec URL (`gs://…`, `memory://…`) rather than a local path."""
+    return "://" in path and not path.startswith("file://")
+
+
+def _fs(path: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path on it) of a URL; UserError when its filesystem is not installed."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(path.rstrip("/"))
+    except (ImportError, ValueError) as e:
+        raise UserError(f"cannot open {path}: {e}", "install gcsfs for gs:// paths (pip install gcsfs)") from None
+
+
 def is_hf_folder(path: str) -> bool:
+    if is_remote(path):
+        fs, root = _fs(path)
+        try:
+            return fs.isfile(f"{root}/{CONFIG}") and (fs.isfile(f"{root}/{SINGLE}") or fs.isfile(f"{root}/{INDEX}"))
+        except OSError:
+            return False
     return os.path.isfile(os.path.join(path, CONFIG)) and (
         os.path.isfile(os.path.join(path, SINGLE)) or os.path.isfile(os.path.join(path, INDEX))
     )
 
 
+def _join(path: str, name: str) -> str:
+    return f"{path.rstrip('/')}/{name}" if is_remote(path) else os.path.join(path, name)
+
+
+def _read_bytes(file: str) -> bytes:
+    if is_remote(file):
+        fs, where = _fs(file)
+        return fs.cat_file(where)
+    with open(file, "rb") as f:
+        return f.read()
+
+
 def read_config(path: str) -> dict:
-    file = os.path.join(path, CONFIG)
+    file = _join(path, CONFIG)
     try:
-        with open(file) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+        return json.loads(_read_bytes(file))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {file}: {e}", "point load_parameters_path at a save_pretrained folder") from None
 
 
@@ -201,7 +238,93 @@ class Files:
             raise UserError(f"cannot read tensor {name} from {file}: {e}", "download or copy the file again") from None
 
 
-def check(files: Files, shape: ModelShape) -> None:
+# safetensors dtype names -> NumPy (bfloat16 from ml_dtypes, which JAX depends on); others fail `check` by name.
+_NUMPY_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+class RemoteFiles:
+    """`Files` for a folder at an fsspec URL: headers parsed from each file's first bytes (the safetensors
+    layout: an 8-byte little-endian header length, a JSON header of `{name: {dtype, shape, data_offsets}}`, then
+    the data), tensors read as one ranged read each. Nothing is cached but the headers."""
+
+    def __init__(self, path: str):
+        self.path = path.rstrip("/")
+        self._fs, root = _fs(self.path)
+        self._root = root
+        self._headers: dict[str, tuple[dict, int]] = {}  # file -> (header, data start)
+        index = f"{self.path}/{INDEX}"
+        if self._fs.isfile(f"{root}/{INDEX}"):
+            try:
+                weight_map = json.loads(self._fs.cat_file(f"{root}/{INDEX}"))["weight_map"]
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+                raise UserError(f"cannot read {index}: {e}", "re-save the model with save_pretrained") from None
+            self.where = {name: f"{self.path}/{file}" for name, file in weight_map.items()}
+        else:
+            single = f"{self.path}/{SINGLE}"
+            self.where = dict.fromkeys(self._header(single)[0], single)
+
+    def _local(self, file: str) -> str:
+        return self._root + file[len(self.path) :]
+
+    def _header(self, file: str) -> tuple[dict, int]:
+        known = self._headers.get(file)
+        if known is not None:
+            return known
+        where = self._local(file)
+        if not self._fs.isfile(where):
+            raise UserError(
+                f"missing shard {file} (named by {INDEX})", "copy every shard the index lists into the folder"
+            )
+        bad = UserError(f"{file} is not a readable safetensors file", "download or copy the file again")
+        try:
+            size = self._fs.size(where)
+            if size < 8:
+                raise bad
+            length = int.from_bytes(self._fs.cat_file(where, 0, 8), "little")
+            if length > min(size - 8, 100_000_000):  # safetensors caps headers at 100 MB
+                raise bad
+            header = json.loads(self._fs.cat_file(where, 8, 8 + length))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            raise bad from None
+        header.pop("__metadata__", None)
+        start = 8 + length
+        for name, info in header.items():
+            try:
+                end = start + int(info["data_offsets"][1])
+            except (KeyError, TypeError, ValueError, IndexError):
+                raise bad from None
+            if end > size:
+                raise UserError(
+                    f"{file} is not a readable safetensors file: tensor {name} ends at byte {end} of {size} "
+                    "(truncated?)",
+                    "download or copy the file again",
+                )
+        self._headers[file] = (header, start)
+        return header, start
+
+    def header(self, name: str) -> tuple[tuple[int, ...], str]:
+        info = self._header(self.where[name])[0].get(name)
+        if info is None:
+            raise UserError(f"{self.where[name]} has no tensor {name} (its index says it does)", "re-save the model")
+        return tuple(info["shape"]), info["dtype"]
+
+    def read(self, name: str) -> np.ndarray:
+        import ml_dtypes
+
+        file = self.where[name]
+        header, start = self._header(file)
+        info = header[name]
+        begin, end = (int(x) for x in info["data_offsets"])
+        dtype = _NUMPY_DTYPES[info["dtype"]]  # `check` has refused every other dtype
+        np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype).newbyteorder("<")
+        try:
+            data = self._fs.cat_file(self._local(file), start + begin, start + end)
+        except OSError as e:
+            raise UserError(f"cannot read tensor {name} from {file}: {e}", "download or copy the file again") from None
+        return np.frombuffer(data, np_dtype).reshape(info["shape"])
+
+
+def check(files: Files | RemoteFiles, shape: ModelShape) -> None:
     """Raise UserError naming every tensor that is missing, extra, of another shape or of a disallowed dtype."""
     want = tensor_table(shape)
     problems = [f"{name}: expected {want[name]}, missing" for name in want if name not in files.where]
@@ -232,10 +355,14 @@ def load(path: str, shape: ModelShape, abstract: Any) -> Any:
     """Our parameters (a pure dict of global arrays shaped, typed and sharded like `abstract`, whose leaves are
     ShapeDtypeStructs with shardings) from the Hugging Face folder `path`. Scanned (`layers` stacked) and
     unscanned (`layers` a dict of entries) targets both work. Raises UserError for any mismatch or bad file."""
-    files = Files(path)
+    remote = is_remote(path)
+    files = RemoteFiles(path) if remote else Files(path)
     check(files, shape)
 
     def placed(leaf, read_one: Callable[[int | None], np.ndarray], stacked: bool):
+        if remote:  # each tensor read once per host, not once per device
+            return _placed_once(leaf, read_one, stacked)
+
         def fill(index):
             if not stacked:
                 return np.asarray(read_one(None)[index], dtype=leaf.dtype)
@@ -268,6 +395,32 @@ def load(path: str, shape: ModelShape, abstract: Any) -> Any:
             for sub in per_entry:
                 _put(out, ("layers", i, *sub), placed(_get(layers[i], sub), reader(lambda _j, e=table[sub]: e), False))
     return out
+
+
+def _placed_once(leaf, read_one: Callable[[int | None], np.ndarray], stacked: bool) -> jax.Array:
+    """`leaf` (a ShapeDtypeStruct with a sharding) as a global array, reading each source tensor once: every
+    local device's shard is a host buffer filled tensor by tensor (`read_one(row)`: row `row` of a stacked leaf,
+    or the whole leaf for `None`), then put on its devices. Devices holding the same part share a buffer."""
+    parts: dict[tuple, tuple[tuple, list]] = {}
+    for device, index in leaf.sharding.addressable_devices_indices_map(leaf.shape).items():
+        key = tuple(sl.indices(n) for sl, n in zip(index, leaf.shape))
+        parts.setdefault(key, (index, []))[1].append(device)
+    buffers = {
+        key: np.empty([len(range(*k)) for k in key], leaf.dtype) for key in parts
+    }  # the host's shards of this leaf
+    if stacked:
+        for row in range(leaf.shape[0]):
+            tensor = read_one(row)
+            for key, (index, _) in parts.items():
+                rows = range(*key[0])
+                if row in rows:
+                    buffers[key][rows.index(row)] = tensor[index[1:]]
+    else:
+        tensor = read_one(None)
+        for key, (index, _) in parts.items():
+            buffers[key][...] = tensor[index]
+    arrays = [jax.device_put(buffers[key], device) for key, (_, devices) in parts.items() for device in devices]
+    return jax.make_array_from_single_device_arrays(leaf.shape, leaf.sharding, arrays)
 
 
 def _get(tree: Any, path: tuple) -> Any:
