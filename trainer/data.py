@@ -217,6 +217,10 @@ def make_batches(spec: DistillSpec, vocab_size: int, rows: int, shard, position:
     import grain
 
     length, accumulation = spec.batch.max_target_length, spec.batch.gradient_accumulation_steps
+    if spec.offline_data_dir and spec.mode == "distill":  # the rows and the teacher's top-k, from a logit cache
+        from trainer import logit_cache
+
+        return logit_cache.open_batches(spec, rows, shard, position)
     if spec.data.source not in DOCUMENT_SOURCES:
         return IndexBatches(make_source(spec.data, vocab_size, length), rows, length, accumulation, position)
     rows_here = host_rows(rows, shard)
