@@ -12,12 +12,12 @@ from trainer_support import merged, metric, read_metrics, spec_of
 
 jax = pytest.importorskip("jax")
 
-import jax.numpy as jnp  # noqa: E402
+import jax.numpy as jnp
 
-from trainer import logit_cache  # noqa: E402
-from trainer import loss as losses  # noqa: E402
-from trainer.exit_codes import TrainerExit  # noqa: E402
-from trainer.train import run  # noqa: E402
+from trainer import logit_cache
+from trainer import loss as losses
+from trainer.exit_codes import TrainerExit
+from trainer.train import run
 
 VOCAB = 256  # the tiny models'
 
@@ -131,12 +131,12 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("offline")
     assert run(spec_of(_base(out, checkpoint={"enabled": True}))) == TrainerExit.OK
     teacher = {"model": "tiny-4l", "remat": "none", "load_parameters_path": str(out / "teacher" / "checkpoints")}
-    distill = dict(
-        mode="distill",
-        student={"model": "tiny-2l", "remat": "none"},
-        teacher=teacher,
-        loss={"alpha": 0.7, "temperature": 2.0, "beta": 0.0},
-    )
+    distill = {
+        "mode": "distill",
+        "student": {"model": "tiny-2l", "remat": "none"},
+        "teacher": teacher,
+        "loss": {"alpha": 0.7, "temperature": 2.0, "beta": 0.0},
+    }
     cache_run = {**distill, "mode": "teacher_logits"}
     assert run(spec_of(_base(out, **cache_run, name="cache", top_k=VOCAB))) == TrainerExit.OK
     assert run(spec_of(_base(out, **distill, name="online"))) == TrainerExit.OK

@@ -127,9 +127,9 @@ def write(spec: DistillSpec, directory: str, *, on_step: Callable[[int], bool] |
     return True to stop early (a signal): no manifest is written then. Returns the manifest (or {} if stopped).
     Raises UserError (teacher, data or storage problems)."""
     import jax
+    from flax import nnx
     from jax.experimental import multihost_utils
     from jax.sharding import NamedSharding, PartitionSpec
-    from flax import nnx
 
     from trainer import data as data_lib
     from trainer import setup
