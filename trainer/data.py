@@ -21,7 +21,9 @@ Document sources (`jsonl`, `parquet`, `arrayrecord`, `hf_disk`) are different: e
 shard of the records (`trainer.corpus`), tokenizes and packs them (`trainer.packing`) and batches its own rows,
 with `segment_ids`; the position is the Grain iterator's state, saved with each checkpoint. `make_batches` hides
 the difference from the loop: `Batches.next()` is the next step's `[A, R, T]` host arrays (R: every row for the
-index sources, this process's rows for documents; `Batches.local` says which).
+index sources, this process's rows for documents; `Batches.local` says which). An offline run
+(`offline_data_dir`) reads its rows, and the teacher's top-k with them, from a logit cache instead
+(`trainer.logit_cache.CacheBatches`, this process's files; the position is the micro-batch count).
 """
 
 from __future__ import annotations

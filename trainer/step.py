@@ -11,6 +11,10 @@ values (α, T, β, learning rate) are computed on the host by `hyperparameters(s
 so one compiled step serves every point of a sweep that differs only in them (the persistent compilation cache
 then skips the compile).
 
+Offline distillation (`offline_data_dir`) has no teacher: each micro-batch carries the teacher's top-k
+log-probabilities from a logit cache (`trainer.logit_cache`) and the loss is `losses.offline_distillation_sums`
+on the student's dense logits.
+
 A step whose loss or gradient is not finite leaves parameters and optimizer state unchanged and records its index
 in `bad_step`; the loop reads it at the next log or checkpoint and stops the run as diverged.
 """
