@@ -17,6 +17,7 @@ are an argument of the online step only); the cache's bytes per token on disk.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -83,7 +84,7 @@ def main() -> None:
             "mask": np.ones((1, ROWS, LENGTH), np.float32),
         }
 
-    @jax.jit
+    @functools.partial(jax.jit, static_argnums=3)
     def cache_of(params, inputs, targets, k):
         return teacher_topk(forward(nnx.merge(graphdef, params), inputs)[0], targets, k)
 

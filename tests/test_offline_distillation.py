@@ -40,6 +40,21 @@ def _offline(student, cache, targets, mask, temperature):
     )
 
 
+@jax.jit
+def _both(student, teacher, targets, mask, cache, temperature):
+    """`((∂KL/∂s, sums) online, (∂KL/∂s, sums) offline)`: one compile serves every temperature."""
+
+    def online(s):
+        sums = losses.distillation_sums(s, teacher, targets, mask, temperature=temperature)
+        return sums["kl_at_T"][0], sums
+
+    def offline(s):
+        sums = _offline(s, cache, targets, mask, temperature)
+        return sums["kl_at_T"][0], sums
+
+    return jax.grad(online, has_aux=True)(student), jax.grad(offline, has_aux=True)(student)
+
+
 @pytest.fixture(scope="module")
 def logits():
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
@@ -56,24 +71,13 @@ def test_top_k_equal_to_the_vocabulary_is_the_online_loss_and_gradient(logits, t
     cache = _cached(teacher, targets, VOCAB)
     assert bool(jnp.all(jnp.isneginf(cache["tail_log_prob"])))  # no mass outside a full top-k
 
-    @jax.jit
-    def both(student):
-        def online(s):
-            sums = losses.distillation_sums(s, teacher, targets, mask, temperature=temperature)
-            return sums["kl_at_T"][0], sums
-
-        def offline(s):
-            sums = _offline(s, cache, targets, mask, temperature)
-            return sums["kl_at_T"][0], sums
-
-        return jax.grad(online, has_aux=True)(student), jax.grad(offline, has_aux=True)(student)
-
-    (grad_online, online), (grad_offline, offline) = both(student)
+    (grad_online, online), (grad_offline, offline) = _both(student, teacher, targets, mask, cache, temperature)
     for key in online:
         np.testing.assert_allclose(offline[key], online[key], rtol=1e-5, atol=1e-5, err_msg=key)
     np.testing.assert_allclose(grad_offline, grad_online, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_small_top_k_keeps_the_tail_mass_exactly_and_matches_a_numpy_reference(logits):
     student, teacher, targets, mask = logits
     k, temperature = 8, 2.0
@@ -170,9 +174,8 @@ def test_offline_student_with_full_top_k_trains_like_the_online_student(runs):
 
 
 def _offline_spec(runs, **changes):
-    return spec_of(
-        _base(runs["out"], **runs["distill"], name="bad", offline_data_dir=str(runs["cache"]), top_k=VOCAB, **changes)
-    )
+    fields = {**runs["distill"], "name": "bad", "offline_data_dir": str(runs["cache"]), "top_k": VOCAB, **changes}
+    return spec_of(_base(runs["out"], **fields))
 
 
 @pytest.mark.slow
