@@ -281,7 +281,9 @@ def _baselines(sweep: Sweep, start: int) -> list[_Draft]:
 def _fill(value: Any, outputs: Mapping[str, Point]) -> Any:
     if isinstance(value, str):
         # a name with no output (a later prerequisite's) stays as written; the sweep's checks report it
-        return PLACEHOLDER.sub(lambda m: outputs[m.group(1)].output_path if m.group(1) in outputs else m.group(0), value)
+        return PLACEHOLDER.sub(
+            lambda m: outputs[m.group(1)].output_path if m.group(1) in outputs else m.group(0), value
+        )
     if isinstance(value, dict):
         return {k: _fill(v, outputs) for k, v in value.items()}
     if isinstance(value, list):
