@@ -60,7 +60,7 @@ def _beta_ramp(spec: DistillSpec) -> list[Problem]:
 
 
 def _mode_and_teacher(spec: DistillSpec) -> list[Problem]:
-    if spec.mode != "distill":
+    if spec.mode == "pretrain":
         return []
     out = []
     if spec.teacher is None:
@@ -68,12 +68,14 @@ def _mode_and_teacher(spec: DistillSpec) -> list[Problem]:
             Problem(
                 ("teacher",),
                 "teacher_missing",
-                "distillation needs a teacher model",
+                "distillation needs a teacher model"
+                if spec.mode == "distill"
+                else "a teacher_logits run writes the teacher's logits and needs a teacher model",
                 "add a `teacher:` block, or set mode: pretrain to train without one",
             )
         ]
     student, teacher = spec.student.shape(), spec.teacher.shape()
-    if student.vocab_size != teacher.vocab_size:
+    if spec.mode == "distill" and student.vocab_size != teacher.vocab_size:
         out.append(
             Problem(
                 ("teacher", "vocab_size") if spec.teacher.vocab_size is not None else ("teacher", "model"),
@@ -83,31 +85,64 @@ def _mode_and_teacher(spec: DistillSpec) -> list[Problem]:
                 "vocabularies",
             )
         )
-    if spec.offline_data_dir:
-        if spec.loss.feature_loss_on:
-            out.append(
-                Problem(
-                    ("loss", "beta", "start"),
-                    "offline_feature_loss",
-                    "offline distillation (offline_data_dir is set) has no teacher activations, so β must be 0",
-                    "set loss.beta to 0.0, or remove offline_data_dir to distill online",
-                )
-            )
+    offline = spec.mode == "distill" and bool(spec.offline_data_dir)
+    if spec.mode == "teacher_logits" and spec.offline_data_dir:
         out.append(
             Problem(
                 ("offline_data_dir",),
-                "offline_not_bundled",
-                "the bundled trainer runs online distillation only; offline top-k data is not read yet",
-                "remove offline_data_dir and set teacher.load_parameters_path to distill online (the teacher runs "
-                "alongside the student)",
+                "teacher_logits_offline",
+                "a teacher_logits run writes a logit cache; it cannot also read one (offline_data_dir is set)",
+                "remove offline_data_dir: the cache is written to <output_dir>/<name>/logits",
             )
         )
-    elif not spec.teacher.load_parameters_path:
+    if offline and spec.loss.feature_loss_on:
+        out.append(
+            Problem(
+                ("loss", "beta", "start"),
+                "offline_feature_loss",
+                "offline distillation (offline_data_dir is set) has no teacher activations, so β must be 0",
+                "set loss.beta to 0.0, or remove offline_data_dir to distill online",
+            )
+        )
+    if (offline or spec.mode == "teacher_logits") and spec.top_k is None:
+        out.append(
+            Problem(
+                ("top_k",),
+                "top_k_missing",
+                "teacher_logits runs write, and offline runs read, the teacher's top-k log-probabilities; top_k is "
+                "not set",
+                "set top_k (e.g. 64; the vocabulary size keeps every logit) — an offline run's top_k must equal its "
+                "cache's",
+            )
+        )
+    elif spec.top_k is not None and not (offline or spec.mode == "teacher_logits"):
+        out.append(
+            Problem(
+                ("top_k",),
+                "top_k_unused",
+                "top_k only applies to teacher_logits runs and offline distillation (offline_data_dir)",
+                "remove top_k, or set offline_data_dir to distill from a logit cache",
+                severity="warning",
+            )
+        )
+    if spec.top_k is not None and spec.top_k > teacher.vocab_size:
+        out.append(
+            Problem(
+                ("top_k",),
+                "top_k_over_vocab",
+                f"top_k {spec.top_k} exceeds the teacher's vocabulary of {teacher.vocab_size}",
+                f"set top_k to at most {teacher.vocab_size}",
+            )
+        )
+    if not offline and not spec.teacher.load_parameters_path:
         out.append(
             Problem(
                 ("teacher", "load_parameters_path"),
                 "teacher_path_missing",
-                "Teacher model path is missing: online distillation loads the teacher from teacher.load_parameters_path",
+                "Teacher model path is missing: online distillation loads the teacher from teacher.load_parameters_path"
+                if spec.mode == "distill"
+                else "Teacher model path is missing: a teacher_logits run loads the teacher from "
+                "teacher.load_parameters_path",
                 "set teacher.load_parameters_path to the teacher's checkpoint (or set offline_data_dir for offline "
                 "distillation)",
             )

@@ -349,7 +349,9 @@ class DistillSpec(_Block):
     """A whole distillation (or teacher pre-training) run."""
 
     name: Annotated[str, AfterValidator(_run_name)] = "distill"
-    mode: Literal["distill", "pretrain"] = "distill"
+    # `teacher_logits`: stream the corpus through the teacher once and write its top-k log-probabilities (a logit
+    # cache, `trainer.logit_cache`) for `offline_data_dir` runs; the student block is not used then.
+    mode: Literal["distill", "pretrain", "teacher_logits"] = "distill"
     student: ModelSpec
     teacher: ModelSpec | None = None
     loss: LossSpec = LossSpec()
@@ -361,7 +363,11 @@ class DistillSpec(_Block):
     checkpoint: CheckpointSpec = CheckpointSpec()
     logging: LoggingSpec = LoggingSpec()
     mesh: MeshSpec = MeshSpec()
+    # A logit cache (the `<run dir>/logits` folder of a `mode: teacher_logits` run): distill from it, no teacher
+    # in memory. `top_k`: the teacher log-probabilities kept per token (teacher_logits runs write that many;
+    # offline runs check the cache has that many).
     offline_data_dir: str | None = None
+    top_k: PositiveInt | None = None
     output_dir: str = "runs"
     seed: int = 0
 

@@ -19,7 +19,8 @@ target: {kind: kubernetes, tpu_type: v5p-128, slices: 2, image: ..., output_base
 ```
 
 String values anywhere in the spec data may hold `${prerequisites.<name>.output}`: the output path of that
-prerequisite run (`<output_base>/<run id>`), filled in before a point is hashed.
+prerequisite run (`<output_base>/<run id>`), filled in before a point is hashed. A prerequisite may use the outputs
+of the prerequisites listed before it (a teacher, then the logit cache made with it); it then waits for them.
 
 Types, ranges and unknown keys are pydantic's (strict, frozen, unknown keys rejected, like the spec);
 rules that relate fields are `check(sweep)`. Every problem is `distillspec.problems.Problem` with the file's
@@ -662,7 +663,7 @@ def _placeholders(sweep: Sweep) -> list[Problem]:
                         else (f"prerequisites: {', '.join(names)}" if names else "declare it under `prerequisites:`"),
                     )
                 )
-    for name, prerequisite in sweep.prerequisites.items():
+    for position, (name, prerequisite) in enumerate(sweep.prerequisites.items()):
         if not DNS_1035.match(name):
             out.append(
                 Problem(
@@ -673,15 +674,21 @@ def _placeholders(sweep: Sweep) -> list[Problem]:
                 )
             )
         inline = prerequisite.spec if isinstance(prerequisite.spec, dict) else {}
-        if placeholders_in(prerequisite.overrides) or placeholders_in(inline):
-            out.append(
-                Problem(
-                    ("prerequisites", name),
-                    "nested_prerequisite",
-                    "a prerequisite cannot depend on another prerequisite's output",
-                    "give it a fixed path, or run the chain as two sweeps",
+        earlier = names[:position]
+        for expression in placeholders_in(prerequisite.overrides) + placeholders_in(inline):
+            m = PLACEHOLDER.fullmatch("${" + expression + "}")
+            if m is not None and m.group(1) not in earlier:
+                out.append(
+                    Problem(
+                        ("prerequisites", name),
+                        "nested_prerequisite",
+                        f"prerequisite {name!r} uses ${{{expression}}}: a prerequisite can only use the outputs of "
+                        "the prerequisites listed before it",
+                        f"list {m.group(1)!r} before {name!r} under `prerequisites:`"
+                        if m.group(1) in names and m.group(1) != name
+                        else "give it a fixed path, or name a prerequisite listed before it",
+                    )
                 )
-            )
     return out
 
 

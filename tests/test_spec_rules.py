@@ -172,11 +172,20 @@ def test_online_distillation_needs_teacher_path():
     assert problem.dotted_loc == "teacher.load_parameters_path"
 
 
-def test_offline_mode_needs_no_teacher_path_but_rejects_beta():
+def test_offline_mode_needs_no_teacher_path_but_rejects_beta_and_needs_top_k():
     offline = {"teacher.load_parameters_path": DELETE, "offline_data_dir": "gs://b/topk"}
-    # offline_not_bundled: the bundled trainer does not read offline data yet (an error since it ignored it).
-    assert codes(spec_data(**offline)) == ["offline_feature_loss", "offline_not_bundled"]
-    assert codes(spec_data(**offline, **{"loss.beta": 0.0})) == ["offline_not_bundled"]
+    assert sorted(codes(spec_data(**offline))) == ["offline_feature_loss", "top_k_missing"]
+    assert codes(spec_data(**offline, **{"loss.beta": 0.0, "top_k": 8})) == []
+    assert codes(spec_data(**offline, **{"loss.beta": 0.0, "top_k": 100_000})) == ["top_k_over_vocab"]
+
+
+def test_teacher_logits_mode_needs_teacher_path_and_top_k():
+    logits = {"mode": "teacher_logits", "loss.beta": 0.0}
+    assert codes(spec_data(**logits)) == ["top_k_missing"]
+    assert codes(spec_data(**logits, top_k=4)) == []
+    assert codes(spec_data(**logits, top_k=4, **{"teacher.load_parameters_path": DELETE})) == ["teacher_path_missing"]
+    assert codes(spec_data(**logits, top_k=4, offline_data_dir="x")) == ["teacher_logits_offline"]
+    assert codes(spec_data(top_k=4), errors_only=False) == ["top_k_unused"]  # online: a warning
 
 
 # Rule 9: batch shape belongs to both models.

@@ -222,3 +222,34 @@ def test_expansion_is_deterministic_and_sized_as_the_product(tmp_path_factory, a
 def test_load_problems_stop_expansion(tmp_path):
     source = load(tmp_path, sweep_data(axes={"nope": [1]}))
     assert expand(source).points == () and error_codes(expand(source)) == ["unknown_axis_path"]
+
+
+def test_a_logit_cache_prerequisite_uses_the_teacher_and_is_shared_by_every_point():
+    from sweep_support import SWEEPS
+
+    from distillspec.sweep import load_sweep
+    from orchestrator.core.expansion import expand
+
+    result = expand(load_sweep(SWEEPS / "offline.yaml"))
+    assert not [p for p in result.problems if p.is_error], result.problems
+    teacher, logits = result.prerequisites
+    assert logits.spec.mode == "teacher_logits" and dict(logits.depends_on) == {"teacher": teacher.run_id}
+    assert logits.spec.teacher.load_parameters_path == f"{teacher.output_path}/checkpoints"
+    assert len(result.points) == 3
+    for point in result.points:
+        assert point.spec.offline_data_dir == f"{logits.output_path}/logits"
+        assert point.spec.teacher == logits.spec.teacher  # the cache's teacher identity is the points'
+        assert dict(point.depends_on) == {"logits": logits.run_id, "teacher": teacher.run_id}
+
+
+def test_a_prerequisite_cannot_use_a_later_one(tmp_path):
+    teacher = {"student": {"model": "tiny-4l"}, "mode": "pretrain", "steps": 5}
+    data = sweep_data(
+        prerequisites={
+            "logits": {"spec": teacher, "overrides": {"output_dir": "${prerequisites.teacher.output}"}},
+            "teacher": {"spec": teacher},
+        }
+    )
+    result = expanded(tmp_path, data)
+    assert "nested_prerequisite" in [p.code for p in result.problems if p.is_error]
+    assert any("list 'teacher' before 'logits'" in (p.hint or "") for p in result.problems)

@@ -21,7 +21,9 @@ Document sources (`jsonl`, `parquet`, `arrayrecord`, `hf_disk`) are different: e
 shard of the records (`trainer.corpus`), tokenizes and packs them (`trainer.packing`) and batches its own rows,
 with `segment_ids`; the position is the Grain iterator's state, saved with each checkpoint. `make_batches` hides
 the difference from the loop: `Batches.next()` is the next step's `[A, R, T]` host arrays (R: every row for the
-index sources, this process's rows for documents; `Batches.local` says which).
+index sources, this process's rows for documents; `Batches.local` says which). An offline run
+(`offline_data_dir`) reads its rows, and the teacher's top-k with them, from a logit cache instead
+(`trainer.logit_cache.CacheBatches`, this process's files; the position is the micro-batch count).
 """
 
 from __future__ import annotations
@@ -217,6 +219,10 @@ def make_batches(spec: DistillSpec, vocab_size: int, rows: int, shard, position:
     import grain
 
     length, accumulation = spec.batch.max_target_length, spec.batch.gradient_accumulation_steps
+    if spec.offline_data_dir and spec.mode == "distill":  # the rows and the teacher's top-k, from a logit cache
+        from trainer import logit_cache
+
+        return logit_cache.open_batches(spec, rows, shard, position)
     if spec.data.source not in DOCUMENT_SOURCES:
         return IndexBatches(make_source(spec.data, vocab_size, length), rows, length, accumulation, position)
     rows_here = host_rows(rows, shard)

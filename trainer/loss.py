@@ -435,6 +435,80 @@ def fused_distillation_loss(
     return total, distill_metrics(sums, total, alpha=alpha, temperature=temperature, beta=beta)
 
 
+# --- offline: the teacher's top-k log-probabilities and one tail bucket --------------------------------------
+
+
+def topk_membership(ids: jax.Array, vocab: int) -> jax.Array:
+    """`[..., V]` booleans, True at the `ids [..., k]` of each row (a scatter of k entries per row; no gradient)."""
+    flat = ids.reshape(-1, ids.shape[-1]).astype(jnp.int32)
+    rows = jnp.arange(flat.shape[0])[:, None]
+    member = jnp.zeros((flat.shape[0], vocab), bool).at[rows, flat].set(True)
+    return member.reshape(*ids.shape[:-1], vocab)
+
+
+def masked_logsumexp(x: jax.Array, keep: jax.Array) -> jax.Array:
+    """`log Σ_{keep} exp(x)` over the last axis, `-inf` (with a zero gradient, no NaN) where a row keeps nothing."""
+    top = jnp.max(jnp.where(keep, x, -jnp.inf), axis=-1, keepdims=True)
+    shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0.0))
+    total = jnp.sum(jnp.exp(jnp.where(keep, x - shift, -jnp.inf)), axis=-1)
+    some = total > 0
+    return jnp.where(some, jnp.log(jnp.where(some, total, 1.0)) + shift[..., 0], -jnp.inf)
+
+
+def bucket_kl(teacher_log_probs: jax.Array, student_log_probs: jax.Array) -> jax.Array:
+    """`Σ p·(log p − log q)` over the last axis, a class of zero teacher mass contributing exactly 0 (its log
+    probabilities may be `-inf` on both sides)."""
+    p = jnp.exp(teacher_log_probs)
+    diff = jnp.where(p > 0, teacher_log_probs - jnp.where(p > 0, student_log_probs, 0.0), 0.0)
+    return jnp.sum(p * diff, axis=-1)
+
+
+def offline_distillation_sums(
+    student_logits: jax.Array,
+    topk_log_probs: jax.Array,
+    topk_ids: jax.Array,
+    tail_log_prob: jax.Array,
+    teacher_target_log_prob: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    *,
+    temperature,
+) -> dict[str, SumCount]:
+    """`distillation_sums` against a logit cache instead of the teacher's logits (the same keys and counts).
+
+    The teacher is `k + 1` classes: its top-k tokens, with their log-probabilities at T = 1 (`topk_log_probs
+    [B, T, k]`, ids `topk_ids [B, T, k]`), and one bucket holding the rest of the vocabulary, with log-mass
+    `tail_log_prob [B, T]` (`-inf` when k = V). The student is coarse-grained the same way: its logits at the
+    top-k ids, and its bucket's logit the log-sum-exp of its logits outside them (exact, not 1 − Σ top-k). At
+    temperature T each class's logit is divided by T — a bucket's logit is the log-sum-exp of the logits it holds,
+    so with k = V this is exactly the online KL at any T, and at T = 1 it is the exact KL between the two
+    (k + 1)-class distributions. (A stored log-probability is the logit minus the row's log-normaliser, a shift
+    that no softmax sees, so the cache needs no temperature.)
+
+    `ce` is the student's full-vocabulary cross-entropy; `teacher_ce` is `-teacher_target_log_prob` (the cache
+    keeps the target's log-probability, in the top-k or not); `top1_agreement` compares the student's argmax with
+    the teacher's first id (top-k ids are sorted by probability). Only `kl_at_T` and `ce` carry gradient.
+    """
+    s = student_logits.astype(jnp.float32)
+    t = jnp.asarray(temperature, jnp.float32)
+    ids = topk_ids.astype(jnp.int32)
+    outside = ~topk_membership(ids, s.shape[-1])
+    teacher = jnp.concatenate([topk_log_probs, tail_log_prob[..., None]], axis=-1).astype(jnp.float32)
+
+    def kl_at(temp, s):
+        student = jnp.concatenate(
+            [jnp.take_along_axis(s, ids, axis=-1), masked_logsumexp(s, outside)[..., None]], axis=-1
+        )
+        return bucket_kl(jax.nn.log_softmax(teacher / temp, axis=-1), jax.nn.log_softmax(student / temp, axis=-1))
+
+    kl_t = kl_at(t, s)
+    kl_1 = kl_at(1.0, jax.lax.stop_gradient(s))
+    ce_s = token_cross_entropy(jax.nn.log_softmax(s, axis=-1), targets)
+    ce_t = -teacher_target_log_prob.astype(jnp.float32)
+    agree = (jnp.argmax(s, axis=-1) == ids[..., 0]).astype(jnp.float32)
+    return _reduce((kl_t, kl_1, ce_s, ce_t, agree), mask, None, None, None, "cosine")
+
+
 def pretrain_sums(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> dict[str, SumCount]:
     """`{"ce": (sum, count)}` of the next-token cross-entropy (pretrain mode: no teacher)."""
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)

@@ -145,7 +145,7 @@ def build(spec: DistillSpec, *, devices: list | None = None, teacher_params: Any
     student = _model(spec.student_block(), features, mesh, trained=True)  # float32 master weights
 
     teacher = None
-    if distill:
+    if distill and not spec.offline_data_dir:  # offline: the teacher's top-k come with the batches
         teacher = _model(spec.teacher, features, mesh)
         if teacher_params is None:
             teacher_params = _load_teacher(spec, teacher)
@@ -177,9 +177,11 @@ def build(spec: DistillSpec, *, devices: list | None = None, teacher_params: Any
         }
 
     def local_to_device(local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        sharding = batch_sharding if next(iter(local.values())).ndim == 3 else eval_sharding
+        # training `[A, R/n, T, ...]` (rows: axis 1) or eval `[R/n, T]` (axis 0); a logit cache adds a k axis
+        axis = 1 if local["inputs"].ndim == 3 else 0
+        sharding = batch_sharding if axis else eval_sharding
         return {
-            k: jax.make_array_from_process_local_data(sharding, v, (*v.shape[:-2], rows, v.shape[-1]))
+            k: jax.make_array_from_process_local_data(sharding, v, (*v.shape[:axis], rows, *v.shape[axis + 1 :]))
             for k, v in local.items()
         }
 

@@ -11,6 +11,10 @@ values (α, T, β, learning rate) are computed on the host by `hyperparameters(s
 so one compiled step serves every point of a sweep that differs only in them (the persistent compilation cache
 then skips the compile).
 
+Offline distillation (`offline_data_dir`) has no teacher: each micro-batch carries the teacher's top-k
+log-probabilities from a logit cache (`trainer.logit_cache`) and the loss is `losses.offline_distillation_sums`
+on the student's dense logits.
+
 A step whose loss or gradient is not finite leaves parameters and optimizer state unchanged and records its index
 in `bad_step`; the loop reads it at the next log or checkpoint and stops the run as diverged.
 """
@@ -191,6 +195,7 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
     rows): inputs, targets, mask and, for packed documents, segment_ids (attention stays within a segment and
     positions restart at each); `hparams` maps alpha, temperature, beta and learning_rate to float32 scalars."""
     distill = spec.mode == "distill"
+    offline = distill and bool(spec.offline_data_dir)  # the teacher's top-k come in the batch (`trainer.logit_cache`)
     layer_indices = spec.layer_indices() if models.features else None
     n_layers = len(layer_indices) if layer_indices is not None else None
 
@@ -221,21 +226,33 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
             )
         else:
             logits, feats = apply(models.student, params, mb["inputs"], mb.get("segment_ids"))
-            if not distill:
+            if offline:
+                sums = losses.offline_distillation_sums(
+                    logits,
+                    mb["topk_log_probs"],
+                    mb["topk_ids"],
+                    mb["tail_log_prob"],
+                    mb["target_log_prob"],
+                    mb["targets"],
+                    mb["mask"],
+                    temperature=weights["temperature"],
+                )
+            elif not distill:
                 sums = losses.pretrain_sums(logits, mb["targets"], mb["mask"])
                 return sums["ce"][0] / jnp.maximum(n_tokens, 1.0), sums
-            t_logits, t_feats = teacher_out
-            sums = losses.distillation_sums(
-                logits,
-                t_logits,
-                mb["targets"],
-                mb["mask"],
-                temperature=weights["temperature"],
-                student_features=feats if models.features else None,
-                teacher_features=t_feats if models.features else None,
-                layer_indices=layer_indices,
-                feature_loss_type=spec.loss.feature_loss_type,
-            )
+            else:
+                t_logits, t_feats = teacher_out
+                sums = losses.distillation_sums(
+                    logits,
+                    t_logits,
+                    mb["targets"],
+                    mb["mask"],
+                    temperature=weights["temperature"],
+                    student_features=feats if models.features else None,
+                    teacher_features=t_feats if models.features else None,
+                    layer_indices=layer_indices,
+                    feature_loss_type=spec.loss.feature_loss_type,
+                )
         total = losses.weighted_total(
             sums,
             alpha=weights["alpha"],
@@ -263,7 +280,7 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
         def one(carry, mb):
             grads, sums, total = carry
             teacher_out = None
-            if distill:
+            if distill and not offline:
                 teacher_out = jax.lax.stop_gradient(
                     apply(models.teacher, teacher_params, mb["inputs"], mb.get("segment_ids"))
                 )
@@ -316,9 +333,9 @@ PRETRAIN_EVAL_METRICS = ("eval/hard_loss", "eval/student_perplexity")
 
 def make_eval_step(spec: DistillSpec, models: StepModels) -> Callable:
     """`eval_step(params, teacher_params, batch) -> {metric: [sum, count]}` of one held-out batch `[R, T]` (dense
-    logits at T = 1; pretrain runs: the student's loss only). Sums add over batches; a value is Σsum / Σcount
-    (perplexity: exp of it)."""
-    distill = spec.mode == "distill"
+    logits at T = 1; pretrain and offline runs, which hold no teacher: the student's loss only). Sums add over
+    batches; a value is Σsum / Σcount (perplexity: exp of it)."""
+    distill = spec.mode == "distill" and not spec.offline_data_dir
 
     def logits_of(graphdef, params, batch):
         return forward(nnx.merge(graphdef, params), batch["inputs"], batch.get("segment_ids"))[0]

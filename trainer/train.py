@@ -394,6 +394,9 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
         check_writable(directory)
     if index != 0:
         clear_process_failure(run_dir, index)
+    if spec.mode == "teacher_logits":
+        _write_logit_cache(spec, session, stop, run_dir, index)
+        return
     built = build(spec)
     session.started_at = now_iso()
     if index == 0:
@@ -403,7 +406,9 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
         RunCheckpoints(f"{run_dir}/checkpoints", keep=spec.checkpoint.keep) if spec.checkpoint.enabled else None
     )
     try:
-        start = restore_or_init(checkpoints, built.state, data=spec.data.source in DOCUMENT_SOURCES)
+        # documents: the Grain iterator's state; a logit cache's position is the micro-batch count
+        documents = spec.data.source in DOCUMENT_SOURCES and not spec.offline_data_dir
+        start = restore_or_init(checkpoints, built.state, data=documents)
         _resume_session(session, start, checkpoints)
         state = _loop(spec, built, session, stop, checkpoints, start)
     except BaseException:
@@ -416,6 +421,32 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
         _check_finite(state, session.step)
         if spec.checkpoint.export:
             _export_final(spec, state, run_dir, index)
+
+
+def _write_logit_cache(spec: DistillSpec, session: _Session, stop, run_dir: str, index: int) -> None:
+    """`mode: teacher_logits`: the teacher's top-k over the corpus into `<run_dir>/logits` (`trainer.logit_cache`),
+    from the first micro-batch again on every attempt (the manifest, written last, marks it complete)."""
+    from trainer import logit_cache
+    from trainer.metrics_io import RunFiles, now_iso
+
+    session.started_at = now_iso()
+    if index == 0:
+        session.files = RunFiles(run_dir, tensorboard=False)
+        session.files.write_json("spec.json", spec.resolved().model_dump(mode="json"))
+        session.write_summary("running", None)
+    directory = f"{run_dir}/{logit_cache.CACHE_FOLDER}"
+    session.reporter.start(run_dir, 0, spec.steps)
+    started = time.time()
+
+    def on_step(step: int) -> bool:
+        session.step = step
+        return _should_stop(stop, step)
+
+    manifest = logit_cache.write(spec, directory, on_step=on_step)
+    if manifest:
+        session.tokens = manifest["micro_batches"] * manifest["rows"] * manifest["max_target_length"]
+        session.train_tokens, session.train_seconds = session.tokens, time.time() - started
+        session.reporter.note(f"wrote the teacher's top-{spec.top_k} log-probabilities to {directory}")
 
 
 def _export_final(spec: DistillSpec, state: TrainState, run_dir: str, index: int) -> None:

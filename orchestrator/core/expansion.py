@@ -279,7 +279,10 @@ def _baselines(sweep: Sweep, start: int) -> list[_Draft]:
 
 def _fill(value: Any, outputs: Mapping[str, Point]) -> Any:
     if isinstance(value, str):
-        return PLACEHOLDER.sub(lambda m: outputs[m.group(1)].output_path, value)
+        # a name with no output (a later prerequisite's) stays as written; the sweep's checks report it
+        return PLACEHOLDER.sub(
+            lambda m: outputs[m.group(1)].output_path if m.group(1) in outputs else m.group(0), value
+        )
     if isinstance(value, dict):
         return {k: _fill(v, outputs) for k, v in value.items()}
     if isinstance(value, list):
@@ -425,18 +428,23 @@ def _finish(
 
 def _prerequisites(sweep: Sweep, source: SweepSource) -> tuple[tuple[Point, ...], list[Problem]]:
     out, problems = [], []
+    earlier: dict[str, Point] = {}  # a prerequisite may use the outputs of those listed before it
     for i, (name, prerequisite) in enumerate(sweep.prerequisites.items()):
         base = source.prerequisites.get(name)
         if base is None:
             continue  # its spec could not be read; reported by the loader
-        spec, _, found = _build(sweep, base, prerequisite.overrides, (), ("prerequisites", name, "overrides"), {})
+        spec, depends_on, found = _build(
+            sweep, base, prerequisite.overrides, (), ("prerequisites", name, "overrides"), dict(earlier)
+        )
         problems += [
             _in_file(source, dataclasses.replace(p, message=f"prerequisite {name!r}: {p.message}")) for p in found
         ]
         if spec is not None:
-            out.append(
-                _finish(sweep, spec, index=i, axis_values={}, is_baseline=False, depends_on={}, prerequisite=name)
+            point = _finish(
+                sweep, spec, index=i, axis_values={}, is_baseline=False, depends_on=depends_on, prerequisite=name
             )
+            out.append(point)
+            earlier[name] = point
     return tuple(out), problems
 
 

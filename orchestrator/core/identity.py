@@ -101,7 +101,7 @@ def identity_payload(spec: DistillSpec, target: Target) -> dict[str, Any]:
 # Spec fields added after IDENTITY_SCHEME v2, left out of the identity while they hold their default, so the runs
 # of specs written before them keep their ids: {block or "" for the top level: {field: default}}.
 LATER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "": {"eval": None},
+    "": {"eval": None, "top_k": None},
     "data": {"text_column": "text", "prompt_column": None, "completion_column": None, "completion_only": False},
     "student": {"global_layers": None},
     "teacher": {"global_layers": None},

@@ -1,0 +1,208 @@
+"""Offline distillation: the top-k loss against the online loss, and a teacher_logits run whose cache trains a
+student with no teacher in memory — with k = vocab, to the online run's metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from trainer_support import merged, metric, read_metrics, spec_of
+
+jax = pytest.importorskip("jax")
+
+import jax.numpy as jnp
+
+from trainer import logit_cache
+from trainer import loss as losses
+from trainer.exit_codes import TrainerExit
+from trainer.train import run
+
+VOCAB = 256  # the tiny models'
+
+
+def _cached(teacher_logits, targets, k):
+    return jax.jit(logit_cache.teacher_topk, static_argnums=2)(teacher_logits, targets, k)
+
+
+@jax.jit
+def _offline(student, cache, targets, mask, temperature):
+    return losses.offline_distillation_sums(
+        student,
+        cache["topk_log_probs"],
+        cache["topk_ids"],
+        cache["tail_log_prob"],
+        cache["target_log_prob"],
+        targets,
+        mask,
+        temperature=temperature,
+    )
+
+
+@jax.jit
+def _both(student, teacher, targets, mask, cache, temperature):
+    """`((∂KL/∂s, sums) online, (∂KL/∂s, sums) offline)`: one compile serves every temperature."""
+
+    def online(s):
+        sums = losses.distillation_sums(s, teacher, targets, mask, temperature=temperature)
+        return sums["kl_at_T"][0], sums
+
+    def offline(s):
+        sums = _offline(s, cache, targets, mask, temperature)
+        return sums["kl_at_T"][0], sums
+
+    return jax.grad(online, has_aux=True)(student), jax.grad(offline, has_aux=True)(student)
+
+
+@pytest.fixture(scope="module")
+def logits():
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    student = 3.0 * jax.random.normal(keys[0], (2, 6, VOCAB))
+    teacher = 3.0 * jax.random.normal(keys[1], (2, 6, VOCAB))
+    targets = jax.random.randint(keys[2], (2, 6), 0, VOCAB)
+    mask = jnp.ones((2, 6)).at[1, 4:].set(0.0)
+    return student, teacher, targets, mask
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_top_k_equal_to_the_vocabulary_is_the_online_loss_and_gradient(logits, temperature):
+    student, teacher, targets, mask = logits
+    cache = _cached(teacher, targets, VOCAB)
+    assert bool(jnp.all(jnp.isneginf(cache["tail_log_prob"])))  # no mass outside a full top-k
+
+    (grad_online, online), (grad_offline, offline) = _both(student, teacher, targets, mask, cache, temperature)
+    for key in online:
+        np.testing.assert_allclose(offline[key], online[key], rtol=1e-5, atol=1e-5, err_msg=key)
+    np.testing.assert_allclose(grad_offline, grad_online, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_small_top_k_keeps_the_tail_mass_exactly_and_matches_a_numpy_reference(logits):
+    student, teacher, targets, mask = logits
+    k, temperature = 8, 2.0
+    cache = jax.device_get(_cached(teacher, targets, k))
+    t = np.asarray(teacher, np.float64)
+    log_p = t - np.log(np.exp(t - t.max(-1, keepdims=True)).sum(-1, keepdims=True)) - t.max(-1, keepdims=True)
+    order = np.argsort(-log_p, axis=-1)[..., :k]
+    np.testing.assert_array_equal(cache["topk_ids"], order)
+    top = np.take_along_axis(log_p, order, -1)
+    np.testing.assert_allclose(cache["topk_log_probs"], top, rtol=1e-5, atol=1e-5)
+    tail = np.log1p(-np.exp(top).sum(-1))
+    np.testing.assert_allclose(cache["tail_log_prob"], tail, rtol=1e-4, atol=1e-4)
+    # The loss: KL between the (k + 1)-class distributions, the bucket's logit the log-sum-exp of its logits.
+    s = np.asarray(student, np.float64)
+    outside = np.ones_like(s, bool)
+    np.put_along_axis(outside, order, False, -1)
+    s_tail = np.log(np.where(outside, np.exp(s), 0.0).sum(-1))
+    s_classes = np.concatenate([np.take_along_axis(s, order, -1), s_tail[..., None]], -1) / temperature
+    t_classes = np.concatenate([top, tail[..., None]], -1) / temperature
+
+    def log_softmax(x):
+        return x - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)) - x.max(-1, keepdims=True)
+
+    p = np.exp(log_softmax(t_classes))
+    kl = (p * (log_softmax(t_classes) - log_softmax(s_classes))).sum(-1)
+    offline = _offline(student, cache, targets, mask, temperature)
+    np.testing.assert_allclose(offline["kl_at_T"][0], (kl * np.asarray(mask)).sum(), rtol=1e-5)
+    target_lp = np.take_along_axis(log_p, np.asarray(targets)[..., None], -1)[..., 0]
+    np.testing.assert_allclose(offline["teacher_ce"][0], -(target_lp * np.asarray(mask)).sum(), rtol=1e-5)
+    grad = jax.jit(jax.grad(lambda s: _offline(s, cache, targets, mask, 2.0)["kl_at_T"][0]))(student)
+    assert bool(jnp.all(jnp.isfinite(grad)))
+
+
+# --- end to end: teacher -> cache -> student (slow: five tiny runs) -------------------------------------------
+
+
+def _base(out: Path, **changes) -> dict:
+    data = {
+        "name": "teacher",
+        "mode": "pretrain",
+        "student": {"model": "tiny-4l", "remat": "none"},
+        "data": {"source": "synthetic", "seed": 3},
+        "batch": {"per_device_batch_size": 4, "max_target_length": 16, "gradient_accumulation_steps": 2},
+        "steps": 2,
+        "optimizer": {"learning_rate": 3e-3, "warmup_fraction": 0.0},
+        "checkpoint": {"enabled": False},
+        "logging": {"every_steps": 1, "tensorboard": False},
+        "output_dir": str(out),
+    }
+    return merged(data, **changes)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("offline")
+    assert run(spec_of(_base(out, checkpoint={"enabled": True}))) == TrainerExit.OK
+    teacher = {"model": "tiny-4l", "remat": "none", "load_parameters_path": str(out / "teacher" / "checkpoints")}
+    distill = {
+        "mode": "distill",
+        "student": {"model": "tiny-2l", "remat": "none"},
+        "teacher": teacher,
+        "loss": {"alpha": 0.7, "temperature": 2.0, "beta": 0.0},
+    }
+    cache_run = {**distill, "mode": "teacher_logits"}
+    assert run(spec_of(_base(out, **cache_run, name="cache", top_k=VOCAB))) == TrainerExit.OK
+    assert run(spec_of(_base(out, **distill, name="online"))) == TrainerExit.OK
+    cache = str(out / "cache" / "logits")
+    assert run(spec_of(_base(out, **distill, name="offline", offline_data_dir=cache, top_k=VOCAB))) == TrainerExit.OK
+    return {"out": out, "cache": Path(cache), "distill": distill}
+
+
+@pytest.mark.slow
+def test_teacher_logits_run_writes_a_versioned_cache_per_process(runs):
+    manifest = json.loads((runs["cache"] / "manifest.json").read_text())
+    assert manifest["top_k"] == VOCAB and manifest["micro_batches"] == 4 and manifest["processes"] == 1
+    assert manifest["teacher"]["block"]["load_parameters_path"].endswith("teacher/checkpoints")
+    assert manifest["tokenizer"] == {"name": "byte", "sha256": None}
+    files = sorted((runs["cache"] / "process-00000-of-00001").iterdir())
+    assert [f.name for f in files] == [f"micro-00000{i}.npz" for i in range(4)]
+    with np.load(files[0]) as first:
+        assert first["topk_log_probs"].shape == (4, 16, VOCAB) and first["inputs"].shape == (4, 16)
+    assert json.loads((runs["out"] / "cache" / "summary.json").read_text())["status"] == "succeeded"
+
+
+@pytest.mark.slow
+def test_offline_student_with_full_top_k_trains_like_the_online_student(runs):
+    online, offline = read_metrics(runs["out"] / "online"), read_metrics(runs["out"] / "offline")
+    assert [r["step"] for r in offline] == [1, 2]
+    names = ("distill/kl_div_at_T", "distill/hard_loss", "distill/teacher_loss", "distill/total_loss")
+    for name in names:  # step 1: the same parameters, the same loss
+        assert metric(offline[0], name) == pytest.approx(metric(online[0], name), rel=1e-5, abs=1e-5), name
+    for name in names:  # step 2: after one update from (numerically) the same gradient
+        assert metric(offline[1], name) == pytest.approx(metric(online[1], name), rel=1e-3), name
+
+
+def _offline_spec(runs, **changes):
+    fields = {**runs["distill"], "name": "bad", "offline_data_dir": str(runs["cache"]), "top_k": VOCAB, **changes}
+    return spec_of(_base(runs["out"], **fields))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "changes, names",
+    [
+        ({"top_k": 64}, "top_k"),
+        ({"teacher": {"model": "tiny-4l", "load_parameters_path": "/elsewhere/checkpoints"}}, "teacher"),
+        ({"data": {"source": "synthetic", "seed": 4}}, "data"),
+        ({"data": {"source": "synthetic", "seed": 3, "tokenizer": "tok/tokenizer.json"}}, "tokenizer"),
+        ({"steps": 3}, "micro-batches"),
+    ],
+)
+def test_a_cache_made_for_another_spec_is_a_clear_error_naming_the_manifest(runs, changes, names):
+    if "tokenizer" in json.dumps(changes):
+        tokenizer = runs["out"] / "tok" / "tokenizer.json"
+        tokenizer.parent.mkdir(exist_ok=True)
+        tokenizer.write_text('{"model": {}}')
+        changes = {"data": {**changes["data"], "tokenizer": str(tokenizer)}}
+    assert run(_offline_spec(runs, **changes)) == TrainerExit.USER_ERROR
+    summary = json.loads((runs["out"] / "bad" / "summary.json").read_text())
+    assert str(runs["cache"] / "manifest.json") in summary["message"]
+    assert names in summary["message"]
+
+
+@pytest.mark.slow
+def test_offline_data_dir_pointing_at_nothing_is_an_error(runs):
+    assert run(_offline_spec(runs, offline_data_dir=str(runs["out"] / "nothing"))) == TrainerExit.USER_ERROR
+    summary = json.loads((runs["out"] / "bad" / "summary.json").read_text())
+    assert "holds no logit cache" in summary["message"] and "nothing/manifest.json" in summary["message"]

@@ -1,0 +1,328 @@
+"""The logit cache of offline distillation: a `mode: teacher_logits` run writes it, an `offline_data_dir` run reads it.
+
+A `teacher_logits` run streams its corpus (`spec.data`, the rows a distillation run of the same batch shape would
+train on) through the teacher once and keeps, per token:
+- `topk_log_probs [R, T, k]` float32: the teacher's k largest log-probabilities at temperature 1 (log-softmax of
+  its final logits, soft cap included), sorted from the largest; log-probabilities rather than raw logits because
+  they need no normaliser to read and differ from the logits by one shift per row, which no softmax at any
+  temperature sees;
+- `topk_ids [R, T, k]` int32: their token ids;
+- `tail_log_prob [R, T]` float32: the log of the probability mass outside the top-k (log-sum-exp of the other
+  log-probabilities, not `log(1 − Σ top-k)`, so it stays exact when the tail is tiny; `-inf` when k = V);
+- `target_log_prob [R, T]` float32: the teacher's log-probability of the next token (for `distill/teacher_loss`,
+  whether or not it is in the top-k);
+beside the packed rows themselves (`inputs`, `targets`, `mask` and, for documents, `segment_ids`), so the student
+reads exactly the rows the teacher saw. `trainer.loss.offline_distillation_sums` is the loss that reads them.
+
+Layout (`<run dir>/logits`): `manifest.json` (written last, by process 0, once every process has written its files:
+a cache without it is incomplete) and one folder per process, `process-<i>-of-<n>/micro-<m>.npz`, one uncompressed
+NumPy archive per micro-batch holding that process's rows. The manifest records what the cache is valid for: the
+teacher's identity (its resolved model block: shape, dtypes, checkpoint path), the tokenizer (its name and the
+sha256 of its file), k, the vocabulary, the data block, the batch shape and the process count. A reading run
+whose spec differs in any of them gets a UserError naming the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from distillspec.config import DistillSpec
+from trainer.exit_codes import UserError
+
+FORMAT = "distillctl.teacher_logits/v1"
+MANIFEST = "manifest.json"
+CACHE_FOLDER = "logits"  # under a teacher_logits run's directory
+ROW_KEYS = ("inputs", "targets", "mask", "segment_ids")
+TEACHER_KEYS = ("topk_log_probs", "topk_ids", "tail_log_prob", "target_log_prob")
+# Teacher fields that do not change its outputs (how it is laid out and recomputed, how a student starts from it).
+_NOT_IDENTITY = ("scan_layers", "enable_nnx", "remat", "init", "drop_layers")
+
+
+def shard_folder(index: int, count: int) -> str:
+    return f"process-{index:05d}-of-{count:05d}"
+
+
+def micro_file(index: int) -> str:
+    return f"micro-{index:06d}.npz"
+
+
+def _sha256(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def teacher_identity(spec: DistillSpec) -> dict[str, Any]:
+    """The teacher as the cache depends on it: its resolved block minus layout-only fields, and its sha256."""
+    block = {k: v for k, v in spec.resolved_block("teacher").items() if k not in _NOT_IDENTITY}
+    return {"block": block, "sha256": _sha256(block)}
+
+
+def tokenizer_identity(tokenizer: str) -> dict[str, Any]:
+    """`{"name", "sha256"}`: the resolved tokenizer (`byte` or a tokenizer.json path) and its file's content hash
+    (None for `byte`), so a copy of the same tokenizer elsewhere matches and an edited one does not."""
+    if tokenizer == "byte":
+        return {"name": "byte", "sha256": None}
+    try:
+        with fsspec.open(tokenizer, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+    except OSError as e:
+        raise UserError(f"cannot read the tokenizer {tokenizer}: {e}") from None
+    return {"name": tokenizer, "sha256": digest}
+
+
+def data_identity(spec: DistillSpec) -> dict[str, Any]:
+    """The data block without its tokenizer (compared separately, by content)."""
+    return {k: v for k, v in spec.data.model_dump(mode="json").items() if k != "tokenizer"}
+
+
+def manifest_for(spec: DistillSpec, *, rows: int, processes: int, micro_batches: int) -> dict[str, Any]:
+    """What a cache written by `spec` (mode teacher_logits; tokenizer resolved) holds and is valid for."""
+    return {
+        "format": FORMAT,
+        "values": "log_softmax at temperature 1 (top-k), log of the remaining mass (tail)",
+        "top_k": spec.top_k,
+        "vocab_size": spec.teacher.shape().vocab_size,
+        "teacher": teacher_identity(spec),
+        "tokenizer": tokenizer_identity(spec.data.tokenizer or "byte"),
+        "data": data_identity(spec),
+        "max_target_length": spec.batch.max_target_length,
+        "rows": rows,
+        "processes": processes,
+        "micro_batches": micro_batches,
+        "files": "process-<i>-of-<n>/micro-<m>.npz",
+    }
+
+
+# --- the teacher's side --------------------------------------------------------------------------------------
+
+
+def teacher_topk(logits, targets, k: int) -> dict[str, Any]:
+    """The cached quantities of `logits [..., V]` (see the module docstring); pure JAX, run under jit."""
+    import jax
+    import jax.numpy as jnp
+
+    from trainer.loss import masked_logsumexp, token_cross_entropy, topk_membership
+
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    values, ids = jax.lax.top_k(log_probs, k)
+    tail = masked_logsumexp(log_probs, ~topk_membership(ids, log_probs.shape[-1]))
+    return {
+        "topk_log_probs": values,
+        "topk_ids": ids.astype(jnp.int32),
+        "tail_log_prob": tail,
+        "target_log_prob": -token_cross_entropy(log_probs, targets),
+    }
+
+
+def write(spec: DistillSpec, directory: str, *, on_step: Callable[[int], bool] | None = None) -> dict[str, Any]:
+    """Write the cache of `spec` (mode teacher_logits, tokenizer resolved) to `directory`: `spec.steps ×
+    gradient_accumulation_steps` micro-batches, this process's rows in its own folder; process 0 writes the
+    manifest once all processes are done. `on_step(step)` is called after each step's micro-batches and may
+    return True to stop early (a signal): no manifest is written then. Returns the manifest (or {} if stopped).
+    Raises UserError (teacher, data or storage problems)."""
+    import jax
+    from flax import nnx
+    from jax.experimental import multihost_utils
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from trainer import data as data_lib
+    from trainer import setup
+    from trainer.corpus import Shard
+    from trainer.models import forward
+    from trainer.sharding import make_mesh
+
+    mesh = make_mesh(spec.mesh)
+    rows = setup.global_rows(spec, mesh)
+    teacher = setup._model(spec.teacher, False, mesh)
+    params = setup._load_teacher(spec, teacher)
+    k = int(spec.top_k)
+    sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None))
+
+    @jax.jit
+    def compute(params, inputs, targets, segment_ids):
+        logits, _ = forward(nnx.merge(teacher.graphdef, params), inputs, segment_ids)
+        return teacher_topk(logits, targets, k)
+
+    shard = Shard(jax.process_index(), jax.process_count())
+    accumulation = spec.batch.gradient_accumulation_steps
+    batches = data_lib.make_batches(spec, teacher.config.shape.vocab_size, rows, shard)
+    folder = f"{directory.rstrip('/')}/{shard_folder(shard.index, shard.count)}"
+    _make_dirs(folder)
+    micro = 0
+    try:
+        for step in range(spec.steps):
+            host = batches.next()  # [A, R or R/n, T]
+            for a in range(accumulation):
+                mb = {key: value[a] for key, value in host.items()}
+                put = (
+                    (lambda v: jax.make_array_from_process_local_data(sharding, v, (rows, v.shape[-1])))
+                    if batches.local
+                    else (lambda v: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index]))
+                )
+                device = {key: put(value) for key, value in mb.items()}
+                with jax.set_mesh(mesh):
+                    out = compute(params, device["inputs"], device["targets"], device.get("segment_ids"))
+                arrays = {key: _local_rows(value) for key, value in {**device, **out}.items()}
+                _save(f"{folder}/{micro_file(micro)}", arrays)
+                micro += 1
+            if on_step is not None and on_step(step + 1):
+                return {}
+    finally:
+        batches.close()
+    manifest = manifest_for(spec, rows=rows, processes=shard.count, micro_batches=micro)
+    if shard.count > 1:
+        multihost_utils.sync_global_devices("logit cache written")
+    if shard.index == 0:
+        with fsspec.open(f"{directory.rstrip('/')}/{MANIFEST}", "w") as f:
+            f.write(json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest
+
+
+def _local_rows(array) -> np.ndarray:
+    """This process's rows of a row-sharded global array, in row order (replicas along other axes once)."""
+    pieces = {}
+    for shard in array.addressable_shards:
+        start = shard.index[0].start or 0
+        pieces.setdefault(start, shard.data)
+    return np.concatenate([np.asarray(pieces[start]) for start in sorted(pieces)])
+
+
+def _make_dirs(path: str) -> None:
+    try:
+        fs, root = fsspec.core.url_to_fs(path)
+        fs.makedirs(root, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the logit cache folder {path}: {e}") from None
+
+
+def _save(path: str, arrays: dict[str, np.ndarray]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    try:
+        with fsspec.open(path, "wb") as f:
+            f.write(buffer.getvalue())
+    except OSError as e:
+        raise UserError(f"cannot write the logit cache file {path}: {e}") from None
+
+
+# --- the student's side --------------------------------------------------------------------------------------
+
+
+def read_manifest(directory: str) -> tuple[str, dict[str, Any]]:
+    """`(path, manifest)` of the cache in `directory`; UserError when there is none or it is unreadable."""
+    path = f"{directory.rstrip('/')}/{MANIFEST}"
+    try:
+        with fsspec.open(path, "r") as f:
+            manifest = json.loads(f.read())
+    except FileNotFoundError:
+        raise UserError(
+            f"offline_data_dir {directory} holds no logit cache: {path} does not exist",
+            "point offline_data_dir at the `logits` folder of a finished `mode: teacher_logits` run (its manifest "
+            "is written last, so a cache still being written or stopped early has none)",
+        ) from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read the logit cache manifest {path}: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(
+            f"{path} is not a logit cache manifest of format {FORMAT} (format: "
+            f"{manifest.get('format') if isinstance(manifest, dict) else None!r})",
+            "write the cache again with this version's `mode: teacher_logits` run",
+        )
+    return path, manifest
+
+
+def check(spec: DistillSpec, manifest_path: str, manifest: dict[str, Any], *, rows: int, processes: int) -> None:
+    """UserError naming `manifest_path` unless the cache fits `spec` (offline; tokenizer resolved) run with
+    `rows` global rows per micro-batch on `processes` processes: same teacher, tokenizer, k, vocabulary, data and
+    batch shape, and enough micro-batches for `steps × gradient_accumulation_steps`."""
+    expected = {
+        "teacher": teacher_identity(spec),
+        "tokenizer": tokenizer_identity(spec.data.tokenizer or "byte"),
+        "top_k": spec.top_k,
+        "vocab_size": spec.student.shape().vocab_size,
+        "data": data_identity(spec),
+        "max_target_length": spec.batch.max_target_length,
+    }
+    differ = [name for name, value in expected.items() if manifest.get(name) != value]
+    if differ:
+        shown = "; ".join(
+            f"{name}: cache {_short(manifest.get(name))}, spec {_short(expected[name])}" for name in differ
+        )
+        raise UserError(
+            f"the logit cache {manifest_path} was made with another {', '.join(differ)} than this spec's ({shown})",
+            "write a cache for this spec (a `mode: teacher_logits` run with the same teacher, data, tokenizer and "
+            "top_k), or point offline_data_dir at the cache that matches",
+        )
+    if manifest.get("rows") != rows or manifest.get("processes") != processes:
+        raise UserError(
+            f"the logit cache {manifest_path} holds micro-batches of {manifest.get('rows')} rows from "
+            f"{manifest.get('processes')} process(es); this run reads {rows} rows on {processes}",
+            "run the student with the cache's per_device_batch_size × devices and process count, or write the cache "
+            "with the student's",
+        )
+    needed = spec.steps * spec.batch.gradient_accumulation_steps
+    if int(manifest.get("micro_batches", 0)) < needed:
+        raise UserError(
+            f"the logit cache {manifest_path} holds {manifest.get('micro_batches')} micro-batches; this run needs "
+            f"{needed} (steps × gradient_accumulation_steps)",
+            "lower steps, or write the cache with at least as many steps",
+        )
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+class CacheBatches:
+    """This process's rows of a logit cache, `accumulation` micro-batches per step, from micro-batch `position`
+    (the position is the whole state: micro-batch `m` is one file)."""
+
+    local = True
+
+    def __init__(self, directory: str, shard, accumulation: int, position: int = 0):
+        self.folder = f"{directory.rstrip('/')}/{shard_folder(shard.index, shard.count)}"
+        self.accumulation, self.position = accumulation, position
+
+    def next(self) -> dict[str, np.ndarray]:
+        micro = [self._read(self.position + a) for a in range(self.accumulation)]
+        self.position += self.accumulation
+        return {key: np.stack([m[key] for m in micro]) for key in micro[0]}
+
+    def _read(self, index: int) -> dict[str, np.ndarray]:
+        path = f"{self.folder}/{micro_file(index)}"
+        try:
+            with fsspec.open(path, "rb") as f:
+                raw = f.read()
+            with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+        except (OSError, ValueError) as e:
+            raise UserError(
+                f"cannot read the logit cache file {path}: {e}", "write the cache again (its files are incomplete)"
+            ) from None
+        missing = [key for key in ("inputs", "targets", "mask", *TEACHER_KEYS) if key not in arrays]
+        if missing:
+            raise UserError(f"the logit cache file {path} lacks {', '.join(missing)}", "write the cache again")
+        return arrays
+
+    def state(self) -> None:
+        return None
+
+    def restore(self, state: bytes) -> None:
+        raise ValueError("a logit cache has no iterator state: its position is the micro-batch count")
+
+    def close(self) -> None:
+        pass
+
+
+def open_batches(spec: DistillSpec, rows: int, shard, position: int = 0) -> CacheBatches:
+    """The training batches of an offline run, after checking its cache fits the spec (UserError otherwise)."""
+    path, manifest = read_manifest(spec.offline_data_dir)
+    check(spec, path, manifest, rows=rows, processes=shard.count)
+    return CacheBatches(spec.offline_data_dir, shard, spec.batch.gradient_accumulation_steps, position)
