@@ -77,7 +77,7 @@ class Metrics:
         with self._lock:
             lines = [f"# HELP {RUNS[0]} {RUNS[1]}", f"# TYPE {RUNS[0]} gauge"]
             for (sweep, phase), n in sorted(self._runs_plain.items()):
-                lines.append(f'{RUNS[0]}{{sweep="{_escape(sweep)}",phase="{_escape(phase)}"}} {n}')
+                lines.append(f'{RUNS[0]}{{phase="{_escape(phase)}",sweep="{_escape(sweep)}"}} {n}')
             lines += [f"# HELP {RECONCILE[0]} {RECONCILE[1]}", f"# TYPE {RECONCILE[0]} histogram"]
             for bound, n in zip(BUCKETS, self._hist, strict=True):
                 le = "+Inf" if bound == float("inf") else repr(bound)
