@@ -134,12 +134,16 @@ class Informer:
                     self.on_change(obj)
                 delay = 0.5
             except ApiException as e:
+                if self._stop.is_set():
+                    break
                 if e.status != 410:  # 410 Gone: the watch's version is too old; list again
                     self.metrics.api_error(f"watch {self.what}")
                     log.warning("watching %s: %s %s", self.what, e.status, e.reason)
                     self._stop.wait(delay)
                     delay = min(delay * 2, 10.0)
             except (*CONNECTION_ERRORS, ValueError) as e:
+                if self._stop.is_set():
+                    break  # stop() closed the watch's connection
                 self.metrics.api_error(f"watch {self.what}")
                 log.warning("watching %s: %s", self.what, e)
                 self._stop.wait(delay)
