@@ -8,7 +8,7 @@ rich, the backends) is imported by the command that runs.
 
 from __future__ import annotations
 
-from orchestrator.cli import export, launch, results, serve, spec, sweep, train
+from orchestrator.cli import early_stop, export, launch, results, serve, spec, sweep, train
 from orchestrator.cli.app import app
 
 app.command()(spec.validate)
@@ -28,6 +28,7 @@ app.add_typer(results.golden_app, name="golden")
 app.command()(train.train)
 app.command()(export.export)
 app.command()(serve.serve)
+app.add_typer(early_stop.early_stop_app, name="early-stop")
 
 
 def main() -> None:
