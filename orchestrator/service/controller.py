@@ -236,7 +236,8 @@ class Controller:
     # --- lifecycle ------------------------------------------------------------------------------------------
 
     def _kueue_version(self) -> str | None:
-        groups = client.ApisApi(self.cluster.api).get_api_versions().groups or []
+        found = self.cluster.call("list the API groups", client.ApisApi(self.cluster.api).get_api_versions)
+        groups = found.groups or []
         for group in groups:
             if group.name == KUEUE_GROUP:
                 return group.preferred_version.version
