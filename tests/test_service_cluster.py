@@ -7,6 +7,9 @@ prerequisite first, exactly one JobSet per run. Bad resources are refused at adm
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,7 @@ from orchestrator.service.resource import GROUP, PLURAL, VERSION
 from tests.test_service_chart import CHART, helm_command
 
 pytestmark = pytest.mark.cluster
+REPO = Path(__file__).resolve().parents[1]
 RELEASE = "svc"
 SERVICE_ACCOUNT = f"{RELEASE}-distillctl"
 LEASE = f"{RELEASE}-distillctl-controller"
@@ -253,6 +257,60 @@ def test_bad_resources_are_refused_at_admission_or_get_a_condition(control_plane
     assert not jobsets(cp, "svc-bad")
     api.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "svc-bad")
     cp.wait_for(lambda: resource(cp, "svc-bad") is None, 30, "the resource to go")
+
+
+def test_a_killed_controller_is_replaced_and_no_run_is_created_twice(control_plane, installed, tmp_path):
+    """kill -9 of the acting `distillctl serve` once the prerequisite's JobSet exists; a second process takes the
+    Lease when it expires and finishes the sweep: one JobSet per run. Its own namespace, so the replicas of the
+    other tests (which watch `default`) stay out of it."""
+    cp = control_plane
+    ns = "svc-kill"
+    client.CoreV1Api(cp.client).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    queue = {"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "LocalQueue", "metadata": {"name": "q", "namespace": ns}}
+    cp.apply({**queue, "spec": {"clusterQueue": "cluster-queue"}})
+    path = tmp_path / "svc-k.yaml"
+    path.write_text(SWEEP.format(name="svc-k", queue="q", base=tmp_path / "runs"))
+    kube = ["--kubeconfig", str(cp.kubeconfig), "-n", ns]
+
+    def serve(identity: str) -> subprocess.Popen:
+        command = [sys.executable, "-m", "orchestrator.cli", "serve", *kube, "--port", "0", "--resync", "5"]
+        with open(tmp_path / f"{identity}.log", "w") as log:  # the child keeps its own descriptor
+            return subprocess.Popen([*command, "--identity", identity], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+    def listed() -> list[dict]:
+        found = client.CustomObjectsApi(cp.client).list_namespaced_custom_object(
+            "jobset.x-k8s.io", "v1alpha2", ns, "jobsets", label_selector="distillctl.dev/sweep=svc-k"
+        )
+        return found["items"]
+
+    first = serve("first")
+    try:
+        applied = CliRunner().invoke(app, ["sweep", str(path), "--service", *kube])
+        assert applied.exit_code == 0, applied.output
+        cp.wait_for(listed, 60, "the prerequisite's JobSet")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    second = serve("second")
+    try:
+        cp.wait_for(
+            lambda: _condition_in(cp, ns, "svc-k", "Succeeded").get("status") == "True", 150, "the sweep to succeed"
+        )
+        names = [j["metadata"]["name"] for j in listed()]
+        assert len(names) == 3 == len(set(names))
+        lease = client.CoordinationV1Api(cp.client).read_namespaced_lease("distillctl-controller", ns)
+        assert lease.spec.holder_identity == "second"
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0, (tmp_path / "second.log").read_text()
+    released = client.CoordinationV1Api(cp.client).read_namespaced_lease("distillctl-controller", ns)
+    assert not released.spec.holder_identity  # handed back on SIGTERM: a successor need not wait
+    client.CoreV1Api(cp.client).delete_namespace(ns)
+
+
+def _condition_in(cp, ns: str, name: str, kind: str) -> dict:
+    found = client.CustomObjectsApi(cp.client).get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+    return next((c for c in (found.get("status") or {}).get("conditions", []) if c["type"] == kind), {})
 
 
 def test_chart_upgrades_and_uninstalls(control_plane, installed):

@@ -67,7 +67,8 @@ def apply_sweep(cluster: Cluster, path, changes: dict[str, Any], service: dict[s
 
 
 def read_status(cluster: Cluster, name: str) -> SweepStatus | None:
-    """The status the controller wrote for sweep `name`; None when there is no such resource (or no CRD)."""
+    """The status the controller wrote for sweep `name`; None when there is no such resource, no CRD, or no right
+    to read it (a launcher's Role need not know the service exists)."""
     try:
         found = cluster.call(
             f"read {KIND} {name}",
@@ -77,7 +78,7 @@ def read_status(cluster: Cluster, name: str) -> SweepStatus | None:
             cluster.namespace,
             PLURAL,
             name,
-            passthrough=frozenset({404}),
+            passthrough=frozenset({403, 404}),
         )
     except ApiException:
         return None
