@@ -259,6 +259,7 @@ def test_bad_resources_are_refused_at_admission_or_get_a_condition(control_plane
     cp.wait_for(lambda: resource(cp, "svc-bad") is None, 30, "the resource to go")
 
 
+@pytest.mark.slow
 def test_a_killed_controller_is_replaced_and_no_run_is_created_twice(control_plane, installed, tmp_path):
     """kill -9 of the acting `distillctl serve` once the prerequisite's JobSet exists; a second process takes the
     Lease when it expires and finishes the sweep: one JobSet per run. Its own namespace, so the replicas of the
