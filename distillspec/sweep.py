@@ -245,6 +245,58 @@ class Prerequisite(_Block):
     overrides: dict[str, Any] = {}
 
 
+# --- early stopping ----------------------------------------------------------------------------------------
+# Lower is better for every rule's metric (a divergence, a loss). Metrics are named as the trainer logs them
+# (`distill/kl_div_T1`); a name without a `/` matches the logged metric that ends with it.
+
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
+KL_METRIC = "distill/kl_div_T1"
+
+
+class NoImprovement(_Block):
+    """Stop a point whose best value over its last `patience` log lines is not `min_delta` below its best
+    before them."""
+
+    metric: str = KL_METRIC
+    patience: PositiveInt
+    min_delta: NonNegativeFloat = 0.0
+
+
+class WorseThanBaseline(_Block):
+    """Stop a point whose value at `at_step` is more than `by` above the best baseline's at that step."""
+
+    metric: str = KL_METRIC
+    at_step: PositiveInt
+    by: NonNegativeFloat = 0.0
+
+
+class Divergence(_Block):
+    """Stop a point whose value is not finite or exceeds `factor` times its lowest so far."""
+
+    metric: str = KL_METRIC
+    factor: Annotated[float, Field(gt=1.0)] = 10.0
+
+
+class MedianStopping(_Block):
+    """Katib's median rule: from `at_step` on, stop a point whose value is above the median of the other
+    points' values at the same step (once at least `min_points` others have reached it)."""
+
+    metric: str = KL_METRIC
+    at_step: PositiveInt
+    min_points: PositiveInt = 3
+
+
+class EarlyStopping(_Block):
+    no_improvement: NoImprovement | None = None
+    worse_than_baseline: WorseThanBaseline | None = None
+    divergence: Divergence | None = None
+    median: MedianStopping | None = None
+
+    @property
+    def any(self) -> bool:
+        return any(getattr(self, name) is not None for name in type(self).model_fields)
+
+
 class Sweep(_Block):
     name: Annotated[str, AfterValidator(_dns_label)]
     description: str = ""
@@ -257,6 +309,7 @@ class Sweep(_Block):
     seeds: list[int] = []
     baseline: list[dict[str, Any]] = []
     target: Target = Target()
+    early_stopping: EarlyStopping = EarlyStopping()  # rules for points going nowhere; not part of run ids
 
     def with_target(self, **changes: Any) -> Sweep:
         """A copy with target fields replaced (validated again, so an unknown TPU type is still an error)."""

@@ -14,7 +14,7 @@ import os
 # the first model: a third of `validate`'s start-up, for plugins that would only watch distillctl's own specs.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
-from orchestrator.cli import export, launch, results, spec, sweep, train
+from orchestrator.cli import early_stop, export, launch, results, serve, spec, sweep, train
 from orchestrator.cli.app import app
 
 app.command()(spec.validate)
@@ -33,6 +33,8 @@ app.command()(results.regress)
 app.add_typer(results.golden_app, name="golden")
 app.command()(train.train)
 app.command()(export.export)
+app.command()(serve.serve)
+app.add_typer(early_stop.early_stop_app, name="early-stop")
 
 
 def main() -> None:

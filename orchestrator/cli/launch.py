@@ -77,6 +77,13 @@ def sweep(
     context: ContextOption = None,
     namespace: NamespaceOption = None,
     yes: YesOption = False,
+    service: Annotated[
+        bool,
+        typer.Option(
+            "--service",
+            help="hand the sweep to the in-cluster controller (`distillctl serve`): apply it as a DistillationSweep",
+        ),
+    ] = False,
 ) -> None:
     """Create the sweep's runs that do not exist yet (prerequisites first); with --wait, follow them to the end.
 
@@ -99,6 +106,9 @@ def sweep(
     if dry_run is DryRunMode.client:
         _client_dry_run(ctx.expand(), output)
         return
+    if service:
+        _apply_to_service(ctx, output)
+        return
     expansion, backend = ctx.open()
     try:
         mode = dry_run.value if dry_run else None
@@ -117,6 +127,33 @@ def sweep(
         backend.close()
     if code:
         raise typer.Exit(int(code))
+
+
+def _apply_to_service(ctx: SweepContext, output: OutputFormat) -> None:
+    """Apply the sweep as a DistillationSweep; the controller creates its runs."""
+    import dataclasses
+
+    from orchestrator.backends.kubernetes.client import connect
+    from orchestrator.cli import console
+    from orchestrator.service.client import apply_sweep
+
+    overrides = {k: v for k, v in dataclasses.asdict(ctx.overrides).items() if v not in (None, ())}
+    if "labels" in overrides:
+        overrides["labels"] = dict(overrides["labels"])
+    cluster = connect(ctx.access, default_namespace=ctx.expand().sweep.target.namespace)
+    try:
+        applied = apply_sweep(cluster, ctx.path, overrides)
+    finally:
+        cluster.api.close()
+    metadata = applied["metadata"]
+    if output is OutputFormat.json:
+        console.print_json({"kind": applied["kind"], "name": metadata["name"], "namespace": metadata["namespace"]})
+        return
+    console.out.print(
+        f"applied {applied['kind']} {metadata['namespace']}/{metadata['name']}: the controller creates its runs "
+        f"(`distillctl status {ctx.path}`, `kubectl get distillationsweeps`)",
+        markup=False,
+    )
 
 
 def _client_dry_run(expansion, output: OutputFormat) -> None:
@@ -240,6 +277,9 @@ def status(
     expansion, backend = ctx.open()
 
     def statuses():
+        served = _service_statuses(expansion, backend)
+        if served is not None:  # the controller's view, from the DistillationSweep's status
+            return served
         state = look(expansion, backend, now=time.time(), stall_after=stall_after)
         for problem in state.warnings:
             console.warn_once(problem)
@@ -265,6 +305,20 @@ def status(
                 time.sleep(POLL_SECONDS)
     finally:
         backend.close()
+
+
+def _service_statuses(expansion, backend):
+    """The runs' statuses from the sweep's DistillationSweep when the controller runs it (None otherwise)."""
+    cluster = getattr(backend, "cluster", None)
+    if cluster is None or expansion.sweep.target.kind != "kubernetes":
+        return None
+    from orchestrator.service.client import read_status, run_statuses
+
+    found = read_status(cluster, expansion.sweep.name)
+    if found is None or not found.runs:
+        return None
+    statuses = run_statuses(found)
+    return statuses if all(run.run_id in statuses for run in expansion.runs) else None
 
 
 # --- logs and cancel --------------------------------------------------------------------------------------

@@ -133,11 +133,7 @@ class KubernetesBackend:
             self.cluster.namespace,
             "workloads",
         )
-        owned = {}
-        for workload in listing.get("items", []):
-            for owner in workload.get("metadata", {}).get("ownerReferences", []):
-                owned[owner.get("uid")] = workload
-        return owned
+        return workloads_by_owner(listing.get("items", []))
 
     def _stuck_pods(self) -> dict[str, tuple[PodProblem, ...]]:
         """Why pods of distillctl's JobSets are not running, by JobSet name: one list of the Pending pods (few,
@@ -170,27 +166,12 @@ class KubernetesBackend:
     def observe(self, expansion: Expansion) -> dict[str, Observation]:
         """Each run's JobSet, found by its run id: one this sweep created, or another sweep's (then `owner` names
         that sweep, and this sweep neither creates a second nor deletes it)."""
-        sweep = expansion.sweep.name if expansion.sweep else ""
-        wanted = {run.run_id for run in expansion.runs}
-        candidates: dict[str, list[dict]] = {}
-        for jobset in self._jobsets():
-            run_id = _labels(jobset).get(LABEL_RUN_ID)
-            if run_id in wanted:
-                candidates.setdefault(run_id, []).append(jobset)
-        chosen = {run_id: min(found, key=lambda j: _preference(j, sweep)) for run_id, found in candidates.items()}
+        jobsets = self._jobsets()
+        chosen = choose_jobsets(jobsets, expansion)
         workloads = self._workloads() if chosen else {}
         running = any(not (j.get("spec") or {}).get("suspend") for j in chosen.values())
         stuck = self._stuck_pods() if running else {}
-        observed = {}
-        for run_id, jobset in chosen.items():
-            metadata = jobset["metadata"]
-            owner = _labels(jobset).get(rendering.LABEL_SWEEP, "")
-            observed[run_id] = dataclasses.replace(
-                observe_jobset(jobset, workloads.get(metadata.get("uid")), stuck.get(metadata.get("name"), ())),
-                owner="" if owner == sweep else owner,
-                name=metadata.get("name", ""),
-            )
-        return observed
+        return observations(chosen, expansion, workloads, stuck)
 
     def orphans(self, expansion: Expansion) -> list[Orphan]:
         """JobSets labelled with this sweep's name whose run ids the sweep no longer has (an edited sweep file):
@@ -357,6 +338,49 @@ class Orphan:
     name: str
     run_id: str
     state: str  # "queued", "active" or "finished"
+
+
+def choose_jobsets(jobsets: Sequence[dict], expansion: Expansion) -> dict[str, dict]:
+    """The JobSet that speaks for each of the sweep's runs, by run id, among every distillctl JobSet of the
+    namespace (a run id is shared by every sweep with that point)."""
+    sweep = expansion.sweep.name if expansion.sweep else ""
+    wanted = {run.run_id for run in expansion.runs}
+    candidates: dict[str, list[dict]] = {}
+    for jobset in jobsets:
+        run_id = _labels(jobset).get(LABEL_RUN_ID)
+        if run_id in wanted:
+            candidates.setdefault(run_id, []).append(jobset)
+    return {run_id: min(found, key=lambda j: _preference(j, sweep)) for run_id, found in candidates.items()}
+
+
+def workloads_by_owner(workloads: Sequence[dict]) -> dict[str, dict]:
+    """Kueue Workloads by the uid of the JobSet that owns them."""
+    owned = {}
+    for workload in workloads:
+        for owner in workload.get("metadata", {}).get("ownerReferences", []):
+            owned[owner.get("uid")] = workload
+    return owned
+
+
+def observations(
+    chosen: dict[str, dict],
+    expansion: Expansion,
+    workloads: dict[str, dict],
+    stuck: dict[str, tuple[PodProblem, ...]],
+) -> dict[str, Observation]:
+    """Observations of the chosen JobSets (`choose_jobsets`), with Kueue Workloads by their owner's uid and stuck
+    pods' problems by JobSet name. Pure: the CLI lists what it needs, the service reads its watch caches."""
+    sweep = expansion.sweep.name if expansion.sweep else ""
+    observed = {}
+    for run_id, jobset in chosen.items():
+        metadata = jobset["metadata"]
+        owner = _labels(jobset).get(rendering.LABEL_SWEEP, "")
+        observed[run_id] = dataclasses.replace(
+            observe_jobset(jobset, workloads.get(metadata.get("uid")), stuck.get(metadata.get("name"), ())),
+            owner="" if owner == sweep else owner,
+            name=metadata.get("name", ""),
+        )
+    return observed
 
 
 def _labels(jobset: dict) -> dict[str, str]:

@@ -1,0 +1,72 @@
+"""`distillctl early-stop replay`: the sweep's early-stopping rules over its runs' outputs, offline."""
+
+from __future__ import annotations
+
+import typer
+
+from orchestrator.cli.options import OutputBaseOption, OutputFormat, OutputOption, SweepArgument
+
+early_stop_app = typer.Typer(help="Early stopping: try a sweep's rules on what its runs wrote.", no_args_is_help=True)
+
+
+@early_stop_app.command("replay")
+def replay(
+    sweep: SweepArgument,
+    output_base: OutputBaseOption = None,
+    output: OutputOption = OutputFormat.text,
+) -> None:
+    """Which points each rule would have stopped, at which step, and the chip-hours that would have saved."""
+    from rich.table import Table
+
+    from orchestrator.cli import console
+    from orchestrator.core import early_stop, gate
+    from orchestrator.core.sweeps import expand_sweep
+    from orchestrator.errors import UsageError
+
+    expansion = expand_sweep(sweep, yes=True)
+    if not expansion.sweep.early_stopping.any:
+        raise UsageError(
+            f"{sweep} has no early_stopping rules", "add e.g. `early_stopping: {no_improvement: {patience: 5}}`"
+        )
+    rows = early_stop.replay(expansion, gate.read_outputs(expansion, output_base))
+    if output is OutputFormat.json:
+        console.print_json(
+            [
+                {
+                    "key": r.run.key,
+                    "run_id": r.run.run_id,
+                    "rule": r.stop.rule if r.stop else None,
+                    "step": r.stop.step if r.stop else None,
+                    "message": r.stop.message if r.stop else None,
+                    "last_step": r.last_step,
+                    "steps_saved": r.steps_saved,
+                    "chip_hours_saved": r.chip_hours_saved,
+                }
+                for r in rows
+            ]
+        )
+        return
+    table = Table(title=f"{expansion.sweep.name}: early stopping replayed")
+    for column in ("#", "run id", "axis values", "stopped by", "at step", "ran to", "chip-h saved", "why"):
+        table.add_column(column)
+    for r in rows:
+        values = ", ".join(f"{k}={v}" for k, v in r.run.axis_values.items()) or "—"
+        hours = "—" if r.chip_hours_saved is None else f"{r.chip_hours_saved:.3g}"
+        table.add_row(
+            r.run.key,
+            r.run.run_id,
+            values,
+            r.stop.rule if r.stop else "—",
+            str(r.stop.step) if r.stop else "—",
+            "—" if r.last_step is None else str(r.last_step),
+            hours if r.stop else "—",
+            r.stop.message if r.stop else "",
+        )
+    console.print_wide(table)
+    stopped = [r for r in rows if r.stop]
+    total = sum(r.chip_hours_saved or 0.0 for r in stopped)
+    console.out.print(
+        f"{len(stopped)} of {len(rows)} point(s) would have stopped; {sum(r.steps_saved for r in stopped)} steps"
+        + (f", {total:.3g} chip-hours saved" if any(r.chip_hours_saved is not None for r in stopped) else ""),
+        markup=False,
+    )

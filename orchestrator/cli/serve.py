@@ -1,0 +1,43 @@
+"""`distillctl serve`: run the in-cluster controller of DistillationSweeps (see orchestrator/service)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from orchestrator.cli.options import DEFAULT_STALL_SECONDS, ContextOption, KubeconfigOption, StallOption
+
+
+def serve(
+    namespace: Annotated[
+        Optional[str],
+        typer.Option("--namespace", "-n", help="the namespace to serve (default: the pod's, else the context's)"),
+    ] = None,
+    port: Annotated[int, typer.Option("--port", help="/healthz, /readyz and /metrics on this port (0: any)")] = 8080,
+    resync: Annotated[
+        float, typer.Option("--resync", min=1.0, help="seconds between full re-lists (outputs are re-read then)")
+    ] = 60.0,
+    lease: Annotated[str, typer.Option("--lease", help="the Lease that elects the one acting replica")] = (
+        "distillctl-controller"
+    ),
+    identity: Annotated[
+        Optional[str], typer.Option("--identity", help="this replica's name in the Lease (default: host name)")
+    ] = None,
+    stall_after: StallOption = DEFAULT_STALL_SECONDS,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
+) -> None:
+    """Run the controller: reconcile every DistillationSweep in the namespace until interrupted."""
+    from orchestrator.service.run import run
+
+    run(
+        namespace=namespace,
+        port=port,
+        resync=resync,
+        lease=lease,
+        identity=identity,
+        stall_after=stall_after,
+        kubeconfig=kubeconfig,
+        context=context,
+    )

@@ -1,0 +1,492 @@
+"""`distillctl serve`: the controller of DistillationSweeps in one namespace. All the I/O of the service is here.
+
+- Informers list and then watch DistillationSweeps, distillctl's JobSets and (when Kueue is installed) Kueue
+  Workloads into caches; each watch ends after `resync` seconds and the list is read again (a resync: every
+  sweep is reconciled, so outputs written since — steps, metrics, the trainer's verdict — are seen).
+- A sweep is queued when it or one of its JobSets changes; one worker reconciles the queue, each sweep with
+  `plan.plan` (the CLI's expansion, derive and reconcile) over the caches, and writes what it decided: JobSets
+  created through the Kubernetes backend (409 on a create is "exists": never a duplicate), failed runs deleted
+  for a retry, the status subresource, and Events.
+- Only the holder of the Lease acts; the others keep their caches warm.
+- The finalizer: a sweep being deleted has its JobSets deleted (`deletionPolicy: Delete`) or left
+  (`Keep`) before the finalizer is removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from distillspec.contract import LABEL_RUN_ID, LABEL_SWEEP
+from distillspec.problems import Problem
+from distillspec.sweep import Target
+from orchestrator.backends.kubernetes.backend import (
+    JOBSET,
+    KUEUE_GROUP,
+    KubernetesBackend,
+    choose_jobsets,
+    observations,
+    workloads_by_owner,
+)
+from orchestrator.backends.kubernetes.client import CONNECTION_ERRORS, Cluster
+from orchestrator.core import expansion as expansion_module
+from orchestrator.core.run_status import DEFAULT_STALL_SECONDS
+from orchestrator.core.status import read_outputs
+from orchestrator.errors import DistillctlError
+from orchestrator.service import plan as planning
+from orchestrator.service.election import LeaderElector
+from orchestrator.service.endpoints import Metrics
+from orchestrator.service.resource import (
+    FINALIZER,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    SweepStatus,
+    source_from_resource,
+)
+
+log = logging.getLogger("distillctl.serve")
+DEFAULT_RESYNC_SECONDS = 60.0
+
+
+class Informer:
+    """A namespaced resource, listed then watched into a cache by name; `on_change(obj)` after each event,
+    `on_resync()` after each list."""
+
+    def __init__(
+        self,
+        what: str,
+        list_fn: Callable[..., dict],
+        args: tuple,
+        *,
+        resync: float,
+        on_change: Callable[[dict], None],
+        on_resync: Callable[[], None],
+        metrics: Metrics,
+        stop: threading.Event,
+        label_selector: str | None = None,
+    ):
+        self.what, self.list_fn, self.args = what, list_fn, args
+        self.resync, self.on_change, self.on_resync = resync, on_change, on_resync
+        self.metrics, self._stop, self.label_selector = metrics, stop, label_selector
+        self._items: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        self.synced = threading.Event()
+        self._watch: watch.Watch | None = None
+        self.thread = threading.Thread(target=self._run, name=f"informer-{what}", daemon=True)
+
+    def items(self) -> list[dict]:
+        with self._lock:
+            return list(self._items.values())
+
+    def get(self, name: str) -> dict | None:
+        with self._lock:
+            return self._items.get(name)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+
+    def _kwargs(self) -> dict:
+        return {"label_selector": self.label_selector} if self.label_selector else {}
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                listing = self.list_fn(*self.args, **self._kwargs(), _request_timeout=60)
+                with self._lock:
+                    self._items = {o["metadata"]["name"]: o for o in listing.get("items", [])}
+                version = listing["metadata"].get("resourceVersion")
+                self.synced.set()
+                self.on_resync()
+                self._watch = watch.Watch()
+                for event in self._watch.stream(
+                    self.list_fn,
+                    *self.args,
+                    **self._kwargs(),
+                    resource_version=version,
+                    timeout_seconds=max(1, int(self.resync)),
+                    allow_watch_bookmarks=True,
+                    deserialize=False,
+                ):
+                    if self._stop.is_set():
+                        break
+                    kind, obj = event.get("type"), event.get("object") or {}
+                    if kind == "BOOKMARK" or "metadata" not in obj:
+                        continue
+                    with self._lock:
+                        if kind == "DELETED":
+                            self._items.pop(obj["metadata"]["name"], None)
+                        else:
+                            self._items[obj["metadata"]["name"]] = obj
+                    self.on_change(obj)
+                delay = 0.5
+            except ApiException as e:
+                if self._stop.is_set():
+                    break
+                if e.status != 410:  # 410 Gone: the watch's version is too old; list again
+                    self.metrics.api_error(f"watch {self.what}")
+                    log.warning("watching %s: %s %s", self.what, e.status, e.reason)
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, 10.0)
+            except (*CONNECTION_ERRORS, ValueError) as e:
+                if self._stop.is_set():
+                    break  # stop() closed the watch's connection
+                self.metrics.api_error(f"watch {self.what}")
+                log.warning("watching %s: %s", self.what, e)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+
+class WorkQueue:
+    """Sweep names to reconcile: each at most once in the queue, handed out one at a time."""
+
+    def __init__(self):
+        self._pending: list[str] = []
+        self._cond = threading.Condition()
+
+    def add(self, name: str) -> None:
+        with self._cond:
+            if name not in self._pending:
+                self._pending.append(name)
+                self._cond.notify()
+
+    def get(self, timeout: float) -> str | None:
+        with self._cond:
+            if not self._pending:
+                self._cond.wait(timeout)
+            return self._pending.pop(0) if self._pending else None
+
+
+@dataclasses.dataclass
+class Options:
+    resync: float = DEFAULT_RESYNC_SECONDS
+    stall_after: float = DEFAULT_STALL_SECONDS
+    lease_name: str = "distillctl-controller"
+    identity: str = ""
+    lease_seconds: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+
+
+class Controller:
+    def __init__(self, cluster: Cluster, options: Options, metrics: Metrics | None = None):
+        self.cluster, self.options = cluster, options
+        self.namespace = cluster.namespace
+        self.metrics = metrics or Metrics()
+        self.queue = WorkQueue()
+        self._stop = threading.Event()
+        self._last: dict[str, SweepStatus] = {}  # by uid: what we last wrote (the cache may not show it yet)
+        self._run_index: dict[str, set[str]] = {}  # run id -> sweeps that have it
+        custom = cluster.custom
+        common = {"resync": options.resync, "metrics": self.metrics, "stop": self._stop}
+        self.sweeps = Informer(
+            PLURAL,
+            custom.list_namespaced_custom_object,
+            (GROUP, VERSION, self.namespace, PLURAL),
+            on_change=lambda o: self.queue.add(o["metadata"]["name"]),
+            on_resync=self._enqueue_all,
+            **common,
+        )
+        self.jobsets = Informer(
+            "jobsets",
+            custom.list_namespaced_custom_object,
+            (*JOBSET[:2], self.namespace, JOBSET[2]),
+            on_change=self._jobset_changed,
+            on_resync=lambda: None,
+            label_selector=LABEL_RUN_ID,
+            **common,
+        )
+        self.workloads: Informer | None = None
+        kueue = self._kueue_version()
+        if kueue:
+            self.workloads = Informer(
+                "workloads",
+                custom.list_namespaced_custom_object,
+                (KUEUE_GROUP, kueue, self.namespace, "workloads"),
+                on_change=self._workload_changed,
+                on_resync=lambda: None,
+                **common,
+            )
+        self.elector = LeaderElector(
+            cluster,
+            options.lease_name,
+            options.identity,
+            lease_seconds=options.lease_seconds,
+            renew_deadline=options.renew_deadline,
+            retry_period=options.retry_period,
+            on_started=self._became_leader,
+            on_stopped=lambda: log.info("%s: no longer the leader", options.identity),
+            on_error=self.metrics.api_error,
+        )
+        self._threads: list[threading.Thread] = []
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+
+    def _kueue_version(self) -> str | None:
+        found = self.cluster.call("list the API groups", client.ApisApi(self.cluster.api).get_api_versions)
+        groups = found.groups or []
+        for group in groups:
+            if group.name == KUEUE_GROUP:
+                return group.preferred_version.version
+        return None
+
+    def informers(self) -> list[Informer]:
+        return [i for i in (self.sweeps, self.jobsets, self.workloads) if i is not None]
+
+    @property
+    def ready(self) -> bool:
+        return all(i.synced.is_set() for i in self.informers())
+
+    @property
+    def healthy(self) -> bool:
+        return all(t.is_alive() for t in self._threads) and all(i.thread.is_alive() for i in self.informers())
+
+    def start(self) -> None:
+        for informer in self.informers():
+            informer.start()
+        for target, name in ((self.elector.run, "election"), (self._work, "worker")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self.elector.stop()
+        for informer in self.informers():
+            informer.stop()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _became_leader(self) -> None:
+        log.info("%s: now the leader", self.options.identity)
+        self._enqueue_all()
+
+    def _enqueue_all(self) -> None:
+        for sweep in self.sweeps.items():
+            self.queue.add(sweep["metadata"]["name"])
+
+    def _jobset_changed(self, jobset: dict) -> None:
+        labels = jobset["metadata"].get("labels") or {}
+        names = set(self._run_index.get(labels.get(LABEL_RUN_ID, ""), ()))
+        if labels.get(LABEL_SWEEP):
+            names.add(labels[LABEL_SWEEP])
+        for name in names:
+            self.queue.add(name)
+
+    def _workload_changed(self, workload: dict) -> None:
+        uids = {o.get("uid") for o in workload["metadata"].get("ownerReferences") or []}
+        for jobset in self.jobsets.items():
+            if jobset["metadata"].get("uid") in uids:
+                self._jobset_changed(jobset)
+
+    # --- the worker -----------------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            name = self.queue.get(timeout=1.0)
+            if name is None or not self.elector.is_leader:
+                continue  # a new leader queues every sweep again
+            if not self.ready:
+                self._stop.wait(0.2)
+                self.queue.add(name)
+                continue
+            started = time.monotonic()
+            try:
+                self.reconcile(name)
+            except (DistillctlError, ApiException, *CONNECTION_ERRORS) as e:
+                self.metrics.api_error("reconcile")
+                log.warning("reconciling %s: %s", name, getattr(e, "message", e))
+                threading.Timer(min(self.options.resync, 5.0), self.queue.add, (name,)).start()
+            except Exception:  # a bug must not stop the other sweeps
+                log.exception("reconciling %s", name)
+            finally:
+                self.metrics.observe_reconcile(time.monotonic() - started)
+
+    def reconcile(self, name: str) -> None:
+        """One pass over one sweep, from the caches."""
+        resource = self.sweeps.get(name)
+        if resource is None:
+            self.metrics.set_runs(name, {})
+            return
+        metadata = resource["metadata"]
+        if metadata.get("deletionTimestamp"):
+            self._finalize(resource)
+            return
+        if FINALIZER not in (metadata.get("finalizers") or []):
+            self._patch(name, {"metadata": {"finalizers": [*(metadata.get("finalizers") or []), FINALIZER]}})
+        previous = self._previous(resource)
+        generation = metadata.get("generation")
+        now = time.time()
+        source, service = source_from_resource(resource)
+        if not source.ok:
+            rejected = planning.rejected(source.problems, reason="InvalidSpec", **_at(generation, previous, now))
+            self._write(resource, rejected)
+            return
+        expanded = expansion_module.expand(source, max_points=None)
+        if not expanded.ok or not isinstance(expanded, expansion_module.Expansion):
+            self._write(
+                resource, planning.rejected(expanded.problems, reason="InvalidSpec", **_at(generation, previous, now))
+            )
+            return
+        backend = KubernetesBackend(expanded.sweep.target, None, cluster=self.cluster)
+        try:
+            backend.preflight(expanded)
+        except DistillctlError as e:
+            problem = Problem((), "cannot_run", e.message, e.hint)
+            reason = "LocalQueueMissing" if "LocalQueue" in e.message else "CannotRun"
+            self._write(resource, planning.rejected([problem], reason=reason, **_at(generation, previous, now)))
+            return
+        for run in expanded.runs:
+            self._run_index.setdefault(run.run_id, set()).add(name)
+        chosen = choose_jobsets(self.jobsets.items(), expanded)
+        workloads = workloads_by_owner(self.workloads.items()) if self.workloads else {}
+        observed = observations(chosen, expanded, workloads, {})
+        outputs, _ = read_outputs(expanded)
+        decided = planning.plan(
+            expanded,
+            observed,
+            outputs,
+            service=service,
+            previous=previous,
+            generation=generation,
+            now=now,
+            stall_after=self.options.stall_after,
+        )
+        if not self.elector.is_leader:
+            return  # lost the Lease while reading: the new leader decides
+        if decided.delete:
+            backend.delete(decided.delete)
+        if decided.create:
+            backend.submit(decided.create, expanded)
+        self._write(resource, decided)
+        self.metrics.set_runs(name, _by_phase(decided.status))
+
+    def _previous(self, resource: dict) -> SweepStatus | None:
+        uid = resource["metadata"].get("uid", "")
+        if uid in self._last:
+            return self._last[uid]
+        try:
+            return SweepStatus.model_validate(resource.get("status") or {})
+        except ValidationError:
+            return None
+
+    def _write(self, resource: dict, decided: planning.Plan) -> None:
+        """The status (when it changed) and the Events."""
+        metadata = resource["metadata"]
+        status = decided.status.model_dump(mode="json", exclude_none=True)
+        if status != (resource.get("status") or {}) and status != _dump(self._last.get(metadata.get("uid", ""))):
+            self.cluster.call(
+                f"update the status of {KIND} {metadata['name']}",
+                self.cluster.custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                self.namespace,
+                PLURAL,
+                metadata["name"],
+                [{"op": "add", "path": "/status", "value": status}],  # replaces it whole: no stale keys
+                _content_type="application/json-patch+json",
+            )
+        self._last[metadata.get("uid", "")] = decided.status
+        for event in decided.events:
+            self._event(resource, event)
+
+    def _event(self, resource: dict, event: planning.Event) -> None:
+        metadata = resource["metadata"]
+        now = planning.timestamp(time.time())
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{metadata['name']}.", namespace=self.namespace),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}",
+                kind=KIND,
+                name=metadata["name"],
+                namespace=self.namespace,
+                uid=metadata.get("uid"),
+                resource_version=metadata.get("resourceVersion"),
+            ),
+            type=event.type,
+            reason=event.reason,
+            message=event.message[:1024],
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=client.V1EventSource(component="distillctl"),
+            reporting_component="distillctl.dev/controller",
+            reporting_instance=self.options.identity,
+        )
+        try:
+            self.cluster.core.create_namespaced_event(self.namespace, body, _request_timeout=10)
+        except (ApiException, *CONNECTION_ERRORS):
+            self.metrics.api_error("create event")  # an Event is a courtesy: the status holds the truth
+
+    def _patch(self, name: str, body: dict) -> None:
+        self.cluster.call(
+            f"update {KIND} {name}",
+            self.cluster.custom.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            self.namespace,
+            PLURAL,
+            name,
+            body,
+        )
+
+    def _finalize(self, resource: dict) -> None:
+        """Delete the sweep's JobSets (unless its policy keeps them), then let the resource go."""
+        metadata = resource["metadata"]
+        finalizers = metadata.get("finalizers") or []
+        if FINALIZER not in finalizers:
+            return
+        spec = resource.get("spec") or {}
+        if spec.get("deletionPolicy", "Delete") == "Delete":
+            mine = [
+                j["metadata"]["name"]
+                for j in self.jobsets.items()
+                if (j["metadata"].get("labels") or {}).get(LABEL_SWEEP) == metadata["name"]
+            ]
+            if mine:
+                going = [
+                    n
+                    for n in mine
+                    if not (self.jobsets.get(n) or {"metadata": {}})["metadata"].get("deletionTimestamp")
+                ]
+                KubernetesBackend(Target(kind="kubernetes"), None, cluster=self.cluster).delete_jobsets(going)
+                return  # their deletion events queue the sweep again
+        self._patch(
+            metadata["name"],
+            {
+                "metadata": {
+                    "finalizers": [f for f in finalizers if f != FINALIZER],
+                    "resourceVersion": metadata.get("resourceVersion"),  # a conflict, not a lost finalizer
+                }
+            },
+        )
+        self._last.pop(metadata.get("uid", ""), None)
+        self.metrics.set_runs(metadata["name"], {})
+
+
+def _at(generation, previous, now) -> dict:
+    return {"generation": generation, "previous": previous, "now": now}
+
+
+def _dump(status: SweepStatus | None) -> dict | None:
+    return status.model_dump(mode="json", exclude_none=True) if status is not None else None
+
+
+def _by_phase(status: SweepStatus) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for run in status.runs:
+        counts[run.phase] = counts.get(run.phase, 0) + 1
+    return counts

@@ -1,0 +1,257 @@
+"""One sweep's reconcile for the service, pure: (the resource, what is observed) -> what to do and the new status.
+
+The decisions are the CLI's: the same expansion (run ids, prerequisites first), the same `derive` of each run's
+phase and the same `reconcile` of phases into actions. The service adds only what a long-lived front end needs:
+a retry budget per run (`spec.retryFailed`) instead of a `--retry-failed` flag, a status to write back, and the
+Events for what changed since the last status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+from collections.abc import Mapping, Sequence
+
+from distillspec.problems import Problem, format_loc
+from orchestrator.core import aggregate
+from orchestrator.core.expansion import Expansion, Point
+from orchestrator.core.reconcile import FAILED, Action, ActionKind, reconcile
+from orchestrator.core.run_status import DEFAULT_STALL_SECONDS, Observation, Phase, RunStatus
+from orchestrator.core.status import derive_all
+from orchestrator.outputs import RunOutputs
+from orchestrator.service.resource import BestPoint, RunState, ServiceSpec, SweepCondition, SweepStatus
+
+ACTIVE = frozenset({Phase.QUEUED, Phase.RUNNING, Phase.RESTARTING, Phase.STUCK, Phase.STALLED})
+WARNING_PHASES = frozenset({Phase.FAILED, Phase.DIVERGED, Phase.STUCK, Phase.STALLED})
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to emit on the sweep: `type` Normal or Warning, a CamelCase reason."""
+
+    type: str
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What the controller does for one sweep: create `create` (prerequisites first), delete `delete` (failed
+    runs to be created again once gone), write `status`, emit `events`."""
+
+    status: SweepStatus
+    actions: tuple[Action, ...] = ()
+    create: tuple[Point, ...] = ()
+    delete: tuple[Point, ...] = ()
+    events: tuple[Event, ...] = ()
+
+
+def timestamp(now: float) -> str:
+    return datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rejected(
+    problems: Sequence[Problem], *, reason: str, generation: int | None, previous: SweepStatus | None, now: float
+) -> Plan:
+    """The plan for a resource that cannot run: Accepted=False with the problems (as `validate` words them)."""
+    errors = [p for p in problems if p.is_error] or list(problems)
+    message = "; ".join(f"{format_loc(p.loc)}: {p.message} [{p.code}]" if p.loc else p.message for p in errors[:5])
+    conditions = _conditions(
+        previous, {"Accepted": ("False", reason, message)}, generation=generation, now=now, only=True
+    )
+    status = SweepStatus(observedGeneration=generation, conditions=conditions)
+    changed = _condition_changed(previous, "Accepted", "False", reason)
+    return Plan(status, events=(Event("Warning", reason, message),) if changed else ())
+
+
+def plan(
+    expansion: Expansion,
+    observed: Mapping[str, Observation],
+    outputs: Mapping[str, RunOutputs],
+    *,
+    service: ServiceSpec,
+    previous: SweepStatus | None,
+    generation: int | None,
+    now: float,
+    stall_after: float = DEFAULT_STALL_SECONDS,
+) -> Plan:
+    """The actions for a valid sweep, and its new status."""
+    before = {r.runId: r for r in (previous.runs if previous else [])}
+    statuses = derive_all(expansion, observed, outputs, now=now, stall_after=stall_after)
+    # Runs deleted to be created again: until the new JobSet exists, the old outputs' verdict is not theirs.
+    retrying = set()
+    for run_id in (rid for rid, r in before.items() if r.retrying and rid in statuses):
+        seen = observed.get(run_id, Observation(exists=False))
+        if seen.exists and not seen.deleting:
+            continue  # created again: its phase is its own
+        retrying.add(run_id)
+        if not seen.exists:
+            statuses[run_id] = dataclasses.replace(
+                statuses[run_id], phase=Phase.PENDING, reason="Retrying", message="created again after a failure"
+            )
+    allowed = {
+        run.run_id: (before[run.run_id].retries if run.run_id in before else 0) < service.retryFailed
+        for run in expansion.runs
+    }
+    actions = _actions(expansion.runs, statuses, allowed)
+    create = tuple(a.run for a in actions if a.kind == ActionKind.CREATE)
+    delete = tuple(a.run for a in actions if a.kind == ActionKind.RECREATE)
+    create_ids, delete_ids = {r.run_id for r in create}, {r.run_id for r in delete}
+
+    runs = []
+    events: list[Event] = []
+    for run in expansion.runs:
+        status = statuses[run.run_id]
+        old = before.get(run.run_id)
+        retries = (old.retries if old else 0) + (run.run_id in delete_ids)
+        # `retrying` remembers, across the deletion, that the run is to be created again.
+        again = run.run_id in delete_ids or (run.run_id in retrying and run.run_id not in create_ids)
+        state = _run_state(run, status, outputs.get(run.run_id), retries, retrying=again)
+        runs.append(state)
+        if run.run_id in create_ids:
+            events.append(Event("Normal", "Created", f"created JobSet {run.jobset_name} for {run.label}"))
+        elif run.run_id in delete_ids:
+            events.append(Event("Normal", "Retrying", f"{run.label} is {status.shown}: retry {retries}"))
+        elif old is None or old.phase != state.phase:
+            kind = "Warning" if status.phase in WARNING_PHASES else "Normal"
+            message = f"{run.label} ({run.jobset_name}): {status.shown}" + (
+                f": {status.message}" if status.message else ""
+            )
+            events.append(Event(kind, f"Run{status.phase}", message))
+
+    counts = {
+        "succeeded": sum(statuses[r.run_id].phase == Phase.SUCCEEDED for r in expansion.runs),
+        "running": sum(statuses[r.run_id].phase in ACTIVE for r in expansion.runs),
+        "failed": sum(statuses[r.run_id].phase in FAILED for r in expansion.runs),
+    }
+    blocked = {a.run.run_id for a in actions if a.kind == ActionKind.BLOCKED}
+    settled = (
+        not create and not delete and all(statuses[r.run_id].terminal or r.run_id in blocked for r in expansion.runs)
+    )
+    total = len(expansion.runs)
+    if settled and counts["succeeded"] == total:
+        wanted = {"Running": ("False", "Finished", ""), "Succeeded": ("True", "AllSucceeded", f"{total} run(s)")}
+        wanted["Failed"] = ("False", "AllSucceeded", "")
+    elif settled:
+        message = f"{total - counts['succeeded']} of {total} run(s) did not succeed" + (
+            f" ({len(blocked)} blocked by a failed prerequisite)" if blocked else ""
+        )
+        wanted = {
+            "Running": ("False", "Finished", ""),
+            "Succeeded": ("False", "RunsFailed", message),
+            "Failed": ("True", "RunsFailed", message),
+        }
+    else:
+        stuck = [r for r in expansion.runs if statuses[r.run_id].will_not_start or statuses[r.run_id].never_admitted]
+        reason, message = "RunsActive", f"{counts['running']} active, {counts['succeeded']} of {total} succeeded"
+        if stuck:
+            first = statuses[stuck[0].run_id]
+            reason = "NeverAdmitted" if first.never_admitted else "WillNotStart"
+            message = f"{len(stuck)} run(s) cannot go on as configured: {stuck[0].jobset_name}: {first.message}"
+        wanted = {
+            "Running": ("True", reason, message),
+            "Succeeded": ("False", "RunsActive", ""),
+            "Failed": ("False", "RunsActive", ""),
+        }
+    wanted = {"Accepted": ("True", "Valid", f"{total} run(s)"), **wanted}
+    for kind in ("Succeeded", "Failed"):
+        state, reason, message = wanted[kind]
+        if state == "True" and _condition_changed(previous, kind, state, reason):
+            events.append(Event("Normal" if kind == "Succeeded" else "Warning", f"Sweep{kind}", message))
+    best = _best(expansion.points, statuses)
+    status = SweepStatus(
+        observedGeneration=generation,
+        points=total,
+        **counts,
+        conditions=_conditions(previous, wanted, generation=generation, now=now),
+        runs=runs,
+        best=best,
+    )
+    return Plan(status, tuple(actions), create, delete, tuple(events))
+
+
+def _actions(runs: Sequence[Point], statuses: Mapping[str, RunStatus], allowed: Mapping[str, bool]) -> list[Action]:
+    """`reconcile`'s actions, a run retried while its own retry budget lasts (and its dependants waiting for it
+    rather than blocked)."""
+    plain = reconcile(runs, statuses, retry_failed=False)
+    retry = reconcile(runs, statuses, retry_failed=True)
+    chosen = []
+    for run, without, with_retry in zip(runs, plain, retry, strict=True):
+        status = statuses[run.run_id]
+        if status.phase in FAILED:
+            use_retry = allowed[run.run_id]
+        else:
+            failed = [rid for rid in run.depends_on.values() if rid in statuses and statuses[rid].phase in FAILED]
+            use_retry = bool(failed) and all(allowed[rid] for rid in failed)
+        chosen.append(with_retry if use_retry else without)
+    return chosen
+
+
+def _run_state(run: Point, status: RunStatus, outputs: RunOutputs | None, retries: int, *, retrying: bool) -> RunState:
+    metrics = {}
+    if outputs is not None and outputs.log:
+        latest = outputs.log[-1:]
+        for name in latest[0].metrics:
+            value = aggregate.metric(latest, name)
+            if value is not None and math.isfinite(value):
+                metrics[name] = value
+    return RunState(
+        key=run.key,
+        runId=run.run_id,
+        jobset=run.jobset_name,
+        role=run.role,
+        phase=str(status.phase),
+        reason=status.reason,
+        message=status.message,
+        restarts=status.restarts,
+        retries=retries,
+        retrying=retrying,
+        step=status.step,
+        totalSteps=status.total_steps,
+        metrics=metrics,
+        owner=status.owner,
+    )
+
+
+def _best(points: Sequence[Point], statuses: Mapping[str, RunStatus]) -> BestPoint | None:
+    scored = [(statuses[p.run_id].kl_div_t1, p) for p in points if statuses[p.run_id].kl_div_t1 is not None]
+    scored = [(kl, p) for kl, p in scored if math.isfinite(kl)]
+    if not scored:
+        return None
+    kl, point = min(scored, key=lambda item: item[0])
+    return BestPoint(key=point.key, runId=point.run_id, klDivT1=kl)
+
+
+def _condition_changed(previous: SweepStatus | None, kind: str, state: str, reason: str) -> bool:
+    old = next((c for c in (previous.conditions if previous else []) if c.type == kind), None)
+    return old is None or old.status != state or old.reason != reason
+
+
+def _conditions(
+    previous: SweepStatus | None,
+    wanted: Mapping[str, tuple[str, str, str]],
+    *,
+    generation: int | None,
+    now: float,
+    only: bool = False,
+) -> list[SweepCondition]:
+    """The conditions, each keeping its lastTransitionTime while its status stays the same."""
+    old = {c.type: c for c in (previous.conditions if previous else [])}
+    out = []
+    for kind, (state, reason, message) in wanted.items():
+        before = old.get(kind)
+        since = before.lastTransitionTime if before is not None and before.status == state else timestamp(now)
+        out.append(
+            SweepCondition(
+                type=kind,
+                status=state,
+                reason=reason,
+                message=message,
+                lastTransitionTime=since,
+                observedGeneration=generation,
+            )
+        )
+    if not only:
+        return out
+    return out + [c for kind, c in old.items() if kind not in wanted]

@@ -1,0 +1,150 @@
+"""The `DistillationSweep` custom resource: its API coordinates, the service's own spec fields, the status models,
+and the two conversions between a sweep file and the resource.
+
+The resource's spec is a sweep file's content with the base spec (and each prerequisite's spec) inlined in native
+layout, `metadata.name` standing for the sweep's `name`, plus the service's fields (`deletionPolicy`,
+`retryFailed`). The controller turns it back into a `SweepSource` and expands it with the same core as the CLI, so a
+point's run id is the same whichever front end created it.
+
+Status fields are camelCase (it is a Kubernetes API); the models below are what the CRD's status schema is
+generated from, and what the controller writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from distillspec.problems import Problem
+from distillspec.sweep import SweepSource, parse_sweep
+
+GROUP = "distillctl.dev"
+VERSION = "v1alpha1"
+KIND = "DistillationSweep"
+PLURAL = "distillationsweeps"
+SINGULAR = "distillationsweep"
+SHORT_NAMES = ["dsweep"]
+API_VERSION = f"{GROUP}/{VERSION}"
+FIELD_MANAGER = "distillctl"
+FINALIZER = "distillctl.dev/jobsets"  # the sweep's JobSets are deleted (or kept) before the resource goes
+
+# Spec fields of the resource that are not sweep-file fields.
+DELETION_POLICY = "deletionPolicy"
+RETRY_FAILED = "retryFailed"
+SERVICE_FIELDS = (DELETION_POLICY, RETRY_FAILED)
+
+
+class ServiceSpec(BaseModel):
+    """What the service adds to a sweep file's fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    deletionPolicy: Literal["Delete", "Keep"] = Field(
+        "Delete", description="Delete: deleting the sweep deletes the JobSets it created; Keep: they are left running"
+    )
+    retryFailed: int = Field(
+        0, ge=0, description="how many times the controller creates a failed or diverged run again (it resumes)"
+    )
+
+
+# --- status ---------------------------------------------------------------------------------------------------
+
+
+class _Status(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SweepCondition(_Status):
+    """One condition, as Kubernetes writes them: Accepted, Running, Succeeded, Failed."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    lastTransitionTime: str = Field(description="RFC 3339, when `status` last changed")
+    observedGeneration: int | None = None
+
+
+class RunState(_Status):
+    """One run of the sweep (a prerequisite, a point or a baseline)."""
+
+    key: str = Field(description="the point's index, `3b` for a baseline, or the prerequisite's name")
+    runId: str
+    jobset: str
+    role: Literal["prerequisite", "point", "baseline"]
+    phase: str = Field(description="Pending, Queued, Running, Restarting, Stuck, Stalled, Succeeded, Failed, Diverged")
+    reason: str = ""
+    message: str = ""
+    restarts: int = 0
+    retries: int = Field(0, description="how many times the controller created it again after it failed")
+    retrying: bool = Field(False, description="deleted after a failure, to be created again once gone")
+    step: int | None = None
+    totalSteps: int | None = None
+    metrics: dict[str, float] = Field({}, description="the latest log record's metrics (mean over its tokens)")
+    owner: str = Field("", description="another sweep whose JobSet runs this point (the same run id)")
+
+
+class BestPoint(_Status):
+    key: str
+    runId: str
+    klDivT1: float
+
+
+class SweepStatus(_Status):
+    observedGeneration: int | None = None
+    points: int = Field(0, description="runs in the sweep, prerequisites included")
+    succeeded: int = 0
+    running: int = Field(0, description="runs queued, running, restarting, stuck or stalled")
+    failed: int = Field(0, description="runs failed or diverged")
+    conditions: list[SweepCondition] = []
+    runs: list[RunState] = []
+    best: BestPoint | None = Field(None, description="the point with the lowest latest kl_div_T1")
+
+
+# --- sweep file <-> resource ----------------------------------------------------------------------------------
+
+
+def resource_from_source(source: SweepSource, namespace: str) -> dict[str, Any]:
+    """The DistillationSweep for a loaded, valid sweep: base and prerequisite specs inlined (native layout, the
+    sweep's overrides left to the controller's expansion), the target's namespace set to where it is applied."""
+    assert source.sweep is not None and source.base is not None
+    data = source.sweep.model_dump(mode="json", exclude_defaults=True)
+    name = data.pop("name")
+    data["spec"] = source.base.copy_data()
+    for key, prerequisite in source.prerequisites.items():
+        data["prerequisites"][key]["spec"] = prerequisite.copy_data()
+    data.setdefault("target", {})["namespace"] = namespace
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": data,
+    }
+
+
+def split_spec(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A resource's spec as (the sweep file's fields, the service's fields)."""
+    sweep = {k: copy.deepcopy(v) for k, v in spec.items() if k not in SERVICE_FIELDS}
+    service = {k: v for k, v in spec.items() if k in SERVICE_FIELDS}
+    return sweep, service
+
+
+def source_from_resource(resource: dict[str, Any]) -> tuple[SweepSource, ServiceSpec]:
+    """The sweep a resource describes, loaded as a sweep file would be, and its service fields. Never raises for
+    bad input: problems (the CLI's codes and messages) are in the source."""
+    metadata = resource.get("metadata") or {}
+    sweep, service = split_spec(resource.get("spec") or {})
+    sweep = {"name": metadata.get("name", ""), **sweep}
+    sweep.setdefault("target", {})["namespace"] = metadata.get("namespace", "default")
+    text = yaml.safe_dump(sweep, sort_keys=False)
+    where = f"{KIND.lower()}/{metadata.get('name', '')}"
+    source = parse_sweep(text, file=where)
+    try:
+        return source, ServiceSpec.model_validate(service)
+    except ValidationError as e:
+        problems = [Problem(tuple(map(str, err["loc"])), "bad_value", err["msg"], "") for err in e.errors()]
+        return dataclasses.replace(source, problems=source.problems + tuple(problems)), ServiceSpec()

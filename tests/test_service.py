@@ -1,0 +1,258 @@
+"""The sweep service without a cluster: the CRD generated from the sweep models, a sweep file and its
+DistillationSweep naming the same runs, the pure per-sweep reconcile (`orchestrator.service.plan`), and the
+controller's HTTP endpoints."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from orchestrator.core import expansion as expansion_module
+from orchestrator.core.aggregate import KL_T1
+from orchestrator.core.run_status import Condition, Observation
+from orchestrator.outputs import LogLine, RunOutputs
+from orchestrator.service import crd, endpoints, plan
+from orchestrator.service.resource import ServiceSpec, SweepStatus, resource_from_source, source_from_resource
+
+REPO = Path(__file__).resolve().parents[1]
+
+SWEEP = """\
+name: svc
+spec:
+  student: {model: tiny-2l}
+  teacher: {model: tiny-4l, load_parameters_path: "${prerequisites.teacher.output}/checkpoints"}
+  batch: {per_device_batch_size: 1, max_target_length: 16}
+  loss: {alpha: 0.5, temperature: {start: 2.0, end: 1.0, schedule: cosine}}
+  steps: 10
+prerequisites:
+  teacher:
+    spec:
+      mode: pretrain
+      student: {model: tiny-4l}
+      batch: {per_device_batch_size: 1, max_target_length: 16}
+      steps: 10
+axes:
+  loss.alpha.end: [0.5, 1.0]
+target:
+  kind: kubernetes
+  tpu_type: v5p-128
+  slices: 2
+  image: example.invalid/trainer:test
+  output_base: gs://bucket/runs
+"""
+
+
+def _as_served(value):
+    """What the API server stores: JSON numbers, so 1.0 comes back as 1."""
+    if isinstance(value, dict):
+        return {k: _as_served(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_served(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+@pytest.fixture(scope="module")
+def resource(tmp_path_factory) -> dict:
+    from distillspec.sweep import load_sweep
+
+    path = tmp_path_factory.mktemp("svc") / "svc.yaml"
+    path.write_text(SWEEP)
+    body = resource_from_source(load_sweep(path), "team")
+    body["metadata"].update(uid="u1", generation=1)
+    return _as_served(body)
+
+
+@pytest.fixture(scope="module")
+def expanded(resource) -> expansion_module.Expansion:
+    source, _ = source_from_resource(resource)
+    assert source.ok, source.problems
+    return expansion_module.expand(source)
+
+
+# --- the CRD ----------------------------------------------------------------------------------------------
+
+
+def test_committed_crd_is_what_the_models_generate():
+    assert crd.CRD_PATH.read_text() == crd.render(), "run `python -m orchestrator.service.crd`"
+
+
+def test_crd_schema_is_structural():
+    """Every node typed (or explicitly open), no $ref and no type inside a logical junctor."""
+
+    def walk(node, path):
+        assert "$ref" not in node and "anyOf" not in node and "oneOf" not in node, path
+        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), path
+        for name, child in (node.get("properties") or {}).items():
+            walk(child, f"{path}.{name}")
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}.*")
+        if "items" in node:
+            walk(node["items"], f"{path}[]")
+
+    version = crd.crd()["spec"]["versions"][0]
+    walk(version["schema"]["openAPIV3Schema"], "")
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert spec["spec"]["properties"]["steps"] == {"type": "integer", "minimum": 0, "exclusiveMinimum": True}
+    assert spec["deletionPolicy"]["enum"] == ["Delete", "Keep"]
+    assert "name" not in spec  # metadata.name is the sweep's name
+    columns = [c["jsonPath"] for c in version["additionalPrinterColumns"]]
+    assert columns[:5] == [
+        ".status.points",
+        ".status.succeeded",
+        ".status.running",
+        ".status.failed",
+        ".status.best.klDivT1",
+    ]
+
+
+def test_resource_names_the_same_runs_as_the_sweep_file(tmp_path, expanded):
+    from orchestrator.core.sweeps import expand_sweep
+
+    path = tmp_path / "svc.yaml"
+    path.write_text(SWEEP)
+    from_file = expand_sweep(path)
+    assert [r.run_id for r in expanded.runs] == [r.run_id for r in from_file.runs]
+    assert [r.jobset_name for r in expanded.runs] == [r.jobset_name for r in from_file.runs]
+
+
+def test_invalid_resource_is_rejected_with_the_clis_codes(resource):
+    bad = json.loads(json.dumps(resource))
+    bad["spec"]["retryFailed"] = -1
+    source, _ = source_from_resource(bad)
+    assert [(p.loc, p.code) for p in source.problems if p.is_error] == [(("retryFailed",), "bad_value")]
+    bad = json.loads(json.dumps(resource))
+    bad["spec"]["spec"]["loss"]["alpha"] = 1.5
+    source, _ = source_from_resource(bad)
+    problems = expansion_module.expand(source).problems  # as the controller does: the spec is checked per point
+    assert {(p.loc[:3], p.code) for p in problems if p.is_error} == {(("spec", "loss", "alpha"), "alpha_out_of_range")}
+    decided = plan.rejected(problems, reason="InvalidSpec", generation=1, previous=None, now=0.0)
+    accepted = decided.status.conditions[0]
+    assert (accepted.type, accepted.status, accepted.reason) == ("Accepted", "False", "InvalidSpec")
+    assert "alpha_out_of_range" in accepted.message and decided.events[0].type == "Warning"
+
+
+# --- the per-sweep reconcile ------------------------------------------------------------------------------
+
+
+def _done(kind: str = "Completed") -> Observation:
+    return Observation(
+        exists=True, conditions=(Condition(kind, "True", "ReachedMaxRestarts" if kind == "Failed" else ""),)
+    )
+
+
+def _outputs(expanded, kl: dict[str, float] | None = None, failed: set[str] = frozenset()) -> dict[str, RunOutputs]:
+    out = {}
+    for run in expanded.runs:
+        log = ()
+        if kl and run.run_id in kl:
+            log = (LogLine(10, 100.0, 160, 1.0, {KL_T1: (kl[run.run_id] * 4, 4.0)}),)
+        summary = {"status": "failed", "exit_code": 1} if run.run_id in failed else None
+        out[run.run_id] = RunOutputs(run.output_path, log=log, summary=summary)
+    return out
+
+
+def _plan(expanded, observed, outputs, previous=None, retry=0):
+    return plan.plan(
+        expanded, observed, outputs, service=ServiceSpec(retryFailed=retry), previous=previous, generation=1, now=1e9
+    )
+
+
+def _conditions(status: SweepStatus) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in status.conditions}
+
+
+def test_prerequisite_first_then_points_then_succeeded_with_the_best_point(expanded):
+    teacher, *points = expanded.runs
+    first = _plan(expanded, {}, _outputs(expanded))
+    assert [r.run_id for r in first.create] == [teacher.run_id]  # the points wait for it
+    assert _conditions(first.status)["Running"] == ("True", "RunsActive")
+    assert first.status.points == 3 and [e.reason for e in first.events] == ["Created", "RunPending", "RunPending"]
+
+    second = _plan(expanded, {teacher.run_id: _done()}, _outputs(expanded), first.status)
+    assert [r.run_id for r in second.create] == [p.run_id for p in points]
+    again = _plan(expanded, {teacher.run_id: _done()}, _outputs(expanded), second.status)
+    assert {r.run_id for r in again.create} == {p.run_id for p in points}  # the cache lagged: 409s, never twice
+
+    kl = {points[0].run_id: 0.8, points[1].run_id: 0.3}
+    observed = {run.run_id: _done() for run in expanded.runs}
+    done = _plan(expanded, observed, _outputs(expanded, kl), second.status)
+    assert not done.create and not done.delete
+    assert _conditions(done.status) == {
+        "Accepted": ("True", "Valid"),
+        "Running": ("False", "Finished"),
+        "Succeeded": ("True", "AllSucceeded"),
+        "Failed": ("False", "AllSucceeded"),
+    }
+    assert (done.status.best.key, done.status.best.klDivT1) == (points[1].key, pytest.approx(0.3))
+    assert done.status.runs[2].metrics[KL_T1] == pytest.approx(0.3)
+    assert "SweepSucceeded" in [e.reason for e in done.events]
+
+    steady = _plan(expanded, observed, _outputs(expanded, kl), done.status)
+    assert steady.events == () and steady.status == done.status  # nothing changed: no write, no Event
+
+
+def test_failed_point_is_retried_by_its_budget_and_then_the_sweep_fails(expanded):
+    teacher, point, other = expanded.runs
+    observed = {teacher.run_id: _done(), point.run_id: _done("Failed"), other.run_id: _done()}
+    outputs = _outputs(expanded, failed={point.run_id})
+    first = _plan(expanded, observed, outputs, retry=1)
+    assert [r.run_id for r in first.delete] == [point.run_id] and not first.create
+    state = first.status.runs[1]
+    assert (state.retries, state.retrying) == (1, True)
+
+    deleting = {**observed, point.run_id: Observation(exists=True, deleting=True)}
+    waiting = _plan(expanded, deleting, outputs, first.status, retry=1)
+    assert not waiting.create and not waiting.delete and waiting.status.runs[1].retrying
+
+    gone = {k: v for k, v in observed.items() if k != point.run_id}
+    recreated = _plan(expanded, gone, outputs, waiting.status, retry=1)  # the old verdict is not the new run's
+    assert [r.run_id for r in recreated.create] == [point.run_id] and recreated.status.runs[1].retries == 1
+
+    failed_again = _plan(expanded, observed, outputs, recreated.status, retry=1)
+    assert not failed_again.delete and not failed_again.create  # the budget is spent
+    assert _conditions(failed_again.status)["Failed"] == ("True", "RunsFailed")
+    assert failed_again.status.failed == 1
+
+
+def test_failed_prerequisite_blocks_points_unless_it_is_retried(expanded):
+    teacher = expanded.runs[0]
+    observed = {teacher.run_id: _done("Failed")}
+    blocked = _plan(expanded, observed, _outputs(expanded))
+    assert not blocked.create and _conditions(blocked.status)["Failed"] == ("True", "RunsFailed")
+    retried = _plan(expanded, observed, _outputs(expanded), retry=2)
+    assert [r.run_id for r in retried.delete] == [teacher.run_id]
+    assert _conditions(retried.status)["Running"][0] == "True"
+
+
+# --- endpoints --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_client", [True, False])
+def test_endpoints_serve_health_readiness_and_metrics(use_client):
+    metrics = endpoints.Metrics(use_prometheus_client=use_client)
+    metrics.set_runs("svc", {"Running": 2, "Succeeded": 1})
+    metrics.set_runs("svc", {"Succeeded": 3})  # Running is gone, not left at 2
+    metrics.observe_reconcile(0.02)
+    metrics.api_error("create jobset")
+    ready = [False]
+    server = endpoints.serve(0, metrics, lambda: True, lambda: ready[0], host="127.0.0.1")
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert urllib.request.urlopen(base + "/healthz").status == 200
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(base + "/readyz")
+        assert e.value.code == 503
+        ready[0] = True
+        assert urllib.request.urlopen(base + "/readyz").status == 200
+        text = urllib.request.urlopen(base + "/metrics").read().decode()
+    finally:
+        server.shutdown()
+    assert 'distillctl_runs{phase="Succeeded",sweep="svc"} 3' in text
+    assert 'phase="Running"' not in text
+    assert "distillctl_reconcile_seconds_count 1" in text
+    assert 'distillctl_api_errors_total{operation="create jobset"} 1' in text

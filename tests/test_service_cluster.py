@@ -1,0 +1,330 @@
+"""The sweep service on the real local control plane: the chart installs (its Role checked with
+SubjectAccessReviews), two controllers run in this process with the chart's ServiceAccount token (kwok pods cannot
+run one), and a sweep applied with `distillctl sweep --service` ends Succeeded with no client following it —
+prerequisite first, exactly one JobSet per run. Bad resources are refused at admission or get a condition.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from typer.testing import CliRunner
+
+from orchestrator.backends import ClusterAccess
+from orchestrator.backends.kubernetes.client import connect
+from orchestrator.cli import app
+from orchestrator.service.controller import Controller, Options
+from orchestrator.service.endpoints import Metrics
+from orchestrator.service.resource import GROUP, PLURAL, VERSION
+from tests.test_service_chart import CHART, helm_command
+
+pytestmark = pytest.mark.cluster
+REPO = Path(__file__).resolve().parents[1]
+RELEASE = "svc"
+SERVICE_ACCOUNT = f"{RELEASE}-distillctl"
+LEASE = f"{RELEASE}-distillctl-controller"
+NS = "default"  # where the test cluster's Kueue LocalQueues are
+
+SWEEP = """\
+name: {name}
+spec:
+  student: {{model: tiny-2l}}
+  teacher: {{model: tiny-4l, load_parameters_path: "${{prerequisites.teacher.output}}/checkpoints"}}
+  batch: {{per_device_batch_size: 1, max_target_length: 16}}
+  steps: 10
+prerequisites:
+  teacher:
+    spec:
+      mode: pretrain
+      student: {{model: tiny-4l}}
+      batch: {{per_device_batch_size: 1, max_target_length: 16}}
+      steps: 10
+axes:
+  loss.temperature: [1.0, 2.0]
+target:
+  kind: kubernetes
+  tpu_type: v6e-16
+  image: example.invalid/distillctl-trainer:test
+  queue: {queue}
+  output_base: {base}
+  pod_annotations: {{distillctl.dev/run-duration: "2s"}}
+"""
+
+
+def jobsets(cp, sweep: str) -> list[dict]:
+    listing = client.CustomObjectsApi(cp.client).list_namespaced_custom_object(
+        "jobset.x-k8s.io", "v1alpha2", NS, "jobsets", label_selector=f"distillctl.dev/sweep={sweep}"
+    )
+    return listing["items"]
+
+
+def resource(cp, name: str) -> dict | None:
+    try:
+        return client.CustomObjectsApi(cp.client).get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def condition(cp, name: str, kind: str) -> dict:
+    found = resource(cp, name) or {}
+    return next((c for c in (found.get("status") or {}).get("conditions", []) if c["type"] == kind), {})
+
+
+@pytest.fixture(scope="module")
+def installed(control_plane, tmp_path_factory):
+    """The chart installed in `default`; yields helm (for upgrade and uninstall)."""
+    cp = control_plane
+    helm = helm_command(tmp_path_factory.mktemp("helm"))
+    result = helm("install", RELEASE, str(CHART), "-n", NS, "--kubeconfig", str(cp.kubeconfig), "--wait=false")
+    assert result.returncode == 0, result.stderr
+    cp.wait_for(
+        lambda: any(
+            c.type == "Established" and c.status == "True"
+            for c in client.ApiextensionsV1Api(cp.client)
+            .read_custom_resource_definition(f"{PLURAL}.{GROUP}")
+            .status.conditions
+            or []
+        ),
+        30,
+        "the CRD to be established",
+    )
+    yield helm
+
+
+@pytest.fixture(scope="module")
+def sa_kubeconfig(control_plane, installed, tmp_path_factory) -> Path:
+    """A kubeconfig that authenticates as the chart's ServiceAccount (a TokenRequest, like a mounted token)."""
+    cp = control_plane
+    token = (
+        client.CoreV1Api(cp.client)
+        .create_namespaced_service_account_token(
+            SERVICE_ACCOUNT, NS, client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[]))
+        )
+        .status.token
+    )
+    config = yaml.safe_load(Path(cp.kubeconfig).read_text())
+    config["users"] = [{"name": "admin", "user": {"token": token}}]
+    path = tmp_path_factory.mktemp("sa") / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def controllers(sa_kubeconfig):
+    """Two replicas at once, as the chart's ServiceAccount; one holds the Lease."""
+    started = []
+    for identity in ("replica-a", "replica-b"):
+        cluster = connect(ClusterAccess(kubeconfig=str(sa_kubeconfig), namespace=NS))
+        options = Options(
+            resync=5, lease_name=LEASE, identity=identity, lease_seconds=6, renew_deadline=4, retry_period=1
+        )
+        controller = Controller(cluster, options, Metrics(use_prometheus_client=False))
+        controller.start()
+        started.append(controller)
+    yield started
+    for controller in started:
+        controller.stop()
+        controller.cluster.api.close()
+
+
+def _review(cp, verb: str, resource: str, group: str = "", namespace: str | None = NS, name: str = "") -> bool:
+    review = client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(
+            user=f"system:serviceaccount:{NS}:{SERVICE_ACCOUNT}",
+            groups=["system:serviceaccounts", f"system:serviceaccounts:{NS}", "system:authenticated"],
+            resource_attributes=client.V1ResourceAttributes(
+                verb=verb,
+                resource=resource.split("/")[0],
+                subresource=(resource.split("/") + [""])[1] or None,
+                group=group,
+                namespace=namespace,
+                name=name or None,
+            ),
+        )
+    )
+    return client.AuthorizationV1Api(cp.client).create_subject_access_review(review).status.allowed
+
+
+def test_chart_role_allows_what_the_controller_uses_and_nothing_else(control_plane, installed):
+    cp = control_plane
+    allowed = [
+        ("watch", "distillationsweeps", GROUP),
+        ("patch", "distillationsweeps", GROUP),
+        ("patch", "distillationsweeps/status", GROUP),
+        ("create", "jobsets", "jobset.x-k8s.io"),
+        ("delete", "jobsets", "jobset.x-k8s.io"),
+        ("watch", "jobsets", "jobset.x-k8s.io"),
+        ("list", "workloads", "kueue.x-k8s.io"),
+        ("get", "localqueues", "kueue.x-k8s.io"),
+        ("create", "events", ""),
+        ("create", "leases", "coordination.k8s.io"),
+    ]
+    for verb, what, group in allowed:
+        assert _review(cp, verb, what, group), (verb, what)
+    assert _review(cp, "update", "leases", "coordination.k8s.io", name=LEASE)
+    denied = [
+        ("get", "secrets", "", NS, ""),
+        ("create", "pods", "", NS, ""),
+        ("delete", "distillationsweeps", GROUP, NS, ""),
+        ("create", "jobsets", "jobset.x-k8s.io", "kube-system", ""),
+        ("update", "leases", "coordination.k8s.io", NS, "another-lease"),
+        ("create", "clusterroles", "rbac.authorization.k8s.io", None, ""),
+        ("create", "namespaces", "", None, ""),
+        ("update", "clusterqueues", "kueue.x-k8s.io", None, ""),
+    ]
+    for verb, what, group, namespace, name in denied:
+        assert not _review(cp, verb, what, group, namespace, name), (verb, what, namespace, name)
+
+
+def test_sweep_applied_as_a_resource_runs_to_the_end_with_no_client(control_plane, controllers, tmp_path):
+    cp = control_plane
+    path = tmp_path / "svc-a.yaml"
+    path.write_text(SWEEP.format(name="svc-a", queue="multislice-queue", base=tmp_path / "runs"))
+    applied = CliRunner().invoke(app, ["sweep", str(path), "--service", "--kubeconfig", str(cp.kubeconfig)])
+    assert applied.exit_code == 0, applied.output
+    assert "applied DistillationSweep default/svc-a" in applied.stdout
+
+    cp.wait_for(lambda: condition(cp, "svc-a", "Succeeded").get("status") == "True", 150, "the sweep to succeed")
+    found = resource(cp, "svc-a")
+    status = found["status"]
+    assert (status["points"], status["succeeded"], status["failed"]) == (3, 3, 0)
+    assert found["metadata"]["finalizers"] == ["distillctl.dev/jobsets"]
+    made = jobsets(cp, "svc-a")
+    assert sorted(j["metadata"]["name"] for j in made) == sorted(r["jobset"] for r in status["runs"])  # one each
+    by_role = {j["metadata"]["labels"]["distillctl.dev/role"]: j for j in made}
+    teacher_done = next(c for c in by_role["prerequisite"]["status"]["conditions"] if c["type"] == "Completed")
+    points = [j for j in made if j["metadata"]["labels"]["distillctl.dev/role"] == "point"]
+    assert all(p["metadata"]["creationTimestamp"] >= teacher_done["lastTransitionTime"] for p in points)
+
+    # The CLI's status reads the controller's view; its run ids are the CLI's own.
+    shown = CliRunner().invoke(app, ["status", str(path), "--output", "json", "--kubeconfig", str(cp.kubeconfig)])
+    assert shown.exit_code == 0, shown.output
+    assert {r["run_id"] for r in json.loads(shown.stdout)} == {r["runId"] for r in status["runs"]}
+
+    # One replica acted: the Lease names it, and the Events came from it alone.
+    lease = client.CoordinationV1Api(cp.client).read_namespaced_lease(LEASE, NS)
+    assert lease.spec.holder_identity in ("replica-a", "replica-b")
+    events = client.CoreV1Api(cp.client).list_namespaced_event(NS, field_selector="involvedObject.name=svc-a").items
+    assert {e.reporting_instance for e in events} == {lease.spec.holder_identity}
+    reasons = [e.reason for e in events]
+    assert reasons.count("Created") == 3 and "SweepSucceeded" in reasons
+
+    # Deleting the resource deletes its JobSets first (deletionPolicy: Delete).
+    client.CustomObjectsApi(cp.client).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "svc-a")
+    cp.wait_for(lambda: resource(cp, "svc-a") is None, 60, "the resource to go")
+    assert all(j["metadata"].get("deletionTimestamp") for j in jobsets(cp, "svc-a"))
+
+
+def test_bad_resources_are_refused_at_admission_or_get_a_condition(control_plane, controllers, tmp_path):
+    cp = control_plane
+    api = client.CustomObjectsApi(cp.client)
+    base = yaml.safe_load(SWEEP.format(name="svc-bad", queue="multislice-queue", base=tmp_path / "runs"))
+    del base["name"]
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DistillationSweep", "metadata": {"name": "svc-bad"}}
+
+    wrong_type = {**body, "spec": {**base, "spec": {**base["spec"], "steps": "ten"}}}
+    with pytest.raises(ApiException) as e:
+        api.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, wrong_type)
+    assert e.value.status == 422 and "spec.spec.steps" in e.value.body
+
+    unknown = {**body, "spec": {**base, "axis": {}}}
+    with pytest.raises(ApiException) as e:
+        api.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, unknown, field_validation="Strict")
+    assert e.value.status == 400 and "unknown field" in e.value.body and "spec.axis" in e.value.body
+
+    # Valid by the schema, not by the guide's rules: the CLI's code, in a condition.
+    rules = {**body, "spec": {**base, "spec": {**base["spec"], "loss": {"alpha": 1.5}}}}
+    api.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, rules)
+    cp.wait_for(lambda: condition(cp, "svc-bad", "Accepted").get("status") == "False", 30, "Accepted=False")
+    accepted = condition(cp, "svc-bad", "Accepted")
+    assert accepted["reason"] == "InvalidSpec" and "alpha_out_of_range" in accepted["message"]
+
+    # Valid, but it cannot run here: the LocalQueue does not exist.
+    api.patch_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, "svc-bad", {"spec": {"spec": {"loss": None}, "target": {"queue": "no-such-queue"}}}
+    )
+    cp.wait_for(lambda: condition(cp, "svc-bad", "Accepted").get("reason") == "LocalQueueMissing", 30, "the reason")
+    assert not jobsets(cp, "svc-bad")
+    api.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "svc-bad")
+    cp.wait_for(lambda: resource(cp, "svc-bad") is None, 30, "the resource to go")
+
+
+@pytest.mark.slow
+def test_a_killed_controller_is_replaced_and_no_run_is_created_twice(control_plane, installed, tmp_path):
+    """kill -9 of the acting `distillctl serve` once the prerequisite's JobSet exists; a second process takes the
+    Lease when it expires and finishes the sweep: one JobSet per run. Its own namespace, so the replicas of the
+    other tests (which watch `default`) stay out of it."""
+    cp = control_plane
+    ns = "svc-kill"
+    client.CoreV1Api(cp.client).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    queue = {"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "LocalQueue", "metadata": {"name": "q", "namespace": ns}}
+    cp.apply({**queue, "spec": {"clusterQueue": "cluster-queue"}})
+    path = tmp_path / "svc-k.yaml"
+    path.write_text(SWEEP.format(name="svc-k", queue="q", base=tmp_path / "runs"))
+    kube = ["--kubeconfig", str(cp.kubeconfig), "-n", ns]
+
+    def serve(identity: str) -> subprocess.Popen:
+        command = [sys.executable, "-m", "orchestrator.cli", "serve", *kube, "--port", "0", "--resync", "5"]
+        with open(tmp_path / f"{identity}.log", "w") as log:  # the child keeps its own descriptor
+            return subprocess.Popen([*command, "--identity", identity], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+    def listed() -> list[dict]:
+        found = client.CustomObjectsApi(cp.client).list_namespaced_custom_object(
+            "jobset.x-k8s.io", "v1alpha2", ns, "jobsets", label_selector="distillctl.dev/sweep=svc-k"
+        )
+        return found["items"]
+
+    first = serve("first")
+    try:
+        applied = CliRunner().invoke(app, ["sweep", str(path), "--service", *kube])
+        assert applied.exit_code == 0, applied.output
+        cp.wait_for(listed, 60, "the prerequisite's JobSet")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    second = serve("second")
+    try:
+        cp.wait_for(
+            lambda: _condition_in(cp, ns, "svc-k", "Succeeded").get("status") == "True", 150, "the sweep to succeed"
+        )
+        names = [j["metadata"]["name"] for j in listed()]
+        assert len(names) == 3 == len(set(names))
+        lease = client.CoordinationV1Api(cp.client).read_namespaced_lease("distillctl-controller", ns)
+        assert lease.spec.holder_identity == "second"
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0, (tmp_path / "second.log").read_text()
+    released = client.CoordinationV1Api(cp.client).read_namespaced_lease("distillctl-controller", ns)
+    assert not released.spec.holder_identity  # handed back on SIGTERM: a successor need not wait
+    client.CoreV1Api(cp.client).delete_namespace(ns)
+
+
+def _condition_in(cp, ns: str, name: str, kind: str) -> dict:
+    found = client.CustomObjectsApi(cp.client).get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+    return next((c for c in (found.get("status") or {}).get("conditions", []) if c["type"] == kind), {})
+
+
+def test_chart_upgrades_and_uninstalls(control_plane, installed):
+    cp = control_plane
+    kube = ["-n", NS, "--kubeconfig", str(cp.kubeconfig)]
+    upgraded = installed("upgrade", RELEASE, str(CHART), *kube, "--set", "replicas=2")
+    assert upgraded.returncode == 0, upgraded.stderr
+    deployment = client.AppsV1Api(cp.client).read_namespaced_deployment(SERVICE_ACCOUNT, NS)
+    assert deployment.spec.replicas == 2
+    removed = installed("uninstall", RELEASE, *kube)
+    assert removed.returncode == 0, removed.stderr
+    assert (
+        not client.RbacAuthorizationV1Api(cp.client)
+        .list_namespaced_role(NS, label_selector=f"app.kubernetes.io/instance={RELEASE}")
+        .items
+    )
