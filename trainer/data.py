@@ -207,7 +207,8 @@ def document_rows(
 
     tokenize = load_tokenizer(data.tokenizer, vocab_size)
     records = corpus.host_records(data, path, shard, repeat=repeat)
-    documents = records.map(lambda r: packing.document_features(r, data, tokenize, length))
+    split = packing.SplitDocuments()  # warns about this pipeline's long documents
+    documents = records.map(lambda r: packing.document_features(r, data, tokenize, length, split))
     return packing.packed_rows(documents, length).map(lambda row: packing.check_vocab(row, vocab_size, path))
 
 

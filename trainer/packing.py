@@ -30,8 +30,8 @@ Tokenize = Callable[[str], np.ndarray]
 log = logging.getLogger(__name__)
 
 
-class _SplitDocuments:
-    """Counts text documents longer than a row; warns at the first and then at every power of ten."""
+class SplitDocuments:
+    """Counts one pipeline's text documents longer than a row; warns at the first and then at every power of ten."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -47,9 +47,6 @@ class _SplitDocuments:
                 where,
                 tokens,
             )
-
-
-_split = _SplitDocuments()
 
 
 def load_tokenizer(tokenizer: str | None, vocab_size: int) -> Tokenize:
@@ -81,14 +78,19 @@ def load_tokenizer(tokenizer: str | None, vocab_size: int) -> Tokenize:
 
 
 def document_features(
-    record: dict[str, Any], data: DataSpec, tokenize: Tokenize, length: int | None = None
+    record: dict[str, Any],
+    data: DataSpec,
+    tokenize: Tokenize,
+    length: int | None = None,
+    split: SplitDocuments | None = None,
 ) -> dict[str, np.ndarray]:
     """One record as `{"inputs", "targets": int32 [L-1], "weights": int32 [L-1]}` (L the document's tokens; empty
     arrays for a document of fewer than 2 tokens).
 
     A text document longer than a row (`length`) is split over rows (pre-training text: each piece is trained
     on; a warning says how many were). A prompt/completion record longer than a row is a UserError naming the
-    file and record: split, its completion would be trained without its prompt."""
+    file and record: split, its completion would be trained without its prompt. `split` counts the long text
+    documents of one pipeline (and warns)."""
     if data.prompt_column is not None and data.completion_column is not None:
         prompt = tokenize(str(record[data.prompt_column]))
         completion = tokenize(str(record[data.completion_column]))
@@ -103,8 +105,8 @@ def document_features(
     else:
         tokens = tokenize(str(record[data.text_column]))
         trained = np.ones(len(tokens), bool)
-        if length is not None and len(tokens) - 1 > length:
-            _split.note(record.get(WHERE, "a record"), len(tokens), length)
+        if split is not None and length is not None and len(tokens) - 1 > length:
+            split.note(record.get(WHERE, "a record"), len(tokens), length)
     if len(tokens) < 2:
         empty = np.zeros((0,), np.int32)
         return {"inputs": empty, "targets": empty, "weights": empty}
