@@ -414,15 +414,8 @@ def _data(spec: DistillSpec) -> list[Problem]:
                 "set data.prompt_column and data.completion_column, or remove completion_only",
             )
         )
-    if spec.eval is not None and data.source not in DOCUMENT_SOURCES:
-        out.append(
-            Problem(
-                ("eval",),
-                "eval_needs_documents",
-                f"eval reads a held-out set like data, but data.source {data.source!r} is not a document source",
-                f"use data.source {' | '.join(DOCUMENT_SOURCES)} for an eval set, or remove the eval block",
-            )
-        )
+    if spec.eval is not None:
+        out += _eval_problems(spec.eval.path, data.source)
     if spec.checkpoint.every_steps and spec.checkpoint.every_steps > spec.steps:
         out.append(
             Problem(
@@ -461,3 +454,38 @@ def _mesh(spec: DistillSpec) -> list[Problem]:
             )
         )
     return out
+
+
+def _eval_problems(path: str | None, source: str) -> list[Problem]:
+    """An eval set is held-out documents (a path, read like data) or the synthetic language's held-out batches."""
+    if source == "synthetic":
+        if path is None:
+            return []
+        return [
+            Problem(
+                ("eval", "path"),
+                "eval_path_with_synthetic",
+                "the synthetic source's eval set is its own held-out batches; eval.path is not read",
+                "remove eval.path, or train on documents (data.source jsonl, parquet, ...) to evaluate a file",
+            )
+        ]
+    if source not in DOCUMENT_SOURCES:
+        return [
+            Problem(
+                ("eval",),
+                "eval_needs_documents",
+                f"eval reads a held-out set like data, but data.source {source!r} is not a document source",
+                f"use data.source {' | '.join(DOCUMENT_SOURCES)} (or synthetic) for an eval set, or remove the "
+                "eval block",
+            )
+        ]
+    if path is None:
+        return [
+            Problem(
+                ("eval", "path"),
+                "eval_path_missing",
+                "eval has no path: a document source's held-out set is read from files",
+                "set eval.path to the held-out file(s), read like data.path",
+            )
+        ]
+    return []

@@ -253,9 +253,11 @@ class DataSpec(_Block):
 
 class EvalSpec(_Block):
     """A held-out set read like `data` (same source kind, columns and tokenizer) from `path`: its first `batches`
-    batches are evaluated every `every_steps` steps and at the last step (`eval/...` metrics)."""
+    batches are evaluated every `every_steps` steps and at the last step (`eval/...` metrics). With
+    `data.source: synthetic` there is no path: the set is `batches` batches of the same synthetic language that
+    training never draws."""
 
-    path: str
+    path: str | None = None
     every_steps: PositiveInt = 100
     batches: PositiveInt = 4
 

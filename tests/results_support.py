@@ -67,8 +67,16 @@ def final_kl(point: Point) -> float:
     return 0.06 - 0.04 * alpha_end + (0.003 if point.spec.loss.feature_loss_on else 0.0) + 0.001 * point.seed
 
 
-def records(point: Point, *, steps: int = STEPS, kl_end: float | None = None) -> list[dict[str, Any]]:
-    """metrics.jsonl records of a point up to `steps`."""
+EVAL_EVERY = 20
+EVAL_TOKENS = 3000.0
+EVALUATED = ("distill/kl_div_T1", "distill/hard_loss", "distill/top1_agreement", "distill/teacher_loss")
+
+
+def records(
+    point: Point, *, steps: int = STEPS, kl_end: float | None = None, evaluate: bool = False
+) -> list[dict[str, Any]]:
+    """metrics.jsonl records of a point up to `steps`; with `evaluate`, every `EVAL_EVERY` steps also the eval/*
+    metrics of a held-out set (a little worse than the training metrics, as held-out numbers are)."""
     kl_end = final_kl(point) if kl_end is None else kl_end
     out = []
     for step in range(LOG_EVERY, steps + 1, LOG_EVERY):
@@ -89,9 +97,13 @@ def records(point: Point, *, steps: int = STEPS, kl_end: float | None = None) ->
                 }
             )
         metrics = {name: {"sum": v * count, "count": count, "value": v} for name, v in values.items()}
+        if evaluate and step % EVAL_EVERY == 0:
+            held_out = {"eval/" + n.split("/")[1]: values[n] + 0.05 for n in EVALUATED if n in values}
+            metrics.update({k: {"sum": v * EVAL_TOKENS, "count": EVAL_TOKENS, "value": v} for k, v in held_out.items()})
         for perplexity, loss_name in (
             ("distill/student_perplexity", "distill/hard_loss"),
             ("distill/teacher_perplexity", "distill/teacher_loss"),
+            ("eval/student_perplexity", "eval/hard_loss"),
         ):
             if loss_name in metrics:
                 pair = metrics[loss_name]
@@ -136,12 +148,13 @@ def write_outputs(
     base: Path | None = None,
     kl_end: float | None = None,
     tail: str = "",
+    evaluate: bool = False,
 ) -> Path:
     """A run directory as the trainer leaves it; `status=None` writes no summary.json; `tail` is appended to
     metrics.jsonl (a line cut off mid-write)."""
     run_dir = Path(point.output_path) if base is None else base / point.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    lines = "".join(json.dumps(r) + "\n" for r in records(point, steps=steps, kl_end=kl_end))
+    lines = "".join(json.dumps(r) + "\n" for r in records(point, steps=steps, kl_end=kl_end, evaluate=evaluate))
     (run_dir / "metrics.jsonl").write_text(lines + tail)
     if status is not None:
         (run_dir / "summary.json").write_text(json.dumps(summary(point, status, steps), indent=2))

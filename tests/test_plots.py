@@ -97,3 +97,23 @@ def test_unwritable_plot_folder_is_a_usage_error(tmp_path):
     blocker.write_text(json.dumps({}))
     out = runner.invoke(app, ["results", str(tmp_path / "sweep.yaml"), "--plot", str(blocker / "plots")])
     assert out.exit_code == ExitCode.USAGE and "cannot write plots" in out.stderr
+
+
+def test_points_with_an_eval_set_are_drawn_from_their_evaluations(tmp_path):
+    result = expanded(write_sweep(tmp_path))
+    for run in result.runs:
+        write_outputs(run, evaluate=True)
+    table, logs, _ = build(result)
+    curves = plots.metric_curves(table, logs, results.KL_T1)
+    assert curves[0].steps == (20, 40)  # one value per evaluation, not per logging interval
+    assert plots.source_note(table).startswith("each value: one evaluation of the held-out set")
+    reference = plots.reference_curve(table, logs)
+    assert reference.label == "teacher's cross-entropy on the held-out set"
+    assert reference.values == pytest.approx([2.35, 2.35])
+
+    write_outputs(result.runs[-1])  # the baseline without one: the legend says which is which
+    table, logs, _ = build(result)
+    curves = plots.metric_curves(table, logs, results.KL_T1)
+    assert curves[0].label.endswith("[eval]") and curves[-1].label.endswith("[train]")
+    assert curves[-1].steps == (10, 20, 30, 40)
+    assert plots.source_note(table).startswith("[eval]: each value: one evaluation")

@@ -41,6 +41,7 @@ def test_distilled_students_beat_the_labels_only_baseline(finished):
     rows = [r for r in json.loads(done.stdout)["runs"] if r["role"] != "prerequisite"]
     kl: dict[str, list[float]] = {"point": [], "baseline": []}
     for row in rows:
+        assert row["metrics_from"] == "eval"  # every run evaluates held-out batches
         kl[row["role"]].append(row["metrics"]["distill/kl_div_T1"])
     assert len(kl["point"]) == 4 and len(kl["baseline"]) == 1
     assert max(kl["point"]) < 0.6 * kl["baseline"][0]
@@ -59,7 +60,7 @@ def test_regress_passes_on_the_committed_golden_file(finished, tmp_path):
 def test_regress_fails_with_exit_1_on_a_doctored_golden_file(finished, tmp_path):
     golden = yaml.safe_load(GOLDEN.read_text())
     point = next(p for p in golden["points"] if p["role"] == "point")
-    check = point["checks"]["distill/kl_div_T1"]
+    check = point["checks"]["eval/kl_div_T1"]
     check["value"] = check["value"] / 2 if "value" in check else check["low"] / 2
     doctored = tmp_path / "doctored.yaml"
     doctored.write_text(yaml.safe_dump(golden))

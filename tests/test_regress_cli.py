@@ -330,3 +330,29 @@ def test_match_by_axis_values_survives_new_run_ids(sweep, tmp_path):
     assert strict.exit_code == 4 and strict.stderr.count("golden_point_not_in_sweep") == 6
     doctor(by_values, data.points[4].run_id, "distill/kl_div_T1", 0.5)  # still checked: against the new run
     assert invoke("regress", moved, "--golden", by_values).exit_code == ExitCode.FAILED
+
+
+def test_golden_and_regress_use_eval_metrics_when_runs_have_them(tmp_path):
+    """Points with a held-out set get checks on eval/* (their last evaluation); the teacher without one keeps
+    its training check; regress reads the same values back and says which it used."""
+    path = write_sweep(tmp_path)
+    result = expanded(path)
+    for run in result.runs:
+        write_outputs(run, evaluate=run.prerequisite is None)
+    golden = tmp_path / "golden.yaml"
+    out = invoke("golden", "update", path, "-o", golden)
+    assert out.exit_code == ExitCode.OK, out.output
+    assert "eval metrics for 5 run(s) with a held-out set" in out.stderr
+    data, problems = golden_file.read_golden(golden)
+    assert problems == []
+    assert list(data.points[0].checks) == ["distill/hard_loss"]  # the teacher: no eval set
+    assert set(data.points[1].checks) == {"eval/kl_div_T1", "eval/hard_loss", "eval/top1_agreement"}
+    assert "each run's last evaluation on its held-out set" in golden.read_text()
+
+    out = invoke("regress", path, "--golden", golden)
+    assert out.exit_code == ExitCode.OK, out.output
+    assert "eval/* metrics: each run's last evaluation on its held-out set" in out.stdout
+    best = result.points[3]
+    doctor(golden, best.run_id, "eval/kl_div_T1", 0.5)
+    out = invoke("regress", path, "--golden", golden)
+    assert out.exit_code == ExitCode.FAILED and "`eval/kl_div_T1`" in out.stdout

@@ -244,3 +244,42 @@ def test_statuses_from_outputs_alone(tmp_path):
     assert fresh[result.points[-1].run_id].shown == "Pending (NotCreated)"
     stale = results.statuses_from_outputs(result.runs, outputs, now=START_TIME + 20 + results.DEFAULT_STALL_SECONDS + 1)
     assert stale[p0.run_id].shown == "Stalled (NoNewMetrics)" and not stale[p0.run_id].terminal
+
+
+def test_runs_with_an_eval_set_are_shown_by_their_last_evaluation(tmp_path):
+    """eval/* metrics win over the training window, and the table says so: a header note when every run has them,
+    a `from` column when only some do; Δ and the best point never compare eval with training numbers."""
+    from results_support import EVAL_TOKENS
+
+    result = expanded(write_sweep(tmp_path))
+    for run in result.runs:
+        write_outputs(run, evaluate=True)
+    t = table(result)
+    assert t.sources == {"eval"} and all(r.source == "eval" for r in t.rows)
+    point = t.rows[1]
+    # the last evaluation (step 40) alone, not a mean over the window's records
+    assert point.metrics[results.KL_T1] == pytest.approx(final_kl(result.runs[1]) + 2.5 * math.exp(-6) + 0.05)
+    assert point.metrics[results.PERPLEXITY] == pytest.approx(math.exp(point.metrics[results.HARD_LOSS]))
+    assert t.best is not None and t.rows[1].delta_kl is not None
+    assert "kl_div_T1 (eval)" in results_format.markdown(t)
+    assert "eval/kl_div_T1" in results_format.markdown(t).split("\n")[2]  # the best-point line
+    parsed = list(csv.DictReader(io.StringIO(results_format.csv_text(t))))
+    assert {row["metrics_from"] for row in parsed} == {"eval"}
+    assert json.loads(json.dumps(results_format.to_json(t)))["runs"][1]["metrics_from"] == "eval"
+    assert EVAL_TOKENS  # the synthetic eval set's token count (the values above are its Σsum/Σcount)
+
+    write_outputs(result.runs[-1])  # the baseline without an eval set: mixed sources
+    t = table(result)
+    assert t.sources == {"eval", "train"} and t.rows[-1].source == "train"
+    assert all(r.delta_kl is None for r in t.rows)  # eval KL minus training KL would mean nothing
+    text = results_format.markdown(t)
+    assert "| from |" in text and "(eval, else train last 5)" in text
+
+
+def test_results_cli_header_names_eval(tmp_path):
+    result = expanded(write_sweep(tmp_path))
+    for run in result.runs:
+        write_outputs(run, evaluate=True)
+    out = invoke("results", str(tmp_path / "sweep.yaml"), "--format", "md")
+    assert out.exit_code == ExitCode.OK, out.output
+    assert "kl_div_T1 (eval)" in out.stdout and "last evaluation on its held-out set" in out.stdout

@@ -227,6 +227,69 @@ def test_hub_names_and_half_pairs_are_spec_errors():
     spec, problems = validate_data({**base, "data": {"source": "jsonl"}})
     assert [p.code for p in problems] == ["data_path_missing"]
     spec, problems = validate_data({**base, "eval": {"path": "held-out.jsonl"}})
+    assert [p.code for p in problems] == ["eval_path_with_synthetic"]
+    spec, problems = validate_data({**base, "eval": {"batches": 2}})
+    assert spec is not None and not problems  # the synthetic language's held-out batches
+    spec, problems = validate_data({**base, "data": {"source": "text", "path": "x"}, "eval": {"path": "y"}})
     assert [p.code for p in problems] == ["eval_needs_documents"]
+    spec, problems = validate_data({**base, "data": {"source": "jsonl", "path": "x"}, "eval": {"batches": 2}})
+    assert [p.code for p in problems] == ["eval_path_missing"]
     spec, problems = validate_data({**base, "data": {"source": "jsonl", "path": "x"}, "eval": {"path": "y"}})
     assert spec is not None and not problems
+
+
+def test_synthetic_eval_set_is_held_out_and_shared_out_by_process():
+    from distillspec.specfile import validate_data
+
+    spec, _ = validate_data({"mode": "pretrain", "student": {"model": "tiny-2l"}, "eval": {"batches": 2}})
+    whole = D.eval_batches(spec, 256, 4, Shard())
+    halves = [D.eval_batches(spec, 256, 4, Shard(i, 2)) for i in range(2)]
+    assert len(whole) == 2 and whole[0]["inputs"].shape == (4, spec.batch.max_target_length)
+    for b in range(2):
+        assert np.array_equal(np.concatenate([h[b]["inputs"] for h in halves]), whole[b]["inputs"])
+    trained = D.make_batches(spec, 256, 4, Shard()).next()
+    assert not np.array_equal(trained["inputs"][0], whole[0]["inputs"])  # never a batch training draws
+    assert np.array_equal(D.eval_batches(spec, 256, 4, Shard())[1]["targets"], whole[1]["targets"])
+
+
+def test_a_record_longer_than_the_row(tmp_path, caplog):
+    """A prompt/completion pair longer than a row is an error naming its file and line (split, the completion would
+    lose its prompt); a text document longer than a row is split over rows, with a warning."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"q": "short", "a": "ok"}) + "\n" + json.dumps({"q": "x" * 40, "a": "y" * 40}) + "\n")
+    data = DataSpec(source="jsonl", path=str(pairs), prompt_column="q", completion_column="a", completion_only=True)
+    with pytest.raises(UserError, match=rf"{pairs}:2: a prompt/completion record of 80 tokens is longer than a row"):
+        list(D.document_rows(data, data.path, 256, 32, Shard(), repeat=False))
+    text = tmp_path / "text.jsonl"
+    text.write_text(json.dumps({"text": "z" * 70}) + "\n")
+    with caplog.at_level("WARNING", logger="trainer.packing"):
+        rows = list(
+            D.document_rows(DataSpec(source="jsonl", path=str(text)), str(text), 256, 32, Shard(), repeat=False)
+        )
+    assert [int(r["mask"].sum()) for r in rows] == [32, 32, 5]  # 69 targets over three rows
+    assert f"{text}:1: 70 tokens" in caplog.text
+
+
+def test_storage_failures_say_what_to_change_or_are_retried():
+    """fsspec backends' own exception types (gcsfs, google-auth, aiohttp) sorted into exit 1 with a hint, or a
+    retry; a gs:// URL without its backend names the package to install."""
+    import aiohttp
+    import gcsfs.retry
+    import google.auth.exceptions
+
+    from trainer.exit_codes import RetryableError
+
+    where = "cannot read gs://bucket/corpus/part-0.jsonl"
+    denied = corpus.storage_error(where, gcsfs.retry.HttpError({"code": 403, "message": "caller lacks access"}))
+    assert isinstance(denied, UserError) and "gs://bucket/corpus/part-0.jsonl" in denied.message
+    assert "service account" in denied.hint
+    creds = corpus.storage_error(where, google.auth.exceptions.DefaultCredentialsError("no credentials found"))
+    assert isinstance(creds, UserError) and "application-default" in creds.hint
+    missing = corpus.storage_error(where, FileNotFoundError("gs://bucket/corpus/part-0.jsonl"))
+    assert isinstance(missing, UserError) and "gcloud storage ls" in missing.hint
+    busy = corpus.storage_error(where, gcsfs.retry.HttpError({"code": 503, "message": "backend error"}))
+    assert isinstance(busy, RetryableError)
+    offline = aiohttp.ServerTimeoutError("Connection timeout to host https://storage.googleapis.com")
+    assert isinstance(corpus.storage_error(where, offline), RetryableError)
+    assert isinstance(corpus.storage_error(where, ConnectionRefusedError(111, "refused")), RetryableError)
+    assert "gcsfs" in corpus.storage_error(where, ImportError("Install gcsfs to access Google Storage")).hint

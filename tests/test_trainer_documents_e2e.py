@@ -1,16 +1,18 @@
-"""End to end on CPU with a JSONL corpus: a packed-document teacher, a distilled student with an eval set, and a
-run stopped by SIGTERM that resumes (the Grain iterator restored from the checkpoint) to the uninterrupted
-run's metrics exactly."""
+"""End to end on CPU with a JSONL corpus: a packed-document teacher, a distilled student with an eval set, and runs
+stopped by SIGTERM (a checkpoint where it stopped) or SIGKILL (nothing saved after the last periodic checkpoint)
+that resume (the Grain iterator restored from the checkpoint) to the uninterrupted run's metrics exactly."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from trainer_support import merged, metric, read_metrics, spec_of, without_timing
+from trainer_support import REPO, merged, metric, python_env, read_metrics, spec_of, without_timing, write_spec
 
 pytest.importorskip("jax")
 pytest.importorskip("grain")
@@ -74,9 +76,15 @@ def test_packed_teacher_learns_and_counts_only_document_tokens(teacher):
     assert (teacher / "checkpoints" / "8" / "data").is_dir()  # the iterator state, per process
 
 
-def test_distill_with_eval_and_resume_after_sigterm(out, teacher):
+@pytest.fixture(scope="module")
+def whole(out, teacher) -> list[dict]:
+    """The uninterrupted distillation run's metrics.jsonl."""
     assert run(spec_of(distill(out, teacher, "whole"))) == TrainerExit.OK
-    records = read_metrics(out / "whole")
+    return read_metrics(out / "whole")
+
+
+def test_distill_with_eval_and_resume_after_sigterm(out, teacher, whole):
+    records = whole
     evaluated = [r["step"] for r in records if "eval/kl_div_T1" in r["metrics"]]
     assert evaluated == [4, 8]
     assert set(EVAL_METRICS) <= set(records[-1]["metrics"])
@@ -103,3 +111,43 @@ def test_distill_with_eval_and_resume_after_sigterm(out, teacher):
     assert run(spec_of(cut)) == TrainerExit.OK
     assert json.loads((out / "cut" / "summary.json").read_text())["resumed_from_step"] == 6
     assert without_timing(read_metrics(out / "cut")) == without_timing(records)
+
+
+KILL_AT_STEP_6 = """
+import os, signal, sys, time
+from pathlib import Path
+from distillspec.specfile import read_spec_file
+from trainer.train import SilentReporter, run
+
+class KillAt6(SilentReporter):
+    def log(self, record):
+        if record["step"] == 6:  # once step 4's checkpoint is committed (orbax renames its folder when done)
+            done = Path(sys.argv[2]) / "checkpoints" / "4"
+            while not done.is_dir():
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+spec = read_spec_file(sys.argv[1]).spec
+run(spec, reporter=KillAt6())
+"""
+
+
+def test_resume_after_a_hard_kill_reproduces_the_run(out, teacher, whole):
+    """SIGKILL (no handler runs, nothing more is saved) once step 6 is logged: the rerun restores step 4's
+    checkpoint, iterator included, drops the lines after it and trains steps 5-8 again to the same metrics."""
+    killed = distill(out, teacher, "killed")
+    spec = write_spec(out / "killed.json", killed)
+    done = subprocess.run(
+        [sys.executable, "-c", KILL_AT_STEP_6, str(spec), str(out / "killed")],
+        cwd=REPO,
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    assert json.loads((out / "killed" / "summary.json").read_text())["status"] == "running"
+    assert [r["step"] for r in read_metrics(out / "killed")] == [2, 4, 6]
+    assert run(spec_of(killed)) == TrainerExit.OK
+    assert json.loads((out / "killed" / "summary.json").read_text())["resumed_from_step"] == 4
+    assert without_timing(read_metrics(out / "killed")) == without_timing(whole)

@@ -1,7 +1,8 @@
 """Document records of a corpus, read through Grain, each process reading only its own shard.
 
 `host_records(data, path, shard, repeat=...)` is a Grain `IterDataset` of this process's records, each a dict
-holding the columns the spec reads (`text_column`, or `prompt_column` and `completion_column`):
+holding the columns the spec reads (`text_column`, or `prompt_column` and `completion_column`) and, under `WHERE`,
+where it came from (for errors that name the file):
 
 - `jsonl`, `parquet`: files (a file, a folder, a glob or an fsspec URL) are sharded by process, as MaxText shards
   its Parquet files: process `i` of `n` reads files `i, i + n, ...` in sorted order, one after the other, as a
@@ -26,7 +27,9 @@ import grain
 import numpy as np
 
 from distillspec.config import DataSpec
-from trainer.exit_codes import UserError
+from trainer.exit_codes import RetryableError, TrainerError, UserError
+
+WHERE = "__where__"  # a record's origin (`file:line`, `file row i`, `folder record i`), for errors about it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +60,34 @@ def list_files(path: str | None) -> list[str]:
             names = sorted(p for p in fs.find(root) if not fs.isdir(p))
         else:
             names = [root] if fs.exists(root) else []
-    except (OSError, ValueError, ImportError) as e:
-        raise UserError(f"cannot list data.path {path!r}: {e}", "check the path and its credentials") from None
+    except Exception as e:  # noqa: BLE001 - fsspec backends raise their own types; storage_error sorts them
+        raise storage_error(f"cannot list data.path {path!r}", e) from None
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return [name if protocol in ("file", "local") else fs.unstrip_protocol(name) for name in names]
+
+
+def storage_error(what: str, e: BaseException) -> TrainerError:
+    """The error for storage that failed `what` (`cannot read gs://b/x.jsonl`): RetryableError when it may work on
+    a second try (the network, a timeout, a 429 or 5xx), UserError naming what to change otherwise (credentials,
+    permissions, a bucket or file that is not there, a missing fsspec backend)."""
+    code = getattr(e, "code", None)  # gcsfs' HttpError and friends carry the HTTP status
+    name = type(e).__name__
+    text = f"{what}: {e}" if str(e) else f"{what}: {name}"
+    if isinstance(e, ImportError):
+        return UserError(text, "install the fsspec backend for this URL scheme (gcsfs for gs://, s3fs for s3://)")
+    if type(e).__module__.startswith("google.auth") or code in (401, 403):
+        return UserError(
+            text,
+            "give the job's service account read access to the bucket (GKE: Workload Identity; locally: "
+            "gcloud auth application-default login)",
+        )
+    if isinstance(code, int) and (code == 429 or code >= 500):
+        return RetryableError(text)
+    if isinstance(e, (ConnectionError, TimeoutError)) or name.startswith(("ClientConnector", "ServerTimeout")):
+        return RetryableError(f"{text} (storage unreachable; the run is retried)")
+    if isinstance(e, FileNotFoundError) or code == 404:
+        return UserError(text, "check the bucket and path (`gcloud storage ls <path>`)")
+    return UserError(text, "check the path and its credentials")
 
 
 def _files_of_shard(path: str | None, shard: Shard, kind: str) -> list[str]:
@@ -96,8 +123,8 @@ class _JsonlIterator(grain.DatasetIterator):
             self._handle = fsspec.open(self._path, "rt", encoding="utf-8", errors="replace").open()
             for _ in range(skip):
                 self._handle.readline()
-        except OSError as e:
-            raise UserError(f"cannot read {self._path}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - see storage_error
+            raise storage_error(f"cannot read {self._path}", e) from None
         self._line = skip
 
     def __next__(self) -> dict[str, Any]:
@@ -106,8 +133,8 @@ class _JsonlIterator(grain.DatasetIterator):
         while True:
             try:
                 line = self._handle.readline()
-            except OSError as e:
-                raise UserError(f"cannot read {self._path}: {e}") from None
+            except Exception as e:  # noqa: BLE001 - see storage_error
+                raise storage_error(f"cannot read {self._path}", e) from None
             if not line:
                 self._handle.close()
                 raise StopIteration
@@ -137,7 +164,7 @@ def _record(where: str, text: str | bytes, wanted: tuple[str, ...]) -> dict[str,
             f"{where} has no column {missing[0]!r} (it has {', '.join(sorted(value)) or 'none'})",
             "set data.text_column (or prompt_column/completion_column) to the record's column",
         )
-    return {c: value[c] for c in wanted}
+    return {**{c: value[c] for c in wanted}, WHERE: where}
 
 
 class JsonlIterDataset(grain.IterDataset):
@@ -160,8 +187,10 @@ def _check_parquet(path: str, wanted: tuple[str, ...]) -> None:
     try:
         with fsspec.open(path, "rb") as f:
             names = pq.read_schema(f).names
-    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+    except ValueError as e:  # pyarrow's ArrowInvalid is a ValueError
         raise UserError(f"cannot read {path} as Parquet: {e}") from None
+    except Exception as e:  # noqa: BLE001 - see storage_error
+        raise storage_error(f"cannot read {path}", e) from None
     missing = [c for c in wanted if c not in names]
     if missing:
         raise UserError(
@@ -173,7 +202,9 @@ def _check_parquet(path: str, wanted: tuple[str, ...]) -> None:
 def _parquet(path: str, wanted: tuple[str, ...]) -> grain.IterDataset:
     fs, root = fsspec.core.url_to_fs(path)
     kwargs = {} if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)) else {"filesystem": fs}
-    return grain.experimental.ParquetIterDataset(root, **kwargs).map(lambda r: {c: _scalar(r[c]) for c in wanted})
+    return grain.experimental.ParquetIterDataset(root, **kwargs).map(
+        lambda r: {**{c: _scalar(r[c]) for c in wanted}, WHERE: path}
+    )
 
 
 def _scalar(value: Any) -> Any:
@@ -219,7 +250,9 @@ def _hf_disk(path: str | None, wanted: tuple[str, ...]) -> grain.MapDataset:
             f"{path} has no column {missing[0]!r} (it has {', '.join(loaded.column_names)})",
             "set data.text_column (or prompt_column/completion_column) to the dataset's column",
         )
-    return grain.MapDataset.source(loaded.select_columns(list(wanted)))
+    return grain.MapDataset.source(loaded.select_columns(list(wanted))).map_with_index(
+        lambda i, r: {**r, WHERE: f"{path} record {i}"}
+    )
 
 
 def host_records(data: DataSpec, path: str | None, shard: Shard, *, repeat: bool) -> grain.IterDataset:

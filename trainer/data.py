@@ -39,6 +39,7 @@ from trainer.exit_codes import UserError
 from trainer.packing import load_tokenizer
 
 SYNTHETIC_SUCCESSORS = 4
+HELD_OUT_INDEX = 1 << 40  # the synthetic eval set's first batch index: training would need 2^40 micro-batches
 _SKIP_SHARE = 0.25
 
 
@@ -208,7 +209,8 @@ def document_rows(
 
     tokenize = load_tokenizer(data.tokenizer, vocab_size)
     records = corpus.host_records(data, path, shard, repeat=repeat)
-    documents = records.map(lambda r: packing.document_features(r, data, tokenize))
+    split = packing.SplitDocuments()  # warns about this pipeline's long documents
+    documents = records.map(lambda r: packing.document_features(r, data, tokenize, length, split))
     return packing.packed_rows(documents, length).map(lambda row: packing.check_vocab(row, vocab_size, path))
 
 
@@ -245,11 +247,16 @@ def host_rows(rows: int, shard) -> int:
 def eval_batches(spec: DistillSpec, vocab_size: int, rows: int, shard) -> list[dict[str, np.ndarray]]:
     """The held-out set: the first `eval.batches` batches of `[rows / n, T]` rows of this process's shard of
     `eval.path`, read once; a set that runs out is padded with rows of mask 0 (so every process evaluates the same
-    number of batches)."""
+    number of batches). The synthetic source's set is its batches `HELD_OUT_INDEX + b` (this process's rows)."""
     import itertools
 
     assert spec.eval is not None
     length, rows_here = spec.batch.max_target_length, host_rows(rows, shard)
+    if spec.data.source == "synthetic":  # batches of the same language at indices training never reaches
+        source = MarkovSource.build(vocab_size, spec.data.seed)
+        mine = slice(shard.index * rows_here, (shard.index + 1) * rows_here)
+        held_out = [batch_at(source, HELD_OUT_INDEX + b, rows, length) for b in range(spec.eval.batches)]
+        return [{k: v[mine] for k, v in batch.items()} for batch in held_out]
     ds = document_rows(spec.data, spec.eval.path, vocab_size, length, shard, repeat=False)
     flat = list(itertools.islice(iter(ds), spec.eval.batches * rows_here))
     pad = {

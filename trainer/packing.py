@@ -14,6 +14,7 @@ segment (id > 0) and with weight 1.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -22,9 +23,30 @@ import grain
 import numpy as np
 
 from distillspec.config import DataSpec
+from trainer.corpus import WHERE
 from trainer.exit_codes import UserError
 
 Tokenize = Callable[[str], np.ndarray]
+log = logging.getLogger(__name__)
+
+
+class SplitDocuments:
+    """Counts one pipeline's text documents longer than a row; warns at the first and then at every power of ten."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def note(self, where: str, tokens: int, length: int) -> None:
+        self.count += 1
+        if str(self.count).rstrip("0") == "1":  # 1, 10, 100, ...
+            log.warning(
+                "%d document(s) longer than a row of %d tokens were split over rows so far (e.g. %s: %d tokens); "
+                "each piece is trained on, attending only within itself",
+                self.count,
+                length,
+                where,
+                tokens,
+            )
 
 
 def load_tokenizer(tokenizer: str | None, vocab_size: int) -> Tokenize:
@@ -55,17 +77,36 @@ def load_tokenizer(tokenizer: str | None, vocab_size: int) -> Tokenize:
     return lambda text: np.asarray(tok.encode(text).ids, np.int32)
 
 
-def document_features(record: dict[str, Any], data: DataSpec, tokenize: Tokenize) -> dict[str, np.ndarray]:
+def document_features(
+    record: dict[str, Any],
+    data: DataSpec,
+    tokenize: Tokenize,
+    length: int | None = None,
+    split: SplitDocuments | None = None,
+) -> dict[str, np.ndarray]:
     """One record as `{"inputs", "targets": int32 [L-1], "weights": int32 [L-1]}` (L the document's tokens; empty
-    arrays for a document of fewer than 2 tokens)."""
+    arrays for a document of fewer than 2 tokens).
+
+    A text document longer than a row (`length`) is split over rows (pre-training text: each piece is trained
+    on; a warning says how many were). A prompt/completion record longer than a row is a UserError naming the
+    file and record: split, its completion would be trained without its prompt. `split` counts the long text
+    documents of one pipeline (and warns)."""
     if data.prompt_column is not None and data.completion_column is not None:
         prompt = tokenize(str(record[data.prompt_column]))
         completion = tokenize(str(record[data.completion_column]))
         tokens = np.concatenate([prompt, completion])
         trained = np.concatenate([np.full(len(prompt), not data.completion_only), np.ones(len(completion), bool)])
+        if length is not None and len(tokens) - 1 > length:
+            raise UserError(
+                f"{record.get(WHERE, 'a record')}: a prompt/completion record of {len(tokens)} tokens is longer than "
+                f"a row of {length} (+1) tokens; split over rows, its completion would lose its prompt",
+                "raise batch.max_target_length, or drop or shorten the long records",
+            )
     else:
         tokens = tokenize(str(record[data.text_column]))
         trained = np.ones(len(tokens), bool)
+        if split is not None and length is not None and len(tokens) - 1 > length:
+            split.note(record.get(WHERE, "a record"), len(tokens), length)
     if len(tokens) < 2:
         empty = np.zeros((0,), np.int32)
         return {"inputs": empty, "targets": empty, "weights": empty}

@@ -1,5 +1,7 @@
 """Figures of a sweep: `kl_div_T1` and `hard_loss` against the optimizer step for every point, and each point's
-α, β and temperature schedules.
+α, β and temperature schedules. A point the table shows by its eval metrics (`Row.source`) is drawn from its
+evaluations of the held-out set (`eval/kl_div_T1`, ...), the others from their training logs; the figures' notes
+(and, when a sweep mixes both, the legend) say which.
 
 Curves are built first (`Curve`, pure), then drawn on `matplotlib.figure.Figure`s directly (no pyplot, so no
 global state and no display: the Agg canvas renders PNGs anywhere). One colour per point across every figure;
@@ -20,7 +22,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator
 
 from distillspec.config import DistillSpec
 from orchestrator.core import aggregate
-from orchestrator.core.results import HARD_LOSS, KL_T1, Results, Row
+from orchestrator.core.results import EVAL, HARD_LOSS, KL_T1, TRAIN, Results, Row
 from orchestrator.outputs import LogLine
 
 TEACHER_LOSS = "distill/teacher_loss"
@@ -67,24 +69,52 @@ def plotted_rows(results: Results) -> list[Row]:
     return [r for r in results.rows if r.role != "prerequisite"]
 
 
+def _mixed(results: Results) -> bool:
+    return len({r.source for r in plotted_rows(results)}) > 1
+
+
+def _shown_name(row: Row, name: str) -> str:
+    """The logged metric a row's curve follows: the eval twin of `name` for a row shown by eval metrics."""
+    return aggregate.eval_name(name) if row.source == EVAL else name
+
+
 def metric_curves(results: Results, logs: Mapping[str, Sequence[LogLine]], name: str) -> list[Curve]:
-    """Each point's per-record value of `name` (token-weighted within the record's logging interval)."""
+    """Each point's per-record value of `name` (token-weighted within the record's logging interval), or of its
+    `eval/` twin (one value per evaluation) for a point shown by eval metrics."""
     out = []
+    mixed = _mixed(results)
     for row in plotted_rows(results):
-        steps, values = aggregate.series(logs.get(row.run_id, ()), name)
-        out.append(Curve(row.run_id, _legend_label(row), row.role, tuple(steps), tuple(values)))
+        steps, values = aggregate.series(logs.get(row.run_id, ()), _shown_name(row, name))
+        label = _legend_label(row) + (f" [{row.source}]" if mixed else "")
+        out.append(Curve(row.run_id, label, row.role, tuple(steps), tuple(values)))
     return out
 
 
 def reference_curve(results: Results, logs: Mapping[str, Sequence[LogLine]]) -> Curve | None:
-    """The teacher's own cross-entropy on the same batches (logged by distillation points), for the hard-loss
-    figure: the floor the students approach."""
+    """The teacher's own cross-entropy on the same tokens (logged by distillation points: on the training batches,
+    or on the held-out set by points shown by eval metrics), for the hard-loss figure: the floor the students
+    approach."""
     for row in plotted_rows(results):
-        steps, values = aggregate.series(logs.get(row.run_id, ()), TEACHER_LOSS)
+        steps, values = aggregate.series(logs.get(row.run_id, ()), _shown_name(row, TEACHER_LOSS))
         if steps:
-            label = "teacher's cross-entropy on the same batches"
-            return Curve("teacher", label, "reference", tuple(steps), tuple(values))
+            where = "the held-out set" if row.source == EVAL else "the same batches"
+            return Curve("teacher", f"teacher's cross-entropy on {where}", "reference", tuple(steps), tuple(values))
     return None
+
+
+def source_note(results: Results) -> str:
+    """The metric figures' note: what one plotted value is, and what the table shows."""
+    window = results.aggregation.window
+    train = "each value: token-weighted mean over one logging interval (the table: " + (
+        f"the last {window})" if window else "all of them)"
+    )
+    held_out = "each value: one evaluation of the held-out set (the table: the last)"
+    sources = {r.source for r in plotted_rows(results)} or {TRAIN}
+    if sources == {EVAL}:
+        return held_out
+    if EVAL in sources:
+        return "[eval]: " + held_out + "; [train]: " + train.removeprefix("each value: ")
+    return train
 
 
 def schedule_curves(
@@ -285,10 +315,7 @@ def write_plots(
 ) -> list[Path]:
     """Write `kl_div_T1.png`, `hard_loss.png` and `schedules.png` to `out_dir` (created); returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    window = results.aggregation.window
-    note = "each value: token-weighted mean over one logging interval (the table: " + (
-        f"the last {window})" if window else "all of them)"
-    )
+    note = source_note(results)
     written = []
     for name, filename in FILES.items():
         reference = reference_curve(results, logs) if name == HARD_LOSS else None

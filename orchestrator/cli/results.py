@@ -277,7 +277,12 @@ def golden_update(
     ] = DEFAULT_RTOL,
     metric: Annotated[
         Optional[list[str]],
-        typer.Option("--metric", help="a metric to check (repeat); default: " + ", ".join(DEFAULT_METRICS)),
+        typer.Option(
+            "--metric",
+            help="a metric to check (repeat); default: "
+            + ", ".join(DEFAULT_METRICS)
+            + " (their eval/ twins for runs with a held-out eval set)",
+        ),
     ] = None,
     match: Annotated[
         MatchBy,
@@ -329,14 +334,21 @@ def golden_update(
             f"{len(unfinished)} of {len(expansion.runs)} run(s) have not succeeded ({listed}{more})",
             f"golden values come from a finished sweep: `distillctl results {sweep}` shows where it stands",
         )
-    names = list(metric) if metric else list(golden_file.DEFAULT_METRICS)
+    # Without --metric, a run that evaluated a held-out set is checked on its eval metrics (eval/kl_div_T1, ...).
+    chosen = {
+        run.run_id: (list(metric), "given")
+        if metric
+        else results.preferred_names(outputs[run.run_id], golden_file.DEFAULT_METRICS)
+        for run in expansion.runs
+    }
+    names = list(dict.fromkeys(name for run_names, _ in chosen.values() for name in run_names))
     groups = gate.seed_groups(expansion)
     finished = [
         golden_file.Finished(
             run.run_id,
             run.label,
             groups[run.run_id],
-            results.run_metrics(outputs[run.run_id], window, names),
+            results.run_metrics(outputs[run.run_id], window, chosen[run.run_id][0]),
             run.role,
             run.prerequisite,
             dict(run.axis_values),
@@ -348,8 +360,13 @@ def golden_update(
         f"Golden values of sweep {expansion.sweep.name!r} for `distillctl regress {sweep} --golden {out}`.\n"
         f"Written by `distillctl golden update {sweep} -o {out}` from finished runs; rerun it after an intended "
         "change.\nChecks: approx (|x - value| <= atol + rtol·|value|), band (low <= x <= high), deterministic "
-        "(exact).\nValues are token-weighted means over the last `window` log records of each run (0: all)."
+        "(exact).\nValues: eval/* metrics are each run's last evaluation on its held-out set; the others are "
+        "token-weighted means over the last `window` log records of each run (0: all)."
     )
     _write(out, golden_file.dump(derived, header))
     checks = sum(len(p.checks) for p in derived.points)
-    console.err.print(f"wrote {out}: {checks} check(s) on {len(derived.points)} run(s)", markup=False)
+    on_eval = sum(source == results.EVAL for _, source in chosen.values())
+    which = f"; eval metrics for {on_eval} run(s) with a held-out set" if on_eval else "; training metrics"
+    if metric:
+        which = ""
+    console.err.print(f"wrote {out}: {checks} check(s) on {len(derived.points)} run(s){which}", markup=False)

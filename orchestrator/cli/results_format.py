@@ -15,7 +15,7 @@ from typing import Any
 from rich.table import Table
 
 from orchestrator.core.markdown import cell as md_cell
-from orchestrator.core.results import KL_T1, TABLE_METRICS, Results, Row, short_metric
+from orchestrator.core.results import EVAL, KL_T1, TABLE_METRICS, Results, Row, short_metric
 
 MISSING = "—"
 BEST = "★"
@@ -87,7 +87,17 @@ def legend(results: Results) -> str:
     """What the numbers mean, one line."""
     window = results.aggregation.window
     span = f"the last {window} log records" if window else "every log record"
-    parts = [f"metrics: token-weighted mean (Σsum/Σcount) over {span} of each run; perplexity = exp(mean hard loss)"]
+    train = f"token-weighted mean (Σsum/Σcount) over {span} of each run"
+    held_out = "eval/* metrics of each run's last evaluation on its held-out set"
+    sources = results.sources
+    if sources == {EVAL}:
+        parts = [f"metrics: {held_out}; perplexity = exp(mean hard loss)"]
+    elif EVAL in sources:
+        parts = [
+            f"metrics: {held_out} where a run has one (column `from`), else {train}; perplexity = exp(mean hard loss)"
+        ]
+    else:
+        parts = [f"metrics: {train}; perplexity = exp(mean hard loss)"]
     best = results.best
     parts.append(f"{BEST} lowest kl_div_T1 among finished points" + ("" if best else " (none finished yet)"))
     if results.baselines:
@@ -100,9 +110,15 @@ def _headers(results: Results, sep: str = " ") -> list[str]:
     window = results.aggregation
     return (
         ["#", "point", "role", "status", "restarts", "step"]
-        + [f"{short_metric(m)}{sep}({window.describe})" for m in TABLE_METRICS]
+        + (["from"] if _mixed(results) else [])
+        + [window.header(m, results.sources).replace(" (", f"{sep}(", 1) for m in TABLE_METRICS]
         + [f"tokens/s{sep}({window.describe})", cost_header(results, sep), f"Δkl_div_T1{sep}vs baseline"]
     )
+
+
+def _mixed(results: Results) -> bool:
+    """Some rows show eval metrics and others training metrics: a `from` column says which."""
+    return len(results.sources) > 1
 
 
 def _cells(results: Results, row: Row) -> list[str]:
@@ -115,6 +131,7 @@ def _cells(results: Results, row: Row) -> list[str]:
             str(row.status.restarts),
             steps(row),
         ]
+        + ([row.source] if _mixed(results) else [])
         + [number(row.metrics.get(m)) for m in TABLE_METRICS]
         + [rate(row.tokens_per_sec), cost(results, row), signed(row.delta_kl, row.delta_kl_relative)]
     )
@@ -140,7 +157,8 @@ def markdown(results: Results) -> str:
     lines = [f"### distillctl results: `{results.sweep}`", ""]
     best = results.best
     if best is not None:
-        line = f"Best point: **{md_cell(best.label)}** (`{best.run_id}`), kl_div_T1 {number(best.metrics.get(KL_T1))}"
+        kl = "eval/kl_div_T1" if best.source == EVAL else "kl_div_T1"
+        line = f"Best point: **{md_cell(best.label)}** (`{best.run_id}`), {kl} {number(best.metrics.get(KL_T1))}"
         if best.delta_kl is not None:
             line += f", {signed(best.delta_kl, best.delta_kl_relative)} vs the baseline"
         lines += [line + ".", ""]
@@ -163,7 +181,7 @@ def csv_text(results: Results) -> str:
     columns = (
         CSV_FIXED
         + [f"axis:{a}" for a in axes]
-        + ["seed", "phase", "reason", "restarts", "step", "total_steps", "window"]
+        + ["seed", "phase", "reason", "restarts", "step", "total_steps", "window", "metrics_from"]
         + [short_metric(m) for m in TABLE_METRICS]
         + [
             "tokens_per_sec",
@@ -191,6 +209,7 @@ def csv_text(results: Results) -> str:
                 _csv(row.step),
                 _csv(row.total_steps),
                 results.aggregation.window,
+                row.source,
             ]
             + [_csv(row.metrics.get(m)) for m in TABLE_METRICS]
             + [
@@ -252,6 +271,7 @@ def to_json(results: Results) -> dict[str, Any]:
                 "step": row.step,
                 "total_steps": row.total_steps,
                 "metrics": {m: _json_number(row.metrics.get(m)) for m in TABLE_METRICS},
+                "metrics_from": row.source,
                 "tokens_per_sec": _json_number(row.tokens_per_sec),
                 "wall_time_sec": row.wall_time_sec,
                 "chip_hours": _json_number(row.chip_hours),

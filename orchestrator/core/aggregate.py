@@ -2,6 +2,10 @@
 
 A window's value is Σsum / Σcount over its records: token-weighted, so a window with many padded tokens is not
 over-counted, and never a mean of per-record means.
+
+Held-out metrics (`eval/...`, logged on the steps that evaluated the run's `eval` set) are read differently: a
+run's value is its last evaluation (`run_value`), the whole fixed set under the final model — an average of
+evaluations at different steps would mix models, and the set has no sampling noise to average away.
 """
 
 from __future__ import annotations
@@ -13,9 +17,14 @@ from orchestrator.outputs import LogLine
 
 HARD_LOSS = "distill/hard_loss"
 KL_T1 = "distill/kl_div_T1"  # the guide's cross-run comparison metric
+EVAL_PREFIX = "eval/"
 # The trainer logs these with the cross-entropy's (sum, count); their value is exp(Σsum/Σcount)
 # (`trainer.loss.PERPLEXITY_METRICS`). The student's falls back to the hard loss, which is the same cross-entropy.
-PERPLEXITY_OF = {"distill/student_perplexity": HARD_LOSS, "distill/teacher_perplexity": "distill/teacher_loss"}
+PERPLEXITY_OF = {
+    "distill/student_perplexity": HARD_LOSS,
+    "distill/teacher_perplexity": "distill/teacher_loss",
+    "eval/student_perplexity": "eval/hard_loss",
+}
 MAX_EXP = 700.0  # exp overflows a float past ~709
 
 
@@ -45,6 +54,29 @@ def metric(records: Sequence[LogLine], name: str) -> float | None:
             return None
         return math.exp(loss) if loss < MAX_EXP else math.inf
     return weighted_mean(records, name)
+
+
+def is_eval(name: str) -> bool:
+    return name.startswith(EVAL_PREFIX)
+
+
+def eval_name(name: str) -> str:
+    """The held-out twin of a training metric: `distill/kl_div_T1` -> `eval/kl_div_T1`."""
+    return EVAL_PREFIX + name.split("/", 1)[-1]
+
+
+def last_evaluation(log: Sequence[LogLine]) -> Sequence[LogLine]:
+    """The latest record holding held-out metrics, as a one-record window (empty when the run never evaluated)."""
+    for record in reversed(log):
+        if any(is_eval(name) for name in record.metrics):
+            return [record]
+    return []
+
+
+def run_value(log: Sequence[LogLine], window: int, name: str) -> float | None:
+    """A run's value of `name`: a held-out metric from its last evaluation; a training metric over its last
+    `window` records (all when 0)."""
+    return metric(last_evaluation(log) if is_eval(name) else last(log, window), name)
 
 
 def describe_window(window: int) -> str:

@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Literal
 
+from orchestrator.core.aggregate import is_eval
 from orchestrator.core.golden import GoldenFile
 from orchestrator.core.markdown import cell as md_cell
 from orchestrator.core.run_status import TERMINAL
@@ -177,6 +178,10 @@ def markdown(report: RegressReport) -> str:
             else " Values: token-weighted mean over every log record."
         )
     )
+    if any(is_eval(o.metric) for o in report.outcomes):
+        window += " eval/* metrics: each run's last evaluation on its held-out set."
+        if all(is_eval(o.metric) for o in report.outcomes if o.metric != "*"):
+            window = " Values: eval/* metrics, each run's last evaluation on its held-out set."
     lines = [
         f"### {icon} distillctl regress `{report.sweep}`: {report.verdict} (exit {int(report.exit_code)})",
         "",

@@ -1,15 +1,18 @@
 """A sweep's results: one row per run with its status and aggregated metrics, the best point and the
 difference from the baseline. Pure: outputs and statuses are read by the caller.
 
-Every metric is aggregated the same explicit way (`Aggregation`): the token-weighted mean Σsum/Σcount of the
-trainer's (sum, count) pairs over the last `window` records of `metrics.jsonl` (all of them when 0);
-`student_perplexity` is exp of that window's mean hard loss. Throughput is tokens over wall time across the
-same window. Chip-hours are the trainer's wall time × the target's chips (TPU targets only; a local run has
+A run that evaluated a held-out set (`eval:` in its spec) is shown by its eval metrics (`eval/kl_div_T1`, ...:
+its last evaluation, the whole fixed set under the final model); a run without one by its training metrics,
+aggregated the same explicit way (`Aggregation`): the token-weighted mean Σsum/Σcount of the trainer's
+(sum, count) pairs over the last `window` records of `metrics.jsonl` (all of them when 0). Each row says which
+(`Row.source`: `eval` or `train`), and so do the tables' headers. `student_perplexity` is exp of the mean hard
+loss. Throughput is tokens over wall time across the last `window` records. Chip-hours are the trainer's wall time × the target's chips (TPU targets only; a local run has
 no chips, so its wall time is shown instead).
 
 The best point is the succeeded, non-baseline point with the lowest `kl_div_T1` (the guide's cross-run
-metric: the KL at temperature 1 does not depend on each point's temperature schedule). Δ is against the
-baseline point with the same seed (the first baseline when none has it).
+metric: the KL at temperature 1 does not depend on each point's temperature schedule), among the points shown
+by eval metrics when any is. Δ is against the baseline point with the same seed (the first baseline when none
+has it), and only when both are shown by the same kind of metrics.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ PERPLEXITY = "distill/student_perplexity"
 TOP1 = "distill/top1_agreement"
 TABLE_METRICS = (KL_T1, HARD_LOSS, PERPLEXITY, TOP1)
 DEFAULT_WINDOW = 5
+EVAL, TRAIN = "eval", "train"  # where a row's metrics come from
 
 # A function from the sweep and what its runs wrote to each run's status; the launcher's backends supply one
 # that also sees the cluster (queued, restarting, ...). `statuses_from_outputs` is the outputs-only view.
@@ -48,8 +52,17 @@ class Aggregation:
     def describe(self) -> str:
         return aggregate.describe_window(self.window)
 
-    def header(self, name: str) -> str:
-        return f"{short_metric(name)} ({self.describe})"
+    def header(self, name: str, sources: frozenset[str] = frozenset({"train"})) -> str:
+        """A metric column's header: `kl_div_T1 (last 5)`, `kl_div_T1 (eval)`, ..."""
+        return f"{short_metric(name)} ({self.source_note(sources)})"
+
+    def source_note(self, sources: frozenset[str]) -> str:
+        """What a metric column's header says about where its numbers come from."""
+        if sources == {EVAL}:
+            return "eval"
+        if EVAL in sources:
+            return f"eval, else train {self.describe}"
+        return self.describe
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +70,8 @@ class Aggregation:
             "unit": "metrics.jsonl records (one per logging step); 0 means all",
             "method": "token-weighted mean: Σsum / Σcount of the logged (sum, count) pairs; perplexity = exp of the "
             "window's mean cross-entropy; tokens_per_sec = Δtokens / Δtime across the window",
+            "eval": "runs with a held-out eval set (metrics_from: eval) are shown by their last evaluation's eval/* "
+            "metrics (Σsum / Σcount over the whole set), not by the training window",
         }
 
 
@@ -79,6 +94,7 @@ class Row:
     wall_time_sec: float | None
     chip_hours: float | None
     output_path: str
+    source: str = TRAIN  # EVAL: `metrics` are the run's last evaluation on its held-out set
     baseline_run_id: str | None = None
     delta_kl: float | None = None  # kl_div_T1 - the baseline's (negative: better than no distillation)
     delta_kl_relative: float | None = None  # delta_kl / the baseline's kl_div_T1
@@ -101,6 +117,12 @@ class Results:
     @property
     def baselines(self) -> tuple[Row, ...]:
         return tuple(r for r in self.rows if r.role == "baseline")
+
+    @property
+    def sources(self) -> frozenset[str]:
+        """Where the shown rows' metrics come from (`eval`, `train`; rows without any value do not count)."""
+        shown = {r.source for r in self.rows if any(v is not None for v in r.metrics.values())}
+        return frozenset(shown or {TRAIN})
 
     @property
     def axis_names(self) -> list[str]:
@@ -188,8 +210,31 @@ def _chips(expansion: Expansion) -> tuple[str | None, int | None]:
 
 
 def run_metrics(outputs: RunOutputs, window: int, names: Sequence[str] = TABLE_METRICS) -> dict[str, float | None]:
-    records = aggregate.last(outputs.log, window)
-    return {name: aggregate.metric(records, name) for name in names}
+    """`names` as named: `eval/...` from the last evaluation, others over the last `window` records."""
+    return {name: aggregate.run_value(outputs.log, window, name) for name in names}
+
+
+def evaluated(outputs: RunOutputs) -> bool:
+    """Whether the run logged held-out (`eval/...`) metrics."""
+    return bool(aggregate.last_evaluation(outputs.log))
+
+
+def preferred_names(outputs: RunOutputs, names: Sequence[str]) -> tuple[list[str], str]:
+    """The metrics a run is judged by: the held-out twins of `names` when it evaluated (`eval/kl_div_T1` for
+    `distill/kl_div_T1`), else `names`; and which (`eval` or `train`)."""
+    if evaluated(outputs):
+        return [aggregate.eval_name(n) for n in names], EVAL
+    return list(names), TRAIN
+
+
+def preferred_metrics(
+    outputs: RunOutputs, window: int, names: Sequence[str] = TABLE_METRICS
+) -> tuple[dict[str, float | None], str]:
+    """`({training name: value}, source)`: the run's eval metrics under the training names when it evaluated,
+    else its training metrics over the window."""
+    chosen, source = preferred_names(outputs, names)
+    values = run_metrics(outputs, window, chosen)
+    return {name: values[c] for name, c in zip(names, chosen)}, source
 
 
 def build(
@@ -207,6 +252,7 @@ def build(
         out = outputs.get(run.run_id) or RunOutputs(run.output_path)
         status = statuses.get(run.run_id) or RunStatus("Pending", "NotObserved")
         wall = out.wall_time_sec
+        metrics, source = preferred_metrics(out, window)
         rows.append(
             Row(
                 run_id=run.run_id,
@@ -219,7 +265,8 @@ def build(
                 status=status,
                 step=out.last_step if out.last_step is not None else status.step,
                 total_steps=out.total_steps or status.total_steps or run.spec.steps,
-                metrics=run_metrics(out, window),
+                metrics=metrics,
+                source=source,
                 tokens_per_sec=aggregate.tokens_per_sec(out.log, window),
                 wall_time_sec=wall,
                 chip_hours=None if chips is None or wall is None else wall * chips / 3600.0,
@@ -240,10 +287,13 @@ def _compare(rows: list[Row]) -> list[Row]:
             continue
         base = next((b for b in baselines if b.seed == row.seed), baselines[0])
         kl, base_kl = row.metrics.get(KL_T1), base.metrics.get(KL_T1)
-        delta = kl - base_kl if _finite(kl) and _finite(base_kl) else None
+        comparable = _finite(kl) and _finite(base_kl) and row.source == base.source
+        delta = kl - base_kl if comparable else None
         relative = delta / base_kl if delta is not None and base_kl else None
         out.append(dataclasses.replace(row, baseline_run_id=base.run_id, delta_kl=delta, delta_kl_relative=relative))
     finished = [r for r in out if r.role == "point" and r.status.phase == "Succeeded" and _finite(r.metrics.get(KL_T1))]
+    if any(r.source == EVAL for r in finished):  # never rank one run's held-out KL against another's training KL
+        finished = [r for r in finished if r.source == EVAL]
     if finished:
         best = min(finished, key=lambda r: r.metrics[KL_T1])
         out = [dataclasses.replace(r, best=True) if r is best else r for r in out]
