@@ -4,8 +4,8 @@
 # BASE=IMAGE picks the base (e.g. python:3.11-slim where a registry is reachable); by default the base is
 # Debian bookworm's python3 made by mmdebstrap from Debian's packages, cached as a tarball under
 # ~/.cache/distillctl/base and imported once into the project's podman storage (hack/image/podman.sh).
-# pip runs inside the build with the host's CA bundle mounted read-only and a per-user pip cache mounted in;
-# neither is part of any layer.
+# The locked wheels are downloaded on the host (with its CA bundle) into ~/.cache/distillctl/wheels/image and
+# mounted read-only into the build, which runs without a network; they are not part of any layer.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TAG="${1:-distillctl-trainer:dev}"
@@ -42,10 +42,23 @@ if [ -z "${BASE:-}" ]; then
   fi
 fi
 
-ca="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
-mounts=(--volume "$CACHE/pip:/var/cache/distillctl-pip" --build-arg PIP_CACHE=/var/cache/distillctl-pip)
-[ -r "$ca" ] && mounts+=(--volume "$ca:/run/distillctl-ca.crt:ro" --build-arg CA_BUNDLE=/run/distillctl-ca.crt)
-mkdir -p "$CACHE/pip"
+# Every wheel of the lock for CPython 3.11 on x86-64 Linux, checked against the lock's hashes, with the host's
+# pip (.venv's, else python3's: --python-version picks the wheels) and CA bundle.
+wheels="$CACHE/wheels/image"
+mkdir -p "$wheels"
+platforms=()  # pip matches --platform tags exactly: every manylinux tag a 2.31 glibc runs
+for t in manylinux_2_31 manylinux_2_28 manylinux_2_27 manylinux_2_24 manylinux_2_17 manylinux2014 manylinux_2_12 \
+  manylinux2010 manylinux_2_5 manylinux1 linux; do platforms+=(--platform "${t}_x86_64"); done
+stamp="$wheels/.complete-$(sha256sum trainer/requirements.lock | cut -c1-16)"
+if [ ! -e "$stamp" ]; then  # pip re-asks the index for every package even when all are here: skip it when done
+  py=python3
+  [ -x .venv/bin/python ] && py=.venv/bin/python
+  "$py" -m pip download --quiet --no-deps --require-hashes --only-binary :all: --dest "$wheels" \
+    "${platforms[@]}" --python-version 3.11 --implementation cp --abi cp311 -r trainer/requirements.lock
+  rm -f "$wheels"/.complete-*
+  touch "$stamp"
+fi
+mounts=(--network none --volume "$wheels:/run/distillctl-wheels:ro" --build-arg WHEELS=/run/distillctl-wheels)
 # --timestamp 0: created times and file times fixed, so the same inputs give the same layers.
 $P build --file trainer/Dockerfile --tag "$TAG" --build-arg BASE="$BASE" --timestamp 0 "${mounts[@]}" .
 $P image inspect --format '{{.Id}}' "$TAG"
