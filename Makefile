@@ -16,7 +16,7 @@ REF_TRANSFORMERS := 5.12.1
 REF_VENV := .venv-ref
 REF_STAMP := $(REF_VENV)/.ref-$(REF_TORCH)-$(REF_TRANSFORMERS)
 
-.PHONY: install xpk ref demo test clean
+.PHONY: install xpk ref demo test clean image image-tools image-lock
 
 install: $(STAMP)
 
@@ -57,13 +57,8 @@ demo: install
 	$(VENV)/bin/distillctl results sweeps/quickstart.yaml --plot out/quickstart
 
 # One worker per core; tests/conftest.py keeps each file, and everything on the control plane, on one worker.
-test: install xpk ref cluster-build tools
+test: install xpk ref cluster-build tools image-tools
 	$(PY) -m pytest -n auto --dist loadgroup
-
-# actionlint (tests/test_workflows.py), built from the Go module proxy into ~/.cache/distillctl/tools (per version).
-.PHONY: tools
-tools:
-	@hack/tools/actionlint.sh >/dev/null
 
 # --- Local Kubernetes control plane for the tests (tests/cluster, hack/cluster) ---
 # cluster-build compiles the components from the Go module proxy (cached; see
@@ -83,3 +78,31 @@ cluster-up: install cluster-build
 
 cluster-down:
 	@if [ -x $(PY) ]; then $(PY) -m tests.cluster down; else python3 -m tests.cluster down; fi
+
+# --- The trainer image (trainer/Dockerfile; tests/test_image.py builds and runs it) ---
+# image-tools installs Debian's container tools where any is missing (podman runs with runc and the settings in
+# hack/image/podman.sh). image builds localhost/$(IMAGE) on a Debian base made by mmdebstrap; BASE=python:3.11-slim
+# (or any image podman can pull) uses that base instead. image-lock re-pins trainer/requirements.lock from
+# trainer/requirements.in, with hashes, for CPython 3.11 on x86-64 Linux (uv in a per-user tool venv).
+IMAGE ?= distillctl-trainer:dev
+IMAGE_TOOLS := podman buildah skopeo runc mmdebstrap
+UV := $(HOME)/.cache/distillctl/tools/uv/bin/uv
+
+image-tools:
+	@missing="$$(for t in $(IMAGE_TOOLS); do command -v $$t >/dev/null 2>&1 || echo $$t; done)"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian's container tools (missing: $$(echo $$missing))"; \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q $(IMAGE_TOOLS); \
+	fi
+
+image: image-tools
+	BASE=$(BASE) hack/image/build.sh $(IMAGE)
+
+image-lock: $(UV)
+	$(UV) pip compile trainer/requirements.in --python-version 3.11 --python-platform x86_64-manylinux_2_31 \
+	  --generate-hashes --annotation-style line --upgrade -o trainer/requirements.lock
+
+$(UV):
+	$(PYTHON) -m venv $(HOME)/.cache/distillctl/tools/uv
+	$(HOME)/.cache/distillctl/tools/uv/bin/pip install -q uv

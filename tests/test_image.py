@@ -1,0 +1,130 @@
+"""The trainer image (trainer/Dockerfile), built with podman by hack/image/build.sh (`make image`) and run here.
+
+What is checked inside it: it runs as an unprivileged user; its Python packages are exactly the pinned lock
+(trainer/requirements.lock) plus the venv's own pip/setuptools, and none of the orchestrator's (Kubernetes client,
+typer, Jinja2, matplotlib) nor the orchestrator itself; the trainer's modules import; the entrypoint is
+`python -m trainer`, which rejects a bad spec with exit 1 and trains a tiny spec to metrics.jsonl and summary.json
+in a mounted folder. The first build here makes a Debian base with mmdebstrap and downloads the wheels; later
+builds reuse the per-user caches (~/.cache/distillctl: base tarball, podman storage with its layers, pip cache).
+Skipped, with the reason, only where podman is not installed or cannot run containers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+from trainer_support import REPO, TEACHER, merged
+
+pytestmark = pytest.mark.slow
+
+PODMAN = str(REPO / "hack" / "image" / "podman.sh")
+TAG = "distillctl-trainer:test"
+UID = 10001
+ORCHESTRATOR_ONLY = ("kubernetes", "typer", "jinja2", "matplotlib", "orchestrator", "distillctl")
+
+
+def podman(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([PODMAN, *args], capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def locked() -> dict[str, str]:
+    """{normalised name: version} of every requirement in trainer/requirements.lock."""
+    lock = (REPO / "trainer" / "requirements.lock").read_text()
+    return {_norm(m[1]): m[2] for m in re.finditer(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^\s\\]+)", lock, re.M)}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed (`make image-tools` installs Debian's podman, runc and mmdebstrap)")
+    probe = podman("info", "--format", "{{.Host.OCIRuntime.Name}} {{.Store.GraphDriverName}}", timeout=120)
+    if probe.returncode != 0:
+        pytest.skip(f"podman cannot run here: {probe.stderr.strip()[-500:]}")
+    build = subprocess.run(
+        [str(REPO / "hack" / "image" / "build.sh"), TAG], capture_output=True, text=True, timeout=3000
+    )
+    assert build.returncode == 0, (build.stdout[-4000:], build.stderr[-4000:])
+    return TAG
+
+
+def test_the_image_is_non_root_pinned_and_holds_only_the_trainer(image):
+    config = json.loads(podman("image", "inspect", image).stdout)[0]["Config"]
+    assert config["User"] == f"{UID}:{UID}"
+    assert config["Entrypoint"] == ["/opt/venv/bin/python", "-m", "trainer"]
+    probe = (
+        "import importlib, importlib.metadata as md, importlib.util, json, os\n"
+        "mods = ['jax', 'flax.nnx', 'optax', 'orbax.checkpoint', 'grain', 'safetensors', 'tokenizers', 'pydantic',\n"
+        "        'yaml', 'fsspec', 'gcsfs', 'tensorstore', 'tensorboardX', 'pyarrow.parquet', 'datasets',\n"
+        "        'distillspec.config', 'trainer.train', 'trainer.__main__', 'trainer.export', 'trainer.corpus',\n"
+        "        'trainer.checkpoints.maxtext']\n"
+        "for m in mods: importlib.import_module(m)\n"
+        "print(json.dumps({'uid': os.getuid(), 'gid': os.getgid(), 'home': os.environ['HOME'],\n"
+        "  'dists': {d.metadata['Name']: d.version for d in md.distributions()},\n"
+        "  'found': {m: importlib.util.find_spec(m) is not None for m in json.loads(os.environ['ABSENT'])},\n"
+        "  'writable': os.access('/opt/venv', os.W_OK) or os.access('/opt/distillctl/trainer', os.W_OK)}))\n"
+    )
+    out = podman(
+        "run",
+        "--rm",
+        "--network=none",
+        "-e",
+        "JAX_PLATFORMS=cpu",
+        "-e",
+        f"ABSENT={json.dumps(ORCHESTRATOR_ONLY)}",
+        "--entrypoint",
+        "/opt/venv/bin/python",
+        image,
+        "-c",
+        probe,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    facts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (facts["uid"], facts["gid"], facts["home"]) == (UID, UID, "/home/trainer")
+    assert not facts["writable"], "the installed code must not be writable by the user that runs it"
+    assert facts["found"] == dict.fromkeys(ORCHESTRATOR_ONLY, False)
+    installed = {_norm(n): v for n, v in facts["dists"].items() if _norm(n) not in ("pip", "setuptools")}
+    assert installed == locked()
+
+
+def test_python_m_trainer_trains_a_tiny_spec_inside_the_image(image, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    work.chmod(0o777)  # the container's user (uid 10001) writes the run folder here
+    spec = merged(TEACHER, name="image", steps=4, logging={"every_steps": 2}, checkpoint={"every_steps": 4})
+    (work / "spec.yaml").write_text(yaml.safe_dump(spec))
+    run = podman(
+        "run",
+        "--rm",
+        "--network=none",
+        "-e",
+        "JAX_PLATFORMS=cpu",
+        "--volume",
+        f"{work}:/work",
+        image,
+        "--spec",
+        "/work/spec.yaml",
+        "--output-dir",
+        "/work/out",
+    )
+    assert run.returncode == 0, (run.stdout[-3000:], run.stderr[-3000:])
+    run_dir = work / "out" / "image"
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    assert all(r["metrics"]["distill/hard_loss"]["value"] > 0 for r in records)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and summary["step"] == 4
+    assert (run_dir / "metrics.jsonl").stat().st_uid == UID
+
+    bad = podman(
+        "run", "--rm", "--network=none", "-e", "DISTILLCTL_SPEC=" + json.dumps(merged(TEACHER, steps=0)), image
+    )
+    assert bad.returncode == 1 and "steps" in bad.stderr, bad.stderr[-2000:]
