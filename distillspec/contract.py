@@ -70,6 +70,9 @@ FAILURES_DIR = "failures"
 # back in name order, since an object cannot be appended to; metrics.jsonl is written whole at exit.
 METRICS_PARTS_DIR = "metrics"
 METRICS_PART_PATTERN = "part-*.jsonl"
+# Written by the sweep service into a run's folder when an early-stopping rule stops it (`{"rule", "step",
+# "message"}`), before its JobSet is deleted: the run reads `Stopped (<rule>)` to every front end, for good.
+STOPPED_FILE = "stopped.json"
 
 # --- Labels and annotations on JobSets and pods -------------------------------------------------------------------
 
@@ -115,6 +118,24 @@ class StalledReason:
 
 class DivergedReason:
     LOSS_NOT_FINITE = "LossNotFinite"
+
+
+class StoppedReason:
+    """Which early-stopping rule stopped a run (the sweep file's `early_stopping` block, by rule name)."""
+
+    NO_IMPROVEMENT = "NoImprovement"
+    WORSE_THAN_BASELINE = "WorseThanBaseline"
+    DIVERGENCE = "Divergence"
+    MEDIAN = "MedianStopping"
+
+
+# `orchestrator.core.early_stop.Stop.rule` -> the reason a stopped run shows.
+STOPPED_REASONS: dict[str, str] = {
+    "no_improvement": StoppedReason.NO_IMPROVEMENT,
+    "worse_than_baseline": StoppedReason.WORSE_THAN_BASELINE,
+    "divergence": StoppedReason.DIVERGENCE,
+    "median": StoppedReason.MEDIAN,
+}
 
 
 class FailedReason:

@@ -26,7 +26,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from distillspec.contract import FAILURES_DIR, METRICS_PART_PATTERN, METRICS_PARTS_DIR
+from distillspec.contract import FAILURES_DIR, METRICS_PART_PATTERN, METRICS_PARTS_DIR, STOPPED_FILE
 from orchestrator.errors import UsageError
 
 # fsspec protocols and the extra that installs their implementation.
@@ -54,6 +54,7 @@ class RunOutputs:
     spec: dict[str, Any] | None = None
     readable: bool = True  # False: the storage could not be read at all (say gs:// without gcsfs)
     failures: tuple[dict[str, Any], ...] = ()  # `failures/process-<i>.json`: processes other than 0 that failed
+    stopped: dict[str, Any] | None = None  # `stopped.json`: the sweep service stopped it by an early-stopping rule
 
     @property
     def verdict(self) -> dict[str, Any] | None:
@@ -226,7 +227,16 @@ def read_run_outputs(path: str) -> RunOutputs:
     check_filesystem(path)
     text = read_metrics_text(path)
     summary, spec = _read_json(join(path, "summary.json")), _read_json(join(path, "spec.json"))
-    return RunOutputs(path, parse_log(text), summary, spec, failures=read_failures(path))
+    stopped = _read_json(join(path, STOPPED_FILE))
+    return RunOutputs(path, parse_log(text), summary, spec, failures=read_failures(path), stopped=stopped)
+
+
+def write_stopped(path: str, record: Mapping[str, Any]) -> None:
+    """Write `stopped.json` (an early-stopping verdict: `rule`, `step`, `message`) under a run's output path."""
+    import fsspec
+
+    with fsspec.open(join(path, STOPPED_FILE), "w") as f:
+        json.dump(dict(record), f, indent=2, sort_keys=True)
 
 
 READ_CONCURRENCY = 16  # files of this many runs read at once: object-store reads are latency-bound

@@ -18,6 +18,7 @@ PHASE_STYLE = {
     Phase.SUCCEEDED: "green",
     Phase.FAILED: "red",
     Phase.DIVERGED: "red",
+    Phase.STOPPED: "magenta",
     Phase.STALLED: "yellow",
     Phase.QUEUED: "cyan",
     Phase.RESTARTING: "yellow",

@@ -4,6 +4,8 @@ The cluster (or, locally, the output storage) is the truth. Each run is looked a
 - Succeeded: skip, whoever ran it (the same point in another sweep shares its id and outputs).
 - Failed or Diverged (also when its JobSet is gone: the verdict is read from its outputs): left alone, unless
   `retry_failed` (then it is created again and resumes from its checkpoint; not when another sweep owns it).
+- Stopped (an early-stopping rule's verdict, kept in its outputs and the sweep's status): left alone for good;
+  `retry_failed` does not restart it.
 - Queued, Running, Restarting, Stuck, Stalled: it exists (created by this sweep or another with the same point:
   either way its outputs are the same); skip.
 - Pending (never created, or preempted and gone): create it once every prerequisite it depends on has
@@ -57,6 +59,8 @@ def reconcile(runs: Sequence[Point], statuses: Mapping[str, RunStatus], *, retry
         status = statuses[run.run_id]
         if status.phase == Phase.SUCCEEDED:
             actions.append(Action(ActionKind.SKIP, run, "succeeded"))
+        elif status.phase == Phase.STOPPED:  # an early-stopping verdict: never created again, retries or not
+            actions.append(Action(ActionKind.SKIP, run, f"{status.shown}; stopped early, never restarted"))
         elif status.phase in FAILED:
             if retry_failed and status.owner:  # its JobSet is another sweep's: never replaced from here
                 actions.append(Action(ActionKind.SKIP, run, f"{status.shown}; retry it from sweep {status.owner}"))

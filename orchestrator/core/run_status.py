@@ -13,6 +13,7 @@ import enum
 import re
 
 from distillspec.contract import (
+    STOPPED_REASONS,
     DivergedReason,
     FailedReason,
     PendingReason,
@@ -36,9 +37,10 @@ class Phase(enum.StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     DIVERGED = "Diverged"
+    STOPPED = "Stopped"  # an early-stopping rule stopped it (the sweep service); never created again
 
 
-TERMINAL: frozenset[Phase] = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.DIVERGED})
+TERMINAL: frozenset[Phase] = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.DIVERGED, Phase.STOPPED})
 DEFAULT_STALL_SECONDS = 900.0  # no new metrics for this long while running: Stalled
 
 
@@ -163,6 +165,8 @@ def derive(
     )
     final = outputs.verdict or {}  # summary.json, or a failed worker's file when summary.json says no more
     verdict = final.get("status") if _current(final, observation) else None
+    if outputs.stopped is not None and final.get("status") != "succeeded":  # it finished before the stop
+        return stopped_status(outputs.stopped, **common)
     if observation.deleting:
         return RunStatus(Phase.PENDING, PendingReason.DELETING, "the previous run is still being deleted", **common)
     if verdict == "diverged":
@@ -251,3 +255,13 @@ def parse_timestamp(value) -> float | None:
 def _last_metrics_time(outputs: RunOutputs) -> float | None:
     times = [r.time for r in outputs.log if r.time is not None]
     return times[-1] if times else None
+
+
+def stopped_status(record: dict, **common) -> RunStatus:
+    """A run an early-stopping rule stopped, from its `stopped.json` record (`rule`, `step`, `message`)."""
+    rule = str(record.get("rule", ""))
+    step = record.get("step")
+    message = (
+        f"stopped at step {step}: {record.get('message', '')}" if step is not None else str(record.get("message", ""))
+    )
+    return RunStatus(Phase.STOPPED, STOPPED_REASONS.get(rule, rule or "EarlyStopped"), message, **common)

@@ -40,6 +40,7 @@ from orchestrator.core import expansion as expansion_module
 from orchestrator.core.run_status import DEFAULT_STALL_SECONDS
 from orchestrator.core.status import read_outputs
 from orchestrator.errors import DistillctlError
+from orchestrator.outputs import write_stopped
 from orchestrator.service import plan as planning
 from orchestrator.service.election import LeaderElector
 from orchestrator.service.endpoints import Metrics
@@ -367,6 +368,12 @@ class Controller:
         )
         if not self.elector.is_leader:
             return  # lost the Lease while reading: the new leader decides
+        for run, record in decided.stop:
+            # The verdict first, where every front end reads it: a crash before the delete is repaired by the next
+            # pass, and the trainer's SIGTERM checkpoint never reads as "resume me".
+            write_stopped(run.output_path, record.model_dump(mode="json"))
+        if decided.stop:
+            backend.delete([run for run, _ in decided.stop])
         if decided.delete:
             backend.delete(decided.delete)
         if decided.create:

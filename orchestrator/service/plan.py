@@ -2,8 +2,12 @@
 
 The decisions are the CLI's: the same expansion (run ids, prerequisites first), the same `derive` of each run's
 phase and the same `reconcile` of phases into actions. The service adds only what a long-lived front end needs:
-a retry budget per run (`spec.retryFailed`) instead of a `--retry-failed` flag, a status to write back, and the
-Events for what changed since the last status.
+a retry budget per run (`spec.retryFailed`) instead of a `--retry-failed` flag, a status to write back, the
+Events for what changed since the last status, and early stopping: the sweep's `early_stopping` rules
+(`core.early_stop`, the same evaluation `distillctl early-stop replay` runs) over the runs' metric curves; a point
+a rule names while it still runs is stopped (its JobSet deleted: the trainer saves a checkpoint on SIGTERM) and its
+verdict is kept, in its `stopped.json` and in the status, so that neither the retry budget nor a lagging cache
+ever creates it again.
 """
 
 from __future__ import annotations
@@ -14,13 +18,13 @@ import math
 from collections.abc import Mapping, Sequence
 
 from distillspec.problems import Problem, format_loc
-from orchestrator.core import aggregate
+from orchestrator.core import aggregate, early_stop
 from orchestrator.core.expansion import Expansion, Point
 from orchestrator.core.reconcile import FAILED, Action, ActionKind, reconcile
-from orchestrator.core.run_status import DEFAULT_STALL_SECONDS, Observation, Phase, RunStatus
+from orchestrator.core.run_status import DEFAULT_STALL_SECONDS, Observation, Phase, RunStatus, stopped_status
 from orchestrator.core.status import derive_all
 from orchestrator.outputs import RunOutputs
-from orchestrator.service.resource import BestPoint, RunState, ServiceSpec, SweepCondition, SweepStatus
+from orchestrator.service.resource import BestPoint, RunState, ServiceSpec, StopRecord, SweepCondition, SweepStatus
 
 ACTIVE = frozenset({Phase.QUEUED, Phase.RUNNING, Phase.RESTARTING, Phase.STUCK, Phase.STALLED})
 WARNING_PHASES = frozenset({Phase.FAILED, Phase.DIVERGED, Phase.STUCK, Phase.STALLED})
@@ -38,13 +42,15 @@ class Event:
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """What the controller does for one sweep: create `create` (prerequisites first), delete `delete` (failed
-    runs to be created again once gone), write `status`, emit `events`."""
+    runs to be created again once gone), stop `stop` (write each run's `stopped.json`, then delete its JobSet),
+    write `status`, emit `events`."""
 
     status: SweepStatus
     actions: tuple[Action, ...] = ()
     create: tuple[Point, ...] = ()
     delete: tuple[Point, ...] = ()
     events: tuple[Event, ...] = ()
+    stop: tuple[tuple[Point, StopRecord], ...] = ()
 
 
 def timestamp(now: float) -> str:
@@ -90,6 +96,13 @@ def plan(
             statuses[run_id] = dataclasses.replace(
                 statuses[run_id], phase=Phase.PENDING, reason="Retrying", message="created again after a failure"
             )
+    stops, new_stops = _stops(expansion, statuses, outputs, before)
+    for run_id, record in stops.items():
+        if statuses[run_id].phase != Phase.SUCCEEDED:  # a run that finished before its stop keeps its success
+            shown = stopped_status(record.model_dump())
+            statuses[run_id] = dataclasses.replace(
+                statuses[run_id], phase=shown.phase, reason=shown.reason, message=shown.message, since=None
+            )
     allowed = {
         run.run_id: (before[run.run_id].retries if run.run_id in before else 0) < service.retryFailed
         for run in expansion.runs
@@ -107,9 +120,13 @@ def plan(
         retries = (old.retries if old else 0) + (run.run_id in delete_ids)
         # `retrying` remembers, across the deletion, that the run is to be created again.
         again = run.run_id in delete_ids or (run.run_id in retrying and run.run_id not in create_ids)
-        state = _run_state(run, status, outputs.get(run.run_id), retries, retrying=again)
+        state = _run_state(run, status, outputs.get(run.run_id), retries, retrying=again, stopped=stops.get(run.run_id))
         runs.append(state)
-        if run.run_id in create_ids:
+        if run.run_id in new_stops:
+            events.append(
+                Event("Normal", "Stopped", f"{run.label} ({run.jobset_name}): {status.shown}: {status.message}")
+            )
+        elif run.run_id in create_ids:
             events.append(Event("Normal", "Created", f"created JobSet {run.jobset_name} for {run.label}"))
         elif run.run_id in delete_ids:
             events.append(Event("Normal", "Retrying", f"{run.label} is {status.shown}: retry {retries}"))
@@ -124,15 +141,33 @@ def plan(
         "succeeded": sum(statuses[r.run_id].phase == Phase.SUCCEEDED for r in expansion.runs),
         "running": sum(statuses[r.run_id].phase in ACTIVE for r in expansion.runs),
         "failed": sum(statuses[r.run_id].phase in FAILED for r in expansion.runs),
+        "stopped": sum(statuses[r.run_id].phase == Phase.STOPPED for r in expansion.runs),
     }
+    # A point's JobSet to delete for its stop: each pass while it is still there (a crash between the verdict and
+    # the delete, or a delete that failed, is repaired by the next), never another sweep's.
+    stop = tuple(
+        (run, stops[run.run_id])
+        for run in expansion.runs
+        if statuses[run.run_id].phase == Phase.STOPPED
+        and (seen := observed.get(run.run_id)) is not None
+        and seen.exists
+        and not seen.deleting
+        and not seen.owner
+    )
     blocked = {a.run.run_id for a in actions if a.kind == ActionKind.BLOCKED}
     settled = (
-        not create and not delete and all(statuses[r.run_id].terminal or r.run_id in blocked for r in expansion.runs)
+        not create
+        and not delete
+        and not stop
+        and all(statuses[r.run_id].terminal or r.run_id in blocked for r in expansion.runs)
     )
     total = len(expansion.runs)
-    if settled and counts["succeeded"] == total:
-        wanted = {"Running": ("False", "Finished", ""), "Succeeded": ("True", "AllSucceeded", f"{total} run(s)")}
-        wanted["Failed"] = ("False", "AllSucceeded", "")
+    if settled and counts["succeeded"] + counts["stopped"] == total:
+        # Stopped early is a decision the sweep asked for, not a failure.
+        reason = "AllSucceeded" if not counts["stopped"] else "SucceededOrStopped"
+        message = f"{total} run(s)" + (f", {counts['stopped']} stopped early" if counts["stopped"] else "")
+        wanted = {"Running": ("False", "Finished", ""), "Succeeded": ("True", reason, message)}
+        wanted["Failed"] = ("False", reason, "")
     elif settled:
         message = f"{total - counts['succeeded']} of {total} run(s) did not succeed" + (
             f" ({len(blocked)} blocked by a failed prerequisite)" if blocked else ""
@@ -168,7 +203,42 @@ def plan(
         runs=runs,
         best=best,
     )
-    return Plan(status, tuple(actions), create, delete, tuple(events))
+    return Plan(status, tuple(actions), create, delete, tuple(events), stop)
+
+
+def _stops(
+    expansion: Expansion,
+    statuses: Mapping[str, RunStatus],
+    outputs: Mapping[str, RunOutputs],
+    before: Mapping[str, RunState],
+) -> tuple[dict[str, StopRecord], set[str]]:
+    """Every run stopped by a rule (kept in the previous status or its `stopped.json`, or named by the rules now),
+    and which of them are stopped by this pass. The rules see every point's curve (a median needs the others);
+    only a point still on its way is stopped now: a finished one is a result, and one whose JobSet another sweep
+    created is that sweep's to stop."""
+    stops = {rid: state.stopped for rid, state in before.items() if state.stopped is not None and rid in statuses}
+    for rid, out in outputs.items():
+        if rid in statuses and rid not in stops and isinstance(out.stopped, dict):
+            try:
+                stops[rid] = StopRecord.model_validate(out.stopped)
+            except ValueError:
+                stops[rid] = StopRecord(
+                    rule=str(out.stopped.get("rule", "")), step=0, message="unreadable stopped.json"
+                )
+    rules = expansion.sweep.early_stopping
+    new: set[str] = set()
+    if not rules.any:
+        return stops, new
+    points = [p.run_id for p in expansion.points if not p.is_baseline]
+    baselines = [p.run_id for p in expansion.points if p.is_baseline]
+    found = early_stop.evaluate(rules, early_stop.curves_for(rules, outputs), points=points, baselines=baselines)
+    for rid, stop in found.items():
+        status = statuses[rid]
+        if rid in stops or status.terminal or status.owner:
+            continue
+        stops[rid] = StopRecord(rule=stop.rule, step=stop.step, message=stop.message)
+        new.add(rid)
+    return stops, new
 
 
 def _actions(runs: Sequence[Point], statuses: Mapping[str, RunStatus], allowed: Mapping[str, bool]) -> list[Action]:
@@ -188,7 +258,15 @@ def _actions(runs: Sequence[Point], statuses: Mapping[str, RunStatus], allowed: 
     return chosen
 
 
-def _run_state(run: Point, status: RunStatus, outputs: RunOutputs | None, retries: int, *, retrying: bool) -> RunState:
+def _run_state(
+    run: Point,
+    status: RunStatus,
+    outputs: RunOutputs | None,
+    retries: int,
+    *,
+    retrying: bool,
+    stopped: StopRecord | None = None,
+) -> RunState:
     metrics = {}
     if outputs is not None and outputs.log:
         latest = outputs.log[-1:]
@@ -211,6 +289,7 @@ def _run_state(run: Point, status: RunStatus, outputs: RunOutputs | None, retrie
         totalSteps=status.total_steps,
         metrics=metrics,
         owner=status.owner,
+        stopped=stopped,
     )
 
 

@@ -69,6 +69,15 @@ class SweepCondition(_Status):
     observedGeneration: int | None = None
 
 
+class StopRecord(_Status):
+    """An early-stopping verdict: the rule (the sweep file's `early_stopping` key), the step it fired at, why.
+    Kept in the status (and in the run's `stopped.json`) so the run is never created again."""
+
+    rule: str
+    step: int
+    message: str = ""
+
+
 class RunState(_Status):
     """One run of the sweep (a prerequisite, a point or a baseline)."""
 
@@ -76,7 +85,9 @@ class RunState(_Status):
     runId: str
     jobset: str
     role: Literal["prerequisite", "point", "baseline"]
-    phase: str = Field(description="Pending, Queued, Running, Restarting, Stuck, Stalled, Succeeded, Failed, Diverged")
+    phase: str = Field(
+        description="Pending, Queued, Running, Restarting, Stuck, Stalled, Succeeded, Failed, Diverged, Stopped"
+    )
     reason: str = ""
     message: str = ""
     restarts: int = 0
@@ -86,6 +97,7 @@ class RunState(_Status):
     totalSteps: int | None = None
     metrics: dict[str, float] = Field({}, description="the latest log record's metrics (mean over its tokens)")
     owner: str = Field("", description="another sweep whose JobSet runs this point (the same run id)")
+    stopped: StopRecord | None = Field(None, description="the early-stopping rule that stopped it: never created again")
 
 
 class BestPoint(_Status):
@@ -100,6 +112,7 @@ class SweepStatus(_Status):
     succeeded: int = 0
     running: int = Field(0, description="runs queued, running, restarting, stuck or stalled")
     failed: int = Field(0, description="runs failed or diverged")
+    stopped: int = Field(0, description="points stopped by an early-stopping rule")
     conditions: list[SweepCondition] = []
     runs: list[RunState] = []
     best: BestPoint | None = Field(None, description="the point with the lowest latest kl_div_T1")
