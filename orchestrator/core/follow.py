@@ -85,7 +85,9 @@ def follow(
             return
         blocked = {a.run.run_id for a in actions if a.kind == ActionKind.BLOCKED}
         if all(statuses[run.run_id].terminal or run.run_id in blocked for run in expansion.runs):
-            failed = tuple(run for run in expansion.runs if statuses[run.run_id].phase != Phase.SUCCEEDED)
+            # Stopped by an early-stopping rule (the service's verdict) is what the sweep asked for, not a failure.
+            done = (Phase.SUCCEEDED, Phase.STOPPED)
+            failed = tuple(run for run in expansion.runs if statuses[run.run_id].phase not in done)
             yield Finished(Outcome.FAILED if failed else Outcome.SUCCEEDED, state, failed)
             return
         if deadline is not None and clock() > deadline:
