@@ -14,7 +14,14 @@ Sizes:
 - tiny: teacher tiny-4l, student tiny-2l (width 64, vocab 256), 8 × 64 tokens: overhead-bound.
 - mid: teacher mid-4l, student mid-2l (width 256, vocab 32000), 4 × 256 tokens: the vocabulary-sized output layer and
   the loss dominate the step.
+- vocab128k (`--sizes vocab128k`): mid's models with vocabulary 128256 (Llama 3), 4 × 256 tokens.
 - overhead (`--sizes overhead`): width 16, 2 × 16 tokens: almost no compute, so the ratio is per-step overhead.
+
+Roofline: the `dot_general`s of our compiled step (read from its jaxpr, backward and rematerialised forward
+included) are each run alone, jitted, on operands of the same shapes and dtypes, in the same interleaved rounds;
+`roofline` = (time those matmuls take alone, as often as the step runs them) / (step time), i.e. the step's
+matmul FLOP/s as a fraction of what XLA reaches on the same matmuls with nothing else to do. The CPU is named
+from `lscpu` at the top of the output.
 """
 
 from __future__ import annotations
@@ -35,6 +42,15 @@ _MICRO = {"emb_dim": 16, "num_query_heads": 2, "num_kv_heads": 1, "head_dim": 8,
 SIZES = {
     "tiny": {"teacher": "tiny-4l", "student": "tiny-2l", "rows": 8, "length": 64},
     "mid": {"teacher": "mid-4l", "student": "mid-2l", "rows": 4, "length": 256},
+    # mid's models with Llama 3's vocabulary: the output layer and the loss are ~80 % of the step.
+    "vocab128k": {
+        "teacher": "mid-4l",
+        "student": "mid-2l",
+        "rows": 4,
+        "length": 256,
+        "teacher_overrides": {"vocab_size": 128_256},
+        "student_overrides": {"vocab_size": 128_256},
+    },
     # Not a target: near-zero compute, so the ratio is the two trainers' per-step overhead.
     "overhead": {
         "teacher": "tiny-2l",
@@ -117,6 +133,7 @@ def ours_runner(spec, params, seqs: list[np.ndarray]):
 
     with jax.set_mesh(built.mesh):
         step = built.step_fn.lower(holder["state"], built.teacher_params, device_batch(seqs[0]), hp(0)).compile()
+        jaxpr = jax.make_jaxpr(built.step_fn)(holder["state"], built.teacher_params, device_batch(seqs[0]), hp(0))
 
     def run(first: int, count: int) -> float:
         state = holder["state"]
@@ -127,6 +144,68 @@ def ours_runner(spec, params, seqs: list[np.ndarray]):
         jax.device_get(state.window)
         holder["state"] = state
         return time.perf_counter() - begin
+
+    run.matmuls = step_matmuls(jaxpr.jaxpr)
+    return run
+
+
+def step_matmuls(jaxpr, counts=None, times: int = 1):
+    """The `dot_general`s a step runs: `{(lhs shape, lhs dtype, rhs shape, rhs dtype, dimension numbers,
+    preferred dtype): count}`, recursing into sub-jaxprs (a scan's body counted `length` times; every branch of a
+    cond, whose branches here hold no matmuls but one). Rematerialised forward passes are counted: this is the
+    arithmetic the step does, not the model's."""
+    import collections
+
+    counts = collections.Counter() if counts is None else counts
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            lhs, rhs = (v.aval for v in eqn.invars)
+            key = (lhs.shape, str(lhs.dtype), rhs.shape, str(rhs.dtype), eqn.params["dimension_numbers"])
+            counts[key + (eqn.params.get("preferred_element_type"),)] += times
+            continue
+        inner = times * (eqn.params["length"] if eqn.primitive.name == "scan" else 1)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    step_matmuls(sub, counts, inner)
+    return counts
+
+
+def dot_flops(key) -> int:
+    lhs, _, rhs, _, ((_, rc), (_, rb)), _ = key
+    kept = [d for i, d in enumerate(rhs) if i not in rc and i not in rb]
+    return 2 * int(np.prod(lhs)) * int(np.prod(kept))
+
+
+def matmul_runner(matmuls):
+    """`run() -> seconds`: every distinct matmul of the step run alone (jitted, on random operands of its shapes
+    and dtypes), its mean time over enough calls for ~20 ms, times how often the step runs it."""
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    jobs = []
+    for key, count in matmuls.items():
+        lhs, lt, rhs, rt, dims, preferred = key
+        f = jax.jit(lambda a, b, dims=dims, preferred=preferred: jax.lax.dot_general(a, b, dims, None, preferred))
+        a = jnp.asarray(rng.normal(size=lhs), lt)
+        b = jnp.asarray(rng.normal(size=rhs), rt)
+        jax.block_until_ready(f(a, b))
+        begin = time.perf_counter()
+        jax.block_until_ready(f(a, b))
+        reps = max(1, int(0.02 / max(time.perf_counter() - begin, 1e-6)))
+        jobs.append((f, a, b, count, reps))
+
+    def run() -> float:
+        total = 0.0
+        for f, a, b, count, reps in jobs:
+            begin = time.perf_counter()
+            for _ in range(reps):
+                out = f(a, b)
+            jax.block_until_ready(out)
+            total += count * (time.perf_counter() - begin) / reps
+        return total
 
     return run
 
@@ -178,6 +257,20 @@ def tunix_runner(spec, params, seqs: list[np.ndarray]):
     return run
 
 
+def cpu_name() -> str:
+    """`lscpu`'s model name and widest vector extension."""
+    import subprocess
+
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return "unknown CPU"
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{fields.get('Model name', 'unknown CPU').strip()} ({vector})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="tiny,mid")
@@ -186,10 +279,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     os.environ.setdefault("DISTILLCTL_COMPILE_CACHE", "off")
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}", flush=True)
     results = []
     for name in args.sizes.split(","):
         size = SIZES[name]
-        steps = args.steps or {"tiny": 30, "mid": 4, "overhead": 100}[name]
+        steps = args.steps or {"tiny": 30, "mid": 4, "vocab128k": 2, "overhead": 100}[name]
         total = args.warmup + args.rounds * steps
         spec = spec_for(size, total)
         seqs = batches(spec, total)
@@ -197,14 +291,19 @@ def main() -> None:
         runners = {"tunix": tunix_runner(spec, params, seqs), "ours": ours_runner(spec, params, seqs)}
         for runner in runners.values():
             runner(0, args.warmup)
-        times: dict[str, list[float]] = {"tunix": [], "ours": []}
+        matmuls = runners["ours"].matmuls
+        alone = matmul_runner(matmuls)
+        times: dict[str, list[float]] = {"tunix": [], "ours": [], "matmuls": []}
         for r in range(args.rounds):  # interleaved, so load changes on a shared machine hit both sides
             first = args.warmup + r * steps
             for side in ("tunix", "ours"):
                 times[side].append(runners[side](first, steps))
+            times["matmuls"].append(alone() * steps)
         tokens = steps * size["rows"] * size["length"]
         ratios = sorted(t / o for t, o in zip(times["tunix"], times["ours"]))
         ours, tunix = tokens / statistics.median(times["ours"]), tokens / statistics.median(times["tunix"])
+        flops = steps * sum(dot_flops(k) * c for k, c in matmuls.items())  # per round
+        roofline = sorted(m / o for m, o in zip(times["matmuls"], times["ours"]))
         row = {
             "size": name,
             "tokens_per_step": size["rows"] * size["length"],
@@ -214,12 +313,19 @@ def main() -> None:
             "tunix_tokens_per_sec": round(tunix, 1),
             "ratio_median": round(statistics.median(ratios), 2),
             "ratio_per_round": [round(x, 2) for x in ratios],
+            "step_matmul_gflop": round(flops / steps / 1e9, 2),
+            "step_gflops": round(flops / statistics.median(times["ours"]) / 1e9, 1),
+            "matmuls_alone_gflops": round(flops / statistics.median(times["matmuls"]) / 1e9, 1),
+            "roofline_median": round(statistics.median(roofline), 2),
+            "roofline_per_round": [round(x, 2) for x in roofline],
             "load_average_1min": round(os.getloadavg()[0], 2),
         }
         results.append(row)
         print(
             f"{name}: ours {ours:,.0f} tok/s, tunix {tunix:,.0f} tok/s (medians), ratio {row['ratio_median']}x "
-            f"(per round {row['ratio_per_round']}), load {row['load_average_1min']}",
+            f"(per round {row['ratio_per_round']}); step {row['step_gflops']} GFLOP/s of matmuls vs "
+            f"{row['matmuls_alone_gflops']} alone: roofline {row['roofline_median']} (per round "
+            f"{row['roofline_per_round']}), load {row['load_average_1min']}",
             flush=True,
         )
     print(json.dumps(results, indent=2))

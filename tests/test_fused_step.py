@@ -12,6 +12,7 @@ import pytest
 jax = pytest.importorskip("jax")
 import optax  # noqa: E402
 
+from distillspec import loss_choice  # noqa: E402
 from trainer import step as step_lib  # noqa: E402
 from trainer.models import forward_hidden  # noqa: E402
 
@@ -38,9 +39,9 @@ def distill_spec(feature_loss: bool):
 
 
 def test_fused_loss_is_chosen_only_when_dense_logits_are_large():
-    assert not step_lib.fused_loss_wanted(4 * 256, 32000)  # the mid bench size: 131 MB of logits
-    assert step_lib.fused_loss_wanted(16384, 128256)  # 8 GiB
-    assert step_lib.fused_loss_wanted(1024, 1024, budget_bytes=1024 * 1024 * 4 - 1)
+    assert not loss_choice.fused_loss_wanted(4 * 256, 32000)  # the mid bench size: 131 MB of logits
+    assert loss_choice.fused_loss_wanted(16384, 128256)  # 8 GiB
+    assert loss_choice.fused_loss_wanted(1024, 1024, budget_bytes=1024 * 1024 * 4 - 1)
 
 
 @pytest.mark.parametrize("feature_loss", [False, True])

@@ -38,18 +38,49 @@ def test_fsdp_shards_parameters_over_all_chips(mesh):
     assert m.param_shards == 128 and m.student_params == 4 * P // 128 and m.fit == "fits"
 
 
+def working_set(n, rows, length):  # one Llama 8B layer (re)computed, float32: matmul tensors and 4 score arrays
+    return n * (4 * 4096 + (2 * 32 + 2 * 8) * 128 + 3 * 14_336) * 4 + 4 * rows * 32 * length * length * 4
+
+
 def test_activations_follow_the_formula():
     s = spec(mesh={"data": 1, "fsdp": -1})
-    shape = s.student.shape()
-    tokens = 1024
-    expected = (
-        32 * tokens * 4096 * 4
-        + tokens * (8 * 4096 + 4 * 14_336) * 4
-        + 3 * tokens * shape.vocab_size * 4  # student
-        + tokens * (8 * 4096 + 4 * 14_336) * 4
-        + 2 * tokens * shape.vocab_size * 4
-    )  # teacher
-    assert memory.estimate(s, chips=8, hbm_bytes_per_chip=None).activations == expected
+    n = 1024
+    m = memory.estimate(s, chips=8, hbm_bytes_per_chip=None)
+    # full remat keeps each layer's input; one layer of each model is being computed
+    assert m.activations == 32 * n * 4096 * 4 + 2 * working_set(n, 1, 1024)
+    assert not m.fused_loss and m.loss == 8 * n * 128_256 * 4  # dense: 8 float32 logit-sized arrays
+    # FSDP gathers each model's embedding, head and one layer (the student's also their float32 gradient)
+    layer = (P - 2 * 128_256 * 4096 - 4096) // 32
+    assert m.gathered_weights == int((2 * 128_256 * 4096 + layer) * 4 * 3)
+
+
+def test_long_sequences_select_the_fused_loss_and_its_blocks():
+    s = spec(batch={"per_device_batch_size": 1, "max_target_length": 8192})
+    m = memory.estimate(s, chips=8, hbm_bytes_per_chip=None)
+    assert m.fused_loss and m.loss == 6 * 1024 * 8192 * 4 + 8192 * 3 * 4096 * 4
+
+
+def test_remat_policies_keep_more_as_they_recompute_less():
+    kept = {
+        remat: memory.estimate(
+            spec(student={"model": "llama3.1-8b", "remat": remat}), chips=8, hbm_bytes_per_chip=None
+        ).activations
+        for remat in ("full", "dots", "none")
+    }
+    assert kept["full"] < kept["dots"] < kept["none"]
+
+
+def test_tensor_axis_splits_heads_but_each_chip_sees_its_peers_rows():
+    batch = {"per_device_batch_size": 1, "max_target_length": 512}
+    one = memory.estimate(spec(mesh={"fsdp": -1}, batch=batch), chips=8, hbm_bytes_per_chip=None)
+    two = memory.estimate(spec(mesh={"fsdp": -1, "tensor": 2}, batch=batch), chips=8, hbm_bytes_per_chip=None)
+    assert not two.fused_loss and two.loss == one.loss  # twice the rows, half the vocabulary
+    assert two.param_shards == one.param_shards == 8
+
+
+def test_the_guides_pruning_recovery_fits_v5p_by_default():
+    m = memory.estimate(spec(), chips=128, hbm_bytes_per_chip=95 * 10**9)
+    assert m.fit == "fits", m.to_json()
 
 
 def test_feature_loss_keeps_the_chosen_layers_of_both_models():

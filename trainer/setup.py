@@ -20,6 +20,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from distillspec.config import DistillSpec, ModelSpec
+from distillspec.loss_choice import fused_loss_wanted
 from trainer import sharding as shard_lib
 from trainer.checkpoints import load_params
 from trainer.exit_codes import UserError
@@ -29,7 +30,6 @@ from trainer.step import (
     StepModels,
     TrainState,
     empty_window,
-    fused_loss_wanted,
     learning_rate_schedule,
     make_eval_step,
     make_optimizer,

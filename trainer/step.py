@@ -32,6 +32,7 @@ import optax
 from flax import nnx, struct
 
 from distillspec.config import DistillSpec
+from distillspec.loss_choice import BLOCK_TOKENS, BLOCK_VOCAB
 from trainer import loss as losses
 from trainer.models import forward
 
@@ -110,25 +111,12 @@ def empty_window(spec: DistillSpec) -> dict[str, jax.Array]:
     return {name: jnp.zeros((2,), jnp.float32) for name in metric_names(spec)}
 
 
-# Per device, one model's dense float32 logits `[tokens, vocab]` above this many bytes select the fused loss: the
-# dense loss holds several such arrays at once (logits of both models, the gradient, the metric passes).
-DENSE_LOGITS_BUDGET_BYTES = 512 * 2**20
-
-
-def fused_loss_wanted(tokens_per_device: int, vocab: int, budget_bytes: int = DENSE_LOGITS_BUDGET_BYTES) -> bool:
-    """Whether the step should compute the loss from hidden states block by block (`hidden_distillation_sums`)
-    instead of from dense logits: when one model's float32 logits for a device's micro-batch
-    (`tokens_per_device × vocab × 4` bytes) exceed `budget_bytes`. Small models keep the dense loss (faster on
-    CPU, no recomputation of the LM head matmul in the backward pass)."""
-    return tokens_per_device * vocab * 4 > budget_bytes
-
-
 @dataclasses.dataclass(frozen=True)
 class HiddenLoss:
     """The fused loss's static settings: block sizes and each model's final-logit soft cap (None: none)."""
 
-    block_tokens: int = 1024
-    block_vocab: int = 8192
+    block_tokens: int = BLOCK_TOKENS
+    block_vocab: int = BLOCK_VOCAB
     student_softcap: float | None = None
     teacher_softcap: float | None = None
 

@@ -1,29 +1,44 @@
 """A per-chip memory estimate for one run, to catch the guide's "Teacher OOMs at startup" before launch.
 
-Rough by design, and every term is written down here. All sizes are bytes per chip.
+The formula models what the bundled trainer compiles (`trainer/step.py`, `trainer/setup.py`) and is checked
+against XLA's own memory analysis of the compiled step on simulated CPU meshes (tests/test_plan_memory.py: within
+±25 %). All sizes are bytes per chip (one JAX device per chip); every term is written down here.
 
-Sharding follows the spec's mesh over every chip of the run (slices × chips per slice; one JAX device per
-chip): the axis set to -1 takes the chips the others leave. Parameters, gradients and optimizer state are
-sharded over `fsdp × tensor` and replicated over `data` (so the default mesh, all `data`, replicates them on
-every chip). Activations are per device (`per_device_batch_size` sequences) and split over `tensor`.
+Mesh: the spec's axes over every chip of the run (slices × chips per slice), the -1 axis filling what the others
+leave; unset `data`/`fsdp` mean FSDP over the chips (the per-slice layout; across slices the data axis takes the
+slice count, which changes no per-chip term below). Parameters, gradients and optimizer state are split over
+`fsdp × tensor` and replicated over `data`. A micro-batch has `per_device_batch_size × chips` rows split over
+`data × fsdp`, so each chip sees `R = per_device_batch_size × tensor` rows: `n = R·T` tokens (T =
+max_target_length); the `tensor` axis splits heads, MLP and vocabulary, not tokens.
 
-- student parameters: P_s · bytes(student.weight_dtype)
-- gradients: P_s · bytes(student.weight_dtype)
-- optimizer state: P_s · 8 (AdamW's two moments in float32)
-- teacher parameters: P_t · bytes(teacher.weight_dtype) (online distillation only; frozen: no gradients)
-- activations, with B = per_device_batch_size, T = max_target_length, a = bytes(dtype):
-  - student, scanned layers rematerialised per layer (only each layer's input is kept for the backward
-    pass): L_s·B·T·D_s·a saved, plus one layer's working set B·T·(8·D_s + 4·F_s)·a
-    (q, k, v, attention output, residual and norms; MLP gate, up, activation and its input);
-    attention scores are not stored (flash/splash attention on TPU)
-  - logits in float32: student logits, their gradient and softmax (3·B·T·V·4); teacher logits and their
-    softened probabilities (2·B·T·V·4)
-  - teacher forward, one layer at a time: B·T·(8·D_t + 4·F_t)·a_t
-  - feature loss (β > 0): the out-projection activations at the chosen layers, kept for both models
-    (2·n_layers·B·T·D·a)
+Notation: a = bytes of a model's `dtype` (compute), w = bytes of its `weight_dtype`, D, F, H, K (kv heads), h
+(head dim), V, L (layers) of the model's shape, `/t` = divided by the tensor axis.
 
-The run "does not fit" when the total is over the chip's HBM, and is "tight" above 90% (XLA needs scratch
-space and fragments memory), so treat a fit as necessary, not sufficient.
+- student parameters: P_s · 4 (float32 master weights whatever `weight_dtype` says)
+- gradients: P_s · 4 (float32; twice with gradient accumulation: the running sum and the micro-batch's)
+- optimizer state: P_s · 8 (AdamW's two float32 moments)
+- teacher parameters: P_t · w_t (frozen: no gradients or moments)
+- gathered weights (fsdp > 1): a matmul needs its whole weight, so each model's embedding and LM head (V·D·a
+  each, one when tied; the lookup reads the whole table) and one layer's weights (/t) are gathered; the
+  student's also get a float32 gradient of that size before it is reduce-scattered
+- student activations kept for the backward pass, per layer (`remat`):
+  full: the layer input n·D·a; dots: also the weight matmuls' outputs n·(D + (2H + 2K)·h/t + 3F/t)·a (q, k, v,
+  attention output and projection, MLP gate, up, down); none: everything, n·(6D + (4H + 2K)·h/t + 5F/t)·a plus
+  the attention probabilities R·H/t·T²·4
+- one layer's working set (the layer being (re)computed, either model): n·(4D + (2H + 2K)·h/t + 3F/t)·a plus
+  `ATTENTION_COPIES` float32 score-sized arrays R·H/t·T²·4 (`jax.nn.dot_product_attention` without a fused
+  kernel materialises the scores; on TPU/GPU flash kernels would not, so this over-estimates there)
+- loss, dense (one model's logits n·V·4 ≤ 512 MiB, `distillspec.loss_choice`): `DENSE_LOGIT_COPIES` float32
+  logit-sized arrays n·V/t·4 live at once (both models' logits, their exponentials and the gradient)
+- loss, fused: `FUSED_BLOCK_COPIES` float32 blocks b_t·b_v·4 (b_t = min(1024, n), b_v = min(8192, V)), and both
+  models' final hidden states in float32 with their gradient, n·(2·D_s + D_t)·4
+- feature loss (β > 0): the out-projection activations at the chosen layers, kept for both models
+  (n_layers·n·(D_s·a_s + D_t·a_t))
+
+`ATTENTION_COPIES`, `DENSE_LOGIT_COPIES` and `FUSED_BLOCK_COPIES` count the arrays XLA:CPU keeps live at the
+step's peak (read from its buffer assignment); everything else is exact bookkeeping. The run "does not fit" when
+the total is over the chip's HBM, and is "tight" above 90% (XLA needs scratch space and fragments memory), so
+treat a fit as necessary, not sufficient.
 """
 
 from __future__ import annotations
@@ -31,12 +46,19 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from distillspec.config import DistillSpec, MeshSpec
+from distillspec import loss_choice
+from distillspec.config import DistillSpec, MeshSpec, ModelSpec
+from distillspec.registry import ModelShape
 
 TIGHT_FRACTION = 0.9
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+F32 = 4
+MASTER_BYTES = 4  # the trained student's float32 master weights
 ADAM_BYTES_PER_PARAM = 8
-LOGIT_BYTES = 4
+# Arrays XLA:CPU keeps live at the step's peak (its buffer assignment of the compiled step, tiny models):
+ATTENTION_COPIES = 4  # scores, probabilities and their two gradients, `[R, H, T, T]` float32
+DENSE_LOGIT_COPIES = 8  # `[n, V]` float32: both models' logits, shifted exponentials, the gradient, metric passes
+FUSED_BLOCK_COPIES = 6  # `[b_t, b_v]` float32: both models' logit blocks, their exponentials, the gradient block
 
 Fit = Literal["fits", "tight", "does_not_fit", "unknown"]
 
@@ -51,12 +73,23 @@ class MemoryEstimate:
     gradients: int
     optimizer_state: int
     teacher_params: int
-    activations: int
+    activations: int  # both models' activations (kept and working set), feature-loss activations
     hbm_per_chip: int | None
+    gathered_weights: int = 0  # FSDP's all-gathered embeddings, heads and layer weights
+    loss: int = 0  # the distillation loss's logits (dense) or blocks and hidden states (fused)
+    fused_loss: bool = False  # whether the trainer will use the fused loss
 
     @property
     def total(self) -> int:
-        return self.student_params + self.gradients + self.optimizer_state + self.teacher_params + self.activations
+        return (
+            self.student_params
+            + self.gradients
+            + self.optimizer_state
+            + self.teacher_params
+            + self.activations
+            + self.gathered_weights
+            + self.loss
+        )
 
     @property
     def fraction(self) -> float | None:
@@ -79,6 +112,9 @@ class MemoryEstimate:
             "optimizer_state": self.optimizer_state,
             "teacher_params": self.teacher_params,
             "activations": self.activations,
+            "gathered_weights": self.gathered_weights,
+            "loss": self.loss,
+            "fused_loss": self.fused_loss,
             "total": self.total,
             "hbm_per_chip": self.hbm_per_chip,
             "fraction": self.fraction,
@@ -97,37 +133,96 @@ def mesh_sizes(mesh: MeshSpec, devices: int) -> dict[str, int]:
     return {axis: max(devices // fixed, 1) if size == -1 else size for axis, size in sizes.items()}
 
 
+def _split(size: int, tensor: int) -> float:
+    """A dimension's per-chip share under the tensor axis (kept whole when the axis does not divide it, as the
+    trainer's sharding rules do)."""
+    return size / tensor if size % tensor == 0 else size
+
+
+def _layer_params(shape: ModelShape) -> int:
+    embed = shape.vocab_size * shape.emb_dim * (1 if shape.tie_embeddings else 2)
+    return (shape.param_count() - embed - shape.emb_dim) // max(shape.depth, 1)
+
+
+def _heads(shape: ModelShape, tensor: int) -> tuple[float, float, float]:
+    """(query heads, kv heads, MLP width) per chip."""
+    h, k = shape.num_query_heads, shape.num_kv_heads
+    return _split(h, tensor), _split(k, tensor), _split(shape.mlp_dim, tensor)
+
+
+def _working_set(shape: ModelShape, rows: int, length: int, a: int, tensor: int) -> float:
+    """One layer being (re)computed: its matmul inputs and outputs, and the attention's score-sized arrays."""
+    h, k, f = _heads(shape, tensor)
+    n, d, hd = rows * length, shape.emb_dim, shape.head_dim
+    return n * (4 * d + (2 * h + 2 * k) * hd + 3 * f) * a + ATTENTION_COPIES * rows * h * length * length * F32
+
+
+def _kept(shape: ModelShape, remat: str, rows: int, length: int, a: int, tensor: int) -> float:
+    """What the backward pass keeps of one layer's forward pass under the remat policy."""
+    h, k, f = _heads(shape, tensor)
+    n, d, hd = rows * length, shape.emb_dim, shape.head_dim
+    if remat == "full":
+        return n * d * a
+    if remat == "dots":
+        return n * (2 * d + (2 * h + 2 * k) * hd + 3 * f) * a
+    return n * (6 * d + (4 * h + 2 * k) * hd + 5 * f) * a + rows * h * length * length * F32
+
+
+def _gathered(model: ModelSpec, shape: ModelShape, fsdp: int, tensor: int) -> float:
+    """One model's weights gathered whole for its matmuls under FSDP (none without an fsdp axis)."""
+    if fsdp <= 1:
+        return 0
+    a = DTYPE_BYTES[model.dtype]
+    tables = (1 if shape.tie_embeddings else 2) * shape.vocab_size * shape.emb_dim  # embedding and LM head
+    return (tables + _layer_params(shape) / tensor) * a
+
+
 def estimate(spec: DistillSpec, *, chips: int, hbm_bytes_per_chip: int | None) -> MemoryEstimate:
     """The per-chip estimate for `spec` on `chips` chips in all (see the module docstring for the formula)."""
     sizes = mesh_sizes(spec.mesh, chips)
-    shards = max(sizes["fsdp"] * sizes["tensor"], 1)
-    tensor = max(sizes["tensor"], 1)
+    fsdp, tensor = max(sizes["fsdp"], 1), max(sizes["tensor"], 1)
+    shards = fsdp * tensor
     student = spec.student.shape()
     p_s = student.param_count()
-    w_s = DTYPE_BYTES[spec.student.weight_dtype]
-    batch, length = spec.batch.per_device_batch_size, spec.batch.max_target_length
-    tokens = batch * length
+    rows = max(int(spec.batch.per_device_batch_size * tensor), 1)  # rows per chip (tensor peers share theirs)
+    length = spec.batch.max_target_length
+    tokens = rows * length
     a_s = DTYPE_BYTES[spec.student.dtype]
-    layers = student.num_layers * student.layers_per_block
-    activations = layers * tokens * student.emb_dim * a_s + tokens * (8 * student.emb_dim + 4 * student.mlp_dim) * a_s
-    activations += 3 * tokens * student.vocab_size * LOGIT_BYTES
-    teacher_params = 0
+    accumulation = spec.batch.gradient_accumulation_steps
+
+    activations = student.depth * _kept(student, spec.student.remat, rows, length, a_s, tensor)
+    activations += _working_set(student, rows, length, a_s, tensor)
+    gathered = _gathered(spec.student, student, fsdp, tensor) * (1 + F32 / a_s)  # weights and their gradient
+    vocab = _split(student.vocab_size, tensor)
+    teacher_params, fused = 0, False
     teacher = spec.teacher if spec.is_online_distillation else None
-    if teacher is not None:
+    if teacher is None:
+        loss = DENSE_LOGIT_COPIES / 2 * tokens * vocab * F32  # one model's logits
+    else:
         t = teacher.shape()
         teacher_params = t.param_count() * DTYPE_BYTES[teacher.weight_dtype]
         a_t = DTYPE_BYTES[teacher.dtype]
-        activations += tokens * (8 * t.emb_dim + 4 * t.mlp_dim) * a_t + 2 * tokens * t.vocab_size * LOGIT_BYTES
+        activations += _working_set(t, rows, length, a_t, tensor)
+        gathered += _gathered(teacher, t, fsdp, tensor)
+        fused = loss_choice.fused_loss_wanted(tokens, student.vocab_size)
+        if fused:
+            block = min(loss_choice.BLOCK_TOKENS, tokens) * min(loss_choice.BLOCK_VOCAB, student.vocab_size)
+            loss = FUSED_BLOCK_COPIES * block * F32 + tokens * (2 * student.emb_dim + t.emb_dim) * F32
+        else:
+            loss = DENSE_LOGIT_COPIES * tokens * vocab * F32
         feature_layers = spec.layer_indices()
         if feature_layers:
             activations += len(feature_layers) * tokens * (student.emb_dim * a_s + t.emb_dim * a_t)
     return MemoryEstimate(
         chips=chips,
         param_shards=shards,
-        student_params=p_s * w_s // shards,
-        gradients=p_s * w_s // shards,
+        student_params=p_s * MASTER_BYTES // shards,
+        gradients=p_s * F32 * (2 if accumulation > 1 else 1) // shards,
         optimizer_state=p_s * ADAM_BYTES_PER_PARAM // shards,
         teacher_params=teacher_params // shards,
-        activations=int(activations // tensor),
+        activations=int(activations),
         hbm_per_chip=hbm_bytes_per_chip,
+        gathered_weights=int(gathered),
+        loss=int(loss),
+        fused_loss=fused,
     )

@@ -86,7 +86,8 @@ def memory_problems(rows: tuple[PlanRow, ...], target: Target) -> list[Problem]:
         parts = (
             f"student {m.student_params / GB:.1f} + gradients {m.gradients / GB:.1f} + optimizer "
             f"{m.optimizer_state / GB:.1f} + teacher {m.teacher_params / GB:.1f} + activations "
-            f"{m.activations / GB:.1f}"
+            f"{m.activations / GB:.1f} + gathered weights {m.gathered_weights / GB:.1f} + "
+            f"{'fused' if m.fused_loss else 'dense'} loss {m.loss / GB:.1f}"
         )
         verdict = "will not fit" if m.fit == "does_not_fit" else "barely fits"
         text = (

@@ -121,7 +121,11 @@ class Transformer(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)  # [B, T]
         else:
             positions = segment_positions(segment_ids)
-        x = jnp.take(self.embed[...], tokens, axis=0)  # [B, T, D]
+        # The lookup reads the whole table: gathered like any FSDP weight (a no-op without a mesh). Left sharded
+        # (vocabulary over `tensor`, embed over `fsdp`), XLA:CPU's partitioner instead all-gathers the token ids and
+        # the looked-up rows across the batch axes.
+        table = constrain(self.embed[...], (None, None))
+        x = jnp.take(table, tokens, axis=0)  # [B, T, D]
         if s.is_gemma:  # √d, rounded to the weights' dtype first, as Gemma does
             x = x * jnp.asarray(math.sqrt(s.emb_dim), self.embed[...].dtype)
         x = constrain(x.astype(c.dtype), ("act_batch", "act_length", "act_embed"))
