@@ -85,7 +85,7 @@ cluster-down:
 # (or any image podman can pull) uses that base instead. image-lock re-pins trainer/requirements.lock from
 # trainer/requirements.in, with hashes, for CPython 3.11 on x86-64 Linux (uv in a per-user tool venv).
 IMAGE ?= distillctl-trainer:dev
-IMAGE_TOOLS := podman buildah skopeo runc mmdebstrap
+IMAGE_TOOLS := podman buildah skopeo runc mmdebstrap docker-registry
 UV := $(HOME)/.cache/distillctl/tools/uv/bin/uv
 
 image-tools:

@@ -14,7 +14,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
+import time
+import urllib.request
 
 import pytest
 import yaml
@@ -128,3 +131,67 @@ def test_python_m_trainer_trains_a_tiny_spec_inside_the_image(image, tmp_path):
         "run", "--rm", "--network=none", "-e", "DISTILLCTL_SPEC=" + json.dumps(merged(TEACHER, steps=0)), image
     )
     assert bad.returncode == 1 and "steps" in bad.stderr, bad.stderr[-2000:]
+
+
+def test_the_image_is_pushed_to_a_loopback_registry_and_pulled_back_by_digest(image, tmp_path):
+    registry = shutil.which("docker-registry")
+    if registry is None:
+        pytest.skip("docker-registry is not installed (`make image-tools` installs Debian's docker-registry)")
+    with socket.socket() as s:  # a free loopback port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "version": 0.1,
+                "log": {"level": "error"},
+                "storage": {"filesystem": {"rootdirectory": str(tmp_path / "storage")}},
+                "http": {"addr": f"127.0.0.1:{port}"},
+            }
+        )
+    )
+    remote = f"127.0.0.1:{port}/distillctl-trainer"
+    server = subprocess.Popen([registry, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2) as answer:
+                    assert answer.status == 200
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
+                time.sleep(0.2)
+        digestfile = tmp_path / "digest"
+        push = podman(
+            "push",
+            "--tls-verify=false",
+            "--compression-format=zstd",
+            "--digestfile",
+            str(digestfile),
+            image,
+            f"{remote}:test",
+        )  # zstd: gzip spends most of the push compressing the layers
+        assert push.returncode == 0, push.stderr[-2000:]
+        digest = digestfile.read_text().strip()
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest)
+
+        # What the registry serves under that digest is the manifest pushed (its sha256 is the digest) ...
+        inspect = subprocess.run(
+            ["skopeo", "inspect", "--tls-verify=false", f"docker://{remote}@{digest}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert inspect.returncode == 0 and json.loads(inspect.stdout)["Digest"] == digest, inspect.stderr
+        # ... and pulled by digest it is the image built: the same config (image id), unprivileged user.
+        pull = podman("pull", "--tls-verify=false", f"{remote}@{digest}")
+        assert pull.returncode == 0, pull.stderr[-2000:]
+        local, pulled = (json.loads(podman("image", "inspect", ref).stdout)[0] for ref in (image, f"{remote}@{digest}"))
+        assert pulled["Id"] == local["Id"] and f"{remote}@{digest}" in pulled["RepoDigests"]
+        assert pulled["Config"]["User"] == local["Config"]["User"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        podman("untag", image, f"{remote}:test")  # the same image: untagged, never removed

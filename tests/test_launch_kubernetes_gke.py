@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -333,3 +335,87 @@ def test_the_platform_knobs_reach_the_pods_through_the_api_server_and_the_jobset
     finally:
         cancel_all(path, cp.kubeconfig)
         wait_gone(cp, "knobs")
+
+
+@pytest.mark.cluster
+def test_two_sweeps_racing_for_a_shared_point_create_one_jobset_and_claims_are_released(
+    control_plane, tmp_path, monkeypatch
+):
+    from distillspec.sweep import load_sweep
+    from orchestrator.backends import ClusterAccess
+    from orchestrator.backends.kubernetes import backend as kube
+    from orchestrator.core.expansion import expand
+
+    cp = control_plane
+    leases = client.CoordinationV1Api(cp.client)
+    custom = client.CustomObjectsApi(cp.client)
+    extra = annotations(**{"distillctl.dev/run-duration": "10m"})
+    sweeps = {name: write(tmp_path, name, temperatures=(2.0,), tpu_type="v5p-8", extra=extra) for name in ("ra", "rb")}
+    expansions = {name: expand(load_sweep(path)) for name, path in sweeps.items()}
+    backends = {
+        name: kube.KubernetesBackend(e.sweep.target, ClusterAccess(kubeconfig=str(cp.kubeconfig)))
+        for name, e in expansions.items()
+    }
+    (run_id,) = {run.run_id for run in expansions["ra"].runs}
+    assert {run.run_id for run in expansions["rb"].runs} == {run_id}  # one point, shared by both sweeps
+
+    def submit(name: str) -> str:
+        return backends[name].submit(expansions[name].runs, expansions[name])[run_id]
+
+    def run_jobsets() -> list[dict]:
+        listing = custom.list_namespaced_custom_object(
+            "jobset.x-k8s.io", "v1alpha2", "default", "jobsets", label_selector=f"distillctl.dev/run-id={run_id}"
+        )
+        return [j for j in listing["items"] if not j["metadata"].get("deletionTimestamp")]
+
+    def claim() -> client.V1Lease | None:
+        try:
+            return leases.read_namespaced_lease(kube.claim_name(run_id), "default")
+        except client.ApiException as e:
+            assert e.status == 404
+            return None
+
+    try:
+        # Both sweeps create at the same moment: the claim lets exactly one of them create a JobSet.
+        barrier = threading.Barrier(2)
+
+        def racing(name: str) -> str:
+            barrier.wait()
+            return submit(name)
+
+        with ThreadPoolExecutor(2) as pool:
+            outcomes = dict(zip(sweeps, pool.map(racing, sweeps), strict=True))
+        assert sorted(outcomes.values()) == ["created", "exists"], outcomes
+        winner = next(name for name, outcome in outcomes.items() if outcome == "created")
+        loser = next(name for name in sweeps if name != winner)
+        (jobset,) = run_jobsets()
+        assert jobset["metadata"]["labels"]["distillctl.dev/sweep"] == winner
+        held = claim()
+        assert held.spec.holder_identity == winner
+        assert [o.uid for o in held.metadata.owner_references] == [jobset["metadata"]["uid"]]
+        assert submit(loser) == "exists" and len(run_jobsets()) == 1  # and again later, still one
+
+        # Cancelling the winner deletes its JobSet; the garbage collector releases the claim with it.
+        backends[winner].delete(expansions[winner].runs)
+        cp.wait_for(lambda: claim() is None, 120, "the claim released with its JobSet", interval=1)
+        assert submit(loser) == "created"
+        assert [j["metadata"]["labels"]["distillctl.dev/sweep"] for j in run_jobsets()] == [loser]
+        assert claim().spec.holder_identity == loser
+        backends[loser].delete(expansions[loser].runs)
+        cp.wait_for(lambda: claim() is None and not run_jobsets(), 120, "the loser's run deleted", interval=1)
+
+        # A sweep killed between claiming and creating leaves an unowned claim: live for a grace period, then stale.
+        body = {"metadata": {"name": kube.claim_name(run_id)}, "spec": {"holderIdentity": "ghost"}}
+        leases.create_namespaced_lease("default", body)
+        assert submit(winner) == "exists" and not run_jobsets()
+        monkeypatch.setattr(kube, "CLAIM_GRACE_SECONDS", 0)
+        assert submit(winner) == "created" and claim().spec.holder_identity == winner
+    finally:
+        for name, backend in backends.items():
+            backend.delete(expansions[name].runs)
+            backend.close()
+        cp.wait_for(lambda: not run_jobsets(), 120, "the race's JobSets deleted", interval=1)
+        try:  # an unowned claim (a failure midway) has no JobSet to be collected with
+            leases.delete_namespaced_lease(kube.claim_name(run_id), "default")
+        except client.ApiException as e:
+            assert e.status == 404  # collected with its JobSet already

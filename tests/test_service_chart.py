@@ -95,6 +95,7 @@ def test_role_grants_exactly_what_the_controller_calls(helm):
         ("kueue.x-k8s.io", "localqueues", "get", ()),
         ("", "events", "create", ()),
         ("coordination.k8s.io", "leases", "create", ()),
+        *{("coordination.k8s.io", "leases", v, ()) for v in ("get", "patch", "delete")},  # runs' claims
         ("coordination.k8s.io", "leases", "get", lease),
         ("coordination.k8s.io", "leases", "update", lease),
     }

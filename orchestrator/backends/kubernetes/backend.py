@@ -2,6 +2,10 @@
 
 Creation is idempotent by construction: the JobSet's name is `<sweep>-<run id>`, so a second create — a re-run,
 a concurrent `distillctl sweep`, a retry after a dropped connection — gets 409 AlreadyExists, never a duplicate.
+A run id is shared by every sweep with that point, and two sweeps have different JobSet names for it: before its
+JobSet, a run is claimed by a Lease named by the run id alone (`claim_name`), whose create the API server lets only
+one sweep win. The claim is owned by the JobSet once it exists, so the garbage collector releases it with the
+JobSet (cancel, TTL); a claim whose holder's JobSet is gone is stale and taken over (`_claim`).
 Manifests are sent with strict field validation, so a JobSet CRD older than the fields we use is an error that
 says so, not a silently dropped field.
 """
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import datetime
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -42,6 +47,11 @@ JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 JOB_INDEX_LABEL = "jobset.sigs.k8s.io/job-index"
 COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 CREATE_CONCURRENCY = 8
+CLAIM_PREFIX = "distillctl-run-"  # + run id: the Lease that says which sweep runs it
+# A claim not yet owned by a JobSet is live this long: a sweep creates its JobSet right after the claim, so an
+# older unowned claim whose holder has no JobSet is one a sweep left behind (killed between the two creates).
+CLAIM_GRACE_SECONDS = 120
+CLAIM_ATTEMPTS = 3
 
 INSTALL_JOBSET = (
     "install JobSet {version} (what XPK installs): kubectl apply --server-side -f "
@@ -201,16 +211,19 @@ class KubernetesBackend:
                 self.manifest(run)  # renders, or raises
             return {run.run_id: "dry-run" for run in runs}
         with ThreadPoolExecutor(max_workers=CREATE_CONCURRENCY) as pool:
-            results = list(pool.map(lambda run: self._create(run, dry_run == "server"), runs))
+            sweep = expansion.sweep.name if expansion.sweep else ""
+            results = list(pool.map(lambda run: self._create(run, sweep, dry_run == "server"), runs))
         return {run.run_id: result for run, result in zip(runs, results, strict=True)}
 
-    def _create(self, run: Point, server_dry_run: bool) -> Submitted:
+    def _create(self, run: Point, sweep: str, server_dry_run: bool) -> Submitted:
         kwargs = {"field_validation": "Strict"}
         if server_dry_run:
             kwargs["dry_run"] = "All"
+        elif self._claim(run, sweep) != sweep:
+            return "exists"  # another sweep runs this point (status shows "owned by sweep X"): never a second
         what = f"create JobSet {run.jobset_name}"
         try:
-            self.cluster.call(
+            created = self.cluster.call(
                 what,
                 self.cluster.custom.create_namespaced_custom_object,
                 *JOBSET[:2],
@@ -223,6 +236,8 @@ class KubernetesBackend:
         except ApiException as e:
             if e.status == 409:
                 return "exists"  # a concurrent sweep, a re-run, or our own retried create: never a duplicate
+            if not server_dry_run:
+                self._release(run)  # rejected: the point is not running, so another sweep may take it
             message = server_message(e)
             if "unknown field" in message:
                 raise DistillctlError(
@@ -232,7 +247,119 @@ class KubernetesBackend:
                     exit_code=ExitCode.CLUSTER_NOT_READY,
                 ) from None
             raise api_error(what, e, self.cluster) from None
-        return "dry-run" if server_dry_run else "created"
+        if server_dry_run:
+            return "dry-run"
+        self._own_claim(run, created)
+        return "created"
+
+    # --- claims: one sweep per run id ---------------------------------------------------------------------
+
+    @property
+    def _leases(self) -> client.CoordinationV1Api:
+        return client.CoordinationV1Api(self.cluster.api)
+
+    def _claim(self, run: Point, sweep: str) -> str:
+        """Claim `run` for `sweep`; returns the sweep that holds it (`sweep` when this one does). The create is
+        the arbiter: of two sweeps racing for a point, the API server lets exactly one create the Lease."""
+        name = claim_name(run.run_id)
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name, "labels": {LABEL_RUN_ID: run.run_id, rendering.LABEL_SWEEP: sweep}},
+            "spec": {"holderIdentity": sweep},
+        }
+        holder = sweep
+        for _ in range(CLAIM_ATTEMPTS):
+            try:
+                self.cluster.call(
+                    f"claim run {run.run_id}",
+                    self._leases.create_namespaced_lease,
+                    self.cluster.namespace,
+                    body,
+                    passthrough=frozenset({409}),
+                )
+                return sweep
+            except ApiException:
+                pass  # 409: claimed already
+            try:
+                lease = self.cluster.call(
+                    f"read the claim {name}",
+                    self._leases.read_namespaced_lease,
+                    name,
+                    self.cluster.namespace,
+                    passthrough=frozenset({404}),
+                )
+            except ApiException:
+                continue  # 404: released meanwhile; claim again
+            holder = lease.spec.holder_identity or ""
+            if holder == sweep or not self._stale(lease, run.run_id, holder):
+                return holder
+            try:  # taken over only if nobody changed it since we read it: two takers cannot both delete it
+                self.cluster.call(
+                    f"release the stale claim {name}",
+                    self._leases.delete_namespaced_lease,
+                    name,
+                    self.cluster.namespace,
+                    body=client.V1DeleteOptions(
+                        preconditions=client.V1Preconditions(
+                            uid=lease.metadata.uid, resource_version=lease.metadata.resource_version
+                        )
+                    ),
+                    passthrough=frozenset({404, 409}),
+                )
+            except ApiException:
+                pass  # someone else released or renewed it: read it again
+        return holder
+
+    def _stale(self, lease: client.V1Lease, run_id: str, holder: str) -> bool:
+        """A claim whose holder has no JobSet for the run (none, or one being deleted), once it is owned by a
+        JobSet (which is gone) or older than the grace period (its sweep died between the two creates)."""
+        metadata = lease.metadata
+        created = metadata.creation_timestamp
+        young = created and (datetime.datetime.now(datetime.UTC) - created).total_seconds() < CLAIM_GRACE_SECONDS
+        if young and not metadata.owner_references:
+            return False
+        listing = self.cluster.call(
+            f"list the JobSets of run {run_id}",
+            self.cluster.custom.list_namespaced_custom_object,
+            *JOBSET[:2],
+            self.cluster.namespace,
+            JOBSET[2],
+            label_selector=f"{LABEL_RUN_ID}={run_id},{rendering.LABEL_SWEEP}={holder}",
+        )
+        return all((j.get("metadata") or {}).get("deletionTimestamp") for j in listing.get("items", []))
+
+    def _own_claim(self, run: Point, jobset: dict) -> None:
+        """Make the JobSet the claim's owner, so the garbage collector releases the claim with the JobSet."""
+        metadata = jobset.get("metadata") or {}
+        owner = {
+            "apiVersion": f"{JOBSET[0]}/{JOBSET[1]}",
+            "kind": "JobSet",
+            "name": metadata.get("name", run.jobset_name),
+            "uid": metadata.get("uid", ""),
+        }
+        try:
+            self.cluster.call(
+                f"hand the claim of run {run.run_id} to its JobSet",
+                self._leases.patch_namespaced_lease,
+                claim_name(run.run_id),
+                self.cluster.namespace,
+                {"metadata": {"ownerReferences": [owner]}},
+            )
+        except DistillctlError:
+            pass  # the JobSet is created; an unowned claim stays valid while that JobSet exists (`_stale`)
+
+    def _release(self, run: Point) -> None:
+        try:
+            self.cluster.call(
+                f"release the claim of run {run.run_id}",
+                self._leases.delete_namespaced_lease,
+                claim_name(run.run_id),
+                self.cluster.namespace,
+                passthrough=frozenset({404}),
+            )
+        except ApiException:
+            pass  # 404: not there
 
     # --- deleting and logs --------------------------------------------------------------------------------
 
@@ -338,6 +465,11 @@ class Orphan:
     name: str
     run_id: str
     state: str  # "queued", "active" or "finished"
+
+
+def claim_name(run_id: str) -> str:
+    """The Lease that claims a run for one sweep: named by the run id alone, so every sweep races for the same."""
+    return CLAIM_PREFIX + run_id
 
 
 def choose_jobsets(jobsets: Sequence[dict], expansion: Expansion) -> dict[str, dict]:
