@@ -60,6 +60,11 @@ demo: install
 test: install xpk ref cluster-build tools image-tools
 	$(PY) -m pytest -n auto --dist loadgroup
 
+# actionlint (tests/test_workflows.py), built from the Go module proxy into ~/.cache/distillctl/tools (per version).
+.PHONY: tools
+tools:
+	@hack/tools/actionlint.sh >/dev/null
+
 # --- Local Kubernetes control plane for the tests (tests/cluster, hack/cluster) ---
 # cluster-build compiles the components from the Go module proxy (cached; see
 # hack/cluster/build.sh). CLUSTER_ETCD=system uses an etcd from PATH instead of
