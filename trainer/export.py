@@ -107,15 +107,7 @@ def write_hf(params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | None 
     if dtype not in ("float32", "bfloat16"):
         raise UserError(f"export dtype {dtype!r} is not one of float32, bfloat16", "use float32 or bfloat16")
     remote = "://" in out_dir
-    if remote:
-        staging_root = tempfile.mkdtemp(prefix="distillctl-export-")
-    else:
-        parent = os.path.dirname(os.path.abspath(out_dir))
-        try:
-            os.makedirs(parent, exist_ok=True)
-            staging_root = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir.rstrip('/'))}.partial-", dir=parent)
-        except OSError as e:
-            raise OutputNotWritable(out_dir, e) from None
+    staging_root = _staging_root(out_dir)
     staging = os.path.join(staging_root, "hf")
     try:
         try:
@@ -128,13 +120,7 @@ def write_hf(params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | None 
         if remote:
             _upload(staging, out_dir)
         else:
-            try:
-                target = os.path.abspath(out_dir)
-                if replace and os.path.isdir(target):
-                    os.rename(target, os.path.join(staging_root, "old"))  # removed with the staging folder
-                os.rename(staging, target)  # atomic; replaces an empty directory
-            except OSError as e:
-                raise OutputNotWritable(out_dir, e) from None
+            _move_into_place(staging, staging_root, out_dir, replace)
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
 
@@ -153,15 +139,7 @@ def write_maxtext(
     if dtype not in ("float32", "bfloat16"):
         raise UserError(f"export dtype {dtype!r} is not one of float32, bfloat16", "use float32 or bfloat16")
     remote = "://" in out_dir
-    try:
-        if remote:
-            staging_root = tempfile.mkdtemp(prefix="distillctl-export-")
-        else:
-            parent = os.path.dirname(os.path.abspath(out_dir))
-            os.makedirs(parent, exist_ok=True)
-            staging_root = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir.rstrip('/'))}.partial-", dir=parent)
-    except OSError as e:
-        raise OutputNotWritable(out_dir, e) from None
+    staging_root = _staging_root(out_dir)
     staging = os.path.join(staging_root, "maxtext")
     try:
         try:
@@ -175,10 +153,7 @@ def write_maxtext(
                     fs.rm(root, recursive=True)
                 fs.put(staging.rstrip("/") + "/", root.rstrip("/") + "/", recursive=True)
             else:
-                target = os.path.abspath(out_dir)
-                if replace and os.path.isdir(target):
-                    os.rename(target, os.path.join(staging_root, "old"))  # removed with the staging folder
-                os.rename(staging, target)  # atomic; replaces an empty directory
+                _move_into_place(staging, staging_root, out_dir, replace)
         except OSError as e:
             raise OutputNotWritable(out_dir, e) from None
     finally:
@@ -215,6 +190,31 @@ def _check_destination(out_dir: str) -> None:
                 f"{out_dir} already exists and is not empty", "choose a new output folder (-o), or remove that one"
             )
     except (OSError, ValueError, ImportError) as e:
+        raise OutputNotWritable(out_dir, e) from None
+
+
+def _staging_root(out_dir: str) -> str:
+    """A temporary folder to assemble an export in: beside `out_dir` when it is local (so the final move is a
+    rename), in the system's temporary folder for a URL."""
+    try:
+        if "://" in out_dir:
+            return tempfile.mkdtemp(prefix="distillctl-export-")
+        parent = os.path.dirname(os.path.abspath(out_dir))
+        os.makedirs(parent, exist_ok=True)
+        return tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir.rstrip('/'))}.partial-", dir=parent)
+    except OSError as e:
+        raise OutputNotWritable(out_dir, e) from None
+
+
+def _move_into_place(staging: str, staging_root: str, out_dir: str, replace: bool) -> None:
+    """Rename the finished folder to local `out_dir` (atomic; replaces an empty directory); with `replace`, what was
+    there is moved into the staging folder first, to be removed with it."""
+    try:
+        target = os.path.abspath(out_dir)
+        if replace and os.path.isdir(target):
+            os.rename(target, os.path.join(staging_root, "old"))
+        os.rename(staging, target)
+    except OSError as e:
         raise OutputNotWritable(out_dir, e) from None
 
 
