@@ -103,6 +103,26 @@ def wait_gone(cp, sweep: str, timeout: float = 120) -> None:
     cp.wait_for(lambda: not jobsets(cp, sweep, deleting=True), timeout, f"the JobSets of {sweep} to be deleted")
 
 
+@pytest.fixture(autouse=True)
+def _leave_the_cluster_empty(control_plane):
+    """A test that fails before its own cancel must not leave JobSets holding the quota, or claims holding run
+    ids: every later test would wait in Kueue's queue, or find its runs claimed, and fail for the wrong reason."""
+    yield
+    api = client.CustomObjectsApi(control_plane.client)
+    if api.list_namespaced_custom_object("jobset.x-k8s.io", "v1alpha2", "default", "jobsets")["items"]:
+        api.delete_collection_namespaced_custom_object(
+            "jobset.x-k8s.io", "v1alpha2", "default", "jobsets", propagation_policy="Foreground"
+        )
+        control_plane.wait_for(
+            lambda: not api.list_namespaced_custom_object("jobset.x-k8s.io", "v1alpha2", "default", "jobsets")["items"],
+            120,
+            "the JobSets left by the test to be deleted",
+        )
+    client.CoordinationV1Api(control_plane.client).delete_collection_namespaced_lease(
+        "default", label_selector="distillctl.dev/run-id"
+    )
+
+
 # --- reconcile: exactly one JobSet per point ---------------------------------------------------------------
 
 

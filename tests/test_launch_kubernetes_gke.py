@@ -362,11 +362,11 @@ def test_two_sweeps_racing_for_a_shared_point_create_one_jobset_and_claims_are_r
     def submit(name: str) -> str:
         return backends[name].submit(expansions[name].runs, expansions[name])[run_id]
 
-    def run_jobsets() -> list[dict]:
+    def run_jobsets(*, deleting: bool = False) -> list[dict]:
         listing = custom.list_namespaced_custom_object(
             "jobset.x-k8s.io", "v1alpha2", "default", "jobsets", label_selector=f"distillctl.dev/run-id={run_id}"
         )
-        return [j for j in listing["items"] if not j["metadata"].get("deletionTimestamp")]
+        return [j for j in listing["items"] if deleting or not j["metadata"].get("deletionTimestamp")]
 
     def claim() -> client.V1Lease | None:
         try:
@@ -395,14 +395,18 @@ def test_two_sweeps_racing_for_a_shared_point_create_one_jobset_and_claims_are_r
         assert [o.uid for o in held.metadata.owner_references] == [jobset["metadata"]["uid"]]
         assert submit(loser) == "exists" and len(run_jobsets()) == 1  # and again later, still one
 
-        # Cancelling the winner deletes its JobSet; the garbage collector releases the claim with it.
+        # Cancelling the winner deletes its JobSet and releases its claim at once (not only through the garbage
+        # collector, which waits for the JobSet to be gone).
         backends[winner].delete(expansions[winner].runs)
-        cp.wait_for(lambda: claim() is None, 120, "the claim released with its JobSet", interval=1)
+        assert claim() is None
+        cp.wait_for(lambda: not run_jobsets(deleting=True), 120, "the winner's JobSet gone", interval=1)
         assert submit(loser) == "created"
         assert [j["metadata"]["labels"]["distillctl.dev/sweep"] for j in run_jobsets()] == [loser]
         assert claim().spec.holder_identity == loser
         backends[loser].delete(expansions[loser].runs)
-        cp.wait_for(lambda: claim() is None and not run_jobsets(), 120, "the loser's run deleted", interval=1)
+        cp.wait_for(
+            lambda: claim() is None and not run_jobsets(deleting=True), 120, "the loser's run deleted", interval=1
+        )
 
         # A sweep killed between claiming and creating leaves an unowned claim: live for a grace period, then stale.
         body = {"metadata": {"name": kube.claim_name(run_id)}, "spec": {"holderIdentity": "ghost"}}
@@ -410,6 +414,14 @@ def test_two_sweeps_racing_for_a_shared_point_create_one_jobset_and_claims_are_r
         assert submit(winner) == "exists" and not run_jobsets()
         monkeypatch.setattr(kube, "CLAIM_GRACE_SECONDS", 0)
         assert submit(winner) == "created" and claim().spec.holder_identity == winner
+
+        # A sweep killed between creating its JobSet and handing it the claim: its next run owns the claim,
+        # so the claim goes with the JobSet and never holds the run for nobody.
+        leases.patch_namespaced_lease(kube.claim_name(run_id), "default", {"metadata": {"ownerReferences": None}})
+        assert not claim().metadata.owner_references
+        assert submit(winner) == "exists"
+        (jobset,) = run_jobsets()
+        assert [o.uid for o in claim().metadata.owner_references] == [jobset["metadata"]["uid"]]
     finally:
         for name, backend in backends.items():
             backend.delete(expansions[name].runs)

@@ -211,15 +211,14 @@ class KubernetesBackend:
                 self.manifest(run)  # renders, or raises
             return {run.run_id: "dry-run" for run in runs}
         with ThreadPoolExecutor(max_workers=CREATE_CONCURRENCY) as pool:
-            sweep = expansion.sweep.name if expansion.sweep else ""
-            results = list(pool.map(lambda run: self._create(run, sweep, dry_run == "server"), runs))
+            results = list(pool.map(lambda run: self._create(run, dry_run == "server"), runs))
         return {run.run_id: result for run, result in zip(runs, results, strict=True)}
 
-    def _create(self, run: Point, sweep: str, server_dry_run: bool) -> Submitted:
+    def _create(self, run: Point, server_dry_run: bool) -> Submitted:
         kwargs = {"field_validation": "Strict"}
         if server_dry_run:
             kwargs["dry_run"] = "All"
-        elif self._claim(run, sweep) != sweep:
+        elif self._claim(run, run.sweep) != run.sweep:
             return "exists"  # another sweep runs this point (status shows "owned by sweep X"): never a second
         what = f"create JobSet {run.jobset_name}"
         try:
@@ -235,6 +234,10 @@ class KubernetesBackend:
             )
         except ApiException as e:
             if e.status == 409:
+                if not server_dry_run:
+                    # Our own retried create, or a sweep killed between its create and `_own_claim`: the claim
+                    # must still end owned by the JobSet, or it would outlive it (and hold the run for nobody).
+                    self._own_existing_claim(run)
                 return "exists"  # a concurrent sweep, a re-run, or our own retried create: never a duplicate
             if not server_dry_run:
                 self._release(run)  # rejected: the point is not running, so another sweep may take it
@@ -349,22 +352,54 @@ class KubernetesBackend:
         except DistillctlError:
             pass  # the JobSet is created; an unowned claim stays valid while that JobSet exists (`_stale`)
 
-    def _release(self, run: Point) -> None:
+    def _own_existing_claim(self, run: Point) -> None:
         try:
-            self.cluster.call(
-                f"release the claim of run {run.run_id}",
-                self._leases.delete_namespaced_lease,
-                claim_name(run.run_id),
+            jobset = self.cluster.call(
+                f"read JobSet {run.jobset_name}",
+                self.cluster.custom.get_namespaced_custom_object,
+                *JOBSET[:2],
                 self.cluster.namespace,
+                JOBSET[2],
+                run.jobset_name,
                 passthrough=frozenset({404}),
             )
         except ApiException:
-            pass  # 404: not there
+            return  # deleted meanwhile: the claim is stale and the next sweep takes it over
+        self._own_claim(run, jobset)
+
+    def _release(self, run: Point) -> None:
+        """Delete the run's claim if this run's sweep holds it (never another sweep's claim)."""
+        name = claim_name(run.run_id)
+        try:
+            lease = self.cluster.call(
+                f"read the claim {name}",
+                self._leases.read_namespaced_lease,
+                name,
+                self.cluster.namespace,
+                passthrough=frozenset({404}),
+            )
+            if (lease.spec.holder_identity or "") != run.sweep:
+                return
+            self.cluster.call(
+                f"release the claim of run {run.run_id}",
+                self._leases.delete_namespaced_lease,
+                name,
+                self.cluster.namespace,
+                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=lease.metadata.uid)),
+                passthrough=frozenset({404, 409}),
+            )
+        except ApiException:
+            pass  # 404: not there; 409: replaced meanwhile by another sweep's claim
 
     # --- deleting and logs --------------------------------------------------------------------------------
 
     def delete(self, runs: Sequence[Point]) -> list[str]:
-        return self.delete_jobsets([run.jobset_name for run in runs])
+        """Delete the runs' JobSets and release their claims at once, so that another sweep with the same runs
+        can start them without waiting for the garbage collector (or for a claim left unowned to go stale)."""
+        deleted = self.delete_jobsets([run.jobset_name for run in runs])
+        for run in runs:
+            self._release(run)
+        return deleted
 
     def delete_jobsets(self, names: Sequence[str]) -> list[str]:
         """Delete these JobSets (and their pods); returns the names that were there to delete."""
