@@ -58,7 +58,7 @@ demo: install
 
 # One worker per core; tests/conftest.py keeps each file, and everything on the control plane, on one worker.
 test: install xpk ref cluster-build tools image-tools
-	$(PY) -m pytest -n auto --dist loadgroup
+	$(PY) -m pytest -n auto --dist loadfile
 
 # actionlint (tests/test_workflows.py), built from the Go module proxy into ~/.cache/distillctl/tools (per version).
 .PHONY: tools
