@@ -115,7 +115,7 @@ def test_two_processes_stop_together_on_sigterm_and_resume(tmp_path):
         BASE,
         name="pre",
         output_dir=str(tmp_path),
-        steps=120,
+        steps=40,  # the SIGTERM lands at step 10 or a little later; the rest is what the resumed run trains
         batch={"per_device_batch_size": 4},
         checkpoint={"every_steps": 1000},
     )
@@ -132,7 +132,7 @@ def test_two_processes_stop_together_on_sigterm_and_resume(tmp_path):
     assert [p.returncode for p in procs] == [143, 143], [e[-2000:] for e in errors]
     summary = json.loads((tmp_path / "pre" / "summary.json").read_text())
     stopped = summary["step"]
-    assert summary["status"] == "preempted" and 10 <= stopped < 120
+    assert summary["status"] == "preempted" and 10 <= stopped < 40
     assert (tmp_path / "pre" / "checkpoints" / str(stopped)).is_dir()
 
     procs = _launch_pair(spec, f"127.0.0.1:{_free_port()}")
@@ -141,4 +141,4 @@ def test_two_processes_stop_together_on_sigterm_and_resume(tmp_path):
     summary = json.loads((tmp_path / "pre" / "summary.json").read_text())
     assert summary["status"] == "succeeded" and summary["resumed_from_step"] == stopped
     steps = [r["step"] for r in read_metrics(tmp_path / "pre")]
-    assert steps == list(range(5, 121, 5))
+    assert steps == list(range(5, 41, 5))
