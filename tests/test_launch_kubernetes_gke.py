@@ -205,6 +205,13 @@ def test_runs_are_owned_by_run_id_across_sweeps_and_orphans_are_listed_and_remov
         assert row["owner_sweep"] == "alpha" and row["phase"] != "Pending", row
         assert "owned by sweep alpha" in cli("status", str(beta), kubeconfig=cp.kubeconfig).stdout
 
+        # Beta's logs of the shared run are those of alpha's JobSet, which runs it (and stderr says so).
+        name = f"alpha-{shared}"
+        cp.wait_for(lambda: any(p.status.phase == "Running" for p in pods_of(cp, name)), 120, "a running pod")
+        result = cli("logs", str(beta), shared, "--tail", "1", kubeconfig=cp.kubeconfig)
+        assert result.exit_code == 0 and result.stdout.strip() == "succeeded (exit 0: done)", result.output
+        assert f"owned by sweep alpha: log of {name}" in result.stderr, result.output
+
         # Cancelling beta leaves alpha's run alone, and says so.
         result = cli("cancel", str(beta), "--yes", kubeconfig=cp.kubeconfig)
         assert result.exit_code == 0 and result.stdout.count("deleted") == 1, result.output
