@@ -196,8 +196,9 @@ class Target(_Block):
     queue: str | None = None  # Kueue LocalQueue: label kueue.x-k8s.io/queue-name
     priority: str | None = None  # PriorityClass of the pods (XPK's --priority: very-low ... very-high)
     workload_priority_class: str | None = None  # Kueue WorkloadPriorityClass: label kueue.x-k8s.io/priority-class
-    # Restarts after a retryable failure (exit 42, a signal such as an OOM kill's 137). Preemption and SIGTERM
-    # (143) do not count on a cluster: they restart without limit (the JobSet's RestartJobSetAndIgnoreMaxRestarts).
+    # Restarts after a retryable failure (exit 42, a signal: an OOM kill's 137, a SIGTERM's 143). On a cluster a
+    # preemption (a pod with the DisruptionTarget condition) does not count: it restarts for free (the JobSet's
+    # RestartJobSetAndIgnoreMaxRestarts); a plain exit 143 counts, so a trainer that keeps exiting 143 stops.
     max_restarts: NonNegativeInt = 3
     restartable_exit_codes: list[ExitCode] = []  # in addition to the contract's RETRYABLE_EXIT_CODES
     output_base: str = "runs"  # gs://bucket/prefix, or a local path (relative to the current directory)
