@@ -230,6 +230,10 @@ class Target(_Block):
     # after the trainer changed instead of skipping them as Succeeded. Off by default for now: it changes every
     # local run id (and the committed golden files' ids) whenever the trainer's code changes.
     code_in_run_id: bool = False
+    # cluster: name the image by the digest its tag points at now, asked of the registry when a command starts
+    # (anonymously), so run ids change when other code is pushed under the tag and the pods run exactly that
+    # manifest. Off by default: every command then needs the registry, and a tag pushed again gives new run ids.
+    resolve_image: bool = False
     # Volumes and mounts into the trainer: part of run ids when set (a mount can change what a path reads).
     volumes: list[Volume] = []
     volume_mounts: list[VolumeMount] = []
@@ -1160,7 +1164,8 @@ def _identity_inputs(t: Target) -> list[Problem]:
             f"image {t.image!r} is named by tag: run ids hash the name, so pushing other code under the same tag "
             "keeps every run id (and `sweep` skips runs that succeeded with the old code)",
             "name the image by digest (repository@sha256:...), as `docker push` or `crane digest` prints it; or use "
-            "a tag per build (the commit) and never push it twice",
+            "a tag per build (the commit) and never push it twice; or set target.resolve_image: true to use the "
+            "digest the tag names when the command runs",
             severity="warning",
         )
     ]
