@@ -196,8 +196,9 @@ class Target(_Block):
     queue: str | None = None  # Kueue LocalQueue: label kueue.x-k8s.io/queue-name
     priority: str | None = None  # PriorityClass of the pods (XPK's --priority: very-low ... very-high)
     workload_priority_class: str | None = None  # Kueue WorkloadPriorityClass: label kueue.x-k8s.io/priority-class
-    # Restarts after a retryable failure (exit 42, a signal such as an OOM kill's 137). Preemption and SIGTERM
-    # (143) do not count on a cluster: they restart without limit (the JobSet's RestartJobSetAndIgnoreMaxRestarts).
+    # Restarts after a retryable failure (exit 42, a signal: an OOM kill's 137, a SIGTERM's 143). On a cluster a
+    # preemption (a pod with the DisruptionTarget condition) does not count: it restarts for free (the JobSet's
+    # RestartJobSetAndIgnoreMaxRestarts); a plain exit 143 counts, so a trainer that keeps exiting 143 stops.
     max_restarts: NonNegativeInt = 3
     restartable_exit_codes: list[ExitCode] = []  # in addition to the contract's RETRYABLE_EXIT_CODES
     output_base: str = "runs"  # gs://bucket/prefix, or a local path (relative to the current directory)
@@ -229,6 +230,10 @@ class Target(_Block):
     # after the trainer changed instead of skipping them as Succeeded. Off by default for now: it changes every
     # local run id (and the committed golden files' ids) whenever the trainer's code changes.
     code_in_run_id: bool = False
+    # cluster: name the image by the digest its tag points at now, asked of the registry when a command starts
+    # (anonymously), so run ids change when other code is pushed under the tag and the pods run exactly that
+    # manifest. Off by default: every command then needs the registry, and a tag pushed again gives new run ids.
+    resolve_image: bool = False
     # Volumes and mounts into the trainer: part of run ids when set (a mount can change what a path reads).
     volumes: list[Volume] = []
     volume_mounts: list[VolumeMount] = []
@@ -1159,7 +1164,8 @@ def _identity_inputs(t: Target) -> list[Problem]:
             f"image {t.image!r} is named by tag: run ids hash the name, so pushing other code under the same tag "
             "keeps every run id (and `sweep` skips runs that succeeded with the old code)",
             "name the image by digest (repository@sha256:...), as `docker push` or `crane digest` prints it; or use "
-            "a tag per build (the commit) and never push it twice",
+            "a tag per build (the commit) and never push it twice; or set target.resolve_image: true to use the "
+            "digest the tag names when the command runs",
             severity="warning",
         )
     ]

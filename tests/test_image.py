@@ -21,7 +21,11 @@ import urllib.request
 
 import pytest
 import yaml
+from sweep_support import TARGET, sweep_data, write
 from trainer_support import REPO, TEACHER, merged
+
+from orchestrator.core.sweeps import expand_sweep
+from orchestrator.registry import resolve_digest
 
 pytestmark = pytest.mark.slow
 
@@ -185,6 +189,23 @@ def test_the_image_is_pushed_to_a_loopback_registry_and_pulled_back_by_digest(im
             timeout=120,
         )
         assert inspect.returncode == 0 and json.loads(inspect.stdout)["Digest"] == digest, inspect.stderr
+        # target.resolve_image: the tag resolves (a HEAD of the manifest) to the digest pushed, and the run ids
+        # hash it: not those of the tag-named sweep, and a sweep naming the digest itself has the same ids.
+        assert resolve_digest(f"{remote}:test") == digest
+        ids = {}
+        for name, image_ref, resolve in (
+            ("tag", f"{remote}:test", False),
+            ("resolved", f"{remote}:test", True),
+            ("digest", f"{remote}@{digest}", False),
+        ):
+            data = sweep_data(target={**TARGET, "image": image_ref, "resolve_image": resolve})
+            expansion = expand_sweep(write(tmp_path, data, f"{name}.yaml"))
+            assert not [p for p in expansion.problems if p.code == "image_not_resolved"], expansion.problems
+            ids[name] = [point.run_id for point in expansion.points]
+            if resolve:
+                assert expansion.sweep.target.image == f"{remote}@{digest}"
+                assert not [p for p in expansion.problems if p.code == "mutable_image_tag"]
+        assert ids["resolved"] == ids["digest"] != ids["tag"]
         # ... and pulled by digest it is the image built: the same config (image id), unprivileged user.
         pull = podman("pull", "--tls-verify=false", f"{remote}@{digest}")
         assert pull.returncode == 0, pull.stderr[-2000:]

@@ -205,6 +205,13 @@ def test_runs_are_owned_by_run_id_across_sweeps_and_orphans_are_listed_and_remov
         assert row["owner_sweep"] == "alpha" and row["phase"] != "Pending", row
         assert "owned by sweep alpha" in cli("status", str(beta), kubeconfig=cp.kubeconfig).stdout
 
+        # Beta's logs of the shared run are those of alpha's JobSet, which runs it (and stderr says so).
+        name = f"alpha-{shared}"
+        cp.wait_for(lambda: any(p.status.phase == "Running" for p in pods_of(cp, name)), 120, "a running pod")
+        result = cli("logs", str(beta), shared, "--tail", "1", kubeconfig=cp.kubeconfig)
+        assert result.exit_code == 0 and result.stdout.strip() == "succeeded (exit 0: done)", result.output
+        assert f"owned by sweep alpha: log of {name}" in result.stderr, result.output
+
         # Cancelling beta leaves alpha's run alone, and says so.
         result = cli("cancel", str(beta), "--yes", kubeconfig=cp.kubeconfig)
         assert result.exit_code == 0 and result.stdout.count("deleted") == 1, result.output
@@ -247,7 +254,7 @@ def test_runs_are_owned_by_run_id_across_sweeps_and_orphans_are_listed_and_remov
 
 
 @pytest.mark.cluster
-def test_preemption_and_sigterm_restart_without_spending_max_restarts(control_plane, tmp_path):
+def test_preemption_restarts_for_free_and_a_plain_sigterm_spends_max_restarts(control_plane, tmp_path):
     cp = control_plane
     extra = "  queue: multislice-queue\n  max_restarts: 0\n" + annotations(**{"distillctl.dev/run-duration": "10m"})
     path = write(tmp_path, "preempt", extra=extra)
@@ -269,15 +276,17 @@ def test_preemption_and_sigterm_restart_without_spending_max_restarts(control_pl
             status = jobsets(cp, "preempt")[0].get("status") or {}
             return status if status.get("restarts") == count else None
 
-        # A worker stopped by SIGTERM (maintenance, a spot VM reclaimed) exits 143: a free restart.
+        # A worker stopped by a disruption (its node shut down: a spot VM reclaimed) carries DisruptionTarget and
+        # exits 143: a free restart.
         pod = cp.wait_for(lambda: running_pod(0), 120, "a running pod", interval=1)
-        cp.set_pod_exit_code(pod.metadata.name, 143)
+        cp.set_pod_exit_code(pod.metadata.name, 143, disruption="TerminationByKubelet")
         status = cp.wait_for(lambda: restarted(1), 120, "restart 1", interval=1)
         assert not status.get("restartsCountTowardsMax"), status
 
-        # A retryable failure that is not a preemption spends the budget: with max_restarts 0 the run fails.
+        # A plain exit 143 (SIGTERM without DisruptionTarget) spends the budget like any retryable failure, so a
+        # trainer that keeps exiting 143 is bounded: with max_restarts 0 the run fails.
         pod = cp.wait_for(lambda: running_pod(1), 120, "a running pod of attempt 1", interval=1)
-        cp.set_pod_exit_code(pod.metadata.name, 42)
+        cp.set_pod_exit_code(pod.metadata.name, 143)
         row = cp.wait_for(
             lambda: next(r for r in status_rows(path, cp.kubeconfig).values() if r["phase"] == "Failed"),
             120,

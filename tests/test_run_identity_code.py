@@ -1,15 +1,18 @@
-"""What a run id sees of the trainer's code: the image string (a digest, when the sweep names one; a tag gets a
-warning in tests/test_target_knobs.py), and for local targets that ask for it, a hash of the installed trainer's
-sources."""
+"""What a run id sees of the trainer's code: the image string (a digest, when the sweep names one or
+`resolve_image` asks the registry for it; a tag gets a warning in tests/test_target_knobs.py), and for local
+targets that ask for it, a hash of the installed trainer's sources."""
 
 from __future__ import annotations
 
 import importlib
+import socket
 import sys
 
-from sweep_support import TARGET, expanded, sweep_data
+from sweep_support import TARGET, expanded, sweep_data, write
 
+from orchestrator import registry
 from orchestrator.core import identity
+from orchestrator.core.sweeps import expand_sweep
 
 DIGEST = "example.com/distill@sha256:" + "ab" * 32
 
@@ -18,6 +21,30 @@ def test_the_image_digest_is_part_of_the_run_id(tmp_path):
     one = expanded(tmp_path, sweep_data(target={**TARGET, "image": DIGEST}), "a.yaml")
     other = expanded(tmp_path, sweep_data(target={**TARGET, "image": DIGEST.replace("ab", "cd")}), "b.yaml")
     assert one.points[0].run_id != other.points[0].run_id
+
+
+def test_resolving_a_tag_parses_names_as_docker_does_and_falls_back_to_the_tag_with_a_warning(tmp_path):
+    """The registry round trip itself is in tests/test_image.py (a loopback registry with the pushed image)."""
+    hub = registry.parse_image("python:3.12")
+    assert (hub.registry, hub.repository, hub.tag) == ("docker.io", "library/python", "3.12")
+    assert registry.manifest_url(hub) == "https://registry-1.docker.io/v2/library/python/manifests/3.12"
+    local = registry.parse_image("127.0.0.1:5000/team/trainer")  # a port is not a tag; no tag is `latest`
+    assert (local.registry, local.repository, local.tag) == ("127.0.0.1:5000", "team/trainer", "latest")
+    assert registry.manifest_url(local) == "http://127.0.0.1:5000/v2/team/trainer/manifests/latest"
+    assert local.with_digest("sha256:" + "ab" * 32) == "127.0.0.1:5000/team/trainer@sha256:" + "ab" * 32
+    assert registry.manifest_url(registry.parse_image("us-docker.pkg.dev/p/r/t:v1")).startswith("https://")
+
+    with socket.socket() as s:  # a loopback port nobody listens on: refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tag = f"127.0.0.1:{port}/distill:dev"
+    path = write(tmp_path, sweep_data(target={**TARGET, "image": tag, "resolve_image": True}), "r.yaml")
+    resolved = expand_sweep(path)
+    (warning,) = [p for p in resolved.problems if p.code == "image_not_resolved"]
+    assert warning.severity == "warning" and "cannot reach the registry" in warning.message and warning.line
+    assert resolved.sweep.target.image == tag
+    plain = expand_sweep(write(tmp_path, sweep_data(target={**TARGET, "image": tag}), "p.yaml"))
+    assert [p.run_id for p in resolved.points] == [p.run_id for p in plain.points]  # the option is not in the id
 
 
 def test_local_run_ids_include_the_trainer_code_only_when_asked(tmp_path):

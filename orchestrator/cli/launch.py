@@ -360,7 +360,18 @@ def logs(
     try:
         target = find_run(expansion, run)
         request = LogRequest(slice=slice_, worker=worker, all=all_, follow=follow, tail=tail)
-        for line in backend.logs(target, request):
+        if hasattr(backend, "log_source"):  # the JobSet that runs the run id, maybe another sweep's: named on stderr
+            source = backend.log_source(target)
+            if source.owner:
+                from orchestrator.cli import console
+
+                console.err.print(
+                    f"{target.run_id} is owned by sweep {source.owner}: log of {source.name}", markup=False
+                )
+            lines = backend.logs(target, request, source)
+        else:
+            lines = backend.logs(target, request)
+        for line in lines:
             sys.stdout.write(line)
             sys.stdout.flush()
     finally:

@@ -42,7 +42,6 @@ from distillspec.contract import (
     LABEL_SWEEP,
     RETRYABLE_EXIT_CODES,
     TRAINER_COMMAND,
-    TrainerExit,
 )
 from distillspec.sweep import DSHM_PATH, DSHM_VOLUME, Target
 from orchestrator.core import identity
@@ -52,13 +51,13 @@ TEMPLATE = "jobset.yaml.j2"
 TEMPLATES_ENV = "DISTILLCTL_TEMPLATES"
 FAILURE_RULE_NAME = "failJobSetOnNonRetryableExit"
 PREEMPTION_RULE_NAME = "restartJobSetOnPreemption"
-# How the Job controller words a failure by a podFailurePolicy FailJob rule (k8s.io/kubernetes pkg/controller/job,
-# pod_failure_policy.go): "Pod <ns>/<name> has condition DisruptionTarget matching FailJob rule at index 0" and
-# "Container trainer for pod <ns>/<name> failed with exit code 143 matching FailJob rule at index 1".
-PREEMPTION_MESSAGE_PATTERNS = (
-    "has condition DisruptionTarget matching",
-    f"with exit code {int(TrainerExit.PREEMPTED)} matching",
-)
+# How the Job controller words a failure by a podFailurePolicy FailJob rule on a pod condition (k8s.io/kubernetes
+# pkg/controller/job, pod_failure_policy.go): "Pod <ns>/<name> has condition DisruptionTarget matching FailJob rule
+# at index 0". Only that condition restarts for free: the control plane sets it on a real disruption (scheduler
+# preemption, eviction for a drain or maintenance, graceful node shutdown of a reclaimed spot VM, taint eviction).
+# A worker that merely exits 143 (SIGTERM from anything else) is a retryable failure like any other: it spends
+# max_restarts, so a trainer that keeps exiting 143 stops after max_restarts instead of restarting forever.
+PREEMPTION_MESSAGE_PATTERNS = ("has condition DisruptionTarget matching",)
 EXCLUSIVE_TOPOLOGY = ("alpha.jobset.sigs.k8s.io/exclusive-topology", "cloud.google.com/gke-nodepool")
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 LABEL_WORKLOAD_PRIORITY = "kueue.x-k8s.io/priority-class"
@@ -233,7 +232,6 @@ def _view(point: Mapping[str, str], target: Target) -> dict[str, Any]:
         "failure_rule_name": FAILURE_RULE_NAME,
         "preemption_rule_name": PREEMPTION_RULE_NAME,
         "preemption_message_patterns": list(PREEMPTION_MESSAGE_PATTERNS),
-        "preempted_exit_codes": [int(TrainerExit.PREEMPTED)],
         "replicated_job": identity.REPLICATED_JOB,
         "slices": target.slices,
         "vms_per_slice": shape.vms_per_slice,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from distillspec import tpu
 from distillspec.problems import Problem
-from distillspec.sweep import load_sweep, override_target
+from distillspec.sweep import SweepSource, load_sweep, override_target
 from orchestrator.core import expansion
 from orchestrator.errors import USAGE_CODES, InvalidSpecError, UsageError
 
@@ -48,6 +48,7 @@ def expand_sweep(path: Path, overrides: TargetOverrides = TargetOverrides(), *, 
         changes["labels"] = {**sweep.target.labels, **dict(overrides.labels)}
     if changes:
         source = override_target(source, **changes)
+    source = resolve_image(source)
     try:
         result = expansion.expand(source, max_points=None if yes else expansion.DEFAULT_MAX_POINTS)
     except expansion.GridTooLarge as e:
@@ -55,6 +56,32 @@ def expand_sweep(path: Path, overrides: TargetOverrides = TargetOverrides(), *, 
     raise_for(result.problems, path)
     assert isinstance(result, expansion.Expansion)
     return result
+
+
+def resolve_image(source: SweepSource) -> SweepSource:
+    """With `target.resolve_image`, a cluster image named by tag becomes `name@<digest>` as its registry says now
+    (`orchestrator.registry`); when the registry cannot say, the tag stays and a warning says why (run ids then
+    hash the tag, as without the option)."""
+    target = source.sweep.target if source.sweep else None
+    if target is None or not (target.resolve_image and target.on_cluster and target.image):
+        return source
+    from orchestrator import registry  # urllib: only when a sweep asks for it (CLI start-up time)
+
+    name = registry.parse_image(target.image)
+    if name.digest:
+        return source
+    try:
+        digest = registry.resolve_digest(target.image)
+    except registry.ImageNotResolved as e:
+        problem = Problem(
+            ("target", "image"),
+            "image_not_resolved",
+            f"{e.message}: run ids hash the tag {target.image!r}",
+            e.hint,
+            severity="warning",
+        )
+        return dataclasses.replace(source, problems=(*source.problems, source.locate(problem)))
+    return override_target(source, image=name.with_digest(digest))
 
 
 def raise_for(problems: tuple[Problem, ...], path: Path) -> None:

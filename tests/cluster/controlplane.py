@@ -46,6 +46,7 @@ from .paths import SESSIONS_DIR
 from .processes import ComponentError, Supervisor, log_tail, reap_stale_sessions
 
 EXIT_CODE_ANNOTATION = "distillctl.dev/exit-code"
+DISRUPTION_REASON_ANNOTATION = "distillctl.dev/disruption-reason"
 RUN_DURATION_ANNOTATION = "distillctl.dev/run-duration"
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 FIELD_MANAGER = "distillctl-tests"
@@ -298,13 +299,17 @@ class ControlPlane:
     def apply_file(self, path: str | Path, namespace: str | None = None) -> list[dict]:
         return self.apply(upstream.load_yaml_docs(Path(path)), namespace)
 
-    def set_pod_exit_code(self, pod: str, code: int, namespace: str = "default") -> None:
-        """Make a running fake pod terminate now with container exit code `code`."""
+    def set_pod_exit_code(
+        self, pod: str, code: int, namespace: str = "default", *, disruption: str | None = None
+    ) -> None:
+        """Make a running fake pod terminate now with container exit code `code`; with `disruption` (a reason such
+        as "TerminationByKubelet") it also gets the DisruptionTarget condition, as a preempted pod does."""
         from kubernetes import client
 
-        client.CoreV1Api(self.client).patch_namespaced_pod(
-            pod, namespace, {"metadata": {"annotations": {EXIT_CODE_ANNOTATION: str(code)}}}
-        )
+        annotations = {EXIT_CODE_ANNOTATION: str(code)}
+        if disruption:
+            annotations[DISRUPTION_REASON_ANNOTATION] = disruption
+        client.CoreV1Api(self.client).patch_namespaced_pod(pod, namespace, {"metadata": {"annotations": annotations}})
 
     # ---------------------------------------------------------------- startup
 

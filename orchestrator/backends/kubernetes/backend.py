@@ -421,12 +421,30 @@ class KubernetesBackend:
                 pass  # 404: already gone
         return deleted
 
-    def _pods(self, run: Point, request: LogRequest) -> list[client.V1Pod]:
-        selector = f"{JOBSET_NAME_LABEL}={run.jobset_name}"
+    def log_source(self, run: Point) -> LogSource:
+        """The JobSet whose pods speak for `run`: found by its run id as `status` finds it (`choose_jobsets`), so
+        a run another sweep created is read from that sweep's JobSet; this sweep's name when there is none."""
+        listing = self.cluster.call(
+            f"list the JobSets of run {run.run_id}",
+            self.cluster.custom.list_namespaced_custom_object,
+            *JOBSET[:2],
+            self.cluster.namespace,
+            JOBSET[2],
+            label_selector=f"{LABEL_RUN_ID}={run.run_id}",
+        )
+        found = listing.get("items", [])
+        if not found:
+            return LogSource(run.jobset_name)
+        chosen = min(found, key=lambda j: _preference(j, run.sweep))
+        owner = _labels(chosen).get(rendering.LABEL_SWEEP, "")
+        return LogSource(chosen["metadata"]["name"], "" if owner == run.sweep else owner)
+
+    def _pods(self, jobset: str, request: LogRequest) -> list[client.V1Pod]:
+        selector = f"{JOBSET_NAME_LABEL}={jobset}"
         if not request.all:
             selector += f",{JOB_INDEX_LABEL}={request.slice},{COMPLETION_INDEX_LABEL}={request.worker}"
         pods = self.cluster.call(
-            f"list the pods of {run.jobset_name}",
+            f"list the pods of {jobset}",
             self.cluster.core.list_namespaced_pod,
             self.cluster.namespace,
             label_selector=selector,
@@ -437,13 +455,15 @@ class KubernetesBackend:
             newest[(labels.get(JOB_INDEX_LABEL, ""), labels.get(COMPLETION_INDEX_LABEL, ""))] = pod  # latest attempt
         return [newest[key] for key in sorted(newest, key=lambda k: (int(k[0] or 0), int(k[1] or 0)))]
 
-    def logs(self, run: Point, request: LogRequest) -> Iterator[str]:
-        pods = self._pods(run, request)
+    def logs(self, run: Point, request: LogRequest, source: LogSource | None = None) -> Iterator[str]:
+        """The trainer's log in the pods of `source` (else `log_source(run)`: the JobSet that runs the run id)."""
+        jobset = (source or self.log_source(run)).name
+        pods = self._pods(jobset, request)
         if request.follow and len(pods) > 1:
             raise UsageError("--follow follows one worker", "drop --all, or choose one with --slice and --worker")
         if not pods:
             where = "" if request.all else f" for slice {request.slice}, worker {request.worker}"
-            raise UsageError(f"{run.jobset_name} has no pods{where}", "`distillctl status` says whether it is queued")
+            raise UsageError(f"{jobset} has no pods{where}", "`distillctl status` says whether it is queued")
         for pod in pods:
             labels = pod.metadata.labels or {}
             prefix = f"[{labels.get(JOB_INDEX_LABEL)}/{labels.get(COMPLETION_INDEX_LABEL)}] " if request.all else ""
@@ -491,6 +511,14 @@ class KubernetesBackend:
 
     def close(self) -> None:
         self.cluster.api.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class LogSource:
+    """The JobSet whose pods hold a run's log, and the sweep that owns it when another sweep does ("" else)."""
+
+    name: str
+    owner: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
