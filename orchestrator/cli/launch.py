@@ -264,7 +264,10 @@ def status(
     context: ContextOption = None,
     namespace: NamespaceOption = None,
 ) -> None:
-    """One row per run: phase, restarts, step, latest kl_div_T1 and age."""
+    """One row per run: phase, restarts, step, latest kl_div_T1 and age.
+
+    When `distillctl serve` runs the sweep (its DistillationSweep exists), the phases are the controller's and its
+    conditions are printed on stderr."""
     from rich.live import Live
     from rich.text import Text
 

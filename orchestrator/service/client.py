@@ -150,9 +150,11 @@ def served(cluster: Cluster, expansion) -> Served | None:
     found = read_status(cluster, name)
     if found is None or not (found.runs or found.conditions):
         return None
+    if not found.runs:  # rejected (Accepted=False says why) or nothing decided yet: its runs are not known
+        return Served(name, found, None)
     statuses = run_statuses(found)
     missing = tuple(run.run_id for run in expansion.runs if run.run_id not in statuses)
-    return Served(name, found, None if missing or not found.runs else statuses, missing)
+    return Served(name, found, None if missing else statuses, missing)
 
 
 def summary(view: Served) -> str:
