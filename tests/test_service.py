@@ -15,6 +15,7 @@ from orchestrator.core.aggregate import KL_T1
 from orchestrator.core.run_status import Condition, Observation
 from orchestrator.outputs import LogLine, RunOutputs
 from orchestrator.service import crd, endpoints, plan
+from orchestrator.service.client import Served, summary
 from orchestrator.service.resource import (
     OrphanRun,
     ServiceSpec,
@@ -254,6 +255,9 @@ def test_prerequisite_first_then_points_then_succeeded_with_the_best_point(expan
         0
     ].message
     assert _plan(expanded, observed, _outputs(expanded, kl), edited.status, orphans=[orphan]).events == ()
+    line = summary(Served("svc", edited.status, None))  # what `status` prints of the resource
+    assert line.startswith("DistillationSweep svc: Succeeded (AllSucceeded: 3 run(s)); 3 run(s): 3 succeeded")
+    assert "1 orphaned JobSet(s)" in line and "Accepted" not in line
 
 
 def test_failed_point_is_retried_by_its_budget_and_then_the_sweep_fails(expanded):

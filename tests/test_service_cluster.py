@@ -306,11 +306,13 @@ def test_a_killed_controller_is_replaced_and_no_run_is_created_twice(control_pla
     queue = {"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "LocalQueue", "metadata": {"name": "q", "namespace": ns}}
     cp.apply({**queue, "spec": {"clusterQueue": "cluster-queue"}})
     path = tmp_path / "svc-k.yaml"
-    path.write_text(SWEEP.format(name="svc-k", queue="q", image=IMAGE, base=tmp_path / "runs"))
+    text = SWEEP.format(name="svc-k", queue="", image=IMAGE, base=tmp_path / "runs")  # the queue: serve's default
+    path.write_text("\n".join(line for line in text.splitlines() if line != "  queue: ") + "\n")
     kube = ["--kubeconfig", str(cp.kubeconfig), "-n", ns]
 
     def serve(identity: str) -> subprocess.Popen:
         command = [sys.executable, "-m", "orchestrator.cli", "serve", *kube, "--port", "0", "--resync", "5"]
+        command += ["--default-queue", "q"]  # as the chart's `defaults.queue` passes it
         with open(tmp_path / f"{identity}.log", "w") as log:  # the child keeps its own descriptor
             return subprocess.Popen([*command, "--identity", identity], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
@@ -335,6 +337,7 @@ def test_a_killed_controller_is_replaced_and_no_run_is_created_twice(control_pla
         )
         names = [j["metadata"]["name"] for j in listed()]
         assert len(names) == 3 == len(set(names))
+        assert {j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] for j in listed()} == {"q"}
         lease = client.CoordinationV1Api(cp.client).read_namespaced_lease("distillctl-controller", ns)
         assert lease.spec.holder_identity == "second"
     finally:
