@@ -15,7 +15,14 @@ from orchestrator.core.aggregate import KL_T1
 from orchestrator.core.run_status import Condition, Observation
 from orchestrator.outputs import LogLine, RunOutputs
 from orchestrator.service import crd, endpoints, plan
-from orchestrator.service.resource import ServiceSpec, SweepStatus, resource_from_source, source_from_resource
+from orchestrator.service.client import Served, summary
+from orchestrator.service.resource import (
+    OrphanRun,
+    ServiceSpec,
+    SweepStatus,
+    resource_from_source,
+    source_from_resource,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,6 +127,44 @@ def test_resource_names_the_same_runs_as_the_sweep_file(tmp_path, expanded):
     assert [r.jobset_name for r in expanded.runs] == [r.jobset_name for r in from_file.runs]
 
 
+def test_controller_defaults_fill_what_the_target_leaves_unset(tmp_path, resource):
+    """A resource without image, queue, priority and output base, completed by the controller's defaults: the same
+    run ids and the same rendered JobSets as the sweep file with those values written in; a value of its own wins."""
+    from orchestrator.core import rendering
+    from orchestrator.core.sweeps import TargetOverrides, expand_sweep
+    from orchestrator.service.resource import TargetDefaults
+
+    image = "example.invalid/trainer@sha256:" + "1" * 64
+    defaults = TargetDefaults(queue="team-queue", priority="high", image=image, output_base="gs://team/runs")
+    bare = json.loads(json.dumps(resource))
+    for key in ("image", "output_base"):
+        del bare["spec"]["target"][key]
+    source, _ = source_from_resource(bare, defaults)
+    served = expansion_module.expand(source)
+    written = SWEEP.replace(
+        "image: example.invalid/trainer:test", f"image: {image}\n  queue: team-queue\n  namespace: team"
+    )
+    written = written.replace("output_base: gs://bucket/runs", "output_base: gs://team/runs\n  priority: high")
+    path = tmp_path / "svc.yaml"
+    path.write_text(written.replace("[0.5, 1.0]", "[0.5, 1]"))  # the axis annotation as the API server stores it
+    from_file = expand_sweep(path)
+    assert [r.run_id for r in served.runs] == [r.run_id for r in from_file.runs]
+    rendered = [rendering.render_jobset(r, served.sweep.target) for r in served.runs]
+    assert rendered == [rendering.render_jobset(r, from_file.sweep.target) for r in from_file.runs]
+    assert "team-queue" in rendered[0] and "gs://team/runs" in rendered[0]
+
+    # `--image` completes a file that leaves it unset, as the controller's default does.
+    path.write_text(SWEEP.replace("  image: example.invalid/trainer:test\n", "").replace("bucket", "team"))
+    assert [r.run_id for r in expand_sweep(path, TargetOverrides(image=image)).runs] == [r.run_id for r in served.runs]
+
+    own, _ = source_from_resource(resource, defaults)  # the resource's own image and output base stay
+    assert (own.sweep.target.image, own.sweep.target.output_base) == (
+        "example.invalid/trainer:test",
+        "gs://bucket/runs",
+    )
+    assert own.sweep.target.queue == "team-queue"
+
+
 def test_invalid_resource_is_rejected_with_the_clis_codes(resource):
     bad = json.loads(json.dumps(resource))
     bad["spec"]["retryFailed"] = -1
@@ -156,9 +201,16 @@ def _outputs(expanded, kl: dict[str, float] | None = None, failed: set[str] = fr
     return out
 
 
-def _plan(expanded, observed, outputs, previous=None, retry=0):
+def _plan(expanded, observed, outputs, previous=None, retry=0, orphans=()):
     return plan.plan(
-        expanded, observed, outputs, service=ServiceSpec(retryFailed=retry), previous=previous, generation=1, now=1e9
+        expanded,
+        observed,
+        outputs,
+        service=ServiceSpec(retryFailed=retry),
+        previous=previous,
+        generation=1,
+        now=1e9,
+        orphans=orphans,
     )
 
 
@@ -194,6 +246,18 @@ def test_prerequisite_first_then_points_then_succeeded_with_the_best_point(expan
 
     steady = _plan(expanded, observed, _outputs(expanded, kl), done.status)
     assert steady.events == () and steady.status == done.status  # nothing changed: no write, no Event
+
+    # Edited while running: a JobSet of a run the spec no longer has is reported (once as an Event), never deleted.
+    orphan = OrphanRun(jobset="svc-gone", runId="gone", state="active")
+    edited = _plan(expanded, observed, _outputs(expanded, kl), done.status, orphans=[orphan])
+    assert edited.status.orphans == [orphan] and not edited.delete and not edited.stop and not edited.create
+    assert [(e.type, e.reason) for e in edited.events] == [("Warning", "Orphaned")] and "svc-gone" in edited.events[
+        0
+    ].message
+    assert _plan(expanded, observed, _outputs(expanded, kl), edited.status, orphans=[orphan]).events == ()
+    line = summary(Served("svc", edited.status, None))  # what `status` prints of the resource
+    assert line.startswith("DistillationSweep svc: Succeeded (AllSucceeded: 3 run(s)); 3 run(s): 3 succeeded")
+    assert "1 orphaned JobSet(s)" in line and "Accepted" not in line
 
 
 def test_failed_point_is_retried_by_its_budget_and_then_the_sweep_fails(expanded):

@@ -75,6 +75,18 @@ def test_deployment_runs_serve_locked_down_with_probes(helm):
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert pod["serviceAccountName"] == "rel-distillctl"
+    assert not [a for a in container["args"] if a.startswith("--default-")]  # no defaults unless set
+
+    values = {"queue": "team-queue", "priority": "high", "image": "r/trainer@sha256:ab", "outputBase": "gs://b/runs"}
+    sets = [f"defaults.{k}={v}" for k, v in values.items()]
+    (deployment,) = [d for d in template(helm, "--set", ",".join(sets)) if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert [a for a in container["args"] if a.startswith("--default-")] == [
+        "--default-queue=team-queue",
+        "--default-priority=high",
+        "--default-image=r/trainer@sha256:ab",
+        "--default-output-base=gs://b/runs",
+    ]
 
 
 def test_role_grants_exactly_what_the_controller_calls(helm):

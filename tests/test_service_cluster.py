@@ -23,7 +23,7 @@ from orchestrator.backends.kubernetes.client import connect
 from orchestrator.cli import app
 from orchestrator.service.controller import Controller, Options
 from orchestrator.service.endpoints import Metrics
-from orchestrator.service.resource import GROUP, PLURAL, VERSION
+from orchestrator.service.resource import GROUP, PLURAL, VERSION, TargetDefaults
 from tests.test_service_chart import CHART, helm_command
 
 pytestmark = pytest.mark.cluster
@@ -32,6 +32,7 @@ RELEASE = "svc"
 SERVICE_ACCOUNT = f"{RELEASE}-distillctl"
 LEASE = f"{RELEASE}-distillctl-controller"
 NS = "default"  # where the test cluster's Kueue LocalQueues are
+IMAGE = "example.invalid/distillctl-trainer:test"
 
 SWEEP = """\
 name: {name}
@@ -52,7 +53,7 @@ axes:
 target:
   kind: kubernetes
   tpu_type: v6e-16
-  image: example.invalid/distillctl-trainer:test
+  image: {image}
   queue: {queue}
   output_base: {base}
   pod_annotations: {{distillctl.dev/run-duration: "2s"}}
@@ -126,7 +127,13 @@ def controllers(sa_kubeconfig):
     for identity in ("replica-a", "replica-b"):
         cluster = connect(ClusterAccess(kubeconfig=str(sa_kubeconfig), namespace=NS))
         options = Options(
-            resync=5, lease_name=LEASE, identity=identity, lease_seconds=6, renew_deadline=4, retry_period=1
+            resync=5,
+            lease_name=LEASE,
+            identity=identity,
+            lease_seconds=6,
+            renew_deadline=4,
+            retry_period=1,
+            defaults=TargetDefaults(queue="multislice-queue", image=IMAGE),  # as the chart's `defaults:` pass them
         )
         controller = Controller(cluster, options, Metrics(use_prometheus_client=False))
         controller.start()
@@ -189,27 +196,56 @@ def test_chart_role_allows_what_the_controller_uses_and_nothing_else(control_pla
 def test_sweep_applied_as_a_resource_runs_to_the_end_with_no_client(control_plane, controllers, tmp_path):
     cp = control_plane
     path = tmp_path / "svc-a.yaml"
-    path.write_text(SWEEP.format(name="svc-a", queue="multislice-queue", base=tmp_path / "runs"))
+    # No image and no queue: the controllers' defaults (the chart's `defaults:` values) complete the target.
+    text = SWEEP.format(name="svc-a", queue="", image="", base=tmp_path / "runs")
+    path.write_text("\n".join(line for line in text.splitlines() if line not in ("  image: ", "  queue: ")) + "\n")
     applied = CliRunner().invoke(app, ["sweep", str(path), "--service", "--kubeconfig", str(cp.kubeconfig)])
     assert applied.exit_code == 0, applied.output
     assert "applied DistillationSweep default/svc-a" in applied.stdout
 
-    cp.wait_for(lambda: condition(cp, "svc-a", "Succeeded").get("status") == "True", 150, "the sweep to succeed")
+    # Edited while running: once every run has its JobSet, temperature 2.0 is replaced by 3.0. The new point is
+    # created, the kept ones are left, and the removed one's JobSet is reported as an orphan, not deleted.
+    cp.wait_for(lambda: len(jobsets(cp, "svc-a")) == 3, 90, "the points' JobSets")
+    before = {j["metadata"]["name"] for j in jobsets(cp, "svc-a")}
+    path.write_text(path.read_text().replace("[1.0, 2.0]", "[1.0, 3.0]"))
+    edited = CliRunner().invoke(app, ["sweep", str(path), "--service", "--kubeconfig", str(cp.kubeconfig)])
+    assert edited.exit_code == 0, edited.output
+
+    def finished() -> bool:
+        found = resource(cp, "svc-a") or {}
+        done = (found.get("status") or {}).get("observedGeneration") == found["metadata"]["generation"]
+        return done and condition(cp, "svc-a", "Succeeded").get("status") == "True"
+
+    cp.wait_for(finished, 150, "the edited sweep to succeed")
     found = resource(cp, "svc-a")
     status = found["status"]
     assert (status["points"], status["succeeded"], status["failed"]) == (3, 3, 0)
     assert found["metadata"]["finalizers"] == ["distillctl.dev/jobsets"]
     made = jobsets(cp, "svc-a")
-    assert sorted(j["metadata"]["name"] for j in made) == sorted(r["jobset"] for r in status["runs"])  # one each
+    (orphan,) = before - {r["jobset"] for r in status["runs"]}
+    assert [o["jobset"] for o in status["orphans"]] == [orphan]
+    assert not next(j for j in made if j["metadata"]["name"] == orphan)["metadata"].get("deletionTimestamp")
+    kept = sorted(j["metadata"]["name"] for j in made if j["metadata"]["name"] != orphan)
+    assert kept == sorted(r["jobset"] for r in status["runs"])  # one each
+    assert before - {orphan} <= set(kept)  # the kept runs' JobSets are the ones created before the edit
     by_role = {j["metadata"]["labels"]["distillctl.dev/role"]: j for j in made}
     teacher_done = next(c for c in by_role["prerequisite"]["status"]["conditions"] if c["type"] == "Completed")
     points = [j for j in made if j["metadata"]["labels"]["distillctl.dev/role"] == "point"]
     assert all(p["metadata"]["creationTimestamp"] >= teacher_done["lastTransitionTime"] for p in points)
 
-    # The CLI's status reads the controller's view; its run ids are the CLI's own.
-    shown = CliRunner().invoke(app, ["status", str(path), "--output", "json", "--kubeconfig", str(cp.kubeconfig)])
+    assert {j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] for j in made} == {"multislice-queue"}
+    # The CLI's status reads the controller's view; its run ids are the CLI's own for the file with the default
+    # image written in (queue is not part of run ids).
+    kube = ["--kubeconfig", str(cp.kubeconfig)]
+    shown = CliRunner().invoke(app, ["status", str(path), "--output", "json", "--image", IMAGE, *kube])
     assert shown.exit_code == 0, shown.output
     assert {r["run_id"] for r in json.loads(shown.stdout)} == {r["runId"] for r in status["runs"]}
+    assert "DistillationSweep svc-a: Succeeded (AllSucceeded: 3 run(s))" in shown.stderr  # its conditions
+    assert "1 orphaned JobSet(s)" in shown.stderr and f"{orphan} (" in shown.stderr  # and `status`'s own warning
+    compared = CliRunner().invoke(app, ["results", str(path), "--format", "json", "--image", IMAGE, *kube])
+    assert compared.exit_code == 0, compared.output
+    assert "DistillationSweep svc-a: Succeeded" in compared.stderr
+    assert {r["status"]["phase"] for r in json.loads(compared.stdout)["runs"]} == {"Succeeded"}
 
     # One replica acted: the Lease names it, and the Events came from it alone.
     lease = client.CoordinationV1Api(cp.client).read_namespaced_lease(LEASE, NS)
@@ -217,7 +253,7 @@ def test_sweep_applied_as_a_resource_runs_to_the_end_with_no_client(control_plan
     events = client.CoreV1Api(cp.client).list_namespaced_event(NS, field_selector="involvedObject.name=svc-a").items
     assert {e.reporting_instance for e in events} == {lease.spec.holder_identity}
     reasons = [e.reason for e in events]
-    assert reasons.count("Created") == 3 and "SweepSucceeded" in reasons
+    assert reasons.count("Created") == 4 and "SweepSucceeded" in reasons and reasons.count("Orphaned") == 1
 
     # Deleting the resource deletes its JobSets first (deletionPolicy: Delete).
     client.CustomObjectsApi(cp.client).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "svc-a")
@@ -228,7 +264,7 @@ def test_sweep_applied_as_a_resource_runs_to_the_end_with_no_client(control_plan
 def test_bad_resources_are_refused_at_admission_or_get_a_condition(control_plane, controllers, tmp_path):
     cp = control_plane
     api = client.CustomObjectsApi(cp.client)
-    base = yaml.safe_load(SWEEP.format(name="svc-bad", queue="multislice-queue", base=tmp_path / "runs"))
+    base = yaml.safe_load(SWEEP.format(name="svc-bad", queue="multislice-queue", image=IMAGE, base=tmp_path / "runs"))
     del base["name"]
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DistillationSweep", "metadata": {"name": "svc-bad"}}
 
@@ -270,11 +306,13 @@ def test_a_killed_controller_is_replaced_and_no_run_is_created_twice(control_pla
     queue = {"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "LocalQueue", "metadata": {"name": "q", "namespace": ns}}
     cp.apply({**queue, "spec": {"clusterQueue": "cluster-queue"}})
     path = tmp_path / "svc-k.yaml"
-    path.write_text(SWEEP.format(name="svc-k", queue="q", base=tmp_path / "runs"))
+    text = SWEEP.format(name="svc-k", queue="", image=IMAGE, base=tmp_path / "runs")  # the queue: serve's default
+    path.write_text("\n".join(line for line in text.splitlines() if line != "  queue: ") + "\n")
     kube = ["--kubeconfig", str(cp.kubeconfig), "-n", ns]
 
     def serve(identity: str) -> subprocess.Popen:
         command = [sys.executable, "-m", "orchestrator.cli", "serve", *kube, "--port", "0", "--resync", "5"]
+        command += ["--default-queue", "q"]  # as the chart's `defaults.queue` passes it
         with open(tmp_path / f"{identity}.log", "w") as log:  # the child keeps its own descriptor
             return subprocess.Popen([*command, "--identity", identity], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
@@ -299,6 +337,7 @@ def test_a_killed_controller_is_replaced_and_no_run_is_created_twice(control_pla
         )
         names = [j["metadata"]["name"] for j in listed()]
         assert len(names) == 3 == len(set(names))
+        assert {j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] for j in listed()} == {"q"}
         lease = client.CoordinationV1Api(cp.client).read_namespaced_lease("distillctl-controller", ns)
         assert lease.spec.holder_identity == "second"
     finally:

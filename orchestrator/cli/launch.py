@@ -135,14 +135,15 @@ def _apply_to_service(ctx: SweepContext, output: OutputFormat) -> None:
 
     from orchestrator.backends.kubernetes.client import connect
     from orchestrator.cli import console
-    from orchestrator.service.client import apply_sweep
+    from orchestrator.service.client import apply_sweep, checked_source
 
     overrides = {k: v for k, v in dataclasses.asdict(ctx.overrides).items() if v not in (None, ())}
     if "labels" in overrides:
         overrides["labels"] = dict(overrides["labels"])
-    cluster = connect(ctx.access, default_namespace=ctx.expand().sweep.target.namespace)
+    source = checked_source(ctx.path, overrides, yes=ctx.yes)  # its image may be left to the controller
+    cluster = connect(ctx.access, default_namespace=source.sweep.target.namespace)
     try:
-        applied = apply_sweep(cluster, ctx.path, overrides)
+        applied = apply_sweep(cluster, source)
     finally:
         cluster.api.close()
     metadata = applied["metadata"]
@@ -263,7 +264,10 @@ def status(
     context: ContextOption = None,
     namespace: NamespaceOption = None,
 ) -> None:
-    """One row per run: phase, restarts, step, latest kl_div_T1 and age."""
+    """One row per run: phase, restarts, step, latest kl_div_T1 and age.
+
+    When `distillctl serve` runs the sweep (its DistillationSweep exists), the phases are the controller's and its
+    conditions are printed on stderr."""
     from rich.live import Live
     from rich.text import Text
 
@@ -276,10 +280,14 @@ def status(
     )
     expansion, backend = ctx.open()
 
+    shown = [""]
+
     def statuses():
-        served = _service_statuses(expansion, backend)
-        if served is not None:  # the controller's view, from the DistillationSweep's status
-            return served
+        view = views.service_view(expansion, backend)
+        if view is not None:
+            views.show_service(view, shown)
+            if view.statuses is not None:  # the controller's view, from the DistillationSweep's status
+                return view.statuses
         state = look(expansion, backend, now=time.time(), stall_after=stall_after)
         for problem in state.warnings:
             console.warn_once(problem)
@@ -305,20 +313,6 @@ def status(
                 time.sleep(POLL_SECONDS)
     finally:
         backend.close()
-
-
-def _service_statuses(expansion, backend):
-    """The runs' statuses from the sweep's DistillationSweep when the controller runs it (None otherwise)."""
-    cluster = getattr(backend, "cluster", None)
-    if cluster is None or expansion.sweep.target.kind != "kubernetes":
-        return None
-    from orchestrator.service.client import read_status, run_statuses
-
-    found = read_status(cluster, expansion.sweep.name)
-    if found is None or not found.runs:
-        return None
-    statuses = run_statuses(found)
-    return statuses if all(run.run_id in statuses for run in expansion.runs) else None
 
 
 # --- logs and cancel --------------------------------------------------------------------------------------

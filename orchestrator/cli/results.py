@@ -1,8 +1,9 @@
 """`distillctl results`, `regress` and `golden update`: each parses, reads the sweep's outputs, calls the core,
 prints, and exits.
 
-Run statuses come from one function, `backend_statuses`: the sweep's backend (the cluster's JobSets and Kueue
-workloads, or the local claim files) combined with what each run wrote. When the cluster cannot be reached the
+Run statuses come from one function, `backend_statuses`: the controller's, from the sweep's DistillationSweep
+when `distillctl serve` runs it, else the sweep's backend (the cluster's JobSets and Kueue workloads, or the local
+claim files) combined with what each run wrote. When the cluster cannot be reached the
 statuses fall back to the outputs alone, with a warning: results still read from storage. The core's
 `gate.check_sweep` takes the status function as a parameter.
 """
@@ -64,6 +65,9 @@ def backend_statuses(access):
         try:
             backend = backend_for(expansion.sweep.target, access)
             try:
+                view = _service_view(expansion, backend)
+                if view is not None and view.statuses is not None:
+                    return view.statuses  # the controller's view, from the sweep's DistillationSweep
                 observed = backend.observe(expansion)
             finally:
                 backend.close()
@@ -83,6 +87,16 @@ def backend_statuses(access):
         return derive_all(expansion, observed, outputs, now=time.time())
 
     return statuses
+
+
+def _service_view(expansion, backend):
+    """The sweep's DistillationSweep (`service.client.Served`) where the controller runs it, its line on stderr."""
+    from orchestrator.cli import views
+
+    view = views.service_view(expansion, backend)
+    if view is not None:
+        views.show_service(view)
+    return view
 
 
 # --- results ----------------------------------------------------------------------------------------------

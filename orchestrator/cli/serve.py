@@ -25,10 +25,27 @@ def serve(
         Optional[str], typer.Option("--identity", help="this replica's name in the Lease (default: host name)")
     ] = None,
     stall_after: StallOption = DEFAULT_STALL_SECONDS,
+    default_queue: Annotated[
+        Optional[str], typer.Option("--default-queue", help="target.queue for sweeps that leave it unset")
+    ] = None,
+    default_priority: Annotated[
+        Optional[str], typer.Option("--default-priority", help="target.priority for sweeps that leave it unset")
+    ] = None,
+    default_image: Annotated[
+        Optional[str], typer.Option("--default-image", help="target.image for sweeps that leave it unset")
+    ] = None,
+    default_output_base: Annotated[
+        Optional[str],
+        typer.Option("--default-output-base", help="target.output_base for sweeps that leave it unset (or `runs`)"),
+    ] = None,
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
 ) -> None:
-    """Run the controller: reconcile every DistillationSweep in the namespace until interrupted."""
+    """Run the controller: reconcile every DistillationSweep in the namespace until interrupted.
+
+    The --default-* values complete a sweep's target where it leaves them unset (run ids and JobSets are then what
+    `distillctl sweep` gives with those values written in the file)."""
+    from orchestrator.service.resource import TargetDefaults
     from orchestrator.service.run import run
 
     run(
@@ -40,4 +57,10 @@ def serve(
         stall_after=stall_after,
         kubeconfig=kubeconfig,
         context=context,
+        defaults=TargetDefaults(
+            queue=default_queue or None,
+            priority=default_priority or None,
+            image=default_image or None,
+            output_base=default_output_base or None,
+        ),
     )

@@ -166,3 +166,40 @@ def transitions(expansion: Expansion, statuses: dict[str, RunStatus], previous: 
             previous[run.run_id] = shown
             lines.append(f"{time.strftime('%H:%M:%S')} {run.jobset_name} {shown}")
     return lines
+
+
+# --- the service's view -------------------------------------------------------------------------------
+
+
+def service_view(expansion, backend):
+    """The sweep's DistillationSweep when the controller runs it (None otherwise): `service.client.Served`."""
+    cluster = getattr(backend, "cluster", None)
+    if cluster is None or expansion.sweep.target.kind != "kubernetes":
+        return None
+    from orchestrator.service.client import served
+
+    return served(cluster, expansion)
+
+
+def show_service(view, shown: list[str] | None = None) -> None:
+    """The resource's conditions on stderr (the table or JSON on stdout stays the runs'), only when they changed
+    since `shown[0]` (`--watch` asks every few seconds); a warning when its runs are not this file's."""
+    from distillspec.problems import Problem
+    from orchestrator.cli import console
+    from orchestrator.service.client import mismatch_hint, summary
+
+    line = summary(view)
+    if shown is None or line != shown[0]:
+        if shown is not None:
+            shown[0] = line
+        console.err.print(line, markup=False, highlight=False, soft_wrap=True)
+    if view.missing:
+        console.warn_once(
+            Problem(
+                (),
+                "service_runs_differ",
+                f"the DistillationSweep {view.name} does not have these runs: statuses come from the cluster",
+                mismatch_hint(view),
+                severity="warning",
+            )
+        )

@@ -35,7 +35,8 @@ def expand_sweep(path: Path, overrides: TargetOverrides = TargetOverrides(), *, 
         except tpu.UnknownTpuType as e:
             raise UsageError(str(e), "`distillctl tpus` lists the TPU types distillctl knows") from None
     source = load_sweep(path)
-    raise_for(source.problems, path)
+    if source.sweep is None:
+        raise_for(source.problems, path)
     sweep = source.sweep
     assert sweep is not None  # load_sweep returns no sweep only with errors, raised above
     fields = ("slices", "image", "queue", "priority")
@@ -47,7 +48,8 @@ def expand_sweep(path: Path, overrides: TargetOverrides = TargetOverrides(), *, 
     if overrides.labels:
         changes["labels"] = {**sweep.target.labels, **dict(overrides.labels)}
     if changes:
-        source = override_target(source, **changes)
+        source = override_target(source, **changes)  # target rules run again: --image completes a target
+    raise_for(source.problems, path)
     source = resolve_image(source)
     try:
         result = expansion.expand(source, max_points=None if yes else expansion.DEFAULT_MAX_POINTS)

@@ -1,33 +1,61 @@
-"""The CLI's side of the service: apply a sweep as a DistillationSweep, and read a sweep's status from it."""
+"""The CLI's side of the service: apply a sweep as a DistillationSweep, and read a sweep's status from it (`status`
+and `results` show the controller's view when the sweep's resource exists)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from distillspec.sweep import load_sweep, override_target
+from distillspec.problems import Problem
+from distillspec.sweep import SweepSource, load_sweep, override_target
 from orchestrator.backends.kubernetes.client import Cluster, api_error
 from orchestrator.core import expansion
 from orchestrator.core.aggregate import KL_T1
 from orchestrator.core.run_status import Phase, RunStatus
 from orchestrator.core.sweeps import raise_for
-from orchestrator.errors import DistillctlError
+from orchestrator.errors import DistillctlError, UsageError
 from orchestrator.exit_codes import ExitCode
 from orchestrator.service.resource import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION, SweepStatus, resource_from_source
 
 APPLY_PATCH = "application/apply-patch+yaml"
+SERVICE_IMAGE = "controller-default-image@sha256:" + "0" * 64  # stands in for the controller's image in checks
 
 
-def apply_sweep(cluster: Cluster, path, changes: dict[str, Any], service: dict[str, Any] | None = None) -> dict:
-    """Server-side apply the sweep file at `path`, its target fields replaced by `changes` (the command line's
-    overrides), as a DistillationSweep (field manager `distillctl`); returns the applied resource. The sweep is
-    expanded first, so what `sweep` would reject never reaches the cluster (InvalidSpecError, UsageError)."""
+def _service_supplied(problem: Problem) -> bool:
+    """A missing target field the controller's defaults fill."""
+    return problem.code == "target_field_missing" and tuple(problem.loc) == ("target", "image")
+
+
+def checked_source(path, changes: dict[str, Any], *, yes: bool = False) -> SweepSource:
+    """The sweep file at `path`, its target fields replaced by `changes` (the command line's overrides), loaded and
+    expanded as `sweep` would, so what `sweep` would reject never reaches the cluster (InvalidSpecError,
+    UsageError; a grid over the limit needs `yes`).
+
+    A target that leaves `image` unset is let through: the controller's default image (the chart's
+    `defaults.image`) completes it, and a controller without one says so in the resource's Accepted condition."""
     source = load_sweep(path)
-    raise_for(source.problems, path)
+    if source.sweep is None:
+        raise_for(source.problems, path)
     if changes:
         source = override_target(source, **changes)
-    raise_for(expansion.expand(source, max_points=None).problems, path)
+    raise_for(tuple(p for p in source.problems if not _service_supplied(p)), path)
+    assert source.sweep is not None
+    checked = source
+    if source.sweep.target.image is None:
+        checked = override_target(source, image=SERVICE_IMAGE)  # expanded as the controller will, with its image
+    try:
+        expanded = expansion.expand(checked, max_points=None if yes else expansion.DEFAULT_MAX_POINTS)
+    except expansion.GridTooLarge as e:
+        raise UsageError(str(e), "check the axes, or pass --yes to expand it anyway") from None
+    raise_for(expanded.problems, path)
+    return source
+
+
+def apply_sweep(cluster: Cluster, source: SweepSource, service: dict[str, Any] | None = None) -> dict:
+    """Server-side apply a checked sweep (`checked_source`) as a DistillationSweep (field manager `distillctl`) in
+    the cluster's namespace; returns the applied resource."""
     body = resource_from_source(source, cluster.namespace)
     body["spec"].update(service or {})
     name = body["metadata"]["name"]
@@ -100,3 +128,59 @@ def run_statuses(status: SweepStatus) -> dict[str, RunStatus]:
         )
         for run in status.runs
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class Served:
+    """A sweep's DistillationSweep as the CLI shows it: its status, and its runs' statuses by run id when they are
+    the expansion's runs (None when the resource names other run ids: a file edited since, or a target the
+    controller completed with defaults the command line did not give)."""
+
+    name: str
+    status: SweepStatus
+    statuses: dict[str, RunStatus] | None
+    missing: tuple[str, ...] = ()  # the expansion's run ids the resource does not have
+
+
+def served(cluster: Cluster, expansion) -> Served | None:
+    """The controller's view of `expansion`'s sweep, from the DistillationSweep of the same name in the cluster's
+    namespace; None when there is none (or no CRD, or no right to read it) or the controller has not written a
+    status yet."""
+    name = expansion.sweep.name
+    found = read_status(cluster, name)
+    if found is None or not (found.runs or found.conditions):
+        return None
+    if not found.runs:  # rejected (Accepted=False says why) or nothing decided yet: its runs are not known
+        return Served(name, found, None)
+    statuses = run_statuses(found)
+    missing = tuple(run.run_id for run in expansion.runs if run.run_id not in statuses)
+    return Served(name, found, None if missing else statuses, missing)
+
+
+def summary(view: Served) -> str:
+    """One line for people: the resource's conditions that hold (with their reasons), its counts and best point."""
+    status = view.status
+    # Accepted=True goes without saying; Accepted=False is why nothing runs.
+    held = [c for c in status.conditions if (c.status == "True") != (c.type == "Accepted")]
+    shown = ", ".join(
+        (c.type if c.status == "True" else f"not {c.type}")
+        + f" ({c.reason}"
+        + (f": {c.message})" if c.message else ")")
+        for c in held
+    )
+    counts = (
+        f"{status.points} run(s): {status.succeeded} succeeded, {status.running} running, {status.failed} failed"
+        + (f", {status.stopped} stopped" if status.stopped else "")
+    )
+    if status.orphans:
+        counts += f"; {len(status.orphans)} orphaned JobSet(s) (`distillctl cancel FILE --orphans` deletes them)"
+    best = f"; best {status.best.key} ({status.best.runId}) {KL_T1} {status.best.klDivT1:.4f}" if status.best else ""
+    return f"{KIND} {view.name}: {shown or 'no conditions yet'}; {counts}{best}"
+
+
+def mismatch_hint(view: Served) -> str:
+    return (
+        f"{len(view.missing)} run id(s) of this file are not the resource's: the file changed since it was applied "
+        "(`distillctl sweep FILE --service` applies it again), or the controller filled target fields the file "
+        "leaves unset (pass them, e.g. --image, to name the same runs)"
+    )

@@ -32,6 +32,7 @@ from orchestrator.backends.kubernetes.backend import (
     KUEUE_GROUP,
     KubernetesBackend,
     choose_jobsets,
+    find_orphans,
     observations,
     workloads_by_owner,
 )
@@ -50,7 +51,9 @@ from orchestrator.service.resource import (
     KIND,
     PLURAL,
     VERSION,
+    OrphanRun,
     SweepStatus,
+    TargetDefaults,
     source_from_resource,
 )
 
@@ -180,6 +183,9 @@ class Options:
     lease_seconds: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
+    defaults: TargetDefaults = dataclasses.field(
+        default_factory=TargetDefaults
+    )  # target fields a sweep leaves unset (the chart's `defaults:`)
 
 
 class Controller:
@@ -331,7 +337,7 @@ class Controller:
         previous = self._previous(resource)
         generation = metadata.get("generation")
         now = time.time()
-        source, service = source_from_resource(resource)
+        source, service = source_from_resource(resource, self.options.defaults)
         if not source.ok:
             rejected = planning.rejected(source.problems, reason="InvalidSpec", **_at(generation, previous, now))
             self._write(resource, rejected)
@@ -352,10 +358,12 @@ class Controller:
             return
         for run in expanded.runs:
             self._run_index.setdefault(run.run_id, set()).add(name)
-        chosen = choose_jobsets(self.jobsets.items(), expanded)
+        jobsets = self.jobsets.items()
+        chosen = choose_jobsets(jobsets, expanded)
         workloads = workloads_by_owner(self.workloads.items()) if self.workloads else {}
         observed = observations(chosen, expanded, workloads, {})
         outputs, _ = read_outputs(expanded)
+        orphans = [OrphanRun(jobset=o.name, runId=o.run_id, state=o.state) for o in find_orphans(jobsets, expanded)]
         decided = planning.plan(
             expanded,
             observed,
@@ -365,6 +373,7 @@ class Controller:
             generation=generation,
             now=now,
             stall_after=self.options.stall_after,
+            orphans=orphans,
         )
         if not self.elector.is_leader:
             return  # lost the Lease while reading: the new leader decides

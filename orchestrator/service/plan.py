@@ -24,7 +24,15 @@ from orchestrator.core.reconcile import FAILED, Action, ActionKind, reconcile
 from orchestrator.core.run_status import DEFAULT_STALL_SECONDS, Observation, Phase, RunStatus, stopped_status
 from orchestrator.core.status import derive_all
 from orchestrator.outputs import RunOutputs
-from orchestrator.service.resource import BestPoint, RunState, ServiceSpec, StopRecord, SweepCondition, SweepStatus
+from orchestrator.service.resource import (
+    BestPoint,
+    OrphanRun,
+    RunState,
+    ServiceSpec,
+    StopRecord,
+    SweepCondition,
+    SweepStatus,
+)
 
 ACTIVE = frozenset({Phase.QUEUED, Phase.RUNNING, Phase.RESTARTING, Phase.STUCK, Phase.STALLED})
 WARNING_PHASES = frozenset({Phase.FAILED, Phase.DIVERGED, Phase.STUCK, Phase.STALLED})
@@ -81,8 +89,12 @@ def plan(
     generation: int | None,
     now: float,
     stall_after: float = DEFAULT_STALL_SECONDS,
+    orphans: Sequence[OrphanRun] = (),
 ) -> Plan:
-    """The actions for a valid sweep, and its new status."""
+    """The actions for a valid sweep, and its new status. `orphans`: the sweep's JobSets for runs its spec no longer
+    has (it was edited while running); they are reported in the status (and by a Warning Event when new), never
+    deleted: as `distillctl status` warns and `cancel --orphans` deletes, on the user's word. The runs the edit
+    added are created as any missing run; the runs it kept keep their JobSets (same run ids)."""
     before = {r.runId: r for r in (previous.runs if previous else [])}
     statuses = derive_all(expansion, observed, outputs, now=now, stall_after=stall_after)
     # Runs deleted to be created again: until the new JobSet exists, the old outputs' verdict is not theirs.
@@ -194,6 +206,17 @@ def plan(
         state, reason, message = wanted[kind]
         if state == "True" and _condition_changed(previous, kind, state, reason):
             events.append(Event("Normal" if kind == "Succeeded" else "Warning", f"Sweep{kind}", message))
+    known = {o.jobset for o in (previous.orphans if previous else [])}
+    new_orphans = [o for o in orphans if o.jobset not in known]
+    if new_orphans:
+        named = ", ".join(f"{o.jobset} ({o.state})" for o in new_orphans[:10])
+        events.append(
+            Event(
+                "Warning",
+                "Orphaned",
+                f"{len(new_orphans)} JobSet(s) for runs the sweep no longer has, left as they are: {named}",
+            )
+        )
     best = _best(expansion.points, statuses)
     status = SweepStatus(
         observedGeneration=generation,
@@ -202,6 +225,7 @@ def plan(
         conditions=_conditions(previous, wanted, generation=generation, now=now),
         runs=runs,
         best=best,
+        orphans=sorted(orphans, key=lambda o: o.jobset),
     )
     return Plan(status, tuple(actions), create, delete, tuple(events), stop)
 

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from distillspec.problems import Problem
-from distillspec.sweep import SweepSource, parse_sweep
+from distillspec.sweep import SweepSource, Target, parse_sweep
 
 GROUP = "distillctl.dev"
 VERSION = "v1alpha1"
@@ -36,6 +36,33 @@ FINALIZER = "distillctl.dev/jobsets"  # the sweep's JobSets are deleted (or kept
 DELETION_POLICY = "deletionPolicy"
 RETRY_FAILED = "retryFailed"
 SERVICE_FIELDS = (DELETION_POLICY, RETRY_FAILED)
+
+
+class TargetDefaults(BaseModel):
+    """The controller's defaults for target fields a resource leaves unset (`distillctl serve --default-*`, from
+    the chart's `defaults:` values). Filled in before the sweep is validated and expanded, so a point's run id and
+    JobSet are what the CLI gives for the file with these values written in its target."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    queue: str | None = None
+    priority: str | None = None
+    image: str | None = None
+    output_base: str | None = None
+
+    def fill(self, target: dict[str, Any]) -> dict[str, Any]:
+        """`target` (a resource's `spec.target`) with each default set where the target has no value of its own.
+        An `output_base` equal to the sweep file's default (`runs`) reads as unset: `sweep --service` leaves
+        defaults out of the resource, so the two cannot be told apart."""
+        filled = dict(target)
+        for key, value in self.model_dump(exclude_none=True).items():
+            unset = filled.get(key) is None or (key == "output_base" and filled[key] == Target().output_base)
+            if unset and value:
+                filled[key] = value
+        return filled
+
+
+NO_DEFAULTS = TargetDefaults()
 
 
 class ServiceSpec(BaseModel):
@@ -100,6 +127,15 @@ class RunState(_Status):
     stopped: StopRecord | None = Field(None, description="the early-stopping rule that stopped it: never created again")
 
 
+class OrphanRun(_Status):
+    """A JobSet of this sweep for a run its spec no longer has (the sweep was edited): left as it is, since deleting
+    a run is the user's decision (`distillctl cancel FILE --orphans`, or kubectl)."""
+
+    jobset: str
+    runId: str
+    state: Literal["queued", "active", "finished"]
+
+
 class BestPoint(_Status):
     key: str
     runId: str
@@ -116,6 +152,9 @@ class SweepStatus(_Status):
     conditions: list[SweepCondition] = []
     runs: list[RunState] = []
     best: BestPoint | None = Field(None, description="the point with the lowest latest kl_div_T1")
+    orphans: list[OrphanRun] = Field(
+        [], description="JobSets of this sweep for runs its spec no longer has: left, not deleted"
+    )
 
 
 # --- sweep file <-> resource ----------------------------------------------------------------------------------
@@ -146,13 +185,18 @@ def split_spec(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return sweep, service
 
 
-def source_from_resource(resource: dict[str, Any]) -> tuple[SweepSource, ServiceSpec]:
-    """The sweep a resource describes, loaded as a sweep file would be, and its service fields. Never raises for
-    bad input: problems (the CLI's codes and messages) are in the source."""
+def source_from_resource(
+    resource: dict[str, Any], defaults: TargetDefaults = NO_DEFAULTS
+) -> tuple[SweepSource, ServiceSpec]:
+    """The sweep a resource describes, loaded as a sweep file would be (its target completed by the controller's
+    `defaults`), and its service fields. Never raises for bad input: problems (the CLI's codes and messages) are
+    in the source."""
     metadata = resource.get("metadata") or {}
     sweep, service = split_spec(resource.get("spec") or {})
     sweep = {"name": metadata.get("name", ""), **sweep}
-    sweep.setdefault("target", {})["namespace"] = metadata.get("namespace", "default")
+    target = sweep.get("target", {})
+    if isinstance(target, dict):  # anything else is the sweep parser's problem to report
+        sweep["target"] = {**defaults.fill(target), "namespace": metadata.get("namespace", "default")}
     text = yaml.safe_dump(sweep, sort_keys=False)
     where = f"{KIND.lower()}/{metadata.get('name', '')}"
     source = parse_sweep(text, file=where)

@@ -13,6 +13,7 @@ from orchestrator.backends.kubernetes.client import connect
 from orchestrator.service import endpoints
 from orchestrator.service.controller import Controller, Options
 from orchestrator.service.endpoints import Metrics
+from orchestrator.service.resource import NO_DEFAULTS, TargetDefaults
 
 
 def run(
@@ -25,17 +26,22 @@ def run(
     stall_after: float,
     kubeconfig: str | None = None,
     context: str | None = None,
+    defaults: TargetDefaults = NO_DEFAULTS,
 ) -> None:
     """Serve until SIGTERM or SIGINT; the Lease is released on the way out so a successor starts at once."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cluster = connect(ClusterAccess(kubeconfig=kubeconfig, context=context, namespace=namespace))
     identity = identity or f"{socket.gethostname()}-{os.getpid()}"
     metrics = Metrics()
-    options = Options(resync=resync, stall_after=stall_after, lease_name=lease, identity=identity)
+    options = Options(resync=resync, stall_after=stall_after, lease_name=lease, identity=identity, defaults=defaults)
     controller = Controller(cluster, options, metrics)
     server = endpoints.serve(port, metrics, lambda: controller.healthy, lambda: controller.ready)
     logging.getLogger("distillctl.serve").info(
-        "serving namespace %s as %s; endpoints on :%d", cluster.namespace, identity, server.server_address[1]
+        "serving namespace %s as %s; endpoints on :%d; target defaults %s",
+        cluster.namespace,
+        identity,
+        server.server_address[1],
+        defaults.model_dump(exclude_none=True) or "none",
     )
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -186,15 +186,7 @@ class KubernetesBackend:
     def orphans(self, expansion: Expansion) -> list[Orphan]:
         """JobSets labelled with this sweep's name whose run ids the sweep no longer has (an edited sweep file):
         nothing shows or cancels them otherwise, and they keep holding Kueue quota until they finish."""
-        sweep = expansion.sweep.name if expansion.sweep else ""
-        wanted = {run.run_id for run in expansion.runs}
-        found = []
-        for jobset in self._jobsets():
-            labels = _labels(jobset)
-            if labels.get(rendering.LABEL_SWEEP) == sweep and labels.get(LABEL_RUN_ID) not in wanted:
-                if not jobset["metadata"].get("deletionTimestamp"):
-                    found.append(Orphan(jobset["metadata"]["name"], labels.get(LABEL_RUN_ID, ""), _state(jobset)))
-        return sorted(found, key=lambda o: o.name)
+        return find_orphans(self._jobsets(), expansion)
 
     # --- submitting ---------------------------------------------------------------------------------------
 
@@ -528,6 +520,21 @@ class Orphan:
     name: str
     run_id: str
     state: str  # "queued", "active" or "finished"
+
+
+def find_orphans(jobsets: Sequence[dict], expansion: Expansion) -> list[Orphan]:
+    """Among `jobsets` (a namespace's distillctl JobSets), those labelled with the expansion's sweep whose run ids
+    it no longer has and that are not being deleted, by name. Shared by `status`/`cancel --orphans` and the
+    controller's status."""
+    sweep = expansion.sweep.name if expansion.sweep else ""
+    wanted = {run.run_id for run in expansion.runs}
+    found = []
+    for jobset in jobsets:
+        labels = _labels(jobset)
+        if labels.get(rendering.LABEL_SWEEP) == sweep and labels.get(LABEL_RUN_ID) not in wanted:
+            if not jobset["metadata"].get("deletionTimestamp"):
+                found.append(Orphan(jobset["metadata"]["name"], labels.get(LABEL_RUN_ID, ""), _state(jobset)))
+    return sorted(found, key=lambda o: o.name)
 
 
 def claim_name(run_id: str) -> str:
