@@ -173,8 +173,10 @@ def test_two_concurrent_sweeps_and_an_interrupted_one_end_with_one_run_each(tmp_
 
 
 def test_cancel_stops_one_run_and_it_resumes_later(tmp_path):
-    sweep = write_sweep(tmp_path, name="cancel-me", steps=400)
-    other = write_sweep(tmp_path / "other", name="other-sweep", steps=400)
+    # Steps enough that nothing finishes before the cancel: on an idle machine 400 steps of the tiny teacher ended
+    # between "Running" and the cancel. Both sweeps are cancelled, so the number costs nothing.
+    sweep = write_sweep(tmp_path, name="cancel-me", steps=100_000)
+    other = write_sweep(tmp_path / "other", name="other-sweep", steps=100_000)
     distillctl("sweep", str(sweep), check=True)
     distillctl("sweep", str(other), check=True)
     teacher = next(r for r in status(sweep).values() if r["role"] == "prerequisite")
