@@ -1,7 +1,9 @@
 """The sweep service on the real local control plane: the chart installs (its Role checked with
 SubjectAccessReviews), two controllers run in this process with the chart's ServiceAccount token (kwok pods cannot
 run one), and a sweep applied with `distillctl sweep --service` ends Succeeded with no client following it —
-prerequisite first, exactly one JobSet per run. Bad resources are refused at admission or get a condition.
+prerequisite first, exactly one JobSet per run. Bad resources are refused at admission or get a condition. Early
+stopping acts on scripted metric curves as `replay` says it would; a killed controller's successor finishes its
+sweep through a faulty API without a duplicate.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from orchestrator.cli import app
 from orchestrator.service.controller import Controller, Options
 from orchestrator.service.endpoints import Metrics
 from orchestrator.service.resource import GROUP, PLURAL, VERSION, TargetDefaults
+from tests.cluster.fault_proxy import FaultProxy, Rule
 from tests.test_service_chart import CHART, helm_command
 
 pytestmark = pytest.mark.cluster
@@ -178,6 +181,7 @@ def test_chart_role_allows_what_the_controller_uses_and_nothing_else(control_pla
     ]
     for verb, what, group in allowed:
         assert _review(cp, verb, what, group), (verb, what)
+    assert _review(cp, "get", "priorityclasses", "scheduling.k8s.io", namespace=None)  # cluster-scoped, read only
     assert _review(cp, "update", "leases", "coordination.k8s.io", name=LEASE)
     denied = [
         ("get", "secrets", "", NS, ""),
@@ -188,6 +192,7 @@ def test_chart_role_allows_what_the_controller_uses_and_nothing_else(control_pla
         ("create", "clusterroles", "rbac.authorization.k8s.io", None, ""),
         ("create", "namespaces", "", None, ""),
         ("update", "clusterqueues", "kueue.x-k8s.io", None, ""),
+        ("create", "priorityclasses", "scheduling.k8s.io", None, ""),
     ]
     for verb, what, group, namespace, name in denied:
         assert not _review(cp, verb, what, group, namespace, name), (verb, what, namespace, name)
@@ -291,15 +296,101 @@ def test_bad_resources_are_refused_at_admission_or_get_a_condition(control_plane
     )
     cp.wait_for(lambda: condition(cp, "svc-bad", "Accepted").get("reason") == "LocalQueueMissing", 30, "the reason")
     assert not jobsets(cp, "svc-bad")
+
+    # Valid, but the API server would refuse its pods: the PriorityClass does not exist.
+    api.patch_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, "svc-bad", {"spec": {"target": {"queue": "multislice-queue", "priority": "urgent"}}}
+    )
+    cp.wait_for(lambda: condition(cp, "svc-bad", "Accepted").get("reason") == "PriorityClassMissing", 30, "the reason")
+    assert "PriorityClass 'urgent' does not exist" in condition(cp, "svc-bad", "Accepted")["message"]
+    assert not jobsets(cp, "svc-bad")
     api.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "svc-bad")
     cp.wait_for(lambda: resource(cp, "svc-bad") is None, 30, "the resource to go")
+
+
+EARLY = """\
+name: svc-e
+spec:
+  student: {{model: tiny-2l}}
+  teacher: {{model: tiny-4l, load_parameters_path: gs://bucket/teacher/checkpoints}}
+  batch: {{per_device_batch_size: 1, max_target_length: 16}}
+  steps: 100
+axes:
+  loss.temperature: [1.0, 2.0]
+early_stopping:
+  no_improvement: {{patience: 3, min_delta: 0.01}}
+target:
+  kind: kubernetes
+  tpu_type: v5p-128
+  image: {image}
+  queue: multislice-queue
+  output_base: {base}
+  pod_annotations: {{distillctl.dev/run-duration: "600s"}}
+"""
+KL = "distill/kl_div_T1"
+IMPROVING = [1.0, 0.8, 0.6, 0.5, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15]
+PLATEAU = [1.0, 0.8, 0.6, 0.6, 0.61, 0.6, 0.6, 0.6, 0.6, 0.6]  # no gain of 0.01 in 3 lines after step 30
+
+
+def test_early_stopping_stops_the_named_point_on_the_cluster_and_replay_agrees(control_plane, controllers, tmp_path):
+    """Two points run (pods held by kwok), their metrics scripted in the output base as a trainer writes them: the
+    acting controller stops the plateau at step 60 (stopped.json first, then its JobSet goes), the other keeps
+    running, and `early-stop replay` over the same folders names the same point and step."""
+    cp = control_plane
+    path = tmp_path / "svc-e.yaml"
+    runs = tmp_path / "runs"
+    path.write_text(EARLY.format(image=IMAGE, base=runs))
+    kube = ["--kubeconfig", str(cp.kubeconfig)]
+    applied = CliRunner().invoke(app, ["sweep", str(path), "--service", *kube])
+    assert applied.exit_code == 0, applied.output
+    cp.wait_for(lambda: len(jobsets(cp, "svc-e")) == 2, 60, "both points' JobSets")
+    keep, stop = sorted(jobsets(cp, "svc-e"), key=lambda j: _axis_values(j)["loss.temperature"])
+    curves = {keep["metadata"]["labels"]["distillctl.dev/run-id"]: IMPROVING}
+    curves[stop["metadata"]["labels"]["distillctl.dev/run-id"]] = PLATEAU
+    for run_id, curve in curves.items():
+        folder = runs / run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = [{"step": 10 * (i + 1), "metrics": {KL: {"sum": v * 100, "count": 100.0}}} for i, v in enumerate(curve)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    def row(run_id: str) -> dict:
+        found = resource(cp, "svc-e") or {}
+        return next((r for r in (found.get("status") or {}).get("runs", []) if r["runId"] == run_id), {})
+
+    stopped_id = stop["metadata"]["labels"]["distillctl.dev/run-id"]
+    cp.wait_for(lambda: row(stopped_id).get("phase") == "Stopped", 60, "the plateau to be stopped")
+    stopped = row(stopped_id)
+    assert stopped["reason"] == "NoImprovement" and stopped["stopped"]["step"] == 60, stopped
+    assert json.loads((runs / stopped_id / "stopped.json").read_text())["rule"] == "no_improvement"
+
+    def stop_gone() -> bool:
+        left = [j for j in jobsets(cp, "svc-e") if j["metadata"]["name"] == stop["metadata"]["name"]]
+        return all(j["metadata"].get("deletionTimestamp") for j in left)
+
+    cp.wait_for(stop_gone, 30, "the stopped point's JobSet to go")
+    kept_id = keep["metadata"]["labels"]["distillctl.dev/run-id"]
+    assert row(kept_id).get("phase") != "Stopped"
+    assert keep["metadata"]["name"] in {j["metadata"]["name"] for j in jobsets(cp, "svc-e")}
+
+    replayed = CliRunner().invoke(app, ["early-stop", "replay", str(path), "--output", "json"])
+    assert replayed.exit_code == 0, replayed.output
+    rules = {r["run_id"]: (r["rule"], r["step"]) for r in json.loads(replayed.stdout)}
+    assert rules == {stopped_id: ("no_improvement", 60), kept_id: (None, None)}
+
+    client.CustomObjectsApi(cp.client).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "svc-e")
+    cp.wait_for(lambda: resource(cp, "svc-e") is None, 60, "the resource to go")
+
+
+def _axis_values(jobset: dict) -> dict:
+    return json.loads(jobset["metadata"]["annotations"]["distillctl.dev/axis-values"])
 
 
 @pytest.mark.slow
 def test_a_killed_controller_is_replaced_and_no_run_is_created_twice(control_plane, installed, tmp_path):
     """kill -9 of the acting `distillctl serve` once the prerequisite's JobSet exists; a second process takes the
-    Lease when it expires and finishes the sweep: one JobSet per run. Its own namespace, so the replicas of the
-    other tests (which watch `default`) stay out of it."""
+    Lease when it expires and finishes the sweep through a faulty API (the fault-injecting proxy: a failed list, a
+    JobSet created whose answer is lost, a 500 and a 429 on creates, a failed status write): one JobSet per run.
+    Its own namespace, so the replicas of the other tests (which watch `default`) stay out of it."""
     cp = control_plane
     ns = "svc-kill"
     client.CoreV1Api(cp.client).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
@@ -310,8 +401,9 @@ def test_a_killed_controller_is_replaced_and_no_run_is_created_twice(control_pla
     path.write_text("\n".join(line for line in text.splitlines() if line != "  queue: ") + "\n")
     kube = ["--kubeconfig", str(cp.kubeconfig), "-n", ns]
 
-    def serve(identity: str) -> subprocess.Popen:
-        command = [sys.executable, "-m", "orchestrator.cli", "serve", *kube, "--port", "0", "--resync", "5"]
+    def serve(identity: str, kubeconfig: Path = cp.kubeconfig) -> subprocess.Popen:
+        command = [sys.executable, "-m", "orchestrator.cli", "serve", "--kubeconfig", str(kubeconfig), "-n", ns]
+        command += ["--port", "0", "--resync", "5"]
         command += ["--default-queue", "q"]  # as the chart's `defaults.queue` passes it
         with open(tmp_path / f"{identity}.log", "w") as log:  # the child keeps its own descriptor
             return subprocess.Popen([*command, "--identity", identity], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -330,19 +422,30 @@ def test_a_killed_controller_is_replaced_and_no_run_is_created_twice(control_pla
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(10)
-    second = serve("second")
-    try:
-        cp.wait_for(
-            lambda: _condition_in(cp, ns, "svc-k", "Succeeded").get("status") == "True", 150, "the sweep to succeed"
-        )
-        names = [j["metadata"]["name"] for j in listed()]
-        assert len(names) == 3 == len(set(names))
-        assert {j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] for j in listed()} == {"q"}
-        lease = client.CoordinationV1Api(cp.client).read_namespaced_lease("distillctl-controller", ns)
-        assert lease.spec.holder_identity == "second"
-    finally:
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(30) == 0, (tmp_path / "second.log").read_text()
+    jobset_creates = f"/apis/jobset.x-k8s.io/v1alpha2/namespaces/{ns}/jobsets"
+    faults = [
+        Rule("status", method="GET", path_contains="/workloads", status=503),  # its first list of Workloads
+        Rule("drop", method="POST", path_contains=jobset_creates),  # created, but the answer is lost
+        Rule("status", method="POST", path_contains=jobset_creates, status=500),
+        Rule("status", method="POST", path_contains=jobset_creates, status=429, retry_after=0.1),
+        Rule("status", method="PATCH", path_contains="/distillationsweeps/svc-k/status", status=503),
+    ]
+    with FaultProxy(cp, faults) as proxy:
+        second = serve("second", proxy.kubeconfig)
+        try:
+            cp.wait_for(
+                lambda: _condition_in(cp, ns, "svc-k", "Succeeded").get("status") == "True", 180, "the sweep to succeed"
+            )
+            names = [j["metadata"]["name"] for j in listed()]
+            assert len(names) == 3 == len(set(names)), names  # the lost answer's JobSet was not created again
+            assert {j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] for j in listed()} == {"q"}
+            lease = client.CoordinationV1Api(cp.client).read_namespaced_lease("distillctl-controller", ns)
+            assert lease.spec.holder_identity == "second"
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(30) == 0, (tmp_path / "second.log").read_text()
+        fired = {(method, action) for method, _, action in proxy.events if action != "forward"}
+    assert {("GET", "status"), ("POST", "drop"), ("POST", "status"), ("PATCH", "status")} <= fired, fired
     released = client.CoordinationV1Api(cp.client).read_namespaced_lease("distillctl-controller", ns)
     assert not released.spec.holder_identity  # handed back on SIGTERM: a successor need not wait
     client.CoreV1Api(cp.client).delete_namespace(ns)
@@ -362,8 +465,7 @@ def test_chart_upgrades_and_uninstalls(control_plane, installed):
     assert deployment.spec.replicas == 2
     removed = installed("uninstall", RELEASE, *kube)
     assert removed.returncode == 0, removed.stderr
-    assert (
-        not client.RbacAuthorizationV1Api(cp.client)
-        .list_namespaced_role(NS, label_selector=f"app.kubernetes.io/instance={RELEASE}")
-        .items
-    )
+    rbac = client.RbacAuthorizationV1Api(cp.client)
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    assert not rbac.list_namespaced_role(NS, label_selector=selector).items
+    assert not rbac.list_cluster_role(label_selector=selector).items
