@@ -18,6 +18,15 @@ class DistillctlError(Exception):
             self.exit_code = exit_code
 
 
+class CannotRunError(DistillctlError):
+    """The cluster cannot run the sweep as configured (found before anything is created); `reason` names why in
+    one CamelCase word, as the sweep service's `Accepted=False` condition shows it."""
+
+    def __init__(self, message: str, hint: str, *, reason: str, exit_code: ExitCode):
+        super().__init__(message, hint, exit_code=exit_code)
+        self.reason = reason
+
+
 class UsageError(DistillctlError):
     exit_code = ExitCode.USAGE
 

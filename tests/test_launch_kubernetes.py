@@ -339,6 +339,15 @@ def test_a_queue_that_does_not_exist_never_admits(control_plane, tmp_path):
     assert result.exit_code == ExitCode.NOT_ADMITTED and "does not exist" in result.stderr
 
 
+def test_a_priority_class_that_does_not_exist_is_refused_before_anything_is_created(control_plane, tmp_path):
+    path = write_sweep(tmp_path, "nopriority", points=1)
+    path.write_text(path.read_text().replace("priority: medium", "priority: urgent"))
+    result = cli("sweep", str(path), kubeconfig=control_plane.kubeconfig)
+    assert result.exit_code == ExitCode.REJECTED, result.output
+    assert "PriorityClass 'urgent' does not exist" in result.stderr and "very-low" in result.stderr  # the choices
+    assert not jobsets(control_plane, "nopriority")
+
+
 def test_a_request_above_the_quota_is_not_admitted(control_plane, tmp_path):
     cp = control_plane
     path = write_sweep(tmp_path, "toobig", points=1, slices=3)  # 3 × 64 chips > the queue's 128

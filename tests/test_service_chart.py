@@ -52,12 +52,25 @@ def test_rendered_manifests_are_valid_kubernetes_objects(helm):
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     docs = template(helm, "--include-crds", "--set", "replicas=2")
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["CustomResourceDefinition", "Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"]
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "Deployment",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+    ]
     for doc in docs:
         kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
     crd = next(d for d in docs if d["kind"] == "CustomResourceDefinition")
     assert crd["metadata"]["name"] == "distillationsweeps.distillctl.dev"
-    assert all(d["metadata"].get("namespace") == "team" for d in docs if d["kind"] != "CustomResourceDefinition")
+    cluster_scoped = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+    assert all(d["metadata"].get("namespace") == "team" for d in docs if d["kind"] not in cluster_scoped)
+    binding = next(d for d in docs if d["kind"] == "ClusterRoleBinding")
+    assert binding["metadata"]["name"] == "team-rel-distillctl"  # per namespace: a release of the name elsewhere
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-distillctl", "namespace": "team"}]
     monitored = template(helm, "--set", "metrics.serviceMonitor.enabled=true")
     assert [d["spec"]["endpoints"][0]["path"] for d in monitored if d["kind"] == "ServiceMonitor"] == ["/metrics"]
 
@@ -111,3 +124,7 @@ def test_role_grants_exactly_what_the_controller_calls(helm):
         ("coordination.k8s.io", "leases", "get", lease),
         ("coordination.k8s.io", "leases", "update", lease),
     }
+    (cluster_role,) = [d for d in template(helm) if d["kind"] == "ClusterRole"]
+    assert cluster_role["rules"] == [
+        {"apiGroups": ["scheduling.k8s.io"], "resources": ["priorityclasses"], "verbs": ["get", "list"]}
+    ]

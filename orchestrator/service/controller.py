@@ -40,7 +40,7 @@ from orchestrator.backends.kubernetes.client import CONNECTION_ERRORS, Cluster
 from orchestrator.core import expansion as expansion_module
 from orchestrator.core.run_status import DEFAULT_STALL_SECONDS
 from orchestrator.core.status import read_outputs
-from orchestrator.errors import DistillctlError
+from orchestrator.errors import CannotRunError, DistillctlError
 from orchestrator.outputs import write_stopped
 from orchestrator.service import plan as planning
 from orchestrator.service.election import LeaderElector
@@ -353,7 +353,7 @@ class Controller:
             backend.preflight(expanded)
         except DistillctlError as e:
             problem = Problem((), "cannot_run", e.message, e.hint)
-            reason = "LocalQueueMissing" if "LocalQueue" in e.message else "CannotRun"
+            reason = e.reason if isinstance(e, CannotRunError) else "CannotRun"
             self._write(resource, planning.rejected([problem], reason=reason, **_at(generation, previous, now)))
             return
         for run in expanded.runs:

@@ -38,7 +38,7 @@ from orchestrator.backends.kubernetes.client import (
 from orchestrator.core import rendering
 from orchestrator.core.expansion import Expansion, Point
 from orchestrator.core.run_status import Condition, Observation, PodProblem, parse_timestamp
-from orchestrator.errors import DistillctlError, UsageError
+from orchestrator.errors import CannotRunError, DistillctlError, UsageError
 from orchestrator.exit_codes import ExitCode
 
 JOBSET = ("jobset.x-k8s.io", "v1alpha2", "jobsets")
@@ -96,13 +96,40 @@ class KubernetesBackend:
                 )
             except ApiException as e:
                 if e.status == 404:
-                    raise DistillctlError(
+                    raise CannotRunError(
                         f"Kueue LocalQueue {self.target.queue!r} does not exist in namespace {self.cluster.namespace!r}: "
                         "no point would ever be admitted",
                         "set target.queue to an existing LocalQueue (kubectl get localqueues -A), or create it",
+                        reason="LocalQueueMissing",
                         exit_code=ExitCode.NOT_ADMITTED,
                     ) from None
                 raise api_error("read the Kueue LocalQueue", e, self.cluster) from None
+        if self.target.priority:
+            self._check_priority_class(self.target.priority)
+
+    def _check_priority_class(self, name: str) -> None:
+        """The API server refuses every pod whose PriorityClass does not exist, so such a JobSet would sit with no
+        pods; say so before creating one. A caller not allowed to read PriorityClasses (cluster-scoped) is not
+        stopped: the check is skipped."""
+        api = client.SchedulingV1Api(self.cluster.api)
+        try:
+            api.read_priority_class(name, _request_timeout=30)
+        except ApiException as e:
+            if e.status == 403:
+                return
+            if e.status != 404:
+                raise api_error("read the PriorityClass", e, self.cluster) from None
+            try:
+                known = sorted(c.metadata.name for c in api.list_priority_class(_request_timeout=30).items)
+            except ApiException:
+                known = []
+            raise CannotRunError(
+                f"PriorityClass {name!r} does not exist: the API server would refuse every pod of every run",
+                "set target.priority to an existing PriorityClass"
+                + (f" ({', '.join(known)})" if known else " (kubectl get priorityclasses)"),
+                reason="PriorityClassMissing",
+                exit_code=ExitCode.REJECTED,
+            ) from None
 
     def _served_groups(self) -> dict[str, list[str]]:
         """API group -> served versions, preferred first."""
