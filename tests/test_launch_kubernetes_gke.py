@@ -18,7 +18,7 @@ import pytest
 from kubernetes import client
 
 from distillspec.contract import StuckReason
-from orchestrator.backends.kubernetes.backend import pod_problems
+from orchestrator.backends.kubernetes.backend import needs_events, pod_problems, stuck_by_jobset
 from orchestrator.exit_codes import ExitCode
 from tests.test_launch_kubernetes import cancel_all, cli, jobsets, pods_of, status_rows, wait_gone
 
@@ -61,34 +61,31 @@ def annotations(**values: str) -> str:
 # --- reading pod status (pure) ----------------------------------------------------------------------------------
 
 
-def pod(name="p-0", *, node="n-0", conditions=(), waiting=None, uid="u-0") -> client.V1Pod:
-    statuses = None
+def pod(name="p-0", *, node="n-0", conditions=(), waiting=None, uid="u-0") -> dict:
+    """A Pending pod as the API serves it (JSON)."""
+    statuses = []
     if waiting:
-        state = client.V1ContainerState(waiting=client.V1ContainerStateWaiting(reason=waiting[0], message=waiting[1]))
-        statuses = [
-            client.V1ContainerStatus(name="trainer", image="i", image_id="", ready=False, restart_count=0, state=state)
-        ]
-    return client.V1Pod(
-        metadata=client.V1ObjectMeta(name=name, uid=uid),
-        spec=client.V1PodSpec(containers=[], node_name=node),
-        status=client.V1PodStatus(
-            phase="Pending",
-            conditions=[client.V1PodCondition(type=t, status=s, reason=r, message=m) for t, s, r, m in conditions],
-            container_statuses=statuses,
-        ),
-    )
+        statuses = [{"name": "trainer", "state": {"waiting": {"reason": waiting[0], "message": waiting[1]}}}]
+    return {
+        "metadata": {"name": name, "uid": uid, "labels": {"jobset.sigs.k8s.io/jobset-name": "js"}},
+        "spec": {"containers": [], **({"nodeName": node} if node else {})},
+        "status": {
+            "phase": "Pending",
+            "conditions": [{"type": t, "status": s, "reason": r, "message": m} for t, s, r, m in conditions],
+            "containerStatuses": statuses,
+        },
+    }
 
 
-def event(reason: str, message: str, minute: int) -> client.CoreV1Event:
-    when = datetime.datetime(2026, 1, 1, 0, minute, tzinfo=datetime.timezone.utc)
-    return client.CoreV1Event(
-        metadata=client.V1ObjectMeta(name=f"e{minute}"),
-        involved_object=client.V1ObjectReference(kind="Pod", uid="u-0"),
-        reason=reason,
-        message=message,
-        type="Warning",
-        last_timestamp=when,
-    )
+def event(reason: str, message: str, minute: int) -> dict:
+    return {
+        "metadata": {"name": f"e{minute}"},
+        "involvedObject": {"kind": "Pod", "uid": "u-0"},
+        "reason": reason,
+        "message": message,
+        "type": "Warning",
+        "lastTimestamp": f"2026-01-01T00:{minute:02d}:00Z",
+    }
 
 
 def test_pod_problems_read_scheduler_kubelet_and_events():
@@ -103,6 +100,11 @@ def test_pod_problems_read_scheduler_kubelet_and_events():
     assert pod_problems(creating) == ()
     events = [event("FailedMount", "old", 1), event("FailedMount", 'secret "hf" not found', 2), event("BackOff", "", 3)]
     assert [(p.reason, p.message) for p in pod_problems(creating, events)] == [("FailedMount", 'secret "hf" not found')]
+    # By JobSet, with Events only where a bound pod waits without a reason of its own; a pod being torn down is not
+    # the next attempt's problem.
+    assert not needs_events([secret, unschedulable]) and needs_events([creating])
+    leaving = {**secret, "metadata": {**secret["metadata"], "deletionTimestamp": "2026-01-01T00:05:00Z"}}
+    assert stuck_by_jobset([creating, leaving], events) == {"js": (pod_problems(creating, events)[0],)}
 
 
 # --- on the control plane -----------------------------------------------------------------------------------------

@@ -119,6 +119,7 @@ def test_role_grants_exactly_what_the_controller_calls(helm):
         *{("kueue.x-k8s.io", "workloads", v, ()) for v in ("get", "list", "watch")},
         ("kueue.x-k8s.io", "localqueues", "get", ()),
         ("", "events", "create", ()),
+        *{("", "pods", v, ()) for v in ("list", "watch")},
         ("coordination.k8s.io", "leases", "create", ()),
         *{("coordination.k8s.io", "leases", v, ()) for v in ("get", "patch", "delete")},  # runs' claims
         ("coordination.k8s.io", "leases", "get", lease),

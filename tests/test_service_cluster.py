@@ -177,6 +177,7 @@ def test_chart_role_allows_what_the_controller_uses_and_nothing_else(control_pla
         ("list", "workloads", "kueue.x-k8s.io"),
         ("get", "localqueues", "kueue.x-k8s.io"),
         ("create", "events", ""),
+        ("watch", "pods", ""),
         ("create", "leases", "coordination.k8s.io"),
     ]
     for verb, what, group in allowed:
@@ -379,6 +380,30 @@ def test_early_stopping_stops_the_named_point_on_the_cluster_and_replay_agrees(c
 
     client.CustomObjectsApi(cp.client).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "svc-e")
     cp.wait_for(lambda: resource(cp, "svc-e") is None, 60, "the resource to go")
+
+
+def test_the_service_says_why_a_run_is_stuck(control_plane, controllers, tmp_path):
+    """A pod that cannot pull its image (kwok's stage sets the kubelet's waiting reason): the resource's run reads
+    Stuck (ImagePullBackOff) with the kubelet's message, as `status` says it, from the controller's pod watch."""
+    cp = control_plane
+    path = tmp_path / "svc-p.yaml"
+    text = EARLY.format(image=IMAGE, base=tmp_path / "runs").replace("name: svc-e", "name: svc-p")
+    text = text.replace("[1.0, 2.0]", "[1.0]").replace(
+        '{distillctl.dev/run-duration: "600s"}',
+        '{distillctl.dev/waiting-reason: ImagePullBackOff, distillctl.dev/waiting-message: "manifest unknown"}',
+    )
+    path.write_text(text)
+    applied = CliRunner().invoke(app, ["sweep", str(path), "--service", "--kubeconfig", str(cp.kubeconfig)])
+    assert applied.exit_code == 0, applied.output
+
+    def stuck() -> dict | None:
+        runs = ((resource(cp, "svc-p") or {}).get("status") or {}).get("runs") or []
+        return runs[0] if runs and runs[0].get("phase") == "Stuck" else None
+
+    row = cp.wait_for(stuck, 90, "the run to read Stuck")
+    assert row["reason"] == "ImagePullBackOff" and "manifest unknown" in row["message"], row
+    client.CustomObjectsApi(cp.client).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "svc-p")
+    cp.wait_for(lambda: resource(cp, "svc-p") is None, 60, "the resource to go")
 
 
 def _axis_values(jobset: dict) -> dict:

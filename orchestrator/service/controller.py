@@ -1,7 +1,7 @@
 """`distillctl serve`: the controller of DistillationSweeps in one namespace. All the I/O of the service is here.
 
-- Informers list and then watch DistillationSweeps, distillctl's JobSets and (when Kueue is installed) Kueue
-  Workloads into caches; each watch ends after `resync` seconds and the list is read again (a resync: every
+- Informers list and then watch DistillationSweeps, distillctl's JobSets, their pending pods (why a run is stuck:
+  Unschedulable, ImagePullBackOff, ...) and (when Kueue is installed) Kueue Workloads into caches; each watch ends after `resync` seconds and the list is read again (a resync: every
   sweep is reconciled, so outputs written since — steps, metrics, the trainer's verdict — are seen).
 - A sweep is queued when it or one of its JobSets changes; one worker reconciles the queue, each sweep with
   `plan.plan` (the CLI's expansion, derive and reconcile) over the caches, and writes what it decided: JobSets
@@ -30,10 +30,13 @@ from distillspec.sweep import Target
 from orchestrator.backends.kubernetes.backend import (
     JOBSET,
     KUEUE_GROUP,
+    PENDING_PODS,
     KubernetesBackend,
+    as_json,
     choose_jobsets,
     find_orphans,
     observations,
+    stuck_by_jobset,
     workloads_by_owner,
 )
 from orchestrator.backends.kubernetes.client import CONNECTION_ERRORS, Cluster
@@ -77,10 +80,14 @@ class Informer:
         metrics: Metrics,
         stop: threading.Event,
         label_selector: str | None = None,
+        field_selector: str | None = None,
     ):
         self.what, self.list_fn, self.args = what, list_fn, args
         self.resync, self.on_change, self.on_resync = resync, on_change, on_resync
-        self.metrics, self._stop, self.label_selector = metrics, stop, label_selector
+        self.metrics, self._stop = metrics, stop
+        self.selectors = {
+            k: v for k, v in (("label_selector", label_selector), ("field_selector", field_selector)) if v
+        }
         self._items: dict[str, dict] = {}
         self._lock = threading.Lock()
         self.synced = threading.Event()
@@ -103,7 +110,7 @@ class Informer:
             self._watch.stop()
 
     def _kwargs(self) -> dict:
-        return {"label_selector": self.label_selector} if self.label_selector else {}
+        return dict(self.selectors)
 
     def _run(self) -> None:
         delay = 0.5
@@ -211,9 +218,20 @@ class Controller:
             "jobsets",
             custom.list_namespaced_custom_object,
             (*JOBSET[:2], self.namespace, JOBSET[2]),
-            on_change=self._jobset_changed,
+            on_change=self._run_object_changed,
             on_resync=lambda: None,
             label_selector=LABEL_RUN_ID,
+            **common,
+        )
+        # Pending pods of runs (few, normally none): why a run that is not really running is stuck, as `status`
+        # says it (a field-selected watch reports a pod that leaves Pending as deleted).
+        self.pods = Informer(
+            "pods",
+            as_json,
+            (cluster.core.list_namespaced_pod, self.namespace),
+            on_change=self._run_object_changed,
+            on_resync=lambda: None,
+            **PENDING_PODS,
             **common,
         )
         self.workloads: Informer | None = None
@@ -251,7 +269,7 @@ class Controller:
         return None
 
     def informers(self) -> list[Informer]:
-        return [i for i in (self.sweeps, self.jobsets, self.workloads) if i is not None]
+        return [i for i in (self.sweeps, self.jobsets, self.pods, self.workloads) if i is not None]
 
     @property
     def ready(self) -> bool:
@@ -270,12 +288,17 @@ class Controller:
             self._threads.append(thread)
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop and wait for every thread (informers included, up to `timeout` in all): a thread still reading a
+        watch when the process exits can abort the interpreter's shutdown (SIGABRT), and a successor waits for no
+        Lease only if this process ends cleanly."""
         self._stop.set()
         self.elector.stop()
         for informer in self.informers():
             informer.stop()
-        for thread in self._threads:
-            thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in [*self._threads, *(i.thread for i in self.informers())]:
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def _became_leader(self) -> None:
         log.info("%s: now the leader", self.options.identity)
@@ -285,8 +308,9 @@ class Controller:
         for sweep in self.sweeps.items():
             self.queue.add(sweep["metadata"]["name"])
 
-    def _jobset_changed(self, jobset: dict) -> None:
-        labels = jobset["metadata"].get("labels") or {}
+    def _run_object_changed(self, obj: dict) -> None:
+        """A JobSet or pod of a run changed: its run id's sweeps (and the sweep it is labelled with) are queued."""
+        labels = obj["metadata"].get("labels") or {}
         names = set(self._run_index.get(labels.get(LABEL_RUN_ID, ""), ()))
         if labels.get(LABEL_SWEEP):
             names.add(labels[LABEL_SWEEP])
@@ -297,7 +321,7 @@ class Controller:
         uids = {o.get("uid") for o in workload["metadata"].get("ownerReferences") or []}
         for jobset in self.jobsets.items():
             if jobset["metadata"].get("uid") in uids:
-                self._jobset_changed(jobset)
+                self._run_object_changed(jobset)
 
     # --- the worker -----------------------------------------------------------------------------------------
 
@@ -361,7 +385,7 @@ class Controller:
         jobsets = self.jobsets.items()
         chosen = choose_jobsets(jobsets, expanded)
         workloads = workloads_by_owner(self.workloads.items()) if self.workloads else {}
-        observed = observations(chosen, expanded, workloads, {})
+        observed = observations(chosen, expanded, workloads, stuck_by_jobset(self.pods.items()))
         outputs, _ = read_outputs(expanded)
         orphans = [OrphanRun(jobset=o.name, runId=o.run_id, state=o.state) for o in find_orphans(jobsets, expanded)]
         decided = planning.plan(

@@ -15,7 +15,8 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import datetime
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import yaml
@@ -175,30 +176,18 @@ class KubernetesBackend:
     def _stuck_pods(self) -> dict[str, tuple[PodProblem, ...]]:
         """Why pods of distillctl's JobSets are not running, by JobSet name: one list of the Pending pods (few,
         normally none), and the Warning Events only when a pod is waiting without a reason of its own."""
-        pods = self.cluster.call(
-            "list the pending pods",
-            self.cluster.core.list_namespaced_pod,
-            self.cluster.namespace,
-            label_selector=LABEL_RUN_ID,
-            field_selector="status.phase=Pending",
-        ).items
-        pods = [p for p in pods if not p.metadata.deletion_timestamp]  # an attempt being torn down says nothing
-        events: dict[str, list] = {}
-        if any(not pod_problems(p) and _scheduled(p) for p in pods):
-            listing = self.cluster.call(
+        core, namespace = self.cluster.core, self.cluster.namespace
+        pods = self.cluster.call("list the pending pods", as_json, core.list_namespaced_pod, namespace, **PENDING_PODS)
+        events = {"items": []}
+        if needs_events(pods["items"]):
+            events = self.cluster.call(
                 "list the pods' warning events",
-                self.cluster.core.list_namespaced_event,
-                self.cluster.namespace,
-                field_selector="involvedObject.kind=Pod,type=Warning",
-            ).items
-            for event in listing:
-                events.setdefault(event.involved_object.uid, []).append(event)
-        found: dict[str, list[PodProblem]] = {}
-        for pod in pods:
-            problems = pod_problems(pod, events.get(pod.metadata.uid, ()))
-            if problems:
-                found.setdefault((pod.metadata.labels or {}).get(JOBSET_NAME_LABEL, ""), []).extend(problems)
-        return {name: tuple(problems) for name, problems in found.items()}
+                as_json,
+                core.list_namespaced_event,
+                namespace,
+                field_selector=POD_WARNINGS,
+            )
+        return stuck_by_jobset(pods["items"], events["items"])
 
     def observe(self, expansion: Expansion) -> dict[str, Observation]:
         """Each run's JobSet, found by its run id: one this sweep created, or another sweep's (then `owner` names
@@ -639,37 +628,79 @@ def _preference(jobset: dict, sweep: str) -> tuple:
     )
 
 
-def _scheduled(pod: client.V1Pod) -> bool:
-    return bool(pod.spec and pod.spec.node_name)  # bound to a node: its kubelet has it
+# The pods that can be stuck (distillctl's, still Pending) and the Events that can say why: the CLI lists them, the
+# service watches them.
+PENDING_PODS = {"label_selector": LABEL_RUN_ID, "field_selector": "status.phase=Pending"}
+POD_WARNINGS = "involvedObject.kind=Pod,type=Warning"
 
 
-def _event_time(event) -> float:
-    when = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
-    return when.timestamp() if when else 0.0
+def as_json(list_fn, *args, **kwargs) -> dict:
+    """A core API list as plain JSON, as custom objects come: the pure readers below and the service's watch caches
+    take dicts. A watch (`watch=True`) streams as it would."""
+    if kwargs.get("watch"):
+        return list_fn(*args, **kwargs)
+    return json.loads(list_fn(*args, _preload_content=False, **kwargs).data)
 
 
-def pod_problems(pod: client.V1Pod, events: Sequence = ()) -> tuple[PodProblem, ...]:
-    """Why a Pending pod is not running, as the scheduler and the kubelet wrote it: PodScheduled=False
+def _waiting_pods(pods: Iterable[dict]) -> list[dict]:
+    """Pending pods not being torn down (an attempt being deleted says nothing about the next)."""
+    return [
+        p
+        for p in pods
+        if (p.get("status") or {}).get("phase") == "Pending" and not (p.get("metadata") or {}).get("deletionTimestamp")
+    ]
+
+
+def needs_events(pods: Iterable[dict]) -> bool:
+    """Whether a pending pod is bound to a node and waits with no reason of its own: only Events can say why."""
+    return any(not pod_problems(p) and (p.get("spec") or {}).get("nodeName") for p in _waiting_pods(pods))
+
+
+def stuck_by_jobset(pods: Iterable[dict], events: Iterable[dict] = ()) -> dict[str, tuple[PodProblem, ...]]:
+    """Why pods are not running (`pod_problems`), by the name of their JobSet; Warning `events` matched by pod uid."""
+    by_pod: dict[str, list[dict]] = {}
+    for event in events:
+        by_pod.setdefault((event.get("involvedObject") or {}).get("uid", ""), []).append(event)
+    found: dict[str, list[PodProblem]] = {}
+    for pod in _waiting_pods(pods):
+        metadata = pod.get("metadata") or {}
+        problems = pod_problems(pod, by_pod.get(metadata.get("uid", ""), ()))
+        if problems:
+            found.setdefault((metadata.get("labels") or {}).get(JOBSET_NAME_LABEL, ""), []).extend(problems)
+    return {name: tuple(problems) for name, problems in found.items()}
+
+
+def _event_time(event: dict) -> float:
+    when = (
+        event.get("lastTimestamp") or event.get("eventTime") or (event.get("metadata") or {}).get("creationTimestamp")
+    )
+    return parse_timestamp(when) or 0.0
+
+
+def pod_problems(pod: dict, events: Sequence[dict] = ()) -> tuple[PodProblem, ...]:
+    """Why a Pending pod (its JSON) is not running, as the scheduler and the kubelet wrote it: PodScheduled=False
     (Unschedulable, with the scheduler's message), a container's waiting reason that is not a start-up step
     (ImagePullBackOff, CreateContainerConfigError, ...), or else the latest of its Warning `events` that explains
     a pod stuck creating its containers (FailedMount). Empty while the pod is merely starting."""
-    name = pod.metadata.name
-    status = pod.status
-    for condition in status.conditions or []:
-        if condition.type == "PodScheduled" and condition.status == "False":
-            if condition.reason == StuckReason.UNSCHEDULABLE:
-                return (PodProblem(StuckReason.UNSCHEDULABLE, condition.message or "", name),)
+    name = (pod.get("metadata") or {}).get("name", "")
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            if condition.get("reason") == StuckReason.UNSCHEDULABLE:
+                return (PodProblem(StuckReason.UNSCHEDULABLE, condition.get("message") or "", name),)
+    containers = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
     problems = tuple(
-        PodProblem(c.state.waiting.reason, c.state.waiting.message or "", name)
-        for c in [*(status.init_container_statuses or []), *(status.container_statuses or [])]
-        if c.state and c.state.waiting and c.state.waiting.reason in STUCK_WAITING_REASONS
+        PodProblem(waiting["reason"], waiting.get("message") or "", name)
+        for c in containers
+        for waiting in [(c.get("state") or {}).get("waiting") or {}]
+        if waiting.get("reason") in STUCK_WAITING_REASONS
     )
     if problems:
         return problems
-    explaining = [e for e in events if e.reason in STUCK_EVENT_REASONS]
+    explaining = [e for e in events if e.get("reason") in STUCK_EVENT_REASONS]
     if explaining:
         latest = max(explaining, key=_event_time)
-        return (PodProblem(latest.reason, latest.message or "", name),)
+        return (PodProblem(latest["reason"], latest.get("message") or "", name),)
     return ()
 
 
