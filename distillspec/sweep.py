@@ -761,9 +761,11 @@ def _target(sweep: Sweep) -> list[Problem]:
                         ("target", field),
                         "target_field_missing",
                         f"a {t.kind} target needs target.{field}",
-                        "e.g. tpu_type: v5p-128"
+                        "e.g. tpu_type: v5p-128, or --tpu-type where the command takes it"
                         if field == "tpu_type"
-                        else "the container image with distillctl's trainer, e.g. us-docker.pkg.dev/p/r/distill:1",
+                        else "the container image with distillctl's trainer, e.g. us-docker.pkg.dev/p/r/distill:1, "
+                        "or --image where the command takes it (for a sweep the service runs, its chart's "
+                        "defaults.image)",
                     )
                 )
         if not _is_remote(t.output_base):
