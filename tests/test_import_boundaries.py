@@ -42,6 +42,11 @@ def _closure(modules: list[str]) -> dict[str, list[str]]:
         "    out[name] = json.loads(r.stdout)\n"
         "print(json.dumps(out))\n"
     )
+    return _python(code, modules)
+
+
+def _python(code: str, modules: list[str]):
+    """What `code` prints (JSON), run in a fresh interpreter with `modules` (JSON) as its argument."""
     result = subprocess.run(
         [sys.executable, "-c", code, json.dumps(modules)], cwd=ROOT, capture_output=True, text=True, check=True
     )
@@ -58,10 +63,7 @@ def _offending_modules(modules: list[str], forbidden: tuple[str, ...]) -> dict[s
         "    importlib.import_module(name)\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(modules)], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    if not _offenders({"together": json.loads(result.stdout)}, forbidden):
+    if not _offenders({"together": _python(code, modules)}, forbidden):
         return {}
     return _offenders(_closure(modules), forbidden)
 

@@ -144,16 +144,17 @@ class KubernetesBackend:
 
     # --- observing ----------------------------------------------------------------------------------------
 
-    def _jobsets(self) -> list[dict]:
-        """Every distillctl JobSet in the namespace, whatever sweep created it: a run id is shared by every sweep
-        with that point (and so are its outputs), so a run is found by its id, never by the sweep's label."""
+    def _jobsets(self, selector: str = LABEL_RUN_ID, what: str = "list the JobSets") -> list[dict]:
+        """distillctl's JobSets in the namespace matching `selector` (all of them by default), whatever sweep created
+        them: a run id is shared by every sweep with that point (and so are its outputs), so a run is found by its
+        id, never by the sweep's label."""
         listing = self.cluster.call(
-            "list the JobSets",
+            what,
             self.cluster.custom.list_namespaced_custom_object,
             *JOBSET[:2],
             self.cluster.namespace,
             JOBSET[2],
-            label_selector=LABEL_RUN_ID,
+            label_selector=selector,
         )
         return listing.get("items", [])
 
@@ -330,15 +331,10 @@ class KubernetesBackend:
         young = created and (datetime.datetime.now(datetime.UTC) - created).total_seconds() < CLAIM_GRACE_SECONDS
         if young and not metadata.owner_references:
             return False
-        listing = self.cluster.call(
-            f"list the JobSets of run {run_id}",
-            self.cluster.custom.list_namespaced_custom_object,
-            *JOBSET[:2],
-            self.cluster.namespace,
-            JOBSET[2],
-            label_selector=f"{LABEL_RUN_ID}={run_id},{rendering.LABEL_SWEEP}={holder}",
+        held = self._jobsets(
+            f"{LABEL_RUN_ID}={run_id},{rendering.LABEL_SWEEP}={holder}", f"list the JobSets of run {run_id}"
         )
-        return all((j.get("metadata") or {}).get("deletionTimestamp") for j in listing.get("items", []))
+        return all((j.get("metadata") or {}).get("deletionTimestamp") for j in held)
 
     def _own_claim(self, run: Point, jobset: dict) -> None:
         """Make the JobSet the claim's owner, so the garbage collector releases the claim with the JobSet."""
@@ -432,15 +428,7 @@ class KubernetesBackend:
     def log_source(self, run: Point) -> LogSource:
         """The JobSet whose pods speak for `run`: found by its run id as `status` finds it (`choose_jobsets`), so
         a run another sweep created is read from that sweep's JobSet; this sweep's name when there is none."""
-        listing = self.cluster.call(
-            f"list the JobSets of run {run.run_id}",
-            self.cluster.custom.list_namespaced_custom_object,
-            *JOBSET[:2],
-            self.cluster.namespace,
-            JOBSET[2],
-            label_selector=f"{LABEL_RUN_ID}={run.run_id}",
-        )
-        found = listing.get("items", [])
+        found = self._jobsets(f"{LABEL_RUN_ID}={run.run_id}", f"list the JobSets of run {run.run_id}")
         if not found:
             return LogSource(run.jobset_name)
         chosen = min(found, key=lambda j: _preference(j, run.sweep))
