@@ -50,7 +50,12 @@ def expand_sweep(path: Path, overrides: TargetOverrides = TargetOverrides(), *, 
     if changes:
         source = override_target(source, **changes)  # target rules run again: --image completes a target
     raise_for(source.problems, path)
-    source = resolve_image(source)
+    return expand_checked(resolve_image(source), path, yes=yes)
+
+
+def expand_checked(source: SweepSource, path: Path, *, yes: bool = False) -> expansion.Expansion:
+    """`source` expanded, or the error that says why not: UsageError (too many points without `yes`),
+    InvalidSpecError (every problem, located)."""
     try:
         result = expansion.expand(source, max_points=None if yes else expansion.DEFAULT_MAX_POINTS)
     except expansion.GridTooLarge as e:

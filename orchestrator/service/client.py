@@ -11,11 +11,10 @@ from kubernetes.client.exceptions import ApiException
 from distillspec.problems import Problem
 from distillspec.sweep import SweepSource, load_sweep, override_target
 from orchestrator.backends.kubernetes.client import Cluster, api_error
-from orchestrator.core import expansion
 from orchestrator.core.aggregate import KL_T1
 from orchestrator.core.run_status import Phase, RunStatus
-from orchestrator.core.sweeps import raise_for
-from orchestrator.errors import DistillctlError, UsageError
+from orchestrator.core.sweeps import expand_checked, raise_for
+from orchestrator.errors import DistillctlError
 from orchestrator.exit_codes import ExitCode
 from orchestrator.service.resource import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION, SweepStatus, resource_from_source
 
@@ -45,11 +44,7 @@ def checked_source(path, changes: dict[str, Any], *, yes: bool = False) -> Sweep
     checked = source
     if source.sweep.target.image is None:
         checked = override_target(source, image=SERVICE_IMAGE)  # expanded as the controller will, with its image
-    try:
-        expanded = expansion.expand(checked, max_points=None if yes else expansion.DEFAULT_MAX_POINTS)
-    except expansion.GridTooLarge as e:
-        raise UsageError(str(e), "check the axes, or pass --yes to expand it anyway") from None
-    raise_for(expanded.problems, path)
+    expand_checked(checked, path, yes=yes)
     return source
 
 

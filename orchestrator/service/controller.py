@@ -1,8 +1,9 @@
 """`distillctl serve`: the controller of DistillationSweeps in one namespace. All the I/O of the service is here.
 
 - Informers list and then watch DistillationSweeps, distillctl's JobSets, their pending pods (why a run is stuck:
-  Unschedulable, ImagePullBackOff, ...) and (when Kueue is installed) Kueue Workloads into caches; each watch ends after `resync` seconds and the list is read again (a resync: every
-  sweep is reconciled, so outputs written since — steps, metrics, the trainer's verdict — are seen).
+  Unschedulable, ImagePullBackOff, ...) and (when Kueue is installed) Kueue Workloads into caches; each watch ends
+  after `resync` seconds and the list is read again (a resync: every sweep is reconciled, so outputs written
+  since — steps, metrics, the trainer's verdict — are seen).
 - A sweep is queued when it or one of its JobSets changes; one worker reconciles the queue, each sweep with
   `plan.plan` (the CLI's expansion, derive and reconcile) over the caches, and writes what it decided: JobSets
   created through the Kubernetes backend (409 on a create is "exists": never a duplicate), failed runs deleted
@@ -190,9 +191,8 @@ class Options:
     lease_seconds: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
-    defaults: TargetDefaults = dataclasses.field(
-        default_factory=TargetDefaults
-    )  # target fields a sweep leaves unset (the chart's `defaults:`)
+    # Target fields a sweep leaves unset (the chart's `defaults:`).
+    defaults: TargetDefaults = dataclasses.field(default_factory=TargetDefaults)
 
 
 class Controller:
