@@ -55,12 +55,20 @@ class _Loader(yaml.SafeLoader):
     pass
 
 
-_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+# libyaml's parser where PyYAML was built with it (the wheels are) composes a file several times faster, with the
+# same node marks. Its error messages say less (no offending character, no alias name), so a file it refuses is
+# parsed again by `_Loader` for the message.
+class _FastLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    pass
+
+
+for _loader in (_Loader, _FastLoader):
+    _loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    _loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
 
 
 def read_text_file(path: str | Path) -> str:
@@ -105,41 +113,10 @@ def parse_yaml(text: str) -> YamlDocument:
             f"the file is larger than {MAX_BYTES // (1024 * 1024)} MiB",
             "a spec or sweep file is a few kilobytes; check that this is the file you meant",
         )
-    loader = None
     try:
-        loader = _Loader(text)
-        root = loader.get_single_node()
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        message = " ".join(str(part) for part in (e.context, e.problem) if part)
-        if "expected a single document" in message:
-            raise YamlSourceError(
-                "multiple_documents",
-                "the file holds more than one YAML document",
-                "keep one document per file (remove the extra `---`)",
-                _position(mark) if mark else None,
-            ) from None
-        raise YamlSourceError(
-            "yaml_syntax",
-            f"YAML syntax error: {message}",
-            "fix the YAML at this position",
-            _position(mark) if mark else None,
-        ) from None
-    except yaml.reader.ReaderError as e:
-        raise YamlSourceError(
-            "yaml_syntax",
-            f"unacceptable character #x{e.character:04x} at offset {e.position}",
-            "YAML files hold printable text only; remove control characters",
-        ) from None
-    except yaml.YAMLError as e:
-        raise YamlSourceError("yaml_syntax", f"YAML syntax error: {e}", "fix the YAML syntax") from None
-    except RecursionError:
-        raise YamlSourceError(
-            "yaml_too_deep", "the YAML is nested too deeply", f"keep nesting under {MAX_DEPTH} levels"
-        ) from None
-    finally:
-        if loader is not None:
-            loader.dispose()
+        loader, root = _compose(text, _FastLoader)
+    except YamlSourceError:
+        loader, root = _compose(text, _Loader)  # refused either way: the pure-Python parser says why better
     builder = _Builder(loader)
     try:
         data = builder.build(root, ()) if root is not None else None
@@ -147,9 +124,51 @@ def parse_yaml(text: str) -> YamlDocument:
         raise YamlSourceError(
             "yaml_too_deep", "the YAML is nested too deeply", f"keep nesting under {MAX_DEPTH} levels"
         ) from None
+    finally:
+        loader.dispose()
     if data is None:
         raise YamlSourceError("empty_file", "the file is empty", "write the document: at least a `student:` block")
     return YamlDocument(data, builder.positions, tuple(builder.duplicates))
+
+
+def _compose(text: str, kind: type[yaml.SafeLoader]):
+    """The loader and the document's root node; raises YamlSourceError when the text is not one YAML document."""
+    loader = None
+    try:
+        loader = kind(text)
+        return loader, loader.get_single_node()
+    except (yaml.YAMLError, RecursionError) as e:
+        if loader is not None:
+            loader.dispose()
+        raise _source_error(e) from None
+
+
+def _source_error(e: Exception) -> YamlSourceError:
+    if isinstance(e, RecursionError):
+        return YamlSourceError(
+            "yaml_too_deep", "the YAML is nested too deeply", f"keep nesting under {MAX_DEPTH} levels"
+        )
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        position = _position(mark) if mark else None
+        message = " ".join(str(part) for part in (e.context, e.problem) if part)
+        if "expected a single document" in message:
+            return YamlSourceError(
+                "multiple_documents",
+                "the file holds more than one YAML document",
+                "keep one document per file (remove the extra `---`)",
+                position,
+            )
+        return YamlSourceError(
+            "yaml_syntax", f"YAML syntax error: {message}", "fix the YAML at this position", position
+        )
+    if isinstance(e, yaml.reader.ReaderError):
+        return YamlSourceError(
+            "yaml_syntax",
+            f"unacceptable character #x{e.character:04x} at offset {e.position}",
+            "YAML files hold printable text only; remove control characters",
+        )
+    return YamlSourceError("yaml_syntax", f"YAML syntax error: {e}", "fix the YAML syntax")
 
 
 class _Builder:

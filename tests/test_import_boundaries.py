@@ -6,7 +6,8 @@ ones that pull it in).
   without it);
 - the trainer never imports the orchestrator (the image carries the trainer and the spec package only);
 - the CLI's start-up (`import orchestrator.cli`) pulls in neither the Kubernetes client, Jinja2, matplotlib nor
-  JAX: each command imports what it needs when it runs;
+  JAX: each command imports what it needs when it runs; `distillctl validate` loads neither rich nor any other
+  command's module;
 - command modules never import each other.
 """
 
@@ -94,6 +95,31 @@ def test_cli_start_up_imports_only_what_every_command_needs():
     assert _offenders(closure, heavy) == {}
 
 
+def test_validate_loads_only_its_own_command():
+    code = (
+        "import json, sys\n"
+        "sys.argv = ['distillctl', 'validate', json.loads(sys.argv[1])[0]]\n"
+        "from orchestrator.cli import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "sys.stdout.flush()\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, json.dumps([str(ROOT / "sweeps" / "tiny.yaml")])],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    printed, loaded = result.stdout.splitlines()
+    assert "valid spec" in printed
+    others = {f"orchestrator.cli.{m}" for m in ("launch", "results", "sweep", "train", "export", "serve", "early_stop")}
+    assert {m for m in json.loads(loaded) if m.split(".")[0] == "rich" or m in others} == set()
+
+
 def _imported(path: Path) -> set[str]:
     """Every module an `import` or `from ... import` in the file names (and `from pkg import name` as pkg.name)."""
     names = set()
@@ -106,7 +132,10 @@ def _imported(path: Path) -> set[str]:
 
 
 def test_command_modules_never_import_each_other():
-    commands = {f"orchestrator.cli.{c}" for c in ("launch", "results", "spec", "sweep", "train")}
+    commands = {
+        f"orchestrator.cli.{c}"
+        for c in ("launch", "results", "spec", "sweep", "train", "export", "serve", "early_stop")
+    }
     for module in commands:
         path = ROOT.joinpath(*module.split(".")).with_suffix(".py")
         assert _imported(path) & (commands - {module}) == set(), module

@@ -2,40 +2,73 @@
 once, calls one core function, prints what it returns and exits; errors become messages and exit codes in one
 place (`app`).
 
-Start-up stays fast: command modules import only typer and `options` at import time; everything else (the core,
-rich, the backends) is imported by the command that runs.
+Start-up stays fast: `main` imports and builds only the command being run (`distillctl validate` never inspects
+the other seventeen commands' signatures nor imports their modules); command modules import only typer and
+`options` at import time, and everything else (the core, rich, the backends) inside the command that runs.
+`app`, the whole command tree (help, tests), is built on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 
 # pydantic looks for third-party plugins (through every installed distribution's entry points) before it builds
 # the first model: a third of `validate`'s start-up, for plugins that would only watch distillctl's own specs.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
-from orchestrator.cli import early_stop, export, launch, results, serve, spec, sweep, train
-from orchestrator.cli.app import app
+# Command name → (module under orchestrator/cli, attribute): a function is a command, a Typer a command group.
+# The order is the order of `distillctl --help`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("spec", "validate"),
+    "explain": ("spec", "explain"),
+    "convert": ("spec", "convert"),
+    "models": ("spec", "models"),
+    "plan": ("sweep", "plan"),
+    "render": ("sweep", "render"),
+    "tpus": ("sweep", "tpus"),
+    "sweep": ("launch", "sweep"),
+    "status": ("launch", "status"),
+    "logs": ("launch", "logs"),
+    "cancel": ("launch", "cancel"),
+    "results": ("results", "results_command"),
+    "regress": ("results", "regress"),
+    "golden": ("results", "golden_app"),
+    "train": ("train", "train"),
+    "export": ("export", "export"),
+    "serve": ("serve", "serve"),
+    "early-stop": ("early_stop", "early_stop_app"),
+}
 
-app.command()(spec.validate)
-app.command()(spec.explain)
-app.command()(spec.convert)
-app.command()(spec.models)
-app.command()(sweep.plan)
-app.command()(sweep.render)
-app.command()(sweep.tpus)
-app.command()(launch.sweep)
-app.command()(launch.status)
-app.command()(launch.logs)
-app.command()(launch.cancel)
-app.command("results")(results.results_command)
-app.command()(results.regress)
-app.add_typer(results.golden_app, name="golden")
-app.command()(train.train)
-app.command()(export.export)
-app.command()(serve.serve)
-app.add_typer(early_stop.early_stop_app, name="early-stop")
+
+def build_app(names=COMMANDS):
+    """The Typer application with the named commands registered (all of them by default)."""
+    import typer
+
+    from orchestrator.cli.app import new_app
+
+    app = new_app()
+    for name in names:
+        module, attribute = COMMANDS[name]
+        command = getattr(importlib.import_module(f"orchestrator.cli.{module}"), attribute)
+        if isinstance(command, typer.Typer):
+            app.add_typer(command, name=name)
+        else:
+            app.command(name)(command)
+    return app
+
+
+def __getattr__(name: str):
+    if name == "app":
+        app = build_app()
+        globals()["app"] = app
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> None:
-    app()
+    # Only a known command name in first place narrows the tree: `--help`, no arguments or a typo get the whole
+    # tree, so usage and "No such command" read as they always did.
+    first = sys.argv[1] if len(sys.argv) > 1 else None
+    build_app([first] if first in COMMANDS else COMMANDS)()

@@ -1,4 +1,4 @@
-"""The `distillctl` Typer application and its one error boundary: DistillctlError (and stray exceptions) to a
+"""The `distillctl` Typer application (`new_app`) and its one error boundary: DistillctlError (and stray exceptions) to a
 message and an exit code."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class _Commands(TyperGroup):
 
             if isinstance(e, InvalidSpecError):
                 for problem in e.problems:
-                    console.err.print(console.problem_line(problem))
+                    console.print_problem(problem)
             console.print_error(e.message, e.hint)
             raise typer.Exit(int(e.exit_code)) from None
         except KeyboardInterrupt:
@@ -67,11 +67,21 @@ def _stdout_closed() -> bool:
         return False
 
 
-app = typer.Typer(
-    cls=_Commands,
-    help="Validate, sweep, launch and compare knowledge-distillation runs on TPU pods.",
-    epilog=epilog(),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+def new_app() -> typer.Typer:
+    """An application with no commands yet (`orchestrator.cli.build_app` registers them)."""
+    app = typer.Typer(
+        cls=_Commands,
+        help="Validate, sweep, launch and compare knowledge-distillation runs on TPU pods.",
+        epilog=epilog(),
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    # With a callback the application stays a group even when `main` registers a single command: Typer would
+    # otherwise run a lone command directly and read its name as an argument.
+    app.callback()(_no_options)
+    return app
+
+
+def _no_options() -> None:
+    pass

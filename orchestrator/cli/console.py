@@ -1,21 +1,50 @@
-"""Terminal output: results on stdout, diagnostics on stderr, never wrapped mid-line (CI logs stay grep-able)."""
+"""Terminal output: results on stdout, diagnostics on stderr, never wrapped mid-line (CI logs stay grep-able).
+
+Diagnostic lines (problems, errors) are styled strings written by `typer.echo`, which drops the styles when the
+stream is not a terminal; tables go through rich, whose consoles `out` and `err` are made on first use: a command
+that prints only lines (`validate`, every error) never imports rich, a fifth of its start-up.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
+import typer
 import yaml
-from rich.console import Console
-from rich.measure import Measurement
-from rich.table import Table
-from rich.text import Text
 
 from distillspec.problems import Problem
 
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+out: Console
+err: Console
+
+
+def __getattr__(name: str):
+    if name in ("out", "err"):
+        return _console(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _console(name: str) -> Console:
+    if name not in globals():
+        from rich.console import Console
+
+        globals()[name] = Console(stderr=name == "err", soft_wrap=True, highlight=False)
+    return globals()[name]
+
+
+def echo(line: str, *, err: bool = False) -> None:
+    """One styled line on stdout (or stderr): plain where the stream is not a terminal, as rich would write it;
+    `NO_COLOR` and `FORCE_COLOR` are honoured as rich honours them."""
+    color = False if os.environ.get("NO_COLOR") else True if os.environ.get("FORCE_COLOR") else None
+    typer.echo(line, err=err, color=color)
 
 
 def print_lines(lines: Iterable[str]) -> None:
@@ -44,29 +73,30 @@ def json_text(value: Any, depth: int = 0) -> str:
     return _ONE_LINE(value)
 
 
-def problem_line(problem: Problem) -> Text:
-    """`file:line:col: error[code] loc: message → hint` as one line."""
-    where = problem.where
-    style = "bold red" if problem.is_error else "bold yellow"
-    line = Text()
-    if where:
-        line.append(where + ": ", style="bold")
-    line.append(f"{problem.severity}[{problem.code}]", style=style)
+def problem_line(problem: Problem) -> str:
+    """`file:line:col: error[code] loc: message → hint` as one styled line (for `echo`)."""
+    line = []
+    if problem.where:
+        line.append(typer.style(problem.where + ": ", bold=True))
+    line.append(
+        typer.style(f"{problem.severity}[{problem.code}]", fg="red" if problem.is_error else "yellow", bold=True)
+    )
     if problem.loc:
-        line.append(f" {problem.dotted_loc}", style="cyan")
+        line.append(typer.style(f" {problem.dotted_loc}", fg="cyan"))
     line.append(f": {problem.message}")
     if problem.hint:
-        line.append(f" → {problem.hint}", style="dim")
-    return line
+        line.append(typer.style(f" → {problem.hint}", dim=True))
+    return "".join(line)
+
+
+def print_problem(problem: Problem, *, err: bool = True) -> None:
+    echo(problem_line(problem), err=err)
 
 
 def print_error(message: str, hint: str = "") -> None:
-    line = Text()
-    line.append("error: ", style="bold red")
-    line.append(message)
-    err.print(line)
+    echo(typer.style("error: ", fg="red", bold=True) + message, err=True)
     if hint:
-        err.print(Text("hint: " + hint, style="dim"))
+        echo(typer.style("hint: " + hint, dim=True), err=True)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -88,6 +118,10 @@ def to_yaml(data: Any) -> str:
 
 def print_wide(table: Table) -> None:
     """Print a table at its natural width (never truncating ids), even past a narrow terminal or a pipe."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    out = _console("out")
     width = Measurement.get(out, out.options.update(width=1_000), table).maximum
     if width <= out.width:
         out.print(table)
@@ -107,4 +141,4 @@ def warn_once(problem: Problem) -> None:
     key = (problem.code, problem.message)
     if key not in _warned:
         _warned.add(key)
-        err.print(problem_line(problem))
+        print_problem(problem)

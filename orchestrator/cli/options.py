@@ -117,5 +117,5 @@ class SweepContext:
 
         expansion = self.expand()
         for problem in expansion.problems:
-            console.err.print(console.problem_line(problem))
+            console.print_problem(problem)
         return expansion, backend_for(expansion.sweep.target, self.access)

@@ -72,15 +72,13 @@ def backend_statuses(access):
             finally:
                 backend.close()
         except DistillctlError as e:  # the cluster is down or refuses: results still read from storage
-            console.err.print(
-                console.problem_line(
-                    Problem(
-                        (),
-                        "statuses_from_outputs",
-                        f"{e.message}: statuses come from the runs' outputs only",
-                        e.hint,
-                        severity="warning",
-                    )
+            console.print_problem(
+                Problem(
+                    (),
+                    "statuses_from_outputs",
+                    f"{e.message}: statuses come from the runs' outputs only",
+                    e.hint,
+                    severity="warning",
                 )
             )
             return results.outputs_only(expansion, outputs)

@@ -67,21 +67,18 @@ def validate(
 
 
 def _print_report(report) -> None:
-    from rich.text import Text
-
     from orchestrator.cli import console
 
     for problem in report.problems:
-        console.out.print(console.problem_line(problem))
+        console.print_problem(problem, err=False)
     errors = sum(p.is_error for p in report.problems)
     warnings = len(report.problems) - errors
     if errors:
-        console.out.print(Text(f"✗ {report.file}: {errors} error(s), {warnings} warning(s)", style="red"))
+        console.echo(typer.style(f"✗ {report.file}: {errors} error(s), {warnings} warning(s)", fg="red"))
     else:
         kind = "MaxText distillation config" if report.format == "maxtext" else "spec"
-        console.out.print(
-            Text(f"✓ {report.file}: valid {kind}" + (f", {warnings} warning(s)" if warnings else ""), style="green")
-        )
+        summary = f"✓ {report.file}: valid {kind}" + (f", {warnings} warning(s)" if warnings else "")
+        console.echo(typer.style(summary, fg="green"))
 
 
 def explain(
@@ -102,7 +99,7 @@ def explain(
         console.print_json(view)
         return
     for problem in report.problems:
-        console.err.print(console.problem_line(problem))
+        console.print_problem(problem)
     console.out.print(Text(f"# {file}: resolved spec", style="bold"))
     console.out.print(console.to_yaml(view["spec"]).rstrip(), markup=False)
     models = Table(title="models", title_justify="left")

@@ -35,7 +35,7 @@ def _warn(problems) -> None:
 
     for problem in problems:
         if not problem.is_error:
-            console.err.print(console.problem_line(problem))
+            console.print_problem(problem)
 
 
 def plan(

@@ -27,7 +27,7 @@ def train(
 
     report = load_valid_spec(file)
     for problem in report.problems:
-        console.err.print(console.problem_line(problem))
+        console.print_problem(problem)
     from trainer.train import with_overrides
 
     spec, problems = with_overrides(report.spec, output_dir=output_dir, steps=steps)
