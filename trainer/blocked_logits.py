@@ -8,7 +8,8 @@ each `[N]` float32 — the same five values `trainer.loss.logit_terms` computes 
 Forward: a loop over token blocks `[bt]` (tokens padded to a multiple of `bt`, the padding dropped from the
 outputs) and inside it a loop over vocabulary blocks `[bv]` keeping running row statistics (online log-sum-exp):
 the row max `m`, `Z_1 = Σ exp(z − m)`, `Z_T = Σ exp((z − m)/T)` for both models, the teacher-weighted differences
-`A_T = Σ exp((t − m_t)/T)·(t − s)` and `A_1`, the target logits and the first-index argmax. Then per row
+`A_T = Σ exp((t − m_t)/T)·(t − s)` and `A_1`, the target logits (gathered) and the teacher's largest logit where the student's reach their maximum (top-1
+agreement without an argmax). Then per row
     KL_T = A_T/(T·Z_tT) − (m_t − m_s)/T − log Z_tT + log Z_sT,      CE = log Z_1 + m − z[target].
 Only the row statistics (five `[N]` arrays) are saved for the backward pass.
 
@@ -178,18 +179,22 @@ def _forward_local(axes, blocks: Blocks, s_h, s_w, t_h, t_w, targets, temperatur
         h_s, h_t, tg = xs
         neg = jnp.full((bt,), -jnp.inf, F32)
         zero = jnp.zeros((bt,), F32)
-        first = jnp.zeros((bt,), jnp.int32)
-        # (m_s, z_s1, z_sT, x_s, arg_s, m_t, z_t1, z_tT, x_t, arg_t, a_1, a_T)
-        init = (neg, zero, zero, zero, first, neg, zero, zero, zero, first, zero, zero)
+        # (m_s, z_s1, z_sT, x_s, top_t, m_t, z_t1, z_tT, x_t, a_1, a_T); top_t: the teacher's largest logit where
+        # the student's logits reach their running maximum.
+        init = (neg, zero, zero, zero, neg, neg, zero, zero, zero, zero, zero)
 
         def vocab_block(j, c):
-            m_s, z_s1, z_st, x_s, arg_s, m_t, z_t1, z_tt, x_t, arg_t, a_1, a_t = c
-            start, col, fresh = _vocab_block(j, v, bv)
+            m_s, z_s1, z_st, x_s, top_t, m_t, z_t1, z_tt, x_t, a_1, a_t = c
+            start, _, fresh = _vocab_block(j, v, bv)
             s = jnp.where(fresh, _logits(h_s, s_w, start, bv, blocks.student_softcap)[0], -jnp.inf)
             t = jnp.where(fresh, _logits(h_t, t_w, start, bv, blocks.teacher_softcap)[0], -jnp.inf)
-            hit = (col == tg[:, None]) & fresh
+            # The target's column in this block, if it is one of the block's fresh columns: a gather per row,
+            # not a pass over the block.
+            at = tg - start
+            here = (at >= 0) & (at < bv) & (tg >= j * bv)
+            at = jnp.clip(at, 0, bv - 1)
 
-            def running(z, m, z1, zt, x, arg):
+            def running(z, m, z1, zt, x):
                 bmax = jnp.max(z, axis=-1)
                 m_new = jnp.maximum(m, bmax)
                 r1 = jnp.exp(m - m_new)  # rescales the sums kept so far (0 at the first block)
@@ -198,25 +203,28 @@ def _forward_local(axes, blocks: Blocks, s_h, s_w, t_h, t_w, targets, temperatur
                 e1, et = jnp.exp(d), jnp.exp(d * inv_t)
                 z1 = z1 * r1 + jnp.sum(e1, axis=-1)
                 zt = zt * rt + jnp.sum(et, axis=-1)
-                x = x + jnp.sum(jnp.where(hit, z, 0.0), axis=-1)
-                arg = jnp.where(bmax > m, start + jnp.argmax(z, axis=-1).astype(jnp.int32), arg)  # first index wins
-                return m_new, z1, zt, x, arg, r1, rt, e1, et
+                x = x + jnp.where(here, jnp.take_along_axis(z, at[:, None], axis=-1)[:, 0], 0.0)
+                return bmax, m_new, z1, zt, x, r1, rt, e1, et
 
-            m_s, z_s1, z_st, x_s, arg_s, *_ = running(s, m_s, z_s1, z_st, x_s, arg_s)
-            m_t, z_t1, z_tt, x_t, arg_t, r1, rt, e1, et = running(t, m_t, z_t1, z_tt, x_t, arg_t)
+            bmax_s, m_s_new, z_s1, z_st, x_s, *_ = running(s, m_s, z_s1, z_st, x_s)
+            _, m_t, z_t1, z_tt, x_t, r1, rt, e1, et = running(t, m_t, z_t1, z_tt, x_t)
+            # Top-1 agreement as max-reductions (XLA:CPU does not vectorise argmax): the teacher's largest logit
+            # at the student's maximum, kept while that maximum holds (ties across blocks: the larger).
+            block_top = jnp.max(jnp.where(s == bmax_s[:, None], t, -jnp.inf), axis=-1)
+            top_t = jnp.where(bmax_s > m_s, block_top, jnp.where(bmax_s == m_s, jnp.maximum(top_t, block_top), top_t))
             diff = jnp.where(fresh, t - s, 0.0)
             a_1 = a_1 * r1 + jnp.sum(e1 * diff, axis=-1)
             a_t = a_t * rt + jnp.sum(et * diff, axis=-1)
-            return m_s, z_s1, z_st, x_s, arg_s, m_t, z_t1, z_tt, x_t, arg_t, a_1, a_t
+            return m_s_new, z_s1, z_st, x_s, top_t, m_t, z_t1, z_tt, x_t, a_1, a_t
 
-        m_s, z_s1, z_st, x_s, arg_s, m_t, z_t1, z_tt, x_t, arg_t, a_1, a_t = jax.lax.fori_loop(0, nv, vocab_block, init)
+        m_s, z_s1, z_st, x_s, top_t, m_t, z_t1, z_tt, x_t, a_1, a_t = jax.lax.fori_loop(0, nv, vocab_block, init)
         log = jnp.log
         gap = m_t - m_s
         kl_t = a_t / (z_tt * temperature) - gap * inv_t - log(z_tt) + log(z_st)
         kl_1 = a_1 / z_t1 - gap - log(z_t1) + log(z_s1)
         ce_s = log(z_s1) + m_s - x_s
         ce_t = log(z_t1) + m_t - x_t
-        agree = (arg_s == arg_t).astype(F32)
+        agree = (top_t == m_t).astype(F32)
         saved = (m_s, log(z_s1), log(z_st), m_t, log(z_tt))
         return None, ((kl_t, kl_1, ce_s, ce_t, agree), saved)
 

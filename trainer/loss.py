@@ -21,6 +21,7 @@ unreduced values; `masked_sum` is the one place that reduces.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -84,79 +85,115 @@ def logit_terms(
     )
 
 
-def _row_stats(s, t, temperature):
-    inv_t = 1.0 / temperature
-    d_s = s - jnp.max(s, axis=-1, keepdims=True)
-    d_t = t - jnp.max(t, axis=-1, keepdims=True)
-    e_s1, e_st, e_t1, e_tt = jnp.exp(d_s), jnp.exp(d_s * inv_t), jnp.exp(d_t), jnp.exp(d_t * inv_t)
-    sums = {
-        "z_s1": jnp.sum(e_s1, axis=-1),
-        "z_st": jnp.sum(e_st, axis=-1),
-        "z_t1": jnp.sum(e_t1, axis=-1),
-        "z_tt": jnp.sum(e_tt, axis=-1),
-        "a_t": jnp.sum(e_tt * (d_t - d_s), axis=-1),
-        "a_1": jnp.sum(e_t1 * (d_t - d_s), axis=-1),
-    }
-    return d_s, d_t, sums
-
-
 @jax.custom_vjp
 def _logit_terms(s, t, targets, temperature):
     return _logit_terms_fwd(s, t, targets, temperature)[0]
 
 
-def _logit_terms_fwd(s, t, targets, temperature):
-    d_s, d_t, z = _row_stats(s, t, temperature)
-    hit = jax.lax.broadcasted_iota(jnp.int32, s.shape, s.ndim - 1) == targets[..., None]
+def _forward_rows(temperature, s, t, targets):
+    """Per-row terms and saved statistics of one block of rows `[..., R, V]`."""
+    inv_t = 1.0 / temperature
+    m_s, m_t = jnp.max(s, axis=-1), jnp.max(t, axis=-1)
+    d_s, d_t = s - m_s[..., None], t - m_t[..., None]
+    e_t1, e_tt = jnp.exp(d_t), jnp.exp(d_t * inv_t)
+    z_s1, z_st = jnp.sum(jnp.exp(d_s), axis=-1), jnp.sum(jnp.exp(d_s * inv_t), axis=-1)
+    z_t1, z_tt = jnp.sum(e_t1, axis=-1), jnp.sum(e_tt, axis=-1)
+    a_t, a_1 = jnp.sum(e_tt * (d_t - d_s), axis=-1), jnp.sum(e_t1 * (d_t - d_s), axis=-1)
     log = jnp.log
-    kl_t = z["a_t"] / z["z_tt"] / temperature - log(z["z_tt"]) + log(z["z_st"])
-    kl_1 = z["a_1"] / z["z_t1"] - log(z["z_t1"]) + log(z["z_s1"])
-    ce_s = log(z["z_s1"]) - jnp.sum(jnp.where(hit, d_s, 0.0), axis=-1)
-    ce_t = log(z["z_t1"]) - jnp.sum(jnp.where(hit, d_t, 0.0), axis=-1)
-    agree = (jnp.argmax(s, axis=-1) == jnp.argmax(t, axis=-1)).astype(jnp.float32)
-    row = (jnp.max(s, axis=-1), jnp.max(t, axis=-1), z["z_s1"], z["z_st"], z["z_tt"])
-    return (kl_t, kl_1, ce_s, ce_t, agree), (s, t, targets, temperature, row)
+    kl_t = a_t / z_tt / temperature - log(z_tt) + log(z_st)
+    kl_1 = a_1 / z_t1 - log(z_t1) + log(z_s1)
+    ce_s = log(z_s1) + m_s - _at(s, targets)
+    ce_t = log(z_t1) + m_t - _at(t, targets)
+    agree = top1_agreement(s, m_s, t, m_t)
+    # The backward reads p = exp(d·k − log Z) (k = 1 or 1/T): no division per element.
+    return (kl_t, kl_1, ce_s, ce_t, agree), (m_s, m_t, log(z_s1), log(z_st), log(z_tt))
+
+
+def _at(z: jax.Array, index: jax.Array) -> jax.Array:
+    """`z[..., index]` per row: a gather, not a pass over the vocabulary."""
+    return jnp.take_along_axis(z, index[..., None], axis=-1, mode="clip")[..., 0]
+
+
+def top1_agreement(s: jax.Array, m_s: jax.Array, t: jax.Array, m_t: jax.Array) -> jax.Array:
+    """1.0 where the student's top-1 token is a top-1 token of the teacher's, from logits `[..., V]` and their
+    row maxima `[...]`: the teacher's largest logit among the positions of the student's maximum equals the
+    teacher's maximum. Without ties this is `argmax(s) == argmax(t)`; written as a plain max-reduction because
+    XLA:CPU does not vectorise argmax (a reduction of (value, index) pairs: 6× a max, more than all the row
+    statistics together at vocab 32000)."""
+    at_student_top = jnp.max(jnp.where(s == m_s[..., None], t, -jnp.inf), axis=-1)
+    return (at_student_top == m_t).astype(jnp.float32)
+
+
+def _logit_terms_fwd(s, t, targets, temperature):
+    terms, row = _over_row_blocks(functools.partial(_forward_rows, temperature), (s, t, targets), s.shape)
+    return terms, (s, t, targets, temperature, row)
+
+
+def _backward_rows(temperature, s, t, targets, m_s, m_t, lz_s1, lz_st, lz_tt, g_kl_t, g_ce):
+    """The gradient w.r.t. one block of rows `[..., R, V]` of the student's logits: an elementwise expression of
+    the saved row statistics."""
+    inv_t = 1.0 / temperature
+    d_s, d_t = s - m_s[..., None], t - m_t[..., None]
+    hit = jax.lax.broadcasted_iota(jnp.int32, s.shape, s.ndim - 1) == targets[..., None]
+    p_st = jnp.exp(d_s * inv_t - lz_st[..., None])
+    p_tt = jnp.exp(d_t * inv_t - lz_tt[..., None])
+    p_s1 = jnp.exp(d_s - lz_s1[..., None])
+    return (g_kl_t * inv_t)[..., None] * (p_st - p_tt) + g_ce[..., None] * (p_s1 - hit.astype(jnp.float32))
 
 
 def _logit_terms_bwd(residuals, cotangents):
-    s, t, targets, temperature, (m_s, m_t, z_s1, z_st, z_tt) = residuals
+    s, t, targets, temperature, row = residuals
     g_kl_t, _, g_ce, _, _ = cotangents
-    inv_t = 1.0 / temperature
-
-    def rows(args):  # one block of rows [R, V]: an elementwise expression of the saved row statistics
-        s, t, targets, m_s, m_t, z_s1, z_st, z_tt, g_kl_t, g_ce = args
-        d_s, d_t = s - m_s[..., None], t - m_t[..., None]
-        hit = jax.lax.broadcasted_iota(jnp.int32, s.shape, s.ndim - 1) == targets[..., None]
-        p_st = jnp.exp(d_s * inv_t) / z_st[..., None]
-        p_tt = jnp.exp(d_t * inv_t) / z_tt[..., None]
-        p_s1 = jnp.exp(d_s) / z_s1[..., None]
-        return (g_kl_t * inv_t)[..., None] * (p_st - p_tt) + g_ce[..., None] * (p_s1 - hit.astype(jnp.float32))
-
-    # Blocks of rows in a loop, so the gradient is written once, row-major: left to itself, XLA:CPU fuses this
-    # expression into the transposing copy that feeds the output layer's weight-gradient matmul and evaluates it
-    # in strided order (1.4 s of a 4.5 s step at vocab 32000). The loop runs over blocks of the second-to-last
-    # axis (positions of `[B, T, V]` logits) and keeps the leading axes whole: those are the ones the mesh's batch
-    # axes split, and a loop over them would all-gather the logits of every device (per-token slices of a
-    # sharded axis). The last block is clamped to end at the axis' end (rows written twice, with equal values),
-    # so an odd length does not shrink the block.
-    args = (s, t, targets, m_s, m_t, z_s1, z_st, z_tt, g_kl_t, g_ce)
-    axis = s.ndim - 2
-    length = s.shape[axis] if s.ndim >= 2 else 1
-    rows_per_position = max(math.prod(s.shape[:axis]) // _batch_shards(s.shape[0] if axis else 1), 1)
-    block = min(length, max(ROW_BLOCK // rows_per_position, 1))
-    if s.ndim < 2 or block >= length:
-        return rows(args), jnp.zeros_like(t), None, jnp.zeros_like(temperature)
-
-    def body(i, grad):
-        start = jnp.minimum(i * block, length - block)
-        part = [jax.lax.dynamic_slice_in_dim(a, start, block, axis) for a in args]
-        return jax.lax.dynamic_update_slice_in_dim(grad, rows(part), start, axis)
-
-    grad_s = jax.lax.fori_loop(0, -(-length // block), body, jnp.zeros_like(s))
+    rows = functools.partial(_backward_rows, temperature)
+    grad_s = _over_row_blocks(rows, (s, t, targets, *row, g_kl_t, g_ce), s.shape, in_place=True)
     return grad_s, jnp.zeros_like(t), None, jnp.zeros_like(temperature)
 
 
-ROW_BLOCK = 256  # rows of logits per device in one iteration of the backward's loop
+def _over_row_blocks(rows, args, shape, in_place: bool = False):
+    """`rows(*args)` evaluated block by block over the rows of `[..., N, V]` logits, each output written into its
+    place (outputs are `[..., N, V]` or per-row `[..., N]`, like the arguments).
+
+    Why a loop: left to itself, XLA:CPU keeps every intermediate the row statistics share (`z − max`, the
+    exponentials) as a whole `[tokens, vocab]` array in memory, and memory, not arithmetic, then sets the pace
+    (5× slower at vocab 32000); in blocks of `ROW_BLOCK` rows they stay in cache. The backward's gradient is also
+    written once, row-major, instead of being fused into the transposing copy that feeds the output layer's
+    weight-gradient matmul in strided order. The loop runs over blocks of the second-to-last axis (positions of
+    `[B, T, V]` logits) and keeps the leading axes whole: those are the ones the mesh's batch axes split, and a
+    loop over them would all-gather the logits of every device (per-token slices of a sharded axis). The last
+    block is clamped to end at the axis' end (rows written twice, with equal values), so an odd length does not
+    shrink the block.
+
+    `in_place`: `rows` returns one array shaped like the first argument, which is dead afterwards (the backward's
+    gradient replaces the logits it is computed from): each block is read from and written back into that one
+    buffer, so XLA neither fills a new `[tokens, vocab]` buffer with zeros nor keeps two (when the blocks tile the
+    axis exactly; a clamped last block would read rows already overwritten)."""
+    axis = len(shape) - 2
+    length = shape[axis] if len(shape) >= 2 else 1
+    rows_per_position = max(math.prod(shape[:axis]) // _batch_shards(shape[0] if axis else 1), 1)
+    block = min(length, max(ROW_BLOCK // rows_per_position, 1))
+    if len(shape) < 2 or block >= length:
+        return rows(*args)
+    if in_place and length % block == 0:
+
+        def overwrite(i, buffer):
+            part = [jax.lax.dynamic_slice_in_dim(a, i * block, block, axis) for a in (buffer, *args[1:])]
+            return jax.lax.dynamic_update_slice_in_dim(buffer, rows(*part), i * block, axis)
+
+        return jax.lax.fori_loop(0, length // block, overwrite, args[0])
+    out_shapes = jax.eval_shape(rows, *(jax.lax.slice_in_dim(a, 0, block, axis=axis) for a in args))
+
+    def body(i, outs):
+        start = jnp.minimum(i * block, length - block)
+        part = [jax.lax.dynamic_slice_in_dim(a, start, block, axis) for a in args]
+        return jax.tree.map(
+            lambda out, new: jax.lax.dynamic_update_slice_in_dim(out, new, start, axis), outs, rows(*part)
+        )
+
+    empty = jax.tree.map(lambda o: jnp.zeros(o.shape[:axis] + (length,) + o.shape[axis + 1 :], o.dtype), out_shapes)
+    return jax.lax.fori_loop(0, -(-length // block), body, empty)
+
+
+ROW_BLOCK = 32  # rows of logits per device in one iteration of the loops: a few MB of float32 at vocab 32000
 
 
 def _batch_shards(leading: int) -> int:

@@ -29,7 +29,11 @@ Notation: a = bytes of a model's `dtype` (compute), w = bytes of its `weight_dty
   `ATTENTION_COPIES` float32 score-sized arrays R·H/t·T²·4 (`jax.nn.dot_product_attention` without a fused
   kernel materialises the scores; on TPU/GPU flash kernels would not, so this over-estimates there)
 - loss, dense (one model's logits n·V·4 ≤ 512 MiB, `distillspec.loss_choice`): `DENSE_LOGIT_COPIES` float32
-  logit-sized arrays n·V/t·4 live at once (both models' logits, their exponentials and the gradient)
+  logit-sized arrays n·V/t·4 live at once (both models' logits and the transposed copy of the gradient that the
+  LM head's weight-gradient matmul reads; the row statistics are computed in blocks of rows, and the gradient
+  overwrites the student's logits). The dense loss's arrays and the gathered weights are counted as
+  alternatives, the larger of the two: in XLA:CPU's schedule of the step they do not peak together (the test's
+  FSDP and tensor-parallel meshes peak below their sum)
 - loss, fused: `FUSED_BLOCK_COPIES` float32 blocks b_t·b_v·4 (b_t = min(1024, n), b_v = min(8192, V)), and both
   models' final hidden states in float32 with their gradient, n·(2·D_s + D_t)·4
 - feature loss (β > 0): the out-projection activations at the chosen layers, kept for both models
@@ -57,7 +61,8 @@ MASTER_BYTES = 4  # the trained student's float32 master weights
 ADAM_BYTES_PER_PARAM = 8
 # Arrays XLA:CPU keeps live at the step's peak (its buffer assignment of the compiled step, tiny models):
 ATTENTION_COPIES = 4  # scores, probabilities and their two gradients, `[R, H, T, T]` float32
-DENSE_LOGIT_COPIES = 8  # `[n, V]` float32: both models' logits, shifted exponentials, the gradient, metric passes
+DENSE_LOGIT_COPIES = 3  # `[n, V]` float32: both models' logits, the gradient's transposed copy
+PRETRAIN_LOGIT_COPIES = 4  # `[n, V]` float32, one model (no teacher): logits, log-probabilities and the gradient
 FUSED_BLOCK_COPIES = 6  # `[b_t, b_v]` float32: both models' logit blocks, their exponentials, the gradient block
 
 Fit = Literal["fits", "tight", "does_not_fit", "unknown"]
@@ -87,8 +92,7 @@ class MemoryEstimate:
             + self.optimizer_state
             + self.teacher_params
             + self.activations
-            + self.gathered_weights
-            + self.loss
+            + (self.gathered_weights + self.loss if self.fused_loss else max(self.gathered_weights, self.loss))
         )
 
     @property
@@ -197,7 +201,7 @@ def estimate(spec: DistillSpec, *, chips: int, hbm_bytes_per_chip: int | None) -
     teacher_params, fused = 0, False
     teacher = spec.teacher if spec.is_online_distillation else None
     if teacher is None:
-        loss = DENSE_LOGIT_COPIES / 2 * tokens * vocab * F32  # one model's logits
+        loss = PRETRAIN_LOGIT_COPIES * tokens * vocab * F32  # one model's logits
     else:
         t = teacher.shape()
         teacher_params = t.param_count() * DTYPE_BYTES[teacher.weight_dtype]
