@@ -166,3 +166,48 @@ def test_the_command_lines_defaults_are_the_cores():
     assert options.DEFAULT_RTOL == golden.DEFAULT_RTOL
     assert options.DEFAULT_METRICS == golden.DEFAULT_METRICS
     assert options.DEFAULT_STALL_SECONDS == run_status.DEFAULT_STALL_SECONDS
+
+
+def test_validate_fast_path_reads_only_what_typer_documents():
+    from orchestrator.cli.spec_validate import Arguments, fast_arguments
+
+    a, b = Path("a.yaml"), Path("b.yaml")
+    assert fast_arguments(["a.yaml"]) == Arguments((a,))
+    assert fast_arguments(["--output", "json", "a.yaml", "--strict", "b.yaml"]) == Arguments((a, b), "json", True)
+    assert fast_arguments(["--output=text", "--strict", "--no-strict", "--check-paths", "a.yaml"]) == Arguments(
+        (a,), "text", False, True
+    )
+    # Typer's to answer: help, unknown options and values, `--`, no file at all.
+    for argv in (
+        ["--help", "a.yaml"],
+        ["-h"],
+        ["--nope", "a.yaml"],
+        ["--output", "yaml", "a.yaml"],
+        ["--output"],
+        ["--no-check-paths", "a.yaml"],
+        ["--", "a.yaml"],
+        [],
+        ["--strict"],
+    ):
+        assert fast_arguments(argv) is None, argv
+
+
+def test_validate_fast_path_prints_and_exits_as_the_typer_command(tmp_path):
+    """`distillctl validate` as a process (the fast path, no Typer) against the Typer command (`app`): the same
+    output and exit code for valid, invalid, warned, missing and garbage files, in text and JSON."""
+    warned = write(
+        tmp_path, "student: {model: tiny-2l}\nmode: pretrain\nloss: {temperature: {start: 2, end: 1}}\n", "w.yaml"
+    )
+    cases = [
+        [str(ROOT / "sweeps" / "tiny.yaml")],
+        [str(write(tmp_path, BAD))],
+        ["--strict", str(warned)],
+        [str(warned), "--output", "json"],
+        [str(tmp_path / "missing.yaml"), str(write(tmp_path, "[1, 2", "garbage.yaml"))],
+    ]
+    for argv in cases:
+        done = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "validate", *argv], cwd=ROOT, capture_output=True, text=True
+        )
+        typed = runner.invoke(app, ["validate", *argv])
+        assert (done.returncode, done.stdout) == (typed.exit_code, typed.stdout), argv

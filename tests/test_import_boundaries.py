@@ -6,7 +6,7 @@ ones that pull it in).
   without it);
 - the trainer never imports the orchestrator (the image carries the trainer and the spec package only);
 - the CLI's start-up (`import orchestrator.cli`) pulls in neither the Kubernetes client, Jinja2, matplotlib nor
-  JAX: each command imports what it needs when it runs; `distillctl validate` loads neither rich nor any other
+  JAX: each command imports what it needs when it runs; `distillctl validate` loads neither typer, rich nor any other
   command's module;
 - command modules never import each other.
 """
@@ -117,7 +117,7 @@ def test_validate_loads_only_its_own_command():
     printed, loaded = result.stdout.splitlines()
     assert "valid spec" in printed
     others = {f"orchestrator.cli.{m}" for m in ("launch", "results", "sweep", "train", "export", "serve", "early_stop")}
-    assert {m for m in json.loads(loaded) if m.split(".")[0] == "rich" or m in others} == set()
+    assert {m for m in json.loads(loaded) if m.split(".")[0] in ("rich", "typer") or m in others} == set()
 
 
 def _imported(path: Path) -> set[str]:

@@ -9,11 +9,11 @@ layers. Metrics are `(sum, count)` pairs so that logging windows, micro-batches 
 perplexity) and a window's perplexity is `exp(Σsum / Σcount)` — the honest next-token perplexity of the window,
 which no per-token average of `exp(CE)` gives. `PERPLEXITY_METRICS` names them; `metric_value` applies the rule.
 
-Speed: all logit terms come from shared passes (`logit_terms`): one row-max pass over each model's logits, then
-one fused pass computing the four normalisers (student and teacher at T = 1 and at T), both KLs, both
-cross-entropies and the argmax agreement, with no `[B, T, V]` intermediate kept; the backward pass is one
-elementwise expression (a custom VJP) instead of autodiff through log-softmaxes. Metric-only terms carry no
-gradient. Logits are upcast to float32 here.
+Speed: all logit terms come from shared passes (`logit_terms`), a block of rows at a time: each model's row max,
+then the four normalisers (student and teacher at T = 1 and at T), both KLs, both cross-entropies (the target
+logit gathered) and the top-1 agreement (max-reductions, no argmax), with no `[B, T, V]` intermediate kept; the
+backward pass is one elementwise expression (a custom VJP) written over the student's logits in place, instead of
+autodiff through log-softmaxes. Metric-only terms carry no gradient. Logits are upcast to float32 here.
 
 Per-token functions (`token_kl`, `token_cross_entropy`, `token_cosine_distance`, `token_squared_error`) return
 unreduced values; `masked_sum` is the one place that reduces.
@@ -69,7 +69,7 @@ def log_softmax_at(logits: jax.Array, temperature) -> tuple[jax.Array, jax.Array
 def logit_terms(
     student_logits: jax.Array, teacher_logits: jax.Array, targets: jax.Array, temperature
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Every per-token logit quantity from one max pass and one fused pass over the student's and the teacher's
+    """Every per-token logit quantity from one pass, in blocks of rows, over the student's and the teacher's
     logits `[..., V]`: `(kl_at_T, kl_T1, student_ce, teacher_ce, top1_agreement)`, each `[...]`.
 
     With `d = z − max(z)` and `Z_T = Σ exp(d / T)` per row:

@@ -2,10 +2,11 @@
 once, calls one core function, prints what it returns and exits; errors become messages and exit codes in one
 place (`app`).
 
-Start-up stays fast: `main` imports and builds only the command being run (`distillctl validate` never inspects
-the other seventeen commands' signatures nor imports their modules); command modules import only typer and
-`options` at import time, and everything else (the core, rich, the backends) inside the command that runs.
-`app`, the whole command tree (help, tests), is built on first use.
+Start-up stays fast: `main` imports and builds only the command being run (`distillctl plan` never inspects the
+other seventeen commands' signatures nor imports their modules), and a plain `distillctl validate` command line
+runs without Typer at all (`spec_validate`); command modules import only typer and `options` at import time, and
+everything else (the core, rich, the backends) inside the command that runs. `app`, the whole command tree (help,
+tests), is built on first use.
 """
 
 from __future__ import annotations
@@ -68,7 +69,26 @@ def __getattr__(name: str):
 
 
 def main() -> None:
+    first = sys.argv[1] if len(sys.argv) > 1 else None
+    if first == "validate":
+        from orchestrator.cli import spec_validate
+
+        arguments = spec_validate.fast_arguments(sys.argv[2:])
+        if arguments is not None:  # a plain `validate` command line: no Typer (see `spec_validate`)
+            raise SystemExit(_ended(spec_validate.run, arguments))
     # Only a known command name in first place narrows the tree: `--help`, no arguments or a typo get the whole
     # tree, so usage and "No such command" read as they always did.
-    first = sys.argv[1] if len(sys.argv) > 1 else None
     build_app([first] if first in COMMANDS else COMMANDS)()
+
+
+def _ended(command, *args) -> int:
+    """`command(*args)`'s exit code, its exceptions ended by the one error boundary."""
+    from orchestrator.cli import boundary
+
+    try:
+        return command(*args)
+    except BaseException as e:
+        code = boundary.exit_code(e)
+        if code is None:
+            raise
+        return code

@@ -1,70 +1,30 @@
-"""The `distillctl` Typer application (`new_app`) and its one error boundary: DistillctlError (and stray exceptions) to a
-message and an exit code."""
+"""The `distillctl` Typer application (`new_app`), whose commands end through the one error boundary
+(`orchestrator.cli.boundary`): DistillctlError (and stray exceptions) to a message and an exit code."""
 
 from __future__ import annotations
-
-import os
-import sys
-import traceback
 
 import typer
 from typer.core import TyperGroup
 
-from orchestrator.errors import DistillctlError, InvalidSpecError
-from orchestrator.exit_codes import ExitCode, epilog
+from orchestrator.cli import boundary
+from orchestrator.exit_codes import epilog
 
 
 class _Commands(TyperGroup):
-    """Maps DistillctlError (and stray exceptions) to a message and an exit code, in one place."""
+    """Maps DistillctlError (and stray exceptions) to a message and an exit code, in one place (`boundary`)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except DistillctlError as e:
-            from orchestrator.cli import console
-
-            if isinstance(e, InvalidSpecError):
-                for problem in e.problems:
-                    console.print_problem(problem)
-            console.print_error(e.message, e.hint)
-            raise typer.Exit(int(e.exit_code)) from None
-        except KeyboardInterrupt:
-            from orchestrator.cli import console
-
-            console.print_error("interrupted")
-            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
-        except BrokenPipeError:
-            if not _stdout_closed():
-                raise  # a pipe to something else broke: not the reader going away
-            # `distillctl status --output json | head`: the reader has what it wanted.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise typer.Exit(0) from None
         except (typer.Exit, typer.Abort):
             raise
-        except Exception as e:
+        except BaseException as e:
             if hasattr(e, "exit_code") and hasattr(e, "show"):
                 raise  # the command line itself is wrong: Typer prints usage and exits 2
-            # Anything else is a bug: say so briefly unless debugging.
-            from orchestrator.cli import console
-
-            if os.environ.get("DISTILLCTL_DEBUG"):
-                traceback.print_exc()
-            console.print_error(
-                f"internal error: {type(e).__name__}: {e}",
-                "this is a bug in distillctl; rerun with DISTILLCTL_DEBUG=1 for the traceback and report it",
-            )
-            raise typer.Exit(int(ExitCode.INTERNAL)) from None
-
-
-def _stdout_closed() -> bool:
-    try:
-        sys.stdout.flush()
-        os.write(sys.stdout.fileno(), b"")
-        return False
-    except BrokenPipeError:
-        return True
-    except (OSError, ValueError, AttributeError):
-        return False
+            code = boundary.exit_code(e)
+            if code is None:
+                raise
+            raise typer.Exit(code) from None
 
 
 def new_app() -> typer.Typer:

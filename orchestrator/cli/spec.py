@@ -25,60 +25,11 @@ def validate(
     ] = False,
 ) -> None:
     """Check specs for every known mistake before anything is launched."""
-    import dataclasses
+    from orchestrator.cli.spec_validate import Arguments, run
 
-    from distillspec.problems import has_errors
-    from distillspec.specfile import read_spec_file
-    from orchestrator.cli import console
-    from orchestrator.errors import USAGE_CODES
-    from orchestrator.exit_codes import ExitCode
-
-    reports = [read_spec_file(path) for path in files]
-    if check_paths:
-        from distillspec.maxtext_checkpoint import MissingDependency, read_checkpoint
-        from orchestrator.core.checkpoint_paths import check_paths as checked
-        from orchestrator.errors import DistillctlError
-        from orchestrator.outputs import read_text
-
-        try:
-            reports = [
-                dataclasses.replace(
-                    r,
-                    problems=r.problems
-                    + tuple(dataclasses.replace(p, file=r.file) for p in checked(r.spec, read_text, read_checkpoint)),
-                )
-                if r.spec is not None
-                else r
-                for r in reports
-            ]
-        except MissingDependency as e:  # exit 1: the machine, not the spec, lacks something
-            raise DistillctlError(e.message, e.hint) from None
-    problems = [p for report in reports for p in report.problems]
-    if output is OutputFormat.json:
-        console.print_json([p.to_json() for p in problems])
-    else:
-        for report in reports:
-            _print_report(report)
-    invalid = [r for r in reports if has_errors(list(r.problems)) or (strict and r.problems)]
-    if any(p.code not in USAGE_CODES for r in invalid for p in r.problems if p.is_error or strict):
-        raise typer.Exit(int(ExitCode.INVALID_SPEC))
-    if invalid:
-        raise typer.Exit(int(ExitCode.USAGE))
-
-
-def _print_report(report) -> None:
-    from orchestrator.cli import console
-
-    for problem in report.problems:
-        console.print_problem(problem, err=False)
-    errors = sum(p.is_error for p in report.problems)
-    warnings = len(report.problems) - errors
-    if errors:
-        console.echo(typer.style(f"✗ {report.file}: {errors} error(s), {warnings} warning(s)", fg="red"))
-    else:
-        kind = "MaxText distillation config" if report.format == "maxtext" else "spec"
-        summary = f"✓ {report.file}: valid {kind}" + (f", {warnings} warning(s)" if warnings else "")
-        console.echo(typer.style(summary, fg="green"))
+    code = run(Arguments(tuple(files), output.value, strict, check_paths))
+    if code:
+        raise typer.Exit(code)
 
 
 def explain(

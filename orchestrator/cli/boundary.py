@@ -1,0 +1,56 @@
+"""The command line's one error boundary: what an exception that ends a command prints, and its exit code.
+
+Typer-free, so that `validate`'s fast path (`orchestrator.cli.main`) and the Typer application (`app`) end
+commands alike.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from orchestrator.errors import DistillctlError, InvalidSpecError
+from orchestrator.exit_codes import ExitCode
+
+
+def exit_code(e: BaseException) -> int | None:
+    """Print what `e` means and return the exit code; None when `e` is not the boundary's to end (re-raise it)."""
+    from orchestrator.cli import console
+
+    if isinstance(e, DistillctlError):
+        if isinstance(e, InvalidSpecError):
+            for problem in e.problems:
+                console.print_problem(problem)
+        console.print_error(e.message, e.hint)
+        return int(e.exit_code)
+    if isinstance(e, KeyboardInterrupt):
+        console.print_error("interrupted")
+        return int(ExitCode.INTERRUPTED)
+    if isinstance(e, BrokenPipeError):
+        if not _stdout_closed():
+            return None  # a pipe to something else broke: not the reader going away
+        # `distillctl status --output json | head`: the reader has what it wanted.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    if not isinstance(e, Exception):
+        return None
+    # Anything else is a bug: say so briefly unless debugging.
+    if os.environ.get("DISTILLCTL_DEBUG"):
+        traceback.print_exception(e)
+    console.print_error(
+        f"internal error: {type(e).__name__}: {e}",
+        "this is a bug in distillctl; rerun with DISTILLCTL_DEBUG=1 for the traceback and report it",
+    )
+    return int(ExitCode.INTERNAL)
+
+
+def _stdout_closed() -> bool:
+    try:
+        sys.stdout.flush()
+        os.write(sys.stdout.fileno(), b"")
+        return False
+    except BrokenPipeError:
+        return True
+    except (OSError, ValueError, AttributeError):
+        return False
