@@ -211,3 +211,15 @@ def test_validate_fast_path_prints_and_exits_as_the_typer_command(tmp_path):
         )
         typed = runner.invoke(app, ["validate", *argv])
         assert (done.returncode, done.stdout) == (typed.exit_code, typed.stdout), argv
+
+
+def test_each_command_built_alone_reads_as_in_the_whole_tree():
+    """`main` registers only the command it runs: each one's help (options, arguments, defaults) is the same as
+    in the whole application's tree."""
+    from orchestrator.cli import COMMANDS, build_app
+
+    for name in COMMANDS:
+        alone = runner.invoke(build_app([name]), [name, "--help"])
+        whole = runner.invoke(app, [name, "--help"])
+        assert alone.exit_code == whole.exit_code == 0, name
+        assert alone.stdout == whole.stdout, name

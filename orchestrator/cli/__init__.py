@@ -1,6 +1,6 @@
 """The `distillctl` command line: front end over the core. Each command parses its options, builds its context
 once, calls one core function, prints what it returns and exits; errors become messages and exit codes in one
-place (`app`).
+place (`boundary`).
 
 Start-up stays fast: `main` imports and builds only the command being run (`distillctl plan` never inspects the
 other seventeen commands' signatures nor imports their modules), and a plain `distillctl validate` command line
