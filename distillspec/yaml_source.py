@@ -121,9 +121,7 @@ def parse_yaml(text: str) -> YamlDocument:
     try:
         data = builder.build(root, ()) if root is not None else None
     except RecursionError:
-        raise YamlSourceError(
-            "yaml_too_deep", "the YAML is nested too deeply", f"keep nesting under {MAX_DEPTH} levels"
-        ) from None
+        raise _too_deep() from None
     finally:
         loader.dispose()
     if data is None:
@@ -145,9 +143,7 @@ def _compose(text: str, kind: type[yaml.SafeLoader]):
 
 def _source_error(e: Exception) -> YamlSourceError:
     if isinstance(e, RecursionError):
-        return YamlSourceError(
-            "yaml_too_deep", "the YAML is nested too deeply", f"keep nesting under {MAX_DEPTH} levels"
-        )
+        return _too_deep()
     if isinstance(e, yaml.MarkedYAMLError):
         mark = e.problem_mark or e.context_mark
         position = _position(mark) if mark else None
@@ -171,6 +167,10 @@ def _source_error(e: Exception) -> YamlSourceError:
     return YamlSourceError("yaml_syntax", f"YAML syntax error: {e}", "fix the YAML syntax")
 
 
+def _too_deep() -> YamlSourceError:
+    return YamlSourceError("yaml_too_deep", "the YAML is nested too deeply", f"keep nesting under {MAX_DEPTH} levels")
+
+
 class _Builder:
     """Turns a composed node tree into Python values and a loc -> position map."""
 
@@ -189,9 +189,7 @@ class _Builder:
                 "write the values out instead of nesting aliases",
             )
         if len(loc) > MAX_DEPTH:
-            raise YamlSourceError(
-                "yaml_too_deep", "the YAML is nested too deeply", f"keep nesting under {MAX_DEPTH} levels"
-            )
+            raise _too_deep()
         self.positions.setdefault(loc, _position(node.start_mark))
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, loc)

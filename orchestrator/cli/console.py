@@ -48,15 +48,16 @@ def echo(line: Line, *, err: bool = False) -> None:
     """One line on stdout (or stderr), styled where the stream is a terminal. As rich decides: `NO_COLOR` turns
     colours off, `FORCE_COLOR` on; a pipe or file gets plain text."""
     stream = sys.stderr if err else sys.stdout
-    stream.write("".join(_styled(text, style) if style and _colour(stream) else text for text, style in line) + "\n")
+    colour = _colour(stream)  # once per line: environment and isatty, not per segment
+    stream.write("".join(_styled(text, style) if colour else text for text, style in line) + "\n")
     stream.flush()
 
 
 def _styled(text: str, style: str) -> str:
-    codes = ";".join(_SGR[name] for name in style.split())
+    names = style.split()
     if os.environ.get("NO_COLOR"):  # no colours, but bold and dim are not colours
-        codes = ";".join(_SGR[name] for name in style.split() if name in ("bold", "dim"))
-    return f"\x1b[{codes}m{text}\x1b[0m" if codes else text
+        names = [name for name in names if name in ("bold", "dim")]
+    return f"\x1b[{';'.join(_SGR[name] for name in names)}m{text}\x1b[0m" if names else text
 
 
 def _colour(stream) -> bool:
