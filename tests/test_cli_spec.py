@@ -169,8 +169,10 @@ def test_the_command_lines_defaults_are_the_cores():
 
 
 def test_validate_fast_path_reads_only_what_typer_documents():
-    from orchestrator.cli.spec_validate import Arguments, fast_arguments
+    from orchestrator.cli.options import OutputFormat
+    from orchestrator.cli.spec_validate import OUTPUTS, Arguments, fast_arguments
 
+    assert tuple(f.value for f in OutputFormat) == OUTPUTS  # the fast path repeats them (options imports typer)
     a, b = Path("a.yaml"), Path("b.yaml")
     assert fast_arguments(["a.yaml"]) == Arguments((a,))
     assert fast_arguments(["--output", "json", "a.yaml", "--strict", "b.yaml"]) == Arguments((a, b), "json", True)
