@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 import subprocess
 import sys
@@ -139,9 +140,11 @@ def test_the_configurations_cover_both_losses_and_every_axis(measured):
 
 
 def weight_like(shape: list[int], weights: list[list[int]], tensor: int) -> bool:
-    """Whether an all-gathered shape is a weight's: a parameter's shape, or one layer of a stacked parameter, with
-    any one dimension split over the tensor axis, in any order of its dimensions (a transposed head)."""
+    """Whether an all-gathered shape is a weight's: a parameter's shape, or one layer of a stacked parameter, or
+    either flattened to a matrix (`layers.dense` multiplies `[D, H, K]` as `[D, H·K]`), with any one dimension
+    split over the tensor axis, in any order of its dimensions (a transposed head)."""
     whole = {tuple(w) for w in weights} | {tuple(w[1:]) for w in weights if len(w) > 1}
+    whole |= {(math.prod(w[:i]), math.prod(w[i:])) for w in whole for i in range(1, len(w))}
     split = {w[:i] + (w[i] // tensor,) + w[i + 1 :] for w in whole for i in range(len(w)) if w[i] % tensor == 0}
     return any(p in whole | split for p in set(itertools.permutations(shape)))
 

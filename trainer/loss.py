@@ -12,8 +12,8 @@ which no per-token average of `exp(CE)` gives. `PERPLEXITY_METRICS` names them; 
 Speed: all logit terms come from shared passes (`logit_terms`), a block of rows at a time: each model's row max,
 then the four normalisers (student and teacher at T = 1 and at T), both KLs, both cross-entropies (the target
 logit gathered) and the top-1 agreement (max-reductions, no argmax), with no `[B, T, V]` intermediate kept; the
-backward pass is one elementwise expression (a custom VJP) written over the student's logits in place, instead of
-autodiff through log-softmaxes. Metric-only terms carry no gradient. Logits are upcast to float32 here.
+backward pass is one elementwise expression (a custom VJP) of the saved row statistics, instead of autodiff
+through log-softmaxes. Metric-only terms carry no gradient. Logits are upcast to float32 here.
 
 Per-token functions (`token_kl`, `token_cross_entropy`, `token_cosine_distance`, `token_squared_error`) return
 unreduced values; `masked_sum` is the one place that reduces.
@@ -130,8 +130,8 @@ def _logit_terms_fwd(s, t, targets, temperature):
 
 
 def _backward_rows(temperature, s, t, targets, m_s, m_t, lz_s1, lz_st, lz_tt, g_kl_t, g_ce):
-    """The gradient w.r.t. one block of rows `[..., R, V]` of the student's logits: an elementwise expression of
-    the saved row statistics."""
+    """The gradient w.r.t. the student's logits `[..., V]`: an elementwise expression of the saved row
+    statistics."""
     inv_t = 1.0 / temperature
     d_s, d_t = s - m_s[..., None], t - m_t[..., None]
     hit = jax.lax.broadcasted_iota(jnp.int32, s.shape, s.ndim - 1) == targets[..., None]
@@ -144,42 +144,29 @@ def _backward_rows(temperature, s, t, targets, m_s, m_t, lz_s1, lz_st, lz_tt, g_
 def _logit_terms_bwd(residuals, cotangents):
     s, t, targets, temperature, row = residuals
     g_kl_t, _, g_ce, _, _ = cotangents
-    rows = functools.partial(_backward_rows, temperature)
-    grad_s = _over_row_blocks(rows, (s, t, targets, *row, g_kl_t, g_ce), s.shape, in_place=True)
+    # One elementwise pass over whole rows (XLA fuses it into one loop, parallel over rows); blocks of rows would
+    # gain nothing here, nothing being shared between passes.
+    grad_s = _backward_rows(temperature, s, t, targets, *row, g_kl_t, g_ce)
     return grad_s, jnp.zeros_like(t), None, jnp.zeros_like(temperature)
 
 
-def _over_row_blocks(rows, args, shape, in_place: bool = False):
+def _over_row_blocks(rows, args, shape):
     """`rows(*args)` evaluated block by block over the rows of `[..., N, V]` logits, each output written into its
     place (outputs are `[..., N, V]` or per-row `[..., N]`, like the arguments).
 
     Why a loop: left to itself, XLA:CPU keeps every intermediate the row statistics share (`z − max`, the
     exponentials) as a whole `[tokens, vocab]` array in memory, and memory, not arithmetic, then sets the pace
-    (5× slower at vocab 32000); in blocks of `ROW_BLOCK` rows they stay in cache. The backward's gradient is also
-    written once, row-major, instead of being fused into the transposing copy that feeds the output layer's
-    weight-gradient matmul in strided order. The loop runs over blocks of the second-to-last axis (positions of
-    `[B, T, V]` logits) and keeps the leading axes whole: those are the ones the mesh's batch axes split, and a
-    loop over them would all-gather the logits of every device (per-token slices of a sharded axis). The last
-    block is clamped to end at the axis' end (rows written twice, with equal values), so an odd length does not
-    shrink the block.
-
-    `in_place`: `rows` returns one array shaped like the first argument, which is dead afterwards (the backward's
-    gradient replaces the logits it is computed from): each block is read from and written back into that one
-    buffer, so XLA neither fills a new `[tokens, vocab]` buffer with zeros nor keeps two (when the blocks tile the
-    axis exactly; a clamped last block would read rows already overwritten)."""
+    (5× slower at vocab 32000); in blocks of `ROW_BLOCK` rows they stay in cache. The loop runs over blocks of the
+    second-to-last axis (positions of `[B, T, V]` logits) and keeps the leading axes whole: those are the ones the
+    mesh's batch axes split, and a loop over them would all-gather the logits of every device (per-token slices
+    of a sharded axis). The last block is clamped to end at the axis' end (rows written twice, with equal
+    values), so an odd length does not shrink the block."""
     axis = len(shape) - 2
     length = shape[axis] if len(shape) >= 2 else 1
     rows_per_position = max(math.prod(shape[:axis]) // _batch_shards(shape[0] if axis else 1), 1)
     block = min(length, max(ROW_BLOCK // rows_per_position, 1))
     if len(shape) < 2 or block >= length:
         return rows(*args)
-    if in_place and length % block == 0:
-
-        def overwrite(i, buffer):
-            part = [jax.lax.dynamic_slice_in_dim(a, i * block, block, axis) for a in (buffer, *args[1:])]
-            return jax.lax.dynamic_update_slice_in_dim(buffer, rows(*part), i * block, axis)
-
-        return jax.lax.fori_loop(0, length // block, overwrite, args[0])
     out_shapes = jax.eval_shape(rows, *(jax.lax.slice_in_dim(a, 0, block, axis=axis) for a in args))
 
     def body(i, outs):
@@ -193,7 +180,7 @@ def _over_row_blocks(rows, args, shape, in_place: bool = False):
     return jax.lax.fori_loop(0, -(-length // block), body, empty)
 
 
-ROW_BLOCK = 32  # rows of logits per device in one iteration of the loops: a few MB of float32 at vocab 32000
+ROW_BLOCK = 32  # rows of logits per device in one iteration of the loop: a few MB of float32 at vocab 32000
 
 
 def _batch_shards(leading: int) -> int:

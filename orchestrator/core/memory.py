@@ -29,9 +29,8 @@ Notation: a = bytes of a model's `dtype` (compute), w = bytes of its `weight_dty
   `ATTENTION_COPIES` float32 score-sized arrays R·H/t·T²·4 (`jax.nn.dot_product_attention` without a fused
   kernel materialises the scores; on TPU/GPU flash kernels would not, so this over-estimates there)
 - loss, dense (one model's logits n·V·4 ≤ 512 MiB, `distillspec.loss_choice`): `DENSE_LOGIT_COPIES` float32
-  logit-sized arrays n·V/t·4 live at once (both models' logits and the transposed copy of the gradient that the
-  LM head's weight-gradient matmul reads; the row statistics are computed in blocks of rows, and the gradient
-  overwrites the student's logits). The dense loss's arrays and the gathered weights are counted as
+  logit-sized arrays n·V/t·4 live at once (both models' logits and the gradient w.r.t. the student's; the row
+  statistics are computed in blocks of rows). The dense loss's arrays and the gathered weights are counted as
   alternatives, the larger of the two: in XLA:CPU's schedule of the step they do not peak together (the test's
   FSDP and tensor-parallel meshes peak below their sum)
 - loss, fused: `FUSED_BLOCK_COPIES` float32 blocks b_t·b_v·4 (b_t = min(1024, n), b_v = min(8192, V)), and both
@@ -61,7 +60,7 @@ MASTER_BYTES = 4  # the trained student's float32 master weights
 ADAM_BYTES_PER_PARAM = 8
 # Arrays XLA:CPU keeps live at the step's peak (its buffer assignment of the compiled step, tiny models):
 ATTENTION_COPIES = 4  # scores, probabilities and their two gradients, `[R, H, T, T]` float32
-DENSE_LOGIT_COPIES = 3  # `[n, V]` float32: both models' logits, the gradient's transposed copy
+DENSE_LOGIT_COPIES = 3  # `[n, V]` float32: both models' logits and the student's logit gradient
 PRETRAIN_LOGIT_COPIES = 4  # `[n, V]` float32, one model (no teacher): logits, log-probabilities and the gradient
 FUSED_BLOCK_COPIES = 6  # `[b_t, b_v]` float32: both models' logit blocks, their exponentials, the gradient block
 

@@ -31,6 +31,18 @@ def param(rngs: nnx.Rngs, std: float, shape: tuple[int, ...], names: tuple[str |
     return nnx.Param(value.astype(dtype), out_sharding=names, eager_sharding=False, init_std=std)
 
 
+def dense(x: jax.Array, w: jax.Array, contracted: int = 1) -> jax.Array:
+    """`x [..., *C]` times `w [*C, *O]` -> `[..., *O]` over the `contracted` last axes of `x` (the first of `w`),
+    as one 2-D matmul of the flattened tokens.
+
+    Why flattened: the weight gradient then contracts one token axis. Contracting two (batch and positions),
+    XLA:CPU's dot canonicalisation first copies the activation gradient into a transposed `[features, tokens]`
+    array, in strided order, and that copy can cost as much as the matmul."""
+    lead, inner, out = x.shape[: x.ndim - contracted], w.shape[:contracted], w.shape[contracted:]
+    flat = x.reshape(math.prod(lead), math.prod(inner)) @ w.reshape(math.prod(inner), math.prod(out))
+    return flat.reshape(*lead, *out)
+
+
 def fan_in(*dims: int) -> float:
     """Standard deviation 1/sqrt(fan-in): unit-variance outputs for unit-variance inputs."""
     return float(np.prod(dims)) ** -0.5
@@ -178,9 +190,9 @@ class Attention(nnx.Module):
         """x `[B, T, D]`, positions `[B, T]`; `local` True/False, or a traced bool (Gemma 3 in a scan);
         `segment_ids [B, T]` keeps packed documents from attending to each other."""
         s, dt = self.shape, self.dtype
-        q = jnp.einsum("btd,dhk->bthk", x, self.wq[...].astype(dt))  # [B, T, H, K]
-        k = jnp.einsum("btd,dnk->btnk", x, self.wk[...].astype(dt))  # [B, T, N, K]
-        v = jnp.einsum("btd,dnk->btnk", x, self.wv[...].astype(dt))  # [B, T, N, K]
+        q = dense(x, self.wq[...].astype(dt))  # [B, T, H, K]
+        k = dense(x, self.wk[...].astype(dt))  # [B, T, N, K]
+        v = dense(x, self.wv[...].astype(dt))  # [B, T, N, K]
         if s.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if isinstance(local, bool):
@@ -197,7 +209,7 @@ class Attention(nnx.Module):
         out = attend(
             q, k, v, scale=scale, softcap=s.attn_softcap, window=window, segment_ids=segment_ids
         )  # [B, T, H, K]
-        out = jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(dt))  # [B, T, D]
+        out = dense(out, self.wo[...].astype(dt), contracted=2)  # [B, T, D]
         if self.sow_features:
             self.sow(nnx.Intermediate, FEATURES, out)
         return out
@@ -215,9 +227,9 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D]
         dt = self.dtype
-        g = x @ self.gate[...].astype(dt)  # [B, T, F]
+        g = dense(x, self.gate[...].astype(dt))  # [B, T, F]
         act = jax.nn.gelu(g, approximate=True) if self.gelu else jax.nn.silu(g)
-        return (act * (x @ self.up[...].astype(dt))) @ self.down[...].astype(dt)
+        return dense(act * dense(x, self.up[...].astype(dt)), self.down[...].astype(dt))
 
 
 class DecoderLayer(nnx.Module):

@@ -152,7 +152,7 @@ class Transformer(nnx.Module):
         x, features = self.hidden(tokens, segment_ids)
         if self.config.sow_features:
             self.sow(nnx.Intermediate, FEATURES, features)  # [L, B, T, D]
-        logits = jnp.einsum("btd,vd->btv", x, self.head(), preferred_element_type=jnp.float32)
+        logits = project_to_vocab(x, self.head())
         if s.final_softcap is not None:
             logits = s.final_softcap * jnp.tanh(logits / s.final_softcap)
         return constrain(logits, ("act_batch", "act_length", "act_vocab"))
@@ -195,6 +195,15 @@ def _sown(captured: nnx.State) -> jax.Array | None:
     """The one array a block sows (its attention output projection), or None."""
     leaves = jax.tree.leaves(captured)
     return leaves[0] if leaves else None
+
+
+def project_to_vocab(hidden: jax.Array, head: jax.Array) -> jax.Array:
+    """Float32 logits `[..., V]` of hidden states `[..., D]` and an LM head `[V, D]`: one 2-D matmul of the
+    flattened tokens (see `layers.dense`: the head's weight gradient then reads the logits' gradient in place
+    instead of a transposed `[V, tokens]` copy of it)."""
+    lead = hidden.shape[:-1]
+    flat = jnp.einsum("nd,vd->nv", hidden.reshape(-1, hidden.shape[-1]), head, preferred_element_type=jnp.float32)
+    return flat.reshape(*lead, head.shape[0])
 
 
 def forward(
