@@ -156,7 +156,8 @@ def _over_row_blocks(rows, args, shape):
 
     Why a loop: left to itself, XLA:CPU keeps every intermediate the row statistics share (`z − max`, the
     exponentials) as a whole `[tokens, vocab]` array in memory, and memory, not arithmetic, then sets the pace
-    (5× slower at vocab 32000); in blocks of `ROW_BLOCK` rows they stay in cache. The loop runs over blocks of the
+    (5× slower at vocab 32000); in blocks of about `BLOCK_ELEMENTS` logits they stay in cache (at vocab 128256,
+    blocks of 32 rows, 16 MB per array, took 1.5× as long as blocks of 8). The loop runs over blocks of the
     second-to-last axis (positions of `[B, T, V]` logits) and keeps the leading axes whole: those are the ones the
     mesh's batch axes split, and a loop over them would all-gather the logits of every device (per-token slices
     of a sharded axis). The last block is clamped to end at the axis' end (rows written twice, with equal
@@ -164,7 +165,8 @@ def _over_row_blocks(rows, args, shape):
     axis = len(shape) - 2
     length = shape[axis] if len(shape) >= 2 else 1
     rows_per_position = max(math.prod(shape[:axis]) // _batch_shards(shape[0] if axis else 1), 1)
-    block = min(length, max(ROW_BLOCK // rows_per_position, 1))
+    block_rows = max(BLOCK_ELEMENTS // shape[-1], 1)
+    block = min(length, max(block_rows // rows_per_position, 1))
     if len(shape) < 2 or block >= length:
         return rows(*args)
     out_shapes = jax.eval_shape(rows, *(jax.lax.slice_in_dim(a, 0, block, axis=axis) for a in args))
@@ -180,7 +182,8 @@ def _over_row_blocks(rows, args, shape):
     return jax.lax.fori_loop(0, -(-length // block), body, empty)
 
 
-ROW_BLOCK = 32  # rows of logits per device in one iteration of the loop: a few MB of float32 at vocab 32000
+BLOCK_ELEMENTS = 2**20  # logits per device in one iteration of the loop (4 MiB per float32 array): 32 rows at vocab
+# 32000, 8 at 128256; larger blocks fall out of this CPU's caches, smaller ones pay the loop's per-iteration cost
 
 
 def _batch_shards(leading: int) -> int:
