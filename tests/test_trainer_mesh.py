@@ -3,6 +3,9 @@ start-up refuses a process count the TPU environment does not describe."""
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import itertools
 import subprocess
 import sys
 
@@ -13,7 +16,7 @@ pytest.importorskip("jax")
 
 from distillspec.config import MeshSpec  # noqa: E402
 from trainer.exit_codes import UserError  # noqa: E402
-from trainer.sharding import _dcn_split, check_process_count, expected_processes, mesh_shape  # noqa: E402
+from trainer.sharding import _dcn_split, check_process_count, expected_processes, make_mesh, mesh_shape  # noqa: E402
 
 
 def test_unset_axes_mean_fsdp_inside_slices_and_data_across():
@@ -31,6 +34,51 @@ def test_slices_are_taken_from_data_first():
     assert _dcn_split((1, 16, 1), 4) == (1, 4, 1)  # data 1: FSDP spans slices (the user asked for it)
     with pytest.raises(UserError, match="cannot be split over 3 slices"):
         _dcn_split((2, 4, 1), 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    """What `mesh_utils` reads of a TPU device (no TPU here): its id, slice, position in the slice's 3-D torus."""
+
+    id: int
+    slice_index: int
+    coords: tuple[int, int, int]
+    process_index: int
+    core_on_chip: int = 0
+    platform: str = "tpu"
+    device_kind: str = "TPU v5"
+
+
+def v5p_slices(count: int, cube: tuple[int, int, int] = (4, 4, 4)) -> list[Chip]:
+    """`count` v5p-128 slices: 64 chips each in a 4 × 4 × 4 torus, 4 chips per host."""
+    chips = []
+    for s in range(count):
+        for i, (z, y, x) in enumerate(itertools.product(*(range(k) for k in reversed(cube)))):
+            chips.append(Chip(id=len(chips), slice_index=s, coords=(x, y, z), process_index=s * 16 + i // 4))
+    return chips
+
+
+@pytest.mark.parametrize(
+    "spec, shape",
+    [(MeshSpec(), (2, 64, 1)), (MeshSpec(tensor=4), (2, 16, 4)), (MeshSpec(data=4), (4, 32, 1))],
+)
+def test_two_v5p_slices_keep_fsdp_and_tensor_inside_a_slice(spec, shape):
+    """`make_mesh` on two slices' worth of TPU devices (jax's own topology code lays out each slice's torus): every
+    FSDP × tensor group is one slice's chips, so only the data axis crosses the data-centre network."""
+    mesh = make_mesh(spec, v5p_slices(2))
+    grid = mesh.devices
+    assert grid.shape == shape
+    for row in grid.reshape(shape[0], -1):
+        assert len({chip.slice_index for chip in row}) == 1, "an FSDP or tensor group spans two slices"
+    per_slice = collections.Counter(grid[:, 0, 0][i].slice_index for i in range(shape[0]))
+    assert per_slice == {0: shape[0] // 2, 1: shape[0] // 2}
+    assert sorted(chip.id for chip in grid.ravel()) == list(range(128))
+
+
+def test_data_one_makes_fsdp_span_the_slices_when_asked():
+    grid = make_mesh(MeshSpec(data=1, fsdp=-1), v5p_slices(2)).devices
+    assert grid.shape == (1, 128, 1)
+    assert {chip.slice_index for chip in grid.ravel()} == {0, 1}
 
 
 def test_process_count_must_match_the_tpu_environment():
