@@ -28,8 +28,9 @@ BLOCKS = {"block_tokens": 16, "block_vocab": 256}
 
 
 def probe() -> dict:
-    """Run inside the 8-device process: per mesh, the all-gathers of the compiled fused and dense loss + gradient,
-    the fused version's temporaries at two global token counts, and its values against one unsharded device."""
+    """Run inside the 8-device process: per mesh, the all-gathers of the compiled fused loss + gradient (and of a
+    canary that must gather), the fused version's temporaries at two global token counts, and its values against
+    one unsharded device."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -52,8 +53,10 @@ def probe() -> dict:
     def fused(sh, sw, th, tw, targets, mask):
         return L.fused_distillation_loss(sh, sw, th, tw, targets, mask, alpha=0.5, temperature=2.0, **BLOCKS)[0]
 
-    def dense(sh, sw, th, tw, targets, mask):
-        return L.distillation_loss(sh @ sw, th @ tw, targets, mask, alpha=0.5, temperature=2.0)[0]
+    def gathered(sh, sw, th, tw, targets, mask):  # the check's canary: logits constrained to be replicated
+        whole = jax.sharding.PartitionSpec()
+        s, t = (jax.lax.with_sharding_constraint(h @ w, whole) for h, w in ((sh, sw), (th, tw)))
+        return L.distillation_loss(s, t, targets, mask, alpha=0.5, temperature=2.0)[0]
 
     def place(mesh, args):
         rows = ("data", "fsdp")
@@ -78,14 +81,14 @@ def probe() -> dict:
         mesh = make_mesh(MeshSpec(data=data, fsdp=fsdp, tensor=tensor))
         with jax.set_mesh(mesh):
             args = place(mesh, reference_args)
-            c_fused, c_dense = compiled(fused, args), compiled(dense, args)
+            c_fused, c_canary = compiled(fused, args), compiled(gathered, args)
             loss, grads = c_fused(*args)
             temps = [c_fused.memory_analysis().temp_size_in_bytes]
             temps.append(compiled(fused, place(mesh, problem(4 * n))).memory_analysis().temp_size_in_bytes)
         out["meshes"][name] = {
             "batch_devices": data * fsdp,
             "fused_gathers": gathers(c_fused),
-            "dense_gathers": gathers(c_dense),
+            "canary_gathers": gathers(c_canary),
             "fused_temp_bytes": temps,  # at n and 4n global tokens
             "loss": float(loss),
             "want_loss": float(want_loss),
@@ -117,8 +120,8 @@ def test_eight_devices_are_simulated(measured):
 def test_no_per_token_or_logit_array_is_gathered_across_the_batch(measured, mesh):
     m = measured["meshes"][mesh]
     gathered = token_dims(m["batch_devices"])
-    # the check would see a gathered token axis: the dense loss gathers its logits
-    assert any(set(shape) & gathered for shape in m["dense_gathers"]), m["dense_gathers"]
+    # the check would see a gathered token axis: replicated logits are all-gathered
+    assert any(set(shape) & gathered for shape in m["canary_gathers"]), m["canary_gathers"]
     for shape in m["fused_gathers"]:
         assert not set(shape) & gathered, f"fused loss all-gathers {shape} over the batch in {mesh}"
         assert V in shape or V // 2 in shape, f"an all-gather {shape} that is not of a head"

@@ -165,7 +165,7 @@ def _over_row_blocks(rows, args, shape):
     axis = len(shape) - 2
     length = shape[axis] if len(shape) >= 2 else 1
     rows_per_position = max(math.prod(shape[:axis]) // _batch_shards(shape[0] if axis else 1), 1)
-    block_rows = max(BLOCK_ELEMENTS // shape[-1], 1)
+    block_rows = min(MAX_BLOCK_ROWS, max(BLOCK_ELEMENTS // shape[-1], 1))
     block = min(length, max(block_rows // rows_per_position, 1))
     if len(shape) < 2 or block >= length:
         return rows(*args)
@@ -184,6 +184,7 @@ def _over_row_blocks(rows, args, shape):
 
 BLOCK_ELEMENTS = 2**20  # logits per device in one iteration of the loop (4 MiB per float32 array): 32 rows at vocab
 # 32000, 8 at 128256; larger blocks fall out of this CPU's caches, smaller ones pay the loop's per-iteration cost
+MAX_BLOCK_ROWS = 32  # at small vocabularies more rows gain nothing, and the block's temporaries would set the peak
 
 
 def _batch_shards(leading: int) -> int:
