@@ -54,8 +54,7 @@ def probe() -> dict:
         return L.fused_distillation_loss(sh, sw, th, tw, targets, mask, alpha=0.5, temperature=2.0, **BLOCKS)[0]
 
     def gathered(sh, sw, th, tw, targets, mask):  # the check's canary: logits constrained to be replicated
-        whole = jax.sharding.PartitionSpec()
-        s, t = (jax.lax.with_sharding_constraint(h @ w, whole) for h, w in ((sh, sw), (th, tw)))
+        s, t = (jax.lax.with_sharding_constraint(h @ w, P()) for h, w in ((sh, sw), (th, tw)))
         return L.distillation_loss(s, t, targets, mask, alpha=0.5, temperature=2.0)[0]
 
     def place(mesh, args):

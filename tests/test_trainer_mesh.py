@@ -70,7 +70,7 @@ def test_two_v5p_slices_keep_fsdp_and_tensor_inside_a_slice(spec, shape):
     assert grid.shape == shape
     for row in grid.reshape(shape[0], -1):
         assert len({chip.slice_index for chip in row}) == 1, "an FSDP or tensor group spans two slices"
-    per_slice = collections.Counter(grid[:, 0, 0][i].slice_index for i in range(shape[0]))
+    per_slice = collections.Counter(chip.slice_index for chip in grid[:, 0, 0])
     assert per_slice == {0: shape[0] // 2, 1: shape[0] // 2}
     assert sorted(chip.id for chip in grid.ravel()) == list(range(128))
 
