@@ -66,4 +66,15 @@ fi
 LAST=("mpmath<1.4" markupsafe "transformers==$TRANSFORMERS")
 fetch "${LAST[@]}"
 install "${LAST[@]}"
+# Of the NVIDIA wheels, the loader needs only the libraries torch's own link against (ldd follows their rpaths);
+# cuDNN's engines, cuFFT/cuBLAS's companions and the headers are loaded, if ever, only on a GPU. Deleting the rest
+# saves ~1.2 GB on every clone (a CI run once failed for want of disk space here). ldd is glibc's, always present.
+SITE=$(realpath "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')")
+if [ -d "$SITE/nvidia" ]; then
+  mapfile -t LINKED < <(for lib in "$SITE"/torch/lib/*.so* "$SITE"/torch/_C*.so; do ldd "$lib"; done |
+    grep -o '/[^ ]*/nvidia/[^ ]*' | xargs -r -n1 realpath | sort -u)
+  [ "${#LINKED[@]}" -gt 0 ] || { echo "install.sh: ldd found none of torch's NVIDIA libraries" >&2; exit 1; }
+  find "$SITE/nvidia" -type f ! -name '__init__.py' -print0 |
+    { grep -zvxF -f <(printf '%s\n' "${LINKED[@]}") || true; } | xargs -0 -r rm -f
+fi
 "$PY" -c "import torch, transformers; torch.zeros(2) @ torch.ones(2); print('reference env:', torch.__version__, transformers.__version__)"
