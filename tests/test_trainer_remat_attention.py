@@ -1,10 +1,14 @@
 """Per-layer remat changes memory, not math: logits and gradients are equal under every policy, scanned or not.
-Attention through `jax.nn.dot_product_attention` equals the explicit einsum-softmax it replaced (GQA, causal,
-static and traced sliding windows), and packed documents (segment ids) see only themselves."""
+Attention (`jax.nn.dot_product_attention` on accelerators, the head-major layout on CPU and for soft caps) equals a
+plain einsum-softmax reference (GQA, causal, static and traced sliding windows), and packed documents (segment ids)
+see only themselves."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import re
 
 import numpy as np
 import pytest
@@ -15,7 +19,7 @@ from flax import nnx  # noqa: E402
 
 from distillspec.registry import ModelShape  # noqa: E402
 from trainer.models import ModelConfig, abstract_model, forward, host_init  # noqa: E402
-from trainer.models.layers import attend, segment_positions  # noqa: E402
+from trainer.models.layers import attend, attend_fused_call, attend_head_major, segment_positions  # noqa: E402
 
 
 def _tiny(family: str) -> ModelShape:
@@ -30,7 +34,7 @@ def _tiny(family: str) -> ModelShape:
 
 
 def _reference_attend(q, k, v, *, scale, softcap, window):
-    """The explicit implementation the fused call replaced (scores and softmax in float32, finfo.min mask)."""
+    """Plain einsum-softmax attention (scores and softmax in float32, finfo.min mask)."""
     b, t, h, kd = q.shape
     n = k.shape[2]
     qg = q.reshape(b, t, n, h // n, kd)
@@ -50,25 +54,49 @@ def _reference_attend(q, k, v, *, scale, softcap, window):
     return jnp.einsum("bngts,bsnk->btngk", probs, v).reshape(b, t, h, kd)
 
 
+IMPLEMENTATIONS = {"head-major": attend_head_major, "fused-call": attend_fused_call}
+
+
 @pytest.mark.parametrize(
     "window", [None, 3, "traced-local", "traced-global"], ids=["global", "window3", "traced-local", "traced-global"]
 )
-@pytest.mark.parametrize("softcap", [None, 20.0])
-def test_attention_equals_the_explicit_implementation(window, softcap):
+@pytest.mark.parametrize(
+    ("implementation", "softcap"), [("head-major", None), ("head-major", 20.0), ("fused-call", None)]
+)
+def test_attention_equals_the_explicit_implementation(implementation, window, softcap):
     keys = jax.random.split(jax.random.key(0), 3)
     q = 2.0 * jax.random.normal(keys[0], (2, 11, 6, 8))  # 6 query heads over 2 kv heads (GQA)
     k = 2.0 * jax.random.normal(keys[1], (2, 11, 2, 8))
     v = jax.random.normal(keys[2], (2, 11, 2, 8))
     if isinstance(window, str):
         window = (jnp.asarray(window == "traced-local"), 3)
-    got = attend(q, k, v, scale=0.35, softcap=softcap, window=window)
-    want = _reference_attend(q, k, v, scale=0.35, softcap=softcap, window=window)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    grad = jax.grad(lambda q: jnp.sum(jnp.sin(attend(q, k, v, scale=0.35, softcap=softcap, window=window))))(q)
-    grad_ref = jax.grad(
-        lambda q: jnp.sum(jnp.sin(_reference_attend(q, k, v, scale=0.35, softcap=softcap, window=window)))
-    )(q)
+    options = dict(scale=0.35, window=window) | ({"softcap": softcap} if implementation == "head-major" else {})
+    attend_with = functools.partial(IMPLEMENTATIONS[implementation], **options)
+    reference = functools.partial(_reference_attend, scale=0.35, softcap=softcap, window=window)
+    # Different matmul layouts sum in different orders: ~10 float32 ulps of outputs of order 1.
+    np.testing.assert_allclose(attend_with(q, k, v), reference(q, k, v), rtol=1e-5, atol=1e-5)
+    grad = jax.grad(lambda q: jnp.sum(jnp.sin(attend_with(q, k, v))))(q)
+    grad_ref = jax.grad(lambda q: jnp.sum(jnp.sin(reference(q, k, v))))(q)
     np.testing.assert_allclose(grad, grad_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_attention_copies_no_score_sized_array():
+    """On CPU `attend` takes the head-major layout, whose compiled gradient moves only q/k/v/output-sized arrays
+    between layouts; `jax.nn.dot_product_attention`'s XLA implementation copies scores into transposed layouts
+    (the canary: the test would not see a copy if there were none to see)."""
+    q = jnp.ones((2, 64, 4, 8))  # 4 query heads over 2 kv heads
+    k = v = jnp.ones((2, 64, 2, 8))
+    scores = 2 * 4 * 64 * 64
+
+    def largest_copy(attend_fn) -> int:
+        loss = lambda q, k, v: jnp.sum(jnp.sin(attend_fn(q, k, v, scale=0.35, window=None)))  # noqa: E731
+        hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, k, v).compile().as_text()
+        shapes = re.findall(r"= f32\[([\d,]*)\]\{[^}]*\} (?:copy|transpose)\(", hlo)
+        return max((math.prod(int(d) for d in shape.split(",") if d) for shape in shapes), default=0)
+
+    assert jax.default_backend() == "cpu"
+    assert largest_copy(attend_fused_call) >= scores
+    assert largest_copy(functools.partial(attend, softcap=None)) <= q.size  # T/K = 8 times smaller than scores
 
 
 def test_segment_positions_restart_per_document():

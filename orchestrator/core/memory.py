@@ -26,8 +26,8 @@ Notation: a = bytes of a model's `dtype` (compute), w = bytes of its `weight_dty
   attention output and projection, MLP gate, up, down); none: everything, n·(6D + (4H + 2K)·h/t + 5F/t)·a plus
   the attention probabilities R·H/t·T²·4
 - one layer's working set (the layer being (re)computed, either model): n·(4D + (2H + 2K)·h/t + 3F/t)·a plus
-  `ATTENTION_COPIES` float32 score-sized arrays R·H/t·T²·4 (`jax.nn.dot_product_attention` without a fused
-  kernel materialises the scores; on TPU/GPU flash kernels would not, so this over-estimates there)
+  `ATTENTION_COPIES` float32 score-sized arrays R·H/t·T²·4 (attention without a fused kernel materialises the
+  scores; on TPU/GPU flash kernels would not, so this over-estimates there)
 - loss, dense (one model's logits n·V·4 ≤ 512 MiB, `distillspec.loss_choice`): `DENSE_LOGIT_COPIES` float32
   logit-sized arrays n·V/t·4 live at once (both models' logits and the gradient w.r.t. the student's; the row
   statistics are computed in blocks of rows). The dense loss's arrays and the gathered weights are counted as

@@ -113,7 +113,7 @@ def segment_positions(segment_ids: jax.Array) -> jax.Array:
 def _mask(t: int, s: int, window, segment_ids: jax.Array | None, *, causal: bool) -> jax.Array | None:
     """Boolean mask `[B or 1, 1, T, S]` (True: may attend) of what `jax.nn.dot_product_attention`'s static
     arguments cannot say: a traced window (Gemma 3 in a scan) and packed documents; with `causal`, also the causal
-    and static-window parts (the explicit path). None when nothing is left to mask."""
+    and static-window parts (the head-major path). None when nothing is left to mask."""
     i = jnp.arange(t)[:, None]
     j = jnp.arange(s)[None, :]
     allowed = None
@@ -148,25 +148,48 @@ def attend(
     `(is_local, size)` when the layer's kind is only known inside a scan (Gemma 3). `segment_ids [B, T]` (packed
     data): a query sees only keys of its own segment.
 
-    Without a soft cap this is `jax.nn.dot_product_attention` (scores in float32, softmax in float32, the
-    platform's fused kernel where one applies); it has no logit soft-cap, so soft-capped families (Gemma 2) take
-    the explicit path, which computes the same thing with the cap applied before the mask."""
-    if softcap is None:
-        static_window = (window - 1, 0) if isinstance(window, int) else None
-        mask = _mask(q.shape[1], k.shape[1], window, segment_ids, causal=False)
-        return jax.nn.dot_product_attention(
-            q, k, v, mask=mask, scale=scale, is_causal=True, local_window_size=static_window
-        ).astype(v.dtype)
+    On accelerators, without a soft cap, this is `jax.nn.dot_product_attention` (scores in float32, softmax in
+    float32, the platform's fused kernel where one applies). On CPU, which has no fused kernel, and for
+    soft-capped families (Gemma 2), whose cap that call cannot apply, `attend_head_major` computes the same thing.
+    """
+    if softcap is None and jax.default_backend() != "cpu":
+        return attend_fused_call(q, k, v, scale=scale, window=window, segment_ids=segment_ids)
+    return attend_head_major(q, k, v, scale=scale, softcap=softcap, window=window, segment_ids=segment_ids)
+
+
+def attend_fused_call(q, k, v, *, scale, window, segment_ids=None) -> jax.Array:
+    """`attend` through `jax.nn.dot_product_attention` (no soft cap)."""
+    static_window = (window - 1, 0) if isinstance(window, int) else None
+    mask = _mask(q.shape[1], k.shape[1], window, segment_ids, causal=False)
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=mask, scale=scale, is_causal=True, local_window_size=static_window
+    ).astype(v.dtype)
+
+
+def attend_head_major(q, k, v, *, scale, softcap, window, segment_ids=None) -> jax.Array:
+    """`attend` with the scores `[B, N, G·T, S]` laid out head-major: each kv head's queries (its group of G query
+    heads × T positions, flattened) are the rows of one matmul, and the softmax runs along the last axis.
+
+    Why not `jax.nn.dot_product_attention`'s XLA implementation on CPU: it vmaps over the group axis, and XLA:CPU
+    then copies score-sized arrays into transposed layouts, six per layer forward and backward (`[4, 8, 2, 256,
+    256]` each at the bench's mid size). Why G·T flattened: the key and value gradients contract the queries, and
+    a contraction over two axes (G and T) makes XLA:CPU copy the scores' gradient first (see `dense`). Here only
+    q, k, v and the output (`[B, T, ·, K]`, T/K times smaller than the scores) are transposed. The soft cap
+    (Gemma 2) is applied before the mask, as in its reference implementation."""
     b, t, h, kd = q.shape
-    n = k.shape[2]
-    qg = q.reshape(b, t, n, h // n, kd)  # [B, T, N, G, K]
-    scores = jnp.einsum("btngk,bsnk->bngts", qg, k, preferred_element_type=jnp.float32) * scale
-    scores = softcap * jnp.tanh(scores / softcap)
-    allowed = _mask(t, k.shape[1], window, segment_ids, causal=True)[:, :, None]  # [B or 1, 1, 1, T, S]
+    n, s = k.shape[2], k.shape[1]
+    g = h // n
+    qh = q.reshape(b, t, n, g, kd).transpose(0, 2, 3, 1, 4).reshape(b, n, g * t, kd)  # [B, N, G·T, K]
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, N, S, K]
+    scores = jnp.einsum("bnqk,bnsk->bnqs", qh, kh, preferred_element_type=jnp.float32) * scale  # [B, N, G·T, S]
+    if softcap is not None:
+        scores = softcap * jnp.tanh(scores / softcap)
+    allowed = _mask(t, s, window, segment_ids, causal=True)  # [B or 1, 1, T, S]
+    allowed = jnp.broadcast_to(allowed[:, :, None], (allowed.shape[0], 1, g, t, s)).reshape(-1, 1, g * t, s)
     scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bngts,bsnk->btngk", probs, v)
-    return out.reshape(b, t, h, kd)
+    out = jnp.einsum("bnqs,bnsk->bnqk", probs, vh)  # [B, N, G·T, K]
+    return out.reshape(b, n, g, t, kd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, kd)
 
 
 class Attention(nnx.Module):
