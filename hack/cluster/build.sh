@@ -68,6 +68,10 @@ selected() {
 }
 
 mkdir -p "$BIN" "$CACHE"
+# The Go build cache of these builds (~5 GB for all of them) is kept beside the binaries only while they build, and
+# deleted once every selected one is cached: it would only speed up a rebuild after a version bump, and a CI run
+# once failed for want of disk space. The user's own GOCACHE is left alone.
+GO_BUILD_CACHE="$CACHE/go-build"
 manifest_entries=()
 goversion="$("$GO" env GOVERSION) $("$GO" env GOOS)/$("$GO" env GOARCH)"
 
@@ -99,7 +103,7 @@ for spec in "${COMPONENTS[@]}"; do
       echo "$name $version: building $pkg (first build of a component takes minutes) ..."
       start=$(date +%s)
       tmp="$binary.tmp.$$"
-      (cd "$moddir" && CGO_ENABLED=0 "$GO" build -trimpath -buildvcs=false -ldflags "$ldflags" -o "$tmp" "$pkg")
+      (cd "$moddir" && GOCACHE="$GO_BUILD_CACHE" CGO_ENABLED=0 "$GO" build -trimpath -buildvcs=false -ldflags "$ldflags" -o "$tmp" "$pkg")
       mv -f "$tmp" "$binary"
       echo "$name $version: built in $(( $(date +%s) - start ))s"
     fi
@@ -123,3 +127,6 @@ done
 } >"$BIN/manifest.json.tmp"
 mv -f "$BIN/manifest.json.tmp" "$BIN/manifest.json"
 echo "wrote $BIN/manifest.json"
+if [ -d "$GO_BUILD_CACHE" ]; then
+  chmod -R u+w "$GO_BUILD_CACHE" && rm -rf "$GO_BUILD_CACHE"
+fi
