@@ -68,10 +68,12 @@ selected() {
 }
 
 mkdir -p "$BIN" "$CACHE"
-# The Go build cache of these builds (~5 GB for all of them) is kept beside the binaries only while they build, and
-# deleted once every selected one is cached: it would only speed up a rebuild after a version bump, and a CI run
-# once failed for want of disk space. The user's own GOCACHE is left alone.
-GO_BUILD_CACHE="$CACHE/go-build"
+# The Go build cache of these builds (~5 GB for all of them) lives beside the binaries only while this run builds,
+# and is deleted when it ends: it would only speed up a rebuild after a version bump, and a CI run once failed for
+# want of disk space. One folder per run, so that a run ending never deletes what another is building with; the
+# user's own GOCACHE is left alone.
+GO_BUILD_CACHE="$CACHE/go-build.$$"
+trap '[ ! -d "$GO_BUILD_CACHE" ] || { chmod -R u+w "$GO_BUILD_CACHE" && rm -rf "$GO_BUILD_CACHE"; }' EXIT
 manifest_entries=()
 goversion="$("$GO" env GOVERSION) $("$GO" env GOOS)/$("$GO" env GOARCH)"
 
@@ -127,6 +129,3 @@ done
 } >"$BIN/manifest.json.tmp"
 mv -f "$BIN/manifest.json.tmp" "$BIN/manifest.json"
 echo "wrote $BIN/manifest.json"
-if [ -d "$GO_BUILD_CACHE" ]; then
-  chmod -R u+w "$GO_BUILD_CACHE" && rm -rf "$GO_BUILD_CACHE"
-fi
