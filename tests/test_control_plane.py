@@ -278,8 +278,12 @@ def test_jobset_admitted_placed_per_pool_and_completes(cluster):
 
     js = cluster.wait_jobset_condition("train-ok", "Completed", timeout=180)
     assert js["status"].get("restarts", 0) == 0
-    wl = cluster.workload("train-ok")
-    assert cluster.condition(wl, "Finished")["status"] == "True"
+    # Kueue marks the Workload Finished after the JobSet completes, on its own reconcile: wait for it.
+    def finished():
+        wl = cluster.workload("train-ok")
+        return (cluster.condition(wl, "Finished") or {}).get("status") == "True"
+
+    cluster.cp.wait_for(finished, 60, "Kueue to mark train-ok's Workload Finished")
 
 
 def test_exit_143_restarts_jobset(cluster):
