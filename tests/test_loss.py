@@ -387,7 +387,7 @@ def test_bad_feature_inputs_raise_clear_errors():
 
 @pytest.mark.parametrize("temperature", [0.5, 2.0])
 def test_fused_terms_and_their_custom_gradient_equal_autodiff_of_the_plain_formula(temperature):
-    """logit_terms (one fused pass, hand-written VJP) against log-softmaxes differentiated by JAX."""
+    """logit_terms (one fused pass, its objective's gradient written out) against log-softmaxes differentiated by JAX."""
     s, t, targets, mask, _, _ = batch(17)
     s, t, y, m = (jnp.asarray(x) for x in (s, t, targets, mask))
 
@@ -398,8 +398,10 @@ def test_fused_terms_and_their_custom_gradient_equal_autodiff_of_the_plain_formu
         return jnp.sum(m * (0.7 * kl_t + 0.3 * ce)), (kl_t, L.token_kl(t1, s1), ce, L.token_cross_entropy(t1, y))
 
     def fused(s_logits):
-        kl_t, kl_1, ce, ce_t, _ = L.logit_terms(s_logits, t, y, temperature)
-        return jnp.sum(m * (0.7 * kl_t + 0.3 * ce)), (kl_t, kl_1, ce, ce_t)
+        (kl_t, kl_1, ce, ce_t, _), objective = L.logit_terms(
+            s_logits, t, y, temperature, kl_weight=0.7 * m, ce_weight=0.3 * m
+        )
+        return objective, (kl_t, kl_1, ce, ce_t)
 
     (value_a, terms_a), grad_a = jax.value_and_grad(plain, has_aux=True)(s)
     (value_b, terms_b), grad_b = jax.value_and_grad(fused, has_aux=True)(s)
@@ -407,3 +409,48 @@ def test_fused_terms_and_their_custom_gradient_equal_autodiff_of_the_plain_formu
     for a, b in zip(terms_a, terms_b):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(grad_a), np.asarray(grad_b), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("positions", [32, 45])
+def test_objective_gradient_is_computed_in_the_forward_loop(positions, monkeypatch):
+    """Blocks of rows (a loop, and a smaller block for the rows left over): the terms, the objective and its
+    gradient equal the unblocked pass's; the logit terms carry no gradient of their own."""
+    rng = np.random.default_rng(3)
+    s, t = (jnp.asarray(3.0 * rng.standard_normal((2, positions, 40)), jnp.float32) for _ in range(2))
+    y = jnp.asarray(rng.integers(0, 40, (2, positions)))
+    w = jnp.asarray(rng.random((2, positions)), jnp.float32)
+
+    def run(s):
+        terms, objective = L.logit_terms(s, t, y, 1.5, kl_weight=w, ce_weight=1.0 - w)
+        return objective, terms
+
+    whole = jax.value_and_grad(run, has_aux=True)(s)
+    monkeypatch.setattr(L, "MAX_BLOCK_ROWS", 8)
+    monkeypatch.setattr(L, "BLOCK_ELEMENTS", 8 * 40)
+    blocked = jax.value_and_grad(run, has_aux=True)(s)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(blocked)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    terms_grad = jax.grad(lambda s: sum(jnp.sum(x) for x in L.logit_terms(s, t, y, 1.5)[0]))(s)
+    assert not np.any(np.asarray(terms_grad))
+
+
+def test_objective_gradient_overwrites_the_logits_in_place():
+    """The loss's gradient takes the student's float32 logits' buffer: compiled from two heads' logits, the loss
+    and its gradient hold the two models' logits and a block's temporaries, not a third logit-sized array for the
+    gradient (the previous backward pass held 3.0 logit-sized arrays here)."""
+    shape = (2, 256, 4096)
+    logit_bytes = 4 * math.prod(shape)
+    rng = np.random.default_rng(0)
+    hidden = jnp.asarray(rng.standard_normal((*shape[:2], 64)), jnp.float32)
+    heads = [jnp.asarray(rng.standard_normal((64, shape[-1])), jnp.float32) for _ in range(2)]
+    y = jnp.asarray(rng.integers(0, shape[-1], shape[:2]))
+    mask = jnp.ones(shape[:2])
+
+    def head_grad(student_head, teacher_head):
+        def loss(w):
+            return L.distillation_objective(hidden @ w, hidden @ teacher_head, y, mask, alpha=0.5, temperature=2.0)[0]
+
+        return jax.grad(loss)(student_head)
+
+    temp = jax.jit(head_grad).lower(*heads).compile().memory_analysis().temp_size_in_bytes
+    assert temp < 2.5 * logit_bytes, temp / logit_bytes

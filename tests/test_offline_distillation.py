@@ -44,9 +44,11 @@ def _offline(student, cache, targets, mask, temperature):
 def _both(student, teacher, targets, mask, cache, temperature):
     """`((∂KL/∂s, sums) online, (∂KL/∂s, sums) offline)`: one compile serves every temperature."""
 
-    def online(s):
-        sums = losses.distillation_sums(s, teacher, targets, mask, temperature=temperature)
-        return sums["kl_at_T"][0], sums
+    def online(s):  # Σ KL_T over valid tokens: the objective at α = 1 over a count of 1, without its T²
+        total, sums = losses.distillation_objective(
+            s, teacher, targets, mask, alpha=1.0, temperature=temperature, token_count=1.0
+        )
+        return total / temperature**2, sums
 
     def offline(s):
         sums = _offline(s, cache, targets, mask, temperature)

@@ -11,9 +11,11 @@ which no per-token average of `exp(CE)` gives. `PERPLEXITY_METRICS` names them; 
 
 Speed: all logit terms come from shared passes (`logit_terms`), a block of rows at a time: each model's row max,
 then the four normalisers (student and teacher at T = 1 and at T), both KLs, both cross-entropies (the target
-logit gathered) and the top-1 agreement (max-reductions, no argmax), with no `[B, T, V]` intermediate kept; the
-backward pass is one elementwise expression (a custom VJP) of the saved row statistics, instead of autodiff
-through log-softmaxes. Metric-only terms carry no gradient. Logits are upcast to float32 here.
+logit gathered) and the top-1 agreement (max-reductions, no argmax), with no `[B, T, V]` intermediate kept. The
+loss's gradient w.r.t. the student's logits is written out and computed in the same pass, from the same
+exponentials, over the student's logits' own buffer (a custom VJP whose backward only scales it): the KL and
+cross-entropy enter as per-token weights (`distillation_objective`), and the terms themselves, metrics included,
+carry no gradient. Logits are upcast to float32 here.
 
 Per-token functions (`token_kl`, `token_cross_entropy`, `token_cosine_distance`, `token_squared_error`) return
 unreduced values; `masked_sum` is the one place that reduces.
@@ -67,36 +69,53 @@ def log_softmax_at(logits: jax.Array, temperature) -> tuple[jax.Array, jax.Array
 
 
 def logit_terms(
-    student_logits: jax.Array, teacher_logits: jax.Array, targets: jax.Array, temperature
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    targets: jax.Array,
+    temperature,
+    *,
+    kl_weight: jax.Array | None = None,
+    ce_weight: jax.Array | None = None,
+) -> tuple[tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]:
     """Every per-token logit quantity from one pass, in blocks of rows, over the student's and the teacher's
-    logits `[..., V]`: `(kl_at_T, kl_T1, student_ce, teacher_ce, top1_agreement)`, each `[...]`.
+    logits `[..., V]`, and the one differentiable output: `((kl_at_T, kl_T1, student_ce, teacher_ce,
+    top1_agreement), objective)`, terms `[...]`, `objective = Σ kl_weight·kl_at_T + ce_weight·student_ce` (weights
+    `[...]` or scalars, 1 when None; a zero weight selects its token away, so a NaN there cannot leak in).
 
     With `d = z − max(z)` and `Z_T = Σ exp(d / T)` per row:
         KL_T(t ‖ s) = Σ_v p_tT·(d_t − d_s)/T − log Z_tT + log Z_sT,      CE = log Z_1 − d[target].
-    The gradient (w.r.t. the student's logits only) is written out, one elementwise pass:
-        ∂KL_T/∂s = (p_sT − p_tT)/T,   ∂CE/∂s = p_s1 − onehot(target).
-    `kl_T1`, `teacher_ce` and the agreement are metrics: no gradient flows from them (as under stop_gradient),
-    nor into the teacher's logits or the temperature.
+    The objective's gradient w.r.t. the student's logits is written out,
+        kl_weight·(p_sT − p_tT)/T + ce_weight·(p_s1 − onehot(target)),
+    and computed in the same pass as the terms, from the same exponentials: the backward pass only scales it.
+    The terms themselves carry no gradient (as under stop_gradient), nor does anything flow into the teacher's
+    logits, the weights or the temperature.
     """
-    t = jnp.asarray(temperature, jnp.float32)
+    s = student_logits.astype(jnp.float32)
+    rows = s.shape[:-1]
+    weight = lambda w: jnp.broadcast_to(jnp.ones((), jnp.float32) if w is None else jnp.asarray(w, jnp.float32), rows)  # noqa: E731
     return _logit_terms(
-        student_logits.astype(jnp.float32), teacher_logits.astype(jnp.float32), targets.astype(jnp.int32), t
+        s,
+        teacher_logits.astype(jnp.float32),
+        targets.astype(jnp.int32),
+        jnp.asarray(temperature, jnp.float32),
+        weight(kl_weight),
+        weight(ce_weight),
     )
 
 
 @jax.custom_vjp
-def _logit_terms(s, t, targets, temperature):
-    return _logit_terms_fwd(s, t, targets, temperature)[0]
+def _logit_terms(s, t, targets, temperature, kl_weight, ce_weight):
+    return _logit_terms_fwd(s, t, targets, temperature, kl_weight, ce_weight)[0]
 
 
-def _forward_rows(temperature, s, t, targets):
-    """Per-row terms and saved statistics of one block of rows `[..., R, V]`."""
+def _rows(temperature, s, t, targets, kl_weight, ce_weight):
+    """The terms of one block of rows `[..., R, V]` and the objective's gradient w.r.t. the student's logits."""
     inv_t = 1.0 / temperature
     m_s, m_t = jnp.max(s, axis=-1), jnp.max(t, axis=-1)
     d_s, d_t = s - m_s[..., None], t - m_t[..., None]
+    e_s1, e_st = jnp.exp(d_s), jnp.exp(d_s * inv_t)
     e_t1, e_tt = jnp.exp(d_t), jnp.exp(d_t * inv_t)
-    z_s1, z_st = jnp.sum(jnp.exp(d_s), axis=-1), jnp.sum(jnp.exp(d_s * inv_t), axis=-1)
+    z_s1, z_st = jnp.sum(e_s1, axis=-1), jnp.sum(e_st, axis=-1)
     z_t1, z_tt = jnp.sum(e_t1, axis=-1), jnp.sum(e_tt, axis=-1)
     a_t, a_1 = jnp.sum(e_tt * (d_t - d_s), axis=-1), jnp.sum(e_t1 * (d_t - d_s), axis=-1)
     log = jnp.log
@@ -105,8 +124,20 @@ def _forward_rows(temperature, s, t, targets):
     ce_s = log(z_s1) + m_s - _at(s, targets)
     ce_t = log(z_t1) + m_t - _at(t, targets)
     agree = top1_agreement(s, m_s, t, m_t)
-    # The backward reads p = exp(d·k − log Z) (k = 1 or 1/T): no division per element.
-    return (kl_t, kl_1, ce_s, ce_t, agree), (m_s, m_t, log(z_s1), log(z_st), log(z_tt))
+    terms = (kl_t, kl_1, ce_s, ce_t, agree)
+    # Per-row coefficients, so the gradient is three multiply-adds per logit (p = e / Z). `+ 0·Σterms` ties the
+    # gradient to every read of the block: XLA then writes it over the student's logits only after they are
+    # read, instead of copying the block to keep a reader's input alive.
+    k = kl_weight * inv_t + 0.0 * sum(terms)
+    c_st, c_tt, c_s1 = k / z_st, k / z_tt, ce_weight / z_s1
+    hit = jax.lax.broadcasted_iota(jnp.int32, s.shape, s.ndim - 1) == targets[..., None]
+    grad = (
+        e_st * c_st[..., None]
+        - e_tt * c_tt[..., None]
+        + e_s1 * c_s1[..., None]
+        - jnp.where(hit, ce_weight[..., None], 0.0)
+    )
+    return terms, grad
 
 
 def _at(z: jax.Array, index: jax.Array) -> jax.Array:
@@ -124,35 +155,30 @@ def top1_agreement(s: jax.Array, m_s: jax.Array, t: jax.Array, m_t: jax.Array) -
     return (at_student_top == m_t).astype(jnp.float32)
 
 
-def _logit_terms_fwd(s, t, targets, temperature):
-    terms, row = _over_row_blocks(functools.partial(_forward_rows, temperature), (s, t, targets), s.shape)
-    return terms, (s, t, targets, temperature, row)
-
-
-def _backward_rows(temperature, s, t, targets, m_s, m_t, lz_s1, lz_st, lz_tt, g_kl_t, g_ce):
-    """The gradient w.r.t. the student's logits `[..., V]`: an elementwise expression of the saved row
-    statistics."""
-    inv_t = 1.0 / temperature
-    d_s, d_t = s - m_s[..., None], t - m_t[..., None]
-    hit = jax.lax.broadcasted_iota(jnp.int32, s.shape, s.ndim - 1) == targets[..., None]
-    p_st = jnp.exp(d_s * inv_t - lz_st[..., None])
-    p_tt = jnp.exp(d_t * inv_t - lz_tt[..., None])
-    p_s1 = jnp.exp(d_s - lz_s1[..., None])
-    return (g_kl_t * inv_t)[..., None] * (p_st - p_tt) + g_ce[..., None] * (p_s1 - hit.astype(jnp.float32))
+def _logit_terms_fwd(s, t, targets, temperature, kl_weight, ce_weight):
+    # The gradient is written over the student's float32 logits, block by block: no second `[tokens, vocab]`
+    # buffer, and the backward pass reads one array.
+    terms, grad = _over_row_blocks(
+        functools.partial(_rows, temperature), (s, t, targets, kl_weight, ce_weight), s.shape, overwrite=0
+    )
+    objective = jnp.sum(jnp.where(kl_weight != 0, kl_weight * terms[0], 0.0)) + jnp.sum(
+        jnp.where(ce_weight != 0, ce_weight * terms[2], 0.0)
+    )
+    return (terms, objective), (grad, temperature, kl_weight, ce_weight)
 
 
 def _logit_terms_bwd(residuals, cotangents):
-    s, t, targets, temperature, row = residuals
-    g_kl_t, _, g_ce, _, _ = cotangents
-    # One elementwise pass over whole rows (XLA fuses it into one loop, parallel over rows); blocks of rows would
-    # gain nothing here, nothing being shared between passes.
-    grad_s = _backward_rows(temperature, s, t, targets, *row, g_kl_t, g_ce)
-    return grad_s, jnp.zeros_like(t), None, jnp.zeros_like(temperature)
+    grad, temperature, kl_weight, ce_weight = residuals
+    _, g = cotangents  # the terms' cotangents are dropped: they carry no gradient
+    zero = jnp.zeros_like  # (the teacher's logits have the student's shape; callers stop their gradient)
+    return g * grad, zero(grad), None, zero(temperature), zero(kl_weight), zero(ce_weight)
 
 
-def _over_row_blocks(rows, args, shape):
+def _over_row_blocks(rows, args, shape, overwrite=None):
     """`rows(*args)` evaluated block by block over the rows of `[..., N, V]` logits, each output written into its
-    place (outputs are `[..., N, V]` or per-row `[..., N]`, like the arguments).
+    place (outputs are `[..., N, V]` or per-row `[..., N]`, like the arguments). With `overwrite = i`, `rows`
+    returns `(outputs, full)` and `full [..., R, V]` is written over `args[i]`, whose block it has read: the
+    result takes that argument's buffer instead of a new one.
 
     Why a loop: left to itself, XLA:CPU keeps every intermediate the row statistics share (`z − max`, the
     exponentials) as a whole `[tokens, vocab]` array in memory, and memory, not arithmetic, then sets the pace
@@ -160,8 +186,8 @@ def _over_row_blocks(rows, args, shape):
     blocks of 32 rows, 16 MB per array, took 1.5× as long as blocks of 8). The loop runs over blocks of the
     second-to-last axis (positions of `[B, T, V]` logits) and keeps the leading axes whole: those are the ones the
     mesh's batch axes split, and a loop over them would all-gather the logits of every device (per-token slices
-    of a sharded axis). The last block is clamped to end at the axis' end (rows written twice, with equal
-    values), so an odd length does not shrink the block."""
+    of a sharded axis). Rows left over after the whole blocks make one smaller block after the loop, so an odd
+    length does not shrink the block."""
     axis = len(shape) - 2
     length = shape[axis] if len(shape) >= 2 else 1
     rows_per_position = max(math.prod(shape[:axis]) // _batch_shards(shape[0] if axis else 1), 1)
@@ -169,17 +195,32 @@ def _over_row_blocks(rows, args, shape):
     block = min(length, max(block_rows // rows_per_position, 1))
     if len(shape) < 2 or block >= length:
         return rows(*args)
-    out_shapes = jax.eval_shape(rows, *(jax.lax.slice_in_dim(a, 0, block, axis=axis) for a in args))
 
-    def body(i, outs):
-        start = jnp.minimum(i * block, length - block)
-        part = [jax.lax.dynamic_slice_in_dim(a, start, block, axis) for a in args]
-        return jax.tree.map(
-            lambda out, new: jax.lax.dynamic_update_slice_in_dim(out, new, start, axis), outs, rows(*part)
-        )
+    def run(start, size, carry):
+        outs, target = carry
+        part = [
+            jax.lax.dynamic_slice_in_dim(target if j == overwrite else a, start, size, axis)
+            for j, a in enumerate(args)
+        ]
+        new = rows(*part)
+        if overwrite is not None:
+            new, full = new
+            target = jax.lax.dynamic_update_slice_in_dim(target, full, start, axis)
+        put = lambda out, n: jax.lax.dynamic_update_slice_in_dim(out, n, start, axis)  # noqa: E731
+        return jax.tree.map(put, outs, new), target
 
+    first = [jax.lax.slice_in_dim(a, 0, block, axis=axis) for a in args]
+    out_shapes = jax.eval_shape(rows, *first)
+    if overwrite is not None:
+        out_shapes = out_shapes[0]
     empty = jax.tree.map(lambda o: jnp.zeros(o.shape[:axis] + (length,) + o.shape[axis + 1 :], o.dtype), out_shapes)
-    return jax.lax.fori_loop(0, -(-length // block), body, empty)
+    whole = length // block
+    carry = (empty, args[overwrite] if overwrite is not None else None)
+    carry = jax.lax.fori_loop(0, whole, lambda i, c: run(i * block, block, c), carry)
+    if length % block:
+        carry = run(whole * block, length % block, carry)
+    outs, target = carry
+    return (outs, target) if overwrite is not None else outs
 
 
 BLOCK_ELEMENTS = 2**20  # logits per device in one iteration of the loop (4 MiB per float32 array): 32 rows at vocab
@@ -292,16 +333,48 @@ def distillation_sums(
 ) -> dict[str, SumCount]:
     """Unweighted `(sum, count)` of every per-token quantity, from shared passes over the logits.
 
-    Keys: `kl_at_T`, `ce`, `feature` (when features are given; count = valid tokens × selected layers), and the
-    metric-only `kl_T1`, `teacher_ce`, `top1_agreement` (gradient-free).
+    Keys: `kl_at_T`, `ce`, `kl_T1`, `teacher_ce`, `top1_agreement` and `feature` (when features are given; count =
+    valid tokens × selected layers). The logit terms carry no gradient (`distillation_objective` is the
+    differentiable loss); the feature sum does.
     Shapes: logits `[B, T, V]`, targets/mask `[B, T]`, features `[L, B, T, D]`.
     """
-    kl_t, kl_1, ce_s, ce_t, agree = logit_terms(
-        student_logits, jax.lax.stop_gradient(teacher_logits), targets, temperature
+    terms, _ = logit_terms(student_logits, jax.lax.stop_gradient(teacher_logits), targets, temperature)
+    return _reduce(terms, mask, student_features, teacher_features, layer_indices, feature_loss_type)
+
+
+def distillation_objective(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    *,
+    alpha,
+    temperature,
+    beta=0.0,
+    token_count=None,
+    feature_count=None,
+    student_features: jax.Array | None = None,
+    teacher_features: jax.Array | None = None,
+    layer_indices: Sequence[int] | None = None,
+    feature_loss_type: FeatureLossType = "cosine",
+) -> tuple[jax.Array, dict[str, SumCount]]:
+    """`(weighted_total(sums), sums)` of `distillation_sums`, differentiable w.r.t. the student's logits (and
+    features): the KL and cross-entropy enter as per-token weights of `logit_terms`' objective, `α·T²/n` and
+    `(1 − α)/n` on valid tokens, so the gradient comes out of the same pass over the logits as the terms.
+    `token_count` and `feature_count` are `weighted_total`'s denominators (None: this batch's counts)."""
+    valid = mask.astype(bool)
+    t = jnp.asarray(temperature, jnp.float32)
+    n = jnp.maximum(jnp.sum(valid, dtype=jnp.float32) if token_count is None else token_count, 1.0)
+    terms, objective = logit_terms(
+        student_logits,
+        jax.lax.stop_gradient(teacher_logits),
+        targets,
+        t,
+        kl_weight=jnp.where(valid, alpha * t * t / n, 0.0),
+        ce_weight=jnp.where(valid, (1.0 - alpha) / n, 0.0),
     )
-    return _reduce(
-        (kl_t, kl_1, ce_s, ce_t, agree), mask, student_features, teacher_features, layer_indices, feature_loss_type
-    )
+    sums = _reduce(terms, mask, student_features, teacher_features, layer_indices, feature_loss_type)
+    return objective + feature_term(sums, beta=beta, feature_count=feature_count), sums
 
 
 def weighted_total(
@@ -311,10 +384,15 @@ def weighted_total(
     gradient accumulation divides every micro-batch by the whole step's valid tokens)."""
     n = jnp.maximum(sums["ce"][1] if token_count is None else token_count, 1.0)
     total = alpha * temperature**2 * sums["kl_at_T"][0] / n + (1.0 - alpha) * sums["ce"][0] / n
-    if "feature" in sums:
-        nf = jnp.maximum(sums["feature"][1] if feature_count is None else feature_count, 1.0)
-        total = total + beta * sums["feature"][0] / nf
-    return total
+    return total + feature_term(sums, beta=beta, feature_count=feature_count)
+
+
+def feature_term(sums: Mapping[str, SumCount], *, beta, feature_count=None) -> jax.Array:
+    """`β·feature` (the feature sum over its count, or over `feature_count`); 0 without features."""
+    if "feature" not in sums:
+        return jnp.zeros((), jnp.float32)
+    nf = jnp.maximum(sums["feature"][1] if feature_count is None else feature_count, 1.0)
+    return beta * sums["feature"][0] / nf
 
 
 def distill_metrics(sums: Mapping[str, SumCount], total, *, alpha, temperature, beta) -> dict[str, SumCount]:
@@ -373,18 +451,19 @@ def distillation_loss(
       `(total, metrics)`: the scalar loss and `{name: (sum, count)}` (see the module docstring).
     """
     features = student_features is not None and teacher_features is not None and not _is_zero(beta)
-    sums = distillation_sums(
+    total, sums = distillation_objective(
         student_logits,
         teacher_logits,
         targets,
         mask,
+        alpha=alpha,
         temperature=temperature,
+        beta=beta,
         student_features=student_features if features else None,
         teacher_features=teacher_features if features else None,
         layer_indices=layer_indices,
         feature_loss_type=feature_loss_type,
     )
-    total = weighted_total(sums, alpha=alpha, temperature=temperature, beta=beta)
     return total, distill_metrics(sums, total, alpha=alpha, temperature=temperature, beta=beta)
 
 

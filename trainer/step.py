@@ -228,14 +228,16 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
             elif not distill:
                 sums = losses.pretrain_sums(logits, mb["targets"], mb["mask"])
                 return sums["ce"][0] / jnp.maximum(n_tokens, 1.0), sums
-            else:
+            else:  # the gradient comes out of the loss's forward pass over the logits (`losses.logit_terms`)
                 t_logits, t_feats = teacher_out
-                sums = losses.distillation_sums(
+                return losses.distillation_objective(
                     logits,
                     t_logits,
                     mb["targets"],
                     mb["mask"],
-                    temperature=weights["temperature"],
+                    **weights,
+                    token_count=n_tokens,
+                    feature_count=n_features,
                     student_features=feats if models.features else None,
                     teacher_features=t_feats if models.features else None,
                     layer_indices=layer_indices,
