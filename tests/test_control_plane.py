@@ -278,6 +278,7 @@ def test_jobset_admitted_placed_per_pool_and_completes(cluster):
 
     js = cluster.wait_jobset_condition("train-ok", "Completed", timeout=180)
     assert js["status"].get("restarts", 0) == 0
+
     # Kueue marks the Workload Finished after the JobSet completes, on its own reconcile: wait for it.
     def finished():
         wl = cluster.workload("train-ok")

@@ -199,8 +199,7 @@ def _over_row_blocks(rows, args, shape, overwrite=None):
     def run(start, size, carry):
         outs, target = carry
         part = [
-            jax.lax.dynamic_slice_in_dim(target if j == overwrite else a, start, size, axis)
-            for j, a in enumerate(args)
+            jax.lax.dynamic_slice_in_dim(target if j == overwrite else a, start, size, axis) for j, a in enumerate(args)
         ]
         new = rows(*part)
         if overwrite is not None:

@@ -18,9 +18,10 @@ Notation: a = bytes of a model's `dtype` (compute), w = bytes of its `weight_dty
 - gradients: P_s · 4 (float32; twice with gradient accumulation: the running sum and the micro-batch's)
 - optimizer state: P_s · 8 (AdamW's two float32 moments)
 - teacher parameters: P_t · w_t (frozen: no gradients or moments)
-- gathered weights (fsdp > 1): a matmul needs its whole weight, so each model's embedding and LM head (V·D·a
-  each, one when tied; the lookup reads the whole table) and one layer's weights (/t) are gathered; the
-  student's also get a float32 gradient of that size before it is reduce-scattered
+- gathered weights (fsdp > 1): a matmul needs its whole weight, so each model's embedding and LM head (V·D
+  each, one when tied; the lookup reads the whole table) and one layer's weights (/t) are gathered: the
+  teacher's at a_t bytes, the student's as its float32 master weights (XLA gathers before the cast to the
+  compute dtype) with a float32 gradient of that size before it is reduce-scattered
 - student activations kept for the backward pass, per layer (`remat`):
   full: the layer input n·D·a; dots: also the weight matmuls' outputs n·(D + (2H + 2K)·h/t + 3F/t)·a (q, k, v,
   attention output and projection, MLP gate, up, down); none: everything, n·(6D + (4H + 2K)·h/t + 5F/t)·a plus
@@ -29,8 +30,9 @@ Notation: a = bytes of a model's `dtype` (compute), w = bytes of its `weight_dty
   `ATTENTION_COPIES` float32 score-sized arrays R·H/t·T²·4 (attention without a fused kernel materialises the
   scores; on TPU/GPU flash kernels would not, so this over-estimates there)
 - loss, dense (one model's logits n·V·4 ≤ 512 MiB, `distillspec.loss_choice`): `DENSE_LOGIT_COPIES` float32
-  logit-sized arrays n·V/t·4 live at once (both models' logits and the gradient w.r.t. the student's; the row
-  statistics are computed in blocks of rows). The dense loss's arrays and the gathered weights are counted as
+  logit-sized arrays n·V/t·4 live at once (both models' logits and the gradient w.r.t. the student's, which
+  is written over the student's float32 logits block by block; the row statistics are computed in the same
+  blocks of rows). The dense loss's arrays and the gathered weights are counted as
   alternatives, the larger of the two: in XLA:CPU's schedule of the step they do not peak together (the test's
   FSDP and tensor-parallel meshes peak below their sum)
 - loss, fused: `FUSED_BLOCK_COPIES` float32 blocks b_t·b_v·4 (b_t = min(1024, n), b_v = min(8192, V)), and both
@@ -195,7 +197,9 @@ def estimate(spec: DistillSpec, *, chips: int, hbm_bytes_per_chip: int | None) -
 
     activations = student.depth * _kept(student, spec.student.remat, rows, length, a_s, tensor)
     activations += _working_set(student, rows, length, a_s, tensor)
-    gathered = _gathered(spec.student, student, fsdp, tensor) * (1 + F32 / a_s)  # weights and their gradient
+    # The student's weights are gathered as their float32 master copy (cast to the compute dtype after the
+    # gather) and get a float32 gradient of the same size before it is reduce-scattered.
+    gathered = _gathered(spec.student, student, fsdp, tensor) * (MASTER_BYTES + F32) / a_s
     vocab = _split(student.vocab_size, tensor)
     teacher_params, fused = 0, False
     teacher = spec.teacher if spec.is_online_distillation else None
