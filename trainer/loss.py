@@ -91,8 +91,10 @@ def logit_terms(
     logits, the weights or the temperature.
     """
     s = student_logits.astype(jnp.float32)
-    rows = s.shape[:-1]
-    weight = lambda w: jnp.broadcast_to(jnp.ones((), jnp.float32) if w is None else jnp.asarray(w, jnp.float32), rows)  # noqa: E731
+
+    def weight(w):
+        return jnp.broadcast_to(jnp.asarray(1.0 if w is None else w, jnp.float32), s.shape[:-1])
+
     return _logit_terms(
         s,
         teacher_logits.astype(jnp.float32),
@@ -205,8 +207,8 @@ def _over_row_blocks(rows, args, shape, overwrite=None):
         if overwrite is not None:
             new, full = new
             target = jax.lax.dynamic_update_slice_in_dim(target, full, start, axis)
-        put = lambda out, n: jax.lax.dynamic_update_slice_in_dim(out, n, start, axis)  # noqa: E731
-        return jax.tree.map(put, outs, new), target
+        outs = jax.tree.map(lambda out, n: jax.lax.dynamic_update_slice_in_dim(out, n, start, axis), outs, new)
+        return outs, target
 
     first = [jax.lax.slice_in_dim(a, 0, block, axis=axis) for a in args]
     out_shapes = jax.eval_shape(rows, *first)
@@ -362,15 +364,15 @@ def distillation_objective(
     `(1 − α)/n` on valid tokens, so the gradient comes out of the same pass over the logits as the terms.
     `token_count` and `feature_count` are `weighted_total`'s denominators (None: this batch's counts)."""
     valid = mask.astype(bool)
-    t = jnp.asarray(temperature, jnp.float32)
-    n = jnp.maximum(jnp.sum(valid, dtype=jnp.float32) if token_count is None else token_count, 1.0)
+    n = jnp.sum(valid, dtype=jnp.float32) if token_count is None else token_count
+    kl_weight, ce_weight = term_weights(alpha=alpha, temperature=temperature, token_count=n)
     terms, objective = logit_terms(
         student_logits,
         jax.lax.stop_gradient(teacher_logits),
         targets,
-        t,
-        kl_weight=jnp.where(valid, alpha * t * t / n, 0.0),
-        ce_weight=jnp.where(valid, (1.0 - alpha) / n, 0.0),
+        temperature,
+        kl_weight=jnp.where(valid, kl_weight, 0.0),
+        ce_weight=jnp.where(valid, ce_weight, 0.0),
     )
     sums = _reduce(terms, mask, student_features, teacher_features, layer_indices, feature_loss_type)
     return objective + feature_term(sums, beta=beta, feature_count=feature_count), sums
@@ -381,9 +383,18 @@ def weighted_total(
 ) -> jax.Array:
     """`α·T²·KL_T + (1 − α)·CE + β·feature`, each a sum divided by its count (or by the given denominators:
     gradient accumulation divides every micro-batch by the whole step's valid tokens)."""
-    n = jnp.maximum(sums["ce"][1] if token_count is None else token_count, 1.0)
-    total = alpha * temperature**2 * sums["kl_at_T"][0] / n + (1.0 - alpha) * sums["ce"][0] / n
+    kl_weight, ce_weight = term_weights(
+        alpha=alpha, temperature=temperature, token_count=sums["ce"][1] if token_count is None else token_count
+    )
+    total = kl_weight * sums["kl_at_T"][0] + ce_weight * sums["ce"][0]
     return total + feature_term(sums, beta=beta, feature_count=feature_count)
+
+
+def term_weights(*, alpha, temperature, token_count) -> tuple[jax.Array, jax.Array]:
+    """The weights of a valid token's KL at T and cross-entropy in the loss: `(α·T²/n, (1 − α)/n)`, n the token
+    count (at least 1). One place for the dense objective's per-token weights and `weighted_total`."""
+    n = jnp.maximum(token_count, 1.0)
+    return alpha * temperature**2 / n, (1.0 - alpha) / n
 
 
 def feature_term(sums: Mapping[str, SumCount], *, beta, feature_count=None) -> jax.Array:
