@@ -434,6 +434,39 @@ def test_objective_gradient_is_computed_in_the_forward_loop(positions, monkeypat
     assert not np.any(np.asarray(terms_grad))
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 3.0, 4.0])
+def test_integer_temperature_shares_the_exponentials(temperature, monkeypatch):
+    """At T = 1 … 4 given as a number, `exp(d)` is `exp(d / T)^T`: the compiled loss and gradient compute two
+    exponentials per logit pair instead of four and equal the general pass's (a traced T), blocked or not."""
+    rng = np.random.default_rng(5)
+    s, t = (jnp.asarray(4.0 * rng.standard_normal((2, 45, 40)), jnp.float32) for _ in range(2))
+    y = jnp.asarray(rng.integers(0, 40, (2, 45)))
+    w = jnp.asarray(rng.random((2, 45)), jnp.float32)
+
+    def run(s, temperature):
+        terms, objective = L.logit_terms(s, t, y, temperature, kl_weight=w, ce_weight=1.0 - w)
+        return objective, terms
+
+    def exponentials(f, *args):
+        return jax.jit(f).lower(*args).compile().as_text().count(" exponential(")
+
+    monkeypatch.setattr(L, "MAX_BLOCK_ROWS", 8)
+    monkeypatch.setattr(L, "BLOCK_ELEMENTS", 8 * 40)
+    general = jax.value_and_grad(run, has_aux=True)
+    shared = jax.value_and_grad(lambda s: run(s, temperature), has_aux=True)
+    assert exponentials(shared, s) < exponentials(general, s, temperature)
+    for a, b in zip(jax.tree.leaves(jax.jit(general)(s, temperature)), jax.tree.leaves(jax.jit(shared)(s))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6)
+
+
+def test_integer_temperature_is_a_number_known_when_tracing():
+    assert [L.integer_temperature(v) for v in (1, 2.0, np.float32(3.0), jnp.asarray(4.0))] == [1, 2, 3, 4]
+    assert [L.integer_temperature(v) for v in (0.5, 1.5, 5.0, np.ones(2))] == [None] * 4
+    seen = []
+    jax.jit(lambda t: seen.append(L.integer_temperature(t)) or t)(2.0)
+    assert seen == [None]  # a traced (scheduled) temperature takes the general path
+
+
 def test_objective_gradient_overwrites_the_logits_in_place():
     """The loss's gradient takes the student's float32 logits' buffer: compiled from two heads' logits, the loss
     and its gradient hold the two models' logits and a block's temporaries, not a third logit-sized array for the

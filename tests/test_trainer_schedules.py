@@ -119,3 +119,63 @@ def test_gradient_accumulation_weights_micro_batches_by_valid_tokens():
     for name in window_one:
         np.testing.assert_allclose(window_one[name], window_two[name], rtol=1e-5, err_msg=name)
     assert window_one["distill/hard_loss"][1] == mask.sum()
+
+
+def test_a_fixed_temperature_is_compiled_in_and_shares_the_loss_exponentials():
+    """A constant temperature reaches the loss as a number: at T = 2 the compiled step computes two exponentials
+    per logit pair where a scheduled temperature needs four (`losses.integer_temperature`), and its first step
+    equals the step of a schedule that starts at the same T."""
+    from trainer.models import ModelConfig, abstract_model, host_init
+    from trainer.setup import build
+    from trainer.step import hyperparameters
+
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(0, 256, size=(4, 17)).astype(np.int32)
+    batch = {"inputs": tokens[None, :, :-1], "targets": tokens[None, :, 1:], "mask": np.ones((1, 4, 16), np.float32)}
+    base = merged(
+        TEACHER,
+        mode="distill",
+        steps=10,
+        batch={"per_device_batch_size": 4, "max_target_length": 16},
+        teacher={"model": "tiny-4l", "load_parameters_path": "unused"},
+    )
+    fixed = spec_of(merged(base, loss={"alpha": 0.5, "temperature": 2.0}))
+    moving = spec_of(merged(base, loss={"alpha": 0.5, "temperature": {"start": 2.0, "end": 1.0, "schedule": "linear"}}))
+    teacher = host_init(abstract_model(ModelConfig.from_spec(fixed.teacher))[1], 1)
+
+    def compile_and_step(spec):
+        built = build(spec, teacher_params=teacher)
+        hp = {k: np.float32(v) for k, v in hyperparameters(spec, 0).items()}
+        with jax.set_mesh(built.mesh):
+            args = (built.state, built.teacher_params, built.to_device(batch), hp)
+            exponentials = built.step_fn.lower(*args).compile().as_text().count(" exponential(")
+            state = jax.device_get(built.step_fn(*args))
+        return exponentials, state
+
+    (exp_fixed, state_fixed), (exp_moving, state_moving) = compile_and_step(fixed), compile_and_step(moving)
+    assert exp_fixed < exp_moving
+    for name in state_fixed.window:
+        np.testing.assert_allclose(state_fixed.window[name], state_moving.window[name], rtol=1e-5, err_msg=name)
+    # Adam's first update is about ±lr per element whatever the gradient's scale: a near-zero gradient whose
+    # rounding differs (exp(d / 2)² is not exp(d) to the last bit) may move its element by up to ~2·lr.
+    for a, b in zip(jax.tree.leaves(state_fixed.params), jax.tree.leaves(state_moving.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-2)
+        assert np.mean(np.abs(a - b) > 1e-6) < 1e-3
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 100.0])
+def test_gradient_clipping_is_optax_clip_by_global_norm(max_norm):
+    """The step's clipping (one scalar factor) gives optax.clip_by_global_norm's updates and state, clipped or not."""
+    import optax
+
+    from trainer.step import clip_by_global_norm
+
+    rng = np.random.default_rng(2)
+    grads = {"a": jnp.asarray(rng.standard_normal((3, 5)), jnp.float32), "b": jnp.asarray(rng.standard_normal(7))}
+    ours, theirs = clip_by_global_norm(max_norm), optax.clip_by_global_norm(max_norm)
+    got, state = jax.jit(ours.update)(grads, ours.init(grads))
+    want, want_state = theirs.update(grads, theirs.init(grads))
+    assert state == want_state
+    for name in grads:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-6)
+    assert float(optax.tree.norm(got)) == pytest.approx(min(max_norm, float(optax.tree.norm(grads))), rel=1e-6)

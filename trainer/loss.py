@@ -13,7 +13,8 @@ Speed: all logit terms come from shared passes (`logit_terms`), a block of rows 
 then the four normalisers (student and teacher at T = 1 and at T), both KLs, both cross-entropies (the target
 logit gathered) and the top-1 agreement (max-reductions, no argmax), with no `[B, T, V]` intermediate kept. The
 loss's gradient w.r.t. the student's logits is written out and computed in the same pass, from the same
-exponentials, over the student's logits' own buffer (a custom VJP whose backward only scales it): the KL and
+exponentials (at an integer temperature known when tracing, `exp(d) = exp(d / T)^T`: two exponentials per logit
+pair instead of four), over the student's logits' own buffer (a custom VJP whose backward only scales it): the KL and
 cross-entropy enter as per-token weights (`distillation_objective`), and the terms themselves, metrics included,
 carry no gradient. Logits are upcast to float32 here.
 
@@ -96,6 +97,7 @@ def logit_terms(
         return jnp.broadcast_to(jnp.asarray(1.0 if w is None else w, jnp.float32), s.shape[:-1])
 
     return _logit_terms(
+        integer_temperature(temperature),
         s,
         teacher_logits.astype(jnp.float32),
         targets.astype(jnp.int32),
@@ -105,21 +107,50 @@ def logit_terms(
     )
 
 
-@jax.custom_vjp
-def _logit_terms(s, t, targets, temperature, kl_weight, ce_weight):
-    return _logit_terms_fwd(s, t, targets, temperature, kl_weight, ce_weight)[0]
+MAX_INTEGER_TEMPERATURE = 4  # the guide's starting values are 1, 2 and 4
 
 
-def _rows(temperature, s, t, targets, kl_weight, ce_weight):
-    """The terms of one block of rows `[..., R, V]` and the objective's gradient w.r.t. the student's logits."""
+def integer_temperature(temperature) -> int | None:
+    """`temperature` as an int when it is a number known at trace time (not a scheduled, traced value) equal to
+    one of 1 … `MAX_INTEGER_TEMPERATURE`, else None. At such a T, `exp(d) = exp(d / T)^T`: the loss then computes
+    two exponentials per logit pair instead of four, and the powers fuse into the passes that read them (at the mid
+    bench size the loss's loop took a quarter less thread time)."""
+    if isinstance(temperature, jax.core.Tracer):
+        return None
+    try:
+        value = float(temperature)
+    except TypeError:  # an array of more than one element: left to jnp.asarray to refuse
+        return None
+    return int(value) if value.is_integer() and 1 <= value <= MAX_INTEGER_TEMPERATURE else None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _logit_terms(power, s, t, targets, temperature, kl_weight, ce_weight):
+    return _logit_terms_fwd(power, s, t, targets, temperature, kl_weight, ce_weight)[0]
+
+
+def _rows(power, temperature, s, t, targets, kl_weight, ce_weight):
+    """The terms of one block of rows `[..., R, V]` and the objective's gradient w.r.t. the student's logits;
+    `power`: the temperature as an int (`integer_temperature`) or None."""
     inv_t = 1.0 / temperature
     m_s, m_t = jnp.max(s, axis=-1), jnp.max(t, axis=-1)
     d_s, d_t = s - m_s[..., None], t - m_t[..., None]
-    e_s1, e_st = jnp.exp(d_s), jnp.exp(d_s * inv_t)
-    e_t1, e_tt = jnp.exp(d_t), jnp.exp(d_t * inv_t)
-    z_s1, z_st = jnp.sum(e_s1, axis=-1), jnp.sum(e_st, axis=-1)
-    z_t1, z_tt = jnp.sum(e_t1, axis=-1), jnp.sum(e_tt, axis=-1)
-    a_t, a_1 = jnp.sum(e_tt * (d_t - d_s), axis=-1), jnp.sum(e_t1 * (d_t - d_s), axis=-1)
+    e_st, e_tt = jnp.exp(d_s * inv_t), jnp.exp(d_t * inv_t)
+    if power is not None and power > 1:  # keeps XLA from folding exp(x)·exp(x) back into exp(x + x)
+        e_st, e_tt = jax.lax.optimization_barrier((e_st, e_tt))
+
+    def exp_at_1(d, e_at_t, factor=1.0):
+        """`exp(d)·factor`. At an integer T it is `e_at_t^T·factor`, multiplies written anew at each use: XLA
+        fuses them into that use, where an exponential (or a shared product) would be one more block-sized array
+        written and read again."""
+        if power is None:
+            return jnp.exp(d) * factor
+        return e_at_t * (factor * jax.lax.integer_pow(e_at_t, power - 1))
+
+    d_ts = d_t - d_s
+    z_s1, z_st = jnp.sum(exp_at_1(d_s, e_st), axis=-1), jnp.sum(e_st, axis=-1)
+    z_t1, z_tt = jnp.sum(exp_at_1(d_t, e_tt), axis=-1), jnp.sum(e_tt, axis=-1)
+    a_t, a_1 = jnp.sum(e_tt * d_ts, axis=-1), jnp.sum(exp_at_1(d_t, e_tt, d_ts), axis=-1)
     log = jnp.log
     kl_t = a_t / z_tt / temperature - log(z_tt) + log(z_st)
     kl_1 = a_1 / z_t1 - log(z_t1) + log(z_s1)
@@ -136,7 +167,7 @@ def _rows(temperature, s, t, targets, kl_weight, ce_weight):
     grad = (
         e_st * c_st[..., None]
         - e_tt * c_tt[..., None]
-        + e_s1 * c_s1[..., None]
+        + exp_at_1(d_s, e_st, c_s1[..., None])
         - jnp.where(hit, ce_weight[..., None], 0.0)
     )
     return terms, grad
@@ -157,11 +188,11 @@ def top1_agreement(s: jax.Array, m_s: jax.Array, t: jax.Array, m_t: jax.Array) -
     return (at_student_top == m_t).astype(jnp.float32)
 
 
-def _logit_terms_fwd(s, t, targets, temperature, kl_weight, ce_weight):
+def _logit_terms_fwd(power, s, t, targets, temperature, kl_weight, ce_weight):
     # The gradient is written over the student's float32 logits, block by block: no second `[tokens, vocab]`
     # buffer, and the backward pass reads one array.
     terms, grad = _over_row_blocks(
-        functools.partial(_rows, temperature), (s, t, targets, kl_weight, ce_weight), s.shape, overwrite=0
+        functools.partial(_rows, power, temperature), (s, t, targets, kl_weight, ce_weight), s.shape, overwrite=0
     )
     objective = jnp.sum(jnp.where(kl_weight != 0, kl_weight * terms[0], 0.0)) + jnp.sum(
         jnp.where(ce_weight != 0, ce_weight * terms[2], 0.0)
@@ -169,7 +200,7 @@ def _logit_terms_fwd(s, t, targets, temperature, kl_weight, ce_weight):
     return (terms, objective), (grad, temperature, kl_weight, ce_weight)
 
 
-def _logit_terms_bwd(residuals, cotangents):
+def _logit_terms_bwd(_power, residuals, cotangents):
     grad, temperature, kl_weight, ce_weight = residuals
     _, g = cotangents  # the terms' cotangents are dropped: they carry no gradient
     zero = jnp.zeros_like  # (the teacher's logits have the student's shape; callers stop their gradient)

@@ -82,12 +82,27 @@ def make_optimizer(spec: DistillSpec) -> optax.GradientTransformation:
     def decay_mask(params):
         return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) != "scale", params)
 
-    chain = [optax.clip_by_global_norm(o.grad_clip_norm)] if o.grad_clip_norm else []
+    chain = [clip_by_global_norm(o.grad_clip_norm)] if o.grad_clip_norm else []
     # float32 first moment whatever the parameters' dtype (the second follows the parameters, which the trainer
     # keeps as float32 master weights: `ModelConfig.from_spec(trained=True)`).
     adam = optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps, mu_dtype=jnp.float32)
     chain += [adam, optax.add_decayed_weights(o.weight_decay, decay_mask)]
     return optax.chain(*chain)
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """`optax.clip_by_global_norm`'s rule, updates scaled by `max_norm / ‖updates‖` when their global norm exceeds
+    `max_norm`, applied as one scalar factor: a multiply that XLA fuses into the Adam moments' loops, where optax's
+    per-element divide makes a pass of its own over every gradient. The state is optax's (empty), so checkpoints
+    are unchanged."""
+
+    def update(updates, state, params=None):
+        del params
+        norm = optax.tree.norm(updates)
+        factor = jnp.where(norm < max_norm, 1.0, max_norm / norm)
+        return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update)
 
 
 def hyperparameters(spec: DistillSpec, step: int, schedule: Callable[[int], float] | None = None) -> dict[str, float]:
@@ -181,7 +196,8 @@ class StepModels:
 def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.GradientTransformation) -> Callable:
     """`step(state, teacher_params, batch, hparams) -> state`; batch arrays are `[A, R, T]` (A micro-batches of R
     rows): inputs, targets, mask and, for packed documents, segment_ids (attention stays within a segment and
-    positions restart at each); `hparams` maps alpha, temperature, beta and learning_rate to float32 scalars."""
+    positions restart at each); `hparams` maps alpha, temperature, beta and learning_rate to float32 scalars (a
+    constant temperature schedule is compiled in, and `hparams["temperature"]` is then not read)."""
     distill = spec.mode == "distill"
     offline = distill and bool(spec.offline_data_dir)  # the teacher's top-k come in the batch (`trainer.logit_cache`)
     layer_indices = spec.layer_indices() if models.features else None
@@ -258,11 +274,18 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
     if distill and models.features:
         sum_keys += ("feature",)
 
+    # A temperature that never moves is compiled in as a number: at T = 1, 2, 3 or 4 the loss then shares its
+    # exponentials between T and 1 (`losses.integer_temperature`).
+    schedule = spec.loss.temperature
+    fixed_temperature = schedule.start if schedule.effective_end == schedule.start else None
+
     def step(
         state: TrainState, teacher_params, batch: dict[str, jax.Array], hparams: dict[str, jax.Array]
     ) -> TrainState:
         index = state.step
         weights = {k: hparams[k] for k in ("alpha", "temperature", "beta")}
+        if fixed_temperature is not None:
+            weights["temperature"] = fixed_temperature
         n_tokens = jnp.sum(batch["mask"])
         n_features = n_tokens * n_layers if n_layers is not None else None
         params = state.params
@@ -275,7 +298,7 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
                     apply(models.teacher, teacher_params, mb["inputs"], mb.get("segment_ids"))
                 )
             (loss, mb_sums), g = grad_fn(params, teacher_out, mb, weights, n_tokens, n_features)
-            add = lambda a, b: a + b  # noqa: E731
+            add = lambda a, b: a + b
             return (jax.tree.map(add, grads, g), jax.tree.map(add, sums, mb_sums), total + loss), None
 
         zero_grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
