@@ -154,6 +154,8 @@ def test_a_fixed_temperature_is_compiled_in_and_shares_the_loss_exponentials():
 
     (exp_fixed, state_fixed), (exp_moving, state_moving) = compile_and_step(fixed), compile_and_step(moving)
     assert exp_fixed < exp_moving
+    # A constant T that is not an integer gains nothing compiled in: it stays an input, shared by sweep points.
+    assert compile_and_step(spec_of(merged(base, loss={"alpha": 0.5, "temperature": 1.5})))[0] == exp_moving
     for name in state_fixed.window:
         np.testing.assert_allclose(state_fixed.window[name], state_moving.window[name], rtol=1e-5, err_msg=name)
     # Adam's first update is about ±lr per element whatever the gradient's scale: a near-zero gradient whose

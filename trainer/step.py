@@ -9,7 +9,8 @@ Schedules: the update with 0-based index `s` uses `value.at(s, steps - 1)`, so t
 the last update `end`, whatever the accumulation; a resumed run continues from its restored `s`. The scheduled
 values (α, T, β, learning rate) are computed on the host by `hyperparameters(spec, s)` and passed in as scalars,
 so one compiled step serves every point of a sweep that differs only in them (the persistent compilation cache
-then skips the compile).
+then skips the compile). The exception is a constant temperature of 1, 2, 3 or 4, compiled in because the loss
+then computes half its exponentials (`losses.integer_temperature`).
 
 Offline distillation (`offline_data_dir`) has no teacher: each micro-batch carries the teacher's top-k
 log-probabilities from a logit cache (`trainer.logit_cache`) and the loss is `losses.offline_distillation_sums`
@@ -197,7 +198,7 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
     """`step(state, teacher_params, batch, hparams) -> state`; batch arrays are `[A, R, T]` (A micro-batches of R
     rows): inputs, targets, mask and, for packed documents, segment_ids (attention stays within a segment and
     positions restart at each); `hparams` maps alpha, temperature, beta and learning_rate to float32 scalars (a
-    constant temperature schedule is compiled in, and `hparams["temperature"]` is then not read)."""
+    constant integer temperature is compiled in, and `hparams["temperature"]` is then not read)."""
     distill = spec.mode == "distill"
     offline = distill and bool(spec.offline_data_dir)  # the teacher's top-k come in the batch (`trainer.logit_cache`)
     layer_indices = spec.layer_indices() if models.features else None
@@ -274,10 +275,11 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
     if distill and models.features:
         sum_keys += ("feature",)
 
-    # A temperature that never moves is compiled in as a number: at T = 1, 2, 3 or 4 the loss then shares its
-    # exponentials between T and 1 (`losses.integer_temperature`).
+    # A constant temperature of 1, 2, 3 or 4 is compiled in as a number: the loss then shares its exponentials
+    # between T and 1 (`losses.integer_temperature`). The price: sweep points that differ in it compile apart.
     schedule = spec.loss.temperature
-    fixed_temperature = schedule.start if schedule.effective_end == schedule.start else None
+    constant = schedule.effective_end == schedule.start
+    fixed_temperature = schedule.start if constant and losses.integer_temperature(schedule.start) else None
 
     def step(
         state: TrainState, teacher_params, batch: dict[str, jax.Array], hparams: dict[str, jax.Array]
