@@ -129,11 +129,11 @@ def _logit_terms(power, s, t, targets, temperature, kl_weight, ce_weight):
     return _logit_terms_fwd(power, s, t, targets, temperature, kl_weight, ce_weight)[0]
 
 
-def _rows(power, temperature, s, t, targets, kl_weight, ce_weight):
-    """The terms of one block of rows `[..., R, V]` and the objective's gradient w.r.t. the student's logits;
-    `power`: the temperature as an int (`integer_temperature`) or None."""
+def _rows(power, temperature, s, t, m_s, m_t, targets, kl_weight, ce_weight):
+    """The terms of one block of rows `[..., R, V]` and the objective's gradient w.r.t. the student's logits,
+    given each model's row maxima `m_s`, `m_t` `[..., R]`; `power`: the temperature as an int
+    (`integer_temperature`) or None."""
     inv_t = 1.0 / temperature
-    m_s, m_t = jnp.max(s, axis=-1), jnp.max(t, axis=-1)
     d_s, d_t = s - m_s[..., None], t - m_t[..., None]
     e_st, e_tt = jnp.exp(d_s * inv_t), jnp.exp(d_t * inv_t)
     if power is not None and power > 1:  # keeps XLA from folding exp(x)·exp(x) back into exp(x + x)
@@ -191,8 +191,14 @@ def top1_agreement(s: jax.Array, m_s: jax.Array, t: jax.Array, m_t: jax.Array) -
 def _logit_terms_fwd(power, s, t, targets, temperature, kl_weight, ce_weight):
     # The gradient is written over the student's float32 logits, block by block: no second `[tokens, vocab]`
     # buffer, and the backward pass reads one array.
+    # The row maxima in one pass over each whole array, before the loop: in it, each block would be copied out
+    # of the logits just to be read by the max (XLA:CPU's reductions do not read through a dynamic slice).
+    maxima = jnp.max(s, axis=-1), jnp.max(t, axis=-1)
     terms, grad = _over_row_blocks(
-        functools.partial(_rows, power, temperature), (s, t, targets, kl_weight, ce_weight), s.shape, overwrite=0
+        functools.partial(_rows, power, temperature),
+        (s, t, *maxima, targets, kl_weight, ce_weight),
+        s.shape,
+        overwrite=0,
     )
     objective = jnp.sum(jnp.where(kl_weight != 0, kl_weight * terms[0], 0.0)) + jnp.sum(
         jnp.where(ce_weight != 0, ce_weight * terms[2], 0.0)
