@@ -7,7 +7,7 @@ Both trainers drive the same models (this repository's NNX Transformer, same ini
 pre-generated batches (synthetic language, float32), with AdamW and gradient clipping, timed after their warm-up
 steps (compilation excluded) in one process, in interleaved rounds (tunix, ours, tunix, ours, ...) so that load
 from other processes hits both; the medians and every round's ratio are printed with the load average. Ours computes all 13 metrics of `trainer.loss`;
-LogitStrategy computes 4. Tokens/s counts every token of the batch. Needs the `tunix` extra
+LogitStrategy computes 4. Neither step rematerialises by default (`--remat` sets our student's policy). Tokens/s counts every token of the batch. Needs the `tunix` extra
 (`pip install -e '.[train,tunix]'`).
 
 Sizes:
@@ -64,13 +64,16 @@ SIZES = {
 LR, ALPHA, TEMPERATURE = 1e-3, 0.5, 2.0
 
 
-def spec_for(size: dict, steps: int):
+def spec_for(size: dict, steps: int, remat: str = "none"):
+    """The distillation spec of one size. `remat` is the student's rematerialisation policy: "none" by default,
+    because tunix's step does not rematerialise either (with "full" ours also recomputes the student's forward
+    pass in its backward pass: about 4 % of a mid step on AVX2)."""
     from distillspec.specfile import validate_data
 
     spec, problems = validate_data(
         {
             "name": "bench",
-            "student": {"model": size["student"], **size.get("student_overrides", {})},
+            "student": {"model": size["student"], "remat": remat, **size.get("student_overrides", {})},
             "teacher": {
                 "model": size["teacher"],
                 "load_parameters_path": "unused",
@@ -277,6 +280,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="timed steps per round (default: 30 tiny, 4 mid)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per side")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--remat",
+        choices=["none", "dots", "full"],
+        default="none",
+        help="the student's remat policy in our step (default none: tunix's step does not rematerialise)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("DISTILLCTL_COMPILE_CACHE", "off")
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}", flush=True)
@@ -285,7 +294,7 @@ def main() -> None:
         size = SIZES[name]
         steps = args.steps or {"tiny": 30, "mid": 4, "vocab128k": 2, "overhead": 100}[name]
         total = args.warmup + args.rounds * steps
-        spec = spec_for(size, total)
+        spec = spec_for(size, total, args.remat)
         seqs = batches(spec, total)
         params = initial_params(spec)
         runners = {"tunix": tunix_runner(spec, params, seqs), "ours": ours_runner(spec, params, seqs)}
