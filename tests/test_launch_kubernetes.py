@@ -95,6 +95,17 @@ def pods_of(cp, jobset_name: str) -> list[client.V1Pod]:
     return core.list_namespaced_pod("default", label_selector=f"jobset.sigs.k8s.io/jobset-name={jobset_name}").items
 
 
+def first_worker_running(cp, jobset_name: str) -> bool:
+    """Whether the pod `distillctl logs` reads by default (slice 0, worker 0) runs. Another worker's pod can run
+    first: the Job controller creates a slice's pods in no fixed order."""
+    return any(
+        p.status.phase == "Running"
+        and (p.metadata.labels or {}).get("jobset.sigs.k8s.io/job-index") == "0"
+        and (p.metadata.labels or {}).get("batch.kubernetes.io/job-completion-index") == "0"
+        for p in pods_of(cp, jobset_name)
+    )
+
+
 def cancel_all(path: Path, kubeconfig) -> None:
     cli("cancel", str(path), "--yes", kubeconfig=kubeconfig)
 
@@ -288,11 +299,7 @@ def test_in_a_pod_it_uses_the_service_account_and_needs_only_the_documented_rbac
             assert result.exit_code == 0, result.output
         assert "1 created" in result.stdout
         jobset = jobsets(cp, "inpod")[0]
-        cp.wait_for(
-            lambda: any(p.status.phase == "Running" for p in pods_of(cp, jobset["metadata"]["name"])),
-            120,
-            "a running pod",
-        )
+        cp.wait_for(lambda: first_worker_running(cp, jobset["metadata"]["name"]), 120, "slice 0, worker 0 running")
         status = runner.invoke(app, ["status", str(path), "--output", "json"])
         assert status.exit_code == 0 and json.loads(status.stdout)[0]["phase"] == "Running", status.output
         logs = runner.invoke(app, ["logs", str(path), "0"])

@@ -20,7 +20,7 @@ from kubernetes import client
 from distillspec.contract import StuckReason
 from orchestrator.backends.kubernetes.backend import needs_events, pod_problems, stuck_by_jobset
 from orchestrator.exit_codes import ExitCode
-from tests.test_launch_kubernetes import cancel_all, cli, jobsets, pods_of, status_rows, wait_gone
+from tests.test_launch_kubernetes import cancel_all, cli, first_worker_running, jobsets, pods_of, status_rows, wait_gone
 
 SWEEP = """\
 name: {name}
@@ -209,7 +209,7 @@ def test_runs_are_owned_by_run_id_across_sweeps_and_orphans_are_listed_and_remov
 
         # Beta's logs of the shared run are those of alpha's JobSet, which runs it (and stderr says so).
         name = f"alpha-{shared}"
-        cp.wait_for(lambda: any(p.status.phase == "Running" for p in pods_of(cp, name)), 120, "a running pod")
+        cp.wait_for(lambda: first_worker_running(cp, name), 120, "slice 0, worker 0 running")
         result = cli("logs", str(beta), shared, "--tail", "1", kubeconfig=cp.kubeconfig)
         assert result.exit_code == 0 and result.stdout.strip() == "succeeded (exit 0: done)", result.output
         assert f"owned by sweep alpha: log of {name}" in result.stderr, result.output
