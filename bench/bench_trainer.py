@@ -6,8 +6,9 @@
 Both trainers drive the same models (this repository's NNX Transformer, same initial parameters) on the same
 pre-generated batches (synthetic language, float32), with AdamW and gradient clipping, timed after their warm-up
 steps (compilation excluded) in one process, in interleaved rounds (tunix, ours, tunix, ours, ...) so that load
-from other processes hits both; the medians and every round's ratio are printed with the load average. Ours computes all 13 metrics of `trainer.loss`;
-LogitStrategy computes 4. Neither step rematerialises by default (`--remat` sets our student's policy). Tokens/s counts every token of the batch. Needs the `tunix` extra
+from other processes hits both; the medians and every round's ratio are printed with the load average. Ours computes
+all 13 metrics of `trainer.loss`; LogitStrategy computes 4. Neither step rematerialises by default (`--remat` sets
+our student's policy). Tokens/s counts every token of the batch. Needs the `tunix` extra
 (`pip install -e '.[train,tunix]'`).
 
 Sizes:
@@ -33,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+import typing
 
 import numpy as np
 
@@ -275,6 +277,8 @@ def cpu_name() -> str:
 
 
 def main() -> None:
+    from distillspec.config import Remat
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="tiny,mid")
     parser.add_argument("--steps", type=int, default=0, help="timed steps per round (default: 30 tiny, 4 mid)")
@@ -282,7 +286,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument(
         "--remat",
-        choices=["none", "dots", "full"],
+        choices=typing.get_args(Remat),
         default="none",
         help="the student's remat policy in our step (default none: tunix's step does not rematerialise)",
     )

@@ -22,6 +22,7 @@ from kubernetes import utils as k8s_utils
 from typer.testing import CliRunner
 
 from orchestrator.backends.kubernetes import client as kube_client
+from orchestrator.backends.kubernetes.backend import COMPLETION_INDEX_LABEL, JOB_INDEX_LABEL
 from orchestrator.cli import app
 from orchestrator.exit_codes import ExitCode
 from tests.cluster.fault_proxy import FaultProxy, Rule
@@ -100,8 +101,8 @@ def first_worker_running(cp, jobset_name: str) -> bool:
     first: the Job controller creates a slice's pods in no fixed order."""
     return any(
         p.status.phase == "Running"
-        and (p.metadata.labels or {}).get("jobset.sigs.k8s.io/job-index") == "0"
-        and (p.metadata.labels or {}).get("batch.kubernetes.io/job-completion-index") == "0"
+        and (p.metadata.labels or {}).get(JOB_INDEX_LABEL) == "0"
+        and (p.metadata.labels or {}).get(COMPLETION_INDEX_LABEL) == "0"
         for p in pods_of(cp, jobset_name)
     )
 

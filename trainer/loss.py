@@ -180,9 +180,10 @@ def _at(z: jax.Array, index: jax.Array) -> jax.Array:
 
 def top1_agreement(s: jax.Array, m_s: jax.Array, t: jax.Array, m_t: jax.Array) -> jax.Array:
     """1.0 where the student's top-1 token is a top-1 token of the teacher's, from logits `[..., V]` and their
-    row maxima `[...]`: some position holds both models' maxima. Without ties this is `argmax(s) == argmax(t)`; written as an or-reduction of a compare
-    because XLA:CPU does not vectorise argmax (a reduction of (value, index) pairs: 6× a max, more than all the
-    row statistics together at vocab 32000), and a boolean reduction costs less than a max over selected logits."""
+    row maxima `[...]`: some position holds both models' maxima. Without ties this is `argmax(s) == argmax(t)`;
+    written as an or-reduction of a compare because XLA:CPU does not vectorise argmax (a reduction of (value,
+    index) pairs: 6× a max, more than all the row statistics together at vocab 32000), and a boolean reduction
+    costs less than a max over selected logits."""
     return jnp.any((s == m_s[..., None]) & (t == m_t[..., None]), axis=-1).astype(jnp.float32)
 
 
