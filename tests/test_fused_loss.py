@@ -104,6 +104,32 @@ def test_gradients_equal_autodiff_of_the_dense_formula(n, v, bt, bv, caps):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5 * scale, err_msg=name)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 3.0, 4.0])
+@pytest.mark.parametrize("caps", [(None, None), (30.0, 5.0)])
+def test_integer_temperature_shares_the_exponentials(temperature, caps):
+    """At T = 1 … 4 given as a number, `exp(d)` is `exp(d / T)^T`: the compiled loss and gradient compute fewer
+    exponentials than at a traced T, and the values, metrics and gradients are the same."""
+    sh, sw, th, tw, targets, mask = problem(37, 301, seed=2)
+    blocks = dict(block_tokens=8, block_vocab=64, student_softcap=caps[0], teacher_softcap=caps[1])
+
+    def run(sh, sw, temperature):
+        return L.fused_distillation_loss(sh, sw, th, tw, targets, mask, alpha=0.4, temperature=temperature, **blocks)
+
+    general = jax.value_and_grad(run, argnums=(0, 1), has_aux=True)
+    shared = jax.value_and_grad(lambda a, b: run(a, b, temperature), argnums=(0, 1), has_aux=True)
+
+    def exponentials(f, *args):
+        return jax.jit(f).lower(*args).compile().as_text().count(" exponential(")
+
+    assert exponentials(shared, sh, sw) < exponentials(general, sh, sw, jnp.float32(temperature))
+    (want_total, want), want_grads = jax.jit(general)(sh, sw, jnp.float32(temperature))
+    (got_total, got), got_grads = jax.jit(shared)(sh, sw)
+    np.testing.assert_allclose(float(got_total), float(want_total), rtol=1e-5)
+    assert_same_metrics(got, want)
+    for g, w in zip(got_grads, want_grads):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(w))))
+
+
 def test_teacher_gets_no_gradient():
     sh, sw, th, tw, targets, mask = problem()
 
@@ -129,8 +155,8 @@ def test_features_and_beta_as_in_the_dense_loss():
     assert_same_metrics(got, want)
 
 
-def test_argmax_ties_break_to_the_first_index_like_jnp_argmax():
-    """Identical columns in different vocabulary blocks: the dense argmax takes the first; so must the blocks."""
+def test_argmax_ties_across_vocabulary_blocks_as_in_the_dense_loss():
+    """Identical columns in different vocabulary blocks: agreement is decided as the dense loss decides it."""
     sh, sw, th, tw, targets, mask = problem(16, 128)
     sw = sw.at[:, 100].set(sw[:, 3] + 5.0).at[:, 5].set(sw[:, 3] + 5.0)  # column 5 (block 0) ties column 100
     tw = tw.at[:, 70].set(tw[:, 3] + 50.0)
@@ -140,6 +166,22 @@ def test_argmax_ties_break_to_the_first_index_like_jnp_argmax():
         sh, sw, th, tw, targets, mask, alpha=0.5, temperature=1.0, block_tokens=4, block_vocab=32
     )[1]["distill/top1_agreement"]
     assert float(got[0]) == float(want[0]) and float(got[1]) == float(want[1])
+
+
+def test_agreement_per_token_with_many_ties_across_blocks():
+    """Logits drawn from a few integers (ties everywhere, running maxima that grow in later blocks or hold): per
+    token, the blocked or-reduction equals `trainer.loss.top1_agreement` on the whole row."""
+    rng = np.random.default_rng(3)
+    n, v = 64, 50
+    s = jnp.asarray(rng.integers(0, 4, (n, v)), jnp.float32)
+    t = jnp.asarray(rng.integers(0, 4, (n, v)), jnp.float32)
+    eye = jnp.eye(n, dtype=jnp.float32)  # hidden states that pick one row of the "head": logits = s, t exactly
+    terms = blocked_logits.logit_terms_from_hidden(
+        eye, s, eye, t, jnp.zeros(n, jnp.int32), 1.0, blocked_logits.Blocks(tokens=16, vocab=7)
+    )
+    want = L.top1_agreement(s, jnp.max(s, -1), t, jnp.max(t, -1))
+    assert 0 < float(jnp.sum(want)) < n  # both outcomes occur
+    np.testing.assert_array_equal(np.asarray(terms[4]), np.asarray(want))
 
 
 def test_bfloat16_inputs_match_the_dense_loss_on_the_same_bfloat16_values():

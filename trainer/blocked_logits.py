@@ -8,10 +8,12 @@ each `[N]` float32 — the same five values `trainer.loss.logit_terms` computes 
 Forward: a loop over token blocks `[bt]` (tokens padded to a multiple of `bt`, the padding dropped from the
 outputs) and inside it a loop over vocabulary blocks `[bv]` keeping running row statistics (online log-sum-exp):
 the row max `m`, `Z_1 = Σ exp(z − m)`, `Z_T = Σ exp((z − m)/T)` for both models, the teacher-weighted differences
-`A_T = Σ exp((t − m_t)/T)·(t − s)` and `A_1`, the target logits (gathered) and the teacher's largest logit where the student's reach their maximum (top-1
-agreement without an argmax). Then per row
+`A_T = Σ exp((t − m_t)/T)·(t − s)` and `A_1`, the target logits (gathered) and whether a column seen so far holds
+both models' running maxima (top-1 agreement without an argmax, as `trainer.loss.top1_agreement`). Then per row
     KL_T = A_T/(T·Z_tT) − (m_t − m_s)/T − log Z_tT + log Z_sT,      CE = log Z_1 + m − z[target].
-Only the row statistics (five `[N]` arrays) are saved for the backward pass.
+Only the row statistics (five `[N]` arrays) are saved for the backward pass. At an integer temperature known
+when tracing (`integer_temperature`), `exp(d) = exp(d/T)^T`: two exponentials per logit pair instead of four
+forward, two instead of three backward.
 
 Backward (a `jax.custom_vjp`): the same two loops recompute each `[bt, bv]` block of both models' logits and form
 the gradient w.r.t. the student's (soft-capped) logits,
@@ -92,8 +94,28 @@ def logit_terms_from_hidden(
             f"targets [N]; got {student_hidden.shape}, {student_head.shape}, {teacher_hidden.shape}, "
             f"{teacher_head.shape}, {targets.shape}"
         )
+    power = integer_temperature(temperature)
     t = jnp.asarray(temperature, F32)
-    return _terms(blocks, student_hidden, student_head, teacher_hidden, teacher_head, targets.astype(jnp.int32), t)
+    return _terms(
+        blocks, power, student_hidden, student_head, teacher_hidden, teacher_head, targets.astype(jnp.int32), t
+    )
+
+
+MAX_INTEGER_TEMPERATURE = 4  # the guide's starting values are 1, 2 and 4
+
+
+def integer_temperature(temperature) -> int | None:
+    """`temperature` as an int when it is a number known at trace time (not a scheduled, traced value) equal to
+    one of 1 … `MAX_INTEGER_TEMPERATURE`, else None. At such a T, `exp(d) = exp(d / T)^T`: both losses (the dense
+    `trainer.loss.logit_terms` and this module's) then compute two exponentials per logit pair instead of four, and the powers fuse into the passes that read them (at the mid
+    bench size the loss's loop took a quarter less thread time)."""
+    if isinstance(temperature, jax.core.Tracer):
+        return None
+    try:
+        value = float(temperature)
+    except TypeError:  # an array of more than one element: left to jnp.asarray to refuse
+        return None
+    return int(value) if value.is_integer() and 1 <= value <= MAX_INTEGER_TEMPERATURE else None
 
 
 # --- sharding ----------------------------------------------------------------------------------------------
@@ -168,7 +190,7 @@ def _logits(hidden, head, start, bv, cap):
     return _cap(jnp.dot(hidden, w, preferred_element_type=F32), cap), w
 
 
-def _forward_local(axes, blocks: Blocks, s_h, s_w, t_h, t_w, targets, temperature):
+def _forward_local(axes, blocks: Blocks, power, s_h, s_w, t_h, t_w, targets, temperature):
     """Per-token terms and saved row statistics for this device's tokens."""
     del axes
     n, v = s_h.shape[0], s_w.shape[1]
@@ -179,12 +201,12 @@ def _forward_local(axes, blocks: Blocks, s_h, s_w, t_h, t_w, targets, temperatur
         h_s, h_t, tg = xs
         neg = jnp.full((bt,), -jnp.inf, F32)
         zero = jnp.zeros((bt,), F32)
-        # (m_s, z_s1, z_sT, x_s, top_t, m_t, z_t1, z_tT, x_t, a_1, a_T); top_t: the teacher's largest logit where
-        # the student's logits reach their running maximum.
-        init = (neg, zero, zero, zero, neg, neg, zero, zero, zero, zero, zero)
+        # (m_s, z_s1, z_sT, x_s, m_t, z_t1, z_tT, x_t, a_1, a_T, agree); agree: some column seen so far holds both
+        # models' running maxima.
+        init = (neg, zero, zero, zero, neg, zero, zero, zero, zero, zero, jnp.zeros((bt,), bool))
 
         def vocab_block(j, c):
-            m_s, z_s1, z_st, x_s, top_t, m_t, z_t1, z_tt, x_t, a_1, a_t = c
+            m_s, z_s1, z_st, x_s, m_t, z_t1, z_tt, x_t, a_1, a_t, agree = c
             start, _, fresh = _vocab_block(j, v, bv)
             s = jnp.where(fresh, _logits(h_s, s_w, start, bv, blocks.student_softcap)[0], -jnp.inf)
             t = jnp.where(fresh, _logits(h_t, t_w, start, bv, blocks.teacher_softcap)[0], -jnp.inf)
@@ -195,38 +217,35 @@ def _forward_local(axes, blocks: Blocks, s_h, s_w, t_h, t_w, targets, temperatur
             at = jnp.clip(at, 0, bv - 1)
 
             def running(z, m, z1, zt, x):
-                bmax = jnp.max(z, axis=-1)
-                m_new = jnp.maximum(m, bmax)
-                r1 = jnp.exp(m - m_new)  # rescales the sums kept so far (0 at the first block)
-                rt = jnp.exp((m - m_new) * inv_t)
-                d = z - m_new[:, None]
-                e1, et = jnp.exp(d), jnp.exp(d * inv_t)
+                m_new = jnp.maximum(m, jnp.max(z, axis=-1))
+                rt = jnp.exp((m - m_new) * inv_t)  # rescales the sums kept so far (0 at the first block)
+                et = _shared(power, jnp.exp((z - m_new[:, None]) * inv_t))
+                r1, e1 = _exp_at_1(power, m - m_new, rt), _exp_at_1(power, z - m_new[:, None], et)
                 z1 = z1 * r1 + jnp.sum(e1, axis=-1)
                 zt = zt * rt + jnp.sum(et, axis=-1)
                 x = x + jnp.where(here, jnp.take_along_axis(z, at[:, None], axis=-1)[:, 0], 0.0)
-                return bmax, m_new, z1, zt, x, r1, rt, e1, et
+                return m_new, z1, zt, x, r1, rt, e1, et
 
-            bmax_s, m_s_new, z_s1, z_st, x_s, *_ = running(s, m_s, z_s1, z_st, x_s)
-            _, m_t, z_t1, z_tt, x_t, r1, rt, e1, et = running(t, m_t, z_t1, z_tt, x_t)
-            # Top-1 agreement as max-reductions (XLA:CPU does not vectorise argmax): the teacher's largest logit
-            # at the student's maximum, kept while that maximum holds (ties across blocks: the larger).
-            block_top = jnp.max(jnp.where(s == bmax_s[:, None], t, -jnp.inf), axis=-1)
-            top_t = jnp.where(bmax_s > m_s, block_top, jnp.where(bmax_s == m_s, jnp.maximum(top_t, block_top), top_t))
+            m_s_new, z_s1, z_st, x_s, *_ = running(s, m_s, z_s1, z_st, x_s)
+            m_t_new, z_t1, z_tt, x_t, r1, rt, e1, et = running(t, m_t, z_t1, z_tt, x_t)
+            # Top-1 agreement as in `trainer.loss.top1_agreement` (an or-reduction, no argmax), kept across blocks
+            # while neither running maximum grows (a column that held a maximum no longer does once it grows).
+            both = jnp.any((s == m_s_new[:, None]) & (t == m_t_new[:, None]), axis=-1)
+            agree = both | (agree & (m_s_new == m_s) & (m_t_new == m_t))
             diff = jnp.where(fresh, t - s, 0.0)
             a_1 = a_1 * r1 + jnp.sum(e1 * diff, axis=-1)
             a_t = a_t * rt + jnp.sum(et * diff, axis=-1)
-            return m_s_new, z_s1, z_st, x_s, top_t, m_t, z_t1, z_tt, x_t, a_1, a_t
+            return m_s_new, z_s1, z_st, x_s, m_t_new, z_t1, z_tt, x_t, a_1, a_t, agree
 
-        m_s, z_s1, z_st, x_s, top_t, m_t, z_t1, z_tt, x_t, a_1, a_t = jax.lax.fori_loop(0, nv, vocab_block, init)
+        m_s, z_s1, z_st, x_s, m_t, z_t1, z_tt, x_t, a_1, a_t, agree = jax.lax.fori_loop(0, nv, vocab_block, init)
         log = jnp.log
         gap = m_t - m_s
         kl_t = a_t / (z_tt * temperature) - gap * inv_t - log(z_tt) + log(z_st)
         kl_1 = a_1 / z_t1 - gap - log(z_t1) + log(z_s1)
         ce_s = log(z_s1) + m_s - x_s
         ce_t = log(z_t1) + m_t - x_t
-        agree = (top_t == m_t).astype(F32)
         saved = (m_s, log(z_s1), log(z_st), m_t, log(z_tt))
-        return None, ((kl_t, kl_1, ce_s, ce_t, agree), saved)
+        return None, ((kl_t, kl_1, ce_s, ce_t, agree.astype(F32)), saved)
 
     _, (terms, saved) = jax.lax.scan(
         token_block, None, (_rows(s_h, bt, nb), _rows(t_h, bt, nb), _rows(targets, bt, nb))
@@ -235,7 +254,19 @@ def _forward_local(axes, blocks: Blocks, s_h, s_w, t_h, t_w, targets, temperatur
     return tuple(map(unblock, terms)), tuple(map(unblock, saved))
 
 
-def _backward_local(axes, blocks: Blocks, s_h, s_w, t_h, t_w, targets, temperature, saved, g_kl_t, g_ce):
+def _exp_at_1(power: int | None, d: jax.Array, e_at_t: jax.Array) -> jax.Array:
+    """`exp(d)` given `e_at_t = exp(d / T)`: at an integer T (`power`), `e_at_t^T`, a multiply instead of an
+    exponential (as in `trainer.loss`); else computed."""
+    return jnp.exp(d) if power is None else jax.lax.integer_pow(e_at_t, power)
+
+
+def _shared(power: int | None, e_at_t: jax.Array) -> jax.Array:
+    """`e_at_t` behind a barrier when `exp(d) = e_at_t^T` will be read from it: keeps XLA from folding the
+    powers back into exponentials of `T·x`."""
+    return jax.lax.optimization_barrier(e_at_t) if power is not None and power > 1 else e_at_t
+
+
+def _backward_local(axes, blocks: Blocks, power, s_h, s_w, t_h, t_w, targets, temperature, saved, g_kl_t, g_ce):
     """Gradients w.r.t. this device's student hidden states and (summed over the token axes) the student head."""
     n, v = s_h.shape[0], s_w.shape[1]
     bt, nb, bv, nv = _geometry(n, v, blocks)
@@ -245,6 +276,7 @@ def _backward_local(axes, blocks: Blocks, s_h, s_w, t_h, t_w, targets, temperatu
     def token_block(grad_w, xs):
         h_s, h_t, tg, (m_s, lz_s1, lz_st, m_t, lz_tt), gk, gc = xs
         gk = gk * inv_t
+        inv_z_st, inv_z_s1 = jnp.exp(-lz_st), jnp.exp(-lz_s1)
 
         def vocab_block(j, c):
             grad_h, grad_w = c
@@ -252,9 +284,10 @@ def _backward_local(axes, blocks: Blocks, s_h, s_w, t_h, t_w, targets, temperatu
             s, w = _logits(h_s, s_w, start, bv, cap)
             t, _ = _logits(h_t, t_w, start, bv, blocks.teacher_softcap)
             d_s = s - m_s[:, None]
-            p_st = jnp.exp(d_s * inv_t - lz_st[:, None])
+            e_st = _shared(power, jnp.exp(d_s * inv_t))
+            p_st = e_st * inv_z_st[:, None]
             p_tt = jnp.exp((t - m_t[:, None]) * inv_t - lz_tt[:, None])
-            p_s1 = jnp.exp(d_s - lz_s1[:, None])
+            p_s1 = _exp_at_1(power, d_s, e_st) * inv_z_s1[:, None]
             hit = (col == tg[:, None]).astype(F32)
             g = gk[:, None] * (p_st - p_tt) + gc[:, None] * (p_s1 - hit)
             if cap is not None:
@@ -288,14 +321,14 @@ def _backward_local(axes, blocks: Blocks, s_h, s_w, t_h, t_w, targets, temperatu
 _ROWS2, _ROWS1, _REP = P(ROWS, None), P(ROWS), P()
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _terms(blocks, s_h, s_w, t_h, t_w, targets, temperature):
-    return _terms_fwd(blocks, s_h, s_w, t_h, t_w, targets, temperature)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _terms(blocks, power, s_h, s_w, t_h, t_w, targets, temperature):
+    return _terms_fwd(blocks, power, s_h, s_w, t_h, t_w, targets, temperature)[0]
 
 
-def _terms_fwd(blocks, s_h, s_w, t_h, t_w, targets, temperature):
+def _terms_fwd(blocks, power, s_h, s_w, t_h, t_w, targets, temperature):
     fwd = _per_device(
-        _bind(_forward_local, blocks),
+        _bind(_forward_local, blocks, power),
         blocks,
         s_h.shape[0],
         in_specs=(_ROWS2, _REP, _ROWS2, _REP, _ROWS1, _REP),
@@ -305,11 +338,11 @@ def _terms_fwd(blocks, s_h, s_w, t_h, t_w, targets, temperature):
     return terms, (s_h, s_w, t_h, t_w, targets, temperature, saved)
 
 
-def _terms_bwd(blocks, residuals, cotangents):
+def _terms_bwd(blocks, power, residuals, cotangents):
     s_h, s_w, t_h, t_w, targets, temperature, saved = residuals
     g_kl_t, _, g_ce, _, _ = cotangents
     bwd = _per_device(
-        _bind(_backward_local, blocks),
+        _bind(_backward_local, blocks, power),
         blocks,
         s_h.shape[0],
         in_specs=(_ROWS2, _REP, _ROWS2, _REP, _ROWS1, _REP, (_ROWS1,) * 5, _ROWS1, _ROWS1),
@@ -330,8 +363,8 @@ def _typed_like(x: jax.Array, primal: jax.Array) -> jax.Array:
     return jax.reshard(x, sharding.spec)
 
 
-def _bind(fn, blocks):
-    return lambda axes, *args: fn(axes, blocks, *args)
+def _bind(fn, blocks, power):
+    return lambda axes, *args: fn(axes, blocks, power, *args)
 
 
 _terms.defvjp(_terms_fwd, _terms_bwd)

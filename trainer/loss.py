@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from trainer import blocked_logits
+from trainer.blocked_logits import MAX_INTEGER_TEMPERATURE, integer_temperature  # noqa: F401 (this module's API)
 
 FeatureLossType = str  # "cosine" | "l2"
 COSINE_EPS = 1e-6
@@ -105,23 +106,6 @@ def logit_terms(
         weight(kl_weight),
         weight(ce_weight),
     )
-
-
-MAX_INTEGER_TEMPERATURE = 4  # the guide's starting values are 1, 2 and 4
-
-
-def integer_temperature(temperature) -> int | None:
-    """`temperature` as an int when it is a number known at trace time (not a scheduled, traced value) equal to
-    one of 1 … `MAX_INTEGER_TEMPERATURE`, else None. At such a T, `exp(d) = exp(d / T)^T`: the loss then computes
-    two exponentials per logit pair instead of four, and the powers fuse into the passes that read them (at the mid
-    bench size the loss's loop took a quarter less thread time)."""
-    if isinstance(temperature, jax.core.Tracer):
-        return None
-    try:
-        value = float(temperature)
-    except TypeError:  # an array of more than one element: left to jnp.asarray to refuse
-        return None
-    return int(value) if value.is_integer() and 1 <= value <= MAX_INTEGER_TEMPERATURE else None
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
