@@ -7,8 +7,13 @@ Memory: loss + gradient w.r.t. the student's hidden states and LM head, compiled
 .compile()` on this machine's CPU backend from abstract shapes (nothing is allocated or run), read from XLA's
 `memory_analysis()`: temporaries (`temp`), and peak = arguments + outputs + temporaries − aliased bytes. Both
 versions take the same arguments (hidden states `[N, D]`, heads `[D, V]`, float32) and return the same outputs:
-- dense: `trainer.loss.distillation_loss` on `hidden @ head` logits of both models (the trainer's path today);
+- plain: the guide's formula on `hidden @ head` logits written with `jax.nn.log_softmax` and differentiated by
+  JAX, with the same per-token terms (KL at T and at 1, both cross-entropies, top-1 agreement): a dense loss as
+  one would write it, and what this project's dense loss was when the ≤ 1/8 target was set;
+- dense: `trainer.loss.distillation_loss` on `hidden @ head` logits of both models (the trainer's path when the
+  logits fit: row statistics in blocks of rows, the gradient written over the student's logits);
 - fused: `trainer.loss.fused_distillation_loss` with the given block sizes.
+Each returns its metrics beside the loss, so none of them can drop a term the others compute.
 
 Values: at the smaller `--check-*` size both are run and every metric's sum, the loss and both gradients are
 compared (largest relative difference).
@@ -45,6 +50,22 @@ def cpu_name() -> str:
     return f"{model.group(1).strip() if model else 'unknown CPU'} ({vector}, {os.cpu_count()} cores)"
 
 
+def plain(sh, sw, th, tw, targets, mask):
+    """`(total, terms)`: the guide's loss and the five per-token terms' masked sums, by plain autodiff."""
+    alpha, temperature = KW["alpha"], KW["temperature"]
+    s, t = sh @ sw, jax.lax.stop_gradient(th @ tw)
+    ls1, lt1 = jax.nn.log_softmax(s), jax.nn.log_softmax(t)
+    lst, ltt = jax.nn.log_softmax(s / temperature), jax.nn.log_softmax(t / temperature)
+    kl_t = jnp.sum(jnp.exp(ltt) * (ltt - lst), axis=-1)
+    kl_1 = jax.lax.stop_gradient(jnp.sum(jnp.exp(lt1) * (lt1 - ls1), axis=-1))
+    ce = -jnp.take_along_axis(ls1, targets[:, None], axis=-1)[:, 0]
+    teacher_ce = -jnp.take_along_axis(lt1, targets[:, None], axis=-1)[:, 0]
+    agree = (jnp.argmax(s, -1) == jnp.argmax(t, -1)).astype(jnp.float32)
+    n = jnp.maximum(jnp.sum(mask), 1.0)
+    total = alpha * temperature**2 * jnp.sum(kl_t * mask) / n + (1 - alpha) * jnp.sum(ce * mask) / n
+    return total, [jnp.sum(x * mask) for x in (kl_t, kl_1, ce, teacher_ce, agree)]
+
+
 def losses(block_tokens: int, block_vocab: int):
     def dense(sh, sw, th, tw, targets, mask):
         return L.distillation_loss(sh @ sw, th @ tw, targets, mask, **KW)
@@ -54,11 +75,12 @@ def losses(block_tokens: int, block_vocab: int):
             sh, sw, th, tw, targets, mask, block_tokens=block_tokens, block_vocab=block_vocab, **KW
         )
 
-    return {"dense": dense, "fused": fused}
+    return {"plain": plain, "dense": dense, "fused": fused}
 
 
 def with_grad(f):
-    return jax.jit(jax.value_and_grad(lambda *a: f(*a)[0], argnums=(0, 1)))
+    """`((loss, metrics), (d hidden, d head))`, jitted."""
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
 
 
 def abstract(n: int, ds: int, dt: int, v: int):
@@ -116,12 +138,18 @@ def main() -> None:
         f"\nloss + gradient, {a.tokens} tokens, student width {a.student_dim}, teacher width {a.teacher_dim}, float32, "
         f"blocks {a.block_tokens} × {a.block_vocab}; XLA memory analysis (compile only), GiB\n"
     )
-    print("| vocab | dense temp | fused temp | temp ratio | dense peak | fused peak | peak ratio |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        "| vocab | plain temp | dense temp | fused temp | plain peak | dense peak | fused peak "
+        "| fused/plain peak | fused/dense peak |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for v in (int(x) for x in a.vocabs.split(",")):
         args = abstract(a.tokens, a.student_dim, a.teacher_dim, v)
-        (dt, dp), (ft, fp) = memory(f["dense"], args), memory(f["fused"], args)
-        print(f"| {v} | {gib(dt)} | {gib(ft)} | 1/{dt / ft:.0f} | {gib(dp)} | {gib(fp)} | 1/{dp / fp:.1f} |")
+        (pt, pp), (dt, dp), (ft, fp) = (memory(f[k], args) for k in ("plain", "dense", "fused"))
+        print(
+            f"| {v} | {gib(pt)} | {gib(dt)} | {gib(ft)} | {gib(pp)} | {gib(dp)} | {gib(fp)} "
+            f"| 1/{pp / fp:.1f} | 1/{dp / fp:.1f} |"
+        )
 
     ds, dt_ = (int(x) for x in a.check_dims.split(","))
     args = concrete(a.check_tokens, ds, dt_, a.check_vocab)
@@ -129,7 +157,7 @@ def main() -> None:
     (d_loss, d_metrics), (f_loss, f_metrics) = (jax.jit(f[k])(*args) for k in ("dense", "fused"))
     worst = max((rel(f_metrics[k][0], d_metrics[k][0]), k) for k in d_metrics if float(jnp.abs(d_metrics[k][0])) > 0)
     counts_equal = all(float(f_metrics[k][1]) == float(d_metrics[k][1]) for k in d_metrics)
-    (_, d_grads), (_, f_grads) = (with_grad(f[k])(*args) for k in ("dense", "fused"))
+    d_grads, f_grads = (with_grad(f[k])(*args)[1] for k in ("dense", "fused"))
     print(
         f"  loss: dense {float(d_loss):.7f}, fused {float(f_loss):.7f}, relative difference {rel(f_loss, d_loss):.1e}"
     )
