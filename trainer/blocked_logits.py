@@ -107,8 +107,9 @@ MAX_INTEGER_TEMPERATURE = 4  # the guide's starting values are 1, 2 and 4
 def integer_temperature(temperature) -> int | None:
     """`temperature` as an int when it is a number known at trace time (not a scheduled, traced value) equal to
     one of 1 … `MAX_INTEGER_TEMPERATURE`, else None. At such a T, `exp(d) = exp(d / T)^T`: both losses (the dense
-    `trainer.loss.logit_terms` and this module's) then compute two exponentials per logit pair instead of four, and the powers fuse into the passes that read them (at the mid
-    bench size the loss's loop took a quarter less thread time)."""
+    `trainer.loss.logit_terms` and this module's) then compute two exponentials per logit pair instead of four, and
+    the powers fuse into the passes that read them (at the mid bench size the dense loss's loop took a quarter less
+    thread time)."""
     if isinstance(temperature, jax.core.Tracer):
         return None
     try:
