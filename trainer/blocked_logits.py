@@ -220,8 +220,8 @@ def _forward_local(axes, blocks: Blocks, power, s_h, s_w, t_h, t_w, targets, tem
             def running(z, m, z1, zt, x):
                 m_new = jnp.maximum(m, jnp.max(z, axis=-1))
                 rt = jnp.exp((m - m_new) * inv_t)  # rescales the sums kept so far (0 at the first block)
-                et = _shared(power, jnp.exp((z - m_new[:, None]) * inv_t))
-                r1, e1 = _exp_at_1(power, m - m_new, rt), _exp_at_1(power, z - m_new[:, None], et)
+                et = barrier_for_powers(power, jnp.exp((z - m_new[:, None]) * inv_t))
+                r1, e1 = exp_at_1(power, m - m_new, rt), exp_at_1(power, z - m_new[:, None], et)
                 z1 = z1 * r1 + jnp.sum(e1, axis=-1)
                 zt = zt * rt + jnp.sum(et, axis=-1)
                 x = x + jnp.where(here, jnp.take_along_axis(z, at[:, None], axis=-1)[:, 0], 0.0)
@@ -255,16 +255,20 @@ def _forward_local(axes, blocks: Blocks, power, s_h, s_w, t_h, t_w, targets, tem
     return tuple(map(unblock, terms)), tuple(map(unblock, saved))
 
 
-def _exp_at_1(power: int | None, d: jax.Array, e_at_t: jax.Array) -> jax.Array:
-    """`exp(d)` given `e_at_t = exp(d / T)`: at an integer T (`power`), `e_at_t^T`, a multiply instead of an
-    exponential (as in `trainer.loss`); else computed."""
-    return jnp.exp(d) if power is None else jax.lax.integer_pow(e_at_t, power)
+def exp_at_1(power: int | None, d: jax.Array, e_at_t: jax.Array, factor=1.0) -> jax.Array:
+    """`exp(d)·factor` given `e_at_t = exp(d / T)`; `power`: T as an int (`integer_temperature`) or None. At an
+    integer T it is `e_at_t^T·factor`, multiplies written anew at each use: XLA fuses them into that use, where an
+    exponential (or a shared product) would be one more block-sized array written and read again. Both losses (the
+    dense `trainer.loss.logit_terms` and this module's) compute `exp(d)` here."""
+    if power is None:
+        return jnp.exp(d) * factor
+    return e_at_t * (factor * jax.lax.integer_pow(e_at_t, power - 1))
 
 
-def _shared(power: int | None, e_at_t: jax.Array) -> jax.Array:
-    """`e_at_t` behind a barrier when `exp(d) = e_at_t^T` will be read from it: keeps XLA from folding the
-    powers back into exponentials of `T·x`."""
-    return jax.lax.optimization_barrier(e_at_t) if power is not None and power > 1 else e_at_t
+def barrier_for_powers(power: int | None, exponentials):
+    """`exponentials` (an array or a tuple of them) behind one optimization barrier when `exp_at_1` will raise them
+    to an integer power > 1: keeps XLA from folding `exp(x)·exp(x)` back into `exp(x + x)`."""
+    return jax.lax.optimization_barrier(exponentials) if power is not None and power > 1 else exponentials
 
 
 def _backward_local(axes, blocks: Blocks, power, s_h, s_w, t_h, t_w, targets, temperature, saved, g_kl_t, g_ce):
@@ -285,10 +289,10 @@ def _backward_local(axes, blocks: Blocks, power, s_h, s_w, t_h, t_w, targets, te
             s, w = _logits(h_s, s_w, start, bv, cap)
             t, _ = _logits(h_t, t_w, start, bv, blocks.teacher_softcap)
             d_s = s - m_s[:, None]
-            e_st = _shared(power, jnp.exp(d_s * inv_t))
+            e_st = barrier_for_powers(power, jnp.exp(d_s * inv_t))
             p_st = e_st * inv_z_st[:, None]
             p_tt = jnp.exp((t - m_t[:, None]) * inv_t - lz_tt[:, None])
-            p_s1 = _exp_at_1(power, d_s, e_st) * inv_z_s1[:, None]
+            p_s1 = exp_at_1(power, d_s, e_st, inv_z_s1[:, None])
             hit = (col == tg[:, None]).astype(F32)
             g = gk[:, None] * (p_st - p_tt) + gc[:, None] * (p_s1 - hit)
             if cap is not None:

@@ -119,17 +119,8 @@ def _rows(power, temperature, s, t, m_s, m_t, targets, kl_weight, ce_weight):
     (`integer_temperature`) or None."""
     inv_t = 1.0 / temperature
     d_s, d_t = s - m_s[..., None], t - m_t[..., None]
-    e_st, e_tt = jnp.exp(d_s * inv_t), jnp.exp(d_t * inv_t)
-    if power is not None and power > 1:  # keeps XLA from folding exp(x)·exp(x) back into exp(x + x)
-        e_st, e_tt = jax.lax.optimization_barrier((e_st, e_tt))
-
-    def exp_at_1(d, e_at_t, factor=1.0):
-        """`exp(d)·factor`. At an integer T it is `e_at_t^T·factor`, multiplies written anew at each use: XLA
-        fuses them into that use, where an exponential (or a shared product) would be one more block-sized array
-        written and read again."""
-        if power is None:
-            return jnp.exp(d) * factor
-        return e_at_t * (factor * jax.lax.integer_pow(e_at_t, power - 1))
+    e_st, e_tt = blocked_logits.barrier_for_powers(power, (jnp.exp(d_s * inv_t), jnp.exp(d_t * inv_t)))
+    exp_at_1 = functools.partial(blocked_logits.exp_at_1, power)
 
     d_ts = d_t - d_s
     z_s1, z_st = jnp.sum(exp_at_1(d_s, e_st), axis=-1), jnp.sum(e_st, axis=-1)
