@@ -5,8 +5,9 @@
 
 Memory: loss + gradient w.r.t. the student's hidden states and LM head, compiled with `jax.jit(...).lower(...)
 .compile()` on this machine's CPU backend from abstract shapes (nothing is allocated or run), read from XLA's
-`memory_analysis()`: temporaries (`temp`), and peak = arguments + outputs + temporaries − aliased bytes. Both
-versions take the same arguments (hidden states `[N, D]`, heads `[D, V]`, float32) and return the same outputs:
+`memory_analysis()`: temporaries (`temp`), and peak = arguments + outputs + temporaries − aliased bytes. All three
+versions take the same arguments (hidden states `[N, D]`, heads `[D, V]`, float32) and return the loss, its metrics
+(a few scalars) and the same two gradients:
 - plain: the guide's formula on `hidden @ head` logits written with `jax.nn.log_softmax` and differentiated by
   JAX, with the same per-token terms (KL at T and at 1, both cross-entropies, top-1 agreement): a dense loss as
   one would write it, and what this project's dense loss was when the ≤ 1/8 target was set;
