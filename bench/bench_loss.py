@@ -120,18 +120,31 @@ def gib(b: int) -> str:
     return f"{b / 2**30:.2f}"
 
 
+def positive_ints(text: str) -> list[int]:
+    """A comma-separated list of positive integers (argparse type: a bad one is a usage error, not a traceback)."""
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=16384)
-    p.add_argument("--vocabs", default="128256,151936,256000", help="Llama 3, Qwen 3, Gemma")
+    p.add_argument("--vocabs", type=positive_ints, default="128256,151936,256000", help="Llama 3, Qwen 3, Gemma")
     p.add_argument("--student-dim", type=int, default=2048)
     p.add_argument("--teacher-dim", type=int, default=4096)
     p.add_argument("--block-tokens", type=int, default=1024)
     p.add_argument("--block-vocab", type=int, default=8192)
     p.add_argument("--check-tokens", type=int, default=2048)
     p.add_argument("--check-vocab", type=int, default=32000)
-    p.add_argument("--check-dims", default="256,512", help="student,teacher width of the run check")
+    p.add_argument("--check-dims", type=positive_ints, default="256,512", help="student,teacher width of the run check")
     a = p.parse_args()
+    if len(a.check_dims) != 2:
+        p.error(f"--check-dims takes two widths (student,teacher), got {len(a.check_dims)}")
     f = losses(a.block_tokens, a.block_vocab)
 
     print(f"CPU: {cpu_name()}; jax {jax.__version__} ({jax.default_backend()})")
@@ -144,7 +157,7 @@ def main() -> None:
         "| fused/plain peak | fused/dense peak |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for v in (int(x) for x in a.vocabs.split(",")):
+    for v in a.vocabs:
         args = abstract(a.tokens, a.student_dim, a.teacher_dim, v)
         (pt, pp), (dt, dp), (ft, fp) = (memory(f[k], args) for k in ("plain", "dense", "fused"))
         print(
@@ -152,7 +165,7 @@ def main() -> None:
             f"| 1/{pp / fp:.1f} | 1/{dp / fp:.1f} |"
         )
 
-    ds, dt_ = (int(x) for x in a.check_dims.split(","))
+    ds, dt_ = a.check_dims
     args = concrete(a.check_tokens, ds, dt_, a.check_vocab)
     print(f"\nvalues, run at {a.check_tokens} tokens × vocab {a.check_vocab} (widths {ds}/{dt_}):")
     (d_loss, d_metrics), (f_loss, f_metrics) = (jax.jit(f[k])(*args) for k in ("dense", "fused"))
