@@ -411,19 +411,22 @@ def test_fused_terms_and_their_custom_gradient_equal_autodiff_of_the_plain_formu
     np.testing.assert_allclose(np.asarray(grad_a), np.asarray(grad_b), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("positions", [32, 45])
-def test_objective_gradient_is_computed_in_the_forward_loop(positions, monkeypatch):
-    """Blocks of rows (a loop, and a smaller block for the rows left over): the terms, the objective and its
+@pytest.mark.parametrize("batch, positions", [(2, 32), (2, 45), (1, 45), (8, 45)])
+def test_objective_gradient_is_computed_in_the_forward_loop(batch, positions, monkeypatch):
+    """Blocks of rows (a loop, and a smaller block for the rows left over; one sequence, and blocks of one
+    position per sequence, whose leading axes the loop merges into rows): the terms, the objective and its
     gradient equal the unblocked pass's; the logit terms carry no gradient of their own."""
     rng = np.random.default_rng(3)
-    s, t = (jnp.asarray(3.0 * rng.standard_normal((2, positions, 40)), jnp.float32) for _ in range(2))
-    y = jnp.asarray(rng.integers(0, 40, (2, positions)))
-    w = jnp.asarray(rng.random((2, positions)), jnp.float32)
+    s, t = (jnp.asarray(3.0 * rng.standard_normal((batch, positions, 40)), jnp.float32) for _ in range(2))
+    y = jnp.asarray(rng.integers(0, 40, (batch, positions)))
+    w = jnp.asarray(rng.random((batch, positions)), jnp.float32)
 
     def run(s):
         terms, objective = L.logit_terms(s, t, y, 1.5, kl_weight=w, ce_weight=1.0 - w)
         return objective, terms
 
+    monkeypatch.setattr(L, "MAX_BLOCK_ROWS", batch * positions)
+    monkeypatch.setattr(L, "BLOCK_ELEMENTS", batch * positions * 40)
     whole = jax.value_and_grad(run, has_aux=True)(s)
     monkeypatch.setattr(L, "MAX_BLOCK_ROWS", 8)
     monkeypatch.setattr(L, "BLOCK_ELEMENTS", 8 * 40)
