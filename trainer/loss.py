@@ -189,11 +189,11 @@ def _logit_terms_bwd(_power, residuals, cotangents):
 
 
 def _rows_of(x: jax.Array) -> jax.Array:
-    """`[..., V]` as `[rows, V]` (a bitcast). XLA:CPU splits a loop fusion over threads along its outer axes, and
-    with one sequence per device (`[1, T, V]` logits) or one position per block (`[B, 1, V]`) it splits them
-    badly: on a 2-core AVX2 EPYC the loss and its gradient over `[1, 1024, 32000]` logits took 2.1–2.3× as long
-    as over the same logits with the leading axes merged, in blocks of `[4, 1, 32000]` 2.7× (a whole mid-size
-    step at 1 × 1024 tokens: 1.11–1.18×). The merged axis keeps the batch axis's sharding (it is the major one)."""
+    """`[..., V]` as `[rows, V]` (a bitcast). With one sequence per device (`[1, T, V]` logits) or one position per
+    block (`[B, 1, V]`), XLA:CPU splits this loss's passes (a loop over dynamic slices) badly over threads: on a
+    2-core AVX2 EPYC the loss and its gradient over `[1, 1024, 32000]` logits took 2.1–2.3× as long as over the
+    same logits with the leading axes merged, in blocks of `[4, 1, 32000]` 2.7× (a whole mid-size step at
+    1 × 1024 tokens: 1.11–1.18×). The merged axis keeps the batch axis's sharding (it is the major one)."""
     return x.reshape(-1, x.shape[-1]) if x.ndim > 2 else x
 
 
