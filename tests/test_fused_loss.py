@@ -10,6 +10,7 @@ import pytest
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
+from tests.trainer_support import compiled_exponentials  # noqa: E402
 from trainer import blocked_logits  # noqa: E402
 from trainer import loss as L  # noqa: E402
 
@@ -118,10 +119,7 @@ def test_integer_temperature_shares_the_exponentials(temperature, caps):
     general = jax.value_and_grad(run, argnums=(0, 1), has_aux=True)
     shared = jax.value_and_grad(lambda a, b: run(a, b, temperature), argnums=(0, 1), has_aux=True)
 
-    def exponentials(f, *args):
-        return jax.jit(f).lower(*args).compile().as_text().count(" exponential(")
-
-    assert exponentials(shared, sh, sw) < exponentials(general, sh, sw, jnp.float32(temperature))
+    assert compiled_exponentials(shared, sh, sw) < compiled_exponentials(general, sh, sw, jnp.float32(temperature))
     (want_total, want), want_grads = jax.jit(general)(sh, sw, jnp.float32(temperature))
     (got_total, got), got_grads = jax.jit(shared)(sh, sw)
     np.testing.assert_allclose(float(got_total), float(want_total), rtol=1e-5)

@@ -10,6 +10,7 @@ import pytest
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
+from tests.trainer_support import compiled_exponentials  # noqa: E402
 from trainer import loss as L  # noqa: E402
 
 B, T, V, LAYERS, D = 3, 5, 11, 4, 6
@@ -450,14 +451,11 @@ def test_integer_temperature_shares_the_exponentials(temperature, monkeypatch):
         terms, objective = L.logit_terms(s, t, y, temperature, kl_weight=w, ce_weight=1.0 - w)
         return objective, terms
 
-    def exponentials(f, *args):
-        return jax.jit(f).lower(*args).compile().as_text().count(" exponential(")
-
     monkeypatch.setattr(L, "MAX_BLOCK_ROWS", 8)
     monkeypatch.setattr(L, "BLOCK_ELEMENTS", 8 * 40)
     general = jax.value_and_grad(run, has_aux=True)
     shared = jax.value_and_grad(lambda s: run(s, temperature), has_aux=True)
-    assert exponentials(shared, s) < exponentials(general, s, temperature)
+    assert compiled_exponentials(shared, s) < compiled_exponentials(general, s, temperature)
     for a, b in zip(jax.tree.leaves(jax.jit(general)(s, temperature)), jax.tree.leaves(jax.jit(shared)(s))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6)
 

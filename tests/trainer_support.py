@@ -96,3 +96,10 @@ def run_trainer(
 def write_spec(path: Path, data: dict) -> Path:
     path.write_text(json.dumps(data))
     return path
+
+
+def compiled_exponentials(f, *args) -> int:
+    """How many exponentials `jax.jit(f)` compiles to for `args` (XLA's optimised HLO, fusions inlined as text)."""
+    import jax
+
+    return jax.jit(f).lower(*args).compile().as_text().count(" exponential(")
