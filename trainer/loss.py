@@ -167,7 +167,7 @@ def _logit_terms_fwd(power, s, t, targets, temperature, kl_weight, ce_weight):
     # buffer, and the backward pass reads one array.
     # The row maxima in one pass over each whole array, before the loop: in it, each block would be copied out
     # of the logits just to be read by the max (XLA:CPU's reductions do not read through a dynamic slice).
-    maxima = _row_max(s), _row_max(t)
+    maxima = jnp.max(s, axis=-1), jnp.max(t, axis=-1)
     terms, grad = _over_row_blocks(
         functools.partial(_rows, power, temperature),
         (s, t, *maxima, targets, kl_weight, ce_weight),
@@ -184,26 +184,19 @@ def _logit_terms_bwd(_power, residuals, cotangents):
     grad, temperature, kl_weight, ce_weight = residuals
     _, g = cotangents  # the terms' cotangents are dropped: they carry no gradient
     zero = jnp.zeros_like  # (the teacher's logits have the student's shape; callers stop their gradient)
-    scaled = (g * _rows_of(grad)).reshape(grad.shape)
-    return scaled, zero(grad), None, zero(temperature), zero(kl_weight), zero(ce_weight)
-
-
-def _rows_of(x: jax.Array) -> jax.Array:
-    """`[..., V]` as `[rows, V]` (a bitcast). With one sequence per device (`[1, T, V]` logits) or one position per
-    block (`[B, 1, V]`), XLA:CPU splits this loss's passes (a loop over dynamic slices) badly over threads: on a
-    2-core AVX2 EPYC the loss and its gradient over `[1, 1024, 32000]` logits took 2.1–2.3× as long as over the
-    same logits with the leading axes merged, in blocks of `[4, 1, 32000]` 2.7× (a whole mid-size step at
-    1 × 1024 tokens: 1.11–1.18×). The merged axis keeps the batch axis's sharding (it is the major one)."""
-    return x.reshape(-1, x.shape[-1]) if x.ndim > 2 else x
-
-
-def _row_max(x: jax.Array) -> jax.Array:
-    return jnp.max(_rows_of(x), axis=-1).reshape(x.shape[:-1])
+    return g * grad, zero(grad), None, zero(temperature), zero(kl_weight), zero(ce_weight)
 
 
 def _on_rows(rows, logit_rank):
-    """`rows` evaluated on its arguments' leading axes merged (`_rows_of`): logit-shaped arguments and outputs
-    (rank `logit_rank`, `[..., V]`) become `[R, V]`, per-row ones `[...]` become `[R]`, and back."""
+    """`rows` evaluated on its arguments' leading axes merged into one (reshapes, bitcasts): logit-shaped arguments
+    and outputs (rank `logit_rank`, `[..., V]`) become `[R, V]`, per-row ones `[...]` become `[R]`, and back.
+
+    Why: with one sequence per device (`[1, T, V]` logits) or one position per block (`[B, 1, V]`), XLA:CPU splits
+    the loop's passes over a block badly over threads: on a 2-core AVX2 EPYC the loss and its gradient over
+    `[1, 1024, 32000]` logits took 2.1–2.3× as long as with each block's rows merged, in blocks of `[4, 1, 32000]`
+    2.7× (a whole mid-size step at 1 × 1024 tokens: 1.11–1.18×). The passes over whole arrays outside the loop
+    (row maxima, the backward's scaling) run as fast either way. The merged axis keeps the batch axis's sharding
+    (it is the major one)."""
 
     def flat(*args):
         lead = args[0].shape[:-1]
