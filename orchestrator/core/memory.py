@@ -25,7 +25,7 @@ Notation: a = bytes of a model's `dtype` (compute), w = bytes of its `weight_dty
 - student activations kept for the backward pass, per layer (`remat`):
   full: the layer input n·D·a; dots: also the weight matmuls' outputs n·(D + (2H + 2K)·h/t + 3F/t)·a (q, k, v,
   attention output and projection, MLP gate, up, down); none: everything, n·(6D + (4H + 2K)·h/t + 5F/t)·a plus
-  the attention probabilities R·H/t·T²·4
+  the attention's exponentials R·H/t·T²·4 (its softmax's backward needs no more)
 - one layer's working set (the layer being (re)computed, either model): n·(4D + (2H + 2K)·h/t + 3F/t)·a plus
   `ATTENTION_COPIES` float32 score-sized arrays R·H/t·T²·4 (attention without a fused kernel materialises the
   scores; on TPU/GPU flash kernels would not, so this over-estimates there)
@@ -61,7 +61,7 @@ F32 = 4
 MASTER_BYTES = 4  # the trained student's float32 master weights
 ADAM_BYTES_PER_PARAM = 8
 # Arrays XLA:CPU keeps live at the step's peak (its buffer assignment of the compiled step, tiny models):
-ATTENTION_COPIES = 4  # scores, probabilities and their two gradients, `[R, H, T, T]` float32
+ATTENTION_COPIES = 3  # scores, exponentials and the gradient of the probabilities, `[R, H, T, T]` float32
 DENSE_LOGIT_COPIES = 3  # `[n, V]` float32: both models' logits and the student's logit gradient
 PRETRAIN_LOGIT_COPIES = 4  # `[n, V]` float32, one model (no teacher): logits, log-probabilities and the gradient
 FUSED_BLOCK_COPIES = 6  # `[b_t, b_v]` float32: both models' logit blocks, their exponentials, the gradient block

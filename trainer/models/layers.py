@@ -11,6 +11,7 @@ weights give the same logits.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -181,15 +182,57 @@ def attend_head_major(q, k, v, *, scale, softcap, window, segment_ids=None) -> j
     g = h // n
     qh = q.reshape(b, t, n, g, kd).transpose(0, 2, 3, 1, 4).reshape(b, n, g * t, kd)  # [B, N, G·T, K]
     kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, N, S, K]
-    scores = jnp.einsum("bnqk,bnsk->bnqs", qh, kh, preferred_element_type=jnp.float32) * scale  # [B, N, G·T, S]
-    if softcap is not None:
-        scores = softcap * jnp.tanh(scores / softcap)
     allowed = _mask(t, s, window, segment_ids, causal=True)  # [B or 1, 1, T, S]
     allowed = jnp.broadcast_to(allowed[:, :, None], (allowed.shape[0], 1, g, t, s)).reshape(-1, 1, g * t, s)
-    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bnqs,bnsk->bnqk", probs, vh)  # [B, N, G·T, K]
+    out = _head_major_core(qh, kh, vh, allowed, scale, softcap)  # [B, N, G·T, K]
     return out.reshape(b, n, g, t, kd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, kd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _head_major_core(qh, kh, vh, allowed, scale, softcap):
+    """`softmax(mask(cap(scale·qh·khᵀ)))·vh` over head-major `[B, N, Q, ·]` arrays, with a hand-written backward.
+
+    Why not autodiff: through `jax.nn.softmax` it kept the exponentials, a score-sized broadcast of each row's
+    1/Σ and the probabilities for the backward pass, and ran score-sized passes to divide and to reduce `dP ⊙ P`.
+    Here the forward pass normalises the `[Q, K]` output instead of the `[Q, S]` probabilities, the backward pass
+    keeps only the exponentials and the row normalisers, and takes each row's `Σ_s dP·P` as `Σ_k dO·O` (an
+    output-sized product, as flash attention does). The key and value gradients contract the queries with the
+    small operand first (`bnqk,bnqs->bnks`, then a k/v-sized transpose): XLA:CPU ran the other order at a quarter
+    of the speed. On the bench's mid size, attention forward and backward alone took 1.5× less time, the whole
+    step 1.07× less (AVX-512, in one process)."""
+    return _head_major_core_fwd(qh, kh, vh, allowed, scale, softcap)[0]
+
+
+def _head_major_core_fwd(qh, kh, vh, allowed, scale, softcap):
+    scores = jnp.einsum("bnqk,bnsk->bnqs", qh, kh, preferred_element_type=jnp.float32) * scale  # [B, N, Q, S]
+    if softcap is not None:
+        scores = softcap * jnp.tanh(scores / softcap)
+    masked = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+    e = jnp.exp(masked - jnp.max(masked, axis=-1, keepdims=True))
+    inv_sum = 1.0 / jnp.sum(e, axis=-1)  # [B, N, Q]
+    weighted = jnp.einsum("bnqs,bnsk->bnqk", e.astype(vh.dtype), vh, preferred_element_type=jnp.float32)
+    out = (weighted * inv_sum[..., None]).astype(vh.dtype)
+    capped = scores if softcap is not None else None  # the cap's derivative needs it
+    return out, (qh, kh, vh, allowed, e, inv_sum, out, capped)
+
+
+def _head_major_core_bwd(scale, softcap, residuals, d_out):
+    qh, kh, vh, allowed, e, inv_sum, out, capped = residuals
+    d_out32 = d_out.astype(jnp.float32)
+    row = jnp.sum(d_out32 * out.astype(jnp.float32), axis=-1)  # Σ_s dP·P per row
+    d_p = jnp.einsum("bnqk,bnsk->bnqs", d_out, vh, preferred_element_type=jnp.float32)
+    d_scores = e * ((d_p - row[..., None]) * (inv_sum * scale)[..., None])  # softmax's backward, with the scale
+    if capped is not None:
+        d_scores = d_scores * (1.0 - jnp.square(capped / softcap))
+    d_scores = jnp.where(allowed, d_scores, 0.0).astype(qh.dtype)  # masked scores get none (a fully masked row too)
+    d_q = jnp.einsum("bnqs,bnsk->bnqk", d_scores, kh, preferred_element_type=jnp.float32).astype(qh.dtype)
+    d_k = jnp.einsum("bnqk,bnqs->bnks", qh, d_scores, preferred_element_type=jnp.float32)
+    scaled_d_out = (d_out32 * inv_sum[..., None]).astype(vh.dtype)  # Pᵀ·dO = eᵀ·(dO / Σ)
+    d_v = jnp.einsum("bnqk,bnqs->bnks", scaled_d_out, e.astype(vh.dtype), preferred_element_type=jnp.float32)
+    return d_q, d_k.swapaxes(-1, -2).astype(kh.dtype), d_v.swapaxes(-1, -2).astype(vh.dtype), None
+
+
+_head_major_core.defvjp(_head_major_core_fwd, _head_major_core_bwd)
 
 
 class Attention(nnx.Module):
