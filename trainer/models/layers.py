@@ -199,7 +199,7 @@ def _head_major_core(qh, kh, vh, allowed, scale, softcap):
     output-sized product, as flash attention does). The key and value gradients contract the queries with the
     small operand first (`bnqk,bnqs->bnks`, then a k/v-sized transpose): XLA:CPU ran the other order at a quarter
     of the speed. On the bench's mid size, attention forward and backward alone took 1.5× less time, the whole
-    step 1.07× less (AVX-512, in one process)."""
+    step 1.03–1.07× less (three A/Bs on AVX-512, old and new alternating in one process)."""
     return _head_major_core_fwd(qh, kh, vh, allowed, scale, softcap)[0]
 
 
