@@ -23,6 +23,11 @@ included) are each run alone, jitted, on operands of the same shapes and dtypes,
 `roofline` = (time those matmuls take alone, as often as the step runs them) / (step time), i.e. the step's
 matmul FLOP/s as a fraction of what XLA reaches on the same matmuls with nothing else to do. The CPU is named
 from `lscpu` at the top of the output.
+
+Environment: the script runs itself again under the trainer's process environment
+(`distillspec.contract.trainer_process_env`: glibc's malloc on transparent huge pages, as the trainer image and
+the local backend start the trainer), so ours, tunix and the matmuls alone are all timed as the trainer runs;
+`--glibc-defaults` keeps the environment as it is. The header prints GLIBC_TUNABLES.
 """
 
 from __future__ import annotations
@@ -290,9 +295,24 @@ def main() -> None:
         default="none",
         help="the student's remat policy in our step (default none: tunix's step does not rematerialise)",
     )
+    parser.add_argument(
+        "--glibc-defaults",
+        action="store_true",
+        help="run in this environment as it is, not the trainer's (glibc's malloc on huge pages)",
+    )
     args = parser.parse_args()
+    if not args.glibc_defaults:
+        from distillspec.contract import trainer_process_env
+
+        env = trainer_process_env(os.environ)
+        if env != dict(os.environ):  # glibc reads its tunables at start-up only
+            os.execve(sys.executable, [sys.executable, *sys.argv], env)
     os.environ.setdefault("DISTILLCTL_COMPILE_CACHE", "off")
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}", flush=True)
+    tunables = os.environ.get("GLIBC_TUNABLES", "(unset)")
+    print(
+        f"CPU: {cpu_name()}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}; GLIBC_TUNABLES {tunables}",
+        flush=True,
+    )
     results = []
     for name in args.sizes.split(","):
         size = SIZES[name]
@@ -332,6 +352,7 @@ def main() -> None:
             "roofline_median": round(statistics.median(roofline), 2),
             "roofline_per_round": [round(x, 2) for x in roofline],
             "load_average_1min": round(os.getloadavg()[0], 2),
+            "glibc_tunables": tunables,
         }
         results.append(row)
         print(

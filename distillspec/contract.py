@@ -6,6 +6,7 @@ Neither side spells one of these values as a literal.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntEnum
 
 # --- Exit codes ---------------------------------------------------------------------------------------------------
@@ -60,6 +61,26 @@ def exit_reason(code: int) -> str:
 ENV_SPEC = "DISTILLCTL_SPEC"  # the resolved spec as canonical JSON; `python -m trainer` reads it
 ENV_RUN_ID = "DISTILLCTL_RUN_ID"  # the run's identity; the trainer records it in summary.json
 RESERVED_ENV: tuple[str, ...] = (ENV_SPEC, ENV_RUN_ID)
+
+# The trainer's process asks glibc's malloc for transparent huge pages (2 MiB) where it maps memory. XLA:CPU
+# allocates each step's temporaries as one block and frees it after the step (398 MB at bench/'s mid size), and
+# glibc maps every block that large afresh: with 4 KiB pages each CPU step faulted ~100,000 pages in, 15-16 % of
+# the step (bench/README.md). The trainer image sets it (trainer/Dockerfile) and the local backend starts the
+# trainer with it; a user's own GLIBC_TUNABLES entry for it stands. glibc before 2.35 and kernels with
+# transparent huge pages off ignore it.
+ENV_GLIBC_TUNABLES = "GLIBC_TUNABLES"
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+def trainer_process_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with `HUGE_PAGES_TUNABLE` appended to GLIBC_TUNABLES (a colon-separated list of name=value), unless
+    that list already names glibc.malloc.hugetlb."""
+    tunables = [item for item in env.get(ENV_GLIBC_TUNABLES, "").split(":") if item]
+    name = HUGE_PAGES_TUNABLE.split("=", 1)[0]
+    if any(item.split("=", 1)[0] == name for item in tunables):
+        return dict(env)
+    return {**env, ENV_GLIBC_TUNABLES: ":".join([*tunables, HUGE_PAGES_TUNABLE])}
+
 
 # --- Files in a run's output storage besides the trainer's documented outputs -----------------------------------------
 

@@ -24,6 +24,7 @@ import yaml
 from sweep_support import TARGET, sweep_data, write
 from trainer_support import REPO, TEACHER, merged
 
+from distillspec.contract import ENV_GLIBC_TUNABLES, trainer_process_env
 from orchestrator.core.sweeps import expand_sweep
 from orchestrator.registry import resolve_digest
 
@@ -77,7 +78,8 @@ def test_the_image_is_non_root_pinned_and_holds_only_the_trainer(image):
         "print(json.dumps({'uid': os.getuid(), 'gid': os.getgid(), 'home': os.environ['HOME'],\n"
         "  'dists': {d.metadata['Name']: d.version for d in md.distributions()},\n"
         "  'found': {m: importlib.util.find_spec(m) is not None for m in json.loads(os.environ['ABSENT'])},\n"
-        "  'writable': os.access('/opt/venv', os.W_OK) or os.access('/opt/distillctl/trainer', os.W_OK)}))\n"
+        "  'writable': os.access('/opt/venv', os.W_OK) or os.access('/opt/distillctl/trainer', os.W_OK),\n"
+        "  'tunables': os.environ.get('GLIBC_TUNABLES')}))\n"
     )
     out = podman(
         "run",
@@ -98,6 +100,8 @@ def test_the_image_is_non_root_pinned_and_holds_only_the_trainer(image):
     assert (facts["uid"], facts["gid"], facts["home"]) == (UID, UID, "/home/trainer")
     assert not facts["writable"], "the installed code must not be writable by the user that runs it"
     assert facts["found"] == dict.fromkeys(ORCHESTRATOR_ONLY, False)
+    # The trainer's process environment, as the local backend gives it (distillspec.contract.trainer_process_env).
+    assert facts["tunables"] == trainer_process_env({})[ENV_GLIBC_TUNABLES]
     installed = {_norm(n): v for n, v in facts["dists"].items() if _norm(n) not in ("pip", "setuptools")}
     assert installed == locked()
 

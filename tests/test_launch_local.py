@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from distillspec.contract import ENV_GLIBC_TUNABLES, trainer_process_env
 from orchestrator.backends.local import claims as local_claims
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,6 +182,11 @@ def test_cancel_stops_one_run_and_it_resumes_later(tmp_path):
     distillctl("sweep", str(other), check=True)
     teacher = next(r for r in status(sweep).values() if r["role"] == "prerequisite")
     wait_until(lambda: status(sweep)[teacher["run_id"]]["phase"] == "Running", what="the teacher to run")
+    # The trainer process runs with glibc's huge pages (distillspec.contract.trainer_process_env).
+    pid = local_claims.read_claim(teacher["output_path"]).pid
+    environ = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+    tunables = dict(v.split("=", 1) for v in environ if "=" in v)[ENV_GLIBC_TUNABLES]
+    assert tunables == trainer_process_env(os.environ)[ENV_GLIBC_TUNABLES]
     refused = distillctl("cancel", str(sweep), teacher["run_id"])
     assert refused.returncode == 2 and "--yes" in refused.stderr  # no prompt without a terminal
     done = distillctl("cancel", str(sweep), "--yes", check=True)

@@ -14,7 +14,8 @@ from orchestrator.backends.local import claims as local_claims
 from orchestrator.backends.local import state
 from orchestrator.backends.local.backend import observe_claim
 from orchestrator.backends.local.claims import Claim
-from orchestrator.backends.local.supervisor import after_exit, exit_status, has_checkpoint, schedule
+from distillspec.contract import ENV_GLIBC_TUNABLES, ENV_RUN_ID, ENV_SPEC, HUGE_PAGES_TUNABLE
+from orchestrator.backends.local.supervisor import Order, after_exit, exit_status, has_checkpoint, schedule, trainer_env
 
 # --- scheduling ----------------------------------------------------------------------------------------------
 
@@ -54,6 +55,31 @@ def test_after_exit(code, restarts, max_restarts, extra, want):
 
 def test_exit_status_reports_signals_as_a_shell_does():
     assert exit_status(-9) == 137 and exit_status(-15) == 143 and exit_status(42) == 42
+
+
+def _order(**env: str) -> Order:
+    return Order(run_id="r-1", sweep="s", output_path="/tmp/r-1", spec_json="{}", env=tuple(env.items()))
+
+
+@pytest.mark.parametrize(
+    "inherited, target, want",
+    [
+        ({}, {}, HUGE_PAGES_TUNABLE),
+        # Other tunables are kept, the huge pages added after them.
+        ({ENV_GLIBC_TUNABLES: "glibc.malloc.arena_max=2"}, {}, f"glibc.malloc.arena_max=2:{HUGE_PAGES_TUNABLE}"),
+        # The user's own choice stands, from the shell or from target.env (which wins over the shell).
+        ({ENV_GLIBC_TUNABLES: "glibc.malloc.hugetlb=0"}, {}, "glibc.malloc.hugetlb=0"),
+        (
+            {ENV_GLIBC_TUNABLES: "glibc.malloc.arena_max=2"},
+            {ENV_GLIBC_TUNABLES: "glibc.malloc.hugetlb=2"},
+            "glibc.malloc.hugetlb=2",
+        ),
+    ],
+)
+def test_trainer_env_adds_glibc_huge_pages_unless_the_user_chose(inherited, target, want):
+    env = trainer_env(_order(**target), {"HOME": "/home/u", **inherited})
+    assert env[ENV_GLIBC_TUNABLES] == want
+    assert env["HOME"] == "/home/u" and env[ENV_SPEC] == "{}" and env[ENV_RUN_ID] == "r-1"
 
 
 def test_has_checkpoint_only_for_a_finished_step(tmp_path):

@@ -23,11 +23,11 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
-from distillspec.contract import ENV_RUN_ID, ENV_SPEC, FailedReason, TrainerExit, is_retryable
+from distillspec.contract import ENV_RUN_ID, ENV_SPEC, FailedReason, TrainerExit, is_retryable, trainer_process_env
 from orchestrator.backends.local import claims as local_claims
 from orchestrator.backends.local import state
 from orchestrator.backends.local.claims import Claim
@@ -103,6 +103,12 @@ def after_exit(
     if code != 0 and is_retryable(code, tuple(retryable)) and restarts < max_restarts:
         return "restart"
     return "exit"
+
+
+def trainer_env(order: Order, inherited: Mapping[str, str]) -> dict[str, str]:
+    """The environment a run's trainer starts with: the supervisor's own, the target's `env`, the contract's two
+    variables, and glibc's huge pages for XLA's per-step temporaries (`trainer_process_env`)."""
+    return trainer_process_env({**inherited, **dict(order.env), ENV_SPEC: order.spec_json, ENV_RUN_ID: order.run_id})
 
 
 def has_checkpoint(output_path: str) -> bool:
@@ -226,7 +232,7 @@ class Supervisor:
 
     def _start(self, order: Order, claim: Claim) -> None:
         Path(order.output_path).mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **dict(order.env), ENV_SPEC: order.spec_json, ENV_RUN_ID: order.run_id}
+        env = trainer_env(order, os.environ)
         with open(Path(order.output_path) / local_claims.LOG_FILE, "ab") as log:
             process = subprocess.Popen(
                 [self.python, "-m", "trainer"],
