@@ -188,9 +188,18 @@ def dot_flops(key) -> int:
     return 2 * int(np.prod(lhs)) * int(np.prod(kept))
 
 
+# A matmul that takes longer than ~20 ms alone (the LM head's) was timed by one call a round, and on transparent
+# huge pages that one call's time depends on whether the kernel has a free huge page for its output at hand: single
+# rounds read rooflines from 0.61 to 1.18 (bench/README.md, 2026-12-04 12:00 UTC). Such a matmul is now timed over
+# `ALONE_CALLS` calls, each on its own as a step runs it (its output released before the next call, not several
+# dispatched at once and alive together: that slowed them by a fifth on huge pages).
+ALONE_CALLS = 3
+
+
 def matmul_runner(matmuls):
     """`run() -> seconds`: every distinct matmul of the step run alone (jitted, on random operands of its shapes
-    and dtypes), its mean time over enough calls for ~20 ms, times how often the step runs it."""
+    and dtypes), its mean time over enough calls for ~20 ms (dispatched back to back) or, for one that takes
+    longer, over `ALONE_CALLS` calls one at a time, times how often the step runs it."""
     import jax
     import jax.numpy as jnp
 
@@ -204,18 +213,29 @@ def matmul_runner(matmuls):
         jax.block_until_ready(f(a, b))
         begin = time.perf_counter()
         jax.block_until_ready(f(a, b))
-        reps = max(1, int(0.02 / max(time.perf_counter() - begin, 1e-6)))
+        reps = int(0.02 / max(time.perf_counter() - begin, 1e-6))
         jobs.append((f, a, b, count, reps))
 
-    def run() -> float:
+    def back_to_back(f, a, b, reps: int) -> float:
+        begin = time.perf_counter()
+        for _ in range(reps):
+            out = f(a, b)
+        jax.block_until_ready(out)
+        return (time.perf_counter() - begin) / reps
+
+    def one_at_a_time(f, a, b) -> float:
         total = 0.0
-        for f, a, b, count, reps in jobs:
+        for _ in range(ALONE_CALLS):
             begin = time.perf_counter()
-            for _ in range(reps):
-                out = f(a, b)
-            jax.block_until_ready(out)
-            total += count * (time.perf_counter() - begin) / reps
-        return total
+            jax.block_until_ready(f(a, b))  # the output is released here, before the next call
+            total += time.perf_counter() - begin
+        return total / ALONE_CALLS
+
+    def run() -> float:
+        return sum(
+            count * (back_to_back(f, a, b, reps) if reps >= 1 else one_at_a_time(f, a, b))
+            for f, a, b, count, reps in jobs
+        )
 
     return run
 
