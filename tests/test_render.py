@@ -25,6 +25,7 @@ from sweep_support import (
 
 from distillspec.config import DistillSpec
 from distillspec.sweep import load_sweep, override_target
+from orchestrator.backends.xpk import command as xpk_command
 from orchestrator.core import identity, rendering
 from orchestrator.core.expansion import expand
 
@@ -165,6 +166,25 @@ def test_the_resolved_spec_reaches_the_trainer_and_env_is_one_mapping(tmp_path):
         == hashlib.sha256(by_name["DISTILLCTL_SPEC"]["value"].encode()).hexdigest()[: identity.SPEC_HASH_LENGTH]
     )
     assert by_name["DISTILLCTL_RUN_ID"]["value"] == point.run_id
+
+
+@pytest.mark.parametrize(
+    "tunables, want",
+    [
+        (None, None),  # unset: the trainer image's own ENV applies
+        ("glibc.malloc.arena_max=2", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"),
+        ("glibc.malloc.hugetlb=0", "glibc.malloc.hugetlb=0"),  # the user's choice stands
+    ],
+)
+def test_a_users_glibc_tunables_keep_the_trainers_huge_pages_on_every_backend(tmp_path, tunables, want):
+    env = {} if tunables is None else {"GLIBC_TUNABLES": tunables}
+    doc, result = manifest(tmp_path, target={**TARGET, "env": env})
+    rendered = doc["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {e["name"]: e.get("value") for e in rendered}.get("GLIBC_TUNABLES") == want
+    target = result.sweep.target.model_copy(update={"kind": "xpk", "cluster": "c"})
+    argv = list(xpk_command.xpk_command(result.points[0], target).argv)
+    flags = [argv[i + 1] for i, a in enumerate(argv) if a == "--env"]
+    assert [f for f in flags if f.startswith("GLIBC_TUNABLES=")] == ([] if want is None else [f"GLIBC_TUNABLES={want}"])
 
 
 def test_env_precedence_later_layers_win():

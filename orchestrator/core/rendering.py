@@ -34,6 +34,7 @@ from distillspec.contract import (
     ANNOTATION_DEPENDS_ON,
     ANNOTATION_OUTPUT_PATH,
     CONTAINER_NAME,
+    ENV_GLIBC_TUNABLES,
     ENV_RUN_ID,
     ENV_SPEC,
     LABEL_ROLE,
@@ -42,6 +43,7 @@ from distillspec.contract import (
     LABEL_SWEEP,
     RETRYABLE_EXIT_CODES,
     TRAINER_COMMAND,
+    trainer_process_env,
 )
 from distillspec.sweep import DSHM_PATH, DSHM_VOLUME, Target
 from orchestrator.core import identity
@@ -103,8 +105,16 @@ def container_env(point: Point, target: Target) -> tuple[EnvVar, ...]:
     return _env({"spec": spec_json(point), "run_id": point.run_id}, target)
 
 
+def target_env(target: Target) -> dict[str, str]:
+    """`target.env` as the trainer's container gets it. A GLIBC_TUNABLES there replaces the trainer image's own
+    (`ENV`), so the trainer's huge pages are added to it as the local backend adds them (`trainer_process_env`); a
+    `glibc.malloc.hugetlb` entry of the user's stands. Without one, the image's setting applies."""
+    env = dict(target.env)
+    return trainer_process_env(env) if ENV_GLIBC_TUNABLES in env else env
+
+
 def _env(point: Mapping[str, str], target: Target) -> tuple[EnvVar, ...]:
-    user = {name: EnvVar(name, value=value) for name, value in target.env.items()}
+    user = {name: EnvVar(name, value=value) for name, value in target_env(target).items()}
     secrets = {name: EnvVar(name, secret=ref.secret, key=ref.key) for name, ref in target.secret_env.items()}
     own = {
         ENV_SPEC: EnvVar(ENV_SPEC, value=point["spec"]),

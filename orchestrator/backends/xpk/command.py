@@ -21,7 +21,7 @@ from distillspec.contract import CONTAINER_NAME, ENV_RUN_ID, ENV_SPEC, RETRYABLE
 from distillspec.problems import Problem
 from distillspec.sweep import Resources, Target
 from orchestrator.core.expansion import Point
-from orchestrator.core.rendering import spec_json
+from orchestrator.core.rendering import spec_json, target_env
 
 XPK_LOCAL_QUEUE = "multislice-queue"  # the LocalQueue `xpk cluster create` makes; every XPK workload uses it
 XPK_PRIORITIES = ("very-low", "low", "medium", "high", "very-high")
@@ -172,6 +172,7 @@ def xpk_command(point: Point, target: Target) -> XpkCommand:
     extra = sorted(set(target.restartable_exit_codes) - set(RETRYABLE_EXIT_CODES))
     if extra:
         argv += ["--restart-on-exit-codes", ",".join(str(code) for code in extra)]
-    for name in sorted(target.env):
-        argv += ["--env", f"{name}={target.env[name]}"]
+    env = target_env(target)
+    for name in sorted(env):
+        argv += ["--env", f"{name}={env[name]}"]
     return XpkCommand(tuple(argv))
