@@ -65,9 +65,9 @@ RESERVED_ENV: tuple[str, ...] = (ENV_SPEC, ENV_RUN_ID)
 # The trainer's process asks glibc's malloc for transparent huge pages (2 MiB) where it maps memory. XLA:CPU
 # allocates each step's temporaries as one block and frees it after the step (398 MB at bench/'s mid size), and
 # glibc maps every block that large afresh: with 4 KiB pages each CPU step faulted ~100,000 pages in, 15-16 % of
-# the step (bench/README.md). The trainer image sets it (trainer/Dockerfile) and the local backend starts the
-# trainer with it; a user's own GLIBC_TUNABLES entry for it stands. glibc before 2.35 and kernels with
-# transparent huge pages off ignore it.
+# the step (bench/README.md). The trainer image sets it (trainer/Dockerfile), the local backend starts the
+# trainer with it, and a GLIBC_TUNABLES in target.env keeps it in pods (`rendering.target_env`); a user's own
+# entry for it stands. glibc before 2.35 and kernels with transparent huge pages off ignore it.
 ENV_GLIBC_TUNABLES = "GLIBC_TUNABLES"
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 
