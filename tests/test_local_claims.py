@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
+from distillspec.contract import ENV_GLIBC_TUNABLES, ENV_RUN_ID, ENV_SPEC, HUGE_PAGES_TUNABLE
 from orchestrator.backends.local import claims as local_claims
 from orchestrator.backends.local import state
 from orchestrator.backends.local.backend import observe_claim
 from orchestrator.backends.local.claims import Claim
-from distillspec.contract import ENV_GLIBC_TUNABLES, ENV_RUN_ID, ENV_SPEC, HUGE_PAGES_TUNABLE
 from orchestrator.backends.local.supervisor import Order, after_exit, exit_status, has_checkpoint, schedule, trainer_env
 
 # --- scheduling ----------------------------------------------------------------------------------------------
