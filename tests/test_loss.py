@@ -11,9 +11,24 @@ jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
 from tests.trainer_support import compiled_exponentials  # noqa: E402
+from trainer import cpu_loss_kernel  # noqa: E402
 from trainer import loss as L  # noqa: E402
 
 B, T, V, LAYERS, D = 3, 5, 11, 4, 6
+
+
+@pytest.fixture(autouse=True, params=["cpu-kernel", "xla"])
+def row_pass(request, monkeypatch):
+    """Every test on both passes over the logits: on CPU the loss takes `trainer.cpu_loss_kernel`'s, on TPU and
+    GPU (and here, switched off) XLA's. Tests of the XLA pass's own structure switch it off themselves."""
+    monkeypatch.setenv(cpu_loss_kernel.ENV_SWITCH, "1" if request.param == "cpu-kernel" else "0")
+    if request.param == "cpu-kernel":
+        assert cpu_loss_kernel.usable(), "the CPU loss kernel did not build here (see the warning above)"
+    return request.param
+
+
+def xla_row_pass(monkeypatch):
+    monkeypatch.setenv(cpu_loss_kernel.ENV_SWITCH, "0")
 
 
 # --- the NumPy reference: written from the formula, sharing no code with trainer.loss ---------------------
@@ -417,6 +432,7 @@ def test_objective_gradient_is_computed_in_the_forward_loop(batch, positions, mo
     """Blocks of rows (a loop, and a smaller block for the rows left over; one sequence, and blocks of one
     position per sequence, whose leading axes the loop merges into rows): the terms, the objective and its
     gradient equal the unblocked pass's; the logit terms carry no gradient of their own."""
+    xla_row_pass(monkeypatch)
     rng = np.random.default_rng(3)
     s, t = (jnp.asarray(3.0 * rng.standard_normal((batch, positions, 40)), jnp.float32) for _ in range(2))
     y = jnp.asarray(rng.integers(0, 40, (batch, positions)))
@@ -442,6 +458,7 @@ def test_objective_gradient_is_computed_in_the_forward_loop(batch, positions, mo
 def test_integer_temperature_shares_the_exponentials(temperature, monkeypatch):
     """At T = 1 … 4 given as a number, `exp(d)` is `exp(d / T)^T`: the compiled loss and gradient compute two
     exponentials per logit pair instead of four and equal the general pass's (a traced T), blocked or not."""
+    xla_row_pass(monkeypatch)
     rng = np.random.default_rng(5)
     s, t = (jnp.asarray(4.0 * rng.standard_normal((2, 45, 40)), jnp.float32) for _ in range(2))
     y = jnp.asarray(rng.integers(0, 40, (2, 45)))

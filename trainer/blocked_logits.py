@@ -36,14 +36,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-BATCH_AXES = ("data", "fsdp")
-ROWS = "rows"  # placeholder in a PartitionSpec below for the token-splitting mesh axes
+from trainer.sharding import ROWS, per_device
+
 F32 = jnp.float32
 
 
@@ -117,45 +116,6 @@ def integer_temperature(temperature) -> int | None:
     except TypeError:  # an array of more than one element: left to jnp.asarray to refuse
         return None
     return int(value) if value.is_integer() and 1 <= value <= MAX_INTEGER_TEMPERATURE else None
-
-
-# --- sharding ----------------------------------------------------------------------------------------------
-
-
-def _token_axes(blocks: Blocks, n_tokens: int) -> tuple[tuple[str, ...], jax.sharding.AbstractMesh | None]:
-    """The mesh axes (of the mesh in context) over which tokens are split, when that split divides them."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return (), None
-    wanted = blocks.batch_axes if blocks.batch_axes is not None else BATCH_AXES
-    axes = tuple(a for a in wanted if a in mesh.shape and mesh.shape[a] > 1)
-    if not axes or n_tokens % math.prod(mesh.shape[a] for a in axes):
-        return (), None
-    return axes, mesh
-
-
-def _per_device(fn, blocks: Blocks, n_tokens: int, in_specs, out_specs):
-    """`fn(axes, ...)` run on each device's tokens (`ROWS` in a spec stands for the token-splitting axes), or
-    `fn((), ...)` on all tokens without such a mesh."""
-    axes, mesh = _token_axes(blocks, n_tokens)
-    if not axes:
-        return functools.partial(fn, ())
-
-    def place(specs):
-        def one(s: P) -> P:
-            return P(*(axes if a == ROWS else a for a in s))
-
-        return jax.tree.map(one, specs, is_leaf=lambda x: isinstance(x, P))
-
-    in_specs = place(in_specs)
-    mapped = jax.shard_map(
-        functools.partial(fn, axes), mesh=mesh, in_specs=in_specs, out_specs=place(out_specs), check_vma=False
-    )
-    if not any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
-        return mapped
-    # Under explicit sharding shard_map takes its inputs only as `in_specs` says: replicate the heads (the
-    # weight all-gather FSDP does for any matmul) and keep the tokens where they are.
-    return lambda *args: mapped(*jax.tree.map(jax.reshard, args, in_specs, is_leaf=lambda x: isinstance(x, P)))
 
 
 # --- the blocked passes ------------------------------------------------------------------------------------
@@ -332,9 +292,9 @@ def _terms(blocks, power, s_h, s_w, t_h, t_w, targets, temperature):
 
 
 def _terms_fwd(blocks, power, s_h, s_w, t_h, t_w, targets, temperature):
-    fwd = _per_device(
+    fwd = per_device(
         _bind(_forward_local, blocks, power),
-        blocks,
+        blocks.batch_axes,
         s_h.shape[0],
         in_specs=(_ROWS2, _REP, _ROWS2, _REP, _ROWS1, _REP),
         out_specs=((_ROWS1,) * 5, (_ROWS1,) * 5),
@@ -346,9 +306,9 @@ def _terms_fwd(blocks, power, s_h, s_w, t_h, t_w, targets, temperature):
 def _terms_bwd(blocks, power, residuals, cotangents):
     s_h, s_w, t_h, t_w, targets, temperature, saved = residuals
     g_kl_t, _, g_ce, _, _ = cotangents
-    bwd = _per_device(
+    bwd = per_device(
         _bind(_backward_local, blocks, power),
-        blocks,
+        blocks.batch_axes,
         s_h.shape[0],
         in_specs=(_ROWS2, _REP, _ROWS2, _REP, _ROWS1, _REP, (_ROWS1,) * 5, _ROWS1, _ROWS1),
         out_specs=(_ROWS2, _REP),

@@ -30,8 +30,9 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
-from trainer import blocked_logits
+from trainer import blocked_logits, cpu_loss_kernel, sharding
 from trainer.blocked_logits import MAX_INTEGER_TEMPERATURE, integer_temperature  # noqa: F401 (this module's API)
 
 FeatureLossType = str  # "cosine" | "l2"
@@ -163,21 +164,66 @@ def top1_agreement(s: jax.Array, m_s: jax.Array, t: jax.Array, m_t: jax.Array) -
 
 
 def _logit_terms_fwd(power, s, t, targets, temperature, kl_weight, ce_weight):
+    terms, grad = _row_pass(power, s, t, targets, temperature, kl_weight, ce_weight)
+    objective = jnp.sum(jnp.where(kl_weight != 0, kl_weight * terms[0], 0.0)) + jnp.sum(
+        jnp.where(ce_weight != 0, ce_weight * terms[2], 0.0)
+    )
+    return (terms, objective), (grad, temperature, kl_weight, ce_weight)
+
+
+def _row_pass(power, s, t, targets, temperature, kl_weight, ce_weight):
+    """`(terms, grad)` of `_rows` over all rows: on CPU by `trainer.cpu_loss_kernel` when it is usable and each
+    device holds whole rows, elsewhere (and as the fallback) by XLA in blocks of rows."""
+    xla = functools.partial(_xla_row_pass, power)
+    if jax.default_backend() != "cpu" or not cpu_loss_kernel.usable():  # (on TPU: never built)
+        return xla(s, t, targets, temperature, kl_weight, ce_weight)
+    mesh = jax.sharding.get_abstract_mesh()
+    axes, _ = sharding.token_axes(None, s.shape[0] if s.ndim > 1 else 1)
+    if not mesh.empty and any(size > 1 for name, size in mesh.shape.items() if name not in axes):
+        # The kernel needs each row's whole vocabulary on one device: with logits split over `tensor`, XLA's
+        # path keeps them split.
+        return xla(s, t, targets, temperature, kl_weight, ce_weight)
+    rows, logits = P(sharding.ROWS), P(sharding.ROWS, *([None] * (s.ndim - 1)))
+    kernel = sharding.per_device(
+        _kernel_row_pass,
+        None,
+        s.shape[0] if s.ndim > 1 else 1,
+        in_specs=(logits, logits, rows, P(), rows, rows),
+        out_specs=((rows,) * 5, logits),
+    )
+    return jax.lax.platform_dependent(s, t, targets, temperature, kl_weight, ce_weight, cpu=kernel, default=xla)
+
+
+def _kernel_row_pass(axes, s, t, targets, temperature, kl_weight, ce_weight):
+    del axes
+    # As rows `[N, V]`: the student's logits come out of the LM head's matmul as `[N, V]`, and handed over in that
+    # shape they are its buffer, which the kernel overwrites; as `[B, T, V]` XLA:CPU copied them first (a whole
+    # extra pass over the logits).
+    lead, v = s.shape[:-1], s.shape[-1]
+    rows = (lambda x: x.reshape(-1)) if lead else (lambda x: x.reshape(1))
+    terms, grad = cpu_loss_kernel.logit_rows(
+        s.reshape(-1, v),
+        t.reshape(-1, v),
+        rows(targets),
+        rows(kl_weight),
+        rows(ce_weight),
+        rows(jnp.broadcast_to(temperature, lead)),
+    )
+    return tuple(x.reshape(lead) for x in terms), grad.reshape(s.shape)
+
+
+def _xla_row_pass(power, s, t, targets, temperature, kl_weight, ce_weight):
     # The gradient is written over the student's float32 logits, block by block: no second `[tokens, vocab]`
     # buffer, and the backward pass reads one array.
     # The row maxima in one pass over each whole array, before the loop: in it, each block would be copied out
     # of the logits just to be read by the max (XLA:CPU's reductions do not read through a dynamic slice).
     maxima = jnp.max(s, axis=-1), jnp.max(t, axis=-1)
-    terms, grad = _over_row_blocks(
+    return _over_row_blocks(
         functools.partial(_rows, power, temperature),
         (s, t, *maxima, targets, kl_weight, ce_weight),
         s.shape,
         overwrite=0,
     )
-    objective = jnp.sum(jnp.where(kl_weight != 0, kl_weight * terms[0], 0.0)) + jnp.sum(
-        jnp.where(ce_weight != 0, ce_weight * terms[2], 0.0)
-    )
-    return (terms, objective), (grad, temperature, kl_weight, ce_weight)
 
 
 def _logit_terms_bwd(_power, residuals, cotangents):

@@ -10,13 +10,14 @@ along `embed`), `tensor` (heads, MLP and vocabulary split across devices).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 from distillspec.config import MeshSpec
 from trainer.exit_codes import UserError
@@ -145,6 +146,49 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+BATCH_AXES = ("data", "fsdp")  # the mesh axes that split a batch's rows (tokens)
+ROWS = "rows"  # placeholder in `per_device`'s PartitionSpecs for the token-splitting mesh axes
+
+
+def token_axes(batch_axes: Sequence[str] | None, n_tokens: int) -> tuple[tuple[str, ...], AbstractMesh | None]:
+    """The mesh axes (of the mesh in context; `batch_axes`, or `BATCH_AXES` when None) over which a leading axis
+    of `n_tokens` is split, when that split divides it; `((), None)` otherwise."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return (), None
+    wanted = batch_axes if batch_axes is not None else BATCH_AXES
+    axes = tuple(a for a in wanted if a in mesh.shape and mesh.shape[a] > 1)
+    if not axes or n_tokens % math.prod(mesh.shape[a] for a in axes):
+        return (), None
+    return axes, mesh
+
+
+def per_device(fn, batch_axes: Sequence[str] | None, n_tokens: int, in_specs, out_specs):
+    """`fn(axes, ...)` run by `jax.shard_map` on each device's tokens (`ROWS` in a spec stands for the
+    token-splitting axes of `token_axes`), or `fn((), ...)` on all tokens without such a mesh."""
+    axes, mesh = token_axes(batch_axes, n_tokens)
+    if not axes:
+        return functools.partial(fn, ())
+
+    def place(specs):
+        def one(s: PartitionSpec) -> PartitionSpec:
+            return PartitionSpec(*(axes if a == ROWS else a for a in s))
+
+        return jax.tree.map(one, specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+    in_specs = place(in_specs)
+    mapped = jax.shard_map(
+        functools.partial(fn, axes), mesh=mesh, in_specs=in_specs, out_specs=place(out_specs), check_vma=False
+    )
+    if not any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+        return mapped
+    # Under explicit sharding shard_map takes its inputs only as `in_specs` says: replicate what is replicated in
+    # them (the weight all-gather FSDP does for any matmul) and keep the tokens where they are.
+    return lambda *args: mapped(
+        *jax.tree.map(jax.reshard, args, in_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+    )
 
 
 def expected_processes(env: dict[str, str]) -> tuple[int | None, str]:
