@@ -28,6 +28,10 @@ Environment: the script runs itself again under the trainer's process environmen
 (`distillspec.contract.trainer_process_env`: glibc's malloc on transparent huge pages, as the trainer image and
 the local backend start the trainer), so ours, tunix and the matmuls alone are all timed as the trainer runs;
 `--glibc-defaults` keeps the environment as it is. The header prints GLIBC_TUNABLES.
+
+Our loss's pass over the logits: on CPU the C++ kernel of `trainer/cpu_loss_kernel.py` when it builds here (each
+size's line says which pass ran: `cpu kernel` or `xla`); `--xla-loss` times XLA's pass instead (the one TPU and
+GPU steps use).
 """
 
 from __future__ import annotations
@@ -124,6 +128,7 @@ def ours_runner(spec, params, seqs: list[np.ndarray]):
     values, dispatch; one metrics read at the end, as a log step does)."""
     import jax
 
+    from trainer import cpu_loss_kernel
     from trainer.setup import build
     from trainer.step import hyperparameters
 
@@ -156,6 +161,7 @@ def ours_runner(spec, params, seqs: list[np.ndarray]):
         return time.perf_counter() - begin
 
     run.matmuls = step_matmuls(jaxpr.jaxpr)
+    run.loss_pass = "cpu kernel" if cpu_loss_kernel.TARGET in step.as_text() else "xla"
     return run
 
 
@@ -320,7 +326,14 @@ def main() -> None:
         action="store_true",
         help="run in this environment as it is, not the trainer's (glibc's malloc on huge pages)",
     )
+    parser.add_argument(
+        "--xla-loss",
+        action="store_true",
+        help="our loss's pass over the logits by XLA, not the CPU kernel (trainer/cpu_loss_kernel.py)",
+    )
     args = parser.parse_args()
+    if args.xla_loss:
+        os.environ["DISTILLCTL_CPU_KERNEL"] = "0"
     if not args.glibc_defaults:
         from distillspec.contract import trainer_process_env
 
@@ -373,13 +386,14 @@ def main() -> None:
             "roofline_per_round": [round(x, 2) for x in roofline],
             "load_average_1min": round(os.getloadavg()[0], 2),
             "glibc_tunables": tunables,
+            "loss_pass": runners["ours"].loss_pass,
         }
         results.append(row)
         print(
             f"{name}: ours {ours:,.0f} tok/s, tunix {tunix:,.0f} tok/s (medians), ratio {row['ratio_median']}x "
             f"(per round {row['ratio_per_round']}); step {row['step_gflops']} GFLOP/s of matmuls vs "
             f"{row['matmuls_alone_gflops']} alone: roofline {row['roofline_median']} (per round "
-            f"{row['roofline_per_round']}), load {row['load_average_1min']}",
+            f"{row['roofline_per_round']}), load {row['load_average_1min']}; our loss's pass: {row['loss_pass']}",
             flush=True,
         )
     print(json.dumps(results, indent=2))

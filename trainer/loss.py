@@ -16,7 +16,8 @@ loss's gradient w.r.t. the student's logits is written out and computed in the s
 exponentials (at an integer temperature known when tracing, `exp(d) = exp(d / T)^T`: two exponentials per logit
 pair instead of four), over the student's logits' own buffer (a custom VJP whose backward only scales it): the KL and
 cross-entropy enter as per-token weights (`distillation_objective`), and the terms themselves, metrics included,
-carry no gradient. Logits are upcast to float32 here.
+carry no gradient. Logits are upcast to float32 here. On CPU that pass is `trainer.cpu_loss_kernel`'s C++ kernel
+(the same values; XLA:CPU does not fuse it into one loop), chosen per platform by `_row_pass`.
 
 Per-token functions (`token_kl`, `token_cross_entropy`, `token_cosine_distance`, `token_squared_error`) return
 unreduced values; `masked_sum` is the one place that reduces.
