@@ -121,10 +121,12 @@ def test_gradient_accumulation_weights_micro_batches_by_valid_tokens():
     assert window_one["distill/hard_loss"][1] == mask.sum()
 
 
-def test_a_fixed_temperature_is_compiled_in_and_shares_the_loss_exponentials():
+def test_a_fixed_temperature_is_compiled_in_and_shares_the_loss_exponentials(monkeypatch):
     """A constant temperature reaches the loss as a number: at T = 2 the compiled step computes two exponentials
     per logit pair where a scheduled temperature needs four (`losses.integer_temperature`), and its first step
-    equals the step of a schedule that starts at the same T."""
+    equals the step of a schedule that starts at the same T. (XLA's pass over the logits, the TPU's, whose
+    exponentials the HLO shows; on CPU the loss otherwise runs `trainer.cpu_loss_kernel`'s.)"""
+    monkeypatch.setenv("DISTILLCTL_CPU_KERNEL", "0")
     from trainer.models import ModelConfig, abstract_model, host_init
     from trainer.setup import build
     from trainer.step import hyperparameters

@@ -82,6 +82,7 @@ def build() -> Path:
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not compiler:
         raise KernelUnavailable("no C++ compiler found: install g++ or set CXX")
+    compiler = shutil.which(compiler) or compiler  # a path: then subprocess spawns it without forking (below)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, partial = tempfile.mkstemp(dir=path.parent, prefix=path.stem + "-", suffix=".tmp")
@@ -90,7 +91,11 @@ def build() -> Path:
         raise KernelUnavailable(f"cannot write the kernel cache {path.parent}: {exc}; set {ENV_CACHE}") from None
     command = [compiler, *FLAGS, "-I", jax.ffi.include_dir(), str(SOURCE), "-o", partial]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
+        # close_fds=False and an absolute path let subprocess use posix_spawn: a fork of this (multithreaded) JAX
+        # process would make JAX warn that it may deadlock.
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False, close_fds=False
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         Path(partial).unlink(missing_ok=True)
         raise KernelUnavailable(f"{compiler} did not run: {exc}") from None
