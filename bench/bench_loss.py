@@ -12,7 +12,8 @@ versions take the same arguments (hidden states `[N, D]`, heads `[D, V]`, float3
   JAX, with the same per-token terms (KL at T and at 1, both cross-entropies, top-1 agreement): a dense loss as
   one would write it, and what this project's dense loss was when the ≤ 1/8 target was set;
 - dense: `trainer.loss.distillation_loss` on `hidden @ head` logits of both models (the trainer's path when the
-  logits fit: row statistics in blocks of rows, the gradient written over the student's logits);
+  logits fit: row statistics in blocks of rows, the gradient written over the student's logits; on CPU that pass
+  is `trainer.cpu_loss_kernel`'s kernel, `DISTILLCTL_CPU_KERNEL=0` for XLA's);
 - fused: `trainer.loss.fused_distillation_loss` with the given block sizes.
 Each returns its metrics beside the loss, so none of them can drop a term the others compute.
 

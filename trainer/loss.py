@@ -179,7 +179,8 @@ def _row_pass(power, s, t, targets, temperature, kl_weight, ce_weight):
     if jax.default_backend() != "cpu" or not cpu_loss_kernel.usable():  # (on TPU: never built)
         return xla(s, t, targets, temperature, kl_weight, ce_weight)
     mesh = jax.sharding.get_abstract_mesh()
-    axes, _ = sharding.token_axes(None, s.shape[0] if s.ndim > 1 else 1)
+    leading = s.shape[0] if s.ndim > 1 else 1  # the axis the mesh's batch axes split
+    axes, _ = sharding.token_axes(None, leading)
     if not mesh.empty and any(size > 1 for name, size in mesh.shape.items() if name not in axes):
         # The kernel needs each row's whole vocabulary on one device: with logits split over `tensor`, XLA's
         # path keeps them split.
@@ -188,7 +189,7 @@ def _row_pass(power, s, t, targets, temperature, kl_weight, ce_weight):
     kernel = sharding.per_device(
         _kernel_row_pass,
         None,
-        s.shape[0] if s.ndim > 1 else 1,
+        leading,
         in_specs=(logits, logits, rows, P(), rows, rows),
         out_specs=((rows,) * 5, logits),
     )
@@ -201,14 +202,13 @@ def _kernel_row_pass(axes, s, t, targets, temperature, kl_weight, ce_weight):
     # shape they are its buffer, which the kernel overwrites; as `[B, T, V]` XLA:CPU copied them first (a whole
     # extra pass over the logits).
     lead, v = s.shape[:-1], s.shape[-1]
-    rows = (lambda x: x.reshape(-1)) if lead else (lambda x: x.reshape(1))
     terms, grad = cpu_loss_kernel.logit_rows(
         s.reshape(-1, v),
         t.reshape(-1, v),
-        rows(targets),
-        rows(kl_weight),
-        rows(ce_weight),
-        rows(jnp.broadcast_to(temperature, lead)),
+        targets.reshape(-1),
+        kl_weight.reshape(-1),
+        ce_weight.reshape(-1),
+        jnp.broadcast_to(temperature, lead).reshape(-1),
     )
     return tuple(x.reshape(lead) for x in terms), grad.reshape(s.shape)
 
