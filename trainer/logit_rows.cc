@@ -22,6 +22,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -174,6 +175,7 @@ PER_ISA Terms any_row(const Row& row, int64_t n, float* est, float* ett) {
 struct Progress {
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
+  std::atomic<bool> out_of_memory{false};  // a thread could not get its scratch rows: its rows are skipped
   std::mutex mu;
   std::condition_variable all_done;
 };
@@ -214,12 +216,20 @@ static ffi::Error LogitRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> s, f
   auto progress = std::make_shared<Progress>();
   auto work = [=]() {
     thread_local std::vector<float> scratch;
-    if (static_cast<int64_t>(scratch.size()) < 2 * n) scratch.resize(2 * n);
+    bool have_scratch = true;
+    try {
+      if (static_cast<int64_t>(scratch.size()) < 2 * n) scratch.resize(2 * n);
+    } catch (const std::bad_alloc&) {  // an exception must not leave a pool thread: report it instead
+      have_scratch = false;
+      progress->out_of_memory = true;
+    }
     int64_t r;
     while ((r = progress->next.fetch_add(1)) < rows) {
-      const Row row{sp + r * n, tp + r * n, gp + r * n, target[r], kw[r], cw[r], temp[r]};
-      const Terms x = any_row(row, n, scratch.data(), scratch.data() + n);
-      out[0][r] = x.kl_t, out[1][r] = x.kl_1, out[2][r] = x.ce_s, out[3][r] = x.ce_t, out[4][r] = x.agree;
+      if (have_scratch) {
+        const Row row{sp + r * n, tp + r * n, gp + r * n, target[r], kw[r], cw[r], temp[r]};
+        const Terms x = any_row(row, n, scratch.data(), scratch.data() + n);
+        out[0][r] = x.kl_t, out[1][r] = x.kl_1, out[2][r] = x.ce_s, out[3][r] = x.ce_t, out[4][r] = x.agree;
+      }
       if (progress->done.fetch_add(1) + 1 == rows) {
         std::lock_guard<std::mutex> lock(progress->mu);
         progress->all_done.notify_all();
@@ -231,6 +241,9 @@ static ffi::Error LogitRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> s, f
   work();
   std::unique_lock<std::mutex> lock(progress->mu);
   progress->all_done.wait(lock, [&] { return progress->done.load() == rows; });
+  if (progress->out_of_memory) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, "logit_rows: out of host memory for the scratch rows");
+  }
   return ffi::Error::Success();
 }
 
