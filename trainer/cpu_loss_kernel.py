@@ -9,11 +9,12 @@ XLA's thread pool. The loss and its gradient alone run ~2.3× as fast as XLA's p
 contains it.
 
 The library is compiled on first use with the C++ compiler at hand (`$CXX`, else `g++`, else `c++`) against
-the FFI headers jaxlib ships, into a cache keyed by the source, the flags and the jaxlib version
+the FFI headers jaxlib ships, into a cache keyed by the source, the flags, the jaxlib version and the machine type
 (`$DISTILLCTL_KERNEL_CACHE`, else `$XDG_CACHE_HOME/distillctl/kernels`, else `~/.cache/distillctl/kernels`),
-and written there atomically, so concurrent processes at most compile it twice. Without a compiler, or if the
-build fails, the loss says why once (a warning on this module's logger) and uses XLA's path: the same values,
-slower. `DISTILLCTL_CPU_KERNEL=0` selects XLA's path on purpose (read when a step is traced).
+and written there atomically (processes starting together may each compile it; none reads a partial file).
+Without a compiler, or if the build fails, the loss says why once (a warning on this module's logger) and uses
+XLA's path: the same values, slower. `DISTILLCTL_CPU_KERNEL=0` selects XLA's path on purpose (read when a step
+is traced).
 """
 
 from __future__ import annotations
@@ -66,11 +67,12 @@ def cache_dir() -> Path:
 
 
 def library_path() -> Path:
-    """Where the library for this source, these flags and this jaxlib lives (built or not)."""
+    """Where the library for this source, these flags, this jaxlib and this machine type lives (built or not)."""
     key = hashlib.sha256()
     key.update(SOURCE.read_bytes())
     key.update("\0".join(FLAGS).encode())
     key.update(importlib.metadata.version("jaxlib").encode())  # the FFI headers compiled in
+    key.update(platform.machine().encode())  # a home directory shared by x86-64 and Arm hosts
     return cache_dir() / f"logit_rows-{key.hexdigest()[:16]}.so"
 
 
