@@ -23,12 +23,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from bench_trainer import cpu_name  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from bench_trainer import cpu_name
 
-from trainer import cpu_loss_kernel, loss  # noqa: E402
+from trainer import cpu_loss_kernel, loss
 
 TEMPERATURE, ALPHA = 2.0, 0.5
 
