@@ -485,10 +485,11 @@ def test_integer_temperature_is_a_number_known_when_tracing():
     assert seen == [None]  # a traced (scheduled) temperature takes the general path
 
 
-def test_objective_gradient_overwrites_the_logits_in_place():
+def test_objective_gradient_overwrites_the_logits_in_place(row_pass):
     """The loss's gradient takes the student's float32 logits' buffer: compiled from two heads' logits, the loss
     and its gradient hold the two models' logits and a block's temporaries, not a third logit-sized array for the
-    gradient (the previous backward pass held 3.0 logit-sized arrays here)."""
+    gradient (the previous backward pass held 3.0 logit-sized arrays here). With the CPU kernel: no copy of the
+    logits before the call (handed the LM head's `[N, V]` output, it writes over that buffer)."""
     shape = (2, 256, 4096)
     logit_bytes = 4 * math.prod(shape)
     rng = np.random.default_rng(0)
@@ -503,5 +504,7 @@ def test_objective_gradient_overwrites_the_logits_in_place():
 
         return jax.grad(loss)(student_head)
 
-    temp = jax.jit(head_grad).lower(*heads).compile().memory_analysis().temp_size_in_bytes
+    compiled = jax.jit(head_grad).lower(*heads).compile()
+    assert (cpu_loss_kernel.TARGET in compiled.as_text()) == (row_pass == "cpu-kernel")
+    temp = compiled.memory_analysis().temp_size_in_bytes
     assert temp < 2.5 * logit_bytes, temp / logit_bytes

@@ -126,10 +126,12 @@ def test_a_fixed_temperature_is_compiled_in_and_shares_the_loss_exponentials(mon
     per logit pair where a scheduled temperature needs four (`losses.integer_temperature`), and its first step
     equals the step of a schedule that starts at the same T. (XLA's pass over the logits, the TPU's, whose
     exponentials the HLO shows; on CPU the loss otherwise runs `trainer.cpu_loss_kernel`'s.)"""
-    monkeypatch.setenv("DISTILLCTL_CPU_KERNEL", "0")
+    from trainer import cpu_loss_kernel
     from trainer.models import ModelConfig, abstract_model, host_init
     from trainer.setup import build
     from trainer.step import hyperparameters
+
+    monkeypatch.setenv(cpu_loss_kernel.ENV_SWITCH, "0")
 
     rng = np.random.default_rng(1)
     tokens = rng.integers(0, 256, size=(4, 17)).astype(np.int32)

@@ -311,11 +311,8 @@ MAX_BLOCK_ROWS = 32  # at small vocabularies more rows gain nothing, and the blo
 def _batch_shards(leading: int) -> int:
     """Devices the mesh in context splits a leading (batch) axis of size `leading` over: its `data` and `fsdp`
     axes when they divide it, else 1."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return 1
-    shards = math.prod(mesh.shape[a] for a in ("data", "fsdp") if a in mesh.shape)
-    return shards if leading % shards == 0 else 1
+    axes, mesh = sharding.token_axes(None, leading)
+    return math.prod(mesh.shape[a] for a in axes) if axes else 1
 
 
 _logit_terms.defvjp(_logit_terms_fwd, _logit_terms_bwd)

@@ -23,6 +23,7 @@ from distillspec.config import MeshSpec
 from trainer.exit_codes import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the mesh axes that split a batch's rows (tokens)
 
 # logical name -> mesh axes (a tuple shards one dimension over several axes; None replicates)
 LOGICAL_RULES: dict[str, tuple[str, ...] | None] = {
@@ -36,7 +37,7 @@ LOGICAL_RULES: dict[str, tuple[str, ...] | None] = {
     "mlp": ("tensor",),
     "norm": None,
     # activations
-    "act_batch": ("data", "fsdp"),
+    "act_batch": BATCH_AXES,
     "act_length": None,
     "act_embed": None,
     "act_heads": ("tensor",),
@@ -141,14 +142,13 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     """Batch arrays `[B, ...]`: rows split over data and fsdp."""
-    return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-BATCH_AXES = ("data", "fsdp")  # the mesh axes that split a batch's rows (tokens)
 ROWS = "rows"  # placeholder in `per_device`'s PartitionSpecs for the token-splitting mesh axes
 
 
