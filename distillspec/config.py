@@ -36,6 +36,8 @@ BATCH_SHAPE_KEYS = ("per_device_batch_size", "max_target_length", "gradient_accu
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
+# What numpy's and JAX's generators take as a seed (a negative one failed only in the trainer, exit 70).
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 class _Block(BaseModel):
@@ -248,7 +250,7 @@ class DataSpec(_Block):
     # `byte`, a path to a `tokenizer.json` (MaxText's `tokenizer_path`), or None: the tokenizer.json of the
     # teacher's (else the student's) Hugging Face checkpoint folder when it has one, else `byte`.
     tokenizer: str | None = None
-    seed: int = 0
+    seed: Seed = 0
 
 
 class EvalSpec(_Block):
@@ -371,7 +373,7 @@ class DistillSpec(_Block):
     offline_data_dir: str | None = None
     top_k: PositiveInt | None = None
     output_dir: str = "runs"
-    seed: int = 0
+    seed: Seed = 0
 
     @property
     def is_online_distillation(self) -> bool:

@@ -66,7 +66,37 @@ def shape_from_config(config: dict, file: str = CONFIG) -> ModelShape:
             f"{file}: model_type {model_type!r} is not supported",
             f"supported model types: {', '.join(MODEL_TYPES)} (for Gemma 3 the text-only Gemma3ForCausalLM)",
         )
-    c = config
+    try:
+        return _shape(config, family, file)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:  # a field of the wrong type or absent
+        if isinstance(e, ConfigError):
+            raise
+        what = f"{e.args[0]!r} is missing" if isinstance(e, KeyError) else f"a field has the wrong type or value ({e})"
+        raise ConfigError(f"{file}: {what}", "use the config.json saved with the checkpoint's weights") from None
+
+
+# Sizes every supported family's config states; each a positive integer (a string or a null here used to surface
+# as a TypeError deep in the shape's arithmetic).
+_REQUIRED_SIZES = ("num_attention_heads", "num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size")
+_OPTIONAL_SIZES = ("num_key_value_heads", "head_dim")
+
+
+def _sizes(c: dict, file: str) -> None:
+    for key in _REQUIRED_SIZES + _OPTIONAL_SIZES:
+        value = c.get(key)
+        if value is None and key in _OPTIONAL_SIZES:
+            continue
+        if value is None:
+            raise ConfigError(f"{file}: {key} is missing", "use the config.json saved with the checkpoint's weights")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(
+                f"{file}: {key} must be a positive integer, got {value!r}",
+                "use the config.json saved with the checkpoint's weights",
+            )
+
+
+def _shape(c: dict, family: str, file: str) -> ModelShape:
+    _sizes(c, file)
     heads = c["num_attention_heads"]
     depth = c["num_hidden_layers"]
     gemma = family.startswith("gemma")

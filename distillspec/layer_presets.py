@@ -13,6 +13,9 @@ import re
 PRESET_KINDS = ("first", "full_depth", "top_heavy", "straddle")
 _COUNTED = re.compile(r"^(first|full_depth|top_heavy):\s*(\d+)$")
 _STRADDLE = re.compile(r"^straddle(?::\s*(.*))?$")
+# Deeper than any model this tool knows (the largest has 126 layers): a range past it is a typo, refused before
+# it is expanded (a range of 10^11 layers would otherwise fill the memory).
+MAX_LAYERS = 4096
 
 
 class PresetError(ValueError):
@@ -41,6 +44,8 @@ def _parse_layer_list(text: str) -> tuple[int, ...]:
         lo, hi = int(m.group(1)), int(m.group(2))
         if lo > hi:
             raise PresetError(f"straddle range {text!r} runs backwards")
+        if hi >= MAX_LAYERS:
+            raise PresetError(f"straddle range {text!r} goes past layer {MAX_LAYERS - 1}; no model is that deep")
         return tuple(range(lo, hi + 1))
     inner = text[1:-1] if text.startswith("[") and text.endswith("]") else text
     try:

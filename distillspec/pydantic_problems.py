@@ -71,7 +71,8 @@ def _problem(
         expected = err.get("ctx", {}).get("expected", "")
         return Problem(loc, "bad_value", f"{key} must be {expected}; got {value!r}", f"use one of {expected}")
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"):
-        return Problem(loc, "out_of_range", f"{key} {_must(err['msg'])}, got {value!r}", "")
+        name = f"{key} " if isinstance(key, str) else ""  # a list item: the loc (seeds[0]) names it
+        return Problem(loc, "out_of_range", f"{name}{_must(err['msg'])}, got {value!r}", "")
     expected = " or ".join(dict.fromkeys(_must(e["msg"]).removeprefix("must be ") for e in errors))
     return Problem(loc, "wrong_type", f"expected {expected}, got {_describe(value)}", _type_hint(value, err))
 

@@ -41,6 +41,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import PydanticCustomError
 
 from distillspec import maxtext_format, spec_paths, tpu
+from distillspec.config import Seed
 from distillspec.contract import ENV_SPEC, RESERVED_ENV, RESERVED_LABELS, RETRYABLE_DESCRIPTION, RETRYABLE_EXIT_CODES
 from distillspec.problems import Loc, Problem, format_loc, has_errors
 from distillspec.pydantic_problems import problems_from
@@ -98,6 +99,29 @@ def _known_tpu(value: str) -> str:
             "unknown TPU type {name}{suggestion}",
             {"name": repr(value), "suggestion": f"; did you mean {', '.join(e.suggestions)}?" if e.suggestions else ""},
         ) from None
+
+
+# The reference grammar of the distribution project (what docker, podman and the kubelet parse):
+# [host[:port]/]path[:tag][@algorithm:hex], path components lower-case.
+_IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_HOST = (
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?"
+)
+IMAGE_REFERENCE = re.compile(
+    rf"^{_IMAGE_HOST}{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*(?::[\w][\w.-]{{0,127}})?"
+    r"(?:@[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[0-9a-fA-F]{32,})?$"
+)
+
+
+def _image_reference(value: str) -> str:
+    if not IMAGE_REFERENCE.match(value):
+        raise PydanticCustomError(
+            "bad_image",
+            "{image} is not a container image reference: host[:port]/path[:tag] or path@sha256:<digest>, "
+            "the path in lower case, e.g. us-docker.pkg.dev/project/repo/distill:1",
+            {"image": repr(value)},
+        )
+    return value
 
 
 class SecretRef(_Block):
@@ -190,8 +214,8 @@ class Target(_Block):
 
     kind: Literal["local", "kubernetes", "xpk"] = "local"
     tpu_type: Annotated[str, AfterValidator(_known_tpu)] | None = None
-    slices: PositiveInt = 1
-    image: str | None = None
+    slices: Annotated[int, Field(gt=0, le=2**31 - 1)] = 1  # a JobSet's replicas is a 32-bit integer
+    image: Annotated[str, AfterValidator(_image_reference)] | None = None
     namespace: str = "default"
     queue: str | None = None  # Kueue LocalQueue: label kueue.x-k8s.io/queue-name
     priority: str | None = None  # PriorityClass of the pods (XPK's --priority: very-low ... very-high)
@@ -311,7 +335,7 @@ class Sweep(_Block):
     axes: dict[str, list[Any]] = {}
     zip: list[dict[str, list[Any]]] = []
     exclude: list[dict[str, Any]] = []
-    seeds: list[int] = []
+    seeds: list[Seed] = []
     baseline: list[dict[str, Any]] = []
     target: Target = Target()
     early_stopping: EarlyStopping = EarlyStopping()  # rules for points going nowhere; not part of run ids
@@ -447,8 +471,17 @@ def parse_sweep(text: str, *, file: str | None = None, base_dir: str | Path = ".
 def override_target(source: SweepSource, **changes: Any) -> SweepSource:
     """The same sweep with target fields replaced (a command line's --tpu-type): target rules run again."""
     assert source.sweep is not None
-    sweep = source.sweep.with_target(**changes)
     others = [p for p in source.problems if p.loc[:1] != ("target",)]
+    try:
+        sweep = source.sweep.with_target(**changes)
+    except ValidationError as e:  # a command line's value the target refuses (--slices 0, --image "A B")
+        data = {**source.sweep.target.model_dump(), **changes}
+        refused = problems_from(e, data, root="the target", did_you_mean=_did_you_mean, hints=HINTS)
+        given = [
+            dataclasses.replace(p, loc=("target", *p.loc), message=f"{p.message} (given on the command line)")
+            for p in refused
+        ]
+        return dataclasses.replace(source, problems=tuple(others + given))
     target_problems = [source.locate(p) for p in check(sweep) if p.loc[:1] == ("target",)]
     return dataclasses.replace(source, sweep=sweep, problems=tuple(others + target_problems))
 
@@ -483,6 +516,7 @@ def _spec_source(
 HINTS = {
     "unknown_tpu_type": "`distillctl tpus` lists the TPU types distillctl knows",
     "bad_sweep_name": "use lower-case letters, digits and '-', e.g. alpha-end",
+    "bad_image": "name the image as `docker push` printed it (its path in lower case)",
 }
 
 

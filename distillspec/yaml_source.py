@@ -84,7 +84,14 @@ def read_text_file(path: str | Path) -> str:
                 f"the file is {size / (1024 * 1024):.0f} MiB, over the {MAX_BYTES // (1024 * 1024)} MiB limit",
                 "a spec or sweep file is a few kilobytes; check that this is the file you meant",
             )
-        raw = p.read_bytes()
+        with p.open("rb") as f:
+            raw = f.read(MAX_BYTES + 1)  # bounded: a device or a pipe reports size 0 (/dev/zero never ends)
+        if len(raw) > MAX_BYTES:
+            raise YamlSourceError(
+                "file_too_large",
+                f"{path} holds more than {MAX_BYTES // (1024 * 1024)} MiB",
+                "a spec or sweep file is a few kilobytes; check that this is the file you meant",
+            )
     except FileNotFoundError:
         raise YamlSourceError("file_not_found", f"no such file: {path}", "check the path") from None
     except PermissionError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import fsspec
+import pytest
 import yaml
 from spec_helpers import spec_data
 from typer.testing import CliRunner
@@ -64,6 +65,29 @@ def test_nothing_there_and_a_damaged_config_are_errors(tmp_path):
     (tmp_path / "broken" / CONFIG).write_text(json.dumps({"model_type": "mistral"}))
     (problem,) = check_paths(spec_with(str(tmp_path / "broken")), read_text)
     assert problem.code == "checkpoint_unreadable" and "mistral" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"num_attention_heads": None}, "num_attention_heads is missing"),
+        ({"num_hidden_layers": "x"}, "num_hidden_layers must be a positive integer, got 'x'"),
+        ({"hidden_size": 0}, "hidden_size must be a positive integer, got 0"),
+        ({"vocab_size": 1.5}, "vocab_size must be a positive integer"),
+        ({"head_dim": -1}, "head_dim must be a positive integer"),
+        ({"rms_norm_eps": "small"}, "wrong type or value"),
+        ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4}}, "'factor' is missing"),
+    ],
+)
+def test_a_config_with_a_field_absent_or_of_the_wrong_type_is_named(tmp_path, change, said):
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    config = config_of(ModelSpec(model="tiny-4l").shape())
+    config.update(change)
+    config = {k: v for k, v in config.items() if v is not None}
+    (folder / CONFIG).write_text(json.dumps(config))
+    (problem,) = check_paths(spec_with(str(folder)), read_text)
+    assert problem.code == "checkpoint_unreadable" and said in problem.message, problem.message
 
 
 def test_a_url_is_read_through_fsspec():

@@ -38,3 +38,9 @@ def test_straddle_brackets_each_pruned_region():
 def test_bad_presets(text):
     with pytest.raises(PresetError):
         parse_preset(text)
+
+
+def test_a_straddle_range_past_any_model_is_refused_before_it_is_expanded():
+    with pytest.raises(PresetError, match="no model is that deep"):
+        parse_preset("straddle:0-99999999999")  # expanded, this range would fill the memory
+    assert parse_preset("straddle:20-23") == ("straddle", (20, 21, 22, 23))

@@ -53,6 +53,12 @@ def test_huge_file_is_refused_before_parsing(tmp_path):
     assert problem.code == "file_too_large" and "50 MiB" in problem.message
 
 
+def test_a_device_that_never_ends_is_refused_after_the_limit():
+    # /dev/zero reports size 0: the read itself is bounded.
+    problem = only_problem(read_spec_file("/dev/zero"))
+    assert problem.code == "file_too_large"
+
+
 def test_binary_file(tmp_path):
     path = tmp_path / "weights.yaml"
     path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")

@@ -92,6 +92,13 @@ def test_ranges(path, value, code):
     assert code in codes(spec_data(**{path: value}))
 
 
+@pytest.mark.parametrize(("path", "value"), [("seed", -1), ("data.seed", -3), ("seed", 2**32)])
+def test_seeds_are_what_the_generators_take(path, value):
+    # A negative seed passed validation and failed in the trainer (numpy: "expected non-negative integer").
+    assert codes(spec_data(**{path: value})) == ["out_of_range"]
+    assert codes(spec_data(**{path: 2**32 - 1})) == []
+
+
 @pytest.mark.parametrize(
     ("path", "value"), [("loss.alpha.start", 1.0), ("loss.alpha.end", 0.0), ("loss.beta.end", 0.0)]
 )

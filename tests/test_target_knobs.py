@@ -130,6 +130,7 @@ def test_capacity_selects_xpks_node_labels(tmp_path, capacity, label, value):
         ({"resources": {"limits": {"google.com/tpu": "4"}}}, "reserved_resource", None),
         ({"resources": {"requests": {"memory": "lots"}}}, "bad_quantity", None),
         ({"dev_shm_size": "1 GB"}, "bad_quantity", ("target", "dev_shm_size")),
+        ({"image": "UPPER CASE::bad"}, "bad_image", ("target", "image")),
     ],
 )
 def test_bad_knobs_are_errors_with_hints(tmp_path, target, code, loc):
@@ -139,6 +140,13 @@ def test_bad_knobs_are_errors_with_hints(tmp_path, target, code, loc):
     assert all(p.hint and p.line for p in problems)
     if loc is not None:
         assert problems[0].loc == loc
+
+
+def test_slices_past_a_jobsets_replicas_are_refused(tmp_path):
+    # 10^20 slices rendered as `replicas: 100000000000000000000`, which the API server refuses.
+    source = load(tmp_path, sweep_data(target={**TARGET, "slices": 2**31}))
+    [problem] = [p for p in source.problems if p.is_error]
+    assert (problem.code, problem.loc) == ("out_of_range", ("target", "slices")) and "2147483647" in problem.message
 
 
 @pytest.mark.parametrize(

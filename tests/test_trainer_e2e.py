@@ -195,6 +195,28 @@ def test_divergence_exits_with_its_own_code(out, teacher):
     assert not (out / "diverge" / "checkpoints" / "20").exists()  # a diverged state is never checkpointed
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's reads after its loop
+def test_a_damaged_latest_checkpoint_says_so_and_the_step_before_it_resumes(out, teacher):
+    import shutil
+
+    run_dir = out / "damaged"
+    shutil.copytree(teacher, run_dir)
+    for p in (run_dir / "checkpoints" / "60" / "params").rglob("*"):
+        if p.is_file() and p.parent.name == "d":
+            with open(p, "r+b") as f:
+                f.truncate(20)
+    data = merged(TEACHER, name="damaged", output_dir=str(out), steps=70)
+    assert run(spec_of(data)) == TrainerExit.USER_ERROR
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["exit_code"] == 1 and "is damaged or incomplete" in summary["message"]
+    assert f"move {run_dir / 'checkpoints' / '60'} aside" in summary["message"]
+    # The way out the message gives: the step aside, the one before it resumes.
+    (run_dir / "checkpoints" / "60").rename(run_dir / "damaged-60")
+    assert run(spec_of(data)) == TrainerExit.OK
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 30 and summary["step"] == 70
+
+
 def test_missing_teacher_is_a_user_error_with_a_clear_message(out, tmp_path):
     data = distill_spec(out, tmp_path / "nowhere", name="orphan")
     messages = []

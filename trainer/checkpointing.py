@@ -23,7 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from trainer.exit_codes import RetryableError, UserError, storage_failure
+from trainer.exit_codes import RetryableError, TrainerError, UserError, storage_failure
 
 
 def absolute(path: str) -> str:
@@ -142,7 +142,12 @@ class RunCheckpoints:
         }
         if data:
             items["data"] = grain.checkpoint.CheckpointRestore(DataState())
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:
+            if unreadable(e):
+                raise damaged_checkpoint(f"{self.directory}/{step}", e) from None
+            raise  # arrays of another model: the caller says so
         return (
             unflatten(params_like, restored["params"]),
             unflatten(train_state_like, restored["train_state"]),
@@ -190,12 +195,51 @@ def restore_params(path: str, params_like: Any) -> Any:
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             restored = checkpointer.restore(params_dir, target)
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(
-            f"the checkpoint at {params_dir} does not hold this model's parameters: {_first_line(e)}",
-            "check that the model block (shape, layers, vocab) matches the run that wrote it",
-        ) from None
+    except Exception as e:
+        if unreadable(e):
+            raise damaged_checkpoint(str(params_dir), e) from None
+        if isinstance(e, (ValueError, KeyError, TypeError)):
+            raise UserError(
+                f"the checkpoint at {params_dir} does not hold this model's parameters: {_first_line(e)}",
+                "check that the model block (shape, layers, vocab) matches the run that wrote it",
+            ) from None
+        raise
     return unflatten(params_like, restored)
+
+
+# TensorStore's status codes for a saved file that cannot be read as written, and for a read that may succeed
+# when tried again (a storage outage, not a damaged file).
+_DAMAGE = ("OUT_OF_RANGE", "DATA_LOSS", "NOT_FOUND", "FAILED_PRECONDITION")
+_TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "CANCELLED")
+
+
+def unreadable(error: BaseException) -> bool:
+    """Whether a restore failed reading the files (missing, truncated, undecodable, storage down) rather than
+    finding arrays of another model."""
+    cause = error.__cause__ or error  # TensorStore's status is the cause of orbax's wrapper
+    text = str(cause)
+    return (
+        isinstance(error, OSError)
+        or isinstance(cause, OSError)
+        or type(error) is Exception  # orbax's wrapper of a TensorStore read: a bare Exception
+        or any(code in text for code in _DAMAGE + _TRANSIENT)
+    )
+
+
+def damaged_checkpoint(step_path: str, error: BaseException) -> TrainerError:
+    """What an unreadable saved step means: RetryableError for transient I/O, else UserError (exit 1) naming the
+    damage, with the way out (the step's folder moved aside, the step before it is the latest)."""
+    cause = error.__cause__ or error
+    reason = _first_line(cause)
+    if any(code in reason for code in _TRANSIENT) or (
+        isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError)
+    ):
+        return RetryableError(f"cannot read checkpoint {step_path}: {reason}")
+    step_dir = step_path.rstrip("/").removesuffix("/params").rstrip("/")
+    return UserError(
+        f"the checkpoint at {step_path} is damaged or incomplete: {reason}",
+        f"move {step_dir} aside (the step before it becomes the latest), or train again without it",
+    )
 
 
 def _check_shapes(params_dir: epath.Path, want: dict[str, tuple[int, ...]]) -> None:

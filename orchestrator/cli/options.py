@@ -7,6 +7,7 @@ needs beyond it is imported inside the command.
 from __future__ import annotations
 
 import dataclasses
+import math
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -30,7 +31,7 @@ class OutputFormat(str, Enum):
 SweepArgument = Annotated[Path, typer.Argument(help="a sweep file")]
 OutputOption = Annotated[OutputFormat, typer.Option("--output", help="text for people, json for machines")]
 TpuOption = Annotated[Optional[str], typer.Option("--tpu-type", help="override target.tpu_type, e.g. v6e-256")]
-SlicesOption = Annotated[Optional[int], typer.Option("--slices", min=1, help="override target.slices")]
+SlicesOption = Annotated[Optional[int], typer.Option("--slices", min=1, max=2**31 - 1, help="override target.slices")]
 GridYesOption = Annotated[bool, typer.Option("--yes", help=f"allow more than {DEFAULT_MAX_POINTS} points")]
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation; allow large grids")]
 KubeconfigOption = Annotated[
@@ -49,8 +50,21 @@ ImageOption = Annotated[
         "--image", help="override target.image (part of every run id: status, logs and cancel need the same value)"
     ),
 ]
+
+
+def _positive_seconds(value: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise typer.BadParameter(f"{value} is not a positive number of seconds; e.g. 900 (15 minutes)")
+    return value
+
+
 StallOption = Annotated[
-    float, typer.Option("--stall-after", help="seconds without new metrics before a running point shows as Stalled")
+    float,
+    typer.Option(
+        "--stall-after",
+        callback=_positive_seconds,
+        help="seconds without new metrics before a running point shows as Stalled",
+    ),
 ]
 WindowOption = Annotated[
     int,

@@ -14,6 +14,7 @@ import typer
 
 from orchestrator.cli.options import (
     GridYesOption,
+    ImageOption,
     OutputFormat,
     OutputOption,
     SlicesOption,
@@ -43,6 +44,7 @@ def plan(
     output: OutputOption = OutputFormat.text,
     tpu_type: TpuOption = None,
     slices: SlicesOption = None,
+    image: ImageOption = None,
     yes: GridYesOption = False,
 ) -> None:
     """List a sweep's runs: ids, JobSet names, axis values, chips, chip-hours and per-chip memory."""
@@ -51,7 +53,7 @@ def plan(
     from orchestrator.cli import console
     from orchestrator.core import plan as planning
 
-    result = SweepContext.build(sweep, tpu_type=tpu_type, slices=slices, yes=yes).expand()
+    result = SweepContext.build(sweep, tpu_type=tpu_type, slices=slices, image=image, yes=yes).expand()
     target = result.sweep.target
     rows = planning.plan(result)
     warnings = [p for p in result.problems if not p.is_error] + planning.memory_problems(rows, target)
@@ -100,6 +102,7 @@ def render(
     ] = RenderAs.jobset,
     tpu_type: TpuOption = None,
     slices: SlicesOption = None,
+    image: ImageOption = None,
     yes: GridYesOption = False,
 ) -> None:
     """Write one JobSet manifest per run to DIR as `<jobset name>.yaml` (or print `xpk workload create` lines)."""
@@ -109,7 +112,7 @@ def render(
     from orchestrator.core import rendering
     from orchestrator.errors import InvalidSpecError, UsageError
 
-    result = SweepContext.build(sweep, tpu_type=tpu_type, slices=slices, yes=yes).expand()
+    result = SweepContext.build(sweep, tpu_type=tpu_type, slices=slices, image=image, yes=yes).expand()
     target = result.sweep.target
     if not target.on_cluster:
         raise UsageError(
