@@ -720,6 +720,22 @@ def placeholders_in(value: Any) -> list[str]:
     return []
 
 
+# `${` never closed, or `$prerequisites.` without its braces: taken literally, such a path made the points start
+# without waiting for the prerequisite.
+MALFORMED_PLACEHOLDER = re.compile(r"\$\{[^}]*$|\$(?!\{)prerequisites\.")
+
+
+def _strings_at(loc: Loc, value: Any) -> list[tuple[Loc, str]]:
+    """Every string in `value`, with the loc of the key or item holding it."""
+    if isinstance(value, str):
+        return [(loc, value)]
+    if isinstance(value, dict):
+        return [found for k, v in value.items() for found in _strings_at((*loc, k), v)]
+    if isinstance(value, list):
+        return [found for i, v in enumerate(value) for found in _strings_at((*loc, i), v)]
+    return []
+
+
 def _placeholders(sweep: Sweep) -> list[Problem]:
     out = []
     names = list(sweep.prerequisites)
@@ -728,9 +744,22 @@ def _placeholders(sweep: Sweep) -> list[Problem]:
         (("axes",), sweep.axes),
         (("zip",), sweep.zip),
         (("baseline",), sweep.baseline),
+        (("target", "output_base"), sweep.target.output_base),  # not expanded: ${HOME} would be a folder name
     ]
     if isinstance(sweep.spec, dict):
         places.append((("spec",), sweep.spec))
+    prerequisite_places = [(("prerequisites", name), p.overrides) for name, p in sweep.prerequisites.items()]
+    for place, value in places + prerequisite_places:
+        for loc, text in _strings_at(place, value):
+            if MALFORMED_PLACEHOLDER.search(text):
+                out.append(
+                    Problem(
+                        loc,
+                        "bad_placeholder",
+                        f"{text!r} holds a placeholder that is not closed or has no braces",
+                        "write ${prerequisites.<name>.output}, braces and all",
+                    )
+                )
     for loc, value in places:
         for expression in placeholders_in(value):
             m = PLACEHOLDER.fullmatch("${" + expression + "}")

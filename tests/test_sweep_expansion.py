@@ -58,6 +58,17 @@ def test_exclude_drops_matching_points_and_warns_about_unused_entries(tmp_path):
     assert [(p.code, p.loc) for p in result.problems] == [("exclude_unused", ("exclude", 1))]
 
 
+def test_an_exclude_that_removes_every_point_is_an_error_unless_a_baseline_runs(tmp_path):
+    data = sweep_data(axes={"loss.alpha.end": [0.3, 0.7]}, exclude=[{"loss.alpha.end": 0.3}, {"loss.alpha.end": 0.7}])
+    (problem,) = expanded(tmp_path, data).problems
+    assert (problem.code, problem.severity, problem.loc) == ("exclude_everything", "error", ("exclude",))
+    assert problem.line and "all 2 point(s)" in problem.message
+    data["baseline"] = [{"loss.alpha": 0.0}]
+    result = expanded(tmp_path, data)
+    assert [(p.code, p.severity) for p in result.problems] == [("exclude_everything", "warning")]
+    assert len(result.points) == 1 and result.points[0].is_baseline
+
+
 def test_seeds_repeat_every_point_and_set_the_spec_seed(tmp_path):
     result = expanded(tmp_path, sweep_data(axes={"loss.alpha.end": [0.3, 0.5]}, seeds=[0, 7]))
     assert values(result, "loss.alpha.end", "seed") == [(0.3, 0), (0.3, 7), (0.5, 0), (0.5, 7)]

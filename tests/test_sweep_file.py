@@ -101,6 +101,32 @@ def test_an_unknown_placeholder_is_an_error(tmp_path):
     assert error_codes(load(tmp_path, data)) == ["bad_placeholder"]
 
 
+@pytest.mark.parametrize(
+    ("where", "text"),
+    [
+        ("overrides", "${prerequisites.teacher.output/checkpoints"),  # never closed
+        ("overrides", "$prerequisites.teacher.output/checkpoints"),  # no braces
+        ("prerequisite", "${prerequisites.teacher.output"),
+    ],
+)
+def test_a_placeholder_not_closed_or_without_braces_is_an_error(tmp_path, where, text):
+    # Taken literally, such a path made the points start without waiting for the prerequisite.
+    prerequisites = {"teacher": {"spec": sweep_data()["spec"]}}
+    if where == "prerequisite":
+        prerequisites["student"] = {"spec": sweep_data()["spec"], "overrides": {"teacher.load_parameters_path": text}}
+        data = sweep_data(prerequisites=prerequisites)
+    else:
+        data = sweep_data(overrides={"teacher.load_parameters_path": text}, prerequisites=prerequisites)
+    problems = [p for p in load(tmp_path, data).problems if p.code == "bad_placeholder"]
+    assert problems and problems[0].line and "braces" in problems[0].hint
+    assert problems[0].loc[-1] == "teacher.load_parameters_path"
+
+
+def test_an_output_base_placeholder_is_not_expanded_so_it_is_an_error(tmp_path):
+    data = sweep_data(target={"kind": "local", "output_base": "${HOME}/runs"})
+    assert error_codes(load(tmp_path, data)) == ["bad_placeholder"]
+
+
 def test_unknown_tpu_type_suggests_nearby_sizes(tmp_path):
     source = load(tmp_path, sweep_data(target={**sweep_data()["target"], "tpu_type": "v5p-100"}))
     (problem,) = source.problems

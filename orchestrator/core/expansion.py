@@ -164,7 +164,7 @@ def expand(source: SweepSource, *, max_points: int | None = DEFAULT_MAX_POINTS) 
     if max_points is not None and len(drafts) > max_points:
         raise GridTooLarge(len(drafts), max_points)
 
-    problems: list[Problem] = list(source.problems) + unused
+    problems: list[Problem] = list(source.problems) + [source.locate(p) for p in unused]
     prerequisites, found = _prerequisites(sweep, source)
     problems += found
     if has_errors(found):
@@ -250,6 +250,16 @@ def _exclude(sweep: Sweep, grid: list[_Draft]) -> tuple[list[_Draft], list[Probl
             used[i] = True
         if not hits:
             kept.append(draft)
+    if grid and not kept:
+        return kept, [
+            Problem(
+                ("exclude",),
+                "exclude_everything",
+                f"exclude removes all {len(grid)} point(s) of the grid",
+                "remove the entries that match every point, or change the axes",
+                severity="error" if not sweep.baseline else "warning",
+            )
+        ]
     unused = [
         Problem(
             ("exclude", i),
