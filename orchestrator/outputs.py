@@ -55,6 +55,9 @@ class RunOutputs:
     readable: bool = True  # False: the storage could not be read at all (say gs:// without gcsfs)
     failures: tuple[dict[str, Any], ...] = ()  # `failures/process-<i>.json`: processes other than 0 that failed
     stopped: dict[str, Any] | None = None  # `stopped.json`: the sweep service stopped it by an early-stopping rule
+    # `metrics.jsonl` lines that are not records, a cut-off last line (a write in progress) not counted: damage
+    # that `results` warns about, since the table is computed without them.
+    skipped_lines: int = 0
 
     @property
     def verdict(self) -> dict[str, Any] | None:
@@ -114,12 +117,13 @@ def check_filesystem(path: str) -> None:
         ) from None
 
 
-def read_text(path: str) -> str | None:
-    """A text file at a local path or fsspec URL; None when it is absent or cannot be read."""
+def read_text(path: str, errors: str = "strict") -> str | None:
+    """A text file at a local path or fsspec URL; None when it is absent or cannot be read (`errors="replace"`:
+    a byte that is not UTF-8 spoils its line, not the file)."""
     try:
         import fsspec
 
-        with fsspec.open(path, "r", encoding="utf-8") as f:
+        with fsspec.open(path, "r", encoding="utf-8", errors=errors) as f:
             return f.read()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, UnicodeDecodeError):
         return None
@@ -145,8 +149,12 @@ def parse_log_line(line: str) -> LogLine | None:
         raw = json.loads(line)
         metrics = {}
         for name, pair in (raw.get("metrics") or {}).items():
-            if isinstance(pair, dict) and _float(pair.get("sum")) is not None and _float(pair.get("count")) is not None:
-                metrics[str(name)] = (float(pair["sum"]), float(pair["count"]))
+            if not isinstance(pair, dict):
+                continue
+            total, count = _float(pair.get("sum")), _float(pair.get("count"))
+            # A pair over no tokens says nothing (it would read as nan or inf); a negative count is no count.
+            if total is not None and count is not None and 0 < count < math.inf:
+                metrics[str(name)] = (total, count)
         step = raw["step"]
         if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step):
             return None
@@ -179,7 +187,18 @@ def latest_attempt(records: list[LogLine]) -> tuple[LogLine, ...]:
 
 
 def parse_log(text: str) -> tuple[LogLine, ...]:
-    return latest_attempt([record for record in map(parse_log_line, text.splitlines()) if record is not None])
+    return parse_log_counting(text)[0]
+
+
+def parse_log_counting(text: str) -> tuple[tuple[LogLine, ...], int]:
+    """The records, and how many non-blank lines were not records (a last line without its newline, a write in
+    progress, not counted)."""
+    lines = text.splitlines()
+    records = [parse_log_line(line) for line in lines]
+    skipped = sum(1 for line, r in zip(lines, records) if r is None and line.strip())
+    if lines and records[-1] is None and lines[-1].strip() and not text.endswith("\n"):
+        skipped -= 1
+    return latest_attempt([r for r in records if r is not None]), skipped
 
 
 def read_summary(path: str) -> dict | None:
@@ -218,17 +237,29 @@ def read_metrics_text(path: str) -> str:
     if parts:
         texts = [fs.cat_file(part).decode("utf-8", errors="replace") for part in parts]
         return "".join(t if t.endswith("\n") or not t else t + "\n" for t in texts)
-    return read_text(join(path, "metrics.jsonl")) or ""
+    return read_text(join(path, "metrics.jsonl"), errors="replace") or ""
 
 
 def read_run_outputs(path: str) -> RunOutputs:
     """Everything readable under `path` (a run's output directory). Raises MissingFilesystem when the path's
     protocol cannot be read at all (gs:// without gcsfs)."""
     check_filesystem(path)
-    text = read_metrics_text(path)
+    log, skipped = parse_log_counting(read_metrics_text(path))
     summary, spec = _read_json(join(path, "summary.json")), _read_json(join(path, "spec.json"))
     stopped = _read_json(join(path, STOPPED_FILE))
-    return RunOutputs(path, parse_log(text), summary, spec, failures=read_failures(path), stopped=stopped)
+    return RunOutputs(path, log, summary, spec, failures=read_failures(path), stopped=stopped, skipped_lines=skipped)
+
+
+def check_output_base(path: str) -> None:
+    """Raise UsageError when a local `--output-base` is not a folder (a typo read as runs that wrote nothing)."""
+    if "://" in path:
+        return  # an object store has no folders to check; absent runs show as such
+    import os
+
+    if not os.path.exists(path):
+        raise UsageError(f"--output-base {path}: no such folder", "pass the folder the runs wrote under")
+    if not os.path.isdir(path):
+        raise UsageError(f"--output-base {path} is a file, not a folder", "pass the folder the runs wrote under")
 
 
 def write_stopped(path: str, record: Mapping[str, Any]) -> None:

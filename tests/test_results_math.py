@@ -62,6 +62,15 @@ def test_partial_and_garbage_lines_are_skipped(tmp_path):
     outputs = read_run_outputs(str(tmp_path))
     assert [r.step for r in outputs.log] == [10] and outputs.log[0].metrics["distill/kl_div_T1"] == (3.0, 2.0)
     assert outputs.summary is None and outputs.exists
+    assert outputs.skipped_lines == 1  # "not json"; the cut-off last line is a write in progress
+
+
+def test_a_byte_that_is_not_utf8_spoils_its_line_not_the_file(tmp_path):
+    good = json.dumps({"step": 10, "metrics": {"distill/kl_div_T1": {"sum": 3.0, "count": 2.0}}})
+    later = good.replace('"step": 10', '"step": 20')
+    (tmp_path / "metrics.jsonl").write_bytes(good.encode() + b"\n\xff\xfe\n" + later.encode() + b"\n")
+    outputs = read_run_outputs(str(tmp_path))
+    assert [r.step for r in outputs.log] == [10, 20] and outputs.skipped_lines == 1
 
 
 def test_missing_directory_reads_as_empty(tmp_path):
@@ -198,6 +207,9 @@ def test_lines_with_bad_numbers_are_skipped():
     assert parse_log_line('{"step": true, "metrics": {}}') is None
     record = parse_log_line('{"step": 5, "metrics": {"a": {"sum": "x", "count": 1}, "b": {"sum": 1, "count": 2}}}')
     assert record is not None and record.metrics == {"b": (1.0, 2.0)}
+    # A pair over no tokens, or a negative count, says nothing (it read as nan or inf in the table).
+    record = parse_log_line('{"step": 5, "metrics": {"a": {"sum": 1, "count": 0}, "b": {"sum": 1, "count": -5}}}')
+    assert record is not None and record.metrics == {}
 
 
 def test_last_step_is_the_furthest_either_file_reports(tmp_path):

@@ -283,3 +283,10 @@ def test_results_cli_header_names_eval(tmp_path):
     out = invoke("results", str(tmp_path / "sweep.yaml"), "--format", "md")
     assert out.exit_code == ExitCode.OK, out.output
     assert "kl_div_T1 (eval)" in out.stdout and "last evaluation on its held-out set" in out.stdout
+
+
+def test_an_output_base_that_is_not_a_folder_is_a_usage_error(tmp_path):
+    path = write_sweep(tmp_path)
+    for base, said in ((tmp_path / "absent", "no such folder"), (path, "is a file, not a folder")):
+        result = CliRunner().invoke(app, ["results", str(path), "--output-base", str(base)])
+        assert result.exit_code == ExitCode.USAGE and said in result.stderr, result.output

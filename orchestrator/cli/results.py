@@ -100,6 +100,25 @@ def _service_view(expansion, backend):
 # --- results ----------------------------------------------------------------------------------------------
 
 
+def _warn_skipped_lines(outputs) -> None:
+    """Say which runs' metrics logs had lines that are not records: their rows are computed without them."""
+    from distillspec.problems import Problem
+    from orchestrator.cli import console
+
+    for run in outputs.values():
+        if run.skipped_lines:
+            console.print_problem(
+                Problem(
+                    (),
+                    "damaged_metrics",
+                    f"{run.skipped_lines} line(s) are not metric records; the run's row is computed without them",
+                    "the file was edited or damaged; the trainer rewrites it from its checkpoint when the run resumes",
+                    severity="warning",
+                    file=f"{run.path}/metrics.jsonl",
+                )
+            )
+
+
 def results_command(
     sweep: SweepArgument,
     format: Annotated[
@@ -147,6 +166,7 @@ def results_command(
     )
     expansion = ctx.expand()
     outputs, statuses = gate.observe(expansion, output_base, backend_statuses(ctx.access))
+    _warn_skipped_lines(outputs)
     table = results.build(expansion, outputs, statuses, window=window)
     if format is ResultsFormat.json:
         console.print_json(results_format.to_json(table))
@@ -338,6 +358,7 @@ def golden_update(
     )
     expansion = ctx.expand()
     outputs, statuses = gate.observe(expansion, output_base, backend_statuses(ctx.access))
+    _warn_skipped_lines(outputs)
     unfinished = [run for run in expansion.runs if statuses[run.run_id].phase != Phase.SUCCEEDED]
     if unfinished:
         listed = "; ".join(f"{run.label}: {statuses[run.run_id].shown}" for run in unfinished[:5])

@@ -18,7 +18,7 @@ from orchestrator.core.results import StatusFn
 from orchestrator.core.run_status import Phase, RunStatus
 from orchestrator.core.waiting import poll_until
 from orchestrator.errors import InvalidSpecError
-from orchestrator.outputs import RunOutputs, read_many_run_outputs
+from orchestrator.outputs import RunOutputs, check_output_base, read_many_run_outputs
 
 
 def output_paths(expansion: Expansion, output_base: str | None) -> dict[str, str]:
@@ -29,6 +29,8 @@ def output_paths(expansion: Expansion, output_base: str | None) -> dict[str, str
 
 
 def read_outputs(expansion: Expansion, output_base: str | None) -> dict[str, RunOutputs]:
+    if output_base is not None:
+        check_output_base(output_base)
     return read_many_run_outputs(output_paths(expansion, output_base))
 
 
