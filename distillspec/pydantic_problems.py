@@ -7,7 +7,8 @@ one problem; each kind of error gets a stable code and a hint: `unknown_key` (wi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
+from difflib import get_close_matches
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,18 +23,19 @@ def problems_from(
     root: str,
     did_you_mean: Callable[[Loc], str],
     hints: Mapping[str, str] = {},
+    tags: Collection[str] = (),
 ) -> list[Problem]:
     """One problem per location of `error` (raised validating `data`). `root` names the file's top level in
     messages ("the spec", "the sweep"); `did_you_mean(loc)` is the hint for an unknown key at `loc`."""
     by_loc: dict[Loc, list[dict]] = {}
     for err in error.errors(include_url=False):
-        by_loc.setdefault(_real_loc(data, err["loc"]), []).append(err)
+        by_loc.setdefault(_real_loc(data, err["loc"], tags), []).append(err)
     # A union reports one error per member; where one member got deeper (a bad list item), keep that one.
     locs = [loc for loc in by_loc if not any(other != loc and other[: len(loc)] == loc for other in by_loc)]
     return [_problem(loc, by_loc[loc], root, did_you_mean, hints) for loc in locs]
 
 
-def _real_loc(data: Any, loc: tuple) -> Loc:
+def _real_loc(data: Any, loc: tuple, tags: Collection[str] = ()) -> Loc:
     """Drop pydantic's union-member tags (`'list[int]'`, `'str'`) from a loc, keeping the keys the data has."""
     real: list[str | int] = []
     node = data
@@ -44,7 +46,7 @@ def _real_loc(data: Any, loc: tuple) -> Loc:
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             real.append(part)
             node = node[part]
-        elif isinstance(part, str) and not _is_tag(part):
+        elif isinstance(part, str) and not _is_tag(part) and part not in tags:
             real.append(part)  # a missing or unknown key
             node = None
     return tuple(real)
@@ -65,6 +67,20 @@ def _problem(
         return Problem(loc, "unknown_key", f"unknown key {key!r} in {format_loc(loc[:-1]) or root}", did_you_mean(loc))
     if kind == "missing":
         return Problem(loc, "missing_key", f"{where} is required", f"add `{key}:`")
+    if kind == "union_tag_invalid":  # a discriminator's value: say which it may be, with the nearest
+        ctx = err.get("ctx", {})
+        expected = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
+        close = get_close_matches(str(ctx.get("tag")), expected, n=1, cutoff=0.5)
+        return Problem(
+            loc,
+            "bad_value",
+            f"{ctx.get('discriminator', 'the kind').strip(chr(39))} {ctx.get('tag')!r} is not one of "
+            f"{', '.join(expected)}",
+            f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(expected)}",
+        )
+    if kind == "union_tag_not_found":
+        name = str(err.get("ctx", {}).get("discriminator", "")).strip("'")
+        return Problem(loc, "missing_key", f"{where}.{name} is required", hints.get(kind, f"add `{name}:`"))
     if kind in hints or kind == "wrong_type":
         return Problem(loc, kind, err["msg"], hints.get(kind, ""))
     if kind == "literal_error":

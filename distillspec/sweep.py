@@ -418,7 +418,9 @@ def _is_spec(data: dict) -> bool:
 
 def parse_sweep(text: str, *, file: str | None = None, base_dir: str | Path = ".") -> SweepSource:
     try:
-        document = parse_yaml(text)
+        document = parse_yaml(
+            text, empty_hint="write the sweep: at least `name:` and `spec:` (see sweeps/quickstart.yaml)"
+        )
     except YamlSourceError as e:
         return SweepSource(file, None, None, None, MappingProxyType({}), (source_problem(e, file),))
     empty = SweepSource(file, document, None, None, MappingProxyType({}), ())

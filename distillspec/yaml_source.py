@@ -112,7 +112,10 @@ def _position(mark) -> Position:
     return Position(mark.line + 1, mark.column + 1)
 
 
-def parse_yaml(text: str) -> YamlDocument:
+SPEC_START = "write the document: at least a `student:` block"
+
+
+def parse_yaml(text: str, *, empty_hint: str = SPEC_START) -> YamlDocument:
     """Parse one YAML document; raises YamlSourceError (syntax, size, several documents, too complex)."""
     if len(text.encode("utf-8", errors="replace")) > MAX_BYTES:
         raise YamlSourceError(
@@ -132,7 +135,7 @@ def parse_yaml(text: str) -> YamlDocument:
     finally:
         loader.dispose()
     if data is None:
-        raise YamlSourceError("empty_file", "the file is empty", "write the document: at least a `student:` block")
+        raise YamlSourceError("empty_file", "the file is empty", empty_hint)
     return YamlDocument(data, builder.positions, tuple(builder.duplicates))
 
 

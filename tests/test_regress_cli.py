@@ -139,29 +139,34 @@ def test_infrastructure_beats_regression(sweep):
     assert out.exit_code == 2 and "1 regressed, 1 infrastructure problem(s)" in out.stdout
 
 
+def _point(check: str) -> str:
+    return f"sweep: quickstart\npoints: [{{run_id: x, checks: {check}}}]\n"
+
+
 @pytest.mark.parametrize(
-    "content, code",
+    "content, code, said",
     [
-        (
-            "sweep: quickstart\npoints: [{run_id: x, checks: {distill/kl_div_T1: {check: nearly, value: 1}}}]\n",
-            "union_tag_invalid",
-        ),
-        ("sweep: quickstart\npoints: [{run_id: x, checks: {distill/kl_div_T1: {check: approx}}}]\n", "missing"),
-        (
-            "sweep: quickstart\npoints: [{run_id: x, checks: {distill/kl_div_T1: {check: approx, value: 1, rtol: -1}}}]\n",
-            "greater_than_equal",
-        ),
-        ("sweep: [unclosed\n", "yaml_syntax"),
-        ("", "empty_file"),
+        (_point("{distill/kl_div_T1: {check: aprox, value: 1}}"), "bad_value", "did you mean 'approx'?"),
+        (_point("{distill/kl_div_T1: {check: approx}}"), "missing_key", "checks.distill/kl_div_T1.value is required"),
+        (_point("{distill/kl_div_T1: {check: approx, value: 1, rtol: -1}}"), "out_of_range", "rtol must be"),
+        (_point("{distill/kl_div_T1: {check: approx, value: 1, rtoll: 1}}"), "unknown_key", "did you mean 'rtol'?"),
+        (_point("{distill/kl_div_T1: {value: 1}}"), "missing_key", "add check: approx, band or deterministic"),
+        (_point("{distill/kl_div_T1: {check: band, low: 7, high: 3}}"), "band_backwards", "always fails"),
+        (_point("{distill/kl_div_T1: {check: band}}"), "band_unbounded", "always passes"),
+        ("sweep: quickstart\nsweep: other\npoints: []\n", "duplicate_key", "appears twice"),
+        ("- a\n", "not_a_mapping", "golden update"),
+        ("sweep: [unclosed\n", "yaml_syntax", ""),
+        ("", "empty_file", "golden update"),
     ],
 )
-def test_an_invalid_golden_file_exits_4(sweep, tmp_path, content, code):
+def test_an_invalid_golden_file_exits_4(sweep, tmp_path, content, code, said):
     path, _, _ = sweep
     bad = tmp_path / "bad.yaml"
     bad.write_text(content)
     out = invoke("regress", path, "--golden", bad)
     assert out.exit_code == ExitCode.INVALID_SPEC == 4
-    assert f"[{code}]" in out.stderr and str(bad) in out.stderr
+    assert f"[{code}]" in out.stderr and str(bad) in out.stderr and said in out.stderr, out.stderr
+    assert "Input should" not in out.stderr and "Traceback" not in out.stderr
 
 
 def test_a_golden_file_that_does_not_match_the_sweep_exits_4(sweep, tmp_path):

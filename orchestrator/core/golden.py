@@ -33,11 +33,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
-from distillspec.problems import Problem
+from distillspec.problems import Loc, Problem
+from distillspec.pydantic_problems import problems_from
 from distillspec.yaml_source import YamlSourceError, parse_yaml, read_text_file
 
+FORMAT_HINT = "`distillctl golden update SWEEP -o FILE` writes one; README: Results and regression gates"
 DEFAULT_METRICS = ("distill/kl_div_T1", "distill/hard_loss", "distill/top1_agreement")
 DEFAULT_RTOL = 0.1
 SEED_SIGMAS = 4.0
@@ -63,11 +66,23 @@ class Approx(_Frozen):
 
 
 class Band(_Frozen):
-    """low <= observed <= high (either side may be open)."""
+    """low <= observed <= high (either side may be open, not both)."""
 
     check: Literal["band"] = "band"
     low: float | None = None
     high: float | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Band:
+        if self.low is None and self.high is None:
+            raise PydanticCustomError("band_unbounded", "a band needs low, high or both: without them it always passes")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise PydanticCustomError(
+                "band_backwards",
+                "band low {low} is above high {high}: it always fails",
+                {"low": self.low, "high": self.high},
+            )
+        return self
 
     def passes(self, observed: float) -> bool:
         return (self.low is None or observed >= self.low) and (self.high is None or observed <= self.high)
@@ -92,6 +107,7 @@ class Deterministic(_Frozen):
 
 
 Check = Annotated[Approx | Band | Deterministic, Field(discriminator="check")]
+CHECK_KINDS = ("approx", "band", "deterministic")
 
 
 Role = Literal["point", "baseline", "prerequisite"]
@@ -109,7 +125,7 @@ class GoldenPoint(_Frozen):
     role: Role = "point"
     prerequisite: str | None = None
     axis_values: dict[str, Any] = {}
-    checks: dict[str, Check]
+    checks: dict[str, Check]  # empty: a run `golden update` found no checked metric in (reported as skipped)
 
     @property
     def key(self) -> str:
@@ -199,7 +215,7 @@ def read_golden(path: str | Path) -> tuple[GoldenFile | None, list[Problem]]:
     """A golden file and every problem with it, located by line (never raises for bad input)."""
     file = str(path)
     try:
-        document = parse_yaml(read_text_file(path))
+        document = parse_yaml(read_text_file(path), empty_hint=FORMAT_HINT)
     except YamlSourceError as e:
         where = e.position
         return None, [
@@ -213,26 +229,55 @@ def read_golden(path: str | Path) -> tuple[GoldenFile | None, list[Problem]]:
                 column=where.column if where else None,
             )
         ]
-    try:
-        return GoldenFile.model_validate(document.data), []
-    except ValidationError as e:
-        problems = []
-        for error in e.errors(include_url=False):
-            # Drop the discriminator's tag (`approx`) from locations: the file has no such key.
-            loc = tuple(part for part in error["loc"] if part not in ("approx", "band", "deterministic"))
-            where = document.position_of(loc)
-            problems.append(
-                Problem(
-                    loc,
-                    error["type"],
-                    error["msg"],
-                    "see `distillctl golden update --help` for the format",
-                    file=file,
-                    line=where.line if where else None,
-                    column=where.column if where else None,
-                )
+    problems = [
+        Problem(loc, "duplicate_key", f"key {loc[-1]!r} appears twice; the later value would silently win", "keep one")
+        for loc, _ in document.duplicate_keys
+    ]
+    golden = None
+    if not isinstance(document.data, dict):
+        problems.append(Problem((), "not_a_mapping", "a golden file is a mapping with sweep: and points:", FORMAT_HINT))
+    else:
+        try:
+            golden = GoldenFile.model_validate(document.data)
+        except ValidationError as e:
+            # The discriminator's tag (`approx`) is in pydantic's locations, not in the file.
+            problems += problems_from(
+                e, document.data, root="the golden file", did_you_mean=_did_you_mean, hints=HINTS, tags=CHECK_KINDS
             )
-        return None, problems
+    located = []
+    for p in problems:
+        where = document.position_of(p.loc)
+        located.append(
+            dataclasses.replace(
+                p, file=file, line=where.line if where else None, column=where.column if where else None
+            )
+        )
+    return (golden if not located else None), located
+
+
+HINTS = {
+    "union_tag_invalid": "check is one of approx, band, deterministic",
+    "union_tag_not_found": "add check: approx, band or deterministic",
+    "band_unbounded": "give low, high or both",
+    "band_backwards": "swap low and high",
+    "model_type": FORMAT_HINT,
+    "dict_type": FORMAT_HINT,
+    "list_type": FORMAT_HINT,
+}
+_FIELDS = {
+    "file": list(GoldenFile.model_fields),
+    "point": list(GoldenPoint.model_fields),
+    "check": sorted({*Approx.model_fields, *Band.model_fields, *Deterministic.model_fields}),
+}
+
+
+def _did_you_mean(loc: Loc) -> str:
+    from difflib import get_close_matches
+
+    depth = len(loc)
+    known = _FIELDS["file"] if depth == 1 else _FIELDS["point"] if depth == 3 else _FIELDS["check"]
+    close = get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else f"valid keys here: {', '.join(known)}"
 
 
 def match_sweep(
