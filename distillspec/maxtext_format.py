@@ -215,9 +215,10 @@ class NotRepresentable(ValueError):
 
 def to_maxtext(native: dict[str, Any]) -> dict[str, Any]:
     """A MaxText `distillation.yml` mapping for a (JSON-dumped) native spec; inverse of `from_maxtext`."""
-    if native.get("mode", "distill") != "distill":
+    mode = native.get("mode", "distill")
+    if mode != "distill":
         raise NotRepresentable(
-            "MaxText's distillation config describes distillation; a pretrain spec has no equivalent"
+            f"MaxText's distillation config describes distillation; a `mode: {mode}` spec has no equivalent"
         )
     for side in ("student", "teacher"):
         block = native.get(side) or {}

@@ -90,6 +90,18 @@ def validate_document(document: YamlDocument, *, file: str | None = None) -> Spe
             column=1,
         )
         return SpecReport(file, None, (problem,))
+    if "spec" in data and "student" not in data and not maxtext_format.looks_like_maxtext(data):
+        problem = Problem(
+            (),
+            "sweep_not_spec",
+            "this is a sweep file, not a spec",
+            "`distillctl plan`, `render` and `sweep` take a sweep file; `validate` and `train` take the spec it "
+            "names under `spec:`",
+            file=file,
+            line=1,
+            column=1,
+        )
+        return SpecReport(file, None, (problem,))
     problems = [
         Problem(
             loc,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from orchestrator.exit_codes import ExitCode
 
 
@@ -43,3 +45,16 @@ class InvalidSpecError(DistillctlError):
 
 # Problem codes that mean "the file could not be read" rather than "the file is wrong": a usage error (exit 2).
 USAGE_CODES = frozenset({"file_not_found", "not_a_file", "unreadable"})
+
+
+def cannot_write(path: Path, error: OSError, *, folder: bool = False) -> UsageError:
+    """The error for a path that could not be written (`folder`: a folder to create), naming the file that stands
+    where a folder is needed: the OS only says "Not a directory" or "File exists"."""
+    for existing in ([path] if folder else []) + list(path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                return UsageError(
+                    f"cannot write {path}: {existing} is a file, not a folder", "choose another path, or move that file"
+                )
+            break
+    return UsageError(f"cannot write {path}: {error.strerror or error}", "check the folder and its permissions")

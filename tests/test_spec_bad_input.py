@@ -103,3 +103,11 @@ def test_exponent_floats_without_dot_are_floats():
 def test_unreadable_keys_are_problems(text):
     problem = only_problem(read_spec_text(text))
     assert problem.code == "yaml_bad_value" and problem.line is not None
+
+
+def test_a_sweep_file_given_as_a_spec_says_which_commands_take_it():
+    from pathlib import Path
+
+    report = read_spec_file(Path(__file__).parent.parent / "sweeps" / "quickstart.yaml")
+    problem = only_problem(report)
+    assert problem.code == "sweep_not_spec" and "distillctl plan" in problem.hint and problem.line == 1

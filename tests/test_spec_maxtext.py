@@ -154,7 +154,10 @@ def test_round_trip_through_maxtext_layout(name):
     assert again.resolved() == spec.resolved()
 
 
-def test_pretrain_specs_have_no_maxtext_form():
-    spec = read_spec_file(SWEEPS / "tiny-teacher.yaml").spec
-    with pytest.raises(maxtext_format.NotRepresentable):
+@pytest.mark.parametrize(
+    "name, mode", [("tiny-teacher.yaml", "pretrain"), ("tiny-teacher-logits.yaml", "teacher_logits")]
+)
+def test_specs_that_do_not_distill_have_no_maxtext_form_and_the_error_names_their_mode(name, mode):
+    spec = read_spec_file(SWEEPS / name).spec
+    with pytest.raises(maxtext_format.NotRepresentable, match=f"`mode: {mode}` spec"):
         maxtext_format.to_maxtext(spec.model_dump(mode="json"))

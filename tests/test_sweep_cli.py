@@ -111,6 +111,23 @@ def test_render_a_local_sweep_is_a_usage_error(tmp_path):
     assert result.exit_code == ExitCode.USAGE and "nothing to render" in result.stderr
 
 
+def test_render_names_the_file_that_stands_where_a_folder_is_needed(tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("mine")
+    for out in (blocker, blocker / "sub"):
+        result = invoke("render", str(SWEEPS / "alpha-end.yaml"), "-o", str(out))
+        assert result.exit_code == ExitCode.USAGE and f"{blocker} is a file, not a folder" in result.stderr
+    assert blocker.read_text() == "mine"
+
+
+def test_render_a_local_sweep_for_a_cluster_takes_its_image_on_the_command_line(tmp_path):
+    args = ["render", str(SWEEPS / "quickstart.yaml"), "-o", str(tmp_path / "out"), "--tpu-type", "v5p-8"]
+    assert "target.image" in invoke(*args).stderr
+    result = invoke(*args, "--image", "localhost/distillctl-trainer:dev")
+    assert result.exit_code == ExitCode.OK, result.output
+    assert "localhost/distillctl-trainer:dev" in next((tmp_path / "out").iterdir()).read_text()
+
+
 def test_render_needs_an_output_folder():
     result = invoke("render", str(SWEEPS / "alpha-end.yaml"))
     assert result.exit_code == ExitCode.USAGE and "-o DIR" in result.stderr

@@ -214,13 +214,13 @@ def _progress(state, left: float) -> None:
 
 
 def _write(path: Path, text: str) -> None:
-    from orchestrator.errors import UsageError
+    from orchestrator.errors import cannot_write
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     except OSError as e:
-        raise UsageError(f"cannot write {path}: {e.strerror or e}", "check the folder and its permissions") from None
+        raise cannot_write(path, e) from None
 
 
 def regress(

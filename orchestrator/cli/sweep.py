@@ -110,7 +110,7 @@ def render(
     from orchestrator.backends.xpk import command as xpk_command
     from orchestrator.cli import console
     from orchestrator.core import rendering
-    from orchestrator.errors import InvalidSpecError, UsageError
+    from orchestrator.errors import InvalidSpecError, UsageError, cannot_write
 
     result = SweepContext.build(sweep, tpu_type=tpu_type, slices=slices, image=image, yes=yes).expand()
     target = result.sweep.target
@@ -142,9 +142,7 @@ def render(
         out_dir.mkdir(parents=True, exist_ok=True)
         written = [_write(out_dir / m.filename, m.text) for m in manifests]
     except OSError as e:
-        raise UsageError(
-            f"cannot write to {out_dir}: {e.strerror or e}", "check the folder and its permissions"
-        ) from None
+        raise cannot_write(out_dir, e, folder=True) from None
     _warn(result.problems)
     if output is OutputFormat.json:
         console.print_json(
