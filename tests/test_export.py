@@ -128,7 +128,9 @@ def _nothing_new(parent: Path, before: set[str]) -> None:
 
 def test_not_a_run_folder(tmp_path):
     result = _export(str(tmp_path), "-o", str(tmp_path / "out"))
-    assert result.exit_code == ExitCode.USAGE and "not a run folder" in result.output
+    assert result.exit_code == ExitCode.USAGE and "not a run folder: it has no spec.json" in result.output
+    result = _export(str(tmp_path / "absent"), "-o", str(tmp_path / "out"))
+    assert result.exit_code == ExitCode.USAGE and "not a run folder: no such folder" in result.output
     assert "Traceback" not in result.output
     _nothing_new(tmp_path, set())
 

@@ -156,6 +156,13 @@ def test_a_large_grid_needs_yes(tmp_path):
     result = invoke("plan", str(path))
     assert result.exit_code == ExitCode.USAGE and "--yes" in result.stderr
     assert invoke("plan", str(path), "--yes", "--output", "json").exit_code == ExitCode.OK
+    # Past the hard limit --yes does not help, so the hint does not offer it.
+    huge = write(
+        tmp_path, sweep_data(axes={"loss.alpha.end": [i / 1000 for i in range(400)], "seed": list(range(300))})
+    )
+    result = invoke("plan", str(huge), "--yes")
+    assert result.exit_code == ExitCode.USAGE and "split it into several sweeps" in result.stderr
+    assert "--yes" not in result.stderr
 
 
 def test_tpus_lists_the_table():

@@ -34,9 +34,11 @@ def read_run_spec(run_dir: str) -> DistillSpec:
     try:
         with fsspec.open(file, "r") as f:
             data = json.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
+        fs, path = fsspec.core.url_to_fs(run_dir)
+        why = "it has no spec.json" if fs.isdir(path) else ("it is a file" if fs.exists(path) else "no such folder")
         raise UserError(
-            f"{run_dir} is not a run folder: it has no spec.json",
+            f"{run_dir} is not a run folder: {why}",
             "pass the folder a run wrote (<output_dir>/<name>, with spec.json and checkpoints/ in it)",
         ) from None
     except (OSError, ValueError) as e:

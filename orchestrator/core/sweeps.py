@@ -59,6 +59,8 @@ def expand_checked(source: SweepSource, path: Path, *, yes: bool = False) -> exp
     try:
         result = expansion.expand(source, max_points=None if yes else expansion.DEFAULT_MAX_POINTS)
     except expansion.GridTooLarge as e:
+        if e.limit >= expansion.HARD_MAX_GRID:  # --yes does not lift this one
+            raise UsageError(str(e), "split it into several sweeps, or use fewer values per axis") from None
         raise UsageError(str(e), "check the axes, or pass --yes to expand it anyway") from None
     raise_for(result.problems, path)
     assert isinstance(result, expansion.Expansion)
