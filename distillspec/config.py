@@ -362,7 +362,7 @@ class DistillSpec(_Block):
     data: DataSpec = DataSpec()
     eval: EvalSpec | None = None
     batch: BatchSpec = BatchSpec()
-    steps: PositiveInt = 1000
+    steps: Annotated[int, Field(gt=0, lt=2**31)] = 1000  # the compiled step counts in int32
     optimizer: OptimizerSpec = OptimizerSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
     logging: LoggingSpec = LoggingSpec()

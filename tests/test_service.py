@@ -104,7 +104,13 @@ def test_crd_schema_is_structural():
     version = crd.crd()["spec"]["versions"][0]
     walk(version["schema"]["openAPIV3Schema"], "")
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
-    assert spec["spec"]["properties"]["steps"] == {"type": "integer", "minimum": 0, "exclusiveMinimum": True}
+    assert spec["spec"]["properties"]["steps"] == {
+        "type": "integer",
+        "minimum": 0,
+        "exclusiveMinimum": True,
+        "maximum": 2**31,
+        "exclusiveMaximum": True,
+    }
     assert spec["deletionPolicy"]["enum"] == ["Delete", "Keep"]
     assert "name" not in spec  # metadata.name is the sweep's name
     columns = [c["jsonPath"] for c in version["additionalPrinterColumns"]]

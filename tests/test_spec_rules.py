@@ -92,6 +92,11 @@ def test_ranges(path, value, code):
     assert code in codes(spec_data(**{path: value}))
 
 
+def test_steps_fit_the_compiled_steps_int32_counter():
+    assert codes(spec_data(steps=2**31)) == ["out_of_range"]
+    assert codes(spec_data(steps=2**31 - 1)) == []
+
+
 @pytest.mark.parametrize(("path", "value"), [("seed", -1), ("data.seed", -3), ("seed", 2**32)])
 def test_seeds_are_what_the_generators_take(path, value):
     # A negative seed passed validation and failed in the trainer (numpy: "expected non-negative integer").
