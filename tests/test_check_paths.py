@@ -90,6 +90,15 @@ def test_a_config_with_a_field_absent_or_of_the_wrong_type_is_named(tmp_path, ch
     assert problem.code == "checkpoint_unreadable" and said in problem.message, problem.message
 
 
+def test_a_run_folder_whose_spec_json_is_not_a_spec_says_why_in_one_line(tmp_path):
+    run = tmp_path / "runs" / "teacher"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "spec.json").write_text(json.dumps({"student": 5}))
+    (problem,) = check_paths(spec_with(str(run / "checkpoints")), read_text)
+    assert problem.code == "checkpoint_unreadable" and "has no valid student block" in problem.message
+    assert "errors.pydantic.dev" not in problem.message and "\n" not in problem.message
+
+
 def test_a_url_is_read_through_fsspec():
     fs = fsspec.filesystem("memory")
     fs.pipe_file("/ckpt/teacher/config.json", json.dumps(config_of(ModelSpec(model="tiny-4l").shape())).encode())

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from pydantic import ValidationError
+
 from distillspec import maxtext_checkpoint as mt
 from distillspec.config import DistillSpec, ModelSpec
 from distillspec.hf_config import CONFIG, ConfigError, shape_from_config, shape_mismatches
@@ -110,8 +112,19 @@ def _checkpoint_shape(path: str, read_text: ReadText) -> tuple[ModelShape | None
             try:
                 return ModelSpec.model_validate(data["student"]).shape(), spec_file
             except (KeyError, TypeError, ValueError) as e:
-                raise ConfigError(f"{spec_file} has no valid student block: {e}", "is this a distillctl run?") from None
+                raise ConfigError(
+                    f"{spec_file} has no valid student block: {_reason(e)}", "is this a distillctl run?"
+                ) from None
     return None, ""
+
+
+def _reason(e: Exception) -> str:
+    """One line: pydantic's first error with its location (its text would end in a documentation URL)."""
+    if isinstance(e, ValidationError):
+        first = e.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return f"{where + ': ' if where else ''}{first['msg']}"
+    return f"missing {e}" if isinstance(e, KeyError) else str(e)
 
 
 def _json(text: str, file: str) -> dict:
