@@ -79,11 +79,13 @@ def read_spec_text(text: str, *, file: str | None = None) -> SpecReport:
 def validate_document(document: YamlDocument, *, file: str | None = None) -> SpecReport:
     data = document.data
     if not isinstance(data, dict):
-        kind = type(data).__name__ if data is not None else "null"
+        kind = {"int": "an integer", "float": "a number", "str": "a string", "list": "a list", "bool": "a boolean"}.get(
+            type(data).__name__, "null" if data is None else type(data).__name__
+        )
         problem = Problem(
             (),
             "not_a_mapping",
-            f"the top level of a spec must be a mapping of keys, not a {kind}",
+            f"the top level of a spec must be a mapping of keys, not {kind}",
             "start with `student:`, `teacher:` and `loss:` blocks",
             file=file,
             line=1,
@@ -167,8 +169,10 @@ def validate_data(
 
 
 def _related(a: Loc, b: Loc) -> bool:
+    """One loc holds the other, or both are fields of one value (loss.alpha.end and a bad loss.alpha.schedule:
+    the check would judge the value with the schedule repaired to its default)."""
     n = min(len(a), len(b))
-    return a[:n] == b[:n]
+    return a[:n] == b[:n] or (len(a) == len(b) >= 3 and a[:-1] == b[:-1])
 
 
 def _batch_shape_in_models(data: dict[str, Any], home: str) -> list[Problem]:

@@ -92,6 +92,11 @@ def test_ranges(path, value, code):
     assert code in codes(spec_data(**{path: value}))
 
 
+def test_a_misspelt_schedule_is_one_error_not_also_a_warning_about_its_repaired_default():
+    data = spec_data(**{"loss.alpha": {"start": 0.9, "end": 0.5, "schedule": "cosin"}})
+    assert codes(data, errors_only=False) == ["bad_value"]
+
+
 def test_steps_fit_the_compiled_steps_int32_counter():
     assert codes(spec_data(steps=2**31)) == ["out_of_range"]
     assert codes(spec_data(steps=2**31 - 1)) == []
