@@ -555,7 +555,7 @@ def _fields_at(loc: Loc) -> list[str]:
 def check(sweep: Sweep) -> list[Problem]:
     """Rules that relate fields of a sweep file; each problem's loc is in the file's keys."""
     problems: list[Problem] = []
-    for rule in (_paths, _axes, _exclude, _seeds, _placeholders, _target):
+    for rule in (_paths, _axes, _exclude, _placeholders, _target):
         problems.extend(rule(sweep))
     return problems
 
@@ -703,12 +703,6 @@ def _exclude(sweep: Sweep) -> list[Problem]:
                     )
                 )
     return out
-
-
-def _seeds(sweep: Sweep) -> list[Problem]:
-    if len(set(sweep.seeds)) != len(sweep.seeds):
-        return [Problem(("seeds",), "duplicate_axis_value", "seeds lists a seed more than once", "list each seed once")]
-    return []
 
 
 def placeholders_in(value: Any) -> list[str]:
