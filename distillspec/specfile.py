@@ -116,7 +116,10 @@ def validate_document(document: YamlDocument, *, file: str | None = None) -> Spe
     if maxtext_format.looks_like_maxtext(data):
         translation = maxtext_format.from_maxtext(data)
         spec, found = validate_data(translation.data, batch_keys_home="the top level of the file")
-        problems += translation.problems + [_in_file_terms(p, translation) for p in found]
+        in_file = [_in_file_terms(p, translation) for p in found]
+        # A block the translation refused (student_overrides: 5) is not also missing its keys.
+        refused = [t.loc for t in translation.problems if t.is_error]
+        problems += translation.problems + [p for p in in_file if not any(_related(p.loc, r) for r in refused)]
         fmt = "maxtext"
     else:
         spec, found = validate_data(data)

@@ -80,6 +80,15 @@ def test_maxtext_file_without_teacher_path_says_so_in_maxtext_terms():
     assert "teacher_overrides.load_parameters_path" in problem.hint
 
 
+def test_a_maxtext_overrides_block_that_is_not_a_mapping_is_one_error():
+    import re
+
+    text = re.sub(r"student_overrides:\n(  .*\n)+", "student_overrides: 5\n", RUNNABLE)
+    assert "student_overrides: 5" in text
+    [problem] = [p for p in read_spec_text(text).problems if p.is_error]
+    assert (problem.code, problem.dotted_loc) == ("wrong_type", "student_overrides")
+
+
 def test_maxtext_none_strings_mean_null():
     text = RUNNABLE + "distill_alpha_end: None\ndistill_layer_indices: None\n"
     report = read_spec_text(text)
