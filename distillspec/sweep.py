@@ -225,7 +225,8 @@ class Target(_Block):
     # RestartJobSetAndIgnoreMaxRestarts); a plain exit 143 counts, so a trainer that keeps exiting 143 stops.
     max_restarts: NonNegativeInt = 3
     restartable_exit_codes: list[ExitCode] = []  # in addition to the contract's RETRYABLE_EXIT_CODES
-    output_base: str = "runs"  # gs://bucket/prefix, or a local path (relative to the current directory)
+    # gs://bucket/prefix, or a local path (relative to the current directory); "" would be the current directory
+    output_base: Annotated[str, Field(min_length=1)] = "runs"
     service_account: str | None = None
     env: dict[str, str] = {}
     secret_env: dict[str, SecretRef] = {}

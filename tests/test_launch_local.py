@@ -233,3 +233,11 @@ def test_retry_failed_reruns_a_failed_prerequisite_then_its_points(tmp_path):
     retried = distillctl("sweep", str(sweep), "--retry-failed", "--wait", "--timeout", "500")
     assert retried.returncode == 0, retried.stdout + retried.stderr
     assert {r["phase"] for r in status(sweep).values()} == {"Succeeded"}
+
+
+def test_an_output_base_that_is_a_file_is_a_usage_error_and_the_file_is_kept(tmp_path):
+    sweep = write_sweep(tmp_path)
+    (tmp_path / "runs").write_text("mine")  # where output_base points
+    done = distillctl("sweep", str(sweep), timeout=120)
+    assert done.returncode == 2 and "make target.output_base a folder you can write to" in done.stderr, done.stderr
+    assert (tmp_path / "runs").read_text() == "mine"

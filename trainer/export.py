@@ -182,6 +182,8 @@ def tokenizer_files(spec: DistillSpec) -> dict[str, str]:
 
 
 def _check_destination(out_dir: str) -> None:
+    if not out_dir.strip():
+        raise UserError("the output folder (-o) is empty", "name a new folder, e.g. -o exported/student")
     try:
         fs, path = fsspec.core.url_to_fs(out_dir)
         exists = fs.exists(path)

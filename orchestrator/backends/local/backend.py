@@ -113,7 +113,7 @@ class LocalBackend:
             state.post_orders(folder, submission, {"orders": orders, "parallelism": parallelism})
             log = open(log_path, "ab")
         except OSError as e:
-            raise DistillctlError(
+            raise UsageError(  # the sweep's output_base, as a bad path on the command line: exit 2
                 f"cannot write the local supervisor's folder: {e.filename or folder}: {e.strerror or e}",
                 "make target.output_base a folder you can write to",
             ) from None
