@@ -215,6 +215,32 @@ def test_bad_input_names_the_file(tmp_path, corpora):
         texts(DataSpec(source="hf_disk"), tmp_path, Shard())
 
 
+@pytest.mark.parametrize("lines", [[], [{"text": ""}, {"text": "a"}]], ids=["no records", "no text"])
+@pytest.mark.parametrize("field", ["data.path", "eval.path"])
+def test_a_corpus_without_text_is_an_error_not_an_endless_read(tmp_path, lines, field):
+    # Repeated, such a corpus was read round and round for ever (a spinning trainer that ignored SIGTERM).
+    path = tmp_path / "empty.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    data = DataSpec(source="jsonl", path=str(path), tokenizer="byte")
+    with pytest.raises(UserError, match=rf"{field} '{path}' holds no document with text"):
+        D.document_rows(data, str(path), 256, 32, Shard(), repeat=True, field=field)
+    with pytest.raises(UserError, match=rf"no files at {field}"):
+        D.document_rows(data, str(tmp_path / "nowhere"), 256, 32, Shard(), repeat=True, field=field)
+
+
+@pytest.mark.parametrize(
+    ("value", "said"), [(None, "null"), (12345, "a number"), (["a", "b"], "a list"), ({"t": 1}, "an object")]
+)
+def test_a_text_column_that_holds_no_text_names_the_record(tmp_path, value, said):
+    # These were trained on as the words "None", "12345", "['a', 'b']".
+    path = tmp_path / "docs.jsonl"
+    path.write_text(json.dumps({"text": "fine text"}) + "\n" + json.dumps({"text": value}) + "\n")
+    data = DataSpec(source="jsonl", path=str(path), tokenizer="byte")
+    rows = D.document_rows(data, str(path), 256, 4, Shard(), repeat=False)
+    with pytest.raises(UserError, match=rf"{path}:2: column 'text' holds {said}, not text"):
+        list(rows)
+
+
 def test_hub_names_and_half_pairs_are_spec_errors():
     from distillspec.specfile import validate_data
 

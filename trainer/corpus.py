@@ -47,11 +47,11 @@ def columns(data: DataSpec) -> tuple[str, ...]:
     return (data.text_column,)
 
 
-def list_files(path: str | None) -> list[str]:
+def list_files(path: str | None, field: str = "data.path") -> list[str]:
     """The files `path` names, sorted, as fsspec URLs or local paths: a file, every file under a folder, or a
     glob's matches. Raises UserError when the path cannot be listed."""
     if not path:
-        raise UserError("data.path is not set", "set data.path to a file, directory, glob or fsspec URL")
+        raise UserError(f"{field} is not set", f"set {field} to a file, directory, glob or fsspec URL")
     try:
         fs, root = fsspec.core.url_to_fs(path)
         if any(c in root for c in "*?["):
@@ -61,7 +61,7 @@ def list_files(path: str | None) -> list[str]:
         else:
             names = [root] if fs.exists(root) else []
     except Exception as e:  # noqa: BLE001 - fsspec backends raise their own types; storage_error sorts them
-        raise storage_error(f"cannot list data.path {path!r}", e) from None
+        raise storage_error(f"cannot list {field} {path!r}", e) from None
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return [name if protocol in ("file", "local") else fs.unstrip_protocol(name) for name in names]
 
@@ -90,10 +90,10 @@ def storage_error(what: str, e: BaseException) -> TrainerError:
     return UserError(text, "check the path and its credentials")
 
 
-def _files_of_shard(path: str | None, shard: Shard, kind: str) -> list[str]:
-    files = list_files(path)
+def _files_of_shard(path: str | None, shard: Shard, kind: str, field: str) -> list[str]:
+    files = list_files(path, field)
     if not files:
-        raise UserError(f"no files at data.path {path!r}", f"point data.path at {kind} files")
+        raise UserError(f"no files at {field} {path!r}", f"point {field} at {kind} files")
     mine = files[shard.index :: shard.count]
     if not mine:
         raise UserError(
@@ -214,10 +214,10 @@ def _scalar(value: Any) -> Any:
 # --- random access: ArrayRecord and saved Hugging Face datasets ---------------------------------------------
 
 
-def _arrayrecord(path: str | None, wanted: tuple[str, ...]) -> grain.MapDataset:
-    files = list_files(path)
+def _arrayrecord(path: str | None, wanted: tuple[str, ...], field: str) -> grain.MapDataset:
+    files = list_files(path, field)
     if not files:
-        raise UserError(f"no files at data.path {path!r}", "point data.path at .array_record files")
+        raise UserError(f"no files at {field} {path!r}", f"point {field} at .array_record files")
     try:
         source = grain.sources.ArrayRecordDataSource(files)
     except Exception as e:  # noqa: BLE001 - array_record raises plain RuntimeErrors/ValueErrors for bad files
@@ -229,7 +229,7 @@ def _arrayrecord(path: str | None, wanted: tuple[str, ...]) -> grain.MapDataset:
     return grain.MapDataset.range(len(source)).map(read)
 
 
-def _hf_disk(path: str | None, wanted: tuple[str, ...]) -> grain.MapDataset:
+def _hf_disk(path: str | None, wanted: tuple[str, ...], field: str) -> grain.MapDataset:
     try:
         import datasets
 
@@ -237,12 +237,12 @@ def _hf_disk(path: str | None, wanted: tuple[str, ...]) -> grain.MapDataset:
     except (FileNotFoundError, OSError, ValueError) as e:
         raise UserError(
             f"cannot read {path} as a saved Hugging Face dataset: {e}",
-            "point data.path at a folder written by datasets' save_to_disk",
+            f"point {field} at a folder written by datasets' save_to_disk",
         ) from None
     if isinstance(loaded, datasets.DatasetDict):
         raise UserError(
             f"{path} holds splits ({', '.join(loaded)}), not one dataset",
-            f"point data.path at one split's folder, e.g. {path.rstrip('/')}/{next(iter(loaded), 'train')}",
+            f"point {field} at one split's folder, e.g. {path.rstrip('/')}/{next(iter(loaded), 'train')}",
         )
     missing = [c for c in wanted if c not in loaded.column_names]
     if missing:
@@ -255,13 +255,15 @@ def _hf_disk(path: str | None, wanted: tuple[str, ...]) -> grain.MapDataset:
     )
 
 
-def host_records(data: DataSpec, path: str | None, shard: Shard, *, repeat: bool) -> grain.IterDataset:
+def host_records(
+    data: DataSpec, path: str | None, shard: Shard, *, repeat: bool, field: str = "data.path"
+) -> grain.IterDataset:
     """This process's records of the corpus at `path` (see the module docstring). Raises UserError for a path
     that names nothing, a shard left empty, or (at once for Parquet and saved datasets, when reached for JSONL and
     ArrayRecord) a file that cannot be read or lacks a column."""
     wanted = columns(data)
     if data.source in ("jsonl", "parquet"):
-        files = _files_of_shard(path, shard, data.source)
+        files = _files_of_shard(path, shard, data.source, field)
         if data.source == "parquet":
             for f in files:
                 _check_parquet(f, wanted)
@@ -271,9 +273,9 @@ def host_records(data: DataSpec, path: str | None, shard: Shard, *, repeat: bool
             ds = ds.repeat(None)
         return grain.experimental.InterleaveIterDataset(ds.map(make), cycle_length=1)
     if data.source == "arrayrecord":
-        records = _arrayrecord(path, wanted)
+        records = _arrayrecord(path, wanted, field)
     elif data.source == "hf_disk":
-        records = _hf_disk(path, wanted)
+        records = _hf_disk(path, wanted, field)
     else:
         raise UserError(f"data.source {data.source!r} has no document records")
     if len(records) < shard.count:

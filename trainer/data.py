@@ -202,13 +202,23 @@ PREFETCH_BATCHES = 4  # packed batches a process prepares ahead: what bounds the
 
 
 def document_rows(
-    data: DataSpec, path: str | None, vocab_size: int, length: int, shard, *, repeat: bool
+    data: DataSpec, path: str | None, vocab_size: int, length: int, shard, *, repeat: bool, field: str = "data.path"
 ):  # -> grain.IterDataset
-    """This process's packed rows (`trainer.packing`) of the documents at `path`."""
+    """This process's packed rows (`trainer.packing`) of the documents at `path` (`field`: the spec key that
+    named it, for messages). UserError when this process's share has no document of two tokens or more: repeated,
+    such a corpus would be read round and round without ever making a row."""
     from trainer import corpus, packing
 
     tokenize = load_tokenizer(data.tokenizer, vocab_size)
-    records = corpus.host_records(data, path, shard, repeat=repeat)
+    once = corpus.host_records(data, path, shard, repeat=False, field=field)
+    documents = once.map(lambda r: packing.document_features(r, data, tokenize)).filter(lambda d: len(d["inputs"]))
+    if next(iter(documents), None) is None:
+        share = f" (process {shard.index}'s share of {shard.count})" if shard.count > 1 else ""
+        raise UserError(
+            f"{field} {path!r} holds no document with text{share}: every record is empty or a single token",
+            f"point {field} at the documents, or check data.text_column (now {data.text_column!r})",
+        )
+    records = corpus.host_records(data, path, shard, repeat=repeat, field=field)
     split = packing.SplitDocuments()  # warns about this pipeline's long documents
     documents = records.map(lambda r: packing.document_features(r, data, tokenize, length, split))
     return packing.packed_rows(documents, length).map(lambda row: packing.check_vocab(row, vocab_size, path))
@@ -257,7 +267,7 @@ def eval_batches(spec: DistillSpec, vocab_size: int, rows: int, shard) -> list[d
         mine = slice(shard.index * rows_here, (shard.index + 1) * rows_here)
         held_out = [batch_at(source, HELD_OUT_INDEX + b, rows, length) for b in range(spec.eval.batches)]
         return [{k: v[mine] for k, v in batch.items()} for batch in held_out]
-    ds = document_rows(spec.data, spec.eval.path, vocab_size, length, shard, repeat=False)
+    ds = document_rows(spec.data, spec.eval.path, vocab_size, length, shard, repeat=False, field="eval.path")
     flat = list(itertools.islice(iter(ds), spec.eval.batches * rows_here))
     pad = {
         "inputs": np.zeros((length,), np.int32),

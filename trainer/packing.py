@@ -92,8 +92,8 @@ def document_features(
     file and record: split, its completion would be trained without its prompt. `split` counts the long text
     documents of one pipeline (and warns)."""
     if data.prompt_column is not None and data.completion_column is not None:
-        prompt = tokenize(str(record[data.prompt_column]))
-        completion = tokenize(str(record[data.completion_column]))
+        prompt = tokenize(_text(record, data.prompt_column))
+        completion = tokenize(_text(record, data.completion_column))
         tokens = np.concatenate([prompt, completion])
         trained = np.concatenate([np.full(len(prompt), not data.completion_only), np.ones(len(completion), bool)])
         if length is not None and len(tokens) - 1 > length:
@@ -103,7 +103,7 @@ def document_features(
                 "raise batch.max_target_length, or drop or shorten the long records",
             )
     else:
-        tokens = tokenize(str(record[data.text_column]))
+        tokens = tokenize(_text(record, data.text_column))
         trained = np.ones(len(tokens), bool)
         if split is not None and length is not None and len(tokens) - 1 > length:
             split.note(record.get(WHERE, "a record"), len(tokens), length)
@@ -111,6 +111,25 @@ def document_features(
         empty = np.zeros((0,), np.int32)
         return {"inputs": empty, "targets": empty, "weights": empty}
     return {"inputs": tokens[:-1], "targets": tokens[1:], "weights": trained[1:].astype(np.int32)}
+
+
+def _text(record: dict[str, Any], column: str) -> str:
+    """A record's text column; UserError naming the record when it holds no text (null, a number, a list were
+    trained on as the words "None", "12345", "['a', 'b']")."""
+    value = record[column]
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    elif isinstance(value, str):
+        return value
+    kinds = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    kind = "null" if value is None else kinds.get(type(value), f"a {type(value).__name__}")
+    raise UserError(
+        f"{record.get(WHERE, 'a record')}: column {column!r} holds {kind}, not text",
+        "give every record a string there, or drop the records without one",
+    )
 
 
 def packed_rows(documents: grain.IterDataset, length: int) -> grain.IterDataset:
