@@ -60,7 +60,11 @@ def _rope(params: dict | None, legacy_theta, legacy_scaling: dict | None, defaul
 def shape_from_config(config: dict, file: str = CONFIG) -> ModelShape:
     """The `ModelShape` a Hugging Face config.json describes; raises ConfigError for what the trainer cannot build."""
     model_type = config.get("model_type")
-    family = MODEL_TYPES.get(model_type)
+    family = MODEL_TYPES.get(model_type) if isinstance(model_type, str) else None
+    if model_type is None:
+        raise ConfigError(
+            f"{file} has no model_type", f"a Hugging Face config.json names its family: one of {', '.join(MODEL_TYPES)}"
+        )
     if family is None:
         raise ConfigError(
             f"{file}: model_type {model_type!r} is not supported",

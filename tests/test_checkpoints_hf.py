@@ -186,6 +186,39 @@ def test_truncated_file_names_the_file(folders, tmp_path):
     assert str(bad / hf.SINGLE) in e.value.message and "not a readable safetensors file" in e.value.message
 
 
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        ({"config.json": "[1, 2]"}, "config.json is not a JSON object"),
+        ({"config.json": {"drop": "hidden_size"}}, "config.json: hidden_size is missing"),
+        ({"config.json": {"vocab_size": "256"}}, "config.json: vocab_size must be a positive integer, got '256'"),
+        ({"config.json": {"drop": "model_type"}}, "config.json has no model_type"),
+        ({hf.INDEX: "[1]"}, f"{hf.INDEX} has no weight_map object"),
+        ({hf.INDEX: {"drop": "weight_map"}}, f"{hf.INDEX} has no weight_map object"),
+    ],
+)
+def test_a_malformed_config_or_index_is_a_user_error_naming_it(folders, tmp_path, damage, said):
+    # Each of these was an internal error (exit 70): AttributeError, KeyError, TypeError.
+    bad = tmp_path / "bad"
+    shutil.copytree(folders["sharded"], bad)
+    ((name, change),) = damage.items()
+    if isinstance(change, str):
+        (bad / name).write_text(change)
+    else:
+        data = json.loads((bad / name).read_text())
+        data.pop(change.pop("drop", None), None)
+        (bad / name).write_text(json.dumps({**data, **change}))
+    with pytest.raises(UserError) as e:
+        load_model(str(bad))
+    assert said in e.value.message, e.value.message
+
+
+def test_a_checkpoint_path_that_is_a_file_is_a_user_error_not_a_retry(folders):
+    with pytest.raises(UserError, match="is a file, not a folder") as e:
+        load_model(str(folders["qwen3"] / hf.SINGLE))
+    assert str(folders["qwen3"]) in e.value.hint
+
+
 def test_disallowed_dtype_names_the_tensor(folders, tmp_path):
     from safetensors.numpy import load_file, save_file
 

@@ -170,6 +170,11 @@ def resolve_params_dir(path: str) -> epath.Path:
     try:
         if not root.exists():
             raise FileNotFoundError(path)
+        if not root.is_dir():  # a file: retrying would not change it (was exit 42 through NotADirectoryError)
+            raise UserError(
+                f"checkpoint path {path} is a file, not a folder",
+                f"point it at the folder that holds the checkpoint ({root.parent})",
+            )
         if root.name == "params" and root.is_dir():
             return root
         if (root / "params").is_dir():

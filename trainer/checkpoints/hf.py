@@ -74,9 +74,27 @@ def _read_bytes(file: str) -> bytes:
 def read_config(path: str) -> dict:
     file = _join(path, CONFIG)
     try:
-        return json.loads(_read_bytes(file))
+        config = json.loads(_read_bytes(file))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {file}: {e}", "point load_parameters_path at a save_pretrained folder") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{file} is not a JSON object", "use the config.json saved with the checkpoint's weights")
+    return config
+
+
+def weight_map(text: bytes, index: str) -> dict[str, str]:
+    """The tensor -> shard file map of a `model.safetensors.index.json`; UserError saying what is wrong with it."""
+    hint = "re-save the model with save_pretrained, or copy its index file again"
+    try:
+        found = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {index}: {e}", hint) from None
+    mapping = found.get("weight_map") if isinstance(found, dict) else None
+    if not isinstance(mapping, dict):
+        raise UserError(f"{index} has no weight_map object (tensor name -> shard file)", hint)
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        raise UserError(f"{index}: weight_map must map tensor names to shard file names", hint)
+    return mapping
 
 
 def shape_from_config(config: dict, file: str = CONFIG) -> ModelShape:
@@ -198,11 +216,11 @@ class Files:
         index = os.path.join(path, INDEX)
         if os.path.isfile(index):
             try:
-                with open(index) as f:
-                    weight_map = json.load(f)["weight_map"]
-            except (OSError, json.JSONDecodeError, KeyError) as e:
+                with open(index, "rb") as f:
+                    text = f.read()
+            except OSError as e:
                 raise UserError(f"cannot read {index}: {e}", "re-save the model with save_pretrained") from None
-            self.where = {name: os.path.join(path, file) for name, file in weight_map.items()}
+            self.where = {name: os.path.join(path, file) for name, file in weight_map(text, index).items()}
         else:
             single = os.path.join(path, SINGLE)
             names = self._handle(single).keys()  # a safe_open handle, not a dict
@@ -255,10 +273,10 @@ class RemoteFiles:
         index = f"{self.path}/{INDEX}"
         if self._fs.isfile(f"{root}/{INDEX}"):
             try:
-                weight_map = json.loads(self._fs.cat_file(f"{root}/{INDEX}"))["weight_map"]
-            except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+                text = self._fs.cat_file(f"{root}/{INDEX}")
+            except OSError as e:
                 raise UserError(f"cannot read {index}: {e}", "re-save the model with save_pretrained") from None
-            self.where = {name: f"{self.path}/{file}" for name, file in weight_map.items()}
+            self.where = {name: f"{self.path}/{file}" for name, file in weight_map(text, index).items()}
         else:
             single = f"{self.path}/{SINGLE}"
             self.where = dict.fromkeys(self._header(single)[0], single)
