@@ -186,7 +186,7 @@ def _offline_spec(runs, **changes):
     [
         ({"top_k": 64}, "top_k"),
         ({"teacher": {"model": "tiny-4l", "load_parameters_path": "/elsewhere/checkpoints"}}, "teacher"),
-        ({"data": {"source": "synthetic", "seed": 4}}, "data"),
+        ({"data": {"source": "synthetic", "seed": 4}}, "data.seed: cache 3, spec 4"),  # the key, not the block
         ({"data": {"source": "synthetic", "seed": 3, "tokenizer": "tok/tokenizer.json"}}, "tokenizer"),
         ({"steps": 3}, "micro-batches"),
     ],
@@ -208,3 +208,34 @@ def test_offline_data_dir_pointing_at_nothing_is_an_error(runs):
     assert run(_offline_spec(runs, offline_data_dir=str(runs["out"] / "nothing"))) == TrainerExit.USER_ERROR
     summary = json.loads((runs["out"] / "bad" / "summary.json").read_text())
     assert "holds no logit cache" in summary["message"] and "nothing/manifest.json" in summary["message"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        ("truncate", "is damaged (truncated?)"),
+        ("garbage", "is not a .npz archive"),
+        ("narrow", "topk_ids has shape (4, 16, 128), the manifest says (4, 16, 256)"),
+    ],
+)
+def test_a_damaged_cache_file_is_a_user_error_naming_it(runs, tmp_path, damage, said):
+    # These were internal errors (exit 70: BadZipFile, a compiled step given other shapes) or a pickle warning.
+    import shutil
+
+    cache = tmp_path / "logits"
+    shutil.copytree(runs["cache"], cache)
+    victim = cache / "process-00000-of-00001" / "micro-000001.npz"
+    if damage == "truncate":
+        victim.write_bytes(victim.read_bytes()[:200])
+    elif damage == "garbage":
+        victim.write_bytes(np.random.default_rng(0).bytes(victim.stat().st_size))
+    else:
+        with np.load(victim) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+        for key in ("topk_ids", "topk_log_probs"):
+            arrays[key] = arrays[key][..., : VOCAB // 2]
+        np.savez(victim, **arrays)
+    assert run(_offline_spec(runs, offline_data_dir=str(cache))) == TrainerExit.USER_ERROR
+    summary = json.loads((runs["out"] / "bad" / "summary.json").read_text())
+    assert str(victim) in summary["message"] and said in summary["message"], summary["message"]

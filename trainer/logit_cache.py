@@ -27,6 +27,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import zipfile
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -251,9 +253,8 @@ def check(spec: DistillSpec, manifest_path: str, manifest: dict[str, Any], *, ro
     }
     differ = [name for name, value in expected.items() if manifest.get(name) != value]
     if differ:
-        shown = "; ".join(
-            f"{name}: cache {_short(manifest.get(name))}, spec {_short(expected[name])}" for name in differ
-        )
+        found = [d for name in differ for d in _differences(name, manifest.get(name), expected[name])]
+        shown = "; ".join(found[:4]) + (f"; and {len(found) - 4} more" if len(found) > 4 else "")
         raise UserError(
             f"the logit cache {manifest_path} was made with another {', '.join(differ)} than this spec's ({shown})",
             "write a cache for this spec (a `mode: teacher_logits` run with the same teacher, data, tokenizer and "
@@ -275,6 +276,18 @@ def check(spec: DistillSpec, manifest_path: str, manifest: dict[str, Any], *, ro
         )
 
 
+def _differences(where: str, cache: Any, spec: Any) -> list[str]:
+    """`key.path: cache X, spec Y` for each leaf that differs (a whole block printed hid the one key that did)."""
+    if isinstance(cache, dict) and isinstance(spec, dict):
+        return [
+            d
+            for key in sorted(set(cache) | set(spec), key=str)
+            if cache.get(key) != spec.get(key)
+            for d in _differences(f"{where}.{key}", cache.get(key), spec.get(key))
+        ]
+    return [f"{where}: cache {_short(cache)}, spec {_short(spec)}"]
+
+
 def _short(value: Any) -> str:
     text = json.dumps(value, sort_keys=True)
     return text if len(text) <= 120 else text[:117] + "..."
@@ -286,9 +299,12 @@ class CacheBatches:
 
     local = True
 
-    def __init__(self, directory: str, shard, accumulation: int, position: int = 0):
+    def __init__(
+        self, directory: str, shard, accumulation: int, position: int = 0, *, shape: tuple[int, int, int] | None = None
+    ):
         self.folder = f"{directory.rstrip('/')}/{shard_folder(shard.index, shard.count)}"
         self.accumulation, self.position = accumulation, position
+        self.shape = shape  # (rows of this process, tokens per row, top k) every file must hold; None: unchecked
 
     def next(self) -> dict[str, np.ndarray]:
         micro = [self._read(self.position + a) for a in range(self.accumulation)]
@@ -297,18 +313,30 @@ class CacheBatches:
 
     def _read(self, index: int) -> dict[str, np.ndarray]:
         path = f"{self.folder}/{micro_file(index)}"
+        again = "write the cache again (a `mode: teacher_logits` run)"
         try:
             with fsspec.open(path, "rb") as f:
                 raw = f.read()
+        except OSError as e:
+            raise UserError(f"cannot read the logit cache file {path}: {e}", again) from None
+        if not raw.startswith(b"PK"):  # else numpy takes it for a pickle and says so
+            raise UserError(f"the logit cache file {path} is not a .npz archive (damaged or overwritten)", again)
+        try:
             with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
                 arrays = {key: archive[key] for key in archive.files}
-        except (OSError, ValueError) as e:
-            raise UserError(
-                f"cannot read the logit cache file {path}: {e}", "write the cache again (its files are incomplete)"
-            ) from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise UserError(f"the logit cache file {path} is damaged (truncated?): {e}", again) from None
         missing = [key for key in ("inputs", "targets", "mask", *TEACHER_KEYS) if key not in arrays]
         if missing:
-            raise UserError(f"the logit cache file {path} lacks {', '.join(missing)}", "write the cache again")
+            raise UserError(f"the logit cache file {path} lacks {', '.join(missing)}", again)
+        if self.shape is not None:
+            rows, length, k = self.shape
+            for key, value in arrays.items():
+                want = (rows, length, k) if key in ("topk_log_probs", "topk_ids") else (rows, length)
+                if value.shape != want:
+                    raise UserError(
+                        f"the logit cache file {path}: {key} has shape {value.shape}, the manifest says {want}", again
+                    )
         return arrays
 
     def state(self) -> None:
@@ -325,4 +353,5 @@ def open_batches(spec: DistillSpec, rows: int, shard, position: int = 0) -> Cach
     """The training batches of an offline run, after checking its cache fits the spec (UserError otherwise)."""
     path, manifest = read_manifest(spec.offline_data_dir)
     check(spec, path, manifest, rows=rows, processes=shard.count)
-    return CacheBatches(spec.offline_data_dir, shard, spec.batch.gradient_accumulation_steps, position)
+    shape = (rows // shard.count, spec.batch.max_target_length, spec.top_k)
+    return CacheBatches(spec.offline_data_dir, shard, spec.batch.gradient_accumulation_steps, position, shape=shape)
