@@ -217,6 +217,36 @@ def test_a_damaged_latest_checkpoint_says_so_and_the_step_before_it_resumes(out,
     assert summary["resumed_from_step"] == 30 and summary["step"] == 70
 
 
+@pytest.mark.parametrize("damage", ["no params", "metadata not json", "empty step"])
+def test_a_latest_checkpoint_missing_a_part_is_damaged_not_another_model(out, teacher, damage):
+    import shutil
+
+    name = "damaged-" + damage.replace(" ", "-")
+    step = out / name / "checkpoints" / "60"
+    shutil.copytree(teacher, out / name)
+    if damage == "no params":
+        shutil.rmtree(step / "params")
+    elif damage == "metadata not json":
+        (step / "params" / "_METADATA").write_text("{bad")
+    else:
+        for part in step.iterdir():
+            shutil.rmtree(part) if part.is_dir() else part.unlink()
+    assert run(spec_of(merged(TEACHER, name=name, output_dir=str(out), steps=70))) == TrainerExit.USER_ERROR
+    message = json.loads((out / name / "summary.json").read_text())["message"]
+    assert "is damaged or incomplete" in message and f"move {step} aside" in message, message
+
+
+def test_resuming_with_another_model_names_the_arrays_that_differ(out, teacher):
+    import shutil
+
+    shutil.copytree(teacher, out / "remodelled")
+    data = merged(TEACHER, name="remodelled", output_dir=str(out), steps=70, student={"model": "tiny-2l"})
+    assert run(spec_of(data)) == TrainerExit.USER_ERROR
+    message = json.loads((out / "remodelled" / "summary.json").read_text())["message"]
+    assert "layers.attention.wq is (4, 64, 4, 16), this model needs (2, 64, 4, 16)" in message, message
+    assert "strict=False" not in message and "use a new run name" in message
+
+
 def test_missing_teacher_is_a_user_error_with_a_clear_message(out, tmp_path):
     data = distill_spec(out, tmp_path / "nowhere", name="orphan")
     messages = []

@@ -13,8 +13,10 @@ be local or `gs://` (orbax and etils handle both).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +26,22 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from trainer.exit_codes import RetryableError, TrainerError, UserError, storage_failure
+
+
+def _quiet_orbax_leftovers(unraisable, default=sys.unraisablehook) -> None:
+    """After one read of a restore fails, orbax's other reads of it end in coroutines that Python can only report
+    as unraisable ("Event loop is closed", TensorStore's spec dumped): hundreds of lines that buried the one-line
+    verdict. They repeat the failure already reported, so they are dropped; any other unraisable is printed."""
+    code = getattr(unraisable.object, "cr_code", None)
+    leftover = code is not None and "orbax" in code.co_filename
+    if leftover or (
+        isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+    ):
+        return
+    default(unraisable)
+
+
+sys.unraisablehook = _quiet_orbax_leftovers
 
 
 def absolute(path: str) -> str:
@@ -135,6 +153,13 @@ class RunCheckpoints:
     ) -> tuple[Any, Any, dict, bytes | None]:
         """`(params, train_state, meta, data_state)` of step `step`, shaped and sharded like the given trees;
         `data_state` (this process's input-pipeline position) only when `data` is asked for, else None."""
+        # Arrays of another model, named (orbax says only "Requested shape ... is not compatible").
+        _check_shapes(
+            epath.Path(self.directory) / str(step) / "params",
+            {k: tuple(v.shape) for k, v in flatten(abstract(params_like)).items()},
+            "this run's checkpoints are of another model: use a new run name (or output_dir) for this spec, or "
+            "delete the old run directory",
+        )
         items = {
             "params": ocp.args.StandardRestore(flatten(abstract(params_like))),
             "train_state": ocp.args.StandardRestore(flatten(abstract(train_state_like))),
@@ -226,7 +251,9 @@ def unreadable(error: BaseException) -> bool:
     return (
         isinstance(error, OSError)
         or isinstance(cause, OSError)
+        or isinstance(cause, json.JSONDecodeError)  # a metadata file that is not JSON
         or type(error) is Exception  # orbax's wrapper of a TensorStore read: a bare Exception
+        or "was not found in the checkpoint" in text  # an item folder (params, meta) missing from the step
         or any(code in text for code in _DAMAGE + _TRANSIENT)
     )
 
@@ -247,7 +274,11 @@ def damaged_checkpoint(step_path: str, error: BaseException) -> TrainerError:
     )
 
 
-def _check_shapes(params_dir: epath.Path, want: dict[str, tuple[int, ...]]) -> None:
+def _check_shapes(
+    params_dir: epath.Path,
+    want: dict[str, tuple[int, ...]],
+    hint: str = "check that the model block (shape, layers, vocab) matches the run that wrote it",
+) -> None:
     """Raise UserError naming the differences when the saved arrays are not the ones `want` describes."""
     absl = logging.getLogger("absl")
     level = absl.level
@@ -270,7 +301,7 @@ def _check_shapes(params_dir: epath.Path, want: dict[str, tuple[int, ...]]) -> N
             f"the checkpoint at {params_dir} does not hold this model's parameters: "
             + "; ".join(differences[:4])
             + (f" (and {len(differences) - 4} more)" if len(differences) > 4 else ""),
-            "check that the model block (shape, layers, vocab) matches the run that wrote it",
+            hint,
         )
 
 
