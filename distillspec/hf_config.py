@@ -249,3 +249,24 @@ def config_of(shape: ModelShape, dtype: str = "float32") -> dict:
     if s.family == "qwen3":
         config["use_sliding_window"] = False
     return config
+
+
+TOKENIZER = "tokenizer.json"
+
+
+def tokenizer_difference(teacher_text: str, student_text: str) -> str | None:
+    """What differs between two Hugging Face tokenizer.json files in what they map text to (the model's vocabulary
+    and merges, and the added tokens), or None when they tokenise alike. Distillation compares the two models'
+    logits token by token, which means nothing across tokenizers."""
+    import json
+
+    try:
+        teacher, student = json.loads(teacher_text), json.loads(student_text)
+    except ValueError:
+        return None if teacher_text == student_text else "one of them is not JSON"
+    if not isinstance(teacher, dict) or not isinstance(student, dict):
+        return None if teacher == student else "one of them is not a tokenizer"
+    for key, what in (("model", "vocabulary or merges"), ("added_tokens", "added tokens")):
+        if teacher.get(key) != student.get(key):
+            return what
+    return None

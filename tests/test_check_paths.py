@@ -99,6 +99,26 @@ def test_a_run_folder_whose_spec_json_is_not_a_spec_says_why_in_one_line(tmp_pat
     assert "errors.pydantic.dev" not in problem.message and "\n" not in problem.message
 
 
+def test_checkpoint_folders_with_different_tokenizers_are_an_error_before_launch(tmp_path):
+    teacher = hf_folder(tmp_path / "teacher", "tiny-4l")
+    student = hf_folder(tmp_path / "student", "tiny-2l")
+    spec, problems = validate_data(
+        spec_data(
+            **{
+                "teacher.load_parameters_path": teacher,
+                "student": {"model": "tiny-2l", "load_parameters_path": student},
+            }
+        )
+    )
+    assert spec is not None, problems
+    (tmp_path / "teacher" / "tokenizer.json").write_text('{"model": {"vocab": {"a": 0}}}')
+    (tmp_path / "student" / "tokenizer.json").write_text('{"model": {"vocab": {"a": 0}}}')
+    assert check_paths(spec, read_text) == []
+    (tmp_path / "student" / "tokenizer.json").write_text('{"model": {"vocab": {"b": 0}}}')
+    (problem,) = check_paths(spec, read_text)
+    assert problem.code == "tokenizer_mismatch" and problem.loc == ("student", "load_parameters_path")
+
+
 def test_a_url_is_read_through_fsspec():
     fs = fsspec.filesystem("memory")
     fs.pipe_file("/ckpt/teacher/config.json", json.dumps(config_of(ModelSpec(model="tiny-4l").shape())).encode())

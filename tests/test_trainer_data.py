@@ -139,3 +139,11 @@ def test_tokenizer_defaults_to_the_teacher_folders_then_byte(tmp_path):
     assert D.resolve_tokenizer(spec(tokenizer=str(student))) == f"{student}/tokenizer.json"
     with pytest.raises(UserError, match="neither `byte`, a tokenizer.json"):
         D.resolve_tokenizer(spec(tokenizer=str(tmp_path / "tokenizer.model")))
+    # Two folders whose tokenizers map text differently: their logits cannot be compared token by token.
+    (teacher / "tokenizer.json").write_text('{"model": {"vocab": {"a": 0}}, "normalizer": null}')
+    (student / "tokenizer.json").write_text('{"model": {"vocab": {"a": 0}}, "normalizer": {}}')
+    assert D.resolve_tokenizer(spec()) == f"{teacher}/tokenizer.json"  # alike where it matters
+    (student / "tokenizer.json").write_text('{"model": {"vocab": {"b": 0}}}')
+    with pytest.raises(UserError, match="tokenizers with different vocabulary or merges"):
+        D.resolve_tokenizer(spec())
+    assert D.resolve_tokenizer(spec(tokenizer=str(teacher))) == f"{teacher}/tokenizer.json"  # named: the user's call

@@ -35,6 +35,7 @@ import fsspec
 import numpy as np
 
 from distillspec.config import DOCUMENT_SOURCES, DataSpec, DistillSpec
+from distillspec.hf_config import TOKENIZER, tokenizer_difference
 from trainer.exit_codes import UserError
 from trainer.packing import load_tokenizer
 
@@ -323,7 +324,7 @@ def read_texts(path: str | None) -> list[str]:
     return texts
 
 
-TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_FILE = TOKENIZER  # in a Hugging Face checkpoint folder
 
 
 def resolve_tokenizer(spec: DistillSpec) -> str:
@@ -344,12 +345,30 @@ def resolve_tokenizer(spec: DistillSpec) -> str:
             "point data.tokenizer (MaxText: tokenizer_path) at a Hugging Face tokenizer.json; SentencePiece "
             ".model files are not read by the bundled trainer",
         )
-    for side in (spec.teacher, spec.student):
-        if side is not None and side.load_parameters_path:
-            candidate = f"{side.load_parameters_path.rstrip('/')}/{TOKENIZER_FILE}"
-            if _is_file(candidate):
-                return candidate
-    return "byte"
+    found = [
+        f"{side.load_parameters_path.rstrip('/')}/{TOKENIZER_FILE}"
+        for side in (spec.teacher, spec.student)
+        if side is not None and side.load_parameters_path
+    ]
+    found = [candidate for candidate in found if _is_file(candidate)]
+    if len(found) == 2 and spec.mode != "pretrain":
+        difference = tokenizer_difference(_read(found[0]), _read(found[1]))
+        if difference is not None:
+            raise UserError(
+                f"the teacher's and the student's checkpoint folders hold tokenizers with different {difference} "
+                f"({found[0]}, {found[1]}): distillation compares their logits token by token",
+                "distil between models that share a tokenizer; if they tokenise alike after all, name one with "
+                "data.tokenizer",
+            )
+    return found[0] if found else "byte"
+
+
+def _read(path: str) -> str:
+    try:
+        with fsspec.open(path, "r", encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read the tokenizer {path}: {e}", "copy the checkpoint folder again") from None
 
 
 def _is_file(path: str) -> bool:

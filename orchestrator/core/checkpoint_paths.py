@@ -18,7 +18,14 @@ from pydantic import ValidationError
 
 from distillspec import maxtext_checkpoint as mt
 from distillspec.config import DistillSpec, ModelSpec
-from distillspec.hf_config import CONFIG, ConfigError, shape_from_config, shape_mismatches
+from distillspec.hf_config import (
+    CONFIG,
+    TOKENIZER,
+    ConfigError,
+    shape_from_config,
+    shape_mismatches,
+    tokenizer_difference,
+)
 from distillspec.problems import Problem
 from distillspec.registry import ModelShape
 
@@ -72,7 +79,33 @@ def check_paths(spec: DistillSpec, read_text: ReadText, read_maxtext: ReadMaxTex
                     f"choose the registry model (and overrides) of that checkpoint in the {side} block",
                 )
             )
-    return problems
+    return problems + _tokenizer_problems(spec, read_text)
+
+
+def _tokenizer_problems(spec: DistillSpec, read_text: ReadText) -> list[Problem]:
+    """The trainer's rule: a distillation whose two checkpoint folders hold different tokenizers is an error."""
+    teacher, student = spec.teacher, spec.student
+    if spec.mode == "pretrain" or spec.data.tokenizer is not None or teacher is None:
+        return []
+    if not (teacher.load_parameters_path and student.load_parameters_path):
+        return []
+    files = [f"{m.load_parameters_path.rstrip('/')}/{TOKENIZER}" for m in (teacher, student)]
+    texts = [read_text(f) for f in files]
+    if None in texts:
+        return []
+    difference = tokenizer_difference(*texts)
+    if difference is None:
+        return []
+    return [
+        Problem(
+            ("student", "load_parameters_path"),
+            "tokenizer_mismatch",
+            f"the teacher's and the student's checkpoint folders hold tokenizers with different {difference} "
+            f"({files[0]}, {files[1]}): distillation compares their logits token by token",
+            "distil between models that share a tokenizer; if they tokenise alike after all, name one with "
+            "data.tokenizer",
+        )
+    ]
 
 
 def _maxtext_problems(got: tuple, model: ModelSpec, side: str, loc, read_text: ReadText) -> list[Problem]:
