@@ -213,6 +213,23 @@ def test_a_malformed_config_or_index_is_a_user_error_naming_it(folders, tmp_path
     assert said in e.value.message, e.value.message
 
 
+def test_a_teacher_folder_with_a_config_and_no_weights_says_so(folders, tmp_path):
+    from trainer_support import python_env, run_trainer
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(folders["teacher"] / "config.json", bad / "config.json")
+    spec = {
+        "name": "half-copied",
+        "student": {"model": "tiny-2l"},
+        "teacher": {"model": "tiny-4l", "load_parameters_path": str(bad)},
+        "output_dir": str(tmp_path / "runs"),
+        "steps": 2,
+    }
+    done = run_trainer([], env=python_env(DISTILLCTL_SPEC=json.dumps(spec)))
+    assert done.returncode == 1 and "has config.json but no weights" in done.stderr, done.stderr
+
+
 def test_a_checkpoint_path_that_is_a_file_is_a_user_error_not_a_retry(folders):
     with pytest.raises(UserError, match="is a file, not a folder") as e:
         load_model(str(folders["qwen3"] / hf.SINGLE))

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import fsspec
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 from distillspec.config import DistillSpec, ModelSpec
 from distillspec.loss_choice import fused_loss_wanted
 from trainer import sharding as shard_lib
-from trainer.checkpoints import load_params
+from trainer.checkpoints import hf, load_params
 from trainer.exit_codes import UserError
 from trainer.models import ModelConfig, abstract_model, drop_layers, forward_hidden, host_init
 from trainer.step import (
@@ -207,6 +208,11 @@ def _load_teacher(spec: DistillSpec, teacher: _Model) -> Any:
     try:
         return load_params(path, teacher.config.shape, teacher.abstract, side="teacher")
     except UserError as e:
+        if "not found" in e.message and _has_config_only(path):
+            raise UserError(
+                f"the teacher folder {path} has {hf.CONFIG} but no weights ({hf.SINGLE}, or {hf.INDEX} and its shards)",
+                "copy the model's safetensors files into the folder (save_pretrained writes them beside config.json)",
+            ) from None
         if "not found" in e.message:
             raise UserError(
                 f"teacher checkpoint not found at {path}: neither a Hugging Face folder (config.json and "
@@ -216,6 +222,15 @@ def _load_teacher(spec: DistillSpec, teacher: _Model) -> Any:
                 "directory holds that checkpoints path",
             ) from None
         raise
+
+
+def _has_config_only(path: str) -> bool:
+    """A folder with a Hugging Face config.json and no weights beside it (a half-copied model)."""
+    try:
+        fs, root = fsspec.core.url_to_fs(path.rstrip("/"))
+        return fs.isfile(f"{root}/{hf.CONFIG}")
+    except (OSError, ValueError, ImportError):
+        return False
 
 
 def _student_params(spec: DistillSpec, student: _Model, teacher: _Model | None, teacher_params: Any) -> Any:
