@@ -109,6 +109,9 @@ def test_token_file_errors(tmp_path):
     np.save(tmp_path / "float.npy", np.ones(40))
     with pytest.raises(UserError, match="integer"):
         D.make_source(DataSpec(source="tokens", path=str(tmp_path / "float.npy")), 256, 17)
+    (tmp_path / "text.npy").write_text("1 2 3 4\n")  # numpy would call it pickled data
+    with pytest.raises(UserError, match=r"text.npy is not a .npy file \(no NumPy header\)"):
+        D.make_source(DataSpec(source="tokens", path=str(tmp_path / "text.npy")), 256, 1)
 
 
 def test_tokenizer_defaults_to_the_teacher_folders_then_byte(tmp_path):

@@ -405,9 +405,14 @@ def read_token_file(path: str | None) -> np.ndarray:
     if name.endswith(".npy"):
         import io
 
+        if not raw.startswith(b"\x93NUMPY"):  # else numpy takes it for a pickle and says so
+            raise UserError(
+                f"{name} is not a .npy file (no NumPy header)",
+                "write it with numpy.save, or name raw uint16 tokens .bin",
+            )
         try:
             tokens = np.load(io.BytesIO(raw), allow_pickle=False)
-        except ValueError as e:
+        except (ValueError, EOFError) as e:
             raise UserError(f"{name} is not a readable .npy file: {e}") from None
         if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
             raise UserError(f"{name} must hold a 1-D integer array, got {tokens.dtype} {tokens.shape}")
