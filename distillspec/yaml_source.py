@@ -151,6 +151,12 @@ def _compose(text: str, kind: type[yaml.SafeLoader]):
         raise _source_error(e) from None
 
 
+# The tags plain YAML resolves to (and `!!str` etc. written out): anything else names a constructor.
+_PLAIN_TAGS = frozenset(
+    f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")
+)
+
+
 def _source_error(e: Exception) -> YamlSourceError:
     if isinstance(e, RecursionError):
         return _too_deep()
@@ -158,6 +164,13 @@ def _source_error(e: Exception) -> YamlSourceError:
         mark = e.problem_mark or e.context_mark
         position = _position(mark) if mark else None
         message = " ".join(str(part) for part in (e.context, e.problem) if part)
+        if "'\\t'" in message:
+            return YamlSourceError(
+                "yaml_syntax",
+                "a tab in the indentation: YAML indents with spaces",
+                "replace the tab with spaces",
+                position,
+            )
         if "expected a single document" in message:
             return YamlSourceError(
                 "multiple_documents",
@@ -200,6 +213,13 @@ class _Builder:
             )
         if len(loc) > MAX_DEPTH:
             raise _too_deep()
+        if node.tag not in _PLAIN_TAGS:  # !custom, !!python/object...: a spec holds plain values only
+            raise YamlSourceError(
+                "yaml_bad_value",
+                f"unsupported YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')}",
+                "remove the tag: spec, sweep and golden files hold plain values (quote a value that starts with !)",
+                _position(node.start_mark),
+            )
         self.positions.setdefault(loc, _position(node.start_mark))
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, loc)
@@ -208,9 +228,10 @@ class _Builder:
         try:
             return self.loader.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, OverflowError) as e:
+            why = getattr(e, "problem", None) or str(e)  # without PyYAML's `in "<unicode string>", line 1`
             raise YamlSourceError(
                 "yaml_bad_value",
-                f"unreadable value {node.value!r}: {e}",
+                f"unreadable value {node.value!r}: {why}",
                 "quote the value or fix it",
                 _position(node.start_mark),
             ) from None

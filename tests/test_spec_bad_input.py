@@ -111,3 +111,16 @@ def test_a_sweep_file_given_as_a_spec_says_which_commands_take_it():
     report = read_spec_file(Path(__file__).parent.parent / "sweeps" / "quickstart.yaml")
     problem = only_problem(report)
     assert problem.code == "sweep_not_spec" and "distillctl plan" in problem.hint and problem.line == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('student: !!python/object/apply:os.system ["ls"]\n', "unsupported YAML tag !!python/object/apply:os.system"),
+        ("student: !custom x\n", "unsupported YAML tag !custom"),
+        ("student:\n\tmodel: tiny-2l\n", "a tab in the indentation"),
+    ],
+)
+def test_tags_and_tabs_say_what_they_are(text, said):
+    problem = only_problem(read_spec_text(text))
+    assert said in problem.message and "<unicode string>" not in problem.message and problem.line
