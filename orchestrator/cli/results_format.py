@@ -16,6 +16,7 @@ from rich.table import Table
 
 from orchestrator.core.markdown import cell as md_cell
 from orchestrator.core.results import EVAL, KL_T1, TABLE_METRICS, Results, Row, short_metric
+from orchestrator.core.run_status import Phase
 
 MISSING = "—"
 BEST = "★"
@@ -98,8 +99,9 @@ def legend(results: Results) -> str:
         ]
     else:
         parts = [f"metrics: {train}; perplexity = exp(mean hard loss)"]
-    best = results.best
-    parts.append(f"{BEST} lowest kl_div_T1 among finished points" + ("" if best else " (none finished yet)"))
+    finished = [r for r in results.rows if r.role != "prerequisite" and r.status.phase == Phase.SUCCEEDED]
+    why_none = " (no finished point logged it)" if finished else " (none finished yet)"
+    parts.append(f"{BEST} lowest kl_div_T1 among finished points" + ("" if results.best else why_none))
     if results.baselines:
         parts.append("Δkl vs the baseline " + ", ".join(b.name for b in results.baselines))
     return "; ".join(parts)
