@@ -170,3 +170,34 @@ def test_tpus_lists_the_table():
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert rows["v5p-128"]["vms_per_slice"] == 16 and rows["v6e-256"]["topology"] == "16x16"
     assert "v5p-128" in invoke("tpus").stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (None, "is a folder, not a file"),
+        ("foo: [bar\n  x: }", "cannot be read: ParserError"),
+        ("- a\n- b\n", "cannot be read: TypeError"),
+        (b"\xff\xfe\x00x", "cannot be read: UnicodeDecodeError"),
+    ],
+)
+def test_a_kubeconfig_that_is_not_one_is_cluster_unreachable_not_an_internal_error(tmp_path, content, said):
+    path = write(tmp_path, sweep_data())
+    kubeconfig = tmp_path / "kubeconfig"
+    if content is None:
+        kubeconfig.mkdir()
+    elif isinstance(content, bytes):
+        kubeconfig.write_bytes(content)
+    else:
+        kubeconfig.write_text(content)
+    result = invoke("status", str(path), "--kubeconfig", str(kubeconfig))
+    assert result.exit_code == ExitCode.CLUSTER_UNREACHABLE and said in result.stderr, result.output
+
+
+def test_service_refuses_the_options_it_would_drop(tmp_path):
+    # --dry-run=server would have applied the DistillationSweep for real.
+    path = write(tmp_path, sweep_data())
+    result = invoke("sweep", str(path), "--service", "--dry-run=server", "--wait")
+    assert result.exit_code == ExitCode.USAGE and "--service cannot be combined with --dry-run=server, --wait" in (
+        result.stderr
+    )

@@ -103,6 +103,25 @@ def sweep(
         queue=queue,
         priority=priority,
     )
+    if service:
+        # The service launches and follows; these would be dropped (and --dry-run=server would really apply).
+        given = [
+            flag
+            for flag, on in (
+                ("--dry-run=server", dry_run is DryRunMode.server),
+                ("--wait", wait),
+                ("--retry-failed", retry_failed),
+            )
+            if on
+        ]
+        if given:
+            from orchestrator.errors import UsageError
+
+            raise UsageError(
+                f"--service cannot be combined with {', '.join(given)}",
+                "the service creates and follows the runs itself: `distillctl status SWEEP` follows them; "
+                "--dry-run=client checks the sweep without the cluster",
+            )
     if dry_run is DryRunMode.client:
         _client_dry_run(ctx.expand(), output)
         return

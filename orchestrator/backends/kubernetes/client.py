@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import urllib3
+import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
@@ -144,8 +145,22 @@ def connect(access: ClusterAccess, default_namespace: str | None = None, retry: 
             namespace = namespace or default_namespace or _incluster_namespace()
     except ConfigException as e:
         raise ClusterError(f"cannot load the cluster configuration: {e}", "check --kubeconfig and --context") from None
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError) as e:
+        # The client reads the file itself and lets these through: a folder, YAML that does not parse or is not a
+        # mapping, bytes that are not UTF-8, credentials that are not base64 (each was an internal error).
+        where = access.kubeconfig or os.environ.get("KUBECONFIG") or "the kubeconfig"
+        what = "is a folder, not a file" if isinstance(e, IsADirectoryError) else f"cannot be read: {_first_line(e)}"
+        raise ClusterError(
+            f"kubeconfig {where} {what}",
+            "point --kubeconfig (or KUBECONFIG) at the file `gcloud container clusters get-credentials` writes",
+        ) from None
     configuration.retries = False  # retries are ours, with backoff and error mapping
     return Cluster(client.ApiClient(configuration), namespace or "default", retry or Retry(), configuration.host)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
 def _incluster_namespace() -> str:
