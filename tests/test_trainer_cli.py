@@ -87,3 +87,23 @@ def test_python_m_trainer_bad_process_flags_are_a_user_error(tmp_path):
     spec.write_text(json.dumps(merged(TEACHER, output_dir=str(tmp_path))))
     done = run_trainer(["--spec", str(spec), "--num-processes", "2"])
     assert done.returncode == 1 and "--coordinator-address" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["127.0.0.1:notaport", "2", "0"], "must be HOST:PORT"),  # crashed JAX's coordinator (signal 11)
+        (["127.0.0.1:99999", "2", "0"], "must be HOST:PORT"),  # hung past SIGTERM
+        (["127.0.0.1:1", "2", "5"], "--process-id 5 is not in [0, 2)"),  # was exit 42: restarted to no end
+        (["127.0.0.1:1", "0", "0"], "--num-processes must be at least 1"),
+    ],
+)
+def test_python_m_trainer_process_flags_no_retry_can_fix_exit_1(tmp_path, flags, said):
+    spec = tmp_path / "s.json"
+    spec.write_text(json.dumps(merged(TEACHER, output_dir=str(tmp_path))))
+    address, count, index = flags
+    done = run_trainer(
+        ["--spec", str(spec), "--coordinator-address", address, "--num-processes", count, "--process-id", index],
+        timeout=120,
+    )
+    assert done.returncode == 1 and said in done.stderr, done.stderr

@@ -161,12 +161,30 @@ def _enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def _check_process_options(process: ProcessOptions) -> None:
+    """UserError (exit 1) for options no retry can fix: an address that is not HOST:PORT (one crashed JAX's
+    coordinator with a segmentation fault), a process count below 1, a process id outside [0, count) (exit 42
+    before: the JobSet restarted it until max_restarts ran out)."""
+    address, count, index = process.coordinator_address, process.num_processes, process.process_id
+    if not (address and count is not None and index is not None):
+        raise UserError("multi-process runs need --coordinator-address, --num-processes and --process-id together")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UserError(
+            f"--coordinator-address must be HOST:PORT with a port in 1..65535, got {address!r}",
+            "e.g. --coordinator-address 10.0.0.2:1234 (process 0's host)",
+        )
+    if count < 1:
+        raise UserError(f"--num-processes must be at least 1, got {count}")
+    if not 0 <= index < count:
+        raise UserError(f"--process-id {index} is not in [0, {count}) for --num-processes {count}")
+
+
 def _initialize_distributed(process: ProcessOptions) -> None:
     import jax
 
-    if process.coordinator_address or process.num_processes:
-        if not (process.coordinator_address and process.num_processes and process.process_id is not None):
-            raise UserError("multi-process runs need --coordinator-address, --num-processes and --process-id together")
+    if process.coordinator_address or process.num_processes is not None:
+        _check_process_options(process)
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         try:
             jax.distributed.initialize(process.coordinator_address, process.num_processes, process.process_id)
