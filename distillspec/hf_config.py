@@ -270,3 +270,16 @@ def tokenizer_difference(teacher_text: str, student_text: str) -> str | None:
         if teacher.get(key) != student.get(key):
             return what
     return None
+
+
+def tokenizer_mismatch(files: tuple[str, str], texts: tuple[str, str]) -> tuple[str, str] | None:
+    """(message, hint) when the teacher's and the student's tokenizer.json (`files`, read as `texts`) tokenise
+    differently, else None: the trainer's error and `validate --check-paths`' problem, worded once."""
+    difference = tokenizer_difference(*texts)
+    if difference is None:
+        return None
+    return (
+        f"the teacher's and the student's checkpoint folders hold tokenizers with different {difference} "
+        f"({files[0]}, {files[1]}): distillation compares their logits token by token",
+        "distil between models that share a tokenizer; if they tokenise alike after all, name one with data.tokenizer",
+    )

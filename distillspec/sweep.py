@@ -708,13 +708,7 @@ def _exclude(sweep: Sweep) -> list[Problem]:
 
 def placeholders_in(value: Any) -> list[str]:
     """Every `${...}` expression in the strings of `value` (the text between the braces)."""
-    if isinstance(value, str):
-        return ANY_PLACEHOLDER.findall(value)
-    if isinstance(value, dict):
-        return [p for v in value.values() for p in placeholders_in(v)]
-    if isinstance(value, list):
-        return [p for v in value for p in placeholders_in(v)]
-    return []
+    return [p for _, text in _strings_at((), value) for p in ANY_PLACEHOLDER.findall(text)]
 
 
 # `${` never closed, or `$prerequisites.` without its braces: taken literally, such a path made the points start

@@ -35,7 +35,7 @@ import fsspec
 import numpy as np
 
 from distillspec.config import DOCUMENT_SOURCES, DataSpec, DistillSpec
-from distillspec.hf_config import TOKENIZER, tokenizer_difference
+from distillspec.hf_config import TOKENIZER, tokenizer_mismatch
 from trainer.exit_codes import UserError
 from trainer.packing import load_tokenizer
 
@@ -352,14 +352,9 @@ def resolve_tokenizer(spec: DistillSpec) -> str:
     ]
     found = [candidate for candidate in found if _is_file(candidate)]
     if len(found) == 2 and spec.mode != "pretrain":
-        difference = tokenizer_difference(_read(found[0]), _read(found[1]))
-        if difference is not None:
-            raise UserError(
-                f"the teacher's and the student's checkpoint folders hold tokenizers with different {difference} "
-                f"({found[0]}, {found[1]}): distillation compares their logits token by token",
-                "distil between models that share a tokenizer; if they tokenise alike after all, name one with "
-                "data.tokenizer",
-            )
+        mismatch = tokenizer_mismatch((found[0], found[1]), (_read(found[0]), _read(found[1])))
+        if mismatch is not None:
+            raise UserError(*mismatch)
     return found[0] if found else "byte"
 
 

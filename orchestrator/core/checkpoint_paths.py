@@ -24,7 +24,7 @@ from distillspec.hf_config import (
     ConfigError,
     shape_from_config,
     shape_mismatches,
-    tokenizer_difference,
+    tokenizer_mismatch,
 )
 from distillspec.problems import Problem
 from distillspec.registry import ModelShape
@@ -93,19 +93,10 @@ def _tokenizer_problems(spec: DistillSpec, read_text: ReadText) -> list[Problem]
     texts = [read_text(f) for f in files]
     if None in texts:
         return []
-    difference = tokenizer_difference(*texts)
-    if difference is None:
+    mismatch = tokenizer_mismatch((files[0], files[1]), (texts[0], texts[1]))
+    if mismatch is None:
         return []
-    return [
-        Problem(
-            ("student", "load_parameters_path"),
-            "tokenizer_mismatch",
-            f"the teacher's and the student's checkpoint folders hold tokenizers with different {difference} "
-            f"({files[0]}, {files[1]}): distillation compares their logits token by token",
-            "distil between models that share a tokenizer; if they tokenise alike after all, name one with "
-            "data.tokenizer",
-        )
-    ]
+    return [Problem(("student", "load_parameters_path"), "tokenizer_mismatch", *mismatch)]
 
 
 def _maxtext_problems(got: tuple, model: ModelSpec, side: str, loc, read_text: ReadText) -> list[Problem]:
