@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -163,6 +164,32 @@ def _review(cp, verb: str, resource: str, group: str = "", namespace: str | None
         )
     )
     return client.AuthorizationV1Api(cp.client).create_subject_access_review(review).status.allowed
+
+
+def serve_exit(cp, *args: str) -> subprocess.CompletedProcess:
+    """`distillctl serve` as the chart runs it, for a failure at start-up (it does not get to serve)."""
+    command = [sys.executable, "-m", "orchestrator.cli", "serve", "--kubeconfig", str(cp.kubeconfig), "-n", NS]
+    return subprocess.run([*command, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_serve_without_the_chart_says_how_to_install_it(control_plane):
+    """Defined before the first test that installs the chart (the CRD is not there yet). It used to watch a 404
+    for ever, logging a warning every 10 seconds."""
+    crds = client.ApiextensionsV1Api(control_plane.client).list_custom_resource_definition().items
+    assert f"{PLURAL}.{GROUP}" not in {c.metadata.name for c in crds}
+    result = serve_exit(control_plane, "--port", "0")
+    assert result.returncode == 6, result.stderr
+    assert "the distillctl service is not installed" in result.stderr
+    assert "helm install distillctl charts/distillctl" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_on_a_port_in_use_is_a_usage_error(control_plane, installed):
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        result = serve_exit(control_plane, "--port", str(taken.getsockname()[1]))
+    assert result.returncode == 2, result.stderr
+    assert "cannot serve the endpoints on port" in result.stderr and "choose another --port" in result.stderr
 
 
 def test_chart_role_allows_what_the_controller_uses_and_nothing_else(control_plane, installed):

@@ -201,3 +201,24 @@ def test_service_refuses_the_options_it_would_drop(tmp_path):
     assert result.exit_code == ExitCode.USAGE and "--service cannot be combined with --dry-run=server, --wait" in (
         result.stderr
     )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status", "{path}", "-n", "Team_A"),
+        ("sweep", "{path}", "--namespace", "team.a" * 20),
+        ("serve", "--namespace", "Team_A"),
+        ("serve", "--lease", "My Lease"),
+    ],
+)
+def test_a_namespace_or_lease_that_is_not_a_kubernetes_name_is_a_usage_error_before_connecting(tmp_path, args):
+    # Before, `status -n Team_A` listed every point as never created, and `serve` watched 404s for ever.
+    path = write(tmp_path, sweep_data())
+    result = invoke(*(a.format(path=path) for a in args), "--kubeconfig", str(tmp_path / "absent"))
+    assert result.exit_code == ExitCode.USAGE and "is not a Kubernetes name" in result.output, result.output
+
+
+def test_serve_port_is_checked_before_connecting(tmp_path):
+    result = invoke("serve", "--port", "70000", "--kubeconfig", str(tmp_path / "absent"))
+    assert result.exit_code == ExitCode.USAGE and "--port" in result.output, result.output

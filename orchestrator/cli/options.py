@@ -41,8 +41,35 @@ KubeconfigOption = Annotated[
 ContextOption = Annotated[
     Optional[str], typer.Option("--context", help="kubeconfig context (default: the current one)")
 ]
+
+
+def kubernetes_name(value: str | None, param: typer.CallbackParam) -> str | None:
+    """A namespace or object name given on the command line, checked as target.namespace is, so that a typo is a
+    usage error and not a cluster that seems empty ("no runs created")."""
+    if value is None:
+        return value
+    from distillspec.sweep import DNS_1123_SUBDOMAIN
+
+    limit = 253 if param.name == "lease" else 63
+    if not DNS_1123_SUBDOMAIN.match(value) or len(value) > limit:
+        raise typer.BadParameter(
+            f"{value!r} is not a Kubernetes name: use lower-case letters, digits and '-' "
+            f"(at most {limit} characters), e.g. {_name_like(value)!r}"
+        )
+    return value
+
+
+def _name_like(value: str) -> str:
+    """`value` made into a Kubernetes name, as an example in the message."""
+    import re
+
+    name = re.sub(r"[^a-z0-9-]+", "-", value.lower()).strip("-")[:63].strip("-")
+    return name or "default"
+
+
 NamespaceOption = Annotated[
-    Optional[str], typer.Option("--namespace", "-n", help="namespace (default: target.namespace)")
+    Optional[str],
+    typer.Option("--namespace", "-n", callback=kubernetes_name, help="namespace (default: target.namespace)"),
 ]
 ImageOption = Annotated[
     Optional[str],

@@ -6,21 +6,34 @@ from typing import Annotated, Optional
 
 import typer
 
-from orchestrator.cli.options import DEFAULT_STALL_SECONDS, ContextOption, KubeconfigOption, StallOption
+from orchestrator.cli.options import (
+    DEFAULT_STALL_SECONDS,
+    ContextOption,
+    KubeconfigOption,
+    StallOption,
+    kubernetes_name,
+)
 
 
 def serve(
     namespace: Annotated[
         Optional[str],
-        typer.Option("--namespace", "-n", help="the namespace to serve (default: the pod's, else the context's)"),
+        typer.Option(
+            "--namespace",
+            "-n",
+            callback=kubernetes_name,
+            help="the namespace to serve (default: the pod's, else the context's)",
+        ),
     ] = None,
-    port: Annotated[int, typer.Option("--port", help="/healthz, /readyz and /metrics on this port (0: any)")] = 8080,
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="/healthz, /readyz and /metrics on this port (0: any)")
+    ] = 8080,
     resync: Annotated[
         float, typer.Option("--resync", min=1.0, help="seconds between full re-lists (outputs are re-read then)")
     ] = 60.0,
-    lease: Annotated[str, typer.Option("--lease", help="the Lease that elects the one acting replica")] = (
-        "distillctl-controller"
-    ),
+    lease: Annotated[
+        str, typer.Option("--lease", callback=kubernetes_name, help="the Lease that elects the one acting replica")
+    ] = ("distillctl-controller"),
     identity: Annotated[
         Optional[str], typer.Option("--identity", help="this replica's name in the Lease (default: host name)")
     ] = None,

@@ -20,7 +20,6 @@ import math
 from types import MappingProxyType
 from typing import Any, Mapping
 
-
 from distillspec import spec_paths, tpu
 from distillspec.config import DistillSpec
 from distillspec.problems import Loc, Problem, has_errors

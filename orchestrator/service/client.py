@@ -71,11 +71,7 @@ def apply_sweep(cluster: Cluster, source: SweepSource, service: dict[str, Any] |
         )
     except ApiException as e:
         if e.status == 404:
-            raise DistillctlError(
-                f"the cluster does not serve {PLURAL}.{GROUP}: the distillctl service is not installed",
-                "install it: helm install distillctl charts/distillctl (or run `distillctl sweep` without --service)",
-                exit_code=ExitCode.CLUSTER_NOT_READY,
-            ) from None
+            raise _not_installed("or run `distillctl sweep` without --service") from None
         raise api_error(f"apply {KIND} {name}", e, cluster) from None
     # The client reads a body only for 200: an apply that created the resource (201) returns None.
     return applied or cluster.call(
@@ -86,6 +82,32 @@ def apply_sweep(cluster: Cluster, source: SweepSource, service: dict[str, Any] |
         cluster.namespace,
         PLURAL,
         name,
+    )
+
+
+def require_served(cluster: Cluster) -> None:
+    """Raise the error that says how to install the CRD when the cluster does not serve DistillationSweeps (the
+    controller would otherwise watch a 404 for ever)."""
+    try:
+        cluster.call(
+            f"list {KIND}s",
+            cluster.custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            cluster.namespace,
+            PLURAL,
+            limit=1,
+            passthrough=frozenset({404}),
+        )
+    except ApiException:  # only a 404 passes through
+        raise _not_installed(f"the chart brings its CRD; `kubectl get crd {PLURAL}.{GROUP}` shows it") from None
+
+
+def _not_installed(more: str) -> DistillctlError:
+    return DistillctlError(
+        f"the cluster does not serve {PLURAL}.{GROUP}: the distillctl service is not installed",
+        f"install it: helm install distillctl charts/distillctl ({more})",
+        exit_code=ExitCode.CLUSTER_NOT_READY,
     )
 
 

@@ -10,7 +10,9 @@ import threading
 
 from orchestrator.backends import ClusterAccess
 from orchestrator.backends.kubernetes.client import connect
+from orchestrator.errors import UsageError
 from orchestrator.service import endpoints
+from orchestrator.service.client import require_served
 from orchestrator.service.controller import Controller, Options
 from orchestrator.service.endpoints import Metrics
 from orchestrator.service.resource import NO_DEFAULTS, TargetDefaults
@@ -31,11 +33,17 @@ def run(
     """Serve until SIGTERM or SIGINT; the Lease is released on the way out so a successor starts at once."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cluster = connect(ClusterAccess(kubeconfig=kubeconfig, context=context, namespace=namespace))
+    require_served(cluster)
     identity = identity or f"{socket.gethostname()}-{os.getpid()}"
     metrics = Metrics()
     options = Options(resync=resync, stall_after=stall_after, lease_name=lease, identity=identity, defaults=defaults)
     controller = Controller(cluster, options, metrics)
-    server = endpoints.serve(port, metrics, lambda: controller.healthy, lambda: controller.ready)
+    try:
+        server = endpoints.serve(port, metrics, lambda: controller.healthy, lambda: controller.ready)
+    except OSError as e:
+        raise UsageError(
+            f"cannot serve the endpoints on port {port}: {e.strerror or e}", "choose another --port"
+        ) from None
     logging.getLogger("distillctl.serve").info(
         "serving namespace %s as %s; endpoints on :%d; target defaults %s",
         cluster.namespace,
