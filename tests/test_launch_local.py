@@ -241,3 +241,51 @@ def test_an_output_base_that_is_a_file_is_a_usage_error_and_the_file_is_kept(tmp
     done = distillctl("sweep", str(sweep), timeout=120)
     assert done.returncode == 2 and "make target.output_base a folder you can write to" in done.stderr, done.stderr
     assert (tmp_path / "runs").read_text() == "mine"
+
+
+def test_ctrl_c_stops_following_not_the_runs_and_watch_then_cancel_say_what_happened(tmp_path):
+    sweep = write_sweep(tmp_path, name="follow-me")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def started(*args: str) -> subprocess.Popen:
+        # A shell runs background jobs with SIGINT ignored, and children inherit that: the default disposition,
+        # as on a terminal, so that Ctrl-C handling is what is tested.
+        return subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", *args],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+
+    follower = started("sweep", str(sweep), "--wait")
+    while "follow-me-" not in (line := follower.stdout.readline()) or "Running" not in line:
+        assert line, follower.stderr.read()  # a transition line: the teacher runs
+    follower.send_signal(signal.SIGINT)
+    _, err = follower.communicate(timeout=60)
+    assert follower.returncode == 130 and "stopped following; the runs go on" in err, err
+    assert f"distillctl status {sweep} --watch" in err and "Traceback" not in err
+
+    # The runs went on; `status --watch` into a pipe prints the table once, then one line per change.
+    watcher = started("status", str(sweep), "--watch")
+    wait_until(lambda: {r["phase"] for r in status(sweep).values()} == {"Succeeded"}, what="the sweep to succeed")
+    time.sleep(3)  # one more poll, so that the watcher has seen the end
+    watcher.send_signal(signal.SIGINT)
+    out, err = watcher.communicate(timeout=60)
+    assert watcher.returncode == 0 and err == "", err  # Ctrl-C is how --watch ends: no error
+    assert out.count("┃ run id") == 1, out  # one table, not one per refresh
+    assert any(line.endswith(" Succeeded") and "follow-me-" in line for line in out.splitlines()), out
+
+    # A finished run has nothing to stop, and is not "a run that does not exist".
+    teacher = next(r for r in status(sweep).values() if r["role"] == "prerequisite")
+    distillctl("cancel", str(sweep), "--yes", check=True)
+    again = distillctl("cancel", str(sweep), "teacher", "--yes", check=True)
+    assert f"nothing to cancel: follow-me-{teacher['run_id']} is Succeeded and nothing runs it" in again.stdout
+    every = distillctl("cancel", str(sweep), "--yes", check=True)
+    assert "none of these 4 runs is running (4 Succeeded)" in every.stdout
+
+    # A local run is one process: --slice and --worker it does not have are refused, not ignored.
+    one = distillctl("logs", str(sweep), "0", "--worker", "1")
+    assert one.returncode == 2 and "a local run is one process" in one.stderr, one.stderr

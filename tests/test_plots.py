@@ -95,8 +95,10 @@ def test_unwritable_plot_folder_is_a_usage_error(tmp_path):
     write_outputs(result.points[0])
     blocker = tmp_path / "file"
     blocker.write_text(json.dumps({}))
-    out = runner.invoke(app, ["results", str(tmp_path / "sweep.yaml"), "--plot", str(blocker / "plots")])
-    assert out.exit_code == ExitCode.USAGE and "cannot write plots" in out.stderr
+    for folder in (blocker / "plots", blocker):  # the OS said "Not a directory" and "File exists"
+        out = runner.invoke(app, ["results", str(tmp_path / "sweep.yaml"), "--plot", str(folder)])
+        assert out.exit_code == ExitCode.USAGE and f"{blocker} is a file, not a folder" in out.stderr, out.stderr
+    assert blocker.read_text() == "{}"
 
 
 def test_points_with_an_eval_set_are_drawn_from_their_evaluations(tmp_path):

@@ -122,7 +122,9 @@ def test_render_names_the_file_that_stands_where_a_folder_is_needed(tmp_path):
 
 def test_render_a_local_sweep_for_a_cluster_takes_its_image_on_the_command_line(tmp_path):
     args = ["render", str(SWEEPS / "quickstart.yaml"), "-o", str(tmp_path / "out"), "--tpu-type", "v5p-8"]
-    assert "target.image" in invoke(*args).stderr
+    refused = invoke(*args)  # the file says kind: local and has no image to blame: the message names the option
+    assert refused.exit_code == ExitCode.USAGE and "a cluster run needs an image" in refused.stderr
+    assert "pass --image too" in refused.stderr
     result = invoke(*args, "--image", "localhost/distillctl-trainer:dev")
     assert result.exit_code == ExitCode.OK, result.output
     assert "localhost/distillctl-trainer:dev" in next((tmp_path / "out").iterdir()).read_text()
@@ -222,3 +224,22 @@ def test_a_namespace_or_lease_that_is_not_a_kubernetes_name_is_a_usage_error_bef
 def test_serve_port_is_checked_before_connecting(tmp_path):
     result = invoke("serve", "--port", "70000", "--kubeconfig", str(tmp_path / "absent"))
     assert result.exit_code == ExitCode.USAGE and "--port" in result.output, result.output
+
+
+def test_logs_refuses_a_slice_or_worker_the_run_does_not_have_before_connecting(tmp_path):
+    path = write(tmp_path, sweep_data(target={**TARGET, "tpu_type": "v5p-128", "slices": 2}))  # 16 VMs per slice
+    absent = ["--kubeconfig", str(tmp_path / "absent")]
+    for flags, said in [
+        (("--slice", "2"), "--slice 2: the run has 2 slice(s)"),
+        (("--worker", "16"), "--worker 16: the run has 16 worker(s) per slice (v5p-128)"),
+    ]:
+        result = invoke("logs", str(path), "0", *flags, *absent)
+        assert result.exit_code == ExitCode.USAGE and said in result.stderr, result.output
+    # In range, the command goes on to the cluster (absent here).
+    reached = invoke("logs", str(path), "0", "--slice", "1", "--worker", "15", *absent)
+    assert reached.exit_code == ExitCode.CLUSTER_UNREACHABLE, reached.output
+
+
+def test_results_of_a_local_sweep_with_a_tpu_type_names_the_missing_image_option(tmp_path):
+    result = invoke("results", str(SWEEPS / "quickstart.yaml"), "--tpu-type", "v5p-8")
+    assert result.exit_code == ExitCode.USAGE and "--tpu-type makes the local sweep quickstart" in result.stderr

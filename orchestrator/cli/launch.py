@@ -3,9 +3,11 @@ look, delete), prints what it returns, and exits."""
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -141,7 +143,8 @@ def sweep(
                 console.out.print(line)
         if not wait or dry_run is not None:
             return
-        code = _follow(expansion, backend, stall_after=stall_after, timeout=timeout, quiet=output is OutputFormat.json)
+        quiet = output is OutputFormat.json
+        code = _follow(expansion, backend, stall_after=stall_after, timeout=timeout, quiet=quiet, path=sweep_file)
     finally:
         backend.close()
     if code:
@@ -206,8 +209,11 @@ def _client_dry_run(expansion, output: OutputFormat) -> None:
     )
 
 
-def _follow(expansion, backend, *, stall_after: float, timeout: float | None, quiet: bool = False) -> int:
-    """Print the follow events (a live table on a terminal, transitions in a log); the exit code of the end."""
+def _follow(
+    expansion, backend, *, stall_after: float, timeout: float | None, quiet: bool = False, path: Path | None = None
+) -> int:
+    """Print the follow events (a live table on a terminal, transitions in a log); the exit code of the end.
+    Ctrl-C stops following, not the runs: it says so, and how to follow or stop them (exit 130)."""
     from rich.live import Live
 
     from orchestrator.cli import console, views
@@ -229,6 +235,16 @@ def _follow(expansion, backend, *, stall_after: float, timeout: float | None, qu
             elif not quiet:
                 for line in views.transitions(expansion, dict(event.state.statuses), previous):
                     console.out.print(line, markup=False, highlight=False)
+    except KeyboardInterrupt:
+        if live:
+            live.stop()
+        live = None
+        named = shlex.quote(str(path)) if path else "SWEEP"
+        console.print_error(
+            "stopped following; the runs go on",
+            f"`distillctl status {named} --watch` follows them again, `distillctl cancel {named}` stops them",
+        )
+        return ExitCode.INTERRUPTED
     finally:
         if live:
             live.stop()
@@ -288,7 +304,6 @@ def status(
     When `distillctl serve` runs the sweep (its DistillationSweep exists), the phases are the controller's and its
     conditions are printed on stderr."""
     from rich.live import Live
-    from rich.text import Text
 
     from orchestrator.cli import console, views
     from orchestrator.core.follow import POLL_SECONDS
@@ -320,16 +335,22 @@ def status(
         if not watch:
             console.print_wide(views.status_table(expansion, statuses()))
             return
-        if not console.out.is_terminal:  # a log, not a screen: one table per refresh
+        if not console.out.is_terminal:  # a log, not a screen: the table once, then a line per change
+            previous: dict[str, str] = {}
+            console.print_wide(views.status_table(expansion, current := statuses()))
+            views.transitions(expansion, current, previous)
             while True:
-                table = views.status_table(expansion, statuses())
-                console.out.print(Text(time.strftime("%H:%M:%S"), style="dim"))
-                console.print_wide(table)
                 time.sleep(POLL_SECONDS)
+                for line in views.transitions(expansion, statuses(), previous):
+                    console.out.print(line, markup=False, highlight=False)
         with Live(console=console.out, auto_refresh=False) as live:
             while True:
                 live.update(views.status_table(expansion, statuses()), refresh=True)
                 time.sleep(POLL_SECONDS)
+    except KeyboardInterrupt:
+        if not watch:
+            raise
+        return  # --watch runs until interrupted: that is its end, not an error
     finally:
         backend.close()
 
@@ -369,10 +390,10 @@ def logs(
     ctx = SweepContext.build(
         sweep_file, kubeconfig=kubeconfig, context=context, namespace=namespace, yes=True, image=image
     )
-    expansion, backend = ctx.open()
+    request = LogRequest(slice=slice_, worker=worker, all=all_, follow=follow, tail=tail)
+    expansion, backend = ctx.open(check=lambda expansion: _check_worker(expansion.sweep.target, request))
     try:
         target = find_run(expansion, run)
-        request = LogRequest(slice=slice_, worker=worker, all=all_, follow=follow, tail=tail)
         if hasattr(backend, "log_source"):  # the JobSet that runs the run id, maybe another sweep's: named on stderr
             source = backend.log_source(target)
             if source.owner:
@@ -389,6 +410,27 @@ def logs(
             sys.stdout.flush()
     finally:
         backend.close()
+
+
+def _check_worker(target, request) -> None:
+    """Refuse a --slice or --worker the run does not have (its pods would just be "not found")."""
+    from distillspec import tpu
+    from orchestrator.errors import UsageError
+
+    if request.all or (request.slice == 0 and request.worker == 0):
+        return
+    if target.kind == "local":
+        raise UsageError(
+            f"a local run is one process: it has no slice {request.slice}, worker {request.worker}",
+            "drop --slice and --worker",
+        )
+    slices, workers = target.slices, tpu.lookup(str(target.tpu_type)).vms_per_slice
+    for flag, asked, count, what in (
+        ("--slice", request.slice, slices, f"{slices} slice(s) (target.slices)"),
+        ("--worker", request.worker, workers, f"{workers} worker(s) per slice ({target.tpu_type})"),
+    ):
+        if asked >= count:
+            raise UsageError(f"{flag} {asked}: the run has {what}", f"choose {flag} from 0 to {count - 1}, or --all")
 
 
 def _warn_orphans(expansion, backend) -> None:
@@ -442,8 +484,9 @@ def cancel(
                 raise UsageError("--orphans takes no runs", "drop the run arguments")
             _cancel_orphans(expansion, backend, yes=yes, output=output)
             return
-        chosen = [find_run(expansion, key) for key in runs] if runs else list(expansion.runs)
+        asked = [find_run(expansion, key) for key in runs] if runs else list(expansion.runs)
         existing = backend.observe(expansion)
+        chosen = asked
         chosen = [run for run in chosen if run.run_id in existing and existing[run.run_id].exists]
         for run in [run for run in chosen if existing[run.run_id].owner]:
             console.err.print(  # the same point in another sweep: that sweep's to cancel, with its outputs
@@ -455,7 +498,7 @@ def cancel(
             if output is OutputFormat.json:
                 console.print_json([])
             else:
-                console.out.print("nothing to cancel: none of these runs exists")
+                console.out.print(f"nothing to cancel: {_nothing_running(expansion, backend, asked)}", markup=False)
             return
         if not yes:
             if not sys.stdin.isatty():
@@ -467,6 +510,21 @@ def cancel(
         _print_deleted(deleted, output)
     finally:
         backend.close()
+
+
+def _nothing_running(expansion, backend, asked) -> str:
+    """Why none of the `asked` runs has anything to stop, from their phases (outputs included): a finished run is
+    not "a run that does not exist"."""
+    from collections import Counter
+
+    from orchestrator.core.status import look
+
+    statuses = look(expansion, backend, now=time.time()).statuses
+    if len(asked) == 1:
+        return f"{asked[0].jobset_name} is {statuses[asked[0].run_id].shown} and nothing runs it"
+    phases = Counter(statuses[run.run_id].phase.value for run in asked)
+    counted = ", ".join(f"{n} {phase}" for phase, n in sorted(phases.items()))
+    return f"none of these {len(asked)} runs is running ({counted})"
 
 
 def _cancel_orphans(expansion, backend, *, yes: bool, output: OutputFormat) -> None:

@@ -150,13 +150,16 @@ class SweepContext:
 
         return expand_sweep(self.path, self.overrides, yes=self.yes)
 
-    def open(self):
+    def open(self, check=None):
         """`(expansion, backend)`: the expanded sweep and its target's backend (close it when done). Warnings of
-        the expansion are printed."""
+        the expansion are printed; `check(expansion)` runs before the backend connects (a command's options that
+        the sweep can refuse)."""
         from orchestrator.backends import backend_for
         from orchestrator.cli import console
 
         expansion = self.expand()
         for problem in expansion.problems:
             console.print_problem(problem)
+        if check is not None:
+            check(expansion)
         return expansion, backend_for(expansion.sweep.target, self.access)

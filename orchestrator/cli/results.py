@@ -152,7 +152,7 @@ def results_command(
     """
     from orchestrator.cli import console, results_format
     from orchestrator.core import gate, results
-    from orchestrator.errors import UsageError
+    from orchestrator.errors import cannot_write
 
     ctx = SweepContext.build(
         sweep,
@@ -185,9 +185,8 @@ def results_command(
         try:
             written = plots.write_plots(table, logs, specs, plot)
         except OSError as e:
-            raise UsageError(
-                f"cannot write plots to {plot}: {e.strerror or e}", "check the folder and its permissions"
-            ) from None
+            failed = Path(e.filename) if e.filename else Path(plot)
+            raise cannot_write(failed, e, folder=failed == Path(plot)) from None
         for path in written:
             console.err.print(f"wrote {path}", markup=False)
 

@@ -45,6 +45,11 @@ def expand_sweep(path: Path, overrides: TargetOverrides = TargetOverrides(), *, 
         changes["tpu_type"] = tpu_type
         if sweep.target.kind == "local":
             changes["kind"] = "kubernetes"  # a TPU type means a cluster run
+            if "image" not in changes and sweep.target.image is None:  # else target.image is blamed, unwritten
+                raise UsageError(
+                    f"--tpu-type makes the local sweep {sweep.name} a cluster run, and a cluster run needs an image",
+                    "pass --image too (run ids include it); drop --tpu-type to read or run the local runs",
+                )
     if overrides.labels:
         changes["labels"] = {**sweep.target.labels, **dict(overrides.labels)}
     if changes:
