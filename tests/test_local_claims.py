@@ -158,6 +158,16 @@ def test_try_claim_raises_when_the_run_folder_cannot_be_made(tmp_path):
         local_claims.try_claim(str(tmp_path / "run"), "r", "s")
 
 
+def test_a_claim_that_cannot_be_written_names_the_claim_file_not_its_temporary(tmp_path):
+    # A folder where local-run.json belongs: os.replace failed on a `.local-run.json.<pid>.<hex>` beside it, and
+    # that name reached `distillctl status`.
+    (tmp_path / "run" / local_claims.CLAIM_FILE).mkdir(parents=True)
+    with pytest.raises(IsADirectoryError) as raised:
+        local_claims.try_claim(str(tmp_path / "run"), "r", "s")
+    assert raised.value.filename == str(tmp_path / "run" / local_claims.CLAIM_FILE)
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(f".{local_claims.CLAIM_FILE}.")]
+
+
 def _racer(path, start, done, wins, trials):
     for _ in range(trials):
         start.wait()

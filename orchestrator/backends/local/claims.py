@@ -77,10 +77,11 @@ def _replace(output_path: str, claim: Claim) -> None:
     try:
         tmp.write_text(json.dumps(claim.to_json()))
         os.replace(tmp, path)
-    except OSError:
+    except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise
+        # Name the claim file, not the temporary one beside it (a folder in its place, a read-only folder).
+        raise type(e)(e.errno, e.strerror, str(path)) from None
 
 
 def write_claim(output_path: str, claim: Claim) -> bool:
