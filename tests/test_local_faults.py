@@ -157,6 +157,8 @@ def test_a_prerequisite_whose_folder_goes_read_only_mid_run_fails_and_blocks_its
         assert (row["phase"], row["reason"]) == ("Failed", "OutputNotWritable"), row
         assert row["message"].startswith(str(folder)) and "Operation not permitted" in row["message"]
         assert "blocked" in done.stdout or "Pending" in done.stdout
+        # The points are counted as blocked, not listed as "Pending (NotCreated: not submitted yet)".
+        assert "blocked by a failed prerequisite" in done.stderr and "not submitted yet" not in done.stderr
         wait_until(lambda: not supervisors(state.state_dir(str(tmp_path / "runs"), "midrun")), 30, "the exit")
 
 

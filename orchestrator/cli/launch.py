@@ -218,16 +218,19 @@ def _follow(
 
     from orchestrator.cli import console, views
     from orchestrator.core.follow import Finished, Outcome, follow
+    from orchestrator.core.reconcile import ActionKind
     from orchestrator.exit_codes import ExitCode
 
     live = Live(console=console.out, auto_refresh=False) if console.out.is_terminal and not quiet else None
     previous: dict[str, str] = {}
+    blocked: dict[str, str] = {}
     if live:
         live.start()
     try:
         for event in follow(expansion, backend, stall_after=stall_after, timeout=timeout):
             if isinstance(event, Finished):
                 break
+            blocked = {a.run.run_id: a.reason for a in event.actions if a.kind == ActionKind.BLOCKED}
             for problem in event.state.warnings:
                 console.warn_once(problem)
             if live:
@@ -278,7 +281,11 @@ def _follow(
             "timed out before every run finished", "the runs keep going; `distillctl status` follows them"
         )
         return ExitCode.TIMEOUT
-    named = "; ".join(f"{r.jobset_name}: {views.verdict(statuses[r.run_id])}" for r in event.runs[:5])
+    # A point whose prerequisite failed never started: it is counted, not listed as "not submitted yet".
+    failed = [r for r in event.runs if r.run_id not in blocked]
+    named = "; ".join(f"{r.jobset_name}: {views.verdict(statuses[r.run_id])}" for r in failed[:5])
+    if len(failed) < len(event.runs):
+        named += f"; {len(event.runs) - len(failed)} blocked by a failed prerequisite"
     console.print_error(
         f"{len(event.runs)} of {len(expansion.runs)} run(s) did not succeed: {named}",
         "`distillctl status` and `distillctl logs` say why; --retry-failed runs them again",
