@@ -243,3 +243,18 @@ def test_logs_refuses_a_slice_or_worker_the_run_does_not_have_before_connecting(
 def test_results_of_a_local_sweep_with_a_tpu_type_names_the_missing_image_option(tmp_path):
     result = invoke("results", str(SWEEPS / "quickstart.yaml"), "--tpu-type", "v5p-8")
     assert result.exit_code == ExitCode.USAGE and "--tpu-type makes the local sweep quickstart" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--default-image", "BAD:IMG", "is not a container image"),
+        ("--default-queue", "Bad_Q", "is not a Kubernetes name"),
+        ("--default-priority", "High", "is not a Kubernetes name"),
+        ("--resync", "1e308", "--resync"),  # the API server answered every watch 400 Bad Request
+    ],
+)
+def test_serve_checks_its_defaults_before_connecting(tmp_path, option, value, said):
+    # Before, a bad default was only found sweep by sweep, as each resource's Accepted=False condition.
+    result = invoke("serve", option, value, "--kubeconfig", str(tmp_path / "absent"))
+    assert result.exit_code == ExitCode.USAGE and said in result.output, result.output

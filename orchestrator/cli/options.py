@@ -46,7 +46,7 @@ ContextOption = Annotated[
 def kubernetes_name(value: str | None, param: typer.CallbackParam) -> str | None:
     """A namespace or object name given on the command line, checked as target.namespace is, so that a typo is a
     usage error and not a cluster that seems empty ("no runs created")."""
-    if value is None:
+    if not value:  # unset ("" too: as the command treats it)
         return value
     from distillspec.sweep import DNS_1123_SUBDOMAIN
 
@@ -55,6 +55,20 @@ def kubernetes_name(value: str | None, param: typer.CallbackParam) -> str | None
         raise typer.BadParameter(
             f"{value!r} is not a Kubernetes name: use lower-case letters, digits and '-' "
             f"(at most {limit} characters), e.g. {_name_like(value)!r}"
+        )
+    return value
+
+
+def image_reference(value: str | None) -> str | None:
+    """A container image given on the command line, checked as target.image is."""
+    if not value:  # unset ("" too: as the command treats it)
+        return value
+    from distillspec.sweep import IMAGE_REFERENCE
+
+    if not IMAGE_REFERENCE.match(value):
+        raise typer.BadParameter(
+            f"{value!r} is not a container image reference: host[:port]/path[:tag] or path@sha256:<digest>, "
+            "the path in lower case, e.g. us-docker.pkg.dev/project/repo/distill:1"
         )
     return value
 

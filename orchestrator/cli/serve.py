@@ -11,6 +11,7 @@ from orchestrator.cli.options import (
     ContextOption,
     KubeconfigOption,
     StallOption,
+    image_reference,
     kubernetes_name,
 )
 
@@ -29,7 +30,8 @@ def serve(
         int, typer.Option("--port", min=0, max=65535, help="/healthz, /readyz and /metrics on this port (0: any)")
     ] = 8080,
     resync: Annotated[
-        float, typer.Option("--resync", min=1.0, help="seconds between full re-lists (outputs are re-read then)")
+        float,
+        typer.Option("--resync", min=1.0, max=86400.0, help="seconds between full re-lists (outputs are re-read then)"),
     ] = 60.0,
     lease: Annotated[
         str, typer.Option("--lease", callback=kubernetes_name, help="the Lease that elects the one acting replica")
@@ -39,13 +41,18 @@ def serve(
     ] = None,
     stall_after: StallOption = DEFAULT_STALL_SECONDS,
     default_queue: Annotated[
-        Optional[str], typer.Option("--default-queue", help="target.queue for sweeps that leave it unset")
+        Optional[str],
+        typer.Option("--default-queue", callback=kubernetes_name, help="target.queue for sweeps that leave it unset"),
     ] = None,
     default_priority: Annotated[
-        Optional[str], typer.Option("--default-priority", help="target.priority for sweeps that leave it unset")
+        Optional[str],
+        typer.Option(
+            "--default-priority", callback=kubernetes_name, help="target.priority for sweeps that leave it unset"
+        ),
     ] = None,
     default_image: Annotated[
-        Optional[str], typer.Option("--default-image", help="target.image for sweeps that leave it unset")
+        Optional[str],
+        typer.Option("--default-image", callback=image_reference, help="target.image for sweeps that leave it unset"),
     ] = None,
     default_output_base: Annotated[
         Optional[str],
