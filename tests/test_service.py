@@ -185,6 +185,11 @@ def test_invalid_resource_is_rejected_with_the_clis_codes(resource):
     accepted = decided.status.conditions[0]
     assert (accepted.type, accepted.status, accepted.reason) == ("Accepted", "False", "InvalidSpec")
     assert "alpha_out_of_range" in accepted.message and decided.events[0].type == "Warning"
+    # A local target applied as a resource: the controller crashed rendering its JobSets, pass after pass.
+    bad = json.loads(json.dumps(resource))
+    bad["spec"]["target"] = {"kind": "local", "output_base": "runs"}
+    source, _ = source_from_resource(bad)
+    assert not source.ok and [p.code for p in source.problems if p.is_error] == ["local_target"]
 
 
 # --- the per-sweep reconcile ------------------------------------------------------------------------------

@@ -258,3 +258,9 @@ def test_serve_checks_its_defaults_before_connecting(tmp_path, option, value, sa
     # Before, a bad default was only found sweep by sweep, as each resource's Accepted=False condition.
     result = invoke("serve", option, value, "--kubeconfig", str(tmp_path / "absent"))
     assert result.exit_code == ExitCode.USAGE and said in result.output, result.output
+
+
+def test_service_refuses_a_local_sweep_before_connecting(tmp_path):
+    # It was applied, and the controller failed on it with a traceback at every pass.
+    result = invoke("sweep", str(SWEEPS / "quickstart.yaml"), "--service", "--kubeconfig", str(tmp_path / "absent"))
+    assert result.exit_code == ExitCode.INVALID_SPEC and "error[local_target] target.kind" in result.stderr

@@ -16,7 +16,16 @@ from orchestrator.core.run_status import Phase, RunStatus
 from orchestrator.core.sweeps import expand_checked, raise_for
 from orchestrator.errors import DistillctlError
 from orchestrator.exit_codes import ExitCode
-from orchestrator.service.resource import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION, SweepStatus, resource_from_source
+from orchestrator.service.resource import (
+    FIELD_MANAGER,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    SweepStatus,
+    resource_from_source,
+    service_problems,
+)
 
 APPLY_PATCH = "application/apply-patch+yaml"
 SERVICE_IMAGE = "controller-default-image@sha256:" + "0" * 64  # stands in for the controller's image in checks
@@ -39,7 +48,8 @@ def checked_source(path, changes: dict[str, Any], *, yes: bool = False) -> Sweep
         raise_for(source.problems, path)
     if changes:
         source = override_target(source, **changes)
-    raise_for(tuple(p for p in source.problems if not _service_supplied(p)), path)
+    problems = tuple(p for p in source.problems if not _service_supplied(p)) + service_problems(source)
+    raise_for(problems, path)
     assert source.sweep is not None
     checked = source
     if source.sweep.target.image is None:

@@ -185,6 +185,20 @@ def split_spec(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return sweep, service
 
 
+def service_problems(source: SweepSource) -> tuple[Problem, ...]:
+    """What the service cannot run that a sweep file may say (located in the file or resource)."""
+    if source.sweep is None or source.sweep.target.kind != "local":
+        return ()
+    problem = Problem(
+        ("target", "kind"),
+        "local_target",
+        "target.kind is local: local runs start on the machine that runs `distillctl sweep`, and the service "
+        "runs sweeps in the cluster",
+        "set target.kind: kubernetes (with tpu_type and image), or run `distillctl sweep` without --service",
+    )
+    return (source.locate(problem),)
+
+
 def source_from_resource(
     resource: dict[str, Any], defaults: TargetDefaults = NO_DEFAULTS
 ) -> tuple[SweepSource, ServiceSpec]:
@@ -200,6 +214,7 @@ def source_from_resource(
     text = yaml.safe_dump(sweep, sort_keys=False)
     where = f"{KIND.lower()}/{metadata.get('name', '')}"
     source = parse_sweep(text, file=where)
+    source = dataclasses.replace(source, problems=source.problems + service_problems(source))
     try:
         return source, ServiceSpec.model_validate(service)
     except ValidationError as e:
