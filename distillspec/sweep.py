@@ -40,8 +40,8 @@ from typing import Annotated, Any, Literal, Mapping
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
-from distillspec import maxtext_format, spec_paths, tpu
-from distillspec.config import Seed
+from distillspec import maxtext_format, metrics, spec_paths, tpu
+from distillspec.config import DistillSpec, Seed
 from distillspec.contract import ENV_SPEC, RESERVED_ENV, RESERVED_LABELS, RETRYABLE_DESCRIPTION, RETRYABLE_EXIT_CODES
 from distillspec.problems import Loc, Problem, format_loc, has_errors
 from distillspec.pydantic_problems import problems_from
@@ -277,7 +277,9 @@ class Prerequisite(_Block):
 
 # --- early stopping ----------------------------------------------------------------------------------------
 # Lower is better for every rule's metric (a divergence, a loss). Metrics are named as the trainer logs them
-# (`distill/kl_div_T1`); a name without a `/` matches the logged metric that ends with it.
+# (`distill/kl_div_T1`, `distillspec.metrics`); a name without a `/` matches the logged metric that ends with it.
+# A name no run logs is an error (`check`); one the sweep's points do not log (eval/ metrics without an `eval:`
+# set, distill/ ones in a pretrain sweep) a warning per point (`unlogged_metric_problems`, asked by the expansion).
 
 NonNegativeFloat = Annotated[float, Field(ge=0.0)]
 KL_METRIC = "distill/kl_div_T1"
@@ -556,7 +558,7 @@ def _fields_at(loc: Loc) -> list[str]:
 def check(sweep: Sweep) -> list[Problem]:
     """Rules that relate fields of a sweep file; each problem's loc is in the file's keys."""
     problems: list[Problem] = []
-    for rule in (_paths, _axes, _exclude, _placeholders, _target):
+    for rule in (_paths, _axes, _exclude, _placeholders, _target, _early_stopping):
         problems.extend(rule(sweep))
     return problems
 
@@ -801,6 +803,65 @@ def _placeholders(sweep: Sweep) -> list[Problem]:
                         else "give it a fixed path, or name a prerequisite listed before it",
                     )
                 )
+    return out
+
+
+def early_stopping_rules(rules: EarlyStopping) -> list[tuple[str, Any]]:
+    """The rules that are set, by field name, in file order."""
+    return [(name, getattr(rules, name)) for name in type(rules).model_fields if getattr(rules, name) is not None]
+
+
+def _early_stopping(sweep: Sweep) -> list[Problem]:
+    """A rule's metric must be one the trainer logs: a misspelt one would never fire, silently."""
+    out = []
+    for name, rule in early_stopping_rules(sweep.early_stopping):
+        if metrics.resolve(rule.metric) is None:
+            out.append(
+                Problem(
+                    ("early_stopping", name, "metric"),
+                    "unknown_metric",
+                    f"{rule.metric!r} is not a metric the trainer logs, so this rule would never fire",
+                    metrics.did_you_mean(rule.metric),
+                )
+            )
+    return out
+
+
+# Rules that read the baselines' curves besides the points' own (baselines are never stopped themselves).
+BASELINE_RULES = ("worse_than_baseline",)
+
+
+def unlogged_metric_problems(rules: EarlyStopping, spec: DistillSpec, *, is_baseline: bool = False) -> list[Problem]:
+    """A warning for each rule whose metric (one the trainer logs: `check` reports the others) a run of `spec`
+    (a point of the sweep) does not log: the rule never fires for that point. For a baseline, only the rules that
+    compare with baselines."""
+    out = []
+    logged = metrics.logged_metrics(spec)
+    for name, rule in early_stopping_rules(rules):
+        if is_baseline and name not in BASELINE_RULES:
+            continue
+        if metrics.resolve(rule.metric) is None or metrics.resolve(rule.metric, logged) is not None:
+            continue
+        twin = metrics.resolve(rule.metric.rsplit("/", 1)[-1], logged)
+        hint = (
+            f"use {twin!r}, which it logs"
+            if twin is not None
+            else f"name a metric it logs ({', '.join(logged)})"
+            if logged
+            else "remove the rule, or run the points in another mode"
+        )
+        if spec.eval is None and metrics.resolve(rule.metric) in metrics.held_out_metrics(spec):
+            hint = "give the spec an `eval:` set (a held-out set), or " + hint
+        out.append(
+            Problem(
+                ("early_stopping", name, "metric"),
+                "metric_not_logged",
+                f"{rule.metric!r} is not logged ({metrics.not_logged_reason(rule.metric, spec)}), so the "
+                f"{name} rule never fires",
+                hint,
+                severity="warning",
+            )
+        )
     return out
 
 

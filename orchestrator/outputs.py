@@ -16,6 +16,9 @@ still says running (process 0 may never get to write it).
 A running point's files may be missing or half-written (the last line cut off mid-write): those read as absent
 or shorter, never as an error. If a restarted attempt appended steps the log already had, the later attempt's
 records win (the trainer itself truncates the log to its checkpoint on resume, so this only guards old files).
+The storage itself must answer, though: before a sweep's runs are read, an object store (gs://) is asked once
+whether the bucket exists and may be listed (`check_store`), so that a misspelt bucket, an unreachable endpoint or
+refused credentials are an error rather than a table of runs that were never created.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from distillspec.contract import FAILURES_DIR, METRICS_PART_PATTERN, METRICS_PARTS_DIR, STOPPED_FILE
 from orchestrator.errors import UsageError
+from orchestrator.exit_codes import ExitCode
 
 # fsspec protocols and the extra that installs their implementation.
 EXTRAS = {"gs": "gcs", "gcs": "gcs"}
@@ -115,6 +121,129 @@ def check_filesystem(path: str) -> None:
         raise UsageError(
             f"cannot read {path}: {e}", "use a local path or an fsspec URL such as gs://bucket/prefix"
         ) from None
+
+
+class OutputStoreError(UsageError):
+    """The object store that holds a sweep's outputs cannot be read at all: reading on would show every run as
+    never created."""
+
+
+class BucketMissing(OutputStoreError):
+    pass
+
+
+class StoreUnreachable(OutputStoreError):
+    pass
+
+
+class StoreForbidden(OutputStoreError):
+    exit_code = ExitCode.FORBIDDEN
+
+
+# Object stores `check_store` asks before their runs are read (gcsfs). gcsfs itself retries a failed request six
+# times over about 30 s, and waits up to 5 minutes for an answer, for every file: the probe makes its own few
+# tries instead, all within PROBE_SECONDS.
+PROBED_PROTOCOLS = ("gs", "gcs")
+PROBE_SECONDS = 10.0
+PROBE_TRIES = 3
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"  # gcsfs talks to this endpoint instead of Cloud Storage when set
+
+
+def check_store(url: str, *, timeout: float | None = None) -> None:
+    """Raise OutputStoreError when the bucket holding `url` (gs://bucket/prefix) cannot be listed: BucketMissing
+    (no such bucket), StoreUnreachable (no answer from its endpoint within `timeout` seconds, a few tries
+    included; default PROBE_SECONDS) or StoreForbidden (credentials refused). A reachable bucket with nothing
+    under the prefix passes: its runs were not created yet. Other protocols (local paths, memory://) are not asked."""
+    import fsspec
+    import fsspec.asyn
+
+    timeout = PROBE_SECONDS if timeout is None else timeout
+
+    if fsspec.utils.get_protocol(url) not in PROBED_PROTOCOLS:
+        return
+    fs, root = fsspec.core.url_to_fs(url)
+    bucket, _, prefix = root.strip("/").partition("/")
+    endpoint = str(getattr(fs, "_location", "") or "Cloud Storage")
+    # One request per try, without gcsfs's own retries (`_request` undecorated, where gcsfs exposes it).
+    request = getattr(type(fs)._request, "__wrapped__", None)
+    params = {"prefix": f"{prefix}/" if prefix else None, "maxResults": 1}
+    deadline = time.monotonic() + timeout
+    error: BaseException | None = None
+    for attempt in range(PROBE_TRIES):
+        left = deadline - time.monotonic()
+        if attempt and left <= 0:
+            break
+        try:
+            if request is not None:
+                fsspec.asyn.sync(fs.loop, request, fs, "GET", "b/{}/o", bucket, timeout=max(left, 0.1), **params)
+            else:
+                fsspec.asyn.sync(fs.loop, fs._call, "GET", "b/{}/o", bucket, timeout=max(left, 0.1), **params)
+            return
+        except Exception as e:  # sorted below: a missing bucket and refused credentials are final
+            error = e
+            if isinstance(e, FileNotFoundError) or _forbidden(e):
+                break
+            if isinstance(e, ValueError):  # gcsfs: a 400 (an invalid bucket name)
+                raise UsageError(
+                    f"cannot read {url}: {e}", "use a URL such as gs://bucket/prefix with a valid bucket name"
+                ) from None
+        pause = 0.5 * 2**attempt
+        if attempt + 1 == PROBE_TRIES or time.monotonic() + pause >= deadline:
+            break
+        time.sleep(pause)
+    assert error is not None
+    emulator = os.environ.get(EMULATOR_ENV)
+    where = f" at {endpoint}" if emulator else ""
+    if isinstance(error, FileNotFoundError):
+        raise BucketMissing(
+            f"cannot read {url}: bucket {bucket!r} does not exist{where}",
+            "check the bucket in target.output_base (or --output-base): "
+            f"`gcloud storage ls gs://{bucket}` shows whether it exists and you can see it",
+        )
+    if _forbidden(error):
+        raise StoreForbidden(
+            f"cannot read {url}: not allowed to list bucket {bucket!r}{where}: {_one_line(error)}",
+            "the account needs storage.objects.list on the bucket (e.g. roles/storage.objectViewer); "
+            "expired credentials: `gcloud auth application-default login`",
+        )
+    detail = f"no answer within {timeout:g} s" if _timed_out(error) else _one_line(error)
+    raise StoreUnreachable(
+        f"cannot read {url}: the object store at {endpoint} cannot be reached ({detail})",
+        "check the network"
+        + (
+            f" and {EMULATOR_ENV}={emulator}, which points gcsfs at that endpoint instead of Cloud Storage"
+            if emulator
+            else ""
+        )
+        + "; the runs' outputs are not read as absent while their store does not answer",
+    )
+
+
+def _timed_out(error: BaseException) -> bool:
+    import asyncio
+
+    from fsspec.exceptions import FSTimeoutError
+
+    return isinstance(error, (FSTimeoutError, asyncio.TimeoutError, TimeoutError))
+
+
+def _forbidden(error: BaseException) -> bool:
+    """401/403 from the store, or credentials that could not be refreshed (not a network failure)."""
+    if isinstance(error, PermissionError) or str(error).startswith("Forbidden"):  # gcsfs: OSError("Forbidden: ...")
+        return True
+    if getattr(error, "code", None) in (401, 403):  # gcsfs.retry.HttpError
+        return True
+    try:
+        from google.auth import exceptions as auth
+    except ImportError:
+        return False
+    return isinstance(error, auth.GoogleAuthError) and not isinstance(error, auth.TransportError)
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's text on one line (gcsfs puts the server's message on a second one)."""
+    text = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return text or type(error).__name__
 
 
 def read_text(path: str, errors: str = "strict") -> str | None:
@@ -253,7 +382,7 @@ def read_run_outputs(path: str) -> RunOutputs:
 def check_output_base(path: str) -> None:
     """Raise UsageError when a local `--output-base` is not a folder (a typo read as runs that wrote nothing)."""
     if "://" in path:
-        return  # an object store has no folders to check; absent runs show as such
+        return  # an object store has no folders: its bucket is asked when the runs are read (`check_store`)
     import os
 
     if not os.path.exists(path):
@@ -275,9 +404,13 @@ READ_CONCURRENCY = 16  # files of this many runs read at once: object-store read
 
 def read_many_run_outputs(paths: Mapping[str, str], *, workers: int = READ_CONCURRENCY) -> dict[str, RunOutputs]:
     """`read_run_outputs` of each path (by key, in the mapping's order), `workers` runs at a time. Raises
-    MissingFilesystem as `read_run_outputs` does, checked once per protocol before anything is read."""
+    MissingFilesystem as `read_run_outputs` does, checked once per protocol before anything is read, and
+    OutputStoreError when the object store under the runs cannot be read at all (`check_store`, once per folder
+    the runs are in)."""
     for protocol_path in {_protocol(p): p for p in paths.values()}.values():
         check_filesystem(protocol_path)
+    for base in dict.fromkeys(p.rstrip("/").rsplit("/", 1)[0] for p in paths.values() if "://" in p):
+        check_store(base)
     if len(paths) <= 1:
         return {key: read_run_outputs(path) for key, path in paths.items()}
     from concurrent.futures import ThreadPoolExecutor

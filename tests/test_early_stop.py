@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 from typer.testing import CliRunner
 
 from distillspec.sweep import (
@@ -120,3 +121,88 @@ def test_replay_reads_the_runs_outputs_and_counts_chip_hours_saved(tmp_path):
 def test_replay_without_rules_says_what_to_add(tmp_path):
     result = CliRunner().invoke(app, ["early-stop", "replay", str(write_sweep(tmp_path))])
     assert result.exit_code == 2 and "no early_stopping rules" in result.output
+
+
+# --- the rules' metric names, checked against what the trainer logs (distillspec.metrics) -----------------------
+
+
+def test_a_metric_no_run_logs_is_an_error_at_its_line_with_the_closest_name(tmp_path):
+    from tests.sweep_support import load, sweep_data, write
+
+    data = sweep_data(
+        early_stopping={
+            "no_improvement": {"metric": "distill/kl_div_t1", "patience": 3},
+            "divergence": {"metric": "eval/los"},
+            "median": {"metric": "kl_div", "at_step": 5},
+            "worse_than_baseline": {"metric": "hard_loss", "at_step": 5},  # a short name that resolves: fine
+        }
+    )
+    path = write(tmp_path, data)
+    source = load(tmp_path, data)
+    found = {p.loc[1]: p for p in source.problems}
+    assert set(found) == {"no_improvement", "divergence", "median"} and not source.ok
+    lines = path.read_text().splitlines()
+    for rule, (typo, suggested) in {
+        "no_improvement": ("distill/kl_div_t1", "distill/kl_div_T1"),
+        "divergence": ("eval/los", "eval/hard_loss"),
+        "median": ("kl_div", "kl_div_T1"),
+    }.items():
+        problem = found[rule]
+        assert (
+            problem.code == "unknown_metric" and problem.is_error and problem.loc == ("early_stopping", rule, "metric")
+        )
+        assert problem.file == str(path) and lines[problem.line - 1].strip() == f"metric: {typo}", problem
+        assert f"did you mean {suggested!r}?" in problem.hint and repr(typo) in problem.message
+    # The CLI stops there (exit 4), naming file:line.
+    result = CliRunner().invoke(app, ["plan", str(path)])
+    assert result.exit_code == 4 and f"{path}:{found['divergence'].line}:" in result.output
+    assert "error[unknown_metric]" in result.output
+
+
+def test_the_metric_names_are_the_trainers_own_list():
+    """One list: the trainer imports it (its tests check it logs exactly these), the sweep checks against it."""
+    from distillspec import metrics
+
+    assert metrics.resolve("kl_div_T1") == "distill/kl_div_T1"  # training metrics first, as early_stop reads curves
+    assert metrics.resolve("eval/top1_agreement") == "eval/top1_agreement" and metrics.resolve("eval/los") is None
+    assert set(metrics.PRETRAIN_METRICS) < set(metrics.DISTILL_METRICS)
+    assert set(metrics.PRETRAIN_EVAL_METRICS) < set(metrics.EVAL_METRICS)
+    pytest.importorskip("jax")
+    from trainer import loss, step
+
+    assert loss.DISTILL_METRICS is metrics.DISTILL_METRICS and loss.PRETRAIN_METRICS is metrics.PRETRAIN_METRICS
+    assert loss.PERPLEXITY_METRICS is metrics.PERPLEXITY_METRICS and step.EVAL_METRICS is metrics.EVAL_METRICS
+
+
+def test_a_metric_these_points_do_not_log_is_a_warning_on_each(tmp_path):
+    from tests.sweep_support import expanded, sweep_data
+
+    rules = {
+        "no_improvement": {"metric": "eval/kl_div_T1", "patience": 3},
+        "worse_than_baseline": {"metric": "distill/top1_agreement", "at_step": 5},
+    }
+    baseline = [{"loss.alpha.start": 0.0, "loss.alpha.end": 0.0}]
+    # No held-out set: eval/ metrics are never logged; the baseline is only read by worse_than_baseline.
+    result = expanded(
+        tmp_path, sweep_data(axes={"loss.temperature": [1.0, 2.0]}, baseline=baseline, early_stopping=rules)
+    )
+    assert result.ok and len(result.points) == 3
+    (warning,) = [p for p in result.problems if p.code == "metric_not_logged"]
+    assert warning.severity == "warning" and warning.loc == ("early_stopping", "no_improvement", "metric")
+    assert warning.message.startswith("point 0 (loss.temperature=1.0) and 1 more point(s): 'eval/kl_div_T1'")
+    assert "held-out set" in warning.message and "`eval:`" in warning.hint and "'distill/kl_div_T1'" in warning.hint
+    assert warning.line is not None
+
+    # With one, they are; in pretrain points distill-only metrics are not, and eval/ ones only the student's loss.
+    spec = sweep_data()["spec"] | {"eval": {"batches": 1, "every_steps": 5}}
+    fine = expanded(tmp_path, sweep_data(spec=spec, axes={"loss.temperature": [1.0, 2.0]}, early_stopping=rules))
+    assert fine.ok and [p for p in fine.problems if p.code == "metric_not_logged"] == []
+    pretrain = expanded(tmp_path, sweep_data(spec=spec, axes={"mode": ["distill", "pretrain"]}, early_stopping=rules))
+    warned = {p.loc[1]: p for p in pretrain.problems if p.code == "metric_not_logged"}
+    assert set(warned) == {"no_improvement", "worse_than_baseline"} and pretrain.ok
+    for problem in warned.values():
+        assert problem.message.startswith("point 1 (mode=pretrain): ")
+    assert "logs only eval/hard_loss, eval/student_perplexity" in warned["no_improvement"].message
+    assert "a pretrain run logs distill/hard_loss, distill/student_perplexity, distill/total_loss" in (
+        warned["worse_than_baseline"].message
+    )

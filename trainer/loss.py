@@ -33,28 +33,13 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+# The metric names, defined JAX-free where the orchestrator checks names against them (this module's API).
+from distillspec.metrics import DISTILL_METRICS, PERPLEXITY_METRICS, PRETRAIN_METRICS  # noqa: F401
 from trainer import blocked_logits, cpu_loss_kernel, sharding
 from trainer.blocked_logits import MAX_INTEGER_TEMPERATURE, integer_temperature  # noqa: F401 (this module's API)
 
 FeatureLossType = str  # "cosine" | "l2"
 COSINE_EPS = 1e-6
-PERPLEXITY_METRICS = ("distill/student_perplexity", "distill/teacher_perplexity", "eval/student_perplexity")
-DISTILL_METRICS = (
-    "distill/soft_loss",
-    "distill/hard_loss",
-    "distill/teacher_loss",
-    "distill/kl_div_at_T",
-    "distill/kl_div_T1",
-    "distill/student_perplexity",
-    "distill/teacher_perplexity",
-    "distill/out_proj_feature_loss",
-    "distill/total_loss",
-    "distill/alpha",
-    "distill/beta_feature",
-    "distill/temperature",
-    "distill/top1_agreement",
-)
-PRETRAIN_METRICS = ("distill/hard_loss", "distill/student_perplexity", "distill/total_loss")
 
 SumCount = tuple[jax.Array, jax.Array]
 

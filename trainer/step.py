@@ -34,6 +34,7 @@ from flax import nnx, struct
 
 from distillspec.config import DistillSpec
 from distillspec.loss_choice import BLOCK_TOKENS, BLOCK_VOCAB
+from distillspec.metrics import EVAL_METRICS, PRETRAIN_EVAL_METRICS  # noqa: F401 (this module's API)
 from trainer import loss as losses
 from trainer.models import forward
 
@@ -334,16 +335,6 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
         )
 
     return step
-
-
-EVAL_METRICS = (
-    "eval/kl_div_T1",
-    "eval/hard_loss",
-    "eval/student_perplexity",
-    "eval/top1_agreement",
-    "eval/teacher_loss",
-)
-PRETRAIN_EVAL_METRICS = ("eval/hard_loss", "eval/student_perplexity")
 
 
 def make_eval_step(spec: DistillSpec, models: StepModels) -> Callable:

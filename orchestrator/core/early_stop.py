@@ -18,7 +18,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 
 from distillspec import tpu
-from distillspec.sweep import EarlyStopping
+from distillspec.sweep import EarlyStopping, early_stopping_rules
 from orchestrator.core import aggregate, cost
 from orchestrator.core.expansion import Expansion, Point
 from orchestrator.outputs import RunOutputs
@@ -80,7 +80,7 @@ def evaluate(
 
 
 def _first_stop(rules, curves, run, points, baselines) -> Stop | None:
-    lines = {name: curves.get(rule.metric, {}).get(run, []) for name, rule in _rules(rules)}
+    lines = {name: curves.get(rule.metric, {}).get(run, []) for name, rule in early_stopping_rules(rules)}
     steps = sorted({s for values in lines.values() for s, _ in values})
     baseline_checked = False
     for step in steps:
@@ -128,10 +128,6 @@ def _first_stop(rules, curves, run, points, baselines) -> Stop | None:
     return None
 
 
-def _rules(rules: EarlyStopping):
-    return [(name, getattr(rules, name)) for name in type(rules).model_fields if getattr(rules, name) is not None]
-
-
 def _at(points: Curve, step: int) -> bool:
     """Whether the run logged a line at `step` (rules about its own values fire on its own lines)."""
     i = bisect.bisect_left([s for s, _ in points], step)
@@ -140,7 +136,10 @@ def _at(points: Curve, step: int) -> bool:
 
 def curves_for(rules: EarlyStopping, outputs: Mapping[str, RunOutputs]) -> dict[str, dict[str, list]]:
     """`curves[metric][run id]` for every metric the rules name."""
-    return {rule.metric: {rid: curve(out, rule.metric) for rid, out in outputs.items()} for _, rule in _rules(rules)}
+    return {
+        rule.metric: {rid: curve(out, rule.metric) for rid, out in outputs.items()}
+        for _, rule in early_stopping_rules(rules)
+    }
 
 
 @dataclasses.dataclass(frozen=True)

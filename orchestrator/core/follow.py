@@ -68,7 +68,7 @@ def follow(
     waiting will not fix, or `timeout` seconds pass."""
     deadline = None if timeout is None else clock() + timeout
     while True:
-        state = look(expansion, backend, now=wall(), stall_after=stall_after)
+        state = look(expansion, backend, now=wall(), stall_after=stall_after, strict_outputs=False)  # as launch
         statuses = state.statuses
         actions = tuple(reconcile(expansion.runs, statuses))
         ready = tuple(to_submit(backend, actions))

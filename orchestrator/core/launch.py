@@ -55,7 +55,8 @@ def launch(
     """Create the sweep's runs that do not exist yet (prerequisites first). With `retry_failed`, failed runs are
     deleted first and created again (they resume from their checkpoints). A dry run deletes and creates nothing."""
     backend.preflight(expansion)
-    state = look(expansion, backend, now=wall(), stall_after=stall_after)
+    # An unreadable store is a warning here: the pods may reach a store this machine cannot.
+    state = look(expansion, backend, now=wall(), stall_after=stall_after, strict_outputs=False)
     actions = tuple(reconcile(expansion.runs, state.statuses, retry_failed=retry_failed))
     runs = to_submit(backend, actions)
     recreated = [a.run for a in actions if a.kind == ActionKind.RECREATE]

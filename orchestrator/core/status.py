@@ -10,7 +10,7 @@ from orchestrator.backends import Backend
 from orchestrator.core.expansion import Expansion
 from orchestrator.core.run_status import DEFAULT_STALL_SECONDS, Observation, RunStatus, derive
 from orchestrator.errors import UsageError
-from orchestrator.outputs import RunOutputs, read_many_run_outputs
+from orchestrator.outputs import OutputStoreError, RunOutputs, read_many_run_outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,12 +22,17 @@ class SweepState:
     warnings: tuple[Problem, ...] = ()
 
 
-def read_outputs(expansion: Expansion) -> tuple[dict[str, RunOutputs], tuple[Problem, ...]]:
-    """Each run's outputs; when the storage cannot be read at all (gs:// without gcsfs), a warning and no outputs:
-    following a sweep still works from what the cluster says."""
+def read_outputs(expansion: Expansion, *, strict: bool = True) -> tuple[dict[str, RunOutputs], tuple[Problem, ...]]:
+    """Each run's outputs; when this machine cannot read the storage (gs:// without gcsfs), a warning and no
+    outputs: following a sweep still works from what the cluster says. When the store itself cannot be read (no
+    such bucket, no answer, refused credentials: OutputStoreError), `strict` raises it — to a person asking for
+    the runs' state, no outputs would read as runs never created — and otherwise (launching, following, the sweep
+    service: their pods may reach a store this machine cannot) it is the same warning."""
     try:
         return read_many_run_outputs({run.run_id: run.output_path for run in expansion.runs}), ()
     except UsageError as e:
+        if strict and isinstance(e, OutputStoreError):
+            raise
         warning = Problem(
             (), "outputs_unreadable", f"{e.message}: steps and metrics are not shown", e.hint, severity="warning"
         )
@@ -56,9 +61,14 @@ def derive_all(
 
 
 def look(
-    expansion: Expansion, backend: Backend, *, now: float, stall_after: float = DEFAULT_STALL_SECONDS
+    expansion: Expansion,
+    backend: Backend,
+    *,
+    now: float,
+    stall_after: float = DEFAULT_STALL_SECONDS,
+    strict_outputs: bool = True,
 ) -> SweepState:
-    """Each run's status and outputs, by run id (prerequisites included)."""
+    """Each run's status and outputs, by run id (prerequisites included). `strict_outputs`: see `read_outputs`."""
     observed = backend.observe(expansion)
-    outputs, warnings = read_outputs(expansion)
+    outputs, warnings = read_outputs(expansion, strict=strict_outputs)
     return SweepState(derive_all(expansion, observed, outputs, now=now, stall_after=stall_after), outputs, warnings)

@@ -386,7 +386,7 @@ class Controller:
         chosen = choose_jobsets(jobsets, expanded)
         workloads = workloads_by_owner(self.workloads.items()) if self.workloads else {}
         observed = observations(chosen, expanded, workloads, stuck_by_jobset(self.pods.items()))
-        outputs, _ = read_outputs(expanded)
+        outputs, _ = read_outputs(expanded, strict=False)  # its pods may reach a store the controller cannot
         orphans = [OrphanRun(jobset=o.name, runId=o.run_id, state=o.state) for o in find_orphans(jobsets, expanded)]
         decided = planning.plan(
             expanded,
