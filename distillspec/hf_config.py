@@ -283,3 +283,20 @@ def tokenizer_mismatch(files: tuple[str, str], texts: tuple[str, str]) -> tuple[
         f"({files[0]}, {files[1]}): distillation compares their logits token by token",
         "distil between models that share a tokenizer; if they tokenise alike after all, name one with data.tokenizer",
     )
+
+
+def beyond_max_position(config: dict, file: str, max_target_length: int, side: str) -> tuple[str, str] | None:
+    """(message, hint) when `batch.max_target_length` is longer than the positions a checkpoint's config.json
+    (`file`, read as `config`) says the `side` model was trained on (`max_position_embeddings`), else None (also
+    when the config does not say). A warning, not an error: RoPE runs past that length, but the model's quality
+    falls there without anything failing. `validate --check-paths`' problem and the trainer's start-up warning,
+    worded once."""
+    limit = config.get("max_position_embeddings")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1 or max_target_length <= limit:
+        return None
+    return (
+        f"batch.max_target_length {max_target_length} is longer than the {side}'s max_position_embeddings {limit} "
+        f"({file}): RoPE runs past it, but the {side} was not trained on positions that far and its quality "
+        "degrades silently",
+        f"lower batch.max_target_length to {limit} or less, or use a {side} checkpoint trained for longer contexts",
+    )

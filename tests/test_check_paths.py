@@ -186,3 +186,43 @@ def test_validate_check_paths_reads_a_url_folders_config(tmp_path):
     assert runner.invoke(app, ["validate", "--check-paths", str(spec)]).exit_code == ExitCode.OK
     spec.write_text(yaml.safe_dump(spec_data(**{"teacher.load_parameters_path": "memory://cli/absent"})))
     assert runner.invoke(app, ["validate", "--check-paths", str(spec)]).exit_code == ExitCode.INVALID_SPEC
+
+
+def test_a_sequence_longer_than_the_checkpoints_positions_is_a_warning(tmp_path):
+    """batch.max_target_length beyond a checkpoint's max_position_embeddings: RoPE runs past it, quality degrades
+    silently. A warning naming both numbers and the model (the student's folder here), not an error: validate
+    passes, and fails only with --strict."""
+    teacher = hf_folder(tmp_path / "teacher", "tiny-4l")
+    student = hf_folder(tmp_path / "student", "tiny-2l")
+    for folder, limit in ((tmp_path / "teacher", 16), (tmp_path / "student", 8)):
+        config = json.loads((folder / CONFIG).read_text())
+        (folder / CONFIG).write_text(json.dumps({**config, "max_position_embeddings": limit}))
+    data = spec_data(
+        **{"teacher.load_parameters_path": teacher, "student": {"model": "tiny-2l", "load_parameters_path": student}}
+    )
+    spec, problems = validate_data(data)
+    assert spec is not None and spec.batch.max_target_length == 16, problems
+    (problem,) = check_paths(spec, read_text)  # the teacher's 16 positions are enough
+    assert (problem.code, problem.severity, problem.loc) == (
+        "beyond_max_position",
+        "warning",
+        ("student", "load_parameters_path"),
+    )
+    assert problem.message == (
+        "batch.max_target_length 16 is longer than the student's max_position_embeddings 8 "
+        f"({student}/{CONFIG}): RoPE runs past it, but the student was not trained on positions that far and its "
+        "quality degrades silently"
+    )
+    assert problem.hint == (
+        "lower batch.max_target_length to 8 or less, or use a student checkpoint trained for longer contexts"
+    )
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["validate", "--check-paths", str(spec_file)])
+    assert result.exit_code == ExitCode.OK, result.output
+    assert "beyond_max_position" in result.output and "1 warning(s)" in result.output
+    strict = runner.invoke(app, ["validate", "--check-paths", "--strict", str(spec_file), "--output", "json"])
+    assert strict.exit_code == ExitCode.INVALID_SPEC
+    assert [p["code"] for p in json.loads(strict.stdout)] == ["beyond_max_position"]
+    spec, _ = validate_data({**data, "batch": {**data["batch"], "max_target_length": 8}})
+    assert check_paths(spec, read_text) == []

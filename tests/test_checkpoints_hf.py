@@ -360,3 +360,141 @@ def test_a_folder_at_an_fsspec_url_loads_tensor_by_tensor(folders):
     with pytest.raises(UserError) as e:
         load_model(url)
     assert f"{url}/{hf.SINGLE} is not a readable safetensors file" in e.value.message
+
+
+def _poisoned_copy(folder: Path, out: Path, values: dict[str, float]) -> Path:
+    """A copy of the Hugging Face folder `folder` whose tensors named in `values` hold that value (NaN, inf) at
+    one element: a checkpoint saved after a divergence, as save_pretrained writes it."""
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(folder, out)
+    tensors = load_file(out / hf.SINGLE)
+    for name, value in values.items():
+        tensors[name] = tensors[name].copy()
+        tensors[name].flat[3] = value
+    save_file(tensors, out / hf.SINGLE, metadata={"format": "pt"})
+    return out
+
+
+def test_a_teacher_with_nan_weights_exits_1_naming_the_checkpoint_and_parameters(folders, tmp_path):
+    """Such a teacher made the loss NaN at step 0: exit 65 "diverged", blaming training. Now the load refuses it:
+    exit 1 (user error), naming the folder and the parameters, in the console and in summary.json."""
+    from trainer_support import python_env, run_trainer
+
+    bad = _poisoned_copy(
+        folders["teacher"],
+        tmp_path / "bad",
+        {"model.layers.2.mlp.down_proj.weight": float("nan"), "model.embed_tokens.weight": float("inf")},
+    )
+    spec = {
+        "name": "poisoned",
+        "student": {"model": "tiny-2l"},
+        "teacher": {"model": "tiny-4l", "load_parameters_path": str(bad)},
+        "batch": {"per_device_batch_size": 8, "max_target_length": 32},
+        "output_dir": str(tmp_path / "runs"),
+        "steps": 2,
+    }
+    done = run_trainer([], env=python_env(DISTILLCTL_SPEC=json.dumps(spec)))
+    said = f"the teacher checkpoint {bad} holds NaN or infinite values in 2 parameter(s): embed, layers.mlp.down"
+    assert done.returncode == TrainerExit.USER_ERROR, done.stderr
+    assert said in done.stderr and "re-export it" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "diverged" not in done.stderr
+    summary = json.loads((tmp_path / "runs" / "poisoned" / "summary.json").read_text())
+    assert (summary["status"], summary["exit_code"], summary["failure_reason"]) == ("failed", 1, "user_error")
+    assert said in summary["message"] and summary["step"] == 0
+    assert not (tmp_path / "runs" / "poisoned" / "checkpoints").exists()
+
+
+def test_an_orbax_teacher_with_inf_is_refused_too(folders, tmp_path):
+    """The same check for this trainer's own (Orbax) checkpoints: a teacher run saved after its loss overflowed."""
+    from flax import nnx
+
+    from trainer.checkpointing import RunCheckpoints, flatten
+    from trainer.train import run
+
+    params = nnx.to_pure_dict(nnx.state(load_model(str(folders["teacher"])), nnx.Param))
+    wq = params["layers"]["attention"]["wq"]
+    params["layers"]["attention"]["wq"] = wq.ravel().at[wq.size // 2].set(jnp.inf).reshape(wq.shape)
+    assert "layers.attention.wq" in flatten(params)
+    teacher_run = tmp_path / "runs" / "teacher"
+    teacher_run.mkdir(parents=True)
+    (teacher_run / "spec.json").write_text(json.dumps({"student": {"model": "tiny-4l"}}))
+    checkpoints = RunCheckpoints(str(teacher_run / "checkpoints"), keep=1)
+    checkpoints.save(60, params, {"step": np.zeros((), np.int32)}, {})
+    checkpoints.close()
+    spec = {
+        "name": "from-inf",
+        "student": {"model": "tiny-2l"},
+        "teacher": {"model": "tiny-4l", "load_parameters_path": str(teacher_run / "checkpoints")},
+        "batch": {"per_device_batch_size": 8, "max_target_length": 32},
+        "output_dir": str(tmp_path / "runs"),
+        "steps": 2,
+    }
+    assert run(spec_of(spec)) == TrainerExit.USER_ERROR
+    summary = json.loads((tmp_path / "runs" / "from-inf" / "summary.json").read_text())
+    assert summary["failure_reason"] == "user_error", summary
+    assert (
+        f"the teacher checkpoint {teacher_run / 'checkpoints'} holds NaN or infinite values in 1 parameter(s): "
+        "layers.attention.wq (hint: the checkpoint is damaged or was saved after a divergence" in summary["message"]
+    ), summary["message"]
+    # A student started from it (fine-tuning the same model) is refused the same way.
+    student = {"model": "tiny-4l", "load_parameters_path": str(teacher_run / "checkpoints")}
+    tuned = {**spec, "name": "tune-inf", "mode": "pretrain", "student": student}
+    del tuned["teacher"]
+    assert run(spec_of(tuned)) == TrainerExit.USER_ERROR
+    summary = json.loads((tmp_path / "runs" / "tune-inf" / "summary.json").read_text())
+    assert f"the student checkpoint {teacher_run / 'checkpoints'} holds NaN" in summary["message"], summary
+
+
+class _Notes:
+    """A reporter that keeps the run's notes (the console prints them)."""
+
+    def __init__(self):
+        self.notes: list[str] = []
+
+    def start(self, run_dir, start_step, total_steps):
+        pass
+
+    def log(self, record):
+        pass
+
+    def note(self, message):
+        self.notes.append(message)
+
+    def end(self, status, exit_code, message):
+        self.ended = (status, exit_code, message)
+
+
+def test_a_sequence_longer_than_the_teachers_positions_is_warned_about_at_start(folders, tmp_path):
+    """A teacher trained on 16 positions (max_position_embeddings) and batch.max_target_length 32: RoPE runs
+    past it, so the run goes on, but the start-up log says so, naming both numbers and the model; within the
+    limit nothing is said."""
+    from trainer.train import run
+
+    short = tmp_path / "short"
+    shutil.copytree(folders["teacher"], short)
+    config = json.loads((short / hf.CONFIG).read_text())
+    assert config["max_position_embeddings"] >= 32  # what transformers wrote: the original teacher is not warned
+    (short / hf.CONFIG).write_text(json.dumps({**config, "max_position_embeddings": 16}))
+    spec = {
+        "name": "long",
+        "student": {"model": "tiny-2l", "init": "teacher", "drop_layers": [1, 2]},
+        "teacher": {"model": "tiny-4l", "load_parameters_path": str(short)},
+        "batch": {"per_device_batch_size": 8, "max_target_length": 32},
+        "checkpoint": {"enabled": False},
+        "output_dir": str(tmp_path / "runs"),
+        "steps": 1,
+    }
+    reporter = _Notes()
+    assert run(spec_of(spec), reporter=reporter) == TrainerExit.OK, reporter.ended
+    (warning,) = [n for n in reporter.notes if "beyond_max_position" in n]
+    assert warning == (
+        "warning[beyond_max_position] teacher.load_parameters_path: batch.max_target_length 32 is longer than the "
+        f"teacher's max_position_embeddings 16 ({short}/config.json): RoPE runs past it, but the teacher was not "
+        "trained on positions that far and its quality degrades silently → lower batch.max_target_length to 16 or "
+        "less, or use a teacher checkpoint trained for longer contexts"
+    )
+    from trainer.setup import position_warnings
+
+    assert position_warnings(spec_of(merged(spec, batch={"max_target_length": 16}))) == []
+    assert position_warnings(spec_of(merged(spec, teacher={"load_parameters_path": str(folders["teacher"])}))) == []

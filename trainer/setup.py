@@ -21,8 +21,11 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from distillspec.config import DistillSpec, ModelSpec
+from distillspec.hf_config import beyond_max_position
 from distillspec.loss_choice import fused_loss_wanted
+from distillspec.problems import Problem
 from trainer import sharding as shard_lib
+from trainer.checkpointing import flatten
 from trainer.checkpoints import hf, load_params
 from trainer.exit_codes import UserError
 from trainer.models import ModelConfig, abstract_model, drop_layers, forward_hidden, host_init
@@ -206,7 +209,7 @@ def _load_teacher(spec: DistillSpec, teacher: _Model) -> Any:
             "teacher.load_parameters_path is not set", "point it at the teacher run's checkpoints directory"
         )
     try:
-        return load_params(path, teacher.config.shape, teacher.abstract, side="teacher")
+        params = load_params(path, teacher.config.shape, teacher.abstract, side="teacher")
     except UserError as e:
         if "not found" in e.message and _has_config_only(path):
             raise UserError(
@@ -222,6 +225,58 @@ def _load_teacher(spec: DistillSpec, teacher: _Model) -> Any:
                 "directory holds that checkpoints path",
             ) from None
         raise
+    _check_finite(params, path, teacher, "teacher")
+    return params
+
+
+# Parameters named in the error about a teacher with NaN or inf in it (the count of the others follows).
+NAMED_NONFINITE = 4
+
+
+def _check_finite(params: Any, path: str, model: _Model, side: str) -> None:
+    """UserError (exit 1) naming the first parameters that hold NaN or inf: such a checkpoint makes the loss NaN
+    at step 0, which would otherwise read as a diverged run (exit 65). One `isfinite().all()` per array, once, each
+    device reducing its own shards; the verdicts come back replicated, so every process reads the same ones."""
+    flat = flatten(params)
+    mesh = jax.tree.leaves(model.shardings)[0].mesh
+    verdicts = jax.jit(
+        lambda arrays: jnp.stack([jnp.isfinite(a).all() for a in arrays]), out_shardings=shard_lib.replicated(mesh)
+    )(list(flat.values()))
+    bad = [name for name, finite in zip(flat, np.asarray(jax.device_get(verdicts))) if not finite]
+    if bad:
+        named = ", ".join(bad[:NAMED_NONFINITE])
+        more = f" (and {len(bad) - NAMED_NONFINITE} more)" if len(bad) > NAMED_NONFINITE else ""
+        raise UserError(
+            f"the {side} checkpoint {path} holds NaN or infinite values in {len(bad)} parameter(s): {named}{more}",
+            "the checkpoint is damaged or was saved after a divergence: re-export it from a good step, or point "
+            f"{side}.load_parameters_path at an earlier checkpoint",
+        )
+
+
+def position_warnings(spec: DistillSpec) -> list[Problem]:
+    """A `beyond_max_position` warning for each Hugging Face checkpoint the run loads whose config.json says its
+    model was trained on fewer positions (`max_position_embeddings`) than batch.max_target_length (the problem
+    `distillctl validate --check-paths` reports, worded alike). A config.json that cannot be read is left to the
+    load, which fails on it."""
+    loads_teacher = spec.mode == "teacher_logits" or spec.is_online_distillation
+    sides = [("teacher", spec.teacher if loads_teacher else None)]
+    sides.append(("student", spec.student if spec.mode != "teacher_logits" else None))
+    out = []
+    for side, model in sides:
+        path = model.load_parameters_path if model is not None else None
+        if not path:
+            continue
+        try:
+            if not hf.is_hf_folder(path):
+                continue
+            config = hf.read_config(path)
+        except UserError:
+            continue
+        beyond = beyond_max_position(config, f"{path.rstrip('/')}/{hf.CONFIG}", spec.batch.max_target_length, side)
+        if beyond is not None:
+            loc = (side, "load_parameters_path")
+            out.append(Problem(loc, "beyond_max_position", *beyond, severity="warning"))
+    return out
 
 
 def _has_config_only(path: str) -> bool:
@@ -236,7 +291,9 @@ def _has_config_only(path: str) -> bool:
 def _student_params(spec: DistillSpec, student: _Model, teacher: _Model | None, teacher_params: Any) -> Any:
     s = spec.student
     if s.load_parameters_path:
-        return load_params(s.load_parameters_path, student.config.shape, student.abstract, side="student")
+        params = load_params(s.load_parameters_path, student.config.shape, student.abstract, side="student")
+        _check_finite(params, s.load_parameters_path, student, "student")
+        return params
     if s.init == "teacher":
         if teacher is None or teacher_params is None:
             raise UserError("student.init: teacher needs a teacher with load_parameters_path", "add a teacher block")

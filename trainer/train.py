@@ -396,7 +396,7 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
     from trainer import data as data_lib
     from trainer.checkpointing import RunCheckpoints
     from trainer.metrics_io import RunFiles, check_writable, clear_process_failure, now_iso
-    from trainer.setup import build
+    from trainer.setup import build, position_warnings
 
     # The tokenizer the spec leaves to the checkpoint folders is fixed now, and recorded in spec.json.
     spec = spec.model_copy(
@@ -404,6 +404,9 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
     )
     run_dir = run_dir_of(spec)
     index = jax.process_index()
+    if index == 0:  # what `validate --check-paths` warns about, for a spec launched without it
+        for problem in position_warnings(spec):
+            session.reporter.note(str(problem))
     _check_export(spec, jax.process_count())
     # Before any compile: an unusable output or checkpoint path fails now, as OutputNotWritable (exit 1).
     for directory in ([run_dir] if index == 0 else []) + (

@@ -22,6 +22,7 @@ from distillspec.hf_config import (
     CONFIG,
     TOKENIZER,
     ConfigError,
+    beyond_max_position,
     shape_from_config,
     shape_mismatches,
     tokenizer_mismatch,
@@ -34,7 +35,8 @@ ReadMaxText = Callable[[str], "tuple[str, dict, dict] | None"]
 
 
 def check_paths(spec: DistillSpec, read_text: ReadText, read_maxtext: ReadMaxText | None = None) -> list[Problem]:
-    """Every problem with the spec's checkpoint paths: absent, unreadable, or a different model than the block's.
+    """Every problem with the spec's checkpoint paths: absent, unreadable, or a different model than the block's;
+    a warning when a Hugging Face checkpoint was trained on fewer positions than batch.max_target_length.
     Raises `maxtext_checkpoint.MissingDependency` when reading a path needs a package that is not installed."""
     problems = []
     for side in ("teacher", "student"):
@@ -56,7 +58,7 @@ def check_paths(spec: DistillSpec, read_text: ReadText, read_maxtext: ReadMaxTex
                 problems += _maxtext_problems(got, model, side, loc, read_text)
                 continue
         try:
-            found, where = _checkpoint_shape(path.rstrip("/"), read_text)
+            found, where, config = _checkpoint_shape(path.rstrip("/"), read_text)
         except ConfigError as e:
             problems.append(Problem(loc, "checkpoint_unreadable", e.message, e.hint))
             continue
@@ -79,6 +81,9 @@ def check_paths(spec: DistillSpec, read_text: ReadText, read_maxtext: ReadMaxTex
                     f"choose the registry model (and overrides) of that checkpoint in the {side} block",
                 )
             )
+        beyond = beyond_max_position(config or {}, where, spec.batch.max_target_length, side)
+        if beyond is not None:
+            problems.append(Problem(loc, "beyond_max_position", *beyond, severity="warning"))
     return problems + _tokenizer_problems(spec, read_text)
 
 
@@ -120,12 +125,14 @@ def _maxtext_problems(got: tuple, model: ModelSpec, side: str, loc, read_text: R
     return problems
 
 
-def _checkpoint_shape(path: str, read_text: ReadText) -> tuple[ModelShape | None, str]:
-    """The model a checkpoint's own config describes, and the file that said so (None: no config found)."""
+def _checkpoint_shape(path: str, read_text: ReadText) -> tuple[ModelShape | None, str, dict | None]:
+    """The model a checkpoint's own config describes, the file that said so (None: no config found), and that
+    config.json when it is a Hugging Face folder's (None for a run's spec.json)."""
     config_file = f"{path}/{CONFIG}"
     text = read_text(config_file)
     if text is not None:
-        return shape_from_config(_json(text, config_file), config_file), config_file
+        config = _json(text, config_file)
+        return shape_from_config(config, config_file), config_file, config
     folder = path
     for _ in range(3):  # params -> step -> checkpoints -> run
         folder = folder.rsplit("/", 1)[0] if "/" in folder else "."
@@ -134,12 +141,12 @@ def _checkpoint_shape(path: str, read_text: ReadText) -> tuple[ModelShape | None
         if text is not None:
             data = _json(text, spec_file)
             try:
-                return ModelSpec.model_validate(data["student"]).shape(), spec_file
+                return ModelSpec.model_validate(data["student"]).shape(), spec_file, None
             except (KeyError, TypeError, ValueError) as e:
                 raise ConfigError(
                     f"{spec_file} has no valid student block: {_reason(e)}", "is this a distillctl run?"
                 ) from None
-    return None, ""
+    return None, "", None
 
 
 def _reason(e: Exception) -> str:
