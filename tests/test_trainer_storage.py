@@ -212,3 +212,40 @@ def test_failure_files_and_the_storage_probe_work_on_object_store_urls():
     assert read_failures("memory://bucket/probe-run") == (record,)
     clear_process_failure("memory://bucket/probe-run", 3)
     assert read_failures("memory://bucket/probe-run") == ()
+
+
+def test_sigterm_while_a_teacher_store_does_not_answer_ends_the_run_at_once(tmp_path):
+    """A gs:// teacher whose endpoint refuses every connection: gcsfs retries each request for about a minute
+    (the whole start took 3 minutes), and SIGTERM used to wait for the first step boundary. Nothing is trained
+    yet, so the signal ends the run there: exit 143, preempted, no traceback from gcsfs's own log."""
+    import socket
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    spec = {
+        "name": "unanswered",
+        "student": {"model": "tiny-2l"},
+        "teacher": {"model": "tiny-4l", "load_parameters_path": "gs://bucket/runs/teacher/checkpoints"},
+        "batch": {"per_device_batch_size": 2, "max_target_length": 16},
+        "steps": 5,
+        "output_dir": str(tmp_path / "runs"),
+    }
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "trainer", "--spec", str(write_spec(tmp_path / "spec.json", spec))],
+        cwd=REPO,
+        env=python_env(STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{port}"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(8)  # JAX imported, the first request refused and being retried
+    assert trainer.poll() is None, trainer.communicate()
+    signalled = time.monotonic()
+    trainer.send_signal(signal.SIGTERM)
+    out, err = trainer.communicate(timeout=HANG)
+    assert trainer.returncode == TrainerExit.PREEMPTED, out + err
+    assert time.monotonic() - signalled < 30, "the signal waited for gcsfs's retries"
+    summary = summary_of(tmp_path / "runs" / "unanswered")
+    assert summary["status"] == "preempted" and "before training; nothing to save" in summary["message"], summary
+    assert "Traceback" not in out + err, err

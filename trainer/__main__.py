@@ -63,7 +63,15 @@ def load_spec(args: argparse.Namespace):
     return spec, problems + list(more)
 
 
+def _without_traceback(record: logging.LogRecord) -> bool:
+    record.exc_info, record.exc_text = None, None
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
+    # gcsfs logs every request it gives up on with the whole traceback (50 lines of aiohttp); the trainer's verdict
+    # names the error, and gcsfs's one-line message stays.
+    logging.getLogger("gcsfs").addFilter(_without_traceback)
     args = parse_args(argv)
     spec, problems = load_spec(args)
     for p in problems:

@@ -72,14 +72,29 @@ class Diverged(TrainerError):
     exit_code = TrainerExit.DIVERGED
 
 
-class _Stop:
-    """Set by SIGTERM/SIGINT; the loop saves a checkpoint and exits 143 at the next step boundary."""
+class Interrupted(BaseException):
+    """SIGTERM/SIGINT while the run starts (see `_Stop`): it ends at once. A BaseException, so that no
+    `except Exception` on the way (a checkpoint reader's retries) takes it for a read error."""
 
-    def __init__(self) -> None:
+
+class _Stop:
+    """Set by SIGTERM/SIGINT; the loop saves a checkpoint and exits 143 at the next step boundary. Until `settle()`
+    (start-up: joining the other processes, resolving the tokenizer, loading the models, which only read, and a
+    store that does not answer is retried for minutes) the signal ends the run at once: there is nothing to save."""
+
+    def __init__(self, *, at_once: bool = False) -> None:
         self.signal_name: str | None = None
+        self._at_once = at_once
 
     def __call__(self, signum, frame) -> None:
         self.signal_name = signal.Signals(signum).name
+        if self._at_once:
+            self._at_once = False  # raised once; a second signal is only recorded
+            raise Interrupted(self.signal_name)
+
+    def settle(self) -> None:
+        """From here on a signal is handled at a step boundary (after a checkpoint)."""
+        self._at_once = False
 
 
 def with_overrides(spec: DistillSpec, *, output_dir: str | None = None, steps: int | None = None):
@@ -112,7 +127,7 @@ def run(
     """Train `spec` to its last step (resuming from `<run_dir>/checkpoints` when present); the exit code says how
     it ended. Installs SIGTERM/SIGINT handlers for the duration when called from the main thread."""
     reporter = reporter or SilentReporter()
-    stop = _Stop()
+    stop = _Stop(at_once=True)
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -121,14 +136,19 @@ def run(
     try:
         code, message = TrainerExit.OK, ""
         try:
-            _initialize_distributed(process)
-            _enable_compilation_cache()
-            train(spec, session, stop)
+            try:
+                _initialize_distributed(process)
+                _enable_compilation_cache()
+                train(spec, session, stop)
+            finally:
+                stop.settle()  # a signal while the verdict is written must not interrupt it
             if stop.signal_name and session.step < spec.steps:
                 code, message = (
                     TrainerExit.PREEMPTED,
                     f"stopped by {stop.signal_name} at step {session.step}; checkpoint saved",
                 )
+        except Interrupted as e:
+            code, message = TrainerExit.PREEMPTED, f"stopped by {e} while starting, before training; nothing to save"
         except Exception as e:  # noqa: BLE001 - the exit code decides what happens next
             failure = classify(e)  # only transient I/O, device and coordinator failures are retried
             if failure.code == TrainerExit.INTERNAL and os.environ.get("DISTILLCTL_DEBUG"):
@@ -416,9 +436,13 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
     if index != 0:
         clear_process_failure(run_dir, index)
     if spec.mode == "teacher_logits":
+        if isinstance(stop, _Stop):
+            stop.settle()  # the cache's writer stops between micro-batches
         _write_logit_cache(spec, session, stop, run_dir, index)
         return
     built = build(spec)
+    if isinstance(stop, _Stop):
+        stop.settle()
     session.started_at = now_iso()
     if index == 0:
         session.files = RunFiles(run_dir, tensorboard=spec.logging.tensorboard)
