@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from ref_support import make_models, run_ref
-from trainer_support import merged, spec_of
+from trainer_support import REPO, merged, spec_of
 from typer.testing import CliRunner
 
 jax = pytest.importorskip("jax")
@@ -236,3 +238,26 @@ def test_checkpoint_export_maxtext_writes_the_final_student(tmp_path):
     with pytest.raises(UserError) as refused:
         _check_export(spec_of(merged(spec)), 2)
     assert "checkpoint.export: hf" in refused.value.hint
+
+
+def test_ctrl_c_inside_a_garbage_collection_callback_still_interrupts_the_command():
+    """Ctrl-C during `export` often lands in JAX's gc callback, where Python can only print it: the export carried
+    on and exited 0. The CLI's unraisable hook interrupts the main thread again once the callback is over."""
+    code = """
+import gc, sys, time
+from orchestrator.cli import _interrupt_again
+sys.unraisablehook = _interrupt_again
+def callback(phase, info):
+    if phase == "start":
+        gc.callbacks.remove(callback)
+        raise KeyboardInterrupt  # where the signal's exception lands
+gc.callbacks.append(callback)
+try:
+    gc.collect()
+    time.sleep(10)
+    print("carried on")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "interrupted" and "Traceback" not in done.stderr, done.stdout + done.stderr

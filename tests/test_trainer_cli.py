@@ -107,3 +107,29 @@ def test_python_m_trainer_process_flags_no_retry_can_fix_exit_1(tmp_path, flags,
         timeout=120,
     )
     assert done.returncode == 1 and said in done.stderr, done.stderr
+
+
+def test_a_signal_lost_in_a_garbage_collection_callback_still_stops_the_start():
+    """SIGINT/SIGTERM while the trainer starts ends the run at once (Interrupted); raised inside JAX's gc callback,
+    Python only prints it and goes on. `settle()`, where start-up ends, raises it then, and nothing is printed."""
+    code = """
+import gc, signal, sys
+from trainer.train import Interrupted, _Stop, _quiet_lost_interrupt
+sys.unraisablehook = _quiet_lost_interrupt
+stop = _Stop(at_once=True)
+def callback(phase, info):
+    if phase == "start":
+        gc.callbacks.remove(callback)
+        stop(signal.SIGTERM, None)  # the handler, where the signal lands
+gc.callbacks.append(callback)
+gc.collect()
+print("lost", stop.signal_name)
+try:
+    stop.settle()
+except Interrupted as e:
+    print("raised", e)
+stop.settle()  # once only
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["lost", "SIGTERM", "raised", "SIGTERM"], done.stdout + done.stderr
+    assert done.stderr == "", done.stderr

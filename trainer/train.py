@@ -15,8 +15,10 @@ write their checkpoint shards; a process other than 0 that fails writes `failure
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -89,12 +91,21 @@ class _Stop:
     def __call__(self, signum, frame) -> None:
         self.signal_name = signal.Signals(signum).name
         if self._at_once:
-            self._at_once = False  # raised once; a second signal is only recorded
             raise Interrupted(self.signal_name)
 
     def settle(self) -> None:
-        """From here on a signal is handled at a step boundary (after a checkpoint)."""
-        self._at_once = False
+        """From here on a signal is handled at a step boundary (after a checkpoint). Raises Interrupted when one
+        came before and its raise was lost (in a garbage-collection callback Python only reports it)."""
+        at_once, self._at_once = self._at_once, False
+        if at_once and self.signal_name:
+            raise Interrupted(self.signal_name)
+
+
+def _quiet_lost_interrupt(unraisable, default=sys.unraisablehook) -> None:
+    """A signal's Interrupted raised inside a garbage-collection callback (JAX has one) cannot propagate: Python
+    would print it as unraisable and go on. `_Stop.settle()` raises it again once start-up is over; unprinted."""
+    if not isinstance(unraisable.exc_value, Interrupted):
+        default(unraisable)
 
 
 def with_overrides(spec: DistillSpec, *, output_dir: str | None = None, steps: int | None = None):
@@ -132,6 +143,8 @@ def run(
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, stop)
+        if getattr(sys.unraisablehook, "func", None) is not _quiet_lost_interrupt:
+            sys.unraisablehook = functools.partial(_quiet_lost_interrupt, default=sys.unraisablehook)
     session = _Session(spec, reporter)
     try:
         code, message = TrainerExit.OK, ""

@@ -68,7 +68,23 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _interrupt_again(unraisable, default=sys.unraisablehook) -> None:
+    """Ctrl-C that lands in a garbage-collection callback (JAX has one; `export` meets it) cannot propagate:
+    Python prints it as unraisable and the command carries on to the end. Interrupt the main thread again, from
+    another thread a moment later, so that it lands once the callback is over."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        import _thread
+        import threading
+
+        again = threading.Timer(0.05, _thread.interrupt_main)  # later: the callback has returned by then
+        again.daemon = True
+        again.start()
+        return
+    default(unraisable)
+
+
 def main() -> None:
+    sys.unraisablehook = _interrupt_again
     first = sys.argv[1] if len(sys.argv) > 1 else None
     if first == "validate":
         from orchestrator.cli import spec_validate
