@@ -70,6 +70,21 @@ def test_median_stopping_needs_enough_others_at_the_step():
     assert stops(EarlyStopping(median=MedianStopping(at_step=40, min_points=3)), curves) == {}
 
 
+def test_a_diverged_run_is_no_one_to_compare_with():
+    # A NaN counted among "the others" moved the median and stopped a healthy point; a NaN baseline made min() NaN.
+    nan = scripted([math.nan] * 10)
+    median = EarlyStopping(median=MedianStopping(at_step=40, min_points=2))
+    assert stops(median, {"good": GOOD, "worse": WORSE, "nan": nan}) == {}  # 2 others needed, 1 is finite
+    assert stops(median, {"good": GOOD, "worse": WORSE, "plateau": PLATEAU, "nan": nan}) == {
+        "worse": ("median", 40),
+        "plateau": ("median", 60),
+    }
+    baseline = EarlyStopping(worse_than_baseline=WorseThanBaseline(at_step=30, by=0.1))
+    assert stops(baseline, {"worse": WORSE, "nan": nan, "base": BASELINE}, baselines=["nan", "base"]) == {
+        "worse": ("worse_than_baseline", 30)
+    }
+
+
 def test_rules_are_validated_with_the_sweep_files_codes():
     _, problems = validate_sweep_data(
         {"name": "s", "spec": {}, "early_stopping": {"no_improvement": {"patience": 0}, "median": {"at_stp": 5}}}

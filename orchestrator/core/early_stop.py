@@ -62,6 +62,11 @@ def value_at(points: Curve, step: int) -> float | None:
     return points[i - 1][1] if i else None
 
 
+def _finite(value: float | None) -> bool:
+    """A value a comparison can use: NaN or inf (a diverged run, the divergence rule's to stop) is none."""
+    return value is not None and math.isfinite(value)
+
+
 def evaluate(
     rules: EarlyStopping,
     curves: Mapping[str, Mapping[str, Curve]],
@@ -109,8 +114,8 @@ def _first_stop(rules, curves, run, points, baselines) -> Stop | None:
             baseline_checked = True
             mine = value_at(lines["worse_than_baseline"], step)
             theirs = [value_at(curves.get(rule.metric, {}).get(b, []), step) for b in baselines]
-            theirs = [v for v in theirs if v is not None]
-            if mine is not None and theirs and mine > min(theirs) + rule.by:
+            theirs = [v for v in theirs if _finite(v)]  # a diverged baseline compares with nothing
+            if _finite(mine) and theirs and mine > min(theirs) + rule.by:
                 return Stop(
                     "worse_than_baseline",
                     step,
@@ -120,8 +125,8 @@ def _first_stop(rules, curves, run, points, baselines) -> Stop | None:
             mine = value_at(lines["median"], step)
             others = [curves.get(rule.metric, {}).get(p, []) for p in points if p != run]
             reached = [value_at(c, step) for c in others if c and c[-1][0] >= step]
-            reached = [v for v in reached if v is not None]
-            if mine is not None and len(reached) >= rule.min_points:
+            reached = [v for v in reached if _finite(v)]  # a diverged point would shift the median
+            if _finite(mine) and len(reached) >= rule.min_points:
                 median = statistics.median(reached)
                 if mine > median:
                     return Stop("median", step, f"{rule.metric} {mine:.4g} > the median {median:.4g} of {len(reached)}")
