@@ -361,3 +361,37 @@ def test_golden_and_regress_use_eval_metrics_when_runs_have_them(tmp_path):
     doctor(golden, best.run_id, "eval/kl_div_T1", 0.5)
     out = invoke("regress", path, "--golden", golden)
     assert out.exit_code == ExitCode.FAILED and "`eval/kl_div_T1`" in out.stdout
+
+
+def test_no_output_replaces_a_file_the_command_reads_or_one_of_the_users(sweep, tmp_path):
+    path, golden, _ = sweep
+    before = {p: p.read_text() for p in (path, golden)}
+    spec = tmp_path / "mine.yaml"
+    spec.write_text("student: {model: tiny-2l}\n")
+    for args, said in [
+        (("golden", "update", path, "-o", path), f"-o {path} is the sweep file"),
+        (("golden", "update", path, "-o", spec), f"{spec} exists and is not a golden file"),
+        (("regress", path, "--golden", golden, "--junit", golden), f"--junit {golden} is the golden file"),
+        (("regress", path, "--golden", golden, "--summary", path), f"--summary {path} is the sweep file"),
+        (("regress", path, "--golden", golden, "--junit", tmp_path / "r", "--summary", tmp_path / "r"), "also where"),
+    ]:
+        result = invoke(*args)
+        assert result.exit_code == ExitCode.USAGE and said in result.stderr, result.output
+    assert {p: p.read_text() for p in (path, golden)} == before and spec.read_text() == "student: {model: tiny-2l}\n"
+    assert not (tmp_path / "r").exists()
+    again = invoke("golden", "update", path, "-o", golden)  # a golden file is what -o updates
+    assert again.exit_code == ExitCode.OK, again.output
+
+
+def test_golden_update_refuses_a_gate_that_checks_nothing(sweep, tmp_path):
+    path, _, _ = sweep
+    out = tmp_path / "nothing.yaml"
+    unknown = invoke("golden", "update", path, "-o", out, "--metric", "distill/kl_div_t1")
+    assert unknown.exit_code == ExitCode.USAGE and "did you mean 'distill/kl_div_T1'?" in unknown.stderr
+    never = invoke("golden", "update", path, "-o", out, "--metric", "distill/soft_loss")  # not in the written logs
+    assert never.exit_code == ExitCode.USAGE and "the golden file would check nothing" in never.stderr
+    infinite = invoke("golden", "update", path, "-o", out, "--rtol", "inf")
+    assert infinite.exit_code == ExitCode.USAGE and "is not a tolerance" in infinite.output
+    assert not out.exists()
+    short = invoke("golden", "update", path, "-o", out, "--metric", "kl_div_T1")  # the short name, resolved
+    assert short.exit_code == ExitCode.OK and "distill/kl_div_T1" in out.read_text(), short.output

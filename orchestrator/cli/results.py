@@ -10,6 +10,7 @@ statuses fall back to the outputs alone, with a warning: results still read from
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from enum import Enum
@@ -212,6 +213,23 @@ def _progress(state, left: float) -> None:
     console.err.print(f"waiting: {done}/{len(state[1])} run(s) finished, {left:.0f} s left", markup=False)
 
 
+def _refuse_clobbering(outputs: dict[str, Path | None], inputs: dict[str, Path]) -> None:
+    """UsageError when a file to write is one this command reads (the sweep, the golden file) or another output:
+    each would be replaced by a report."""
+    from orchestrator.errors import UsageError
+
+    seen: dict[Path, str] = {}
+    for what, path in inputs.items():
+        seen.setdefault(path.resolve(), what)
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        other = seen.get(path.resolve())
+        if other is not None:
+            raise UsageError(f"{flag} {path} is {other}: writing it would replace it", f"give {flag} another path")
+        seen[path.resolve()] = f"also where {flag} writes"
+
+
 def _write(path: Path, text: str) -> None:
     from orchestrator.errors import cannot_write
 
@@ -255,6 +273,7 @@ def regress(
     from orchestrator.errors import DistillctlError
     from orchestrator.exit_codes import ExitCode
 
+    _refuse_clobbering({"--junit": junit, "--summary": summary}, {"the sweep file": sweep, "the golden file": golden})
     ctx = SweepContext.build(
         sweep,
         kubeconfig=kubeconfig,
@@ -298,13 +317,24 @@ golden_app = typer.Typer(
 )
 
 
+def _tolerance(value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise typer.BadParameter(f"{value} is not a tolerance: a finite number >= 0, e.g. 0.1 (10 %)")
+    return value
+
+
 @golden_app.command("update")
 def golden_update(
     sweep: SweepArgument,
     out: Annotated[Path, typer.Option("-o", "--out", help="the golden file to write")],
     window: WindowOption = DEFAULT_WINDOW,
     rtol: Annotated[
-        float, typer.Option("--rtol", min=0, help="relative tolerance of approx checks (runs without repeated seeds)")
+        float,
+        typer.Option(
+            "--rtol",
+            callback=_tolerance,
+            help="relative tolerance of approx checks (runs without repeated seeds)",
+        ),
     ] = DEFAULT_RTOL,
     metric: Annotated[
         Optional[list[str]],
@@ -339,6 +369,7 @@ def golden_update(
 
     Other runs get an approx check with --rtol. Refuses (exit 2) while any run has not succeeded.
     """
+    from distillspec import metrics
     from orchestrator.cli import console
     from orchestrator.core import gate, results
     from orchestrator.core import golden as golden_file
@@ -355,7 +386,17 @@ def golden_update(
         slices=slices,
         image=image,
     )
+    for name in metric or ():
+        if metrics.resolve(name) is None:
+            raise UsageError(f"--metric {name!r} is not a metric the trainer logs", metrics.did_you_mean(name))
+    metric = [metrics.resolve(name) for name in metric] if metric else metric  # kl_div_T1: distill/kl_div_T1
     expansion = ctx.expand()
+    _refuse_clobbering({"-o": out}, {"the sweep file": sweep})
+    if out.is_file() and not golden_file.looks_like_golden(out):
+        raise UsageError(
+            f"{out} exists and is not a golden file: writing it would replace it",
+            "give -o a new path, or the golden file to update",
+        )
     outputs, statuses = gate.observe(expansion, output_base, backend_statuses(ctx.access))
     _warn_skipped_lines(outputs)
     unfinished = [run for run in expansion.runs if statuses[run.run_id].phase != Phase.SUCCEEDED]
@@ -395,8 +436,13 @@ def golden_update(
         "(exact).\nValues: eval/* metrics are each run's last evaluation on its held-out set; the others are "
         "token-weighted means over the last `window` log records of each run (0: all)."
     )
-    _write(out, golden_file.dump(derived, header))
     checks = sum(len(p.checks) for p in derived.points)
+    if not checks:  # a gate that checks nothing passes whatever the runs do
+        raise UsageError(
+            f"no run has a finite value of {', '.join(names)}: the golden file would check nothing",
+            f"`distillctl results {sweep}` shows what the runs logged; choose metrics with --metric",
+        )
+    _write(out, golden_file.dump(derived, header))
     on_eval = sum(source == results.EVAL for _, source in chosen.values())
     which = f"; eval metrics for {on_eval} run(s) with a held-out set" if on_eval else "; training metrics"
     if metric:

@@ -211,6 +211,16 @@ def derive(
 # --- files ------------------------------------------------------------------------------------------------
 
 
+def looks_like_golden(path: str | Path) -> bool:
+    """Whether an existing file is a golden file (a mapping with `points:`, valid or not) that `golden update` may
+    replace, rather than a spec or anything else of the user's."""
+    try:
+        document = parse_yaml(read_text_file(path))
+    except YamlSourceError:
+        return False
+    return isinstance(document.data, dict) and "points" in document.data
+
+
 def read_golden(path: str | Path) -> tuple[GoldenFile | None, list[Problem]]:
     """A golden file and every problem with it, located by line (never raises for bad input)."""
     file = str(path)
