@@ -372,7 +372,7 @@ class DistillSpec(_Block):
     # offline runs check the cache has that many).
     offline_data_dir: str | None = None
     top_k: PositiveInt | None = None
-    output_dir: str = "runs"
+    output_dir: Annotated[str, Field(min_length=1)] = "runs"  # "" would write the run folder at the root
     seed: Seed = 0
 
     @property

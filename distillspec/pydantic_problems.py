@@ -83,6 +83,8 @@ def _problem(
         return Problem(loc, "missing_key", f"{where}.{name} is required", hints.get(kind, f"add `{name}:`"))
     if kind in hints or kind == "wrong_type":
         return Problem(loc, kind, err["msg"], hints.get(kind, ""))
+    if kind == "string_too_short" and value == "":
+        return Problem(loc, "empty_value", f"{where} is empty", f"give {where} a value, or leave the key out")
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         return Problem(loc, "bad_value", f"{key} must be {expected}; got {value!r}", f"use one of {expected}")

@@ -124,3 +124,9 @@ def test_a_sweep_file_given_as_a_spec_says_which_commands_take_it():
 def test_tags_and_tabs_say_what_they_are(text, said):
     problem = only_problem(read_spec_text(text))
     assert said in problem.message and "<unicode string>" not in problem.message and problem.line
+
+
+def test_an_empty_output_dir_is_refused_at_its_line():
+    # It validated, and the trainer wrote its run folder at the file system's root (then called it retryable).
+    problem = only_problem(read_spec_text('student: {model: tiny-2l}\nmode: pretrain\noutput_dir: ""\n'))
+    assert (problem.code, problem.line, problem.message) == ("empty_value", 3, "output_dir is empty")
