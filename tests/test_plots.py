@@ -98,6 +98,7 @@ def test_unwritable_plot_folder_is_a_usage_error(tmp_path):
     for folder in (blocker / "plots", blocker):  # the OS said "Not a directory" and "File exists"
         out = runner.invoke(app, ["results", str(tmp_path / "sweep.yaml"), "--plot", str(folder)])
         assert out.exit_code == ExitCode.USAGE and f"{blocker} is a file, not a folder" in out.stderr, out.stderr
+        assert out.stdout == ""  # refused before the table: a script gets no table with exit 2
     assert blocker.read_text() == "{}"
 
 

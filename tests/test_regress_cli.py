@@ -395,3 +395,18 @@ def test_golden_update_refuses_a_gate_that_checks_nothing(sweep, tmp_path):
     assert not out.exists()
     short = invoke("golden", "update", path, "-o", out, "--metric", "kl_div_T1")  # the short name, resolved
     assert short.exit_code == ExitCode.OK and "distill/kl_div_T1" in out.read_text(), short.output
+
+
+def test_a_failed_exact_check_shows_the_observed_value_in_full(sweep):
+    path, golden, result = sweep
+    data = yaml.safe_load(golden.read_text())
+    point = data["points"][1]
+    name, check = next(iter(point["checks"].items()))
+    near = check["value"] * (1 + 1e-9)  # the golden value, rounded: not exactly what the run logged
+    point["checks"] = {name: {"check": "deterministic", "value": near}}
+    golden.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = invoke("regress", path, "--golden", golden)
+    assert out.exit_code == ExitCode.FAILED, out.output
+    row = next(line for line in out.stdout.splitlines() if f"`{name}`" in line and "❌" in line)
+    shown = row.split("|")[4].strip()  # it read "| 0.109062 | == 0.109062 |": equal to 6 digits
+    assert repr(float(shown)) == shown and f"{float(shown):.6g}" != shown and f"== {near!r}" in row, row

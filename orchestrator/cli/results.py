@@ -166,6 +166,11 @@ def results_command(
         image=image,
     )
     expansion = ctx.expand()
+    if plot is not None:  # before the table is printed: a script must not get a whole table and exit 2
+        try:
+            Path(plot).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise cannot_write(Path(plot), e, folder=True) from None
     outputs, statuses = gate.observe(expansion, output_base, backend_statuses(ctx.access))
     _warn_skipped_lines(outputs)
     table = results.build(expansion, outputs, statuses, window=window)

@@ -43,6 +43,13 @@ class Outcome:
     expected: str
     observed: float | None
     message: str
+    exact: bool = False  # a deterministic check: the observed value is shown in full (6 digits could equal it)
+
+    @property
+    def shown(self) -> str:
+        if self.observed is None:
+            return "—"
+        return repr(self.observed) if self.exact else f"{self.observed:.6g}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +108,7 @@ def evaluate(golden: GoldenFile, observed: Mapping[str, Observed], *, timed_out:
             continue
         for name, check in point.checks.items():
             value = seen.metrics.get(name)
+            exact = check.check == "deterministic"
             if value is None or not math.isfinite(value):
                 outcomes.append(
                     Outcome(
@@ -124,7 +132,8 @@ def evaluate(golden: GoldenFile, observed: Mapping[str, Observed], *, timed_out:
                         "regression",
                         check.describe(),
                         value,
-                        f"{name} = {value:.6g}, expected {check.describe()}",
+                        f"{name} = {repr(value) if exact else format(value, '.6g')}, expected {check.describe()}",
+                        exact,
                     )
                 )
     checked = {point.run_id for point in golden.points}
@@ -151,7 +160,7 @@ def junit_xml(report: RegressReport) -> str:
         elif o.kind == "infra":
             ET.SubElement(case, "error", message=o.message, type="InfrastructureFailure").text = o.message
         elif o.observed is not None:
-            ET.SubElement(case, "system-out").text = f"{o.metric} = {o.observed:.6g}, expected {o.expected}"
+            ET.SubElement(case, "system-out").text = f"{o.metric} = {o.shown}, expected {o.expected}"
     for label in report.unchecked:
         case = ET.SubElement(suite, "testcase", classname=f"{report.sweep}.unchecked", name=label)
         ET.SubElement(case, "skipped", message="the golden file has no checks for this run")
@@ -202,7 +211,7 @@ def markdown(report: RegressReport) -> str:
 def _table(outcomes: list[Outcome] | tuple[Outcome, ...]) -> list[str]:
     lines = ["| | point | metric | observed | expected |", "| --- | --- | --- | ---: | --- |"]
     for o in outcomes:
-        observed = "—" if o.observed is None else f"{o.observed:.6g}"
+        observed = o.shown
         expected = o.expected if o.kind != "infra" else f"{o.expected} — {o.message}"
         lines.append(
             f"| {_ICON[o.kind]} | {md_cell(o.label or o.run_id)} | `{o.metric}` | {observed} | {md_cell(expected)} |"
