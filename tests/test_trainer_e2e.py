@@ -247,6 +247,20 @@ def test_resuming_with_another_model_names_the_arrays_that_differ(out, teacher):
     assert "strict=False" not in message and "use a new run name" in message
 
 
+def test_a_run_whose_checkpoint_is_past_its_steps_is_refused_and_its_record_kept(out, teacher):
+    # Fewer steps on the same run: it "succeeded" at once, its summary saying step 60 of 30.
+    import shutil
+
+    shutil.copytree(teacher, out / "shortened")
+    recorded = json.loads((out / "shortened" / "spec.json").read_text())
+    data = merged(TEACHER, name="shortened", output_dir=str(out), steps=30)
+    assert run(spec_of(data)) == TrainerExit.USER_ERROR
+    summary = json.loads((out / "shortened" / "summary.json").read_text())
+    assert "is at step 60, past this run's steps (30)" in summary["message"], summary
+    assert "set steps to 60 or more" in summary["message"]
+    assert json.loads((out / "shortened" / "spec.json").read_text()) == recorded  # what the run is, untouched
+
+
 def test_missing_teacher_is_a_user_error_with_a_clear_message(out, tmp_path):
     data = distill_spec(out, tmp_path / "nowhere", name="orphan")
     messages = []

@@ -457,12 +457,13 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
     if isinstance(stop, _Stop):
         stop.settle()
     session.started_at = now_iso()
-    if index == 0:
-        session.files = RunFiles(run_dir, tensorboard=spec.logging.tensorboard)
-        session.files.write_json("spec.json", spec.resolved().model_dump(mode="json"))
     checkpoints = (
         RunCheckpoints(f"{run_dir}/checkpoints", keep=spec.checkpoint.keep) if spec.checkpoint.enabled else None
     )
+    _check_not_past(spec, checkpoints)
+    if index == 0:
+        session.files = RunFiles(run_dir, tensorboard=spec.logging.tensorboard)
+        session.files.write_json("spec.json", spec.resolved().model_dump(mode="json"))
     try:
         # documents: the Grain iterator's state; a logit cache's position is the micro-batch count
         documents = spec.data.source in DOCUMENT_SOURCES and not spec.offline_data_dir
@@ -479,6 +480,19 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
         _check_finite(state, session.step)
         if spec.checkpoint.export:
             _export_final(spec, state, run_dir, index)
+
+
+def _check_not_past(spec: DistillSpec, checkpoints: RunCheckpoints | None) -> None:
+    """UserError when the run's checkpoint is past `steps` (the same name and output_dir, fewer steps): it would
+    "succeed" at once, its summary saying step 600 of 100. Before spec.json is written: the run's record stays."""
+    latest = checkpoints.latest_step() if checkpoints else None
+    if latest is not None and latest > spec.steps:
+        checkpoints.close()
+        raise UserError(
+            f"the checkpoint in {checkpoints.directory} is at step {latest}, past this run's steps ({spec.steps}): "
+            "that run trained further already",
+            f"set steps to {latest} or more to go on from it, or give this run another name or output_dir",
+        )
 
 
 def _write_logit_cache(spec: DistillSpec, session: _Session, stop, run_dir: str, index: int) -> None:
