@@ -143,6 +143,14 @@ def test_logs_print_the_trainer_output(finished):
     assert missing.returncode == 2 and "no run 'nope'" in missing.stderr
 
 
+def test_results_from_an_output_base_without_the_runs_warns(finished, tmp_path):
+    # The processes say Succeeded; an --output-base the runs were not copied to read as runs without metrics.
+    sweep, _ = finished
+    done = distillctl("results", str(sweep), "--output-base", str(tmp_path), check=True)
+    assert f"warning[no_outputs]: 4 finished run(s) have nothing under --output-base {tmp_path}" in done.stderr
+    assert "no_outputs" not in distillctl("results", str(sweep), check=True).stderr
+
+
 def test_two_concurrent_sweeps_and_an_interrupted_one_end_with_one_run_each(tmp_path):
     sweep = write_sweep(tmp_path, name="race")
     first = subprocess.Popen(

@@ -101,6 +101,26 @@ def _service_view(expansion, backend):
 # --- results ----------------------------------------------------------------------------------------------
 
 
+def _warn_no_outputs(expansion, outputs, statuses, output_base: str | None) -> None:
+    """Warn when --output-base holds nothing of runs that finished: a wrong folder reads as runs with no metrics."""
+    from distillspec.problems import Problem
+    from orchestrator.cli import console
+    from orchestrator.core import gate
+
+    missing = gate.without_outputs(expansion, outputs, statuses) if output_base is not None else []
+    if missing:
+        console.warn_once(
+            Problem(
+                (),
+                "no_outputs",
+                f"{len(missing)} finished run(s) have nothing under --output-base {output_base} "
+                f"(e.g. {outputs[missing[0]].path}): their metrics show as missing",
+                "point --output-base at the folder (or bucket prefix) the run folders were copied to",
+                severity="warning",
+            )
+        )
+
+
 def _warn_skipped_lines(outputs) -> None:
     """Say which runs' metrics logs had lines that are not records: their rows are computed without them."""
     from distillspec.problems import Problem
@@ -173,6 +193,7 @@ def results_command(
             raise cannot_write(Path(plot), e, folder=True) from None
     outputs, statuses = gate.observe(expansion, output_base, backend_statuses(ctx.access))
     _warn_skipped_lines(outputs)
+    _warn_no_outputs(expansion, outputs, statuses, output_base)
     table = results.build(expansion, outputs, statuses, window=window)
     if format is ResultsFormat.json:
         console.print_json(results_format.to_json(table))
@@ -404,6 +425,7 @@ def golden_update(
         )
     outputs, statuses = gate.observe(expansion, output_base, backend_statuses(ctx.access))
     _warn_skipped_lines(outputs)
+    _warn_no_outputs(expansion, outputs, statuses, output_base)
     unfinished = [run for run in expansion.runs if statuses[run.run_id].phase != Phase.SUCCEEDED]
     if unfinished:
         listed = "; ".join(f"{run.label}: {statuses[run.run_id].shown}" for run in unfinished[:5])

@@ -43,6 +43,22 @@ def observe(expansion: Expansion, output_base: str | None, statuses: StatusFn) -
     return outputs, statuses(expansion, outputs)
 
 
+def without_outputs(expansion: Expansion, outputs: Mapping[str, RunOutputs], statuses) -> list[str]:
+    """The run ids that finished (their backend says so) but have nothing where their outputs are read: with an
+    --output-base, a folder the runs were not copied to."""
+    finished = (Phase.SUCCEEDED, Phase.FAILED, Phase.DIVERGED)
+    return [
+        run.run_id
+        for run in expansion.runs
+        if statuses[run.run_id].phase in finished
+        and (out := outputs.get(run.run_id)) is not None
+        and out.readable
+        and not out.log
+        and out.summary is None
+        and out.spec is None
+    ]
+
+
 def load_golden(path: Path, expansion: Expansion) -> golden_file.GoldenFile:
     golden, problems = golden_file.read_golden(path)
     if golden is not None:
