@@ -246,14 +246,16 @@ def _one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
-def read_text(path: str, errors: str = "strict") -> str | None:
+def read_text(path: str, errors: str = "strict", limit: int | None = None) -> str | None:
     """A text file at a local path or fsspec URL; None when it is absent or cannot be read (`errors="replace"`:
-    a byte that is not UTF-8 spoils its line, not the file)."""
+    a byte that is not UTF-8 spoils its line, not the file), or longer than `limit` characters (a device such as
+    /dev/zero never ends)."""
     try:
         import fsspec
 
         with fsspec.open(path, "r", encoding="utf-8", errors=errors) as f:
-            return f.read()
+            text = f.read(-1 if limit is None else limit + 1)
+            return None if limit is not None and len(text) > limit else text
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, UnicodeDecodeError):
         return None
     except OSError:

@@ -226,3 +226,30 @@ def test_a_sequence_longer_than_the_checkpoints_positions_is_a_warning(tmp_path)
     assert [p["code"] for p in json.loads(strict.stdout)] == ["beyond_max_position"]
     spec, _ = validate_data({**data, "batch": {**data["batch"], "max_target_length": 8}})
     assert check_paths(spec, read_text) == []
+
+
+def test_a_store_that_does_not_answer_is_unreachable_within_seconds_not_not_found(tmp_path, monkeypatch):
+    """gcsfs retried every file for minutes (151 s, 14 tracebacks), then the silence read as "nothing to load"."""
+    import socket
+    import time
+
+    with socket.socket() as closed:  # a port nothing listens on: the store's endpoint
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(spec_data(**{"teacher.load_parameters_path": "gs://bucket/teacher"})))
+    started = time.monotonic()
+    result = runner.invoke(app, ["validate", "--check-paths", str(spec), "--output", "json"])
+    assert time.monotonic() - started < 30
+    assert result.exit_code == ExitCode.INVALID_SPEC, result.output
+    (problem,) = json.loads(result.stdout)
+    assert problem["code"] == "checkpoint_unreachable" and "cannot be reached" in problem["message"], problem
+
+
+def test_a_config_json_that_never_ends_is_read_up_to_a_limit(tmp_path):
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    (folder / CONFIG).symlink_to("/dev/zero")
+    problems = check_paths(spec_with(str(folder)), lambda path: read_text(path, limit=1024))
+    assert [p.code for p in problems] == ["checkpoint_not_found"]

@@ -70,18 +70,28 @@ def run(arguments: Arguments) -> int:
     return int(ExitCode.USAGE) if invalid else 0
 
 
+# A checkpoint folder's text files (config.json, tokenizer.json: Gemma's is 34 MB) are read up to this size.
+CHECKED_FILE_LIMIT = 64 * 1024 * 1024
+
+
 def _with_checked_paths(reports):
+    import functools
+
     from distillspec.maxtext_checkpoint import MissingDependency, read_checkpoint
     from orchestrator.core.checkpoint_paths import check_paths
     from orchestrator.errors import DistillctlError
     from orchestrator.outputs import read_text
 
+    read = functools.partial(read_text, limit=CHECKED_FILE_LIMIT)
     try:
         return [
             dataclasses.replace(
                 r,
                 problems=r.problems
-                + tuple(dataclasses.replace(p, file=r.file) for p in check_paths(r.spec, read_text, read_checkpoint)),
+                + tuple(
+                    dataclasses.replace(p, file=r.file)
+                    for p in (_unreachable(r.spec) or check_paths(r.spec, read, read_checkpoint))
+                ),
             )
             if r.spec is not None
             else r
@@ -89,6 +99,31 @@ def _with_checked_paths(reports):
         ]
     except MissingDependency as e:  # exit 1: the machine, not the spec, lacks something
         raise DistillctlError(e.message, e.hint) from None
+
+
+def _unreachable(spec) -> list:
+    """A problem for each checkpoint path whose object store cannot be read at all (no answer, credentials
+    refused), asked once within seconds: the checks themselves would retry each file for minutes, then read the
+    store's silence as "not found"."""
+    from distillspec.problems import Problem
+    from orchestrator.outputs import BucketMissing, OutputStoreError, check_store
+
+    out = []
+    for side in ("teacher", "student"):
+        model = getattr(spec, side)
+        path = model.load_parameters_path if model is not None else None
+        if not path or "://" not in path:
+            continue
+        try:
+            check_store(path)
+        except BucketMissing:
+            continue  # answered quickly: the checks say "not found" themselves
+        except OutputStoreError as e:
+            hint = "check the network and the store's credentials; the checkpoint is checked once its store answers"
+            out.append(Problem((side, "load_parameters_path"), "checkpoint_unreachable", e.message, hint))
+        except Exception:  # noqa: BLE001 - a store distillctl does not probe: the checks read it as before
+            continue
+    return out
 
 
 def _print_report(report) -> None:
