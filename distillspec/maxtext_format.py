@@ -52,6 +52,7 @@ TOP_LEVEL |= {
     "ici_tensor_parallelism": ("mesh", "tensor"),
 }
 
+CLIPPING = "gradient_clipping_threshold"
 DATA_PATH_KEYS = ("dataset_path", "hf_path", "grain_train_files")
 
 # MaxText model key -> native ModelSpec field; valid at the top level (both models) and in *_overrides.
@@ -126,6 +127,8 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
     shared_model: dict[str, tuple[Any, Loc]] = {}
     for key, value in flat.items():
         value = _none(value)
+        if key == CLIPPING and isinstance(value, (int, float)) and value <= 0:
+            value = None  # MaxText clips only above 0: 0 is clipping off
         if key in TOP_LEVEL:
             _set(out.data, TOP_LEVEL[key], value)
             out.file_locs[TOP_LEVEL[key]] = (key,)
@@ -213,8 +216,24 @@ class NotRepresentable(ValueError):
     """A spec feature MaxText's distillation config has no key for."""
 
 
+def dropped_settings(native: dict[str, Any], back: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted settings of a (JSON-dumped) native spec that its MaxText form does not carry: where `back`
+    (that form read again and validated, dumped alike) differs. Blocks that differ whole are named once."""
+    out = []
+    for key in dict.fromkeys([*native, *back]):
+        mine, theirs = native.get(key), back.get(key)
+        if mine == theirs:
+            continue
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            out += dropped_settings(mine, theirs, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}")
+    return out
+
+
 def to_maxtext(native: dict[str, Any]) -> dict[str, Any]:
-    """A MaxText `distillation.yml` mapping for a (JSON-dumped) native spec; inverse of `from_maxtext`."""
+    """A MaxText `distillation.yml` mapping for a (JSON-dumped) native spec; inverse of `from_maxtext` for what
+    MaxText has keys for (`dropped_settings` names the rest)."""
     mode = native.get("mode", "distill")
     if mode != "distill":
         raise NotRepresentable(
@@ -236,6 +255,8 @@ def to_maxtext(native: dict[str, Any]) -> dict[str, Any]:
             value = value.get(part) if isinstance(value, dict) else None
         if value is not None:
             flat[key] = value
+    if (native.get("optimizer") or {}).get("grad_clip_norm", 1.0) is None:
+        flat[CLIPPING] = 0.0  # clipping off, as MaxText says it
     data = native.get("data") or {}
     if data.get("path") is not None:
         flat[DATA_PATH_KEY_BY_SOURCE.get(data.get("source"), "dataset_path")] = data["path"]

@@ -133,6 +133,26 @@ def test_convert_to_maxtext_and_back(tmp_path):
     assert "distill_alpha: 0.9" in result.stdout and "student_overrides:" in result.stdout
     back = runner.invoke(app, ["convert", str(write(tmp_path, result.stdout, "d.yml"))])
     assert back.exit_code == ExitCode.OK and "model: tiny-2l" in back.stdout
+    assert "not_in_maxtext" not in result.stderr  # everything tiny.yaml says has a MaxText key
+
+
+def test_convert_to_maxtext_names_each_setting_it_leaves_out_and_keeps_clipping_off(tmp_path):
+    # They were dropped silently: the eval set, the text column (the wrong column read back), remat, the export,
+    # and clipping off came back as clipping at 1.0.
+    spec = """\
+student: {model: tiny-2l, remat: none}
+teacher: {model: tiny-4l, load_parameters_path: /ckpt}
+data: {source: jsonl, path: /d.jsonl, text_column: body}
+eval: {path: /h.jsonl, every_steps: 20, batches: 2}
+optimizer: {grad_clip_norm: null}
+checkpoint: {export: hf}
+"""
+    result = runner.invoke(app, ["convert", "--to", "maxtext", str(write(tmp_path, spec))])
+    assert result.exit_code == ExitCode.OK, result.output
+    dropped = [line.split()[1].rstrip(":") for line in result.stderr.splitlines() if "[not_in_maxtext]" in line]
+    assert dropped == ["student.remat", "data.text_column", "eval", "checkpoint.export"], result.stderr
+    back = runner.invoke(app, ["explain", str(write(tmp_path, result.stdout, "d.yml")), "--output", "json"])
+    assert json.loads(back.stdout)["spec"]["optimizer"]["grad_clip_norm"] is None, back.output
 
 
 def test_models_lists_registry_as_json():

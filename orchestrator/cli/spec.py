@@ -99,7 +99,31 @@ def convert(
             native = maxtext_format.to_maxtext(native)
         except maxtext_format.NotRepresentable as e:
             raise UsageError(str(e), "keep this spec in distillctl's layout") from None
+        _warn_dropped(spec, native)
     console.out.print(console.to_yaml(native).rstrip(), markup=False)
+
+
+def _warn_dropped(spec, flat: dict) -> None:
+    """On stderr: each setting of `spec` that its MaxText form `flat` loses (read back, it trains otherwise)."""
+    from distillspec import maxtext_format
+    from distillspec.problems import Problem
+    from distillspec.specfile import validate_data
+    from orchestrator.cli import console
+
+    back, _ = validate_data(maxtext_format.from_maxtext(flat).data)
+    if back is None:
+        return
+    mine, theirs = (s.model_dump(mode="json", exclude={"name"}) for s in (spec, back))
+    for setting in maxtext_format.dropped_settings(mine, theirs):
+        console.print_problem(
+            Problem(
+                tuple(setting.split(".")),
+                "not_in_maxtext",
+                f"MaxText's distillation config has no key for {setting}: the file leaves it out",
+                "keep this spec in distillctl's layout to keep it",
+                severity="warning",
+            )
+        )
 
 
 def models(output: OutputOption = OutputFormat.text) -> None:
