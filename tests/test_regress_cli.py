@@ -151,6 +151,11 @@ def _point(check: str) -> str:
         (_point("{distill/kl_div_T1: {check: approx, value: 1, rtol: -1}}"), "out_of_range", "rtol must be"),
         (_point("{distill/kl_div_T1: {check: approx, value: 1, rtoll: 1}}"), "unknown_key", "did you mean 'rtol'?"),
         (_point("{distill/kl_div_T1: {value: 1}}"), "missing_key", "add check: approx, band or deterministic"),
+        (  # it said "unknown key 'rtol' ... did you mean 'rtol'?"
+            _point("{distill/kl_div_T1: {check: band, low: 0.1, high: 0.2, rtol: 0.1}}"),
+            "unknown_key",
+            "a band check has no rtol: its keys are check, low, high",
+        ),
         (_point("{distill/kl_div_T1: {check: band, low: 7, high: 3}}"), "band_backwards", "always fails"),
         (_point("{distill/kl_div_T1: {check: band}}"), "band_unbounded", "always passes"),
         ("sweep: quickstart\nsweep: other\npoints: []\n", "duplicate_key", "appears twice"),

@@ -252,7 +252,12 @@ def read_golden(path: str | Path) -> tuple[GoldenFile | None, list[Problem]]:
         except ValidationError as e:
             # The discriminator's tag (`approx`) is in pydantic's locations, not in the file.
             problems += problems_from(
-                e, document.data, root="the golden file", did_you_mean=_did_you_mean, hints=HINTS, tags=CHECK_KINDS
+                e,
+                document.data,
+                root="the golden file",
+                did_you_mean=_did_you_mean_in(document.data),
+                hints=HINTS,
+                tags=CHECK_KINDS,
             )
     located = []
     for p in problems:
@@ -281,13 +286,46 @@ _FIELDS = {
 }
 
 
-def _did_you_mean(loc: Loc) -> str:
+_CHECK_FIELDS = {"approx": Approx, "band": Band, "deterministic": Deterministic}
+
+
+def _did_you_mean_in(data: Any):
+    """`_did_you_mean` for the file `data`: a check's keys are its own kind's (rtol is not a band's)."""
+
+    def did_you_mean(loc: Loc) -> str:
+        if len(loc) > 3:
+            check = _at(data, loc[:-1])
+            kind = _CHECK_FIELDS.get(check.get("check")) if isinstance(check, dict) else None
+            if kind is not None:
+                known = list(kind.model_fields)
+                if loc[-1] in _FIELDS["check"]:  # another kind's key
+                    return f"a {check['check']} check has no {loc[-1]}: its keys are {', '.join(known)}"
+                return _closest(str(loc[-1]), known)
+        return _did_you_mean(loc)
+
+    return did_you_mean
+
+
+def _at(data: Any, loc: Loc) -> Any:
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _closest(key: str, known: list[str]) -> str:
     from difflib import get_close_matches
 
+    close = get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else f"valid keys here: {', '.join(known)}"
+
+
+def _did_you_mean(loc: Loc) -> str:
     depth = len(loc)
     known = _FIELDS["file"] if depth == 1 else _FIELDS["point"] if depth == 3 else _FIELDS["check"]
-    close = get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else f"valid keys here: {', '.join(known)}"
+    return _closest(str(loc[-1]), known)
 
 
 def match_sweep(
