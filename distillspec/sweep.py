@@ -865,6 +865,24 @@ def unlogged_metric_problems(rules: EarlyStopping, spec: DistillSpec, *, is_base
     return out
 
 
+def late_rule_problems(rules: EarlyStopping, spec: DistillSpec) -> list[Problem]:
+    """A warning for each rule whose `at_step` is past a point's last step: it never fires for that point."""
+    out = []
+    for name, rule in early_stopping_rules(rules):
+        at_step = getattr(rule, "at_step", None)
+        if at_step is not None and at_step > spec.steps:
+            out.append(
+                Problem(
+                    ("early_stopping", name, "at_step"),
+                    "rule_after_the_end",
+                    f"the {name} rule acts from step {at_step}, after the last step ({spec.steps}), so it never fires",
+                    f"set at_step to {spec.steps} or less",
+                    severity="warning",
+                )
+            )
+    return out
+
+
 def _target(sweep: Sweep) -> list[Problem]:
     t = sweep.target
     out = []

@@ -221,3 +221,13 @@ def test_a_metric_these_points_do_not_log_is_a_warning_on_each(tmp_path):
     assert "a pretrain run logs distill/hard_loss, distill/student_perplexity, distill/total_loss" in (
         warned["worse_than_baseline"].message
     )
+
+
+def test_a_rule_after_the_last_step_is_a_warning(tmp_path):
+    from tests.sweep_support import expanded, sweep_data
+
+    rules = {"median": {"at_step": 99999, "min_points": 2}}
+    result = expanded(tmp_path, sweep_data(axes={"loss.temperature": [1.0, 2.0]}, early_stopping=rules))
+    (warning,) = [p for p in result.problems if p.code == "rule_after_the_end"]
+    assert result.ok and warning.severity == "warning" and warning.loc == ("early_stopping", "median", "at_step")
+    assert "after the last step" in warning.message and warning.line is not None

@@ -24,7 +24,15 @@ from distillspec import spec_paths, tpu
 from distillspec.config import DistillSpec
 from distillspec.problems import Loc, Problem, has_errors
 from distillspec.specfile import validate_data
-from distillspec.sweep import PLACEHOLDER, SpecSource, Sweep, SweepSource, same_value, unlogged_metric_problems
+from distillspec.sweep import (
+    PLACEHOLDER,
+    SpecSource,
+    Sweep,
+    SweepSource,
+    late_rule_problems,
+    same_value,
+    unlogged_metric_problems,
+)
 from distillspec.yaml_source import copy_plain
 from orchestrator.core import identity
 
@@ -184,11 +192,13 @@ def expand(source: SweepSource, *, max_points: int | None = DEFAULT_MAX_POINTS) 
     encodings = identity.Encodings()
     for draft in drafts:
         point, found = _point(sweep, source, draft, outputs, templated, common, encodings)
-        if point is not None:  # early-stopping rules on a metric this point does not log
+        if point is not None:  # early-stopping rules on a metric this point does not log, or after its end
             rules = sweep.early_stopping
             found += [
                 source.locate(p) for p in unlogged_metric_problems(rules, point.spec, is_baseline=draft.is_baseline)
             ]
+            if not draft.is_baseline:
+                found += [source.locate(p) for p in late_rule_problems(rules, point.spec)]
         for p in found:
             grouped.setdefault((p.loc, p.file, p.line, p.column, p.code, p.message, p.hint, p.severity), []).append(
                 _label(draft.index, draft.axis_values, draft.is_baseline)
