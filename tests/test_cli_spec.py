@@ -108,6 +108,9 @@ def test_explain_shows_resolved_layers_and_schedules():
     assert result.exit_code == ExitCode.OK, result.output
     assert "layer_indices: [3, 7, 11, 15, 19, 23, 27, 31]" in result.stdout
     assert "num_layers: 32" in result.stdout and "vocab_size: 128256" in result.stdout
+    assert "│ 8.03 B " in result.stdout  # the teacher's size, in the unit it reads in
+    tiny = runner.invoke(app, ["explain", str(ROOT / "sweeps" / "tiny.yaml")])
+    assert "│ 156 K " in tiny.stdout and "0.000 B" not in tiny.stdout, tiny.stdout
 
 
 def test_explain_json_schedule_values():

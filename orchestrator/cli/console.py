@@ -147,6 +147,14 @@ def print_wide(table: Table) -> None:
         Console(width=width, highlight=False, color_system=out.color_system and "auto").print(table)
 
 
+def parameter_count(n: int) -> str:
+    """8.03 B, 135.3 M, 42.5 K: a model's size in the unit it reads in (tiny test models read 0.000 B)."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}" if n < 100 * scale else f"{n / scale:.0f} {unit}"
+    return str(n)
+
+
 def axis_text(values) -> str:
     return ", ".join(f"{k}={v}" for k, v in dict(values).items()) or "—"
 

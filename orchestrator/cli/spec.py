@@ -57,7 +57,7 @@ def explain(
     for column in ("side", "model", "layers", "parameters"):
         models.add_column(column)
     for side, info in view["models"].items():
-        models.add_row(side, info["model"], str(info["num_layers"]), f"{info['parameters'] / 1e9:.3f} B")
+        models.add_row(side, info["model"], str(info["num_layers"]), console.parameter_count(info["parameters"]))
     console.out.print(models)
     if view["feature_loss"]:
         console.out.print(f"feature-loss layer indices: {view['layer_indices']}", markup=False)
@@ -161,7 +161,7 @@ def models(output: OutputOption = OutputFormat.text) -> None:
     for r in rows:
         table.add_row(
             r["name"],
-            f"{r['parameters'] / 1e9:.2f}B",
+            console.parameter_count(r["parameters"]),
             *(
                 str(r[k])
                 for k in (
