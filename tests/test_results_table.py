@@ -290,3 +290,10 @@ def test_an_output_base_that_is_not_a_folder_is_a_usage_error(tmp_path):
     for base, said in ((tmp_path / "absent", "no such folder"), (path, "is a file, not a folder")):
         result = CliRunner().invoke(app, ["results", str(path), "--output-base", str(base)])
         assert result.exit_code == ExitCode.USAGE and said in result.stderr, result.output
+
+
+def test_a_markdown_cell_keeps_its_row_whole():
+    from orchestrator.core.markdown import cell
+
+    # An axis value with a line break (a YAML block string) split the results row in two.
+    assert cell("prompt: a|b\nsecond line\r\nthird") == "prompt: a\\|b second line third"

@@ -2,5 +2,5 @@
 
 
 def cell(text: str) -> str:
-    """Text for a markdown table cell (a `|` would end the cell)."""
-    return text.replace("|", "\\|")
+    """Text for a markdown table cell: a `|` would end the cell, a line break the row."""
+    return " ".join(text.replace("|", "\\|").splitlines())
