@@ -883,9 +883,25 @@ def late_rule_problems(rules: EarlyStopping, spec: DistillSpec) -> list[Problem]
     return out
 
 
+# A JobSet's pods: replicas (slices) × parallelism (hosts per slice), which its webhook caps at int32.
+MAX_JOBSET_PODS = 2**31 - 1
+
+
 def _target(sweep: Sweep) -> list[Problem]:
     t = sweep.target
     out = []
+    if t.on_cluster and t.tpu_type is not None:
+        hosts = tpu.lookup(t.tpu_type).vms_per_slice
+        if t.slices * hosts > MAX_JOBSET_PODS:
+            out.append(
+                Problem(
+                    ("target", "slices"),
+                    "too_many_pods",
+                    f"{t.slices} slices × {hosts} hosts of a {t.tpu_type} is {t.slices * hosts} pods, past a "
+                    f"JobSet's {MAX_JOBSET_PODS}",
+                    f"at most {MAX_JOBSET_PODS // hosts} slices of this TPU type",
+                )
+            )
     if t.on_cluster:
         for field in ("tpu_type", "image"):
             if getattr(t, field) is None:

@@ -502,3 +502,10 @@ def test_cancel_deletes_one_sweeps_jobsets_only(control_plane, tmp_path):
     assert {r["phase"] for r in rows.values()} == {"Pending"}
     cancel_all(theirs, cp.kubeconfig)
     wait_gone(cp, "theirs")
+
+
+def test_a_namespace_that_does_not_exist_is_named_not_its_missing_queue(control_plane, tmp_path):
+    path = write_sweep(tmp_path, "no-ns")
+    result = cli("sweep", str(path), "-n", "no-such-namespace", "--dry-run=server", kubeconfig=control_plane.kubeconfig)
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "namespace 'no-such-namespace' does not exist" in result.stderr and "LocalQueue" not in result.stderr

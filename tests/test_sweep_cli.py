@@ -264,3 +264,36 @@ def test_service_refuses_a_local_sweep_before_connecting(tmp_path):
     # It was applied, and the controller failed on it with a traceback at every pass.
     result = invoke("sweep", str(SWEEPS / "quickstart.yaml"), "--service", "--kubeconfig", str(tmp_path / "absent"))
     assert result.exit_code == ExitCode.INVALID_SPEC and "error[local_target] target.kind" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("--wait", "--timeout", "nan"), "is not a number of seconds to wait"),  # waited for ever
+        (("--wait", "--timeout", "-5"), "is not a number of seconds to wait"),
+        (("--timeout", "5"), "--timeout applies to --wait"),  # silently ignored
+    ],
+)
+def test_sweep_timeout_must_be_seconds_and_go_with_wait(tmp_path, args, said):
+    result = invoke("sweep", str(write(tmp_path, sweep_data())), *args, "--kubeconfig", str(tmp_path / "absent"))
+    assert result.exit_code == ExitCode.USAGE and said in result.output, result.output
+
+
+def test_slices_whose_pods_pass_a_jobsets_limit_are_refused_before_the_webhook(tmp_path):
+    # 2147483647 slices passed every check and reached the JobSet webhook, reported as an RBAC problem (exit 7).
+    result = invoke("plan", str(write(tmp_path, sweep_data(target={**TARGET, "slices": 2**31 - 1}))))
+    assert result.exit_code == ExitCode.INVALID_SPEC and "error[too_many_pods] target.slices" in result.stderr
+
+
+def test_a_webhooks_denial_is_a_rejection_not_an_rbac_problem():
+    import json
+
+    from kubernetes.client.exceptions import ApiException
+
+    from orchestrator.backends.kubernetes.client import api_error
+
+    denied = ApiException(status=403, reason="Forbidden")
+    denied.body = json.dumps({"message": 'admission webhook "vjobset.kb.io" denied the request: replicas too large'})
+    error = api_error("create JobSet x", denied, cluster=None)
+    assert error.exit_code == ExitCode.REJECTED and "a webhook rejected it" in error.message
+    assert "RBAC" not in error.hint

@@ -3,6 +3,7 @@ look, delete), prints what it returns, and exits."""
 
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 import time
@@ -47,6 +48,12 @@ def parse_labels(items: list[str] | None) -> dict[str, str]:
 # --- sweep ------------------------------------------------------------------------------------------------
 
 
+def _timeout_seconds(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value} is not a number of seconds to wait; e.g. 3600, or leave --timeout out")
+    return value
+
+
 def sweep(
     sweep_file: SweepArgument,
     dry_run: Annotated[
@@ -58,7 +65,10 @@ def sweep(
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="follow the sweep to the end")] = False,
     timeout: Annotated[
-        Optional[float], typer.Option("--timeout", help="with --wait: give up after this many seconds (exit 3)")
+        Optional[float],
+        typer.Option(
+            "--timeout", callback=_timeout_seconds, help="with --wait: give up after this many seconds (exit 3)"
+        ),
     ] = None,
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="run failed and diverged points again (they resume)")
@@ -105,6 +115,10 @@ def sweep(
         queue=queue,
         priority=priority,
     )
+    if timeout is not None and not wait:
+        from orchestrator.errors import UsageError
+
+        raise UsageError("--timeout applies to --wait", "add --wait to follow the sweep, or drop --timeout")
     if service:
         # The service launches and follows; these would be dropped (and --dry-run=server would really apply).
         given = [

@@ -28,6 +28,7 @@ from distillspec.sweep import Target
 from orchestrator.backends import DryRun, LogRequest, Submitted
 from orchestrator.backends.kubernetes.client import (
     CONNECTION_ERRORS,
+    REQUEST_TIMEOUT_SECONDS,
     Cluster,
     ClusterAccess,
     ClusterError,
@@ -75,6 +76,20 @@ class KubernetesBackend:
 
     # --- preflight ----------------------------------------------------------------------------------------
 
+    def _check_namespace(self) -> None:
+        """UsageError when the namespace does not exist (what else is missing there is beside the point). Reading
+        a namespace needs a cluster-scoped right a launcher may lack: then nothing is said."""
+        try:
+            self.cluster.core.read_namespace(self.cluster.namespace, _request_timeout=REQUEST_TIMEOUT_SECONDS)
+        except ApiException as e:
+            if e.status == 404:
+                raise UsageError(
+                    f"namespace {self.cluster.namespace!r} does not exist on the cluster",
+                    "check -n/--namespace or target.namespace (kubectl get namespaces lists them)",
+                ) from None
+        except CONNECTION_ERRORS:
+            pass
+
     def preflight(self, expansion: Expansion) -> None:
         groups = self._served_groups()
         if JOBSET[0] not in groups or JOBSET[1] not in groups[JOBSET[0]]:
@@ -97,6 +112,7 @@ class KubernetesBackend:
                 )
             except ApiException as e:
                 if e.status == 404:
+                    self._check_namespace()
                     raise CannotRunError(
                         f"Kueue LocalQueue {self.target.queue!r} does not exist in namespace {self.cluster.namespace!r}: "
                         "no point would ever be admitted",

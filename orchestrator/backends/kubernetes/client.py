@@ -187,6 +187,13 @@ def api_error(what: str, e: ApiException, cluster: Cluster) -> DistillctlError:
             "refresh your credentials (gcloud auth login, or a new kubeconfig)",
             exit_code=ExitCode.FORBIDDEN,
         )
+    if e.status == 403 and "admission webhook" in message:  # a webhook's verdict on the object, not RBAC
+        return DistillctlError(
+            f"{what}: a webhook rejected it: {message}",
+            "fix the sweep's target (`distillctl plan` shows each point's shape); `distillctl sweep "
+            "--dry-run=server` shows this before anything is created",
+            exit_code=ExitCode.REJECTED,
+        )
     if e.status == 403:
         return ClusterError(
             f"{what}: forbidden ({message})",
