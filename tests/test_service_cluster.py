@@ -280,6 +280,11 @@ def test_sweep_applied_as_a_resource_runs_to_the_end_with_no_client(control_plan
     assert "DistillationSweep svc-a: Succeeded" in compared.stderr
     assert {r["status"]["phase"] for r in json.loads(compared.stdout)["runs"]} == {"Succeeded"}
 
+    # `cancel` would delete runs the controller creates again (succeeded points ran twice): it says so instead.
+    cancelled = CliRunner().invoke(app, ["cancel", str(path), "--yes", "--image", IMAGE, *kube])
+    assert cancelled.exit_code == 2 and "is run by the distillctl service" in cancelled.stderr, cancelled.output
+    assert len(jobsets(cp, "svc-a")) == len(made)
+
     # One replica acted: the Lease names it, and the Events came from it alone.
     lease = client.CoordinationV1Api(cp.client).read_namespaced_lease(LEASE, NS)
     assert lease.spec.holder_identity in ("replica-a", "replica-b")

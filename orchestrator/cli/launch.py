@@ -491,7 +491,7 @@ def cancel(
     namespace: NamespaceOption = None,
 ) -> None:
     """Stop and delete this sweep's runs (never another sweep's); finished outputs and checkpoints stay."""
-    from orchestrator.cli import console
+    from orchestrator.cli import console, views
     from orchestrator.errors import UsageError
     from orchestrator.exit_codes import ExitCode
 
@@ -515,6 +515,14 @@ def cancel(
                 markup=False,
             )
         chosen = [run for run in chosen if not existing[run.run_id].owner]
+        if chosen and views.service_view(expansion, backend) is not None:  # the controller would create them again
+            name = expansion.sweep.name
+            raise UsageError(
+                f"sweep {name} is run by the distillctl service (DistillationSweep {name}): it would create the "
+                "deleted runs again",
+                f"stop it with `kubectl delete distillationsweep {name}` (its deletionPolicy says whether its "
+                "JobSets go too)",
+            )
         if not chosen:
             if output is OutputFormat.json:
                 console.print_json([])
