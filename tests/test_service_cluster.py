@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -443,6 +444,66 @@ def _axis_values(jobset: dict) -> dict:
 
 
 @pytest.mark.slow
+def test_a_manifest_the_cluster_refuses_is_a_condition_not_a_hot_retry(control_plane, controllers, tmp_path):
+    """An admission policy (a ValidatingAdmissionPolicy, as a platform team writes one) refuses this sweep's
+    JobSets: the controller retried the create several times a second, and the resource said nothing."""
+    cp = control_plane
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": "no-svc-r"},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": ["jobset.x-k8s.io"],
+                        "apiVersions": ["*"],
+                        "operations": ["CREATE"],
+                        "resources": ["jobsets"],
+                    }
+                ]
+            },
+            "validations": [
+                {
+                    "expression": "object.metadata.labels['distillctl.dev/sweep'] != 'svc-r'",
+                    "message": "svc-r may not run here",
+                }
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": "no-svc-r"},
+        "spec": {"policyName": "no-svc-r", "validationActions": ["Deny"]},
+    }
+    cp.apply([policy, binding])
+    admission = client.AdmissionregistrationV1Api(cp.client)
+    try:
+        path = tmp_path / "svc-r.yaml"
+        text = EARLY.format(image=IMAGE, base=tmp_path / "runs").replace("name: svc-e", "name: svc-r")
+        path.write_text(text.replace("[1.0, 2.0]", "[1.0]").replace("\nearly_stopping:\n  no_improvement:", "\n#"))
+        time.sleep(2)  # the policy reaches the API server's admission cache
+        applied = CliRunner().invoke(app, ["sweep", str(path), "--service", "--kubeconfig", str(cp.kubeconfig)])
+        assert applied.exit_code == 0, applied.output
+
+        def refused() -> dict:
+            found = condition(cp, "svc-r", "Accepted")
+            return found if found.get("reason") == "ManifestRejected" else {}
+
+        accepted = cp.wait_for(refused, 60, "Accepted=False (ManifestRejected)")
+        assert accepted["status"] == "False" and "svc-r may not run here" in accepted["message"], accepted
+        assert jobsets(cp, "svc-r") == []
+        events = client.CoreV1Api(cp.client).list_namespaced_event(NS, field_selector="involvedObject.name=svc-r")
+        assert any(e.type == "Warning" for e in events.items)
+    finally:
+        admission.delete_validating_admission_policy_binding("no-svc-r")
+        admission.delete_validating_admission_policy("no-svc-r")
+    client.CustomObjectsApi(cp.client).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "svc-r")
+    cp.wait_for(lambda: resource(cp, "svc-r") is None, 60, "the resource to go")
+
+
 def test_a_killed_controller_is_replaced_and_no_run_is_created_twice(control_plane, installed, tmp_path):
     """kill -9 of the acting `distillctl serve` once the prerequisite's JobSet exists; a second process takes the
     Lease when it expires and finishes the sweep through a faulty API (the fault-injecting proxy: a failed list, a

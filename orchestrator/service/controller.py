@@ -45,6 +45,7 @@ from orchestrator.core import expansion as expansion_module
 from orchestrator.core.run_status import DEFAULT_STALL_SECONDS
 from orchestrator.core.status import read_outputs
 from orchestrator.errors import CannotRunError, DistillctlError
+from orchestrator.exit_codes import ExitCode
 from orchestrator.outputs import write_stopped
 from orchestrator.service import plan as planning
 from orchestrator.service.election import LeaderElector
@@ -410,7 +411,17 @@ class Controller:
         if decided.delete:
             backend.delete(decided.delete)
         if decided.create:
-            backend.submit(decided.create, expanded)
+            try:
+                backend.submit(decided.create, expanded)
+            except DistillctlError as e:
+                if e.exit_code != ExitCode.REJECTED:
+                    raise
+                # The API server or a webhook refuses the manifest: retrying at once changes nothing (it was
+                # retried several times a second, with no word on the resource). Say why; the resync tries again.
+                problem = Problem((), "manifest_rejected", e.message, e.hint)
+                rejected = planning.rejected([problem], reason="ManifestRejected", **_at(generation, previous, now))
+                self._write(resource, rejected)
+                return
         self._write(resource, decided)
         self.metrics.set_runs(name, _by_phase(decided.status))
 
