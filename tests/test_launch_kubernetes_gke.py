@@ -202,6 +202,7 @@ def test_runs_are_owned_by_run_id_across_sweeps_and_orphans_are_listed_and_remov
         result = cli("sweep", str(beta), kubeconfig=cp.kubeconfig)
         assert result.exit_code == 0 and "1 created, 1 unchanged" in result.stdout, result.output
         assert "owned by sweep alpha" in result.stdout
+        assert f"alpha-{shared}" in result.stdout and f"beta-{shared}" not in result.stdout  # the JobSet that is
         assert [j["metadata"]["labels"]["distillctl.dev/run-id"] for j in jobsets(cp, "beta")] != [shared]
         row = status_rows(beta, cp.kubeconfig)[shared]
         assert row["owner_sweep"] == "alpha" and row["phase"] != "Pending", row

@@ -116,8 +116,9 @@ def launch_lines(report: LaunchReport, dry_run: str | None) -> list[Text]:
         outcome = report.submitted.get(action.run.run_id)
         verb, style = _verb(action.kind, outcome, dry_run)
         line = Text()
+        owner = _owner(report, action.run)
         line.append(f"{verb:>9} ", style=style)
-        line.append(f"{action.run.jobset_name}  {action.run.label}")
+        line.append(f"{_jobset(action.run, owner)}  {action.run.label}")
         started = outcome in ("created", "restarted") and action.kind == ActionKind.WAIT
         if outcome != "failed" and action.kind != ActionKind.CREATE and not started:
             line.append(f"  ({action.reason})", style="dim")
@@ -142,11 +143,23 @@ def verdict(s: RunStatus) -> str:
     return f"{s.phase} ({s.reason}: {s.message})" if s.reason and s.message else s.shown
 
 
+def _owner(report: LaunchReport, run) -> str:
+    """The other sweep whose JobSet runs this point (run ids are shared), else ""."""
+    status = report.state.statuses.get(run.run_id)
+    return status.owner if status is not None else ""
+
+
+def _jobset(run, owner: str) -> str:
+    """The JobSet that runs `run`: another sweep's, when it owns it (`<sweep>-<run id>`)."""
+    return f"{owner}-{run.run_id}" if owner else run.jobset_name
+
+
 def launch_json(report: LaunchReport, dry_run: str | None) -> list[dict]:
     return [
         {
             "run_id": a.run.run_id,
-            "jobset": a.run.jobset_name,
+            "jobset": _jobset(a.run, _owner(report, a.run)),
+            "owner": _owner(report, a.run) or None,
             "label": a.run.label,
             "action": str(a.kind),
             "reason": a.reason,
