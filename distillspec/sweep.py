@@ -1008,13 +1008,15 @@ def _target(sweep: Sweep) -> list[Problem]:
             )
     for key, value in t.labels.items():
         if not _label_key_ok(key) or key in RESERVED_LABELS:
-            why = "is set by distillctl" if key in RESERVED_LABELS else "is not a Kubernetes label key"
+            reserved = key in RESERVED_LABELS
             out.append(
                 Problem(
                     ("target", "labels", key),
                     "bad_label",
-                    f"label {key!r} {why}",
-                    "use [prefix/]name: a DNS prefix and a name of letters, digits, '-', '_', '.'",
+                    f"label {key!r} {'is set by distillctl' if reserved else 'is not a Kubernetes label key'}",
+                    "choose another key: distillctl's own labels find the runs"
+                    if reserved
+                    else "use [prefix/]name: a DNS prefix and a name of letters, digits, '-', '_', '.'",
                 )
             )
         if not LABEL_VALUE.match(value):

@@ -297,3 +297,20 @@ def test_a_webhooks_denial_is_a_rejection_not_an_rbac_problem():
     error = api_error("create JobSet x", denied, cluster=None)
     assert error.exit_code == ExitCode.REJECTED and "a webhook rejected it" in error.message
     assert "RBAC" not in error.hint
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        (("--label", "a=b=c"), "--label a=b=c: label value 'b=c' is not a Kubernetes label value"),
+        (("--label", "distillctl.dev/run-id=x"), "is set by distillctl"),
+        (("--image", ""), "--image : '' is not a container image reference"),
+        (("--queue", "Bad_Q"), "--queue Bad_Q: target.queue 'Bad_Q' is not a Kubernetes name"),
+    ],
+)
+def test_a_bad_value_on_the_command_line_names_the_option_not_the_file(tmp_path, option, said):
+    # It was an error at the file's `target:` line, "not a valid sweep", exit 4.
+    path = write(tmp_path, sweep_data())
+    result = invoke("sweep", str(path), "--dry-run=client", *option)
+    assert result.exit_code == ExitCode.USAGE and said in result.stderr, result.output
+    assert "not a valid sweep" not in result.stderr

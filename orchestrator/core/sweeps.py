@@ -54,8 +54,29 @@ def expand_sweep(path: Path, overrides: TargetOverrides = TargetOverrides(), *, 
         changes["labels"] = {**sweep.target.labels, **dict(overrides.labels)}
     if changes:
         source = override_target(source, **changes)  # target rules run again: --image completes a target
+        _raise_for_options(source.problems, overrides)
     raise_for(source.problems, path)
     return expand_checked(resolve_image(source), path, yes=yes)
+
+
+# The command-line option that sets each target field (TargetOverrides).
+OPTIONS = {"tpu_type": "--tpu-type", "slices": "--slices", "image": "--image", "queue": "--queue"}
+OPTIONS |= {"priority": "--priority", "labels": "--label"}
+
+
+def _raise_for_options(problems, overrides: TargetOverrides) -> None:
+    """UsageError for the first error in a value given on the command line: the option is wrong, not the file
+    (`--label a=b=c` read as an error at the file's `target:` line, exit 4)."""
+    given = {field for field in OPTIONS if field != "labels" and getattr(overrides, field) is not None}
+    labels = dict(overrides.labels)
+    for problem in problems:
+        loc = tuple(problem.loc)
+        if not problem.is_error or len(loc) < 2 or loc[0] != "target":
+            continue
+        if loc[1] in given or (loc[1] == "labels" and len(loc) > 2 and loc[2] in labels):
+            value = f"{loc[2]}={labels[loc[2]]}" if loc[1] == "labels" else getattr(overrides, loc[1])
+            message = problem.message.removesuffix(" (given on the command line)")
+            raise UsageError(f"{OPTIONS[loc[1]]} {value}: {message}", problem.hint)
 
 
 def expand_checked(source: SweepSource, path: Path, *, yes: bool = False) -> expansion.Expansion:
