@@ -55,6 +55,8 @@ from distillspec.yaml_source import (
     source_problem,
 )
 
+# A JobSet's replicas (slices), and replicas × parallelism (its pods), are 32-bit integers.
+MAX_JOBSET_INT = 2**31 - 1
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -113,13 +115,13 @@ IMAGE_REFERENCE = re.compile(
 )
 
 
+IMAGE_REFERENCE_FORM = "host[:port]/path[:tag] or path@sha256:<digest>, the path in lower case, e.g. us-docker.pkg.dev/project/repo/distill:1"
+
+
 def _image_reference(value: str) -> str:
     if not IMAGE_REFERENCE.match(value):
         raise PydanticCustomError(
-            "bad_image",
-            "{image} is not a container image reference: host[:port]/path[:tag] or path@sha256:<digest>, "
-            "the path in lower case, e.g. us-docker.pkg.dev/project/repo/distill:1",
-            {"image": repr(value)},
+            "bad_image", "{image} is not a container image reference: " + IMAGE_REFERENCE_FORM, {"image": repr(value)}
         )
     return value
 
@@ -214,7 +216,7 @@ class Target(_Block):
 
     kind: Literal["local", "kubernetes", "xpk"] = "local"
     tpu_type: Annotated[str, AfterValidator(_known_tpu)] | None = None
-    slices: Annotated[int, Field(gt=0, le=2**31 - 1)] = 1  # a JobSet's replicas is a 32-bit integer
+    slices: Annotated[int, Field(gt=0, le=MAX_JOBSET_INT)] = 1  # a JobSet's replicas is a 32-bit integer
     image: Annotated[str, AfterValidator(_image_reference)] | None = None
     namespace: str = "default"
     queue: str | None = None  # Kueue LocalQueue: label kueue.x-k8s.io/queue-name
@@ -883,26 +885,21 @@ def late_rule_problems(rules: EarlyStopping, spec: DistillSpec) -> list[Problem]
     return out
 
 
-# A JobSet's pods: replicas (slices) × parallelism (hosts per slice), which its webhook caps at int32.
-MAX_JOBSET_PODS = 2**31 - 1
-
-
 def _target(sweep: Sweep) -> list[Problem]:
     t = sweep.target
     out = []
-    if t.on_cluster and t.tpu_type is not None:
-        hosts = tpu.lookup(t.tpu_type).vms_per_slice
-        if t.slices * hosts > MAX_JOBSET_PODS:
+    if t.on_cluster:
+        hosts = tpu.lookup(t.tpu_type).vms_per_slice if t.tpu_type is not None else 0
+        if t.slices * hosts > MAX_JOBSET_INT:  # the JobSet webhook's cap on replicas × parallelism
             out.append(
                 Problem(
                     ("target", "slices"),
                     "too_many_pods",
                     f"{t.slices} slices × {hosts} hosts of a {t.tpu_type} is {t.slices * hosts} pods, past a "
-                    f"JobSet's {MAX_JOBSET_PODS}",
-                    f"at most {MAX_JOBSET_PODS // hosts} slices of this TPU type",
+                    f"JobSet's {MAX_JOBSET_INT}",
+                    f"at most {MAX_JOBSET_INT // hosts} slices of this TPU type",
                 )
             )
-    if t.on_cluster:
         for field in ("tpu_type", "image"):
             if getattr(t, field) is None:
                 out.append(

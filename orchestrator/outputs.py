@@ -24,6 +24,7 @@ refused credentials are an error rather than a table of runs that were never cre
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -157,8 +158,7 @@ def check_store(url: str, *, timeout: float | None = None) -> None:
     import fsspec
     import fsspec.asyn
 
-    timeout = PROBE_SECONDS if timeout is None else timeout
-
+    timeout = PROBE_SECONDS if timeout is None else timeout  # read when called: tests lower it
     if fsspec.utils.get_protocol(url) not in PROBED_PROTOCOLS:
         return
     fs, root = fsspec.core.url_to_fs(url)
@@ -166,6 +166,7 @@ def check_store(url: str, *, timeout: float | None = None) -> None:
     endpoint = str(getattr(fs, "_location", "") or "Cloud Storage")
     # One request per try, without gcsfs's own retries (`_request` undecorated, where gcsfs exposes it).
     request = getattr(type(fs)._request, "__wrapped__", None)
+    call = functools.partial(request, fs) if request is not None else fs._call
     params = {"prefix": f"{prefix}/" if prefix else None, "maxResults": 1}
     deadline = time.monotonic() + timeout
     error: BaseException | None = None
@@ -174,10 +175,7 @@ def check_store(url: str, *, timeout: float | None = None) -> None:
         if attempt and left <= 0:
             break
         try:
-            if request is not None:
-                fsspec.asyn.sync(fs.loop, request, fs, "GET", "b/{}/o", bucket, timeout=max(left, 0.1), **params)
-            else:
-                fsspec.asyn.sync(fs.loop, fs._call, "GET", "b/{}/o", bucket, timeout=max(left, 0.1), **params)
+            fsspec.asyn.sync(fs.loop, call, "GET", "b/{}/o", bucket, timeout=max(left, 0.1), **params)
             return
         except Exception as e:  # sorted below: a missing bucket and refused credentials are final
             error = e

@@ -103,6 +103,7 @@ def sweep(
     once still end with one run per point."""
     from orchestrator.cli import console, views
     from orchestrator.core.launch import launch
+    from orchestrator.errors import UsageError
 
     ctx = SweepContext.build(
         sweep_file,
@@ -116,8 +117,6 @@ def sweep(
         priority=priority,
     )
     if timeout is not None and not wait:
-        from orchestrator.errors import UsageError
-
         raise UsageError("--timeout applies to --wait", "add --wait to follow the sweep, or drop --timeout")
     if service:
         # The service launches and follows; these would be dropped (and --dry-run=server would really apply).
@@ -131,8 +130,6 @@ def sweep(
             if on
         ]
         if given:
-            from orchestrator.errors import UsageError
-
             raise UsageError(
                 f"--service cannot be combined with {', '.join(given)}",
                 "the service creates and follows the runs itself: `distillctl status SWEEP` follows them; "
@@ -507,8 +504,7 @@ def cancel(
             return
         asked = [find_run(expansion, key) for key in runs] if runs else list(expansion.runs)
         existing = backend.observe(expansion)
-        chosen = asked
-        chosen = [run for run in chosen if run.run_id in existing and existing[run.run_id].exists]
+        chosen = [run for run in asked if run.run_id in existing and existing[run.run_id].exists]
         for run in [run for run in chosen if existing[run.run_id].owner]:
             console.err.print(  # the same point in another sweep: that sweep's to cancel, with its outputs
                 f"left {existing[run.run_id].name or run.run_id}: owned by sweep {existing[run.run_id].owner}",

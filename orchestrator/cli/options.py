@@ -63,13 +63,10 @@ def image_reference(value: str | None) -> str | None:
     """A container image given on the command line, checked as target.image is."""
     if not value:  # unset ("" too: as the command treats it)
         return value
-    from distillspec.sweep import IMAGE_REFERENCE
+    from distillspec.sweep import IMAGE_REFERENCE, IMAGE_REFERENCE_FORM
 
     if not IMAGE_REFERENCE.match(value):
-        raise typer.BadParameter(
-            f"{value!r} is not a container image reference: host[:port]/path[:tag] or path@sha256:<digest>, "
-            "the path in lower case, e.g. us-docker.pkg.dev/project/repo/distill:1"
-        )
+        raise typer.BadParameter(f"{value!r} is not a container image reference: {IMAGE_REFERENCE_FORM}")
     return value
 
 

@@ -412,10 +412,12 @@ def golden_update(
         slices=slices,
         image=image,
     )
+    resolved = []  # kl_div_T1: distill/kl_div_T1
     for name in metric or ():
-        if metrics.resolve(name) is None:
+        if (full := metrics.resolve(name)) is None:
             raise UsageError(f"--metric {name!r} is not a metric the trainer logs", metrics.did_you_mean(name))
-    metric = [metrics.resolve(name) for name in metric] if metric else metric  # kl_div_T1: distill/kl_div_T1
+        resolved.append(full)
+    metric = resolved or metric
     expansion = ctx.expand()
     _refuse_clobbering({"-o": out}, {"the sweep file": sweep})
     if out.is_file() and not golden_file.looks_like_golden(out):

@@ -35,7 +35,7 @@ def serve(
     ] = 60.0,
     lease: Annotated[
         str, typer.Option("--lease", callback=kubernetes_name, help="the Lease that elects the one acting replica")
-    ] = ("distillctl-controller"),
+    ] = "distillctl-controller",
     identity: Annotated[
         Optional[str], typer.Option("--identity", help="this replica's name in the Lease (default: host name)")
     ] = None,

@@ -10,6 +10,7 @@ from rich.text import Text
 from orchestrator.backends import Submitted
 from orchestrator.cli import console
 from orchestrator.core.expansion import Expansion
+from orchestrator.core.identity import jobset_name
 from orchestrator.core.launch import DRY_RUN_RECREATE, LaunchReport
 from orchestrator.core.reconcile import ActionKind
 from orchestrator.core.run_status import Phase, RunStatus
@@ -151,7 +152,7 @@ def _owner(report: LaunchReport, run) -> str:
 
 def _jobset(run, owner: str) -> str:
     """The JobSet that runs `run`: another sweep's, when it owns it (`<sweep>-<run id>`)."""
-    return f"{owner}-{run.run_id}" if owner else run.jobset_name
+    return jobset_name(owner, run.run_id) if owner else run.jobset_name
 
 
 def launch_json(report: LaunchReport, dry_run: str | None) -> list[dict]:

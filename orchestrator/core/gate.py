@@ -53,9 +53,7 @@ def without_outputs(expansion: Expansion, outputs: Mapping[str, RunOutputs], sta
         if statuses[run.run_id].phase in finished
         and (out := outputs.get(run.run_id)) is not None
         and out.readable
-        and not out.log
-        and out.summary is None
-        and out.spec is None
+        and not out.exists
     ]
 
 

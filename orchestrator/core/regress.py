@@ -47,9 +47,11 @@ class Outcome:
 
     @property
     def shown(self) -> str:
-        if self.observed is None:
-            return "—"
-        return repr(self.observed) if self.exact else f"{self.observed:.6g}"
+        return "—" if self.observed is None else _number(self.observed, self.exact)
+
+
+def _number(value: float, exact: bool) -> str:
+    return repr(value) if exact else f"{value:.6g}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +134,7 @@ def evaluate(golden: GoldenFile, observed: Mapping[str, Observed], *, timed_out:
                         "regression",
                         check.describe(),
                         value,
-                        f"{name} = {repr(value) if exact else format(value, '.6g')}, expected {check.describe()}",
+                        f"{name} = {_number(value, exact)}, expected {check.describe()}",
                         exact,
                     )
                 )

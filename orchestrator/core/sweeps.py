@@ -60,8 +60,14 @@ def expand_sweep(path: Path, overrides: TargetOverrides = TargetOverrides(), *, 
 
 
 # The command-line option that sets each target field (TargetOverrides).
-OPTIONS = {"tpu_type": "--tpu-type", "slices": "--slices", "image": "--image", "queue": "--queue"}
-OPTIONS |= {"priority": "--priority", "labels": "--label"}
+OPTIONS = {
+    "tpu_type": "--tpu-type",
+    "slices": "--slices",
+    "image": "--image",
+    "queue": "--queue",
+    "priority": "--priority",
+    "labels": "--label",
+}
 
 
 def _raise_for_options(problems, overrides: TargetOverrides) -> None:
