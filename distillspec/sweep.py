@@ -115,7 +115,9 @@ IMAGE_REFERENCE = re.compile(
 )
 
 
-IMAGE_REFERENCE_FORM = "host[:port]/path[:tag] or path@sha256:<digest>, the path in lower case, e.g. us-docker.pkg.dev/project/repo/distill:1"
+IMAGE_REFERENCE_FORM = (  # what target.image and --image/--default-image must look like, in their errors
+    "host[:port]/path[:tag] or path@sha256:<digest>, the path in lower case, e.g. us-docker.pkg.dev/project/repo/distill:1"
+)
 
 
 def _image_reference(value: str) -> str:
