@@ -308,9 +308,10 @@ def test_a_webhooks_denial_is_a_rejection_not_an_rbac_problem():
         (("--queue", "Bad_Q"), "--queue Bad_Q: target.queue 'Bad_Q' is not a Kubernetes name"),
     ],
 )
-def test_a_bad_value_on_the_command_line_names_the_option_not_the_file(tmp_path, option, said):
+@pytest.mark.parametrize("mode", ["--dry-run=client", "--service"])  # --service: checked before connecting
+def test_a_bad_value_on_the_command_line_names_the_option_not_the_file(tmp_path, option, said, mode):
     # It was an error at the file's `target:` line, "not a valid sweep", exit 4.
     path = write(tmp_path, sweep_data())
-    result = invoke("sweep", str(path), "--dry-run=client", *option)
+    result = invoke("sweep", str(path), mode, *option)
     assert result.exit_code == ExitCode.USAGE and said in result.stderr, result.output
     assert "not a valid sweep" not in result.stderr

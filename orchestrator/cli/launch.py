@@ -164,16 +164,11 @@ def sweep(
 
 def _apply_to_service(ctx: SweepContext, output: OutputFormat) -> None:
     """Apply the sweep as a DistillationSweep; the controller creates its runs."""
-    import dataclasses
-
     from orchestrator.backends.kubernetes.client import connect
     from orchestrator.cli import console
     from orchestrator.service.client import apply_sweep, checked_source
 
-    overrides = {k: v for k, v in dataclasses.asdict(ctx.overrides).items() if v not in (None, ())}
-    if "labels" in overrides:
-        overrides["labels"] = dict(overrides["labels"])
-    source = checked_source(ctx.path, overrides, yes=ctx.yes)  # its image may be left to the controller
+    source = checked_source(ctx.path, ctx.overrides, yes=ctx.yes)  # its image may be left to the controller
     cluster = connect(ctx.access, default_namespace=source.sweep.target.namespace)
     try:
         applied = apply_sweep(cluster, source)

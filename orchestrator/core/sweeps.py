@@ -26,8 +26,19 @@ class TargetOverrides:
 
 def expand_sweep(path: Path, overrides: TargetOverrides = TargetOverrides(), *, yes: bool = False):
     """The sweep in `path`, loaded and expanded with `overrides` applied (an `Expansion`), or the error that says
-    why not: UsageError (unreadable file, unknown TPU type, too many points without `yes`), InvalidSpecError
-    (every problem, located)."""
+    why not: UsageError (unreadable file, unknown TPU type, a bad option value, too many points without `yes`),
+    InvalidSpecError (every problem, located)."""
+    source = load_overridden(path, overrides)
+    raise_for(source.problems, path)
+    return expand_checked(resolve_image(source), path, yes=yes)
+
+
+def load_overridden(path: Path, overrides: TargetOverrides, *, image_required: bool = True) -> SweepSource:
+    """The sweep in `path` with `overrides` applied to its target, its problems kept for the caller, or a UsageError
+    when the file cannot be read or a command-line value is wrong (the option is named, not the file).
+
+    `image_required=False` (the service, whose default image completes a target) lets --tpu-type turn a local
+    sweep into a cluster one without --image."""
     tpu_type = overrides.tpu_type
     if tpu_type is not None:
         try:
@@ -45,7 +56,8 @@ def expand_sweep(path: Path, overrides: TargetOverrides = TargetOverrides(), *, 
         changes["tpu_type"] = tpu_type
         if sweep.target.kind == "local":
             changes["kind"] = "kubernetes"  # a TPU type means a cluster run
-            if "image" not in changes and sweep.target.image is None:  # else target.image is blamed, unwritten
+            if image_required and "image" not in changes and sweep.target.image is None:
+                # else target.image is blamed, a line the user never wrote
                 raise UsageError(
                     f"--tpu-type makes the local sweep {sweep.name} a cluster run, and a cluster run needs an image",
                     "pass --image too (run ids include it); drop --tpu-type to read or run the local runs",
@@ -55,8 +67,7 @@ def expand_sweep(path: Path, overrides: TargetOverrides = TargetOverrides(), *, 
     if changes:
         source = override_target(source, **changes)  # target rules run again: --image completes a target
         _raise_for_options(source.problems, overrides)
-    raise_for(source.problems, path)
-    return expand_checked(resolve_image(source), path, yes=yes)
+    return source
 
 
 # The command-line option that sets each target field (TargetOverrides).

@@ -9,11 +9,11 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from distillspec.problems import Problem
-from distillspec.sweep import SweepSource, load_sweep, override_target
+from distillspec.sweep import SweepSource, override_target
 from orchestrator.backends.kubernetes.client import Cluster, api_error
 from orchestrator.core.aggregate import KL_T1
 from orchestrator.core.run_status import Phase, RunStatus
-from orchestrator.core.sweeps import expand_checked, raise_for
+from orchestrator.core.sweeps import TargetOverrides, expand_checked, load_overridden, raise_for
 from orchestrator.errors import DistillctlError
 from orchestrator.exit_codes import ExitCode
 from orchestrator.service.resource import (
@@ -36,18 +36,14 @@ def _service_supplied(problem: Problem) -> bool:
     return problem.code == "target_field_missing" and tuple(problem.loc) == ("target", "image")
 
 
-def checked_source(path, changes: dict[str, Any], *, yes: bool = False) -> SweepSource:
-    """The sweep file at `path`, its target fields replaced by `changes` (the command line's overrides), loaded and
-    expanded as `sweep` would, so what `sweep` would reject never reaches the cluster (InvalidSpecError,
-    UsageError; a grid over the limit needs `yes`).
+def checked_source(path, overrides: TargetOverrides = TargetOverrides(), *, yes: bool = False) -> SweepSource:
+    """The sweep file at `path`, its target fields replaced by the command line's `overrides`, loaded and expanded
+    as `sweep` would, so what `sweep` would reject never reaches the cluster (InvalidSpecError, UsageError naming a
+    bad option value; a grid over the limit needs `yes`).
 
     A target that leaves `image` unset is let through: the controller's default image (the chart's
     `defaults.image`) completes it, and a controller without one says so in the resource's Accepted condition."""
-    source = load_sweep(path)
-    if source.sweep is None:
-        raise_for(source.problems, path)
-    if changes:
-        source = override_target(source, **changes)
+    source = load_overridden(path, overrides, image_required=False)
     problems = tuple(p for p in source.problems if not _service_supplied(p)) + service_problems(source)
     raise_for(problems, path)
     assert source.sweep is not None
