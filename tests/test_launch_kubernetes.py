@@ -308,6 +308,17 @@ def test_in_a_pod_it_uses_the_service_account_and_needs_only_the_documented_rbac
         assert runner.invoke(app, ["cancel", str(path), "--yes"]).exit_code == 0
         wait_gone(cp, "inpod")
 
+        # The Role cannot read ClusterQueues (cluster-scoped), so a run above the quota is created, and Kueue's
+        # own word on it ends the wait at once.
+        toobig = write_sweep(tmp_path, "toobig", points=1, slices=3)  # 3 × 64 chips > the queue's 128
+        started = time.monotonic()
+        result = runner.invoke(app, ["sweep", str(toobig), "--wait", "--timeout", "300"])
+        assert result.exit_code == ExitCode.NOT_ADMITTED, result.output
+        assert "will never admit" in result.stderr and "maximum capacity" in result.stderr
+        assert time.monotonic() - started < 60  # said at once, not after the timeout
+        assert runner.invoke(app, ["cancel", str(toobig), "--yes"]).exit_code == 0
+        wait_gone(cp, "toobig")
+
         # What the Role does not grant is refused as forbidden, with the account named.
         elsewhere = tmp_path / "elsewhere.yaml"
         elsewhere.write_text(path.read_text().replace("kind: kubernetes", "kind: kubernetes\n  namespace: kube-system"))
@@ -356,16 +367,31 @@ def test_a_priority_class_that_does_not_exist_is_refused_before_anything_is_crea
     assert not jobsets(control_plane, "nopriority")
 
 
-def test_a_request_above_the_quota_is_not_admitted(control_plane, tmp_path):
+def test_a_request_above_the_quota_is_refused_before_anything_is_created(control_plane, tmp_path):
+    # A suspended JobSet still gets one Job per slice at once: 100000 slices made ~40,000 Jobs before Kueue spoke.
     cp = control_plane
-    path = write_sweep(tmp_path, "toobig", points=1, slices=3)  # 3 × 64 chips > the queue's 128
-    started = time.monotonic()
-    result = cli("sweep", str(path), "--wait", "--timeout", "300", kubeconfig=cp.kubeconfig)
-    assert result.exit_code == ExitCode.NOT_ADMITTED, result.output
-    assert "will never admit" in result.stderr and "maximum capacity" in result.stderr
-    assert time.monotonic() - started < 60  # said at once, not after the timeout
-    cancel_all(path, cp.kubeconfig)
-    wait_gone(cp, "toobig")
+    custom = client.CustomObjectsApi(cp.client)
+    for slices, said in ((3, "flavor 2xv5p-128: google.com/tpu 192 > 128"), (100000, "6,400,000 google.com/tpu")):
+        path = write_sweep(tmp_path, "toobig", points=1, slices=slices)  # 3 × 64 chips > the queue's 128
+        result = cli("sweep", str(path), kubeconfig=cp.kubeconfig)
+        assert result.exit_code == ExitCode.NOT_ADMITTED, result.output
+        assert "ClusterQueue 'cluster-queue' can never admit one run" in result.stderr and said in result.stderr
+        assert "--slices" in result.stderr  # the hint
+        assert not jobsets(cp, "toobig")
+    assert not client.CoordinationV1Api(cp.client).list_namespaced_lease("default").items  # no run claimed
+
+    # A LocalQueue whose ClusterQueue does not exist admits nothing either.
+    queue = {"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "LocalQueue", "metadata": {"name": "orphan-queue"}}
+    queue["spec"] = {"clusterQueue": "no-such-cluster-queue"}
+    custom.create_namespaced_custom_object("kueue.x-k8s.io", "v1beta1", "default", "localqueues", queue)
+    try:
+        path = write_sweep(tmp_path, "orphan", points=1, queue="orphan-queue")
+        result = cli("sweep", str(path), kubeconfig=cp.kubeconfig)
+        assert result.exit_code == ExitCode.NOT_ADMITTED, result.output
+        assert "points to ClusterQueue 'no-such-cluster-queue', which does not exist" in result.stderr
+        assert not jobsets(cp, "orphan")
+    finally:
+        custom.delete_namespaced_custom_object("kueue.x-k8s.io", "v1beta1", "default", "localqueues", "orphan-queue")
 
 
 # --- following: status, restarts, failures, logs, cancel ---------------------------------------------------

@@ -211,6 +211,8 @@ def test_chart_role_allows_what_the_controller_uses_and_nothing_else(control_pla
     for verb, what, group in allowed:
         assert _review(cp, verb, what, group), (verb, what)
     assert _review(cp, "get", "priorityclasses", "scheduling.k8s.io", namespace=None)  # cluster-scoped, read only
+    assert _review(cp, "get", "clusterqueues", "kueue.x-k8s.io", namespace=None)
+    assert _review(cp, "list", "resourceflavors", "kueue.x-k8s.io", namespace=None)
     assert _review(cp, "update", "leases", "coordination.k8s.io", name=LEASE)
     denied = [
         ("get", "secrets", "", NS, ""),
@@ -337,6 +339,14 @@ def test_bad_resources_are_refused_at_admission_or_get_a_condition(control_plane
     )
     cp.wait_for(lambda: condition(cp, "svc-bad", "Accepted").get("reason") == "PriorityClassMissing", 30, "the reason")
     assert "PriorityClass 'urgent' does not exist" in condition(cp, "svc-bad", "Accepted")["message"]
+    assert not jobsets(cp, "svc-bad")
+
+    # Valid, but one run asks for more chips than the ClusterQueue has: said before a Job per slice is made.
+    api.patch_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, "svc-bad", {"spec": {"target": {"priority": None, "slices": 100000}}}
+    )
+    cp.wait_for(lambda: condition(cp, "svc-bad", "Accepted").get("reason") == "QuotaNeverFits", 30, "the reason")
+    assert "google.com/tpu 1,600,000 > 16" in condition(cp, "svc-bad", "Accepted")["message"]
     assert not jobsets(cp, "svc-bad")
     api.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "svc-bad")
     cp.wait_for(lambda: resource(cp, "svc-bad") is None, 30, "the resource to go")

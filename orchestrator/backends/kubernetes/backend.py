@@ -23,9 +23,11 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from distillspec import tpu
 from distillspec.contract import LABEL_RUN_ID, STUCK_EVENT_REASONS, STUCK_WAITING_REASONS, StuckReason
 from distillspec.sweep import Target
 from orchestrator.backends import DryRun, LogRequest, Submitted
+from orchestrator.backends.kubernetes import quota
 from orchestrator.backends.kubernetes.client import (
     CONNECTION_ERRORS,
     REQUEST_TIMEOUT_SECONDS,
@@ -107,7 +109,7 @@ class KubernetesBackend:
                 )
             self._kueue_version = groups[KUEUE_GROUP][0]
             try:
-                self.cluster.custom.get_namespaced_custom_object(
+                local_queue = self.cluster.custom.get_namespaced_custom_object(
                     KUEUE_GROUP, self._kueue_version, self.cluster.namespace, "localqueues", self.target.queue
                 )
             except ApiException as e:
@@ -121,8 +123,52 @@ class KubernetesBackend:
                         exit_code=ExitCode.NOT_ADMITTED,
                     ) from None
                 raise api_error("read the Kueue LocalQueue", e, self.cluster) from None
+            self._check_quota(str((local_queue.get("spec") or {}).get("clusterQueue") or ""))
         if self.target.priority:
             self._check_priority_class(self.target.priority)
+
+    def _check_quota(self, name: str) -> None:
+        """CannotRunError when the LocalQueue's ClusterQueue does not exist or could never admit one run (`quota`),
+        before any JobSet exists. A caller not allowed to read ClusterQueues (cluster-scoped) is not stopped: Kueue
+        then says it of the first run, and `status` shows it."""
+        if not name:
+            return
+        version = self._kueue_version
+        try:
+            cluster_queue = self.cluster.custom.get_cluster_custom_object(KUEUE_GROUP, version, "clusterqueues", name)
+        except ApiException as e:
+            if e.status == 403:
+                return
+            if e.status != 404:
+                raise api_error("read the Kueue ClusterQueue", e, self.cluster) from None
+            raise CannotRunError(
+                f"Kueue LocalQueue {self.target.queue!r} points to ClusterQueue {name!r}, which does not exist: "
+                "no point would ever be admitted",
+                "create the ClusterQueue, or set target.queue to a LocalQueue whose ClusterQueue exists "
+                "(kubectl get localqueues -A shows each one's)",
+                reason="ClusterQueueMissing",
+                exit_code=ExitCode.NOT_ADMITTED,
+            ) from None
+        try:
+            listing = self.cluster.custom.list_cluster_custom_object(KUEUE_GROUP, version, "resourceflavors")
+            flavors = {f["metadata"]["name"]: (f.get("spec") or {}).get("nodeLabels") or {} for f in listing["items"]}
+        except ApiException as e:
+            if e.status != 403:
+                raise api_error("list the Kueue ResourceFlavors", e, self.cluster) from None
+            flavors = None
+        request = quota.run_request(self.target)
+        why = quota.never_admitted(request, rendering.node_selector(self.target), cluster_queue, flavors)
+        if why is None:
+            return
+        chips = request.get(tpu.RESOURCE, 0)
+        raise CannotRunError(
+            f"Kueue's ClusterQueue {name!r} can never admit one run of this sweep ({self.target.slices} × "
+            f"{self.target.tpu_type}, {int(chips):,} {tpu.RESOURCE}): {why}",
+            "check target.slices and target.tpu_type (--slices, --tpu-type), or raise the ClusterQueue's quota "
+            f"(kubectl get clusterqueue {name} -o yaml)",
+            reason="QuotaNeverFits",
+            exit_code=ExitCode.NOT_ADMITTED,
+        )
 
     def _check_priority_class(self, name: str) -> None:
         """The API server refuses every pod whose PriorityClass does not exist, so such a JobSet would sit with no
