@@ -190,6 +190,13 @@ def test_invalid_resource_is_rejected_with_the_clis_codes(resource):
     bad["spec"]["target"] = {"kind": "local", "output_base": "runs"}
     source, _ = source_from_resource(bad)
     assert not source.ok and [p.code for p in source.problems if p.is_error] == ["local_target"]
+    # A target namespace other than the resource's: its runs went to the resource's namespace, unsaid.
+    bad = json.loads(json.dumps(resource))
+    bad["spec"]["target"]["namespace"] = "team-b"
+    source, _ = source_from_resource(bad)
+    (problem,) = [p for p in source.problems if p.is_error]
+    assert problem.code == "namespace_mismatch" and "'team-b'" in problem.message and "'team'" in problem.message
+    assert problem.line is not None  # located in the resource
 
 
 # --- the per-sweep reconcile ------------------------------------------------------------------------------

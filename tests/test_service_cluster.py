@@ -276,6 +276,7 @@ def test_sweep_applied_as_a_resource_runs_to_the_end_with_no_client(control_plan
     shown = CliRunner().invoke(app, ["status", str(path), "--output", "json", "--image", IMAGE, *kube])
     assert shown.exit_code == 0, shown.output
     assert {r["run_id"] for r in json.loads(shown.stdout)} == {r["runId"] for r in status["runs"]}
+    assert all(r["age_seconds"] >= 0 for r in json.loads(shown.stdout))  # from the JobSets' creation (was none)
     assert "DistillationSweep svc-a: Succeeded (AllSucceeded: 3 run(s))" in shown.stderr  # its conditions
     assert "1 orphaned JobSet(s)" in shown.stderr and f"{orphan} (" in shown.stderr  # and `status`'s own warning
     compared = CliRunner().invoke(app, ["results", str(path), "--format", "json", "--image", IMAGE, *kube])

@@ -117,6 +117,7 @@ class RunStatus:
     total_steps: int | None = None
     kl_div_t1: float | None = None
     age_seconds: float | None = None
+    created_at: float | None = None  # unix seconds: the service's status carries this, not the age
     last_metrics_at: float | None = None
     since: float | None = None  # when the backend's deciding condition last changed (unix seconds), if known
     heals: bool = True  # False: Stuck on something waiting will not fix (a missing image or Secret)
@@ -160,6 +161,7 @@ def derive(
         total_steps=summary.get("total_steps") if isinstance(summary.get("total_steps"), int) else total_steps,
         kl_div_t1=aggregate.metric(aggregate.last(outputs.log, 1), KL_T1),
         age_seconds=(now - observation.created_at) if observation.created_at else None,
+        created_at=observation.created_at,
         last_metrics_at=last_time,
         owner=observation.owner,
     )

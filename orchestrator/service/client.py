@@ -4,6 +4,7 @@ and `results` show the controller's view when the sweep's resource exists)."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -136,8 +137,9 @@ def read_status(cluster: Cluster, name: str) -> SweepStatus | None:
     return SweepStatus.model_validate(found.get("status") or {})
 
 
-def run_statuses(status: SweepStatus) -> dict[str, RunStatus]:
+def run_statuses(status: SweepStatus, now: float) -> dict[str, RunStatus]:
     """The resource's per-run status as the CLI's RunStatus, by run id (for the same table `status` prints)."""
+    created = {run.runId: run.created.timestamp() for run in status.runs if run.created is not None}
     return {
         run.runId: RunStatus(
             Phase(run.phase),
@@ -148,6 +150,8 @@ def run_statuses(status: SweepStatus) -> dict[str, RunStatus]:
             total_steps=run.totalSteps,
             kl_div_t1=run.metrics.get(KL_T1),
             owner=run.owner,
+            age_seconds=now - created[run.runId] if run.runId in created else None,
+            created_at=created.get(run.runId),
         )
         for run in status.runs
     }
@@ -175,7 +179,7 @@ def served(cluster: Cluster, expansion) -> Served | None:
         return None
     if not found.runs:  # rejected (Accepted=False says why) or nothing decided yet: its runs are not known
         return Served(name, found, None)
-    statuses = run_statuses(found)
+    statuses = run_statuses(found, time.time())
     missing = tuple(run.run_id for run in expansion.runs if run.run_id not in statuses)
     return Served(name, found, None if missing else statuses, missing)
 

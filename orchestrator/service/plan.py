@@ -314,7 +314,13 @@ def _run_state(
         metrics=metrics,
         owner=status.owner,
         stopped=stopped,
+        created=_timestamp(status.created_at),
     )
+
+
+def _timestamp(unix: float | None) -> datetime.datetime | None:
+    """A Kubernetes timestamp (whole seconds, UTC) as the status stores it: the same on every pass."""
+    return None if unix is None else datetime.datetime.fromtimestamp(round(unix), tz=datetime.timezone.utc)
 
 
 def _best(points: Sequence[Point], statuses: Mapping[str, RunStatus]) -> BestPoint | None:

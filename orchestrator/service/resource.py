@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 from typing import Any, Literal
 
 import yaml
@@ -125,6 +126,7 @@ class RunState(_Status):
     metrics: dict[str, float] = Field({}, description="the latest log record's metrics (mean over its tokens)")
     owner: str = Field("", description="another sweep whose JobSet runs this point (the same run id)")
     stopped: StopRecord | None = Field(None, description="the early-stopping rule that stopped it: never created again")
+    created: datetime.datetime | None = Field(None, description="when its JobSet was created (`status` shows the age)")
 
 
 class OrphanRun(_Status):
@@ -209,12 +211,23 @@ def source_from_resource(
     sweep, service = split_spec(resource.get("spec") or {})
     sweep = {"name": metadata.get("name", ""), **sweep}
     target = sweep.get("target", {})
+    namespace = metadata.get("namespace", "default")
+    elsewhere = None
     if isinstance(target, dict):  # anything else is the sweep parser's problem to report
-        sweep["target"] = {**defaults.fill(target), "namespace": metadata.get("namespace", "default")}
+        if target.get("namespace") not in (None, namespace):
+            elsewhere = Problem(
+                ("target", "namespace"),
+                "namespace_mismatch",
+                f"target.namespace is {target['namespace']!r} but the {KIND} is in namespace {namespace!r}: the "
+                "service runs a sweep's JobSets in its resource's namespace",
+                f"drop target.namespace, or apply the resource in namespace {target['namespace']!r}",
+            )
+        sweep["target"] = {**defaults.fill(target), "namespace": namespace}
     text = yaml.safe_dump(sweep, sort_keys=False)
     where = f"{KIND.lower()}/{metadata.get('name', '')}"
     source = parse_sweep(text, file=where)
-    source = dataclasses.replace(source, problems=source.problems + service_problems(source))
+    found = service_problems(source) + ((source.locate(elsewhere),) if elsewhere else ())
+    source = dataclasses.replace(source, problems=source.problems + found)
     try:
         return source, ServiceSpec.model_validate(service)
     except ValidationError as e:
