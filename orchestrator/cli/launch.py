@@ -3,7 +3,6 @@ look, delete), prints what it returns, and exits."""
 
 from __future__ import annotations
 
-import math
 import shlex
 import sys
 import time
@@ -25,6 +24,7 @@ from orchestrator.cli.options import (
     SweepArgument,
     SweepContext,
     YesOption,
+    finite_number,
 )
 
 
@@ -48,12 +48,6 @@ def parse_labels(items: list[str] | None) -> dict[str, str]:
 # --- sweep ------------------------------------------------------------------------------------------------
 
 
-def _timeout_seconds(value: float | None) -> float | None:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise typer.BadParameter(f"{value} is not a number of seconds to wait; e.g. 3600, or leave --timeout out")
-    return value
-
-
 def sweep(
     sweep_file: SweepArgument,
     dry_run: Annotated[
@@ -67,7 +61,9 @@ def sweep(
     timeout: Annotated[
         Optional[float],
         typer.Option(
-            "--timeout", callback=_timeout_seconds, help="with --wait: give up after this many seconds (exit 3)"
+            "--timeout",
+            callback=finite_number("a number of seconds to wait; e.g. 3600, or leave --timeout out"),
+            help="with --wait: give up after this many seconds (exit 3)",
         ),
     ] = None,
     retry_failed: Annotated[

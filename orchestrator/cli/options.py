@@ -90,17 +90,23 @@ ImageOption = Annotated[
 ]
 
 
-def _positive_seconds(value: float) -> float:
-    if not math.isfinite(value) or value <= 0:
-        raise typer.BadParameter(f"{value} is not a positive number of seconds; e.g. 900 (15 minutes)")
-    return value
+def finite_number(what: str, *, zero: bool = False):
+    """An option callback that refuses NaN, infinities and numbers below zero (or zero itself unless `zero`):
+    `nan` waited for ever and `inf` broke arithmetic further on. `what` ends "`{value} is not ...`"."""
+
+    def check(value: float | None) -> float | None:
+        if value is None or (math.isfinite(value) and (value > 0 or (zero and value == 0))):
+            return value
+        raise typer.BadParameter(f"{value} is not {what}")
+
+    return check
 
 
 StallOption = Annotated[
     float,
     typer.Option(
         "--stall-after",
-        callback=_positive_seconds,
+        callback=finite_number("a positive number of seconds; e.g. 900 (15 minutes)"),
         help="seconds without new metrics before a running point shows as Stalled",
     ),
 ]

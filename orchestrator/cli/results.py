@@ -10,7 +10,6 @@ statuses fall back to the outputs alone, with a warning: results still read from
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from enum import Enum
@@ -34,6 +33,7 @@ from orchestrator.cli.options import (
     SweepContext,
     TpuOption,
     WindowOption,
+    finite_number,
 )
 
 
@@ -343,12 +343,6 @@ golden_app = typer.Typer(
 )
 
 
-def _tolerance(value: float) -> float:
-    if not math.isfinite(value) or value < 0:
-        raise typer.BadParameter(f"{value} is not a tolerance: a finite number >= 0, e.g. 0.1 (10 %)")
-    return value
-
-
 @golden_app.command("update")
 def golden_update(
     sweep: SweepArgument,
@@ -358,7 +352,7 @@ def golden_update(
         float,
         typer.Option(
             "--rtol",
-            callback=_tolerance,
+            callback=finite_number("a tolerance: a finite number >= 0, e.g. 0.1 (10 %)", zero=True),
             help="relative tolerance of approx checks (runs without repeated seeds)",
         ),
     ] = DEFAULT_RTOL,
