@@ -236,13 +236,43 @@ def test_a_latest_checkpoint_missing_a_part_is_damaged_not_another_model(out, te
     assert "is damaged or incomplete" in message and f"move {step} aside" in message, message
 
 
+class Recorder:
+    """A reporter that keeps the notes and the verdict (a refused start writes no summary.json)."""
+
+    def __init__(self):
+        self.notes: list[str] = []
+        self.ended: tuple[str, int, str] | None = None
+
+    def start(self, *a):
+        pass
+
+    def log(self, r):
+        pass
+
+    def note(self, m):
+        self.notes.append(m)
+
+    def end(self, status, code, message):
+        self.ended = (status, code, message)
+
+
+def refused(data: dict, run_dir: Path) -> str:
+    """Run `data` on the copied run `run_dir`: refused with exit 1, its spec.json and summary.json untouched (the
+    summary still says how that run ended); the refusal's message."""
+    kept = {name: (run_dir / name).read_bytes() for name in ("spec.json", "summary.json", "metrics.jsonl")}
+    recorder = Recorder()
+    assert run(spec_of(data), reporter=recorder) == TrainerExit.USER_ERROR
+    assert recorder.ended is not None and recorder.ended[:2] == ("failed", 1)
+    assert {name: (run_dir / name).read_bytes() for name in kept} == kept
+    return recorder.ended[2]
+
+
 def test_resuming_with_another_model_names_the_arrays_that_differ(out, teacher):
     import shutil
 
     shutil.copytree(teacher, out / "remodelled")
     data = merged(TEACHER, name="remodelled", output_dir=str(out), steps=70, student={"model": "tiny-2l"})
-    assert run(spec_of(data)) == TrainerExit.USER_ERROR
-    message = json.loads((out / "remodelled" / "summary.json").read_text())["message"]
+    message = refused(data, out / "remodelled")  # spec.json said tiny-2l, and export then failed
     assert "layers.attention.wq is (4, 64, 4, 16), this model needs (2, 64, 4, 16)" in message, message
     assert "strict=False" not in message and "use a new run name" in message
 
@@ -252,13 +282,56 @@ def test_a_run_whose_checkpoint_is_past_its_steps_is_refused_and_its_record_kept
     import shutil
 
     shutil.copytree(teacher, out / "shortened")
-    recorded = json.loads((out / "shortened" / "spec.json").read_text())
-    data = merged(TEACHER, name="shortened", output_dir=str(out), steps=30)
-    assert run(spec_of(data)) == TrainerExit.USER_ERROR
-    summary = json.loads((out / "shortened" / "summary.json").read_text())
-    assert "is at step 60, past this run's steps (30)" in summary["message"], summary
-    assert "set steps to 60 or more" in summary["message"]
-    assert json.loads((out / "shortened" / "spec.json").read_text()) == recorded  # what the run is, untouched
+    message = refused(merged(TEACHER, name="shortened", output_dir=str(out), steps=30), out / "shortened")
+    assert "is at step 60, past this run's steps (30)" in message and "set steps to 60 or more" in message
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"batch": {"max_target_length": 16}}, "max_target_length: 32 → 16"),
+        ({"data": {"seed": 7}}, "data.seed: 0 → 7"),
+    ],
+)
+def test_resuming_on_other_input_is_refused_naming_what_changed(out, teacher, change, said):
+    # Its position indexed other data: it resumed silently, and spec.json no longer said what steps 1-60 read.
+    import shutil
+
+    name = f"reread-{len(said)}"
+    shutil.copytree(teacher, out / name)
+    message = refused(merged(TEACHER, name=name, output_dir=str(out), steps=70, **change), out / name)
+    assert "was trained on other input than this spec reads" in message and said in message, message
+    assert f"load_parameters_path is {out / name}/checkpoints" in message
+
+
+def test_a_checkpoint_without_a_document_position_is_refused_not_called_damaged(out, teacher, tmp_path):
+    # From before checkpoints recorded their input: orbax's 'Item "data" was not found' read as a damaged
+    # checkpoint, whose hint moved good checkpoints aside one by one.
+    import shutil
+
+    shutil.copytree(teacher, out / "redocumented")
+    meta = out / "redocumented" / "checkpoints" / "60" / "meta" / "metadata"
+    meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "input"}))
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"text": f"document {i}: the quick brown fox. " * 20}) + "\n" for i in range(50))
+    )
+    documents = {"source": "jsonl", "path": str(corpus)}
+    data = merged(TEACHER, name="redocumented", output_dir=str(out), steps=70, data=documents)
+    message = refused(data, out / "redocumented")
+    assert "holds no input-pipeline position" in message and "damaged" not in message, message
+
+
+def test_resuming_with_other_settings_says_which_before_spec_json_changes(out, teacher):
+    import shutil
+
+    shutil.copytree(teacher, out / "retuned")
+    recorder = Recorder()
+    data = merged(TEACHER, name="retuned", output_dir=str(out), steps=62, optimizer={"learning_rate": 5e-4})
+    assert run(spec_of(data), reporter=recorder) == TrainerExit.OK
+    (note,) = [n for n in recorder.notes if n.startswith("resuming with settings changed")]
+    assert "optimizer.learning_rate: 0.003 → 0.0005" in note and "steps" not in note, note
+    assert json.loads((out / "retuned" / "spec.json").read_text())["optimizer"]["learning_rate"] == 5e-4
 
 
 def test_missing_teacher_is_a_user_error_with_a_clear_message(out, tmp_path):

@@ -25,7 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from trainer.exit_codes import RetryableError, TrainerError, UserError, storage_failure
+from trainer.exit_codes import RetryableError, RunRefused, TrainerError, UserError, storage_failure
 
 
 def _quiet_orbax_leftovers(unraisable, default=sys.unraisablehook) -> None:
@@ -159,7 +159,15 @@ class RunCheckpoints:
             {k: tuple(v.shape) for k, v in flatten(abstract(params_like)).items()},
             "this run's checkpoints are of another model: use a new run name (or output_dir) for this spec, or "
             "delete the old run directory",
+            error=RunRefused,
         )
+        if data and not (epath.Path(self.directory) / str(step) / "data").exists():
+            # Orbax would say 'Item "data" was not found', read as a damaged checkpoint whose hint moves good ones.
+            raise RunRefused(
+                f"the checkpoint at {self.directory}/{step} holds no input-pipeline position: the run that wrote it "
+                "read another kind of data (a token file, synthetic data or a logit cache), this spec reads documents",
+                "give this run another name (or output_dir), or go back to the run's data settings",
+            )
         items = {
             "params": ocp.args.StandardRestore(flatten(abstract(params_like))),
             "train_state": ocp.args.StandardRestore(flatten(abstract(train_state_like))),
@@ -179,6 +187,16 @@ class RunCheckpoints:
             dict(restored["meta"]),
             restored["data"].state if data else None,
         )
+
+    def meta(self, step: int) -> dict:
+        """Step `step`'s `meta` item alone (step, position, tokens, the input it was trained on)."""
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        except Exception as e:
+            if unreadable(e):
+                raise damaged_checkpoint(f"{self.directory}/{step}", e) from None
+            raise
+        return dict(restored["meta"])
 
     def close(self) -> None:
         """Wait for the saves in flight and release orbax's threads; raises a save's failure like `check`."""
@@ -278,8 +296,10 @@ def _check_shapes(
     params_dir: epath.Path,
     want: dict[str, tuple[int, ...]],
     hint: str = "check that the model block (shape, layers, vocab) matches the run that wrote it",
+    *,
+    error: type[UserError] = UserError,
 ) -> None:
-    """Raise UserError naming the differences when the saved arrays are not the ones `want` describes."""
+    """Raise `error` naming the differences when the saved arrays are not the ones `want` describes."""
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)  # orbax warns about a metadata file that StandardSave does not write
@@ -297,7 +317,7 @@ def _check_shapes(
         f"{k} is {saved[k]}, this model needs {want[k]}" for k in sorted(set(saved) & set(want)) if saved[k] != want[k]
     ]
     if differences:
-        raise UserError(
+        raise error(
             f"the checkpoint at {params_dir} does not hold this model's parameters: "
             + "; ".join(differences[:4])
             + (f" (and {len(differences) - 4} more)" if len(differences) > 4 else ""),

@@ -14,6 +14,7 @@ __all__ = [
     "DESCRIPTIONS",
     "OutputNotWritable",
     "RetryableError",
+    "RunRefused",
     "TrainerError",
     "TrainerExit",
     "UserError",
@@ -34,6 +35,11 @@ class TrainerError(Exception):
 
 class UserError(TrainerError):
     exit_code = TrainerExit.USER_ERROR
+
+
+class RunRefused(UserError):
+    """This spec cannot go on from its run directory's checkpoints (another model, other data, a run that trained
+    further): the run's files are left as the run that wrote them left them."""
 
 
 class RetryableError(TrainerError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import signal
 import sys
@@ -29,7 +30,7 @@ import numpy as np
 
 from distillspec.config import DOCUMENT_SOURCES, DistillSpec
 from distillspec.contract import ENV_RUN_ID
-from trainer.exit_codes import RetryableError, TrainerError, TrainerExit, UserError
+from trainer.exit_codes import RetryableError, RunRefused, TrainerError, TrainerExit, UserError
 from trainer.failures import classify
 
 if TYPE_CHECKING:  # the loop's types; importing them at run time would import JAX with this module
@@ -167,6 +168,7 @@ def run(
             if failure.code == TrainerExit.INTERNAL and os.environ.get("DISTILLCTL_DEBUG"):
                 traceback.print_exc()
             code, message, session.failure_reason = failure.code, failure.message, failure.reason
+            session.keep_record = isinstance(e, RunRefused)
         session.finish(code, message)
         return code
     finally:
@@ -252,6 +254,7 @@ class _Session:
         self.compile_seconds = 0.0
         self.final_metrics: dict[str, float | None] = {}
         self.resumed_from: int | None = None
+        self.keep_record = False  # a start refused on another run's directory: its files stay as they are
 
     def wall_time(self) -> float:
         """Seconds of wall time over every attempt so far (what chip-hours are counted from)."""
@@ -286,6 +289,9 @@ class _Session:
 
     def finish(self, code: TrainerExit, message: str) -> None:
         status = STATUS_OF[code]
+        if self.keep_record:  # its summary says how that run ended; this start never began
+            self.reporter.end(status, int(code), message)
+            return
         index = _process_index()
         if index != 0:
             message = self._leave_failure(index, code, status, message)
@@ -347,18 +353,23 @@ class Start:
     data_state: bytes | None = None  # this process's input-pipeline state (document sources)
 
 
-def restore_or_init(checkpoints: RunCheckpoints | None, initial: TrainState, *, data: bool = False) -> Start:
+def restore_or_init(
+    checkpoints: RunCheckpoints | None, initial: TrainState, *, data: bool = False, trained_on: dict | None = None
+) -> Start:
     """The latest checkpoint's state and position (with `data`, also this process's input-pipeline state), else
-    `initial` at step 0. Raises UserError when the checkpoint holds another model."""
+    `initial` at step 0. Raises RunRefused when the checkpoint holds another model, or was trained on other input
+    than `trained_on` (`input_of`; checked where the checkpoint recorded it)."""
     from trainer.step import TrainState
 
     latest = checkpoints.latest_step() if checkpoints else None
     if latest is None:
         return Start(initial, 0, 0, 0, 0.0, False)
+    if trained_on is not None:
+        _check_same_input(checkpoints.meta(latest).get("input"), trained_on, f"{checkpoints.directory}/{latest}")
     try:
         params, rest, meta, data_state = checkpoints.restore(latest, initial.params, initial.checkpointed(), data=data)
     except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-        raise UserError(
+        raise RunRefused(
             f"the checkpoint at {checkpoints.directory}/{latest} does not match this spec: {_first_line(e)}",
             "use a new run name (or output_dir) for a different model, or delete the old run directory",
         ) from None
@@ -371,6 +382,40 @@ def restore_or_init(checkpoints: RunCheckpoints | None, initial: TrainState, *, 
         resumed=True,
         data_state=data_state,
     )
+
+
+def input_of(spec: DistillSpec) -> dict[str, Any]:
+    """What a run's data position means: its data settings, sequence length and logit cache. A checkpoint records
+    it, and a run goes on from a checkpoint only with the same (its position would index other data)."""
+    return {
+        "data": spec.data.model_dump(mode="json"),
+        "max_target_length": spec.batch.max_target_length,
+        "offline_data_dir": spec.offline_data_dir,
+    }
+
+
+def _check_same_input(saved: dict | None, trained_on: dict, where: str) -> None:
+    if saved is None or saved == trained_on:  # None: a checkpoint from before the input was recorded
+        return
+    changes = changed_settings(saved, trained_on)
+    raise RunRefused(
+        f"the checkpoint at {where} was trained on other input than this spec reads: {'; '.join(changes[:4])}"
+        + (f" (and {len(changes) - 4} more)" if len(changes) > 4 else ""),
+        "give this run another name (or output_dir); to train these weights on other data, start a new run whose "
+        f"student.load_parameters_path is {where.rsplit('/', 1)[0]}",
+    )
+
+
+def changed_settings(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """`key: old → new` for each leaf that differs between two JSON trees (dotted keys)."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        out = []
+        for key in sorted(set(before) | set(after), key=lambda k: (k not in before, str(k))):
+            out += changed_settings(before.get(key), after.get(key), f"{prefix}{key}.")
+        return out
+    if before == after:
+        return []
+    return [f"{prefix.rstrip('.')}: {json.dumps(before)} → {json.dumps(after)}"]
 
 
 class MetricWindow:
@@ -461,13 +506,16 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
         RunCheckpoints(f"{run_dir}/checkpoints", keep=spec.checkpoint.keep) if spec.checkpoint.enabled else None
     )
     _check_not_past(spec, checkpoints)
-    if index == 0:
-        session.files = RunFiles(run_dir, tensorboard=spec.logging.tensorboard)
-        session.files.write_json("spec.json", spec.resolved().model_dump(mode="json"))
     try:
         # documents: the Grain iterator's state; a logit cache's position is the micro-batch count
         documents = spec.data.source in DOCUMENT_SOURCES and not spec.offline_data_dir
-        start = restore_or_init(checkpoints, built.state, data=documents)
+        start = restore_or_init(checkpoints, built.state, data=documents, trained_on=input_of(spec))
+        if index == 0:  # only now: a start refused above leaves the run's record as it was
+            session.files = RunFiles(run_dir, tensorboard=spec.logging.tensorboard)
+            resolved = spec.resolved().model_dump(mode="json")
+            if start.resumed:
+                _note_changes(session, resolved)
+            session.files.write_json("spec.json", resolved)
         _resume_session(session, start, checkpoints)
         state = _loop(spec, built, session, stop, checkpoints, start)
     except BaseException:
@@ -482,13 +530,28 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
             _export_final(spec, state, run_dir, index)
 
 
+def _note_changes(session: _Session, resolved: dict[str, Any]) -> None:
+    """Say which settings differ from the spec.json of the run being resumed (steps aside: raising it is how a run
+    is trained further), before spec.json is replaced: nothing else records them."""
+    try:
+        before = session.files.read_json("spec.json")
+    except Exception:  # noqa: BLE001 - a note, not a reason to stop
+        return
+    if not isinstance(before, dict):
+        return
+    changes = [c for c in changed_settings(before, resolved) if not c.startswith("steps:")]
+    if changes:
+        shown = "; ".join(changes[:6]) + (f" (and {len(changes) - 6} more)" if len(changes) > 6 else "")
+        session.reporter.note(f"resuming with settings changed since spec.json was written: {shown}")
+
+
 def _check_not_past(spec: DistillSpec, checkpoints: RunCheckpoints | None) -> None:
     """UserError when the run's checkpoint is past `steps` (the same name and output_dir, fewer steps): it would
     "succeed" at once, its summary saying step 600 of 100. Before spec.json is written: the run's record stays."""
     latest = checkpoints.latest_step() if checkpoints else None
     if latest is not None and latest > spec.steps:
         checkpoints.close()
-        raise UserError(
+        raise RunRefused(
             f"the checkpoint in {checkpoints.directory} is at step {latest}, past this run's steps ({spec.steps}): "
             "that run trained further already",
             f"set steps to {latest} or more to go on from it, or give this run another name or output_dir",
@@ -585,6 +648,7 @@ def _loop(
     from trainer.step import hyperparameters
 
     shard = Shard(jax.process_index(), jax.process_count())
+    trained_on = input_of(spec)
     accumulation = spec.batch.gradient_accumulation_steps
     batches = data_lib.make_batches(spec, built.vocab_size, built.rows, shard, start.position)
     if start.data_state is not None:
@@ -610,7 +674,13 @@ def _loop(
 
     def save(state: TrainState, step: int) -> None:
         _check_finite(state, step)
-        meta = {"step": step, "data_position": position, "tokens": session.tokens, "wall_time_sec": session.wall_time()}
+        meta = {
+            "step": step,
+            "data_position": position,
+            "tokens": session.tokens,
+            "wall_time_sec": session.wall_time(),
+            "input": trained_on,
+        }
         checkpoints.save(step, state.params, state.checkpointed(), meta, data_state)
         if session.files is not None:
             session.files.flush()
