@@ -374,6 +374,16 @@ def _data(spec: DistillSpec) -> list[Problem]:
                 "set data.path to a file, directory, glob or fsspec URL",
             )
         )
+    if data.source == "synthetic" and data.path:  # a forgotten `source:` trained on synthetic tokens, exit 0
+        out.append(
+            Problem(
+                ("data", "path"),
+                "data_path_with_synthetic",
+                f"data.path is {data.path!r} but data.source is synthetic (the default): the path would not be read",
+                "set data.source to the path's format (text, tokens, jsonl, parquet, arrayrecord or hf_disk), or "
+                "remove data.path to train on synthetic data",
+            )
+        )
     if data.source == "hf":
         out.append(
             Problem(

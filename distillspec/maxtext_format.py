@@ -52,6 +52,8 @@ TOP_LEVEL |= {
     "ici_tensor_parallelism": ("mesh", "tensor"),
 }
 
+_MAXTEXT_KEY: dict[Loc, Loc] = {loc: (key,) for key, loc in TOP_LEVEL.items()}  # the first key for each place
+
 CLIPPING = "gradient_clipping_threshold"
 DATA_PATH_KEYS = ("dataset_path", "hf_path", "grain_train_files")
 
@@ -106,10 +108,12 @@ class Translation:
     problems: list[Problem]  # with file locs
 
     def to_file_loc(self, loc: Loc) -> Loc:
+        """The file's name for a native location: the key the file used, else MaxText's own key for it (a hint
+        that says `set data.source` to a MaxText user means `dataset_type`), else the native location."""
         for end in range(len(loc), 0, -1):
             if (found := self.file_locs.get(tuple(loc[:end]))) is not None:
                 return found + tuple(loc[end:])
-        return loc
+        return _MAXTEXT_KEY.get(tuple(loc), loc)
 
 
 def _none(value: Any) -> Any:

@@ -352,3 +352,18 @@ def test_global_layers_leave_old_run_ids_alone_and_change_them_where_the_model_c
     assert identity.identify(third, target)[0] == identity.run_id(third, target)
     pretrain = DistillSpec.model_validate({**base, "mode": "pretrain", "teacher": None})
     assert identity.identify(pretrain, target)[0] == identity.run_id(pretrain, target)
+
+
+def test_a_data_path_without_a_source_is_not_silently_synthetic():
+    # `data: {path: corpus.txt}` trained on synthetic tokens and exited 0, spec.json saying source synthetic.
+    from distillspec.specfile import read_spec_text
+
+    report = report_for(spec_data(data={"path": "corpus.txt"}))
+    (problem,) = [p for p in report.problems if p.is_error]
+    assert problem.code == "data_path_with_synthetic" and problem.loc == ("data", "path")
+    assert "set data.source to the path's format" in problem.hint
+    # In a MaxText file, in its own words: grain_train_files, and the dataset_type it did not write.
+    text = "base_config: base.yml\nrun_name: x\nmodel_name: tiny-2l\nsteps: 10\ngrain_train_files: docs.jsonl\n"
+    (problem,) = [p for p in read_spec_text(text).problems if p.code == "data_path_with_synthetic"]
+    assert problem.loc == ("grain_train_files",) and problem.line == 5
+    assert "dataset_type is synthetic" in problem.message and "set dataset_type" in problem.hint
