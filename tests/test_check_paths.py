@@ -253,3 +253,38 @@ def test_a_config_json_that_never_ends_is_read_up_to_a_limit(tmp_path):
     (folder / CONFIG).symlink_to("/dev/zero")
     problems = check_paths(spec_with(str(folder)), lambda path: read_text(path, limit=1024))
     assert [p.code for p in problems] == ["checkpoint_not_found"]
+
+
+def test_a_data_path_that_names_no_file_is_an_error_before_launch(tmp_path):
+    # The trainer stopped at start ("no files at data.path") after the pods were scheduled.
+    from orchestrator.outputs import count_files
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "empty").mkdir()
+    teacher = hf_folder(tmp_path / "teacher", "tiny-4l")
+
+    def problems_for(data_path: str, eval_path: str | None = None):
+        edits = {"data": {"source": "jsonl", "path": data_path}, "teacher.load_parameters_path": teacher}
+        if eval_path:
+            edits["eval"] = {"path": eval_path}
+        spec, found = validate_data(spec_data(**edits))
+        assert spec is not None, found
+        return [(p.code, p.loc) for p in check_paths(spec, read_text, None, count_files)]
+
+    named = str(tmp_path / "corpus")
+    for path in (named, f"{named}/a.jsonl", f"{named}/*.jsonl"):
+        assert problems_for(path) == [], path
+    for path in (f"{named}/*.md", str(tmp_path / "empty"), str(tmp_path / "absent.jsonl")):
+        assert problems_for(path) == [("data_path_not_found", ("data", "path"))], path
+    assert problems_for(named, str(tmp_path / "held-out.jsonl")) == [("data_path_not_found", ("eval", "path"))]
+    # Through fsspec, and through the command.
+    fsspec.filesystem("memory").pipe_file("/docs/a.jsonl", b'{"text": "x"}\n')
+    assert problems_for("memory://docs/*.jsonl") == [] and problems_for("memory://docs/*.parquet") != []
+    spec = tmp_path / "spec.yaml"
+    edits = {"data": {"source": "jsonl", "path": f"{named}/*.md"}, "teacher.load_parameters_path": teacher}
+    spec.write_text(yaml.safe_dump(spec_data(**edits)))
+    result = runner.invoke(app, ["validate", "--check-paths", str(spec), "--output", "json"])
+    assert result.exit_code == ExitCode.INVALID_SPEC, result.output
+    (problem,) = json.loads(result.stdout)
+    assert problem["code"] == "data_path_not_found" and "names no file" in problem["message"]

@@ -80,7 +80,7 @@ def _with_checked_paths(reports):
     from distillspec.maxtext_checkpoint import MissingDependency, read_checkpoint
     from orchestrator.core.checkpoint_paths import check_paths
     from orchestrator.errors import DistillctlError
-    from orchestrator.outputs import read_text
+    from orchestrator.outputs import count_files, read_text
 
     read = functools.partial(read_text, limit=CHECKED_FILE_LIMIT)
     try:
@@ -90,7 +90,7 @@ def _with_checked_paths(reports):
                 problems=r.problems
                 + tuple(
                     dataclasses.replace(p, file=r.file)
-                    for p in (_unreachable(r.spec) or check_paths(r.spec, read, read_checkpoint))
+                    for p in (_unreachable(r.spec) or check_paths(r.spec, read, read_checkpoint, count_files))
                 ),
             )
             if r.spec is not None
@@ -102,16 +102,19 @@ def _with_checked_paths(reports):
 
 
 def _unreachable(spec) -> list:
-    """A problem for each checkpoint path whose object store cannot be read at all (no answer, credentials
+    """A problem for each checkpoint or data path whose object store cannot be read at all (no answer, credentials
     refused), asked once within seconds: the checks themselves would retry each file for minutes, then read the
     store's silence as "not found"."""
     from distillspec.problems import Problem
+    from orchestrator.core.checkpoint_paths import data_paths
     from orchestrator.outputs import BucketMissing, OutputStoreError, check_store
 
+    paths = [
+        ((side, "load_parameters_path"), getattr(getattr(spec, side), "load_parameters_path", None))
+        for side in ("teacher", "student")
+    ]
     out = []
-    for side in ("teacher", "student"):
-        model = getattr(spec, side)
-        path = model.load_parameters_path if model is not None else None
+    for loc, path in paths + data_paths(spec):
         if not path or "://" not in path:
             continue
         try:
@@ -119,8 +122,15 @@ def _unreachable(spec) -> list:
         except BucketMissing:
             continue  # answered quickly: the checks say "not found" themselves
         except OutputStoreError as e:
-            hint = "check the network and the store's credentials; the checkpoint is checked once its store answers"
-            out.append(Problem((side, "load_parameters_path"), "checkpoint_unreachable", e.message, hint))
+            hint = "check the network and the store's credentials; the path is checked once its store answers"
+            out.append(
+                Problem(
+                    loc,
+                    "checkpoint_unreachable" if loc[1] == "load_parameters_path" else "data_unreachable",
+                    e.message,
+                    hint,
+                )
+            )
         except Exception:  # noqa: BLE001 - a store distillctl does not probe: the checks read it as before
             continue
     return out

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pydantic import ValidationError
 
 from distillspec import maxtext_checkpoint as mt
-from distillspec.config import DistillSpec, ModelSpec
+from distillspec.config import DOCUMENT_SOURCES, DistillSpec, ModelSpec
 from distillspec.hf_config import (
     CONFIG,
     TOKENIZER,
@@ -30,15 +30,23 @@ from distillspec.hf_config import (
 from distillspec.problems import Problem
 from distillspec.registry import ModelShape
 
+FILE_SOURCES = ("text", "tokens", *DOCUMENT_SOURCES)
 ReadText = Callable[[str], "str | None"]
 ReadMaxText = Callable[[str], "tuple[str, dict, dict] | None"]
+CountFiles = Callable[[str], "int | None"]  # the files a data path names (a file, folder or glob); None: unknown
 
 
-def check_paths(spec: DistillSpec, read_text: ReadText, read_maxtext: ReadMaxText | None = None) -> list[Problem]:
+def check_paths(
+    spec: DistillSpec,
+    read_text: ReadText,
+    read_maxtext: ReadMaxText | None = None,
+    count_files: CountFiles | None = None,
+) -> list[Problem]:
     """Every problem with the spec's checkpoint paths: absent, unreadable, or a different model than the block's;
-    a warning when a Hugging Face checkpoint was trained on fewer positions than batch.max_target_length.
-    Raises `maxtext_checkpoint.MissingDependency` when reading a path needs a package that is not installed."""
-    problems = []
+    a warning when a Hugging Face checkpoint was trained on fewer positions than batch.max_target_length; with
+    `count_files`, a data or eval path that names no file. Raises `maxtext_checkpoint.MissingDependency` when
+    reading a path needs a package that is not installed."""
+    problems = _data_problems(spec, count_files) if count_files is not None else []
     for side in ("teacher", "student"):
         # the student as built: a pruned Gemma 3 student's layer kinds come from the teacher
         model: ModelSpec | None = spec.student_block() if side == "student" else spec.teacher
@@ -85,6 +93,32 @@ def check_paths(spec: DistillSpec, read_text: ReadText, read_maxtext: ReadMaxTex
         if beyond is not None:
             problems.append(Problem(loc, "beyond_max_position", *beyond, severity="warning"))
     return problems + _tokenizer_problems(spec, read_text)
+
+
+def data_paths(spec: DistillSpec) -> list[tuple[tuple[str, str], str]]:
+    """(location, path) of each file path the trainer reads documents or text from."""
+    out = []
+    if spec.data.source in FILE_SOURCES and spec.data.path and not spec.offline_data_dir:
+        out.append((("data", "path"), spec.data.path))
+    if spec.eval is not None and spec.eval.path:
+        out.append((("eval", "path"), spec.eval.path))
+    return out
+
+
+def _data_problems(spec: DistillSpec, count_files: CountFiles) -> list[Problem]:
+    """The trainer's "no files at data.path" (exit 1 at start), said before launch."""
+    problems = []
+    for loc, path in data_paths(spec):
+        if count_files(path) == 0:
+            problems.append(
+                Problem(
+                    loc,
+                    "data_path_not_found",
+                    f"{'.'.join(loc)} {path!r} names no file: the trainer would stop at start",
+                    "check the path: a file, a folder (every file under it) or a glob, local or an fsspec URL",
+                )
+            )
+    return problems
 
 
 def _tokenizer_problems(spec: DistillSpec, read_text: ReadText) -> list[Problem]:
