@@ -248,3 +248,12 @@ def test_each_command_built_alone_reads_as_in_the_whole_tree():
         whole = runner.invoke(app, [name, "--help"])
         assert alone.exit_code == whole.exit_code == 0, name
         assert alone.stdout == whole.stdout, name
+
+
+def test_models_prints_every_name_whole_into_a_pipe():
+    # Into a pipe (80 columns) the names were cut to `llama3.1…`: the one thing a spec copies from the table.
+    from distillspec.registry import MODELS
+
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    assert all(f" {name} " in result.stdout for name in MODELS), result.stdout

@@ -175,4 +175,4 @@ def models(output: OutputOption = OutputFormat.text) -> None:
                 )
             ),
         )
-    console.out.print(table)
+    console.print_wide(table)  # names are what a spec copies: never cut to `llama3.1…`

@@ -197,6 +197,10 @@ def render() -> str:
 
 
 def main(argv: list[str]) -> int:
+    """`python -m orchestrator.service.crd [PATH]`: write the CRD (to the chart's crds/ by default)."""
+    if len(argv) > 1 or (argv and argv[0].startswith("-")):  # `--help` was written as a file named --help
+        print(f"usage: python -m orchestrator.service.crd [PATH]  (default {CRD_PATH})", file=sys.stderr)
+        return 0 if argv[0] in ("-h", "--help") else 2
     path = Path(argv[0]) if argv else CRD_PATH
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render())
