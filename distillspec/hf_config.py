@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from distillspec.registry import ModelShape, RopeScaling
+from distillspec.registry import MODELS, ModelShape, RopeScaling
 
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
@@ -179,6 +179,37 @@ def shape_mismatches(found: ModelShape, expected: ModelShape) -> list[str]:
             continue
         out.append(f"{name}: expected {getattr(expected, name)}, found {getattr(found, name)}")
     return out
+
+
+# The shape fields a model block can set (ModelSpec); the others come with the registry model it names.
+BLOCK_FIELDS = (
+    "num_layers",
+    "emb_dim",
+    "num_query_heads",
+    "num_kv_heads",
+    "head_dim",
+    "mlp_dim",
+    "vocab_size",
+    "global_layers",
+)
+
+
+def mismatch_hint(side: str, found: ModelShape, expected: ModelShape) -> str:
+    """What to change in the `side` block for a checkpoint of shape `found`: the block's own fields, or the
+    registry models whose fixed fields (tied embeddings, RoPE, norms...) are the checkpoint's, or that none is."""
+    differing = [n for n in COMPARED if getattr(found, n) != getattr(expected, n)]
+    fixed = [n for n in differing if n not in BLOCK_FIELDS]
+    if not fixed:
+        return f"set {', '.join(differing)} in the {side} block to the checkpoint's (or choose its registry model)"
+    fixed_fields = [n for n in COMPARED if n not in BLOCK_FIELDS]
+    like = [name for name, s in MODELS.items() if all(getattr(s, n) == getattr(found, n) for n in fixed_fields)]
+    cannot = f"{', '.join(fixed)} cannot be set in a model block"
+    if like:
+        return (
+            f"{cannot}: choose a registry model with the checkpoint's ({', '.join(like[:4])}), and set the block's "
+            "shape fields (num_layers, emb_dim, ...) for the rest"
+        )
+    return f"{cannot}, and no registry model has the checkpoint's (`distillctl models` lists them): distillctl cannot build this model"
 
 
 def _globals(shape: ModelShape) -> list[int]:

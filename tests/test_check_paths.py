@@ -288,3 +288,16 @@ def test_a_data_path_that_names_no_file_is_an_error_before_launch(tmp_path):
     assert result.exit_code == ExitCode.INVALID_SPEC, result.output
     (problem,) = json.loads(result.stdout)
     assert problem["code"] == "data_path_not_found" and "names no file" in problem["message"]
+
+
+def test_the_hint_names_what_a_model_block_can_set_and_what_it_cannot(tmp_path):
+    # "choose the registry model (and overrides)" for tied embeddings: no override exists (unknown_key).
+    (problem,) = check_paths(spec_with(hf_folder(tmp_path / "deeper", "tiny-4l", num_layers=6)), read_text)
+    assert problem.hint.startswith("set num_layers in the teacher block to the checkpoint's"), problem.hint
+    tied = tmp_path / "tied"
+    hf_folder(tied, "tiny-4l")
+    config = json.loads((tied / CONFIG).read_text())
+    (tied / CONFIG).write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    (problem,) = check_paths(spec_with(str(tied)), read_text)
+    assert "tie_embeddings: expected False, found True" in problem.message
+    assert problem.hint.startswith("tie_embeddings cannot be set in a model block"), problem.hint

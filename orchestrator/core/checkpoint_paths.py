@@ -23,6 +23,7 @@ from distillspec.hf_config import (
     TOKENIZER,
     ConfigError,
     beyond_max_position,
+    mismatch_hint,
     shape_from_config,
     shape_mismatches,
     tokenizer_mismatch,
@@ -86,7 +87,7 @@ def check_paths(
                     loc,
                     "checkpoint_mismatch",
                     f"{where} holds a different {side} model: {mismatch}",
-                    f"choose the registry model (and overrides) of that checkpoint in the {side} block",
+                    mismatch_hint(side, found, model.shape()),
                 )
             )
         beyond = beyond_max_position(config or {}, where, spec.batch.max_target_length, side)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from distillspec.hf_config import shape_mismatches
+from distillspec.hf_config import mismatch_hint, shape_mismatches
 from distillspec.registry import ModelShape
 from trainer.checkpoints import hf, maxtext, own
 from trainer.exit_codes import UserError
@@ -59,7 +59,7 @@ def load_params(path: str, shape: ModelShape, abstract: Any, *, side: str) -> An
             raise UserError(
                 f"{side}.load_parameters_path {path} holds a different model than the spec's {side}: "
                 + "; ".join(problems),
-                f"choose the registry model (and overrides) of that checkpoint in the {side} block",
+                mismatch_hint(side, found, shape),
             )
         return hf.load(path, shape, abstract)
     return own.load(path, abstract)
