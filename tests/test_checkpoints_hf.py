@@ -176,6 +176,22 @@ def test_missing_shard_names_the_file(folders, tmp_path):
     assert f"missing shard {victim}" in e.value.message
 
 
+def test_an_index_that_names_the_wrong_shard_names_the_index_and_the_shard(folders, tmp_path):
+    # Was exit 70: "internal error: SafetensorError: File does not contain tensor model.embed_tokens.weight".
+    bad = tmp_path / "bad"
+    shutil.copytree(folders["sharded"], bad)
+    index = json.loads((bad / hf.INDEX).read_text())
+    name = "model.embed_tokens.weight"
+    wrong = next(f for f in sorted(set(index["weight_map"].values())) if f != index["weight_map"][name])
+    index["weight_map"][name] = wrong
+    (bad / hf.INDEX).write_text(json.dumps(index))
+    said = f"has no tensor {name}, though {hf.INDEX} beside it names that shard for it"
+    for folder, shard in ((str(bad), str(bad / wrong)), (_to_memory(bad, "remote-misindexed"), wrong)):
+        with pytest.raises(UserError) as e:
+            load_model(folder)
+        assert shard in e.value.message and said in e.value.message, e.value.message
+
+
 def test_truncated_file_names_the_file(folders, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(folders["qwen3"], bad)
@@ -228,6 +244,39 @@ def test_a_teacher_folder_with_a_config_and_no_weights_says_so(folders, tmp_path
     }
     done = run_trainer([], env=python_env(DISTILLCTL_SPEC=json.dumps(spec)))
     assert done.returncode == 1 and "has config.json but no weights" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("where", "said", "todo"),
+    [
+        ("meta-llama/Llama-3.2-1B", "no such folder", "huggingface-cli download meta-llama/Llama-3.2-1B --local-dir"),
+        ("~/models/llama", "a leading ~ is not expanded", "write the full path"),
+        ("weights-only", "has model.safetensors but no config.json", "copy the model's config.json into the folder"),
+        ("nowhere/models/teacher", "there is no such file or folder", "check the path"),
+        ("run/checkpoints", "the teacher run has saved no checkpoint there yet", "sweeps/tiny-teacher.yaml"),
+    ],
+)
+def test_a_teacher_path_with_no_checkpoint_says_why(folders, tmp_path, monkeypatch, where, said, todo):
+    """A Hub id, a `~` path, weights without their config.json, a typo, an empty run: each said "neither a Hugging
+    Face folder … nor a checkpoint of this trainer; pretrain it first: distillctl train sweeps/tiny-teacher.yaml"."""
+    from trainer.train import run
+
+    monkeypatch.chdir(tmp_path)  # relative paths (the Hub id) resolve here, where nothing is
+    (tmp_path / "weights-only").mkdir()
+    shutil.copy(folders["teacher"] / hf.SINGLE, tmp_path / "weights-only" / hf.SINGLE)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)  # a teacher run that has saved nothing yet
+    (tmp_path / "run" / "spec.json").write_text("{}")
+    spec = {
+        "name": "student",
+        "student": {"model": "tiny-2l"},
+        "teacher": {"model": "tiny-4l", "load_parameters_path": where},
+        "output_dir": str(tmp_path / "runs"),
+        "steps": 2,
+    }
+    assert run(spec_of(merged(spec))) == TrainerExit.USER_ERROR
+    message = json.loads((tmp_path / "runs" / "student" / "summary.json").read_text())["message"]
+    assert said in message and todo in message, message
+    assert ("tiny-teacher" in message) == (where == "run/checkpoints"), message  # the advice only for a run
 
 
 def test_a_checkpoint_path_that_is_a_file_is_a_user_error_not_a_retry(folders):

@@ -93,6 +93,37 @@ def test_refused_connection_is_transient_io():
     assert (classify(raised.value).code, classify(raised.value).reason) == (TrainerExit.RETRYABLE, "transient_io")
 
 
+def test_a_damaged_parquet_file_is_not_retried_but_transient_io_is(tmp_path):
+    """pyarrow's verdict on a damaged page is an OSError without an errno ("Couldn't deserialize thrift"); it was
+    retried (exit 42) like a dropped connection. A dropped connection, a timeout and EIO still are."""
+    import errno
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "damaged.parquet"
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(40)]}), path, row_group_size=8)
+    column = pq.ParquetFile(path).metadata.row_group(2).column(0)
+    start = column.dictionary_page_offset or column.data_page_offset
+    raw = bytearray(path.read_bytes())
+    raw[start : start + 16] = b"\xff" * 16  # a page header; the footer stays readable
+    path.write_bytes(bytes(raw))
+    with pytest.raises(OSError) as raised:
+        pq.ParquetFile(path).read_row_group(2)
+    assert raised.value.errno is None
+    failure = classify(raised.value)
+    assert (failure.code, failure.reason) == (TrainerExit.USER_ERROR, "user_error")
+    assert "deserialize thrift" in failure.message and "retrying would fail again" in failure.message
+    transient = [
+        ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
+        TimeoutError("The read operation timed out"),
+        OSError(errno.EIO, "Input/output error"),
+        OSError("Server disconnected"),  # an HTTP client's errno-less OSError
+    ]
+    for error in transient:
+        assert (classify(error).code, classify(error).reason) == (TrainerExit.RETRYABLE, "transient_io"), error
+
+
 def test_a_missing_file_is_not_retried(tmp_path):
     with pytest.raises(FileNotFoundError) as raised:
         open(tmp_path / "absent")

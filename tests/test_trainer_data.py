@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ pytest.importorskip("jax")
 from trainer import data as D  # noqa: E402
 
 STDLIB_JSON = str(Path(json.__file__).parent)  # text every Python installation ships
+STDLIB_JSON_PY = STDLIB_JSON + "/*.py"  # its sources alone: the folder may hold __pycache__/*.pyc, not text
 
 
 def test_synthetic_batches_are_a_function_of_seed_and_index():
@@ -41,8 +45,8 @@ def test_synthetic_language_is_learnable_not_noise():
     assert len(np.unique(seqs)) > 128  # and it uses the vocabulary
 
 
-def test_text_source_reads_stdlib_files_with_the_byte_tokenizer():
-    spec = DataSpec(source="text", path=STDLIB_JSON + "/*.py", seed=1)
+def test_text_source_reads_stdlib_files_with_the_byte_tokenizer(tmp_path):
+    spec = DataSpec(source="text", path=STDLIB_JSON_PY, seed=1)
     source = D.make_source(spec, 256, 65)
     expected = "\n".join(p.read_text(encoding="utf-8") for p in sorted(Path(STDLIB_JSON).glob("*.py")))
     assert len(source.tokens) == len(expected.encode("utf-8"))
@@ -50,8 +54,11 @@ def test_text_source_reads_stdlib_files_with_the_byte_tokenizer():
     window = bytes(batch["inputs"][0].astype(np.uint8)).decode("utf-8", errors="ignore")
     assert window[:20] in expected
     assert (D.batch_at(D.make_source(spec, 256, 65), 0, 4, 64)["inputs"] == batch["inputs"]).all()
-    directory = D.make_source(DataSpec(source="text", path=STDLIB_JSON), 256, 65)  # a directory: every file in it
-    assert len(directory.tokens) >= len(source.tokens)
+    (tmp_path / "sub").mkdir()
+    for file in Path(STDLIB_JSON).glob("*.py"):
+        (tmp_path / "sub" / file.name).write_bytes(file.read_bytes())
+    directory = D.make_source(DataSpec(source="text", path=str(tmp_path)), 256, 65)  # a directory: every file under it
+    assert len(directory.tokens) == len(source.tokens)
 
 
 def test_text_source_with_a_tokenizer_json(tmp_path):
@@ -64,10 +71,10 @@ def test_text_source_with_a_tokenizer_json(tmp_path):
     )
     path = tmp_path / "tokenizer.json"
     tok.save(str(path))
-    source = D.make_source(DataSpec(source="text", path=STDLIB_JSON, tokenizer=str(path)), 512, 33)
+    source = D.make_source(DataSpec(source="text", path=STDLIB_JSON_PY, tokenizer=str(path)), 512, 33)
     assert source.tokens.max() < tok.get_vocab_size() <= 300
     with pytest.raises(UserError, match="vocab_size"):
-        D.make_source(DataSpec(source="text", path=STDLIB_JSON, tokenizer=str(path)), 256, 33)
+        D.make_source(DataSpec(source="text", path=STDLIB_JSON_PY, tokenizer=str(path)), 256, 33)
 
 
 def test_token_files(tmp_path):
@@ -86,8 +93,12 @@ def test_token_files(tmp_path):
     ("data", "vocab", "match"),
     [
         (dict(source="text", path="/nonexistent/corpus"), 256, "no files"),
-        (dict(source="text", path=STDLIB_JSON), 128, "byte tokenizer needs vocab_size >= 256"),
-        (dict(source="text", path=STDLIB_JSON, tokenizer="/nonexistent/tokenizer.json"), 256, "cannot load tokenizer"),
+        (dict(source="text", path=STDLIB_JSON_PY), 128, "byte tokenizer needs vocab_size >= 256"),
+        (
+            dict(source="text", path=STDLIB_JSON_PY, tokenizer="/nonexistent/tokenizer.json"),
+            256,
+            "cannot load tokenizer",
+        ),
         (dict(source="tokens", path="/nonexistent/ids.npy"), 256, "no files|exactly one"),
     ],
 )
@@ -101,7 +112,7 @@ def test_token_file_errors(tmp_path):
     with pytest.raises(UserError, match="outside the model's vocabulary"):
         D.make_source(DataSpec(source="tokens", path=str(tmp_path / "big.npy")), 256, 17)
     np.save(tmp_path / "short.npy", np.arange(5))
-    with pytest.raises(UserError, match="fewer than one window"):
+    with pytest.raises(UserError, match="has 5 tokens; a row needs at least 17"):
         D.make_source(DataSpec(source="tokens", path=str(tmp_path / "short.npy")), 256, 17)
     (tmp_path / "odd.bin").write_bytes(b"\x01\x02\x03")
     with pytest.raises(UserError, match="whole number"):
@@ -112,6 +123,110 @@ def test_token_file_errors(tmp_path):
     (tmp_path / "text.npy").write_text("1 2 3 4\n")  # numpy would call it pickled data
     with pytest.raises(UserError, match=r"text.npy is not a .npy file \(no NumPy header\)"):
         D.make_source(DataSpec(source="tokens", path=str(tmp_path / "text.npy")), 256, 1)
+
+
+@pytest.mark.parametrize("source", ["text", "tokens"])
+def test_a_corpus_needs_one_token_more_than_max_target_length(tmp_path, source):
+    """A row of T inputs needs T + 1 tokens (the targets are the inputs shifted by one): a corpus of exactly
+    max_target_length tokens was let through and failed at the first batch (exit 70, `ValueError: high <= 0`)."""
+    from distillspec.config import DistillSpec
+    from trainer.corpus import Shard
+
+    def batches(tokens: int):
+        path = tmp_path / f"{tokens}.{'txt' if source == 'text' else 'npy'}"
+        if source == "text":
+            path.write_text("a" * tokens)
+        else:
+            np.save(path, np.arange(tokens) % 256)
+        spec = DistillSpec.model_validate(
+            {
+                "mode": "pretrain",
+                "student": {"model": "tiny-2l"},
+                "data": {"source": source, "path": str(path)},
+                "batch": {"per_device_batch_size": 2, "max_target_length": 32},
+            }
+        )
+        return D.make_batches(spec, 256, 2, Shard())
+
+    with pytest.raises(UserError) as e:
+        batches(32)
+    assert "has 32 tokens; a row needs at least 33 (batch.max_target_length 32 + 1" in e.value.message
+    assert "lower batch.max_target_length to 31 or less" in e.value.hint
+    batch = batches(33).next()
+    assert batch["inputs"].shape == (1, 2, 32) and (batch["targets"][0, :, :-1] == batch["inputs"][0, :, 1:]).all()
+
+
+FRENCH = "Le cœur a ses raisons que la raison ne connaît point; on le sait en mille choses. " * 20
+
+
+def _zip(text: bytes) -> bytes:
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("corpus.txt", text)
+    return out.getvalue()
+
+
+def _npy(text: bytes) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    np.save(out, np.frombuffer(text, np.uint8))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "said", "todo"),
+    [
+        ("corpus.txt.gz", gzip.compress, "gzip-compressed", "decompress it (gunzip"),
+        ("corpus.txt.bz2", bz2.compress, "bzip2-compressed", "decompress it (bunzip2"),
+        ("corpus.txt.xz", lzma.compress, "xz-compressed", "decompress it (unxz"),
+        ("corpus.zip", _zip, "a zip archive", "extract it (unzip"),
+        ("corpus.npy", _npy, "a NumPy array", "data.source: tokens"),
+        (
+            "corpus-16.txt",
+            lambda b: b.decode().encode("utf-16"),
+            "UTF-16 text (it starts with a byte-order mark)",
+            "iconv -f UTF-16",
+        ),
+    ],
+)
+def test_a_compressed_or_binary_file_under_the_text_source_is_refused_naming_it(tmp_path, name, write, said, todo):
+    # A gzipped corpus was decoded with errors="replace" and trained on as U+FFFD and byte noise, exit 0.
+    (tmp_path / "plain.txt").write_text(FRENCH)
+    (tmp_path / name).write_bytes(write(FRENCH.encode()))
+    with pytest.raises(UserError) as e:
+        D.make_source(DataSpec(source="text", path=str(tmp_path)), 256, 33)
+    assert f"{tmp_path / name} is {said}, not UTF-8 text" in e.value.message
+    assert todo in e.value.hint and "leave the file out of data.path" in e.value.hint
+
+
+def test_text_in_another_encoding_is_refused_and_a_few_stray_bytes_are_warned_of(tmp_path, caplog):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(FRENCH.encode("latin-1", errors="replace"))
+    with pytest.raises(UserError) as e:
+        D.make_source(DataSpec(source="text", path=str(latin)), 256, 33)
+    # 20 times "î" (0xee); "œ" is not Latin-1, written as "?"
+    said = f"{latin} is not UTF-8 text: 20 of its 1640 bytes (1.2%) are not UTF-8, the first at byte 44 (0xee)"
+    assert said in e.value.message
+    assert "iconv -f CP1252 -t UTF-8" in e.value.hint
+    # One stray byte in 3,000: kept (read as U+FFFD), and said.
+    stray = tmp_path / "stray.txt"
+    stray.write_bytes(FRENCH.encode() * 2 + b"\xff")
+    with caplog.at_level("WARNING", logger="trainer.data"):
+        source = D.make_source(DataSpec(source="text", path=str(stray)), 256, 33)
+    assert len(source.tokens) == len((FRENCH * 2 + "\ufffd").encode())
+    assert f"1 byte(s) that are not UTF-8 were read as U+FFFD in 1 file(s) of data.path (e.g. {stray}: 1 of" in (
+        caplog.text
+    )
+    caplog.clear()
+    valid = tmp_path / "valid.txt"
+    valid.write_text(FRENCH + "\ufffd")  # a real U+FFFD is text like any other
+    with caplog.at_level("WARNING", logger="trainer.data"):
+        source = D.make_source(DataSpec(source="text", path=str(valid)), 256, 33)
+    assert len(source.tokens) == len(valid.read_bytes()) and not caplog.text
 
 
 def test_tokenizer_defaults_to_the_teacher_folders_then_byte(tmp_path):

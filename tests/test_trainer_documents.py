@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from distillspec.config import DataSpec
-from trainer.exit_codes import UserError
+from trainer.exit_codes import TrainerExit, UserError
 
 pytest.importorskip("jax")
 pytest.importorskip("grain")
 
-from trainer import corpus, packing  # noqa: E402
+from trainer import corpus  # noqa: E402
 from trainer import data as D  # noqa: E402
 from trainer.corpus import Shard  # noqa: E402
 
@@ -213,6 +213,68 @@ def test_bad_input_names_the_file(tmp_path, corpora):
         texts(DataSpec(source="jsonl"), tmp_path / "nowhere", Shard())
     with pytest.raises(UserError, match="saved Hugging Face dataset"):
         texts(DataSpec(source="hf_disk"), tmp_path, Shard())
+
+
+def damaged_parquet(path: Path, docs: list[str]) -> Path:
+    """A Parquet file of `docs` (row groups of 4) whose third row group's page header is overwritten; the footer
+    is intact, so the schema reads and the damage shows only when that row group is read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": docs}), path, row_group_size=4)
+    column = pq.ParquetFile(path).metadata.row_group(2).column(0)
+    start = column.dictionary_page_offset or column.data_page_offset
+    raw = bytearray(path.read_bytes())
+    raw[start : start + 16] = b"\xff" * 16
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_a_damaged_parquet_page_names_the_file_and_is_not_retried(tmp_path):
+    # Was exit 42 (retryable) without the file's name: pyarrow's errno-less `OSError: Couldn't deserialize
+    # thrift`, which a JobSet would have retried until its restarts ran out.
+    from distillspec.config import DistillSpec
+    from trainer.failures import classify
+
+    bad = damaged_parquet(tmp_path / "damaged.parquet", DOCS)
+    said = rf"cannot read {bad} as Parquet \(a damaged file, or one pyarrow cannot decode\): Couldn't deserialize"
+    with pytest.raises(UserError, match=said):
+        texts(DataSpec(source="parquet"), bad, Shard())
+    spec = DistillSpec.model_validate(
+        {
+            "mode": "pretrain",
+            "student": {"model": "tiny-2l"},
+            "data": {"source": "parquet", "path": str(bad)},
+            "batch": {"per_device_batch_size": 2, "max_target_length": 16},
+        }
+    )
+    batches = D.make_batches(spec, 256, 2, Shard())  # the first row groups read: the damage is further on
+    with pytest.raises(UserError, match=said) as e:
+        for _ in range(20):
+            batches.next()
+    batches.close()
+    assert classify(e.value).code == TrainerExit.USER_ERROR and "write the file again" in e.value.hint
+
+
+def test_jsonl_that_is_not_utf8_or_is_compressed_names_the_file(tmp_path):
+    # Read with errors="replace", a Latin-1 file's accents were trained on as U+FFFD (exit 0).
+    import gzip
+
+    lines = [json.dumps({"text": "plain"}), json.dumps({"text": "déjà vu"}, ensure_ascii=False)]
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes("\n".join(lines).encode("latin-1") + b"\n")
+    column = lines[1].encode("latin-1").index(b"\xe9") + 1
+    with pytest.raises(UserError, match=rf"{latin}:2 is not UTF-8: byte 0xe9 at column {column}") as e:
+        texts(DataSpec(source="jsonl"), latin, Shard())
+    assert "iconv -f CP1252 -t UTF-8" in e.value.hint
+    utf8 = tmp_path / "utf8.jsonl"
+    utf8.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert texts(DataSpec(source="jsonl"), utf8, Shard()) == ["plain", "déjà vu"]
+    packed = tmp_path / "docs.jsonl.gz"
+    packed.write_bytes(gzip.compress(utf8.read_bytes()))
+    with pytest.raises(UserError, match=rf"{packed} is gzip-compressed, not UTF-8 text") as e:
+        D.document_rows(DataSpec(source="jsonl"), str(packed), 256, 32, Shard(), repeat=False, field="eval.path")
+    assert f"gunzip {packed}" in e.value.hint and "leave the file out of eval.path" in e.value.hint
 
 
 @pytest.mark.parametrize("lines", [[], [{"text": ""}, {"text": "a"}]], ids=["no records", "no text"])

@@ -27,6 +27,7 @@ import grain
 import numpy as np
 
 from distillspec.config import DataSpec
+from trainer import text_bytes
 from trainer.exit_codes import RetryableError, TrainerError, UserError
 
 WHERE = "__where__"  # a record's origin (`file:line`, `file row i`, `folder record i`), for errors about it
@@ -110,17 +111,17 @@ def _files_of_shard(path: str | None, shard: Shard, kind: str, field: str) -> li
 class _JsonlIterator(grain.DatasetIterator):
     """One JSONL file's records, line by line; state: the number of lines consumed."""
 
-    def __init__(self, path: str, wanted: tuple[str, ...]):
+    def __init__(self, path: str, wanted: tuple[str, ...], field: str = "data.path"):
         super().__init__()
-        self._path, self._wanted = path, wanted
+        self._path, self._wanted, self._field = path, wanted, field
         self._line = 0
         self._handle = None
 
     def _open(self, skip: int) -> None:
         if self._handle is not None:
             self._handle.close()
-        try:
-            self._handle = fsspec.open(self._path, "rt", encoding="utf-8", errors="replace").open()
+        try:  # bytes, decoded line by line, so that a line that is not UTF-8 is named (`_text`)
+            self._handle = fsspec.open(self._path, "rb").open()
             for _ in range(skip):
                 self._handle.readline()
         except Exception as e:  # noqa: BLE001 - see storage_error
@@ -139,14 +140,32 @@ class _JsonlIterator(grain.DatasetIterator):
                 self._handle.close()
                 raise StopIteration
             self._line += 1
+            if self._line == 1:
+                refused = text_bytes.not_text(line[: text_bytes.HEAD], self._path, self._field)
+                if refused is not None:
+                    raise refused
             if line.strip():
-                return _record(f"{self._path}:{self._line}", line, self._wanted)
+                where = f"{self._path}:{self._line}"
+                return _record(where, _text(line, where), self._wanted)
 
     def get_state(self) -> dict[str, Any]:
         return {"line": self._line}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._open(int(state["line"]))
+
+
+def _text(line: bytes, where: str) -> str:
+    """One JSONL line as text; UserError naming the line when it is not UTF-8 (JSON exchanged between programs
+    is UTF-8, RFC 8259; replaced, the bytes were trained on as U+FFFD)."""
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{where} is not UTF-8: byte {line[e.start]:#04x} at column {e.start + 1}",
+            "convert the file to UTF-8 (for Latin-1 or Windows-1252 text: iconv -f CP1252 -t UTF-8), or write it "
+            "with json.dumps",
+        ) from None
 
 
 def _record(where: str, text: str | bytes, wanted: tuple[str, ...]) -> dict[str, Any]:
@@ -170,12 +189,12 @@ def _record(where: str, text: str | bytes, wanted: tuple[str, ...]) -> dict[str,
 class JsonlIterDataset(grain.IterDataset):
     """The records of one JSONL file (a Grain source: checkpointable by line)."""
 
-    def __init__(self, path: str, wanted: tuple[str, ...]):
+    def __init__(self, path: str, wanted: tuple[str, ...], field: str = "data.path"):
         super().__init__()
-        self._path, self._wanted = path, wanted
+        self._path, self._wanted, self._field = path, wanted, field
 
     def __iter__(self) -> grain.DatasetIterator:
-        return _JsonlIterator(self._path, self._wanted)
+        return _JsonlIterator(self._path, self._wanted, self._field)
 
 
 # --- Parquet -------------------------------------------------------------------------------------------------
@@ -200,10 +219,70 @@ def _check_parquet(path: str, wanted: tuple[str, ...]) -> None:
 
 
 def _parquet(path: str, wanted: tuple[str, ...]) -> grain.IterDataset:
-    fs, root = fsspec.core.url_to_fs(path)
-    kwargs = {} if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)) else {"filesystem": fs}
-    return grain.experimental.ParquetIterDataset(root, **kwargs).map(
-        lambda r: {**{c: _scalar(r[c]) for c in wanted}, WHERE: path}
+    return ParquetIterDataset(path).map(lambda r: {**{c: _scalar(r[c]) for c in wanted}, WHERE: path})
+
+
+class _ParquetIterator(grain.DatasetIterator):
+    """Grain's reader of one Parquet file, whose read errors name the file; its state is Grain's reader's (so
+    checkpoints written before this wrapper still restore)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self._path = path
+        fs, root = fsspec.core.url_to_fs(path)
+        local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+        try:  # Grain's iterator reads the first row group as it starts
+            self._rows = iter(grain.experimental.ParquetIterDataset(root, **({} if local else {"filesystem": fs})))
+        except Exception as e:  # noqa: BLE001 - sorted by parquet_error
+            raise parquet_error(path, e) from None
+
+    def __next__(self) -> dict[str, Any]:
+        try:
+            return next(self._rows)
+        except StopIteration:
+            raise
+        except Exception as e:  # noqa: BLE001 - sorted by parquet_error
+            raise parquet_error(self._path, e) from None
+
+    def get_state(self) -> dict[str, Any]:
+        return self._rows.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        try:
+            self._rows.set_state(state)
+        except Exception as e:  # noqa: BLE001 - sorted by parquet_error
+            raise parquet_error(self._path, e) from None
+
+
+class ParquetIterDataset(grain.IterDataset):
+    """The rows of one Parquet file (Grain's reader: checkpointable by row group and row)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self._path = path
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _ParquetIterator(self._path)
+
+
+def parquet_error(path: str, e: BaseException) -> BaseException:
+    """What a failed read of the Parquet file `path` raises: a UserError naming the file when the file itself is
+    damaged (it fails the same way on every read, so a retry would only spend the JobSet's restarts); anything
+    else unchanged, for `trainer.failures` to sort (a dropped connection or a timeout is retried)."""
+    import pyarrow as pa
+
+    # pyarrow raises ArrowInvalid (a ValueError) and friends for data it cannot decode, and a bare OSError without
+    # an errno for a page it cannot deserialise ("Couldn't deserialize thrift"): errors of the storage keep their
+    # own type (pyarrow re-raises an fsspec backend's exception as is) or carry the OS's errno.
+    undecodable = isinstance(e, pa.ArrowException) and not isinstance(e, (MemoryError, pa.ArrowCancelled))
+    if not (undecodable or (type(e) is OSError and e.errno is None)):
+        return e
+    lines = str(e).strip().splitlines()
+    return UserError(
+        f"cannot read {path} as Parquet (a damaged file, or one pyarrow cannot decode): "
+        f"{lines[0] if lines else type(e).__name__}",
+        "write the file again, or copy it again from its source, or leave it out of data.path; a retry would "
+        "fail the same way",
     )
 
 
@@ -267,7 +346,11 @@ def host_records(
         if data.source == "parquet":
             for f in files:
                 _check_parquet(f, wanted)
-        make = (lambda f: JsonlIterDataset(f, wanted)) if data.source == "jsonl" else (lambda f: _parquet(f, wanted))
+        make = (
+            (lambda f: JsonlIterDataset(f, wanted, field))
+            if data.source == "jsonl"
+            else (lambda f: _parquet(f, wanted))
+        )
         ds = grain.MapDataset.source(files)
         if repeat:
             ds = ds.repeat(None)

@@ -8,7 +8,8 @@ Sources:
 - `synthetic`: a seeded, learnable "language": a sparse Markov chain whose next token follows the previous token
   (bigram table, 3/4 of the time) or the one before it (skip-gram table, 1/4), each row with a few successors of
   Zipf-like probabilities. A model learns it; a bigger one learns it better; it is never uniform noise.
-- `text`: UTF-8 text files (a file, a directory, a glob or an fsspec URL such as gs://bucket/corpus/*.txt),
+- `text`: UTF-8 text files (a file, a directory, a glob or an fsspec URL such as gs://bucket/corpus/*.txt; a
+  compressed file, or text in another encoding, is refused: `trainer.text_bytes`),
   tokenised with the byte-level tokenizer (vocab 256) or a `tokenizer.json` through the `tokenizers` library
   (`resolve_tokenizer`: the spec's data.tokenizer, else the teacher's Hugging Face folder's tokenizer.json); windows of `max_target_length + 1` tokens are drawn at seeded random offsets of the concatenated corpus.
 - `tokens`: pre-tokenized ids: a `.npy` array of integers, or a raw file of little-endian uint16 (int32 when the
@@ -29,6 +30,7 @@ index sources, this process's rows for documents; `Batches.local` says which). A
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Protocol
 
 import fsspec
@@ -36,8 +38,11 @@ import numpy as np
 
 from distillspec.config import DOCUMENT_SOURCES, DataSpec, DistillSpec
 from distillspec.hf_config import TOKENIZER, tokenizer_mismatch
+from trainer import text_bytes
 from trainer.exit_codes import UserError
 from trainer.packing import load_tokenizer
+
+log = logging.getLogger(__name__)
 
 SYNTHETIC_SUCCESSORS = 4
 HELD_OUT_INDEX = 1 << 40  # the synthetic eval set's first batch index: training would need 2^40 micro-batches
@@ -104,7 +109,7 @@ class WindowSource:
 
 def make_source(spec: DataSpec, vocab_size: int, length: int) -> TokenSource:
     """The source a spec names; raises UserError for data that cannot feed a model with `vocab_size` tokens in
-    windows of `length`."""
+    windows of `length` tokens (`batch.max_target_length + 1`: a row's targets are its inputs shifted by one)."""
     if spec.source == "synthetic":
         return MarkovSource.build(vocab_size, spec.seed)
     if spec.source == "text":
@@ -117,8 +122,10 @@ def make_source(spec: DataSpec, vocab_size: int, length: int) -> TokenSource:
         )
     if len(tokens) < length:
         raise UserError(
-            f"data at {spec.path} has {len(tokens)} tokens, fewer than one window of {length}",
-            "add more text, or lower batch.max_target_length",
+            f"data at {spec.path} has {len(tokens)} tokens; a row needs at least {length} "
+            f"(batch.max_target_length {length - 1} + 1: the targets are the inputs shifted by one token)",
+            "add more data, or lower batch.max_target_length"
+            + (f" to {len(tokens) - 1} or less" if len(tokens) > 1 else ""),
         )
     top = int(tokens.max()) if len(tokens) else 0
     if top >= vocab_size:
@@ -237,7 +244,8 @@ def make_batches(spec: DistillSpec, vocab_size: int, rows: int, shard, position:
 
         return logit_cache.open_batches(spec, rows, shard, position)
     if spec.data.source not in DOCUMENT_SOURCES:
-        return IndexBatches(make_source(spec.data, vocab_size, length), rows, length, accumulation, position)
+        source = make_source(spec.data, vocab_size, length + 1)  # `batch_at` draws windows of length + 1
+        return IndexBatches(source, rows, length, accumulation, position)
     rows_here = host_rows(rows, shard)
     ds = document_rows(spec.data, spec.data.path, vocab_size, length, shard, repeat=True)
     ds = ds.batch(rows_here, drop_remainder=True)
@@ -310,17 +318,37 @@ def _expand(path: str | None) -> list[fsspec.core.OpenFile]:
 
 
 def read_texts(path: str | None) -> list[str]:
-    """The UTF-8 texts at `path` (undecodable bytes replaced), in sorted file order."""
+    """The UTF-8 texts at `path`, in sorted file order. Raises UserError for a compressed or binary file, or one
+    with more than `text_bytes.UNDECODABLE_SHARE` of bytes that are not UTF-8; fewer are read as U+FFFD, and a
+    warning says how many."""
     files = _expand(path)
     if not files:
         raise UserError(f"no files at data.path {path!r}", "point data.path at text files")
-    texts = []
+    texts, replaced = [], []
     for f in files:
         try:
             with f as handle:
-                texts.append(handle.read().decode("utf-8", errors="replace"))
+                raw = handle.read()
         except OSError as e:
             raise UserError(f"cannot read {f.path}: {e}") from None
+        refused = text_bytes.not_text(raw[: text_bytes.HEAD], f.path, "data.path")
+        if refused is not None:
+            raise refused
+        text, bad = text_bytes.decode(raw, f.path, "data.path")
+        texts.append(text)
+        if bad:
+            replaced.append((f.path, bad, len(raw)))
+    if replaced:
+        name, bad, size = replaced[0]
+        log.warning(
+            "%d byte(s) that are not UTF-8 were read as U+FFFD in %d file(s) of data.path (e.g. %s: %d of %d bytes); "
+            "convert the files to UTF-8 to train on what those bytes meant",
+            sum(r[1] for r in replaced),
+            len(replaced),
+            name,
+            bad,
+            size,
+        )
     return texts
 
 

@@ -2,8 +2,9 @@
 
 Only transient failures are retried (exit 42, the JobSet restarts the pod and the run resumes): I/O that may
 succeed on a second try, a lost coordinator or peer, preemption. Failures that would repeat identically exit 1
-(`USER_ERROR`): out of memory on the host or a device, XLA compile errors, shape errors. Retrying those only
-spends `max_restarts`. Anything unrecognised is a bug (`INTERNAL`, 70, not retried).
+(`USER_ERROR`): out of memory on the host or a device, XLA compile errors, shape errors, a data file its reader
+cannot decode. Retrying those only spends `max_restarts`. Anything unrecognised is a bug (`INTERNAL`, 70, not
+retried).
 
 XLA runtime errors carry a status code in front of their message (`RESOURCE_EXHAUSTED: ...`); that code, plus a
 few phrases XLA uses for memory and compilation, decides. Importing this module does not import JAX: JAX's error
@@ -31,6 +32,10 @@ _SHAPE = re.compile(
     r"shape|broadcast|dimension|rank|reshape|got incompatible|contracting", re.IGNORECASE
 )  # jax's TypeError/ValueError wording for mismatched array shapes
 _PERMANENT_OS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENOSPC, errno.EROFS}
+# An OSError without an errno was raised by a library, not the OS; with these words it is pyarrow's (or a like
+# reader's) verdict on bytes it cannot decode, "Couldn't deserialize thrift" for a damaged Parquet page: the file
+# reads the same on every try. Other errno-less OSErrors stay retried (HTTP clients raise them for dropped links).
+_DAMAGED_DATA = re.compile(r"deserializ|magic bytes|corrupt", re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +70,10 @@ def classify(e: BaseException) -> Failure:
     if isinstance(e, OSError):
         if e.errno in _PERMANENT_OS:
             return Failure(TrainerExit.USER_ERROR, "user_error", f"{name}: {first} (retrying would fail again)")
+        if e.errno is None and _DAMAGED_DATA.search(str(e)):
+            return Failure(
+                TrainerExit.USER_ERROR, "user_error", f"{name}: {first} (a damaged file; retrying would fail again)"
+            )
         return Failure(TrainerExit.RETRYABLE, "transient_io", f"{name}: {first}")
     if isinstance(e, (TypeError, ValueError)) and _SHAPE.search(first):
         return Failure(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -211,19 +213,8 @@ def _load_teacher(spec: DistillSpec, teacher: _Model) -> Any:
     try:
         params = load_params(path, teacher.config.shape, teacher.abstract, side="teacher")
     except UserError as e:
-        if "not found" in e.message and _has_config_only(path):
-            raise UserError(
-                f"the teacher folder {path} has {hf.CONFIG} but no weights ({hf.SINGLE}, or {hf.INDEX} and its shards)",
-                "copy the model's safetensors files into the folder (save_pretrained writes them beside config.json)",
-            ) from None
         if "not found" in e.message:
-            raise UserError(
-                f"teacher checkpoint not found at {path}: neither a Hugging Face folder (config.json and "
-                "model.safetensors) nor a checkpoint of this trainer; pretrain it first: distillctl train "
-                "sweeps/tiny-teacher.yaml",
-                "point it at a save_pretrained folder, or train the teacher with a `mode: pretrain` spec whose run "
-                "directory holds that checkpoints path",
-            ) from None
+            raise _teacher_not_found(path) from None
         raise
     _check_finite(params, path, teacher, "teacher")
     return params
@@ -279,13 +270,94 @@ def position_warnings(spec: DistillSpec) -> list[Problem]:
     return out
 
 
-def _has_config_only(path: str) -> bool:
-    """A folder with a Hugging Face config.json and no weights beside it (a half-copied model)."""
+# How the Hugging Face Hub names a model (`org/name`); the trainer reads folders only, local or at an fsspec URL.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_RUN_SPEC = "spec.json"  # what a run of this trainer writes in its run directory, beside `checkpoints/`
+
+
+def _teacher_not_found(path: str) -> UserError:
+    """Why teacher.load_parameters_path `path` holds nothing the loaders recognise, and what to do, from what is
+    there (a store that cannot be listed gets the general advice)."""
     try:
-        fs, root = fsspec.core.url_to_fs(path.rstrip("/"))
-        return fs.isfile(f"{root}/{hf.CONFIG}")
+        names, in_run = _folder_names(path), _in_run(path)
     except (OSError, ValueError, ImportError):
-        return False
+        names, in_run = [], False
+    return UserError(*missing_teacher(path, names, in_run))
+
+
+def missing_teacher(path: str, names: list[str] | None, in_run: bool) -> tuple[str, str]:
+    """(message, hint) for a teacher path where no checkpoint was found, given the names in that folder (None:
+    nothing is there) and whether it is a place of a run of this trainer (`_in_run`). Each way of getting it wrong
+    has its own fix: a `~` the shell would have expanded, a Hub id, a folder missing its config.json or its
+    weights, a teacher run that has not saved a checkpoint yet."""
+    where = f"teacher checkpoint not found at {path}"
+    if path.startswith("~"):
+        return (
+            f"{where}: a leading ~ is not expanded (paths in a spec are read as written)",
+            f"write the full path ({os.path.expanduser(path)} on this machine, if that is the folder)",
+        )
+    local = "" if hf.is_remote(path) or os.path.isabs(path) else f" ({os.path.abspath(path)})"
+    if names is None and local and _HUB_ID.fullmatch(path):
+        return (
+            f"{where}: there is no such folder{local}; if it names a model on the Hugging Face Hub, the trainer does "
+            "not download checkpoints",
+            f"download it first (huggingface-cli download {path} --local-dir DIR) and point "
+            "teacher.load_parameters_path at DIR; otherwise give the folder's full path",
+        )
+    if names is None and in_run:
+        return (
+            f"{where}: there is no such folder{local}; a teacher run writes it when it saves its first checkpoint",
+            "train the teacher first, with a `mode: pretrain` spec whose run directory holds this path (e.g. "
+            "distillctl train sweeps/tiny-teacher.yaml), or point teacher.load_parameters_path at a Hugging Face "
+            "folder",
+        )
+    if names is None:
+        return (
+            f"{where}: there is no such file or folder{local}",
+            "check the path: teacher.load_parameters_path names a Hugging Face folder (config.json and "
+            "model.safetensors) or a teacher run's checkpoints folder",
+        )
+    weights = sorted(n for n in names if n.endswith(".safetensors") or n == hf.INDEX)
+    if hf.CONFIG in names:  # with weights beside it, it would have loaded as a Hugging Face folder
+        return (
+            f"the teacher folder {path} has {hf.CONFIG} but no weights ({hf.SINGLE}, or {hf.INDEX} and its shards)",
+            "copy the model's safetensors files into the folder (save_pretrained writes them beside config.json)",
+        )
+    if weights:
+        return (
+            f"the teacher folder {path} has {', '.join(weights[:3])}{' …' if len(weights) > 3 else ''} but no "
+            f"{hf.CONFIG}, which says what model the weights are",
+            f"copy the model's {hf.CONFIG} into the folder (save_pretrained writes it beside the weights)",
+        )
+    if in_run:
+        return (
+            f"{where}: the teacher run has saved no checkpoint there yet",
+            "let the teacher run train until it saves one (checkpoint.every_steps; e.g. distillctl train "
+            "sweeps/tiny-teacher.yaml), then start this run again",
+        )
+    return (
+        f"{where}: the folder holds neither a Hugging Face model (config.json and model.safetensors) nor a "
+        "checkpoint of this trainer",
+        "point teacher.load_parameters_path at a save_pretrained folder or at a teacher run's checkpoints folder",
+    )
+
+
+def _folder_names(path: str) -> list[str] | None:
+    """The names in the folder `path` (local or an fsspec URL); [] for a file, None when nothing is there."""
+    fs, root = fsspec.core.url_to_fs(path.rstrip("/"))
+    if not fs.exists(root):
+        return None
+    if not fs.isdir(root):
+        return []
+    return [name.rstrip("/").rsplit("/", 1)[-1] for name in fs.ls(root, detail=False)]
+
+
+def _in_run(path: str) -> bool:
+    """Whether `path` is (or would be) a place of a run of this trainer: a `checkpoints` folder, or a folder whose
+    own or parent folder holds the run's spec.json."""
+    fs, root = fsspec.core.url_to_fs(path.rstrip("/"))
+    parent = root.rsplit("/", 1)[0] if "/" in root else "."
+    return root.rsplit("/", 1)[-1] == "checkpoints" or any(fs.isfile(f"{d}/{_RUN_SPEC}") for d in (root, parent))
 
 
 def _student_params(spec: DistillSpec, student: _Model, teacher: _Model | None, teacher_params: Any) -> Any:

@@ -245,7 +245,14 @@ class Files:
 
     def header(self, name: str) -> tuple[tuple[int, ...], str]:
         """(shape, safetensors dtype) of tensor `name`, read from the file header only."""
-        s = self._handle(self.where[name]).get_slice(name)
+        file = self.where[name]
+        handle = self._handle(file)
+        try:
+            s = handle.get_slice(name)
+        except self._errors as e:
+            if name not in handle.keys():  # an index that names the wrong shard (SafetensorError: "does not contain")
+                raise not_in_shard(file, name) from None
+            raise UserError(f"cannot read tensor {name} from {file}: {e}", "download or copy the file again") from None
         return tuple(s.get_shape()), s.get_dtype()
 
     def read(self, name: str) -> np.ndarray:
@@ -254,6 +261,15 @@ class Files:
             return self._handle(file).get_tensor(name)
         except self._errors as e:
             raise UserError(f"cannot read tensor {name} from {file}: {e}", "download or copy the file again") from None
+
+
+def not_in_shard(file: str, name: str) -> UserError:
+    """The error for a shard that lacks a tensor the folder's index assigns to it (only an index can misplace one:
+    a single model.safetensors is listed from its own header)."""
+    return UserError(
+        f"{file} has no tensor {name}, though {INDEX} beside it names that shard for it",
+        f"re-save the model with save_pretrained, or copy {INDEX} again from where the shards came from",
+    )
 
 
 # safetensors dtype names -> NumPy (bfloat16 from ml_dtypes, which JAX depends on); others fail `check` by name.
@@ -323,7 +339,7 @@ class RemoteFiles:
     def header(self, name: str) -> tuple[tuple[int, ...], str]:
         info = self._header(self.where[name])[0].get(name)
         if info is None:
-            raise UserError(f"{self.where[name]} has no tensor {name} (its index says it does)", "re-save the model")
+            raise not_in_shard(self.where[name], name)
         return tuple(info["shape"]), info["dtype"]
 
     def read(self, name: str) -> np.ndarray:
