@@ -8,6 +8,8 @@ Read: transformers 5's `rope_parameters` (per layer type for Gemma 3) and 4.x's 
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 
 from distillspec.registry import MODELS, ModelShape, RopeScaling
 
@@ -179,6 +181,28 @@ def shape_mismatches(found: ModelShape, expected: ModelShape) -> list[str]:
             continue
         out.append(f"{name}: expected {getattr(expected, name)}, found {getattr(found, name)}")
     return out
+
+
+# How the Hugging Face Hub names a model (`org/name`); checkpoints are read from folders only, local or at a URL.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def unexpanded_home(path: str) -> tuple[str, str] | None:
+    """(why, what to do) for a path that starts with `~`: a spec's paths are read as written, never expanded."""
+    if not path.startswith("~"):
+        return None
+    return (
+        "a leading ~ is not expanded (paths in a spec are read as written)",
+        f"write the full path ({os.path.expanduser(path)} on this machine, if that is the folder)",
+    )
+
+
+def hub_download_hint(path: str) -> str:
+    """What to do when `path`, a relative `org/name` with nothing there, may name a model on the Hub."""
+    return (
+        f"if it names a model on the Hugging Face Hub, checkpoints are not downloaded: download it first "
+        f"(huggingface-cli download {path} --local-dir DIR) and point load_parameters_path at DIR"
+    )
 
 
 # The shape fields a model block can set (ModelSpec); the others come with the registry model it names.

@@ -301,3 +301,12 @@ def test_the_hint_names_what_a_model_block_can_set_and_what_it_cannot(tmp_path):
     (problem,) = check_paths(spec_with(str(tied)), read_text)
     assert "tie_embeddings: expected False, found True" in problem.message
     assert problem.hint.startswith("tie_embeddings cannot be set in a model block"), problem.hint
+
+
+def test_a_home_path_and_a_hub_id_say_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the Hub id is a relative path with nothing here
+    (problem,) = check_paths(spec_with("~/models/llama"), read_text)
+    assert problem.code == "checkpoint_not_found" and "a leading ~ is not expanded" in problem.message
+    assert "write the full path" in problem.hint
+    (problem,) = check_paths(spec_with("meta-llama/Llama-3.2-1B"), read_text)
+    assert "huggingface-cli download meta-llama/Llama-3.2-1B --local-dir DIR" in problem.hint, problem.hint

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from distillspec.config import DistillSpec, ModelSpec
-from distillspec.hf_config import beyond_max_position
+from distillspec.hf_config import HUB_ID, beyond_max_position, hub_download_hint, unexpanded_home
 from distillspec.loss_choice import fused_loss_wanted
 from distillspec.problems import Problem
 from trainer import sharding as shard_lib
@@ -270,8 +269,6 @@ def position_warnings(spec: DistillSpec) -> list[Problem]:
     return out
 
 
-# How the Hugging Face Hub names a model (`org/name`); the trainer reads folders only, local or at an fsspec URL.
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _RUN_SPEC = "spec.json"  # what a run of this trainer writes in its run directory, beside `checkpoints/`
 
 
@@ -291,18 +288,15 @@ def missing_teacher(path: str, names: list[str] | None, in_run: bool) -> tuple[s
     has its own fix: a `~` the shell would have expanded, a Hub id, a folder missing its config.json or its
     weights, a teacher run that has not saved a checkpoint yet."""
     where = f"teacher checkpoint not found at {path}"
-    if path.startswith("~"):
-        return (
-            f"{where}: a leading ~ is not expanded (paths in a spec are read as written)",
-            f"write the full path ({os.path.expanduser(path)} on this machine, if that is the folder)",
-        )
+    home = unexpanded_home(path)
+    if home is not None:
+        return f"{where}: {home[0]}", home[1]
     local = "" if hf.is_remote(path) or os.path.isabs(path) else f" ({os.path.abspath(path)})"
-    if names is None and local and _HUB_ID.fullmatch(path):
+    if names is None and local and HUB_ID.fullmatch(path):
         return (
-            f"{where}: there is no such folder{local}; if it names a model on the Hugging Face Hub, the trainer does "
-            "not download checkpoints",
-            f"download it first (huggingface-cli download {path} --local-dir DIR) and point "
-            "teacher.load_parameters_path at DIR; otherwise give the folder's full path",
+            f"{where}: there is no such folder{local}",
+            f"{hub_download_hint(path).replace('load_parameters_path', 'teacher.load_parameters_path')}; otherwise "
+            "give the folder's full path",
         )
     if names is None and in_run:
         return (

@@ -20,13 +20,16 @@ from distillspec import maxtext_checkpoint as mt
 from distillspec.config import DOCUMENT_SOURCES, DistillSpec, ModelSpec
 from distillspec.hf_config import (
     CONFIG,
+    HUB_ID,
     TOKENIZER,
     ConfigError,
     beyond_max_position,
+    hub_download_hint,
     mismatch_hint,
     shape_from_config,
     shape_mismatches,
     tokenizer_mismatch,
+    unexpanded_home,
 )
 from distillspec.problems import Problem
 from distillspec.registry import ModelShape
@@ -72,14 +75,7 @@ def check_paths(
             problems.append(Problem(loc, "checkpoint_unreadable", e.message, e.hint))
             continue
         if found is None:
-            problems.append(
-                Problem(
-                    loc,
-                    "checkpoint_not_found",
-                    f"nothing to load at {path}: no {CONFIG} (a Hugging Face folder) and no spec.json of a run above it",
-                    "check the path; a prerequisite's checkpoint exists only once it has run",
-                )
-            )
+            problems.append(Problem(loc, "checkpoint_not_found", *_not_found(path)))
             continue
         for mismatch in shape_mismatches(found, model.shape()):
             problems.append(
@@ -94,6 +90,19 @@ def check_paths(
         if beyond is not None:
             problems.append(Problem(loc, "beyond_max_position", *beyond, severity="warning"))
     return problems + _tokenizer_problems(spec, read_text)
+
+
+def _not_found(path: str) -> tuple[str, str]:
+    """(message, hint) for a checkpoint path with neither a config.json nor a run's spec.json: a `~` and a Hub id
+    have fixes of their own."""
+    message = f"nothing to load at {path}: no {CONFIG} (a Hugging Face folder) and no spec.json of a run above it"
+    home = unexpanded_home(path)
+    if home is not None:
+        return f"{message}; {home[0]}", home[1]
+    hint = "check the path; a prerequisite's checkpoint exists only once it has run"
+    if HUB_ID.fullmatch(path):
+        hint = f"{hint}; {hub_download_hint(path)}"
+    return message, hint
 
 
 def data_paths(spec: DistillSpec) -> list[tuple[tuple[str, str], str]]:
