@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from pydantic_core import PydanticCustomError
 
 from distillspec import layer_presets
-from distillspec.registry import MODELS, ModelShape, pruned_global_layers
+from distillspec.registry import BLOCK_FIELDS, MODELS, ModelShape, pruned_global_layers
 from distillspec.schedules import ScheduleKind, schedule_value
 
 Dtype = Literal["float32", "bfloat16"]
@@ -195,17 +195,7 @@ class ModelSpec(_Block):
 
 @functools.lru_cache(maxsize=4096)  # checks, plans and identities ask for the same few shapes per point
 def _shape(model: str, *dims: int | tuple[int, ...] | None) -> ModelShape:
-    names = (
-        "num_layers",
-        "emb_dim",
-        "num_query_heads",
-        "num_kv_heads",
-        "head_dim",
-        "mlp_dim",
-        "vocab_size",
-        "global_layers",
-    )
-    return MODELS[model].with_overrides(**dict(zip(names, dims)))
+    return MODELS[model].with_overrides(**dict(zip(BLOCK_FIELDS, dims, strict=True)))
 
 
 # What each field's resolved form reads besides the field itself (`DistillSpec.resolved_block`).

@@ -11,7 +11,7 @@ import dataclasses
 import os
 import re
 
-from distillspec.registry import MODELS, ModelShape, RopeScaling
+from distillspec.registry import BLOCK_FIELDS, MODELS, ModelShape, RopeScaling
 
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
@@ -203,19 +203,6 @@ def hub_download_hint(path: str) -> str:
         f"if it names a model on the Hugging Face Hub, checkpoints are not downloaded: download it first "
         f"(huggingface-cli download {path} --local-dir DIR) and point load_parameters_path at DIR"
     )
-
-
-# The shape fields a model block can set (ModelSpec); the others come with the registry model it names.
-BLOCK_FIELDS = (
-    "num_layers",
-    "emb_dim",
-    "num_query_heads",
-    "num_kv_heads",
-    "head_dim",
-    "mlp_dim",
-    "vocab_size",
-    "global_layers",
-)
 
 
 def mismatch_hint(side: str, found: ModelShape, expected: ModelShape) -> str:

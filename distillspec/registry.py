@@ -106,6 +106,19 @@ class ModelShape:
         return _replaced(self, changes) if changes else self
 
 
+# The shape fields a spec's model block may set (`ModelSpec`); the others come with the registry model it names.
+BLOCK_FIELDS = (
+    "num_layers",
+    "emb_dim",
+    "num_query_heads",
+    "num_kv_heads",
+    "head_dim",
+    "mlp_dim",
+    "vocab_size",
+    "global_layers",
+)
+
+
 @functools.lru_cache(maxsize=4096)  # a sweep asks for the same few shapes thousands of times
 def _replaced(shape: ModelShape, changes: tuple[tuple[str, int], ...]) -> ModelShape:
     return dataclasses.replace(shape, **dict(changes))
