@@ -381,6 +381,17 @@ class DistillSpec(_Block):
             return layer_presets.resolve_preset(indices, depth, tuple(self.student.drop_layers))
         return list(indices)
 
+    def teacher_layer_indices(self) -> list[int] | None:
+        """The teacher's layer for each of `layer_indices` (the student's): the one a student made from the
+        teacher by `drop_layers` began as (its layer 20 is the teacher's 22 past two dropped layers), else the
+        same index (MaxText's rule, for models of the same depth)."""
+        indices = self.layer_indices()
+        if indices is None or self.teacher is None or not self.student.drop_layers or self.student.init != "teacher":
+            return indices
+        dropped = set(self.student.drop_layers)
+        kept = [layer for layer in range(self.teacher.shape().num_layers) if layer not in dropped]
+        return [kept[i % len(kept)] for i in indices]
+
     def resolved(self) -> DistillSpec:
         """The canonical form: registry shapes written out, presets resolved. Two specs that mean the same run
         resolve to equal values (run identities hash this)."""

@@ -3,7 +3,8 @@
 A preset is a string: `first:N`, `full_depth:N`, `top_heavy:N`, or `straddle:[i, j, ...]` / `straddle:i-j` /
 `straddle` (the layers immediately before and after each contiguous run of pruned layers; without a list, the
 student's own `drop_layers`). Pruned-layer numbers are the teacher's (pre-pruning) numbering, as the guide
-writes them.
+writes them; the resolved indices are the student's (for a student made by `drop_layers`, the layers past a gap
+are numbered lower than the teacher's they began as).
 """
 
 from __future__ import annotations
@@ -73,7 +74,10 @@ def resolve_preset(text: str, num_layers: int, pruned: tuple[int, ...] = ()) -> 
         # Quadratic spacing from the top down across the upper half: dense near the output, sparse mid-stack.
         half = num_layers // 2
         return sorted({num_layers - 1 - round(half * (k / (n - 1)) ** 2) for k in range(n)})
-    return straddle(arg if arg is not None else pruned)
+    around = straddle(arg if arg is not None else pruned)
+    # The student made without `pruned` numbers its layers past each gap lower: name them as the student does
+    # (its layer indices pick the teacher's layer it began as, `DistillSpec.teacher_layer_indices`).
+    return [layer - sum(d < layer for d in set(pruned)) for layer in around]
 
 
 def straddle(pruned: tuple[int, ...] | list[int]) -> list[int]:

@@ -89,3 +89,51 @@ def _at(tree, path):
     for key in path:
         tree = tree[key.key]
     return tree
+
+
+@pytest.mark.parametrize("fused_loss", [False, True])
+def test_a_pruned_students_layers_are_compared_with_the_teacher_layers_they_began_as(fused_loss):
+    # The same index on both sides compared the student's layer 1 (the teacher's layer 3, past two dropped layers)
+    # with the teacher's layer 1.
+    from distillspec.specfile import validate_data
+    from trainer.models import ModelConfig, abstract_model, host_init
+    from trainer.setup import build
+
+    data = {
+        "name": "pruned",
+        "student": {"model": "tiny-2l", "init": "teacher", "drop_layers": [1, 2]},
+        "teacher": {"model": "tiny-4l", "load_parameters_path": "unused"},
+        "loss": {"alpha": 0.5, "temperature": 2.0, "beta": 0.5, "layer_indices": [1]},
+        "batch": {"per_device_batch_size": 4, "max_target_length": 16},
+        "steps": 4,
+        "output_dir": tempfile.mkdtemp(),
+    }
+    spec, problems = validate_data(data)
+    assert spec is not None, [p.message for p in problems]
+    assert spec.layer_indices() == [1] and spec.teacher_layer_indices() == [3]
+    teacher = host_init(abstract_model(ModelConfig.from_spec(spec.teacher))[1], 1)
+    built = build(spec, teacher_params=teacher)
+    student_graph = abstract_model(ModelConfig.from_spec(spec.student, sow_features=True))[0]
+    teacher_graph = abstract_model(ModelConfig.from_spec(spec.teacher, sow_features=True))[0]
+    extra = (forward_hidden, step_lib.HiddenLoss(block_tokens=8, block_vocab=96)) if fused_loss else ()
+    models = step_lib.StepModels(student_graph, teacher_graph, True, *extra)
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, spec.student.shape().vocab_size, size=(1, 4, 17))
+    batch = {"inputs": tokens[..., :-1], "targets": tokens[..., 1:], "mask": np.ones((1, 4, 16), np.float32)}
+    hp = {k: np.float32(v) for k, v in step_lib.hyperparameters(spec, 0).items()}
+    step = jax.jit(step_lib.make_train_step(spec, models, optax.identity()))
+    window = jax.device_get(step(built.state, built.teacher_params, batch, hp)).window
+    feature_sum, count = window["distill/out_proj_feature_loss"]
+
+    from flax import nnx
+
+    from trainer.loss import token_cosine_distance
+    from trainer.models import forward
+
+    _, student_features = forward(nnx.merge(student_graph, built.state.params), batch["inputs"][0])
+    _, teacher_features = forward(nnx.merge(teacher_graph, built.teacher_params), batch["inputs"][0])
+    began_as = float(np.sum(token_cosine_distance(student_features[1:2], teacher_features[3:4])))
+    same_index = float(np.sum(token_cosine_distance(student_features[1:2], teacher_features[1:2])))
+    assert count == 4 * 16 and abs(began_as - same_index) > 1e-3  # the test tells the two apart
+    np.testing.assert_allclose(feature_sum, 0.5 * began_as, rtol=1e-4)  # the guide's metric is β-scaled

@@ -29,7 +29,31 @@ def test_straddle_brackets_each_pruned_region():
     assert resolve_preset("straddle:[20, 21, 22, 23]", 32) == [19, 24]
     assert resolve_preset("straddle:20-23", 32) == [19, 24]
     assert straddle([0, 1, 5]) == [2, 4, 6]
-    assert resolve_preset("straddle", 28, pruned=(5, 9, 10)) == [4, 6, 8, 11]
+    # With the student's own drop_layers, in the student's numbering: teacher layers 4, 6, 8 and 11 are its 4, 5,
+    # 7 and 8 (the layers past each gap moved down).
+    assert resolve_preset("straddle", 28, pruned=(5, 9, 10)) == [4, 5, 7, 8]
+
+
+def test_a_pruned_students_layers_pair_with_the_teacher_layers_they_began_as():
+    # The guide's "bracket the pruned region" on Llama 3.1 8B with layers 20 and 21 removed: the student's 19 and
+    # 20, which began as the teacher's 19 and 22 (same indices on both sides compared the student's 22, the
+    # teacher's 24, with the teacher's 22).
+    from distillspec.specfile import validate_data
+
+    data = {
+        "student": {"model": "llama3.1-8b", "init": "teacher", "drop_layers": [20, 21], "num_layers": 30},
+        "teacher": {"model": "llama3.1-8b", "load_parameters_path": "gs://b/t"},
+        "loss": {"beta": 1.0, "layer_indices": "straddle"},
+    }
+    spec, problems = validate_data(data)
+    assert spec is not None, problems
+    assert spec.layer_indices() == [19, 20] and spec.teacher_layer_indices() == [19, 22]
+    full = validate_data({**data, "loss": {"beta": 1.0, "layer_indices": [0, 19, 20, -1]}})[0]
+    assert full.teacher_layer_indices() == [0, 19, 22, 31]
+    same_depth = validate_data(
+        {**data, "student": {"model": "llama3.1-8b"}, "loss": {"beta": 1.0, "layer_indices": [3, -1]}}
+    )[0]
+    assert same_depth.teacher_layer_indices() == [3, -1]  # MaxText's rule: the same index on both sides
 
 
 @pytest.mark.parametrize(

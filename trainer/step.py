@@ -203,7 +203,15 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
     distill = spec.mode == "distill"
     offline = distill and bool(spec.offline_data_dir)  # the teacher's top-k come in the batch (`trainer.logit_cache`)
     layer_indices = spec.layer_indices() if models.features else None
+    teacher_layers = spec.teacher_layer_indices() if models.features else None
     n_layers = len(layer_indices) if layer_indices is not None else None
+
+    def features(student, teacher):
+        """Each model's features at its own layers: the student's `layer_indices` and the teacher's layers they
+        began as (a student made by `drop_layers` numbers the layers past a gap lower)."""
+        if not models.features:
+            return None, None
+        return losses.select_layers(student, layer_indices), losses.select_layers(teacher, teacher_layers)
 
     fused = distill and models.forward_hidden is not None
 
@@ -216,6 +224,7 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
         if fused:
             hidden, head, feats = apply(models.student, params, mb["inputs"], mb.get("segment_ids"))
             t_hidden, t_head, t_feats = teacher_out
+            feats, t_feats = features(feats, t_feats)
             sums = hidden_distillation_sums(
                 hidden,
                 head,
@@ -225,9 +234,8 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
                 mb["mask"],
                 temperature=weights["temperature"],
                 settings=models.hidden_loss,
-                student_features=feats if models.features else None,
-                teacher_features=t_feats if models.features else None,
-                layer_indices=layer_indices,
+                student_features=feats,
+                teacher_features=t_feats,
                 feature_loss_type=spec.loss.feature_loss_type,
             )
         else:
@@ -248,6 +256,7 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
                 return sums["ce"][0] / jnp.maximum(n_tokens, 1.0), sums
             else:  # the gradient comes out of the loss's forward pass over the logits (`losses.logit_terms`)
                 t_logits, t_feats = teacher_out
+                feats, t_feats = features(feats, t_feats)
                 return losses.distillation_objective(
                     logits,
                     t_logits,
@@ -256,9 +265,8 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
                     **weights,
                     token_count=n_tokens,
                     feature_count=n_features,
-                    student_features=feats if models.features else None,
-                    teacher_features=t_feats if models.features else None,
-                    layer_indices=layer_indices,
+                    student_features=feats,
+                    teacher_features=t_feats,
                     feature_loss_type=spec.loss.feature_loss_type,
                 )
         total = losses.weighted_total(

@@ -61,6 +61,10 @@ def explain(
     console.out.print(models)
     if view["feature_loss"]:
         console.out.print(f"feature-loss layer indices: {view['layer_indices']}", markup=False)
+        if view["teacher_layer_indices"] != view["layer_indices"]:
+            console.out.print(
+                f"  the teacher's layers they began as (drop_layers): {view['teacher_layer_indices']}", markup=False
+            )
     else:
         console.out.print("feature loss: off (β = 0: no activations are extracted)")
     if view["schedules"]:

@@ -34,6 +34,7 @@ def explain(spec: DistillSpec) -> dict:
     return {
         "spec": resolved.model_dump(mode="json"),
         "layer_indices": resolved.loss.layer_indices,
+        "teacher_layer_indices": spec.teacher_layer_indices(),  # the layers they meet (differ for drop_layers)
         "feature_loss": spec.mode == "distill" and spec.loss.feature_loss_on,
         "models": models,
         "schedules": schedules,
