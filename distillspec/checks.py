@@ -23,12 +23,13 @@ def _schedules(spec: DistillSpec) -> list[Problem]:
     for name in ("alpha", "temperature", "beta"):
         value: ScheduledValue = getattr(spec.loss, name)
         if value.schedule != "constant" and value.end is None:
-            out.append(
+            out.append(  # the guide: with no end the value stays fixed, so a warning, not a refusal
                 Problem(
-                    ("loss", name, "end"),
+                    ("loss", name, "schedule"),
                     "schedule_without_end",
-                    f"{name} schedule is {value.schedule!r} but {name} has no end value",
+                    f"{name} schedule is {value.schedule!r} but {name} has no end value: it stays at {value.start}",
                     f"set loss.{name}.end to the value to reach at the last step, or use schedule: constant",
+                    severity="warning",
                 )
             )
         elif value.schedule == "constant" and value.end is not None and value.end != value.start:
@@ -193,7 +194,7 @@ def _layer_indices(spec: DistillSpec, student_depth: int, teacher_depth: int) ->
                     "layer_indices_missing",
                     f"no layer_indices: every layer would be matched, but the student has {student_depth} layers and "
                     f"the teacher {teacher_depth}",
-                    "choose layers explicitly, e.g. layer_indices: full_depth:8",
+                    "choose layers explicitly, e.g. loss.layer_indices: full_depth:8",
                 )
             ]
         return []

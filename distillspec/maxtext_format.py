@@ -26,6 +26,7 @@ TOP_LEVEL |= {
     "run_name": ("name",),
     "steps": ("steps",),
     "offline_data_dir": ("offline_data_dir",),
+    "top_k": ("top_k",),  # save_top_k_teacher_logits.py's --top_k: the cache's k, which the reader must know
     "base_output_directory": ("output_dir",),
     "init_weights_seed": ("seed",),
     "per_device_batch_size": ("batch", "per_device_batch_size"),
@@ -53,6 +54,7 @@ TOP_LEVEL |= {
 }
 
 _MAXTEXT_KEY: dict[Loc, Loc] = {loc: (key,) for key, loc in TOP_LEVEL.items()}  # the first key for each place
+_MAXTEXT_KEY |= {loc[:-1]: (key,) for key, loc in TOP_LEVEL.items() if loc[-1] == "start"}  # loss.beta: distill_beta
 
 CLIPPING = "gradient_clipping_threshold"
 DATA_PATH_KEYS = ("dataset_path", "hf_path", "grain_train_files")
@@ -75,6 +77,8 @@ MODEL_KEYS: dict[str, str] = {
 }
 BATCH_KEYS = ("per_device_batch_size", "max_target_length", "gradient_accumulation_steps")
 OVERRIDE_BLOCKS = {"student_overrides": "student", "teacher_overrides": "teacher"}
+_BLOCK_OF = {side: block for block, side in OVERRIDE_BLOCKS.items()}
+_MODEL_KEY = {field: key for key, field in MODEL_KEYS.items()}  # native model field -> MaxText key
 
 # Keys MaxText users set whose behaviour the bundled trainer already has; accepted without a word.
 ACCEPTED = {
@@ -110,7 +114,11 @@ class Translation:
     def to_file_loc(self, loc: Loc) -> Loc:
         """The file's name for a native location: the key the file used, else MaxText's own key for it (a hint
         that says `set data.source` to a MaxText user means `dataset_type`), else the native location."""
-        for end in range(len(loc), 0, -1):
+        if (found := self.file_locs.get(tuple(loc))) is not None:
+            return found
+        if len(loc) >= 2 and loc[0] in _BLOCK_OF and loc[1] in _MODEL_KEY:  # a model field the block does not set
+            return (_BLOCK_OF[loc[0]], _MODEL_KEY[loc[1]], *loc[2:])
+        for end in range(len(loc) - 1, 0, -1):
             if (found := self.file_locs.get(tuple(loc[:end]))) is not None:
                 return found + tuple(loc[end:])
         return _MAXTEXT_KEY.get(tuple(loc), loc)

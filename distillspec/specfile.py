@@ -139,12 +139,11 @@ def _in_file_terms(problem: Problem, translation: maxtext_format.Translation) ->
     def rename(match: re.Match) -> str:
         return format_loc(translation.to_file_loc(tuple(match.group(0).split("."))))
 
-    return dataclasses.replace(
-        problem,
-        loc=translation.to_file_loc(problem.loc),
-        message=_NATIVE_PATH.sub(rename, problem.message),
-        hint=_NATIVE_PATH.sub(rename, problem.hint),
-    )
+    loc = translation.to_file_loc(problem.loc)
+    message, hint = _NATIVE_PATH.sub(rename, problem.message), _NATIVE_PATH.sub(rename, problem.hint)
+    if problem.loc and loc and loc[-1] != problem.loc[-1]:  # "add `model:`" names the file's key: `model_name:`
+        hint = hint.replace(f"`{problem.loc[-1]}:`", f"`{loc[-1]}:`")
+    return dataclasses.replace(problem, loc=loc, message=message, hint=hint)
 
 
 def _locate(problem: Problem, document: YamlDocument, file: str | None) -> Problem:

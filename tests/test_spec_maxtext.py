@@ -170,3 +170,24 @@ def test_specs_that_do_not_distill_have_no_maxtext_form_and_the_error_names_thei
     spec = read_spec_file(SWEEPS / name).spec
     with pytest.raises(maxtext_format.NotRepresentable, match=f"`mode: {mode}` spec"):
         maxtext_format.to_maxtext(spec.model_dump(mode="json"))
+
+
+def test_maxtext_files_hear_their_own_keys_in_problems_and_fixes():
+    head = "base_config: base.yml\nrun_name: mx\nsteps: 10\n"
+    # A missing model name: `model_name`, not the native `model`.
+    text = head + "student_overrides:\n  model_name: tiny-2l\nteacher_overrides:\n  load_parameters_path: /x\n"
+    (problem,) = [p for p in read_spec_text(text).problems if p.is_error]
+    assert problem.loc == ("teacher_overrides", "model_name") and "add `model_name:`" in problem.hint
+    # β offline: distill_beta, not loss.beta; and an offline file can set the cache's k (it was ignored, then
+    # required: no MaxText file could pass).
+    text = head + "model_name: tiny-2l\noffline_data_dir: /cache\ntop_k: 8\ndistill_beta: 0.5\n"
+    (problem,) = read_spec_text(text).problems
+    assert problem.code == "offline_feature_loss" and "set distill_beta to 0.0" in problem.hint
+    report = read_spec_text(text.replace("distill_beta: 0.5\n", ""))
+    assert report.ok and not report.problems and report.spec.top_k == 8
+    # Layer indices: distill_layer_indices.
+    text = head + "student_overrides:\n  model_name: tiny-2l\nteacher_overrides:\n  model_name: tiny-4l\n"
+    text += "  load_parameters_path: /x\ndistill_beta: 0.5\n"
+    (problem,) = read_spec_text(text).problems
+    assert problem.code == "layer_indices_missing" and "distill_layer_indices: full_depth:8" in problem.hint
+    assert maxtext_format.to_maxtext({"mode": "distill", "offline_data_dir": "/cache", "top_k": 8})["top_k"] == 8

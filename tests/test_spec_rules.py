@@ -64,9 +64,14 @@ def test_beta_ramp_from_tiny_start_is_fine():
 
 # Rule 4: schedules and end values.
 @pytest.mark.parametrize("name", ["alpha", "temperature", "beta"])
-def test_non_constant_schedule_needs_an_end(name):
+def test_a_moving_schedule_without_an_end_stays_fixed_with_a_warning(name):
+    # The guide: "when *_end is None, the value stays fixed" (a MaxText file it calls valid was refused).
     start = {"alpha": 0.9, "temperature": 2.0, "beta": 1.0}[name]
-    assert codes(spec_data(**{f"loss.{name}": {"start": start, "schedule": "cosine"}})) == ["schedule_without_end"]
+    data = spec_data(**{f"loss.{name}": {"start": start, "schedule": "cosine"}})
+    assert codes(data) == [] and codes(data, errors_only=False) == ["schedule_without_end"]
+    (problem,) = report_for(data).problems
+    assert problem.loc == ("loss", name, "schedule") and f"it stays at {start}" in problem.message
+    assert getattr(report_for(data).spec.loss, name).effective_end == start
 
 
 def test_end_with_constant_schedule_is_a_warning():
