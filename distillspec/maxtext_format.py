@@ -75,6 +75,14 @@ MODEL_KEYS: dict[str, str] = {
     "weight_dtype": "weight_dtype",
     "dtype": "dtype",
 }
+# Names the guide uses for the same settings ("varying e.g. `num_decoder_layers` ... per side"): read, never written.
+MODEL_KEY_ALIASES = {
+    "num_decoder_layers": "base_num_decoder_layers",
+    "num_query_heads": "base_num_query_heads",
+    "num_kv_heads": "base_num_kv_heads",
+    "emb_dim": "base_emb_dim",
+    "mlp_dim": "base_mlp_dim",
+}
 BATCH_KEYS = ("per_device_batch_size", "max_target_length", "gradient_accumulation_steps")
 OVERRIDE_BLOCKS = {"student_overrides": "student", "teacher_overrides": "teacher"}
 _BLOCK_OF = {side: block for block, side in OVERRIDE_BLOCKS.items()}
@@ -92,7 +100,9 @@ ACCEPTED = {
     "async_checkpointing",
     "opt_type",
 }
-KNOWN_KEYS = set(TOP_LEVEL) | set(DATA_PATH_KEYS) | set(MODEL_KEYS) | set(OVERRIDE_BLOCKS) | ACCEPTED
+KNOWN_KEYS = (
+    set(TOP_LEVEL) | set(DATA_PATH_KEYS) | set(MODEL_KEYS) | set(MODEL_KEY_ALIASES) | set(OVERRIDE_BLOCKS) | ACCEPTED
+)
 
 
 def looks_like_maxtext(data: dict) -> bool:
@@ -148,8 +158,8 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
             if value not in (None, ""):
                 _set(out.data, ("data", "path"), value)
                 out.file_locs[("data", "path")] = (key,)
-        elif key in MODEL_KEYS:
-            shared_model[MODEL_KEYS[key]] = (value, (key,))
+        elif (field := _model_field(key)) is not None:
+            shared_model[field] = (value, (key,))
         elif key in OVERRIDE_BLOCKS:
             continue
         elif key not in ACCEPTED:
@@ -173,16 +183,23 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
             out.file_locs[(side, field)] = loc
         for key, value in overrides.items():
             value = _none(value)
-            if key in MODEL_KEYS:
-                model[MODEL_KEYS[key]] = value
-                out.file_locs[(side, MODEL_KEYS[key])] = (block, key)
+            if (field := _model_field(key)) is not None:
+                model[field] = value
+                out.file_locs[(side, field)] = (block, key)
             elif key in BATCH_KEYS:
                 model[key] = value  # reported by the batch-shape rule, with both values
                 out.file_locs[(side, key)] = (block, key)
             elif key not in ACCEPTED:
-                out.problems.append(_unknown((block, key), key, set(MODEL_KEYS) | set(BATCH_KEYS)))
+                out.problems.append(
+                    _unknown((block, key), key, set(MODEL_KEYS) | set(MODEL_KEY_ALIASES) | set(BATCH_KEYS))
+                )
         out.data[side] = model
     return out
+
+
+def _model_field(key: str) -> str | None:
+    """The model block field a MaxText key (or the guide's alias for one) sets; None for other keys."""
+    return MODEL_KEYS.get(MODEL_KEY_ALIASES.get(key, key))
 
 
 def _edit_distance(a: str, b: str) -> int:

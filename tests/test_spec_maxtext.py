@@ -191,3 +191,17 @@ def test_maxtext_files_hear_their_own_keys_in_problems_and_fixes():
     (problem,) = read_spec_text(text).problems
     assert problem.code == "layer_indices_missing" and "distill_layer_indices: full_depth:8" in problem.hint
     assert maxtext_format.to_maxtext({"mode": "distill", "offline_data_dir": "/cache", "top_k": 8})["top_k"] == 8
+
+
+def test_the_guides_names_for_a_models_shape_set_it():
+    # "varying e.g. `model_name`, `num_decoder_layers` ... per side": it was ignored with a warning, and the
+    # student kept the registry model's depth.
+    text = "base_config: base.yml\nrun_name: mx\nsteps: 10\nstudent_overrides:\n  model_name: tiny-4l\n"
+    text += "  num_decoder_layers: 2\n  num_query_heads: 2\nteacher_overrides:\n  model_name: tiny-4l\n"
+    text += "  load_parameters_path: /x\n"
+    report = read_spec_text(text)
+    assert report.ok and not report.problems, report.problems
+    assert report.spec.student.shape().num_layers == 2 and report.spec.student.shape().num_query_heads == 2
+    assert (
+        "num_decoder_layers" not in maxtext_format.to_maxtext(report.spec.model_dump(mode="json"))["student_overrides"]
+    )
