@@ -7,6 +7,7 @@ one problem; each kind of error gets a stable code and a hint: `unknown_key` (wi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection, Mapping
 from difflib import get_close_matches
 from typing import Any
@@ -96,6 +97,7 @@ def _problem(
 
 
 def _must(msg: str) -> str:
+    msg = re.sub(r"a valid dictionary or instance of \w+", "a mapping (`key: value` lines)", msg)  # no class names
     return msg.replace("Input should be", "must be").replace("Input should", "must")
 
 

@@ -130,3 +130,16 @@ def test_an_empty_output_dir_is_refused_at_its_line():
     # It validated, and the trainer wrote its run folder at the file system's root (then called it retryable).
     problem = only_problem(read_spec_text('student: {model: tiny-2l}\nmode: pretrain\noutput_dir: ""\n'))
     assert (problem.code, problem.line, problem.message) == ("empty_value", 3, "output_dir is empty")
+
+
+def test_a_list_where_a_block_belongs_names_no_internal_class():
+    # "expected a valid dictionary or instance of ModelSpec": a class name the user never wrote.
+    from distillspec.specfile import validate_data
+
+    for data in (
+        {"mode": "pretrain", "student": ["tiny-2l"]},
+        {"mode": "pretrain", "student": {"model": "tiny-2l"}, "loss": {"alpha": [0.5, 0.3]}},
+    ):
+        _, problems = validate_data(data)
+        (problem,) = [p for p in problems if p.is_error]
+        assert problem.message == "expected a mapping (`key: value` lines), got a list", problem.message
