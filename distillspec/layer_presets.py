@@ -17,6 +17,8 @@ _STRADDLE = re.compile(r"^straddle(?::\s*(.*))?$")
 # Deeper than any model this tool knows (the largest has 126 layers): a range past it is a typo, refused before
 # it is expanded (a range of 10^11 layers would otherwise fill the memory).
 MAX_LAYERS = 4096
+# The guide's "Top-heavy" rows (Llama 8B, 32 layers; 70B, 80 layers); other depths and counts use the formula.
+GUIDE_TOP_HEAVY = {(32, 6): (16, 20, 24, 28, 30, 31), (80, 6): (60, 65, 70, 75, 78, 79)}
 
 
 class PresetError(ValueError):
@@ -69,6 +71,8 @@ def resolve_preset(text: str, num_layers: int, pruned: tuple[int, ...] = ()) -> 
         return [round((k + 1) * num_layers / n) - 1 for k in range(n)]
     if kind == "top_heavy":
         n = min(arg, num_layers)
+        if (num_layers, n) in GUIDE_TOP_HEAVY:  # the guide's own rows, as a reader of it expects them
+            return list(GUIDE_TOP_HEAVY[num_layers, n])
         if n == 1:
             return [num_layers - 1]
         # Quadratic spacing from the top down across the upper half: dense near the output, sparse mid-stack.

@@ -17,9 +17,11 @@ def test_first_matches_the_launcher_default():
     assert resolve_preset("first:8", 4) == [0, 1, 2, 3]
 
 
-def test_top_heavy_is_dense_near_the_top():
-    layers = resolve_preset("top_heavy:6", 32)
-    assert len(layers) == 6 and layers[-2:] == [30, 31] and min(layers) >= 15
+def test_top_heavy_matches_the_guide_and_is_dense_near_the_top():
+    assert resolve_preset("top_heavy:6", 32) == [16, 20, 24, 28, 30, 31]
+    assert resolve_preset("top_heavy:6", 80) == [60, 65, 70, 75, 78, 79]
+    layers = resolve_preset("top_heavy:6", 28)  # other depths: the formula
+    assert len(layers) == 6 and layers[-2:] == [26, 27] and min(layers) >= 13
     gaps = [b - a for a, b in zip(layers, layers[1:])]
     assert gaps == sorted(gaps, reverse=True)
     assert resolve_preset("top_heavy:1", 32) == [31]
