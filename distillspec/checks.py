@@ -47,7 +47,8 @@ def _schedules(spec: DistillSpec) -> list[Problem]:
 
 def _beta_ramp(spec: DistillSpec) -> list[Problem]:
     beta = spec.loss.beta
-    if beta.start == 0.0 and beta.end is not None and beta.end > 0.0:
+    # A constant schedule ignores its end (`end_ignored` says so): β then stays 0, nothing ramps.
+    if beta.start == 0.0 and beta.schedule != "constant" and beta.end is not None and beta.end > 0.0:
         return [
             Problem(
                 ("loss", "beta", "start"),
