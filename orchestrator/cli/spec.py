@@ -134,26 +134,12 @@ def models(output: OutputOption = OutputFormat.text) -> None:
     """List the models distillctl knows, with their shapes."""
     from rich.table import Table
 
-    from distillspec.registry import MODELS
+    from distillspec.registry import BLOCK_FIELDS, MODELS
     from orchestrator.cli import console
 
+    fields = [f for f in BLOCK_FIELDS if f != "global_layers"]  # the shape fields a model block can set
     rows = [
-        {
-            "name": name,
-            "parameters": s.param_count(),
-            **{
-                k: getattr(s, k)
-                for k in (
-                    "num_layers",
-                    "emb_dim",
-                    "num_query_heads",
-                    "num_kv_heads",
-                    "head_dim",
-                    "mlp_dim",
-                    "vocab_size",
-                )
-            },
-        }
+        {"name": name, "parameters": s.param_count(), **{k: getattr(s, k) for k in fields}}
         for name, s in MODELS.items()
     ]
     if output is OutputFormat.json:
@@ -163,20 +149,5 @@ def models(output: OutputOption = OutputFormat.text) -> None:
     for column in ("name", "params", "layers", "emb", "heads", "kv", "head_dim", "mlp", "vocab"):
         table.add_column(column, justify="left" if column == "name" else "right")
     for r in rows:
-        table.add_row(
-            r["name"],
-            console.parameter_count(r["parameters"]),
-            *(
-                str(r[k])
-                for k in (
-                    "num_layers",
-                    "emb_dim",
-                    "num_query_heads",
-                    "num_kv_heads",
-                    "head_dim",
-                    "mlp_dim",
-                    "vocab_size",
-                )
-            ),
-        )
+        table.add_row(r["name"], console.parameter_count(r["parameters"]), *(str(r[k]) for k in fields))
     console.print_wide(table)  # names are what a spec copies: never cut to `llama3.1…`
