@@ -112,3 +112,17 @@ def test_chip_hours_count_student_training_and_teacher_forward():
     tokens = 1 * 64 * 1024  # per_device_batch_size × chips (v5p-128: 128 TensorCores, 64 chips) × length
     expected = 100 * tokens * (6 * P + 2 * P) / (459e12 * cost.ASSUMED_MFU) / 3600
     assert cost.chip_hours(s, v5p, slices=1) == pytest.approx(expected)
+
+
+def test_axes_that_do_not_divide_a_models_dimensions_leave_its_weights_whole():
+    # The trainer replicates a dimension its mesh axis does not divide; the plan counted it sharded (gemma3-27b,
+    # emb_dim 5376, on 512 chips: "30.8/95 GB, ok" for about 540 GB).
+    fsdp = memory.estimate(spec(mesh={"data": 1, "fsdp": -1}), chips=96, hbm_bytes_per_chip=95 * 10**9)  # 4096 % 96
+    assert fsdp.param_shards == 1 and fsdp.student_params == 4 * P and fsdp.gathered_weights == 0
+    assert fsdp.replicated == (
+        "fsdp 96 does not divide the student's emb_dim 4096",
+        "fsdp 96 does not divide the teacher's emb_dim 4096",
+    )
+    tensor = memory.estimate(spec(mesh={"data": 1, "fsdp": 8, "tensor": 16}), chips=128, hbm_bytes_per_chip=None)
+    assert tensor.param_shards == 8 and "tensor 16 does not divide the student's num_kv_heads 8" in tensor.replicated
+    assert memory.estimate(spec(), chips=128, hbm_bytes_per_chip=None).replicated == ()

@@ -84,6 +84,7 @@ class MemoryEstimate:
     gathered_weights: int = 0  # FSDP's all-gathered embeddings, heads and layer weights
     loss: int = 0  # the distillation loss's logits (dense) or blocks and hidden states (fused)
     fused_loss: bool = False  # whether the trainer will use the fused loss
+    replicated: tuple[str, ...] = ()  # mesh axes that leave a model's weights whole (they do not divide them)
 
     @property
     def total(self) -> int:
@@ -124,6 +125,7 @@ class MemoryEstimate:
             "hbm_per_chip": self.hbm_per_chip,
             "fraction": self.fraction,
             "fit": self.fit,
+            "replicated": list(self.replicated),
         }
 
 
@@ -142,6 +144,30 @@ def _split(size: int, tensor: int) -> float:
     """A dimension's per-chip share under the tensor axis (kept whole when the axis does not divide it, as the
     trainer's sharding rules do)."""
     return size / tensor if size % tensor == 0 else size
+
+
+def _shards(side: str, shape: ModelShape, fsdp: int, tensor: int) -> tuple[int, int, list[str]]:
+    """(fsdp, tensor) as they split this model's weights, and what they leave whole: the trainer shards a dimension
+    only where the axis divides it (`trainer.sharding.logical_to_spec`), so an fsdp that does not divide emb_dim
+    replicates every weight (each has an embed dimension), and a tensor axis that does not divide the heads or
+    the MLP replicates the layers (counted whole here: the estimate errs high)."""
+    notes = []
+    if fsdp > 1 and shape.emb_dim % fsdp:
+        notes.append(f"fsdp {fsdp} does not divide the {side}'s emb_dim {shape.emb_dim}")
+        fsdp = 1
+    undivided = [
+        f"{name} {size}"
+        for name, size in (
+            ("num_query_heads", shape.num_query_heads),
+            ("num_kv_heads", shape.num_kv_heads),
+            ("mlp_dim", shape.mlp_dim),
+        )
+        if size % tensor
+    ]
+    if tensor > 1 and undivided:
+        notes.append(f"tensor {tensor} does not divide the {side}'s {', '.join(undivided)}")
+        tensor = 1
+    return fsdp, tensor, notes
 
 
 def _layer_params(shape: ModelShape) -> int:
@@ -186,8 +212,9 @@ def estimate(spec: DistillSpec, *, chips: int, hbm_bytes_per_chip: int | None) -
     """The per-chip estimate for `spec` on `chips` chips in all (see the module docstring for the formula)."""
     sizes = mesh_sizes(spec.mesh, chips)
     fsdp, tensor = max(sizes["fsdp"], 1), max(sizes["tensor"], 1)
-    shards = fsdp * tensor
     student = spec.student.shape()
+    s_fsdp, s_tensor, replicated = _shards("student", student, fsdp, tensor)
+    shards = s_fsdp * s_tensor
     p_s = student.param_count()
     rows = max(int(spec.batch.per_device_batch_size * tensor), 1)  # rows per chip (tensor peers share theirs)
     length = spec.batch.max_target_length
@@ -199,18 +226,21 @@ def estimate(spec: DistillSpec, *, chips: int, hbm_bytes_per_chip: int | None) -
     activations += _working_set(student, rows, length, a_s, tensor)
     # The student's weights are gathered as their float32 master copy (cast to the compute dtype after the
     # gather) and get a float32 gradient of the same size before it is reduce-scattered.
-    gathered = _gathered(spec.student, student, fsdp, tensor) * (MASTER_BYTES + F32) / a_s
+    gathered = _gathered(spec.student, student, s_fsdp, s_tensor) * (MASTER_BYTES + F32) / a_s
     vocab = _split(student.vocab_size, tensor)
-    teacher_params, fused = 0, False
+    teacher_params, teacher_shards, fused = 0, 1, False
     teacher = spec.teacher if spec.is_online_distillation else None
     if teacher is None:
         loss = PRETRAIN_LOGIT_COPIES * tokens * vocab * F32  # one model's logits
     else:
         t = teacher.shape()
+        t_fsdp, t_tensor, notes = _shards("teacher", t, fsdp, tensor)
+        replicated += notes
+        teacher_shards = t_fsdp * t_tensor
         teacher_params = t.param_count() * DTYPE_BYTES[teacher.weight_dtype]
         a_t = DTYPE_BYTES[teacher.dtype]
         activations += _working_set(t, rows, length, a_t, tensor)
-        gathered += _gathered(teacher, t, fsdp, tensor)
+        gathered += _gathered(teacher, t, t_fsdp, t_tensor)
         fused = loss_choice.fused_loss_wanted(tokens, student.vocab_size)
         if fused:
             block = min(loss_choice.BLOCK_TOKENS, tokens) * min(loss_choice.BLOCK_VOCAB, student.vocab_size)
@@ -226,10 +256,11 @@ def estimate(spec: DistillSpec, *, chips: int, hbm_bytes_per_chip: int | None) -
         student_params=p_s * MASTER_BYTES // shards,
         gradients=p_s * F32 * (2 if accumulation > 1 else 1) // shards,
         optimizer_state=p_s * ADAM_BYTES_PER_PARAM // shards,
-        teacher_params=teacher_params // shards,
+        teacher_params=teacher_params // teacher_shards,
         activations=int(activations),
         hbm_per_chip=hbm_bytes_per_chip,
         gathered_weights=int(gathered),
         loss=int(loss),
         fused_loss=fused,
+        replicated=tuple(replicated),
     )

@@ -75,9 +75,31 @@ def plan(expansion: Expansion) -> tuple[PlanRow, ...]:
     return tuple(plan_row(run, expansion.sweep.target) for run in expansion.runs)
 
 
+def _where(labels: list[str], rows) -> str:
+    if len(labels) == 1:
+        return labels[0]
+    return "every run" if len(labels) == len(rows) else f"{labels[0]} and {len(labels) - 1} more run(s)"
+
+
 def memory_problems(rows: tuple[PlanRow, ...], target: Target) -> list[Problem]:
-    """A warning for the runs whose estimate does not fit (or barely fits) the TPU's HBM; runs with the same
-    estimate share one warning."""
+    """A warning for the runs whose estimate does not fit (or barely fits) the TPU's HBM (runs with the same
+    estimate share one warning), and one for mesh axes that leave a model's weights whole."""
+    replicated: dict[tuple[str, ...], list[str]] = {}
+    for row in rows:
+        if row.memory.replicated:
+            replicated.setdefault(row.memory.replicated, []).append(row.point.label)
+    out = [
+        Problem(
+            ("mesh",),
+            "mesh_replicates",
+            f"{_where(labels, rows)}: {'; '.join(notes)}: those weights are replicated on that axis, not sharded (the "
+            "memory estimate counts them whole)",
+            "choose mesh axis sizes that divide the model's dimensions (mesh.fsdp, mesh.tensor), or a TPU type or "
+            "slice count whose chips they divide",
+            severity="warning",
+        )
+        for notes, labels in replicated.items()
+    ]
     grouped: dict[tuple[str, str], list[str]] = {}
     for row in rows:
         m = row.memory
@@ -95,13 +117,8 @@ def memory_problems(rows: tuple[PlanRow, ...], target: Target) -> list[Problem]:
             f"{m.hbm_per_chip / GB:.0f} GB of a {target.tpu_type} chip"
         )
         grouped.setdefault((m.fit, text), []).append(row.point.label)
-    out = []
     for (fit, text), labels in grouped.items():
-        where = (
-            labels[0]
-            if len(labels) == 1
-            else ("every run" if len(labels) == len(rows) else f"{labels[0]} and {len(labels) - 1} more run(s)")
-        )
+        where = _where(labels, rows)
         out.append(
             Problem(
                 ("target", "tpu_type"),
