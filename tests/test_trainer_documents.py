@@ -166,7 +166,7 @@ def test_stream_resumes_from_its_state(corpora):
     resumed.close()
 
 
-def test_eval_set_is_fixed_and_padded(corpora):
+def test_eval_set_is_fixed_and_padded(corpora, caplog):
     from distillspec.config import DistillSpec
 
     spec = DistillSpec.model_validate(
@@ -182,6 +182,9 @@ def test_eval_set_is_fixed_and_padded(corpora):
     assert len(batches) == 40 and batches[0]["inputs"].shape == (2, 32)
     mask = np.stack([b["mask"] for b in batches])
     assert mask.sum() == sum(len(d) - 1 for d in DOCS) and mask[-1].sum() == 0  # all of it once, then padding
+    filled = int((mask.sum(axis=(1, 2)) > 0).sum())
+    (warning,) = [r.getMessage() for r in caplog.records if "eval batches are padding" in r.getMessage()]
+    assert f"{40 - filled} of the 40 eval batches are padding" in warning and f"eval.batches to {filled}" in warning
     again = D.eval_batches(spec, 256, 2, Shard())
     assert all((x["inputs"] == y["inputs"]).all() for x, y in zip(batches, again))
 

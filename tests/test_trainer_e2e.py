@@ -392,3 +392,16 @@ def test_student_from_its_own_checkpoint_and_exact_step_directory(out, teacher):
     first = read_metrics(out / "warm")[0]
     # a student starting as the final teacher agrees with the step-30 teacher far more than a random one would
     assert metric(first, "distill/top1_agreement") > 0.5
+
+
+def test_an_evaluations_time_is_left_out_of_the_training_throughput():
+    # 2000 held-out batches read as a training step of 48 tokens/s in metrics.jsonl and the results table.
+    from trainer.train import MetricWindow
+
+    window = MetricWindow(every=2, last=10, now=100.0)
+    window.add(512)
+    window.add(512)
+    window.exclude(30.0)  # the evaluation between the second step and the log line
+    record, seconds, tokens = window.close(2, 134.0, tokens=1024, learning_rate=0.0, sums={})
+    assert seconds == 4.0 and tokens == 1024
+    assert record["tokens_per_sec"] == 256.0 and record["step_time_sec"] == 2.0

@@ -284,7 +284,18 @@ def eval_batches(spec: DistillSpec, vocab_size: int, rows: int, shard) -> list[d
         "segment_ids": np.zeros((length,), np.int32),
         "mask": np.zeros((length,), np.float32),
     }
-    flat += [pad] * (spec.eval.batches * rows_here - len(flat))
+    wanted = spec.eval.batches * rows_here
+    if len(flat) < wanted:  # padded so that every process runs the same batches; the padding costs compute only
+        filled = -(-len(flat) // rows_here)
+        log.warning(
+            "eval.path holds %d row(s) for this process: %d of the %d eval batches are padding, computed at every "
+            "evaluation and not counted; set eval.batches to %d to skip them",
+            len(flat),
+            spec.eval.batches - filled,
+            spec.eval.batches,
+            max(filled, 1),
+        )
+    flat += [pad] * (wanted - len(flat))
     return [
         {k: np.stack([r[k] for r in flat[b * rows_here : (b + 1) * rows_here]]) for k in pad}
         for b in range(spec.eval.batches)
