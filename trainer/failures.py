@@ -60,8 +60,7 @@ def classify(e: BaseException) -> Failure:
         return Failure(
             TrainerExit.USER_ERROR,
             "out_of_memory",
-            f"out of host memory ({name}: {first}); retrying would fail again (hint: lower "
-            "batch.per_device_batch_size, or shard more with mesh.fsdp)",
+            f"out of host memory ({name}: {first}); retrying would fail again (hint: {OOM_HINT})",
         )
     if name in _XLA_ERRORS:
         return _classify_xla(str(e), first)
@@ -88,14 +87,22 @@ def classify(e: BaseException) -> Failure:
     )
 
 
+# What the message alone cannot tell apart: a batch too wide, a sequence too long (attention grows with its square),
+# too little sharding, or remat turned off; `distillctl plan` says which term is large for the spec.
+OOM_HINT = (
+    "`distillctl plan` on a sweep of this spec estimates each term per chip; lower batch.per_device_batch_size or "
+    "batch.max_target_length "
+    "(attention grows with its square), shard more with mesh.fsdp, or set remat: full where a model turns it off"
+)
+
+
 def _classify_xla(text: str, first: str) -> Failure:
     status = text.lstrip()
     if _OOM.search(text):
         return Failure(
             TrainerExit.USER_ERROR,
             "out_of_memory",
-            f"out of device memory: {first} (hint: lower batch.per_device_batch_size, shard more with mesh.fsdp, "
-            "or turn on rematerialisation)",
+            f"out of device memory: {first} (hint: {OOM_HINT})",
         )
     if _TRANSIENT.match(status):
         return Failure(TrainerExit.RETRYABLE, "transient_device", first)
