@@ -126,3 +126,28 @@ def test_default_mesh_shards_parameters_on_eight_devices():
     assert done.returncode == 0, done.stderr[-3000:]
     assert "shape {'data': 1, 'fsdp': 8, 'tensor': 1}" in done.stdout
     assert "sharded 0" not in done.stdout, done.stdout
+
+
+def test_a_per_device_batch_size_that_makes_no_whole_row_count_is_refused():
+    # 1.5 rows on one device trained 1 row a step, silently; 0.5 said "gives 0 rows, which ... (1) do not divide".
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    from distillspec.config import DistillSpec
+    from trainer.exit_codes import UserError
+    from trainer.setup import global_rows
+
+    mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+
+    def rows(per_device: float) -> int:
+        spec = DistillSpec.model_validate(
+            {"mode": "pretrain", "student": {"model": "tiny-2l"}, "batch": {"per_device_batch_size": per_device}}
+        )
+        return global_rows(spec, mesh)
+
+    assert rows(2) == 2
+    with pytest.raises(UserError, match="gives 1.5 rows: a row cannot be split"):
+        rows(1.5)
+    with pytest.raises(UserError, match="gives 0.5 rows: a micro-batch needs at least one"):
+        rows(0.5)

@@ -61,9 +61,18 @@ class Built:
 
 def global_rows(spec: DistillSpec, mesh: Mesh) -> int:
     """Rows of one micro-batch across all devices; raises UserError unless the batch axes divide them."""
-    rows = math.floor(spec.batch.per_device_batch_size * mesh.size)
+    per_device = spec.batch.per_device_batch_size
+    exact = per_device * mesh.size
+    rows = math.floor(exact + 1e-9)
     split = mesh.shape["data"] * mesh.shape["fsdp"]
-    if rows < 1 or rows % split:
+    if rows < 1 or abs(exact - rows) > 1e-9:  # 1.5 rows trained 1, silently
+        raise UserError(
+            f"batch.per_device_batch_size {per_device} on {mesh.size} devices gives {exact:g} rows: "
+            + ("a micro-batch needs at least one" if rows < 1 else "a row cannot be split"),
+            f"pick a per_device_batch_size whose product with the device count ({mesh.size}) is a whole number of "
+            "rows, e.g. " + ", ".join(f"{n / mesh.size:g}" for n in (split, 2 * split)),
+        )
+    if rows % split:
         raise UserError(
             f"batch.per_device_batch_size {spec.batch.per_device_batch_size} on {mesh.size} devices gives {rows} rows, "
             f"which the data × fsdp mesh axes ({split}) do not divide",
