@@ -62,8 +62,18 @@ def _beta_ramp(spec: DistillSpec) -> list[Problem]:
 
 
 def _mode_and_teacher(spec: DistillSpec) -> list[Problem]:
-    if spec.mode == "pretrain":
-        return []
+    if spec.mode == "pretrain":  # trains on its own: a teacher block (and its path) is never read
+        if spec.teacher is None:
+            return []
+        return [
+            Problem(
+                ("teacher",),
+                "teacher_unused",
+                "mode is pretrain: the student trains alone, and the teacher block is not read (nor its path)",
+                "set mode: distill to distill from it, or remove the teacher block",
+                severity="warning",
+            )
+        ]
     out = []
     if spec.teacher is None:
         return [
@@ -428,6 +438,16 @@ def _data(spec: DistillSpec) -> list[Problem]:
         )
     if spec.eval is not None:
         out += _eval_problems(spec.eval.path, data.source)
+    if not spec.checkpoint.enabled and spec.checkpoint.every_steps:
+        out.append(
+            Problem(
+                ("checkpoint", "every_steps"),
+                "checkpoint_disabled",
+                "checkpoint.enabled is false: checkpoint.every_steps does nothing (no checkpoint is written)",
+                "remove enabled: false to save checkpoints, or remove checkpoint.every_steps",
+                severity="warning",
+            )
+        )
     if spec.checkpoint.every_steps and spec.checkpoint.every_steps > spec.steps:
         out.append(
             Problem(

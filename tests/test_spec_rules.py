@@ -375,3 +375,10 @@ def test_a_data_path_without_a_source_is_not_silently_synthetic():
     (problem,) = [p for p in read_spec_text(text).problems if p.code == "data_path_with_synthetic"]
     assert problem.loc == ("grain_train_files",) and problem.line == 5
     assert "dataset_type is synthetic" in problem.message and "set dataset_type" in problem.hint
+
+
+def test_settings_that_would_be_ignored_are_warned_of():
+    # Each trained and exited 0 without a word.
+    assert codes(spec_data(mode="pretrain"), errors_only=False) == ["teacher_unused"]
+    disabled = {"checkpoint": {"enabled": False, "every_steps": 1}}
+    assert codes(spec_data(**disabled), errors_only=False) == ["checkpoint_disabled"]
