@@ -142,3 +142,24 @@ def test_two_processes_stop_together_on_sigterm_and_resume(tmp_path):
     assert summary["status"] == "succeeded" and summary["resumed_from_step"] == stopped
     steps = [r["step"] for r in read_metrics(tmp_path / "pre")]
     assert steps == list(range(5, 41, 5))
+
+
+def test_a_coordinator_port_held_by_another_program_says_so(tmp_path):
+    # "cannot join the coordinator at ...: UNKNOWN: Failed to start RPC server", nothing more.
+    spec = write_spec(tmp_path / "held.json", merged(BASE, name="held", output_dir=str(tmp_path)))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        address = f"127.0.0.1:{held.getsockname()[1]}"
+        done = subprocess.run(
+            [sys.executable, "-m", "trainer", "--spec", str(spec), "--coordinator-address", address]
+            + ["--num-processes", "2", "--process-id", "0"],
+            cwd=REPO,
+            env=python_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    # JAX crashed (SIGSEGV) or exited 42 saying only "Failed to start RPC server".
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"port {address.rsplit(':', 1)[1]} is already in use on this host" in done.stderr, done.stderr[-2000:]

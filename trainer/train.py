@@ -215,12 +215,45 @@ def _check_process_options(process: ProcessOptions) -> None:
         raise UserError(f"--process-id {index} is not in [0, {count}) for --num-processes {count}")
 
 
+def _check_port_free(address: str) -> None:
+    """UserError when process 0 cannot listen on the coordinator's port (JAX's server binds every address on it):
+    JAX then crashed (a segfault) or said only "Failed to start RPC server"."""
+    import errno
+    import socket
+
+    port = int(address.rsplit(":", 1)[1])
+    for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: TIME_WAIT is no holder
+                probe.bind((host, port))
+            return
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UserError(
+                    f"--coordinator-address {address}: port {port} is already in use on this host, where process 0 "
+                    "serves the coordinator",
+                    "choose a free port for --coordinator-address (the same on every process), or stop the program "
+                    "that holds it",
+                ) from None
+            continue  # this address family is not available here: try the other
+
+
 def _initialize_distributed(process: ProcessOptions) -> None:
     import jax
 
     if process.coordinator_address or process.num_processes is not None:
         _check_process_options(process)
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        # JAX waits for every process and then aborts the whole process (no summary): say what it waits for.
+        print(
+            f"process {process.process_id} of {process.num_processes}: joining the coordinator at "
+            f"{process.coordinator_address} (JAX waits up to 5 minutes for every process)",
+            file=sys.stderr,
+            flush=True,
+        )
+        if process.process_id == 0:
+            _check_port_free(str(process.coordinator_address))
         try:
             jax.distributed.initialize(process.coordinator_address, process.num_processes, process.process_id)
         except (RuntimeError, ValueError) as e:
