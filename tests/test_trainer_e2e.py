@@ -374,6 +374,22 @@ def test_teacher_checkpoint_of_another_model_is_a_user_error(out, teacher):
     )
 
 
+def test_a_teacher_checkpoint_in_the_other_layer_layout_names_scan_layers(out, teacher):
+    # "layers.0.attention.wk missing ... (and 41 more)", with a hint about shapes: the setting went unnamed.
+    data = distill_spec(
+        out,
+        teacher,
+        name="unscanned",
+        teacher={"model": "tiny-4l", "scan_layers": False, "load_parameters_path": str(teacher / "checkpoints")},
+        student={"model": "tiny-2l", "init": "random", "drop_layers": []},
+        loss={"beta": 0.0},
+    )
+    assert run(spec_of(data)) == TrainerExit.USER_ERROR
+    message = json.loads((out / "unscanned" / "summary.json").read_text())["message"]
+    assert "holds its layers stacked (saved with scan_layers: true)" in message, message
+    assert "set scan_layers: true in the model block" in message
+
+
 def test_student_from_its_own_checkpoint_and_exact_step_directory(out, teacher):
     data = distill_spec(
         out,

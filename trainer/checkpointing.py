@@ -311,6 +311,16 @@ def _check_shapes(
         return  # unreadable metadata: the restore itself reports what is wrong
     finally:
         absl.setLevel(level)
+    scanned = {_is_scanned(keys) for keys in (want, saved)}
+    if scanned == {True, False}:  # the same model in the other layer layout: say which setting differs
+        saved_scanned = _is_scanned(saved)
+        raise error(
+            f"the checkpoint at {params_dir} holds its layers {'stacked' if saved_scanned else 'one by one'} "
+            f"(saved with scan_layers: {str(saved_scanned).lower()}), this model has them "
+            f"{'stacked' if not saved_scanned else 'one by one'}",
+            f"set scan_layers: {str(saved_scanned).lower()} in the model block that loads it (or export the run with "
+            "`distillctl export RUN --to hf` and load that folder, which either layout reads)",
+        )
     differences = [f"{k} missing" for k in sorted(set(want) - set(saved))]
     differences += [f"{k} not in this model" for k in sorted(set(saved) - set(want))]
     differences += [
@@ -323,6 +333,13 @@ def _check_shapes(
             + (f" (and {len(differences) - 4} more)" if len(differences) > 4 else ""),
             hint,
         )
+
+
+def _is_scanned(keys) -> bool:
+    """Whether flattened parameter names hold the layers stacked (`layers.attention.wq`) rather than one by one
+    (`layers.0.attention.wq`)."""
+    layer_keys = [k for k in keys if k.startswith("layers.")]
+    return bool(layer_keys) and not any(k.split(".")[1].isdigit() for k in layer_keys)
 
 
 def _first_line(e: Exception) -> str:
