@@ -315,3 +315,18 @@ def test_a_bad_value_on_the_command_line_names_the_option_not_the_file(tmp_path,
     result = invoke("sweep", str(path), mode, *option)
     assert result.exit_code == ExitCode.USAGE and said in result.stderr, result.output
     assert "not a valid sweep" not in result.stderr
+
+
+def test_plan_strict_fails_a_sweep_whose_runs_will_not_fit(tmp_path):
+    # `plan` printed OOM and exited 0: no CI gate could use it.
+    path = write(tmp_path, sweep_data())
+    assert invoke("plan", str(path), "--strict", "--tpu-type", "v5p-8").exit_code == 0, "the tiny models fit"
+    big = sweep_data()
+    big["spec"]["student"] = {"model": "llama3.1-70b"}
+    big["spec"]["teacher"] = {"model": "llama3.1-70b", "load_parameters_path": "gs://b/t"}
+    big["spec"]["loss"] = {"alpha": 0.5}
+    path = write(tmp_path, big, "big.yaml")
+    result = invoke("plan", str(path), "--strict", "--tpu-type", "v5p-8", "--output", "json")
+    codes = [p["code"] for p in json.loads(result.stdout)["problems"]]
+    assert result.exit_code == ExitCode.INVALID_SPEC and "memory_over_hbm" in codes, result.output
+    assert invoke("plan", str(path), "--tpu-type", "v5p-8").exit_code == 0  # without --strict, warnings only

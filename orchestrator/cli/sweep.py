@@ -46,6 +46,9 @@ def plan(
     slices: SlicesOption = None,
     image: ImageOption = None,
     yes: GridYesOption = False,
+    strict: Annotated[
+        bool, typer.Option(help="exit 4 when there is a warning (a run that will not fit, a mesh that replicates)")
+    ] = False,
 ) -> None:
     """List a sweep's runs: ids, JobSet names, axis values, chips, chip-hours and per-chip memory."""
     from rich.table import Table
@@ -68,6 +71,7 @@ def plan(
                 "problems": [p.to_json() for p in warnings],
             }
         )
+        _exit_if_strict(strict, warnings)
         return
     _warn(warnings)
     where = f"{target.tpu_type} × {target.slices}" if target.on_cluster else "local"
@@ -91,6 +95,17 @@ def plan(
             {"fits": "ok", "tight": "tight", "does_not_fit": "OOM", "unknown": "—"}[m.fit],
         )
     console.print_wide(table)
+    _exit_if_strict(strict, warnings)
+
+
+def _exit_if_strict(strict: bool, warnings: list) -> None:
+    """`plan --strict` as a CI gate: a warning (a run that will not fit its chips...) fails it, as validate's does."""
+    if strict and warnings:
+        from orchestrator.cli import console
+        from orchestrator.exit_codes import ExitCode
+
+        console.err.print(f"error: {len(warnings)} warning(s), and --strict makes them errors", markup=False)
+        raise typer.Exit(int(ExitCode.INVALID_SPEC))
 
 
 def render(
