@@ -180,7 +180,9 @@ def _racer(path, start, done, wins, trials):
 def test_stale_claim_race_has_exactly_one_winner_every_time(tmp_path, processes, trials):
     """Real processes take over one stale claim at the same moment, `trials` times: exactly one wins each time, and
     the claim on disk is the winner's."""
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context(
+        "spawn"
+    )  # fork copies JAX's threads when an earlier test loaded it (deadlock risk)
     path = str(tmp_path / "run")
     start, done = ctx.Barrier(processes + 1), ctx.Barrier(processes + 1)
     wins = ctx.Queue()
