@@ -222,6 +222,16 @@ def _layer_indices(spec: DistillSpec, student_depth: int, teacher_depth: int) ->
             ]
         what = f"preset {indices!r} resolves to {resolved}, but "
         items = [(loc, i) for i in resolved]
+        kind, count = layer_presets.parse_preset(indices)
+        if kind != "straddle" and isinstance(count, int) and count > student_depth:
+            capped = Problem(
+                loc,
+                "layer_preset_capped",
+                f"preset {indices!r} asks for {count} layers of the student's {student_depth}: it uses {resolved}",
+                f"write {kind}:{student_depth} (or fewer) to say what is used",
+                severity="warning",
+            )
+            return [capped, *_index_problems(items, what, student_depth, teacher_depth)]
     else:
         if not indices:
             return [
@@ -234,6 +244,10 @@ def _layer_indices(spec: DistillSpec, student_depth: int, teacher_depth: int) ->
             ]
         what = ""
         items = [(loc + (k,), i) for k, i in enumerate(indices)]
+    return _index_problems(items, what, student_depth, teacher_depth)
+
+
+def _index_problems(items: list, what: str, student_depth: int, teacher_depth: int) -> list[Problem]:
     out = []
     seen: dict[int, int] = {}
     limit = min(student_depth, teacher_depth)

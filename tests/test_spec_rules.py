@@ -382,3 +382,12 @@ def test_settings_that_would_be_ignored_are_warned_of():
     assert codes(spec_data(mode="pretrain"), errors_only=False) == ["teacher_unused"]
     disabled = {"checkpoint": {"enabled": False, "every_steps": 1}}
     assert codes(spec_data(**disabled), errors_only=False) == ["checkpoint_disabled"]
+
+
+def test_a_preset_asking_for_more_layers_than_the_student_has_says_what_it_uses():
+    # full_depth:33 on 32 layers was quietly full_depth:32.
+    data = spec_data(**{"loss.layer_indices": "full_depth:9"})  # the tiny students have fewer
+    report = report_for(data)
+    (problem,) = [p for p in report.problems if p.code == "layer_preset_capped"]
+    assert problem.severity == "warning" and "asks for 9 layers of the student's" in problem.message
+    assert codes(data) == []
