@@ -143,3 +143,11 @@ def test_a_list_where_a_block_belongs_names_no_internal_class():
         _, problems = validate_data(data)
         (problem,) = [p for p in problems if p.is_error]
         assert problem.message == "expected a mapping (`key: value` lines), got a list", problem.message
+
+
+def test_a_huge_integer_is_described_not_printed():
+    from distillspec.specfile import validate_data
+
+    _, problems = validate_data({"mode": "pretrain", "student": {"model": "tiny-2l"}, "loss": {"alpha": 10**400}})
+    (problem,) = [p for p in problems if p.is_error]
+    assert "an integer of 401 digits" in problem.message and len(problem.message) < 200, problem.message
