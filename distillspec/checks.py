@@ -210,7 +210,7 @@ def _layer_indices(spec: DistillSpec, student_depth: int, teacher_depth: int) ->
             ]
         return []
     if isinstance(indices, str):
-        resolved = layer_presets.resolve_preset(indices, student_depth, tuple(spec.student.drop_layers))
+        resolved = layer_presets.resolve_preset(indices, student_depth, spec.pruned_layers())
         if not resolved:
             return [
                 Problem(

@@ -378,18 +378,33 @@ class DistillSpec(_Block):
         if indices is None:
             return list(range(depth))
         if isinstance(indices, str):
-            return layer_presets.resolve_preset(indices, depth, tuple(self.student.drop_layers))
+            return layer_presets.resolve_preset(indices, depth, self.pruned_layers())
         return list(indices)
 
+    def pruned_layers(self) -> tuple[int, ...]:
+        """The teacher's layers the student lacks, where that is known: its `drop_layers` (a student made from the
+        teacher), or a `straddle:[...]` preset's list when the teacher is deeper by exactly that many layers (a
+        student pruned elsewhere, loaded from its checkpoint)."""
+        if self.student.drop_layers and self.student.init == "teacher":
+            return tuple(sorted(set(self.student.drop_layers)))
+        indices = self.loss.layer_indices
+        if self.teacher is None or not isinstance(indices, str):
+            return ()
+        kind, listed = layer_presets.parse_preset(indices)
+        if kind != "straddle" or not isinstance(listed, tuple):
+            return ()
+        gap = self.teacher.shape().num_layers - self.student.shape().num_layers
+        return tuple(sorted(set(listed))) if gap == len(set(listed)) else ()
+
     def teacher_layer_indices(self) -> list[int] | None:
-        """The teacher's layer for each of `layer_indices` (the student's): the one a student made from the
-        teacher by `drop_layers` began as (its layer 20 is the teacher's 22 past two dropped layers), else the
+        """The teacher's layer for each of `layer_indices` (the student's): past pruned layers (`pruned_layers`),
+        the one the student's layer stands for (its layer 20 is the teacher's 22 past two pruned layers), else the
         same index (MaxText's rule, for models of the same depth)."""
         indices = self.layer_indices()
-        if indices is None or self.teacher is None or not self.student.drop_layers or self.student.init != "teacher":
+        pruned = set(self.pruned_layers())
+        if indices is None or self.teacher is None or not pruned:
             return indices
-        dropped = set(self.student.drop_layers)
-        kept = [layer for layer in range(self.teacher.shape().num_layers) if layer not in dropped]
+        kept = [layer for layer in range(self.teacher.shape().num_layers) if layer not in pruned]
         return [kept[i % len(kept)] for i in indices]
 
     def resolved(self) -> DistillSpec:
