@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ref_support import make_models, run_ref
-from trainer_support import merged, read_metrics, spec_of
+from trainer_support import Recorder, merged, read_metrics, spec_of
 
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
@@ -495,25 +495,6 @@ def test_an_orbax_teacher_with_inf_is_refused_too(folders, tmp_path):
     assert f"the student checkpoint {teacher_run / 'checkpoints'} holds NaN" in summary["message"], summary
 
 
-class _Notes:
-    """A reporter that keeps the run's notes (the console prints them)."""
-
-    def __init__(self):
-        self.notes: list[str] = []
-
-    def start(self, run_dir, start_step, total_steps):
-        pass
-
-    def log(self, record):
-        pass
-
-    def note(self, message):
-        self.notes.append(message)
-
-    def end(self, status, exit_code, message):
-        self.ended = (status, exit_code, message)
-
-
 def test_a_sequence_longer_than_the_teachers_positions_is_warned_about_at_start(folders, tmp_path):
     """A teacher trained on 16 positions (max_position_embeddings) and batch.max_target_length 32: RoPE runs
     past it, so the run goes on, but the start-up log says so, naming both numbers and the model; within the
@@ -534,7 +515,7 @@ def test_a_sequence_longer_than_the_teachers_positions_is_warned_about_at_start(
         "output_dir": str(tmp_path / "runs"),
         "steps": 1,
     }
-    reporter = _Notes()
+    reporter = Recorder()
     assert run(spec_of(spec), reporter=reporter) == TrainerExit.OK, reporter.ended
     (warning,) = [n for n in reporter.notes if "beyond_max_position" in n]
     assert warning == (

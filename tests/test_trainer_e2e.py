@@ -14,6 +14,7 @@ import pytest
 from trainer_support import (
     REPO,
     TEACHER,
+    Recorder,
     event_tags,
     merged,
     metric,
@@ -234,26 +235,6 @@ def test_a_latest_checkpoint_missing_a_part_is_damaged_not_another_model(out, te
     assert run(spec_of(merged(TEACHER, name=name, output_dir=str(out), steps=70))) == TrainerExit.USER_ERROR
     message = json.loads((out / name / "summary.json").read_text())["message"]
     assert "is damaged or incomplete" in message and f"move {step} aside" in message, message
-
-
-class Recorder:
-    """A reporter that keeps the notes and the verdict (a refused start writes no summary.json)."""
-
-    def __init__(self):
-        self.notes: list[str] = []
-        self.ended: tuple[str, int, str] | None = None
-
-    def start(self, *a):
-        pass
-
-    def log(self, r):
-        pass
-
-    def note(self, m):
-        self.notes.append(m)
-
-    def end(self, status, code, message):
-        self.ended = (status, code, message)
 
 
 def refused(data: dict, run_dir: Path) -> str:

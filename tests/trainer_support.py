@@ -103,3 +103,24 @@ def compiled_exponentials(f, *args) -> int:
     import jax
 
     return jax.jit(f).lower(*args).compile().as_text().count(" exponential(")
+
+
+class Recorder:
+    """A reporter that keeps the run's notes and its verdict (the console prints them; a refused start writes no
+    summary.json)."""
+
+    def __init__(self):
+        self.notes: list[str] = []
+        self.ended: tuple[str, int, str] | None = None
+
+    def start(self, run_dir, start_step, total_steps):
+        pass
+
+    def log(self, record):
+        pass
+
+    def note(self, message):
+        self.notes.append(message)
+
+    def end(self, status, exit_code, message):
+        self.ended = (status, exit_code, message)
