@@ -125,7 +125,8 @@ def validate_document(document: YamlDocument, *, file: str | None = None) -> Spe
         spec, found = validate_data(data)
         problems += found
         fmt = "native"
-    located = [_locate(p, document, file) for p in problems]
+    # One key of a MaxText file can set both models (a top-level `scan_layers`): its problem is said once.
+    located = list(dict.fromkeys(_locate(p, document, file) for p in problems))
     located.sort(key=lambda p: (p.line or 0, p.column or 0, p.code))
     return SpecReport(file, spec if not has_errors(located) else None, tuple(located), fmt)
 

@@ -205,3 +205,10 @@ def test_the_guides_names_for_a_models_shape_set_it():
     assert (
         "num_decoder_layers" not in maxtext_format.to_maxtext(report.spec.model_dump(mode="json"))["student_overrides"]
     )
+
+
+def test_a_top_level_model_key_wrong_for_both_models_is_said_once():
+    text = "base_config: base.yml\nrun_name: mx\nsteps: 10\nmodel_name: tiny-2l\nscan_layers: 'True'\n"
+    text += "teacher_overrides:\n  model_name: tiny-4l\n  load_parameters_path: /x\n"
+    problems = read_spec_text(text).problems
+    assert [(p.code, p.line) for p in problems] == [("wrong_type", 5)], problems
