@@ -263,15 +263,10 @@ def read_text(path: str, errors: str = "strict", limit: int | None = None) -> st
 def count_files(path: str) -> int | None:
     """How many files a data path names, read as the trainer reads it (a file, every file under a folder, or a
     glob's matches); None when the store cannot say (then nothing is claimed about the path)."""
-    try:
-        import fsspec
+    from distillspec.data_files import data_files
 
-        fs, root = fsspec.core.url_to_fs(path)
-        if any(c in root for c in "*?["):
-            return sum(1 for p in fs.glob(root) if not fs.isdir(p))
-        if fs.isdir(root):
-            return sum(1 for p in fs.find(root) if not fs.isdir(p))
-        return 1 if fs.exists(root) else 0
+    try:
+        return len(data_files(path)[1])
     except Exception:  # noqa: BLE001 - fsspec backends raise their own types: unknown, not absent
         return None
 

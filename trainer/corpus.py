@@ -27,6 +27,7 @@ import grain
 import numpy as np
 
 from distillspec.config import DataSpec
+from distillspec.data_files import data_files
 from trainer import text_bytes
 from trainer.exit_codes import RetryableError, TrainerError, UserError
 
@@ -54,13 +55,7 @@ def list_files(path: str | None, field: str = "data.path") -> list[str]:
     if not path:
         raise UserError(f"{field} is not set", f"set {field} to a file, directory, glob or fsspec URL")
     try:
-        fs, root = fsspec.core.url_to_fs(path)
-        if any(c in root for c in "*?["):
-            names = sorted(p for p in fs.glob(root) if not fs.isdir(p))
-        elif fs.isdir(root):
-            names = sorted(p for p in fs.find(root) if not fs.isdir(p))
-        else:
-            names = [root] if fs.exists(root) else []
+        fs, names = data_files(path)
     except Exception as e:  # noqa: BLE001 - fsspec backends raise their own types; storage_error sorts them
         raise storage_error(f"cannot list {field} {path!r}", e) from None
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]

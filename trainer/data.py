@@ -37,6 +37,7 @@ import fsspec
 import numpy as np
 
 from distillspec.config import DOCUMENT_SOURCES, DataSpec, DistillSpec
+from distillspec.data_files import data_files
 from distillspec.hf_config import TOKENIZER, tokenizer_mismatch
 from trainer import text_bytes
 from trainer.exit_codes import UserError
@@ -316,13 +317,7 @@ def _expand(path: str | None) -> list[fsspec.core.OpenFile]:
     if not path:
         raise UserError("data.path is not set", "set data.path to a file, directory, glob or fsspec URL")
     try:
-        fs, root = fsspec.core.url_to_fs(path)
-        if any(c in root for c in "*?["):
-            names = sorted(p for p in fs.glob(root) if not fs.isdir(p))
-        elif fs.isdir(root):
-            names = sorted(p for p in fs.find(root) if not fs.isdir(p))
-        else:
-            names = [root] if fs.exists(root) else []
+        fs, names = data_files(path)
     except (OSError, ValueError, ImportError) as e:
         raise UserError(f"cannot list data.path {path!r}: {e}", "check the path and its credentials") from None
     return [fsspec.core.OpenFile(fs, name, "rb") for name in names]
