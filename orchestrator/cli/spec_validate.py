@@ -113,26 +113,29 @@ def _unreachable(spec) -> list:
         ((side, "load_parameters_path"), getattr(getattr(spec, side), "load_parameters_path", None))
         for side in ("teacher", "student")
     ]
+
+    def probe(store: str) -> OutputStoreError | None:
+        try:
+            check_store(store)
+        except OutputStoreError as e:
+            return None if isinstance(e, BucketMissing) else e  # missing: the checks say "not found" themselves
+        except Exception:  # noqa: BLE001 - a store distillctl does not probe: the checks read it as before
+            return None
+        return None
+
     out = []
+    answers: dict[str, OutputStoreError | None] = {}  # one probe per store: each waits up to 10 s unanswered
     for loc, path in paths + data_paths(spec):
         if not path or "://" not in path:
             continue
-        try:
-            check_store(path)
-        except BucketMissing:
-            continue  # answered quickly: the checks say "not found" themselves
-        except OutputStoreError as e:
+        store = "/".join(path.split("/", 3)[:3])  # scheme://bucket
+        if store not in answers:
+            answers[store] = probe(path)
+        error = answers[store]
+        if error is not None:
             hint = "check the network and the store's credentials; the path is checked once its store answers"
-            out.append(
-                Problem(
-                    loc,
-                    "checkpoint_unreachable" if loc[1] == "load_parameters_path" else "data_unreachable",
-                    e.message,
-                    hint,
-                )
-            )
-        except Exception:  # noqa: BLE001 - a store distillctl does not probe: the checks read it as before
-            continue
+            code = "checkpoint_unreachable" if loc[1] == "load_parameters_path" else "data_unreachable"
+            out.append(Problem(loc, code, error.message, hint))
     return out
 
 
