@@ -146,6 +146,23 @@ def test_a_run_without_checkpoint(run, tmp_path):
     _nothing_new(tmp_path, {"bare"})
 
 
+def test_an_unfinished_later_step_is_skipped_and_named(run, tmp_path, caplog):
+    """A step folder without parameters (a save cut short, or made by hand) is not read as the latest step, and
+    the export says it skipped it (`train` refuses to resume from it, naming it: see test_trainer_e2e)."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run["run"], copy)
+    (step,) = [p.name for p in (copy / "checkpoints").iterdir() if p.name.isdigit()]
+    (copy / "checkpoints" / "999").mkdir()
+    with caplog.at_level("WARNING", logger="trainer.checkpointing"):
+        result = _export(str(copy), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert f"checkpoints/{step}/params" in result.output
+    (warning,) = [r.getMessage() for r in caplog.records if "skipped step folder" in r.getMessage()]
+    assert "999" in warning and f"reading step {step}" in warning
+
+
 # orbax's other reads of the same restore end after its event loop has closed; Python reports them as unraisable
 # (the command's own output stays two lines: the error and its hint).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

@@ -27,6 +27,8 @@ from etils import epath
 
 from trainer.exit_codes import RetryableError, RunRefused, TrainerError, UserError, storage_failure
 
+log = logging.getLogger(__name__)
+
 
 def _quiet_orbax_leftovers(unraisable, default=sys.unraisablehook) -> None:
     """After one read of a restore fails, orbax's other reads of it end in coroutines that Python can only report
@@ -222,13 +224,24 @@ def resolve_params_dir(path: str) -> epath.Path:
             return root
         if (root / "params").is_dir():
             return root / "params"
-        steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "params").is_dir())
+        numbered = sorted((int(p.name), (p / "params").is_dir()) for p in root.iterdir() if p.name.isdigit())
     except FileNotFoundError:
         raise UserError(f"checkpoint not found at {path}") from None
     except OSError as e:
         raise RetryableError(f"cannot read checkpoint directory {path}: {e}") from None
+    steps = [step for step, finished in numbered if finished]
     if not steps:
         raise UserError(f"checkpoint not found at {path}: no finished step directory with parameters in it")
+    # A later step without parameters is a save that did not finish (or a hand-made folder): said, so that the
+    # step read is not taken for the latest one (`train` refuses to resume from such a step, naming it).
+    unfinished = [str(step) for step, finished in numbered if not finished and step > steps[-1]]
+    if unfinished:
+        log.warning(
+            "%s: skipped step folder(s) %s, which hold no parameters (unfinished saves); reading step %d",
+            path,
+            ", ".join(unfinished),
+            steps[-1],
+        )
     return root / str(steps[-1]) / "params"
 
 
