@@ -13,7 +13,17 @@ from distillspec.problems import Problem
 
 def check(spec: DistillSpec) -> list[Problem]:
     problems: list[Problem] = []
-    for rule in (_schedules, _beta_ramp, _mode_and_teacher, _feature_loss, _pruning, _global_layers, _data, _mesh):
+    for rule in (
+        _schedules,
+        _beta_ramp,
+        _magnitudes,
+        _mode_and_teacher,
+        _feature_loss,
+        _pruning,
+        _global_layers,
+        _data,
+        _mesh,
+    ):
         problems.extend(rule(spec))
     return problems
 
@@ -59,6 +69,74 @@ def _beta_ramp(spec: DistillSpec) -> list[Problem]:
             )
         ]
     return []
+
+
+# The guide's scales: the cosine feature loss is bounded in [0, 2] per element (β of order 0.1–2.0), L2 is
+# unbounded (β of order 0.01–0.1); temperatures from 1 (raw softmax) to 4 ("very flat" beyond).
+BETA_SCALE = {"cosine": 2.0, "l2": 0.1}
+TEMPERATURE_RANGE = (1.0, 4.0)
+
+
+def _largest(value: ScheduledValue) -> tuple[float, str]:
+    """The schedule's largest value and the key that sets it."""
+    if value.end is not None and value.schedule != "constant" and value.end > value.start:
+        return value.end, "end"
+    return value.start, "start"
+
+
+def _magnitudes(spec: DistillSpec) -> list[Problem]:
+    """Warnings for β and temperature outside the guide's typical scales: valid, and sometimes meant, but the
+    usual cause is a value carried over from another setting (cosine's β of 1.0 kept when switching to L2)."""
+    if spec.mode != "distill":
+        return []
+    out = []
+    loss = spec.loss
+    if loss.feature_loss_on:
+        beta, key = _largest(loss.beta)
+        scale = BETA_SCALE[loss.feature_loss_type]
+        if beta > scale:
+            if loss.feature_loss_type == "l2":
+                message = (
+                    f"β reaches {beta} with the L2 feature loss, which is unbounded: the guide's β for L2 is of "
+                    "order 0.01–0.1 (at cosine's scale the feature term swamps the logit losses)"
+                )
+                fix = "scale β down for L2, e.g. start 0.05, end 0.005 (the guide's L2 row)"
+            else:
+                message = (
+                    f"β reaches {beta}: the cosine feature loss is bounded in [0, 2] per element, so the guide's β is "
+                    "of order 0.1–2.0; above it the feature term outweighs the logit losses"
+                )
+                fix = "keep β at most 2.0 (the guide's aggressive recovery row: 2.0 → 0.5)"
+            out.append(Problem(("loss", "beta", key), "beta_above_guide", message, fix, severity="warning"))
+    soft = loss.alpha.start > 0 or (loss.alpha.end or 0) > 0  # α = 0 throughout: the temperature is never used
+    low, high = TEMPERATURE_RANGE
+    for key in ("start", "end") if soft else ():
+        t = getattr(loss.temperature, key)
+        if t is None or (key == "end" and loss.temperature.schedule == "constant"):
+            continue
+        if t > high:
+            out.append(
+                Problem(
+                    ("loss", "temperature", key),
+                    "temperature_above_guide",
+                    f"temperature {t} is above the guide's 1–4: distributions are very flat and the soft loss's "
+                    "gradient shrinks even with the T² scaling",
+                    "start at 2.0 (the guide's recommendation) and anneal to 1.0",
+                    severity="warning",
+                )
+            )
+        elif t < low:
+            out.append(
+                Problem(
+                    ("loss", "temperature", key),
+                    "temperature_below_one",
+                    f"temperature {t} is below 1: it sharpens both models' distributions beyond raw softmax, losing "
+                    "the non-top tokens' ordering that distillation transfers",
+                    "use a temperature of at least 1.0 (2.0 is the guide's recommended start)",
+                    severity="warning",
+                )
+            )
+    return out
 
 
 def _mode_and_teacher(spec: DistillSpec) -> list[Problem]:

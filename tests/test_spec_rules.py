@@ -391,3 +391,36 @@ def test_a_preset_asking_for_more_layers_than_the_student_has_says_what_it_uses(
     (problem,) = [p for p in report.problems if p.code == "layer_preset_capped"]
     assert problem.severity == "warning" and "asks for 9 layers of the student's" in problem.message
     assert codes(data) == []
+
+
+# The guide's scales: β of order 0.1–2.0 for cosine, 0.01–0.1 for L2; temperatures 1–4.
+@pytest.mark.parametrize(
+    ("settings", "found"),
+    [
+        # cosine's β carried over to L2 (the guide's feature-loss ablation scales β with the type)
+        ({"loss.feature_loss_type": "l2"}, ["beta_above_guide"]),
+        ({"loss.feature_loss_type": "l2", "loss.beta": {"start": 0.05, "end": 0.005, "schedule": "cosine"}}, []),
+        ({"loss.beta": {"start": 5.0, "end": 0.5, "schedule": "cosine"}}, ["beta_above_guide"]),
+        ({"loss.beta": {"start": 1e-6, "end": 3.0, "schedule": "linear"}}, ["beta_above_guide"]),
+        ({"loss.beta": {"start": 2.0, "end": 0.5, "schedule": "cosine"}}, []),  # the aggressive row
+        ({"loss.temperature": 8.0}, ["temperature_above_guide"]),
+        ({"loss.temperature": {"start": 4.0, "end": 1.0, "schedule": "cosine"}}, []),  # the ablation's {1, 2, 4}
+        ({"loss.temperature": {"start": 2.0, "end": 0.5, "schedule": "linear"}}, ["temperature_below_one"]),
+        ({"loss.temperature": {"start": 2.0, "end": 0.5, "schedule": "constant"}}, ["end_ignored"]),
+        ({"loss.temperature": 8.0, "loss.alpha": 0.0}, []),  # labels only: the temperature is never used
+        ({"loss.beta": 5.0, "mode": "pretrain"}, ["teacher_unused"]),
+    ],
+)
+def test_beta_and_temperature_outside_the_guides_scales_are_warned_of(settings, found):
+    data = spec_data(**settings)
+    assert codes(data) == []  # valid: a warning, never a refusal
+    assert codes(data, errors_only=False) == found
+
+
+def test_the_scale_warnings_point_at_the_value_that_leaves_the_range_and_say_what_to_use():
+    report = report_for(spec_data(**{"loss.feature_loss_type": "l2"}))
+    (problem,) = report.problems
+    assert problem.dotted_loc == "loss.beta.start" and "0.01–0.1" in problem.message and "0.05" in problem.hint
+    report = report_for(spec_data(**{"loss.beta": {"start": 1e-6, "end": 3.0, "schedule": "linear"}}))
+    (problem,) = report.problems
+    assert problem.dotted_loc == "loss.beta.end" and "β reaches 3.0" in problem.message
