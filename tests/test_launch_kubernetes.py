@@ -516,12 +516,22 @@ def test_cancel_deletes_one_sweeps_jobsets_only(control_plane, tmp_path):
     assert cli("sweep", str(mine), kubeconfig=cp.kubeconfig).exit_code == 0
     assert cli("sweep", str(theirs), kubeconfig=cp.kubeconfig).exit_code == 0
     one = jobsets(cp, "mine")[0]["metadata"]["labels"]["distillctl.dev/run-id"]
-    partial = cli("cancel", str(mine), one, "--yes", kubeconfig=cp.kubeconfig)
-    assert partial.exit_code == 0 and partial.stdout.count("deleted") == 1
-    cp.wait_for(lambda: len(jobsets(cp, "mine")) == 1, 120, "one of mine deleted")
+    lonely = cli("cancel", str(mine), one, "--yes", "--timeout", "5", kubeconfig=cp.kubeconfig)
+    assert lonely.exit_code == ExitCode.USAGE and "--timeout applies to --wait" in lonely.stderr
+    # --wait: "deleted" once the JobSet and its pods are gone (the foreground deletion has ended), not before.
+    partial = cli("cancel", str(mine), one, "--yes", "--wait", "--timeout", "120", kubeconfig=cp.kubeconfig)
+    assert partial.exit_code == 0 and partial.stdout == f"deleted mine-{one}\n", partial.output
+    assert len(jobsets(cp, "mine", deleting=True)) == 1
     refused = cli("cancel", str(mine), kubeconfig=cp.kubeconfig)  # no terminal to ask on: must pass --yes
     assert refused.exit_code == ExitCode.USAGE and "--yes" in refused.stderr
-    assert cli("cancel", str(mine), "--yes", kubeconfig=cp.kubeconfig).exit_code == 0
+    # Without --wait the command returns while the pods stop, and says so.
+    result = cli("cancel", str(mine), "--yes", "--output", "json", kubeconfig=cp.kubeconfig)
+    assert result.exit_code == 0, result.output
+    (record,) = json.loads(result.stdout)
+    assert record["deleted"].startswith("mine-") and record["deleted"] != f"mine-{one}"
+    assert isinstance(record["gone"], bool)
+    if not record["gone"]:
+        assert jobsets(cp, "mine", deleting=True)[0]["metadata"]["deletionTimestamp"]
     wait_gone(cp, "mine")
     assert len(jobsets(cp, "theirs")) == 1
     rows = status_rows(mine, cp.kubeconfig)

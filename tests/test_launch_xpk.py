@@ -122,7 +122,8 @@ def test_xpk_creates_missing_points_once_and_follows_them(control_plane, tmp_pat
     logs = runner.invoke(app, ["logs", str(path), "0", "--kubeconfig", str(cp.kubeconfig)])
     assert logs.exit_code == 0 and "kl_div_T1" in logs.stdout, logs.output  # XPK's container is named trainer
     deleted = runner.invoke(app, ["cancel", str(path), "--yes", "--kubeconfig", str(cp.kubeconfig)])
-    assert deleted.exit_code == 0 and deleted.stdout.count("deleted") == 2
+    assert deleted.exit_code == 0 and len(deleted.stdout.splitlines()) == 2, deleted.output
+    assert all(line.startswith(("deleted ", "deleting ")) for line in deleted.stdout.splitlines())
 
 
 def _all_jobsets(cp) -> list[dict]:

@@ -63,6 +63,10 @@ class Backend(Protocol):
     def delete(self, runs: Sequence[Point]) -> list[str]:
         """Stop and remove these runs; returns the names of what was deleted."""
 
+    def still_there(self, names: Sequence[str]) -> list[str]:
+        """Which of these deleted runs are still stopping (a cluster deletes in the background: a JobSet stays
+        until its pods are gone); empty where `delete` waits for them itself (local)."""
+
     def logs(self, run: Point, request: LogRequest) -> Iterator[str]:
         """Lines of the run's trainer output."""
 

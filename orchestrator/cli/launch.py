@@ -472,17 +472,32 @@ def cancel(
         typer.Option("--orphans", help="only this sweep's JobSets for runs no longer in the sweep file"),
     ] = False,
     yes: YesOption = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="wait until the runs are gone (on a cluster: their JobSets and pods)")
+    ] = False,
+    timeout: Annotated[
+        Optional[float],
+        typer.Option(
+            "--timeout",
+            callback=finite_number("a number of seconds to wait; e.g. 600, or leave --timeout out"),
+            help="with --wait: give up after this many seconds (exit 3)",
+        ),
+    ] = None,
     output: OutputOption = OutputFormat.text,
     image: ImageOption = None,
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
     namespace: NamespaceOption = None,
 ) -> None:
-    """Stop and delete this sweep's runs (never another sweep's); finished outputs and checkpoints stay."""
+    """Stop and delete this sweep's runs (never another sweep's); finished outputs and checkpoints stay. On a
+    cluster the deletion goes on in the background while the pods stop (each has its grace period to save a
+    checkpoint): `deleting NAME` says so, and --wait waits until they are gone."""
     from orchestrator.cli import console, views
     from orchestrator.errors import UsageError
     from orchestrator.exit_codes import ExitCode
 
+    if timeout is not None and not wait:
+        raise UsageError("--timeout applies to --wait", "add --wait to wait until the runs are gone, or drop --timeout")
     ctx = SweepContext.build(
         sweep_file, kubeconfig=kubeconfig, context=context, namespace=namespace, yes=True, image=image
     )
@@ -491,7 +506,7 @@ def cancel(
         if orphans:
             if runs:
                 raise UsageError("--orphans takes no runs", "drop the run arguments")
-            _cancel_orphans(expansion, backend, yes=yes, output=output)
+            _cancel_orphans(expansion, backend, yes=yes, output=output, wait=wait, timeout=timeout)
             return
         asked = [find_run(expansion, key) for key in runs] if runs else list(expansion.runs)
         existing = backend.observe(expansion)
@@ -522,8 +537,7 @@ def cancel(
             names = "\n  ".join(run.jobset_name for run in chosen)
             if not typer.confirm(f"Delete {len(chosen)} run(s) of sweep {expansion.sweep.name}?\n  {names}\n"):
                 raise typer.Exit(int(ExitCode.FAILED))
-        deleted = backend.delete(chosen)
-        _print_deleted(deleted, output)
+        _report_deleted(backend, backend.delete(chosen), output, wait=wait, timeout=timeout)
     finally:
         backend.close()
 
@@ -543,7 +557,7 @@ def _nothing_running(expansion, backend, asked) -> str:
     return f"none of these {len(asked)} runs is running ({counted})"
 
 
-def _cancel_orphans(expansion, backend, *, yes: bool, output: OutputFormat) -> None:
+def _cancel_orphans(expansion, backend, *, yes: bool, output: OutputFormat, wait: bool, timeout: float | None) -> None:
     from orchestrator.cli import console
     from orchestrator.errors import UsageError
     from orchestrator.exit_codes import ExitCode
@@ -563,14 +577,33 @@ def _cancel_orphans(expansion, backend, *, yes: bool, output: OutputFormat) -> N
         listed = "\n  ".join(names)
         if not typer.confirm(f"Delete {len(names)} orphaned JobSet(s) of sweep {expansion.sweep.name}?\n  {listed}\n"):
             raise typer.Exit(int(ExitCode.FAILED))
-    _print_deleted(backend.delete_jobsets(names), output)
+    _report_deleted(backend, backend.delete_jobsets(names), output, wait=wait, timeout=timeout)
 
 
-def _print_deleted(deleted: list[str], output: OutputFormat) -> None:
+def _report_deleted(backend, deleted: list[str], output: OutputFormat, *, wait: bool, timeout: float | None) -> None:
+    """Say what was deleted: `deleted NAME` once it is gone, `deleting NAME` while its pods still stop (a cluster
+    deletes in the background). With `wait`, first wait until they are gone (exit 3 after `timeout` seconds)."""
     from orchestrator.cli import console
+    from orchestrator.exit_codes import ExitCode
 
+    left = backend.still_there(deleted)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while wait and left and (deadline is None or time.monotonic() < deadline):
+        time.sleep(1.0)
+        left = backend.still_there(left)
     if output is OutputFormat.json:
-        console.print_json([{"deleted": name} for name in deleted])
+        console.print_json([{"deleted": name, "gone": name not in left} for name in deleted])
     else:
         for name in deleted:
-            console.out.print(f"deleted {name}", markup=False)
+            if name in left:
+                console.out.print(f"deleting {name} (its pods are stopping)", markup=False)
+            else:
+                console.out.print(f"deleted {name}", markup=False)
+        if left and not wait:
+            console.err.print("`status` shows them until they are gone; `cancel --wait` waits for them", markup=False)
+    if wait and left:
+        console.print_error(
+            f"timed out after {timeout:g} s: {len(left)} run(s) still stopping",
+            "wait longer (--timeout), or see their pods with `distillctl status`",
+        )
+        raise typer.Exit(int(ExitCode.TIMEOUT))

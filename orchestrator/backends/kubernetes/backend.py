@@ -487,6 +487,26 @@ class KubernetesBackend:
                 pass  # 404: already gone
         return deleted
 
+    def still_there(self, names: Sequence[str]) -> list[str]:
+        """The JobSets of `names` that still exist: deleted in the foreground, each stays (with a deletion
+        timestamp) until its Jobs and pods are gone, which takes up to the pods' termination grace period."""
+        left = []
+        for name in names:
+            try:
+                self.cluster.call(
+                    f"read JobSet {name}",
+                    self.cluster.custom.get_namespaced_custom_object,
+                    *JOBSET[:2],
+                    self.cluster.namespace,
+                    JOBSET[2],
+                    name,
+                    passthrough=frozenset({404}),
+                )
+                left.append(name)
+            except ApiException:
+                pass  # 404: gone
+        return left
+
     def log_source(self, run: Point) -> LogSource:
         """The JobSet whose pods speak for `run`: found by its run id as `status` finds it (`choose_jobsets`), so
         a run another sweep created is read from that sweep's JobSet; this sweep's name when there is none."""

@@ -164,6 +164,9 @@ class LocalBackend:
         _stop_groups(running)  # all at once: each saves its checkpoint in parallel
         return stopped
 
+    def still_there(self, names: Sequence[str]) -> list[str]:
+        return []  # `delete` waits for the processes (SIGKILL after the grace period)
+
     def logs(self, run: Point, request: LogRequest) -> Iterator[str]:
         path = Path(run.output_path) / local_claims.LOG_FILE
         if not path.exists():
