@@ -23,8 +23,8 @@ from orchestrator.cli.options import (
     StallOption,
     SweepArgument,
     SweepContext,
+    WaitTimeoutOption,
     YesOption,
-    finite_number,
 )
 
 
@@ -58,14 +58,7 @@ def sweep(
         ),
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="follow the sweep to the end")] = False,
-    timeout: Annotated[
-        Optional[float],
-        typer.Option(
-            "--timeout",
-            callback=finite_number("a number of seconds to wait; e.g. 3600, or leave --timeout out"),
-            help="with --wait: give up after this many seconds (exit 3)",
-        ),
-    ] = None,
+    timeout: WaitTimeoutOption = None,
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="run failed and diverged points again (they resume)")
     ] = False,
@@ -475,14 +468,7 @@ def cancel(
     wait: Annotated[
         bool, typer.Option("--wait", help="wait until the runs are gone (on a cluster: their JobSets and pods)")
     ] = False,
-    timeout: Annotated[
-        Optional[float],
-        typer.Option(
-            "--timeout",
-            callback=finite_number("a number of seconds to wait; e.g. 600, or leave --timeout out"),
-            help="with --wait: give up after this many seconds (exit 3)",
-        ),
-    ] = None,
+    timeout: WaitTimeoutOption = None,
     output: OutputOption = OutputFormat.text,
     image: ImageOption = None,
     kubeconfig: KubeconfigOption = None,

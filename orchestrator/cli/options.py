@@ -110,6 +110,14 @@ StallOption = Annotated[
         help="seconds without new metrics before a running point shows as Stalled",
     ),
 ]
+WaitTimeoutOption = Annotated[
+    Optional[float],
+    typer.Option(
+        "--timeout",
+        callback=finite_number("a number of seconds to wait; e.g. 3600, or leave --timeout out"),
+        help="with --wait: give up after this many seconds (exit 3)",
+    ),
+]
 WindowOption = Annotated[
     int,
     typer.Option(
