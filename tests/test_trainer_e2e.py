@@ -27,6 +27,10 @@ from trainer_support import (
 
 pytest.importorskip("jax")
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
 from trainer.exit_codes import TrainerExit  # noqa: E402
 from trainer.loss import DISTILL_METRICS, PRETRAIN_METRICS  # noqa: E402
 from trainer.train import run  # noqa: E402
@@ -355,20 +359,66 @@ def test_teacher_checkpoint_of_another_model_is_a_user_error(out, teacher):
     )
 
 
-def test_a_teacher_checkpoint_in_the_other_layer_layout_names_scan_layers(out, teacher):
-    # "layers.0.attention.wk missing ... (and 41 more)", with a hint about shapes: the setting went unnamed.
+def _logits_in_layout(path: str, scan_layers: bool) -> np.ndarray:
+    """The logits of the checkpoint at `path`, loaded into a model whose layers are stacked or one by one."""
+    from flax import nnx
+
+    from trainer.checkpoints import checkpoint_shape, load_params
+    from trainer.models import ModelConfig, abstract_model
+
+    shape = checkpoint_shape(path)
+    graphdef, state = abstract_model(ModelConfig(shape, scan_layers=scan_layers))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), nnx.to_pure_dict(state))
+    model = nnx.merge(graphdef, load_params(path, shape, like, side="teacher"))
+    tokens = (np.arange(2 * 16).reshape(2, 16) * 7 % shape.vocab_size).astype(np.int32)
+    return np.asarray(model.logits(jnp.asarray(tokens)))
+
+
+def test_a_checkpoint_in_the_other_layer_layout_is_converted_while_loading(out, teacher, caplog):
+    """A run saved with scan_layers: true loads into a model with its layers one by one, and back: the same
+    logits either way (it was refused, naming scan_layers)."""
+    stacked = _logits_in_layout(str(teacher / "checkpoints"), scan_layers=True)
+    with caplog.at_level("WARNING", logger="trainer.checkpointing"):
+        one_by_one = _logits_in_layout(str(teacher / "checkpoints"), scan_layers=False)
+    np.testing.assert_allclose(one_by_one, stacked, rtol=1e-5, atol=1e-5)
+    assert any("scan_layers differs" in r.getMessage() for r in caplog.records)
+    # A run of the other layout: a distillation from the stacked teacher with scan_layers: false everywhere...
     data = distill_spec(
         out,
         teacher,
         name="unscanned",
+        steps=4,
         teacher={"model": "tiny-4l", "scan_layers": False, "load_parameters_path": str(teacher / "checkpoints")},
+        student={"model": "tiny-2l", "init": "random", "drop_layers": [], "scan_layers": False},
+        loss={"beta": 0.0},
+    )
+    assert run(spec_of(data)) == TrainerExit.OK
+    # ...whose one-by-one student checkpoint loads stacked, with the same logits.
+    saved = str(out / "unscanned" / "checkpoints")
+    np.testing.assert_allclose(
+        _logits_in_layout(saved, scan_layers=True), _logits_in_layout(saved, scan_layers=False), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_another_model_in_the_other_layer_layout_names_its_differences(out, teacher):
+    data = distill_spec(
+        out,
+        teacher,
+        name="unscanned-other",
+        teacher={
+            "model": "tiny-4l",
+            "mlp_dim": 128,
+            "scan_layers": False,
+            "load_parameters_path": str(teacher / "checkpoints"),
+        },
         student={"model": "tiny-2l", "init": "random", "drop_layers": []},
         loss={"beta": 0.0},
     )
     assert run(spec_of(data)) == TrainerExit.USER_ERROR
-    message = json.loads((out / "unscanned" / "summary.json").read_text())["message"]
-    assert "holds its layers stacked (saved with scan_layers: true)" in message, message
-    assert "set scan_layers: true in the model block" in message
+    message = json.loads((out / "unscanned-other" / "summary.json").read_text())["message"]
+    assert "does not hold this model's parameters" in message and "layers.0.mlp" in message, message
+    assert "256" in message and "128" in message
 
 
 def test_student_from_its_own_checkpoint_and_exact_step_directory(out, teacher):

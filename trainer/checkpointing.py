@@ -22,6 +22,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -252,7 +253,16 @@ def restore_params(path: str, params_like: Any) -> Any:
     """
     params_dir = resolve_params_dir(path)
     target = flatten(abstract(params_like))
-    _check_shapes(params_dir, {k: tuple(v.shape) for k, v in target.items()})
+    want = {k: tuple(v.shape) for k, v in target.items()}
+    saved = _saved_shapes(params_dir)
+    if saved is not None and saved != want and _is_scanned(saved) != _is_scanned(want):
+        # The same model saved in the other layer layout (scan_layers): relaid on the host, if that is all it is.
+        unstack = lambda shape: [shape[1:]] * shape[0]  # noqa: E731
+        relaid = _relay(saved, to_scanned=_is_scanned(want), stack=_stacked_shape, unstack=unstack)
+        if relaid == want:
+            return unflatten(params_like, _restore_relaid(params_dir, saved, target))
+        saved = relaid or saved  # another model as well: its differences, named in this model's layout
+    _check_shapes(params_dir, want, saved=saved)
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             restored = checkpointer.restore(params_dir, target)
@@ -305,34 +315,102 @@ def damaged_checkpoint(step_path: str, error: BaseException) -> TrainerError:
     )
 
 
-def _check_shapes(
-    params_dir: epath.Path,
-    want: dict[str, tuple[int, ...]],
-    hint: str = "check that the model block (shape, layers, vocab) matches the run that wrote it",
-    *,
-    error: type[UserError] = UserError,
-) -> None:
-    """Raise `error` naming the differences when the saved arrays are not the ones `want` describes."""
+def _saved_shapes(params_dir: epath.Path) -> dict[str, tuple[int, ...]] | None:
+    """The shape of every array saved at `params_dir`, from its metadata; None when that cannot be read (the
+    restore itself then says what is wrong)."""
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)  # orbax warns about a metadata file that StandardSave does not write
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             tree = checkpointer.metadata(params_dir).item_metadata
-        saved = {k: tuple(v.shape) for k, v in tree.items()}
+        return {k: tuple(v.shape) for k, v in tree.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return  # unreadable metadata: the restore itself reports what is wrong
+        return None
     finally:
         absl.setLevel(level)
+
+
+def _relay(items: dict[str, Any], *, to_scanned: bool, stack, unstack) -> dict[str, Any] | None:
+    """`items` (flattened parameters, or their shapes) with the layers moved to the other layout: one
+    `layers.<name>` stacked along a leading layer axis, or one `layers.<i>.<name>` per layer. `stack` joins a
+    list of per-layer items (None when they cannot be), `unstack` splits a stacked one. None when the items do not
+    stack."""
+    out = {k: v for k, v in items.items() if not k.startswith("layers.")}
+    if to_scanned:
+        groups: dict[str, dict[int, Any]] = {}
+        for key, value in items.items():
+            if key.startswith("layers."):
+                _, index, name = key.split(".", 2)
+                groups.setdefault(name, {})[int(index)] = value
+        for name, by_index in groups.items():
+            if sorted(by_index) != list(range(len(by_index))):
+                return None
+            joined = stack([by_index[i] for i in range(len(by_index))])
+            if joined is None:
+                return None
+            out[f"layers.{name}"] = joined
+    else:
+        for key, value in items.items():
+            if key.startswith("layers."):
+                name = key.split(".", 1)[1]
+                for index, part in enumerate(unstack(value)):
+                    out[f"layers.{index}.{name}"] = part
+    return out
+
+
+def _stacked_shape(shapes: list[tuple[int, ...]]) -> tuple[int, ...] | None:
+    return (len(shapes), *shapes[0]) if len(set(shapes)) == 1 else None
+
+
+def _restore_relaid(params_dir: epath.Path, saved: dict[str, tuple[int, ...]], target: dict[str, Any]) -> dict:
+    """Restore the arrays at `params_dir` (saved in the other layer layout) into `target`'s layout, dtypes and
+    shardings. The whole checkpoint passes through each process's host memory once."""
+    log.warning(
+        "%s holds its layers %s; this model has them %s (scan_layers differs): converting while loading",
+        params_dir,
+        "stacked" if _is_scanned(saved) else "one by one",
+        "stacked" if _is_scanned(target) else "one by one",
+    )
+    restore_args = {k: ocp.RestoreArgs(restore_type=np.ndarray) for k in saved}
+    try:
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            host = checkpointer.restore(params_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    except Exception as e:
+        if unreadable(e):
+            raise damaged_checkpoint(str(params_dir), e) from None
+        raise
+    arrays = _relay(dict(host), to_scanned=_is_scanned(target), stack=np.stack, unstack=list)
+    return {
+        key: jax.make_array_from_callback(
+            like.shape, like.sharding, lambda index, value=arrays[key], dtype=like.dtype: value[index].astype(dtype)
+        )
+        for key, like in target.items()
+    }
+
+
+def _check_shapes(
+    params_dir: epath.Path,
+    want: dict[str, tuple[int, ...]],
+    hint: str = "check that the model block (shape, layers, vocab) matches the run that wrote it",
+    *,
+    error: type[UserError] = UserError,
+    saved: dict[str, tuple[int, ...]] | None = None,
+) -> None:
+    """Raise `error` naming the differences when the saved arrays (`saved`, else read from `params_dir`'s
+    metadata) are not the ones `want` describes."""
+    saved = saved if saved is not None else _saved_shapes(params_dir)
+    if saved is None:
+        return  # unreadable metadata: the restore itself reports what is wrong
     scanned = {_is_scanned(keys) for keys in (want, saved)}
-    if scanned == {True, False}:  # the same model in the other layer layout: say which setting differs
+    if scanned == {True, False}:  # resuming in the other layer layout (loading converts: `restore_params`)
         saved_scanned = _is_scanned(saved)
         raise error(
             f"the checkpoint at {params_dir} holds its layers {'stacked' if saved_scanned else 'one by one'} "
             f"(saved with scan_layers: {str(saved_scanned).lower()}), this model has them "
             f"{'stacked' if not saved_scanned else 'one by one'}",
-            f"set scan_layers: {str(saved_scanned).lower()} in the model block that loads it (or export the run with "
-            "`distillctl export RUN --to hf` and load that folder, which either layout reads)",
+            f"a run resumes in the layout it saved: set scan_layers: {str(saved_scanned).lower()} again, or give this "
+            "run another name (as a load_parameters_path, the checkpoint loads in either layout)",
         )
     differences = [f"{k} missing" for k in sorted(set(want) - set(saved))]
     differences += [f"{k} not in this model" for k in sorted(set(saved) - set(want))]

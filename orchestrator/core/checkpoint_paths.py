@@ -70,7 +70,7 @@ def check_paths(
                 problems += _maxtext_problems(got, model, side, loc, read_text)
                 continue
         try:
-            found, where, config, scanned = _checkpoint_shape(path.rstrip("/"), read_text)
+            found, where, config = _checkpoint_shape(path.rstrip("/"), read_text)
         except ConfigError as e:
             problems.append(Problem(loc, "checkpoint_unreadable", e.message, e.hint))
             continue
@@ -84,18 +84,6 @@ def check_paths(
                     "checkpoint_mismatch",
                     f"{where} holds a different {side} model: {mismatch}",
                     mismatch_hint(side, found, model.shape()),
-                )
-            )
-        if scanned is not None and scanned != model.scan_layers:  # this trainer's checkpoints keep their layout
-            problems.append(
-                Problem(
-                    loc,
-                    "checkpoint_mismatch",
-                    f"{where} is of a run with scan_layers: {str(scanned).lower()} (its layers "
-                    f"{'stacked' if scanned else 'one by one'}); the {side} block has scan_layers: "
-                    f"{str(model.scan_layers).lower()}",
-                    f"set scan_layers: {str(scanned).lower()} in the {side} block (or export that run with "
-                    "`distillctl export RUN --to hf` and load the folder)",
                 )
             )
         beyond = beyond_max_position(config or {}, where, spec.batch.max_target_length, side)
@@ -181,15 +169,15 @@ def _maxtext_problems(got: tuple, model: ModelSpec, side: str, loc, read_text: R
     return problems
 
 
-def _checkpoint_shape(path: str, read_text: ReadText) -> tuple[ModelShape | None, str, dict | None, bool | None]:
-    """The model a checkpoint's own config describes, the file that said so (None: no config found), that
-    config.json when it is a Hugging Face folder's (None for a run's spec.json), and for a run's checkpoint whether
-    its layers are stored stacked (its scan_layers; None for a Hugging Face folder, which either layout reads)."""
+def _checkpoint_shape(path: str, read_text: ReadText) -> tuple[ModelShape | None, str, dict | None]:
+    """The model a checkpoint's own config describes, the file that said so (None: no config found), and that
+    config.json when it is a Hugging Face folder's (None for a run's spec.json). Its layer layout does not matter:
+    the trainer converts a run's checkpoint saved with the other scan_layers while loading it."""
     config_file = f"{path}/{CONFIG}"
     text = read_text(config_file)
     if text is not None:
         config = _json(text, config_file)
-        return shape_from_config(config, config_file), config_file, config, None
+        return shape_from_config(config, config_file), config_file, config
     folder = path
     for _ in range(3):  # params -> step -> checkpoints -> run
         folder = folder.rsplit("/", 1)[0] if "/" in folder else "."
@@ -199,12 +187,12 @@ def _checkpoint_shape(path: str, read_text: ReadText) -> tuple[ModelShape | None
             data = _json(text, spec_file)
             try:
                 student = ModelSpec.model_validate(data["student"])
-                return student.shape(), spec_file, None, student.scan_layers
+                return student.shape(), spec_file, None
             except (KeyError, TypeError, ValueError) as e:
                 raise ConfigError(
                     f"{spec_file} has no valid student block: {_reason(e)}", "is this a distillctl run?"
                 ) from None
-    return None, "", None, None
+    return None, "", None
 
 
 def _reason(e: Exception) -> str:
