@@ -2,7 +2,7 @@
 models from it, `distillctl validate --check-paths` compares a checkpoint's config with the spec before launch.
 
 Read: transformers 5's `rope_parameters` (per layer type for Gemma 3) and 4.x's `rope_theta`/`rope_scaling`/
-`rope_local_base_freq`. Written (`config_of`): transformers 5's layout.
+`rope_local_base_freq`. Written (`config_of`): both (transformers 5 reads `rope_parameters`, 4.x the older keys).
 """
 
 from __future__ import annotations
@@ -111,12 +111,15 @@ def _shape(c: dict, family: str, file: str) -> ModelShape:
         theta, scaling = _rope(
             rope_params.get("full_attention"), c.get("rope_theta"), c.get("rope_scaling"), 1_000_000.0, file
         )
-        local_theta, _ = _rope(
+        local_theta, local_scaling = _rope(
             rope_params.get("sliding_attention"), c.get("rope_local_base_freq"), None, 10_000.0, file
         )
     else:
         theta, scaling = _rope(rope_params, c.get("rope_theta"), c.get("rope_scaling"), 10_000.0, file)
-        local_theta = None
+        local_theta = local_scaling = None
+    # A key the config leaves out means transformers' default for the family (a hand-made or converted config):
+    # Gemma 2 soft-caps at 50/30 unless told null.
+    defaults = _GEMMA_DEFAULTS.get(family, {})
     shape = ModelShape(
         family=family,
         num_layers=depth // 2 if family == "gemma2" else depth,
@@ -133,13 +136,13 @@ def _shape(c: dict, family: str, file: str) -> ModelShape:
         rope_local_theta=local_theta,
         rope_scaling=scaling,
         norm_eps=float(c.get("rms_norm_eps", 1e-6)),
-        sliding_window=c.get("sliding_window") if gemma else None,
+        sliding_window=c.get("sliding_window", defaults.get("sliding_window")) if gemma else None,
         global_every=int(c.get("_sliding_window_pattern") or c.get("sliding_window_pattern") or 6)
         if family == "gemma3"
         else 0,
-        attn_softcap=c.get("attn_logit_softcapping") if gemma else None,
-        final_softcap=c.get("final_logit_softcapping") if gemma else None,
-        query_pre_attn_scalar=c.get("query_pre_attn_scalar") if gemma else None,
+        attn_softcap=c.get("attn_logit_softcapping", defaults.get("attn_logit_softcapping")) if gemma else None,
+        final_softcap=c.get("final_logit_softcapping", defaults.get("final_logit_softcapping")) if gemma else None,
+        query_pre_attn_scalar=c.get("query_pre_attn_scalar", defaults.get("query_pre_attn_scalar")) if gemma else None,
     )
     problems = []
     if family == "gemma2" and depth % 2:
@@ -151,6 +154,23 @@ def _shape(c: dict, family: str, file: str) -> ModelShape:
     expected = layer_types(shape)
     if types is not None and list(types) != expected:
         problems.append(f"layer_types {types} differ from the {family} pattern {expected}")
+    if family == "gemma3":
+        # What transformers' Gemma 3 does not compute, or computes otherwise than the published models do.
+        if c.get("use_bidirectional_attention"):
+            problems.append(
+                "use_bidirectional_attention is set (an encoder such as EmbeddingGemma); this trainer builds causal "
+                "language models"
+            )
+        if c.get("attn_logit_softcapping") is not None:
+            problems.append(
+                "attn_logit_softcapping is set, which transformers' Gemma 3 stores but never applies (no published "
+                "Gemma 3 sets it): set it to null to load the model as transformers runs it"
+            )
+        if local_scaling is not None:
+            problems.append(
+                f"RoPE scaling ({local_scaling.kind}) on the sliding-window layers; Gemma 3 scales the global layers' "
+                "RoPE only, and so does this trainer"
+            )
     if c.get("use_sliding_window"):
         problems.append("use_sliding_window is set, which this trainer does not build for Qwen 3")
     if c.get("attention_bias") or c.get("mlp_bias"):
@@ -162,6 +182,18 @@ def _shape(c: dict, family: str, file: str) -> ModelShape:
     if problems:
         raise ConfigError(f"{file}: " + "; ".join(problems), "use an unmodified model of a supported family")
     return shape
+
+
+# transformers' defaults for the keys a Gemma config may leave out (Gemma2Config, Gemma3TextConfig).
+_GEMMA_DEFAULTS = {
+    "gemma2": {
+        "sliding_window": 4096,
+        "attn_logit_softcapping": 50.0,
+        "final_logit_softcapping": 30.0,
+        "query_pre_attn_scalar": 256,
+    },
+    "gemma3": {"sliding_window": 4096, "query_pre_attn_scalar": 256},
+}
 
 
 def shape_mismatches(found: ModelShape, expected: ModelShape) -> list[str]:
@@ -280,14 +312,23 @@ def config_of(shape: ModelShape, dtype: str = "float32") -> dict:
         }
     else:
         config |= {"hidden_act": "silu", "mlp_bias": False}
+    # RoPE in both layouts: transformers 5 reads `rope_parameters`; 4.x reads `rope_theta`, `rope_scaling` (and
+    # Gemma 3's `rope_local_base_freq`) and would take its defaults (θ 10000, no scaling) without them.
+    scaling = _rope_parameters(s.rope_theta, s.rope_scaling) if s.rope_scaling is not None else None
+    legacy = {
+        "rope_theta": s.rope_theta,
+        "rope_scaling": scaling and {k: v for k, v in scaling.items() if k != "rope_theta"},
+    }
     if s.family == "gemma3":
         config["sliding_window_pattern"] = s.global_every
         config["rope_parameters"] = {
             "full_attention": _rope_parameters(s.rope_theta, s.rope_scaling),
             "sliding_attention": _rope_parameters(s.rope_local_theta or s.rope_theta, None),
         }
+        legacy["rope_local_base_freq"] = s.rope_local_theta or s.rope_theta
     else:
         config["rope_parameters"] = _rope_parameters(s.rope_theta, s.rope_scaling)
+    config |= legacy
     if s.family == "qwen3":
         config["use_sliding_window"] = False
     return config
@@ -324,6 +365,29 @@ def tokenizer_mismatch(files: tuple[str, str], texts: tuple[str, str]) -> tuple[
         f"the teacher's and the student's checkpoint folders hold tokenizers with different {difference} "
         f"({files[0]}, {files[1]}): distillation compares their logits token by token",
         "distil between models that share a tokenizer; if they tokenise alike after all, name one with data.tokenizer",
+    )
+
+
+def weights_missing(folder: str, key: str, *, torch_weights: bool, shards: int) -> tuple[str, str]:
+    """(message, hint) for a folder with a config.json but no weights the trainer reads (model.safetensors, or
+    model.safetensors.index.json and its shards): PyTorch .bin weights, shards without their index, or nothing.
+    `folder` names it ("the teacher folder PATH"), `key` is the spec key that points at it. The trainer's error
+    and `validate --check-paths`' problem, worded once."""
+    if torch_weights and not shards:
+        return (
+            f"{folder} has {CONFIG} and PyTorch weights (.bin), which are not read: the trainer reads safetensors only",
+            "save the model as safetensors (transformers: model.save_pretrained(DIR), whose default is safetensors) "
+            f"and point {key} at DIR",
+        )
+    if shards:
+        return (
+            f"{folder} has {CONFIG} and {shards} safetensors shard(s) but no {INDEX}, which says which shard holds "
+            "each tensor",
+            f"copy the model's {INDEX} into the folder (save_pretrained writes it beside sharded weights)",
+        )
+    return (
+        f"{folder} has {CONFIG} but no weights ({SINGLE}, or {INDEX} and its shards)",
+        "copy the model's safetensors files into the folder (save_pretrained writes them beside config.json)",
     )
 
 

@@ -28,10 +28,13 @@ def spec_with(teacher_path: str):
     return spec
 
 
-def hf_folder(path, model: str, **overrides) -> str:
+def hf_folder(path, model: str, *, weights: bool = True, **overrides) -> str:
+    """A Hugging Face folder of `model` as --check-paths sees it: its config.json (and a weights file, never read)."""
     path.mkdir(parents=True, exist_ok=True)
     shape = ModelSpec(model=model, **overrides).shape()
     (path / CONFIG).write_text(json.dumps(config_of(shape)))
+    if weights:
+        (path / "model.safetensors").write_bytes(b"\0")
     return str(path)
 
 
@@ -183,6 +186,10 @@ def test_validate_check_paths_reads_a_url_folders_config(tmp_path):
     fs.pipe_file("/cli/teacher/config.json", json.dumps(config_of(ModelSpec(model="tiny-4l").shape())).encode())
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(spec_data(**{"teacher.load_parameters_path": "memory://cli/teacher"})))
+    result = runner.invoke(app, ["validate", "--check-paths", str(spec)])  # its weights are listed there too
+    assert result.exit_code == ExitCode.INVALID_SPEC and "checkpoint_weights_missing" in result.output
+    fs.pipe_file("/cli/teacher/model.safetensors", b"\0")
+    spec.write_text(yaml.safe_dump(spec_data(**{"teacher.load_parameters_path": "memory://cli/teacher"})))
     assert runner.invoke(app, ["validate", "--check-paths", str(spec)]).exit_code == ExitCode.OK
     spec.write_text(yaml.safe_dump(spec_data(**{"teacher.load_parameters_path": "memory://cli/absent"})))
     assert runner.invoke(app, ["validate", "--check-paths", str(spec)]).exit_code == ExitCode.INVALID_SPEC
@@ -323,3 +330,32 @@ def test_a_run_checkpoint_in_the_other_layer_layout_passes(tmp_path):
     spec, found = validate_data(spec_data(**edits, **{"loss.beta": 0.0, "loss.layer_indices": None}))
     assert spec is not None, found
     assert check_paths(spec, read_text) == []
+
+
+@pytest.mark.parametrize(
+    ("files", "said"),
+    [
+        (["model.safetensors"], None),
+        (
+            ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"],
+            None,
+        ),
+        (["pytorch_model.bin"], "has config.json and PyTorch weights (.bin), which are not read"),
+        (["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"], "2 safetensors shard(s) but no"),
+        ([], "has config.json but no weights"),
+    ],
+)
+def test_a_hugging_face_folder_without_weights_the_trainer_reads_is_named(tmp_path, files, said):
+    # Each passed; the trainer then stopped on "checkpoint not found … no finished step directory", with no hint.
+    from orchestrator.outputs import count_files
+
+    folder = hf_folder(tmp_path / "teacher", "tiny-4l", weights=False)
+    for name in files:
+        (tmp_path / "teacher" / name).write_bytes(b"\0")
+    problems = check_paths(spec_with(folder), read_text, None, count_files)
+    if said is None:
+        assert problems == []
+    else:
+        (problem,) = problems
+        assert problem.code == "checkpoint_weights_missing" and said in problem.message, problem.message
+        assert problem.loc == ("teacher", "load_parameters_path") and problem.hint

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -297,6 +298,7 @@ def test_disallowed_dtype_names_the_tensor(folders, tmp_path):
     with pytest.raises(UserError) as e:
         load_model(str(bad))
     assert f"{name} in model.safetensors: dtype I8" in e.value.message
+    assert "save the weights in float32, bfloat16 or float16" in e.value.hint
 
 
 def test_pruned_student_distils_from_an_imported_teacher(folders, tmp_path):
@@ -528,3 +530,92 @@ def test_a_sequence_longer_than_the_teachers_positions_is_warned_about_at_start(
 
     assert position_warnings(spec_of(merged(spec, batch={"max_target_length": 16}))) == []
     assert position_warnings(spec_of(merged(spec, teacher={"load_parameters_path": str(folders["teacher"])}))) == []
+
+
+def _student_from(path: Path, tmp_path: Path) -> str:
+    """The summary message of a pretrain run whose student loads from `path` (it fails at the load)."""
+    from trainer.train import run
+
+    spec = {
+        "name": "student",
+        "mode": "pretrain",
+        "student": {"model": "tiny-4l", "load_parameters_path": str(path)},
+        "output_dir": str(tmp_path / "runs"),
+        "steps": 2,
+    }
+    assert run(spec_of(merged(spec))) == TrainerExit.USER_ERROR
+    return json.loads((tmp_path / "runs" / "student" / "summary.json").read_text())["message"]
+
+
+def test_a_folder_of_pytorch_weights_or_of_shards_without_their_index_says_so(folders, tmp_path):
+    """Both said "checkpoint not found … no finished step directory with parameters in it", with no hint, and
+    `validate --check-paths` passed them (see test_check_paths)."""
+    torch_folder = tmp_path / "torch"
+    torch_folder.mkdir()
+    shutil.copy(folders["teacher"] / "config.json", torch_folder / "config.json")
+    (torch_folder / "pytorch_model.bin").write_bytes(b"not read")
+    message = _student_from(torch_folder, tmp_path)
+    assert f"the student folder {torch_folder} has config.json and PyTorch weights (.bin)" in message, message
+    assert "save_pretrained(DIR)" in message and "student.load_parameters_path" in message
+    shards = tmp_path / "shards"
+    shutil.copytree(folders["sharded"], shards)
+    (shards / hf.INDEX).unlink()
+    message = _student_from(shards, tmp_path)
+    assert "safetensors shard(s) but no model.safetensors.index.json" in message, message
+
+
+def test_rope_buffers_older_transformers_saved_are_skipped_as_transformers_skips_them(folders, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    old = tmp_path / "old"
+    shutil.copytree(folders["llama"], old)
+    tensors = load_file(old / hf.SINGLE)
+    tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones(4, np.float32)
+    save_file(tensors, old / hf.SINGLE, metadata={"format": "pt"})
+    _assert_same_logits(old, np.load(folders["tokens"]))
+
+
+def test_keys_a_gemma_config_leaves_out_take_transformers_defaults():
+    """A hand-made Gemma 2 config without its soft-capping keys: transformers caps at 50/30, the trainer capped
+    nothing (logits 19 % off, loaded silently). Explicit nulls still mean no capping."""
+    config = {**SMALL, "model_type": "gemma2", "num_hidden_layers": 4}
+    shape = hf.shape_from_config(config)
+    assert (shape.attn_softcap, shape.final_softcap) == (50.0, 30.0)
+    assert (shape.query_pre_attn_scalar, shape.sliding_window) == (256, 4096)
+    nulls = hf.shape_from_config({**config, "attn_logit_softcapping": None, "final_logit_softcapping": None})
+    assert (nulls.attn_softcap, nulls.final_softcap) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        ({"use_bidirectional_attention": True}, "use_bidirectional_attention is set"),
+        ({"attn_logit_softcapping": 50.0}, "transformers' Gemma 3 stores but never applies"),
+        (
+            {"rope_parameters": {"sliding_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e4}}},
+            "RoPE scaling (linear) on the sliding-window layers",
+        ),
+    ],
+)
+def test_gemma3_configs_the_trainer_would_compute_otherwise_are_refused(settings, said):
+    # Each loaded silently, its logits 6-49 % off transformers'.
+    config = {**SMALL, "model_type": "gemma3_text", "num_hidden_layers": 2, **settings}
+    with pytest.raises(UserError, match=re.escape(said)):
+        hf.shape_from_config(config)
+
+
+@pytest.mark.parametrize("name", ["llama3.1-8b", "qwen3-0.6b", "gemma2-2b", "gemma3-4b"])
+def test_an_exported_config_carries_rope_in_both_transformers_layouts(name):
+    """transformers 4.x reads rope_theta/rope_scaling (and Gemma 3's rope_local_base_freq): from an export with
+    only transformers 5's rope_parameters it took θ 10000 and no scaling, silently."""
+    shape = MODELS[name]
+    config = hf.config_of(shape)
+    assert config["rope_theta"] == shape.rope_theta
+    scaling = config["rope_scaling"]
+    assert (scaling is None) == (shape.rope_scaling is None)
+    if scaling is not None:
+        assert scaling["rope_type"] == shape.rope_scaling.kind and scaling["factor"] == shape.rope_scaling.factor
+    if shape.family == "gemma3":
+        assert config["rope_local_base_freq"] == shape.rope_local_theta
+    legacy_only = {k: v for k, v in config.items() if k != "rope_parameters"}
+    assert hf.shape_from_config(legacy_only) == hf.shape_from_config(config) == shape

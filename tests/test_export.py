@@ -104,6 +104,12 @@ def test_export_loads_in_transformers_with_the_runs_logits(run, tmp_path):
         assert {p.name for p in folder.iterdir()} == names
         assert (folder / "tokenizer.json").read_bytes() == (run["teacher"] / "tokenizer.json").read_bytes()
     assert hf.shape_from_config(hf.read_config(str(out))).num_layers == 2
+    # What the shape does not say comes from the teacher folder the student was cut from (transformers took its
+    # defaults: 2048 positions, other special-token ids).
+    source = json.loads((run["teacher"] / "config.json").read_text())
+    exported = json.loads((out / "config.json").read_text())
+    for key in ("max_position_embeddings", "bos_token_id", "eos_token_id"):
+        assert exported[key] == source[key], key
     run_ref("logits-many", json.dumps([[str(f), str(run["tokens"]), str(f / "ref.npy")] for f in (out, auto)]))
     ours = np.asarray(load_model(str(run["run"] / "checkpoints")).logits(jnp.asarray(np.load(run["tokens"]))))
     for folder in (out, auto):

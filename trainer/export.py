@@ -113,7 +113,9 @@ def write_hf(params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | None 
     staging = os.path.join(staging_root, "hf")
     try:
         try:
-            hf.save(params, spec.student_block().shape(), staging, scanned=spec.student.scan_layers, dtype=dtype)
+            shape = spec.student_block().shape()
+            carried = carried_config(spec, shape.family)
+            hf.save(params, shape, staging, scanned=spec.student.scan_layers, dtype=dtype, extra=carried)
             for name, source in tokenizer_files(spec).items():
                 with fsspec.open(source, "rb") as src, open(os.path.join(staging, name), "wb") as dst:
                     shutil.copyfileobj(src, dst)
@@ -160,6 +162,31 @@ def write_maxtext(
             raise OutputNotWritable(out_dir, e) from None
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
+
+
+# config.json fields that the model's shape does not give, carried over from the checkpoint the student came
+# from: without them transformers takes its defaults (a Llama's 2048 positions, other special-token ids).
+CARRIED_CONFIG = ("max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def carried_config(spec: DistillSpec, family: str) -> dict[str, Any]:
+    """`CARRIED_CONFIG` fields from the config.json of the Hugging Face folder the student was loaded from, else
+    of the teacher's when it is of the student's family (a pruned or distilled student shares its tokenizer and
+    positions); empty when neither is a Hugging Face folder."""
+    from trainer.checkpoints import hf
+
+    for model in (spec.student, spec.teacher):
+        path = model.load_parameters_path if model is not None else None
+        if not path or model.shape().family != family:
+            continue
+        try:
+            if not hf.is_hf_folder(path):
+                continue
+            config = hf.read_config(path)
+        except (UserError, OSError, ValueError):
+            continue
+        return {key: config[key] for key in CARRIED_CONFIG if key in config}
+    return {}
 
 
 def tokenizer_files(spec: DistillSpec) -> dict[str, str]:

@@ -22,7 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from distillspec.config import DistillSpec, ModelSpec
-from distillspec.hf_config import HUB_ID, beyond_max_position, hub_download_hint, unexpanded_home
+from distillspec.hf_config import HUB_ID, beyond_max_position, hub_download_hint, unexpanded_home, weights_missing
 from distillspec.loss_choice import fused_loss_wanted
 from distillspec.problems import Problem
 from trainer import sharding as shard_lib
@@ -218,12 +218,7 @@ def _load_teacher(spec: DistillSpec, teacher: _Model) -> Any:
         raise UserError(
             "teacher.load_parameters_path is not set", "point it at the teacher run's checkpoints directory"
         )
-    try:
-        params = load_params(path, teacher.config.shape, teacher.abstract, side="teacher")
-    except UserError as e:
-        if "not found" in e.message:
-            raise _teacher_not_found(path) from None
-        raise
+    params = _load_from(path, teacher, "teacher")
     _check_finite(params, path, teacher, "teacher")
     return params
 
@@ -281,22 +276,34 @@ def position_warnings(spec: DistillSpec) -> list[Problem]:
 _RUN_SPEC = "spec.json"  # what a run of this trainer writes in its run directory, beside `checkpoints/`
 
 
-def _teacher_not_found(path: str) -> UserError:
-    """Why teacher.load_parameters_path `path` holds nothing the loaders recognise, and what to do, from what is
+def _load_from(path: str, model: _Model, side: str) -> Any:
+    """`side`'s parameters from `path`; where the loaders recognise nothing there, why (`missing_checkpoint`)."""
+    try:
+        return load_params(path, model.config.shape, model.abstract, side=side)
+    except UserError as e:
+        if "not found" in e.message:
+            raise _not_found(path, side) from None
+        raise
+
+
+def _not_found(path: str, side: str) -> UserError:
+    """Why `side`.load_parameters_path `path` holds nothing the loaders recognise, and what to do, from what is
     there (a store that cannot be listed gets the general advice)."""
     try:
         names, in_run = _folder_names(path), _in_run(path)
     except (OSError, ValueError, ImportError):
         names, in_run = [], False
-    return UserError(*missing_teacher(path, names, in_run))
+    return UserError(*missing_checkpoint(path, names, in_run, side))
 
 
-def missing_teacher(path: str, names: list[str] | None, in_run: bool) -> tuple[str, str]:
-    """(message, hint) for a teacher path where no checkpoint was found, given the names in that folder (None:
-    nothing is there) and whether it is a place of a run of this trainer (`_in_run`). Each way of getting it wrong
-    has its own fix: a `~` the shell would have expanded, a Hub id, a folder missing its config.json or its
-    weights, a teacher run that has not saved a checkpoint yet."""
-    where = f"teacher checkpoint not found at {path}"
+def missing_checkpoint(path: str, names: list[str] | None, in_run: bool, side: str = "teacher") -> tuple[str, str]:
+    """(message, hint) for a `side` (teacher or student) path where no checkpoint was found, given the names in
+    that folder (None: nothing is there) and whether it is a place of a run of this trainer (`_in_run`). Each way
+    of getting it wrong has its own fix: a `~` the shell would have expanded, a Hub id, a folder missing its
+    config.json or its weights (or holding PyTorch .bin weights, or shards without their index), a run that has
+    not saved a checkpoint yet."""
+    key = f"{side}.load_parameters_path"
+    where = f"{side} checkpoint not found at {path}"
     home = unexpanded_home(path)
     if home is not None:
         return f"{where}: {home[0]}", home[1]
@@ -304,44 +311,42 @@ def missing_teacher(path: str, names: list[str] | None, in_run: bool) -> tuple[s
     if names is None and local and HUB_ID.fullmatch(path):
         return (
             f"{where}: there is no such folder{local}",
-            f"{hub_download_hint(path).replace('load_parameters_path', 'teacher.load_parameters_path')}; otherwise "
-            "give the folder's full path",
+            f"{hub_download_hint(path).replace('load_parameters_path', key)}; otherwise give the folder's full path",
         )
     if names is None and in_run:
         return (
-            f"{where}: there is no such folder{local}; a teacher run writes it when it saves its first checkpoint",
-            "train the teacher first, with a `mode: pretrain` spec whose run directory holds this path (e.g. "
-            "distillctl train sweeps/tiny-teacher.yaml), or point teacher.load_parameters_path at a Hugging Face "
-            "folder",
+            f"{where}: there is no such folder{local}; a {side} run writes it when it saves its first checkpoint",
+            f"train the {side} first, with a spec whose run directory holds this path (e.g. distillctl train "
+            f"sweeps/tiny-teacher.yaml), or point {key} at a Hugging Face folder",
         )
     if names is None:
         return (
             f"{where}: there is no such file or folder{local}",
-            "check the path: teacher.load_parameters_path names a Hugging Face folder (config.json and "
-            "model.safetensors) or a teacher run's checkpoints folder",
+            f"check the path: {key} names a Hugging Face folder (config.json and model.safetensors) or a run's "
+            "checkpoints folder",
         )
+    folder = f"the {side} folder {path}"
     weights = sorted(n for n in names if n.endswith(".safetensors") or n == hf.INDEX)
-    if hf.CONFIG in names:  # with weights beside it, it would have loaded as a Hugging Face folder
-        return (
-            f"the teacher folder {path} has {hf.CONFIG} but no weights ({hf.SINGLE}, or {hf.INDEX} and its shards)",
-            "copy the model's safetensors files into the folder (save_pretrained writes them beside config.json)",
-        )
+    if hf.CONFIG in names and hf.SINGLE not in names and hf.INDEX not in names:
+        # with weights the loader reads beside it, it would have loaded as a Hugging Face folder
+        torch_weights = any(n.endswith((".bin", ".pt", ".pth")) for n in names)
+        return weights_missing(folder, key, torch_weights=torch_weights, shards=len(weights))
     if weights:
         return (
-            f"the teacher folder {path} has {', '.join(weights[:3])}{' …' if len(weights) > 3 else ''} but no "
+            f"{folder} has {', '.join(weights[:3])}{' …' if len(weights) > 3 else ''} but no "
             f"{hf.CONFIG}, which says what model the weights are",
             f"copy the model's {hf.CONFIG} into the folder (save_pretrained writes it beside the weights)",
         )
     if in_run:
         return (
-            f"{where}: the teacher run has saved no checkpoint there yet",
-            "let the teacher run train until it saves one (checkpoint.every_steps; e.g. distillctl train "
+            f"{where}: the {side} run has saved no checkpoint there yet",
+            f"let the {side} run train until it saves one (checkpoint.every_steps; e.g. distillctl train "
             "sweeps/tiny-teacher.yaml), then start this run again",
         )
     return (
         f"{where}: the folder holds neither a Hugging Face model (config.json and model.safetensors) nor a "
         "checkpoint of this trainer",
-        "point teacher.load_parameters_path at a save_pretrained folder or at a teacher run's checkpoints folder",
+        f"point {key} at a save_pretrained folder or at a run's checkpoints folder",
     )
 
 
@@ -366,7 +371,7 @@ def _in_run(path: str) -> bool:
 def _student_params(spec: DistillSpec, student: _Model, teacher: _Model | None, teacher_params: Any) -> Any:
     s = spec.student
     if s.load_parameters_path:
-        params = load_params(s.load_parameters_path, student.config.shape, student.abstract, side="student")
+        params = _load_from(s.load_parameters_path, student, "student")
         _check_finite(params, s.load_parameters_path, student, "student")
         return params
     if s.init == "teacher":

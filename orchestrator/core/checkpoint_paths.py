@@ -21,6 +21,8 @@ from distillspec.config import DOCUMENT_SOURCES, DistillSpec, ModelSpec
 from distillspec.hf_config import (
     CONFIG,
     HUB_ID,
+    INDEX,
+    SINGLE,
     TOKENIZER,
     ConfigError,
     beyond_max_position,
@@ -30,6 +32,7 @@ from distillspec.hf_config import (
     shape_mismatches,
     tokenizer_mismatch,
     unexpanded_home,
+    weights_missing,
 )
 from distillspec.problems import Problem
 from distillspec.registry import ModelShape
@@ -77,6 +80,10 @@ def check_paths(
         if found is None:
             problems.append(Problem(loc, "checkpoint_not_found", *_not_found(path)))
             continue
+        if config is not None and count_files is not None:  # a Hugging Face folder: are its weights there?
+            missing = _weights_missing(path.rstrip("/"), side, count_files)
+            if missing is not None:
+                problems.append(Problem(loc, "checkpoint_weights_missing", *missing))
         for mismatch in shape_mismatches(found, model.shape()):
             problems.append(
                 Problem(
@@ -90,6 +97,20 @@ def check_paths(
         if beyond is not None:
             problems.append(Problem(loc, "beyond_max_position", *beyond, severity="warning"))
     return problems + _tokenizer_problems(spec, read_text)
+
+
+def _weights_missing(path: str, side: str, count_files: CountFiles) -> tuple[str, str] | None:
+    """(message, hint) when the Hugging Face folder `path` has no weights the trainer reads; None when it has, or
+    the store cannot say."""
+    single, index = count_files(f"{path}/{SINGLE}"), count_files(f"{path}/{INDEX}")
+    if single is None or index is None or single or index:
+        return None
+    return weights_missing(
+        f"the {side} folder {path}",
+        f"{side}.load_parameters_path",
+        torch_weights=bool(count_files(f"{path}/*.bin") or count_files(f"{path}/*.pt*")),
+        shards=count_files(f"{path}/*.safetensors") or 0,
+    )
 
 
 def _not_found(path: str) -> tuple[str, str]:

@@ -373,16 +373,29 @@ def check(files: Files | RemoteFiles, shape: ModelShape) -> None:
                 problems.append(
                     f"{name} in {os.path.basename(files.where[name])}: dtype {dtype} not one of F32/BF16/F16"
                 )
-    extra = sorted(n for n in files.where if n not in want and not (shape.tie_embeddings and n == "lm_head.weight"))
+    extra = sorted(
+        n
+        for n in files.where
+        if n not in want and not (shape.tie_embeddings and n == "lm_head.weight") and not n.endswith(_BUFFERS)
+    )
     problems += [f"{name}: not part of this model" for name in extra]
     if problems:
+        dtypes_only = all("dtype" in p for p in problems)
         raise UserError(
             f"the Hugging Face checkpoint at {files.path} does not hold this model ({shape.family}, "
             f"{shape.depth} layers, width {shape.emb_dim}): "
             + "; ".join(problems[:8])
             + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""),
-            "point load_parameters_path at a checkpoint of the spec's model, or change the model block to match it",
+            "save the weights in float32, bfloat16 or float16 (e.g. model.to(torch.bfloat16).save_pretrained(DIR))"
+            if dtypes_only
+            else "point load_parameters_path at a checkpoint of the spec's model, or change the model block to match "
+            "it",
         )
+
+
+# Buffers older transformers saved beside the weights (RoPE's inverse frequencies, recomputed from the config):
+# transformers skips them on load, and so does this loader.
+_BUFFERS = (".rotary_emb.inv_freq",)
 
 
 def load(path: str, shape: ModelShape, abstract: Any) -> Any:
@@ -472,9 +485,17 @@ def _put(tree: dict, path: tuple, value: Any) -> None:
 # --- out -----------------------------------------------------------------------------------------------------
 
 
-def save(params: Any, shape: ModelShape, out_dir: str, *, scanned: bool = True, dtype: str = "float32") -> None:
-    """Write parameters (a pure dict, host or device arrays) as a Hugging Face folder: config.json and one
-    model.safetensors (`dtype`: float32 or bfloat16), loadable by transformers as is."""
+def save(
+    params: Any,
+    shape: ModelShape,
+    out_dir: str,
+    *,
+    scanned: bool = True,
+    dtype: str = "float32",
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write parameters (a pure dict, host or device arrays) as a Hugging Face folder: config.json (the shape's,
+    plus `extra` fields) and one model.safetensors (`dtype`: float32 or bfloat16), loadable by transformers as is."""
     import ml_dtypes
     from safetensors.numpy import save_file
 
@@ -493,4 +514,4 @@ def save(params: Any, shape: ModelShape, out_dir: str, *, scanned: bool = True, 
         metadata={"format": "pt"},
     )
     with open(os.path.join(out_dir, CONFIG), "w") as f:
-        json.dump(config_of(shape, dtype), f, indent=2)
+        json.dump(config_of(shape, dtype) | (extra or {}), f, indent=2)
