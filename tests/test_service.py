@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from distillspec.problems import Problem
 from orchestrator.core import expansion as expansion_module
 from orchestrator.core.aggregate import KL_T1
 from orchestrator.core.run_status import Condition, Observation
@@ -338,3 +339,20 @@ def test_endpoints_serve_health_readiness_and_metrics(use_client):
     assert 'phase="Running"' not in text
     assert "distillctl_reconcile_seconds_count 1" in text
     assert 'distillctl_api_errors_total{operation="create jobset"} 1' in text
+
+
+def test_a_rejection_keeps_what_the_status_recorded_and_the_retry_budget():
+    """A LocalQueue deleted mid-sweep (or an edit undone later) rejected the resource with a status of no runs:
+    POINTS 0 while its JobSets ran on, and a failed run already retried once was created a third time when the
+    queue came back."""
+    from orchestrator.service.resource import RunState
+
+    failed = RunState(key="0", runId="abc", jobset="s-abc", role="point", phase="Failed", retries=1)
+    previous = SweepStatus(observedGeneration=1, points=1, failed=1, runs=[failed], pinned={"image": "img@sha256:0"})
+    problem = Problem((), "cannot_run", "Kueue LocalQueue 'q' does not exist", "create it")
+    decided = plan.rejected([problem], reason="LocalQueueMissing", generation=2, previous=previous, now=0.0)
+    status = decided.status
+    assert (status.observedGeneration, status.points, status.failed) == (2, 1, 1)
+    assert status.runs == [failed] and status.pinned == previous.pinned
+    (accepted,) = [c for c in status.conditions if c.type == "Accepted"]
+    assert (accepted.status, accepted.reason) == ("False", "LocalQueueMissing")

@@ -130,3 +130,18 @@ def test_role_grants_exactly_what_the_controller_calls(helm):
         {"apiGroups": ["scheduling.k8s.io"], "resources": ["priorityclasses"], "verbs": ["get", "list"]},
         {"apiGroups": ["kueue.x-k8s.io"], "resources": ["clusterqueues", "resourceflavors"], "verbs": ["get", "list"]},
     ]
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ("defualts.queue=q", "additional properties 'defualts' not allowed"),  # was ignored: no default queue
+        ("replica=2", "additional properties 'replica' not allowed"),  # was ignored: one replica
+        ("replicas=two", "at '/replicas': got string, want integer"),  # failed at install, unmarshalling
+        ("resync=abc", "at '/resync': got string, want number"),  # installed, then crash-looped
+        ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+    ],
+)
+def test_values_are_checked_against_the_charts_schema(helm, setting, said):
+    result = helm("template", "rel", str(CHART), "--set", setting)
+    assert result.returncode != 0 and said in result.stderr, result.stderr

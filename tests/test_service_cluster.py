@@ -288,6 +288,17 @@ def test_sweep_applied_as_a_resource_runs_to_the_end_with_no_client(control_plan
     cancelled = CliRunner().invoke(app, ["cancel", str(path), "--yes", "--image", IMAGE, *kube])
     assert cancelled.exit_code == 2 and "is run by the distillctl service" in cancelled.stderr, cancelled.output
     assert len(jobsets(cp, "svc-a")) == len(made)
+    # `cancel --orphans` with a file older than the resource (its temperature still 2.0): the file's orphans would
+    # be the service's live 3.0 run, created again at once; the controller's list names the real one.
+    stale = tmp_path / "stale" / "svc-a.yaml"
+    stale.parent.mkdir()
+    stale.write_text(path.read_text().replace("[1.0, 3.0]", "[1.0, 2.0]"))
+    cleaned = CliRunner().invoke(app, ["cancel", str(stale), "--orphans", "--yes", "--image", IMAGE, *kube])
+    assert cleaned.exit_code == 0 and cleaned.stdout.split()[1] == orphan, cleaned.output
+    live = [j for j in jobsets(cp, "svc-a") if j["metadata"]["name"] != orphan]
+    assert len(live) == len(made) - 1 and not any(j["metadata"].get("deletionTimestamp") for j in live)
+    # The default image the controller filled in is kept with the sweep (a new default would make new run ids).
+    assert resource(cp, "svc-a")["status"]["pinned"] == {"image": IMAGE}
 
     # One replica acted: the Lease names it, and the Events came from it alone.
     lease = client.CoordinationV1Api(cp.client).read_namespaced_lease(LEASE, NS)
@@ -297,7 +308,12 @@ def test_sweep_applied_as_a_resource_runs_to_the_end_with_no_client(control_plan
     reasons = [e.reason for e in events]
     assert reasons.count("Created") == 4 and "SweepSucceeded" in reasons and reasons.count("Orphaned") == 1
 
-    # Deleting the resource deletes its JobSets first (deletionPolicy: Delete).
+    # Deleting the resource deletes its JobSets first (deletionPolicy: Delete). Applied again meanwhile, the sweep
+    # waits for it to go (it landed on the resource on its way out, shown running, and was gone with it).
+    client.CustomObjectsApi(cp.client).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "svc-a")
+    again = CliRunner().invoke(app, ["sweep", str(path), "--service", *kube])
+    assert again.exit_code == 0, again.output
+    assert resource(cp, "svc-a") is not None and not resource(cp, "svc-a")["metadata"].get("deletionTimestamp")
     client.CustomObjectsApi(cp.client).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "svc-a")
     cp.wait_for(lambda: resource(cp, "svc-a") is None, 60, "the resource to go")
     assert all(j["metadata"].get("deletionTimestamp") for j in jobsets(cp, "svc-a"))
@@ -348,6 +364,16 @@ def test_bad_resources_are_refused_at_admission_or_get_a_condition(control_plane
     )
     cp.wait_for(lambda: condition(cp, "svc-bad", "Accepted").get("reason") == "QuotaNeverFits", 30, "the reason")
     assert "google.com/tpu 1,600,000 > 16" in condition(cp, "svc-bad", "Accepted")["message"]
+    assert not jobsets(cp, "svc-bad")
+
+    # More runs than a status can hold (a traceback per pass above 100,000, and from ~9,000 on every status write
+    # failed, holding up the other sweeps): a condition.
+    grid = {"loss.temperature": [1.0 + i / 100 for i in range(50)], "seed": list(range(50))}
+    api.patch_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, "svc-bad", {"spec": {"target": {"slices": None}, "axes": grid}}
+    )
+    cp.wait_for(lambda: condition(cp, "svc-bad", "Accepted").get("reason") == "GridTooLarge", 30, "the reason")
+    assert "2500 points, over the limit of 2000" in condition(cp, "svc-bad", "Accepted")["message"]
     assert not jobsets(cp, "svc-bad")
     api.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "svc-bad")
     cp.wait_for(lambda: resource(cp, "svc-bad") is None, 30, "the resource to go")

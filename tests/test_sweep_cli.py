@@ -162,8 +162,8 @@ def test_a_large_grid_needs_yes(tmp_path):
     huge = write(
         tmp_path, sweep_data(axes={"loss.alpha.end": [i / 1000 for i in range(400)], "seed": list(range(300))})
     )
-    result = invoke("plan", str(huge), "--yes")
-    assert result.exit_code == ExitCode.USAGE and "split it into several sweeps" in result.stderr
+    result = invoke("plan", str(huge), "--yes")  # exit 4: an invalid sweep file, as the README's table says
+    assert result.exit_code == ExitCode.INVALID_SPEC and "split it into several sweeps" in result.stderr
     assert "--yes" not in result.stderr
 
 
@@ -330,3 +330,12 @@ def test_plan_strict_fails_a_sweep_whose_runs_will_not_fit(tmp_path):
     codes = [p["code"] for p in json.loads(result.stdout)["problems"]]
     assert result.exit_code == ExitCode.INVALID_SPEC and "memory_over_hbm" in codes, result.output
     assert invoke("plan", str(path), "--tpu-type", "v5p-8").exit_code == 0  # without --strict, warnings only
+
+
+def test_service_refuses_a_sweep_larger_than_its_status_can_hold(tmp_path):
+    # 9000 points passed with --yes; every status write of the controller then failed (object too large).
+    grid = {"loss.alpha.end": [i / 100 for i in range(50)], "seed": list(range(41))}  # 2050 points
+    path = write(tmp_path, sweep_data(axes=grid))
+    result = invoke("sweep", str(path), "--service", "--yes", "--kubeconfig", str(tmp_path / "absent"))
+    assert result.exit_code == ExitCode.INVALID_SPEC, result.output
+    assert "2050 runs; the service runs at most 2000" in result.stderr and "without --service" in result.stderr

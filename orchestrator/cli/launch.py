@@ -550,7 +550,15 @@ def _cancel_orphans(expansion, backend, *, yes: bool, output: OutputFormat, wait
 
     if not hasattr(backend, "orphans"):
         raise UsageError(f"--orphans is for cluster targets, not {expansion.sweep.target.kind!r}")
-    names = [o.name for o in backend.orphans(expansion)]
+    from orchestrator.cli import views
+
+    view = views.service_view(expansion, backend)
+    if view is not None:
+        # The controller's list: this file may be older than the resource (an edit with kubectl), and its orphans
+        # would then be the service's live runs, which the controller creates again at once.
+        names = [o.jobset for o in view.status.orphans]
+    else:
+        names = [o.name for o in backend.orphans(expansion)]
     if not names:
         if output is OutputFormat.json:
             console.print_json([])

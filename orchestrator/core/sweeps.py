@@ -9,7 +9,8 @@ from distillspec import tpu
 from distillspec.problems import Problem
 from distillspec.sweep import SweepSource, load_sweep, override_target
 from orchestrator.core import expansion
-from orchestrator.errors import USAGE_CODES, InvalidSpecError, UsageError
+from orchestrator.errors import USAGE_CODES, DistillctlError, InvalidSpecError, UsageError
+from orchestrator.exit_codes import ExitCode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,8 +103,12 @@ def expand_checked(source: SweepSource, path: Path, *, yes: bool = False) -> exp
     try:
         result = expansion.expand(source, max_points=None if yes else expansion.DEFAULT_MAX_POINTS)
     except expansion.GridTooLarge as e:
-        if e.limit >= expansion.HARD_MAX_GRID:  # --yes does not lift this one
-            raise UsageError(str(e), "split it into several sweeps, or use fewer values per axis") from None
+        if e.limit >= expansion.HARD_MAX_GRID:  # --yes does not lift this one: the file itself is the problem
+            raise DistillctlError(
+                f"{path}: {e}",
+                "split it into several sweeps, or use fewer values per axis",
+                exit_code=ExitCode.INVALID_SPEC,
+            ) from None
         raise UsageError(str(e), "check the axes, or pass --yes to expand it anyway") from None
     raise_for(result.problems, path)
     assert isinstance(result, expansion.Expansion)

@@ -4,6 +4,7 @@ and `results` show the controller's view when the sweep's resource exists)."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from typing import Any
 
@@ -22,6 +23,7 @@ from orchestrator.service.resource import (
     GROUP,
     KIND,
     PLURAL,
+    SERVICE_MAX_POINTS,
     VERSION,
     SweepStatus,
     resource_from_source,
@@ -51,7 +53,14 @@ def checked_source(path, overrides: TargetOverrides = TargetOverrides(), *, yes:
     checked = source
     if source.sweep.target.image is None:
         checked = override_target(source, image=SERVICE_IMAGE)  # expanded as the controller will, with its image
-    expand_checked(checked, path, yes=yes)
+    expansion = expand_checked(checked, path, yes=yes)
+    if len(expansion.runs) > SERVICE_MAX_POINTS:
+        raise DistillctlError(
+            f"{path}: the sweep has {len(expansion.runs)} runs; the service runs at most {SERVICE_MAX_POINTS} per "
+            "sweep (its status holds one entry per run, and the API server limits an object's size)",
+            "split it into several sweeps, or run it with `distillctl sweep` without --service",
+            exit_code=ExitCode.INVALID_SPEC,
+        )
     return source
 
 
@@ -61,6 +70,7 @@ def apply_sweep(cluster: Cluster, source: SweepSource, service: dict[str, Any] |
     body = resource_from_source(source, cluster.namespace)
     body["spec"].update(service or {})
     name = body["metadata"]["name"]
+    _wait_deleted(cluster, name)
     try:
         applied = cluster.call(
             f"apply {KIND} {name}",
@@ -90,6 +100,45 @@ def apply_sweep(cluster: Cluster, source: SweepSource, service: dict[str, Any] |
         PLURAL,
         name,
     )
+
+
+DELETION_WAIT_SECONDS = 120.0
+
+
+def _wait_deleted(cluster: Cluster, name: str, timeout: float = DELETION_WAIT_SECONDS) -> None:
+    """Wait while a DistillationSweep of this name is being deleted: applied then, the apply lands on the resource
+    on its way out (accepted, shown running) and is gone with it once the controller has deleted its JobSets.
+    Raises a timeout error (exit 3) when it is still going after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    said = False
+    while True:
+        try:
+            found = cluster.call(
+                f"read {KIND} {name}",
+                cluster.custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                cluster.namespace,
+                PLURAL,
+                name,
+                passthrough=frozenset({403, 404}),
+            )
+        except ApiException:
+            return  # none (or not ours to read: the apply says what is wrong)
+        if not (found.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        if time.monotonic() >= deadline:
+            raise DistillctlError(
+                f"{KIND} {name} is still being deleted after {timeout:g} s (the controller deletes its JobSets "
+                "first, under deletionPolicy Delete)",
+                f"apply it again once `kubectl get {PLURAL} {name}` finds nothing; if no controller runs, the "
+                f"finalizer stays: install the service again, or remove the finalizer",
+                exit_code=ExitCode.TIMEOUT,
+            )
+        if not said:
+            print(f"{KIND} {name} is being deleted: waiting until it is gone to apply it again", file=sys.stderr)
+            said = True
+        time.sleep(1.0)
 
 
 def require_served(cluster: Cluster) -> None:

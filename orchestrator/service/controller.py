@@ -54,7 +54,9 @@ from orchestrator.service.resource import (
     FINALIZER,
     GROUP,
     KIND,
+    PINNED_DEFAULTS,
     PLURAL,
+    SERVICE_MAX_POINTS,
     VERSION,
     OrphanRun,
     SweepStatus,
@@ -362,12 +364,24 @@ class Controller:
         previous = self._previous(resource)
         generation = metadata.get("generation")
         now = time.time()
-        source, service = source_from_resource(resource, self.options.defaults)
+        defaults = self.options.defaults.pinned(previous.pinned) if previous else self.options.defaults
+        source, service = source_from_resource(resource, defaults)
         if not source.ok:
             rejected = planning.rejected(source.problems, reason="InvalidSpec", **_at(generation, previous, now))
             self._write(resource, rejected)
             return
-        expanded = expansion_module.expand(source, max_points=None)
+        try:
+            expanded = expansion_module.expand(source, max_points=SERVICE_MAX_POINTS)
+        except expansion_module.GridTooLarge as e:  # a traceback per pass, and no word on the resource
+            problem = Problem(
+                (),
+                "grid_too_large",
+                f"{e}: the service keeps one status entry per run, and the API server's limit on an object's size "
+                f"allows about {SERVICE_MAX_POINTS}",
+                "split it into several sweeps, or run it with `distillctl sweep` (without --service)",
+            )
+            self._write(resource, planning.rejected([problem], reason="GridTooLarge", **_at(generation, previous, now)))
+            return
         if not expanded.ok or not isinstance(expanded, expansion_module.Expansion):
             self._write(
                 resource, planning.rejected(expanded.problems, reason="InvalidSpec", **_at(generation, previous, now))
@@ -400,6 +414,9 @@ class Controller:
             stall_after=self.options.stall_after,
             orphans=orphans,
         )
+        target = (resource.get("spec") or {}).get("target") or {}
+        kept = {k: v for k, v in defaults.filling(target).items() if k in PINNED_DEFAULTS}
+        decided = dataclasses.replace(decided, status=decided.status.model_copy(update={"pinned": kept}))
         if not self.elector.is_leader:
             return  # lost the Lease while reading: the new leader decides
         for run, record in decided.stop:
@@ -412,7 +429,8 @@ class Controller:
             backend.delete(decided.delete)
         if decided.create:
             try:
-                backend.submit(decided.create, expanded)
+                submitted = backend.submit(decided.create, expanded)
+                decided = decided.created_only({run_id for run_id, what in submitted.items() if what == "created"})
             except DistillctlError as e:
                 if e.exit_code != ExitCode.REJECTED:
                     raise

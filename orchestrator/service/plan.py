@@ -45,6 +45,7 @@ class Event:
     type: str
     reason: str
     message: str
+    run_id: str | None = None  # the run a Created event announces (dropped when the create found it there)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,12 @@ class Plan:
     events: tuple[Event, ...] = ()
     stop: tuple[tuple[Point, StopRecord], ...] = ()
 
+    def created_only(self, created: set[str]) -> Plan:
+        """This plan with a Created event only for the runs of `created` (run ids the submission really created:
+        one found already there, say another controller's or a JobSet relabelled by hand, was not)."""
+        kept = tuple(e for e in self.events if e.reason != "Created" or e.run_id in created)
+        return dataclasses.replace(self, events=kept)
+
 
 def timestamp(now: float) -> str:
     return datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -68,13 +75,16 @@ def timestamp(now: float) -> str:
 def rejected(
     problems: Sequence[Problem], *, reason: str, generation: int | None, previous: SweepStatus | None, now: float
 ) -> Plan:
-    """The plan for a resource that cannot run: Accepted=False with the problems (as `validate` words them)."""
+    """The plan for a resource that cannot run: Accepted=False with the problems (as `validate` words them). What
+    the status recorded before stays (runs, their retries, counts): the runs it created go on, and a moment of
+    rejection (a LocalQueue deleted and made again, an edit undone) must not reset their retry budget."""
     errors = [p for p in problems if p.is_error] or list(problems)
     message = "; ".join(f"{format_loc(p.loc)}: {p.message} [{p.code}]" if p.loc else p.message for p in errors[:5])
     conditions = _conditions(
         previous, {"Accepted": ("False", reason, message)}, generation=generation, now=now, only=True
     )
-    status = SweepStatus(observedGeneration=generation, conditions=conditions)
+    update = {"observedGeneration": generation, "conditions": conditions}
+    status = previous.model_copy(update=update) if previous else SweepStatus(**update)
     changed = _condition_changed(previous, "Accepted", "False", reason)
     return Plan(status, events=(Event("Warning", reason, message),) if changed else ())
 
@@ -139,7 +149,7 @@ def plan(
                 Event("Normal", "Stopped", f"{run.label} ({run.jobset_name}): {status.shown}: {status.message}")
             )
         elif run.run_id in create_ids:
-            events.append(Event("Normal", "Created", f"created JobSet {run.jobset_name} for {run.label}"))
+            events.append(Event("Normal", "Created", f"created JobSet {run.jobset_name} for {run.label}", run.run_id))
         elif run.run_id in delete_ids:
             events.append(Event("Normal", "Retrying", f"{run.label} is {status.shown}: retry {retries}"))
         elif old is None or old.phase != state.phase:

@@ -52,18 +52,37 @@ class TargetDefaults(BaseModel):
     output_base: str | None = None
 
     def fill(self, target: dict[str, Any]) -> dict[str, Any]:
-        """`target` (a resource's `spec.target`) with each default set where the target has no value of its own.
-        An `output_base` equal to the sweep file's default (`runs`) reads as unset: `sweep --service` leaves
-        defaults out of the resource, so the two cannot be told apart."""
-        filled = dict(target)
+        """`target` (a resource's `spec.target`) with each default set where the target has no value of its own."""
+        return {**target, **self.filling(target)}
+
+    def filling(self, target: dict[str, Any]) -> dict[str, Any]:
+        """The defaults `fill` sets in `target`: those it has no value of its own for. An `output_base` equal to
+        the sweep file's default (`runs`) reads as unset: `sweep --service` leaves defaults out of the resource, so
+        the two cannot be told apart."""
+        out = {}
         for key, value in self.model_dump(exclude_none=True).items():
-            unset = filled.get(key) is None or (key == "output_base" and filled[key] == Target().output_base)
+            unset = target.get(key) is None or (key == "output_base" and target[key] == Target().output_base)
             if unset and value:
-                filled[key] = value
-        return filled
+                out[key] = value
+        return out
+
+    def pinned(self, kept: dict[str, str]) -> TargetDefaults:
+        """These defaults with the values a sweep was first run with (`SweepStatus.pinned`) in place of today's."""
+        return self.model_copy(update={k: v for k, v in kept.items() if k in PINNED_DEFAULTS})
+
+
+# Defaults a sweep keeps once the controller has run it with them: the image is part of every run id and the
+# output base holds the runs' outputs, so a new default (a `helm upgrade --set defaults.image=...`) would make
+# every point of a finished sweep a new run, trained again from the start.
+PINNED_DEFAULTS = ("image", "output_base")
 
 
 NO_DEFAULTS = TargetDefaults()
+
+# The most runs a DistillationSweep may have: its status holds one entry per run (~250 bytes, more with a failure
+# message), and the API server refuses an object over ~1.5-2 MiB; at 9000 runs every status write failed after
+# ~40 s, holding up every other sweep on the controller's one worker.
+SERVICE_MAX_POINTS = 2000
 
 
 class ServiceSpec(BaseModel):
@@ -156,6 +175,11 @@ class SweepStatus(_Status):
     best: BestPoint | None = Field(None, description="the point with the lowest latest kl_div_T1")
     orphans: list[OrphanRun] = Field(
         [], description="JobSets of this sweep for runs its spec no longer has: left, not deleted"
+    )
+    pinned: dict[str, str] = Field(
+        {},
+        description="controller defaults (image, output_base) this sweep's target was first run with: kept when "
+        "the controller's defaults change, so that its points keep their run ids",
     )
 
 
