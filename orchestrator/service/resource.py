@@ -218,8 +218,8 @@ def service_problems(source: SweepSource) -> tuple[Problem, ...]:
     problem = Problem(
         ("target", "kind"),
         "local_target",
-        "target.kind is local: local runs start on the machine that runs `distillctl sweep`, and the service "
-        "runs sweeps in the cluster",
+        "target.kind is local (also when the sweep has no target, or a target without a kind): local runs start on "
+        "the machine that runs `distillctl sweep`, and the service runs sweeps in the cluster",
         "set target.kind: kubernetes (with tpu_type and image), or run `distillctl sweep` without --service",
     )
     return (source.locate(problem),)
