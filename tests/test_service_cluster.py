@@ -229,6 +229,24 @@ def test_chart_role_allows_what_the_controller_uses_and_nothing_else(control_pla
         assert not _review(cp, verb, what, group, namespace, name), (verb, what, namespace, name)
 
 
+def test_a_lease_the_role_does_not_name_is_said_once(control_plane, sa_kubeconfig, caplog):
+    """A replica whose --lease the chart's Role does not name created it, led for one renewal, then stood by for
+    ever with nothing in its log while its probes passed."""
+    from orchestrator.service.election import LeaderElector
+
+    cluster = connect(ClusterAccess(kubeconfig=str(sa_kubeconfig), namespace=NS))
+    elector = LeaderElector(cluster, "not-the-charts-lease", "replica-x", lease_seconds=6, renew_deadline=4)
+    try:
+        with caplog.at_level("ERROR", logger="distillctl.serve"):
+            assert elector._try()  # create may not be limited by name: it is allowed
+            assert not elector._try() and not elector._try()  # update is not
+        (said,) = [r.getMessage() for r in caplog.records]
+        assert f"cannot update lease {NS}/not-the-charts-lease: forbidden" in said and "--lease" in said
+    finally:
+        client.CoordinationV1Api(control_plane.client).delete_namespaced_lease("not-the-charts-lease", NS)
+        cluster.api.close()
+
+
 def test_sweep_applied_as_a_resource_runs_to_the_end_with_no_client(control_plane, controllers, tmp_path):
     cp = control_plane
     path = tmp_path / "svc-a.yaml"

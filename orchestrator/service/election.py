@@ -10,6 +10,7 @@ A leader that cannot renew within `renew_deadline` stops acting before anyone el
 from __future__ import annotations
 
 import datetime
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from orchestrator.backends.kubernetes.client import CONNECTION_ERRORS, Cluster
+
+log = logging.getLogger("distillctl.serve")
 
 
 class LeaderElector:
@@ -46,6 +49,7 @@ class LeaderElector:
         self._observed_at = 0.0
         self._leading = False
         self._stop = threading.Event()
+        self._said_forbidden: set[str] = set()
 
     @property
     def is_leader(self) -> bool:
@@ -73,6 +77,20 @@ class LeaderElector:
     def stop(self) -> None:
         self._stop.set()
 
+    def _failed(self, operation: str, error: BaseException | None = None) -> None:
+        """Count a failed Lease call; a refusal (403) is also said once per operation, since the replica then
+        stays a standby for ever while its probes pass (a `--lease` the Role does not name, say)."""
+        self.on_error(operation)
+        if isinstance(error, ApiException) and error.status == 403 and operation not in self._said_forbidden:
+            self._said_forbidden.add(operation)
+            log.error(
+                "cannot %s %s/%s: forbidden: this replica never acts until its Role allows get and update on that "
+                "Lease (the chart's Role names <release>-distillctl-controller; --lease must be that name)",
+                operation,
+                self.cluster.namespace,
+                self.name,
+            )
+
     def _now(self) -> datetime.datetime:
         return datetime.datetime.now(datetime.UTC)
 
@@ -83,7 +101,7 @@ class LeaderElector:
             lease = self._api.read_namespaced_lease(self.name, ns, _request_timeout=self.retry_period * 2)
         except ApiException as e:
             if e.status != 404:
-                self.on_error("read lease")
+                self._failed("read lease", e)
                 return False
             body = client.V1Lease(
                 metadata=client.V1ObjectMeta(name=self.name, namespace=ns),
@@ -92,8 +110,8 @@ class LeaderElector:
             try:
                 self._api.create_namespaced_lease(ns, body, _request_timeout=self.retry_period * 2)
                 return True
-            except ApiException:
-                self.on_error("create lease")  # 409: another candidate created it first
+            except ApiException as e:
+                self._failed("create lease", e)  # 409: another candidate created it first
                 return False
             except CONNECTION_ERRORS:
                 self.on_error("create lease")
@@ -116,8 +134,8 @@ class LeaderElector:
         )
         try:
             self._api.replace_namespaced_lease(self.name, ns, lease, _request_timeout=self.retry_period * 2)
-        except ApiException:
-            self.on_error("update lease")  # 409: someone else wrote it since we read it
+        except ApiException as e:
+            self._failed("update lease", e)  # 409: someone else wrote it since we read it
             return False
         except CONNECTION_ERRORS:
             self.on_error("update lease")
