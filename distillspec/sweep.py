@@ -1149,13 +1149,23 @@ def _placement(t: Target) -> list[Problem]:
                     f"use target.{_SELECTOR_OWNERS[key]}",
                 )
             )
-        elif not _label_key_ok(key) or not LABEL_VALUE.match(value):
+        elif not _label_key_ok(key):
             out.append(
                 Problem(
                     ("target", "node_selector", key),
                     "bad_label",
-                    f"{key}: {value!r} is not a Kubernetes label selector entry",
-                    "a label key ([prefix/]name) and a value of at most 63 letters, digits, '-', '_', '.'",
+                    f"node_selector key {key!r} is not a Kubernetes label key",
+                    "a label key is [prefix/]name: an optional DNS-subdomain prefix and one '/', then at most 63 "
+                    "letters, digits, '-', '_', '.'",
+                )
+            )
+        elif not LABEL_VALUE.match(value):
+            out.append(
+                Problem(
+                    ("target", "node_selector", key),
+                    "bad_label",
+                    f"node_selector {key}: {value!r} is not a Kubernetes label value",
+                    "a value of at most 63 letters, digits, '-', '_', '.', beginning and ending with a letter or digit",
                 )
             )
     for i, toleration in enumerate(t.tolerations):

@@ -169,3 +169,13 @@ def test_xpk_warns_about_knobs_it_cannot_express(tmp_path):
     source = load(tmp_path, sweep_data(target={**TARGET, **KNOBS, **MOUNTS, "kind": "xpk", "cluster": "c"}))
     ignored = {p.loc[1] for p in xpk_command.problems(source.sweep.target) if p.code == "xpk_ignores"}
     assert {"node_selector", "tolerations", "resources", "volumes", "dev_shm_size", "host_network"} <= ignored
+
+
+def test_a_bad_node_selector_names_the_part_that_is_wrong(tmp_path):
+    # "a/b/c: 'x' is not a Kubernetes label selector entry" blamed the value as much as the key.
+    source = load(tmp_path, sweep_data(target={**TARGET, "node_selector": {"a/b/c": "x", "pool": "no spaces"}}))
+    said = {p.loc[-1]: p.message for p in source.problems if p.code == "bad_label"}
+    assert said == {
+        "a/b/c": "node_selector key 'a/b/c' is not a Kubernetes label key",
+        "pool": "node_selector pool: 'no spaces' is not a Kubernetes label value",
+    }
