@@ -112,21 +112,9 @@ def _wait_deleted(cluster: Cluster, name: str, timeout: float = DELETION_WAIT_SE
     deadline = time.monotonic() + timeout
     said = False
     while True:
-        try:
-            found = cluster.call(
-                f"read {KIND} {name}",
-                cluster.custom.get_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                cluster.namespace,
-                PLURAL,
-                name,
-                passthrough=frozenset({403, 404}),
-            )
-        except ApiException:
-            return  # none (or not ours to read: the apply says what is wrong)
-        if not (found.get("metadata") or {}).get("deletionTimestamp"):
-            return
+        found = read_resource(cluster, name)
+        if found is None or not (found.get("metadata") or {}).get("deletionTimestamp"):
+            return  # none (or not ours to read: the apply says what is wrong), or not being deleted
         if time.monotonic() >= deadline:
             raise DistillctlError(
                 f"{KIND} {name} is still being deleted after {timeout:g} s (the controller deletes its JobSets "
@@ -167,11 +155,11 @@ def _not_installed(more: str) -> DistillctlError:
     )
 
 
-def read_status(cluster: Cluster, name: str) -> SweepStatus | None:
-    """The status the controller wrote for sweep `name`; None when there is no such resource, no CRD, or no right
-    to read it (a launcher's Role need not know the service exists)."""
+def read_resource(cluster: Cluster, name: str) -> dict | None:
+    """The DistillationSweep `name`; None when there is no such resource, no CRD, or no right to read it (a
+    launcher's Role need not know the service exists)."""
     try:
-        found = cluster.call(
+        return cluster.call(
             f"read {KIND} {name}",
             cluster.custom.get_namespaced_custom_object,
             GROUP,
@@ -183,7 +171,12 @@ def read_status(cluster: Cluster, name: str) -> SweepStatus | None:
         )
     except ApiException:
         return None
-    return SweepStatus.model_validate(found.get("status") or {})
+
+
+def read_status(cluster: Cluster, name: str) -> SweepStatus | None:
+    """The status the controller wrote for sweep `name` (None as `read_resource`)."""
+    found = read_resource(cluster, name)
+    return None if found is None else SweepStatus.model_validate(found.get("status") or {})
 
 
 def run_statuses(status: SweepStatus, now: float) -> dict[str, RunStatus]:
