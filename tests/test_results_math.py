@@ -49,6 +49,17 @@ def test_throughput_from_token_and_time_deltas():
     assert aggregate.tokens_per_sec(log[:1], 1) == pytest.approx(1.0)  # no earlier record: the logged rate
 
 
+def test_throughput_across_a_resume_leaves_out_the_downtime():
+    # Killed after step 2 and retried an hour later: the wall clock between the records held the hour (733 tok/s
+    # shown for a run that trained at ~20,000); each record's own rate is the time the trainer took.
+    log = [
+        line(1, tokens=1000, time=0.0, rate=100.0),
+        line(2, tokens=2000, time=10.0, rate=100.0),
+        line(3, tokens=3000, time=3610.0, rate=200.0),  # 1000 tokens in 5 s of training, after the downtime
+    ]
+    assert aggregate.tokens_per_sec(log, 2) == pytest.approx(2000 / 15.0)
+
+
 def test_partial_and_garbage_lines_are_skipped(tmp_path):
     good = {
         "step": 10,

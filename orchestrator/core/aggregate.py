@@ -85,15 +85,27 @@ def describe_window(window: int) -> str:
 
 
 def tokens_per_sec(log: Sequence[LogLine], window: int) -> float | None:
-    """Throughput across the window: tokens done over wall time elapsed, from the record before the window."""
+    """Throughput across the window: the tokens each record added over the time the trainer took for them (its
+    logged rate), summed. Wall time between records is used only where a record has no rate: across a resume it
+    holds the downtime between the attempts (a run killed and retried read ~30x slower than it trained)."""
     records = last(log, window)
     if not records:
         return None
     start_index = len(log) - len(records) - 1
-    if start_index >= 0:
-        before, end = log[start_index], records[-1]
-        if None not in (before.tokens, end.tokens, before.time, end.time) and end.time > before.time:
-            return (end.tokens - before.tokens) / (end.time - before.time)
+    tokens = seconds = 0.0
+    for previous, record in zip([log[start_index] if start_index >= 0 else None, *records[:-1]], records):
+        if previous is None or None in (previous.tokens, record.tokens):
+            continue
+        added = record.tokens - previous.tokens
+        if record.tokens_per_sec:
+            took = added / record.tokens_per_sec
+        elif None not in (previous.time, record.time) and record.time > previous.time:
+            took = record.time - previous.time
+        else:
+            continue
+        tokens, seconds = tokens + added, seconds + took
+    if seconds > 0 and tokens > 0:
+        return tokens / seconds
     rates = [r.tokens_per_sec for r in records if r.tokens_per_sec is not None]
     return sum(rates) / len(rates) if rates else None
 
