@@ -120,3 +120,19 @@ def test_points_with_an_eval_set_are_drawn_from_their_evaluations(tmp_path):
     assert curves[0].label.endswith("[eval]") and curves[-1].label.endswith("[train]")
     assert curves[-1].steps == (10, 20, 30, 40)
     assert plots.source_note(table).startswith("[eval]: each value: one evaluation")
+
+
+def test_a_run_that_logged_once_is_drawn_as_a_marker(tmp_path):
+    # A run that diverged after its first log line was in the legend but drew nothing (a line needs two points).
+    import dataclasses
+
+    result = expanded(write_sweep(tmp_path))
+    finish_all(result)
+    table, logs, _ = build(result)
+    curves = plots.metric_curves(table, logs, results.KL_T1)
+    short = dataclasses.replace(curves[0], steps=curves[0].steps[:1], values=curves[0].values[:1])
+    figure = plots.metric_figure("s", results.KL_T1, [short, *curves[1:]], None, "")
+    lines = [line for axes in figure.axes for line in axes.get_lines()]
+    single = [line for line in lines if len(line.get_xdata()) == 1]
+    assert single and all(line.get_marker() == "o" for line in single)
+    assert all(line.get_marker() in ("None", None, "") for line in lines if len(line.get_xdata()) > 1)

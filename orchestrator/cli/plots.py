@@ -178,6 +178,8 @@ def _draw(axes, curves: Sequence[Curve], styles: Mapping[str, dict]) -> bool:
             if k > 1:
                 style.update(linestyle=(j * STRIPE, (STRIPE, (k - 1) * STRIPE)), zorder=3, dash_capstyle="butt")
                 striped = True
+            if len(curve.steps) == 1:  # a line needs two points: a run that logged once (diverged) was invisible
+                style.setdefault("marker", "o")
             axes.plot(curve.steps, curve.values, **style)
     return striped
 
