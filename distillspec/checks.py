@@ -406,13 +406,18 @@ def _pruning(spec: DistillSpec) -> list[Problem]:
         )
     for field in ("emb_dim", "num_query_heads", "num_kv_heads", "head_dim", "mlp_dim", "vocab_size"):
         if getattr(s, field) != getattr(t, field):
+            overridden = getattr(student, field) is not None  # else the registry model's own value
             out.append(
                 Problem(
-                    ("student", field),
+                    ("student", field) if overridden else ("student", "model"),
                     "pruned_shape_mismatch",
                     f"a student initialised from the teacher keeps the teacher's {field} ({getattr(t, field)}), "
-                    f"but the student has {getattr(s, field)}",
-                    f"remove the student's {field} override, or use init: random",
+                    f"but the student has {getattr(s, field)}"
+                    + ("" if overridden else f" (the registry's {student.model})"),
+                    f"remove the student's {field} override, or use init: random"
+                    if overridden
+                    else f"use the teacher's model ({spec.teacher.model}) for the student, or set student.{field}: "
+                    f"{getattr(t, field)}, or use init: random",
                 )
             )
     return out

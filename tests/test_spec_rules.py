@@ -292,6 +292,12 @@ def test_pruned_student_must_match_teacher_minus_dropped_layers():
     assert codes(spec_data(**prune)) == ["pruned_depth_mismatch"]
     assert codes(spec_data(**prune, **{"student.num_layers": 2})) == []
     assert "pruned_shape_mismatch" in codes(spec_data(**prune, **{"student.num_layers": 2, "student.mlp_dim": 8}))
+    # The registry model's own width, not an override: "remove the student's emb_dim override" could not be done.
+    other = {**prune, "student.model": "mid-2l", "student.num_layers": 2, "teacher.vocab_size": 32000}
+    shapes = [p for p in report_for(spec_data(**other)).problems if p.code == "pruned_shape_mismatch"]
+    (width,) = [p for p in shapes if "emb_dim" in p.message]
+    assert width.dotted_loc == "student.model" and "(the registry's mid-2l)" in width.message
+    assert "set student.emb_dim: 64" in width.hint and "override" not in width.hint
 
 
 def test_wrong_types_are_not_coerced():
