@@ -196,7 +196,9 @@ def test_divergence_exits_with_its_own_code(out, teacher):
     assert run(spec_of(data)) == TrainerExit.DIVERGED
     summary = json.loads((out / "diverge" / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["exit_code"] == 65
-    assert "NaN or infinite" in summary["message"]
+    # Step 1's loss is of the initial weights (finite); its update of 1e30 makes step 2's not (was "at step 1":
+    # the 0-based update index, while the log numbers steps from 1).
+    assert "NaN or infinite at step 2" in summary["message"], summary["message"]
     assert not (out / "diverge" / "checkpoints" / "20").exists()  # a diverged state is never checkpointed
 
 

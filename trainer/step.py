@@ -47,7 +47,9 @@ class TrainState:
     opt_state: Any  # the optimizer's state (Adam moments, counts)
     step: jax.Array  # int32 scalar: updates applied so far
     window: dict[str, jax.Array]  # {metric: [sum, count]} accumulated since the last metrics line
-    bad_step: jax.Array  # int32 scalar: index of the first update whose loss or gradient was not finite, else -1
+    bad_step: (
+        jax.Array
+    )  # int32 scalar: the first step (as logged, from 1) whose loss or gradient was not finite, else -1
 
     def checkpointed(self) -> dict[str, Any]:
         """Everything but the parameters, as checkpoints store it (`train_state`, beside `params`)."""
@@ -339,7 +341,8 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
             opt_state=new_opt,
             step=index + 1,
             window=window,
-            bad_step=jnp.where((state.bad_step < 0) & ~finite, index, state.bad_step),
+            # numbered as the log numbers steps (this update makes the step count index + 1)
+            bad_step=jnp.where((state.bad_step < 0) & ~finite, index + 1, state.bad_step),
         )
 
     return step
