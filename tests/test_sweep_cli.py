@@ -25,7 +25,7 @@ def test_plan_lists_every_point_with_its_id_shape_and_memory():
     result = invoke("plan", str(SWEEPS / "alpha-end.yaml"))
     assert result.exit_code == ExitCode.OK, result.output
     assert "alpha-end: 6 point(s)" in result.stdout and "2 × 16 × 4" in result.stdout
-    assert "distill_alpha_end=0.3, seed=0" in result.stdout
+    assert "distill_alpha_end=0.3, data.seed=0" in result.stdout
 
 
 def test_plan_json_is_for_machines():
@@ -36,7 +36,7 @@ def test_plan_json_is_for_machines():
     run = data["runs"][0]
     assert run["jobset_name"] == f"alpha-end-{run['run_id']}" and run["chips"] == 128
     assert run["memory"]["fit"] == "fits" and run["chip_hours"] > 0
-    assert run["axis_values"] == {"distill_alpha_end": 0.3, "seed": 0}
+    assert run["axis_values"] == {"distill_alpha_end": 0.3, "data.seed": 0}
 
 
 def test_plan_warns_when_the_teacher_will_not_fit(tmp_path):

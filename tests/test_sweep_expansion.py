@@ -200,8 +200,8 @@ def test_the_same_point_in_two_example_sweeps_has_one_id():
 
     alpha = expand(load_sweep(SWEEPS / "alpha-end.yaml"))
     beta = expand(load_sweep(SWEEPS / "beta-end.yaml"))
-    # alpha end 0.5 with seed 0 and beta end 0.1 are both the base spec unchanged
-    (a,) = [p for p in alpha.points if p.axis_values == {"distill_alpha_end": 0.5, "seed": 0}]
+    # alpha end 0.5 with data seed 0 and beta end 0.1 are both the base spec unchanged
+    (a,) = [p for p in alpha.points if p.axis_values == {"distill_alpha_end": 0.5, "data.seed": 0}]
     (b,) = [p for p in beta.points if p.axis_values == {"loss.beta.end": 0.1}]
     assert a.run_id == b.run_id and a.output_path == b.output_path and a.jobset_name != b.jobset_name
 
@@ -264,3 +264,22 @@ def test_a_prerequisite_cannot_use_a_later_one(tmp_path):
     result = expanded(tmp_path, data)
     assert "nested_prerequisite" in [p.code for p in result.problems if p.is_error]
     assert any("list 'teacher' before 'logits'" in (p.hint or "") for p in result.problems)
+
+
+def test_seeds_of_a_student_without_random_init_are_warned_of(tmp_path):
+    # Seeds 0 and 1 of a pruned student were bit-identical runs (the seed seeds only the random init), and a golden
+    # band over them had width zero; the guide's alpha-end example promised "noise" from them.
+    pruned = sweep_data(seeds=[0, 1])
+    pruned["spec"]["student"] = {"model": "tiny-2l", "init": "teacher", "drop_layers": [1, 2]}
+    source = load(tmp_path, pruned)
+    result = expand(source)
+    (problem,) = [p for p in result.problems if p.code == "seed_changes_nothing"]
+    assert problem.severity == "warning" and problem.loc == ("seeds",) and "data.seed" in problem.hint
+    random_init = load(tmp_path, sweep_data(seeds=[0, 1]), name="random.yaml")
+    assert not [p for p in expand(random_init).problems if p.code == "seed_changes_nothing"]
+    from pathlib import Path
+
+    from distillspec.sweep import load_sweep
+
+    example = expand(load_sweep(Path(__file__).parent.parent / "sweeps" / "alpha-end.yaml"), max_points=None)
+    assert not [p for p in example.problems if p.code == "seed_changes_nothing"]

@@ -199,6 +199,7 @@ def expand(source: SweepSource, *, max_points: int | None = DEFAULT_MAX_POINTS) 
             ]
             if not draft.is_baseline:
                 found += [source.locate(p) for p in late_rule_problems(rules, point.spec)]
+            found += [source.locate(p) for p in _seed_problems(sweep, point.spec)]
         for p in found:
             grouped.setdefault((p.loc, p.file, p.line, p.column, p.code, p.message, p.hint, p.severity), []).append(
                 _label(draft.index, draft.axis_values, draft.is_baseline)
@@ -212,6 +213,27 @@ def expand(source: SweepSource, *, max_points: int | None = DEFAULT_MAX_POINTS) 
     return Expansion(
         sweep, tuple(points) if ok else (), prerequisites, tuple(problems), len(grid), len(grid) - len(kept)
     )
+
+
+def _seed_problems(sweep: Sweep, spec) -> list[Problem]:
+    """A warning when the sweep varies `seed` for a point whose student is not randomly initialised: the seed
+    seeds only that initialisation (the data order is `data.seed`'s), so its seeds would be identical runs, and a
+    golden band from them a band of width zero."""
+    varied = ("seeds",) if len(sweep.seeds) > 1 else ("axes", "seed") if len(sweep.axes.get("seed", [])) > 1 else None
+    student = spec.student
+    if varied is None or not (student.init == "teacher" or student.load_parameters_path):
+        return []
+    where = "starts from the teacher (init: teacher)" if student.init == "teacher" else "loads its weights"
+    return [
+        Problem(
+            varied,
+            "seed_changes_nothing",
+            f"seed only seeds the student's random initialisation, and this student {where}: its seeds would be "
+            "identical runs",
+            "vary data.seed instead (the order of the training data), e.g. axes: {data.seed: [0, 1, 2]}",
+            severity="warning",
+        )
+    ]
 
 
 def _named(key: tuple, labels: list[str], total: int) -> Problem:
