@@ -43,11 +43,11 @@ def status_table(expansion: Expansion, statuses) -> Table:
     table = Table(title=f"sweep {expansion.sweep.name}", title_justify="left")
     # A stuck run's reason alone (ImagePullBackOff) does not say which image or Secret: then a column says why.
     why = any(statuses[run.run_id].phase == Phase.STUCK for run in expansion.runs)
-    columns = ("#", "run id", "axis values", "phase", "restarts", "step", "kl_div_T1", "age") + (
-        ("why",) if why else ()
-    )
+    # The latest training log line's KL: `results` shows the held-out set's where a run has one, so say which.
+    kl = "kl_div_T1 (train)"
+    columns = ("#", "run id", "axis values", "phase", "restarts", "step", kl, "age") + (("why",) if why else ())
     for column in columns:
-        table.add_column(column, justify="right" if column in ("#", "restarts", "step", "kl_div_T1", "age") else "left")
+        table.add_column(column, justify="right" if column in ("#", "restarts", "step", kl, "age") else "left")
     for run in expansion.runs:
         s = statuses[run.run_id]
         step = "—" if s.step is None else f"{s.step}/{s.total_steps or '?'}"
