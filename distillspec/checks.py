@@ -283,7 +283,7 @@ def _layer_indices(spec: DistillSpec, student_depth: int, teacher_depth: int) ->
                     "layer_indices_missing",
                     f"no layer_indices: every layer would be matched, but the student has {student_depth} layers and "
                     f"the teacher {teacher_depth}",
-                    "choose layers explicitly, e.g. loss.layer_indices: full_depth:8",
+                    f"choose layers explicitly, e.g. loss.layer_indices: full_depth:{min(8, student_depth)}",
                 )
             ]
         return []

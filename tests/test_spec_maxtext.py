@@ -189,7 +189,9 @@ def test_maxtext_files_hear_their_own_keys_in_problems_and_fixes():
     text = head + "student_overrides:\n  model_name: tiny-2l\nteacher_overrides:\n  model_name: tiny-4l\n"
     text += "  load_parameters_path: /x\ndistill_beta: 0.5\n"
     (problem,) = read_spec_text(text).problems
-    assert problem.code == "layer_indices_missing" and "distill_layer_indices: full_depth:8" in problem.hint
+    assert (
+        problem.code == "layer_indices_missing" and "distill_layer_indices: full_depth:2" in problem.hint
+    )  # the student has 2
     assert maxtext_format.to_maxtext({"mode": "distill", "offline_data_dir": "/cache", "top_k": 8})["top_k"] == 8
 
 
