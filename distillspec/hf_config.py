@@ -355,6 +355,22 @@ def tokenizer_difference(teacher_text: str, student_text: str) -> str | None:
     return None
 
 
+def tokenizer_size(text: str) -> int | None:
+    """How many token ids a tokenizer.json uses (its vocabulary's and added tokens' highest id + 1), read as
+    JSON without the tokenizers library; None when the file does not say."""
+    import json
+
+    try:
+        data = json.loads(text)
+        vocab = (data.get("model") or {}).get("vocab")
+        ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab))) if vocab else []
+        ids += [t["id"] for t in data.get("added_tokens") or [] if isinstance(t, dict) and "id" in t]
+        ids = [i for i in ids if isinstance(i, int) and not isinstance(i, bool)]
+    except (ValueError, AttributeError, TypeError):
+        return None
+    return max(ids) + 1 if ids else None
+
+
 def tokenizer_mismatch(files: tuple[str, str], texts: tuple[str, str]) -> tuple[str, str] | None:
     """(message, hint) when the teacher's and the student's tokenizer.json (`files`, read as `texts`) tokenise
     differently, else None: the trainer's error and `validate --check-paths`' problem, worded once."""

@@ -359,3 +359,20 @@ def test_a_hugging_face_folder_without_weights_the_trainer_reads_is_named(tmp_pa
         (problem,) = problems
         assert problem.code == "checkpoint_weights_missing" and said in problem.message, problem.message
         assert problem.loc == ("teacher", "load_parameters_path") and problem.hint
+
+
+def test_a_tokenizer_larger_than_the_models_vocabulary_is_named_before_launch(tmp_path):
+    # --check-paths passed a 408-token tokenizer for models of vocab 320; the trainer stopped on it at start.
+    folder = hf_folder(tmp_path / "teacher", "tiny-4l")
+    vocab = {f"t{i}": i for i in range(250)}
+    added = [{"id": 250 + i, "content": f"<x{i}>"} for i in range(50)]  # 300 ids > 256
+    (tmp_path / "teacher" / "tokenizer.json").write_text(json.dumps({"model": {"vocab": vocab}, "added_tokens": added}))
+    (tmp_path / "corpus.txt").write_text("some text")
+    data = {"teacher.load_parameters_path": folder, "data": {"source": "text", "path": str(tmp_path / "corpus.txt")}}
+    spec, problems = validate_data(spec_data(**data))
+    assert spec is not None, problems
+    (problem,) = check_paths(spec, read_text)
+    assert problem.code == "tokenizer_over_vocab" and problem.loc == ("teacher", "load_parameters_path")
+    assert "has 300 token ids; the models' vocab_size is 256" in problem.message
+    (tmp_path / "teacher" / "tokenizer.json").write_text(json.dumps({"model": {"vocab": vocab}, "added_tokens": []}))
+    assert check_paths(spec, read_text) == []

@@ -31,6 +31,7 @@ from distillspec.hf_config import (
     shape_from_config,
     shape_mismatches,
     tokenizer_mismatch,
+    tokenizer_size,
     unexpanded_home,
     weights_missing,
 )
@@ -96,7 +97,7 @@ def check_paths(
         beyond = beyond_max_position(config or {}, where, spec.batch.max_target_length, side)
         if beyond is not None:
             problems.append(Problem(loc, "beyond_max_position", *beyond, severity="warning"))
-    return problems + _tokenizer_problems(spec, read_text)
+    return problems + _tokenizer_problems(spec, read_text) + _tokenizer_size_problems(spec, read_text)
 
 
 def _weights_missing(path: str, side: str, count_files: CountFiles) -> tuple[str, str] | None:
@@ -167,6 +168,40 @@ def _tokenizer_problems(spec: DistillSpec, read_text: ReadText) -> list[Problem]
     if mismatch is None:
         return []
     return [Problem(("student", "load_parameters_path"), "tokenizer_mismatch", *mismatch)]
+
+
+def _tokenizer_size_problems(spec: DistillSpec, read_text: ReadText) -> list[Problem]:
+    """The trainer's rule at start: the tokenizer that reads text data (data.tokenizer, else the teacher's folder's
+    tokenizer.json, else the student's) must not give ids beyond the models' vocabulary."""
+    if spec.data.source not in ("text", *DOCUMENT_SOURCES) or spec.data.tokenizer == "byte":
+        return []
+    named = spec.data.tokenizer
+    if named is not None:
+        candidates = [(("data", "tokenizer"), named if named.endswith(".json") else f"{named.rstrip('/')}/{TOKENIZER}")]
+    else:
+        candidates = [
+            ((side, "load_parameters_path"), f"{model.load_parameters_path.rstrip('/')}/{TOKENIZER}")
+            for side, model in (("teacher", spec.teacher), ("student", spec.student))
+            if model is not None and model.load_parameters_path
+        ]
+    vocab = spec.student.shape().vocab_size
+    for loc, file in candidates:
+        text = read_text(file)
+        if text is None:
+            continue
+        size = tokenizer_size(text)
+        if size is not None and size > vocab:
+            return [
+                Problem(
+                    loc,
+                    "tokenizer_over_vocab",
+                    f"the tokenizer {file} has {size} token ids; the models' vocab_size is {vocab}, so some of its "
+                    "tokens would index past the embedding",
+                    "use the tokenizer the models were trained with, or a vocab_size of at least the tokenizer's",
+                )
+            ]
+        return []  # the first one found is the one the trainer reads
+    return []
 
 
 def _maxtext_problems(got: tuple, model: ModelSpec, side: str, loc, read_text: ReadText) -> list[Problem]:
