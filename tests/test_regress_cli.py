@@ -107,6 +107,13 @@ def test_a_doctored_golden_value_is_a_metric_regression(sweep, tmp_path):
     failure = failed[0].find("failure")
     assert failure.get("type") == "MetricRegression" and "distill/kl_div_T1 = " in failure.get("message")
     assert "expected ≈ " in failure.text
+    assert "better than the golden file" not in failure.text  # the run's KL is twice the file's: worse
+    # Twice the run's KL in the file: the run is better, which the two-sided check flags too, and says so.
+    doctor(golden, best.run_id, "distill/kl_div_T1", 4.0)
+    out = invoke("regress", path, "--golden", golden, "--junit", tmp_path / "junit.xml")
+    assert out.exit_code == ExitCode.FAILED
+    (failure,) = [c.find("failure") for c in junit(tmp_path / "junit.xml")[1] if c.find("failure") is not None]
+    assert "better than the golden file, which checks both ways" in failure.text
 
 
 def test_a_failed_point_is_an_infrastructure_failure(sweep, tmp_path):

@@ -134,13 +134,36 @@ def evaluate(golden: GoldenFile, observed: Mapping[str, Observed], *, timed_out:
                         "regression",
                         check.describe(),
                         value,
-                        f"{name} = {_number(value, exact)}, expected {check.describe()}",
+                        f"{name} = {_number(value, exact)}, expected {check.describe()}"
+                        + _better_note(name, check, value),
                         exact,
                     )
                 )
     checked = {point.run_id for point in golden.points}
     unchecked = tuple(seen.label or run_id for run_id, seen in observed.items() if run_id not in checked)
     return RegressReport(golden.sweep, tuple(outcomes), timed_out, unchecked, golden.window)
+
+
+# Metrics where higher is better (the others, losses, KL and perplexity, are better lower).
+_HIGHER_IS_BETTER = ("agreement", "accuracy")
+
+
+def _better_note(name: str, check, value: float) -> str:
+    """Said of a value outside its check on the better side: the check is two-sided (a change of behaviour either
+    way), and "regressed" alone read as "got worse"."""
+    higher = any(word in name for word in _HIGHER_IS_BETTER)
+    center = getattr(check, "value", None)
+    if center is None:  # a band: better is past the bound on the good side
+        bound = check.high if higher else check.low
+        better = bound is not None and (value > bound if higher else value < bound)
+    else:
+        better = value > center if higher else value < center
+    if not better:
+        return ""
+    return (
+        " — better than the golden file, which checks both ways: if the change is intended, write it again with "
+        "`distillctl golden update`"
+    )
 
 
 def junit_xml(report: RegressReport) -> str:
