@@ -198,7 +198,7 @@ def test_a_failing_worker_leaves_its_verdict_for_the_orchestrator(tmp_path):
     outputs = read_run_outputs(str(tmp_path / "pair"))
     status = derive(Observation(exists=False), outputs, now=time.time(), stall_after=900.0)
     assert status.shown == "Failed (TrainerExit)" and status.terminal
-    assert status.message.startswith("exit code 1 on process 1: checkpoint not found at")
+    assert status.message.startswith("exit code 1 on process 1: student checkpoint not found at")
 
 
 def test_failure_files_and_the_storage_probe_work_on_object_store_urls():
