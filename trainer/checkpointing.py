@@ -157,9 +157,11 @@ class RunCheckpoints:
         """`(params, train_state, meta, data_state)` of step `step`, shaped and sharded like the given trees;
         `data_state` (this process's input-pipeline position) only when `data` is asked for, else None."""
         # Arrays of another model, named (orbax says only "Requested shape ... is not compatible").
+        params_dir = epath.Path(self.directory) / str(step) / "params"
         _check_shapes(
-            epath.Path(self.directory) / str(step) / "params",
+            params_dir,
             {k: tuple(v.shape) for k, v in flatten(abstract(params_like)).items()},
+            _saved_shapes(params_dir),
             "this run's checkpoints are of another model: use a new run name (or output_dir) for this spec, or "
             "delete the old run directory",
             error=RunRefused,
@@ -262,7 +264,7 @@ def restore_params(path: str, params_like: Any) -> Any:
         if relaid == want:
             return unflatten(params_like, _restore_relaid(params_dir, saved, target))
         saved = relaid or saved  # another model as well: its differences, named in this model's layout
-    _check_shapes(params_dir, want, saved=saved)
+    _check_shapes(params_dir, want, saved)
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             restored = checkpointer.restore(params_dir, target)
@@ -392,14 +394,13 @@ def _restore_relaid(params_dir: epath.Path, saved: dict[str, tuple[int, ...]], t
 def _check_shapes(
     params_dir: epath.Path,
     want: dict[str, tuple[int, ...]],
+    saved: dict[str, tuple[int, ...]] | None,
     hint: str = "check that the model block (shape, layers, vocab) matches the run that wrote it",
     *,
     error: type[UserError] = UserError,
-    saved: dict[str, tuple[int, ...]] | None = None,
 ) -> None:
-    """Raise `error` naming the differences when the saved arrays (`saved`, else read from `params_dir`'s
-    metadata) are not the ones `want` describes."""
-    saved = saved if saved is not None else _saved_shapes(params_dir)
+    """Raise `error` naming the differences when the arrays saved at `params_dir` (`saved`, their shapes as
+    `_saved_shapes` read them) are not the ones `want` describes."""
     if saved is None:
         return  # unreadable metadata: the restore itself reports what is wrong
     scanned = {_is_scanned(keys) for keys in (want, saved)}

@@ -47,9 +47,8 @@ class TrainState:
     opt_state: Any  # the optimizer's state (Adam moments, counts)
     step: jax.Array  # int32 scalar: updates applied so far
     window: dict[str, jax.Array]  # {metric: [sum, count]} accumulated since the last metrics line
-    bad_step: (
-        jax.Array
-    )  # int32 scalar: the first step (as logged, from 1) whose loss or gradient was not finite, else -1
+    # int32 scalar: the first step (as logged, from 1) whose loss or gradient was not finite, else -1
+    bad_step: jax.Array
 
     def checkpointed(self) -> dict[str, Any]:
         """Everything but the parameters, as checkpoints store it (`train_state`, beside `params`)."""

@@ -362,6 +362,7 @@ def check(files: Files | RemoteFiles, shape: ModelShape) -> None:
     """Raise UserError naming every tensor that is missing, extra, of another shape or of a disallowed dtype."""
     want = tensor_table(shape)
     problems = [f"{name}: expected {want[name]}, missing" for name in want if name not in files.where]
+    bad_dtypes = 0
     for name in want:
         if name in files.where:
             found, dtype = files.header(name)
@@ -370,6 +371,7 @@ def check(files: Files | RemoteFiles, shape: ModelShape) -> None:
                     f"{name} in {os.path.basename(files.where[name])}: expected {want[name]}, found {found}"
                 )
             elif dtype not in ALLOWED_DTYPES:
+                bad_dtypes += 1
                 problems.append(
                     f"{name} in {os.path.basename(files.where[name])}: dtype {dtype} not one of F32/BF16/F16"
                 )
@@ -379,8 +381,8 @@ def check(files: Files | RemoteFiles, shape: ModelShape) -> None:
         if n not in want and not (shape.tie_embeddings and n == "lm_head.weight") and not n.endswith(_BUFFERS)
     )
     problems += [f"{name}: not part of this model" for name in extra]
+    dtypes_only = bad_dtypes == len(problems)  # then the hint is about the dtype, not the model block
     if problems:
-        dtypes_only = all("dtype" in p for p in problems)
         raise UserError(
             f"the Hugging Face checkpoint at {files.path} does not hold this model ({shape.family}, "
             f"{shape.depth} layers, width {shape.emb_dim}): "
