@@ -11,6 +11,7 @@ local paths and gs:// alike.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 
@@ -54,6 +55,8 @@ def check_paths(
     a warning when a Hugging Face checkpoint was trained on fewer positions than batch.max_target_length; with
     `count_files`, a data or eval path that names no file. Raises `maxtext_checkpoint.MissingDependency` when
     reading a path needs a package that is not installed."""
+    # One read per file: the tokenizer checks read the same tokenizer.json files (on an object store, each a request).
+    read_text = functools.cache(read_text)
     problems = _data_problems(spec, count_files) if count_files is not None else []
     for side in ("teacher", "student"):
         # the student as built: a pruned Gemma 3 student's layer kinds come from the teacher
