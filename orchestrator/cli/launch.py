@@ -160,7 +160,7 @@ def _apply_to_service(ctx: SweepContext, output: OutputFormat) -> None:
     source = checked_source(ctx.path, ctx.overrides, yes=ctx.yes)  # its image may be left to the controller
     cluster = connect(ctx.access, default_namespace=source.sweep.target.namespace)
     try:
-        applied = apply_sweep(cluster, source)
+        applied = apply_sweep(cluster, source, say=lambda line: console.err.print(line, markup=False))
     finally:
         cluster.api.close()
     metadata = applied["metadata"]

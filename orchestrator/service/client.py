@@ -4,8 +4,8 @@ and `results` show the controller's view when the sweep's resource exists)."""
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -64,13 +64,18 @@ def checked_source(path, overrides: TargetOverrides = TargetOverrides(), *, yes:
     return source
 
 
-def apply_sweep(cluster: Cluster, source: SweepSource, service: dict[str, Any] | None = None) -> dict:
+def apply_sweep(
+    cluster: Cluster,
+    source: SweepSource,
+    service: dict[str, Any] | None = None,
+    say: Callable[[str], None] = lambda line: None,
+) -> dict:
     """Server-side apply a checked sweep (`checked_source`) as a DistillationSweep (field manager `distillctl`) in
     the cluster's namespace; returns the applied resource."""
     body = resource_from_source(source, cluster.namespace)
     body["spec"].update(service or {})
     name = body["metadata"]["name"]
-    _wait_deleted(cluster, name)
+    _wait_deleted(cluster, name, say)
     try:
         applied = cluster.call(
             f"apply {KIND} {name}",
@@ -105,7 +110,9 @@ def apply_sweep(cluster: Cluster, source: SweepSource, service: dict[str, Any] |
 DELETION_WAIT_SECONDS = 120.0
 
 
-def _wait_deleted(cluster: Cluster, name: str, timeout: float = DELETION_WAIT_SECONDS) -> None:
+def _wait_deleted(
+    cluster: Cluster, name: str, say: Callable[[str], None], timeout: float = DELETION_WAIT_SECONDS
+) -> None:
     """Wait while a DistillationSweep of this name is being deleted: applied then, the apply lands on the resource
     on its way out (accepted, shown running) and is gone with it once the controller has deleted its JobSets.
     Raises a timeout error (exit 3) when it is still going after `timeout` seconds."""
@@ -124,7 +131,7 @@ def _wait_deleted(cluster: Cluster, name: str, timeout: float = DELETION_WAIT_SE
                 exit_code=ExitCode.TIMEOUT,
             )
         if not said:
-            print(f"{KIND} {name} is being deleted: waiting until it is gone to apply it again", file=sys.stderr)
+            say(f"{KIND} {name} is being deleted: waiting until it is gone to apply it again")
             said = True
         time.sleep(1.0)
 
