@@ -122,6 +122,7 @@ class PendingReason:
     PREEMPTED = "Preempted"  # stopped with a checkpoint (SIGTERM); resumes when submitted again
     ORPHANED = "Orphaned"  # outputs say running, yet nothing runs it
     DELETING = "Deleting"  # the previous run of this id is still being deleted
+    SUPERVISOR_GONE = "SupervisorGone"  # local backend: submitted, but its supervisor is gone (killed, a reboot)
 
 
 class QueuedReason:

@@ -109,11 +109,15 @@ def test_observe_claim_states():
     assert failed.reason == "UserError" and failed.message == "the trainer exited with 1"
 
 
-def test_observe_claim_stale_is_no_run_unless_a_crashed_supervisor_left_it_queued():
+def test_observe_claim_stale_is_no_run_unless_its_supervisor_left_it_queued():
     assert not observe_claim(claim(), stale=True).exists
     assert not observe_claim(claim(state="running"), stale=True, crashed="ValueError: x").exists  # outputs speak
     crashed = observe_claim(claim(), stale=True, crashed="ValueError: x (its log: l)").condition("Failed")
     assert crashed.reason == "SupervisorCrashed" and "ValueError: x" in crashed.message
+    # Killed without a word (SIGKILL, a reboot): a submitted run nothing will start, not "not submitted yet".
+    gone = observe_claim(claim(), stale=True)
+    assert not gone.exists and "is gone" in gone.lost and "distillctl sweep" in gone.lost
+    assert not observe_claim(claim(state="running"), stale=True).lost
 
 
 def test_observe_claim_failure_record_speaks_unless_a_newer_owner_holds_the_run():

@@ -199,6 +199,14 @@ def test_a_rerun_after_a_crash_says_it_restarted_and_keeps_one_supervisor(tmp_pa
         os.kill(first, signal.SIGKILL)
         os.killpg(claim.pid, signal.SIGKILL)
         wait_until(lambda: not local_claims.alive(claim.pid) and not supervisors(folder), 30, "the deaths")
+        # Until then `status` says what happened: the teacher's outputs say running, nothing runs it; the points
+        # were submitted, and their supervisor is gone (not "NotCreated: not submitted yet").
+        rows = status(sweep)
+        assert (rows[teacher["run_id"]]["phase"], rows[teacher["run_id"]]["reason"]) == ("Pending", "Orphaned")
+        assert {(rows[p["run_id"]]["phase"], rows[p["run_id"]]["reason"]) for p in points} == {
+            ("Pending", "SupervisorGone")
+        }, rows
+        assert all(f"(pid {first})" in rows[p["run_id"]]["message"] for p in points), rows
         again = distillctl("sweep", str(sweep), check=True)
         lines = {line.split()[1]: line.split()[0] for line in again.stdout.splitlines() if len(line.split()) > 1}
         assert lines[teacher["jobset"]] == "restarted", again.stdout

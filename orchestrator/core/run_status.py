@@ -102,6 +102,7 @@ class Observation:
     pod_problems: tuple[PodProblem, ...] = ()  # pods of the current attempt that cannot start, and why
     owner: str = ""  # the sweep that created it, when not the sweep being looked at (run ids are shared)
     name: str = ""  # the backend's name for it (a JobSet's), when known
+    lost: str = ""  # submitted once, yet nothing will run it now, and why (a local supervisor that is gone)
 
     def condition(self, kind: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind and c.status == "True"), None)
@@ -195,6 +196,8 @@ def derive(
                 "outputs say running, but no run exists; resumes when submitted",
                 **common,
             )
+        if observation.lost:
+            return RunStatus(Phase.PENDING, PendingReason.SUPERVISOR_GONE, observation.lost, **common)
         return RunStatus(Phase.PENDING, PendingReason.NOT_CREATED, "not submitted yet", **common)
     if observation.suspended or observation.queue_reason:
         reason = observation.queue_reason or QueuedReason.SUSPENDED

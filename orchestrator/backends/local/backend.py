@@ -201,7 +201,8 @@ def observe_claim(
     of the run, and the error its supervisor died of (`crashed`) when that one left it queued.
 
     A failure record speaks unless a newer live owner holds the run; a stale claim is no run at all (the outputs
-    then speak), except one its crashed supervisor left queued: that fails with the supervisor's error."""
+    then speak), except one its supervisor left queued: that fails with the supervisor's error when it recorded
+    one, and otherwise is a submitted run nothing will start (Pending, SupervisorGone: `sweep` submits it again)."""
     if failure is not None and (claim is None or stale or claim.token == failure.token):
         return Observation(
             exists=True,
@@ -212,11 +213,18 @@ def observe_claim(
     if claim is None:
         return Observation(exists=False)
     if stale:
-        if crashed is not None and claim.state == "queued":
+        if claim.state != "queued":
+            return Observation(exists=False)  # its trainer is gone: the outputs say how far it got
+        if crashed is not None:
             message = f"the local supervisor died: {crashed}"
             condition = Condition("Failed", "True", FailedReason.SUPERVISOR_CRASHED, message)
             return Observation(exists=True, conditions=(condition,), created_at=claim.created_at)
-        return Observation(exists=False)
+        # Killed (SIGKILL, the OOM killer, a reboot) before it could record why: nothing will start the run.
+        lost = (
+            f"its local supervisor (pid {claim.supervisor_pid}) is gone before starting it; "
+            "`distillctl sweep` submits it again"
+        )
+        return Observation(exists=False, lost=lost, created_at=claim.created_at)
     if claim.state == "queued":
         return Observation(
             exists=True, queue_reason=claim.reason or "Queued", restarts=claim.restarts, created_at=claim.created_at
