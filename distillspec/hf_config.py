@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from typing import TYPE_CHECKING
 
+from distillspec.problems import Loc
 from distillspec.registry import BLOCK_FIELDS, MODELS, ModelShape, RopeScaling
 
 CONFIG = "config.json"
@@ -19,6 +21,9 @@ INDEX = "model.safetensors.index.json"
 MODEL_TYPES = {"llama": "llama", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3_text": "gemma3"}
 # Every field of a shape: a checkpoint's config states them all, and they must agree with the spec's model.
 COMPARED = [f.name for f in dataclasses.fields(ModelShape)]
+
+if TYPE_CHECKING:
+    from distillspec.config import DistillSpec
 
 
 _KINDS = ("sliding_attention", "full_attention")
@@ -335,6 +340,23 @@ def config_of(shape: ModelShape, dtype: str = "float32") -> dict:
 
 
 TOKENIZER = "tokenizer.json"
+
+
+def tokenizer_files(spec: DistillSpec) -> list[tuple[Loc, str]]:
+    """Where a run's tokenizer.json is looked for, in order, each with the spec key that leads there: data.tokenizer
+    when set (a tokenizer.json, or a folder holding one), else the teacher's checkpoint folder, then the student's;
+    none for `byte`. The trainer (`trainer.data.resolve_tokenizer`) reads the first that exists, and `validate
+    --check-paths` checks that one."""
+    named = spec.data.tokenizer
+    if named == "byte":
+        return []
+    if named is not None:
+        return [(("data", "tokenizer"), named if named.endswith(".json") else f"{named.rstrip('/')}/{TOKENIZER}")]
+    return [
+        ((side, "load_parameters_path"), f"{model.load_parameters_path.rstrip('/')}/{TOKENIZER}")
+        for side, model in (("teacher", spec.teacher), ("student", spec.student))
+        if model is not None and model.load_parameters_path
+    ]
 
 
 def tokenizer_difference(teacher_text: str, student_text: str) -> str | None:

@@ -38,7 +38,7 @@ import numpy as np
 
 from distillspec.config import DOCUMENT_SOURCES, DataSpec, DistillSpec
 from distillspec.data_files import data_files
-from distillspec.hf_config import TOKENIZER, tokenizer_mismatch
+from distillspec.hf_config import tokenizer_files, tokenizer_mismatch
 from trainer import text_bytes
 from trainer.exit_codes import UserError
 from trainer.packing import load_tokenizer
@@ -358,9 +358,6 @@ def read_texts(path: str | None) -> list[str]:
     return texts
 
 
-TOKENIZER_FILE = TOKENIZER  # in a Hugging Face checkpoint folder
-
-
 def resolve_tokenizer(spec: DistillSpec) -> str:
     """What the run tokenises with: `byte` or the path of a tokenizer.json.
 
@@ -368,23 +365,18 @@ def resolve_tokenizer(spec: DistillSpec) -> str:
     `tokenizer_path` may be); otherwise the tokenizer.json of the teacher's checkpoint folder, then the
     student's, when it has one (a Hugging Face model folder usually does); otherwise `byte`."""
     named = spec.data.tokenizer
+    files = [file for _, file in tokenizer_files(spec)]
     if named is not None:
         if named == "byte" or named.endswith(".json"):
             return named
-        folder_file = f"{named.rstrip('/')}/{TOKENIZER_FILE}"
-        if _is_file(folder_file):
-            return folder_file
+        if _is_file(files[0]):
+            return files[0]
         raise UserError(
             f"data.tokenizer {named!r} is neither `byte`, a tokenizer.json, nor a folder holding one",
             "point data.tokenizer (MaxText: tokenizer_path) at a Hugging Face tokenizer.json; SentencePiece "
             ".model files are not read by the bundled trainer",
         )
-    found = [
-        f"{side.load_parameters_path.rstrip('/')}/{TOKENIZER_FILE}"
-        for side in (spec.teacher, spec.student)
-        if side is not None and side.load_parameters_path
-    ]
-    found = [candidate for candidate in found if _is_file(candidate)]
+    found = [file for file in files if _is_file(file)]
     if len(found) == 2 and spec.mode != "pretrain":
         mismatch = tokenizer_mismatch((found[0], found[1]), (_read(found[0]), _read(found[1])))
         if mismatch is not None:

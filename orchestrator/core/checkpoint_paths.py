@@ -24,13 +24,13 @@ from distillspec.hf_config import (
     HUB_ID,
     INDEX,
     SINGLE,
-    TOKENIZER,
     ConfigError,
     beyond_max_position,
     hub_download_hint,
     mismatch_hint,
     shape_from_config,
     shape_mismatches,
+    tokenizer_files,
     tokenizer_mismatch,
     tokenizer_size,
     unexpanded_home,
@@ -158,12 +158,11 @@ def _data_problems(spec: DistillSpec, count_files: CountFiles) -> list[Problem]:
 
 def _tokenizer_problems(spec: DistillSpec, read_text: ReadText) -> list[Problem]:
     """The trainer's rule: a distillation whose two checkpoint folders hold different tokenizers is an error."""
-    teacher, student = spec.teacher, spec.student
-    if spec.mode == "pretrain" or spec.data.tokenizer is not None or teacher is None:
+    if spec.mode == "pretrain" or spec.data.tokenizer is not None:
         return []
-    if not (teacher.load_parameters_path and student.load_parameters_path):
+    files = [file for _, file in tokenizer_files(spec)]
+    if len(files) != 2:  # a teacher and a student folder
         return []
-    files = [f"{m.load_parameters_path.rstrip('/')}/{TOKENIZER}" for m in (teacher, student)]
     texts = [read_text(f) for f in files]
     if None in texts:
         return []
@@ -176,17 +175,9 @@ def _tokenizer_problems(spec: DistillSpec, read_text: ReadText) -> list[Problem]
 def _tokenizer_size_problems(spec: DistillSpec, read_text: ReadText) -> list[Problem]:
     """The trainer's rule at start: the tokenizer that reads text data (data.tokenizer, else the teacher's folder's
     tokenizer.json, else the student's) must not give ids beyond the models' vocabulary."""
-    if spec.data.source not in ("text", *DOCUMENT_SOURCES) or spec.data.tokenizer == "byte":
+    if spec.data.source not in ("text", *DOCUMENT_SOURCES):
         return []
-    named = spec.data.tokenizer
-    if named is not None:
-        candidates = [(("data", "tokenizer"), named if named.endswith(".json") else f"{named.rstrip('/')}/{TOKENIZER}")]
-    else:
-        candidates = [
-            ((side, "load_parameters_path"), f"{model.load_parameters_path.rstrip('/')}/{TOKENIZER}")
-            for side, model in (("teacher", spec.teacher), ("student", spec.student))
-            if model is not None and model.load_parameters_path
-        ]
+    candidates = tokenizer_files(spec)
     vocab = spec.student.shape().vocab_size
     for loc, file in candidates:
         text = read_text(file)
