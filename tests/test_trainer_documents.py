@@ -112,6 +112,57 @@ def test_completion_only_masks_the_prompt(tmp_path):
     assert bytes(row["targets"][row["mask"] > 0].astype(np.uint8)) == b"2345abcyZ"
 
 
+def test_prompt_completion_records_are_never_split_over_rows(tmp_path):
+    """Records that would straddle a row end start the next row whole (its rest padded, segment 0): no segment is
+    trained without the start of its prompt, every record is trained once per epoch, and a stream restored from
+    its state goes on with the same rows."""
+    rng = np.random.default_rng(0)
+    pairs = [(f"<{i}:" + "q" * int(rng.integers(3, 20)), "a" * int(rng.integers(2, 12)) + ">") for i in range(60)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"q": q, "a": a}) + "\n" for q, a in pairs))
+    data = DataSpec(source="jsonl", path=str(path), prompt_column="q", completion_column="a", completion_only=True)
+    rows = list(D.document_rows(data, str(path), 256, 32, Shard(), repeat=False))
+    seen = []
+    for row in rows:
+        for segment in set(row["segment_ids"].tolist()) - {0}:
+            where = row["segment_ids"] == segment
+            text = bytes(np.concatenate([row["inputs"][where][:1], row["targets"][where]]).astype(np.uint8))
+            assert text.startswith(b"<") and text.endswith(b">"), text  # whole: the prompt's start to the end
+            trained = bytes(row["targets"][where & (row["mask"] > 0)].astype(np.uint8)).decode()
+            seen.append(text.decode())
+            assert trained == pairs[int(text[1 : text.index(b":")])][1]  # exactly its completion
+    assert sorted(seen) == sorted(q + a for q, a in pairs)  # each record once
+    assert any((row["segment_ids"] == 0).any() for row in rows[:-1])  # a row's rest padded, not filled by a piece
+    stream = iter(D.document_rows(data, str(path), 256, 32, Shard(), repeat=True))
+    for _ in range(3):
+        next(stream)
+    state = stream.get_state()
+    after = [next(stream) for _ in range(len(rows))]  # into the second epoch
+    restored = iter(D.document_rows(data, str(path), 256, 32, Shard(), repeat=True))
+    restored.set_state(state)
+    for x, y in zip(after, [next(restored) for _ in range(len(rows))]):
+        assert all((x[k] == y[k]).all() for k in x)
+
+
+def test_a_prompt_completion_checkpoint_from_split_packing_is_refused_on_resume(tmp_path):
+    """Checkpoints record that prompt/completion records are packed whole: one from a version that cut them (no
+    such record) indexes other rows, and is refused naming it; text runs record what they did before."""
+    from distillspec.config import DistillSpec
+    from trainer.exit_codes import RunRefused
+    from trainer.train import _check_same_input, input_of
+
+    base = {"mode": "pretrain", "student": {"model": "tiny-2l"}}
+    pairs = DistillSpec.model_validate(
+        {**base, "data": {"source": "jsonl", "path": "p", "prompt_column": "q", "completion_column": "a"}}
+    )
+    text = DistillSpec.model_validate({**base, "data": {"source": "jsonl", "path": "p"}})
+    assert "packing" not in input_of(text)
+    before = {k: v for k, v in input_of(pairs).items() if k != "packing"}
+    with pytest.raises(RunRefused, match='packing: null → "whole records"'):
+        _check_same_input(before, input_of(pairs), "runs/x/checkpoints/10")
+    _check_same_input(input_of(pairs), input_of(pairs), "runs/x/checkpoints/10")
+
+
 @pytest.mark.slow
 def test_attention_never_crosses_documents():
     """Two documents in one row: changing document A's tokens leaves document B's logits unchanged with segment

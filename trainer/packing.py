@@ -4,8 +4,10 @@ A document of tokens `d[0..L)` becomes `inputs = d[:-1]`, `targets = d[1:]` and 
 trained on: every target, or with `completion_only` only the completion's), so every target lies inside its own
 document and nothing is ever predicted across a boundary. Grain's `ConcatThenSplitIterDataset` concatenates the
 documents and cuts rows of `length` tokens, numbering the documents of a row from 1 (`inputs_segment_ids`); a
-document longer than what is left of a row continues in the next row as a new segment. Rows are never padded
-while records last; a finite stream's last row is padded with segment id 0.
+text document longer than what is left of a row continues in the next row as a new segment; rows are never padded
+while records last, and a finite stream's last row is padded with segment id 0. Prompt/completion records are
+never split (a completion trained without the start of its prompt would teach the wrong thing): Grain's
+`FirstFitPackIterDataset` fills rows with whole records, and pads what is left of a row with segment id 0.
 
 A batch is `{"inputs", "targets", "segment_ids": [R, T] int32, "mask": [R, T] float32}`: the models attend only
 within a segment (and restart positions at each), and the loss covers exactly the tokens whose mask is 1 — in a
@@ -132,12 +134,20 @@ def _text(record: dict[str, Any], column: str) -> str:
     )
 
 
-def packed_rows(documents: grain.IterDataset, length: int) -> grain.IterDataset:
-    """Rows of `length` tokens from a stream of `document_features` (see the module docstring)."""
+PACKING_BINS = 8  # rows whole records are packed into at once: more bins, less padding, more rows held
+
+
+def packed_rows(documents: grain.IterDataset, length: int, *, whole_records: bool = False) -> grain.IterDataset:
+    """Rows of `length` tokens from a stream of `document_features` (see the module docstring); with
+    `whole_records`, no record is split over rows (each is at most a row long: `document_features` checks)."""
     nonempty = documents.filter(lambda d: len(d["inputs"]) > 0)
-    packed = grain.experimental.ConcatThenSplitIterDataset(
-        nonempty, length_struct={"inputs": length, "targets": length, "weights": length}
-    )
+    lengths = {"inputs": length, "targets": length, "weights": length}
+    if whole_records:
+        packed = grain.experimental.FirstFitPackIterDataset(
+            nonempty, length_struct=lengths, num_packing_bins=PACKING_BINS, shuffle_bins=False
+        )
+    else:
+        packed = grain.experimental.ConcatThenSplitIterDataset(nonempty, length_struct=lengths)
     return packed.map(_row)
 
 

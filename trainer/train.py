@@ -420,11 +420,16 @@ def restore_or_init(
 def input_of(spec: DistillSpec) -> dict[str, Any]:
     """What a run's data position means: its data settings, sequence length and logit cache. A checkpoint records
     it, and a run goes on from a checkpoint only with the same (its position would index other data)."""
-    return {
+    from trainer.data import whole_records
+
+    trained_on = {
         "data": spec.data.model_dump(mode="json"),
         "max_target_length": spec.batch.max_target_length,
         "offline_data_dir": spec.offline_data_dir,
     }
+    if whole_records(spec.data):  # earlier versions cut these records at row ends: their positions mean other rows
+        trained_on["packing"] = "whole records"
+    return trained_on
 
 
 def _check_same_input(saved: dict | None, trained_on: dict, where: str) -> None:
