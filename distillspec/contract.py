@@ -27,7 +27,7 @@ DESCRIPTIONS: dict[TrainerExit, str] = {
     TrainerExit.RETRYABLE: "retryable failure (I/O, device, coordinator); rerun to resume",
     TrainerExit.DIVERGED: "the loss became NaN or infinite (diverged); not retried",
     TrainerExit.INTERNAL: "internal error (a bug); not retried",
-    TrainerExit.PREEMPTED: "stopped by SIGTERM after saving a checkpoint; rerun to resume",
+    TrainerExit.PREEMPTED: "stopped by SIGTERM or SIGINT (preempted); its message says what a rerun resumes from",
 }
 
 # The trainer's "retry me" and every death by signal (128 + n; 127 is "command not found" as a shell reports it,

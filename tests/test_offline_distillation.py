@@ -175,6 +175,27 @@ def test_offline_student_with_full_top_k_trains_like_the_online_student(runs):
         assert metric(offline[1], name) == pytest.approx(metric(online[1], name), rel=1e-3), name
 
 
+@pytest.mark.slow
+def test_rewriting_a_cache_removes_its_manifest_before_the_first_new_micro_batch(runs, tmp_path):
+    """A cache run again with other settings (a teacher trained further behind the same path, another data seed),
+    stopped part way: its old manifest would have vouched for new micro-batches mixed with old ones (a student
+    with the old settings trained on both, exit 0). Gone, the student is told there is no cache."""
+    import shutil
+
+    cache = tmp_path / "logits"
+    shutil.copytree(runs["cache"], cache)
+    old = (cache / "process-00000-of-00001" / "micro-000000.npz").read_bytes()
+    fields = {**runs["distill"], "mode": "teacher_logits", "top_k": VOCAB, "data": {"seed": 4}}
+    spec = spec_of(_base(runs["out"], **fields))
+    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"tokenizer": "byte"})})
+    assert logit_cache.write(spec, str(cache), on_step=lambda step: True) == {}  # stopped after its first step
+    assert not (cache / "manifest.json").exists()
+    assert (cache / "process-00000-of-00001" / "micro-000000.npz").read_bytes() != old  # rewritten
+    assert run(_offline_spec(runs, offline_data_dir=str(cache))) == TrainerExit.USER_ERROR
+    summary = json.loads((runs["out"] / "bad" / "summary.json").read_text())
+    assert "holds no logit cache" in summary["message"], summary["message"]
+
+
 def _offline_spec(runs, **changes):
     fields = {**runs["distill"], "name": "bad", "offline_data_dir": str(runs["cache"]), "top_k": VOCAB, **changes}
     return spec_of(_base(runs["out"], **fields))

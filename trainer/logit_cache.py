@@ -156,6 +156,12 @@ def write(spec: DistillSpec, directory: str, *, on_step: Callable[[int], bool] |
     batches = data_lib.make_batches(spec, teacher.config.shape.vocab_size, rows, shard)
     folder = f"{directory.rstrip('/')}/{shard_folder(shard.index, shard.count)}"
     _make_dirs(folder)
+    # Rewriting a cache: its old manifest goes first, so no reader takes the new micro-batches and the old ones
+    # left behind for the old cache (a student started meanwhile, or one after this attempt is stopped).
+    if shard.index == 0:
+        _remove_manifest(directory)
+    if shard.count > 1:
+        multihost_utils.sync_global_devices("old logit cache manifest removed")
     micro = 0
     try:
         for step in range(spec.steps):
@@ -184,6 +190,16 @@ def write(spec: DistillSpec, directory: str, *, on_step: Callable[[int], bool] |
         with fsspec.open(f"{directory.rstrip('/')}/{MANIFEST}", "w") as f:
             f.write(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest
+
+
+def _remove_manifest(directory: str) -> None:
+    path = f"{directory.rstrip('/')}/{MANIFEST}"
+    try:
+        fs, local = fsspec.core.url_to_fs(path)
+        if fs.exists(local):
+            fs.rm(local)
+    except OSError as e:
+        raise UserError(f"cannot remove the old logit cache manifest {path}: {e}") from None
 
 
 def _local_rows(array) -> np.ndarray:

@@ -159,7 +159,14 @@ def run(
             if stop.signal_name and session.step < spec.steps:
                 code, message = (
                     TrainerExit.PREEMPTED,
-                    f"stopped by {stop.signal_name} at step {session.step}; checkpoint saved",
+                    f"stopped by {stop.signal_name} at step {session.step}; "
+                    + (
+                        "the logit cache is incomplete (no manifest): a rerun writes it again from the start"
+                        if spec.mode == "teacher_logits"
+                        else "checkpoint saved"
+                        if spec.checkpoint.enabled
+                        else "no checkpoint (checkpoint.enabled is false): a rerun starts again from step 0"
+                    ),
                 )
         except Interrupted as e:
             code, message = TrainerExit.PREEMPTED, f"stopped by {e} while starting, before training; nothing to save"
