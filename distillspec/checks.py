@@ -533,6 +533,7 @@ def _data(spec: DistillSpec) -> list[Problem]:
                 "set data.prompt_column and data.completion_column, or remove completion_only",
             )
         )
+    out += _shuffling(data)
     if spec.eval is not None:
         out += _eval_problems(spec.eval.path, data.source)
     if not spec.checkpoint.enabled and spec.checkpoint.every_steps:
@@ -557,6 +558,37 @@ def _data(spec: DistillSpec) -> list[Problem]:
             )
         )
     return out
+
+
+STREAMED_SOURCES = ("jsonl", "parquet")  # read as streams in file order: shuffled only within a window
+
+
+def _shuffling(data) -> list[Problem]:
+    """Warnings for a data.seed that changes nothing (streamed files read in order: seeds would be identical runs)
+    and a shuffle_window the source does not use."""
+    if data.source in STREAMED_SOURCES and data.seed and not data.shuffle_window:
+        return [
+            Problem(
+                ("data", "seed"),
+                "data_seed_changes_nothing",
+                f"data.seed is {data.seed}, but {data.source} records are read in file order (data.shuffle_window is "
+                "0): every data.seed reads the same data",
+                "set data.shuffle_window (e.g. 1000 records) to shuffle the files and records by data.seed",
+                severity="warning",
+            )
+        ]
+    if data.shuffle_window and data.source not in STREAMED_SOURCES:
+        how = "shuffled whole by data.seed" if data.source in DOCUMENT_SOURCES else "drawn at seeded random offsets"
+        return [
+            Problem(
+                ("data", "shuffle_window"),
+                "shuffle_window_unused",
+                f"data.shuffle_window applies to jsonl and parquet files; {data.source} data is {how}",
+                "remove data.shuffle_window",
+                severity="warning",
+            )
+        ]
+    return []
 
 
 def _mesh(spec: DistillSpec) -> list[Problem]:

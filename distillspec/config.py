@@ -241,6 +241,19 @@ class DataSpec(_Block):
     # teacher's (else the student's) Hugging Face checkpoint folder when it has one, else `byte`.
     tokenizer: str | None = None
     seed: Seed = 0
+    # jsonl/parquet: records stream in file order; N > 0 shuffles the files' order and the records within windows
+    # of N (held in memory) by `seed`. arrayrecord/hf_disk are shuffled by `seed` whole; windows are the streams'.
+    shuffle_window: NonNegativeInt = 0
+
+    def recorded(self) -> dict[str, Any]:
+        """The block as checkpoints and logit caches record what they read: its JSON data, minus the fields added
+        after them while they hold their default (what earlier versions did), so those still resume and match."""
+        data = self.model_dump(mode="json")
+        return {k: v for k, v in data.items() if k not in DATA_LATER_DEFAULTS or v != DATA_LATER_DEFAULTS[k]}
+
+
+# Data fields added after checkpoints and caches began recording the data block, with their defaults.
+DATA_LATER_DEFAULTS: dict[str, Any] = {"shuffle_window": 0}
 
 
 class EvalSpec(_Block):

@@ -113,6 +113,22 @@ def test_small_top_k_keeps_the_tail_mass_exactly_and_matches_a_numpy_reference(l
     assert bool(jnp.all(jnp.isfinite(grad)))
 
 
+def test_a_cache_knows_its_tokenizer_by_content_not_by_path(tmp_path):
+    # A byte-identical copy of the tokenizer.json elsewhere was refused by its path.
+    for folder, text in (("a", '{"model": {"vocab": {"x": 0}}}'), ("b", '{"model": {"vocab": {"x": 0}}}')):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "tokenizer.json").write_text(text)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "tokenizer.json").write_text('{"model": {"vocab": {"y": 0}}}')
+    made = logit_cache.tokenizer_identity(str(tmp_path / "a" / "tokenizer.json"))
+    copy = logit_cache.tokenizer_identity(str(tmp_path / "b" / "tokenizer.json"))
+    edited = logit_cache.tokenizer_identity(str(tmp_path / "c" / "tokenizer.json"))
+    byte = logit_cache.tokenizer_identity("byte")
+    assert logit_cache._same("tokenizer", made, copy) and not logit_cache._same("tokenizer", made, edited)
+    assert logit_cache._same("tokenizer", byte, byte) and not logit_cache._same("tokenizer", made, byte)
+    assert not logit_cache._same("tokenizer", byte, made)
+
+
 # --- end to end: teacher -> cache -> student (slow: five tiny runs) -------------------------------------------
 
 

@@ -390,6 +390,27 @@ def test_settings_that_would_be_ignored_are_warned_of():
     assert codes(spec_data(**disabled), errors_only=False) == ["checkpoint_disabled"]
 
 
+@pytest.mark.parametrize(
+    ("data", "found"),
+    [
+        ({"source": "jsonl", "path": "d.jsonl", "seed": 3}, ["data_seed_changes_nothing"]),  # identical runs
+        ({"source": "parquet", "path": "d", "seed": 3}, ["data_seed_changes_nothing"]),
+        ({"source": "jsonl", "path": "d.jsonl", "seed": 3, "shuffle_window": 1000}, []),
+        ({"source": "jsonl", "path": "d.jsonl"}, []),  # seed 0 asks for nothing
+        ({"source": "arrayrecord", "path": "d", "seed": 3}, []),  # shuffled whole
+        ({"source": "arrayrecord", "path": "d", "shuffle_window": 10}, ["shuffle_window_unused"]),
+        ({"source": "synthetic", "shuffle_window": 10}, ["shuffle_window_unused"]),
+    ],
+)
+def test_a_data_seed_that_changes_nothing_and_an_unused_shuffle_window_are_warned_of(data, found):
+    spec = spec_data(data=data)
+    assert codes(spec) == []
+    assert codes(spec, errors_only=False) == found
+    if found == ["data_seed_changes_nothing"]:
+        (problem,) = report_for(spec).problems
+        assert problem.dotted_loc == "data.seed" and "data.shuffle_window" in problem.hint
+
+
 def test_a_preset_asking_for_more_layers_than_the_student_has_says_what_it_uses():
     # full_depth:33 on 32 layers was quietly full_depth:32.
     data = spec_data(**{"loss.layer_indices": "full_depth:9"})  # the tiny students have fewer

@@ -6,7 +6,9 @@ where it came from (for errors that name the file):
 
 - `jsonl`, `parquet`: files (a file, a folder, a glob or an fsspec URL) are sharded by process, as MaxText shards
   its Parquet files: process `i` of `n` reads files `i, i + n, ...` in sorted order, one after the other, as a
-  stream (`JsonlIterDataset`, Grain's `ParquetIterDataset`); a process left without a file is an error.
+  stream (`JsonlIterDataset`, Grain's `ParquetIterDataset`); a process left without a file is an error. In file
+  order, unless `data.shuffle_window` is N > 0: then the files' order is shuffled by `data.seed`, and the records
+  within windows of N (Grain's `WindowShuffleIterDataset`, whose state restores the window).
 - `arrayrecord` (each record a UTF-8 JSON object, like a JSONL line) and `hf_disk` (a folder written by
   `datasets.Dataset.save_to_disk`, memory-mapped Arrow): random access, so records are sharded: process `i`
   reads records `i, i + n, ...`, in an order shuffled by `data.seed`.
@@ -347,9 +349,15 @@ def host_records(
             else (lambda f: _parquet(f, wanted))
         )
         ds = grain.MapDataset.source(files)
+        window = data.shuffle_window
+        if window:
+            ds = ds.shuffle(seed=data.seed)  # the files' order (the same every epoch)
         if repeat:
             ds = ds.repeat(None)
-        return grain.experimental.InterleaveIterDataset(ds.map(make), cycle_length=1)
+        records = grain.experimental.InterleaveIterDataset(ds.map(make), cycle_length=1)
+        if window:  # each window in its own order (seed + the window's index): epochs differ too
+            records = grain.experimental.WindowShuffleIterDataset(records, window_size=window, seed=data.seed)
+        return records
     if data.source == "arrayrecord":
         records = _arrayrecord(path, wanted, field)
     elif data.source == "hf_disk":

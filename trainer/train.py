@@ -430,7 +430,7 @@ def input_of(spec: DistillSpec) -> dict[str, Any]:
     from trainer.data import whole_records
 
     trained_on = {
-        "data": spec.data.model_dump(mode="json"),
+        "data": spec.data.recorded(),
         "max_target_length": spec.batch.max_target_length,
         "offline_data_dir": spec.offline_data_dir,
     }

@@ -102,7 +102,13 @@ def identity_payload(spec: DistillSpec, target: Target) -> dict[str, Any]:
 # of specs written before them keep their ids: {block or "" for the top level: {field: default}}.
 LATER_DEFAULTS: dict[str, dict[str, Any]] = {
     "": {"eval": None, "top_k": None},
-    "data": {"text_column": "text", "prompt_column": None, "completion_column": None, "completion_only": False},
+    "data": {
+        "text_column": "text",
+        "prompt_column": None,
+        "completion_column": None,
+        "completion_only": False,
+        "shuffle_window": 0,
+    },
     "student": {"global_layers": None},
     "teacher": {"global_layers": None},
 }
