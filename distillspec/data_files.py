@@ -8,12 +8,20 @@ from typing import Any
 
 def data_files(path: str) -> tuple[Any, list[str]]:
     """`(filesystem, sorted names on it)` of the files `path` names; the store's own errors propagate (each caller
-    says what a failure to list means for it)."""
+    says what a failure to list means for it). A folder's files and subfolders named `.…` or `_…` are not data
+    (Spark's and Hadoop's `_SUCCESS` and `.crc` files, editors' and tools' hidden files), as Spark and Hugging Face
+    `datasets` skip them; a glob or a file path names its files itself."""
     import fsspec  # only where data is listed: the spec package imports without it
 
     fs, root = fsspec.core.url_to_fs(path)
     if any(c in root for c in "*?["):
         return fs, sorted(p for p in fs.glob(root) if not fs.isdir(p))
     if fs.isdir(root):
-        return fs, sorted(p for p in fs.find(root) if not fs.isdir(p))
+        base = root.rstrip("/")
+        return fs, sorted(p for p in fs.find(root) if not fs.isdir(p) and not _hidden(p[len(base) :]))
     return fs, [root] if fs.exists(root) else []
+
+
+def _hidden(relative: str) -> bool:
+    """Whether a path below a data folder is in or is a `.…` or `_…` file or folder."""
+    return any(part.startswith((".", "_")) for part in relative.split("/") if part)

@@ -145,6 +145,18 @@ def test_prompt_completion_records_are_never_split_over_rows(tmp_path):
         assert all((x[k] == y[k]).all() for k in x)
 
 
+def test_a_data_folder_skips_hidden_and_underscore_files(tmp_path):
+    # Spark and Hadoop write `_SUCCESS` and `.part-0.jsonl.crc` beside their part files: read as data, they failed
+    # the run (`.crc:1 is not a JSON object`, `_SUCCESS ... Parquet file size is 0 bytes`).
+    (tmp_path / "part-0.jsonl").write_text(json.dumps({"text": "hello"}) + "\n")
+    (tmp_path / "_SUCCESS").write_bytes(b"")
+    (tmp_path / ".part-0.jsonl.crc").write_bytes(b"\x00crc")
+    (tmp_path / "_temporary").mkdir()
+    (tmp_path / "_temporary" / "part-9.jsonl").write_text("{broken\n")
+    assert corpus.list_files(str(tmp_path)) == [str(tmp_path / "part-0.jsonl")]
+    assert corpus.list_files(str(tmp_path / "_SUCCESS")) == [str(tmp_path / "_SUCCESS")]  # named: read
+
+
 def test_shuffle_window_orders_streamed_records_by_data_seed_and_resumes(tmp_path):
     """jsonl/parquet stream in file order: data.seed changed nothing (seeds were identical runs). With
     shuffle_window, each seed reads the files and the records within windows in its own order, every record
@@ -296,8 +308,11 @@ def test_bad_input_names_the_file(tmp_path, corpora):
     with pytest.raises(UserError, match=rf"cannot read {junk} as Parquet"):
         texts(DataSpec(source="parquet"), junk, Shard())
     one = corpora["jsonl"] / "part-0.jsonl"
-    with pytest.raises(UserError, match=r"1 jsonl file\(s\) for 2 processes: process 1 would read nothing"):
-        texts(DataSpec(source="jsonl"), one, Shard(1, 2))
+    for index in (0, 1):  # process 0 too: alone, process 1's error left process 0 to die as a lost peer (exit 42)
+        with pytest.raises(UserError, match=r"1 jsonl file\(s\) for 2 processes: process 1 would read nothing"):
+            texts(DataSpec(source="jsonl"), one, Shard(index, 2))
+    with pytest.raises(UserError, match=r"1 jsonl file\(s\) for 4 processes: processes 1-3 would read nothing"):
+        texts(DataSpec(source="jsonl"), one, Shard(0, 4))
     with pytest.raises(UserError, match="no files at data.path"):
         texts(DataSpec(source="jsonl"), tmp_path / "nowhere", Shard())
     with pytest.raises(UserError, match="saved Hugging Face dataset"):

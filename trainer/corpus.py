@@ -92,14 +92,15 @@ def _files_of_shard(path: str | None, shard: Shard, kind: str, field: str) -> li
     files = list_files(path, field)
     if not files:
         raise UserError(f"no files at {field} {path!r}", f"point {field} at {kind} files")
-    mine = files[shard.index :: shard.count]
-    if not mine:
+    if len(files) < shard.count:  # every process says so (the one left out alone left the others' collectives
+        # to fail as a lost peer: exit 42, retried until max_restarts)
+        idle = f"process {len(files)}" if len(files) == shard.count - 1 else f"processes {len(files)}-{shard.count - 1}"
         raise UserError(
-            f"{path} has {len(files)} {kind} file(s) for {shard.count} processes: process {shard.index} would read "
-            "nothing (files are shared out whole)",
+            f"{path} has {len(files)} {kind} file(s) for {shard.count} processes: {idle} would read nothing (files "
+            "are shared out whole)",
             f"split the corpus into at least {shard.count} files (one or more per process)",
         )
-    return mine
+    return files[shard.index :: shard.count]
 
 
 # --- JSONL ---------------------------------------------------------------------------------------------------
