@@ -276,6 +276,30 @@ def test_runs_with_an_eval_set_are_shown_by_their_last_evaluation(tmp_path):
     assert "| from |" in text and "(eval, else train last 5)" in text
 
 
+def test_a_metric_the_evaluation_does_not_log_comes_from_training(tmp_path):
+    """An offline student's evaluation has no teacher: no eval/kl_div_T1 or eval/top1_agreement. Its KL column was
+    empty (and "no finished point logged it") although training logged it: it is the training window's, and the
+    row says its metrics come from both."""
+    result = expanded(write_sweep(tmp_path))
+    for run in result.runs:
+        run_dir = write_outputs(run, evaluate=True)
+        lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        for record in lines:
+            for name in ("eval/kl_div_T1", "eval/top1_agreement"):
+                record["metrics"].pop(name, None)
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    t = table(result)
+    point = t.rows[1]
+    assert point.source == "eval+train" and "eval+train" in t.sources  # the teacher (no KL at all): eval
+    training = results.run_metrics(read_run_outputs(result.runs[1].output_path), results.DEFAULT_WINDOW)
+    assert point.metrics[results.KL_T1] == pytest.approx(training[results.KL_T1])  # the training window's
+    assert point.metrics[results.HARD_LOSS] != pytest.approx(training[results.HARD_LOSS])  # the evaluation's
+    assert t.best is not None and point.delta_kl is not None  # train KL against train KL
+    text = results_format.markdown(t)
+    assert "| from |" in text and "(eval, else train last 5)" in text and "no teacher at eval" in text
+    assert json.loads(json.dumps(results_format.to_json(t)))["runs"][1]["metrics_from"] == "eval+train"
+
+
 def test_results_cli_header_names_eval(tmp_path):
     result = expanded(write_sweep(tmp_path))
     for run in result.runs:

@@ -466,7 +466,7 @@ def golden_update(
             f"`distillctl results {sweep}` shows what the runs logged; choose metrics with --metric",
         )
     _write(out, golden_file.dump(derived, header))
-    on_eval = sum(source == results.EVAL for _, source in chosen.values())
+    on_eval = sum(source != results.TRAIN for _, source in chosen.values())
     which = f"; eval metrics for {on_eval} run(s) with a held-out set" if on_eval else "; training metrics"
     if metric:
         which = ""

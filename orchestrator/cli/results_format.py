@@ -15,7 +15,7 @@ from typing import Any
 from rich.table import Table
 
 from orchestrator.core.markdown import cell as md_cell
-from orchestrator.core.results import EVAL, KL_T1, TABLE_METRICS, Results, Row, short_metric
+from orchestrator.core.results import EVAL, KL_T1, MIXED, TABLE_METRICS, Results, Row, short_metric
 from orchestrator.core.run_status import Phase
 
 MISSING = "—"
@@ -93,9 +93,15 @@ def legend(results: Results) -> str:
     sources = results.sources
     if sources == {EVAL}:
         parts = [f"metrics: {held_out}; perplexity = exp(mean hard loss)"]
-    elif EVAL in sources:
+    elif sources & {EVAL, MIXED}:
         parts = [
-            f"metrics: {held_out} where a run has one (column `from`), else {train}; perplexity = exp(mean hard loss)"
+            f"metrics: {held_out} where a run has one (column `from`), else {train}"
+            + (
+                "; eval+train: what its evaluation does not log (offline: no teacher at eval) is training's"
+                if MIXED in sources
+                else ""
+            )
+            + "; perplexity = exp(mean hard loss)"
         ]
     else:
         parts = [f"metrics: {train}; perplexity = exp(mean hard loss)"]
@@ -120,7 +126,7 @@ def _headers(results: Results, sep: str = " ") -> list[str]:
 
 def _mixed(results: Results) -> bool:
     """Some rows show eval metrics and others training metrics: a `from` column says which."""
-    return len(results.sources) > 1
+    return len(results.sources) > 1 or MIXED in results.sources
 
 
 def _cells(results: Results, row: Row) -> list[str]:

@@ -36,6 +36,9 @@ TOP1 = "distill/top1_agreement"
 TABLE_METRICS = (KL_T1, HARD_LOSS, PERPLEXITY, TOP1)
 DEFAULT_WINDOW = 5
 EVAL, TRAIN = "eval", "train"  # where a row's metrics come from
+# Some from the last evaluation, the rest from training: metrics an evaluation does not log (an offline student's
+# eval has no teacher, so no eval/kl_div_T1 or eval/top1_agreement) are the training window's.
+MIXED = "eval+train"
 
 # A function from the sweep and what its runs wrote to each run's status; the launcher's backends supply one
 # that also sees the cluster (queued, restarting, ...). `statuses_from_outputs` is the outputs-only view.
@@ -60,7 +63,7 @@ class Aggregation:
         """What a metric column's header says about where its numbers come from."""
         if sources == {EVAL}:
             return "eval"
-        if EVAL in sources:
+        if sources & {EVAL, MIXED}:
             return f"eval, else train {self.describe}"
         return self.describe
 
@@ -71,7 +74,8 @@ class Aggregation:
             "method": "token-weighted mean: Σsum / Σcount of the logged (sum, count) pairs; perplexity = exp of the "
             "window's mean cross-entropy; tokens_per_sec = Δtokens / Δtime across the window",
             "eval": "runs with a held-out eval set (metrics_from: eval) are shown by their last evaluation's eval/* "
-            "metrics (Σsum / Σcount over the whole set), not by the training window",
+            "metrics (Σsum / Σcount over the whole set), not by the training window; a metric their evaluation does "
+            "not log (an offline student's: no teacher at eval) is the training window's (metrics_from: eval+train)",
         }
 
 
@@ -220,11 +224,15 @@ def evaluated(outputs: RunOutputs) -> bool:
 
 
 def preferred_names(outputs: RunOutputs, names: Sequence[str]) -> tuple[list[str], str]:
-    """The metrics a run is judged by: the held-out twins of `names` when it evaluated (`eval/kl_div_T1` for
-    `distill/kl_div_T1`), else `names`; and which (`eval` or `train`)."""
-    if evaluated(outputs):
-        return [aggregate.eval_name(n) for n in names], EVAL
-    return list(names), TRAIN
+    """The metrics a run is judged by: the held-out twins of `names` its last evaluation logged (`eval/kl_div_T1`
+    for `distill/kl_div_T1`), the others as named; and where they come from (`eval`, `train` or `eval+train`)."""
+    evaluation = aggregate.last_evaluation(outputs.log)
+    if not evaluation:
+        return list(names), TRAIN
+    evaluated, trained = evaluation[0].metrics, {name for record in outputs.log for name in record.metrics}
+    # A metric neither logged (a pretraining run's KL) stays the eval twin: nothing is taken from training.
+    chosen = [n if aggregate.eval_name(n) not in evaluated and n in trained else aggregate.eval_name(n) for n in names]
+    return chosen, EVAL if all(c != n for c, n in zip(chosen, names)) else MIXED
 
 
 def preferred_metrics(
