@@ -376,3 +376,39 @@ def test_a_tokenizer_larger_than_the_models_vocabulary_is_named_before_launch(tm
     assert "has 300 token ids; the models' vocab_size is 256" in problem.message
     (tmp_path / "teacher" / "tokenizer.json").write_text(json.dumps({"model": {"vocab": vocab}, "added_tokens": []}))
     assert check_paths(spec, read_text) == []
+
+
+def test_an_offline_spec_is_checked_against_its_logit_cache_before_launch(tmp_path):
+    # Each printed "valid spec" and failed only in `train`: no cache there, one made for another k, data seed or
+    # length, or too short for the steps.
+    from trainer.logit_cache import manifest_for
+
+    teacher = hf_folder(tmp_path / "teacher", "tiny-4l")
+    base = {"teacher.load_parameters_path": teacher, "top_k": 8, "loss.beta": 0.0, "loss.layer_indices": None}
+    writer, _ = validate_data(spec_data(mode="teacher_logits", **base))
+    cache = tmp_path / "logits"
+    cache.mkdir()
+    manifest = manifest_for(writer, rows=2, processes=1, micro_batches=10)
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+
+    def problems(**changes):
+        spec, found = validate_data(spec_data(**{**base, "offline_data_dir": str(cache), **changes}))
+        assert spec is not None, found
+        return [(p.code, p.dotted_loc, p.message) for p in check_paths(spec, read_text)]
+
+    assert problems() == []
+    for changes, said in [
+        ({"top_k": 4}, "another top_k than this spec's (top_k: cache 8, spec 4)"),
+        ({"data.seed": 3}, "data.seed: cache 0, spec 3"),
+        ({"batch.max_target_length": 32}, "max_target_length: cache 16, spec 32"),
+        ({"teacher.load_parameters_path": hf_folder(tmp_path / "other", "tiny-4l")}, "teacher.block.load_param"),
+        ({"steps": 11}, "holds 10 micro-batches; this run needs 11"),
+    ]:
+        [(code, loc, message)] = problems(**changes)
+        assert (code, loc) == ("logit_cache_mismatch", "offline_data_dir") and said in message, message
+        assert str(cache / "manifest.json") in message
+    [(code, _, message)] = problems(offline_data_dir=str(tmp_path / "nothing"))
+    assert code == "logit_cache_missing" and "holds no logit cache" in message
+    (cache / "manifest.json").write_text("{}")
+    [(code, _, _)] = problems()
+    assert code == "logit_cache_unreadable"

@@ -14,6 +14,7 @@ jax = pytest.importorskip("jax")
 
 import jax.numpy as jnp
 
+from distillspec import logit_cache_manifest
 from trainer import logit_cache
 from trainer import loss as losses
 from trainer.exit_codes import TrainerExit
@@ -124,9 +125,11 @@ def test_a_cache_knows_its_tokenizer_by_content_not_by_path(tmp_path):
     copy = logit_cache.tokenizer_identity(str(tmp_path / "b" / "tokenizer.json"))
     edited = logit_cache.tokenizer_identity(str(tmp_path / "c" / "tokenizer.json"))
     byte = logit_cache.tokenizer_identity("byte")
-    assert logit_cache._same("tokenizer", made, copy) and not logit_cache._same("tokenizer", made, edited)
-    assert logit_cache._same("tokenizer", byte, byte) and not logit_cache._same("tokenizer", made, byte)
-    assert not logit_cache._same("tokenizer", byte, made)
+    assert logit_cache_manifest.same("tokenizer", made, copy) and not logit_cache_manifest.same(
+        "tokenizer", made, edited
+    )
+    assert logit_cache_manifest.same("tokenizer", byte, byte) and not logit_cache_manifest.same("tokenizer", made, byte)
+    assert not logit_cache_manifest.same("tokenizer", byte, made)
 
 
 # --- end to end: teacher -> cache -> student (slow: five tiny runs) -------------------------------------------

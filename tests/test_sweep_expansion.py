@@ -283,3 +283,33 @@ def test_seeds_of_a_student_without_random_init_are_warned_of(tmp_path):
 
     example = expand(load_sweep(Path(__file__).parent.parent / "sweeps" / "alpha-end.yaml"), max_points=None)
     assert not [p for p in example.problems if p.code == "seed_changes_nothing"]
+
+
+def test_an_offline_point_is_checked_against_the_cache_its_prerequisite_writes(tmp_path):
+    # An axis over top_k sharing the one k=64 cache: planned and launched, then point 0 failed at run time ("made
+    # with another top_k"), after the teacher and the cache had run.
+    from pathlib import Path
+
+    import yaml
+
+    from distillspec.sweep import load_sweep
+
+    sweeps = Path(__file__).parent.parent / "sweeps"
+    data = yaml.safe_load((sweeps / "offline.yaml").read_text())
+    for name in ("tiny.yaml", "tiny-teacher.yaml", "tiny-teacher-logits.yaml"):
+        (tmp_path / name).write_text((sweeps / name).read_text())
+    assert not expand(load_sweep(sweeps / "offline.yaml")).problems  # the example is clean
+    for axes, said in [
+        (
+            {"top_k": [32, 64]},
+            "point 0 (top_k=32): the logit cache of prerequisite 'logits' was made with another top_k",
+        ),
+        ({"steps": [10, 100000]}, "point 1 (steps=100000): the logit cache of prerequisite 'logits' holds"),
+        ({"data.seed": [0, 1]}, "data.seed: cache 0, spec 1"),
+    ]:
+        path = tmp_path / "offline.yaml"
+        path.write_text(yaml.safe_dump({**data, "axes": axes}, sort_keys=False))
+        result = expand(load_sweep(path))
+        (problem,) = [p for p in result.problems if p.code == "logit_cache_mismatch"]
+        assert problem.is_error and said in problem.message and problem.loc == ("prerequisites", "logits")
+        assert "one cache prerequisite per value" in problem.hint and not result.points

@@ -35,16 +35,13 @@ from typing import Any
 import fsspec
 import numpy as np
 
+from distillspec import logit_cache_manifest as contract
 from distillspec.config import DistillSpec
+from distillspec.logit_cache_manifest import FORMAT, MANIFEST, data_identity, teacher_identity
 from trainer.exit_codes import UserError
 
-FORMAT = "distillctl.teacher_logits/v1"
-MANIFEST = "manifest.json"
-CACHE_FOLDER = "logits"  # under a teacher_logits run's directory
 ROW_KEYS = ("inputs", "targets", "mask", "segment_ids")
 TEACHER_KEYS = ("topk_log_probs", "topk_ids", "tail_log_prob", "target_log_prob")
-# Teacher fields that do not change its outputs (how it is laid out and recomputed, how a student starts from it).
-_NOT_IDENTITY = ("scan_layers", "enable_nnx", "remat", "init", "drop_layers")
 
 
 def shard_folder(index: int, count: int) -> str:
@@ -53,16 +50,6 @@ def shard_folder(index: int, count: int) -> str:
 
 def micro_file(index: int) -> str:
     return f"micro-{index:06d}.npz"
-
-
-def _sha256(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def teacher_identity(spec: DistillSpec) -> dict[str, Any]:
-    """The teacher as the cache depends on it: its resolved block minus layout-only fields, and its sha256."""
-    block = {k: v for k, v in spec.resolved_block("teacher").items() if k not in _NOT_IDENTITY}
-    return {"block": block, "sha256": _sha256(block)}
 
 
 def tokenizer_identity(tokenizer: str) -> dict[str, Any]:
@@ -76,11 +63,6 @@ def tokenizer_identity(tokenizer: str) -> dict[str, Any]:
     except OSError as e:
         raise UserError(f"cannot read the tokenizer {tokenizer}: {e}") from None
     return {"name": tokenizer, "sha256": digest}
-
-
-def data_identity(spec: DistillSpec) -> dict[str, Any]:
-    """The data block without its tokenizer (compared separately, by content)."""
-    return {k: v for k, v in spec.data.recorded().items() if k != "tokenizer"}
 
 
 def manifest_for(spec: DistillSpec, *, rows: int, processes: int, micro_batches: int) -> dict[str, Any]:
@@ -259,25 +241,9 @@ def check(spec: DistillSpec, manifest_path: str, manifest: dict[str, Any], *, ro
     """UserError naming `manifest_path` unless the cache fits `spec` (offline; tokenizer resolved) run with
     `rows` global rows per micro-batch on `processes` processes: same teacher, tokenizer, k, vocabulary, data and
     batch shape, and enough micro-batches for `steps × gradient_accumulation_steps`."""
-    expected = {
-        "teacher": teacher_identity(spec),
-        "tokenizer": tokenizer_identity(spec.data.tokenizer or "byte"),
-        "top_k": spec.top_k,
-        "vocab_size": spec.student.shape().vocab_size,
-        "data": data_identity(spec),
-        "max_target_length": spec.batch.max_target_length,
-    }
-    differ = [name for name, value in expected.items() if not _same(name, manifest.get(name), value)]
-    if differ:
-        found = [d for name in differ for d in _differences(name, manifest.get(name), expected[name])]
-        # The block's hash read as a hash of the weights: the block's own differences say it all.
-        found = [d for d in found if not d.startswith("teacher.sha256:")] or found
-        shown = "; ".join(found[:4]) + (f"; and {len(found) - 4} more" if len(found) > 4 else "")
-        raise UserError(
-            f"the logit cache {manifest_path} was made with another {', '.join(differ)} than this spec's ({shown})",
-            "write a cache for this spec (a `mode: teacher_logits` run with the same teacher, data, tokenizer and "
-            "top_k), or point offline_data_dir at the cache that matches",
-        )
+    problem = contract.mismatch(manifest_path, manifest, spec, tokenizer_identity(spec.data.tokenizer or "byte"))
+    if problem is not None:
+        raise UserError(*problem)
     if manifest.get("rows") != rows or manifest.get("processes") != processes:
         raise UserError(
             f"the logit cache {manifest_path} holds micro-batches of {manifest.get('rows')} rows from "
@@ -285,40 +251,9 @@ def check(spec: DistillSpec, manifest_path: str, manifest: dict[str, Any], *, ro
             "run the student with the cache's per_device_batch_size × devices and process count, or write the cache "
             "with the student's",
         )
-    needed = spec.steps * spec.batch.gradient_accumulation_steps
-    if int(manifest.get("micro_batches", 0)) < needed:
-        raise UserError(
-            f"the logit cache {manifest_path} holds {manifest.get('micro_batches')} micro-batches; this run needs "
-            f"{needed} (steps × gradient_accumulation_steps)",
-            "lower steps, or write the cache with at least as many steps",
-        )
-
-
-def _same(name: str, cache: Any, spec: Any) -> bool:
-    """Whether the manifest's `name` entry fits the spec's. A tokenizer by its content: a copy of the same
-    tokenizer.json at another path is the same tokenizer (`byte` by name)."""
-    if name == "tokenizer" and isinstance(cache, dict):
-        if spec["sha256"] is None:
-            return cache.get("sha256") is None and cache.get("name") == spec["name"]
-        return cache.get("sha256") == spec["sha256"]
-    return cache == spec
-
-
-def _differences(where: str, cache: Any, spec: Any) -> list[str]:
-    """`key.path: cache X, spec Y` for each leaf that differs (a whole block printed hid the one key that did)."""
-    if isinstance(cache, dict) and isinstance(spec, dict):
-        return [
-            d
-            for key in sorted(set(cache) | set(spec), key=str)
-            if cache.get(key) != spec.get(key)
-            for d in _differences(f"{where}.{key}", cache.get(key), spec.get(key))
-        ]
-    return [f"{where}: cache {_short(cache)}, spec {_short(spec)}"]
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= 120 else text[:117] + "..."
+    problem = contract.too_short(manifest_path, manifest, spec)
+    if problem is not None:
+        raise UserError(*problem)
 
 
 class CacheBatches:

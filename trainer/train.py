@@ -610,6 +610,7 @@ def _check_not_past(spec: DistillSpec, checkpoints: RunCheckpoints | None) -> No
 def _write_logit_cache(spec: DistillSpec, session: _Session, stop, run_dir: str, index: int) -> None:
     """`mode: teacher_logits`: the teacher's top-k over the corpus into `<run_dir>/logits` (`trainer.logit_cache`),
     from the first micro-batch again on every attempt (the manifest, written last, marks it complete)."""
+    from distillspec.logit_cache_manifest import CACHE_FOLDER
     from trainer import logit_cache
     from trainer.metrics_io import RunFiles, now_iso
 
@@ -618,7 +619,7 @@ def _write_logit_cache(spec: DistillSpec, session: _Session, stop, run_dir: str,
         session.files = RunFiles(run_dir, tensorboard=False)
         session.files.write_json("spec.json", spec.resolved().model_dump(mode="json"))
         session.write_summary("running", None)
-    directory = f"{run_dir}/{logit_cache.CACHE_FOLDER}"
+    directory = f"{run_dir}/{CACHE_FOLDER}"
     session.reporter.start(run_dir, 0, spec.steps)
     started = time.time()
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
+from distillspec import logit_cache_manifest as cache
 from distillspec import maxtext_checkpoint as mt
 from distillspec.config import DOCUMENT_SOURCES, DistillSpec, ModelSpec
 from distillspec.hf_config import (
@@ -100,7 +101,44 @@ def check_paths(
         beyond = beyond_max_position(config or {}, where, spec.batch.max_target_length, side)
         if beyond is not None:
             problems.append(Problem(loc, "beyond_max_position", *beyond, severity="warning"))
+    problems += _cache_problems(spec, read_text)
     return problems + _tokenizer_problems(spec, read_text) + _tokenizer_size_problems(spec, read_text)
+
+
+def _cache_problems(spec: DistillSpec, read_text: ReadText) -> list[Problem]:
+    """The trainer's checks of an `offline_data_dir` before it trains: a finished cache (its manifest), made for
+    this spec's teacher, data and k, long enough for its steps (the tokenizer and the batch's rows it checks at
+    start: they need the tokenizer file's bytes and the devices)."""
+    if not spec.offline_data_dir:
+        return []
+    loc = ("offline_data_dir",)
+    path = f"{spec.offline_data_dir.rstrip('/')}/{cache.MANIFEST}"
+    text = read_text(path)
+    if text is None:
+        return [
+            Problem(
+                loc,
+                "logit_cache_missing",
+                f"offline_data_dir {spec.offline_data_dir} holds no logit cache: {path} cannot be read",
+                "point offline_data_dir at the `logits` folder of a finished `mode: teacher_logits` run (its "
+                "manifest is written last; a prerequisite's cache exists only once it has run)",
+            )
+        ]
+    try:
+        manifest = json.loads(text)
+    except ValueError:
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != cache.FORMAT:
+        return [
+            Problem(
+                loc,
+                "logit_cache_unreadable",
+                f"{path} is not a logit cache manifest of format {cache.FORMAT}",
+                "write the cache again with this version's `mode: teacher_logits` run",
+            )
+        ]
+    problem = cache.mismatch(path, manifest, spec) or cache.too_short(path, manifest, spec)
+    return [Problem(loc, "logit_cache_mismatch", *problem)] if problem else []
 
 
 def _weights_missing(path: str, side: str, count_files: CountFiles) -> tuple[str, str] | None:

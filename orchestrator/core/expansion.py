@@ -20,6 +20,7 @@ import math
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from distillspec import logit_cache_manifest as logit_cache
 from distillspec import spec_paths, tpu
 from distillspec.config import DistillSpec
 from distillspec.problems import Loc, Problem, has_errors
@@ -200,6 +201,7 @@ def expand(source: SweepSource, *, max_points: int | None = DEFAULT_MAX_POINTS) 
             if not draft.is_baseline:
                 found += [source.locate(p) for p in late_rule_problems(rules, point.spec)]
             found += [source.locate(p) for p in _seed_problems(sweep, point.spec)]
+            found += [source.locate(p) for p in _cache_problems(point.spec, prerequisites)]
         for p in found:
             grouped.setdefault((p.loc, p.file, p.line, p.column, p.code, p.message, p.hint, p.severity), []).append(
                 _label(draft.index, draft.axis_values, draft.is_baseline)
@@ -234,6 +236,28 @@ def _seed_problems(sweep: Sweep, spec) -> list[Problem]:
             severity="warning",
         )
     ]
+
+
+def _cache_problems(spec, prerequisites: tuple[Point, ...]) -> list[Problem]:
+    """An offline point whose logit cache is a prerequisite's: the trainer's check of the cache it will find
+    (teacher, data, k, length, micro-batches), now rather than after the prerequisites have run."""
+    if not spec.offline_data_dir:
+        return []
+    for writer in prerequisites:
+        if writer.spec.mode != "teacher_logits" or spec.offline_data_dir.rstrip("/") != (
+            f"{writer.output_path}/{logit_cache.CACHE_FOLDER}"
+        ):
+            continue
+        manifest = {**logit_cache.expected(writer.spec), "micro_batches": logit_cache.micro_batches_needed(writer.spec)}
+        where = f"of prerequisite {writer.prerequisite!r}"
+        problem = logit_cache.mismatch(where, manifest, spec) or logit_cache.too_short(where, manifest, spec)
+        if problem is not None:
+            hint = (
+                f"give prerequisite {writer.prerequisite!r} the point's teacher, data and top_k (and at least its "
+                "steps × gradient_accumulation_steps), or one cache prerequisite per value that differs"
+            )
+            return [Problem(("prerequisites", writer.prerequisite), "logit_cache_mismatch", problem[0], hint)]
+    return []
 
 
 def _named(key: tuple, labels: list[str], total: int) -> Problem:
