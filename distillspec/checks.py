@@ -533,7 +533,7 @@ def _data(spec: DistillSpec) -> list[Problem]:
                 "set data.prompt_column and data.completion_column, or remove completion_only",
             )
         )
-    out += _shuffling(data)
+    out += _shuffling(data) + _text_column(data)
     if spec.eval is not None:
         out += _eval_problems(spec.eval.path, data.source)
     if not spec.checkpoint.enabled and spec.checkpoint.every_steps:
@@ -558,6 +558,30 @@ def _data(spec: DistillSpec) -> list[Problem]:
             )
         )
     return out
+
+
+def _text_column(data) -> list[Problem]:
+    """A warning for a text_column nothing reads: prompt/completion pairs read their two columns, and only
+    document sources have columns."""
+    if data.text_column == "text":  # the default
+        return []
+    if data.prompt_column is not None and data.completion_column is not None:
+        why = "records are read as prompt_column + completion_column"
+        fix = "remove data.text_column, or remove prompt_column and completion_column to train on it"
+    elif data.source not in DOCUMENT_SOURCES:
+        why = f"{data.source} data has no columns"
+        fix = "remove data.text_column"
+    else:
+        return []
+    return [
+        Problem(
+            ("data", "text_column"),
+            "text_column_unused",
+            f"data.text_column {data.text_column!r} is not read: {why}",
+            fix,
+            severity="warning",
+        )
+    ]
 
 
 STREAMED_SOURCES = ("jsonl", "parquet")  # read as streams in file order: shuffled only within a window

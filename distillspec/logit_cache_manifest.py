@@ -30,6 +30,23 @@ HINT = (
 )
 
 
+def missing(directory: str, run_folder: bool) -> tuple[str, str]:
+    """(message, hint) for an `offline_data_dir` without a manifest; `run_folder`: the directory is the
+    teacher_logits run's own folder, whose `logits` folder holds one."""
+    path = f"{directory.rstrip('/')}/{MANIFEST}"
+    if run_folder:
+        return (
+            f"offline_data_dir {directory} holds no logit cache: it is the run folder of a teacher_logits run",
+            f"point offline_data_dir at its cache: {directory.rstrip('/')}/{CACHE_FOLDER}",
+        )
+    return (
+        f"offline_data_dir {directory} holds no logit cache: {path} does not exist",
+        "point offline_data_dir at the `logits` folder of a finished `mode: teacher_logits` run (its manifest is "
+        "written last, so a cache still being written or stopped early has none; a sweep prerequisite's exists "
+        "only once it has run)",
+    )
+
+
 def _sha256(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

@@ -248,6 +248,11 @@ def test_offline_data_dir_pointing_at_nothing_is_an_error(runs):
     assert run(_offline_spec(runs, offline_data_dir=str(runs["out"] / "nothing"))) == TrainerExit.USER_ERROR
     summary = json.loads((runs["out"] / "bad" / "summary.json").read_text())
     assert "holds no logit cache" in summary["message"] and "nothing/manifest.json" in summary["message"]
+    # The teacher_logits run's own folder, not its `logits` folder: the hint names the folder that holds it.
+    assert run(_offline_spec(runs, offline_data_dir=str(runs["cache"].parent))) == TrainerExit.USER_ERROR
+    summary = json.loads((runs["out"] / "bad" / "summary.json").read_text())
+    assert "it is the run folder of a teacher_logits run" in summary["message"]
+    assert f"point offline_data_dir at its cache: {runs['cache']}" in summary["message"]
 
 
 @pytest.mark.slow

@@ -400,9 +400,15 @@ def test_settings_that_would_be_ignored_are_warned_of():
         ({"source": "arrayrecord", "path": "d", "seed": 3}, []),  # shuffled whole
         ({"source": "arrayrecord", "path": "d", "shuffle_window": 10}, ["shuffle_window_unused"]),
         ({"source": "synthetic", "shuffle_window": 10}, ["shuffle_window_unused"]),
+        ({"source": "jsonl", "path": "d", "text_column": "body"}, []),
+        ({"source": "text", "path": "d.txt", "text_column": "body"}, ["text_column_unused"]),
+        (
+            {"source": "jsonl", "path": "d", "text_column": "body", "prompt_column": "q", "completion_column": "a"},
+            ["text_column_unused"],
+        ),
     ],
 )
-def test_a_data_seed_that_changes_nothing_and_an_unused_shuffle_window_are_warned_of(data, found):
+def test_data_settings_that_change_nothing_are_warned_of(data, found):
     spec = spec_data(data=data)
     assert codes(spec) == []
     assert codes(spec, errors_only=False) == found

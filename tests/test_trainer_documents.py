@@ -374,6 +374,9 @@ def test_jsonl_that_is_not_utf8_or_is_compressed_names_the_file(tmp_path):
     utf8 = tmp_path / "utf8.jsonl"
     utf8.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert texts(DataSpec(source="jsonl"), utf8, Shard()) == ["plain", "déjà vu"]
+    bom = tmp_path / "bom.jsonl"  # as Windows tools write UTF-8: was "not a JSON object"
+    bom.write_bytes(b"\xef\xbb\xbf" + utf8.read_bytes())
+    assert texts(DataSpec(source="jsonl"), bom, Shard()) == ["plain", "déjà vu"]
     packed = tmp_path / "docs.jsonl.gz"
     packed.write_bytes(gzip.compress(utf8.read_bytes()))
     with pytest.raises(UserError, match=rf"{packed} is gzip-compressed, not UTF-8 text") as e:

@@ -33,6 +33,7 @@ from distillspec.data_files import data_files
 from trainer import text_bytes
 from trainer.exit_codes import RetryableError, TrainerError, UserError
 
+UTF8_BOM = b"\xef\xbb\xbf"
 WHERE = "__where__"  # a record's origin (`file:line`, `file row i`, `folder record i`), for errors about it
 
 
@@ -142,6 +143,7 @@ class _JsonlIterator(grain.DatasetIterator):
                 refused = text_bytes.not_text(line[: text_bytes.HEAD], self._path, self._field)
                 if refused is not None:
                     raise refused
+                line = line.removeprefix(UTF8_BOM)  # Windows tools write one; json.loads refuses it
             if line.strip():
                 where = f"{self._path}:{self._line}"
                 return _record(where, _text(line, where), self._wanted)

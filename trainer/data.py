@@ -132,7 +132,9 @@ def make_source(spec: DataSpec, vocab_size: int, length: int) -> TokenSource:
     if top >= vocab_size:
         raise UserError(
             f"data at {spec.path} has token id {top}, outside the model's vocabulary of {vocab_size}",
-            "use a tokenizer whose vocabulary fits the models' vocab_size",
+            "tokenize the data with the models' tokenizer, or use models whose vocab_size covers its ids"
+            if spec.source == "tokens"
+            else "use a tokenizer whose vocabulary fits the models' vocab_size",
         )
     return WindowSource(spec.seed, tokens)
 

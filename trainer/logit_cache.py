@@ -221,11 +221,13 @@ def read_manifest(directory: str) -> tuple[str, dict[str, Any]]:
         with fsspec.open(path, "r") as f:
             manifest = json.loads(f.read())
     except FileNotFoundError:
-        raise UserError(
-            f"offline_data_dir {directory} holds no logit cache: {path} does not exist",
-            "point offline_data_dir at the `logits` folder of a finished `mode: teacher_logits` run (its manifest "
-            "is written last, so a cache still being written or stopped early has none)",
-        ) from None
+        nested = f"{directory.rstrip('/')}/{contract.CACHE_FOLDER}/{MANIFEST}"
+        try:
+            fs, local = fsspec.core.url_to_fs(nested)
+            run_folder = fs.exists(local)
+        except OSError:
+            run_folder = False
+        raise UserError(*contract.missing(directory, run_folder)) from None
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read the logit cache manifest {path}: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:

@@ -115,14 +115,9 @@ def _cache_problems(spec: DistillSpec, read_text: ReadText) -> list[Problem]:
     path = f"{spec.offline_data_dir.rstrip('/')}/{cache.MANIFEST}"
     text = read_text(path)
     if text is None:
+        nested = f"{spec.offline_data_dir.rstrip('/')}/{cache.CACHE_FOLDER}/{cache.MANIFEST}"
         return [
-            Problem(
-                loc,
-                "logit_cache_missing",
-                f"offline_data_dir {spec.offline_data_dir} holds no logit cache: {path} cannot be read",
-                "point offline_data_dir at the `logits` folder of a finished `mode: teacher_logits` run (its "
-                "manifest is written last; a prerequisite's cache exists only once it has run)",
-            )
+            Problem(loc, "logit_cache_missing", *cache.missing(spec.offline_data_dir, read_text(nested) is not None))
         ]
     try:
         manifest = json.loads(text)
