@@ -210,6 +210,34 @@ def test_a_prompt_completion_checkpoint_from_split_packing_is_refused_on_resume(
     _check_same_input(input_of(pairs), input_of(pairs), "runs/x/checkpoints/10")
 
 
+def test_a_resume_after_the_files_behind_data_path_changed_is_refused(tmp_path):
+    """The saved position is file i, line j of the listing: a file added (sorting first) or one removed made a
+    resumed run read other data from there, exit 0. The checkpoint records the listing; one from before it did
+    is not compared on it."""
+    from distillspec.config import DistillSpec
+    from trainer.exit_codes import RunRefused
+    from trainer.train import _check_same_input, input_of
+
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    for name in ("part-1.jsonl", "part-2.jsonl"):
+        (corpus_dir / name).write_text(json.dumps({"text": name}) + "\n")
+    spec = DistillSpec.model_validate(
+        {"mode": "pretrain", "student": {"model": "tiny-2l"}, "data": {"source": "jsonl", "path": str(corpus_dir)}}
+    )
+    saved = input_of(spec)
+    assert saved["files"]["count"] == 2
+    _check_same_input(saved, input_of(spec), "runs/x/checkpoints/10")
+    (corpus_dir / "part-0.jsonl").write_text(json.dumps({"text": "new"}) + "\n")
+    with pytest.raises(RunRefused, match=r"the files data.path names changed \(2 → 3 files\)"):
+        _check_same_input(saved, input_of(spec), "runs/x/checkpoints/10")
+    (corpus_dir / "part-2.jsonl").unlink()
+    with pytest.raises(RunRefused, match=r"\(2 → 2 files, some renamed or replaced\)"):
+        _check_same_input(saved, input_of(spec), "runs/x/checkpoints/10")
+    older = {k: v for k, v in saved.items() if k != "files"}  # written before the listing was recorded
+    _check_same_input(older, input_of(spec), "runs/x/checkpoints/10")
+
+
 @pytest.mark.slow
 def test_attention_never_crosses_documents():
     """Two documents in one row: changing document A's tokens leaves document B's logits unchanged with segment

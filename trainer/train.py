@@ -436,13 +436,39 @@ def input_of(spec: DistillSpec) -> dict[str, Any]:
     }
     if whole_records(spec.data):  # earlier versions cut these records at row ends: their positions mean other rows
         trained_on["packing"] = "whole records"
+    if spec.data.source in DOCUMENT_SOURCES and not spec.offline_data_dir:
+        # The position indexes this listing (file i, line j): files added, removed or renamed mean other data.
+        trained_on["files"] = _listing(spec.data.path)
     return trained_on
 
 
+def _listing(path: str | None) -> dict[str, Any]:
+    import hashlib
+
+    from trainer.corpus import list_files
+
+    files = list_files(path)
+    return {"count": len(files), "sha256": hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]}
+
+
+LATER_INPUT = ("files",)  # recorded by later versions: a checkpoint without it is not compared on it
+
+
 def _check_same_input(saved: dict | None, trained_on: dict, where: str) -> None:
-    if saved is None or saved == trained_on:  # None: a checkpoint from before the input was recorded
+    if saved is None:  # a checkpoint from before the input was recorded
         return
-    changes = changed_settings(saved, trained_on)
+    trained_on = {k: v for k, v in trained_on.items() if k in saved or k not in LATER_INPUT}
+    if saved == trained_on:
+        return
+    settings = [{k: v for k, v in side.items() if k != "files"} for side in (saved, trained_on)]
+    changes = changed_settings(*settings)
+    if saved.get("files") != trained_on.get("files"):  # a count and a hash: said in words
+        count, now = (saved.get("files") or {}).get("count"), (trained_on.get("files") or {}).get("count")
+        changes.append(
+            f"the files data.path names changed ({count} → {now} files"
+            + (", some renamed or replaced" if count == now else "")
+            + "): the saved position indexes the old listing"
+        )
     raise RunRefused(
         f"the checkpoint at {where} was trained on other input than this spec reads: {'; '.join(changes[:4])}"
         + (f" (and {len(changes) - 4} more)" if len(changes) > 4 else ""),
