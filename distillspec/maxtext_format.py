@@ -88,20 +88,22 @@ OVERRIDE_BLOCKS = {"student_overrides": "student", "teacher_overrides": "teacher
 _BLOCK_OF = {side: block for block, side in OVERRIDE_BLOCKS.items()}
 _MODEL_KEY = {field: key for key, field in MODEL_KEYS.items()}  # native model field -> MaxText key
 
-# Keys MaxText users set whose behaviour the bundled trainer already has; accepted without a word.
-ACCEPTED = {
-    "base_config",
-    "override_model_config",
-    "save_checkpoint_on_completion",
-    "packing",
-    "tokenizer_type",
-    "learning_rate_schedule_steps",
-    "skip_jax_distributed_system",
-    "async_checkpointing",
-    "opt_type",
+# Keys MaxText users set whose behaviour the bundled trainer already has: accepted without a word at the values it
+# matches (any value: None); another value is something the trainer would not do, said (`maxtext_value_ignored`).
+# {key: (values the trainer matches, what it does instead, error: True when training would be another thing)}
+ACCEPTED: dict[str, tuple[tuple[Any, ...], str, bool] | None] = {
+    "base_config": None,
+    "override_model_config": None,
+    "skip_jax_distributed_system": None,
+    "async_checkpointing": None,
+    "save_checkpoint_on_completion": ((True,), "the trainer saves a checkpoint at the last step", False),
+    "packing": ((True,), "the trainer packs documents into rows (with segment ids)", False),
+    "tokenizer_type": (("huggingface",), "the trainer reads Hugging Face tokenizer.json files", False),
+    "learning_rate_schedule_steps": ((-1, "steps"), "the trainer's schedule spans `steps`", False),
+    "opt_type": (("adamw",), "the bundled trainer trains with AdamW (optimizer.weight_decay and friends)", True),
 }
 KNOWN_KEYS = (
-    set(TOP_LEVEL) | set(DATA_PATH_KEYS) | set(MODEL_KEYS) | set(MODEL_KEY_ALIASES) | set(OVERRIDE_BLOCKS) | ACCEPTED
+    set(TOP_LEVEL) | set(DATA_PATH_KEYS) | set(MODEL_KEYS) | set(MODEL_KEY_ALIASES) | set(OVERRIDE_BLOCKS) | set(ACCEPTED)
 )
 
 
@@ -164,6 +166,8 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
             continue
         elif key not in ACCEPTED:
             out.problems.append(_unknown((key,), key, KNOWN_KEYS))
+        elif (problem := _accepted_value(key, value, flat)) is not None:
+            out.problems.append(problem)
     for block, side in OVERRIDE_BLOCKS.items():
         overrides = _none(flat.get(block)) or {}
         out.file_locs[(side,)] = (block,)
@@ -195,6 +199,25 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
                 )
         out.data[side] = model
     return out
+
+
+def _accepted_value(key: str, value: Any, flat: dict[str, Any]) -> Problem | None:
+    """The problem with an accepted key's value the trainer does not match (None: it matches, or any does)."""
+    rule = ACCEPTED[key]
+    if rule is None:
+        return None
+    values, instead, error = rule
+    matched = [flat.get("steps") if v == "steps" else v for v in values]
+    if value in matched or (isinstance(value, str) and value.lower() in [str(v).lower() for v in matched]):
+        return None
+    shown = ", ".join(repr(v) for v in values if v != "steps")
+    return Problem(
+        (key,),
+        "maxtext_value_unsupported" if error else "maxtext_value_ignored",
+        f"{value!r} is not what distillctl's trainer does: {instead}",
+        f"remove {key} (or set it to {shown})" + ("" if error else " to say what the run will do"),
+        severity="error" if error else "warning",
+    )
 
 
 def _model_field(key: str) -> str | None:

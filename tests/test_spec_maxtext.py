@@ -105,6 +105,31 @@ def test_maxtext_typos_are_errors_with_suggestions_and_foreign_keys_are_warnings
     assert by_key["distill_alpa"].line == 25
 
 
+def test_maxtext_keys_the_trainer_matches_are_said_when_their_value_asks_for_something_else():
+    # Accepted whatever their value: an SGD run trained with AdamW, a 50k-step schedule decayed over 200k, exit 0.
+    keys = ("opt_type", "packing", "learning_rate_schedule_steps", "save_checkpoint_on_completion", "tokenizer_type")
+    base = "".join(line + "\n" for line in RUNNABLE.splitlines() if not line.startswith(keys))
+    assert not read_spec_text(base + "opt_type: adamw\npacking: true\nlearning_rate_schedule_steps: -1\n").problems
+    text = base + (
+        "opt_type: sgd\npacking: false\nlearning_rate_schedule_steps: 50000\nsave_checkpoint_on_completion: false\n"
+        "tokenizer_type: sentencepiece\nasync_checkpointing: false\n"
+    )
+    by_key = {p.dotted_loc: p for p in read_spec_text(text, file="d.yml").problems}
+    assert set(by_key) == {
+        "opt_type",
+        "packing",
+        "learning_rate_schedule_steps",
+        "save_checkpoint_on_completion",
+        "tokenizer_type",
+    }
+    assert by_key["opt_type"].code == "maxtext_value_unsupported" and by_key["opt_type"].is_error
+    assert "trains with AdamW" in by_key["opt_type"].message and "'adamw'" in by_key["opt_type"].hint
+    assert all(p.severity == "warning" for k, p in by_key.items() if k != "opt_type")
+    assert "schedule spans `steps`" in by_key["learning_rate_schedule_steps"].message
+    steps = next(line for line in RUNNABLE.splitlines() if line.startswith("steps:")).split(":")[1].strip()
+    assert not read_spec_text(base + f"learning_rate_schedule_steps: {steps}\n").problems  # the run's own
+
+
 def test_maxtext_beta_asymmetry_cannot_happen():
     # MaxText's CLI overrides reach only the student; here β lives once and feature rules check both models.
     text = RUNNABLE + "distill_beta: 1.0\ndistill_layer_indices: [0, 1]\n"
