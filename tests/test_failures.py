@@ -130,6 +130,26 @@ def test_a_missing_file_is_not_retried(tmp_path):
     assert classify(raised.value).code == TrainerExit.USER_ERROR
 
 
+def test_a_storage_librarys_refusal_is_a_user_error_naming_the_path(tmp_path):
+    """TensorStore (Orbax's writer) raises ValueError with the OS error in its text: a full disk
+    (`RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']`) ended as an internal error, exit 70.
+    A real one here: a write below a file (ENOTDIR), as a full or read-only disk would refuse it."""
+    import tensorstore as ts
+
+    from trainer.exit_codes import OutputNotWritable, storage_failure
+
+    (tmp_path / "afile").write_text("x")
+    store = ts.KvStore.open({"driver": "file", "path": str(tmp_path / "afile" / "sub") + "/"}).result()
+    with pytest.raises(ValueError) as raised:
+        store.write("k", b"v").result()
+    assert classify(raised.value).code == TrainerExit.USER_ERROR  # not TrainerExit.INTERNAL
+    refused = storage_failure(str(tmp_path), raised.value)
+    assert isinstance(refused, OutputNotWritable) and "Not a directory" in refused.message
+    full = ValueError("RESOURCE_EXHAUSTED: Error writing ... No space left on device [os_error_code='28']")
+    assert isinstance(storage_failure("ckpt", full), OutputNotWritable)
+    assert classify(ValueError("RESOURCE_EXHAUSTED: something else")).code == TrainerExit.INTERNAL
+
+
 def test_trainer_errors_keep_their_code_and_hint():
     assert classify(RetryableError("bucket unreachable")).code == TrainerExit.RETRYABLE
     failure = classify(UserError("no teacher", "set teacher.load_parameters_path"))

@@ -26,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from trainer.exit_codes import RetryableError, RunRefused, TrainerError, UserError, storage_failure
+from trainer.exit_codes import RetryableError, RunRefused, TrainerError, UserError, os_errno, storage_failure
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +141,18 @@ class RunCheckpoints:
             items["data"] = grain.checkpoint.CheckpointSave(DataState(data_state))
         try:
             self._manager.save(step, args=ocp.args.Composite(**items), force=True)
-        except OSError as e:
+        except (OSError, ValueError) as e:
+            if not isinstance(e, OSError) and os_errno(e) is None:
+                raise  # not the storage's
             raise storage_failure(self.directory, e) from None
 
     def check(self) -> None:
         """Raise the failure of a background save that has ended (cheap: no waiting)."""
         try:
             self._manager.check_for_errors()
-        except OSError as e:
+        except (OSError, ValueError) as e:
+            if not isinstance(e, OSError) and os_errno(e) is None:
+                raise  # not the storage's
             raise storage_failure(self.directory, e) from None
 
     def restore(
@@ -207,7 +211,9 @@ class RunCheckpoints:
         """Wait for the saves in flight and release orbax's threads; raises a save's failure like `check`."""
         try:
             self._manager.close()
-        except OSError as e:
+        except (OSError, ValueError) as e:
+            if not isinstance(e, OSError) and os_errno(e) is None:
+                raise  # not the storage's
             raise storage_failure(self.directory, e) from None
 
 

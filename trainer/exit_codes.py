@@ -7,6 +7,7 @@ diverged loss, a bug) stays outside that set. Importing this module does not imp
 from __future__ import annotations
 
 import errno
+import re
 
 from distillspec.contract import DESCRIPTIONS, TrainerExit
 
@@ -74,11 +75,24 @@ class OutputNotWritable(UserError):
         self.path = path
 
 
+# TensorStore (Orbax's writer) raises ValueError, its OS error in the text: `... No space left on device
+# [os_error_code='28']`.
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+
+
+def os_errno(error: BaseException) -> int | None:
+    """The OS error number behind `error`: an OSError's, or the one a TensorStore error names in its text."""
+    if isinstance(error, OSError):
+        return error.errno
+    found = _OS_ERROR_CODE.search(str(error))
+    return int(found.group(1)) if found else None
+
+
 def storage_failure(path: str, error: BaseException) -> TrainerError:
     """What a failed write under `path` means for the run: OutputNotWritable (exit 1) when the storage refuses it,
     RetryableError (exit 42) for transient I/O (EIO, a dropped connection, a timeout)."""
     unusable = isinstance(error, (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError)) or (
-        isinstance(error, OSError) and error.errno in UNUSABLE_ERRNOS
+        os_errno(error) in UNUSABLE_ERRNOS
     )
     if unusable:
         return OutputNotWritable(path, error)

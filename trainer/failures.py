@@ -18,7 +18,7 @@ import errno
 import re
 
 from distillspec.contract import TrainerExit
-from trainer.exit_codes import TrainerError
+from trainer.exit_codes import UNUSABLE_ERRNOS, TrainerError, os_errno
 
 _XLA_ERRORS = ("JaxRuntimeError", "XlaRuntimeError")
 _OOM = re.compile(
@@ -74,6 +74,12 @@ def classify(e: BaseException) -> Failure:
                 TrainerExit.USER_ERROR, "user_error", f"{name}: {first} (a damaged file; retrying would fail again)"
             )
         return Failure(TrainerExit.RETRYABLE, "transient_io", f"{name}: {first}")
+    if os_errno(e) in UNUSABLE_ERRNOS:  # a storage library's error naming the OS's refusal (a full disk)
+        return Failure(
+            TrainerExit.USER_ERROR,
+            "user_error",
+            f"{name}: {first} (the storage refuses the write; retrying would fail again)",
+        )
     if isinstance(e, (TypeError, ValueError)) and _SHAPE.search(first):
         return Failure(
             TrainerExit.USER_ERROR,
