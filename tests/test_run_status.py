@@ -60,6 +60,18 @@ def test_failed_keeps_upstream_reason():
     assert s.shown == "Failed (ReachedMaxRestarts)" and s.terminal
 
 
+def test_failed_says_what_the_trainer_said():
+    # "Failed (UserError: the trainer exited with 1)": the cause only in summary.json and the log.
+    said = "no files at data.path 'nope.txt' (hint: point data.path at text files)"
+    failed = Observation(
+        exists=True, conditions=(Condition("Failed", "True", "UserError", "the trainer exited with 1"),)
+    )
+    s = status(failed, outputs({"status": "failed", "exit_code": 1, "message": said}))
+    assert s.message == f"the trainer exited with 1: {said}"
+    s = status(failed, outputs({"status": "succeeded", "message": said}))  # not this verdict: nothing added
+    assert s.message == "the trainer exited with 1"
+
+
 def test_completed_and_reused_outputs():
     assert status(Observation(exists=True, conditions=(Condition("Completed", "True"),))).phase == "Succeeded"
     # The JobSet was garbage-collected after its TTL: the output storage still says it succeeded.

@@ -175,7 +175,11 @@ def derive(
     if verdict == "diverged":
         return RunStatus(Phase.DIVERGED, DivergedReason.LOSS_NOT_FINITE, "the loss became NaN or infinite", **common)
     if failed := observation.condition("Failed"):
-        return RunStatus(Phase.FAILED, failed.reason, failed.message, since=failed.last_transition_time, **common)
+        message = failed.message
+        said = str(final.get("message") or "") if verdict == "failed" else ""  # the trainer's own words, this attempt
+        if said and said not in message:
+            message = f"{message}: {said}" if message else said
+        return RunStatus(Phase.FAILED, failed.reason, message, since=failed.last_transition_time, **common)
     completed = observation.condition("Completed")
     if completed or (verdict == "succeeded" and not observation.active):
         return RunStatus(Phase.SUCCEEDED, since=completed.last_transition_time if completed else None, **common)
