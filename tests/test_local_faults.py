@@ -237,3 +237,80 @@ def test_a_rerun_after_a_crash_says_it_restarted_and_keeps_one_supervisor(tmp_pa
         assert status(sweep)[teacher["run_id"]]["phase"] == "Running"
     finally:
         distillctl("cancel", str(sweep), "--yes")
+
+
+def trainers_of(output_path: str) -> list[int]:
+    """Live trainer processes (`python -m trainer`) writing to the run folder `output_path` (their log is open)."""
+    found = []
+    log = str(Path(output_path) / local_claims.LOG_FILE)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            fds = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except OSError:
+            continue
+        if b"trainer" in argv and log in fds and local_claims.alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_supervisor_stopped_by_sigterm_stops_its_trainers_and_leaves_its_runs_resumable(tmp_path):
+    """SIGTERM (a shutdown, `kill`) killed the supervisor at once: its trainer trained on unsupervised. It now
+    stops its trainers as `cancel` does (each saves a checkpoint), gives their runs back and says so."""
+    sweep = write_sweep(tmp_path, "term", teacher_steps=100000)
+    teacher, points = by_role(status(sweep))
+    folder = state.state_dir(str(tmp_path / "runs"), "term")
+    distillctl("sweep", str(sweep), check=True)
+    try:
+        wait_until(lambda: has_checkpoint(teacher["output_path"]), what="the teacher's first checkpoint")
+        [supervisor] = supervisors(folder)
+        os.kill(supervisor, signal.SIGTERM)
+        wait_until(lambda: not supervisors(folder) and not trainers_of(teacher["output_path"]), 90, "the stop")
+        rows = status(sweep)
+        assert (rows[teacher["run_id"]]["phase"], rows[teacher["run_id"]]["reason"]) == ("Pending", "Preempted")
+        assert {rows[p["run_id"]]["reason"] for p in points} == {"SupervisorGone"}, rows
+        log = (folder / state.LOG).read_text()
+        assert "stopped by SIGTERM: stopping 1 trainer(s)" in log and "Traceback" not in log, log
+        summary = json.loads((Path(teacher["output_path"]) / "summary.json").read_text())
+        assert summary["status"] == "preempted"  # it saved a checkpoint and exited 143
+        again = distillctl("sweep", str(sweep), check=True)
+        assert "restarted 1 run(s) from their checkpoints" in again.stdout, again.stdout
+    finally:
+        distillctl("cancel", str(sweep), "--yes")
+
+
+def test_a_trainer_a_dead_supervisor_left_running_holds_its_slot_and_is_resumed_when_it_dies(tmp_path):
+    """kill -9 of the supervisor alone: its trainer runs on. `sweep` again started a second trainer beside it
+    (parallelism 1 exceeded). The new supervisor counts it, starts nothing while it runs, and resumes its run
+    from the checkpoint once it dies."""
+    sweep = write_sweep(tmp_path, "orphan", teacher_steps=100000, parallelism=1)
+    teacher, points = by_role(status(sweep))
+    folder = state.state_dir(str(tmp_path / "runs"), "orphan")
+    distillctl("sweep", str(sweep), check=True)
+    try:
+        wait_until(lambda: has_checkpoint(teacher["output_path"]), what="the teacher's first checkpoint")
+        [first] = supervisors(folder)
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: not supervisors(folder), 30, "the supervisor's death")
+        [orphan] = trainers_of(teacher["output_path"])
+        again = distillctl("sweep", str(sweep), check=True)
+        assert "3 created" in again.stdout and "exists: Running" in again.stdout, again.stdout
+        time.sleep(5)  # the new supervisor's turns: nothing else starts
+        assert trainers_of(teacher["output_path"]) == [orphan]
+        assert all(not trainers_of(p["output_path"]) for p in points)
+        os.kill(orphan, signal.SIGKILL)
+        claim = wait_until(
+            lambda: (
+                (c := local_claims.read_claim(teacher["output_path"]))
+                and c.state == "running"
+                and c.pid != orphan
+                and c
+            ),
+            60,
+            "the run resumed",
+        )
+        assert local_claims.alive(claim.pid) and "exited; resuming" in (folder / state.LOG).read_text()
+    finally:
+        distillctl("cancel", str(sweep), "--yes")

@@ -15,6 +15,7 @@ claim cannot say so); anything else the supervisor dies of is recorded there too
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import os
@@ -34,6 +35,7 @@ from orchestrator.backends.local.claims import Claim
 from orchestrator.outputs import read_summary
 
 POLL_SECONDS = 0.3
+STOP_GRACE_SECONDS = 60.0  # as `cancel` gives a trainer to save its checkpoint
 OUTPUT_NOT_WRITABLE = FailedReason.OUTPUT_NOT_WRITABLE
 
 
@@ -65,6 +67,16 @@ class _Running:
     order: Order
     claim: Claim
     process: subprocess.Popen
+
+
+@dataclasses.dataclass(frozen=True)
+class _Orphan:
+    """A trainer a dead supervisor left running (its claim still live): it holds a slot until it exits, and then
+    its run is taken over (resumed from its checkpoint) unless it finished."""
+
+    order: Order
+    pid: int
+    pid_start: float | None
 
 
 # --- scheduling (pure) -----------------------------------------------------------------------------------------
@@ -151,15 +163,66 @@ class Supervisor:
         self.parallelism = os.cpu_count() or 1
         self.pending: list[tuple[Order, Claim]] = []
         self.running: list[_Running] = []
+        self.orphans: list[_Orphan] = []
+        self.stopping = ""  # the signal that asked this supervisor to stop
 
     def run(self) -> None:
         while True:
+            if self.stopping:
+                self._stop()
+                return
             self.take_orders()  # last thing before exiting too: orders posted later find the lock free
-            if not self.pending and not self.running:
+            if not self.pending and not self.running and not self.orphans:
                 return
             self._reap()
+            self._adopt()
             self._start_ready()
             time.sleep(POLL_SECONDS)
+
+    def _stop(self) -> None:
+        """SIGTERM or SIGINT: stop the trainers as `cancel` does (each saves a checkpoint and exits 143) and give
+        their runs back (their outputs say preempted: `sweep` resumes them); queued runs wait for the next `sweep`
+        (Pending, SupervisorGone)."""
+        _log(f"stopped by {self.stopping}: stopping {len(self.running)} trainer(s); `distillctl sweep` resumes them")
+        for item in self.running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(item.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while time.monotonic() < deadline and any(item.process.poll() is None for item in self.running):
+            time.sleep(POLL_SECONDS)
+        for item in self.running:
+            if item.process.poll() is None:
+                _kill(item.process)
+            with contextlib.suppress(OSError):
+                local_claims.release(item.order.output_path, item.claim.token)
+        self.running = []
+
+    def _adopt(self) -> None:
+        """Orphans that have exited: their runs are taken over, unless they finished."""
+        still = []
+        for orphan in self.orphans:
+            if local_claims.alive(orphan.pid, orphan.pid_start):
+                still.append(orphan)
+                continue
+            held = local_claims.read_claim(orphan.order.output_path)
+            if held is None or held.pid != orphan.pid:
+                continue  # cancelled (its claim removed), or someone else's now
+            status = (read_summary(orphan.order.output_path) or {}).get("status")
+            if status in ("succeeded", "failed", "diverged"):
+                continue  # its outputs say how it ended
+            try:
+                claim = local_claims.try_claim(
+                    orphan.order.output_path, orphan.order.run_id, orphan.order.sweep, "adopted"
+                )
+            except OSError as e:
+                self._fail(orphan.order, "", e)
+                continue
+            if claim is not None:
+                _log(
+                    f"{orphan.order.run_id}: its trainer (pid {orphan.pid}, left by a dead supervisor) exited; resuming"
+                )
+                self.pending.append((orphan.order, claim))
+        self.orphans = still
 
     def take_orders(self) -> None:
         for submission, request in state.take_orders(self.folder):
@@ -181,6 +244,14 @@ class Supervisor:
             self._fail(order, "", e)
             return "failed"
         if claim is None:
+            held = local_claims.read_claim(order.output_path)
+            if (
+                held is not None
+                and held.state == "running"
+                and local_claims.alive(held.pid, held.pid_start)
+                and not local_claims.alive(held.supervisor_pid, held.supervisor_start)
+            ):  # a trainer its supervisor left: it counts against parallelism while it runs
+                self.orphans.append(_Orphan(order, held.pid, held.pid_start))
             return "exists"
         self.pending.append((order, claim))
         return "restarted" if has_checkpoint(order.output_path) else "created"
@@ -207,7 +278,7 @@ class Supervisor:
         failed = state.failed_paths(self.folder)
         steps = schedule(
             [[dependency_state(path, failed) for path in order.depends_on] for order, _ in live],
-            len(self.running),
+            len(self.running) + len(self.orphans),
             self.parallelism,
         )
         keep = []
@@ -326,8 +397,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log(f"another supervisor took submission {submission}")
         return 0
     _log(f"supervising sweep folder {folder}")
+    supervisor = Supervisor(folder)
+
+    def stop(number: int, _frame) -> None:
+        supervisor.stopping = signal.Signals(number).name
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
-        Supervisor(folder).run()
+        supervisor.run()
     except Exception as e:
         traceback.print_exc()
         pid = os.getpid()
@@ -336,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as e2:
             _log(f"cannot record the crash in {folder}: {e2}")
         return int(TrainerExit.INTERNAL)
-    _log("nothing left to run; exiting")
+    _log(f"stopped by {supervisor.stopping}; exiting" if supervisor.stopping else "nothing left to run; exiting")
     return 0
 
 
