@@ -261,7 +261,10 @@ def _did_you_mean(loc: Loc) -> str:
         return f"did you mean {close[0]!r}?"
     maxtext = get_close_matches(key, list(_NATIVE_HOME), n=1, cutoff=0.8)
     if maxtext:
-        return f"MaxText's {maxtext[0]} is {_NATIVE_HOME[maxtext[0]]} in this layout"
+        home = _NATIVE_HOME[maxtext[0]]
+        if home == maxtext[0]:  # the same name, at the top level (`loss.top_k`): say where it goes
+            return f"{home} is a top-level key: move it out of `{format_loc(loc[:-1])}:`"
+        return f"MaxText's {maxtext[0]} is {home} in this layout"
     return f"valid keys here: {', '.join(known)}" if known else ""
 
 

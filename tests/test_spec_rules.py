@@ -457,3 +457,9 @@ def test_the_scale_warnings_point_at_the_value_that_leaves_the_range_and_say_wha
     report = report_for(spec_data(**{"loss.beta": {"start": 1e-6, "end": 3.0, "schedule": "linear"}}))
     (problem,) = report.problems
     assert problem.dotted_loc == "loss.beta.end" and "β reaches 3.0" in problem.message
+
+
+def test_a_top_level_key_nested_in_a_block_says_to_move_it():
+    # "MaxText's top_k is top_k in this layout" sent the reader looking for a difference that was not there.
+    (problem,) = report_for(spec_data(**{"loss.top_k": 8})).problems
+    assert problem.code == "unknown_key" and problem.hint == "top_k is a top-level key: move it out of `loss:`"
