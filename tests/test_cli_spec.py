@@ -137,6 +137,12 @@ def test_convert_to_maxtext_and_back(tmp_path):
     back = runner.invoke(app, ["convert", str(write(tmp_path, result.stdout, "d.yml"))])
     assert back.exit_code == ExitCode.OK and "model: tiny-2l" in back.stdout
     assert "not_in_maxtext" not in result.stderr  # everything tiny.yaml says has a MaxText key
+    # A layer preset is written as the layers it names: nothing is left out (it was warned of as dropped).
+    pruning = runner.invoke(
+        app, ["convert", "--to", "maxtext", str(ROOT / "sweeps" / "llama3.1-8b-pruning-recovery.yaml")]
+    )
+    assert pruning.exit_code == ExitCode.OK and "distill_layer_indices:" in pruning.stdout
+    assert "not_in_maxtext" not in pruning.stderr, pruning.stderr
 
 
 def test_convert_to_maxtext_names_each_setting_it_leaves_out_and_keeps_clipping_off(tmp_path):

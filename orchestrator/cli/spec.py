@@ -118,6 +118,8 @@ def _warn_dropped(spec, flat: dict) -> None:
     if back is None:
         return
     mine, theirs = (s.model_dump(mode="json", exclude={"name"}) for s in (spec, back))
+    if spec.loss.feature_loss_on and spec.layer_indices() == back.layer_indices():
+        mine["loss"]["layer_indices"] = theirs["loss"]["layer_indices"]  # a preset, written as the layers it names
     for setting in maxtext_format.dropped_settings(mine, theirs):
         console.print_problem(
             Problem(
