@@ -321,3 +321,19 @@ def test_a_markdown_cell_keeps_its_row_whole():
 
     # An axis value with a line break (a YAML block string) split the results row in two.
     assert cell("prompt: a|b\nsecond line\r\nthird") == "prompt: a\\|b second line third"
+
+
+def test_reading_a_local_sweep_from_another_directory_says_where_its_output_base_is(tmp_path, monkeypatch):
+    # From another directory every run read "Pending (NotCreated)", and golden update refused "not succeeded",
+    # with nothing saying that the relative output_base was looked for here.
+    path = write_sweep(tmp_path, output_base="runs/here")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "here").mkdir(parents=True)
+    assert "output_base_missing" not in invoke("results", str(path)).stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for command in (["results", str(path)], ["status", str(path)]):
+        out = invoke(*command)
+        assert "warning[output_base_missing]" in out.stderr, out.output
+        assert f"relative to the current directory, {elsewhere}" in out.stderr and "absolute path" in out.stderr

@@ -315,6 +315,7 @@ def status(
         sweep_file, kubeconfig=kubeconfig, context=context, namespace=namespace, yes=True, image=image
     )
     expansion, backend = ctx.open()
+    ctx.warn_if_nothing_written(expansion)
 
     shown = [""]
 

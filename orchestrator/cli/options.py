@@ -175,6 +175,32 @@ class SweepContext:
 
         return expand_sweep(self.path, self.overrides, yes=self.yes)
 
+    def warn_if_nothing_written(self, expansion) -> None:
+        """A warning when a local sweep's output base does not exist: read from another directory than the one
+        `sweep` ran in (a relative output_base is relative to it), every run would read Pending (NotCreated)."""
+        import os
+
+        from distillspec.problems import Problem
+        from orchestrator.cli import console
+
+        target = expansion.sweep.target
+        if target.kind != "local" or "://" in target.output_base or os.path.exists(target.output_base):
+            return
+        relative = not os.path.isabs(target.output_base)
+        console.print_problem(
+            Problem(
+                ("target", "output_base"),
+                "output_base_missing",
+                f"target.output_base {target.output_base} does not exist"
+                + (f" (relative to the current directory, {os.getcwd()})" if relative else "")
+                + ": no run of this sweep has written here",
+                "run distillctl from the directory `sweep` ran in, or give target.output_base as an absolute path"
+                if relative
+                else "check target.output_base",
+                severity="warning",
+            )
+        )
+
     def open(self, check=None):
         """`(expansion, backend)`: the expanded sweep and its target's backend (close it when done). Warnings of
         the expansion are printed; `check(expansion)` runs before the backend connects (a command's options that

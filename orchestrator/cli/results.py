@@ -186,6 +186,8 @@ def results_command(
         image=image,
     )
     expansion = ctx.expand()
+    if output_base is None:
+        ctx.warn_if_nothing_written(expansion)
     if plot is not None:  # before the table is printed: a script must not get a whole table and exit 2
         try:
             Path(plot).mkdir(parents=True, exist_ok=True)
@@ -413,6 +415,7 @@ def golden_update(
         resolved.append(full)
     metric = resolved or metric
     expansion = ctx.expand()
+    ctx.warn_if_nothing_written(expansion)
     _refuse_clobbering({"-o": out}, {"the sweep file": sweep})
     if out.is_file() and not golden_file.looks_like_golden(out):
         raise UsageError(
