@@ -88,7 +88,14 @@ class LocalBackend:
         # Trainers a dead supervisor left running go with them: the supervisor counts them against parallelism
         # and resumes their runs when they die (its receipt says they exist).
         handed = {run.run_id for run in runs}
-        runs_and_orphans = [*runs, *(run for run in expansion.runs if run.run_id not in handed and _orphaned(run))]
+        runs_and_orphans = [
+            *runs,
+            *(
+                run
+                for run in expansion.runs
+                if run.run_id not in handed and local_claims.orphaned(local_claims.read_claim(run.output_path))
+            ),
+        ]
         orders = [
             {
                 "run_id": run.run_id,
@@ -243,17 +250,6 @@ def observe_claim(
     else:
         condition = Condition("Failed", "True", exit_reason(code), f"the trainer exited with {code}")
     return Observation(exists=True, conditions=(condition,), restarts=claim.restarts, created_at=claim.created_at)
-
-
-def _orphaned(run: Point) -> bool:
-    """Whether the run's trainer runs on after its supervisor died."""
-    claim = local_claims.read_claim(run.output_path)
-    return (
-        claim is not None
-        and claim.state == "running"
-        and local_claims.alive(claim.pid, claim.pid_start)
-        and not local_claims.alive(claim.supervisor_pid, claim.supervisor_start)
-    )
 
 
 def _stop_groups(pids: list[int]) -> None:

@@ -164,6 +164,16 @@ def _zombie(pid: int) -> bool:
         return False
 
 
+def orphaned(claim: Claim | None) -> bool:
+    """Whether the claim's trainer runs on after the supervisor that started it died."""
+    return (
+        claim is not None
+        and claim.state == "running"
+        and alive(claim.pid, claim.pid_start)
+        and not alive(claim.supervisor_pid, claim.supervisor_start)
+    )
+
+
 def is_stale(claim: Claim) -> bool:
     """Nobody is looking after this claim any more."""
     if claim.state == "exited":

@@ -245,12 +245,7 @@ class Supervisor:
             return "failed"
         if claim is None:
             held = local_claims.read_claim(order.output_path)
-            if (
-                held is not None
-                and held.state == "running"
-                and local_claims.alive(held.pid, held.pid_start)
-                and not local_claims.alive(held.supervisor_pid, held.supervisor_start)
-            ):  # a trainer its supervisor left: it counts against parallelism while it runs
+            if local_claims.orphaned(held):  # a trainer its supervisor left: it counts against parallelism
                 self.orphans.append(_Orphan(order, held.pid, held.pid_start))
             return "exists"
         self.pending.append((order, claim))
