@@ -8,9 +8,10 @@ from typing import Any
 
 def data_files(path: str) -> tuple[Any, list[str]]:
     """`(filesystem, sorted names on it)` of the files `path` names; the store's own errors propagate (each caller
-    says what a failure to list means for it). A folder's files and subfolders named `.…` or `_…` are not data
-    (Spark's and Hadoop's `_SUCCESS` and `.crc` files, editors' and tools' hidden files), as Spark and Hugging Face
-    `datasets` skip them; a glob or a file path names its files itself."""
+    says what a failure to list means for it). A folder's hidden files and subfolders (`.…`) and the markers jobs
+    leave beside their output (`_…` without an extension: Spark's and Hadoop's `_SUCCESS`, `_temporary/`, Parquet's
+    `_metadata`) are not data, as Spark skips them; `__init__.py` is a file like any other. A glob or a file path
+    names its files itself."""
     import fsspec  # only where data is listed: the spec package imports without it
 
     fs, root = fsspec.core.url_to_fs(path)
@@ -23,5 +24,7 @@ def data_files(path: str) -> tuple[Any, list[str]]:
 
 
 def _hidden(relative: str) -> bool:
-    """Whether a path below a data folder is in or is a `.…` or `_…` file or folder."""
-    return any(part.startswith((".", "_")) for part in relative.split("/") if part)
+    """Whether a path below a data folder is, or is in, a hidden file or folder or a job's marker."""
+    return any(
+        part.startswith(".") or (part.startswith("_") and "." not in part) for part in relative.split("/") if part
+    )

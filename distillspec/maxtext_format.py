@@ -103,7 +103,12 @@ ACCEPTED: dict[str, tuple[tuple[Any, ...], str, bool] | None] = {
     "opt_type": (("adamw",), "the bundled trainer trains with AdamW (optimizer.weight_decay and friends)", True),
 }
 KNOWN_KEYS = (
-    set(TOP_LEVEL) | set(DATA_PATH_KEYS) | set(MODEL_KEYS) | set(MODEL_KEY_ALIASES) | set(OVERRIDE_BLOCKS) | set(ACCEPTED)
+    set(TOP_LEVEL)
+    | set(DATA_PATH_KEYS)
+    | set(MODEL_KEYS)
+    | set(MODEL_KEY_ALIASES)
+    | set(OVERRIDE_BLOCKS)
+    | set(ACCEPTED)
 )
 
 

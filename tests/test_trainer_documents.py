@@ -151,9 +151,12 @@ def test_a_data_folder_skips_hidden_and_underscore_files(tmp_path):
     (tmp_path / "part-0.jsonl").write_text(json.dumps({"text": "hello"}) + "\n")
     (tmp_path / "_SUCCESS").write_bytes(b"")
     (tmp_path / ".part-0.jsonl.crc").write_bytes(b"\x00crc")
+    (tmp_path / "_metadata").write_bytes(b"PAR1")
     (tmp_path / "_temporary").mkdir()
     (tmp_path / "_temporary" / "part-9.jsonl").write_text("{broken\n")
     assert corpus.list_files(str(tmp_path)) == [str(tmp_path / "part-0.jsonl")]
+    (tmp_path / "__init__.py").write_text("")  # a file with an extension is data, whatever its first character
+    assert corpus.list_files(str(tmp_path)) == [str(tmp_path / "__init__.py"), str(tmp_path / "part-0.jsonl")]
     assert corpus.list_files(str(tmp_path / "_SUCCESS")) == [str(tmp_path / "_SUCCESS")]  # named: read
 
 
