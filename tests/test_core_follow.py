@@ -230,3 +230,33 @@ def test_follow_reads_outputs_into_each_event(quickstart):
     first = events[0]
     assert set(first.state.outputs) == {run.run_id for run in quickstart.runs}
     assert all(isinstance(o, RunOutputs) for o in first.state.outputs.values())
+
+
+def test_follow_does_not_undo_a_cancel(quickstart):
+    """`cancel` while a `sweep --wait` follows: the follower saw the teacher exist, then gone (deleted), and
+    created it again within a poll. A run stopped on purpose stays stopped; the follow ends with it and the
+    points that waited on it; a run lost to a crash (SupervisorGone) is still handed over again."""
+    backend = MemoryBackend(finish_after=10_000)
+    clock = FakeClock()
+    teacher = quickstart.prerequisites[0]
+    launch(quickstart, backend, wall=clock, clock=clock, sleep=clock.sleep)
+
+    def cancel_after_a_look(seconds: float) -> None:
+        clock.sleep(seconds)
+        backend.delete([teacher])  # what `distillctl cancel` does, from another terminal
+
+    events = list(follow(quickstart, backend, wall=clock, clock=clock, sleep=cancel_after_a_look, timeout=60.0))
+    assert backend.submitted.count(teacher.run_id) == 1, backend.submitted  # never created again
+    end = events[-1]
+    assert isinstance(end, Finished) and end.outcome is Outcome.FAILED
+    assert {run.run_id for run in end.runs} == {run.run_id for run in quickstart.runs}
+    assert clock.now < 60.0  # it ended, not timed out
+
+
+def test_follow_hands_over_again_a_run_lost_to_a_crash(quickstart):
+    from orchestrator.core import follow as follow_module
+
+    lost = RunStatus(Phase.PENDING, "SupervisorGone")
+    assert not follow_module._stopped_on_purpose(lost)
+    assert follow_module._stopped_on_purpose(RunStatus(Phase.PENDING, "Preempted"))
+    assert follow_module._stopped_on_purpose(RunStatus(Phase.PENDING, "NotCreated"))

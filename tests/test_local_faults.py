@@ -314,3 +314,23 @@ def test_a_trainer_a_dead_supervisor_left_running_holds_its_slot_and_is_resumed_
         assert local_claims.alive(claim.pid) and "exited; resuming" in (folder / state.LOG).read_text()
     finally:
         distillctl("cancel", str(sweep), "--yes")
+
+
+def test_a_cancel_sticks_while_a_sweep_wait_follows(tmp_path):
+    """`cancel` from another terminal while `sweep --wait` follows: the follower created the runs again within
+    ~2 s. Now they stay stopped and the follower ends (exit 1) instead of undoing the cancel."""
+    sweep = write_sweep(tmp_path, "sticky", teacher_steps=100000)
+    teacher, _ = by_role(status(sweep))
+    waiter = subprocess.Popen([*CLI, "sweep", str(sweep), "--wait", "--timeout", "300"], **QUIET)
+    try:
+        wait_until(lambda: has_checkpoint(teacher["output_path"]), what="the teacher's first checkpoint")
+        distillctl("cancel", str(sweep), "--yes", check=True)
+        out, err = waiter.communicate(timeout=120)
+        assert waiter.returncode == 1, out + err
+        time.sleep(3)
+        assert not trainers_of(teacher["output_path"]), "the cancelled teacher was started again"
+        assert status(sweep)[teacher["run_id"]]["phase"] == "Pending"
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+        distillctl("cancel", str(sweep), "--yes")

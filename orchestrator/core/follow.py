@@ -13,6 +13,7 @@ import enum
 import time
 from collections.abc import Callable, Iterator
 
+from distillspec.contract import PendingReason
 from orchestrator.backends import Backend
 from orchestrator.core.expansion import Expansion, Point
 from orchestrator.core.launch import to_submit
@@ -67,11 +68,17 @@ def follow(
     """Events until every run is terminal or blocked, Kueue will never admit one, one's pods are stuck on what
     waiting will not fix, or `timeout` seconds pass."""
     deadline = None if timeout is None else clock() + timeout
+    seen: set[str] = set()  # runs this follower saw exist
     while True:
         state = look(expansion, backend, now=wall(), stall_after=stall_after, strict_outputs=False)  # as launch
         statuses = state.statuses
+        # A run seen existing that is gone (deleted, or stopped with a checkpoint) was stopped on purpose: `cancel`,
+        # a supervisor told to stop. Created again here, a cancel was undone within a poll. Runs lost to a crash
+        # (a killed supervisor: SupervisorGone, Orphaned) are still handed over again.
+        cancelled = {rid for rid in seen if _stopped_on_purpose(statuses[rid])}
+        seen |= {rid for rid, status in statuses.items() if status.phase != Phase.PENDING}
         actions = tuple(reconcile(expansion.runs, statuses))
-        ready = tuple(to_submit(backend, actions))
+        ready = tuple(run for run in to_submit(backend, actions) if run.run_id not in cancelled)
         if ready:
             backend.submit(ready, expansion)
         yield Polled(state, actions, ready)
@@ -84,7 +91,13 @@ def follow(
             yield Finished(Outcome.WILL_NOT_START, state, stuck)
             return
         blocked = {a.run.run_id for a in actions if a.kind == ActionKind.BLOCKED}
-        if all(statuses[run.run_id].terminal or run.run_id in blocked for run in expansion.runs):
+        # Points waiting on a cancelled prerequisite wait for nobody: as blocked.
+        blocked |= {
+            a.run.run_id
+            for a in actions
+            if a.kind == ActionKind.WAIT and any(rid in cancelled for rid in a.run.depends_on.values())
+        }
+        if all(statuses[run.run_id].terminal or run.run_id in blocked | cancelled for run in expansion.runs):
             # Stopped by an early-stopping rule (the service's verdict) is what the sweep asked for, not a failure.
             done = (Phase.SUCCEEDED, Phase.STOPPED)
             failed = tuple(run for run in expansion.runs if statuses[run.run_id].phase not in done)
@@ -98,3 +111,8 @@ def follow(
                 yield Finished(Outcome.TIMED_OUT, state)
             return
         sleep(poll)
+
+
+def _stopped_on_purpose(status) -> bool:
+    """Gone without a crash: deleted (NotCreated) or stopped with a checkpoint (Preempted)."""
+    return status.phase == Phase.PENDING and status.reason in (PendingReason.NOT_CREATED, PendingReason.PREEMPTED)
