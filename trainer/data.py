@@ -40,6 +40,7 @@ from distillspec.config import DOCUMENT_SOURCES, DataSpec, DistillSpec
 from distillspec.data_files import data_files
 from distillspec.hf_config import tokenizer_files, tokenizer_mismatch
 from trainer import text_bytes
+from trainer.corpus import storage_error
 from trainer.exit_codes import UserError
 from trainer.packing import load_tokenizer
 
@@ -326,8 +327,9 @@ def _expand(path: str | None) -> list[fsspec.core.OpenFile]:
         raise UserError("data.path is not set", "set data.path to a file, directory, glob or fsspec URL")
     try:
         fs, names = data_files(path)
-    except (OSError, ValueError, ImportError) as e:
-        raise UserError(f"cannot list data.path {path!r}: {e}", "check the path and its credentials") from None
+    except Exception as e:  # noqa: BLE001 - fsspec backends raise their own types; storage_error sorts them
+        # unreachable storage, 429 and 5xx: retried (exit 42), as for documents; credentials and paths: exit 1
+        raise storage_error(f"cannot list data.path {path!r}", e) from None
     return [fsspec.core.OpenFile(fs, name, "rb") for name in names]
 
 
@@ -343,8 +345,8 @@ def read_texts(path: str | None) -> list[str]:
         try:
             with f as handle:
                 raw = handle.read()
-        except OSError as e:
-            raise UserError(f"cannot read {f.path}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - see _expand
+            raise storage_error(f"cannot read {f.path}", e) from None
         refused = text_bytes.not_text(raw[: text_bytes.HEAD], f.path, "data.path")
         if refused is not None:
             raise refused
@@ -429,8 +431,8 @@ def read_token_file(path: str | None) -> np.ndarray:
     try:
         with files[0] as f:
             raw = f.read()
-    except OSError as e:
-        raise UserError(f"cannot read {name}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - see _expand
+        raise storage_error(f"cannot read {name}", e) from None
     if name.endswith(".npy"):
         import io
 
