@@ -13,11 +13,12 @@ be local or `gs://` (orbax and etils handle both).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grain
@@ -139,21 +140,13 @@ class RunCheckpoints:
         }
         if data_state is not None:
             items["data"] = grain.checkpoint.CheckpointSave(DataState(data_state))
-        try:
+        with _storage_errors(self.directory):
             self._manager.save(step, args=ocp.args.Composite(**items), force=True)
-        except (OSError, ValueError) as e:
-            if not isinstance(e, OSError) and os_errno(e) is None:
-                raise  # not the storage's
-            raise storage_failure(self.directory, e) from None
 
     def check(self) -> None:
         """Raise the failure of a background save that has ended (cheap: no waiting)."""
-        try:
+        with _storage_errors(self.directory):
             self._manager.check_for_errors()
-        except (OSError, ValueError) as e:
-            if not isinstance(e, OSError) and os_errno(e) is None:
-                raise  # not the storage's
-            raise storage_failure(self.directory, e) from None
 
     def restore(
         self, step: int, params_like: Any, train_state_like: Any, *, data: bool = False
@@ -209,12 +202,20 @@ class RunCheckpoints:
 
     def close(self) -> None:
         """Wait for the saves in flight and release orbax's threads; raises a save's failure like `check`."""
-        try:
+        with _storage_errors(self.directory):
             self._manager.close()
-        except (OSError, ValueError) as e:
-            if not isinstance(e, OSError) and os_errno(e) is None:
-                raise  # not the storage's
-            raise storage_failure(self.directory, e) from None
+
+
+@contextlib.contextmanager
+def _storage_errors(directory: str) -> Iterator[None]:
+    """The storage's refusals of a write under `directory` as `storage_failure` (OSError, and TensorStore's
+    ValueError naming an OS error); any other error as it is."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        if not isinstance(e, OSError) and os_errno(e) is None:
+            raise  # not the storage's
+        raise storage_failure(directory, e) from None
 
 
 def resolve_params_dir(path: str) -> epath.Path:

@@ -584,7 +584,8 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
     try:
         # documents: the Grain iterator's state; a logit cache's position is the micro-batch count
         documents = spec.data.source in DOCUMENT_SOURCES and not spec.offline_data_dir
-        start = restore_or_init(checkpoints, built.state, data=documents, trained_on=input_of(spec))
+        trained_on = input_of(spec)  # once: it lists the data files (a request on an object store)
+        start = restore_or_init(checkpoints, built.state, data=documents, trained_on=trained_on)
         if index == 0:  # only now: a start refused above leaves the run's record as it was
             session.files = RunFiles(run_dir, tensorboard=spec.logging.tensorboard)
             resolved = spec.resolved().model_dump(mode="json")
@@ -592,7 +593,7 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
                 _note_changes(session, resolved)
             session.files.write_json("spec.json", resolved)
         _resume_session(session, start, checkpoints)
-        state = _loop(spec, built, session, stop, checkpoints, start)
+        state = _loop(spec, built, session, stop, checkpoints, start, trained_on)
     except BaseException:
         if checkpoints:
             _close_quietly(checkpoints)
@@ -715,8 +716,10 @@ def _loop(
     stop: Callable[[], Any] | _Stop,
     checkpoints: RunCheckpoints | None,
     start: Start,
+    trained_on: dict[str, Any],
 ) -> TrainState:
-    """Train from `start` to the last step (or a stop signal), logging and checkpointing; the final state."""
+    """Train from `start` to the last step (or a stop signal), logging and checkpointing (each checkpoint records
+    `trained_on`, `input_of(spec)`); the final state."""
     import jax
 
     from trainer import data as data_lib
@@ -724,7 +727,6 @@ def _loop(
     from trainer.step import hyperparameters
 
     shard = Shard(jax.process_index(), jax.process_count())
-    trained_on = input_of(spec)
     accumulation = spec.batch.gradient_accumulation_steps
     batches = data_lib.make_batches(spec, built.vocab_size, built.rows, shard, start.position)
     if start.data_state is not None:
