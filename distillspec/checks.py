@@ -565,7 +565,7 @@ def _text_column(data) -> list[Problem]:
     document sources have columns."""
     if data.text_column == "text":  # the default
         return []
-    if data.prompt_column is not None and data.completion_column is not None:
+    if data.prompt_completion:
         why = "records are read as prompt_column + completion_column"
         fix = "remove data.text_column, or remove prompt_column and completion_column to train on it"
     elif data.source not in DOCUMENT_SOURCES:

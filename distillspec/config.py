@@ -245,6 +245,11 @@ class DataSpec(_Block):
     # of N (held in memory) by `seed`. arrayrecord/hf_disk are shuffled by `seed` whole; windows are the streams'.
     shuffle_window: NonNegativeInt = 0
 
+    @property
+    def prompt_completion(self) -> bool:
+        """Records are prompt/completion pairs (both columns named), not text: read as two columns, packed whole."""
+        return self.prompt_column is not None and self.completion_column is not None
+
     def recorded(self) -> dict[str, Any]:
         """The block as checkpoints and logit caches record what they read: its JSON data, minus the fields added
         after them while they hold their default (what earlier versions did), so those still resume and match."""

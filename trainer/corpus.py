@@ -47,7 +47,7 @@ class Shard:
 
 def columns(data: DataSpec) -> tuple[str, ...]:
     """The record columns a spec reads."""
-    if data.prompt_column is not None and data.completion_column is not None:
+    if data.prompt_completion:
         return (data.prompt_column, data.completion_column)
     return (data.text_column,)
 

@@ -233,13 +233,8 @@ def document_rows(
     records = corpus.host_records(data, path, shard, repeat=repeat, field=field)
     split = packing.SplitDocuments()  # warns about this pipeline's long documents
     documents = records.map(lambda r: packing.document_features(r, data, tokenize, length, split))
-    rows = packing.packed_rows(documents, length, whole_records=whole_records(data))
+    rows = packing.packed_rows(documents, length, whole_records=data.prompt_completion)
     return rows.map(lambda row: packing.check_vocab(row, vocab_size, path))
-
-
-def whole_records(data: DataSpec) -> bool:
-    """Whether records are packed whole (prompt/completion pairs), not cut at row ends (text)."""
-    return data.prompt_column is not None and data.completion_column is not None
 
 
 def make_batches(spec: DistillSpec, vocab_size: int, rows: int, shard, position: int = 0) -> Batches:

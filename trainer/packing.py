@@ -93,7 +93,7 @@ def document_features(
     on; a warning says how many were). A prompt/completion record longer than a row is a UserError naming the
     file and record: split, its completion would be trained without its prompt. `split` counts the long text
     documents of one pipeline (and warns)."""
-    if data.prompt_column is not None and data.completion_column is not None:
+    if data.prompt_completion:
         prompt = tokenize(_text(record, data.prompt_column))
         completion = tokenize(_text(record, data.completion_column))
         tokens = np.concatenate([prompt, completion])

@@ -427,14 +427,13 @@ def restore_or_init(
 def input_of(spec: DistillSpec) -> dict[str, Any]:
     """What a run's data position means: its data settings, sequence length and logit cache. A checkpoint records
     it, and a run goes on from a checkpoint only with the same (its position would index other data)."""
-    from trainer.data import whole_records
-
     trained_on = {
         "data": spec.data.recorded(),
         "max_target_length": spec.batch.max_target_length,
         "offline_data_dir": spec.offline_data_dir,
     }
-    if whole_records(spec.data):  # earlier versions cut these records at row ends: their positions mean other rows
+    # Prompt/completion records are packed whole; earlier versions cut them at row ends: their positions mean other rows.
+    if spec.data.prompt_completion:
         trained_on["packing"] = "whole records"
     if spec.data.source in DOCUMENT_SOURCES and not spec.offline_data_dir:
         # The position indexes this listing (file i, line j): files added, removed or renamed mean other data.
