@@ -531,8 +531,8 @@ def test_cancel_deletes_one_sweeps_jobsets_only(control_plane, tmp_path):
     (record,) = json.loads(result.stdout)
     assert record["deleted"].startswith("mine-") and record["deleted"] != f"mine-{one}"
     assert isinstance(record["gone"], bool)
-    if not record["gone"]:
-        assert jobsets(cp, "mine", deleting=True)[0]["metadata"]["deletionTimestamp"]
+    if not record["gone"]:  # the deletion may end before we look; what must not be is a JobSet not being deleted
+        assert jobsets(cp, "mine") == []
     wait_gone(cp, "mine")
     assert len(jobsets(cp, "theirs")) == 1
     rows = status_rows(mine, cp.kubeconfig)
