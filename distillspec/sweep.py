@@ -37,7 +37,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from distillspec import maxtext_format, metrics, spec_paths, tpu
@@ -72,6 +72,16 @@ ANY_PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 JOBSET_VERSIONS = ("v0.10.1", "v0.12.0")
 SWEEP_NAME_MAX = 40  # the JobSet name is `<sweep>-<run id>`; identity.py checks the whole budget
 
+
+def _quantity_text(value: Any) -> Any:
+    """YAML reads `cpu: 8` and `memory: 1e9` as numbers; Kubernetes takes them as quantities, and so do we."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+# A resource quantity as written: text, or a number (a CRD's int-or-string); checked against QUANTITY by check().
+Quantity = Annotated[
+    str, BeforeValidator(_quantity_text), WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string"}]})
+]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 ExitCode = Annotated[int, Field(ge=1, le=255)]
@@ -152,7 +162,7 @@ class Toleration(_Block):
 
 class EmptyDirSource(_Block):
     medium: Literal["", "Memory"] = ""
-    sizeLimit: str | None = None
+    sizeLimit: Quantity | None = None
 
 
 class CsiSource(_Block):
@@ -208,8 +218,8 @@ class VolumeMount(_Block):
 class Resources(_Block):
     """The trainer container's requests and limits besides its TPU chips (which distillctl sets)."""
 
-    requests: dict[str, str] = {}
-    limits: dict[str, str] = {}
+    requests: dict[str, Quantity] = {}
+    limits: dict[str, Quantity] = {}
 
 
 class Target(_Block):
@@ -254,7 +264,7 @@ class Target(_Block):
     machine_type_selector: bool | None = None  # node.kubernetes.io/instance-type; None: where a topology is ambiguous
     resources: Resources = Resources()  # requests/limits besides google.com/tpu (e.g. memory for a sidecar-heavy pod)
     dev_shm: bool = True  # a Memory emptyDir at /dev/shm, as XPK mounts (`dshm-2`); the runtime's default is 64 MiB
-    dev_shm_size: str | None = None  # its sizeLimit (a quantity such as 64Gi); none: bounded by the pod's memory
+    dev_shm_size: Quantity | None = None  # its sizeLimit (a quantity such as 64Gi); none: bounded by the pod's memory
     # local: the installed trainer's code (a hash of its sources) is part of run ids, so `sweep` runs points again
     # after the trainer changed instead of skipping them as Succeeded. Off by default for now: it changes every
     # local run id (and the committed golden files' ids) whenever the trainer's code changes.

@@ -94,7 +94,8 @@ def test_crd_schema_is_structural():
 
     def walk(node, path):
         assert "$ref" not in node and "anyOf" not in node and "oneOf" not in node, path
-        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), path
+        open_or_quantity = node.get("x-kubernetes-preserve-unknown-fields") or node.get("x-kubernetes-int-or-string")
+        assert "type" in node or open_or_quantity, path
         for name, child in (node.get("properties") or {}).items():
             walk(child, f"{path}.{name}")
         if isinstance(node.get("additionalProperties"), dict):

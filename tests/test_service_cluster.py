@@ -354,6 +354,10 @@ def test_bad_resources_are_refused_at_admission_or_get_a_condition(control_plane
         api.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, unknown, field_validation="Strict")
     assert e.value.status == 400 and "unknown field" in e.value.body and "spec.axis" in e.value.body
 
+    # A quantity written as a number (`cpu: 8`) is one, as in a pod spec: the CRD says int-or-string.
+    numeric = {**body, "spec": {**base, "target": {**base["target"], "resources": {"requests": {"cpu": 8}}}}}
+    api.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, numeric, field_validation="Strict", dry_run="All")
+
     # Valid by the schema, not by the guide's rules: the CLI's code, in a condition.
     rules = {**body, "spec": {**base, "spec": {**base["spec"], "loss": {"alpha": 1.5}}}}
     api.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, rules)

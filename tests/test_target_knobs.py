@@ -77,6 +77,18 @@ def test_every_knob_renders_valid_manifests_and_only_mounts_change_the_run_id(tm
     assert pod["hostNetwork"] is False and "dnsPolicy" not in pod and pod["serviceAccountName"] == "distill-runner"
 
 
+def test_numbers_are_quantities_as_kubernetes_reads_them(tmp_path):
+    # `cpu: 8` was refused with "quote the value"; a pod spec takes it, and so does the CRD (int-or-string).
+    numbers = {"resources": {"requests": {"cpu": 8, "memory": 0.5}}, "dev_shm_size": 1024}
+    result, doc = rendered(tmp_path, "numbers.yaml", **numbers)
+    assert pod_of(doc)["containers"][0]["resources"]["requests"] == {"cpu": "8", "memory": "0.5"}
+    assert pod_of(doc)["volumes"][0]["emptyDir"]["sizeLimit"] == "1024"
+    quoted, _ = rendered(tmp_path, "quoted.yaml", resources={"requests": {"cpu": "8", "memory": "0.5"}})
+    assert result.points[0].run_id == quoted.points[0].run_id
+    source = load(tmp_path, sweep_data(target={**TARGET, "resources": {"requests": {"cpu": True}}}), "bool.yaml")
+    assert [p.code for p in source.problems if p.is_error] != []
+
+
 def test_defaults_follow_xpk_and_pin_the_machine_type_only_where_the_topology_is_ambiguous(tmp_path):
     _, v5p = rendered(tmp_path, "v5p.yaml")
     pod = pod_of(v5p)
@@ -128,7 +140,9 @@ def test_capacity_selects_xpks_node_labels(tmp_path, capacity, label, value):
         ),
         ({"volumes": [GCSFUSE], "volume_mounts": [{"name": "data", "mountPath": "data"}]}, "bad_mount_path", None),
         ({"resources": {"limits": {"google.com/tpu": "4"}}}, "reserved_resource", None),
+        ({"resources": {"limits": {"google.com/tpu": 4}}}, "reserved_resource", None),  # a number, not "4"
         ({"resources": {"requests": {"memory": "lots"}}}, "bad_quantity", None),
+        ({"resources": {"requests": {"cpu": -2}}}, "bad_quantity", None),
         ({"dev_shm_size": "1 GB"}, "bad_quantity", ("target", "dev_shm_size")),
         ({"image": "UPPER CASE::bad"}, "bad_image", ("target", "image")),
     ],

@@ -6,6 +6,7 @@ that the committed file is what this module generates, so the CRD cannot drift f
 Pydantic writes JSON Schema; a CRD needs a *structural* OpenAPI v3 schema: every node typed, no `$ref`, no types
 inside `anyOf`, `nullable` instead of `null` members. The conversion below is mechanical, with three rules:
 - `X | None` is X, nullable;
+- `int | str` (a resource quantity) is `x-kubernetes-int-or-string`;
 - a union of different types (`list[int] | str`), an `Any`, or a model that also accepts another shape (a
   `ScheduledValue` takes a bare number) is left open (`x-kubernetes-preserve-unknown-fields`) — the controller
   validates it with pydantic, with the CLI's codes and messages, and reports problems as a condition;
@@ -72,6 +73,8 @@ def structural(schema: dict[str, Any], defs: dict[str, Any], open_models: set[st
         nullable = len(members) < len(schema["anyOf"])
         if len(members) == 1:
             node = structural({**members[0], **_kept(schema)}, defs, open_models)
+        elif sorted(m.get("type", "") for m in members) == ["integer", "string"]:  # a quantity: `8` or `64Gi`
+            node = {"x-kubernetes-int-or-string": True, **_kept(schema, ("description",))}
         else:
             node = {**OPEN, **_kept(schema, ("description",))}
         return {**node, "nullable": True} if nullable else node
