@@ -76,6 +76,11 @@ def read_spec_text(text: str, *, file: str | None = None) -> SpecReport:
     return validate_document(document, file=file)
 
 
+def looks_like_sweep(data: dict[str, Any]) -> bool:
+    """A sweep file's mapping given where a spec is expected (its `spec:` names the spec)."""
+    return "spec" in data and "student" not in data and not maxtext_format.looks_like_maxtext(data)
+
+
 def validate_document(document: YamlDocument, *, file: str | None = None) -> SpecReport:
     data = document.data
     if not isinstance(data, dict):
@@ -92,7 +97,7 @@ def validate_document(document: YamlDocument, *, file: str | None = None) -> Spe
             column=1,
         )
         return SpecReport(file, None, (problem,))
-    if "spec" in data and "student" not in data and not maxtext_format.looks_like_maxtext(data):
+    if looks_like_sweep(data):
         problem = Problem(
             (),
             "sweep_not_spec",

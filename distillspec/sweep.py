@@ -45,7 +45,7 @@ from distillspec.config import DistillSpec, Seed
 from distillspec.contract import ENV_SPEC, RESERVED_ENV, RESERVED_LABELS, RETRYABLE_DESCRIPTION, RETRYABLE_EXIT_CODES
 from distillspec.problems import Loc, Problem, format_loc, has_errors
 from distillspec.pydantic_problems import problems_from
-from distillspec.specfile import model_in
+from distillspec.specfile import looks_like_sweep, model_in
 from distillspec.yaml_source import (
     YamlDocument,
     YamlSourceError,
@@ -523,6 +523,16 @@ def _spec_source(
     if not isinstance(data, dict):
         problem = Problem((), "not_a_mapping", "a spec must be a mapping of keys", "start with a `student:` block")
         return None, [_at(problem, prefix, source_document, where)]
+    if isinstance(spec, str) and looks_like_sweep(data):
+        problem = Problem(
+            loc,
+            "sweep_not_spec",
+            f"spec {spec!r} is a sweep file, not a spec",
+            f"name the spec file it uses ({data['spec']!r}) or run that sweep itself"
+            if isinstance(data["spec"], str)
+            else "move the spec it holds inline under `spec:` into a file of its own and name that",
+        )
+        return None, [_at(problem, loc, document, file)]
     if maxtext_format.looks_like_maxtext(data):
         translation = maxtext_format.from_maxtext(data)
         source = SpecSource(MappingProxyType(translation.data), where, source_document, prefix, translation, "maxtext")

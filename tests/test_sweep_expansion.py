@@ -180,6 +180,23 @@ def test_an_invalid_prerequisite_is_named(tmp_path):
     )
 
 
+def test_a_sweep_file_named_as_a_spec_says_so(tmp_path):
+    # It was a wall of errors about the inner file (`student` missing, `spec` unknown), none naming the mistake.
+    write(tmp_path, sweep_data(name="inner"), "inner.yaml")
+    for at, data in [
+        (("spec",), sweep_data(spec="inner.yaml")),
+        (("prerequisites", "teacher", "spec"), sweep_data(prerequisites={"teacher": {"spec": "inner.yaml"}})),
+    ]:
+        result = load(tmp_path, data)
+        (problem,) = [p for p in result.problems if p.is_error]
+        assert (problem.code, problem.loc) == ("sweep_not_spec", at)
+        assert problem.file.endswith("sweep.yaml") and problem.line
+        assert "'inner.yaml' is a sweep file" in problem.message and "inline" in problem.hint
+    write(tmp_path, sweep_data(name="middle", spec="inner.yaml"), "middle.yaml")
+    (problem,) = [p for p in load(tmp_path, sweep_data(spec="middle.yaml")).problems if p.is_error]
+    assert "name the spec file it uses ('inner.yaml')" in problem.hint
+
+
 def test_a_maxtext_base_spec_works_with_flat_axis_names(tmp_path):
     from sweep_support import SWEEPS
 
