@@ -278,6 +278,7 @@ def test_ctrl_c_stops_following_not_the_runs_and_watch_then_cancel_say_what_happ
 
     # The runs went on; `status --watch` into a pipe prints the table once, then one line per change.
     watcher = started("status", str(sweep), "--watch")
+    json_watcher = started("status", str(sweep), "--watch", "--output", "json")  # --watch was dropped silently
     wait_until(lambda: {r["phase"] for r in status(sweep).values()} == {"Succeeded"}, what="the sweep to succeed")
     time.sleep(3)  # one more poll, so that the watcher has seen the end
     watcher.send_signal(signal.SIGINT)
@@ -285,6 +286,12 @@ def test_ctrl_c_stops_following_not_the_runs_and_watch_then_cancel_say_what_happ
     assert watcher.returncode == 0 and err == "", err  # Ctrl-C is how --watch ends: no error
     assert out.count("┃ run id") == 1, out  # one table, not one per refresh
     assert any(line.endswith(" Succeeded") and "follow-me-" in line for line in out.splitlines()), out
+    json_watcher.send_signal(signal.SIGINT)
+    out, err = json_watcher.communicate(timeout=60)
+    assert json_watcher.returncode == 0 and err == "", err
+    lines = [json.loads(line) for line in out.splitlines()]  # JSON Lines: the rows each time a run changed
+    assert len(lines) > 1 and all(len(rows) == 4 for rows in lines), out
+    assert {r["phase"] for r in lines[-1]} == {"Succeeded"} and "Running" in {r["phase"] for r in lines[0]}
 
     # A finished run has nothing to stop, and is not "a run that does not exist".
     teacher = next(r for r in status(sweep).values() if r["role"] == "prerequisite")

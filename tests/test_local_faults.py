@@ -334,3 +334,60 @@ def test_a_cancel_sticks_while_a_sweep_wait_follows(tmp_path):
         if waiter.poll() is None:
             waiter.kill()
         distillctl("cancel", str(sweep), "--yes")
+
+
+def test_runs_of_points_an_edit_removed_are_listed_and_stopped_by_cancel_orphans(tmp_path):
+    """An edited sweep file: the runs of the points it no longer has ran on, shown nowhere, and `cancel --orphans`
+    was for clusters only. `sweep` and `status` now warn of them, and `cancel --orphans` stops the trainer (it
+    saves its checkpoint) and the queued runs, leaving the file's own runs alone."""
+    sweep = write_sweep(tmp_path, "edited", teacher_steps=100000)
+    old_teacher, old_points = by_role(status(sweep))
+    distillctl("sweep", str(sweep), check=True)
+    try:
+        wait_until(lambda: has_checkpoint(old_teacher["output_path"]), what="the teacher's first checkpoint")
+        sweep.write_text(sweep.read_text().replace("steps: 100000", "steps: 99999"))  # every run id changes
+        new_teacher, _ = by_role(status(sweep))
+        edited = distillctl("sweep", str(sweep), check=True)
+        assert "4 run(s) of sweep edited are for runs no longer in the sweep file" in edited.stderr, edited.stderr
+        assert f"edited-{old_teacher['run_id']} (active)" in edited.stderr and "(queued)" in edited.stderr
+        assert "`distillctl cancel --orphans` stops them" in edited.stderr
+        listed = distillctl("status", str(sweep), check=True)
+        assert "4 run(s)" in listed.stderr and status(sweep)[new_teacher["run_id"]]["phase"] == "Queued"
+        refused = distillctl("cancel", str(sweep), "--orphans")  # no terminal to ask on
+        assert refused.returncode == 2 and "cancel would stop 4 run(s)" in refused.stderr, refused.stderr
+        done = distillctl("cancel", str(sweep), "--orphans", "--yes", "--output", "json", check=True)
+        stopped = {record["deleted"] for record in json.loads(done.stdout)}
+        assert stopped == {f"edited-{r['run_id']}" for r in [old_teacher, *old_points]}
+        assert not trainers_of(old_teacher["output_path"])
+        assert all(local_claims.read_claim(r["output_path"]) is None for r in [old_teacher, *old_points])
+        assert "step" in (Path(old_teacher["output_path"]) / "summary.json").read_text()  # it saved and said so
+        # The slot it held goes to the file's own teacher; the orphans are never started.
+        wait_until(lambda: trainers_of(new_teacher["output_path"]), 60, "the new teacher to start")
+        again = distillctl("cancel", str(sweep), "--orphans", "--yes", check=True)
+        assert again.stdout == "no orphaned runs\n"
+        assert all(not trainers_of(r["output_path"]) for r in old_points)
+    finally:
+        distillctl("cancel", str(sweep), "--yes")
+
+
+def test_a_run_another_local_sweep_started_says_whose_it_is_and_cancel_leaves_it(tmp_path):
+    """Two sweeps with the same teacher share its run (one run id, one folder). The second sweep's status said
+    plain `Running`, and `cancel` of it printed nothing and stopped nothing."""
+    first = write_sweep(tmp_path, "first", teacher_steps=100000)
+    second = write_sweep(tmp_path, "second", teacher_steps=100000)
+    teacher, _ = by_role(status(first))
+    distillctl("sweep", str(first), check=True)
+    try:
+        wait_until(lambda: trainers_of(teacher["output_path"]), what="the teacher to start")
+        row = status(second)[teacher["run_id"]]
+        assert row["owner_sweep"] == "first" and row["phase"] == "Running"
+        shown = distillctl("status", str(second), check=True).stdout
+        assert "(owned by sweep first)" in shown, shown
+        launched = distillctl("sweep", str(second), check=True).stdout
+        assert f"first-{teacher['run_id']}" in launched, launched
+        left = distillctl("cancel", str(second), teacher["run_id"], "--yes")
+        assert left.returncode == 0 and f"left first-{teacher['run_id']}: owned by sweep first" in left.stderr
+        assert trainers_of(teacher["output_path"]) and status(first)[teacher["run_id"]]["phase"] == "Running"
+    finally:
+        distillctl("cancel", str(second), "--yes")
+        distillctl("cancel", str(first), "--yes")

@@ -25,6 +25,16 @@ Submitted = Literal["created", "restarted", "exists", "failed", "dry-run"]
 
 
 @dataclasses.dataclass(frozen=True)
+class Orphan:
+    """A run of this sweep for a run id the sweep file no longer has (an edited file): a JobSet on a cluster, a
+    trainer (or a queued run) of the sweep's supervisor locally. Nothing else shows or stops it."""
+
+    name: str
+    run_id: str
+    state: str  # "queued", "active" or "finished"
+
+
+@dataclasses.dataclass(frozen=True)
 class ClusterAccess:
     """Where the cluster is, as kubectl takes it: --kubeconfig (else $KUBECONFIG, ~/.kube/config, in-cluster),
     --context, and the namespace (flag, else the target's, else the context's, else `default`)."""

@@ -136,6 +136,7 @@ def sweep(
         report = launch(expansion, backend, retry_failed=retry_failed, dry_run=mode, stall_after=stall_after)
         for problem in report.state.warnings:
             console.warn_once(problem)
+        _warn_orphans(expansion, backend)  # an edited file: the runs of the points it dropped go on
         if output is OutputFormat.json:
             console.print_json(views.launch_json(report, mode))
         else:
@@ -293,7 +294,14 @@ def _follow(
 
 def status(
     sweep_file: SweepArgument,
-    watch: Annotated[bool, typer.Option("--watch", "-w", help="refresh in place until interrupted")] = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="refresh in place until interrupted (with --output json: a line of JSON each time a run changes)",
+        ),
+    ] = False,
     output: OutputOption = OutputFormat.text,
     stall_after: StallOption = DEFAULT_STALL_SECONDS,
     image: ImageOption = None,
@@ -332,6 +340,8 @@ def status(
 
     try:
         _warn_orphans(expansion, backend)
+        if output is OutputFormat.json and watch:
+            _watch_json(expansion, statuses)
         if output is OutputFormat.json:
             console.print_json(views.status_json(expansion, statuses()))
             return
@@ -356,6 +366,24 @@ def status(
         return  # --watch runs until interrupted: that is its end, not an error
     finally:
         backend.close()
+
+
+def _watch_json(expansion, statuses) -> None:
+    """JSON Lines until interrupted: the rows, as one line, now and each time a run changes (its age aside)."""
+    import json
+
+    from orchestrator.cli import views
+    from orchestrator.core.follow import POLL_SECONDS
+
+    last = None
+    while True:
+        rows = views.status_json(expansion, statuses())
+        changed = json.dumps([{k: v for k, v in row.items() if k != "age_seconds"} for row in rows])
+        if changed != last:
+            sys.stdout.write(json.dumps(rows, separators=(",", ":")) + "\n")
+            sys.stdout.flush()
+            last = changed
+        time.sleep(POLL_SECONDS)
 
 
 # --- logs and cancel --------------------------------------------------------------------------------------
@@ -444,16 +472,24 @@ def _warn_orphans(expansion, backend) -> None:
     orphans = backend.orphans(expansion) if hasattr(backend, "orphans") else []
     if orphans:
         listed = ", ".join(f"{o.name} ({o.state})" for o in orphans[:10]) + (" ..." if len(orphans) > 10 else "")
+        what, does = _orphan_words(expansion)
         console.warn_once(
             Problem(
                 (),
                 "orphaned_runs",
-                f"{len(orphans)} JobSet(s) of sweep {expansion.sweep.name} are for runs no longer in the sweep file: "
+                f"{len(orphans)} {what} of sweep {expansion.sweep.name} are for runs no longer in the sweep file: "
                 f"{listed}",
-                "`distillctl cancel --orphans` deletes them (outputs and checkpoints stay)",
+                f"`distillctl cancel --orphans` {does} them (outputs and checkpoints stay)",
                 severity="warning",
             )
         )
+
+
+def _orphan_words(expansion) -> tuple[str, str]:
+    """What an orphan is on this target, and what `cancel --orphans` does to it."""
+    if expansion.sweep.target.kind == "local":
+        return "run(s)", "stops"  # trainers (or queued runs) of the sweep's supervisor
+    return "JobSet(s)", "deletes"
 
 
 def cancel(
@@ -463,7 +499,9 @@ def cancel(
     ] = None,
     orphans: Annotated[
         bool,
-        typer.Option("--orphans", help="only this sweep's JobSets for runs no longer in the sweep file"),
+        typer.Option(
+            "--orphans", help="only this sweep's runs (JobSets; local trainers) for points no longer in the sweep file"
+        ),
     ] = False,
     yes: YesOption = False,
     wait: Annotated[
@@ -550,7 +588,7 @@ def _cancel_orphans(expansion, backend, *, yes: bool, output: OutputFormat, wait
     from orchestrator.exit_codes import ExitCode
 
     if not hasattr(backend, "orphans"):
-        raise UsageError(f"--orphans is for cluster targets, not {expansion.sweep.target.kind!r}")
+        raise UsageError(f"--orphans is not for {expansion.sweep.target.kind!r} targets")
     from orchestrator.cli import views
 
     view = views.service_view(expansion, backend)
@@ -560,19 +598,21 @@ def _cancel_orphans(expansion, backend, *, yes: bool, output: OutputFormat, wait
         names = [o.jobset for o in view.status.orphans]
     else:
         names = [o.name for o in backend.orphans(expansion)]
+    what, does = _orphan_words(expansion)
     if not names:
         if output is OutputFormat.json:
             console.print_json([])
         else:
-            console.out.print("no orphaned JobSets")
+            console.out.print(f"no orphaned {what.replace('(s)', 's')}")
         return
     if not yes:
         if not sys.stdin.isatty():
-            raise UsageError(f"cancel would delete {len(names)} JobSet(s)", "pass --yes to confirm without a prompt")
+            raise UsageError(f"cancel would stop {len(names)} {what}", "pass --yes to confirm without a prompt")
         listed = "\n  ".join(names)
-        if not typer.confirm(f"Delete {len(names)} orphaned JobSet(s) of sweep {expansion.sweep.name}?\n  {listed}\n"):
+        asked = f"{does.capitalize()[:-1]} {len(names)} orphaned {what} of sweep {expansion.sweep.name}?"
+        if not typer.confirm(f"{asked}\n  {listed}\n"):
             raise typer.Exit(int(ExitCode.FAILED))
-    _report_deleted(backend, backend.delete_jobsets(names), output, wait=wait, timeout=timeout)
+    _report_deleted(backend, backend.delete_orphans(names), output, wait=wait, timeout=timeout)
 
 
 def _report_deleted(backend, deleted: list[str], output: OutputFormat, *, wait: bool, timeout: float | None) -> None:

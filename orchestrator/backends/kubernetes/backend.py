@@ -26,7 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from distillspec import tpu
 from distillspec.contract import LABEL_RUN_ID, STUCK_EVENT_REASONS, STUCK_WAITING_REASONS, StuckReason
 from distillspec.sweep import Target
-from orchestrator.backends import DryRun, LogRequest, Submitted
+from orchestrator.backends import DryRun, LogRequest, Orphan, Submitted
 from orchestrator.backends.kubernetes import quota
 from orchestrator.backends.kubernetes.client import (
     CONNECTION_ERRORS,
@@ -487,6 +487,10 @@ class KubernetesBackend:
                 pass  # 404: already gone
         return deleted
 
+    def delete_orphans(self, names: Sequence[str]) -> list[str]:
+        """`cancel --orphans`: the JobSets `orphans` named."""
+        return self.delete_jobsets(names)
+
     def still_there(self, names: Sequence[str]) -> list[str]:
         """The JobSets of `names` that still exist: deleted in the foreground, each stays (with a deletion
         timestamp) until its Jobs and pods are gone, which takes up to the pods' termination grace period. One
@@ -587,15 +591,6 @@ class LogSource:
 
     name: str
     owner: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class Orphan:
-    """A JobSet of this sweep for a run id the sweep file no longer has."""
-
-    name: str
-    run_id: str
-    state: str  # "queued", "active" or "finished"
 
 
 def find_orphans(jobsets: Sequence[dict], expansion: Expansion) -> list[Orphan]:

@@ -9,6 +9,7 @@ process group with SIGTERM (the trainer saves a checkpoint and exits 143) and re
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import secrets
@@ -21,10 +22,11 @@ from pathlib import Path
 
 from distillspec.contract import FailedReason, exit_reason
 from distillspec.sweep import Target
-from orchestrator.backends import DryRun, LogRequest, Submitted
+from orchestrator.backends import DryRun, LogRequest, Orphan, Submitted
 from orchestrator.backends.local import claims as local_claims
 from orchestrator.backends.local import state
 from orchestrator.backends.local import supervisor as supervisor_module
+from orchestrator.core import identity
 from orchestrator.core.expansion import Expansion, Point
 from orchestrator.core.rendering import spec_json
 from orchestrator.core.run_status import Condition, Observation
@@ -74,7 +76,12 @@ class LocalBackend:
         if stale and claim.state == "queued":
             error = state.crash_of(folder, claim.supervisor_pid, claim.supervisor_start)
             crashed = None if error is None else f"{error} (its log: {folder / state.LOG})"
-        return observe_claim(claim, stale=stale, failure=state.read_failure(folder, run.run_id), crashed=crashed)
+        observed = observe_claim(claim, stale=stale, failure=state.read_failure(folder, run.run_id), crashed=crashed)
+        if observed.exists and claim is not None and claim.sweep != run.sweep:
+            # The same point in another sweep, started by it: its to stop (`cancel` leaves it), as on a cluster.
+            name = identity.jobset_name(claim.sweep, run.run_id)
+            return dataclasses.replace(observed, owner=claim.sweep, name=name)
+        return observed
 
     def submit(
         self, runs: Sequence[Point], expansion: Expansion, *, dry_run: DryRun | None = None
@@ -153,7 +160,7 @@ class LocalBackend:
         return {run.run_id: receipt.get(run.run_id, "exists") for run in runs}
 
     def delete(self, runs: Sequence[Point]) -> list[str]:
-        stopped, running = [], []
+        stopped, held = [], []
         for run in runs:
             folder = self._folder(run.sweep)
             failed = state.read_failure(folder, run.run_id) is not None
@@ -165,15 +172,40 @@ class LocalBackend:
                 if failed:
                     stopped.append(run.jobset_name)
                 continue  # not running, or started by another sweep that shares this point
-            try:
-                local_claims.release(run.output_path)  # first: the supervisor must not restart or record it
-            except OSError:
-                pass  # an unwritable run folder: its claim stays, and goes stale with its processes
-            if claim.state == "running" and local_claims.alive(claim.pid, claim.pid_start):
-                running.append(claim.pid)
+            held.append((run.output_path, claim))
             stopped.append(run.jobset_name)
-        _stop_groups(running)  # all at once: each saves its checkpoint in parallel
+        _stop(held)
         return stopped
+
+    def orphans(self, expansion: Expansion) -> list[Orphan]:
+        """Runs the sweep's supervisor holds, queued or running, for points the sweep file no longer has (an
+        edited file): nothing else shows or stops them, and the supervisor starts a queued one when a slot frees."""
+        wanted = {run.run_id for run in expansion.runs}
+        return [
+            orphan
+            for orphan, _, claim in self._held()
+            if claim.sweep == expansion.sweep.name and claim.run_id not in wanted
+        ]
+
+    def delete_orphans(self, names: Sequence[str]) -> list[str]:
+        """`cancel --orphans`: stop the runs `orphans` named (a trainer saves its checkpoint; a queued run is never
+        started)."""
+        chosen = [(orphan.name, path, claim) for orphan, path, claim in self._held() if orphan.name in names]
+        _stop([(path, claim) for _, path, claim in chosen])
+        return [name for name, _, _ in chosen]
+
+    def _held(self) -> list[tuple[Orphan, str, local_claims.Claim]]:
+        """Every live claim in output_base's run folders (queued or running, its owner alive), as an Orphan."""
+        found = []
+        with contextlib.suppress(OSError):  # no output_base yet: nothing was ever started
+            for folder in sorted(Path(self.target.output_base).iterdir()):
+                claim = local_claims.read_claim(str(folder))
+                if claim is None or claim.state == "exited" or local_claims.is_stale(claim):
+                    continue  # finished, or nobody will start it: its outputs say how far it got
+                name = identity.jobset_name(claim.sweep, claim.run_id)
+                orphan = Orphan(name, claim.run_id, "active" if claim.state == "running" else "queued")
+                found.append((orphan, str(folder), claim))
+        return found
 
     def still_there(self, names: Sequence[str]) -> list[str]:
         return []  # `delete` waits for the processes (SIGKILL after the grace period)
@@ -250,6 +282,20 @@ def observe_claim(
     else:
         condition = Condition("Failed", "True", exit_reason(code), f"the trainer exited with {code}")
     return Observation(exists=True, conditions=(condition,), restarts=claim.restarts, created_at=claim.created_at)
+
+
+def _stop(held: Sequence[tuple[str, local_claims.Claim]]) -> None:
+    """Stop the runs whose claims these are (by run folder): each claim is removed first, so the supervisor neither
+    restarts nor records the run, nor starts a queued one; then the running trainers are stopped together."""
+    running = []
+    for output_path, claim in held:
+        try:
+            local_claims.release(output_path)
+        except OSError:
+            pass  # an unwritable run folder: its claim stays, and goes stale with its processes
+        if claim.state == "running" and local_claims.alive(claim.pid, claim.pid_start):
+            running.append(claim.pid)
+    _stop_groups(running)  # all at once: each saves its checkpoint in parallel
 
 
 def _stop_groups(pids: list[int]) -> None:
