@@ -102,6 +102,16 @@ LABEL_RUN_ID = "distillctl.dev/run-id"
 LABEL_SPEC_HASH = "distillctl.dev/spec-hash"
 LABEL_ROLE = "distillctl.dev/role"  # point, baseline or prerequisite
 RESERVED_LABELS: tuple[str, ...] = (LABEL_SWEEP, LABEL_RUN_ID, LABEL_SPEC_HASH, LABEL_ROLE)
+# Labels distillctl sets from target fields (Kueue's queue and priority, XPK's workload name): a label of the same
+# key in target.labels would be overwritten without a word, so the sweep check names the field instead.
+LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+LABEL_WORKLOAD_PRIORITY = "kueue.x-k8s.io/priority-class"
+LABEL_XPK_WORKLOAD = "xpk.google.com/workload"
+LABELS_FROM_TARGET: dict[str, str] = {
+    LABEL_QUEUE: "target.queue (--queue)",
+    LABEL_WORKLOAD_PRIORITY: "target.workload_priority_class",
+    LABEL_XPK_WORKLOAD: "the JobSet's name (xpk sets it)",
+}
 
 ANNOTATION_AXIS_VALUES = "distillctl.dev/axis-values"
 ANNOTATION_OUTPUT_PATH = "distillctl.dev/output-path"

@@ -42,7 +42,14 @@ from pydantic_core import PydanticCustomError
 
 from distillspec import maxtext_format, metrics, spec_paths, tpu
 from distillspec.config import DistillSpec, Seed
-from distillspec.contract import ENV_SPEC, RESERVED_ENV, RESERVED_LABELS, RETRYABLE_DESCRIPTION, RETRYABLE_EXIT_CODES
+from distillspec.contract import (
+    ENV_SPEC,
+    LABELS_FROM_TARGET,
+    RESERVED_ENV,
+    RESERVED_LABELS,
+    RETRYABLE_DESCRIPTION,
+    RETRYABLE_EXIT_CODES,
+)
 from distillspec.problems import Loc, Problem, format_loc, has_errors
 from distillspec.pydantic_problems import problems_from
 from distillspec.specfile import looks_like_sweep, model_in
@@ -1036,6 +1043,15 @@ def _target(sweep: Sweep) -> list[Problem]:
                     "choose another key: distillctl's own labels find the runs"
                     if reserved
                     else "use [prefix/]name: a DNS prefix and a name of letters, digits, '-', '_', '.'",
+                )
+            )
+        if key in LABELS_FROM_TARGET:
+            out.append(
+                Problem(
+                    ("target", "labels", key),
+                    "label_from_target",
+                    f"label {key!r} is set by distillctl from {LABELS_FROM_TARGET[key]}: this value would be replaced",
+                    f"set {LABELS_FROM_TARGET[key]} instead, and drop the label",
                 )
             )
         if not LABEL_VALUE.match(value):

@@ -306,6 +306,8 @@ def test_a_webhooks_denial_is_a_rejection_not_an_rbac_problem():
         (("--label", "distillctl.dev/run-id=x"), "is set by distillctl"),
         (("--image", ""), "--image : '' is not a container image reference"),
         (("--queue", "Bad_Q"), "--queue Bad_Q: target.queue 'Bad_Q' is not a Kubernetes name"),
+        # distillctl sets it from target.queue: the label's value was replaced without a word
+        (("--label", "kueue.x-k8s.io/queue-name=other"), "is set by distillctl from target.queue (--queue)"),
     ],
 )
 @pytest.mark.parametrize("mode", ["--dry-run=client", "--service"])  # --service: checked before connecting
@@ -315,6 +317,19 @@ def test_a_bad_value_on_the_command_line_names_the_option_not_the_file(tmp_path,
     result = invoke("sweep", str(path), mode, *option)
     assert result.exit_code == ExitCode.USAGE and said in result.stderr, result.output
     assert "not a valid sweep" not in result.stderr
+
+
+def test_cluster_options_on_a_local_sweep_are_said_to_be_ignored(tmp_path):
+    # They were taken in silence: a --queue on a local sweep queued nothing anywhere.
+    path = write(tmp_path, sweep_data(target={"kind": "local", "output_base": str(tmp_path / "runs")}))
+    plain = invoke("sweep", str(path), "--dry-run=client", "--output", "json")
+    options = ("--image", "example.com/d:1", "--queue", "q", "--priority", "high", "--label", "a=b")
+    result = invoke("sweep", str(path), "--dry-run=client", "--output", "json", *options)
+    assert result.exit_code == 0 and json.loads(result.stdout) == json.loads(plain.stdout)  # the same run ids
+    assert "warning[option_ignored]: --image, --queue, --priority, --label ignored" in result.stderr
+    assert "option_ignored" not in plain.stderr
+    planned = invoke("plan", str(path), "--slices", "2")
+    assert planned.exit_code == 0 and "--slices ignored" in planned.stderr
 
 
 def test_plan_strict_fails_a_sweep_whose_runs_will_not_fit(tmp_path):

@@ -182,6 +182,8 @@ def _client_dry_run(expansion, output: OutputFormat) -> None:
     from orchestrator.cli import console
     from orchestrator.core import rendering
 
+    for problem in expansion.problems:  # warnings (errors were raised): as `sweep` without a dry run says them
+        console.print_problem(problem)
     target = expansion.sweep.target
     for run in expansion.runs:
         if target.on_cluster:

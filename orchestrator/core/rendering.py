@@ -37,10 +37,13 @@ from distillspec.contract import (
     ENV_GLIBC_TUNABLES,
     ENV_RUN_ID,
     ENV_SPEC,
+    LABEL_QUEUE,
     LABEL_ROLE,
     LABEL_RUN_ID,
     LABEL_SPEC_HASH,
     LABEL_SWEEP,
+    LABEL_WORKLOAD_PRIORITY,
+    LABEL_XPK_WORKLOAD,
     RETRYABLE_EXIT_CODES,
     TRAINER_COMMAND,
     trainer_process_env,
@@ -61,9 +64,6 @@ PREEMPTION_RULE_NAME = "restartJobSetOnPreemption"
 # max_restarts, so a trainer that keeps exiting 143 stops after max_restarts instead of restarting forever.
 PREEMPTION_MESSAGE_PATTERNS = ("has condition DisruptionTarget matching",)
 EXCLUSIVE_TOPOLOGY = ("alpha.jobset.sigs.k8s.io/exclusive-topology", "cloud.google.com/gke-nodepool")
-LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
-LABEL_WORKLOAD_PRIORITY = "kueue.x-k8s.io/priority-class"
-LABEL_XPK_WORKLOAD = "xpk.google.com/workload"
 
 
 class RenderError(ValueError):

@@ -65,6 +65,20 @@ def load_overridden(path: Path, overrides: TargetOverrides, *, image_required: b
                 )
     if overrides.labels:
         changes["labels"] = {**sweep.target.labels, **dict(overrides.labels)}
+    if sweep.target.kind == "local" and "kind" not in changes:
+        # A local run has no image, queue, priority or JobSet labels: say so rather than take the option in silence.
+        ignored = [OPTIONS[k] for k in ("slices", "image", "queue", "priority", "labels") if k in changes]
+        changes = {k: v for k, v in changes.items() if OPTIONS[k] not in ignored}
+        if ignored:
+            problem = Problem(
+                (),
+                "option_ignored",
+                f"{', '.join(ignored)} ignored: sweep {sweep.name} runs locally (target.kind: local), with no "
+                "slices, image, Kueue queue, priority or JobSet labels",
+                "drop the option, or pass --tpu-type (and --image) to run the sweep on a cluster",
+                severity="warning",
+            )
+            source = dataclasses.replace(source, problems=(*source.problems, problem))
     if changes:
         source = override_target(source, **changes)  # target rules run again: --image completes a target
         _raise_for_options(source.problems, overrides)
