@@ -133,6 +133,7 @@ class PendingReason:
     ORPHANED = "Orphaned"  # outputs say running, yet nothing runs it
     DELETING = "Deleting"  # the previous run of this id is still being deleted
     SUPERVISOR_GONE = "SupervisorGone"  # local backend: submitted, but its supervisor is gone (killed, a reboot)
+    PREREQUISITE_FAILED = "PrerequisiteFailed"  # not created: a prerequisite failed (`sweep --retry-failed`)
 
 
 class QueuedReason:

@@ -238,6 +238,10 @@ def test_retry_failed_reruns_a_failed_prerequisite_then_its_points(tmp_path):
     blocked = distillctl("sweep", str(sweep), "--wait", "--timeout", "120")
     assert blocked.returncode == 1, blocked.stdout + blocked.stderr
     assert "blocked" in blocked.stdout and status(sweep)[teacher["run_id"]]["phase"] == "Failed"
+    # Each point says why it waits (it read "Pending (NotCreated): not submitted yet", as if `sweep` would).
+    points = [r for r in status(sweep).values() if r["role"] != "prerequisite"]
+    assert {(r["phase"], r["reason"]) for r in points} == {("Pending", "PrerequisiteFailed")}
+    assert all("prerequisite 'teacher' is Failed" in r["message"] and "--retry-failed" in r["message"] for r in points)
     retried = distillctl("sweep", str(sweep), "--retry-failed", "--wait", "--timeout", "500")
     assert retried.returncode == 0, retried.stdout + retried.stderr
     assert {r["phase"] for r in status(sweep).values()} == {"Succeeded"}

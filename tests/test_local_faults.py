@@ -391,3 +391,28 @@ def test_a_run_another_local_sweep_started_says_whose_it_is_and_cancel_leaves_it
     finally:
         distillctl("cancel", str(second), "--yes")
         distillctl("cancel", str(first), "--yes")
+
+
+def test_a_changed_parallelism_reaches_the_running_supervisor(tmp_path):
+    """Two long runs at parallelism 1: one runs, one waits for a slot. Raising target.parallelism and running
+    `sweep` again (nothing new to submit) changed nothing and said nothing; now the waiting run starts."""
+    (tmp_path / "teacher.yaml").write_text(TEACHER)
+    sweep = tmp_path / "wider.yaml"
+    text = f"name: wider\nspec: teacher.yaml\noverrides: {{steps: 100000}}\nseeds: [0, 1]\n"
+    sweep.write_text(text + f"target: {{kind: local, output_base: {tmp_path / 'runs'}, parallelism: 1}}\n")
+    distillctl("sweep", str(sweep), check=True)
+    try:
+        rows = wait_until(
+            lambda: (r := status(sweep)) and sorted(row["phase"] for row in r.values()) == ["Queued", "Running"] and r,
+            what="one run and one waiting for a slot",
+        )
+        waiting = next(row for row in rows.values() if row["phase"] == "Queued")
+        assert waiting["reason"] == "WaitingForSlot", waiting
+        sweep.write_text(sweep.read_text().replace("parallelism: 1", "parallelism: 2"))
+        again = distillctl("sweep", str(sweep), check=True)
+        assert "0 created, 2 unchanged" in again.stdout, again.stdout
+        wait_until(lambda: trainers_of(waiting["output_path"]), 30, "the waiting run to start")
+        log = (state.state_dir(str(tmp_path / "runs"), "wider") / state.LOG).read_text()
+        assert "parallelism 1 → 2" in log
+    finally:
+        distillctl("cancel", str(sweep), "--yes")

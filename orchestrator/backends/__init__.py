@@ -68,7 +68,8 @@ class Backend(Protocol):
         self, runs: Sequence[Point], expansion: Expansion, *, dry_run: DryRun | None = None
     ) -> dict[str, Submitted]:
         """Create these runs (by run id: what happened, see `Submitted`); an existing one is left alone ("exists"),
-        never duplicated."""
+        never duplicated. Called with no runs too, when nothing is new (the local backend then passes a changed
+        target.parallelism to the sweep's running supervisor)."""
 
     def delete(self, runs: Sequence[Point]) -> list[str]:
         """Stop and remove these runs; returns the names of what was deleted."""

@@ -68,7 +68,8 @@ def launch(
         return LaunchReport(state, actions, {**done, **{run_id: DRY_RUN_RECREATE for run_id in ids}})
     if recreated:
         delete_and_wait(backend, expansion, recreated, clock=clock, sleep=sleep)
-    return LaunchReport(state, actions, backend.submit(runs, expansion) if runs else {})
+    # Called with nothing new too: a local supervisor that runs takes a changed target.parallelism from it.
+    return LaunchReport(state, actions, backend.submit(runs, expansion))
 
 
 def delete_and_wait(

@@ -20,9 +20,7 @@ from collections.abc import Mapping, Sequence
 
 from distillspec.contract import PendingReason
 from orchestrator.core.expansion import Point
-from orchestrator.core.run_status import Phase, RunStatus
-
-FAILED = frozenset({Phase.FAILED, Phase.DIVERGED})
+from orchestrator.core.run_status import FAILED, Phase, RunStatus
 
 
 class ActionKind(enum.StrEnum):

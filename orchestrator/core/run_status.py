@@ -41,6 +41,7 @@ class Phase(enum.StrEnum):
 
 
 TERMINAL: frozenset[Phase] = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.DIVERGED, Phase.STOPPED})
+FAILED: frozenset[Phase] = frozenset({Phase.FAILED, Phase.DIVERGED})  # ended without a usable result
 DEFAULT_STALL_SECONDS = 900.0  # no new metrics for this long while running: Stalled
 
 

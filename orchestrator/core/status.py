@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from distillspec.contract import PendingReason
 from distillspec.problems import Problem
 from orchestrator.backends import Backend
 from orchestrator.core.expansion import Expansion
-from orchestrator.core.run_status import DEFAULT_STALL_SECONDS, Observation, RunStatus, derive
+from orchestrator.core.run_status import DEFAULT_STALL_SECONDS, FAILED, Observation, Phase, RunStatus, derive
 from orchestrator.errors import UsageError
 from orchestrator.outputs import OutputStoreError, RunOutputs, read_many_run_outputs
 
@@ -47,8 +48,9 @@ def derive_all(
     now: float,
     stall_after: float = DEFAULT_STALL_SECONDS,
 ) -> dict[str, RunStatus]:
-    """Each run's status from what the backend observed (absent: never created) and what it wrote."""
-    return {
+    """Each run's status from what the backend observed (absent: never created) and what it wrote. A point not
+    created because a prerequisite failed says so (it read "not submitted yet", as if `sweep` would submit it)."""
+    statuses = {
         run.run_id: derive(
             observed.get(run.run_id, Observation(exists=False)),
             outputs[run.run_id],
@@ -58,6 +60,18 @@ def derive_all(
         )
         for run in expansion.runs
     }
+    for run in expansion.runs:
+        status = statuses[run.run_id]
+        if status.phase != Phase.PENDING or status.reason not in (PendingReason.NOT_CREATED, PendingReason.PREEMPTED):
+            continue
+        failed = [(name, statuses[rid]) for name, rid in run.depends_on.items() if statuses[rid].phase in FAILED]
+        if failed:
+            name, prerequisite = failed[0]
+            message = f"prerequisite {name!r} is {prerequisite.shown}; `distillctl sweep --retry-failed` runs it again"
+            statuses[run.run_id] = dataclasses.replace(
+                status, reason=PendingReason.PREREQUISITE_FAILED, message=message
+            )
+    return statuses
 
 
 def look(

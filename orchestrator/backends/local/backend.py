@@ -89,8 +89,11 @@ class LocalBackend:
         """Hand the runs to the sweep's supervisor (starting one unless one runs) and wait for its receipt: each
         run `created` (starts from step 0), `restarted` (resumes from its checkpoint), `exists` (another
         supervisor owns it) or `failed` (its folder cannot be written)."""
-        if dry_run is not None or not runs:
+        if dry_run is not None:
             return {run.run_id: "dry-run" for run in runs}
+        if not runs:
+            self._pass_on_parallelism(expansion.sweep.name)
+            return {}
         by_id = {run.run_id: run for run in expansion.runs}
         # Trainers a dead supervisor left running go with them: the supervisor counts them against parallelism
         # and resumes their runs when they die (its receipt says they exist).
@@ -144,20 +147,25 @@ class LocalBackend:
                 start_new_session=True,
                 env=_importable_env(),
             )
-        # The new supervisor, or the sweep's running one, takes the orders and answers with a receipt.
-        deadline = time.monotonic() + RECEIPT_TIMEOUT_SECONDS
-        while (receipt := state.pop_receipt(folder, submission)) is None:
-            code = supervisor.poll()
-            if code not in (None, 0):
-                error = state.crash_of(folder, supervisor.pid, None) or f"exit code {code}"
-                raise DistillctlError(f"the local supervisor failed: {error}", f"its log: {log_path}")
-            if time.monotonic() > deadline:
-                raise DistillctlError(
-                    f"the local supervisor did not take the runs within {RECEIPT_TIMEOUT_SECONDS:.0f}s",
-                    f"its log: {log_path}",
-                )
-            time.sleep(0.05)
+        receipt = _receipt(folder, submission, supervisor)  # the new supervisor's, or the sweep's running one's
         return {run.run_id: receipt.get(run.run_id, "exists") for run in runs}
+
+    def _pass_on_parallelism(self, sweep: str) -> None:
+        """Nothing new to run: a supervisor that runs still takes a changed target.parallelism (else an edit of it
+        waited, unsaid, for the sweep's next new run)."""
+        folder = self._folder(sweep)
+        settings = state.read_settings(folder)
+        parallelism = self.target.parallelism or os.cpu_count() or 1
+        if settings is None or settings.get("parallelism") == parallelism:
+            return
+        if not local_claims.alive(settings["pid"], settings.get("start")):
+            return  # the next supervisor starts with it
+        submission = secrets.token_hex(8)
+        try:
+            state.post_orders(folder, submission, {"orders": [], "parallelism": parallelism})
+        except OSError:
+            return  # its folder went read-only: the supervisor cannot answer either; status says the rest
+        _receipt(folder, submission, None, running=(settings["pid"], settings.get("start")))
 
     def delete(self, runs: Sequence[Point]) -> list[str]:
         stopped, held = [], []
@@ -230,6 +238,34 @@ class LocalBackend:
 
     def close(self) -> None:
         pass
+
+
+def _receipt(
+    folder: Path,
+    submission: str,
+    supervisor: subprocess.Popen | None,
+    running: tuple[int, float | None] | None = None,
+) -> dict[str, str]:
+    """Wait for the supervisor's answer to `submission`: from the one just started (`supervisor`, which may die
+    first), or from the `running` one (pid, start), whose orders are withdrawn if it ends before taking them."""
+    log_path = folder / state.LOG
+    deadline = time.monotonic() + RECEIPT_TIMEOUT_SECONDS
+    while (receipt := state.pop_receipt(folder, submission)) is None:
+        if running is not None and not local_claims.alive(*running):
+            with contextlib.suppress(OSError):
+                state.order_path(folder, submission).unlink()
+            return state.pop_receipt(folder, submission) or {}  # it may have answered as it ended
+        code = supervisor.poll() if supervisor is not None else None
+        if code not in (None, 0):
+            error = state.crash_of(folder, supervisor.pid, None) or f"exit code {code}"
+            raise DistillctlError(f"the local supervisor failed: {error}", f"its log: {log_path}")
+        if time.monotonic() > deadline:
+            raise DistillctlError(
+                f"the local supervisor did not take the runs within {RECEIPT_TIMEOUT_SECONDS:.0f}s",
+                f"its log: {log_path}",
+            )
+        time.sleep(0.05)
+    return receipt
 
 
 def observe_claim(

@@ -7,6 +7,7 @@ command tell each other, and what survives the supervisor.
 - `failed/<run id>.json`: a run the supervisor failed itself (its folder cannot be written, so its claim cannot
   say so).
 - `crashes/<pid>.json`: the error a supervisor died of, for the runs it left behind.
+- `supervisor.json`: the running supervisor (pid, start time) and the parallelism it keeps.
 - `supervisor.log`: the supervisors' output.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 
 LOCK = "lock"
 LOG = "supervisor.log"
+SETTINGS = "supervisor.json"
 
 
 def state_dir(output_base: str, sweep: str) -> Path:
@@ -143,3 +145,16 @@ def crash_of(folder: Path, pid: int, start: float | None) -> str | None:
     if not isinstance(data, dict) or (start is not None and data.get("start") not in (None, start)):
         return None
     return str(data.get("error", "unknown error"))
+
+
+# --- the running supervisor's settings ------------------------------------------------------------------------
+
+
+def write_settings(folder: Path, pid: int, start: float | None, parallelism: int) -> None:
+    write_json(folder / SETTINGS, {"pid": pid, "start": start, "parallelism": parallelism})
+
+
+def read_settings(folder: Path) -> dict | None:
+    """What the last supervisor wrote: `pid`, `start` and `parallelism` (it may be gone since)."""
+    data = read_json(folder / SETTINGS)
+    return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None

@@ -166,7 +166,14 @@ class Supervisor:
         self.orphans: list[_Orphan] = []
         self.stopping = ""  # the signal that asked this supervisor to stop
 
+    def _publish(self) -> None:
+        """Say who supervises the sweep and at what parallelism (`sweep` passes a changed one on)."""
+        pid = os.getpid()
+        with contextlib.suppress(OSError):
+            state.write_settings(self.folder, pid, local_claims.process_start_time(pid), self.parallelism)
+
     def run(self) -> None:
+        self._publish()
         while True:
             if self.stopping:
                 self._stop()
@@ -226,7 +233,11 @@ class Supervisor:
 
     def take_orders(self) -> None:
         for submission, request in state.take_orders(self.folder):
-            self.parallelism = max(1, int(request.get("parallelism") or os.cpu_count() or 1))
+            parallelism = max(1, int(request.get("parallelism") or os.cpu_count() or 1))
+            if parallelism != self.parallelism:
+                _log(f"parallelism {self.parallelism} → {parallelism}")
+                self.parallelism = parallelism
+                self._publish()
             outcomes = {}
             for data in request.get("orders", []):
                 order = Order.from_json(data)

@@ -63,6 +63,8 @@ class XpkBackend(KubernetesBackend):
     ) -> dict[str, Submitted]:
         if dry_run is not None:
             return super().submit(runs, expansion, dry_run=dry_run)  # the same manifest, through the API server
+        if not runs:
+            return {}
         existing = self.observe(expansion)
         results: dict[str, Submitted] = {}
         for run in runs:
