@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     NOT_ADMITTED = 9  # Kueue will never admit a point as configured (no such queue, request above quota)
     INTERNAL = 70  # a bug in distillctl: rerun with DISTILLCTL_DEBUG=1 and report the traceback
     INTERRUPTED = 130  # Ctrl-C
+    TERMINATED = 143  # SIGTERM (a CI job's timeout, `kill`): ended as Ctrl-C ends a command
 
 
 # `regress` reports an infrastructure failure (a point failed or never ran) with the usage-error code, as CI
@@ -37,6 +38,7 @@ DESCRIPTIONS: dict[ExitCode, str] = {
     ExitCode.NOT_ADMITTED: "Kueue will not admit a point",
     ExitCode.INTERNAL: "internal error (a bug): rerun with DISTILLCTL_DEBUG=1",
     ExitCode.INTERRUPTED: "interrupted",
+    ExitCode.TERMINATED: "terminated (SIGTERM)",
 }
 
 

@@ -279,6 +279,13 @@ def test_ctrl_c_stops_following_not_the_runs_and_watch_then_cancel_say_what_happ
     _, err = follower.communicate(timeout=60)
     assert follower.returncode == 130 and "stopped following; the runs go on" in err, err
     assert f"distillctl status {sweep} --watch" in err and "Traceback" not in err
+    # SIGTERM (a CI job's timeout) ends it the same way, with 143: it died silently, mid-line.
+    follower = started("sweep", str(sweep), "--wait")
+    while "follow-me-" not in (line := follower.stdout.readline()) or "Running" not in line or "exists" in line:
+        assert line, follower.stderr.read()  # a transition line (not the launch's `exists: Running`)
+    follower.send_signal(signal.SIGTERM)
+    _, err = follower.communicate(timeout=60)
+    assert follower.returncode == 143 and "stopped following; the runs go on" in err, err
 
     # The runs went on; `status --watch` into a pipe prints the table once, then one line per change.
     watcher = started("status", str(sweep), "--watch")

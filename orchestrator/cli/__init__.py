@@ -84,7 +84,12 @@ def _interrupt_again(unraisable, default=sys.unraisablehook) -> None:
 
 
 def main() -> None:
+    import signal
+
+    from orchestrator.cli import boundary
+
     sys.unraisablehook = _interrupt_again
+    signal.signal(signal.SIGTERM, boundary.raise_terminated)  # `serve` and the trainer install their own
     first = sys.argv[1] if len(sys.argv) > 1 else None
     if first == "validate":
         from orchestrator.cli import spec_validate

@@ -14,6 +14,19 @@ from orchestrator.errors import DistillctlError, InvalidSpecError
 from orchestrator.exit_codes import ExitCode
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: every command ends on it as on Ctrl-C (`sweep --wait` says the runs go
+    on; `status --watch` ends), with exit 143. It died silently before, mid-line."""
+
+
+def raise_terminated(_signum: int, _frame) -> None:
+    raise Terminated()
+
+
+def interrupted_code(e: KeyboardInterrupt) -> ExitCode:
+    return ExitCode.TERMINATED if isinstance(e, Terminated) else ExitCode.INTERRUPTED
+
+
 def exit_code(e: BaseException) -> int | None:
     """Print what `e` means and return the exit code; None when `e` is not the boundary's to end (re-raise it)."""
     from orchestrator.cli import console
@@ -25,8 +38,8 @@ def exit_code(e: BaseException) -> int | None:
         console.print_error(e.message, e.hint)
         return int(e.exit_code)
     if isinstance(e, KeyboardInterrupt):
-        console.print_error("interrupted")
-        return int(ExitCode.INTERRUPTED)
+        console.print_error("terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted")
+        return int(interrupted_code(e))
     if isinstance(e, BrokenPipeError):
         if not _stdout_closed():
             return None  # a pipe to something else broke: not the reader going away

@@ -214,7 +214,7 @@ def _follow(
     Ctrl-C stops following, not the runs: it says so, and how to follow or stop them (exit 130)."""
     from rich.live import Live
 
-    from orchestrator.cli import console, views
+    from orchestrator.cli import boundary, console, views
     from orchestrator.core.follow import Finished, Outcome, follow
     from orchestrator.core.reconcile import ActionKind
     from orchestrator.exit_codes import ExitCode
@@ -236,7 +236,7 @@ def _follow(
             elif not quiet:
                 for line in views.transitions(expansion, dict(event.state.statuses), previous):
                     console.out.print(line, markup=False, highlight=False)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (boundary.Terminated)
         if live:
             live.stop()
         live = None
@@ -245,7 +245,7 @@ def _follow(
             "stopped following; the runs go on",
             f"`distillctl status {named} --watch` follows them again, `distillctl cancel {named}` stops them",
         )
-        return ExitCode.INTERRUPTED
+        return boundary.interrupted_code(e)
     finally:
         if live:
             live.stop()
