@@ -306,7 +306,8 @@ def test_ctrl_c_stops_following_not_the_runs_and_watch_then_cancel_say_what_happ
 
     # A finished run has nothing to stop, and is not "a run that does not exist".
     teacher = next(r for r in status(sweep).values() if r["role"] == "prerequisite")
-    distillctl("cancel", str(sweep), "--yes", check=True)
+    first = distillctl("cancel", str(sweep), "--yes", check=True)  # it printed `deleted` for each finished run
+    assert "deleted" not in first.stdout and "none of these 4 runs is running (4 Succeeded)" in first.stdout
     again = distillctl("cancel", str(sweep), "teacher", "--yes", check=True)
     assert f"nothing to cancel: follow-me-{teacher['run_id']} is Succeeded and nothing runs it" in again.stdout
     every = distillctl("cancel", str(sweep), "--yes", check=True)

@@ -544,6 +544,8 @@ def cancel(
                 markup=False,
             )
         chosen = [run for run in chosen if not existing[run.run_id].owner]
+        if expansion.sweep.target.kind == "local":  # a finished local run is a record, not something to stop
+            chosen = [run for run in chosen if not _ended(existing[run.run_id])]
         if chosen and views.service_view(expansion, backend) is not None:  # the controller would create them again
             name = expansion.sweep.name
             raise UsageError(
@@ -567,6 +569,10 @@ def cancel(
         _report_deleted(backend, backend.delete(chosen), output, wait=wait, timeout=timeout)
     finally:
         backend.close()
+
+
+def _ended(observation) -> bool:
+    return not observation.active and any(observation.condition(kind) is not None for kind in ("Completed", "Failed"))
 
 
 def _nothing_running(expansion, backend, asked) -> str:
