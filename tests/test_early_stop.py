@@ -133,6 +133,15 @@ def test_replay_reads_the_runs_outputs_and_counts_chip_hours_saved(tmp_path):
     assert text.exit_code == 0 and "2 of 3 point(s) would have stopped; 110 steps" in text.stdout
 
 
+def test_replay_says_what_plan_says_of_the_rules_and_refuses_to_replay_nothing(tmp_path):
+    # It printed no warning (a rule acting after the last step never fires) and, with no outputs where it looked
+    # (another directory, a wrong --output-base), "0 of 3 point(s) would have stopped" with exit 0.
+    path = write_sweep(tmp_path, early_stopping={"median": {"at_step": 1000}})
+    result = CliRunner().invoke(app, ["early-stop", "replay", str(path)])
+    assert result.exit_code == 2 and "warning[rule_after_the_end]" in result.stderr, result.output
+    assert "has logged metrics under" in result.stderr and "nothing to replay" in result.stderr
+
+
 def test_replay_without_rules_says_what_to_add(tmp_path):
     result = CliRunner().invoke(app, ["early-stop", "replay", str(write_sweep(tmp_path))])
     assert result.exit_code == 2 and "no early_stopping rules" in result.output

@@ -304,9 +304,13 @@ def test_golden_update_bands_from_repeated_seeds(tmp_path):
             r for r in result.points if r is not run and dict(r.axis_values, seed=0) == dict(run.axis_values, seed=0)
         )
         assert by_id[twin.run_id].checks["distill/kl_div_T1"] == check  # the two seeds of a point share one band
-    teacher = by_id[result.prerequisites[0].run_id]
-    assert teacher.checks == {}  # one teacher run (prerequisites are not seeded), and it logs no KL
-    assert invoke("regress", path, "--golden", golden).exit_code == ExitCode.OK
+    # One teacher run (prerequisites are not seeded), and it logs no KL: left out (it was `checks: {}`, which
+    # regress dropped from its report), and listed as not checked.
+    assert result.prerequisites[0].run_id not in by_id
+    checked = invoke("regress", path, "--golden", golden)
+    assert (
+        checked.exit_code == ExitCode.OK and "Not checked (no golden values): prerequisite 'teacher'" in checked.stdout
+    )
 
 
 def test_the_committed_quickstart_golden_file_matches_the_sweep():
@@ -407,6 +411,54 @@ def test_golden_update_refuses_a_gate_that_checks_nothing(sweep, tmp_path):
     assert not out.exists()
     short = invoke("golden", "update", path, "-o", out, "--metric", "kl_div_T1")  # the short name, resolved
     assert short.exit_code == ExitCode.OK and "distill/kl_div_T1" in out.read_text(), short.output
+
+
+def test_a_golden_file_that_checks_nothing_is_invalid_and_an_empty_point_is_not_checked(sweep, tmp_path):
+    # `points: []` passed with exit 0 checking nothing; a point's `checks: {}` vanished from the report.
+    path, golden, result = sweep
+    data = yaml.safe_load(golden.read_text())
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(yaml.safe_dump({**data, "points": []}))
+    out = invoke("regress", path, "--golden", empty)
+    assert out.exit_code == ExitCode.INVALID_SPEC and "[golden_checks_nothing]" in out.stderr, out.output
+    data["points"][1]["checks"] = {}
+    golden.write_text(yaml.safe_dump(data))
+    out = invoke("regress", path, "--golden", golden, "--junit", tmp_path / "junit.xml")
+    assert out.exit_code == ExitCode.OK and f"Not checked (no golden values): {result.points[0].label}" in out.stdout
+    suite, _ = junit(tmp_path / "junit.xml")
+    assert suite.get("skipped") == "1"
+
+
+def test_a_tight_rtol_golden_file_passes_on_its_own_runs_and_a_failure_shows_why(sweep, tmp_path):
+    # Values were rounded to 6 digits whatever --rtol: at 1e-6 the file failed against the runs it came from,
+    # printing "0.109062 | ≈ 0.109062".
+    path, _, result = sweep
+    tight = tmp_path / "tight.yaml"
+    assert invoke("golden", "update", path, "-o", tight, "--rtol", "1e-6").exit_code == ExitCode.OK
+    assert invoke("regress", path, "--golden", tight).exit_code == ExitCode.OK
+    doctor(tight, result.points[0].run_id, "distill/kl_div_T1", 1 + 3e-6)
+    out = invoke("regress", path, "--golden", tight)
+    assert out.exit_code == ExitCode.FAILED, out.output
+    row = next(line for line in out.stdout.splitlines() if "❌" in line and "kl_div_T1" in line)
+    observed, expected = row.split("|")[4].strip(), row.split("|")[5].strip()
+    assert expected.startswith("≈ ") and observed != expected.split()[1], row
+
+
+def test_naming_a_default_metric_keeps_its_eval_twin(tmp_path):
+    # `--metric kl_div_T1` (the default's own name) moved the check to the training window.
+    path = write_sweep(tmp_path)
+    result = expanded(path)
+    for run in result.runs:
+        write_outputs(run, evaluate=run.prerequisite is None)
+    golden = tmp_path / "golden.yaml"
+    out = invoke("golden", "update", path, "-o", golden, "--metric", "kl_div_T1")
+    assert out.exit_code == ExitCode.OK and "eval metrics for 5 run(s)" in out.stderr, out.output
+    data, _ = golden_file.read_golden(golden)
+    assert {name for p in data.points for name in p.checks} == {"eval/kl_div_T1"}
+    literal = tmp_path / "literal.yaml"
+    assert invoke("golden", "update", path, "-o", literal, "--metric", "distill/kl_div_T1").exit_code == 0
+    data, _ = golden_file.read_golden(literal)  # a full name is taken as written
+    assert {name for p in data.points for name in p.checks} == {"distill/kl_div_T1"}
 
 
 def test_a_failed_exact_check_shows_the_observed_value_in_full(sweep):

@@ -141,7 +141,7 @@ def test_junit_and_markdown():
     assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("3", "1", "1")
     assert root.find(".//failure").get("type") == "MetricRegression"
     text = markdown(report)
-    assert "| ❌ | alpha=0.3 | `distill/kl_div_T1` | 5 |" in text and "⚠️" in text and "infrastructure failure" in text
+    assert "| ❌ | alpha=0.3 | `distill/kl_div_T1` | 5.0 |" in text and "⚠️" in text and "infrastructure failure" in text
 
 
 def test_golden_derive_bands_from_seeds_and_approx_otherwise():

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+from pathlib import Path
 
 import pytest
 from results_support import (
@@ -337,3 +338,28 @@ def test_reading_a_local_sweep_from_another_directory_says_where_its_output_base
         out = invoke(*command)
         assert "warning[output_base_missing]" in out.stderr, out.output
         assert f"relative to the current directory, {elsewhere}" in out.stderr and "absolute path" in out.stderr
+
+
+def test_a_local_sweep_read_from_a_copy_takes_its_statuses_from_the_copy(tmp_path):
+    # The statuses came from the claim files of target.output_base (the originals, all exited 0): a run whose
+    # copy says failed read Succeeded and could be ★ best.
+    import shutil
+
+    from orchestrator.backends.local import claims as local_claims
+
+    path = write_sweep(tmp_path)
+    result = expanded(path)
+    finish_all(result)
+    for run in result.runs:
+        claim = local_claims.Claim(run.run_id, "quickstart", "t", 1, state="exited", exit_code=0)
+        (Path(run.output_path) / local_claims.CLAIM_FILE).write_text(json.dumps(claim.to_json()))
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "runs", copy)
+    failed = result.points[3]  # the best KL
+    summary = copy / failed.run_id / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "status": "failed", "exit_code": 1}))
+    assert json.loads(invoke("results", str(path), "-f", "json").stdout)["best"] == failed.run_id
+    out = invoke("results", str(path), "-f", "json", "--output-base", str(copy))
+    rows = {row["run_id"]: row for row in json.loads(out.stdout)["runs"]}
+    assert rows[failed.run_id]["status"]["phase"] == "Failed" and json.loads(out.stdout)["best"] != failed.run_id
+    assert "warning[statuses_from_outputs]" in out.stderr and "output_base_missing" not in out.stderr

@@ -330,6 +330,9 @@ def test_cluster_options_on_a_local_sweep_are_said_to_be_ignored(tmp_path):
     assert "option_ignored" not in plain.stderr
     planned = invoke("plan", str(path), "--slices", "2")
     assert planned.exit_code == 0 and "--slices ignored" in planned.stderr
+    read = invoke("results", str(path), "--image", "example.com/d:1", "--namespace", "team", "--context", "c")
+    assert read.exit_code == 0 and "--image ignored" in read.stderr, read.output
+    assert "--context, --namespace ignored: sweep t runs locally" in read.stderr
 
 
 def test_plan_strict_fails_a_sweep_whose_runs_will_not_fit(tmp_path):

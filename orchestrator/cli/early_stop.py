@@ -19,16 +19,26 @@ def replay(
     from rich.table import Table
 
     from orchestrator.cli import console
+    from orchestrator.cli.options import SweepContext
     from orchestrator.core import early_stop, gate
-    from orchestrator.core.sweeps import expand_sweep
     from orchestrator.errors import UsageError
 
-    expansion = expand_sweep(sweep, yes=True)
+    ctx = SweepContext.build(sweep, yes=True)
+    expansion = ctx.expanded(about=("early_stopping",))  # a rule that never fires, a metric not logged
     if not expansion.sweep.early_stopping.any:
         raise UsageError(
             f"{sweep} has no early_stopping rules", "add e.g. `early_stopping: {no_improvement: {patience: 5}}`"
         )
-    rows = early_stop.replay(expansion, gate.read_outputs(expansion, output_base))
+    if output_base is None:
+        ctx.warn_if_nothing_written(expansion)
+    outputs = gate.read_outputs(expansion, output_base)
+    rows = early_stop.replay(expansion, outputs)
+    if not any(r.last_step is not None for r in rows):  # "0 would have stopped" would read as rules that never fire
+        where = output_base or expansion.sweep.target.output_base
+        raise UsageError(
+            f"no point of sweep {expansion.sweep.name} has logged metrics under {where}: nothing to replay",
+            "run the sweep first, or point --output-base at where its run folders are",
+        )
     if output is OutputFormat.json:
         console.print_json(
             [

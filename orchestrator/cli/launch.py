@@ -125,7 +125,7 @@ def sweep(
                 "--dry-run=client checks the sweep without the cluster",
             )
     if dry_run is DryRunMode.client:
-        _client_dry_run(ctx.expand(), output)
+        _client_dry_run(ctx.expanded(), output)
         return
     if service:
         _apply_to_service(ctx, output)
@@ -182,8 +182,6 @@ def _client_dry_run(expansion, output: OutputFormat) -> None:
     from orchestrator.cli import console
     from orchestrator.core import rendering
 
-    for problem in expansion.problems:  # warnings (errors were raised): as `sweep` without a dry run says them
-        console.print_problem(problem)
     target = expansion.sweep.target
     for run in expansion.runs:
         if target.on_cluster:

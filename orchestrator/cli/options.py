@@ -201,16 +201,46 @@ class SweepContext:
             )
         )
 
+    def expanded(self, about: tuple[str, ...] | None = None):
+        """The expansion, its warnings printed: the sweep's own (only those whose location starts with one of
+        `about`, when given: a command that reads finished runs has no use for launch advice), and the options a
+        local sweep ignores."""
+        from distillspec.problems import Problem
+        from orchestrator.cli import console
+
+        expansion = self.expand()
+        for problem in expansion.problems:
+            if about is None or problem.code == "option_ignored" or (problem.loc and problem.loc[0] in about):
+                console.print_problem(problem)
+        access = self.access
+        given = [
+            flag
+            for flag, value in (
+                ("--kubeconfig", access.kubeconfig),
+                ("--context", access.context),
+                ("--namespace", access.namespace),
+            )
+            if value
+        ]
+        if given and expansion.sweep.target.kind == "local":
+            console.print_problem(
+                Problem(
+                    (),
+                    "option_ignored",
+                    f"{', '.join(given)} ignored: sweep {expansion.sweep.name} runs locally (target.kind: local)",
+                    "drop the option, or pass --tpu-type (and --image) to look at the sweep on a cluster",
+                    severity="warning",
+                )
+            )
+        return expansion
+
     def open(self, check=None):
         """`(expansion, backend)`: the expanded sweep and its target's backend (close it when done). Warnings of
         the expansion are printed; `check(expansion)` runs before the backend connects (a command's options that
         the sweep can refuse)."""
         from orchestrator.backends import backend_for
-        from orchestrator.cli import console
 
-        expansion = self.expand()
-        for problem in expansion.problems:
-            console.print_problem(problem)
+        expansion = self.expanded()
         if check is not None:
             check(expansion)
         return expansion, backend_for(expansion.sweep.target, self.access)

@@ -52,9 +52,10 @@ class ResultsFormat(str, Enum):
 # --- reading a sweep's state ------------------------------------------------------------------------------
 
 
-def backend_statuses(access):
+def backend_statuses(access, output_base: str | None = None):
     """The status of every run of the sweep, from its backend (`access`: a ClusterAccess). The one place statuses
-    come from."""
+    come from. A local sweep read from a copy (`output_base`, --output-base) has no backend to ask: its claim files
+    are in the sweep's own output_base, about other outputs, so the copy's outputs alone decide."""
     from distillspec.problems import Problem
     from orchestrator.backends import backend_for
     from orchestrator.cli import console
@@ -63,6 +64,18 @@ def backend_statuses(access):
     from orchestrator.errors import DistillctlError
 
     def statuses(expansion, outputs: Mapping):
+        if output_base is not None and expansion.sweep.target.kind == "local":
+            console.warn_once(
+                Problem(
+                    (),
+                    "statuses_from_outputs",
+                    f"--output-base {output_base}: a local sweep's runs read from a copy; statuses come from the "
+                    "copy's outputs only (not from the runs of target.output_base)",
+                    "drop --output-base to see the runs as they are",
+                    severity="warning",
+                )
+            )
+            return results.outputs_only(expansion, outputs)
         try:
             backend = backend_for(expansion.sweep.target, access)
             try:
@@ -185,7 +198,7 @@ def results_command(
         slices=slices,
         image=image,
     )
-    expansion = ctx.expand()
+    expansion = ctx.expanded(about=())
     if output_base is None:
         ctx.warn_if_nothing_written(expansion)
     if plot is not None:  # before the table is printed: a script must not get a whole table and exit 2
@@ -193,7 +206,7 @@ def results_command(
             Path(plot).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise cannot_write(Path(plot), e, folder=True) from None
-    outputs, statuses = gate.observe(expansion, output_base, backend_statuses(ctx.access))
+    outputs, statuses = gate.observe(expansion, output_base, backend_statuses(ctx.access, output_base))
     _warn_skipped_lines(outputs)
     _warn_no_outputs(expansion, outputs, statuses, output_base)
     table = results.build(expansion, outputs, statuses, window=window)
@@ -313,14 +326,16 @@ def regress(
         image=image,
     )
     try:
-        expansion = ctx.expand()
+        expansion = ctx.expanded(about=())
         expected = gate.load_golden(golden, expansion)
     except DistillctlError as e:
         raise _invalid(e) from None
+    if output_base is None:
+        ctx.warn_if_nothing_written(expansion)
     report = gate.check_sweep(
         expansion,
         expected,
-        statuses=backend_statuses(ctx.access),
+        statuses=backend_statuses(ctx.access, output_base),
         output_base=output_base,
         wait=wait,
         timeout=timeout,
@@ -408,21 +423,23 @@ def golden_update(
         slices=slices,
         image=image,
     )
-    resolved = []  # kl_div_T1: distill/kl_div_T1
+    resolved = []  # kl_div_T1: (distill/kl_div_T1, True): a bare name, checked on its eval twin where there is one
     for name in metric or ():
         if (full := metrics.resolve(name)) is None:
             raise UsageError(f"--metric {name!r} is not a metric the trainer logs", metrics.did_you_mean(name))
-        resolved.append(full)
-    metric = resolved or metric
-    expansion = ctx.expand()
-    ctx.warn_if_nothing_written(expansion)
+        resolved.append((full, "/" not in name))
+    wanted = [full for full, _ in resolved] or list(golden_file.DEFAULT_METRICS)
+    twinned = [full for full, bare in resolved if bare] if resolved else wanted
+    expansion = ctx.expanded(about=())
+    if output_base is None:
+        ctx.warn_if_nothing_written(expansion)
     _refuse_clobbering({"-o": out}, {"the sweep file": sweep})
     if out.is_file() and not golden_file.looks_like_golden(out):
         raise UsageError(
             f"{out} exists and is not a golden file: writing it would replace it",
             "give -o a new path, or the golden file to update",
         )
-    outputs, statuses = gate.observe(expansion, output_base, backend_statuses(ctx.access))
+    outputs, statuses = gate.observe(expansion, output_base, backend_statuses(ctx.access, output_base))
     _warn_skipped_lines(outputs)
     _warn_no_outputs(expansion, outputs, statuses, output_base)
     unfinished = [run for run in expansion.runs if statuses[run.run_id].phase != Phase.SUCCEEDED]
@@ -433,13 +450,13 @@ def golden_update(
             f"{len(unfinished)} of {len(expansion.runs)} run(s) have not succeeded ({listed}{more})",
             f"golden values come from a finished sweep: `distillctl results {sweep}` shows where it stands",
         )
-    # Without --metric, a run that evaluated a held-out set is checked on its eval metrics (eval/kl_div_T1, ...).
-    chosen = {
-        run.run_id: (list(metric), "given")
-        if metric
-        else results.preferred_names(outputs[run.run_id], golden_file.DEFAULT_METRICS)
-        for run in expansion.runs
-    }
+    # A run that evaluated a held-out set is checked on the eval twins (eval/kl_div_T1, ...) of the default metrics
+    # and of bare --metric names (kl_div_T1): naming a default must not move its check to the training window.
+    chosen = {}
+    for run in expansion.runs:
+        twins, source = results.preferred_names(outputs[run.run_id], twinned)
+        by_name = dict(zip(twinned, twins))
+        chosen[run.run_id] = ([by_name.get(name, name) for name in wanted], source if twinned else "given")
     names = list(dict.fromkeys(name for run_names, _ in chosen.values() for name in run_names))
     groups = gate.seed_groups(expansion)
     finished = [
@@ -469,8 +486,7 @@ def golden_update(
             f"`distillctl results {sweep}` shows what the runs logged; choose metrics with --metric",
         )
     _write(out, golden_file.dump(derived, header))
-    on_eval = sum(source != results.TRAIN for _, source in chosen.values())
-    which = f"; eval metrics for {on_eval} run(s) with a held-out set" if on_eval else "; training metrics"
-    if metric:
-        which = ""
+    on_eval = sum(source not in (results.TRAIN, "given") for _, source in chosen.values())
+    which = f"; eval metrics for {on_eval} run(s) with a held-out set" if on_eval else ""
+    which = which or ("; training metrics" if twinned else "")
     console.err.print(f"wrote {out}: {checks} check(s) on {len(derived.points)} run(s){which}", markup=False)

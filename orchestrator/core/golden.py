@@ -61,8 +61,8 @@ class Approx(_Frozen):
     def passes(self, observed: float) -> bool:
         return abs(observed - self.value) <= self.atol + self.rtol * abs(self.value)
 
-    def describe(self) -> str:
-        return f"≈ {self.value:.6g} (rtol {self.rtol:g}, atol {self.atol:g})"
+    def describe(self, precise: bool = False) -> str:
+        return f"≈ {_shown(self.value, precise)} (rtol {self.rtol:g}, atol {self.atol:g})"
 
 
 class Band(_Frozen):
@@ -87,9 +87,9 @@ class Band(_Frozen):
     def passes(self, observed: float) -> bool:
         return (self.low is None or observed >= self.low) and (self.high is None or observed <= self.high)
 
-    def describe(self) -> str:
-        low = "-∞" if self.low is None else f"{self.low:.6g}"
-        high = "∞" if self.high is None else f"{self.high:.6g}"
+    def describe(self, precise: bool = False) -> str:
+        low = "-∞" if self.low is None else _shown(self.low, precise)
+        high = "∞" if self.high is None else _shown(self.high, precise)
         return f"in [{low}, {high}]"
 
 
@@ -102,8 +102,13 @@ class Deterministic(_Frozen):
     def passes(self, observed: float) -> bool:
         return observed == self.value
 
-    def describe(self) -> str:
+    def describe(self, precise: bool = False) -> str:
         return f"== {self.value!r}"
+
+
+def _shown(value: float, precise: bool) -> str:
+    """6 significant digits; every digit where a failed check must show why (3.20349 was "above" 3.20349)."""
+    return repr(value) if precise else f"{value:.6g}"
 
 
 Check = Annotated[Approx | Band | Deterministic, Field(discriminator="check")]
@@ -172,7 +177,7 @@ def derive(
 
     With two or more seeds in a seed group each metric becomes a band of mean ± max(4σ, rtol·|mean|) over the
     group, the spread the seeds showed (bounds rounded outwards to 6 significant digits); a lone run gets an
-    `approx` check (rtol; value to 6 significant digits), or with rtol 0 a `deterministic` one (the exact value).
+    `approx` check (rtol; value to 6 significant digits, exact below rtol 1e-4), or with rtol 0 a `deterministic` one (the exact value).
     """
     groups: dict[str, list[Mapping[str, float | None]]] = {}
     for run in observed:
@@ -194,7 +199,11 @@ def derive(
             elif rtol == 0:
                 checks[name] = Deterministic(value=value)  # exact: no rounding either
             else:
-                checks[name] = Approx(value=float(f"{value:.6g}"), rtol=rtol)
+                # 6 significant digits read well, but their rounding (up to 5e-6 relative) would fail a tighter
+                # rtol against the very runs the value came from: below 1e-4 the value is written exactly.
+                checks[name] = Approx(value=float(f"{value:.6g}") if rtol >= 1e-4 else value, rtol=rtol)
+        if not checks:
+            continue  # nothing of it to check (a pre-trained teacher logs no KL): regress lists it as not checked
         points.append(
             GoldenPoint(
                 run_id=run.run_id,
@@ -249,6 +258,15 @@ def read_golden(path: str | Path) -> tuple[GoldenFile | None, list[Problem]]:
     else:
         try:
             golden = GoldenFile.model_validate(document.data)
+            if not any(point.checks for point in golden.points):  # a gate that checks nothing always passes
+                problems.append(
+                    Problem(
+                        ("points",),
+                        "golden_checks_nothing",
+                        "this golden file checks no metric of any point: regress would pass whatever the runs did",
+                        "write it with `distillctl golden update SWEEP -o FILE` (each point's checks: under points:)",
+                    )
+                )
         except ValidationError as e:
             # The discriminator's tag (`approx`) is in pydantic's locations, not in the file.
             problems += problems_from(

@@ -85,6 +85,8 @@ def evaluate(golden: GoldenFile, observed: Mapping[str, Observed], *, timed_out:
     points that had not finished (they are reported as such, and the exit code is TIMEOUT)."""
     outcomes: list[Outcome] = []
     for point in golden.points:
+        if not point.checks:
+            continue  # `checks: {}`: listed as not checked, not silently dropped from the report
         seen = observed.get(point.run_id)
         label = point.label or (seen.label if seen else "")
         if seen is None:
@@ -110,7 +112,6 @@ def evaluate(golden: GoldenFile, observed: Mapping[str, Observed], *, timed_out:
             continue
         for name, check in point.checks.items():
             value = seen.metrics.get(name)
-            exact = check.check == "deterministic"
             if value is None or not math.isfinite(value):
                 outcomes.append(
                     Outcome(
@@ -132,14 +133,14 @@ def evaluate(golden: GoldenFile, observed: Mapping[str, Observed], *, timed_out:
                         label,
                         name,
                         "regression",
-                        check.describe(),
+                        check.describe(precise=True),
                         value,
-                        f"{name} = {_number(value, exact)}, expected {check.describe()}"
+                        f"{name} = {_number(value, True)}, expected {check.describe(precise=True)}"
                         + _better_note(name, check, value),
-                        exact,
+                        True,  # every digit: rounded, a failed value could read as the bound it passed
                     )
                 )
-    checked = {point.run_id for point in golden.points}
+    checked = {point.run_id for point in golden.points if point.checks}
     unchecked = tuple(seen.label or run_id for run_id, seen in observed.items() if run_id not in checked)
     return RegressReport(golden.sweep, tuple(outcomes), timed_out, unchecked, golden.window)
 
