@@ -165,6 +165,13 @@ def _point(check: str) -> str:
         ),
         (_point("{distill/kl_div_T1: {check: band, low: 7, high: 3}}"), "band_backwards", "always fails"),
         (_point("{distill/kl_div_T1: {check: band}}"), "band_unbounded", "always passes"),
+        # a typo was "not logged": an infrastructure failure (exit 2), run after run
+        (
+            _point("{distill/kl_div_t1: {check: approx, value: 1}}"),
+            "unknown_metric",
+            "did you mean 'distill/kl_div_T1'",
+        ),
+        (_point("{kl_div_T1: {check: approx, value: 1}}"), "unknown_metric", "write it in full: distill/kl_div_T1"),
         ("sweep: quickstart\nsweep: other\npoints: []\n", "duplicate_key", "appears twice"),
         ("- a\n", "not_a_mapping", "golden update"),
         ("sweep: [unclosed\n", "yaml_syntax", ""),
@@ -474,3 +481,39 @@ def test_a_failed_exact_check_shows_the_observed_value_in_full(sweep):
     row = next(line for line in out.stdout.splitlines() if f"`{name}`" in line and "❌" in line)
     shown = row.split("|")[4].strip()  # it read "| 0.109062 | == 0.109062 |": equal to 6 digits
     assert repr(float(shown)) == shown and f"{float(shown):.6g}" != shown and f"== {near!r}" in row, row
+
+
+def test_points_the_sweeps_own_rule_stopped_are_not_checked_and_not_a_failure(sweep, tmp_path):
+    # A stopped point made regress an infrastructure failure (exit 2) and golden update impossible, although a
+    # sweep whose points succeeded or were stopped is Succeeded.
+    from orchestrator.outputs import write_stopped
+
+    path, golden, result = sweep
+    stopped = result.points[1]
+    write_outputs(stopped, status="preempted", steps=30)
+    write_stopped(stopped.output_path, {"rule": "no_improvement", "step": 30, "message": "no gain in 3 lines"})
+    out = invoke("regress", path, "--golden", golden, "--junit", tmp_path / "junit.xml")
+    assert out.exit_code == ExitCode.OK, out.output
+    assert f"Not checked (stopped by the sweep's early-stopping rule): {stopped.label}" in out.stdout
+    suite, cases = junit(tmp_path / "junit.xml")
+    assert suite.get("skipped") == "1" and any(c.get("classname") == "quickstart.stopped" for c in cases)
+    again = tmp_path / "again.yaml"
+    written = invoke("golden", "update", path, "-o", again)
+    assert written.exit_code == ExitCode.OK and "left out 1 point(s) stopped" in written.stderr, written.output
+    data, _ = golden_file.read_golden(again)
+    assert stopped.run_id not in {p.run_id for p in data.points}
+
+
+def test_a_report_file_that_cannot_be_written_keeps_the_verdict_and_its_exit_code(sweep, tmp_path):
+    # A regression with an unwritable --junit printed nothing and exited 2 (infrastructure): CI would retry it.
+    path, golden, result = sweep
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    early = invoke("regress", path, "--golden", golden, "--junit", folder)
+    assert early.exit_code == ExitCode.USAGE and "--junit" in early.stderr and "is a folder" in early.stderr
+    doctor(golden, result.points[3].run_id, "distill/kl_div_T1", 0.5)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    out = invoke("regress", path, "--golden", golden, "--junit", blocker / "junit.xml")  # its parent is a file
+    assert out.exit_code == ExitCode.FAILED and "regressed (exit 1)" in out.stdout, out.output
+    assert "cannot write" in out.stderr

@@ -311,10 +311,13 @@ def regress(
     from orchestrator.cli import console
     from orchestrator.core import gate
     from orchestrator.core import regress as regression
-    from orchestrator.errors import DistillctlError
+    from orchestrator.errors import DistillctlError, UsageError
     from orchestrator.exit_codes import ExitCode
 
     _refuse_clobbering({"--junit": junit, "--summary": summary}, {"the sweep file": sweep, "the golden file": golden})
+    for flag, path in (("--junit", junit), ("--summary", summary)):
+        if path is not None and path.is_dir():  # said now, not after --wait waited for the sweep
+            raise UsageError(f"{flag} {path} is a folder", f"give {flag} a file path, e.g. {path / 'report'}")
     ctx = SweepContext.build(
         sweep,
         kubeconfig=kubeconfig,
@@ -343,14 +346,19 @@ def regress(
         on_wait=_progress,
     )
     text = regression.markdown(report)
-    if junit is not None:
-        _write(junit, regression.junit_xml(report))
-    if summary is not None:
-        _write(summary, text)
-    console.out.file.write(text)
+    console.out.file.write(text)  # first: the verdict reaches the log whatever happens to the report files
     console.out.file.flush()
-    if report.exit_code != ExitCode.OK:
-        raise typer.Exit(int(report.exit_code))
+    code = report.exit_code
+    for path, content in ((junit, lambda: regression.junit_xml(report)), (summary, lambda: text)):
+        if path is None:
+            continue
+        try:
+            _write(path, content())
+        except DistillctlError as e:  # a regression stays exit 1: CI must not retry it as infrastructure
+            console.print_error(e.message, e.hint)
+            code = code if code != ExitCode.OK else ExitCode.USAGE
+    if code != ExitCode.OK:
+        raise typer.Exit(int(code))
 
 
 # --- golden update ----------------------------------------------------------------------------------------
@@ -442,7 +450,9 @@ def golden_update(
     outputs, statuses = gate.observe(expansion, output_base, backend_statuses(ctx.access, output_base))
     _warn_skipped_lines(outputs)
     _warn_no_outputs(expansion, outputs, statuses, output_base)
-    unfinished = [run for run in expansion.runs if statuses[run.run_id].phase != Phase.SUCCEEDED]
+    # A point the sweep's early-stopping rule stopped is what the sweep asked for: left out, not a refusal.
+    stopped = [run for run in expansion.runs if statuses[run.run_id].phase == Phase.STOPPED]
+    unfinished = [run for run in expansion.runs if statuses[run.run_id].phase not in (Phase.SUCCEEDED, Phase.STOPPED)]
     if unfinished:
         listed = "; ".join(f"{run.label}: {statuses[run.run_id].shown}" for run in unfinished[:5])
         more = f" and {len(unfinished) - 5} more" if len(unfinished) > 5 else ""
@@ -470,6 +480,7 @@ def golden_update(
             dict(run.axis_values),
         )
         for run in expansion.runs
+        if run not in stopped
     ]
     derived = golden_file.derive(expansion.sweep.name, window, finished, metrics=names, rtol=rtol, match=match.value)
     header = (
@@ -490,3 +501,9 @@ def golden_update(
     which = f"; eval metrics for {on_eval} run(s) with a held-out set" if on_eval else ""
     which = which or ("; training metrics" if twinned else "")
     console.err.print(f"wrote {out}: {checks} check(s) on {len(derived.points)} run(s){which}", markup=False)
+    if stopped:
+        console.err.print(
+            f"left out {len(stopped)} point(s) stopped by the sweep's early-stopping rule: "
+            + ", ".join(run.label for run in stopped),
+            markup=False,
+        )

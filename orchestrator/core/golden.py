@@ -36,6 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from distillspec import metrics as metric_names
 from distillspec.problems import Loc, Problem
 from distillspec.pydantic_problems import problems_from
 from distillspec.yaml_source import YamlSourceError, parse_yaml, read_text_file
@@ -258,6 +259,7 @@ def read_golden(path: str | Path) -> tuple[GoldenFile | None, list[Problem]]:
     else:
         try:
             golden = GoldenFile.model_validate(document.data)
+            problems += _unknown_metrics(golden)
             if not any(point.checks for point in golden.points):  # a gate that checks nothing always passes
                 problems.append(
                     Problem(
@@ -286,6 +288,24 @@ def read_golden(path: str | Path) -> tuple[GoldenFile | None, list[Problem]]:
             )
         )
     return (golden if not located else None), located
+
+
+def _unknown_metrics(golden: GoldenFile) -> list[Problem]:
+    """Checks of names the trainer never logs: a typo read as "not logged", an infrastructure failure, run after
+    run. Names are written in full, as `golden update` writes them (`distill/kl_div_T1`, `eval/kl_div_T1`)."""
+    found = []
+    for i, point in enumerate(golden.points):
+        for name in point.checks:
+            full = metric_names.resolve(name)
+            if full == name:
+                continue
+            hint = f"write it in full: {full}" if full else metric_names.did_you_mean(name)
+            found.append(
+                Problem(
+                    ("points", i, "checks", name), "unknown_metric", f"{name!r} is not a metric the trainer logs", hint
+                )
+            )
+    return found
 
 
 HINTS = {

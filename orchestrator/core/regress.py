@@ -60,6 +60,9 @@ class RegressReport:
     outcomes: tuple[Outcome, ...]
     timed_out: bool = False  # waited for the sweep and some point was still not finished at the deadline
     unchecked: tuple[str, ...] = ()  # labels of the sweep's runs the golden file has no checks for
+    # Labels of points the sweep's own early-stopping rule stopped: what the sweep asked for (it counts as
+    # succeeded), not an infrastructure failure; their metrics stop short, so they are not checked.
+    stopped: tuple[str, ...] = ()
     window: int | None = None
 
     def count(self, kind: Kind) -> int:
@@ -84,11 +87,15 @@ def evaluate(golden: GoldenFile, observed: Mapping[str, Observed], *, timed_out:
     """Every check of `golden` against what the points did. `timed_out`: the caller stopped waiting for
     points that had not finished (they are reported as such, and the exit code is TIMEOUT)."""
     outcomes: list[Outcome] = []
+    stopped: list[str] = []
     for point in golden.points:
         if not point.checks:
             continue  # `checks: {}`: listed as not checked, not silently dropped from the report
         seen = observed.get(point.run_id)
         label = point.label or (seen.label if seen else "")
+        if seen is not None and seen.phase == "Stopped":
+            stopped.append((label or point.run_id) + (f" ({seen.reason})" if seen.reason else ""))
+            continue
         if seen is None:
             outcomes.append(
                 Outcome(
@@ -142,7 +149,7 @@ def evaluate(golden: GoldenFile, observed: Mapping[str, Observed], *, timed_out:
                 )
     checked = {point.run_id for point in golden.points if point.checks}
     unchecked = tuple(seen.label or run_id for run_id, seen in observed.items() if run_id not in checked)
-    return RegressReport(golden.sweep, tuple(outcomes), timed_out, unchecked, golden.window)
+    return RegressReport(golden.sweep, tuple(outcomes), timed_out, unchecked, tuple(stopped), golden.window)
 
 
 # Metrics where higher is better (the others, losses, KL and perplexity, are better lower).
@@ -175,7 +182,7 @@ def junit_xml(report: RegressReport) -> str:
         tests=str(len(report.outcomes)),
         failures=str(report.count("regression")),
         errors=str(report.count("infra")),
-        skipped=str(len(report.unchecked)),
+        skipped=str(len(report.unchecked) + len(report.stopped)),
     )
     for o in report.outcomes:
         case = ET.SubElement(
@@ -190,7 +197,10 @@ def junit_xml(report: RegressReport) -> str:
     for label in report.unchecked:
         case = ET.SubElement(suite, "testcase", classname=f"{report.sweep}.unchecked", name=label)
         ET.SubElement(case, "skipped", message="the golden file has no checks for this run")
-    suite.set("tests", str(len(report.outcomes) + len(report.unchecked)))
+    for label in report.stopped:
+        case = ET.SubElement(suite, "testcase", classname=f"{report.sweep}.stopped", name=label)
+        ET.SubElement(case, "skipped", message="stopped by the sweep's early-stopping rule: not checked")
+    suite.set("tests", str(len(report.outcomes) + len(report.unchecked) + len(report.stopped)))
     suites = ET.Element("testsuites")
     suites.append(suite)
     ET.indent(suites)
@@ -231,6 +241,11 @@ def markdown(report: RegressReport) -> str:
         lines += ["", "</details>"]
     if report.unchecked:
         lines += ["", f"Not checked (no golden values): {md_cell(', '.join(report.unchecked))}."]
+    if report.stopped:
+        lines += [
+            "",
+            f"Not checked (stopped by the sweep's early-stopping rule): {md_cell(', '.join(report.stopped))}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
