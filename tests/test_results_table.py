@@ -222,6 +222,25 @@ def test_seeded_points_compare_with_the_baseline_of_their_seed(tmp_path):
             assert "seed=" in row.label
 
 
+def test_with_several_baselines_delta_is_against_the_best_one(tmp_path):
+    # Δ and the markdown headline used the first baseline: a point "−13 % vs the baseline" was worse than the
+    # second one, which the footer named too.
+    two = [{"loss.alpha": 0.0, "loss.beta": 0.0}, {"loss.alpha": 0.9, "loss.beta": 0.0}]
+    result = expanded(write_sweep(tmp_path, baseline=two))
+    finish_all(result)
+    first, second = [p for p in result.points if p.is_baseline]
+    write_outputs(second, kl_end=0.001)  # better than every point
+    t = table(result)
+    for row in t.rows:
+        if row.role == "point":
+            assert row.baseline_run_id == second.run_id and row.delta_kl > 0
+    assert "Δkl vs the best (lowest kl_div_T1) of the baselines" in results_format.legend(t)
+    text = results_format.markdown(t)
+    headline = next(line for line in text.splitlines() if line.startswith("Best point"))
+    name = next(r.name for r in t.rows if r.run_id == second.run_id)
+    assert f"vs the baseline {name} (" in headline and "+" in headline, headline
+
+
 def test_a_bad_sweep_is_reported_not_crashed(tmp_path):
     missing = invoke("results", str(tmp_path / "nope.yaml"))
     assert missing.exit_code == ExitCode.USAGE and "no such file" in missing.stderr

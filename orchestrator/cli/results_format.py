@@ -109,7 +109,13 @@ def legend(results: Results) -> str:
     why_none = " (no finished point logged it)" if finished else " (none finished yet)"
     parts.append(f"{BEST} lowest kl_div_T1 among finished points" + ("" if results.best else why_none))
     if results.baselines:
-        parts.append("Δkl vs the baseline " + ", ".join(b.name for b in results.baselines))
+        names = ", ".join(b.name for b in results.baselines)
+        several = len(results.baselines) > len({b.seed for b in results.baselines})
+        parts.append(
+            f"Δkl vs the best (lowest kl_div_T1) of the baselines {names}"
+            if several
+            else f"Δkl vs the baseline {names}"
+        )
     return "; ".join(parts)
 
 
@@ -168,7 +174,9 @@ def markdown(results: Results) -> str:
         kl = "eval/kl_div_T1" if best.source == EVAL else "kl_div_T1"
         line = f"Best point: **{md_cell(best.label)}** (`{best.run_id}`), {kl} {number(best.metrics.get(KL_T1))}"
         if best.delta_kl is not None:
-            line += f", {signed(best.delta_kl, best.delta_kl_relative)} vs the baseline"
+            base = next((r for r in results.rows if r.run_id == best.baseline_run_id), None)
+            named = f" {base.name} ({md_cell(base.label)})" if base is not None and len(results.baselines) > 1 else ""
+            line += f", {signed(best.delta_kl, best.delta_kl_relative)} vs the baseline{named}"
         lines += [line + ".", ""]
     lines += ["| " + " | ".join(md_cell(h) for h in headers) + " |", "| " + " | ".join(align) + " |"]
     for row in results.rows:

@@ -11,8 +11,9 @@ no chips, so its wall time is shown instead).
 
 The best point is the succeeded, non-baseline point with the lowest `kl_div_T1` (the guide's cross-run
 metric: the KL at temperature 1 does not depend on each point's temperature schedule), among the points shown
-by eval metrics when any is. Δ is against the baseline point with the same seed (the first baseline when none
-has it), and only when both are shown by the same kind of metrics.
+by eval metrics when any is. Δ is against the baseline point with the same seed (any seed's when none has it),
+the one with the lowest kl_div_T1 when there are several, and only when both are shown by the same kind of
+metrics.
 """
 
 from __future__ import annotations
@@ -293,7 +294,12 @@ def _compare(rows: list[Row]) -> list[Row]:
         if row.role != "point" or not baselines:
             out.append(row)
             continue
-        base = next((b for b in baselines if b.seed == row.seed), baselines[0])
+        # The best baseline of the point's seed (of any, when none has it): with several baselines (no
+        # distillation, a plain fine-tune) Δ asks whether distilling beat the best way of doing without it, as
+        # the worse_than_baseline rule does; the first alone could make a point look better than it is.
+        same_seed = [b for b in baselines if b.seed == row.seed] or baselines
+        usable = [b for b in same_seed if _finite(b.metrics.get(KL_T1)) and b.source == row.source]
+        base = min(usable, key=lambda b: b.metrics[KL_T1]) if usable else same_seed[0]
         kl, base_kl = row.metrics.get(KL_T1), base.metrics.get(KL_T1)
         comparable = _finite(kl) and _finite(base_kl) and row.source == base.source
         delta = kl - base_kl if comparable else None
