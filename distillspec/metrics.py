@@ -51,6 +51,10 @@ ALL_METRICS: tuple[str, ...] = tuple(
     dict.fromkeys(DISTILL_METRICS + PRETRAIN_METRICS + EVAL_METRICS + PRETRAIN_EVAL_METRICS)
 )
 EVAL_PREFIX = "eval/"
+# Better when higher (the others, losses, KL and perplexities, are better lower).
+HIGHER_IS_BETTER = ("distill/top1_agreement", "eval/top1_agreement")
+# The loss's schedules as they were at each step: settings, not measures of the student.
+SCHEDULE_METRICS = ("distill/alpha", "distill/beta_feature", "distill/temperature")
 
 
 def training_metrics(spec: DistillSpec) -> tuple[str, ...]:

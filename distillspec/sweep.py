@@ -332,7 +332,7 @@ class Divergence(_Block):
 
 class MedianStopping(_Block):
     """Katib's median rule: from `at_step` on, stop a point whose value is above the median of the other
-    points' values at the same step (once at least `min_points` others have reached it)."""
+    points' values at the same step (once at least `min_points` others, baselines not counted, have reached it)."""
 
     metric: str = KL_METRIC
     at_step: PositiveInt
@@ -846,13 +846,26 @@ def _early_stopping(sweep: Sweep) -> list[Problem]:
     """A rule's metric must be one the trainer logs: a misspelt one would never fire, silently."""
     out = []
     for name, rule in early_stopping_rules(sweep.early_stopping):
-        if metrics.resolve(rule.metric) is None:
+        full = metrics.resolve(rule.metric)
+        if full is None:
             out.append(
                 Problem(
                     ("early_stopping", name, "metric"),
                     "unknown_metric",
                     f"{rule.metric!r} is not a metric the trainer logs, so this rule would never fire",
                     metrics.did_you_mean(rule.metric),
+                )
+            )
+        elif full in metrics.HIGHER_IS_BETTER or full in metrics.SCHEDULE_METRICS:
+            # The rules read lower as better: on an agreement rising as it should, `no_improvement` stopped every
+            # point at its first lines.
+            what = "rises as the student improves" if full in metrics.HIGHER_IS_BETTER else "is a schedule's value"
+            out.append(
+                Problem(
+                    ("early_stopping", name, "metric"),
+                    "metric_not_lower_is_better",
+                    f"{rule.metric!r} {what}; the rules stop a point whose metric does not go down",
+                    "use a loss the student lowers: kl_div_T1 (the default), hard_loss or a perplexity",
                 )
             )
     return out

@@ -183,6 +183,16 @@ def test_a_metric_no_run_logs_is_an_error_at_its_line_with_the_closest_name(tmp_
     assert "error[unknown_metric]" in result.output
 
 
+@pytest.mark.parametrize("metric", ["top1_agreement", "eval/top1_agreement", "distill/alpha", "temperature"])
+def test_a_metric_that_does_not_go_down_is_refused(tmp_path, metric):
+    # The rules read lower as better: on top1_agreement, no_improvement "stopped" every point at its first lines.
+    from tests.sweep_support import load, sweep_data
+
+    source = load(tmp_path, sweep_data(early_stopping={"no_improvement": {"metric": metric, "patience": 3}}))
+    (problem,) = [p for p in source.problems if p.is_error]
+    assert problem.code == "metric_not_lower_is_better" and "kl_div_T1" in problem.hint and problem.line
+
+
 def test_the_metric_names_are_the_trainers_own_list():
     """One list: the trainer imports it (its tests check it logs exactly these), the sweep checks against it."""
     from distillspec import metrics
@@ -203,7 +213,7 @@ def test_a_metric_these_points_do_not_log_is_a_warning_on_each(tmp_path):
 
     rules = {
         "no_improvement": {"metric": "eval/kl_div_T1", "patience": 3},
-        "worse_than_baseline": {"metric": "distill/top1_agreement", "at_step": 5},
+        "worse_than_baseline": {"metric": "distill/soft_loss", "at_step": 5},
     }
     baseline = [{"loss.alpha.start": 0.0, "loss.alpha.end": 0.0}]
     # No held-out set: eval/ metrics are never logged; the baseline is only read by worse_than_baseline.
@@ -240,3 +250,15 @@ def test_a_rule_after_the_last_step_is_a_warning(tmp_path):
     (warning,) = [p for p in result.problems if p.code == "rule_after_the_end"]
     assert result.ok and warning.severity == "warning" and warning.loc == ("early_stopping", "median", "at_step")
     assert "after the last step" in warning.message and warning.line is not None
+
+
+def test_a_median_rule_that_needs_more_points_than_the_sweep_has_is_warned_of(tmp_path):
+    # min_points counts the other points: with two points and min_points 2 it silently never fired.
+    from tests.sweep_support import expanded, sweep_data
+
+    rules = {"median": {"at_step": 5, "min_points": 2}}
+    result = expanded(tmp_path, sweep_data(axes={"loss.temperature": [1.0, 2.0]}, early_stopping=rules))
+    (warning,) = [p for p in result.problems if p.code == "rule_never_fires"]
+    assert "this sweep has 2 point(s)" in warning.message and "set min_points to 1" in warning.hint and warning.line
+    three = expanded(tmp_path, sweep_data(axes={"loss.temperature": [1.0, 2.0, 3.0]}, early_stopping=rules))
+    assert not [p for p in three.problems if p.code == "rule_never_fires"]

@@ -211,10 +211,28 @@ def expand(source: SweepSource, *, max_points: int | None = DEFAULT_MAX_POINTS) 
     problems += [_named(key, labels, len(drafts)) for key, labels in grouped.items()]
     problems += _duplicates(source, prerequisites + tuple(points), drafts)
     problems += _names(source, prerequisites + tuple(points))
+    problems += [source.locate(p) for p in _median_problems(sweep, sum(not p.is_baseline for p in points))]
     ok = not has_errors(problems)
     return Expansion(
         sweep, tuple(points) if ok else (), prerequisites, tuple(problems), len(grid), len(grid) - len(kept)
     )
+
+
+def _median_problems(sweep: Sweep, points: int) -> list[Problem]:
+    """A warning when the median rule needs more other points than the sweep has: it never fires."""
+    rule = sweep.early_stopping.median
+    if rule is None or points - 1 >= rule.min_points:
+        return []
+    return [
+        Problem(
+            ("early_stopping", "median", "min_points"),
+            "rule_never_fires",
+            f"the median rule compares a point with the median of at least {rule.min_points} other point(s) (baselines "
+            f"are not counted); this sweep has {points} point(s), so it never fires",
+            f"set min_points to {max(points - 1, 1)} or less, or remove the rule",
+            severity="warning",
+        )
+    ]
 
 
 def _seed_problems(sweep: Sweep, spec) -> list[Problem]:
