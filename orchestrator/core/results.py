@@ -6,7 +6,8 @@ its last evaluation, the whole fixed set under the final model); a run without o
 aggregated the same explicit way (`Aggregation`): the token-weighted mean Σsum/Σcount of the trainer's
 (sum, count) pairs over the last `window` records of `metrics.jsonl` (all of them when 0). Each row says which
 (`Row.source`: `eval` or `train`), and so do the tables' headers. `student_perplexity` is exp of the mean hard
-loss. Throughput is tokens over wall time across the last `window` records. Chip-hours are the trainer's wall time × the target's chips (TPU targets only; a local run has
+loss. Throughput is tokens over the time the trainer took for them (its logged rates) across the last `window`
+records. Chip-hours are the trainer's wall time × the target's chips (TPU targets only; a local run has
 no chips, so its wall time is shown instead).
 
 The best point is the succeeded, non-baseline point with the lowest `kl_div_T1` (the guide's cross-run
@@ -73,7 +74,8 @@ class Aggregation:
             "window": self.window,
             "unit": "metrics.jsonl records (one per logging step); 0 means all",
             "method": "token-weighted mean: Σsum / Σcount of the logged (sum, count) pairs; perplexity = exp of the "
-            "window's mean cross-entropy; tokens_per_sec = Δtokens / Δtime across the window",
+            "window's mean cross-entropy; tokens_per_sec = Δtokens / the time the trainer took for them (each "
+            "record's tokens over its logged rate) across the window",
             "eval": "runs with a held-out eval set (metrics_from: eval) are shown by their last evaluation's eval/* "
             "metrics (Σsum / Σcount over the whole set), not by the training window; a metric their evaluation does "
             "not log (an offline student's: no teacher at eval) is the training window's (metrics_from: eval+train)",
