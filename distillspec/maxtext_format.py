@@ -102,8 +102,30 @@ ACCEPTED: dict[str, tuple[tuple[Any, ...], str, bool] | None] = {
     "learning_rate_schedule_steps": ((-1, "steps"), "the trainer's schedule spans `steps`", False),
     "opt_type": (("adamw",), "the bundled trainer trains with AdamW (optimizer.weight_decay and friends)", True),
 }
+# MaxText's remat_policy (a top-level key: the student's per-layer rematerialisation) -> the spec's `remat`.
+# `minimal` saves the weight matmuls (jax's checkpoint_dots_with_no_batch_dims): the trainer's `dots`. MaxText's
+# named-tensor policies (save_qkv_proj, save_dot_except_mlp, offloading, ...) save a subset of those: the nearest
+# the trainer has is `dots`, said as a warning.
+REMAT_POLICIES = {"full": "full", "minimal": "dots", "none": "none"}
+REMAT_NEAREST_DOTS = (
+    "save_dot_except_mlpwi",
+    "save_dot_except_mlp",
+    "save_dot_with_context_except_mlp",
+    "save_qkv_proj",
+    "save_out_proj",
+    "qkv_proj_offloaded",
+    "minimal_offloaded",
+    "minimal_flash",
+    "minimal_with_context",
+    "custom",
+)
+REMAT_KEY = "remat_policy"
+# Evaluation: every eval_interval steps (-1, MaxText's default: never), eval_steps batches.
+EVAL_KEYS = {"eval_interval": ("eval", "every_steps"), "eval_steps": ("eval", "batches")}
 KNOWN_KEYS = (
     set(TOP_LEVEL)
+    | {REMAT_KEY}
+    | set(EVAL_KEYS)
     | set(DATA_PATH_KEYS)
     | set(MODEL_KEYS)
     | set(MODEL_KEY_ALIASES)
@@ -154,6 +176,7 @@ def _set(data: dict, loc: Loc, value: Any) -> None:
 def from_maxtext(flat: dict[str, Any]) -> Translation:
     out = Translation({"mode": "distill"}, {}, [])
     shared_model: dict[str, tuple[Any, Loc]] = {}
+    remat = None  # the student's alone: the frozen teacher has no backward pass to rematerialise
     for key, value in flat.items():
         value = _none(value)
         if key == CLIPPING and isinstance(value, (int, float)) and value <= 0:
@@ -165,6 +188,13 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
             if value not in (None, ""):
                 _set(out.data, ("data", "path"), value)
                 out.file_locs[("data", "path")] = (key,)
+        elif key == REMAT_KEY:
+            remat = _remat(value, out.problems)
+        elif key in EVAL_KEYS:
+            if not (isinstance(value, int) and not isinstance(value, bool) and value <= 0) and value is not None:
+                _set(out.data, EVAL_KEYS[key], value)  # -1 or 0 (MaxText's "off"/"all") leave the spec's default
+                out.file_locs[EVAL_KEYS[key]] = (key,)
+                out.file_locs.setdefault(("eval",), (key,))  # the eval block's own problems: at this key
         elif (field := _model_field(key)) is not None:
             shared_model[field] = (value, (key,))
         elif key in OVERRIDE_BLOCKS:
@@ -203,7 +233,37 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
                     _unknown((block, key), key, set(MODEL_KEYS) | set(MODEL_KEY_ALIASES) | set(BATCH_KEYS))
                 )
         out.data[side] = model
+    if remat is not None:
+        out.data["student"]["remat"] = remat
+        out.file_locs[("student", "remat")] = (REMAT_KEY,)
     return out
+
+
+def _remat(value: Any, problems: list[Problem]) -> Any:
+    """The spec's `remat` for MaxText's remat_policy; a problem for a value it cannot be."""
+    if isinstance(value, str) and value in REMAT_POLICIES:
+        return REMAT_POLICIES[value]
+    if isinstance(value, str) and value in REMAT_NEAREST_DOTS:
+        problems.append(
+            Problem(
+                (REMAT_KEY,),
+                "maxtext_value_ignored",
+                f"remat_policy {value!r} saves named tensors the trainer does not name: it keeps every weight matmul "
+                "instead (remat: dots, MaxText's `minimal`)",
+                "set remat_policy to full, minimal or none to say what the run will do",
+                severity="warning",
+            )
+        )
+        return "dots"
+    problems.append(
+        Problem(
+            (REMAT_KEY,),
+            "bad_value",
+            f"remat_policy {value!r} is not one of MaxText's policies",
+            "use full (recompute each layer), minimal (keep its weight matmuls) or none (keep every activation)",
+        )
+    )
+    return "full"  # said above; the spec's default, so the rest of the file is still checked
 
 
 def _accepted_value(key: str, value: Any, flat: dict[str, Any]) -> Problem | None:
@@ -314,6 +374,14 @@ def to_maxtext(native: dict[str, Any]) -> dict[str, Any]:
             flat[key] = value
     if (native.get("optimizer") or {}).get("grad_clip_norm", 1.0) is None:
         flat[CLIPPING] = 0.0  # clipping off, as MaxText says it
+    remat = (native.get("student") or {}).get("remat")
+    if remat not in (None, "full"):  # full is MaxText's default too
+        flat[REMAT_KEY] = {v: k for k, v in REMAT_POLICIES.items()}[remat]
+    evaluation = native.get("eval") or {}
+    if evaluation and evaluation.get("path") is None:  # a held-out path has no key here: the eval block is dropped
+        for key, (_, field) in EVAL_KEYS.items():
+            if evaluation.get(field) is not None:
+                flat[key] = evaluation[field]
     data = native.get("data") or {}
     if data.get("path") is not None:
         flat[DATA_PATH_KEY_BY_SOURCE.get(data.get("source"), "dataset_path")] = data["path"]

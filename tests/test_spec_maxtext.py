@@ -239,3 +239,42 @@ def test_a_top_level_model_key_wrong_for_both_models_is_said_once():
     text += "teacher_overrides:\n  model_name: tiny-4l\n  load_parameters_path: /x\n"
     problems = read_spec_text(text).problems
     assert [(p.code, p.line) for p in problems] == [("wrong_type", 5)], problems
+
+
+@pytest.mark.parametrize(
+    ("policy", "remat", "warned"),
+    [("full", "full", False), ("minimal", "dots", False), ("none", "none", False), ("save_qkv_proj", "dots", True)],
+)
+def test_remat_policy_sets_the_students_remat(policy, remat, warned):
+    # remat_policy was "not used by the trainer and ignored": a MaxText user's memory setting was dropped.
+    report = read_spec_text(RUNNABLE + f"remat_policy: {policy}\n", file="distillation.yml")
+    assert report.ok and report.spec.student.remat == remat
+    assert [p.code for p in report.problems] == (["maxtext_value_ignored"] if warned else [])
+
+
+def test_an_unknown_remat_policy_is_an_error_in_maxtexts_terms():
+    report = read_spec_text(RUNNABLE + "remat_policy: sometimes\n", file="distillation.yml")
+    (problem,) = report.problems
+    assert (problem.code, problem.dotted_loc) == ("bad_value", "remat_policy") and "minimal" in problem.hint
+
+
+def test_eval_interval_and_eval_steps_set_the_held_out_evaluation():
+    text = RUNNABLE + "eval_interval: 500\neval_steps: 8\n"
+    report = read_spec_text(text, file="d.yml")  # eval reads documents; this file's data is plain text
+    (error,) = [p for p in report.problems if p.is_error]
+    assert error.code == "eval_needs_documents" and error.dotted_loc == "eval_interval" and error.line > 1
+    data = maxtext_format.from_maxtext(yaml.safe_load(text)).data
+    assert data["eval"] == {"every_steps": 500, "batches": 8}
+    off = maxtext_format.from_maxtext(yaml.safe_load(RUNNABLE + "eval_interval: -1\neval_steps: -1\n")).data
+    assert "eval" not in off  # MaxText's default: no evaluation
+
+
+def test_remat_and_eval_convert_back_to_maxtext_keys():
+    native = {
+        "mode": "distill",
+        "student": {"model": "tiny-2l", "remat": "dots"},
+        "eval": {"every_steps": 5, "batches": 2},
+    }
+    flat = maxtext_format.to_maxtext(native)
+    assert flat["remat_policy"] == "minimal" and flat["eval_interval"] == 5 and flat["eval_steps"] == 2
+    assert "remat_policy" not in maxtext_format.to_maxtext({"mode": "distill", "student": {"remat": "full"}})
