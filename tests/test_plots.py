@@ -136,3 +136,24 @@ def test_a_run_that_logged_once_is_drawn_as_a_marker(tmp_path):
     single = [line for line in lines if len(line.get_xdata()) == 1]
     assert single and all(line.get_marker() == "o" for line in single)
     assert all(line.get_marker() in ("None", None, "") for line in lines if len(line.get_xdata()) > 1)
+
+
+def test_baselines_are_told_apart_and_runs_without_values_are_named(tmp_path):
+    # Two seeds' baselines were drawn in the same black dashes; a failed point vanished from the figure unsaid;
+    # a note about training values stood over a figure of evaluations only (and ran into the next panel).
+    result = expanded(write_sweep(tmp_path, seeds=[0, 1]))
+    for run in result.runs:
+        write_outputs(run, evaluate=True)
+    failed = result.points[1]
+    write_outputs(failed, status="failed", steps=0)
+    (tmp_path / "runs" / failed.run_id / "metrics.jsonl").write_text("")
+    table, logs, _ = build(result)
+    curves = plots.metric_curves(table, logs, results.KL_T1)
+    styles = plots._styles([c for c in curves if c.steps])
+    baselines = [styles[c.key]["linestyle"] for c in curves if c.role == "baseline"]
+    assert len(baselines) == 2 and baselines[0] != baselines[1]
+    assert plots.source_note(table, logs).startswith("each value: one evaluation")  # no "[train]" for the empty one
+    figure = plots.metric_figure("s", results.KL_T1, curves, None, "")
+    legend_title = figure.legends[0].get_title().get_text()
+    name = next(r.name for r in table.rows if r.run_id == failed.run_id)
+    assert f"no values: {name} (Failed" in legend_title, legend_title

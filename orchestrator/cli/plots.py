@@ -12,6 +12,7 @@ coincide exactly (the same α schedule, say) share one line drawn as alternating
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -43,6 +44,8 @@ FONT = 11
 LINE_WIDTH = 2.2
 STRIPE = 4.0  # dash length of striped (coinciding) curves, in line widths
 STRIPED_NOTE = "a striped line is several points with the same values"
+BASELINE_DASHES = ((4, 2), (1, 1.5), (6, 2, 1, 2), (2, 3))
+NOTE_WIDTH = 100  # characters of a panel's note per line (a long one ran into the next panel's)
 ZOOM_FROM = 0.4  # the metric figures' right panel: this last fraction of the steps
 
 
@@ -55,6 +58,7 @@ class Curve:
     role: str
     steps: tuple[float, ...]
     values: tuple[float, ...]
+    missing: str = ""  # why a run has no values here (its status), for the note that names it
 
 
 def _legend_label(row: Row) -> str:
@@ -86,7 +90,8 @@ def metric_curves(results: Results, logs: Mapping[str, Sequence[LogLine]], name:
     for row in plotted_rows(results):
         steps, values = aggregate.series(logs.get(row.run_id, ()), _shown_name(row, name))
         label = _legend_label(row) + (f" [{row.source}]" if mixed else "")
-        out.append(Curve(row.run_id, label, row.role, tuple(steps), tuple(values)))
+        missing = f"{row.name} ({row.status.shown})"
+        out.append(Curve(row.run_id, label, row.role, tuple(steps), tuple(values), missing))
     return out
 
 
@@ -102,14 +107,15 @@ def reference_curve(results: Results, logs: Mapping[str, Sequence[LogLine]]) -> 
     return None
 
 
-def source_note(results: Results) -> str:
-    """The metric figures' note: what one plotted value is, and what the table shows."""
+def source_note(results: Results, logs: Mapping[str, Sequence[LogLine]] | None = None) -> str:
+    """The metric figures' note: what one plotted value is, and what the table shows (of the runs that logged
+    something, when `logs` is given: a run without values draws nothing to explain)."""
     window = results.aggregation.window
     train = "each value: token-weighted mean over one logging interval (the table: " + (
         f"the last {window})" if window else "all of them)"
     )
     held_out = "each value: one evaluation of the held-out set (the table: the last)"
-    sources = {r.source for r in plotted_rows(results)} or {TRAIN}
+    sources = {r.source for r in plotted_rows(results) if logs is None or logs.get(r.run_id)} or {TRAIN}
     if sources == {EVAL}:
         return held_out
     if EVAL in sources:
@@ -146,9 +152,11 @@ def _styles(curves: Sequence[Curve]) -> dict[str, dict]:
     for the reference."""
     styles = {}
     points = [c for c in curves if c.role not in ("baseline", "reference")]
-    for i, curve in enumerate(curves):
-        if curve.role == "baseline":
-            styles[curve.key] = dict(color="black", linestyle=(0, (4, 2)), linewidth=LINE_WIDTH, zorder=4)
+    baselines = [c for c in curves if c.role == "baseline"]
+    for curve in curves:
+        if curve.role == "baseline":  # black, a dash pattern each: two baselines (two seeds) told apart
+            dashes = BASELINE_DASHES[baselines.index(curve) % len(BASELINE_DASHES)]
+            styles[curve.key] = dict(color="black", linestyle=(0, dashes), linewidth=LINE_WIDTH, zorder=4)
         elif curve.role == "reference":
             styles[curve.key] = dict(color="0.45", linestyle=":", linewidth=LINE_WIDTH, zorder=2)
         else:
@@ -264,7 +272,7 @@ def metric_figure(sweep: str, name: str, curves: Sequence[Curve], reference: Cur
         )
         return figure
     whole, zoom = figure.subplots(1, 2, width_ratios=(3, 2))
-    whole.set_title(window_note, fontsize=FONT - 1, color="0.35", loc="left")
+    whole.set_title(textwrap.fill(window_note, NOTE_WIDTH), fontsize=FONT - 1, color="0.35", loc="left")
     styles = _styles(shown)
     log = _log_scale_helps(shown)
     striped = _draw(whole, shown, styles)
@@ -279,7 +287,9 @@ def metric_figure(sweep: str, name: str, curves: Sequence[Curve], reference: Cur
     if limits is not None:
         zoom.set_ylim(*limits)
     zoom.set_title(f"the last {ZOOM_FROM:.0%} of the steps, zoomed", fontsize=FONT - 1, color="0.35", loc="left")
-    _legend(figure, shown, styles, STRIPED_NOTE if striped else "")
+    missing = [c.missing for c in curves if not c.steps and c.missing]
+    notes = ([STRIPED_NOTE] if striped else []) + ([f"no values: {', '.join(missing)}"] if missing else [])
+    _legend(figure, shown, styles, "; ".join(notes))
     return figure
 
 
@@ -317,7 +327,7 @@ def write_plots(
 ) -> list[Path]:
     """Write `kl_div_T1.png`, `hard_loss.png` and `schedules.png` to `out_dir` (created); returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    note = source_note(results)
+    note = source_note(results, logs)
     written = []
     for name, filename in FILES.items():
         reference = reference_curve(results, logs) if name == HARD_LOSS else None
