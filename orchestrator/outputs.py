@@ -271,6 +271,65 @@ def count_files(path: str) -> int | None:
         return None
 
 
+@dataclasses.dataclass(frozen=True)
+class Columns:
+    """The columns of the first file a document path names (`validate --check-paths`), or the splits of a saved
+    Hugging Face DatasetDict, which the trainer refuses."""
+
+    file: str
+    names: tuple[str, ...] = ()
+    splits: tuple[str, ...] = ()
+
+
+FIRST_LINE_LIMIT = 1 << 20  # characters of a JSONL file's first record read to learn its columns
+
+
+def read_columns(path: str, source: str) -> Columns | None:
+    """The columns the trainer would find at a document path: a JSONL file's first record's keys, a Parquet file's
+    schema, a saved Hugging Face dataset's features; None when they cannot be learnt cheaply (pyarrow not
+    installed, an ArrayRecord file, an unreadable first record: the trainer says why at start)."""
+    from distillspec.data_files import data_files
+
+    try:
+        if source == "hf_disk":
+            return _dataset_columns(path.rstrip("/"))
+        fs, files = data_files(path)
+        if not files:
+            return None
+        first = files[0] if "://" not in path else fs.unstrip_protocol(files[0])
+        if source == "jsonl":
+            return _jsonl_columns(first)
+        if source == "parquet":
+            import fsspec
+            import pyarrow.parquet as pq
+
+            with fsspec.open(first, "rb") as f:
+                return Columns(first, tuple(pq.read_schema(f).names))
+    except Exception:  # noqa: BLE001 - unknown, not wrong: the trainer reads the files and says what is wrong
+        return None
+    return None
+
+
+def _jsonl_columns(file: str) -> Columns | None:
+    import fsspec
+
+    with fsspec.open(file, "r", encoding="utf-8-sig", errors="strict") as f:
+        for line in iter(lambda: f.readline(FIRST_LINE_LIMIT), ""):
+            if line.strip():
+                record = json.loads(line)
+                return Columns(file, tuple(record)) if isinstance(record, dict) else None
+    return None
+
+
+def _dataset_columns(folder: str) -> Columns | None:
+    splits = _read_json(f"{folder}/dataset_dict.json")
+    if splits is not None:
+        return Columns(folder, splits=tuple(splits.get("splits") or ()))
+    info = _read_json(f"{folder}/dataset_info.json")
+    features = (info or {}).get("features")
+    return Columns(folder, tuple(features)) if isinstance(features, dict) else None
+
+
 def _read_json(path: str) -> dict | None:
     text = read_text(path)
     if text is None:

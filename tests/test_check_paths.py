@@ -414,3 +414,40 @@ def test_an_offline_spec_is_checked_against_its_logit_cache_before_launch(tmp_pa
     (cache / "manifest.json").write_text("{}")
     [(code, _, _)] = problems()
     assert code == "logit_cache_unreadable"
+
+
+def test_a_column_the_data_files_do_not_have_is_an_error_before_launch(tmp_path):
+    # The trainer stopped at start ("has no column 'text'") after the pods were scheduled; --check-paths only
+    # counted the files.
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from orchestrator.outputs import count_files, read_columns
+
+    teacher = hf_folder(tmp_path / "teacher", "tiny-4l")
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "a.jsonl").write_text('\ufeff{"body": "x", "id": 1}\n')
+    (tmp_path / "p").mkdir()
+    pq.write_table(pa.table({"prompt": ["q"], "answer": ["a"]}), tmp_path / "p" / "a.parquet")
+    splits = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["x"]})})
+    splits.save_to_disk(str(tmp_path / "hf"))
+    splits["train"].save_to_disk(str(tmp_path / "one"))
+
+    def problems_for(source: str, path: str, **columns):
+        edits = {"data": {"source": source, "path": path, **columns}, "teacher.load_parameters_path": teacher}
+        spec, found = validate_data(spec_data(**edits))
+        assert spec is not None, found
+        return [(p.code, p.loc, p.message) for p in check_paths(spec, read_text, None, count_files, read_columns)]
+
+    ((code, loc, message),) = problems_for("jsonl", str(tmp_path / "j"))
+    assert (code, loc) == ("column_missing", ("data", "text_column")) and "(it has body, id)" in message
+    assert problems_for("jsonl", str(tmp_path / "j"), text_column="body") == []
+    pair = {"prompt_column": "prompt", "completion_column": "completion"}
+    ((code, loc, message),) = problems_for("parquet", str(tmp_path / "p"), **pair)
+    assert (code, loc) == ("column_missing", ("data", "completion_column")) and "prompt, answer" in message
+    assert problems_for("parquet", str(tmp_path / "p"), **{**pair, "completion_column": "answer"}) == []
+    ((code, loc, message),) = problems_for("hf_disk", str(tmp_path / "hf"))
+    assert (code, loc) == ("dataset_has_splits", ("data", "path")) and "holds splits (train)" in message
+    assert problems_for("hf_disk", str(tmp_path / "one")) == []
+    assert problems_for("hf_disk", str(tmp_path / "one"), text_column="body")[0][0] == "column_missing"

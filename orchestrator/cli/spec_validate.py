@@ -80,7 +80,7 @@ def _with_checked_paths(reports):
     from distillspec.maxtext_checkpoint import MissingDependency, read_checkpoint
     from orchestrator.core.checkpoint_paths import check_paths
     from orchestrator.errors import DistillctlError
-    from orchestrator.outputs import count_files, read_text
+    from orchestrator.outputs import count_files, read_columns, read_text
 
     read = functools.partial(read_text, limit=CHECKED_FILE_LIMIT)
     try:
@@ -90,7 +90,9 @@ def _with_checked_paths(reports):
                 problems=r.problems
                 + tuple(
                     dataclasses.replace(p, file=r.file)
-                    for p in (_unreachable(r.spec) or check_paths(r.spec, read, read_checkpoint, count_files))
+                    for p in (
+                        _unreachable(r.spec) or check_paths(r.spec, read, read_checkpoint, count_files, read_columns)
+                    )
                 ),
             )
             if r.spec is not None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -44,6 +45,8 @@ FILE_SOURCES = ("text", "tokens", *DOCUMENT_SOURCES)
 ReadText = Callable[[str], "str | None"]
 ReadMaxText = Callable[[str], "tuple[str, dict, dict] | None"]
 CountFiles = Callable[[str], "int | None"]  # the files a data path names (a file, folder or glob); None: unknown
+# The columns at a document path, for its source (`outputs.read_columns`): None when they cannot be learnt.
+ReadColumns = Callable[[str, str], "Any | None"]
 
 
 def check_paths(
@@ -51,6 +54,7 @@ def check_paths(
     read_text: ReadText,
     read_maxtext: ReadMaxText | None = None,
     count_files: CountFiles | None = None,
+    read_columns: ReadColumns | None = None,
 ) -> list[Problem]:
     """Every problem with the spec's checkpoint paths: absent, unreadable, or a different model than the block's;
     a warning when a Hugging Face checkpoint was trained on fewer positions than batch.max_target_length; with
@@ -59,6 +63,8 @@ def check_paths(
     # One read per file: the tokenizer checks read the same tokenizer.json files (on an object store, each a request).
     read_text = functools.cache(read_text)
     problems = _data_problems(spec, count_files) if count_files is not None else []
+    if read_columns is not None and not problems:
+        problems += _column_problems(spec, read_columns)
     for side in ("teacher", "student"):
         # the student as built: a pruned Gemma 3 student's layer kinds come from the teacher
         model: ModelSpec | None = spec.student_block() if side == "student" else spec.teacher
@@ -186,6 +192,46 @@ def _data_problems(spec: DistillSpec, count_files: CountFiles) -> list[Problem]:
                     "check the path: a file, a folder (every file under it) or a glob, local or an fsspec URL",
                 )
             )
+    return problems
+
+
+def _column_problems(spec: DistillSpec, read_columns: ReadColumns) -> list[Problem]:
+    """The trainer's "has no column" and "holds splits" (exit 1 at start), said before launch from the first
+    file's columns."""
+    if spec.data.source not in DOCUMENT_SOURCES:
+        return []
+    data = spec.data
+    wanted = (
+        [("prompt_column", data.prompt_column), ("completion_column", data.completion_column)]
+        if data.prompt_completion
+        else [("text_column", data.text_column)]
+    )
+    problems = []
+    for loc, path in data_paths(spec):
+        found = read_columns(path, data.source)
+        if found is None:
+            continue
+        if found.splits:
+            problems.append(
+                Problem(
+                    loc,
+                    "dataset_has_splits",
+                    f"{path} holds splits ({', '.join(found.splits)}), not one dataset: the trainer would stop at start",
+                    f"point {'.'.join(loc)} at one split's folder, e.g. {path.rstrip('/')}/{found.splits[0]}",
+                )
+            )
+            continue
+        for field, column in wanted:
+            if column not in found.names:
+                problems.append(
+                    Problem(
+                        ("data", field),
+                        "column_missing",
+                        f"{found.file} has no column {column!r} (it has {', '.join(found.names) or 'none'}): the "
+                        "trainer would stop at start",
+                        f"set data.{field} to one of its columns",
+                    )
+                )
     return problems
 
 
