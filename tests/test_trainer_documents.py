@@ -441,6 +441,27 @@ def test_a_text_column_that_holds_no_text_names_the_record(tmp_path, value, said
         list(rows)
 
 
+def test_a_parquet_row_without_text_is_named_by_its_row_also_after_a_restore(tmp_path):
+    # The error named the file alone: in a million-row file the user could not find the record.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"text": ["one", "two", "three", None]}), path, row_group_size=2)
+    data = DataSpec(source="parquet", path=str(path), tokenizer="byte")
+    with pytest.raises(UserError, match=rf"{path} row 4: column 'text' holds null, not text"):
+        list(D.document_rows(data, str(path), 256, 4, Shard(), repeat=False))
+    rows = iter(corpus.ParquetIterDataset(str(path)))
+    next(rows), next(rows)
+    state = rows.get_state()
+    again = iter(corpus.ParquetIterDataset(str(path)))
+    again.set_state(state)
+    assert next(again)[corpus.ROW] == 3
+    old = iter(corpus.ParquetIterDataset(str(path)))  # a checkpoint's state from before rows were counted
+    old.set_state({k: v for k, v in state.items() if k != corpus.ROW})
+    assert next(old)[corpus.ROW] is None and next(old)["text"] is None
+
+
 def test_hub_names_and_half_pairs_are_spec_errors():
     from distillspec.specfile import validate_data
 

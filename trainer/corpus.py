@@ -218,17 +218,26 @@ def _check_parquet(path: str, wanted: tuple[str, ...]) -> None:
         )
 
 
+ROW = "__row__"  # a Parquet row's number in its file (1-based), for `WHERE`
+
+
 def _parquet(path: str, wanted: tuple[str, ...]) -> grain.IterDataset:
-    return ParquetIterDataset(path).map(lambda r: {**{c: _scalar(r[c]) for c in wanted}, WHERE: path})
+    def record(r: dict[str, Any]) -> dict[str, Any]:
+        where = path if r.get(ROW) is None else f"{path} row {r[ROW]}"
+        return {**{c: _scalar(r[c]) for c in wanted}, WHERE: where}
+
+    return ParquetIterDataset(path).map(record)
 
 
 class _ParquetIterator(grain.DatasetIterator):
-    """Grain's reader of one Parquet file, whose read errors name the file; its state is Grain's reader's (so
-    checkpoints written before this wrapper still restore)."""
+    """Grain's reader of one Parquet file, whose read errors name the file and whose rows carry their number
+    (`ROW`); its state is Grain's reader's plus that number (a checkpoint written before, without it, restores and
+    names no row)."""
 
     def __init__(self, path: str):
         super().__init__()
         self._path = path
+        self._row: int | None = 0  # rows read so far; None when restored from a state that did not say
         fs, root = fsspec.core.url_to_fs(path)
         local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
         try:  # Grain's iterator reads the first row group as it starts
@@ -238,16 +247,20 @@ class _ParquetIterator(grain.DatasetIterator):
 
     def __next__(self) -> dict[str, Any]:
         try:
-            return next(self._rows)
+            row = next(self._rows)
         except StopIteration:
             raise
         except Exception as e:  # noqa: BLE001 - sorted by parquet_error
             raise parquet_error(self._path, e) from None
+        self._row = None if self._row is None else self._row + 1
+        return {**row, ROW: self._row}
 
     def get_state(self) -> dict[str, Any]:
-        return self._rows.get_state()
+        return {**self._rows.get_state(), ROW: self._row}
 
     def set_state(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        self._row = state.pop(ROW, None)
         try:
             self._rows.set_state(state)
         except Exception as e:  # noqa: BLE001 - sorted by parquet_error
