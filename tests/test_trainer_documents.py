@@ -517,6 +517,17 @@ def test_a_record_longer_than_the_row(tmp_path, caplog):
     assert f"{text}:1: 70 tokens" in caplog.text
 
 
+def test_long_documents_are_counted_once_however_many_epochs():
+    # Counted at every pass, 10 long documents read as 100 after ten epochs.
+    from trainer import packing
+
+    split = packing.SplitDocuments()
+    for _ in range(10):
+        for i in range(10):
+            split.note(f"docs.jsonl:{i + 1}", 70, 32)
+    assert split.count == 10
+
+
 def test_storage_failures_say_what_to_change_or_are_retried():
     """fsspec backends' own exception types (gcsfs, google-auth, aiohttp) sorted into exit 1 with a hint, or a
     retry; a gs:// URL without its backend names the package to install."""

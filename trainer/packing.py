@@ -33,12 +33,22 @@ log = logging.getLogger(__name__)
 
 
 class SplitDocuments:
-    """Counts one pipeline's text documents longer than a row; warns at the first and then at every power of ten."""
+    """Counts one pipeline's text documents longer than a row, each once: warns at the first and then at every
+    power of ten. A repeated pipeline meets them again each epoch; the count stops when the first comes back (it
+    had counted 10 documents as 100 after ten epochs)."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.first: str | None = None
+        self.seen_all = False
 
     def note(self, where: str, tokens: int, length: int) -> None:
+        if self.first is None:
+            self.first = where
+        elif where == self.first:
+            self.seen_all = True  # the next epoch: every long document has been counted
+        if self.seen_all:
+            return
         self.count += 1
         if str(self.count).rstrip("0") == "1":  # 1, 10, 100, ...
             log.warning(
