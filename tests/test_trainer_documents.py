@@ -517,6 +517,16 @@ def test_a_record_longer_than_the_row(tmp_path, caplog):
     assert f"{text}:1: 70 tokens" in caplog.text
 
 
+def test_a_jsonl_line_past_the_limit_is_refused_not_held_whole(tmp_path, monkeypatch):
+    # A 5 GB file without line breaks (a JSON array named .jsonl) was read into memory as one line.
+    monkeypatch.setattr(corpus, "MAX_JSONL_LINE", 1 << 20)
+    path = tmp_path / "array.jsonl"
+    path.write_text(json.dumps([{"text": "x" * 1000}] * 1500))
+    data = DataSpec(source="jsonl", path=str(path), tokenizer="byte")
+    with pytest.raises(UserError, match=rf"{path}:1 is longer than 1 MiB: JSON Lines holds one record per line"):
+        list(D.document_rows(data, str(path), 256, 32, Shard(), repeat=False))
+
+
 def test_long_documents_are_counted_once_however_many_epochs():
     # Counted at every pass, 10 long documents read as 100 after ten epochs.
     from trainer import packing

@@ -107,6 +107,9 @@ def _files_of_shard(path: str | None, shard: Shard, kind: str, field: str) -> li
 # --- JSONL ---------------------------------------------------------------------------------------------------
 
 
+MAX_JSONL_LINE = 64 << 20  # bytes of one JSONL record: far beyond a document, well within a host's memory
+
+
 class _JsonlIterator(grain.DatasetIterator):
     """One JSONL file's records, line by line; state: the number of lines consumed."""
 
@@ -132,13 +135,19 @@ class _JsonlIterator(grain.DatasetIterator):
             self._open(self._line)
         while True:
             try:
-                line = self._handle.readline()
+                line = self._handle.readline(MAX_JSONL_LINE + 1)
             except Exception as e:  # noqa: BLE001 - see storage_error
                 raise storage_error(f"cannot read {self._path}", e) from None
             if not line:
                 self._handle.close()
                 raise StopIteration
             self._line += 1
+            if len(line) > MAX_JSONL_LINE:  # held whole, a file without line breaks filled the host's memory
+                raise UserError(
+                    f"{self._path}:{self._line} is longer than {MAX_JSONL_LINE >> 20} MiB: JSON Lines holds one "
+                    "record per line (is it one JSON array, or a file without line breaks?)",
+                    "write one JSON object per line (e.g. jq -c '.[]' file.json > file.jsonl), or shorten the record",
+                )
             if self._line == 1:
                 refused = text_bytes.not_text(line[: text_bytes.HEAD], self._path, self._field)
                 if refused is not None:
