@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from typing import Any
 
 from distillspec.config import DistillSpec
@@ -112,12 +113,33 @@ def too_short(where: str, manifest: dict[str, Any], spec: DistillSpec) -> tuple[
 
 def same(name: str, cache: Any, spec: Any) -> bool:
     """Whether the manifest's `name` entry fits the spec's. A tokenizer by its content: a copy of the same
-    tokenizer.json at another path is the same tokenizer (`byte` by name)."""
+    tokenizer.json at another path is the same tokenizer (`byte` by name). Paths as the same place written two
+    ways (`runs/t/`, `./runs/t`) are the same path: the teacher's block is compared with its paths normalised, not
+    by its hash."""
     if name == "tokenizer" and isinstance(cache, dict):
         if spec["sha256"] is None:
             return cache.get("sha256") is None and cache.get("name") == spec["name"]
         return cache.get("sha256") == spec["sha256"]
+    if isinstance(cache, dict) and isinstance(spec, dict):
+        return _paths_normalised(cache) == _paths_normalised(spec)
     return cache == spec
+
+
+def _paths_normalised(value: Any) -> Any:
+    """`value` with every `...path` string normalised and the teacher's `sha256` (of the paths as written) left out."""
+    if not isinstance(value, dict):
+        return value
+    return {
+        key: _normal_path(item) if key.endswith("path") and isinstance(item, str) else _paths_normalised(item)
+        for key, item in value.items()
+        if key != "sha256"
+    }
+
+
+def _normal_path(path: str) -> str:
+    if not path or "://" in path:  # an object store's keys are names: `a//b` is not `a/b`, only a trailing / goes
+        return path.rstrip("/")
+    return posixpath.normpath(path)
 
 
 def _lines(where: str, cache: Any, spec: Any) -> list[str]:

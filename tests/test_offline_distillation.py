@@ -132,6 +132,30 @@ def test_a_cache_knows_its_tokenizer_by_content_not_by_path(tmp_path):
     assert not logit_cache_manifest.same("tokenizer", byte, made)
 
 
+def test_a_cache_knows_the_same_place_written_two_ways():
+    # A teacher at `runs/t/checkpoints/` and a spec naming `./runs/t/checkpoints` were "another teacher".
+    from distillspec.config import DistillSpec
+
+    def spec(teacher: str, data: str) -> DistillSpec:
+        return DistillSpec.model_validate(
+            {
+                "student": {"model": "tiny-2l"},
+                "teacher": {"model": "tiny-4l", "load_parameters_path": teacher},
+                "data": {"source": "jsonl", "path": data, "tokenizer": "byte"},
+            }
+        )
+
+    written = logit_cache_manifest.expected(spec("runs/t/checkpoints/", "corpus/"))
+    for teacher, data in (("./runs/t/checkpoints", "corpus"), ("runs//t/checkpoints", "./corpus/")):
+        assert logit_cache_manifest.differences(written, logit_cache_manifest.expected(spec(teacher, data)))[0] == []
+    other = logit_cache_manifest.expected(spec("runs/u/checkpoints", "corpus"))
+    assert logit_cache_manifest.differences(written, other)[0] == ["teacher"]
+    bucket = logit_cache_manifest.expected(spec("gs://b/t/", "gs://b/c"))
+    assert (
+        logit_cache_manifest.differences(bucket, logit_cache_manifest.expected(spec("gs://b/t", "gs://b/c/")))[0] == []
+    )
+
+
 # --- end to end: teacher -> cache -> student (slow: five tiny runs) -------------------------------------------
 
 
