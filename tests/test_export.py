@@ -130,6 +130,65 @@ def test_bfloat16_export(run, tmp_path):
         assert f.get_slice("model.embed_tokens.weight").get_dtype() == "BF16"
 
 
+def test_a_bfloat16_students_float32_export_holds_its_master_weights(tmp_path):
+    # The float32 masters were restored as bfloat16 first: `--dtype float32` wrote bf16-rounded values labelled
+    # float32 (logits 1.7 % off the run's model).
+    from safetensors.numpy import load_file
+
+    from trainer.train import run as train_run
+
+    spec = {
+        "name": "bf16",
+        "mode": "pretrain",
+        "student": {"model": "tiny-2l", "weight_dtype": "bfloat16"},
+        "teacher": None,
+        "batch": {"per_device_batch_size": 2, "max_target_length": 16},
+        "steps": 3,
+        "optimizer": {"learning_rate": 1e-2},
+        "output_dir": str(tmp_path),
+    }
+    assert train_run(spec_of(merged(spec))) == TrainerExit.OK
+    out = tmp_path / "f32"
+    result = _export(str(tmp_path / "bf16"), "-o", str(out), "--dtype", "float32")
+    assert result.exit_code == 0, result.output
+    weights = load_file(str(out / hf.SINGLE))["model.layers.0.mlp.down_proj.weight"]
+    assert weights.dtype == np.float32
+    rounded = np.asarray(jnp.asarray(weights).astype(jnp.bfloat16).astype(jnp.float32))
+    assert not np.array_equal(weights, rounded)  # trained float32 values, not bfloat16 ones widened
+
+
+def test_what_an_export_cannot_carry_is_said_and_a_missing_input_is_not_an_output_error(run, tmp_path):
+    import shutil
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(run["teacher"], teacher)
+    (teacher / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    copy = tmp_path / "run"
+    shutil.copytree(run["run"], copy)
+    spec = json.loads((copy / "spec.json").read_text())
+    spec["teacher"]["load_parameters_path"] = str(teacher)
+    spec["data"]["tokenizer"] = str(teacher / "tokenizer.json")
+    (copy / "spec.json").write_text(json.dumps(spec))
+    (copy / "summary.json").unlink()  # as while it trains
+    out = tmp_path / "out"
+    result = _export(str(copy), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert "note: the run has not finished" in result.stderr and "of 4" in result.stderr
+    # the chat template travels with the tokenizer (apply_chat_template failed on the export without it)
+    assert (out / "chat_template.jinja").read_text() == (teacher / "chat_template.jinja").read_text()
+    # A teacher no longer where spec.json says: config.json has no positions or special-token ids, said so.
+    spec["teacher"]["load_parameters_path"] = "moved/teacher"
+    (copy / "spec.json").write_text(json.dumps(spec))
+    result = _export(str(copy), "-o", str(tmp_path / "out2"))
+    assert result.exit_code == 0 and "moved/teacher (the teacher's checkpoint) is not there from here" in result.stderr
+    # A tokenizer no longer there is the run's file missing, not an output folder that cannot be written.
+    spec["data"]["tokenizer"] = "moved/tokenizer.json"
+    (copy / "spec.json").write_text(json.dumps(spec))
+    result = _export(str(copy), "-o", str(tmp_path / "out3"))
+    assert result.exit_code == ExitCode.USAGE and "cannot read moved/tokenizer.json" in result.output
+    assert "OutputNotWritable" not in result.output and not (tmp_path / "out3").exists()
+
+
 def _nothing_new(parent: Path, before: set[str]) -> None:
     assert {p.name for p in parent.iterdir()} == before  # no output, no partial folder
 

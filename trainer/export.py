@@ -12,6 +12,7 @@ exists and is not empty is refused before any work.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -24,8 +25,20 @@ from distillspec.config import DistillSpec
 from trainer.exit_codes import OutputNotWritable, UserError
 
 FORMATS = ("hf", "maxtext")
-# The files of a Hugging Face tokenizer that sit next to its tokenizer.json and are copied with it when present.
-TOKENIZER_COMPANIONS = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+# The files of a Hugging Face tokenizer that sit next to its tokenizer.json and are copied with it when present
+# (transformers 4.4x and later keep a chat template in its own file: without it `apply_chat_template` fails).
+TOKENIZER_COMPANIONS = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+# A model's own file (its eos ids, sampling defaults): copied from the folder config.json's fields come from, not
+# from the tokenizer's (which can be another model's).
+GENERATION_CONFIG = "generation_config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Exported:
+    """What `export_run` read, and what the user should know about what it wrote."""
+
+    params_dir: str
+    notes: tuple[str, ...] = ()
 
 
 def read_run_spec(run_dir: str) -> DistillSpec:
@@ -55,9 +68,10 @@ def read_run_spec(run_dir: str) -> DistillSpec:
         ) from None
 
 
-def export_run(run_dir: str, out_dir: str, *, to: str = "hf", dtype: str | None = None) -> str:
+def export_run(run_dir: str, out_dir: str, *, to: str = "hf", dtype: str | None = None) -> Exported:
     """Write the student of the run at `run_dir` (its latest checkpoint) to `out_dir` in format `to`; returns the
-    checkpoint directory that was read. `dtype` (float32 or bfloat16) defaults to the student's weight_dtype.
+    checkpoint directory that was read, with notes (a run not finished, metadata that could not be carried).
+    `dtype` (float32 or bfloat16) defaults to the student's weight_dtype.
 
     Raises UserError for a folder that is not a run, a run without a finished checkpoint, or an `out_dir` that
     exists and is not empty; OutputNotWritable when `out_dir` cannot be written. Nothing is left at `out_dir` then.
@@ -80,29 +94,51 @@ def export_run(run_dir: str, out_dir: str, *, to: str = "hf", dtype: str | None 
             f"the run at {run_dir} has no checkpoint to export ({e.message})",
             "export a run that saved a checkpoint (checkpoint.enabled: true; one is written at the end of the run)",
         ) from None
-    config = ModelConfig.from_spec(spec.student_block())
+    # The checkpoint holds the student's float32 master weights: restored as weight_dtype (bfloat16) they were
+    # rounded before `dtype` applied, and a `--dtype float32` export held bfloat16 values labelled float32.
+    config = ModelConfig.from_spec(spec.student_block(), trained=True)
     _, abstract_state = abstract_model(config)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), nnx.to_pure_dict(abstract_state)
     )
     params = restore_params(params_dir, abstract)
+    notes = [note] if (note := _unfinished(run_dir, params_dir, spec)) else []
     if to == "maxtext":
         write_maxtext(params, spec, out_dir, dtype=dtype)
     else:
-        write_hf(params, spec, out_dir, dtype=dtype)
-    return params_dir
+        notes += write_hf(params, spec, out_dir, dtype=dtype)
+    return Exported(params_dir, tuple(notes))
 
 
-def export_params(params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | None = None) -> None:
+def _unfinished(run_dir: str, params_dir: str, spec: DistillSpec) -> str | None:
+    """A note when the run has not finished: the export is of the step its latest checkpoint holds."""
+    try:
+        with fsspec.open(f"{run_dir.rstrip('/')}/summary.json", "r") as f:
+            status = json.load(f).get("status")
+    except (OSError, ValueError, AttributeError):
+        status = None
+    if status == "succeeded":
+        return None
+    step = params_dir.rstrip("/").rsplit("/", 2)[-2]  # <run>/checkpoints/<step>/params
+    return (
+        f"the run has not finished ({status or 'still training, or stopped before its first summary'}): this is its "
+        f"checkpoint of step {step} of {spec.steps}"
+    )
+
+
+def export_params(params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | None = None) -> list[str]:
     """Write in-memory student parameters (a pure dict of arrays, host-readable) like `export_run` does."""
     _check_destination(out_dir)
-    write_hf(params, spec, out_dir, dtype=dtype)
+    return write_hf(params, spec, out_dir, dtype=dtype)
 
 
-def write_hf(params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | None = None, replace: bool = False) -> None:
+def write_hf(
+    params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | None = None, replace: bool = False
+) -> list[str]:
     """Assemble the Hugging Face folder in a temporary place, then move (local) or upload (URL) it to `out_dir`;
-    with `replace`, a folder already at `out_dir` is replaced once the new one is complete."""
+    with `replace`, a folder already at `out_dir` is replaced once the new one is complete. Returns notes on what
+    the folder could not say (config.json fields no source gave, a layer layout older transformers misread)."""
     from trainer.checkpoints import hf
 
     dtype = dtype or spec.student.weight_dtype
@@ -111,22 +147,57 @@ def write_hf(params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | None 
     remote = "://" in out_dir
     staging_root = _staging_root(out_dir)
     staging = os.path.join(staging_root, "hf")
+    shape = spec.student_block().shape()
+    carried, source, notes = carried_config(spec, shape.family)
+    files = tokenizer_files(spec)
+    if source is not None and _is_file(f"{source.rstrip('/')}/{GENERATION_CONFIG}"):
+        files[GENERATION_CONFIG] = f"{source.rstrip('/')}/{GENERATION_CONFIG}"
+    if shape.family == "gemma3" and shape.global_layers is not None:
+        notes.append(
+            f"the student's global layers {list(shape.global_layers)} are not every {shape.global_every}th: "
+            "config.json gives them as layer_types, which transformers reads from 4.53 on (earlier versions "
+            "compute another model from sliding_window_pattern)"
+        )
     try:
         try:
-            shape = spec.student_block().shape()
-            carried = carried_config(spec, shape.family)
             hf.save(params, shape, staging, scanned=spec.student.scan_layers, dtype=dtype, extra=carried)
-            for name, source in tokenizer_files(spec).items():
-                with fsspec.open(source, "rb") as src, open(os.path.join(staging, name), "wb") as dst:
-                    shutil.copyfileobj(src, dst)
         except OSError as e:
             raise OutputNotWritable(out_dir, e) from None
+        for name, source_file in files.items():
+            _copy_input(source_file, os.path.join(staging, name), out_dir)
         if remote:
             _upload(staging, out_dir)
         else:
             _move_into_place(staging, staging_root, out_dir, replace)
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
+    return notes
+
+
+def _copy_input(source: str, target: str, out_dir: str) -> None:
+    """Copy one of the run's files into the export: a source that cannot be read is the run's problem (its spec
+    names a path that is not there from here), not the output folder's."""
+    try:
+        src = fsspec.open(source, "rb").open()
+    except OSError as e:
+        raise UserError(
+            f"cannot read {source}, a file the run's spec.json names: {getattr(e, 'strerror', None) or e}",
+            "a relative path is relative to where the run trained: export from that directory, or move the file "
+            "back to where the run read it",
+        ) from None
+    try:
+        with src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    except OSError as e:
+        raise OutputNotWritable(out_dir, e) from None
+
+
+def _is_file(path: str) -> bool:
+    try:
+        fs, root = fsspec.core.url_to_fs(path)
+        return fs.isfile(root)
+    except (OSError, ValueError, ImportError):
+        return False
 
 
 def write_maxtext(
@@ -169,24 +240,40 @@ def write_maxtext(
 CARRIED_CONFIG = ("max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id")
 
 
-def carried_config(spec: DistillSpec, family: str) -> dict[str, Any]:
-    """`CARRIED_CONFIG` fields from the config.json of the Hugging Face folder the student was loaded from, else
-    of the teacher's when it is of the student's family (a pruned or distilled student shares its tokenizer and
-    positions); empty when neither is a Hugging Face folder."""
+def carried_config(spec: DistillSpec, family: str) -> tuple[dict[str, Any], str | None, list[str]]:
+    """`(fields, folder, notes)`: `CARRIED_CONFIG` fields from the config.json of the Hugging Face folder the student
+    was loaded from, else of the teacher's when it is of the student's family (a pruned or distilled student shares
+    its tokenizer and positions), and that folder; empty when neither is a Hugging Face folder. A note when such a
+    folder cannot be found from here (a relative path, the folder moved): transformers then takes its defaults."""
     from trainer.checkpoints import hf
 
+    notes = []
     for model in (spec.student, spec.teacher):
         path = model.load_parameters_path if model is not None else None
         if not path or model.shape().family != family:
             continue
         try:
             if not hf.is_hf_folder(path):
+                if not _exists(path):
+                    notes.append(
+                        f"{path} (the {'student' if model is spec.student else 'teacher'}'s checkpoint) is not there "
+                        f"from here: config.json leaves out {', '.join(CARRIED_CONFIG)} (transformers takes its "
+                        "defaults, e.g. 2048 positions); export from the directory the run trained in"
+                    )
                 continue
             config = hf.read_config(path)
         except (UserError, OSError, ValueError):
             continue
-        return {key: config[key] for key in CARRIED_CONFIG if key in config}
-    return {}
+        return {key: config[key] for key in CARRIED_CONFIG if key in config}, path, []
+    return {}, None, notes
+
+
+def _exists(path: str) -> bool:
+    try:
+        fs, root = fsspec.core.url_to_fs(path)
+        return fs.exists(root)
+    except (OSError, ValueError, ImportError):
+        return True  # cannot tell: say nothing
 
 
 def tokenizer_files(spec: DistillSpec) -> dict[str, str]:

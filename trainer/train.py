@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import signal
 import sys
@@ -674,7 +675,8 @@ def _export_final(spec: DistillSpec, state: TrainState, run_dir: str, index: int
         params = multihost_utils.process_allgather(params, tiled=True)
     if index == 0:
         write = write_maxtext if spec.checkpoint.export == "maxtext" else write_hf
-        write(params, spec, f"{run_dir}/export/{spec.checkpoint.export}", replace=True)
+        for note in write(params, spec, f"{run_dir}/export/{spec.checkpoint.export}", replace=True) or ():
+            logging.getLogger(__name__).warning("export: %s", note)
 
 
 def _check_export(spec: DistillSpec, process_count: int) -> None:

@@ -45,7 +45,9 @@ def export(
     from trainer.export import export_run
 
     try:
-        source = export_run(run_dir, out, to=to.value, dtype=dtype.value if dtype else None)
+        exported = export_run(run_dir, out, to=to.value, dtype=dtype.value if dtype else None)
     except TrainerError as e:
         raise UsageError(e.message, e.hint) from None
-    console.out.print(f"exported {source} to {out} ({to.value})", markup=False)
+    for note in exported.notes:
+        console.err.print(f"note: {note}", markup=False)
+    console.out.print(f"exported {exported.params_dir} to {out} ({to.value})", markup=False)
