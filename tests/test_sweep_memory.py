@@ -38,6 +38,15 @@ def test_fsdp_shards_parameters_over_all_chips(mesh):
     assert m.param_shards == 128 and m.student_params == 4 * P // 128 and m.fit == "fits"
 
 
+def test_several_slices_with_the_default_mesh_shard_within_a_slice_as_the_trainer_does():
+    # The estimate split the weights over every chip of both slices; the trainer builds data = slices and FSDP
+    # within each slice, so each chip holds twice that (70B <- 405B on v5p-128 x 2 read "ok" where it is tight).
+    two = memory.estimate(spec(), chips=256, hbm_bytes_per_chip=95 * 10**9, slices=2)
+    explicit = memory.estimate(spec(mesh={"data": 2, "fsdp": -1}), chips=256, hbm_bytes_per_chip=95 * 10**9)
+    assert two.param_shards == 128 and two.student_params == 4 * P // 128 and two == explicit
+    assert memory.mesh_sizes(spec().mesh, 256, slices=2) == {"data": 2, "fsdp": 128, "tensor": 1}
+
+
 def working_set(n, rows, length):  # one Llama 8B layer (re)computed, float32: matmul tensors and 3 score arrays
     return n * (4 * 4096 + (2 * 32 + 2 * 8) * 128 + 3 * 14_336) * 4 + 3 * rows * 32 * length * length * 4
 

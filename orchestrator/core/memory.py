@@ -5,8 +5,8 @@ against XLA's own memory analysis of the compiled step on simulated CPU meshes (
 ±25 %). All sizes are bytes per chip (one JAX device per chip); every term is written down here.
 
 Mesh: the spec's axes over every chip of the run (slices × chips per slice), the -1 axis filling what the others
-leave; unset `data`/`fsdp` mean FSDP over the chips (the per-slice layout; across slices the data axis takes the
-slice count, which changes no per-chip term below). Parameters, gradients and optimizer state are split over
+leave; unset `data`/`fsdp` mean what the trainer builds: data-parallel across slices (the data axis takes the
+slice count) and FSDP over each slice's chips, so a second slice does not halve the weights' share. Parameters, gradients and optimizer state are split over
 `fsdp × tensor` and replicated over `data`. A micro-batch has `per_device_batch_size × chips` rows split over
 `data × fsdp`, so each chip sees `R = per_device_batch_size × tensor` rows: `n = R·T` tokens (T =
 max_target_length); the `tensor` axis splits heads, MLP and vocabulary, not tokens.
@@ -129,9 +129,11 @@ class MemoryEstimate:
         }
 
 
-def mesh_sizes(mesh: MeshSpec, devices: int) -> dict[str, int]:
-    """Axis sizes with the -1 axis filled; an axis that cannot be filled evenly is rounded down (>= 1)."""
-    data, fsdp, tensor = mesh.resolved_axes()  # one slice: unset axes mean FSDP over every chip
+def mesh_sizes(mesh: MeshSpec, devices: int, slices: int = 1) -> dict[str, int]:
+    """Axis sizes as the trainer decides them for `slices` slices (`MeshSpec.resolved_axes`: unset axes mean data
+    across slices, FSDP within each), the -1 axis filled; an axis that cannot be filled evenly is rounded down
+    (>= 1)."""
+    data, fsdp, tensor = mesh.resolved_axes(slices)
     sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
     fixed = 1
     for size in sizes.values():
@@ -208,9 +210,10 @@ def _gathered(model: ModelSpec, shape: ModelShape, fsdp: int, tensor: int) -> fl
     return (tables + _layer_params(shape) / tensor) * a
 
 
-def estimate(spec: DistillSpec, *, chips: int, hbm_bytes_per_chip: int | None) -> MemoryEstimate:
-    """The per-chip estimate for `spec` on `chips` chips in all (see the module docstring for the formula)."""
-    sizes = mesh_sizes(spec.mesh, chips)
+def estimate(spec: DistillSpec, *, chips: int, hbm_bytes_per_chip: int | None, slices: int = 1) -> MemoryEstimate:
+    """The per-chip estimate for `spec` on `chips` chips in all, `slices` slices (see the module docstring for the
+    formula)."""
+    sizes = mesh_sizes(spec.mesh, chips, slices)
     fsdp, tensor = max(sizes["fsdp"], 1), max(sizes["tensor"], 1)
     student = spec.student.shape()
     s_fsdp, s_tensor, replicated = _shards("student", student, fsdp, tensor)

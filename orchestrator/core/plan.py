@@ -66,7 +66,7 @@ def plan_row(point: Point, target: Target) -> PlanRow:
         shape.vms_per_slice,
         shape.chips_per_vm,
         cost.chip_hours(point.spec, shape, slices=target.slices),
-        memory.estimate(point.spec, chips=chips, hbm_bytes_per_chip=shape.hbm_bytes_per_chip),
+        memory.estimate(point.spec, chips=chips, hbm_bytes_per_chip=shape.hbm_bytes_per_chip, slices=target.slices),
     )
 
 
