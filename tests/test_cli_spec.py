@@ -165,6 +165,13 @@ checkpoint: {export: hf}
     assert json.loads(back.stdout)["spec"]["optimizer"]["grad_clip_norm"] is None, back.output
 
 
+def test_a_size_just_under_a_unit_reads_in_that_unit():
+    from orchestrator.cli.console import parameter_count
+
+    assert parameter_count(999_885_952) == "1 B"  # gemma3-1b read "1000 M"
+    assert (parameter_count(8_030_261_248), parameter_count(135_300_000)) == ("8.03 B", "135 M")
+
+
 def test_models_lists_registry_as_json():
     rows = json.loads(runner.invoke(app, ["models", "--output", "json"]).stdout)
     by_name = {r["name"]: r for r in rows}

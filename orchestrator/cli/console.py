@@ -150,7 +150,7 @@ def print_wide(table: Table) -> None:
 def parameter_count(n: int) -> str:
     """8.03 B, 135.3 M, 42.5 K: a model's size in the unit it reads in (tiny test models read 0.000 B)."""
     for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= scale:
+        if n >= scale * 0.9995:  # 999.9 M rounds to 1 B, not "1000 M"
             return f"{n / scale:.3g} {unit}" if n < 100 * scale else f"{n / scale:.0f} {unit}"
     return str(n)
 
