@@ -147,7 +147,9 @@ def test_results_from_an_output_base_without_the_runs_warns(finished, tmp_path):
     # The processes say Succeeded; an --output-base the runs were not copied to read as runs without metrics.
     sweep, _ = finished
     done = distillctl("results", str(sweep), "--output-base", str(tmp_path), check=True)
-    assert f"warning[no_outputs]: 4 finished run(s) have nothing under --output-base {tmp_path}" in done.stderr
+    assert (
+        f"warning[no_outputs]: none of the sweep's 4 run(s) has anything under --output-base {tmp_path}" in done.stderr
+    )
     assert "no_outputs" not in distillctl("results", str(sweep), check=True).stderr
 
 

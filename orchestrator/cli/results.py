@@ -121,6 +121,19 @@ def _warn_no_outputs(expansion, outputs, statuses, output_base: str | None) -> N
     from orchestrator.core import gate
 
     missing = gate.without_outputs(expansion, outputs, statuses) if output_base is not None else []
+    readable = [out for out in outputs.values() if out.readable]
+    if output_base is not None and readable and not any(out.exists for out in readable):
+        console.warn_once(  # a local sweep read from a copy has no other status to say they finished
+            Problem(
+                (),
+                "no_outputs",
+                f"none of the sweep's {len(outputs)} run(s) has anything under --output-base {output_base} "
+                f"(e.g. {readable[0].path})",
+                "point --output-base at the folder (or bucket prefix) the run folders were copied to",
+                severity="warning",
+            )
+        )
+        return
     if missing:
         console.warn_once(
             Problem(
