@@ -165,6 +165,8 @@ def _point(check: str) -> str:
         ),
         (_point("{distill/kl_div_T1: {check: band, low: 7, high: 3}}"), "band_backwards", "always fails"),
         (_point("{distill/kl_div_T1: {check: band}}"), "band_unbounded", "always passes"),
+        # a quoted number was read as one (every other wrong type is refused)
+        (_point("{distill/kl_div_T1: {check: approx, value: '0.78'}}"), "wrong_type", "remove the quotes"),
         # a typo was "not logged": an infrastructure failure (exit 2), run after run
         (
             _point("{distill/kl_div_t1: {check: approx, value: 1}}"),
