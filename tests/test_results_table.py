@@ -285,7 +285,10 @@ def test_runs_with_an_eval_set_are_shown_by_their_last_evaluation(tmp_path):
     assert "eval/kl_div_T1" in results_format.markdown(t).split("\n")[2]  # the best-point line
     parsed = list(csv.DictReader(io.StringIO(results_format.csv_text(t))))
     assert {row["metrics_from"] for row in parsed} == {"eval"}
-    assert json.loads(json.dumps(results_format.to_json(t)))["runs"][1]["metrics_from"] == "eval"
+    run = json.loads(json.dumps(results_format.to_json(t)))["runs"][1]
+    assert run["metrics_from"] == "eval"
+    # the keys are the table's metrics; which logged metric each value is, machines read here
+    assert run["metrics_logged_as"]["distill/kl_div_T1"] == "eval/kl_div_T1"
     assert EVAL_TOKENS  # the synthetic eval set's token count (the values above are its Σsum/Σcount)
 
     write_outputs(result.runs[-1])  # the baseline without an eval set: mixed sources

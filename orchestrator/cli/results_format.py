@@ -288,6 +288,8 @@ def to_json(results: Results) -> dict[str, Any]:
                 "total_steps": row.total_steps,
                 "metrics": {m: _json_number(row.metrics.get(m)) for m in TABLE_METRICS},
                 "metrics_from": row.source,
+                # which logged metric each value is (an eval run's distill/kl_div_T1 is its eval/kl_div_T1)
+                "metrics_logged_as": dict(row.logged_as),
                 "tokens_per_sec": _json_number(row.tokens_per_sec),
                 "wall_time_sec": row.wall_time_sec,
                 "chip_hours": _json_number(row.chip_hours),

@@ -102,6 +102,8 @@ class Row:
     chip_hours: float | None
     output_path: str
     source: str = TRAIN  # EVAL: `metrics` are the run's last evaluation on its held-out set
+    # The logged metric each of `metrics` came from (`eval/kl_div_T1` for `distill/kl_div_T1` under EVAL).
+    logged_as: Mapping[str, str] = dataclasses.field(default_factory=dict)
     baseline_run_id: str | None = None
     delta_kl: float | None = None  # kl_div_T1 - the baseline's (negative: better than no distillation)
     delta_kl_relative: float | None = None  # delta_kl / the baseline's kl_div_T1
@@ -240,12 +242,12 @@ def preferred_names(outputs: RunOutputs, names: Sequence[str]) -> tuple[list[str
 
 def preferred_metrics(
     outputs: RunOutputs, window: int, names: Sequence[str] = TABLE_METRICS
-) -> tuple[dict[str, float | None], str]:
-    """`({training name: value}, source)`: the run's eval metrics under the training names when it evaluated,
-    else its training metrics over the window."""
+) -> tuple[dict[str, float | None], str, dict[str, str]]:
+    """`({training name: value}, source, {training name: the logged name it came from})`: the run's eval metrics
+    under the training names when it evaluated, else its training metrics over the window."""
     chosen, source = preferred_names(outputs, names)
     values = run_metrics(outputs, window, chosen)
-    return {name: values[c] for name, c in zip(names, chosen)}, source
+    return {name: values[c] for name, c in zip(names, chosen)}, source, dict(zip(names, chosen))
 
 
 def build(
@@ -263,7 +265,7 @@ def build(
         out = outputs.get(run.run_id) or RunOutputs(run.output_path)
         status = statuses.get(run.run_id) or RunStatus("Pending", "NotObserved")
         wall = out.wall_time_sec
-        metrics, source = preferred_metrics(out, window)
+        metrics, source, logged = preferred_metrics(out, window)
         rows.append(
             Row(
                 run_id=run.run_id,
@@ -278,6 +280,7 @@ def build(
                 total_steps=out.total_steps or status.total_steps or run.spec.steps,
                 metrics=metrics,
                 source=source,
+                logged_as=logged,
                 tokens_per_sec=aggregate.tokens_per_sec(out.log, window),
                 wall_time_sec=wall,
                 chip_hours=None if chips is None or wall is None else wall * chips / 3600.0,
