@@ -297,6 +297,7 @@ def test_runs_with_an_eval_set_are_shown_by_their_last_evaluation(tmp_path):
     assert all(r.delta_kl is None for r in t.rows)  # eval KL minus training KL would mean nothing
     text = results_format.markdown(t)
     assert "| from |" in text and "(eval, else train last 5)" in text
+    assert "where both are shown by the same kind of metrics" in results_format.legend(t)  # why every Δ is empty
 
 
 def test_a_metric_the_evaluation_does_not_log_comes_from_training(tmp_path):

@@ -116,6 +116,8 @@ def legend(results: Results) -> str:
             if several
             else f"Δkl vs the baseline {names}"
         )
+        if len(sources) > 1:  # a run's eval KL is never compared with a baseline's training KL
+            parts[-1] += " where both are shown by the same kind of metrics (eval or train)"
     return "; ".join(parts)
 
 
