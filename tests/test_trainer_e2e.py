@@ -319,6 +319,12 @@ def test_resuming_with_other_settings_says_which_before_spec_json_changes(out, t
     (note,) = [n for n in recorder.notes if n.startswith("resuming with settings changed")]
     assert "optimizer.learning_rate: 0.003 → 0.0005" in note and "steps" not in note, note
     assert json.loads((out / "retuned" / "spec.json").read_text())["optimizer"]["learning_rate"] == 5e-4
+    # More steps: trained further, and every schedule spans the new count: said, with the learning rate it gives
+    # where the run goes on (it went on silently on other curves).
+    (further,) = [n for n in recorder.notes if n.startswith("steps ")]
+    teacher_steps = json.loads((teacher / "spec.json").read_text())["steps"]
+    assert f"steps {teacher_steps} → 62: the learning rate's warm-up and decay now span 62 steps" in further, further
+    assert f"at step {teacher_steps}, where the {teacher_steps}-step run had" in further
 
 
 def test_missing_teacher_is_a_user_error_with_a_clear_message(out, tmp_path):

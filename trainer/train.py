@@ -590,7 +590,7 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
             session.files = RunFiles(run_dir, tensorboard=spec.logging.tensorboard)
             resolved = spec.resolved().model_dump(mode="json")
             if start.resumed:
-                _note_changes(session, resolved)
+                _note_changes(session, resolved, start.step)
             session.files.write_json("spec.json", resolved)
         _resume_session(session, start, checkpoints)
         state = _loop(spec, built, session, stop, checkpoints, start, trained_on)
@@ -606,9 +606,10 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
             _export_final(spec, state, run_dir, index)
 
 
-def _note_changes(session: _Session, resolved: dict[str, Any]) -> None:
-    """Say which settings differ from the spec.json of the run being resumed (steps aside: raising it is how a run
-    is trained further), before spec.json is replaced: nothing else records them."""
+def _note_changes(session: _Session, resolved: dict[str, Any], step: int) -> None:
+    """Say which settings differ from the spec.json of the run being resumed at `step`, before spec.json is replaced:
+    nothing else records them. A change of steps is how a run is trained further, but every schedule is a function
+    of it: said too, with the learning rate it gives at `step` against the one the run would have had."""
     try:
         before = session.files.read_json("spec.json")
     except Exception:  # noqa: BLE001 - a note, not a reason to stop
@@ -619,6 +620,21 @@ def _note_changes(session: _Session, resolved: dict[str, Any]) -> None:
     if changes:
         shown = "; ".join(changes[:6]) + (f" (and {len(changes) - 6} more)" if len(changes) > 6 else "")
         session.reporter.note(f"resuming with settings changed since spec.json was written: {shown}")
+    old, new = before.get("steps"), resolved.get("steps")
+    if isinstance(old, int) and isinstance(new, int) and old != new:
+        from trainer.step import learning_rate_schedule
+
+        spec = DistillSpec.model_validate(resolved)
+        now = learning_rate_schedule(spec)(step)
+        then = learning_rate_schedule(spec.model_copy(update={"steps": old}))(min(step, old))
+        what = "the learning rate's warm-up and decay" + (
+            " and the α, β and T schedules" if spec.mode == "distill" else ""
+        )
+        session.reporter.note(
+            f"steps {old} → {new}: {what} now span {new} steps, so from step {step} they follow the {new}-step "
+            f"curves, not the {old}-step ones (learning rate {now:.3g} at step {step}, where the {old}-step run had "
+            f"{then:.3g})"
+        )
 
 
 def _check_not_past(spec: DistillSpec, checkpoints: RunCheckpoints | None) -> None:
