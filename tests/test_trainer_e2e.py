@@ -254,6 +254,27 @@ def refused(data: dict, run_dir: Path) -> str:
     return recorder.ended[2]
 
 
+def test_a_second_trainer_on_a_run_folder_in_use_is_refused(out, teacher, tmp_path):
+    # Two `distillctl train`s of one spec both ran in one folder and both "succeeded": their metrics.jsonl lines
+    # interleaved (steps 5..40, then 75...) and each saved checkpoints over the other's.
+    import fcntl
+    import os
+    import shutil
+
+    shutil.copytree(teacher, out / "busy")
+    held = os.open(out / "busy" / ".trainer.lock", os.O_CREAT | os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the first trainer holds it
+    os.pwrite(held, b"4242\n", 0)
+    try:
+        message = refused(merged(TEACHER, name="busy", output_dir=str(out), steps=70), out / "busy")
+    finally:
+        os.close(held)
+    assert "another trainer (pid 4242) is writing" in message, message
+    # Free again (the first ended): the run goes on, and lets the folder go when it ends.
+    assert run(spec_of(merged(TEACHER, name="busy", output_dir=str(out), steps=62))) == TrainerExit.OK
+    assert not (out / "busy" / ".trainer.lock").exists()
+
+
 def test_resuming_with_another_model_names_the_arrays_that_differ(out, teacher):
     import shutil
 

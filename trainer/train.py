@@ -180,6 +180,7 @@ def run(
         session.finish(code, message)
         return code
     finally:
+        _release_run_dir(session)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -296,6 +297,7 @@ class _Session:
         self.final_metrics: dict[str, float | None] = {}
         self.resumed_from: int | None = None
         self.keep_record = False  # a start refused on another run's directory: its files stay as they are
+        self.run_dir_lock: tuple[int, str, bool] | None = None  # (fd, lock file, folder made for it): `_hold_run_dir`
 
     def wall_time(self) -> float:
         """Seconds of wall time over every attempt so far (what chip-hours are counted from)."""
@@ -566,6 +568,8 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
         [f"{run_dir}/checkpoints"] if spec.checkpoint.enabled else []
     ):
         check_writable(directory)
+    if index == 0:
+        _hold_run_dir(session, run_dir)
     if index != 0:
         clear_process_failure(run_dir, index)
     if spec.mode == "teacher_logits":
@@ -604,6 +608,59 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
         _check_finite(state, session.step)
         if spec.checkpoint.export:
             _export_final(spec, state, run_dir, index)
+
+
+RUN_DIR_LOCK = ".trainer.lock"
+
+
+def _hold_run_dir(session: _Session, run_dir: str) -> None:
+    """Process 0 holds an exclusive lock on a local run folder for the whole run: a second trainer of the same name
+    and output_dir (two `distillctl train`s) interleaved its metrics and checkpoints with the first's, and both
+    "succeeded". Raises RunRefused (the other run's files stay as they are). An object store has no locks: there
+    the launchers keep runs apart (one JobSet, or one claim, per run id)."""
+    import fcntl
+
+    if "://" in run_dir:
+        return
+    made = not os.path.isdir(run_dir)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        path = os.path.join(run_dir, RUN_DIR_LOCK)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError:
+        return  # check_writable has said what is wrong with the folder; the run fails writing it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunRefused(
+            f"another trainer (pid {holder}) is writing {run_dir}: two runs in one folder interleave their metrics "
+            "and checkpoints",
+            "wait for it to finish (or stop it: it saves a checkpoint, and this run then resumes from it), or give "
+            "this run another name or output_dir",
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    session.run_dir_lock = (fd, path, made)
+
+
+def _release_run_dir(session: _Session) -> None:
+    """Let the run folder go; a folder made only to hold the lock (a run refused before training) goes too."""
+    if session.run_dir_lock is None:
+        return
+    fd, path, made = session.run_dir_lock
+    session.run_dir_lock = None
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    os.close(fd)  # closing releases the lock
+    if made:
+        try:
+            os.rmdir(os.path.dirname(path))  # only if empty
+        except OSError:
+            pass
 
 
 def _note_changes(session: _Session, resolved: dict[str, Any], step: int) -> None:
