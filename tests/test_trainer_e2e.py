@@ -481,3 +481,25 @@ def test_an_evaluations_time_is_left_out_of_the_training_throughput():
     record, seconds, tokens = window.close(2, 134.0, tokens=1024, learning_rate=0.0, sums={})
     assert seconds == 4.0 and tokens == 1024
     assert record["tokens_per_sec"] == 256.0 and record["step_time_sec"] == 2.0
+
+
+def test_a_console_that_goes_away_does_not_end_the_run(tmp_path):
+    # `distillctl train spec 2>&1 | head -2`: the run trained to its last step, then died of BrokenPipe before its
+    # final checkpoint (exit 42, "failed"). The console falls silent; the run finishes.
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "name: piped\nmode: pretrain\nstudent: {model: tiny-2l}\n"
+        "batch: {per_device_batch_size: 2, max_target_length: 16}\nsteps: 30\n"
+        f"checkpoint: {{every_steps: 10}}\nlogging: {{every_steps: 5}}\noutput_dir: {tmp_path / 'out'}\n"
+    )
+    command = f"{sys.executable} -m orchestrator.cli train {spec} 2>&1 | head -2"
+    shown = subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert shown.stdout.startswith("training → "), shown.stdout + shown.stderr
+    summary = tmp_path / "out" / "piped" / "summary.json"
+    for _ in range(600):  # the trainer goes on after `head` has gone
+        if summary.exists() and json.loads(summary.read_text())["status"] != "running":
+            break
+        time.sleep(0.1)
+    record = json.loads(summary.read_text())
+    assert (record["status"], record["exit_code"], record["step"]) == ("succeeded", 0, 30), record
+    assert (tmp_path / "out" / "piped" / "checkpoints" / "30").is_dir()

@@ -10,6 +10,22 @@ from typing import Any, TextIO
 from trainer.exit_codes import DESCRIPTIONS, TrainerExit
 
 
+def _unless_gone(method):
+    """Run a console method; a stream that went away (`| head`, a closed terminal or ssh session) silences the
+    reporter instead of ending the run: training went to its last step, then died of BrokenPipe before its final
+    checkpoint (exit 42)."""
+
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (BrokenPipeError, ValueError) as e:  # ValueError: "I/O operation on closed file"
+            if isinstance(e, ValueError) and "closed file" not in str(e):
+                raise
+            self.enabled, self._progress = False, None
+
+    return guarded
+
+
 def _fmt(value: float | None, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -24,6 +40,7 @@ class ConsoleReporter:
         self._progress = None
         self._task = None
 
+    @_unless_gone
     def start(self, run_dir: str, start_step: int, total_steps: int) -> None:
         if self._decide:
             import jax
@@ -48,6 +65,7 @@ class ConsoleReporter:
             self._task = self._progress.add_task("train", total=total_steps, completed=start_step, info="compiling…")
             self._progress.start()
 
+    @_unless_gone
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
@@ -62,10 +80,12 @@ class ConsoleReporter:
             self.stream.write(f"step {record['step']}  {info}\n")
             self.stream.flush()
 
+    @_unless_gone
     def note(self, message: str) -> None:
         if self.enabled:
             (self._progress.console.print if self._progress else lambda m: self.stream.write(m + "\n"))(message)
 
+    @_unless_gone
     def end(self, status: str, exit_code: int, message: str) -> None:
         if self._progress is not None:
             self._progress.stop()
