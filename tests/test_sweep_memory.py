@@ -61,6 +61,9 @@ def test_activations_follow_the_formula():
     # FSDP gathers each model's embedding, head and one layer (the student's also their float32 gradient)
     layer = (P - 2 * 128_256 * 4096 - 4096) // 32
     assert m.gathered_weights == int((2 * 128_256 * 4096 + layer) * 4 * 3)
+    # The tensor axis splits the vocabulary (128256 = 8 × 16032): a chip gathers its share of the tables
+    split = memory.estimate(spec(mesh={"data": 1, "fsdp": -1, "tensor": 8}), chips=64, hbm_bytes_per_chip=None)
+    assert split.gathered_weights == int((2 * 128_256 // 8 * 4096 + layer / 8) * 4 * 3)
 
 
 def test_long_sequences_select_the_fused_loss_and_its_blocks():

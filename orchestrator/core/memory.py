@@ -18,8 +18,9 @@ Notation: a = bytes of a model's `dtype` (compute), w = bytes of its `weight_dty
 - gradients: P_s · 4 (float32; twice with gradient accumulation: the running sum and the micro-batch's)
 - optimizer state: P_s · 8 (AdamW's two float32 moments)
 - teacher parameters: P_t · w_t (frozen: no gradients or moments)
-- gathered weights (fsdp > 1): a matmul needs its whole weight, so each model's embedding and LM head (V·D
-  each, one when tied; the lookup reads the whole table) and one layer's weights (/t) are gathered: the
+- gathered weights (fsdp > 1): a matmul needs its whole weight, so each model's embedding and LM head (V/t·D
+  each, one when tied; the lookup reads the whole table of its tensor share) and one layer's weights (/t) are
+  gathered: the
   teacher's at a_t bytes, the student's as its float32 master weights (XLA gathers before the cast to the
   compute dtype) with a float32 gradient of that size before it is reduce-scattered
 - student activations kept for the backward pass, per layer (`remat`):
@@ -206,7 +207,9 @@ def _gathered(model: ModelSpec, shape: ModelShape, fsdp: int, tensor: int) -> fl
     if fsdp <= 1:
         return 0
     a = DTYPE_BYTES[model.dtype]
-    tables = (1 if shape.tie_embeddings else 2) * shape.vocab_size * shape.emb_dim  # embedding and LM head
+    # the embedding and LM head, each split over the tensor axis along the vocabulary where it divides it (the
+    # trainer's rule for `vocab`), so an FSDP gather brings a chip its tensor share, not the whole table
+    tables = (1 if shape.tie_embeddings else 2) * _split(shape.vocab_size, tensor) * shape.emb_dim
     return (tables + _layer_params(shape) / tensor) * a
 
 
