@@ -20,6 +20,6 @@ def load_valid_spec(path: Path) -> SpecReport:
         raise InvalidSpecError(
             f"{path} is not a valid spec",
             [p for p in report.problems if p.is_error],
-            f"run `distillctl validate {path}` for details",
+            f"fix the errors above (`distillctl validate {path}` lists its warnings too)",
         )
     return report
