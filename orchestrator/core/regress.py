@@ -92,7 +92,7 @@ def evaluate(golden: GoldenFile, observed: Mapping[str, Observed], *, timed_out:
         if not point.checks:
             continue  # `checks: {}`: listed as not checked, not silently dropped from the report
         seen = observed.get(point.run_id)
-        label = point.label or (seen.label if seen else "")
+        label = (seen.label if seen else "") or point.label  # the sweep's own words, not a stale file's
         if seen is not None and seen.phase == "Stopped":
             stopped.append((label or point.run_id) + (f" ({seen.reason})" if seen.reason else ""))
             continue
