@@ -519,3 +519,13 @@ def test_a_report_file_that_cannot_be_written_keeps_the_verdict_and_its_exit_cod
     out = invoke("regress", path, "--golden", golden, "--junit", blocker / "junit.xml")  # its parent is a file
     assert out.exit_code == ExitCode.FAILED and "regressed (exit 1)" in out.stdout, out.output
     assert "cannot write" in out.stderr
+
+
+def test_the_report_names_points_in_the_sweeps_words_not_a_stale_files(sweep):
+    path, golden, result = sweep
+    data = yaml.safe_load(golden.read_text())
+    data["points"][1]["label"] = "point 9 (an old name)"
+    golden.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = invoke("regress", path, "--golden", golden)
+    assert out.exit_code == ExitCode.OK and "an old name" not in out.stdout
+    assert result.points[0].label in out.stdout
