@@ -503,3 +503,15 @@ def test_a_console_that_goes_away_does_not_end_the_run(tmp_path):
     record = json.loads(summary.read_text())
     assert (record["status"], record["exit_code"], record["step"]) == ("succeeded", 0, 30), record
     assert (tmp_path / "out" / "piped" / "checkpoints" / "30").is_dir()
+
+
+def test_changed_settings_show_whole_numbers_as_written():
+    # spec.json holds per_device_batch_size as 8.0 (the field takes fractions): the note read "8.0 → 4.0".
+    from trainer.train import changed_settings
+
+    before = {"batch": {"per_device_batch_size": 8.0}, "optimizer": {"learning_rate": 0.003}}
+    after = {"batch": {"per_device_batch_size": 4.0}, "optimizer": {"learning_rate": 0.0005}}
+    assert changed_settings(before, after) == [
+        "batch.per_device_batch_size: 8 → 4",
+        "optimizer.learning_rate: 0.003 → 0.0005",
+    ]

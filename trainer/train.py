@@ -488,7 +488,14 @@ def changed_settings(before: Any, after: Any, prefix: str = "") -> list[str]:
         return out
     if before == after:
         return []
-    return [f"{prefix.rstrip('.')}: {json.dumps(before)} → {json.dumps(after)}"]
+    return [f"{prefix.rstrip('.')}: {_setting(before)} → {_setting(after)}"]
+
+
+def _setting(value: Any) -> str:
+    """A setting as the user wrote it: spec.json holds `per_device_batch_size: 8` as 8.0 (the field takes fractions)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return json.dumps(value)
 
 
 class MetricWindow:
