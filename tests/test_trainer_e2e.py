@@ -150,6 +150,22 @@ def test_resume_after_sigterm_reproduces_the_uninterrupted_metrics(out, teacher,
     assert without_timing(read_metrics(out / f"cut-{stop_at}")) == without_timing(read_metrics(out / "whole"))
 
 
+def test_a_stop_before_the_first_step_saves_nothing(out, teacher):
+    # A preemption while the step compiles wrote the initial weights as checkpoint 0 (an 8B student's and its
+    # optimizer state, inside the pod's grace period) and said "checkpoint saved".
+    class SigtermAtStart(Recorder):
+        def start(self, *a):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    data = distill_spec(out, teacher, name="early", steps=30, checkpoint={"every_steps": 10})
+    reporter = SigtermAtStart()
+    assert run(spec_of(data), reporter=reporter) == TrainerExit.PREEMPTED
+    summary = json.loads((out / "early" / "summary.json").read_text())
+    assert summary["step"] == 0 and "nothing trained yet, nothing saved" in summary["message"], summary
+    assert not list((out / "early").glob("checkpoints/*"))
+    assert run(spec_of(data)) == TrainerExit.OK
+
+
 def test_resume_after_a_hard_kill_reproduces_the_uninterrupted_metrics(out, teacher):
     """SIGKILL between checkpoints: the rerun resumes from the last checkpoint and drops the lines after it."""
     data = distill_spec(

@@ -164,6 +164,8 @@ def run(
                     + (
                         "the logit cache is incomplete (no manifest): a rerun writes it again from the start"
                         if spec.mode == "teacher_logits"
+                        else "nothing trained yet, nothing saved: a rerun starts from step 0"
+                        if session.step == 0
                         else "checkpoint saved"
                         if spec.checkpoint.enabled
                         else "no checkpoint (checkpoint.enabled is false): a rerun starts again from step 0"
@@ -548,7 +550,9 @@ class CheckpointPolicy:
         return self.enabled and bool(self.every) and step % self.every == 0 and step < self.last
 
     def final(self, step: int, stopped: bool, latest: int | None) -> bool:
-        return self.enabled and (step == self.last or stopped) and latest != step
+        # A stop before the first step saves nothing: the initial weights are made again on the rerun, and writing
+        # them (an 8B student and its optimizer state) could spend the grace period the pod has.
+        return self.enabled and step > 0 and (step == self.last or stopped) and latest != step
 
 
 def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop) -> None:
