@@ -286,8 +286,9 @@ FIRST_LINE_LIMIT = 1 << 20  # characters of a JSONL file's first record read to 
 
 def read_columns(path: str, source: str) -> Columns | None:
     """The columns the trainer would find at a document path: a JSONL file's first record's keys, a Parquet file's
-    schema, a saved Hugging Face dataset's features; None when they cannot be learnt cheaply (pyarrow not
-    installed, an ArrayRecord file, an unreadable first record: the trainer says why at start)."""
+    schema, a local ArrayRecord file's first record's keys, a saved Hugging Face dataset's features; None when they
+    cannot be learnt cheaply (pyarrow or array_record not installed, ArrayRecord files in a bucket, an unreadable
+    first record: the trainer says why at start)."""
     from distillspec.data_files import data_files
 
     try:
@@ -305,6 +306,8 @@ def read_columns(path: str, source: str) -> Columns | None:
 
             with fsspec.open(first, "rb") as f:
                 return Columns(first, tuple(pq.read_schema(f).names))
+        if source == "arrayrecord" and "://" not in path:  # the trainer's reader takes local files only, too
+            return _arrayrecord_columns(first)
     except Exception:  # noqa: BLE001 - unknown, not wrong: the trainer reads the files and says what is wrong
         return None
     return None
@@ -319,6 +322,20 @@ def _jsonl_columns(file: str) -> Columns | None:
                 record = json.loads(line)
                 return Columns(file, tuple(record)) if isinstance(record, dict) else None
     return None
+
+
+def _arrayrecord_columns(file: str) -> Columns | None:
+    """Each record is a UTF-8 JSON object, like a JSONL line: the first one's keys."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    reader = ArrayRecordReader(file)
+    try:
+        if reader.num_records() == 0:
+            return None
+        record = json.loads(reader.read([0])[0])
+    finally:
+        reader.close()
+    return Columns(file, tuple(record)) if isinstance(record, dict) else None
 
 
 def _dataset_columns(folder: str) -> Columns | None:

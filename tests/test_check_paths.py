@@ -422,6 +422,7 @@ def test_a_column_the_data_files_do_not_have_is_an_error_before_launch(tmp_path)
     import datasets
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from array_record.python.array_record_module import ArrayRecordWriter
 
     from orchestrator.outputs import count_files, read_columns
 
@@ -447,6 +448,13 @@ def test_a_column_the_data_files_do_not_have_is_an_error_before_launch(tmp_path)
     ((code, loc, message),) = problems_for("parquet", str(tmp_path / "p"), **pair)
     assert (code, loc) == ("column_missing", ("data", "completion_column")) and "prompt, answer" in message
     assert problems_for("parquet", str(tmp_path / "p"), **{**pair, "completion_column": "answer"}) == []
+    (tmp_path / "ar").mkdir()
+    writer = ArrayRecordWriter(str(tmp_path / "ar" / "a.array_record"), "group_size:1")
+    writer.write(json.dumps({"content": "x", "id": 1}).encode())
+    writer.close()
+    ((code, loc, message),) = problems_for("arrayrecord", str(tmp_path / "ar" / "*.array_record"))
+    assert (code, loc) == ("column_missing", ("data", "text_column")) and "(it has content, id)" in message
+    assert problems_for("arrayrecord", str(tmp_path / "ar" / "*.array_record"), text_column="content") == []
     ((code, loc, message),) = problems_for("hf_disk", str(tmp_path / "hf"))
     assert (code, loc) == ("dataset_has_splits", ("data", "path")) and "holds splits (train)" in message
     assert problems_for("hf_disk", str(tmp_path / "one")) == []
