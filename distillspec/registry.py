@@ -101,6 +101,14 @@ class ModelShape:
         head = 0 if self.tie_embeddings else self.vocab_size * d
         return self.depth * per_layer + embed + head + d
 
+    def matmul_param_count(self) -> int:
+        """Parameters each token is multiplied by: the layers' projections and the output head (tied or not). The
+        input embedding is a table lookup, and norms are elementwise: neither is matmul work (Llama 3 8B's
+        untied input table is 0.5 B of its 8.0 B parameters)."""
+        d, h, kv, hd, f = self.emb_dim, self.num_query_heads, self.num_kv_heads, self.head_dim, self.mlp_dim
+        attention = d * h * hd + 2 * d * kv * hd + h * hd * d
+        return self.depth * (attention + 3 * d * f) + self.vocab_size * d
+
     def with_overrides(self, **overrides: int | tuple[int, ...] | None) -> ModelShape:
         changes = tuple(sorted((k, v) for k, v in overrides.items() if v is not None))
         return _replaced(self, changes) if changes else self

@@ -122,7 +122,10 @@ def test_chip_hours_count_student_training_and_teacher_forward():
     s = spec(steps=100)
     v5p = tpu.lookup("v5p-128")
     tokens = 1 * 64 * 1024  # per_device_batch_size × chips (v5p-128: 128 TensorCores, 64 chips) × length
-    expected = 100 * tokens * (6 * P + 2 * P) / (459e12 * cost.ASSUMED_MFU) / 3600
+    # The input embedding (128256 × 4096, untied) is a lookup, not matmul work: chip-hours counted it.
+    matmul = P - 128_256 * 4096 - (2 * 32 + 1) * 4096  # without the input table and the norms
+    assert s.student.shape().matmul_param_count() == matmul
+    expected = 100 * tokens * (6 * matmul + 2 * matmul) / (459e12 * cost.ASSUMED_MFU) / 3600
     assert cost.chip_hours(s, v5p, slices=1) == pytest.approx(expected)
 
 

@@ -1,8 +1,9 @@
 """Estimated chip-hours of a run, from dense matmul FLOPs at an assumed utilisation.
 
 FLOPs per token: 6·P_s for the student (forward and backward) plus 2·P_t for the teacher's forward pass
-(online distillation only); attention's T² term and rematerialisation's extra forward are not counted,
-which the utilisation figure absorbs. Tokens per step are `per_device_batch_size × chips ×
+(online distillation only), P being the parameters a token is multiplied by (`ModelShape.matmul_param_count`:
+the layers and the output head, not the input embedding's table lookup); attention's T² term and
+rematerialisation's extra forward are not counted, which the utilisation figure absorbs. Tokens per step are `per_device_batch_size × chips ×
 max_target_length × gradient_accumulation_steps` (one JAX device per chip). chip-hours =
 steps × tokens per step × FLOPs per token / (peak bf16 FLOP/s per chip × MFU) / 3600 — independent of how
 many chips share the work, so it is the figure to compare and to bill.
@@ -17,8 +18,10 @@ ASSUMED_MFU = 0.4  # model FLOPs utilisation that well-tuned MaxText runs reach 
 
 
 def flops_per_token(spec: DistillSpec) -> int:
-    student = 6 * spec.student.shape().param_count()
-    teacher = 2 * spec.teacher.shape().param_count() if spec.teacher is not None and spec.is_online_distillation else 0
+    student = 6 * spec.student.shape().matmul_param_count()
+    teacher = (
+        2 * spec.teacher.shape().matmul_param_count() if spec.teacher is not None and spec.is_online_distillation else 0
+    )
     return student + teacher
 
 
