@@ -161,6 +161,7 @@ def ours_runner(spec, params, seqs: list[np.ndarray]):
         return time.perf_counter() - begin
 
     run.matmuls = step_matmuls(jaxpr.jaxpr)
+    run.memory = step.memory_analysis()
     run.loss_pass = "cpu kernel" if cpu_loss_kernel.TARGET in step.as_text() else "xla"
     return run
 
