@@ -271,6 +271,10 @@ def test_a_supervisor_stopped_by_sigterm_stops_its_trainers_and_leaves_its_runs_
         rows = status(sweep)
         assert (rows[teacher["run_id"]]["phase"], rows[teacher["run_id"]]["reason"]) == ("Pending", "Preempted")
         assert {rows[p["run_id"]]["reason"] for p in points} == {"SupervisorGone"}, rows
+        # The table says why each waits and what starts it (the reason alone did not; the JSON had it).
+        table = distillctl("status", str(sweep), check=True).stdout
+        assert "why" in table and "`distillctl sweep` submits it again" in table, table
+        assert "with a checkpoint; resumes from it when submitted again" in table, table
         log = (folder / state.LOG).read_text()
         assert "stopped by SIGTERM: stopping 1 trainer(s)" in log and "Traceback" not in log, log
         summary = json.loads((Path(teacher["output_path"]) / "summary.json").read_text())

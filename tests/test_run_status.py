@@ -219,3 +219,20 @@ def test_a_registry_hiccup_is_shown_but_may_heal():
     for message in ("manifest unknown", "failed to authorize: 403 Forbidden", "pull access denied"):
         assert not PodProblem("ErrImagePull", message).heals
     assert not PodProblem("InvalidImageName", "").heals and PodProblem("FailedMount", "timed out").heals
+
+
+def test_a_stopped_run_says_where_it_resumes_from():
+    # "stopped with a checkpoint" was said also of a run stopped before its first step, which saved nothing.
+    def stopped(**summary):
+        s = status(Observation(exists=False), outputs({"status": "preempted", "exit_code": 143, **summary}))
+        assert s.shown == "Pending (Preempted)"
+        return s.message
+
+    assert stopped(step=640, message="stopped by SIGTERM at step 640; checkpoint saved") == (
+        "stopped at step 640 with a checkpoint; resumes from it when submitted again"
+    )
+    assert "before its first step, nothing saved; starts from step 0" in stopped(step=0)
+    said = (
+        "stopped by SIGTERM at step 30; no checkpoint (checkpoint.enabled is false): a rerun starts again from step 0"
+    )
+    assert stopped(step=30, message=said) == f"{said}; starts again when submitted"

@@ -7,6 +7,7 @@ import time
 from rich.table import Table
 from rich.text import Text
 
+from distillspec.contract import PendingReason
 from orchestrator.backends import Submitted
 from orchestrator.cli import console
 from orchestrator.core.expansion import Expansion
@@ -41,8 +42,9 @@ def age(seconds: float | None) -> str:
 
 def status_table(expansion: Expansion, statuses) -> Table:
     table = Table(title=f"sweep {expansion.sweep.name}", title_justify="left")
-    # A stuck run's reason alone (ImagePullBackOff) does not say which image or Secret: then a column says why.
-    why = any(statuses[run.run_id].phase == Phase.STUCK for run in expansion.runs)
+    # A stuck run's reason alone (ImagePullBackOff) does not say which image or Secret, a failed run's
+    # (TrainerExit) not what the trainer said, a waiting run's (SupervisorGone) not what starts it: a column says why.
+    why = any(_says_why(statuses[run.run_id]) for run in expansion.runs)
     # The latest training log line's KL: `results` shows the held-out set's where a run has one, so say which.
     kl = "kl_div_T1 (train)"
     columns = ("#", "run id", "axis values", "phase", "restarts", "step", kl, "age") + (("why",) if why else ())
@@ -51,7 +53,7 @@ def status_table(expansion: Expansion, statuses) -> Table:
     for run in expansion.runs:
         s = statuses[run.run_id]
         step = "—" if s.step is None else f"{s.step}/{s.total_steps or '?'}"
-        extra = ((s.message if s.phase == Phase.STUCK else ""),) if why else ()
+        extra = ((s.message if _says_why(s) else ""),) if why else ()
         table.add_row(
             run.key,
             run.run_id,
@@ -64,6 +66,21 @@ def status_table(expansion: Expansion, statuses) -> Table:
             *extra,
         )
     return table
+
+
+# Pending runs that wait for something the user does (`sweep` again, `--retry-failed`), not for the backend.
+_WAITING_FOR_YOU = (
+    PendingReason.PREEMPTED,
+    PendingReason.ORPHANED,
+    PendingReason.SUPERVISOR_GONE,
+    PendingReason.PREREQUISITE_FAILED,
+)
+
+
+def _says_why(s: RunStatus) -> bool:
+    if not s.message:
+        return False
+    return s.phase in (Phase.STUCK, Phase.FAILED) or (s.phase == Phase.PENDING and s.reason in _WAITING_FOR_YOU)
 
 
 def status_json(expansion: Expansion, statuses) -> list[dict]:

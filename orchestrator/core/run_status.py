@@ -188,12 +188,7 @@ def derive(
         if verdict == "failed":
             return RunStatus(Phase.FAILED, FailedReason.TRAINER_EXIT, _failure_message(final), **common)
         if verdict == "preempted":  # stopped by SIGTERM (cancel, preemption): it resumes when created again
-            return RunStatus(
-                Phase.PENDING,
-                PendingReason.PREEMPTED,
-                "stopped with a checkpoint; resumes when submitted again",
-                **common,
-            )
+            return RunStatus(Phase.PENDING, PendingReason.PREEMPTED, _preempted_message(final), **common)
         if verdict == "running":  # nothing runs it any more (deleted, or its machine went away)
             return RunStatus(
                 Phase.PENDING,
@@ -227,6 +222,19 @@ def derive(
         since = int(now - started)
         return RunStatus(Phase.STALLED, StalledReason.NO_NEW_METRICS, f"no new metrics for {since}s", **common)
     return RunStatus(Phase.RUNNING, **common)
+
+
+def _preempted_message(final: dict) -> str:
+    """A stopped run's state in the trainer's terms: a stop before the first step saved nothing (it said "stopped
+    with a checkpoint" then too)."""
+    step = final.get("step")
+    if step == 0:
+        return "stopped before its first step, nothing saved; starts from step 0 when submitted again"
+    said = str(final.get("message") or "")
+    if "no checkpoint" in said or "incomplete" in said:  # checkpoint.enabled false; a teacher_logits run's cache
+        return f"{said}; starts again when submitted"
+    where = f" at step {step}" if isinstance(step, int) else ""
+    return f"stopped{where} with a checkpoint; resumes from it when submitted again"
 
 
 def _failure_message(verdict: dict) -> str:
