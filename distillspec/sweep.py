@@ -956,7 +956,7 @@ def _target(sweep: Sweep) -> list[Problem]:
                         "defaults.image)",
                     )
                 )
-        if not _is_remote(t.output_base):
+        if not is_remote(t.output_base):
             out.append(
                 Problem(
                     ("target", "output_base"),
@@ -1129,7 +1129,8 @@ def _label_key_ok(key: str) -> bool:
     )
 
 
-def _is_remote(path: str) -> bool:
+def is_remote(path: str) -> bool:
+    """A URL (gs://bucket/...), not a path on this machine or in a pod."""
     return bool(re.match(r"^[a-z][a-z0-9+.-]*://", path))
 
 

@@ -330,3 +330,23 @@ def test_an_offline_point_is_checked_against_the_cache_its_prerequisite_writes(t
         (problem,) = [p for p in result.problems if p.code == "logit_cache_mismatch"]
         assert problem.is_error and said in problem.message and problem.loc == ("prerequisites", "logits")
         assert "one cache prerequisite per value" in problem.hint and not result.points
+
+
+def test_a_relative_path_a_clusters_pods_would_read_is_a_warning_at_its_line(tmp_path):
+    # The quickstart's teacher path (runs/tiny-teacher/checkpoints) launched on a cluster: each pod looked for it
+    # in the container's working directory and failed at start, after scheduling.
+    spec = {**SPEC, "teacher": {**SPEC["teacher"], "load_parameters_path": "runs/teacher/checkpoints"}}
+    write(tmp_path, spec, "spec.yaml")
+    result = expanded(tmp_path, sweep_data(spec="spec.yaml"))
+    found = {p.loc: p for p in result.problems if p.code == "relative_path_on_cluster"}
+    assert set(found) == {("teacher", "load_parameters_path")}, result.problems
+    teacher = found[("teacher", "load_parameters_path")]
+    assert teacher.severity == "warning" and teacher.file.endswith("spec.yaml") and teacher.line is not None
+    assert "'runs/teacher/checkpoints' is a relative path" in teacher.message and "gs://" in teacher.hint
+    documents = sweep_data(spec="spec.yaml", overrides={"data.source": "jsonl", "data.path": "corpus/*.jsonl"})
+    (data,) = [p for p in expanded(tmp_path, documents).problems if p.loc == ("overrides", "data.path")]
+    assert data.code == "relative_path_on_cluster" and data.file.endswith("sweep.yaml") and data.line is not None
+    absolute = sweep_data(spec="spec.yaml", overrides={"teacher.load_parameters_path": "/mnt/ckpt/teacher"})
+    assert not [p for p in expanded(tmp_path, absolute).problems if p.code == "relative_path_on_cluster"]
+    local = sweep_data(spec="spec.yaml", target={"kind": "local", "output_base": str(tmp_path / "runs")})
+    assert not [p for p in expanded(tmp_path, local).problems if p.code == "relative_path_on_cluster"]

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 from distillspec import logit_cache_manifest as logit_cache
 from distillspec import spec_paths, tpu
-from distillspec.config import DistillSpec
+from distillspec.config import DOCUMENT_SOURCES, DistillSpec
 from distillspec.problems import Loc, Problem, has_errors
 from distillspec.specfile import validate_data
 from distillspec.sweep import (
@@ -30,6 +30,7 @@ from distillspec.sweep import (
     SpecSource,
     Sweep,
     SweepSource,
+    is_remote,
     late_rule_problems,
     same_value,
     unlogged_metric_problems,
@@ -202,6 +203,7 @@ def expand(source: SweepSource, *, max_points: int | None = DEFAULT_MAX_POINTS) 
                 found += [source.locate(p) for p in late_rule_problems(rules, point.spec)]
             found += [source.locate(p) for p in _seed_problems(sweep, point.spec)]
             found += [source.locate(p) for p in _cache_problems(point.spec, prerequisites)]
+            found += _relative_path_problems(sweep, source, point.spec)
         for p in found:
             grouped.setdefault((p.loc, p.file, p.line, p.column, p.code, p.message, p.hint, p.severity), []).append(
                 _label(draft.index, draft.axis_values, draft.is_baseline)
@@ -254,6 +256,44 @@ def _seed_problems(sweep: Sweep, spec) -> list[Problem]:
             severity="warning",
         )
     ]
+
+
+def _relative_path_problems(sweep: Sweep, source: SweepSource, spec: DistillSpec) -> list[Problem]:
+    """A warning for each relative path a cluster's pods would read: they resolve it in the trainer container's
+    working directory, where nothing from this machine is (the quickstart's `runs/tiny-teacher/checkpoints`
+    launched on a cluster, and every pod failed at start). A warning, not an error: an image may hold the files."""
+    if not sweep.target.on_cluster:
+        return []
+    files = spec.data.source in ("text", "tokens", *DOCUMENT_SOURCES)
+    paths = {
+        ("student", "load_parameters_path"): spec.student.load_parameters_path,
+        ("teacher", "load_parameters_path"): spec.teacher.load_parameters_path if spec.teacher else None,
+        ("data", "path"): spec.data.path if files else None,
+        ("eval", "path"): spec.eval.path if files and spec.eval is not None else None,
+        ("offline_data_dir",): spec.offline_data_dir,
+    }
+    found = []
+    for loc, path in paths.items():
+        if not path or path.startswith(("/", "~")) or is_remote(path):
+            continue
+        problem = Problem(
+            loc,
+            "relative_path_on_cluster",
+            f"{path!r} is a relative path: the {sweep.target.kind} target's pods resolve it in the trainer "
+            "container's working directory, not this machine's",
+            "use a bucket (gs://my-bucket/...) or an absolute path on a volume target.volumes mounts",
+            severity="warning",
+        )
+        dotted = ".".join(loc)
+        if dotted in sweep.overrides or dotted in sweep.axes:  # where the sweep file sets it, else the spec's
+            found.append(
+                source.locate(
+                    dataclasses.replace(problem, loc=("overrides" if dotted in sweep.overrides else "axes", dotted))
+                )
+            )
+        else:
+            found.append(source.base.locate(problem))
+    return found
 
 
 def _cache_problems(spec, prerequisites: tuple[Point, ...]) -> list[Problem]:
