@@ -43,7 +43,8 @@ def age(seconds: float | None) -> str:
 def status_table(expansion: Expansion, statuses) -> Table:
     table = Table(title=f"sweep {expansion.sweep.name}", title_justify="left")
     # A stuck run's reason alone (ImagePullBackOff) does not say which image or Secret, a failed run's
-    # (TrainerExit) not what the trainer said, a waiting run's (SupervisorGone) not what starts it: a column says why.
+    # (TrainerExit) not what the trainer said, a queued run's (Pending) not which quota, a waiting run's
+    # (SupervisorGone) not what starts it: a column says why.
     why = any(_says_why(statuses[run.run_id]) for run in expansion.runs)
     # The latest training log line's KL: `results` shows the held-out set's where a run has one, so say which.
     kl = "kl_div_T1 (train)"
@@ -80,7 +81,9 @@ _WAITING_FOR_YOU = (
 def _says_why(s: RunStatus) -> bool:
     if not s.message:
         return False
-    return s.phase in (Phase.STUCK, Phase.FAILED) or (s.phase == Phase.PENDING and s.reason in _WAITING_FOR_YOU)
+    if s.phase in (Phase.STUCK, Phase.FAILED, Phase.QUEUED):  # Kueue's words: which quota, how much more
+        return True
+    return s.phase == Phase.PENDING and s.reason in _WAITING_FOR_YOU
 
 
 def status_json(expansion: Expansion, statuses) -> list[dict]:
