@@ -299,6 +299,28 @@ def test_a_webhooks_denial_is_a_rejection_not_an_rbac_problem():
     assert "RBAC" not in error.hint
 
 
+def test_a_404_from_something_that_is_not_an_api_server_says_so():
+    # A kubeconfig whose server is a web page or a proxy: "list the JobSets: 404 Not Found", nothing more.
+    import json
+
+    from kubernetes.client.exceptions import ApiException
+
+    from orchestrator.backends.kubernetes.client import Cluster, api_error
+
+    cluster = Cluster(api=None, namespace="default", server="https://10.0.0.1:443")
+    page = ApiException(status=404, reason="Not Found")
+    page.body = "<html>404 page not found</html>"
+    error = api_error("list the JobSets", page, cluster)
+    assert (
+        "the server at https://10.0.0.1:443 answered 404 (Not Found), not as a Kubernetes API server" in error.message
+    )
+    assert "kubectl cluster-info" in error.hint and error.exit_code == ExitCode.CLUSTER_UNREACHABLE
+    # The API server's own answer for a resource it does not serve: the JobSet controller is missing.
+    missing = ApiException(status=404, reason="Not Found")
+    missing.body = json.dumps({"kind": "Status", "message": "the server could not find the requested resource"})
+    assert "install the JobSet controller" in api_error("list the JobSets", missing, cluster).hint
+
+
 @pytest.mark.parametrize(
     ("option", "said"),
     [

@@ -206,6 +206,15 @@ def api_error(what: str, e: ApiException, cluster: Cluster) -> DistillctlError:
             "install the JobSet controller and its CRDs",
             exit_code=ExitCode.CLUSTER_NOT_READY,
         )
+    if e.status == 404 and not _is_status(e):
+        # Not the API server's own "not found" (a Status object): a URL that is not a Kubernetes API server (a
+        # kubeconfig's server field pointing at a web page, a proxy) answered. The bare "404 Not Found" said nothing.
+        return ClusterError(
+            f"{what}: the server at {cluster.server or 'the configured address'} answered 404 ({message}), not as "
+            "a Kubernetes API server does",
+            "check that --kubeconfig/--context point at the cluster's API server (`kubectl cluster-info`)",
+            exit_code=ExitCode.CLUSTER_UNREACHABLE,
+        )
     if e.status in (400, 422):
         return DistillctlError(
             f"{what}: the API server rejected it: {message}",
@@ -219,6 +228,16 @@ def api_error(what: str, e: ApiException, cluster: Cluster) -> DistillctlError:
             "try again later; the cluster may be overloaded or upgrading",
         )
     return DistillctlError(f"{what}: {e.status} {message}", exit_code=ExitCode.FAILED)
+
+
+def _is_status(e: ApiException) -> bool:
+    """Whether the error's body is a Kubernetes Status object (every answer of an API server has one)."""
+    import json
+
+    try:
+        return json.loads(e.body or "").get("kind") == "Status"
+    except (ValueError, AttributeError):
+        return False
 
 
 def server_message(e: ApiException) -> str:
