@@ -278,6 +278,8 @@ def test_prerequisite_first_then_points_then_succeeded_with_the_best_point(expan
     line = summary(Served("svc", edited.status, None))  # what `status` prints of the resource
     assert line.startswith("DistillationSweep svc: Succeeded (AllSucceeded: 3 run(s)); 3 run(s): 3 succeeded")
     assert "1 orphaned JobSet(s)" in line and "Accepted" not in line
+    # `running` counts queued runs too: "2 running" was printed beside a table showing one of them Queued.
+    assert "0 active (queued or running)" in line
 
 
 def test_failed_point_is_retried_by_its_budget_and_then_the_sweep_fails(expanded):

@@ -245,8 +245,8 @@ def summary(view: Served) -> str:
         for c in held
     )
     counts = (
-        f"{status.points} run(s): {status.succeeded} succeeded, {status.running} running, {status.failed} failed"
-        + (f", {status.stopped} stopped" if status.stopped else "")
+        f"{status.points} run(s): {status.succeeded} succeeded, {status.running} active (queued or running), "
+        f"{status.failed} failed" + (f", {status.stopped} stopped" if status.stopped else "")
     )
     if status.orphans:
         counts += f"; {len(status.orphans)} orphaned JobSet(s) (`distillctl cancel FILE --orphans` deletes them)"
