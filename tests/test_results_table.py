@@ -386,3 +386,12 @@ def test_a_local_sweep_read_from_a_copy_takes_its_statuses_from_the_copy(tmp_pat
     rows = {row["run_id"]: row for row in json.loads(out.stdout)["runs"]}
     assert rows[failed.run_id]["status"]["phase"] == "Failed" and json.loads(out.stdout)["best"] != failed.run_id
     assert "warning[statuses_from_outputs]" in out.stderr and "output_base_missing" not in out.stderr
+
+
+def test_status_leaves_launch_advice_to_sweep(tmp_path):
+    # Every `status` (each refresh of --watch's screen) and every `logs` printed the sweep's launch warnings again
+    # (a mutable image tag, a local output base...), above the table it was asked for.
+    path = write_sweep(tmp_path, target={"kind": "local", "output_base": str(tmp_path / "runs"), "tpu_type": "v5p-8"})
+    assert "warning[tpu_type_ignored]" in invoke("plan", str(path)).stderr
+    out = invoke("status", str(path))
+    assert out.exit_code == 0 and "tpu_type_ignored" not in out.stderr and "quickstart" in out.stdout, out.output

@@ -322,7 +322,9 @@ def status(
     ctx = SweepContext.build(
         sweep_file, kubeconfig=kubeconfig, context=context, namespace=namespace, yes=True, image=image
     )
-    expansion, backend = ctx.open()
+    # Launch advice (a mutable tag, a local output base) was `sweep`'s to give: printed on every refresh of a
+    # status, or before every log, it buried what the command shows.
+    expansion, backend = ctx.open(about=())
     ctx.warn_if_nothing_written(expansion)
 
     shown = [""]
@@ -422,7 +424,7 @@ def logs(
         sweep_file, kubeconfig=kubeconfig, context=context, namespace=namespace, yes=True, image=image
     )
     request = LogRequest(slice=slice_, worker=worker, all=all_, follow=follow, tail=tail)
-    expansion, backend = ctx.open(check=lambda expansion: _check_worker(expansion.sweep.target, request))
+    expansion, backend = ctx.open(check=lambda expansion: _check_worker(expansion.sweep.target, request), about=())
     try:
         target = find_run(expansion, run)
         if hasattr(backend, "log_source"):  # the JobSet that runs the run id, maybe another sweep's: named on stderr
@@ -526,7 +528,7 @@ def cancel(
     ctx = SweepContext.build(
         sweep_file, kubeconfig=kubeconfig, context=context, namespace=namespace, yes=True, image=image
     )
-    expansion, backend = ctx.open()
+    expansion, backend = ctx.open(about=())
     try:
         if orphans:
             if runs:

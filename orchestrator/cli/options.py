@@ -234,13 +234,13 @@ class SweepContext:
             )
         return expansion
 
-    def open(self, check=None):
+    def open(self, check=None, about: tuple[str, ...] | None = None):
         """`(expansion, backend)`: the expanded sweep and its target's backend (close it when done). Warnings of
-        the expansion are printed; `check(expansion)` runs before the backend connects (a command's options that
-        the sweep can refuse)."""
+        the expansion are printed (as `expanded` filters them by `about`); `check(expansion)` runs before the
+        backend connects (a command's options that the sweep can refuse)."""
         from orchestrator.backends import backend_for
 
-        expansion = self.expanded()
+        expansion = self.expanded(about)
         if check is not None:
             check(expansion)
         return expansion, backend_for(expansion.sweep.target, self.access)
