@@ -348,5 +348,17 @@ def test_a_relative_path_a_clusters_pods_would_read_is_a_warning_at_its_line(tmp
     assert data.code == "relative_path_on_cluster" and data.file.endswith("sweep.yaml") and data.line is not None
     absolute = sweep_data(spec="spec.yaml", overrides={"teacher.load_parameters_path": "/mnt/ckpt/teacher"})
     assert not [p for p in expanded(tmp_path, absolute).problems if p.code == "relative_path_on_cluster"]
+    # A prerequisite's own spec (its data read by every pod of the teacher's pre-training), located in it.
+    write(
+        tmp_path, {**SPEC, "mode": "pretrain", "teacher": None, "data": {"source": "text", "path": "c.txt"}}, "t.yaml"
+    )
+    with_teacher = sweep_data(
+        spec="spec.yaml",
+        overrides={"teacher.load_parameters_path": "${prerequisites.teacher.output}/checkpoints"},
+        prerequisites={"teacher": {"spec": "t.yaml"}},
+    )
+    (before,) = [p for p in expanded(tmp_path, with_teacher).problems if p.code == "relative_path_on_cluster"]
+    assert before.loc == ("data", "path") and before.file.endswith("t.yaml") and before.line is not None, before
+    assert before.message.startswith("prerequisite 'teacher': 'c.txt' is a relative path")
     local = sweep_data(spec="spec.yaml", target={"kind": "local", "output_base": str(tmp_path / "runs")})
     assert not [p for p in expanded(tmp_path, local).problems if p.code == "relative_path_on_cluster"]

@@ -258,10 +258,14 @@ def _seed_problems(sweep: Sweep, spec) -> list[Problem]:
     ]
 
 
-def _relative_path_problems(sweep: Sweep, source: SweepSource, spec: DistillSpec) -> list[Problem]:
+def _relative_path_problems(
+    sweep: Sweep, source: SweepSource, spec: DistillSpec, prerequisite: str | None = None
+) -> list[Problem]:
     """A warning for each relative path a cluster's pods would read: they resolve it in the trainer container's
     working directory, where nothing from this machine is (the quickstart's `runs/tiny-teacher/checkpoints`
-    launched on a cluster, and every pod failed at start). A warning, not an error: an image may hold the files."""
+    launched on a cluster, and every pod failed at start). A warning, not an error: an image may hold the files.
+    Located where the sweep file sets the path (a point's overrides or axes, or `prerequisite`'s overrides), else in
+    the spec file."""
     if not sweep.target.on_cluster:
         return []
     files = spec.data.source in ("text", "tokens", *DOCUMENT_SOURCES)
@@ -272,6 +276,11 @@ def _relative_path_problems(sweep: Sweep, source: SweepSource, spec: DistillSpec
         ("eval", "path"): spec.eval.path if files and spec.eval is not None else None,
         ("offline_data_dir",): spec.offline_data_dir,
     }
+    if prerequisite is None:
+        spec_source, settings = source.base, {"overrides": sweep.overrides, "axes": sweep.axes}
+    else:
+        spec_source = source.prerequisites[prerequisite]
+        settings = {("prerequisites", prerequisite, "overrides"): sweep.prerequisites[prerequisite].overrides}
     found = []
     for loc, path in paths.items():
         if not path or path.startswith(("/", "~")) or is_remote(path):
@@ -279,21 +288,23 @@ def _relative_path_problems(sweep: Sweep, source: SweepSource, spec: DistillSpec
         problem = Problem(
             loc,
             "relative_path_on_cluster",
-            f"{path!r} is a relative path: the {sweep.target.kind} target's pods resolve it in the trainer "
+            ("" if prerequisite is None else f"prerequisite {prerequisite!r}: ")
+            + f"{path!r} is a relative path: the {sweep.target.kind} target's pods resolve it in the trainer "
             "container's working directory, not this machine's",
             "use a bucket (gs://my-bucket/...) or an absolute path on a volume target.volumes mounts",
             severity="warning",
         )
         dotted = ".".join(loc)
-        if dotted in sweep.overrides or dotted in sweep.axes:  # where the sweep file sets it, else the spec's
-            found.append(
-                source.locate(
-                    dataclasses.replace(problem, loc=("overrides" if dotted in sweep.overrides else "axes", dotted))
-                )
-            )
+        where = next((at for at, values in settings.items() if dotted in values), None)
+        if where is None:
+            found.append(spec_source.locate(problem))
         else:
-            found.append(source.base.locate(problem))
+            found.append(source.locate(dataclasses.replace(problem, loc=(*_tuple(where), dotted))))
     return found
+
+
+def _tuple(key: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (key,) if isinstance(key, str) else key
 
 
 def _cache_problems(spec, prerequisites: tuple[Point, ...]) -> list[Problem]:
@@ -568,6 +579,7 @@ def _prerequisites(sweep: Sweep, source: SweepSource) -> tuple[tuple[Point, ...]
             _in_file(source, dataclasses.replace(p, message=f"prerequisite {name!r}: {p.message}")) for p in found
         ]
         if spec is not None:
+            problems += _relative_path_problems(sweep, source, spec, prerequisite=name)
             point = _finish(
                 sweep, spec, index=i, axis_values={}, is_baseline=False, depends_on=depends_on, prerequisite=name
             )
