@@ -359,3 +359,38 @@ def test_a_rejection_keeps_what_the_status_recorded_and_the_retry_budget():
     assert status.runs == [failed] and status.pinned == previous.pinned
     (accepted,) = [c for c in status.conditions if c.type == "Accepted"]
     assert (accepted.status, accepted.reason) == ("False", "LocalQueueMissing")
+
+
+def test_an_informer_that_can_no_longer_read_is_not_ready():
+    # Credentials revoked after the first list: /readyz said ok for ever while every watch and list got 403.
+    import threading
+    import time
+
+    from kubernetes.client.exceptions import ApiException
+
+    from orchestrator.service.controller import Informer
+
+    calls = []
+
+    def list_fn(*args, **kwargs):
+        calls.append(kwargs.get("watch", False))
+        if len(calls) == 1:
+            return {"metadata": {"resourceVersion": "1"}, "items": []}
+        raise ApiException(status=403, reason="Forbidden")
+
+    stop = threading.Event()
+    metrics = endpoints.Metrics(use_prometheus_client=False)
+    informer = Informer(
+        "jobsets", list_fn, (), resync=5, on_change=lambda o: None, on_resync=lambda: None, metrics=metrics, stop=stop
+    )
+    informer.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(calls) < 3 and time.monotonic() < deadline:  # the list, the watch, a list again
+            time.sleep(0.05)
+        assert len(calls) >= 3, calls
+        assert not informer.synced.is_set()
+        assert 'distillctl_api_errors_total{operation="watch jobsets"}' in metrics.plain_exposition()
+    finally:
+        stop.set()
+        informer.stop()

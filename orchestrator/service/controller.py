@@ -152,6 +152,9 @@ class Informer:
                 if self._stop.is_set():
                     break
                 if e.status != 410:  # 410 Gone: the watch's version is too old; list again
+                    # Not ready until a list succeeds again: with revoked credentials (403) /readyz said ok for
+                    # ever while nothing could be read, and nothing on the pod showed it.
+                    self.synced.clear()
                     self.metrics.api_error(f"watch {self.what}")
                     log.warning("watching %s: %s %s", self.what, e.status, e.reason)
                     self._stop.wait(delay)
@@ -159,6 +162,7 @@ class Informer:
             except (*CONNECTION_ERRORS, ValueError) as e:
                 if self._stop.is_set():
                     break  # stop() closed the watch's connection
+                self.synced.clear()
                 self.metrics.api_error(f"watch {self.what}")
                 log.warning("watching %s: %s", self.what, e)
                 self._stop.wait(delay)

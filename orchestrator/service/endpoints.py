@@ -1,5 +1,5 @@
-"""The controller's HTTP endpoints: `/healthz` (its threads are alive), `/readyz` (its caches are synced) and
-`/metrics` in Prometheus' text format — prometheus_client's registry when it is installed, else a small
+"""The controller's HTTP endpoints: `/healthz` (its threads are alive), `/readyz` (its caches are synced and the
+API server still answers its watches) and `/metrics` in Prometheus' text format — prometheus_client's registry when it is installed, else a small
 exposition of the same three families written here.
 """
 
@@ -109,7 +109,10 @@ def serve(
                 self._reply(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n")
             elif path == "/readyz":
                 ok = ready()
-                self._reply(200 if ok else 503, b"ok\n" if ok else b"caches not synced\n")
+                self._reply(
+                    200 if ok else 503,
+                    b"ok\n" if ok else b"caches not synced, or the API server cannot be read (the log says which)\n",
+                )
             else:
                 self._reply(404, b"not found\n")
 
