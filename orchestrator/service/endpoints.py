@@ -1,6 +1,6 @@
 """The controller's HTTP endpoints: `/healthz` (its threads are alive), `/readyz` (its caches are synced and the
-API server still answers its watches) and `/metrics` in Prometheus' text format — prometheus_client's registry when it is installed, else a small
-exposition of the same three families written here.
+API server still answers its watches) and `/metrics` in Prometheus' text format — prometheus_client's registry
+when it is installed, else a small exposition of the same three families written here.
 """
 
 from __future__ import annotations
