@@ -19,6 +19,14 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
 export DISTILLCTL_COMPILE_CACHE=off
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
+# The carried Flax and Optax are the trainer's locked versions; should they not import beside the image's JAX, the
+# image's own are tried before giving up (minutes of device time are too few to come back with nothing).
+check='import jax, flax, optax, trainer.setup; print("jax", jax.__version__, "flax", flax.__version__, jax.devices())'
+if ! python3 -c "$check" 2>&1 | tee -a "$OUT/gpu.txt"; then
+  echo "the carried Flax/Optax do not import beside this JAX: trying the image's" | tee -a "$OUT/gpu.txt"
+  rm -rf /tmp/site/flax /tmp/site/flax-* /tmp/site/optax /tmp/site/optax-*
+  python3 -c "$check" 2>&1 | tee -a "$OUT/gpu.txt" || { echo "the trainer does not import here" >&2; exit 1; }
+fi
 timeout "${BENCH_TIMEOUT:-420}" python3 bench/bench_accelerator.py --size "${BENCH_SIZE:-1b}" \
   --loss "${BENCH_LOSSES:-auto,dense}" --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 echo "bench exit ${PIPESTATUS[0]}; figures in $OUT"
