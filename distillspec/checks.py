@@ -6,6 +6,8 @@ the file's keys and positions). Each rule has a stable code.
 
 from __future__ import annotations
 
+import posixpath
+
 from distillspec import layer_presets
 from distillspec.config import BUNDLED_DATA_SOURCES, DOCUMENT_SOURCES, DistillSpec, ScheduledValue
 from distillspec.problems import Problem
@@ -535,7 +537,7 @@ def _data(spec: DistillSpec) -> list[Problem]:
         )
     out += _shuffling(data) + _text_column(data)
     if spec.eval is not None:
-        out += _eval_problems(spec.eval.path, data.source)
+        out += _eval_problems(spec.eval.path, data.source, data.path)
     if not spec.checkpoint.enabled and spec.checkpoint.every_steps:
         out.append(
             Problem(
@@ -641,8 +643,9 @@ def _mesh(spec: DistillSpec) -> list[Problem]:
     return out
 
 
-def _eval_problems(path: str | None, source: str) -> list[Problem]:
-    """An eval set is held-out documents (a path, read like data) or the synthetic language's held-out batches."""
+def _eval_problems(path: str | None, source: str, data_path: str | None = None) -> list[Problem]:
+    """An eval set is held-out documents (a path, read like data) or the synthetic language's held-out batches;
+    the training data's own path is not held out."""
     if source == "synthetic":
         if path is None:
             return []
@@ -673,4 +676,27 @@ def _eval_problems(path: str | None, source: str) -> list[Problem]:
                 "set eval.path to the held-out file(s), read like data.path",
             )
         ]
+    if data_path is not None and _same_path(path, data_path):
+        return [
+            Problem(
+                ("eval", "path"),
+                "eval_is_training_data",
+                f"eval.path is data.path ({path}): the eval metrics would be measured on documents the run trains "
+                "on, and read as held-out",
+                "point eval.path at held-out files the training data does not contain (a validation split)",
+                severity="warning",
+            )
+        ]
     return []
+
+
+def _same_path(a: str, b: str) -> bool:
+    """The same files written alike (a trailing slash, `./`, a repeated `/` aside); globs are compared as text."""
+
+    def normal(p: str) -> str:
+        if "://" in p:
+            scheme, rest = p.split("://", 1)
+            return f"{scheme}://{posixpath.normpath(rest)}"
+        return posixpath.normpath(p)
+
+    return normal(a) == normal(b)
