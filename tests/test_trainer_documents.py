@@ -566,3 +566,18 @@ def test_storage_failures_say_what_to_change_or_are_retried():
     assert isinstance(corpus.storage_error(where, offline), RetryableError)
     assert isinstance(corpus.storage_error(where, ConnectionRefusedError(111, "refused")), RetryableError)
     assert "gcsfs" in corpus.storage_error(where, ImportError("Install gcsfs to access Google Storage")).hint
+
+
+@pytest.mark.parametrize("source", ["jsonl", "arrayrecord"])
+def test_each_pass_over_the_corpus_is_tagged_and_the_second_is_said(corpora, source, caplog):
+    # A small corpus went round and round while training, without a word.
+    data = DataSpec(source=source, path=str(corpora[source]))
+    records = iter(corpus.host_records(data, str(corpora[source]), Shard(), repeat=True))
+    epochs = [next(records)[corpus.EPOCH] for _ in range(3 * len(DOCS))]
+    assert epochs == [0] * len(DOCS) + [1] * len(DOCS) + [2] * len(DOCS)
+    with caplog.at_level("WARNING", logger="trainer.corpus"):
+        rows = iter(D.document_rows(data, str(corpora[source]), 256, 32, Shard(), repeat=True))
+        for _ in range(4 * sum(len(d) for d in DOCS) // 32):  # past the 3rd pass, before the 10th
+            next(rows)
+    said = [r.getMessage() for r in caplog.records if "read" in r.getMessage()]
+    assert len(said) == 1 and "has been read 1 time(s) through: starting pass 2" in said[0], said

@@ -13,7 +13,8 @@ where it came from (for errors that name the file):
   `datasets.Dataset.save_to_disk`, memory-mapped Arrow): random access, so records are sharded: process `i`
   reads records `i, i + n, ...`, in an order shuffled by `data.seed`.
 
-With `repeat`, the records go round again after the last (epochs, in the same order); without, they end. The
+With `repeat`, the records go round again after the last (epochs, in the same order), each record carrying its
+pass over the data under `EPOCH` (0 for the first; `EpochNotes` says when a new one begins); without, they end. The
 iterators' state (`get_state`) is their position, so a checkpoint restores the stream exactly. Nothing here
 holds more than one row group (Parquet) or one line (JSONL) of a file at a time.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from typing import Any
 
 import fsspec
@@ -35,6 +37,31 @@ from trainer.exit_codes import RetryableError, TrainerError, UserError
 
 UTF8_BOM = b"\xef\xbb\xbf"
 WHERE = "__where__"  # a record's origin (`file:line`, `file row i`, `folder record i`), for errors about it
+EPOCH = "__epoch__"  # a repeated corpus's pass this record belongs to: 0, 1, ...
+log = logging.getLogger(__name__)
+
+
+class EpochNotes:
+    """Says (a warning in the trainer's log) when a repeated corpus starts another pass: a small corpus went round
+    and round without a word, and a run that trains on the same documents many times overfits them. At the second
+    pass, then at the 10th, 100th, ... The pipeline reads ahead of the step, so the note comes a few batches early."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.epoch: int | None = None
+
+    def note(self, record: dict[str, Any]) -> dict[str, Any]:
+        epoch = record.get(EPOCH, 0)
+        passes = epoch + 1
+        if self.epoch is not None and epoch > self.epoch and (passes == 2 or str(passes).rstrip("0") == "1"):
+            log.warning(
+                "the training data (%s) has been read %d time(s) through: starting pass %d over the same documents",
+                self.path,
+                epoch,
+                epoch + 1,
+            )
+        self.epoch = epoch
+        return record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,7 +406,9 @@ def host_records(
             ds = ds.shuffle(seed=data.seed)  # the files' order (the same every epoch)
         if repeat:
             ds = ds.repeat(None)
-        records = grain.experimental.InterleaveIterDataset(ds.map(make), cycle_length=1)
+        count = len(files)
+        tagged = ds.map_with_index(lambda i, f: make(f).map(lambda r, e=i // count: {**r, EPOCH: e}))
+        records = grain.experimental.InterleaveIterDataset(tagged, cycle_length=1)
         if window:  # each window in its own order (seed + the window's index): epochs differ too
             records = grain.experimental.WindowShuffleIterDataset(records, window_size=window, seed=data.seed)
         return records
@@ -396,6 +425,7 @@ def host_records(
             "add records, or run on fewer processes",
         )
     mine = records[shard.index :: shard.count].shuffle(seed=data.seed)
+    count = len(mine)
     if repeat:
         mine = mine.repeat(None)
-    return mine.to_iter_dataset()
+    return mine.map_with_index(lambda i, r: {**r, EPOCH: i // count}).to_iter_dataset()
