@@ -411,6 +411,9 @@ def test_status_follows_queueing_restarts_and_failures(control_plane, tmp_path):
     queued = next(r for r in rows.values() if r["phase"] == "Queued")
     assert "insufficient" in queued["message"] and "google.com/tpu" in queued["message"]
     running = next(r["jobset"] for r in rows.values() if r["phase"] == "Running")
+    # Its log: none yet, and why ("has no pods for slice 0, worker 0" alone sent people looking for pods).
+    no_log = cli("logs", str(path), queued["jobset"], kubeconfig=cp.kubeconfig)
+    assert no_log.exit_code == ExitCode.USAGE and "it is queued, suspended until Kueue admits it" in no_log.stderr
 
     # A worker exits 143 (SIGTERM, a preemption): the JobSet restarts.
     cp.wait_for(lambda: any(p.status.phase == "Running" for p in pods_of(cp, running)), 60, "running pods")

@@ -535,7 +535,7 @@ class KubernetesBackend:
             raise UsageError("--follow follows one worker", "drop --all, or choose one with --slice and --worker")
         if not pods:
             where = "" if request.all else f" for slice {request.slice}, worker {request.worker}"
-            raise UsageError(f"{jobset} has no pods{where}", "`distillctl status` says whether it is queued")
+            raise UsageError(f"{jobset} has no pods{where}{self._why_no_pods(jobset)}", "`distillctl status` says why")
         for pod in pods:
             labels = pod.metadata.labels or {}
             prefix = f"[{labels.get(JOB_INDEX_LABEL)}/{labels.get(COMPLETION_INDEX_LABEL)}] " if request.all else ""
@@ -552,6 +552,26 @@ class KubernetesBackend:
                 tail_lines=request.tail,
             )
             yield from (prefix + line + "\n" for line in (text or "").splitlines())
+
+    def _why_no_pods(self, jobset: str) -> str:
+        """Why a JobSet has no pods, when its object says: suspended (Kueue has not admitted it), or gone."""
+        try:
+            found = self.cluster.call(
+                f"read JobSet {jobset}",
+                self.cluster.custom.get_namespaced_custom_object,
+                *JOBSET[:2],
+                self.cluster.namespace,
+                JOBSET[2],
+                jobset,
+                passthrough=frozenset({404}),
+            )
+        except ApiException:
+            return ": it does not exist (not created yet, or deleted)"
+        except DistillctlError:
+            return ""  # the pods were the question; reading the JobSet is only a courtesy
+        if (found.get("spec") or {}).get("suspend"):
+            return ": it is queued, suspended until Kueue admits it"
+        return ""
 
     def _follow_log(self, pod: str, tail: int | None, what: str) -> Iterator[str]:
         """A pod's log as it grows, whole lines only (a line may straddle two chunks of the stream)."""
