@@ -494,8 +494,17 @@ def test_the_service_says_why_a_run_is_stuck(control_plane, controllers, tmp_pat
 
     row = cp.wait_for(stuck, 90, "the run to read Stuck")
     assert row["reason"] == "ImagePullBackOff" and "manifest unknown" in row["message"], row
-    client.CustomObjectsApi(cp.client).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "svc-p")
-    cp.wait_for(lambda: resource(cp, "svc-p") is None, 60, "the resource to go")
+    # Stopped from distillctl (it took kubectl): the resource goes, and its JobSets first (deletionPolicy Delete).
+    kube = ["--kubeconfig", str(cp.kubeconfig)]
+    refused = CliRunner().invoke(app, ["cancel", str(path), "--service", *kube])
+    assert refused.exit_code == 2 and "pass --yes" in refused.stderr, refused.output
+    stopped = CliRunner().invoke(app, ["cancel", str(path), "--service", "--yes", "--wait", "--timeout", "90", *kube])
+    assert stopped.exit_code == 0, stopped.output
+    assert "deleting DistillationSweep svc-p: the controller deletes its JobSets first" in stopped.stdout
+    assert "is gone, and its JobSets with it" in stopped.stdout
+    assert resource(cp, "svc-p") is None and all(j["metadata"].get("deletionTimestamp") for j in jobsets(cp, "svc-p"))
+    again = CliRunner().invoke(app, ["cancel", str(path), "--service", "--yes", *kube])
+    assert again.exit_code == 2 and "there is no DistillationSweep svc-p in namespace 'default'" in again.stderr
 
 
 def _axis_values(jobset: dict) -> dict:

@@ -505,6 +505,14 @@ def cancel(
             "--orphans", help="only this sweep's runs (JobSets; local trainers) for points no longer in the sweep file"
         ),
     ] = False,
+    service: Annotated[
+        bool,
+        typer.Option(
+            "--service",
+            help="delete the sweep's DistillationSweep (the service's runs go with it under its deletionPolicy "
+            "Delete; Keep leaves them)",
+        ),
+    ] = False,
     yes: YesOption = False,
     wait: Annotated[
         bool, typer.Option("--wait", help="wait until the runs are gone (on a cluster: their JobSets and pods)")
@@ -530,6 +538,13 @@ def cancel(
     )
     expansion, backend = ctx.open(about=())
     try:
+        if service:
+            if runs or orphans:
+                raise UsageError(
+                    "--service deletes the whole DistillationSweep", "drop the run arguments and --orphans"
+                )
+            _cancel_service(expansion, backend, yes=yes, wait=wait, timeout=timeout)
+            return
         if orphans:
             if runs:
                 raise UsageError("--orphans takes no runs", "drop the run arguments")
@@ -551,8 +566,8 @@ def cancel(
             raise UsageError(
                 f"sweep {name} is run by the distillctl service (DistillationSweep {name}): it would create the "
                 "deleted runs again",
-                f"stop it with `kubectl delete distillationsweep {name}` (its deletionPolicy says whether its "
-                "JobSets go too)",
+                "stop it with `distillctl cancel FILE --service` (the DistillationSweep's deletionPolicy says "
+                "whether its JobSets go too)",
             )
         if not chosen:
             if output is OutputFormat.json:
@@ -588,6 +603,50 @@ def _nothing_running(expansion, backend, asked) -> str:
     phases = Counter(statuses[run.run_id].phase.value for run in asked)
     counted = ", ".join(f"{n} {phase}" for phase, n in sorted(phases.items()))
     return f"none of these {len(asked)} runs is running ({counted})"
+
+
+def _cancel_service(expansion, backend, *, yes: bool, wait: bool, timeout: float | None) -> None:
+    """`cancel --service`: delete the sweep's DistillationSweep; the controller deletes its JobSets first (under
+    deletionPolicy Delete) and then lets the resource go. With `wait`, until it is gone (exit 3 after `timeout`)."""
+    from orchestrator.cli import console
+    from orchestrator.errors import DistillctlError, UsageError
+    from orchestrator.exit_codes import ExitCode
+    from orchestrator.service import client as service
+
+    cluster = getattr(backend, "cluster", None)
+    if cluster is None or expansion.sweep.target.kind != "kubernetes":
+        raise UsageError(
+            f"--service is for sweeps the service runs on Kubernetes; this one's target is {expansion.sweep.target.kind}",
+            "drop --service",
+        )
+    name = expansion.sweep.name
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"cancel would delete DistillationSweep {name}", "pass --yes to confirm without a prompt")
+        if not typer.confirm(f"Delete DistillationSweep {name} (namespace {cluster.namespace})?"):
+            raise typer.Exit(int(ExitCode.FAILED))
+    policy = service.delete_resource(cluster, name)
+    if policy == "Keep":
+        console.out.print(
+            f"deleted DistillationSweep {name}; its JobSets run on (deletionPolicy Keep): `distillctl cancel FILE` "
+            "deletes them",
+            markup=False,
+        )
+        return
+    console.out.print(
+        f"deleting DistillationSweep {name}: the controller deletes its JobSets first (deletionPolicy Delete)"
+        + ("" if wait else "; `cancel --service --wait` waits until it is gone"),
+        markup=False,
+    )
+    if wait:
+        if not service.wait_gone(cluster, name, timeout):
+            raise DistillctlError(
+                f"DistillationSweep {name} is still there after {timeout:g} s",
+                "the controller deletes its JobSets first; if no controller runs, its finalizer keeps it: install "
+                "the service again, or remove the finalizer",
+                exit_code=ExitCode.TIMEOUT,
+            )
+        console.out.print(f"DistillationSweep {name} is gone, and its JobSets with it", markup=False)
 
 
 def _cancel_orphans(expansion, backend, *, yes: bool, output: OutputFormat, wait: bool, timeout: float | None) -> None:

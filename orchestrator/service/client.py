@@ -19,6 +19,7 @@ from orchestrator.core.sweeps import TargetOverrides, expand_checked, load_overr
 from orchestrator.errors import DistillctlError
 from orchestrator.exit_codes import ExitCode
 from orchestrator.service.resource import (
+    DELETION_POLICY,
     FIELD_MANAGER,
     GROUP,
     KIND,
@@ -134,6 +135,45 @@ def _wait_deleted(
             say(f"{KIND} {name} is being deleted: waiting until it is gone to apply it again")
             said = True
         time.sleep(1.0)
+
+
+def delete_resource(cluster: Cluster, name: str) -> str:
+    """Delete the DistillationSweep `name` (`cancel --service`); returns its deletionPolicy: under `Delete` the
+    controller deletes its JobSets before the resource goes, under `Keep` they run on."""
+    found = read_resource(cluster, name)
+    if found is None:
+        raise DistillctlError(
+            f"there is no {KIND} {name} in namespace {cluster.namespace!r} to delete",
+            "without --service, `distillctl cancel` deletes the runs `distillctl sweep` created; -n/--namespace "
+            "names another namespace",
+            exit_code=ExitCode.USAGE,
+        )
+    policy = str((found.get("spec") or {}).get(DELETION_POLICY) or "Delete")
+    try:
+        cluster.call(
+            f"delete {KIND} {name}",
+            cluster.custom.delete_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            cluster.namespace,
+            PLURAL,
+            name,
+            passthrough=frozenset({404}),
+        )
+    except ApiException:
+        pass  # gone meanwhile
+    return policy
+
+
+def wait_gone(cluster: Cluster, name: str, timeout: float | None) -> bool:
+    """Wait until the DistillationSweep `name` is gone (the controller removes its finalizer once its JobSets are
+    deleted, under `Delete`); False when it is still there after `timeout` seconds (None: no limit)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while read_resource(cluster, name) is not None:
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(1.0)
+    return True
 
 
 def require_served(cluster: Cluster) -> None:
