@@ -281,6 +281,7 @@ def test_ctrl_c_stops_following_not_the_runs_and_watch_then_cancel_say_what_happ
     _, err = follower.communicate(timeout=60)
     assert follower.returncode == 130 and "stopped following; the runs go on" in err, err
     assert f"distillctl status {sweep} --watch" in err and "Traceback" not in err
+    assert "error:" not in err  # the user stopped it: not an error
     # SIGTERM (a CI job's timeout) ends it the same way, with 143: it died silently, mid-line.
     follower = started("sweep", str(sweep), "--wait")
     while "follow-me-" not in (line := follower.stdout.readline()) or "Running" not in line or "exists" in line:

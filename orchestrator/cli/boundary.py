@@ -38,7 +38,7 @@ def exit_code(e: BaseException) -> int | None:
         console.print_error(e.message, e.hint)
         return int(e.exit_code)
     if isinstance(e, KeyboardInterrupt):
-        console.print_error("terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted")
+        console.print_stopped("terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted")
         return int(interrupted_code(e))
     if isinstance(e, BrokenPipeError):
         if not _stdout_closed():

@@ -117,6 +117,13 @@ def print_error(message: str, hint: str = "") -> None:
         echo((("hint: " + hint, "dim"),), err=True)
 
 
+def print_stopped(message: str, hint: str = "") -> None:
+    """What a command that the user stopped (Ctrl-C, SIGTERM) leaves behind: not an error, though it exits 130/143."""
+    echo(((message, "bold"),), err=True)
+    if hint:
+        echo((("hint: " + hint, "dim"),), err=True)
+
+
 class _Dumper(yaml.SafeDumper):
     pass
 

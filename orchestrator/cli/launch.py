@@ -239,7 +239,7 @@ def _follow(
             live.stop()
         live = None
         named = shlex.quote(str(path)) if path else "SWEEP"
-        console.print_error(
+        console.print_stopped(
             "stopped following; the runs go on",
             f"`distillctl status {named} --watch` follows them again, `distillctl cancel {named}` stops them",
         )
