@@ -133,3 +133,30 @@ stop.settle()  # once only
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["lost", "SIGTERM", "raised", "SIGTERM"], done.stdout + done.stderr
     assert done.stderr == "", done.stderr
+
+
+def test_the_trainers_warnings_read_as_warnings_on_the_console_and_logging_is_left_as_found(tmp_path):
+    # They printed as `WARNING:trainer.packing:...` (a library's logging.basicConfig format).
+    import logging
+
+    from orchestrator.cli import app
+
+    corpus = tmp_path / "long.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"document {i} " + "word " * 60}) + "\n" for i in range(4)))
+    data = {
+        "name": "warned",
+        "mode": "pretrain",
+        "student": {"model": "tiny-2l"},
+        "data": {"source": "jsonl", "path": str(corpus)},
+        "batch": {"per_device_batch_size": 2, "max_target_length": 32},
+        "steps": 40,  # 2,560 tokens from a corpus of ~1,300: a second pass
+        "output_dir": str(tmp_path / "out"),
+    }
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["train", str(spec)])
+    assert result.exit_code == 0, result.output
+    assert "warning: 1 document(s) longer than a row of 32 tokens" in result.output, result.output
+    assert "warning: the training data" in result.output and "starting pass 2" in result.output
+    assert "WARNING:trainer" not in result.output
+    assert logging.getLogger("trainer").propagate and not logging.getLogger("trainer").handlers

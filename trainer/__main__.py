@@ -79,11 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     if spec is None:
         print("error: invalid spec; nothing was trained", file=sys.stderr)
         return int(TrainerExit.USER_ERROR)
-    from trainer.progress import ConsoleReporter
+    from trainer.progress import ConsoleReporter, console_logging
     from trainer.train import ProcessOptions, run
 
     process = ProcessOptions(args.coordinator_address, args.num_processes, args.process_id)
-    return int(run(spec, process=process, reporter=ConsoleReporter()))
+    with console_logging():
+        return int(run(spec, process=process, reporter=ConsoleReporter()))
 
 
 def exit_now(code: int) -> None:

@@ -4,7 +4,10 @@ log step otherwise (CI logs, containers), and the final status. Everything goes 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 from trainer.exit_codes import DESCRIPTIONS, TrainerExit
@@ -28,6 +31,31 @@ def _unless_gone(method):
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+@contextlib.contextmanager
+def console_logging(stream: TextIO | None = None) -> Iterator[None]:
+    """While a run prints to the console: the trainer's own warnings (a long document split, another pass over the
+    corpus...) as `warning: ...` lines on `stream`, once each (a library's `logging.basicConfig()` printed them as
+    `WARNING:trainer.packing:...`). Undone on exit, so that a process running several things logs as before."""
+    logger = logging.getLogger("trainer")
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(_LowerLevelFormatter("%(levelname)s: %(message)s"))
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False  # not again through the root logger's handler
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+class _LowerLevelFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord(record.__dict__)
+        record.levelname = record.levelname.lower()
+        return super().format(record)
 
 
 class ConsoleReporter:

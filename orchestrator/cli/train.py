@@ -33,8 +33,9 @@ def train(
     spec, problems = with_overrides(report.spec, output_dir=output_dir, steps=steps)
     if spec is None:
         raise InvalidSpecError(f"{file} with the overrides is not a valid spec", [p for p in problems if p.is_error])
-    from trainer.progress import ConsoleReporter
+    from trainer.progress import ConsoleReporter, console_logging
     from trainer.train import run
 
-    code = run(spec, reporter=ConsoleReporter())
+    with console_logging():
+        code = run(spec, reporter=ConsoleReporter())
     raise typer.Exit(int(code))
