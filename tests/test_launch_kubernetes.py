@@ -549,3 +549,16 @@ def test_a_namespace_that_does_not_exist_is_named_not_its_missing_queue(control_
     result = cli("sweep", str(path), "-n", "no-such-namespace", "--dry-run=server", kubeconfig=control_plane.kubeconfig)
     assert result.exit_code == ExitCode.USAGE, result.output
     assert "namespace 'no-such-namespace' does not exist" in result.stderr and "LocalQueue" not in result.stderr
+    # Without a queue the first create answered a raw "404 namespaces ... not found", exit 1.
+    unqueued = write_sweep(tmp_path, "no-ns-q", queue="")
+    unqueued.write_text(unqueued.read_text().replace("  queue: \n", ""))
+    result = cli("sweep", str(unqueued), "-n", "no-such-namespace", kubeconfig=control_plane.kubeconfig)
+    assert result.exit_code == ExitCode.USAGE and "namespace 'no-such-namespace' does not exist" in result.stderr
+    # Reading commands said every run was "not created" (and `cancel` that nothing ran), exit 0, on a typo of -n.
+    for command in (["status", str(path)], ["cancel", str(path), "--yes"]):
+        result = cli(*command, "-n", "no-such-namespace", kubeconfig=control_plane.kubeconfig)
+        assert result.exit_code == ExitCode.USAGE, (command, result.output)
+        assert "namespace 'no-such-namespace' does not exist" in result.stderr, (command, result.output)
+    # `results` reads storage whatever the cluster says, and says why its statuses come from there.
+    result = cli("results", str(path), "-n", "no-such-namespace", kubeconfig=control_plane.kubeconfig)
+    assert "warning[statuses_from_outputs]" in result.stderr and "'no-such-namespace' does not exist" in result.stderr

@@ -321,6 +321,41 @@ def test_a_404_from_something_that_is_not_an_api_server_says_so():
     assert "install the JobSet controller" in api_error("list the JobSets", missing, cluster).hint
 
 
+def test_tls_rbac_and_namespace_failures_say_what_to_change():
+    import json
+
+    from kubernetes.client.exceptions import ApiException
+
+    from orchestrator.backends.kubernetes.client import Cluster, api_error
+
+    cluster = Cluster(api=None, namespace="team", server="https://10.0.0.1:443")
+    # A kubeconfig whose CA is not the server's: "list the API groups: 0 SSLError", exit 1.
+    tls = ApiException(status=0, reason="SSLError\n[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    error = api_error("list the API groups", tls, cluster)
+    assert "the API server at https://10.0.0.1:443 failed TLS verification" in error.message
+    assert "0 SSLError" not in error.message and "certificate authority" in error.hint
+    assert error.exit_code == ExitCode.CLUSTER_UNREACHABLE
+    # A 403 on Leases asked for "RBAC rights on JobSets".
+    denied = ApiException(status=403, reason="Forbidden")
+    denied.body = json.dumps(
+        {
+            "kind": "Status",
+            "message": "leases is forbidden",
+            "details": {"kind": "leases", "group": "coordination.k8s.io"},
+        }
+    )
+    error = api_error("claim run x", denied, cluster)
+    assert "RBAC rights on leases.coordination.k8s.io in namespace 'team'" in error.hint
+    assert error.exit_code == ExitCode.FORBIDDEN
+    # Creating in a namespace that does not exist: a raw "404 namespaces ... not found", exit 1.
+    gone = ApiException(status=404, reason="Not Found")
+    gone.body = json.dumps(
+        {"kind": "Status", "message": 'namespaces "team" not found', "details": {"name": "team", "kind": "namespaces"}}
+    )
+    error = api_error("create JobSet x", gone, cluster)
+    assert "namespace 'team' does not exist on the cluster" in error.message and error.exit_code == ExitCode.USAGE
+
+
 @pytest.mark.parametrize(
     ("option", "said"),
     [

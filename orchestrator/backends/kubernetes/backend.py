@@ -75,6 +75,7 @@ class KubernetesBackend:
         self.target = target
         self.cluster = cluster or connect(access, default_namespace=target.namespace)
         self._kueue_version: str | None = None
+        self._namespace_seen = False  # the namespace is known to exist (`_check_namespace` passed, or it held JobSets)
 
     # --- preflight ----------------------------------------------------------------------------------------
 
@@ -93,6 +94,8 @@ class KubernetesBackend:
             pass
 
     def preflight(self, expansion: Expansion) -> None:
+        self._check_namespace()  # else a missing one surfaced as a raw 404 from the first create
+        self._namespace_seen = True
         groups = self._served_groups()
         if JOBSET[0] not in groups or JOBSET[1] not in groups[JOBSET[0]]:
             raise ClusterError(
@@ -218,7 +221,13 @@ class KubernetesBackend:
             JOBSET[2],
             label_selector=selector,
         )
-        return listing.get("items", [])
+        items = listing.get("items", [])
+        if not items and not self._namespace_seen:
+            # An empty list is also what a namespace that does not exist gives: every run read "not created"
+            # (`status -n typo`), and `cancel` found nothing to stop while the runs went on elsewhere.
+            self._check_namespace()
+            self._namespace_seen = True
+        return items
 
     def _workloads(self) -> dict[str, dict]:
         """Kueue Workloads by the uid of the JobSet that owns them (empty when Kueue is absent)."""

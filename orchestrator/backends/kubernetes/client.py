@@ -23,7 +23,7 @@ from kubernetes.config.config_exception import ConfigException
 from kubernetes.config.incluster_config import InClusterConfigLoader
 
 from orchestrator.backends import ClusterAccess
-from orchestrator.errors import DistillctlError
+from orchestrator.errors import DistillctlError, UsageError
 from orchestrator.exit_codes import ExitCode
 
 T = TypeVar("T")
@@ -181,6 +181,24 @@ def unreachable(server: str, e: BaseException) -> ClusterError:
 def api_error(what: str, e: ApiException, cluster: Cluster) -> DistillctlError:
     """An API error as a message, a hint and an exit code."""
     message = server_message(e)
+    server = (cluster.server if cluster else "") or "the configured address"
+    if e.status == 0 and "SSL" in str(e.reason):  # urllib3's TLS failure, wrapped by the client as status 0
+        return ClusterError(
+            f"{what}: the API server at {server} failed TLS verification ({_first_line(str(e.reason))})",
+            "its certificate is not signed by the kubeconfig's certificate authority: fetch fresh credentials "
+            "(e.g. `gcloud container clusters get-credentials`), or check --kubeconfig/--context and any proxy",
+            exit_code=ExitCode.CLUSTER_UNREACHABLE,
+        )
+    if e.status == 0:  # other transport failures the client wraps as status 0
+        return ClusterError(
+            f"{what}: no answer from the API server at {server} ({_first_line(str(e.reason))})",
+            "check that the cluster is up and that --kubeconfig/--context point at it (`kubectl cluster-info`)",
+        )
+    if e.status == 404 and _missing_namespace(e):  # the namespace, not the object asked for
+        return UsageError(
+            f"{what}: namespace {cluster.namespace!r} does not exist on the cluster",
+            "check -n/--namespace or target.namespace (kubectl get namespaces lists them)",
+        )
     if e.status == 401:
         return ClusterError(
             f"{what}: unauthorized ({message})",
@@ -197,7 +215,8 @@ def api_error(what: str, e: ApiException, cluster: Cluster) -> DistillctlError:
     if e.status == 403:
         return ClusterError(
             f"{what}: forbidden ({message})",
-            f"ask for RBAC rights on JobSets in namespace {cluster.namespace!r}",
+            f"ask for RBAC rights on {_forbidden_resource(e)} in namespace {cluster.namespace!r} (README, "
+            '"Running distillctl in a pod", lists the Role a launcher needs)',
             exit_code=ExitCode.FORBIDDEN,
         )
     if e.status == 404 and "the server could not find the requested resource" in message.lower():
@@ -228,6 +247,33 @@ def api_error(what: str, e: ApiException, cluster: Cluster) -> DistillctlError:
             "try again later; the cluster may be overloaded or upgrading",
         )
     return DistillctlError(f"{what}: {e.status} {message}", exit_code=ExitCode.FAILED)
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), text)
+
+
+def _status_details(e: ApiException) -> dict:
+    import json
+
+    try:
+        return json.loads(e.body or "").get("details") or {}
+    except (ValueError, AttributeError):
+        return {}
+
+
+def _missing_namespace(e: ApiException) -> bool:
+    """A 404 Status whose missing object is a namespace (creating in one that does not exist)."""
+    return _status_details(e).get("kind") == "namespaces"
+
+
+def _forbidden_resource(e: ApiException) -> str:
+    """The resource a 403 Status names ("leases.coordination.k8s.io"), else JobSets (what distillctl mostly asks)."""
+    details = _status_details(e)
+    kind, group = details.get("kind"), details.get("group")
+    if not kind:
+        return "JobSets"
+    return f"{kind}.{group}" if group else str(kind)
 
 
 def _is_status(e: ApiException) -> bool:
