@@ -303,6 +303,11 @@ def test_ctrl_c_stops_following_not_the_runs_and_watch_then_cancel_say_what_happ
     json_watcher.send_signal(signal.SIGINT)
     out, err = json_watcher.communicate(timeout=60)
     assert json_watcher.returncode == 0 and err == "", err
+    terminated = started("status", str(sweep), "--watch")  # SIGTERM (a CI timeout) is not an end by hand: 143
+    time.sleep(3)
+    terminated.send_signal(signal.SIGTERM)
+    _, stopped = terminated.communicate(timeout=60)
+    assert terminated.returncode == 143 and "terminated (SIGTERM)" in stopped and "Traceback" not in stopped
     lines = [json.loads(line) for line in out.splitlines()]  # JSON Lines: the rows each time a run changed
     assert len(lines) > 1 and all(len(rows) == 4 for rows in lines), out
     assert {r["phase"] for r in lines[-1]} == {"Succeeded"} and "Running" in {r["phase"] for r in lines[0]}

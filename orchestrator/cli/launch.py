@@ -315,7 +315,7 @@ def status(
     conditions are printed on stderr."""
     from rich.live import Live
 
-    from orchestrator.cli import console, views
+    from orchestrator.cli import boundary, console, views
     from orchestrator.core.follow import POLL_SECONDS
     from orchestrator.core.status import look
 
@@ -362,10 +362,10 @@ def status(
             while True:
                 live.update(views.status_table(expansion, statuses()), refresh=True)
                 time.sleep(POLL_SECONDS)
-    except KeyboardInterrupt:
-        if not watch:
-            raise
-        return  # --watch runs until interrupted: that is its end, not an error
+    except KeyboardInterrupt as e:
+        if not watch or isinstance(e, boundary.Terminated):
+            raise  # SIGTERM (a CI job's timeout, `kill`): 143, which a wrapper can tell from a watch ended by hand
+        return  # --watch runs until Ctrl-C: that is its end, not an error
     finally:
         backend.close()
 
