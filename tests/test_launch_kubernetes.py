@@ -562,3 +562,28 @@ def test_a_namespace_that_does_not_exist_is_named_not_its_missing_queue(control_
     # `results` reads storage whatever the cluster says, and says why its statuses come from there.
     result = cli("results", str(path), "-n", "no-such-namespace", kubeconfig=control_plane.kubeconfig)
     assert "warning[statuses_from_outputs]" in result.stderr and "'no-such-namespace' does not exist" in result.stderr
+
+
+def test_a_queue_changed_in_the_file_says_the_existing_runs_stay_where_they_are(control_plane, tmp_path):
+    # Editing target.queue to move a stuck grid: `sweep` said "1 unchanged" and nothing moved, without a word.
+    cp = control_plane
+    custom = client.CustomObjectsApi(cp.client)
+    queue = {"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "LocalQueue", "metadata": {"name": "second-queue"}}
+    queue["spec"] = {"clusterQueue": "cluster-queue"}
+    custom.create_namespaced_custom_object("kueue.x-k8s.io", "v1beta1", "default", "localqueues", queue)
+    path = write_sweep(tmp_path, "moved", points=1, duration="10m")
+    try:
+        assert cli("sweep", str(path), kubeconfig=cp.kubeconfig).exit_code == 0
+        path.write_text(path.read_text().replace("queue: multislice-queue", "queue: second-queue"))
+        again = cli("sweep", str(path), kubeconfig=cp.kubeconfig)
+        assert again.exit_code == 0 and "0 created, 1 unchanged" in again.stdout, again.output
+        assert "warning[queue_changed]" in again.stderr and "1 in 'multislice-queue'" in again.stderr, again.stderr
+        from orchestrator.cli import console
+
+        console._warned.clear()  # once per process: this test's `sweep` ran in the same one
+        shown = cli("status", str(path), kubeconfig=cp.kubeconfig)
+        assert "warning[queue_changed]" in shown.stderr
+    finally:
+        cancel_all(path, cp.kubeconfig)
+        wait_gone(cp, "moved")
+        custom.delete_namespaced_custom_object("kueue.x-k8s.io", "v1beta1", "default", "localqueues", "second-queue")

@@ -236,3 +236,29 @@ def test_a_stopped_run_says_where_it_resumes_from():
         "stopped by SIGTERM at step 30; no checkpoint (checkpoint.enabled is false): a rerun starts again from step 0"
     )
     assert stopped(step=30, message=said) == f"{said}; starts again when submitted"
+
+
+def test_runs_left_in_another_queue_than_the_target_names_are_said(tmp_path):
+    # target.queue edited to move a stuck grid: `sweep` said "2 unchanged" and nothing moved, without a word.
+    from sweep_support import expanded, sweep_data
+
+    from orchestrator.core.status import derive_all, queue_changes
+
+    expansion = expanded(tmp_path, sweep_data(axes={"loss.alpha.end": [0.3, 0.7]}))
+    first, second = expansion.runs
+    observed = {
+        first.run_id: Observation(exists=True, suspended=True, queue_reason="Pending", queue="old-queue"),
+        second.run_id: Observation(exists=True, active=True, queue="multislice-queue"),
+    }
+    out = {run.run_id: outputs() for run in expansion.runs}
+    statuses = derive_all(expansion, observed, out, now=NOW)
+    (warning,) = queue_changes(expansion, observed, statuses)
+    assert (
+        warning.code == "queue_changed"
+        and "1 unfinished run(s)" in warning.message
+        and "'old-queue'" in warning.message
+    )
+    assert "cancel" in warning.hint and warning.severity == "warning"
+    completed = (Condition("Completed", "True"),)
+    finished = {**observed, first.run_id: Observation(exists=True, queue="old-queue", conditions=completed)}
+    assert queue_changes(expansion, finished, derive_all(expansion, finished, out, now=NOW)) == ()

@@ -104,6 +104,7 @@ class Observation:
     owner: str = ""  # the sweep that created it, when not the sweep being looked at (run ids are shared)
     name: str = ""  # the backend's name for it (a JobSet's), when known
     lost: str = ""  # submitted once, yet nothing will run it now, and why (a local supervisor that is gone)
+    queue: str = ""  # the Kueue LocalQueue a cluster run was created in (its JobSet's queue label)
 
     def condition(self, kind: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind and c.status == "True"), None)

@@ -85,4 +85,37 @@ def look(
     """Each run's status and outputs, by run id (prerequisites included). `strict_outputs`: see `read_outputs`."""
     observed = backend.observe(expansion)
     outputs, warnings = read_outputs(expansion, strict=strict_outputs)
-    return SweepState(derive_all(expansion, observed, outputs, now=now, stall_after=stall_after), outputs, warnings)
+    statuses = derive_all(expansion, observed, outputs, now=now, stall_after=stall_after)
+    return SweepState(statuses, outputs, warnings + queue_changes(expansion, observed, statuses))
+
+
+def queue_changes(
+    expansion: Expansion, observed: Mapping[str, Observation], statuses: Mapping[str, RunStatus]
+) -> tuple[Problem, ...]:
+    """A warning when this sweep's unfinished runs sit in another Kueue queue than target.queue now names: a queue
+    applies when a run is created, so an edit meant to move a stuck grid moved nothing, without a word."""
+    wanted = expansion.sweep.target.queue if expansion.sweep.target.on_cluster else None
+    if not wanted:
+        return ()
+    elsewhere: dict[str, int] = {}
+    for run in expansion.runs:
+        seen = observed.get(run.run_id)
+        if seen is None or not seen.exists or seen.owner or not seen.queue or seen.queue == wanted:
+            continue
+        if statuses[run.run_id].terminal:
+            continue  # finished where it ran: nothing to move
+        elsewhere[seen.queue] = elsewhere.get(seen.queue, 0) + 1
+    if not elsewhere:
+        return ()
+    where = ", ".join(f"{n} in {queue!r}" for queue, n in sorted(elsewhere.items()))
+    return (
+        Problem(
+            ("target", "queue"),
+            "queue_changed",
+            f"{sum(elsewhere.values())} unfinished run(s) of this sweep were created in another queue than "
+            f"{wanted!r} ({where}): a queue applies when a run is created",
+            "to move them, `distillctl cancel` them and `distillctl sweep` again (they resume from their "
+            "checkpoints); new runs go to the new queue",
+            severity="warning",
+        ),
+    )

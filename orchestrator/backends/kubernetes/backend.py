@@ -24,7 +24,13 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from distillspec import tpu
-from distillspec.contract import LABEL_RUN_ID, STUCK_EVENT_REASONS, STUCK_WAITING_REASONS, StuckReason
+from distillspec.contract import (
+    LABEL_QUEUE,
+    LABEL_RUN_ID,
+    STUCK_EVENT_REASONS,
+    STUCK_WAITING_REASONS,
+    StuckReason,
+)
 from distillspec.sweep import Target
 from orchestrator.backends import DryRun, LogRequest, Orphan, Submitted
 from orchestrator.backends.kubernetes import quota
@@ -681,6 +687,7 @@ def observations(
             observe_jobset(jobset, workloads.get(metadata.get("uid")), stuck.get(metadata.get("name"), ())),
             owner="" if owner == sweep else owner,
             name=metadata.get("name", ""),
+            queue=_labels(jobset).get(LABEL_QUEUE, ""),
         )
     return observed
 
