@@ -127,7 +127,7 @@ class KubernetesBackend:
                     raise CannotRunError(
                         f"Kueue LocalQueue {self.target.queue!r} does not exist in namespace {self.cluster.namespace!r}: "
                         "no point would ever be admitted",
-                        "set target.queue to an existing LocalQueue (kubectl get localqueues -A), or create it",
+                        "set target.queue (or --queue) to an existing LocalQueue (kubectl get localqueues -A), or create it",
                         reason="LocalQueueMissing",
                         exit_code=ExitCode.NOT_ADMITTED,
                     ) from None
@@ -197,7 +197,7 @@ class KubernetesBackend:
                 known = []
             raise CannotRunError(
                 f"PriorityClass {name!r} does not exist: the API server would refuse every pod of every run",
-                "set target.priority to an existing PriorityClass"
+                "set target.priority (or --priority) to an existing PriorityClass"
                 + (f" ({', '.join(known)})" if known else " (kubectl get priorityclasses)"),
                 reason="PriorityClassMissing",
                 exit_code=ExitCode.REJECTED,
