@@ -391,6 +391,8 @@ def test_a_run_another_local_sweep_started_says_whose_it_is_and_cancel_leaves_it
         assert f"first-{teacher['run_id']}" in launched, launched
         left = distillctl("cancel", str(second), teacher["run_id"], "--yes")
         assert left.returncode == 0 and f"left first-{teacher['run_id']}: owned by sweep first" in left.stderr
+        # not also "nothing to cancel: ... is Running (owned by sweep first) and nothing runs it"
+        assert left.stdout.strip() == "nothing of sweep second's to cancel", left.stdout
         assert trainers_of(teacher["output_path"]) and status(first)[teacher["run_id"]]["phase"] == "Running"
     finally:
         distillctl("cancel", str(second), "--yes")

@@ -570,10 +570,15 @@ def cancel(
                 "whether its JobSets go too)",
             )
         if not chosen:
+            # Runs another sweep owns were named above ("left ..."); of the rest, say why nothing stops. (It said
+            # "Running (owned by sweep X) and nothing runs it" of a run that sweep runs.)
+            mine = [run for run in asked if not (run.run_id in existing and existing[run.run_id].owner)]
             if output is OutputFormat.json:
                 console.print_json([])
+            elif mine:
+                console.out.print(f"nothing to cancel: {_nothing_running(expansion, backend, mine)}", markup=False)
             else:
-                console.out.print(f"nothing to cancel: {_nothing_running(expansion, backend, asked)}", markup=False)
+                console.out.print(f"nothing of sweep {expansion.sweep.name}'s to cancel", markup=False)
             return
         if not yes:
             if not sys.stdin.isatty():
