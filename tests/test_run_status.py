@@ -262,3 +262,24 @@ def test_runs_left_in_another_queue_than_the_target_names_are_said(tmp_path):
     completed = (Condition("Completed", "True"),)
     finished = {**observed, first.run_id: Observation(exists=True, queue="old-queue", conditions=completed)}
     assert queue_changes(expansion, finished, derive_all(expansion, finished, out, now=NOW)) == ()
+
+
+def test_a_run_created_meanwhile_by_another_sweep_is_not_named_by_this_sweeps_jobset(tmp_path):
+    # The loser of a race printed "exists (already there: ...) race-b-<id>", a JobSet that did not exist.
+    from sweep_support import expanded, sweep_data
+
+    from orchestrator.cli.views import launch_lines
+    from orchestrator.core.launch import LaunchReport
+    from orchestrator.core.reconcile import Action, ActionKind
+    from orchestrator.core.status import SweepState
+
+    expansion = expanded(tmp_path, sweep_data(axes={"loss.alpha.end": [0.3, 0.7]}))
+    first, second = expansion.runs
+    statuses = {run.run_id: status(Observation(exists=False)) for run in expansion.runs}
+    actions = tuple(Action(ActionKind.CREATE, run, "not created") for run in expansion.runs)
+    report = LaunchReport(SweepState(statuses, {}), actions, {first.run_id: "created", second.run_id: "exists"})
+    lines = [line.plain for line in launch_lines(report, None)]
+    assert lines[0].startswith("  created ") and first.jobset_name in lines[0]
+    assert lines[1].startswith("   exists run " + second.run_id) and second.jobset_name not in lines[1], lines
+    assert "`distillctl status` names its JobSet" in lines[1]
+    assert lines[2] == "1 created, 1 unchanged"

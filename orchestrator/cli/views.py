@@ -116,7 +116,7 @@ def _verb(kind: ActionKind, outcome: Submitted | str | None, dry_run: str | None
     if outcome == DRY_RUN_RECREATE:
         return "would delete and create again (dry run)", "cyan"
     if outcome == "exists":
-        return "exists (already there: a concurrent or retried create)", "dim"
+        return "exists", "dim"
     if outcome == "created":
         return ("created" if kind != ActionKind.WAIT else "queued"), "green"
     if outcome == "restarted":
@@ -139,6 +139,17 @@ def launch_lines(report: LaunchReport, dry_run: str | None) -> list[Text]:
         line = Text()
         owner = _owner(report, action.run)
         line.append(f"{verb:>9} ", style=style)
+        if outcome == "exists" and not owner:
+            # Created meanwhile, by a sweep started at the same moment (whose JobSet name is not known here) or
+            # by this one's own earlier attempt: naming this sweep's JobSet named one that may not exist.
+            line.append(f"run {action.run.run_id}  {action.run.label}")
+            line.append(
+                "  (created at the same moment by another sweep or an earlier attempt: `distillctl status` names "
+                "its JobSet)",
+                style="dim",
+            )
+            lines.append(line)
+            continue
         line.append(f"{_jobset(action.run, owner)}  {action.run.label}")
         started = outcome in ("created", "restarted") and action.kind == ActionKind.WAIT
         if outcome != "failed" and action.kind != ActionKind.CREATE and not started:
