@@ -260,3 +260,33 @@ def test_follow_hands_over_again_a_run_lost_to_a_crash(quickstart):
     assert not follow_module._stopped_on_purpose(lost)
     assert follow_module._stopped_on_purpose(RunStatus(Phase.PENDING, "Preempted"))
     assert follow_module._stopped_on_purpose(RunStatus(Phase.PENDING, "NotCreated"))
+
+
+@dataclasses.dataclass
+class QueueBackend(MemoryBackend):
+    """Created runs in `queued` wait for Kueue for ever; the others run for ever."""
+
+    queued: frozenset[str] = frozenset()
+
+    def observe(self, expansion):
+        seen = {}
+        for run_id in self.runs:
+            if run_id in self.queued:
+                seen[run_id] = Observation(exists=True, suspended=True, queue_reason="Pending", queue_message="quota")
+            else:
+                seen[run_id] = Observation(exists=True, active=True)
+        return seen
+
+
+def test_a_timeout_with_runs_queued_behind_the_sweeps_own_is_a_timeout_not_a_quota_problem(tmp_path):
+    # One point ran, the other waited for the quota it held: exit 9 and "check the ClusterQueue's quota".
+    from tests.sweep_support import expanded, sweep_data
+
+    expansion = expanded(tmp_path, sweep_data(axes={"loss.alpha.end": [0.3, 0.7]}))
+    first, second = expansion.runs
+    behind = QueueBackend(queued=frozenset({second.run_id}))
+    events, _ = run_follow(expansion, behind, timeout=10.0)
+    assert events[-1].outcome is Outcome.TIMED_OUT
+    nowhere = QueueBackend(queued=frozenset({first.run_id, second.run_id}))
+    events, _ = run_follow(expansion, nowhere, timeout=10.0)
+    assert events[-1].outcome is Outcome.TIMED_OUT_QUEUED and len(events[-1].runs) == 2

@@ -215,6 +215,7 @@ def _follow(
     from orchestrator.cli import boundary, console, views
     from orchestrator.core.follow import Finished, Outcome, follow
     from orchestrator.core.reconcile import ActionKind
+    from orchestrator.core.run_status import Phase
     from orchestrator.exit_codes import ExitCode
 
     live = Live(console=console.out, auto_refresh=False) if console.out.is_terminal and not quiet else None
@@ -273,8 +274,10 @@ def _follow(
         )
         return ExitCode.NOT_ADMITTED
     if event.outcome is Outcome.TIMED_OUT:
+        queued = sum(statuses[run.run_id].phase == Phase.QUEUED for run in expansion.runs)
+        behind = f" ({queued} still queued behind this sweep's running runs)" if queued else ""
         console.print_error(
-            "timed out before every run finished", "the runs keep going; `distillctl status` follows them"
+            f"timed out before every run finished{behind}", "the runs keep going; `distillctl status` follows them"
         )
         return ExitCode.TIMEOUT
     # A point whose prerequisite failed never started: it is counted, not listed as "not submitted yet".

@@ -24,6 +24,9 @@ from orchestrator.core.status import SweepState, look
 POLL_SECONDS = 2.0
 
 
+ADMITTED = (Phase.RUNNING, Phase.RESTARTING, Phase.STALLED, Phase.STUCK)  # phases that hold a queue's quota
+
+
 class Outcome(enum.StrEnum):
     SUCCEEDED = "succeeded"  # every run succeeded
     FAILED = "failed"  # every run ended (or is blocked by a failed prerequisite), some did not succeed
@@ -105,7 +108,10 @@ def follow(
             return
         if deadline is not None and clock() > deadline:
             queued = tuple(run for run in expansion.runs if statuses[run.run_id].phase == Phase.QUEUED)
-            if queued and expansion.sweep.target.on_cluster:
+            # Runs of this sweep that hold quota: the queued ones may only wait for them, not for a quota that
+            # is too small (exit 9 and "check the ClusterQueue's quota" sent people to the wrong place).
+            admitted = any(statuses[run.run_id].phase in ADMITTED for run in expansion.runs)
+            if queued and expansion.sweep.target.on_cluster and not admitted:
                 yield Finished(Outcome.TIMED_OUT_QUEUED, state, queued)
             else:
                 yield Finished(Outcome.TIMED_OUT, state)
