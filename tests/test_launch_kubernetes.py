@@ -587,3 +587,21 @@ def test_a_queue_changed_in_the_file_says_the_existing_runs_stay_where_they_are(
         cancel_all(path, cp.kubeconfig)
         wait_gone(cp, "moved")
         custom.delete_namespaced_custom_object("kueue.x-k8s.io", "v1beta1", "default", "localqueues", "second-queue")
+
+
+def test_a_secret_the_pods_need_that_does_not_exist_is_refused_before_anything_is_created(control_plane, tmp_path):
+    # Every pod sat in CreateContainerConfigError once Kueue had admitted the run, its quota held for nothing.
+    cp = control_plane
+    path = write_sweep(tmp_path, "secretive", points=1)
+    path.write_text(path.read_text() + "  secret_env: {HF_TOKEN: {secret: hf-token, key: token}}\n")
+    result = cli("sweep", str(path), kubeconfig=cp.kubeconfig)
+    assert result.exit_code == ExitCode.REJECTED, result.output
+    assert "Secret 'hf-token' (target.secret_env: HF_TOKEN) does not exist in namespace 'default'" in result.stderr
+    assert "kubectl create secret generic hf-token" in result.stderr and not jobsets(cp, "secretive")
+    core = client.CoreV1Api(cp.client)
+    core.create_namespaced_secret("default", {"metadata": {"name": "hf-token"}, "stringData": {"token": "x"}})
+    try:
+        dry = cli("sweep", str(path), "--dry-run=server", kubeconfig=cp.kubeconfig)
+        assert dry.exit_code == 0 and "would create (server)" in dry.stdout, dry.output
+    finally:
+        core.delete_namespaced_secret("hf-token", "default")

@@ -135,6 +135,33 @@ class KubernetesBackend:
             self._check_quota(str((local_queue.get("spec") or {}).get("clusterQueue") or ""))
         if self.target.priority:
             self._check_priority_class(self.target.priority)
+        self._check_secrets()
+
+    def _check_secrets(self) -> None:
+        """The Secrets `target.secret_env` names: a missing one left every pod in CreateContainerConfigError after
+        Kueue had admitted the run (its quota held for nothing). A caller not allowed to read Secrets is not stopped:
+        the check is skipped (the service's Role does not grant it)."""
+        wanted: dict[str, list[str]] = {}
+        for variable, ref in sorted(self.target.secret_env.items()):
+            wanted.setdefault(ref.secret, []).append(variable)
+        for secret, variables in wanted.items():
+            try:
+                self.cluster.core.read_namespaced_secret(
+                    secret, self.cluster.namespace, _request_timeout=REQUEST_TIMEOUT_SECONDS
+                )
+            except ApiException as e:
+                if e.status != 404:
+                    return  # 403 (no right to read Secrets) or worse: the pods will say
+                raise CannotRunError(
+                    f"Secret {secret!r} (target.secret_env: {', '.join(variables)}) does not exist in namespace "
+                    f"{self.cluster.namespace!r}: no pod of any run could start",
+                    f"create it (kubectl create secret generic {secret} -n {self.cluster.namespace} "
+                    "--from-literal=KEY=...), or fix the name in target.secret_env",
+                    reason="SecretMissing",
+                    exit_code=ExitCode.REJECTED,
+                ) from None
+            except CONNECTION_ERRORS:
+                return
 
     def _check_quota(self, name: str) -> None:
         """CannotRunError when the LocalQueue's ClusterQueue does not exist or could never admit one run (`quota`),
