@@ -90,3 +90,12 @@ def test_resources_the_queue_does_not_cover_are_left_to_kueue():
         quota.never_admitted({**tpus(128), "ephemeral-storage": Decimal(10**12)}, V5P, cluster_queue(), FLAVORS) is None
     )
     assert quota.never_admitted(tpus(10**6), V5P, {"spec": {}}, FLAVORS) is None
+
+
+def test_memory_over_quota_reads_in_binary_units():
+    # "memory 3,518,437,208,883,200 > 15,393,162,788,864": bytes, raw.
+    queue = cluster_queue()
+    queue["spec"]["resourceGroups"][0]["flavors"][0]["resources"].append({"name": "memory", "nominalQuota": "14Ti"})
+    asked = {**tpus(128), "memory": Decimal(3200 * 2**40)}
+    why = quota.never_admitted(asked, V5P, queue, FLAVORS)
+    assert why == "flavor 2xv5p-128: memory 3.125 Pi > 14 Ti", why

@@ -197,11 +197,16 @@ class KubernetesBackend:
         if why is None:
             return
         chips = request.get(tpu.RESOURCE, 0)
+        # Which field asks too much: the chips (slices, TPU type), or what target.resources adds per pod.
+        fields = (
+            "target.slices and target.tpu_type (--slices, --tpu-type)"
+            if tpu.RESOURCE in why
+            else "target.resources (what each pod requests besides its chips)"
+        )
         raise CannotRunError(
             f"Kueue's ClusterQueue {name!r} can never admit one run of this sweep ({self.target.slices} × "
             f"{self.target.tpu_type}, {int(chips):,} {tpu.RESOURCE}): {why}",
-            "check target.slices and target.tpu_type (--slices, --tpu-type), or raise the ClusterQueue's quota "
-            f"(kubectl get clusterqueue {name} -o yaml)",
+            f"check {fields}, or raise the ClusterQueue's quota (kubectl get clusterqueue {name} -o yaml)",
             reason="QuotaNeverFits",
             exit_code=ExitCode.NOT_ADMITTED,
         )

@@ -88,9 +88,19 @@ def _capacity(flavor: Mapping[str, Any], asked: Iterable[str], in_cohort: bool) 
 
 
 def _shortfall(asked: Mapping[str, Decimal], flavor: str | None, limit: Mapping[str, Decimal]) -> str:
-    over = [f"{name} {_amount(asked[name])} > {_amount(limit[name])}" for name in asked if asked[name] > limit[name]]
+    over = [
+        f"{name} {_amount(asked[name], name)} > {_amount(limit[name], name)}"
+        for name in asked
+        if asked[name] > limit[name]
+    ]
     return f"flavor {flavor}: {', '.join(over)}"
 
 
-def _amount(value: Decimal) -> str:
+def _amount(value: Decimal, resource: str = "") -> str:
+    """A quantity as people read it: memory in binary units (3,518,437,208,883,200 read as 3200 Ti), others as
+    numbers."""
+    if resource in ("memory", "ephemeral-storage") and value != Decimal("Infinity") and value >= 1024:
+        for unit, size in (("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+            if value >= size:
+                return f"{float(value / size):,.4g} {unit}"
     return f"{int(value):,}" if value == value.to_integral_value() else f"{value:,}"
