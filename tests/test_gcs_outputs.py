@@ -158,11 +158,11 @@ def test_a_missing_bucket_or_an_unreachable_store_is_an_error(gcs, tmp_path, mon
         monkeypatch.setenv(name, value)
     sweep = write_sweep(tmp_path)
 
-    # A bucket that answers and holds no run: the runs were not created yet.
+    # A bucket that answers and holds no run: nothing there (from outputs alone, whether they exist is not known).
     found, _ = _results(sweep, "gs://probe-empty/runs")
     assert found.exit_code == ExitCode.OK, found.output
     runs = json.loads(found.stdout)["runs"]
-    assert {(r["status"]["phase"], r["status"]["reason"]) for r in runs} == {("Pending", "NotCreated")}
+    assert {(r["status"]["phase"], r["status"]["reason"]) for r in runs} == {("Pending", "NotObserved")}
 
     # No such bucket: exit 2, naming the URL and the bucket.
     missing, _ = _results(sweep, "gs://probe-absent/runs")

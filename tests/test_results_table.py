@@ -131,11 +131,11 @@ def test_partial_outputs_of_running_and_missing_points(tmp_path):
     assert rows[p1.run_id].status.shown == "Failed (TrainerExit)"
     assert rows[p2.run_id].status.phase == "Diverged"
     assert rows[p3.run_id].step is None and rows[p3.run_id].metrics[results.KL_T1] is None
-    assert rows[base.run_id].status.shown == "Pending (NotCreated)" and rows[base.run_id].step is None
+    assert rows[base.run_id].status.shown == "Pending (NotObserved)" and rows[base.run_id].step is None
     assert t.best is None  # nothing finished: no best point, and no Δ without a baseline value
     assert all(r.delta_kl is None for r in t.rows)
     text = results_format.markdown(t)
-    assert "| 3 | alpha.end=0.7, beta.start=0.0, beta.end=0.0 |  | Pending (NotCreated) | 0 | 0/40 | — |" in text
+    assert "| 3 | alpha.end=0.7, beta.start=0.0, beta.end=0.0 |  | Pending (NotObserved) | 0 | 0/40 | — |" in text
     assert "(none finished yet)" in results_format.legend(t)
 
 
@@ -261,7 +261,7 @@ def test_statuses_from_outputs_alone(tmp_path):
     assert fresh[teacher.run_id].phase == "Succeeded" and fresh[p0.run_id].phase == "Running"
     assert fresh[p0.run_id].step == 20 and fresh[p0.run_id].total_steps == STEPS
     assert fresh[p1.run_id].phase in ("Failed", "Pending")  # preempted: resumes when submitted again
-    assert fresh[result.points[-1].run_id].shown == "Pending (NotCreated)"
+    assert fresh[result.points[-1].run_id].shown == "Pending (NotObserved)"
     stale = results.statuses_from_outputs(result.runs, outputs, now=START_TIME + 20 + results.DEFAULT_STALL_SECONDS + 1)
     assert stale[p0.run_id].shown == "Stalled (NoNewMetrics)" and not stale[p0.run_id].terminal
 

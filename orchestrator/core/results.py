@@ -26,11 +26,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 from distillspec import tpu
+from distillspec.contract import PendingReason
 from distillspec.sweep import Sweep
 from orchestrator.core import aggregate, identity
 from orchestrator.core.aggregate import HARD_LOSS, KL_T1
 from orchestrator.core.expansion import Expansion, Point
-from orchestrator.core.run_status import DEFAULT_STALL_SECONDS, Observation, RunStatus, derive
+from orchestrator.core.run_status import DEFAULT_STALL_SECONDS, Observation, Phase, RunStatus, derive
 from orchestrator.outputs import RunOutputs
 
 PERPLEXITY = "distill/student_perplexity"
@@ -155,7 +156,14 @@ def statuses_from_outputs(
         found = outputs.get(run.run_id) or RunOutputs(run.output_path)
         running = (found.summary or {}).get("status") == "running"
         observation = Observation(exists=True, active=True) if running else Observation(exists=False)
-        out[run.run_id] = derive(observation, found, now=now, stall_after=stall_after, total_steps=run.spec.steps)
+        status = derive(observation, found, now=now, stall_after=stall_after, total_steps=run.spec.steps)
+        if status.phase == Phase.PENDING and status.reason == PendingReason.NOT_CREATED:
+            # No outputs says nothing of whether it exists: a table pasted from an unreachable cluster's sweep
+            # read "NotCreated" for runs that were running.
+            status = dataclasses.replace(
+                status, reason=PendingReason.NOT_OBSERVED, message="no outputs, and its backend was not asked"
+            )
+        out[run.run_id] = status
     return out
 
 
