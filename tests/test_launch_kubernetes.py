@@ -438,6 +438,8 @@ def test_status_follows_queueing_restarts_and_failures(control_plane, tmp_path):
     cp.wait_for(lambda: status_rows(path, cp.kubeconfig)[running.rsplit("-", 1)[1]]["phase"] == "Failed", 120, "failed")
     row = status_rows(path, cp.kubeconfig)[running.rsplit("-", 1)[1]]
     assert row["restarts"] == 1 and row["reason"]
+    # No trainer verdict in the outputs here: the worker's exit says how it ended (JobSet names only its Job).
+    assert "exited 1 (UserError)" in row["message"] and "worker" in row["message"], row
     table = cli("status", str(path), kubeconfig=cp.kubeconfig)
     assert f"Failed ({row['reason']})" in table.stdout and "Queued" in table.stdout
 

@@ -283,3 +283,26 @@ def test_a_run_created_meanwhile_by_another_sweep_is_not_named_by_this_sweeps_jo
     assert lines[1].startswith("   exists run " + second.run_id) and second.jobset_name not in lines[1], lines
     assert "`distillctl status` names its JobSet" in lines[1]
     assert lines[2] == "1 created, 1 unchanged"
+
+
+def test_the_first_failed_worker_and_how_it_ended_are_read_from_failed_pods():
+    # A run killed without a verdict (OOM) read only "applying FailJobSet failure policy action (first failed job...)".
+    from orchestrator.backends.kubernetes.backend import failed_workers
+
+    def pod(jobset: str, slice_: int, worker: int, code: int, reason: str = "Error") -> dict:
+        labels = {
+            "jobset.sigs.k8s.io/jobset-name": jobset,
+            "jobset.sigs.k8s.io/job-index": str(slice_),
+            "batch.kubernetes.io/job-completion-index": str(worker),
+        }
+        ended = {"terminated": {"exitCode": code, "reason": reason}}
+        return {"metadata": {"labels": labels}, "status": {"containerStatuses": [{"state": ended}]}}
+
+    pods = [pod("a", 1, 0, 1), pod("a", 0, 3, 137, "OOMKilled"), pod("b", 0, 0, 0), pod("b", 0, 1, 42)]
+    assert failed_workers(pods) == {
+        "a": "slice 0, worker 3 exited 137 (Killed, OOMKilled)",
+        "b": "slice 0, worker 1 exited 42 (Retryable)",
+    }
+    failed = Condition("Failed", "True", "FailJobSetFailurePolicyAction", "first failed job: a-slice-job-0")
+    s = status(Observation(exists=True, conditions=(failed,), failed_worker=failed_workers(pods)["a"]))
+    assert s.message == "first failed job: a-slice-job-0: slice 0, worker 3 exited 137 (Killed, OOMKilled)"

@@ -105,6 +105,7 @@ class Observation:
     name: str = ""  # the backend's name for it (a JobSet's), when known
     lost: str = ""  # submitted once, yet nothing will run it now, and why (a local supervisor that is gone)
     queue: str = ""  # the Kueue LocalQueue a cluster run was created in (its JobSet's queue label)
+    failed_worker: str = ""  # a failed run's first failed worker and its exit (`slice 0, worker 3 exited 137 (...)`)
 
     def condition(self, kind: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind and c.status == "True"), None)
@@ -181,6 +182,8 @@ def derive(
         said = str(final.get("message") or "") if verdict == "failed" else ""  # the trainer's own words, this attempt
         if said and said not in message:
             message = f"{message}: {said}" if message else said
+        elif not said and observation.failed_worker:  # no verdict (killed, a crash): how its worker ended
+            message = f"{message}: {observation.failed_worker}" if message else observation.failed_worker
         return RunStatus(Phase.FAILED, failed.reason, message, since=failed.last_transition_time, **common)
     completed = observation.condition("Completed")
     if completed or (verdict == "succeeded" and not observation.active):

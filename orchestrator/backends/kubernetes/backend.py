@@ -16,7 +16,7 @@ import codecs
 import dataclasses
 import datetime
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import yaml
@@ -30,6 +30,7 @@ from distillspec.contract import (
     STUCK_EVENT_REASONS,
     STUCK_WAITING_REASONS,
     StuckReason,
+    exit_reason,
 )
 from distillspec.sweep import Target
 from orchestrator.backends import DryRun, LogRequest, Orphan, Submitted
@@ -307,7 +308,30 @@ class KubernetesBackend:
         workloads = self._workloads() if chosen else {}
         running = any(not (j.get("spec") or {}).get("suspend") for j in chosen.values())
         stuck = self._stuck_pods() if running else {}
-        return observations(chosen, expansion, workloads, stuck)
+        return observations(chosen, expansion, workloads, stuck, self._failed_workers(chosen.values()))
+
+    def _failed_workers(self, jobsets) -> dict[str, str]:
+        """Which worker of each failed JobSet exited how, by JobSet name (one list of Failed pods, only when a
+        JobSet failed): JobSet's condition names the first failed Job, not the exit code (137: killed, OOM?)."""
+        failed = sorted(
+            j["metadata"]["name"]
+            for j in jobsets
+            if any(
+                c.get("type") == "Failed" and c.get("status") == "True"
+                for c in (j.get("status") or {}).get("conditions") or []
+            )
+        )
+        if not failed:
+            return {}
+        pods = self.cluster.call(
+            "list the failed pods",
+            as_json,
+            self.cluster.core.list_namespaced_pod,
+            self.cluster.namespace,
+            label_selector=f"{JOBSET_NAME_LABEL} in ({','.join(failed)})",
+            field_selector="status.phase=Failed",
+        )
+        return failed_workers(pods["items"])
 
     def orphans(self, expansion: Expansion) -> list[Orphan]:
         """JobSets labelled with this sweep's name whose run ids the sweep no longer has (an edited sweep file):
@@ -702,11 +726,36 @@ def workloads_by_owner(workloads: Sequence[dict]) -> dict[str, dict]:
     return owned
 
 
+def failed_workers(pods: Sequence[dict]) -> dict[str, str]:
+    """`slice S, worker W exited N (Reason)` for the first failed worker (by slice, then worker) of each JobSet, from
+    its Failed pods' JSON: the container's terminated state (the kubelet's reason too: OOMKilled)."""
+    found: dict[str, tuple[tuple[int, int], str]] = {}
+    for pod in pods:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        jobset = labels.get(JOBSET_NAME_LABEL)
+        if not jobset:
+            continue
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            ended = ((container.get("state") or {}).get("terminated")) or {}
+            code = ended.get("exitCode")
+            if not code:
+                continue
+            where = (int(labels.get(JOB_INDEX_LABEL) or 0), int(labels.get(COMPLETION_INDEX_LABEL) or 0))
+            why = exit_reason(int(code)) + (
+                f", {ended['reason']}" if ended.get("reason") not in (None, "Error") else ""
+            )
+            text = f"slice {where[0]}, worker {where[1]} exited {code} ({why})"
+            if jobset not in found or where < found[jobset][0]:
+                found[jobset] = (where, text)
+    return {jobset: text for jobset, (_, text) in found.items()}
+
+
 def observations(
     chosen: dict[str, dict],
     expansion: Expansion,
     workloads: dict[str, dict],
     stuck: dict[str, tuple[PodProblem, ...]],
+    failed: Mapping[str, str] | None = None,
 ) -> dict[str, Observation]:
     """Observations of the chosen JobSets (`choose_jobsets`), with Kueue Workloads by their owner's uid and stuck
     pods' problems by JobSet name. Pure: the CLI lists what it needs, the service reads its watch caches."""
@@ -720,6 +769,7 @@ def observations(
             owner="" if owner == sweep else owner,
             name=metadata.get("name", ""),
             queue=_labels(jobset).get(LABEL_QUEUE, ""),
+            failed_worker=(failed or {}).get(metadata.get("name", ""), ""),
         )
     return observed
 
