@@ -184,14 +184,14 @@ def api_error(what: str, e: ApiException, cluster: Cluster) -> DistillctlError:
     server = (cluster.server if cluster else "") or "the configured address"
     if e.status == 0 and "SSL" in str(e.reason):  # urllib3's TLS failure, wrapped by the client as status 0
         return ClusterError(
-            f"{what}: the API server at {server} failed TLS verification ({_first_line(str(e.reason))})",
+            f"{what}: the API server at {server} failed TLS verification ({_leading_line(str(e.reason))})",
             "its certificate is not signed by the kubeconfig's certificate authority: fetch fresh credentials "
             "(e.g. `gcloud container clusters get-credentials`), or check --kubeconfig/--context and any proxy",
             exit_code=ExitCode.CLUSTER_UNREACHABLE,
         )
     if e.status == 0:  # other transport failures the client wraps as status 0
         return ClusterError(
-            f"{what}: no answer from the API server at {server} ({_first_line(str(e.reason))})",
+            f"{what}: no answer from the API server at {server} ({_leading_line(str(e.reason))})",
             "check that the cluster is up and that --kubeconfig/--context point at it (`kubectl cluster-info`)",
         )
     if e.status == 404 and _missing_namespace(e):  # the namespace, not the object asked for
@@ -249,7 +249,7 @@ def api_error(what: str, e: ApiException, cluster: Cluster) -> DistillctlError:
     return DistillctlError(f"{what}: {e.status} {message}", exit_code=ExitCode.FAILED)
 
 
-def _first_line(text: str) -> str:
+def _leading_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), text)
 
 
