@@ -20,7 +20,6 @@ from ref_support import make_models
 
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
-import ml_dtypes  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 from flax import nnx  # noqa: E402
 

@@ -404,7 +404,7 @@ def test_a_changed_parallelism_reaches_the_running_supervisor(tmp_path):
     `sweep` again (nothing new to submit) changed nothing and said nothing; now the waiting run starts."""
     (tmp_path / "teacher.yaml").write_text(TEACHER)
     sweep = tmp_path / "wider.yaml"
-    text = f"name: wider\nspec: teacher.yaml\noverrides: {{steps: 100000}}\nseeds: [0, 1]\n"
+    text = "name: wider\nspec: teacher.yaml\noverrides: {steps: 100000}\nseeds: [0, 1]\n"
     sweep.write_text(text + f"target: {{kind: local, output_base: {tmp_path / 'runs'}, parallelism: 1}}\n")
     distillctl("sweep", str(sweep), check=True)
     try:
