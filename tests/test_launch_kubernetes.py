@@ -607,3 +607,27 @@ def test_a_secret_the_pods_need_that_does_not_exist_is_refused_before_anything_i
         assert dry.exit_code == 0 and "would create (server)" in dry.stdout, dry.output
     finally:
         core.delete_namespaced_secret("hf-token", "default")
+
+
+def test_runs_of_the_same_file_under_another_image_are_not_orphans(control_plane, tmp_path):
+    # `sweep --image B` after `sweep` with the file's image A called A's live grid orphans, and
+    # `cancel --orphans` would have deleted it.
+    cp = control_plane
+    path = write_sweep(tmp_path, "builds", points=1, duration="10m")
+    other = "example.invalid/distillctl-trainer:other"
+    try:
+        assert cli("sweep", str(path), kubeconfig=cp.kubeconfig).exit_code == 0
+        from orchestrator.cli import console
+
+        console._warned.clear()  # once per process
+        second = cli("sweep", str(path), "--image", other, kubeconfig=cp.kubeconfig)
+        assert second.exit_code == 0 and "1 created" in second.stdout, second.output
+        assert "orphaned_runs" not in second.stderr and "warning[runs_of_another_image]" in second.stderr
+        assert "example.invalid/distillctl-trainer:test" in second.stderr
+        kept = cli("cancel", str(path), "--image", other, "--orphans", "--yes", kubeconfig=cp.kubeconfig)
+        assert kept.exit_code == 0 and "no orphaned JobSets" in kept.stdout, kept.output
+        assert len(jobsets(cp, "builds")) == 2
+    finally:
+        cli("cancel", str(path), "--image", other, "--yes", kubeconfig=cp.kubeconfig)
+        cancel_all(path, cp.kubeconfig)
+        wait_gone(cp, "builds")

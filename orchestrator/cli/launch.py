@@ -474,6 +474,17 @@ def _warn_orphans(expansion, backend) -> None:
     from distillspec.problems import Problem
     from orchestrator.cli import console
 
+    others = backend.other_images(expansion) if hasattr(backend, "other_images") else {}
+    for image, count in sorted(others.items()):
+        console.warn_once(
+            Problem(
+                (),
+                "runs_of_another_image",
+                f"{count} JobSet(s) of sweep {expansion.sweep.name} run another image than this command's: {image}",
+                f"they are this file's runs under that image, not orphans: `--image {image}` shows them",
+                severity="warning",
+            )
+        )
     orphans = backend.orphans(expansion) if hasattr(backend, "orphans") else []
     if orphans:
         listed = ", ".join(f"{o.name} ({o.state})" for o in orphans[:10]) + (" ..." if len(orphans) > 10 else "")

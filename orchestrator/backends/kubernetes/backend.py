@@ -338,6 +338,9 @@ class KubernetesBackend:
         nothing shows or cancels them otherwise, and they keep holding Kueue quota until they finish."""
         return find_orphans(self._jobsets(), expansion)
 
+    def other_images(self, expansion: Expansion) -> dict[str, int]:
+        return other_images(self._jobsets(), expansion)
+
     # --- submitting ---------------------------------------------------------------------------------------
 
     def manifest(self, run: Point) -> dict:
@@ -690,13 +693,43 @@ def find_orphans(jobsets: Sequence[dict], expansion: Expansion) -> list[Orphan]:
     controller's status."""
     sweep = expansion.sweep.name if expansion.sweep else ""
     wanted = {run.run_id for run in expansion.runs}
+    image = expansion.sweep.target.image if expansion.sweep else None
     found = []
     for jobset in jobsets:
         labels = _labels(jobset)
         if labels.get(rendering.LABEL_SWEEP) == sweep and labels.get(LABEL_RUN_ID) not in wanted:
+            # The same file launched with another --image (two trainer builds compared, CI's image per commit):
+            # its runs are not the file's leftovers, and `cancel --orphans` deleted that live grid.
+            if image and jobset_image(jobset) not in (None, image):
+                continue
             if not jobset["metadata"].get("deletionTimestamp"):
                 found.append(Orphan(jobset["metadata"]["name"], labels.get(LABEL_RUN_ID, ""), _state(jobset)))
     return sorted(found, key=lambda o: o.name)
+
+
+def jobset_image(jobset: dict) -> str | None:
+    """The trainer image a JobSet runs (its first container's), None when the manifest does not say."""
+    for replicated in (jobset.get("spec") or {}).get("replicatedJobs") or []:
+        pod = ((((replicated.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec")) or {}
+        for container in pod.get("containers") or []:
+            if container.get("image"):
+                return str(container["image"])
+    return None
+
+
+def other_images(jobsets: Sequence[dict], expansion: Expansion) -> dict[str, int]:
+    """This sweep's live JobSets that run another image than its target's, counted by image (`--image` shows
+    them): left out of the orphans."""
+    sweep, image = expansion.sweep.name, expansion.sweep.target.image
+    wanted = {run.run_id for run in expansion.runs}
+    counts: dict[str, int] = {}
+    for jobset in jobsets:
+        labels, theirs = _labels(jobset), jobset_image(jobset)
+        if labels.get(rendering.LABEL_SWEEP) != sweep or labels.get(LABEL_RUN_ID) in wanted:
+            continue
+        if image and theirs not in (None, image) and not jobset["metadata"].get("deletionTimestamp"):
+            counts[theirs] = counts.get(theirs, 0) + 1
+    return counts
 
 
 def claim_name(run_id: str) -> str:
