@@ -18,6 +18,7 @@ from orchestrator.core.launch import DRY_RUN_RECREATE, launch, to_submit
 from orchestrator.core.reconcile import ActionKind, Waiting, reconcile
 from orchestrator.core.run_status import Condition, Observation, Phase, RunStatus
 from orchestrator.errors import DistillctlError
+from orchestrator.exit_codes import ExitCode
 from orchestrator.outputs import RunOutputs
 from tests.sweep_support import SWEEPS
 
@@ -290,3 +291,32 @@ def test_a_timeout_with_runs_queued_behind_the_sweeps_own_is_a_timeout_not_a_quo
     nowhere = QueueBackend(queued=frozenset({first.run_id, second.run_id}))
     events, _ = run_follow(expansion, nowhere, timeout=10.0)
     assert events[-1].outcome is Outcome.TIMED_OUT_QUEUED and len(events[-1].runs) == 2
+
+
+@dataclasses.dataclass
+class OutageBackend(MemoryBackend):
+    """The API server does not answer for `down` polls after the first look."""
+
+    down: range = range(0)
+    looks: int = 0
+
+    def observe(self, expansion):
+        self.looks += 1
+        if self.looks in self.down:
+            raise DistillctlError("cannot reach the Kubernetes API server", exit_code=ExitCode.CLUSTER_UNREACHABLE)
+        return super().observe(expansion)
+
+
+def test_a_follower_rides_out_an_api_server_outage_and_gives_up_after_a_while(quickstart):
+    # A control-plane upgrade (minutes) ended `sweep --wait` with exit 5 after ~7 s while the runs went on.
+    from orchestrator.core.follow import OUTAGE_SECONDS
+
+    said = []
+    backend = OutageBackend(finish_after=2, down=range(3, 40))  # 37 polls of 2 s: 74 s without an answer
+    events, _ = run_follow(quickstart, backend, on_outage=said.append)
+    assert events[-1].outcome is Outcome.SUCCEEDED
+    assert len(said) == 2 and "retrying for up to" in said[0] and "answers again, after 74 s" in said[1], said
+    gone = OutageBackend(finish_after=2, down=range(3, 10**6))
+    with pytest.raises(DistillctlError) as e:
+        run_follow(quickstart, gone)
+    assert e.value.exit_code == ExitCode.CLUSTER_UNREACHABLE and gone.looks * 2.0 > OUTAGE_SECONDS

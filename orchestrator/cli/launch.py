@@ -224,7 +224,11 @@ def _follow(
     if live:
         live.start()
     try:
-        for event in follow(expansion, backend, stall_after=stall_after, timeout=timeout):
+
+        def outage(message: str) -> None:
+            console.err.print(f"{time.strftime('%H:%M:%S')} {message}", markup=False, highlight=False)
+
+        for event in follow(expansion, backend, stall_after=stall_after, timeout=timeout, on_outage=outage):
             if isinstance(event, Finished):
                 break
             blocked = {a.run.run_id: a.reason for a in event.actions if a.kind == ActionKind.BLOCKED}
@@ -343,6 +347,9 @@ def status(
             console.warn_once(problem)
         return state.statuses
 
+    if watch:
+        statuses = _riding_out_outages(statuses)
+
     try:
         _warn_orphans(expansion, backend)
         if output is OutputFormat.json and watch:
@@ -371,6 +378,43 @@ def status(
         return  # --watch runs until Ctrl-C: that is its end, not an error
     finally:
         backend.close()
+
+
+def _riding_out_outages(statuses):
+    """`statuses` for `status --watch`: while the API server does not answer (a control-plane upgrade), the last
+    statuses again, said on stderr, for up to `follow.OUTAGE_SECONDS`; then its error (exit 5)."""
+    from orchestrator.cli import console
+    from orchestrator.core.follow import OUTAGE_SECONDS
+    from orchestrator.errors import DistillctlError
+    from orchestrator.exit_codes import ExitCode
+
+    last: list = [None]
+    down_since: list = [None]
+
+    def tolerant():
+        try:
+            current = statuses()
+        except DistillctlError as e:
+            now = time.monotonic()
+            if e.exit_code != ExitCode.CLUSTER_UNREACHABLE or last[0] is None:
+                raise
+            if down_since[0] is None:
+                down_since[0] = now
+                console.err.print(
+                    f"{time.strftime('%H:%M:%S')} {e.message}; retrying for up to {OUTAGE_SECONDS / 60:g} minutes",
+                    markup=False,
+                    highlight=False,
+                )
+            elif now - down_since[0] > OUTAGE_SECONDS:
+                raise
+            return last[0]
+        if down_since[0] is not None:
+            console.err.print(f"{time.strftime('%H:%M:%S')} the API server answers again", markup=False)
+            down_since[0] = None
+        last[0] = current
+        return current
+
+    return tolerant
 
 
 def _watch_json(expansion, statuses) -> None:

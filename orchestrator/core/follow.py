@@ -20,11 +20,16 @@ from orchestrator.core.launch import to_submit
 from orchestrator.core.reconcile import Action, ActionKind, reconcile
 from orchestrator.core.run_status import DEFAULT_STALL_SECONDS, Phase
 from orchestrator.core.status import SweepState, look
+from orchestrator.errors import DistillctlError
+from orchestrator.exit_codes import ExitCode
 
 POLL_SECONDS = 2.0
 
 
 ADMITTED = (Phase.RUNNING, Phase.RESTARTING, Phase.STALLED, Phase.STUCK)  # phases that hold a queue's quota
+
+
+OUTAGE_SECONDS = 900.0  # how long a follower waits for an API server that stopped answering
 
 
 class Outcome(enum.StrEnum):
@@ -67,13 +72,33 @@ def follow(
     wall: Callable[[], float] = time.time,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    on_outage: Callable[[str], None] = lambda message: None,
 ) -> Iterator[Event]:
     """Events until every run is terminal or blocked, Kueue will never admit one, one's pods are stuck on what
-    waiting will not fix, or `timeout` seconds pass."""
+    waiting will not fix, or `timeout` seconds pass. An API server that stops answering is waited for up to
+    `OUTAGE_SECONDS` (`on_outage` is told when it goes and when it is back)."""
     deadline = None if timeout is None else clock() + timeout
     seen: set[str] = set()  # runs this follower saw exist
+    down_since: float | None = None
     while True:
-        state = look(expansion, backend, now=wall(), stall_after=stall_after, strict_outputs=False)  # as launch
+        try:
+            state = look(expansion, backend, now=wall(), stall_after=stall_after, strict_outputs=False)  # as launch
+        except DistillctlError as e:
+            # A control-plane upgrade leaves the API server unreachable for minutes while the runs go on: a
+            # follower that gave up after 7 s ended a multi-day `--wait` (and CI's job) with exit 5.
+            now = clock()
+            if e.exit_code != ExitCode.CLUSTER_UNREACHABLE or (deadline is not None and now > deadline):
+                raise
+            if down_since is None:
+                down_since = now
+                on_outage(f"{e.message}; retrying for up to {OUTAGE_SECONDS / 60:g} minutes (the runs go on)")
+            elif now - down_since > OUTAGE_SECONDS:
+                raise
+            sleep(poll)
+            continue
+        if down_since is not None:
+            on_outage(f"the API server answers again, after {clock() - down_since:.0f} s")
+            down_since = None
         statuses = state.statuses
         # A run seen existing that is gone (deleted, or stopped with a checkpoint) was stopped on purpose: `cancel`,
         # a supervisor told to stop. Created again here, a cancel was undone within a poll. Runs lost to a crash
