@@ -414,3 +414,27 @@ def test_service_refuses_a_sweep_larger_than_its_status_can_hold(tmp_path):
     result = invoke("sweep", str(path), "--service", "--yes", "--kubeconfig", str(tmp_path / "absent"))
     assert result.exit_code == ExitCode.INVALID_SPEC, result.output
     assert "2050 runs; the service runs at most 2000" in result.stderr and "without --service" in result.stderr
+
+
+def test_status_watch_shows_the_last_statuses_while_the_api_server_does_not_answer(capsys):
+    from orchestrator.cli.launch import _riding_out_outages
+    from orchestrator.errors import DistillctlError
+
+    calls = []
+
+    def statuses():
+        calls.append(None)
+        if len(calls) in (2, 3):
+            raise DistillctlError("cannot reach the API server", exit_code=ExitCode.CLUSTER_UNREACHABLE)
+        return {"looks": len(calls)}
+
+    watched = _riding_out_outages(statuses)
+    assert [watched() for _ in range(4)] == [{"looks": 1}, {"looks": 1}, {"looks": 1}, {"looks": 4}]
+    err = capsys.readouterr().err
+    assert "cannot reach the API server; retrying for up to 15 minutes" in err and "answers again" in err
+
+    def refused():  # other errors (RBAC, a bad manifest) are not waited out
+        raise DistillctlError("forbidden", exit_code=ExitCode.FORBIDDEN)
+
+    with pytest.raises(DistillctlError):
+        _riding_out_outages(refused)()
