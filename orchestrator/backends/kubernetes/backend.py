@@ -690,21 +690,41 @@ class LogSource:
 def find_orphans(jobsets: Sequence[dict], expansion: Expansion) -> list[Orphan]:
     """Among `jobsets` (a namespace's distillctl JobSets), those labelled with the expansion's sweep whose run ids
     it no longer has and that are not being deleted, by name. Shared by `status`/`cancel --orphans` and the
-    controller's status."""
+    controller's status. The same file launched with another --image (two trainer builds compared, CI's image
+    per commit) is not among them (`other_images`): its runs are not the file's leftovers, and `cancel
+    --orphans` deleted that live grid."""
+    found = [
+        Orphan(jobset["metadata"]["name"], _labels(jobset).get(LABEL_RUN_ID, ""), _state(jobset))
+        for jobset, other_image in _leftovers(jobsets, expansion)
+        if other_image is None
+    ]
+    return sorted(found, key=lambda o: o.name)
+
+
+def other_images(jobsets: Sequence[dict], expansion: Expansion) -> dict[str, int]:
+    """This sweep's live JobSets that run another image than its target's, counted by image (`--image` shows
+    them): left out of the orphans."""
+    counts: dict[str, int] = {}
+    for _, image in _leftovers(jobsets, expansion):
+        if image is not None:
+            counts[image] = counts.get(image, 0) + 1
+    return counts
+
+
+def _leftovers(jobsets: Sequence[dict], expansion: Expansion) -> Iterator[tuple[dict, str | None]]:
+    """The sweep's live JobSets (labelled with its name, not being deleted) for run ids it does not have, each with
+    the image it runs when that is another than the sweep's target names (else None)."""
     sweep = expansion.sweep.name if expansion.sweep else ""
     wanted = {run.run_id for run in expansion.runs}
     image = expansion.sweep.target.image if expansion.sweep else None
-    found = []
     for jobset in jobsets:
         labels = _labels(jobset)
-        if labels.get(rendering.LABEL_SWEEP) == sweep and labels.get(LABEL_RUN_ID) not in wanted:
-            # The same file launched with another --image (two trainer builds compared, CI's image per commit):
-            # its runs are not the file's leftovers, and `cancel --orphans` deleted that live grid.
-            if image and jobset_image(jobset) not in (None, image):
-                continue
-            if not jobset["metadata"].get("deletionTimestamp"):
-                found.append(Orphan(jobset["metadata"]["name"], labels.get(LABEL_RUN_ID, ""), _state(jobset)))
-    return sorted(found, key=lambda o: o.name)
+        if labels.get(rendering.LABEL_SWEEP) != sweep or labels.get(LABEL_RUN_ID) in wanted:
+            continue
+        if jobset["metadata"].get("deletionTimestamp"):
+            continue
+        theirs = jobset_image(jobset)
+        yield jobset, (theirs if image and theirs not in (None, image) else None)
 
 
 def jobset_image(jobset: dict) -> str | None:
@@ -715,21 +735,6 @@ def jobset_image(jobset: dict) -> str | None:
             if container.get("image"):
                 return str(container["image"])
     return None
-
-
-def other_images(jobsets: Sequence[dict], expansion: Expansion) -> dict[str, int]:
-    """This sweep's live JobSets that run another image than its target's, counted by image (`--image` shows
-    them): left out of the orphans."""
-    sweep, image = expansion.sweep.name, expansion.sweep.target.image
-    wanted = {run.run_id for run in expansion.runs}
-    counts: dict[str, int] = {}
-    for jobset in jobsets:
-        labels, theirs = _labels(jobset), jobset_image(jobset)
-        if labels.get(rendering.LABEL_SWEEP) != sweep or labels.get(LABEL_RUN_ID) in wanted:
-            continue
-        if image and theirs not in (None, image) and not jobset["metadata"].get("deletionTimestamp"):
-            counts[theirs] = counts.get(theirs, 0) + 1
-    return counts
 
 
 def claim_name(run_id: str) -> str:

@@ -229,8 +229,7 @@ def api_error(what: str, e: ApiException, cluster: Cluster) -> DistillctlError:
         # Not the API server's own "not found" (a Status object): a URL that is not a Kubernetes API server (a
         # kubeconfig's server field pointing at a web page, a proxy) answered. The bare "404 Not Found" said nothing.
         return ClusterError(
-            f"{what}: the server at {cluster.server or 'the configured address'} answered 404 ({message}), not as "
-            "a Kubernetes API server does",
+            f"{what}: the server at {server} answered 404 ({message}), not as a Kubernetes API server does",
             "check that --kubeconfig/--context point at the cluster's API server (`kubectl cluster-info`)",
             exit_code=ExitCode.CLUSTER_UNREACHABLE,
         )
@@ -253,13 +252,19 @@ def _leading_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), text)
 
 
-def _status_details(e: ApiException) -> dict:
+def _body(e: ApiException) -> dict:
+    """The error's body as JSON (a Status object, from an API server), else {}."""
     import json
 
     try:
-        return json.loads(e.body or "").get("details") or {}
-    except (ValueError, AttributeError):
+        body = json.loads(e.body or "")
+    except ValueError:
         return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _status_details(e: ApiException) -> dict:
+    return _body(e).get("details") or {}
 
 
 def _missing_namespace(e: ApiException) -> bool:
@@ -278,19 +283,11 @@ def _forbidden_resource(e: ApiException) -> str:
 
 def _is_status(e: ApiException) -> bool:
     """Whether the error's body is a Kubernetes Status object (every answer of an API server has one)."""
-    import json
-
-    try:
-        return json.loads(e.body or "").get("kind") == "Status"
-    except (ValueError, AttributeError):
-        return False
+    return _body(e).get("kind") == "Status"
 
 
 def server_message(e: ApiException) -> str:
-    import json
-
-    try:
-        body = json.loads(e.body or "")
-        return str(body.get("message") or e.reason)
-    except (ValueError, AttributeError):
+    body = _body(e)
+    if not body:
         return str(e.reason or e.body or "")
+    return str(body.get("message") or e.reason)
