@@ -134,6 +134,7 @@ class PendingReason:
     DELETING = "Deleting"  # the previous run of this id is still being deleted
     SUPERVISOR_GONE = "SupervisorGone"  # local backend: submitted, but its supervisor is gone (killed, a reboot)
     PREREQUISITE_FAILED = "PrerequisiteFailed"  # not created: a prerequisite failed (`sweep --retry-failed`)
+    CLAIMED = "Claimed"  # not created: another sweep claimed the point and is about to create it (Kubernetes)
 
 
 class QueuedReason:

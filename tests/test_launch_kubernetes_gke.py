@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -426,6 +427,15 @@ def test_two_sweeps_racing_for_a_shared_point_create_one_jobset_and_claims_are_r
         body = {"metadata": {"name": kube.claim_name(run_id)}, "spec": {"holderIdentity": "ghost"}}
         leases.create_namespaced_lease("default", body)
         assert submit(winner) == "exists" and not run_jobsets()
+        # Meanwhile the run is not "not created" with nothing said: status names the claimer and the takeover, and
+        # `sweep` waits for it instead of saying it exists.
+        row = status_rows(sweeps[winner], cp.kubeconfig)[run_id]
+        assert (row["phase"], row["reason"], row["owner_sweep"]) == ("Pending", "Claimed", "ghost"), row
+        assert re.search(r"claimed \d+ s ago by sweep ghost, .* takes the point over in \d+ s", row["message"]), row
+        swept = cli("sweep", str(sweeps[winner]), kubeconfig=cp.kubeconfig)
+        assert swept.exit_code == 0, swept.output
+        assert re.search(rf"waiting run {run_id} .*claimed \d+ s ago by sweep ghost", " ".join(swept.output.split()))
+        assert "0 created, 1 unchanged" in swept.output and not run_jobsets()
         monkeypatch.setattr(kube, "CLAIM_GRACE_SECONDS", 0)
         assert submit(winner) == "created" and claim().spec.holder_identity == winner
 

@@ -306,3 +306,47 @@ def test_the_first_failed_worker_and_how_it_ended_are_read_from_failed_pods():
     failed = Condition("Failed", "True", "FailJobSetFailurePolicyAction", "first failed job: a-slice-job-0")
     s = status(Observation(exists=True, conditions=(failed,), failed_worker=failed_workers(pods)["a"]))
     assert s.message == "first failed job: a-slice-job-0: slice 0, worker 3 exited 137 (Killed, OOMKilled)"
+
+
+def test_a_run_another_sweep_claimed_but_has_not_created_reads_claimed_and_is_waited_for(tmp_path):
+    # A sweep killed between claiming a point and creating its JobSet held it for 2 minutes while `status` said
+    # "NotCreated" with no reason and `sweep` said it "exists".
+    import datetime
+
+    from sweep_support import expanded, sweep_data
+
+    from orchestrator.backends.kubernetes.backend import CLAIM_GRACE_SECONDS, claim_name, observations, pending_claims
+    from orchestrator.core.reconcile import ActionKind, Waiting, reconcile
+
+    expansion = expanded(tmp_path, sweep_data(axes={"loss.alpha.end": [0.3, 0.7, 0.9]}))
+    ghosted, owned, ours = expansion.runs
+
+    def lease(run, holder, age, owner_refs=()):
+        born = datetime.datetime.fromtimestamp(NOW - age, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        metadata = {"name": claim_name(run.run_id), "creationTimestamp": born, "ownerReferences": list(owner_refs)}
+        return {"metadata": metadata, "spec": {"holderIdentity": holder}}
+
+    leases = [
+        lease(ghosted, "ghost", 20),
+        lease(owned, "other", 5, [{"kind": "JobSet", "name": "gone"}]),  # its JobSet is gone: stale, taken over
+        lease(ours, ghosted.sweep, 5),  # this sweep's own (killed before its create): it creates the run
+        {"metadata": {"name": "kube-scheduler", "creationTimestamp": "2026-12-01T00:00:00Z"}, "spec": {}},
+    ]
+    claims = pending_claims(leases, {}, now=NOW)
+    assert set(claims) == {ghosted.run_id, ours.run_id}
+    assert claims[ghosted.run_id].expires_at == NOW - 20 + CLAIM_GRACE_SECONDS
+    assert pending_claims([lease(ghosted, "ghost", CLAIM_GRACE_SECONDS + 1)], {}, now=NOW) == {}  # stale: taken over
+    assert pending_claims(leases, {ghosted.run_id: {}}, now=NOW).keys() == {ours.run_id}  # its JobSet exists
+
+    observed = observations({}, expansion, {}, {}, None, claims)
+    assert set(observed) == {ghosted.run_id}
+    statuses = {run.run_id: status(observed.get(run.run_id, Observation(exists=False))) for run in expansion.runs}
+    s = statuses[ghosted.run_id]
+    assert s.shown == "Pending (Claimed) (owned by sweep ghost)"
+    assert s.message == (
+        f"claimed 20 s ago by sweep ghost, which has not created its run yet; if it never does (killed in between), "
+        f"a sweep takes the point over in {CLAIM_GRACE_SECONDS - 20} s"
+    )
+    actions = {a.run.run_id: a for a in reconcile(expansion.runs, statuses)}
+    assert (actions[ghosted.run_id].kind, actions[ghosted.run_id].waiting_for) == (ActionKind.WAIT, Waiting.CLAIM)
+    assert actions[owned.run_id].kind == actions[ours.run_id].kind == ActionKind.CREATE

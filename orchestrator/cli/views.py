@@ -13,7 +13,7 @@ from orchestrator.cli import console
 from orchestrator.core.expansion import Expansion
 from orchestrator.core.identity import jobset_name
 from orchestrator.core.launch import DRY_RUN_RECREATE, LaunchReport
-from orchestrator.core.reconcile import ActionKind
+from orchestrator.core.reconcile import ActionKind, Waiting
 from orchestrator.core.run_status import Phase, RunStatus
 
 PHASE_STYLE = {
@@ -83,7 +83,7 @@ def _says_why(s: RunStatus) -> bool:
         return False
     if s.phase in (Phase.STUCK, Phase.FAILED, Phase.QUEUED):  # Kueue's words: which quota, how much more
         return True
-    return s.phase == Phase.PENDING and s.reason in _WAITING_FOR_YOU
+    return s.phase == Phase.PENDING and (s.reason in _WAITING_FOR_YOU or s.reason == PendingReason.CLAIMED)
 
 
 def status_json(expansion: Expansion, statuses) -> list[dict]:
@@ -139,6 +139,11 @@ def launch_lines(report: LaunchReport, dry_run: str | None) -> list[Text]:
         line = Text()
         owner = _owner(report, action.run)
         line.append(f"{verb:>9} ", style=style)
+        if action.waiting_for == Waiting.CLAIM:  # the claimer's JobSet does not exist yet: no name to give
+            line.append(f"run {action.run.run_id}  {action.run.label}")
+            line.append(f"  ({action.reason})", style="dim")
+            lines.append(line)
+            continue
         if outcome == "exists" and not owner:
             # Created meanwhile, by a sweep started at the same moment (whose JobSet name is not known here) or
             # by this one's own earlier attempt: naming this sweep's JobSet named one that may not exist.

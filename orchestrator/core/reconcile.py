@@ -36,6 +36,7 @@ class Waiting(enum.StrEnum):
 
     PREREQUISITE = "prerequisite"
     DELETION = "deletion"  # the previous run of the same id is still being deleted
+    CLAIM = "claim"  # another sweep claimed the point and has not created its run yet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,8 @@ def reconcile(runs: Sequence[Point], statuses: Mapping[str, RunStatus], *, retry
             actions.append(Action(ActionKind.SKIP, run, f"exists: {status.shown}"))
         elif status.reason == PendingReason.DELETING:
             actions.append(Action(ActionKind.WAIT, run, status.message, Waiting.DELETION))
+        elif status.reason == PendingReason.CLAIMED:
+            actions.append(Action(ActionKind.WAIT, run, status.message, Waiting.CLAIM))
         else:
             actions.append(_pending(run, statuses, retry_failed))
     return actions

@@ -106,6 +106,8 @@ class Observation:
     lost: str = ""  # submitted once, yet nothing will run it now, and why (a local supervisor that is gone)
     queue: str = ""  # the Kueue LocalQueue a cluster run was created in (its JobSet's queue label)
     failed_worker: str = ""  # a failed run's first failed worker and its exit (`slice 0, worker 3 exited 137 (...)`)
+    claimed_at: float | None = None  # no run yet, but `owner` claimed it then (unix seconds) and may create it
+    claim_expires_at: float | None = None  # when that claim turns stale and any sweep may take the run over
 
     def condition(self, kind: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind and c.status == "True"), None)
@@ -189,6 +191,8 @@ def derive(
     if completed or (verdict == "succeeded" and not observation.active):
         return RunStatus(Phase.SUCCEEDED, since=completed.last_transition_time if completed else None, **common)
     if not observation.exists:
+        if observation.claimed_at is not None:  # before the outputs' word: the claimer is about to run it again
+            return RunStatus(Phase.PENDING, PendingReason.CLAIMED, _claimed_message(observation, now), **common)
         if verdict == "failed":
             return RunStatus(Phase.FAILED, FailedReason.TRAINER_EXIT, _failure_message(final), **common)
         if verdict == "preempted":  # stopped by SIGTERM (cancel, preemption): it resumes when created again
@@ -226,6 +230,15 @@ def derive(
         since = int(now - started)
         return RunStatus(Phase.STALLED, StalledReason.NO_NEW_METRICS, f"no new metrics for {since}s", **common)
     return RunStatus(Phase.RUNNING, **common)
+
+
+def _claimed_message(observation: Observation, now: float) -> str:
+    age = max(0, round(now - observation.claimed_at))
+    left = max(0, round((observation.claim_expires_at or now) - now))
+    return (
+        f"claimed {age} s ago by sweep {observation.owner}, which has not created its run yet; if it never does "
+        f"(killed in between), a sweep takes the point over in {left} s"
+    )
 
 
 def _preempted_message(final: dict) -> str:

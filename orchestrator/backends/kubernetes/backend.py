@@ -16,6 +16,7 @@ import codecs
 import dataclasses
 import datetime
 import json
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -308,7 +309,24 @@ class KubernetesBackend:
         workloads = self._workloads() if chosen else {}
         running = any(not (j.get("spec") or {}).get("suspend") for j in chosen.values())
         stuck = self._stuck_pods() if running else {}
-        return observations(chosen, expansion, workloads, stuck, self._failed_workers(chosen.values()))
+        unseen = len(chosen) < len(expansion.runs)
+        claims = pending_claims(self._claims(), chosen, now=time.time()) if unseen else {}
+        return observations(chosen, expansion, workloads, stuck, self._failed_workers(chosen.values()), claims)
+
+    def _claims(self) -> list[dict]:
+        """The namespace's Leases (runs' claims among them). Forbidden (a launcher Role without `list` on leases)
+        is no claims: they only explain a run another sweep is about to create."""
+        try:
+            listing = self.cluster.call(
+                "list the runs' claims",
+                as_json,
+                self._leases.list_namespaced_lease,
+                self.cluster.namespace,
+                passthrough=frozenset({403}),
+            )
+        except ApiException:
+            return []
+        return listing.get("items", [])
 
     def _failed_workers(self, jobsets) -> dict[str, str]:
         """Which worker of each failed JobSet exited how, by JobSet name (one list of Failed pods, only when a
@@ -788,17 +806,53 @@ def failed_workers(pods: Sequence[dict]) -> dict[str, str]:
     return {jobset: text for jobset, (_, text) in found.items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class PendingClaim:
+    """A run claimed by a sweep that has not created its JobSet (yet): being created, or its sweep was killed
+    between the two creates (then the claim turns stale at `expires_at`, and any sweep takes the run over)."""
+
+    holder: str
+    claimed_at: float  # unix seconds
+    expires_at: float
+
+
+def pending_claims(leases: Sequence[dict], chosen: Mapping[str, dict], *, now: float) -> dict[str, PendingClaim]:
+    """By run id, the claims of runs with no JobSet that `_stale` would not take over yet: unowned and younger than
+    the grace period. A sweep that saw only "not created" for two minutes created nothing and said why nowhere."""
+    found = {}
+    for lease in leases:
+        metadata = lease.get("metadata") or {}
+        name = metadata.get("name") or ""
+        run_id = name.removeprefix(CLAIM_PREFIX)
+        if not name.startswith(CLAIM_PREFIX) or run_id in chosen or metadata.get("ownerReferences"):
+            continue
+        created = parse_timestamp(metadata.get("creationTimestamp"))
+        if created is None or now - created >= CLAIM_GRACE_SECONDS:
+            continue
+        holder = (lease.get("spec") or {}).get("holderIdentity") or ""
+        found[run_id] = PendingClaim(holder, created, created + CLAIM_GRACE_SECONDS)
+    return found
+
+
 def observations(
     chosen: dict[str, dict],
     expansion: Expansion,
     workloads: dict[str, dict],
     stuck: dict[str, tuple[PodProblem, ...]],
     failed: Mapping[str, str] | None = None,
+    claims: Mapping[str, PendingClaim] | None = None,
 ) -> dict[str, Observation]:
     """Observations of the chosen JobSets (`choose_jobsets`), with Kueue Workloads by their owner's uid and stuck
-    pods' problems by JobSet name. Pure: the CLI lists what it needs, the service reads its watch caches."""
+    pods' problems by JobSet name; runs with no JobSet that another sweep claimed (`pending_claims`) as claimed.
+    Pure: the CLI lists what it needs, the service reads its watch caches."""
     sweep = expansion.sweep.name if expansion.sweep else ""
     observed = {}
+    for run in expansion.runs:
+        claim = (claims or {}).get(run.run_id)
+        if claim is not None and run.run_id not in chosen and claim.holder != run.sweep:
+            observed[run.run_id] = Observation(
+                exists=False, owner=claim.holder, claimed_at=claim.claimed_at, claim_expires_at=claim.expires_at
+            )
     for run_id, jobset in chosen.items():
         metadata = jobset["metadata"]
         owner = _labels(jobset).get(rendering.LABEL_SWEEP, "")
