@@ -585,6 +585,12 @@ def test_a_queue_changed_in_the_file_says_the_existing_runs_stay_where_they_are(
         console._warned.clear()  # once per process: this test's `sweep` ran in the same one
         shown = cli("status", str(path), kubeconfig=cp.kubeconfig)
         assert "warning[queue_changed]" in shown.stderr
+        # A label given on the command line (cost attribution) does not reach the running run either: said too.
+        labelled = cli("sweep", str(path), "--label", "team=distill", kubeconfig=cp.kubeconfig)
+        assert labelled.exit_code == 0 and "0 created, 1 unchanged" in labelled.stdout, labelled.output
+        said = " ".join(labelled.stderr.split())
+        assert "warning[labels_changed]" in said and "team: (none) instead of 'distill'" in said, said
+        assert "kubectl label jobsets -l distillctl.dev/sweep=moved" in said
     finally:
         cancel_all(path, cp.kubeconfig)
         wait_gone(cp, "moved")

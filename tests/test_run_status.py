@@ -350,3 +350,30 @@ def test_a_run_another_sweep_claimed_but_has_not_created_reads_claimed_and_is_wa
     actions = {a.run.run_id: a for a in reconcile(expansion.runs, statuses)}
     assert (actions[ghosted.run_id].kind, actions[ghosted.run_id].waiting_for) == (ActionKind.WAIT, Waiting.CLAIM)
     assert actions[owned.run_id].kind == actions[ours.run_id].kind == ActionKind.CREATE
+
+
+def test_runs_created_with_other_labels_than_the_target_gives_are_said(tmp_path):
+    # `sweep --label team=b` (or an edited target.labels) on a running grid said "2 unchanged": the runs kept
+    # team=a for cost attribution, without a word.
+    from sweep_support import expanded, sweep_data
+
+    from orchestrator.core.status import derive_all, label_changes
+
+    data = sweep_data(axes={"loss.alpha.end": [0.3, 0.7, 0.9]})
+    data["target"]["labels"] = {"team": "b", "cost-center": "42"}
+    expansion = expanded(tmp_path, data)
+    first, second, third = expansion.runs
+    done = (Condition("Completed", "True"),)
+    observed = {
+        first.run_id: Observation(exists=True, active=True, labels=(("cost-center", "42"), ("team", "a"))),
+        second.run_id: Observation(exists=True, active=True, labels=(("cost-center", "42"),)),
+        third.run_id: Observation(exists=True, conditions=done, labels=(("team", "old"),)),  # finished: left alone
+    }
+    out = {run.run_id: outputs() for run in expansion.runs}
+    (warning,) = label_changes(expansion, observed, derive_all(expansion, observed, out, now=NOW))
+    assert warning.code == "labels_changed" and warning.severity == "warning"
+    assert warning.message.startswith("2 unfinished run(s) of this sweep were created with other labels than")
+    assert "team: 'a', (none) instead of 'b'" in warning.message and "cost-center" not in warning.message
+    assert f"kubectl label jobsets -l distillctl.dev/sweep={expansion.sweep.name}" in warning.hint
+    same = {first.run_id: Observation(exists=True, labels=(("cost-center", "42"), ("team", "b"), ("x", "y")))}
+    assert label_changes(expansion, same, derive_all(expansion, same, out, now=NOW)) == ()

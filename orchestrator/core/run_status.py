@@ -105,6 +105,7 @@ class Observation:
     name: str = ""  # the backend's name for it (a JobSet's), when known
     lost: str = ""  # submitted once, yet nothing will run it now, and why (a local supervisor that is gone)
     queue: str = ""  # the Kueue LocalQueue a cluster run was created in (its JobSet's queue label)
+    labels: tuple[tuple[str, str], ...] = ()  # a cluster run's labels as created (its JobSet's, sorted)
     failed_worker: str = ""  # a failed run's first failed worker and its exit (`slice 0, worker 3 exited 137 (...)`)
     claimed_at: float | None = None  # no run yet, but `owner` claimed it then (unix seconds) and may create it
     claim_expires_at: float | None = None  # when that claim turns stale and any sweep may take the run over

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from distillspec.contract import PendingReason
+from distillspec.contract import LABEL_SWEEP, LABEL_WORKLOAD_PRIORITY, PendingReason
 from distillspec.problems import Problem
 from orchestrator.backends import Backend
 from orchestrator.core.expansion import Expansion
@@ -86,7 +86,68 @@ def look(
     observed = backend.observe(expansion)
     outputs, warnings = read_outputs(expansion, strict=strict_outputs)
     statuses = derive_all(expansion, observed, outputs, now=now, stall_after=stall_after)
-    return SweepState(statuses, outputs, warnings + queue_changes(expansion, observed, statuses))
+    changed = queue_changes(expansion, observed, statuses) + label_changes(expansion, observed, statuses)
+    return SweepState(statuses, outputs, warnings + changed)
+
+
+def _unfinished_own_runs(
+    expansion: Expansion, observed: Mapping[str, Observation], statuses: Mapping[str, RunStatus]
+) -> list[Observation]:
+    """Observations of this sweep's runs that exist and have not finished (another sweep's are left to it)."""
+    found = []
+    for run in expansion.runs:
+        seen = observed.get(run.run_id)
+        if seen is not None and seen.exists and not seen.owner and not statuses[run.run_id].terminal:
+            found.append(seen)
+    return found
+
+
+def label_changes(
+    expansion: Expansion, observed: Mapping[str, Observation], statuses: Mapping[str, RunStatus]
+) -> tuple[Problem, ...]:
+    """A warning when this sweep's unfinished runs carry other values than target.labels (and
+    target.workload_priority_class) now give: labels apply when a run is created, so a `--label team=x` or an edited
+    label (cost attribution, a Kueue priority) changed nothing on them, without a word."""
+    target = expansion.sweep.target
+    if not target.on_cluster:
+        return ()
+    wanted = dict(target.labels)
+    if target.workload_priority_class is not None:
+        wanted[LABEL_WORKLOAD_PRIORITY] = target.workload_priority_class
+    differing: dict[str, set[str]] = {}  # key -> the values the runs carry instead
+    count = 0
+    for seen in _unfinished_own_runs(expansion, observed, statuses):
+        if not seen.labels:
+            continue  # a backend that does not say (local)
+        carried = dict(seen.labels)
+        off = {key: carried.get(key) for key, value in wanted.items() if carried.get(key) != value}
+        for key, value in off.items():
+            differing.setdefault(key, set()).add("(none)" if value is None else repr(value))
+        count += bool(off)
+    if not count:
+        return ()
+    what = "; ".join(
+        f"{key}: {', '.join(sorted(values))} instead of {wanted[key]!r}" for key, values in sorted(differing.items())
+    )
+    field = "target.labels" + (", target.workload_priority_class" if LABEL_WORKLOAD_PRIORITY in differing else "")
+    sweep = expansion.sweep.name
+    return (
+        Problem(
+            ("target", "labels"),
+            "labels_changed",
+            f"{count} unfinished run(s) of this sweep were created with other labels than {field} now give "
+            f"({what}): labels apply when a run is created",
+            f"to relabel them in place: `kubectl label jobsets -l {LABEL_SWEEP}={sweep} KEY=VALUE --overwrite`"
+            + (
+                "; a Kueue priority is fixed when a run is admitted: `distillctl cancel` them and `distillctl sweep` "
+                "again (they resume from their checkpoints)"
+                if LABEL_WORKLOAD_PRIORITY in differing
+                else ""
+            )
+            + "; new runs get the new labels",
+            severity="warning",
+        ),
+    )
 
 
 def queue_changes(
@@ -98,13 +159,9 @@ def queue_changes(
     if not wanted:
         return ()
     elsewhere: dict[str, int] = {}
-    for run in expansion.runs:
-        seen = observed.get(run.run_id)
-        if seen is None or not seen.exists or seen.owner or not seen.queue or seen.queue == wanted:
-            continue
-        if statuses[run.run_id].terminal:
-            continue  # finished where it ran: nothing to move
-        elsewhere[seen.queue] = elsewhere.get(seen.queue, 0) + 1
+    for seen in _unfinished_own_runs(expansion, observed, statuses):  # a finished run has nothing to move
+        if seen.queue and seen.queue != wanted:
+            elsewhere[seen.queue] = elsewhere.get(seen.queue, 0) + 1
     if not elsewhere:
         return ()
     where = ", ".join(f"{n} in {queue!r}" for queue, n in sorted(elsewhere.items()))

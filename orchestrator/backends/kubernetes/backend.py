@@ -861,6 +861,7 @@ def observations(
             owner="" if owner == sweep else owner,
             name=metadata.get("name", ""),
             queue=_labels(jobset).get(LABEL_QUEUE, ""),
+            labels=tuple(sorted(_labels(jobset).items())),
             failed_worker=(failed or {}).get(metadata.get("name", ""), ""),
         )
     return observed
