@@ -180,6 +180,37 @@ def test_concurrent_and_interrupted_sweeps_end_with_one_jobset_per_point(control
     wait_gone(cp, "race")
 
 
+def test_an_interrupted_sweep_says_how_many_runs_it_created_and_hands_each_its_claim(control_plane, tmp_path):
+    # SIGTERM midway through creating a grid printed only "terminated (SIGTERM)": the runs created went on unsaid.
+    cp = control_plane
+    leases = client.CoordinationV1Api(cp.client)
+    path = write_sweep(tmp_path, "halted", points=10, duration="10m", slices=1)
+    slow = [Rule("delay", method="POST", path_contains="/jobsets", delay=3.0, times=None)]
+    with FaultProxy(cp, slow) as proxy:
+        command = [sys.executable, "-m", "orchestrator.cli", "sweep", str(path), "--kubeconfig", str(proxy.kubeconfig)]
+        victim = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        claimed = lambda: leases.list_namespaced_lease("default", label_selector="distillctl.dev/run-id").items  # noqa: E731
+        cp.wait_for(lambda: claimed() or victim.poll() is not None, 60, "a first claim")
+        time.sleep(0.5)  # the first creates are in flight (held by the proxy), the rest not begun
+        victim.send_signal(signal.SIGTERM)
+        _, stderr = victim.communicate(timeout=60)
+    try:
+        assert victim.returncode == ExitCode.TERMINATED, stderr
+        created = jobsets(cp, "halted")
+        assert 0 < len(created) < 10, stderr  # the creates in flight finished; the others never began
+        said = " ".join(stderr.split())
+        assert "terminated (SIGTERM)" in said and "error:" not in said, said
+        assert f"{len(created)} of 10 run(s) were created before it stopped, and run on" in said, said
+        # Every claim is its JobSet's (none holds a run for nobody), and there is one per JobSet.
+        owners = {o.name for lease in claimed() for o in lease.metadata.owner_references or []}
+        assert owners == {j["metadata"]["name"] for j in created} and len(claimed()) == len(created)
+        again = cli("sweep", str(path), kubeconfig=cp.kubeconfig)
+        assert again.exit_code == 0 and f"{10 - len(created)} created, {len(created)} unchanged" in again.stdout
+    finally:
+        cancel_all(path, cp.kubeconfig)
+        wait_gone(cp, "halted")
+
+
 def test_retries_through_a_faulty_api_never_duplicate(control_plane, tmp_path):
     cp = control_plane
     path = write_sweep(tmp_path, "flaky", points=3, duration="60s")

@@ -56,6 +56,8 @@ work = tempfile.mkdtemp()
 manifest = os.path.join(work, "manifest.yaml")
 with open(os.path.join(os.environ["XPK_CALLS"], str(os.getpid())), "w") as f:
     f.write(" ".join(sys.argv[1:]))
+if len(os.listdir(os.environ["XPK_CALLS"])) > int(os.environ.get("XPK_FAIL_AFTER", "1000")):
+    sys.exit("[XPK] Exiting XPKMain with error code 1: the project's TPU quota is exhausted")
 done = subprocess.run(["{xpk}", *sys.argv[1:], "--dry-run", "--skip-validation", "--output-manifest-file", manifest],
                       cwd=work, env={{**os.environ, "HOME": work}}, capture_output=True, text=True)
 if done.returncode != 0:
@@ -124,6 +126,28 @@ def test_xpk_creates_missing_points_once_and_follows_them(control_plane, tmp_pat
     deleted = runner.invoke(app, ["cancel", str(path), "--yes", "--kubeconfig", str(cp.kubeconfig)])
     assert deleted.exit_code == 0 and len(deleted.stdout.splitlines()) == 2, deleted.output
     assert all(line.startswith(("deleted ", "deleting ")) for line in deleted.stdout.splitlines())
+
+
+@pytest.mark.cluster
+def test_an_xpk_create_failing_midway_says_which_runs_it_created(control_plane, tmp_path, xpk_on_path, monkeypatch):
+    # The second `xpk workload create` failing printed its error alone: the first run, created, went on unsaid.
+    cp = control_plane
+    path = write_sweep(tmp_path, "halfxpk")
+    monkeypatch.setenv("XPK_FAIL_AFTER", "1")
+    try:
+        result = runner.invoke(app, ["sweep", str(path), "--kubeconfig", str(cp.kubeconfig)])
+        assert result.exit_code == 1, result.output
+        said = " ".join(result.stderr.split())
+        assert "`xpk workload create` failed" in said and "TPU quota is exhausted" in said, said
+        assert "1 of 2 run(s) were created before it stopped, and run on: `distillctl sweep` again creates" in said
+        assert len([j for j in _all_jobsets(cp) if j["metadata"]["name"].startswith("halfxpk-")]) == 1
+    finally:
+        runner.invoke(app, ["cancel", str(path), "--yes", "--kubeconfig", str(cp.kubeconfig)])
+        cp.wait_for(
+            lambda: not [j for j in _all_jobsets(cp) if j["metadata"]["name"].startswith("halfxpk-")],
+            120,
+            "the JobSet deleted",
+        )
 
 
 def _all_jobsets(cp) -> list[dict]:

@@ -24,6 +24,16 @@ DryRun = Literal["client", "server"]
 Submitted = Literal["created", "restarted", "exists", "failed", "dry-run"]
 
 
+def note_partial_submit(e: BaseException, created: int, total: int) -> None:
+    """Add to an exception that ends a submit midway (Ctrl-C, SIGTERM, an API error) how many runs it created:
+    they run on, and the message said nothing of them. The command line's boundary prints the note."""
+    if created and total > 1:
+        e.add_note(
+            f"{created} of {total} run(s) were created before it stopped, and run on: `distillctl sweep` again "
+            "creates the rest (none twice), `distillctl status` shows them"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class Orphan:
     """A run of this sweep for a run id the sweep file no longer has (an edited file): a JobSet on a cluster, a

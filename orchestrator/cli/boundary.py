@@ -31,14 +31,19 @@ def exit_code(e: BaseException) -> int | None:
     """Print what `e` means and return the exit code; None when `e` is not the boundary's to end (re-raise it)."""
     from orchestrator.cli import console
 
+    notes = getattr(e, "__notes__", ())  # what the command had done when it ended (runs created before a stop)
     if isinstance(e, DistillctlError):
         if isinstance(e, InvalidSpecError):
             for problem in e.problems:
                 console.print_problem(problem)
         console.print_error(e.message, e.hint)
+        for note in notes:
+            console.print_stopped(note)
         return int(e.exit_code)
     if isinstance(e, KeyboardInterrupt):
         console.print_stopped("terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted")
+        for note in notes:
+            console.print_stopped(note)
         return int(interrupted_code(e))
     if isinstance(e, BrokenPipeError):
         if not _stdout_closed():

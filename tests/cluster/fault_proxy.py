@@ -8,6 +8,7 @@ client certificate. Rules, matched in order against the method and path, make it
   never hears of it: a create that must not be repeated as a duplicate);
 * `hide_group`: forward, but remove an API group from discovery (a cluster without JobSet or Kueue installed);
 * `impersonate`: forward as another user (real RBAC answers: 403 for a user with no rights).
+* `delay`: forward after `delay` seconds (a slow API server: a command interrupted midway).
 
 Each rule fires `times` times (None: always). Everything it does is recorded in `events`. Requests are bounded by
 the test using it; the proxy serves only loopback.
@@ -21,6 +22,7 @@ import json
 import ssl
 import tempfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -31,7 +33,7 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length",
 
 @dataclasses.dataclass
 class Rule:
-    action: str  # status | drop | hide_group | impersonate
+    action: str  # status | drop | hide_group | impersonate | delay
     method: str | None = None
     path_contains: str | None = None
     status: int = 503
@@ -39,6 +41,7 @@ class Rule:
     group: str = ""
     user: str = ""
     times: int | None = 1
+    delay: float = 0.0
 
     def matches(self, method: str, path: str) -> bool:
         if self.times is not None and self.times <= 0:
@@ -144,6 +147,8 @@ class FaultProxy:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | {"host", "authorization"}}
         if rule is not None and rule.action == "impersonate":
             headers["Impersonate-User"] = rule.user
+        if rule is not None and rule.action == "delay":
+            time.sleep(rule.delay)
         connection = http.client.HTTPSConnection(*self._upstream, context=self._tls, timeout=60)
         try:
             connection.request(method, path, body=body, headers=headers)

@@ -34,7 +34,7 @@ from distillspec.contract import (
     exit_reason,
 )
 from distillspec.sweep import Target
-from orchestrator.backends import DryRun, LogRequest, Orphan, Submitted
+from orchestrator.backends import DryRun, LogRequest, Orphan, Submitted, note_partial_submit
 from orchestrator.backends.kubernetes import quota
 from orchestrator.backends.kubernetes.client import (
     CONNECTION_ERRORS,
@@ -182,7 +182,7 @@ class KubernetesBackend:
             raise CannotRunError(
                 f"Kueue LocalQueue {self.target.queue!r} points to ClusterQueue {name!r}, which does not exist: "
                 "no point would ever be admitted",
-                "create the ClusterQueue, or set target.queue to a LocalQueue whose ClusterQueue exists "
+                "create the ClusterQueue, or set target.queue (or --queue) to a LocalQueue whose ClusterQueue exists "
                 "(kubectl get localqueues -A shows each one's)",
                 reason="ClusterQueueMissing",
                 exit_code=ExitCode.NOT_ADMITTED,
@@ -373,8 +373,17 @@ class KubernetesBackend:
             for run in runs:
                 self.manifest(run)  # renders, or raises
             return {run.run_id: "dry-run" for run in runs}
-        with ThreadPoolExecutor(max_workers=CREATE_CONCURRENCY) as pool:
-            results = list(pool.map(lambda run: self._create(run, dry_run == "server"), runs))
+        pool = ThreadPoolExecutor(max_workers=CREATE_CONCURRENCY)
+        futures = [pool.submit(self._create, run, dry_run == "server") for run in runs]
+        try:
+            results = [future.result() for future in futures]
+        except BaseException as e:  # Ctrl-C, SIGTERM, an API error: what was created stays, and is said
+            # The creates in flight finish (each hands its claim to its JobSet); the ones not begun never start.
+            pool.shutdown(wait=True, cancel_futures=True)
+            done = [f.result() for f in futures if f.done() and not f.cancelled() and f.exception() is None]
+            note_partial_submit(e, done.count("created"), len(runs))
+            raise
+        pool.shutdown()
         return {run.run_id: result for run, result in zip(runs, results, strict=True)}
 
     def _create(self, run: Point, server_dry_run: bool) -> Submitted:

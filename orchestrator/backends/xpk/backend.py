@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Sequence
 
 from distillspec.problems import has_errors
-from orchestrator.backends import DryRun, Submitted
+from orchestrator.backends import DryRun, Submitted, note_partial_submit
 from orchestrator.backends.kubernetes.backend import JOBSET, KubernetesBackend, observe_jobset
 from orchestrator.backends.xpk import command as xpk_command
 from orchestrator.core.expansion import Expansion, Point
@@ -67,6 +67,14 @@ class XpkBackend(KubernetesBackend):
             return {}
         existing = self.observe(expansion)
         results: dict[str, Submitted] = {}
+        try:
+            self._create_each(runs, expansion, existing, results)
+        except BaseException as e:  # a failed `xpk workload create`, Ctrl-C: the runs created before it stay
+            note_partial_submit(e, list(results.values()).count("created"), len(runs))
+            raise
+        return results
+
+    def _create_each(self, runs, expansion, existing, results: dict[str, Submitted]) -> None:
         for run in runs:
             if run.run_id in existing:
                 results[run.run_id] = "exists"
@@ -92,4 +100,3 @@ class XpkBackend(KubernetesBackend):
                     f"the command was: {command.line}",
                 )
             results[run.run_id] = "created"
-        return results
