@@ -8,6 +8,7 @@ Kueue's queue. Pods "run" for `run_duration` (a pod annotation the kwok stages r
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -381,6 +382,21 @@ def test_unreachable_cluster_and_unknown_context(control_plane, tmp_path):
     assert result.exit_code == ExitCode.CLUSTER_UNREACHABLE and "use one of: distillctl-local" in result.stderr
     result = runner.invoke(app, ["status", str(path), "--kubeconfig", str(tmp_path / "missing")])
     assert result.exit_code == ExitCode.CLUSTER_UNREACHABLE and "no kubeconfig" in result.stderr
+
+
+def test_a_kubeconfig_list_skips_missing_and_empty_files_as_kubectl_does(control_plane, tmp_path, monkeypatch):
+    # KUBECONFIG=empty:real (a placeholder some tool created) was refused, "file is empty", exit 5.
+    path = write_sweep(tmp_path, "listed", points=1)
+    empty = tmp_path / "empty-kubeconfig"
+    empty.write_text("\n")
+    listed = os.pathsep.join([str(empty), str(tmp_path / "missing"), str(control_plane.kubeconfig)])
+    monkeypatch.setenv("KUBECONFIG", listed)
+    result = runner.invoke(app, ["status", str(path)])
+    assert result.exit_code == 0 and "NotCreated" in result.stdout, result.output
+    monkeypatch.setenv("KUBECONFIG", os.pathsep.join([str(empty), str(empty)]))
+    result = runner.invoke(app, ["status", str(path)])
+    assert result.exit_code == ExitCode.CLUSTER_UNREACHABLE, result.output
+    assert "every kubeconfig KUBECONFIG lists is empty or missing" in result.stderr
 
 
 def test_a_queue_that_does_not_exist_never_admits(control_plane, tmp_path):

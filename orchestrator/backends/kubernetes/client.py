@@ -119,6 +119,16 @@ def connect(access: ClusterAccess, default_namespace: str | None = None, retry: 
                     "point --kubeconfig (or KUBECONFIG) at your cluster's kubeconfig, e.g. from "
                     "`gcloud container clusters get-credentials`, or `make cluster-up` for the local test cluster",
                 )
+            if path is None and len(from_env) > 1:
+                # kubectl merges the files that exist and skips empty ones (a placeholder a tool created); the
+                # client refused the whole list for one empty file ("file is empty", exit 5).
+                path = os.pathsep.join(p for p in from_env if os.path.exists(p) and _has_content(p))
+                if not path:
+                    raise ClusterError(
+                        f"every kubeconfig KUBECONFIG lists is empty or missing: {', '.join(from_env)}",
+                        "point KUBECONFIG (or --kubeconfig) at your cluster's kubeconfig, e.g. from "
+                        "`gcloud container clusters get-credentials`",
+                    )
             contexts, current = config.list_kube_config_contexts(config_file=path)
             names = [c["name"] for c in contexts]
             if access.context and access.context not in names:
@@ -156,6 +166,14 @@ def connect(access: ClusterAccess, default_namespace: str | None = None, retry: 
         ) from None
     configuration.retries = False  # retries are ours, with backoff and error mapping
     return Cluster(client.ApiClient(configuration), namespace or "default", retry or Retry(), configuration.host)
+
+
+def _has_content(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return bool(f.read(4096).strip())
+    except OSError:
+        return True  # a folder or an unreadable file: let the loader say what it is
 
 
 def _first_line(e: BaseException) -> str:
