@@ -384,33 +384,23 @@ def _riding_out_outages(statuses):
     """`statuses` for `status --watch`: while the API server does not answer (a control-plane upgrade), the last
     statuses again, said on stderr, for up to `follow.OUTAGE_SECONDS`; then its error (exit 5)."""
     from orchestrator.cli import console
-    from orchestrator.core.follow import OUTAGE_SECONDS
+    from orchestrator.core.follow import Outage
     from orchestrator.errors import DistillctlError
-    from orchestrator.exit_codes import ExitCode
 
+    def tell(message: str) -> None:
+        console.err.print(f"{time.strftime('%H:%M:%S')} {message}", markup=False, highlight=False)
+
+    outage = Outage(tell)
     last: list = [None]
-    down_since: list = [None]
 
     def tolerant():
         try:
             current = statuses()
         except DistillctlError as e:
-            now = time.monotonic()
-            if e.exit_code != ExitCode.CLUSTER_UNREACHABLE or last[0] is None:
-                raise
-            if down_since[0] is None:
-                down_since[0] = now
-                console.err.print(
-                    f"{time.strftime('%H:%M:%S')} {e.message}; retrying for up to {OUTAGE_SECONDS / 60:g} minutes",
-                    markup=False,
-                    highlight=False,
-                )
-            elif now - down_since[0] > OUTAGE_SECONDS:
+            if last[0] is None or not outage.rides_out(e):  # the first look has nothing to show again
                 raise
             return last[0]
-        if down_since[0] is not None:
-            console.err.print(f"{time.strftime('%H:%M:%S')} the API server answers again", markup=False)
-            down_since[0] = None
+        outage.answered()
         last[0] = current
         return current
 

@@ -32,6 +32,38 @@ ADMITTED = (Phase.RUNNING, Phase.RESTARTING, Phase.STALLED, Phase.STUCK)  # phas
 OUTAGE_SECONDS = 900.0  # how long a follower waits for an API server that stopped answering
 
 
+class Outage:
+    """An API server that stopped answering (a control-plane upgrade lasts minutes while the runs go on): waited
+    for up to `limit` seconds; `tell` is told when it went and when it is back."""
+
+    def __init__(
+        self,
+        tell: Callable[[str], None],
+        *,
+        limit: float = OUTAGE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.tell, self.limit, self.clock = tell, limit, clock
+        self.since: float | None = None
+
+    def rides_out(self, e: DistillctlError) -> bool:
+        """Whether to wait and look again after `e` (else the caller raises it): only while the cluster is
+        unreachable, and not for longer than the limit."""
+        if e.exit_code != ExitCode.CLUSTER_UNREACHABLE:
+            return False
+        now = self.clock()
+        if self.since is None:
+            self.since = now
+            self.tell(f"{e.message}; retrying for up to {self.limit / 60:g} minutes (the runs go on)")
+            return True
+        return now - self.since <= self.limit
+
+    def answered(self) -> None:
+        if self.since is not None:
+            self.tell(f"the API server answers again, after {self.clock() - self.since:.0f} s")
+            self.since = None
+
+
 class Outcome(enum.StrEnum):
     SUCCEEDED = "succeeded"  # every run succeeded
     FAILED = "failed"  # every run ended (or is blocked by a failed prerequisite), some did not succeed
@@ -79,26 +111,18 @@ def follow(
     `OUTAGE_SECONDS` (`on_outage` is told when it goes and when it is back)."""
     deadline = None if timeout is None else clock() + timeout
     seen: set[str] = set()  # runs this follower saw exist
-    down_since: float | None = None
+    outage = Outage(on_outage, clock=clock)
     while True:
         try:
             state = look(expansion, backend, now=wall(), stall_after=stall_after, strict_outputs=False)  # as launch
         except DistillctlError as e:
-            # A control-plane upgrade leaves the API server unreachable for minutes while the runs go on: a
-            # follower that gave up after 7 s ended a multi-day `--wait` (and CI's job) with exit 5.
-            now = clock()
-            if e.exit_code != ExitCode.CLUSTER_UNREACHABLE or (deadline is not None and now > deadline):
-                raise
-            if down_since is None:
-                down_since = now
-                on_outage(f"{e.message}; retrying for up to {OUTAGE_SECONDS / 60:g} minutes (the runs go on)")
-            elif now - down_since > OUTAGE_SECONDS:
+            # A follower that gave up after 7 s of a control-plane upgrade ended a multi-day `--wait` (and CI's
+            # job) with exit 5.
+            if (deadline is not None and clock() > deadline) or not outage.rides_out(e):
                 raise
             sleep(poll)
             continue
-        if down_since is not None:
-            on_outage(f"the API server answers again, after {clock() - down_since:.0f} s")
-            down_since = None
+        outage.answered()
         statuses = state.statuses
         # A run seen existing that is gone (deleted, or stopped with a checkpoint) was stopped on purpose: `cancel`,
         # a supervisor told to stop. Created again here, a cancel was undone within a poll. Runs lost to a crash
