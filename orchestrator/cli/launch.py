@@ -508,7 +508,7 @@ def _warn_orphans(expansion, backend) -> None:
     from distillspec.problems import Problem
     from orchestrator.cli import console
 
-    others = backend.other_images(expansion) if hasattr(backend, "other_images") else {}
+    orphans, others = backend.leftovers(expansion) if hasattr(backend, "leftovers") else ([], {})
     for image, count in sorted(others.items()):
         console.warn_once(
             Problem(
@@ -519,7 +519,6 @@ def _warn_orphans(expansion, backend) -> None:
                 severity="warning",
             )
         )
-    orphans = backend.orphans(expansion) if hasattr(backend, "orphans") else []
     if orphans:
         listed = ", ".join(f"{o.name} ({o.state})" for o in orphans[:10]) + (" ..." if len(orphans) > 10 else "")
         what, does = _orphan_words(expansion)

@@ -356,8 +356,10 @@ class KubernetesBackend:
         nothing shows or cancels them otherwise, and they keep holding Kueue quota until they finish."""
         return find_orphans(self._jobsets(), expansion)
 
-    def other_images(self, expansion: Expansion) -> dict[str, int]:
-        return other_images(self._jobsets(), expansion)
+    def leftovers(self, expansion: Expansion) -> tuple[list[Orphan], dict[str, int]]:
+        """The orphans, and the sweep's JobSets that run another image (counted by image), from one listing."""
+        jobsets = self._jobsets()
+        return find_orphans(jobsets, expansion), other_images(jobsets, expansion)
 
     # --- submitting ---------------------------------------------------------------------------------------
 

@@ -195,6 +195,10 @@ class LocalBackend:
             if claim.sweep == expansion.sweep.name and claim.run_id not in wanted
         ]
 
+    def leftovers(self, expansion: Expansion) -> tuple[list[Orphan], dict[str, int]]:
+        """The orphans; a local run has no image of its own."""
+        return self.orphans(expansion), {}
+
     def delete_orphans(self, names: Sequence[str]) -> list[str]:
         """`cancel --orphans`: stop the runs `orphans` named (a trainer saves its checkpoint; a queued run is never
         started)."""
