@@ -414,6 +414,33 @@ def test_a_priority_class_that_does_not_exist_is_refused_before_anything_is_crea
     assert not jobsets(control_plane, "nopriority")
 
 
+def test_a_workload_priority_class_that_does_not_exist_is_refused_and_one_that_does_is_used(control_plane, tmp_path):
+    # Kueue makes no Workload for such a JobSet: the run sat `Queued (Suspended)` for ever with no reason.
+    cp = control_plane
+    custom = client.CustomObjectsApi(cp.client)
+    path = write_sweep(tmp_path, "wpc", points=1, duration="10m")
+    path.write_text(path.read_text() + "  workload_priority_class: research\n")
+    result = cli("sweep", str(path), kubeconfig=cp.kubeconfig)
+    assert result.exit_code == ExitCode.REJECTED, result.output
+    said = " ".join(result.stderr.split())
+    assert "Kueue WorkloadPriorityClass 'research' does not exist" in said and "workload_priority_class" in said
+    assert not jobsets(cp, "wpc")
+    body = {"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "WorkloadPriorityClass", "metadata": {"name": "research"}}
+    custom.create_cluster_custom_object("kueue.x-k8s.io", "v1beta1", "workloadpriorityclasses", {**body, "value": 100})
+    try:
+        result = cli("sweep", str(path), kubeconfig=cp.kubeconfig)
+        assert result.exit_code == 0 and "1 created" in result.stdout, result.output
+        cp.wait_for(
+            lambda: {r["phase"] for r in status_rows(path, cp.kubeconfig).values()} <= {"Running", "Succeeded"},
+            60,
+            "Kueue to admit the run with its priority",
+        )
+    finally:
+        cancel_all(path, cp.kubeconfig)
+        wait_gone(cp, "wpc")
+        custom.delete_cluster_custom_object("kueue.x-k8s.io", "v1beta1", "workloadpriorityclasses", "research")
+
+
 def test_a_request_above_the_quota_is_refused_before_anything_is_created(control_plane, tmp_path):
     # A suspended JobSet still gets one Job per slice at once: 100000 slices made ~40,000 Jobs before Kueue spoke.
     cp = control_plane

@@ -128,7 +128,11 @@ def test_role_grants_exactly_what_the_controller_calls(helm):
     (cluster_role,) = [d for d in template(helm) if d["kind"] == "ClusterRole"]
     assert cluster_role["rules"] == [
         {"apiGroups": ["scheduling.k8s.io"], "resources": ["priorityclasses"], "verbs": ["get", "list"]},
-        {"apiGroups": ["kueue.x-k8s.io"], "resources": ["clusterqueues", "resourceflavors"], "verbs": ["get", "list"]},
+        {
+            "apiGroups": ["kueue.x-k8s.io"],
+            "resources": ["clusterqueues", "resourceflavors", "workloadpriorityclasses"],
+            "verbs": ["get", "list"],
+        },
     ]
 
 

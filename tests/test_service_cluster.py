@@ -213,6 +213,7 @@ def test_chart_role_allows_what_the_controller_uses_and_nothing_else(control_pla
     assert _review(cp, "get", "priorityclasses", "scheduling.k8s.io", namespace=None)  # cluster-scoped, read only
     assert _review(cp, "get", "clusterqueues", "kueue.x-k8s.io", namespace=None)
     assert _review(cp, "list", "resourceflavors", "kueue.x-k8s.io", namespace=None)
+    assert _review(cp, "get", "workloadpriorityclasses", "kueue.x-k8s.io", namespace=None)
     assert _review(cp, "update", "leases", "coordination.k8s.io", name=LEASE)
     denied = [
         ("get", "secrets", "", NS, ""),

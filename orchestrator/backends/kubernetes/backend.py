@@ -137,6 +137,8 @@ class KubernetesBackend:
             self._check_quota(str((local_queue.get("spec") or {}).get("clusterQueue") or ""))
         if self.target.priority:
             self._check_priority_class(self.target.priority)
+        if self.target.workload_priority_class and KUEUE_GROUP in groups:
+            self._check_workload_priority_class(self.target.workload_priority_class, groups[KUEUE_GROUP][0])
         self._check_secrets()
 
     def _check_secrets(self) -> None:
@@ -234,6 +236,36 @@ class KubernetesBackend:
                 "set target.priority (or --priority) to an existing PriorityClass"
                 + (f" ({', '.join(known)})" if known else " (kubectl get priorityclasses)"),
                 reason="PriorityClassMissing",
+                exit_code=ExitCode.REJECTED,
+            ) from None
+
+    def _check_workload_priority_class(self, name: str, version: str) -> None:
+        """Kueue makes no Workload for a JobSet whose WorkloadPriorityClass does not exist: the run sat suspended for
+        ever, `Queued (Suspended)` with no reason (Kueue says it only in its own log). Said before creating one; a
+        caller not allowed to read them (cluster-scoped) is not stopped."""
+        try:
+            self.cluster.custom.get_cluster_custom_object(
+                KUEUE_GROUP, version, "workloadpriorityclasses", name, _request_timeout=30
+            )
+        except ApiException as e:
+            if e.status == 403:
+                return
+            if e.status != 404:
+                raise api_error("read the Kueue WorkloadPriorityClass", e, self.cluster) from None
+            try:
+                listing = self.cluster.custom.list_cluster_custom_object(
+                    KUEUE_GROUP, version, "workloadpriorityclasses", _request_timeout=30
+                )
+                known = sorted(c["metadata"]["name"] for c in listing.get("items", []))
+            except ApiException:
+                known = []
+            raise CannotRunError(
+                f"Kueue WorkloadPriorityClass {name!r} does not exist: Kueue would never queue a run of this sweep "
+                "(each would stay suspended)",
+                "set target.workload_priority_class to an existing one"
+                + (f" ({', '.join(known)})" if known else " (kubectl get workloadpriorityclasses)")
+                + ", or drop it",
+                reason="WorkloadPriorityClassMissing",
                 exit_code=ExitCode.REJECTED,
             ) from None
 
