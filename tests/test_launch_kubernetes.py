@@ -441,6 +441,35 @@ def test_a_workload_priority_class_that_does_not_exist_is_refused_and_one_that_d
         custom.delete_cluster_custom_object("kueue.x-k8s.io", "v1beta1", "workloadpriorityclasses", "research")
 
 
+def test_a_run_preempted_by_a_higher_priority_run_says_so_and_runs_again_after_it(control_plane, tmp_path):
+    # Kueue's eviction read "Queued (Pending): ... insufficient unused quota, 128 more needed", as if the run had
+    # never started: nothing said it was preempted, or that it resumes from its checkpoint.
+    cp = control_plane
+    low = write_sweep(tmp_path, "lowp", points=1, duration="10m")
+    low.write_text(low.read_text().replace("priority: medium", "priority: low"))
+    high = write_sweep(tmp_path, "highp", points=1, duration="15s")
+    high.write_text(high.read_text().replace("priority: medium", "priority: high"))
+    try:
+        assert cli("sweep", str(low), kubeconfig=cp.kubeconfig).exit_code == 0
+        phases = lambda path: [
+            (r["phase"], r["reason"], r["message"]) for r in status_rows(path, cp.kubeconfig).values()
+        ]  # noqa: E731
+        cp.wait_for(lambda: phases(low)[0][0] == "Running", 60, "the low-priority run to start")
+        assert cli("sweep", str(high), kubeconfig=cp.kubeconfig).exit_code == 0  # the quota fits one run
+        cp.wait_for(lambda: phases(low)[0][:2] == ("Queued", "Preempted"), 60, "Kueue to preempt the low run")
+        ((_, _, message),) = phases(low)
+        assert message.startswith("evicted by Kueue (Preempted to accommodate a workload"), message
+        assert "resumes from its last checkpoint when admitted again, meanwhile: " in message, message
+        shown = " ".join(cli("status", str(low), kubeconfig=cp.kubeconfig).stdout.split())
+        assert "Queued (Preempted)" in shown and "evicted by Kueue" in shown  # the why column says it
+        cp.wait_for(lambda: phases(high)[0][0] == "Succeeded", 90, "the high-priority run to finish")
+        cp.wait_for(lambda: phases(low)[0][0] == "Running", 60, "the low run to be admitted again")
+    finally:
+        for path, name in ((low, "lowp"), (high, "highp")):
+            cancel_all(path, cp.kubeconfig)
+            wait_gone(cp, name)
+
+
 def test_a_request_above_the_quota_is_refused_before_anything_is_created(control_plane, tmp_path):
     # A suspended JobSet still gets one Job per slice at once: 100000 slices made ~40,000 Jobs before Kueue spoke.
     cp = control_plane

@@ -1032,10 +1032,22 @@ def observe_jobset(jobset: dict, workload: dict | None, stuck: tuple[PodProblem,
     reason = message = ""
     if suspended:
         reason, message = "WaitingForKueue", "the JobSet is suspended and Kueue has not admitted it yet"
-        for condition in ((workload or {}).get("status") or {}).get("conditions") or []:
+        workload_conditions = ((workload or {}).get("status") or {}).get("conditions") or []
+        for condition in workload_conditions:
             if condition.get("type") in ("QuotaReserved", "Admitted") and condition.get("status") == "False":
                 reason, message = condition.get("reason", reason), condition.get("message", message)
                 break
+        evicted = next(
+            (c for c in workload_conditions if c.get("type") == "Evicted" and c.get("status") == "True"), None
+        )
+        if evicted:
+            # Kueue took its quota back (a higher-priority run, a timeout): it read "Queued (Pending) ... 128 more
+            # needed", as if it had never run; its pods were stopped and it resumes from its last checkpoint.
+            reason = evicted.get("reason") or "Evicted"
+            message = (
+                f"evicted by Kueue ({evicted.get('message', '')}); resumes from its last checkpoint when admitted "
+                f"again, meanwhile: {message}"
+            )
     metadata = jobset.get("metadata") or {}
     resumed = next(
         (c for c in status.get("conditions") or [] if c.get("type") == "Suspended" and c.get("status") == "False"), None
