@@ -81,6 +81,9 @@ def test_completed_and_reused_outputs():
 def test_diverged_beats_failed():
     failed = Observation(exists=True, conditions=(Condition("Failed", "True", "PodFailurePolicy"),))
     assert status(failed, outputs({"status": "diverged"})).phase == "Diverged"
+    # The trainer names the first step that was not finite (the summary's step is where the check saw it).
+    said = {"status": "diverged", "step": 50, "message": "the loss became NaN or infinite at step 37"}
+    assert status(failed, outputs(said)).message == "the loss became NaN or infinite at step 37"
 
 
 def test_a_run_being_deleted_is_pending_and_waited_for():

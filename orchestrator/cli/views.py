@@ -81,7 +81,8 @@ _WAITING_FOR_YOU = (
 def _says_why(s: RunStatus) -> bool:
     if not s.message:
         return False
-    if s.phase in (Phase.STUCK, Phase.FAILED, Phase.QUEUED):  # Kueue's words: which quota, how much more
+    # Kueue's words (which quota, how much more), the failure, the first step that was not finite
+    if s.phase in (Phase.STUCK, Phase.FAILED, Phase.DIVERGED, Phase.QUEUED):
         return True
     return s.phase == Phase.PENDING and (s.reason in _WAITING_FOR_YOU or s.reason == PendingReason.CLAIMED)
 

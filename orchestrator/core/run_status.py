@@ -178,8 +178,9 @@ def derive(
         return stopped_status(outputs.stopped, **common)
     if observation.deleting:
         return RunStatus(Phase.PENDING, PendingReason.DELETING, "the previous run is still being deleted", **common)
-    if verdict == "diverged":
-        return RunStatus(Phase.DIVERGED, DivergedReason.LOSS_NOT_FINITE, "the loss became NaN or infinite", **common)
+    if verdict == "diverged":  # the trainer's words name the first step that was not finite
+        said = str(final.get("message") or "") or "the loss became NaN or infinite"
+        return RunStatus(Phase.DIVERGED, DivergedReason.LOSS_NOT_FINITE, said, **common)
     if failed := observation.condition("Failed"):
         message = failed.message
         said = str(final.get("message") or "") if verdict == "failed" else ""  # the trainer's own words, this attempt
