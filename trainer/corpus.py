@@ -41,6 +41,11 @@ EPOCH = "__epoch__"  # a repeated corpus's pass this record belongs to: 0, 1, ..
 log = logging.getLogger(__name__)
 
 
+def worth_a_note(count: int) -> bool:
+    """1, 10, 100, ...: how often a repeating condition is said in the log (once, then ever more rarely)."""
+    return str(count).rstrip("0") == "1"
+
+
 class EpochNotes:
     """Says (a warning in the trainer's log) when a repeated corpus starts another pass: a small corpus went round
     and round without a word, and a run that trains on the same documents many times overfits them. At the second
@@ -53,7 +58,7 @@ class EpochNotes:
     def note(self, record: dict[str, Any]) -> dict[str, Any]:
         epoch = record.get(EPOCH, 0)
         passes = epoch + 1
-        if self.epoch is not None and epoch > self.epoch and (passes == 2 or str(passes).rstrip("0") == "1"):
+        if self.epoch is not None and epoch > self.epoch and (passes == 2 or worth_a_note(passes)):
             log.warning(
                 "the training data (%s) has been read %d time(s) through: starting pass %d over the same documents",
                 self.path,

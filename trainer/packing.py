@@ -25,7 +25,7 @@ import grain
 import numpy as np
 
 from distillspec.config import DataSpec
-from trainer.corpus import WHERE
+from trainer.corpus import WHERE, worth_a_note
 from trainer.exit_codes import UserError
 
 Tokenize = Callable[[str], np.ndarray]
@@ -50,7 +50,7 @@ class SplitDocuments:
         if self.seen_all:
             return
         self.count += 1
-        if str(self.count).rstrip("0") == "1":  # 1, 10, 100, ...
+        if worth_a_note(self.count):
             log.warning(
                 "%d document(s) longer than a row of %d tokens were split over rows so far (e.g. %s: %d tokens); "
                 "each piece is trained on, attending only within itself",
