@@ -362,3 +362,29 @@ def test_a_relative_path_a_clusters_pods_would_read_is_a_warning_at_its_line(tmp
     assert before.message.startswith("prerequisite 'teacher': 'c.txt' is a relative path")
     local = sweep_data(spec="spec.yaml", target={"kind": "local", "output_base": str(tmp_path / "runs")})
     assert not [p for p in expanded(tmp_path, local).problems if p.code == "relative_path_on_cluster"]
+
+
+def test_a_mesh_or_batch_the_targets_chips_cannot_hold_is_an_error_before_launch(tmp_path):
+    # The trainer checks these at start-up: `plan` said fit ok and `sweep` launched a mesh needing 256 devices on
+    # 128 chips (or 0.5 rows per device on 128), found only once Kueue had admitted it and every pod exited 1.
+    write(tmp_path, {**SPEC, "mesh": {"data": 2, "fsdp": 128}}, "spec.yaml")
+    result = expanded(tmp_path, sweep_data(spec="spec.yaml"))
+    (mesh,) = [p for p in result.problems if p.code == "layout_does_not_fit"]
+    assert mesh.is_error and mesh.loc == ("mesh",) and mesh.file.endswith("spec.yaml") and mesh.line is not None
+    assert "on 2 × v5p-128 (128 chips): mesh {'data': 2, 'fsdp': 128, 'tensor': 1} needs 256 devices" in mesh.message
+    assert not result.runs
+    # A batch size from an axis: named at the axis, with the point's values and the sizes that do fit.
+    axis = sweep_data(axes={"batch.per_device_batch_size": [1, 0.5]})
+    (batch,) = [p for p in expanded(tmp_path, axis).problems if p.code == "layout_does_not_fit"]
+    assert batch.loc[0] == "axes" and batch.file.endswith("sweep.yaml") and batch.line is not None, batch
+    assert "point 1 (batch.per_device_batch_size=0.5)" in batch.message, batch.message
+    assert "gives 64 rows, which the data × fsdp mesh axes (128) do not divide" in batch.message
+    assert batch.hint.endswith("e.g. 1, 2")
+    # A mesh set in the sweep's overrides: named there.
+    fixed = sweep_data(overrides={"mesh.data": 3, "mesh.fsdp": -1})
+    (split,) = [p for p in expanded(tmp_path, fixed).problems if p.code == "layout_does_not_fit"]
+    assert "do not divide the 128 devices" in split.message and split.loc[0] == "overrides", split
+    # The same file fits the default mesh (data across slices, FSDP within) and every local run (this machine's).
+    assert not [p for p in expanded(tmp_path, sweep_data()).problems if p.code == "layout_does_not_fit"]
+    local = sweep_data(spec="spec.yaml", target={"kind": "local", "output_base": str(tmp_path / "runs")})
+    assert not [p for p in expanded(tmp_path, local).problems if p.code == "layout_does_not_fit"]

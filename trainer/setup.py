@@ -9,7 +9,6 @@ device only ever holds its shards.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from distillspec import layout
 from distillspec.config import DistillSpec, ModelSpec
 from distillspec.hf_config import HUB_ID, beyond_max_position, hub_download_hint, unexpanded_home, weights_missing
 from distillspec.loss_choice import fused_loss_wanted
@@ -61,24 +61,11 @@ class Built:
 
 def global_rows(spec: DistillSpec, mesh: Mesh) -> int:
     """Rows of one micro-batch across all devices; raises UserError unless the batch axes divide them."""
-    per_device = spec.batch.per_device_batch_size
-    exact = per_device * mesh.size
-    rows = math.floor(exact + 1e-9)
-    split = mesh.shape["data"] * mesh.shape["fsdp"]
-    if rows < 1 or abs(exact - rows) > 1e-9:  # 1.5 rows trained 1, silently
-        raise UserError(
-            f"batch.per_device_batch_size {per_device} on {mesh.size} devices gives {exact:g} rows: "
-            + ("a micro-batch needs at least one" if rows < 1 else "a row cannot be split"),
-            f"pick a per_device_batch_size whose product with the device count ({mesh.size}) is a whole number of "
-            "rows, e.g. " + ", ".join(f"{n / mesh.size:g}" for n in (split, 2 * split)),
-        )
-    if rows % split:
-        raise UserError(
-            f"batch.per_device_batch_size {spec.batch.per_device_batch_size} on {mesh.size} devices gives {rows} rows, "
-            f"which the data × fsdp mesh axes ({split}) do not divide",
-            "pick a per_device_batch_size whose product with the device count is a multiple of data × fsdp",
-        )
-    return rows
+    shape = (mesh.shape["data"], mesh.shape["fsdp"], mesh.shape["tensor"])
+    try:
+        return layout.global_rows(spec.batch.per_device_batch_size, shape)
+    except layout.LayoutError as e:
+        raise UserError(e.message, e.hint) from None
 
 
 def param_shardings(abstract_state: nnx.State, mesh: Mesh) -> Any:

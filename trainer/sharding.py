@@ -19,10 +19,11 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
+from distillspec import layout
 from distillspec.config import MeshSpec
 from trainer.exit_codes import UserError
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = layout.MESH_AXES
 BATCH_AXES = ("data", "fsdp")  # the mesh axes that split a batch's rows (tokens)
 
 # logical name -> mesh axes (a tuple shards one dimension over several axes; None replicates)
@@ -48,22 +49,11 @@ LOGICAL_RULES: dict[str, tuple[str, ...] | None] = {
 
 def mesh_shape(spec: MeshSpec, num_devices: int, slices: int = 1) -> tuple[int, int, int]:
     """Axis sizes (data, fsdp, tensor) with unset axes decided for `slices` slices (`MeshSpec.resolved_axes`) and
-    the -1 axis filled; raises UserError when they do not fit."""
-    sizes = list(spec.resolved_axes(slices))
-    fixed = math.prod(s for s in sizes if s != -1)
-    if -1 in sizes:
-        if num_devices % fixed:
-            raise UserError(
-                f"mesh axes {dict(zip(MESH_AXES, sizes))} do not divide the {num_devices} devices",
-                "choose mesh axis sizes whose product divides the device count",
-            )
-        sizes[sizes.index(-1)] = num_devices // fixed
-    if math.prod(sizes) != num_devices:
-        raise UserError(
-            f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, but {num_devices} are present",
-            "set one mesh axis to -1 to take the remaining devices",
-        )
-    return tuple(sizes)  # type: ignore[return-value]
+    the -1 axis filled; raises UserError when they do not fit (`distillspec.layout`, which `plan` applies too)."""
+    try:
+        return layout.mesh_shape(spec, num_devices, slices)
+    except layout.LayoutError as e:
+        raise UserError(e.message, e.hint) from None
 
 
 def slice_count(devices: Sequence[jax.Device]) -> int:
@@ -92,18 +82,10 @@ def make_mesh(spec: MeshSpec, devices: Sequence[jax.Device] | None = None) -> Me
 
 
 def _dcn_split(shape: tuple[int, int, int], slices: int) -> tuple[int, int, int]:
-    """How many slices each axis spans (their product is `slices`): data first, then fsdp, then tensor."""
-    left, out = slices, []
-    for size in shape:
-        across = math.gcd(size, left)
-        out.append(across)
-        left //= across
-    if left != 1:
-        raise UserError(
-            f"mesh {dict(zip(MESH_AXES, shape))} cannot be split over {slices} slices",
-            "make the data axis (or data × fsdp) a multiple of the slice count",
-        )
-    return tuple(out)  # type: ignore[return-value]
+    try:
+        return layout.dcn_split(shape, slices)
+    except layout.LayoutError as e:
+        raise UserError(e.message, e.hint) from None
 
 
 def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> PartitionSpec:

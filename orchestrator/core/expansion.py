@@ -20,8 +20,8 @@ import math
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from distillspec import layout, spec_paths, tpu
 from distillspec import logit_cache_manifest as logit_cache
-from distillspec import spec_paths, tpu
 from distillspec.config import DOCUMENT_SOURCES, DistillSpec
 from distillspec.problems import Loc, Problem, has_errors
 from distillspec.specfile import validate_data
@@ -204,6 +204,7 @@ def expand(source: SweepSource, *, max_points: int | None = DEFAULT_MAX_POINTS) 
             found += [source.locate(p) for p in _seed_problems(sweep, point.spec)]
             found += [source.locate(p) for p in _cache_problems(point.spec, prerequisites)]
             found += _relative_path_problems(sweep, source, point.spec)
+            found += _layout_problems(sweep, source, point.spec)
         for p in found:
             grouped.setdefault((p.loc, p.file, p.line, p.column, p.code, p.message, p.hint, p.severity), []).append(
                 _label(draft.index, draft.axis_values, draft.is_baseline)
@@ -276,11 +277,6 @@ def _relative_path_problems(
         ("eval", "path"): spec.eval.path if files and spec.eval is not None else None,
         ("offline_data_dir",): spec.offline_data_dir,
     }
-    if prerequisite is None:
-        spec_source, settings = source.base, {"overrides": sweep.overrides, "axes": sweep.axes}
-    else:
-        spec_source = source.prerequisites[prerequisite]
-        settings = {("prerequisites", prerequisite, "overrides"): sweep.prerequisites[prerequisite].overrides}
     found = []
     for loc, path in paths.items():
         if not path or path.startswith(("/", "~")) or is_remote(path):
@@ -294,13 +290,51 @@ def _relative_path_problems(
             "use a bucket (gs://my-bucket/...) or an absolute path on a volume target.volumes mounts",
             severity="warning",
         )
-        dotted = ".".join(loc)
-        where = next((at for at, values in settings.items() if dotted in values), None)
-        if where is None:
-            found.append(spec_source.locate(problem))
-        else:
-            found.append(source.locate(dataclasses.replace(problem, loc=(*_tuple(where), dotted))))
+        found.append(_where_set(sweep, source, problem, prerequisite))
     return found
+
+
+def _where_set(sweep: Sweep, source: SweepSource, problem: Problem, prerequisite: str | None = None) -> Problem:
+    """`problem` (its loc a spec field) located where the sweep file sets that field (a point's overrides or axes,
+    or `prerequisite`'s overrides), else in the spec file."""
+    if prerequisite is None:
+        spec_source, settings = source.base, {"overrides": sweep.overrides, "axes": sweep.axes}
+    else:
+        spec_source = source.prerequisites[prerequisite]
+        settings = {("prerequisites", prerequisite, "overrides"): sweep.prerequisites[prerequisite].overrides}
+    assert spec_source is not None
+    for depth in range(len(problem.loc), 0, -1):  # `batch.per_device_batch_size`, or the whole `batch` block
+        dotted = ".".join(problem.loc[:depth])
+        for at, values in settings.items():
+            # the field itself, or (for a block such as `mesh`) the first of its fields the file sets
+            key = next((k for k in values if k == dotted or k.startswith(dotted + ".")), None)
+            if key is not None:
+                return source.locate(dataclasses.replace(problem, loc=(*_tuple(at), key)))
+    return spec_source.locate(problem)
+
+
+def _layout_problems(
+    sweep: Sweep, source: SweepSource, spec: DistillSpec, prerequisite: str | None = None
+) -> list[Problem]:
+    """The trainer's start-up check of the mesh and the batch (`distillspec.layout`) against the target's chips:
+    a mesh the slices cannot hold, or a per_device_batch_size that splits a row, was found only once Kueue had
+    admitted the run and every pod exited 1."""
+    target = sweep.target
+    if not target.on_cluster or target.tpu_type is None:
+        return []  # a local run's device count is the machine's
+    devices = tpu.lookup(target.tpu_type).chips * target.slices
+    try:
+        layout.check(spec.mesh, spec.batch.per_device_batch_size, devices, target.slices)
+    except layout.LayoutError as e:
+        where = f"{target.slices} × {target.tpu_type} ({devices} chips)"
+        problem = Problem(
+            e.field,
+            "layout_does_not_fit",
+            ("" if prerequisite is None else f"prerequisite {prerequisite!r}: ") + f"on {where}: {e.message}",
+            e.hint,
+        )
+        return [_where_set(sweep, source, problem, prerequisite)]
+    return []
 
 
 def _tuple(key: str | tuple[str, ...]) -> tuple[str, ...]:
@@ -580,6 +614,7 @@ def _prerequisites(sweep: Sweep, source: SweepSource) -> tuple[tuple[Point, ...]
         ]
         if spec is not None:
             problems += _relative_path_problems(sweep, source, spec, prerequisite=name)
+            problems += _layout_problems(sweep, source, spec, prerequisite=name)
             point = _finish(
                 sweep, spec, index=i, axis_values={}, is_baseline=False, depends_on=depends_on, prerequisite=name
             )
