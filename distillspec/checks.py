@@ -25,9 +25,32 @@ def check(spec: DistillSpec) -> list[Problem]:
         _global_layers,
         _data,
         _mesh,
+        _hub_checkpoints,
     ):
         problems.extend(rule(spec))
     return problems
+
+
+def _hub_checkpoints(spec: DistillSpec) -> list[Problem]:
+    """An `hf://` checkpoint path: the trainer reads folders and buckets, never the Hub (`--check-paths` crashed
+    asking the Hub from a machine without network; the pods would have failed the same way)."""
+    out = []
+    for side in ("student", "teacher"):
+        block = getattr(spec, side)
+        path = getattr(block, "load_parameters_path", None) if block is not None else None
+        if path and path.startswith("hf://"):
+            repo = path.removeprefix("hf://").removeprefix("models/").strip("/")
+            out.append(
+                Problem(
+                    (side, "load_parameters_path"),
+                    "hub_model_not_read",
+                    f"{path!r} names the Hugging Face Hub; the trainer reads checkpoints from a folder or a bucket and "
+                    "does not download them",
+                    f"download it first (huggingface-cli download {repo} --local-dir DIR, or copy it to a bucket) and "
+                    "point load_parameters_path at that folder",
+                )
+            )
+    return out
 
 
 def _schedules(spec: DistillSpec) -> list[Problem]:

@@ -13,7 +13,7 @@ import re
 import typing
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel, ValidationError
 
@@ -53,6 +53,8 @@ class SpecReport:
     spec: DistillSpec | None
     problems: tuple[Problem, ...]
     format: str | None = None  # "native" or "maxtext"
+    # Places a later check's problem (its loc in spec terms) at its line in this file (`--check-paths`)
+    locate: Callable[[Problem], Problem] | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -118,6 +120,7 @@ def validate_document(document: YamlDocument, *, file: str | None = None) -> Spe
         )
         for loc, _ in document.duplicate_keys
     ]
+    translation = None
     if maxtext_format.looks_like_maxtext(data):
         translation = maxtext_format.from_maxtext(data)
         spec, found = validate_data(translation.data, batch_keys_home="the top level of the file")
@@ -133,7 +136,11 @@ def validate_document(document: YamlDocument, *, file: str | None = None) -> Spe
     # One key of a MaxText file can set both models (a top-level `scan_layers`): its problem is said once.
     located = list(dict.fromkeys(_locate(p, document, file) for p in problems))
     located.sort(key=lambda p: (p.line or 0, p.column or 0, p.code))
-    return SpecReport(file, spec if not has_errors(located) else None, tuple(located), fmt)
+
+    def locate(problem: Problem) -> Problem:
+        return _locate(_in_file_terms(problem, translation) if translation else problem, document, file)
+
+    return SpecReport(file, spec if not has_errors(located) else None, tuple(located), fmt, locate)
 
 
 _NATIVE_PATH = re.compile(r"\b(?:student|teacher|loss|batch|optimizer|checkpoint|logging|mesh|data)(?:\.[a-z_]+)+")

@@ -245,13 +245,29 @@ def test_a_store_that_does_not_answer_is_unreachable_within_seconds_not_not_foun
         port = closed.getsockname()[1]
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump(spec_data(**{"teacher.load_parameters_path": "gs://bucket/teacher"})))
+    paths = {"teacher.load_parameters_path": "gs://bucket/teacher", "student.load_parameters_path": "gs://bucket/s"}
+    spec.write_text(yaml.safe_dump(spec_data(**paths)))
     started = time.monotonic()
     result = runner.invoke(app, ["validate", "--check-paths", str(spec), "--output", "json"])
     assert time.monotonic() - started < 30
     assert result.exit_code == ExitCode.INVALID_SPEC, result.output
-    (problem,) = json.loads(result.stdout)
-    assert problem["code"] == "checkpoint_unreachable" and "cannot be reached" in problem["message"], problem
+    teacher, student = sorted(json.loads(result.stdout), key=lambda p: p["loc"][0] != "teacher")
+    assert teacher["code"] == "checkpoint_unreachable" and "cannot be reached" in teacher["message"], teacher
+    # Each names its own path (the student's named the teacher's: one probe per store), at its line.
+    assert teacher["message"].startswith("cannot read gs://bucket/teacher:"), teacher
+    assert student["message"].startswith("cannot read gs://bucket/s:"), student
+    assert teacher["line"] and student["line"] and teacher["line"] != student["line"]
+
+
+def test_a_checkpoint_on_the_hub_is_refused_before_anything_asks_the_hub(tmp_path):
+    # `hf://org/model` made --check-paths ask the Hub from a machine without network: internal error, exit 70.
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(spec_data(**{"teacher.load_parameters_path": "hf://meta-llama/Llama-3.1-8B"})))
+    result = runner.invoke(app, ["validate", "--check-paths", str(spec)])
+    assert result.exit_code == ExitCode.INVALID_SPEC, result.output
+    said = " ".join(result.stdout.split())
+    assert "error[hub_model_not_read] teacher.load_parameters_path" in said
+    assert "huggingface-cli download meta-llama/Llama-3.1-8B --local-dir DIR" in said
 
 
 def test_a_config_json_that_never_ends_is_read_up_to_a_limit(tmp_path):

@@ -89,7 +89,7 @@ def _with_checked_paths(reports):
                 r,
                 problems=r.problems
                 + tuple(
-                    dataclasses.replace(p, file=r.file)
+                    r.locate(p) if r.locate else dataclasses.replace(p, file=r.file)
                     for p in (
                         _unreachable(r.spec) or check_paths(r.spec, read, read_checkpoint, count_files, read_columns)
                     )
@@ -126,18 +126,20 @@ def _unreachable(spec) -> list:
         return None
 
     out = []
-    answers: dict[str, OutputStoreError | None] = {}  # one probe per store: each waits up to 10 s unanswered
+    answers: dict[str, tuple[str, OutputStoreError | None]] = {}  # one probe per store: each waits up to 10 s
     for loc, path in paths + data_paths(spec):
         if not path or "://" not in path:
             continue
         store = "/".join(path.split("/", 3)[:3])  # scheme://bucket
         if store not in answers:
-            answers[store] = probe(path)
-        error = answers[store]
+            answers[store] = (path, probe(path))
+        probed, error = answers[store]
         if error is not None:
             hint = "check the network and the store's credentials; the path is checked once its store answers"
             code = "checkpoint_unreachable" if loc[1] == "load_parameters_path" else "data_unreachable"
-            out.append(Problem(loc, code, error.message, hint))
+            # The store's answer, said of this path (the student's and the data's named the teacher's).
+            message = error.message.replace(f"cannot read {probed}", f"cannot read {path}", 1)
+            out.append(Problem(loc, code, message, hint))
     return out
 
 
