@@ -133,6 +133,7 @@ def validate_document(document: YamlDocument, *, file: str | None = None) -> Spe
         spec, found = validate_data(data)
         problems += found
         fmt = "native"
+    problems += _placeholders_outside_sweep(data)
     # One key of a MaxText file can set both models (a top-level `scan_layers`): its problem is said once.
     located = list(dict.fromkeys(_locate(p, document, file) for p in problems))
     located.sort(key=lambda p: (p.line or 0, p.column or 0, p.code))
@@ -141,6 +142,27 @@ def validate_document(document: YamlDocument, *, file: str | None = None) -> Spe
         return _locate(_in_file_terms(problem, translation) if translation else problem, document, file)
 
     return SpecReport(file, spec if not has_errors(located) else None, tuple(located), fmt, locate)
+
+
+def _placeholders_outside_sweep(data: Any, loc: Loc = ()) -> list[Problem]:
+    """A `${prerequisites.<name>.output}` in a spec read on its own (`validate`, `train`): only a sweep fills it in,
+    and `train` would read the path literally."""
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in _placeholders_outside_sweep(v, (*loc, k))]
+    if isinstance(data, list):
+        return [p for i, v in enumerate(data) for p in _placeholders_outside_sweep(v, (*loc, i))]
+    if isinstance(data, str) and "${prerequisites." in data:
+        return [
+            Problem(
+                loc,
+                "placeholder_outside_sweep",
+                f"{data!r} holds a placeholder, which only a sweep fills in: read on its own (`distillctl train`) "
+                "the path is taken literally",
+                "launch it through a sweep that names this spec and declares the prerequisite, or write the path",
+                severity="warning",
+            )
+        ]
+    return []
 
 
 _NATIVE_PATH = re.compile(r"\b(?:student|teacher|loss|batch|optimizer|checkpoint|logging|mesh|data)(?:\.[a-z_]+)+")

@@ -480,15 +480,21 @@ def parse_sweep(text: str, *, file: str | None = None, base_dir: str | Path = ".
     base = None
     prerequisites: dict[str, SpecSource] = {}
     if sweep is not None:
+        names = list(sweep.prerequisites)
         base, base_problems = _spec_source(sweep.spec, ("spec",), document, file, Path(base_dir))
         problems += base_problems
-        for name, prerequisite in sweep.prerequisites.items():
+        if base is not None and isinstance(sweep.spec, str):  # inline: checked with the sweep file's strings
+            problems += [base.locate(p) for p in spec_placeholder_problems(base.copy_data(), names)]
+        for position, (name, prerequisite) in enumerate(sweep.prerequisites.items()):
             source, found = _spec_source(
                 prerequisite.spec, ("prerequisites", name, "spec"), document, file, Path(base_dir)
             )
             problems += found
             if source is not None:
                 prerequisites[name] = source
+                if isinstance(prerequisite.spec, str):
+                    found = spec_placeholder_problems(source.copy_data(), names[:position], of=name)
+                    problems += [source.locate(p) for p in found]
         problems += check(sweep)
     located = [p if p.file is not None else empty.locate(p) for p in problems]
     return SweepSource(file, document, sweep, base, MappingProxyType(prerequisites), tuple(located))
@@ -521,10 +527,27 @@ def _spec_source(
         try:
             spec_document = parse_yaml(read_text_file(spec_file))
         except YamlSourceError as e:
-            problem = Problem(loc, e.code, f"spec {spec!r}: {e.message}", e.hint)
-            return None, [_at(problem, loc, document, file)]
+            if e.position is None:  # not there, unreadable: said at the sweep's line that names it
+                problem = Problem(loc, e.code, f"spec {spec!r}: {e.message}", e.hint)
+                return None, [_at(problem, loc, document, file)]
+            # At its own line in the spec file ("fix the YAML at this position" pointed into the sweep file).
+            named = _at(Problem(loc, e.code, "", ""), loc, document, file)
+            at = f" ({named.file}:{named.line})" if named.line else ""
+            problem = source_problem(e, str(spec_file))
+            return None, [dataclasses.replace(problem, message=f"{problem.message}, in the spec the sweep names{at}")]
         data, where = spec_document.data, str(spec_file)
         source_document, prefix = spec_document, ()
+        duplicates = [
+            Problem(
+                key,
+                "duplicate_key",
+                f"key {key[-1]!r} appears twice; the later value would silently win",
+                "keep one of them",
+            )
+            for key, _ in spec_document.duplicate_keys
+        ]
+        if duplicates and isinstance(data, dict):  # `validate` refused the file; the sweep took the later value
+            return None, [_at(p, p.loc, spec_document, where) for p in duplicates]
     else:
         data, where, source_document, prefix = spec, file, document, loc
     if not isinstance(data, dict):
@@ -758,6 +781,49 @@ def _strings_at(loc: Loc, value: Any) -> list[tuple[Loc, str]]:
     if isinstance(value, list):
         return [found for i, v in enumerate(value) for found in _strings_at((*loc, i), v)]
     return []
+
+
+def spec_placeholder_problems(data: Any, names: list[str], *, of: str = "") -> list[Problem]:
+    """Placeholders in a spec file a sweep names, each at its own key: malformed, unknown, or naming no
+    prerequisite in `names` (those it may use). Taken literally, a typo went into the JobSet, and the point no
+    longer waited for its prerequisite."""
+    out = []
+    whose = f"prerequisite {of!r}: " if of else ""
+    for loc, text in _strings_at((), data):
+        if MALFORMED_PLACEHOLDER.search(text):
+            out.append(
+                Problem(
+                    loc,
+                    "bad_placeholder",
+                    f"{whose}{text!r} holds a placeholder that is not closed or has no braces",
+                    "write ${prerequisites.<name>.output}, braces and all",
+                )
+            )
+        for expression in ANY_PLACEHOLDER.findall(text):
+            m = PLACEHOLDER.fullmatch("${" + expression + "}")
+            if m is None:
+                out.append(
+                    Problem(
+                        loc,
+                        "bad_placeholder",
+                        f"{whose}unknown placeholder ${{{expression}}}",
+                        "the only placeholder is ${prerequisites.<name>.output}",
+                    )
+                )
+            elif m.group(1) not in names:
+                close = get_close_matches(m.group(1), names, n=1, cutoff=0.5)
+                out.append(
+                    Problem(
+                        loc,
+                        "unknown_prerequisite",
+                        f"{whose}${{{expression}}} names no prerequisite "
+                        + (f"listed before {of!r}" if of else "of the sweep"),
+                        f"did you mean {close[0]!r}?"
+                        if close
+                        else (f"prerequisites: {', '.join(names)}" if names else "declare it under `prerequisites:`"),
+                    )
+                )
+    return out
 
 
 def _placeholders(sweep: Sweep) -> list[Problem]:

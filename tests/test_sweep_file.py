@@ -167,3 +167,47 @@ def test_env_values_must_be_strings(tmp_path):
 
 def test_a_bad_sweep_name_is_an_error(tmp_path):
     assert error_codes(load(tmp_path, sweep_data(name="Alpha_End"))) == ["bad_sweep_name"]
+
+
+def test_a_base_spec_file_is_held_to_what_validate_holds_it_to(tmp_path):
+    # plan and sweep took `steps: 200` then `steps: 5` as 5 (validate refused the file), put a YAML error at the
+    # sweep's `spec:` line, and left a misspelt placeholder in the spec to go literally into the JobSet.
+    import yaml
+    from sweep_support import SPEC
+
+    good = yaml.safe_dump(SPEC, sort_keys=False)
+    write(tmp_path, good + "steps: 5\n", "twice.yaml")
+    (dup,) = load(tmp_path, sweep_data(spec="twice.yaml")).problems
+    assert (dup.code, dup.loc, dup.file.endswith("twice.yaml")) == ("duplicate_key", ("steps",), True), dup
+    assert dup.line == good.count("\n") + 1
+
+    write(tmp_path, "student: {model: tiny-2l\nteacher: {}\n", "broken.yaml")
+    (syntax,) = load(tmp_path, sweep_data(spec="broken.yaml")).problems
+    assert syntax.code == "yaml_syntax" and syntax.file.endswith("broken.yaml") and syntax.line == 2, syntax
+    assert "in the spec the sweep names (" in syntax.message and "sweep.yaml:2)" in syntax.message
+
+    typo = {**SPEC, "teacher": {**SPEC["teacher"], "load_parameters_path": "${prerequisites.teachr.output}/ckpt"}}
+    write(tmp_path, typo, "typo.yaml")
+    write(tmp_path, {**SPEC, "mode": "pretrain", "teacher": None}, "t.yaml")
+    source = load(tmp_path, sweep_data(spec="typo.yaml", prerequisites={"teacher": {"spec": "t.yaml"}}))
+    (named,) = [p for p in source.problems if p.is_error]
+    assert named.code == "unknown_prerequisite" and named.file.endswith("typo.yaml") and named.line is not None
+    assert named.loc == ("teacher", "load_parameters_path") and "did you mean 'teacher'?" in named.hint
+    # A prerequisite's spec file may use only those listed before it.
+    uses_later = {**SPEC, "mode": "pretrain", "teacher": None, "name": "${prerequisites.b.output}"}
+    write(tmp_path, uses_later, "a.yaml")
+    prerequisites = {"a": {"spec": "a.yaml"}, "b": {"spec": "t.yaml"}}
+    (later,) = [p for p in load(tmp_path, sweep_data(prerequisites=prerequisites)).problems if p.is_error]
+    assert later.code == "unknown_prerequisite" and "listed before 'a'" in later.message, later
+    assert later.file.endswith("a.yaml")
+
+
+def test_validate_warns_that_a_placeholder_is_filled_only_by_a_sweep(tmp_path):
+    from sweep_support import SPEC
+
+    from distillspec.specfile import read_spec_file
+
+    path = write(tmp_path, {**SPEC, "name": "x", "data": {"source": "text", "path": "${prerequisites.t.output}/c.txt"}})
+    (warning,) = read_spec_file(path).problems
+    assert warning.code == "placeholder_outside_sweep" and warning.severity == "warning"
+    assert warning.loc == ("data", "path") and warning.line is not None
