@@ -123,15 +123,15 @@ def _shape(c: dict, family: str, file: str) -> ModelShape:
         theta, scaling = _rope(rope_params, c.get("rope_theta"), c.get("rope_scaling"), 10_000.0, file)
         local_theta = local_scaling = None
     # A key the config leaves out means transformers' default for the family (a hand-made or converted config):
-    # Gemma 2 soft-caps at 50/30 unless told null.
-    defaults = _GEMMA_DEFAULTS.get(family, {})
+    # Gemma 2 soft-caps at 50/30 unless told null; Qwen 3 and Gemma have a head_dim of their own.
+    defaults = _FAMILY_DEFAULTS.get(family, {})
     shape = ModelShape(
         family=family,
         num_layers=depth // 2 if family == "gemma2" else depth,
         emb_dim=c["hidden_size"],
         num_query_heads=heads,
-        num_kv_heads=c.get("num_key_value_heads") or heads,
-        head_dim=c.get("head_dim") or c["hidden_size"] // heads,
+        num_kv_heads=c.get("num_key_value_heads", defaults.get("num_key_value_heads")) or heads,
+        head_dim=c.get("head_dim", defaults.get("head_dim")) or c["hidden_size"] // heads,
         mlp_dim=c["intermediate_size"],
         vocab_size=c["vocab_size"],
         tie_embeddings=bool(c.get("tie_word_embeddings", gemma)),
@@ -189,15 +189,19 @@ def _shape(c: dict, family: str, file: str) -> ModelShape:
     return shape
 
 
-# transformers' defaults for the keys a Gemma config may leave out (Gemma2Config, Gemma3TextConfig).
-_GEMMA_DEFAULTS = {
+# transformers' defaults for the keys a config may leave out (Qwen3Config, Gemma2Config, Gemma3TextConfig; a
+# LlamaConfig's are the attention heads and hidden_size / heads, as when the key is null).
+_FAMILY_DEFAULTS = {
+    "qwen3": {"head_dim": 128, "num_key_value_heads": 32},
     "gemma2": {
+        "head_dim": 256,
+        "num_key_value_heads": 4,
         "sliding_window": 4096,
         "attn_logit_softcapping": 50.0,
         "final_logit_softcapping": 30.0,
         "query_pre_attn_scalar": 256,
     },
-    "gemma3": {"sliding_window": 4096, "query_pre_attn_scalar": 256},
+    "gemma3": {"head_dim": 256, "num_key_value_heads": 4, "sliding_window": 4096, "query_pre_attn_scalar": 256},
 }
 
 

@@ -619,3 +619,36 @@ def test_an_exported_config_carries_rope_in_both_transformers_layouts(name):
         assert config["rope_local_base_freq"] == shape.rope_local_theta
     legacy_only = {k: v for k, v in config.items() if k != "rope_parameters"}
     assert hf.shape_from_config(legacy_only) == hf.shape_from_config(config) == shape
+
+
+def test_a_tied_models_extra_head_is_the_same_model_only_when_it_is_a_copy_of_the_embedding(folders, tmp_path):
+    # transformers unties a tied config whose folder holds a different lm_head.weight (and uses it); the trainer
+    # tied them silently, so one folder gave two models (logits 100 % apart).
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(folders["qwen3"] / hf.SINGLE)  # qwen3: tie_word_embeddings true
+    embedding = tensors["model.embed_tokens.weight"]
+    copied, other = tmp_path / "copied", tmp_path / "other"
+    for folder, head in ((copied, embedding.copy()), (other, embedding[::-1].copy())):
+        shutil.copytree(folders["qwen3"], folder)
+        save_file({**tensors, "lm_head.weight": head}, folder / hf.SINGLE, metadata={"format": "pt"})
+    _assert_same_logits(copied, np.load(folders["tokens"]))  # a converter's copy: the same model
+    with pytest.raises(UserError) as refused:
+        load_model(str(other))
+    assert "ties the output head to the embedding (tie_word_embeddings)" in refused.value.message
+    assert "transformers uses that head (untied)" in refused.value.message
+    assert "tie_word_embeddings: false" in refused.value.hint
+
+
+def test_keys_a_config_leaves_out_take_each_familys_transformers_defaults():
+    """head_dim and num_key_value_heads left out: transformers gives Qwen 3 128 and 32, Gemma 256 and 4 (checked
+    against transformers' config classes); the trainer took hidden / heads and the heads, and then blamed the
+    folder's tensors for a config transformers loads."""
+    base = {**SMALL, "num_hidden_layers": 4}
+    del base["head_dim"], base["num_key_value_heads"]
+    want = {"llama": (8, 4), "qwen3": (128, 32), "gemma2": (256, 4), "gemma3_text": (256, 4)}
+    for model_type, (head_dim, kv_heads) in want.items():
+        shape = hf.shape_from_config({**base, "model_type": model_type})
+        assert (shape.head_dim, shape.num_kv_heads) == (head_dim, kv_heads), model_type
+    nulls = hf.shape_from_config({**base, "model_type": "qwen3", "head_dim": None, "num_key_value_heads": None})
+    assert (nulls.head_dim, nulls.num_kv_heads) == (8, 4)  # an explicit null: hidden / heads and the heads

@@ -381,6 +381,8 @@ def check(files: Files | RemoteFiles, shape: ModelShape) -> None:
         if n not in want and not (shape.tie_embeddings and n == "lm_head.weight") and not n.endswith(_BUFFERS)
     )
     problems += [f"{name}: not part of this model" for name in extra]
+    if not problems and shape.tie_embeddings and "lm_head.weight" in files.where:
+        _check_tied_head(files)
     dtypes_only = bad_dtypes == len(problems)  # then the hint is about the dtype, not the model block
     if problems:
         raise UserError(
@@ -393,6 +395,23 @@ def check(files: Files | RemoteFiles, shape: ModelShape) -> None:
             else "point load_parameters_path at a checkpoint of the spec's model, or change the model block to match "
             "it",
         )
+
+
+def _check_tied_head(files: Files | RemoteFiles) -> None:
+    """A tied model's folder that also holds an `lm_head.weight`: a copy of the embedding (what some converters
+    write) is the same model; a different head is one transformers uses (it unties them, with a warning) while
+    this trainer tied it silently: two models from one folder, logits 100 % apart."""
+    head, embedding = files.read("lm_head.weight"), files.read("model.embed_tokens.weight")
+    if head.shape == embedding.shape and np.array_equal(head, embedding):
+        return
+    raise UserError(
+        f"the Hugging Face checkpoint at {files.path}: config.json ties the output head to the embedding "
+        "(tie_word_embeddings), but the weights hold an lm_head.weight that differs from model.embed_tokens.weight; "
+        "transformers uses that head (untied), this trainer would tie it: two different models",
+        "if the head is meant to be tied, save the model again without it (model.tie_weights(); "
+        "model.save_pretrained(DIR)); if not, set tie_word_embeddings: false in config.json and use a model "
+        "whose output head is its own",
+    )
 
 
 # Buffers older transformers saved beside the weights (RoPE's inverse frequencies, recomputed from the config):
