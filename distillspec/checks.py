@@ -9,8 +9,15 @@ from __future__ import annotations
 import posixpath
 
 from distillspec import layer_presets
-from distillspec.config import BUNDLED_DATA_SOURCES, DOCUMENT_SOURCES, DistillSpec, ScheduledValue
+from distillspec.config import (
+    BUNDLED_DATA_SOURCES,
+    DOCUMENT_SOURCES,
+    DistillSpec,
+    ScheduledValue,
+    constant_in_spec_terms,
+)
 from distillspec.problems import Problem
+from distillspec.registry import CONSTANT_FIELDS, GEMMA_CONSTANTS, MODELS
 
 
 def check(spec: DistillSpec) -> list[Problem]:
@@ -22,6 +29,7 @@ def check(spec: DistillSpec) -> list[Problem]:
         _mode_and_teacher,
         _feature_loss,
         _pruning,
+        _constants,
         _global_layers,
         _data,
         _mesh,
@@ -445,6 +453,57 @@ def _pruning(spec: DistillSpec) -> list[Problem]:
                     f"{getattr(t, field)}, or use init: random",
                 )
             )
+    return out
+
+
+def _constants(spec: DistillSpec) -> list[Problem]:
+    """Gemma's constants (sliding window, soft-caps, ...) only on a Gemma block: a Llama or Qwen 3 block would
+    ignore them; and a student made from the teacher computes with the teacher's constants (it inherits those it
+    leaves out)."""
+    out = []
+    for side in ("student", "teacher"):
+        model = getattr(spec, side)
+        if model is None:
+            continue
+        family = MODELS[model.model].family
+        for field in GEMMA_CONSTANTS:
+            if getattr(model, field) is not None and not family.startswith("gemma"):
+                out.append(
+                    Problem(
+                        (side, field),
+                        "constant_not_in_family",
+                        f"{field} is one of Gemma's constants; the {side} is {family}, whose layers do not use it",
+                        f"remove {side}.{field}",
+                    )
+                )
+            elif field == "rope_local_theta" and getattr(model, field) is not None and family != "gemma3":
+                out.append(
+                    Problem(
+                        (side, field),
+                        "constant_not_in_family",
+                        f"rope_local_theta is Gemma 3's (its sliding-window layers' RoPE base); the {side} is {family}",
+                        f"remove {side}.{field}",
+                    )
+                )
+    student, teacher = spec.student, spec.teacher
+    if (
+        student.init == "teacher"
+        and teacher is not None
+        and MODELS[student.model].family == MODELS[teacher.model].family
+    ):
+        s, t = spec.student_block().shape(), teacher.shape()
+        for field in CONSTANT_FIELDS:
+            if getattr(s, field) != getattr(t, field):
+                mine, theirs = (constant_in_spec_terms(field, getattr(x, field)) for x in (s, t))
+                out.append(
+                    Problem(
+                        ("student", field) if getattr(student, field) is not None else ("student", "model"),
+                        "pruned_constant_mismatch",
+                        f"a student initialised from the teacher computes with the teacher's {field} ({theirs}), but "
+                        f"the student has {mine}",
+                        f"remove student.{field} (the student inherits the teacher's), or use init: random",
+                    )
+                )
     return out
 
 

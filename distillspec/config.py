@@ -18,7 +18,15 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from pydantic_core import PydanticCustomError
 
 from distillspec import layer_presets
-from distillspec.registry import BLOCK_FIELDS, MODELS, ModelShape, pruned_global_layers
+from distillspec.registry import (
+    BLOCK_FIELDS,
+    CONSTANT_FIELDS,
+    MODELS,
+    ModelShape,
+    RopeScaling,
+    pruned_global_layers,
+    with_constants,
+)
 from distillspec.schedules import ScheduleKind, schedule_value
 
 Dtype = Literal["float32", "bfloat16"]
@@ -153,8 +161,48 @@ def _known_model(name: str) -> str:
     return name
 
 
+PositiveFloat = Annotated[float, Field(gt=0)]
+NONE = "none"  # a constant set to nothing: no RoPE scaling, no soft-cap
+
+
+class RopeScalingSpec(_Block):
+    """RoPE frequency scaling, in config.json's terms: `llama3` (Llama 3.1/3.2) or `linear` (Gemma 3 ≥ 4B)."""
+
+    type: Literal["llama3", "linear"]
+    factor: PositiveFloat
+    low_freq_factor: PositiveFloat = 1.0  # llama3 only
+    high_freq_factor: PositiveFloat = 4.0  # llama3 only
+    original_max_position_embeddings: PositiveInt = 8192  # llama3 only
+
+    def scaling(self) -> RopeScaling:
+        return RopeScaling(
+            self.type,
+            self.factor,
+            self.low_freq_factor,
+            self.high_freq_factor,
+            self.original_max_position_embeddings,
+        )
+
+
+def constant_in_spec_terms(field: str, value: Any) -> Any:
+    """A shape constant as a model block writes it (`none`, a rope_scaling mapping)."""
+    if value is None:
+        return NONE
+    if isinstance(value, RopeScaling):
+        out = {"type": value.kind, "factor": value.factor}
+        if value.kind == "llama3":
+            out |= {
+                "low_freq_factor": value.low_freq_factor,
+                "high_freq_factor": value.high_freq_factor,
+                "original_max_position_embeddings": value.original_max_position,
+            }
+        return out
+    return value
+
+
 class ModelSpec(_Block):
-    """One side of the pair: a registry model plus overrides of its shape."""
+    """One side of the pair: a registry model plus overrides of its shape (and, for a checkpoint whose math differs
+    from the registry model's, of its constants)."""
 
     model: Annotated[str, AfterValidator(_known_model)]
     num_layers: PositiveInt | None = None
@@ -177,10 +225,21 @@ class ModelSpec(_Block):
     # `drop_layers` keeps each layer's kind. A student made from the teacher gets them from the teacher's kept
     # layers (`DistillSpec.student_block`); state them for a pruned checkpoint loaded with load_parameters_path.
     global_layers: list[NonNegativeInt] | None = None
+    # The model's constants, set only where a checkpoint's differ from the registry model's (`none`: no RoPE
+    # scaling, no soft-cap). The last five are Gemma's.
+    rope_theta: PositiveFloat | None = None
+    rope_scaling: RopeScalingSpec | Literal["none"] | None = None
+    tie_embeddings: bool | None = None
+    norm_eps: PositiveFloat | None = None
+    sliding_window: PositiveInt | None = None
+    rope_local_theta: PositiveFloat | None = None
+    attn_softcap: PositiveFloat | Literal["none"] | None = None
+    final_softcap: PositiveFloat | Literal["none"] | None = None
+    query_pre_attn_scalar: PositiveFloat | None = None
 
     def shape(self) -> ModelShape:
         """The registry shape with this block's overrides applied."""
-        return _shape(
+        dims = _shape(
             self.model,
             self.num_layers,
             self.emb_dim,
@@ -191,6 +250,21 @@ class ModelSpec(_Block):
             self.vocab_size,
             None if self.global_layers is None else tuple(self.global_layers),
         )
+        return with_constants(dims, self.constants())
+
+    def constants(self) -> tuple[tuple[str, Any], ...]:
+        """The constants this block sets, as the shape holds them (`none` is None, a scaling a RopeScaling)."""
+        out = []
+        for field in CONSTANT_FIELDS:
+            value = getattr(self, field)
+            if value is None:
+                continue
+            if value == NONE:
+                value = None
+            elif isinstance(value, RopeScalingSpec):
+                value = value.scaling()
+            out.append((field, value))
+        return tuple(out)
 
 
 @functools.lru_cache(maxsize=4096)  # checks, plans and identities ask for the same few shapes per point
@@ -216,9 +290,28 @@ def _dims(shape: ModelShape) -> dict[str, int | list[int] | None]:
     )
 
 
+def _same_constants(model: ModelSpec) -> dict[str, None]:
+    """The constants the block states at its registry model's own values, cleared: the same model (and the same
+    run id) as a block that leaves them out."""
+    registry, shape = MODELS[model.model], model.shape()
+    return {
+        field: None
+        for field in CONSTANT_FIELDS
+        if getattr(model, field) is not None and getattr(shape, field) == getattr(registry, field)
+    }
+
+
+def _own_constants(model: ModelSpec) -> dict[str, Any]:
+    """The block's constants as JSON, those equal to the registry model's None (`_same_constants`)."""
+    return {
+        field: None if getattr(model, field) is None else model.model_dump(mode="json", include={field})[field]
+        for field in CONSTANT_FIELDS
+    } | _same_constants(model)
+
+
 def _explicit(model: ModelSpec | None) -> ModelSpec | None:
     """The block with its registry shape written out."""
-    return None if model is None else model.model_copy(update=_dims(model.shape()))
+    return None if model is None else model.model_copy(update=_dims(model.shape()) | _same_constants(model))
 
 
 # --- data, batch, optimisation, outputs -------------------------------------------------------------------
@@ -438,9 +531,13 @@ class DistillSpec(_Block):
         layer's attention kind, so a Gemma 3 student's `global_layers` come from the teacher's kept layers unless
         the block states them (checks reject a statement that disagrees)."""
         s, t = self.student, self.teacher
-        if s.init != "teacher" or t is None or s.global_layers is not None:
+        if s.init != "teacher" or t is None or MODELS[s.model].family != MODELS[t.model].family:
             return s
-        if MODELS[s.model].family != MODELS[t.model].family:
+        # Its layers are the teacher's: so are the constants they compute with, unless the block states them.
+        inherited = {f: getattr(t, f) for f in CONSTANT_FIELDS if getattr(s, f) is None and getattr(t, f) is not None}
+        if inherited:
+            s = s.model_copy(update=inherited)
+        if s.global_layers is not None:
             return s
         derived = pruned_global_layers(t.shape(), tuple(s.drop_layers))
         return s if derived is None else s.model_copy(update={"global_layers": list(derived)})
@@ -454,7 +551,7 @@ class DistillSpec(_Block):
         `RESOLUTION_INPUTS` names for it, nothing else."""
         value = self.student_block() if name == "student" else getattr(self, name)
         if name in ("student", "teacher") and value is not None:
-            return {**value.model_dump(mode="json"), **_dims(value.shape())}
+            return {**value.model_dump(mode="json"), **_dims(value.shape()), **_own_constants(value)}
         if name == "loss":
             return {**value.model_dump(mode="json"), "layer_indices": self.layer_indices()}
         return value.model_dump(mode="json") if isinstance(value, BaseModel) else value

@@ -13,7 +13,7 @@ import re
 from typing import TYPE_CHECKING
 
 from distillspec.problems import Loc
-from distillspec.registry import BLOCK_FIELDS, MODELS, ModelShape, RopeScaling
+from distillspec.registry import BLOCK_FIELDS, CONSTANT_FIELDS, MODELS, ModelShape, RopeScaling
 
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
@@ -249,19 +249,38 @@ def hub_download_hint(path: str) -> str:
 def mismatch_hint(side: str, found: ModelShape, expected: ModelShape) -> str:
     """What to change in the `side` block for a checkpoint of shape `found`: the block's own fields, or the
     registry models whose fixed fields (tied embeddings, RoPE, norms...) are the checkpoint's, or that none is."""
+    from distillspec.config import constant_in_spec_terms
+
+    settable = (*BLOCK_FIELDS, *CONSTANT_FIELDS)
     differing = [n for n in COMPARED if getattr(found, n) != getattr(expected, n)]
-    fixed = [n for n in differing if n not in BLOCK_FIELDS]
+    fixed = [n for n in differing if n not in settable]
     if not fixed:
-        return f"set {', '.join(differing)} in the {side} block to the checkpoint's (or choose its registry model)"
-    fixed_fields = [n for n in COMPARED if n not in BLOCK_FIELDS]
+        # What to write, as a block writes it: `rope_scaling: none` (Meta-Llama-3-8B under llama3.1-8b).
+        lines = ", ".join(
+            f"{n}: {_yaml_flow(constant_in_spec_terms(n, getattr(found, n)) if n in CONSTANT_FIELDS else getattr(found, n))}"
+            for n in differing
+        )
+        return f"set in the {side} block the checkpoint's {lines} (or choose a registry model that has them)"
+    fixed_fields = [n for n in COMPARED if n not in settable]
     like = [name for name, s in MODELS.items() if all(getattr(s, n) == getattr(found, n) for n in fixed_fields)]
     cannot = f"{', '.join(fixed)} cannot be set in a model block"
     if like:
         return (
             f"{cannot}: choose a registry model with the checkpoint's ({', '.join(like[:4])}), and set the block's "
-            "shape fields (num_layers, emb_dim, ...) for the rest"
+            "fields (num_layers, emb_dim, rope_theta, ...) for the rest"
         )
     return f"{cannot}, and no registry model has the checkpoint's (`distillctl models` lists them): distillctl cannot build this model"
+
+
+def _yaml_flow(value) -> str:
+    """A value as it reads in a YAML flow mapping (`{type: llama3, factor: 8.0}`, `[3, 9]`, `none`)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_yaml_flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml_flow(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _globals(shape: ModelShape) -> list[int]:

@@ -127,6 +127,28 @@ BLOCK_FIELDS = (
 )
 
 
+# The constants of a model's math a block may also set, when a checkpoint's differ from the registry model's
+# (Meta-Llama-3-8B: Llama 3.1's shape without its RoPE scaling; a SmolLM-style Llama: another RoPE base, tied).
+CONSTANT_FIELDS = (
+    "rope_theta",
+    "rope_scaling",
+    "tie_embeddings",
+    "norm_eps",
+    "sliding_window",
+    "rope_local_theta",
+    "attn_softcap",
+    "final_softcap",
+    "query_pre_attn_scalar",
+)
+# Constants only Gemma's blocks compute with (a Llama or Qwen 3 block has no sliding window or soft-cap).
+GEMMA_CONSTANTS = ("sliding_window", "rope_local_theta", "attn_softcap", "final_softcap", "query_pre_attn_scalar")
+
+
+def with_constants(shape: ModelShape, changes: tuple[tuple[str, object], ...]) -> ModelShape:
+    """`shape` with constants replaced (None included: no RoPE scaling, no soft-cap)."""
+    return _replaced(shape, changes) if changes else shape
+
+
 @functools.lru_cache(maxsize=4096)  # a sweep asks for the same few shapes thousands of times
 def _replaced(shape: ModelShape, changes: tuple[tuple[str, int], ...]) -> ModelShape:
     return dataclasses.replace(shape, **dict(changes))

@@ -316,14 +316,41 @@ def test_a_data_path_that_names_no_file_is_an_error_before_launch(tmp_path):
 def test_the_hint_names_what_a_model_block_can_set_and_what_it_cannot(tmp_path):
     # "choose the registry model (and overrides)" for tied embeddings: no override exists (unknown_key).
     (problem,) = check_paths(spec_with(hf_folder(tmp_path / "deeper", "tiny-4l", num_layers=6)), read_text)
-    assert problem.hint.startswith("set num_layers in the teacher block to the checkpoint's"), problem.hint
+    assert problem.hint.startswith("set in the teacher block the checkpoint's num_layers: 6"), problem.hint
+    # A checkpoint whose constants no registry model has (Meta-Llama-3-8B: Llama 3.1's shape, no RoPE scaling; a
+    # SmolLM-style Llama: another RoPE base, tied): refused as "distillctl cannot build this model", though the
+    # trainer computes it exactly. The hint now says what to write, and the block that writes it passes.
     tied = tmp_path / "tied"
     hf_folder(tied, "tiny-4l")
     config = json.loads((tied / CONFIG).read_text())
-    (tied / CONFIG).write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    rope = {**config.get("rope_parameters", {}), "rope_theta": 100000.0}
+    (tied / CONFIG).write_text(json.dumps({**config, "tie_word_embeddings": True, "rope_parameters": rope}))
     (problem,) = check_paths(spec_with(str(tied)), read_text)
     assert "tie_embeddings: expected False, found True" in problem.message
-    assert problem.hint.startswith("tie_embeddings cannot be set in a model block"), problem.hint
+    assert problem.hint.startswith(
+        "set in the teacher block the checkpoint's tie_embeddings: true, rope_theta: 100000.0"
+    ), problem.hint
+    edits = {"teacher.load_parameters_path": str(tied), "teacher.tie_embeddings": True, "teacher.rope_theta": 1e5}
+    spec, problems = validate_data(spec_data(**edits))
+    assert spec is not None and check_paths(spec, read_text) == [], problems
+    hf_folder(tmp_path / "llama30", "llama3.1-8b", weights=False)
+    config = json.loads((tmp_path / "llama30" / CONFIG).read_text())
+    del config["rope_scaling"]
+    config["rope_parameters"] = {"rope_type": "default", "rope_theta": 500000.0}
+    (tmp_path / "llama30" / CONFIG).write_text(json.dumps(config))
+    from distillspec.hf_config import mismatch_hint, shape_from_config
+
+    found = shape_from_config(config)
+    hint = mismatch_hint("teacher", found, ModelSpec(model="llama3.1-8b").shape())
+    assert hint.startswith("set in the teacher block the checkpoint's rope_scaling: none"), hint
+    assert ModelSpec(model="llama3.1-8b", rope_scaling="none").shape() == found
+    # What a block cannot set: another family's math (Qwen 3's qk-norm under a Llama model).
+    qwen = tmp_path / "qwen"
+    hf_folder(qwen, "tiny-4l")
+    config = json.loads((qwen / CONFIG).read_text())
+    (qwen / CONFIG).write_text(json.dumps({**config, "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"]}))
+    (problem,) = check_paths(spec_with(str(qwen)), read_text)
+    assert "cannot be set in a model block" in problem.hint and "family" in problem.hint, problem.hint
 
 
 def test_a_home_path_and_a_hub_id_say_what_to_do(tmp_path, monkeypatch):

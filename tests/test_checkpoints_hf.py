@@ -79,6 +79,9 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     jobs.append(dict(family="llama", out=str(root / "sharded"), config=CONFIGS["llama"], seed=7, tokens=str(tokens)))
     jobs[-1]["max_shard_size"] = "20KB"
     jobs.append(dict(family="llama", out=str(root / "teacher"), config=TINY_4L, seed=11, tokens=str(tokens)))
+    # tiny-4l's shape with constants no registry model has: another RoPE base, tied embeddings (SmolLM-style).
+    smol = dict(TINY_4L, rope_theta=100_000.0, tie_word_embeddings=True)
+    jobs.append(dict(family="llama", out=str(root / "smol"), config=smol, seed=12, tokens=str(tokens)))
     make_models(jobs)
     out = {job["out"].rsplit("/", 1)[1]: Path(job["out"]) for job in jobs}
     out["tokens"] = tokens
@@ -652,3 +655,42 @@ def test_keys_a_config_leaves_out_take_each_familys_transformers_defaults():
         assert (shape.head_dim, shape.num_kv_heads) == (head_dim, kv_heads), model_type
     nulls = hf.shape_from_config({**base, "model_type": "qwen3", "head_dim": None, "num_key_value_heads": None})
     assert (nulls.head_dim, nulls.num_kv_heads) == (8, 4)  # an explicit null: hidden / heads and the heads
+
+
+def test_a_checkpoint_with_constants_no_registry_model_has_distils_when_the_block_states_them(folders, tmp_path):
+    """A Llama with another RoPE base and tied embeddings (SmolLM-style; Meta-Llama-3-8B is Llama 3.1 without RoPE
+    scaling) was "a model distillctl cannot build", though the trainer computes it exactly: the block now states
+    the constants, the hint says which, and a student pruned from it inherits them."""
+    from distillspec.config import ModelSpec
+    from trainer.checkpoints import checkpoint_shape
+    from trainer.train import run
+
+    folder = str(folders["smol"])
+    stated = ModelSpec(model="tiny-4l", rope_theta=100_000.0, tie_embeddings=True)
+    assert stated.shape() == checkpoint_shape(folder)  # the model transformers computes (test_logits_equal...)
+    _assert_same_logits(folders["smol"], np.load(folders["tokens"]))
+    spec = {
+        "name": "smol",
+        "mode": "distill",
+        "student": {"model": "tiny-2l", "init": "teacher", "drop_layers": [1, 2]},
+        "teacher": {"model": "tiny-4l", "load_parameters_path": folder},
+        "loss": {"alpha": 1.0, "temperature": 1.0},
+        "data": {"source": "synthetic", "seed": 1},
+        "batch": {"per_device_batch_size": 8, "max_target_length": 32},
+        "steps": 4,
+        "checkpoint": {"enabled": False},
+        "logging": {"every_steps": 2},
+        "output_dir": str(tmp_path),
+    }
+    from distillspec.specfile import validate_data
+
+    # Under the registry's constants: a different model, refused at start with what the block must say.
+    assert run(spec_of(merged(spec))) == TrainerExit.USER_ERROR
+    said = json.loads((tmp_path / "smol" / "summary.json").read_text())["message"]
+    assert "rope_theta: expected 10000.0, found 100000.0" in said, said
+    spec["teacher"] |= {"rope_theta": 100_000.0, "tie_embeddings": True}
+    spec["name"] = "smol-stated"
+    checked, problems = validate_data(merged(spec))
+    assert checked is not None and checked.student_block().shape().rope_theta == 100_000.0, problems
+    assert checked.student_block().shape().tie_embeddings
+    assert run(spec_of(merged(spec))) == TrainerExit.OK

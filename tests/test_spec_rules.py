@@ -463,3 +463,28 @@ def test_a_top_level_key_nested_in_a_block_says_to_move_it():
     # "MaxText's top_k is top_k in this layout" sent the reader looking for a difference that was not there.
     (problem,) = report_for(spec_data(**{"loss.top_k": 8})).problems
     assert problem.code == "unknown_key" and problem.hint == "top_k is a top-level key: move it out of `loss:`"
+
+
+def test_a_model_blocks_constants_are_checked_inherited_and_do_not_change_a_run_that_states_the_registrys():
+    from distillspec.config import DistillSpec
+    from distillspec.sweep import Target
+    from orchestrator.core.identity import identify
+    from tests.sweep_support import TARGET
+
+    # Gemma's constants on a Llama block would be ignored by its layers.
+    assert "constant_not_in_family" in codes(spec_data(**{"teacher.sliding_window": 64}))
+    assert "constant_not_in_family" in codes(spec_data(**{"teacher.attn_softcap": "none"}))
+    # A pruned student computes with its teacher's constants: inherited, and a contradiction is named.
+    pruned = {"student.init": "teacher", "student.model": "tiny-4l", "teacher.rope_theta": 5e5}
+    spec = DistillSpec.model_validate(spec_data(**pruned))
+    assert spec.student_block().shape().rope_theta == 5e5
+    assert "pruned_constant_mismatch" in codes(spec_data(**pruned, **{"student.rope_theta": 1e4}))
+    # Stated at the registry model's own value: the same model, the same run id.
+    target = Target.model_validate(TARGET)
+    plain = DistillSpec.model_validate(spec_data())
+    stated = DistillSpec.model_validate(spec_data(**{"teacher.rope_theta": 10_000.0, "teacher.norm_eps": 1e-5}))
+    assert stated.teacher.shape() == plain.teacher.shape()
+    assert identify(stated, target)[0] == identify(plain, target)[0]
+    other = DistillSpec.model_validate(spec_data(**{"teacher.rope_scaling": {"type": "linear", "factor": 2.0}}))
+    assert identify(other, target)[0] != identify(plain, target)[0]
+    assert other.teacher.shape().rope_scaling.kind == "linear"

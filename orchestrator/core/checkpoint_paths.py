@@ -95,12 +95,13 @@ def check_paths(
             missing = _weights_missing(path.rstrip("/"), side, count_files)
             if missing is not None:
                 problems.append(Problem(loc, "checkpoint_weights_missing", *missing))
-        for mismatch in shape_mismatches(found, model.shape()):
+        mismatches = shape_mismatches(found, model.shape())
+        if mismatches:  # one problem, one hint: the hint lists every field to set (it was repeated per field)
             problems.append(
                 Problem(
                     loc,
                     "checkpoint_mismatch",
-                    f"{where} holds a different {side} model: {mismatch}",
+                    f"{where} holds a different {side} model: {'; '.join(mismatches)}",
                     mismatch_hint(side, found, model.shape()),
                 )
             )

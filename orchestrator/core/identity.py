@@ -30,6 +30,7 @@ from pydantic._internal._model_construction import ModelMetaclass
 
 from distillspec.config import RESOLUTION_INPUTS, DistillSpec
 from distillspec.problems import Loc, Problem
+from distillspec.registry import CONSTANT_FIELDS
 from distillspec.sweep import Target
 
 IDENTITY_SCHEME = "distillctl.run/v2"  # bump when the payload changes, so old and new ids never collide
@@ -109,8 +110,8 @@ LATER_DEFAULTS: dict[str, dict[str, Any]] = {
         "completion_only": False,
         "shuffle_window": 0,
     },
-    "student": {"global_layers": None},
-    "teacher": {"global_layers": None},
+    "student": {"global_layers": None, **dict.fromkeys(CONSTANT_FIELDS)},
+    "teacher": {"global_layers": None, **dict.fromkeys(CONSTANT_FIELDS)},
 }
 
 
