@@ -141,3 +141,18 @@ def test_axes_that_do_not_divide_a_models_dimensions_leave_its_weights_whole():
     tensor = memory.estimate(spec(mesh={"data": 1, "fsdp": 8, "tensor": 16}), chips=128, hbm_bytes_per_chip=None)
     assert tensor.param_shards == 8 and "tensor 16 does not divide the student's num_kv_heads 8" in tensor.replicated
     assert memory.estimate(spec(), chips=128, hbm_bytes_per_chip=None).replicated == ()
+
+
+def test_a_teacher_logits_run_is_costed_as_the_teachers_forward_pass_alone():
+    # It was costed as a student's pre-training: 714 chip-h instead of ~238 for the guide's 8B teacher, with
+    # student weights, gradients and AdamW and no teacher at all.
+    online = spec()
+    logits = spec(mode="teacher_logits", top_k=64, offline_data_dir=None)
+    v5p = tpu.lookup("v5p-128")
+    assert cost.flops_per_token(logits) == 2 * logits.teacher.shape().matmul_param_count()
+    ratio = cost.chip_hours(logits, v5p, slices=2) / cost.chip_hours(online, v5p, slices=2)
+    assert ratio == pytest.approx(2 / 8, rel=0.02)  # 2·P_t of the online step's 6·P_s + 2·P_t (P_s = P_t)
+    m = memory.estimate(logits, chips=128, hbm_bytes_per_chip=v5p.hbm_bytes_per_chip, slices=2)
+    assert m.student_params == m.gradients == m.optimizer_state == 0
+    assert m.teacher_params == logits.teacher.shape().param_count() * 2 // 64  # bf16, FSDP over a slice's 64
+    assert m.total < memory.estimate(online, chips=128, hbm_bytes_per_chip=v5p.hbm_bytes_per_chip, slices=2).total

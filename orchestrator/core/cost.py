@@ -1,7 +1,7 @@
 """Estimated chip-hours of a run, from dense matmul FLOPs at an assumed utilisation.
 
 FLOPs per token: 6·P_s for the student (forward and backward) plus 2·P_t for the teacher's forward pass
-(online distillation only), P being the parameters a token is multiplied by (`ModelShape.matmul_param_count`:
+(online distillation only; a `teacher_logits` run, which writes the teacher's top-k logits, is 2·P_t alone), P being the parameters a token is multiplied by (`ModelShape.matmul_param_count`:
 the layers and the output head, not the input embedding's table lookup); attention's T² term and
 rematerialisation's extra forward are not counted, which the utilisation figure absorbs. Tokens per step are `per_device_batch_size × chips ×
 max_target_length × gradient_accumulation_steps` (one JAX device per chip). chip-hours =
@@ -18,6 +18,8 @@ ASSUMED_MFU = 0.4  # model FLOPs utilisation that well-tuned MaxText runs reach 
 
 
 def flops_per_token(spec: DistillSpec) -> int:
+    if spec.mode == "teacher_logits" and spec.teacher is not None:  # the teacher's forward pass alone, no student
+        return 2 * spec.teacher.shape().matmul_param_count()
     student = 6 * spec.student.shape().matmul_param_count()
     teacher = (
         2 * spec.teacher.shape().matmul_param_count() if spec.teacher is not None and spec.is_online_distillation else 0

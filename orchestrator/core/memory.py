@@ -36,6 +36,9 @@ Notation: a = bytes of a model's `dtype` (compute), w = bytes of its `weight_dty
   blocks of rows). The dense loss's arrays and the gathered weights are counted as
   alternatives, the larger of the two: in XLA:CPU's schedule of the step they do not peak together (the test's
   FSDP and tensor-parallel meshes peak below their sum)
+- a `teacher_logits` run (the teacher's top-k logits written for offline distillation): the teacher's parameters,
+  its gathered weights and one layer's working set, and `TEACHER_LOGIT_COPIES` logit-sized arrays; no student,
+  gradients or optimizer state
 - loss, fused: `FUSED_BLOCK_COPIES` float32 blocks b_t·b_v·4 (b_t = min(1024, n), b_v = min(8192, V)), and both
   models' final hidden states in float32 with their gradient, n·(2·D_s + D_t)·4
 - feature loss (β > 0): the out-projection activations at the chosen layers, kept for both models
@@ -65,6 +68,7 @@ ADAM_BYTES_PER_PARAM = 8
 ATTENTION_COPIES = 3  # scores, exponentials and the gradient of the probabilities, `[R, H, T, T]` float32
 DENSE_LOGIT_COPIES = 3  # `[n, V]` float32: both models' logits and the student's logit gradient
 PRETRAIN_LOGIT_COPIES = 4  # `[n, V]` float32, one model (no teacher): logits, log-probabilities and the gradient
+TEACHER_LOGIT_COPIES = 2  # `[n, V]` float32, a teacher_logits run: the logits and top-k's working copy
 FUSED_BLOCK_COPIES = 6  # `[b_t, b_v]` float32: both models' logit blocks, their exponentials, the gradient block
 
 Fit = Literal["fits", "tight", "does_not_fit", "unknown"]
@@ -213,11 +217,41 @@ def _gathered(model: ModelSpec, shape: ModelShape, fsdp: int, tensor: int) -> fl
     return (tables + _layer_params(shape) / tensor) * a
 
 
+def _teacher_logits_estimate(
+    spec: DistillSpec, chips: int, hbm_bytes_per_chip: int | None, fsdp: int, tensor: int
+) -> MemoryEstimate:
+    """A `teacher_logits` run: the teacher's forward pass and its top-k logits, no student, gradient or optimizer
+    (it was costed as a student's pre-training: 3× the chip-hours, student weights, gradients and AdamW)."""
+    teacher = spec.teacher
+    assert teacher is not None
+    t = teacher.shape()
+    t_fsdp, t_tensor, replicated = _shards("teacher", t, fsdp, tensor)
+    rows = max(int(spec.batch.per_device_batch_size * tensor), 1)
+    tokens = rows * spec.batch.max_target_length
+    a_t = DTYPE_BYTES[teacher.dtype]
+    return MemoryEstimate(
+        chips=chips,
+        param_shards=t_fsdp * t_tensor,
+        student_params=0,
+        gradients=0,
+        optimizer_state=0,
+        teacher_params=t.param_count() * DTYPE_BYTES[teacher.weight_dtype] // (t_fsdp * t_tensor),
+        activations=int(_working_set(t, rows, spec.batch.max_target_length, a_t, tensor)),
+        hbm_per_chip=hbm_bytes_per_chip,
+        gathered_weights=int(_gathered(teacher, t, t_fsdp, t_tensor)),
+        loss=int(TEACHER_LOGIT_COPIES * tokens * _split(t.vocab_size, tensor) * F32),
+        fused_loss=False,
+        replicated=tuple(replicated),
+    )
+
+
 def estimate(spec: DistillSpec, *, chips: int, hbm_bytes_per_chip: int | None, slices: int = 1) -> MemoryEstimate:
     """The per-chip estimate for `spec` on `chips` chips in all, `slices` slices (see the module docstring for the
     formula)."""
     sizes = mesh_sizes(spec.mesh, chips, slices)
     fsdp, tensor = max(sizes["fsdp"], 1), max(sizes["tensor"], 1)
+    if spec.mode == "teacher_logits" and spec.teacher is not None:
+        return _teacher_logits_estimate(spec, chips, hbm_bytes_per_chip, fsdp, tensor)
     student = spec.student.shape()
     s_fsdp, s_tensor, replicated = _shards("student", student, fsdp, tensor)
     shards = s_fsdp * s_tensor
