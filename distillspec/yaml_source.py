@@ -237,13 +237,15 @@ class _Builder:
             ) from None
 
     def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict:
+        own = {id(key) for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"}
         try:
-            self.loader.flatten_mapping(node)  # `<<` merge keys
+            self.loader.flatten_mapping(node)  # `<<` merge keys: the merged pairs come first, the mapping's own win
         except yaml.YAMLError as e:
             raise YamlSourceError(
                 "yaml_syntax", f"YAML merge error: {e}", "fix the `<<` merge", _position(node.start_mark)
             ) from None
         result: dict = {}
+        seen_own: dict = {}  # key -> whether the mapping itself wrote it (merged keys may be overridden)
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise YamlSourceError(
@@ -264,9 +266,11 @@ class _Builder:
             if not isinstance(key, str):
                 key = key_node.value  # `on:`, `1:`: keep the key as written, not as YAML 1.1 reads it
             position = _position(key_node.start_mark)
-            if key in result:
-                self.duplicates.append((loc + (key,), position))
-            self.positions[loc + (key,)] = position
+            if key in result and id(key_node) in own and seen_own.get(key):
+                self.duplicates.append((loc + (key,), position))  # the mapping's own key twice, not an override
+            seen_own[key] = seen_own.get(key, False) or id(key_node) in own
+            if id(key_node) in own or loc + (key,) not in self.positions:
+                self.positions[loc + (key,)] = position
             result[key] = self.build(value_node, loc + (key,))
         return result
 

@@ -151,3 +151,23 @@ def test_a_huge_integer_is_described_not_printed():
     _, problems = validate_data({"mode": "pretrain", "student": {"model": "tiny-2l"}, "loss": {"alpha": 10**400}})
     (problem,) = [p for p in problems if p.is_error]
     assert "an integer of 401 digits" in problem.message and len(problem.message) < 200, problem.message
+
+
+def test_a_merge_keys_override_is_yaml_not_a_duplicate_but_a_key_written_twice_still_is():
+    # `<<: *student` then `model: tiny-4l` (inherit, then override) was refused as a duplicate key.
+    text = """\
+student: &s
+  model: tiny-2l
+  dtype: float32
+teacher:
+  <<: *s
+  model: tiny-4l
+  load_parameters_path: runs/teacher/checkpoints
+loss: {alpha: 0.5}
+"""
+    report = read_spec_text(text, file="spec.yaml")
+    assert report.ok, report.problems
+    assert report.spec.teacher.model == "tiny-4l" and report.spec.teacher.dtype == "float32"
+    twice = text.replace("  model: tiny-4l\n", "  model: tiny-4l\n  model: tiny-2l\n")
+    (problem,) = read_spec_text(twice, file="spec.yaml").problems
+    assert (problem.code, problem.loc, problem.line) == ("duplicate_key", ("teacher", "model"), 7)
