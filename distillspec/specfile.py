@@ -207,9 +207,12 @@ def validate_data(
 
 def _related(a: Loc, b: Loc) -> bool:
     """One loc holds the other, or both are fields of one value (loss.alpha.end and a bad loss.alpha.schedule:
-    the check would judge the value with the schedule repaired to its default)."""
+    the check would judge the value with the schedule repaired to its default), or `b` is a field of the block `a`
+    is in and the block's other fields are judged by it (a bad data.source repaired to synthetic made a check say
+    "data.source is synthetic (the default)")."""
     n = min(len(a), len(b))
-    return a[:n] == b[:n] or (len(a) == len(b) >= 3 and a[:-1] == b[:-1])
+    judged_by = len(b) == 2 and b[1] in ("source", "model") and a[:1] == b[:1]
+    return a[:n] == b[:n] or (len(a) == len(b) >= 3 and a[:-1] == b[:-1]) or judged_by
 
 
 def _batch_shape_in_models(data: dict[str, Any], home: str) -> list[Problem]:

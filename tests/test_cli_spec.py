@@ -93,7 +93,9 @@ def test_validate_mixed_files_exit_4(tmp_path):
 def test_validate_strict_fails_on_warnings(tmp_path):
     path = write(tmp_path, "student: {model: tiny-2l}\nmode: pretrain\nloss: {temperature: {start: 2, end: 1}}\n")
     assert runner.invoke(app, ["validate", str(path)]).exit_code == ExitCode.OK
-    assert runner.invoke(app, ["validate", "--strict", str(path)]).exit_code == ExitCode.INVALID_SPEC
+    strict = runner.invoke(app, ["validate", "--strict", str(path)])
+    assert strict.exit_code == ExitCode.INVALID_SPEC
+    assert "✓" not in strict.stdout and "(--strict: warnings fail)" in strict.stdout, strict.stdout  # not a green tick
 
 
 def test_validate_empty_and_garbage_files(tmp_path):

@@ -488,3 +488,9 @@ def test_a_model_blocks_constants_are_checked_inherited_and_do_not_change_a_run_
     other = DistillSpec.model_validate(spec_data(**{"teacher.rope_scaling": {"type": "linear", "factor": 2.0}}))
     assert identify(other, target)[0] != identify(plain, target)[0]
     assert other.teacher.shape().rope_scaling.kind == "linear"
+
+
+def test_a_bad_data_source_is_said_once_not_also_judged_as_the_default_it_was_repaired_to():
+    # `source: csv` also got "data.path is ... but data.source is synthetic (the default)": false, and the wrong fix.
+    found = codes(spec_data(**{"data": {"source": "csv", "path": "gs://bucket/corpus/*.txt"}}))
+    assert found == ["bad_value"], found
