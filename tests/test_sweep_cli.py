@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -37,6 +38,23 @@ def test_plan_json_is_for_machines():
     assert run["jobset_name"] == f"alpha-end-{run['run_id']}" and run["chips"] == 128
     assert run["memory"]["fit"] == "fits" and run["chip_hours"] > 0
     assert run["axis_values"] == {"distill_alpha_end": 0.3, "data.seed": 0}
+
+
+def test_an_invalid_sweep_answers_in_json_when_json_is_asked_for(tmp_path):
+    # `plan --output json` printed nothing on stdout for an invalid file (validate prints the problems).
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        (SWEEPS / "alpha-end.yaml").read_text().replace("distill_alpha_end: [", "distill_alpha_end: [1.5, ")
+    )
+    shutil.copy(SWEEPS / "llama3.1-8b-pruning-recovery.yaml", tmp_path)
+    for command in ("plan", "render", "sweep"):
+        extra = ("--dry-run=client",) if command == "sweep" else ()
+        result = invoke(command, str(path), "--output", "json", *extra)
+        assert result.exit_code == ExitCode.INVALID_SPEC, (command, result.output)
+        problems = json.loads(result.stdout)
+        assert "alpha_out_of_range" in {p["code"] for p in problems}, (command, problems)
+    text = invoke("plan", str(path))  # and text stays text, in the same process
+    assert text.exit_code == ExitCode.INVALID_SPEC and text.stdout == ""
 
 
 def test_plan_warns_when_the_teacher_will_not_fit(tmp_path):

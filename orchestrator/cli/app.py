@@ -44,4 +44,6 @@ def new_app() -> typer.Typer:
 
 
 def _no_options() -> None:
-    pass
+    from orchestrator.cli import console
+
+    console.json_problems = False  # each command says anew (its --output option); one process may run several

@@ -36,6 +36,8 @@ def exit_code(e: BaseException) -> int | None:
         if isinstance(e, InvalidSpecError):
             for problem in e.problems:
                 console.print_problem(problem)
+            if console.json_problems:  # `--output json`: stdout holds what `validate --output json` would print
+                console.print_json([p.to_json() for p in e.problems])
         console.print_error(e.message, e.hint)
         for note in notes:
             console.print_stopped(note)

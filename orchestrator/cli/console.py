@@ -167,6 +167,7 @@ def axis_text(values) -> str:
 
 
 _warned: set[tuple[str, str]] = set()
+json_problems = False  # the command answers in JSON (`--output json`): an invalid file's problems go to stdout too
 
 
 def warn_once(problem: Problem) -> None:

@@ -29,7 +29,17 @@ class OutputFormat(str, Enum):
 
 
 SweepArgument = Annotated[Path, typer.Argument(help="a sweep file")]
-OutputOption = Annotated[OutputFormat, typer.Option("--output", help="text for people, json for machines")]
+def _remember_output(value: OutputFormat) -> OutputFormat:
+    """A command that answers in JSON answers an invalid file in JSON too (the boundary reads this)."""
+    from orchestrator.cli import console
+
+    console.json_problems = value is OutputFormat.json
+    return value
+
+
+OutputOption = Annotated[
+    OutputFormat, typer.Option("--output", help="text for people, json for machines", callback=_remember_output)
+]
 TpuOption = Annotated[Optional[str], typer.Option("--tpu-type", help="override target.tpu_type, e.g. v6e-256")]
 SlicesOption = Annotated[Optional[int], typer.Option("--slices", min=1, max=2**31 - 1, help="override target.slices")]
 GridYesOption = Annotated[bool, typer.Option("--yes", help=f"allow more than {DEFAULT_MAX_POINTS} points")]
