@@ -406,6 +406,17 @@ def _pruning(spec: DistillSpec) -> list[Problem]:
         return []  # reported as teacher_missing
     s, t = student.shape(), spec.teacher.shape()
     out = []
+    if student.load_parameters_path:
+        out.append(
+            Problem(
+                ("student", "init"),
+                "student_init_conflict",
+                "the student starts from the teacher (init: teacher) and also loads student.load_parameters_path; "
+                "the trainer would load the path and ignore init and drop_layers",
+                "keep one: remove student.load_parameters_path to prune the teacher, or init: teacher (and "
+                "drop_layers) to load a student checkpoint",
+            )
+        )
     bad = [layer for layer in student.drop_layers if layer >= t.num_layers]
     if bad or len(set(student.drop_layers)) != len(student.drop_layers):
         out.append(

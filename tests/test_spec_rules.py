@@ -494,3 +494,11 @@ def test_a_bad_data_source_is_said_once_not_also_judged_as_the_default_it_was_re
     # `source: csv` also got "data.path is ... but data.source is synthetic (the default)": false, and the wrong fix.
     found = codes(spec_data(**{"data": {"source": "csv", "path": "gs://bucket/corpus/*.txt"}}))
     assert found == ["bad_value"], found
+
+
+def test_a_student_pruned_from_the_teacher_and_loaded_from_a_path_is_one_too_many():
+    # It validated, and the trainer silently loaded the path, ignoring init and drop_layers.
+    found = codes(
+        spec_data(**{"student.init": "teacher", "student.model": "tiny-4l", "student.load_parameters_path": "s"})
+    )
+    assert "student_init_conflict" in found, found
