@@ -64,8 +64,20 @@ def _rope(params: dict | None, legacy_theta, legacy_scaling: dict | None, defaul
     raise ConfigError(f"{file}: RoPE type {kind!r} is not supported", "use a llama3, linear or default RoPE model")
 
 
+def language_config(config: dict) -> dict:
+    """The language model's settings of a config.json: the config itself, or an image-text Gemma 3's `text_config`
+    (Gemma 3 4B, 12B and 27B are published as Gemma3ForConditionalGeneration; the trainer distils their language
+    model and leaves the vision tower out)."""
+    text = config.get("text_config")
+    if config.get("model_type") == "gemma3" and isinstance(text, dict):
+        tie = config.get("tie_word_embeddings", text.get("tie_word_embeddings", True))
+        return {"tie_word_embeddings": tie, **text, "model_type": "gemma3_text"}
+    return config
+
+
 def shape_from_config(config: dict, file: str = CONFIG) -> ModelShape:
     """The `ModelShape` a Hugging Face config.json describes; raises ConfigError for what the trainer cannot build."""
+    config = language_config(config)
     model_type = config.get("model_type")
     family = MODEL_TYPES.get(model_type) if isinstance(model_type, str) else None
     if model_type is None:
@@ -75,7 +87,7 @@ def shape_from_config(config: dict, file: str = CONFIG) -> ModelShape:
     if family is None:
         raise ConfigError(
             f"{file}: model_type {model_type!r} is not supported",
-            f"supported model types: {', '.join(MODEL_TYPES)} (for Gemma 3 the text-only Gemma3ForCausalLM)",
+            f"supported model types: {', '.join(MODEL_TYPES)}, and Gemma 3's image-text gemma3 (its language model)",
         )
     try:
         return _shape(config, family, file)
@@ -260,7 +272,14 @@ def mismatch_hint(side: str, found: ModelShape, expected: ModelShape) -> str:
             f"{n}: {_yaml_flow(constant_in_spec_terms(n, getattr(found, n)) if n in CONSTANT_FIELDS else getattr(found, n))}"
             for n in differing
         )
-        return f"set in the {side} block the checkpoint's {lines} (or choose a registry model that has them)"
+        other = "student" if side == "teacher" else "teacher"
+        shared = (
+            f"; vocab_size in the {other} block too (the two models share a vocabulary: Hugging Face's Gemma 2 has "
+            "256000 rows where MaxText pads to 256128, image-text Gemma 3 has 262208)"
+            if "vocab_size" in differing
+            else ""
+        )
+        return f"set in the {side} block the checkpoint's {lines} (or choose a registry model that has them){shared}"
     fixed_fields = [n for n in COMPARED if n not in settable]
     like = [name for name, s in MODELS.items() if all(getattr(s, n) == getattr(found, n) for n in fixed_fields)]
     cannot = f"{', '.join(fixed)} cannot be set in a model block"
@@ -458,7 +477,7 @@ def beyond_max_position(config: dict, file: str, max_target_length: int, side: s
     when the config does not say). A warning, not an error: RoPE runs past that length, but the model's quality
     falls there without anything failing. `validate --check-paths`' problem and the trainer's start-up warning,
     worded once."""
-    limit = config.get("max_position_embeddings")
+    limit = language_config(config).get("max_position_embeddings")
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1 or max_target_length <= limit:
         return None
     return (

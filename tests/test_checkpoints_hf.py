@@ -79,6 +79,12 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     jobs.append(dict(family="llama", out=str(root / "sharded"), config=CONFIGS["llama"], seed=7, tokens=str(tokens)))
     jobs[-1]["max_shard_size"] = "20KB"
     jobs.append(dict(family="llama", out=str(root / "teacher"), config=TINY_4L, seed=11, tokens=str(tokens)))
+    # Gemma 3 as the Hub publishes 4B/12B/27B: an image-text model whose language model is a Gemma 3 text model.
+    text = dict(CONFIGS["gemma3"], vocab_size=100)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28)
+    image_text = dict(text_config=text, vision_config=dict(vision, patch_size=14), mm_tokens_per_image=4)
+    image_text |= dict(image_token_index=99, boi_token_index=97, eoi_token_index=98)
+    jobs.append(dict(family="gemma3_mm", out=str(root / "gemma3_mm"), config=image_text, seed=13, tokens=str(tokens)))
     # tiny-4l's shape with constants no registry model has: another RoPE base, tied embeddings (SmolLM-style).
     smol = dict(TINY_4L, rope_theta=100_000.0, tie_word_embeddings=True)
     jobs.append(dict(family="llama", out=str(root / "smol"), config=smol, seed=12, tokens=str(tokens)))
@@ -694,3 +700,15 @@ def test_a_checkpoint_with_constants_no_registry_model_has_distils_when_the_bloc
     assert checked is not None and checked.student_block().shape().rope_theta == 100_000.0, problems
     assert checked.student_block().shape().tie_embeddings
     assert run(spec_of(merged(spec))) == TrainerExit.OK
+
+
+def test_an_image_text_gemma3_folder_gives_its_language_model(folders):
+    """Gemma 3 4B/12B/27B exist on the Hub only as Gemma3ForConditionalGeneration (`model_type: gemma3`, the text
+    settings under text_config, tensors under `language_model.`): every public checkpoint of the registry's
+    gemma3-4b/12b/27b was refused. Its language model now loads, and computes what transformers computes for text."""
+    folder = folders["gemma3_mm"]
+    config = json.loads((folder / hf.CONFIG).read_text())
+    assert config["model_type"] == "gemma3" and "vision_config" in config  # as transformers wrote it
+    _assert_same_logits(folder, np.load(folders["tokens"]))
+    shape = hf.shape_from_config(config)
+    assert shape.family == "gemma3" and shape.vocab_size == 100 and shape.tie_embeddings

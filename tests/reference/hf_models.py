@@ -28,6 +28,7 @@ CLASSES = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+    "gemma3_mm": ("Gemma3Config", "Gemma3ForConditionalGeneration"),  # image-text: Gemma 3 4B/12B/27B on the Hub
 }
 
 

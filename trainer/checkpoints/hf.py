@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -220,11 +220,12 @@ class Files:
                     text = f.read()
             except OSError as e:
                 raise UserError(f"cannot read {index}: {e}", "re-save the model with save_pretrained") from None
-            self.where = {name: os.path.join(path, file) for name, file in weight_map(text, index).items()}
+            stored = {name: os.path.join(path, file) for name, file in weight_map(text, index).items()}
         else:
             single = os.path.join(path, SINGLE)
-            names = self._handle(single).keys()  # a safe_open handle, not a dict
-            self.where = dict.fromkeys(names, single)
+            stored = dict.fromkeys(self._handle(single).keys(), single)  # a safe_open handle, not a dict
+        self.stored = language_model_names(stored)
+        self.where = {name: stored[self.stored[name]] for name in self.stored}
 
     def _handle(self, file: str):
         handle = self._handles.get(file)
@@ -245,22 +246,48 @@ class Files:
 
     def header(self, name: str) -> tuple[tuple[int, ...], str]:
         """(shape, safetensors dtype) of tensor `name`, read from the file header only."""
-        file = self.where[name]
+        file, stored = self.where[name], self.stored[name]
         handle = self._handle(file)
         try:
-            s = handle.get_slice(name)
+            s = handle.get_slice(stored)
         except self._errors as e:
-            if name not in handle.keys():  # an index that names the wrong shard (SafetensorError: "does not contain")
-                raise not_in_shard(file, name) from None
+            if stored not in handle.keys():  # an index that names the wrong shard (SafetensorError: "does not contain")
+                raise not_in_shard(file, stored) from None
             raise UserError(f"cannot read tensor {name} from {file}: {e}", "download or copy the file again") from None
         return tuple(s.get_shape()), s.get_dtype()
 
     def read(self, name: str) -> np.ndarray:
         file = self.where[name]
         try:
-            return self._handle(file).get_tensor(name)
+            return self._handle(file).get_tensor(self.stored[name])
         except self._errors as e:
             raise UserError(f"cannot read tensor {name} from {file}: {e}", "download or copy the file again") from None
+
+
+# Gemma 3 4B/12B/27B are image-text models: their language model's tensors sit under `language_model.` (the Hub's
+# layout, which transformers 5 writes too) or `model.language_model.` (transformers 4.5x), beside a vision tower and
+# a projector the trainer does not use.
+_LANGUAGE_MODEL_PREFIXES = (
+    ("language_model.model.", "model."),
+    ("model.language_model.", "model."),
+    ("language_model.lm_head.", "lm_head."),
+)
+_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+
+
+def language_model_names(stored: Iterable[str]) -> dict[str, str]:
+    """Tensor name as the trainer knows it (`model.layers.0...`) -> the name stored in the files: the same for a
+    language model's folder; an image-text model's language tensors renamed, its vision tensors left out."""
+    names = list(stored)
+    if not any(n.startswith(("language_model.", "model.language_model.")) for n in names):
+        return {n: n for n in names}
+    out = {}
+    for name in names:
+        if name.startswith(_VISION_PREFIXES):
+            continue
+        ours = next((new + name[len(old) :] for old, new in _LANGUAGE_MODEL_PREFIXES if name.startswith(old)), name)
+        out[ours] = name
+    return out
 
 
 def not_in_shard(file: str, name: str) -> UserError:
@@ -292,10 +319,12 @@ class RemoteFiles:
                 text = self._fs.cat_file(f"{root}/{INDEX}")
             except OSError as e:
                 raise UserError(f"cannot read {index}: {e}", "re-save the model with save_pretrained") from None
-            self.where = {name: f"{self.path}/{file}" for name, file in weight_map(text, index).items()}
+            stored = {name: f"{self.path}/{file}" for name, file in weight_map(text, index).items()}
         else:
             single = f"{self.path}/{SINGLE}"
-            self.where = dict.fromkeys(self._header(single)[0], single)
+            stored = dict.fromkeys(self._header(single)[0], single)
+        self.stored = language_model_names(stored)
+        self.where = {name: stored[self.stored[name]] for name in self.stored}
 
     def _local(self, file: str) -> str:
         return self._root + file[len(self.path) :]
@@ -337,9 +366,9 @@ class RemoteFiles:
         return header, start
 
     def header(self, name: str) -> tuple[tuple[int, ...], str]:
-        info = self._header(self.where[name])[0].get(name)
+        info = self._header(self.where[name])[0].get(self.stored[name])
         if info is None:
-            raise not_in_shard(self.where[name], name)
+            raise not_in_shard(self.where[name], self.stored[name])
         return tuple(info["shape"]), info["dtype"]
 
     def read(self, name: str) -> np.ndarray:
@@ -347,7 +376,7 @@ class RemoteFiles:
 
         file = self.where[name]
         header, start = self._header(file)
-        info = header[name]
+        info = header[self.stored[name]]
         begin, end = (int(x) for x in info["data_offsets"])
         dtype = _NUMPY_DTYPES[info["dtype"]]  # `check` has refused every other dtype
         np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype).newbyteorder("<")
