@@ -72,8 +72,11 @@ def test_plan_warns_when_the_teacher_will_not_fit(tmp_path):
     data = json.loads(result.stdout)
     assert data["runs"][0]["memory"]["fit"] == "does_not_fit"
     assert [p["code"] for p in data["problems"]] == ["memory_over_hbm"]
+    (problem,) = data["problems"]
+    assert problem["file"] == str(path) and problem["line"] is not None  # at target.tpu_type, like every problem
     text = invoke("plan", str(path))
     assert "warning[memory_over_hbm]" in text.stderr and "OOM" in text.stdout
+    assert f"{path}:{problem['line']}:" in text.stderr
 
 
 def test_plan_the_quickstart_locally():

@@ -93,10 +93,20 @@ class Expansion:
     problems: tuple[Problem, ...]
     grid_size: int = 0  # points in the product, before exclusion
     excluded: int = 0
+    source: SweepSource | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
         return not has_errors(list(self.problems))
+
+    def locate(self, problem: Problem) -> Problem:
+        """A later stage's problem (`plan`'s memory warnings) at its line: a target field in the sweep file, a spec
+        field where the sweep file or the base spec sets it."""
+        if self.source is None or problem.file is not None:
+            return problem
+        if problem.loc[:1] == ("target",):
+            return self.source.locate(problem)
+        return _where_set(self.sweep, self.source, problem)
 
     @property
     def runs(self) -> tuple[Point, ...]:
@@ -217,7 +227,7 @@ def expand(source: SweepSource, *, max_points: int | None = DEFAULT_MAX_POINTS) 
     problems += [source.locate(p) for p in _median_problems(sweep, sum(not p.is_baseline for p in points))]
     ok = not has_errors(problems)
     return Expansion(
-        sweep, tuple(points) if ok else (), prerequisites, tuple(problems), len(grid), len(grid) - len(kept)
+        sweep, tuple(points) if ok else (), prerequisites, tuple(problems), len(grid), len(grid) - len(kept), source
     )
 
 
