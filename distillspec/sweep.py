@@ -465,7 +465,7 @@ def parse_sweep(text: str, *, file: str | None = None, base_dir: str | Path = ".
             "`distillctl validate` and `train` take a spec; a sweep file names it with `spec:` and adds `axes:` "
             "and `target:` (see sweeps/quickstart.yaml)",
         )
-        return dataclasses.replace(empty, problems=(problem,))
+        return dataclasses.replace(empty, problems=(dataclasses.replace(problem, file=file, line=1, column=1),))
     problems = [
         Problem(
             loc,

@@ -123,7 +123,7 @@ def expand_checked(source: SweepSource, path: Path, *, yes: bool = False) -> exp
                 "split it into several sweeps, or use fewer values per axis",
                 exit_code=ExitCode.INVALID_SPEC,
             ) from None
-        raise UsageError(str(e), "check the axes, or pass --yes to expand it anyway") from None
+        raise UsageError(f"{path}: {e}", "check the axes, or pass --yes to expand it anyway") from None
     raise_for(result.problems, path)
     assert isinstance(result, expansion.Expansion)
     return result
