@@ -430,7 +430,9 @@ def load_sweep(path: str | Path) -> SweepSource:
         text = read_text_file(path)
     except YamlSourceError as e:
         return SweepSource(file, None, None, None, MappingProxyType({}), (source_problem(e, file),))
-    return parse_sweep(text, file=file, base_dir=Path(path).parent)
+    # Read from a pipe (`-`, /dev/stdin), a relative `spec:` is relative to the current directory, not /dev.
+    piped = file == "-" or file.startswith(("/dev/", "/proc/self/fd/"))
+    return parse_sweep(text, file=file, base_dir=Path.cwd() if piped else Path(path).parent)
 
 
 def _is_spec(data: dict) -> bool:

@@ -72,7 +72,12 @@ for _loader in (_Loader, _FastLoader):
 
 
 def read_text_file(path: str | Path) -> str:
-    """A UTF-8 text file's contents; raises YamlSourceError for a missing, unreadable, huge or binary file."""
+    """A UTF-8 text file's contents (`-`: standard input); raises YamlSourceError for a missing, unreadable, huge or
+    binary file."""
+    if str(path) == "-":
+        import sys
+
+        return _decoded(_bounded(sys.stdin.buffer.read(MAX_BYTES + 1), "standard input"))
     p = Path(path)
     try:
         if p.is_dir():
@@ -85,13 +90,7 @@ def read_text_file(path: str | Path) -> str:
                 "a spec or sweep file is a few kilobytes; check that this is the file you meant",
             )
         with p.open("rb") as f:
-            raw = f.read(MAX_BYTES + 1)  # bounded: a device or a pipe reports size 0 (/dev/zero never ends)
-        if len(raw) > MAX_BYTES:
-            raise YamlSourceError(
-                "file_too_large",
-                f"{path} holds more than {MAX_BYTES // (1024 * 1024)} MiB",
-                "a spec or sweep file is a few kilobytes; check that this is the file you meant",
-            )
+            raw = _bounded(f.read(MAX_BYTES + 1), str(path))  # a device or a pipe reports size 0 (/dev/zero)
     except FileNotFoundError:
         raise YamlSourceError("file_not_found", f"no such file: {path}", "check the path") from None
     except PermissionError:
@@ -100,6 +99,20 @@ def read_text_file(path: str | Path) -> str:
         ) from None
     except OSError as e:
         raise YamlSourceError("unreadable", f"cannot read {path}: {e.strerror or e}", "check the path") from None
+    return _decoded(raw)
+
+
+def _bounded(raw: bytes, what: str) -> bytes:
+    if len(raw) > MAX_BYTES:
+        raise YamlSourceError(
+            "file_too_large",
+            f"{what} holds more than {MAX_BYTES // (1024 * 1024)} MiB",
+            "a spec or sweep file is a few kilobytes; check that this is the file you meant",
+        )
+    return raw
+
+
+def _decoded(raw: bytes) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -459,3 +459,13 @@ def test_status_watch_shows_the_last_statuses_while_the_api_server_does_not_answ
 
     with pytest.raises(DistillctlError):
         _riding_out_outages(refused)()
+
+
+def test_a_file_on_standard_input_is_read_from_dash_and_its_spec_from_the_current_directory(monkeypatch):
+    # `validate -` said "no such file: -"; a sweep read from /dev/stdin looked for its spec under /dev/.
+    monkeypatch.chdir(SWEEPS)
+    spec = runner.invoke(app, ["validate", "-"], input=(SWEEPS / "tiny.yaml").read_text())
+    assert spec.exit_code == ExitCode.OK and "-: valid spec" in spec.stdout, spec.output
+    sweep = runner.invoke(app, ["plan", "-", "--output", "json"], input=(SWEEPS / "quickstart.yaml").read_text())
+    assert sweep.exit_code == ExitCode.OK, sweep.output
+    assert json.loads(sweep.stdout)["sweep"] == "quickstart"

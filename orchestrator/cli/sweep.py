@@ -92,11 +92,17 @@ def plan(
             console.axis_text(p.axis_values),
             row.shape,
             "—" if row.chip_hours is None else f"{row.chip_hours:,.0f}",
-            f"{m.total / GB:.1f}" + ("" if m.hbm_per_chip is None else f"/{m.hbm_per_chip / GB:.0f}"),
+            _gb(m.total) + ("" if m.hbm_per_chip is None else f"/{m.hbm_per_chip / GB:.0f}"),
             {"fits": "ok", "tight": "tight", "does_not_fit": "OOM", "unknown": "—"}[m.fit],
         )
     console.print_wide(table)
     _exit_if_strict(strict, warnings)
+
+
+def _gb(size: float) -> str:
+    """GB with one decimal, or two significant digits below 0.1 (a tiny local run read "0.0", as if it needed none)."""
+    value = size / GB
+    return f"{value:.1f}" if value >= 0.1 else f"{value:.2g}"
 
 
 def _exit_if_strict(strict: bool, warnings: list) -> None:
