@@ -133,7 +133,7 @@ def validate_document(document: YamlDocument, *, file: str | None = None) -> Spe
         spec, found = validate_data(data)
         problems += found
         fmt = "native"
-    problems += _placeholders_outside_sweep(data)
+    problems += _unexpanded_strings(data)
     # One key of a MaxText file can set both models (a top-level `scan_layers`): its problem is said once.
     located = list(dict.fromkeys(_locate(p, document, file) for p in problems))
     located.sort(key=lambda p: (p.line or 0, p.column or 0, p.code))
@@ -144,13 +144,27 @@ def validate_document(document: YamlDocument, *, file: str | None = None) -> Spe
     return SpecReport(file, spec if not has_errors(located) else None, tuple(located), fmt, locate)
 
 
-def _placeholders_outside_sweep(data: Any, loc: Loc = ()) -> list[Problem]:
-    """A `${prerequisites.<name>.output}` in a spec read on its own (`validate`, `train`): only a sweep fills it in,
-    and `train` would read the path literally."""
+_ENV_VAR = re.compile(r"\$\{[A-Za-z_]\w*\}|\$[A-Z_][A-Z0-9_]*\b")
+
+
+def _unexpanded_strings(data: Any, loc: Loc = ()) -> list[Problem]:
+    """Strings a spec read on its own (`validate`, `train`) would take literally: a `${prerequisites.<name>.output}`,
+    which only a sweep fills in, and an environment variable (`${HOME}`, `$OUT_DIR`), which nothing expands."""
     if isinstance(data, dict):
-        return [p for k, v in data.items() for p in _placeholders_outside_sweep(v, (*loc, k))]
+        return [p for k, v in data.items() for p in _unexpanded_strings(v, (*loc, k))]
     if isinstance(data, list):
-        return [p for i, v in enumerate(data) for p in _placeholders_outside_sweep(v, (*loc, i))]
+        return [p for i, v in enumerate(data) for p in _unexpanded_strings(v, (*loc, i))]
+    if isinstance(data, str) and "${prerequisites." not in data and _ENV_VAR.search(data):
+        return [
+            Problem(
+                loc,
+                "env_var_not_expanded",
+                f"{data!r} looks like it uses an environment variable ({_ENV_VAR.search(data).group(0)}): distillctl and "
+                "the trainer read paths as written, never expanded",
+                "write the value itself (the pods have another environment than this shell)",
+                severity="warning",
+            )
+        ]
     if isinstance(data, str) and "${prerequisites." in data:
         return [
             Problem(

@@ -211,3 +211,7 @@ def test_validate_warns_that_a_placeholder_is_filled_only_by_a_sweep(tmp_path):
     (warning,) = read_spec_file(path).problems
     assert warning.code == "placeholder_outside_sweep" and warning.severity == "warning"
     assert warning.loc == ("data", "path") and warning.line is not None
+    # An environment variable is read as written too (a sweep's overrides refuse ${HOME}; a spec said nothing).
+    path = write(tmp_path, {**SPEC, "name": "x", "output_dir": "${HOME}/runs"}, "env.yaml")
+    (warning,) = read_spec_file(path).problems
+    assert warning.code == "env_var_not_expanded" and "(${HOME})" in warning.message
