@@ -112,6 +112,26 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
 
 
+_SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}
+
+
+def _suffixed_number(value: str) -> str | None:
+    """What to write for `2k`, `1.5M` or `10%`: numbers are plain in a spec (a percentage is a fraction)."""
+    text = value.strip().replace("_", "")
+    if text.endswith("%"):
+        try:
+            return f"write {float(text[:-1]) / 100:g} (a fraction, not a percentage)"
+        except ValueError:
+            return None
+    if len(text) > 1 and text[-1].lower() in _SUFFIXES:
+        try:
+            number = float(text[:-1]) * _SUFFIXES[text[-1].lower()]
+        except ValueError:
+            return None
+        return f"write {number:.0f} (numbers are plain: no k, M or B suffix)" if number.is_integer() else None
+    return None
+
+
 def _type_hint(value: Any, err: dict) -> str:
     if value == "None":
         return "write null (YAML's empty value), not None"
@@ -121,6 +141,11 @@ def _type_hint(value: Any, err: dict) -> str:
             return "remove the quotes around the number"
         except ValueError:
             pass
+        written = _suffixed_number(value)
+        if written is not None:
+            return written
+    if isinstance(value, float) and value.is_integer() and "integer" in err["msg"]:
+        return f"write {int(value)} (a whole number, without the .0)"
     if "valid string" in err["msg"]:
         return "quote the value to make it a string"
     return ""

@@ -243,12 +243,13 @@ def _batch_shape_in_models(data: dict[str, Any], home: str) -> list[Problem]:
             mine = block[key]
             other_block = data.get(other) if isinstance(data.get(other), dict) else {}
             theirs = other_block.get(key, batch.get(key, getattr(BatchSpec(), key)))
+            where = "its block" if key in other_block else (home if key in batch else "the default")
             problems.append(
                 Problem(
                     (side, key),
                     "batch_shape_in_override",
-                    f"{key} is set for the {side} alone: {side} {mine}, {other} {theirs}; both models must see the "
-                    "same batch",
+                    f"{key} is set in the {side}'s block ({mine}) while the {other} gets {theirs} (from {where}); "
+                    "both models must see the same batch",
                     f"set {key} once, at {home}, and remove it from the {side}'s block",
                 )
             )

@@ -171,3 +171,17 @@ loss: {alpha: 0.5}
     twice = text.replace("  model: tiny-4l\n", "  model: tiny-4l\n  model: tiny-2l\n")
     (problem,) = read_spec_text(twice, file="spec.yaml").problems
     assert (problem.code, problem.loc, problem.line) == ("duplicate_key", ("teacher", "model"), 7)
+
+
+@pytest.mark.parametrize(
+    ("line", "hint"),
+    [
+        ("steps: 2k", "write 2000 (numbers are plain: no k, M or B suffix)"),
+        ("steps: 200.0", "write 200 (a whole number, without the .0)"),
+        ("optimizer: {warmup_fraction: 10%}", "write 0.1 (a fraction, not a percentage)"),
+    ],
+)
+def test_a_number_written_as_people_write_it_gets_what_to_write(line, hint):
+    text = f"student: {{model: tiny-2l}}\nmode: pretrain\n{line}\n"
+    (problem,) = [p for p in read_spec_text(text, file="spec.yaml").problems if p.is_error]
+    assert problem.code == "wrong_type" and problem.hint == hint, problem

@@ -155,7 +155,7 @@ def test_maxtext_batch_shape_in_overrides_is_rejected(key):
     [problem] = [p for p in report.problems if p.is_error]
     assert problem.code == "batch_shape_in_override"
     assert problem.dotted_loc == f"student_overrides.{key}"
-    assert "student 8, teacher" in problem.message and "top level" in problem.hint
+    assert "set in the student's block (8) while the teacher gets" in problem.message and "top level" in problem.hint
 
 
 def test_maxtext_model_keys_map_to_shapes():

@@ -220,7 +220,8 @@ def test_batch_shape_in_a_model_block_is_rejected_naming_both_values(key):
     [problem] = report.problems
     assert problem.code == "batch_shape_in_override"
     shared = {"per_device_batch_size": 2, "max_target_length": 16, "gradient_accumulation_steps": 1}[key]
-    assert f"teacher 3, student {shared}" in problem.message
+    where = "the default" if key == "gradient_accumulation_steps" else "`batch:`"  # what the student gets, and whence
+    assert f"set in the teacher's block (3) while the student gets {shared} (from {where})" in problem.message
     assert problem.dotted_loc == f"teacher.{key}"
 
 
