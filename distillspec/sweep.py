@@ -498,6 +498,8 @@ def parse_sweep(text: str, *, file: str | None = None, base_dir: str | Path = ".
                     found = spec_placeholder_problems(source.copy_data(), names[:position], of=name)
                     problems += [source.locate(p) for p in found]
         problems += check(sweep)
+        if not has_errors(problems):  # a misspelt placeholder is the error to fix; "unused" would be its echo
+            problems += _unused_prerequisites(sweep, base, prerequisites)
     located = [p if p.file is not None else empty.locate(p) for p in problems]
     return SweepSource(file, document, sweep, base, MappingProxyType(prerequisites), tuple(located))
 
@@ -828,6 +830,35 @@ def spec_placeholder_problems(data: Any, names: list[str], *, of: str = "") -> l
     return out
 
 
+def _prerequisites_named(expressions: list[str]) -> set[str]:
+    return {m.group(1) for e in expressions if (m := PLACEHOLDER.fullmatch("${" + e + "}"))}
+
+
+def _unused_prerequisites(sweep: Sweep, base: SpecSource | None, specs: Mapping[str, SpecSource]) -> list[Problem]:
+    """A prerequisite whose output nothing uses: it runs (a whole teacher pre-training) for nobody, and the points
+    that were meant to wait for it start at once."""
+    places: list[Any] = [sweep.overrides, sweep.axes, sweep.zip, sweep.baseline]
+    places += [base.copy_data()] if base is not None else []
+    for name, prerequisite in sweep.prerequisites.items():
+        places.append(prerequisite.overrides)
+        if name in specs:
+            places.append(specs[name].copy_data())
+    used = _prerequisites_named([e for place in places for e in placeholders_in(place)])
+    return [
+        Problem(
+            ("prerequisites", name),
+            "prerequisite_unused",
+            f"prerequisite {name!r} is not used: no point (or other prerequisite) names "
+            f"${{prerequisites.{name}.output}}, so it runs for nobody and nothing waits for it",
+            f"use ${{prerequisites.{name}.output}} where its output is read (e.g. teacher.load_parameters_path), or "
+            "remove it",
+            severity="warning",
+        )
+        for name in sweep.prerequisites
+        if name not in used
+    ]
+
+
 def _placeholders(sweep: Sweep) -> list[Problem]:
     out = []
     names = list(sweep.prerequisites)
@@ -876,6 +907,12 @@ def _placeholders(sweep: Sweep) -> list[Problem]:
                         else (f"prerequisites: {', '.join(names)}" if names else "declare it under `prerequisites:`"),
                     )
                 )
+    uses = {
+        name: _prerequisites_named(
+            placeholders_in(p.overrides) + placeholders_in(p.spec if isinstance(p.spec, dict) else {})
+        )
+        for name, p in sweep.prerequisites.items()
+    }
     for position, (name, prerequisite) in enumerate(sweep.prerequisites.items()):
         if not DNS_1035.match(name):
             out.append(
@@ -897,7 +934,10 @@ def _placeholders(sweep: Sweep) -> list[Problem]:
                         "nested_prerequisite",
                         f"prerequisite {name!r} uses ${{{expression}}}: a prerequisite can only use the outputs of "
                         "the prerequisites listed before it",
-                        f"list {m.group(1)!r} before {name!r} under `prerequisites:`"
+                        f"{name!r} and {m.group(1)!r} use each other's outputs: a cycle no order can run; give one "
+                        "of them a fixed path"
+                        if m.group(1) in uses.get(name, set()) and name in uses.get(m.group(1), set())
+                        else f"list {m.group(1)!r} before {name!r} under `prerequisites:`"
                         if m.group(1) in names and m.group(1) != name
                         else "give it a fixed path, or name a prerequisite listed before it",
                     )

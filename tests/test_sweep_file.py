@@ -215,3 +215,27 @@ def test_validate_warns_that_a_placeholder_is_filled_only_by_a_sweep(tmp_path):
     path = write(tmp_path, {**SPEC, "name": "x", "output_dir": "${HOME}/runs"}, "env.yaml")
     (warning,) = read_spec_file(path).problems
     assert warning.code == "env_var_not_expanded" and "(${HOME})" in warning.message
+
+
+def test_a_prerequisite_nothing_uses_is_a_warning_and_two_that_use_each_other_a_cycle(tmp_path):
+    from sweep_support import SPEC
+
+    write(tmp_path, {**SPEC, "mode": "pretrain", "teacher": None}, "t.yaml")
+    source = load(tmp_path, sweep_data(prerequisites={"teacher": {"spec": "t.yaml"}}))
+    (unused,) = source.problems
+    assert (unused.code, unused.severity, unused.loc) == (
+        "prerequisite_unused",
+        "warning",
+        ("prerequisites", "teacher"),
+    )
+    used = sweep_data(
+        prerequisites={"teacher": {"spec": "t.yaml"}},
+        overrides={"teacher.load_parameters_path": "${prerequisites.teacher.output}/checkpoints"},
+    )
+    assert load(tmp_path, used).problems == ()
+    cycle = {
+        "a": {"spec": "t.yaml", "overrides": {"student.load_parameters_path": "${prerequisites.b.output}"}},
+        "b": {"spec": "t.yaml", "overrides": {"student.load_parameters_path": "${prerequisites.a.output}"}},
+    }
+    (nested,) = [p for p in load(tmp_path, sweep_data(prerequisites=cycle)).problems if p.is_error]
+    assert nested.code == "nested_prerequisite" and "a cycle no order can run" in nested.hint, nested
