@@ -181,6 +181,14 @@ def test_what_an_export_cannot_carry_is_said_and_a_missing_input_is_not_an_outpu
     (copy / "spec.json").write_text(json.dumps(spec))
     result = _export(str(copy), "-o", str(tmp_path / "out2"))
     assert result.exit_code == 0 and "moved/teacher (the teacher's checkpoint) is not there from here" in result.stderr
+    # No Hugging Face folder of the student's family behind it (a teacher that is a run's own checkpoint): the
+    # positions it trained on, and a note (config.json left them out silently: transformers took 2048).
+    spec["teacher"]["load_parameters_path"] = str(copy / "checkpoints")
+    (copy / "spec.json").write_text(json.dumps(spec))
+    result = _export(str(copy), "-o", str(tmp_path / "out4"))
+    assert result.exit_code == 0 and "no Hugging Face folder of the student's family" in result.stderr, result.output
+    config = json.loads((tmp_path / "out4" / "config.json").read_text())
+    assert config["max_position_embeddings"] == spec["batch"]["max_target_length"]
     # A tokenizer no longer there is the run's file missing, not an output folder that cannot be written.
     spec["data"]["tokenizer"] = "moved/tokenizer.json"
     (copy / "spec.json").write_text(json.dumps(spec))

@@ -265,7 +265,17 @@ def carried_config(spec: DistillSpec, family: str) -> tuple[dict[str, Any], str 
         except (UserError, OSError, ValueError):
             continue
         return {key: config[key] for key in CARRIED_CONFIG if key in config}, path, []
-    return {}, None, notes
+    if notes:
+        return {}, None, notes
+    # No folder of the student's family behind it (a random student of another family than its teacher): the
+    # positions it trained on are what it knows; transformers' default (a Llama's 2048) may be fewer or more.
+    length = spec.batch.max_target_length
+    note = (
+        f"no Hugging Face folder of the student's family ({family}) to take {', '.join(CARRIED_CONFIG)} from: "
+        f"config.json sets max_position_embeddings to {length}, the length it trained on, and no special-token ids "
+        "(set bos/eos/pad_token_id in config.json and generation_config.json if generation needs them)"
+    )
+    return {"max_position_embeddings": length}, None, [note]
 
 
 def _exists(path: str) -> bool:
