@@ -502,3 +502,20 @@ def test_a_column_the_data_files_do_not_have_is_an_error_before_launch(tmp_path)
     assert (code, loc) == ("dataset_has_splits", ("data", "path")) and "holds splits (train)" in message
     assert problems_for("hf_disk", str(tmp_path / "one")) == []
     assert problems_for("hf_disk", str(tmp_path / "one"), text_column="body")[0][0] == "column_missing"
+
+
+def test_an_index_naming_a_shard_that_is_not_there_is_named_before_launch(tmp_path):
+    # It passed; the trainer found the shard missing after start-up (a download cut short).
+    from orchestrator.outputs import count_files
+
+    folder = hf_folder(tmp_path / "teacher", "tiny-4l", weights=False)
+    shards = [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    index = {"weight_map": {f"t{i}": shard for i, shard in enumerate(shards)}}
+    (tmp_path / "teacher" / "model.safetensors.index.json").write_text(json.dumps(index))
+    (tmp_path / "teacher" / shards[0]).write_bytes(b"\0")
+    (problem,) = check_paths(spec_with(folder), read_text, None, count_files)
+    assert problem.code == "checkpoint_weights_missing", problem
+    assert "names 2 of its 3 shard(s) that are not there: model-00002-of-00003.safetensors" in problem.message
+    for shard in shards[1:]:
+        (tmp_path / "teacher" / shard).write_bytes(b"\0")
+    assert check_paths(spec_with(folder), read_text, None, count_files) == []

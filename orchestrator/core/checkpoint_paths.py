@@ -92,7 +92,7 @@ def check_paths(
             problems.append(Problem(loc, "checkpoint_not_found", *_not_found(path)))
             continue
         if config is not None and count_files is not None:  # a Hugging Face folder: are its weights there?
-            missing = _weights_missing(path.rstrip("/"), side, count_files)
+            missing = _weights_missing(path.rstrip("/"), side, count_files, read_text)
             if missing is not None:
                 problems.append(Problem(loc, "checkpoint_weights_missing", *missing))
         mismatches = shape_mismatches(found, model.shape())
@@ -143,10 +143,15 @@ def _cache_problems(spec: DistillSpec, read_text: ReadText) -> list[Problem]:
     return [Problem(loc, "logit_cache_mismatch", *problem)] if problem else []
 
 
-def _weights_missing(path: str, side: str, count_files: CountFiles) -> tuple[str, str] | None:
-    """(message, hint) when the Hugging Face folder `path` has no weights the trainer reads; None when it has, or
-    the store cannot say."""
+def _weights_missing(
+    path: str, side: str, count_files: CountFiles, read_text: ReadText | None = None
+) -> tuple[str, str] | None:
+    """(message, hint) when the Hugging Face folder `path` has no weights the trainer reads, or an index naming
+    shards that are not there (the trainer found them missing after start-up); None when it has them all, or the
+    store cannot say."""
     single, index = count_files(f"{path}/{SINGLE}"), count_files(f"{path}/{INDEX}")
+    if index and not single and read_text is not None:
+        return _shards_missing(path, side, count_files, read_text)
     if single is None or index is None or single or index:
         return None
     return weights_missing(
@@ -154,6 +159,24 @@ def _weights_missing(path: str, side: str, count_files: CountFiles) -> tuple[str
         f"{side}.load_parameters_path",
         torch_weights=bool(count_files(f"{path}/*.bin") or count_files(f"{path}/*.pt*")),
         shards=count_files(f"{path}/*.safetensors") or 0,
+    )
+
+
+def _shards_missing(path: str, side: str, count_files: CountFiles, read_text: ReadText) -> tuple[str, str] | None:
+    text = read_text(f"{path}/{INDEX}")
+    try:
+        mapping = json.loads(text or "").get("weight_map")
+        shards = sorted(set(mapping.values()))
+    except (ValueError, AttributeError, TypeError):
+        return None  # the trainer says what is wrong with the index itself
+    absent = [shard for shard in shards if count_files(f"{path}/{shard}") == 0]
+    if not absent:
+        return None
+    listed = ", ".join(absent[:3]) + (f" and {len(absent) - 3} more" if len(absent) > 3 else "")
+    return (
+        f"the {side} folder {path}: {INDEX} names {len(absent)} of its {len(shards)} shard(s) that are not there: "
+        f"{listed}",
+        "copy every shard the index lists into the folder (a download or copy cut short?)",
     )
 
 
