@@ -7,6 +7,7 @@ the file's keys and positions). Each rule has a stable code.
 from __future__ import annotations
 
 import posixpath
+import re
 
 from distillspec import layer_presets
 from distillspec.config import (
@@ -34,9 +35,65 @@ def check(spec: DistillSpec) -> list[Problem]:
         _data,
         _mesh,
         _hub_checkpoints,
+        _paths,
     ):
         problems.extend(rule(spec))
     return problems
+
+
+# Object stores the trainer image reads (gcsfs); `memory://` is fsspec's own (tests, notebooks).
+READ_SCHEMES = ("gs", "gcs", "memory", "file")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # lower-case letters, digits, "-", "_", "."
+
+
+def _path_fields(spec: DistillSpec) -> list[tuple[tuple[str, ...], str]]:
+    fields: list[tuple[tuple[str, ...], str | None]] = [
+        (("student", "load_parameters_path"), spec.student.load_parameters_path),
+        (("teacher", "load_parameters_path"), spec.teacher.load_parameters_path if spec.teacher else None),
+        (("data", "path"), spec.data.path),
+        (("eval", "path"), spec.eval.path if spec.eval is not None else None),
+        (("offline_data_dir",), spec.offline_data_dir),
+        (("output_dir",), spec.output_dir),
+    ]
+    return [(loc, path) for loc, path in fields if path is not None]
+
+
+def _paths(spec: DistillSpec) -> list[Problem]:
+    """Paths broken before anything reads them: blank, a bucket URL without a valid bucket, or a scheme the
+    trainer's image has no filesystem for (each passed `validate` and failed in the pods)."""
+    out = []
+    for loc, path in _path_fields(spec):
+        name = ".".join(loc)
+        if not path.strip():
+            out.append(Problem(loc, "blank_path", f"{name} is blank", f"write the path, or remove {name}"))
+            continue
+        if "://" not in path:
+            continue
+        scheme, rest = path.split("://", 1)
+        if scheme in ("gs", "gcs"):
+            bucket = rest.split("/", 1)[0]
+            if not _BUCKET.match(bucket):
+                out.append(
+                    Problem(
+                        loc,
+                        "bad_bucket",
+                        f"{name} {path!r} names no valid bucket ({bucket!r})"
+                        if bucket
+                        else f"{name} {path!r} names no bucket",
+                        "write gs://BUCKET/path, the bucket in lower-case letters, digits, '-', '_' and '.'",
+                    )
+                )
+        elif scheme not in (*READ_SCHEMES, "hf"):  # hf://: its own error (hub_model_not_read)
+            out.append(
+                Problem(
+                    loc,
+                    "unsupported_scheme",
+                    f"{name} {path!r}: the trainer's image reads gs:// and local paths, not {scheme}://",
+                    "copy the files to a bucket (gs://...) or a volume the pods mount (target.volumes)",
+                    severity="warning",
+                )
+            )
+    return out
 
 
 def _hub_checkpoints(spec: DistillSpec) -> list[Problem]:

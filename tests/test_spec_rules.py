@@ -503,3 +503,17 @@ def test_a_student_pruned_from_the_teacher_and_loaded_from_a_path_is_one_too_man
         spec_data(**{"student.init": "teacher", "student.model": "tiny-4l", "student.load_parameters_path": "s"})
     )
     assert "student_init_conflict" in found, found
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [(" ", "blank_path"), ("gs://", "bad_bucket"), ("gs:///x", "bad_bucket"), ("gs://my bucket/x", "bad_bucket")],
+)
+def test_a_path_broken_before_anything_reads_it_is_an_error(path, code):
+    # Each was "valid spec"; the pods then failed on it.
+    assert code in codes(spec_data(**{"teacher.load_parameters_path": path}))
+
+
+def test_a_path_in_a_store_the_trainer_image_cannot_read_is_a_warning():
+    found = codes(spec_data(**{"teacher.load_parameters_path": "s3://bucket/ckpt"}), errors_only=False)
+    assert found == ["unsupported_scheme"], found
