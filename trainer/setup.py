@@ -128,10 +128,10 @@ def step_models(spec: DistillSpec, student: _Model, teacher: _Model | None, feat
     batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
     rows_per_device = max(global_rows(spec, mesh) // max(batch_devices, 1), 1)
     tokens = rows_per_device * spec.batch.max_target_length
-    if not fused_loss_wanted(tokens, spec.student.shape().vocab_size):
+    if not fused_loss_wanted(tokens, spec.student_block().shape().vocab_size):
         return models
     hidden_loss = HiddenLoss(
-        student_softcap=spec.student.shape().final_softcap, teacher_softcap=spec.teacher.shape().final_softcap
+        student_softcap=spec.student_block().shape().final_softcap, teacher_softcap=spec.teacher.shape().final_softcap
     )
     return dataclasses.replace(models, forward_hidden=forward_hidden, hidden_loss=hidden_loss)
 
@@ -193,7 +193,7 @@ def build(spec: DistillSpec, *, devices: list | None = None, teacher_params: Any
             make_eval_step(spec, dataclasses.replace(models, forward_hidden=None)), out_shardings=replicated
         )
     zero_window = jax.jit(lambda: empty_window(spec), out_shardings=replicated)
-    vocab = spec.student.shape().vocab_size
+    vocab = spec.student_block().shape().vocab_size
     return Built(
         mesh, rows, vocab, state, teacher_params, step_fn, lr_schedule, to_device, zero_window, local_to_device, eval_fn
     )

@@ -20,7 +20,7 @@ ASSUMED_MFU = 0.4  # model FLOPs utilisation that well-tuned MaxText runs reach 
 def flops_per_token(spec: DistillSpec) -> int:
     if spec.mode == "teacher_logits" and spec.teacher is not None:  # the teacher's forward pass alone, no student
         return 2 * spec.teacher.shape().matmul_param_count()
-    student = 6 * spec.student.shape().matmul_param_count()
+    student = 6 * spec.student_block().shape().matmul_param_count()
     teacher = (
         2 * spec.teacher.shape().matmul_param_count() if spec.teacher is not None and spec.is_online_distillation else 0
     )

@@ -252,7 +252,7 @@ def estimate(spec: DistillSpec, *, chips: int, hbm_bytes_per_chip: int | None, s
     fsdp, tensor = max(sizes["fsdp"], 1), max(sizes["tensor"], 1)
     if spec.mode == "teacher_logits" and spec.teacher is not None:
         return _teacher_logits_estimate(spec, chips, hbm_bytes_per_chip, fsdp, tensor)
-    student = spec.student.shape()
+    student = spec.student_block().shape()
     s_fsdp, s_tensor, replicated = _shards("student", student, fsdp, tensor)
     shards = s_fsdp * s_tensor
     p_s = student.param_count()
