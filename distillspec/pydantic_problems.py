@@ -88,7 +88,7 @@ def _problem(
         return Problem(loc, "empty_value", f"{where} is empty", f"give {where} a value, or leave the key out")
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
-        return Problem(loc, "bad_value", f"{key} must be {expected}; got {value!r}", f"use one of {expected}")
+        return Problem(loc, "bad_value", f"{key} must be {expected}; got {value!r}", _literal_hint(value, expected))
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"):
         name = f"{key} " if isinstance(key, str) else ""  # a list item: the loc (seeds[0]) names it
         return Problem(loc, "out_of_range", f"{name}{_must(err['msg'])}, got {value!r}", "")
@@ -130,6 +130,20 @@ def _suffixed_number(value: str) -> str | None:
             return None
         return f"write {number:.0f} (numbers are plain: no k, M or B suffix)" if number.is_integer() else None
     return None
+
+
+def _literal_hint(value: Any, expected: str) -> str:
+    """`did you mean 'cosine'?` for `Cosine` or `cosin`, else the choices."""
+    import re
+    from difflib import get_close_matches
+
+    choices = re.findall(r"'([^']*)'", expected)
+    if isinstance(value, str) and choices:
+        same = [c for c in choices if c.lower() == value.strip().lower()]
+        close = same or get_close_matches(value.lower(), choices, n=1, cutoff=0.75)
+        if close:
+            return f"did you mean {close[0]!r}?"
+    return f"use one of {expected}"
 
 
 def _type_hint(value: Any, err: dict) -> str:

@@ -185,3 +185,11 @@ def test_a_number_written_as_people_write_it_gets_what_to_write(line, hint):
     text = f"student: {{model: tiny-2l}}\nmode: pretrain\n{line}\n"
     (problem,) = [p for p in read_spec_text(text, file="spec.yaml").problems if p.is_error]
     assert problem.code == "wrong_type" and problem.hint == hint, problem
+
+
+def test_a_choice_in_another_case_or_misspelt_gets_did_you_mean():
+    text = "student: {model: tiny-2l}\nmode: pretrain\nloss: {temperature: {start: 2, end: 1, schedule: Cosine}}\n"
+    (problem,) = [p for p in read_spec_text(text, file="spec.yaml").problems if p.is_error]
+    assert problem.code == "bad_value" and problem.hint == "did you mean 'cosine'?", problem
+    (problem,) = [p for p in read_spec_text(text.replace("Cosine", "cosin"), file="s.yaml").problems if p.is_error]
+    assert problem.hint == "did you mean 'cosine'?", problem
