@@ -26,7 +26,7 @@ class PresetError(ValueError):
 
 
 def parse_preset(text: str) -> tuple[str, int | tuple[int, ...] | None]:
-    """Split a preset into (kind, argument); raises PresetError with the accepted forms."""
+    """Split a preset into (kind, argument); raises PresetError saying what is wrong (the spec's hint lists the forms)."""
     text = text.strip()
     if m := _COUNTED.match(text):
         count = int(m.group(2))
@@ -35,10 +35,11 @@ def parse_preset(text: str) -> tuple[str, int | tuple[int, ...] | None]:
         return m.group(1), count
     if m := _STRADDLE.match(text):
         return "straddle", _parse_layer_list(m.group(1)) if m.group(1) else None
-    raise PresetError(
-        f"unknown layer-index preset {text!r}; use a list of integers or one of "
-        "first:N, full_depth:N, top_heavy:N, straddle:[pruned layers]"
-    )
+    if m := re.fullmatch(r"(first|full_depth|top_heavy):\s*(-\d+)", text):  # as `first:0` says
+        raise PresetError(f"{m.group(1)}:N needs N >= 1, got {m.group(2)}")
+    if re.fullmatch(r"\d+(\s*,\s*\d+)+", text):  # "0,1": a list written as a string
+        raise PresetError(f"{text!r} is a string; write the layers as a YAML list: [{text}]")
+    raise PresetError(f"unknown layer-index preset {text!r}")  # the hint lists the presets
 
 
 def _parse_layer_list(text: str) -> tuple[int, ...]:
