@@ -287,7 +287,7 @@ def _mode_and_teacher(spec: DistillSpec) -> list[Problem]:
     if (offline or spec.mode == "teacher_logits") and spec.top_k is None:
         out.append(
             Problem(
-                ("top_k",),
+                ("offline_data_dir",) if offline else ("mode",),  # the key that asks for it (top_k is not written)
                 "top_k_missing",
                 "teacher_logits runs write, and offline runs read, the teacher's top-k log-probabilities; top_k is "
                 "not set",
