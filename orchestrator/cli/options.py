@@ -29,6 +29,8 @@ class OutputFormat(str, Enum):
 
 
 SweepArgument = Annotated[Path, typer.Argument(help="a sweep file")]
+
+
 def _remember_output(value: OutputFormat) -> OutputFormat:
     """A command that answers in JSON answers an invalid file in JSON too (the boundary reads this)."""
     from orchestrator.cli import console
