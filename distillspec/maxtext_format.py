@@ -74,6 +74,11 @@ MODEL_KEYS: dict[str, str] = {
     "enable_nnx": "enable_nnx",
     "weight_dtype": "weight_dtype",
     "dtype": "dtype",
+    # a checkpoint's constants, where they differ from the model's (MaxText's names for them)
+    "rope_max_timescale": "rope_theta",
+    "logits_via_embedding": "tie_embeddings",
+    "normalization_layer_epsilon": "norm_eps",
+    "sliding_window_size": "sliding_window",
 }
 # Names the guide uses for the same settings ("varying e.g. `num_decoder_layers` ... per side"): read, never written.
 MODEL_KEY_ALIASES = {

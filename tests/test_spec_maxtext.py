@@ -278,3 +278,18 @@ def test_remat_and_eval_convert_back_to_maxtext_keys():
     flat = maxtext_format.to_maxtext(native)
     assert flat["remat_policy"] == "minimal" and flat["eval_interval"] == 5 and flat["eval_steps"] == 2
     assert "remat_policy" not in maxtext_format.to_maxtext({"mode": "distill", "student": {"remat": "full"}})
+
+
+def test_a_checkpoints_constants_round_trip_through_maxtexts_own_keys():
+    # Written as MaxText names them (rope_max_timescale, logits_via_embedding, normalization_layer_epsilon,
+    # sliding_window_size); RoPE scaling has no MaxText key and is said so by convert.
+    spec = read_spec_file(SWEEPS / "tiny.yaml").spec
+    native = spec.model_dump(mode="json")
+    native["teacher"] |= {"rope_theta": 100000.0, "tie_embeddings": True, "norm_eps": 1e-6}
+    native["loss"]["layer_indices"] = spec.layer_indices()
+    flat = maxtext_format.to_maxtext(native)
+    assert flat["teacher_overrides"]["rope_max_timescale"] == 100000.0
+    assert flat["teacher_overrides"]["logits_via_embedding"] is True
+    assert flat["teacher_overrides"]["normalization_layer_epsilon"] == 1e-6
+    again = read_spec_text(yaml.safe_dump(flat)).spec
+    assert again.teacher.shape().rope_theta == 100000.0 and again.teacher.shape().tie_embeddings
