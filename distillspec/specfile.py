@@ -119,7 +119,7 @@ def validate_document(document: YamlDocument, *, file: str | None = None) -> Spe
             "keep one of them",
         )
         for loc, _ in document.duplicate_keys
-    ]
+    ] + document.other_base_problems()
     translation = None
     if maxtext_format.looks_like_maxtext(data):
         translation = maxtext_format.from_maxtext(data)

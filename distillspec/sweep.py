@@ -476,7 +476,7 @@ def parse_sweep(text: str, *, file: str | None = None, base_dir: str | Path = ".
             "keep one of them",
         )
         for loc, _ in document.duplicate_keys
-    ]
+    ] + document.other_base_problems()
     sweep, found = validate_sweep_data(data)
     problems += found
     base = None
@@ -552,8 +552,9 @@ def _spec_source(
         ]
         if duplicates and isinstance(data, dict):  # `validate` refused the file; the sweep took the later value
             return None, [_at(p, p.loc, spec_document, where) for p in duplicates]
-    else:
-        data, where, source_document, prefix = spec, file, document, loc
+        odd = [_at(p, p.loc, spec_document, where) for p in spec_document.other_base_problems()]
+    else:  # inline: its numbers are the sweep file's, said with them
+        data, where, source_document, prefix, odd = spec, file, document, loc, []
     if not isinstance(data, dict):
         problem = Problem((), "not_a_mapping", "a spec must be a mapping of keys", "start with a `student:` block")
         return None, [_at(problem, prefix, source_document, where)]
@@ -570,8 +571,8 @@ def _spec_source(
     if maxtext_format.looks_like_maxtext(data):
         translation = maxtext_format.from_maxtext(data)
         source = SpecSource(MappingProxyType(translation.data), where, source_document, prefix, translation, "maxtext")
-        return source, [_at(p, prefix + tuple(p.loc), source_document, where) for p in translation.problems]
-    return SpecSource(MappingProxyType(copy.deepcopy(data)), where, source_document, prefix), []
+        return source, odd + [_at(p, prefix + tuple(p.loc), source_document, where) for p in translation.problems]
+    return SpecSource(MappingProxyType(copy.deepcopy(data)), where, source_document, prefix), odd
 
 
 # --- pydantic errors -> problems --------------------------------------------------------------------------

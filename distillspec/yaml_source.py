@@ -41,6 +41,23 @@ class YamlDocument:
     data: Any
     positions: dict[Loc, Position]
     duplicate_keys: tuple[tuple[Loc, Position], ...] = ()
+    # Integers YAML 1.1 reads in another base than they look (`010` is 8, `0x10` 16): (loc, as written, as read)
+    other_base_numbers: tuple[tuple[Loc, str, int], ...] = ()
+
+    def other_base_problems(self) -> list[Problem]:
+        """A warning per integer read in another base than it looks: `steps: 010` trained 8 steps, silently."""
+        return [
+            Problem(
+                loc,
+                "number_in_another_base",
+                f"{text} is read as {value}: YAML reads a leading 0 as octal (0x as hexadecimal, 0b as binary)",
+                f"write {text.lstrip('0') or '0'} without the leading zero"
+                if _OCTAL.match(text)
+                else f"write {value} in decimal",
+                severity="warning",
+            )
+            for loc, text, value in self.other_base_numbers
+        ]
 
     def position_of(self, loc: Loc) -> Position | None:
         """The position of `loc`, or of its nearest ancestor that the file has (a missing key points at its
@@ -49,6 +66,10 @@ class YamlDocument:
             if (position := self.positions.get(tuple(loc[:end]))) is not None:
                 return position
         return None
+
+
+_OCTAL = re.compile(r"^[-+]?0[0-7_]+$")
+_OTHER_BASE = re.compile(r"^[-+]?(0[0-7_]+|0x[0-9a-fA-F_]+|0b[01_]+|0o[0-7_]+)$")
 
 
 class _Loader(yaml.SafeLoader):
@@ -149,7 +170,7 @@ def parse_yaml(text: str, *, empty_hint: str = SPEC_START) -> YamlDocument:
         loader.dispose()
     if data is None:
         raise YamlSourceError("empty_file", "the file is empty", empty_hint)
-    return YamlDocument(data, builder.positions, tuple(builder.duplicates))
+    return YamlDocument(data, builder.positions, tuple(builder.duplicates), tuple(builder.other_base))
 
 
 def _compose(text: str, kind: type[yaml.SafeLoader]):
@@ -214,6 +235,7 @@ class _Builder:
         self.loader = loader
         self.positions: dict[Loc, Position] = {}
         self.duplicates: list[tuple[Loc, Position]] = []
+        self.other_base: list[tuple[Loc, str, int]] = []
         self.nodes = 0
 
     def build(self, node: yaml.Node, loc: Loc) -> Any:
@@ -239,7 +261,12 @@ class _Builder:
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, loc + (i,)) for i, item in enumerate(node.value)]
         try:
-            return self.loader.construct_object(node, deep=True)
+            value = self.loader.construct_object(node, deep=True)
+            if (
+                node.tag == "tag:yaml.org,2002:int" and not node.style and _OTHER_BASE.match(node.value)
+            ):  # plain: None or ""
+                self.other_base.append((loc, node.value, value))
+            return value
         except (yaml.YAMLError, ValueError, OverflowError) as e:
             why = getattr(e, "problem", None) or str(e)  # without PyYAML's `in "<unicode string>", line 1`
             raise YamlSourceError(

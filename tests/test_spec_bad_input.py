@@ -193,3 +193,14 @@ def test_a_choice_in_another_case_or_misspelt_gets_did_you_mean():
     assert problem.code == "bad_value" and problem.hint == "did you mean 'cosine'?", problem
     (problem,) = [p for p in read_spec_text(text.replace("Cosine", "cosin"), file="s.yaml").problems if p.is_error]
     assert problem.hint == "did you mean 'cosine'?", problem
+
+
+@pytest.mark.parametrize(("written", "read", "hint"), [("010", 8, "write 10 without"), ("0x10", 16, "write 16 in")])
+def test_a_number_yaml_reads_in_another_base_is_a_warning(written, read, hint):
+    # `steps: 010` trained 8 steps; only an unrelated warning (checkpoint after the end) gave it away.
+    report = read_spec_text(f"student: {{model: tiny-2l}}\nmode: pretrain\nsteps: {written}\n", file="spec.yaml")
+    assert report.ok and report.spec.steps == read
+    (problem,) = [p for p in report.problems if p.code == "number_in_another_base"]
+    assert problem.severity == "warning" and problem.line == 3 and problem.hint.startswith(hint), problem
+    quoted = read_spec_text("student: {model: tiny-2l}\nmode: pretrain\nsteps: 10\nname: '010'\n", file="s.yaml")
+    assert not [p for p in quoted.problems if p.code == "number_in_another_base"]
