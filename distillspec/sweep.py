@@ -100,11 +100,16 @@ class _Block(BaseModel):
 
 def _dns_label(value: str) -> str:
     if not DNS_1035.match(value) or len(value) > SWEEP_NAME_MAX:
+        suggestion = _as_dns_label(value, SWEEP_NAME_MAX)
         raise PydanticCustomError(
             "bad_sweep_name",
             "sweep name {value} must be a DNS-1035 label of at most {limit} characters: lower-case letters, digits "
-            "and '-', starting with a letter",
-            {"value": repr(value), "limit": SWEEP_NAME_MAX},
+            "and '-', starting with a letter{suggestion}",
+            {
+                "value": repr(value),
+                "limit": SWEEP_NAME_MAX,
+                "suggestion": f" ({suggestion!r} would do)" if suggestion and suggestion != value else "",
+            },
         )
     return value
 
@@ -573,6 +578,13 @@ def _spec_source(
         source = SpecSource(MappingProxyType(translation.data), where, source_document, prefix, translation, "maxtext")
         return source, odd + [_at(p, prefix + tuple(p.loc), source_document, where) for p in translation.problems]
     return SpecSource(MappingProxyType(copy.deepcopy(data)), where, source_document, prefix), odd
+
+
+def _as_dns_label(value: str, limit: int) -> str:
+    """`value` made a DNS-1035 label (`Alpha_End` -> `alpha-end`), "" when nothing of it is left."""
+    text = re.sub(r"[^a-z0-9]+", "-", value.lower())
+    text = re.sub(r"^[^a-z]+", "", text)[:limit]
+    return text.rstrip("-")
 
 
 # --- pydantic errors -> problems --------------------------------------------------------------------------

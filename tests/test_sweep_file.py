@@ -167,6 +167,8 @@ def test_env_values_must_be_strings(tmp_path):
 
 def test_a_bad_sweep_name_is_an_error(tmp_path):
     assert error_codes(load(tmp_path, sweep_data(name="Alpha_End"))) == ["bad_sweep_name"]
+    (problem,) = load(tmp_path, sweep_data(name="Alpha_End")).problems
+    assert "('alpha-end' would do)" in problem.message  # the user's own name, made valid
 
 
 def test_a_base_spec_file_is_held_to_what_validate_holds_it_to(tmp_path):
