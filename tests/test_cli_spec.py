@@ -178,6 +178,10 @@ def test_models_lists_registry_as_json():
     rows = json.loads(runner.invoke(app, ["models", "--output", "json"]).stdout)
     by_name = {r["name"]: r for r in rows}
     assert by_name["gemma2-9b"]["vocab_size"] == 256128 and by_name["qwen3-4b"]["num_layers"] == 36
+    # The constants a block may restate for a checkpoint, in the block's own terms.
+    llama = by_name["llama3.1-8b"]
+    assert llama["rope_theta"] == 500000.0 and llama["rope_scaling"]["type"] == "llama3"
+    assert by_name["gemma2-9b"]["attn_softcap"] == 50.0 and by_name["qwen3-4b"]["attn_softcap"] == "none"
 
 
 def test_unknown_option_is_usage_error():

@@ -136,20 +136,50 @@ def models(output: OutputOption = OutputFormat.text) -> None:
     """List the models distillctl knows, with their shapes."""
     from rich.table import Table
 
-    from distillspec.registry import BLOCK_FIELDS, MODELS
+    from distillspec.config import constant_in_spec_terms
+    from distillspec.registry import BLOCK_FIELDS, CONSTANT_FIELDS, MODELS
     from orchestrator.cli import console
 
     fields = [f for f in BLOCK_FIELDS if f != "global_layers"]  # the shape fields a model block can set
     rows = [
-        {"name": name, "parameters": s.param_count(), **{k: getattr(s, k) for k in fields}}
+        {
+            "name": name,
+            "family": s.family,
+            "parameters": s.param_count(),
+            **{k: getattr(s, k) for k in fields},
+            # the constants a block may restate for a checkpoint whose own differ (`none`: no scaling, no cap)
+            **{k: constant_in_spec_terms(k, getattr(s, k)) for k in CONSTANT_FIELDS},
+        }
         for name, s in MODELS.items()
     ]
     if output is OutputFormat.json:
         console.print_json(rows)
         return
     table = Table()
-    for column in ("name", "params", "layers", "emb", "heads", "kv", "head_dim", "mlp", "vocab"):
-        table.add_column(column, justify="left" if column == "name" else "right")
+    columns = (
+        "name",
+        "params",
+        "layers",
+        "emb",
+        "heads",
+        "kv",
+        "head_dim",
+        "mlp",
+        "vocab",
+        "rope θ",
+        "scaling",
+        "tied",
+    )
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("name", "scaling") else "right")
     for r in rows:
-        table.add_row(r["name"], console.parameter_count(r["parameters"]), *(str(r[k]) for k in fields))
+        scaling = r["rope_scaling"]
+        table.add_row(
+            r["name"],
+            console.parameter_count(r["parameters"]),
+            *(str(r[k]) for k in fields),
+            f"{r['rope_theta']:g}",
+            scaling if isinstance(scaling, str) else f"{scaling['type']} ×{scaling['factor']:g}",
+            "yes" if r["tie_embeddings"] else "no",
+        )
     console.print_wide(table)  # names are what a spec copies: never cut to `llama3.1…`
