@@ -800,13 +800,13 @@ def _strings_at(loc: Loc, value: Any) -> list[tuple[Loc, str]]:
     return []
 
 
-def spec_placeholder_problems(data: Any, names: list[str], *, of: str = "") -> list[Problem]:
-    """Placeholders in a spec file a sweep names, each at its own key: malformed, unknown, or naming no
-    prerequisite in `names` (those it may use). Taken literally, a typo went into the JobSet, and the point no
-    longer waited for its prerequisite."""
+def spec_placeholder_problems(data: Any, names: list[str] | None, *, of: str = "", at: Loc = ()) -> list[Problem]:
+    """Placeholders in `data` (a spec file a sweep names, or a part of the sweep file at `at`), each at its own key:
+    malformed, unknown, or naming no prerequisite in `names` (those it may use; None: not checked here). Taken
+    literally, a typo went into the JobSet, and the point no longer waited for its prerequisite."""
     out = []
     whose = f"prerequisite {of!r}: " if of else ""
-    for loc, text in _strings_at((), data):
+    for loc, text in _strings_at(at, data):
         if MALFORMED_PLACEHOLDER.search(text):
             out.append(
                 Problem(
@@ -816,7 +816,7 @@ def spec_placeholder_problems(data: Any, names: list[str], *, of: str = "") -> l
                     "write ${prerequisites.<name>.output}, braces and all",
                 )
             )
-        for expression in ANY_PLACEHOLDER.findall(text):
+        for expression in ANY_PLACEHOLDER.findall(text) if names is not None else ():
             m = PLACEHOLDER.fullmatch("${" + expression + "}")
             if m is None:
                 out.append(
@@ -834,7 +834,7 @@ def spec_placeholder_problems(data: Any, names: list[str], *, of: str = "") -> l
                         loc,
                         "unknown_prerequisite",
                         f"{whose}${{{expression}}} names no prerequisite "
-                        + (f"listed before {of!r}" if of else "of the sweep"),
+                        + (f"listed before {of!r}" if of else "of this sweep"),
                         f"did you mean {close[0]!r}?"
                         if close
                         else (f"prerequisites: {', '.join(names)}" if names else "declare it under `prerequisites:`"),
@@ -884,42 +884,10 @@ def _placeholders(sweep: Sweep) -> list[Problem]:
     ]
     if isinstance(sweep.spec, dict):
         places.append((("spec",), sweep.spec))
-    prerequisite_places = [(("prerequisites", name), p.overrides) for name, p in sweep.prerequisites.items()]
-    for place, value in places + prerequisite_places:
-        for loc, text in _strings_at(place, value):
-            if MALFORMED_PLACEHOLDER.search(text):
-                out.append(
-                    Problem(
-                        loc,
-                        "bad_placeholder",
-                        f"{text!r} holds a placeholder that is not closed or has no braces",
-                        "write ${prerequisites.<name>.output}, braces and all",
-                    )
-                )
-    for loc, value in places:
-        for expression in placeholders_in(value):
-            m = PLACEHOLDER.fullmatch("${" + expression + "}")
-            if m is None:
-                out.append(
-                    Problem(
-                        loc,
-                        "bad_placeholder",
-                        f"unknown placeholder ${{{expression}}}",
-                        "the only placeholder is ${prerequisites.<name>.output}",
-                    )
-                )
-            elif m.group(1) not in names:
-                close = get_close_matches(m.group(1), names, n=1, cutoff=0.5)
-                out.append(
-                    Problem(
-                        loc,
-                        "unknown_prerequisite",
-                        f"${{{expression}}} names no prerequisite of this sweep",
-                        f"did you mean {close[0]!r}?"
-                        if close
-                        else (f"prerequisites: {', '.join(names)}" if names else "declare it under `prerequisites:`"),
-                    )
-                )
+    for place, value in places:
+        out += spec_placeholder_problems(value, names, at=place)
+    for name, prerequisite in sweep.prerequisites.items():  # which names it may use: `nested_prerequisite` below
+        out += spec_placeholder_problems(prerequisite.overrides, None, at=("prerequisites", name))
     uses = {
         name: _prerequisites_named(
             placeholders_in(p.overrides) + placeholders_in(p.spec if isinstance(p.spec, dict) else {})
