@@ -553,6 +553,29 @@ def _constants(spec: DistillSpec) -> list[Problem]:
                         f"remove {side}.{field}",
                     )
                 )
+        # What the trainer would compute otherwise than transformers does (the Hugging Face loader refuses the
+        # same in a config.json): a model trained here that transformers cannot run as trained.
+        shape = model.shape()
+        if family == "gemma3" and shape.attn_softcap is not None:
+            out.append(
+                Problem(
+                    (side, "attn_softcap"),
+                    "constant_not_in_family",
+                    "attn_softcap on a Gemma 3: transformers' Gemma 3 stores attn_logit_softcapping but never applies "
+                    "it, so an export would compute another model than the one trained",
+                    f"remove {side}.attn_softcap (no published Gemma 3 caps attention)",
+                )
+            )
+        if family == "gemma2" and shape.rope_scaling is not None:
+            out.append(
+                Problem(
+                    (side, "rope_scaling"),
+                    "constant_not_in_family",
+                    "rope_scaling on a Gemma 2: transformers scales every layer's RoPE, this trainer only the global "
+                    "layers' (no published Gemma 2 scales RoPE)",
+                    f"remove {side}.rope_scaling",
+                )
+            )
     student, teacher = spec.student, spec.teacher
     if (
         student.init == "teacher"

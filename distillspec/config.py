@@ -14,7 +14,7 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from distillspec import layer_presets
@@ -168,7 +168,8 @@ NONE = "none"  # a constant set to nothing: no RoPE scaling, no soft-cap
 class RopeScalingSpec(_Block):
     """RoPE frequency scaling, in config.json's terms: `llama3` (Llama 3.1/3.2) or `linear` (Gemma 3 ≥ 4B)."""
 
-    type: Literal["llama3", "linear"]
+    # `rope_type`, as config.json writes it since transformers 4.45, is read too
+    type: Literal["llama3", "linear"] = Field(validation_alias=AliasChoices("type", "rope_type"))
     factor: PositiveFloat
     low_freq_factor: PositiveFloat = 1.0  # llama3 only
     high_freq_factor: PositiveFloat = 4.0  # llama3 only
@@ -235,7 +236,7 @@ class ModelSpec(_Block):
     rope_local_theta: PositiveFloat | None = None
     attn_softcap: PositiveFloat | Literal["none"] | None = None
     final_softcap: PositiveFloat | Literal["none"] | None = None
-    query_pre_attn_scalar: PositiveFloat | None = None
+    query_pre_attn_scalar: PositiveInt | None = None  # an int in transformers' Gemma configs
 
     def shape(self) -> ModelShape:
         """The registry shape with this block's overrides applied."""

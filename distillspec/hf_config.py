@@ -188,6 +188,11 @@ def _shape(c: dict, family: str, file: str) -> ModelShape:
                 f"RoPE scaling ({local_scaling.kind}) on the sliding-window layers; Gemma 3 scales the global layers' "
                 "RoPE only, and so does this trainer"
             )
+    if family == "gemma2" and scaling is not None:
+        problems.append(
+            f"RoPE scaling ({scaling.kind}) on a Gemma 2: transformers scales every layer's RoPE, this trainer only "
+            "the global layers' (no published Gemma 2 scales RoPE)"
+        )
     if c.get("use_sliding_window"):
         problems.append("use_sliding_window is set, which this trainer does not build for Qwen 3")
     if c.get("attention_bias") or c.get("mlp_bias"):
@@ -231,6 +236,12 @@ def shape_mismatches(found: ModelShape, expected: ModelShape) -> list[str]:
                     f"global_layers: expected {want}, found {got} (a pruned Gemma 3 keeps its layers' kinds: set "
                     "global_layers in the model block to the checkpoint's)"
                 )
+            continue
+        if name in CONSTANT_FIELDS:  # in the block's terms (`none`, `{type: llama3, ...}`), not Python's
+            from distillspec.config import constant_in_spec_terms
+
+            want, got = (_yaml_flow(constant_in_spec_terms(name, getattr(x, name))) for x in (expected, found))
+            out.append(f"{name}: expected {want}, found {got}")
             continue
         out.append(f"{name}: expected {getattr(expected, name)}, found {getattr(found, name)}")
     return out
@@ -329,6 +340,10 @@ def _rope_parameters(theta: float, scaling: RopeScaling | None) -> dict:
     }
 
 
+def _whole(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value
+
+
 def config_of(shape: ModelShape, dtype: str = "float32") -> dict:
     """The config.json (transformers 5 layout) that `shape_from_config` reads back as `shape`."""
     s = shape
@@ -352,7 +367,8 @@ def config_of(shape: ModelShape, dtype: str = "float32") -> dict:
         config |= {
             "hidden_activation": "gelu_pytorch_tanh",
             "sliding_window": s.sliding_window,
-            "query_pre_attn_scalar": s.query_pre_attn_scalar or s.head_dim,
+            # an int in transformers' Gemma configs (its strict config classes refuse 16.0)
+            "query_pre_attn_scalar": _whole(s.query_pre_attn_scalar or s.head_dim),
             "attn_logit_softcapping": s.attn_softcap,
             "final_logit_softcapping": s.final_softcap,
             "layer_types": layer_types(s),

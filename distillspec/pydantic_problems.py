@@ -149,6 +149,8 @@ def _literal_hint(value: Any, expected: str) -> str:
 def _type_hint(value: Any, err: dict) -> str:
     if value == "None":
         return "write null (YAML's empty value), not None"
+    if isinstance(value, str) and re.fullmatch(r"[-+]?0\d+", value.strip()):  # 08, 09: not octal, so a string
+        return f"{value} is not a number in YAML (a leading 0 means octal): write {int(value)}"
     if isinstance(value, str):
         try:
             float(value)
@@ -159,7 +161,7 @@ def _type_hint(value: Any, err: dict) -> str:
         if written is not None:
             return written
     if isinstance(value, float) and value.is_integer() and "integer" in err["msg"]:
-        return f"write {int(value)} (a whole number, without the .0)"
+        return f"write {int(value)} (a whole number)"
     if "valid string" in err["msg"]:
         return "quote the value to make it a string"
     return ""

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, ValidationError
 
 from distillspec import checks, maxtext_format
+from distillspec import config as config_module
 from distillspec.config import BATCH_SHAPE_KEYS, BatchSpec, DistillSpec
 from distillspec.problems import Loc, Problem, format_loc, has_errors
 from distillspec.pydantic_problems import problems_from
@@ -258,13 +259,19 @@ def _batch_shape_in_models(data: dict[str, Any], home: str) -> list[Problem]:
     return problems
 
 
+# The spec's model classes: pydantic names a union's member in an error's loc (`rope_scaling.RopeScalingSpec.type`).
+_MODELS = frozenset(
+    name for name, obj in vars(config_module).items() if isinstance(obj, type) and issubclass(obj, BaseModel)
+)
+
+
 def _validate_with_repairs(data: dict[str, Any]) -> tuple[DistillSpec | None, list[Problem]]:
     problems: list[Problem] = []
     for _ in range(_REPAIR_ROUNDS):
         try:
             return DistillSpec.model_validate(data), problems
         except ValidationError as e:
-            found = problems_from(e, data, root="the spec", did_you_mean=_did_you_mean, hints=HINTS)
+            found = problems_from(e, data, root="the spec", did_you_mean=_did_you_mean, hints=HINTS, tags=_MODELS)
         # A key set aside in an earlier round may now be "missing": that is the same problem, already reported.
         new = [p for p in found if not any(_related(p.loc, old.loc) for old in problems)]
         if not new:

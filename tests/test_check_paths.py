@@ -326,7 +326,7 @@ def test_the_hint_names_what_a_model_block_can_set_and_what_it_cannot(tmp_path):
     rope = {**config.get("rope_parameters", {}), "rope_theta": 100000.0}
     (tied / CONFIG).write_text(json.dumps({**config, "tie_word_embeddings": True, "rope_parameters": rope}))
     (problem,) = check_paths(spec_with(str(tied)), read_text)
-    assert "tie_embeddings: expected False, found True" in problem.message
+    assert "tie_embeddings: expected false, found true" in problem.message
     assert problem.hint.startswith(
         "set in the teacher block the checkpoint's tie_embeddings: true, rope_theta: 100000.0"
     ), problem.hint

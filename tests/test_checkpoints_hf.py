@@ -712,3 +712,29 @@ def test_an_image_text_gemma3_folder_gives_its_language_model(folders):
     _assert_same_logits(folder, np.load(folders["tokens"]))
     shape = hf.shape_from_config(config)
     assert shape.family == "gemma3" and shape.vocab_size == 100 and shape.tie_embeddings
+
+
+def test_an_image_text_gemma3_teachers_positions_and_token_ids_travel_to_the_export(folders):
+    # They live in text_config: the export read the top level and left them out, silently.
+    from trainer.export import carried_config
+
+    text = json.loads((folders["gemma3_mm"] / hf.CONFIG).read_text())["text_config"]
+    spec = {
+        "name": "g3",
+        "mode": "distill",
+        "student": {"model": "gemma3-1b", "init": "random"},
+        "teacher": {"model": "gemma3-1b", "load_parameters_path": str(folders["gemma3_mm"])},
+        "loss": {"alpha": 1.0},
+    }
+    carried, source, notes = carried_config(spec_of(merged(spec)), "gemma3")
+    assert source == str(folders["gemma3_mm"]) and notes == []
+    assert carried["max_position_embeddings"] == text["max_position_embeddings"]
+    assert all(carried.get(k) == text[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in text)
+
+
+def test_a_gemma2_config_with_rope_scaling_is_refused():
+    # transformers scales every Gemma 2 layer's RoPE, the trainer only the global ones: logits 24 % apart.
+    config = {**SMALL, "model_type": "gemma2", "num_hidden_layers": 4}
+    config["rope_parameters"] = {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}
+    with pytest.raises(UserError, match="RoPE scaling \\(linear\\) on a Gemma 2"):
+        hf.shape_from_config(config)

@@ -177,7 +177,8 @@ loss: {alpha: 0.5}
     ("line", "hint"),
     [
         ("steps: 2k", "write 2000 (numbers are plain: no k, M or B suffix)"),
-        ("steps: 200.0", "write 200 (a whole number, without the .0)"),
+        ("steps: 200.0", "write 200 (a whole number)"),
+        ("steps: 08", "08 is not a number in YAML (a leading 0 means octal): write 8"),
         ("optimizer: {warmup_fraction: 10%}", "write 0.1 (a fraction, not a percentage)"),
     ],
 )

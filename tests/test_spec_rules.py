@@ -517,3 +517,26 @@ def test_a_path_broken_before_anything_reads_it_is_an_error(path, code):
 def test_a_path_in_a_store_the_trainer_image_cannot_read_is_a_warning():
     found = codes(spec_data(**{"teacher.load_parameters_path": "s3://bucket/ckpt"}), errors_only=False)
     assert found == ["unsupported_scheme"], found
+
+
+def test_constants_the_trainer_would_compute_otherwise_than_transformers_are_refused_and_scalars_stay_whole():
+    from distillspec.config import DistillSpec, ModelSpec
+    from distillspec.hf_config import config_of
+
+    # Gemma 3's attention soft-cap (transformers stores it, never applies it); Gemma 2's RoPE scaling (transformers
+    # scales every layer, the trainer the global ones): both trained a model its export could not reproduce.
+    gemma3 = {"student.model": "gemma3-1b", "teacher.model": "gemma3-1b", "teacher.attn_softcap": 20.0}
+    assert "constant_not_in_family" in codes(spec_data(**gemma3))
+    gemma2 = {"student.model": "gemma2-2b", "teacher.model": "gemma2-2b"}
+    scaled = {**gemma2, "teacher.rope_scaling": {"type": "linear", "factor": 4.0}}
+    assert "constant_not_in_family" in codes(spec_data(**scaled))
+    # query_pre_attn_scalar is an int in transformers' strict Gemma configs (16.0 made the export unloadable).
+    shape = ModelSpec(model="gemma2-2b", query_pre_attn_scalar=16).shape()
+    written = config_of(shape)["query_pre_attn_scalar"]
+    assert written == 16 and isinstance(written, int)
+    assert "wrong_type" in codes(spec_data(**gemma2, **{"teacher.query_pre_attn_scalar": 16.5}))
+    # config.json's own key for the scaling's kind is read; a union member's class never shows in a loc.
+    spec = DistillSpec.model_validate(spec_data(**{"teacher.rope_scaling": {"rope_type": "linear", "factor": 2.0}}))
+    assert spec.teacher.shape().rope_scaling.kind == "linear"
+    report = report_for(spec_data(**{"teacher.rope_scaling": {"factor": 2.0}}))
+    assert [p.dotted_loc for p in report.problems] == ["teacher.rope_scaling.type"], report.problems

@@ -22,6 +22,7 @@ from typing import Any
 import fsspec
 
 from distillspec.config import DistillSpec
+from distillspec.hf_config import language_config
 from trainer.exit_codes import OutputNotWritable, UserError
 
 FORMATS = ("hf", "maxtext")
@@ -261,7 +262,7 @@ def carried_config(spec: DistillSpec, family: str) -> tuple[dict[str, Any], str 
                         "defaults, e.g. 2048 positions); export from the directory the run trained in"
                     )
                 continue
-            config = hf.read_config(path)
+            config = language_config(hf.read_config(path))  # an image-text Gemma 3 keeps them in text_config
         except (UserError, OSError, ValueError):
             continue
         return {key: config[key] for key in CARRIED_CONFIG if key in config}, path, []
