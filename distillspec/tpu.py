@@ -55,6 +55,21 @@ class TpuType:
         return int(self.hbm_gb_per_chip * 1e9)
 
     @property
+    def devices_per_chip(self) -> int:
+        """JAX devices per chip: v4 and v5p merge their two TensorCores into one device (megacore); TPU7x shows
+        each TensorCore as a device of its own (JAX's mesh utilities lay its trays out as 2 devices per chip)."""
+        return self.tensorcores_per_chip if self.family == "tpu7x" else 1
+
+    @property
+    def devices(self) -> int:
+        """JAX devices per slice: what the trainer's mesh and `per_device_batch_size` count."""
+        return self.chips * self.devices_per_chip
+
+    @property
+    def hbm_bytes_per_device(self) -> int:
+        return self.hbm_bytes_per_chip // self.devices_per_chip
+
+    @property
     def topology_ambiguous(self) -> bool:
         """True when GKE has node pools of this topology on another machine type (see AMBIGUOUS_TOPOLOGIES)."""
         return (self.family, self.topology) in AMBIGUOUS_TOPOLOGIES

@@ -371,7 +371,7 @@ def test_a_mesh_or_batch_the_targets_chips_cannot_hold_is_an_error_before_launch
     result = expanded(tmp_path, sweep_data(spec="spec.yaml"))
     (mesh,) = [p for p in result.problems if p.code == "layout_does_not_fit"]
     assert mesh.is_error and mesh.loc == ("mesh",) and mesh.file.endswith("spec.yaml") and mesh.line is not None
-    assert "on 2 × v5p-128 (128 chips): mesh {'data': 2, 'fsdp': 128, 'tensor': 1} needs 256 devices" in mesh.message
+    assert "on 2 × v5p-128 (128 devices): mesh {'data': 2, 'fsdp': 128, 'tensor': 1} needs 256 devices" in mesh.message
     assert not result.runs
     # A batch size from an axis: named at the axis, with the point's values and the sizes that do fit.
     axis = sweep_data(axes={"batch.per_device_batch_size": [1, 0.5]})

@@ -156,3 +156,21 @@ def test_a_teacher_logits_run_is_costed_as_the_teachers_forward_pass_alone():
     assert m.student_params == m.gradients == m.optimizer_state == 0
     assert m.teacher_params == logits.teacher.shape().param_count() * 2 // 64  # bf16, FSDP over a slice's 64
     assert m.total < memory.estimate(online, chips=128, hbm_bytes_per_chip=v5p.hbm_bytes_per_chip, slices=2).total
+
+
+def test_a_tpu7x_chip_is_two_jax_devices_in_the_plan():
+    # JAX shows each TPU7x TensorCore as a device (its mesh utilities lay a tray of 4 chips out as 8 devices):
+    # per_device_batch_size, the mesh and the memory estimate count devices, not chips.
+    t7, v5p = tpu.lookup("tpu7x-128"), tpu.lookup("v5p-128")
+    assert (t7.devices_per_chip, t7.devices, t7.hbm_bytes_per_device) == (2, 2 * t7.chips, t7.hbm_bytes_per_chip // 2)
+    assert (v5p.devices_per_chip, v5p.devices) == (1, v5p.chips)  # megacore: one device per chip
+    llama = spec()
+    # The same chips do twice the tokens a step on TPU7x: chip-hours follow the tokens, not the chip count.
+    assert cost.chip_hours(llama, t7, slices=1) == pytest.approx(
+        2
+        * llama.steps
+        * llama.tokens_per_step(t7.chips)
+        * cost.flops_per_token(llama)
+        / (t7.peak_bf16_tflops_per_chip * 1e12 * cost.ASSUMED_MFU)
+        / 3600
+    )

@@ -11,6 +11,7 @@ local paths and gs:// alike.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Callable
@@ -315,10 +316,17 @@ def _maxtext_problems(got: tuple, model: ModelSpec, side: str, loc, read_text: R
             found_shape = shape_from_config(_json(text, config_file), config_file)
         except ConfigError as e:
             return [*problems, Problem(loc, "checkpoint_unreadable", e.message, e.hint)]
-        problems += [
-            Problem(loc, "checkpoint_mismatch", f"{config_file} holds a different {side} model: {m}", hint)
-            for m in shape_mismatches(found_shape, model.shape())
-        ]
+        mismatches = shape_mismatches(found_shape, model.shape())
+        if mismatches:  # what the block must say, once; the tensors' mismatches follow from it and share the hint
+            block_lines = mismatch_hint(side, found_shape, model.shape())
+            return [dataclasses.replace(p, hint=block_lines) for p in problems] + [
+                Problem(
+                    loc,
+                    "checkpoint_mismatch",
+                    f"{config_file} holds a different {side} model: {'; '.join(mismatches)}",
+                    block_lines,
+                )
+            ]
     return problems
 
 

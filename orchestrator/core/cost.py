@@ -4,7 +4,7 @@ FLOPs per token: 6·P_s for the student (forward and backward) plus 2·P_t for t
 (online distillation only; a `teacher_logits` run, which writes the teacher's top-k logits, is 2·P_t alone), P being the parameters a token is multiplied by (`ModelShape.matmul_param_count`:
 the layers and the output head, not the input embedding's table lookup); attention's T² term and
 rematerialisation's extra forward are not counted, which the utilisation figure absorbs. Tokens per step are `per_device_batch_size × chips ×
-max_target_length × gradient_accumulation_steps` (one JAX device per chip). chip-hours =
+max_target_length × gradient_accumulation_steps` (one JAX device per chip, two on TPU7x). chip-hours =
 steps × tokens per step × FLOPs per token / (peak bf16 FLOP/s per chip × MFU) / 3600 — independent of how
 many chips share the work, so it is the figure to compare and to bill.
 """
@@ -28,6 +28,6 @@ def flops_per_token(spec: DistillSpec) -> int:
 
 
 def chip_hours(spec: DistillSpec, tpu: TpuType, *, slices: int, mfu: float = ASSUMED_MFU) -> float:
-    chips = tpu.chips * slices
-    total_flops = spec.steps * spec.tokens_per_step(chips) * flops_per_token(spec)
+    # tokens per step count JAX devices (per_device_batch_size): two per TPU7x chip, one per chip elsewhere
+    total_flops = spec.steps * spec.tokens_per_step(tpu.devices * slices) * flops_per_token(spec)
     return total_flops / (tpu.peak_bf16_tflops_per_chip * 1e12 * mfu) / 3600.0

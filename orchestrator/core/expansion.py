@@ -332,11 +332,11 @@ def _layout_problems(
     target = sweep.target
     if not target.on_cluster or target.tpu_type is None:
         return []  # a local run's device count is the machine's
-    devices = tpu.lookup(target.tpu_type).chips * target.slices
+    devices = tpu.lookup(target.tpu_type).devices * target.slices
     try:
         layout.check(spec.mesh, spec.batch.per_device_batch_size, devices, target.slices)
     except layout.LayoutError as e:
-        where = f"{target.slices} × {target.tpu_type} ({devices} chips)"
+        where = f"{target.slices} × {target.tpu_type} ({devices} devices)"
         problem = Problem(
             e.field,
             "layout_does_not_fit",

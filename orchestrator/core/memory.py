@@ -2,7 +2,7 @@
 
 The formula models what the bundled trainer compiles (`trainer/step.py`, `trainer/setup.py`) and is checked
 against XLA's own memory analysis of the compiled step on simulated CPU meshes (tests/test_plan_memory.py: within
-±25 %). All sizes are bytes per chip (one JAX device per chip); every term is written down here.
+±25 %). All sizes are bytes per JAX device (a chip; half a TPU7x chip); every term is written down here.
 
 Mesh: the spec's axes over every chip of the run (slices × chips per slice), the -1 axis filling what the others
 leave; unset `data`/`fsdp` mean what the trainer builds: data-parallel across slices (the data axis takes the

@@ -59,14 +59,14 @@ def plan_row(point: Point, target: Target) -> PlanRow:
     if not target.on_cluster or target.tpu_type is None:
         return PlanRow(point, None, None, None, None, memory.estimate(point.spec, chips=1, hbm_bytes_per_chip=None))
     shape = tpu.lookup(target.tpu_type)
-    chips = shape.chips * target.slices
+    devices = shape.devices * target.slices  # the estimate is per JAX device: a TPU7x chip holds two
     return PlanRow(
         point,
         target.slices,
         shape.vms_per_slice,
         shape.chips_per_vm,
         cost.chip_hours(point.spec, shape, slices=target.slices),
-        memory.estimate(point.spec, chips=chips, hbm_bytes_per_chip=shape.hbm_bytes_per_chip, slices=target.slices),
+        memory.estimate(point.spec, chips=devices, hbm_bytes_per_chip=shape.hbm_bytes_per_device, slices=target.slices),
     )
 
 
@@ -112,9 +112,11 @@ def memory_problems(rows: tuple[PlanRow, ...], target: Target) -> list[Problem]:
             f"{'fused' if m.fused_loss else 'dense'} loss {m.loss / GB:.1f}"
         )
         verdict = "will not fit" if m.fit == "does_not_fit" else "barely fits"
+        # per JAX device: a TPU7x chip is two (each TensorCore with half the chip's HBM)
+        unit = "device (a TensorCore)" if tpu.lookup(str(target.tpu_type)).devices_per_chip > 1 else "chip"
         text = (
-            f"needs about {m.total / GB:.1f} GB per chip ({parts}), {verdict} in the "
-            f"{m.hbm_per_chip / GB:.0f} GB of a {target.tpu_type} chip"
+            f"needs about {m.total / GB:.1f} GB per {unit} ({parts}), {verdict} in the "
+            f"{m.hbm_per_chip / GB:.0f} GB of a {target.tpu_type} {unit}"
         )
         grouped.setdefault((m.fit, text), []).append(row.point.label)
     for (fit, text), labels in grouped.items():
