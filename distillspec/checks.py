@@ -54,6 +54,7 @@ def _path_fields(spec: DistillSpec) -> list[tuple[tuple[str, ...], str]]:
         (("eval", "path"), spec.eval.path if spec.eval is not None else None),
         (("offline_data_dir",), spec.offline_data_dir),
         (("output_dir",), spec.output_dir),
+        (("data", "tokenizer"), spec.data.tokenizer if spec.data.tokenizer != "byte" else None),
     ]
     return [(loc, path) for loc, path in fields if path is not None]
 
@@ -83,7 +84,18 @@ def _paths(spec: DistillSpec) -> list[Problem]:
                         "write gs://BUCKET/path, the bucket in lower-case letters, digits, '-', '_' and '.'",
                     )
                 )
-        elif scheme not in (*READ_SCHEMES, "hf"):  # hf://: its own error (hub_model_not_read)
+        elif scheme == "hf" and loc[-1] != "load_parameters_path":  # a checkpoint's: hub_model_not_read
+            out.append(
+                Problem(
+                    loc,
+                    "hub_path_not_read",
+                    f"{name} {path!r} names the Hugging Face Hub; the trainer reads files from a folder or a bucket "
+                    "and downloads nothing",
+                    "download it first (huggingface-cli download ... --local-dir DIR, or copy it to a bucket) and "
+                    f"point {name} at that",
+                )
+            )
+        elif scheme not in (*READ_SCHEMES, "hf"):
             out.append(
                 Problem(
                     loc,

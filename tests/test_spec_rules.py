@@ -540,3 +540,13 @@ def test_constants_the_trainer_would_compute_otherwise_than_transformers_are_ref
     assert spec.teacher.shape().rope_scaling.kind == "linear"
     report = report_for(spec_data(**{"teacher.rope_scaling": {"factor": 2.0}}))
     assert [p.dotted_loc for p in report.problems] == ["teacher.rope_scaling.type"], report.problems
+
+
+@pytest.mark.parametrize("field", ["data.tokenizer", "output_dir", "eval.path"])
+def test_a_hub_path_anywhere_is_refused_before_anything_asks_the_hub(field):
+    # `--check-paths` crashed asking the Hub for an hf:// tokenizer (exit 70); the pods could not read one either.
+    edits = {"data": {"source": "jsonl", "path": "gs://bucket/c.jsonl"}, field: "hf://org/name/file"}
+    if field == "eval.path":
+        edits["eval"] = {"path": "hf://org/name/file"}
+        del edits[field]
+    assert "hub_path_not_read" in codes(spec_data(**edits))
