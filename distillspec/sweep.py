@@ -35,7 +35,7 @@ import re
 from difflib import get_close_matches
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Collection, Literal, Mapping
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic_core import PydanticCustomError
@@ -500,7 +500,7 @@ def parse_sweep(text: str, *, file: str | None = None, base_dir: str | Path = ".
             if source is not None:
                 prerequisites[name] = source
                 if isinstance(prerequisite.spec, str):
-                    found = spec_placeholder_problems(source.copy_data(), names[:position], of=name)
+                    found = spec_placeholder_problems(source.copy_data(), names[:position], of=name, declared=names)
                     problems += [source.locate(p) for p in found]
         problems += check(sweep)
         if not has_errors(problems):  # a misspelt placeholder is the error to fix; "unused" would be its echo
@@ -800,7 +800,9 @@ def _strings_at(loc: Loc, value: Any) -> list[tuple[Loc, str]]:
     return []
 
 
-def spec_placeholder_problems(data: Any, names: list[str] | None, *, of: str = "", at: Loc = ()) -> list[Problem]:
+def spec_placeholder_problems(
+    data: Any, names: list[str] | None, *, of: str = "", at: Loc = (), declared: Collection[str] = ()
+) -> list[Problem]:
     """Placeholders in `data` (a spec file a sweep names, or a part of the sweep file at `at`), each at its own key:
     malformed, unknown, or naming no prerequisite in `names` (those it may use; None: not checked here). Taken
     literally, a typo went into the JobSet, and the point no longer waited for its prerequisite."""
@@ -835,7 +837,13 @@ def spec_placeholder_problems(data: Any, names: list[str] | None, *, of: str = "
                         "unknown_prerequisite",
                         f"{whose}${{{expression}}} names no prerequisite "
                         + (f"listed before {of!r}" if of else "of this sweep"),
-                        f"did you mean {close[0]!r}?"
+                        (
+                            f"{of!r} uses its own output: give it a fixed path"
+                            if m.group(1) == of
+                            else f"list {m.group(1)!r} before {of!r} under `prerequisites:`"
+                        )
+                        if of and m.group(1) in declared
+                        else f"did you mean {close[0]!r}?"
                         if close
                         else (f"prerequisites: {', '.join(names)}" if names else "declare it under `prerequisites:`"),
                     )
@@ -915,15 +923,37 @@ def _placeholders(sweep: Sweep) -> list[Problem]:
                         "nested_prerequisite",
                         f"prerequisite {name!r} uses ${{{expression}}}: a prerequisite can only use the outputs of "
                         "the prerequisites listed before it",
-                        f"{name!r} and {m.group(1)!r} use each other's outputs: a cycle no order can run; give one "
-                        "of them a fixed path"
-                        if m.group(1) in uses.get(name, set()) and name in uses.get(m.group(1), set())
-                        else f"list {m.group(1)!r} before {name!r} under `prerequisites:`"
-                        if m.group(1) in names and m.group(1) != name
-                        else "give it a fixed path, or name a prerequisite listed before it",
+                        _order_hint(name, m.group(1), names, uses),
                     )
                 )
     return out
+
+
+def _order_hint(name: str, used: str, names: list[str], uses: Mapping[str, set[str]]) -> str:
+    """What to do about prerequisite `name` using `used`'s output, which is not listed before it: move it up, unless
+    no order can run them (itself; a cycle, named in full)."""
+    if used == name:
+        return f"{name!r} uses its own output: give it a fixed path"
+    if used not in names:
+        return "give it a fixed path, or name a prerequisite listed before it"
+    path = _path(used, name, uses)
+    if path is not None:
+        cycle = " → ".join([name, *path])
+        return f"a cycle no order can run ({cycle}): give one of them a fixed path"
+    return f"list {used!r} before {name!r} under `prerequisites:`"
+
+
+def _path(start: str, goal: str, uses: Mapping[str, set[str]]) -> list[str] | None:
+    """The prerequisites from `start` to `goal` through what each uses (`start` and `goal` included), or None."""
+    paths, seen = [[start]], {start}
+    while paths:
+        path = paths.pop(0)
+        if path[-1] == goal:
+            return path
+        for nxt in sorted(uses.get(path[-1], set()) - seen):
+            seen.add(nxt)
+            paths.append([*path, nxt])
+    return None
 
 
 def early_stopping_rules(rules: EarlyStopping) -> list[tuple[str, Any]]:

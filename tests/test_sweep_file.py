@@ -240,4 +240,15 @@ def test_a_prerequisite_nothing_uses_is_a_warning_and_two_that_use_each_other_a_
         "b": {"spec": "t.yaml", "overrides": {"student.load_parameters_path": "${prerequisites.a.output}"}},
     }
     (nested,) = [p for p in load(tmp_path, sweep_data(prerequisites=cycle)).problems if p.is_error]
-    assert nested.code == "nested_prerequisite" and "a cycle no order can run" in nested.hint, nested
+    assert nested.code == "nested_prerequisite" and "a cycle no order can run (a → b → a)" in nested.hint, nested
+    # Longer cycles are named in full (each was told to move one up: no order satisfied both), and using itself.
+    three = {
+        "a": {"spec": "t.yaml", "overrides": {"student.load_parameters_path": "${prerequisites.b.output}"}},
+        "b": {"spec": "t.yaml", "overrides": {"student.load_parameters_path": "${prerequisites.c.output}"}},
+        "c": {"spec": "t.yaml", "overrides": {"student.load_parameters_path": "${prerequisites.a.output}"}},
+    }
+    hints = [p.hint for p in load(tmp_path, sweep_data(prerequisites=three)).problems if p.is_error]
+    assert hints[0].startswith("a cycle no order can run (a → b → c → a)"), hints
+    own = {"a": {"spec": "t.yaml", "overrides": {"student.load_parameters_path": "${prerequisites.a.output}"}}}
+    (itself,) = [p for p in load(tmp_path, sweep_data(prerequisites=own)).problems if p.is_error]
+    assert itself.hint == "'a' uses its own output: give it a fixed path"
