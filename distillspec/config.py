@@ -175,6 +175,19 @@ class RopeScalingSpec(_Block):
     high_freq_factor: PositiveFloat = 4.0  # llama3 only
     original_max_position_embeddings: PositiveInt = 8192  # llama3 only
 
+    @model_validator(mode="after")
+    def _llama3_fields_only_for_llama3(self) -> RopeScalingSpec:
+        extra = sorted(
+            self.model_fields_set & {"low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
+        )
+        if self.type == "linear" and extra:  # they mean nothing to linear scaling, yet made another run id
+            raise PydanticCustomError(
+                "llama3_only",
+                "{fields} apply to llama3 scaling only; linear scaling has a factor",
+                {"fields": ", ".join(extra)},
+            )
+        return self
+
     def scaling(self) -> RopeScaling:
         return RopeScaling(
             self.type,

@@ -43,6 +43,7 @@ HINTS = {
     "straddle:[pruned layers]",
     "bad_run_name": "use letters, digits, '.', '_' and '-'",
     "bad_mesh_axis": "use -1 for the axis that takes the remaining devices, or a size >= 1",
+    "llama3_only": "remove them, or use type: llama3",
 }
 
 

@@ -205,3 +205,10 @@ def test_a_number_yaml_reads_in_another_base_is_a_warning(written, read, hint):
     assert problem.severity == "warning" and problem.line == 3 and problem.hint.startswith(hint), problem
     quoted = read_spec_text("student: {model: tiny-2l}\nmode: pretrain\nsteps: 10\nname: '010'\n", file="s.yaml")
     assert not [p for p in quoted.problems if p.code == "number_in_another_base"]
+
+
+def test_llama3_scaling_fields_on_a_linear_scaling_are_refused():
+    # They meant nothing to linear scaling, yet made another run id and a mismatch whose two sides read alike.
+    text = "student: {model: tiny-2l, rope_scaling: {type: linear, factor: 2.0, low_freq_factor: 2.0}}\nmode: pretrain\n"
+    (problem,) = [p for p in read_spec_text(text, file="spec.yaml").problems if p.is_error]
+    assert problem.code == "llama3_only" and "low_freq_factor apply to llama3 scaling only" in problem.message

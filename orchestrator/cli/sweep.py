@@ -91,7 +91,9 @@ def plan(
             p.jobset_name,
             console.axis_text(p.axis_values),
             row.shape,
-            "—" if row.chip_hours is None else f"{row.chip_hours:,.0f}",
+            "—"
+            if row.chip_hours is None
+            else (f"{row.chip_hours:,.0f}" if row.chip_hours >= 10 else f"{row.chip_hours:.2g}"),
             _gb(m.total) + ("" if m.hbm_per_chip is None else f"/{m.hbm_per_chip / GB:.0f}"),
             {"fits": "ok", "tight": "tight", "does_not_fit": "OOM", "unknown": "—"}[m.fit],
         )
