@@ -209,6 +209,8 @@ def test_a_number_yaml_reads_in_another_base_is_a_warning(written, read, hint):
 
 def test_llama3_scaling_fields_on_a_linear_scaling_are_refused():
     # They meant nothing to linear scaling, yet made another run id and a mismatch whose two sides read alike.
-    text = "student: {model: tiny-2l, rope_scaling: {type: linear, factor: 2.0, low_freq_factor: 2.0}}\nmode: pretrain\n"
+    text = (
+        "student: {model: tiny-2l, rope_scaling: {type: linear, factor: 2.0, low_freq_factor: 2.0}}\nmode: pretrain\n"
+    )
     (problem,) = [p for p in read_spec_text(text, file="spec.yaml").problems if p.is_error]
     assert problem.code == "llama3_only" and "low_freq_factor apply to llama3 scaling only" in problem.message
