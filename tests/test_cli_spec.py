@@ -277,3 +277,8 @@ def test_models_prints_every_name_whole_into_a_pipe():
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0, result.output
     assert all(f" {name} " in result.stdout for name in MODELS), result.stdout
+
+
+def test_standard_input_named_twice_is_a_usage_error():
+    result = runner.invoke(app, ["validate", "-", "-"], input="student: {model: tiny-2l}\nmode: pretrain\n")
+    assert result.exit_code == ExitCode.USAGE and "standard input (-) is named twice" in result.stderr

@@ -54,6 +54,9 @@ def run(arguments: Arguments) -> int:
     from orchestrator.errors import USAGE_CODES
     from orchestrator.exit_codes import ExitCode
 
+    if sum(str(path) == "-" for path in arguments.files) > 1:  # the second read an empty stream: "empty file"
+        console.print_error("standard input (-) is named twice", "give `-` once; name the other files by path")
+        return int(ExitCode.USAGE)
     reports = [read_spec_file(path) for path in arguments.files]
     if arguments.check_paths:
         reports = _with_checked_paths(reports)
