@@ -322,6 +322,14 @@ def _unknown(loc: Loc, key: str, known: set[str]) -> Problem:
             if close
             else "this distill_* key is not one distillctl knows; see the guide's configuration surface",
         )
+    if key in STATED_IN_NATIVE:  # the trainer computes it; this layout has no key distillctl reads for it
+        return Problem(
+            loc,
+            "maxtext_key_ignored",
+            f"MaxText key {key!r} is not read from this layout: the model's constant comes from its registry model",
+            f"to change it, keep the spec in distillctl's layout and state `{STATED_IN_NATIVE[key]}` in the model block",
+            severity="warning",
+        )
     return Problem(
         loc,
         "maxtext_key_ignored",
@@ -329,6 +337,16 @@ def _unknown(loc: Loc, key: str, known: set[str]) -> Problem:
         "remove it if it was meant for something else",
         severity="warning",
     )
+
+
+# MaxText keys for constants a native model block states (MaxText writes 0 for "none", which the block spells `none`).
+STATED_IN_NATIVE = {
+    "attn_logits_soft_cap": "attn_softcap",
+    "final_logits_soft_cap": "final_softcap",
+    "local_rope_max_timescale": "rope_local_theta",
+    "rope_type": "rope_scaling",
+    "query_pre_attn_scalar": "query_pre_attn_scalar",
+}
 
 
 DATA_PATH_KEY_BY_SOURCE = {"hf": "hf_path", "grain": "grain_train_files"}

@@ -293,3 +293,10 @@ def test_a_checkpoints_constants_round_trip_through_maxtexts_own_keys():
     assert flat["teacher_overrides"]["normalization_layer_epsilon"] == 1e-6
     again = read_spec_text(yaml.safe_dump(flat)).spec
     assert again.teacher.shape().rope_theta == 100000.0 and again.teacher.shape().tie_embeddings
+
+
+def test_maxtext_keys_for_constants_the_trainer_computes_say_where_to_state_them():
+    # They were "not used by distillctl's trainer", which computes soft-caps, the local RoPE base and RoPE scaling.
+    text = RUNNABLE.replace("teacher_overrides:\n", "teacher_overrides:\n  final_logits_soft_cap: 30.0\n")
+    (problem,) = [p for p in read_spec_text(text).problems if p.code == "maxtext_key_ignored"]
+    assert "not read from this layout" in problem.message and "`final_softcap`" in problem.hint
