@@ -82,8 +82,8 @@ def _problem(
     if kind == "union_tag_not_found":
         name = str(err.get("ctx", {}).get("discriminator", "")).strip("'")
         return Problem(loc, "missing_key", f"{where}.{name} is required", hints.get(kind, f"add `{name}:`"))
-    if kind in hints or kind == "wrong_type":
-        return Problem(loc, kind, err["msg"], hints.get(kind, ""))
+    if kind in hints or kind == "wrong_type":  # a validator's own: its words, and what to write for the value
+        return Problem(loc, kind, err["msg"], hints.get(kind) or _type_hint(err.get("input"), err))
     if kind == "string_too_short" and value == "":
         return Problem(loc, "empty_value", f"{where} is empty", f"give {where} a value, or leave the key out")
     if kind == "literal_error":

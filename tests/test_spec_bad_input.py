@@ -214,3 +214,12 @@ def test_llama3_scaling_fields_on_a_linear_scaling_are_refused():
     )
     (problem,) = [p for p in read_spec_text(text, file="spec.yaml").problems if p.is_error]
     assert problem.code == "llama3_only" and "low_freq_factor apply to llama3 scaling only" in problem.message
+
+
+def test_a_scheduled_loss_weight_written_as_people_write_it_gets_what_to_write():
+    text = 'student: {model: tiny-2l}\nteacher: {model: tiny-4l, load_parameters_path: x}\nloss: {alpha: 50%, temperature: "2.0"}\n'
+    hints = {p.dotted_loc: p.hint for p in read_spec_text(text, file="spec.yaml").problems if p.is_error}
+    assert hints == {
+        "loss.alpha": "write 0.5 (a fraction, not a percentage)",
+        "loss.temperature": "remove the quotes around the number",
+    }
