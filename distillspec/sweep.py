@@ -437,7 +437,7 @@ def load_sweep(path: str | Path) -> SweepSource:
         return SweepSource(file, None, None, None, MappingProxyType({}), (source_problem(e, file),))
     # Read from a pipe (`-`, /dev/stdin), a relative `spec:` is relative to the current directory, not /dev.
     piped = file == "-" or file.startswith(("/dev/", "/proc/self/fd/"))
-    return parse_sweep(text, file=file, base_dir=Path.cwd() if piped else Path(path).parent)
+    return parse_sweep(text, file=file, base_dir=Path(".") if piped else Path(path).parent)
 
 
 def _is_spec(data: dict) -> bool:
