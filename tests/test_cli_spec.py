@@ -124,6 +124,10 @@ def test_explain_json_schedule_values():
     assert alpha == [0.9, 0.8414, 0.7, 0.5586, 0.5]
     assert [v["step"] for v in view["schedules"]["beta"]["values"]] == [0, 5000, 10000, 15000, 20000]
     assert view["models"]["teacher"]["parameters"] == 8_030_261_248
+    # The constants each model computes with (a block's own, else its registry model's); none left as nulls.
+    constants = view["models"]["teacher"]["constants"]
+    assert constants["rope_theta"] == 500000.0 and constants["rope_scaling"]["type"] == "llama3"
+    assert "sliding_window" not in constants and "rope_theta" not in view["spec"]["teacher"]  # Llama: no Gemma ones
 
 
 def test_explain_invalid_spec_exits_4_on_stderr(tmp_path):

@@ -54,10 +54,20 @@ def explain(
     console.out.print(Text(f"# {file}: resolved spec", style="bold"))
     console.out.print(console.to_yaml(view["spec"]).rstrip(), markup=False)
     models = Table(title="models", title_justify="left")
-    for column in ("side", "model", "layers", "parameters"):
+    for column in ("side", "model", "layers", "parameters", "rope θ", "scaling", "tied"):
         models.add_column(column)
     for side, info in view["models"].items():
-        models.add_row(side, info["model"], str(info["num_layers"]), console.parameter_count(info["parameters"]))
+        constants = info["constants"]
+        scaling = constants["rope_scaling"]
+        models.add_row(
+            side,
+            info["model"],
+            str(info["num_layers"]),
+            console.parameter_count(info["parameters"]),
+            f"{constants['rope_theta']:g}",
+            scaling if isinstance(scaling, str) else f"{scaling['type']} ×{scaling['factor']:g}",
+            "yes" if constants["tie_embeddings"] else "no",
+        )
     console.out.print(models)
     if view["feature_loss"]:
         console.out.print(f"feature-loss layer indices: {view['layer_indices']}", markup=False)

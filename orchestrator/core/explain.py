@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from distillspec.config import DistillSpec
+from distillspec.config import DistillSpec, constant_in_spec_terms
+from distillspec.registry import CONSTANT_FIELDS, GEMMA_CONSTANTS
 
 PROGRESS_POINTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -12,10 +13,24 @@ def explain(spec: DistillSpec) -> dict:
     resolved = spec.resolved()
     models = {}
     for side in ("student", "teacher"):
-        block = getattr(spec, side)
+        block = spec.student_block() if side == "student" else spec.teacher  # the student as built
         if block is not None:
             shape = block.shape()
-            models[side] = {"model": block.model, "parameters": shape.param_count(), "num_layers": shape.num_layers}
+            models[side] = {
+                "model": block.model,
+                "parameters": shape.param_count(),
+                "num_layers": shape.num_layers,
+                # the constants it computes with, stated or the registry model's (`none`: no scaling, no cap)
+                "constants": {
+                    k: constant_in_spec_terms(k, getattr(shape, k))
+                    for k in CONSTANT_FIELDS
+                    if shape.is_gemma or k not in GEMMA_CONSTANTS
+                },
+            }
+    data = resolved.model_dump(mode="json")
+    for side in ("student", "teacher"):  # a constant left to the registry model is in `models`, not a null here
+        if isinstance(data.get(side), dict):
+            data[side] = {k: v for k, v in data[side].items() if k not in CONSTANT_FIELDS or v is not None}
     schedules = {}
     if spec.mode == "distill":
         for name in ("alpha", "temperature", "beta"):
@@ -32,7 +47,7 @@ def explain(spec: DistillSpec) -> dict:
                 ],
             }
     return {
-        "spec": resolved.model_dump(mode="json"),
+        "spec": data,
         "layer_indices": resolved.loss.layer_indices,
         "teacher_layer_indices": spec.teacher_layer_indices(),  # the layers they meet (differ for drop_layers)
         "feature_loss": spec.mode == "distill" and spec.loss.feature_loss_on,
