@@ -151,6 +151,8 @@ def _type_hint(value: Any, err: dict) -> str:
         return "write null (YAML's empty value), not None"
     if isinstance(value, str) and re.fullmatch(r"[-+]?0\d+", value.strip()):  # 08, 09: not octal, so a string
         return f"{value} is not a number in YAML (a leading 0 means octal): write {int(value)}"
+    if isinstance(value, str) and re.fullmatch(r"0o[0-7]+", value.strip()):  # YAML 1.2's octal; 1.1 reads text
+        return f"write {int(value.strip(), 8)} (the YAML read here takes 0o as text)"
     if isinstance(value, str):
         try:
             float(value)

@@ -179,6 +179,7 @@ loss: {alpha: 0.5}
         ("steps: 2k", "write 2000 (numbers are plain: no k, M or B suffix)"),
         ("steps: 200.0", "write 200 (a whole number)"),
         ("steps: 08", "08 is not a number in YAML (a leading 0 means octal): write 8"),
+        ("steps: 0o10", "write 8 (the YAML read here takes 0o as text)"),
         ("optimizer: {warmup_fraction: 10%}", "write 0.1 (a fraction, not a percentage)"),
     ],
 )
