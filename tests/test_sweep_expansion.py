@@ -388,3 +388,15 @@ def test_a_mesh_or_batch_the_targets_chips_cannot_hold_is_an_error_before_launch
     assert not [p for p in expanded(tmp_path, sweep_data()).problems if p.code == "layout_does_not_fit"]
     local = sweep_data(spec="spec.yaml", target={"kind": "local", "output_base": str(tmp_path / "runs")})
     assert not [p for p in expanded(tmp_path, local).problems if p.code == "layout_does_not_fit"]
+
+
+def test_points_that_differ_only_in_an_ignored_end_are_said_to_be_the_same_training(tmp_path):
+    # `loss.alpha.end` × `schedule: [constant, linear]`: two constant points trained alike under two run ids,
+    # each only warned `end_ignored`.
+    axes = {"loss.alpha.end": [0.5, 0.3], "loss.alpha.schedule": ["constant", "linear"]}
+    result = expanded(tmp_path, sweep_data(axes=axes))
+    (same,) = [p for p in result.problems if p.code == "same_training"]
+    assert same.severity == "warning" and same.file.endswith("sweep.yaml") and same.line is not None
+    assert "point 2" in same.message and "point 0" in same.message and len(result.points) == 4
+    shaped = expanded(tmp_path, sweep_data(axes={"loss.alpha.end": [0.5, 0.3], "loss.alpha.schedule": ["linear"]}))
+    assert not [p for p in shaped.problems if p.code == "same_training"]

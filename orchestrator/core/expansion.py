@@ -223,6 +223,7 @@ def expand(source: SweepSource, *, max_points: int | None = DEFAULT_MAX_POINTS) 
             points.append(point)
     problems += [_named(key, labels, len(drafts)) for key, labels in grouped.items()]
     problems += _duplicates(source, prerequisites + tuple(points), drafts)
+    problems += _same_training(source, tuple(points), drafts)
     problems += _names(source, prerequisites + tuple(points))
     problems += [source.locate(p) for p in _median_problems(sweep, sum(not p.is_baseline for p in points))]
     ok = not has_errors(problems)
@@ -693,6 +694,46 @@ def _duplicates(source: SweepSource, runs: tuple[Point, ...], drafts: list[_Draf
             )
         else:
             seen[run.run_id] = run
+    return out
+
+
+def _without_ignored_ends(spec: DistillSpec) -> DistillSpec | None:
+    """`spec` with the `end` of its constant schedules removed (the trainer ignores them), None when it has none."""
+    changes = {
+        name: value.model_copy(update={"end": None})
+        for name in ("alpha", "temperature", "beta")
+        if (value := getattr(spec.loss, name)).schedule == "constant" and value.end is not None
+    }
+    return spec.model_copy(update={"loss": spec.loss.model_copy(update=changes)}) if changes else None
+
+
+def _same_training(source: SweepSource, points: tuple[Point, ...], drafts: list[_Draft]) -> list[Problem]:
+    """A warning for points that differ only in a value the trainer ignores (a constant schedule's `end` on an
+    axis): two run ids, the same training twice (each point's `end_ignored` did not say they were duplicates)."""
+    sweep = source.sweep
+    assert sweep is not None
+    by_index = {d.index: d for d in drafts}
+    trained: dict[str, Point] = {p.run_id: p for p in points}
+    out = []
+    for point in points:
+        bare = _without_ignored_ends(point.spec)
+        if bare is None:
+            continue
+        same = identity.identify(bare, sweep.target)[0]
+        first = trained.setdefault(same, point)
+        if first is not point:
+            out.append(
+                source.locate(
+                    Problem(
+                        _first_loc(by_index.get(point.index)),
+                        "same_training",
+                        f"{point.label} and {first.label} differ only in the end of a constant schedule, which the "
+                        "trainer ignores: the same training twice, under two run ids",
+                        "drop the end from the axis (or give the schedule a shape: linear or cosine)",
+                        severity="warning",
+                    )
+                )
+            )
     return out
 
 
