@@ -15,10 +15,9 @@ from distillspec.config import (
     DOCUMENT_SOURCES,
     DistillSpec,
     ScheduledValue,
-    constant_in_spec_terms,
 )
 from distillspec.problems import Problem
-from distillspec.registry import CONSTANT_FIELDS, GEMMA_CONSTANTS, MODELS
+from distillspec.registry import CONSTANT_FIELDS, GEMMA_CONSTANTS, MODELS, constant_in_spec_terms
 
 
 def check(spec: DistillSpec) -> list[Problem]:

@@ -22,6 +22,7 @@ from distillspec.registry import (
     BLOCK_FIELDS,
     CONSTANT_FIELDS,
     MODELS,
+    NONE,
     ModelShape,
     RopeScaling,
     pruned_global_layers,
@@ -162,7 +163,6 @@ def _known_model(name: str) -> str:
 
 
 PositiveFloat = Annotated[float, Field(gt=0)]
-NONE = "none"  # a constant set to nothing: no RoPE scaling, no soft-cap
 
 
 class RopeScalingSpec(_Block):
@@ -196,22 +196,6 @@ class RopeScalingSpec(_Block):
             self.high_freq_factor,
             self.original_max_position_embeddings,
         )
-
-
-def constant_in_spec_terms(field: str, value: Any) -> Any:
-    """A shape constant as a model block writes it (`none`, a rope_scaling mapping)."""
-    if value is None:
-        return NONE
-    if isinstance(value, RopeScaling):
-        out = {"type": value.kind, "factor": value.factor}
-        if value.kind == "llama3":
-            out |= {
-                "low_freq_factor": value.low_freq_factor,
-                "high_freq_factor": value.high_freq_factor,
-                "original_max_position_embeddings": value.original_max_position,
-            }
-        return out
-    return value
 
 
 class ModelSpec(_Block):

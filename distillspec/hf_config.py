@@ -13,7 +13,14 @@ import re
 from typing import TYPE_CHECKING
 
 from distillspec.problems import Loc
-from distillspec.registry import BLOCK_FIELDS, CONSTANT_FIELDS, MODELS, ModelShape, RopeScaling
+from distillspec.registry import (
+    BLOCK_FIELDS,
+    CONSTANT_FIELDS,
+    MODELS,
+    ModelShape,
+    RopeScaling,
+    constant_in_spec_terms,
+)
 
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
@@ -238,8 +245,6 @@ def shape_mismatches(found: ModelShape, expected: ModelShape) -> list[str]:
                 )
             continue
         if name in CONSTANT_FIELDS:  # in the block's terms (`none`, `{type: llama3, ...}`), not Python's
-            from distillspec.config import constant_in_spec_terms
-
             want, got = (_yaml_flow(constant_in_spec_terms(name, getattr(x, name))) for x in (expected, found))
             out.append(f"{name}: expected {want}, found {got}")
             continue
@@ -272,8 +277,6 @@ def hub_download_hint(path: str) -> str:
 def mismatch_hint(side: str, found: ModelShape, expected: ModelShape) -> str:
     """What to change in the `side` block for a checkpoint of shape `found`: the block's own fields, or the
     registry models whose fixed fields (tied embeddings, RoPE, norms...) are the checkpoint's, or that none is."""
-    from distillspec.config import constant_in_spec_terms
-
     settable = (*BLOCK_FIELDS, *CONSTANT_FIELDS)
     differing = [n for n in COMPARED if getattr(found, n) != getattr(expected, n)]
     fixed = [n for n in differing if n not in settable]

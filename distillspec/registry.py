@@ -144,6 +144,25 @@ CONSTANT_FIELDS = (
 GEMMA_CONSTANTS = ("sliding_window", "rope_local_theta", "attn_softcap", "final_softcap", "query_pre_attn_scalar")
 
 
+NONE = "none"  # a constant set to nothing in a model block: no RoPE scaling, no soft-cap
+
+
+def constant_in_spec_terms(field: str, value: object) -> object:
+    """A shape constant as a model block writes it (`none`, a rope_scaling mapping)."""
+    if value is None:
+        return NONE
+    if isinstance(value, RopeScaling):
+        out: dict[str, object] = {"type": value.kind, "factor": value.factor}
+        if value.kind == "llama3":
+            out |= {
+                "low_freq_factor": value.low_freq_factor,
+                "high_freq_factor": value.high_freq_factor,
+                "original_max_position_embeddings": value.original_max_position,
+            }
+        return out
+    return value
+
+
 def with_constants(shape: ModelShape, changes: tuple[tuple[str, object], ...]) -> ModelShape:
     """`shape` with constants replaced (None included: no RoPE scaling, no soft-cap)."""
     return _replaced(shape, changes) if changes else shape

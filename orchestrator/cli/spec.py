@@ -146,8 +146,7 @@ def models(output: OutputOption = OutputFormat.text) -> None:
     """List the models distillctl knows, with their shapes."""
     from rich.table import Table
 
-    from distillspec.config import constant_in_spec_terms
-    from distillspec.registry import BLOCK_FIELDS, CONSTANT_FIELDS, MODELS
+    from distillspec.registry import BLOCK_FIELDS, CONSTANT_FIELDS, MODELS, constant_in_spec_terms
     from orchestrator.cli import console
 
     fields = [f for f in BLOCK_FIELDS if f != "global_layers"]  # the shape fields a model block can set

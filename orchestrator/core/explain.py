@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from distillspec.config import DistillSpec, constant_in_spec_terms
-from distillspec.registry import CONSTANT_FIELDS, GEMMA_CONSTANTS
+from distillspec.config import DistillSpec
+from distillspec.registry import CONSTANT_FIELDS, GEMMA_CONSTANTS, constant_in_spec_terms
 
 PROGRESS_POINTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
