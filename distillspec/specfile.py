@@ -113,15 +113,7 @@ def validate_document(document: YamlDocument, *, file: str | None = None) -> Spe
             column=1,
         )
         return SpecReport(file, None, (problem,))
-    problems = [
-        Problem(
-            loc,
-            "duplicate_key",
-            f"key {loc[-1]!r} appears twice; the later value would silently win",
-            "keep one of them",
-        )
-        for loc, _ in document.duplicate_keys
-    ] + document.other_base_problems()
+    problems = document.duplicate_key_problems() + document.other_base_problems()
     translation = None
     if maxtext_format.looks_like_maxtext(data):
         translation = maxtext_format.from_maxtext(data)

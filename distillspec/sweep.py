@@ -473,15 +473,7 @@ def parse_sweep(text: str, *, file: str | None = None, base_dir: str | Path = ".
             "and `target:` (see sweeps/quickstart.yaml)",
         )
         return dataclasses.replace(empty, problems=(dataclasses.replace(problem, file=file, line=1, column=1),))
-    problems = [
-        Problem(
-            loc,
-            "duplicate_key",
-            f"key {loc[-1]!r} appears twice; the later value would silently win",
-            "keep one of them",
-        )
-        for loc, _ in document.duplicate_keys
-    ] + document.other_base_problems()
+    problems = document.duplicate_key_problems() + document.other_base_problems()
     sweep, found = validate_sweep_data(data)
     problems += found
     base = None
@@ -546,15 +538,7 @@ def _spec_source(
             return None, [dataclasses.replace(problem, message=f"{problem.message}, in the spec the sweep names{at}")]
         data, where = spec_document.data, str(spec_file)
         source_document, prefix = spec_document, ()
-        duplicates = [
-            Problem(
-                key,
-                "duplicate_key",
-                f"key {key[-1]!r} appears twice; the later value would silently win",
-                "keep one of them",
-            )
-            for key, _ in spec_document.duplicate_keys
-        ]
+        duplicates = spec_document.duplicate_key_problems()
         if duplicates and isinstance(data, dict):  # `validate` refused the file; the sweep took the later value
             return None, [_at(p, p.loc, spec_document, where) for p in duplicates]
         odd = [_at(p, p.loc, spec_document, where) for p in spec_document.other_base_problems()]

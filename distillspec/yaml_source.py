@@ -44,6 +44,18 @@ class YamlDocument:
     # Integers YAML 1.1 reads in another base than they look (`010` is 8, `0x10` 16): (loc, as written, as read)
     other_base_numbers: tuple[tuple[Loc, str, int], ...] = ()
 
+    def duplicate_key_problems(self) -> list[Problem]:
+        """An error per key a mapping writes twice (YAML keeps the later value without a word)."""
+        return [
+            Problem(
+                loc,
+                "duplicate_key",
+                f"key {loc[-1]!r} appears twice; the later value would silently win",
+                "keep one of them",
+            )
+            for loc, _ in self.duplicate_keys
+        ]
+
     def other_base_problems(self) -> list[Problem]:
         """A warning per integer read in another base than it looks: `steps: 010` trained 8 steps, silently."""
         return [
