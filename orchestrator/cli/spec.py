@@ -57,16 +57,12 @@ def explain(
     for column in ("side", "model", "layers", "parameters", "rope θ", "scaling", "tied"):
         models.add_column(column)
     for side, info in view["models"].items():
-        constants = info["constants"]
-        scaling = constants["rope_scaling"]
         models.add_row(
             side,
             info["model"],
             str(info["num_layers"]),
             console.parameter_count(info["parameters"]),
-            f"{constants['rope_theta']:g}",
-            scaling if isinstance(scaling, str) else f"{scaling['type']} ×{scaling['factor']:g}",
-            "yes" if constants["tie_embeddings"] else "no",
+            *_constant_cells(info["constants"]),
         )
     console.out.print(models)
     if view["feature_loss"]:
@@ -182,13 +178,20 @@ def models(output: OutputOption = OutputFormat.text) -> None:
     for column in columns:
         table.add_column(column, justify="left" if column in ("name", "scaling") else "right")
     for r in rows:
-        scaling = r["rope_scaling"]
         table.add_row(
             r["name"],
             console.parameter_count(r["parameters"]),
             *(str(r[k]) for k in fields),
-            f"{r['rope_theta']:g}",
-            scaling if isinstance(scaling, str) else f"{scaling['type']} ×{scaling['factor']:g}",
-            "yes" if r["tie_embeddings"] else "no",
+            *_constant_cells(r),
         )
     console.print_wide(table)  # names are what a spec copies: never cut to `llama3.1…`
+
+
+def _constant_cells(constants: dict) -> tuple[str, str, str]:
+    """The RoPE base, scaling and tying of a model's constants (in a block's terms) as table cells."""
+    scaling = constants["rope_scaling"]
+    return (
+        f"{constants['rope_theta']:g}",
+        scaling if isinstance(scaling, str) else f"{scaling['type']} ×{scaling['factor']:g}",
+        "yes" if constants["tie_embeddings"] else "no",
+    )
