@@ -33,7 +33,6 @@ def check(spec: DistillSpec) -> list[Problem]:
         _global_layers,
         _data,
         _mesh,
-        _hub_checkpoints,
         _paths,
     ):
         problems.extend(rule(spec))
@@ -83,18 +82,9 @@ def _paths(spec: DistillSpec) -> list[Problem]:
                         "write gs://BUCKET/path, the bucket in lower-case letters, digits, '-', '_' and '.'",
                     )
                 )
-        elif scheme == "hf" and loc[-1] != "load_parameters_path":  # a checkpoint's: hub_model_not_read
-            out.append(
-                Problem(
-                    loc,
-                    "hub_path_not_read",
-                    f"{name} {path!r} names the Hugging Face Hub; the trainer reads files from a folder or a bucket "
-                    "and downloads nothing",
-                    "download it first (huggingface-cli download ... --local-dir DIR, or copy it to a bucket) and "
-                    f"point {name} at that",
-                )
-            )
-        elif scheme not in (*READ_SCHEMES, "hf"):
+        elif scheme == "hf":  # `--check-paths` crashed asking the Hub from a machine without network
+            out.append(_hub_path(loc, name, path))
+        elif scheme not in READ_SCHEMES:
             out.append(
                 Problem(
                     loc,
@@ -107,26 +97,26 @@ def _paths(spec: DistillSpec) -> list[Problem]:
     return out
 
 
-def _hub_checkpoints(spec: DistillSpec) -> list[Problem]:
-    """An `hf://` checkpoint path: the trainer reads folders and buckets, never the Hub (`--check-paths` crashed
-    asking the Hub from a machine without network; the pods would have failed the same way)."""
-    out = []
-    for side in ("student", "teacher"):
-        block = getattr(spec, side)
-        path = getattr(block, "load_parameters_path", None) if block is not None else None
-        if path and path.startswith("hf://"):
-            repo = path.removeprefix("hf://").removeprefix("models/").strip("/")
-            out.append(
-                Problem(
-                    (side, "load_parameters_path"),
-                    "hub_model_not_read",
-                    f"{path!r} names the Hugging Face Hub; the trainer reads checkpoints from a folder or a bucket and "
-                    "does not download them",
-                    f"download it first (huggingface-cli download {repo} --local-dir DIR, or copy it to a bucket) and "
-                    "point load_parameters_path at that folder",
-                )
-            )
-    return out
+def _hub_path(loc: tuple[str, ...], name: str, path: str) -> Problem:
+    """An `hf://` path: the trainer reads folders and buckets, never the Hub (the pods would fail on it)."""
+    if loc[-1] == "load_parameters_path":
+        repo = path.removeprefix("hf://").removeprefix("models/").strip("/")
+        return Problem(
+            loc,
+            "hub_model_not_read",
+            f"{path!r} names the Hugging Face Hub; the trainer reads checkpoints from a folder or a bucket and "
+            "does not download them",
+            f"download it first (huggingface-cli download {repo} --local-dir DIR, or copy it to a bucket) and "
+            "point load_parameters_path at that folder",
+        )
+    return Problem(
+        loc,
+        "hub_path_not_read",
+        f"{name} {path!r} names the Hugging Face Hub; the trainer reads files from a folder or a bucket "
+        "and downloads nothing",
+        "download it first (huggingface-cli download ... --local-dir DIR, or copy it to a bucket) and "
+        f"point {name} at that",
+    )
 
 
 def _schedules(spec: DistillSpec) -> list[Problem]:
