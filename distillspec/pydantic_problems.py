@@ -134,9 +134,6 @@ def _suffixed_number(value: str) -> str | None:
 
 def _literal_hint(value: Any, expected: str) -> str:
     """`did you mean 'cosine'?` for `Cosine` or `cosin`, else the choices."""
-    import re
-    from difflib import get_close_matches
-
     choices = re.findall(r"'([^']*)'", expected)
     if isinstance(value, str) and choices:
         same = [c for c in choices if c.lower() == value.strip().lower()]
