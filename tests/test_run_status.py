@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from distillspec.contract import LABEL_QUEUE
 from orchestrator.core.run_status import Condition, Observation, derive
 from orchestrator.outputs import LogLine, RunOutputs
 
@@ -250,8 +251,10 @@ def test_runs_left_in_another_queue_than_the_target_names_are_said(tmp_path):
     expansion = expanded(tmp_path, sweep_data(axes={"loss.alpha.end": [0.3, 0.7]}))
     first, second = expansion.runs
     observed = {
-        first.run_id: Observation(exists=True, suspended=True, queue_reason="Pending", queue="old-queue"),
-        second.run_id: Observation(exists=True, active=True, queue="multislice-queue"),
+        first.run_id: Observation(
+            exists=True, suspended=True, queue_reason="Pending", labels=((LABEL_QUEUE, "old-queue"),)
+        ),
+        second.run_id: Observation(exists=True, active=True, labels=((LABEL_QUEUE, "multislice-queue"),)),
     }
     out = {run.run_id: outputs() for run in expansion.runs}
     statuses = derive_all(expansion, observed, out, now=NOW)
@@ -263,7 +266,10 @@ def test_runs_left_in_another_queue_than_the_target_names_are_said(tmp_path):
     )
     assert "cancel" in warning.hint and warning.severity == "warning"
     completed = (Condition("Completed", "True"),)
-    finished = {**observed, first.run_id: Observation(exists=True, queue="old-queue", conditions=completed)}
+    finished = {
+        **observed,
+        first.run_id: Observation(exists=True, labels=((LABEL_QUEUE, "old-queue"),), conditions=completed),
+    }
     assert queue_changes(expansion, finished, derive_all(expansion, finished, out, now=NOW)) == ()
 
 

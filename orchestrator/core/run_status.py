@@ -13,6 +13,7 @@ import enum
 import re
 
 from distillspec.contract import (
+    LABEL_QUEUE,
     STOPPED_REASONS,
     DivergedReason,
     FailedReason,
@@ -104,11 +105,15 @@ class Observation:
     owner: str = ""  # the sweep that created it, when not the sweep being looked at (run ids are shared)
     name: str = ""  # the backend's name for it (a JobSet's), when known
     lost: str = ""  # submitted once, yet nothing will run it now, and why (a local supervisor that is gone)
-    queue: str = ""  # the Kueue LocalQueue a cluster run was created in (its JobSet's queue label)
     labels: tuple[tuple[str, str], ...] = ()  # a cluster run's labels as created (its JobSet's, sorted)
     failed_worker: str = ""  # a failed run's first failed worker and its exit (`slice 0, worker 3 exited 137 (...)`)
     claimed_at: float | None = None  # no run yet, but `owner` claimed it then (unix seconds) and may create it
     claim_expires_at: float | None = None  # when that claim turns stale and any sweep may take the run over
+
+    @property
+    def queue(self) -> str:
+        """The Kueue LocalQueue a cluster run was created in (its queue label), "" when it has none."""
+        return dict(self.labels).get(LABEL_QUEUE, "")
 
     def condition(self, kind: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind and c.status == "True"), None)

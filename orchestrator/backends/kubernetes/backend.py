@@ -26,7 +26,6 @@ from kubernetes.client.exceptions import ApiException
 
 from distillspec import tpu
 from distillspec.contract import (
-    LABEL_QUEUE,
     LABEL_RUN_ID,
     STUCK_EVENT_REASONS,
     STUCK_WAITING_REASONS,
@@ -903,7 +902,6 @@ def observations(
             observe_jobset(jobset, workloads.get(metadata.get("uid")), stuck.get(metadata.get("name"), ())),
             owner="" if owner == sweep else owner,
             name=metadata.get("name", ""),
-            queue=_labels(jobset).get(LABEL_QUEUE, ""),
             labels=tuple(sorted(_labels(jobset).items())),
             failed_worker=(failed or {}).get(metadata.get("name", ""), ""),
         )
