@@ -26,6 +26,7 @@ cert dir.
 from __future__ import annotations
 
 import base64
+import collections
 import os
 import shutil
 import socket
@@ -270,8 +271,55 @@ class ControlPlane:
                 msg = f"timed out after {timeout:.0f}s waiting for {what}"
                 if last_exc is not None:
                     msg += f" (last error: {type(last_exc).__name__}: {str(last_exc)[:500]})"
-                raise TimeoutError(msg)
+                raise TimeoutError(f"{msg}\n{self.snapshot()}")
             time.sleep(interval)
+
+    def snapshot(self, namespace: str = "default") -> str:
+        """What the cluster holds when a wait times out: JobSets, Kueue Workloads, pods and the latest events, one
+        line each, so that a failure far away (CI) says whether Kueue, the scheduler or a controller stalled."""
+        from kubernetes import client
+
+        custom, core = client.CustomObjectsApi(self.client), client.CoreV1Api(self.client)
+        lines = ["the cluster at the timeout:"]
+        try:
+            for kind, group, version in (
+                ("jobsets", "jobset.x-k8s.io", "v1alpha2"),
+                ("workloads", "kueue.x-k8s.io", "v1beta2"),
+            ):
+                for item in custom.list_namespaced_custom_object(group, version, namespace, kind)["items"]:
+                    conditions = [
+                        f"{c['type']}={c['status']}({c.get('reason', '')}: {c.get('message', '')[:120]})"
+                        for c in item.get("status", {}).get("conditions", [])
+                    ]
+                    deleting = " deleting" if item["metadata"].get("deletionTimestamp") else ""
+                    lines.append(f"  {kind[:-1]} {item['metadata']['name']}{deleting}: {'; '.join(conditions) or '-'}")
+            pods: dict[str, list] = {}  # by JobSet: a slice has up to 16 pods, one line each would drown the rest
+            for pod in core.list_namespaced_pod(namespace).items:
+                pods.setdefault((pod.metadata.labels or {}).get("jobset.sigs.k8s.io/jobset-name", "-"), []).append(pod)
+            for owner, group in sorted(pods.items()):
+                phases = collections.Counter(
+                    f"{p.status.phase}{' deleting' if p.metadata.deletion_timestamp else ''}" for p in group
+                )
+                unscheduled = [
+                    c.message
+                    for p in group
+                    for c in p.status.conditions or []
+                    if c.type == "PodScheduled" and c.status == "False"
+                ]
+                counts = ", ".join(f"{n} {phase}" for phase, n in sorted(phases.items()))
+                lines.append(f"  pods of {owner}: {counts}" + (f" ({unscheduled[0][:200]})" if unscheduled else ""))
+            warnings = [
+                e
+                for e in core.list_namespaced_event(namespace).items
+                if e.type == "Warning" and not e.reason.startswith("FailedToUpdateEndpoint")  # kwok pods' 127.0.0.1
+            ]
+            warnings.sort(key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp)
+            for event in warnings[-10:]:
+                kind, name = event.involved_object.kind, event.involved_object.name
+                lines.append(f"  warning {kind}/{name}: {event.reason}: {(event.message or '')[:200]}")
+        except Exception as e:  # noqa: BLE001 - the snapshot only adds to a failure; it must not replace it
+            lines.append(f"  (the snapshot stopped: {type(e).__name__}: {str(e)[:200]})")
+        return "\n".join(lines)
 
     def apply(self, objs: dict | list[dict], namespace: str | None = None) -> list[dict]:
         """Server-side apply objects (dicts); returns the applied objects."""
