@@ -65,6 +65,8 @@ class RunOutputs:
     # `metrics.jsonl` lines that are not records, a cut-off last line (a write in progress) not counted: damage
     # that `results` warns about, since the table is computed without them.
     skipped_lines: int = 0
+    cut_off_line: bool = False  # the log's last line has no newline and is no record: a write in progress, or damage
+    summary_unreadable: bool = False  # summary.json is there but is no JSON object (the trainer writes it whole)
 
     @property
     def verdict(self) -> dict[str, Any] | None:
@@ -96,6 +98,33 @@ class RunOutputs:
     @property
     def exists(self) -> bool:
         return bool(self.log) or self.summary is not None or bool(self.failures)
+
+    @property
+    def damage(self) -> tuple[str, ...]:
+        """How the run's files disagree with themselves, one sentence each (none: intact). A table computed from
+        such files shows another step's values, and a gate must not judge the point on them."""
+        found = []
+        if self.skipped_lines:
+            found.append(f"{self.skipped_lines} line(s) of metrics.jsonl are not metric records")
+        status = (self.summary or {}).get("status")
+        if self.cut_off_line and status not in (None, "running"):  # nothing is writing it any more
+            found.append(f"the last line of metrics.jsonl is cut off, though the run has ended ({status})")
+        step = (self.summary or {}).get("step")
+        logs_metrics = (self.spec or {}).get("mode") != "teacher_logits"  # a logits cache writer logs no records
+        if status == "succeeded" and logs_metrics and isinstance(step, int) and step > 0:
+            # A run that succeeded logged its last step: a log that stops short was cut, replaced or appended to.
+            if not self.log:
+                found.append(
+                    f"metrics.jsonl holds no records, though summary.json says the run succeeded at step {step}"
+                )
+            elif self.log[-1].step != step:
+                found.append(
+                    f"metrics.jsonl ends at step {self.log[-1].step}, though summary.json says the run succeeded at "
+                    f"step {step}"
+                )
+        if self.summary_unreadable:
+            found.append("summary.json is not a JSON object, so the run's verdict cannot be read from it")
+        return tuple(found)
 
 
 class MissingFilesystem(UsageError):
@@ -348,14 +377,19 @@ def _dataset_columns(folder: str) -> Columns | None:
 
 
 def _read_json(path: str) -> dict | None:
+    return _read_json_or_damage(path)[0]
+
+
+def _read_json_or_damage(path: str) -> tuple[dict | None, bool]:
+    """The file's JSON object (None when absent or not one), and whether it is there but is not one."""
     text = read_text(path)
     if text is None:
-        return None
+        return None, False
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
+        return None, True
+    return (value, False) if isinstance(value, dict) else (None, True)
 
 
 def parse_log_line(line: str) -> LogLine | None:
@@ -406,15 +440,14 @@ def parse_log(text: str) -> tuple[LogLine, ...]:
     return parse_log_counting(text)[0]
 
 
-def parse_log_counting(text: str) -> tuple[tuple[LogLine, ...], int]:
-    """The records, and how many non-blank lines were not records (a last line without its newline, a write in
-    progress, not counted)."""
+def parse_log_counting(text: str) -> tuple[tuple[LogLine, ...], int, bool]:
+    """The records, how many non-blank lines were not records, and whether the last line is a cut-off one (no
+    newline, no record: a write in progress while the run runs, not counted among the others)."""
     lines = text.splitlines()
     records = [parse_log_line(line) for line in lines]
     skipped = sum(1 for line, r in zip(lines, records) if r is None and line.strip())
-    if lines and records[-1] is None and lines[-1].strip() and not text.endswith("\n"):
-        skipped -= 1
-    return latest_attempt([r for r in records if r is not None]), skipped
+    cut_off = bool(lines) and records[-1] is None and bool(lines[-1].strip()) and not text.endswith("\n")
+    return latest_attempt([r for r in records if r is not None]), skipped - cut_off, cut_off
 
 
 def read_summary(path: str) -> dict | None:
@@ -460,10 +493,20 @@ def read_run_outputs(path: str) -> RunOutputs:
     """Everything readable under `path` (a run's output directory). Raises MissingFilesystem when the path's
     protocol cannot be read at all (gs:// without gcsfs)."""
     check_filesystem(path)
-    log, skipped = parse_log_counting(read_metrics_text(path))
-    summary, spec = _read_json(join(path, "summary.json")), _read_json(join(path, "spec.json"))
+    log, skipped, cut_off = parse_log_counting(read_metrics_text(path))
+    (summary, unreadable), spec = _read_json_or_damage(join(path, "summary.json")), _read_json(join(path, "spec.json"))
     stopped = _read_json(join(path, STOPPED_FILE))
-    return RunOutputs(path, log, summary, spec, failures=read_failures(path), stopped=stopped, skipped_lines=skipped)
+    return RunOutputs(
+        path,
+        log,
+        summary,
+        spec,
+        failures=read_failures(path),
+        stopped=stopped,
+        skipped_lines=skipped,
+        cut_off_line=cut_off,
+        summary_unreadable=unreadable,
+    )
 
 
 def check_output_base(path: str) -> None:

@@ -4,6 +4,7 @@ the golden-file round trip."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 import yaml
@@ -126,6 +127,25 @@ def test_a_failed_point_is_an_infrastructure_failure(sweep, tmp_path):
     errors = [c.find("error") for c in cases if c.find("error") is not None]
     assert suite.get("errors") == "1" and errors[0].get("type") == "InfrastructureFailure"
     assert "the point is Failed (TrainerExit)" in errors[0].get("message")
+
+
+def test_a_point_with_a_damaged_log_is_an_infrastructure_failure_not_a_regression(sweep, tmp_path):
+    """A succeeded run whose metrics.jsonl lost its last record was gated on an earlier evaluation: a false
+    regression (exit 1). Its outputs are damaged: exit 2, said; `results` warns and `golden update` refuses."""
+    path, golden, result = sweep
+    point = result.points[1]
+    log = Path(point.output_path) / "metrics.jsonl"
+    log.write_text(log.read_text()[:-40])  # the last record cut mid-write
+    out = invoke("regress", path, "--golden", golden)
+    assert out.exit_code == ExitCode.USAGE == 2, out.output
+    said = " ".join(out.stdout.split())
+    assert "its outputs are damaged: the last line of metrics.jsonl is cut off, though the run has ended" in said
+    assert "0 regressed" in said
+    table = invoke("results", path)
+    assert table.exit_code == 0 and "warning[damaged_metrics]" in table.stderr, table.output
+    again = invoke("golden", "update", path, "-o", tmp_path / "new.yaml")
+    assert again.exit_code == ExitCode.USAGE and "1 run(s) have damaged outputs" in again.stderr, again.output
+    assert not (tmp_path / "new.yaml").exists()
 
 
 def test_a_point_that_never_ran_is_an_infrastructure_failure(sweep):

@@ -84,6 +84,54 @@ def test_a_byte_that_is_not_utf8_spoils_its_line_not_the_file(tmp_path):
     assert [r.step for r in outputs.log] == [10, 20] and outputs.skipped_lines == 1
 
 
+def _run_folder(tmp_path, steps: list[int], summary: dict | str | None, tail: str = "", mode: str = "distill"):
+    """A run folder: one record per step in `steps`, then `tail` (no newline: a cut-off line), and summary.json."""
+    records = [{"step": step, "metrics": {"distill/kl_div_T1": {"sum": 3.0, "count": 2.0}}} for step in steps]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
+    if summary is not None:
+        (tmp_path / "summary.json").write_text(summary if isinstance(summary, str) else json.dumps(summary))
+    (tmp_path / "spec.json").write_text(json.dumps({"mode": mode}))
+    return read_run_outputs(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("steps", "summary", "tail", "mode", "said"),
+    [
+        # A succeeded run's log ends at its last step: values from an earlier one would be shown as its result.
+        (
+            [10, 20],
+            {"status": "succeeded", "step": 20},
+            '{"step": 30, "metr',
+            "distill",
+            "cut off, though the run has ended (succeeded)",
+        ),
+        (
+            [10],
+            {"status": "succeeded", "step": 20},
+            "",
+            "distill",
+            "ends at step 10, though summary.json says the run succeeded at step 20",
+        ),
+        ([], {"status": "succeeded", "step": 20}, "", "distill", "holds no records, though summary.json says"),
+        ([10, 20, 10], {"status": "succeeded", "step": 20}, "", "distill", "ends at step 10"),  # a stale line appended
+        ([10], '{"status": "succ', "", "distill", "summary.json is not a JSON object"),
+        ([10], {"status": "failed", "step": 15}, '{"st', "distill", "cut off, though the run has ended (failed)"),
+        # Intact: a write in progress, a failed run that logged every 10 steps, a logits cache writer (no log).
+        ([10], {"status": "running", "step": 10}, '{"st', "distill", None),
+        ([10], None, '{"st', "distill", None),
+        ([10], {"status": "failed", "step": 15}, "", "distill", None),
+        ([], {"status": "succeeded", "step": 20}, "", "teacher_logits", None),
+        ([10, 20], {"status": "succeeded", "step": 20}, "", "distill", None),
+    ],
+)
+def test_outputs_that_disagree_with_themselves_are_damage(tmp_path, steps, summary, tail, mode, said):
+    damage = _run_folder(tmp_path, steps, summary, tail, mode).damage
+    if said is None:
+        assert damage == ()
+    else:
+        assert len(damage) == 1 and said in damage[0], damage
+
+
 def test_missing_directory_reads_as_empty(tmp_path):
     outputs = read_run_outputs(str(tmp_path / "never-ran"))
     assert not outputs.exists and outputs.last_step is None

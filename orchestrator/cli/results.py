@@ -147,21 +147,24 @@ def _warn_no_outputs(expansion, outputs, statuses, output_base: str | None) -> N
         )
 
 
-def _warn_skipped_lines(outputs) -> None:
-    """Say which runs' metrics logs had lines that are not records: their rows are computed without them."""
+def _warn_damage(outputs) -> None:
+    """Say which runs' files disagree with themselves (`RunOutputs.damage`): their rows are computed from what is
+    left, which may be another step's values."""
     from distillspec.problems import Problem
     from orchestrator.cli import console
 
     for run in outputs.values():
-        if run.skipped_lines:
+        if run.damage:
             console.print_problem(
                 Problem(
                     (),
                     "damaged_metrics",
-                    f"{run.skipped_lines} line(s) are not metric records; the run's row is computed without them",
-                    "the file was edited or damaged; the trainer rewrites it from its checkpoint when the run resumes",
+                    f"{'; '.join(run.damage)}: the run's row is computed from what is left",
+                    "the files were edited, cut or replaced: copy the run's folder again from where it was written, "
+                    "or delete it and `distillctl sweep` to run the point again (a running trainer rewrites "
+                    "metrics.jsonl from its checkpoint when it resumes)",
                     severity="warning",
-                    file=f"{run.path}/metrics.jsonl",
+                    file=run.path,
                 )
             )
 
@@ -220,7 +223,7 @@ def results_command(
         except OSError as e:
             raise cannot_write(Path(plot), e, folder=True) from None
     outputs, statuses = gate.observe(expansion, output_base, backend_statuses(ctx.access, output_base))
-    _warn_skipped_lines(outputs)
+    _warn_damage(outputs)
     _warn_no_outputs(expansion, outputs, statuses, output_base)
     table = results.build(expansion, outputs, statuses, window=window)
     if format is ResultsFormat.json:
@@ -461,7 +464,7 @@ def golden_update(
             "give -o a new path, or the golden file to update",
         )
     outputs, statuses = gate.observe(expansion, output_base, backend_statuses(ctx.access, output_base))
-    _warn_skipped_lines(outputs)
+    _warn_damage(outputs)
     _warn_no_outputs(expansion, outputs, statuses, output_base)
     # A point the sweep's early-stopping rule stopped is what the sweep asked for: left out, not a refusal.
     stopped = [run for run in expansion.runs if statuses[run.run_id].phase == Phase.STOPPED]
@@ -472,6 +475,15 @@ def golden_update(
         raise UsageError(
             f"{len(unfinished)} of {len(expansion.runs)} run(s) have not succeeded ({listed}{more})",
             f"golden values come from a finished sweep: `distillctl results {sweep}` shows where it stands",
+        )
+    damaged = [run for run in expansion.runs if outputs[run.run_id].damage]
+    if damaged:  # its values would be another step's, written into the file every later run is held to
+        first = outputs[damaged[0].run_id]
+        raise UsageError(
+            f"{len(damaged)} run(s) have damaged outputs ({damaged[0].label or damaged[0].run_id}: "
+            f"{'; '.join(first.damage)})",
+            "golden values come from intact outputs: copy the run folders again from where they were written, or "
+            "delete the damaged ones and `distillctl sweep` to run those points again",
         )
     # A run that evaluated a held-out set is checked on the eval twins (eval/kl_div_T1, ...) of the default metrics
     # and of bare --metric names (kl_div_T1): naming a default must not move its check to the training window.

@@ -78,8 +78,9 @@ def observed(
     out = {}
     for run in expansion.runs:
         status = statuses.get(run.run_id) or RunStatus(Phase.PENDING, PendingReason.NOT_OBSERVED)
-        values = results.run_metrics(outputs.get(run.run_id) or RunOutputs(run.output_path), window, metrics)
-        out[run.run_id] = regression.Observed(run.run_id, run.label, status.phase, status.reason, values)
+        found = outputs.get(run.run_id) or RunOutputs(run.output_path)
+        values = results.run_metrics(found, window, metrics)
+        out[run.run_id] = regression.Observed(run.run_id, run.label, status.phase, status.reason, values, found.damage)
     return out
 
 

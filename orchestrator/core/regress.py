@@ -32,6 +32,7 @@ class Observed:
     phase: str
     reason: str
     metrics: Mapping[str, float | None]
+    damage: tuple[str, ...] = ()  # how its files disagree with themselves (`RunOutputs.damage`): not judged on them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +117,10 @@ def evaluate(golden: GoldenFile, observed: Mapping[str, Observed], *, timed_out:
             if timed_out and seen.phase not in TERMINAL:
                 message = f"the point was still {why} when the wait timed out"
             outcomes.append(Outcome(point.run_id, label, "*", "infra", "Succeeded", None, message))
+            continue
+        if seen.damage:  # its values would be another step's: a false regression (or pass) either way
+            message = f"its outputs are damaged: {'; '.join(seen.damage)}"
+            outcomes.append(Outcome(point.run_id, label, "*", "infra", "intact outputs", None, message))
             continue
         for name, check in point.checks.items():
             value = seen.metrics.get(name)
