@@ -395,3 +395,19 @@ def test_status_leaves_launch_advice_to_sweep(tmp_path):
     assert "warning[tpu_type_ignored]" in invoke("plan", str(path)).stderr
     out = invoke("status", str(path))
     assert out.exit_code == 0 and "tpu_type_ignored" not in out.stderr and "quickstart" in out.stdout, out.output
+
+
+@pytest.mark.parametrize(
+    ("names", "prefix"),
+    [
+        (["loss.alpha.end", "loss.beta.start"], "loss."),
+        (["loss.alpha.end"], "loss."),  # one axis: `alpha.end=0.3`, not `end=0.3` (α, β or T?)
+        (["loss.temperature"], "loss."),
+        (["student.attention.window.size"], "student.attention."),
+        (["steps"], ""),
+        (["loss.alpha.end", "seed"], "loss."),
+        (["loss.alpha.end", "student.num_layers"], ""),
+    ],
+)
+def test_labels_drop_the_shared_prefix_but_keep_what_was_swept(names, prefix):
+    assert results._common_prefix(names) == prefix

@@ -184,13 +184,14 @@ def _value_text(value: Any) -> str:
 
 
 def _common_prefix(names: Sequence[str]) -> str:
-    """The dotted prefix every axis name shares (`loss.`), so labels say `alpha.end=0.3`. Kept when stripping it
-    would leave a bare name that is also a prefix's own (never strips a whole name)."""
+    """The dotted prefix every axis name shares (`loss.`), so labels say `alpha.end=0.3`. Never a whole name, and
+    never a leaf's own parent when the name has one below the top: one axis `loss.alpha.end` reads `alpha.end=0.3`,
+    not `end=0.3`, which does not say whether α, β or T was swept."""
     dotted = [n.split(".") for n in names if n != "seed"]
     if not dotted:
         return ""
     prefix: list[str] = []
-    for parts in zip(*(d[:-1] for d in dotted)):
+    for parts in zip(*(d[: min(len(d) - 1, max(1, len(d) - 2))] for d in dotted)):
         if len(set(parts)) != 1:
             break
         prefix.append(parts[0])
