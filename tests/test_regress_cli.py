@@ -549,3 +549,46 @@ def test_the_report_names_points_in_the_sweeps_words_not_a_stale_files(sweep):
     out = invoke("regress", path, "--golden", golden)
     assert out.exit_code == ExitCode.OK and "an old name" not in out.stdout
     assert result.points[0].label in out.stdout
+
+
+def test_waiting_stops_for_runs_nothing_will_start_and_for_unchecked_runs_not_at_all(sweep):
+    """`regress --wait` waited its whole timeout (an hour by default) for a point nothing submits (never created, or
+    cancelled: Pending (Preempted)), then called it a timeout. Now it gives such runs a grace (a sweep service
+    creates them seconds after its DistillationSweep) and stops: exit 2, naming what starts them. Runs the golden file
+    does not check are not waited for."""
+    _, golden, result = sweep
+    expected, _ = golden_file.read_golden(golden)
+    unchecked, pending = result.points[0].run_id, result.points[1].run_id
+    expected = expected.model_copy(update={"points": [p for p in expected.points if p.run_id != unchecked]})
+    sleeps, now = [], [0.0]
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    def statuses(expansion, outputs):
+        real = results_cli.backend_statuses(ClusterAccess())(expansion, outputs)
+        return {**real, unchecked: RunStatus("Running"), pending: RunStatus("Pending", "Preempted")}
+
+    report = gate.check_sweep(
+        result, expected, statuses=statuses, wait=True, timeout=3600, poll=30, clock=lambda: now[0], sleep=sleep
+    )
+    assert not report.timed_out and report.exit_code == ExitCode.USAGE == 2
+    assert now[0] == gate.AWAITING_GRACE_SECONDS, sleeps  # the grace, not the hour
+    [outcome] = [o for o in report.outcomes if o.kind == "infra"]
+    assert outcome.run_id == pending
+    assert outcome.message == "the point is Pending (Preempted): nothing starts it until `distillctl sweep` submits it"
+
+    # Submitted within the grace: waited for as any run.
+    calls = []
+
+    def submitted_later(expansion, outputs):
+        calls.append(1)
+        real = results_cli.backend_statuses(ClusterAccess())(expansion, outputs)
+        return {**real, pending: RunStatus("Pending", "NotCreated")} if len(calls) <= 2 else real
+
+    now[0] = 0.0
+    report = gate.check_sweep(
+        result, expected, statuses=submitted_later, wait=True, timeout=3600, poll=30, clock=lambda: now[0], sleep=sleep
+    )
+    assert report.exit_code == ExitCode.OK and len(calls) == 3

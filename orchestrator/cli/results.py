@@ -267,7 +267,9 @@ def _progress(state, left: float) -> None:
     from orchestrator.cli import console
 
     done = sum(status.terminal for status in state[1].values())
-    console.err.print(f"waiting: {done}/{len(state[1])} run(s) finished, {left:.0f} s left", markup=False)
+    awaiting = sum(status.awaits_submission for status in state[1].values())
+    note = f", {awaiting} await `distillctl sweep` (nothing else starts them)" if awaiting else ""
+    console.err.print(f"waiting: {done}/{len(state[1])} run(s) finished{note}, {left:.0f} s left", markup=False)
 
 
 def _refuse_clobbering(outputs: dict[str, Path | None], inputs: dict[str, Path]) -> None:

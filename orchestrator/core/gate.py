@@ -84,6 +84,9 @@ def observed(
     return out
 
 
+AWAITING_GRACE_SECONDS = 120.0  # how long `regress --wait` gives runs that await submission before it stops
+
+
 def check_sweep(
     expansion: Expansion,
     expected: golden_file.GoldenFile,
@@ -100,16 +103,31 @@ def check_sweep(
     """Read the sweep's outputs and statuses (`statuses`: e.g. the CLI's `backend_statuses`), waiting with `wait` until
     every run is terminal or `timeout` seconds pass, and check them against `expected`."""
 
+    checked = {point.run_id for point in expected.points if point.checks}
+    awaiting_since: list[float] = []  # when every open checked run came to await submission, while they do
+
     def look() -> State:
         return observe(expansion, output_base, statuses)
 
     def finished(state: State) -> bool:
-        # A point whose prerequisite failed will never run: waiting longer would only end in a timeout.
+        # Only the runs the golden file checks are waited for. A point whose prerequisite failed will never run,
+        # nor will one nothing submits (NotCreated, Preempted, SupervisorGone): waiting only ended in a timeout.
         statuses = state[1]
         if any(run.run_id not in statuses for run in expansion.runs):
             return False
         blocked = {a.run.run_id for a in reconcile(expansion.runs, statuses) if a.kind == ActionKind.BLOCKED}
-        return all(statuses[run.run_id].terminal or run.run_id in blocked for run in expansion.runs)
+        open_runs = [
+            statuses[run.run_id]
+            for run in expansion.runs
+            if run.run_id in checked and not (statuses[run.run_id].terminal or run.run_id in blocked)
+        ]
+        if not all(status.awaits_submission for status in open_runs):
+            awaiting_since.clear()
+            return False
+        if open_runs and not awaiting_since:
+            awaiting_since.append(clock())
+        # A grace: the sweep service creates a run seconds after its DistillationSweep is applied.
+        return not open_runs or clock() - awaiting_since[0] >= AWAITING_GRACE_SECONDS
 
     if wait:
         (outputs, found), timed_out = poll_until(

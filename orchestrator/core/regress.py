@@ -17,7 +17,7 @@ from typing import Literal
 from orchestrator.core.aggregate import is_eval
 from orchestrator.core.golden import GoldenFile
 from orchestrator.core.markdown import cell as md_cell
-from orchestrator.core.run_status import TERMINAL
+from orchestrator.core.run_status import AWAITS_SUBMISSION, TERMINAL
 from orchestrator.exit_codes import INFRA_FAILURE, ExitCode
 
 Kind = Literal["pass", "regression", "infra"]
@@ -33,6 +33,10 @@ class Observed:
     reason: str
     metrics: Mapping[str, float | None]
     damage: tuple[str, ...] = ()  # how its files disagree with themselves (`RunOutputs.damage`): not judged on them
+
+    @property
+    def awaits_submission(self) -> bool:
+        return self.phase == "Pending" and self.reason in AWAITS_SUBMISSION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +118,8 @@ def evaluate(golden: GoldenFile, observed: Mapping[str, Observed], *, timed_out:
         if seen.phase != "Succeeded":
             why = f"{seen.phase}" + (f" ({seen.reason})" if seen.reason else "")
             message = f"the point is {why}"
+            if seen.awaits_submission:
+                message += ": nothing starts it until `distillctl sweep` submits it"
             if timed_out and seen.phase not in TERMINAL:
                 message = f"the point was still {why} when the wait timed out"
             outcomes.append(Outcome(point.run_id, label, "*", "infra", "Succeeded", None, message))

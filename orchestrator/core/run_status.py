@@ -44,6 +44,11 @@ class Phase(enum.StrEnum):
 TERMINAL: frozenset[Phase] = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.DIVERGED, Phase.STOPPED})
 FAILED: frozenset[Phase] = frozenset({Phase.FAILED, Phase.DIVERGED})  # ended without a usable result
 DEFAULT_STALL_SECONDS = 900.0  # no new metrics for this long while running: Stalled
+# Pending reasons no backend moves on from: `distillctl sweep` submits the run (again). Waiting for one only ends in
+# a timeout.
+AWAITS_SUBMISSION = frozenset(
+    {PendingReason.NOT_CREATED, PendingReason.PREEMPTED, PendingReason.SUPERVISOR_GONE, PendingReason.ORPHANED}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +149,11 @@ class RunStatus:
         """Queued for good: Kueue says the request exceeds what the queue could ever give it (not that the
         quota is busy: that reads "insufficient unused quota ... N more needed")."""
         return self.phase == Phase.QUEUED and "> maximum capacity" in self.message
+
+    @property
+    def awaits_submission(self) -> bool:
+        """Pending until `distillctl sweep` submits it: nothing else starts it."""
+        return self.phase == Phase.PENDING and self.reason in AWAITS_SUBMISSION
 
     @property
     def will_not_start(self) -> bool:
