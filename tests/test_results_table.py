@@ -122,7 +122,8 @@ def test_partial_outputs_of_running_and_missing_points(tmp_path):
     write_outputs(p1, status="failed", steps=10)
     write_outputs(p2, status="diverged", steps=30)
     (tmp_path / "runs" / p3.run_id).mkdir(parents=True)
-    (tmp_path / "runs" / p3.run_id / "summary.json").write_text('{"status": "runn')  # half-written
+    # Half-written: never the trainer's (it writes summary.json whole, renamed into place), so damage, said.
+    (tmp_path / "runs" / p3.run_id / "summary.json").write_text('{"status": "runn')
     t = table(result)  # base: never ran
     rows = {r.run_id: r for r in t.rows}
     assert rows[p0.run_id].step == 20 and rows[p0.run_id].total_steps == STEPS
@@ -135,7 +136,11 @@ def test_partial_outputs_of_running_and_missing_points(tmp_path):
     assert t.best is None  # nothing finished: no best point, and no Δ without a baseline value
     assert all(r.delta_kl is None for r in t.rows)
     text = results_format.markdown(t)
-    assert "| 3 | alpha.end=0.7, beta.start=0.0, beta.end=0.0 |  | Pending (NotObserved) | 0 | 0/40 | — |" in text
+    assert (
+        "| 3 | alpha.end=0.7, beta.start=0.0, beta.end=0.0 |  | Pending (NotObserved) ⚠ damaged outputs | 0 | 0/40 |"
+        in text
+    )
+    assert "⚠ damaged outputs (never ranked): 3: summary.json is not a JSON object" in text
     assert "(none finished yet)" in results_format.legend(t)
 
 
@@ -411,3 +416,22 @@ def test_status_leaves_launch_advice_to_sweep(tmp_path):
 )
 def test_labels_drop_the_shared_prefix_but_keep_what_was_swept(names, prefix):
     assert results._common_prefix(names) == prefix
+
+
+def test_a_damaged_run_is_never_the_best_and_a_diverged_one_gets_no_delta(finished):
+    """The best point's metrics.jsonl cut at its last record: it was still crowned, with an earlier step's values,
+    and the markdown a reader pastes bore no trace. A diverged run's Δ read +219728201%."""
+    best = table(finished).best
+    log = Path(best.output_path) / "metrics.jsonl"
+    log.write_text(log.read_text()[:-40])
+    diverged = next(r for r in finished.points if r.run_id != best.run_id)
+    write_outputs(diverged, status="diverged", steps=30)
+    t = table(finished)
+    rows = {r.run_id: r for r in t.rows}
+    assert rows[best.run_id].damage and not rows[best.run_id].best
+    assert t.best is not None and t.best.run_id not in (best.run_id, diverged.run_id)
+    assert rows[diverged.run_id].delta_kl is None and rows[diverged.run_id].metrics[results.KL_T1] is not None
+    text = results_format.markdown(t)
+    assert f"Best point: **{t.best.label}**" in text and "Succeeded ⚠ damaged outputs" in text
+    [shown] = [r for r in results_format.to_json(t)["runs"] if r["run_id"] == best.run_id]
+    assert shown["damage"] == list(rows[best.run_id].damage) and not shown["best"]

@@ -108,6 +108,13 @@ def legend(results: Results) -> str:
     finished = [r for r in results.rows if r.role != "prerequisite" and r.status.phase == Phase.SUCCEEDED]
     why_none = " (no finished point logged it)" if finished else " (none finished yet)"
     parts.append(f"{BEST} lowest kl_div_T1 among finished points" + ("" if results.best else why_none))
+    damaged = [r for r in results.rows if r.damage]
+    if damaged:
+        parts.append(
+            "⚠ damaged outputs (never ranked): "
+            + "; ".join(f"{r.name}: {', '.join(r.damage)}" for r in damaged[:3])
+            + (f"; and {len(damaged) - 3} more" if len(damaged) > 3 else "")
+        )
     if results.baselines:
         names = ", ".join(b.name for b in results.baselines)
         several = len(results.baselines) > len({b.seed for b in results.baselines})
@@ -143,7 +150,7 @@ def _cells(results: Results, row: Row) -> list[str]:
             row.name,
             (f"{BEST} " if row.best else "") + row.label,
             role(row),
-            row.status.shown,
+            row.status.shown + (" ⚠ damaged outputs" if row.damage else ""),
             str(row.status.restarts),
             steps(row),
         ]
@@ -299,6 +306,7 @@ def to_json(results: Results) -> dict[str, Any]:
                 "delta_kl_div_T1": _json_number(row.delta_kl),
                 "delta_kl_div_T1_relative": _json_number(row.delta_kl_relative),
                 "best": row.best,
+                "damage": list(row.damage),
                 "output_path": row.output_path,
             }
             for row in results.rows

@@ -109,6 +109,7 @@ class Row:
     delta_kl: float | None = None  # kl_div_T1 - the baseline's (negative: better than no distillation)
     delta_kl_relative: float | None = None  # delta_kl / the baseline's kl_div_T1
     best: bool = False
+    damage: tuple[str, ...] = ()  # how its files disagree with themselves (`RunOutputs.damage`): never ranked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,10 +295,16 @@ def build(
                 wall_time_sec=wall,
                 chip_hours=None if chips is None or wall is None else wall * chips / 3600.0,
                 output_path=out.path,
+                damage=out.damage,
             )
         )
     rows = _compare(rows)
     return Results(expansion.sweep.name, expansion.sweep.target.kind, tpu_type, chips, Aggregation(window), tuple(rows))
+
+
+def _comparable(row: Row) -> bool:
+    """A row whose kl_div_T1 is a result to compare: finite, not a diverged run's, not from damaged files."""
+    return _finite(row.metrics.get(KL_T1)) and row.status.phase != "Diverged" and not row.damage
 
 
 def _compare(rows: list[Row]) -> list[Row]:
@@ -312,14 +319,19 @@ def _compare(rows: list[Row]) -> list[Row]:
         # distillation, a plain fine-tune) Δ asks whether distilling beat the best way of doing without it, as
         # the worse_than_baseline rule does; the first alone could make a point look better than it is.
         same_seed = [b for b in baselines if b.seed == row.seed] or baselines
-        usable = [b for b in same_seed if _finite(b.metrics.get(KL_T1)) and b.source == row.source]
+        usable = [b for b in same_seed if _comparable(b) and b.source == row.source]
         base = min(usable, key=lambda b: b.metrics[KL_T1]) if usable else same_seed[0]
         kl, base_kl = row.metrics.get(KL_T1), base.metrics.get(KL_T1)
-        comparable = _finite(kl) and _finite(base_kl) and row.source == base.source
+        # A diverged run's last values (1e6, or inf) are no result to compare: its Δ read +219728201%.
+        comparable = _comparable(row) and _comparable(base) and row.source == base.source
         delta = kl - base_kl if comparable else None
         relative = delta / base_kl if delta is not None and base_kl else None
         out.append(dataclasses.replace(row, baseline_run_id=base.run_id, delta_kl=delta, delta_kl_relative=relative))
-    finished = [r for r in out if r.role == "point" and r.status.phase == "Succeeded" and _finite(r.metrics.get(KL_T1))]
+    finished = [
+        r
+        for r in out
+        if r.role == "point" and r.status.phase == "Succeeded" and _finite(r.metrics.get(KL_T1)) and not r.damage
+    ]
     if any(r.source == EVAL for r in finished):  # never rank one run's held-out KL against another's training KL
         finished = [r for r in finished if r.source == EVAL]
     if finished:
