@@ -378,6 +378,11 @@ def test_match_by_axis_values_survives_new_run_ids(sweep, tmp_path):
     assert invoke("regress", moved, "--golden", by_values).exit_code == ExitCode.OK
     strict = invoke("regress", moved, "--golden", tmp_path / "golden.yaml")
     assert strict.exit_code == 4 and strict.stderr.count("golden_point_not_in_sweep") == 6
+    # Numbers match by value: a hand-written `0` is the sweep's `0.0` (it was "not in the sweep", exit 4).
+    text = by_values.read_text()
+    assert "loss.beta.end: 0.0" in text
+    by_values.write_text(text.replace("loss.beta.end: 0.0", "loss.beta.end: 0"))
+    assert invoke("regress", moved, "--golden", by_values).exit_code == ExitCode.OK
     doctor(by_values, data.points[4].run_id, "distill/kl_div_T1", 0.5)  # still checked: against the new run
     assert invoke("regress", moved, "--golden", by_values).exit_code == ExitCode.FAILED
 

@@ -121,8 +121,20 @@ Match = Literal["run_id", "axis_values"]
 
 
 def point_key(role: str, prerequisite: str | None, axis_values: Mapping[str, Any]) -> str:
-    """What identifies a run within its sweep apart from its run id: role, prerequisite name and axis values."""
-    return json.dumps([role, prerequisite, dict(axis_values)], sort_keys=True, separators=(",", ":"))
+    """What identifies a run within its sweep apart from its run id: role, prerequisite name and axis values, numbers
+    by value (a hand-written `0` is the sweep's `0.0`: it was "not in the sweep")."""
+    return json.dumps([role, prerequisite, _by_value(dict(axis_values))], sort_keys=True, separators=(",", ":"))
+
+
+def _by_value(value: Any) -> Any:
+    """`value` with every integral float as the int it equals (JSON tells 0 from 0.0; YAML readers write either)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _by_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_by_value(v) for v in value]
+    return value
 
 
 class GoldenPoint(_Frozen):
