@@ -431,6 +431,19 @@ def test_no_output_replaces_a_file_the_command_reads_or_one_of_the_users(sweep, 
     assert not (tmp_path / "r").exists()
     again = invoke("golden", "update", path, "-o", golden)  # a golden file is what -o updates
     assert again.exit_code == ExitCode.OK, again.output
+    # ... even one with a YAML error (it was "not a golden file", the hint sending the user in a circle), or empty;
+    # a spec with a YAML error is still the user's.
+    written = golden.read_text()
+    assert "window: 5" in written
+    for broken in (written.replace("window: 5", "window: [5"), ""):
+        golden.write_text(broken)
+        again = invoke("golden", "update", path, "-o", golden)
+        assert again.exit_code == ExitCode.OK and golden.read_text() == written, again.output
+    spec.write_text("student: {model: tiny-2l\n")
+    refused = invoke("golden", "update", path, "-o", spec)
+    assert refused.exit_code == ExitCode.USAGE, refused.output
+    assert "is not a golden file (and cannot be read as YAML: line" in " ".join(refused.stderr.split())
+    assert spec.read_text() == "student: {model: tiny-2l\n"
 
 
 def test_golden_update_refuses_a_gate_that_checks_nothing(sweep, tmp_path):

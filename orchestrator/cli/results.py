@@ -460,9 +460,9 @@ def golden_update(
     if output_base is None:
         ctx.warn_if_nothing_written(expansion)
     _refuse_clobbering({"-o": out}, {"the sweep file": sweep})
-    if out.is_file() and not golden_file.looks_like_golden(out):
+    if out.is_file() and (why := golden_file.not_replaceable(out)):
         raise UsageError(
-            f"{out} exists and is not a golden file: writing it would replace it",
+            f"{out} exists and {why}: writing it would replace it",
             "give -o a new path, or the golden file to update",
         )
     outputs, statuses = gate.observe(expansion, output_base, backend_statuses(ctx.access, output_base))

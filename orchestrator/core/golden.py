@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -233,14 +234,23 @@ def derive(
 # --- files ------------------------------------------------------------------------------------------------
 
 
-def looks_like_golden(path: str | Path) -> bool:
-    """Whether an existing file is a golden file (a mapping with `points:`, valid or not) that `golden update` may
-    replace, rather than a spec or anything else of the user's."""
+def not_replaceable(path: str | Path) -> str:
+    """Why `golden update` must not replace the existing file `path`: a spec or anything else of the user's would be
+    lost. '' when it may: a golden file, valid or not (one with a YAML error too: its top-level `points:` says what
+    it is, and `golden update` writes every value anew), or an empty file."""
+    text = read_text_file(path)
+    if not text.strip():
+        return ""
     try:
-        document = parse_yaml(read_text_file(path))
-    except YamlSourceError:
-        return False
-    return isinstance(document.data, dict) and "points" in document.data
+        document = parse_yaml(text)
+    except YamlSourceError as e:
+        if re.search(r"^points:", text, re.MULTILINE):
+            return ""
+        where = f"line {e.position.line}: " if e.position is not None else ""
+        return f"is not a golden file (and cannot be read as YAML: {where}{e.message})"
+    if isinstance(document.data, dict) and "points" in document.data:
+        return ""
+    return "is not a golden file (it has no `points:`)"
 
 
 def read_golden(path: str | Path) -> tuple[GoldenFile | None, list[Problem]]:
