@@ -157,3 +157,24 @@ def test_baselines_are_told_apart_and_runs_without_values_are_named(tmp_path):
     legend_title = figure.legends[0].get_title().get_text()
     name = next(r.name for r in table.rows if r.run_id == failed.run_id)
     assert f"no values: {name} (Failed" in legend_title, legend_title
+
+
+def test_an_empty_figure_names_the_runs_and_one_logged_step_zooms_without_a_warning(tmp_path):
+    """A figure with no values said only "no point has logged this metric yet", not which runs stand where (the
+    README says they are named); runs that all logged one step printed matplotlib's singular-limits warning."""
+    import warnings
+
+    result = expanded(write_sweep(tmp_path))
+    table, logs, _ = build(result)
+    curves = plots.metric_curves(table, logs, results.KL_T1)
+    figure = plots.metric_figure("s", results.KL_T1, curves, None, "")
+    said = " ".join(t.get_text() for axes in figure.axes for t in axes.texts)
+    assert "no point has logged this metric yet" in said and "no values: 0 (Pending" in said, said
+
+    for run in result.runs:
+        write_outputs(run, steps=10)  # one record each
+    table, logs, _ = build(result)
+    curves = plots.metric_curves(table, logs, results.KL_T1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.metric_figure("s", results.KL_T1, curves, None, "")

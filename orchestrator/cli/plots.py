@@ -261,10 +261,12 @@ def metric_figure(sweep: str, name: str, curves: Sequence[Curve], reference: Cur
         _value_axis(whole, ylabel, log=False)
         whole.set_xticks([])
         whole.set_yticks([])
+        missing = [c.missing for c in curves if c.missing]  # which runs, and where each stands
         whole.text(
             0.5,
             0.5,
-            "no point has logged this metric yet",
+            "no point has logged this metric yet"
+            + ("\n\n" + textwrap.fill(f"no values: {', '.join(missing)}", NOTE_WIDTH) if missing else ""),
             ha="center",
             va="center",
             transform=whole.transAxes,
@@ -283,7 +285,8 @@ def metric_figure(sweep: str, name: str, curves: Sequence[Curve], reference: Cur
     start = first + (last - first) * (1 - ZOOM_FROM)
     limits = _zoom_range(shown, start, log)
     _value_axis(zoom, "", log, fine=limits is not None and limits[1] / limits[0] < 15)
-    zoom.set_xlim(start, last + (last - start) * 0.02)
+    if last > start:  # one logged step: no span to zoom into (matplotlib warned of a singular range)
+        zoom.set_xlim(start, last + (last - start) * 0.02)
     if limits is not None:
         zoom.set_ylim(*limits)
     zoom.set_title(f"the last {ZOOM_FROM:.0%} of the steps, zoomed", fontsize=FONT - 1, color="0.35", loc="left")
