@@ -426,7 +426,9 @@ def test_no_output_replaces_a_file_the_command_reads_or_one_of_the_users(sweep, 
         (("regress", path, "--golden", golden, "--junit", tmp_path / "r", "--summary", tmp_path / "r"), "also where"),
     ]:
         result = invoke(*args)
-        assert result.exit_code == ExitCode.USAGE and said in result.stderr, result.output
+        # regress exits 4 for unusable input: 2 is its "the runs failed"
+        code = ExitCode.INVALID_SPEC if args[0] == "regress" else ExitCode.USAGE
+        assert result.exit_code == code and said in result.stderr, result.output
     assert {p: p.read_text() for p in (path, golden)} == before and spec.read_text() == "student: {model: tiny-2l}\n"
     assert not (tmp_path / "r").exists()
     again = invoke("golden", "update", path, "-o", golden)  # a golden file is what -o updates
@@ -550,7 +552,11 @@ def test_a_report_file_that_cannot_be_written_keeps_the_verdict_and_its_exit_cod
     folder = tmp_path / "a-folder"
     folder.mkdir()
     early = invoke("regress", path, "--golden", golden, "--junit", folder)
-    assert early.exit_code == ExitCode.USAGE and "--junit" in early.stderr and "is a folder" in early.stderr
+    assert early.exit_code == ExitCode.INVALID_SPEC and "--junit" in early.stderr and "is a folder" in early.stderr
+    assert f"e.g. {folder / 'junit.xml'}" in " ".join(early.stderr.split())
+    # A mistyped --output-base exits 4 (the command's input), not 2 (the runs failed: CI would retry it).
+    typo = invoke("regress", path, "--golden", golden, "--output-base", tmp_path / "nosuch")
+    assert typo.exit_code == ExitCode.INVALID_SPEC and "no such folder" in typo.stderr, typo.output
     doctor(golden, result.points[3].run_id, "distill/kl_div_T1", 0.5)
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -324,18 +324,25 @@ def regress(
 
     Exit 0: every check passed; 1: a metric regressed; 2: infrastructure failure (a run failed or never ran).
 
-    Exit 3: timed out waiting (--wait); 4: invalid sweep or golden file.
+    Exit 3: timed out waiting (--wait); 4: unusable input (an invalid sweep or golden file, a bad path).
     """
     from orchestrator.cli import console
     from orchestrator.core import gate
     from orchestrator.core import regress as regression
     from orchestrator.errors import DistillctlError, UsageError
     from orchestrator.exit_codes import ExitCode
+    from orchestrator.outputs import check_output_base
 
-    _refuse_clobbering({"--junit": junit, "--summary": summary}, {"the sweep file": sweep, "the golden file": golden})
-    for flag, path in (("--junit", junit), ("--summary", summary)):
-        if path is not None and path.is_dir():  # said now, not after --wait waited for the sweep
-            raise UsageError(f"{flag} {path} is a folder", f"give {flag} a file path, e.g. {path / 'report'}")
+    # Unusable input exits 4, as an invalid golden file does: 2 says the runs failed, and CI must tell them apart.
+    try:
+        _refuse_clobbering(
+            {"--junit": junit, "--summary": summary}, {"the sweep file": sweep, "the golden file": golden}
+        )
+        for flag, path, example in (("--junit", junit, "junit.xml"), ("--summary", summary, "summary.md")):
+            if path is not None and path.is_dir():  # said now, not after --wait waited for the sweep
+                raise UsageError(f"{flag} {path} is a folder", f"give {flag} a file path, e.g. {path / example}")
+    except DistillctlError as e:
+        raise _invalid(e) from None
     ctx = SweepContext.build(
         sweep,
         kubeconfig=kubeconfig,
@@ -349,6 +356,8 @@ def regress(
     try:
         expansion = ctx.expanded(about=())
         expected = gate.load_golden(golden, expansion)
+        if output_base is not None:  # a typo is the command's input, not failed runs (exit 2 says those)
+            check_output_base(output_base)
     except DistillctlError as e:
         raise _invalid(e) from None
     if output_base is None:
