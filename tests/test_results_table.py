@@ -137,7 +137,7 @@ def test_partial_outputs_of_running_and_missing_points(tmp_path):
     assert all(r.delta_kl is None for r in t.rows)
     text = results_format.markdown(t)
     assert (
-        "| 3 | alpha.end=0.7, beta.start=0.0, beta.end=0.0 |  | Pending (NotObserved) ⚠ damaged outputs | 0 | 0/40 |"
+        "| 3 | alpha.end=0.7, beta.start=0.0, beta.end=0.0 |  | Pending (NotObserved) ⚠ damaged outputs | 0 | —/40 |"
         in text
     )
     assert "⚠ damaged outputs (never ranked): 3: summary.json is not a JSON object" in text

@@ -62,8 +62,8 @@ def signed(delta: float | None, relative: float | None) -> str:
 
 
 def steps(row: Row) -> str:
-    if row.step is None:
-        return MISSING if row.total_steps is None else f"0/{row.total_steps}"
+    if row.step is None:  # not started (`0/300` read as "started, at step 0"; `status` says `—`)
+        return MISSING if row.total_steps is None else f"{MISSING}/{row.total_steps}"
     return f"{row.step}/{row.total_steps}" if row.total_steps is not None else str(row.step)
 
 
