@@ -120,6 +120,11 @@ def test_token_file_errors(tmp_path):
     np.save(tmp_path / "float.npy", np.ones(40))
     with pytest.raises(UserError, match="integer"):
         D.make_source(DataSpec(source="tokens", path=str(tmp_path / "float.npy")), 256, 17)
+    # Ids past int32 wrapped when read (a uint32 0xFFFFFFFF pad became -1, 2**32 + 7 became 7) and were trained on.
+    for dtype, big in ((np.uint32, 0xFFFFFFFF), (np.int64, 2**32 + 7)):
+        np.save(tmp_path / "wide.npy", np.array([1, 2, big] * 20, dtype=dtype))
+        with pytest.raises(UserError, match=f"has token id {big}, beyond any vocabulary"):
+            D.make_source(DataSpec(source="tokens", path=str(tmp_path / "wide.npy")), 256, 17)
     (tmp_path / "text.npy").write_text("1 2 3 4\n")  # numpy would call it pickled data
     with pytest.raises(UserError, match=r"text.npy is not a .npy file \(no NumPy header\)"):
         D.make_source(DataSpec(source="tokens", path=str(tmp_path / "text.npy")), 256, 1)

@@ -446,6 +446,12 @@ def read_token_file(path: str | None) -> np.ndarray:
             raise UserError(f"{name} must hold a 1-D integer array, got {tokens.dtype} {tokens.shape}")
         if len(tokens) and tokens.min() < 0:
             raise UserError(f"{name} has negative token ids")
+        if len(tokens) and int(tokens.max()) > np.iinfo(np.int32).max:
+            # int32 would wrap it (a uint32 0xFFFFFFFF pad reads -1, 2**32 + 7 reads 7) and train on the wrong id.
+            raise UserError(
+                f"{name} has token id {int(tokens.max())}, beyond any vocabulary (a pad or end marker stored unsigned?)",
+                "write the file with the tokenizer's ids only (numpy.save of an int32 or uint16 array)",
+            )
         return tokens.astype(np.int32)
     dtype = np.dtype("<i4") if name.endswith((".i32", ".int32")) else np.dtype("<u2")
     if len(raw) % dtype.itemsize:
