@@ -111,6 +111,12 @@ def test_completion_only_masks_the_prompt(tmp_path):
     assert trained == b"abcZ"  # the targets are the completions' tokens only
     row = next(iter(D.document_rows(DataSpec(**both), str(path), 256, 16, Shard(), repeat=False)))
     assert bytes(row["targets"][row["mask"] > 0].astype(np.uint8)) == b"2345abcyZ"
+    # Every completion empty (a wrong column mapping): it trained on 0 tokens for the whole run and "succeeded".
+    path.write_text("".join(json.dumps({"q": f"question {i}", "a": ""}) + "\n" for i in range(8)))
+    with pytest.raises(UserError, match="holds no record with a completion token to train on") as e:
+        D.document_rows(DataSpec(**both, completion_only=True), str(path), 256, 16, Shard(), repeat=True)
+    assert "data.completion_column (now 'a')" in e.value.hint
+    assert next(iter(D.document_rows(DataSpec(**both), str(path), 256, 16, Shard(), repeat=True)))  # prompts train
 
 
 def test_prompt_completion_records_are_never_split_over_rows(tmp_path):

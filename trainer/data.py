@@ -223,9 +223,17 @@ def document_rows(
 
     tokenize = load_tokenizer(data.tokenizer, vocab_size)
     once = corpus.host_records(data, path, shard, repeat=False, field=field)
-    documents = once.map(lambda r: packing.document_features(r, data, tokenize)).filter(lambda d: len(d["inputs"]))
+    # A document counts when it has a token to train on: with completion_only, its completion's (a corpus of empty
+    # completions trained 0 tokens and "succeeded").
+    documents = once.map(lambda r: packing.document_features(r, data, tokenize)).filter(lambda d: d["weights"].any())
     if next(iter(documents), None) is None:
         share = f" (process {shard.index}'s share of {shard.count})" if shard.count > 1 else ""
+        if data.prompt_completion and data.completion_only:
+            raise UserError(
+                f"{field} {path!r} holds no record with a completion token to train on{share} (completion_only: true "
+                "trains on completions alone): every completion is empty",
+                f"check data.completion_column (now {data.completion_column!r}), or set completion_only: false",
+            )
         raise UserError(
             f"{field} {path!r} holds no document with text{share}: every record is empty or a single token",
             f"point {field} at the documents, or check data.text_column (now {data.text_column!r})",
