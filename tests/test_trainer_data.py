@@ -174,6 +174,22 @@ def _zip(text: bytes) -> bytes:
     return out.getvalue()
 
 
+def _arrow(text: bytes, form: str) -> bytes:
+    """`text` as one column of a Parquet file or an Arrow IPC stream (a saved Hugging Face dataset's files)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table, out = pa.table({"text": [text.decode()]}), io.BytesIO()
+    if form == "parquet":
+        pq.write_table(table, out)
+    else:
+        with pa.ipc.new_stream(out, table.schema) as writer:
+            writer.write_table(table)
+    return out.getvalue()
+
+
 def _npy(text: bytes) -> bytes:
     import io
 
@@ -195,6 +211,27 @@ def _npy(text: bytes) -> bytes:
             lambda b: b.decode().encode("utf-16"),
             "UTF-16 text (it starts with a byte-order mark)",
             "iconv -f UTF-16",
+        ),
+        # Without a byte-order mark, every other byte NUL (valid UTF-8): it was trained on as `h\0o\0m\0e\0`.
+        (
+            "corpus-le.txt",
+            lambda b: b.decode().encode("utf-16-le"),
+            "UTF-16LE text (every other byte is NUL)",
+            "iconv -f UTF-16LE",
+        ),
+        (
+            "corpus-be.txt",
+            lambda b: b.decode().encode("utf-16-be"),
+            "UTF-16BE text (every other byte is NUL)",
+            "iconv -f UTF-16BE",
+        ),
+        # Read as text, these were "not UTF-8" with a Windows-1252 iconv hint that made garbage.
+        ("corpus.parquet", lambda b: _arrow(b, "parquet"), "a Parquet file", "data.source: parquet"),
+        (
+            "data-00000-of-00001.arrow",
+            lambda b: _arrow(b, "stream"),
+            "an Arrow stream (a Hugging Face dataset saved with save_to_disk?)",
+            "data.source: hf_disk",
         ),
     ],
 )

@@ -28,6 +28,26 @@ _NOT_TEXT: tuple[tuple[re.Pattern[bytes], str, str], ...] = tuple(
             "UTF-16 text (it starts with a byte-order mark)",
             "convert it (iconv -f UTF-16 -t UTF-8 FILE > FILE.utf8) and point FIELD at that",
         ),
+        # Without a byte-order mark (Windows and .NET tools write it so): every other byte NUL, which is valid UTF-8,
+        # so the text was trained on as `h\0o\0m\0e\0`.
+        (
+            rb"(?:[\x01-\x7f]\x00){4}",
+            "UTF-16LE text (every other byte is NUL)",
+            "convert it (iconv -f UTF-16LE -t UTF-8 FILE > FILE.utf8) and point FIELD at that",
+        ),
+        (
+            rb"(?:\x00[\x01-\x7f]){4}",
+            "UTF-16BE text (every other byte is NUL)",
+            "convert it (iconv -f UTF-16BE -t UTF-8 FILE > FILE.utf8) and point FIELD at that",
+        ),
+        (rb"PAR1", "a Parquet file", "read it with data.source: parquet"),
+        (rb"ARROW1", "an Arrow file", "write its rows as Parquet or JSONL, or save it with datasets' save_to_disk"),
+        # An Arrow stream (a saved Hugging Face dataset's data-*.arrow): its first message's continuation marker.
+        (
+            rb"\xff\xff\xff\xff",
+            "an Arrow stream (a Hugging Face dataset saved with save_to_disk?)",
+            "read its folder with data.source: hf_disk",
+        ),
     )
 )
 HEAD = 16  # bytes `not_text` looks at
@@ -41,7 +61,7 @@ UNDECODABLE_SHARE = 1e-3
 
 def not_text(head: bytes, name: str, field: str) -> UserError | None:
     """The error for a file whose first bytes (`head`, `HEAD` of them or more) are those of a compressed or binary
-    format (gzip, bzip2, xz, zstd, lz4, zip, .npy, UTF-16); None for anything else."""
+    format (gzip, bzip2, xz, zstd, lz4, zip, .npy, UTF-16, Parquet, Arrow); None for anything else."""
     for magic, what, todo in _NOT_TEXT:
         if magic.match(head):
             return UserError(
