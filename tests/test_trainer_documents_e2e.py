@@ -151,3 +151,24 @@ def test_resume_after_a_hard_kill_reproduces_the_run(out, teacher, whole):
     assert run(spec_of(killed)) == TrainerExit.OK
     assert json.loads((out / "killed" / "summary.json").read_text())["resumed_from_step"] == 4
     assert without_timing(read_metrics(out / "killed")) == without_timing(whole)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's reads after its loop
+def test_a_damaged_input_position_is_a_damaged_checkpoint_with_the_way_out(out, teacher):
+    """The latest step's input-pipeline position overwritten: "internal error (a bug)", exit 70, no way out. Now
+    it is what any other damaged part of a step is: exit 1, naming the step to move aside (then the one before it
+    resumes)."""
+    import shutil
+
+    run_dir = out / "bad-position"
+    shutil.copytree(teacher, run_dir)
+    [position] = (run_dir / "checkpoints" / "8" / "data").glob("process_0-of-1*")
+    position.write_text("garbage\n")
+    spec = base(out, name="bad-position", steps=12)
+    assert run(spec_of(spec)) == TrainerExit.USER_ERROR
+    message = json.loads((run_dir / "summary.json").read_text())["message"]
+    assert "is damaged or incomplete: its input-pipeline position is unreadable" in message, message
+    assert f"move {run_dir / 'checkpoints' / '8'} aside" in message
+    (run_dir / "checkpoints" / "8").rename(run_dir / "damaged-8")
+    assert run(spec_of(spec)) == TrainerExit.OK
+    assert json.loads((run_dir / "summary.json").read_text())["resumed_from_step"] == 4

@@ -815,7 +815,13 @@ def _loop(
     accumulation = spec.batch.gradient_accumulation_steps
     batches = data_lib.make_batches(spec, built.vocab_size, built.rows, shard, start.position)
     if start.data_state is not None:
-        batches.restore(start.data_state)
+        try:
+            batches.restore(start.data_state)
+        except (ValueError, KeyError, TypeError) as e:  # a position file that is not the pipeline's JSON state
+            from trainer.checkpointing import damaged_checkpoint
+
+            where = f"{checkpoints.directory}/{start.step}" if checkpoints else "the checkpoint"
+            raise damaged_checkpoint(where, ValueError(f"its input-pipeline position is unreadable: {e}")) from None
     to_device = built.local_to_device if batches.local else built.to_device
     evaluation = _Evaluation(spec, built, shard) if spec.eval is not None else None
 
