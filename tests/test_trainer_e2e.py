@@ -531,3 +531,31 @@ def test_changed_settings_show_whole_numbers_as_written():
         "batch.per_device_batch_size: 8 → 4",
         "optimizer.learning_rate: 0.003 → 0.0005",
     ]
+
+
+def test_a_runs_record_is_never_replaced_by_settings_no_step_was_trained_under(out):
+    """A finished run given other settings trained 0 steps yet rewrote its spec.json (its metrics and weights were
+    then attributed to settings they never saw); without checkpoints another spec replaced a succeeded run's results
+    silently. Both are refused, the folder as it was; the same spec starts over, and a failed start, fixed, runs."""
+    tiny = {"steps": 10, "checkpoint": {"every_steps": 5}, "logging": {"every_steps": 5}, "output_dir": str(out)}
+    finished = merged(TEACHER, name="record", **tiny)
+    assert run(spec_of(finished)) == TrainerExit.OK
+    folder = out / "record"
+    before = {name: (folder / name).read_text() for name in ("spec.json", "summary.json", "metrics.jsonl")}
+    other = merged(finished, optimizer={"learning_rate": 1e-4})
+    assert run(spec_of(other)) == TrainerExit.USER_ERROR
+    assert {name: (folder / name).read_text() for name in before} == before
+    assert run(spec_of(merged(other, steps=15))) == TrainerExit.OK  # the way out it names: train further under them
+    assert json.loads((folder / "spec.json").read_text())["optimizer"]["learning_rate"] == 1e-4
+
+    plain = merged(TEACHER, name="plain", **{**tiny, "checkpoint": {"enabled": False}})
+    assert run(spec_of(plain)) == TrainerExit.OK
+    folder = out / "plain"
+    before = {name: (folder / name).read_text() for name in ("spec.json", "summary.json", "metrics.jsonl")}
+    assert run(spec_of(merged(plain, optimizer={"learning_rate": 1e-4}))) == TrainerExit.USER_ERROR
+    assert {name: (folder / name).read_text() for name in before} == before
+    assert run(spec_of(plain)) == TrainerExit.OK  # the same spec again: trained again from step 0
+
+    broken = merged(plain, name="fixed", data={"source": "text", "path": str(out / "nowhere")})
+    assert run(spec_of(broken)) == TrainerExit.USER_ERROR
+    assert run(spec_of(merged(plain, name="fixed"))) == TrainerExit.OK

@@ -604,6 +604,7 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
         if index == 0:  # only now: a start refused above leaves the run's record as it was
             session.files = RunFiles(run_dir, tensorboard=spec.logging.tensorboard)
             resolved = spec.resolved().model_dump(mode="json")
+            _check_record(session, resolved, start, spec, checkpoints)
             if start.resumed:
                 _note_changes(session, resolved, start.step)
             session.files.write_json("spec.json", resolved)
@@ -672,6 +673,51 @@ def _release_run_dir(session: _Session) -> None:
             os.rmdir(os.path.dirname(path))  # only if empty
         except OSError:
             pass
+
+
+def _check_record(
+    session: _Session, resolved: dict[str, Any], start: Start, spec: DistillSpec, checkpoints: RunCheckpoints | None
+) -> None:
+    """Refuse (RunRefused: the folder stays as it is) a start that would replace a run's record with settings no
+    step was trained under: a finished run given other settings (0 steps to train, yet its spec.json was rewritten),
+    or a succeeded run's results in a folder with nothing to resume from (checkpoint.enabled: false replaced them
+    silently). Starting over in a folder whose run ended (the same spec, or a failed run's fixed one) is said."""
+    try:
+        before = session.files.read_json("spec.json")
+        previous = session.files.read_json("summary.json")
+    except Exception:  # noqa: BLE001 - nothing readable to protect
+        return
+    if not isinstance(before, dict):
+        return
+    # steps is how a run trains further; output_dir is where the folder is now (a copy), not how it was trained
+    changes = [c for c in changed_settings(before, resolved) if not c.startswith(("steps:", "output_dir:"))]
+    shown = "; ".join(changes[:6]) + (f" (and {len(changes) - 6} more)" if len(changes) > 6 else "")
+    folder = session.files.run_dir
+    if start.resumed:
+        if start.step >= spec.steps and changes:
+            raise RunRefused(
+                f"{folder} finished at step {start.step} under the settings in its spec.json; this spec changes "
+                f"{shown}, and would train no step under them while its spec.json said it had",
+                "give this run another name (or output_dir) to train these settings, or raise steps to train this run "
+                "further under them",
+            )
+        return
+    ended = isinstance(previous, dict) and previous.get("status") not in (None, "running")
+    if not ended:
+        return
+    if changes and previous.get("status") == "succeeded":  # a failed start is fixed and run again: not refused
+        raise RunRefused(
+            f"{folder} holds the results of another run (it {previous.get('status')} at step {previous.get('step')}; "
+            f"this spec changes {shown}), and there is no checkpoint to resume it from",
+            "give this run another name (or output_dir), or move the folder aside to replace it",
+        )
+    latest = checkpoints.latest_step() if checkpoints else None
+    ignored = " (checkpoint.enabled: false: no checkpoint is read)" if checkpoints is None else ""
+    if latest is None and previous.get("step"):  # a start that failed at step 0 left no results to speak of
+        session.reporter.note(
+            f"training {folder} again from step 0{ignored}: the results of its earlier run "
+            f"({previous.get('status')} at step {previous.get('step')}) are replaced"
+        )
 
 
 def _note_changes(session: _Session, resolved: dict[str, Any], step: int) -> None:
