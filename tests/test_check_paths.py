@@ -421,6 +421,29 @@ def test_a_tokenizer_larger_than_the_models_vocabulary_is_named_before_launch(tm
     assert check_paths(spec, read_text) == []
 
 
+def test_a_named_tokenizer_that_is_not_there_or_not_json_is_named_before_launch(tmp_path):
+    # Both printed "valid spec"; the trainer then stopped at start ("cannot load tokenizer", "cannot parse").
+    (tmp_path / "corpus.txt").write_text("some text")
+    corpus = {"source": "text", "path": str(tmp_path / "corpus.txt")}
+    folder = hf_folder(tmp_path / "teacher", "tiny-4l")
+    teacher = {"teacher.load_parameters_path": folder}
+    spec, problems = validate_data(spec_data(**teacher, data={**corpus, "tokenizer": str(tmp_path / "nope.json")}))
+    assert spec is not None, problems
+    (problem,) = check_paths(spec, read_text)
+    assert problem.code == "tokenizer_not_found" and problem.loc == ("data", "tokenizer")
+    assert f"there is no {tmp_path / 'nope.json'}" in problem.message and "`byte`" in problem.hint
+    (tmp_path / "cut.json").write_text('{"model": {"vo')
+    spec, _ = validate_data(spec_data(**teacher, data={**corpus, "tokenizer": str(tmp_path / "cut.json")}))
+    (problem,) = check_paths(spec, read_text)
+    assert problem.code == "tokenizer_unreadable" and "is not a tokenizer.json: it is not JSON" in problem.message
+    # A model folder without one is no problem (the next candidate, or bytes); one that is not JSON is.
+    spec, _ = validate_data(spec_data(**teacher, data=corpus))
+    assert check_paths(spec, read_text) == []
+    (tmp_path / "teacher" / "tokenizer.json").write_text("<html>")
+    (problem,) = check_paths(spec, read_text)
+    assert problem.code == "tokenizer_unreadable" and problem.loc == ("teacher", "load_parameters_path")
+
+
 def test_an_offline_spec_is_checked_against_its_logit_cache_before_launch(tmp_path):
     # Each printed "valid spec" and failed only in `train`: no cache there, one made for another k, data seed or
     # length, or too short for the steps.

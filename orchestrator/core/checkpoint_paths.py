@@ -286,7 +286,30 @@ def _tokenizer_size_problems(spec: DistillSpec, read_text: ReadText) -> list[Pro
     for loc, file in candidates:
         text = read_text(file)
         if text is None:
+            if loc == (
+                "data",
+                "tokenizer",
+            ):  # named, so the trainer reads it or stops at start (a model's may be absent)
+                return [
+                    Problem(
+                        loc,
+                        "tokenizer_not_found",
+                        f"data.tokenizer {spec.data.tokenizer!r}: there is no {file}",
+                        "point data.tokenizer at a tokenizer.json (or a folder holding one), or `byte` for bytes",
+                    )
+                ]
             continue
+        try:
+            json.loads(text)
+        except ValueError as e:
+            return [
+                Problem(
+                    loc,
+                    "tokenizer_unreadable",
+                    f"{file} is not a tokenizer.json: it is not JSON ({e})",
+                    "point it at a Hugging Face tokenizer.json (written by tokenizer.save or save_pretrained)",
+                )
+            ]
         size = tokenizer_size(text)
         if size is not None and size > vocab:
             return [
