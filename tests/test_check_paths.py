@@ -120,6 +120,16 @@ def test_checkpoint_folders_with_different_tokenizers_are_an_error_before_launch
     (tmp_path / "student" / "tokenizer.json").write_text('{"model": {"vocab": {"b": 0}}}')
     (problem,) = check_paths(spec, read_text)
     assert problem.code == "tokenizer_mismatch" and problem.loc == ("student", "load_parameters_path")
+    # data.tokenizer overrides the check (they may tokenise alike after all); writing the teacher's down switched it
+    # off without a word, and a student of another mapping was distilled. Now a warning names the folder.
+    named = spec.model_copy(update={"data": spec.data.model_copy(update={"tokenizer": teacher})})
+    (problem,) = check_paths(named, read_text)
+    assert (
+        problem.code == "tokenizer_mismatch" and problem.severity == "warning" and problem.loc == ("data", "tokenizer")
+    )
+    assert f"differently from the student's own {tmp_path / 'student' / 'tokenizer.json'}" in problem.message
+    (tmp_path / "student" / "tokenizer.json").write_text('{"model": {"vocab": {"a": 0}}}')
+    assert check_paths(named, read_text) == []
 
 
 def test_a_url_is_read_through_fsspec():

@@ -27,12 +27,14 @@ from distillspec.hf_config import (
     HUB_ID,
     INDEX,
     SINGLE,
+    TOKENIZER,
     ConfigError,
     beyond_max_position,
     hub_download_hint,
     mismatch_hint,
     shape_from_config,
     shape_mismatches,
+    tokenizer_difference,
     tokenizer_files,
     tokenizer_mismatch,
     tokenizer_size,
@@ -261,9 +263,13 @@ def _column_problems(spec: DistillSpec, read_columns: ReadColumns) -> list[Probl
 
 
 def _tokenizer_problems(spec: DistillSpec, read_text: ReadText) -> list[Problem]:
-    """The trainer's rule: a distillation whose two checkpoint folders hold different tokenizers is an error."""
-    if spec.mode == "pretrain" or spec.data.tokenizer is not None:
+    """The trainer's rule: a distillation whose two checkpoint folders hold different tokenizers is an error. A
+    data.tokenizer overrides it (the folders may tokenise alike after all), but one that differs from a model
+    folder's own is warned of: that model's checkpoint was trained on other ids."""
+    if spec.mode == "pretrain" or spec.data.tokenizer == "byte":
         return []
+    if spec.data.tokenizer is not None:
+        return _named_tokenizer_problems(spec, read_text)
     files = [file for _, file in tokenizer_files(spec)]
     if len(files) != 2:  # a teacher and a student folder
         return []
@@ -276,6 +282,35 @@ def _tokenizer_problems(spec: DistillSpec, read_text: ReadText) -> list[Problem]
     return [Problem(("student", "load_parameters_path"), "tokenizer_mismatch", *mismatch)]
 
 
+def _named_tokenizer_problems(spec: DistillSpec, read_text: ReadText) -> list[Problem]:
+    """A warning for each model folder whose tokenizer.json tokenises differently from data.tokenizer (writing the
+    teacher's down switched the teacher/student check off, and a student of another mapping was distilled)."""
+    [(_, named)] = tokenizer_files(spec)
+    named_text = read_text(named)
+    if named_text is None:
+        return []  # said by _tokenizer_size_problems
+    problems = []
+    for side, model in (("teacher", spec.teacher), ("student", spec.student)):
+        if model is None or not model.load_parameters_path:
+            continue
+        own = f"{model.load_parameters_path.rstrip('/')}/{TOKENIZER}"
+        own_text = read_text(own)
+        difference = None if own_text is None else tokenizer_difference(named_text, own_text)
+        if difference is not None:
+            problems.append(
+                Problem(
+                    ("data", "tokenizer"),
+                    "tokenizer_mismatch",
+                    f"data.tokenizer {named} tokenises differently from the {side}'s own {own} (its {difference} differ): the "
+                    f"{side}'s checkpoint was trained on that one's ids",
+                    f"if the {side}'s folder holds a stale tokenizer.json and they tokenise alike after all, go on; "
+                    "else point data.tokenizer at the tokenizer both models were trained with",
+                    severity="warning",
+                )
+            )
+    return problems
+
+
 def _tokenizer_size_problems(spec: DistillSpec, read_text: ReadText) -> list[Problem]:
     """The trainer's rule at start: the tokenizer that reads text data (data.tokenizer, else the teacher's folder's
     tokenizer.json, else the student's) must not give ids beyond the models' vocabulary."""
@@ -286,10 +321,8 @@ def _tokenizer_size_problems(spec: DistillSpec, read_text: ReadText) -> list[Pro
     for loc, file in candidates:
         text = read_text(file)
         if text is None:
-            if loc == (
-                "data",
-                "tokenizer",
-            ):  # named, so the trainer reads it or stops at start (a model's may be absent)
+            # Named, the trainer reads it or stops at start; a model folder's may be absent.
+            if loc == ("data", "tokenizer"):
                 return [
                     Problem(
                         loc,
