@@ -247,6 +247,29 @@ def test_a_resume_after_the_files_behind_data_path_changed_is_refused(tmp_path):
     _check_same_input(older, input_of(spec), "runs/x/checkpoints/10")
 
 
+def test_the_same_files_spelled_another_way_resume(tmp_path, monkeypatch):
+    """data/x.jsonl and its absolute spelling name the same listing: a run moved into a sweep or a pod (paths
+    written absolute) was refused as "trained on other input"."""
+    from distillspec.config import DistillSpec
+    from trainer.exit_codes import RunRefused
+    from trainer.train import _check_same_input, input_of
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.jsonl").write_text(json.dumps({"text": "a b c"}) + "\n")
+    monkeypatch.chdir(tmp_path)
+
+    def spec(path: str, **data):
+        return DistillSpec.model_validate(
+            {"mode": "pretrain", "student": {"model": "tiny-2l"}, "data": {"source": "jsonl", "path": path, **data}}
+        )
+
+    saved = input_of(spec("data/x.jsonl"))
+    for spelling in (str(tmp_path / "data" / "x.jsonl"), "./data/x.jsonl", "data"):
+        _check_same_input(saved, input_of(spec(spelling)), "runs/x/checkpoints/10")
+    with pytest.raises(RunRefused, match=r"data.seed: 0 → 3"):  # another setting still counts
+        _check_same_input(saved, input_of(spec(str(tmp_path / "data" / "x.jsonl"), seed=3)), "runs/x/checkpoints/10")
+
+
 @pytest.mark.slow
 def test_attention_never_crosses_documents():
     """Two documents in one row: changing document A's tokens leaves document B's logits unchanged with segment

@@ -462,6 +462,13 @@ def _check_same_input(saved: dict | None, trained_on: dict, where: str) -> None:
     if saved is None:  # a checkpoint from before the input was recorded
         return
     trained_on = {k: v for k, v in trained_on.items() if k in saved or k not in LATER_INPUT}
+    if saved.get("files") is not None and saved.get("files") == trained_on.get("files"):
+        # The same files (the listing is of absolute paths) spelled another way (relative, absolute, ./): the position
+        # indexes the listing, not the spelling. A run moved into a sweep or a pod was refused as "other input".
+        saved, trained_on = (
+            {**side, "data": {k: v for k, v in (side.get("data") or {}).items() if k != "path"}}
+            for side in (saved, trained_on)
+        )
     if saved == trained_on:
         return
     settings = [{k: v for k, v in side.items() if k != "files"} for side in (saved, trained_on)]
