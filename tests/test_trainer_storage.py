@@ -57,6 +57,32 @@ def test_unusable_storage_is_a_user_error_and_transient_io_is_retried(error, cod
     assert failure.exit_code == code
     if code == TrainerExit.USER_ERROR:
         assert failure.message == f"OutputNotWritable: /runs/x/checkpoints: {error}"
+        # A full disk or quota is writable: the permissions hint sent people looking at the wrong thing.
+        full = "free space there" in failure.hint
+        assert full == (getattr(error, "errno", None) == errno.EDQUOT), failure.hint
+
+
+def test_a_full_disk_said_by_tensorstore_gets_the_free_space_hint_and_orbax_threads_one_line_each():
+    """A full disk during a save printed five tracebacks of orbax's threads (~440 lines) before the verdict."""
+    import logging
+
+    from trainer import checkpointing  # noqa: F401 - installs the filter
+    from trainer.exit_codes import storage_failure
+
+    said = "RESOURCE_EXHAUSTED: Failed to write 40902 bytes: No space left on device [os_error_code='28']"
+    failure = storage_failure("/runs/x/checkpoints", ValueError(said))
+    assert failure.exit_code == TrainerExit.USER_ERROR and "free space there" in failure.hint
+    try:
+        raise ValueError(said)
+    except ValueError:
+        record = logging.LogRecord(
+            "absl", logging.ERROR, "/x/orbax/checkpoint/_src/futures/future.py", 1, "run() raised: %s", (said,), True
+        )
+        record.exc_info = sys.exc_info()
+    for f in logging.getLogger("absl").filters:
+        f.filter(record)
+    assert record.exc_info is None and record.getMessage() == f"run() raised: {said}"
+    assert "\n" not in logging.Formatter().format(record)
 
 
 def test_a_file_where_the_checkpoints_belong_fails_before_step_0(tmp_path):

@@ -48,6 +48,21 @@ def _quiet_orbax_leftovers(unraisable, default=sys.unraisablehook) -> None:
 sys.unraisablehook = _quiet_orbax_leftovers
 
 
+class _OneLineFromOrbaxThreads(logging.Filter):
+    """Orbax's background threads log each failed write with its full traceback (a full disk: five of them, ~440
+    lines, before the one-line verdict that names the path and the error). The line each begins with is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "orbax" in record.pathname and (record.exc_info or "\n" in str(record.msg)):
+            message = record.getMessage()
+            record.exc_info, record.exc_text = None, None
+            record.msg, record.args = (message.splitlines() or [""])[0][:300], None
+        return True
+
+
+logging.getLogger("absl").addFilter(_OneLineFromOrbaxThreads())
+
+
 def absolute(path: str) -> str:
     """A local path made absolute (orbax requires it); URLs unchanged. Relative paths are the working directory's."""
     return path if "://" in path else os.path.abspath(path)

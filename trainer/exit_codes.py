@@ -68,9 +68,14 @@ class OutputNotWritable(UserError):
     """The run's output or checkpoint storage cannot be written: `OutputNotWritable: <path>: <error>`, exit 1."""
 
     def __init__(self, path: str, error: BaseException | str):
+        full = not isinstance(error, str) and os_errno(error) in (errno.ENOSPC, errno.EDQUOT)
         super().__init__(
             f"OutputNotWritable: {path}: {error}",
-            "make the path a writable directory (or choose another output_dir), then run again",
+            # A full disk or quota is writable, so the permissions hint sent people looking at the wrong thing.
+            "free space there (old runs, old checkpoints: checkpoint.keep) or raise the quota, then run again: it "
+            "resumes from the last checkpoint"
+            if full
+            else "make the path a writable directory (or choose another output_dir), then run again",
         )
         self.path = path
 
