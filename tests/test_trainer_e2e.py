@@ -559,3 +559,23 @@ def test_a_runs_record_is_never_replaced_by_settings_no_step_was_trained_under(o
     broken = merged(plain, name="fixed", data={"source": "text", "path": str(out / "nowhere")})
     assert run(spec_of(broken)) == TrainerExit.USER_ERROR
     assert run(spec_of(merged(plain, name="fixed"))) == TrainerExit.OK
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's reads after its loop
+def test_resuming_in_another_mode_names_the_settings_not_orbaxs_words(out, teacher):
+    """A pretraining run resumed as a distillation: "does not match this spec: User-provided restore item and on-disk
+    value metadata tree structures do not match:" (a dangling colon), with a hint about "a different model"."""
+    import shutil
+
+    shutil.copytree(teacher, out / "moded")
+    spec = merged(
+        TEACHER,
+        name="moded",
+        output_dir=str(out),
+        steps=70,
+        mode="distill",
+        teacher={"model": "tiny-4l", "load_parameters_path": str(teacher / "checkpoints")},
+    )
+    message = refused(spec, out / "moded")
+    assert "does not match this spec: it was saved by a run with other settings (mode: " in message, message
+    assert '"pretrain" → "distill"' in message and "another mode or model" in message

@@ -399,7 +399,12 @@ class Start:
 
 
 def restore_or_init(
-    checkpoints: RunCheckpoints | None, initial: TrainState, *, data: bool = False, trained_on: dict | None = None
+    checkpoints: RunCheckpoints | None,
+    initial: TrainState,
+    *,
+    data: bool = False,
+    trained_on: dict | None = None,
+    spec: DistillSpec | None = None,
 ) -> Start:
     """The latest checkpoint's state and position (with `data`, also this process's input-pipeline state), else
     `initial` at step 0. Raises RunRefused when the checkpoint holds another model, or was trained on other input
@@ -414,9 +419,12 @@ def restore_or_init(
     try:
         params, rest, meta, data_state = checkpoints.restore(latest, initial.params, initial.checkpointed(), data=data)
     except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+        # Orbax's words ("... tree structures do not match:") name no setting: the run's spec.json does.
+        changed = _changed_since_record(checkpoints.directory, spec) if spec is not None else ""
+        why = f"it was saved by a run with other settings ({changed})" if changed else _first_line(e).rstrip(": ")
         raise RunRefused(
-            f"the checkpoint at {checkpoints.directory}/{latest} does not match this spec: {_first_line(e)}",
-            "use a new run name (or output_dir) for a different model, or delete the old run directory",
+            f"the checkpoint at {checkpoints.directory}/{latest} does not match this spec: {why}",
+            "use a new run name (or output_dir) for another mode or model, or delete the old run directory",
         ) from None
     return Start(
         TrainState.from_checkpoint(params, rest),
@@ -427,6 +435,21 @@ def restore_or_init(
         resumed=True,
         data_state=data_state,
     )
+
+
+def _changed_since_record(checkpoint_dir: str, spec: DistillSpec) -> str:
+    """The settings (at most four) in which `spec` differs from the spec.json of the run whose checkpoints are at
+    `checkpoint_dir`; '' when that cannot be read or nothing but steps and output_dir differs."""
+    import fsspec
+
+    try:
+        with fsspec.open(f"{checkpoint_dir.rstrip('/').rsplit('/', 1)[0]}/spec.json", "r") as f:
+            before = json.load(f)
+    except Exception:  # noqa: BLE001 - a better message, not a reason to stop
+        return ""
+    now = spec.resolved().model_dump(mode="json")
+    changes = [c for c in changed_settings(before, now) if not c.startswith(("steps:", "output_dir:"))]
+    return "; ".join(changes[:4]) + (f" (and {len(changes) - 4} more)" if len(changes) > 4 else "")
 
 
 def input_of(spec: DistillSpec) -> dict[str, Any]:
@@ -607,7 +630,7 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
         # documents: the Grain iterator's state; a logit cache's position is the micro-batch count
         documents = spec.data.source in DOCUMENT_SOURCES and not spec.offline_data_dir
         trained_on = input_of(spec)  # once: it lists the data files (a request on an object store)
-        start = restore_or_init(checkpoints, built.state, data=documents, trained_on=trained_on)
+        start = restore_or_init(checkpoints, built.state, data=documents, trained_on=trained_on, spec=spec)
         if index == 0:  # only now: a start refused above leaves the run's record as it was
             session.files = RunFiles(run_dir, tensorboard=spec.logging.tensorboard)
             resolved = spec.resolved().model_dump(mode="json")
