@@ -154,20 +154,27 @@ def test_resume_after_a_hard_kill_reproduces_the_run(out, teacher, whole):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's reads after its loop
-def test_a_damaged_input_position_is_a_damaged_checkpoint_with_the_way_out(out, teacher):
-    """The latest step's input-pipeline position overwritten: "internal error (a bug)", exit 70, no way out. Now
-    it is what any other damaged part of a step is: exit 1, naming the step to move aside (then the one before it
-    resumes)."""
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [("overwritten", "its input-pipeline position is unreadable"), ("lost", "its data item is missing")],
+)
+def test_a_damaged_input_position_is_a_damaged_checkpoint_with_the_way_out(out, teacher, damage, said):
+    """The latest step's input-pipeline position overwritten: "internal error (a bug)", exit 70, no way out; lost:
+    blamed on "another kind of data", with a hint to give up the run. Now each is what any other damaged part of a
+    step is: exit 1, naming the step to move aside (then the one before it resumes)."""
     import shutil
 
-    run_dir = out / "bad-position"
+    run_dir = out / f"bad-position-{damage}"
     shutil.copytree(teacher, run_dir)
-    [position] = (run_dir / "checkpoints" / "8" / "data").glob("process_0-of-1*")
-    position.write_text("garbage\n")
-    spec = base(out, name="bad-position", steps=12)
+    if damage == "overwritten":
+        [position] = (run_dir / "checkpoints" / "8" / "data").glob("process_0-of-1*")
+        position.write_text("garbage\n")
+    else:
+        shutil.rmtree(run_dir / "checkpoints" / "8" / "data")
+    spec = base(out, name=f"bad-position-{damage}", steps=12)
     assert run(spec_of(spec)) == TrainerExit.USER_ERROR
     message = json.loads((run_dir / "summary.json").read_text())["message"]
-    assert "is damaged or incomplete: its input-pipeline position is unreadable" in message, message
+    assert f"is damaged or incomplete: {said}" in message, message
     assert f"move {run_dir / 'checkpoints' / '8'} aside" in message
     (run_dir / "checkpoints" / "8").rename(run_dir / "damaged-8")
     assert run(spec_of(spec)) == TrainerExit.OK

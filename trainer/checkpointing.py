@@ -179,6 +179,8 @@ class RunCheckpoints:
             error=RunRefused,
         )
         if data and not (epath.Path(self.directory) / str(step) / "data").exists():
+            if _read_documents(self.meta(step)):  # the run read documents too: this step lost its position
+                raise damaged_checkpoint(f"{self.directory}/{step}", FileNotFoundError("its data item is missing"))
             # Orbax would say 'Item "data" was not found', read as a damaged checkpoint whose hint moves good ones.
             raise RunRefused(
                 f"the checkpoint at {self.directory}/{step} holds no input-pipeline position: the run that wrote it "
@@ -306,6 +308,15 @@ def restore_params(path: str, params_like: Any) -> Any:
 # when tried again (a storage outage, not a damaged file).
 _DAMAGE = ("OUT_OF_RANGE", "DATA_LOSS", "NOT_FOUND", "FAILED_PRECONDITION")
 _TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "CANCELLED")
+
+
+def _read_documents(meta: dict) -> bool:
+    """Whether the run that saved a step with this `meta` read documents (so saved an input-pipeline position), by
+    the input it recorded; False when it recorded none (older steps)."""
+    from distillspec.config import DOCUMENT_SOURCES
+
+    recorded = meta.get("input") or {}
+    return (recorded.get("data") or {}).get("source") in DOCUMENT_SOURCES and not recorded.get("offline_data_dir")
 
 
 def unreadable(error: BaseException) -> bool:
