@@ -205,6 +205,13 @@ def test_teacher_logits_run_writes_a_versioned_cache_per_process(runs):
     with np.load(files[0]) as first:
         assert first["topk_log_probs"].shape == (4, 16, VOCAB) and first["inputs"].shape == (4, 16)
     assert json.loads((runs["out"] / "cache" / "summary.json").read_text())["status"] == "succeeded"
+    # It trains no model: export said "no checkpoint" and told people to set checkpoint.enabled.
+    from trainer.exit_codes import UserError
+    from trainer.export import export_run
+
+    with pytest.raises(UserError, match="is a teacher_logits run") as e:
+        export_run(str(runs["out"] / "cache"), str(runs["out"] / "cache-export"))
+    assert "teacher/checkpoints" in e.value.hint and not (runs["out"] / "cache-export").exists()
 
 
 @pytest.mark.slow

@@ -80,6 +80,15 @@ def export_run(run_dir: str, out_dir: str, *, to: str = "hf", dtype: str | None 
     if to not in FORMATS:
         raise UserError(f"export format {to!r} is not supported", f"use one of: {', '.join(FORMATS)}")
     spec = read_run_spec(run_dir)
+    if spec.mode == "teacher_logits":  # "no checkpoint ... checkpoint.enabled: true" sent people to a setting
+        teacher = spec.teacher.load_parameters_path if spec.teacher is not None else None
+        raise UserError(
+            f"the run at {run_dir} is a teacher_logits run: it wrote the teacher's top-k to {run_dir.rstrip('/')}/logits "
+            "and trains no model, so there is nothing to export",
+            f"export the teacher itself from its own run ({teacher})"
+            if teacher
+            else "export a run that trains a student (mode distill or pretrain)",
+        )
     _check_destination(out_dir)
     import jax
     from flax import nnx
