@@ -215,6 +215,7 @@ def test_divergence_exits_with_its_own_code(out, teacher):
     # Step 1's loss is of the initial weights (finite); its update of 1e30 makes step 2's not (was "at step 1":
     # the 0-based update index, while the log numbers steps from 1).
     assert "NaN or infinite at step 2" in summary["message"], summary["message"]
+    assert summary["step"] == 2  # where it diverged (it said 5, the log step that found it: NaN steps counted)
     assert not (out / "diverge" / "checkpoints" / "20").exists()  # a diverged state is never checkpointed
 
 

@@ -1014,6 +1014,7 @@ def _log(
 
     sums, bad_step = jax.device_get((state.window, state.bad_step))
     if int(bad_step) >= 0:
+        session.step = int(bad_step)  # the summary's step: where it diverged, not the log step that found it
         raise _diverged(int(bad_step))
     record, seconds, tokens = window.close(
         step,
