@@ -580,3 +580,19 @@ def test_resuming_in_another_mode_names_the_settings_not_orbaxs_words(out, teach
     message = refused(spec, out / "moded")
     assert "does not match this spec: it was saved by a run with other settings (mode: " in message, message
     assert '"pretrain" → "distill"' in message and "another mode or model" in message
+
+
+def test_a_metric_that_is_not_finite_beside_a_finite_loss_is_said_not_a_crash():
+    """A teacher whose logits overflow float32: teacher_loss inf beside a finite (even negative) total loss; the
+    divergence check read only the total, and writing the line ended the run "internal error (a bug)", exit 70."""
+    from trainer.exit_codes import UserError
+    from trainer.train import Diverged, _check_finite_metrics, _Session
+
+    session = _Session.__new__(_Session)
+    fine = {"distill/total_loss": (-91.0, 64.0), "distill/teacher_loss": (140.0, 64.0)}
+    _check_finite_metrics(fine, 5, session)
+    with pytest.raises(UserError, match=r"the teacher's outputs are not finite \(teacher_loss is inf"):
+        _check_finite_metrics({**fine, "distill/teacher_loss": (float("inf"), 64.0)}, 5, session)
+    with pytest.raises(Diverged, match=r"distill/kl_div_T1 became NaN or infinite by step 5"):
+        _check_finite_metrics({**fine, "distill/kl_div_T1": (float("nan"), 64.0)}, 5, session)
+    assert session.step == 5

@@ -1016,6 +1016,7 @@ def _log(
     if int(bad_step) >= 0:
         session.step = int(bad_step)  # the summary's step: where it diverged, not the log step that found it
         raise _diverged(int(bad_step))
+    _check_finite_metrics(sums, step, session)
     record, seconds, tokens = window.close(
         step,
         time.time(),
@@ -1044,6 +1045,28 @@ def _close_quietly(checkpoints: RunCheckpoints) -> None:
 def _diverged(bad_step: int) -> Diverged:
     return Diverged(
         f"the loss became NaN or infinite at step {bad_step}",
+        "lower the learning rate, or check the data and the teacher checkpoint",
+    )
+
+
+def _check_finite_metrics(sums: dict, step: int, session: _Session) -> None:
+    """A metric that is not finite while the total loss is (the divergence check reads only that): a teacher whose
+    logits overflow float32 gave an infinite teacher_loss beside a finite, even negative, training loss, and the run
+    ended "internal error (a bug)" writing the line. A teacher's is the teacher's fault (exit 1); another's is
+    divergence (65)."""
+    bad = sorted(name for name, (total, count) in sums.items() if not (np.isfinite(total) and np.isfinite(count)))
+    if not bad:
+        return
+    if any(name.endswith("teacher_loss") for name in bad):
+        raise UserError(
+            f"the teacher's outputs are not finite (teacher_loss is {float(sums[bad[0]][0])} over steps up to {step}): "
+            "its logits overflow float32, so every distillation term computed from them is meaningless",
+            "check the teacher checkpoint (its weights load and are finite, but its logits are not: a scale or dtype "
+            "problem in its head or final norm)",
+        )
+    session.step = step
+    raise Diverged(
+        f"{', '.join(bad)} became NaN or infinite by step {step} (the total loss stayed finite)",
         "lower the learning rate, or check the data and the teacher checkpoint",
     )
 
