@@ -125,6 +125,13 @@ def test_token_file_errors(tmp_path):
         np.save(tmp_path / "wide.npy", np.array([1, 2, big] * 20, dtype=dtype))
         with pytest.raises(UserError, match=f"has token id {big}, beyond any vocabulary"):
             D.make_source(DataSpec(source="tokens", path=str(tmp_path / "wide.npy")), 256, 17)
+    # int32 ids in a raw file named .bin: read as uint16 (the name decides), half the tokens were 0, exit 0.
+    np.arange(1, 200, dtype=np.int32).tofile(tmp_path / "wide.bin")
+    with pytest.raises(UserError, match="every other token 0: it looks like int32 ids") as e:
+        D.make_source(DataSpec(source="tokens", path=str(tmp_path / "wide.bin")), 256, 17)
+    assert "name it .i32" in e.value.hint
+    np.arange(1, 200, dtype=np.int32).tofile(tmp_path / "wide.i32")
+    assert len(D.make_source(DataSpec(source="tokens", path=str(tmp_path / "wide.i32")), 256, 17).tokens) == 199
     (tmp_path / "text.npy").write_text("1 2 3 4\n")  # numpy would call it pickled data
     with pytest.raises(UserError, match=r"text.npy is not a .npy file \(no NumPy header\)"):
         D.make_source(DataSpec(source="tokens", path=str(tmp_path / "text.npy")), 256, 1)

@@ -467,4 +467,11 @@ def read_token_file(path: str | None) -> np.ndarray:
     tokens = np.frombuffer(raw, dtype).astype(np.int32)
     if len(tokens) and tokens.min() < 0:
         raise UserError(f"{name} has negative token ids")
+    sample = tokens[: 1 << 20]
+    if dtype.itemsize == 2 and len(sample) >= 16 and not sample[1::2].any() and sample[0::2].any():
+        # Read as uint16 (the name says nothing else), int32 ids are `id, 0, id, 0, ...`: half the tokens 0.
+        raise UserError(
+            f"{name} read as raw uint16 tokens has every other token 0: it looks like int32 ids",
+            "name it .i32 (or .int32) to read int32, or save it with numpy.save as .npy (its dtype is then read)",
+        )
     return tokens
