@@ -176,6 +176,30 @@ def test_tensor_of_another_shape_is_named_with_both_shapes(folders, tmp_path):
     )
 
 
+def test_a_folder_holding_two_saves_reads_the_single_file_as_transformers_does(folders, tmp_path):
+    """One save copied over another leaves model.safetensors beside a sharded index: transformers reads the single
+    file, the trainer read the index (other weights, logits up to 7.5 nats apart, no word). Now it reads what
+    transformers does, locally and through fsspec, and `validate --check-paths` warns of the folder."""
+    from spec_helpers import spec_data
+
+    from distillspec.specfile import validate_data
+    from orchestrator.core.checkpoint_paths import check_paths
+    from orchestrator.outputs import count_files, read_text
+
+    both = tmp_path / "both"
+    shutil.copytree(folders["sharded"], both)
+    for name in (hf.SINGLE, "logits.npy"):  # the other save's weights, and what transformers computes from them
+        shutil.copy(folders["llama"] / name, both / name)
+    tokens = np.load(folders["tokens"])
+    _assert_same_logits(both, tokens)
+    remote = np.asarray(load_model(_to_memory(both, "two-saves")).logits(jnp.asarray(tokens)))
+    np.testing.assert_allclose(remote, np.load(both / "logits.npy"), rtol=1e-4, atol=1e-4)
+    spec, problems = validate_data(spec_data(**{"teacher.load_parameters_path": str(both)}))
+    assert spec is not None, problems
+    found = [p for p in check_paths(spec, read_text, None, count_files) if p.code == "checkpoint_two_saves"]
+    assert len(found) == 1 and found[0].severity == "warning" and "holds both" in found[0].message
+
+
 def test_missing_shard_names_the_file(folders, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(folders["sharded"], bad)

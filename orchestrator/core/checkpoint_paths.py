@@ -98,6 +98,17 @@ def check_paths(
             missing = _weights_missing(path.rstrip("/"), side, count_files, read_text)
             if missing is not None:
                 problems.append(Problem(loc, "checkpoint_weights_missing", *missing))
+            if count_files(f"{path.rstrip('/')}/{SINGLE}") and count_files(f"{path.rstrip('/')}/{INDEX}"):
+                problems.append(
+                    Problem(
+                        loc,
+                        "checkpoint_two_saves",
+                        f"the {side} folder {path} holds both {SINGLE} and {INDEX} (one save copied over "
+                        f"another?): {SINGLE} is read, as transformers reads it, and the index's shards are not",
+                        "remove the files of the save you do not mean",
+                        severity="warning",
+                    )
+                )
         mismatches = shape_mismatches(found, model.shape())
         if mismatches:  # one problem, one hint: the hint lists every field to set (it was repeated per field)
             problems.append(

@@ -214,7 +214,9 @@ class Files:
         self.path = path
         self._handles: dict[str, Any] = {}
         index = os.path.join(path, INDEX)
-        if os.path.isfile(index):
+        # model.safetensors first, as transformers reads it: a folder holding both (one save copied over another)
+        # loaded the index's weights, other than those transformers loads.
+        if os.path.isfile(index) and not os.path.isfile(os.path.join(path, SINGLE)):
             try:
                 with open(index, "rb") as f:
                     text = f.read()
@@ -314,7 +316,7 @@ class RemoteFiles:
         self._root = root
         self._headers: dict[str, tuple[dict, int]] = {}  # file -> (header, data start)
         index = f"{self.path}/{INDEX}"
-        if self._fs.isfile(f"{root}/{INDEX}"):
+        if self._fs.isfile(f"{root}/{INDEX}") and not self._fs.isfile(f"{root}/{SINGLE}"):  # as `Files`
             try:
                 text = self._fs.cat_file(f"{root}/{INDEX}")
             except OSError as e:
