@@ -669,6 +669,19 @@ def _data(spec: DistillSpec) -> list[Problem]:
                 "remove data.path to train on synthetic data",
             )
         )
+    suffix = _format_suffix(data.path) if data.source == "text" else None
+    if suffix is not None:  # read as plain text, a .jsonl trained on its keys, quotes and braces, exit 0
+        source = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".arrow": "hf_disk"}[suffix]
+        out.append(
+            Problem(
+                ("data", "source"),
+                "text_source_of_records",
+                f"data.source is text but data.path {data.path!r} names {suffix} files: they would be trained on as "
+                "plain text, their syntax and column names included",
+                f"set data.source: {source} (with text_column, or prompt_column and completion_column)",
+                severity="warning",
+            )
+        )
     if data.source == "hf":
         out.append(
             Problem(
@@ -874,3 +887,13 @@ def _same_path(a: str, b: str) -> bool:
         return posixpath.normpath(p)
 
     return normal(a) == normal(b)
+
+
+def _format_suffix(path: str | None) -> str | None:
+    """The record format a data path's name says (`.jsonl`, `.json`, `.parquet`, `.arrow`, compressed or not), if any."""
+    if not path:
+        return None
+    name = path.rstrip("/").rsplit("/", 1)[-1].lower()
+    for compressed in (".gz", ".zst", ".bz2", ".xz"):
+        name = name.removesuffix(compressed)
+    return next((s for s in (".jsonl", ".json", ".parquet", ".arrow") if name.endswith(s)), None)

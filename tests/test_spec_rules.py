@@ -384,6 +384,27 @@ def test_a_data_path_without_a_source_is_not_silently_synthetic():
     assert "dataset_type is synthetic" in problem.message and "set dataset_type" in problem.hint
 
 
+@pytest.mark.parametrize(
+    ("path", "source"),
+    [
+        ("corpus.jsonl", "jsonl"),
+        ("gs://b/docs/*.jsonl.gz", "jsonl"),
+        ("part-0.parquet", "parquet"),
+        ("x.arrow", "hf_disk"),
+    ],
+)
+def test_a_text_source_over_record_files_is_warned_of(path, source):
+    # `source: text` over a .jsonl trained on `{"text": "..."}` syntax, keys and braces included, exit 0.
+    report = report_for(spec_data(data={"source": "text", "path": path}))
+    (problem,) = [p for p in report.problems if p.code == "text_source_of_records"]
+    assert not problem.is_error and problem.loc == ("data", "source") and f"data.source: {source}" in problem.hint
+    assert not [
+        p
+        for p in report_for(spec_data(data={"source": "text", "path": "corpus.txt"})).problems
+        if p.code == "text_source_of_records"
+    ]
+
+
 def test_settings_that_would_be_ignored_are_warned_of():
     # Each trained and exited 0 without a word.
     assert codes(spec_data(mode="pretrain"), errors_only=False) == ["teacher_unused"]
