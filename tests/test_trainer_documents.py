@@ -442,6 +442,15 @@ def test_jsonl_that_is_not_utf8_or_is_compressed_names_the_file(tmp_path):
     with pytest.raises(UserError, match=rf"{packed} is gzip-compressed, not UTF-8 text") as e:
         D.document_rows(DataSpec(source="jsonl"), str(packed), 256, 32, Shard(), repeat=False, field="eval.path")
     assert f"gunzip {packed}" in e.value.hint and "leave the file out of eval.path" in e.value.hint
+    # A JSON array (json.dump(records, f), on one line or indented) given as JSON Lines: said, with the jq line.
+    for name, text in (
+        ("array.json", json.dumps([{"text": "a"}])),
+        ("indented.json", json.dumps([{"text": "a"}], indent=2)),
+    ):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(UserError, match=r"(is|starts) a JSON array, not JSON Lines") as e:
+            list(D.document_rows(DataSpec(source="jsonl"), str(tmp_path / name), 256, 32, Shard(), repeat=False))
+        assert "jq -c '.[]'" in e.value.hint
     wide = tmp_path / "docs16.jsonl"  # UTF-16 without a byte-order mark: "not a JSON object", nothing of why
     wide.write_bytes(utf8.read_text().encode("utf-16-le"))
     with pytest.raises(UserError, match=rf"{wide} is UTF-16LE text \(every other byte is NUL\), not UTF-8"):

@@ -212,10 +212,16 @@ def _text(line: bytes, where: str) -> str:
 def _record(where: str, text: str | bytes, wanted: tuple[str, ...]) -> dict[str, Any]:
     """The wanted columns of one JSON object; UserError naming `where` (file and line, or record) when it is not
     one or lacks a column."""
+    array_hint = "write one JSON object per line (e.g. jq -c '.[]' file.json > file.jsonl)"
     try:
         value = json.loads(text)
     except ValueError as e:
+        if (text.lstrip()[:1] if isinstance(text, str) else text.lstrip()[:1].decode(errors="replace")) == "[":
+            # a JSON array over many lines (json.dump(records, f, indent=2)): its first line is no whole value
+            raise UserError(f"{where} starts a JSON array, not JSON Lines: {e}", array_hint) from None
         raise UserError(f"{where} is not a JSON object: {e}", "write one JSON object per line/record") from None
+    if isinstance(value, list):
+        raise UserError(f"{where} is a JSON array, not JSON Lines (one JSON object per line)", array_hint)
     if not isinstance(value, dict):
         raise UserError(f"{where} is not a JSON object", "write one JSON object per line/record")
     missing = [c for c in wanted if c not in value]
