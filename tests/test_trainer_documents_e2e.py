@@ -179,3 +179,23 @@ def test_a_damaged_input_position_is_a_damaged_checkpoint_with_the_way_out(out, 
     (run_dir / "checkpoints" / "8").rename(run_dir / "damaged-8")
     assert run(spec_of(spec)) == TrainerExit.OK
     assert json.loads((run_dir / "summary.json").read_text())["resumed_from_step"] == 4
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's reads after its loop
+def test_a_resume_on_another_number_of_processes_says_so(out, teacher):
+    """A 2-process run resumed on 1: "File .../process_0-of-1.json does not exist", with a hint to delete the run."""
+    import shutil
+
+    from trainer_support import Recorder
+
+    run_dir = out / "two-processes"
+    shutil.copytree(teacher, run_dir)
+    data = run_dir / "checkpoints" / "8" / "data"
+    [mine] = data.glob("process_0-of-1*")
+    mine.rename(data / "process_0-of-2.json")
+    shutil.copy(data / "process_0-of-2.json", data / "process_1-of-2.json")
+    recorder = Recorder()
+    assert run(spec_of(base(out, name="two-processes", steps=12)), reporter=recorder) == TrainerExit.USER_ERROR
+    message = recorder.ended[2]
+    assert "holds the input positions of 2 process(es); this run has 1" in message, message
+    assert "resume it with 2 process(es)" in message and "delete" not in message

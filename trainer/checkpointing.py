@@ -187,6 +187,8 @@ class RunCheckpoints:
                 "read another kind of data (a token file, synthetic data or a logit cache), this spec reads documents",
                 "give this run another name (or output_dir), or go back to the run's data settings",
             )
+        if data:
+            _check_process_count(epath.Path(self.directory) / str(step) / "data", f"{self.directory}/{step}")
         items = {
             "params": ocp.args.StandardRestore(flatten(abstract(params_like))),
             "train_state": ocp.args.StandardRestore(flatten(abstract(train_state_like))),
@@ -308,6 +310,25 @@ def restore_params(path: str, params_like: Any) -> Any:
 # when tried again (a storage outage, not a damaged file).
 _DAMAGE = ("OUT_OF_RANGE", "DATA_LOSS", "NOT_FOUND", "FAILED_PRECONDITION")
 _TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "CANCELLED")
+
+
+def _check_process_count(folder: epath.Path, step_path: str) -> None:
+    """RunRefused when the step's input positions are of another number of processes (each process saves its own:
+    `process_<i>-of-<n>.json`): grain's "File ... does not exist" came with a hint to delete the run."""
+    count = jax.process_count()
+    if (folder / f"process_{jax.process_index()}-of-{count}.json").exists():
+        return
+    saved = sorted(
+        {name.name.rsplit("-of-", 1)[-1].removesuffix(".json") for name in folder.glob("process_*-of-*.json")}
+    )
+    if not saved:
+        return  # no positions at all: the restore says the step is damaged
+    raise RunRefused(
+        f"the checkpoint at {step_path} holds the input positions of {' or '.join(saved)} process(es); this run has "
+        f"{count}: each process's position is its own share of the data",
+        f"resume it with {saved[0]} process(es), or start a new run from its weights (student.load_parameters_path: "
+        f"{step_path.rsplit('/', 1)[0]})",
+    )
 
 
 def _read_documents(meta: dict) -> bool:
