@@ -3,6 +3,7 @@ the golden-file round trip."""
 
 from __future__ import annotations
 
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -242,6 +243,14 @@ def test_runs_without_golden_values_are_reported_as_skipped(sweep, tmp_path):
     assert out.exit_code == 0 and "Not checked (no golden values): prerequisite 'teacher'." in out.stdout
     suite, cases = junit(tmp_path / "junit.xml")
     assert suite.get("skipped") == "1" and cases[-1].find("skipped") is not None
+    # A point with no values that never ran (a grid that grew) says so, and what adds it.
+    data["points"] = data["points"][1:]
+    golden.write_text(yaml.safe_dump(data))
+    shutil.rmtree(result.points[0].output_path)
+    out = invoke("regress", path, "--golden", golden)
+    said = " ".join(out.stdout.split())
+    assert out.exit_code == 0 and f"{result.points[0].label} — Pending (NotCreated)" in said, said
+    assert "`distillctl golden update` adds them once they have" in said
 
 
 def test_waiting_that_times_out_exits_3_and_still_reports(sweep, tmp_path):

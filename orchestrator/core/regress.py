@@ -159,7 +159,14 @@ def evaluate(golden: GoldenFile, observed: Mapping[str, Observed], *, timed_out:
                     )
                 )
     checked = {point.run_id for point in golden.points if point.checks}
-    unchecked = tuple(seen.label or run_id for run_id, seen in observed.items() if run_id not in checked)
+    # A point the golden file has no values for is not checked; one that has not run says so (a grid that grew, its
+    # new points never launched, passed with them listed as if they had).
+    unchecked = tuple(
+        (seen.label or run_id)
+        + ("" if seen.phase == "Succeeded" else f" — {seen.phase}" + (f" ({seen.reason})" if seen.reason else ""))
+        for run_id, seen in observed.items()
+        if run_id not in checked
+    )
     return RegressReport(golden.sweep, tuple(outcomes), timed_out, unchecked, tuple(stopped), golden.window)
 
 
@@ -251,7 +258,13 @@ def markdown(report: RegressReport) -> str:
         lines += [f"<details><summary>All {len(report.outcomes)} checks</summary>", ""] + _table(report.outcomes)
         lines += ["", "</details>"]
     if report.unchecked:
-        lines += ["", f"Not checked (no golden values): {md_cell(', '.join(report.unchecked))}."]
+        lines += ["", f"Not checked (no golden values): {md_cell('; '.join(report.unchecked))}."]
+        if any(" — " in label for label in report.unchecked):
+            lines += [
+                "",
+                "Points the golden file has no values for have not all run: `distillctl golden update` adds "
+                "them once they have.",
+            ]
     if report.stopped:
         lines += [
             "",
