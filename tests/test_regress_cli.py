@@ -188,6 +188,8 @@ def _point(check: str) -> str:
         (_point("{distill/kl_div_T1: {check: band}}"), "band_unbounded", "always passes"),
         # a quoted number was read as one (every other wrong type is refused)
         (_point("{distill/kl_div_T1: {check: approx, value: '0.78'}}"), "wrong_type", "remove the quotes"),
+        # the shorthand people write got pydantic's words alone, no fix
+        (_point("{distill/kl_div_T1: 0.064}"), "wrong_type", "{check: approx, value: 0.064, rtol: 0.1}"),
         # a typo was "not logged": an infrastructure failure (exit 2), run after run
         (
             _point("{distill/kl_div_t1: {check: approx, value: 1}}"),

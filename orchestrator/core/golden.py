@@ -303,6 +303,8 @@ def read_golden(path: str | Path) -> tuple[GoldenFile | None, list[Problem]]:
             )
     located = []
     for p in problems:
+        if p.code == "wrong_type" and len(p.loc) == 4 and p.loc[0] == "points" and p.loc[2] == "checks":
+            p = dataclasses.replace(p, hint=_check_shape_hint(document.data, p.loc))
         where = document.position_of(p.loc)
         located.append(
             dataclasses.replace(
@@ -310,6 +312,20 @@ def read_golden(path: str | Path) -> tuple[GoldenFile | None, list[Problem]]:
             )
         )
     return (golden if not located else None), located
+
+
+def _check_shape_hint(data: Any, loc: Loc) -> str:
+    """The hint for a check that is not a mapping (`eval/kl_div_T1: 0.064`, the shorthand people write): the
+    mapping it could be, with its own value."""
+    try:
+        value = data["points"][loc[1]]["checks"][loc[3]]
+    except (KeyError, IndexError, TypeError):
+        value = None
+    shown = value if isinstance(value, (int, float)) and not isinstance(value, bool) else "V"
+    return (
+        f"a check is a mapping: {{check: approx, value: {shown}, rtol: {DEFAULT_RTOL}}}, {{check: band, low: L, "
+        f"high: H}} or {{check: deterministic, value: {shown}}}"
+    )
 
 
 def _unknown_metrics(golden: GoldenFile) -> list[Problem]:
