@@ -108,6 +108,8 @@ def legend(results: Results) -> str:
     finished = [r for r in results.rows if r.role != "prerequisite" and r.status.phase == Phase.SUCCEEDED]
     why_none = " (no finished point logged it)" if finished else " (none finished yet)"
     parts.append(f"{BEST} lowest kl_div_T1 among finished points" + ("" if results.best else why_none))
+    if len(results.best_rows) > 1:
+        parts[-1] += " (with seeds: the configuration with the lowest mean over its seeds, each seed marked)"
     damaged = [r for r in results.rows if r.damage]
     if damaged:
         parts.append(
@@ -178,8 +180,20 @@ def markdown(results: Results) -> str:
     headers = _headers(results)
     align = ["---:" if i == 0 or i >= 4 else "---" for i in range(len(headers))]
     lines = [f"### distillctl results: `{results.sweep}`", ""]
-    best = results.best
-    if best is not None:
+    best, seeds = results.best, results.best_rows
+    if len(seeds) > 1:  # a configuration over its seeds: their mean, and how far apart they are
+        kl = "eval/kl_div_T1" if best.source == EVAL else "kl_div_T1"
+        values = [r.metrics[KL_T1] for r in seeds]
+        label = ", ".join(part for part in best.label.split(", ") if not part.startswith("seed="))
+        line = (
+            f"Best point: **{md_cell(label)}** (mean of {len(seeds)} seeds: {', '.join(str(r.seed) for r in seeds)}), "
+            f"{kl} {number(sum(values) / len(values))} ({number(min(values))} to {number(max(values))})"
+        )
+        deltas = [r.delta_kl for r in seeds]
+        if all(d is not None for d in deltas):
+            line += f", {signed(sum(deltas) / len(deltas), None)} vs the baseline (mean over the seeds)"
+        lines += [line + ".", ""]
+    elif best is not None:
         kl = "eval/kl_div_T1" if best.source == EVAL else "kl_div_T1"
         line = f"Best point: **{md_cell(best.label)}** (`{best.run_id}`), {kl} {number(best.metrics.get(KL_T1))}"
         if best.delta_kl is not None:
@@ -276,6 +290,7 @@ def to_json(results: Results) -> dict[str, Any]:
         "aggregation": results.aggregation.to_json(),
         "metrics": list(TABLE_METRICS),
         "best": best.run_id if best else None,
+        "best_runs": [r.run_id for r in results.best_rows],  # the best configuration's seeds (one run without seeds)
         "baselines": [b.run_id for b in results.baselines],
         "runs": [
             {

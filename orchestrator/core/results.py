@@ -12,7 +12,7 @@ no chips, so its wall time is shown instead).
 
 The best point is the succeeded, non-baseline point with the lowest `kl_div_T1` (the guide's cross-run
 metric: the KL at temperature 1 does not depend on each point's temperature schedule), among the points shown
-by eval metrics when any is. Δ is against the baseline point with the same seed (any seed's when none has it),
+by eval metrics when any is; with seeds, the configuration whose succeeded seeds have the lowest mean. Δ is against the baseline point with the same seed (any seed's when none has it),
 the one with the lowest kl_div_T1 when there are several, and only when both are shown by the same kind of
 metrics.
 """
@@ -124,6 +124,11 @@ class Results:
     @property
     def best(self) -> Row | None:
         return next((r for r in self.rows if r.best), None)
+
+    @property
+    def best_rows(self) -> tuple[Row, ...]:
+        """The best configuration's rows: one, or each of its seeds."""
+        return tuple(r for r in self.rows if r.best)
 
     @property
     def baselines(self) -> tuple[Row, ...]:
@@ -335,9 +340,19 @@ def _compare(rows: list[Row]) -> list[Row]:
     if any(r.source == EVAL for r in finished):  # never rank one run's held-out KL against another's training KL
         finished = [r for r in finished if r.source == EVAL]
     if finished:
-        best = min(finished, key=lambda r: r.metrics[KL_T1])
-        out = [dataclasses.replace(r, best=True) if r is best else r for r in out]
+        # Seeds are repeats of one configuration, not points of their own: the best is the configuration whose
+        # finished seeds have the lowest mean (the lowest single run crowned a lucky seed), each of its rows marked.
+        groups: dict[tuple, list[Row]] = {}
+        for row in finished:
+            groups.setdefault(seed_group(row), []).append(row)
+        chosen = min(groups.values(), key=lambda rows: sum(r.metrics[KL_T1] for r in rows) / len(rows))
+        out = [dataclasses.replace(r, best=True) if any(r is c for c in chosen) else r for r in out]
     return out
+
+
+def seed_group(row: Row) -> tuple:
+    """What a row's configuration is apart from its seed: its role and its other axis values."""
+    return (row.role, tuple(sorted((k, _value_text(v)) for k, v in row.axis_values.items() if k != "seed")))
 
 
 def _finite(value: float | None) -> bool:
