@@ -124,6 +124,8 @@ class RunOutputs:
                 )
         if self.summary_unreadable:
             found.append("summary.json is not a JSON object, so the run's verdict cannot be read from it")
+        elif self.summary is None and self.log and not self.failures:  # the trainer writes it before its first record
+            found.append("metrics.jsonl holds records but there is no summary.json (deleted, or a copy cut short?)")
         return tuple(found)
 
 

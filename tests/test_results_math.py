@@ -117,8 +117,10 @@ def _run_folder(tmp_path, steps: list[int], summary: dict | str | None, tail: st
         ([10], '{"status": "succ', "", "distill", "summary.json is not a JSON object"),
         ([10], {"status": "failed", "step": 15}, '{"st', "distill", "cut off, though the run has ended (failed)"),
         # Intact: a write in progress, a failed run that logged every 10 steps, a logits cache writer (no log).
+        ([], None, "", "distill", None),
         ([10], {"status": "running", "step": 10}, '{"st', "distill", None),
-        ([10], None, '{"st', "distill", None),
+        # No summary.json beside records: the trainer writes it before its first (deleted, or a copy cut short).
+        ([10], None, '{"st', "distill", "holds records but there is no summary.json"),
         ([10], {"status": "failed", "step": 15}, "", "distill", None),
         ([], {"status": "succeeded", "step": 20}, "", "teacher_logits", None),
         ([10, 20], {"status": "succeeded", "step": 20}, "", "distill", None),
