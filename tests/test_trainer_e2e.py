@@ -596,3 +596,30 @@ def test_a_metric_that_is_not_finite_beside_a_finite_loss_is_said_not_a_crash():
     with pytest.raises(Diverged, match=r"distill/kl_div_T1 became NaN or infinite by step 5"):
         _check_finite_metrics({**fine, "distill/kl_div_T1": (float("nan"), 64.0)}, 5, session)
     assert session.step == 5
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's reads after its loop
+def test_an_empty_step_folder_past_the_steps_is_damage_and_an_only_checkpoint_says_so(out, teacher):
+    """An empty folder `checkpoints/999` read as "at step 999, past this run's steps: set steps to 999"; the
+    damaged-checkpoint hint promised "the step before it becomes the latest" where there was none."""
+    import shutil
+
+    shutil.copytree(teacher, out / "stray-step")
+    (out / "stray-step" / "checkpoints" / "999").mkdir()
+    message = refused_or_failed(merged(TEACHER, name="stray-step", output_dir=str(out), steps=70))
+    assert "checkpoints/999 is damaged or incomplete" in message and "past this run's steps" not in message, message
+    assert "move" in message and "the step before it becomes the latest" in message
+
+    shutil.copytree(teacher, out / "only-step")
+    shutil.rmtree(out / "only-step" / "checkpoints" / "30")
+    for part in (out / "only-step" / "checkpoints" / "60" / "params").rglob("*"):
+        if part.is_file() and part.parent.name == "d":
+            part.write_bytes(b"\0" * 20)
+    message = refused_or_failed(merged(TEACHER, name="only-step", output_dir=str(out), steps=70))
+    assert "is damaged or incomplete" in message and "it is the run's only checkpoint" in message, message
+
+
+def refused_or_failed(data: dict) -> str:
+    recorder = Recorder()
+    assert run(spec_of(data), reporter=recorder) == TrainerExit.USER_ERROR
+    return recorder.ended[2]

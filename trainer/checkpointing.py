@@ -142,6 +142,11 @@ class RunCheckpoints:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def _damaged(self, step: int, error: BaseException) -> TrainerError:
+        """`damaged_checkpoint` for step `step`, saying whether a step before it remains to resume from."""
+        earlier = [s for s in self._manager.all_steps() if s < step]
+        return damaged_checkpoint(f"{self.directory}/{step}", error, only=not earlier)
+
     def save(self, step: int, params: Any, train_state: Any, meta: dict, data_state: bytes | None = None) -> None:
         """Start saving step `step` (asynchronously; `close` blocks until it is durable). `data_state`: this
         process's input-pipeline position (a Grain iterator's state), saved by Grain's checkpoint handler as one
@@ -180,7 +185,7 @@ class RunCheckpoints:
         )
         if data and not (epath.Path(self.directory) / str(step) / "data").exists():
             if _read_documents(self.meta(step)):  # the run read documents too: this step lost its position
-                raise damaged_checkpoint(f"{self.directory}/{step}", FileNotFoundError("its data item is missing"))
+                raise self._damaged(step, FileNotFoundError("its data item is missing"))
             # Orbax would say 'Item "data" was not found', read as a damaged checkpoint whose hint moves good ones.
             raise RunRefused(
                 f"the checkpoint at {self.directory}/{step} holds no input-pipeline position: the run that wrote it "
@@ -200,7 +205,7 @@ class RunCheckpoints:
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:
             if unreadable(e):
-                raise damaged_checkpoint(f"{self.directory}/{step}", e) from None
+                raise self._damaged(step, e) from None
             raise  # arrays of another model: the caller says so
         return (
             unflatten(params_like, restored["params"]),
@@ -215,7 +220,7 @@ class RunCheckpoints:
             restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         except Exception as e:
             if unreadable(e):
-                raise damaged_checkpoint(f"{self.directory}/{step}", e) from None
+                raise self._damaged(step, e) from None
             raise
         return dict(restored["meta"])
 
@@ -355,9 +360,10 @@ def unreadable(error: BaseException) -> bool:
     )
 
 
-def damaged_checkpoint(step_path: str, error: BaseException) -> TrainerError:
+def damaged_checkpoint(step_path: str, error: BaseException, *, only: bool = False) -> TrainerError:
     """What an unreadable saved step means: RetryableError for transient I/O, else UserError (exit 1) naming the
-    damage, with the way out (the step's folder moved aside, the step before it is the latest)."""
+    damage, with the way out (the step's folder moved aside, the step before it is the latest; `only`: there is no
+    step before it, so that restarts the run)."""
     cause = error.__cause__ or error
     reason = _first_line(cause)
     if any(code in reason for code in _TRANSIENT) or (
@@ -365,6 +371,12 @@ def damaged_checkpoint(step_path: str, error: BaseException) -> TrainerError:
     ):
         return RetryableError(f"cannot read checkpoint {step_path}: {reason}")
     step_dir = step_path.rstrip("/").removesuffix("/params").rstrip("/")
+    if only:
+        return UserError(
+            f"the checkpoint at {step_path} is damaged or incomplete: {reason}",
+            f"it is the run's only checkpoint: copy {step_dir} again from where it was written, or move it aside to "
+            "train the run again from step 0",
+        )
     return UserError(
         f"the checkpoint at {step_path} is damaged or incomplete: {reason}",
         f"move {step_dir} aside (the step before it becomes the latest), or train again without it",

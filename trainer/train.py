@@ -786,6 +786,11 @@ def _check_not_past(spec: DistillSpec, checkpoints: RunCheckpoints | None) -> No
     "succeed" at once, its summary saying step 600 of 100. Before spec.json is written: the run's record stays."""
     latest = checkpoints.latest_step() if checkpoints else None
     if latest is not None and latest > spec.steps:
+        try:  # an empty or unfinished step folder is no run that trained further: said as damaged
+            checkpoints.meta(latest)
+        except TrainerError:
+            _close_quietly(checkpoints)
+            raise
         checkpoints.close()
         raise RunRefused(
             f"the checkpoint in {checkpoints.directory} is at step {latest}, past this run's steps ({spec.steps}): "
