@@ -623,3 +623,14 @@ def refused_or_failed(data: dict) -> str:
     recorder = Recorder()
     assert run(spec_of(data), reporter=recorder) == TrainerExit.USER_ERROR
     return recorder.ended[2]
+
+
+def test_resuming_without_a_readable_spec_json_says_the_changes_cannot_be_told(out, teacher):
+    import shutil
+
+    shutil.copytree(teacher, out / "unrecorded")
+    (out / "unrecorded" / "spec.json").write_text("garbage{")
+    recorder = Recorder()
+    data = merged(TEACHER, name="unrecorded", output_dir=str(out), steps=62)
+    assert run(spec_of(data), reporter=recorder) == TrainerExit.OK
+    assert any("spec.json is missing or unreadable" in n for n in recorder.notes), recorder.notes

@@ -757,10 +757,14 @@ def _note_changes(session: _Session, resolved: dict[str, Any], step: int) -> Non
     try:
         before = session.files.read_json("spec.json")
     except Exception:  # noqa: BLE001 - a note, not a reason to stop
+        before = None
+    if not isinstance(before, dict):  # resumed in silence, then replaced: the one record of the earlier settings
+        session.reporter.note(
+            f"{session.files.run_dir}/spec.json is missing or unreadable: which settings changed since step {step} "
+            "cannot be said"
+        )
         return
-    if not isinstance(before, dict):
-        return
-    changes = [c for c in changed_settings(before, resolved) if not c.startswith("steps:")]
+    changes = [c for c in changed_settings(before, resolved) if not c.startswith(("steps:", "output_dir:"))]
     if changes:
         shown = "; ".join(changes[:6]) + (f" (and {len(changes) - 6} more)" if len(changes) > 6 else "")
         session.reporter.note(f"resuming with settings changed since spec.json was written: {shown}")
