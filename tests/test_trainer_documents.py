@@ -247,6 +247,27 @@ def test_a_resume_after_the_files_behind_data_path_changed_is_refused(tmp_path):
     _check_same_input(older, input_of(spec), "runs/x/checkpoints/10")
 
 
+def test_a_resume_after_a_file_was_rewritten_in_place_is_refused(tmp_path):
+    """The position is line j of file i: a file regenerated under its name (deduplicated: 48 lines → 20) resumed
+    past its new end, wrapping to its start in silence. Local files' sizes are recorded; a checkpoint from before
+    they were is compared without them."""
+    from distillspec.config import DistillSpec
+    from trainer.exit_codes import RunRefused
+    from trainer.train import _check_same_input, input_of
+
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"line {i}"}) + "\n" for i in range(48)))
+    spec = DistillSpec.model_validate(
+        {"mode": "pretrain", "student": {"model": "tiny-2l"}, "data": {"source": "jsonl", "path": str(corpus)}}
+    )
+    saved = input_of(spec)
+    corpus.write_text("".join(json.dumps({"text": f"line {i}"}) + "\n" for i in range(20)))
+    with pytest.raises(RunRefused, match=r"a file data.path names changed size \(rewritten in place\)"):
+        _check_same_input(saved, input_of(spec), "runs/x/checkpoints/10")
+    older = {**saved, "files": {k: v for k, v in saved["files"].items() if k != "sizes"}}
+    _check_same_input(older, input_of(spec), "runs/x/checkpoints/10")
+
+
 def test_the_same_files_spelled_another_way_resume(tmp_path, monkeypatch):
     """data/x.jsonl and its absolute spelling name the same listing: a run moved into a sweep or a pod (paths
     written absolute) was refused as "trained on other input"."""

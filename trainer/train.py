@@ -475,7 +475,16 @@ def _listing(path: str | None) -> dict[str, Any]:
     from trainer.corpus import list_files
 
     files = list_files(path)
-    return {"count": len(files), "sha256": hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]}
+    listing = {"count": len(files), "sha256": hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]}
+    if all("://" not in f for f in files):
+        # Local files' sizes too: one rewritten in place (deduplicated, regenerated) kept its name, and a resume read
+        # on from a position past its new end, in silence. (An object store's would cost a request per file.)
+        try:
+            sizes = "\n".join(str(os.path.getsize(f)) for f in files)
+        except OSError:
+            return listing
+        listing["sizes"] = hashlib.sha256(sizes.encode()).hexdigest()[:16]
+    return listing
 
 
 LATER_INPUT = ("files",)  # recorded by later versions: a checkpoint without it is not compared on it
@@ -485,6 +494,9 @@ def _check_same_input(saved: dict | None, trained_on: dict, where: str) -> None:
     if saved is None:  # a checkpoint from before the input was recorded
         return
     trained_on = {k: v for k, v in trained_on.items() if k in saved or k not in LATER_INPUT}
+    if isinstance(saved.get("files"), dict) and isinstance(trained_on.get("files"), dict):
+        # compared on what the checkpoint recorded (sizes came later)
+        trained_on = {**trained_on, "files": {k: v for k, v in trained_on["files"].items() if k in saved["files"]}}
     if saved.get("files") is not None and saved.get("files") == trained_on.get("files"):
         # The same files (the listing is of absolute paths) spelled another way (relative, absolute, ./): the position
         # indexes the listing, not the spelling. A run moved into a sweep or a pod was refused as "other input".
@@ -496,8 +508,15 @@ def _check_same_input(saved: dict | None, trained_on: dict, where: str) -> None:
         return
     settings = [{k: v for k, v in side.items() if k != "files"} for side in (saved, trained_on)]
     changes = changed_settings(*settings)
-    if saved.get("files") != trained_on.get("files"):  # a count and a hash: said in words
-        count, now = (saved.get("files") or {}).get("count"), (trained_on.get("files") or {}).get("count")
+    before, after = saved.get("files") or {}, trained_on.get("files") or {}
+    if {k: v for k, v in before.items() if k != "sizes"} == {k: v for k, v in after.items() if k != "sizes"} and (
+        before.get("sizes") != after.get("sizes")
+    ):
+        changes.append(
+            "a file data.path names changed size (rewritten in place): the saved position indexes its old contents"
+        )
+    elif before != after:  # a count and a hash: said in words
+        count, now = before.get("count"), after.get("count")
         changes.append(
             f"the files data.path names changed ({count} → {now} files"
             + (", some renamed or replaced" if count == now else "")
