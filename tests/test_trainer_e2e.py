@@ -634,3 +634,21 @@ def test_resuming_without_a_readable_spec_json_says_the_changes_cannot_be_told(o
     data = merged(TEACHER, name="unrecorded", output_dir=str(out), steps=62)
     assert run(spec_of(data), reporter=recorder) == TrainerExit.OK
     assert any("spec.json is missing or unreadable" in n for n in recorder.notes), recorder.notes
+
+
+def test_a_teacher_that_trained_on_behind_the_same_path_is_said_on_resume(out, teacher):
+    """The teacher's run went on (its `checkpoints` now resolve to a later step): the student resumed against
+    another teacher than the one it distilled from, without a word."""
+    import shutil
+
+    moving = out / "moving-teacher"
+    shutil.copytree(teacher, moving)
+    shutil.move(moving / "checkpoints" / "60", out / "teacher-60-later")
+    data = distill_spec(out, moving, name="follower", steps=20, checkpoint={"every_steps": 10})
+    assert run(spec_of(data)) == TrainerExit.OK
+    shutil.move(out / "teacher-60-later", moving / "checkpoints" / "60")  # the teacher trained on
+    recorder = Recorder()
+    assert run(spec_of(merged(data, steps=30)), reporter=recorder) == TrainerExit.OK
+    said = [n for n in recorder.notes if n.startswith("teacher.load_parameters_path now resolves to")]
+    assert said and str(moving / "checkpoints" / "60") in said[0] and str(moving / "checkpoints" / "30") in said[0]
+    assert "until step 20" in said[0], said

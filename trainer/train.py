@@ -299,6 +299,7 @@ class _Session:
         self.final_metrics: dict[str, float | None] = {}
         self.resumed_from: int | None = None
         self.keep_record = False  # a start refused on another run's directory: its files stay as they are
+        self.teacher_source: str | None = None  # the step folder a run's own teacher checkpoint resolved to
         self.run_dir_lock: tuple[int, str, bool] | None = None  # (fd, lock file, folder made for it): `_hold_run_dir`
 
     def wall_time(self) -> float:
@@ -396,6 +397,7 @@ class Start:
     wall_time_sec: float  # wall time of the earlier attempts
     resumed: bool
     data_state: bytes | None = None  # this process's input-pipeline state (document sources)
+    teacher: str | None = None  # the teacher step folder the checkpointed run distilled from, when it recorded one
 
 
 def restore_or_init(
@@ -434,7 +436,23 @@ def restore_or_init(
         wall_time_sec=float(meta.get("wall_time_sec", 0.0)),
         resumed=True,
         data_state=data_state,
+        teacher=meta.get("teacher"),
     )
+
+
+def _teacher_source(spec: DistillSpec) -> str | None:
+    """The step folder a run's own (distillctl) teacher checkpoint resolves to, recorded with each checkpoint: a
+    `checkpoints` path follows its run's latest step. None without one, or for a Hugging Face folder (fixed)."""
+    from trainer.checkpointing import resolve_params_dir
+
+    teacher = spec.teacher if spec.mode != "pretrain" else None
+    path = teacher.load_parameters_path if teacher is not None else None
+    if not path or spec.offline_data_dir:
+        return None
+    try:
+        return str(resolve_params_dir(path).parent)
+    except TrainerError:
+        return None  # a Hugging Face folder, or one the teacher's own load names the problem with
 
 
 def _changed_since_record(checkpoint_dir: str, spec: DistillSpec) -> str:
@@ -656,6 +674,13 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
             _check_record(session, resolved, start, spec, checkpoints)
             if start.resumed:
                 _note_changes(session, resolved, start.step)
+        session.teacher_source = _teacher_source(spec)
+        if index == 0 and start.resumed and start.teacher and session.teacher_source not in (None, start.teacher):
+            # The teacher trained on behind the same path: the run distils from another teacher from here on.
+            session.reporter.note(
+                f"teacher.load_parameters_path now resolves to {session.teacher_source}; this run distilled from "
+                f"{start.teacher} until step {start.step}"
+            )
             session.files.write_json("spec.json", resolved)
         _resume_session(session, start, checkpoints)
         state = _loop(spec, built, session, stop, checkpoints, start, trained_on)
@@ -954,6 +979,8 @@ def _loop(
             "wall_time_sec": session.wall_time(),
             "input": trained_on,
         }
+        if session.teacher_source is not None:
+            meta["teacher"] = session.teacher_source
         checkpoints.save(step, state.params, state.checkpointed(), meta, data_state)
         if session.files is not None:
             session.files.flush()
