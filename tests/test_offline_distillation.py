@@ -293,6 +293,8 @@ def test_offline_data_dir_pointing_at_nothing_is_an_error(runs):
         ("truncate", "is damaged (truncated?)"),
         ("garbage", "is not a .npz archive"),
         ("narrow", "topk_ids has shape (4, 16, 128), the manifest says (4, 16, 256)"),
+        # found at start by one listing, not when training reached it (hours in, on a real cache)
+        ("missing", "lacks 1 micro-batch file(s) this run reads: micro-000001.npz"),
     ],
 )
 def test_a_damaged_cache_file_is_a_user_error_naming_it(runs, tmp_path, damage, said):
@@ -306,6 +308,9 @@ def test_a_damaged_cache_file_is_a_user_error_naming_it(runs, tmp_path, damage, 
         victim.write_bytes(victim.read_bytes()[:200])
     elif damage == "garbage":
         victim.write_bytes(np.random.default_rng(0).bytes(victim.stat().st_size))
+    elif damage == "missing":
+        victim.unlink()
+        victim = victim.parent  # the message names the folder
     else:
         with np.load(victim) as archive:
             arrays = {k: archive[k] for k in archive.files}

@@ -319,4 +319,23 @@ def open_batches(spec: DistillSpec, rows: int, shard, position: int = 0) -> Cach
     path, manifest = read_manifest(spec.offline_data_dir)
     check(spec, path, manifest, rows=rows, processes=shard.count)
     shape = (rows // shard.count, spec.batch.max_target_length, spec.top_k)
-    return CacheBatches(spec.offline_data_dir, shard, spec.batch.gradient_accumulation_steps, position, shape=shape)
+    batches = CacheBatches(spec.offline_data_dir, shard, spec.batch.gradient_accumulation_steps, position, shape=shape)
+    _check_files(batches.folder, position, spec.steps * spec.batch.gradient_accumulation_steps)
+    return batches
+
+
+def _check_files(folder: str, first: int, end: int) -> None:
+    """UserError when one of this process's micro-batch files `first`..`end - 1` is not in `folder` (a copy cut
+    short): found by one listing at start, not when training reaches it, hours in."""
+    try:
+        fs, root = fsspec.core.url_to_fs(folder)
+        present = {name.rstrip("/").rsplit("/", 1)[-1] for name in fs.ls(root, detail=False)}
+    except (OSError, ValueError):
+        return  # reading the files says what is wrong
+    missing = [micro_file(i) for i in range(first, end) if micro_file(i) not in present]
+    if missing:
+        listed = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise UserError(
+            f"the logit cache folder {folder} lacks {len(missing)} micro-batch file(s) this run reads: {listed}",
+            "copy the cache folder again whole (or write the cache again: a `mode: teacher_logits` run)",
+        )
