@@ -247,10 +247,11 @@ def test_a_resume_after_the_files_behind_data_path_changed_is_refused(tmp_path):
     _check_same_input(older, input_of(spec), "runs/x/checkpoints/10")
 
 
-def test_a_resume_after_a_file_was_rewritten_in_place_is_refused(tmp_path):
+def test_a_resume_after_a_file_was_rewritten_in_place_says_so(tmp_path):
     """The position is line j of file i: a file regenerated under its name (deduplicated: 48 lines → 20) resumed
-    past its new end, wrapping to its start in silence. Local files' sizes are recorded; a checkpoint from before
-    they were is compared without them."""
+    past its new end, wrapping to its start in silence. Local files' sizes are recorded and a change is said (not
+    refused: converted to UTF-8 in place after the trainer refused it, a file keeps its lines and the position);
+    a checkpoint from before they were is compared without them."""
     from distillspec.config import DistillSpec
     from trainer.exit_codes import RunRefused
     from trainer.train import _check_same_input, input_of
@@ -262,10 +263,22 @@ def test_a_resume_after_a_file_was_rewritten_in_place_is_refused(tmp_path):
     )
     saved = input_of(spec)
     corpus.write_text("".join(json.dumps({"text": f"line {i}"}) + "\n" for i in range(20)))
-    with pytest.raises(RunRefused, match=r"a file data.path names changed size \(rewritten in place\)"):
-        _check_same_input(saved, input_of(spec), "runs/x/checkpoints/10")
+    note = _check_same_input(saved, input_of(spec), "runs/x/checkpoints/10")
+    assert "a file data.path names changed size since the checkpoint at runs/x/checkpoints/10" in note
     older = {**saved, "files": {k: v for k, v in saved["files"].items() if k != "sizes"}}
-    _check_same_input(older, input_of(spec), "runs/x/checkpoints/10")
+    assert _check_same_input(older, input_of(spec), "runs/x/checkpoints/10") == ""
+    (tmp_path / "more.jsonl").write_text(json.dumps({"text": "x"}) + "\n")  # a file added is still refused
+    spec = DistillSpec.model_validate(
+        {
+            "mode": "pretrain",
+            "student": {"model": "tiny-2l"},
+            "data": {"source": "jsonl", "path": str(tmp_path / "*.jsonl")},
+        }
+    )
+    saved = input_of(spec)
+    (tmp_path / "extra.jsonl").write_text(json.dumps({"text": "y"}) + "\n")
+    with pytest.raises(RunRefused, match=r"the files data.path names changed \(2 → 3 files\)"):
+        _check_same_input(saved, input_of(spec), "runs/x/checkpoints/10")
 
 
 def test_the_same_files_spelled_another_way_resume(tmp_path, monkeypatch):

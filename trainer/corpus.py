@@ -204,8 +204,9 @@ def _text(line: bytes, where: str) -> str:
     except UnicodeDecodeError as e:
         raise UserError(
             f"{where} is not UTF-8: byte {line[e.start]:#04x} at column {e.start + 1}",
-            "convert the file to UTF-8 (for Latin-1 or Windows-1252 text: iconv -f CP1252 -t UTF-8), or write it "
-            "with json.dumps",
+            "convert the file to UTF-8 under its own name (for Latin-1 or Windows-1252 text: iconv -f CP1252 -t UTF-8 "
+            "FILE > FILE.utf8 && mv FILE.utf8 FILE; a run stopped here then resumes from its checkpoint, which a new "
+            "name would not), or write it with json.dumps",
         ) from None
 
 

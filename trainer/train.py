@@ -398,6 +398,7 @@ class Start:
     resumed: bool
     data_state: bytes | None = None  # this process's input-pipeline state (document sources)
     teacher: str | None = None  # the teacher step folder the checkpointed run distilled from, when it recorded one
+    notes: tuple[str, ...] = ()  # what a resume goes on despite (a data file that changed size)
 
 
 def restore_or_init(
@@ -416,8 +417,9 @@ def restore_or_init(
     latest = checkpoints.latest_step() if checkpoints else None
     if latest is None:
         return Start(initial, 0, 0, 0, 0.0, False)
+    note = ""
     if trained_on is not None:
-        _check_same_input(checkpoints.meta(latest).get("input"), trained_on, f"{checkpoints.directory}/{latest}")
+        note = _check_same_input(checkpoints.meta(latest).get("input"), trained_on, f"{checkpoints.directory}/{latest}")
     try:
         params, rest, meta, data_state = checkpoints.restore(latest, initial.params, initial.checkpointed(), data=data)
     except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
@@ -437,6 +439,7 @@ def restore_or_init(
         resumed=True,
         data_state=data_state,
         teacher=meta.get("teacher"),
+        notes=(note,) if note else (),
     )
 
 
@@ -508,12 +511,24 @@ def _listing(path: str | None) -> dict[str, Any]:
 LATER_INPUT = ("files",)  # recorded by later versions: a checkpoint without it is not compared on it
 
 
-def _check_same_input(saved: dict | None, trained_on: dict, where: str) -> None:
+def _check_same_input(saved: dict | None, trained_on: dict, where: str) -> str:
+    """Raise RunRefused when the checkpoint at `where` was trained on other input than `trained_on` (`input_of`);
+    return a note ('' for none) when a local file changed size only: rewritten in place (converted to UTF-8 after
+    the trainer refused it, keeping its lines: the position holds; deduplicated: it does not, so it is said)."""
     if saved is None:  # a checkpoint from before the input was recorded
-        return
+        return ""
     trained_on = {k: v for k, v in trained_on.items() if k in saved or k not in LATER_INPUT}
+    note = ""
     if isinstance(saved.get("files"), dict) and isinstance(trained_on.get("files"), dict):
-        # compared on what the checkpoint recorded (sizes came later)
+        then, now = saved["files"].get("sizes"), trained_on["files"].get("sizes")
+        if then and now and then != now:
+            note = (
+                f"a file data.path names changed size since the checkpoint at {where} (rewritten in place?): the run "
+                "goes on from its saved position (file and line) in the files as they are now; if lines were removed "
+                "or reordered, it reads other data from here"
+            )
+        # compared on what the checkpoint recorded, sizes apart
+        saved = {**saved, "files": {k: v for k, v in saved["files"].items() if k != "sizes"}}
         trained_on = {**trained_on, "files": {k: v for k, v in trained_on["files"].items() if k in saved["files"]}}
     if saved.get("files") is not None and saved.get("files") == trained_on.get("files"):
         # The same files (the listing is of absolute paths) spelled another way (relative, absolute, ./): the position
@@ -523,17 +538,11 @@ def _check_same_input(saved: dict | None, trained_on: dict, where: str) -> None:
             for side in (saved, trained_on)
         )
     if saved == trained_on:
-        return
+        return note
     settings = [{k: v for k, v in side.items() if k != "files"} for side in (saved, trained_on)]
     changes = changed_settings(*settings)
     before, after = saved.get("files") or {}, trained_on.get("files") or {}
-    if {k: v for k, v in before.items() if k != "sizes"} == {k: v for k, v in after.items() if k != "sizes"} and (
-        before.get("sizes") != after.get("sizes")
-    ):
-        changes.append(
-            "a file data.path names changed size (rewritten in place): the saved position indexes its old contents"
-        )
-    elif before != after:  # a count and a hash: said in words
+    if before != after:  # a count and a hash: said in words
         count, now = before.get("count"), after.get("count")
         changes.append(
             f"the files data.path names changed ({count} → {now} files"
@@ -674,6 +683,9 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
             _check_record(session, resolved, start, spec, checkpoints)
             if start.resumed:
                 _note_changes(session, resolved, start.step)
+        if index == 0:
+            for note in start.notes:
+                session.reporter.note(note)
         session.teacher_source = _teacher_source(spec)
         if index == 0 and start.resumed and start.teacher and session.teacher_source not in (None, start.teacher):
             # The teacher trained on behind the same path: the run distils from another teacher from here on.
