@@ -98,3 +98,26 @@ def test_many_runs_are_read_concurrently_in_the_order_asked(run_dir, monkeypatch
     assert list(read) == list(paths)
     assert [read[key].log[0].step for key in paths] == list(range(1, 21))
     assert 1 < len(threads) <= 4 and all(name.startswith("outputs") for name in threads)
+
+
+def test_a_resumed_runs_tensorboard_events_purge_the_replayed_steps(tmp_path):
+    """After a resume at step 40 the steps an earlier attempt logged after 40 were in the event files twice
+    (metrics.jsonl dropped its lines; TensorBoard's own readers showed both): the resumed writer marks them purged."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    files = metrics_io.RunFiles(str(tmp_path / "r"), tensorboard=True, resumed_at=40)
+    files.log(record(50))
+    files.close()
+    marks = []
+    for path in (tmp_path / "r" / "tensorboard").rglob("events.out.tfevents.*"):
+        data, offset = path.read_bytes(), 0
+        while offset + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = event_pb2.Event()
+            event.ParseFromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            if event.HasField("session_log"):
+                marks.append((event.session_log.status, event.step))
+    assert (event_pb2.SessionLog.START, 41) in marks, marks

@@ -119,7 +119,7 @@ def _json_float(x: float) -> float | None:
 class RunFiles:
     """Writer of one run directory's files (create on process 0 only)."""
 
-    def __init__(self, run_dir: str, *, tensorboard: bool):
+    def __init__(self, run_dir: str, *, tensorboard: bool, resumed_at: int | None = None):
         self.run_dir = run_dir.rstrip("/")
         self.fs, self._root = fsspec.core.url_to_fs(self.run_dir)
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
@@ -131,7 +131,10 @@ class RunFiles:
             from tensorboardX import SummaryWriter
 
             self._tb_local_dir = os.path.join(self._root, "tensorboard") if self.local else tempfile.mkdtemp()
-            self._tb = SummaryWriter(logdir=self._tb_local_dir, flush_secs=30)
+            # Resumed at step S: the events an earlier attempt logged after S (replayed now) are purged from the
+            # view (TensorBoard's SessionLog.START), as metrics.jsonl drops its lines after S; they showed twice.
+            purge = resumed_at + 1 if resumed_at is not None else None
+            self._tb = SummaryWriter(logdir=self._tb_local_dir, flush_secs=30, purge_step=purge)
 
     def path(self, name: str) -> str:
         return f"{self._root}/{name}"
