@@ -432,6 +432,7 @@ def test_no_output_replaces_a_file_the_command_reads_or_one_of_the_users(sweep, 
     for args, said in [
         (("golden", "update", path, "-o", path), f"-o {path} is the sweep file"),
         (("golden", "update", path, "-o", spec), f"{spec} exists and is not a golden file"),
+        (("golden", "update", path, "-o", tmp_path), f"-o {tmp_path} is a folder"),
         (("regress", path, "--golden", golden, "--junit", golden), f"--junit {golden} is the golden file"),
         (("regress", path, "--golden", golden, "--summary", path), f"--summary {path} is the sweep file"),
         (("regress", path, "--golden", golden, "--junit", tmp_path / "r", "--summary", tmp_path / "r"), "also where"),

@@ -469,6 +469,8 @@ def golden_update(
     if output_base is None:
         ctx.warn_if_nothing_written(expansion)
     _refuse_clobbering({"-o": out}, {"the sweep file": sweep})
+    if out.is_dir():  # said now, as regress says it of --junit (it was "cannot write out: Is a directory")
+        raise UsageError(f"-o {out} is a folder", f"give -o a file path, e.g. {out / 'golden.yaml'}")
     if out.is_file() and (why := golden_file.not_replaceable(out)):
         raise UsageError(
             f"{out} exists and {why}: writing it would replace it",
