@@ -275,3 +275,14 @@ def test_sigterm_while_a_teacher_store_does_not_answer_ends_the_run_at_once(tmp_
     summary = summary_of(tmp_path / "runs" / "unanswered")
     assert summary["status"] == "preempted" and "before training; nothing to save" in summary["message"], summary
     assert "Traceback" not in out + err, err
+
+
+def test_a_folder_that_cannot_hold_files_is_not_retryable():
+    # An output_dir under /proc: the probe's FileNotFoundError read as transient (exit 42), retried until
+    # max_restarts although no retry changes it.
+    from trainer.exit_codes import OutputNotWritable
+    from trainer.metrics_io import check_writable
+
+    with pytest.raises(OutputNotWritable) as e:
+        check_writable("/proc/runs/x")
+    assert e.value.exit_code == TrainerExit.USER_ERROR and "/proc/runs/x" in e.value.message

@@ -270,7 +270,7 @@ def check_writable(directory: str) -> None:
     import errno
     import uuid
 
-    from trainer.exit_codes import storage_failure
+    from trainer.exit_codes import OutputNotWritable, storage_failure
 
     fs, root = fsspec.core.url_to_fs(directory.rstrip("/"))
     try:
@@ -282,6 +282,9 @@ def check_writable(directory: str) -> None:
         probe = f"{where.rstrip('/')}/.write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         fs.pipe_file(probe, b"")
         fs.rm_file(probe)
+    except FileNotFoundError as e:
+        # A folder that exists yet cannot hold a new file (/proc, /sys): no retry changes that (it was exit 42).
+        raise OutputNotWritable(directory, e) from None
     except OSError as e:
         raise storage_failure(directory, e) from None
 
