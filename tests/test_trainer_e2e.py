@@ -591,8 +591,9 @@ def test_a_metric_that_is_not_finite_beside_a_finite_loss_is_said_not_a_crash():
     session = _Session.__new__(_Session)
     fine = {"distill/total_loss": (-91.0, 64.0), "distill/teacher_loss": (140.0, 64.0)}
     _check_finite_metrics(fine, 5, session)
+    overflow = {**fine, "distill/teacher_loss": (float("inf"), 64.0), "distill/kl_div_T1": (float("nan"), 64.0)}
     with pytest.raises(UserError, match=r"the teacher's outputs are not finite \(teacher_loss is inf"):
-        _check_finite_metrics({**fine, "distill/teacher_loss": (float("inf"), 64.0)}, 5, session)
+        _check_finite_metrics(overflow, 5, session)  # the teacher's value, though kl_div_T1 sorts first
     with pytest.raises(Diverged, match=r"distill/kl_div_T1 became NaN or infinite by step 5"):
         _check_finite_metrics({**fine, "distill/kl_div_T1": (float("nan"), 64.0)}, 5, session)
     assert session.step == 5

@@ -685,17 +685,17 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
             _check_record(session, resolved, start, spec, checkpoints)
             if start.resumed:
                 _note_changes(session, resolved, start.step)
+            session.files.write_json("spec.json", resolved)
+        session.teacher_source = _teacher_source(spec)
         if index == 0:
             for note in start.notes:
                 session.reporter.note(note)
-        session.teacher_source = _teacher_source(spec)
-        if index == 0 and start.resumed and start.teacher and session.teacher_source not in (None, start.teacher):
-            # The teacher trained on behind the same path: the run distils from another teacher from here on.
-            session.reporter.note(
-                f"teacher.load_parameters_path now resolves to {session.teacher_source}; this run distilled from "
-                f"{start.teacher} until step {start.step}"
-            )
-            session.files.write_json("spec.json", resolved)
+            if start.resumed and start.teacher and session.teacher_source not in (None, start.teacher):
+                # The teacher trained on behind the same path: the run distils from another teacher from here on.
+                session.reporter.note(
+                    f"teacher.load_parameters_path now resolves to {session.teacher_source}; this run distilled from "
+                    f"{start.teacher} until step {start.step}"
+                )
         _resume_session(session, start, checkpoints)
         state = _loop(spec, built, session, stop, checkpoints, start, trained_on)
     except BaseException:
@@ -1126,9 +1126,10 @@ def _check_finite_metrics(sums: dict, step: int, session: _Session) -> None:
     bad = sorted(name for name, (total, count) in sums.items() if not (np.isfinite(total) and np.isfinite(count)))
     if not bad:
         return
-    if any(name.endswith("teacher_loss") for name in bad):
+    teacher = next((name for name in bad if name.endswith("teacher_loss")), None)
+    if teacher is not None:
         raise UserError(
-            f"the teacher's outputs are not finite (teacher_loss is {float(sums[bad[0]][0])} over steps up to {step}): "
+            f"the teacher's outputs are not finite (teacher_loss is {float(sums[teacher][0])} over steps up to {step}): "
             "its logits overflow float32, so every distillation term computed from them is meaningless",
             "check the teacher checkpoint (its weights load and are finite, but its logits are not: a scale or dtype "
             "problem in its head or final norm)",
