@@ -332,7 +332,9 @@ def test_in_a_pod_it_uses_the_service_account_and_needs_only_the_documented_rbac
             assert result.exit_code == 0, result.output
         assert "1 created" in result.stdout
         jobset = jobsets(cp, "inpod")[0]
-        cp.wait_for(lambda: first_worker_running(cp, jobset["metadata"]["name"]), 120, "slice 0, worker 0 running")
+        # 300 s: CI once saw this first pod take over 120 s (a loaded host; the Job controller backs off up to 60 s
+        # per failed create); a timeout prints what the cluster held.
+        cp.wait_for(lambda: first_worker_running(cp, jobset["metadata"]["name"]), 300, "slice 0, worker 0 running")
         status = runner.invoke(app, ["status", str(path), "--output", "json"])
         assert status.exit_code == 0 and json.loads(status.stdout)[0]["phase"] == "Running", status.output
         logs = runner.invoke(app, ["logs", str(path), "0"])
