@@ -267,6 +267,15 @@ def test_a_resume_after_a_file_was_rewritten_in_place_says_so(tmp_path):
     assert "a file data.path names changed size since the checkpoint at runs/x/checkpoints/10" in note
     older = {**saved, "files": {k: v for k, v in saved["files"].items() if k != "sizes"}}
     assert _check_same_input(older, input_of(spec), "runs/x/checkpoints/10") == ""
+    # Restored at line 40 of a file now 20 lines long: refused where it is read (it wrapped to the start).
+    from trainer.corpus import _JsonlIterator
+
+    reader = _JsonlIterator(str(corpus), ("text",))
+    with pytest.raises(UserError, match=r"docs.jsonl has 20 lines, but the position being resumed is past line 40"):
+        reader.set_state({"line": 40})
+    reader.set_state({"line": 20})  # at its end: fine
+    with pytest.raises(StopIteration):
+        next(reader)
     (tmp_path / "more.jsonl").write_text(json.dumps({"text": "x"}) + "\n")  # a file added is still refused
     spec = DistillSpec.model_validate(
         {

@@ -156,10 +156,20 @@ class _JsonlIterator(grain.DatasetIterator):
             self._handle.close()
         try:  # bytes, decoded line by line, so that a line that is not UTF-8 is named (`_text`)
             self._handle = fsspec.open(self._path, "rb").open()
-            for _ in range(skip):
-                self._handle.readline()
+            read = 0
+            while read < skip and self._handle.readline():
+                read += 1
         except Exception as e:  # noqa: BLE001 - see storage_error
             raise storage_error(f"cannot read {self._path}", e) from None
+        if read < skip:  # a position past the end: read on from there, it wrapped to the start in silence
+            self._handle.close()
+            raise UserError(
+                f"{self._path} has {read} lines, but the position being resumed is past line {skip}: the file was "
+                "rewritten since the checkpoint (cut, deduplicated or regenerated), so the position means nothing "
+                "in it",
+                "put the file back as it was to resume, or start a new run (another name) from the checkpoint's "
+                "weights (student.load_parameters_path)",
+            )
         self._line = skip
 
     def __next__(self) -> dict[str, Any]:
