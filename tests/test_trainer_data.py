@@ -314,3 +314,16 @@ def test_tokenizer_defaults_to_the_teacher_folders_then_byte(tmp_path):
     with pytest.raises(UserError, match="tokenizers with different vocabulary or merges"):
         D.resolve_tokenizer(spec())
     assert D.resolve_tokenizer(spec(tokenizer=str(teacher))) == f"{teacher}/tokenizer.json"  # named: the user's call
+
+
+def test_utf16_starting_outside_ascii_is_refused_and_text_starting_with_a_magic_is_read(tmp_path):
+    # UTF-16LE whose first letter is "é" passed (the check wanted four ASCII letters first); text that merely
+    # starts with "PAR1" or "ARROW1" was refused as Parquet or Arrow.
+    wide = tmp_path / "wide.txt"
+    wide.write_bytes(("édition " + FRENCH).encode("utf-16-le"))
+    with pytest.raises(UserError, match="is UTF-16LE text"):
+        D.make_source(DataSpec(source="text", path=str(wide)), 256, 33)
+    for start in ("PAR1 is the first paragraph. ", "ARROW1 points the way. "):
+        plain = tmp_path / "plain.txt"
+        plain.write_text(start + FRENCH)
+        assert len(D.make_source(DataSpec(source="text", path=str(plain)), 256, 33).tokens) > 1000

@@ -28,20 +28,13 @@ _NOT_TEXT: tuple[tuple[re.Pattern[bytes], str, str], ...] = tuple(
             "UTF-16 text (it starts with a byte-order mark)",
             "convert it (iconv -f UTF-16 -t UTF-8 FILE > FILE.utf8) and point FIELD at that",
         ),
-        # Without a byte-order mark (Windows and .NET tools write it so): every other byte NUL, which is valid UTF-8,
-        # so the text was trained on as `h\0o\0m\0e\0`.
+        # The magic and then binary (a page header; padding): text that merely starts with "PAR1" is text.
+        (rb"PAR1[\x00-\x08\x0e-\x1f]", "a Parquet file", "read it with data.source: parquet"),
         (
-            rb"(?:[\x01-\x7f]\x00){4}",
-            "UTF-16LE text (every other byte is NUL)",
-            "convert it (iconv -f UTF-16LE -t UTF-8 FILE > FILE.utf8) and point FIELD at that",
+            rb"ARROW1\x00",
+            "an Arrow file",
+            "write its rows as Parquet or JSONL, or save it with datasets' save_to_disk",
         ),
-        (
-            rb"(?:\x00[\x01-\x7f]){4}",
-            "UTF-16BE text (every other byte is NUL)",
-            "convert it (iconv -f UTF-16BE -t UTF-8 FILE > FILE.utf8) and point FIELD at that",
-        ),
-        (rb"PAR1", "a Parquet file", "read it with data.source: parquet"),
-        (rb"ARROW1", "an Arrow file", "write its rows as Parquet or JSONL, or save it with datasets' save_to_disk"),
         # An Arrow stream (a saved Hugging Face dataset's data-*.arrow): its first message's continuation marker.
         (
             rb"\xff\xff\xff\xff",
@@ -62,11 +55,28 @@ UNDECODABLE_SHARE = 1e-3
 def not_text(head: bytes, name: str, field: str) -> UserError | None:
     """The error for a file whose first bytes (`head`, `HEAD` of them or more) are those of a compressed or binary
     format (gzip, bzip2, xz, zstd, lz4, zip, .npy, UTF-16, Parquet, Arrow); None for anything else."""
-    for magic, what, todo in _NOT_TEXT:
-        if magic.match(head):
-            return UserError(
-                f"{name} is {what}, not UTF-8 text: the trainer reads text files as they are",
-                f"{todo.replace('FILE', name).replace('FIELD', field)}, or leave the file out of {field}",
+    found = next(((what, todo) for magic, what, todo in _NOT_TEXT if magic.match(head)), None) or _utf16(head)
+    if found is None:
+        return None
+    what, todo = found
+    return UserError(
+        f"{name} is {what}, not UTF-8 text: the trainer reads text files as they are",
+        f"{todo.replace('FILE', name).replace('FIELD', field)}, or leave the file out of {field}",
+    )
+
+
+def _utf16(head: bytes) -> tuple[str, str] | None:
+    """UTF-16 without a byte-order mark (Windows and .NET tools write it so): NUL in most of one parity of bytes and
+    none of the other. NUL is valid UTF-8, so such text was trained on as `h\0o\0m\0e\0` (UTF-8 text has no NUL; a
+    first character outside ASCII, `é` = e9 00, still fits)."""
+    even, odd = head[0:HEAD:2], head[1:HEAD:2]
+    if len(odd) < 4:
+        return None
+    for order, zeros, others in (("LE", odd, even), ("BE", even, odd)):
+        if zeros.count(0) >= len(zeros) - 1 and others.count(0) == 0:
+            return (
+                f"UTF-16{order} text (every other byte is NUL)",
+                f"convert it (iconv -f UTF-16{order} -t UTF-8 FILE > FILE.utf8) and point FIELD at that",
             )
     return None
 
