@@ -199,3 +199,16 @@ def test_a_resume_on_another_number_of_processes_says_so(out, teacher):
     message = recorder.ended[2]
     assert "holds the input positions of 2 process(es); this run has 1" in message, message
     assert "resume it with 2 process(es)" in message and "delete" not in message
+
+
+def test_a_finished_run_given_its_data_path_spelled_another_way_is_not_refused(out, teacher, monkeypatch):
+    """The same files, relative instead of absolute: a finished run re-run so was refused as "changes data.path"."""
+    import shutil
+
+    shutil.copytree(teacher, out / "respelled")
+    monkeypatch.chdir(out)
+    spec = base(out, name="respelled", data={"source": "jsonl", "path": "train-*.jsonl", "seed": 1})
+    from trainer_support import Recorder
+
+    recorder = Recorder()
+    assert run(spec_of(spec), reporter=recorder) == TrainerExit.OK, recorder.ended

@@ -546,6 +546,8 @@ def test_a_runs_record_is_never_replaced_by_settings_no_step_was_trained_under(o
     other = merged(finished, optimizer={"learning_rate": 1e-4})
     assert run(spec_of(other)) == TrainerExit.USER_ERROR
     assert {name: (folder / name).read_text() for name in before} == before
+    # Bookkeeping (how often it logged or saved) shaped no weight: re-running with it changed is no refusal.
+    assert run(spec_of(merged(finished, logging={"every_steps": 2}, checkpoint={"keep": 3}))) == TrainerExit.OK
     assert run(spec_of(merged(other, steps=15))) == TrainerExit.OK  # the way out it names: train further under them
     assert json.loads((folder / "spec.json").read_text())["optimizer"]["learning_rate"] == 1e-4
 

@@ -469,7 +469,7 @@ def _changed_since_record(checkpoint_dir: str, spec: DistillSpec) -> str:
     except Exception:  # noqa: BLE001 - a better message, not a reason to stop
         return ""
     now = spec.resolved().model_dump(mode="json")
-    changes = [c for c in changed_settings(before, now) if not c.startswith(("steps:", "output_dir:"))]
+    changes = [c for c in changed_settings(before, now) if not c.startswith(("steps:", "output_dir:", "name:"))]
     return "; ".join(changes[:4]) + (f" (and {len(changes) - 4} more)" if len(changes) > 4 else "")
 
 
@@ -777,11 +777,15 @@ def _check_record(
         return
     if not isinstance(before, dict):
         return
-    # steps is how a run trains further; output_dir is where the folder is now (a copy), not how it was trained
-    changes = [c for c in changed_settings(before, resolved) if not c.startswith(("steps:", "output_dir:"))]
+    # steps is how a run trains further; name and output_dir are where the folder is now (a copy), not how it trained
+    changes = [c for c in changed_settings(before, resolved) if not c.startswith(("steps:", "output_dir:", "name:"))]
     shown = "; ".join(changes[:6]) + (f" (and {len(changes) - 6} more)" if len(changes) > 6 else "")
     folder = session.files.run_dir
     if start.resumed:
+        # data.path spelled another way passed the input check (the same files); how often it logged or saved shaped
+        # no weight: neither makes the record wrong.
+        changes = [c for c in changes if not c.startswith(("data.path:", "logging.", "checkpoint."))]
+        shown = "; ".join(changes[:6]) + (f" (and {len(changes) - 6} more)" if len(changes) > 6 else "")
         if start.step >= spec.steps and changes:
             raise RunRefused(
                 f"{folder} finished at step {start.step} under the settings in its spec.json; this spec changes "
@@ -822,7 +826,7 @@ def _note_changes(session: _Session, resolved: dict[str, Any], step: int) -> Non
             "cannot be said"
         )
         return
-    changes = [c for c in changed_settings(before, resolved) if not c.startswith(("steps:", "output_dir:"))]
+    changes = [c for c in changed_settings(before, resolved) if not c.startswith(("steps:", "output_dir:", "name:"))]
     if changes:
         shown = "; ".join(changes[:6]) + (f" (and {len(changes) - 6} more)" if len(changes) > 6 else "")
         session.reporter.note(f"resuming with settings changed since spec.json was written: {shown}")
