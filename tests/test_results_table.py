@@ -461,3 +461,15 @@ def test_with_seeds_the_best_is_the_configuration_with_the_lowest_mean(tmp_path)
     headline = text.split("Best point: ")[1].split("\n")[0]
     assert "(mean of 2 seeds: 0, 1)" in headline and "seed=" not in headline, headline
     assert results_format.to_json(t)["best_runs"] == [r.run_id for r in best]
+    # One of the best configuration's seeds failed: a configuration whose seeds all succeeded is ranked first
+    # (one surviving seed is a lucky seed), and a partial one's headline says how many of its seeds count.
+    failed = next(p for p in points if config(p) == steady and p.seed == 1)
+    write_outputs(failed, status="failed", steps=10)
+    t = table(result)
+    assert {config(p) for p in points if p.run_id in {r.run_id for r in t.best_rows}} == {lucky}
+    for point in points:
+        if config(point) != steady:
+            write_outputs(point, status="failed", steps=10)
+    t = table(result)
+    headline = results_format.markdown(t).split("Best point: ")[1].split("\n")[0]
+    assert "(mean of 1 of 2 seeds succeeded: 0)" in headline, headline

@@ -15,7 +15,7 @@ from typing import Any
 from rich.table import Table
 
 from orchestrator.core.markdown import cell as md_cell
-from orchestrator.core.results import EVAL, KL_T1, MIXED, TABLE_METRICS, Results, Row, short_metric
+from orchestrator.core.results import EVAL, KL_T1, MIXED, TABLE_METRICS, Results, Row, seed_group, short_metric
 from orchestrator.core.run_status import Phase
 
 MISSING = "—"
@@ -181,12 +181,14 @@ def markdown(results: Results) -> str:
     align = ["---:" if i == 0 or i >= 4 else "---" for i in range(len(headers))]
     lines = [f"### distillctl results: `{results.sweep}`", ""]
     best, seeds = results.best, results.best_rows
-    if len(seeds) > 1:  # a configuration over its seeds: their mean, and how far apart they are
+    sown = [r for r in results.rows if best is not None and r.role == "point" and seed_group(r) == seed_group(best)]
+    if len(sown) > 1:  # a configuration over its seeds: their mean, and how far apart they are
         kl = "eval/kl_div_T1" if best.source == EVAL else "kl_div_T1"
         values = [r.metrics[KL_T1] for r in seeds]
         label = ", ".join(part for part in best.label.split(", ") if not part.startswith("seed="))
+        of = f"{len(seeds)} of {len(sown)} seeds succeeded" if len(seeds) < len(sown) else f"{len(seeds)} seeds"
         line = (
-            f"Best point: **{md_cell(label)}** (mean of {len(seeds)} seeds: {', '.join(str(r.seed) for r in seeds)}), "
+            f"Best point: **{md_cell(label)}** (mean of {of}: {', '.join(str(r.seed) for r in seeds)}), "
             f"{kl} {number(sum(values) / len(values))} ({number(min(values))} to {number(max(values))})"
         )
         deltas = [r.delta_kl for r in seeds]

@@ -345,7 +345,10 @@ def _compare(rows: list[Row]) -> list[Row]:
         groups: dict[tuple, list[Row]] = {}
         for row in finished:
             groups.setdefault(seed_group(row), []).append(row)
-        chosen = min(groups.values(), key=lambda rows: sum(r.metrics[KL_T1] for r in rows) / len(rows))
+        # Configurations whose every seed succeeded are ranked first: one surviving seed of three is a lucky seed.
+        seeds = {key: sum(seed_group(r) == key for r in out if r.role == "point") for key in groups}
+        whole = [rows for key, rows in groups.items() if len(rows) == seeds[key]]
+        chosen = min(whole or groups.values(), key=lambda rows: sum(r.metrics[KL_T1] for r in rows) / len(rows))
         out = [dataclasses.replace(r, best=True) if any(r is c for c in chosen) else r for r in out]
     return out
 
