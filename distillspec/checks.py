@@ -669,7 +669,7 @@ def _data(spec: DistillSpec) -> list[Problem]:
                 "remove data.path to train on synthetic data",
             )
         )
-    suffix = _format_suffix(data.path) if data.source == "text" else None
+    suffix = record_format_suffix(data.path) if data.source == "text" else None
     if suffix is not None:  # read as plain text, a .jsonl trained on its keys, quotes and braces, exit 0
         source = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".arrow": "hf_disk"}[suffix]
         out.append(
@@ -889,7 +889,7 @@ def _same_path(a: str, b: str) -> bool:
     return normal(a) == normal(b)
 
 
-def _format_suffix(path: str | None) -> str | None:
+def record_format_suffix(path: str | None) -> str | None:
     """The record format a data path's name says (`.jsonl`, `.json`, `.parquet`, `.arrow`, compressed or not), if any."""
     if not path:
         return None

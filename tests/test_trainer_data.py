@@ -327,3 +327,21 @@ def test_utf16_starting_outside_ascii_is_refused_and_text_starting_with_a_magic_
         plain = tmp_path / "plain.txt"
         plain.write_text(start + FRENCH)
         assert len(D.make_source(DataSpec(source="text", path=str(plain)), 256, 33).tokens) > 1000
+
+
+def test_records_read_as_plain_text_are_warned_of(tmp_path, caplog):
+    # A folder of .jsonl under `source: text` trained on `{"text": ...}` syntax, exit 0, without a word (validate
+    # sees only the folder's name).
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in ("a.jsonl", "b.txt"):
+        (folder / name).write_text("".join(json.dumps({"text": FRENCH[:80]}) + "\n" for _ in range(20)))
+    with caplog.at_level("WARNING", logger="trainer.data"):
+        D.make_source(DataSpec(source="text", path=str(folder)), 256, 33)
+    assert "2 file(s) of data.path hold records, not plain text" in caplog.text and "data.source: jsonl" in caplog.text
+    caplog.clear()
+    (folder / "a.jsonl").unlink()
+    (folder / "b.txt").write_text("{ a brace that starts prose } " + FRENCH)
+    with caplog.at_level("WARNING", logger="trainer.data"):
+        D.make_source(DataSpec(source="text", path=str(folder)), 256, 33)
+    assert "hold records" not in caplog.text

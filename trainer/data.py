@@ -345,7 +345,7 @@ def read_texts(path: str | None) -> list[str]:
     files = _expand(path)
     if not files:
         raise UserError(f"no files at data.path {path!r}", "point data.path at text files")
-    texts, replaced = [], []
+    texts, replaced, records = [], [], []
     for f in files:
         try:
             with f as handle:
@@ -359,6 +359,8 @@ def read_texts(path: str | None) -> list[str]:
         texts.append(text)
         if bad:
             replaced.append((f.path, bad, len(raw)))
+        if _records(f.path, text):
+            records.append(f.path)
     if replaced:
         name, bad, size = replaced[0]
         log.warning(
@@ -370,7 +372,32 @@ def read_texts(path: str | None) -> list[str]:
             bad,
             size,
         )
+    if records:  # a folder or glob of JSONL under `source: text` trained on its syntax (validate sees only the path)
+        log.warning(
+            "%d file(s) of data.path hold records, not plain text (e.g. %s): they are trained on as text, their "
+            "syntax and column names included; set data.source: jsonl (or parquet) to read their text column",
+            len(records),
+            records[0],
+        )
     return texts
+
+
+def _records(path: str, text: str) -> bool:
+    """Whether a file read as plain text is records: named .jsonl/.json/.parquet/.arrow, or its first line a JSON
+    object."""
+    import json
+
+    from distillspec.checks import record_format_suffix
+
+    if record_format_suffix(path) is not None:
+        return True
+    first = text.lstrip()[:4096].split("\n", 1)[0]
+    if not first.startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(first), dict)
+    except ValueError:
+        return False
 
 
 def resolve_tokenizer(spec: DistillSpec) -> str:
