@@ -131,8 +131,9 @@ class RunFiles:
             from tensorboardX import SummaryWriter
 
             self._tb_local_dir = os.path.join(self._root, "tensorboard") if self.local else tempfile.mkdtemp()
-            # Resumed at step S: the events an earlier attempt logged after S (replayed now) are purged from the
-            # view (TensorBoard's SessionLog.START), as metrics.jsonl drops its lines after S; they showed twice.
+            # Started at step S (0 for a fresh start): the events an earlier attempt logged after S (replayed now)
+            # are purged from the view (TensorBoard's SessionLog.START), as metrics.jsonl drops its lines after S;
+            # they showed twice.
             purge = resumed_at + 1 if resumed_at is not None else None
             self._tb = SummaryWriter(logdir=self._tb_local_dir, flush_secs=30, purge_step=purge)
 

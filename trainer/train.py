@@ -678,9 +678,8 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
         trained_on = input_of(spec)  # once: it lists the data files (a request on an object store)
         start = restore_or_init(checkpoints, built.state, data=documents, trained_on=trained_on, spec=spec)
         if index == 0:  # only now: a start refused above leaves the run's record as it was
-            session.files = RunFiles(
-                run_dir, tensorboard=spec.logging.tensorboard, resumed_at=start.step if start.resumed else None
-            )
+            # Also a fresh start (step 0): an earlier attempt killed before its first checkpoint left events.
+            session.files = RunFiles(run_dir, tensorboard=spec.logging.tensorboard, resumed_at=start.step)
             resolved = spec.resolved().model_dump(mode="json")
             _check_record(session, resolved, start, spec, checkpoints)
             if start.resumed:
