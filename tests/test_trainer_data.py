@@ -319,10 +319,20 @@ def test_tokenizer_defaults_to_the_teacher_folders_then_byte(tmp_path):
 def test_utf16_starting_outside_ascii_is_refused_and_text_starting_with_a_magic_is_read(tmp_path):
     # UTF-16LE whose first letter is "é" passed (the check wanted four ASCII letters first); text that merely
     # starts with "PAR1" or "ARROW1" was refused as Parquet or Arrow.
-    wide = tmp_path / "wide.txt"
-    wide.write_bytes(("édition " + FRENCH).encode("utf-16-le"))
-    with pytest.raises(UserError, match="is UTF-16LE text"):
-        D.make_source(DataSpec(source="text", path=str(wide)), 256, 33)
+    # ... nor Cyrillic (its code units are two ASCII bytes: valid UTF-8, no NUL) or Greek, nor curly quotes first.
+    starts = (
+        "édition " + FRENCH,
+        "привет мир как дела сегодня\n" * 50,
+        "γειά σου κόσμε\n" * 50,
+        "“Hello,” she said. " + FRENCH,
+    )
+    for order in ("le", "be"):
+        for i, text in enumerate(starts):
+            wide = tmp_path / f"wide-{order}-{i}.txt"
+            wide.write_bytes(text.encode(f"utf-16-{order}"))
+            with pytest.raises(UserError, match=f"is UTF-16{order.upper()} text"):
+                D.make_source(DataSpec(source="text", path=str(wide)), 256, 33)
+            wide.unlink()
     for start in ("PAR1 is the first paragraph. ", "ARROW1 points the way. "):
         plain = tmp_path / "plain.txt"
         plain.write_text(start + FRENCH)

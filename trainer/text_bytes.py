@@ -43,7 +43,7 @@ _NOT_TEXT: tuple[tuple[re.Pattern[bytes], str, str], ...] = tuple(
         ),
     )
 )
-HEAD = 16  # bytes `not_text` looks at
+HEAD = 1024  # bytes `not_text` looks at (UTF-16 is told by its bytes' pattern over hundreds of them)
 
 # Above this share of bytes that are not UTF-8 a file is refused; below it they are read as U+FFFD, with a warning.
 # In text stored as Latin-1 or Windows-1252 every accented letter or curly quote is such a byte: 1-4% of the bytes
@@ -65,15 +65,19 @@ def not_text(head: bytes, name: str, field: str) -> UserError | None:
     )
 
 
+_CONTROL = frozenset(set(range(0x20)) - {0x09, 0x0A, 0x0D})  # bytes UTF-8 text does not hold (tab, newlines apart)
+
+
 def _utf16(head: bytes) -> tuple[str, str] | None:
-    """UTF-16 without a byte-order mark (Windows and .NET tools write it so): NUL in most of one parity of bytes and
-    none of the other. NUL is valid UTF-8, so such text was trained on as `h\0o\0m\0e\0` (UTF-8 text has no NUL; a
-    first character outside ASCII, `é` = e9 00, still fits)."""
-    even, odd = head[0:HEAD:2], head[1:HEAD:2]
+    """UTF-16 without a byte-order mark (Windows and .NET tools write it so): the high bytes of its code units (every
+    other byte) are NUL or another control byte, for Latin (`h\0`), Greek (`\xb1\x03`), Cyrillic (`\x3f\x04`),
+    Hebrew or Arabic text alike, while its low bytes are never NUL. Such a file is often valid UTF-8 (Cyrillic's code
+    units are two ASCII bytes) and was trained on as it was; UTF-8 text holds no such bytes."""
+    even, odd = head[0::2], head[1::2]
     if len(odd) < 4:
         return None
-    for order, zeros, others in (("LE", odd, even), ("BE", even, odd)):
-        if zeros.count(0) >= len(zeros) - 1 and others.count(0) == 0:
+    for order, high, low in (("LE", odd, even), ("BE", even, odd)):
+        if low.count(0) == 0 and sum(b in _CONTROL for b in high) >= 0.6 * len(high):
             return (
                 f"UTF-16{order} text (every other byte is NUL)",
                 f"convert it (iconv -f UTF-16{order} -t UTF-8 FILE > FILE.utf8) and point FIELD at that",
