@@ -558,6 +558,14 @@ def test_a_runs_record_is_never_replaced_by_settings_no_step_was_trained_under(o
     assert run(spec_of(merged(plain, optimizer={"learning_rate": 1e-4}))) == TrainerExit.USER_ERROR
     assert {name: (folder / name).read_text() for name in before} == before
     assert run(spec_of(plain)) == TrainerExit.OK  # the same spec again: trained again from step 0
+    # An attempt killed before any checkpoint (its summary says running at step 4): replaced, and said.
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**summary, "status": "running", "step": 4}))
+    recorder = Recorder()
+    assert run(spec_of(plain), reporter=recorder) == TrainerExit.OK
+    assert any("results of its earlier run (running at step 4) are replaced" in n for n in recorder.notes), (
+        recorder.notes
+    )
 
     broken = merged(plain, name="fixed", data={"source": "text", "path": str(out / "nowhere")})
     assert run(spec_of(broken)) == TrainerExit.USER_ERROR

@@ -768,7 +768,8 @@ def _check_record(
     """Refuse (RunRefused: the folder stays as it is) a start that would replace a run's record with settings no
     step was trained under: a finished run given other settings (0 steps to train, yet its spec.json was rewritten),
     or a succeeded run's results in a folder with nothing to resume from (checkpoint.enabled: false replaced them
-    silently). Starting over in a folder whose run ended (the same spec, or a failed run's fixed one) is said."""
+    silently). Starting over in a folder whose earlier run logged steps (the same spec, a failed run's fixed one,
+    an attempt killed before its first checkpoint) is said."""
     try:
         before = session.files.read_json("spec.json")
         previous = session.files.read_json("summary.json")
@@ -793,8 +794,7 @@ def _check_record(
                 "further under them",
             )
         return
-    ended = isinstance(previous, dict) and previous.get("status") not in (None, "running")
-    if not ended:
+    if not isinstance(previous, dict):
         return
     if changes and previous.get("status") == "succeeded":  # a failed start is fixed and run again: not refused
         raise RunRefused(
@@ -805,6 +805,7 @@ def _check_record(
     latest = checkpoints.latest_step() if checkpoints else None
     ignored = " (checkpoint.enabled: false: no checkpoint is read)" if checkpoints is None else ""
     if latest is None and previous.get("step"):  # a start that failed at step 0 left no results to speak of
+        # An attempt killed before its first checkpoint ("running" at step 12) is replaced too: said.
         session.reporter.note(
             f"training {folder} again from step 0{ignored}: the results of its earlier run "
             f"({previous.get('status')} at step {previous.get('step')}) are replaced"
