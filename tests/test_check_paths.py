@@ -552,3 +552,25 @@ def test_an_index_naming_a_shard_that_is_not_there_is_named_before_launch(tmp_pa
     for shard in shards[1:]:
         (tmp_path / "teacher" / shard).write_bytes(b"\0")
     assert check_paths(spec_with(folder), read_text, None, count_files) == []
+
+
+def test_a_folder_of_json_lines_under_the_text_source_is_warned_of(tmp_path):
+    # validate warned of a path spelled .jsonl; a folder (or glob) of them passed, and trained on their syntax.
+    from orchestrator.outputs import count_files, read_columns
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(json.dumps({"text": "some words", "id": 1}) + "\n")
+    teacher = hf_folder(tmp_path / "teacher", "tiny-4l")
+    spec, problems = validate_data(
+        spec_data(**{"teacher.load_parameters_path": teacher, "data": {"source": "text", "path": str(folder)}})
+    )
+    assert spec is not None, problems
+    (problem,) = [
+        p for p in check_paths(spec, read_text, None, count_files, read_columns) if p.code == "text_source_of_records"
+    ]
+    assert problem.severity == "warning" and "holds JSON Lines records (columns text, id)" in problem.message
+    (folder / "a.jsonl").write_text("plain prose, not a record\n")
+    assert not [
+        p for p in check_paths(spec, read_text, None, count_files, read_columns) if p.code == "text_source_of_records"
+    ]

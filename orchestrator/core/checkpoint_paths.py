@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from distillspec import logit_cache_manifest as cache
 from distillspec import maxtext_checkpoint as mt
+from distillspec.checks import record_format_suffix
 from distillspec.config import DOCUMENT_SOURCES, DistillSpec, ModelSpec
 from distillspec.hf_config import (
     CONFIG,
@@ -233,9 +234,32 @@ def _data_problems(spec: DistillSpec, count_files: CountFiles) -> list[Problem]:
     return problems
 
 
+def _records_as_text(spec: DistillSpec, read_columns: ReadColumns) -> list[Problem]:
+    """`text_source_of_records` for a folder or glob of JSON Lines under `source: text` (validate warns of a path
+    spelled `.jsonl`; a folder's name says nothing): the first file read as JSONL has columns."""
+    path = spec.data.path
+    if not path or record_format_suffix(path) is not None:
+        return []  # none to read, or said by validate already
+    columns = read_columns(path, "jsonl")
+    if columns is None or not columns.names:
+        return []
+    return [
+        Problem(
+            ("data", "source"),
+            "text_source_of_records",
+            f"data.source is text but {columns.file} holds JSON Lines records (columns {', '.join(columns.names[:5])}): "
+            "they would be trained on as plain text, their syntax and column names included",
+            "set data.source: jsonl (with text_column, or prompt_column and completion_column)",
+            severity="warning",
+        )
+    ]
+
+
 def _column_problems(spec: DistillSpec, read_columns: ReadColumns) -> list[Problem]:
     """The trainer's "has no column" and "holds splits" (exit 1 at start), said before launch from the first
     file's columns."""
+    if spec.data.source == "text":
+        return _records_as_text(spec, read_columns)
     if spec.data.source not in DOCUMENT_SOURCES:
         return []
     data = spec.data
