@@ -473,3 +473,13 @@ def test_with_seeds_the_best_is_the_configuration_with_the_lowest_mean(tmp_path)
     t = table(result)
     headline = results_format.markdown(t).split("Best point: ")[1].split("\n")[0]
     assert "(mean of 1 of 2 seeds succeeded: 0)" in headline, headline
+
+
+def test_a_run_without_metrics_says_no_source(tmp_path):
+    # A queued point (its spec evaluates a held-out set) read "metrics_from": "train" before it had any metric.
+    result = expanded(write_sweep(tmp_path))
+    write_outputs(result.runs[0])
+    t = table(result)
+    runs = {r["run_id"]: r for r in results_format.to_json(t)["runs"]}
+    assert runs[result.points[0].run_id]["metrics_from"] is None
+    assert runs[result.runs[0].run_id]["metrics_from"] == "train"

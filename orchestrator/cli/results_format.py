@@ -250,7 +250,7 @@ def csv_text(results: Results) -> str:
                 _csv(row.step),
                 _csv(row.total_steps),
                 results.aggregation.window,
-                row.source,
+                _metrics_from(row) or "",
             ]
             + [_csv(row.metrics.get(m)) for m in TABLE_METRICS]
             + [
@@ -275,6 +275,12 @@ def _csv(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True)
     return str(value)
+
+
+def _metrics_from(row: Row) -> str | None:
+    """Where a row's metrics come from (eval, train, eval+train); None before it has any (a queued run with an
+    eval set read "train")."""
+    return row.source if any(v is not None for v in row.metrics.values()) else None
 
 
 def _json_number(value: float | None) -> float | str | None:
@@ -313,7 +319,7 @@ def to_json(results: Results) -> dict[str, Any]:
                 "step": row.step,
                 "total_steps": row.total_steps,
                 "metrics": {m: _json_number(row.metrics.get(m)) for m in TABLE_METRICS},
-                "metrics_from": row.source,
+                "metrics_from": _metrics_from(row),
                 # which logged metric each value is (an eval run's distill/kl_div_T1 is its eval/kl_div_T1)
                 "metrics_logged_as": dict(row.logged_as),
                 "tokens_per_sec": _json_number(row.tokens_per_sec),
