@@ -413,8 +413,13 @@ def tokenizer_files(spec: DistillSpec) -> list[tuple[Loc, str]]:
         return []
     if named is not None:
         return [(("data", "tokenizer"), named if named.endswith(".json") else f"{named.rstrip('/')}/{TOKENIZER}")]
+    return [((side, "load_parameters_path"), file) for side, file in folder_tokenizers(spec)]
+
+
+def folder_tokenizers(spec: DistillSpec) -> list[tuple[str, str]]:
+    """(side, the tokenizer.json its checkpoint folder would hold) for the teacher, then the student, with a path."""
     return [
-        ((side, "load_parameters_path"), f"{model.load_parameters_path.rstrip('/')}/{TOKENIZER}")
+        (side, f"{model.load_parameters_path.rstrip('/')}/{TOKENIZER}")
         for side, model in (("teacher", spec.teacher), ("student", spec.student))
         if model is not None and model.load_parameters_path
     ]

@@ -468,9 +468,7 @@ def _changed_since_record(checkpoint_dir: str, spec: DistillSpec) -> str:
             before = json.load(f)
     except Exception:  # noqa: BLE001 - a better message, not a reason to stop
         return ""
-    now = spec.resolved().model_dump(mode="json")
-    changes = [c for c in changed_settings(before, now) if not c.startswith(("steps:", "output_dir:", "name:"))]
-    return "; ".join(changes[:4]) + (f" (and {len(changes) - 4} more)" if len(changes) > 4 else "")
+    return _listed(settings_changed(before, spec.resolved().model_dump(mode="json")), 4)
 
 
 def input_of(spec: DistillSpec) -> dict[str, Any]:
@@ -550,11 +548,22 @@ def _check_same_input(saved: dict | None, trained_on: dict, where: str) -> str:
             + "): the saved position indexes the old listing"
         )
     raise RunRefused(
-        f"the checkpoint at {where} was trained on other input than this spec reads: {'; '.join(changes[:4])}"
-        + (f" (and {len(changes) - 4} more)" if len(changes) > 4 else ""),
+        f"the checkpoint at {where} was trained on other input than this spec reads: {_listed(changes, 4)}",
         "give this run another name (or output_dir); to train these weights on other data, start a new run whose "
         f"student.load_parameters_path is {where.rsplit('/', 1)[0]}",
     )
+
+
+def settings_changed(before: Any, after: Any) -> list[str]:
+    """`changed_settings` less steps (how a run trains further, said on its own) and name and output_dir (where the
+    folder is now, a copy, not how it trained)."""
+    return [c for c in changed_settings(before, after) if not c.startswith(("steps:", "output_dir:", "name:"))]
+
+
+def _listed(changes: list[str], at_most: int) -> str:
+    """The first `at_most` changes, and how many more."""
+    more = f" (and {len(changes) - at_most} more)" if len(changes) > at_most else ""
+    return "; ".join(changes[:at_most]) + more
 
 
 def changed_settings(before: Any, after: Any, prefix: str = "") -> list[str]:
@@ -681,9 +690,10 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
             # Also a fresh start (step 0): an earlier attempt killed before its first checkpoint left events.
             session.files = RunFiles(run_dir, tensorboard=spec.logging.tensorboard, resumed_at=start.step)
             resolved = spec.resolved().model_dump(mode="json")
-            _check_record(session, resolved, start, spec, checkpoints)
+            before = _recorded_spec(session)  # read once: both say what it held
+            _check_record(session, before, resolved, start, spec, checkpoints)
             if start.resumed:
-                _note_changes(session, resolved, start.step)
+                _note_changes(session, before, resolved, start.step)
             session.files.write_json("spec.json", resolved)
         session.teacher_source = _teacher_source(spec)
         if index == 0:
@@ -762,34 +772,44 @@ def _release_run_dir(session: _Session) -> None:
             pass
 
 
+def _recorded_spec(session: _Session) -> dict | None:
+    """The run folder's spec.json as a mapping; None when it is missing or unreadable."""
+    try:
+        before = session.files.read_json("spec.json")
+    except Exception:  # noqa: BLE001 - what it held cannot be said, not a reason to stop
+        return None
+    return before if isinstance(before, dict) else None
+
+
 def _check_record(
-    session: _Session, resolved: dict[str, Any], start: Start, spec: DistillSpec, checkpoints: RunCheckpoints | None
+    session: _Session,
+    before: dict | None,
+    resolved: dict[str, Any],
+    start: Start,
+    spec: DistillSpec,
+    checkpoints: RunCheckpoints | None,
 ) -> None:
     """Refuse (RunRefused: the folder stays as it is) a start that would replace a run's record with settings no
     step was trained under: a finished run given other settings (0 steps to train, yet its spec.json was rewritten),
     or a succeeded run's results in a folder with nothing to resume from (checkpoint.enabled: false replaced them
     silently). Starting over in a folder whose earlier run logged steps (the same spec, a failed run's fixed one,
-    an attempt killed before its first checkpoint) is said."""
+    an attempt killed before its first checkpoint) is said. `before`: the folder's spec.json, if readable."""
+    if before is None:
+        return
     try:
-        before = session.files.read_json("spec.json")
         previous = session.files.read_json("summary.json")
     except Exception:  # noqa: BLE001 - nothing readable to protect
         return
-    if not isinstance(before, dict):
-        return
-    # steps is how a run trains further; name and output_dir are where the folder is now (a copy), not how it trained
-    changes = [c for c in changed_settings(before, resolved) if not c.startswith(("steps:", "output_dir:", "name:"))]
-    shown = "; ".join(changes[:6]) + (f" (and {len(changes) - 6} more)" if len(changes) > 6 else "")
+    changes = settings_changed(before, resolved)
     folder = session.files.run_dir
     if start.resumed:
         # data.path spelled another way passed the input check (the same files); how often it logged or saved shaped
         # no weight: neither makes the record wrong.
         changes = [c for c in changes if not c.startswith(("data.path:", "logging.", "checkpoint."))]
-        shown = "; ".join(changes[:6]) + (f" (and {len(changes) - 6} more)" if len(changes) > 6 else "")
         if start.step >= spec.steps and changes:
             raise RunRefused(
                 f"{folder} finished at step {start.step} under the settings in its spec.json; this spec changes "
-                f"{shown}, and would train no step under them while its spec.json said it had",
+                f"{_listed(changes, 6)}, and would train no step under them while its spec.json said it had",
                 "give this run another name (or output_dir) to train these settings, or raise steps to train this run "
                 "further under them",
             )
@@ -799,7 +819,7 @@ def _check_record(
     if changes and previous.get("status") == "succeeded":  # a failed start is fixed and run again: not refused
         raise RunRefused(
             f"{folder} holds the results of another run (it {previous.get('status')} at step {previous.get('step')}; "
-            f"this spec changes {shown}), and there is no checkpoint to resume it from",
+            f"this spec changes {_listed(changes, 6)}), and there is no checkpoint to resume it from",
             "give this run another name (or output_dir), or move the folder aside to replace it",
         )
     latest = checkpoints.latest_step() if checkpoints else None
@@ -812,24 +832,20 @@ def _check_record(
         )
 
 
-def _note_changes(session: _Session, resolved: dict[str, Any], step: int) -> None:
-    """Say which settings differ from the spec.json of the run being resumed at `step`, before spec.json is replaced:
-    nothing else records them. A change of steps is how a run is trained further, but every schedule is a function
-    of it: said too, with the learning rate it gives at `step` against the one the run would have had."""
-    try:
-        before = session.files.read_json("spec.json")
-    except Exception:  # noqa: BLE001 - a note, not a reason to stop
-        before = None
-    if not isinstance(before, dict):  # resumed in silence, then replaced: the one record of the earlier settings
+def _note_changes(session: _Session, before: dict | None, resolved: dict[str, Any], step: int) -> None:
+    """Say which settings differ from `before` (the spec.json of the run being resumed at `step`, if readable),
+    before spec.json is replaced: nothing else records them. A change of steps is how a run is trained further, but
+    every schedule is a function of it: said too, with the learning rate it gives at `step` against the one the run
+    would have had."""
+    if before is None:  # resumed in silence, then replaced: the one record of the earlier settings
         session.reporter.note(
             f"{session.files.run_dir}/spec.json is missing or unreadable: which settings changed since step {step} "
             "cannot be said"
         )
         return
-    changes = [c for c in changed_settings(before, resolved) if not c.startswith(("steps:", "output_dir:", "name:"))]
+    changes = settings_changed(before, resolved)
     if changes:
-        shown = "; ".join(changes[:6]) + (f" (and {len(changes) - 6} more)" if len(changes) > 6 else "")
-        session.reporter.note(f"resuming with settings changed since spec.json was written: {shown}")
+        session.reporter.note(f"resuming with settings changed since spec.json was written: {_listed(changes, 6)}")
     old, new = before.get("steps"), resolved.get("steps")
     if isinstance(old, int) and isinstance(new, int) and old != new:
         from trainer.step import learning_rate_schedule

@@ -28,9 +28,9 @@ from distillspec.hf_config import (
     HUB_ID,
     INDEX,
     SINGLE,
-    TOKENIZER,
     ConfigError,
     beyond_max_position,
+    folder_tokenizers,
     hub_download_hint,
     mismatch_hint,
     shape_from_config,
@@ -96,10 +96,12 @@ def check_paths(
             problems.append(Problem(loc, "checkpoint_not_found", *_not_found(path)))
             continue
         if config is not None and count_files is not None:  # a Hugging Face folder: are its weights there?
-            missing = _weights_missing(path.rstrip("/"), side, count_files, read_text)
+            # Counted once (on an object store each is a listing): what weights are there, and whether both saves are.
+            single, index = count_files(f"{path.rstrip('/')}/{SINGLE}"), count_files(f"{path.rstrip('/')}/{INDEX}")
+            missing = _weights_missing(path.rstrip("/"), side, count_files, read_text, single=single, index=index)
             if missing is not None:
                 problems.append(Problem(loc, "checkpoint_weights_missing", *missing))
-            if count_files(f"{path.rstrip('/')}/{SINGLE}") and count_files(f"{path.rstrip('/')}/{INDEX}"):
+            if single and index:
                 problems.append(
                     Problem(
                         loc,
@@ -159,12 +161,17 @@ def _cache_problems(spec: DistillSpec, read_text: ReadText) -> list[Problem]:
 
 
 def _weights_missing(
-    path: str, side: str, count_files: CountFiles, read_text: ReadText | None = None
+    path: str,
+    side: str,
+    count_files: CountFiles,
+    read_text: ReadText | None = None,
+    *,
+    single: int | None,
+    index: int | None,
 ) -> tuple[str, str] | None:
     """(message, hint) when the Hugging Face folder `path` has no weights the trainer reads, or an index naming
     shards that are not there (the trainer found them missing after start-up); None when it has them all, or the
-    store cannot say."""
-    single, index = count_files(f"{path}/{SINGLE}"), count_files(f"{path}/{INDEX}")
+    store cannot say. `single`, `index`: how many model.safetensors and index files it holds (None: unknown)."""
     if index and not single and read_text is not None:
         return _shards_missing(path, side, count_files, read_text)
     if single is None or index is None or single or index:
@@ -325,10 +332,7 @@ def _named_tokenizer_problems(spec: DistillSpec, read_text: ReadText) -> list[Pr
     if named_text is None:
         return []  # said by _tokenizer_size_problems
     problems = []
-    for side, model in (("teacher", spec.teacher), ("student", spec.student)):
-        if model is None or not model.load_parameters_path:
-            continue
-        own = f"{model.load_parameters_path.rstrip('/')}/{TOKENIZER}"
+    for side, own in folder_tokenizers(spec):
         own_text = read_text(own)
         difference = None if own_text is None else tokenizer_difference(named_text, own_text)
         if difference is not None:
