@@ -186,6 +186,8 @@ def _point(check: str) -> str:
         ),
         (_point("{distill/kl_div_T1: {check: band, low: 7, high: 3}}"), "band_backwards", "always fails"),
         (_point("{distill/kl_div_T1: {check: band}}"), "band_unbounded", "always passes"),
+        # rtol 5 meant 5 %: the gate passed any value up to six times the golden one
+        (_point("{distill/kl_div_T1: {check: approx, value: 1, rtol: 5}}"), "rtol_not_a_fraction", "0.05 for 5 %"),
         # a quoted number was read as one (every other wrong type is refused)
         (_point("{distill/kl_div_T1: {check: approx, value: '0.78'}}"), "wrong_type", "remove the quotes"),
         # the shorthand people write got pydantic's words alone, no fix
@@ -469,6 +471,8 @@ def test_golden_update_refuses_a_gate_that_checks_nothing(sweep, tmp_path):
     assert never.exit_code == ExitCode.USAGE and "the golden file would check nothing" in never.stderr
     infinite = invoke("golden", "update", path, "-o", out, "--rtol", "inf")
     assert infinite.exit_code == ExitCode.USAGE and "is not a tolerance" in infinite.output
+    percent = invoke("golden", "update", path, "-o", out, "--rtol", "10")  # meant 10 %: passed 11 × the value
+    assert percent.exit_code == ExitCode.USAGE and "--rtol is a fraction" in percent.output
     assert not out.exists()
     short = invoke("golden", "update", path, "-o", out, "--metric", "kl_div_T1")  # the short name, resolved
     assert short.exit_code == ExitCode.OK and "distill/kl_div_T1" in out.read_text(), short.output

@@ -395,6 +395,14 @@ golden_app = typer.Typer(
 )
 
 
+def _relative_tolerance(value: float) -> float:
+    """--rtol is a fraction: 10 (meant as 10 %) wrote checks that pass a value eleven times the golden one."""
+    value = finite_number("a tolerance: a finite number >= 0, e.g. 0.1 (10 %)", zero=True)(value)
+    if value >= 1:
+        raise typer.BadParameter(f"{value:g} is {value * 100:g} %: --rtol is a fraction, e.g. 0.1 for 10 %")
+    return value
+
+
 @golden_app.command("update")
 def golden_update(
     sweep: SweepArgument,
@@ -404,7 +412,7 @@ def golden_update(
         float,
         typer.Option(
             "--rtol",
-            callback=finite_number("a tolerance: a finite number >= 0, e.g. 0.1 (10 %)", zero=True),
+            callback=_relative_tolerance,
             help="relative tolerance of approx checks (runs without repeated seeds)",
         ),
     ] = DEFAULT_RTOL,

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from distillspec import metrics as metric_names
@@ -59,6 +59,18 @@ class Approx(_Frozen):
     value: float
     rtol: Annotated[float, Field(ge=0)] = DEFAULT_RTOL
     atol: Annotated[float, Field(ge=0)] = 0.0
+
+    @field_validator("rtol")
+    @classmethod
+    def _a_fraction(cls, rtol: float) -> float:
+        # rtol 5 meant "5 %" and let the value grow sixfold: a gate that passes everything.
+        if rtol >= 1:
+            raise PydanticCustomError(
+                "rtol_not_a_fraction",
+                "rtol {rtol} lets the value move by {percent} % of itself: rtol is a fraction, not a percentage",
+                {"rtol": rtol, "percent": f"{rtol * 100:g}"},
+            )
+        return rtol
 
     def passes(self, observed: float) -> bool:
         return abs(observed - self.value) <= self.atol + self.rtol * abs(self.value)
@@ -351,6 +363,7 @@ HINTS = {
     "union_tag_not_found": "add check: approx, band or deterministic",
     "band_unbounded": "give low, high or both",
     "band_backwards": "swap low and high",
+    "rtol_not_a_fraction": "write the fraction: 0.05 for 5 % (a wider gate is a band: {check: band, low: L, high: H})",
     "model_type": FORMAT_HINT,
     "dict_type": FORMAT_HINT,
     "list_type": FORMAT_HINT,
