@@ -57,6 +57,22 @@ def test_an_invalid_sweep_answers_in_json_when_json_is_asked_for(tmp_path):
     assert text.exit_code == ExitCode.INVALID_SPEC and text.stdout == ""
 
 
+@pytest.mark.parametrize("where", ["after", "before"])
+def test_a_bare_dry_run_is_the_client_dry_run(where):
+    # Typer has no option with an optional value: a bare --dry-run at the end "requires an argument", and before the
+    # file it took the file as its value.
+    import subprocess
+    import sys
+
+    path = str(SWEEPS / "alpha-end.yaml")
+    arguments = [path, "--dry-run"] if where == "after" else ["--dry-run", path]
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "sweep", *arguments], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == ExitCode.OK, done.stderr
+    assert "would create (client)" in done.stdout and "6 rendered (dry run" in done.stdout
+
+
 def test_plan_warns_when_the_teacher_will_not_fit(tmp_path):
     # Llama 3.1 70B teacher, 8B student, an all data-parallel mesh on a v5e slice: the guide's
     # "Teacher OOMs at startup", caught before launch

@@ -97,6 +97,10 @@ def main() -> None:
         arguments = spec_validate.fast_arguments(sys.argv[2:])
         if arguments is not None:  # a plain `validate` command line: no Typer (see `spec_validate`)
             raise SystemExit(_ended(spec_validate.run, arguments))
+    if first == "sweep":
+        from orchestrator.cli.launch import bare_dry_run
+
+        sys.argv[2:] = bare_dry_run(sys.argv[2:])
     # Only a known command name in first place narrows the tree: `--help`, no arguments or a typo get the whole
     # tree, so usage and "No such command" read as they always did.
     build_app([first] if first in COMMANDS else COMMANDS)()

@@ -33,6 +33,19 @@ class DryRunMode(str, Enum):
     server = "server"
 
 
+def bare_dry_run(arguments: list[str]) -> list[str]:
+    """`--dry-run` alone means `--dry-run=client`, as in kubectl. Typer has no option with an optional value: it
+    refused a bare `--dry-run` at the end ("requires an argument") and took the sweep file after it as its value."""
+    modes = {mode.value for mode in DryRunMode}
+    given = list(arguments)
+    for i, argument in enumerate(given):
+        if argument == "--":
+            break
+        if argument == "--dry-run" and (i + 1 == len(given) or given[i + 1] not in modes):
+            given[i] = "--dry-run=client"
+    return given
+
+
 def parse_labels(items: list[str] | None) -> dict[str, str]:
     from orchestrator.errors import UsageError
 
@@ -54,7 +67,8 @@ def sweep(
         Optional[DryRunMode],
         typer.Option(
             "--dry-run",
-            help="client: render only (no cluster needed); server: the API server's dry run of what would be created",
+            help="client (also a bare --dry-run): render only, no cluster needed; server: the API server's dry run of "
+            "what would be created",
         ),
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="follow the sweep to the end")] = False,
