@@ -7,9 +7,8 @@ the file's keys and positions). Each rule has a stable code.
 from __future__ import annotations
 
 import posixpath
-import re
 
-from distillspec import layer_presets
+from distillspec import buckets, layer_presets
 from distillspec.config import (
     BUNDLED_DATA_SOURCES,
     DOCUMENT_SOURCES,
@@ -41,7 +40,6 @@ def check(spec: DistillSpec) -> list[Problem]:
 
 # Object stores the trainer image reads (gcsfs); `memory://` is fsspec's own (tests, notebooks).
 READ_SCHEMES = ("gs", "gcs", "memory", "file")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # lower-case letters, digits, "-", "_", "."
 
 
 def _path_fields(spec: DistillSpec) -> list[tuple[tuple[str, ...], str]]:
@@ -69,19 +67,10 @@ def _paths(spec: DistillSpec) -> list[Problem]:
         if "://" not in path:
             continue
         scheme, rest = path.split("://", 1)
-        if scheme in ("gs", "gcs"):
-            bucket = rest.split("/", 1)[0]
-            if not _BUCKET.match(bucket):
-                out.append(
-                    Problem(
-                        loc,
-                        "bad_bucket",
-                        f"{name} {path!r} names no valid bucket ({bucket!r})"
-                        if bucket
-                        else f"{name} {path!r} names no bucket",
-                        "write gs://BUCKET/path, the bucket in lower-case letters, digits, '-', '_' and '.'",
-                    )
-                )
+        if scheme in buckets.SCHEMES:
+            problem = buckets.bucket_name_problem(rest.split("/", 1)[0])
+            if problem:
+                out.append(Problem(loc, "bad_bucket", f"{name} {path!r} {problem}", buckets.HINT))
         elif scheme == "hf":  # `--check-paths` crashed asking the Hub from a machine without network
             out.append(_hub_path(loc, name, path))
         elif scheme not in READ_SCHEMES:

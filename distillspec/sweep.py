@@ -40,7 +40,7 @@ from typing import Annotated, Any, Collection, Literal, Mapping
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from distillspec import maxtext_format, metrics, spec_paths, tpu
+from distillspec import buckets, maxtext_format, metrics, spec_paths, tpu
 from distillspec.config import DistillSpec, Seed
 from distillspec.contract import (
     ENV_SPEC,
@@ -1033,6 +1033,11 @@ def late_rule_problems(rules: EarlyStopping, spec: DistillSpec) -> list[Problem]
 def _target(sweep: Sweep) -> list[Problem]:
     t = sweep.target
     out = []
+    bucket = buckets.bucket_of(t.output_base)
+    if bucket is not None and (problem := buckets.bucket_name_problem(bucket)):
+        out.append(
+            Problem(("target", "output_base"), "bad_bucket", f"output_base {t.output_base!r} {problem}", buckets.HINT)
+        )
     if t.on_cluster:
         hosts = tpu.lookup(t.tpu_type).vms_per_slice if t.tpu_type is not None else 0
         if t.slices * hosts > MAX_JOBSET_INT:  # the JobSet webhook's cap on replicas × parallelism

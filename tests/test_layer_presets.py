@@ -44,7 +44,7 @@ def test_a_pruned_students_layers_pair_with_the_teacher_layers_they_began_as():
 
     data = {
         "student": {"model": "llama3.1-8b", "init": "teacher", "drop_layers": [20, 21], "num_layers": 30},
-        "teacher": {"model": "llama3.1-8b", "load_parameters_path": "gs://b/t"},
+        "teacher": {"model": "llama3.1-8b", "load_parameters_path": "gs://bkt/t"},
         "loss": {"beta": 1.0, "layer_indices": "straddle"},
     }
     spec, problems = validate_data(data)
@@ -57,7 +57,7 @@ def test_a_pruned_students_layers_pair_with_the_teacher_layers_they_began_as():
     )[0]
     assert same_depth.teacher_layer_indices() == [3, -1]  # MaxText's rule: the same index on both sides
     # A student pruned elsewhere (its own checkpoint, 30 layers): the straddle list says which layers it lacks.
-    elsewhere = {"model": "llama3.1-8b", "num_layers": 30, "load_parameters_path": "gs://b/pruned"}
+    elsewhere = {"model": "llama3.1-8b", "num_layers": 30, "load_parameters_path": "gs://bkt/pruned"}
     loaded = validate_data({**data, "student": elsewhere, "loss": {"beta": 1.0, "layer_indices": "straddle:[20, 21]"}})
     assert loaded[0].layer_indices() == [19, 20] and loaded[0].teacher_layer_indices() == [19, 22], loaded[1]
 

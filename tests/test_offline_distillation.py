@@ -150,9 +150,9 @@ def test_a_cache_knows_the_same_place_written_two_ways():
         assert logit_cache_manifest.differences(written, logit_cache_manifest.expected(spec(teacher, data)))[0] == []
     other = logit_cache_manifest.expected(spec("runs/u/checkpoints", "corpus"))
     assert logit_cache_manifest.differences(written, other)[0] == ["teacher"]
-    bucket = logit_cache_manifest.expected(spec("gs://b/t/", "gs://b/c"))
+    bucket = logit_cache_manifest.expected(spec("gs://bkt/t/", "gs://bkt/c"))
     assert (
-        logit_cache_manifest.differences(bucket, logit_cache_manifest.expected(spec("gs://b/t", "gs://b/c/")))[0] == []
+        logit_cache_manifest.differences(bucket, logit_cache_manifest.expected(spec("gs://bkt/t", "gs://bkt/c/")))[0] == []
     )
 
 

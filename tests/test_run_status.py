@@ -125,7 +125,7 @@ def test_time_spent_queued_is_not_stalling():
 
 
 def test_unreadable_outputs_never_claim_a_stall():
-    unreadable = RunOutputs("gs://b/r", readable=False)
+    unreadable = RunOutputs("gs://bkt/r", readable=False)
     assert status(Observation(exists=True, active=True, created_at=NOW - 4000), unreadable).phase == "Running"
 
 
@@ -164,7 +164,7 @@ def worker_failure(process_index: int, message: str, exit_code: int = 1, status:
 def test_a_failed_worker_keeps_the_run_failed_after_the_jobset_is_gone():
     """Process 1 failed; process 0's summary.json still says running (or was never written) and the JobSet has been
     deleted: the worker's failure file in the output storage is the verdict, reason included."""
-    why = "OutputNotWritable: gs://b/r/checkpoints: [Errno 13] Permission denied"
+    why = "OutputNotWritable: gs://bkt/r/checkpoints: [Errno 13] Permission denied"
     for summary in ({"status": "running", "updated_at": iso(NOW - 60)}, None):
         out = RunOutputs("p", (), summary, failures=(worker_failure(1, why),))
         s = status(Observation(exists=False), out)

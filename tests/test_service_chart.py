@@ -90,7 +90,7 @@ def test_deployment_runs_serve_locked_down_with_probes(helm):
     assert pod["serviceAccountName"] == "rel-distillctl"
     assert not [a for a in container["args"] if a.startswith("--default-")]  # no defaults unless set
 
-    values = {"queue": "team-queue", "priority": "high", "image": "r/trainer@sha256:ab", "outputBase": "gs://b/runs"}
+    values = {"queue": "team-queue", "priority": "high", "image": "r/trainer@sha256:ab", "outputBase": "gs://bkt/runs"}
     sets = [f"defaults.{k}={v}" for k, v in values.items()]
     (deployment,) = [d for d in template(helm, "--set", ",".join(sets)) if d["kind"] == "Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -98,7 +98,7 @@ def test_deployment_runs_serve_locked_down_with_probes(helm):
         "--default-queue=team-queue",
         "--default-priority=high",
         "--default-image=r/trainer@sha256:ab",
-        "--default-output-base=gs://b/runs",
+        "--default-output-base=gs://bkt/runs",
     ]
 
 

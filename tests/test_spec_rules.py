@@ -198,7 +198,7 @@ def test_online_distillation_needs_teacher_path():
 
 
 def test_offline_mode_needs_no_teacher_path_but_rejects_beta_and_needs_top_k():
-    offline = {"teacher.load_parameters_path": DELETE, "offline_data_dir": "gs://b/topk"}
+    offline = {"teacher.load_parameters_path": DELETE, "offline_data_dir": "gs://bkt/topk"}
     assert sorted(codes(spec_data(**offline))) == ["offline_feature_loss", "top_k_missing"]
     assert codes(spec_data(**offline, **{"loss.beta": 0.0, "top_k": 8})) == []
     assert codes(spec_data(**offline, **{"loss.beta": 0.0, "top_k": 100_000})) == ["top_k_over_vocab"]
@@ -388,7 +388,7 @@ def test_a_data_path_without_a_source_is_not_silently_synthetic():
     ("path", "source"),
     [
         ("corpus.jsonl", "jsonl"),
-        ("gs://b/docs/*.jsonl.gz", "jsonl"),
+        ("gs://bkt/docs/*.jsonl.gz", "jsonl"),
         ("part-0.parquet", "parquet"),
         ("x.arrow", "hf_disk"),
     ],
@@ -528,7 +528,14 @@ def test_a_student_pruned_from_the_teacher_and_loaded_from_a_path_is_one_too_man
 
 @pytest.mark.parametrize(
     ("path", "code"),
-    [(" ", "blank_path"), ("gs://", "bad_bucket"), ("gs:///x", "bad_bucket"), ("gs://my bucket/x", "bad_bucket")],
+    [
+        (" ", "blank_path"),
+        ("gs://", "bad_bucket"),
+        ("gs:///x", "bad_bucket"),
+        ("gs://my bucket/x", "bad_bucket"),
+        ("gs://ab/x", "bad_bucket"),  # too short for Cloud Storage: it passed and failed in the pods
+        ("gs://runs-/x", "bad_bucket"),
+    ],
 )
 def test_a_path_broken_before_anything_reads_it_is_an_error(path, code):
     # Each was "valid spec"; the pods then failed on it.

@@ -78,7 +78,7 @@ def test_plan_warns_when_the_teacher_will_not_fit(tmp_path):
     # "Teacher OOMs at startup", caught before launch
     spec = {
         "student": {"model": "llama3.1-8b"},
-        "teacher": {"model": "llama3.1-70b", "load_parameters_path": "gs://t"},
+        "teacher": {"model": "llama3.1-70b", "load_parameters_path": "gs://bkt/t"},
         "loss": {"alpha": 1.0},
         "mesh": {"data": -1, "fsdp": 1},
     }
@@ -435,7 +435,7 @@ def test_plan_strict_fails_a_sweep_whose_runs_will_not_fit(tmp_path):
     assert invoke("plan", str(path), "--strict", "--tpu-type", "v5p-8").exit_code == 0, "the tiny models fit"
     big = sweep_data()
     big["spec"]["student"] = {"model": "llama3.1-70b"}
-    big["spec"]["teacher"] = {"model": "llama3.1-70b", "load_parameters_path": "gs://b/t"}
+    big["spec"]["teacher"] = {"model": "llama3.1-70b", "load_parameters_path": "gs://bkt/t"}
     big["spec"]["loss"] = {"alpha": 0.5}
     path = write(tmp_path, big, "big.yaml")
     result = invoke("plan", str(path), "--strict", "--tpu-type", "v5p-8", "--output", "json")

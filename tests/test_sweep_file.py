@@ -139,6 +139,29 @@ def test_a_cluster_target_needs_an_image(tmp_path):
     assert error_codes(load(tmp_path, sweep_data(target=target))) == ["target_field_missing"]
 
 
+@pytest.mark.parametrize(
+    ("output_base", "said"),
+    [
+        ("gs:///runs", "names no bucket"),
+        ("gs://ab/runs", "3 to 63 characters"),  # Cloud Storage refuses it; the pods failed on it after scheduling
+        ("gs://-runs/x", "begins and ends with a letter or digit"),
+        ("gs://My-Bucket/x", "only lower-case letters"),
+        ("gs://goog-runs/x", "reserves names beginning with 'goog'"),
+    ],
+)
+def test_an_output_base_in_a_bucket_cloud_storage_would_refuse_is_an_error(tmp_path, output_base, said):
+    source = load(tmp_path, sweep_data(target={**sweep_data()["target"], "output_base": output_base}))
+    (problem,) = [p for p in source.problems if p.is_error]
+    assert problem.code == "bad_bucket" and problem.loc == ("target", "output_base") and said in problem.message
+
+
+def test_a_bucket_name_with_dots_may_be_longer():
+    from distillspec.buckets import bucket_name_problem
+
+    assert bucket_name_problem("runs." + "a" * 60 + ".example.com") is None
+    assert "3 to 63" in bucket_name_problem("a" * 64)
+
+
 def test_a_local_output_base_on_a_cluster_is_a_warning(tmp_path):
     source = load(tmp_path, sweep_data(target={**sweep_data()["target"], "output_base": "runs"}))
     assert source.ok and [p.code for p in source.problems] == ["output_base_not_shared"]

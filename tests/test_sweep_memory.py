@@ -10,7 +10,7 @@ from orchestrator.core import cost, memory
 
 LLAMA = {
     "student": {"model": "llama3.1-8b"},
-    "teacher": {"model": "llama3.1-8b", "load_parameters_path": "gs://t", "weight_dtype": "bfloat16"},
+    "teacher": {"model": "llama3.1-8b", "load_parameters_path": "gs://bkt/t", "weight_dtype": "bfloat16"},
     "loss": {"alpha": 0.5},
     "batch": {"per_device_batch_size": 1, "max_target_length": 1024},
 }

@@ -569,7 +569,7 @@ def test_hub_names_and_half_pairs_are_spec_errors():
     spec, problems = validate_data({**base, "data": {"source": "jsonl", "path": "x"}, "eval": {"path": "y"}})
     assert spec is not None and not problems
     # The training file as the "held-out" set: eval metrics that read as generalisation measured memorisation.
-    for train, held in [("x.jsonl", "x.jsonl"), ("gs://b/c/", "gs://b/c"), ("./d/*.parquet", "d/*.parquet")]:
+    for train, held in [("x.jsonl", "x.jsonl"), ("gs://bkt/c/", "gs://bkt/c"), ("./d/*.parquet", "d/*.parquet")]:
         data = {**base, "data": {"source": "jsonl", "path": train}, "eval": {"path": held}}
         spec, problems = validate_data(data)
         assert spec is not None and [(p.code, p.severity) for p in problems] == [("eval_is_training_data", "warning")]
