@@ -265,8 +265,16 @@ def test_a_resume_after_a_file_was_rewritten_in_place_says_so(tmp_path):
     corpus.write_text("".join(json.dumps({"text": f"line {i}"}) + "\n" for i in range(20)))
     note = _check_same_input(saved, input_of(spec), "runs/x/checkpoints/10")
     assert "a file data.path names changed size since the checkpoint at runs/x/checkpoints/10" in note
-    older = {**saved, "files": {k: v for k, v in saved["files"].items() if k != "sizes"}}
+    older = {**saved, "files": {k: v for k, v in saved["files"].items() if k not in ("sizes", "edges")}}
     assert _check_same_input(older, input_of(spec), "runs/x/checkpoints/10") == ""
+    # Shuffled in place: the same size, other lines at the position; its size alone said nothing.
+    lines = corpus.read_text().splitlines(keepends=True)
+    saved = input_of(spec)
+    corpus.write_text("".join(reversed(lines)))
+    note = _check_same_input(saved, input_of(spec), "runs/x/checkpoints/10")
+    assert "a file data.path names was rewritten (its size kept) since the checkpoint at runs/x/checkpoints/10" in note
+    corpus.write_text("".join(lines))  # written back as it was: nothing to say
+    assert _check_same_input(saved, input_of(spec), "runs/x/checkpoints/10") == ""
     # Restored at line 40 of a file now 20 lines long: refused where it is read (it wrapped to the start).
     from trainer.corpus import _JsonlIterator
 

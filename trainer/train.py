@@ -497,13 +497,32 @@ def _listing(path: str | None) -> dict[str, Any]:
     listing = {"count": len(files), "sha256": hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]}
     if all("://" not in f for f in files):
         # Local files' sizes too: one rewritten in place (deduplicated, regenerated) kept its name, and a resume read
-        # on from a position past its new end, in silence. (An object store's would cost a request per file.)
+        # on from a position past its new end, in silence. And their first and last bytes: one shuffled or
+        # re-tokenized in place keeps its size. (An object store's would cost requests per file.)
         try:
             sizes = "\n".join(str(os.path.getsize(f)) for f in files)
+            edges = hashlib.sha256()
+            for f in files:
+                edges.update(_edges(f))
         except OSError:
             return listing
         listing["sizes"] = hashlib.sha256(sizes.encode()).hexdigest()[:16]
+        listing["edges"] = edges.hexdigest()[:16]
     return listing
+
+
+EDGE_BYTES = 65536
+
+
+def _edges(path: str) -> bytes:
+    """A file's first and last EDGE_BYTES: what a rewrite of the same size almost always changes."""
+    with open(path, "rb") as f:
+        head = f.read(EDGE_BYTES)
+        size = os.fstat(f.fileno()).st_size
+        if size <= EDGE_BYTES:
+            return head
+        f.seek(max(EDGE_BYTES, size - EDGE_BYTES))
+        return head + f.read(EDGE_BYTES)
 
 
 LATER_INPUT = ("files",)  # recorded by later versions: a checkpoint without it is not compared on it
@@ -518,15 +537,21 @@ def _check_same_input(saved: dict | None, trained_on: dict, where: str) -> str:
     trained_on = {k: v for k, v in trained_on.items() if k in saved or k not in LATER_INPUT}
     note = ""
     if isinstance(saved.get("files"), dict) and isinstance(trained_on.get("files"), dict):
-        then, now = saved["files"].get("sizes"), trained_on["files"].get("sizes")
-        if then and now and then != now:
+        changed = [
+            what
+            for key, what in (("sizes", "changed size"), ("edges", "was rewritten (its size kept)"))
+            if saved["files"].get(key)
+            and trained_on["files"].get(key)
+            and saved["files"][key] != trained_on["files"][key]
+        ]
+        if changed:  # sizes first: a file that changed size changed its bytes too
             note = (
-                f"a file data.path names changed size since the checkpoint at {where} (rewritten in place?): the run "
+                f"a file data.path names {changed[0]} since the checkpoint at {where} (rewritten in place?): the run "
                 "goes on from its saved position (file and line) in the files as they are now; if lines were removed "
                 "or reordered, it reads other data from here"
             )
-        # compared on what the checkpoint recorded, sizes apart
-        saved = {**saved, "files": {k: v for k, v in saved["files"].items() if k != "sizes"}}
+        # compared on what the checkpoint recorded, sizes and edges apart
+        saved = {**saved, "files": {k: v for k, v in saved["files"].items() if k not in ("sizes", "edges")}}
         trained_on = {**trained_on, "files": {k: v for k, v in trained_on["files"].items() if k in saved["files"]}}
     if saved.get("files") is not None and saved.get("files") == trained_on.get("files"):
         # The same files (the listing is of absolute paths) spelled another way (relative, absolute, ./): the position
