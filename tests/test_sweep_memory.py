@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from distillspec import tpu
 from distillspec.config import DistillSpec
+from distillspec.registry import MODELS
 from orchestrator.core import cost, memory
 
 LLAMA = {
@@ -125,8 +128,26 @@ def test_chip_hours_count_student_training_and_teacher_forward():
     # The input embedding (128256 × 4096, untied) is a lookup, not matmul work: chip-hours counted it.
     matmul = P - 128_256 * 4096 - (2 * 32 + 1) * 4096  # without the input table and the norms
     assert s.student.shape().matmul_param_count() == matmul
-    expected = 100 * tokens * (6 * matmul + 2 * matmul) / (459e12 * cost.ASSUMED_MFU) / 3600
+    # Attention against its keys: 4·heads·head_dim FLOPs per key, (T + 1) / 2 keys per causal query, 32 layers;
+    # the student's forward and backward (3×), the teacher's forward.
+    attention = 32 * 4 * 32 * 128 * (1024 + 1) / 2
+    assert s.student.shape().attention_flops_per_token(1024) == attention
+    expected = 100 * tokens * (6 * matmul + 3 * attention + 2 * matmul + attention) / (459e12 * cost.ASSUMED_MFU) / 3600
     assert cost.chip_hours(s, v5p, slices=1) == pytest.approx(expected)
+
+
+def test_long_sequences_cost_their_attention():
+    # Chip-hours were linear in tokens at any length: 32k-token points at about half their cost.
+    v5p = tpu.lookup("v5p-128")
+    hours = {t: cost.chip_hours(spec(steps=100, batch={"max_target_length": t}), v5p, slices=1) for t in (2048, 32768)}
+    assert hours[32768] / hours[2048] > 16 * 1.5  # 16 × the tokens, each attending to 16 × the keys
+    # A sliding-window layer sees at most its window: Gemma 2's every other layer.
+    gemma = MODELS["gemma2-2b"]
+    assert gemma.sliding_window == 4096
+    full = dataclasses.replace(gemma, sliding_window=None)
+    assert gemma.attention_flops_per_token(2048) == full.attention_flops_per_token(2048)  # within the window
+    # half the layers at a window of 4096 instead of (32768 + 1) / 2 keys on average
+    assert 0.6 < gemma.attention_flops_per_token(32768) / full.attention_flops_per_token(32768) < 0.62
 
 
 def test_axes_that_do_not_divide_a_models_dimensions_leave_its_weights_whole():
@@ -149,9 +170,11 @@ def test_a_teacher_logits_run_is_costed_as_the_teachers_forward_pass_alone():
     online = spec()
     logits = spec(mode="teacher_logits", top_k=64, offline_data_dir=None)
     v5p = tpu.lookup("v5p-128")
-    assert cost.flops_per_token(logits) == 2 * logits.teacher.shape().matmul_param_count()
+    teacher = logits.teacher.shape()
+    forward = 2 * teacher.matmul_param_count() + teacher.attention_flops_per_token(1024)
+    assert cost.flops_per_token(logits) == forward
     ratio = cost.chip_hours(logits, v5p, slices=2) / cost.chip_hours(online, v5p, slices=2)
-    assert ratio == pytest.approx(2 / 8, rel=0.02)  # 2·P_t of the online step's 6·P_s + 2·P_t (P_s = P_t)
+    assert ratio == pytest.approx(1 / 4)  # the teacher's forward of the online step's 3 student + 1 teacher forwards
     m = memory.estimate(logits, chips=128, hbm_bytes_per_chip=v5p.hbm_bytes_per_chip, slices=2)
     assert m.student_params == m.gradients == m.optimizer_state == 0
     assert m.teacher_params == logits.teacher.shape().param_count() * 2 // 64  # bf16, FSDP over a slice's 64
