@@ -16,9 +16,9 @@ round. `--loss` forces the dense loss (both models' `[tokens, vocab]` float32 lo
 states, block by block); `auto` takes what the trainer would.
 
 Figures, per step (medians over rounds):
-- model TFLOP = tokens × (6·P_s + 2·P_t + attention), P = the parameters a token is multiplied by
-  (`ModelShape.matmul_param_count`), attention = 12·L_s·H_s·d_s·T (student, forward and backward) + 4·L_t·H_t·d_t·T
-  (teacher forward), causal masking not discounted (MaxText's convention);
+- model TFLOP = tokens × (3·(2·P_s + A_s) + 2·P_t + A_t), the plan's count (`orchestrator/core/cost.py`): P = the
+  parameters a token is multiplied by (`ModelShape.matmul_param_count`), A = attention's forward FLOPs per token
+  against its keys, causal (`ModelShape.attention_flops_per_token`; MaxText halves them for the causal mask too);
 - step TFLOP = the matmuls the compiled step runs (from its jaxpr; remat's recomputed forward included);
 - MFU = model TFLOP/s ÷ the device's published dense bf16 peak; HFU the same with the step's TFLOP;
   `matmul_peak` = an 8192³ bf16 matmul alone, so MFU can also be read against what this device reaches.
@@ -89,11 +89,9 @@ def spec_for(size: dict, steps: int, remat: str):
 
 
 def model_flops_per_token(spec) -> float:
-    s, t = spec.student.shape(), spec.teacher.shape()
-    length = spec.batch.max_target_length
-    student = 6 * s.matmul_param_count() + 12 * s.depth * s.num_query_heads * s.head_dim * length
-    teacher = 2 * t.matmul_param_count() + 4 * t.depth * t.num_query_heads * t.head_dim * length
-    return float(student + teacher)
+    from orchestrator.core.cost import flops_per_token
+
+    return float(flops_per_token(spec))
 
 
 def device_peak(kind: str) -> float | None:
