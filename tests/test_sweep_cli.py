@@ -90,9 +90,28 @@ def test_plan_warns_when_the_teacher_will_not_fit(tmp_path):
     assert [p["code"] for p in data["problems"]] == ["memory_over_hbm"]
     (problem,) = data["problems"]
     assert problem["file"] == str(path) and problem["line"] is not None  # at target.tpu_type, like every problem
+    # replicated weights: sharding them is the fix, and the 70B teacher's share says offline distillation too
+    assert problem["hint"].startswith("weights, gradients and optimizer state are") and "offline" in problem["hint"]
     text = invoke("plan", str(path))
     assert "warning[memory_over_hbm]" in text.stderr and "OOM" in text.stdout
     assert f"{path}:{problem['line']}:" in text.stderr
+
+
+def test_plan_advice_for_activations_names_what_shrinks_them(tmp_path):
+    # Every case got "shard the parameters over more chips ... use more slices": no help to a run whose
+    # per-chip activations (rows × length, attention's length²) were most of it.
+    spec = {
+        "student": {"model": "qwen3-4b", "remat": "dots"},
+        "teacher": {"model": "qwen3-32b", "load_parameters_path": "gs://bkt/t"},
+        "batch": {"per_device_batch_size": 2, "max_target_length": 16384},
+    }
+    path = write(tmp_path, sweep_data(spec=spec, target={**TARGET, "tpu_type": "v5p-128", "slices": 2}))
+    data = json.loads(invoke("plan", str(path), "--output", "json").stdout)
+    (problem,) = [p for p in data["problems"] if p["code"] == "memory_over_hbm"]
+    hint = problem["hint"]
+    assert hint.startswith("activations are") and "more chips or sharding do not shrink them" in hint
+    assert "smaller batch.per_device_batch_size" in hint and "16384² scores per head" in hint
+    assert "student.remat: full" in hint and "mesh.fsdp" not in hint
 
 
 def test_plan_the_quickstart_locally():

@@ -118,17 +118,48 @@ def memory_problems(rows: tuple[PlanRow, ...], target: Target) -> list[Problem]:
             f"needs about {m.total / GB:.1f} GB per {unit} ({parts}), {verdict} in the "
             f"{m.hbm_per_chip / GB:.0f} GB of a {target.tpu_type} {unit}"
         )
-        grouped.setdefault((m.fit, text), []).append(row.point.label)
-    for (fit, text), labels in grouped.items():
+        grouped.setdefault((m.fit, text, _memory_advice(m, row.point.spec)), []).append(row.point.label)
+    for (fit, text, advice), labels in grouped.items():
         where = _where(labels, rows)
         out.append(
             Problem(
                 ("target", "tpu_type"),
                 "memory_over_hbm" if fit == "does_not_fit" else "memory_tight",
                 f"{where}: {text}",
-                "shard the parameters over more chips (mesh.fsdp: -1 with mesh.data: 1), reduce "
-                "batch.per_device_batch_size, use more slices or a larger TPU type, or distill offline from top-k logits",
+                advice,
                 severity="warning",
             )
         )
     return out
+
+
+def _memory_advice(m: memory.MemoryEstimate, spec) -> str:
+    """What would shrink the largest part of the estimate: one list for every case advised sharding and more
+    chips to a run whose activations (per chip: rows × length, whatever the chip count) were 85 % of it."""
+    weights = m.student_params + m.gradients + m.optimizer_state + m.teacher_params + m.gathered_weights
+    batch = spec.batch
+    if m.activations >= max(weights, m.loss):
+        fixes = []
+        if batch.per_device_batch_size > 1:
+            fixes.append(
+                "a smaller batch.per_device_batch_size (batch.gradient_accumulation_steps keeps the global batch)"
+            )
+        fixes.append(f"a shorter batch.max_target_length (attention holds {batch.max_target_length}² scores per head)")
+        if spec.student.remat != "full":  # the teacher has no backward pass: nothing kept to remat
+            fixes.append("student.remat: full (it keeps one array per layer)")
+        return (
+            f"activations are {m.activations / GB:.1f} GB of it, per chip whatever the chip count (more chips or "
+            "sharding do not shrink them): " + ", or ".join(fixes)
+        )
+    if weights >= m.loss:
+        fixes = [
+            "shard the weights over more chips (mesh.fsdp: -1 with mesh.data: 1, or a TPU type with more chips per "
+            "slice)"
+        ]
+        if m.teacher_params > weights / 3:
+            fixes.append("distill offline from top-k logits (no teacher in the step)")
+        return f"weights, gradients and optimizer state are {weights / GB:.1f} GB of it: " + ", or ".join(fixes)
+    return (
+        f"the loss's logits are {m.loss / GB:.1f} GB of it: a smaller batch.per_device_batch_size "
+        "(batch.gradient_accumulation_steps keeps the global batch)"
+    )
