@@ -144,8 +144,29 @@ def test_role_grants_exactly_what_the_controller_calls(helm):
         ("replicas=two", "at '/replicas': got string, want integer"),  # failed at install, unmarshalling
         ("resync=abc", "at '/resync': got string, want number"),  # installed, then crash-looped
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+        ("resync=100000", "at '/resync'"),  # past serve --resync's 86400: the pod crash-looped
     ],
 )
 def test_values_are_checked_against_the_charts_schema(helm, setting, said):
     result = helm("template", "rel", str(CHART), "--set", setting)
     assert result.returncode != 0 and said in result.stderr, result.stderr
+
+
+def test_a_long_release_name_fits_every_name_it_makes(helm):
+    # The fullname was cut at 63 and the metrics Service appended "-metrics": releases of 45-53 characters failed
+    # to install; and namespace + fullname was cut at 63 for cluster-scoped names that may be 253 long, so two
+    # releases in one long namespace got the same ClusterRole.
+    release = "r" * 53  # Helm's longest
+    result = helm("template", release, str(CHART), "--namespace", "n" * 63)
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    for doc in docs:
+        limit = 253 if doc["kind"] in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding") else 63
+        assert len(doc["metadata"]["name"]) <= limit, doc["metadata"]["name"]
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert service["metadata"]["name"].endswith("-metrics")
+    roles = {d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"}
+    other = helm("template", "r" * 52 + "s", str(CHART), "--namespace", "n" * 63)
+    assert roles.isdisjoint(
+        d["metadata"]["name"] for d in yaml.safe_load_all(other.stdout) if d and d["kind"] == "ClusterRole"
+    )

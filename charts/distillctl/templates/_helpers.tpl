@@ -1,8 +1,10 @@
+{{- /* 55 characters, not Helm's usual 63: the metrics Service adds "-metrics" and a Service name has at most 63
+(a release name of 45 to 53 characters failed to install). */ -}}
 {{- define "distillctl.fullname" -}}
 {{- if contains .Chart.Name .Release.Name -}}
-{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 55 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 55 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 
