@@ -135,6 +135,7 @@ class PendingReason:
     SUPERVISOR_GONE = "SupervisorGone"  # local backend: submitted, but its supervisor is gone (killed, a reboot)
     PREREQUISITE_FAILED = "PrerequisiteFailed"  # not created: a prerequisite failed (`sweep --retry-failed`)
     CLAIMED = "Claimed"  # not created: another sweep claimed the point and is about to create it (Kubernetes)
+    NOT_ACCEPTED = "NotAccepted"  # not created: the sweep service refused the sweep (its Accepted condition says why)
 
 
 class QueuedReason:

@@ -152,7 +152,8 @@ def test_a_cache_knows_the_same_place_written_two_ways():
     assert logit_cache_manifest.differences(written, other)[0] == ["teacher"]
     bucket = logit_cache_manifest.expected(spec("gs://bkt/t/", "gs://bkt/c"))
     assert (
-        logit_cache_manifest.differences(bucket, logit_cache_manifest.expected(spec("gs://bkt/t", "gs://bkt/c/")))[0] == []
+        logit_cache_manifest.differences(bucket, logit_cache_manifest.expected(spec("gs://bkt/t", "gs://bkt/c/")))[0]
+        == []
     )
 
 

@@ -116,7 +116,8 @@ def test_crd_schema_is_structural():
     assert spec["deletionPolicy"]["enum"] == ["Delete", "Keep"]
     assert "name" not in spec  # metadata.name is the sweep's name
     columns = [c["jsonPath"] for c in version["additionalPrinterColumns"]]
-    assert columns[:5] == [
+    assert columns[:6] == [
+        '.status.conditions[?(@.type=="Accepted")].reason',  # why a refused sweep runs nothing: it showed zeros
         ".status.points",
         ".status.succeeded",
         ".status.running",

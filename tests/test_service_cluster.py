@@ -372,6 +372,14 @@ def test_bad_resources_are_refused_at_admission_or_get_a_condition(control_plane
     )
     cp.wait_for(lambda: condition(cp, "svc-bad", "Accepted").get("reason") == "LocalQueueMissing", 30, "the reason")
     assert not jobsets(cp, "svc-bad")
+    # `status` says the runs will not be created and why: it read "Pending (NotCreated)", as if about to be.
+    path = tmp_path / "svc-bad.yaml"
+    path.write_text(SWEEP.format(name="svc-bad", queue="no-such-queue", image=IMAGE, base=tmp_path / "runs"))
+    shown = CliRunner().invoke(app, ["status", str(path), "--output", "json", "--kubeconfig", str(cp.kubeconfig)])
+    assert shown.exit_code == 0, shown.output
+    runs = json.loads(shown.stdout)
+    assert {(r["phase"], r["reason"]) for r in runs} == {("Pending", "NotAccepted")}, runs
+    assert all("refused the sweep (LocalQueueMissing)" in r["message"] for r in runs)
 
     # Valid, but the API server would refuse its pods: the PriorityClass does not exist.
     api.patch_namespaced_custom_object(

@@ -359,6 +359,11 @@ def status(
         state = look(expansion, backend, now=time.time(), stall_after=stall_after)
         for problem in state.warnings:
             console.warn_once(problem)
+        if view is not None:  # a refused sweep: its runs are not about to be created
+            from orchestrator.service.client import refusal, refused_runs
+
+            if (refused := refusal(view)) is not None:
+                return refused_runs(state.statuses, refused)
         return state.statuses
 
     if watch:

@@ -47,7 +47,13 @@ DEFAULT_STALL_SECONDS = 900.0  # no new metrics for this long while running: Sta
 # Pending reasons no backend moves on from: `distillctl sweep` submits the run (again). Waiting for one only ends in
 # a timeout.
 AWAITS_SUBMISSION = frozenset(
-    {PendingReason.NOT_CREATED, PendingReason.PREEMPTED, PendingReason.SUPERVISOR_GONE, PendingReason.ORPHANED}
+    {
+        PendingReason.NOT_CREATED,
+        PendingReason.PREEMPTED,
+        PendingReason.SUPERVISOR_GONE,
+        PendingReason.ORPHANED,
+        PendingReason.NOT_ACCEPTED,
+    }
 )
 
 

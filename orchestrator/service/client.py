@@ -10,6 +10,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from distillspec.contract import PendingReason
 from distillspec.problems import Problem
 from distillspec.sweep import SweepSource, override_target
 from orchestrator.backends.kubernetes.client import Cluster, api_error
@@ -26,6 +27,7 @@ from orchestrator.service.resource import (
     PLURAL,
     SERVICE_MAX_POINTS,
     VERSION,
+    SweepCondition,
     SweepStatus,
     resource_from_source,
     service_problems,
@@ -271,6 +273,23 @@ def served(cluster: Cluster, expansion) -> Served | None:
     statuses = run_statuses(found, time.time())
     missing = tuple(run.run_id for run in expansion.runs if run.run_id not in statuses)
     return Served(name, found, None if missing else statuses, missing)
+
+
+def refusal(view: Served) -> SweepCondition | None:
+    """The resource's Accepted=False condition: why the controller creates none of its (other) runs."""
+    return next((c for c in view.status.conditions if c.type == "Accepted" and c.status == "False"), None)
+
+
+def refused_runs(statuses: dict[str, RunStatus], refused: SweepCondition) -> dict[str, RunStatus]:
+    """`statuses` with the runs not created marked Pending (NotAccepted) and the controller's reason: a refused
+    sweep read "Pending (NotCreated)", as if the controller were about to create them."""
+    why = f"the sweep service refused the sweep ({refused.reason}): {refused.message}"
+    return {
+        run_id: RunStatus(Phase.PENDING, PendingReason.NOT_ACCEPTED, why)
+        if status.phase == Phase.PENDING and status.reason == PendingReason.NOT_CREATED
+        else status
+        for run_id, status in statuses.items()
+    }
 
 
 def summary(view: Served) -> str:

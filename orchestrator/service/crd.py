@@ -142,6 +142,8 @@ def crd() -> dict[str, Any]:
     conditions = status["properties"]["conditions"]
     conditions.update({"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
     columns = [
+        # Valid, or why the controller refused it (LocalQueueMissing, InvalidSpec, ...): a refused sweep showed zeros.
+        {"name": "Accepted", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Accepted")].reason'},
         {"name": "Points", "type": "integer", "jsonPath": ".status.points"},
         {"name": "Succeeded", "type": "integer", "jsonPath": ".status.succeeded"},
         {"name": "Running", "type": "integer", "jsonPath": ".status.running"},
