@@ -95,6 +95,26 @@ def test_plan_warns_when_the_teacher_will_not_fit(tmp_path):
     text = invoke("plan", str(path))
     assert "warning[memory_over_hbm]" in text.stderr and "OOM" in text.stdout
     assert f"{path}:{problem['line']}:" in text.stderr
+    # sweep and render say it too: they launched it without a word (only plan said so)
+    for command in (("sweep", "--dry-run=client"), ("render",)):
+        said = invoke(
+            command[0], str(path), *command[1:], *(("-o", str(tmp_path / "out")) if command == ("render",) else ())
+        )
+        assert said.exit_code == ExitCode.OK and "warning[memory_over_hbm]" in said.stderr, (command, said.output)
+
+
+def test_plan_advice_names_an_fsdp_that_divides_the_models(tmp_path):
+    # v5p-3456's 1728 chips do not divide emb_dim 4096: every weight stayed whole, and the advice was "more chips"
+    # or "mesh.fsdp: -1", neither of which shards anything.
+    spec = {
+        "student": {"model": "llama3.1-8b"},
+        "teacher": {"model": "llama3.1-8b", "load_parameters_path": "gs://bkt/t"},
+    }
+    path = write(tmp_path, sweep_data(spec=spec, target={**TARGET, "tpu_type": "v5p-3456", "slices": 1}))
+    data = json.loads(invoke("plan", str(path), "--output", "json").stdout)
+    (problem,) = [p for p in data["problems"] if p["code"] == "memory_over_hbm"]
+    assert "mesh.fsdp: 64 (it divides emb_dim 4096 and the slice's 1728 devices" in problem["hint"], problem
+    assert "mesh.fsdp: -1" not in problem["hint"]
 
 
 def test_plan_advice_for_activations_names_what_shrinks_them(tmp_path):

@@ -59,8 +59,7 @@ def plan(
     result = SweepContext.build(sweep, tpu_type=tpu_type, slices=slices, image=image, yes=yes).expand()
     target = result.sweep.target
     rows = planning.plan(result)
-    located = [result.locate(p) for p in planning.memory_problems(rows, target)]
-    warnings = [p for p in result.problems if not p.is_error] + located
+    warnings = [p for p in result.problems if not p.is_error]  # the memory warnings among them (`expand_checked`)
     if output is OutputFormat.json:
         console.print_json(
             {

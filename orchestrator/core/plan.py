@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from distillspec import tpu
 from distillspec.problems import Problem
@@ -118,7 +119,8 @@ def memory_problems(rows: tuple[PlanRow, ...], target: Target) -> list[Problem]:
             f"needs about {m.total / GB:.1f} GB per {unit} ({parts}), {verdict} in the "
             f"{m.hbm_per_chip / GB:.0f} GB of a {target.tpu_type} {unit}"
         )
-        grouped.setdefault((m.fit, text, _memory_advice(m, row.point.spec)), []).append(row.point.label)
+        advice = _memory_advice(m, row.point.spec, tpu.lookup(str(target.tpu_type)).devices)
+        grouped.setdefault((m.fit, text, advice), []).append(row.point.label)
     for (fit, text, advice), labels in grouped.items():
         where = _where(labels, rows)
         out.append(
@@ -133,7 +135,7 @@ def memory_problems(rows: tuple[PlanRow, ...], target: Target) -> list[Problem]:
     return out
 
 
-def _memory_advice(m: memory.MemoryEstimate, spec) -> str:
+def _memory_advice(m: memory.MemoryEstimate, spec, slice_devices: int) -> str:
     """What would shrink the largest part of the estimate: one list for every case advised sharding and more
     chips to a run whose activations (per chip: rows × length, whatever the chip count) were 85 % of it."""
     weights = m.student_params + m.gradients + m.optimizer_state + m.teacher_params + m.gathered_weights
@@ -152,10 +154,19 @@ def _memory_advice(m: memory.MemoryEstimate, spec) -> str:
             "sharding do not shrink them): " + ", or ".join(fixes)
         )
     if weights >= m.loss:
-        fixes = [
-            "shard the weights over more chips (mesh.fsdp: -1 with mesh.data: 1, or a TPU type with more chips per "
-            "slice)"
-        ]
+        fixes = []
+        if m.replicated:  # an fsdp that does not divide emb_dim shards nothing: name one that does
+            widths = [spec.student_block().shape().emb_dim] + (
+                [spec.teacher.shape().emb_dim] if spec.teacher is not None and spec.is_online_distillation else []
+            )
+            fsdp = math.gcd(slice_devices, *widths)
+            fixes.append(
+                f"mesh.fsdp: {fsdp} (it divides emb_dim {' and '.join(map(str, sorted(set(widths))))} and the "
+                f"slice's {slice_devices} devices; the mesh_replicates warning says what is left whole)"
+            )
+        elif m.param_shards < slice_devices:
+            fixes.append("shard the weights over every device of a slice (mesh.fsdp: -1 with mesh.data: 1)")
+        fixes.append("a TPU type with more chips per slice")
         if m.teacher_params > weights / 3:
             fixes.append("distill offline from top-k logits (no teacher in the step)")
         return f"weights, gradients and optimizer state are {weights / GB:.1f} GB of it: " + ", or ".join(fixes)
