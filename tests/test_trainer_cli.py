@@ -109,6 +109,27 @@ def test_python_m_trainer_process_flags_no_retry_can_fix_exit_1(tmp_path, flags,
     assert done.returncode == 1 and said in done.stderr, done.stderr
 
 
+def test_a_start_that_fails_before_the_run_opens_keeps_what_earlier_attempts_recorded(tmp_path):
+    # A mistyped --process-id (or a mesh for other devices) on a finished run replaced its summary with "failed at
+    # step 0", its final metrics and wall time gone.
+    spec = tmp_path / "s.json"
+    spec.write_text(json.dumps(merged(TEACHER, output_dir=str(tmp_path))))
+    summary = tmp_path / "teacher" / "summary.json"
+    summary.parent.mkdir()
+    finished = {"status": "succeeded", "exit_code": 0, "step": 60, "tokens": 15360, "final_metrics": {"x": 1.0}}
+    summary.write_text(json.dumps(finished))
+    flags = ["--coordinator-address", "127.0.0.1:1", "--num-processes", "2", "--process-id", "5"]
+    done = run_trainer(["--spec", str(spec), *flags], timeout=120)
+    assert done.returncode == 1 and "summary.json still says the run succeeded" in done.stderr, done.stderr
+    assert json.loads(summary.read_text()) == finished
+    # An attempt that was killed (summary "running" at step 30): the failure is recorded where that attempt got to.
+    summary.write_text(json.dumps({**finished, "status": "running", "exit_code": None, "step": 30, "wall_time_sec": 9}))
+    done = run_trainer(["--spec", str(spec), *flags], timeout=120)
+    recorded = json.loads(summary.read_text())
+    assert done.returncode == 1 and recorded["status"] == "failed" and "--process-id 5" in recorded["message"]
+    assert (recorded["step"], recorded["final_metrics"]) == (30, {"x": 1.0}) and recorded["wall_time_sec"] >= 9
+
+
 def test_a_signal_lost_in_a_garbage_collection_callback_still_stops_the_start():
     """SIGINT/SIGTERM while the trainer starts ends the run at once (Interrupted); raised inside JAX's gc callback,
     Python only prints it and goes on. `settle()`, where start-up ends, raises it then, and nothing is printed."""

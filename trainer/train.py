@@ -350,6 +350,12 @@ class _Session:
                 self.files = RunFiles(run_dir_of(self.spec), tensorboard=False)
             except Exception:  # noqa: BLE001 - nothing more can be written
                 self.files = None
+            if self.files is not None and not self._carry_earlier_attempt(code):
+                self.files.close()
+                self.reporter.end(
+                    status, int(code), f"{message} (summary.json still says the run succeeded: its outputs are intact)"
+                )
+                return
         try:
             if self.files is not None:
                 self.write_summary(status, int(code), message)
@@ -357,6 +363,30 @@ class _Session:
         except Exception as e:  # noqa: BLE001
             message = f"{message}; could not write summary.json: {e}"
         self.reporter.end(status, int(code), message)
+
+    def _carry_earlier_attempt(self, code: TrainerExit) -> bool:
+        """Before its directory opened, this attempt knows nothing of the run: carry an earlier attempt's step,
+        tokens, metrics and time into the summary it is about to write; False when that attempt's summary says
+        the run succeeded, which a start that failed (a mistyped --process-id, a mesh for other devices) must not
+        replace: it read "failed at step 0", its final metrics gone."""
+        try:
+            earlier = self.files.read_json("summary.json")
+        except Exception:  # noqa: BLE001 - unreadable: there is nothing to keep
+            earlier = None
+        if not isinstance(earlier, dict):
+            return True
+        if earlier.get("status") == "succeeded" and code != TrainerExit.OK:
+            return False
+        for field in ("step", "tokens"):
+            if isinstance(earlier.get(field), int) and not isinstance(earlier.get(field), bool):
+                setattr(self, field, earlier[field])
+        if isinstance(earlier.get("final_metrics"), dict):
+            self.final_metrics = earlier["final_metrics"]
+        self.started_at = earlier.get("started_at", self.started_at)
+        before = earlier.get("wall_time_sec")
+        if isinstance(before, (int, float)) and not isinstance(before, bool):
+            self.earlier_wall_seconds = max(self.earlier_wall_seconds, float(before))
+        return True
 
     def _leave_failure(self, index: int, code: TrainerExit, status: str, message: str) -> str:
         """Process `index` > 0 failed: write its verdict where the orchestrator finds it after the pod is gone
