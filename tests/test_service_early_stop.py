@@ -12,7 +12,7 @@ from distillspec.contract import StoppedReason
 from orchestrator.core import expansion as expansion_module
 from orchestrator.core.early_stop import replay
 from orchestrator.core.reconcile import ActionKind, reconcile
-from orchestrator.core.run_status import Condition, Observation, Phase, derive
+from orchestrator.core.run_status import Condition, Observation, Phase, RunStatus, derive
 from orchestrator.outputs import LogLine, RunOutputs, read_run_outputs, write_stopped
 from orchestrator.service import plan
 from orchestrator.service.resource import ServiceSpec, SweepStatus
@@ -157,12 +157,32 @@ def test_controller_stops_exactly_the_named_points_at_their_step_and_replay_agre
     }
     assert rows[worse].stopped.step == 30 and rows[worse].step == 30  # its curve ended where it was stopped
     assert final.status.stopped == 3 and final.status.failed == 0
-    conditions = {c.type: (c.status, c.reason) for c in final.status.conditions}
-    assert conditions["Succeeded"] == ("True", "SucceededOrStopped")
+    conditions = {c.type: (c.status, c.reason, c.message) for c in final.status.conditions}
+    # A point the divergence rule stopped blew up: the sweep did not succeed (it read SucceededOrStopped).
+    assert conditions["Failed"] == (
+        "True",
+        "RunsFailed",
+        "1 of 5 run(s) did not succeed (1 stopped by the divergence rule)",
+    )
+    assert final.status.best.runId == good  # never a diverged point, whatever its last kl_div_T1
+    blown = {p.run_id: RunStatus(Phase.STOPPED, StoppedReason.DIVERGENCE, kl_div_t1=0.01) for p in expanded.points}
+    assert plan._best(expanded.points, blown) is None  # every point diverged: no best (one read kl_div_T1 20)
 
     # `distillctl early-stop replay` over the metrics the runs left agrees with what the controller did.
     replayed = {r.run.run_id: (r.stop.rule, r.stop.step) for r in replay(expanded, outputs(final=True)) if r.stop}
     assert replayed == {rid: (rule, step) for rid, (rule, step, _) in stopped_at.items()}
+
+    # Had that point succeeded instead, the stopped points are choices the sweep asked for: it succeeded.
+    without = {rid: status for rid, status in outputs(final=True).items() if rid != diverges}
+    without[diverges] = RunOutputs("x", summary={"status": "succeeded", "step": 100, "total_steps": 100})
+    del stopped_files[diverges]
+    unchanged = plan.plan(
+        expanded, observed(final=True), without, service=service, previous=None, generation=1, now=NOW
+    )
+    assert {c.type: (c.status, c.reason) for c in unchanged.status.conditions}["Succeeded"] == (
+        "True",
+        "SucceededOrStopped",
+    )
 
 
 def test_a_stop_is_kept_when_the_status_is_lost_and_never_retried(expanded, tmp_path):

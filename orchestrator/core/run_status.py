@@ -21,6 +21,7 @@ from distillspec.contract import (
     QueuedReason,
     RestartingReason,
     StalledReason,
+    StoppedReason,
     StuckReason,
 )
 from orchestrator.core import aggregate
@@ -149,6 +150,11 @@ class RunStatus:
     @property
     def terminal(self) -> bool:
         return self.phase in TERMINAL
+
+    @property
+    def diverged(self) -> bool:
+        """Its loss blew up: Diverged, or stopped by the early-stopping divergence rule (a failure, not a choice)."""
+        return self.phase == Phase.DIVERGED or (self.phase == Phase.STOPPED and self.reason == StoppedReason.DIVERGENCE)
 
     @property
     def never_admitted(self) -> bool:

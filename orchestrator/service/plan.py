@@ -184,15 +184,22 @@ def plan(
         and all(statuses[r.run_id].terminal or r.run_id in blocked for r in expansion.runs)
     )
     total = len(expansion.runs)
-    if settled and counts["succeeded"] + counts["stopped"] == total:
+    # Stopped by the divergence rule is a blown-up loss, not a choice: such a sweep read Succeeded, its best point
+    # one whose kl_div_T1 had gone to 20.
+    diverging = sum(statuses[r.run_id].phase == Phase.STOPPED and statuses[r.run_id].diverged for r in expansion.runs)
+    if settled and counts["succeeded"] + counts["stopped"] - diverging == total:
         # Stopped early is a decision the sweep asked for, not a failure.
         reason = "AllSucceeded" if not counts["stopped"] else "SucceededOrStopped"
         message = f"{total} run(s)" + (f", {counts['stopped']} stopped early" if counts["stopped"] else "")
         wanted = {"Running": ("False", "Finished", ""), "Succeeded": ("True", reason, message)}
         wanted["Failed"] = ("False", reason, "")
     elif settled:
-        message = f"{total - counts['succeeded']} of {total} run(s) did not succeed" + (
-            f" ({len(blocked)} blocked by a failed prerequisite)" if blocked else ""
+        notes = [f"{len(blocked)} blocked by a failed prerequisite"] if blocked else []
+        if diverging:
+            notes.append(f"{diverging} stopped by the divergence rule")
+        message = (
+            f"{total - counts['succeeded'] - (counts['stopped'] - diverging)} of {total} run(s) did not succeed"
+            + (f" ({', '.join(notes)})" if notes else "")
         )
         wanted = {
             "Running": ("False", "Finished", ""),
@@ -334,7 +341,14 @@ def _timestamp(unix: float | None) -> datetime.datetime | None:
 
 
 def _best(points: Sequence[Point], statuses: Mapping[str, RunStatus]) -> BestPoint | None:
-    scored = [(statuses[p.run_id].kl_div_t1, p) for p in points if statuses[p.run_id].kl_div_t1 is not None]
+    # Never a run that failed or diverged: its last kl_div_T1 is no result (a diverged point was named best).
+    scored = [
+        (statuses[p.run_id].kl_div_t1, p)
+        for p in points
+        if statuses[p.run_id].kl_div_t1 is not None
+        and statuses[p.run_id].phase not in FAILED
+        and not statuses[p.run_id].diverged
+    ]
     scored = [(kl, p) for kl, p in scored if math.isfinite(kl)]
     if not scored:
         return None
