@@ -248,6 +248,40 @@ def test_a_lease_the_role_does_not_name_is_said_once(control_plane, sa_kubeconfi
         cluster.api.close()
 
 
+def test_the_holder_renews_a_lease_written_on_a_whole_second(control_plane, caplog):
+    """The client wrote a datetime on a whole second without its fraction ("22:19:07+00:00"), which a Lease's
+    MicroTime refuses: every renewal was a 400, silently, and a replica named in the Lease never led again."""
+    import datetime
+
+    from orchestrator.service.election import LeaderElector
+
+    whole = datetime.datetime(2026, 12, 5, 22, 19, 7, tzinfo=datetime.timezone.utc)
+    api = client.CoordinationV1Api(control_plane.client)
+    api.create_namespaced_lease(
+        NS,
+        client.V1Lease(
+            metadata=client.V1ObjectMeta(name="whole-second"),
+            spec=client.V1LeaseSpec(holder_identity="replica-w", lease_duration_seconds=6),
+        ),
+    )
+    # A whole second as another tool (kubectl, client-go) writes it; a patch body is sent as it is.
+    at = "2026-12-05T22:19:07.000000Z"
+    api.patch_namespaced_lease("whole-second", NS, {"spec": {"acquireTime": at, "renewTime": at}})
+    cluster = connect(ClusterAccess(kubeconfig=str(control_plane.kubeconfig), namespace=NS))
+    elector = LeaderElector(cluster, "whole-second", "replica-w", lease_seconds=6, renew_deadline=4)
+    try:
+        with caplog.at_level("ERROR", logger="distillctl.serve"):
+            assert elector._try(), [r.getMessage() for r in caplog.records]
+        spec = api.read_namespaced_lease("whole-second", NS).spec
+        # kept (a whole second is written a microsecond later), and renewed
+        assert spec.acquire_time - whole <= datetime.timedelta(microseconds=1) and spec.renew_time > whole
+        elector._release()
+        assert api.read_namespaced_lease("whole-second", NS).spec.holder_identity is None  # handed back
+    finally:
+        api.delete_namespaced_lease("whole-second", NS)
+        cluster.api.close()
+
+
 def test_sweep_applied_as_a_resource_runs_to_the_end_with_no_client(control_plane, controllers, tmp_path):
     cp = control_plane
     path = tmp_path / "svc-a.yaml"

@@ -49,7 +49,7 @@ class LeaderElector:
         self._observed_at = 0.0
         self._leading = False
         self._stop = threading.Event()
-        self._said_forbidden: set[str] = set()
+        self._said_forbidden: set = set()  # operations (403) and (operation, status) pairs already logged
 
     @property
     def is_leader(self) -> bool:
@@ -81,6 +81,21 @@ class LeaderElector:
         """Count a failed Lease call; a refusal (403) is also said once per operation, since the replica then
         stays a standby for ever while its probes pass (a `--lease` the Role does not name, say)."""
         self.on_error(operation)
+        if (
+            isinstance(error, ApiException)
+            and error.status not in (403, 409)
+            and (operation, error.status) not in (self._said_forbidden)
+        ):  # 409 is a race another replica won; anything else stops this replica from ever leading: say it
+            self._said_forbidden.add((operation, error.status))
+            log.error(
+                "cannot %s %s/%s: %s %s: %s",
+                operation,
+                self.cluster.namespace,
+                self.name,
+                error.status,
+                error.reason,
+                (error.body or "")[:300],
+            )
         if isinstance(error, ApiException) and error.status == 403 and operation not in self._said_forbidden:
             self._said_forbidden.add(operation)
             log.error(
@@ -147,8 +162,8 @@ class LeaderElector:
         return client.V1LeaseSpec(
             holder_identity=self.identity,
             lease_duration_seconds=int(self.lease_seconds),
-            acquire_time=now if acquire or acquired is None else acquired,
-            renew_time=now,
+            acquire_time=micro_time(now if acquire or acquired is None else acquired),
+            renew_time=micro_time(now),
             lease_transitions=transitions,
         )
 
@@ -159,6 +174,18 @@ class LeaderElector:
             if lease.spec and lease.spec.holder_identity == self.identity:
                 lease.spec.holder_identity = None
                 lease.spec.lease_duration_seconds = 1
+                lease.spec.acquire_time = micro_time(lease.spec.acquire_time)
+                lease.spec.renew_time = micro_time(lease.spec.renew_time)
                 self._api.replace_namespaced_lease(self.name, self.cluster.namespace, lease)
         except (ApiException, *CONNECTION_ERRORS):
             pass  # it expires by itself
+
+
+def micro_time(moment: datetime.datetime | None) -> datetime.datetime | None:
+    """A Lease time the API server will parse. The client writes a datetime with `isoformat()`, which drops the
+    fraction on a whole second ("22:19:07+00:00"), and a Lease's MicroTime refuses that (400): the holder never
+    renewed its Lease again. (It converts strings back to datetimes, so the fix is in the value: a whole second is
+    written one microsecond later.)"""
+    if moment is None or moment.microsecond:
+        return moment
+    return moment + datetime.timedelta(microseconds=1)
