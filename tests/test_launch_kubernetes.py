@@ -712,8 +712,14 @@ def test_a_secret_the_pods_need_that_does_not_exist_is_refused_before_anything_i
     assert "Secret 'hf-token' (target.secret_env: HF_TOKEN) does not exist in namespace 'default'" in result.stderr
     assert "kubectl create secret generic hf-token" in result.stderr and not jobsets(cp, "secretive")
     core = client.CoreV1Api(cp.client)
-    core.create_namespaced_secret("default", {"metadata": {"name": "hf-token"}, "stringData": {"token": "x"}})
+    # A Secret without the key: the same CreateContainerConfigError ("couldn't find key token"), pod after pod.
+    core.create_namespaced_secret("default", {"metadata": {"name": "hf-token"}, "stringData": {"hf_token": "x"}})
     try:
+        keyless = cli("sweep", str(path), kubeconfig=cp.kubeconfig)
+        assert keyless.exit_code == ExitCode.REJECTED, keyless.output
+        assert "has no key for target.secret_env HF_TOKEN (token); its keys: hf_token" in keyless.stderr
+        assert not jobsets(cp, "secretive")
+        core.patch_namespaced_secret("hf-token", "default", {"stringData": {"token": "x"}})
         dry = cli("sweep", str(path), "--dry-run=server", kubeconfig=cp.kubeconfig)
         assert dry.exit_code == 0 and "would create (server)" in dry.stdout, dry.output
     finally:

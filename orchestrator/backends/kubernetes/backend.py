@@ -149,7 +149,7 @@ class KubernetesBackend:
             wanted.setdefault(ref.secret, []).append(variable)
         for secret, variables in wanted.items():
             try:
-                self.cluster.core.read_namespaced_secret(
+                found = self.cluster.core.read_namespaced_secret(
                     secret, self.cluster.namespace, _request_timeout=REQUEST_TIMEOUT_SECONDS
                 )
             except ApiException as e:
@@ -165,6 +165,21 @@ class KubernetesBackend:
                 ) from None
             except CONNECTION_ERRORS:
                 return
+            # A key the Secret lacks: the same CreateContainerConfigError ("couldn't find key"), pod after pod.
+            keys = set(found.data or {}) | set(getattr(found, "string_data", None) or {})
+            missing = [
+                f"{variable} ({self.target.secret_env[variable].key})"
+                for variable in variables
+                if self.target.secret_env[variable].key not in keys
+            ]
+            if missing:
+                raise CannotRunError(
+                    f"Secret {secret!r} in namespace {self.cluster.namespace!r} has no key for target.secret_env "
+                    f"{', '.join(missing)}; its keys: {', '.join(sorted(keys)) or 'none'}",
+                    "fix the key in target.secret_env, or add it to the Secret",
+                    reason="SecretKeyMissing",
+                    exit_code=ExitCode.REJECTED,
+                )
 
     def _check_quota(self, name: str) -> None:
         """CannotRunError when the LocalQueue's ClusterQueue does not exist or could never admit one run (`quota`),
