@@ -343,6 +343,10 @@ def test_endpoints_serve_health_readiness_and_metrics(use_client):
     assert 'phase="Running"' not in text
     assert "distillctl_reconcile_seconds_count 1" in text
     assert 'distillctl_api_errors_total{operation="create jobset"} 1' in text
+    # A replica that stops leading exports no runs: its last values stood beside the new leader's, counted twice.
+    metrics.forget_runs()
+    text = metrics.exposition()[0].decode()
+    assert "distillctl_runs{" not in text and 'distillctl_api_errors_total{operation="create jobset"} 1' in text
 
 
 def test_a_rejection_keeps_what_the_status_recorded_and_the_retry_budget():

@@ -260,12 +260,16 @@ class Controller:
             renew_deadline=options.renew_deadline,
             retry_period=options.retry_period,
             on_started=self._became_leader,
-            on_stopped=lambda: log.info("%s: no longer the leader", options.identity),
+            on_stopped=self._no_longer_leader,
             on_error=self.metrics.api_error,
         )
         self._threads: list[threading.Thread] = []
 
     # --- lifecycle ------------------------------------------------------------------------------------------
+
+    def _no_longer_leader(self) -> None:
+        log.info("%s: no longer the leader", self.options.identity)
+        self.metrics.forget_runs()  # the leader exports them now
 
     def _kueue_version(self) -> str | None:
         found = self.cluster.call("list the API groups", client.ApisApi(self.cluster.api).get_api_versions)

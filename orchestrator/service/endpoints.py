@@ -52,6 +52,15 @@ class Metrics:
                 if self._client:
                     self._runs.labels(sweep, phase).set(n)
 
+    def forget_runs(self) -> None:
+        """No run gauges at all: a replica that stops leading stops reconciling, and its last values stayed exported
+        beside the new leader's (the chart's Service scrapes every replica: sums counted runs twice)."""
+        with self._lock:
+            for sweep, phase in list(self._runs_plain):
+                if self._client:
+                    self._runs.remove(sweep, phase)
+            self._runs_plain.clear()
+
     def observe_reconcile(self, seconds: float) -> None:
         with self._lock:
             if self._client:
