@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from orchestrator.backends import ClusterAccess
 from orchestrator.backends.kubernetes.client import connect
 from orchestrator.cli import app
+from orchestrator.exit_codes import ExitCode
 from orchestrator.service.controller import Controller, Options
 from orchestrator.service.endpoints import Metrics
 from orchestrator.service.resource import GROUP, PLURAL, VERSION, TargetDefaults
@@ -246,6 +247,18 @@ def test_a_lease_the_role_does_not_name_is_said_once(control_plane, sa_kubeconfi
     finally:
         client.CoordinationV1Api(control_plane.client).delete_namespaced_lease("not-the-charts-lease", NS)
         cluster.api.close()
+
+
+def test_sweep_service_refuses_what_sweep_refuses_before_applying(control_plane, tmp_path):
+    """A missing LocalQueue was applied with exit 0 ("the controller creates its runs"); only the resource's
+    condition said so later, without the fix."""
+    path = tmp_path / "svc-noq.yaml"
+    path.write_text(SWEEP.format(name="svc-noq", queue="no-such-queue", image=IMAGE, base=tmp_path / "runs"))
+    out = CliRunner().invoke(app, ["sweep", str(path), "--service", "--kubeconfig", str(control_plane.kubeconfig)])
+    assert out.exit_code == ExitCode.NOT_ADMITTED, out.output
+    assert "Kueue LocalQueue 'no-such-queue' does not exist" in out.stderr and "set target.queue" in out.stderr
+    assert "warning[output_base_not_shared]" in out.stderr  # the launch advice `sweep` gives
+    assert resource(control_plane, "svc-noq") is None
 
 
 def test_the_holder_renews_a_lease_written_on_a_whole_second(control_plane, caplog):

@@ -168,13 +168,20 @@ def sweep(
 
 def _apply_to_service(ctx: SweepContext, output: OutputFormat) -> None:
     """Apply the sweep as a DistillationSweep; the controller creates its runs."""
+    from orchestrator.backends.kubernetes.backend import KubernetesBackend
     from orchestrator.backends.kubernetes.client import connect
     from orchestrator.cli import console
     from orchestrator.service.client import apply_sweep, checked_source
 
-    source = checked_source(ctx.path, ctx.overrides, yes=ctx.yes)  # its image may be left to the controller
+    source, expansion = checked_source(ctx.path, ctx.overrides, yes=ctx.yes)  # its image may be left to the controller
+    for problem in expansion.problems:  # launch advice, as `sweep` gives it
+        console.print_problem(problem)
     cluster = connect(ctx.access, default_namespace=source.sweep.target.namespace)
     try:
+        # What `sweep` refuses before creating anything (a missing LocalQueue, PriorityClass or Secret, a quota that
+        # never fits), checked with the user's rights: it was applied with exit 0, and only the resource's
+        # condition said later, without the fix.
+        KubernetesBackend(expansion.sweep.target, ctx.access, cluster=cluster).preflight(expansion)
         applied = apply_sweep(cluster, source, say=lambda line: console.err.print(line, markup=False))
     finally:
         cluster.api.close()

@@ -42,13 +42,14 @@ def _service_supplied(problem: Problem) -> bool:
     return problem.code == "target_field_missing" and tuple(problem.loc) == ("target", "image")
 
 
-def checked_source(path, overrides: TargetOverrides = TargetOverrides(), *, yes: bool = False) -> SweepSource:
+def checked_source(path, overrides: TargetOverrides = TargetOverrides(), *, yes: bool = False):
     """The sweep file at `path`, its target fields replaced by the command line's `overrides`, loaded and expanded
     as `sweep` would, so what `sweep` would reject never reaches the cluster (InvalidSpecError, UsageError naming a
     bad option value; a grid over the limit needs `yes`).
 
     A target that leaves `image` unset is let through: the controller's default image (the chart's
-    `defaults.image`) completes it, and a controller without one says so in the resource's Accepted condition."""
+    `defaults.image`) completes it, and a controller without one says so in the resource's Accepted condition.
+    Returns `(source, expansion)`: the file as it is applied, and its runs as the controller will expand them."""
     source = load_overridden(path, overrides, image_required=False)
     problems = tuple(p for p in source.problems if not _service_supplied(p)) + service_problems(source)
     raise_for(problems, path)
@@ -64,7 +65,7 @@ def checked_source(path, overrides: TargetOverrides = TargetOverrides(), *, yes:
             "split it into several sweeps, or run it with `distillctl sweep` without --service",
             exit_code=ExitCode.INVALID_SPEC,
         )
-    return source
+    return source, expansion
 
 
 def apply_sweep(
