@@ -261,6 +261,24 @@ def test_sweep_service_refuses_what_sweep_refuses_before_applying(control_plane,
     assert resource(control_plane, "svc-noq") is None
 
 
+def test_a_sweep_no_controller_serves_is_said_by_sweep_and_status(control_plane, controllers, tmp_path):
+    """Applied into a namespace without the chart (a typo in -n), it read "applied ... the controller creates its
+    runs", exit 0, and `status` showed Pending (NotCreated) for ever, with nothing said."""
+    path = tmp_path / "svc-lonely.yaml"
+    text = SWEEP.format(name="svc-lonely", queue="", image=IMAGE, base=tmp_path / "runs")  # no LocalQueue there
+    path.write_text("\n".join(line for line in text.splitlines() if line != "  queue: ") + "\n")
+    kube = ["--kubeconfig", str(control_plane.kubeconfig), "-n", "unserved"]
+    client.CoreV1Api(control_plane.client).create_namespace({"metadata": {"name": "unserved"}})
+    try:
+        applied = CliRunner().invoke(app, ["sweep", str(path), "--service", *kube])
+        assert applied.exit_code == 0, applied.output
+        assert "warning[sweep_not_served]" in applied.stderr and "install the chart there" in applied.stderr
+        shown = CliRunner().invoke(app, ["status", str(path), *kube])
+        assert shown.exit_code == 0 and "warning[sweep_not_served]" in shown.stderr, shown.output
+    finally:
+        client.CoreV1Api(control_plane.client).delete_namespace("unserved")
+
+
 def test_the_holder_renews_a_lease_written_on_a_whole_second(control_plane, caplog):
     """The client wrote a datetime on a whole second without its fraction ("22:19:07+00:00"), which a Lease's
     MicroTime refuses: every renewal was a 400, silently, and a replica named in the Lease never led again."""

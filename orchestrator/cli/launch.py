@@ -171,7 +171,7 @@ def _apply_to_service(ctx: SweepContext, output: OutputFormat) -> None:
     from orchestrator.backends.kubernetes.backend import KubernetesBackend
     from orchestrator.backends.kubernetes.client import connect
     from orchestrator.cli import console
-    from orchestrator.service.client import apply_sweep, checked_source
+    from orchestrator.service.client import apply_sweep, checked_source, unserved_problem, wait_observed
 
     source, expansion = checked_source(ctx.path, ctx.overrides, yes=ctx.yes)  # its image may be left to the controller
     for problem in expansion.problems:  # launch advice, as `sweep` gives it
@@ -183,9 +183,11 @@ def _apply_to_service(ctx: SweepContext, output: OutputFormat) -> None:
         # condition said later, without the fix.
         KubernetesBackend(expansion.sweep.target, ctx.access, cluster=cluster).preflight(expansion)
         applied = apply_sweep(cluster, source, say=lambda line: console.err.print(line, markup=False))
+        metadata = applied["metadata"]
+        if not wait_observed(cluster, metadata["name"], metadata.get("generation")):
+            console.print_problem(unserved_problem(metadata["name"], metadata["namespace"]))
     finally:
         cluster.api.close()
-    metadata = applied["metadata"]
     if output is OutputFormat.json:
         console.print_json({"kind": applied["kind"], "name": metadata["name"], "namespace": metadata["namespace"]})
         return

@@ -237,8 +237,11 @@ def show_service(view, shown: list[str] | None = None) -> None:
     since `shown[0]` (`--watch` asks every few seconds); a warning when its runs are not this file's."""
     from distillspec.problems import Problem
     from orchestrator.cli import console
-    from orchestrator.service.client import mismatch_hint, summary
+    from orchestrator.service.client import mismatch_hint, summary, unserved_problem
 
+    if view.status.observedGeneration is None and not view.status.conditions:
+        console.warn_once(unserved_problem(view.name, view.namespace))
+        return
     line = summary(view)
     if shown is None or line != shown[0]:
         if shown is not None:

@@ -259,21 +259,22 @@ class Served:
     status: SweepStatus
     statuses: dict[str, RunStatus] | None
     missing: tuple[str, ...] = ()  # the expansion's run ids the resource does not have
+    namespace: str = ""
 
 
 def served(cluster: Cluster, expansion) -> Served | None:
     """The controller's view of `expansion`'s sweep, from the DistillationSweep of the same name in the cluster's
-    namespace; None when there is none (or no CRD, or no right to read it) or the controller has not written a
-    status yet."""
+    namespace; None when there is none (or no CRD, or no right to read it). Without a status (no controller has
+    taken it up) or runs (refused, or nothing decided yet) its statuses are None."""
     name = expansion.sweep.name
     found = read_status(cluster, name)
-    if found is None or not (found.runs or found.conditions):
+    if found is None:
         return None
-    if not found.runs:  # rejected (Accepted=False says why) or nothing decided yet: its runs are not known
-        return Served(name, found, None)
+    if not found.runs:  # not taken up, rejected (Accepted=False says why) or nothing decided yet
+        return Served(name, found, None, namespace=cluster.namespace)
     statuses = run_statuses(found, time.time())
     missing = tuple(run.run_id for run in expansion.runs if run.run_id not in statuses)
-    return Served(name, found, None if missing else statuses, missing)
+    return Served(name, found, None if missing else statuses, missing, cluster.namespace)
 
 
 def refusal(view: Served) -> SweepCondition | None:
@@ -291,6 +292,33 @@ def refused_runs(statuses: dict[str, RunStatus], refused: SweepCondition) -> dic
         else status
         for run_id, status in statuses.items()
     }
+
+
+def unserved_problem(name: str, namespace: str) -> Problem:
+    """A DistillationSweep no controller has taken up: applied into a namespace without the chart (or with its
+    controller down), it read Pending (NotCreated) for ever, with nothing said."""
+    return Problem(
+        (),
+        "sweep_not_served",
+        f"no distillctl controller has taken up DistillationSweep {name} in namespace {namespace!r} (it has no status "
+        "yet): its runs are created only once one does",
+        f"if none serves {namespace!r}, install the chart there (helm install distillctl charts/distillctl -n "
+        f"{namespace}), or check the controller's pod (kubectl get pods -n {namespace} -l "
+        "app.kubernetes.io/name=distillctl)",
+        severity="warning",
+    )
+
+
+def wait_observed(cluster: Cluster, name: str, generation: int | None, seconds: float = 10.0) -> bool:
+    """Whether a controller reports having seen `generation` of the sweep within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = read_status(cluster, name)
+        if found is not None and found.observedGeneration is not None and found.observedGeneration >= (generation or 0):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
 
 
 def summary(view: Served) -> str:
