@@ -270,9 +270,16 @@ def test_a_sweep_no_controller_serves_is_said_by_sweep_and_status(control_plane,
     kube = ["--kubeconfig", str(control_plane.kubeconfig), "-n", "unserved"]
     client.CoreV1Api(control_plane.client).create_namespace({"metadata": {"name": "unserved"}})
     try:
-        applied = CliRunner().invoke(app, ["sweep", str(path), "--service", *kube])
+        # The resource's own fields, which no sweep-file key set (only kubectl patch could)
+        applied = CliRunner().invoke(
+            app, ["sweep", str(path), "--service", "--retries", "2", "--deletion-policy", "Keep", *kube]
+        )
         assert applied.exit_code == 0, applied.output
         assert "warning[sweep_not_served]" in applied.stderr and "install the chart there" in applied.stderr
+        found = client.CustomObjectsApi(control_plane.client).get_namespaced_custom_object(
+            GROUP, VERSION, "unserved", PLURAL, "svc-lonely"
+        )
+        assert (found["spec"]["retryFailed"], found["spec"]["deletionPolicy"]) == (2, "Keep")
         shown = CliRunner().invoke(app, ["status", str(path), *kube])
         assert shown.exit_code == 0 and "warning[sweep_not_served]" in shown.stderr, shown.output
     finally:

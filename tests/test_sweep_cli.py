@@ -73,6 +73,11 @@ def test_a_bare_dry_run_is_the_client_dry_run(where):
     assert "would create (client)" in done.stdout and "6 rendered (dry run" in done.stdout
 
 
+def test_service_fields_apply_only_to_the_service():
+    result = invoke("sweep", str(SWEEPS / "alpha-end.yaml"), "--retries", "2")
+    assert result.exit_code == ExitCode.USAGE and "--retries and --deletion-policy apply to --service" in result.stderr
+
+
 def test_plan_warns_when_the_teacher_will_not_fit(tmp_path):
     # Llama 3.1 70B teacher, 8B student, an all data-parallel mesh on a v5e slice: the guide's
     # "Teacher OOMs at startup", caught before launch

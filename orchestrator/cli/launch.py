@@ -33,6 +33,11 @@ class DryRunMode(str, Enum):
     server = "server"
 
 
+class DeletionPolicy(str, Enum):
+    Delete = "Delete"
+    Keep = "Keep"
+
+
 def bare_dry_run(arguments: list[str]) -> list[str]:
     """`--dry-run` alone means `--dry-run=client`, as in kubectl. Typer has no option with an optional value: it
     refused a bare `--dry-run` at the end ("requires an argument") and took the sweep file after it as its value."""
@@ -99,6 +104,23 @@ def sweep(
             help="hand the sweep to the in-cluster controller (`distillctl serve`): apply it as a DistillationSweep",
         ),
     ] = False,
+    retries: Annotated[
+        Optional[int],
+        typer.Option(
+            "--retries",
+            min=0,
+            help="with --service: how many times the controller creates a failed or diverged run again (it resumes; "
+            "default 0)",
+        ),
+    ] = None,
+    deletion_policy: Annotated[
+        Optional[DeletionPolicy],
+        typer.Option(
+            "--deletion-policy",
+            help="with --service: Delete (the default): deleting the sweep deletes its JobSets first; Keep: they are "
+            "left running",
+        ),
+    ] = None,
 ) -> None:
     """Create the sweep's runs that do not exist yet (prerequisites first); with --wait, follow them to the end.
 
@@ -121,6 +143,19 @@ def sweep(
     )
     if timeout is not None and not wait:
         raise UsageError("--timeout applies to --wait", "add --wait to follow the sweep, or drop --timeout")
+    service_fields = {
+        field: value
+        for field, value in (
+            ("retryFailed", retries),
+            ("deletionPolicy", deletion_policy.value if deletion_policy else None),
+        )
+        if value is not None
+    }
+    if service_fields and not service:
+        raise UsageError(
+            "--retries and --deletion-policy apply to --service (the sweep service's resource)",
+            "add --service, or use --retry-failed to run failed points again now",
+        )
     if service:
         # The service launches and follows; these would be dropped (and --dry-run=server would really apply).
         given = [
@@ -135,14 +170,14 @@ def sweep(
         if given:
             raise UsageError(
                 f"--service cannot be combined with {', '.join(given)}",
-                "the service creates and follows the runs itself: `distillctl status SWEEP` follows them; "
-                "--dry-run=client checks the sweep without the cluster",
+                "the service creates and follows the runs itself: `distillctl status SWEEP` follows them, --retries N "
+                "lets it create a failed run again up to N times; --dry-run=client checks the sweep without the cluster",
             )
     if dry_run is DryRunMode.client:
         _client_dry_run(ctx.expanded(), output)
         return
     if service:
-        _apply_to_service(ctx, output)
+        _apply_to_service(ctx, output, service_fields)
         return
     expansion, backend = ctx.open()
     try:
@@ -166,7 +201,7 @@ def sweep(
         raise typer.Exit(int(code))
 
 
-def _apply_to_service(ctx: SweepContext, output: OutputFormat) -> None:
+def _apply_to_service(ctx: SweepContext, output: OutputFormat, fields: dict) -> None:
     """Apply the sweep as a DistillationSweep; the controller creates its runs."""
     from orchestrator.backends.kubernetes.backend import KubernetesBackend
     from orchestrator.backends.kubernetes.client import connect
@@ -182,7 +217,7 @@ def _apply_to_service(ctx: SweepContext, output: OutputFormat) -> None:
         # never fits), checked with the user's rights: it was applied with exit 0, and only the resource's
         # condition said later, without the fix.
         KubernetesBackend(expansion.sweep.target, ctx.access, cluster=cluster).preflight(expansion)
-        applied = apply_sweep(cluster, source, say=lambda line: console.err.print(line, markup=False))
+        applied = apply_sweep(cluster, source, fields, say=lambda line: console.err.print(line, markup=False))
         metadata = applied["metadata"]
         if not wait_observed(cluster, metadata["name"], metadata.get("generation")):
             console.print_problem(unserved_problem(metadata["name"], metadata["namespace"]))
