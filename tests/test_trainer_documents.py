@@ -583,6 +583,34 @@ def test_hub_names_and_half_pairs_are_spec_errors():
         assert spec is not None and [(p.code, p.severity) for p in problems] == [("eval_is_training_data", "warning")]
 
 
+def test_a_document_eval_set_is_the_same_rows_whatever_the_process_count(tmp_path):
+    """Each process read its own files of eval.path: two hosts evaluated other documents than one, so the eval
+    numbers of the same spec (what results and golden files prefer) did not compare across topologies."""
+    from distillspec.specfile import validate_data
+
+    held = tmp_path / "held"
+    held.mkdir()
+    for i in range(3):  # fewer files than... any split: the same rows must come out
+        lines = [json.dumps({"text": f"document {i}-{j} " + "word " * (5 + j)}) for j in range(6)]
+        (held / f"part-{i}.jsonl").write_text("\n".join(lines) + "\n")
+    spec, problems = validate_data(
+        {
+            "mode": "pretrain",
+            "student": {"model": "tiny-2l"},
+            "data": {"source": "jsonl", "path": str(held)},
+            "eval": {"path": str(held), "batches": 3},
+            "batch": {"max_target_length": 16},
+        }
+    )
+    assert spec is not None, problems
+    whole = D.eval_batches(spec, 256, 4, Shard())
+    for count in (2, 4):
+        parts = [D.eval_batches(spec, 256, 4, Shard(i, count)) for i in range(count)]
+        for b in range(3):
+            for key in ("inputs", "mask"):
+                assert np.array_equal(np.concatenate([p[b][key] for p in parts]), whole[b][key]), (count, b, key)
+
+
 def test_synthetic_eval_set_is_held_out_and_shared_out_by_process():
     from distillspec.specfile import validate_data
 

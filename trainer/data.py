@@ -279,42 +279,44 @@ def host_rows(rows: int, shard) -> int:
 
 
 def eval_batches(spec: DistillSpec, vocab_size: int, rows: int, shard) -> list[dict[str, np.ndarray]]:
-    """The held-out set: the first `eval.batches` batches of `[rows / n, T]` rows of this process's shard of
-    `eval.path`, read once; a set that runs out is padded with rows of mask 0 (so every process evaluates the same
-    number of batches). The synthetic source's set is its batches `HELD_OUT_INDEX + b` (this process's rows)."""
+    """The held-out set: the first `eval.batches` batches of `rows` global rows of `eval.path`, read whole by every
+    process (each keeps its `rows / n` of every batch), once; a set that runs out is padded with rows of mask 0. The
+    same rows whatever the process count: each process read its own files, so two hosts evaluated other documents
+    than one, and their eval numbers (what results and golden files prefer) did not compare. The synthetic source's
+    set is its batches `HELD_OUT_INDEX + b` (this process's rows)."""
     import itertools
+
+    from trainer.corpus import Shard
 
     assert spec.eval is not None
     length, rows_here = spec.batch.max_target_length, host_rows(rows, shard)
+    mine = slice(shard.index * rows_here, (shard.index + 1) * rows_here)
     if spec.data.source == "synthetic":  # batches of the same language at indices training never reaches
         source = MarkovSource.build(vocab_size, spec.data.seed)
-        mine = slice(shard.index * rows_here, (shard.index + 1) * rows_here)
         held_out = [batch_at(source, HELD_OUT_INDEX + b, rows, length) for b in range(spec.eval.batches)]
         return [{k: v[mine] for k, v in batch.items()} for batch in held_out]
-    ds = document_rows(spec.data, spec.eval.path, vocab_size, length, shard, repeat=False, field="eval.path")
-    flat = list(itertools.islice(iter(ds), spec.eval.batches * rows_here))
+    ds = document_rows(spec.data, spec.eval.path, vocab_size, length, Shard(), repeat=False, field="eval.path")
+    flat = list(itertools.islice(iter(ds), spec.eval.batches * rows))
     pad = {
         "inputs": np.zeros((length,), np.int32),
         "targets": np.zeros((length,), np.int32),
         "segment_ids": np.zeros((length,), np.int32),
         "mask": np.zeros((length,), np.float32),
     }
-    wanted = spec.eval.batches * rows_here
+    wanted = spec.eval.batches * rows
     if len(flat) < wanted:  # padded so that every process runs the same batches; the padding costs compute only
-        filled = -(-len(flat) // rows_here)
+        filled = -(-len(flat) // rows)
         log.warning(
-            "eval.path holds %d row(s) for this process: %d of the %d eval batches are padding, computed at every "
-            "evaluation and not counted; set eval.batches to %d to skip them",
+            "eval.path holds %d row(s): %d of the %d eval batches are padding, computed at every evaluation and not "
+            "counted; set eval.batches to %d to skip them",
             len(flat),
             spec.eval.batches - filled,
             spec.eval.batches,
             max(filled, 1),
         )
     flat += [pad] * (wanted - len(flat))
-    return [
-        {k: np.stack([r[k] for r in flat[b * rows_here : (b + 1) * rows_here]]) for k in pad}
-        for b in range(spec.eval.batches)
-    ]
+    batches = [flat[b * rows : (b + 1) * rows] for b in range(spec.eval.batches)]
+    return [{k: np.stack([r[k] for r in batch[mine]]) for k in pad} for batch in batches]
 
 
 def batch_at(source: TokenSource, index: int, rows: int, seq_len: int) -> dict[str, np.ndarray]:
