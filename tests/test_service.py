@@ -311,6 +311,9 @@ def test_failed_prerequisite_blocks_points_unless_it_is_retried(expanded):
     observed = {teacher.run_id: _done("Failed")}
     blocked = _plan(expanded, observed, _outputs(expanded))
     assert not blocked.create and _conditions(blocked.status)["Failed"] == ("True", "RunsFailed")
+    # The way out is the service's, not `sweep --retry-failed` (which --service refuses, and which raced it)
+    why = {r.message for r in blocked.status.runs if r.reason == "PrerequisiteFailed"}
+    assert why and all("--service --retries N" in m and "--retry-failed" not in m for m in why), why
     retried = _plan(expanded, observed, _outputs(expanded), retry=2)
     assert [r.run_id for r in retried.delete] == [teacher.run_id]
     assert _conditions(retried.status)["Running"][0] == "True"

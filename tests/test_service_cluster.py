@@ -282,6 +282,10 @@ def test_a_sweep_no_controller_serves_is_said_by_sweep_and_status(control_plane,
         assert (found["spec"]["retryFailed"], found["spec"]["deletionPolicy"]) == (2, "Keep")
         shown = CliRunner().invoke(app, ["status", str(path), *kube])
         assert shown.exit_code == 0 and "warning[sweep_not_served]" in shown.stderr, shown.output
+        # A plain `sweep` of a served sweep made JobSets beside the controller's (called orphans there at once).
+        plain = CliRunner().invoke(app, ["sweep", str(path), *kube])
+        assert plain.exit_code == ExitCode.USAGE and "is run by the distillctl service" in plain.stderr, plain.output
+        assert "distillctl sweep FILE --service" in plain.stderr
     finally:
         client.CoreV1Api(control_plane.client).delete_namespace("unserved")
 

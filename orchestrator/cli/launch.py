@@ -181,6 +181,16 @@ def sweep(
         return
     expansion, backend = ctx.open()
     try:
+        if dry_run is None and views.service_view(expansion, backend) is not None:
+            # Its JobSets beside the controller's: an edited file's new point was created here and called an orphan
+            # there a moment later (followed by no one, deleted by `cancel --orphans`).
+            name = expansion.sweep.name
+            raise UsageError(
+                f"sweep {name} is run by the distillctl service (DistillationSweep {name}): the controller creates "
+                "and follows its runs",
+                "apply the file to it with `distillctl sweep FILE --service` (an edit takes effect there); "
+                "`distillctl status FILE` follows it",
+            )
         mode = dry_run.value if dry_run else None
         report = launch(expansion, backend, retry_failed=retry_failed, dry_run=mode, stall_after=stall_after)
         for problem in report.state.warnings:

@@ -47,9 +47,11 @@ def derive_all(
     *,
     now: float,
     stall_after: float = DEFAULT_STALL_SECONDS,
+    retry: str = "`distillctl sweep --retry-failed` runs it again",
 ) -> dict[str, RunStatus]:
     """Each run's status from what the backend observed (absent: never created) and what it wrote. A point not
-    created because a prerequisite failed says so (it read "not submitted yet", as if `sweep` would submit it)."""
+    created because a prerequisite failed says so (it read "not submitted yet", as if `sweep` would submit it), and
+    `retry`: what runs the prerequisite again (the sweep service's way is not the CLI's)."""
     statuses = {
         run.run_id: derive(
             observed.get(run.run_id, Observation(exists=False)),
@@ -67,7 +69,7 @@ def derive_all(
         failed = [(name, statuses[rid]) for name, rid in run.depends_on.items() if statuses[rid].phase in FAILED]
         if failed:
             name, prerequisite = failed[0]
-            message = f"prerequisite {name!r} is {prerequisite.shown}; `distillctl sweep --retry-failed` runs it again"
+            message = f"prerequisite {name!r} is {prerequisite.shown}; {retry}"
             statuses[run.run_id] = dataclasses.replace(
                 status, reason=PendingReason.PREREQUISITE_FAILED, message=message
             )

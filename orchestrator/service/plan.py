@@ -106,7 +106,14 @@ def plan(
     deleted: as `distillctl status` warns and `cancel --orphans` deletes, on the user's word. The runs the edit
     added are created as any missing run; the runs it kept keep their JobSets (same run ids)."""
     before = {r.runId: r for r in (previous.runs if previous else [])}
-    statuses = derive_all(expansion, observed, outputs, now=now, stall_after=stall_after)
+    statuses = derive_all(
+        expansion,
+        observed,
+        outputs,
+        now=now,
+        stall_after=stall_after,
+        retry="with retries left (`distillctl sweep FILE --service --retries N`) the controller creates it again",
+    )
     # Runs deleted to be created again: until the new JobSet exists, the old outputs' verdict is not theirs.
     retrying = set()
     for run_id in (rid for rid, r in before.items() if r.retrying and rid in statuses):
