@@ -492,9 +492,13 @@ def test_service_refuses_a_sweep_larger_than_its_status_can_hold(tmp_path):
     # 9000 points passed with --yes; every status write of the controller then failed (object too large).
     grid = {"loss.alpha.end": [i / 100 for i in range(50)], "seed": list(range(41))}  # 2050 points
     path = write(tmp_path, sweep_data(axes=grid))
-    result = invoke("sweep", str(path), "--service", "--yes", "--kubeconfig", str(tmp_path / "absent"))
-    assert result.exit_code == ExitCode.INVALID_SPEC, result.output
-    assert "2050 runs; the service runs at most 2000" in result.stderr and "without --service" in result.stderr
+    for yes in ((), ("--yes",)):  # without --yes it said "pass --yes", and --yes was then refused
+        result = invoke("sweep", str(path), "--service", *yes, "--kubeconfig", str(tmp_path / "absent"))
+        assert result.exit_code == ExitCode.INVALID_SPEC, result.output
+        assert "2050 runs; the service runs at most 2000" in result.stderr and "without --service" in result.stderr
+    small = write(tmp_path, sweep_data(axes={"loss.alpha.end": [i / 100 for i in range(70)]}))
+    over = invoke("sweep", str(small), "--service", "--kubeconfig", str(tmp_path / "absent"))
+    assert over.exit_code == ExitCode.USAGE and "70 points, over the limit of 64" in over.stderr
 
 
 def test_status_watch_shows_the_last_statuses_while_the_api_server_does_not_answer(capsys):

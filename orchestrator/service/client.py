@@ -15,9 +15,10 @@ from distillspec.problems import Problem
 from distillspec.sweep import SweepSource, override_target
 from orchestrator.backends.kubernetes.client import Cluster, api_error
 from orchestrator.core.aggregate import KL_T1
+from orchestrator.core.expansion import DEFAULT_MAX_POINTS, GridTooLarge
 from orchestrator.core.run_status import Phase, RunStatus
 from orchestrator.core.sweeps import TargetOverrides, expand_checked, load_overridden, raise_for
-from orchestrator.errors import DistillctlError
+from orchestrator.errors import DistillctlError, UsageError
 from orchestrator.exit_codes import ExitCode
 from orchestrator.service.resource import (
     DELETION_POLICY,
@@ -57,13 +58,19 @@ def checked_source(path, overrides: TargetOverrides = TargetOverrides(), *, yes:
     checked = source
     if source.sweep.target.image is None:
         checked = override_target(source, image=SERVICE_IMAGE)  # expanded as the controller will, with its image
-    expansion = expand_checked(checked, path, yes=yes)
+    # The service's own limit first: over it, "pass --yes" was the advice, and --yes was then refused too.
+    expansion = expand_checked(checked, path, yes=True)
     if len(expansion.runs) > SERVICE_MAX_POINTS:
         raise DistillctlError(
             f"{path}: the sweep has {len(expansion.runs)} runs; the service runs at most {SERVICE_MAX_POINTS} per "
             "sweep (its status holds one entry per run, and the API server limits an object's size)",
             "split it into several sweeps, or run it with `distillctl sweep` without --service",
             exit_code=ExitCode.INVALID_SPEC,
+        )
+    if not yes and len(expansion.points) > DEFAULT_MAX_POINTS:
+        raise UsageError(
+            f"{path}: {GridTooLarge(len(expansion.points), DEFAULT_MAX_POINTS)}",
+            "check the axes, or pass --yes to expand it anyway",
         )
     return source, expansion
 
