@@ -116,12 +116,14 @@ def test_crd_schema_is_structural():
     assert spec["deletionPolicy"]["enum"] == ["Delete", "Keep"]
     assert "name" not in spec  # metadata.name is the sweep's name
     columns = [c["jsonPath"] for c in version["additionalPrinterColumns"]]
-    assert columns[:6] == [
+    assert columns[:8] == [
+        ".status.phase",  # a failed sweep read "Valid" and zeros
         '.status.conditions[?(@.type=="Accepted")].reason',  # why a refused sweep runs nothing: it showed zeros
         ".status.points",
         ".status.succeeded",
         ".status.running",
         ".status.failed",
+        ".status.stopped",
         ".status.best.klDivT1",
     ]
 

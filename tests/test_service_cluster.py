@@ -448,6 +448,7 @@ def test_bad_resources_are_refused_at_admission_or_get_a_condition(control_plane
     )
     cp.wait_for(lambda: condition(cp, "svc-bad", "Accepted").get("reason") == "LocalQueueMissing", 30, "the reason")
     assert not jobsets(cp, "svc-bad")
+    assert resource(cp, "svc-bad")["status"]["phase"] == "Refused"  # `kubectl get`'s Status column
     # `status` says the runs will not be created and why: it read "Pending (NotCreated)", as if about to be.
     path = tmp_path / "svc-bad.yaml"
     path.write_text(SWEEP.format(name="svc-bad", queue="no-such-queue", image=IMAGE, base=tmp_path / "runs"))

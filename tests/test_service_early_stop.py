@@ -164,6 +164,7 @@ def test_controller_stops_exactly_the_named_points_at_their_step_and_replay_agre
         "RunsFailed",
         "1 of 5 run(s) did not succeed (1 stopped by the divergence rule)",
     )
+    assert final.status.phase == "Failed"  # the column `kubectl get` shows (it read "Valid" and zeros)
     assert final.status.best.runId == good  # never a diverged point, whatever its last kl_div_T1
     blown = {p.run_id: RunStatus(Phase.STOPPED, StoppedReason.DIVERGENCE, kl_div_t1=0.01) for p in expanded.points}
     assert plan._best(expanded.points, blown) is None  # every point diverged: no best (one read kl_div_T1 20)

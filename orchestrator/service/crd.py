@@ -142,12 +142,15 @@ def crd() -> dict[str, Any]:
     conditions = status["properties"]["conditions"]
     conditions.update({"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
     columns = [
-        # Valid, or why the controller refused it (LocalQueueMissing, InvalidSpec, ...): a refused sweep showed zeros.
+        # Running, Succeeded, Failed or Refused, and why the controller refused it (LocalQueueMissing, InvalidSpec,
+        # ...): a refused sweep showed zeros, a failed one "Valid" and zeros.
+        {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Accepted", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Accepted")].reason'},
         {"name": "Points", "type": "integer", "jsonPath": ".status.points"},
         {"name": "Succeeded", "type": "integer", "jsonPath": ".status.succeeded"},
         {"name": "Running", "type": "integer", "jsonPath": ".status.running"},
         {"name": "Failed", "type": "integer", "jsonPath": ".status.failed"},
+        {"name": "Stopped", "type": "integer", "jsonPath": ".status.stopped", "priority": 1},
         {"name": "Best kl_div_T1", "type": "number", "jsonPath": ".status.best.klDivT1"},
         {"name": "Best", "type": "string", "jsonPath": ".status.best.key", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

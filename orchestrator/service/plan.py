@@ -83,7 +83,7 @@ def rejected(
     conditions = _conditions(
         previous, {"Accepted": ("False", reason, message)}, generation=generation, now=now, only=True
     )
-    update = {"observedGeneration": generation, "conditions": conditions}
+    update = {"observedGeneration": generation, "conditions": conditions, "phase": "Refused"}
     status = previous.model_copy(update=update) if previous else SweepStatus(**update)
     changed = _condition_changed(previous, "Accepted", "False", reason)
     return Plan(status, events=(Event("Warning", reason, message),) if changed else ())
@@ -242,8 +242,10 @@ def plan(
             )
         )
     best = _best(expansion.points, statuses)
+    phase = next((kind for kind in ("Succeeded", "Failed", "Running") if wanted[kind][0] == "True"), "Running")
     status = SweepStatus(
         observedGeneration=generation,
+        phase=phase,
         points=total,
         **counts,
         conditions=_conditions(previous, wanted, generation=generation, now=now),

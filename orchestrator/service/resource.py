@@ -165,6 +165,10 @@ class BestPoint(_Status):
 
 class SweepStatus(_Status):
     observedGeneration: int | None = None
+    phase: Literal["Running", "Succeeded", "Failed", "Refused"] | None = Field(
+        None,
+        description="Refused (Accepted is False), Running, Succeeded or Failed: what its conditions say, in a word",
+    )
     points: int = Field(0, description="runs in the sweep, prerequisites included")
     succeeded: int = 0
     running: int = Field(0, description="runs queued, running, restarting, stuck or stalled")
