@@ -21,6 +21,7 @@ from orchestrator.service.resource import (
     OrphanRun,
     ServiceSpec,
     SweepStatus,
+    TargetDefaults,
     resource_from_source,
     source_from_resource,
 )
@@ -143,7 +144,6 @@ def test_controller_defaults_fill_what_the_target_leaves_unset(tmp_path, resourc
     run ids and the same rendered JobSets as the sweep file with those values written in; a value of its own wins."""
     from orchestrator.core import rendering
     from orchestrator.core.sweeps import TargetOverrides, expand_sweep
-    from orchestrator.service.resource import TargetDefaults
 
     image = "example.invalid/trainer@sha256:" + "1" * 64
     defaults = TargetDefaults(queue="team-queue", priority="high", image=image, output_base="gs://team/runs")
@@ -195,6 +195,16 @@ def test_invalid_resource_is_rejected_with_the_clis_codes(resource):
     bad["spec"]["target"] = {"kind": "local", "output_base": "runs"}
     source, _ = source_from_resource(bad)
     assert not source.ok and [p.code for p in source.problems if p.is_error] == ["local_target"]
+    # A relative output base (the chart's defaults.outputBase is empty): each run wrote inside its own pod.
+    for base in ("runs", "out/runs"):
+        bad = json.loads(json.dumps(resource))
+        bad["spec"]["target"]["output_base"] = base
+        source, _ = source_from_resource(bad)
+        assert [p.code for p in source.problems if p.is_error] == ["output_base_in_pod"], base
+    bad["spec"]["target"]["output_base"] = "runs"  # the sweep file's default: the controller's default fills it
+    filled, _ = source_from_resource(bad, TargetDefaults(output_base="gs://team/runs"))
+    bad["spec"]["target"]["output_base"] = "/mnt/runs"  # a volume the pods mount
+    assert filled.ok and source_from_resource(bad)[0].ok
     # A target namespace other than the resource's: its runs went to the resource's namespace, unsaid.
     bad = json.loads(json.dumps(resource))
     bad["spec"]["target"]["namespace"] = "team-b"

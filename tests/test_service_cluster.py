@@ -261,6 +261,22 @@ def test_sweep_service_refuses_what_sweep_refuses_before_applying(control_plane,
     assert resource(control_plane, "svc-noq") is None
 
 
+def test_sweep_service_says_at_once_when_the_controller_refuses_the_sweep(control_plane, controllers, tmp_path):
+    """No output base and none among the controller's defaults (the chart's is empty): each run would write
+    `runs/<id>` inside its pod. It was Accepted, and `sweep --service` said "applied", exit 0."""
+    path = tmp_path / "svc-inpod.yaml"
+    text = SWEEP.format(name="svc-inpod", queue="multislice-queue", image=IMAGE, base="")
+    path.write_text("\n".join(line for line in text.splitlines() if line.strip() != "output_base:") + "\n")
+    kube = ["--kubeconfig", str(control_plane.kubeconfig)]
+    try:
+        out = CliRunner().invoke(app, ["sweep", str(path), "--service", *kube])
+        assert out.exit_code == ExitCode.INVALID_SPEC, out.output
+        assert "the controller refused DistillationSweep default/svc-inpod" in out.stderr
+        assert "output_base_in_pod" in out.stderr and not jobsets(control_plane, "svc-inpod")
+    finally:
+        CliRunner().invoke(app, ["cancel", str(path), "--service", "--yes", "--wait", *kube])
+
+
 def test_a_sweep_no_controller_serves_is_said_by_sweep_and_status(control_plane, controllers, tmp_path):
     """Applied into a namespace without the chart (a typo in -n), it read "applied ... the controller creates its
     runs", exit 0, and `status` showed Pending (NotCreated) for ever, with nothing said."""

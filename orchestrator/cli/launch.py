@@ -216,6 +216,8 @@ def _apply_to_service(ctx: SweepContext, output: OutputFormat, fields: dict) -> 
     from orchestrator.backends.kubernetes.backend import KubernetesBackend
     from orchestrator.backends.kubernetes.client import connect
     from orchestrator.cli import console
+    from orchestrator.errors import DistillctlError
+    from orchestrator.exit_codes import ExitCode
     from orchestrator.service.client import apply_sweep, checked_source, unserved_problem, wait_observed
 
     source, expansion = checked_source(ctx.path, ctx.overrides, yes=ctx.yes)  # its image may be left to the controller
@@ -229,10 +231,19 @@ def _apply_to_service(ctx: SweepContext, output: OutputFormat, fields: dict) -> 
         KubernetesBackend(expansion.sweep.target, ctx.access, cluster=cluster).preflight(expansion)
         applied = apply_sweep(cluster, source, fields, say=lambda line: console.err.print(line, markup=False))
         metadata = applied["metadata"]
-        if not wait_observed(cluster, metadata["name"], metadata.get("generation")):
+        seen = wait_observed(cluster, metadata["name"], metadata.get("generation"))
+        if seen is None:
             console.print_problem(unserved_problem(metadata["name"], metadata["namespace"]))
     finally:
         cluster.api.close()
+    refused = next((c for c in (seen.conditions if seen else []) if c.type == "Accepted" and c.status == "False"), None)
+    if refused is not None:  # said at once: it read "applied ... the controller creates its runs", exit 0
+        raise DistillctlError(
+            f"the controller refused DistillationSweep {metadata['namespace']}/{metadata['name']} ({refused.reason}): "
+            f"{refused.message}",
+            "fix the file and apply it again (`distillctl sweep FILE --service`); it creates no run until then",
+            exit_code=ExitCode.INVALID_SPEC,
+        )
     if output is OutputFormat.json:
         console.print_json({"kind": applied["kind"], "name": metadata["name"], "namespace": metadata["namespace"]})
         return

@@ -316,15 +316,16 @@ def unserved_problem(name: str, namespace: str) -> Problem:
     )
 
 
-def wait_observed(cluster: Cluster, name: str, generation: int | None, seconds: float = 10.0) -> bool:
-    """Whether a controller reports having seen `generation` of the sweep within `seconds`."""
+def wait_observed(cluster: Cluster, name: str, generation: int | None, seconds: float = 10.0) -> SweepStatus | None:
+    """The sweep's status once a controller reports having seen `generation` of it, within `seconds` (None: no
+    controller did)."""
     deadline = time.monotonic() + seconds
     while True:
         found = read_status(cluster, name)
         if found is not None and found.observedGeneration is not None and found.observedGeneration >= (generation or 0):
-            return True
+            return found
         if time.monotonic() >= deadline:
-            return False
+            return None
         time.sleep(0.5)
 
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import posixpath
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from distillspec.problems import Problem
-from distillspec.sweep import SweepSource, Target, parse_sweep
+from distillspec.sweep import SweepSource, Target, is_remote, parse_sweep
 
 GROUP = "distillctl.dev"
 VERSION = "v1alpha1"
@@ -229,6 +230,26 @@ def service_problems(source: SweepSource) -> tuple[Problem, ...]:
     return (source.locate(problem),)
 
 
+def _output_in_pod(source: SweepSource) -> tuple[Problem, ...]:
+    """A relative output base, once the controller's defaults are in: each run wrote `runs/<id>` inside its own
+    pod (the chart's `defaults.outputBase` is empty by default), its checkpoints and metrics gone with the pod, and
+    the controller (whose own folder that is not) never read a metric: no steps, no early stopping."""
+    if source.sweep is None or source.sweep.target.kind == "local":  # `local_target` says what is wrong there
+        return ()
+    base = source.sweep.target.output_base
+    if is_remote(base) or posixpath.isabs(base):
+        return ()
+    problem = Problem(
+        ("target", "output_base"),
+        "output_base_in_pod",
+        f"target.output_base {base!r} is a folder inside each run's pod (a relative path): its checkpoints and "
+        "metrics would go with the pod, and the controller could not read them",
+        "set target.output_base to a bucket (gs://BUCKET/runs) or an absolute path on a volume the pods and the "
+        "controller mount, or the chart's defaults.outputBase for every sweep",
+    )
+    return (source.locate(problem),)
+
+
 def source_from_resource(
     resource: dict[str, Any], defaults: TargetDefaults = NO_DEFAULTS
 ) -> tuple[SweepSource, ServiceSpec]:
@@ -254,7 +275,7 @@ def source_from_resource(
     text = yaml.safe_dump(sweep, sort_keys=False)
     where = f"{KIND.lower()}/{metadata.get('name', '')}"
     source = parse_sweep(text, file=where)
-    found = service_problems(source) + ((source.locate(elsewhere),) if elsewhere else ())
+    found = service_problems(source) + ((source.locate(elsewhere),) if elsewhere else ()) + _output_in_pod(source)
     source = dataclasses.replace(source, problems=source.problems + found)
     try:
         return source, ServiceSpec.model_validate(service)
