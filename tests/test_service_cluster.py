@@ -296,6 +296,15 @@ def test_a_sweep_no_controller_serves_is_said_by_sweep_and_status(control_plane,
             GROUP, VERSION, "unserved", PLURAL, "svc-lonely"
         )
         assert (found["spec"]["retryFailed"], found["spec"]["deletionPolicy"]) == (2, "Keep")
+        # Applied again without them (an edit), they stay: they were dropped, and a cancel then deleted kept JobSets.
+        again = CliRunner().invoke(app, ["sweep", str(path), "--service", *kube])
+        assert again.exit_code == 0, again.output
+        changed = CliRunner().invoke(app, ["sweep", str(path), "--service", "--retries", "1", *kube])
+        assert "DistillationSweep svc-lonely: retryFailed 2 → 1" in changed.stderr, changed.output
+        found = client.CustomObjectsApi(control_plane.client).get_namespaced_custom_object(
+            GROUP, VERSION, "unserved", PLURAL, "svc-lonely"
+        )
+        assert (found["spec"]["retryFailed"], found["spec"]["deletionPolicy"]) == (1, "Keep")
         shown = CliRunner().invoke(app, ["status", str(path), *kube])
         assert shown.exit_code == 0 and "warning[sweep_not_served]" in shown.stderr, shown.output
         # A plain `sweep` of a served sweep made JobSets beside the controller's (called orphans there at once).

@@ -84,8 +84,16 @@ def apply_sweep(
     """Server-side apply a checked sweep (`checked_source`) as a DistillationSweep (field manager `distillctl`) in
     the cluster's namespace; returns the applied resource."""
     body = resource_from_source(source, cluster.namespace)
-    body["spec"].update(service or {})
     name = body["metadata"]["name"]
+    # The service fields a user set before (`--deletion-policy Keep`, `--retries 2`) stay unless given again: an
+    # apply without them removed them (this field manager owned them), and a later cancel deleted kept JobSets.
+    existing = (read_resource(cluster, name) or {}).get("spec") or {}
+    current = {field: existing[field] for field in ("deletionPolicy", "retryFailed") if field in existing}
+    given = service or {}
+    for field, value in given.items():
+        if field in current and current[field] != value:
+            say(f"{KIND} {name}: {field} {current[field]} → {value}")
+    body["spec"].update({**current, **given})
     _wait_deleted(cluster, name, say)
     try:
         applied = cluster.call(
