@@ -79,7 +79,23 @@ def test_two_process_run_completes_and_matches(single, tmp_path):
     assert (tmp_path / "two" / "checkpoints" / "10").is_dir()
 
 
-def _launch_pair(spec, address: str) -> list[subprocess.Popen]:
+def test_processes_started_alike_or_not_at_all(tmp_path):
+    # Process 1 with another learning rate trained a model no spec describes (spec.json said process 0's value), and
+    # another --steps hung both after process 0 said "succeeded".
+    data = merged(BASE, name="unlike", output_dir=str(tmp_path), batch={"per_device_batch_size": 4})
+    spec = write_spec(tmp_path / "a.json", data)
+    other = write_spec(tmp_path / "b.json", merged(data, optimizer={"learning_rate": 0.3}))
+    procs = _launch_pair(spec, f"127.0.0.1:{_free_port()}", specs=(spec, other))
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], errors
+    for index, err in enumerate(errors):
+        assert f"process {index} was started with another spec than process {1 - index}" in err, err[-2000:]
+        assert "optimizer.learning_rate" in err
+    summary = json.loads((tmp_path / "unlike" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "another spec" in summary["message"]
+
+
+def _launch_pair(spec, address: str, specs=None) -> list[subprocess.Popen]:
     return [
         subprocess.Popen(
             [
@@ -87,7 +103,7 @@ def _launch_pair(spec, address: str) -> list[subprocess.Popen]:
                 "-m",
                 "trainer",
                 "--spec",
-                str(spec),
+                str((specs or (spec, spec))[i]),
                 "--coordinator-address",
                 address,
                 "--num-processes",

@@ -153,6 +153,7 @@ def run(
         try:
             try:
                 _initialize_distributed(process)
+                _check_processes_agree(spec)
                 _enable_compilation_cache()
                 train(spec, session, stop)
             finally:
@@ -276,6 +277,51 @@ def _initialize_distributed(process: ProcessOptions) -> None:
         from trainer.sharding import check_process_count
 
         check_process_count(dict(os.environ), jax.process_count())
+
+
+AGREE_TIMEOUT_MS = 300_000  # as long as JAX waits for every process to join
+
+
+def _check_processes_agree(spec: DistillSpec) -> None:
+    """UserError (exit 1) when this multi-process run's processes were not started alike: another spec (a learning
+    rate on one host trained a model no spec describes, its spec.json claiming process 0's value; another --steps
+    hung both after process 0 "succeeded") or another number of devices (blamed on the teacher checkpoint's
+    shapes). Each process posts its spec and device count to JAX's coordination service; process 0 compares
+    every other's with its own, the others theirs with process 0's, so both ends of a difference name it."""
+    import json
+
+    import jax
+
+    count, index = jax.process_count(), jax.process_index()
+    if count == 1:
+        return
+    from jax._src import distributed
+
+    store = distributed.global_state.client
+    if store is None:
+        return
+    mine = {"spec": spec.model_dump(mode="json"), "local_devices": jax.local_device_count()}
+    store.key_value_set(f"distillctl/start/{index}", json.dumps(mine, sort_keys=True))
+    for other in range(count) if index == 0 else (0,):
+        if other == index:
+            continue
+        try:
+            theirs = json.loads(store.blocking_key_value_get(f"distillctl/start/{other}", AGREE_TIMEOUT_MS))
+        except Exception as e:  # noqa: BLE001 - a peer gone or late: the coordinator's trouble, retried
+            raise RetryableError(f"process {other} did not report how it was started: {_first_line(e)}") from None
+        if theirs["local_devices"] != mine["local_devices"]:
+            raise UserError(
+                f"process {index} has {mine['local_devices']} devices, process {other} has {theirs['local_devices']}: "
+                "every process of a run needs the same number",
+                "run every process on the same kind of host (and the same XLA_FLAGS)",
+            )
+        differ = changed_settings(theirs["spec"], mine["spec"])
+        if differ:
+            raise UserError(
+                f"process {index} was started with another spec than process {other}: {_listed(differ, 4)} "
+                f"(process {other}'s → process {index}'s)",
+                "start every process with the same spec and options (--steps, --output-dir)",
+            )
 
 
 class _Session:
