@@ -73,6 +73,18 @@ def test_a_bare_dry_run_is_the_client_dry_run(where):
     assert "would create (client)" in done.stdout and "6 rendered (dry run" in done.stdout
 
 
+def test_the_run_ids_plan_shows_for_another_tpu_type_are_the_ones_sweep_launches():
+    # plan and render took --tpu-type/--slices; sweep, status, logs and cancel did not: those ids could not be run.
+    path = str(SWEEPS / "alpha-end.yaml")
+    overrides = ("--tpu-type", "v6e-256", "--slices", "1")
+    planned = json.loads(invoke("plan", path, *overrides, "--output", "json").stdout)
+    swept = json.loads(invoke("sweep", path, "--dry-run=client", *overrides, "--output", "json").stdout)
+    assert [r["jobset_name"] for r in planned["runs"]] == [r["jobset"] for r in swept]
+    assert planned["runs"][0]["jobset_name"] not in invoke("plan", path).stdout  # the file's own ids differ
+    for command in ("status", "logs", "cancel"):
+        assert "--tpu-type" in invoke(command, "--help").stdout
+
+
 def test_service_fields_apply_only_to_the_service():
     result = invoke("sweep", str(SWEEPS / "alpha-end.yaml"), "--retries", "2")
     assert result.exit_code == ExitCode.USAGE and "--retries and --deletion-policy apply to --service" in result.stderr

@@ -20,9 +20,11 @@ from orchestrator.cli.options import (
     NamespaceOption,
     OutputFormat,
     OutputOption,
+    SlicesOption,
     StallOption,
     SweepArgument,
     SweepContext,
+    TpuOption,
     WaitTimeoutOption,
     YesOption,
 )
@@ -83,6 +85,8 @@ def sweep(
     ] = False,
     stall_after: StallOption = DEFAULT_STALL_SECONDS,
     image: ImageOption = None,
+    tpu_type: TpuOption = None,
+    slices: SlicesOption = None,
     queue: Annotated[Optional[str], typer.Option("--queue", help="override target.queue (Kueue LocalQueue)")] = None,
     priority: Annotated[Optional[str], typer.Option("--priority", help="override target.priority")] = None,
     label: Annotated[
@@ -138,6 +142,8 @@ def sweep(
         yes=yes,
         labels=parse_labels(label),
         image=image,
+        tpu_type=tpu_type,
+        slices=slices,
         queue=queue,
         priority=priority,
     )
@@ -391,6 +397,8 @@ def status(
     output: OutputOption = OutputFormat.text,
     stall_after: StallOption = DEFAULT_STALL_SECONDS,
     image: ImageOption = None,
+    tpu_type: TpuOption = None,
+    slices: SlicesOption = None,
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
     namespace: NamespaceOption = None,
@@ -406,7 +414,14 @@ def status(
     from orchestrator.core.status import look
 
     ctx = SweepContext.build(
-        sweep_file, kubeconfig=kubeconfig, context=context, namespace=namespace, yes=True, image=image
+        sweep_file,
+        kubeconfig=kubeconfig,
+        context=context,
+        namespace=namespace,
+        yes=True,
+        image=image,
+        tpu_type=tpu_type,
+        slices=slices,
     )
     # Launch advice (a mutable tag, a local output base) was `sweep`'s to give: printed on every refresh of a
     # status, or before every log, it buried what the command shows.
@@ -534,6 +549,8 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
     tail: Annotated[Optional[int], typer.Option("--tail", min=1, help="only the last N lines")] = None,
     image: ImageOption = None,
+    tpu_type: TpuOption = None,
+    slices: SlicesOption = None,
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
     namespace: NamespaceOption = None,
@@ -542,7 +559,14 @@ def logs(
     from orchestrator.backends import LogRequest
 
     ctx = SweepContext.build(
-        sweep_file, kubeconfig=kubeconfig, context=context, namespace=namespace, yes=True, image=image
+        sweep_file,
+        kubeconfig=kubeconfig,
+        context=context,
+        namespace=namespace,
+        yes=True,
+        image=image,
+        tpu_type=tpu_type,
+        slices=slices,
     )
     request = LogRequest(slice=slice_, worker=worker, all=all_, follow=follow, tail=tail)
     expansion, backend = ctx.open(check=lambda expansion: _check_worker(expansion.sweep.target, request), about=())
@@ -651,6 +675,8 @@ def cancel(
     timeout: WaitTimeoutOption = None,
     output: OutputOption = OutputFormat.text,
     image: ImageOption = None,
+    tpu_type: TpuOption = None,
+    slices: SlicesOption = None,
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
     namespace: NamespaceOption = None,
@@ -665,7 +691,14 @@ def cancel(
     if timeout is not None and not wait:
         raise UsageError("--timeout applies to --wait", "add --wait to wait until the runs are gone, or drop --timeout")
     ctx = SweepContext.build(
-        sweep_file, kubeconfig=kubeconfig, context=context, namespace=namespace, yes=True, image=image
+        sweep_file,
+        kubeconfig=kubeconfig,
+        context=context,
+        namespace=namespace,
+        yes=True,
+        image=image,
+        tpu_type=tpu_type,
+        slices=slices,
     )
     expansion, backend = ctx.open(about=())
     try:
