@@ -208,12 +208,20 @@ TPU_TYPES: Mapping[str, TpuType] = MappingProxyType(_build())
 _BY_TOPOLOGY_NAME = {t.topology_name: t for t in TPU_TYPES.values()}
 
 
-class UnknownTpuType(ValueError):
-    """`name` is not in the table; `suggestions` holds close names."""
+# Shapes GKE offers that this table (XPK's) does not: said as such, not as a typo with the nearest sizes.
+NOT_IN_TABLE = {
+    name: "single-host v5e slices (ct5lp-hightpu-1t, -4t and the one-VM -8t pools) are not in XPK's table, which "
+    "distillctl follows: use v5litepod-8 or larger (VMs of 4 chips), or v6e-1 / v6e-4 for one host"
+    for name in ("v5litepod-1", "v5litepod-4", "v5litepod-1x1", "v5litepod-2x2")
+}
 
-    def __init__(self, name: str, suggestions: list[str]):
-        self.name, self.suggestions = name, suggestions
-        hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
+
+class UnknownTpuType(ValueError):
+    """`name` is not in the table; `suggestions` holds close names, `why` what is known of a shape the table lacks."""
+
+    def __init__(self, name: str, suggestions: list[str], why: str = ""):
+        self.name, self.suggestions, self.why = name, suggestions, why
+        hint = f": {why}" if why else f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
         super().__init__(f"unknown TPU type {name!r}{hint}")
 
 
@@ -230,7 +238,7 @@ def lookup(name: str) -> TpuType:
         return TPU_TYPES[key]
     if key in _BY_TOPOLOGY_NAME:
         return _BY_TOPOLOGY_NAME[key]
-    raise UnknownTpuType(name, suggest(name))
+    raise UnknownTpuType(name, suggest(name), NOT_IN_TABLE.get(key, ""))
 
 
 def suggest(name: str) -> list[str]:

@@ -134,6 +134,15 @@ def test_unknown_tpu_type_suggests_nearby_sizes(tmp_path):
     assert "v5p-128" in problem.message and problem.hint
 
 
+@pytest.mark.parametrize("name", ["v5e-4", "v5litepod-1", "v5e-2x2"])
+def test_a_single_host_v5e_slice_is_said_to_be_outside_the_table(tmp_path, name):
+    # It read as a typo with the nearest sizes (v5litepod-8, ...), while v6e's single-host shapes are accepted.
+    source = load(tmp_path, sweep_data(target={**sweep_data()["target"], "tpu_type": name}))
+    (problem,) = source.problems
+    assert problem.code == "unknown_tpu_type" and "single-host v5e slices" in problem.message
+    assert "did you mean" not in problem.message and "v6e-1 / v6e-4" in problem.message
+
+
 def test_a_cluster_target_needs_an_image(tmp_path):
     target = {k: v for k, v in sweep_data()["target"].items() if k != "image"}
     assert error_codes(load(tmp_path, sweep_data(target=target))) == ["target_field_missing"]
