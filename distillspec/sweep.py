@@ -1091,6 +1091,8 @@ def _target(sweep: Sweep) -> list[Problem]:
                 "the name of the cluster `xpk cluster create` made",
             )
         )
+    if t.kind == "xpk":
+        out += _xpk_placement(t)
     if t.kind == "local" and t.tpu_type is not None:
         out.append(
             Problem(
@@ -1234,6 +1236,37 @@ def _target(sweep: Sweep) -> list[Problem]:
                     severity="warning",
                 )
             )
+    return out
+
+
+def _xpk_placement(t: Target) -> list[Problem]:
+    """Where XPK's own JobSet lands elsewhere than the one distillctl renders (checked against XPK's manifest): it
+    was said nowhere, and `sweep --dry-run` shows distillctl's."""
+    out = []
+    if t.capacity != "on-demand":
+        out.append(
+            Problem(
+                ("target", "capacity"),
+                "xpk_capacity_needs_nap",
+                f"XPK adds the {t.capacity} node selector and toleration only on clusters with node auto-provisioning: "
+                "elsewhere its JobSet lands on any node pool of the accelerator and topology",
+                "check that the cluster auto-provisions nodes, or set target.kind: kubernetes (distillctl's JobSet "
+                "always carries them)",
+                severity="warning",
+            )
+        )
+    if t.tpu_type is not None and tpu.lookup(t.tpu_type).topology_ambiguous:
+        out.append(
+            Problem(
+                ("target", "tpu_type"),
+                "xpk_topology_ambiguous",
+                f"XPK selects a {t.tpu_type} by accelerator and topology only: on a cluster with a one-VM 8-chip pool "
+                "of that topology (the -8t machine type), its second pod never schedules",
+                "set target.kind: kubernetes (distillctl's JobSet pins the 4-chip machine type), or make sure the "
+                "cluster has no such pool",
+                severity="warning",
+            )
+        )
     return out
 
 

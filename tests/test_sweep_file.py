@@ -143,6 +143,16 @@ def test_a_single_host_v5e_slice_is_said_to_be_outside_the_table(tmp_path, name)
     assert "did you mean" not in problem.message and "v6e-1 / v6e-4" in problem.message
 
 
+def test_an_xpk_target_says_where_xpks_jobset_lands_elsewhere(tmp_path):
+    # Compared with XPK's own manifest: spot/flex/reservation selectors only with node auto-provisioning, and no
+    # machine-type selector for the 2x4 topologies GKE also offers as one 8-chip VM. Neither was said.
+    target = {**sweep_data()["target"], "kind": "xpk", "cluster": "c", "capacity": "spot", "tpu_type": "v6e-8"}
+    source = load(tmp_path, sweep_data(target=target))
+    assert {p.code for p in source.problems if not p.is_error} >= {"xpk_capacity_needs_nap", "xpk_topology_ambiguous"}
+    plain = load(tmp_path, sweep_data(target={**target, "capacity": "on-demand", "tpu_type": "v5p-128"}))
+    assert not {p.code for p in plain.problems} & {"xpk_capacity_needs_nap", "xpk_topology_ambiguous"}
+
+
 def test_a_cluster_target_needs_an_image(tmp_path):
     target = {k: v for k, v in sweep_data()["target"].items() if k != "image"}
     assert error_codes(load(tmp_path, sweep_data(target=target))) == ["target_field_missing"]
