@@ -280,6 +280,14 @@ def test_prerequisite_first_then_points_then_succeeded_with_the_best_point(expan
     steady = _plan(expanded, observed, _outputs(expanded, kl), done.status)
     assert steady.events == () and steady.status == done.status  # nothing changed: no write, no Event
 
+    # Their JobSets gone (ttl_seconds_after_finished) and their outputs unreadable to the controller (a bucket without
+    # Workload Identity): they were created again, every TTL, for ever. As recorded, they stay Succeeded.
+    gone = _plan(expanded, {}, _outputs(expanded), done.status)
+    assert not gone.create and gone.status == done.status and gone.events == ()
+    # Outputs that say otherwise win: a point whose outputs now say it failed is that.
+    failed = _plan(expanded, {}, _outputs(expanded, failed={points[0].run_id}), done.status)
+    assert next(r for r in failed.status.runs if r.runId == points[0].run_id).phase == "Failed"
+
     # Edited while running: a JobSet of a run the spec no longer has is reported (once as an Event), never deleted.
     orphan = OrphanRun(jobset="svc-gone", runId="gone", state="active")
     edited = _plan(expanded, observed, _outputs(expanded, kl), done.status, orphans=[orphan])

@@ -17,6 +17,7 @@ import datetime
 import math
 from collections.abc import Mapping, Sequence
 
+from distillspec.contract import PendingReason
 from distillspec.problems import Problem, format_loc
 from orchestrator.core import aggregate, early_stop
 from orchestrator.core.expansion import Expansion, Point
@@ -125,6 +126,7 @@ def plan(
             statuses[run_id] = dataclasses.replace(
                 statuses[run_id], phase=Phase.PENDING, reason="Retrying", message="created again after a failure"
             )
+    kept = _kept_successes(statuses, observed, before)
     stops, new_stops = _stops(expansion, statuses, outputs, before)
     for run_id, record in stops.items():
         if statuses[run_id].phase != Phase.SUCCEEDED:  # a run that finished before its stop keeps its success
@@ -149,7 +151,13 @@ def plan(
         retries = (old.retries if old else 0) + (run.run_id in delete_ids)
         # `retrying` remembers, across the deletion, that the run is to be created again.
         again = run.run_id in delete_ids or (run.run_id in retrying and run.run_id not in create_ids)
-        state = _run_state(run, status, outputs.get(run.run_id), retries, retrying=again, stopped=stops.get(run.run_id))
+        state = (
+            before[run.run_id]
+            if run.run_id in kept
+            else _run_state(
+                run, status, outputs.get(run.run_id), retries, retrying=again, stopped=stops.get(run.run_id)
+            )
+        )
         runs.append(state)
         if run.run_id in new_stops:
             events.append(
@@ -254,6 +262,35 @@ def plan(
         orphans=sorted(orphans, key=lambda o: o.jobset),
     )
     return Plan(status, tuple(actions), create, delete, tuple(events), stop)
+
+
+def _kept_successes(
+    statuses: dict[str, RunStatus], observed: Mapping[str, Observation], before: Mapping[str, RunState]
+) -> set[str]:
+    """The runs the status recorded as Succeeded whose JobSet is gone (its `ttl_seconds_after_finished`) and whose
+    outputs say nothing (none the controller can read): they stay Succeeded, as recorded. They read NotCreated and
+    were created again: with outputs the controller could not read (a bucket without Workload Identity for its
+    ServiceAccount), every finished point trained again each TTL, for ever. Outputs that say otherwise win."""
+    kept = set()
+    for run_id, status in statuses.items():
+        old = before.get(run_id)
+        if (
+            old is not None
+            and old.phase == Phase.SUCCEEDED
+            and not observed.get(run_id, Observation(exists=False)).exists
+            and status.phase == Phase.PENDING
+            and status.reason == PendingReason.NOT_CREATED
+        ):
+            statuses[run_id] = RunStatus(
+                Phase.SUCCEEDED,
+                old.reason,
+                old.message,
+                step=old.step,
+                total_steps=old.totalSteps,
+                kl_div_t1=old.metrics.get(aggregate.KL_T1),
+            )
+            kept.add(run_id)
+    return kept
 
 
 def _stops(
