@@ -13,6 +13,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from trainer_support import REPO, TEACHER, merged, python_env, read_metrics, run_trainer, write_spec
@@ -93,6 +94,27 @@ def test_processes_started_alike_or_not_at_all(tmp_path):
         assert "optimizer.learning_rate" in err
     summary = json.loads((tmp_path / "unlike" / "summary.json").read_text())
     assert summary["status"] == "failed" and "another spec" in summary["message"]
+
+
+def test_a_process_that_fails_at_start_up_ends_the_others_with_its_reason(tmp_path):
+    # Process 1 exited 1 at once (its share of the data held no text), and process 0 waited in the first step's
+    # collectives until JAX's heartbeat timeout aborted it (134 after ~100 s, its summary left "running").
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.jsonl").write_text("".join(json.dumps({"text": f"document {j} " * 20}) + "\n" for j in range(20)))
+    (docs / "b.jsonl").write_text(json.dumps({"text": ""}) + "\n")  # process 1's share: nothing to train on
+    data = merged(BASE, name="lonely", output_dir=str(tmp_path), batch={"per_device_batch_size": 4})
+    spec = write_spec(tmp_path / "a.json", merged(data, data={"source": "jsonl", "path": str(docs)}))
+    procs = _launch_pair(spec, f"127.0.0.1:{_free_port()}")
+    started = time.monotonic()
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], errors
+    assert time.monotonic() - started < 90  # not JAX's heartbeat timeout
+    assert "process 1 failed before training (exit 1)" in errors[0] and "holds no document" in errors[0], errors[0][
+        -2000:
+    ]
+    summary = json.loads((tmp_path / "lonely" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "process 1 failed before training" in summary["message"]
 
 
 def _launch_pair(spec, address: str, specs=None) -> list[subprocess.Popen]:

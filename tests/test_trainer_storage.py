@@ -184,18 +184,26 @@ def _free_port() -> int:
 
 
 def test_a_failing_worker_leaves_its_verdict_for_the_orchestrator(tmp_path):
-    """Two processes; process 1 alone cannot load its student checkpoint (as if its host lost a mount). It exits 1
-    and writes failures/process-1.json; process 0 is then killed, as Kubernetes tears the JobSet down. With no
-    processes left, the orchestrator reads the run as Failed with process 1's reason."""
+    """Two processes; process 1 alone cannot start (its share of the data holds no text, as if its files were
+    truncated). It exits 1 and writes failures/process-1.json; process 0 is then killed, as Kubernetes tears the
+    JobSet down. With no processes left, the orchestrator reads the run as Failed with process 1's reason. (The
+    processes are started with one spec: another on one of them is refused before anything is read.)"""
     from orchestrator.core.run_status import Observation, derive
     from orchestrator.outputs import read_run_outputs
 
-    data = merged(TEACHER, name="pair", output_dir=str(tmp_path), steps=10, batch={"per_device_batch_size": 4})
-    missing = tmp_path / "nowhere" / "checkpoints"
-    specs = [
-        write_spec(tmp_path / "p0.json", data),
-        write_spec(tmp_path / "p1.json", merged(data, student={"load_parameters_path": str(missing)})),
-    ]
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.jsonl").write_text("".join(json.dumps({"text": f"document {j} " * 20}) + "\n" for j in range(20)))
+    (docs / "b.jsonl").write_text(json.dumps({"text": ""}) + "\n")  # process 1's share
+    data = merged(
+        TEACHER,
+        name="pair",
+        output_dir=str(tmp_path),
+        steps=10,
+        batch={"per_device_batch_size": 4},
+        data={"source": "jsonl", "path": str(docs)},
+    )
+    specs = [write_spec(tmp_path / "p.json", data)] * 2
     (tmp_path / "pair" / "failures").mkdir(parents=True)
     (tmp_path / "pair" / "failures" / "process-1.json").write_text('{"status": "failed", "message": "stale"}')
     address = f"127.0.0.1:{_free_port()}"
@@ -219,12 +227,13 @@ def test_a_failing_worker_leaves_its_verdict_for_the_orchestrator(tmp_path):
     assert procs[1].returncode == TrainerExit.USER_ERROR, err1[-2000:]
     failure = json.loads((tmp_path / "pair" / "failures" / "process-1.json").read_text())
     assert failure["process_index"] == 1 and failure["exit_code"] == 1 and failure["status"] == "failed"
-    assert f"checkpoint not found at {missing}" in failure["message"]
+    assert "holds no document with text (process 1's share of 2)" in failure["message"]
 
     outputs = read_run_outputs(str(tmp_path / "pair"))
     status = derive(Observation(exists=False), outputs, now=time.time(), stall_after=900.0)
-    assert status.shown == "Failed (TrainerExit)" and status.terminal
-    assert status.message.startswith("exit code 1 on process 1: student checkpoint not found at")
+    assert status.phase == "Failed" and status.terminal
+    # process 1's reason, from its failure file or from process 0's summary (which, killed or not, names it)
+    assert "process 1" in status.message and "holds no document" in status.message, status.message
 
 
 def test_failure_files_and_the_storage_probe_work_on_object_store_urls():

@@ -180,6 +180,7 @@ def run(
                 traceback.print_exc()
             code, message, session.failure_reason = failure.code, failure.message, failure.reason
             session.keep_record = isinstance(e, RunRefused)
+            _tell_peers(code, message)
         session.finish(code, message)
         return code
     finally:
@@ -292,14 +293,10 @@ def _check_processes_agree(spec: DistillSpec) -> None:
 
     import jax
 
-    count, index = jax.process_count(), jax.process_index()
-    if count == 1:
-        return
-    from jax._src import distributed
-
-    store = distributed.global_state.client
+    store = _coordination_store()
     if store is None:
         return
+    count, index = jax.process_count(), jax.process_index()
     mine = {"spec": spec.model_dump(mode="json"), "local_devices": jax.local_device_count()}
     store.key_value_set(f"distillctl/start/{index}", json.dumps(mine, sort_keys=True))
     for other in range(count) if index == 0 else (0,):
@@ -322,6 +319,55 @@ def _check_processes_agree(spec: DistillSpec) -> None:
                 f"(process {other}'s → process {index}'s)",
                 "start every process with the same spec and options (--steps, --output-dir)",
             )
+
+
+READY_TIMEOUT_MS = 1_800_000  # a peer slower to load its data and state than this is in trouble
+
+
+def _coordination_store():
+    """JAX's coordination service key-value store in a multi-process run, else None (asked without starting JAX's
+    backends: a failure before them must not start them)."""
+    from jax._src import distributed
+
+    state = distributed.global_state
+    return state.client if state.client is not None and (state.num_processes or 1) > 1 else None
+
+
+def _processes_ready() -> None:
+    """Wait until every process has its data and state; raise the failure of one that had an error instead. A
+    process that failed at start-up (its data missing on one host) exited at once, and the others waited in the
+    first step's collectives until JAX's heartbeat timeout aborted them (134, their summary left "running")."""
+    import jax
+
+    store = _coordination_store()
+    if store is None:
+        return
+    index = jax.process_index()
+    store.key_value_set(f"distillctl/ready/{index}", "ok")
+    for other in range(jax.process_count()):
+        if other == index:
+            continue
+        try:
+            said = store.blocking_key_value_get(f"distillctl/ready/{other}", READY_TIMEOUT_MS)
+        except Exception as e:  # noqa: BLE001 - gone without a word, or late: the coordinator's trouble, retried
+            raise RetryableError(f"process {other} did not get ready to train: {_first_line(e)}") from None
+        if said != "ok":
+            code, _, why = said.partition(" ")
+            error = UserError if code == str(int(TrainerExit.USER_ERROR)) else RetryableError
+            raise error(f"process {other} failed before training (exit {code}): {why}")
+
+
+def _tell_peers(code: TrainerExit, message: str) -> None:
+    """Leave this process's failure where the others wait for it (`_processes_ready`); nothing once it is past
+    that point (its key is set then) or when it never joined."""
+    try:
+        import jax
+
+        store = _coordination_store()
+        if store is not None:
+            store.key_value_set(f"distillctl/ready/{jax.process_index()}", f"{int(code)} {message[:2000]}")
+    except Exception:  # noqa: BLE001 - the exit code still says it
+        pass
 
 
 class _Session:
@@ -1101,6 +1147,7 @@ def _loop(
     compile_start = time.time()
     data_state = batches.state()  # the position the next checkpoint saves: before the batch read ahead
     host, device_batch = batch(position)
+    _processes_ready()  # every process has its data and state: the first step's collectives can begin
     with jax.set_mesh(built.mesh):  # activation sharding constraints name the mesh's axes
         step_fn = built.step_fn.lower(state, built.teacher_params, device_batch, hparams_at(step)).compile()
     session.compile_seconds = time.time() - compile_start
