@@ -80,7 +80,7 @@ def test_deployment_runs_serve_locked_down_with_probes(helm):
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["command"] == ["distillctl", "serve"]
-    assert "--namespace=team" in container["args"] and "--lease=rel-distillctl-controller" in container["args"]
+    assert "--namespace=team" in container["args"] and "--lease=distillctl-controller" in container["args"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
@@ -111,7 +111,7 @@ def test_role_grants_exactly_what_the_controller_calls(helm):
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
-    lease = ("rel-distillctl-controller",)
+    lease = ("distillctl-controller",)  # one per namespace, whatever the release
     assert granted == {
         *{("distillctl.dev", "distillationsweeps", v, ()) for v in ("get", "list", "watch", "patch")},
         ("distillctl.dev", "distillationsweeps/status", "patch", ()),

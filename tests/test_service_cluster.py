@@ -36,7 +36,7 @@ pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[1]
 RELEASE = "svc"
 SERVICE_ACCOUNT = f"{RELEASE}-distillctl"
-LEASE = f"{RELEASE}-distillctl-controller"
+LEASE = "distillctl-controller"  # the chart's: one per namespace
 NS = "default"  # where the test cluster's Kueue LocalQueues are
 IMAGE = "example.invalid/distillctl-trainer:test"
 

@@ -100,7 +100,7 @@ class LeaderElector:
             self._said_forbidden.add(operation)
             log.error(
                 "cannot %s %s/%s: forbidden: this replica never acts until its Role allows get and update on that "
-                "Lease (the chart's Role names <release>-distillctl-controller; --lease must be that name)",
+                "Lease (the chart's Role names distillctl-controller, one per namespace; --lease must be that name)",
                 operation,
                 self.cluster.namespace,
                 self.name,
