@@ -178,6 +178,8 @@ def test_two_processes_stop_together_on_sigterm_and_resume(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for e in errors]
     summary = json.loads((tmp_path / "pre" / "summary.json").read_text())
     assert summary["status"] == "succeeded" and summary["resumed_from_step"] == stopped
+    # what it trained on, recorded (tokens/s and wall time compare only at one topology)
+    assert summary["topology"] == {"processes": 2, "devices": 2, "mesh": {"data": 1, "fsdp": 2, "tensor": 1}}
     steps = [r["step"] for r in read_metrics(tmp_path / "pre")]
     assert steps == list(range(5, 41, 5))
 

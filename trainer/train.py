@@ -391,6 +391,7 @@ class _Session:
         self.final_metrics: dict[str, float | None] = {}
         self.resumed_from: int | None = None
         self.keep_record = False  # a start refused on another run's directory: its files stay as they are
+        self.topology: dict[str, Any] | None = None  # processes, devices and the mesh this attempt trains on
         self.teacher_source: str | None = None  # the step folder a run's own teacher checkpoint resolved to
         self.run_dir_lock: tuple[int, str, bool] | None = None  # (fd, lock file, folder made for it): `_hold_run_dir`
 
@@ -419,6 +420,7 @@ class _Session:
             "message": message,
             "failure_reason": self.failure_reason,  # trainer.failures' category when an exception ended the run
             "resumed_from_step": self.resumed_from,
+            "topology": self.topology,
         }
 
     def write_summary(self, status: str, exit_code: int | None, message: str = "") -> None:
@@ -821,6 +823,11 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
         _write_logit_cache(spec, session, stop, run_dir, index)
         return
     built = build(spec)
+    session.topology = {
+        "processes": jax.process_count(),
+        "devices": jax.device_count(),
+        "mesh": {axis: int(size) for axis, size in built.mesh.shape.items()},
+    }
     if isinstance(stop, _Stop):
         stop.settle()
     session.started_at = now_iso()
@@ -1095,6 +1102,13 @@ def _resume_session(session: _Session, start: Start, checkpoints: RunCheckpoints
     session.files.start_metrics(keep_through_step=start.step if start.resumed else None)
     previous = session.files.read_json("summary.json") if start.resumed else None
     if previous:
+        before = previous.get("topology")
+        if isinstance(before, dict) and session.topology and before != session.topology:
+            # tokens_per_sec and wall time of the attempts do not compare: said (a mesh edit was, this was not)
+            session.reporter.note(
+                f"resuming on another topology: {_topology(before)} until step {start.step}, "
+                f"{_topology(session.topology)} from here"
+            )
         session.started_at = previous.get("started_at", session.started_at)
         session.final_metrics = previous.get("final_metrics", {})
         # The last attempt's summary counts its time after the checkpoint too (a SIGTERM, a failure).
@@ -1102,6 +1116,11 @@ def _resume_session(session: _Session, start: Start, checkpoints: RunCheckpoints
         if isinstance(before, (int, float)) and not isinstance(before, bool):
             session.earlier_wall_seconds = max(session.earlier_wall_seconds, float(before))
     session.write_summary("running", None)
+
+
+def _topology(topology: dict[str, Any]) -> str:
+    mesh = " × ".join(f"{axis} {size}" for axis, size in (topology.get("mesh") or {}).items())
+    return f"{topology.get('devices')} devices in {topology.get('processes')} process(es), mesh {mesh}"
 
 
 def _loop(
