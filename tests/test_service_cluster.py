@@ -665,7 +665,9 @@ def test_a_manifest_the_cluster_refuses_is_a_condition_not_a_hot_retry(control_p
         path.write_text(text.replace("[1.0, 2.0]", "[1.0]").replace("\nearly_stopping:\n  no_improvement:", "\n#"))
         time.sleep(2)  # the policy reaches the API server's admission cache
         applied = CliRunner().invoke(app, ["sweep", str(path), "--service", "--kubeconfig", str(cp.kubeconfig)])
-        assert applied.exit_code == 0, applied.output
+        # applied, and the refusal said at once (it read "applied ... the controller creates its runs", exit 0)
+        assert applied.exit_code == ExitCode.REJECTED, applied.output  # as `sweep` exits for a rejected manifest
+        assert "the controller refused DistillationSweep default/svc-r (ManifestRejected)" in applied.stderr
 
         def refused() -> dict:
             found = condition(cp, "svc-r", "Accepted")

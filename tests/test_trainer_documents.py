@@ -702,3 +702,14 @@ def test_each_pass_over_the_corpus_is_tagged_and_the_second_is_said(corpora, sou
             next(rows)
     said = [r.getMessage() for r in caplog.records if "read" in r.getMessage()]
     assert len(said) == 1 and "has been read 1 time(s) through: starting pass 2" in said[0], said
+
+
+def test_a_pass_note_of_one_process_says_it_is_that_process_share(caplog):
+    # Files are shared out whole: a process with a small share repeats it while the others have not read theirs
+    # once, and the note said "the training data has been read" of the whole corpus.
+    notes = corpus.EpochNotes("data/uneven", Shard(1, 2))
+    with caplog.at_level("WARNING", logger="trainer.corpus"):
+        for epoch in (0, 1):
+            notes.note({corpus.EPOCH: epoch})
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said.startswith("process 1's share of the training data (data/uneven;") and "starting pass 2" in said

@@ -51,19 +51,25 @@ class EpochNotes:
     and round without a word, and a run that trains on the same documents many times overfits them. At the second
     pass, then at the 10th, 100th, ... The pipeline reads ahead of the step, so the note comes a few batches early."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, shard: Shard | None = None) -> None:
         self.path = path
+        self.shard = shard or Shard()
         self.epoch: int | None = None
 
     def note(self, record: dict[str, Any]) -> dict[str, Any]:
         epoch = record.get(EPOCH, 0)
         passes = epoch + 1
         if self.epoch is not None and epoch > self.epoch and (passes == 2 or worth_a_note(passes)):
+            # With several processes each goes round its own files: one with a small share repeats it while the
+            # others have not read theirs once (it read "the training data has been read", which it had not).
+            whose = (
+                f"process {self.shard.index}'s share of the training data ({self.path}; files are shared out whole, "
+                "so shares of unequal size repeat unequally)"
+                if self.shard.count > 1
+                else f"the training data ({self.path})"
+            )
             log.warning(
-                "the training data (%s) has been read %d time(s) through: starting pass %d over the same documents",
-                self.path,
-                epoch,
-                epoch + 1,
+                "%s has been read %d time(s) through: starting pass %d over the same documents", whose, epoch, epoch + 1
             )
         self.epoch = epoch
         return record

@@ -240,7 +240,7 @@ def document_rows(
         )
     records = corpus.host_records(data, path, shard, repeat=repeat, field=field)
     if repeat:
-        records = records.map(corpus.EpochNotes(path).note)
+        records = records.map(corpus.EpochNotes(path, shard).note)
     split = packing.SplitDocuments()  # warns about this pipeline's long documents
     documents = records.map(lambda r: packing.document_features(r, data, tokenize, length, split))
     rows = packing.packed_rows(documents, length, whole_records=data.prompt_completion)

@@ -248,7 +248,7 @@ def _apply_to_service(ctx: SweepContext, output: OutputFormat, fields: dict) -> 
             f"the controller refused DistillationSweep {metadata['namespace']}/{metadata['name']} ({refused.reason}): "
             f"{refused.message}",
             "fix the file and apply it again (`distillctl sweep FILE --service`); it creates no run until then",
-            exit_code=ExitCode.INVALID_SPEC,
+            exit_code=REFUSAL_EXIT_CODES.get(refused.reason, ExitCode.INVALID_SPEC),  # as `sweep` exits for it
         )
     if output is OutputFormat.json:
         console.print_json({"kind": applied["kind"], "name": metadata["name"], "namespace": metadata["namespace"]})
@@ -258,6 +258,16 @@ def _apply_to_service(ctx: SweepContext, output: OutputFormat, fields: dict) -> 
         f"(`distillctl status {ctx.path}`, `kubectl get distillationsweeps`)",
         markup=False,
     )
+
+
+# The controller's reasons for refusing a sweep, as exit codes: the ones `sweep` gives for the same (4 otherwise).
+REFUSAL_EXIT_CODES = {
+    "LocalQueueMissing": 9,
+    "ClusterQueueMissing": 9,
+    "QuotaNeverFits": 9,
+    "PriorityClassMissing": 8,
+    "ManifestRejected": 8,
+}
 
 
 def _client_dry_run(expansion, output: OutputFormat) -> None:
