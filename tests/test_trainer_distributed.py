@@ -117,6 +117,24 @@ def test_a_process_that_fails_at_start_up_ends_the_others_with_its_reason(tmp_pa
     assert summary["status"] == "failed" and "process 1 failed before training" in summary["message"]
 
 
+def test_a_process_that_fails_mid_run_gives_the_run_its_reason(tmp_path):
+    # A bad line deep in process 1's file: process 1 exited 1 naming it, and process 0 exited 42 with "Gloo ...
+    # failed" in summary.json, so the JobSet restarted the run into the same line again and again.
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    lines = [json.dumps({"text": f"document {j} " * 20}) for j in range(40)]
+    (docs / "a.jsonl").write_text("\n".join(lines) + "\n")
+    (docs / "b.jsonl").write_text("\n".join(lines[:12] + ['{"text": "cut off'] + lines[12:]) + "\n")
+    data = merged(BASE, name="midway", output_dir=str(tmp_path), steps=30, batch={"per_device_batch_size": 4})
+    spec = write_spec(tmp_path / "a.json", merged(data, data={"source": "jsonl", "path": str(docs)}))
+    procs = _launch_pair(spec, f"127.0.0.1:{_free_port()}")
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], [e[-2000:] for e in errors]
+    summary = json.loads((tmp_path / "midway" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["exit_code"] == 1 and summary["step"] > 0, summary
+    assert summary["message"].startswith("process 1 failed (exit 1):") and "b.jsonl" in summary["message"], summary
+
+
 def _launch_pair(spec, address: str, specs=None) -> list[subprocess.Popen]:
     return [
         subprocess.Popen(

@@ -80,6 +80,8 @@ def classify(e: BaseException) -> Failure:
             "user_error",
             f"{name}: {first} (the storage refuses the write; retrying would fail again)",
         )
+    if isinstance(e, ValueError) and _COORDINATOR.search(str(e)):  # a collective whose peer went (JAX's ValueError)
+        return Failure(TrainerExit.RETRYABLE, "coordinator", f"{name}: {first}")
     if isinstance(e, (TypeError, ValueError)) and _SHAPE.search(first):
         return Failure(
             TrainerExit.USER_ERROR,

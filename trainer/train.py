@@ -181,6 +181,10 @@ def run(
             code, message, session.failure_reason = failure.code, failure.message, failure.reason
             session.keep_record = isinstance(e, RunRefused)
             _tell_peers(code, message)
+            if code in (TrainerExit.RETRYABLE, TrainerExit.INTERNAL) and (peer := _peer_failure()) is not None:
+                # A collective that failed because a peer ended with its own error (a bad line in its file): that
+                # error is the run's. It read "Gloo AllGather failed", exit 42, and every retry met the same line.
+                code, message, session.failure_reason = peer
         session.finish(code, message)
         return code
     finally:
@@ -364,10 +368,41 @@ def _tell_peers(code: TrainerExit, message: str) -> None:
         import jax
 
         store = _coordination_store()
-        if store is not None:
-            store.key_value_set(f"distillctl/ready/{jax.process_index()}", f"{int(code)} {message[:2000]}")
+        if store is None:
+            return
+        said = f"{int(code)} {message[:2000]}"
+        store.key_value_set(f"distillctl/failed/{jax.process_index()}", said)
+        store.key_value_set(f"distillctl/ready/{jax.process_index()}", said)  # refused past the start: it is "ok"
     except Exception:  # noqa: BLE001 - the exit code still says it
         pass
+
+
+def _peer_failure(wait_seconds: float = 3.0) -> tuple[TrainerExit, str, str] | None:
+    """Another process's own failure (code, message, reason), posted by `_tell_peers` as it ended: what broke this
+    process's collective. Waits briefly: the peer posts before it exits, but this process may see its sockets
+    close first."""
+    import jax
+
+    store = _coordination_store()
+    if store is None:
+        return None
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            posted = store.key_value_dir_get("distillctl/failed/")
+        except Exception:  # noqa: BLE001 - the coordinator itself is gone: nothing to learn
+            return None
+        own = f"distillctl/failed/{jax.process_index()}"
+        for key, value in sorted(posted):
+            if key == own:
+                continue
+            code, _, why = value.partition(" ")
+            if code.isdigit() and int(code) != TrainerExit.RETRYABLE:
+                other = key.rsplit("/", 1)[-1]
+                return TrainerExit(int(code)), f"process {other} failed (exit {code}): {why}", "peer_failed"
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.2)
 
 
 class _Session:
