@@ -181,3 +181,12 @@ def test_the_trainers_warnings_read_as_warnings_on_the_console_and_logging_is_le
     assert "warning: the training data" in result.output and "starting pass 2" in result.output
     assert "WARNING:trainer" not in result.output
     assert logging.getLogger("trainer").propagate and not logging.getLogger("trainer").handlers
+
+
+def test_tpu_pod_environment_without_a_tpu_pod_is_a_user_error(tmp_path):
+    # jax.distributed.initialize() found no coordinator: "internal error (a bug)", exit 70.
+    spec = tmp_path / "s.json"
+    spec.write_text(json.dumps(merged(TEACHER, output_dir=str(tmp_path), steps=2)))
+    done = run_trainer(["--spec", str(spec)], env=python_env(TPU_WORKER_HOSTNAMES="a,b"), timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "$TPU_WORKER_HOSTNAMES is set, so this is a multi-host TPU run" in done.stderr and "a bug" not in done.stderr

@@ -278,7 +278,18 @@ def _initialize_distributed(process: ProcessOptions) -> None:
                 f"cannot join the coordinator at {process.coordinator_address}: {_first_line(e)}"
             ) from None
     elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize()  # TPU pods: the peers are found from the environment
+        try:
+            jax.distributed.initialize()  # TPU pods: the peers are found from the environment
+        except (RuntimeError, ValueError) as e:  # it was "internal error (a bug)", exit 70
+            found = (
+                "TPU_WORKER_HOSTNAMES" if os.environ.get("TPU_WORKER_HOSTNAMES") else "MEGASCALE_COORDINATOR_ADDRESS"
+            )
+            raise UserError(
+                f"${found} is set, so this is a multi-host TPU run, but JAX could not find its peers from the "
+                f"environment: {_first_line(e)}",
+                f"on a TPU pod this environment is set by the JobSet; elsewhere unset {found} (and the other TPU_* "
+                "and MEGASCALE_* variables), or use --coordinator-address, --num-processes and --process-id",
+            ) from None
         from trainer.sharding import check_process_count
 
         check_process_count(dict(os.environ), jax.process_count())
