@@ -190,6 +190,7 @@ def test_invalid_resource_is_rejected_with_the_clis_codes(resource):
     accepted = decided.status.conditions[0]
     assert (accepted.type, accepted.status, accepted.reason) == ("Accepted", "False", "InvalidSpec")
     assert "alpha_out_of_range" in accepted.message and decided.events[0].type == "Warning"
+    assert " → " in accepted.message  # the fix `validate` gives, not only the code
     # A local target applied as a resource: the controller crashed rendering its JobSets, pass after pass.
     bad = json.loads(json.dumps(resource))
     bad["spec"]["target"] = {"kind": "local", "output_base": "runs"}

@@ -80,7 +80,12 @@ def rejected(
     the status recorded before stays (runs, their retries, counts): the runs it created go on, and a moment of
     rejection (a LocalQueue deleted and made again, an edit undone) must not reset their retry budget."""
     errors = [p for p in problems if p.is_error] or list(problems)
-    message = "; ".join(f"{format_loc(p.loc)}: {p.message} [{p.code}]" if p.loc else p.message for p in errors[:5])
+    # With each problem's fix, as `validate` prints it: for a resource applied with kubectl or GitOps the condition is
+    # all its author reads ("did you mean 'distill/kl_div_T1'?" was dropped).
+    message = "; ".join(
+        (f"{format_loc(p.loc)}: {p.message} [{p.code}]" if p.loc else p.message) + (f" → {p.hint}" if p.hint else "")
+        for p in errors[:5]
+    )
     conditions = _conditions(
         previous, {"Accepted": ("False", reason, message)}, generation=generation, now=now, only=True
     )

@@ -231,12 +231,17 @@ def api_error(what: str, e: ApiException, cluster: Cluster) -> DistillctlError:
             exit_code=ExitCode.REJECTED,
         )
     if e.status == 403:
-        return ClusterError(
-            f"{what}: forbidden ({message})",
-            f"ask for RBAC rights on {_forbidden_resource(e)} in namespace {cluster.namespace!r} (README, "
-            '"Running distillctl in a pod", lists the Role a launcher needs)',
-            exit_code=ExitCode.FORBIDDEN,
+        resource = _forbidden_resource(e)
+        hint = (
+            # `serve` out of its Role's namespace was pointed to the launcher's Role, which has no such rule
+            f"`distillctl serve` has the chart's Role in the namespace the chart is installed in: install it in "
+            f"{cluster.namespace!r} (helm install distillctl charts/distillctl -n {cluster.namespace}); a launcher "
+            f"applying sweeps needs get and patch on {resource} there"
+            if "distillationsweeps" in resource
+            else f"ask for RBAC rights on {resource} in namespace {cluster.namespace!r} (README, "
+            '"Running distillctl in a pod", lists the Role a launcher needs)'
         )
+        return ClusterError(f"{what}: forbidden ({message})", hint, exit_code=ExitCode.FORBIDDEN)
     if e.status == 404 and "the server could not find the requested resource" in message.lower():
         return ClusterError(
             f"{what}: the API server does not serve this resource ({message})",
