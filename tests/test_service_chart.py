@@ -145,6 +145,9 @@ def test_role_grants_exactly_what_the_controller_calls(helm):
         ("resync=abc", "at '/resync': got string, want number"),  # installed, then crash-looped
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
         ("resync=100000", "at '/resync'"),  # past serve --resync's 86400: the pod crash-looped
+        # combinations that rendered objects matching or naming nothing
+        ("metrics.service.enabled=false,metrics.serviceMonitor.enabled=true", "needs metrics.service.enabled"),
+        ("serviceAccount.create=false", "set serviceAccount.name"),
     ],
 )
 def test_values_are_checked_against_the_charts_schema(helm, setting, said):
