@@ -399,6 +399,10 @@ def test_sweep_applied_as_a_resource_runs_to_the_end_with_no_client(control_plan
     assert all(r["age_seconds"] >= 0 for r in json.loads(shown.stdout))  # from the JobSets' creation (was none)
     assert "DistillationSweep svc-a: Succeeded (AllSucceeded: 3 run(s))" in shown.stderr  # its conditions
     assert "1 orphaned JobSet(s)" in shown.stderr and f"{orphan} (" in shown.stderr  # and `status`'s own warning
+    # Another image than the controller filled in: other run ids than the resource's, said (it looked unsaid).
+    other = CliRunner().invoke(app, ["status", str(path), "--image", "example.invalid/other:1", *kube])
+    assert other.exit_code == 0 and "warning[service_runs_differ]" in other.stderr, other.output
+    assert f"--image {IMAGE}, the image it runs with" in other.stderr  # the resource's pinned image
     compared = CliRunner().invoke(app, ["results", str(path), "--format", "json", "--image", IMAGE, *kube])
     assert compared.exit_code == 0, compared.output
     assert "DistillationSweep svc-a: Succeeded" in compared.stderr

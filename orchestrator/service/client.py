@@ -359,8 +359,10 @@ def summary(view: Served) -> str:
 
 
 def mismatch_hint(view: Served) -> str:
+    pinned = view.status.pinned.get("image")
+    given = f"--image {pinned}, the image it runs with" if pinned else "e.g. --image"
     return (
         f"{len(view.missing)} run id(s) of this file are not the resource's: the file changed since it was applied "
         "(`distillctl sweep FILE --service` applies it again), or the controller filled target fields the file "
-        "leaves unset (pass them, e.g. --image, to name the same runs)"
+        f"leaves unset (pass them, {given}, to name the same runs)"
     )
