@@ -806,16 +806,23 @@ def _mesh(spec: DistillSpec) -> list[Problem]:
             )
         ]
     out = []
-    heads = spec.student.shape().num_kv_heads
-    if mesh.tensor > 1 and heads % mesh.tensor:
-        out.append(
-            Problem(
-                ("mesh", "tensor"),
-                "tensor_axis_indivisible",
-                f"mesh.tensor = {mesh.tensor} does not divide the student's {heads} kv heads",
-                "pick a tensor axis size that divides num_kv_heads",
+    # The trainer keeps a dimension the axis does not divide whole on it (trainer.sharding): it runs, and the same
+    # numbers come out, but those weights are not split. A warning for both models, as `plan`'s `mesh_replicates`:
+    # it was an error for the student's kv heads alone, and not one for `tensor: -1` filling to the same size.
+    models = [("student", spec.student)] + ([("teacher", spec.teacher)] if spec.teacher is not None else [])
+    for side, model in models:
+        heads = model.shape().num_kv_heads
+        if mesh.tensor > 1 and heads % mesh.tensor:
+            out.append(
+                Problem(
+                    ("mesh", "tensor"),
+                    "tensor_axis_indivisible",
+                    f"mesh.tensor = {mesh.tensor} does not divide the {side}'s {heads} kv heads: its attention "
+                    "weights stay whole on that axis (no memory saved there, each of its devices computes them)",
+                    "pick a tensor axis size that divides num_kv_heads",
+                    severity="warning",
+                )
             )
-        )
     return out
 
 

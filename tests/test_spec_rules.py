@@ -578,3 +578,14 @@ def test_a_hub_path_anywhere_is_refused_before_anything_asks_the_hub(field):
         edits["eval"] = {"path": "hf://org/name/file"}
         del edits[field]
     assert "hub_path_not_read" in codes(spec_data(**edits))
+
+
+def test_a_tensor_axis_that_does_not_divide_the_kv_heads_is_a_warning_for_either_model():
+    # An error for the student's kv heads alone (the trainer runs it: those weights stay whole on the axis), none for
+    # the teacher's, and none for `tensor: -1` filling to the same size.
+    found = [
+        (p.code, p.severity, "student's" in p.message)
+        for p in report_for(spec_data(**{"mesh.tensor": 4})).problems
+        if p.code == "tensor_axis_indivisible"
+    ]
+    assert found == [("tensor_axis_indivisible", "warning", True), ("tensor_axis_indivisible", "warning", False)]
