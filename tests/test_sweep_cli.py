@@ -25,6 +25,9 @@ def invoke(*args: str):
 def test_plan_lists_every_point_with_its_id_shape_and_memory():
     result = invoke("plan", str(SWEEPS / "alpha-end.yaml"))
     assert result.exit_code == ExitCode.OK, result.output
+    assert "chip-hours in all" in result.stdout and "GB/chip" in result.stdout
+    # TPU7x: the estimate is per TensorCore (a JAX device, half the chip's HBM), and says so
+    assert "GB/device" in invoke("plan", str(SWEEPS / "alpha-end.yaml"), "--tpu-type", "tpu7x-128").stdout
     assert "alpha-end: 6 point(s)" in result.stdout and "2 × 16 × 4" in result.stdout
     assert "distill_alpha_end=0.3, data.seed=0" in result.stdout
 
@@ -33,6 +36,7 @@ def test_plan_json_is_for_machines():
     result = invoke("plan", str(SWEEPS / "alpha-end.yaml"), "--output", "json")
     assert result.exit_code == ExitCode.OK
     data = json.loads(result.stdout)
+    assert data["total_chip_hours"] == pytest.approx(sum(r["chip_hours"] for r in data["runs"]))  # the grid's cost
     assert data["sweep"] == "alpha-end" and len(data["runs"]) == 6 and data["grid_size"] == 6
     run = data["runs"][0]
     assert run["jobset_name"] == f"alpha-end-{run['run_id']}" and run["chips"] == 128

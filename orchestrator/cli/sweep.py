@@ -53,6 +53,7 @@ def plan(
     """List a sweep's runs: ids, JobSet names, axis values, chips, chip-hours and per-chip memory."""
     from rich.table import Table
 
+    from distillspec import tpu
     from orchestrator.cli import console
     from orchestrator.core import plan as planning
 
@@ -68,6 +69,7 @@ def plan(
                 "grid_size": result.grid_size,
                 "excluded": result.excluded,
                 "runs": [row.to_json() for row in rows],
+                "total_chip_hours": _total_chip_hours(rows),
                 "problems": [p.to_json() for p in warnings],
             }
         )
@@ -80,8 +82,14 @@ def plan(
         f"prerequisite(s) on {where}",
         title_justify="left",
     )
-    for column in ("#", "run id", "jobset", "axis values", "slices×hosts×chips", "chip-h", "GB/chip", "fit"):
-        table.add_column(column, justify="right" if column in ("#", "chip-h", "GB/chip") else "left")
+    # TPU7x: the estimate is per JAX device (a TensorCore, half a chip's HBM); it read "GB/chip"
+    per = "device" if target.on_cluster and tpu.lookup(str(target.tpu_type)).devices_per_chip > 1 else "chip"
+    total = _total_chip_hours(rows)
+    if total is not None:  # a 108-point grid's cost was 108 numbers to add up by hand
+        table.caption = f"{total:,.0f} chip-hours in all" if total >= 10 else f"{total:.2g} chip-hours in all"
+        table.caption_justify = "left"
+    for column in ("#", "run id", "jobset", "axis values", "slices×hosts×chips", "chip-h", f"GB/{per}", "fit"):
+        table.add_column(column, justify="right" if column in ("#", "chip-h", f"GB/{per}") else "left")
     for row in rows:
         p, m = row.point, row.memory
         table.add_row(
@@ -98,6 +106,11 @@ def plan(
         )
     console.print_wide(table)
     _exit_if_strict(strict, warnings)
+
+
+def _total_chip_hours(rows) -> float | None:
+    hours = [row.chip_hours for row in rows if row.chip_hours is not None]
+    return sum(hours) if hours else None
 
 
 def _gb(size: float) -> str:
