@@ -53,6 +53,21 @@ def bare_dry_run(arguments: list[str]) -> list[str]:
     return given
 
 
+def _reading(sweep_file, kubeconfig, context, namespace, image, tpu_type, slices) -> SweepContext:
+    """The context of a command that reads a sweep's runs (status, logs, cancel): any grid size, the target's
+    overrides as the sweep was launched with them (part of run ids)."""
+    return SweepContext.build(
+        sweep_file,
+        kubeconfig=kubeconfig,
+        context=context,
+        namespace=namespace,
+        yes=True,
+        image=image,
+        tpu_type=tpu_type,
+        slices=slices,
+    )
+
+
 def parse_labels(items: list[str] | None) -> dict[str, str]:
     from orchestrator.errors import UsageError
 
@@ -423,16 +438,7 @@ def status(
     from orchestrator.core.follow import POLL_SECONDS
     from orchestrator.core.status import look
 
-    ctx = SweepContext.build(
-        sweep_file,
-        kubeconfig=kubeconfig,
-        context=context,
-        namespace=namespace,
-        yes=True,
-        image=image,
-        tpu_type=tpu_type,
-        slices=slices,
-    )
+    ctx = _reading(sweep_file, kubeconfig, context, namespace, image, tpu_type, slices)
     # Launch advice (a mutable tag, a local output base) was `sweep`'s to give: printed on every refresh of a
     # status, or before every log, it buried what the command shows.
     expansion, backend = ctx.open(about=())
@@ -568,16 +574,7 @@ def logs(
     """Print a run's trainer log (slice 0, worker 0 by default)."""
     from orchestrator.backends import LogRequest
 
-    ctx = SweepContext.build(
-        sweep_file,
-        kubeconfig=kubeconfig,
-        context=context,
-        namespace=namespace,
-        yes=True,
-        image=image,
-        tpu_type=tpu_type,
-        slices=slices,
-    )
+    ctx = _reading(sweep_file, kubeconfig, context, namespace, image, tpu_type, slices)
     request = LogRequest(slice=slice_, worker=worker, all=all_, follow=follow, tail=tail)
     expansion, backend = ctx.open(check=lambda expansion: _check_worker(expansion.sweep.target, request), about=())
     try:
@@ -700,16 +697,7 @@ def cancel(
 
     if timeout is not None and not wait:
         raise UsageError("--timeout applies to --wait", "add --wait to wait until the runs are gone, or drop --timeout")
-    ctx = SweepContext.build(
-        sweep_file,
-        kubeconfig=kubeconfig,
-        context=context,
-        namespace=namespace,
-        yes=True,
-        image=image,
-        tpu_type=tpu_type,
-        slices=slices,
-    )
+    ctx = _reading(sweep_file, kubeconfig, context, namespace, image, tpu_type, slices)
     expansion, backend = ctx.open(about=())
     try:
         if service:
