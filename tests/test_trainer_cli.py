@@ -116,7 +116,14 @@ def test_a_start_that_fails_before_the_run_opens_keeps_what_earlier_attempts_rec
     spec.write_text(json.dumps(merged(TEACHER, output_dir=str(tmp_path))))
     summary = tmp_path / "teacher" / "summary.json"
     summary.parent.mkdir()
-    finished = {"status": "succeeded", "exit_code": 0, "step": 60, "tokens": 15360, "final_metrics": {"x": 1.0}}
+    finished = {
+        "status": "succeeded",
+        "exit_code": 0,
+        "step": 60,
+        "total_steps": 60,
+        "tokens": 15360,
+        "final_metrics": {"x": 1.0},
+    }
     summary.write_text(json.dumps(finished))
     flags = ["--coordinator-address", "127.0.0.1:1", "--num-processes", "2", "--process-id", "5"]
     done = run_trainer(["--spec", str(spec), *flags], timeout=120)

@@ -507,16 +507,20 @@ class _Session:
     def _carry_earlier_attempt(self, code: TrainerExit) -> bool:
         """Before its directory opened, this attempt knows nothing of the run: carry an earlier attempt's step,
         tokens, metrics and time into the summary it is about to write; False when that attempt's summary says
-        the run succeeded, which a start that failed (a mistyped --process-id, a mesh for other devices) must not
-        replace: it read "failed at step 0", its final metrics gone."""
+        the run succeeded at these steps, which a start that failed (a mistyped --process-id, a mesh for other
+        devices) must not replace: it read "failed at step 0", its final metrics gone."""
         try:
             earlier = self.files.read_json("summary.json")
         except Exception:  # noqa: BLE001 - unreadable: there is nothing to keep
             earlier = None
         if not isinstance(earlier, dict):
             return True
-        if earlier.get("status") == "succeeded" and code != TrainerExit.OK:
-            return False
+        if (
+            earlier.get("status") == "succeeded"
+            and code != TrainerExit.OK
+            and earlier.get("total_steps") == self.spec.steps
+        ):
+            return False  # the finished run started again; one asked to train further records how that went
         for field in ("step", "tokens"):
             if isinstance(earlier.get(field), int) and not isinstance(earlier.get(field), bool):
                 setattr(self, field, earlier[field])
