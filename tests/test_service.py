@@ -423,3 +423,22 @@ def test_an_informer_that_can_no_longer_read_is_not_ready():
     finally:
         stop.set()
         informer.stop()
+
+
+def test_an_edit_no_controller_has_seen_is_said(monkeypatch):
+    # Applied while the controller was down: `status` showed the old generation's verdict and blamed the file, and
+    # `sweep --service` said "it has no status yet" of a resource that had one.
+    from orchestrator.cli import console, views
+
+    said = []
+    monkeypatch.setattr(console, "warn_once", said.append)
+    monkeypatch.setattr(console.err, "print", lambda *a, **k: None)
+    status = SweepStatus(observedGeneration=1, points=3)
+    views.show_service(Served("s1", status, None, namespace="default", generation=2))
+    (problem,) = said
+    assert (
+        problem.code == "sweep_not_served" and "its status is of generation 1, the resource is at 2" in problem.message
+    )
+    said.clear()
+    views.show_service(Served("s1", status, None, namespace="default", generation=1))  # seen: nothing to say
+    assert said == []

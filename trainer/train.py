@@ -1142,6 +1142,7 @@ def _check_export(spec: DistillSpec, process_count: int) -> None:
 
 def _resume_session(session: _Session, start: Start, checkpoints: RunCheckpoints | None) -> None:
     """Carry the restored position into the session, and (process 0) start metrics.jsonl and summary.json."""
+    steps = session.spec.steps
     session.step, session.tokens = start.step, start.tokens
     session.earlier_wall_seconds = start.wall_time_sec
     if start.resumed:
@@ -1153,7 +1154,9 @@ def _resume_session(session: _Session, start: Start, checkpoints: RunCheckpoints
     previous = session.files.read_json("summary.json") if start.resumed else None
     if previous:
         before = previous.get("topology")
-        if isinstance(before, dict) and session.topology and before != session.topology:
+        if isinstance(before, dict) and session.topology and before != session.topology and start.step >= steps:
+            session.topology = before  # nothing left to train here: the record keeps what the steps ran on
+        elif isinstance(before, dict) and session.topology and before != session.topology:
             # tokens_per_sec and wall time of the attempts do not compare: said (a mesh edit was, this was not)
             session.reporter.note(
                 f"resuming on another topology: {_topology(before)} until step {start.step}, "

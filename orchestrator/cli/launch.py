@@ -254,7 +254,9 @@ def _apply_to_service(ctx: SweepContext, output: OutputFormat, fields: dict) -> 
         metadata = applied["metadata"]
         seen = wait_observed(cluster, metadata["name"], metadata.get("generation"))
         if seen is None:
-            console.print_problem(unserved_problem(metadata["name"], metadata["namespace"]))
+            earlier = (applied.get("status") or {}).get("observedGeneration")
+            problem = unserved_problem(metadata["name"], metadata["namespace"], earlier, metadata.get("generation"))
+            console.print_problem(problem)
     finally:
         cluster.api.close()
     refused = next((c for c in (seen.conditions if seen else []) if c.type == "Accepted" and c.status == "False"), None)

@@ -239,9 +239,12 @@ def show_service(view, shown: list[str] | None = None) -> None:
     from orchestrator.cli import console
     from orchestrator.service.client import mismatch_hint, summary, unserved_problem
 
-    if view.status.observedGeneration is None and not view.status.conditions:
+    seen = view.status.observedGeneration
+    if seen is None and not view.status.conditions:
         console.warn_once(unserved_problem(view.name, view.namespace))
         return
+    if seen is not None and view.generation is not None and seen < view.generation:  # an edit no controller saw
+        console.warn_once(unserved_problem(view.name, view.namespace, seen, view.generation))
     line = summary(view)
     if shown is None or line != shown[0]:
         if shown is not None:

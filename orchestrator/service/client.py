@@ -275,6 +275,7 @@ class Served:
     statuses: dict[str, RunStatus] | None
     missing: tuple[str, ...] = ()  # the expansion's run ids the resource does not have
     namespace: str = ""
+    generation: int | None = None  # the resource's: a status of an older one has not seen the last change
 
 
 def served(cluster: Cluster, expansion) -> Served | None:
@@ -282,14 +283,16 @@ def served(cluster: Cluster, expansion) -> Served | None:
     namespace; None when there is none (or no CRD, or no right to read it). Without a status (no controller has
     taken it up) or runs (refused, or nothing decided yet) its statuses are None."""
     name = expansion.sweep.name
-    found = read_status(cluster, name)
-    if found is None:
+    resource = read_resource(cluster, name)
+    if resource is None:
         return None
+    found = SweepStatus.model_validate(resource.get("status") or {})
+    generation = (resource.get("metadata") or {}).get("generation")
     if not found.runs:  # not taken up, rejected (Accepted=False says why) or nothing decided yet
-        return Served(name, found, None, namespace=cluster.namespace)
+        return Served(name, found, None, namespace=cluster.namespace, generation=generation)
     statuses = run_statuses(found, time.time())
     missing = tuple(run.run_id for run in expansion.runs if run.run_id not in statuses)
-    return Served(name, found, None if missing else statuses, missing, cluster.namespace)
+    return Served(name, found, None if missing else statuses, missing, cluster.namespace, generation)
 
 
 def refusal(view: Served) -> SweepCondition | None:
@@ -309,14 +312,20 @@ def refused_runs(statuses: dict[str, RunStatus], refused: SweepCondition) -> dic
     }
 
 
-def unserved_problem(name: str, namespace: str) -> Problem:
+def unserved_problem(name: str, namespace: str, seen: int | None = None, generation: int | None = None) -> Problem:
     """A DistillationSweep no controller has taken up: applied into a namespace without the chart (or with its
-    controller down), it read Pending (NotCreated) for ever, with nothing said."""
+    controller down), it read Pending (NotCreated) for ever, with nothing said. `seen`: the generation its status
+    is of, when it has one (an edit applied while the controller is down)."""
+    state = (
+        "it has no status yet"
+        if seen is None
+        else f"its status is of generation {seen}, the resource is at {generation}: the last change is not acted on"
+    )
     return Problem(
         (),
         "sweep_not_served",
-        f"no distillctl controller has taken up DistillationSweep {name} in namespace {namespace!r} (it has no status "
-        "yet): its runs are created only once one does",
+        f"no distillctl controller has taken up DistillationSweep {name} in namespace {namespace!r} ({state}): its "
+        "runs are created (and changed) only once one does",
         f"if none serves {namespace!r}, install the chart there (helm install distillctl charts/distillctl -n "
         f"{namespace}), or check the controller's pod (kubectl get pods -n {namespace} -l "
         "app.kubernetes.io/name=distillctl)",
