@@ -283,7 +283,10 @@ def test_prerequisite_first_then_points_then_succeeded_with_the_best_point(expan
 
     # Their JobSets gone (ttl_seconds_after_finished) and their outputs unreadable to the controller (a bucket without
     # Workload Identity): they were created again, every TTL, for ever. As recorded, they stay Succeeded.
-    gone = _plan(expanded, {}, _outputs(expanded), done.status)
+    going = {run.run_id: Observation(exists=True, deleting=True) for run in expanded.runs}  # seen being deleted first
+    deleting = _plan(expanded, going, _outputs(expanded), done.status)
+    assert not deleting.create and deleting.status == done.status and deleting.events == ()
+    gone = _plan(expanded, {}, _outputs(expanded), deleting.status)
     assert not gone.create and gone.status == done.status and gone.events == ()
     # Outputs that say otherwise win: a point whose outputs now say it failed is that.
     failed = _plan(expanded, {}, _outputs(expanded, failed={points[0].run_id}), done.status)

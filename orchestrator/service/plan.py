@@ -279,12 +279,13 @@ def _kept_successes(
     kept = set()
     for run_id, status in statuses.items():
         old = before.get(run_id)
+        seen = observed.get(run_id, Observation(exists=False))
         if (
             old is not None
             and old.phase == Phase.SUCCEEDED
-            and not observed.get(run_id, Observation(exists=False)).exists
+            and (not seen.exists or seen.deleting)  # gone, or going: the TTL's deletion is seen first (Deleting)
             and status.phase == Phase.PENDING
-            and status.reason == PendingReason.NOT_CREATED
+            and status.reason in (PendingReason.NOT_CREATED, PendingReason.DELETING)
         ):
             statuses[run_id] = RunStatus(
                 Phase.SUCCEEDED,
