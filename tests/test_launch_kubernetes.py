@@ -330,7 +330,14 @@ def test_in_a_pod_it_uses_the_service_account_and_needs_only_the_documented_rbac
         for args in (["sweep", str(path), "--dry-run=server"], ["sweep", str(path)]):
             result = runner.invoke(app, args)
             assert result.exit_code == 0, result.output
-        assert "1 created" in result.stdout
+        assert "1 created" in result.stdout and "service_unknown" not in result.stderr
+        # A Role without the documented get on DistillationSweeps cannot tell a served sweep from its own: said.
+        role = next(d for d in docs if d["kind"] == "Role")
+        rules = [r for r in role["rules"] if "distillationsweeps" not in r["resources"]]
+        rbac.patch_namespaced_role(account, "default", {"rules": rules})
+        blind = runner.invoke(app, ["sweep", str(path)])
+        assert blind.exit_code == 0 and "warning[service_unknown]" in blind.stderr, blind.output
+        rbac.patch_namespaced_role(account, "default", {"rules": role["rules"]})
         jobset = jobsets(cp, "inpod")[0]
         # 300 s: CI once saw this first pod take over 120 s (a loaded host; the Job controller backs off up to 60 s
         # per failed create); a timeout prints what the cluster held.

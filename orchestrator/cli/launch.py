@@ -202,6 +202,8 @@ def sweep(
         return
     expansion, backend = ctx.open()
     try:
+        if dry_run is None and expansion.sweep.target.kind == "kubernetes":
+            _warn_if_service_unknown(expansion, backend)
         if dry_run is None and views.service_view(expansion, backend) is not None:
             # Its JobSets beside the controller's: an edited file's new point was created here and called an orphan
             # there a moment later (followed by no one, deleted by `cancel --orphans`).
@@ -230,6 +232,26 @@ def sweep(
         backend.close()
     if code:
         raise typer.Exit(int(code))
+
+
+def _warn_if_service_unknown(expansion, backend) -> None:
+    """A launcher that may not read DistillationSweeps cannot know whether the service runs this sweep: said."""
+    from distillspec.problems import Problem
+    from orchestrator.cli import console
+    from orchestrator.service.client import may_read_sweeps
+
+    cluster = getattr(backend, "cluster", None)
+    if cluster is not None and not may_read_sweeps(cluster, expansion.sweep.name):
+        console.warn_once(
+            Problem(
+                (),
+                "service_unknown",
+                f"cannot tell whether the distillctl service runs sweep {expansion.sweep.name}: no right to get "
+                "DistillationSweeps here (if it does, its controller calls the runs created now orphans)",
+                'add get on distillationsweeps.distillctl.dev to your Role (README, "Running distillctl in a pod")',
+                severity="warning",
+            )
+        )
 
 
 def _apply_to_service(ctx: SweepContext, output: OutputFormat, fields: dict) -> None:
