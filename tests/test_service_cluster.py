@@ -286,12 +286,16 @@ def test_a_sweep_no_controller_serves_is_said_by_sweep_and_status(control_plane,
     kube = ["--kubeconfig", str(control_plane.kubeconfig), "-n", "unserved"]
     client.CoreV1Api(control_plane.client).create_namespace({"metadata": {"name": "unserved"}})
     try:
-        # The resource's own fields, which no sweep-file key set (only kubectl patch could)
+        applied = CliRunner().invoke(app, ["sweep", str(path), "--service", *kube])
+        assert applied.exit_code == 0, applied.output
+        assert "warning[sweep_not_served]" in applied.stderr and "install the chart there" in applied.stderr
+        # The resource's own fields, which no sweep-file key set (only kubectl patch could); a change from their
+        # defaults is said as any other
         applied = CliRunner().invoke(
             app, ["sweep", str(path), "--service", "--retries", "2", "--deletion-policy", "Keep", *kube]
         )
         assert applied.exit_code == 0, applied.output
-        assert "warning[sweep_not_served]" in applied.stderr and "install the chart there" in applied.stderr
+        assert "retryFailed 0 → 2" in applied.stderr and "deletionPolicy Delete → Keep" in applied.stderr
         found = client.CustomObjectsApi(control_plane.client).get_namespaced_custom_object(
             GROUP, VERSION, "unserved", PLURAL, "svc-lonely"
         )

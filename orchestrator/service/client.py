@@ -28,6 +28,7 @@ from orchestrator.service.resource import (
     PLURAL,
     SERVICE_MAX_POINTS,
     VERSION,
+    ServiceSpec,
     SweepCondition,
     SweepStatus,
     resource_from_source,
@@ -87,12 +88,14 @@ def apply_sweep(
     name = body["metadata"]["name"]
     # The service fields a user set before (`--deletion-policy Keep`, `--retries 2`) stay unless given again: an
     # apply without them removed them (this field manager owned them), and a later cancel deleted kept JobSets.
-    existing = (read_resource(cluster, name) or {}).get("spec") or {}
+    found = read_resource(cluster, name)
+    existing = (found or {}).get("spec") or {}
     current = {field: existing[field] for field in ("deletionPolicy", "retryFailed") if field in existing}
     given = service or {}
     for field, value in given.items():
-        if field in current and current[field] != value:
-            say(f"{KIND} {name}: {field} {current[field]} → {value}")
+        before = current.get(field, ServiceSpec.model_fields[field].default)  # unset reads as its default
+        if found is not None and before != value:
+            say(f"{KIND} {name}: {field} {before} → {value}")
     body["spec"].update({**current, **given})
     _wait_deleted(cluster, name, say)
     try:

@@ -150,7 +150,8 @@ def crd() -> dict[str, Any]:
         {"name": "Succeeded", "type": "integer", "jsonPath": ".status.succeeded"},
         {"name": "Running", "type": "integer", "jsonPath": ".status.running"},
         {"name": "Failed", "type": "integer", "jsonPath": ".status.failed"},
-        {"name": "Stopped", "type": "integer", "jsonPath": ".status.stopped", "priority": 1},
+        # by default: a sweep Failed by the divergence rule showed "Failed 0" beside its Status (the point is Stopped)
+        {"name": "Stopped", "type": "integer", "jsonPath": ".status.stopped"},
         {"name": "Best kl_div_T1", "type": "number", "jsonPath": ".status.best.klDivT1"},
         {"name": "Best", "type": "string", "jsonPath": ".status.best.key", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
