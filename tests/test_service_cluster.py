@@ -490,6 +490,8 @@ def test_bad_resources_are_refused_at_admission_or_get_a_condition(control_plane
     runs = json.loads(shown.stdout)
     assert {(r["phase"], r["reason"]) for r in runs} == {("Pending", "NotAccepted")}, runs
     assert all("refused the sweep (LocalQueueMissing)" in r["message"] for r in runs)
+    table = CliRunner().invoke(app, ["status", str(path), "--kubeconfig", str(cp.kubeconfig)])
+    assert "why" in table.stdout and "refused the sweep" in table.stdout  # the table's why column too
 
     # Valid, but the API server would refuse its pods: the PriorityClass does not exist.
     api.patch_namespaced_custom_object(

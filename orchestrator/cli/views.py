@@ -75,14 +75,16 @@ _WAITING_FOR_YOU = (
     PendingReason.ORPHANED,
     PendingReason.SUPERVISOR_GONE,
     PendingReason.PREREQUISITE_FAILED,
+    PendingReason.NOT_ACCEPTED,  # the sweep service refused the sweep: the reason is the fix
 )
 
 
 def _says_why(s: RunStatus) -> bool:
     if not s.message:
         return False
-    # Kueue's words (which quota, how much more), the failure, the first step that was not finite
-    if s.phase in (Phase.STUCK, Phase.FAILED, Phase.DIVERGED, Phase.QUEUED):
+    # Kueue's words (which quota, how much more), the failure, the first step that was not finite, the rule that
+    # stopped it
+    if s.phase in (Phase.STUCK, Phase.FAILED, Phase.DIVERGED, Phase.QUEUED, Phase.STOPPED):
         return True
     return s.phase == Phase.PENDING and (s.reason in _WAITING_FOR_YOU or s.reason == PendingReason.CLAIMED)
 
