@@ -115,6 +115,7 @@ def test_a_process_that_fails_at_start_up_ends_the_others_with_its_reason(tmp_pa
     ]
     summary = json.loads((tmp_path / "lonely" / "summary.json").read_text())
     assert summary["status"] == "failed" and "process 1 failed before training" in summary["message"]
+    assert summary["failure_reason"] == "peer_failed"  # as when a peer's failure is met mid-run
 
 
 def test_a_process_that_fails_mid_run_gives_the_run_its_reason(tmp_path):

@@ -28,10 +28,11 @@ class TrainerError(Exception):
 
     exit_code: TrainerExit = TrainerExit.INTERNAL
 
-    def __init__(self, message: str, hint: str = ""):
+    def __init__(self, message: str, hint: str = "", *, reason: str | None = None):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.reason = reason  # summary.json's failure_reason when not the exit code's name (`peer_failed`)
 
 
 class UserError(TrainerError):

@@ -55,7 +55,7 @@ def classify(e: BaseException) -> Failure:
     name = type(e).__name__
     if isinstance(e, TrainerError):
         hint = f" (hint: {e.hint})" if e.hint else ""
-        return Failure(e.exit_code, TrainerExit(e.exit_code).name.lower(), e.message + hint)
+        return Failure(e.exit_code, e.reason or TrainerExit(e.exit_code).name.lower(), e.message + hint)
     if isinstance(e, MemoryError):
         return Failure(
             TrainerExit.USER_ERROR,

@@ -369,7 +369,8 @@ def _processes_ready() -> None:
         if said != "ok":
             code, _, why = said.partition(" ")
             error = UserError if code == str(int(TrainerExit.USER_ERROR)) else RetryableError
-            raise error(f"process {other} failed before training (exit {code}): {why}")
+            # the same reason as a peer's failure met mid-run (`_peer_failure`): one cause, one name
+            raise error(f"process {other} failed before training (exit {code}): {why}", reason="peer_failed")
 
 
 def _tell_peers(code: TrainerExit, message: str) -> None:
