@@ -713,3 +713,16 @@ def test_a_pass_note_of_one_process_says_it_is_that_process_share(caplog):
             notes.note({corpus.EPOCH: epoch})
     (said,) = [r.getMessage() for r in caplog.records]
     assert said.startswith("process 1's share of the training data (data/uneven;") and "starting pass 2" in said
+
+
+def test_shares_of_very_different_sizes_are_said_at_start(tmp_path, caplog):
+    # Files are shared out whole: process 1's one small file was read nine times in ten steps while process 0 had
+    # not finished its share once, and only process 1's console said anything.
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": "word " * 50}) + "\n" for _ in range(50)))
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "word " * 50}) + "\n")
+    with caplog.at_level("WARNING", logger="trainer.corpus"):
+        assert corpus._files_of_shard(str(tmp_path), Shard(0, 2), "jsonl", "data.path") == [str(tmp_path / "a.jsonl")]
+        corpus._files_of_shard(str(tmp_path), Shard(1, 2), "jsonl", "data.path")  # said once, by process 0
+        corpus._files_of_shard(str(tmp_path), Shard(0, 1), "jsonl", "data.path")  # one process: nothing to share
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert "shared out whole over 2 processes" in said and "process 0 reads" in said and "process 1 " in said

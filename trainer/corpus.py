@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from typing import Any
 
 import fsspec
@@ -139,7 +140,45 @@ def _files_of_shard(path: str | None, shard: Shard, kind: str, field: str) -> li
             "are shared out whole)",
             f"split the corpus into at least {shard.count} files (one or more per process)",
         )
+    if shard.index == 0 and shard.count > 1:
+        _warn_uneven_shares(files, shard.count, field)
     return files[shard.index :: shard.count]
+
+
+UNEVEN_SHARES = 2.0  # the largest share this many times the smallest: said at start
+
+
+def _warn_uneven_shares(files: list[str], count: int, field: str) -> None:
+    """Process 0 says, at start, when the processes' shares of local files differ much in size: each process goes
+    round its own share, so a small one repeated many times while a large one was not read once, half of every batch
+    its few documents; it was said only on that process's console, as "the training data has been read"."""
+    if any("://" in f for f in files):  # an object store's sizes cost a request per file
+        return
+    try:
+        shares = [sum(os.path.getsize(f) for f in files[i::count]) for i in range(count)]
+    except OSError:
+        return
+    small, large = min(shares), max(shares)
+    if small and large / small < UNEVEN_SHARES:
+        return
+    log.warning(
+        "%s's %d file(s) are shared out whole over %d processes, and the shares differ in size: process %d reads %s, "
+        "process %d %s; each goes round its own, so the smaller is read again and again while the larger is read "
+        "once (its documents weigh more in every batch); split the corpus into files of similar size, a multiple of "
+        "%d of them",
+        field,
+        len(files),
+        count,
+        shares.index(large),
+        _size(large),
+        shares.index(small),
+        _size(small),
+        count,
+    )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB" if n >= 2**10 else f"{n} bytes"
 
 
 # --- JSONL ---------------------------------------------------------------------------------------------------
