@@ -259,12 +259,13 @@ def _apply_to_service(ctx: SweepContext, output: OutputFormat, fields: dict) -> 
     from orchestrator.backends.kubernetes.backend import KubernetesBackend
     from orchestrator.backends.kubernetes.client import connect
     from orchestrator.cli import console
+    from orchestrator.core.sweeps import with_memory_warnings
     from orchestrator.errors import DistillctlError
     from orchestrator.exit_codes import ExitCode
     from orchestrator.service.client import apply_sweep, checked_source, unserved_problem, wait_observed
 
     source, expansion = checked_source(ctx.path, ctx.overrides, yes=ctx.yes)  # its image may be left to the controller
-    for problem in expansion.problems:  # launch advice, as `sweep` gives it
+    for problem in with_memory_warnings(expansion).problems:  # launch advice, as `sweep` gives it
         console.print_problem(problem)
     cluster = connect(ctx.access, default_namespace=source.sweep.target.namespace)
     try:

@@ -221,6 +221,10 @@ class SweepContext:
         from orchestrator.cli import console
 
         expansion = self.expand()
+        if about is None:  # launch advice wanted: the memory warnings too
+            from orchestrator.core.sweeps import with_memory_warnings
+
+            expansion = with_memory_warnings(expansion)
         for problem in expansion.problems:
             if about is None or problem.code == "option_ignored" or (problem.loc and problem.loc[0] in about):
                 console.print_problem(problem)

@@ -56,11 +56,13 @@ def plan(
     from distillspec import tpu
     from orchestrator.cli import console
     from orchestrator.core import plan as planning
+    from orchestrator.core.sweeps import with_memory_warnings
 
     result = SweepContext.build(sweep, tpu_type=tpu_type, slices=slices, image=image, yes=yes).expand()
     target = result.sweep.target
     rows = planning.plan(result)
-    warnings = [p for p in result.problems if not p.is_error]  # the memory warnings among them (`expand_checked`)
+    result = with_memory_warnings(result, rows)
+    warnings = [p for p in result.problems if not p.is_error]
     if output is OutputFormat.json:
         console.print_json(
             {
@@ -146,9 +148,11 @@ def render(
     from orchestrator.backends.xpk import command as xpk_command
     from orchestrator.cli import console
     from orchestrator.core import rendering
+    from orchestrator.core.sweeps import with_memory_warnings
     from orchestrator.errors import InvalidSpecError, UsageError, cannot_write
 
     result = SweepContext.build(sweep, tpu_type=tpu_type, slices=slices, image=image, yes=yes).expand()
+    result = with_memory_warnings(result)
     target = result.sweep.target
     if not target.on_cluster:
         raise UsageError(

@@ -126,15 +126,17 @@ def expand_checked(source: SweepSource, path: Path, *, yes: bool = False) -> exp
         raise UsageError(f"{path}: {e}", "check the axes, or pass --yes to expand it anyway") from None
     raise_for(result.problems, path)
     assert isinstance(result, expansion.Expansion)
-    return with_memory_warnings(result)
+    return result
 
 
-def with_memory_warnings(result: expansion.Expansion) -> expansion.Expansion:
-    """`result` with `plan`'s memory warnings among its problems: `sweep`, `render` and their dry runs launched a
-    run estimated at 154 GB per chip on a 32 GB TPU without a word (only `plan` said so)."""
+def with_memory_warnings(result: expansion.Expansion, rows=None) -> expansion.Expansion:
+    """`result` with `plan`'s memory warnings among its problems (from its `rows` when the caller has them):
+    `sweep`, `render` and their dry runs launched a run estimated at 154 GB per chip on a 32 GB TPU without a word
+    (only `plan` said so). Only the commands that launch or show runs ask: a command reading finished runs has no
+    use for them."""
     from orchestrator.core import plan
 
-    found = plan.memory_problems(plan.plan(result), result.sweep.target)
+    found = plan.memory_problems(plan.plan(result) if rows is None else rows, result.sweep.target)
     return dataclasses.replace(result, problems=(*result.problems, *(result.locate(p) for p in found)))
 
 
