@@ -3,6 +3,7 @@ look, delete), prints what it returns, and exits."""
 
 from __future__ import annotations
 
+import functools
 import shlex
 import sys
 import time
@@ -202,9 +203,8 @@ def sweep(
         return
     expansion, backend = ctx.open()
     try:
-        if dry_run is None and expansion.sweep.target.kind == "kubernetes":
-            _warn_if_service_unknown(expansion, backend)
-        if dry_run is None and views.service_view(expansion, backend) is not None:
+        unknown = functools.partial(console.warn_once, _service_unknown(expansion.sweep.name))
+        if dry_run is None and views.service_view(expansion, backend, on_forbidden=unknown) is not None:
             # Its JobSets beside the controller's: an edited file's new point was created here and called an orphan
             # there a moment later (followed by no one, deleted by `cancel --orphans`).
             name = expansion.sweep.name
@@ -234,24 +234,18 @@ def sweep(
         raise typer.Exit(int(code))
 
 
-def _warn_if_service_unknown(expansion, backend) -> None:
+def _service_unknown(name: str):
     """A launcher that may not read DistillationSweeps cannot know whether the service runs this sweep: said."""
     from distillspec.problems import Problem
-    from orchestrator.cli import console
-    from orchestrator.service.client import may_read_sweeps
 
-    cluster = getattr(backend, "cluster", None)
-    if cluster is not None and not may_read_sweeps(cluster, expansion.sweep.name):
-        console.warn_once(
-            Problem(
-                (),
-                "service_unknown",
-                f"cannot tell whether the distillctl service runs sweep {expansion.sweep.name}: no right to get "
-                "DistillationSweeps here (if it does, its controller calls the runs created now orphans)",
-                'add get on distillationsweeps.distillctl.dev to your Role (README, "Running distillctl in a pod")',
-                severity="warning",
-            )
-        )
+    return Problem(
+        (),
+        "service_unknown",
+        f"cannot tell whether the distillctl service runs sweep {name}: no right to get DistillationSweeps here (if "
+        "it does, its controller calls the runs created now orphans)",
+        'add get on distillationsweeps.distillctl.dev to your Role (README, "Running distillctl in a pod")',
+        severity="warning",
+    )
 
 
 def _apply_to_service(ctx: SweepContext, output: OutputFormat, fields: dict) -> None:

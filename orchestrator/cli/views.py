@@ -224,14 +224,15 @@ def transitions(expansion: Expansion, statuses: dict[str, RunStatus], previous: 
 # --- the service's view -------------------------------------------------------------------------------
 
 
-def service_view(expansion, backend):
-    """The sweep's DistillationSweep when the controller runs it (None otherwise): `service.client.Served`."""
+def service_view(expansion, backend, on_forbidden=None):
+    """The sweep's DistillationSweep when the controller runs it (None otherwise): `service.client.Served`;
+    `on_forbidden` is called when this user may not read it."""
     cluster = getattr(backend, "cluster", None)
     if cluster is None or expansion.sweep.target.kind != "kubernetes":
         return None
     from orchestrator.service.client import served
 
-    return served(cluster, expansion)
+    return served(cluster, expansion, on_forbidden)
 
 
 def show_service(view, shown: list[str] | None = None) -> None:

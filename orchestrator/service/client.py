@@ -223,9 +223,10 @@ def _not_installed(more: str) -> DistillctlError:
     )
 
 
-def read_resource(cluster: Cluster, name: str) -> dict | None:
+def read_resource(cluster: Cluster, name: str, on_forbidden: Callable[[], None] | None = None) -> dict | None:
     """The DistillationSweep `name`; None when there is no such resource, no CRD, or no right to read it (a
-    launcher's Role need not know the service exists)."""
+    launcher's Role need not know the service exists; `on_forbidden` is called then: such a launcher cannot tell
+    a served sweep from its own)."""
     try:
         return cluster.call(
             f"read {KIND} {name}",
@@ -237,20 +238,10 @@ def read_resource(cluster: Cluster, name: str) -> dict | None:
             name,
             passthrough=frozenset({403, 404}),
         )
-    except ApiException:
-        return None
-
-
-def may_read_sweeps(cluster: Cluster, name: str) -> bool:
-    """Whether this user may read DistillationSweep `name` (False only for a 403): a launcher without the right
-    cannot tell a served sweep from its own, and `sweep` created runs beside the controller's without a word."""
-    try:
-        cluster.custom.get_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, name)
     except ApiException as e:
-        return e.status != 403
-    except Exception:  # noqa: BLE001 - unreachable: other calls say so
-        return True
-    return True
+        if e.status == 403 and on_forbidden is not None:
+            on_forbidden()
+        return None
 
 
 def read_status(cluster: Cluster, name: str) -> SweepStatus | None:
@@ -293,12 +284,12 @@ class Served:
     generation: int | None = None  # the resource's: a status of an older one has not seen the last change
 
 
-def served(cluster: Cluster, expansion) -> Served | None:
+def served(cluster: Cluster, expansion, on_forbidden: Callable[[], None] | None = None) -> Served | None:
     """The controller's view of `expansion`'s sweep, from the DistillationSweep of the same name in the cluster's
     namespace; None when there is none (or no CRD, or no right to read it). Without a status (no controller has
     taken it up) or runs (refused, or nothing decided yet) its statuses are None."""
     name = expansion.sweep.name
-    resource = read_resource(cluster, name)
+    resource = read_resource(cluster, name, on_forbidden)
     if resource is None:
         return None
     found = SweepStatus.model_validate(resource.get("status") or {})
