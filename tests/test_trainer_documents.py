@@ -720,9 +720,14 @@ def test_shares_of_very_different_sizes_are_said_at_start(tmp_path, caplog):
     # not finished its share once, and only process 1's console said anything.
     (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": "word " * 50}) + "\n" for _ in range(50)))
     (tmp_path / "b.jsonl").write_text(json.dumps({"text": "word " * 50}) + "\n")
+    from distillspec.config import DistillSpec
+
+    spec = DistillSpec.model_validate(
+        {"mode": "pretrain", "student": {"model": "tiny-2l"}, "data": {"source": "jsonl", "path": str(tmp_path)}}
+    )
     with caplog.at_level("WARNING", logger="trainer.corpus"):
-        assert corpus._files_of_shard(str(tmp_path), Shard(0, 2), "jsonl", "data.path") == [str(tmp_path / "a.jsonl")]
-        corpus._files_of_shard(str(tmp_path), Shard(1, 2), "jsonl", "data.path")  # said once, by process 0
-        corpus._files_of_shard(str(tmp_path), Shard(0, 1), "jsonl", "data.path")  # one process: nothing to share
-    (said,) = [r.getMessage() for r in caplog.records]
+        D.make_batches(spec, 256, 4, Shard(0, 2)).close()  # said once, by process 0
+        D.make_batches(spec, 256, 4, Shard(1, 2)).close()
+        D.make_batches(spec, 256, 4, Shard(0, 1)).close()  # one process: nothing to share
+    (said,) = [r.getMessage() for r in caplog.records if "shared out whole" in r.getMessage()]
     assert "shared out whole over 2 processes" in said and "process 0 reads" in said and "process 1 " in said

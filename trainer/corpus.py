@@ -140,19 +140,21 @@ def _files_of_shard(path: str | None, shard: Shard, kind: str, field: str) -> li
             "are shared out whole)",
             f"split the corpus into at least {shard.count} files (one or more per process)",
         )
-    if shard.index == 0 and shard.count > 1:
-        _warn_uneven_shares(files, shard.count, field)
     return files[shard.index :: shard.count]
 
 
 UNEVEN_SHARES = 2.0  # the largest share this many times the smallest: said at start
 
 
-def _warn_uneven_shares(files: list[str], count: int, field: str) -> None:
-    """Process 0 says, at start, when the processes' shares of local files differ much in size: each process goes
-    round its own share, so a small one repeated many times while a large one was not read once, half of every batch
-    its few documents; it was said only on that process's console, as "the training data has been read"."""
-    if any("://" in f for f in files):  # an object store's sizes cost a request per file
+def warn_uneven_shares(path: str | None, shard: Shard, field: str = "data.path") -> None:
+    """Process 0 says, once at start, when the processes' shares of local files differ much in size: each process
+    goes round its own share, so a small one repeated many times while a large one was not read once, half of every
+    batch its few documents; it was said only on that process's console, as "the training data has been read"."""
+    if shard.index != 0 or shard.count == 1:
+        return
+    files = list_files(path, field)
+    count = shard.count
+    if len(files) < count or any("://" in f for f in files):  # too few: refused; object stores: a request a file
         return
     try:
         shares = [sum(os.path.getsize(f) for f in files[i::count]) for i in range(count)]

@@ -262,6 +262,10 @@ def make_batches(spec: DistillSpec, vocab_size: int, rows: int, shard, position:
         source = make_source(spec.data, vocab_size, length + 1)  # `batch_at` draws windows of length + 1
         return IndexBatches(source, rows, length, accumulation, position)
     rows_here = host_rows(rows, shard)
+    if spec.data.source in ("jsonl", "parquet"):  # the sources shared out file by file
+        from trainer import corpus
+
+        corpus.warn_uneven_shares(spec.data.path, shard)
     ds = document_rows(spec.data, spec.data.path, vocab_size, length, shard, repeat=True)
     ds = ds.batch(rows_here, drop_remainder=True)
     ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=PREFETCH_BATCHES)
