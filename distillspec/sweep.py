@@ -121,14 +121,7 @@ def _known_tpu(value: str) -> str:
         raise PydanticCustomError(
             "unknown_tpu_type",
             "unknown TPU type {name}{suggestion}",
-            {
-                "name": repr(value),
-                "suggestion": f": {e.why}"
-                if e.why
-                else f"; did you mean {', '.join(e.suggestions)}?"
-                if e.suggestions
-                else "",
-            },
+            {"name": repr(value), "suggestion": e.hint},
         ) from None
 
 

@@ -217,12 +217,14 @@ NOT_IN_TABLE = {
 
 
 class UnknownTpuType(ValueError):
-    """`name` is not in the table; `suggestions` holds close names, `why` what is known of a shape the table lacks."""
+    """`name` is not in the table; `suggestions` holds close names; `why` (words for `hint`) what is known of a shape
+    the table lacks."""
 
     def __init__(self, name: str, suggestions: list[str], why: str = ""):
-        self.name, self.suggestions, self.why = name, suggestions, why
-        hint = f": {why}" if why else f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
-        super().__init__(f"unknown TPU type {name!r}{hint}")
+        self.name, self.suggestions = name, suggestions
+        # what follows "unknown TPU type NAME" (`distillspec.sweep` words its own error with it too)
+        self.hint = f": {why}" if why else f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
+        super().__init__(f"unknown TPU type {name!r}{self.hint}")
 
 
 def canonical_name(name: str) -> str:
