@@ -49,7 +49,7 @@ class LeaderElector:
         self._observed_at = 0.0
         self._leading = False
         self._stop = threading.Event()
-        self._said_forbidden: set = set()  # operations (403) and (operation, status) pairs already logged
+        self._said: set[tuple[str, int]] = set()  # (operation, status) of the failures already logged
 
     @property
     def is_leader(self) -> bool:
@@ -78,15 +78,22 @@ class LeaderElector:
         self._stop.set()
 
     def _failed(self, operation: str, error: BaseException | None = None) -> None:
-        """Count a failed Lease call; a refusal (403) is also said once per operation, since the replica then
-        stays a standby for ever while its probes pass (a `--lease` the Role does not name, say)."""
+        """Count a failed Lease call; an answer that keeps this replica a standby for ever while its probes pass is
+        also said, once per operation and status: a refusal (403: a `--lease` the Role does not name, say), or any
+        other but 409 (a race another replica won)."""
         self.on_error(operation)
-        if (
-            isinstance(error, ApiException)
-            and error.status not in (403, 409)
-            and (operation, error.status) not in (self._said_forbidden)
-        ):  # 409 is a race another replica won; anything else stops this replica from ever leading: say it
-            self._said_forbidden.add((operation, error.status))
+        if not isinstance(error, ApiException) or error.status == 409 or (operation, error.status) in self._said:
+            return
+        self._said.add((operation, error.status))
+        if error.status == 403:
+            log.error(
+                "cannot %s %s/%s: forbidden: this replica never acts until its Role allows get and update on that "
+                "Lease (the chart's Role names distillctl-controller, one per namespace; --lease must be that name)",
+                operation,
+                self.cluster.namespace,
+                self.name,
+            )
+        else:
             log.error(
                 "cannot %s %s/%s: %s %s: %s",
                 operation,
@@ -95,15 +102,6 @@ class LeaderElector:
                 error.status,
                 error.reason,
                 (error.body or "")[:300],
-            )
-        if isinstance(error, ApiException) and error.status == 403 and operation not in self._said_forbidden:
-            self._said_forbidden.add(operation)
-            log.error(
-                "cannot %s %s/%s: forbidden: this replica never acts until its Role allows get and update on that "
-                "Lease (the chart's Role names distillctl-controller, one per namespace; --lease must be that name)",
-                operation,
-                self.cluster.namespace,
-                self.name,
             )
 
     def _now(self) -> datetime.datetime:
