@@ -311,16 +311,14 @@ def _check_processes_agree(spec: DistillSpec) -> None:
     store = _coordination_store()
     if store is None:
         return
-    count, index = jax.process_count(), jax.process_index()
+    index = jax.process_index()
     mine = {"spec": spec.model_dump(mode="json"), "local_devices": jax.local_device_count()}
-    store.key_value_set(f"distillctl/start/{index}", json.dumps(mine, sort_keys=True))
-    for other in range(count) if index == 0 else (0,):
-        if other == index:
-            continue
-        try:
-            theirs = json.loads(store.blocking_key_value_get(f"distillctl/start/{other}", AGREE_TIMEOUT_MS))
-        except Exception as e:  # noqa: BLE001 - a peer gone or late: the coordinator's trouble, retried
-            raise RetryableError(f"process {other} did not report how it was started: {_first_line(e)}") from None
+    others = range(jax.process_count()) if index == 0 else (0,)
+    posted = _exchange(
+        store, "start", json.dumps(mine, sort_keys=True), others, AGREE_TIMEOUT_MS, "report how it was started"
+    )
+    for other, said in posted:
+        theirs = json.loads(said)
         if theirs["local_devices"] != mine["local_devices"]:
             raise UserError(
                 f"process {index} has {mine['local_devices']} devices, process {other} has {theirs['local_devices']}: "
@@ -357,20 +355,36 @@ def _processes_ready() -> None:
     store = _coordination_store()
     if store is None:
         return
-    index = jax.process_index()
-    store.key_value_set(f"distillctl/ready/{index}", "ok")
-    for other in range(jax.process_count()):
-        if other == index:
-            continue
-        try:
-            said = store.blocking_key_value_get(f"distillctl/ready/{other}", READY_TIMEOUT_MS)
-        except Exception as e:  # noqa: BLE001 - gone without a word, or late: the coordinator's trouble, retried
-            raise RetryableError(f"process {other} did not get ready to train: {_first_line(e)}") from None
+    for other, said in _exchange(
+        store, "ready", "ok", range(jax.process_count()), READY_TIMEOUT_MS, "get ready to train"
+    ):
         if said != "ok":
             code, _, why = said.partition(" ")
             error = UserError if code == str(int(TrainerExit.USER_ERROR)) else RetryableError
             # the same reason as a peer's failure met mid-run (`_peer_failure`): one cause, one name
             raise error(f"process {other} failed before training (exit {code}): {why}", reason="peer_failed")
+
+
+def _exchange(store, topic: str, mine: str, others, timeout_ms: int, what: str):
+    """Post this process's `mine` under `distillctl/<topic>/<index>` and yield (process, what it posted) for each of
+    `others` (this process skipped) as it arrives; RetryableError naming `what` a peer did not do in time (gone
+    without a word, or late: the coordinator's trouble)."""
+    import jax
+
+    index = jax.process_index()
+    store.key_value_set(f"distillctl/{topic}/{index}", mine)  # now, not when the caller starts reading
+
+    def theirs():
+        for other in others:
+            if other == index:
+                continue
+            try:
+                said = store.blocking_key_value_get(f"distillctl/{topic}/{other}", timeout_ms)
+            except Exception as e:  # noqa: BLE001 - the client raises its own status errors
+                raise RetryableError(f"process {other} did not {what}: {_first_line(e)}") from None
+            yield other, said
+
+    return theirs()
 
 
 def _tell_peers(code: TrainerExit, message: str) -> None:
