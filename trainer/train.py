@@ -539,13 +539,18 @@ class _Session:
         for field in ("step", "tokens"):
             if isinstance(earlier.get(field), int) and not isinstance(earlier.get(field), bool):
                 setattr(self, field, earlier[field])
+        self.carry_record(earlier)
+        return True
+
+    def carry_record(self, earlier: dict[str, Any]) -> None:
+        """An earlier attempt's summary's start, final metrics and wall time (its time after the checkpoint too: a
+        SIGTERM, a failure), carried into this attempt's."""
         if isinstance(earlier.get("final_metrics"), dict):
             self.final_metrics = earlier["final_metrics"]
         self.started_at = earlier.get("started_at", self.started_at)
         before = earlier.get("wall_time_sec")
         if isinstance(before, (int, float)) and not isinstance(before, bool):
             self.earlier_wall_seconds = max(self.earlier_wall_seconds, float(before))
-        return True
 
     def _leave_failure(self, index: int, code: TrainerExit, status: str, message: str) -> str:
         """Process `index` > 0 failed: write its verdict where the orchestrator finds it after the pod is gone
@@ -1177,12 +1182,7 @@ def _resume_session(session: _Session, start: Start, checkpoints: RunCheckpoints
                 f"resuming on another topology: {_topology(before)} until step {start.step}, "
                 f"{_topology(session.topology)} from here"
             )
-        session.started_at = previous.get("started_at", session.started_at)
-        session.final_metrics = previous.get("final_metrics", {})
-        # The last attempt's summary counts its time after the checkpoint too (a SIGTERM, a failure).
-        before = previous.get("wall_time_sec")
-        if isinstance(before, (int, float)) and not isinstance(before, bool):
-            session.earlier_wall_seconds = max(session.earlier_wall_seconds, float(before))
+        session.carry_record(previous)
     session.write_summary("running", None)
 
 
