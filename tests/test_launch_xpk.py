@@ -30,7 +30,7 @@ spec:
   student: {{model: tiny-2l}}
   teacher: {{model: tiny-4l, load_parameters_path: gs://bucket/teacher/checkpoints}}
   batch: {{per_device_batch_size: 1, max_target_length: 16}}
-  steps: 10
+  steps: {steps}
 axes:
   loss.temperature: [1.0, 2.0]
 target:
@@ -88,9 +88,11 @@ def xpk_on_path(tmp_path, monkeypatch, control_plane):
     return calls
 
 
-def write_sweep(tmp_path: Path, name: str) -> Path:
+def write_sweep(tmp_path: Path, name: str, steps: int = 10) -> Path:
+    """A two-point sweep; another `steps` gives other run ids (a run id is shared by every sweep with its point, so
+    one test's JobSets being deleted would hold up another's)."""
     path = tmp_path / f"{name}.yaml"
-    path.write_text(SWEEP.format(name=name, base=tmp_path / "runs"))
+    path.write_text(SWEEP.format(name=name, base=tmp_path / "runs", steps=steps))
     return path
 
 
@@ -132,7 +134,7 @@ def test_xpk_creates_missing_points_once_and_follows_them(control_plane, tmp_pat
 def test_an_xpk_create_failing_midway_says_which_runs_it_created(control_plane, tmp_path, xpk_on_path, monkeypatch):
     # The second `xpk workload create` failing printed its error alone: the first run, created, went on unsaid.
     cp = control_plane
-    path = write_sweep(tmp_path, "halfxpk")
+    path = write_sweep(tmp_path, "halfxpk", steps=11)
     monkeypatch.setenv("XPK_FAIL_AFTER", "1")
     try:
         result = runner.invoke(app, ["sweep", str(path), "--kubeconfig", str(cp.kubeconfig)])
@@ -148,6 +150,51 @@ def test_an_xpk_create_failing_midway_says_which_runs_it_created(control_plane, 
             120,
             "the JobSet deleted",
         )
+
+
+@pytest.mark.cluster
+def test_xpk_runs_dropped_from_the_file_are_orphans_to_cancel(control_plane, tmp_path, xpk_on_path):
+    # XPK labels its JobSets its own way: runs an edited file no longer had were found by our labels only, so
+    # status never warned of them and `cancel --orphans` found nothing while they held the quota.
+    cp = control_plane
+    path = write_sweep(tmp_path, "orphxpk", steps=12)
+    try:
+        first = runner.invoke(app, ["sweep", str(path), "--kubeconfig", str(cp.kubeconfig)])
+        assert first.exit_code == 0 and "2 created" in first.stdout, first.output
+        kept = set(_run_ids(path, cp))
+        path.write_text(path.read_text().replace("[1.0, 2.0]", "[1.0]"))
+        shown = runner.invoke(app, ["status", str(path), "--output", "json", "--kubeconfig", str(cp.kubeconfig)])
+        assert shown.exit_code == 0, shown.output
+        dropped = {f"orphxpk-{rid}" for rid in kept - {row["run_id"] for row in json.loads(shown.stdout)}}
+        assert len(dropped) == 1
+        warned = " ".join(shown.stderr.split())
+        assert "warning[orphaned_runs]" in warned and next(iter(dropped)) in warned, warned
+        cancelled = runner.invoke(app, ["cancel", str(path), "--orphans", "--yes", "--kubeconfig", str(cp.kubeconfig)])
+        assert cancelled.exit_code == 0 and next(iter(dropped)) in cancelled.stdout, cancelled.output
+        cp.wait_for(lambda: not dropped & {j["metadata"]["name"] for j in _all_jobsets(cp)}, 120, "the orphan deleted")
+        assert len([j for j in _all_jobsets(cp) if j["metadata"]["name"].startswith("orphxpk-")]) == 1
+    finally:
+        path.write_text(path.read_text().replace("[1.0]", "[1.0, 2.0]"))
+        runner.invoke(app, ["cancel", str(path), "--yes", "--kubeconfig", str(cp.kubeconfig)])
+
+
+def test_xpks_jobsets_read_our_labels_from_their_names():
+    from orchestrator.backends.xpk.backend import as_ours, selects
+
+    def jobset(name, labels):
+        return {"metadata": {"name": name, "labels": labels}}
+
+    ours = as_ours(jobset("alpha-end-abcdefgh23", {"xpk.google.com/workload": "alpha-end-abcdefgh23"}))
+    labels = ours["metadata"]["labels"]
+    assert labels["distillctl.dev/sweep"] == "alpha-end" and labels["distillctl.dev/run-id"] == "abcdefgh23"
+    assert selects("distillctl.dev/run-id=abcdefgh23,distillctl.dev/sweep=alpha-end", labels)
+    assert not selects("distillctl.dev/run-id=abcdefgh24", labels) and selects("", {})
+    for other in (
+        jobset("someones-training", {"xpk.google.com/workload": "someones-training"}),  # not <sweep>-<run id>
+        jobset("alpha-abcdefgh23", {"xpk.google.com/workload": "other"}),  # not XPK's for this name
+        jobset("alpha-abcdefgh23", {}),
+    ):
+        assert "distillctl.dev/run-id" not in (as_ours(other)["metadata"]["labels"] or {})
 
 
 def _all_jobsets(cp) -> list[dict]:

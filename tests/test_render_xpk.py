@@ -136,3 +136,18 @@ def test_same_dev_shm_volume(both):
     assert _pod(ours)["volumes"] == _pod(theirs)["volumes"] == [{"name": "dshm-2", "emptyDir": {"medium": "Memory"}}]
     ours_mounts = _pod(ours)["containers"][0]["volumeMounts"]
     assert ours_mounts == _pod(theirs)["containers"][0]["volumeMounts"] == [{"name": "dshm-2", "mountPath": "/dev/shm"}]
+
+
+def test_xpk_labels_its_jobset_and_pods_with_the_workload_name_we_read_runs_from(both):
+    # The xpk backend finds XPK's JobSets (status, orphans, logs) and their stuck pods by this label alone.
+    from orchestrator.backends.xpk.backend import XPK_WORKLOAD_LABEL, XpkBackend, as_ours
+
+    ours, theirs = both
+    name = theirs["metadata"]["name"]
+    assert theirs["metadata"]["labels"][XPK_WORKLOAD_LABEL] == name == ours["metadata"]["name"]
+    for job in theirs["spec"]["replicatedJobs"]:
+        assert job["template"]["spec"]["template"]["metadata"]["labels"][XPK_WORKLOAD_LABEL] == name
+    assert XpkBackend.pending_pods["label_selector"] == XPK_WORKLOAD_LABEL
+    read = as_ours(theirs)["metadata"]["labels"]
+    for label in (rendering.LABEL_SWEEP, rendering.LABEL_RUN_ID):
+        assert read[label] == ours["metadata"]["labels"][label]

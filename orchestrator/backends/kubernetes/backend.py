@@ -58,6 +58,12 @@ JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 JOB_INDEX_LABEL = "jobset.sigs.k8s.io/job-index"
 COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 CREATE_CONCURRENCY = 8
+
+# The pods that can be stuck (distillctl's, still Pending) and the Events that can say why: the CLI lists them, the
+# service watches them.
+PENDING_PODS = {"label_selector": LABEL_RUN_ID, "field_selector": "status.phase=Pending"}
+POD_WARNINGS = "involvedObject.kind=Pod,type=Warning"
+
 CLAIM_PREFIX = "distillctl-run-"  # + run id: the Lease that says which sweep runs it
 # A claim not yet owned by a JobSet is live this long: a sweep creates its JobSet right after the claim, so an
 # older unowned claim whose holder has no JobSet is one a sweep left behind (killed between the two creates).
@@ -335,7 +341,9 @@ class KubernetesBackend:
         """Why pods of distillctl's JobSets are not running, by JobSet name: one list of the Pending pods (few,
         normally none), and the Warning Events only when a pod is waiting without a reason of its own."""
         core, namespace = self.cluster.core, self.cluster.namespace
-        pods = self.cluster.call("list the pending pods", as_json, core.list_namespaced_pod, namespace, **PENDING_PODS)
+        pods = self.cluster.call(
+            "list the pending pods", as_json, core.list_namespaced_pod, namespace, **self.pending_pods
+        )
         events = {"items": []}
         if needs_events(pods["items"]):
             events = self.cluster.call(
@@ -346,6 +354,9 @@ class KubernetesBackend:
                 field_selector=POD_WARNINGS,
             )
         return stuck_by_jobset(pods["items"], events["items"])
+
+    # The run pods that can be stuck, as a list selector (XPK labels its pods its own way).
+    pending_pods: Mapping[str, str] = PENDING_PODS
 
     def observe(self, expansion: Expansion) -> dict[str, Observation]:
         """Each run's JobSet, found by its run id: one this sweep created, or another sweep's (then `owner` names
@@ -948,12 +959,6 @@ def _preference(jobset: dict, sweep: str) -> tuple:
         _labels(jobset).get(rendering.LABEL_SWEEP) != sweep,
         metadata.get("creationTimestamp") or "",
     )
-
-
-# The pods that can be stuck (distillctl's, still Pending) and the Events that can say why: the CLI lists them, the
-# service watches them.
-PENDING_PODS = {"label_selector": LABEL_RUN_ID, "field_selector": "status.phase=Pending"}
-POD_WARNINGS = "involvedObject.kind=Pod,type=Warning"
 
 
 def as_json(list_fn, *args, **kwargs) -> dict:

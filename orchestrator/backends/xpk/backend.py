@@ -1,25 +1,32 @@
 """The XPK backend: creates each missing run with `xpk workload create`, then follows it like the Kubernetes backend.
 
-XPK names the JobSet after `--workload` (our `<sweep>-<run id>`), but labels it its own way, so runs are found by
-name rather than by our labels. Deleting and logs go through the Kubernetes API directly.
+XPK names the JobSet after `--workload` (our `<sweep>-<run id>`), but labels it (and its pods) its own way,
+`xpk.google.com/workload: <name>`: the JobSets it created read our sweep and run-id labels from that name, so
+everything the Kubernetes backend finds by label (status, orphans, logs, another sweep's run) finds them too.
+Deleting and logs go through the Kubernetes API directly.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from distillspec.contract import LABEL_RUN_ID, LABEL_SWEEP
 from distillspec.problems import has_errors
 from orchestrator.backends import DryRun, Submitted, note_partial_submit
-from orchestrator.backends.kubernetes.backend import JOBSET, KubernetesBackend, observe_jobset
+from orchestrator.backends.kubernetes.backend import KubernetesBackend
 from orchestrator.backends.xpk import command as xpk_command
 from orchestrator.core.expansion import Expansion, Point
-from orchestrator.core.run_status import Observation
+from orchestrator.core.identity import RUN_ID_LENGTH
 from orchestrator.errors import DistillctlError, InvalidSpecError
 from orchestrator.exit_codes import ExitCode
 
 XPK_TIMEOUT_SECONDS = 900
+XPK_WORKLOAD_LABEL = "xpk.google.com/workload"  # on XPK's JobSets and their pods: the --workload name
+# `<sweep>-<run id>`: the run id has a fixed length, so the split is never ambiguous.
+OUR_WORKLOAD = re.compile(rf"^(?P<sweep>[a-z][a-z0-9-]*)-(?P<run_id>[a-z2-7]{{{RUN_ID_LENGTH}}})$")
 
 
 class XpkBackend(KubernetesBackend):
@@ -40,23 +47,14 @@ class XpkBackend(KubernetesBackend):
             )
         super().preflight(expansion)
 
-    def observe(self, expansion: Expansion) -> dict[str, Observation]:
-        listing = self.cluster.call(
-            "list JobSets",
-            self.cluster.custom.list_namespaced_custom_object,
-            *JOBSET[:2],
-            self.cluster.namespace,
-            JOBSET[2],
-        )
-        by_name = {item["metadata"]["name"]: item for item in listing.get("items", [])}
-        workloads = self._workloads() if by_name else {}
-        return {
-            run.run_id: observe_jobset(
-                by_name[run.jobset_name], workloads.get(by_name[run.jobset_name]["metadata"].get("uid"))
-            )
-            for run in expansion.runs
-            if run.jobset_name in by_name
-        }
+    # XPK's pods carry its workload label, not our run id.
+    pending_pods: Mapping[str, str] = {"label_selector": XPK_WORKLOAD_LABEL, "field_selector": "status.phase=Pending"}
+
+    def _jobsets(self, selector: str = LABEL_RUN_ID, what: str = "list the JobSets") -> list[dict]:
+        """As the Kubernetes backend's, XPK's JobSets included under the labels their names give (`as_ours`): the
+        API server cannot select by labels they lack, so the selector is applied here."""
+        found = [as_ours(jobset) for jobset in super()._jobsets("", what)]
+        return [jobset for jobset in found if selects(selector, (jobset.get("metadata") or {}).get("labels") or {})]
 
     def submit(
         self, runs: Sequence[Point], expansion: Expansion, *, dry_run: DryRun | None = None
@@ -100,3 +98,26 @@ class XpkBackend(KubernetesBackend):
                     f"the command was: {command.line}",
                 )
             results[run.run_id] = "created"
+
+
+def as_ours(jobset: dict) -> dict:
+    """`jobset` with our sweep and run-id labels when XPK created it for us (its workload label is its name, and
+    that name is `<sweep>-<run id>`); any other JobSet as it is."""
+    metadata = jobset.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    name = metadata.get("name", "")
+    found = OUR_WORKLOAD.match(name)
+    if LABEL_RUN_ID in labels or labels.get(XPK_WORKLOAD_LABEL) != name or found is None:
+        return jobset
+    ours = {**labels, LABEL_SWEEP: found["sweep"], LABEL_RUN_ID: found["run_id"]}
+    return {**jobset, "metadata": {**metadata, "labels": ours}}
+
+
+def selects(selector: str, labels: Mapping[str, str]) -> bool:
+    """Whether `labels` match a label selector of `key` and `key=value` terms, comma-separated (the ones the
+    Kubernetes backend lists JobSets with; "" selects everything)."""
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        key, equals, value = term.partition("=")
+        if key not in labels or (equals and labels[key] != value):
+            return False
+    return True
