@@ -395,10 +395,13 @@ def test_sweep_applied_as_a_resource_runs_to_the_end_with_no_client(control_plan
 
     assert {j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] for j in made} == {"multislice-queue"}
     # The CLI's status reads the controller's view; its run ids are the CLI's own for the file with the default
-    # image written in (queue is not part of run ids).
+    # image written in (queue is not part of run ids): the image the controller filled in is taken from the
+    # resource when the file leaves it unset (it took --image, else no run was the resource's).
     kube = ["--kubeconfig", str(cp.kubeconfig)]
-    shown = CliRunner().invoke(app, ["status", str(path), "--output", "json", "--image", IMAGE, *kube])
+    shown = CliRunner().invoke(app, ["status", str(path), "--output", "json", *kube])
     assert shown.exit_code == 0, shown.output
+    assert f"which filled in what the file leaves unset: target.image {IMAGE}" in " ".join(shown.stderr.split())
+    assert "service_runs_differ" not in shown.stderr
     assert {r["run_id"] for r in json.loads(shown.stdout)} == {r["runId"] for r in status["runs"]}
     assert all(r["age_seconds"] >= 0 for r in json.loads(shown.stdout))  # from the JobSets' creation (was none)
     assert "DistillationSweep svc-a: Succeeded (AllSucceeded: 3 run(s))" in shown.stderr  # its conditions
@@ -407,7 +410,7 @@ def test_sweep_applied_as_a_resource_runs_to_the_end_with_no_client(control_plan
     other = CliRunner().invoke(app, ["status", str(path), "--image", "example.invalid/other:1", *kube])
     assert other.exit_code == 0 and "warning[service_runs_differ]" in other.stderr, other.output
     assert f"--image {IMAGE}, the image it runs with" in other.stderr  # the resource's pinned image
-    compared = CliRunner().invoke(app, ["results", str(path), "--format", "json", "--image", IMAGE, *kube])
+    compared = CliRunner().invoke(app, ["results", str(path), "--format", "json", *kube])
     assert compared.exit_code == 0, compared.output
     assert "DistillationSweep svc-a: Succeeded" in compared.stderr
     assert {r["status"]["phase"] for r in json.loads(compared.stdout)["runs"]} == {"Succeeded"}

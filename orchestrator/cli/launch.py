@@ -460,7 +460,7 @@ def status(
     ctx = _reading(sweep_file, kubeconfig, context, namespace, image, tpu_type, slices)
     # Launch advice (a mutable tag, a local output base) was `sweep`'s to give: printed on every refresh of a
     # status, or before every log, it buried what the command shows.
-    expansion, backend = ctx.open(about=())
+    expansion, backend = ctx.open(about=(), served=True)
     ctx.warn_if_nothing_written(expansion)
 
     shown = [""]
@@ -595,7 +595,9 @@ def logs(
 
     ctx = _reading(sweep_file, kubeconfig, context, namespace, image, tpu_type, slices)
     request = LogRequest(slice=slice_, worker=worker, all=all_, follow=follow, tail=tail)
-    expansion, backend = ctx.open(check=lambda expansion: _check_worker(expansion.sweep.target, request), about=())
+    expansion, backend = ctx.open(
+        check=lambda expansion: _check_worker(expansion.sweep.target, request), about=(), served=True
+    )
     try:
         target = find_run(expansion, run)
         if hasattr(backend, "log_source"):  # the JobSet that runs the run id, maybe another sweep's: named on stderr
@@ -717,7 +719,7 @@ def cancel(
     if timeout is not None and not wait:
         raise UsageError("--timeout applies to --wait", "add --wait to wait until the runs are gone, or drop --timeout")
     ctx = _reading(sweep_file, kubeconfig, context, namespace, image, tpu_type, slices)
-    expansion, backend = ctx.open(about=())
+    expansion, backend = ctx.open(about=(), served=True)
     try:
         if service:
             if runs or orphans:

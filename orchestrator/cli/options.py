@@ -213,14 +213,15 @@ class SweepContext:
             )
         )
 
-    def expanded(self, about: tuple[str, ...] | None = None):
+    def expanded(self, about: tuple[str, ...] | None = None, *, served: bool = False):
         """The expansion, its warnings printed: the sweep's own (only those whose location starts with one of
         `about`, when given: a command that reads finished runs has no use for launch advice), and the options a
-        local sweep ignores."""
+        local sweep ignores. `served`: a command that reads the runs takes the target fields the file leaves to the
+        sweep service as the service filled them (`with_service_defaults`)."""
         from distillspec.problems import Problem
         from orchestrator.cli import console
 
-        expansion = self.expand()
+        expansion = (self.with_service_defaults() if served else self).expand()
         if about is None:  # launch advice wanted: the memory warnings too
             from orchestrator.core.sweeps import with_memory_warnings
 
@@ -250,13 +251,42 @@ class SweepContext:
             )
         return expansion
 
-    def open(self, check=None, about: tuple[str, ...] | None = None):
+    def with_service_defaults(self) -> SweepContext:
+        """This context with the target fields its file leaves unset (the image, the output base) as the sweep
+        service filled them for this sweep (its DistillationSweep's `status.pinned`), said on stderr. The image is
+        part of every run id: without it the file named none of the resource's runs (and a kubernetes target
+        without an image is refused: `status` wanted `--image`); the outputs are under the service's output base,
+        not `runs`. Options given win; a sweep no service runs is left as it is."""
+        from distillspec.sweep import Target
+        from orchestrator.cli import console
+        from orchestrator.core.sweeps import load_overridden
+        from orchestrator.service.client import pinned_defaults
+
+        source = load_overridden(self.path, self.overrides, image_required=False)
+        if source.sweep is None or source.sweep.target.kind != "kubernetes":
+            return self
+        target = source.sweep.target
+        unset = {key for key in ("image", "output_base") if getattr(target, key) in (None, "", Target().output_base)}
+        if not unset:
+            return self
+        filled = {k: v for k, v in pinned_defaults(self.access, target, source.sweep.name).items() if k in unset}
+        if not filled:
+            return self
+        console.err.print(
+            f"sweep {source.sweep.name} is run by the distillctl service, which filled in what the file leaves "
+            "unset: " + ", ".join(f"target.{k} {v}" for k, v in sorted(filled.items())),
+            markup=False,
+            soft_wrap=True,
+        )
+        return dataclasses.replace(self, overrides=dataclasses.replace(self.overrides, **filled))
+
+    def open(self, check=None, about: tuple[str, ...] | None = None, *, served: bool = False):
         """`(expansion, backend)`: the expanded sweep and its target's backend (close it when done). Warnings of
-        the expansion are printed (as `expanded` filters them by `about`); `check(expansion)` runs before the
-        backend connects (a command's options that the sweep can refuse)."""
+        the expansion are printed (as `expanded` filters them by `about`, and fills it as `served` says);
+        `check(expansion)` runs before the backend connects (a command's options that the sweep can refuse)."""
         from orchestrator.backends import backend_for
 
-        expansion = self.expanded(about)
+        expansion = self.expanded(about, served=served)
         if check is not None:
             check(expansion)
         return expansion, backend_for(expansion.sweep.target, self.access)

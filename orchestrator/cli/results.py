@@ -214,7 +214,7 @@ def results_command(
         slices=slices,
         image=image,
     )
-    expansion = ctx.expanded(about=())
+    expansion = ctx.expanded(about=(), served=True)
     if output_base is None:
         ctx.warn_if_nothing_written(expansion)
     if plot is not None:  # before the table is printed: a script must not get a whole table and exit 2
@@ -354,7 +354,7 @@ def regress(
         image=image,
     )
     try:
-        expansion = ctx.expanded(about=())
+        expansion = ctx.expanded(about=(), served=True)
         expected = gate.load_golden(golden, expansion)
         if output_base is not None:  # a typo is the command's input, not failed runs (exit 2 says those)
             check_output_base(output_base)
@@ -473,7 +473,7 @@ def golden_update(
         resolved.append((full, "/" not in name))
     wanted = [full for full, _ in resolved] or list(golden_file.DEFAULT_METRICS)
     twinned = [full for full, bare in resolved if bare] if resolved else wanted
-    expansion = ctx.expanded(about=())
+    expansion = ctx.expanded(about=(), served=True)
     if output_base is None:
         ctx.warn_if_nothing_written(expansion)
     _refuse_clobbering({"-o": out}, {"the sweep file": sweep})

@@ -22,6 +22,7 @@ class TargetOverrides:
     image: str | None = None
     queue: str | None = None
     priority: str | None = None
+    output_base: str | None = None  # not part of run ids: where their outputs are read
     labels: tuple[tuple[str, str], ...] = ()  # added to target.labels
 
 
@@ -51,7 +52,7 @@ def load_overridden(path: Path, overrides: TargetOverrides, *, image_required: b
         raise_for(source.problems, path)
     sweep = source.sweep
     assert sweep is not None  # load_sweep returns no sweep only with errors, raised above
-    fields = ("slices", "image", "queue", "priority")
+    fields = ("slices", "image", "queue", "priority", "output_base")
     changes = {k: getattr(overrides, k) for k in fields if getattr(overrides, k) is not None}
     if tpu_type is not None:
         changes["tpu_type"] = tpu_type

@@ -244,6 +244,23 @@ def read_resource(cluster: Cluster, name: str, on_forbidden: Callable[[], None] 
         return None
 
 
+def pinned_defaults(access, target, name: str) -> dict[str, str]:
+    """The controller defaults the DistillationSweep `name` was run with (`status.pinned`: image, output_base);
+    empty when there is no such resource, no controller ran it, or the cluster cannot be asked (the command that
+    asks says that itself, when it reads the runs)."""
+    from orchestrator.backends import backend_for
+
+    try:
+        backend = backend_for(target, access)
+        try:
+            found = read_resource(backend.cluster, name)
+        finally:
+            backend.close()
+        return dict(SweepStatus.model_validate((found or {}).get("status") or {}).pinned)
+    except (DistillctlError, ValueError):
+        return {}
+
+
 def read_status(cluster: Cluster, name: str) -> SweepStatus | None:
     """The status the controller wrote for sweep `name` (None as `read_resource`)."""
     found = read_resource(cluster, name)
