@@ -129,6 +129,12 @@ def test_a_start_that_fails_before_the_run_opens_keeps_what_earlier_attempts_rec
     done = run_trainer(["--spec", str(spec), *flags], timeout=120)
     assert done.returncode == 1 and "summary.json still says the run succeeded" in done.stderr, done.stderr
     assert json.loads(summary.read_text()) == finished
+    # The run finished more steps than this spec asks: its start would be refused (fewer steps than the
+    # checkpoint), the record kept; this failed start wrote "failed, step 120 of 60" over it.
+    further = {**finished, "step": 120, "total_steps": 120}
+    summary.write_text(json.dumps(further))
+    done = run_trainer(["--spec", str(spec), *flags], timeout=120)
+    assert done.returncode == 1 and json.loads(summary.read_text()) == further, done.stderr
     # An attempt that was killed (summary "running" at step 30): the failure is recorded where that attempt got to.
     summary.write_text(json.dumps({**finished, "status": "running", "exit_code": None, "step": 30, "wall_time_sec": 9}))
     done = run_trainer(["--spec", str(spec), *flags], timeout=120)

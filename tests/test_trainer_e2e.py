@@ -663,3 +663,17 @@ def test_a_teacher_that_trained_on_behind_the_same_path_is_said_on_resume(out, t
     said = [n for n in recorder.notes if n.startswith("teacher.load_parameters_path now resolves to")]
     assert said and str(moving / "checkpoints" / "60") in said[0] and str(moving / "checkpoints" / "30") in said[0]
     assert "until step 20" in said[0], said
+
+
+@pytest.mark.parametrize("summary", ["[1, 2]", '"hello"', "42", "\udcff"])
+def test_a_resume_over_a_summary_that_is_not_a_json_object_goes_on(out, teacher, summary):
+    # A summary.json holding a list, a string, a number (or not UTF-8) ended the resume as a bug, exit 70.
+    import shutil
+
+    name = "odd-summary-" + summary.encode("utf-8", "surrogateescape").hex()[:8]
+    shutil.copytree(teacher, out / name)
+    (out / name / "summary.json").write_bytes(summary.encode("utf-8", "surrogateescape"))
+    data = merged(TEACHER, name=name, output_dir=str(out), steps=62)
+    assert run(spec_of(data)) == TrainerExit.OK
+    recorded = json.loads((out / name / "summary.json").read_text())
+    assert (recorded["status"], recorded["step"]) == ("succeeded", 62)

@@ -180,6 +180,15 @@ class RunFiles:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
+    def read_record(self, name: str) -> dict[str, Any] | None:
+        """The JSON object in `name` (an earlier attempt's summary.json); None when there is none: no file, not
+        JSON, not UTF-8, or JSON that is not an object (a resume read `[1, 2]` and ended as a bug, exit 70)."""
+        try:
+            found = self.read_json(name)
+        except UnicodeDecodeError:
+            return None
+        return found if isinstance(found, dict) else None
+
     def start_metrics(self, *, keep_through_step: int | None) -> None:
         """Open the metrics log: a fresh run starts it empty; a resumed one keeps lines up to its checkpoint."""
         kept: list[str] = []

@@ -525,17 +525,17 @@ class _Session:
         the run succeeded at these steps, which a start that failed (a mistyped --process-id, a mesh for other
         devices) must not replace: it read "failed at step 0", its final metrics gone."""
         try:
-            earlier = self.files.read_json("summary.json")
+            earlier = self.files.read_record("summary.json")
         except Exception:  # noqa: BLE001 - unreadable: there is nothing to keep
             earlier = None
-        if not isinstance(earlier, dict):
+        if earlier is None:
             return True
-        if (
-            earlier.get("status") == "succeeded"
-            and code != TrainerExit.OK
-            and earlier.get("total_steps") == self.spec.steps
-        ):
-            return False  # the finished run started again; one asked to train further records how that went
+        trained = earlier.get("total_steps")
+        further = isinstance(trained, int) and trained < self.spec.steps
+        if earlier.get("status") == "succeeded" and code != TrainerExit.OK and not further:
+            # The finished run started again (with fewer steps its start is refused, the record kept); one asked
+            # to train further records how that went.
+            return False
         for field in ("step", "tokens"):
             if isinstance(earlier.get(field), int) and not isinstance(earlier.get(field), bool):
                 setattr(self, field, earlier[field])
@@ -1171,7 +1171,7 @@ def _resume_session(session: _Session, start: Start, checkpoints: RunCheckpoints
     if session.files is None:
         return
     session.files.start_metrics(keep_through_step=start.step if start.resumed else None)
-    previous = session.files.read_json("summary.json") if start.resumed else None
+    previous = session.files.read_record("summary.json") if start.resumed else None
     if previous:
         before = previous.get("topology")
         if isinstance(before, dict) and session.topology and before != session.topology and start.step >= steps:
