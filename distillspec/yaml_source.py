@@ -108,9 +108,7 @@ def read_text_file(path: str | Path) -> str:
     """A UTF-8 text file's contents (`-`: standard input); raises YamlSourceError for a missing, unreadable, huge or
     binary file."""
     if str(path) == "-":
-        import sys
-
-        return _decoded(_bounded(sys.stdin.buffer.read(MAX_BYTES + 1), "standard input"))
+        return _decoded(_bounded(_standard_input(), "standard input"))
     p = Path(path)
     try:
         if p.is_dir():
@@ -133,6 +131,21 @@ def read_text_file(path: str | Path) -> str:
     except OSError as e:
         raise YamlSourceError("unreadable", f"cannot read {path}: {e.strerror or e}", "check the path") from None
     return _decoded(raw)
+
+
+# Standard input as read the first time, with the stream it came from: a command that reads its sweep file twice
+# (status reads it to ask the sweep service what it filled in, then expands it) found `-` empty the second time.
+_stdin_read: tuple[object, bytes] | None = None
+
+
+def _standard_input() -> bytes:
+    import sys
+
+    global _stdin_read
+    stream = sys.stdin.buffer
+    if _stdin_read is None or _stdin_read[0] is not stream:  # another stream (a test runner's) is another input
+        _stdin_read = (stream, stream.read(MAX_BYTES + 1))
+    return _stdin_read[1]
 
 
 def _bounded(raw: bytes, what: str) -> bytes:

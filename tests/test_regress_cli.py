@@ -632,3 +632,13 @@ def test_waiting_stops_for_runs_nothing_will_start_and_for_unchecked_runs_not_at
         result, expected, statuses=submitted_later, wait=True, timeout=3600, poll=30, clock=lambda: now[0], sleep=sleep
     )
     assert report.exit_code == ExitCode.OK and len(calls) == 3
+
+
+def test_a_sweep_file_on_standard_input_is_read_once(sweep, monkeypatch):
+    # `-` worked for plan and sweep; status, results, regress and golden read the file twice, found standard
+    # input empty the second time and called the user's file empty (exit 4).
+    path, golden, _ = sweep
+    monkeypatch.chdir(path.parent)  # a piped sweep's relative paths are relative to the current directory
+    for args in (["regress", "-", "--golden", str(golden)], ["status", "-"], ["results", "-"]):
+        out = runner.invoke(app, args, input=path.read_text())
+        assert out.exit_code == ExitCode.OK and "empty" not in out.stderr, (args, out.output)
