@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from results_support import expanded, finish_all, write_outputs, write_sweep
+from sweep_support import SWEEPS
 from typer.testing import CliRunner
 
 from orchestrator.backends import ClusterAccess
@@ -445,6 +446,24 @@ def test_no_output_replaces_a_file_the_command_reads_or_one_of_the_users(sweep, 
         assert result.exit_code == code and said in result.stderr, result.output
     assert {p: p.read_text() for p in (path, golden)} == before and spec.read_text() == "student: {model: tiny-2l}\n"
     assert not (tmp_path / "r").exists()
+    # The specs the sweep names and the runs' outputs are read too: a report over a run's summary.json left a
+    # damaged run behind (every later regress exit 2), one over the base spec another sweep (both exit 0).
+    import shutil
+
+    own = tmp_path / "own-base.yaml"
+    shutil.copy(SWEEPS / "tiny.yaml", own)
+    other = write_sweep(tmp_path, "own.yaml", spec=str(own))
+    summary = next((tmp_path / "runs").glob("*/summary.json"))
+    kept = {p: p.read_bytes() for p in (own, summary)}
+    for args, said in [
+        (("regress", other, "--golden", golden, "--junit", own), f"--junit {own} is the sweep's base spec"),
+        (("regress", path, "--golden", golden, "--summary", summary), "where the runs' outputs are read from"),
+        (("golden", "update", path, "-o", summary.parent / "golden.yaml"), "where the runs' outputs are read from"),
+    ]:
+        result = invoke(*args)
+        code = ExitCode.INVALID_SPEC if args[0] == "regress" else ExitCode.USAGE
+        assert result.exit_code == code and said in " ".join(result.stderr.split()), result.output
+    assert {p: p.read_bytes() for p in (own, summary)} == kept and not (summary.parent / "golden.yaml").exists()
     again = invoke("golden", "update", path, "-o", golden)  # a golden file is what -o updates
     assert again.exit_code == ExitCode.OK, again.output
     # ... even one with a YAML error (it was "not a golden file", the hint sending the user in a circle), or empty;

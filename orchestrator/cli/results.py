@@ -272,21 +272,41 @@ def _progress(state, left: float) -> None:
     console.err.print(f"waiting: {done}/{len(state[1])} run(s) finished{note}, {left:.0f} s left", markup=False)
 
 
-def _refuse_clobbering(outputs: dict[str, Path | None], inputs: dict[str, Path]) -> None:
-    """UsageError when a file to write is one this command reads (the sweep, the golden file) or another output:
-    each would be replaced by a report."""
+def _refuse_clobbering(
+    outputs: dict[str, Path | None], inputs: dict[str, Path], expansion=None, output_base: str | None = None
+) -> None:
+    """UsageError when a file to write is one this command reads (the sweep, the golden file, the specs the sweep
+    names, anything under the runs' output base) or another output: each would be replaced by a report (a run's
+    summary.json replaced by a JUnit report was a damaged run from then on)."""
     from orchestrator.errors import UsageError
 
     seen: dict[Path, str] = {}
-    for what, path in inputs.items():
+    for what, path in {**inputs, **_spec_files(expansion)}.items():
         seen.setdefault(path.resolve(), what)
+    base = output_base or (expansion.sweep.target.output_base if expansion is not None else None)
+    runs = Path(base).resolve() if base and "://" not in base else None
     for flag, path in outputs.items():
         if path is None:
             continue
         other = seen.get(path.resolve())
         if other is not None:
             raise UsageError(f"{flag} {path} is {other}: writing it would replace it", f"give {flag} another path")
+        if runs is not None and path.resolve().is_relative_to(runs):
+            raise UsageError(
+                f"{flag} {path} is inside {runs}, where the runs' outputs are read from",
+                f"give {flag} a path outside it",
+            )
         seen[path.resolve()] = f"also where {flag} writes"
+
+
+def _spec_files(expansion) -> dict[str, Path]:
+    """The spec files a sweep reads, by what they are (`the base spec`, `prerequisite NAME's spec`)."""
+    source = getattr(expansion, "source", None)
+    if source is None:
+        return {}
+    named = [("the sweep's base spec", source.base)]
+    named += [(f"the spec of prerequisite {name}", spec) for name, spec in source.prerequisites.items()]
+    return {what: Path(spec.file) for what, spec in named if spec is not None and spec.file and spec.file != "-"}
 
 
 def _write(path: Path, text: str) -> None:
@@ -358,6 +378,15 @@ def regress(
         expected = gate.load_golden(golden, expansion)
         if output_base is not None:  # a typo is the command's input, not failed runs (exit 2 says those)
             check_output_base(output_base)
+    except DistillctlError as e:
+        raise _invalid(e) from None
+    try:
+        _refuse_clobbering(
+            {"--junit": junit, "--summary": summary},
+            {"the sweep file": sweep, "the golden file": golden},
+            expansion,
+            output_base,
+        )
     except DistillctlError as e:
         raise _invalid(e) from None
     if output_base is None:
@@ -476,7 +505,7 @@ def golden_update(
     expansion = ctx.expanded(about=(), served=True)
     if output_base is None:
         ctx.warn_if_nothing_written(expansion)
-    _refuse_clobbering({"-o": out}, {"the sweep file": sweep})
+    _refuse_clobbering({"-o": out}, {"the sweep file": sweep}, expansion, output_base)
     if out.is_dir():  # said now, as regress says it of --junit (it was "cannot write out: Is a directory")
         raise UsageError(f"-o {out} is a folder", f"give -o a file path, e.g. {out / 'golden.yaml'}")
     if out.is_file() and (why := golden_file.not_replaceable(out)):
