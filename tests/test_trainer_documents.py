@@ -731,3 +731,12 @@ def test_shares_of_very_different_sizes_are_said_at_start(tmp_path, caplog):
         D.make_batches(spec, 256, 4, Shard(0, 1)).close()  # one process: nothing to share
     (said,) = [r.getMessage() for r in caplog.records if "shared out whole" in r.getMessage()]
     assert "shared out whole over 2 processes" in said and "process 0 reads" in said and "process 1 " in said
+
+
+def test_empty_shares_are_not_said_to_differ(tmp_path, caplog):
+    # Every share 0 bytes read "process 0 reads 0 bytes, process 0 0 bytes" before the real error (no documents).
+    for name in ("a.jsonl", "b.jsonl"):
+        (tmp_path / name).write_text("")
+    with caplog.at_level("WARNING", logger="trainer.corpus"):
+        corpus.warn_uneven_shares(str(tmp_path), Shard(0, 2))
+    assert not [r for r in caplog.records if "shared out whole" in r.getMessage()]

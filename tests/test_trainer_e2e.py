@@ -677,3 +677,18 @@ def test_a_resume_over_a_summary_that_is_not_a_json_object_goes_on(out, teacher,
     assert run(spec_of(data)) == TrainerExit.OK
     recorded = json.loads((out / name / "summary.json").read_text())
     assert (recorded["status"], recorded["step"]) == ("succeeded", 62)
+
+
+def test_a_finished_run_started_again_keeps_how_its_steps_ran(out, teacher):
+    # It trained nothing, and its summary read tokens_per_sec 0.0, this attempt's compile time and wall time, and
+    # "resumed from step 60".
+    import shutil
+
+    shutil.copytree(teacher, out / "again")
+    before = json.loads((out / "again" / "summary.json").read_text())
+    assert before["tokens_per_sec"] > 0
+    data = merged(TEACHER, name="again", output_dir=str(out))
+    assert run(spec_of(data)) == TrainerExit.OK
+    after = json.loads((out / "again" / "summary.json").read_text())
+    for key in ("status", "step", "tokens_per_sec", "compile_time_sec", "wall_time_sec", "resumed_from_step"):
+        assert after[key] == before[key], key

@@ -161,12 +161,12 @@ def warn_uneven_shares(path: str | None, shard: Shard, field: str = "data.path")
     except OSError:
         return
     small, large = min(shares), max(shares)
-    if small and large / small < UNEVEN_SHARES:
+    if not large or (small and large / small < UNEVEN_SHARES):  # all empty: the run is refused for that
         return
     log.warning(
         "%s's %d file(s) are shared out whole over %d processes, and the shares differ in size: process %d reads %s, "
         "process %d %s; each goes round its own, so the smaller is read again and again while the larger is read "
-        "once (its documents weigh more in every batch); split the corpus into files of similar size, a multiple of "
+        "once (the smaller share's few documents weigh as much in every batch as the larger's many); split the corpus into files of similar size, a multiple of "
         "%d of them",
         field,
         len(files),

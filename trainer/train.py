@@ -453,6 +453,9 @@ class _Session:
         self.resumed_from: int | None = None
         self.keep_record = False  # a start refused on another run's directory: its files stay as they are
         self.topology: dict[str, Any] | None = None  # processes, devices and the mesh this attempt trains on
+        # A finished run started again trains nothing: its record keeps how its steps ran (throughput, compile
+        # time, time, where it resumed), not this attempt's zeros.
+        self.ran_before: dict[str, Any] = {}
         self.teacher_source: str | None = None  # the step folder a run's own teacher checkpoint resolved to
         self.run_dir_lock: tuple[int, str, bool] | None = None  # (fd, lock file, folder made for it): `_hold_run_dir`
 
@@ -482,6 +485,7 @@ class _Session:
             "failure_reason": self.failure_reason,  # trainer.failures' category when an exception ended the run
             "resumed_from_step": self.resumed_from,
             "topology": self.topology,
+            **self.ran_before,
         }
 
     def write_summary(self, status: str, exit_code: int | None, message: str = "") -> None:
@@ -1174,8 +1178,11 @@ def _resume_session(session: _Session, start: Start, checkpoints: RunCheckpoints
     previous = session.files.read_record("summary.json") if start.resumed else None
     if previous:
         before = previous.get("topology")
-        if isinstance(before, dict) and session.topology and before != session.topology and start.step >= steps:
-            session.topology = before  # nothing left to train here: the record keeps what the steps ran on
+        if start.step >= steps:  # nothing left to train here: the record keeps what the steps ran on
+            kept = ("tokens_per_sec", "compile_time_sec", "wall_time_sec", "resumed_from_step", "topology")
+            session.ran_before = {key: previous[key] for key in kept if key in previous}
+            if not isinstance(session.ran_before.get("topology"), dict):
+                session.ran_before.pop("topology", None)
         elif isinstance(before, dict) and session.topology and before != session.topology:
             # tokens_per_sec and wall time of the attempts do not compare: said (a mesh edit was, this was not)
             session.reporter.note(
