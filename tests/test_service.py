@@ -5,6 +5,7 @@ controller's HTTP endpoints."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from pathlib import Path
 
@@ -437,11 +438,15 @@ def test_an_edit_no_controller_has_seen_is_said(monkeypatch):
     monkeypatch.setattr(console, "warn_once", said.append)
     monkeypatch.setattr(console.err, "print", lambda *a, **k: None)
     status = SweepStatus(observedGeneration=1, points=3)
-    views.show_service(Served("s1", status, None, namespace="default", generation=2))
+    views.show_service(Served("s1", status, None, namespace="default", generation=2, changed_at=time.time() - 60))
     (problem,) = said
     assert (
         problem.code == "sweep_not_served" and "its status is of generation 1, the resource is at 2" in problem.message
     )
     said.clear()
     views.show_service(Served("s1", status, None, namespace="default", generation=1))  # seen: nothing to say
+    assert said == []
+    # Edited a moment ago: a controller takes a moment to act, and this was said on every served cluster.
+    views.show_service(Served("s1", status, None, namespace="default", generation=2, changed_at=time.time() - 2))
+    views.show_service(Served("s1", SweepStatus(), None, namespace="default", generation=1, changed_at=time.time()))
     assert said == []

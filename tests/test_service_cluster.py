@@ -277,7 +277,7 @@ def test_sweep_service_says_at_once_when_the_controller_refuses_the_sweep(contro
         CliRunner().invoke(app, ["cancel", str(path), "--service", "--yes", "--wait", *kube])
 
 
-def test_a_sweep_no_controller_serves_is_said_by_sweep_and_status(control_plane, controllers, tmp_path):
+def test_a_sweep_no_controller_serves_is_said_by_sweep_and_status(control_plane, controllers, tmp_path, monkeypatch):
     """Applied into a namespace without the chart (a typo in -n), it read "applied ... the controller creates its
     runs", exit 0, and `status` showed Pending (NotCreated) for ever, with nothing said."""
     path = tmp_path / "svc-lonely.yaml"
@@ -309,6 +309,11 @@ def test_a_sweep_no_controller_serves_is_said_by_sweep_and_status(control_plane,
             GROUP, VERSION, "unserved", PLURAL, "svc-lonely"
         )
         assert (found["spec"]["retryFailed"], found["spec"]["deletionPolicy"]) == (1, "Keep")
+        # Just applied, any controller would still be at it: not said (it was, on every served cluster); once a
+        # controller had the time to act, it is.
+        shown = CliRunner().invoke(app, ["status", str(path), *kube])
+        assert shown.exit_code == 0 and "sweep_not_served" not in shown.stderr, shown.output
+        monkeypatch.setattr("orchestrator.service.client.SERVE_GRACE_SECONDS", 0.0)
         shown = CliRunner().invoke(app, ["status", str(path), *kube])
         assert shown.exit_code == 0 and "warning[sweep_not_served]" in shown.stderr, shown.output
         # A plain `sweep` of a served sweep made JobSets beside the controller's (called orphans there at once).

@@ -243,10 +243,12 @@ def show_service(view, shown: list[str] | None = None) -> None:
     from orchestrator.service.client import mismatch_hint, summary, unserved_problem
 
     seen = view.status.observedGeneration
+    unserved = view.waiting_for_controller(time.time())  # not said of the moment a controller takes to act
     if seen is None and not view.status.conditions:
-        console.warn_once(unserved_problem(view.name, view.namespace))
+        if unserved:
+            console.warn_once(unserved_problem(view.name, view.namespace))
         return
-    if seen is not None and view.generation is not None and seen < view.generation:  # an edit no controller saw
+    if unserved:  # an edit no controller saw
         console.warn_once(unserved_problem(view.name, view.namespace, seen, view.generation))
     line = summary(view)
     if shown is None or line != shown[0]:

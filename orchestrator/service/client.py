@@ -16,7 +16,7 @@ from distillspec.sweep import SweepSource, override_target
 from orchestrator.backends.kubernetes.client import Cluster, api_error
 from orchestrator.core.aggregate import KL_T1
 from orchestrator.core.expansion import DEFAULT_MAX_POINTS, GridTooLarge
-from orchestrator.core.run_status import Phase, RunStatus
+from orchestrator.core.run_status import Phase, RunStatus, parse_timestamp
 from orchestrator.core.sweeps import TargetOverrides, expand_checked, load_overridden, raise_for
 from orchestrator.errors import DistillctlError, UsageError
 from orchestrator.exit_codes import ExitCode
@@ -299,6 +299,30 @@ class Served:
     missing: tuple[str, ...] = ()  # the expansion's run ids the resource does not have
     namespace: str = ""
     generation: int | None = None  # the resource's: a status of an older one has not seen the last change
+    changed_at: float | None = None  # when the resource was last applied or edited (its managedFields' times)
+
+    def waiting_for_controller(self, now: float) -> bool:
+        """Whether no controller has acted on the last change although it had time to (`SERVE_GRACE_SECONDS`):
+        a status read right after an apply is one generation behind for a moment on any served cluster."""
+        seen = self.status.observedGeneration
+        behind = (seen is None and not self.status.conditions) or (
+            seen is not None and self.generation is not None and seen < self.generation
+        )
+        return behind and (self.changed_at is None or now - self.changed_at >= SERVE_GRACE_SECONDS)
+
+
+# How long a controller may take to act on a change before the CLI says none does (`sweep --service` waits 10 s).
+SERVE_GRACE_SECONDS = 30.0
+
+
+def changed_at(resource: dict) -> float | None:
+    """The latest time a client (not the controller's status writes) changed `resource`, from its managedFields."""
+    times = [
+        parse_timestamp(entry.get("time"))
+        for entry in (resource.get("metadata") or {}).get("managedFields") or []
+        if entry.get("subresource") != "status"
+    ]
+    return max((t for t in times if t is not None), default=None)
 
 
 def served(cluster: Cluster, expansion, on_forbidden: Callable[[], None] | None = None) -> Served | None:
@@ -311,11 +335,12 @@ def served(cluster: Cluster, expansion, on_forbidden: Callable[[], None] | None 
         return None
     found = SweepStatus.model_validate(resource.get("status") or {})
     generation = (resource.get("metadata") or {}).get("generation")
+    changed = changed_at(resource)
     if not found.runs:  # not taken up, rejected (Accepted=False says why) or nothing decided yet
-        return Served(name, found, None, namespace=cluster.namespace, generation=generation)
+        return Served(name, found, None, namespace=cluster.namespace, generation=generation, changed_at=changed)
     statuses = run_statuses(found, time.time())
     missing = tuple(run.run_id for run in expansion.runs if run.run_id not in statuses)
-    return Served(name, found, None if missing else statuses, missing, cluster.namespace, generation)
+    return Served(name, found, None if missing else statuses, missing, cluster.namespace, generation, changed)
 
 
 def refusal(view: Served) -> SweepCondition | None:
