@@ -321,3 +321,16 @@ def test_a_damaged_cache_file_is_a_user_error_naming_it(runs, tmp_path, damage, 
     assert run(_offline_spec(runs, offline_data_dir=str(cache))) == TrainerExit.USER_ERROR
     summary = json.loads((runs["out"] / "bad" / "summary.json").read_text())
     assert str(victim) in summary["message"] and said in summary["message"], summary["message"]
+
+
+@pytest.mark.slow
+def test_a_finished_offline_run_started_again_stays_succeeded(runs):
+    # The cache holds exactly `steps` micro-batches; started again, the finished run read one past the last to
+    # compile, failed (exit 1, "write the cache again") and its summary read failed.
+    spec = _offline_spec(runs, name="offline-again", checkpoint={"enabled": True})
+    assert run(spec) == TrainerExit.OK
+    summary = runs["out"] / "offline-again" / "summary.json"
+    before = json.loads(summary.read_text())
+    assert run(spec) == TrainerExit.OK
+    after = json.loads(summary.read_text())
+    assert (after["status"], after["step"], after["final_metrics"]) == ("succeeded", 2, before["final_metrics"])

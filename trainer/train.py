@@ -1238,6 +1238,9 @@ def _loop(
 
     state, step, position = start.state, start.step, start.position
     session.reporter.start(run_dir_of(spec), step, spec.steps)
+    if step >= spec.steps:  # a finished run started again: no batch to read (a logit cache holds none past the
+        batches.close()  # last step: the read ahead failed the run) and nothing to compile; every process agrees
+        return state
     compile_start = time.time()
     data_state = batches.state()  # the position the next checkpoint saves: before the batch read ahead
     host, device_batch = batch(position)
