@@ -483,3 +483,27 @@ def test_a_run_without_metrics_says_no_source(tmp_path):
     runs = {r["run_id"]: r for r in results_format.to_json(t)["runs"]}
     assert runs[result.points[0].run_id]["metrics_from"] is None
     assert runs[result.runs[0].run_id]["metrics_from"] == "train"
+
+
+def test_an_offline_points_top_k_kl_is_never_ranked_or_compared_with_a_whole_vocabulary_one(tmp_path):
+    # An offline student's kl_div_T1 is over the teacher's top-k tokens and a tail bucket: always the lower. In a
+    # sweep mixing online and offline points the offline one took ★ and "−49 % vs the baseline" while the two
+    # students were equally good.
+    from results_support import sweep_data
+
+    overrides = {**sweep_data("unused")["overrides"], "loss.beta": 0.0}
+    offline = {"offline_data_dir": [None, str(tmp_path / "cache")], "top_k": [None, 16]}
+    result = expanded(write_sweep(tmp_path, overrides=overrides, axes={"loss.alpha.end": [0.7]}, zip=[offline]))
+    finish_all(result)
+    online_point, offline_point = [p for p in result.points if p.role == "point"]
+    write_outputs(offline_point, kl_end=0.001)  # the lower number, over top-16 + tail
+    t = table(result)
+    rows = {r.run_id: r for r in t.rows}
+    assert rows[offline_point.run_id].kl_over == "top-16+tail" and rows[online_point.run_id].kl_over == "vocabulary"
+    assert t.best.run_id == online_point.run_id
+    assert rows[offline_point.run_id].delta_kl is None and rows[online_point.run_id].delta_kl is not None
+    text = results_format.legend(t)
+    assert "kl_div_T1 of offline points (column `kl over`: top-16+tail)" in text
+    assert "kl over" in results_format.markdown(t)
+    assert json.loads(json.dumps(results_format.to_json(t)))["runs"][2]["kl_div_T1_over"] == "top-16+tail"
+    assert "top-16+tail" in results_format.csv_text(t)

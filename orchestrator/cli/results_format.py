@@ -15,7 +15,17 @@ from typing import Any
 from rich.table import Table
 
 from orchestrator.core.markdown import cell as md_cell
-from orchestrator.core.results import EVAL, KL_T1, MIXED, TABLE_METRICS, Results, Row, seed_group, short_metric
+from orchestrator.core.results import (
+    EVAL,
+    FULL_VOCABULARY,
+    KL_T1,
+    MIXED,
+    TABLE_METRICS,
+    Results,
+    Row,
+    seed_group,
+    short_metric,
+)
 from orchestrator.core.run_status import Phase
 
 MISSING = "—"
@@ -110,6 +120,13 @@ def legend(results: Results) -> str:
     parts.append(f"{BEST} lowest kl_div_T1 among finished points" + ("" if results.best else why_none))
     if len(results.best_rows) > 1:
         parts[-1] += " (with seeds: the configuration with the lowest mean over its seeds, each seed marked)"
+    offline = sorted({r.kl_over for r in results.rows if r.kl_over != FULL_VOCABULARY and r.role != "prerequisite"})
+    if offline:
+        parts.append(
+            f"kl_div_T1 of offline points (column `kl over`: {', '.join(offline)}) is over the teacher's top-k tokens "
+            "and one bucket for the rest: lower than over the whole vocabulary for the same student, so ranked "
+            "and compared only with points of the same kind"
+        )
     damaged = [r for r in results.rows if r.damage]
     if damaged:
         parts.append(
@@ -136,6 +153,7 @@ def _headers(results: Results, sep: str = " ") -> list[str]:
     return (
         ["#", "point", "role", "status", "restarts", "step"]
         + (["from"] if _mixed(results) else [])
+        + ([f"kl{sep}over"] if _offline(results) else [])
         + [window.header(m, results.sources).replace(" (", f"{sep}(", 1) for m in TABLE_METRICS]
         + [f"tokens/s{sep}({window.describe})", cost_header(results, sep), f"Δkl_div_T1{sep}vs baseline"]
     )
@@ -144,6 +162,11 @@ def _headers(results: Results, sep: str = " ") -> list[str]:
 def _mixed(results: Results) -> bool:
     """Some rows show eval metrics and others training metrics: a `from` column says which."""
     return len(results.sources) > 1 or MIXED in results.sources
+
+
+def _offline(results: Results) -> bool:
+    """Some points are offline students: a `kl over` column says what each kl_div_T1 is over."""
+    return any(r.kl_over != FULL_VOCABULARY for r in results.rows if r.role != "prerequisite")
 
 
 def _cells(results: Results, row: Row) -> list[str]:
@@ -157,6 +180,7 @@ def _cells(results: Results, row: Row) -> list[str]:
             steps(row),
         ]
         + ([row.source] if _mixed(results) else [])
+        + ([row.kl_over] if _offline(results) else [])
         + [number(row.metrics.get(m)) for m in TABLE_METRICS]
         + [rate(row.tokens_per_sec), cost(results, row), signed(row.delta_kl, row.delta_kl_relative)]
     )
@@ -222,7 +246,7 @@ def csv_text(results: Results) -> str:
     columns = (
         CSV_FIXED
         + [f"axis:{a}" for a in axes]
-        + ["seed", "phase", "reason", "restarts", "step", "total_steps", "window", "metrics_from"]
+        + ["seed", "phase", "reason", "restarts", "step", "total_steps", "window", "metrics_from", "kl_div_T1_over"]
         + [short_metric(m) for m in TABLE_METRICS]
         + [
             "tokens_per_sec",
@@ -251,6 +275,7 @@ def csv_text(results: Results) -> str:
                 _csv(row.total_steps),
                 results.aggregation.window,
                 _metrics_from(row) or "",
+                row.kl_over,
             ]
             + [_csv(row.metrics.get(m)) for m in TABLE_METRICS]
             + [
@@ -322,6 +347,8 @@ def to_json(results: Results) -> dict[str, Any]:
                 "metrics_from": _metrics_from(row),
                 # which logged metric each value is (an eval run's distill/kl_div_T1 is its eval/kl_div_T1)
                 "metrics_logged_as": dict(row.logged_as),
+                # kl_div_T1 over the whole vocabulary, or an offline student's over top-k + tail: never compared
+                "kl_div_T1_over": row.kl_over,
                 "tokens_per_sec": _json_number(row.tokens_per_sec),
                 "wall_time_sec": row.wall_time_sec,
                 "chip_hours": _json_number(row.chip_hours),

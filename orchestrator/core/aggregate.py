@@ -119,3 +119,15 @@ def series(log: Sequence[LogLine], name: str) -> tuple[list[int], list[float]]:
             steps.append(record.step)
             values.append(value)
     return steps, values
+
+
+FULL_VOCABULARY = "vocabulary"
+
+
+def kl_support(spec) -> str:
+    """What a run's logged kl_div_T1 is a divergence over: the whole vocabulary, or (an offline student, from a
+    logit cache) the teacher's top-k tokens and one bucket for the rest, `top-16+tail`. The second is at or
+    below the first for the same student (at T=1) and grows with k: the two never compare."""
+    if getattr(spec, "offline_data_dir", None) and getattr(spec, "mode", "distill") == "distill":
+        return f"top-{spec.top_k}+tail" if spec.top_k else "top-k+tail"
+    return FULL_VOCABULARY

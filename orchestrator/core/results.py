@@ -29,7 +29,7 @@ from distillspec import tpu
 from distillspec.contract import PendingReason
 from distillspec.sweep import Sweep
 from orchestrator.core import aggregate, identity
-from orchestrator.core.aggregate import HARD_LOSS, KL_T1
+from orchestrator.core.aggregate import FULL_VOCABULARY, HARD_LOSS, KL_T1, kl_support
 from orchestrator.core.expansion import Expansion, Point
 from orchestrator.core.run_status import DEFAULT_STALL_SECONDS, Observation, Phase, RunStatus, derive
 from orchestrator.outputs import RunOutputs
@@ -110,6 +110,7 @@ class Row:
     delta_kl_relative: float | None = None  # delta_kl / the baseline's kl_div_T1
     best: bool = False
     damage: tuple[str, ...] = ()  # how its files disagree with themselves (`RunOutputs.damage`): never ranked
+    kl_over: str = FULL_VOCABULARY  # what its kl_div_T1 is a divergence over (`kl_support`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,6 +302,7 @@ def build(
                 chip_hours=None if chips is None or wall is None else wall * chips / 3600.0,
                 output_path=out.path,
                 damage=out.damage,
+                kl_over=kl_support(run.spec),
             )
         )
     rows = _compare(rows)
@@ -324,11 +326,11 @@ def _compare(rows: list[Row]) -> list[Row]:
         # distillation, a plain fine-tune) Δ asks whether distilling beat the best way of doing without it, as
         # the worse_than_baseline rule does; the first alone could make a point look better than it is.
         same_seed = [b for b in baselines if b.seed == row.seed] or baselines
-        usable = [b for b in same_seed if _comparable(b) and b.source == row.source]
+        usable = [b for b in same_seed if _comparable(b) and _same_kind(b, row)]
         base = min(usable, key=lambda b: b.metrics[KL_T1]) if usable else same_seed[0]
         kl, base_kl = row.metrics.get(KL_T1), base.metrics.get(KL_T1)
         # A diverged run's last values (1e6, or inf) are no result to compare: its Δ read +219728201%.
-        comparable = _comparable(row) and _comparable(base) and row.source == base.source
+        comparable = _comparable(row) and _comparable(base) and _same_kind(row, base)
         delta = kl - base_kl if comparable else None
         relative = delta / base_kl if delta is not None and base_kl else None
         out.append(dataclasses.replace(row, baseline_run_id=base.run_id, delta_kl=delta, delta_kl_relative=relative))
@@ -339,6 +341,11 @@ def _compare(rows: list[Row]) -> list[Row]:
     ]
     if any(r.source == EVAL for r in finished):  # never rank one run's held-out KL against another's training KL
         finished = [r for r in finished if r.source == EVAL]
+    # Nor a top-k KL (an offline student's, always the lower) against a whole-vocabulary one: the whole
+    # vocabulary's are ranked when there are any; top-k ones only among themselves, with one k.
+    kinds = {r.kl_over for r in finished}
+    if len(kinds) > 1:
+        finished = [r for r in finished if r.kl_over == FULL_VOCABULARY]
     if finished:
         # Seeds are repeats of one configuration, not points of their own: the best is the configuration whose
         # finished seeds have the lowest mean (the lowest single run crowned a lucky seed), each of its rows marked.
@@ -351,6 +358,11 @@ def _compare(rows: list[Row]) -> list[Row]:
         chosen = min(whole or groups.values(), key=lambda rows: sum(r.metrics[KL_T1] for r in rows) / len(rows))
         out = [dataclasses.replace(r, best=True) if any(r is c for c in chosen) else r for r in out]
     return out
+
+
+def _same_kind(row: Row, other: Row) -> bool:
+    """Whether two rows' kl_div_T1 compare: both held-out or both training, over the same support."""
+    return row.source == other.source and row.kl_over == other.kl_over
 
 
 def seed_group(row: Row) -> tuple:

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from distillspec.contract import PendingReason
 from distillspec.problems import Problem, format_loc
 from orchestrator.core import aggregate, early_stop
+from orchestrator.core.aggregate import FULL_VOCABULARY, kl_support
 from orchestrator.core.expansion import Expansion, Point
 from orchestrator.core.reconcile import FAILED, Action, ActionKind, reconcile
 from orchestrator.core.run_status import DEFAULT_STALL_SECONDS, Observation, Phase, RunStatus, stopped_status
@@ -402,6 +403,9 @@ def _best(points: Sequence[Point], statuses: Mapping[str, RunStatus]) -> BestPoi
         and not statuses[p.run_id].diverged
     ]
     scored = [(kl, p) for kl, p in scored if math.isfinite(kl)]
+    # An offline student's top-k KL is always the lower: ranked only when no point has a whole-vocabulary one.
+    if len({kl_support(p.spec) for _, p in scored}) > 1:
+        scored = [(kl, p) for kl, p in scored if kl_support(p.spec) == FULL_VOCABULARY]
     if not scored:
         return None
     kl, point = min(scored, key=lambda item: item[0])
