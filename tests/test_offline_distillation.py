@@ -334,3 +334,22 @@ def test_a_finished_offline_run_started_again_stays_succeeded(runs):
     assert run(spec) == TrainerExit.OK
     after = json.loads(summary.read_text())
     assert (after["status"], after["step"], after["final_metrics"]) == ("succeeded", 2, before["final_metrics"])
+
+
+@pytest.mark.slow
+def test_a_complete_cache_run_again_is_kept_as_it_is(runs):
+    # A finished teacher_logits run started again removed its manifest and recomputed every micro-batch: the
+    # costly teacher pass the cache exists to make once, students refused meanwhile.
+    from trainer_support import Recorder
+
+    files = sorted(runs["cache"].rglob("*"))
+    before = {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in files if f.is_file()}
+    summary = json.loads((runs["out"] / "cache" / "summary.json").read_text())
+    recorder = Recorder()
+    spec = spec_of(_base(runs["out"], **{**runs["distill"], "mode": "teacher_logits"}, name="cache", top_k=VOCAB))
+    assert run(spec, reporter=recorder) == TrainerExit.OK
+    assert {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in files if f.is_file()} == before
+    assert any("is complete for this spec: kept as it is" in n for n in recorder.notes), recorder.notes
+    again = json.loads((runs["out"] / "cache" / "summary.json").read_text())
+    assert again["status"] == "succeeded" and again["tokens"] == summary["tokens"]
+    assert again["started_at"] == summary["started_at"] and again["tokens_per_sec"] == summary["tokens_per_sec"]

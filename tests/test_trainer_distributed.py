@@ -25,13 +25,18 @@ BASE = merged(TEACHER, steps=10, logging={"every_steps": 5}, checkpoint={"every_
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
-    """The reference: one device, 8 rows per step."""
+def single_run(tmp_path_factory):
+    """The reference: one device, 8 rows per step; its run folder."""
     out = tmp_path_factory.mktemp("single")
     spec = write_spec(out / "one.json", merged(BASE, name="one", output_dir=str(out)))
     done = run_trainer(["--spec", str(spec)])
     assert done.returncode == 0, done.stderr[-3000:]
-    return read_metrics(out / "one")
+    return out / "one"
+
+
+@pytest.fixture(scope="module")
+def single(single_run):
+    return read_metrics(single_run)
 
 
 def assert_same_metrics(got: list[dict], want: list[dict]) -> None:
@@ -222,3 +227,31 @@ def test_a_coordinator_port_held_by_another_program_says_so(tmp_path):
     # JAX crashed (SIGSEGV) or exited 42 saying only "Failed to start RPC server".
     assert done.returncode == 1, done.stderr[-2000:]
     assert f"port {address.rsplit(':', 1)[1]} is already in use on this host" in done.stderr, done.stderr[-2000:]
+
+
+def test_two_processes_write_a_logit_cache_and_keep_it_when_started_again(single_run, tmp_path):
+    # Started again, a finished cache run recomputed every micro-batch; process 0's reading of the manifest decides
+    # for every process (a host's own disk may not hold it).
+    data = merged(
+        BASE,
+        name="cache",
+        mode="teacher_logits",
+        output_dir=str(tmp_path),
+        steps=3,
+        top_k=8,
+        batch={"per_device_batch_size": 4},
+        student={"model": "tiny-2l"},
+        teacher={"model": "tiny-4l", "load_parameters_path": str(single_run / "checkpoints")},
+    )
+    spec = write_spec(tmp_path / "cache.json", data)
+    for attempt in ("writes", "keeps"):
+        procs = _launch_pair(spec, f"127.0.0.1:{_free_port()}")
+        errors = [p.communicate(timeout=300)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], errors
+        manifest = tmp_path / "cache" / "logits" / "manifest.json"
+        if attempt == "writes":
+            written = {f: f.stat().st_mtime_ns for f in (tmp_path / "cache" / "logits").rglob("*") if f.is_file()}
+            assert json.loads(manifest.read_text())["processes"] == 2 and len(written) == 2 * 3 + 1
+        else:
+            assert "kept as it is" in errors[0], errors[0][-2000:]
+            assert {f: f.stat().st_mtime_ns for f in written} == written

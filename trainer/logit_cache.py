@@ -123,6 +123,12 @@ def write(spec: DistillSpec, directory: str, *, on_step: Callable[[int], bool] |
 
     mesh = make_mesh(spec.mesh)
     rows = setup.global_rows(spec, mesh)
+    complete = complete_cache(spec, directory, rows=rows, processes=jax.process_count())
+    if jax.process_count() > 1:  # process 0's reading decides for all: a host's own disk may hold no manifest
+        complete = bool(multihost_utils.broadcast_one_to_all(np.int32(complete is not None)))
+        complete = read_manifest(directory)[1] if complete else None
+    if complete is not None:
+        return {**complete, KEPT: True}
     teacher = setup._model(spec.teacher, False, mesh)
     params = setup._load_teacher(spec, teacher)
     k = int(spec.top_k)
@@ -172,6 +178,25 @@ def write(spec: DistillSpec, directory: str, *, on_step: Callable[[int], bool] |
         with fsspec.open(f"{directory.rstrip('/')}/{MANIFEST}", "w") as f:
             f.write(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest
+
+
+KEPT = "kept"  # in `write`'s answer only: the cache was complete, and left as it was
+
+
+def complete_cache(spec: DistillSpec, directory: str, *, rows: int, processes: int) -> dict[str, Any] | None:
+    """The manifest of the cache already in `directory` when it is the one `spec` would write (the same teacher,
+    tokenizer, data, k, rows, process count and micro-batches): a finished teacher_logits run started again
+    recomputed the whole cache (the costly pass offline distillation exists to make once), refusing students
+    meanwhile. None when there is none, or another."""
+    try:
+        _, manifest = read_manifest(directory)
+    except UserError:
+        return None
+    wanted = manifest_for(spec, rows=rows, processes=processes, micro_batches=contract.micro_batches_needed(spec))
+    if contract.mismatch(directory, manifest, spec, wanted["tokenizer"]) is not None:
+        return None
+    same_shape = all(manifest.get(key) == wanted[key] for key in ("rows", "processes", "micro_batches", "vocab_size"))
+    return manifest if same_shape else None
 
 
 def _remove_manifest(directory: str) -> None:

@@ -1111,14 +1111,17 @@ def _check_not_past(spec: DistillSpec, checkpoints: RunCheckpoints | None) -> No
 
 def _write_logit_cache(spec: DistillSpec, session: _Session, stop, run_dir: str, index: int) -> None:
     """`mode: teacher_logits`: the teacher's top-k over the corpus into `<run_dir>/logits` (`trainer.logit_cache`),
-    from the first micro-batch again on every attempt (the manifest, written last, marks it complete)."""
+    from the first micro-batch again on every attempt (the manifest, written last, marks it complete); a complete
+    cache of this spec is kept as it is."""
     from distillspec.logit_cache_manifest import CACHE_FOLDER
     from trainer import logit_cache
     from trainer.metrics_io import RunFiles, now_iso
 
     session.started_at = now_iso()
+    earlier = None
     if index == 0:
         session.files = RunFiles(run_dir, tensorboard=False)
+        earlier = session.files.read_record("summary.json")  # kept with the cache, if that is kept
         session.files.write_json("spec.json", spec.resolved().model_dump(mode="json"))
         session.write_summary("running", None)
     directory = f"{run_dir}/{CACHE_FOLDER}"
@@ -1130,7 +1133,14 @@ def _write_logit_cache(spec: DistillSpec, session: _Session, stop, run_dir: str,
         return _should_stop(stop, step)
 
     manifest = logit_cache.write(spec, directory, on_step=on_step)
-    if manifest:
+    if manifest.get(logit_cache.KEPT):
+        session.step = spec.steps
+        session.tokens = manifest["micro_batches"] * manifest["rows"] * manifest["max_target_length"]
+        if earlier is not None and earlier.get("status") == "succeeded":
+            session.carry_record(earlier)
+            session.ran_before = {k: earlier[k] for k in ("tokens_per_sec", "wall_time_sec") if k in earlier}
+        session.reporter.note(f"the logit cache in {directory} is complete for this spec: kept as it is")
+    elif manifest:
         session.tokens = manifest["micro_batches"] * manifest["rows"] * manifest["max_target_length"]
         session.train_tokens, session.train_seconds = session.tokens, time.time() - started
         session.reporter.note(f"wrote the teacher's top-{spec.top_k} log-probabilities to {directory}")
