@@ -73,8 +73,8 @@ def check_paths(
         # the student as built: a pruned Gemma 3 student's layer kinds come from the teacher
         model: ModelSpec | None = spec.student_block() if side == "student" else spec.teacher
         path = model.load_parameters_path if model is not None else None
-        if not path:
-            continue
+        if not path or (side == "teacher" and spec.offline_data_dir and spec.mode == "distill"):
+            continue  # an offline student loads no teacher: its block names the cache's (the manifest is checked)
         loc = (side, "load_parameters_path")
         if read_maxtext is not None:
             try:
