@@ -319,6 +319,24 @@ def test_the_same_files_spelled_another_way_resume(tmp_path, monkeypatch):
         _check_same_input(saved, input_of(spec(spelling)), "runs/x/checkpoints/10")
     with pytest.raises(RunRefused, match=r"data.seed: 0 → 3"):  # another setting still counts
         _check_same_input(saved, input_of(spec(str(tmp_path / "data" / "x.jsonl"), seed=3)), "runs/x/checkpoints/10")
+    # A text file, and a logit cache (by its manifest: a copy elsewhere, a faster disk, is the same cache), alike:
+    # both were compared as written, so a trailing slash was other input.
+    (tmp_path / "c.txt").write_text("a b c\n")
+    text = DistillSpec.model_validate(
+        {"mode": "pretrain", "student": {"model": "tiny-2l"}, "data": {"source": "text", "path": "c.txt"}}
+    )
+    moved = text.model_copy(update={"data": text.data.model_copy(update={"path": str(tmp_path / "c.txt")})})
+    _check_same_input(input_of(text), input_of(moved), "runs/x/checkpoints/10")
+    for folder in ("logits", "copy"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "manifest.json").write_text('{"format": 1}')
+    cache = spec("data/x.jsonl").model_copy(update={"offline_data_dir": "logits"})
+    saved = input_of(cache)
+    for spelling in ("logits/", "./logits", str(tmp_path / "logits"), "copy"):
+        _check_same_input(saved, input_of(cache.model_copy(update={"offline_data_dir": spelling})), "r/10")
+    (tmp_path / "copy" / "manifest.json").write_text('{"format": 1, "top_k": 2}')  # another cache
+    with pytest.raises(RunRefused, match="offline_data_dir"):
+        _check_same_input(saved, input_of(cache.model_copy(update={"offline_data_dir": "copy"})), "r/10")
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ import functools
 import json
 import logging
 import os
+import posixpath
 import signal
 import sys
 import threading
@@ -677,6 +678,10 @@ def input_of(spec: DistillSpec) -> dict[str, Any]:
         "max_target_length": spec.batch.max_target_length,
         "offline_data_dir": spec.offline_data_dir,
     }
+    if spec.offline_data_dir:  # the cache by its content: a copy elsewhere (a faster disk) is the same input
+        digest = _manifest_digest(spec.offline_data_dir)
+        if digest is not None:
+            trained_on["logit_cache"] = digest
     # Prompt/completion records are packed whole; earlier versions cut them at row ends: their positions mean other rows.
     if spec.data.prompt_completion:
         trained_on["packing"] = "whole records"
@@ -684,6 +689,31 @@ def input_of(spec: DistillSpec) -> dict[str, Any]:
         # The position indexes this listing (file i, line j): files added, removed or renamed mean other data.
         trained_on["files"] = _listing(spec.data.path)
     return trained_on
+
+
+def _manifest_digest(directory: str) -> str | None:
+    """A short hash of the logit cache's manifest in `directory` (None when it cannot be read: the run says why)."""
+    import hashlib
+
+    import fsspec
+
+    from distillspec.logit_cache_manifest import MANIFEST
+
+    try:
+        with fsspec.open(f"{directory.rstrip('/')}/{MANIFEST}", "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:16]
+    except (OSError, ValueError):
+        return None
+
+
+def _same_place(path: Any) -> Any:
+    """A path as the place it names (`runs/x/`, `./runs/x` and its absolute form alike); anything else as it is."""
+    if not isinstance(path, str) or not path:
+        return path
+    if "://" in path:
+        scheme, rest = path.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(rest)}"
+    return os.path.normpath(os.path.abspath(path))
 
 
 def _listing(path: str | None) -> dict[str, Any]:
@@ -723,7 +753,7 @@ def _edges(path: str) -> bytes:
         return head + f.read(EDGE_BYTES)
 
 
-LATER_INPUT = ("files",)  # recorded by later versions: a checkpoint without it is not compared on it
+LATER_INPUT = ("files", "logit_cache")  # recorded by later versions: a checkpoint without it is not compared on it
 
 
 def _check_same_input(saved: dict | None, trained_on: dict, where: str) -> str:
@@ -758,6 +788,11 @@ def _check_same_input(saved: dict | None, trained_on: dict, where: str) -> str:
             {**side, "data": {k: v for k, v in (side.get("data") or {}).items() if k != "path"}}
             for side in (saved, trained_on)
         )
+    if saved.get("logit_cache") is not None and saved.get("logit_cache") == trained_on.get("logit_cache"):
+        # The same cache (its manifest) wherever it is now: the position indexes its micro-batches, not its path.
+        saved, trained_on = ({k: v for k, v in side.items() if k != "offline_data_dir"} for side in (saved, trained_on))
+    # The same place spelled another way (a trailing slash, `./`, relative or absolute) is the same input.
+    saved, trained_on = (_placed(side) for side in (saved, trained_on))
     if saved == trained_on:
         return note
     settings = [{k: v for k, v in side.items() if k != "files"} for side in (saved, trained_on)]
@@ -775,6 +810,16 @@ def _check_same_input(saved: dict | None, trained_on: dict, where: str) -> str:
         "give this run another name (or output_dir); to train these weights on other data, start a new run whose "
         f"student.load_parameters_path is {where.rsplit('/', 1)[0]}",
     )
+
+
+def _placed(side: dict) -> dict:
+    """A recorded input with its paths (`offline_data_dir`, `data.path`) as the places they name."""
+    placed = dict(side)
+    if "offline_data_dir" in placed:
+        placed["offline_data_dir"] = _same_place(placed["offline_data_dir"])
+    if isinstance(placed.get("data"), dict) and "path" in placed["data"]:
+        placed["data"] = {**placed["data"], "path": _same_place(placed["data"]["path"])}
+    return placed
 
 
 def settings_changed(before: Any, after: Any) -> list[str]:
