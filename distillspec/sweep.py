@@ -690,6 +690,8 @@ def _axes(sweep: Sweep) -> list[Problem]:
                     )
                 )
         seen[native] = (loc, text)
+        if loc[0] == "zip":  # a zip member repeats values freely (cosine, cosine, l2): its rows must differ
+            continue
         duplicates = [v for i, v in enumerate(values) if any(same_value(v, w) for w in values[:i])]
         if duplicates:
             out.append(
@@ -716,6 +718,21 @@ def _axes(sweep: Sweep) -> list[Problem]:
                     "give every path in the group as many values",
                 )
             )
+            continue
+        rows = list(zip(*group.values()))
+        for i, row in enumerate(rows):
+            first = next((j for j in range(i) if all(same_value(a, b) for a, b in zip(row, rows[j]))), None)
+            if first is not None:
+                shown = ", ".join(f"{k}={v!r}" for k, v in zip(group, row))
+                out.append(
+                    Problem(
+                        ("zip", g),
+                        "duplicate_axis_value",
+                        f"the zip group's values {i + 1} and {first + 1} are the same row ({shown})",
+                        "list each row once",
+                    )
+                )
+                break
     return out
 
 

@@ -72,6 +72,18 @@ def test_a_repeated_axis_value_is_an_error(tmp_path):
     assert error_codes(load(tmp_path, sweep_data(axes={"loss.alpha.end": [0.5, 0.5]}))) == ["duplicate_axis_value"]
 
 
+def test_a_zip_group_may_repeat_a_value_on_one_path_but_not_a_whole_row(tmp_path):
+    # Its rows differ (cosine with β 1.0, cosine with β 0.5): it was refused "list each value once", which the
+    # group cannot do.
+    rows = {"loss.feature_loss_type": ["cosine", "cosine", "l2"], "loss.beta.start": [1.0, 0.5, 0.05]}
+    assert error_codes(load(tmp_path, sweep_data(zip=[rows]))) == []
+    same = {"loss.feature_loss_type": ["cosine", "l2", "cosine"], "loss.beta.start": [1.0, 0.5, 1.0]}
+    source = load(tmp_path, sweep_data(zip=[same]))
+    assert error_codes(source) == ["duplicate_axis_value"]
+    (problem,) = source.problems
+    assert "values 3 and 1 are the same row" in problem.message and problem.hint == "list each row once"
+
+
 def test_derived_fields_cannot_be_varied(tmp_path):
     assert error_codes(load(tmp_path, sweep_data(axes={"output_dir": ["a", "b"]}))) == ["derived_path"]
 
