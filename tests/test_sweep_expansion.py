@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sweep_support import SPEC, error_codes, expanded, load, sweep_data, write
@@ -400,3 +401,26 @@ def test_points_that_differ_only_in_an_ignored_end_are_said_to_be_the_same_train
     assert "point 2" in same.message and "point 0" in same.message and len(result.points) == 4
     shaped = expanded(tmp_path, sweep_data(axes={"loss.alpha.end": [0.5, 0.3], "loss.alpha.schedule": ["linear"]}))
     assert not [p for p in shaped.problems if p.code == "same_training"]
+
+
+def test_a_mapping_that_replaces_a_block_of_the_base_spec_is_said(tmp_path):
+    # `optimizer: {learning_rate: 1e-3}` dropped the base's warmup_fraction (it replaces the block) while
+    # `optimizer.learning_rate: 1e-3` keeps it: the two read alike, and nothing was said.
+    from distillspec.sweep import load_sweep
+    from orchestrator.core.expansion import expand
+
+    base = tmp_path / "base.yaml"
+    base.write_text("student: {model: tiny-2l}\noptimizer: {learning_rate: 3.0e-4, warmup_fraction: 0.05}\n")
+
+    def warnings(**fields):
+        path = tmp_path / "s.yaml"
+        path.write_text(yaml.safe_dump({"name": "blocks", "spec": str(base), **fields}))
+        return [p for p in expand(load_sweep(path)).problems if p.code == "override_replaces_block"]
+
+    (said,) = warnings(overrides={"optimizer": {"learning_rate": 1e-3}})
+    assert said.severity == "warning" and said.line == 3 and "dropping warmup_fraction: 0.05" in said.message
+    assert "optimizer.learning_rate: ..." in said.hint
+    assert warnings(overrides={"optimizer.learning_rate": 1e-3}) == []
+    assert warnings(overrides={"optimizer": {"learning_rate": 1e-3, "warmup_fraction": 0.05}}) == []
+    (said,) = warnings(axes={"optimizer": [{"learning_rate": 1e-3}, {"learning_rate": 1e-4}]})  # once per axis
+    assert said.dotted_loc.startswith("axes.optimizer")

@@ -30,6 +30,7 @@ from distillspec.sweep import (
     SpecSource,
     Sweep,
     SweepSource,
+    axis_entries,
     is_remote,
     late_rule_problems,
     same_value,
@@ -221,6 +222,7 @@ def expand(source: SweepSource, *, max_points: int | None = DEFAULT_MAX_POINTS) 
             )
         if point is not None:
             points.append(point)
+    problems += [source.locate(p) for p in _replaced_blocks(sweep, source.base)]
     problems += [_named(key, labels, len(drafts)) for key, labels in grouped.items()]
     problems += _duplicates(source, prerequisites + tuple(points), drafts)
     problems += _same_training(source, tuple(points), drafts)
@@ -573,6 +575,60 @@ def _reuse(data: dict[str, Any], common_data: dict[str, Any], model: Any) -> dic
         elif isinstance(value, dict) and isinstance(shared, dict):
             out[key] = _reuse(value, shared, validated)
     return out
+
+
+def _replaced_blocks(sweep: Sweep, base: SpecSource) -> list[Problem]:
+    """A warning for each mapping the sweep sets where the base spec (with the overrides) has a mapping with keys
+    it leaves out: the value replaces the block, so `optimizer: {learning_rate: 1e-3}` dropped the base's
+    warmup_fraction while `optimizer.learning_rate: 1e-3` keeps it, and the two read alike."""
+    data = base.copy_data()
+    found: list[Problem] = []
+
+    def check(loc: Loc, text: str, value: Any, within: dict[str, Any]) -> None:
+        if not isinstance(value, dict):
+            return
+        try:
+            native = spec_paths.resolve(text)
+        except spec_paths.UnknownPath:
+            return  # said by the sweep's own checks
+        current: Any = within
+        for key in native:
+            current = current.get(key) if isinstance(current, dict) else None
+        if not isinstance(current, dict):
+            return
+        dropped = [key for key in current if key not in value and current[key] is not None]
+        if dropped:
+            dotted = ".".join(native)
+            example = next(iter(value), "field")
+            found.append(
+                Problem(
+                    loc,
+                    "override_replaces_block",
+                    f"{text}: {{...}} replaces the base spec's whole {dotted} block, dropping "
+                    + ", ".join(f"{k}: {current[k]!r}" for k in dropped[:4])
+                    + (f" and {len(dropped) - 4} more" if len(dropped) > 4 else ""),
+                    f"to change only some of its fields, write their dotted paths ({dotted}.{example}: ...); to "
+                    "replace the block, list every field you mean to keep",
+                    severity="warning",
+                )
+            )
+
+    for text, value in sweep.overrides.items():
+        check(("overrides", text), text, value, data)
+    for text, value in sweep.overrides.items():
+        try:
+            spec_paths.set_value(data, spec_paths.resolve(text), copy_plain(value))
+        except spec_paths.UnknownPath:
+            continue
+    for loc, text, values in axis_entries(sweep):
+        said = len(found)
+        for i, value in enumerate(values):
+            if len(found) == said:  # once per axis: its values drop alike
+                check((*loc, i), text, value, data)
+    for i, point in enumerate(sweep.baseline):
+        for text, value in point.items():
+            check(("baseline", i, text), text, value, data)
+    return found
 
 
 def _locate_in_sweep(problem: Problem, loc: Loc) -> Problem:
