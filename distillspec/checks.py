@@ -633,6 +633,20 @@ def _global_layers(spec: DistillSpec) -> list[Problem]:
                     "remove student.global_layers (it is derived from the teacher and drop_layers)",
                 )
             )
+    if spec.checkpoint.export == "maxtext" and not out:
+        shape = spec.student_block().shape()
+        if shape.family == "gemma3" and shape.global_layers is not None:
+            out.append(
+                Problem(
+                    ("checkpoint", "export"),
+                    "export_other_model",
+                    f"the student's global layers {list(shape.global_layers)} are not every {shape.global_every}th: "
+                    "MaxText decides a Gemma 3 layer's attention kind by its index alone, so its MaxText checkpoint "
+                    "would compute another model",
+                    "use checkpoint.export: hf (transformers reads its layer_types from 4.53 on), or keep teacher "
+                    f"layers whose global ones fall on every {shape.global_every}th",
+                )
+            )
     return out
 
 

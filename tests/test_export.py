@@ -351,3 +351,23 @@ except KeyboardInterrupt:
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "interrupted" and "Traceback" not in done.stderr, done.stdout + done.stderr
+
+
+def test_a_pruned_gemma3_whose_global_layers_moved_is_not_exported_to_maxtext(tmp_path):
+    # MaxText takes a Gemma 3 layer's attention kind from its index: the checkpoint computed another model there,
+    # with no word. Refused before the checkpoint is read; Hugging Face (layer_types) still takes it.
+    from distillspec.config import DistillSpec
+    from trainer.exit_codes import UserError
+    from trainer.export import export_run
+
+    data = {
+        "student": {"model": "gemma3-1b", "num_layers": 25, "init": "teacher", "drop_layers": [3]},
+        "teacher": {"model": "gemma3-1b", "load_parameters_path": "gs://b/t"},
+        "loss": {"layer_indices": [0]},
+    }
+    run_dir = tmp_path / "pruned"
+    run_dir.mkdir()
+    (run_dir / "spec.json").write_text(json.dumps(DistillSpec.model_validate(data).resolved_data()))
+    with pytest.raises(UserError, match=r"global layers \[4, 10, 16, 22\] are not every 6th") as e:
+        export_run(str(run_dir), str(tmp_path / "out"), to="maxtext")
+    assert "--to hf" in e.value.hint and not (tmp_path / "out").exists()

@@ -349,6 +349,10 @@ def test_a_pruned_gemma3_student_keeps_the_teachers_layer_kinds():
     assert codes(spec_data(**{**stated, "student.global_layers": [25]})) == ["global_layers_invalid"]
     assert codes(spec_data(**{"student.global_layers": [1]})) == ["global_layers_unused"]
     assert "pruned_family_mismatch" in codes(spec_data(**{**gemma, "student.model": "qwen3-0.6b"}))
+    # MaxText takes a Gemma 3 layer's kind from its index: such a student exported there was another model, unsaid.
+    assert codes(spec_data(**{**gemma, "checkpoint.export": "maxtext"})) == ["export_other_model"]
+    assert codes(spec_data(**{**gemma, "checkpoint.export": "hf"})) == []
+    assert codes(spec_data(**{**gemma, "student.drop_layers": [25], "checkpoint.export": "maxtext"})) == []
 
 
 def test_global_layers_leave_old_run_ids_alone_and_change_them_where_the_model_changes():

@@ -96,6 +96,9 @@ def export_run(run_dir: str, out_dir: str, *, to: str = "hf", dtype: str | None 
     from trainer.checkpointing import resolve_params_dir, restore_params
     from trainer.models import ModelConfig, abstract_model
 
+    refused = maxtext_refusal(spec) if to == "maxtext" else None
+    if refused is not None:  # before the checkpoint is read
+        raise UserError(*refused)
     checkpoints = f"{run_dir.rstrip('/')}/checkpoints"
     try:
         params_dir = str(resolve_params_dir(checkpoints))
@@ -210,6 +213,22 @@ def _is_file(path: str) -> bool:
         return False
 
 
+def maxtext_refusal(spec: DistillSpec) -> tuple[str, str] | None:
+    """(message, hint) when MaxText would compute another model from this student's MaxText checkpoint: a pruned
+    Gemma 3 whose global layers are not every 6th (MaxText takes a layer's attention kind from its index, with no
+    setting for others: the checkpoint ran layers 3 and 8 with a sliding window and layer 5 as global, unsaid)."""
+    shape = spec.student_block().shape()
+    if shape.family != "gemma3" or shape.global_layers is None:
+        return None
+    return (
+        f"the student's global layers {list(shape.global_layers)} are not every {shape.global_every}th: MaxText "
+        "decides a Gemma 3 layer's attention kind by its index alone, so its MaxText checkpoint would compute "
+        "another model",
+        "export it to Hugging Face instead (--to hf, or checkpoint.export: hf; transformers reads its layer_types "
+        f"from 4.53 on), or keep teacher layers whose global ones fall on every {shape.global_every}th",
+    )
+
+
 def write_maxtext(
     params: Any, spec: DistillSpec, out_dir: str, *, dtype: str | None = None, replace: bool = False
 ) -> None:
@@ -223,6 +242,9 @@ def write_maxtext(
     dtype = dtype or spec.student.weight_dtype
     if dtype not in ("float32", "bfloat16"):
         raise UserError(f"export dtype {dtype!r} is not one of float32, bfloat16", "use float32 or bfloat16")
+    refused = maxtext_refusal(spec)
+    if refused is not None:
+        raise UserError(*refused)
     remote = "://" in out_dir
     staging_root = _staging_root(out_dir)
     staging = os.path.join(staging_root, "maxtext")

@@ -1217,6 +1217,12 @@ def _check_export(spec: DistillSpec, process_count: int) -> None:
             f"checkpoint.export: maxtext is written by one process; this run has {process_count}",
             "use checkpoint.export: hf, or export after the run: distillctl export RUN_DIR --to maxtext -o DIR",
         )
+    if spec.checkpoint.export == "maxtext":
+        from trainer.export import maxtext_refusal
+
+        refused = maxtext_refusal(spec)
+        if refused is not None:  # said before training, not after it
+            raise UserError(f"checkpoint.export: maxtext: {refused[0]}", refused[1])
 
 
 def _resume_session(session: _Session, start: Start, checkpoints: RunCheckpoints | None) -> None:
