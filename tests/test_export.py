@@ -371,3 +371,28 @@ def test_a_pruned_gemma3_whose_global_layers_moved_is_not_exported_to_maxtext(tm
     with pytest.raises(UserError, match=r"global layers \[4, 10, 16, 22\] are not every 6th") as e:
         export_run(str(run_dir), str(tmp_path / "out"), to="maxtext")
     assert "--to hf" in e.value.hint and not (tmp_path / "out").exists()
+
+
+def test_an_export_of_a_training_run_follows_the_step_that_replaced_the_one_it_read(run, tmp_path, monkeypatch):
+    # A run still training deletes its older steps (checkpoint.keep): the step being read vanished, and the export
+    # failed calling the healthy checkpoint damaged ("move it aside"). It reads the new latest step instead.
+    import shutil
+
+    from trainer import checkpointing
+    from trainer.export import export_run
+
+    copy = tmp_path / "training"
+    shutil.copytree(run["run"], copy, ignore=shutil.ignore_patterns("export"))
+    (latest,) = sorted((copy / "checkpoints").iterdir(), key=lambda p: int(p.name))[-1:]
+    real, reads = checkpointing.restore_params, []
+
+    def rotating(path, like):
+        reads.append(path)
+        if len(reads) == 1:  # the trainer saves the next step and deletes this one while it is read
+            latest.rename(latest.with_name(str(int(latest.name) + 1)))
+        return real(path, like)
+
+    monkeypatch.setattr(checkpointing, "restore_params", rotating)
+    done = export_run(str(copy), str(tmp_path / "out"))
+    assert len(reads) == 2 and done.params_dir.endswith(f"{int(latest.name) + 1}/params"), (reads, done)
+    assert (tmp_path / "out" / "model.safetensors").is_file()

@@ -100,13 +100,6 @@ def export_run(run_dir: str, out_dir: str, *, to: str = "hf", dtype: str | None 
     if refused is not None:  # before the checkpoint is read
         raise UserError(*refused)
     checkpoints = f"{run_dir.rstrip('/')}/checkpoints"
-    try:
-        params_dir = str(resolve_params_dir(checkpoints))
-    except UserError as e:
-        raise UserError(
-            f"the run at {run_dir} has no checkpoint to export ({e.message})",
-            "export a run that saved a checkpoint (checkpoint.enabled: true; one is written at the end of the run)",
-        ) from None
     # The checkpoint holds the student's float32 master weights: restored as weight_dtype (bfloat16) they were
     # rounded before `dtype` applied, and a `--dtype float32` export held bfloat16 values labelled float32.
     config = ModelConfig.from_spec(spec.student_block(), trained=True)
@@ -115,13 +108,40 @@ def export_run(run_dir: str, out_dir: str, *, to: str = "hf", dtype: str | None 
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), nnx.to_pure_dict(abstract_state)
     )
-    params = restore_params(params_dir, abstract)
+    for attempt in range(ROTATION_ATTEMPTS):
+        try:
+            params_dir = str(resolve_params_dir(checkpoints))
+        except UserError as e:
+            raise UserError(
+                f"the run at {run_dir} has no checkpoint to export ({e.message})",
+                "export a run that saved a checkpoint (checkpoint.enabled: true; one is written at the end of the run)",
+            ) from None
+        try:
+            params = restore_params(params_dir, abstract)
+            break
+        except (UserError, OSError):
+            # A run still training deletes its older steps (checkpoint.keep): the step read may have gone while it
+            # was read, healthy, and a newer one is the latest now. It was called damaged ("move it aside").
+            if attempt + 1 == ROTATION_ATTEMPTS or _exists(params_dir):
+                raise
+    notes = [note] if (note := _unfinished(run_dir, params_dir, spec)) else []
     notes = [note] if (note := _unfinished(run_dir, params_dir, spec)) else []
     if to == "maxtext":
         write_maxtext(params, spec, out_dir, dtype=dtype)
     else:
         notes += write_hf(params, spec, out_dir, dtype=dtype)
     return Exported(params_dir, tuple(notes))
+
+
+ROTATION_ATTEMPTS = 3  # reads of the latest step while a training run replaces it
+
+
+def _exists(path: str) -> bool:
+    try:
+        fs, local = fsspec.core.url_to_fs(path)
+        return fs.exists(local)
+    except OSError:
+        return True  # cannot tell: the error stands
 
 
 def _unfinished(run_dir: str, params_dir: str, spec: DistillSpec) -> str | None:
