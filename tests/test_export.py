@@ -195,6 +195,9 @@ def test_what_an_export_cannot_carry_is_said_and_a_missing_input_is_not_an_outpu
     result = _export(str(copy), "-o", str(tmp_path / "out3"))
     assert result.exit_code == ExitCode.USAGE and "cannot read moved/tokenizer.json" in result.output
     assert "OutputNotWritable" not in result.output and not (tmp_path / "out3").exists()
+    # ... nor the folders above -o it had to make (they were left behind, empty)
+    result = _export(str(copy), "-o", str(tmp_path / "new" / "deeper" / "out"))
+    assert result.exit_code == ExitCode.USAGE and not (tmp_path / "new").exists(), result.output
 
 
 def _nothing_new(parent: Path, before: set[str]) -> None:
@@ -396,3 +399,21 @@ def test_an_export_of_a_training_run_follows_the_step_that_replaced_the_one_it_r
     done = export_run(str(copy), str(tmp_path / "out"))
     assert len(reads) == 2 and done.params_dir.endswith(f"{int(latest.name) + 1}/params"), (reads, done)
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_a_run_named_by_file_url_exports_and_an_unreachable_store_is_said_at_once(run, tmp_path, monkeypatch):
+    # file://RUN was an internal error (exit 70); an object store that does not answer took ~50 s, printed a
+    # traceback and was called "not writable".
+    import socket
+    import time
+
+    done = _export(f"file://{run['run']}", "-o", str(tmp_path / "out"))
+    assert done.exit_code == ExitCode.OK and (tmp_path / "out" / "config.json").is_file(), done.output
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    refused = _export(str(run["run"]), "-o", "gs://nowhere/out")
+    assert refused.exit_code == ExitCode.USAGE and time.monotonic() - started < 15, refused.output
+    assert "cannot be reached" in refused.stderr and "Traceback" not in refused.output

@@ -178,7 +178,7 @@ def write_hf(
     if dtype not in ("float32", "bfloat16"):
         raise UserError(f"export dtype {dtype!r} is not one of float32, bfloat16", "use float32 or bfloat16")
     remote = "://" in out_dir
-    staging_root = _staging_root(out_dir)
+    staging_root, made = _staging_root(out_dir)
     staging = os.path.join(staging_root, "hf")
     shape = spec.student_block().shape()
     carried, source, notes = carried_config(spec, shape.family)
@@ -203,7 +203,7 @@ def write_hf(
         else:
             _move_into_place(staging, staging_root, out_dir, replace)
     finally:
-        shutil.rmtree(staging_root, ignore_errors=True)
+        _cleaned(staging_root, made)
     return notes
 
 
@@ -266,7 +266,7 @@ def write_maxtext(
     if refused is not None:
         raise UserError(*refused)
     remote = "://" in out_dir
-    staging_root = _staging_root(out_dir)
+    staging_root, made = _staging_root(out_dir)
     staging = os.path.join(staging_root, "maxtext")
     try:
         try:
@@ -284,7 +284,7 @@ def write_maxtext(
         except OSError as e:
             raise OutputNotWritable(out_dir, e) from None
     finally:
-        shutil.rmtree(staging_root, ignore_errors=True)
+        _cleaned(staging_root, made)
 
 
 # config.json fields that the model's shape does not give, carried over from the checkpoint the student came
@@ -373,17 +373,30 @@ def _check_destination(out_dir: str) -> None:
         raise OutputNotWritable(out_dir, e) from None
 
 
-def _staging_root(out_dir: str) -> str:
+def _staging_root(out_dir: str) -> tuple[str, str | None]:
     """A temporary folder to assemble an export in: beside `out_dir` when it is local (so the final move is a
-    rename), in the system's temporary folder for a URL."""
+    rename), in the system's temporary folder for a URL; and the outermost parent folder it had to create (removed
+    again by `_cleaned` unless the export landed in it)."""
     try:
         if "://" in out_dir:
-            return tempfile.mkdtemp(prefix="distillctl-export-")
+            return tempfile.mkdtemp(prefix="distillctl-export-"), None
         parent = os.path.dirname(os.path.abspath(out_dir))
+        made = parent
+        while not os.path.exists(os.path.dirname(made)) and os.path.dirname(made) != made:
+            made = os.path.dirname(made)
+        made = None if os.path.exists(parent) else made
         os.makedirs(parent, exist_ok=True)
-        return tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir.rstrip('/'))}.partial-", dir=parent)
+        return tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir.rstrip('/'))}.partial-", dir=parent), made
     except OSError as e:
         raise OutputNotWritable(out_dir, e) from None
+
+
+def _cleaned(staging_root: str, made: str | None) -> None:
+    """Remove the staging folder, and the parent folders made for the export when nothing landed in them (a
+    failed export wrote nothing, not even the folders above -o)."""
+    shutil.rmtree(staging_root, ignore_errors=True)
+    if made is not None and not any(files for _, _, files in os.walk(made)):
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def _move_into_place(staging: str, staging_root: str, out_dir: str, replace: bool) -> None:

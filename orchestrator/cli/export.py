@@ -41,6 +41,15 @@ def export(
     not empty or cannot be written) exits 2 with nothing written."""
     from orchestrator.cli import console
     from orchestrator.errors import UsageError
+    from orchestrator.outputs import BucketMissing, check_store
+
+    # file:// names a local folder (the run's checkpoints are read through a library that takes no file:// URL).
+    run_dir, out = (path[len("file://") :] if path.startswith("file://") else path for path in (run_dir, out))
+    for path in (run_dir, out):
+        try:  # a store that does not answer, said within seconds (it was ~50 s, a traceback, then "not writable")
+            check_store(path)
+        except BucketMissing:
+            pass  # the export's own checks say what is missing
     from trainer.exit_codes import TrainerError
     from trainer.export import export_run
 
