@@ -661,3 +661,19 @@ def test_a_sweep_file_on_standard_input_is_read_once(sweep, monkeypatch):
     for args in (["regress", "-", "--golden", str(golden)], ["status", "-"], ["results", "-"]):
         out = runner.invoke(app, args, input=path.read_text())
         assert out.exit_code == ExitCode.OK and "empty" not in out.stderr, (args, out.output)
+
+
+def test_golden_update_of_an_existing_file_keeps_its_match_and_window(sweep):
+    # A CI golden file written `--match axis_values` turned `run_id` when updated by the README's command (its
+    # next run on a new image failed "golden point not in sweep"), and its window went back to 5, unsaid.
+    path, golden, _ = sweep
+    first = invoke("golden", "update", path, "-o", golden, "--match", "axis_values", "--window", "3")
+    assert first.exit_code == ExitCode.OK, first.output
+    again = invoke("golden", "update", path, "-o", golden)
+    assert again.exit_code == ExitCode.OK, again.output
+    data, _ = golden_file.read_golden(golden)
+    assert (data.match, data.window) == ("axis_values", 3)
+    assert "kept the file's match axis_values and window 3" in again.stderr
+    changed = invoke("golden", "update", path, "-o", golden, "--match", "run_id")
+    assert changed.exit_code == ExitCode.OK and golden_file.read_golden(golden)[0].match == "run_id"
+    assert "match" not in changed.stderr.split("kept")[-1] or "kept the file's window 3" in changed.stderr

@@ -290,3 +290,16 @@ def test_golden_derive_never_fails_its_own_runs():
     seeds = [Finished(f"r{i}", "", "g", {"distill/kl_div_T1": v}) for i, v in enumerate((1.234567e-7, 1.234569e-7))]
     band = derive("s", 5, seeds, rtol=0.0).points[0].checks["distill/kl_div_T1"]
     assert all(band.passes(v) for v in (1.234567e-7, 1.234569e-7)) and band.low < band.high
+
+
+def test_golden_values_at_zero_get_an_absolute_tolerance():
+    # A top1_agreement of 0 was written `approx, value: 0.0, atol: 0.0` (or a band from 0 to 0): only an exact 0
+    # passed, and one agreeing token on another CPU failed the gate.
+    agree = "distill/top1_agreement"
+    lone = derive("s", 5, [Finished("r", "r", "r", {agree: 0.0, "distill/kl_div_T1": 2.5})])
+    check = lone.points[0].checks[agree]
+    assert check.atol == pytest.approx(0.001) and check.passes(0.0005) and not check.passes(0.01)
+    assert lone.points[0].checks["distill/kl_div_T1"].atol == 0.0  # a value of its own size keeps rtol alone
+    seeds = [Finished(f"r{i}", f"r{i}", "g", {agree: 0.0}) for i in range(3)]
+    band = derive("s", 5, seeds).points[0].checks[agree]
+    assert band.low < 0 < band.high and band.passes(0.0005)

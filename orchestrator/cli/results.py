@@ -436,7 +436,15 @@ def _relative_tolerance(value: float) -> float:
 def golden_update(
     sweep: SweepArgument,
     out: Annotated[Path, typer.Option("-o", "--out", help="the golden file to write")],
-    window: WindowOption = DEFAULT_WINDOW,
+    window: Annotated[
+        Optional[int],
+        typer.Option(
+            "--window",
+            min=0,
+            help="aggregate each metric over the last N log records (token-weighted, from the (sum, count) pairs); "
+            f"0: every record; default: the updated file's, else {DEFAULT_WINDOW}",
+        ),
+    ] = None,
     rtol: Annotated[
         float,
         typer.Option(
@@ -455,14 +463,14 @@ def golden_update(
         ),
     ] = None,
     match: Annotated[
-        MatchBy,
+        Optional[MatchBy],
         typer.Option(
             "--match",
             help="how regress finds each golden point's run: run_id "
             "(strict: any spec or image change needs a new golden file) or axis_values (role and axis "
-            "values: for CI images built per commit)",
+            "values: for CI images built per commit); default: the updated file's, else run_id",
         ),
-    ] = MatchBy.run_id,
+    ] = None,
     output_base: OutputBaseOption = None,
     tpu_type: TpuOption = None,
     slices: SlicesOption = None,
@@ -513,6 +521,17 @@ def golden_update(
             f"{out} exists and {why}: writing it would replace it",
             "give -o a new path, or the golden file to update",
         )
+    # The file being updated keeps how it is matched and aggregated unless told otherwise: a CI file written
+    # `--match axis_values` turned run_id (its next run failed "golden point not in sweep"), silently.
+    kept = []
+    if out.is_file():
+        earlier, _ = golden_file.read_golden(out)
+        if earlier is not None and match is None and earlier.match != MatchBy.run_id.value:
+            match, kept = MatchBy(earlier.match), [*kept, f"match {earlier.match}"]
+        if earlier is not None and window is None and earlier.window != DEFAULT_WINDOW:
+            window, kept = earlier.window, [*kept, f"window {earlier.window}"]
+    match = match or MatchBy.run_id
+    window = DEFAULT_WINDOW if window is None else window
     outputs, statuses = gate.observe(expansion, output_base, backend_statuses(ctx.access, output_base))
     _warn_damage(outputs)
     _warn_no_outputs(expansion, outputs, statuses, output_base)
@@ -576,6 +595,8 @@ def golden_update(
     which = f"; eval metrics for {on_eval} run(s) with a held-out set" if on_eval else ""
     which = which or ("; training metrics" if twinned else "")
     console.err.print(f"wrote {out}: {checks} check(s) on {len(derived.points)} run(s){which}", markup=False)
+    if kept:
+        console.err.print(f"kept the file's {' and '.join(kept)} (--match/--window change them)", markup=False)
     if stopped:
         console.err.print(
             f"left out {len(stopped)} point(s) stopped by the sweep's early-stopping rule: "

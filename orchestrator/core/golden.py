@@ -46,6 +46,9 @@ FORMAT_HINT = "`distillctl golden update SWEEP -o FILE` writes one; README: Resu
 DEFAULT_METRICS = ("distill/kl_div_T1", "distill/hard_loss", "distill/top1_agreement")
 DEFAULT_RTOL = 0.1
 SEED_SIGMAS = 4.0
+# Below this magnitude a relative tolerance is no tolerance (a top1_agreement of 0 allowed only 0: one agreeing
+# token on another CPU was a regression): checks there get an absolute one, rtol × this.
+NEAR_ZERO = 0.01
 
 
 class _Frozen(BaseModel):
@@ -204,6 +207,7 @@ def derive(
     With two or more seeds in a seed group each metric becomes a band of mean ± max(4σ, rtol·|mean|) over the
     group, the spread the seeds showed (bounds rounded outwards to 6 significant digits); a lone run gets an
     `approx` check (rtol; value to 6 significant digits, exact below rtol 1e-4), or with rtol 0 a `deterministic` one (the exact value).
+    A value under NEAR_ZERO in magnitude is checked with an absolute tolerance of rtol × NEAR_ZERO.
     """
     groups: dict[str, list[Mapping[str, float | None]]] = {}
     for run in observed:
@@ -219,7 +223,7 @@ def derive(
             seeds = [v[name] for v in groups[group] if v.get(name) is not None and math.isfinite(v[name])]
             if len(seeds) >= 2:
                 mean = statistics.fmean(seeds)
-                half = max(SEED_SIGMAS * statistics.stdev(seeds), rtol * abs(mean))
+                half = max(SEED_SIGMAS * statistics.stdev(seeds), rtol * max(abs(mean), NEAR_ZERO))
                 # Rounded outwards: a rounded band never excludes a value the seeds produced.
                 checks[name] = Band(low=_round(mean - half, math.floor), high=_round(mean + half, math.ceil))
             elif rtol == 0:
@@ -227,7 +231,8 @@ def derive(
             else:
                 # 6 significant digits read well, but their rounding (up to 5e-6 relative) would fail a tighter
                 # rtol against the very runs the value came from: below 1e-4 the value is written exactly.
-                checks[name] = Approx(value=float(f"{value:.6g}") if rtol >= 1e-4 else value, rtol=rtol)
+                atol = rtol * NEAR_ZERO if abs(value) < NEAR_ZERO else 0.0
+                checks[name] = Approx(value=float(f"{value:.6g}") if rtol >= 1e-4 else value, rtol=rtol, atol=atol)
         if not checks:
             continue  # nothing of it to check (a pre-trained teacher logs no KL): regress lists it as not checked
         points.append(
