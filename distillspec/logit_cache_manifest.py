@@ -102,7 +102,13 @@ def mismatch(where: str, manifest: dict[str, Any], spec: DistillSpec, tokenizer:
 def too_short(where: str, manifest: dict[str, Any], spec: DistillSpec) -> tuple[str, str] | None:
     """(message, hint) when the cache holds fewer micro-batches than `spec` reads, else None."""
     needed = micro_batches_needed(spec)
-    if int(manifest.get("micro_batches") or 0) >= needed:
+    held = manifest.get("micro_batches")
+    if not isinstance(held, int) or isinstance(held, bool):  # a damaged or hand-edited manifest: exit 70 (a bug)
+        return (
+            f"the logit cache {where} says it holds {held!r} micro-batches, not a number: its manifest is damaged",
+            "write the cache again (a `mode: teacher_logits` run)",
+        )
+    if held >= needed:
         return None
     return (
         f"the logit cache {where} holds {manifest.get('micro_batches')} micro-batches; this run needs {needed} "

@@ -209,8 +209,18 @@ def validate_data(
     problems += type_problems
     if spec is not None:
         bad_locs = [p.loc for p in type_problems]
-        problems += [p for p in checks.check(spec) if not any(_related(p.loc, bad) for bad in bad_locs)]
+        problems += [
+            p
+            for p in checks.check(spec)
+            if not any(_related(loc, bad) for bad in bad_locs for loc in (p.loc, *JUDGES.get(p.code, ())))
+        ]
     return (spec if not has_errors(problems) else None), problems
+
+
+# Checks said at another key than the field they judge (the key that asks for it): with that field's own value
+# refused (and repaired to its default for the checks), they judged the default ("top_k is not set" of a
+# `top_k: "16"`, beside the type error that names it).
+JUDGES: dict[str, tuple[Loc, ...]] = {"top_k_missing": (("top_k",),)}
 
 
 def _related(a: Loc, b: Loc) -> bool:

@@ -487,6 +487,11 @@ def test_an_offline_spec_is_checked_against_its_logit_cache_before_launch(tmp_pa
     assert code == "logit_cache_missing" and "holds no logit cache" in message
     [(code, _, message)] = problems(offline_data_dir=str(tmp_path))  # the run folder above `logits`
     assert code == "logit_cache_missing" and "it is the run folder of a teacher_logits run" in message
+    # A damaged manifest whose micro-batch count is no number: said, not an internal error (exit 70).
+    (cache / "manifest.json").write_text(json.dumps({**manifest, "micro_batches": "lots"}))
+    [(code, _, message)] = problems()
+    assert "says it holds 'lots' micro-batches, not a number" in message, message
+    (cache / "manifest.json").write_text(json.dumps(manifest))
     # The teacher's checkpoint gone (the cache is what offline distillation keeps): the student loads no teacher,
     # and this failed checkpoint_not_found for a run that trains.
     import shutil

@@ -202,6 +202,9 @@ def test_offline_mode_needs_no_teacher_path_but_rejects_beta_and_needs_top_k():
     assert sorted(codes(spec_data(**offline))) == ["offline_feature_loss", "top_k_missing"]
     assert codes(spec_data(**offline, **{"loss.beta": 0.0, "top_k": 8})) == []
     assert codes(spec_data(**offline, **{"loss.beta": 0.0, "top_k": 100_000})) == ["top_k_over_vocab"]
+    # A top_k of the wrong type or range is that error alone: "top_k is not set" was said of it too.
+    for bad in ("16", 0, 16.5):
+        assert codes(spec_data(**offline, **{"loss.beta": 0.0, "top_k": bad})) in (["wrong_type"], ["out_of_range"])
 
 
 def test_teacher_logits_mode_needs_teacher_path_and_top_k():
