@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -507,3 +508,26 @@ def test_an_offline_points_top_k_kl_is_never_ranked_or_compared_with_a_whole_voc
     assert "kl over" in results_format.markdown(t)
     assert json.loads(json.dumps(results_format.to_json(t)))["runs"][2]["kl_div_T1_over"] == "top-16+tail"
     assert "top-16+tail" in results_format.csv_text(t)
+
+
+def test_finished_runs_of_a_file_edited_since_are_named_when_none_of_its_points_ran(tmp_path):
+    # An edit of the base spec changes every run id: status showed every point Pending (NotCreated), and the
+    # finished runs of the file as it was were never named again.
+    from orchestrator.backends.local import claims as local_claims
+
+    path = write_sweep(tmp_path)
+    result = expanded(path)
+    finish_all(result)
+    for run in result.runs:  # as the sweep's supervisor leaves them: claimed, then exited
+        claim = local_claims.try_claim(run.output_path, run.run_id, "quickstart")
+        assert local_claims.write_claim(run.output_path, dataclasses.replace(claim, state="exited", exit_code=0))
+    shown = invoke("status", str(path))
+    assert shown.exit_code == ExitCode.OK and "earlier_runs" not in shown.stderr
+    from results_support import sweep_data
+
+    edited = {**sweep_data("unused")["overrides"], "optimizer.learning_rate": 1e-3}  # every point's run id
+    write_sweep(tmp_path, overrides=edited)
+    edited = invoke("status", str(path))
+    assert edited.exit_code == ExitCode.OK, edited.output
+    said = " ".join(edited.stderr.split())
+    assert "warning[earlier_runs]" in said and "of sweep quickstart" in said and "ran for points" in said, said

@@ -655,6 +655,20 @@ def _warn_orphans(expansion, backend) -> None:
                 severity="warning",
             )
         )
+    earlier = backend.earlier_runs(expansion) if hasattr(backend, "earlier_runs") else 0
+    if earlier:
+        console.warn_once(
+            Problem(
+                (),
+                "earlier_runs",
+                f"{earlier} run(s) of sweep {expansion.sweep.name} under {expansion.sweep.target.output_base} ran "
+                "for points this file no longer has, and none of its own points has started: the file (or a spec it "
+                "names) changed every run id since",
+                "`distillctl sweep FILE` runs the new points; the earlier runs' outputs stay, and the file as it "
+                "was shows them",
+                severity="warning",
+            )
+        )
     if orphans:
         listed = ", ".join(f"{o.name} ({o.state})" for o in orphans[:10]) + (" ..." if len(orphans) > 10 else "")
         what, does = _orphan_words(expansion)

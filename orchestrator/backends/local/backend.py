@@ -195,6 +195,23 @@ class LocalBackend:
             if claim.sweep == expansion.sweep.name and claim.run_id not in wanted
         ]
 
+    def earlier_runs(self, expansion: Expansion) -> int:
+        """How many runs this sweep ran to an end under output_base for points its file no longer has, when none
+        of the file's own points has started: an edit that changed every run id (the base spec's learning rate)
+        showed every point "Pending (NotCreated)", the finished runs never named again."""
+        wanted = {run.run_id for run in expansion.points}  # a prerequisite the edit kept is no sign
+        every = {run.run_id for run in expansion.runs}
+        ended = 0
+        with contextlib.suppress(OSError):
+            for folder in Path(self.target.output_base).iterdir():
+                if folder.name in wanted:
+                    return 0  # the file's runs are under way: its own rows say where they stand
+                claim = local_claims.read_claim(str(folder))
+                mine = claim is not None and claim.sweep == expansion.sweep.name and claim.run_id not in every
+                if mine and claim.state == "exited":
+                    ended += 1
+        return ended
+
     def leftovers(self, expansion: Expansion) -> tuple[list[Orphan], dict[str, int]]:
         """The orphans; a local run has no image of its own."""
         return self.orphans(expansion), {}
