@@ -64,6 +64,8 @@ def _paths(spec: DistillSpec) -> list[Problem]:
         if not path.strip():
             out.append(Problem(loc, "blank_path", f"{name} is blank", f"write the path, or remove {name}"))
             continue
+        if path.startswith("~"):
+            out.append(tilde_path(loc, name, path))
         if "://" not in path:
             continue
         scheme, rest = path.split("://", 1)
@@ -84,6 +86,18 @@ def _paths(spec: DistillSpec) -> list[Problem]:
                 )
             )
     return out
+
+
+def tilde_path(loc: tuple[str, ...], name: str, path: str) -> Problem:
+    """A path written with `~`: a shell expands it, a spec or sweep file does not (a folder named `~` in the current
+    directory, a `rm -rf ~` away from the home folder)."""
+    return Problem(
+        loc,
+        "tilde_path",
+        f"{name} {path!r} starts with '~', which is not expanded: it names a folder called '~' here",
+        "write the full path (/home/me/...) or one relative to the current directory",
+        severity="warning",
+    )
 
 
 def _hub_path(loc: tuple[str, ...], name: str, path: str) -> Problem:

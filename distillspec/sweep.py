@@ -40,7 +40,7 @@ from typing import Annotated, Any, Collection, Literal, Mapping
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from distillspec import buckets, maxtext_format, metrics, spec_paths, tpu
+from distillspec import buckets, checks, maxtext_format, metrics, spec_paths, tpu
 from distillspec.config import DistillSpec, Seed
 from distillspec.contract import (
     ENV_SPEC,
@@ -663,6 +663,15 @@ def axis_entries(sweep: Sweep) -> list[tuple[Loc, str, list[Any]]]:
 
 def _axes(sweep: Sweep) -> list[Problem]:
     out = []
+    if "seeds" in sweep.model_fields_set and not sweep.seeds:  # written, but no seed: read as no seeds key at all
+        out.append(
+            Problem(
+                ("seeds",),
+                "empty_axis",
+                "seeds is empty: each point would run once per seed, so none would",
+                "list at least one seed (seeds: [0, 1]), or remove seeds to run each point once",
+            )
+        )
     seen: dict[Loc, tuple[Loc, str]] = {}
     for loc, text, values in axis_entries(sweep):
         if (problem := _path_problem(loc, text)) is not None:
@@ -1049,7 +1058,9 @@ def late_rule_problems(rules: EarlyStopping, spec: DistillSpec) -> list[Problem]
 
 def _target(sweep: Sweep) -> list[Problem]:
     t = sweep.target
-    out = []
+    out = (
+        [checks.tilde_path(("target", "output_base"), "output_base", t.output_base)] if t.output_base[:1] == "~" else []
+    )
     bucket = buckets.bucket_of(t.output_base)
     if bucket is not None and (problem := buckets.bucket_name_problem(bucket)):
         out.append(

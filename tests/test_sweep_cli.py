@@ -549,3 +549,13 @@ def test_a_file_on_standard_input_is_read_from_dash_and_its_spec_from_the_curren
     sweep = runner.invoke(app, ["plan", "-", "--output", "json"], input=(SWEEPS / "quickstart.yaml").read_text())
     assert sweep.exit_code == ExitCode.OK, sweep.output
     assert json.loads(sweep.stdout)["sweep"] == "quickstart"
+
+
+def test_a_grid_over_the_hard_limit_is_said_as_such_without_yes(tmp_path):
+    # It said "pass --yes", and --yes then met the 100,000-point limit with another exit code.
+    grid = {"loss.alpha.end": [i / 1000 for i in range(1000)], "seed": list(range(101))}  # 101,000 points
+    path = write(tmp_path, sweep_data(axes=grid))
+    for yes in ((), ("--yes",)):
+        result = invoke("plan", str(path), *yes)
+        assert result.exit_code == ExitCode.INVALID_SPEC, result.output
+        assert "over the limit of 100000" in result.stderr and "--yes" not in result.stderr

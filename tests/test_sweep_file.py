@@ -306,3 +306,19 @@ def test_a_prerequisite_nothing_uses_is_a_warning_and_two_that_use_each_other_a_
     own = {"a": {"spec": "t.yaml", "overrides": {"student.load_parameters_path": "${prerequisites.a.output}"}}}
     (itself,) = [p for p in load(tmp_path, sweep_data(prerequisites=own)).problems if p.is_error]
     assert itself.hint == "'a' uses its own output: give it a fixed path"
+
+
+def test_an_empty_seeds_list_is_an_empty_axis(tmp_path):
+    # Accepted silently (one run, seed 0) while an empty axis is an error.
+    assert error_codes(load(tmp_path, sweep_data(seeds=[]))) == ["empty_axis"]
+    assert error_codes(load(tmp_path, sweep_data(seeds=[0]))) == []
+
+
+def test_a_tilde_path_is_said_to_be_taken_literally(tmp_path):
+    # `output_base: ~/runs` wrote a folder named `~` in the current directory, with no word.
+    source = load(tmp_path, sweep_data(target={"kind": "local", "output_base": "~/runs/b"}))
+    assert [p.code for p in source.problems if p.code == "tilde_path"] == ["tilde_path"]
+    from distillspec.specfile import validate_data
+
+    _, problems = validate_data({"mode": "pretrain", "student": {"model": "tiny-2l"}, "output_dir": "~/runs"})
+    assert [p.code for p in problems] == ["tilde_path"] and problems[0].severity == "warning"
