@@ -26,7 +26,7 @@ DERIVED = {("name",): "the run id", ("output_dir",): "target.output_base"}
 
 class UnknownPath(ValueError):
     def __init__(self, text: str, suggestions: list[str]):
-        self.text, self.suggestions = text, suggestions
+        self.text, self.suggestions = text, list(dict.fromkeys(suggestions))  # a name and its alias: once
         super().__init__(f"unknown spec path {text!r}")
 
 

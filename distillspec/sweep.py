@@ -595,6 +595,8 @@ def _did_you_mean(loc: Loc) -> str:
 
 def _fields_at(loc: Loc) -> list[str]:
     model: type[BaseModel] = Sweep
+    if loc[:1] == ("prerequisites",) and len(loc) >= 2:  # prerequisites.<name>.<key>: the name is the user's
+        model, loc = Prerequisite, loc[2:]
     for part in loc:
         if isinstance(part, int) or part not in model.model_fields:
             if model is Sweep and loc and loc[0] == "prerequisites":

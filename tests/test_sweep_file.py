@@ -322,3 +322,11 @@ def test_a_tilde_path_is_said_to_be_taken_literally(tmp_path):
 
     _, problems = validate_data({"mode": "pretrain", "student": {"model": "tiny-2l"}, "output_dir": "~/runs"})
     assert [p.code for p in problems] == ["tilde_path"] and problems[0].severity == "warning"
+
+
+def test_a_misspelt_key_of_a_prerequisite_gets_a_suggestion(tmp_path):
+    # `spek:` in a prerequisite said "unknown key" and nothing more (the same typo at the top level got one).
+    teacher = {"spec": {"student": {"model": "tiny-4l"}, "mode": "pretrain"}, "spek": "x.yaml"}
+    source = load(tmp_path, sweep_data(prerequisites={"teacher": teacher}))
+    (problem,) = [p for p in source.problems if p.code == "unknown_key"]
+    assert problem.hint == "did you mean 'spec'?"
