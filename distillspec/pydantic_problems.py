@@ -91,9 +91,15 @@ def _problem(
         return Problem(loc, "bad_value", f"{key} must be {expected}; got {value!r}", _literal_hint(value, expected))
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"):
         name = f"{key} " if isinstance(key, str) else ""  # a list item: the loc (seeds[0]) names it
-        return Problem(loc, "out_of_range", f"{name}{_must(err['msg'])}, got {value!r}", "")
+        return Problem(loc, "out_of_range", f"{name}{_must(err['msg'])}, got {value!r}", _range_hint(_must(err["msg"])))
     expected = " or ".join(dict.fromkeys(_must(e["msg"]).removeprefix("must be ") for e in errors))
     return Problem(loc, "wrong_type", f"expected {expected}, got {_describe(value)}", _type_hint(value, err))
+
+
+def _range_hint(must: str) -> str:
+    """`use a value greater than 0` from `must be greater than 0` (`use a finite number` from `must be a ...`)."""
+    bound = must.removeprefix("must be ")
+    return f"use {bound}" if bound.startswith(("a ", "an ")) else f"use a value {bound}"
 
 
 def _must(msg: str) -> str:
@@ -163,4 +169,12 @@ def _type_hint(value: Any, err: dict) -> str:
         return f"write {int(value)} (a whole number)"
     if "valid string" in err["msg"]:
         return "quote the value to make it a string"
+    if "valid list" in err["msg"] and isinstance(value, dict):
+        return "write it as a list: each item on its own line starting with `- ` (or [a, b] on one line)"
+    if ("valid dictionary" in err["msg"] or "mapping" in err["msg"]) and isinstance(value, list):
+        return "write it as `key: value` lines (a mapping), not `- ` items"
+    if "valid integer" in err["msg"]:
+        return "write a whole number, e.g. 2"
+    if "valid number" in err["msg"]:
+        return "write a number, e.g. 0.5"
     return ""

@@ -224,3 +224,18 @@ def test_a_scheduled_loss_weight_written_as_people_write_it_gets_what_to_write()
         "loss.alpha": "write 0.5 (a fraction, not a percentage)",
         "loss.temperature": "remove the quotes around the number",
     }
+
+
+def test_type_and_range_errors_say_what_to_write():
+    # A list where a mapping goes (and the reverse), a word for a number and an out-of-range value had no fix.
+    from distillspec.specfile import validate_data
+    from distillspec.sweep import validate_sweep_data
+
+    _, problems = validate_sweep_data({"name": "s", "spec": {}, "baseline": {"loss.alpha": 0.0}})
+    assert "write it as a list" in next(p.hint for p in problems if p.dotted_loc == "baseline")
+    _, problems = validate_sweep_data({"name": "s", "spec": {}, "axes": [1, 2]})
+    assert "`key: value` lines" in next(p.hint for p in problems if p.dotted_loc == "axes")
+    _, problems = validate_data({"student": {"model": "tiny-2l"}, "steps": "many"})
+    assert next(p.hint for p in problems if p.dotted_loc == "steps") == "write a whole number, e.g. 2"
+    _, problems = validate_data({"student": {"model": "tiny-2l"}, "steps": 0})
+    assert next(p.hint for p in problems if p.dotted_loc == "steps") == "use a value greater than 0"
