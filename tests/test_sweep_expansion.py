@@ -237,7 +237,7 @@ def test_expansion_is_deterministic_and_sized_as_the_product(tmp_path_factory, a
     scaled = {
         k: [v / 10 if k == "loss.alpha.end" else (v * 1e-4 if "rate" in k else v) for v in vs] for k, vs in axes.items()
     }
-    data = sweep_data(axes=scaled, seeds=seeds)
+    data = sweep_data(axes=scaled, **({"seeds": seeds} if seeds else {}))  # `seeds: []` is an empty axis
     tmp = tmp_path_factory.mktemp("prop")
     first, second = expanded(tmp, data, max_points=None), expanded(tmp, data, "again.yaml", max_points=None)
     expected = 1
@@ -324,6 +324,8 @@ def test_an_offline_point_is_checked_against_the_cache_its_prerequisite_writes(t
         ),
         ({"steps": [10, 100000]}, "point 1 (steps=100000): the logit cache of prerequisite 'logits' holds"),
         ({"data.seed": [0, 1]}, "data.seed: cache 0, spec 1"),
+        # the rows of a micro-batch and the tokenizer: said by the trainer at start, after both prerequisites ran
+        ({"batch.per_device_batch_size": [8, 4]}, "holds micro-batches of another shape than this point reads"),
     ]:
         path = tmp_path / "offline.yaml"
         path.write_text(yaml.safe_dump({**data, "axes": axes}, sort_keys=False))
@@ -331,6 +333,20 @@ def test_an_offline_point_is_checked_against_the_cache_its_prerequisite_writes(t
         (problem,) = [p for p in result.problems if p.code == "logit_cache_mismatch"]
         assert problem.is_error and said in problem.message and problem.loc == ("prerequisites", "logits")
         assert "one cache prerequisite per value" in problem.hint and not result.points
+    logits = {**data["prerequisites"]["logits"]}
+    logits["overrides"] = {**logits["overrides"], "data.tokenizer": "tok/tokenizer.json"}
+    path.write_text(
+        yaml.safe_dump(
+            {
+                **data,
+                "prerequisites": {**data["prerequisites"], "logits": logits},
+                "axes": {"data.tokenizer": ["byte"]},
+            },
+            sort_keys=False,
+        )
+    )
+    (problem,) = [p for p in expand(load_sweep(path)).problems if p.code == "logit_cache_mismatch"]
+    assert "written with data.tokenizer 'tok/tokenizer.json', this point reads 'byte'" in problem.message
 
 
 def test_a_relative_path_a_clusters_pods_would_read_is_a_warning_at_its_line(tmp_path):

@@ -213,7 +213,7 @@ def expand(source: SweepSource, *, max_points: int | None = DEFAULT_MAX_POINTS) 
             if not draft.is_baseline:
                 found += [source.locate(p) for p in late_rule_problems(rules, point.spec)]
             found += [source.locate(p) for p in _seed_problems(sweep, point.spec)]
-            found += [source.locate(p) for p in _cache_problems(point.spec, prerequisites)]
+            found += [source.locate(p) for p in _cache_problems(point.spec, prerequisites, sweep.target)]
             found += _relative_path_problems(sweep, source, point.spec)
             found += _layout_problems(sweep, source, point.spec)
         for p in found:
@@ -354,9 +354,23 @@ def _tuple(key: str | tuple[str, ...]) -> tuple[str, ...]:
     return (key,) if isinstance(key, str) else key
 
 
-def _cache_problems(spec, prerequisites: tuple[Point, ...]) -> list[Problem]:
+def _micro_batch_rows(spec: DistillSpec, target) -> Any:
+    """What a run's micro-batch rows depend on: their count on a TPU target (the mesh the trainer builds for its
+    chips), else the batch size and mesh as written (a local run's devices are the machine's)."""
+    if target.on_cluster and target.tpu_type is not None:
+        devices = tpu.lookup(target.tpu_type).devices * target.slices
+        try:
+            shape = layout.mesh_shape(spec.mesh, devices, target.slices)
+            return layout.global_rows(spec.batch.per_device_batch_size, shape)
+        except layout.LayoutError:
+            pass  # said by the layout check
+    return (spec.batch.per_device_batch_size, spec.mesh.model_dump(mode="json"))
+
+
+def _cache_problems(spec, prerequisites: tuple[Point, ...], target=None) -> list[Problem]:
     """An offline point whose logit cache is a prerequisite's: the trainer's check of the cache it will find
-    (teacher, data, k, length, micro-batches), now rather than after the prerequisites have run."""
+    (teacher, tokenizer, data, k, length, micro-batches and their rows), now rather than after the prerequisites
+    have run."""
     if not spec.offline_data_dir:
         return []
     for writer in prerequisites:
@@ -367,9 +381,27 @@ def _cache_problems(spec, prerequisites: tuple[Point, ...]) -> list[Problem]:
         manifest = {**logit_cache.expected(writer.spec), "micro_batches": logit_cache.micro_batches_needed(writer.spec)}
         where = f"of prerequisite {writer.prerequisite!r}"
         problem = logit_cache.mismatch(where, manifest, spec) or logit_cache.too_short(where, manifest, spec)
+        theirs, mine = writer.spec.data.tokenizer, spec.data.tokenizer
+        if problem is None and theirs and mine and theirs != mine and "byte" in (theirs, mine):
+            problem = (  # two files are compared by their bytes at start (a copy elsewhere is the same tokenizer)
+                f"the logit cache {where} is written with data.tokenizer {writer.spec.data.tokenizer!r}, this "
+                f"point reads {spec.data.tokenizer!r}",
+                "",
+            )
+        if problem is None and target is not None:
+            theirs, mine = _micro_batch_rows(writer.spec, target), _micro_batch_rows(spec, target)
+            if theirs != mine:
+                problem = (
+                    f"the logit cache {where} holds micro-batches of another shape than this point reads "
+                    f"(batch.per_device_batch_size {writer.spec.batch.per_device_batch_size} and mesh "
+                    f"{writer.spec.mesh.model_dump(mode='json')} there, {spec.batch.per_device_batch_size} and "
+                    f"{spec.mesh.model_dump(mode='json')} here)",
+                    "",
+                )
         if problem is not None:
             hint = (
-                f"give prerequisite {writer.prerequisite!r} the point's teacher, data and top_k (and at least its "
+                f"give prerequisite {writer.prerequisite!r} the point's teacher, data, tokenizer, batch and top_k "
+                "(and at least its "
                 "steps × gradient_accumulation_steps), or one cache prerequisite per value that differs"
             )
             return [Problem(("prerequisites", writer.prerequisite), "logit_cache_mismatch", problem[0], hint)]
