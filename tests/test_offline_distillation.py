@@ -212,7 +212,12 @@ def test_teacher_logits_run_writes_a_versioned_cache_per_process(runs):
 
     with pytest.raises(UserError, match="is a teacher_logits run") as e:
         export_run(str(runs["out"] / "cache"), str(runs["out"] / "cache-export"))
-    assert "teacher/checkpoints" in e.value.hint and not (runs["out"] / "cache-export").exists()
+    # ... the teacher's own run, which export takes (the checkpoints folder it named was "not a run folder")
+    assert f"distillctl export {runs['out'] / 'teacher'} -o DIR" in e.value.hint
+    assert not (runs["out"] / "cache-export").exists()
+    with pytest.raises(UserError, match="is not a run folder") as e:
+        export_run(str(runs["out"] / "teacher" / "checkpoints"), str(runs["out"] / "cache-export"))
+    assert e.value.hint == f"pass the run folder above it: {runs['out'] / 'teacher'}"
 
 
 @pytest.mark.slow

@@ -51,9 +51,12 @@ def read_run_spec(run_dir: str) -> DistillSpec:
     except (FileNotFoundError, NotADirectoryError):
         fs, path = fsspec.core.url_to_fs(run_dir)
         why = "it has no spec.json" if fs.isdir(path) else ("it is a file" if fs.exists(path) else "no such folder")
+        run = run_folder_above(run_dir)
         raise UserError(
             f"{run_dir} is not a run folder: {why}",
-            "pass the folder a run wrote (<output_dir>/<name>, with spec.json and checkpoints/ in it)",
+            f"pass the run folder above it: {run}"
+            if run is not None
+            else "pass the folder a run wrote (<output_dir>/<name>, with spec.json and checkpoints/ in it)",
         ) from None
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {file}: {e}", "pass the folder a run wrote") from None
@@ -69,6 +72,21 @@ def read_run_spec(run_dir: str) -> DistillSpec:
         ) from None
 
 
+def run_folder_above(path: str) -> str | None:
+    """The run folder a path inside it names (`runs/x/checkpoints`, `.../checkpoints/300`, `.../300/params`), when
+    that folder holds a spec.json; None otherwise."""
+    parts = path.rstrip("/").split("/")
+    for depth in (1, 2, 3):
+        if len(parts) > depth and "checkpoints" == parts[-depth]:
+            above = "/".join(parts[:-depth])
+            try:
+                fs, local = fsspec.core.url_to_fs(f"{above}/spec.json")
+                return above if fs.exists(local) else None
+            except (OSError, ValueError):
+                return None
+    return None
+
+
 def export_run(run_dir: str, out_dir: str, *, to: str = "hf", dtype: str | None = None) -> Exported:
     """Write the student of the run at `run_dir` (its latest checkpoint) to `out_dir` in format `to`; returns the
     checkpoint directory that was read, with notes (a run not finished, metadata that could not be carried).
@@ -82,12 +100,17 @@ def export_run(run_dir: str, out_dir: str, *, to: str = "hf", dtype: str | None 
     spec = read_run_spec(run_dir)
     if spec.mode == "teacher_logits":  # "no checkpoint ... checkpoint.enabled: true" sent people to a setting
         teacher = spec.teacher.load_parameters_path if spec.teacher is not None else None
+        teacher_run = run_folder_above(teacher) if teacher else None
         raise UserError(
             f"the run at {run_dir} is a teacher_logits run: it wrote the teacher's top-k to {run_dir.rstrip('/')}/logits "
             "and trains no model, so there is nothing to export",
-            f"export the teacher itself from its own run ({teacher})"
-            if teacher
-            else "export a run that trains a student (mode distill or pretrain)",
+            f"export the teacher's own run: distillctl export {teacher_run} -o DIR"
+            if teacher_run
+            else (
+                f"the teacher it read is {teacher} (a checkpoint already: load it from there)"
+                if teacher
+                else "export a run that trains a student (mode distill or pretrain)"
+            ),
         )
     _check_destination(out_dir)
     import jax

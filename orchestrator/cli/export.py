@@ -56,7 +56,8 @@ def export(
     try:
         exported = export_run(run_dir, out, to=to.value, dtype=dtype.value if dtype else None)
     except TrainerError as e:
-        raise UsageError(e.message, e.hint) from None
+        # The trainer's words for its own output folder (`output_dir`, a spec key) name -o here.
+        raise UsageError(e.message, e.hint.replace("another output_dir", "another output folder (-o)")) from None
     for note in exported.notes:
         console.err.print(f"note: {note}", markup=False)
     console.out.print(f"exported {exported.params_dir} to {out} ({to.value})", markup=False)
