@@ -417,3 +417,23 @@ def test_a_run_named_by_file_url_exports_and_an_unreachable_store_is_said_at_onc
     refused = _export(str(run["run"]), "-o", "gs://nowhere/out")
     assert refused.exit_code == ExitCode.USAGE and time.monotonic() - started < 15, refused.output
     assert "cannot be reached" in refused.stderr and "Traceback" not in refused.output
+
+
+def test_positions_and_special_tokens_survive_a_maxtext_export_and_a_runs_own_checkpoints(run, tmp_path):
+    # HF -> MaxText -> HF lost max_position_embeddings (the teacher's, back to the training length) and the
+    # special-token ids; so did a student loaded from a run's own checkpoints.
+    from trainer.export import CARRIED_CONFIG, carried_config, read_run_spec
+
+    teacher = json.loads((run["teacher"] / "config.json").read_text())
+    wanted = {key: teacher[key] for key in CARRIED_CONFIG if key in teacher}
+    assert "max_position_embeddings" in wanted
+    done = _export(str(run["run"]), "--to", "maxtext", "-o", str(tmp_path / "mt"))
+    assert done.exit_code == ExitCode.OK, done.output
+    sidecar = json.loads((tmp_path / "mt" / "config.json").read_text())
+    assert {key: sidecar.get(key) for key in wanted} == wanted
+    spec = read_run_spec(str(run["run"]))
+    for path in (str(tmp_path / "mt" / "0" / "items"), str(run["run"] / "checkpoints")):
+        student = spec.student.model_copy(update={"load_parameters_path": path, "init": "random", "drop_layers": None})
+        reloaded = spec.model_copy(update={"student": student, "teacher": None})
+        fields, _, notes = carried_config(reloaded, "llama")
+        assert fields == wanted and notes == [], (path, fields, notes)

@@ -159,14 +159,6 @@ def export_run(run_dir: str, out_dir: str, *, to: str = "hf", dtype: str | None 
 ROTATION_ATTEMPTS = 3  # reads of the latest step while a training run replaces it
 
 
-def _exists(path: str) -> bool:
-    try:
-        fs, local = fsspec.core.url_to_fs(path)
-        return fs.exists(local)
-    except OSError:
-        return True  # cannot tell: the error stands
-
-
 def _unfinished(run_dir: str, params_dir: str, spec: DistillSpec) -> str | None:
     """A note when the run has not finished: the export is of the step its latest checkpoint holds."""
     try:
@@ -293,7 +285,15 @@ def write_maxtext(
     staging = os.path.join(staging_root, "maxtext")
     try:
         try:
-            maxtext.save(params, spec.student_block().shape(), staging, scanned=spec.student.scan_layers, dtype=dtype)
+            carried, _, _ = carried_config(spec, spec.student_block().shape().family)
+            maxtext.save(
+                params,
+                spec.student_block().shape(),
+                staging,
+                scanned=spec.student.scan_layers,
+                dtype=dtype,
+                extra=carried,
+            )
         except OSError as e:
             raise OutputNotWritable(out_dir, e) from None
         try:
@@ -315,7 +315,38 @@ def write_maxtext(
 CARRIED_CONFIG = ("max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id")
 
 
-def carried_config(spec: DistillSpec, family: str) -> tuple[dict[str, Any], str | None, list[str]]:
+def _carried_through(path: str, family: str, depth: int) -> tuple[dict[str, Any], str | None, list[str]] | None:
+    """What a checkpoint that is not a Hugging Face folder carries of `CARRIED_CONFIG`: a MaxText checkpoint this
+    tool exported keeps them in its config.json; a run's own checkpoints, what that run's spec carried (its
+    positions and special tokens were dropped through either, and the round trip HF → MaxText → HF lost them)."""
+    from distillspec import maxtext_checkpoint as mt
+
+    if depth > 3:
+        return None
+    try:
+        found = mt.read_checkpoint(path)
+    except (mt.CheckpointError, OSError, ValueError):
+        found = None
+    if found is not None:
+        try:
+            with fsspec.open(mt.sidecar_config(found[0]), "r") as f:
+                config = json.load(f)
+        except (OSError, ValueError):
+            return None
+        fields = {key: config[key] for key in CARRIED_CONFIG if key in config} if isinstance(config, dict) else {}
+        return (fields, None, []) if fields else None
+    run = run_folder_above(path)
+    if run is None:
+        return None
+    try:
+        earlier = read_run_spec(run)
+    except UserError:
+        return None
+    fields, source, notes = carried_config(earlier, family, depth + 1)
+    return (fields, source, notes) if source is not None or fields else None
+
+
+def carried_config(spec: DistillSpec, family: str, depth: int = 0) -> tuple[dict[str, Any], str | None, list[str]]:
     """`(fields, folder, notes)`: `CARRIED_CONFIG` fields from the config.json of the Hugging Face folder the student
     was loaded from, else of the teacher's when it is of the student's family (a pruned or distilled student shares
     its tokenizer and positions), and that folder; empty when neither is a Hugging Face folder. A note when such a
@@ -327,6 +358,9 @@ def carried_config(spec: DistillSpec, family: str) -> tuple[dict[str, Any], str 
         path = model.load_parameters_path if model is not None else None
         if not path or model.shape().family != family:
             continue
+        carried = _carried_through(path, family, depth)
+        if carried is not None:  # a MaxText export's or a run's own checkpoint: what its source carried
+            return carried
         try:
             if not hf.is_hf_folder(path):
                 if not _exists(path):

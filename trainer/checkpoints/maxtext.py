@@ -201,7 +201,9 @@ def load(path: str, shape: ModelShape, abstract: Any, *, side: str = "model") ->
     return out
 
 
-def save(params: Any, shape: ModelShape, out_dir: str, *, scanned: bool, dtype: str = "float32") -> None:
+def save(
+    params: Any, shape: ModelShape, out_dir: str, *, scanned: bool, dtype: str = "float32", extra: dict | None = None
+) -> None:
     """Write parameters (a pure dict of host or device arrays; `scanned`: `layers` stacked, else `{index: entry}`)
     as a MaxText checkpoint at `out_dir` (a new local folder): `out_dir/0/items`, scanned like the model (Gemma 3 in
     MaxText's 6-layer blocks), plus `out_dir/config.json`."""
@@ -234,8 +236,8 @@ def save(params: Any, shape: ModelShape, out_dir: str, *, scanned: bool, dtype: 
     with ocp.CheckpointManager(root) as manager:
         manager.save(0, args=ocp.args.Composite(items=ocp.args.PyTreeSave(state)))
         manager.wait_until_finished()
-    with open(os.path.join(root, "config.json"), "w") as f:
-        json.dump(config_of(shape, dtype), f, indent=2)
+    with open(os.path.join(root, "config.json"), "w") as f:  # `extra`: positions and special tokens carried over
+        json.dump({**config_of(shape, dtype), **(extra or {})}, f, indent=2)
 
 
 def _get(tree: Any, path: tuple) -> Any:
