@@ -358,3 +358,26 @@ def test_a_complete_cache_run_again_is_kept_as_it_is(runs):
     again = json.loads((runs["out"] / "cache" / "summary.json").read_text())
     assert again["status"] == "succeeded" and again["tokens"] == summary["tokens"]
     assert again["started_at"] == summary["started_at"] and again["tokens_per_sec"] == summary["tokens_per_sec"]
+
+
+def test_a_cache_reads_the_same_rows_on_another_number_of_processes(tmp_path):
+    # Rows are the same, in the same order, whoever wrote them: 6 rows from 2 writers (3 each) read by 3 processes
+    # (2 each) and by 1. A cache made on 16 hosts served students on 16 only.
+    from trainer.corpus import Shard
+    from trainer.logit_cache import TEACHER_KEYS, CacheBatches, _save, micro_file, shard_folder
+
+    rows, length, k = 6, 4, 2
+    every = {key: np.arange(rows * length).reshape(rows, length) for key in ("inputs", "targets", "mask")}
+    every.update({key: np.arange(rows * length * k).reshape(rows, length, k) for key in ("topk_log_probs", "topk_ids")})
+    every.update({key: np.arange(rows * length).reshape(rows, length) for key in TEACHER_KEYS if key not in every})
+    for w in range(2):
+        (tmp_path / shard_folder(w, 2)).mkdir()
+        _save(
+            str(tmp_path / shard_folder(w, 2) / micro_file(0)), {k_: v[w * 3 : (w + 1) * 3] for k_, v in every.items()}
+        )
+    for readers in (3, 1):
+        got = [
+            CacheBatches(str(tmp_path), Shard(i, readers), 1, written_by=2, rows=rows).next()["inputs"][0]
+            for i in range(readers)
+        ]
+        np.testing.assert_array_equal(np.concatenate(got), every["inputs"])

@@ -255,3 +255,18 @@ def test_two_processes_write_a_logit_cache_and_keep_it_when_started_again(single
         else:
             assert "kept as it is" in errors[0], errors[0][-2000:]
             assert {f: f.stat().st_mtime_ns for f in written} == written
+    # Students on another number of processes than the writer read the same rows (a cache made on 16 hosts served
+    # only 16): one process and two train alike.
+    student = merged(
+        {k: v for k, v in data.items() if k not in ("mode", "name")},
+        offline_data_dir=str(tmp_path / "cache" / "logits"),
+        loss={"beta": 0.0, "layer_indices": None},
+    )
+    one = write_spec(tmp_path / "one.json", merged(student, name="from-one", batch={"per_device_batch_size": 8}))
+    done = run_trainer(["--spec", str(one)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = write_spec(tmp_path / "two.json", merged(student, name="from-two"))
+    procs = _launch_pair(two, f"127.0.0.1:{_free_port()}")
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert_same_metrics(read_metrics(tmp_path / "from-one"), read_metrics(tmp_path / "from-two"))

@@ -271,12 +271,12 @@ def check(spec: DistillSpec, manifest_path: str, manifest: dict[str, Any], *, ro
     problem = contract.mismatch(manifest_path, manifest, spec, tokenizer_identity(spec.data.tokenizer or "byte"))
     if problem is not None:
         raise UserError(*problem)
-    if manifest.get("rows") != rows or manifest.get("processes") != processes:
+    written = manifest.get("processes")
+    if manifest.get("rows") != rows or not isinstance(written, int) or written < 1 or rows % written:
         raise UserError(
             f"the logit cache {manifest_path} holds micro-batches of {manifest.get('rows')} rows from "
-            f"{manifest.get('processes')} process(es); this run reads {rows} rows on {processes}",
-            "run the student with the cache's per_device_batch_size × devices and process count, or write the cache "
-            "with the student's",
+            f"{written} process(es); this run reads {rows} rows on {processes}",
+            "run the student with the cache's per_device_batch_size × devices, or write the cache with the student's",
         )
     problem = contract.too_short(manifest_path, manifest, spec)
     if problem is not None:
@@ -290,19 +290,64 @@ class CacheBatches:
     local = True
 
     def __init__(
-        self, directory: str, shard, accumulation: int, position: int = 0, *, shape: tuple[int, int, int] | None = None
+        self,
+        directory: str,
+        shard,
+        accumulation: int,
+        position: int = 0,
+        *,
+        shape: tuple[int, int, int] | None = None,
+        written_by: int | None = None,
+        rows: int | None = None,
     ):
-        self.folder = f"{directory.rstrip('/')}/{shard_folder(shard.index, shard.count)}"
         self.accumulation, self.position = accumulation, position
         self.shape = shape  # (rows of this process, tokens per row, top k) every file must hold; None: unchecked
+        # Written by another number of processes (a cache made on 16 hosts, read on 4, or on a laptop): the rows
+        # are the same, in the same order, split otherwise; this process's are cut from the writers' files.
+        writers = written_by or shard.count
+        if writers == shard.count or rows is None:
+            self.parts = [(f"{directory.rstrip('/')}/{shard_folder(shard.index, shard.count)}", None)]
+        else:
+            mine = range(shard.index * rows // shard.count, (shard.index + 1) * rows // shard.count)
+            each = rows // writers
+            self.parts = [
+                (
+                    f"{directory.rstrip('/')}/{shard_folder(w, writers)}",
+                    slice(max(mine.start, w * each) - w * each, min(mine.stop, (w + 1) * each) - w * each),
+                )
+                for w in range(writers)
+                if w * each < mine.stop and (w + 1) * each > mine.start
+            ]
+        self.folder = self.parts[0][0]
 
     def next(self) -> dict[str, np.ndarray]:
-        micro = [self._read(self.position + a) for a in range(self.accumulation)]
+        micro = [self._assembled(self.position + a) for a in range(self.accumulation)]
         self.position += self.accumulation
         return {key: np.stack([m[key] for m in micro]) for key in micro[0]}
 
-    def _read(self, index: int) -> dict[str, np.ndarray]:
-        path = f"{self.folder}/{micro_file(index)}"
+    def _assembled(self, index: int) -> dict[str, np.ndarray]:
+        if len(self.parts) == 1 and self.parts[0][1] is None:
+            return self._checked(self._read(self.parts[0][0], index), f"{self.folder}/{micro_file(index)}")
+        pieces = [self._read(folder, index) for folder, _ in self.parts]
+        joined = {
+            key: np.concatenate([piece[key][rows] for piece, (_, rows) in zip(pieces, self.parts)]) for key in pieces[0]
+        }
+        return self._checked(joined, " + ".join(f"{folder}/{micro_file(index)}" for folder, _ in self.parts))
+
+    def _checked(self, arrays: dict[str, np.ndarray], path: str) -> dict[str, np.ndarray]:
+        again = "write the cache again (a `mode: teacher_logits` run)"
+        if self.shape is not None:
+            rows, length, k = self.shape
+            for key, value in arrays.items():
+                want = (rows, length, k) if key in ("topk_log_probs", "topk_ids") else (rows, length)
+                if value.shape != want:
+                    raise UserError(
+                        f"the logit cache file {path}: {key} has shape {value.shape}, the manifest says {want}", again
+                    )
+        return arrays
+
+    def _read(self, folder: str, index: int) -> dict[str, np.ndarray]:
+        path = f"{folder}/{micro_file(index)}"
         again = "write the cache again (a `mode: teacher_logits` run)"
         try:
             with fsspec.open(path, "rb") as f:
@@ -319,14 +364,6 @@ class CacheBatches:
         missing = [key for key in ("inputs", "targets", "mask", *TEACHER_KEYS) if key not in arrays]
         if missing:
             raise UserError(f"the logit cache file {path} lacks {', '.join(missing)}", again)
-        if self.shape is not None:
-            rows, length, k = self.shape
-            for key, value in arrays.items():
-                want = (rows, length, k) if key in ("topk_log_probs", "topk_ids") else (rows, length)
-                if value.shape != want:
-                    raise UserError(
-                        f"the logit cache file {path}: {key} has shape {value.shape}, the manifest says {want}", again
-                    )
         return arrays
 
     def state(self) -> None:
@@ -344,8 +381,17 @@ def open_batches(spec: DistillSpec, rows: int, shard, position: int = 0) -> Cach
     path, manifest = read_manifest(spec.offline_data_dir)
     check(spec, path, manifest, rows=rows, processes=shard.count)
     shape = (rows // shard.count, spec.batch.max_target_length, spec.top_k)
-    batches = CacheBatches(spec.offline_data_dir, shard, spec.batch.gradient_accumulation_steps, position, shape=shape)
-    _check_files(batches.folder, position, spec.steps * spec.batch.gradient_accumulation_steps)
+    batches = CacheBatches(
+        spec.offline_data_dir,
+        shard,
+        spec.batch.gradient_accumulation_steps,
+        position,
+        shape=shape,
+        written_by=manifest["processes"],
+        rows=rows,
+    )
+    for folder, _ in batches.parts:
+        _check_files(folder, position, spec.steps * spec.batch.gradient_accumulation_steps)
     return batches
 
 
