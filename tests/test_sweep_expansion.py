@@ -325,7 +325,7 @@ def test_an_offline_point_is_checked_against_the_cache_its_prerequisite_writes(t
         ({"steps": [10, 100000]}, "point 1 (steps=100000): the logit cache of prerequisite 'logits' holds"),
         ({"data.seed": [0, 1]}, "data.seed: cache 0, spec 1"),
         # the rows of a micro-batch and the tokenizer: said by the trainer at start, after both prerequisites ran
-        ({"batch.per_device_batch_size": [8, 4]}, "holds micro-batches of another shape than this point reads"),
+        ({"batch.per_device_batch_size": [8, 4]}, "this point reads 4 × the devices"),
     ]:
         path = tmp_path / "offline.yaml"
         path.write_text(yaml.safe_dump({**data, "axes": axes}, sort_keys=False))

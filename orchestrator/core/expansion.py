@@ -213,7 +213,7 @@ def expand(source: SweepSource, *, max_points: int | None = DEFAULT_MAX_POINTS) 
             if not draft.is_baseline:
                 found += [source.locate(p) for p in late_rule_problems(rules, point.spec)]
             found += [source.locate(p) for p in _seed_problems(sweep, point.spec)]
-            found += [source.locate(p) for p in _cache_problems(point.spec, prerequisites, sweep.target)]
+            found += [source.locate(p) for p in _cache_problems(point.spec, prerequisites)]
             found += _relative_path_problems(sweep, source, point.spec)
             found += _layout_problems(sweep, source, point.spec)
         for p in found:
@@ -354,20 +354,7 @@ def _tuple(key: str | tuple[str, ...]) -> tuple[str, ...]:
     return (key,) if isinstance(key, str) else key
 
 
-def _micro_batch_rows(spec: DistillSpec, target) -> Any:
-    """What a run's micro-batch rows depend on: their count on a TPU target (the mesh the trainer builds for its
-    chips), else the batch size and mesh as written (a local run's devices are the machine's)."""
-    if target.on_cluster and target.tpu_type is not None:
-        devices = tpu.lookup(target.tpu_type).devices * target.slices
-        try:
-            shape = layout.mesh_shape(spec.mesh, devices, target.slices)
-            return layout.global_rows(spec.batch.per_device_batch_size, shape)
-        except layout.LayoutError:
-            pass  # said by the layout check
-    return (spec.batch.per_device_batch_size, spec.mesh.model_dump(mode="json"))
-
-
-def _cache_problems(spec, prerequisites: tuple[Point, ...], target=None) -> list[Problem]:
+def _cache_problems(spec, prerequisites: tuple[Point, ...]) -> list[Problem]:
     """An offline point whose logit cache is a prerequisite's: the trainer's check of the cache it will find
     (teacher, tokenizer, data, k, length, micro-batches and their rows), now rather than after the prerequisites
     have run."""
@@ -388,16 +375,15 @@ def _cache_problems(spec, prerequisites: tuple[Point, ...], target=None) -> list
                 f"point reads {spec.data.tokenizer!r}",
                 "",
             )
-        if problem is None and target is not None:
-            theirs, mine = _micro_batch_rows(writer.spec, target), _micro_batch_rows(spec, target)
-            if theirs != mine:
-                problem = (
-                    f"the logit cache {where} holds micro-batches of another shape than this point reads "
-                    f"(batch.per_device_batch_size {writer.spec.batch.per_device_batch_size} and mesh "
-                    f"{writer.spec.mesh.model_dump(mode='json')} there, {spec.batch.per_device_batch_size} and "
-                    f"{spec.mesh.model_dump(mode='json')} here)",
-                    "",
-                )
+        # A micro-batch's rows are per_device_batch_size × the devices (the mesh only splits them), and a point
+        # runs on the devices its cache prerequisite ran on.
+        if problem is None and writer.spec.batch.per_device_batch_size != spec.batch.per_device_batch_size:
+            problem = (
+                f"the logit cache {where} holds micro-batches of batch.per_device_batch_size "
+                f"{writer.spec.batch.per_device_batch_size:g} × the devices; this point reads "
+                f"{spec.batch.per_device_batch_size:g} × the devices",
+                "",
+            )
         if problem is not None:
             hint = (
                 f"give prerequisite {writer.prerequisite!r} the point's teacher, data, tokenizer, batch and top_k "
