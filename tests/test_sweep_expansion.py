@@ -430,13 +430,17 @@ def test_a_mapping_that_replaces_a_block_of_the_base_spec_is_said(tmp_path):
 
     def warnings(**fields):
         path = tmp_path / "s.yaml"
-        path.write_text(yaml.safe_dump({"name": "blocks", "spec": str(base), **fields}))
+        path.write_text(yaml.safe_dump({"name": "blocks", "spec": str(base), **fields}, sort_keys=False))
         return [p for p in expand(load_sweep(path)).problems if p.code == "override_replaces_block"]
 
     (said,) = warnings(overrides={"optimizer": {"learning_rate": 1e-3}})
-    assert said.severity == "warning" and said.line == 3 and "dropping warmup_fraction: 0.05" in said.message
+    assert said.severity == "warning" and said.line == 4 and "dropping warmup_fraction: 0.05" in said.message
     assert "optimizer.learning_rate: ..." in said.hint
     assert warnings(overrides={"optimizer.learning_rate": 1e-3}) == []
     assert warnings(overrides={"optimizer": {"learning_rate": 1e-3, "warmup_fraction": 0.05}}) == []
+    # Overrides apply in order: a dotted key after the block sets its field again; one before it is dropped.
+    assert warnings(overrides={"optimizer": {"learning_rate": 1e-3}, "optimizer.warmup_fraction": 0.2}) == []
+    (said,) = warnings(overrides={"optimizer.warmup_fraction": 0.2, "optimizer": {"learning_rate": 1e-3}})
+    assert "dropping warmup_fraction: 0.2" in said.message
     (said,) = warnings(axes={"optimizer": [{"learning_rate": 1e-3}, {"learning_rate": 1e-4}]})  # once per axis
     assert said.dotted_loc.startswith("axes.optimizer")

@@ -602,7 +602,8 @@ def _replaced_blocks(sweep: Sweep, base: SpecSource) -> list[Problem]:
     data = base.copy_data()
     found: list[Problem] = []
 
-    def check(loc: Loc, text: str, value: Any, within: dict[str, Any]) -> None:
+    def check(loc: Loc, text: str, value: Any, within: dict[str, Any], later: tuple[str, ...] = ()) -> None:
+        """`later`: overrides written after this one (a dotted key that sets a dropped field again)."""
         if not isinstance(value, dict):
             return
         try:
@@ -614,7 +615,15 @@ def _replaced_blocks(sweep: Sweep, base: SpecSource) -> list[Problem]:
             current = current.get(key) if isinstance(current, dict) else None
         if not isinstance(current, dict):
             return
-        dropped = [key for key in current if key not in value and current[key] is not None]
+        again = set()
+        for other in later:
+            try:
+                native_other = spec_paths.resolve(other)
+            except spec_paths.UnknownPath:
+                continue
+            if native_other[: len(native)] == native and len(native_other) > len(native):
+                again.add(native_other[len(native)])
+        dropped = [key for key in current if key not in value and current[key] is not None and key not in again]
         if dropped:
             dotted = ".".join(native)
             example = next(iter(value), "field")
@@ -622,7 +631,7 @@ def _replaced_blocks(sweep: Sweep, base: SpecSource) -> list[Problem]:
                 Problem(
                     loc,
                     "override_replaces_block",
-                    f"{text}: {{...}} replaces the base spec's whole {dotted} block, dropping "
+                    f"{text}: {{...}} replaces the whole {dotted} block, dropping "
                     + ", ".join(f"{k}: {current[k]!r}" for k in dropped[:4])
                     + (f" and {len(dropped) - 4} more" if len(dropped) > 4 else ""),
                     f"to change only some of its fields, write their dotted paths ({dotted}.{example}: ...); to "
@@ -631,9 +640,9 @@ def _replaced_blocks(sweep: Sweep, base: SpecSource) -> list[Problem]:
                 )
             )
 
-    for text, value in sweep.overrides.items():
-        check(("overrides", text), text, value, data)
-    for text, value in sweep.overrides.items():
+    written = list(sweep.overrides.items())
+    for i, (text, value) in enumerate(written):  # in order, as they are applied
+        check(("overrides", text), text, value, data, tuple(t for t, _ in written[i + 1 :]))
         try:
             spec_paths.set_value(data, spec_paths.resolve(text), copy_plain(value))
         except spec_paths.UnknownPath:
