@@ -70,6 +70,22 @@ def test_median_stopping_needs_enough_others_at_the_step():
     assert stops(EarlyStopping(median=MedianStopping(at_step=40, min_points=3)), curves) == {}
 
 
+def test_offline_points_are_held_to_the_median_and_baseline_of_their_own_kind():
+    # An offline point's top-k KL is always the lower: in a mixed sweep every online point read "worse than the
+    # median" (and than an offline baseline).
+    rules = EarlyStopping(median=MedianStopping(at_step=40, min_points=1))
+    low = scripted([v / 3 for _, v in WORSE])  # the offline runs' top-k KL: a third of the online ones'
+    curves = {"on-a": WORSE, "on-b": WORSE, "off-a": low, "off-b": low}
+    kinds = {"on-a": "vocabulary", "on-b": "vocabulary", "off-a": "top-16+tail", "off-b": "top-16+tail"}
+    mixed = evaluate(rules, {KL: curves}, points=list(curves))
+    assert {"on-a", "on-b"} <= set(mixed)  # judged against the offline runs
+    assert evaluate(rules, {KL: curves}, points=list(curves), kinds=kinds) == {}
+    versus = EarlyStopping(worse_than_baseline=WorseThanBaseline(at_step=30, by=0.1))
+    curves = {"on": GOOD, "base-off": low}
+    kinds = {"on": "vocabulary", "base-off": "top-16+tail"}
+    assert evaluate(versus, {KL: curves}, points=["on"], baselines=["base-off"], kinds=kinds) == {}
+
+
 def test_a_diverged_run_is_no_one_to_compare_with():
     # A NaN counted among "the others" moved the median and stopped a healthy point; a NaN baseline made min() NaN.
     nan = scripted([math.nan] * 10)

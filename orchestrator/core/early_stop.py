@@ -73,12 +73,22 @@ def evaluate(
     *,
     points: Sequence[str],
     baselines: Sequence[str] = (),
+    kinds: Mapping[str, str] | None = None,
 ) -> dict[str, Stop]:
     """The first stop of each point in `points` (absent: never stopped). `curves[metric][run]` holds every run's
-    curve for each metric the rules name (baselines' too)."""
+    curve for each metric the rules name (baselines' too). `kinds`: what each run's KL is over
+    (`aggregate.kl_support`): a point is held to the median and the baseline of its own kind only, when a rule
+    judges a KL (an offline point's top-k KL is always the lower: every online point read "worse than the
+    median")."""
+    kinds = kinds or {}
+    on_kl = any(rule is not None and "kl_div" in rule.metric for rule in (rules.median, rules.worse_than_baseline))
     stops = {}
     for run in points:
-        stop = _first_stop(rules, curves, run, points, baselines)
+        peers, bases = points, baselines
+        if on_kl and kinds:
+            peers = [p for p in points if kinds.get(p) == kinds.get(run)]
+            bases = [b for b in baselines if kinds.get(b) == kinds.get(run)]
+        stop = _first_stop(rules, curves, run, peers, bases)
         if stop is not None:
             stops[run] = stop
     return stops
@@ -163,7 +173,10 @@ def replay(expansion: Expansion, outputs: Mapping[str, RunOutputs]) -> list[Repl
     rules = expansion.sweep.early_stopping
     points = [p for p in expansion.points if not p.is_baseline]
     baselines = [p.run_id for p in expansion.points if p.is_baseline]
-    stops = evaluate(rules, curves_for(rules, outputs), points=[p.run_id for p in points], baselines=baselines)
+    kinds = {p.run_id: aggregate.kl_support(p.spec) for p in expansion.points}
+    stops = evaluate(
+        rules, curves_for(rules, outputs), points=[p.run_id for p in points], baselines=baselines, kinds=kinds
+    )
     target = expansion.sweep.target
     tpu_type = tpu.lookup(target.tpu_type) if target.tpu_type else None
     rows = []

@@ -325,7 +325,10 @@ def _stops(
         return stops, new
     points = [p.run_id for p in expansion.points if not p.is_baseline]
     baselines = [p.run_id for p in expansion.points if p.is_baseline]
-    found = early_stop.evaluate(rules, early_stop.curves_for(rules, outputs), points=points, baselines=baselines)
+    kinds = {p.run_id: kl_support(p.spec) for p in expansion.points}
+    found = early_stop.evaluate(
+        rules, early_stop.curves_for(rules, outputs), points=points, baselines=baselines, kinds=kinds
+    )
     for rid, stop in found.items():
         status = statuses[rid]
         if rid in stops or status.terminal or status.owner:
