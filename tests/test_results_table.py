@@ -506,7 +506,8 @@ def test_an_offline_points_top_k_kl_is_never_ranked_or_compared_with_a_whole_voc
     text = results_format.legend(t)
     assert "kl_div_T1 of offline points (column `kl over`: top-16+tail)" in text
     assert "kl over" in results_format.markdown(t)
-    assert json.loads(json.dumps(results_format.to_json(t)))["runs"][2]["kl_div_T1_over"] == "top-16+tail"
+    runs = json.loads(json.dumps(results_format.to_json(t)))["runs"]
+    assert runs[2]["kl_div_T1_over"] == "top-16+tail" and runs[0]["kl_div_T1_over"] is None  # the teacher: no KL
     assert "top-16+tail" in results_format.csv_text(t)
 
 

@@ -763,6 +763,10 @@ def _check_same_input(saved: dict | None, trained_on: dict, where: str) -> str:
     if saved is None:  # a checkpoint from before the input was recorded
         return ""
     trained_on = {k: v for k, v in trained_on.items() if k in saved or k not in LATER_INPUT}
+    if "logit_cache" in saved and "logit_cache" not in trained_on:
+        # The cache's manifest cannot be read now (being written again, not copied yet): not "other input" — the
+        # cache reader says what is missing, and the run keeps its progress.
+        saved = {k: v for k, v in saved.items() if k != "logit_cache"}
     note = ""
     if isinstance(saved.get("files"), dict) and isinstance(trained_on.get("files"), dict):
         changed = [

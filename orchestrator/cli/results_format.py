@@ -180,7 +180,7 @@ def _cells(results: Results, row: Row) -> list[str]:
             steps(row),
         ]
         + ([row.source] if _mixed(results) else [])
-        + ([row.kl_over] if _offline(results) else [])
+        + ([row.kl_over or MISSING] if _offline(results) else [])
         + [number(row.metrics.get(m)) for m in TABLE_METRICS]
         + [rate(row.tokens_per_sec), cost(results, row), signed(row.delta_kl, row.delta_kl_relative)]
     )
@@ -275,7 +275,7 @@ def csv_text(results: Results) -> str:
                 _csv(row.total_steps),
                 results.aggregation.window,
                 _metrics_from(row) or "",
-                row.kl_over,
+                row.kl_over or "",
             ]
             + [_csv(row.metrics.get(m)) for m in TABLE_METRICS]
             + [
