@@ -457,13 +457,18 @@ def test_no_output_replaces_a_file_the_command_reads_or_one_of_the_users(sweep, 
     kept = {p: p.read_bytes() for p in (own, summary)}
     for args, said in [
         (("regress", other, "--golden", golden, "--junit", own), f"--junit {own} is the sweep's base spec"),
-        (("regress", path, "--golden", golden, "--summary", summary), "where the runs' outputs are read from"),
-        (("golden", "update", path, "-o", summary.parent / "golden.yaml"), "where the runs' outputs are read from"),
+        (("regress", path, "--golden", golden, "--summary", summary), "a run folder whose outputs this command reads"),
+        (
+            ("golden", "update", path, "-o", summary.parent / "golden.yaml"),
+            "a run folder whose outputs this command reads",
+        ),
     ]:
         result = invoke(*args)
         code = ExitCode.INVALID_SPEC if args[0] == "regress" else ExitCode.USAGE
         assert result.exit_code == code and said in " ".join(result.stderr.split()), result.output
     assert {p: p.read_bytes() for p in (own, summary)} == kept and not (summary.parent / "golden.yaml").exists()
+    beside = invoke("regress", path, "--golden", golden, "--summary", tmp_path / "runs" / "report.md")
+    assert beside.exit_code == ExitCode.OK, beside.output  # beside the run folders: harms nothing
     again = invoke("golden", "update", path, "-o", golden)  # a golden file is what -o updates
     assert again.exit_code == ExitCode.OK, again.output
     # ... even one with a YAML error (it was "not a golden file", the hint sending the user in a circle), or empty;
@@ -661,6 +666,8 @@ def test_a_sweep_file_on_standard_input_is_read_once(sweep, monkeypatch):
     for args in (["regress", "-", "--golden", str(golden)], ["status", "-"], ["results", "-"]):
         out = runner.invoke(app, args, input=path.read_text())
         assert out.exit_code == ExitCode.OK and "empty" not in out.stderr, (args, out.output)
+    both = runner.invoke(app, ["regress", "-", "--golden", "-"], input=path.read_text())
+    assert both.exit_code == ExitCode.INVALID_SPEC and "both standard input" in both.stderr, both.output
 
 
 def test_golden_update_of_an_existing_file_keeps_its_match_and_window(sweep):

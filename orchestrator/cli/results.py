@@ -284,17 +284,23 @@ def _refuse_clobbering(
     for what, path in {**inputs, **_spec_files(expansion)}.items():
         seen.setdefault(path.resolve(), what)
     base = output_base or (expansion.sweep.target.output_base if expansion is not None else None)
-    runs = Path(base).resolve() if base and "://" not in base else None
+    # The sweep's run folders (a report beside them under the output base harms nothing).
+    runs = (
+        [Path(base).resolve() / run.run_id for run in expansion.runs]
+        if base and "://" not in base and expansion is not None
+        else []
+    )
     for flag, path in outputs.items():
         if path is None:
             continue
         other = seen.get(path.resolve())
         if other is not None:
             raise UsageError(f"{flag} {path} is {other}: writing it would replace it", f"give {flag} another path")
-        if runs is not None and path.resolve().is_relative_to(runs):
+        inside = next((folder for folder in runs if path.resolve().is_relative_to(folder)), None)
+        if inside is not None:
             raise UsageError(
-                f"{flag} {path} is inside {runs}, where the runs' outputs are read from",
-                f"give {flag} a path outside it",
+                f"{flag} {path} is inside {inside}, a run folder whose outputs this command reads",
+                f"give {flag} a path outside the run folders",
             )
         seen[path.resolve()] = f"also where {flag} writes"
 
@@ -355,6 +361,10 @@ def regress(
 
     # Unusable input exits 4, as an invalid golden file does: 2 says the runs failed, and CI must tell them apart.
     try:
+        if str(sweep) == "-" and str(golden) == "-":  # the second read got the first one's bytes
+            raise UsageError(
+                "the sweep and the golden file are both standard input (-)", "give one of them as a file path"
+            )
         _refuse_clobbering(
             {"--junit": junit, "--summary": summary}, {"the sweep file": sweep, "the golden file": golden}
         )
