@@ -426,7 +426,9 @@ def test_a_mapping_that_replaces_a_block_of_the_base_spec_is_said(tmp_path):
     from orchestrator.core.expansion import expand
 
     base = tmp_path / "base.yaml"
-    base.write_text("student: {model: tiny-2l}\noptimizer: {learning_rate: 3.0e-4, warmup_fraction: 0.05}\n")
+    base.write_text(
+        "mode: pretrain\nstudent: {model: tiny-2l}\noptimizer: {learning_rate: 3.0e-4, warmup_fraction: 0.05}\n"
+    )
 
     def warnings(**fields):
         path = tmp_path / "s.yaml"
@@ -434,7 +436,7 @@ def test_a_mapping_that_replaces_a_block_of_the_base_spec_is_said(tmp_path):
         return [p for p in expand(load_sweep(path)).problems if p.code == "override_replaces_block"]
 
     (said,) = warnings(overrides={"optimizer": {"learning_rate": 1e-3}})
-    assert said.severity == "warning" and said.line == 4 and "dropping warmup_fraction: 0.05" in said.message
+    assert said.severity == "warning" and said.line == 4 and "dropping warmup_fraction: 0.05" in said.message, said
     assert "optimizer.learning_rate: ..." in said.hint
     assert warnings(overrides={"optimizer.learning_rate": 1e-3}) == []
     assert warnings(overrides={"optimizer": {"learning_rate": 1e-3, "warmup_fraction": 0.05}}) == []
@@ -442,5 +444,8 @@ def test_a_mapping_that_replaces_a_block_of_the_base_spec_is_said(tmp_path):
     assert warnings(overrides={"optimizer": {"learning_rate": 1e-3}, "optimizer.warmup_fraction": 0.2}) == []
     (said,) = warnings(overrides={"optimizer.warmup_fraction": 0.2, "optimizer": {"learning_rate": 1e-3}})
     assert "dropping warmup_fraction: 0.2" in said.message
+    teacher = {"spec": str(base), "overrides": {"optimizer": {"learning_rate": 1e-3}}}  # a prerequisite's too
+    (said,) = warnings(prerequisites={"teacher": teacher}, overrides={"optimizer.learning_rate": 1e-3})
+    assert said.dotted_loc == "prerequisites.teacher.overrides.optimizer"
     (said,) = warnings(axes={"optimizer": [{"learning_rate": 1e-3}, {"learning_rate": 1e-4}]})  # once per axis
     assert said.dotted_loc.startswith("axes.optimizer")

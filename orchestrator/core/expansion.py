@@ -222,7 +222,7 @@ def expand(source: SweepSource, *, max_points: int | None = DEFAULT_MAX_POINTS) 
             )
         if point is not None:
             points.append(point)
-    problems += [source.locate(p) for p in _replaced_blocks(sweep, source.base)]
+    problems += [source.locate(p) for p in _replaced_blocks(sweep, source.base, source.prerequisites)]
     problems += [_named(key, labels, len(drafts)) for key, labels in grouped.items()]
     problems += _duplicates(source, prerequisites + tuple(points), drafts)
     problems += _same_training(source, tuple(points), drafts)
@@ -595,7 +595,7 @@ def _reuse(data: dict[str, Any], common_data: dict[str, Any], model: Any) -> dic
     return out
 
 
-def _replaced_blocks(sweep: Sweep, base: SpecSource) -> list[Problem]:
+def _replaced_blocks(sweep: Sweep, base: SpecSource, prerequisites: Mapping[str, SpecSource] = {}) -> list[Problem]:
     """A warning for each mapping the sweep sets where the base spec (with the overrides) has a mapping with keys
     it leaves out: the value replaces the block, so `optimizer: {learning_rate: 1e-3}` dropped the base's
     warmup_fraction while `optimizer.learning_rate: 1e-3` keeps it, and the two read alike."""
@@ -640,13 +640,19 @@ def _replaced_blocks(sweep: Sweep, base: SpecSource) -> list[Problem]:
                 )
             )
 
-    written = list(sweep.overrides.items())
-    for i, (text, value) in enumerate(written):  # in order, as they are applied
-        check(("overrides", text), text, value, data, tuple(t for t, _ in written[i + 1 :]))
-        try:
-            spec_paths.set_value(data, spec_paths.resolve(text), copy_plain(value))
-        except spec_paths.UnknownPath:
-            continue
+    def in_order(at: Loc, overrides: Mapping[str, Any], within: dict[str, Any]) -> None:
+        written = list(overrides.items())
+        for i, (text, value) in enumerate(written):  # in order, as they are applied
+            check((*at, text), text, value, within, tuple(t for t, _ in written[i + 1 :]))
+            try:
+                spec_paths.set_value(within, spec_paths.resolve(text), copy_plain(value))
+            except spec_paths.UnknownPath:
+                continue
+
+    for name, prerequisite in sweep.prerequisites.items():
+        if (spec := prerequisites.get(name)) is not None:
+            in_order(("prerequisites", name, "overrides"), prerequisite.overrides, spec.copy_data())
+    in_order(("overrides",), sweep.overrides, data)
     for loc, text, values in axis_entries(sweep):
         said = len(found)
         for i, value in enumerate(values):
