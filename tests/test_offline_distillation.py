@@ -354,10 +354,25 @@ def test_a_complete_cache_run_again_is_kept_as_it_is(runs):
     spec = spec_of(_base(runs["out"], **{**runs["distill"], "mode": "teacher_logits"}, name="cache", top_k=VOCAB))
     assert run(spec, reporter=recorder) == TrainerExit.OK
     assert {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in files if f.is_file()} == before
-    assert any("is complete for this spec: kept as it is" in n for n in recorder.notes), recorder.notes
+    assert any("is complete for this spec and teacher step: kept as it is" in n for n in recorder.notes), recorder.notes
     again = json.loads((runs["out"] / "cache" / "summary.json").read_text())
     assert again["status"] == "succeeded" and again["tokens"] == summary["tokens"]
     assert again["started_at"] == summary["started_at"] and again["tokens_per_sec"] == summary["tokens_per_sec"]
+    # The teacher trained on behind the same `checkpoints` path (its latest step is another): written again.
+    import shutil
+
+    teacher = runs["out"] / "teacher" / "checkpoints"
+    latest = max(teacher.iterdir(), key=lambda p: int(p.name))
+    later = latest.with_name(str(int(latest.name) + 1))
+    shutil.copytree(latest, later)
+    try:
+        recorder = Recorder()
+        assert run(spec, reporter=recorder) == TrainerExit.OK
+        assert any("wrote the teacher's top-" in n for n in recorder.notes), recorder.notes
+        manifest = json.loads((runs["cache"] / "manifest.json").read_text())
+        assert manifest["teacher_step"] == str(later)
+    finally:
+        shutil.rmtree(later)
 
 
 def test_a_cache_reads_the_same_rows_on_another_number_of_processes(tmp_path):

@@ -503,3 +503,17 @@ def _is_scanned(keys) -> bool:
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return text[0][:300] if text else type(e).__name__
+
+
+def teacher_step_folder(spec) -> str | None:
+    """The step folder a run's own (distillctl) teacher checkpoint resolves to, recorded with each checkpoint and
+    in a logit cache's manifest: a `checkpoints` path follows its run's latest step. None without one, or for a
+    Hugging Face folder (fixed)."""
+    teacher = spec.teacher if spec.mode != "pretrain" else None
+    path = teacher.load_parameters_path if teacher is not None else None
+    if not path or spec.offline_data_dir:
+        return None
+    try:
+        return str(resolve_params_dir(path).parent)
+    except TrainerError:
+        return None  # a Hugging Face folder, or one the teacher's own load names the problem with

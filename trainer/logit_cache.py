@@ -65,9 +65,13 @@ def tokenizer_identity(tokenizer: str) -> dict[str, Any]:
     return {"name": tokenizer, "sha256": digest}
 
 
-def manifest_for(spec: DistillSpec, *, rows: int, processes: int, micro_batches: int) -> dict[str, Any]:
-    """What a cache written by `spec` (mode teacher_logits; tokenizer resolved) holds and is valid for."""
+def manifest_for(
+    spec: DistillSpec, *, rows: int, processes: int, micro_batches: int, teacher_step: str | None = None
+) -> dict[str, Any]:
+    """What a cache written by `spec` (mode teacher_logits; tokenizer resolved) holds and is valid for;
+    `teacher_step`: the step folder a run's own teacher checkpoint resolved to (its latest when written)."""
     return {
+        **({"teacher_step": teacher_step} if teacher_step is not None else {}),
         "format": FORMAT,
         "values": "log_softmax at temperature 1 (top-k), log of the remaining mass (tail)",
         "top_k": spec.top_k,
@@ -117,13 +121,15 @@ def write(spec: DistillSpec, directory: str, *, on_step: Callable[[int], bool] |
 
     from trainer import data as data_lib
     from trainer import setup
+    from trainer.checkpointing import teacher_step_folder
     from trainer.corpus import Shard
     from trainer.models import forward
     from trainer.sharding import make_mesh
 
     mesh = make_mesh(spec.mesh)
     rows = setup.global_rows(spec, mesh)
-    complete = complete_cache(spec, directory, rows=rows, processes=jax.process_count())
+    teacher_step = teacher_step_folder(spec)  # (`step` counts the loop below)
+    complete = complete_cache(spec, directory, rows=rows, processes=jax.process_count(), teacher_step=teacher_step)
     if jax.process_count() > 1:  # process 0's reading decides for all: a host's own disk may hold no manifest
         complete = bool(multihost_utils.broadcast_one_to_all(np.int32(complete is not None)))
         complete = read_manifest(directory)[1] if complete else None
@@ -171,7 +177,7 @@ def write(spec: DistillSpec, directory: str, *, on_step: Callable[[int], bool] |
                 return {}
     finally:
         batches.close()
-    manifest = manifest_for(spec, rows=rows, processes=shard.count, micro_batches=micro)
+    manifest = manifest_for(spec, rows=rows, processes=shard.count, micro_batches=micro, teacher_step=teacher_step)
     if shard.count > 1:
         multihost_utils.sync_global_devices("logit cache written")
     if shard.index == 0:
@@ -183,7 +189,9 @@ def write(spec: DistillSpec, directory: str, *, on_step: Callable[[int], bool] |
 KEPT = "kept"  # in `write`'s answer only: the cache was complete, and left as it was
 
 
-def complete_cache(spec: DistillSpec, directory: str, *, rows: int, processes: int) -> dict[str, Any] | None:
+def complete_cache(
+    spec: DistillSpec, directory: str, *, rows: int, processes: int, teacher_step: str | None = None
+) -> dict[str, Any] | None:
     """The manifest of the cache already in `directory` when it is the one `spec` would write (the same teacher,
     tokenizer, data, k, rows, process count and micro-batches): a finished teacher_logits run started again
     recomputed the whole cache (the costly pass offline distillation exists to make once), refusing students
@@ -192,10 +200,18 @@ def complete_cache(spec: DistillSpec, directory: str, *, rows: int, processes: i
         _, manifest = read_manifest(directory)
     except UserError:
         return None
-    wanted = manifest_for(spec, rows=rows, processes=processes, micro_batches=contract.micro_batches_needed(spec))
+    wanted = manifest_for(
+        spec,
+        rows=rows,
+        processes=processes,
+        micro_batches=contract.micro_batches_needed(spec),
+        teacher_step=teacher_step,
+    )
     if contract.mismatch(directory, manifest, spec, wanted["tokenizer"]) is not None:
         return None
-    same_shape = all(manifest.get(key) == wanted[key] for key in ("rows", "processes", "micro_batches", "vocab_size"))
+    # The teacher's step too: one that trained on behind the same `checkpoints` path needs the cache written again.
+    same = ("rows", "processes", "micro_batches", "vocab_size", "teacher_step")
+    same_shape = all(manifest.get(key) == wanted.get(key) for key in same)
     return manifest if same_shape else None
 
 

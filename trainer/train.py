@@ -642,21 +642,6 @@ def restore_or_init(
     )
 
 
-def _teacher_source(spec: DistillSpec) -> str | None:
-    """The step folder a run's own (distillctl) teacher checkpoint resolves to, recorded with each checkpoint: a
-    `checkpoints` path follows its run's latest step. None without one, or for a Hugging Face folder (fixed)."""
-    from trainer.checkpointing import resolve_params_dir
-
-    teacher = spec.teacher if spec.mode != "pretrain" else None
-    path = teacher.load_parameters_path if teacher is not None else None
-    if not path or spec.offline_data_dir:
-        return None
-    try:
-        return str(resolve_params_dir(path).parent)
-    except TrainerError:
-        return None  # a Hugging Face folder, or one the teacher's own load names the problem with
-
-
 def _changed_since_record(checkpoint_dir: str, spec: DistillSpec) -> str:
     """The settings (at most four) in which `spec` differs from the spec.json of the run whose checkpoints are at
     `checkpoint_dir`; '' when that cannot be read or nothing but steps and output_dir differs."""
@@ -917,7 +902,7 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
     import jax
 
     from trainer import data as data_lib
-    from trainer.checkpointing import RunCheckpoints
+    from trainer.checkpointing import RunCheckpoints, teacher_step_folder
     from trainer.metrics_io import RunFiles, check_writable, clear_process_failure, now_iso
     from trainer.setup import build, position_warnings
 
@@ -972,7 +957,7 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
             if start.resumed:
                 _note_changes(session, before, resolved, start.step)
             session.files.write_json("spec.json", resolved)
-        session.teacher_source = _teacher_source(spec)
+        session.teacher_source = teacher_step_folder(spec)
         if index == 0:
             for note in start.notes:
                 session.reporter.note(note)
@@ -1188,7 +1173,10 @@ def _write_logit_cache(spec: DistillSpec, session: _Session, stop, run_dir: str,
         if earlier is not None and earlier.get("status") == "succeeded":
             session.carry_record(earlier)
             session.ran_before = {k: earlier[k] for k in ("tokens_per_sec", "wall_time_sec") if k in earlier}
-        session.reporter.note(f"the logit cache in {directory} is complete for this spec: kept as it is")
+        session.reporter.note(
+            f"the logit cache in {directory} is complete for this spec and teacher step: kept as it is (remove its "
+            "manifest.json to write it again)"
+        )
     elif manifest:
         session.tokens = manifest["micro_batches"] * manifest["rows"] * manifest["max_target_length"]
         session.train_tokens, session.train_seconds = session.tokens, time.time() - started
