@@ -181,8 +181,10 @@ def test_xpk_runs_dropped_from_the_file_are_orphans_to_cancel(control_plane, tmp
 def test_xpks_jobsets_read_our_labels_from_their_names():
     from orchestrator.backends.xpk.backend import as_ours, selects
 
-    def jobset(name, labels):
-        return {"metadata": {"name": name, "labels": labels}}
+    def jobset(name, labels, command="DISTILLCTL_SPEC=... DISTILLCTL_RUN_ID=abcdefgh23 python -m trainer"):
+        pod = {"spec": {"containers": [{"name": "trainer", "command": ["bash", "-c", command]}]}}
+        job = {"name": "slice-job", "template": {"spec": {"template": pod}}}
+        return {"metadata": {"name": name, "labels": labels}, "spec": {"replicatedJobs": [job]}}
 
     ours = as_ours(jobset("alpha-end-abcdefgh23", {"xpk.google.com/workload": "alpha-end-abcdefgh23"}))
     labels = ours["metadata"]["labels"]
@@ -193,6 +195,8 @@ def test_xpks_jobsets_read_our_labels_from_their_names():
         jobset("someones-training", {"xpk.google.com/workload": "someones-training"}),  # not <sweep>-<run id>
         jobset("alpha-abcdefgh23", {"xpk.google.com/workload": "other"}),  # not XPK's for this name
         jobset("alpha-abcdefgh23", {}),
+        # a hand-made XPK workload whose name only looks like ours (another trainer): cancel --orphans deleted it
+        jobset("llama-distill-baselinev2", {"xpk.google.com/workload": "llama-distill-baselinev2"}, "python train.py"),
     ):
         assert "distillctl.dev/run-id" not in (as_ours(other)["metadata"]["labels"] or {})
 

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 
-from distillspec.contract import LABEL_RUN_ID, LABEL_SWEEP
+from distillspec.contract import ENV_RUN_ID, LABEL_RUN_ID, LABEL_SWEEP
 from distillspec.problems import has_errors
 from orchestrator.backends import DryRun, Submitted, note_partial_submit
 from orchestrator.backends.kubernetes.backend import KubernetesBackend
@@ -109,6 +109,10 @@ def as_ours(jobset: dict) -> dict:
     found = OUR_WORKLOAD.match(name)
     if LABEL_RUN_ID in labels or labels.get(XPK_WORKLOAD_LABEL) != name or found is None:
         return jobset
+    # Ours runs our trainer for that run id (`DISTILLCTL_RUN_ID=<id>` in its command): a hand-made XPK workload
+    # whose name only looks like `<sweep>-<run id>` is left alone (cancel --orphans would have deleted it).
+    if f"{ENV_RUN_ID}={found['run_id']}" not in _commands(jobset):
+        return jobset
     ours = {**labels, LABEL_SWEEP: found["sweep"], LABEL_RUN_ID: found["run_id"]}
     return {**jobset, "metadata": {**metadata, "labels": ours}}
 
@@ -121,3 +125,13 @@ def selects(selector: str, labels: Mapping[str, str]) -> bool:
         if key not in labels or (equals and labels[key] != value):
             return False
     return True
+
+
+def _commands(jobset: dict) -> str:
+    """The command lines of a JobSet's containers, as one text."""
+    texts = []
+    for replicated in (jobset.get("spec") or {}).get("replicatedJobs") or []:
+        pod = ((((replicated.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec")) or {}
+        for container in pod.get("containers") or []:
+            texts += [str(part) for part in (container.get("command") or []) + (container.get("args") or [])]
+    return "\n".join(texts)
