@@ -437,3 +437,18 @@ def test_positions_and_special_tokens_survive_a_maxtext_export_and_a_runs_own_ch
         reloaded = spec.model_copy(update={"student": student, "teacher": None})
         fields, _, notes = carried_config(reloaded, "llama")
         assert fields == wanted and notes == [], (path, fields, notes)
+
+
+def test_a_write_the_file_system_refuses_inside_safetensors_is_not_writable_not_a_bug(run, tmp_path):
+    # A file size limit (or a full disk) met inside safetensors' writer was "internal error" (exit 70).
+    import shlex
+
+    command = shlex.join(
+        [str(REPO / ".venv" / "bin" / "distillctl"), "export", str(run["run"]), "-o", str(tmp_path / "out")]
+    )
+    # SIGXFSZ ignored: the write fails (EFBIG) instead of killing the process; the limit is in KiB.
+    done = subprocess.run(
+        ["bash", "-c", f"trap '' XFSZ; ulimit -f 64; exec {command}"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == ExitCode.USAGE and "OutputNotWritable" in done.stderr, done.stderr[-2000:]
+    assert "internal error" not in done.stderr and not (tmp_path / "out").exists()

@@ -20,6 +20,7 @@ import tempfile
 from typing import Any
 
 import fsspec
+from safetensors import SafetensorError
 
 from distillspec.config import DistillSpec
 from distillspec.hf_config import language_config
@@ -209,7 +210,7 @@ def write_hf(
     try:
         try:
             hf.save(params, shape, staging, scanned=spec.student.scan_layers, dtype=dtype, extra=carried)
-        except OSError as e:
+        except (OSError, SafetensorError) as e:  # safetensors' own for a write the file system refuses (full)
             raise OutputNotWritable(out_dir, e) from None
         for name, source_file in files.items():
             _copy_input(source_file, os.path.join(staging, name), out_dir)
