@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 from typing import Any
 
@@ -127,25 +128,29 @@ def same(name: str, cache: Any, spec: Any) -> bool:
             return cache.get("sha256") is None and cache.get("name") == spec["name"]
         return cache.get("sha256") == spec["sha256"]
     if isinstance(cache, dict) and isinstance(spec, dict):
-        return _paths_normalised(cache) == _paths_normalised(spec)
+        # As written, or (a relative path beside its absolute form, read from the same directory) as placed here.
+        return any(_paths_normalised(cache, placed) == _paths_normalised(spec, placed) for placed in (False, True))
     return cache == spec
 
 
-def _paths_normalised(value: Any) -> Any:
-    """`value` with every `...path` string normalised and the teacher's `sha256` (of the paths as written) left out."""
+def _paths_normalised(value: Any, placed: bool = False) -> Any:
+    """`value` with every `...path` string normalised (`placed`: local ones made absolute from the current
+    directory) and the teacher's `sha256` (of the paths as written) left out."""
     if not isinstance(value, dict):
         return value
     return {
-        key: _normal_path(item) if key.endswith("path") and isinstance(item, str) else _paths_normalised(item)
+        key: _normal_path(item, placed)
+        if key.endswith("path") and isinstance(item, str)
+        else _paths_normalised(item, placed)
         for key, item in value.items()
         if key != "sha256"
     }
 
 
-def _normal_path(path: str) -> str:
+def _normal_path(path: str, placed: bool = False) -> str:
     if not path or "://" in path:  # an object store's keys are names: `a//b` is not `a/b`, only a trailing / goes
         return path.rstrip("/")
-    return posixpath.normpath(path)
+    return posixpath.normpath(os.path.abspath(path) if placed else path)
 
 
 def _lines(where: str, cache: Any, spec: Any) -> list[str]:

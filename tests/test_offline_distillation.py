@@ -146,7 +146,14 @@ def test_a_cache_knows_the_same_place_written_two_ways():
         )
 
     written = logit_cache_manifest.expected(spec("runs/t/checkpoints/", "corpus/"))
-    for teacher, data in (("./runs/t/checkpoints", "corpus"), ("runs//t/checkpoints", "./corpus/")):
+    import os
+
+    absolute = os.path.abspath("runs/t/checkpoints")  # the same place written absolute (it was "another teacher")
+    for teacher, data in (
+        ("./runs/t/checkpoints", "corpus"),
+        ("runs//t/checkpoints", "./corpus/"),
+        (absolute, "corpus"),
+    ):
         assert logit_cache_manifest.differences(written, logit_cache_manifest.expected(spec(teacher, data)))[0] == []
     other = logit_cache_manifest.expected(spec("runs/u/checkpoints", "corpus"))
     assert logit_cache_manifest.differences(written, other)[0] == ["teacher"]
