@@ -403,3 +403,21 @@ def test_a_cache_reads_the_same_rows_on_another_number_of_processes(tmp_path):
             for i in range(readers)
         ]
         np.testing.assert_array_equal(np.concatenate(got), every["inputs"])
+
+
+@pytest.mark.slow
+def test_a_student_is_told_when_its_teacher_trained_on_since_the_cache(runs, caplog):
+    # The cache is whole and consistent, but of the teacher as it was: a student distilled from it in silence.
+    import shutil
+
+    teacher = runs["out"] / "teacher" / "checkpoints"
+    latest = max(teacher.iterdir(), key=lambda p: int(p.name))
+    later = latest.with_name(str(int(latest.name) + 5))
+    shutil.copytree(latest, later)
+    try:
+        with caplog.at_level("WARNING", logger="trainer.logit_cache"):
+            assert run(_offline_spec(runs, name="told")) == TrainerExit.OK
+    finally:
+        shutil.rmtree(later)
+    (said,) = [r.getMessage() for r in caplog.records if "now resolves to" in r.getMessage()]
+    assert str(later) in said and "distils from the teacher as it was" in said

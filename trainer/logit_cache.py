@@ -392,10 +392,32 @@ class CacheBatches:
         pass
 
 
+def _warn_teacher_moved_on(spec: DistillSpec, path: str, manifest: dict[str, Any], shard) -> None:
+    """Process 0 warns when the teacher's own `checkpoints` path now resolves to a later step than the cache was
+    written from: the cache is whole and consistent, but of the teacher as it was (the student distils from that)."""
+    import logging
+
+    from trainer.checkpointing import teacher_step_folder
+
+    written = manifest.get("teacher_step")
+    if shard.index != 0 or not isinstance(written, str) or spec.teacher is None:
+        return
+    now = teacher_step_folder(spec.model_copy(update={"offline_data_dir": None}))
+    if now is not None and now != written:
+        logging.getLogger(__name__).warning(
+            "the logit cache %s was written from the teacher at %s; teacher.load_parameters_path now resolves to %s "
+            "(it trained on): this run distils from the teacher as it was (write the cache again for the later one)",
+            path,
+            written,
+            now,
+        )
+
+
 def open_batches(spec: DistillSpec, rows: int, shard, position: int = 0) -> CacheBatches:
     """The training batches of an offline run, after checking its cache fits the spec (UserError otherwise)."""
     path, manifest = read_manifest(spec.offline_data_dir)
     check(spec, path, manifest, rows=rows, processes=shard.count)
+    _warn_teacher_moved_on(spec, path, manifest, shard)
     shape = (rows // shard.count, spec.batch.max_target_length, spec.top_k)
     batches = CacheBatches(
         spec.offline_data_dir,
