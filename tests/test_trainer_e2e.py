@@ -557,6 +557,10 @@ def test_a_runs_record_is_never_replaced_by_settings_no_step_was_trained_under(o
     before = {name: (folder / name).read_text() for name in ("spec.json", "summary.json", "metrics.jsonl")}
     assert run(spec_of(merged(plain, optimizer={"learning_rate": 1e-4}))) == TrainerExit.USER_ERROR
     assert {name: (folder / name).read_text() for name in before} == before
+    # ... nor by other steps (fewer or more): with nothing to resume from they are another run, and replaced it
+    for steps in (6, 14):
+        assert run(spec_of(merged(plain, steps=steps))) == TrainerExit.USER_ERROR
+        assert {name: (folder / name).read_text() for name in before} == before
     assert run(spec_of(plain)) == TrainerExit.OK  # the same spec again: trained again from step 0
     # An attempt killed before any checkpoint (its summary says running at step 4): replaced, and said.
     summary = json.loads((folder / "summary.json").read_text())

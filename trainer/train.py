@@ -1078,6 +1078,9 @@ def _check_record(
         return
     if not isinstance(previous, dict):
         return
+    # Nothing to resume from: another `steps` is another run too (it replaced a succeeded run's results, said as a
+    # note, while every other change was refused; with a checkpoint, steps only says how far to train).
+    changes = [c for c in changed_settings(before, resolved) if not c.startswith(("output_dir:", "name:"))]
     if changes and previous.get("status") == "succeeded":  # a failed start is fixed and run again: not refused
         raise RunRefused(
             f"{folder} holds the results of another run (it {previous.get('status')} at step {previous.get('step')}; "
