@@ -162,6 +162,8 @@ def _type_hint(value: Any, err: dict) -> str:
             return "remove the quotes around the number"
         except ValueError:
             pass
+        if value.strip().endswith("%") and "integer" in err["msg"]:  # `steps: 10%`: a count, not a fraction
+            return "write a whole number (a count, not a percentage)"
         written = _suffixed_number(value)
         if written is not None:
             return written

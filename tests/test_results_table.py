@@ -144,7 +144,7 @@ def test_partial_outputs_of_running_and_missing_points(tmp_path):
     assert "; 3: summary.json is not a JSON object" in text
     # A log without a summary.json: the trainer writes that before its first record, so it was deleted or cut short.
     assert "⚠ damaged outputs (never ranked): 0: metrics.jsonl holds records but there is no summary.json" in text
-    assert "(none finished yet)" in results_format.legend(t)
+    assert "(no point succeeded)" in results_format.legend(t)  # one failed, one diverged: not "none finished yet"
 
 
 def test_text_table_names_the_aggregation_and_marks_the_best(finished, tmp_path):

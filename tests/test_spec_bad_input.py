@@ -239,3 +239,13 @@ def test_type_and_range_errors_say_what_to_write():
     assert next(p.hint for p in problems if p.dotted_loc == "steps") == "write a whole number, e.g. 2"
     _, problems = validate_data({"student": {"model": "tiny-2l"}, "steps": 0})
     assert next(p.hint for p in problems if p.dotted_loc == "steps") == "use a value greater than 0"
+
+
+def test_a_percentage_for_a_count_is_not_told_to_become_a_fraction():
+    # `steps: 10%` was told "write 0.1 (a fraction, not a percentage)" for an integer field.
+    from distillspec.specfile import validate_data
+
+    _, problems = validate_data({"student": {"model": "tiny-2l"}, "steps": "10%"})
+    assert (
+        next(p.hint for p in problems if p.dotted_loc == "steps") == "write a whole number (a count, not a percentage)"
+    )

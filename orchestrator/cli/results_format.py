@@ -116,7 +116,10 @@ def legend(results: Results) -> str:
     else:
         parts = [f"metrics: {train}; perplexity = exp(mean hard loss)"]
     finished = [r for r in results.rows if r.role != "prerequisite" and r.status.phase == Phase.SUCCEEDED]
-    why_none = " (no finished point logged it)" if finished else " (none finished yet)"
+    ended = [r for r in results.rows if r.role != "prerequisite" and r.status.phase in (Phase.FAILED, Phase.DIVERGED)]
+    why_none = (
+        " (no finished point logged it)" if finished else (" (no point succeeded)" if ended else " (none finished yet)")
+    )
     parts.append(f"{BEST} lowest kl_div_T1 among finished points" + ("" if results.best else why_none))
     if len(results.best_rows) > 1:
         parts[-1] += " (with seeds: the configuration with the lowest mean over its seeds, each seed marked)"

@@ -160,7 +160,12 @@ def models(output: OutputOption = OutputFormat.text) -> None:
     if output is OutputFormat.json:
         console.print_json(rows)
         return
-    table = Table()
+    # Gemma 2 is counted in MaxText's blocks of two layers (one sliding-window, one global): what num_layers,
+    # layer_indices and drop_layers count; its config.json's num_hidden_layers is twice that.
+    table = Table(
+        caption="layers: what num_layers, layer_indices and drop_layers count (Gemma 2: blocks of two layers)",
+        caption_justify="left",
+    )
     columns = (
         "name",
         "params",
