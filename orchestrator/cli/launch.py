@@ -327,8 +327,10 @@ def _client_dry_run(expansion, output: OutputFormat) -> None:
         console.out.print(f"would create (client) {run.jobset_name}  {run.label}", markup=False)
     console.out.print(
         Text(
-            f"{len(expansion.runs)} rendered (dry run: the cluster was not asked what exists; "
-            "--dry-run=server asks it)",
+            f"{len(expansion.runs)} rendered (dry run: "
+            + ("the run folders were" if not target.on_cluster else "the cluster was")
+            + " not asked what exists; --dry-run=server asks "
+            + ("them)" if not target.on_cluster else "it)"),
             style="bold",
         )
     )
