@@ -106,8 +106,8 @@ def validate_document(document: YamlDocument, *, file: str | None = None) -> Spe
             (),
             "sweep_not_spec",
             "this is a sweep file, not a spec",
-            "`distillctl plan`, `render` and `sweep` take a sweep file; `validate` and `train` take the spec it "
-            "names under `spec:`",
+            "`distillctl plan`, `render` and `sweep` take a sweep file; `validate`, `explain`, `convert` and `train` "
+            "take the spec it names under `spec:`",
             file=file,
             line=1,
             column=1,

@@ -17,9 +17,13 @@ def load_valid_spec(path: Path) -> SpecReport:
         if usage:
             problem = report.problems[0]
             raise UsageError(problem.message, problem.hint)
+        errors = [p for p in report.problems if p.is_error]
+        sweep_file = any(p.code == "sweep_not_spec" for p in errors)  # validate would only say the same
         raise InvalidSpecError(
-            f"{path} is not a valid spec",
-            [p for p in report.problems if p.is_error],
-            f"fix the errors above (`distillctl validate {path}` lists its warnings too)",
+            f"{path} is not a valid spec" + (" (it is a sweep file)" if sweep_file else ""),
+            errors,
+            "give the spec it names under `spec:`, or a sweep command (plan, sweep)"
+            if sweep_file
+            else f"fix the errors above (`distillctl validate {path}` lists its warnings too)",
         )
     return report
