@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import re
 from difflib import get_close_matches
 from pathlib import Path
@@ -529,7 +530,13 @@ def _spec_source(
             spec_document = parse_yaml(read_text_file(spec_file))
         except YamlSourceError as e:
             if e.position is None:  # not there, unreadable: said at the sweep's line that names it
-                problem = Problem(loc, e.code, f"spec {spec!r}: {e.message}", e.hint)
+                # Relative to the sweep file's folder, or (a sweep on standard input) to the current directory.
+                piped = file is None or file == "-" or file.startswith(("/dev/", "/proc/self/fd/"))
+                where = f" (read from {os.path.abspath(base_dir)}" + (
+                    ": a sweep on standard input names its specs from the current directory)" if piped else ")"
+                )
+                hint = e.hint + (where if e.code == "file_not_found" and not Path(spec).is_absolute() else "")
+                problem = Problem(loc, e.code, f"spec {spec!r}: {e.message}", hint)
                 return None, [_at(problem, loc, document, file)]
             # At its own line in the spec file ("fix the YAML at this position" pointed into the sweep file).
             named = _at(Problem(loc, e.code, "", ""), loc, document, file)

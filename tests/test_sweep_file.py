@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from sweep_support import error_codes, load, sweep_data, write
 
@@ -330,3 +332,14 @@ def test_a_misspelt_key_of_a_prerequisite_gets_a_suggestion(tmp_path):
     source = load(tmp_path, sweep_data(prerequisites={"teacher": teacher}))
     (problem,) = [p for p in source.problems if p.code == "unknown_key"]
     assert problem.hint == "did you mean 'spec'?"
+
+
+def test_a_spec_missing_beside_a_sweep_on_standard_input_names_the_folder_it_was_looked_for_in(tmp_path, monkeypatch):
+    # `cat sweeps/qs.yaml | distillctl plan -` from elsewhere: "no such file: tiny.yaml", without where it looked.
+    from distillspec.sweep import load_sweep
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"name: s\nspec: tiny.yaml\n")))
+    source = load_sweep("-")
+    (problem,) = [p for p in source.problems if p.code == "file_not_found"]
+    assert f"read from {tmp_path}: a sweep on standard input names its specs from the current directory" in problem.hint
