@@ -286,3 +286,11 @@ def test_models_prints_every_name_whole_into_a_pipe():
 def test_standard_input_named_twice_is_a_usage_error():
     result = runner.invoke(app, ["validate", "-", "-"], input="student: {model: tiny-2l}\nmode: pretrain\n")
     assert result.exit_code == ExitCode.USAGE and "standard input (-) is named twice" in result.stderr
+
+
+def test_help_texts_are_not_broken_mid_sentence():
+    # Typer kept the docstrings' source line breaks, and the terminal's wrap then broke lines mid-sentence
+    # ("... an interrupted run or two at / once still end ...").
+    wide = runner.invoke(app, ["sweep", "--help"], terminal_width=200)
+    assert "an interrupted run or two at once still end with one run per point" in " ".join(wide.stdout.split())
+    assert "or two at\n" not in wide.stdout

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import typer
 from typer.core import TyperGroup
 
@@ -10,8 +12,24 @@ from orchestrator.cli import boundary
 from orchestrator.exit_codes import epilog
 
 
+def _joined(help_text: str) -> str:
+    """A docstring's paragraphs with their source line breaks joined (Typer keeps them, and the terminal's own wrap
+    then broke lines mid-sentence: "or two at / once"); paragraphs of list items or indented lines stay as written."""
+    paragraphs = inspect.cleandoc(help_text).split("\n\n")
+    return "\n\n".join(
+        p if any(line.startswith((" ", "-", "*", "\b")) for line in p.splitlines()) else " ".join(p.split("\n"))
+        for p in paragraphs
+    )
+
+
 class _Commands(TyperGroup):
     """Maps DistillctlError (and stray exceptions) to a message and an exit code, in one place (`boundary`)."""
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is not None and command.help and not getattr(command, "_help_joined", False):
+            command.help, command._help_joined = _joined(command.help), True
+        return command
 
     def invoke(self, ctx):
         try:
