@@ -417,6 +417,7 @@ def test_a_run_named_by_file_url_exports_and_an_unreachable_store_is_said_at_onc
     refused = _export(str(run["run"]), "-o", "gs://nowhere/out")
     assert refused.exit_code == ExitCode.USAGE and time.monotonic() - started < 15, refused.output
     assert "cannot be reached" in refused.stderr and "Traceback" not in refused.output
+    assert "cannot write gs://nowhere/out" in refused.stderr and "outputs are not read as absent" not in refused.stderr
 
 
 def test_positions_and_special_tokens_survive_a_maxtext_export_and_a_runs_own_checkpoints(run, tmp_path):

@@ -41,7 +41,7 @@ def export(
     not empty or cannot be written) exits 2 with nothing written."""
     from orchestrator.cli import console
     from orchestrator.errors import UsageError
-    from orchestrator.outputs import BucketMissing, check_store
+    from orchestrator.outputs import BucketMissing, OutputStoreError, check_store
 
     # file:// names a local folder (the run's checkpoints are read through a library that takes no file:// URL).
     run_dir, out = (path[len("file://") :] if path.startswith("file://") else path for path in (run_dir, out))
@@ -50,6 +50,10 @@ def export(
             check_store(path)
         except BucketMissing:
             pass  # the export's own checks say what is missing
+        except OutputStoreError as e:  # its words are the results' ("the runs' outputs are not read as absent")
+            e.message = e.message.replace("cannot read", "cannot write", 1) if path == out else e.message
+            e.hint = e.hint.split(";")[0]
+            raise
     from trainer.exit_codes import TrainerError
     from trainer.export import export_run
 
