@@ -80,6 +80,9 @@ def test_offline_points_are_held_to_the_median_and_baseline_of_their_own_kind():
     mixed = evaluate(rules, {KL: curves}, points=list(curves))
     assert {"on-a", "on-b"} <= set(mixed)  # judged against the offline runs
     assert evaluate(rules, {KL: curves}, points=list(curves), kinds=kinds) == {}
+    for metric in ("distill/soft_loss", "distill/total_loss"):  # the same KL term: × T², or mixed in
+        on = EarlyStopping(median=MedianStopping(metric=metric, at_step=40, min_points=1))
+        assert evaluate(on, {metric: curves}, points=list(curves), kinds=kinds) == {}
     versus = EarlyStopping(worse_than_baseline=WorseThanBaseline(at_step=30, by=0.1))
     curves = {"on": GOOD, "base-off": low}
     kinds = {"on": "vocabulary", "base-off": "top-16+tail"}

@@ -377,7 +377,7 @@ def test_a_complete_cache_run_again_is_kept_as_it_is(runs):
         assert run(spec, reporter=recorder) == TrainerExit.OK
         assert any("wrote the teacher's top-" in n for n in recorder.notes), recorder.notes
         manifest = json.loads((runs["cache"] / "manifest.json").read_text())
-        assert manifest["teacher_step"] == str(later)
+        assert manifest["teacher_step"] == later.name  # the step: the same one read through another folder is the same
     finally:
         shutil.rmtree(later)
 
@@ -420,4 +420,4 @@ def test_a_student_is_told_when_its_teacher_trained_on_since_the_cache(runs, cap
     finally:
         shutil.rmtree(later)
     (said,) = [r.getMessage() for r in caplog.records if "now resolves to" in r.getMessage()]
-    assert str(later) in said and "distils from the teacher as it was" in said
+    assert f"resolves to step {later.name}" in said and "distils from the teacher as it was" in said

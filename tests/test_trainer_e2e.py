@@ -696,3 +696,15 @@ def test_a_finished_run_started_again_keeps_how_its_steps_ran(out, teacher):
     after = json.loads((out / "again" / "summary.json").read_text())
     for key in ("status", "step", "tokens_per_sec", "compile_time_sec", "wall_time_sec", "resumed_from_step"):
         assert after[key] == before[key], key
+
+
+def test_an_export_of_a_student_of_a_runs_own_teacher_says_the_students_own_length(out, teacher):
+    # Followed to the teacher run's spec, the teacher's fallback (its own training length, 32) was written as the
+    # student's max_position_embeddings, and said as "the length it trained on".
+    from trainer.export import carried_config
+
+    spec = spec_of(merged(distill_spec(out, teacher), batch={"per_device_batch_size": 8, "max_target_length": 64}))
+    fields, source, notes = carried_config(spec, spec.student_block().shape().family)
+    assert (
+        fields == {"max_position_embeddings": 64} and source is None and "to 64, the length it trained on" in notes[0]
+    )

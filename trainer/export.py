@@ -344,7 +344,9 @@ def _carried_through(path: str, family: str, depth: int) -> tuple[dict[str, Any]
     except UserError:
         return None
     fields, source, notes = carried_config(earlier, family, depth + 1)
-    return (fields, source, notes) if source is not None or fields else None
+    # What a Hugging Face folder or a MaxText export behind that run gave; not its own fallback (its training
+    # length, said as "the length it trained on" of the run exported now).
+    return (fields, source, notes) if source is not None or (fields and not notes) else None
 
 
 def carried_config(spec: DistillSpec, family: str, depth: int = 0) -> tuple[dict[str, Any], str | None, list[str]]:

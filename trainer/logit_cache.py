@@ -128,7 +128,7 @@ def write(spec: DistillSpec, directory: str, *, on_step: Callable[[int], bool] |
 
     mesh = make_mesh(spec.mesh)
     rows = setup.global_rows(spec, mesh)
-    teacher_step = teacher_step_folder(spec)  # (`step` counts the loop below)
+    teacher_step = _step_of(teacher_step_folder(spec))  # (`step` counts the loop below)
     complete = complete_cache(spec, directory, rows=rows, processes=jax.process_count(), teacher_step=teacher_step)
     if jax.process_count() > 1:  # process 0's reading decides for all: a host's own disk may hold no manifest
         complete = bool(multihost_utils.broadcast_one_to_all(np.int32(complete is not None)))
@@ -392,6 +392,12 @@ class CacheBatches:
         pass
 
 
+def _step_of(folder: str | None) -> str | None:
+    """A teacher checkpoint's step (its step folder's name): the same step read through another folder (a copied
+    outputs tree, another mount) is the same teacher; the block's path says which run it is."""
+    return folder.rstrip("/").rsplit("/", 1)[-1] if folder else None
+
+
 def _warn_teacher_moved_on(spec: DistillSpec, path: str, manifest: dict[str, Any], shard) -> None:
     """Process 0 warns when the teacher's own `checkpoints` path now resolves to a later step than the cache was
     written from: the cache is whole and consistent, but of the teacher as it was (the student distils from that)."""
@@ -402,11 +408,12 @@ def _warn_teacher_moved_on(spec: DistillSpec, path: str, manifest: dict[str, Any
     written = manifest.get("teacher_step")
     if shard.index != 0 or not isinstance(written, str) or spec.teacher is None:
         return
-    now = teacher_step_folder(spec.model_copy(update={"offline_data_dir": None}))
+    now = _step_of(teacher_step_folder(spec.model_copy(update={"offline_data_dir": None})))
     if now is not None and now != written:
         logging.getLogger(__name__).warning(
-            "the logit cache %s was written from the teacher at %s; teacher.load_parameters_path now resolves to %s "
-            "(it trained on): this run distils from the teacher as it was (write the cache again for the later one)",
+            "the logit cache %s was written from the teacher at step %s; teacher.load_parameters_path now resolves to "
+            "step %s (it trained on): this run distils from the teacher as it was (write the cache again for the "
+            "later one)",
             path,
             written,
             now,

@@ -67,6 +67,11 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
+# Metrics that carry the KL term an offline point computes over the teacher's top-k and a tail bucket: soft_loss is
+# that KL × T², total_loss mixes it in.
+KL_TERMS = ("kl_div", "soft_loss", "total_loss")
+
+
 def evaluate(
     rules: EarlyStopping,
     curves: Mapping[str, Mapping[str, Curve]],
@@ -81,7 +86,10 @@ def evaluate(
     judges a KL (an offline point's top-k KL is always the lower: every online point read "worse than the
     median")."""
     kinds = kinds or {}
-    on_kl = any(rule is not None and "kl_div" in rule.metric for rule in (rules.median, rules.worse_than_baseline))
+    on_kl = any(
+        rule is not None and any(term in rule.metric for term in KL_TERMS)
+        for rule in (rules.median, rules.worse_than_baseline)
+    )
     stops = {}
     for run in points:
         peers, bases = points, baselines
