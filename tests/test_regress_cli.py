@@ -469,6 +469,12 @@ def test_no_output_replaces_a_file_the_command_reads_or_one_of_the_users(sweep, 
     assert {p: p.read_bytes() for p in (own, summary)} == kept and not (summary.parent / "golden.yaml").exists()
     beside = invoke("regress", path, "--golden", golden, "--summary", tmp_path / "runs" / "report.md")
     assert beside.exit_code == ExitCode.OK, beside.output  # beside the run folders: harms nothing
+    # A run folder that is a symlink (outputs gathered from elsewhere): a path into where it points is refused too.
+    real = tmp_path / "elsewhere"
+    shutil.move(summary.parent, real)
+    summary.parent.symlink_to(real)
+    linked = invoke("regress", path, "--golden", golden, "--summary", real / "summary.json")
+    assert linked.exit_code == ExitCode.INVALID_SPEC and "a run folder whose outputs" in linked.stderr, linked.output
     again = invoke("golden", "update", path, "-o", golden)  # a golden file is what -o updates
     assert again.exit_code == ExitCode.OK, again.output
     # ... even one with a YAML error (it was "not a golden file", the hint sending the user in a circle), or empty;

@@ -286,7 +286,7 @@ def _refuse_clobbering(
     base = output_base or (expansion.sweep.target.output_base if expansion is not None else None)
     # The sweep's run folders (a report beside them under the output base harms nothing).
     runs = (
-        [Path(base).resolve() / run.run_id for run in expansion.runs]
+        [(Path(base) / run.run_id).resolve() for run in expansion.runs]  # a symlinked run folder: where it points
         if base and "://" not in base and expansion is not None
         else []
     )

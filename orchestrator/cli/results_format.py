@@ -116,14 +116,18 @@ def legend(results: Results) -> str:
     else:
         parts = [f"metrics: {train}; perplexity = exp(mean hard loss)"]
     finished = [r for r in results.rows if r.role != "prerequisite" and r.status.phase == Phase.SUCCEEDED]
-    ended = [r for r in results.rows if r.role != "prerequisite" and r.status.phase in (Phase.FAILED, Phase.DIVERGED)]
+    ended = [
+        r
+        for r in results.rows
+        if r.role != "prerequisite" and r.status.phase in (Phase.FAILED, Phase.DIVERGED, Phase.STOPPED)
+    ]
     why_none = (
         " (no finished point logged it)" if finished else (" (no point succeeded)" if ended else " (none finished yet)")
     )
     parts.append(f"{BEST} lowest kl_div_T1 among finished points" + ("" if results.best else why_none))
     if len(results.best_rows) > 1:
         parts[-1] += " (with seeds: the configuration with the lowest mean over its seeds, each seed marked)"
-    offline = sorted({r.kl_over for r in results.rows if r.kl_over != FULL_VOCABULARY and r.role != "prerequisite"})
+    offline = sorted({r.kl_over for r in results.rows if r.kl_over not in (None, FULL_VOCABULARY)})
     if offline:
         parts.append(
             f"kl_div_T1 of offline points (column `kl over`: {', '.join(offline)}) is over the teacher's top-k tokens "
@@ -169,7 +173,7 @@ def _mixed(results: Results) -> bool:
 
 def _offline(results: Results) -> bool:
     """Some points are offline students: a `kl over` column says what each kl_div_T1 is over."""
-    return any(r.kl_over != FULL_VOCABULARY for r in results.rows if r.role != "prerequisite")
+    return any(r.kl_over not in (None, FULL_VOCABULARY) for r in results.rows)
 
 
 def _cells(results: Results, row: Row) -> list[str]:

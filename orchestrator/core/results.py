@@ -110,7 +110,7 @@ class Row:
     delta_kl_relative: float | None = None  # delta_kl / the baseline's kl_div_T1
     best: bool = False
     damage: tuple[str, ...] = ()  # how its files disagree with themselves (`RunOutputs.damage`): never ranked
-    kl_over: str | None = FULL_VOCABULARY  # what its kl_div_T1 is over (`kl_support`); None: a prerequisite
+    kl_over: str | None = FULL_VOCABULARY  # what its kl_div_T1 is over (`kl_support`); None: a run without one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,7 +302,7 @@ def build(
                 chip_hours=None if chips is None or wall is None else wall * chips / 3600.0,
                 output_path=out.path,
                 damage=out.damage,
-                kl_over=kl_support(run.spec) if run.role != "prerequisite" else None,
+                kl_over=kl_support(run.spec) if run.spec.mode == "distill" else None,  # a pretrain logs no KL
             )
         )
     rows = _compare(rows)
