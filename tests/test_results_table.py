@@ -182,6 +182,7 @@ def test_csv_is_machine_friendly(finished, tmp_path):
     assert float(rows[1]["kl_div_T1"]) > float(rows[4]["kl_div_T1"])  # full precision, parseable
     assert rows[0]["kl_div_T1"] == "" and rows[4]["best"] == "true" and rows[1]["best"] == "false"
     assert float(rows[1]["delta_kl_div_T1"]) < 0 and rows[1]["baseline_run_id"] == rows[5]["run_id"]
+    assert [r["index"] for r in rows[:2]] == ["", "0"]  # the prerequisite has no grid index (it read 0, as point 0)
 
 
 def test_json_has_raw_numbers_and_the_aggregation(finished, tmp_path):
@@ -196,6 +197,7 @@ def test_json_has_raw_numbers_and_the_aggregation(finished, tmp_path):
     assert isinstance(kl, float) and kl == table(finished).best.metrics[results.KL_T1]  # not rounded
     assert runs["3"]["status"] == {"phase": "Succeeded", "reason": "", "message": "", "shown": "Succeeded"}
     assert runs["teacher"]["metrics"]["distill/kl_div_T1"] is None
+    assert runs["teacher"]["index"] is None and runs["0"]["index"] == 0
     assert runs["0"]["axis_values"] == {"loss.alpha.end": 0.3, "loss.beta.start": 1.0, "loss.beta.end": 0.1}
 
 

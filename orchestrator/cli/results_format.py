@@ -271,7 +271,7 @@ def csv_text(results: Results) -> str:
     writer.writerow(columns)
     for row in results.rows:
         writer.writerow(
-            [row.index, row.name, row.run_id, row.role, row.label]
+            [_index(row), row.name, row.run_id, row.role, row.label]
             + [_csv(row.axis_values[a]) if a in row.axis_values else "" for a in axes]
             + [
                 row.seed,
@@ -315,6 +315,12 @@ def _metrics_from(row: Row) -> str | None:
     return row.source if any(v is not None for v in row.metrics.values()) else None
 
 
+def _index(row: Row) -> int | str | None:
+    """A point's place in the grid (`plan`'s number); none for a prerequisite, which its name says (it read 0, as
+    point 0 does)."""
+    return None if row.role == "prerequisite" else row.index
+
+
 def _json_number(value: float | None) -> float | str | None:
     """JSON has no inf/nan: those become strings so nothing is silently dropped."""
     if value is None or math.isfinite(value):
@@ -334,7 +340,7 @@ def to_json(results: Results) -> dict[str, Any]:
         "baselines": [b.run_id for b in results.baselines],
         "runs": [
             {
-                "index": row.index,
+                "index": _index(row),
                 "name": row.name,
                 "run_id": row.run_id,
                 "role": row.role,
