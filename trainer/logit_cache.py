@@ -129,7 +129,7 @@ def write(spec: DistillSpec, directory: str, *, on_step: Callable[[int], bool] |
     mesh = make_mesh(spec.mesh)
     rows = setup.global_rows(spec, mesh)
     teacher_step = _step_of(teacher_step_folder(spec))  # (`step` counts the loop below)
-    complete = complete_cache(spec, directory, rows=rows, processes=jax.process_count(), teacher_step=teacher_step)
+    complete = complete_cache(spec, directory, rows=rows, teacher_step=teacher_step)
     if jax.process_count() > 1:  # process 0's reading decides for all: a host's own disk may hold no manifest
         complete = bool(multihost_utils.broadcast_one_to_all(np.int32(complete is not None)))
         complete = read_manifest(directory)[1] if complete else None
@@ -189,30 +189,26 @@ def write(spec: DistillSpec, directory: str, *, on_step: Callable[[int], bool] |
 KEPT = "kept"  # in `write`'s answer only: the cache was complete, and left as it was
 
 
-def complete_cache(
-    spec: DistillSpec, directory: str, *, rows: int, processes: int, teacher_step: str | None = None
-) -> dict[str, Any] | None:
+def complete_cache(spec: DistillSpec, directory: str, *, rows: int, teacher_step: str | None = None) -> dict | None:
     """The manifest of the cache already in `directory` when it is the one `spec` would write (the same teacher,
-    tokenizer, data, k, rows, process count and micro-batches): a finished teacher_logits run started again
-    recomputed the whole cache (the costly pass offline distillation exists to make once), refusing students
-    meanwhile. None when there is none, or another."""
+    tokenizer, data, k, rows, micro-batches and teacher step; any process count reads it, `CacheBatches`): a
+    finished teacher_logits run started again recomputed the whole cache (the costly pass offline distillation
+    exists to make once), refusing students meanwhile. None when there is none, or another."""
     try:
         _, manifest = read_manifest(directory)
     except UserError:
         return None
-    wanted = manifest_for(
-        spec,
-        rows=rows,
-        processes=processes,
-        micro_batches=contract.micro_batches_needed(spec),
-        teacher_step=teacher_step,
-    )
-    if contract.mismatch(directory, manifest, spec, wanted["tokenizer"]) is not None:
+    tokenizer = tokenizer_identity(spec.data.tokenizer or "byte")
+    if contract.mismatch(directory, manifest, spec, tokenizer) is not None:
         return None
-    # The teacher's step too: one that trained on behind the same `checkpoints` path needs the cache written again.
-    same = ("rows", "micro_batches", "vocab_size", "teacher_step")  # any process count reads it (CacheBatches)
-    same_shape = all(manifest.get(key) == wanted.get(key) for key in same)
-    return manifest if same_shape else None
+    wanted = {
+        "rows": rows,
+        "micro_batches": contract.micro_batches_needed(spec),
+        "vocab_size": spec.teacher.shape().vocab_size,
+        # A teacher that trained on behind the same `checkpoints` path needs the cache written again.
+        "teacher_step": teacher_step,
+    }
+    return manifest if all(manifest.get(key) == value for key, value in wanted.items()) else None
 
 
 def _remove_manifest(directory: str) -> None:
