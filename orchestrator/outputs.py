@@ -291,6 +291,20 @@ def read_text(path: str, errors: str = "strict", limit: int | None = None) -> st
         return None
 
 
+def file_sha256(path: str) -> str | None:
+    """The sha256 of the bytes of the file at a local path or fsspec URL (as a logit cache records its tokenizer);
+    None when no file is there. Raises OSError when one is there but cannot be read."""
+    import hashlib
+
+    import fsspec
+
+    try:
+        with fsspec.open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
 def count_files(path: str) -> int | None:
     """How many files a data path names, read as the trainer reads it (a file, every file under a folder, or a
     glob's matches); None when the store cannot say (then nothing is claimed about the path)."""

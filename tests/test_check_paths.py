@@ -17,7 +17,7 @@ from distillspec.specfile import validate_data
 from orchestrator.cli import app
 from orchestrator.core.checkpoint_paths import check_paths
 from orchestrator.exit_codes import ExitCode
-from orchestrator.outputs import read_text
+from orchestrator.outputs import file_sha256, read_text
 
 runner = CliRunner()
 
@@ -501,6 +501,42 @@ def test_an_offline_spec_is_checked_against_its_logit_cache_before_launch(tmp_pa
     (cache / "manifest.json").write_text("{}")
     [(code, _, _)] = problems()
     assert code == "logit_cache_unreadable"
+
+
+def test_an_offline_specs_tokenizer_is_compared_with_its_caches_by_content_before_launch(tmp_path):
+    # --check-paths passed a student that tokenises with another tokenizer than its cache's teacher did; the
+    # trainer stopped on it at start (it compares the tokenizer file's bytes).
+    from trainer.logit_cache import manifest_for
+
+    teacher = hf_folder(tmp_path / "teacher", "tiny-4l")
+    tokenizer = {"model": {"vocab": {f"t{i}": i for i in range(200)}}, "added_tokens": []}
+    (tmp_path / "teacher" / "tokenizer.json").write_text(json.dumps(tokenizer))
+    (tmp_path / "corpus.txt").write_text("some text")
+    corpus = {"source": "text", "path": str(tmp_path / "corpus.txt")}
+    base = {"teacher.load_parameters_path": teacher, "top_k": 8, "loss.beta": 0.0, "loss.layer_indices": None}
+    # The writer as the trainer resolves it: data.tokenizer the teacher folder's tokenizer.json.
+    resolved = {**corpus, "tokenizer": str(tmp_path / "teacher" / "tokenizer.json")}
+    writer, _ = validate_data(spec_data(mode="teacher_logits", **base, data=resolved))
+    (tmp_path / "logits").mkdir()
+    manifest = manifest_for(writer, rows=2, processes=1, micro_batches=10)
+    (tmp_path / "logits" / "manifest.json").write_text(json.dumps(manifest))
+
+    def problems(data):
+        spec, found = validate_data(spec_data(**base, offline_data_dir=str(tmp_path / "logits"), data=data))
+        assert spec is not None, found
+        return [(p.code, p.message) for p in check_paths(spec, read_text, digest=file_sha256)]
+
+    assert problems(corpus) == []  # left to the folders: the teacher's, as when the cache was written
+    (tmp_path / "copy.json").write_text(json.dumps(tokenizer))
+    assert problems({**corpus, "tokenizer": str(tmp_path / "copy.json")}) == []  # a copy is the same tokenizer
+    (tmp_path / "edited.json").write_text(json.dumps({**tokenizer, "added_tokens": [{"id": 200, "content": "<x>"}]}))
+    for data in ({**corpus, "tokenizer": str(tmp_path / "edited.json")}, {**corpus, "tokenizer": "byte"}):
+        found = problems(data)
+        [message] = [message for code, message in found if code == "logit_cache_mismatch"]
+        assert "was made with another tokenizer than this spec's" in message
+    # A named tokenizer that is not there is said once, by the tokenizer check, not read as another tokenizer.
+    [(code, _)] = problems({**corpus, "tokenizer": str(tmp_path / "nope.json")})
+    assert code == "tokenizer_not_found"
 
 
 def test_a_column_the_data_files_do_not_have_is_an_error_before_launch(tmp_path):

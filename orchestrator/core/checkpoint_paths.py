@@ -51,6 +51,8 @@ ReadMaxText = Callable[[str], "tuple[str, dict, dict] | None"]
 CountFiles = Callable[[str], "int | None"]  # the files a data path names (a file, folder or glob); None: unknown
 # The columns at a document path, for its source (`outputs.read_columns`): None when they cannot be learnt.
 ReadColumns = Callable[[str, str], "Any | None"]
+# The sha256 of a file's bytes (`outputs.file_sha256`): None when absent; OSError when there but unreadable.
+Digest = Callable[[str], "str | None"]
 
 
 def check_paths(
@@ -59,10 +61,12 @@ def check_paths(
     read_maxtext: ReadMaxText | None = None,
     count_files: CountFiles | None = None,
     read_columns: ReadColumns | None = None,
+    digest: Digest | None = None,
 ) -> list[Problem]:
     """Every problem with the spec's checkpoint paths: absent, unreadable, or a different model than the block's;
     a warning when a Hugging Face checkpoint was trained on fewer positions than batch.max_target_length; with
-    `count_files`, a data or eval path that names no file. Raises `maxtext_checkpoint.MissingDependency` when
+    `count_files`, a data or eval path that names no file; with `digest`, an offline cache's tokenizer compared by
+    content. Raises `maxtext_checkpoint.MissingDependency` when
     reading a path needs a package that is not installed."""
     # One read per file: the tokenizer checks read the same tokenizer.json files (on an object store, each a request).
     read_text = functools.cache(read_text)
@@ -125,14 +129,14 @@ def check_paths(
         beyond = beyond_max_position(config or {}, where, spec.batch.max_target_length, side)
         if beyond is not None:
             problems.append(Problem(loc, "beyond_max_position", *beyond, severity="warning"))
-    problems += _cache_problems(spec, read_text)
+    problems += _cache_problems(spec, read_text, digest)
     return problems + _tokenizer_problems(spec, read_text) + _tokenizer_size_problems(spec, read_text)
 
 
-def _cache_problems(spec: DistillSpec, read_text: ReadText) -> list[Problem]:
+def _cache_problems(spec: DistillSpec, read_text: ReadText, digest: Digest | None = None) -> list[Problem]:
     """The trainer's checks of an `offline_data_dir` before it trains: a finished cache (its manifest), made for
-    this spec's teacher, data and k, long enough for its steps (the tokenizer and the batch's rows it checks at
-    start: they need the tokenizer file's bytes and the devices)."""
+    this spec's teacher, data, k and (with `digest`) tokenizer, long enough for its steps (the batch's rows it
+    checks at start: they need the devices)."""
     if not spec.offline_data_dir:
         return []
     loc = ("offline_data_dir",)
@@ -156,8 +160,27 @@ def _cache_problems(spec: DistillSpec, read_text: ReadText) -> list[Problem]:
                 "write the cache again with this version's `mode: teacher_logits` run",
             )
         ]
-    problem = cache.mismatch(path, manifest, spec) or cache.too_short(path, manifest, spec)
+    tokenizer = _run_tokenizer(spec, digest) if digest is not None else None
+    problem = cache.mismatch(path, manifest, spec, tokenizer) or cache.too_short(path, manifest, spec)
     return [Problem(loc, "logit_cache_mismatch", *problem)] if problem else []
+
+
+def _run_tokenizer(spec: DistillSpec, digest: Digest) -> dict[str, Any] | None:
+    """The tokenizer the trainer resolves for `spec` as its logit cache records it (`{"name", "sha256"}`: the first
+    of `tokenizer_files` that is there, else `byte`), or None when that cannot be told from here (a named one
+    absent, said by the tokenizer checks; a file that cannot be read: the trainer compares it at start)."""
+    if spec.data.tokenizer == "byte":
+        return {"name": "byte", "sha256": None}
+    try:
+        for _, file in tokenizer_files(spec):
+            sha256 = digest(file)
+            if sha256 is not None:
+                return {"name": file, "sha256": sha256}
+            if spec.data.tokenizer is not None:
+                return None
+    except OSError:
+        return None
+    return {"name": "byte", "sha256": None}
 
 
 def _weights_missing(
