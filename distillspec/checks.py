@@ -6,8 +6,6 @@ the file's keys and positions). Each rule has a stable code.
 
 from __future__ import annotations
 
-import posixpath
-
 from distillspec import buckets, layer_presets
 from distillspec.config import (
     BUNDLED_DATA_SOURCES,
@@ -15,6 +13,7 @@ from distillspec.config import (
     DistillSpec,
     ScheduledValue,
 )
+from distillspec.places import place
 from distillspec.problems import Problem
 from distillspec.registry import CONSTANT_FIELDS, GEMMA_CONSTANTS, MODELS, constant_in_spec_terms
 
@@ -887,7 +886,7 @@ def _eval_problems(path: str | None, source: str, data_path: str | None = None) 
                 "set eval.path to the held-out file(s), read like data.path",
             )
         ]
-    if data_path is not None and _same_path(path, data_path):
+    if data_path is not None and place(path) == place(data_path):
         return [
             Problem(
                 ("eval", "path"),
@@ -899,18 +898,6 @@ def _eval_problems(path: str | None, source: str, data_path: str | None = None) 
             )
         ]
     return []
-
-
-def _same_path(a: str, b: str) -> bool:
-    """The same files written alike (a trailing slash, `./`, a repeated `/` aside); globs are compared as text."""
-
-    def normal(p: str) -> str:
-        if "://" in p:
-            scheme, rest = p.split("://", 1)
-            return f"{scheme}://{posixpath.normpath(rest)}"
-        return posixpath.normpath(p)
-
-    return normal(a) == normal(b)
 
 
 def record_format_suffix(path: str | None) -> str | None:

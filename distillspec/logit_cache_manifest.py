@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import posixpath
 from typing import Any
 
 from distillspec.config import DistillSpec
+from distillspec.places import place
 
 FORMAT = "distillctl.teacher_logits/v1"
 MANIFEST = "manifest.json"
@@ -139,18 +138,12 @@ def _paths_normalised(value: Any, placed: bool = False) -> Any:
     if not isinstance(value, dict):
         return value
     return {
-        key: _normal_path(item, placed)
+        key: place(item, absolute=placed)
         if key.endswith("path") and isinstance(item, str)
         else _paths_normalised(item, placed)
         for key, item in value.items()
         if key != "sha256"
     }
-
-
-def _normal_path(path: str, placed: bool = False) -> str:
-    if not path or "://" in path:  # an object store's keys are names: `a//b` is not `a/b`, only a trailing / goes
-        return path.rstrip("/")
-    return posixpath.normpath(os.path.abspath(path) if placed else path)
 
 
 def _lines(where: str, cache: Any, spec: Any) -> list[str]:

@@ -601,6 +601,10 @@ def test_hub_names_and_half_pairs_are_spec_errors():
         data = {**base, "data": {"source": "jsonl", "path": train}, "eval": {"path": held}}
         spec, problems = validate_data(data)
         assert spec is not None and [(p.code, p.severity) for p in problems] == [("eval_is_training_data", "warning")]
+    # An object store's keys are names: `gs://bkt/c//d` is another prefix than `gs://bkt/c/d` (gcsfs keeps `//`).
+    data = {**base, "data": {"source": "jsonl", "path": "gs://bkt/c//d"}, "eval": {"path": "gs://bkt/c/d"}}
+    spec, problems = validate_data(data)
+    assert spec is not None and not problems
 
 
 def test_a_document_eval_set_is_the_same_rows_whatever_the_process_count(tmp_path):

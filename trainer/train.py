@@ -19,7 +19,6 @@ import functools
 import json
 import logging
 import os
-import posixpath
 import signal
 import sys
 import threading
@@ -32,6 +31,7 @@ import numpy as np
 
 from distillspec.config import DOCUMENT_SOURCES, DistillSpec
 from distillspec.contract import ENV_RUN_ID
+from distillspec.places import place
 from trainer.exit_codes import RetryableError, RunRefused, TrainerError, TrainerExit, UserError
 from trainer.failures import classify
 
@@ -691,16 +691,6 @@ def _manifest_digest(directory: str) -> str | None:
         return None
 
 
-def _same_place(path: Any) -> Any:
-    """A path as the place it names (`runs/x/`, `./runs/x` and its absolute form alike); anything else as it is."""
-    if not isinstance(path, str) or not path:
-        return path
-    if "://" in path:
-        scheme, rest = path.split("://", 1)
-        return f"{scheme}://{posixpath.normpath(rest)}"
-    return os.path.normpath(os.path.abspath(path))
-
-
 def _listing(path: str | None) -> dict[str, Any]:
     import hashlib
 
@@ -801,13 +791,18 @@ def _check_same_input(saved: dict | None, trained_on: dict, where: str) -> str:
     )
 
 
+def _place(path: Any) -> Any:
+    """A path as the place it names (`runs/x/`, `./runs/x` and its absolute form alike); anything else as it is."""
+    return place(path, absolute=True) if isinstance(path, str) else path
+
+
 def _placed(side: dict) -> dict:
     """A recorded input with its paths (`offline_data_dir`, `data.path`) as the places they name."""
     placed = dict(side)
     if "offline_data_dir" in placed:
-        placed["offline_data_dir"] = _same_place(placed["offline_data_dir"])
+        placed["offline_data_dir"] = _place(placed["offline_data_dir"])
     if isinstance(placed.get("data"), dict) and "path" in placed["data"]:
-        placed["data"] = {**placed["data"], "path": _same_place(placed["data"]["path"])}
+        placed["data"] = {**placed["data"], "path": _place(placed["data"]["path"])}
     return placed
 
 
