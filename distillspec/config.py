@@ -177,9 +177,11 @@ class RopeScalingSpec(_Block):
 
     @model_validator(mode="after")
     def _llama3_fields_only_for_llama3(self) -> RopeScalingSpec:
-        extra = sorted(
-            self.model_fields_set & {"low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
-        )
+        # Stated at their defaults they change nothing: a resolved spec (spec.json) writes every field, and read
+        # back it must validate.
+        llama3_only = ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        defaults = type(self).model_fields
+        extra = sorted(f for f in llama3_only if f in self.model_fields_set and getattr(self, f) != defaults[f].default)
         if self.type == "linear" and extra:  # they mean nothing to linear scaling, yet made another run id
             raise PydanticCustomError(
                 "llama3_only",

@@ -708,3 +708,19 @@ def test_an_export_of_a_student_of_a_runs_own_teacher_says_the_students_own_leng
     assert (
         fields == {"max_position_embeddings": 64} and source is None and "to 64, the length it trained on" in notes[0]
     )
+
+
+def test_a_run_with_linear_rope_scaling_reads_its_own_spec_back(tmp_path):
+    # spec.json wrote the llama3-only fields of a linear scaling at their defaults, and reading it back refused
+    # them: export exit 2, resume exit 70 (internal error), its checkpoints unreadable as a teacher.
+    from distillspec.config import DistillSpec
+    from trainer.checkpoints import load_model
+
+    linear = {"model": "tiny-2l", "rope_scaling": {"type": "linear", "factor": 4.0}}
+    data = merged(TEACHER, student=linear, steps=2, checkpoint={"every_steps": 2}, output_dir=str(tmp_path))
+    assert run(spec_of(data)) == TrainerExit.OK
+    written = json.loads((tmp_path / "teacher" / "spec.json").read_text())
+    assert DistillSpec.model_validate(written).student.rope_scaling.factor == 4.0
+    assert run(spec_of({**data, "steps": 3})) == TrainerExit.OK  # resumed from step 2
+    assert json.loads((tmp_path / "teacher" / "summary.json").read_text())["step"] == 3
+    load_model(str(tmp_path / "teacher" / "checkpoints"))
