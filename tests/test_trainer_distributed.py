@@ -141,7 +141,7 @@ def test_a_process_that_fails_mid_run_gives_the_run_its_reason(tmp_path):
     assert summary["message"].startswith("process 1 failed (exit 1):") and "b.jsonl" in summary["message"], summary
 
 
-def _launch_pair(spec, address: str, specs=None) -> list[subprocess.Popen]:
+def _launch_pair(spec, address: str, specs=None, counts=(2, 2)) -> list[subprocess.Popen]:
     return [
         subprocess.Popen(
             [
@@ -153,7 +153,7 @@ def _launch_pair(spec, address: str, specs=None) -> list[subprocess.Popen]:
                 "--coordinator-address",
                 address,
                 "--num-processes",
-                "2",
+                str(counts[i]),
                 "--process-id",
                 str(i),
             ],
@@ -227,6 +227,50 @@ def test_a_coordinator_port_held_by_another_program_says_so(tmp_path):
     # JAX crashed (SIGSEGV) or exited 42 saying only "Failed to start RPC server".
     assert done.returncode == 1, done.stderr[-2000:]
     assert f"port {address.rsplit(':', 1)[1]} is already in use on this host" in done.stderr, done.stderr[-2000:]
+    # The holder may be this run's own process 0 (two processes given --process-id 0): its record is not this
+    # start's to replace (it read "port in use" while process 0 trained on).
+    assert "two processes were given --process-id 0" in done.stderr
+    assert not (tmp_path / "held" / "summary.json").exists()
+
+
+def test_a_process_whose_peers_never_join_ends_with_its_record_not_jaxs_abort(tmp_path):
+    # Process 0 alone (its peer never started) and process 1 alone (no coordinator at its address) each waited
+    # JAX's 5 minutes and were aborted by it: exit 134, summary.json absent, nothing on stderr but a native stack.
+    spec = write_spec(tmp_path / "alone.json", merged(BASE, name="alone", output_dir=str(tmp_path)))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "trainer", "--spec", str(spec), "--coordinator-address", f"127.0.0.1:{_free_port()}"]
+            + ["--num-processes", "2", "--process-id", str(i)],
+            cwd=REPO,
+            env=python_env(DISTILLCTL_JOIN_TIMEOUT_S="8"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [42, 42], [e[-2000:] for e in errors]
+    for err in errors:
+        assert "not every one of the 2 processes joined the coordinator" in err and "within 8 s" in err, err[-2000:]
+    summary = json.loads((tmp_path / "alone" / "summary.json").read_text())
+    assert (summary["status"], summary["exit_code"], summary["failure_reason"]) == (
+        "failed",
+        42,
+        "processes_not_joined",
+    )
+    failure = json.loads((tmp_path / "alone" / "failures" / "process-1.json").read_text())
+    assert failure["failure_reason"] == "processes_not_joined" and failure["process_index"] == 1
+
+
+def test_processes_given_another_process_count_are_refused(tmp_path):
+    # Process 1 said --num-processes 3, process 0 2: JAX took process 0's and both trained, the mistake unsaid.
+    spec = write_spec(tmp_path / "count.json", merged(BASE, name="count", output_dir=str(tmp_path)))
+    procs = _launch_pair(spec, f"127.0.0.1:{_free_port()}", counts=(2, 3))
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], [e[-2000:] for e in errors]
+    assert "process 0 was started with --num-processes 2, process 1 with 3" in errors[0], errors[0][-2000:]
+    assert "process 1 was started with --num-processes 3, process 0 with 2" in errors[1], errors[1][-2000:]
 
 
 def test_two_processes_write_a_logit_cache_and_keep_it_when_started_again(single_run, tmp_path):

@@ -153,7 +153,7 @@ def run(
         code, message = TrainerExit.OK, ""
         try:
             try:
-                _initialize_distributed(process)
+                _initialize_distributed(process, session)
                 _check_processes_agree(spec)
                 _enable_compilation_cache()
                 train(spec, session, stop)
@@ -248,36 +248,62 @@ def _check_port_free(address: str) -> None:
             return
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                raise UserError(
+                # Not the run's record to write: the holder may be this run's own process 0 (two processes given
+                # --process-id 0), whose summary this start replaced with "port in use".
+                raise RunRefused(
                     f"--coordinator-address {address}: port {port} is already in use on this host, where process 0 "
-                    "serves the coordinator",
-                    "choose a free port for --coordinator-address (the same on every process), or stop the program "
-                    "that holds it",
+                    "serves the coordinator: by another program, or by this run's own process 0 when two processes "
+                    "were given --process-id 0",
+                    "give each process its own --process-id (0 to --num-processes - 1); else choose a free port for "
+                    "--coordinator-address (the same on every process), or stop the program that holds it",
                 ) from None
             continue  # this address family is not available here: try the other
 
 
-def _initialize_distributed(process: ProcessOptions) -> None:
+JOIN_TIMEOUT_ENV = "DISTILLCTL_JOIN_TIMEOUT_S"  # how long a process waits for every other to join (seconds)
+JOIN_TIMEOUT_S = 300  # JAX's own default initialization_timeout
+
+
+def _join_timeout() -> int:
+    value = os.environ.get(JOIN_TIMEOUT_ENV, "")
+    if not value:
+        return JOIN_TIMEOUT_S
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"${JOIN_TIMEOUT_ENV} must be a whole number of seconds (at least 1), got {value!r}")
+    return int(value)
+
+
+def _initialize_distributed(process: ProcessOptions, session: _Session | None = None) -> None:
     import jax
 
     if process.coordinator_address or process.num_processes is not None:
         _check_process_options(process)
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        # JAX waits for every process and then aborts the whole process (no summary): say what it waits for.
+        seconds = _join_timeout()
         print(
             f"process {process.process_id} of {process.num_processes}: joining the coordinator at "
-            f"{process.coordinator_address} (JAX waits up to 5 minutes for every process)",
+            f"{process.coordinator_address} (waiting up to {seconds} s for every process)",
             file=sys.stderr,
             flush=True,
         )
         if process.process_id == 0:
             _check_port_free(str(process.coordinator_address))
+        watchdog = _join_watchdog(process, session, seconds) if session is not None else None
         try:
-            jax.distributed.initialize(process.coordinator_address, process.num_processes, process.process_id)
+            # JAX's own deadline comes later: its expiry aborts the process (SIGABRT, 134) with nothing written.
+            jax.distributed.initialize(
+                process.coordinator_address,
+                process.num_processes,
+                process.process_id,
+                initialization_timeout=seconds + 60,
+            )
         except (RuntimeError, ValueError) as e:
             raise RetryableError(
                 f"cannot join the coordinator at {process.coordinator_address}: {_first_line(e)}"
             ) from None
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
     elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
         try:
             jax.distributed.initialize()  # TPU pods: the peers are found from the environment
@@ -296,7 +322,34 @@ def _initialize_distributed(process: ProcessOptions) -> None:
         check_process_count(dict(os.environ), jax.process_count())
 
 
-AGREE_TIMEOUT_MS = 300_000  # as long as JAX waits for every process to join
+def _join_watchdog(process: ProcessOptions, session: _Session, seconds: int) -> threading.Timer:
+    """A timer that ends the run when not every process has joined within `seconds`: JAX would wait a minute
+    longer and then abort the process from a native thread (exit 134, no summary.json, nothing on stderr but its
+    stack). It writes this process's record (process 0: summary.json; another: its failures file) with reason
+    `processes_not_joined` and exits 42 (retried: a pod that started late joins the next attempt). It runs while
+    the main thread is inside JAX's initialize, so it takes the process index from the options (asking JAX would
+    start its backends there)."""
+
+    def expire() -> None:
+        session.failure_reason = "processes_not_joined"
+        session.process_index = process.process_id
+        session.finish(
+            TrainerExit.RETRYABLE,
+            f"not every one of the {process.num_processes} processes joined the coordinator at "
+            f"{process.coordinator_address} within {seconds} s: a process that never started or cannot reach it, "
+            "another --coordinator-address or --num-processes on some process, or two given one --process-id",
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(TrainerExit.RETRYABLE))
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+AGREE_TIMEOUT_MS = 300_000  # as long as a process waits for every other to join
 
 
 def _check_processes_agree(spec: DistillSpec) -> None:
@@ -312,14 +365,28 @@ def _check_processes_agree(spec: DistillSpec) -> None:
     store = _coordination_store()
     if store is None:
         return
+    from jax._src import distributed
+
     index = jax.process_index()
-    mine = {"spec": spec.model_dump(mode="json"), "local_devices": jax.local_device_count()}
+    # --num-processes as this process was given it: JAX takes process 0's, and one started with another count
+    # trained on as if it agreed.
+    mine = {
+        "spec": spec.model_dump(mode="json"),
+        "local_devices": jax.local_device_count(),
+        "processes": distributed.global_state.num_processes,
+    }
     others = range(jax.process_count()) if index == 0 else (0,)
     posted = _exchange(
         store, "start", json.dumps(mine, sort_keys=True), others, AGREE_TIMEOUT_MS, "report how it was started"
     )
     for other, said in posted:
         theirs = json.loads(said)
+        if theirs.get("processes") != mine["processes"]:
+            raise UserError(
+                f"process {index} was started with --num-processes {mine['processes']}, process {other} with "
+                f"{theirs.get('processes')}",
+                "start every process with the same --num-processes (the number of processes of the run)",
+            )
         if theirs["local_devices"] != mine["local_devices"]:
             raise UserError(
                 f"process {index} has {mine['local_devices']} devices, process {other} has {theirs['local_devices']}: "
@@ -453,6 +520,7 @@ class _Session:
         self.final_metrics: dict[str, float | None] = {}
         self.resumed_from: int | None = None
         self.keep_record = False  # a start refused on another run's directory: its files stay as they are
+        self.process_index: int | None = None  # when JAX cannot be asked (`_join_watchdog`)
         self.topology: dict[str, Any] | None = None  # processes, devices and the mesh this attempt trains on
         # A finished run started again trains nothing: its record keeps how its steps ran (throughput, compile
         # time, time, where it resumed), not this attempt's zeros.
@@ -498,7 +566,7 @@ class _Session:
         if self.keep_record:  # its summary says how that run ended; this start never began
             self.reporter.end(status, int(code), message)
             return
-        index = _process_index()
+        index = _process_index() if self.process_index is None else self.process_index
         if index != 0:
             message = self._leave_failure(index, code, status, message)
             self.reporter.end(status, int(code), message)
