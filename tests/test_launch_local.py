@@ -183,6 +183,40 @@ def test_two_concurrent_sweeps_and_an_interrupted_one_end_with_one_run_each(tmp_
         assert steps == sorted(set(steps)), f"a run trained twice: {steps}"
 
 
+def test_ctrl_c_while_the_supervisor_takes_the_runs_says_they_run_on(tmp_path):
+    # It printed only "interrupted" (exit 130) while the runs it had handed over started and trained on.
+    sweep = write_sweep(tmp_path, name="handed", steps=100_000)
+    folder = str(tmp_path / "runs" / ".handed.supervisor")
+    command = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "sweep", str(sweep)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as on a terminal
+    )
+
+    def supervisor_started() -> bool:
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if folder in cmdline.read_bytes().decode(errors="replace"):
+                    return True
+            except OSError:
+                continue
+        return command.poll() is not None
+
+    wait_until(supervisor_started, timeout=120, what="the sweep's supervisor")
+    time.sleep(0.05)  # the command back from starting it, waiting for its receipt
+    command.send_signal(signal.SIGINT)
+    _, err = command.communicate(timeout=60)
+    try:
+        assert command.returncode == 130, err
+        assert "4 run(s) were handed to the sweep's local supervisor before it stopped, and run on" in err, err
+        wait_until(lambda: any(r["phase"] in ("Queued", "Running") for r in status(sweep).values()), what="a run")
+    finally:
+        distillctl("cancel", str(sweep), "--yes")
+
+
 def test_cancel_stops_one_run_and_it_resumes_later(tmp_path):
     # Steps enough that nothing finishes before the cancel: on an idle machine 400 steps of the tiny teacher ended
     # between "Running" and the cancel. Both sweeps are cancelled, so the number costs nothing.

@@ -365,7 +365,7 @@ def test_runs_of_points_an_edit_removed_are_listed_and_stopped_by_cancel_orphans
         edited = distillctl("sweep", str(sweep), check=True)
         assert "4 run(s) of sweep edited are for runs no longer in the sweep file" in edited.stderr, edited.stderr
         assert f"edited-{old_teacher['run_id']} (active)" in edited.stderr and "(queued)" in edited.stderr
-        assert "`distillctl cancel --orphans` stops them" in edited.stderr
+        assert f"`distillctl cancel {sweep} --orphans` stops them" in edited.stderr
         listed = distillctl("status", str(sweep), check=True)
         assert "4 run(s)" in listed.stderr and status(sweep)[new_teacher["run_id"]]["phase"] == "Queued"
         refused = distillctl("cancel", str(sweep), "--orphans")  # no terminal to ask on

@@ -290,7 +290,7 @@ def test_a_run_created_meanwhile_by_another_sweep_is_not_named_by_this_sweeps_jo
     lines = [line.plain for line in launch_lines(report, None)]
     assert lines[0].startswith("  created ") and first.jobset_name in lines[0]
     assert lines[1].startswith("   exists run " + second.run_id) and second.jobset_name not in lines[1], lines
-    assert "`distillctl status` names its JobSet" in lines[1]
+    assert "created at the same moment by another sweep or an earlier attempt: `distillctl status` shows it" in lines[1]
     assert lines[2] == "1 created, 1 unchanged"
 
 

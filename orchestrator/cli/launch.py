@@ -218,7 +218,7 @@ def sweep(
         report = launch(expansion, backend, retry_failed=retry_failed, dry_run=mode, stall_after=stall_after)
         for problem in report.state.warnings:
             console.warn_once(problem)
-        _warn_orphans(expansion, backend)  # an edited file: the runs of the points it dropped go on
+        _warn_orphans(expansion, backend, ctx.path)  # an edited file: the runs of the points it dropped go on
         if output is OutputFormat.json:
             console.print_json(views.launch_json(report, mode))
         else:
@@ -374,7 +374,7 @@ def _follow(
         if live:
             live.stop()
         live = None
-        named = shlex.quote(str(path)) if path else "SWEEP"
+        named = _named(path)
         console.print_stopped(
             "stopped following; the runs go on",
             f"`distillctl status {named} --watch` follows them again, `distillctl cancel {named}` stops them",
@@ -487,7 +487,7 @@ def status(
         statuses = _riding_out_outages(statuses)
 
     try:
-        _warn_orphans(expansion, backend)
+        _warn_orphans(expansion, backend, ctx.path)
         if output is OutputFormat.json and watch:
             _watch_json(expansion, statuses)
         if output is OutputFormat.json:
@@ -641,7 +641,7 @@ def _check_worker(target, request) -> None:
             raise UsageError(f"{flag} {asked}: the run has {what}", f"choose {flag} from 0 to {count - 1}, or --all")
 
 
-def _warn_orphans(expansion, backend) -> None:
+def _warn_orphans(expansion, backend, path=None) -> None:
     """On stderr: this sweep's JobSets for runs its file no longer has (they hold quota until they finish)."""
     from distillspec.problems import Problem
     from orchestrator.cli import console
@@ -680,10 +680,15 @@ def _warn_orphans(expansion, backend) -> None:
                 "orphaned_runs",
                 f"{len(orphans)} {what} of sweep {expansion.sweep.name} are for runs no longer in the sweep file: "
                 f"{listed}",
-                f"`distillctl cancel --orphans` {does} them (outputs and checkpoints stay)",
+                f"`distillctl cancel {_named(path)} --orphans` {does} them (outputs and checkpoints stay)",
                 severity="warning",
             )
         )
+
+
+def _named(path) -> str:
+    """The sweep file as a hint's command names it (standard input cannot be read again: SWEEP)."""
+    return shlex.quote(str(path)) if path and str(path) != "-" else "SWEEP"
 
 
 def _orphan_words(expansion) -> tuple[str, str]:

@@ -152,8 +152,7 @@ def launch_lines(report: LaunchReport, dry_run: str | None) -> list[Text]:
             # by this one's own earlier attempt: naming this sweep's JobSet named one that may not exist.
             line.append(f"run {action.run.run_id}  {action.run.label}")
             line.append(
-                "  (created at the same moment by another sweep or an earlier attempt: `distillctl status` names "
-                "its JobSet)",
+                "  (created at the same moment by another sweep or an earlier attempt: `distillctl status` shows it)",
                 style="dim",
             )
             lines.append(line)

@@ -138,16 +138,29 @@ class LocalBackend:
                 f"cannot write the local supervisor's folder: {e.filename or folder}: {e.strerror or e}",
                 "make target.output_base a folder you can write to",
             ) from None
-        with log:
-            supervisor = subprocess.Popen(
-                [self.python, "-m", supervisor_module.__name__, str(folder), submission],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=_importable_env(),
-            )
-        receipt = _receipt(folder, submission, supervisor)  # the new supervisor's, or the sweep's running one's
+        try:
+            with log:
+                supervisor = subprocess.Popen(
+                    [self.python, "-m", supervisor_module.__name__, str(folder), submission],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env=_importable_env(),
+                )
+        except BaseException as e:  # Ctrl-C, SIGTERM before a supervisor was started: the orders go, none ran
+            try:
+                state.order_path(folder, submission).unlink()
+            except FileNotFoundError:  # the sweep's running supervisor took them meanwhile
+                _note_handed(e, len(runs))
+            except OSError:
+                pass
+            raise
+        try:
+            receipt = _receipt(folder, submission, supervisor)  # the new supervisor's, or the sweep's running one's
+        except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: the supervisor takes the orders all the same
+            _note_handed(e, len(runs))
+            raise
         return {run.run_id: receipt.get(run.run_id, "exists") for run in runs}
 
     def _pass_on_parallelism(self, sweep: str) -> None:
@@ -259,6 +272,14 @@ class LocalBackend:
 
     def close(self) -> None:
         pass
+
+
+def _note_handed(e: BaseException, count: int) -> None:
+    """Say, on an exception that ends a submit, that the runs it handed over run on (the message said nothing)."""
+    e.add_note(
+        f"{count} run(s) were handed to the sweep's local supervisor before it stopped, and run on: "
+        "`distillctl status` shows them, `distillctl cancel` stops them"
+    )
 
 
 def _receipt(
