@@ -178,3 +178,33 @@ def test_an_empty_figure_names_the_runs_and_one_logged_step_zooms_without_a_warn
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         plots.metric_figure("s", results.KL_T1, curves, None, "")
+
+
+def test_an_offline_points_curves_follow_its_table_cells_and_say_what_its_kl_is_over(tmp_path):
+    # An offline student's evaluation holds its hard loss, not its KL (no teacher at eval): its hard-loss curve was
+    # drawn from training (0.18 nats above the table's eval value), and its top-k + tail KL shared the axis with
+    # whole-vocabulary ones, unmarked.
+    from results_support import sweep_data
+
+    overrides = {**sweep_data("unused")["overrides"], "loss.beta": 0.0}
+    offline = {"offline_data_dir": [None, str(tmp_path / "cache")], "top_k": [None, 16]}
+    result = expanded(write_sweep(tmp_path, overrides=overrides, axes={"loss.alpha.end": [0.7]}, zip=[offline]))
+    online_point, offline_point = [p for p in result.points if p.role == "point"]
+    for run in result.runs:
+        run_dir = write_outputs(run, evaluate=True)
+        if run is offline_point:
+            lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            for record in lines:
+                for name in ("eval/kl_div_T1", "eval/top1_agreement", "eval/teacher_loss"):
+                    record["metrics"].pop(name, None)
+            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    table, logs, _ = build(result)
+    hard = {c.key: c for c in plots.metric_curves(table, logs, results.HARD_LOSS)}
+    assert hard[offline_point.run_id].steps == (20, 40)  # its evaluations, as the table's cell
+    assert not hard[offline_point.run_id].label.endswith("]")  # every point's hard loss is its evaluation's
+    assert plots.source_note(table, logs, results.HARD_LOSS).startswith("each value: one evaluation")
+    kl = {c.key: c for c in plots.metric_curves(table, logs, results.KL_T1)}
+    assert kl[offline_point.run_id].steps == (10, 20, 30, 40)  # training's: its evaluation has no KL
+    assert kl[offline_point.run_id].label.endswith("[train] [KL over top-16+tail]"), kl[offline_point.run_id].label
+    assert kl[online_point.run_id].label.endswith("[eval] [KL over vocabulary]")
+    assert plots.source_note(table, logs, results.KL_T1).startswith("[eval]: each value: one evaluation")

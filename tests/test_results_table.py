@@ -332,6 +332,11 @@ def test_a_metric_the_evaluation_does_not_log_comes_from_training(tmp_path):
     text = results_format.markdown(t)
     assert "| from |" in text and "(eval, else train last 5)" in text and "no teacher at eval" in text
     assert json.loads(json.dumps(results_format.to_json(t)))["runs"][1]["metrics_from"] == "eval+train"
+    # A run without any metric (a logit-cache writer, a queued run) comes from nowhere: it read "train".
+    import dataclasses
+
+    empty = dataclasses.replace(point, metrics={name: None for name in point.metrics})
+    assert results_format._cells(t, empty)[6] == results_format.MISSING
 
 
 def test_results_cli_header_names_eval(tmp_path):

@@ -73,23 +73,32 @@ def plotted_rows(results: Results) -> list[Row]:
     return [r for r in results.rows if r.role != "prerequisite"]
 
 
-def _mixed(results: Results) -> bool:
-    return len({r.source for r in plotted_rows(results)}) > 1
-
-
 def _shown_name(row: Row, name: str) -> str:
-    """The logged metric a row's curve follows: the eval twin of `name` for a row shown by eval metrics."""
+    """The logged metric a row's curve follows: the one its table cell came from (`Row.logged_as`: an offline
+    point's evaluations hold its hard loss, not its KL), else the eval twin of `name` for a row shown by eval
+    metrics."""
+    if name in row.logged_as:
+        return row.logged_as[name]
     return aggregate.eval_name(name) if row.source == EVAL else name
+
+
+def _source(row: Row, name: str) -> str:
+    return TRAIN if _shown_name(row, name) == name else EVAL
 
 
 def metric_curves(results: Results, logs: Mapping[str, Sequence[LogLine]], name: str) -> list[Curve]:
     """Each point's per-record value of `name` (token-weighted within the record's logging interval), or of its
-    `eval/` twin (one value per evaluation) for a point shown by eval metrics."""
+    `eval/` twin (one value per evaluation) where the table shows that one. A KL figure mixing points whose KL is
+    over the whole vocabulary with offline ones (top-k and a tail bucket: lower, never comparable) says which is
+    which."""
     out = []
-    mixed = _mixed(results)
-    for row in plotted_rows(results):
+    rows = plotted_rows(results)
+    mixed = len({_source(r, name) for r in rows}) > 1
+    kinds = len({r.kl_over for r in rows if r.kl_over}) > 1 if name == KL_T1 else False
+    for row in rows:
         steps, values = aggregate.series(logs.get(row.run_id, ()), _shown_name(row, name))
-        label = _legend_label(row) + (f" [{row.source}]" if mixed else "")
+        label = _legend_label(row) + (f" [{_source(row, name)}]" if mixed else "")
+        label += f" [KL over {row.kl_over}]" if kinds and row.kl_over else ""
         missing = f"{row.name} ({row.status.shown})"
         out.append(Curve(row.run_id, label, row.role, tuple(steps), tuple(values), missing))
     return out
@@ -107,15 +116,15 @@ def reference_curve(results: Results, logs: Mapping[str, Sequence[LogLine]]) -> 
     return None
 
 
-def source_note(results: Results, logs: Mapping[str, Sequence[LogLine]] | None = None) -> str:
-    """The metric figures' note: what one plotted value is, and what the table shows (of the runs that logged
-    something, when `logs` is given: a run without values draws nothing to explain)."""
+def source_note(results: Results, logs: Mapping[str, Sequence[LogLine]] | None = None, name: str = KL_T1) -> str:
+    """A metric figure's note: what one plotted value of `name` is, and what the table shows (of the runs that
+    logged something, when `logs` is given: a run without values draws nothing to explain)."""
     window = results.aggregation.window
     train = "each value: token-weighted mean over one logging interval (the table: " + (
         f"the last {window})" if window else "all of them)"
     )
     held_out = "each value: one evaluation of the held-out set (the table: the last)"
-    sources = {r.source for r in plotted_rows(results) if logs is None or logs.get(r.run_id)} or {TRAIN}
+    sources = {_source(r, name) for r in plotted_rows(results) if logs is None or logs.get(r.run_id)} or {TRAIN}
     if sources == {EVAL}:
         return held_out
     if EVAL in sources:
@@ -330,10 +339,10 @@ def write_plots(
 ) -> list[Path]:
     """Write `kl_div_T1.png`, `hard_loss.png` and `schedules.png` to `out_dir` (created); returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    note = source_note(results, logs)
     written = []
     for name, filename in FILES.items():
         reference = reference_curve(results, logs) if name == HARD_LOSS else None
+        note = source_note(results, logs, name)
         figure = metric_figure(results.sweep, name, metric_curves(results, logs, name), reference, note)
         written.append(_save(figure, out_dir / filename))
     schedules = schedules_figure(results.sweep, schedule_curves(results, logs, specs))

@@ -186,7 +186,7 @@ def _cells(results: Results, row: Row) -> list[str]:
             str(row.status.restarts),
             steps(row),
         ]
-        + ([row.source] if _mixed(results) else [])
+        + ([_metrics_from(row) or MISSING] if _mixed(results) else [])
         + ([row.kl_over or MISSING] if _offline(results) else [])
         + [number(row.metrics.get(m)) for m in TABLE_METRICS]
         + [rate(row.tokens_per_sec), cost(results, row), signed(row.delta_kl, row.delta_kl_relative)]
