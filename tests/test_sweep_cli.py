@@ -42,6 +42,10 @@ def test_plan_json_is_for_machines():
     assert run["jobset_name"] == f"alpha-end-{run['run_id']}" and run["chips"] == 128
     assert run["memory"]["fit"] == "fits" and run["chip_hours"] > 0
     assert run["axis_values"] == {"distill_alpha_end": 0.3, "data.seed": 0}
+    # A prerequisite has no grid index: it read 0 and 1, as points 0 and 1 (results JSON says none either).
+    quickstart = json.loads(invoke("plan", str(SWEEPS / "quickstart.yaml"), "--output", "json").stdout)["runs"]
+    assert [r["index"] for r in quickstart if r["prerequisite"]] == [None]
+    assert [r["index"] for r in quickstart if not r["prerequisite"]] == list(range(len(quickstart) - 1))
 
 
 def test_an_invalid_sweep_answers_in_json_when_json_is_asked_for(tmp_path):

@@ -37,7 +37,7 @@ class PlanRow:
     def to_json(self) -> dict:
         p = self.point
         return {
-            "index": p.index,
+            "index": None if p.prerequisite is not None else p.index,  # a prerequisite's name says which it is
             "run_id": p.run_id,
             "jobset_name": p.jobset_name,
             "role": p.role,
