@@ -185,6 +185,25 @@ def test_a_supervisor_crash_reaches_the_terminal_and_status(tmp_path):
     assert all("TypeError" in r["message"] and state.LOG in r["message"] for r in rows.values())
 
 
+def test_a_trainer_the_supervisor_restarts_is_said_in_both_logs(tmp_path):
+    # kill -9 of a trainer: the supervisor restarted it and said nothing anywhere; `logs` only started over.
+    sweep = write_sweep(tmp_path, "restarts", teacher_steps=100000)
+    teacher, _ = by_role(status(sweep))
+    distillctl("sweep", str(sweep), check=True)
+    try:
+        wait_until(lambda: (status(sweep)[teacher["run_id"]]["step"] or 0) > 0, what="the teacher to train")
+        claim = local_claims.read_claim(teacher["output_path"])
+        os.killpg(claim.pid, signal.SIGKILL)
+        said = "the trainer exited with 137 (SIGKILL): restart 1 of"
+        log = Path(teacher["output_path"]) / local_claims.LOG_FILE
+        wait_until(lambda: said in log.read_text(errors="replace"), 60, "the restart in the run's log")
+        supervisor_log = state.state_dir(str(tmp_path / "runs"), "restarts") / state.LOG
+        assert f"run {teacher['run_id']}: {said}" in supervisor_log.read_text()
+        assert said in distillctl("logs", str(sweep), "teacher", check=True).stdout
+    finally:
+        distillctl("cancel", str(sweep), "--yes")
+
+
 def test_a_rerun_after_a_crash_says_it_restarted_and_keeps_one_supervisor(tmp_path):
     """kill -9 of the supervisor and the teacher's trainer after its first checkpoint: `sweep` again restarts the
     teacher from its checkpoint and says so; more `sweep`s at once start no second supervisor."""

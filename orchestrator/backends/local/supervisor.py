@@ -352,7 +352,16 @@ class Supervisor:
                     continue  # cancelled: the canceller removed the claim
                 if after_exit(code, claim.restarts, order.max_restarts, order.retryable) == "restart":
                     restarts.append((order, dataclasses.replace(claim, restarts=claim.restarts + 1)))
+                    _tell(
+                        order,
+                        f"the trainer exited with {_code(code)}: restart {claim.restarts + 1} of {order.max_restarts}",
+                    )
                 else:
+                    if code != 0 and is_retryable(code, tuple(order.retryable)):
+                        _tell(
+                            order,
+                            f"the trainer exited with {_code(code)}: its {order.max_restarts} restart(s) are used up",
+                        )
                     local_claims.write_claim(
                         order.output_path, dataclasses.replace(claim, state="exited", exit_code=code)
                     )
@@ -376,6 +385,22 @@ def _kill(process: subprocess.Popen) -> None:
 
 def _log(message: str) -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {message}", flush=True)
+
+
+def _code(code: int) -> str:
+    """An exit code as people read it: 137 (SIGKILL)."""
+    if code > 128:
+        with contextlib.suppress(ValueError):
+            return f"{code} ({signal.Signals(code - 128).name})"
+    return str(code)
+
+
+def _tell(order: Order, message: str) -> None:
+    """Say what the supervisor did with a run in its log and in the run's own log (`distillctl logs`): a restart
+    showed only as the log starting over."""
+    _log(f"run {order.run_id}: {message}")
+    with contextlib.suppress(OSError), open(Path(order.output_path) / local_claims.LOG_FILE, "a") as log:
+        log.write(f"distillctl local supervisor: {message}\n")
 
 
 def acquire(folder: Path, submission: str) -> int | None:
