@@ -386,3 +386,16 @@ def test_runs_created_with_other_labels_than_the_target_gives_are_said(tmp_path)
     assert f"kubectl label jobsets -l distillctl.dev/sweep={expansion.sweep.name}" in warning.hint
     same = {first.run_id: Observation(exists=True, labels=(("cost-center", "42"), ("team", "b"), ("x", "y")))}
     assert label_changes(expansion, same, derive_all(expansion, same, out, now=NOW)) == ()
+
+
+def test_a_follow_that_ends_on_stopped_runs_does_not_send_them_to_retry_failed():
+    # A cancelled run (Pending, Preempted) was told "--retry-failed runs them again": `sweep` alone resumes it.
+    from orchestrator.cli.launch import _unsucceeded_hint
+    from orchestrator.core.run_status import RunStatus
+
+    stopped, failed = RunStatus("Pending", "Preempted"), RunStatus("Failed", "UserError")
+    assert _unsucceeded_hint([stopped], blocked=False).endswith("`distillctl sweep` again resumes the stopped ones")
+    assert "--retry-failed" not in _unsucceeded_hint([stopped], blocked=False)
+    assert _unsucceeded_hint([failed], blocked=False).endswith("--retry-failed runs the failed ones again")
+    both = _unsucceeded_hint([failed, stopped], blocked=False)
+    assert "--retry-failed runs the failed ones again; `distillctl sweep` again resumes the stopped ones" in both

@@ -422,9 +422,22 @@ def _follow(
         named += f"; {len(event.runs) - len(failed)} blocked by a failed prerequisite"
     console.print_error(
         f"{len(event.runs)} of {len(expansion.runs)} run(s) did not succeed: {named}",
-        "`distillctl status` and `distillctl logs` say why; --retry-failed runs them again",
+        _unsucceeded_hint([statuses[r.run_id] for r in failed], blocked=len(failed) < len(event.runs)),
     )
     return ExitCode.FAILED
+
+
+def _unsucceeded_hint(statuses, *, blocked: bool) -> str:
+    """What to do about runs a follow ended on: a failed one (or a blocked point) takes --retry-failed; a stopped
+    one (cancelled, preempted: Pending) only `sweep` again, which resumes it."""
+    from orchestrator.core.run_status import Phase
+
+    hint = ["`distillctl status` says why (`distillctl logs` shows a run's output)"]
+    if blocked or any(s.phase in (Phase.FAILED, Phase.DIVERGED) for s in statuses):
+        hint.append("--retry-failed runs the failed ones again")
+    if any(s.phase == Phase.PENDING for s in statuses):
+        hint.append("`distillctl sweep` again resumes the stopped ones")
+    return "; ".join(hint)
 
 
 # --- status -----------------------------------------------------------------------------------------------
