@@ -288,6 +288,7 @@ def test_an_output_base_that_is_a_file_is_a_usage_error_and_the_file_is_kept(tmp
     (tmp_path / "runs").write_text("mine")  # where output_base points
     done = distillctl("sweep", str(sweep), timeout=120)
     assert done.returncode == 2 and "make target.output_base a folder you can write to" in done.stderr, done.stderr
+    assert f"{tmp_path / 'runs'} is a file, not a folder" in done.stderr  # it named a path inside it
     assert (tmp_path / "runs").read_text() == "mine"
 
 

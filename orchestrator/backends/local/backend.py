@@ -134,8 +134,11 @@ class LocalBackend:
             state.post_orders(folder, submission, {"orders": orders, "parallelism": parallelism})
             log = open(log_path, "ab")
         except OSError as e:
+            blocker = next((p for p in (folder, *folder.parents) if p.is_file()), None)
             raise UsageError(  # the sweep's output_base, as a bad path on the command line: exit 2
-                f"cannot write the local supervisor's folder: {e.filename or folder}: {e.strerror or e}",
+                f"cannot write the local supervisor's folder: {blocker} is a file, not a folder"
+                if blocker is not None
+                else f"cannot write the local supervisor's folder: {e.filename or folder}: {e.strerror or e}",
                 "make target.output_base a folder you can write to",
             ) from None
         try:
