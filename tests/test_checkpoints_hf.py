@@ -176,6 +176,25 @@ def test_tensor_of_another_shape_is_named_with_both_shapes(folders, tmp_path):
     )
 
 
+def test_a_tensor_missing_from_a_folder_whose_config_fits_says_the_weights_are_incomplete(folders, tmp_path):
+    # The hint said "change the model block to match it" for a block that already matched config.json.
+    from safetensors.numpy import load_file, save_file
+
+    for victim, said in [
+        ("model.layers.1.mlp.up_proj.weight", "the folder's weights lack tensors the model needs"),
+        ("lm_head.weight", "if the model's head is its embedding, set tie_word_embeddings: true"),
+    ]:
+        cut = tmp_path / victim
+        shutil.copytree(folders["llama"], cut)
+        tensors = load_file(cut / hf.SINGLE)
+        del tensors[victim]
+        save_file(tensors, cut / hf.SINGLE, metadata={"format": "pt"})
+        with pytest.raises(UserError) as e:
+            load_model(str(cut))
+        assert f"{victim}: expected" in e.value.message and "missing" in e.value.message
+        assert said in e.value.hint and "change the model block" not in e.value.hint, e.value.hint
+
+
 def test_a_folder_holding_two_saves_reads_the_single_file_as_transformers_does(folders, tmp_path):
     """One save copied over another leaves model.safetensors beside a sharded index: transformers reads the single
     file, the trainer read the index (other weights, logits up to 7.5 nats apart, no word). Now it reads what

@@ -415,6 +415,7 @@ def check(files: Files | RemoteFiles, shape: ModelShape) -> None:
     if not problems and shape.tie_embeddings and "lm_head.weight" in files.where:
         _check_tied_head(files)
     dtypes_only = bad_dtypes == len(problems)  # then the hint is about the dtype, not the model block
+    missing = [name for name in want if name not in files.where]
     if problems:
         raise UserError(
             f"the Hugging Face checkpoint at {files.path} does not hold this model ({shape.family}, "
@@ -423,9 +424,26 @@ def check(files: Files | RemoteFiles, shape: ModelShape) -> None:
             + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""),
             "save the weights in float32, bfloat16 or float16 (e.g. model.to(torch.bfloat16).save_pretrained(DIR))"
             if dtypes_only
+            else _missing_hint(missing, shape)
+            if len(missing) == len(problems)
             else "point load_parameters_path at a checkpoint of the spec's model, or change the model block to match "
             "it",
         )
+
+
+def _missing_hint(missing: list[str], shape: ModelShape) -> str:
+    """Tensors absent while every other one fits: the model block matched config.json (it is checked first), so
+    the weights are incomplete, not another model."""
+    if missing == ["lm_head.weight"] and not shape.tie_embeddings:
+        return (
+            "the folder has no output head of its own: if the model's head is its embedding, set "
+            "tie_word_embeddings: true in its config.json (and the model block's tie_embeddings: true); else copy the "
+            "checkpoint again, every weights file"
+        )
+    return (
+        "the folder's weights lack tensors the model needs (a shard not copied, a partial save?): copy or save the "
+        "checkpoint again, every weights file"
+    )
 
 
 def _check_tied_head(files: Files | RemoteFiles) -> None:
