@@ -161,13 +161,18 @@ def _shape(c: dict, family: str, file: str) -> ModelShape:
         rope_scaling=scaling,
         norm_eps=float(c.get("rms_norm_eps", 1e-6)),
         sliding_window=c.get("sliding_window", defaults.get("sliding_window")) if gemma else None,
-        global_every=int(c.get("_sliding_window_pattern") or c.get("sliding_window_pattern") or 6)
-        if family == "gemma3"
-        else 0,
+        global_every=6 if family == "gemma3" else 0,
         attn_softcap=c.get("attn_logit_softcapping", defaults.get("attn_logit_softcapping")) if gemma else None,
         final_softcap=c.get("final_logit_softcapping", defaults.get("final_logit_softcapping")) if gemma else None,
         query_pre_attn_scalar=c.get("query_pre_attn_scalar", defaults.get("query_pre_attn_scalar")) if gemma else None,
     )
+    pattern = int(c.get("_sliding_window_pattern") or c.get("sliding_window_pattern") or 6) if family == "gemma3" else 6
+    if pattern != 6:
+        # Every published Gemma 3 has a global layer every 6th; another pattern is the same model with other layer
+        # kinds, which a block states as global_layers (it cannot set global_every).
+        shape = dataclasses.replace(
+            shape, global_layers=tuple(i for i in range(depth) if (i + 1) % max(pattern, 1) == 0)
+        )
     problems = []
     if family == "gemma2" and depth % 2:
         problems.append(f"Gemma 2 pairs sliding-window and global layers, but num_hidden_layers is {depth}")

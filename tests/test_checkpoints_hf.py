@@ -638,6 +638,29 @@ def test_keys_a_gemma_config_leaves_out_take_transformers_defaults():
     assert (nulls.attn_softcap, nulls.final_softcap) == (None, None)
 
 
+def test_a_gemma3_config_with_another_global_layer_pattern_is_its_global_layers():
+    # `_sliding_window_pattern: 3` (layer_types alike or absent) was "distillctl cannot build this model", though
+    # the trainer builds it (a block's global_layers) and transformers computes it so.
+    from distillspec.hf_config import shape_mismatches
+
+    config = {**SMALL, "model_type": "gemma3_text", "num_hidden_layers": 6, "_sliding_window_pattern": 3}
+    for written in (
+        config,
+        {
+            **config,
+            "layer_types": ["sliding_attention"] * 2
+            + ["full_attention"] * 1
+            + ["sliding_attention"] * 2
+            + ["full_attention"],
+        },
+    ):
+        shape = hf.shape_from_config(written)
+        assert (shape.global_every, shape.global_layers) == (6, (2, 5))
+    stated = dataclasses.replace(shape, global_layers=None)
+    assert shape_mismatches(shape, dataclasses.replace(stated, global_layers=(2, 5))) == []
+    assert any("global_layers" in line for line in shape_mismatches(shape, stated))
+
+
 @pytest.mark.parametrize(
     ("settings", "said"),
     [
