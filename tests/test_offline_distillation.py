@@ -376,6 +376,9 @@ def test_a_complete_cache_run_again_is_kept_as_it_is(runs):
         recorder = Recorder()
         assert run(spec, reporter=recorder) == TrainerExit.OK
         assert any("wrote the teacher's top-" in n for n in recorder.notes), recorder.notes
+        # ... and says so: the students of the sweep now read another cache.
+        [said] = [n for n in recorder.notes if "was written for another" in n]
+        assert f"teacher_step ({latest.name}; now {later.name}): writing it again" in said, said
         manifest = json.loads((runs["cache"] / "manifest.json").read_text())
         assert manifest["teacher_step"] == later.name  # the step: the same one read through another folder is the same
     finally:

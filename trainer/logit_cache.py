@@ -108,12 +108,19 @@ def teacher_topk(logits, targets, k: int) -> dict[str, Any]:
     }
 
 
-def write(spec: DistillSpec, directory: str, *, on_step: Callable[[int], bool] | None = None) -> dict[str, Any]:
+def write(
+    spec: DistillSpec,
+    directory: str,
+    *,
+    on_step: Callable[[int], bool] | None = None,
+    note: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Write the cache of `spec` (mode teacher_logits, tokenizer resolved) to `directory`: `spec.steps ×
     gradient_accumulation_steps` micro-batches, this process's rows in its own folder; process 0 writes the
     manifest once all processes are done. `on_step(step)` is called after each step's micro-batches and may
-    return True to stop early (a signal): no manifest is written then. Returns the manifest (or {} if stopped).
-    Raises UserError (teacher, data or storage problems)."""
+    return True to stop early (a signal): no manifest is written then; `note(text)` (process 0) hears that a
+    complete cache of other settings is replaced. Returns the manifest (or {} if stopped). Raises UserError
+    (teacher, data or storage problems)."""
     import jax
     from flax import nnx
     from jax.experimental import multihost_utils
@@ -129,7 +136,9 @@ def write(spec: DistillSpec, directory: str, *, on_step: Callable[[int], bool] |
     mesh = make_mesh(spec.mesh)
     rows = setup.global_rows(spec, mesh)
     teacher_step = _step_of(teacher_step_folder(spec))  # (`step` counts the loop below)
-    complete = complete_cache(spec, directory, rows=rows, teacher_step=teacher_step)
+    complete, replaced = complete_cache(spec, directory, rows=rows, teacher_step=teacher_step)
+    if replaced and note is not None and jax.process_index() == 0:
+        note(f"the logit cache in {directory} was written for another {replaced}: writing it again")
     if jax.process_count() > 1:  # process 0's reading decides for all: a host's own disk may hold no manifest
         complete = bool(multihost_utils.broadcast_one_to_all(np.int32(complete is not None)))
         complete = read_manifest(directory)[1] if complete else None
@@ -189,18 +198,20 @@ def write(spec: DistillSpec, directory: str, *, on_step: Callable[[int], bool] |
 KEPT = "kept"  # in `write`'s answer only: the cache was complete, and left as it was
 
 
-def complete_cache(spec: DistillSpec, directory: str, *, rows: int, teacher_step: str | None = None) -> dict | None:
-    """The manifest of the cache already in `directory` when it is the one `spec` would write (the same teacher,
+def complete_cache(
+    spec: DistillSpec, directory: str, *, rows: int, teacher_step: str | None = None
+) -> tuple[dict | None, str | None]:
+    """`(manifest, None)` when the cache already in `directory` is the one `spec` would write (the same teacher,
     tokenizer, data, k, rows, micro-batches and teacher step; any process count reads it, `CacheBatches`): a
     finished teacher_logits run started again recomputed the whole cache (the costly pass offline distillation
-    exists to make once), refusing students meanwhile. None when there is none, or another."""
+    exists to make once), refusing students meanwhile. `(None, what differs)` when another complete cache is
+    there (it is written again: said, as its students now read another); `(None, None)` when there is none."""
     try:
         _, manifest = read_manifest(directory)
     except UserError:
-        return None
+        return None, None
     tokenizer = tokenizer_identity(spec.data.tokenizer or "byte")
-    if contract.mismatch(directory, manifest, spec, tokenizer) is not None:
-        return None
+    differ, _ = contract.differences(manifest, contract.expected(spec, tokenizer))
     wanted = {
         "rows": rows,
         "micro_batches": contract.micro_batches_needed(spec),
@@ -208,7 +219,10 @@ def complete_cache(spec: DistillSpec, directory: str, *, rows: int, teacher_step
         # A teacher that trained on behind the same `checkpoints` path needs the cache written again.
         "teacher_step": teacher_step,
     }
-    return manifest if all(manifest.get(key) == value for key, value in wanted.items()) else None
+    differ += [
+        f"{key} ({manifest.get(key)}; now {value})" for key, value in wanted.items() if manifest.get(key) != value
+    ]
+    return (None, ", ".join(differ)) if differ else (manifest, None)
 
 
 def _remove_manifest(directory: str) -> None:

@@ -1232,7 +1232,7 @@ def _write_logit_cache(spec: DistillSpec, session: _Session, stop, run_dir: str,
         session.step = step
         return _should_stop(stop, step)
 
-    manifest = logit_cache.write(spec, directory, on_step=on_step)
+    manifest = logit_cache.write(spec, directory, on_step=on_step, note=session.reporter.note)
     if manifest.get(logit_cache.KEPT):
         session.step = spec.steps
         session.tokens = manifest["micro_batches"] * manifest["rows"] * manifest["max_target_length"]
