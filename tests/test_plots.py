@@ -100,6 +100,11 @@ def test_unwritable_plot_folder_is_a_usage_error(tmp_path):
         assert out.exit_code == ExitCode.USAGE and f"{blocker} is a file, not a folder" in out.stderr, out.stderr
         assert out.stdout == ""  # refused before the table: a script gets no table with exit 2
     assert blocker.read_text() == "{}"
+    # Into a run folder (as regress --junit and golden -o refuse): figures among the outputs the command reads.
+    inside = tmp_path / "runs" / result.points[0].run_id / "plots"
+    out = runner.invoke(app, ["results", str(tmp_path / "sweep.yaml"), "--plot", str(inside)])
+    assert out.exit_code == ExitCode.USAGE and "a run folder whose outputs this command reads" in out.stderr
+    assert not inside.exists() and out.stdout == ""
 
 
 def test_points_with_an_eval_set_are_drawn_from_their_evaluations(tmp_path):

@@ -218,6 +218,7 @@ def results_command(
     if output_base is None:
         ctx.warn_if_nothing_written(expansion)
     if plot is not None:  # before the table is printed: a script must not get a whole table and exit 2
+        _refuse_clobbering({"--plot": Path(plot)}, {"the sweep file": Path(sweep)}, expansion, output_base)
         try:
             Path(plot).mkdir(parents=True, exist_ok=True)
         except OSError as e:
