@@ -512,6 +512,7 @@ def test_an_offline_points_top_k_kl_is_never_ranked_or_compared_with_a_whole_voc
     assert rows[offline_point.run_id].delta_kl is None and rows[online_point.run_id].delta_kl is not None
     text = results_format.legend(t)
     assert "kl_div_T1 of offline points (column `kl over`: top-16+tail)" in text
+    assert "★ goes to a whole-vocabulary point when there is one" in text  # it said "ranked ... with the same kind"
     assert "kl over" in results_format.markdown(t)
     runs = json.loads(json.dumps(results_format.to_json(t)))["runs"]
     assert runs[2]["kl_div_T1_over"] == "top-16+tail" and runs[0]["kl_div_T1_over"] is None  # the teacher: no KL

@@ -131,8 +131,8 @@ def legend(results: Results) -> str:
     if offline:
         parts.append(
             f"kl_div_T1 of offline points (column `kl over`: {', '.join(offline)}) is over the teacher's top-k tokens "
-            "and one bucket for the rest: lower than over the whole vocabulary for the same student, so ranked "
-            "and compared only with points of the same kind"
+            "and one bucket for the rest: lower than over the whole vocabulary for the same student, so compared "
+            f"only with points of the same kind, and {BEST} goes to a whole-vocabulary point when there is one"
         )
     damaged = [r for r in results.rows if r.damage]
     if damaged:
