@@ -263,6 +263,37 @@ def test_a_process_whose_peers_never_join_ends_with_its_record_not_jaxs_abort(tm
     assert failure["failure_reason"] == "processes_not_joined" and failure["process_index"] == 1
 
 
+def test_a_peer_killed_before_it_reports_ends_the_others_with_a_record_not_jaxs_abort(tmp_path):
+    # Process 1 killed (SIGKILL, out of memory) after joining, before posting how it was started: process 0 waited
+    # until JAX's heartbeat timeout aborted it, 134 after ~100 s, summary.json absent.
+    spec = write_spec(tmp_path / "lost.json", merged(BASE, name="lost", output_dir=str(tmp_path)))
+    address = f"127.0.0.1:{_free_port()}"
+    dies = (
+        "import os, signal, sys; import trainer.train as t; "
+        "t._check_processes_agree = lambda spec: os.kill(os.getpid(), signal.SIGKILL); "
+        "from trainer.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    )
+    flags = ["--spec", str(spec), "--coordinator-address", address, "--num-processes", "2", "--process-id"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, *(["-m", "trainer"] if i == 0 else ["-c", dies]), *flags, str(i)],
+            cwd=REPO,
+            env=python_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    started = time.monotonic()
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [42, -9], [e[-2000:] for e in errors]
+    assert time.monotonic() - started < 95  # before JAX's own 100 s heartbeat timeout
+    assert "process 1 stopped answering before it could report how it was started" in errors[0], errors[0][-2000:]
+    summary = json.loads((tmp_path / "lost" / "summary.json").read_text())
+    assert (summary["status"], summary["exit_code"], summary["failure_reason"]) == ("failed", 42, "peer_lost")
+
+
 def test_processes_given_another_process_count_are_refused(tmp_path):
     # Process 1 said --num-processes 3, process 0 2: JAX took process 0's and both trained, the mistake unsaid.
     spec = write_spec(tmp_path / "count.json", merged(BASE, name="count", output_dir=str(tmp_path)))

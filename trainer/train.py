@@ -154,6 +154,7 @@ def run(
         try:
             try:
                 _initialize_distributed(process, session)
+                _start_beating()
                 _check_processes_agree(spec)
                 _enable_compilation_cache()
                 train(spec, session, stop)
@@ -350,6 +351,38 @@ def _join_watchdog(process: ProcessOptions, session: _Session, seconds: int) -> 
 
 
 AGREE_TIMEOUT_MS = 300_000  # as long as a process waits for every other to join
+BEAT_SECONDS = 5.0  # how often a process says it is alive while the processes start (`_start_beating`)
+# A peer whose beat has not moved for this long is gone: well under JAX's 100 s heartbeat timeout, whose expiry
+# aborts every process (134, nothing written); long enough for a peer busy in code that holds the GIL.
+STALE_SECONDS = 45.0
+WAIT_SLICE_MS = 5_000
+_BEATING = threading.Event()  # set: the processes are ready, the beat stops
+
+
+def _start_beating() -> None:
+    """A daemon thread that bumps `distillctl/alive/<index>` every BEAT_SECONDS until the processes are ready
+    (`_processes_ready`), so a process waiting for a peer in `_exchange` can tell a slow peer from a dead one:
+    a peer killed before it posted left the others waiting until JAX's heartbeat timeout aborted them (exit 134
+    after ~100 s, summary.json absent or "running")."""
+    import jax
+
+    store = _coordination_store()
+    if store is None:
+        return
+    _BEATING.clear()
+    key = f"distillctl/alive/{jax.process_index()}"
+
+    def beat() -> None:
+        count = 0
+        while not _BEATING.is_set():
+            count += 1
+            try:
+                store.key_value_set(key, str(count), allow_overwrite=True)
+            except Exception:  # noqa: BLE001 - the coordinator is gone: the waits say so
+                return
+            _BEATING.wait(BEAT_SECONDS)
+
+    threading.Thread(target=beat, name="distillctl-beat", daemon=True).start()
 
 
 def _check_processes_agree(spec: DistillSpec) -> None:
@@ -423,9 +456,13 @@ def _processes_ready() -> None:
     store = _coordination_store()
     if store is None:
         return
-    for other, said in _exchange(
-        store, "ready", "ok", range(jax.process_count()), READY_TIMEOUT_MS, "get ready to train"
-    ):
+    try:
+        ready = list(
+            _exchange(store, "ready", "ok", range(jax.process_count()), READY_TIMEOUT_MS, "get ready to train")
+        )
+    finally:
+        _BEATING.set()
+    for other, said in ready:
         if said != "ok":
             code, _, why = said.partition(" ")
             error = UserError if code == str(int(TrainerExit.USER_ERROR)) else RetryableError
@@ -444,15 +481,35 @@ def _exchange(store, topic: str, mine: str, others, timeout_ms: int, what: str):
 
     def theirs():
         for other in others:
-            if other == index:
-                continue
-            try:
-                said = store.blocking_key_value_get(f"distillctl/{topic}/{other}", timeout_ms)
-            except Exception as e:  # noqa: BLE001 - the client raises its own status errors
-                raise RetryableError(f"process {other} did not {what}: {_first_line(e)}") from None
-            yield other, said
+            if other != index:
+                yield other, _wait_for(store, f"distillctl/{topic}/{other}", other, timeout_ms, what)
 
     return theirs()
+
+
+def _wait_for(store, key: str, other: int, timeout_ms: int, what: str) -> str:
+    """What process `other` posted under `key`, waited for in slices; RetryableError when its beat stops (gone:
+    killed, out of memory) or `timeout_ms` passes (late: hung, or the coordinator's trouble)."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    beat, moved = None, time.monotonic()
+    while True:
+        try:
+            return store.blocking_key_value_get(key, min(WAIT_SLICE_MS, timeout_ms))
+        except Exception as e:  # noqa: BLE001 - the client raises its own status errors
+            if "DEADLINE_EXCEEDED" not in str(e) or time.monotonic() >= deadline:
+                raise RetryableError(f"process {other} did not {what}: {_first_line(e)}") from None
+        try:
+            now_beat = store.key_value_try_get(f"distillctl/alive/{other}")
+        except Exception:  # noqa: BLE001 - not posted yet
+            now_beat = None
+        if now_beat != beat:
+            beat, moved = now_beat, time.monotonic()
+        elif time.monotonic() - moved > STALE_SECONDS:
+            raise RetryableError(
+                f"process {other} stopped answering before it could {what} (killed, out of memory or crashed: its "
+                f"beat has not moved for {STALE_SECONDS:.0f} s)",
+                reason="peer_lost",
+            )
 
 
 def _tell_peers(code: TrainerExit, message: str) -> None:
