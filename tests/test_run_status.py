@@ -399,3 +399,12 @@ def test_a_follow_that_ends_on_stopped_runs_does_not_send_them_to_retry_failed()
     assert _unsucceeded_hint([failed], blocked=False).endswith("--retry-failed runs the failed ones again")
     both = _unsucceeded_hint([failed, stopped], blocked=False)
     assert "--retry-failed runs the failed ones again; `distillctl sweep` again resumes the stopped ones" in both
+
+
+def test_a_run_queued_again_by_a_supervisor_now_gone_says_so_not_its_earlier_attempt():
+    # Cancelled (preempted), submitted again, its supervisor then SIGKILLed: it read "Pending (Preempted)" with the
+    # earlier attempt's words, not that nothing will start it.
+    lost = "its local supervisor (pid 7) is gone before starting it; `distillctl sweep` submits it again"
+    for verdict in ({"status": "preempted", "exit_code": 143, "step": 0}, {"status": "failed", "exit_code": 1}):
+        s = status(Observation(exists=False, lost=lost), outputs(verdict))
+        assert s.shown == "Pending (SupervisorGone)" and s.message == lost, s

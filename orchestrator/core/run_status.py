@@ -222,6 +222,8 @@ def derive(
     if not observation.exists:
         if observation.claimed_at is not None:  # before the outputs' word: the claimer is about to run it again
             return RunStatus(Phase.PENDING, PendingReason.CLAIMED, _claimed_message(observation, now), **common)
+        if observation.lost:  # queued again since its outputs were written: they are an earlier attempt's
+            return RunStatus(Phase.PENDING, PendingReason.SUPERVISOR_GONE, observation.lost, **common)
         if verdict == "failed":
             return RunStatus(Phase.FAILED, FailedReason.TRAINER_EXIT, _failure_message(final), **common)
         if verdict == "preempted":  # stopped by SIGTERM (cancel, preemption): it resumes when created again
@@ -233,8 +235,6 @@ def derive(
                 "outputs say running, but no run exists; resumes when submitted",
                 **common,
             )
-        if observation.lost:
-            return RunStatus(Phase.PENDING, PendingReason.SUPERVISOR_GONE, observation.lost, **common)
         return RunStatus(Phase.PENDING, PendingReason.NOT_CREATED, "not submitted yet", **common)
     if observation.suspended or observation.queue_reason:
         reason = observation.queue_reason or QueuedReason.SUSPENDED
