@@ -320,6 +320,11 @@ def test_a_sweep_no_controller_serves_is_said_by_sweep_and_status(control_plane,
         plain = CliRunner().invoke(app, ["sweep", str(path), *kube])
         assert plain.exit_code == ExitCode.USAGE and "is run by the distillctl service" in plain.stderr, plain.output
         assert "distillctl sweep FILE --service" in plain.stderr
+        # Deleted under deletionPolicy Keep, its JobSets run on: the command that deletes them names the image the
+        # service ran them with (the resource that recorded it is gone; without it the file names no run).
+        kept = CliRunner().invoke(app, ["cancel", str(path), "--service", "--yes", *kube])
+        assert kept.exit_code == 0, kept.output
+        assert f"`distillctl cancel FILE --image {IMAGE}` deletes them" in " ".join(kept.stdout.split())
     finally:
         client.CoreV1Api(control_plane.client).delete_namespace("unserved")
 
@@ -453,6 +458,11 @@ def test_sweep_applied_as_a_resource_runs_to_the_end_with_no_client(control_plan
     client.CustomObjectsApi(cp.client).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "svc-a")
     cp.wait_for(lambda: resource(cp, "svc-a") is None, 60, "the resource to go")
     assert all(j["metadata"].get("deletionTimestamp") for j in jobsets(cp, "svc-a"))
+    # Gone, the resource no longer says which image the file left to it: said (it read "not a valid sweep").
+    gone = CliRunner().invoke(app, ["status", str(path), *kube])
+    said = " ".join(gone.stderr.split())
+    assert gone.exit_code == 2 and "there is no DistillationSweep svc-a in namespace" in said, gone.output
+    assert "give --image IMAGE" in said
 
 
 def test_bad_resources_are_refused_at_admission_or_get_a_condition(control_plane, controllers, tmp_path):

@@ -448,6 +448,19 @@ def test_tls_rbac_and_namespace_failures_say_what_to_change():
     error = api_error("claim run x", denied, cluster)
     assert "RBAC rights on leases.coordination.k8s.io in namespace 'team'" in error.hint
     assert error.exit_code == ExitCode.FORBIDDEN
+    # A 403 on deleting a DistillationSweep (cancel --service) named "get and patch" and the chart's installation.
+    refused = ApiException(status=403, reason="Forbidden")
+    refused.body = json.dumps(
+        {
+            "kind": "Status",
+            "message": 'distillationsweeps.distillctl.dev "s" is forbidden: User "u" cannot delete resource '
+            '"distillationsweeps" in API group "distillctl.dev" in the namespace "team"',
+            "details": {"kind": "distillationsweeps", "group": "distillctl.dev"},
+        }
+    )
+    error = api_error("delete DistillationSweep s", refused, cluster)
+    assert error.hint.startswith("ask for delete rights on distillationsweeps.distillctl.dev in namespace 'team'")
+    assert error.exit_code == ExitCode.FORBIDDEN
     # Creating in a namespace that does not exist: a raw "404 namespaces ... not found", exit 1.
     gone = ApiException(status=404, reason="Not Found")
     gone.body = json.dumps(

@@ -850,8 +850,9 @@ def _cancel_service(expansion, backend, *, yes: bool, wait: bool, timeout: float
     policy = service.delete_resource(cluster, name)
     if policy == "Keep":
         console.out.print(
-            f"deleted DistillationSweep {name}; its JobSets run on (deletionPolicy Keep): `distillctl cancel FILE` "
-            "deletes them",
+            f"deleted DistillationSweep {name}; its JobSets run on (deletionPolicy Keep): `distillctl cancel FILE "
+            f"--image {shlex.quote(str(expansion.sweep.target.image))}` deletes them (the image the service ran them "
+            "with: the resource that recorded it is gone)",
             markup=False,
         )
         return

@@ -260,6 +260,7 @@ class SweepContext:
         from distillspec.sweep import Target
         from orchestrator.cli import console
         from orchestrator.core.sweeps import load_overridden
+        from orchestrator.errors import DistillctlError, UsageError
         from orchestrator.service.client import pinned_defaults
 
         source = load_overridden(self.path, self.overrides, image_required=False)
@@ -269,7 +270,22 @@ class SweepContext:
         unset = {key for key in ("image", "output_base") if getattr(target, key) in (None, "", Target().output_base)}
         if not unset:
             return self
-        filled = {k: v for k, v in pinned_defaults(self.access, target, source.sweep.name).items() if k in unset}
+        name = source.sweep.name
+        try:
+            pinned = pinned_defaults(self.access, target, name)
+        except DistillctlError:
+            if "image" in unset:
+                raise  # without the service's image the file names none of its runs: the cluster's answer is why
+            return self  # the command that reads the runs says it
+        if pinned is None and "image" in unset:
+            # It read "not a valid sweep: target.image missing" (exit 4) after a `cancel --service`, with -n wrong.
+            namespace = self.access.namespace or target.namespace or "the context's namespace"
+            raise UsageError(
+                f"{self.path} leaves target.image to the sweep service, and there is no DistillationSweep {name} in "
+                f"namespace {namespace} to take it from (deleted, or applied in another namespace or cluster?)",
+                "give --image IMAGE (the image its runs use), or -n/--context where the sweep was applied",
+            )
+        filled = {k: v for k, v in (pinned or {}).items() if k in unset}
         if not filled:
             return self
         console.err.print(

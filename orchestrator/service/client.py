@@ -244,20 +244,32 @@ def read_resource(cluster: Cluster, name: str, on_forbidden: Callable[[], None] 
         return None
 
 
-def pinned_defaults(access, target, name: str) -> dict[str, str]:
-    """The controller defaults the DistillationSweep `name` was run with (`status.pinned`: image, output_base);
-    empty when there is no such resource, no controller ran it, or the cluster cannot be asked (the command that
-    asks says that itself, when it reads the runs)."""
+def pinned_defaults(access, target, name: str) -> dict[str, str] | None:
+    """The controller defaults the DistillationSweep `name` was run with (`status.pinned`: image, output_base;
+    empty when no controller has run it); None when there is no such resource. Raises DistillctlError when the
+    cluster cannot be asked or refuses the read (the caller decides whether that matters)."""
     from orchestrator.backends import backend_for
 
+    backend = backend_for(target, access)
     try:
-        backend = backend_for(target, access)
-        try:
-            found = read_resource(backend.cluster, name)
-        finally:
-            backend.close()
-        return dict(SweepStatus.model_validate((found or {}).get("status") or {}).pinned)
-    except (DistillctlError, ValueError):
+        cluster = backend.cluster
+        found = cluster.call(
+            f"read {KIND} {name}",
+            cluster.custom.get_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            cluster.namespace,
+            PLURAL,
+            name,
+            passthrough=frozenset({404}),
+        )
+    except ApiException:  # 404: no such resource, or no CRD (no service installed)
+        return None
+    finally:
+        backend.close()
+    try:
+        return dict(SweepStatus.model_validate(found.get("status") or {}).pinned)
+    except ValueError:
         return {}
 
 

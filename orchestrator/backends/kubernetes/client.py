@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -232,11 +233,14 @@ def api_error(what: str, e: ApiException, cluster: Cluster) -> DistillctlError:
         )
     if e.status == 403:
         resource = _forbidden_resource(e)
+        verb = re.search(r"cannot (\w+) resource", message)
         hint = (
-            # `serve` out of its Role's namespace was pointed to the launcher's Role, which has no such rule
-            f"`distillctl serve` has the chart's Role in the namespace the chart is installed in: install it in "
-            f"{cluster.namespace!r} (helm install distillctl charts/distillctl -n {cluster.namespace}); a launcher "
-            f"applying sweeps needs get and patch on {resource} there"
+            # The verb refused first (a `cancel --service` user lacks delete, not "get and patch"); then `serve`,
+            # which has the chart's Role only where the chart is installed.
+            f"ask for {verb.group(1) if verb else 'the'} rights on {resource} in namespace {cluster.namespace!r} (a "
+            "launcher needs get and patch to apply sweeps, delete for `cancel --service`); for `distillctl serve`, "
+            f"install the chart there (helm install distillctl charts/distillctl -n {cluster.namespace}): its Role "
+            "holds the controller's rights"
             if "distillationsweeps" in resource
             else f"ask for RBAC rights on {resource} in namespace {cluster.namespace!r} (README, "
             '"Running distillctl in a pod", lists the Role a launcher needs)'
