@@ -275,9 +275,11 @@ class SweepContext:
             pinned = pinned_defaults(self.access, target, name)
         except DistillctlError:
             if "image" in unset:
+                load_overridden(self.path, self.overrides)  # a local file made a cluster one by --tpu-type: said
                 raise  # without the service's image the file names none of its runs: the cluster's answer is why
             return self  # the command that reads the runs says it
         if pinned is None and "image" in unset:
+            load_overridden(self.path, self.overrides)
             # It read "not a valid sweep: target.image missing" (exit 4) after a `cancel --service`, with -n wrong.
             namespace = self.access.namespace or target.namespace or "the context's namespace"
             raise UsageError(
