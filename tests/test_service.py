@@ -450,3 +450,16 @@ def test_an_edit_no_controller_has_seen_is_said(monkeypatch):
     views.show_service(Served("s1", status, None, namespace="default", generation=2, changed_at=time.time() - 2))
     views.show_service(Served("s1", SweepStatus(), None, namespace="default", generation=1, changed_at=time.time()))
     assert said == []
+
+
+def test_an_unset_queue_of_a_served_sweep_is_left_to_the_charts_default_queue():
+    # `sweep --service` warned "the JobSets bypass Kueue" for a sweep whose queue the chart's defaults.queue fills.
+    from distillspec.problems import Problem
+    from orchestrator.service.client import as_served
+
+    warned = Problem(("target", "queue"), "no_queue", "target.queue is unset: bypass Kueue", "set it", severity="warning")
+    served = as_served(warned)
+    assert served.code == "no_queue" and served.severity == "warning"
+    assert "the sweep service's default queue (the chart's defaults.queue) applies" in served.message
+    other = Problem(("target", "image"), "x", "m", "h")
+    assert as_served(other) is other

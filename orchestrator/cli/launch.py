@@ -256,11 +256,11 @@ def _apply_to_service(ctx: SweepContext, output: OutputFormat, fields: dict) -> 
     from orchestrator.core.sweeps import with_memory_warnings
     from orchestrator.errors import DistillctlError
     from orchestrator.exit_codes import ExitCode
-    from orchestrator.service.client import apply_sweep, checked_source, unserved_problem, wait_observed
+    from orchestrator.service.client import apply_sweep, as_served, checked_source, unserved_problem, wait_observed
 
     source, expansion = checked_source(ctx.path, ctx.overrides, yes=ctx.yes)  # its image may be left to the controller
     for problem in with_memory_warnings(expansion).problems:  # launch advice, as `sweep` gives it
-        console.print_problem(problem)
+        console.print_problem(as_served(problem))
     cluster = connect(ctx.access, default_namespace=source.sweep.target.namespace)
     try:
         # What `sweep` refuses before creating anything (a missing LocalQueue, PriorityClass or Secret, a quota that

@@ -44,6 +44,19 @@ def _service_supplied(problem: Problem) -> bool:
     return problem.code == "target_field_missing" and tuple(problem.loc) == ("target", "image")
 
 
+def as_served(problem: Problem) -> Problem:
+    """A launch warning as it reads for a sweep the service runs: an unset queue is the controller's to fill (the
+    chart's `defaults.queue`), which the client cannot see."""
+    if problem.code != "no_queue":
+        return problem
+    return dataclasses.replace(
+        problem,
+        message="target.queue is unset: the sweep service's default queue (the chart's defaults.queue) applies; "
+        "with none, the JobSets bypass Kueue (no quota, no all-slices-at-once admission, no preemption by priority)",
+        hint="set target.queue to the cluster's Kueue LocalQueue unless the chart's defaults.queue names it",
+    )
+
+
 def checked_source(path, overrides: TargetOverrides = TargetOverrides(), *, yes: bool = False):
     """The sweep file at `path`, its target fields replaced by the command line's `overrides`, loaded and expanded
     as `sweep` would, so what `sweep` would reject never reaches the cluster (InvalidSpecError, UsageError naming a
