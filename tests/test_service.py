@@ -463,3 +463,20 @@ def test_an_unset_queue_of_a_served_sweep_is_left_to_the_charts_default_queue():
     assert "the sweep service's default queue (the chart's defaults.queue) applies" in served.message
     other = Problem(("target", "image"), "x", "m", "h")
     assert as_served(other) is other
+
+
+def test_a_run_the_cluster_saw_end_is_not_shown_going_from_a_stale_resource():
+    # The controller stopped; the run's JobSet failed; `status` showed it Running from the resource, for ever.
+    from orchestrator.core.run_status import RunStatus
+    from orchestrator.service.client import behind_problem, with_the_cluster
+
+    service = {
+        "a": RunStatus("Running"),
+        "b": RunStatus("Stopped", "EarlyStopped"),  # only the controller knows: kept
+        "c": RunStatus("Queued", "Pending"),
+    }
+    live = {"a": RunStatus("Failed", "UserError", "exit 1"), "b": RunStatus("Running"), "c": RunStatus("Queued")}
+    merged, behind = with_the_cluster(service, live)
+    assert behind == 1 and merged["a"].shown == "Failed (UserError)"
+    assert merged["b"] is service["b"] and merged["c"] is service["c"]
+    assert "1 run(s) it shows going have ended" in behind_problem("s", "team", 1).message

@@ -80,9 +80,11 @@ def backend_statuses(access, output_base: str | None = None):
             backend = backend_for(expansion.sweep.target, access)
             try:
                 view = _service_view(expansion, backend)
-                if view is not None and view.statuses is not None:
-                    return view.statuses  # the controller's view, from the sweep's DistillationSweep
                 observed = backend.observe(expansion)
+                if view is not None and view.statuses is not None:  # the controller's view, from its resource
+                    from orchestrator.cli.views import with_the_cluster
+
+                    return with_the_cluster(view, derive_all(expansion, observed, outputs, now=time.time()))
             finally:
                 backend.close()
         except DistillctlError as e:  # the cluster is down or refuses: results still read from storage

@@ -234,6 +234,18 @@ def service_view(expansion, backend, on_forbidden=None):
     return served(cluster, expansion, on_forbidden)
 
 
+def with_the_cluster(view, live):
+    """The controller's run statuses, where the cluster has not seen a run end that they show going (a warning
+    when it has: a stopped controller's resource showed a failed run Running for ever)."""
+    from orchestrator.cli import console
+    from orchestrator.service.client import behind_problem, with_the_cluster
+
+    merged, behind = with_the_cluster(view.statuses, live)
+    if behind:
+        console.warn_once(behind_problem(view.name, view.namespace, behind))
+    return merged
+
+
 def show_service(view, shown: list[str] | None = None) -> None:
     """The resource's conditions on stderr (the table or JSON on stdout stays the runs'), only when they changed
     since `shown[0]` (`--watch` asks every few seconds); a warning when its runs are not this file's."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -310,6 +310,30 @@ def run_statuses(status: SweepStatus, now: float) -> dict[str, RunStatus]:
         )
         for run in status.runs
     }
+
+
+def with_the_cluster(service: dict[str, RunStatus], live: Mapping[str, RunStatus]) -> tuple[dict[str, RunStatus], int]:
+    """The controller's statuses, except where the cluster has seen a run end that the resource still shows going
+    (its controller stopped or lagging: a failed run read Running for ever); and how many runs that is. Terminal
+    statuses only the controller knows (Stopped by an early-stopping rule) stay."""
+    merged, behind = dict(service), 0
+    for run_id, said in service.items():
+        seen = live.get(run_id)
+        if seen is not None and not said.terminal and seen.terminal:
+            merged[run_id], behind = seen, behind + 1
+    return merged, behind
+
+
+def behind_problem(name: str, namespace: str, behind: int) -> Problem:
+    return Problem(
+        (),
+        "service_status_behind",
+        f"the DistillationSweep {name}'s status is behind the cluster: {behind} run(s) it shows going have ended "
+        "(statuses of those come from the cluster)",
+        f"is its controller running? `kubectl get lease distillctl-controller -n {namespace or 'NAMESPACE'}` names the replica "
+        "that leads, `kubectl logs` of the chart's Deployment says why not",
+        severity="warning",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
