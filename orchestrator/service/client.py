@@ -236,10 +236,12 @@ def _not_installed(more: str) -> DistillctlError:
     )
 
 
-def read_resource(cluster: Cluster, name: str, on_forbidden: Callable[[], None] | None = None) -> dict | None:
+def read_resource(
+    cluster: Cluster, name: str, on_forbidden: Callable[[], None] | None = None, *, forbidden_raises: bool = False
+) -> dict | None:
     """The DistillationSweep `name`; None when there is no such resource, no CRD, or no right to read it (a
     launcher's Role need not know the service exists; `on_forbidden` is called then: such a launcher cannot tell
-    a served sweep from its own)."""
+    a served sweep from its own). `forbidden_raises`: no right to read it is the forbidden error instead."""
     try:
         return cluster.call(
             f"read {KIND} {name}",
@@ -249,7 +251,7 @@ def read_resource(cluster: Cluster, name: str, on_forbidden: Callable[[], None] 
             cluster.namespace,
             PLURAL,
             name,
-            passthrough=frozenset({403, 404}),
+            passthrough=frozenset({404} if forbidden_raises else {403, 404}),
         )
     except ApiException as e:
         if e.status == 403 and on_forbidden is not None:
@@ -265,21 +267,11 @@ def pinned_defaults(access, target, name: str) -> dict[str, str] | None:
 
     backend = backend_for(target, access)
     try:
-        cluster = backend.cluster
-        found = cluster.call(
-            f"read {KIND} {name}",
-            cluster.custom.get_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            cluster.namespace,
-            PLURAL,
-            name,
-            passthrough=frozenset({404}),
-        )
-    except ApiException:  # 404: no such resource, or no CRD (no service installed)
-        return None
+        found = read_resource(backend.cluster, name, forbidden_raises=True)
     finally:
         backend.close()
+    if found is None:
+        return None
     try:
         return dict(SweepStatus.model_validate(found.get("status") or {}).pinned)
     except ValueError:
