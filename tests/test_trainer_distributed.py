@@ -141,24 +141,27 @@ def test_a_process_that_fails_mid_run_gives_the_run_its_reason(tmp_path):
     assert summary["message"].startswith("process 1 failed (exit 1):") and "b.jsonl" in summary["message"], summary
 
 
-def _launch_pair(spec, address: str, specs=None, counts=(2, 2)) -> list[subprocess.Popen]:
+def _launch_pair(
+    spec, address: str, specs=None, counts=(2, 2), *, addresses=None, commands=None, **env: str
+) -> list[subprocess.Popen]:
+    """Processes 0 and 1 of a run: `python -m trainer` (or `commands[i]`, the arguments after the interpreter),
+    each with its spec, coordinator address, process count and `env` added to the environment."""
     return [
         subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "trainer",
+                *(commands[i] if commands else ["-m", "trainer"]),
                 "--spec",
                 str((specs or (spec, spec))[i]),
                 "--coordinator-address",
-                address,
+                (addresses or (address, address))[i],
                 "--num-processes",
                 str(counts[i]),
                 "--process-id",
                 str(i),
             ],
             cwd=REPO,
-            env=python_env(),
+            env=python_env(**env),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -237,18 +240,8 @@ def test_a_process_whose_peers_never_join_ends_with_its_record_not_jaxs_abort(tm
     # Process 0 alone (its peer never started) and process 1 alone (no coordinator at its address) each waited
     # JAX's 5 minutes and were aborted by it: exit 134, summary.json absent, nothing on stderr but a native stack.
     spec = write_spec(tmp_path / "alone.json", merged(BASE, name="alone", output_dir=str(tmp_path)))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "trainer", "--spec", str(spec), "--coordinator-address", f"127.0.0.1:{_free_port()}"]
-            + ["--num-processes", "2", "--process-id", str(i)],
-            cwd=REPO,
-            env=python_env(DISTILLCTL_JOIN_TIMEOUT_S="8"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
+    alone = (f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}")
+    procs = _launch_pair(spec, "", addresses=alone, DISTILLCTL_JOIN_TIMEOUT_S="8")
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [42, 42], [e[-2000:] for e in errors]
     for err in errors:
@@ -273,18 +266,7 @@ def test_a_peer_killed_before_it_reports_ends_the_others_with_a_record_not_jaxs_
         "t._check_processes_agree = lambda spec: os.kill(os.getpid(), signal.SIGKILL); "
         "from trainer.__main__ import main; sys.exit(main(sys.argv[1:]))"
     )
-    flags = ["--spec", str(spec), "--coordinator-address", address, "--num-processes", "2", "--process-id"]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, *(["-m", "trainer"] if i == 0 else ["-c", dies]), *flags, str(i)],
-            cwd=REPO,
-            env=python_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
+    procs = _launch_pair(spec, address, commands=(["-m", "trainer"], ["-c", dies]))
     started = time.monotonic()
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [42, -9], [e[-2000:] for e in errors]
