@@ -322,9 +322,15 @@ def test_a_sweep_no_controller_serves_is_said_by_sweep_and_status(control_plane,
         assert "distillctl sweep FILE --service" in plain.stderr
         # Deleted under deletionPolicy Keep, its JobSets run on: the command that deletes them names the image the
         # service ran them with (the resource that recorded it is gone; without it the file names no run).
-        kept = CliRunner().invoke(app, ["cancel", str(path), "--service", "--yes", *kube])
+        kept = CliRunner().invoke(app, ["cancel", str(path), "--service", "--yes", "--output", "json", *kube])
         assert kept.exit_code == 0, kept.output
-        assert f"`distillctl cancel FILE --image {IMAGE}` deletes them" in " ".join(kept.stdout.split())
+        assert f"`distillctl cancel FILE --image {IMAGE}` deletes them" in " ".join(kept.stderr.split())
+        # JSON asked, JSON on stdout (it printed the text): the words above went to stderr.
+        assert json.loads(kept.stdout) == {
+            "deleted": "DistillationSweep/svc-lonely",
+            "deletionPolicy": "Keep",
+            "gone": False,
+        }
     finally:
         client.CoreV1Api(control_plane.client).delete_namespace("unserved")
 

@@ -576,3 +576,24 @@ def test_a_grid_over_the_hard_limit_is_said_as_such_without_yes(tmp_path):
         result = invoke("plan", str(path), *yes)
         assert result.exit_code == ExitCode.INVALID_SPEC, result.output
         assert "over the limit of 100000" in result.stderr and "--yes" not in result.stderr
+
+
+def test_a_service_dry_run_checks_the_file_as_the_service_takes_it(tmp_path):
+    # A file leaving target.image to the chart's defaults.image: `sweep --service` applies it, and its dry run
+    # called it "not a valid sweep" (exit 4), while the --dry-run=server refusal's hint pointed there.
+    import shutil
+
+    import yaml
+
+    for name in ("alpha-end.yaml", "llama3.1-8b-pruning-recovery.yaml"):
+        shutil.copy(SWEEPS / name, tmp_path / name)
+    path = tmp_path / "alpha-end.yaml"
+    path.write_text("\n".join(line for line in path.read_text().splitlines() if "image:" not in line) + "\n")
+    result = invoke("sweep", str(path), "--service", "-n", "team", "--dry-run=client")
+    assert result.exit_code == ExitCode.OK, result.output
+    body = yaml.safe_load(result.stdout)
+    assert (body["kind"], body["metadata"]) == ("DistillationSweep", {"name": "alpha-end", "namespace": "team"})
+    assert "image" not in body["spec"]["target"]  # the service's default fills it
+    assert "would apply DistillationSweep team/alpha-end: 6 run(s)" in result.stderr
+    as_json = invoke("sweep", str(path), "--service", "--dry-run=client", "--output", "json")
+    assert as_json.exit_code == ExitCode.OK and json.loads(as_json.stdout)["kind"] == "DistillationSweep"

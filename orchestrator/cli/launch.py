@@ -196,12 +196,16 @@ def sweep(
                 "lets it create a failed run again up to N times; --dry-run=client checks the sweep without the cluster",
             )
     if dry_run is DryRunMode.client:
-        _client_dry_run(ctx.expanded(), output)
+        if service:  # checked as `--service` applies it: its image may be left to the service
+            _service_dry_run(ctx, output)
+        else:
+            _client_dry_run(ctx.expanded(), output)
         return
     if service:
         _apply_to_service(ctx, output, service_fields)
         return
-    expansion, backend = ctx.open()
+    # served: a file that leaves its image to the service is still recognised as a served sweep (and refused here)
+    expansion, backend = ctx.open(served=True)
     try:
         unknown = functools.partial(console.warn_once, _service_unknown(expansion.sweep.name))
         if dry_run is None and views.service_view(expansion, backend, on_forbidden=unknown) is not None:
@@ -302,6 +306,33 @@ REFUSAL_EXIT_CODES = {
     "PriorityClassMissing": 8,
     "ManifestRejected": 8,
 }
+
+
+def _service_dry_run(ctx, output: OutputFormat) -> None:
+    """`sweep --service --dry-run=client`: the DistillationSweep `--service` would apply, checked as it checks it,
+    without the cluster (it refused a file that leaves target.image to the service: "not a valid sweep")."""
+    import yaml
+
+    from orchestrator.cli import console
+    from orchestrator.core.sweeps import with_memory_warnings
+    from orchestrator.service.client import as_served, checked_source
+    from orchestrator.service.resource import resource_from_source
+
+    source, expansion = checked_source(ctx.path, ctx.overrides, yes=ctx.yes)
+    for problem in with_memory_warnings(expansion).problems:
+        console.print_problem(as_served(problem))
+    namespace = ctx.access.namespace or source.sweep.target.namespace or "default"
+    body = resource_from_source(source, namespace)
+    if output is OutputFormat.json:
+        console.print_json(body)
+    else:
+        console.out.file.write(yaml.safe_dump(body, sort_keys=False))
+    console.err.print(
+        f"would apply DistillationSweep {namespace}/{source.sweep.name}: {len(expansion.runs)} run(s) (dry run: the "
+        "cluster was not asked)",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 def _client_dry_run(expansion, output: OutputFormat) -> None:
@@ -760,7 +791,7 @@ def cancel(
                 raise UsageError(
                     "--service deletes the whole DistillationSweep", "drop the run arguments and --orphans"
                 )
-            _cancel_service(expansion, backend, yes=yes, wait=wait, timeout=timeout)
+            _cancel_service(expansion, backend, yes=yes, wait=wait, timeout=timeout, output=output)
             return
         if orphans:
             if runs:
@@ -827,9 +858,12 @@ def _nothing_running(expansion, backend, asked) -> str:
     return f"none of these {len(asked)} runs is running ({counted})"
 
 
-def _cancel_service(expansion, backend, *, yes: bool, wait: bool, timeout: float | None) -> None:
+def _cancel_service(
+    expansion, backend, *, yes: bool, wait: bool, timeout: float | None, output: OutputFormat = OutputFormat.text
+) -> None:
     """`cancel --service`: delete the sweep's DistillationSweep; the controller deletes its JobSets first (under
-    deletionPolicy Delete) and then lets the resource go. With `wait`, until it is gone (exit 3 after `timeout`)."""
+    deletionPolicy Delete) and then lets the resource go. With `wait`, until it is gone (exit 3 after `timeout`).
+    With JSON output, stdout holds one object (`deleted`, `deletionPolicy`, `gone`) and the words go to stderr."""
     from orchestrator.cli import console
     from orchestrator.errors import DistillctlError, UsageError
     from orchestrator.exit_codes import ExitCode
@@ -848,15 +882,23 @@ def _cancel_service(expansion, backend, *, yes: bool, wait: bool, timeout: float
         if not typer.confirm(f"Delete DistillationSweep {name} (namespace {cluster.namespace})?"):
             raise typer.Exit(int(ExitCode.FAILED))
     policy = service.delete_resource(cluster, name)
+    as_json = output is OutputFormat.json
+    say = console.err.print if as_json else console.out.print
+
+    def answer(gone: bool) -> None:
+        if as_json:
+            console.print_json({"deleted": f"DistillationSweep/{name}", "deletionPolicy": policy, "gone": gone})
+
     if policy == "Keep":
-        console.out.print(
+        say(
             f"deleted DistillationSweep {name}; its JobSets run on (deletionPolicy Keep): `distillctl cancel FILE "
             f"--image {shlex.quote(str(expansion.sweep.target.image))}` deletes them (the image the service ran them "
             "with: the resource that recorded it is gone)",
             markup=False,
         )
+        answer(False)  # deleted; not waited for (its JobSets run on)
         return
-    console.out.print(
+    say(
         f"deleting DistillationSweep {name}: the controller deletes its JobSets first (deletionPolicy Delete)"
         + ("" if wait else "; `cancel --service --wait` waits until it is gone"),
         markup=False,
@@ -869,7 +911,8 @@ def _cancel_service(expansion, backend, *, yes: bool, wait: bool, timeout: float
                 "the service again, or remove the finalizer",
                 exit_code=ExitCode.TIMEOUT,
             )
-        console.out.print(f"DistillationSweep {name} is gone, and its JobSets with it", markup=False)
+        say(f"DistillationSweep {name} is gone, and its JobSets with it", markup=False)
+    answer(wait)
 
 
 def _cancel_orphans(expansion, backend, *, yes: bool, output: OutputFormat, wait: bool, timeout: float | None) -> None:

@@ -283,9 +283,11 @@ class SweepContext:
             # It read "not a valid sweep: target.image missing" (exit 4) after a `cancel --service`, with -n wrong.
             namespace = self.access.namespace or target.namespace or "the context's namespace"
             raise UsageError(
-                f"{self.path} leaves target.image to the sweep service, and there is no DistillationSweep {name} in "
-                f"namespace {namespace} to take it from (deleted, or applied in another namespace or cluster?)",
-                "give --image IMAGE (the image its runs use), or -n/--context where the sweep was applied",
+                f"{self.path} sets no target.image, and there is no DistillationSweep {name} in namespace "
+                f"{namespace} whose service could have filled it in (deleted, or applied in another namespace or "
+                "cluster?)",
+                "give --image IMAGE (the image its runs use) or set target.image, or -n/--context where the sweep "
+                "was applied",
             )
         filled = {k: v for k, v in (pinned or {}).items() if k in unset}
         if not filled:
