@@ -401,6 +401,9 @@ def test_sweep_applied_as_a_resource_runs_to_the_end_with_no_client(control_plan
     (orphan,) = before - {r["jobset"] for r in status["runs"]}
     assert [o["jobset"] for o in status["orphans"]] == [orphan]
     assert not next(j for j in made if j["metadata"]["name"] == orphan)["metadata"].get("deletionTimestamp")
+    # The edit's apply said so at once, as a plain `sweep` does (it said only "applied", and the orphan held quota).
+    said = " ".join(edited.stderr.split())
+    assert "warning[orphaned_runs]" in said and f"{orphan} (" in said and "--orphans` deletes them" in said, said
     kept = sorted(j["metadata"]["name"] for j in made if j["metadata"]["name"] != orphan)
     assert kept == sorted(r["jobset"] for r in status["runs"])  # one each
     assert before - {orphan} <= set(kept)  # the kept runs' JobSets are the ones created before the edit
@@ -422,6 +425,10 @@ def test_sweep_applied_as_a_resource_runs_to_the_end_with_no_client(control_plan
     assert all(r["age_seconds"] >= 0 for r in json.loads(shown.stdout))  # from the JobSets' creation (was none)
     assert "DistillationSweep svc-a: Succeeded (AllSucceeded: 3 run(s))" in shown.stderr  # its conditions
     assert "1 orphaned JobSet(s)" in shown.stderr and f"{orphan} (" in shown.stderr  # and `status`'s own warning
+    # A plain `sweep` of it (the file leaves its image to the service) is the served sweep's, and refused as such
+    # (it read "not a valid sweep: target.image missing", exit 4).
+    plain = CliRunner().invoke(app, ["sweep", str(path), *kube])
+    assert plain.exit_code == 2 and "is run by the distillctl service" in plain.stderr, plain.output
     # Another image than the controller filled in: other run ids than the resource's, said (it looked unsaid).
     other = CliRunner().invoke(app, ["status", str(path), "--image", "example.invalid/other:1", *kube])
     assert other.exit_code == 0 and "warning[service_runs_differ]" in other.stderr, other.output

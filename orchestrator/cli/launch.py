@@ -274,6 +274,10 @@ def _apply_to_service(ctx: SweepContext, output: OutputFormat, fields: dict) -> 
         applied = apply_sweep(cluster, source, fields, say=lambda line: console.err.print(line, markup=False))
         metadata = applied["metadata"]
         seen = wait_observed(cluster, metadata["name"], metadata.get("generation"))
+        if (
+            seen is not None and seen.orphans
+        ):  # an edit's dropped points run on, holding quota: said now, as `sweep` does
+            console.warn_once(_orphans_problem(expansion, [(o.jobset, o.state) for o in seen.orphans], ctx.path))
         if seen is None:
             earlier = (applied.get("status") or {}).get("observedGeneration")
             problem = unserved_problem(metadata["name"], metadata["namespace"], earlier, metadata.get("generation"))
@@ -716,18 +720,22 @@ def _warn_orphans(expansion, backend, path=None) -> None:
             )
         )
     if orphans:
-        listed = ", ".join(f"{o.name} ({o.state})" for o in orphans[:10]) + (" ..." if len(orphans) > 10 else "")
-        what, does = _orphan_words(expansion)
-        console.warn_once(
-            Problem(
-                (),
-                "orphaned_runs",
-                f"{len(orphans)} {what} of sweep {expansion.sweep.name} are for runs no longer in the sweep file: "
-                f"{listed}",
-                f"`distillctl cancel {_named(path)} --orphans` {does} them (outputs and checkpoints stay)",
-                severity="warning",
-            )
-        )
+        console.warn_once(_orphans_problem(expansion, [(o.name, o.state) for o in orphans], path))
+
+
+def _orphans_problem(expansion, orphans: list[tuple[str, str]], path=None):
+    """`orphaned_runs`: this sweep's runs (name, state) for points its file no longer has."""
+    from distillspec.problems import Problem
+
+    listed = ", ".join(f"{name} ({state})" for name, state in orphans[:10]) + (" ..." if len(orphans) > 10 else "")
+    what, does = _orphan_words(expansion)
+    return Problem(
+        (),
+        "orphaned_runs",
+        f"{len(orphans)} {what} of sweep {expansion.sweep.name} are for runs no longer in the sweep file: {listed}",
+        f"`distillctl cancel {_named(path)} --orphans` {does} them (outputs and checkpoints stay)",
+        severity="warning",
+    )
 
 
 def _named(path) -> str:
