@@ -185,8 +185,8 @@ class RopeScalingSpec(_Block):
         if self.type == "linear" and extra:  # they mean nothing to linear scaling, yet made another run id
             raise PydanticCustomError(
                 "llama3_only",
-                "{fields} apply to llama3 scaling only; linear scaling has a factor",
-                {"fields": ", ".join(extra)},
+                "{fields} {verb} to llama3 scaling only; linear scaling has a factor",
+                {"fields": ", ".join(extra), "verb": "apply" if len(extra) > 1 else "applies"},
             )
         return self
 

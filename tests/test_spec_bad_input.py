@@ -214,7 +214,7 @@ def test_llama3_scaling_fields_on_a_linear_scaling_are_refused():
         "student: {model: tiny-2l, rope_scaling: {type: linear, factor: 2.0, low_freq_factor: 2.0}}\nmode: pretrain\n"
     )
     (problem,) = [p for p in read_spec_text(text, file="spec.yaml").problems if p.is_error]
-    assert problem.code == "llama3_only" and "low_freq_factor apply to llama3 scaling only" in problem.message
+    assert problem.code == "llama3_only" and "low_freq_factor applies to llama3 scaling only" in problem.message
 
 
 def test_a_scheduled_loss_weight_written_as_people_write_it_gets_what_to_write():

@@ -333,6 +333,11 @@ def test_an_offline_point_is_checked_against_the_cache_its_prerequisite_writes(t
         (problem,) = [p for p in result.problems if p.code == "logit_cache_mismatch"]
         assert problem.is_error and said in problem.message and problem.loc == ("prerequisites", "logits")
         assert "one cache prerequisite per value" in problem.hint and not result.points
+    # The cache's place written another way (`/./`): compared as the place it names (it passed, as no cache's).
+    written = yaml.safe_dump({**data, "axes": {"top_k": [32]}}, sort_keys=False).replace("}/logits", "}/./logits")
+    assert "/./logits" in written
+    path.write_text(written)
+    assert [p.code for p in expand(load_sweep(path)).problems if p.is_error] == ["logit_cache_mismatch"]
     logits = {**data["prerequisites"]["logits"]}
     logits["overrides"] = {**logits["overrides"], "data.tokenizer": "tok/tokenizer.json"}
     path.write_text(

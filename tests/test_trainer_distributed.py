@@ -276,6 +276,28 @@ def test_a_peer_killed_before_it_reports_ends_the_others_with_a_record_not_jaxs_
     assert (summary["status"], summary["exit_code"], summary["failure_reason"]) == ("failed", 42, "peer_lost")
 
 
+def test_another_process_that_fails_to_start_leaves_the_runs_summary_alone(tmp_path):
+    # Process 1 with a bad option failed before JAX started and wrote summary.json as if it were process 0: a
+    # preempted run's record (resumable, never retried once "failed") was replaced by its user error.
+    spec = write_spec(tmp_path / "kept.json", merged(BASE, name="kept", output_dir=str(tmp_path)))
+    (tmp_path / "kept").mkdir()
+    record = {"status": "preempted", "exit_code": 143, "step": 5, "total_steps": 10, "message": "checkpoint saved"}
+    (tmp_path / "kept" / "summary.json").write_text(json.dumps(record))
+    flags = ["--coordinator-address", f"127.0.0.1:{_free_port()}", "--num-processes", "2", "--process-id", "1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer", "--spec", str(spec), *flags],
+        cwd=REPO,
+        env=python_env(DISTILLCTL_JOIN_TIMEOUT_S="abc"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and "DISTILLCTL_JOIN_TIMEOUT_S must be a whole number" in done.stderr, done.stderr
+    assert json.loads((tmp_path / "kept" / "summary.json").read_text()) == record
+    failure = json.loads((tmp_path / "kept" / "failures" / "process-1.json").read_text())
+    assert failure["process_index"] == 1 and "DISTILLCTL_JOIN_TIMEOUT_S" in failure["message"]
+
+
 def test_processes_given_another_process_count_are_refused(tmp_path):
     # Process 1 said --num-processes 3, process 0 2: JAX took process 0's and both trained, the mistake unsaid.
     spec = write_spec(tmp_path / "count.json", merged(BASE, name="count", output_dir=str(tmp_path)))

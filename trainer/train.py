@@ -149,6 +149,10 @@ def run(
         if getattr(sys.unraisablehook, "func", None) is not _quiet_lost_interrupt:
             sys.unraisablehook = functools.partial(_quiet_lost_interrupt, default=sys.unraisablehook)
     session = _Session(spec, reporter)
+    if process.process_id is not None and process.process_id >= 0:
+        # Which record a failure writes before JAX is up (a bad option, a bad --process-id range): another
+        # process's start replaced the run's summary.json (a preempted run's, resumable) as if it were process 0.
+        session.process_index = process.process_id
     try:
         code, message = TrainerExit.OK, ""
         try:

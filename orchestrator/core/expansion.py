@@ -23,6 +23,7 @@ from typing import Any, Mapping
 from distillspec import layout, spec_paths, tpu
 from distillspec import logit_cache_manifest as logit_cache
 from distillspec.config import DOCUMENT_SOURCES, DistillSpec
+from distillspec.places import place
 from distillspec.problems import Loc, Problem, has_errors
 from distillspec.specfile import validate_data
 from distillspec.sweep import (
@@ -361,7 +362,7 @@ def _cache_problems(spec, prerequisites: tuple[Point, ...]) -> list[Problem]:
     if not spec.offline_data_dir:
         return []
     for writer in prerequisites:
-        if writer.spec.mode != "teacher_logits" or spec.offline_data_dir.rstrip("/") != (
+        if writer.spec.mode != "teacher_logits" or place(spec.offline_data_dir) != place(
             f"{writer.output_path}/{logit_cache.CACHE_FOLDER}"
         ):
             continue
