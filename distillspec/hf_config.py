@@ -68,7 +68,14 @@ def _rope(params: dict | None, legacy_theta, legacy_scaling: dict | None, defaul
         )
     if kind == "linear":
         return float(theta), RopeScaling("linear", float(p["factor"]))
-    raise ConfigError(f"{file}: RoPE type {kind!r} is not supported", "use a llama3, linear or default RoPE model")
+    raise ConfigError(
+        f"{file}: RoPE type {kind!r} (rope_parameters' rope_type, or rope_scaling's type) is not supported: the trainer "
+        "computes default, llama3 and linear RoPE",
+        "dynamic scaling is the default RoPE up to max_position_embeddings: for sequences no longer than that, a copy "
+        "of the folder with rope_type default computes the same"
+        if kind == "dynamic"
+        else "use a model whose RoPE is default, llama3 or linear",
+    )
 
 
 def language_config(config: dict) -> dict:

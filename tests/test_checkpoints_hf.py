@@ -804,3 +804,19 @@ def test_a_gemma2_config_with_rope_scaling_is_refused():
     config["rope_parameters"] = {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}
     with pytest.raises(UserError, match="RoPE scaling \\(linear\\) on a Gemma 2"):
         hf.shape_from_config(config)
+
+
+@pytest.mark.parametrize(("kind", "said"), [("dynamic", "rope_type default computes the same"), ("yarn", "is default")])
+def test_an_unsupported_rope_type_names_the_key_and_what_to_do(kind, said):
+    # "RoPE type 'dynamic' is not supported / use a llama3, linear or default RoPE model": which key, and for a
+    # dynamic one (the default RoPE up to max_position_embeddings), nothing on what would do.
+    config = {
+        **SMALL,
+        "model_type": "llama",
+        "num_hidden_layers": 2,
+        "rope_parameters": {"rope_type": kind, "factor": 2.0},
+    }
+    with pytest.raises(UserError) as e:
+        hf.shape_from_config(config)
+    assert f"RoPE type {kind!r} (rope_parameters' rope_type, or rope_scaling's type)" in e.value.message
+    assert said in e.value.hint
