@@ -173,7 +173,8 @@ def _shape(c: dict, family: str, file: str) -> ModelShape:
         final_softcap=c.get("final_logit_softcapping", defaults.get("final_logit_softcapping")) if gemma else None,
         query_pre_attn_scalar=c.get("query_pre_attn_scalar", defaults.get("query_pre_attn_scalar")) if gemma else None,
     )
-    pattern = int(c.get("_sliding_window_pattern") or c.get("sliding_window_pattern") or 6) if family == "gemma3" else 6
+    # As transformers reads it: `sliding_window_pattern` (its `_sliding_window_pattern` is written, never read).
+    pattern = int(c.get("sliding_window_pattern") or 6) if family == "gemma3" else 6
     if pattern != 6:
         # Every published Gemma 3 has a global layer every 6th; another pattern is the same model with other layer
         # kinds, which a block states as global_layers (it cannot set global_every).

@@ -639,11 +639,11 @@ def test_keys_a_gemma_config_leaves_out_take_transformers_defaults():
 
 
 def test_a_gemma3_config_with_another_global_layer_pattern_is_its_global_layers():
-    # `_sliding_window_pattern: 3` (layer_types alike or absent) was "distillctl cannot build this model", though
+    # `sliding_window_pattern: 3` (layer_types alike or absent) was "distillctl cannot build this model", though
     # the trainer builds it (a block's global_layers) and transformers computes it so.
     from distillspec.hf_config import shape_mismatches
 
-    config = {**SMALL, "model_type": "gemma3_text", "num_hidden_layers": 6, "_sliding_window_pattern": 3}
+    config = {**SMALL, "model_type": "gemma3_text", "num_hidden_layers": 6, "sliding_window_pattern": 3}
     for written in (
         config,
         {
@@ -656,6 +656,9 @@ def test_a_gemma3_config_with_another_global_layer_pattern_is_its_global_layers(
     ):
         shape = hf.shape_from_config(written)
         assert (shape.global_every, shape.global_layers) == (6, (2, 5))
+    # `_sliding_window_pattern` alone is what transformers writes and never reads (it builds every 6th global).
+    private = {**SMALL, "model_type": "gemma3_text", "num_hidden_layers": 6, "_sliding_window_pattern": 3}
+    assert hf.shape_from_config(private).global_layers is None
     stated = dataclasses.replace(shape, global_layers=None)
     assert shape_mismatches(shape, dataclasses.replace(stated, global_layers=(2, 5))) == []
     assert any("global_layers" in line for line in shape_mismatches(shape, stated))
