@@ -457,7 +457,9 @@ def test_an_unset_queue_of_a_served_sweep_is_left_to_the_charts_default_queue():
     from distillspec.problems import Problem
     from orchestrator.service.client import as_served
 
-    warned = Problem(("target", "queue"), "no_queue", "target.queue is unset: bypass Kueue", "set it", severity="warning")
+    warned = Problem(
+        ("target", "queue"), "no_queue", "target.queue is unset: bypass Kueue", "set it", severity="warning"
+    )
     served = as_served(warned)
     assert served.code == "no_queue" and served.severity == "warning"
     assert "the sweep service's default queue (the chart's defaults.queue) applies" in served.message

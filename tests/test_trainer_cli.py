@@ -110,7 +110,7 @@ def test_python_m_trainer_process_flags_no_retry_can_fix_exit_1(tmp_path, flags,
 
 
 def test_a_start_that_fails_before_the_run_opens_keeps_what_earlier_attempts_recorded(tmp_path):
-    # A mistyped --process-id (or a mesh for other devices) on a finished run replaced its summary with "failed at
+    # A bad option (or a mesh for other devices) on a finished run replaced its summary with "failed at
     # step 0", its final metrics and wall time gone.
     spec = tmp_path / "s.json"
     spec.write_text(json.dumps(merged(TEACHER, output_dir=str(tmp_path))))
@@ -125,21 +125,25 @@ def test_a_start_that_fails_before_the_run_opens_keeps_what_earlier_attempts_rec
         "final_metrics": {"x": 1.0},
     }
     summary.write_text(json.dumps(finished))
-    flags = ["--coordinator-address", "127.0.0.1:1", "--num-processes", "2", "--process-id", "5"]
-    done = run_trainer(["--spec", str(spec), *flags], timeout=120)
+    # Process 0 with a bad option (another process's failure writes its own failures file, never the summary).
+    flags = ["--coordinator-address", "127.0.0.1:1", "--num-processes", "2", "--process-id", "0"]
+    env = python_env(DISTILLCTL_JOIN_TIMEOUT_S="abc")
+    done = run_trainer(["--spec", str(spec), *flags], env=env, timeout=120)
     assert done.returncode == 1 and "summary.json still says the run succeeded" in done.stderr, done.stderr
     assert json.loads(summary.read_text()) == finished
     # The run finished more steps than this spec asks: its start would be refused (fewer steps than the
     # checkpoint), the record kept; this failed start wrote "failed, step 120 of 60" over it.
     further = {**finished, "step": 120, "total_steps": 120}
     summary.write_text(json.dumps(further))
-    done = run_trainer(["--spec", str(spec), *flags], timeout=120)
+    done = run_trainer(["--spec", str(spec), *flags], env=env, timeout=120)
     assert done.returncode == 1 and json.loads(summary.read_text()) == further, done.stderr
     # An attempt that was killed (summary "running" at step 30): the failure is recorded where that attempt got to.
     summary.write_text(json.dumps({**finished, "status": "running", "exit_code": None, "step": 30, "wall_time_sec": 9}))
-    done = run_trainer(["--spec", str(spec), *flags], timeout=120)
+    done = run_trainer(["--spec", str(spec), *flags], env=env, timeout=120)
     recorded = json.loads(summary.read_text())
-    assert done.returncode == 1 and recorded["status"] == "failed" and "--process-id 5" in recorded["message"]
+    assert (
+        done.returncode == 1 and recorded["status"] == "failed" and "DISTILLCTL_JOIN_TIMEOUT_S" in recorded["message"]
+    )
     assert (recorded["step"], recorded["final_metrics"]) == (30, {"x": 1.0}) and recorded["wall_time_sec"] >= 9
 
 
