@@ -520,7 +520,7 @@ def status(
         if view is not None:
             views.show_service(view, shown)
             if view.statuses is not None:  # the controller's view, from the DistillationSweep's status
-                return views.with_the_cluster(view, look(expansion, backend, now=time.time()).statuses)
+                return views.with_the_cluster(view, lambda: look(expansion, backend, now=time.time()).statuses)
         state = look(expansion, backend, now=time.time(), stall_after=stall_after)
         for problem in state.warnings:
             console.warn_once(problem)

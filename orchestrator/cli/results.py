@@ -80,11 +80,14 @@ def backend_statuses(access, output_base: str | None = None):
             backend = backend_for(expansion.sweep.target, access)
             try:
                 view = _service_view(expansion, backend)
-                observed = backend.observe(expansion)
                 if view is not None and view.statuses is not None:  # the controller's view, from its resource
                     from orchestrator.cli.views import with_the_cluster
 
-                    return with_the_cluster(view, derive_all(expansion, observed, outputs, now=time.time()))
+                    def live():
+                        return derive_all(expansion, backend.observe(expansion), outputs, now=time.time())
+
+                    return with_the_cluster(view, live)
+                observed = backend.observe(expansion)
             finally:
                 backend.close()
         except DistillctlError as e:  # the cluster is down or refuses: results still read from storage

@@ -236,11 +236,14 @@ def service_view(expansion, backend, on_forbidden=None):
 
 def with_the_cluster(view, live):
     """The controller's run statuses, where the cluster has not seen a run end that they show going (a warning
-    when it has: a stopped controller's resource showed a failed run Running for ever)."""
+    when it has: a stopped controller's resource showed a failed run Running for ever). `live()`: the cluster's
+    statuses, asked only when some run is shown going (a finished sweep's refresh reads no outputs)."""
     from orchestrator.cli import console
     from orchestrator.service.client import behind_problem, with_the_cluster
 
-    merged, behind = with_the_cluster(view.statuses, live)
+    if all(s.terminal for s in view.statuses.values()):
+        return view.statuses
+    merged, behind = with_the_cluster(view.statuses, live())
     if behind:
         console.warn_once(behind_problem(view.name, view.namespace, behind))
     return merged
