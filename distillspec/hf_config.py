@@ -91,6 +91,7 @@ def language_config(config: dict) -> dict:
 
 def shape_from_config(config: dict, file: str = CONFIG) -> ModelShape:
     """The `ModelShape` a Hugging Face config.json describes; raises ConfigError for what the trainer cannot build."""
+    _not_quantized(config, file)
     config = language_config(config)
     model_type = config.get("model_type")
     family = MODEL_TYPES.get(model_type) if isinstance(model_type, str) else None
@@ -110,6 +111,26 @@ def shape_from_config(config: dict, file: str = CONFIG) -> ModelShape:
             raise
         what = f"{e.args[0]!r} is missing" if isinstance(e, KeyError) else f"a field has the wrong type or value ({e})"
         raise ConfigError(f"{file}: {what}", "use the config.json saved with the checkpoint's weights") from None
+
+
+def _not_quantized(config: dict, file: str) -> None:
+    """A quantized checkpoint (GPTQ, AWQ, bitsandbytes, FP8: transformers records `quantization_config`) holds
+    integer or 8-bit tensors under other names: the trainer, which loads float weights, failed on its tensors with
+    a list of "missing" and "not part of this model" that did not say why."""
+    quantization = config.get("quantization_config")
+    if quantization is None:
+        text = config.get("text_config")
+        quantization = text.get("quantization_config") if isinstance(text, dict) else None
+    if quantization is None:
+        return
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else None
+    raise ConfigError(
+        f"{file}: the checkpoint is quantized (quantization_config"
+        + (f", quant_method {method!r}" if isinstance(method, str) else "")
+        + "): the trainer loads float weights (float32, bfloat16 or float16)",
+        "point load_parameters_path at the model's unquantized checkpoint, or dequantize it and save_pretrained "
+        "it first",
+    )
 
 
 # Sizes every supported family's config states; each a positive integer (a string or a null here used to surface

@@ -305,6 +305,22 @@ def file_sha256(path: str) -> str | None:
         return None
 
 
+def safetensors_header(path: str) -> dict | None:
+    """The header of the safetensors file at a local path or fsspec URL (`{name: {dtype, shape, data_offsets}}`,
+    two ranged reads, never the tensors); None when absent. Raises `hf_config.ConfigError` when it is not a
+    safetensors file (or is cut short), OSError when it cannot be read."""
+    import fsspec
+
+    from distillspec.hf_tensors import parse_header
+
+    try:
+        fs, where = fsspec.core.url_to_fs(path)
+        size = fs.size(where)
+        return parse_header(path, size, lambda start, end: fs.cat_file(where, start, end))[0]
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
 def count_files(path: str) -> int | None:
     """How many files a data path names, read as the trainer reads it (a file, every file under a folder, or a
     glob's matches); None when the store cannot say (then nothing is claimed about the path)."""

@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 
 import fsspec
+import numpy as np
 import pytest
 import yaml
+from safetensors.numpy import save, save_file
 from spec_helpers import spec_data
 from typer.testing import CliRunner
 
 from distillspec.config import ModelSpec
-from distillspec.hf_config import CONFIG, config_of
+from distillspec.hf_config import CONFIG, SINGLE, config_of
+from distillspec.hf_tensors import tensor_table
 from distillspec.specfile import validate_data
 from orchestrator.cli import app
 from orchestrator.core.checkpoint_paths import check_paths
@@ -29,13 +32,20 @@ def spec_with(teacher_path: str):
 
 
 def hf_folder(path, model: str, *, weights: bool = True, **overrides) -> str:
-    """A Hugging Face folder of `model` as --check-paths sees it: its config.json (and a weights file, never read)."""
+    """A Hugging Face folder of `model` as --check-paths sees it: its config.json and a model.safetensors of the
+    model's tensors (zeros: only their names, shapes and dtypes are read)."""
     path.mkdir(parents=True, exist_ok=True)
     shape = ModelSpec(model=model, **overrides).shape()
     (path / CONFIG).write_text(json.dumps(config_of(shape)))
     if weights:
-        (path / "model.safetensors").write_bytes(b"\0")
+        save_file(zeros_of(shape), path / SINGLE)
     return str(path)
+
+
+def zeros_of(shape, dtype=np.float32, **changed) -> dict:
+    """The tensors of a model shape, as zeros (`changed`: name -> other dims, or None to leave it out)."""
+    table = tensor_table(shape) | changed
+    return {name: np.zeros(dims, dtype) for name, dims in table.items() if dims is not None}
 
 
 def test_a_matching_hugging_face_folder_has_no_problem(tmp_path):
@@ -91,6 +101,22 @@ def test_a_config_with_a_field_absent_or_of_the_wrong_type_is_named(tmp_path, ch
     (folder / CONFIG).write_text(json.dumps(config))
     (problem,) = check_paths(spec_with(str(folder)), read_text)
     assert problem.code == "checkpoint_unreadable" and said in problem.message, problem.message
+
+
+@pytest.mark.parametrize(
+    ("quantization", "said"),
+    [({"quant_method": "gptq", "bits": 4}, "quant_method 'gptq'"), ({}, "quantized (quantization_config)")],
+)
+def test_a_quantized_checkpoint_is_refused_before_its_tensors_are_read(tmp_path, quantization, said):
+    """transformers records `quantization_config` in a GPTQ / AWQ / bitsandbytes / FP8 save: its tensors are not
+    the float weights the trainer loads (it listed them as missing and foreign, without saying why)."""
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    config = config_of(ModelSpec(model="tiny-4l").shape())
+    (folder / CONFIG).write_text(json.dumps({**config, "quantization_config": quantization}))
+    (problem,) = check_paths(spec_with(str(folder)), read_text)
+    assert problem.code == "checkpoint_unreadable" and said in problem.message, problem.message
+    assert "unquantized checkpoint" in problem.hint
 
 
 def test_a_run_folder_whose_spec_json_is_not_a_spec_says_why_in_one_line(tmp_path):
@@ -198,8 +224,10 @@ def test_validate_check_paths_reads_a_url_folders_config(tmp_path):
     spec.write_text(yaml.safe_dump(spec_data(**{"teacher.load_parameters_path": "memory://cli/teacher"})))
     result = runner.invoke(app, ["validate", "--check-paths", str(spec)])  # its weights are listed there too
     assert result.exit_code == ExitCode.INVALID_SPEC and "checkpoint_weights_missing" in result.output
-    fs.pipe_file("/cli/teacher/model.safetensors", b"\0")
-    spec.write_text(yaml.safe_dump(spec_data(**{"teacher.load_parameters_path": "memory://cli/teacher"})))
+    fs.pipe_file("/cli/teacher/model.safetensors", b"\0")  # its header is read too
+    result = runner.invoke(app, ["validate", "--check-paths", str(spec)])
+    assert result.exit_code == ExitCode.INVALID_SPEC and "not a readable safetensors file" in result.output
+    fs.pipe_file("/cli/teacher/model.safetensors", save(zeros_of(ModelSpec(model="tiny-4l").shape())))
     assert runner.invoke(app, ["validate", "--check-paths", str(spec)]).exit_code == ExitCode.OK
     spec.write_text(yaml.safe_dump(spec_data(**{"teacher.load_parameters_path": "memory://cli/absent"})))
     assert runner.invoke(app, ["validate", "--check-paths", str(spec)]).exit_code == ExitCode.INVALID_SPEC
@@ -621,3 +649,63 @@ def test_a_folder_of_json_lines_under_the_text_source_is_warned_of(tmp_path):
     assert not [
         p for p in check_paths(spec, read_text, None, count_files, read_columns) if p.code == "text_source_of_records"
     ]
+
+
+def _validate_teacher(tmp_path, folder) -> tuple[int, str]:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(spec_data(**{"teacher.load_parameters_path": str(folder)})))
+    result = runner.invoke(app, ["validate", "--check-paths", str(spec)])
+    return result.exit_code, result.output
+
+
+def test_check_paths_reads_the_weights_headers_where_config_json_fits(tmp_path):
+    """A folder whose config.json is the spec's model but whose weights are not (a tensor of another shape, one
+    absent, one the model lacks) stopped the trainer minutes into a slice: --check-paths says it from the
+    safetensors headers, the tensors' values unread."""
+    shape = ModelSpec(model="tiny-4l").shape()
+    folder = tmp_path / "teacher"
+    hf_folder(folder, "tiny-4l", weights=False)
+    save_file(
+        zeros_of(
+            shape, **{"model.layers.1.mlp.up_proj.weight": (7, 7), "lm_head.weight": None, "model.extra.weight": (2,)}
+        ),
+        folder / SINGLE,
+    )
+    code, output = _validate_teacher(tmp_path, folder)
+    assert code == ExitCode.INVALID_SPEC and "checkpoint_tensor_mismatch" in output, output
+    flat = " ".join(output.split())
+    assert "model.layers.1.mlp.up_proj.weight in model.safetensors: expected" in flat and "found (7, 7)" in flat
+    assert "lm_head.weight: expected" in flat and "missing" in flat
+    assert "model.extra.weight: not part of this model" in flat
+
+
+def test_check_paths_refuses_weights_of_a_dtype_the_trainer_does_not_load(tmp_path):
+    folder = tmp_path / "teacher"
+    hf_folder(folder, "tiny-4l", weights=False)
+    save_file(zeros_of(ModelSpec(model="tiny-4l").shape(), np.int8), folder / SINGLE)
+    code, output = _validate_teacher(tmp_path, folder)
+    flat = " ".join(output.split())
+    assert code == ExitCode.INVALID_SPEC and "dtype I8 not one of F32/BF16/F16" in flat, output
+    assert "save the weights in float32, bfloat16 or float16" in flat
+
+
+def test_check_paths_reads_each_shard_an_index_names(tmp_path):
+    """A sharded save: each shard's header is read, and a tensor the index assigns to a shard that lacks it is
+    named (the trainer's "has no tensor" at start-up)."""
+    shape = ModelSpec(model="tiny-4l").shape()
+    folder = tmp_path / "teacher"
+    hf_folder(folder, "tiny-4l", weights=False)
+    tensors = zeros_of(shape)
+    names = sorted(tensors)
+    halves = {"a.safetensors": names[: len(names) // 2], "b.safetensors": names[len(names) // 2 :]}
+    for shard, part in halves.items():
+        save_file({n: tensors[n] for n in part}, folder / shard)
+    weight_map = {n: shard for shard, part in halves.items() for n in part}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    assert _validate_teacher(tmp_path, folder)[0] == ExitCode.OK
+    moved = halves["a.safetensors"][0]
+    weight_map[moved] = "b.safetensors"
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    code, output = _validate_teacher(tmp_path, folder)
+    flat = " ".join(output.split())
+    assert code == ExitCode.INVALID_SPEC and f"b.safetensors has no tensor {moved}" in flat, output

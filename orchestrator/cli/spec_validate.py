@@ -83,7 +83,7 @@ def _with_checked_paths(reports):
     from distillspec.maxtext_checkpoint import MissingDependency, read_checkpoint
     from orchestrator.core.checkpoint_paths import check_paths
     from orchestrator.errors import DistillctlError
-    from orchestrator.outputs import count_files, file_sha256, read_columns, read_text
+    from orchestrator.outputs import count_files, file_sha256, read_columns, read_text, safetensors_header
 
     read = functools.partial(read_text, limit=CHECKED_FILE_LIMIT)
     try:
@@ -95,7 +95,9 @@ def _with_checked_paths(reports):
                     r.locate(p) if r.locate else dataclasses.replace(p, file=r.file)
                     for p in (
                         _unreachable(r.spec)
-                        or check_paths(r.spec, read, read_checkpoint, count_files, read_columns, file_sha256)
+                        or check_paths(
+                            r.spec, read, read_checkpoint, count_files, read_columns, file_sha256, safetensors_header
+                        )
                     )
                 ),
             )

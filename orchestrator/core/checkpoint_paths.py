@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from distillspec import hf_tensors
 from distillspec import logit_cache_manifest as cache
 from distillspec import maxtext_checkpoint as mt
 from distillspec.checks import record_format_suffix
@@ -51,6 +52,9 @@ ReadMaxText = Callable[[str], "tuple[str, dict, dict] | None"]
 CountFiles = Callable[[str], "int | None"]  # the files a data path names (a file, folder or glob); None: unknown
 # The columns at a document path, for its source (`outputs.read_columns`): None when they cannot be learnt.
 ReadColumns = Callable[[str, str], "Any | None"]
+# A safetensors file's header (`{name: {dtype, shape, data_offsets}}`, `outputs.safetensors_header`): None when
+# absent; `hf_config.ConfigError` when it is not a safetensors file, OSError when it cannot be read.
+ReadHeader = Callable[[str], "dict | None"]
 # The sha256 of a file's bytes (`outputs.file_sha256`): None when absent; OSError when there but unreadable.
 Digest = Callable[[str], "str | None"]
 
@@ -62,11 +66,13 @@ def check_paths(
     count_files: CountFiles | None = None,
     read_columns: ReadColumns | None = None,
     digest: Digest | None = None,
+    read_header: ReadHeader | None = None,
 ) -> list[Problem]:
     """Every problem with the spec's checkpoint paths: absent, unreadable, or a different model than the block's;
     a warning when a Hugging Face checkpoint was trained on fewer positions than batch.max_target_length; with
     `count_files`, a data or eval path that names no file; with `digest`, an offline cache's tokenizer compared by
-    content. Raises `maxtext_checkpoint.MissingDependency` when
+    content; with `read_header`, a Hugging Face folder's tensors (names, shapes, dtypes) against the model. Raises
+    `maxtext_checkpoint.MissingDependency` when
     reading a path needs a package that is not installed."""
     # One read per file: the tokenizer checks read the same tokenizer.json files (on an object store, each a request).
     read_text = functools.cache(read_text)
@@ -99,12 +105,15 @@ def check_paths(
         if found is None:
             problems.append(Problem(loc, "checkpoint_not_found", *_not_found(path)))
             continue
+        weights = None  # a Hugging Face folder whose weights are all there: which save is read (single or index)
         if config is not None and count_files is not None:  # a Hugging Face folder: are its weights there?
             # Counted once (on an object store each is a listing): what weights are there, and whether both saves are.
             single, index = count_files(f"{path.rstrip('/')}/{SINGLE}"), count_files(f"{path.rstrip('/')}/{INDEX}")
             missing = _weights_missing(path.rstrip("/"), side, count_files, read_text, single=single, index=index)
             if missing is not None:
                 problems.append(Problem(loc, "checkpoint_weights_missing", *missing))
+            elif single or index:
+                weights = SINGLE if single else INDEX
             if single and index:
                 problems.append(
                     Problem(
@@ -126,6 +135,8 @@ def check_paths(
                     mismatch_hint(side, found, model.shape()),
                 )
             )
+        elif weights is not None and read_header is not None:  # config.json fits: do the tensors?
+            problems += _tensor_problems(path.rstrip("/"), weights, model.shape(), loc, read_text, read_header)
         beyond = beyond_max_position(config or {}, where, spec.batch.max_target_length, side)
         if beyond is not None:
             problems.append(Problem(loc, "beyond_max_position", *beyond, severity="warning"))
@@ -205,6 +216,46 @@ def _weights_missing(
         torch_weights=bool(count_files(f"{path}/*.bin") or count_files(f"{path}/*.pt*")),
         shards=count_files(f"{path}/*.safetensors") or 0,
     )
+
+
+def _tensor_problems(
+    path: str, weights: str, shape: ModelShape, loc: tuple[str, str], read_text: ReadText, read_header: ReadHeader
+) -> list[Problem]:
+    """The trainer's check of a Hugging Face folder's tensors before it loads them (exit 1 after start-up, on the
+    slice), from the headers of the file it reads (`weights`: model.safetensors, else the index's shards)."""
+    file = f"{path}/{weights}"
+    try:
+        if weights == SINGLE:
+            header = read_header(file)
+            if header is None:
+                return []
+            stored, headers = dict.fromkeys(header, file), {file: header}
+        else:
+            text = read_text(file)
+            if text is None:
+                return []
+            stored = {name: f"{path}/{shard}" for name, shard in hf_tensors.weight_map(text, file).items()}
+            headers = {}
+            for file in sorted(set(stored.values())):
+                found = read_header(file)
+                if found is None:
+                    return []  # a shard not there: said as checkpoint_weights_missing
+                headers[file] = found
+        names = hf_tensors.language_model_names(stored)  # ours -> as stored
+        where = {ours: stored[name] for ours, name in names.items()}
+
+        def header_of(name: str) -> tuple[tuple[int, ...], str]:
+            info = headers[where[name]].get(names[name])
+            if info is None:
+                raise hf_tensors.not_in_shard(where[name], names[name])
+            return tuple(info["shape"]), info["dtype"]
+
+        found_mismatch = hf_tensors.mismatch(path, where, header_of, shape)
+    except ConfigError as e:
+        return [Problem(loc, "checkpoint_unreadable", e.message, e.hint)]
+    except OSError as e:
+        return [Problem(loc, "checkpoint_unreadable", f"cannot read {file}: {e}", "check the path and its permissions")]
+    return [Problem(loc, "checkpoint_tensor_mismatch", *found_mismatch)] if found_mismatch else []
 
 
 def _shards_missing(path: str, side: str, count_files: CountFiles, read_text: ReadText) -> tuple[str, str] | None:

@@ -18,18 +18,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 
-from distillspec import hf_config
+from distillspec import hf_config, hf_tensors
 from distillspec.hf_config import CONFIG, INDEX, SINGLE, ConfigError, config_of  # noqa: F401 - re-exported
 from distillspec.registry import ModelShape
 from trainer.exit_codes import UserError
 
-ALLOWED_DTYPES = ("F32", "BF16", "F16")
+ALLOWED_DTYPES = hf_tensors.ALLOWED_DTYPES
 
 
 def is_remote(path: str) -> bool:
@@ -84,17 +84,10 @@ def read_config(path: str) -> dict:
 
 def weight_map(text: bytes, index: str) -> dict[str, str]:
     """The tensor -> shard file map of a `model.safetensors.index.json`; UserError saying what is wrong with it."""
-    hint = "re-save the model with save_pretrained, or copy its index file again"
     try:
-        found = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {index}: {e}", hint) from None
-    mapping = found.get("weight_map") if isinstance(found, dict) else None
-    if not isinstance(mapping, dict):
-        raise UserError(f"{index} has no weight_map object (tensor name -> shard file)", hint)
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
-        raise UserError(f"{index}: weight_map must map tensor names to shard file names", hint)
-    return mapping
+        return hf_tensors.weight_map(text, index)
+    except ConfigError as e:
+        raise UserError(e.message, e.hint) from None
 
 
 def shape_from_config(config: dict, file: str = CONFIG) -> ModelShape:
@@ -138,67 +131,44 @@ def _flat_out(w: np.ndarray) -> np.ndarray:
     return w.reshape(-1, w.shape[-1]).T  # [H, K, D] -> [D, H·K]
 
 
-def _norm(name: str, dim: int) -> Entry:
-    return Entry(name, (dim,), _same, _same)
-
-
 def _transpose(w: np.ndarray) -> np.ndarray:
     return w.T
 
 
+def _entries(shape: ModelShape, tensors: dict[tuple[str, ...], tuple[str, tuple[int, ...]]]) -> dict:
+    """`hf_tensors`' (name, shape) of each of our parameter paths, with how it converts: attention projections
+    split or join their heads, the MLP's matrices are transposed, the rest keep their layout."""
+    d, h, n, k = shape.emb_dim, shape.num_query_heads, shape.num_kv_heads, shape.head_dim
+    convert = {
+        ("attention", "wq"): (_linear_in(d, h, k), _flat_in),
+        ("attention", "wk"): (_linear_in(d, n, k), _flat_in),
+        ("attention", "wv"): (_linear_in(d, n, k), _flat_in),
+        ("attention", "wo"): (_linear_out(h, k, d), _flat_out),
+        ("mlp", "gate"): (_transpose, _transpose),
+        ("mlp", "up"): (_transpose, _transpose),
+        ("mlp", "down"): (_transpose, _transpose),
+    }
+    return {
+        path: Entry(name, hf_shape, *convert.get(path[-2:], (_same, _same)))
+        for path, (name, hf_shape) in tensors.items()
+    }
+
+
 def layer_entries(shape: ModelShape, layer: int) -> dict[tuple[str, ...], Entry]:
     """Our in-block parameter path -> the Hugging Face tensor of transformer layer `layer`."""
-    s, p = shape, f"model.layers.{layer}."
-    d, h, n, k, f = s.emb_dim, s.num_query_heads, s.num_kv_heads, s.head_dim, s.mlp_dim
-    out = {
-        ("attention", "wq"): Entry(p + "self_attn.q_proj.weight", (h * k, d), _linear_in(d, h, k), _flat_in),
-        ("attention", "wk"): Entry(p + "self_attn.k_proj.weight", (n * k, d), _linear_in(d, n, k), _flat_in),
-        ("attention", "wv"): Entry(p + "self_attn.v_proj.weight", (n * k, d), _linear_in(d, n, k), _flat_in),
-        ("attention", "wo"): Entry(p + "self_attn.o_proj.weight", (d, h * k), _linear_out(h, k, d), _flat_out),
-        ("mlp", "gate"): Entry(p + "mlp.gate_proj.weight", (f, d), _transpose, _transpose),
-        ("mlp", "up"): Entry(p + "mlp.up_proj.weight", (f, d), _transpose, _transpose),
-        ("mlp", "down"): Entry(p + "mlp.down_proj.weight", (d, f), _transpose, _transpose),
-        ("attention_norm", "scale"): _norm(p + "input_layernorm.weight", d),
-    }
-    if s.is_gemma:
-        out[("post_attention_norm", "scale")] = _norm(p + "post_attention_layernorm.weight", d)
-        out[("mlp_norm", "scale")] = _norm(p + "pre_feedforward_layernorm.weight", d)
-        out[("post_mlp_norm", "scale")] = _norm(p + "post_feedforward_layernorm.weight", d)
-    else:  # Llama's "post_attention_layernorm" is the norm before the MLP
-        out[("mlp_norm", "scale")] = _norm(p + "post_attention_layernorm.weight", d)
-    if s.qk_norm:
-        out[("attention", "q_norm", "scale")] = _norm(p + "self_attn.q_norm.weight", k)
-        out[("attention", "k_norm", "scale")] = _norm(p + "self_attn.k_norm.weight", k)
-    return out
+    return _entries(shape, hf_tensors.layer_tensors(shape, layer))
 
 
 def block_entries(shape: ModelShape, entry: int) -> dict[tuple[str, ...], Entry]:
     """Our in-stack-entry parameter path -> Hugging Face tensor, for stack entry `entry` (Gemma 2: a pair)."""
-    if shape.family != "gemma2":
-        return layer_entries(shape, entry)
-    out = {}
-    for sub, layer in (("sliding", 2 * entry), ("full", 2 * entry + 1)):
-        out |= {(sub, *path): e for path, e in layer_entries(shape, layer).items()}
-    return out
+    return _entries(shape, hf_tensors.block_tensors(shape, entry))
 
 
 def top_entries(shape: ModelShape) -> dict[tuple[str, ...], Entry]:
-    s = shape
-    out = {
-        ("embed",): Entry("model.embed_tokens.weight", (s.vocab_size, s.emb_dim), _same, _same),
-        ("final_norm", "scale"): _norm("model.norm.weight", s.emb_dim),
-    }
-    if not s.tie_embeddings:
-        out[("lm_head",)] = Entry("lm_head.weight", (s.vocab_size, s.emb_dim), _same, _same)
-    return out
+    return _entries(shape, hf_tensors.top_tensors(shape))
 
 
-def tensor_table(shape: ModelShape) -> dict[str, tuple[int, ...]]:
-    """Every Hugging Face tensor name the shape needs -> its shape."""
-    table = {e.name: e.shape for e in top_entries(shape).values()}
-    for i in range(shape.num_layers):
-        table |= {e.name: e.shape for e in block_entries(shape, i).values()}
-    return table
+tensor_table = hf_tensors.tensor_table
 
 
 # --- files ---------------------------------------------------------------------------------------------------
@@ -266,39 +236,15 @@ class Files:
             raise UserError(f"cannot read tensor {name} from {file}: {e}", "download or copy the file again") from None
 
 
-# Gemma 3 4B/12B/27B are image-text models: their language model's tensors sit under `language_model.` (the Hub's
-# layout, which transformers 5 writes too) or `model.language_model.` (transformers 4.5x), beside a vision tower and
-# a projector the trainer does not use.
-_LANGUAGE_MODEL_PREFIXES = (
-    ("language_model.model.", "model."),
-    ("model.language_model.", "model."),
-    ("language_model.lm_head.", "lm_head."),
-)
-_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
-
-
-def language_model_names(stored: Iterable[str]) -> dict[str, str]:
-    """Tensor name as the trainer knows it (`model.layers.0...`) -> the name stored in the files: the same for a
-    language model's folder; an image-text model's language tensors renamed, its vision tensors left out."""
-    names = list(stored)
-    if not any(n.startswith(("language_model.", "model.language_model.")) for n in names):
-        return {n: n for n in names}
-    out = {}
-    for name in names:
-        if name.startswith(_VISION_PREFIXES):
-            continue
-        ours = next((new + name[len(old) :] for old, new in _LANGUAGE_MODEL_PREFIXES if name.startswith(old)), name)
-        out[ours] = name
-    return out
+language_model_names = hf_tensors.language_model_names
 
 
 def not_in_shard(file: str, name: str) -> UserError:
-    """The error for a shard that lacks a tensor the folder's index assigns to it (only an index can misplace one:
-    a single model.safetensors is listed from its own header)."""
-    return UserError(
-        f"{file} has no tensor {name}, though {INDEX} beside it names that shard for it",
-        f"re-save the model with save_pretrained, or copy {INDEX} again from where the shards came from",
-    )
+    return _user_error(hf_tensors.not_in_shard(file, name))
+
+
+def _user_error(e: ConfigError) -> UserError:
+    return UserError(e.message, e.hint)
 
 
 # safetensors dtype names -> NumPy (bfloat16 from ml_dtypes, which JAX depends on); others fail `check` by name.
@@ -340,30 +286,13 @@ class RemoteFiles:
             raise UserError(
                 f"missing shard {file} (named by {INDEX})", "copy every shard the index lists into the folder"
             )
-        bad = UserError(f"{file} is not a readable safetensors file", "download or copy the file again")
         try:
             size = self._fs.size(where)
-            if size < 8:
-                raise bad
-            length = int.from_bytes(self._fs.cat_file(where, 0, 8), "little")
-            if length > min(size - 8, 100_000_000):  # safetensors caps headers at 100 MB
-                raise bad
-            header = json.loads(self._fs.cat_file(where, 8, 8 + length))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            raise bad from None
-        header.pop("__metadata__", None)
-        start = 8 + length
-        for name, info in header.items():
-            try:
-                end = start + int(info["data_offsets"][1])
-            except (KeyError, TypeError, ValueError, IndexError):
-                raise bad from None
-            if end > size:
-                raise UserError(
-                    f"{file} is not a readable safetensors file: tensor {name} ends at byte {end} of {size} "
-                    "(truncated?)",
-                    "download or copy the file again",
-                )
+            header, start = hf_tensors.parse_header(file, size, lambda a, b: self._fs.cat_file(where, a, b))
+        except OSError:
+            raise _user_error(hf_tensors.unreadable(file)) from None
+        except ConfigError as e:
+            raise _user_error(e) from None
         self._headers[file] = (header, start)
         return header, start
 
@@ -391,59 +320,11 @@ class RemoteFiles:
 
 def check(files: Files | RemoteFiles, shape: ModelShape) -> None:
     """Raise UserError naming every tensor that is missing, extra, of another shape or of a disallowed dtype."""
-    want = tensor_table(shape)
-    problems = [f"{name}: expected {want[name]}, missing" for name in want if name not in files.where]
-    bad_dtypes = 0
-    for name in want:
-        if name in files.where:
-            found, dtype = files.header(name)
-            if found != want[name]:
-                problems.append(
-                    f"{name} in {os.path.basename(files.where[name])}: expected {want[name]}, found {found}"
-                )
-            elif dtype not in ALLOWED_DTYPES:
-                bad_dtypes += 1
-                problems.append(
-                    f"{name} in {os.path.basename(files.where[name])}: dtype {dtype} not one of F32/BF16/F16"
-                )
-    extra = sorted(
-        n
-        for n in files.where
-        if n not in want and not (shape.tie_embeddings and n == "lm_head.weight") and not n.endswith(_BUFFERS)
-    )
-    problems += [f"{name}: not part of this model" for name in extra]
-    if not problems and shape.tie_embeddings and "lm_head.weight" in files.where:
+    found = hf_tensors.mismatch(files.path, files.where, files.header, shape)
+    if found is not None:
+        raise UserError(*found)
+    if shape.tie_embeddings and "lm_head.weight" in files.where:
         _check_tied_head(files)
-    dtypes_only = bad_dtypes == len(problems)  # then the hint is about the dtype, not the model block
-    missing = [name for name in want if name not in files.where]
-    if problems:
-        raise UserError(
-            f"the Hugging Face checkpoint at {files.path} does not hold this model ({shape.family}, "
-            f"{shape.depth} layers, width {shape.emb_dim}): "
-            + "; ".join(problems[:8])
-            + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""),
-            "save the weights in float32, bfloat16 or float16 (e.g. model.to(torch.bfloat16).save_pretrained(DIR))"
-            if dtypes_only
-            else _missing_hint(missing, shape)
-            if len(missing) == len(problems)
-            else "point load_parameters_path at a checkpoint of the spec's model, or change the model block to match "
-            "it",
-        )
-
-
-def _missing_hint(missing: list[str], shape: ModelShape) -> str:
-    """Tensors absent while every other one fits: the model block matched config.json (it is checked first), so
-    the weights are incomplete, not another model."""
-    if missing == ["lm_head.weight"] and not shape.tie_embeddings:
-        return (
-            "the folder has no output head of its own: if the model's head is its embedding, set "
-            "tie_word_embeddings: true in its config.json (and the model block's tie_embeddings: true); else copy the "
-            "checkpoint again, every weights file"
-        )
-    return (
-        "the folder's weights lack tensors the model needs (a shard not copied, a partial save?): copy or save the "
-        "checkpoint again, every weights file"
-    )
 
 
 def _check_tied_head(files: Files | RemoteFiles) -> None:
@@ -461,11 +342,6 @@ def _check_tied_head(files: Files | RemoteFiles) -> None:
         "model.save_pretrained(DIR)); if not, set tie_word_embeddings: false in config.json and use a model "
         "whose output head is its own",
     )
-
-
-# Buffers older transformers saved beside the weights (RoPE's inverse frequencies, recomputed from the config):
-# transformers skips them on load, and so does this loader.
-_BUFFERS = (".rotary_emb.inv_freq",)
 
 
 def load(path: str, shape: ModelShape, abstract: Any) -> Any:
