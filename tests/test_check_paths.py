@@ -709,3 +709,73 @@ def test_check_paths_reads_each_shard_an_index_names(tmp_path):
     code, output = _validate_teacher(tmp_path, folder)
     flat = " ".join(output.split())
     assert code == ExitCode.INVALID_SPEC and f"b.safetensors has no tensor {moved}" in flat, output
+
+
+# --- a sweep's paths: plan and sweep --check-paths ------------------------------------------------------------
+
+
+def _sweep_over_teachers(tmp_path, teachers: list[str]) -> str:
+    """A local sweep whose axis is the teacher folder, with a prerequisite whose output one override reads."""
+    spec = spec_data(**{"teacher.load_parameters_path": teachers[0]})
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(spec))
+    (tmp_path / "pre.yaml").write_text(yaml.safe_dump({**spec_data(), "mode": "pretrain"}))
+    sweep = {
+        "name": "paths",
+        "spec": "base.yaml",
+        "prerequisites": {"warm": {"spec": "pre.yaml"}},
+        "overrides": {"student.load_parameters_path": "${prerequisites.warm.output}/checkpoints"},
+        "axes": {"teacher.load_parameters_path": teachers},
+        "target": {"kind": "local", "output_base": str(tmp_path / "runs")},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    return str(path)
+
+
+def test_plan_check_paths_reads_every_points_paths_but_those_a_prerequisite_writes(tmp_path):
+    """A sweep file cannot go to `validate`: `plan --check-paths` reads each run's paths as it reads a spec's, names
+    the points a problem concerns and the line that sets the path, and leaves out a path a prerequisite writes (it
+    is there only once that one has run)."""
+    good = hf_folder(tmp_path / "good", "tiny-4l")
+    wrong = hf_folder(tmp_path / "wrong", "tiny-4l", num_layers=6)
+    path = _sweep_over_teachers(tmp_path, [good, wrong, str(tmp_path / "absent")])
+    assert runner.invoke(app, ["plan", path]).exit_code == ExitCode.OK  # not read without the option
+    result = runner.invoke(app, ["plan", path, "--check-paths"])
+    assert result.exit_code == ExitCode.INVALID_SPEC, result.output
+    flat = " ".join(result.output.split())
+    assert (
+        "error[checkpoint_mismatch] axes.teacher.load_parameters_path: point 1 (teacher.load_parameters_path=" in flat
+    )
+    assert "num_layers: expected 4, found 6" in flat
+    assert "error[checkpoint_not_found]" in flat and "point 2" in flat
+    assert "student.load_parameters_path" not in flat and "point 0" not in flat  # the prerequisite's, and the good one
+    assert "nothing was launched" in flat
+
+
+def test_sweep_check_paths_refuses_before_anything_is_created(tmp_path):
+    good = hf_folder(tmp_path / "good", "tiny-4l")
+    path = _sweep_over_teachers(tmp_path, [good, str(tmp_path / "absent")])
+    result = runner.invoke(app, ["sweep", path, "--check-paths"])
+    assert result.exit_code == ExitCode.INVALID_SPEC and "checkpoint_not_found" in result.output, result.output
+    assert not (tmp_path / "runs").exists()  # no supervisor, no run folder
+    result = runner.invoke(app, ["sweep", path, "--check-paths", "--dry-run=client"])
+    assert result.exit_code == ExitCode.INVALID_SPEC and "checkpoint_not_found" in result.output
+    ok = _sweep_over_teachers(tmp_path, [good])
+    result = runner.invoke(app, ["sweep", ok, "--check-paths", "--dry-run=client"])
+    assert result.exit_code == ExitCode.OK and "would create" in result.output, result.output
+
+
+def test_a_pretrain_specs_unused_teacher_path_is_not_checked(tmp_path):
+    """mode: pretrain reads no teacher (validate warns teacher_unused, "nor its path"); --check-paths called its
+    missing folder an error."""
+    spec, _ = validate_data(spec_data(**{"mode": "pretrain", "teacher.load_parameters_path": str(tmp_path / "no")}))
+    assert check_paths(spec, read_text) == []
+
+
+def test_a_cluster_sweeps_local_paths_are_the_pods_and_not_read_here(tmp_path):
+    """On a cluster target a local path is read in the pods (a volume): this machine's disk says nothing of it."""
+    path = _sweep_over_teachers(tmp_path, [str(tmp_path / "absent")])
+    on_cluster = ["--tpu-type", "v6e-8", "--image", "registry.example/trainer@sha256:" + "0" * 64]
+    assert runner.invoke(app, ["plan", path, "--check-paths"]).exit_code == ExitCode.INVALID_SPEC
+    result = runner.invoke(app, ["plan", path, "--check-paths", *on_cluster])
+    assert result.exit_code == ExitCode.OK and "checkpoint_not_found" not in result.output, result.output

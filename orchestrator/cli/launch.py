@@ -15,6 +15,7 @@ import typer
 
 from orchestrator.cli.options import (
     DEFAULT_STALL_SECONDS,
+    CheckPathsOption,
     ContextOption,
     ImageOption,
     KubeconfigOption,
@@ -141,6 +142,7 @@ def sweep(
             "left running",
         ),
     ] = None,
+    check_paths: CheckPathsOption = False,
 ) -> None:
     """Create the sweep's runs that do not exist yet (prerequisites first); with --wait, follow them to the end.
 
@@ -195,17 +197,21 @@ def sweep(
                 "the service creates and follows the runs itself: `distillctl status SWEEP` follows them, --retries N "
                 "lets it create a failed run again up to N times; --dry-run=client checks the sweep without the cluster",
             )
+    paths = functools.partial(_check_paths, ctx) if check_paths else None
     if dry_run is DryRunMode.client:
         if service:  # checked as `--service` applies it: its image may be left to the service
-            _service_dry_run(ctx, output)
+            _service_dry_run(ctx, output, paths)
         else:
-            _client_dry_run(ctx.expanded(), output)
+            expansion = ctx.expanded()
+            if paths is not None:
+                paths(expansion)
+            _client_dry_run(expansion, output)
         return
     if service:
-        _apply_to_service(ctx, output, service_fields)
+        _apply_to_service(ctx, output, service_fields, paths)
         return
     # served: a file that leaves its image to the service is still recognised as a served sweep (and refused here)
-    expansion, backend = ctx.open(served=True)
+    expansion, backend = ctx.open(paths, served=True)
     try:
         unknown = functools.partial(console.warn_once, _service_unknown(expansion.sweep.name))
         if dry_run is None and views.service_view(expansion, backend, on_forbidden=unknown) is not None:
@@ -252,7 +258,15 @@ def _service_unknown(name: str):
     )
 
 
-def _apply_to_service(ctx: SweepContext, output: OutputFormat, fields: dict) -> None:
+def _check_paths(ctx: SweepContext, expansion) -> None:
+    """`--check-paths`: refuse the sweep before anything is created when a path its runs read is wrong; warn."""
+    from orchestrator.cli import console
+
+    for problem in ctx.path_problems(expansion):
+        console.print_problem(problem)
+
+
+def _apply_to_service(ctx: SweepContext, output: OutputFormat, fields: dict, check_paths=None) -> None:
     """Apply the sweep as a DistillationSweep; the controller creates its runs."""
     from orchestrator.backends.kubernetes.backend import KubernetesBackend
     from orchestrator.backends.kubernetes.client import connect
@@ -265,6 +279,8 @@ def _apply_to_service(ctx: SweepContext, output: OutputFormat, fields: dict) -> 
     source, expansion = checked_source(ctx.path, ctx.overrides, yes=ctx.yes)  # its image may be left to the controller
     for problem in with_memory_warnings(expansion).problems:  # launch advice, as `sweep` gives it
         console.print_problem(as_served(problem))
+    if check_paths is not None:
+        check_paths(expansion)
     cluster = connect(ctx.access, default_namespace=source.sweep.target.namespace)
     try:
         # What `sweep` refuses before creating anything (a missing LocalQueue, PriorityClass or Secret, a quota that
@@ -312,7 +328,7 @@ REFUSAL_EXIT_CODES = {
 }
 
 
-def _service_dry_run(ctx, output: OutputFormat) -> None:
+def _service_dry_run(ctx, output: OutputFormat, check_paths=None) -> None:
     """`sweep --service --dry-run=client`: the DistillationSweep `--service` would apply, checked as it checks it,
     without the cluster (it refused a file that leaves target.image to the service: "not a valid sweep")."""
     import yaml
@@ -325,6 +341,8 @@ def _service_dry_run(ctx, output: OutputFormat) -> None:
     source, expansion = checked_source(ctx.path, ctx.overrides, yes=ctx.yes)
     for problem in with_memory_warnings(expansion).problems:
         console.print_problem(as_served(problem))
+    if check_paths is not None:
+        check_paths(expansion)
     namespace = ctx.access.namespace or source.sweep.target.namespace or "default"
     body = resource_from_source(source, namespace)
     if output is OutputFormat.json:

@@ -46,6 +46,13 @@ TpuOption = Annotated[Optional[str], typer.Option("--tpu-type", help="override t
 SlicesOption = Annotated[Optional[int], typer.Option("--slices", min=1, max=2**31 - 1, help="override target.slices")]
 GridYesOption = Annotated[bool, typer.Option("--yes", help=f"allow more than {DEFAULT_MAX_POINTS} points")]
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation; allow large grids")]
+CheckPathsOption = Annotated[
+    bool,
+    typer.Option(
+        "--check-paths",
+        help="read each run's checkpoint, data and tokenizer paths first (as `validate --check-paths`); errors stop it",
+    ),
+]
 KubeconfigOption = Annotated[
     Optional[str],
     typer.Option("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)"),
@@ -299,6 +306,23 @@ class SweepContext:
             soft_wrap=True,
         )
         return dataclasses.replace(self, overrides=dataclasses.replace(self.overrides, **filled))
+
+    def path_problems(self, expansion) -> tuple:
+        """`--check-paths` for a sweep: every run's paths read as `validate --check-paths` reads a spec's (a path a
+        prerequisite writes is not there yet, and left out), each problem once with the points it concerns, warnings
+        returned; an error raises InvalidSpecError (every problem) before anything is launched."""
+        from orchestrator.cli.spec_validate import path_checker
+        from orchestrator.core.expansion import path_problems
+        from orchestrator.errors import InvalidSpecError
+
+        problems = path_problems(expansion, path_checker())
+        if any(p.is_error for p in problems):
+            raise InvalidSpecError(
+                f"{self.path}: a path its runs read is not what they need",
+                problems,
+                "fix the paths above (or the model blocks they are checked against); nothing was launched",
+            )
+        return problems
 
     def open(self, check=None, about: tuple[str, ...] | None = None, *, served: bool = False):
         """`(expansion, backend)`: the expanded sweep and its target's backend (close it when done). Warnings of

@@ -78,6 +78,23 @@ CHECKED_FILE_LIMIT = 64 * 1024 * 1024
 
 
 def _with_checked_paths(reports):
+    check = path_checker()
+    return [
+        dataclasses.replace(
+            r,
+            problems=r.problems
+            + tuple(r.locate(p) if r.locate else dataclasses.replace(p, file=r.file) for p in check(r.spec)),
+        )
+        if r.spec is not None
+        else r
+        for r in reports
+    ]
+
+
+def path_checker():
+    """`--check-paths`' checks of one spec (`check(spec) -> problems`), reading local paths and object stores; each
+    file, listing and header is read once across the specs checked (a sweep's points share their checkpoints).
+    Raises DistillctlError (exit 1) when reading a path needs a package this machine lacks."""
     import functools
 
     from distillspec.maxtext_checkpoint import MissingDependency, read_checkpoint
@@ -85,34 +102,33 @@ def _with_checked_paths(reports):
     from orchestrator.errors import DistillctlError
     from orchestrator.outputs import count_files, file_sha256, read_columns, read_text, safetensors_header
 
-    read = functools.partial(read_text, limit=CHECKED_FILE_LIMIT)
-    try:
-        return [
-            dataclasses.replace(
-                r,
-                problems=r.problems
-                + tuple(
-                    r.locate(p) if r.locate else dataclasses.replace(p, file=r.file)
-                    for p in (
-                        _unreachable(r.spec)
-                        or check_paths(
-                            r.spec, read, read_checkpoint, count_files, read_columns, file_sha256, safetensors_header
-                        )
-                    )
-                ),
-            )
-            if r.spec is not None
-            else r
-            for r in reports
-        ]
-    except MissingDependency as e:  # exit 1: the machine, not the spec, lacks something
-        raise DistillctlError(e.message, e.hint) from None
+    readers = [
+        functools.cache(f)
+        for f in (
+            functools.partial(read_text, limit=CHECKED_FILE_LIMIT),
+            read_checkpoint,
+            count_files,
+            read_columns,
+            file_sha256,
+            safetensors_header,
+        )
+    ]
+
+    answers: dict = {}
+
+    def check(spec) -> list:
+        try:
+            return _unreachable(spec, answers) or check_paths(spec, *readers)
+        except MissingDependency as e:  # exit 1: the machine, not the spec, lacks something
+            raise DistillctlError(e.message, e.hint) from None
+
+    return check
 
 
-def _unreachable(spec) -> list:
+def _unreachable(spec, answers: dict | None = None) -> list:
     """A problem for each checkpoint or data path whose object store cannot be read at all (no answer, credentials
     refused), asked once within seconds: the checks themselves would retry each file for minutes, then read the
-    store's silence as "not found"."""
+    store's silence as "not found". `answers`: the stores asked already (shared across a sweep's specs)."""
     from distillspec.problems import Problem
     from orchestrator.core.checkpoint_paths import data_paths
     from orchestrator.outputs import BucketMissing, OutputStoreError, check_store
@@ -132,7 +148,8 @@ def _unreachable(spec) -> list:
         return None
 
     out = []
-    answers: dict[str, tuple[str, OutputStoreError | None]] = {}  # one probe per store: each waits up to 10 s
+    # One probe per store: each waits up to 10 s. store -> (the path probed, the error)
+    answers = {} if answers is None else answers
     for loc, path in paths + data_paths(spec):
         if not path or "://" not in path:
             continue

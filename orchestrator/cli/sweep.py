@@ -5,6 +5,7 @@ Errors are raised as `DistillctlError`s; `orchestrator.cli.app` maps them to mes
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from enum import Enum
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from orchestrator.cli.options import (
+    CheckPathsOption,
     GridYesOption,
     ImageOption,
     OutputFormat,
@@ -49,6 +51,7 @@ def plan(
     strict: Annotated[
         bool, typer.Option(help="exit 4 when there is a warning (a run that will not fit, a mesh that replicates)")
     ] = False,
+    check_paths: CheckPathsOption = False,
 ) -> None:
     """List a sweep's runs: ids, JobSet names, axis values, chips, chip-hours and per-chip memory."""
     from rich.table import Table
@@ -57,11 +60,19 @@ def plan(
     from orchestrator.cli import console
     from orchestrator.core import plan as planning
     from orchestrator.core.sweeps import with_memory_warnings
+    from orchestrator.errors import InvalidSpecError
 
-    result = SweepContext.build(sweep, tpu_type=tpu_type, slices=slices, image=image, yes=yes).expand()
+    ctx = SweepContext.build(sweep, tpu_type=tpu_type, slices=slices, image=image, yes=yes)
+    result = ctx.expand()
     target = result.sweep.target
     rows = planning.plan(result)
     result = with_memory_warnings(result, rows)
+    if check_paths:
+        try:
+            found = ctx.path_problems(result)
+        except InvalidSpecError as e:  # the sweep's own warnings with them: plan had not printed them yet
+            raise InvalidSpecError(e.message, (*result.problems, *e.problems), e.hint) from None
+        result = dataclasses.replace(result, problems=result.problems + found)
     warnings = [p for p in result.problems if not p.is_error]
     if output is OutputFormat.json:
         console.print_json(

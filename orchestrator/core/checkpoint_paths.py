@@ -85,6 +85,8 @@ def check_paths(
         path = model.load_parameters_path if model is not None else None
         if not path or (side == "teacher" and spec.offline_data_dir and spec.mode == "distill"):
             continue  # an offline student loads no teacher: its block names the cache's (the manifest is checked)
+        if side == "teacher" and spec.mode == "pretrain":
+            continue  # not read (validate warns teacher_unused): its path was an error that stopped nothing
         loc = (side, "load_parameters_path")
         if read_maxtext is not None:
             try:

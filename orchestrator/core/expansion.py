@@ -18,7 +18,7 @@ import dataclasses
 import itertools
 import math
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from distillspec import layout, spec_paths, tpu
 from distillspec import logit_cache_manifest as logit_cache
@@ -393,6 +393,40 @@ def _cache_problems(spec, prerequisites: tuple[Point, ...]) -> list[Problem]:
             )
             return [Problem(("prerequisites", writer.prerequisite), "logit_cache_mismatch", problem[0], hint)]
     return []
+
+
+def path_problems(expansion: Expansion, check: Callable[[DistillSpec], list[Problem]]) -> tuple[Problem, ...]:
+    """`check` (validate --check-paths' checks of one spec) over every run of the sweep, each problem once with the
+    points it concerns, located where the sweep file sets the path. A path under a prerequisite's output is left out:
+    it is written when that one runs (an offline point's cache is checked against its writer by `expand`); so is a
+    cluster target's local path: it is the pods' (on a volume), not this machine's."""
+    source = expansion.source
+    assert source is not None
+    written = [place(run.output_path) for run in expansion.prerequisites]
+    on_cluster = expansion.sweep.target.on_cluster
+    grouped: dict[tuple, list[str]] = {}
+    for run in expansion.runs:
+        for problem in check(run.spec):
+            value = _value_at(run.spec, problem.loc)
+            if isinstance(value, str) and (
+                any(_within(place(value), folder) for folder in written) or (on_cluster and "://" not in value)
+            ):
+                continue
+            p = _where_set(expansion.sweep, source, problem, run.prerequisite)
+            key = (p.loc, p.file, p.line, p.column, p.code, p.message, p.hint, p.severity)
+            grouped.setdefault(key, []).append(run.label)
+    return tuple(_named(key, labels, len(expansion.runs)) for key, labels in grouped.items())
+
+
+def _value_at(spec: DistillSpec, loc: Loc) -> Any:
+    value: Any = spec
+    for part in loc:
+        value = getattr(value, str(part), None)
+    return value
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def _named(key: tuple, labels: list[str], total: int) -> Problem:
