@@ -209,3 +209,38 @@ def test_stale_claim_race_has_exactly_one_winner_every_time(tmp_path, processes,
         for p in racers:
             p.join(timeout=60)
     assert counts == [1] * trials, f"trials with other than one winner: {[c for c in counts if c != 1]}"
+
+
+def test_logs_follow_waits_while_the_supervisor_lives_to_start_the_run_again(tmp_path):
+    """`logs -f` ended while a run waited for a slot (no trainer yet) and between a retryable exit and its restart
+    (its trainer gone, the supervisor about to start it again); it ends once the run has exited, or nobody is left
+    to write its log."""
+    import threading
+    import time
+    import types
+
+    from distillspec.sweep import Target
+    from orchestrator.backends import LogRequest
+    from orchestrator.backends.local.backend import LocalBackend
+
+    path = str(tmp_path / "run")
+    os.makedirs(path)
+    (tmp_path / "run" / local_claims.LOG_FILE).write_text("attempt 1\n")
+    me, gone = os.getpid(), dead_pid()
+    state.write_json(local_claims.claim_path(path), claim(state="running", pid=gone, supervisor_pid=me).to_json())
+    run = types.SimpleNamespace(output_path=path, label="point 0")
+    lines: list[str] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(LocalBackend(Target()).logs(run, LogRequest(follow=True))), daemon=True
+    )
+    reader.start()
+    time.sleep(1.0)
+    assert reader.is_alive() and lines == ["attempt 1\n"]  # still following
+    with open(tmp_path / "run" / local_claims.LOG_FILE, "a") as log:
+        log.write("attempt 2\n")
+    state.write_json(local_claims.claim_path(path), claim(state="exited", exit_code=0, supervisor_pid=me).to_json())
+    reader.join(5)
+    assert not reader.is_alive() and lines == ["attempt 1\n", "attempt 2\n"]
+    # A claim whose trainer and supervisor are both gone: nothing more comes.
+    state.write_json(local_claims.claim_path(path), claim(state="running", pid=gone, supervisor_pid=gone).to_json())
+    assert list(LocalBackend(Target()).logs(run, LogRequest(follow=True))) == ["attempt 1\n", "attempt 2\n"]

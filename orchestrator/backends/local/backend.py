@@ -267,14 +267,23 @@ class LocalBackend:
                 if line:
                     yield line
                     continue
-                claim = local_claims.read_claim(run.output_path)
-                if claim is None or claim.state == "exited" or not local_claims.alive(claim.pid, claim.pid_start):
+                if not _log_may_grow(local_claims.read_claim(run.output_path)):
                     yield from f.readlines()
                     return
                 time.sleep(0.2)
 
     def close(self) -> None:
         pass
+
+
+def _log_may_grow(claim: local_claims.Claim | None) -> bool:
+    """Whether a run's log may still grow: its trainer runs, or its supervisor lives to start it or start it again
+    (`logs -f` ended while the run waited for a slot, and between a retryable exit and its restart)."""
+    if claim is None or claim.state == "exited":
+        return False
+    return local_claims.alive(claim.pid, claim.pid_start) or local_claims.alive(
+        claim.supervisor_pid, claim.supervisor_start
+    )
 
 
 def _note_handed(e: BaseException, count: int) -> None:
