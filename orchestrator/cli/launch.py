@@ -266,21 +266,31 @@ def _check_paths(ctx: SweepContext, expansion) -> None:
         console.print_problem(problem)
 
 
+def _served_source(ctx: SweepContext, check_paths=None):
+    """`(source, expansion)` of the file as `--service` applies it (its image may be left to the controller), checked
+    as `sweep` checks it; its launch advice printed as `sweep` gives it, and its paths checked when asked."""
+    from orchestrator.cli import console
+    from orchestrator.core.sweeps import with_memory_warnings
+    from orchestrator.service.client import as_served, checked_source
+
+    source, expansion = checked_source(ctx.path, ctx.overrides, yes=ctx.yes)
+    for problem in with_memory_warnings(expansion).problems:
+        console.print_problem(as_served(problem))
+    if check_paths is not None:
+        check_paths(expansion)
+    return source, expansion
+
+
 def _apply_to_service(ctx: SweepContext, output: OutputFormat, fields: dict, check_paths=None) -> None:
     """Apply the sweep as a DistillationSweep; the controller creates its runs."""
     from orchestrator.backends.kubernetes.backend import KubernetesBackend
     from orchestrator.backends.kubernetes.client import connect
     from orchestrator.cli import console
-    from orchestrator.core.sweeps import with_memory_warnings
     from orchestrator.errors import DistillctlError
     from orchestrator.exit_codes import ExitCode
-    from orchestrator.service.client import apply_sweep, as_served, checked_source, unserved_problem, wait_observed
+    from orchestrator.service.client import apply_sweep, unserved_problem, wait_observed
 
-    source, expansion = checked_source(ctx.path, ctx.overrides, yes=ctx.yes)  # its image may be left to the controller
-    for problem in with_memory_warnings(expansion).problems:  # launch advice, as `sweep` gives it
-        console.print_problem(as_served(problem))
-    if check_paths is not None:
-        check_paths(expansion)
+    source, expansion = _served_source(ctx, check_paths)
     cluster = connect(ctx.access, default_namespace=source.sweep.target.namespace)
     try:
         # What `sweep` refuses before creating anything (a missing LocalQueue, PriorityClass or Secret, a quota that
@@ -334,15 +344,9 @@ def _service_dry_run(ctx, output: OutputFormat, check_paths=None) -> None:
     import yaml
 
     from orchestrator.cli import console
-    from orchestrator.core.sweeps import with_memory_warnings
-    from orchestrator.service.client import as_served, checked_source
     from orchestrator.service.resource import resource_from_source
 
-    source, expansion = checked_source(ctx.path, ctx.overrides, yes=ctx.yes)
-    for problem in with_memory_warnings(expansion).problems:
-        console.print_problem(as_served(problem))
-    if check_paths is not None:
-        check_paths(expansion)
+    source, expansion = _served_source(ctx, check_paths)
     namespace = ctx.access.namespace or source.sweep.target.namespace or "default"
     body = resource_from_source(source, namespace)
     if output is OutputFormat.json:
