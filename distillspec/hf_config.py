@@ -42,11 +42,13 @@ def layer_types(shape: ModelShape) -> list[str]:
 
 
 class ConfigError(ValueError):
-    """A config.json this project cannot build a model from; `hint` says what to do."""
+    """A config.json this project cannot build a model from; `hint` says what to do. `unsupported`: it is read
+    well, and describes a model the trainer does not build (a family, a RoPE, quantized weights), not a damaged
+    file."""
 
-    def __init__(self, message: str, hint: str = ""):
+    def __init__(self, message: str, hint: str = "", *, unsupported: bool = False):
         super().__init__(message)
-        self.message, self.hint = message, hint
+        self.message, self.hint, self.unsupported = message, hint, unsupported
 
 
 def _rope(params: dict | None, legacy_theta, legacy_scaling: dict | None, default_theta: float, file: str):
@@ -75,6 +77,7 @@ def _rope(params: dict | None, legacy_theta, legacy_scaling: dict | None, defaul
         "of the folder with rope_type default computes the same"
         if kind == "dynamic"
         else "use a model whose RoPE is default, llama3 or linear",
+        unsupported=True,
     )
 
 
@@ -103,6 +106,7 @@ def shape_from_config(config: dict, file: str = CONFIG) -> ModelShape:
         raise ConfigError(
             f"{file}: model_type {model_type!r} is not supported",
             f"supported model types: {', '.join(MODEL_TYPES)}, and Gemma 3's image-text gemma3 (its language model)",
+            unsupported=True,
         )
     try:
         return _shape(config, family, file)
@@ -130,6 +134,7 @@ def _not_quantized(config: dict, file: str) -> None:
         + "): the trainer loads float weights (float32, bfloat16 or float16)",
         "point load_parameters_path at the model's unquantized checkpoint, or dequantize it and save_pretrained "
         "it first",
+        unsupported=True,
     )
 
 
@@ -243,7 +248,9 @@ def _shape(c: dict, family: str, file: str) -> ModelShape:
     if act is not None and act not in want_act:
         problems.append(f"activation {act!r}, this trainer builds {want_act[0]} for {family}")
     if problems:
-        raise ConfigError(f"{file}: " + "; ".join(problems), "use an unmodified model of a supported family")
+        raise ConfigError(
+            f"{file}: " + "; ".join(problems), "use an unmodified model of a supported family", unsupported=True
+        )
     return shape
 
 

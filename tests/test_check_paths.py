@@ -77,7 +77,7 @@ def test_nothing_there_and_a_damaged_config_are_errors(tmp_path):
     assert [p.code for p in check_paths(spec_with(str(tmp_path / "broken")), read_text)] == ["checkpoint_unreadable"]
     (tmp_path / "broken" / CONFIG).write_text(json.dumps({"model_type": "mistral"}))
     (problem,) = check_paths(spec_with(str(tmp_path / "broken")), read_text)
-    assert problem.code == "checkpoint_unreadable" and "mistral" in problem.message
+    assert problem.code == "checkpoint_unsupported" and "mistral" in problem.message
 
 
 @pytest.mark.parametrize(
@@ -115,8 +115,18 @@ def test_a_quantized_checkpoint_is_refused_before_its_tensors_are_read(tmp_path,
     config = config_of(ModelSpec(model="tiny-4l").shape())
     (folder / CONFIG).write_text(json.dumps({**config, "quantization_config": quantization}))
     (problem,) = check_paths(spec_with(str(folder)), read_text)
-    assert problem.code == "checkpoint_unreadable" and said in problem.message, problem.message
+    assert problem.code == "checkpoint_unsupported" and said in problem.message, problem.message
     assert "unquantized checkpoint" in problem.hint
+
+
+def test_a_rope_the_trainer_does_not_compute_is_unsupported_not_unreadable(tmp_path):
+    """The file reads well: the fix is another model, not a new copy of the folder."""
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    config = config_of(ModelSpec(model="tiny-4l").shape())
+    (folder / CONFIG).write_text(json.dumps({**config, "rope_parameters": {"rope_type": "yarn", "factor": 4.0}}))
+    (problem,) = check_paths(spec_with(str(folder)), read_text)
+    assert problem.code == "checkpoint_unsupported" and "RoPE type 'yarn'" in problem.message, problem
 
 
 def test_a_run_folder_whose_spec_json_is_not_a_spec_says_why_in_one_line(tmp_path):

@@ -249,6 +249,68 @@ def test_a_lease_the_role_does_not_name_is_said_once(control_plane, sa_kubeconfi
         cluster.api.close()
 
 
+def test_a_role_without_watch_is_said_once_with_the_rights_needed(control_plane, tmp_path, caplog):
+    """A Role of one's own that allows list but not watch logged "watching pods: 403 Forbidden" every 10 s for
+    ever, never naming what to grant."""
+    import threading
+
+    from orchestrator.backends.kubernetes.backend import as_json
+    from orchestrator.service.controller import Informer
+
+    core, rbac = client.CoreV1Api(control_plane.client), client.RbacAuthorizationV1Api(control_plane.client)
+    name = "list-only"
+    core.create_namespaced_service_account(NS, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name)))
+    rbac.create_namespaced_role(
+        NS,
+        client.V1Role(
+            metadata=client.V1ObjectMeta(name=name),
+            rules=[client.V1PolicyRule(api_groups=[""], resources=["pods"], verbs=["get", "list"])],
+        ),
+    )
+    rbac.create_namespaced_role_binding(
+        NS,
+        client.V1RoleBinding(
+            metadata=client.V1ObjectMeta(name=name),
+            role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name=name),
+            subjects=[client.RbacV1Subject(kind="ServiceAccount", name=name, namespace=NS)],
+        ),
+    )
+    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[]))
+    token = core.create_namespaced_service_account_token(name, NS, request).status.token
+    config = yaml.safe_load(Path(control_plane.kubeconfig).read_text())
+    config["users"] = [{"name": "admin", "user": {"token": token}}]
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+    cluster = connect(ClusterAccess(kubeconfig=str(tmp_path / "kubeconfig"), namespace=NS))
+    stop = threading.Event()
+    informer = Informer(
+        "pods",
+        as_json,
+        (cluster.core.list_namespaced_pod, NS),
+        resync=5,
+        on_change=lambda _o: None,
+        on_resync=lambda: None,
+        metrics=Metrics(use_prometheus_client=False),
+        stop=stop,
+        namespace=NS,
+    )
+    try:
+        with caplog.at_level("WARNING", logger="distillctl.serve"):
+            informer.start()
+            time.sleep(5)  # lists and is refused the watch several times (0.5 s, 1 s, 2 s apart)
+            said = [r.getMessage() for r in caplog.records]
+        assert said == [
+            f"cannot watch pods in namespace {NS}: forbidden: the controller is not ready until its Role allows get, "
+            "list and watch on them (the chart's Role does: `helm upgrade` restores it); it retries"
+        ], said
+    finally:
+        stop.set()
+        informer.stop()
+        cluster.api.close()
+        rbac.delete_namespaced_role_binding(name, NS)
+        rbac.delete_namespaced_role(name, NS)
+        core.delete_namespaced_service_account(name, NS)
+
+
 def test_sweep_service_refuses_what_sweep_refuses_before_applying(control_plane, tmp_path):
     """A missing LocalQueue was applied with exit 0 ("the controller creates its runs"); only the resource's
     condition said so later, without the fix."""

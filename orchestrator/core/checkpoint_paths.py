@@ -102,7 +102,7 @@ def check_paths(
         try:
             found, where, config = _checkpoint_shape(path.rstrip("/"), read_text)
         except ConfigError as e:
-            problems.append(Problem(loc, "checkpoint_unreadable", e.message, e.hint))
+            problems.append(Problem(loc, _config_code(e), e.message, e.hint))
             continue
         if found is None:
             problems.append(Problem(loc, "checkpoint_not_found", *_not_found(path)))
@@ -254,7 +254,7 @@ def _tensor_problems(
 
         found_mismatch = hf_tensors.mismatch(path, where, header_of, shape)
     except ConfigError as e:
-        return [Problem(loc, "checkpoint_unreadable", e.message, e.hint)]
+        return [Problem(loc, _config_code(e), e.message, e.hint)]
     except OSError as e:
         return [Problem(loc, "checkpoint_unreadable", f"cannot read {file}: {e}", "check the path and its permissions")]
     return [Problem(loc, "checkpoint_tensor_mismatch", *found_mismatch)] if found_mismatch else []
@@ -486,7 +486,7 @@ def _maxtext_problems(got: tuple, model: ModelSpec, side: str, loc, read_text: R
         try:
             found_shape = shape_from_config(_json(text, config_file), config_file)
         except ConfigError as e:
-            return [*problems, Problem(loc, "checkpoint_unreadable", e.message, e.hint)]
+            return [*problems, Problem(loc, _config_code(e), e.message, e.hint)]
         mismatches = shape_mismatches(found_shape, model.shape())
         if mismatches:  # what the block must say, once; the tensors' mismatches follow from it and share the hint
             block_lines = mismatch_hint(side, found_shape, model.shape())
@@ -525,6 +525,11 @@ def _checkpoint_shape(path: str, read_text: ReadText) -> tuple[ModelShape | None
                     f"{spec_file} has no valid student block: {_reason(e)}", "is this a distillctl run?"
                 ) from None
     return None, "", None
+
+
+def _config_code(e: ConfigError) -> str:
+    """A model the trainer does not build is not an unreadable file (the fix is another model, not a new copy)."""
+    return "checkpoint_unsupported" if e.unsupported else "checkpoint_unreadable"
 
 
 def _reason(e: Exception) -> str:

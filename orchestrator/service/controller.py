@@ -85,8 +85,10 @@ class Informer:
         stop: threading.Event,
         label_selector: str | None = None,
         field_selector: str | None = None,
+        namespace: str = "",
     ):
-        self.what, self.list_fn, self.args = what, list_fn, args
+        self.what, self.list_fn, self.args, self.namespace = what, list_fn, args, namespace
+        self._said: set[tuple[str, int]] = set()  # (verb, status) of refusals logged as errors
         self.resync, self.on_change, self.on_resync = resync, on_change, on_resync
         self.metrics, self._stop = metrics, stop
         self.selectors = {
@@ -119,6 +121,7 @@ class Informer:
     def _run(self) -> None:
         delay = 0.5
         while not self._stop.is_set():
+            verb = "list"
             try:
                 listing = self.list_fn(*self.args, **self._kwargs(), _request_timeout=60)
                 with self._lock:
@@ -127,6 +130,7 @@ class Informer:
                 self.synced.set()
                 self.on_resync()
                 self._watch = watch.Watch()
+                verb = "watch"
                 for event in self._watch.stream(
                     self.list_fn,
                     *self.args,
@@ -156,7 +160,7 @@ class Informer:
                     # ever while nothing could be read, and nothing on the pod showed it.
                     self.synced.clear()
                     self.metrics.api_error(f"watch {self.what}")
-                    log.warning("watching %s: %s %s", self.what, e.status, e.reason)
+                    self._refused(verb, e)
                     self._stop.wait(delay)
                     delay = min(delay * 2, 10.0)
             except (*CONNECTION_ERRORS, ValueError) as e:
@@ -167,6 +171,23 @@ class Informer:
                 log.warning("watching %s: %s", self.what, e)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
+
+    def _refused(self, verb: str, error: ApiException) -> None:
+        """A refusal (403) is said once per verb as an error naming the rights it needs (a Role without `watch`
+        logged "watching pods: 403 Forbidden" every 10 s for ever, never saying what to grant); others each time."""
+        if error.status != 403:
+            log.warning("watching %s: %s %s", self.what, error.status, error.reason)
+            return
+        if (verb, 403) in self._said:
+            return
+        self._said.add((verb, 403))
+        log.error(
+            "cannot %s %s in namespace %s: forbidden: the controller is not ready until its Role allows get, list and "
+            "watch on them (the chart's Role does: `helm upgrade` restores it); it retries",
+            verb,
+            self.what,
+            self.namespace or "?",
+        )
 
 
 class WorkQueue:
@@ -212,7 +233,7 @@ class Controller:
         self._last: dict[str, SweepStatus] = {}  # by uid: what we last wrote (the cache may not show it yet)
         self._run_index: dict[str, set[str]] = {}  # run id -> sweeps that have it
         custom = cluster.custom
-        common = {"resync": options.resync, "metrics": self.metrics, "stop": self._stop}
+        common = {"resync": options.resync, "metrics": self.metrics, "stop": self._stop, "namespace": self.namespace}
         self.sweeps = Informer(
             PLURAL,
             custom.list_namespaced_custom_object,
