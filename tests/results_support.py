@@ -91,9 +91,10 @@ def records(
                     "distill/kl_div_T1": kl_end + 2.5 * math.exp(-6 * progress),
                     "distill/teacher_loss": 2.3,
                     "distill/top1_agreement": 0.9 - kl_end,
-                    "distill/alpha": float(loss.alpha.at(step, STEPS)),
-                    "distill/beta_feature": float(loss.beta.at(step, STEPS)),
-                    "distill/temperature": float(loss.temperature.at(step, STEPS)),
+                    # as the trainer logs them: step k is the update with 0-based index k - 1
+                    "distill/alpha": float(loss.alpha.at(step - 1, STEPS)),
+                    "distill/beta_feature": float(loss.beta.at(step - 1, STEPS)),
+                    "distill/temperature": float(loss.temperature.at(step - 1, STEPS)),
                 }
             )
         metrics = {name: {"sum": v * count, "count": count, "value": v} for name, v in values.items()}

@@ -4,6 +4,7 @@ logs (schedules from the spec when not logged); coinciding curves are striped, n
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from results_support import STEPS, expanded, finish_all, png_size, write_outputs, write_sweep
@@ -65,9 +66,11 @@ def test_schedules_come_from_the_logs_or_else_the_spec(tmp_path):
     alpha = {c.key: c for c in curves["alpha"]}
     computed = alpha[unlogged.run_id]
     assert computed.steps[0] == 0 and computed.steps[-1] == STEPS
-    assert computed.values[0] == pytest.approx(0.9) and computed.values[-1] == pytest.approx(0.3)  # cosine 0.9 → 0.3
+    # cosine 0.9 → 0.3; the last step is the update with 0-based index STEPS - 1, as the trainer computes it
+    last = 0.3 + 0.6 * 0.5 * (1 + math.cos(math.pi * (STEPS - 1) / STEPS))
+    assert computed.values[0] == pytest.approx(0.9) and computed.values[-1] == pytest.approx(last)
     logged = alpha[result.points[1].run_id]
-    assert logged.steps == (10, 20, 30, 40) and logged.values[-1] == pytest.approx(0.3)
+    assert logged.steps == (10, 20, 30, 40) and logged.values[-1] == pytest.approx(last)
     baseline = alpha[result.points[-1].run_id]
     assert set(baseline.values) == {0.0}
 

@@ -43,7 +43,9 @@ def test_cosine_holds_near_start_longer_than_linear():
 
 
 @pytest.mark.parametrize("accumulation", [1, 4])
-def test_schedules_reach_their_end_at_the_last_optimizer_update(accumulation):
+def test_schedules_follow_the_guides_progress_over_the_optimizer_updates(accumulation):
+    """The guide's `progress = clip(step / max_steps, 0, 1)` with the 0-based update index (MaxText's step): the
+    first update sees `start`, the last `(steps - 1) / steps` of the way, whatever the accumulation."""
     from trainer.step import hyperparameters
 
     spec = spec_of(
@@ -61,9 +63,11 @@ def test_schedules_reach_their_end_at_the_last_optimizer_update(accumulation):
     )
     first, last = hyperparameters(spec, 0), hyperparameters(spec, spec.steps - 1)
     assert (first["alpha"], first["temperature"]) == pytest.approx((0.9, 2.0))
-    assert (last["alpha"], last["temperature"]) == pytest.approx((0.3, 1.0))
+    cosine = 0.3 + (0.9 - 0.3) * 0.5 * (1 + math.cos(math.pi * 39 / 40))
+    assert (last["alpha"], last["temperature"]) == pytest.approx((cosine, 2.0 - 39 / 40), rel=1e-6)
     # The update index is the optimizer step, independent of micro-batches: halfway is halfway.
-    assert hyperparameters(spec, 39 // 2 + 0)["temperature"] == pytest.approx(2.0 - 19 / 39, rel=1e-6)
+    assert hyperparameters(spec, 20)["temperature"] == pytest.approx(1.5, rel=1e-6)
+    assert hyperparameters(spec, 20)["alpha"] == pytest.approx(0.6, rel=1e-6)
 
 
 def test_learning_rate_is_optax_warmup_cosine():

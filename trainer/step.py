@@ -5,8 +5,10 @@ Gradient accumulation divides every micro-batch's loss sums by the whole step's 
 accumulated gradient is the gradient of the step's token-weighted mean loss (micro-batches weighted by their
 valid tokens), exactly as if the step's rows were one batch.
 
-Schedules: the update with 0-based index `s` uses `value.at(s, steps - 1)`, so the first update sees `start` and
-the last update `end`, whatever the accumulation; a resumed run continues from its restored `s`. The scheduled
+Schedules: the update with 0-based index `s` uses `value.at(s, steps)`, the guide's `progress = clip(step /
+max_steps, 0, 1)` with MaxText's step counter (the steps done before the update): the first update sees `start`,
+the last one `(steps - 1) / steps` of the way to `end`, whatever the accumulation; a resumed run continues from its
+restored `s`. The scheduled
 values (α, T, β, learning rate) are computed on the host by `hyperparameters(spec, s)` and passed in as scalars,
 so one compiled step serves every point of a sweep that differs only in them (the persistent compilation cache
 then skips the compile). The exception is a constant temperature of 1, 2, 3 or 4, compiled in because the loss
@@ -109,13 +111,14 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
 
 def hyperparameters(spec: DistillSpec, step: int, schedule: Callable[[int], float] | None = None) -> dict[str, float]:
-    """The scheduled values the update with 0-based index `step` uses: α, T and β reach `end` at the last update."""
-    last = max(spec.steps - 1, 1)
+    """The scheduled values the update with 0-based index `step` uses: α, T and β by the guide's formula over
+    `spec.steps` (they reached `end` at the last update, one step early, and `explain` and the plots, which follow
+    the guide, showed values the trainer never used)."""
     lr = float((schedule or learning_rate_schedule(spec))(step))
     return {
-        "alpha": float(spec.loss.alpha.at(step, last)),
-        "temperature": float(spec.loss.temperature.at(step, last)),
-        "beta": float(spec.loss.beta.at(step, last)),
+        "alpha": float(spec.loss.alpha.at(step, spec.steps)),
+        "temperature": float(spec.loss.temperature.at(step, spec.steps)),
+        "beta": float(spec.loss.beta.at(step, spec.steps)),
         "learning_rate": lr,
     }
 

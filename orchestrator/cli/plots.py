@@ -136,7 +136,8 @@ def schedule_curves(
     results: Results, logs: Mapping[str, Sequence[LogLine]], specs: Mapping[str, DistillSpec]
 ) -> dict[str, list[Curve]]:
     """α, β and T per point: the values the trainer logged when it logged them, else computed from the spec
-    (`ScheduledValue.at`, the trainer's own formula) at `SCHEDULE_SAMPLES` steps."""
+    (`ScheduledValue.at`, the trainer's own formula: step k is the update with 0-based index k - 1) at
+    `SCHEDULE_SAMPLES` steps."""
     out: dict[str, list[Curve]] = {}
     for logged, field, _ in SCHEDULES:
         curves = []
@@ -147,7 +148,7 @@ def schedule_curves(
                 schedule = getattr(spec.loss, field)
                 every = max(spec.steps // SCHEDULE_SAMPLES, 1)
                 steps = list(range(0, spec.steps + 1, every))
-                values = [float(schedule.at(step, spec.steps)) for step in steps]
+                values = [float(schedule.at(max(step - 1, 0), spec.steps)) for step in steps]
             curves.append(Curve(row.run_id, _legend_label(row), row.role, tuple(steps), tuple(values)))
         out[field] = curves
     return out
