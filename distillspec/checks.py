@@ -136,6 +136,8 @@ def _schedules(spec: DistillSpec) -> list[Problem]:
                 )
             )
         elif value.schedule == "constant" and value.end is not None and value.end != value.start:
+            if name == "beta" and _ramps_from_zero(value):
+                continue  # beta_ramp_from_zero says it, with the whole fix
             out.append(
                 Problem(
                     ("loss", name, "end"),
@@ -148,20 +150,28 @@ def _schedules(spec: DistillSpec) -> list[Problem]:
     return out
 
 
+def _ramps_from_zero(beta: ScheduledValue) -> bool:
+    return beta.start == 0.0 and beta.end is not None and beta.end > 0.0
+
+
 def _beta_ramp(spec: DistillSpec) -> list[Problem]:
+    """MaxText refuses `distill_beta=0.0` with a `distill_beta_end` whatever the schedule (the guide's
+    troubleshooting row): under a constant one it was only `end_ignored`, whose fix (a schedule) led into this."""
     beta = spec.loss.beta
-    # A constant schedule ignores its end (`end_ignored` says so): β then stays 0, nothing ramps.
-    if beta.start == 0.0 and beta.schedule != "constant" and beta.end is not None and beta.end > 0.0:
-        return [
-            Problem(
-                ("loss", "beta", "start"),
-                "beta_ramp_from_zero",
-                f"β starts at 0.0 and ends at {beta.end}: a β of 0.0 disables feature extraction, so there is nothing "
-                "to ramp",
-                f"start at a small positive value such as 1e-6 and keep end: {beta.end}",
-            )
-        ]
-    return []
+    if not _ramps_from_zero(beta):
+        return []
+    hint = f"start at a small positive value such as 1e-6 and keep end: {beta.end}"
+    if beta.schedule == "constant":
+        hint += ", with schedule: linear or cosine (a constant schedule ignores end); or remove end to keep β at 0"
+    return [
+        Problem(
+            ("loss", "beta", "start"),
+            "beta_ramp_from_zero",
+            f"β starts at 0.0 and ends at {beta.end}: a β of 0.0 disables feature extraction, so there is nothing "
+            "to ramp",
+            hint,
+        )
+    ]
 
 
 # The guide's scales: the cosine feature loss is bounded in [0, 2] per element (β of order 0.1–2.0), L2 is

@@ -47,9 +47,12 @@ def test_beta_ramp_from_zero_suggests_small_start():
     [problem] = [p for p in report.problems if p.is_error]
     assert problem.code == "beta_ramp_from_zero"
     assert "1e-6" in problem.hint
-    # With a constant schedule the end is ignored and β stays 0: that warning alone, not also "ends at 0.5".
+    # Under a constant schedule too, as MaxText refuses it: the one problem, whose fix names the schedule (it was
+    # only end_ignored, whose "set a schedule" led into this error).
     constant = {"loss.beta": {"start": 0.0, "end": 0.5, "schedule": "constant"}}
-    assert codes(spec_data(**constant), errors_only=False) == ["end_ignored"]
+    [problem] = report_for(spec_data(**constant)).problems
+    assert problem.code == "beta_ramp_from_zero" and problem.is_error
+    assert "1e-6" in problem.hint and "schedule: linear or cosine" in problem.hint
 
 
 def test_beta_ramp_from_tiny_start_is_fine():
