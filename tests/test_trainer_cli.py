@@ -207,3 +207,20 @@ def test_tpu_pod_environment_without_a_tpu_pod_is_a_user_error(tmp_path):
     done = run_trainer(["--spec", str(spec)], env=python_env(TPU_WORKER_HOSTNAMES="a,b"), timeout=120)
     assert done.returncode == 1, done.stderr[-2000:]
     assert "$TPU_WORKER_HOSTNAMES is set, so this is a multi-host TPU run" in done.stderr and "a bug" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("message", "transient"),
+    [
+        ("DEADLINE_EXCEEDED: Barrier timed out. Id: PjRT_Client_Connect", True),
+        ("UNAVAILABLE: failed to connect to all addresses; last error: Connection refused", True),
+        ("Number of processes must be defined.", False),
+        ("coordinator_address should be defined.", False),
+    ],
+)
+def test_a_tpu_join_that_timed_out_is_retried_and_a_missing_setting_is_not(message, transient):
+    """On a TPU pod one host that started late (an image pull on a fresh node) made JAX's initialize fail: exit 1,
+    never retried, where the --coordinator-address path exits 42 for the same failure."""
+    from trainer.train import _transient
+
+    assert _transient(RuntimeError(message)) is transient

@@ -316,6 +316,8 @@ def _initialize_distributed(process: ProcessOptions, session: _Session | None = 
             found = (
                 "TPU_WORKER_HOSTNAMES" if os.environ.get("TPU_WORKER_HOSTNAMES") else "MEGASCALE_COORDINATOR_ADDRESS"
             )
+            if _transient(e):  # a host that started late or a coordinator not up yet: the next attempt may join
+                raise RetryableError(f"cannot join the other TPU hosts ({found}): {_first_line(e)}") from None
             raise UserError(
                 f"${found} is set, so this is a multi-host TPU run, but JAX could not find its peers from the "
                 f"environment: {_first_line(e)}",
@@ -325,6 +327,18 @@ def _initialize_distributed(process: ProcessOptions, session: _Session | None = 
         from trainer.sharding import check_process_count
 
         check_process_count(dict(os.environ), jax.process_count())
+
+
+# gRPC status codes of the coordination service that say "not now" rather than "never": JAX's client reports a
+# coordinator it could not reach, or peers that did not all connect, within its deadline with these.
+_TRANSIENT_STATUS = ("DEADLINE_EXCEEDED", "UNAVAILABLE", "ABORTED", "CANCELLED")
+
+
+def _transient(error: BaseException) -> bool:
+    """Whether JAX's distributed initialize failed for a reason another attempt may not meet (exit 42, the JobSet
+    restarts the pods; it was exit 1, never retried, for one pod that started late)."""
+    text = str(error)
+    return any(code in text for code in _TRANSIENT_STATUS) or "timed out" in text.lower()
 
 
 def _join_watchdog(process: ProcessOptions, session: _Session, seconds: int) -> threading.Timer:
