@@ -1285,6 +1285,18 @@ def _xpk_placement(t: Target) -> list[Problem]:
                 severity="warning",
             )
         )
+    if t.capacity in ("spot", "flex-start"):
+        out.append(
+            Problem(
+                ("target", "capacity"),
+                "xpk_preemption_spends_restarts",
+                f"XPK's JobSet has no rule that restarts a preempted run for free: on {t.capacity} capacity each "
+                f"reclaim spends one of target.max_restarts ({t.max_restarts}), and the run fails after that many",
+                "raise target.max_restarts to the reclaims you expect, or set target.kind: kubernetes (distillctl's "
+                "JobSet restarts a preemption without counting it)",
+                severity="warning",
+            )
+        )
     if t.tpu_type is not None and tpu.lookup(t.tpu_type).topology_ambiguous:
         out.append(
             Problem(

@@ -162,9 +162,12 @@ def test_an_xpk_target_says_where_xpks_jobset_lands_elsewhere(tmp_path):
     # machine-type selector for the 2x4 topologies GKE also offers as one 8-chip VM. Neither was said.
     target = {**sweep_data()["target"], "kind": "xpk", "cluster": "c", "capacity": "spot", "tpu_type": "v6e-8"}
     source = load(tmp_path, sweep_data(target=target))
-    assert {p.code for p in source.problems if not p.is_error} >= {"xpk_capacity_needs_nap", "xpk_topology_ambiguous"}
+    said = {"xpk_capacity_needs_nap", "xpk_topology_ambiguous", "xpk_preemption_spends_restarts"}
+    assert {p.code for p in source.problems if not p.is_error} >= said
+    spends = next(p for p in source.problems if p.code == "xpk_preemption_spends_restarts")
+    assert "target.max_restarts (3)" in spends.message and spends.line is not None
     plain = load(tmp_path, sweep_data(target={**target, "capacity": "on-demand", "tpu_type": "v5p-128"}))
-    assert not {p.code for p in plain.problems} & {"xpk_capacity_needs_nap", "xpk_topology_ambiguous"}
+    assert not {p.code for p in plain.problems} & said
 
 
 def test_a_cluster_target_needs_an_image(tmp_path):
