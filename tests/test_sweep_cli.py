@@ -207,6 +207,20 @@ def test_render_as_xpk_refuses_secret_references(tmp_path):
     assert result.exit_code == ExitCode.INVALID_SPEC and "xpk_no_secrets" in result.stderr
 
 
+def test_plan_and_the_dry_run_refuse_what_xpk_cannot_launch_at_its_line(tmp_path):
+    """An xpk target with a priority XPK lacks and an env value it writes unescaped: plan and `sweep --dry-run`
+    passed it (exit 0) and only the real launch refused it, without the file's line. `render -o` writes
+    distillctl's own JobSets, which can carry them (the hint's way out)."""
+    target = {**TARGET, "kind": "xpk", "cluster": "demo", "priority": "urgent", "env": {"A": 'x"y'}}
+    path = str(write(tmp_path, sweep_data(target=target)))
+    for command in (["plan", path], ["sweep", path, "--dry-run=client"], ["render", path, "--as", "xpk"]):
+        result = invoke(*command)
+        assert result.exit_code == ExitCode.INVALID_SPEC, (command, result.output)
+        assert "sweep.yaml:" in result.stderr and "error[xpk_bad_priority] target.priority" in result.stderr
+        assert "error[xpk_unsafe_env] target.env.A" in result.stderr
+    assert invoke("render", path, "-o", str(tmp_path / "out")).exit_code == ExitCode.OK
+
+
 def test_render_a_local_sweep_is_a_usage_error(tmp_path):
     result = invoke("render", str(SWEEPS / "quickstart.yaml"), "-o", str(tmp_path))
     assert result.exit_code == ExitCode.USAGE and "nothing to render" in result.stderr

@@ -365,10 +365,18 @@ def _client_dry_run(expansion, output: OutputFormat) -> None:
     """Render every run as it would be submitted, without asking the cluster what already exists."""
     from rich.text import Text
 
+    from distillspec.problems import has_errors
+    from orchestrator.backends.xpk import command as xpk_command
     from orchestrator.cli import console
     from orchestrator.core import rendering
+    from orchestrator.errors import InvalidSpecError
 
     target = expansion.sweep.target
+    xpk = xpk_command.sweep_problems(expansion)  # the launch's refusals, said by the dry run that stands for it
+    if has_errors(xpk):
+        raise InvalidSpecError(f"{expansion.sweep.name} cannot be launched with xpk", xpk, "fix target: above")
+    for problem in xpk:
+        console.print_problem(problem)
     for run in expansion.runs:
         if target.on_cluster:
             rendering.render_jobset(run, target)  # renders, or raises

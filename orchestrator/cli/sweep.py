@@ -57,6 +57,8 @@ def plan(
     from rich.table import Table
 
     from distillspec import tpu
+    from distillspec.problems import has_errors
+    from orchestrator.backends.xpk import command as xpk_command
     from orchestrator.cli import console
     from orchestrator.core import plan as planning
     from orchestrator.core.sweeps import with_memory_warnings
@@ -67,6 +69,10 @@ def plan(
     target = result.sweep.target
     rows = planning.plan(result)
     result = with_memory_warnings(result, rows)
+    xpk = xpk_command.sweep_problems(result)  # what `xpk workload create` cannot express: the launch refuses it
+    if has_errors(xpk):
+        raise InvalidSpecError(f"{sweep} cannot be launched with xpk", (*result.problems, *xpk), "fix target: above")
+    result = dataclasses.replace(result, problems=result.problems + tuple(xpk))
     if check_paths:
         try:
             found = ctx.path_problems(result)
@@ -171,7 +177,7 @@ def render(
             "set target.kind to kubernetes or xpk, or pass --tpu-type to render for a cluster",
         )
     if as_ is RenderAs.xpk:
-        found = xpk_command.problems(target)
+        found = [result.source.locate(p) for p in xpk_command.problems(target)] if result.source else []
         if has_errors(found):
             raise InvalidSpecError(f"{sweep} cannot be expressed as xpk commands", found)
         _warn(list(result.problems) + found)

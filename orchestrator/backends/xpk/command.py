@@ -37,6 +37,16 @@ class XpkCommand:
         return shlex.join(self.argv)
 
 
+def sweep_problems(expansion) -> list[Problem]:
+    """`problems` of an expanded sweep's target when it launches through XPK (none otherwise), at the sweep file's
+    lines: `plan`, `sweep --dry-run` and `render` said nothing of what the real launch then refused."""
+    target = expansion.sweep.target
+    if target.kind != "xpk":
+        return []
+    source = expansion.source
+    return [source.locate(p) if source is not None else p for p in problems(target)]
+
+
 def problems(target: Target) -> list[Problem]:
     """What of this target `xpk workload create` cannot express."""
     out = []
