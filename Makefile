@@ -16,7 +16,7 @@ REF_TRANSFORMERS := 5.12.1
 REF_VENV := .venv-ref
 REF_STAMP := $(REF_VENV)/.ref-$(REF_TORCH)-$(REF_TRANSFORMERS)
 
-.PHONY: install xpk ref demo test clean image image-tools image-lock
+.PHONY: install xpk ref demo test clean image image-controller image-tools image-lock
 
 install: $(STAMP)
 
@@ -84,12 +84,15 @@ cluster-up: install cluster-build
 cluster-down:
 	@if [ -x $(PY) ]; then $(PY) -m tests.cluster down; else python3 -m tests.cluster down; fi
 
-# --- The trainer image (trainer/Dockerfile; tests/test_image.py builds and runs it) ---
+# --- The trainer image (trainer/Dockerfile) and the controller's (orchestrator/Dockerfile, the chart's image);
+# tests/test_image.py builds and runs both, tests/test_service_cluster.py serves a sweep from the controller's ---
 # image-tools installs Debian's container tools where any is missing (podman runs with runc and the settings in
 # hack/image/podman.sh). image builds localhost/$(IMAGE) on a Debian base made by mmdebstrap; BASE=python:3.11-slim
-# (or any image podman can pull) uses that base instead. image-lock re-pins trainer/requirements.lock from
-# trainer/requirements.in, with hashes, for CPython 3.11 on x86-64 Linux (uv in a per-user tool venv).
+# (or any image podman can pull) uses that base instead; image-controller builds localhost/$(CONTROLLER_IMAGE).
+# image-lock re-pins trainer/requirements.lock and orchestrator/requirements.lock from their .in files, with
+# hashes, for CPython 3.11 on x86-64 Linux (uv in a per-user tool venv).
 IMAGE ?= distillctl-trainer:dev
+CONTROLLER_IMAGE ?= distillctl:dev
 IMAGE_TOOLS := podman buildah skopeo runc mmdebstrap docker-registry
 UV := $(HOME)/.cache/distillctl/tools/uv/bin/uv
 
@@ -104,9 +107,14 @@ image-tools:
 image: image-tools
 	BASE=$(BASE) hack/image/build.sh $(IMAGE)
 
+image-controller: image-tools
+	BASE=$(BASE) hack/image/build.sh $(CONTROLLER_IMAGE) orchestrator
+
 image-lock: $(UV)
-	$(UV) pip compile trainer/requirements.in --python-version 3.11 --python-platform x86_64-manylinux_2_31 \
-	  --generate-hashes --annotation-style line --upgrade -o trainer/requirements.lock
+	for part in trainer orchestrator; do \
+	  $(UV) pip compile $$part/requirements.in --python-version 3.11 --python-platform x86_64-manylinux_2_31 \
+	    --generate-hashes --annotation-style line --upgrade -o $$part/requirements.lock || exit 1; \
+	done
 
 $(UV):
 	$(PYTHON) -m venv $(HOME)/.cache/distillctl/tools/uv

@@ -40,9 +40,9 @@ def podman(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedPr
     return subprocess.run([PODMAN, *args], capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
-def locked() -> dict[str, str]:
-    """{normalised name: version} of every requirement in trainer/requirements.lock."""
-    lock = (REPO / "trainer" / "requirements.lock").read_text()
+def locked(part: str = "trainer") -> dict[str, str]:
+    """{normalised name: version} of every requirement in `<part>/requirements.lock`."""
+    lock = (REPO / part / "requirements.lock").read_text()
     return {_norm(m[1]): m[2] for m in re.finditer(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^\s\\]+)", lock, re.M)}
 
 
@@ -50,18 +50,28 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-@pytest.fixture(scope="module")
-def image() -> str:
+def build_image(tag: str, part: str = "trainer") -> str:
     if shutil.which("podman") is None:
         pytest.skip("podman is not installed (`make image-tools` installs Debian's podman, runc and mmdebstrap)")
     probe = podman("info", "--format", "{{.Host.OCIRuntime.Name}} {{.Store.GraphDriverName}}", timeout=120)
     if probe.returncode != 0:
         pytest.skip(f"podman cannot run here: {probe.stderr.strip()[-500:]}")
     build = subprocess.run(
-        [str(REPO / "hack" / "image" / "build.sh"), TAG], capture_output=True, text=True, timeout=3000
+        [str(REPO / "hack" / "image" / "build.sh"), tag, part], capture_output=True, text=True, timeout=3000
     )
     assert build.returncode == 0, (build.stdout[-4000:], build.stderr[-4000:])
-    return TAG
+    return tag
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    return build_image(TAG)
+
+
+@pytest.fixture(scope="module")
+def controller_image() -> str:
+    """The chart's image (orchestrator/Dockerfile); tests/test_service_cluster.py runs `serve` in it."""
+    return build_image("distillctl:test", "orchestrator")
 
 
 def test_the_image_is_non_root_pinned_and_holds_only_the_trainer(image):
@@ -220,3 +230,48 @@ def test_the_image_is_pushed_to_a_loopback_registry_and_pulled_back_by_digest(im
         server.terminate()
         server.wait(timeout=30)
         podman("untag", image, f"{remote}:test")  # the same image: untagged, never removed
+
+
+def test_the_controller_image_is_non_root_pinned_and_holds_the_orchestrator_without_jax(controller_image, tmp_path):
+    """What `helm install` runs (`distillctl serve`): the orchestrator and the spec package on the locked
+    orchestrator/requirements.lock, none of the trainer's packages, and the JobSet template found (`render`)."""
+    config = json.loads(podman("image", "inspect", controller_image).stdout)[0]["Config"]
+    assert config["User"] == f"{UID}:{UID}" and config["Entrypoint"] == ["distillctl"]
+    probe = (
+        "import importlib, importlib.metadata as md, importlib.util, json, os\n"
+        "for m in ['orchestrator.service.run', 'orchestrator.cli.app', 'prometheus_client', 'gcsfs']:\n"
+        "    importlib.import_module(m)\n"
+        "absent = ['jax', 'flax', 'optax', 'numpy', 'matplotlib', 'trainer']\n"
+        "print(json.dumps({'uid': os.getuid(),\n"
+        "  'dists': {d.metadata['Name']: d.version for d in md.distributions()},\n"
+        "  'found': [m for m in absent if importlib.util.find_spec(m) is not None],\n"
+        "  'writable': os.access('/opt/venv', os.W_OK) or os.access('/opt/distillctl/orchestrator', os.W_OK)}))\n"
+    )
+    out = podman("run", "--rm", "--network=none", "--entrypoint", "/opt/venv/bin/python", controller_image, "-c", probe)
+    assert out.returncode == 0, out.stderr[-4000:]
+    facts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert facts["uid"] == UID and facts["found"] == [] and not facts["writable"], facts
+    installed = {_norm(n): v for n, v in facts["dists"].items() if _norm(n) not in ("pip", "setuptools")}
+    assert installed == locked("orchestrator")
+    # The console script the chart's Deployment runs, and the template it renders with.
+    sweep = write(tmp_path, sweep_data())
+    (tmp_path / "out").mkdir()
+    for where, mode in ((tmp_path, 0o755), (sweep, 0o644), (tmp_path / "out", 0o777)):  # the image's user: uid 10001
+        where.chmod(mode)
+    rendered = podman(
+        "run",
+        "--rm",
+        "--network=none",
+        "--volume",
+        f"{tmp_path}:/work",
+        "--workdir",
+        "/work",
+        controller_image,
+        "render",
+        f"/work/{sweep.name}",
+        "-o",
+        "/work/out",
+    )
+    assert rendered.returncode == 0, rendered.stderr[-4000:]
+    manifests = list((tmp_path / "out").iterdir())
+    assert manifests and all(yaml.safe_load(p.read_text())["kind"] == "JobSet" for p in manifests), manifests

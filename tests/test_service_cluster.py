@@ -871,3 +871,60 @@ def test_chart_upgrades_and_uninstalls(control_plane, installed):
     selector = f"app.kubernetes.io/instance={RELEASE}"
     assert not rbac.list_namespaced_role(NS, label_selector=selector).items
     assert not rbac.list_cluster_role(label_selector=selector).items
+
+
+def test_the_controller_image_serves_a_sweep_to_the_end(control_plane, installed, tmp_path):
+    """The chart's image (orchestrator/Dockerfile, built here with podman as `make image-controller` builds it):
+    `distillctl serve` in the container, on the host's network, takes a sweep applied with `sweep --service` to the
+    end. The chart pointed at an image nothing in the repository built (a pod in ImagePullBackOff). Its own
+    namespace, as the killed-controller test."""
+    import shutil
+
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed (`make image-tools` installs Debian's podman, runc and mmdebstrap)")
+    podman = str(REPO / "hack" / "image" / "podman.sh")
+    tag = "distillctl:test"
+    build = subprocess.run(
+        [str(REPO / "hack" / "image" / "build.sh"), tag, "orchestrator"], capture_output=True, text=True, timeout=3000
+    )
+    assert build.returncode == 0, (build.stdout[-4000:], build.stderr[-4000:])
+    cp = control_plane
+    ns = "svc-image"
+    client.CoreV1Api(cp.client).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    queue = {"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "LocalQueue", "metadata": {"name": "q", "namespace": ns}}
+    cp.apply({**queue, "spec": {"clusterQueue": "cluster-queue"}})
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    path = tmp_path / "svc-img.yaml"
+    path.write_text(SWEEP.format(name="svc-img", queue="q", image=IMAGE, base=runs))
+    kube = tmp_path / "kube"
+    kube.mkdir()
+    shutil.copy(cp.kubeconfig, kube / "kubeconfig")
+    (kube / "kubeconfig").chmod(0o644)  # the image's user (uid 10001) reads it
+    name = "distillctl-image-test"
+    serve = [podman, "run", "--rm", "--name", name, "--network", "host", "--volume", f"{kube}:/kube:ro"]
+    serve += ["--volume", f"{runs}:{runs}:ro", f"localhost/{tag}"]
+    serve += ["serve", "--kubeconfig", "/kube/kubeconfig", "-n", ns, "--port", "0", "--resync", "5"]
+    with open(tmp_path / "serve.log", "w") as log:
+        controller = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        applied = CliRunner().invoke(
+            app, ["sweep", str(path), "--service", "--kubeconfig", str(cp.kubeconfig), "-n", ns]
+        )
+        assert applied.exit_code == 0, applied.output
+
+        def succeeded() -> bool:
+            if controller.poll() is not None:  # the container's own words, not a timeout
+                pytest.fail(f"the controller's container exited: {(tmp_path / 'serve.log').read_text()[-3000:]}")
+            return _condition_in(cp, ns, "svc-img", "Succeeded").get("status") == "True"
+
+        cp.wait_for(succeeded, 240, "the sweep to succeed")
+        found = client.CustomObjectsApi(cp.client).list_namespaced_custom_object(
+            "jobset.x-k8s.io", "v1alpha2", ns, "jobsets", label_selector="distillctl.dev/sweep=svc-img"
+        )
+        assert len(found["items"]) == 3
+    finally:
+        subprocess.run([podman, "stop", "--time", "30", name], capture_output=True, timeout=60)
+        code = controller.wait(60)
+        client.CoreV1Api(cp.client).delete_namespace(ns)
+    assert code == 0, (tmp_path / "serve.log").read_text()  # SIGTERM: the Lease handed back, exit 0

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Build the trainer image (trainer/Dockerfile) with podman: `make image` and tests/test_image.py call this.
-#   hack/image/build.sh [TAG]        TAG defaults to distillctl-trainer:dev (stored as localhost/TAG)
+# Build an image with podman: the trainer's (trainer/Dockerfile: `make image`) or the controller's
+# (orchestrator/Dockerfile: `make image-controller`); tests/test_image.py calls this.
+#   hack/image/build.sh [TAG [PART]]   PART: trainer (default) or orchestrator; TAG defaults to
+#                                      distillctl-trainer:dev, or distillctl:dev for the orchestrator (localhost/TAG)
 # BASE=IMAGE picks the base (e.g. python:3.11-slim where a registry is reachable); by default the base is
 # Debian bookworm's python3 made by mmdebstrap from Debian's packages, cached as a tarball under
 # ~/.cache/distillctl/base and imported once into the project's podman storage (hack/image/podman.sh).
@@ -8,8 +10,19 @@
 # mounted read-only into the build, which runs without a network; they are not part of any layer.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-TAG="${1:-distillctl-trainer:dev}"
+PART="${2:-trainer}"
+case "$PART" in
+  trainer) TAG="${1:-distillctl-trainer:dev}" ;;
+  orchestrator) TAG="${1:-distillctl:dev}" ;;
+  *) echo "unknown part $PART: trainer or orchestrator" >&2; exit 2 ;;
+esac
+LOCK="$PART/requirements.lock"
 CACHE="${DISTILLCTL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/distillctl}"
+# One build at a time per user: the test workers build both images at once, and each would make the base, import
+# it and fill the wheel folder beside the other.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/image-build.lock"
+flock 9
 P=hack/image/podman.sh
 SUITE=bookworm
 PACKAGES=python3,python3-venv,ca-certificates,passwd
@@ -44,21 +57,20 @@ fi
 
 # Every wheel of the lock for CPython 3.11 on x86-64 Linux, checked against the lock's hashes, with the host's
 # pip (.venv's, else python3's: --python-version picks the wheels) and CA bundle.
-wheels="$CACHE/wheels/image"
+wheels="$CACHE/wheels/image"  # one folder for both locks: a wheel they share is downloaded once
 mkdir -p "$wheels"
 platforms=()  # pip matches --platform tags exactly: every manylinux tag a 2.31 glibc runs
 for t in manylinux_2_31 manylinux_2_28 manylinux_2_27 manylinux_2_24 manylinux_2_17 manylinux2014 manylinux_2_12 \
   manylinux2010 manylinux_2_5 manylinux1 linux; do platforms+=(--platform "${t}_x86_64"); done
-stamp="$wheels/.complete-$(sha256sum trainer/requirements.lock | cut -c1-16)"
+stamp="$wheels/.complete-$(sha256sum "$LOCK" | cut -c1-16)"
 if [ ! -e "$stamp" ]; then  # pip re-asks the index for every package even when all are here: skip it when done
   py=python3
   [ -x .venv/bin/python ] && py=.venv/bin/python
   "$py" -m pip download --quiet --no-deps --require-hashes --only-binary :all: --dest "$wheels" \
-    "${platforms[@]}" --python-version 3.11 --implementation cp --abi cp311 -r trainer/requirements.lock
-  rm -f "$wheels"/.complete-*
+    "${platforms[@]}" --python-version 3.11 --implementation cp --abi cp311 -r "$LOCK"
   touch "$stamp"
 fi
 mounts=(--network none --volume "$wheels:/run/distillctl-wheels:ro" --build-arg WHEELS=/run/distillctl-wheels)
 # --timestamp 0: created times and file times fixed, so the same inputs give the same layers.
-$P build --file trainer/Dockerfile --tag "$TAG" --build-arg BASE="$BASE" --timestamp 0 "${mounts[@]}" .
+$P build --file "$PART/Dockerfile" --tag "$TAG" --build-arg BASE="$BASE" --timestamp 0 "${mounts[@]}" .
 $P image inspect --format '{{.Id}}' "$TAG"
