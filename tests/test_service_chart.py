@@ -4,6 +4,7 @@ hack/cluster builds for the test control plane."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -90,14 +91,19 @@ def test_deployment_runs_serve_locked_down_with_probes(helm):
     assert pod["serviceAccountName"] == "rel-distillctl"
     assert not [a for a in container["args"] if a.startswith("--default-")]  # no defaults unless set
 
-    values = {"queue": "team-queue", "priority": "high", "image": "r/trainer@sha256:ab", "outputBase": "gs://bkt/runs"}
+    values = {
+        "queue": "team-queue",
+        "priority": "high",
+        "image": "r/trainer@sha256:" + "ab" * 32,
+        "outputBase": "gs://bkt/runs",
+    }
     sets = [f"defaults.{k}={v}" for k, v in values.items()]
     (deployment,) = [d for d in template(helm, "--set", ",".join(sets)) if d["kind"] == "Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert [a for a in container["args"] if a.startswith("--default-")] == [
         "--default-queue=team-queue",
         "--default-priority=high",
-        "--default-image=r/trainer@sha256:ab",
+        "--default-image=r/trainer@sha256:" + "ab" * 32,
         "--default-output-base=gs://bkt/runs",
     ]
 
@@ -148,6 +154,12 @@ def test_role_grants_exactly_what_the_controller_calls(helm):
         # combinations that rendered objects matching or naming nothing
         ("metrics.service.enabled=false,metrics.serviceMonitor.enabled=true", "needs metrics.service.enabled"),
         ("serviceAccount.create=false", "set serviceAccount.name"),
+        # defaults serve refuses at start-up: installed, then crash-looped with exit 2
+        ("defaults.queue=a b", "at '/defaults/queue'"),
+        ("defaults.priority=Bad_Prio", "at '/defaults/priority'"),
+        ("defaults.image=Bad Image", "at '/defaults/image'"),
+        ("defaults.outputBase=runs", "at '/defaults/outputBase'"),  # every sweep relying on it would be refused
+        ("image.tag=latest!", "at '/image/tag'"),
     ],
 )
 def test_values_are_checked_against_the_charts_schema(helm, setting, said):
@@ -173,3 +185,18 @@ def test_a_long_release_name_fits_every_name_it_makes(helm):
     assert roles.isdisjoint(
         d["metadata"]["name"] for d in yaml.safe_load_all(other.stdout) if d and d["kind"] == "ClusterRole"
     )
+
+
+def test_the_controller_image_can_be_pinned_by_digest(helm):
+    digest = "sha256:" + "ab" * 32
+    (deployment,) = [d for d in template(helm, "--set", f"image.tag={digest}") if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"ghcr.io/example/distillctl@{digest}"
+
+
+def test_the_schemas_image_pattern_is_target_images():
+    """defaults.image becomes `serve --default-image`, checked as target.image is: one grammar."""
+    from distillspec.sweep import IMAGE_REFERENCE
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["properties"]["defaults"]["properties"]["image"]["pattern"] == "^$|" + IMAGE_REFERENCE.pattern
