@@ -490,6 +490,12 @@ def test_no_output_replaces_a_file_the_command_reads_or_one_of_the_users(sweep, 
     assert refused.exit_code == ExitCode.USAGE, refused.output
     assert "is not a golden file (and cannot be read as YAML: line" in " ".join(refused.stderr.split())
     assert spec.read_text() == "student: {model: tiny-2l\n"
+    # Another sweep's golden file: replaced, its gate would check this sweep (it was written over, exit 0).
+    other = written.replace(f"sweep: {yaml.safe_load(written)['sweep']}", "sweep: another-sweep", 1)
+    golden.write_text(other)
+    refused = invoke("golden", "update", path, "-o", golden)
+    assert refused.exit_code == ExitCode.USAGE and "is the golden file of sweep 'another-sweep'" in refused.stderr
+    assert golden.read_text() == other
 
 
 def test_golden_update_refuses_a_gate_that_checks_nothing(sweep, tmp_path):

@@ -532,7 +532,7 @@ def golden_update(
     _refuse_clobbering({"-o": out}, {"the sweep file": sweep}, expansion, output_base)
     if out.is_dir():  # said now, as regress says it of --junit (it was "cannot write out: Is a directory")
         raise UsageError(f"-o {out} is a folder", f"give -o a file path, e.g. {out / 'golden.yaml'}")
-    if out.is_file() and (why := golden_file.not_replaceable(out)):
+    if out.is_file() and (why := golden_file.not_replaceable(out, expansion.sweep.name)):
         raise UsageError(
             f"{out} exists and {why}: writing it would replace it",
             "give -o a new path, or the golden file to update",

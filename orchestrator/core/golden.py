@@ -251,10 +251,11 @@ def derive(
 # --- files ------------------------------------------------------------------------------------------------
 
 
-def not_replaceable(path: str | Path) -> str:
+def not_replaceable(path: str | Path, sweep: str | None = None) -> str:
     """Why `golden update` must not replace the existing file `path`: a spec or anything else of the user's would be
-    lost. '' when it may: a golden file, valid or not (one with a YAML error too: its top-level `points:` says what
-    it is, and `golden update` writes every value anew), or an empty file."""
+    lost, or (`sweep` given) another sweep's golden file (its gate would then check this sweep). '' when it may: a
+    golden file of `sweep`, valid or not (one with a YAML error too: its top-level `points:` says what it is, and
+    `golden update` writes every value anew), or an empty file."""
     text = read_text_file(path)
     if not text.strip():
         return ""
@@ -266,6 +267,9 @@ def not_replaceable(path: str | Path) -> str:
         where = f"line {e.position.line}: " if e.position is not None else ""
         return f"is not a golden file (and cannot be read as YAML: {where}{e.message})"
     if isinstance(document.data, dict) and "points" in document.data:
+        other = document.data.get("sweep")
+        if sweep is not None and isinstance(other, str) and other != sweep:
+            return f"is the golden file of sweep {other!r}, not of {sweep!r}"
         return ""
     return "is not a golden file (it has no `points:`)"
 
