@@ -794,10 +794,7 @@ def test_a_killed_controller_is_replaced_and_no_run_is_created_twice(control_pla
     JobSet created whose answer is lost, a 500 and a 429 on creates, a failed status write): one JobSet per run.
     Its own namespace, so the replicas of the other tests (which watch `default`) stay out of it."""
     cp = control_plane
-    ns = "svc-kill"
-    client.CoreV1Api(cp.client).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
-    queue = {"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "LocalQueue", "metadata": {"name": "q", "namespace": ns}}
-    cp.apply({**queue, "spec": {"clusterQueue": "cluster-queue"}})
+    ns = _namespace_with_queue(cp, "svc-kill")
     path = tmp_path / "svc-k.yaml"
     text = SWEEP.format(name="svc-k", queue="", image=IMAGE, base=tmp_path / "runs")  # the queue: serve's default
     path.write_text("\n".join(line for line in text.splitlines() if line != "  queue: ") + "\n")
@@ -853,6 +850,14 @@ def test_a_killed_controller_is_replaced_and_no_run_is_created_twice(control_pla
     client.CoreV1Api(cp.client).delete_namespace(ns)
 
 
+def _namespace_with_queue(cp, ns: str) -> str:
+    """A namespace of a test's own (the replicas of the other tests watch `default`), with a LocalQueue `q`."""
+    client.CoreV1Api(cp.client).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    queue = {"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "LocalQueue", "metadata": {"name": "q", "namespace": ns}}
+    cp.apply({**queue, "spec": {"clusterQueue": "cluster-queue"}})
+    return ns
+
+
 def _condition_in(cp, ns: str, name: str, kind: str) -> dict:
     found = client.CustomObjectsApi(cp.client).get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
     return next((c for c in (found.get("status") or {}).get("conditions", []) if c["type"] == kind), {})
@@ -889,10 +894,7 @@ def test_the_controller_image_serves_a_sweep_to_the_end(control_plane, installed
     )
     assert build.returncode == 0, (build.stdout[-4000:], build.stderr[-4000:])
     cp = control_plane
-    ns = "svc-image"
-    client.CoreV1Api(cp.client).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
-    queue = {"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "LocalQueue", "metadata": {"name": "q", "namespace": ns}}
-    cp.apply({**queue, "spec": {"clusterQueue": "cluster-queue"}})
+    ns = _namespace_with_queue(cp, "svc-image")
     runs = tmp_path / "runs"
     runs.mkdir()
     path = tmp_path / "svc-img.yaml"
