@@ -540,3 +540,16 @@ def test_finished_runs_of_a_file_edited_since_are_named_when_none_of_its_points_
     assert edited.exit_code == ExitCode.OK, edited.output
     said = " ".join(edited.stderr.split())
     assert "warning[earlier_runs]" in said and "of sweep quickstart" in said and "ran for points" in said, said
+
+
+def test_results_json_is_strict_json_when_a_summary_holds_an_infinite_time(tmp_path):
+    """A summary.json whose wall_time_sec is infinite (json reads `Infinity`) came out as `Infinity`, which strict
+    JSON readers (jq) refuse; every other number field already became a string."""
+    import dataclasses
+
+    result = expanded(write_sweep(tmp_path))
+    finish_all(result)
+    t = table(result)
+    t = dataclasses.replace(t, rows=tuple(dataclasses.replace(r, wall_time_sec=math.inf) for r in t.rows))
+    text = json.dumps(results_format.to_json(t), allow_nan=False)
+    assert {r["wall_time_sec"] for r in json.loads(text)["runs"]} == {"inf"}

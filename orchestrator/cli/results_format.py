@@ -363,7 +363,7 @@ def to_json(results: Results) -> dict[str, Any]:
                 # kl_div_T1 over the whole vocabulary, or an offline student's over top-k + tail: never compared
                 "kl_div_T1_over": row.kl_over,
                 "tokens_per_sec": _json_number(row.tokens_per_sec),
-                "wall_time_sec": row.wall_time_sec,
+                "wall_time_sec": _json_number(row.wall_time_sec),
                 "chip_hours": _json_number(row.chip_hours),
                 "baseline_run_id": row.baseline_run_id,
                 "delta_kl_div_T1": _json_number(row.delta_kl),
