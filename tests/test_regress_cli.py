@@ -696,3 +696,21 @@ def test_golden_update_of_an_existing_file_keeps_its_match_and_window(sweep):
     changed = invoke("golden", "update", path, "-o", golden, "--match", "run_id")
     assert changed.exit_code == ExitCode.OK and golden_file.read_golden(golden)[0].match == "run_id"
     assert "match" not in changed.stderr.split("kept")[-1] or "kept the file's window 3" in changed.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (["--timeout", "60"], "--timeout apply to --wait"),
+        (["--poll", "5"], "--poll apply to --wait"),
+        (["--wait", "--timeout", "nan"], "nan is not a number of seconds ≥ 0"),
+        (["--wait", "--timeout", "inf"], "inf is not a number of seconds ≥ 0"),  # waited for ever
+        (["--wait", "--poll", "0"], "0.0 is not a positive number of seconds"),
+    ],
+)
+def test_wait_options_without_wait_or_out_of_range_are_refused(sweep, options, said):
+    """--timeout and --poll without --wait were ignored (a gate meant to wait read the runs once); nan read
+    "must be ≥ 0" and inf waited for ever."""
+    path, golden, _ = sweep
+    out = invoke("regress", path, "--golden", golden, *options)
+    assert out.exit_code in (ExitCode.USAGE, ExitCode.INVALID_SPEC) and said in " ".join(out.stderr.split()), out.output

@@ -338,9 +338,21 @@ def regress(
     summary: Annotated[Optional[Path], typer.Option("--summary", help="also write the markdown summary here")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="wait until every run has finished (or --timeout)")] = False,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0, help="with --wait: give up after this many seconds (exit 3)")
-    ] = 3600.0,
-    poll: Annotated[float, typer.Option("--poll", min=0.1, help="with --wait: seconds between looks")] = 30.0,
+        Optional[float],
+        typer.Option(
+            "--timeout",
+            callback=finite_number("a number of seconds ≥ 0", zero=True),
+            help="with --wait: give up after this many seconds (exit 3; default 3600)",
+        ),
+    ] = None,
+    poll: Annotated[
+        Optional[float],
+        typer.Option(
+            "--poll",
+            callback=finite_number("a positive number of seconds"),
+            help="with --wait: seconds between looks (default 30, at least 0.1)",
+        ),
+    ] = None,
     output_base: OutputBaseOption = None,
     tpu_type: TpuOption = None,
     slices: SlicesOption = None,
@@ -367,6 +379,9 @@ def regress(
 
     # Unusable input exits 4, as an invalid golden file does: 2 says the runs failed, and CI must tell them apart.
     try:
+        given = [flag for flag, value in (("--timeout", timeout), ("--poll", poll)) if value is not None]
+        if given and not wait:  # they were ignored: a gate meant to wait read the runs once
+            raise UsageError(f"{' and '.join(given)} apply to --wait", "add --wait to wait for the runs, or drop them")
         if str(sweep) == "-" and str(golden) == "-":  # the second read got the first one's bytes
             raise UsageError(
                 "the sweep and the golden file are both standard input (-)", "give one of them as a file path"
@@ -413,8 +428,8 @@ def regress(
         statuses=backend_statuses(ctx.access, output_base),
         output_base=output_base,
         wait=wait,
-        timeout=timeout,
-        poll=poll,
+        timeout=3600.0 if timeout is None else timeout,
+        poll=30.0 if poll is None else max(poll, 0.1),
         on_wait=_progress,
     )
     text = regression.markdown(report)
