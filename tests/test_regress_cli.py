@@ -117,6 +117,9 @@ def test_a_doctored_golden_value_is_a_metric_regression(sweep, tmp_path):
     assert out.exit_code == ExitCode.FAILED
     (failure,) = [c.find("failure") for c in junit(tmp_path / "junit.xml")[1] if c.find("failure") is not None]
     assert "better than the golden file, which checks both ways" in failure.text
+    # ... and the markdown summary (the PR comment) says it too: it read "regressed" with nothing else.
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ❌")]  # the failures, and every check
+    assert rows and all("better than the golden file (the check is two-sided)" in row for row in rows)
 
 
 def test_a_failed_point_is_an_infrastructure_failure(sweep, tmp_path):

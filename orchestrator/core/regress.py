@@ -187,9 +187,12 @@ def _better_note(name: str, check, value: float) -> str:
     if not better:
         return ""
     return (
-        " — better than the golden file, which checks both ways: if the change is intended, write it again with "
+        f" — {_BETTER}, which checks both ways: if the change is intended, write it again with "
         "`distillctl golden update`"
     )
+
+
+_BETTER = "better than the golden file"
 
 
 def junit_xml(report: RegressReport) -> str:
@@ -278,6 +281,8 @@ def _table(outcomes: list[Outcome] | tuple[Outcome, ...]) -> list[str]:
     for o in outcomes:
         observed = o.shown
         expected = o.expected if o.kind != "infra" else f"{o.expected} — {o.message}"
+        if o.kind == "regression" and _BETTER in o.message:  # the PR comment read "regressed" for an improvement
+            expected += f" — {_BETTER} (the check is two-sided)"
         lines.append(
             f"| {_ICON[o.kind]} | {md_cell(o.label or o.run_id)} | `{o.metric}` | {observed} | {md_cell(expected)} |"
         )
