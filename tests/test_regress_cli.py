@@ -231,6 +231,11 @@ def test_a_golden_file_that_does_not_match_the_sweep_exits_4(sweep, tmp_path):
     stale.write_text(yaml.safe_dump(data))
     out = invoke("regress", path, "--golden", stale)
     assert out.exit_code == 4 and "golden_point_not_in_sweep" in out.stderr and "golden update" in out.stderr
+    # at the file's line, as every other golden-file problem (these had none)
+    lines = [text for text in out.stderr.splitlines() if "golden_point_not_in_sweep" in text]
+    assert lines and all(text.startswith(f"{stale}:") for text in lines), out.stderr
+    other_line = [text for text in invoke("regress", path, "--golden", other).stderr.splitlines() if "mismatch" in text]
+    assert other_line and other_line[0].startswith(f"{other}:"), other_line
 
 
 def test_a_missing_or_invalid_sweep_or_golden_exits_4_not_2(sweep, tmp_path):

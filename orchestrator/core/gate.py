@@ -61,6 +61,7 @@ def load_golden(path: Path, expansion: Expansion) -> golden_file.GoldenFile:
     golden, problems = golden_file.read_golden(path)
     if golden is not None:
         golden, problems = golden_file.match_sweep(golden, expansion.sweep.name, point_keys(expansion), file=str(path))
+        problems = golden_file.located_in(path, problems)
     if problems:
         raise InvalidSpecError(f"{path} is not a usable golden file for {expansion.sweep.name!r}", problems)
     assert golden is not None

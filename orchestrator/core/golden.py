@@ -335,6 +335,22 @@ def read_golden(path: str | Path) -> tuple[GoldenFile | None, list[Problem]]:
     return (golden if not located else None), located
 
 
+def located_in(path: str | Path, problems: list[Problem]) -> list[Problem]:
+    """`problems` of the golden file at `path` with the line and column of their location (`match_sweep` knows the
+    model, not the file: its problems had no line)."""
+    if str(path) == "-":  # standard input is read once
+        return problems
+    try:
+        document = parse_yaml(read_text_file(path))
+    except YamlSourceError:
+        return problems
+    out = []
+    for p in problems:
+        where = document.position_of(p.loc) if p.line is None else None
+        out.append(dataclasses.replace(p, line=where.line, column=where.column) if where else p)
+    return out
+
+
 def _check_shape_hint(data: Any, loc: Loc) -> str:
     """The hint for a check that is not a mapping (`eval/kl_div_T1: 0.064`, the shorthand people write): the
     mapping it could be, with its own value."""
