@@ -350,6 +350,41 @@ def test_a_trainer_a_dead_supervisor_left_running_holds_its_slot_and_is_resumed_
         distillctl("cancel", str(sweep), "--yes")
 
 
+def test_a_sweep_with_nothing_new_to_run_still_hands_an_orphan_to_a_supervisor(tmp_path):
+    """kill -9 of the supervisor of a one-run sweep: its trainer runs on, and `sweep` again, with nothing to create,
+    started no supervisor ("0 created"), so nothing resumed the run when that trainer died (Pending (Orphaned)
+    until a third `sweep`)."""
+    (tmp_path / "teacher.yaml").write_text(TEACHER)
+    sweep = tmp_path / "alone.yaml"
+    sweep.write_text(
+        f"name: alone\nspec: teacher.yaml\noverrides: {{steps: 100000}}\n"
+        f"target: {{kind: local, output_base: {tmp_path / 'runs'}, parallelism: 1}}\n"
+    )
+    [run] = status(sweep).values()
+    folder = state.state_dir(str(tmp_path / "runs"), "alone")
+    distillctl("sweep", str(sweep), check=True)
+    try:
+        wait_until(lambda: has_checkpoint(run["output_path"]), what="the run's first checkpoint")
+        [first] = supervisors(folder)
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: not supervisors(folder), 30, "the supervisor's death")
+        [orphan] = trainers_of(run["output_path"])
+        again = distillctl("sweep", str(sweep), check=True)
+        assert "exists: Running" in again.stdout, again.stdout
+        wait_until(lambda: supervisors(folder), 30, "a supervisor that adopts the trainer")
+        os.kill(orphan, signal.SIGKILL)
+        claim = wait_until(
+            lambda: (
+                (c := local_claims.read_claim(run["output_path"])) and c.state == "running" and c.pid != orphan and c
+            ),
+            60,
+            "the run resumed",
+        )
+        assert local_claims.alive(claim.pid) and "exited; resuming" in (folder / state.LOG).read_text()
+    finally:
+        distillctl("cancel", str(sweep), "--yes")
+
+
 def test_a_cancel_sticks_while_a_sweep_wait_follows(tmp_path):
     """`cancel` from another terminal while `sweep --wait` follows: the follower created the runs again within
     ~2 s. Now they stay stopped and the follower ends (exit 1) instead of undoing the cancel."""

@@ -91,21 +91,20 @@ class LocalBackend:
         supervisor owns it) or `failed` (its folder cannot be written)."""
         if dry_run is not None:
             return {run.run_id: "dry-run" for run in runs}
-        if not runs:
-            self._pass_on_parallelism(expansion.sweep.name)
-            return {}
         by_id = {run.run_id: run for run in expansion.runs}
         # Trainers a dead supervisor left running go with them: the supervisor counts them against parallelism
-        # and resumes their runs when they die (its receipt says they exist).
+        # and resumes their runs when they die (its receipt says they exist). With nothing new to run too: a
+        # sweep that only found such a trainer started no supervisor, and nothing resumed the run when it died.
         handed = {run.run_id for run in runs}
-        runs_and_orphans = [
-            *runs,
-            *(
-                run
-                for run in expansion.runs
-                if run.run_id not in handed and local_claims.orphaned(local_claims.read_claim(run.output_path))
-            ),
+        orphans = [
+            run
+            for run in expansion.runs
+            if run.run_id not in handed and local_claims.orphaned(local_claims.read_claim(run.output_path))
         ]
+        if not runs and not orphans:
+            self._pass_on_parallelism(expansion.sweep.name)
+            return {}
+        runs_and_orphans = [*runs, *orphans]
         orders = [
             {
                 "run_id": run.run_id,
@@ -119,7 +118,7 @@ class LocalBackend:
             }
             for run in runs_and_orphans
         ]
-        folder = self._folder(runs[0].sweep)
+        folder = self._folder(expansion.sweep.name)
         log_path = folder / state.LOG
         submission = secrets.token_hex(8)
         try:
