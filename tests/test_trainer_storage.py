@@ -26,6 +26,38 @@ pytestmark = pytest.mark.slow
 HANG = 240  # seconds: a run that has decided to end takes seconds; the old hang was orbax's 300 s signal timeout
 
 
+def test_a_checkpoint_write_that_fails_in_the_background_ends_the_run_before_the_next_save(tmp_path):
+    """A full disk under the save of step 40 (a 5 MB tmpfs: one checkpoint of this model fits, two do not): orbax
+    fails the write in its background threads, logs it and skips the step; the run trained on to step 60, the next
+    save, and those steps were lost. It now ends as soon as that save is over, a few steps later."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    mounted = os.geteuid() == 0 and (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mount)], capture_output=True).returncode
+        == 0
+    )
+    if not mounted:
+        pytest.skip("a small tmpfs needs root (mount -t tmpfs)")
+    try:
+        data = merged(
+            TEACHER,
+            name="t",
+            output_dir=str(mount),
+            steps=80,
+            batch={"per_device_batch_size": 8, "max_target_length": 256},  # steps long enough to outlast a save
+            checkpoint={"every_steps": 20},
+            logging={"every_steps": 5},
+        )
+        done = run_trainer(["--spec", str(write_spec(tmp_path / "t.json", data))], timeout=HANG)
+        assert done.returncode == TrainerExit.USER_ERROR, done.stderr[-3000:]
+        summary = summary_of(mount / "t")
+        assert summary["status"] == "failed" and 40 <= summary["step"] < 60, summary
+        assert summary["message"].startswith(f"OutputNotWritable: {mount / 't' / 'checkpoints'}: ")
+        assert "No space left on device" in summary["message"] and "Traceback" not in done.stderr
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
 def summary_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
