@@ -73,6 +73,17 @@ def test_failed_says_what_the_trainer_said():
     assert s.message == "the trainer exited with 1"
 
 
+def test_storage_the_trainer_could_not_write_reads_output_not_writable_whatever_the_cause():
+    """A full disk ended the trainer with OutputNotWritable (exit 1): status read `Failed (UserError)`, while a
+    folder the local supervisor could not write read `Failed (OutputNotWritable)`: one failure, two labels."""
+    failed = Observation(
+        exists=True, conditions=(Condition("Failed", "True", "UserError", "the trainer exited with 1"),)
+    )
+    said = {"status": "failed", "exit_code": 1, "failure_reason": "output_not_writable", "message": "OutputNotWritable"}
+    assert status(failed, outputs(said)).shown == "Failed (OutputNotWritable)"
+    assert status(failed, outputs({**said, "failure_reason": "user_error"})).shown == "Failed (UserError)"
+
+
 def test_completed_and_reused_outputs():
     assert status(Observation(exists=True, conditions=(Condition("Completed", "True"),))).phase == "Succeeded"
     # The JobSet was garbage-collected after its TTL: the output storage still says it succeeded.

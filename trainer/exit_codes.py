@@ -77,6 +77,7 @@ class OutputNotWritable(UserError):
             "resumes from the last checkpoint"
             if full
             else "make the path a writable directory (or choose another output_dir), then run again",
+            reason="output_not_writable",  # status: Failed (OutputNotWritable), as the local supervisor's own
         )
         self.path = path
 

@@ -215,7 +215,10 @@ def derive(
             message = f"{message}: {said}" if message else said
         elif not said and observation.failed_worker:  # no verdict (killed, a crash): how its worker ended
             message = f"{message}: {observation.failed_worker}" if message else observation.failed_worker
-        return RunStatus(Phase.FAILED, failed.reason, message, since=failed.last_transition_time, **common)
+        reason = failed.reason
+        if verdict == "failed" and final.get("failure_reason") == "output_not_writable":  # a full disk too
+            reason = FailedReason.OUTPUT_NOT_WRITABLE  # the exit code (1) alone read UserError
+        return RunStatus(Phase.FAILED, reason, message, since=failed.last_transition_time, **common)
     completed = observation.condition("Completed")
     if completed or (verdict == "succeeded" and not observation.active):
         return RunStatus(Phase.SUCCEEDED, since=completed.last_transition_time if completed else None, **common)
