@@ -363,6 +363,12 @@ def test_resuming_with_other_settings_says_which_before_spec_json_changes(out, t
     teacher_steps = json.loads((teacher / "spec.json").read_text())["steps"]
     assert f"steps {teacher_steps} → 62: the learning rate's warm-up and decay now span 62 steps" in further, further
     assert f"at step {teacher_steps}, where the {teacher_steps}-step run had" in further
+    # ... its own learning rate there (0.003's curve), not the new rate on the old curve
+    from trainer.step import learning_rate_schedule
+
+    before = spec_of(json.loads((teacher / "spec.json").read_text()))
+    had = float(learning_rate_schedule(before)(teacher_steps))
+    assert f"where the {teacher_steps}-step run had {had:.3g}" in further, further
 
 
 def test_missing_teacher_is_a_user_error_with_a_clear_message(out, tmp_path):

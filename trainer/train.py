@@ -1255,7 +1255,11 @@ def _note_changes(session: _Session, before: dict | None, resolved: dict[str, An
 
         spec = DistillSpec.model_validate(resolved)
         now = learning_rate_schedule(spec)(step)
-        then = learning_rate_schedule(spec.model_copy(update={"steps": old}))(min(step, old))
+        try:  # the earlier run's own optimizer: a learning rate changed with the steps was quoted on the old curve
+            earlier = DistillSpec.model_validate(before)
+        except ValueError:
+            earlier = spec.model_copy(update={"steps": old})
+        then = learning_rate_schedule(earlier)(min(step, old))
         what = "the learning rate's warm-up and decay" + (
             " and the α, β and T schedules" if spec.mode == "distill" else ""
         )
