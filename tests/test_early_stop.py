@@ -161,6 +161,19 @@ def test_replay_says_what_plan_says_of_the_rules_and_refuses_to_replay_nothing(t
     assert "has logged metrics under" in result.stderr and "nothing to replay" in result.stderr
 
 
+def test_sweep_says_its_rules_are_not_acted_on_without_the_service(tmp_path):
+    """A local sweep with early_stopping rules trained every point to its end, and nothing said the rules were not
+    applied (only `distillctl serve` acts on them)."""
+    path = write_sweep(tmp_path, early_stopping={"no_improvement": {"patience": 3}})
+    result = CliRunner().invoke(app, ["sweep", str(path), "--dry-run=client"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    assert "warning[early_stopping_not_acted] early_stopping" in said and "early-stop replay" in said, said
+    assert "--service" not in said  # a local sweep: there is no service to hand it to
+    plain = CliRunner().invoke(app, ["sweep", str(write_sweep(tmp_path)), "--dry-run=client"])
+    assert "early_stopping_not_acted" not in plain.stderr
+
+
 def test_replay_without_rules_says_what_to_add(tmp_path):
     result = CliRunner().invoke(app, ["early-stop", "replay", str(write_sweep(tmp_path))])
     assert result.exit_code == 2 and "no early_stopping rules" in result.output

@@ -224,6 +224,8 @@ def sweep(
                 "apply the file to it with `distillctl sweep FILE --service` (an edit takes effect there); "
                 "`distillctl status FILE` follows it",
             )
+        if expansion.sweep.early_stopping.any:
+            console.warn_once(_rules_not_acted(expansion))
         mode = dry_run.value if dry_run else None
         report = launch(expansion, backend, retry_failed=retry_failed, dry_run=mode, stall_after=stall_after)
         for problem in report.state.warnings:
@@ -242,6 +244,25 @@ def sweep(
         backend.close()
     if code:
         raise typer.Exit(int(code))
+
+
+def _rules_not_acted(expansion):
+    """The sweep's early-stopping rules, which only the sweep service acts on: a local sweep trained every point to
+    its end and nothing said the rules were not applied."""
+    from distillspec.problems import Problem
+
+    on_cluster = expansion.sweep.target.kind == "kubernetes"
+    return expansion.source.locate(
+        Problem(
+            ("early_stopping",),
+            "early_stopping_not_acted",
+            "the early_stopping rules are acted on only by the sweep service (`distillctl serve`): launched this way, "
+            "every point trains to its end",
+            ("apply it with `distillctl sweep FILE --service` to have them stop points; " if on_cluster else "")
+            + "`distillctl early-stop replay FILE` shows where they would stop each point",
+            severity="warning",
+        )
+    )
 
 
 def _service_unknown(name: str):
@@ -377,6 +398,8 @@ def _client_dry_run(expansion, output: OutputFormat) -> None:
         raise InvalidSpecError(f"{expansion.sweep.name} cannot be launched with xpk", xpk, "fix target: above")
     for problem in xpk:
         console.print_problem(problem)
+    if expansion.sweep.early_stopping.any:
+        console.print_problem(_rules_not_acted(expansion))
     for run in expansion.runs:
         if target.on_cluster:
             rendering.render_jobset(run, target)  # renders, or raises
