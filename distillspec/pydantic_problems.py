@@ -179,4 +179,6 @@ def _type_hint(value: Any, err: dict) -> str:
         return "write a whole number, e.g. 2"
     if "valid number" in err["msg"]:
         return "write a number, e.g. 0.5"
+    if "valid boolean" in err["msg"]:  # `maybe`, `1.5`: YAML's true/false are the words to use
+        return "write true or false"
     return ""

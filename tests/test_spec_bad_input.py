@@ -239,6 +239,8 @@ def test_type_and_range_errors_say_what_to_write():
     assert next(p.hint for p in problems if p.dotted_loc == "steps") == "write a whole number, e.g. 2"
     _, problems = validate_data({"student": {"model": "tiny-2l"}, "steps": 0})
     assert next(p.hint for p in problems if p.dotted_loc == "steps") == "use a value greater than 0"
+    _, problems = validate_sweep_data({"name": "s", "spec": {}, "target": {"host_network": "maybe"}})
+    assert next(p.hint for p in problems if p.dotted_loc == "target.host_network") == "write true or false"
 
 
 def test_a_percentage_for_a_count_is_not_told_to_become_a_fraction():
