@@ -3,6 +3,7 @@ the golden-file round trip."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -125,6 +126,9 @@ def test_a_doctored_golden_value_is_a_metric_regression(sweep, tmp_path):
 def test_a_failed_point_is_an_infrastructure_failure(sweep, tmp_path):
     path, golden, result = sweep
     write_outputs(result.points[1], status="failed", steps=10)
+    summary_file = Path(result.points[1].output_path) / "summary.json"
+    said = "no files at data.path 'nope.txt' (hint: point data.path at text files)"
+    summary_file.write_text(json.dumps({**json.loads(summary_file.read_text()), "message": said}))
     out = invoke("regress", path, "--golden", golden, "--junit", tmp_path / "junit.xml")
     assert out.exit_code == ExitCode.USAGE == 2
     assert "infrastructure failure (exit 2)" in out.stdout and "Failed (TrainerExit)" in out.stdout
@@ -132,6 +136,7 @@ def test_a_failed_point_is_an_infrastructure_failure(sweep, tmp_path):
     errors = [c.find("error") for c in cases if c.find("error") is not None]
     assert suite.get("errors") == "1" and errors[0].get("type") == "InfrastructureFailure"
     assert "the point is Failed (TrainerExit)" in errors[0].get("message")
+    assert said in errors[0].get("message") and said in out.stdout  # why, as `results` says it (it was dropped)
 
 
 def test_a_point_with_a_damaged_log_is_an_infrastructure_failure_not_a_regression(sweep, tmp_path):

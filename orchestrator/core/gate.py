@@ -81,7 +81,9 @@ def observed(
         status = statuses.get(run.run_id) or RunStatus(Phase.PENDING, PendingReason.NOT_OBSERVED)
         found = outputs.get(run.run_id) or RunOutputs(run.output_path)
         values = results.run_metrics(found, window, metrics)
-        out[run.run_id] = regression.Observed(run.run_id, run.label, status.phase, status.reason, values, found.damage)
+        out[run.run_id] = regression.Observed(
+            run.run_id, run.label, status.phase, status.reason, values, found.damage, status.message
+        )
     return out
 
 

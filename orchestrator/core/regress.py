@@ -33,6 +33,7 @@ class Observed:
     reason: str
     metrics: Mapping[str, float | None]
     damage: tuple[str, ...] = ()  # how its files disagree with themselves (`RunOutputs.damage`): not judged on them
+    message: str = ""  # the status's own words (a failed trainer's reason), said with the phase
 
     @property
     def awaits_submission(self) -> bool:
@@ -117,7 +118,7 @@ def evaluate(golden: GoldenFile, observed: Mapping[str, Observed], *, timed_out:
             continue
         if seen.phase != "Succeeded":
             why = f"{seen.phase}" + (f" ({seen.reason})" if seen.reason else "")
-            message = f"the point is {why}"
+            message = f"the point is {why}" + (f": {seen.message}" if seen.message else "")
             if seen.awaits_submission:
                 message += ": nothing starts it until `distillctl sweep` submits it"
             if timed_out and seen.phase not in TERMINAL:

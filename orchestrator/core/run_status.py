@@ -287,13 +287,12 @@ def _preempted_message(final: dict) -> str:
 
 
 def _failure_message(verdict: dict) -> str:
-    """`exit code 1`, and for a process other than 0 which one and why (its summary.json cannot say it)."""
+    """`exit code 1: <the trainer's words>`, and for a process other than 0 which one (its summary.json cannot say
+    it). The words were said only for another process: a failed run read "exit code 1" in `status` and `regress`."""
     text = f"exit code {verdict.get('exit_code')}"
     if isinstance(verdict.get("process_index"), int):
-        text += f" on process {verdict['process_index']}" + (
-            f": {verdict['message']}" if verdict.get("message") else ""
-        )
-    return text
+        text += f" on process {verdict['process_index']}"
+    return text + (f": {verdict['message']}" if verdict.get("message") else "")
 
 
 CLOCK_SLACK_SECONDS = 5.0  # summary.json times have whole seconds; hosts' clocks differ a little
