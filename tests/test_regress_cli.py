@@ -622,9 +622,11 @@ def test_a_report_file_that_cannot_be_written_keeps_the_verdict_and_its_exit_cod
     # A mistyped --output-base exits 4 (the command's input), not 2 (the runs failed: CI would retry it).
     typo = invoke("regress", path, "--golden", golden, "--output-base", tmp_path / "nosuch")
     assert typo.exit_code == ExitCode.INVALID_SPEC and "no such folder" in typo.stderr, typo.output
-    doctor(golden, result.points[3].run_id, "distill/kl_div_T1", 0.5)
     blocker = tmp_path / "file"
     blocker.write_text("")
+    passing = invoke("regress", path, "--golden", golden, "--junit", blocker / "junit.xml")  # its parent is a file
+    assert passing.exit_code == ExitCode.INVALID_SPEC and "passed (exit 0)" in passing.stdout, passing.output
+    doctor(golden, result.points[3].run_id, "distill/kl_div_T1", 0.5)
     out = invoke("regress", path, "--golden", golden, "--junit", blocker / "junit.xml")  # its parent is a file
     assert out.exit_code == ExitCode.FAILED and "regressed (exit 1)" in out.stdout, out.output
     assert "cannot write" in out.stderr

@@ -443,7 +443,9 @@ def regress(
             _write(path, content())
         except DistillctlError as e:  # a regression stays exit 1: CI must not retry it as infrastructure
             console.print_error(e.message, e.hint)
-            code = code if code != ExitCode.OK else ExitCode.USAGE
+            # A passing gate whose report path is unusable: the command's input (4), as a --junit folder is; 2
+            # says the runs failed.
+            code = code if code != ExitCode.OK else ExitCode.INVALID_SPEC
     if code != ExitCode.OK:
         raise typer.Exit(int(code))
 
