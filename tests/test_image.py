@@ -1,4 +1,5 @@
-"""The trainer image (trainer/Dockerfile), built with podman by hack/image/build.sh (`make image`) and run here.
+"""The trainer image (trainer/Dockerfile), built with podman by hack/image/build.sh (`make image`) and run here;
+and the controller image (orchestrator/Dockerfile, `make image-controller`), checked at the end.
 
 What is checked inside it: it runs as an unprivileged user; its Python packages are exactly the pinned lock
 (trainer/requirements.lock) plus the venv's own pip/setuptools, and none of the orchestrator's (Kubernetes client,
