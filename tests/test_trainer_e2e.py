@@ -371,6 +371,26 @@ def test_resuming_with_other_settings_says_which_before_spec_json_changes(out, t
     assert f"where the {teacher_steps}-step run had {had:.3g}" in further, further
 
 
+def test_a_resume_by_other_trainer_code_is_said_and_the_code_recorded(out, teacher):
+    """summary.json records which trainer code trained the run (run ids hash the spec, not the code); a resume by
+    other code (a new image under the same run id) is said: the steps on either side came from different code."""
+    import shutil
+
+    from distillspec.sources import trainer_code_hash
+
+    assert json.loads((teacher / "summary.json").read_text())["trainer_code"] == trainer_code_hash()
+    shutil.copytree(teacher, out / "recoded")
+    record = json.loads((out / "recoded" / "summary.json").read_text())
+    (out / "recoded" / "summary.json").write_text(json.dumps({**record, "trainer_code": "0" * 32}))
+    recorder = Recorder()
+    steps = json.loads((teacher / "spec.json").read_text())["steps"]
+    data = merged(TEACHER, name="recoded", output_dir=str(out), steps=steps + 2)
+    assert run(spec_of(data), reporter=recorder) == TrainerExit.OK
+    (note,) = [n for n in recorder.notes if n.startswith("resuming with other trainer code")]
+    assert f"000000000000 until step {steps}, {trainer_code_hash()[:12]} from here" in note, note
+    assert json.loads((out / "recoded" / "summary.json").read_text())["trainer_code"] == trainer_code_hash()
+
+
 def test_missing_teacher_is_a_user_error_with_a_clear_message(out, tmp_path):
     data = distill_spec(out, tmp_path / "nowhere", name="orphan")
     messages = []

@@ -23,7 +23,8 @@ On resume, lines after the restored checkpoint's step are dropped, so the file e
 UTC), "mode", "run_name", "run_id" (the orchestrator's $DISTILLCTL_RUN_ID, null when unset), "message" (why it
 stopped, when not succeeded; `OutputNotWritable: <path>: <error>` when the storage refused a write),
 "resumed_from_step" (int|null), "topology": {"processes", "devices", "mesh": {"data", "fsdp", "tensor"}} (this
-attempt's; null before the models are built)}` — at start, at each checkpoint and at exit.
+attempt's; null before the models are built), "trainer_code" (`distillspec.sources.trainer_code_hash`: which code
+trained it)}` — at start, at each checkpoint and at exit.
 
 `tensorboard/`: event files with the guide's tags (`distill/...`) plus `train/learning_rate` and
 `train/tokens_per_sec`; for a remote run directory they are written locally and copied up at each checkpoint and

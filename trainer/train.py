@@ -608,6 +608,7 @@ class _Session:
         return round(self.earlier_wall_seconds + time.time() - self.started, 3)
 
     def summary(self, status: str, exit_code: int | None, message: str = "") -> dict[str, Any]:
+        from distillspec.sources import trainer_code_hash
         from trainer.metrics_io import now_iso
 
         return {
@@ -629,6 +630,7 @@ class _Session:
             "failure_reason": self.failure_reason,  # trainer.failures' category when an exception ended the run
             "resumed_from_step": self.resumed_from,
             "topology": self.topology,
+            "trainer_code": trainer_code_hash(),  # which code trained it: run ids hash the spec, not the code
             **self.ran_before,
         }
 
@@ -1387,8 +1389,23 @@ def _resume_session(session: _Session, start: Start, checkpoints: RunCheckpoints
                 f"resuming on another topology: {_topology(before)} until step {start.step}, "
                 f"{_topology(session.topology)} from here"
             )
+        _note_other_code(session, previous.get("trainer_code"), start.step)
         session.carry_record(previous)
     session.write_summary("running", None)
+
+
+def _note_other_code(session: _Session, before: Any, step: int) -> None:
+    """A resume by other trainer code (a new image under the same run id, which hashes the spec): the steps on
+    either side were trained by different code, said where nothing else would show it."""
+    from distillspec.sources import trainer_code_hash
+
+    now = trainer_code_hash()
+    if isinstance(before, str) and now is not None and before != now and step < session.spec.steps:
+        session.reporter.note(
+            f"resuming with other trainer code: {before[:12]} until step {step}, {now[:12]} from here (the run id "
+            "hashes the spec, not the code); to compare versions, train them as separate runs (a new image, or "
+            "target.code_in_run_id for a local sweep)"
+        )
 
 
 def _topology(topology: dict[str, Any]) -> str:

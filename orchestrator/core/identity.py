@@ -20,10 +20,8 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import importlib.util
 import json
 import re
-from pathlib import Path
 from typing import Any, Callable
 
 from pydantic._internal._model_construction import ModelMetaclass
@@ -31,6 +29,7 @@ from pydantic._internal._model_construction import ModelMetaclass
 from distillspec.config import RESOLUTION_INPUTS, DistillSpec
 from distillspec.problems import Loc, Problem
 from distillspec.registry import CONSTANT_FIELDS
+from distillspec.sources import trainer_code_hash  # noqa: F401 - part of run ids; tests reach it here
 from distillspec.sweep import Target
 
 IDENTITY_SCHEME = "distillctl.run/v2"  # bump when the payload changes, so old and new ids never collide
@@ -76,23 +75,6 @@ def target_identity(target: Target) -> dict[str, Any]:
             else {}
         ),
     }
-
-
-@functools.cache
-def trainer_code_hash(package: str = "trainer") -> str | None:
-    """Hex sha256 (`SPEC_HASH_LENGTH` characters) of the installed trainer's Python sources: their paths relative to
-    the package and their bytes, in path order. Found without importing the package (no JAX); None when it is not
-    installed. Computed once per process: the sources do not change under a running sweep."""
-    found = importlib.util.find_spec(package)
-    if found is None or not found.submodule_search_locations:
-        return None
-    root = Path(next(iter(found.submodule_search_locations)))
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        relative = path.relative_to(root).as_posix()
-        digest.update(f"{relative}\0{path.stat().st_size}\0".encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:SPEC_HASH_LENGTH]
 
 
 def identity_payload(spec: DistillSpec, target: Target) -> dict[str, Any]:
