@@ -13,7 +13,7 @@ the FFI headers jaxlib ships, into a cache keyed by the source, the flags, the j
 (`$DISTILLCTL_KERNEL_CACHE`, else `$XDG_CACHE_HOME/distillctl/kernels`, else `~/.cache/distillctl/kernels`),
 and written there atomically (processes starting together may each compile it; none reads a partial file).
 Without a compiler, or if the build fails, the loss says why once (a warning on this module's logger) and uses
-XLA's path: the same values, slower. `DISTILLCTL_CPU_KERNEL=0` selects XLA's path on purpose (read when a step
+XLA's path: the same values to float32 rounding (~1e-7 relative, not bit for bit), slower. `DISTILLCTL_CPU_KERNEL=0` selects XLA's path on purpose (read when a step
 is traced).
 """
 
@@ -120,7 +120,7 @@ def _registered() -> str | None:
         jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(getattr(library, SYMBOL)), platform="cpu")
     except (KernelUnavailable, OSError, AttributeError) as exc:
         reason = str(exc)
-        log.warning("the loss runs on XLA's path on CPU (slower, same values): %s", reason)
+        log.warning("the loss runs on XLA's path on CPU (slower; the same values to float32 rounding): %s", reason)
         return reason
     _LIBRARY.append(library)
     return None

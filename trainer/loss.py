@@ -17,7 +17,7 @@ exponentials (at an integer temperature known when tracing, `exp(d) = exp(d / T)
 pair instead of four), over the student's logits' own buffer (a custom VJP whose backward only scales it): the KL and
 cross-entropy enter as per-token weights (`distillation_objective`), and the terms themselves, metrics included,
 carry no gradient. Logits are upcast to float32 here. On CPU that pass is `trainer.cpu_loss_kernel`'s C++ kernel
-(the same values; XLA:CPU does not fuse it into one loop), chosen per platform by `_row_pass`.
+(the same values to float32 rounding, not bit for bit; XLA:CPU does not fuse it into one loop), chosen per platform by `_row_pass`.
 
 Per-token functions (`token_kl`, `token_cross_entropy`, `token_cosine_distance`, `token_squared_error`) return
 unreduced values; `masked_sum` is the one place that reduces.
