@@ -205,8 +205,12 @@ def test_ctrl_c_while_the_supervisor_takes_the_runs_says_they_run_on(tmp_path):
                 continue
         return command.poll() is not None
 
-    wait_until(supervisor_started, timeout=120, what="the sweep's supervisor")
-    time.sleep(0.05)  # the command back from starting it, waiting for its receipt
+    # Looked for every 10 ms, and interrupted at once: the supervisor answers once it has started Python and taken
+    # the orders (a few hundred ms); polled every 0.5 s, the command had often finished when the signal came (-2).
+    deadline = time.monotonic() + 120
+    while not supervisor_started():
+        assert time.monotonic() < deadline, "timed out waiting for the sweep's supervisor"
+        time.sleep(0.01)
     command.send_signal(signal.SIGINT)
     _, err = command.communicate(timeout=60)
     try:
