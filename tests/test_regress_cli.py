@@ -729,3 +729,11 @@ def test_wait_options_without_wait_or_out_of_range_are_refused(sweep, options, s
     path, golden, _ = sweep
     out = invoke("regress", path, "--golden", golden, *options)
     assert out.exit_code in (ExitCode.USAGE, ExitCode.INVALID_SPEC) and said in " ".join(out.stderr.split()), out.output
+
+
+def test_a_failed_check_shows_its_tolerance_to_every_digit():
+    """The observed value was shown to every digit and the tolerance to six: a failure at the boundary read as a
+    pass (`rtol 0.0704871` for 0.07048712)."""
+    check = golden_file.Approx(value=3.2, rtol=0.07048712, atol=1.5e-9)
+    assert check.describe(precise=True) == "≈ 3.2 (rtol 0.07048712, atol 1.5e-09)"
+    assert check.describe() == "≈ 3.2 (rtol 0.0704871, atol 1.5e-09)"  # the summary's table: six digits

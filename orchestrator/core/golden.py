@@ -79,7 +79,8 @@ class Approx(_Frozen):
         return abs(observed - self.value) <= self.atol + self.rtol * abs(self.value)
 
     def describe(self, precise: bool = False) -> str:
-        return f"≈ {_shown(self.value, precise)} (rtol {self.rtol:g}, atol {self.atol:g})"
+        # The tolerances to every digit too where a failed check shows them: `rtol 0.070487` hid 0.0704871.
+        return f"≈ {_shown(self.value, precise)} (rtol {_shown(self.rtol, precise)}, atol {_shown(self.atol, precise)})"
 
 
 class Band(_Frozen):
