@@ -10,6 +10,7 @@ statuses fall back to the outputs alone, with a warning: results still read from
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from enum import Enum
@@ -339,19 +340,11 @@ def regress(
     wait: Annotated[bool, typer.Option("--wait", help="wait until every run has finished (or --timeout)")] = False,
     timeout: Annotated[
         Optional[float],
-        typer.Option(
-            "--timeout",
-            callback=finite_number("a number of seconds ≥ 0", zero=True),
-            help="with --wait: give up after this many seconds (exit 3; default 3600)",
-        ),
+        typer.Option("--timeout", help="with --wait: give up after this many seconds (exit 3; default 3600)"),
     ] = None,
     poll: Annotated[
         Optional[float],
-        typer.Option(
-            "--poll",
-            callback=finite_number("a positive number of seconds"),
-            help="with --wait: seconds between looks (default 30, at least 0.1)",
-        ),
+        typer.Option("--poll", help="with --wait: seconds between looks (default 30, at least 0.1)"),
     ] = None,
     output_base: OutputBaseOption = None,
     tpu_type: TpuOption = None,
@@ -379,9 +372,14 @@ def regress(
 
     # Unusable input exits 4, as an invalid golden file does: 2 says the runs failed, and CI must tell them apart.
     try:
+        # Checked here, not by Typer (exit 2, which regress says of failed runs): unusable input is 4.
         given = [flag for flag, value in (("--timeout", timeout), ("--poll", poll)) if value is not None]
         if given and not wait:  # they were ignored: a gate meant to wait read the runs once
-            raise UsageError(f"{' and '.join(given)} apply to --wait", "add --wait to wait for the runs, or drop them")
+            verb = "applies" if len(given) == 1 else "apply"
+            raise UsageError(f"{' and '.join(given)} {verb} to --wait", "add --wait to wait for the runs, or drop it")
+        for flag, value, least in (("--timeout", timeout, 0.0), ("--poll", poll, 0.1)):
+            if value is not None and not (math.isfinite(value) and value >= least):  # nan waited for ever, inf too
+                raise UsageError(f"{flag} {value} is not a number of seconds ≥ {least:g}", f"give {flag} seconds")
         if str(sweep) == "-" and str(golden) == "-":  # the second read got the first one's bytes
             raise UsageError(
                 "the sweep and the golden file are both standard input (-)", "give one of them as a file path"
