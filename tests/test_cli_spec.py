@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
@@ -123,12 +124,32 @@ def test_explain_json_schedule_values():
     view = json.loads(result.stdout)
     alpha = [round(v["value"], 4) for v in view["schedules"]["alpha"]["values"]]
     assert alpha == [0.9, 0.8414, 0.7, 0.5586, 0.5]
-    assert [v["step"] for v in view["schedules"]["beta"]["values"]] == [0, 5000, 10000, 15000, 20000]
+    # the steps metrics.jsonl numbers (step k: update k - 1), each with the value its update used
+    assert [v["step"] for v in view["schedules"]["beta"]["values"]] == [1, 5000, 10000, 15000, 20000]
     assert view["models"]["teacher"]["parameters"] == 8_030_261_248
     # The constants each model computes with (a block's own, else its registry model's); none left as nulls.
     constants = view["models"]["teacher"]["constants"]
     assert constants["rope_theta"] == 500000.0 and constants["rope_scaling"]["type"] == "llama3"
     assert "sliding_window" not in constants and "rope_theta" not in view["spec"]["teacher"]  # Llama: no Gemma ones
+
+
+def test_explain_numbers_schedule_steps_as_the_run_logs_them(tmp_path):
+    """Four steps of α linear 0.9 → 0.1: the run logs 0.9, 0.7, 0.5, 0.3 at steps 1-4 (update k - 1 of the guide's
+    formula); explain read "step 1: 0.7" and showed 0.1 at 100 %, a value no update uses."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "student": {"model": "tiny-2l"},
+                "teacher": {"model": "tiny-4l", "load_parameters_path": "t"},
+                "steps": 4,
+                "loss": {"alpha": {"start": 0.9, "end": 0.1, "schedule": "linear"}},
+            }
+        )
+    )
+    view = json.loads(runner.invoke(app, ["explain", "--output", "json", str(spec)]).stdout)
+    values = view["schedules"]["alpha"]["values"]
+    assert [(v["step"], round(v["value"], 6)) for v in values] == [(1, 0.9), (1, 0.9), (2, 0.7), (3, 0.5), (4, 0.3)]
 
 
 def test_explain_invalid_spec_exits_4_on_stderr(tmp_path):
