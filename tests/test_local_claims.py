@@ -244,3 +244,45 @@ def test_logs_follow_waits_while_the_supervisor_lives_to_start_the_run_again(tmp
     # A claim whose trainer and supervisor are both gone: nothing more comes.
     state.write_json(local_claims.claim_path(path), claim(state="running", pid=gone, supervisor_pid=gone).to_json())
     assert list(LocalBackend(Target()).logs(run, LogRequest(follow=True))) == ["attempt 1\n", "attempt 2\n"]
+
+
+def test_logs_follow_of_a_run_waiting_for_its_first_slot_waits_for_its_log(tmp_path):
+    """A queued run has a claim but no trainer.log yet: `logs --follow` ended at once ("no log yet"); it waits for
+    the log while the supervisor that holds the claim lives, then follows it."""
+    import threading
+    import time
+    import types
+
+    from distillspec.sweep import Target
+    from orchestrator.backends import LogRequest
+    from orchestrator.backends.local.backend import LocalBackend
+
+    path = str(tmp_path / "run")
+    os.makedirs(path)
+    state.write_json(
+        local_claims.claim_path(path), claim(reason="WaitingForSlot", supervisor_pid=os.getpid()).to_json()
+    )
+    run = types.SimpleNamespace(output_path=path, label="point 1")
+    lines: list[str] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(LocalBackend(Target()).logs(run, LogRequest(follow=True))), daemon=True
+    )
+    reader.start()
+    time.sleep(1.0)
+    assert reader.is_alive() and lines == []  # waiting, not "no log yet"
+    (tmp_path / "run" / local_claims.LOG_FILE).write_text("training\n")
+    state.write_json(
+        local_claims.claim_path(path), claim(state="exited", exit_code=0, supervisor_pid=os.getpid()).to_json()
+    )
+    reader.join(5)
+    assert not reader.is_alive() and lines == ["training\n"]
+    # Without --follow, or with nobody left to start it: said at once.
+    gone = tmp_path / "gone"
+    os.makedirs(gone)
+    state.write_json(local_claims.claim_path(str(gone)), claim(supervisor_pid=dead_pid()).to_json())
+    with pytest.raises(UsageError, match="has no log yet"):
+        list(
+            LocalBackend(Target()).logs(
+                types.SimpleNamespace(output_path=str(gone), label="p"), LogRequest(follow=True)
+            )
+        )

@@ -509,6 +509,11 @@ def test_no_output_replaces_a_file_the_command_reads_or_one_of_the_users(sweep, 
     refused = invoke("golden", "update", path, "-o", golden)
     assert refused.exit_code == ExitCode.USAGE and "is the golden file of sweep 'another-sweep'" in refused.stderr
     assert golden.read_text() == other
+    conflicted = other + "<<<<<<< HEAD\n  oops: [\n"  # a merge conflict: not YAML, its sweep line still there
+    golden.write_text(conflicted)
+    refused = invoke("golden", "update", path, "-o", golden)
+    assert refused.exit_code == ExitCode.USAGE and "of sweep 'another-sweep'" in refused.stderr, refused.output
+    assert golden.read_text() == conflicted
 
 
 def test_golden_update_refuses_a_gate_that_checks_nothing(sweep, tmp_path):

@@ -264,6 +264,10 @@ def not_replaceable(path: str | Path, sweep: str | None = None) -> str:
         document = parse_yaml(text)
     except YamlSourceError as e:
         if re.search(r"^points:", text, re.MULTILINE):
+            # A merge-conflicted golden file does not parse, yet its `sweep:` line still says whose it is.
+            named = re.search(r"^sweep:\s*['\"]?([A-Za-z0-9][-A-Za-z0-9.]*)", text, re.MULTILINE)
+            if sweep is not None and named and named.group(1) != sweep:
+                return f"is the golden file of sweep {named.group(1)!r}, not of {sweep!r} (and does not parse as YAML)"
             return ""
         where = f"line {e.position.line}: " if e.position is not None else ""
         return f"is not a golden file (and cannot be read as YAML: {where}{e.message})"

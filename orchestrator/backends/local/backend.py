@@ -256,6 +256,10 @@ class LocalBackend:
 
     def logs(self, run: Point, request: LogRequest) -> Iterator[str]:
         path = Path(run.output_path) / local_claims.LOG_FILE
+        # --follow on a run waiting for its first slot waits for its log, as `kubectl logs -f` waits for a pod (it
+        # ended at once, "no log yet").
+        while request.follow and not path.exists() and _log_may_grow(local_claims.read_claim(run.output_path)):
+            time.sleep(0.2)
         if not path.exists():
             raise UsageError(f"{run.label} has no log yet ({path})", "it has not started; `distillctl status` says why")
         with path.open("r", errors="replace") as f:
