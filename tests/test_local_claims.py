@@ -256,6 +256,7 @@ def test_logs_follow_of_a_run_waiting_for_its_first_slot_waits_for_its_log(tmp_p
     from distillspec.sweep import Target
     from orchestrator.backends import LogRequest
     from orchestrator.backends.local.backend import LocalBackend
+    from orchestrator.errors import UsageError
 
     path = str(tmp_path / "run")
     os.makedirs(path)
