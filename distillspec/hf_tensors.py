@@ -199,9 +199,14 @@ def mismatch(
     if not problems:
         return None
     missing = [name for name in want if name not in where]
-    if bad_dtypes == len(problems):  # then the hint is about the dtype, not the model block
-        hint = "save the weights in float32, bfloat16 or float16 (e.g. model.to(torch.bfloat16).save_pretrained(DIR))"
-    elif len(missing) == len(problems):
+    if bad_dtypes == len(problems):  # the model fits, its weights' type does not: said once, not per tensor
+        kinds = sorted({header(name)[1] for name in want if name in where} - set(ALLOWED_DTYPES))
+        return (
+            f"the Hugging Face checkpoint at {path} holds {bad_dtypes} tensor(s) of dtype {', '.join(kinds)} (e.g. "
+            f"{problems[0].split(':')[0]}): the trainer loads float32, bfloat16 or float16 weights",
+            "save the weights in float32, bfloat16 or float16 (e.g. model.to(torch.bfloat16).save_pretrained(DIR))",
+        )
+    if len(missing) == len(problems):
         hint = _missing_hint(missing, shape)
     else:
         hint = "point load_parameters_path at a checkpoint of the spec's model, or change the model block to match it"

@@ -695,7 +695,9 @@ def test_check_paths_refuses_weights_of_a_dtype_the_trainer_does_not_load(tmp_pa
     save_file(zeros_of(ModelSpec(model="tiny-4l").shape(), np.int8), folder / SINGLE)
     code, output = _validate_teacher(tmp_path, folder)
     flat = " ".join(output.split())
-    assert code == ExitCode.INVALID_SPEC and "dtype I8 not one of F32/BF16/F16" in flat, output
+    # once, not per tensor (a 1 KB list of the same clause was the run's failure reason)
+    assert code == ExitCode.INVALID_SPEC and "tensor(s) of dtype I8 (e.g. " in flat, output
+    assert "the trainer loads float32, bfloat16 or float16 weights" in flat and flat.count("I8") == 1
     assert "save the weights in float32, bfloat16 or float16" in flat
 
 
@@ -789,3 +791,5 @@ def test_a_cluster_sweeps_local_paths_are_the_pods_and_not_read_here(tmp_path):
     assert runner.invoke(app, ["plan", path, "--check-paths"]).exit_code == ExitCode.INVALID_SPEC
     result = runner.invoke(app, ["plan", path, "--check-paths", *on_cluster])
     assert result.exit_code == ExitCode.OK and "checkpoint_not_found" not in result.output, result.output
+    said = " ".join(result.stderr.split())  # not in silence: the option reads as if every path were checked
+    assert "local path(s) of this cluster target are read in the pods" in said and str(tmp_path / "absent") in said

@@ -349,7 +349,7 @@ def test_disallowed_dtype_names_the_tensor(folders, tmp_path):
     save_file(tensors, bad / hf.SINGLE)
     with pytest.raises(UserError) as e:
         load_model(str(bad))
-    assert f"{name} in model.safetensors: dtype I8" in e.value.message
+    assert f"1 tensor(s) of dtype I8 (e.g. {name} in model.safetensors)" in e.value.message
     assert "save the weights in float32, bfloat16 or float16" in e.value.hint
 
 

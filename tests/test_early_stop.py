@@ -170,6 +170,7 @@ def test_sweep_says_its_rules_are_not_acted_on_without_the_service(tmp_path):
     said = " ".join(result.stderr.split())
     assert "warning[early_stopping_not_acted] early_stopping" in said and "early-stop replay" in said, said
     assert "--service" not in said  # a local sweep: there is no service to hand it to
+    assert f"distillctl early-stop replay {path}" in said  # the file's own name, not FILE
     plain = CliRunner().invoke(app, ["sweep", str(write_sweep(tmp_path)), "--dry-run=client"])
     assert "early_stopping_not_acted" not in plain.stderr
 

@@ -225,7 +225,7 @@ def sweep(
                 "`distillctl status FILE` follows it",
             )
         if expansion.sweep.early_stopping.any:
-            console.warn_once(_rules_not_acted(expansion))
+            console.warn_once(_rules_not_acted(expansion, sweep_file))
         mode = dry_run.value if dry_run else None
         report = launch(expansion, backend, retry_failed=retry_failed, dry_run=mode, stall_after=stall_after)
         for problem in report.state.warnings:
@@ -246,7 +246,7 @@ def sweep(
         raise typer.Exit(int(code))
 
 
-def _rules_not_acted(expansion):
+def _rules_not_acted(expansion, path=None):
     """The sweep's early-stopping rules, which only the sweep service acts on: a local sweep trained every point to
     its end and nothing said the rules were not applied."""
     from distillspec.problems import Problem
@@ -258,8 +258,12 @@ def _rules_not_acted(expansion):
             "early_stopping_not_acted",
             "the early_stopping rules are acted on only by the sweep service (`distillctl serve`): launched this way, "
             "every point trains to its end",
-            ("apply it with `distillctl sweep FILE --service` to have them stop points; " if on_cluster else "")
-            + "`distillctl early-stop replay FILE` shows where they would stop each point",
+            (
+                f"apply it with `distillctl sweep {path or 'FILE'} --service` to have them stop points; "
+                if on_cluster
+                else ""
+            )
+            + f"`distillctl early-stop replay {path or 'FILE'}` shows where they would stop each point",
             severity="warning",
         )
     )
@@ -399,7 +403,7 @@ def _client_dry_run(expansion, output: OutputFormat) -> None:
     for problem in xpk:
         console.print_problem(problem)
     if expansion.sweep.early_stopping.any:
-        console.print_problem(_rules_not_acted(expansion))
+        console.print_problem(_rules_not_acted(expansion, expansion.source.file if expansion.source else None))
     for run in expansion.runs:
         if target.on_cluster:
             rendering.render_jobset(run, target)  # renders, or raises

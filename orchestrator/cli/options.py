@@ -316,6 +316,7 @@ class SweepContext:
         from orchestrator.errors import InvalidSpecError
 
         problems = path_problems(expansion, path_checker())
+        self._note_pod_paths(expansion)
         if any(p.is_error for p in problems):
             raise InvalidSpecError(
                 f"{self.path}: a path its runs read is not what they need",
@@ -323,6 +324,24 @@ class SweepContext:
                 "fix the paths above (or the model blocks they are checked against); nothing was launched",
             )
         return problems
+
+    def _note_pod_paths(self, expansion) -> None:
+        """A cluster target's local paths are the pods' (on a volume), not read from here: said, since the option
+        reads as if every path were checked."""
+        from orchestrator.cli import console
+        from orchestrator.core.checkpoint_paths import local_paths
+
+        if not expansion.sweep.target.on_cluster:
+            return
+        found = sorted({path for run in expansion.runs for path in local_paths(run.spec)})
+        if found:
+            console.err.print(
+                f"--check-paths: {len(found)} local path(s) of this cluster target are read in the pods (on a volume "
+                f"target.volumes mounts), not checked from here: {', '.join(found[:3])}"
+                + (" ..." if len(found) > 3 else ""),
+                markup=False,
+                soft_wrap=True,
+            )
 
     def open(self, check=None, about: tuple[str, ...] | None = None, *, served: bool = False):
         """`(expansion, backend)`: the expanded sweep and its target's backend (close it when done). Warnings of

@@ -291,6 +291,13 @@ def _not_found(path: str) -> tuple[str, str]:
     return message, hint
 
 
+def local_paths(spec: DistillSpec) -> list[str]:
+    """The checkpoint, data, cache and tokenizer paths of `spec` that are not URLs (on a cluster, the pods')."""
+    named = [spec.teacher.load_parameters_path if spec.teacher else None, spec.student.load_parameters_path]
+    named += [path for _, path in data_paths(spec)] + [spec.offline_data_dir, spec.data.tokenizer]
+    return [path for path in named if path and "://" not in path and path != "byte"]
+
+
 def data_paths(spec: DistillSpec) -> list[tuple[tuple[str, str], str]]:
     """(location, path) of each file path the trainer reads documents or text from."""
     out = []
