@@ -211,12 +211,28 @@ def test_stale_claim_race_has_exactly_one_winner_every_time(tmp_path, processes,
     assert counts == [1] * trials, f"trials with other than one winner: {[c for c in counts if c != 1]}"
 
 
+def _following(run):
+    """`logs --follow` of `run` in a thread, a second after it started: (the thread, the lines it has read)."""
+    import threading
+    import time
+
+    from distillspec.sweep import Target
+    from orchestrator.backends import LogRequest
+    from orchestrator.backends.local.backend import LocalBackend
+
+    lines: list[str] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(LocalBackend(Target()).logs(run, LogRequest(follow=True))), daemon=True
+    )
+    reader.start()
+    time.sleep(1.0)
+    return reader, lines
+
+
 def test_logs_follow_waits_while_the_supervisor_lives_to_start_the_run_again(tmp_path):
     """`logs -f` ended while a run waited for a slot (no trainer yet) and between a retryable exit and its restart
     (its trainer gone, the supervisor about to start it again); it ends once the run has exited, or nobody is left
     to write its log."""
-    import threading
-    import time
     import types
 
     from distillspec.sweep import Target
@@ -229,12 +245,7 @@ def test_logs_follow_waits_while_the_supervisor_lives_to_start_the_run_again(tmp
     me, gone = os.getpid(), dead_pid()
     state.write_json(local_claims.claim_path(path), claim(state="running", pid=gone, supervisor_pid=me).to_json())
     run = types.SimpleNamespace(output_path=path, label="point 0")
-    lines: list[str] = []
-    reader = threading.Thread(
-        target=lambda: lines.extend(LocalBackend(Target()).logs(run, LogRequest(follow=True))), daemon=True
-    )
-    reader.start()
-    time.sleep(1.0)
+    reader, lines = _following(run)
     assert reader.is_alive() and lines == ["attempt 1\n"]  # still following
     with open(tmp_path / "run" / local_claims.LOG_FILE, "a") as log:
         log.write("attempt 2\n")
@@ -249,8 +260,6 @@ def test_logs_follow_waits_while_the_supervisor_lives_to_start_the_run_again(tmp
 def test_logs_follow_of_a_run_waiting_for_its_first_slot_waits_for_its_log(tmp_path):
     """A queued run has a claim but no trainer.log yet: `logs --follow` ended at once ("no log yet"); it waits for
     the log while the supervisor that holds the claim lives, then follows it."""
-    import threading
-    import time
     import types
 
     from distillspec.sweep import Target
@@ -264,12 +273,7 @@ def test_logs_follow_of_a_run_waiting_for_its_first_slot_waits_for_its_log(tmp_p
         local_claims.claim_path(path), claim(reason="WaitingForSlot", supervisor_pid=os.getpid()).to_json()
     )
     run = types.SimpleNamespace(output_path=path, label="point 1")
-    lines: list[str] = []
-    reader = threading.Thread(
-        target=lambda: lines.extend(LocalBackend(Target()).logs(run, LogRequest(follow=True))), daemon=True
-    )
-    reader.start()
-    time.sleep(1.0)
+    reader, lines = _following(run)
     assert reader.is_alive() and lines == []  # waiting, not "no log yet"
     (tmp_path / "run" / local_claims.LOG_FILE).write_text("training\n")
     state.write_json(

@@ -315,6 +315,28 @@ def test_a_supervisor_stopped_by_sigterm_stops_its_trainers_and_leaves_its_runs_
         distillctl("cancel", str(sweep), "--yes")
 
 
+def _orphan_trainer(folder: Path, output_path: str) -> int:
+    """kill -9 of the sweep's supervisor once the run at `output_path` has a checkpoint: the pid of the trainer
+    it leaves running."""
+    wait_until(lambda: has_checkpoint(output_path), what="the run's first checkpoint")
+    [first] = supervisors(folder)
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: not supervisors(folder), 30, "the supervisor's death")
+    [orphan] = trainers_of(output_path)
+    return orphan
+
+
+def _resumed_after(orphan: int, output_path: str, folder: Path) -> None:
+    """kill -9 of the orphaned trainer: its run is resumed by a new trainer, as the supervisor's log says."""
+    os.kill(orphan, signal.SIGKILL)
+    claim = wait_until(
+        lambda: (c := local_claims.read_claim(output_path)) and c.state == "running" and c.pid != orphan and c,
+        60,
+        "the run resumed",
+    )
+    assert local_claims.alive(claim.pid) and "exited; resuming" in (folder / state.LOG).read_text()
+
+
 def test_a_trainer_a_dead_supervisor_left_running_holds_its_slot_and_is_resumed_when_it_dies(tmp_path):
     """kill -9 of the supervisor alone: its trainer runs on. `sweep` again started a second trainer beside it
     (parallelism 1 exceeded). The new supervisor counts it, starts nothing while it runs, and resumes its run
@@ -324,28 +346,13 @@ def test_a_trainer_a_dead_supervisor_left_running_holds_its_slot_and_is_resumed_
     folder = state.state_dir(str(tmp_path / "runs"), "orphan")
     distillctl("sweep", str(sweep), check=True)
     try:
-        wait_until(lambda: has_checkpoint(teacher["output_path"]), what="the teacher's first checkpoint")
-        [first] = supervisors(folder)
-        os.kill(first, signal.SIGKILL)
-        wait_until(lambda: not supervisors(folder), 30, "the supervisor's death")
-        [orphan] = trainers_of(teacher["output_path"])
+        orphan = _orphan_trainer(folder, teacher["output_path"])
         again = distillctl("sweep", str(sweep), check=True)
         assert "3 created" in again.stdout and "exists: Running" in again.stdout, again.stdout
         time.sleep(5)  # the new supervisor's turns: nothing else starts
         assert trainers_of(teacher["output_path"]) == [orphan]
         assert all(not trainers_of(p["output_path"]) for p in points)
-        os.kill(orphan, signal.SIGKILL)
-        claim = wait_until(
-            lambda: (
-                (c := local_claims.read_claim(teacher["output_path"]))
-                and c.state == "running"
-                and c.pid != orphan
-                and c
-            ),
-            60,
-            "the run resumed",
-        )
-        assert local_claims.alive(claim.pid) and "exited; resuming" in (folder / state.LOG).read_text()
+        _resumed_after(orphan, teacher["output_path"], folder)
     finally:
         distillctl("cancel", str(sweep), "--yes")
 
@@ -364,23 +371,11 @@ def test_a_sweep_with_nothing_new_to_run_still_hands_an_orphan_to_a_supervisor(t
     folder = state.state_dir(str(tmp_path / "runs"), "alone")
     distillctl("sweep", str(sweep), check=True)
     try:
-        wait_until(lambda: has_checkpoint(run["output_path"]), what="the run's first checkpoint")
-        [first] = supervisors(folder)
-        os.kill(first, signal.SIGKILL)
-        wait_until(lambda: not supervisors(folder), 30, "the supervisor's death")
-        [orphan] = trainers_of(run["output_path"])
+        orphan = _orphan_trainer(folder, run["output_path"])
         again = distillctl("sweep", str(sweep), check=True)
         assert "exists: Running" in again.stdout, again.stdout
         wait_until(lambda: supervisors(folder), 30, "a supervisor that adopts the trainer")
-        os.kill(orphan, signal.SIGKILL)
-        claim = wait_until(
-            lambda: (
-                (c := local_claims.read_claim(run["output_path"])) and c.state == "running" and c.pid != orphan and c
-            ),
-            60,
-            "the run resumed",
-        )
-        assert local_claims.alive(claim.pid) and "exited; resuming" in (folder / state.LOG).read_text()
+        _resumed_after(orphan, run["output_path"], folder)
     finally:
         distillctl("cancel", str(sweep), "--yes")
 
