@@ -160,7 +160,8 @@ class Supervisor:
     def __init__(self, folder: Path, python: str = sys.executable):
         self.folder = folder
         self.python = python
-        self.parallelism = os.cpu_count() or 1
+        self.parallelism = os.cpu_count() or 1  # until the first orders say the target's
+        self.ordered = False
         self.pending: list[tuple[Order, Claim]] = []
         self.running: list[_Running] = []
         self.orphans: list[_Orphan] = []
@@ -234,9 +235,12 @@ class Supervisor:
     def take_orders(self) -> None:
         for submission, request in state.take_orders(self.folder):
             parallelism = max(1, int(request.get("parallelism") or os.cpu_count() or 1))
-            if parallelism != self.parallelism:
-                _log(f"parallelism {self.parallelism} → {parallelism}")
-                self.parallelism = parallelism
+            if parallelism != self.parallelism or not self.ordered:
+                # a change is said as one; the first orders set it (it read "parallelism 2 → 1" for a file's 1)
+                _log(
+                    f"parallelism {self.parallelism} → {parallelism}" if self.ordered else f"parallelism {parallelism}"
+                )
+                self.parallelism, self.ordered = parallelism, True
                 self._publish()
             outcomes = {}
             for data in request.get("orders", []):
