@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from distillspec.hf_config import INDEX, ConfigError
 from distillspec.registry import ModelShape
@@ -123,6 +124,22 @@ def weight_map(text: bytes | str, index: str) -> dict[str, str]:
     return mapping
 
 
+def locate(stored: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """`(names, where)` of a folder's tensors `stored` (name as stored -> its file): each tensor's name as the
+    trainer knows it -> the name stored (`language_model_names`), and -> the file holding it."""
+    names = language_model_names(stored)
+    return names, {ours: stored[name] for ours, name in names.items()}
+
+
+def tensor_header(header: Mapping[str, Any], file: str, name: str) -> tuple[Shape, str]:
+    """(shape, safetensors dtype) of the tensor stored as `name` in `file`, whose parsed header is `header`;
+    ConfigError when the file lacks it (an index that names the wrong shard)."""
+    info = header.get(name)
+    if info is None:
+        raise not_in_shard(file, name)
+    return tuple(info["shape"]), info["dtype"]
+
+
 def not_in_shard(file: str, name: str) -> ConfigError:
     """The error for a shard that lacks a tensor the folder's index assigns to it (only an index can misplace one:
     a single model.safetensors is listed from its own header)."""
@@ -180,7 +197,7 @@ def mismatch(
     -> its file; `header(name)`: its (shape, safetensors dtype)."""
     want = tensor_table(shape)
     problems = [f"{name}: expected {want[name]}, missing" for name in want if name not in where]
-    bad_dtypes = 0
+    bad_dtypes: list[str] = []  # the dtype of each tensor refused for its dtype alone
     for name in want:
         if name in where:
             found, dtype = header(name)
@@ -188,7 +205,7 @@ def mismatch(
             if found != want[name]:
                 problems.append(f"{name} in {base}: expected {want[name]}, found {found}")
             elif dtype not in ALLOWED_DTYPES:
-                bad_dtypes += 1
+                bad_dtypes.append(dtype)
                 problems.append(f"{name} in {base}: dtype {dtype} not one of F32/BF16/F16")
     extra = sorted(
         n
@@ -199,10 +216,10 @@ def mismatch(
     if not problems:
         return None
     missing = [name for name in want if name not in where]
-    if bad_dtypes == len(problems):  # the model fits, its weights' type does not: said once, not per tensor
-        kinds = sorted({header(name)[1] for name in want if name in where} - set(ALLOWED_DTYPES))
+    if len(bad_dtypes) == len(problems):  # the model fits, its weights' type does not: said once, not per tensor
         return (
-            f"the Hugging Face checkpoint at {path} holds {bad_dtypes} tensor(s) of dtype {', '.join(kinds)} (e.g. "
+            f"the Hugging Face checkpoint at {path} holds {len(bad_dtypes)} tensor(s) of dtype "
+            f"{', '.join(sorted(set(bad_dtypes)))} (e.g. "
             f"{problems[0].split(':')[0]}): the trainer loads float32, bfloat16 or float16 weights",
             "save the weights in float32, bfloat16 or float16 (e.g. model.to(torch.bfloat16).save_pretrained(DIR))",
         )

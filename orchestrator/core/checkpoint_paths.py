@@ -243,14 +243,10 @@ def _tensor_problems(
                 if found is None:
                     return []  # a shard not there: said as checkpoint_weights_missing
                 headers[file] = found
-        names = hf_tensors.language_model_names(stored)  # ours -> as stored
-        where = {ours: stored[name] for ours, name in names.items()}
+        names, where = hf_tensors.locate(stored)
 
         def header_of(name: str) -> tuple[tuple[int, ...], str]:
-            info = headers[where[name]].get(names[name])
-            if info is None:
-                raise hf_tensors.not_in_shard(where[name], names[name])
-            return tuple(info["shape"]), info["dtype"]
+            return hf_tensors.tensor_header(headers[where[name]], where[name], names[name])
 
         found_mismatch = hf_tensors.mismatch(path, where, header_of, shape)
     except ConfigError as e:

@@ -2,8 +2,9 @@
 `model.safetensors.index.json`, as `save_pretrained` writes them for Llama 3.x, Qwen 3, Gemma 2 and Gemma 3 (text).
 
 `shape_from_config` turns config.json into a `ModelShape` (transformers 5's `rope_parameters`, per layer type for
-Gemma 3, and 4.x's `rope_theta`/`rope_scaling`/`rope_local_base_freq` are both read). `tensor_table` lists the
-tensors a shape needs by their Hugging Face names, with shapes, and how each becomes one of our parameters.
+Gemma 3, and 4.x's `rope_theta`/`rope_scaling`/`rope_local_base_freq` are both read). `distillspec.hf_tensors`
+lists the tensors a shape needs by their Hugging Face names, with shapes, and checks a folder's against them;
+`layer_entries`, `block_entries` and `top_entries` add how each becomes one of our parameters.
 `load` streams them with the `safetensors` library (memory-mapped): every device shard is filled by reading,
 one tensor at a time, only the tensors it covers, so a host holds its shards plus one tensor.
 
@@ -28,8 +29,6 @@ from distillspec import hf_config, hf_tensors
 from distillspec.hf_config import CONFIG, INDEX, SINGLE, ConfigError, config_of  # noqa: F401 - re-exported
 from distillspec.registry import ModelShape
 from trainer.exit_codes import UserError
-
-ALLOWED_DTYPES = hf_tensors.ALLOWED_DTYPES
 
 
 def is_remote(path: str) -> bool:
@@ -168,9 +167,6 @@ def top_entries(shape: ModelShape) -> dict[tuple[str, ...], Entry]:
     return _entries(shape, hf_tensors.top_tensors(shape))
 
 
-tensor_table = hf_tensors.tensor_table
-
-
 # --- files ---------------------------------------------------------------------------------------------------
 
 
@@ -196,8 +192,7 @@ class Files:
         else:
             single = os.path.join(path, SINGLE)
             stored = dict.fromkeys(self._handle(single).keys(), single)  # a safe_open handle, not a dict
-        self.stored = language_model_names(stored)
-        self.where = {name: stored[self.stored[name]] for name in self.stored}
+        self.stored, self.where = hf_tensors.locate(stored)
 
     def _handle(self, file: str):
         handle = self._handles.get(file)
@@ -236,9 +231,6 @@ class Files:
             raise UserError(f"cannot read tensor {name} from {file}: {e}", "download or copy the file again") from None
 
 
-language_model_names = hf_tensors.language_model_names
-
-
 def not_in_shard(file: str, name: str) -> UserError:
     return _user_error(hf_tensors.not_in_shard(file, name))
 
@@ -271,8 +263,7 @@ class RemoteFiles:
         else:
             single = f"{self.path}/{SINGLE}"
             stored = dict.fromkeys(self._header(single)[0], single)
-        self.stored = language_model_names(stored)
-        self.where = {name: stored[self.stored[name]] for name in self.stored}
+        self.stored, self.where = hf_tensors.locate(stored)
 
     def _local(self, file: str) -> str:
         return self._root + file[len(self.path) :]
@@ -297,10 +288,11 @@ class RemoteFiles:
         return header, start
 
     def header(self, name: str) -> tuple[tuple[int, ...], str]:
-        info = self._header(self.where[name])[0].get(self.stored[name])
-        if info is None:
-            raise not_in_shard(self.where[name], self.stored[name])
-        return tuple(info["shape"]), info["dtype"]
+        file = self.where[name]
+        try:
+            return hf_tensors.tensor_header(self._header(file)[0], file, self.stored[name])
+        except ConfigError as e:
+            raise _user_error(e) from None
 
     def read(self, name: str) -> np.ndarray:
         import ml_dtypes
