@@ -177,7 +177,7 @@ def render(
             "set target.kind to kubernetes or xpk, or pass --tpu-type to render for a cluster",
         )
     if as_ is RenderAs.xpk:
-        found = [result.source.locate(p) for p in xpk_command.problems(target)] if result.source else []
+        found = xpk_command.located_problems(result)
         if has_errors(found):
             raise InvalidSpecError(f"{sweep} cannot be expressed as xpk commands", found)
         _warn(list(result.problems) + found)

@@ -35,7 +35,7 @@ class XpkBackend(KubernetesBackend):
         self.xpk = xpk
 
     def preflight(self, expansion: Expansion) -> None:
-        found = xpk_command.sweep_problems(expansion) or xpk_command.problems(self.target)
+        found = xpk_command.sweep_problems(expansion)
         if has_errors(found):
             raise InvalidSpecError("this target cannot be launched with xpk", found, "fix target: in the sweep file")
         if shutil.which(self.xpk) is None:

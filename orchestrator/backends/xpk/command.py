@@ -38,13 +38,16 @@ class XpkCommand:
 
 
 def sweep_problems(expansion) -> list[Problem]:
-    """`problems` of an expanded sweep's target when it launches through XPK (none otherwise), at the sweep file's
-    lines: `plan`, `sweep --dry-run` and `render` said nothing of what the real launch then refused."""
-    target = expansion.sweep.target
-    if target.kind != "xpk":
-        return []
+    """`located_problems` when the sweep launches through XPK (none otherwise): `plan`, `sweep --dry-run` and the
+    launch refuse the same target."""
+    return located_problems(expansion) if expansion.sweep.target.kind == "xpk" else []
+
+
+def located_problems(expansion) -> list[Problem]:
+    """`problems` of an expanded sweep's target, at the sweep file's lines (`render --as xpk` of any cluster
+    target)."""
     source = expansion.source
-    return [source.locate(p) if source is not None else p for p in problems(target)]
+    return [source.locate(p) if source is not None else p for p in problems(expansion.sweep.target)]
 
 
 def problems(target: Target) -> list[Problem]:
