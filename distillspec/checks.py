@@ -32,6 +32,7 @@ def check(spec: DistillSpec) -> list[Problem]:
         _data,
         _mesh,
         _paths,
+        _event_folder,
     ):
         problems.extend(rule(spec))
     return problems
@@ -49,6 +50,7 @@ def _path_fields(spec: DistillSpec) -> list[tuple[tuple[str, ...], str]]:
         (("eval", "path"), spec.eval.path if spec.eval is not None else None),
         (("offline_data_dir",), spec.offline_data_dir),
         (("output_dir",), spec.output_dir),
+        (("logging", "tensorboard_dir"), spec.logging.tensorboard_dir),
         (("data", "tokenizer"), spec.data.tokenizer if spec.data.tokenizer != "byte" else None),
     ]
     return [(loc, path) for loc, path in fields if path is not None]
@@ -828,6 +830,22 @@ def _shuffling(data) -> list[Problem]:
             )
         ]
     return []
+
+
+def _event_folder(spec: DistillSpec) -> list[Problem]:
+    """A TensorBoard folder with TensorBoard off: nothing would be written there."""
+    if spec.logging.tensorboard_dir is None or spec.logging.tensorboard:
+        return []
+    return [
+        Problem(
+            ("logging", "tensorboard_dir"),
+            "tensorboard_dir_unused",
+            f"logging.tensorboard_dir {spec.logging.tensorboard_dir!r} is set while logging.tensorboard is false: "
+            "no events are written",
+            "remove tensorboard_dir, or set tensorboard: true",
+            severity="warning",
+        )
+    ]
 
 
 def _mesh(spec: DistillSpec) -> list[Problem]:

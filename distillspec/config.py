@@ -401,6 +401,10 @@ class CheckpointSpec(_Block):
 class LoggingSpec(_Block):
     every_steps: PositiveInt = 10
     tensorboard: bool = True
+    # The guide's `tensorboard_dir`: the run's events go to `<tensorboard_dir>/<name>` (one folder per run, so one
+    # `tensorboard --logdir` shows a sweep's runs side by side); unset, to `<output_dir>/<name>/tensorboard`. Where
+    # a run writes, not what it computes: not part of the run id (see orchestrator/core/identity.py).
+    tensorboard_dir: str | None = None
 
 
 class MeshSpec(_Block):

@@ -45,6 +45,7 @@ TOP_LEVEL |= {
     "max_num_checkpoints_to_keep": ("checkpoint", "keep"),
     "log_period": ("logging", "every_steps"),
     "enable_tensorboard": ("logging", "tensorboard"),
+    "tensorboard_dir": ("logging", "tensorboard_dir"),
     "dataset_type": ("data", "source"),
     "tokenizer_path": ("data", "tokenizer"),
     "data_shuffle_seed": ("data", "seed"),

@@ -45,7 +45,7 @@ def writes_per_log(fs, files: metrics_io.RunFiles, step: int) -> list[str]:
 
 def test_a_remote_log_is_written_as_parts_and_read_back_in_order(run_dir):
     fs, root = fsspec.core.url_to_fs(run_dir)
-    files = metrics_io.RunFiles(run_dir, tensorboard=False)
+    files = metrics_io.RunFiles(run_dir, events_dir=None)
     files.start_metrics(keep_through_step=None)
     written = [writes_per_log(fs, files, step) for step in range(1, 8)]
     # each line rewrites only the part it lands in: the bytes per line stay bounded
@@ -62,7 +62,7 @@ def test_a_remote_log_is_written_as_parts_and_read_back_in_order(run_dir):
     assert whole == list(range(1, 8))
 
     # a resumed attempt keeps the lines up to its checkpoint, from the parts, and continues the numbering
-    again = metrics_io.RunFiles(run_dir, tensorboard=False)
+    again = metrics_io.RunFiles(run_dir, events_dir=None)
     again.start_metrics(keep_through_step=4)
     assert not fs.exists(f"{root}/metrics.jsonl") and not fs.exists(f"{root}/metrics/part-00002.jsonl")
     again.log(record(5))
@@ -70,7 +70,7 @@ def test_a_remote_log_is_written_as_parts_and_read_back_in_order(run_dir):
 
 
 def test_a_local_log_keeps_appending_one_file(tmp_path):
-    files = metrics_io.RunFiles(str(tmp_path / "r"), tensorboard=False)
+    files = metrics_io.RunFiles(str(tmp_path / "r"), events_dir=None)
     files.start_metrics(keep_through_step=None)
     for step in range(1, 5):
         files.log(record(step))
@@ -107,7 +107,7 @@ def test_a_resumed_runs_tensorboard_events_purge_the_replayed_steps(tmp_path):
 
     from tensorboardX.proto import event_pb2
 
-    files = metrics_io.RunFiles(str(tmp_path / "r"), tensorboard=True, resumed_at=40)
+    files = metrics_io.RunFiles(str(tmp_path / "r"), events_dir=str(tmp_path / "r" / "tensorboard"), resumed_at=40)
     files.log(record(50))
     files.close()
     marks = []
@@ -121,3 +121,41 @@ def test_a_resumed_runs_tensorboard_events_purge_the_replayed_steps(tmp_path):
             if event.HasField("session_log"):
                 marks.append((event.session_log.status, event.step))
     assert (event_pb2.SessionLog.START, 41) in marks, marks
+
+
+def test_events_go_to_the_folder_the_spec_names_local_or_remote(tmp_path, run_dir):
+    """`logging.tensorboard_dir`: the events land in `<dir>/<name>` (here given whole), not in the run folder; a
+    remote one (memory://, as gs://) is copied up at each flush, as the run folder's own events are."""
+    from trainer_support import event_tags, spec_of
+
+    from trainer.train import events_dir_of
+
+    spec = spec_of({"name": "r1", "mode": "pretrain", "student": {"model": "tiny-2l"}, "output_dir": str(tmp_path)})
+    assert events_dir_of(spec) == f"{tmp_path}/r1/tensorboard"
+    moved = spec.model_copy(update={"logging": spec.logging.model_copy(update={"tensorboard_dir": "gs://b/tb/"})})
+    assert events_dir_of(moved) == "gs://b/tb/r1"
+    off = spec.model_copy(update={"logging": spec.logging.model_copy(update={"tensorboard": False})})
+    assert events_dir_of(off) is None
+
+    files = metrics_io.RunFiles(str(tmp_path / "r1"), events_dir=str(tmp_path / "shared" / "r1"))
+    files.log(record(10))
+    files.close()
+    assert "distill/hard_loss" in event_tags(tmp_path / "shared" / "r1")
+    assert not (tmp_path / "r1" / "tensorboard").exists()
+
+    remote = run_dir.replace("/runs/r1", "/tb/r1")
+    files = metrics_io.RunFiles(str(tmp_path / "r2"), events_dir=remote)
+    files.log(record(10))
+    files.flush()
+    fs, root = fsspec.core.url_to_fs(remote)
+    copied = [p for p in fs.find(root) if "events.out.tfevents" in p]
+    assert copied, fs.find(root.rsplit("/", 2)[0])
+    files.close()
+
+
+def test_an_event_folder_that_cannot_be_written_is_said_by_its_name(tmp_path):
+    from trainer.exit_codes import OutputNotWritable
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputNotWritable, match="file/r1"):
+        metrics_io.RunFiles(str(tmp_path / "r1"), events_dir=str(tmp_path / "file" / "r1"))

@@ -300,3 +300,15 @@ def test_maxtext_keys_for_constants_the_trainer_computes_say_where_to_state_them
     text = RUNNABLE.replace("teacher_overrides:\n", "teacher_overrides:\n  final_logits_soft_cap: 30.0\n")
     (problem,) = [p for p in read_spec_text(text).problems if p.code == "maxtext_key_ignored"]
     assert "not read from this layout" in problem.message and "`final_softcap`" in problem.hint
+
+
+def test_the_guides_tensorboard_dir_is_read_and_warned_about_when_unused():
+    """The guide's monitoring section: events go where `tensorboard_dir` says (it was ignored with a warning)."""
+    found = read_spec_text(RUNNABLE + "tensorboard_dir: gs://bucket/tb\n")
+    assert found.spec.logging.tensorboard_dir == "gs://bucket/tb"
+    assert not [p for p in found.problems if "tensorboard" in p.message], found.problems
+    off = read_spec_text(RUNNABLE + "tensorboard_dir: gs://bucket/tb\nenable_tensorboard: false\n")
+    (unused,) = [p for p in off.problems if p.code == "tensorboard_dir_unused"]
+    assert unused.severity == "warning" and unused.line is not None and "tensorboard: true" in unused.hint
+    (tilde,) = [p for p in read_spec_text(RUNNABLE + "tensorboard_dir: ~/tb\n").problems if p.code == "tilde_path"]
+    assert tilde.line == RUNNABLE.count("\n") + 1, tilde

@@ -454,3 +454,29 @@ def test_a_mapping_that_replaces_a_block_of_the_base_spec_is_said(tmp_path):
     assert said.dotted_loc == "prerequisites.teacher.overrides.optimizer"
     (said,) = warnings(axes={"optimizer": [{"learning_rate": 1e-3}, {"learning_rate": 1e-4}]})  # once per axis
     assert said.dotted_loc.startswith("axes.optimizer")
+
+
+def test_a_tensorboard_folder_inside_a_clusters_pods_is_a_warning_at_its_line(tmp_path):
+    """Events written to a local folder of a pod are lost with it (as output_base_not_shared); a bucket or a mounted
+    volume keeps them, and a local target writes where it is told."""
+    write(tmp_path, SPEC, "spec.yaml")
+    inside = expanded(tmp_path, sweep_data(spec="spec.yaml", overrides={"logging.tensorboard_dir": "/tmp/tb"}))
+    (problem,) = [p for p in inside.problems if p.code == "tensorboard_dir_not_shared"]
+    assert problem.severity == "warning" and problem.file.endswith("sweep.yaml") and problem.line is not None
+    assert "'/tmp/tb'" in problem.message and "gs://" in problem.hint
+    for where, target in (
+        ("gs://bucket/tb", {}),
+        (
+            "/mnt/shared/tb",
+            {"volumes": [{"name": "v", "emptyDir": {}}], "volume_mounts": [{"name": "v", "mountPath": "/mnt/shared"}]},
+        ),
+    ):
+        data = sweep_data(spec="spec.yaml", overrides={"logging.tensorboard_dir": where})
+        data["target"].update(target)
+        assert not [p for p in expanded(tmp_path, data).problems if p.code == "tensorboard_dir_not_shared"]
+    local = sweep_data(
+        spec="spec.yaml",
+        overrides={"logging.tensorboard_dir": "/tmp/tb"},
+        target={"kind": "local", "output_base": str(tmp_path / "runs")},
+    )
+    assert not [p for p in expanded(tmp_path, local).problems if p.code == "tensorboard_dir_not_shared"]

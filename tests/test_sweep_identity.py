@@ -125,3 +125,19 @@ def test_identify_equals_run_id_and_spec_hash_of_the_final_spec():
         unnamed = run.spec.model_copy(update={"name": "x", "output_dir": "elsewhere"})
         assert identity.run_id(unnamed, result.sweep.target) == run.run_id
         assert identity.spec_hash(run.spec) == run.spec_hash
+
+
+def test_a_tensorboard_folder_is_where_a_run_writes_not_what_it_computes():
+    """`logging.tensorboard_dir` (the guide's `tensorboard_dir`) moves the events: the same run id, as for the output
+    base, while the spec the trainer receives (its hash) says where they go; unset, ids and hashes are as before."""
+    from orchestrator.core.expansion import expand
+
+    target = Target.model_validate(TARGET)
+    moved = DistillSpec.model_validate({**SPEC, "logging": {"tensorboard_dir": "gs://b/tb"}})
+    assert identity.run_id(moved, target) == identity.run_id(SPEC_MODEL, target)
+    assert identity.spec_hash(moved) != identity.spec_hash(SPEC_MODEL)
+    assert "tensorboard_dir" not in identity.canonical_json(identity.identity_payload(SPEC_MODEL, target))
+    result = expand(load_sweep(SWEEPS / "quickstart.yaml"))
+    for run in result.runs:  # the sweep's one-pass identity leaves it out too
+        unnamed = run.spec.model_copy(update={"name": "x", "logging": moved.logging})
+        assert identity.identify(unnamed, result.sweep.target)[0] == run.run_id

@@ -750,3 +750,29 @@ def test_a_run_with_linear_rope_scaling_reads_its_own_spec_back(tmp_path):
     assert run(spec_of({**data, "steps": 3})) == TrainerExit.OK  # resumed from step 2
     assert json.loads((tmp_path / "teacher" / "summary.json").read_text())["step"] == 3
     load_model(str(tmp_path / "teacher" / "checkpoints"))
+
+
+def test_events_go_to_the_tensorboard_dir_the_spec_names(tmp_path):
+    """The guide's `tensorboard_dir`: `<dir>/<name>`, one folder per run (a sweep's runs side by side), and none in
+    the run folder; a resume of the run purges into the same folder."""
+    data = merged(
+        TEACHER,
+        name="tb",
+        steps=4,
+        student={"model": "tiny-2l"},
+        checkpoint={"every_steps": 2},
+        logging={"every_steps": 2, "tensorboard_dir": str(tmp_path / "tb")},
+        output_dir=str(tmp_path / "runs"),
+    )
+    assert run(spec_of(data)) == TrainerExit.OK
+    assert {"distill/hard_loss", "train/learning_rate"} <= event_tags(tmp_path / "tb" / "tb")
+    assert not (tmp_path / "runs" / "tb" / "tensorboard").exists()
+    assert json.loads((tmp_path / "runs" / "tb" / "spec.json").read_text())["logging"]["tensorboard_dir"] == str(
+        tmp_path / "tb"
+    )
+    (tmp_path / "blocked").write_text("")  # a file where the folder goes: refused before any compile, named
+    recorder = Recorder()
+    blocked = merged(data, name="tb2", logging={"tensorboard_dir": str(tmp_path / "blocked")})
+    assert run(spec_of(blocked), reporter=recorder) == TrainerExit.USER_ERROR
+    status, _, message = recorder.ended
+    assert status == "failed" and "OutputNotWritable" in message and "blocked/tb2" in message, message

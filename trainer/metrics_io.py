@@ -27,8 +27,8 @@ attempt's; null before the models are built), "trainer_code" (`distillspec.sourc
 trained it)}` — at start, at each checkpoint and at exit.
 
 `tensorboard/`: event files with the guide's tags (`distill/...`) plus `train/learning_rate` and
-`train/tokens_per_sec`; for a remote run directory they are written locally and copied up at each checkpoint and
-at exit.
+`train/tokens_per_sec` (in `<logging.tensorboard_dir>/<name>/` instead, where the spec sets one); for a remote
+folder they are written locally and copied up at each checkpoint and at exit.
 
 Only process 0 writes any of these. A process other than 0 that fails writes `failures/process-<i>.json`
 (summary.json's keys plus `process_index`) instead, and removes its own at start: process 0 may never get to say
@@ -121,18 +121,25 @@ def _json_float(x: float) -> float | None:
 class RunFiles:
     """Writer of one run directory's files (create on process 0 only)."""
 
-    def __init__(self, run_dir: str, *, tensorboard: bool, resumed_at: int | None = None):
+    def __init__(self, run_dir: str, *, events_dir: str | None, resumed_at: int | None = None):
+        """`events_dir`: where TensorBoard events go (`events_dir_of`), None for none."""
         self.run_dir = run_dir.rstrip("/")
         self.fs, self._root = fsspec.core.url_to_fs(self.run_dir)
-        self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        self.local = _is_local(self.fs)
         self.fs.makedirs(self._root, exist_ok=True)
         self._lines: list[str] = []
         self._tb = None
         self._tb_local_dir = None
-        if tensorboard:
+        self._events_dir = events_dir.rstrip("/") if events_dir else None
+        if self._events_dir is not None:
             from tensorboardX import SummaryWriter
 
-            self._tb_local_dir = os.path.join(self._root, "tensorboard") if self.local else tempfile.mkdtemp()
+            events_fs, events_root = fsspec.core.url_to_fs(self._events_dir)
+            self._events_fs = None if _is_local(events_fs) else events_fs
+            with self._writing(self._events_dir):
+                if self._events_fs is None:
+                    os.makedirs(events_root, exist_ok=True)
+            self._tb_local_dir = events_root if self._events_fs is None else tempfile.mkdtemp()
             # Started at step S (0 for a fresh start): the events an earlier attempt logged after S (replayed now)
             # are purged from the view (TensorBoard's SessionLog.START), as metrics.jsonl drops its lines after S;
             # they showed twice.
@@ -148,14 +155,15 @@ class RunFiles:
             self._replace(name, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
     @contextlib.contextmanager
-    def _writing(self):
-        """An OSError while writing the run directory as OutputNotWritable (exit 1) or RetryableError (exit 42)."""
+    def _writing(self, where: str | None = None):
+        """An OSError while writing the run directory (or `where`) as OutputNotWritable (exit 1) or RetryableError
+        (exit 42)."""
         from trainer.exit_codes import storage_failure
 
         try:
             yield
         except OSError as e:
-            raise storage_failure(self.run_dir, e) from None
+            raise storage_failure(where or self.run_dir, e) from None
 
     def _replace(self, name: str, payload: str) -> None:
         target = self.path(name)
@@ -257,10 +265,11 @@ class RunFiles:
         """Make TensorBoard events durable (and copy them up for a remote run directory)."""
         if self._tb is None:
             return
-        with self._writing():
+        with self._writing(self._events_dir):
             self._tb.flush()
-            if not self.local:
-                self.fs.put(self._tb_local_dir + "/", self.path("tensorboard"), recursive=True)
+            if self._events_fs is not None:
+                _, root = fsspec.core.url_to_fs(self._events_dir)
+                self._events_fs.put(self._tb_local_dir + "/", root, recursive=True)
 
     def close(self) -> None:
         if not self.local and self._lines:
@@ -270,6 +279,10 @@ class RunFiles:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _is_local(fs) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
 def check_writable(directory: str) -> None:

@@ -125,6 +125,16 @@ def run_dir_of(spec: DistillSpec) -> str:
     return f"{spec.output_dir.rstrip('/')}/{spec.name}"
 
 
+def events_dir_of(spec: DistillSpec) -> str | None:
+    """Where the run's TensorBoard events go (None: TensorBoard off): `<logging.tensorboard_dir>/<name>`, one folder
+    per run of a shared TensorBoard folder, else the run folder's `tensorboard/`."""
+    if not spec.logging.tensorboard:
+        return None
+    if spec.logging.tensorboard_dir is not None:
+        return f"{spec.logging.tensorboard_dir.rstrip('/')}/{spec.name}"
+    return f"{run_dir_of(spec)}/tensorboard"
+
+
 STATUS_OF = {
     TrainerExit.OK: "succeeded",
     TrainerExit.PREEMPTED: "preempted",
@@ -652,7 +662,7 @@ class _Session:
             try:  # a failure before the directory opened (bad teacher path...): still leave a summary behind
                 from trainer.metrics_io import RunFiles
 
-                self.files = RunFiles(run_dir_of(self.spec), tensorboard=False)
+                self.files = RunFiles(run_dir_of(self.spec), events_dir=None)
             except Exception:  # noqa: BLE001 - nothing more can be written
                 self.files = None
             if self.files is not None and not self._carry_earlier_attempt(code):
@@ -1057,8 +1067,11 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
             session.reporter.note(str(problem))
     _check_export(spec, jax.process_count())
     # Before any compile: an unusable output or checkpoint path fails now, as OutputNotWritable (exit 1).
-    for directory in ([run_dir] if index == 0 else []) + (
-        [f"{run_dir}/checkpoints"] if spec.checkpoint.enabled else []
+    events = events_dir_of(spec) if index == 0 and spec.mode != "teacher_logits" else None
+    for directory in (
+        ([run_dir] if index == 0 else [])
+        + ([events] if events else [])
+        + ([f"{run_dir}/checkpoints"] if spec.checkpoint.enabled else [])
     ):
         check_writable(directory)
     if index == 0:
@@ -1090,7 +1103,7 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
         start = restore_or_init(checkpoints, built.state, data=documents, trained_on=trained_on, spec=spec)
         if index == 0:  # only now: a start refused above leaves the run's record as it was
             # Also a fresh start (step 0): an earlier attempt killed before its first checkpoint left events.
-            session.files = RunFiles(run_dir, tensorboard=spec.logging.tensorboard, resumed_at=start.step)
+            session.files = RunFiles(run_dir, events_dir=events_dir_of(spec), resumed_at=start.step)
             resolved = spec.resolved().model_dump(mode="json")
             before = _recorded_spec(session)  # read once: both say what it held
             _check_record(session, before, resolved, start, spec, checkpoints)
@@ -1301,7 +1314,7 @@ def _write_logit_cache(spec: DistillSpec, session: _Session, stop, run_dir: str,
     session.started_at = now_iso()
     earlier = None
     if index == 0:
-        session.files = RunFiles(run_dir, tensorboard=False)
+        session.files = RunFiles(run_dir, events_dir=None)
         earlier = session.files.read_record("summary.json")  # kept with the cache, if that is kept
         session.files.write_json("spec.json", spec.resolved().model_dump(mode="json"))
         session.write_summary("running", None)

@@ -276,7 +276,8 @@ def _seed_problems(sweep: Sweep, spec) -> list[Problem]:
 def _relative_path_problems(
     sweep: Sweep, source: SweepSource, spec: DistillSpec, prerequisite: str | None = None
 ) -> list[Problem]:
-    """A warning for each relative path a cluster's pods would read: they resolve it in the trainer container's
+    """A warning for each relative path a cluster's pods would read (and a TensorBoard folder they would write
+    inside their container): they resolve it in the trainer container's
     working directory, where nothing from this machine is (the quickstart's `runs/tiny-teacher/checkpoints`
     launched on a cluster, and every pod failed at start). A warning, not an error: an image may hold the files.
     Located where the sweep file sets the path (a point's overrides or axes, or `prerequisite`'s overrides), else in
@@ -302,6 +303,23 @@ def _relative_path_problems(
             + f"{path!r} is a relative path: the {sweep.target.kind} target's pods resolve it in the trainer "
             "container's working directory, not this machine's",
             "use a bucket (gs://my-bucket/...) or an absolute path on a volume target.volumes mounts",
+            severity="warning",
+        )
+        found.append(_where_set(sweep, source, problem, prerequisite))
+    events = spec.logging.tensorboard_dir if spec.logging.tensorboard else None
+    mounted = any(
+        events.rstrip("/") == m.mountPath.rstrip("/") or events.startswith(m.mountPath.rstrip("/") + "/")
+        for m in sweep.target.volume_mounts
+        if events
+    )
+    if events and not is_remote(events) and not mounted:  # as output_base_not_shared
+        problem = Problem(
+            ("logging", "tensorboard_dir"),
+            "tensorboard_dir_not_shared",
+            ("" if prerequisite is None else f"prerequisite {prerequisite!r}: ")
+            + f"logging.tensorboard_dir {events!r} is a path inside the {sweep.target.kind} target's trainer "
+            "container: the events are lost with the pod",
+            "use a bucket (gs://my-bucket/tensorboard) or a path on a volume target.volume_mounts mounts",
             severity="warning",
         )
         found.append(_where_set(sweep, source, problem, prerequisite))

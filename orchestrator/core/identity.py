@@ -4,8 +4,8 @@ A run id is a short hash of what determines a run's result: the canonical resolv
 `output_dir`, which are derived from the id) and the target fields that change the run (TPU type, slices,
 image, the environment the trainer sees). It is not derived from grid indices, so the same point in two sweep
 files gets the same id, and editing any value that matters gives a new one. Namespace, queue, priority, TTL,
-restart policy and the output base are not part of it: they change where and when a run happens, not what
-it computes.
+restart policy, the output base and `logging.tensorboard_dir` are not part of it: they change where and when a
+run happens, not what it computes.
 
 Names are checked against every limit that applies before anything is rendered:
 - the JobSet name is a DNS-1035 label (lower-case alphanumerics and '-', starting with a letter, <= 63);
@@ -94,6 +94,7 @@ LATER_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "student": {"global_layers": None, **dict.fromkeys(CONSTANT_FIELDS)},
     "teacher": {"global_layers": None, **dict.fromkeys(CONSTANT_FIELDS)},
+    "logging": {"tensorboard_dir": None},
 }
 
 
@@ -111,6 +112,7 @@ def _payload(resolved: dict[str, Any], target: Target) -> dict[str, Any]:
     spec = {k: v for k, v in _without_later_defaults(resolved).items() if k not in ("name", "output_dir")}
     # An extra copy of the result in another format, not a different result.
     spec["checkpoint"] = _without_export(spec["checkpoint"])
+    spec["logging"] = _without_event_folder(spec["logging"])
     return {"scheme": IDENTITY_SCHEME, "spec": spec, "run": target_identity(target)}
 
 
@@ -157,11 +159,15 @@ def identify(spec: DistillSpec, target: Target, encodings: Encodings | None = No
     checkpoint = known.text(
         "checkpoint/identity", (spec.checkpoint,), lambda: _without_export(spec.resolved_block("checkpoint"))
     )
+    # Where its TensorBoard events go, not what it computes (as `_payload`).
+    logging = known.text(
+        "logging/identity", (spec.logging,), lambda: _without_event_folder(_block_data(spec, "logging"))
+    )
     payload = _object(
         {
             "run": known.text("target", (target,), lambda: target_identity(target)),
             "scheme": canonical_json(IDENTITY_SCHEME),
-            "spec": _object({**blocks, "checkpoint": checkpoint}),
+            "spec": _object({**blocks, "checkpoint": checkpoint, "logging": logging}),
         }
     )
     run = _id_of(payload)
@@ -185,6 +191,10 @@ def _block_data(spec: DistillSpec, name: str) -> Any:
 
 def _without_export(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in checkpoint.items() if k != "export"}
+
+
+def _without_event_folder(logging: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in logging.items() if k != "tensorboard_dir"}
 
 
 def _object(encoded: dict[str, str]) -> str:
