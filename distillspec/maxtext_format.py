@@ -173,6 +173,15 @@ def _none(value: Any) -> Any:
     return None if value == "None" else value  # MaxText's YAML writes None for null
 
 
+def native_value(key: str, value: Any) -> Any:
+    """A value written under MaxText's flat `key` (a file's, or a sweep axis's) as the native field holds it:
+    MaxText's `None` is null, and a clipping threshold of 0 or less is clipping off."""
+    value = _none(value)
+    if key == CLIPPING and isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+        return None  # MaxText clips only above 0: 0 is clipping off
+    return value
+
+
 def _set(data: dict, loc: Loc, value: Any) -> None:
     for key in loc[:-1]:
         data = data.setdefault(key, {})
@@ -184,9 +193,7 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
     shared_model: dict[str, tuple[Any, Loc]] = {}
     remat = None  # the student's alone: the frozen teacher has no backward pass to rematerialise
     for key, value in flat.items():
-        value = _none(value)
-        if key == CLIPPING and isinstance(value, (int, float)) and value <= 0:
-            value = None  # MaxText clips only above 0: 0 is clipping off
+        value = native_value(key, value)
         if key in TOP_LEVEL:
             _set(out.data, TOP_LEVEL[key], value)
             out.file_locs[TOP_LEVEL[key]] = (key,)

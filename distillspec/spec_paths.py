@@ -55,6 +55,8 @@ def maxtext_paths() -> dict[str, Loc]:
     for block, side in maxtext_format.OVERRIDE_BLOCKS.items():
         for key, field in maxtext_format.MODEL_KEYS.items():
             out[f"{block}.{key}"] = (side, field)
+        for alias, key in maxtext_format.MODEL_KEY_ALIASES.items():  # the guide's `num_decoder_layers`
+            out[f"{block}.{alias}"] = (side, maxtext_format.MODEL_KEYS[key])
     return out
 
 
@@ -89,6 +91,16 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
             return None
         model = model_in(model.model_fields[part].annotation)
     return model
+
+
+def assign(data: dict[str, Any], text: str, value: Any) -> Loc:
+    """Set the field `text` names (`resolve`) in native spec data, as `set_value`; a value under a MaxText name
+    means what it means in a MaxText file (`None` is null: `distill_alpha_end: [None, 0.5]`). Its native loc."""
+    native = resolve(text)
+    if text not in native_paths():
+        value = maxtext_format.native_value(text.rsplit(".", 1)[-1], value)
+    set_value(data, native, value)
+    return native
 
 
 def set_value(data: dict[str, Any], loc: Loc, value: Any) -> None:

@@ -211,6 +211,33 @@ def test_a_maxtext_base_spec_works_with_flat_axis_names(tmp_path):
     assert all(p.spec.teacher.weight_dtype == "bfloat16" for p in result.points)
 
 
+def test_flat_axis_values_mean_what_they_mean_in_a_maxtext_file(tmp_path):
+    """The guide's spellings work as axes as they do in its YAML: `None` is "no end" (the value stays fixed), a
+    clipping threshold of 0 is clipping off, and `num_decoder_layers` is `base_num_decoder_layers` (each was an error
+    in a sweep file and not in a spec file). A native path keeps YAML's own null: `None` there is a word."""
+    from sweep_support import SWEEPS
+
+    data = sweep_data(
+        spec=str(SWEEPS / "maxtext-distillation.yml"),
+        axes={"distill_alpha_end": ["None", 0.5], "gradient_clipping_threshold": [0, 1.0]},
+        overrides={"student_overrides.num_decoder_layers": 36},
+    )
+    result = expanded(tmp_path, data)
+    assert result.ok, [str(p) for p in result.problems if p.is_error]
+    assert {(p.spec.loss.alpha.end, p.spec.optimizer.grad_clip_norm) for p in result.points} == {
+        (None, None),
+        (None, 1.0),
+        (0.5, None),
+        (0.5, 1.0),
+    }
+    assert all(p.spec.student.num_layers == 36 for p in result.points)
+    native = expanded(
+        tmp_path, sweep_data(spec=str(SWEEPS / "maxtext-distillation.yml"), axes={"loss.alpha.end": ["None"]})
+    )
+    (problem,) = [p for p in native.problems if p.is_error]
+    assert problem.code == "wrong_type" and "write null" in problem.hint
+
+
 def test_the_same_point_in_two_example_sweeps_has_one_id():
     from sweep_support import SWEEPS
 

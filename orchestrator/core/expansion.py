@@ -575,15 +575,13 @@ def _build(
     if common is None:
         data = base.copy_data()
         for text, value in overrides.items():
-            native = spec_paths.resolve(text)
-            spec_paths.set_value(data, native, copy_plain(value))
+            native = spec_paths.assign(data, text, copy_plain(value))
             origins.append((native, override_loc + (text,)))
     else:
         data = dict(common.data)  # set_value copies what it changes: untouched blocks stay shared
         origins += common.origins
     for file_loc, text, value in assignments:
-        native = spec_paths.resolve(text)
-        spec_paths.set_value(data, native, copy_plain(value))
+        native = spec_paths.assign(data, text, copy_plain(value))
         origins.append((native, file_loc))
     mentioned = _referenced(data) if templated else set()
     depends_on = {name: outputs[name].run_id for name in sorted(mentioned) if name in outputs}
@@ -618,10 +616,9 @@ def _common(sweep: Sweep, base: SpecSource, templated: bool) -> _Common | None:
     origins = []
     for text, value in sweep.overrides.items():
         try:
-            native = spec_paths.resolve(text)
+            native = spec_paths.assign(data, text, copy_plain(value))
         except spec_paths.UnknownPath:
             return None
-        spec_paths.set_value(data, native, copy_plain(value))
         origins.append((native, ("overrides", text)))
     spec, found = validate_data(data)
     if spec is None or found:
@@ -698,7 +695,7 @@ def _replaced_blocks(sweep: Sweep, base: SpecSource, prerequisites: Mapping[str,
         for i, (text, value) in enumerate(written):  # in order, as they are applied
             check((*at, text), text, value, within, tuple(t for t, _ in written[i + 1 :]))
             try:
-                spec_paths.set_value(within, spec_paths.resolve(text), copy_plain(value))
+                spec_paths.assign(within, text, copy_plain(value))
             except spec_paths.UnknownPath:
                 continue
 
