@@ -231,3 +231,13 @@ def test_xpk_missing_from_path_is_a_clear_error(tmp_path, monkeypatch):
     result = runner.invoke(app, ["sweep", str(path), "--kubeconfig", str(kubeconfig)])
     assert result.exit_code == ExitCode.CLUSTER_NOT_READY
     assert "`xpk` is not on PATH" in result.stderr and "pip install xpk" in result.stderr
+
+
+def test_no_kubeconfig_and_no_xpk_are_said_together(tmp_path, monkeypatch):
+    """Each was said only once the other was fixed: two round trips on a fresh machine."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    path = write_sweep(tmp_path, "noxpk")
+    result = runner.invoke(app, ["sweep", str(path), "--kubeconfig", str(tmp_path / "absent")])
+    assert result.exit_code == ExitCode.CLUSTER_UNREACHABLE, result.output
+    said = " ".join(result.stderr.split())
+    assert "no kubeconfig at" in said and "`xpk` is not on PATH" in said and "pip install xpk" in said, said

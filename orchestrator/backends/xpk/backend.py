@@ -17,6 +17,7 @@ from distillspec.contract import ENV_RUN_ID, LABEL_RUN_ID, LABEL_SWEEP
 from distillspec.problems import has_errors
 from orchestrator.backends import DryRun, Submitted, note_partial_submit
 from orchestrator.backends.kubernetes.backend import KubernetesBackend
+from orchestrator.backends.kubernetes.client import ClusterError
 from orchestrator.backends.xpk import command as xpk_command
 from orchestrator.core.expansion import Expansion, Point
 from orchestrator.core.identity import RUN_ID_LENGTH
@@ -29,10 +30,23 @@ XPK_WORKLOAD_LABEL = "xpk.google.com/workload"  # on XPK's JobSets and their pod
 OUR_WORKLOAD = re.compile(rf"^(?P<sweep>[a-z][a-z0-9-]*)-(?P<run_id>[a-z2-7]{{{RUN_ID_LENGTH}}})$")
 
 
+INSTALL_XPK = "install XPK (pip install xpk, with gcloud and kubectl)"
+
+
 class XpkBackend(KubernetesBackend):
     def __init__(self, *args, xpk: str = "xpk", **kwargs):
-        super().__init__(*args, **kwargs)
         self.xpk = xpk
+        try:
+            super().__init__(*args, **kwargs)
+        except ClusterError as e:
+            if shutil.which(xpk) is not None:
+                raise
+            # Both at once: a machine without a kubeconfig is often one without XPK too, and each was said only
+            # after the other was fixed.
+            raise ClusterError(
+                f"{e.message}; and `{xpk}` is not on PATH (`distillctl sweep` creates an xpk target's runs with it)",
+                f"{e.hint}; {INSTALL_XPK}",
+            ) from None
 
     def preflight(self, expansion: Expansion) -> None:
         found = xpk_command.sweep_problems(expansion)
@@ -41,8 +55,7 @@ class XpkBackend(KubernetesBackend):
         if shutil.which(self.xpk) is None:
             raise DistillctlError(
                 f"the sweep's target is xpk, but `{self.xpk}` is not on PATH",
-                "install XPK (pip install xpk, with gcloud and kubectl) or set target.kind: kubernetes to create the "
-                "JobSets directly",
+                f"{INSTALL_XPK} or set target.kind: kubernetes to create the JobSets directly",
                 exit_code=ExitCode.CLUSTER_NOT_READY,
             )
         super().preflight(expansion)
