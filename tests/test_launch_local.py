@@ -247,6 +247,20 @@ def test_cancel_stops_one_run_and_it_resumes_later(tmp_path):
     # The other sweep was not touched.
     assert any(r["phase"] in ("Running", "Queued") for r in status(other).values())
     distillctl("cancel", str(other), "--yes", check=True)
+    # An edit that gives the stopped teacher's point a new id (more steps) starts it again from step 0: said once,
+    # naming the stopped run and its checkpoint (nothing said it; the queued points had none and are not named).
+    step = json.loads((Path(teacher["output_path"]) / "summary.json").read_text())["step"]
+    sweep.write_text(sweep.read_text().replace("100000", "100001"))
+    edited = distillctl("sweep", str(sweep), check=True)
+    said = " ".join(edited.stderr.split())
+    assert "warning[stopped_runs_superseded]" in said, said
+    assert (
+        "1 run(s) of sweep cancel-me that `cancel` stopped" in said
+        and f"{teacher['run_id']} (checkpoint at step {step})" in said
+    ), said
+    assert "put the file back as it was" in said
+    assert "stopped_runs_superseded" not in distillctl("sweep", str(sweep), check=True).stderr  # once
+    distillctl("cancel", str(sweep), "--yes", check=True)
 
 
 def test_failed_point_is_left_alone_until_retry(tmp_path):

@@ -231,6 +231,7 @@ def sweep(
         for problem in report.state.warnings:
             console.warn_once(problem)
         _warn_orphans(expansion, backend, ctx.path)  # an edited file: the runs of the points it dropped go on
+        _warn_stopped_runs(expansion, backend, ctx.path, dry_run=dry_run is not None)
         if output is OutputFormat.json:
             console.print_json(views.launch_json(report, mode))
         else:
@@ -778,6 +779,30 @@ def _warn_orphans(expansion, backend, path=None) -> None:
         )
     if orphans:
         console.warn_once(_orphans_problem(expansion, [(o.name, o.state) for o in orphans], path))
+
+
+def _warn_stopped_runs(expansion, backend, path=None, *, dry_run: bool = False) -> None:
+    """On stderr, once: runs of this sweep that `cancel` stopped with a checkpoint, for points the file no longer
+    has (an edit gave each point a new id, which starts from step 0)."""
+    from distillspec.problems import Problem
+    from orchestrator.cli import console
+
+    stopped = backend.stopped_runs(expansion, said=not dry_run) if hasattr(backend, "stopped_runs") else []
+    if not stopped:
+        return
+    listed = ", ".join(f"{run} (checkpoint at step {step})" for run, step in stopped[:10])
+    console.warn_once(
+        Problem(
+            (),
+            "stopped_runs_superseded",
+            f"{len(stopped)} run(s) of sweep {expansion.sweep.name} that `cancel` stopped are for points this file no "
+            f"longer has: {listed}{' ...' if len(stopped) > 10 else ''}; the edit gave those points new ids, which "
+            "start from step 0",
+            f"to resume one instead, put the file back as it was and run `distillctl sweep {path or 'FILE'}`; the "
+            f"stopped runs' outputs stay under {expansion.sweep.target.output_base}",
+            severity="warning",
+        )
+    )
 
 
 def _orphans_problem(expansion, orphans: list[tuple[str, str]], path=None):

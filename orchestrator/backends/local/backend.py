@@ -197,7 +197,7 @@ class LocalBackend:
                 continue  # not running, or started by another sweep that shares this point
             held.append((run.output_path, claim))
             stopped.append(run.jobset_name)
-        _stop(held)
+        _stop(held, mark=True)
         return stopped
 
     def orphans(self, expansion: Expansion) -> list[Orphan]:
@@ -226,6 +226,28 @@ class LocalBackend:
                 if mine and claim.state == "exited":
                     ended += 1
         return ended
+
+    def stopped_runs(self, expansion: Expansion, *, said: bool = True) -> list[tuple[str, int]]:
+        """`(run id, step)` of this sweep's runs that `cancel` stopped with a checkpoint, for points the file no
+        longer has and not said before: an edit that changed the point's id (more `steps`, another learning rate)
+        started it again from step 0, and nothing named the stopped run or its checkpoint. Each is said once
+        (`said`: record that it was)."""
+        every = {run.run_id for run in expansion.runs}
+        found = []
+        with contextlib.suppress(OSError):
+            for folder in sorted(Path(self.target.output_base).iterdir()):
+                record = local_claims.read_cancelled(str(folder))
+                if record is None or record["sweep"] != expansion.sweep.name or record.get("said"):
+                    continue
+                if folder.name in every or local_claims.read_claim(str(folder)) is not None:
+                    continue  # still the file's, or run again since
+                steps = [int(p.name) for p in (folder / "checkpoints").glob("*") if p.name.isdigit()]
+                if steps:
+                    found.append((folder.name, max(steps)))
+                if said:
+                    with contextlib.suppress(OSError):
+                        local_claims.note_said(str(folder), record)
+        return found
 
     def leftovers(self, expansion: Expansion) -> tuple[list[Orphan], dict[str, int]]:
         """The orphans; a local run has no image of its own."""
@@ -377,13 +399,16 @@ def observe_claim(
     return Observation(exists=True, conditions=(condition,), restarts=claim.restarts, created_at=claim.created_at)
 
 
-def _stop(held: Sequence[tuple[str, local_claims.Claim]]) -> None:
+def _stop(held: Sequence[tuple[str, local_claims.Claim]], mark: bool = False) -> None:
     """Stop the runs whose claims these are (by run folder): each claim is removed first, so the supervisor neither
-    restarts nor records the run, nor starts a queued one; then the running trainers are stopped together."""
+    restarts nor records the run, nor starts a queued one; then the running trainers are stopped together. `mark`:
+    leave the record that the sweep's run was cancelled (`stopped_runs`)."""
     running = []
     for output_path, claim in held:
         try:
             local_claims.release(output_path)
+            if mark and claim.state == "running":
+                local_claims.mark_cancelled(output_path, claim)
         except OSError:
             pass  # an unwritable run folder: its claim stays, and goes stale with its processes
         if claim.state == "running" and local_claims.alive(claim.pid, claim.pid_start):

@@ -22,6 +22,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 CLAIM_FILE = "local-run.json"
+# Left by `cancel` in a run it stopped (the claim goes: nothing restarts the run), so a later edit that gives the
+# run's point a new id can say that the stopped run, and its checkpoint, are no longer the file's. Removed when the
+# run is claimed again.
+CANCELLED_FILE = "local-cancelled.json"
 LOCK_FILE = ".local-run.lock"
 LOG_FILE = "trainer.log"
 State = Literal["queued", "running", "exited"]
@@ -109,7 +113,32 @@ def try_claim(output_path: str, run_id: str, sweep: str, submission: str = "") -
         pid = os.getpid()
         claim = Claim(run_id, sweep, secrets.token_hex(8), pid, process_start_time(pid), submission=submission)
         _replace(output_path, claim)
+        with contextlib.suppress(OSError):
+            (Path(output_path) / CANCELLED_FILE).unlink()
         return claim
+
+
+def mark_cancelled(output_path: str, claim: Claim) -> None:
+    """Record that `cancel` stopped the run `claim` held (its sweep and id). Raises OSError."""
+    payload = {"run_id": claim.run_id, "sweep": claim.sweep, "at": time.time(), "said": False}
+    tmp = Path(output_path) / f".{CANCELLED_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, Path(output_path) / CANCELLED_FILE)
+
+
+def read_cancelled(output_path: str) -> dict[str, Any] | None:
+    try:
+        found = json.loads((Path(output_path) / CANCELLED_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) and isinstance(found.get("sweep"), str) else None
+
+
+def note_said(output_path: str, record: dict[str, Any]) -> None:
+    """Mark the cancelled record as said (the warning about it is given once). Raises OSError."""
+    tmp = Path(output_path) / f".{CANCELLED_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps({**record, "said": True}))
+    os.replace(tmp, Path(output_path) / CANCELLED_FILE)
 
 
 def release(output_path: str, token: str | None = None) -> bool:
