@@ -137,3 +137,44 @@ def test_a_pruned_students_layers_are_compared_with_the_teacher_layers_they_bega
     same_index = float(np.sum(token_cosine_distance(student_features[1:2], teacher_features[1:2])))
     assert count == 4 * 16 and abs(began_as - same_index) > 1e-3  # the test tells the two apart
     np.testing.assert_allclose(feature_sum, 0.5 * began_as, rtol=1e-4)  # the guide's metric is β-scaled
+
+
+def test_the_eval_step_takes_the_fused_loss_with_the_training_step():
+    """Eval held both models' dense float32 logits even where the training step took the fused loss (4× its
+    temporaries at vocab 48000): it now takes the fused loss too, with the dense step's values, and compiles to
+    less temporary memory than one model's logits of the batch."""
+    from trainer.models import ModelConfig, abstract_model, host_init
+    from trainer.setup import build
+
+    wide = distill_spec(feature_loss=False)  # a vocabulary large enough that the logits dominate
+    spec = wide.model_copy(
+        update={side: getattr(wide, side).model_copy(update={"vocab_size": 8192}) for side in ("student", "teacher")}
+    )
+    teacher = host_init(abstract_model(ModelConfig.from_spec(spec.teacher))[1], 1)
+    built = build(spec, teacher_params=teacher)
+    student_graph = abstract_model(ModelConfig.from_spec(spec.student))[0]
+    teacher_graph = abstract_model(ModelConfig.from_spec(spec.teacher))[0]
+    dense = step_lib.StepModels(student_graph, teacher_graph, False)
+    fused = step_lib.StepModels(
+        student_graph, teacher_graph, False, forward_hidden, step_lib.HiddenLoss(block_tokens=128, block_vocab=1024)
+    )
+    rng = np.random.default_rng(1)
+    vocab = spec.student.shape().vocab_size
+    rows, length = 64, 16
+    tokens = rng.integers(0, vocab, size=(rows, length + 1))
+    mask = np.ones((rows, length), np.float32)
+    mask[3, 9:] = 0
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": mask}
+    out, temporaries = {}, {}
+    for name, models in (("dense", dense), ("fused", fused)):
+        step = jax.jit(step_lib.make_eval_step(spec, models))
+        out[name] = jax.device_get(step(built.state.params, built.teacher_params, batch))
+        temporaries[name] = step.lower(built.state.params, built.teacher_params, batch).compile().memory_analysis()
+    assert set(out["fused"]) == set(out["dense"]) and "eval/kl_div_T1" in out["fused"]
+    for name, pair in out["dense"].items():
+        np.testing.assert_allclose(out["fused"][name], pair, rtol=1e-5, err_msg=name)
+    logits_bytes = rows * length * vocab * 4
+    assert temporaries["fused"].temp_size_in_bytes < logits_bytes <= temporaries["dense"].temp_size_in_bytes, (
+        temporaries["fused"].temp_size_in_bytes,
+        logits_bytes,
+    )

@@ -189,9 +189,7 @@ def build(spec: DistillSpec, *, devices: list | None = None, teacher_params: Any
     eval_sharding = NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"), None))
     eval_fn = None
     if spec.eval is not None:
-        eval_fn = jax.jit(
-            make_eval_step(spec, dataclasses.replace(models, forward_hidden=None)), out_shardings=replicated
-        )
+        eval_fn = jax.jit(make_eval_step(spec, models), out_shardings=replicated)
     zero_window = jax.jit(lambda: empty_window(spec), out_shardings=replicated)
     vocab = spec.student_block().shape().vocab_size
     return Built(

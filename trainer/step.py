@@ -351,22 +351,45 @@ def make_train_step(spec: DistillSpec, models: StepModels, optimizer: optax.Grad
 
 
 def make_eval_step(spec: DistillSpec, models: StepModels) -> Callable:
-    """`eval_step(params, teacher_params, batch) -> {metric: [sum, count]}` of one held-out batch `[R, T]` (dense
-    logits at T = 1; pretrain and offline runs, which hold no teacher: the student's loss only). Sums add over
-    batches; a value is Σsum / Σcount (perplexity: exp of it)."""
+    """`eval_step(params, teacher_params, batch) -> {metric: [sum, count]}` of one held-out batch `[R, T]` (at
+    T = 1; pretrain and offline runs, which hold no teacher: the student's loss only). Sums add over batches; a
+    value is Σsum / Σcount (perplexity: exp of it). Where the training step takes the fused loss
+    (`models.forward_hidden`), so does this one: an eval batch has a training micro-batch's rows, and its dense
+    logits of both models were the largest arrays of the run (4× the training step's temporaries)."""
     distill = spec.mode == "distill" and not spec.offline_data_dir
+    fused = distill and models.forward_hidden is not None
 
     def logits_of(graphdef, params, batch):
         return forward(nnx.merge(graphdef, params), batch["inputs"], batch.get("segment_ids"))[0]
 
+    def hidden_of(graphdef, params, batch):
+        hidden, head, _ = models.forward_hidden(nnx.merge(graphdef, params), batch["inputs"], batch.get("segment_ids"))
+        return hidden, head
+
+    def distillation_sums(params, teacher_params, batch):
+        if fused:
+            return hidden_distillation_sums(
+                *hidden_of(models.student, params, batch),
+                *hidden_of(models.teacher, teacher_params, batch),
+                batch["targets"],
+                batch["mask"],
+                temperature=1.0,
+                settings=models.hidden_loss,
+            )
+        return losses.distillation_sums(
+            logits_of(models.student, params, batch),
+            logits_of(models.teacher, teacher_params, batch),
+            batch["targets"],
+            batch["mask"],
+            temperature=1.0,
+        )
+
     def eval_step(params, teacher_params, batch):
-        logits = logits_of(models.student, params, batch)
         if not distill:
+            logits = logits_of(models.student, params, batch)
             ce = losses.pretrain_sums(logits, batch["targets"], batch["mask"])["ce"]
             return {"eval/hard_loss": jnp.stack(ce), "eval/student_perplexity": jnp.stack(ce)}
-        sums = losses.distillation_sums(
-            logits, logits_of(models.teacher, teacher_params, batch), batch["targets"], batch["mask"], temperature=1.0
-        )
+        sums = distillation_sums(params, teacher_params, batch)
         pairs = {
             "eval/kl_div_T1": sums["kl_T1"],
             "eval/hard_loss": sums["ce"],
