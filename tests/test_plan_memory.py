@@ -26,40 +26,97 @@ pytest.importorskip("jax")
 pytestmark = pytest.mark.slow
 
 TOLERANCE = 0.25
-# name -> (mesh, student overrides, teacher overrides, per_device_batch_size, max_target_length, vocab)
+DEEP = {"emb_dim": 128, "mlp_dim": 512}  # wider than the tiny models, and deep enough that the layer scan is rolled
+# name -> the run's settings: mesh, student and teacher overrides (student tiny-2l, teacher tiny-4l), rows per
+# device, length, vocabulary, and optionally mode, loss and batch settings.
 CONFIGS = {
     # all data-parallel, float32, full remat, dense loss
-    "dp8_f32_full": ({"data": 8, "fsdp": 1}, {}, {}, 2, 48, 4096),
+    "dp8_f32_full": {"mesh": {"data": 8, "fsdp": 1}, "batch": 2, "length": 48, "vocab": 4096},
     # the default mesh (FSDP over all 8), bfloat16 compute and teacher weights, dots remat
-    "fsdp8_bf16_dots": (
-        {},
-        {"dtype": "bfloat16", "remat": "dots", "emb_dim": 128, "mlp_dim": 512},
-        {"dtype": "bfloat16", "weight_dtype": "bfloat16", "emb_dim": 128, "mlp_dim": 512},
-        2,
-        48,
-        4096,
-    ),
+    "fsdp8_bf16_dots": {
+        "student": {"dtype": "bfloat16", "remat": "dots", "emb_dim": 128, "mlp_dim": 512},
+        "teacher": {"dtype": "bfloat16", "weight_dtype": "bfloat16", "emb_dim": 128, "mlp_dim": 512},
+        "batch": 2,
+        "length": 48,
+        "vocab": 4096,
+    },
     # data × fsdp × tensor, no remat
-    "dp2_fsdp2_tp2_none": ({"data": 2, "fsdp": 2, "tensor": 2}, {"remat": "none"}, {}, 2, 48, 4096),
+    "dp2_fsdp2_tp2_none": {
+        "mesh": {"data": 2, "fsdp": 2, "tensor": 2},
+        "student": {"remat": "none"},
+        "batch": 2,
+        "length": 48,
+        "vocab": 4096,
+    },
     # FSDP with logits over the dense budget: the fused loss
-    "fsdp8_fused": ({}, {}, {}, 32, 96, 48000),
+    "fsdp8_fused": {"batch": 32, "length": 96, "vocab": 48000},
+    # deep stacks (8 and 12 layers: the rolled scan of real models), long rows, FSDP and remat full or dots
+    "fsdp8_deep_long": {
+        "student": {"num_layers": 8, **DEEP},
+        "teacher": {"num_layers": 12, **DEEP},
+        "batch": 2,
+        "length": 512,
+        "vocab": 8192,
+    },
+    "dp8_deep_dots": {
+        "mesh": {"data": 8, "fsdp": 1},
+        "student": {"num_layers": 8, "remat": "dots"},
+        "teacher": {"num_layers": 8},
+        "batch": 4,
+        "length": 256,
+        "vocab": 4096,
+    },
+    # gradient accumulation on the default mesh (the estimate was low here), tensor parallelism in bfloat16
+    "fsdp8_accum4": {"batch": 2, "length": 48, "vocab": 4096, "settings": {"gradient_accumulation_steps": 4}},
+    "fsdp4_tp2_bf16_deep": {
+        "mesh": {"data": 1, "fsdp": 4, "tensor": 2},
+        "student": {"num_layers": 6, "dtype": "bfloat16", **DEEP},
+        "teacher": {"num_layers": 8, "dtype": "bfloat16", "weight_dtype": "bfloat16", **DEEP},
+        "batch": 2,
+        "length": 256,
+        "vocab": 8192,
+    },
+    # a tensor axis that divides the query heads but not the kv heads (only those weights stay whole)
+    "fsdp2_tp4_dots": {
+        "mesh": {"data": 1, "fsdp": 2, "tensor": 4},
+        "student": {"remat": "dots"},
+        "batch": 2,
+        "length": 64,
+        "vocab": 4096,
+    },
+    # the feature loss, and pre-training (one model)
+    "dp8_features": {
+        "mesh": {"data": 8, "fsdp": 1},
+        "batch": 4,
+        "length": 256,
+        "vocab": 4096,
+        "loss": {"beta": 0.5, "layer_indices": [0, -1]},
+    },
+    "dp8_pretrain": {"mode": "pretrain", "mesh": {"data": 8, "fsdp": 1}, "batch": 4, "length": 256, "vocab": 4096},
 }
 
 
 def spec_for(name: str):
     from distillspec.specfile import validate_data
 
-    mesh, student, teacher, batch, length, vocab = CONFIGS[name]
+    c = CONFIGS[name]
     data = {
         "name": name.replace("_", "-"),
-        "student": {"model": "tiny-2l", "vocab_size": vocab, **student},
-        "teacher": {"model": "tiny-4l", "vocab_size": vocab, "load_parameters_path": "unused", **teacher},
-        "loss": {"alpha": 0.5, "temperature": 2.0},
-        "batch": {"per_device_batch_size": batch, "max_target_length": length},
+        "student": {"model": "tiny-2l", "vocab_size": c["vocab"], **c.get("student", {})},
+        "teacher": {
+            "model": "tiny-4l",
+            "vocab_size": c["vocab"],
+            "load_parameters_path": "unused",
+            **c.get("teacher", {}),
+        },
+        "loss": {"alpha": 0.5, "temperature": 2.0, **c.get("loss", {})},
+        "batch": {"per_device_batch_size": c["batch"], "max_target_length": c["length"], **c.get("settings", {})},
         "steps": 4,
-        "mesh": mesh,
+        "mesh": c.get("mesh", {}),
         "output_dir": tempfile.mkdtemp(),
     }
+    if c.get("mode") == "pretrain":
+        data |= {"mode": "pretrain", "teacher": None, "loss": {}}
     spec, problems = validate_data(data)
     assert spec is not None, [p.message for p in problems]
     return spec
@@ -79,7 +136,7 @@ def probe(name: str) -> dict:
     from trainer.setup import build
 
     spec = spec_for(name)
-    teacher = host_init(abstract_model(ModelConfig.from_spec(spec.teacher))[1], 1)
+    teacher = host_init(abstract_model(ModelConfig.from_spec(spec.teacher))[1], 1) if spec.teacher else None
     built = build(spec, teacher_params=teacher)
     shape = (spec.batch.gradient_accumulation_steps, built.rows, spec.batch.max_target_length)
     rows = NamedSharding(built.mesh, P(None, ("data", "fsdp"), None))
@@ -139,13 +196,20 @@ def test_the_configurations_cover_both_losses_and_every_axis(measured):
         assert any(m["mesh"][axis] > 1 for m in measured.values()), axis
 
 
-def weight_like(shape: list[int], weights: list[list[int]], tensor: int) -> bool:
+def weight_like(shape: list[int], weights: list[list[int]], tensor: int, fsdp: int = 1) -> bool:
     """Whether an all-gathered shape is a weight's: a parameter's shape, or one layer of a stacked parameter, or
     either flattened to a matrix (`layers.dense` multiplies `[D, H, K]` as `[D, H·K]`), with any one dimension
-    split over the tensor axis, in any order of its dimensions (a transposed head)."""
+    split over the tensor axis, the fsdp axis or both (a weight's FSDP shard gathered along its kv heads, which
+    the tensor axis does not divide), in any order of its dimensions (a transposed head)."""
     whole = {tuple(w) for w in weights} | {tuple(w[1:]) for w in weights if len(w) > 1}
     whole |= {(math.prod(w[:i]), math.prod(w[i:])) for w in whole for i in range(1, len(w))}
-    split = {w[:i] + (w[i] // tensor,) + w[i + 1 :] for w in whole for i in range(len(w)) if w[i] % tensor == 0}
+    split = {
+        w[:i] + (w[i] // by,) + w[i + 1 :]
+        for w in whole
+        for by in {tensor, fsdp, tensor * fsdp}
+        for i in range(len(w))
+        if w[i] % by == 0
+    }
     return any(p in whole | split for p in set(itertools.permutations(shape)))
 
 
@@ -157,7 +221,7 @@ def test_the_step_gathers_no_logits_or_tokens_across_the_batch(measured, name):
     gathered_rows = {k * rows for k in range(2, batch_devices + 1)} | {k * rows * length for k in range(2, 9)}
     vocab = {m["vocab"], m["vocab"] // m["mesh"]["tensor"]}
     for shape in m["gathers"]:
-        if weight_like(shape, m["weights"], m["mesh"]["tensor"]):
+        if weight_like(shape, m["weights"], m["mesh"]["tensor"], m["mesh"]["fsdp"]):
             continue  # FSDP's gather of a weight
         assert not set(shape) & vocab, f"{name}: an all-gather of logits {shape}"
         assert not set(shape) & gathered_rows, f"{name}: a per-token all-gather across the batch {shape}"

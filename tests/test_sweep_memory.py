@@ -18,6 +18,12 @@ LLAMA = {
     "batch": {"per_device_batch_size": 1, "max_target_length": 1024},
 }
 P = 8_030_261_248  # Llama 3.1 8B parameters (untied embeddings)
+NORMS = 65 * 4096  # two per layer and the final one: never split
+
+
+def share(chips: int) -> int:
+    """Llama 3.1 8B's parameters on one of `chips` FSDP chips: everything but the norms is split."""
+    return int((P - NORMS) / chips + NORMS)
 
 
 def spec(**changes) -> DistillSpec:
@@ -38,7 +44,7 @@ def test_all_data_parallel_mesh_replicates_parameters_on_every_chip():
 @pytest.mark.parametrize("mesh", [{"data": 1, "fsdp": -1}, {}], ids=["explicit", "default"])
 def test_fsdp_shards_parameters_over_all_chips(mesh):
     m = memory.estimate(spec(mesh=mesh), chips=128, hbm_bytes_per_chip=95 * 10**9)
-    assert m.param_shards == 128 and m.student_params == 4 * P // 128 and m.fit == "fits"
+    assert m.param_shards == 128 and m.student_params == 4 * share(128) and m.fit == "fits"
 
 
 def test_several_slices_with_the_default_mesh_shard_within_a_slice_as_the_trainer_does():
@@ -46,7 +52,7 @@ def test_several_slices_with_the_default_mesh_shard_within_a_slice_as_the_traine
     # within each slice, so each chip holds twice that (70B <- 405B on v5p-128 x 2 read "ok" where it is tight).
     two = memory.estimate(spec(), chips=256, hbm_bytes_per_chip=95 * 10**9, slices=2)
     explicit = memory.estimate(spec(mesh={"data": 2, "fsdp": -1}), chips=256, hbm_bytes_per_chip=95 * 10**9)
-    assert two.param_shards == 128 and two.student_params == 4 * P // 128 and two == explicit
+    assert two.param_shards == 128 and two.student_params == 4 * share(128) and two == explicit
     assert memory.mesh_sizes(spec().mesh, 256, slices=2) == {"data": 2, "fsdp": 128, "tensor": 1}
 
 
@@ -58,15 +64,29 @@ def test_activations_follow_the_formula():
     s = spec(mesh={"data": 1, "fsdp": -1})
     n = 1024
     m = memory.estimate(s, chips=8, hbm_bytes_per_chip=None)
-    # full remat keeps each layer's input; one layer of each model is being computed
-    assert m.activations == 32 * n * 4096 * 4 + 2 * working_set(n, 1, 1024)
-    assert not m.fused_loss and m.loss == 3 * n * 128_256 * 4  # dense: 3 float32 logit-sized arrays
-    # FSDP gathers each model's embedding, head and one layer (the student's also their float32 gradient)
-    layer = (P - 2 * 128_256 * 4096 - 4096) // 32
-    assert m.gathered_weights == int((2 * 128_256 * 4096 + layer) * 4 * 3)
+    # full remat keeps each layer's input; one layer of one model is being computed at a time, with its weights
+    # gathered (the student's as float32 master weights with a float32 gradient; the teacher's float32 compute)
+    assert m.activations == 32 * n * 4096 * 4
+    layer = (P - 2 * 128_256 * 4096 - NORMS) // 32 + 2 * 4096
+    assert m.working_set == working_set(n, 1, 1024) + layer * 4 * 2
+    assert not m.fused_loss and m.loss == 2 * n * 128_256 * 4  # dense: 2 float32 logit-sized arrays
+    # FSDP gathers each model's embedding and head for the step (the student's with their float32 gradient)
+    assert m.gathered_weights == 2 * 128_256 * 4096 * (4 * 2 + 4)
+    assert m.total == (
+        m.student_params + m.gradients + m.optimizer_state + m.teacher_params + m.activations + m.gathered_weights
+    ) + max(m.loss, m.working_set)
     # The tensor axis splits the vocabulary (128256 = 8 × 16032): a chip gathers its share of the tables
     split = memory.estimate(spec(mesh={"data": 1, "fsdp": -1, "tensor": 8}), chips=64, hbm_bytes_per_chip=None)
-    assert split.gathered_weights == int((2 * 128_256 // 8 * 4096 + layer / 8) * 4 * 3)
+    assert split.gathered_weights == 2 * 128_256 // 8 * 4096 * (4 * 2 + 4)
+
+
+def test_a_tensor_axis_leaves_whole_only_the_weights_it_does_not_divide():
+    """8 kv heads on tensor 16: the k and v projections stay whole on that axis, the rest is split (the estimate
+    counted the whole model whole)."""
+    m = memory.estimate(spec(mesh={"data": 1, "fsdp": 1, "tensor": 16}), chips=16, hbm_bytes_per_chip=None)
+    kv = 32 * 2 * 4096 * 8 * 128
+    assert m.student_params == 4 * int((P - NORMS - kv) / 16 + NORMS + kv)
+    assert m.replicated and "num_kv_heads 8" in m.replicated[0]
 
 
 def test_long_sequences_select_the_fused_loss_and_its_blocks():
@@ -177,7 +197,7 @@ def test_a_teacher_logits_run_is_costed_as_the_teachers_forward_pass_alone():
     assert ratio == pytest.approx(1 / 4)  # the teacher's forward of the online step's 3 student + 1 teacher forwards
     m = memory.estimate(logits, chips=128, hbm_bytes_per_chip=v5p.hbm_bytes_per_chip, slices=2)
     assert m.student_params == m.gradients == m.optimizer_state == 0
-    assert m.teacher_params == logits.teacher.shape().param_count() * 2 // 64  # bf16, FSDP over a slice's 64
+    assert m.teacher_params == 2 * share(64)  # bf16, FSDP over a slice's 64
     assert m.total < memory.estimate(online, chips=128, hbm_bytes_per_chip=v5p.hbm_bytes_per_chip, slices=2).total
 
 

@@ -1,53 +1,63 @@
 """A per-chip memory estimate for one run, to catch the guide's "Teacher OOMs at startup" before launch.
 
 The formula models what the bundled trainer compiles (`trainer/step.py`, `trainer/setup.py`) and is checked
-against XLA's own memory analysis of the compiled step on simulated CPU meshes (tests/test_plan_memory.py: within
-±25 %). All sizes are bytes per JAX device (a chip; half a TPU7x chip); every term is written down here.
+against XLA's own memory analysis of the compiled step on simulated CPU meshes (tests/test_plan_memory.py: eleven
+configurations — meshes, precisions, remat policies, both losses, gradient accumulation, the feature loss,
+pre-training, 2- to 12-layer stacks — each within ±25 %). All sizes are bytes per JAX device (a chip; half a TPU7x
+chip); every term is written down here.
 
 Mesh: the spec's axes over every chip of the run (slices × chips per slice), the -1 axis filling what the others
 leave; unset `data`/`fsdp` mean what the trainer builds: data-parallel across slices (the data axis takes the
-slice count) and FSDP over each slice's chips, so a second slice does not halve the weights' share. Parameters, gradients and optimizer state are split over
-`fsdp × tensor` and replicated over `data`. A micro-batch has `per_device_batch_size × chips` rows split over
-`data × fsdp`, so each chip sees `R = per_device_batch_size × tensor` rows: `n = R·T` tokens (T =
-max_target_length); the `tensor` axis splits heads, MLP and vocabulary, not tokens.
+slice count) and FSDP over each slice's chips, so a second slice does not halve the weights' share. Each weight is
+split along its embed dimension over `fsdp` and along its heads, MLP or vocabulary dimension over `tensor`, each
+only where the axis divides that dimension (`trainer.sharding`: 8 kv heads on a tensor axis of 16 leave the k and v
+projections whole on it, and nothing else), and replicated over `data`; norms are never split. A micro-batch has
+`per_device_batch_size × chips` rows split over `data × fsdp`, so each chip sees `R = per_device_batch_size ×
+tensor` rows: `n = R·T` tokens (T = max_target_length); the `tensor` axis splits heads, MLP and vocabulary, not
+tokens.
 
 Notation: a = bytes of a model's `dtype` (compute), w = bytes of its `weight_dtype`, D, F, H, K (kv heads), h
-(head dim), V, L (layers) of the model's shape, `/t` = divided by the tensor axis.
+(head dim), V, L (layers) of the model's shape, `/t` = divided by the tensor axis where it divides.
 
-- student parameters: P_s · 4 (float32 master weights whatever `weight_dtype` says)
+    total = student + gradients + optimizer + teacher + activations + gathered tables
+            + max(loss, one layer's working set)
+
+- student parameters: P_s · 4 (float32 master weights whatever `weight_dtype` says; P_s the chip's share)
 - gradients: P_s · 4 (float32; twice with gradient accumulation: the running sum and the micro-batch's)
 - optimizer state: P_s · 8 (AdamW's two float32 moments)
 - teacher parameters: P_t · w_t (frozen: no gradients or moments)
-- gathered weights (fsdp > 1): a matmul needs its whole weight, so each model's embedding and LM head (V/t·D
-  each, one when tied; the lookup reads the whole table of its tensor share) and one layer's weights (/t) are
-  gathered: the
-  teacher's at a_t bytes, the student's as its float32 master weights (XLA gathers before the cast to the
-  compute dtype) with a float32 gradient of that size before it is reduce-scattered
-- student activations kept for the backward pass, per layer (`remat`):
-  full: the layer input n·D·a; dots: also the weight matmuls' outputs n·(D + (2H + 2K)·h/t + 3F/t)·a (q, k, v,
-  attention output and projection, MLP gate, up, down); none: everything, n·(6D + (4H + 2K)·h/t + 5F/t)·a plus
-  the attention's exponentials R·H/t·T²·4 (its softmax's backward needs no more)
-- one layer's working set (the layer being (re)computed, either model): n·(4D + (2H + 2K)·h/t + 3F/t)·a plus
-  `ATTENTION_COPIES` float32 score-sized arrays R·H/t·T²·4 (attention without a fused kernel materialises the
-  scores; on TPU/GPU flash kernels would not, so this over-estimates there)
+- activations kept for the backward pass, per student layer (`remat`): full: the layer input n·D·a; dots: the
+  input and the weight matmuls' outputs n·(3D + (H + 2K)·h/t + 2F/t)·a (q, k, v, the attention's output
+  projection, MLP gate, up and down); none: everything, n·(6D + (4H + 2K)·h/t + 5F/t)·a plus the attention's
+  exponentials R·H/t·T²·4; and with the feature loss (β > 0) both models' out-projection activations at the
+  chosen layers, n_layers·n·(D_s·a_s + D_t·a_t)
+- gathered tables (fsdp > 1): a matmul needs its whole weight, so each model's embedding and LM head (V/t·D
+  each, one when tied) are gathered, and XLA keeps them for the step: the teacher's at a_t bytes, the student's as
+  its float32 master weights (XLA gathers before the cast to the compute dtype) with a float32 gradient of that
+  size before it is reduce-scattered
+- one layer's working set, the larger of the two models' (layers are (re)computed one at a time, a model at a
+  time): n·(4D + (2H + 2K)·h/t + 3F/t)·a plus `ATTENTION_COPIES` float32 score-sized arrays R·H/t·T²·4 (attention
+  without a fused kernel materialises the scores; on TPU/GPU flash kernels would not, so this over-estimates
+  there), and the layer's weights as FSDP gathers them (the student's at 4 + 4 bytes, the teacher's at a_t)
 - loss, dense (one model's logits n·V·4 ≤ 512 MiB, `distillspec.loss_choice`): `DENSE_LOGIT_COPIES` float32
-  logit-sized arrays n·V/t·4 live at once (both models' logits and the gradient w.r.t. the student's, which
-  is written over the student's float32 logits block by block; the row statistics are computed in the same
-  blocks of rows). The dense loss's arrays and the gathered weights are counted as
-  alternatives, the larger of the two: in XLA:CPU's schedule of the step they do not peak together (the test's
-  FSDP and tensor-parallel meshes peak below their sum)
+  logit-sized arrays n·V/t·4 live at once (the teacher's logits and the student's, over which the gradient is
+  written block by block; the row statistics are computed in the same blocks of rows); pre-training (one model):
+  `PRETRAIN_LOGIT_COPIES`
+- loss, fused: `FUSED_BLOCK_COPIES` float32 blocks b_t·b_v·4 (b_t = min(1024, n), b_v = min(8192, V)), and both
+  models' final hidden states in float32 with their gradient, n·(2·D_s + D_t)·4
+- the loss and a layer's working set are alternatives: in XLA's schedule of the step the loss runs between the
+  forward and the backward layers, and each of them is smaller than their sum by what the other holds
 - a `teacher_logits` run (the teacher's top-k logits written for offline distillation): the teacher's parameters,
   its gathered weights and one layer's working set, and `TEACHER_LOGIT_COPIES` logit-sized arrays; no student,
   gradients or optimizer state
-- loss, fused: `FUSED_BLOCK_COPIES` float32 blocks b_t·b_v·4 (b_t = min(1024, n), b_v = min(8192, V)), and both
-  models' final hidden states in float32 with their gradient, n·(2·D_s + D_t)·4
-- feature loss (β > 0): the out-projection activations at the chosen layers, kept for both models
-  (n_layers·n·(D_s·a_s + D_t·a_t))
 
-`ATTENTION_COPIES`, `DENSE_LOGIT_COPIES` and `FUSED_BLOCK_COPIES` count the arrays XLA:CPU keeps live at the
-step's peak (read from its buffer assignment); everything else is exact bookkeeping. The run "does not fit" when
-the total is over the chip's HBM, and is "tight" above 90% (XLA needs scratch space and fragments memory), so
-treat a fit as necessary, not sufficient.
+`ATTENTION_COPIES`, `DENSE_LOGIT_COPIES`, `PRETRAIN_LOGIT_COPIES` and `FUSED_BLOCK_COPIES` count the arrays
+XLA:CPU keeps live at the step's peak (read from its memory analysis over the configurations of the test and two
+dozen more: bench/README.md); everything else is exact bookkeeping. The run "does not fit" when the total is over
+the chip's HBM, and is "tight" above 90% (XLA needs scratch space and fragments memory), so treat a fit as
+necessary, not sufficient. On XLA:CPU a student of at most 4 layers without remat is scanned unrolled
+(`trainer.models.ModelConfig.from_spec`); under `remat` its scan stays rolled, as unrolled the recomputation kept
+nearly everything live.
 """
 
 from __future__ import annotations
@@ -56,7 +66,7 @@ import dataclasses
 from typing import Literal
 
 from distillspec import loss_choice
-from distillspec.config import DistillSpec, MeshSpec, ModelSpec
+from distillspec.config import DistillSpec, MeshSpec
 from distillspec.registry import ModelShape
 
 TIGHT_FRACTION = 0.9
@@ -66,8 +76,8 @@ MASTER_BYTES = 4  # the trained student's float32 master weights
 ADAM_BYTES_PER_PARAM = 8
 # Arrays XLA:CPU keeps live at the step's peak (its buffer assignment of the compiled step, tiny models):
 ATTENTION_COPIES = 3  # scores, exponentials and the gradient of the probabilities, `[R, H, T, T]` float32
-DENSE_LOGIT_COPIES = 3  # `[n, V]` float32: both models' logits and the student's logit gradient
-PRETRAIN_LOGIT_COPIES = 4  # `[n, V]` float32, one model (no teacher): logits, log-probabilities and the gradient
+DENSE_LOGIT_COPIES = 2  # `[n, V]` float32: the teacher's logits, and the student's (its gradient written over them)
+PRETRAIN_LOGIT_COPIES = 3  # `[n, V]` float32, one model (no teacher): logits, log-probabilities and the gradient
 TEACHER_LOGIT_COPIES = 2  # `[n, V]` float32, a teacher_logits run: the logits and top-k's working copy
 FUSED_BLOCK_COPIES = 6  # `[b_t, b_v]` float32: both models' logit blocks, their exponentials, the gradient block
 
@@ -86,10 +96,11 @@ class MemoryEstimate:
     teacher_params: int
     activations: int  # both models' activations (kept and working set), feature-loss activations
     hbm_per_chip: int | None
-    gathered_weights: int = 0  # FSDP's all-gathered embeddings, heads and layer weights
+    gathered_weights: int = 0  # FSDP's all-gathered embeddings and heads (live the whole step)
     loss: int = 0  # the distillation loss's logits (dense) or blocks and hidden states (fused)
     fused_loss: bool = False  # whether the trainer will use the fused loss
     replicated: tuple[str, ...] = ()  # mesh axes that leave a model's weights whole (they do not divide them)
+    working_set: int = 0  # the larger model's one layer being (re)computed, with its gathered weights
 
     @property
     def total(self) -> int:
@@ -99,7 +110,8 @@ class MemoryEstimate:
             + self.optimizer_state
             + self.teacher_params
             + self.activations
-            + (self.gathered_weights + self.loss if self.fused_loss else max(self.gathered_weights, self.loss))
+            + self.gathered_weights
+            + max(self.loss, self.working_set)  # the loss and a layer's (re)computation are not live together
         )
 
     @property
@@ -125,6 +137,7 @@ class MemoryEstimate:
             "activations": self.activations,
             "gathered_weights": self.gathered_weights,
             "loss": self.loss,
+            "working_set": self.working_set,
             "fused_loss": self.fused_loss,
             "total": self.total,
             "hbm_per_chip": self.hbm_per_chip,
@@ -177,9 +190,27 @@ def _shards(side: str, shape: ModelShape, fsdp: int, tensor: int) -> tuple[int, 
     return fsdp, tensor, notes
 
 
-def _layer_params(shape: ModelShape) -> int:
-    embed = shape.vocab_size * shape.emb_dim * (1 if shape.tie_embeddings else 2)
-    return (shape.param_count() - embed - shape.emb_dim) // max(shape.depth, 1)
+def _share(shape: ModelShape, fsdp: int, tensor: int, *, gathered: bool = False) -> tuple[float, float]:
+    """(one layer's parameters, one vocabulary table's) on a chip: each weight split along its embed dimension over
+    `fsdp` and along its heads, MLP or vocabulary dimension over `tensor`, each only where the axis divides it
+    (`trainer.sharding`'s rules: one undivided dimension leaves that weight whole on that axis, not the model);
+    `gathered`: as FSDP gathers it for a matmul (the whole embed dimension). Norms are never split."""
+    d = shape.emb_dim if gathered or shape.emb_dim % fsdp else shape.emb_dim / fsdp
+    h, k, f = _heads(shape, tensor)
+    hd = shape.head_dim
+    norms = (4 if shape.is_gemma else 2) * shape.emb_dim + (2 * hd if shape.qk_norm else 0)
+    layer = 2 * d * h * hd + 2 * d * k * hd + 3 * d * f + norms  # q and out, k and v, the gated MLP
+    return layer, _split(shape.vocab_size, tensor) * d
+
+
+def _tables(shape: ModelShape) -> int:
+    return 1 if shape.tie_embeddings else 2
+
+
+def _params(shape: ModelShape, fsdp: int, tensor: int) -> float:
+    """A model's parameters on a chip."""
+    layer, table = _share(shape, fsdp, tensor)
+    return shape.depth * layer + _tables(shape) * table + shape.emb_dim
 
 
 def _heads(shape: ModelShape, tensor: int) -> tuple[float, float, float]:
@@ -201,20 +232,18 @@ def _kept(shape: ModelShape, remat: str, rows: int, length: int, a: int, tensor:
     n, d, hd = rows * length, shape.emb_dim, shape.head_dim
     if remat == "full":
         return n * d * a
-    if remat == "dots":
-        return n * (2 * d + (2 * h + 2 * k) * hd + 3 * f) * a
+    if remat == "dots":  # the input and the weight matmuls' outputs: q, k, v, out, gate, up, down
+        return n * (3 * d + (h + 2 * k) * hd + 2 * f) * a
     return n * (6 * d + (4 * h + 2 * k) * hd + 5 * f) * a + rows * h * length * length * F32
 
 
-def _gathered(model: ModelSpec, shape: ModelShape, fsdp: int, tensor: int) -> float:
-    """One model's weights gathered whole for its matmuls under FSDP (none without an fsdp axis)."""
-    if fsdp <= 1:
-        return 0
-    a = DTYPE_BYTES[model.dtype]
-    # the embedding and LM head, each split over the tensor axis along the vocabulary where it divides it (the
-    # trainer's rule for `vocab`), so an FSDP gather brings a chip its tensor share, not the whole table
-    tables = (1 if shape.tie_embeddings else 2) * _split(shape.vocab_size, tensor) * shape.emb_dim
-    return (tables + _layer_params(shape) / tensor) * a
+def _gathered(shape: ModelShape, fsdp: int, tensor: int) -> tuple[float, float]:
+    """(its vocabulary tables, one layer) of a model's weights as FSDP gathers them for its matmuls, in elements
+    (none without an fsdp axis that divides emb_dim): a chip gathers its tensor share of each."""
+    if fsdp <= 1 or shape.emb_dim % fsdp:
+        return 0, 0
+    layer, table = _share(shape, fsdp, tensor, gathered=True)
+    return _tables(shape) * table, layer
 
 
 def _teacher_logits_estimate(
@@ -229,16 +258,18 @@ def _teacher_logits_estimate(
     rows = max(int(spec.batch.per_device_batch_size * tensor), 1)
     tokens = rows * spec.batch.max_target_length
     a_t = DTYPE_BYTES[teacher.dtype]
+    tables, layer = _gathered(t, fsdp, tensor)
     return MemoryEstimate(
         chips=chips,
         param_shards=t_fsdp * t_tensor,
         student_params=0,
         gradients=0,
         optimizer_state=0,
-        teacher_params=t.param_count() * DTYPE_BYTES[teacher.weight_dtype] // (t_fsdp * t_tensor),
-        activations=int(_working_set(t, rows, spec.batch.max_target_length, a_t, tensor)),
+        teacher_params=int(_params(t, fsdp, tensor) * DTYPE_BYTES[teacher.weight_dtype]),
+        activations=0,
         hbm_per_chip=hbm_bytes_per_chip,
-        gathered_weights=int(_gathered(teacher, t, t_fsdp, t_tensor)),
+        gathered_weights=int(tables * a_t),
+        working_set=int(_working_set(t, rows, spec.batch.max_target_length, a_t, tensor) + layer * a_t),
         loss=int(TEACHER_LOGIT_COPIES * tokens * _split(t.vocab_size, tensor) * F32),
         fused_loss=False,
         replicated=tuple(replicated),
@@ -254,8 +285,7 @@ def estimate(spec: DistillSpec, *, chips: int, hbm_bytes_per_chip: int | None, s
         return _teacher_logits_estimate(spec, chips, hbm_bytes_per_chip, fsdp, tensor)
     student = spec.student_block().shape()
     s_fsdp, s_tensor, replicated = _shards("student", student, fsdp, tensor)
-    shards = s_fsdp * s_tensor
-    p_s = student.param_count()
+    p_s = _params(student, fsdp, tensor)
     rows = max(int(spec.batch.per_device_batch_size * tensor), 1)  # rows per chip (tensor peers share theirs)
     length = spec.batch.max_target_length
     tokens = rows * length
@@ -263,24 +293,24 @@ def estimate(spec: DistillSpec, *, chips: int, hbm_bytes_per_chip: int | None, s
     accumulation = spec.batch.gradient_accumulation_steps
 
     activations = student.depth * _kept(student, spec.student.remat, rows, length, a_s, tensor)
-    activations += _working_set(student, rows, length, a_s, tensor)
     # The student's weights are gathered as their float32 master copy (cast to the compute dtype after the
     # gather) and get a float32 gradient of the same size before it is reduce-scattered.
-    gathered = _gathered(spec.student, student, s_fsdp, s_tensor) * (MASTER_BYTES + F32) / a_s
+    tables, layer = _gathered(student, fsdp, tensor)
+    gathered = tables * (MASTER_BYTES + F32)
+    working_set = _working_set(student, rows, length, a_s, tensor) + layer * (MASTER_BYTES + F32)
     vocab = _split(student.vocab_size, tensor)
-    teacher_params, teacher_shards, fused = 0, 1, False
+    teacher_params, fused = 0, False
     teacher = spec.teacher if spec.is_online_distillation else None
     if teacher is None:
         loss = PRETRAIN_LOGIT_COPIES * tokens * vocab * F32  # one model's logits
     else:
         t = teacher.shape()
-        t_fsdp, t_tensor, notes = _shards("teacher", t, fsdp, tensor)
-        replicated += notes
-        teacher_shards = t_fsdp * t_tensor
-        teacher_params = t.param_count() * DTYPE_BYTES[teacher.weight_dtype]
+        replicated += _shards("teacher", t, fsdp, tensor)[2]
+        teacher_params = _params(t, fsdp, tensor) * DTYPE_BYTES[teacher.weight_dtype]
         a_t = DTYPE_BYTES[teacher.dtype]
-        activations += _working_set(t, rows, length, a_t, tensor)
-        gathered += _gathered(teacher, t, t_fsdp, t_tensor)
+        t_tables, t_layer = _gathered(t, fsdp, tensor)
+        gathered += t_tables * a_t
+        working_set = max(working_set, _working_set(t, rows, length, a_t, tensor) + t_layer * a_t)
         fused = loss_choice.fused_loss_wanted(tokens, student.vocab_size)
         if fused:
             block = min(loss_choice.BLOCK_TOKENS, tokens) * min(loss_choice.BLOCK_VOCAB, student.vocab_size)
@@ -292,15 +322,16 @@ def estimate(spec: DistillSpec, *, chips: int, hbm_bytes_per_chip: int | None, s
             activations += len(feature_layers) * tokens * (student.emb_dim * a_s + t.emb_dim * a_t)
     return MemoryEstimate(
         chips=chips,
-        param_shards=shards,
-        student_params=p_s * MASTER_BYTES // shards,
-        gradients=p_s * F32 * (2 if accumulation > 1 else 1) // shards,
-        optimizer_state=p_s * ADAM_BYTES_PER_PARAM // shards,
-        teacher_params=teacher_params // teacher_shards,
+        param_shards=s_fsdp * s_tensor,
+        student_params=int(p_s * MASTER_BYTES),
+        gradients=int(p_s * F32 * (2 if accumulation > 1 else 1)),
+        optimizer_state=int(p_s * ADAM_BYTES_PER_PARAM),
+        teacher_params=int(teacher_params),
         activations=int(activations),
         hbm_per_chip=hbm_bytes_per_chip,
         gathered_weights=int(gathered),
         loss=int(loss),
         fused_loss=fused,
         replicated=tuple(replicated),
+        working_set=int(working_set),
     )

@@ -109,8 +109,9 @@ def memory_problems(rows: tuple[PlanRow, ...], target: Target) -> list[Problem]:
         parts = (
             f"student {m.student_params / GB:.1f} + gradients {m.gradients / GB:.1f} + optimizer "
             f"{m.optimizer_state / GB:.1f} + teacher {m.teacher_params / GB:.1f} + activations "
-            f"{m.activations / GB:.1f} + gathered weights {m.gathered_weights / GB:.1f} + "
-            f"{'fused' if m.fused_loss else 'dense'} loss {m.loss / GB:.1f}"
+            f"{m.activations / GB:.1f} + gathered weights {m.gathered_weights / GB:.1f} + the larger of the "
+            f"{'fused' if m.fused_loss else 'dense'} loss {m.loss / GB:.1f} and one layer's working set "
+            f"{m.working_set / GB:.1f}"
         )
         verdict = "will not fit" if m.fit == "does_not_fit" else "barely fits"
         # per JAX device: a TPU7x chip is two (each TensorCore with half the chip's HBM)
@@ -140,7 +141,10 @@ def _memory_advice(m: memory.MemoryEstimate, spec, slice_devices: int) -> str:
     chips to a run whose activations (per chip: rows × length, whatever the chip count) were 85 % of it."""
     weights = m.student_params + m.gradients + m.optimizer_state + m.teacher_params + m.gathered_weights
     batch = spec.batch
-    if m.activations >= max(weights, m.loss):
+    # the loss and a layer's working set are alternatives (`MemoryEstimate.total`): only the larger counts
+    activations = m.activations + (m.working_set if m.working_set > m.loss else 0)
+    loss = m.loss if m.loss >= m.working_set else 0
+    if activations >= max(weights, loss):
         fixes = []
         if batch.per_device_batch_size > 1:
             fixes.append(
@@ -150,10 +154,10 @@ def _memory_advice(m: memory.MemoryEstimate, spec, slice_devices: int) -> str:
         if spec.student.remat != "full":  # the teacher has no backward pass: nothing kept to remat
             fixes.append("student.remat: full (it keeps one array per layer)")
         return (
-            f"activations are {m.activations / GB:.1f} GB of it, per chip whatever the chip count (more chips or "
+            f"activations are {activations / GB:.1f} GB of it, per chip whatever the chip count (more chips or "
             "sharding do not shrink them): " + ", or ".join(fixes)
         )
-    if weights >= m.loss:
+    if weights >= loss:
         fixes = []
         if m.replicated:  # an fsdp that does not divide emb_dim shards nothing: name one that does
             widths = [spec.student_block().shape().emb_dim] + (
