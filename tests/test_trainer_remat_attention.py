@@ -175,3 +175,26 @@ def test_remat_removes_saved_activations():
         compiled = jax.jit(jax.grad(loss)).lower(params).compile()
         sizes[policy] = compiled.memory_analysis().temp_size_in_bytes
     assert sizes["full"] < sizes["none"], sizes
+
+
+@pytest.mark.parametrize("layers", [2, 4, 8])
+def test_a_students_remat_saves_memory_at_any_depth(layers):
+    """Stacks of at most 4 layers were scanned unrolled, and unrolled XLA kept the recomputation live: `full`
+    saved 8 % of a 4-layer student's temporaries (where a rolled scan saves 75 %) and `dots` none. The student's
+    model as the trainer builds it (`from_spec`, trained) now keeps the policy's saving at every depth."""
+    from distillspec.config import ModelSpec
+    from trainer.models import ModelConfig, abstract_model, host_init
+
+    temps = {}
+    for remat in ("none", "dots", "full"):
+        spec = ModelSpec(model="tiny-2l", num_layers=layers, emb_dim=128, mlp_dim=512, vocab_size=256, remat=remat)
+        config = ModelConfig.from_spec(spec, trained=True)
+        graphdef, abstract = abstract_model(config)
+        params = jax.tree.map(jnp.asarray, host_init(abstract, 0))
+        tokens = jnp.zeros((4, 256), jnp.int32)
+
+        def loss(p, graphdef=graphdef):
+            return jnp.mean(forward(nnx.merge(graphdef, p), tokens)[0])
+
+        temps[remat] = jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
+    assert temps["full"] < temps["dots"] < 0.8 * temps["none"] and temps["full"] < 0.65 * temps["none"], temps
