@@ -507,3 +507,19 @@ def test_a_tensorboard_folder_inside_a_clusters_pods_is_a_warning_at_its_line(tm
         target={"kind": "local", "output_base": str(tmp_path / "runs")},
     )
     assert not [p for p in expanded(tmp_path, local).problems if p.code == "tensorboard_dir_not_shared"]
+
+
+def test_a_mesh_that_puts_fsdp_or_tensor_across_slices_is_a_warning_at_its_line(tmp_path):
+    """`mesh.data: 1` on two slices split FSDP over both (its weight gathers over DCN) and `plan` said "fit ok";
+    the default mesh, and a data axis that is a multiple of the slice count, keep FSDP inside each slice."""
+    write(tmp_path, SPEC, "spec.yaml")
+    crossing = expanded(tmp_path, sweep_data(spec="spec.yaml", overrides={"mesh.data": 1}))
+    (problem,) = [p for p in crossing.problems if p.code == "mesh_axis_across_slices"]
+    assert problem.severity == "warning" and problem.file.endswith("sweep.yaml") and problem.line is not None
+    assert "fsdp across 2 slices" in problem.message and "multiple of the slice count (2)" in problem.hint
+    tensor = sweep_data(spec="spec.yaml", overrides={"mesh.data": 1, "mesh.fsdp": 1, "mesh.tensor": -1})
+    (problem,) = [p for p in expanded(tmp_path, tensor).problems if p.code == "mesh_axis_across_slices"]
+    assert "tensor across 2 slices" in problem.message and "tensor-parallel reduction" in problem.message
+    for overrides in ({}, {"mesh.data": 2, "mesh.fsdp": -1}):
+        fine = expanded(tmp_path, sweep_data(spec="spec.yaml", overrides=overrides))
+        assert not [p for p in fine.problems if p.code == "mesh_axis_across_slices"], overrides

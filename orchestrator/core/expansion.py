@@ -366,6 +366,25 @@ def _layout_problems(
             e.hint,
         )
         return [_where_set(sweep, source, problem, prerequisite)]
+    if target.slices > 1:
+        shape = layout.mesh_shape(spec.mesh, devices, target.slices)
+        across = dict(zip(layout.MESH_AXES, layout.dcn_split(shape, target.slices)))
+        crossing = [axis for axis in ("fsdp", "tensor") if across[axis] > 1]
+        if crossing:
+            problem = Problem(
+                ("mesh",),
+                "mesh_axis_across_slices",
+                ("" if prerequisite is None else f"prerequisite {prerequisite!r}: ")
+                + f"mesh {dict(zip(layout.MESH_AXES, shape))} on {target.slices} slices puts "
+                + " and ".join(f"{axis} across {across[axis]} slices" for axis in crossing)
+                + ": "
+                + ("every layer's weight all-gather" if "fsdp" in crossing else "every tensor-parallel reduction")
+                + " then crosses the data-centre network (DCN), not the slice's interconnect",
+                f"make mesh.data a multiple of the slice count ({target.slices}), or leave mesh.data and mesh.fsdp "
+                "unset (data-parallel across slices, FSDP inside each)",
+                severity="warning",
+            )
+            return [_where_set(sweep, source, problem, prerequisite)]
     return []
 
 
