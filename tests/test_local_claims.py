@@ -291,3 +291,20 @@ def test_logs_follow_of_a_run_waiting_for_its_first_slot_waits_for_its_log(tmp_p
                 types.SimpleNamespace(output_path=str(gone), label="p"), LogRequest(follow=True)
             )
         )
+
+
+def test_a_log_that_cannot_be_read_is_said_not_an_internal_error(tmp_path):
+    """An unreadable run folder or log (permissions; here a folder where trainer.log goes) ended `logs` with
+    "internal error ... this is a bug", exit 70."""
+    import types
+
+    from distillspec.sweep import Target
+    from orchestrator.backends import LogRequest
+    from orchestrator.backends.local.backend import LocalBackend
+    from orchestrator.errors import UsageError
+
+    (tmp_path / "run" / local_claims.LOG_FILE).mkdir(parents=True)
+    run = types.SimpleNamespace(output_path=str(tmp_path / "run"), label="point 0")
+    with pytest.raises(UsageError, match="cannot read point 0's log: Is a directory") as said:
+        list(LocalBackend(Target()).logs(run, LogRequest()))
+    assert "trainer.log" in said.value.message and "permissions" in said.value.hint

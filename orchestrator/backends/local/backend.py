@@ -277,12 +277,21 @@ class LocalBackend:
         return []  # `delete` waits for the processes (SIGKILL after the grace period)
 
     def logs(self, run: Point, request: LogRequest) -> Iterator[str]:
+        try:
+            yield from self._log_lines(run, request)
+        except OSError as e:  # an unreadable run folder or log (permissions, a folder in its place): said, not a bug
+            raise UsageError(
+                f"cannot read {run.label}'s log: {e.strerror or e} ({e.filename or run.output_path})",
+                "check the permissions of the run's folder and its trainer.log",
+            ) from None
+
+    def _log_lines(self, run: Point, request: LogRequest) -> Iterator[str]:
         path = Path(run.output_path) / local_claims.LOG_FILE
         # --follow on a run waiting for its first slot waits for its log, as `kubectl logs -f` waits for a pod (it
         # ended at once, "no log yet").
         while request.follow and not path.exists() and _log_may_grow(local_claims.read_claim(run.output_path)):
             time.sleep(0.2)
-        if not path.exists():
+        if not path.exists():  # raises PermissionError for a folder that cannot be searched
             raise UsageError(f"{run.label} has no log yet ({path})", "it has not started; `distillctl status` says why")
         with path.open("r", errors="replace") as f:
             lines = f.readlines()
