@@ -67,6 +67,9 @@ class RunOutputs:
     skipped_lines: int = 0
     cut_off_line: bool = False  # the log's last line has no newline and is no record: a write in progress, or damage
     summary_unreadable: bool = False  # summary.json is there but is no JSON object (the trainer writes it whole)
+    # Local files (or the run folder) that are there but cannot be read (permissions, a folder where a file goes),
+    # one sentence each: read as absent, a run that succeeded showed "Pending (NotCreated)".
+    unreadable: tuple[str, ...] = ()
 
     @property
     def verdict(self) -> dict[str, Any] | None:
@@ -103,6 +106,8 @@ class RunOutputs:
     def damage(self) -> tuple[str, ...]:
         """How the run's files disagree with themselves, one sentence each (none: intact). A table computed from
         such files shows another step's values, and a gate must not judge the point on them."""
+        if self.unreadable:  # what the rest would say follows from it (no records, no summary)
+            return self.unreadable
         found = []
         if self.skipped_lines:
             found.append(f"{self.skipped_lines} line(s) of metrics.jsonl are not metric records")
@@ -525,8 +530,12 @@ def read_run_outputs(path: str) -> RunOutputs:
     """Everything readable under `path` (a run's output directory). Raises MissingFilesystem when the path's
     protocol cannot be read at all (gs:// without gcsfs)."""
     check_filesystem(path)
+    unreadable = local_unreadable(path)
     log, skipped, cut_off = parse_log_counting(read_metrics_text(path))
-    (summary, unreadable), spec = _read_json_or_damage(join(path, "summary.json")), _read_json(join(path, "spec.json"))
+    (summary, unreadable_summary), spec = (
+        _read_json_or_damage(join(path, "summary.json")),
+        _read_json(join(path, "spec.json")),
+    )
     stopped = _read_json(join(path, STOPPED_FILE))
     return RunOutputs(
         path,
@@ -537,8 +546,40 @@ def read_run_outputs(path: str) -> RunOutputs:
         stopped=stopped,
         skipped_lines=skipped,
         cut_off_line=cut_off,
-        summary_unreadable=unreadable,
+        summary_unreadable=unreadable_summary,
+        unreadable=unreadable,
     )
+
+
+RUN_FILES = ("summary.json", "metrics.jsonl", "spec.json")
+
+
+def local_unreadable(path: str) -> tuple[str, ...]:
+    """For a local run folder: `cannot read ...` for the folder or one of its files that is there but cannot be read
+    (permissions, a file where the folder goes, a folder where a file goes); () for an object store."""
+    import os
+
+    if "://" in path and not path.startswith("file://"):
+        return ()
+    folder = path.removeprefix("file://")
+    try:
+        os.listdir(folder)
+    except FileNotFoundError:
+        return ()
+    except NotADirectoryError:
+        return (f"cannot read {folder}: a file is where the run's folder goes",)
+    except OSError as e:
+        return (f"cannot read {folder}: {e.strerror or e}",)
+    found = []
+    for name in RUN_FILES:
+        try:
+            with open(os.path.join(folder, name), "rb") as f:
+                f.read(1)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            found.append(f"cannot read {os.path.join(folder, name)}: {e.strerror or e}")
+    return tuple(found)
 
 
 def check_output_base(path: str) -> None:

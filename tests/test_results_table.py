@@ -553,3 +553,27 @@ def test_results_json_is_strict_json_when_a_summary_holds_an_infinite_time(tmp_p
     t = dataclasses.replace(t, rows=tuple(dataclasses.replace(r, wall_time_sec=math.inf) for r in t.rows))
     text = json.dumps(results_format.to_json(t), allow_nan=False)
     assert {r["wall_time_sec"] for r in json.loads(text)["runs"]} == {"inf"}
+
+
+def test_outputs_that_cannot_be_read_are_said_not_read_as_never_started(finished):
+    """A succeeded run whose folder (or its summary.json) could not be read showed "Pending (NotCreated): not
+    submitted yet" in status, results and regress (which then advised `distillctl sweep`). Here a file is where one
+    run's folder goes and a folder where another's summary.json goes (permissions do the same for a user other
+    than root)."""
+    import shutil
+
+    first, second = finished.points[0], finished.points[1]
+    shutil.rmtree(first.output_path)
+    Path(first.output_path).write_text("not a folder")
+    summary = Path(second.output_path) / "summary.json"
+    summary.unlink()
+    summary.mkdir()
+    rows = {r.run_id: r for r in table(finished).rows}
+    for point, said in ((first, "a file is where the run's folder goes"), (second, "summary.json: Is a directory")):
+        row = rows[point.run_id]
+        assert (row.status.phase, row.status.reason) == ("Pending", "NotObserved"), row.status
+        assert said in row.status.message and "cannot read" in row.status.message, row.status.message
+        assert row.damage and not row.best
+    out = invoke("status", str(finished.source.file))
+    said = " ".join(out.stdout.split())
+    assert out.exit_code == 0 and "NotObserved" in said and "NotCreated" not in said, out.output

@@ -238,6 +238,9 @@ def derive(
                 "outputs say running, but no run exists; resumes when submitted",
                 **common,
             )
+        if outputs.unreadable:  # read as absent, a run that succeeded read "not submitted yet"
+            said = "; ".join(outputs.unreadable)
+            return RunStatus(Phase.PENDING, PendingReason.NOT_OBSERVED, f"{said}: check its permissions", **common)
         return RunStatus(Phase.PENDING, PendingReason.NOT_CREATED, "not submitted yet", **common)
     if observation.suspended or observation.queue_reason:
         reason = observation.queue_reason or QueuedReason.SUSPENDED
