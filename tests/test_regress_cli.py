@@ -744,3 +744,20 @@ def test_a_failed_check_shows_its_tolerance_to_every_digit():
     check = golden_file.Approx(value=3.2, rtol=0.07048712, atol=1.5e-9)
     assert check.describe(precise=True) == "≈ 3.2 (rtol 0.07048712, atol 1.5e-09)"
     assert check.describe() == "≈ 3.2 (rtol 0.0704871, atol 1.5e-09)"  # the summary's table: six digits
+
+
+def test_golden_update_refuses_a_value_that_is_not_finite(tmp_path):
+    """A NaN in a succeeded run's last records left its point out of the golden file without a word, and `regress`
+    on that file then passed (exit 0) without checking it."""
+    path = write_sweep(tmp_path)
+    result = expanded(path)
+    finish_all(result)
+    log = Path(result.points[1].output_path) / "metrics.jsonl"
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    lines[-1]["metrics"]["distill/kl_div_T1"]["sum"] = float("nan")
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = invoke("golden", "update", path, "-o", tmp_path / "golden.yaml")
+    assert out.exit_code == ExitCode.USAGE, out.output
+    said = " ".join(out.stderr.split())
+    assert "value(s) of succeeded runs are not finite" in said and "kl_div_T1 = nan" in said, said
+    assert not (tmp_path / "golden.yaml").exists()

@@ -607,6 +607,20 @@ def golden_update(
         for run in expansion.runs
         if run not in stopped
     ]
+    not_finite = [
+        (run, name, value)
+        for run in finished
+        for name, value in run.values.items()
+        if name in names and value is not None and not math.isfinite(value)
+    ]
+    if not_finite:  # left out of the file without a word, and regress then passed without checking them
+        run, name, value = not_finite[0]
+        raise UsageError(
+            f"{len(not_finite)} value(s) of succeeded runs are not finite ({run.label or run.run_id}: {name} = "
+            f"{value})",
+            "a golden value comes from a finite number: the run's last log records hold a NaN or infinite sum; "
+            "run that point again, or leave the metric out with --metric",
+        )
     derived = golden_file.derive(expansion.sweep.name, window, finished, metrics=names, rtol=rtol, match=match.value)
     header = (
         f"Golden values of sweep {expansion.sweep.name!r} for `distillctl regress {sweep} --golden {out}`.\n"
