@@ -761,3 +761,22 @@ def test_golden_update_refuses_a_value_that_is_not_finite(tmp_path):
     said = " ".join(out.stderr.split())
     assert "value(s) of succeeded runs are not finite" in said and "kl_div_T1 = nan" in said, said
     assert not (tmp_path / "golden.yaml").exists()
+
+
+def test_a_report_path_that_holds_the_users_file_is_refused_and_kept(sweep, tmp_path):
+    """`--summary README.md` or `--junit other-sweep.yaml` replaced the file without a word (`golden update -o`
+    refused the same); an earlier report, or an empty file, is still written over."""
+    path, golden, _ = sweep
+    notes = tmp_path / "NOTES.md"
+    notes.write_text("# my notes\n")
+    for flag in ("--summary", "--junit"):
+        out = invoke("regress", path, "--golden", golden, flag, notes)
+        assert out.exit_code == ExitCode.INVALID_SPEC, out.output
+        assert f"{flag} {notes} exists and is not a report regress wrote" in " ".join(out.stderr.split())
+        assert notes.read_text() == "# my notes\n"
+    junit_path, summary_path = tmp_path / "junit.xml", tmp_path / "summary.md"
+    summary_path.write_text("")
+    for _ in range(2):  # a second run replaces its own reports
+        out = invoke("regress", path, "--golden", golden, "--junit", junit_path, "--summary", summary_path)
+        assert out.exit_code == ExitCode.OK, out.output
+    assert "distillctl regress" in summary_path.read_text() and "<testsuite" in junit_path.read_text()

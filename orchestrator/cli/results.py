@@ -310,6 +310,29 @@ def _refuse_clobbering(
                 f"give {flag} a path outside the run folders",
             )
         seen[path.resolve()] = f"also where {flag} writes"
+        marker = REPORT_MARKERS.get(flag)
+        # Last, with the sweep known: a file it reads is named as what it is (the checks above).
+        if marker is not None and expansion is not None and path.is_file() and not _replaceable(path, marker):
+            # `--summary README.md` (a typo) replaced the file: `golden update -o` refuses the same
+            raise UsageError(
+                f"{flag} {path} exists and is not a report regress wrote: writing it would replace it",
+                f"give {flag} a new path (or delete that file first)",
+            )
+
+
+# What an earlier report of each kind holds near its start: a file without it is the user's, not ours to replace.
+REPORT_MARKERS = {"--junit": "<testsuite", "--summary": "distillctl regress"}
+
+
+def _replaceable(path: Path, marker: str) -> bool:
+    """Whether an existing file may be written over: empty, an earlier report (`marker` in its first 4 KiB), or
+    unreadable (the write then says what is wrong)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return True
+    return not head.strip() or marker in head.decode("utf-8", errors="replace")
 
 
 def _spec_files(expansion) -> dict[str, Path]:
