@@ -36,7 +36,18 @@ def _console(name: str) -> Console:
     if name not in globals():
         from rich.console import Console
 
-        globals()[name] = Console(stderr=name == "err", soft_wrap=True, highlight=False)
+        class _Output(Console):
+            def on_broken_pipe(self) -> None:
+                # rich ends the process with exit 1 when the reader of stdout goes away (`sweep --dry-run | head
+                # -1`); that reader has what it wanted: 0, as the error boundary says for the other commands
+                import os
+                import sys
+
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise SystemExit(0)
+
+        kind = Console if name == "err" else _Output
+        globals()[name] = kind(stderr=name == "err", soft_wrap=True, highlight=False)
     return globals()[name]
 
 
