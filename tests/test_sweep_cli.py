@@ -634,3 +634,22 @@ def test_a_reader_that_stops_early_is_not_a_failure(command):
     reader.stdin.close()
     reader.wait(10)
     assert done.returncode == 0 and "Traceback" not in done.stderr, (done.returncode, done.stderr[-2000:])
+
+
+def test_render_names_an_earlier_renders_manifests_left_in_the_folder(tmp_path):
+    """Two renders of a 6-point sweep (another TPU type: other run ids) left 12 of its JobSets in the folder without
+    a word: `kubectl apply -f DIR` would create them all. Files of other sweeps, and the user's, are not named."""
+    out = tmp_path / "out"
+    args = ["render", str(SWEEPS / "alpha-end.yaml"), "-o", str(out)]
+    assert invoke(*args).exit_code == ExitCode.OK
+    (out / "other-sweep-aaaaaaaaaa.yaml").write_text("kind: JobSet\n")
+    (out / "README.md").write_text("mine\n")
+    again = invoke(*args, "--tpu-type", "v5p-256", "--slices", "1")
+    said = " ".join(again.stderr.split())
+    assert again.exit_code == ExitCode.OK and "warning[stale_manifests]" in said, again.output
+    assert "6 manifest(s) of sweep alpha-end" in said and "kubectl apply -f" in said
+    assert "other-sweep" not in said and "README" not in said
+    assert (
+        "stale_manifests"
+        not in invoke(*args, "--tpu-type", "v5p-256", "--slices", "1", "-o", str(tmp_path / "new")).stderr
+    )

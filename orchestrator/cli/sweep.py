@@ -201,6 +201,7 @@ def render(
     except OSError as e:
         raise cannot_write(out_dir, e, folder=True) from None
     _warn(result.problems)
+    _warn(_stale_manifests(out_dir, result.sweep.name, {m.filename for m in manifests}))
     if output is OutputFormat.json:
         console.print_json(
             [
@@ -218,6 +219,31 @@ def render(
         f"{'wrote' if changed else 'unchanged'} {out_dir / m.filename}"
         for m, changed in zip(manifests, written, strict=True)
     )
+
+
+def _stale_manifests(out_dir: Path, sweep: str, written: set[str]) -> list:
+    """A warning naming the manifests of this sweep's runs in `out_dir` that this render did not write (an earlier
+    render, before an edit or for another TPU type): `kubectl apply -f DIR` would create those JobSets too."""
+    import re
+
+    from distillspec.problems import Problem
+    from orchestrator.core.identity import RUN_ID_LENGTH
+
+    ours = re.compile(rf"{re.escape(sweep)}-[a-z2-7]{{{RUN_ID_LENGTH}}}\.yaml")
+    stale = sorted(p.name for p in out_dir.iterdir() if ours.fullmatch(p.name) and p.name not in written)
+    if not stale:
+        return []
+    listed = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
+    return [
+        Problem(
+            (),
+            "stale_manifests",
+            f"{len(stale)} manifest(s) of sweep {sweep} in {out_dir} are not this render's (an earlier render's "
+            f"runs): {listed}",
+            f"`kubectl apply -f {out_dir}` would create those JobSets too: delete them, or render into an empty folder",
+            severity="warning",
+        )
+    ]
 
 
 def _write(path: Path, text: str) -> bool:
