@@ -308,3 +308,16 @@ def test_a_log_that_cannot_be_read_is_said_not_an_internal_error(tmp_path):
     with pytest.raises(UsageError, match="cannot read point 0's log: Is a directory") as said:
         list(LocalBackend(Target()).logs(run, LogRequest()))
     assert "trainer.log" in said.value.message and "permissions" in said.value.hint
+
+
+def test_orders_skip_what_is_not_an_order_file(tmp_path):
+    """A folder named like an order in `orders/` killed the supervisor (IsADirectoryError from unlink); garbage files
+    were already dropped."""
+    folder = tmp_path / ".s.supervisor"
+    state.ensure(folder)
+    (folder / "orders" / "x.json").mkdir()
+    (folder / "orders" / "junk.json").write_text("not json")
+    state.post_orders(folder, "abc", {"orders": [], "parallelism": 2})
+    assert state.take_orders(folder) == [("abc", {"orders": [], "parallelism": 2})]
+    assert (folder / "orders" / "x.json").is_dir() and not (folder / "orders" / "junk.json").exists()
+    assert state.take_orders(folder) == []

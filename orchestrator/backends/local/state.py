@@ -70,10 +70,14 @@ def post_orders(folder: Path, submission: str, request: dict) -> None:
 def take_orders(folder: Path) -> list[tuple[str, dict]]:
     """The orders waiting, oldest first, removed from the folder (only the lock holder calls this)."""
     taken = []
-    paths = sorted((folder / "orders").glob("*.json"), key=lambda p: (p.stat().st_mtime, p.name))
-    for path in paths:
+    found = []
+    for path in (folder / "orders").glob("*.json"):
+        with contextlib.suppress(OSError):  # gone meanwhile: its sender took it back
+            if path.is_file():  # not a folder someone made there: it killed the supervisor (IsADirectoryError)
+                found.append((path.stat().st_mtime, path.name, path))
+    for _, _, path in sorted(found):
         request = read_json(path)
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             path.unlink()
         if isinstance(request, dict):
             taken.append((path.stem, request))
