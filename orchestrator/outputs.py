@@ -583,8 +583,17 @@ def local_unreadable(path: str) -> tuple[str, ...]:
 
 
 def check_output_base(path: str) -> None:
-    """Raise UsageError when a local `--output-base` is not a folder (a typo read as runs that wrote nothing)."""
-    if "://" in path:
+    """Raise UsageError when a local `--output-base` is not a folder (a typo read as runs that wrote nothing), or a
+    bucket URL names no valid bucket (`gs://` read as runs that wrote nothing, under `gs:/<run id>`)."""
+    from distillspec import buckets
+
+    if path.startswith("file://"):
+        path = path.removeprefix("file://")  # the same folder: `file:///nowhere` passed where `/nowhere` did not
+    elif "://" in path:
+        scheme, rest = path.split("://", 1)
+        problem = buckets.bucket_name_problem(rest.split("/", 1)[0]) if scheme in buckets.SCHEMES else ""
+        if problem:
+            raise UsageError(f"--output-base {path!r} {problem}", buckets.HINT)
         return  # an object store has no folders: its bucket is asked when the runs are read (`check_store`)
     import os
 

@@ -350,7 +350,15 @@ def test_results_cli_header_names_eval(tmp_path):
 
 def test_an_output_base_that_is_not_a_folder_is_a_usage_error(tmp_path):
     path = write_sweep(tmp_path)
-    for base, said in ((tmp_path / "absent", "no such folder"), (path, "is a file, not a folder")):
+    # `gs://` read as runs that wrote nothing (exit 0, under `gs:/<run id>`); `file:///absent` passed where `/absent`
+    # did not; a bucket name the sweep file refuses was asked over the network.
+    for base, said in (
+        (tmp_path / "absent", "no such folder"),
+        (path, "is a file, not a folder"),
+        (f"file://{tmp_path / 'absent'}", "no such folder"),
+        ("gs://", "names no bucket"),
+        ("gs://A_B/x", "names no valid bucket"),
+    ):
         result = CliRunner().invoke(app, ["results", str(path), "--output-base", str(base)])
         assert result.exit_code == ExitCode.USAGE and said in result.stderr, result.output
 
