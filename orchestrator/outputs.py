@@ -345,6 +345,7 @@ class Columns:
     file: str
     names: tuple[str, ...] = ()
     splits: tuple[str, ...] = ()
+    error: str = ""  # the first file is there but the trainer cannot read it in that format: why
 
 
 FIRST_LINE_LIMIT = 1 << 20  # characters of a JSONL file's first record read to learn its columns
@@ -355,8 +356,12 @@ def read_columns(path: str, source: str) -> Columns | None:
     schema, a local ArrayRecord file's first record's keys, a saved Hugging Face dataset's features; None when they
     cannot be learnt cheaply (pyarrow or array_record not installed, ArrayRecord files in a bucket, an unreadable
     first record: the trainer says why at start)."""
+    import os
+    import stat
+
     from distillspec.data_files import data_files
 
+    first = path
     try:
         if source == "hf_disk":
             return _dataset_columns(path.rstrip("/"))
@@ -364,6 +369,8 @@ def read_columns(path: str, source: str) -> Columns | None:
         if not files:
             return None
         first = files[0] if "://" not in path else fs.unstrip_protocol(files[0])
+        if "://" not in first and not stat.S_ISREG(os.stat(first).st_mode):  # a FIFO hung the check
+            return Columns(first, error="is not a regular file (a pipe or a device)")
         if source == "jsonl":
             return _jsonl_columns(first)
         if source == "parquet":
@@ -374,7 +381,11 @@ def read_columns(path: str, source: str) -> Columns | None:
                 return Columns(first, tuple(pq.read_schema(f).names))
         if source == "arrayrecord" and "://" not in path:  # the trainer's reader takes local files only, too
             return _arrayrecord_columns(first)
-    except Exception:  # noqa: BLE001 - unknown, not wrong: the trainer reads the files and says what is wrong
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:  # the trainer stops on the same bytes at start
+        return Columns(first, error=f"cannot be read as JSON Lines ({type(e).__name__}: {e})")
+    except Exception as e:  # noqa: BLE001 - unknown, not wrong: the trainer reads the files and says what is wrong
+        if type(e).__name__ == "ArrowInvalid":  # pyarrow's word for a file that is not Parquet
+            return Columns(first, error=f"cannot be read as Parquet ({e})")
         return None
     return None
 
@@ -405,12 +416,20 @@ def _arrayrecord_columns(file: str) -> Columns | None:
 
 
 def _dataset_columns(folder: str) -> Columns | None:
+    import os
+
     splits = _read_json(f"{folder}/dataset_dict.json")
     if splits is not None:
         return Columns(folder, splits=tuple(splits.get("splits") or ()))
     info = _read_json(f"{folder}/dataset_info.json")
     features = (info or {}).get("features")
-    return Columns(folder, tuple(features)) if isinstance(features, dict) else None
+    if isinstance(features, dict):
+        return Columns(folder, tuple(features))
+    if "://" not in folder and os.path.isdir(folder) and info is None:  # the trainer: "neither a Dataset ... nor"
+        return Columns(
+            folder, error="is not a dataset saved by save_to_disk (no dataset_info.json or dataset_dict.json)"
+        )
+    return None
 
 
 def _read_json(path: str) -> dict | None:

@@ -4,6 +4,7 @@ launch, for Hugging Face folders and this trainer's run folders, on local disk a
 from __future__ import annotations
 
 import json
+import os
 
 import fsspec
 import numpy as np
@@ -620,6 +621,24 @@ def test_a_column_the_data_files_do_not_have_is_an_error_before_launch(tmp_path)
     assert (code, loc) == ("dataset_has_splits", ("data", "path")) and "holds splits (train)" in message
     assert problems_for("hf_disk", str(tmp_path / "one")) == []
     assert problems_for("hf_disk", str(tmp_path / "one"), text_column="body")[0][0] == "column_missing"
+    # Files the trainer cannot read in that format (it stopped at start; --check-paths passed), and a FIFO, which
+    # hung the check.
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "a.parquet").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "bin" / "b.jsonl").write_bytes(b"\xff\xfe{not utf-8}\n")
+    (tmp_path / "bin" / "c.jsonl").write_text("not json at all\n")
+    os.mkfifo(tmp_path / "bin" / "d.jsonl")
+    (tmp_path / "notsaved").mkdir()
+    (tmp_path / "notsaved" / "x.txt").write_text("x")
+    for source, path, said in (
+        ("parquet", "bin/a.parquet", "cannot be read as Parquet"),
+        ("jsonl", "bin/b.jsonl", "cannot be read as JSON Lines (UnicodeDecodeError"),
+        ("jsonl", "bin/c.jsonl", "cannot be read as JSON Lines (JSONDecodeError"),
+        ("jsonl", "bin/d.jsonl", "is not a regular file"),
+        ("hf_disk", "notsaved", "is not a dataset saved by save_to_disk"),
+    ):
+        ((code, loc, message),) = problems_for(source, str(tmp_path / path))
+        assert (code, loc) == ("data_unreadable", ("data", "path")) and said in message, message
 
 
 def test_an_index_naming_a_shard_that_is_not_there_is_named_before_launch(tmp_path):

@@ -327,7 +327,7 @@ def _records_as_text(spec: DistillSpec, read_columns: ReadColumns) -> list[Probl
     if not path or record_format_suffix(path) is not None:
         return []  # none to read, or said by validate already
     columns = read_columns(path, "jsonl")
-    if columns is None or not columns.names:
+    if columns is None or columns.error or not columns.names:
         return []
     return [
         Problem(
@@ -358,6 +358,16 @@ def _column_problems(spec: DistillSpec, read_columns: ReadColumns) -> list[Probl
     for loc, path in data_paths(spec):
         found = read_columns(path, data.source)
         if found is None:
+            continue
+        if found.error:
+            problems.append(
+                Problem(
+                    loc,
+                    "data_unreadable",
+                    f"{found.file} {found.error}: the trainer would stop at start",
+                    f"check data.source ({data.source}) against the files {'.'.join(loc)} names",
+                )
+            )
             continue
         if found.splits:
             problems.append(
