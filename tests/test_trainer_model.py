@@ -102,3 +102,26 @@ def test_bfloat16_activations_and_weights():
     assert all(p.dtype == jnp.bfloat16 for p in jax.tree.leaves(params))
     logits, _ = jax.jit(lambda p, x: forward(nnx.merge(graphdef, p), x))(params, jnp.ones((1, 5), jnp.int32))
     assert logits.dtype == jnp.float32 and np.isfinite(np.asarray(logits)).all()
+
+
+def test_a_random_student_is_placed_one_parameter_at_a_time_with_the_same_values(tmp_path):
+    """The whole model was drawn on each host before any of it was placed (280 GB per host for a 70B student);
+    `host_draws` yields one parameter at a time, and the student `build` places is `host_init`'s, value for value."""
+    import types
+
+    from trainer_support import spec_of
+
+    from trainer.models import host_draws, host_init
+    from trainer.setup import _model, build
+
+    spec = spec_of({"name": "x", "mode": "pretrain", "student": {"model": "tiny-2l"}, "output_dir": str(tmp_path)})
+    built = build(spec)
+    abstract = _model(spec.student_block(), False, built.mesh, trained=True).abstract_state
+    stream = f"{spec.mode}/{spec.student.model}"
+    draws = host_draws(abstract, spec.seed, stream)
+    assert isinstance(draws, types.GeneratorType)
+    path, first = next(draws)
+    assert isinstance(path, tuple) and first.ndim >= 1
+    expected = host_init(abstract, spec.seed, stream)
+    same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), b), jax.device_get(built.state.params), expected)
+    assert all(jax.tree.leaves(same))

@@ -2,8 +2,10 @@
 
 The student starts at random, from the teacher with `drop_layers` removed (`init: teacher`, the guide's pruning
 recovery), or from its own `load_parameters_path`. The teacher is always loaded from `load_parameters_path`
-(this trainer's checkpoint or a Hugging Face folder; `trainer.checkpoints` detects which). Parameters are created inside `jax.jit` with their target shardings, so each
-device only ever holds its shards.
+(this trainer's checkpoint or a Hugging Face folder; `trainer.checkpoints` detects which). A pruned student is
+made inside `jax.jit` with its target shardings; a random one is drawn on each host one parameter at a time
+(`host_draws`: every host draws the same values) and each is placed as its shards before the next is drawn, so a
+host holds the model's largest parameter at most, not the model.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from trainer import sharding as shard_lib
 from trainer.checkpointing import flatten
 from trainer.checkpoints import hf, load_params
 from trainer.exit_codes import UserError
-from trainer.models import ModelConfig, abstract_model, drop_layers, forward_hidden, host_init
+from trainer.models import ModelConfig, abstract_model, drop_layers, forward_hidden, host_draws, set_path
 from trainer.step import (
     HiddenLoss,
     StepModels,
@@ -372,8 +374,16 @@ def _student_params(spec: DistillSpec, student: _Model, teacher: _Model | None, 
             return jax.tree.map(lambda a, dt: a.astype(dt), out, cast)
 
         return jax.jit(pruned, out_shardings=student.shardings)(teacher_params)
-    host = host_init(student.abstract_state, spec.seed, stream=f"{spec.mode}/{spec.student.model}")
-    return jax.tree.map(lambda value, sharding: _put(value, sharding), host, student.shardings)
+    # One parameter on the host at a time, placed as its shards before the next is drawn (the whole model was
+    # drawn first: 280 GB of host memory per host for a 70B student).
+    params: dict = {}
+    for path, value in host_draws(student.abstract_state, spec.seed, stream=f"{spec.mode}/{spec.student.model}"):
+        sharding = student.shardings
+        for key in path:
+            sharding = sharding[key]
+        set_path(params, path, _put(value, sharding))
+        del value
+    return params
 
 
 def _put(value: np.ndarray, sharding: NamedSharding) -> jax.Array:

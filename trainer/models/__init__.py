@@ -12,8 +12,10 @@ from trainer.models.transformer import (
     drop_layers,
     forward,
     forward_hidden,
+    host_draws,
     host_init,
     init_model,
+    set_path,
 )
 
 __all__ = [
@@ -24,6 +26,8 @@ __all__ = [
     "drop_layers",
     "forward",
     "forward_hidden",
+    "host_draws",
     "host_init",
+    "set_path",
     "init_model",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -41,6 +42,7 @@ __all__ = [
     "abstract_model",
     "drop_layers",
     "forward",
+    "host_draws",
     "host_init",
     "init_model",
 ]
@@ -240,7 +242,7 @@ def abstract_model(config: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
 
 def host_init(abstract_state: nnx.State, seed: int, stream: str = "") -> dict:
     """Parameters drawn on the host with NumPy from each parameter's `init_std` metadata (norm scales: their
-    `init` value, 1, or 0 for Gemma's (1 + w) norms), as a pure dict of arrays.
+    `init` value, 1, or 0 for Gemma's (1 + w) norms), as a pure dict of arrays (`host_draws`, all at once).
 
     Why not `init_model` under jit: XLA:CPU spends 10-15 s compiling threefry for a 4-layer model's ~30 random
     draws. Each parameter gets its own stream from `(seed, crc32(stream/path))`, so values do not depend on the
@@ -248,7 +250,15 @@ def host_init(abstract_state: nnx.State, seed: int, stream: str = "") -> dict:
     keeps runs that share a seed apart: a distilled student must not start from the very draws its teacher
     started from when it was pre-trained (they would share structure no real student has).
     """
-    out = {}
+    out: dict = {}
+    for path, value in host_draws(abstract_state, seed, stream):
+        set_path(out, path, value)
+    return out
+
+
+def host_draws(abstract_state: nnx.State, seed: int, stream: str = "") -> Iterator[tuple[tuple, np.ndarray]]:
+    """`host_init`'s parameters one at a time, `(path, array)`: a caller that places each on its devices before
+    the next is drawn holds one parameter on the host, not the model (a 70B student is 280 GB in float32)."""
     for path, variable in nnx.to_flat_state(abstract_state):
         metadata = variable.get_metadata()
         std = metadata.get("init_std")
@@ -259,11 +269,11 @@ def host_init(abstract_state: nnx.State, seed: int, stream: str = "") -> dict:
         else:
             rng = np.random.default_rng([seed, zlib.crc32(f"{stream}/{name}".encode() if stream else name.encode())])
             value = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
-        _set(out, path, value.astype(jnp.dtype(dtype)))
-    return out
+        yield path, value.astype(jnp.dtype(dtype))
 
 
-def _set(tree: dict, path: tuple, value) -> None:
+def set_path(tree: dict, path: tuple, value) -> None:
+    """Set `value` at `path` in a nested dict, creating the dicts on the way."""
     for key in path[:-1]:
         tree = tree.setdefault(key, {})
     tree[path[-1]] = value
