@@ -525,6 +525,11 @@ def _spec_source(
 ) -> tuple[SpecSource | None, list[Problem]]:
     """The spec named at `loc` of the sweep file: a path (relative to the sweep file) or inline data."""
     if isinstance(spec, str):
+        if not spec.strip():  # `spec: ""` read the sweep's own folder: ". is a directory, not a file"
+            problem = Problem(
+                loc, "blank_path", "spec is blank", "name the spec file (relative to this file), or write it inline"
+            )
+            return None, [_at(problem, loc, document, file)]
         spec_file = base_dir / spec
         try:
             spec_document = parse_yaml(read_text_file(spec_file))
@@ -555,11 +560,14 @@ def _spec_source(
         problem = Problem((), "not_a_mapping", "a spec must be a mapping of keys", "start with a `student:` block")
         return None, [_at(problem, prefix, source_document, where)]
     if isinstance(spec, str) and looks_like_sweep(data):
+        itself = file is not None and Path(where).resolve() == Path(file).resolve()
         problem = Problem(
             loc,
             "sweep_not_spec",
-            f"spec {spec!r} is a sweep file, not a spec",
-            f"name the spec file it uses ({data['spec']!r}) or run that sweep itself"
+            f"spec {spec!r} is {'this sweep file itself' if itself else 'a sweep file'}, not a spec",
+            "name the spec file the runs start from (a `student:` block; `distillctl validate` checks one)"
+            if itself
+            else f"name the spec file it uses ({data['spec']!r}) or run that sweep itself"
             if isinstance(data["spec"], str)
             else "move the spec it holds inline under `spec:` into a file of its own and name that",
         )

@@ -346,3 +346,17 @@ def test_a_spec_missing_beside_a_sweep_on_standard_input_names_the_folder_it_was
     source = load_sweep("-")
     (problem,) = [p for p in source.problems if p.code == "file_not_found"]
     assert f"read from {tmp_path}: a sweep on standard input names its specs from the current directory" in problem.hint
+
+
+def test_a_sweep_naming_itself_or_a_blank_spec_is_said_as_such(tmp_path):
+    """`spec: s.yaml` in s.yaml was told to "name the spec file it uses ('s.yaml')" (itself); `spec: ""` read the
+    sweep's own folder, ". is a directory, not a file"."""
+    from sweep_support import load
+
+    itself = load(tmp_path, {"name": "s", "spec": "sweep.yaml", "target": {"kind": "local"}})
+    (problem,) = [p for p in itself.problems if p.is_error]
+    assert problem.code == "sweep_not_spec" and "this sweep file itself" in problem.message, problem
+    assert "sweep.yaml" not in problem.hint and "student:" in problem.hint
+    blank = load(tmp_path, {"name": "s", "spec": " ", "target": {"kind": "local"}})
+    (problem,) = [p for p in blank.problems if p.is_error]
+    assert problem.code == "blank_path" and problem.message == "spec is blank" and problem.line == 2, problem
