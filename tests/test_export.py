@@ -453,3 +453,17 @@ def test_a_write_the_file_system_refuses_inside_safetensors_is_not_writable_not_
     )
     assert done.returncode == ExitCode.USAGE and "OutputNotWritable" in done.stderr, done.stderr[-2000:]
     assert "internal error" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_an_export_into_the_runs_checkpoints_folder_is_refused(run, tmp_path):
+    """`export -o <run>/checkpoints/hf` put a model folder among the run's checkpoint steps, where resume and orbax
+    look (other commands refuse outputs inside run folders)."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run["run"], copy)
+    before = sorted(p.name for p in (copy / "checkpoints").iterdir())
+    result = _export(str(copy), "-o", str(copy / "checkpoints" / "hf"))
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "is inside the run's checkpoints folder" in result.stderr and "export/hf" in result.stderr
+    assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == before

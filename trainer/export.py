@@ -114,6 +114,16 @@ def export_run(run_dir: str, out_dir: str, *, to: str = "hf", dtype: str | None 
             ),
         )
     _check_destination(out_dir)
+    checkpoints_dir = f"{run_dir.rstrip('/')}/checkpoints"
+    if (
+        "://" not in out_dir
+        and "://" not in run_dir
+        and os.path.realpath(out_dir).startswith(os.path.realpath(checkpoints_dir) + os.sep)
+    ):  # a model folder among the run's checkpoint steps, which orbax and resume read
+        raise UserError(
+            f"{out_dir} is inside the run's checkpoints folder ({checkpoints_dir})",
+            f"export somewhere else, e.g. {run_dir.rstrip('/')}/export/{to}",
+        )
     import jax
     from flax import nnx
 
@@ -148,7 +158,6 @@ def export_run(run_dir: str, out_dir: str, *, to: str = "hf", dtype: str | None 
             # was read, healthy, and a newer one is the latest now. It was called damaged ("move it aside").
             if attempt + 1 == ROTATION_ATTEMPTS or _exists(params_dir):
                 raise
-    notes = [note] if (note := _unfinished(run_dir, params_dir, spec)) else []
     notes = [note] if (note := _unfinished(run_dir, params_dir, spec)) else []
     if to == "maxtext":
         write_maxtext(params, spec, out_dir, dtype=dtype)
