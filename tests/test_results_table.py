@@ -585,3 +585,19 @@ def test_outputs_that_cannot_be_read_are_said_not_read_as_never_started(finished
     out = invoke("status", str(finished.source.file))
     said = " ".join(out.stdout.split())
     assert out.exit_code == 0 and "NotObserved" in said and "NotCreated" not in said, out.output
+
+
+def test_status_says_what_results_says_of_damaged_outputs(finished):
+    """A succeeded run's metrics.jsonl cut at its last record: `results` warned (damaged_metrics) while `status`
+    showed the earlier step's kl_div_T1 without a word; an unreadable folder gets the permissions hint."""
+    import shutil
+
+    cut, moved = finished.points[0], finished.points[1]
+    log = Path(cut.output_path) / "metrics.jsonl"
+    log.write_text(log.read_text()[:-40])
+    shutil.rmtree(moved.output_path)
+    Path(moved.output_path).write_text("")
+    out = invoke("status", str(finished.source.file))
+    said = " ".join(out.stderr.split())
+    assert out.exit_code == 0 and said.count("warning[damaged_metrics]") == 2, out.output
+    assert "the files were edited, cut or replaced" in said and "check the permissions" in said

@@ -156,23 +156,11 @@ def _warn_no_outputs(expansion, outputs, statuses, output_base: str | None) -> N
 def _warn_damage(outputs) -> None:
     """Say which runs' files disagree with themselves (`RunOutputs.damage`): their rows are computed from what is
     left, which may be another step's values."""
-    from distillspec.problems import Problem
     from orchestrator.cli import console
+    from orchestrator.core.status import damage_warnings
 
-    for run in outputs.values():
-        if run.damage:
-            console.print_problem(
-                Problem(
-                    (),
-                    "damaged_metrics",
-                    f"{'; '.join(run.damage)}: the run's row is computed from what is left",
-                    "the files were edited, cut or replaced: copy the run's folder again from where it was written, "
-                    "or delete it and `distillctl sweep` to run the point again (a running trainer rewrites "
-                    "metrics.jsonl from its checkpoint when it resumes)",
-                    severity="warning",
-                    file=run.path,
-                )
-            )
+    for problem in damage_warnings(outputs):
+        console.print_problem(problem)
 
 
 def results_command(

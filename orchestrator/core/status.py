@@ -89,7 +89,27 @@ def look(
     outputs, warnings = read_outputs(expansion, strict=strict_outputs)
     statuses = derive_all(expansion, observed, outputs, now=now, stall_after=stall_after)
     changed = queue_changes(expansion, observed, statuses) + label_changes(expansion, observed, statuses)
-    return SweepState(statuses, outputs, warnings + changed)
+    return SweepState(statuses, outputs, warnings + changed + damage_warnings(outputs))
+
+
+def damage_warnings(outputs: Mapping[str, RunOutputs]) -> tuple[Problem, ...]:
+    """`damaged_metrics` for each run whose files disagree with themselves or cannot be read (`RunOutputs.damage`):
+    its row, its status's step and kl_div_T1, are computed from what is left (`status` said nothing of what
+    `results` warned about)."""
+    found = []
+    for run in outputs.values():
+        if not run.damage:
+            continue
+        hint = (
+            "check the permissions of the run's folder and its files (the user running distillctl must read them)"
+            if run.unreadable
+            else "the files were edited, cut or replaced: copy the run's folder again from where it was written, or "
+            "delete it and `distillctl sweep` to run the point again (a running trainer rewrites metrics.jsonl from "
+            "its checkpoint when it resumes)"
+        )
+        message = f"{'; '.join(run.damage)}: the run's row is computed from what is left"
+        found.append(Problem((), "damaged_metrics", message, hint, severity="warning", file=run.path))
+    return tuple(found)
 
 
 def _unfinished_own_runs(
