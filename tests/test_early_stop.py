@@ -139,6 +139,7 @@ def test_replay_reads_the_runs_outputs_and_counts_chip_hours_saved(tmp_path):
             for step, value in curves[point.run_id]
         ]
         (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        (folder / "summary.json").write_text(json.dumps({"status": "running", "step": curves[point.run_id][-1][0]}))
     result = CliRunner().invoke(app, ["early-stop", "replay", str(path), "--output", "json"])
     assert result.exit_code == 0, result.output
     rows = {row["key"]: row for row in json.loads(result.stdout)}
@@ -150,6 +151,13 @@ def test_replay_reads_the_runs_outputs_and_counts_chip_hours_saved(tmp_path):
     assert rows["2"]["steps_saved"] == 70 and rows["2"]["chip_hours_saved"] > rows["1"]["chip_hours_saved"] > 0
     text = CliRunner().invoke(app, ["early-stop", "replay", str(path)])
     assert text.exit_code == 0 and "2 of 3 point(s) would have stopped; 110 steps" in text.stdout
+    assert "damaged_metrics" not in text.stderr
+    # A line of the log that is not a record: replayed from what is left, and said (it was silent; results warned)
+    folder = tmp_path / "runs" / sweep.points[0].run_id
+    with open(folder / "metrics.jsonl", "a") as log:
+        log.write("garbage\n" + json.dumps({"step": 999, "metrics": {}}) + "\n")
+    damaged = CliRunner().invoke(app, ["early-stop", "replay", str(path)])
+    assert damaged.exit_code == 0 and "warning[damaged_metrics]" in damaged.stderr, damaged.output
 
 
 def test_replay_says_what_plan_says_of_the_rules_and_refuses_to_replay_nothing(tmp_path):

@@ -21,6 +21,7 @@ def replay(
     from orchestrator.cli import console
     from orchestrator.cli.options import SweepContext
     from orchestrator.core import early_stop, gate
+    from orchestrator.core.status import damage_warnings
     from orchestrator.errors import UsageError
 
     ctx = SweepContext.build(sweep, yes=True)
@@ -32,6 +33,8 @@ def replay(
     if output_base is None:
         ctx.warn_if_nothing_written(expansion)
     outputs = gate.read_outputs(expansion, output_base)
+    for problem in damage_warnings(outputs):  # a cut or unreadable log replays what is left of it
+        console.print_problem(problem)
     rows = early_stop.replay(expansion, outputs)
     if not any(r.last_step is not None for r in rows):  # "0 would have stopped" would read as rules that never fire
         where = output_base or expansion.sweep.target.output_base
