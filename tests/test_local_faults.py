@@ -372,10 +372,42 @@ def test_a_sweep_with_nothing_new_to_run_still_hands_an_orphan_to_a_supervisor(t
     distillctl("sweep", str(sweep), check=True)
     try:
         orphan = _orphan_trainer(folder, run["output_path"])
+        first = local_claims.read_claim(run["output_path"])
         again = distillctl("sweep", str(sweep), check=True)
         assert "exists: Running" in again.stdout, again.stdout
+        # said by `sweep` (only the supervisor's log said it)
+        assert "handed to the sweep's supervisor" in again.stderr and f"alone-{run['run_id']}" in again.stderr
         wait_until(lambda: supervisors(folder), 30, "a supervisor that adopts the trainer")
         _resumed_after(orphan, run["output_path"], folder)
+        # the run keeps its age, and the trainer's death counts as a restart (it read restarts 0 and a fresh age)
+        resumed = local_claims.read_claim(run["output_path"])
+        assert (resumed.created_at, resumed.restarts) == (first.created_at, first.restarts + 1), (first, resumed)
+        assert status(sweep)[run["run_id"]]["restarts"] == 1
+    finally:
+        distillctl("cancel", str(sweep), "--yes")
+
+
+def test_an_adopted_trainer_that_ends_on_its_own_leaves_its_claim_exited(tmp_path):
+    """A trainer a dead supervisor left running, handed to a new one, that then finished by itself: its claim read
+    `running` (under the dead supervisor) for ever."""
+    (tmp_path / "teacher.yaml").write_text(TEACHER)
+    sweep = tmp_path / "ends.yaml"
+    sweep.write_text(
+        f"name: ends\nspec: teacher.yaml\noverrides: {{steps: 300, checkpoint.every_steps: 10}}\n"
+        f"target: {{kind: local, output_base: {tmp_path / 'runs'}, parallelism: 1}}\n"
+    )
+    [run] = status(sweep).values()
+    folder = state.state_dir(str(tmp_path / "runs"), "ends")
+    distillctl("sweep", str(sweep), check=True)
+    try:
+        orphan = _orphan_trainer(folder, run["output_path"])
+        distillctl("sweep", str(sweep), check=True)
+        claim = wait_until(
+            lambda: (c := local_claims.read_claim(run["output_path"])) and c.state == "exited" and c, 240, "its end"
+        )
+        assert claim.exit_code == 0 and not local_claims.alive(orphan), claim
+        assert status(sweep)[run["run_id"]]["phase"] == "Succeeded"
+        assert "ended: succeeded" in (folder / state.LOG).read_text()
     finally:
         distillctl("cancel", str(sweep), "--yes")
 

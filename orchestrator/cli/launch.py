@@ -231,6 +231,12 @@ def sweep(
         for problem in report.state.warnings:
             console.warn_once(problem)
         _warn_orphans(expansion, backend, ctx.path)  # an edited file: the runs of the points it dropped go on
+        if adopted := getattr(backend, "adopted", []):
+            console.err.print(
+                f"note: {len(adopted)} trainer(s) a dead local supervisor left running were handed to the sweep's "
+                f"supervisor, which resumes their runs if they die: {', '.join(adopted)}",
+                markup=False,
+            )
         _warn_stopped_runs(expansion, backend, ctx.path, dry_run=dry_run is not None)
         if output is OutputFormat.json:
             console.print_json(views.launch_json(report, mode))

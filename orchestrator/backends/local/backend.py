@@ -62,6 +62,8 @@ class LocalBackend:
                 "set the variables in target.env or in your shell instead",
             )
 
+    adopted: list[str] = []  # set by `submit`: trainers a dead supervisor left running, handed to the sweep's
+
     def _folder(self, sweep: str) -> Path:
         return state.state_dir(self.target.output_base, sweep)
 
@@ -163,6 +165,8 @@ class LocalBackend:
         except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: the supervisor takes the orders all the same
             _note_handed(e, len(runs))
             raise
+        # Said by `sweep` (the supervisor's log alone said it): their runs are looked after again.
+        self.adopted = [run.jobset_name for run in orphans if receipt.get(run.run_id) == "exists"]
         return {run.run_id: receipt.get(run.run_id, "exists") for run in runs}
 
     def _pass_on_parallelism(self, sweep: str) -> None:

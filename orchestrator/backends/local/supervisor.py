@@ -215,21 +215,37 @@ class Supervisor:
             held = local_claims.read_claim(orphan.order.output_path)
             if held is None or held.pid != orphan.pid:
                 continue  # cancelled (its claim removed), or someone else's now
-            status = (read_summary(orphan.order.output_path) or {}).get("status")
-            if status in ("succeeded", "failed", "diverged"):
-                continue  # its outputs say how it ended
+            summary = read_summary(orphan.order.output_path) or {}
             try:
                 claim = local_claims.try_claim(
                     orphan.order.output_path, orphan.order.run_id, orphan.order.sweep, "adopted"
                 )
+                if claim is None:
+                    continue
+                # The run keeps its history: its age, and the trainer's death counted as a restart (it read
+                # `restarts 0` with a fresh age after the resume).
+                kept = dataclasses.replace(claim, created_at=held.created_at, restarts=held.restarts)
+                if summary.get("status") in ("succeeded", "failed", "diverged"):  # it ended on its own
+                    code = summary.get("exit_code")
+                    ended = dataclasses.replace(
+                        kept,
+                        state="exited",
+                        exit_code=code if isinstance(code, int) else None,
+                        started_at=held.started_at,
+                    )
+                    local_claims.write_claim(orphan.order.output_path, ended)  # it stayed "running" for ever
+                    _log(
+                        f"{orphan.order.run_id}: its trainer (pid {orphan.pid}, left by a dead supervisor) ended: {summary['status']}"
+                    )
+                    continue
+                local_claims.write_claim(
+                    orphan.order.output_path, dataclasses.replace(kept, restarts=held.restarts + 1)
+                )
             except OSError as e:
                 self._fail(orphan.order, "", e)
                 continue
-            if claim is not None:
-                _log(
-                    f"{orphan.order.run_id}: its trainer (pid {orphan.pid}, left by a dead supervisor) exited; resuming"
-                )
-                self.pending.append((orphan.order, claim))
+            _log(f"{orphan.order.run_id}: its trainer (pid {orphan.pid}, left by a dead supervisor) exited; resuming")
+            self.pending.append((orphan.order, dataclasses.replace(kept, restarts=held.restarts + 1)))
         self.orphans = still
 
     def take_orders(self) -> None:
