@@ -653,3 +653,32 @@ def test_render_names_an_earlier_renders_manifests_left_in_the_folder(tmp_path):
         "stale_manifests"
         not in invoke(*args, "--tpu-type", "v5p-256", "--slices", "1", "-o", str(tmp_path / "new")).stderr
     )
+
+
+def test_logs_into_a_reader_that_stops_early_is_not_a_failure(tmp_path):
+    """`distillctl logs FILE 0 | head -1` exited 1 without a word: logs writes plain text, and the error boundary
+    asked the pipe with a write of nothing, which Linux does not refuse."""
+    import os
+    import subprocess
+    import sys
+
+    from sweep_support import expanded
+
+    data = sweep_data(target={"kind": "local", "output_base": str(tmp_path / "runs")})
+    path = write(tmp_path, data)
+    [run] = expanded(tmp_path, data).runs
+    os.makedirs(run.output_path)
+    with open(os.path.join(run.output_path, "trainer.log"), "w") as log:
+        log.writelines(f"step {i}: a line of the trainer's output\n" for i in range(20_000))
+    for _ in range(3):
+        reader = subprocess.Popen(["head", "-1"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        done = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "logs", str(path), "0"],
+            stdout=reader.stdin,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+        reader.stdin.close()
+        reader.wait(10)
+        assert done.returncode == 0 and not done.stderr, (done.returncode, done.stderr[-2000:])

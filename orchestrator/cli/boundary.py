@@ -66,11 +66,19 @@ def exit_code(e: BaseException) -> int | None:
 
 
 def _stdout_closed() -> bool:
+    """Whether stdout's reader has gone away (`distillctl logs RUN | head -1`). A write of nothing does not raise
+    EPIPE on Linux, so the pipe is asked: its write end reports an error once no reader is left."""
+    import select
+
     try:
         sys.stdout.flush()
-        os.write(sys.stdout.fileno(), b"")
-        return False
     except BrokenPipeError:
         return True
+    except (OSError, ValueError, AttributeError):
+        return False
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
     except (OSError, ValueError, AttributeError):
         return False
