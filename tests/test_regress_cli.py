@@ -768,12 +768,15 @@ def test_a_report_path_that_holds_the_users_file_is_refused_and_kept(sweep, tmp_
     refused the same); an earlier report, or an empty file, is still written over."""
     path, golden, _ = sweep
     notes = tmp_path / "NOTES.md"
-    notes.write_text("# my notes\n")
-    for flag in ("--summary", "--junit"):
-        out = invoke("regress", path, "--golden", golden, flag, notes)
+    notes.write_text("# my notes\n\nSee `distillctl regress` for the gate.\n")
+    pytest_xml = tmp_path / "pytest.xml"  # another tool's JUnit report, which a CI job keeps beside ours
+    pytest_xml.write_text('<?xml version="1.0"?>\n<testsuites><testsuite name="pytest" tests="120"/></testsuites>\n')
+    for flag, mine in (("--summary", notes), ("--junit", notes), ("--junit", pytest_xml), ("--summary", pytest_xml)):
+        before = mine.read_text()
+        out = invoke("regress", path, "--golden", golden, flag, mine)
         assert out.exit_code == ExitCode.INVALID_SPEC, out.output
-        assert f"{flag} {notes} exists and is not a report regress wrote" in " ".join(out.stderr.split())
-        assert notes.read_text() == "# my notes\n"
+        assert f"{flag} {mine} exists and is not a report regress wrote" in " ".join(out.stderr.split())
+        assert mine.read_text() == before
     junit_path, summary_path = tmp_path / "junit.xml", tmp_path / "summary.md"
     summary_path.write_text("")
     for _ in range(2):  # a second run replaces its own reports

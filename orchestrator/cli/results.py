@@ -11,6 +11,7 @@ statuses fall back to the outputs alone, with a warning: results still read from
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Mapping
 from enum import Enum
@@ -308,19 +309,23 @@ def _refuse_clobbering(
             )
 
 
-# What an earlier report of each kind holds near its start: a file without it is the user's, not ours to replace.
-REPORT_MARKERS = {"--junit": "<testsuite", "--summary": "distillctl regress"}
+# How an earlier report of each kind begins (`regress.junit_xml`'s suite name, `regress.markdown`'s title line): a
+# file that does not is the user's, not ours to replace — pytest's JUnit file, notes that mention the command.
+REPORT_MARKERS = {
+    "--junit": re.compile(r'\A(<\?xml[^>]*\?>\s*)?<testsuites[^>]*>\s*<testsuite name="distillctl\.'),
+    "--summary": re.compile(r"\A### \S+ distillctl regress `"),
+}
 
 
-def _replaceable(path: Path, marker: str) -> bool:
-    """Whether an existing file may be written over: empty, an earlier report (`marker` in its first 4 KiB), or
+def _replaceable(path: Path, marker: re.Pattern) -> bool:
+    """Whether an existing file may be written over: empty, an earlier report (it begins as `marker` says), or
     unreadable (the write then says what is wrong)."""
     try:
         with path.open("rb") as f:
             head = f.read(4096)
     except OSError:
         return True
-    return not head.strip() or marker in head.decode("utf-8", errors="replace")
+    return not head.strip() or marker.match(head.decode("utf-8", errors="replace").lstrip()) is not None
 
 
 def _spec_files(expansion) -> dict[str, Path]:
