@@ -585,6 +585,11 @@ def test_outputs_that_cannot_be_read_are_said_not_read_as_never_started(finished
     out = invoke("status", str(finished.source.file))
     said = " ".join(out.stdout.split())
     assert out.exit_code == 0 and "NotObserved" in said and "NotCreated" not in said, out.output
+    # `sweep` does not submit them as never created (a succeeded run then read Failed (OutputNotWritable))
+    launched = invoke("sweep", str(finished.source.file), "--dry-run=server")
+    said = " ".join(launched.output.split())
+    assert launched.exit_code == 0 and "would create" not in said, launched.output
+    assert said.count("submitted once its outputs can be read") == 2, launched.output
 
 
 def test_status_says_what_results_says_of_damaged_outputs(finished):

@@ -9,7 +9,8 @@ The cluster (or, locally, the output storage) is the truth. Each run is looked a
 - Queued, Running, Restarting, Stuck, Stalled: it exists (created by this sweep or another with the same point:
   either way its outputs are the same); skip.
 - Pending (never created, or preempted and gone): create it once every prerequisite it depends on has
-  succeeded; wait while one is still on its way; block when one failed.
+  succeeded; wait while one is still on its way; block when one failed. Not one whose outputs cannot be read
+  (NotObserved: permissions): its run may well have succeeded, and a new one would fail on the same folder.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ def reconcile(runs: Sequence[Point], statuses: Mapping[str, RunStatus], *, retry
             actions.append(Action(ActionKind.WAIT, run, status.message, Waiting.DELETION))
         elif status.reason == PendingReason.CLAIMED:
             actions.append(Action(ActionKind.WAIT, run, status.message, Waiting.CLAIM))
+        elif status.reason == PendingReason.NOT_OBSERVED:  # its outputs cannot be read: not "never created"
+            reason = f"{status.shown}: {status.message}; submitted once its outputs can be read"
+            actions.append(Action(ActionKind.SKIP, run, reason))
         else:
             actions.append(_pending(run, statuses, retry_failed))
     return actions
