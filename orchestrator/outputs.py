@@ -391,13 +391,34 @@ def read_columns(path: str, source: str) -> Columns | None:
 
 
 def _jsonl_columns(file: str) -> Columns | None:
+    """The first record's keys; an `error` where the trainer would stop on the file (`trainer.corpus`'s words): a
+    compressed or binary file, a JSON array or another JSON value than an object."""
     import fsspec
 
+    from distillspec.text_magic import HEAD, kind_of
+
+    with fsspec.open(file, "rb") as f:
+        found = kind_of(f.read(HEAD))
+    if found is not None:
+        what, todo = found
+        return Columns(
+            file, error=f"is {what}, not UTF-8 text ({todo.replace('FILE', file).replace('FIELD', 'data.path')})"
+        )
     with fsspec.open(file, "r", encoding="utf-8-sig", errors="strict") as f:
         for line in iter(lambda: f.readline(FIRST_LINE_LIMIT), ""):
-            if line.strip():
+            if not line.strip():
+                continue
+            try:
                 record = json.loads(line)
-                return Columns(file, tuple(record)) if isinstance(record, dict) else None
+            except json.JSONDecodeError:
+                if line.lstrip().startswith("["):  # json.dump(records, f, indent=2): its first line is no value
+                    return Columns(file, error="starts a JSON array, not JSON Lines (one JSON object per line)")
+                raise
+            if isinstance(record, list):
+                return Columns(file, error="is a JSON array, not JSON Lines (one JSON object per line)")
+            if not isinstance(record, dict):
+                return Columns(file, error="holds a line that is not a JSON object (JSON Lines: one object per line)")
+            return Columns(file, tuple(record))
     return None
 
 

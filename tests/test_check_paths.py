@@ -625,9 +625,16 @@ def test_a_column_the_data_files_do_not_have_is_an_error_before_launch(tmp_path)
     # hung the check.
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "a.parquet").write_bytes(bytes(range(256)) * 4)
-    (tmp_path / "bin" / "b.jsonl").write_bytes(b"\xff\xfe{not utf-8}\n")
+    (tmp_path / "bin" / "b.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')  # Latin-1
+    (tmp_path / "bin" / "i.jsonl").write_bytes(b"\xff\xfe{not utf-8}\n")
     (tmp_path / "bin" / "c.jsonl").write_text("not json at all\n")
     os.mkfifo(tmp_path / "bin" / "d.jsonl")
+    (tmp_path / "bin" / "e.jsonl").write_text('[{"text": "a b"}, {"text": "c"}]\n')  # a .json export named .jsonl
+    (tmp_path / "bin" / "f.jsonl").write_text('[\n  {"text": "a b"}\n]\n')
+    (tmp_path / "bin" / "g.jsonl").write_text('"just a string"\n')
+    import gzip
+
+    (tmp_path / "bin" / "h.jsonl").write_bytes(gzip.compress(b'{"text": "a"}\n'))
     (tmp_path / "notsaved").mkdir()
     (tmp_path / "notsaved" / "x.txt").write_text("x")
     for source, path, said in (
@@ -635,6 +642,11 @@ def test_a_column_the_data_files_do_not_have_is_an_error_before_launch(tmp_path)
         ("jsonl", "bin/b.jsonl", "cannot be read as JSON Lines (UnicodeDecodeError"),
         ("jsonl", "bin/c.jsonl", "cannot be read as JSON Lines (JSONDecodeError"),
         ("jsonl", "bin/d.jsonl", "is not a regular file"),
+        ("jsonl", "bin/e.jsonl", "is a JSON array, not JSON Lines"),
+        ("jsonl", "bin/f.jsonl", "starts a JSON array, not JSON Lines"),
+        ("jsonl", "bin/g.jsonl", "a line that is not a JSON object"),
+        ("jsonl", "bin/h.jsonl", "is gzip-compressed, not UTF-8 text (decompress it (gunzip"),
+        ("jsonl", "bin/i.jsonl", "is UTF-16 text (it starts with a byte-order mark)"),
         ("hf_disk", "notsaved", "is not a dataset saved by save_to_disk"),
     ):
         ((code, loc, message),) = problems_for(source, str(tmp_path / path))
