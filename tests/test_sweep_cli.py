@@ -682,3 +682,17 @@ def test_logs_into_a_reader_that_stops_early_is_not_a_failure(tmp_path):
         reader.stdin.close()
         reader.wait(10)
         assert done.returncode == 0 and not done.stderr, (done.returncode, done.stderr[-2000:])
+
+
+def test_plan_advice_does_not_offer_more_chips_for_what_is_per_chip(tmp_path):
+    """On v5e the guide's pruning recovery needs ~18 GB per chip for the gathered vocabulary tables, activations
+    and a layer's working set alone: the advice was "a TPU type with more chips per slice", also on v5litepod-256,
+    the largest there is."""
+    for tpu_type in ("v5litepod-16", "v5litepod-256"):
+        result = invoke(
+            "plan", str(SWEEPS / "alpha-end.yaml"), "--tpu-type", tpu_type, "--slices", "1", "--output", "json"
+        )
+        (problem,) = [p for p in json.loads(result.stdout)["problems"] if p["code"] == "memory_over_hbm"]
+        hint = problem["hint"]
+        assert "per chip whatever the chip count" in hint and "mesh.tensor" in hint, hint
+        assert "more chips" not in hint and "more HBM per chip" in hint, hint

@@ -120,7 +120,7 @@ def memory_problems(rows: tuple[PlanRow, ...], target: Target) -> list[Problem]:
             f"needs about {m.total / GB:.1f} GB per {unit} ({parts}), {verdict} in the "
             f"{m.hbm_per_chip / GB:.0f} GB of a {target.tpu_type} {unit}"
         )
-        advice = _memory_advice(m, row.point.spec, tpu.lookup(str(target.tpu_type)).devices)
+        advice = _memory_advice(m, row.point.spec, tpu.lookup(str(target.tpu_type)))
         grouped.setdefault((m.fit, text, advice), []).append(row.point.label)
     for (fit, text, advice), labels in grouped.items():
         where = _where(labels, rows)
@@ -136,45 +136,59 @@ def memory_problems(rows: tuple[PlanRow, ...], target: Target) -> list[Problem]:
     return out
 
 
-def _memory_advice(m: memory.MemoryEstimate, spec, slice_devices: int) -> str:
-    """What would shrink the largest part of the estimate: one list for every case advised sharding and more
-    chips to a run whose activations (per chip: rows × length, whatever the chip count) were 85 % of it."""
-    weights = m.student_params + m.gradients + m.optimizer_state + m.teacher_params + m.gathered_weights
+def _memory_advice(m: memory.MemoryEstimate, spec, tpu_type: tpu.TpuType) -> str:
+    """What would shrink the largest part of the estimate. The sharded state (parameters, gradients, optimizer
+    state, the teacher) shrinks with more chips; the gathered vocabulary tables, the activations and the loss or a
+    layer's working set are per chip whatever the chip count, so "more chips" is advised only when the rest fits.
+    (It was advised to runs whose per-chip part alone was over the chip's HBM, on the largest slice there is.)"""
+    sharded = m.student_params + m.gradients + m.optimizer_state + m.teacher_params
+    per_chip = m.total - sharded
     batch = spec.batch
     # the loss and a layer's working set are alternatives (`MemoryEstimate.total`): only the larger counts
     activations = m.activations + (m.working_set if m.working_set > m.loss else 0)
     loss = m.loss if m.loss >= m.working_set else 0
-    if activations >= max(weights, loss):
-        fixes = []
-        if batch.per_device_batch_size > 1:
-            fixes.append(
-                "a smaller batch.per_device_batch_size (batch.gradient_accumulation_steps keeps the global batch)"
+    hbm = m.hbm_per_chip or 0
+    if per_chip >= hbm or max(activations, loss, m.gathered_weights) >= sharded:
+        if m.gathered_weights >= max(activations, loss):
+            return (
+                f"{per_chip / GB:.1f} GB of it is per chip whatever the chip count, {m.gathered_weights / GB:.1f} GB "
+                "of that the embedding and LM-head tables FSDP gathers for their matmuls: mesh.tensor (2, 4, ...) "
+                "splits them along the vocabulary, or a TPU type with more HBM per chip"
             )
-        fixes.append(f"a shorter batch.max_target_length (attention holds {batch.max_target_length}² scores per head)")
-        if spec.student.remat != "full":  # the teacher has no backward pass: nothing kept to remat
-            fixes.append("student.remat: full (it keeps one array per layer)")
+        if activations >= loss:
+            fixes = []
+            if batch.per_device_batch_size > 1:
+                fixes.append(
+                    "a smaller batch.per_device_batch_size (batch.gradient_accumulation_steps keeps the global batch)"
+                )
+            fixes.append(
+                f"a shorter batch.max_target_length (attention holds {batch.max_target_length}² scores per head)"
+            )
+            if spec.student.remat != "full":  # the teacher has no backward pass: nothing kept to remat
+                fixes.append("student.remat: full (it keeps one array per layer)")
+            return (
+                f"activations are {activations / GB:.1f} GB of it, per chip whatever the chip count (more chips or "
+                "sharding do not shrink them): " + ", or ".join(fixes)
+            )
         return (
-            f"activations are {activations / GB:.1f} GB of it, per chip whatever the chip count (more chips or "
-            "sharding do not shrink them): " + ", or ".join(fixes)
+            f"the loss's logits are {loss / GB:.1f} GB of it: a smaller batch.per_device_batch_size "
+            "(batch.gradient_accumulation_steps keeps the global batch)"
         )
-    if weights >= loss:
-        fixes = []
-        if m.replicated:  # an fsdp that does not divide emb_dim shards nothing: name one that does
-            widths = [spec.student_block().shape().emb_dim] + (
-                [spec.teacher.shape().emb_dim] if spec.teacher is not None and spec.is_online_distillation else []
-            )
-            fsdp = math.gcd(slice_devices, *widths)
-            fixes.append(
-                f"mesh.fsdp: {fsdp} (it divides emb_dim {' and '.join(map(str, sorted(set(widths))))} and the "
-                f"slice's {slice_devices} devices; the mesh_replicates warning says what is left whole)"
-            )
-        elif m.param_shards < slice_devices:
-            fixes.append("shard the weights over every device of a slice (mesh.fsdp: -1 with mesh.data: 1)")
+    fixes = []
+    if m.replicated:  # an fsdp that does not divide emb_dim shards nothing: name one that does
+        widths = [spec.student_block().shape().emb_dim] + (
+            [spec.teacher.shape().emb_dim] if spec.teacher is not None and spec.is_online_distillation else []
+        )
+        fsdp = math.gcd(tpu_type.devices, *widths)
+        fixes.append(
+            f"mesh.fsdp: {fsdp} (it divides emb_dim {' and '.join(map(str, sorted(set(widths))))} and the "
+            f"slice's {tpu_type.devices} devices; the mesh_replicates warning says what is left whole)"
+        )
+    elif m.param_shards < tpu_type.devices:
+        fixes.append("shard the weights over every device of a slice (mesh.fsdp: -1 with mesh.data: 1)")
+    if any(t.family == tpu_type.family and t.devices > tpu_type.devices for t in tpu.TPU_TYPES.values()):
         fixes.append("a TPU type with more chips per slice")
-        if m.teacher_params > weights / 3:
-            fixes.append("distill offline from top-k logits (no teacher in the step)")
-        return f"weights, gradients and optimizer state are {weights / GB:.1f} GB of it: " + ", or ".join(fixes)
-    return (
-        f"the loss's logits are {m.loss / GB:.1f} GB of it: a smaller batch.per_device_batch_size "
-        "(batch.gradient_accumulation_steps keeps the global batch)"
-    )
+    if m.teacher_params > sharded / 3:
+        fixes.append("distill offline from top-k logits (no teacher in the step)")
+    fixes = fixes or ["a TPU type with more HBM per chip"]
+    return f"weights, gradients and optimizer state are {sharded / GB:.1f} GB of it: " + ", or ".join(fixes)
