@@ -833,16 +833,20 @@ def _shuffling(data) -> list[Problem]:
 
 
 def _event_folder(spec: DistillSpec) -> list[Problem]:
-    """A TensorBoard folder with TensorBoard off: nothing would be written there."""
-    if spec.logging.tensorboard_dir is None or spec.logging.tensorboard:
+    """A TensorBoard folder where no events are written: TensorBoard off, or a teacher_logits run (it logs none)."""
+    if spec.logging.tensorboard_dir is None or (spec.logging.tensorboard and spec.mode != "teacher_logits"):
         return []
+    why, hint = (
+        ("a teacher_logits run writes no events", "remove tensorboard_dir")
+        if spec.mode == "teacher_logits"
+        else ("logging.tensorboard is false", "remove tensorboard_dir, or set tensorboard: true")
+    )
     return [
         Problem(
             ("logging", "tensorboard_dir"),
             "tensorboard_dir_unused",
-            f"logging.tensorboard_dir {spec.logging.tensorboard_dir!r} is set while logging.tensorboard is false: "
-            "no events are written",
-            "remove tensorboard_dir, or set tensorboard: true",
+            f"logging.tensorboard_dir {spec.logging.tensorboard_dir!r} is set, but {why}: nothing is written there",
+            hint,
             severity="warning",
         )
     ]

@@ -605,4 +605,6 @@ def test_status_says_what_results_says_of_damaged_outputs(finished):
     out = invoke("status", str(finished.source.file))
     said = " ".join(out.stderr.split())
     assert out.exit_code == 0 and said.count("warning[damaged_metrics]") == 2, out.output
-    assert "the files were edited, cut or replaced" in said and "check the permissions" in said
+    assert "the files were edited, cut or replaced" in said and "move that file away" in said
+    logs = invoke("logs", str(finished.source.file), moved.key)
+    assert logs.exit_code == ExitCode.USAGE and "a file is where the run's folder goes" in logs.stderr, logs.output

@@ -312,3 +312,10 @@ def test_the_guides_tensorboard_dir_is_read_and_warned_about_when_unused():
     assert unused.severity == "warning" and unused.line is not None and "tensorboard: true" in unused.hint
     (tilde,) = [p for p in read_spec_text(RUNNABLE + "tensorboard_dir: ~/tb\n").problems if p.code == "tilde_path"]
     assert tilde.line == RUNNABLE.count("\n") + 1, tilde
+
+
+def test_a_tensorboard_dir_of_a_teacher_logits_run_is_said_unused():
+    """A teacher_logits run logs no events: its tensorboard_dir was ignored without a word."""
+    text = (SWEEPS / "tiny-teacher-logits.yaml").read_text() + "logging: {tensorboard_dir: tb}\n"
+    (unused,) = [p for p in read_spec_text(text).problems if p.code == "tensorboard_dir_unused"]
+    assert "a teacher_logits run writes no events" in unused.message and unused.severity == "warning"

@@ -776,3 +776,4 @@ def test_events_go_to_the_tensorboard_dir_the_spec_names(tmp_path):
     assert run(spec_of(blocked), reporter=recorder) == TrainerExit.USER_ERROR
     status, _, message = recorder.ended
     assert status == "failed" and "OutputNotWritable" in message and "blocked/tb2" in message, message
+    assert "choose another logging.tensorboard_dir" in message, message

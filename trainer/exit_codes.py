@@ -68,7 +68,8 @@ UNUSABLE_ERRNOS: frozenset[int] = frozenset(
 class OutputNotWritable(UserError):
     """The run's output or checkpoint storage cannot be written: `OutputNotWritable: <path>: <error>`, exit 1."""
 
-    def __init__(self, path: str, error: BaseException | str):
+    def __init__(self, path: str, error: BaseException | str, setting: str = "output_dir"):
+        """`setting`: the spec field that names the path (the hint's other choice)."""
         full = not isinstance(error, str) and os_errno(error) in (errno.ENOSPC, errno.EDQUOT)
         super().__init__(
             f"OutputNotWritable: {path}: {error}",
@@ -76,7 +77,7 @@ class OutputNotWritable(UserError):
             "free space there (old runs, old checkpoints: checkpoint.keep) or raise the quota, then run again: it "
             "resumes from the last checkpoint"
             if full
-            else "make the path a writable directory (or choose another output_dir), then run again",
+            else f"make the path a writable directory (or choose another {setting}), then run again",
             reason="output_not_writable",  # status: Failed (OutputNotWritable), as the local supervisor's own
         )
         self.path = path
@@ -95,12 +96,12 @@ def os_errno(error: BaseException) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def storage_failure(path: str, error: BaseException) -> TrainerError:
+def storage_failure(path: str, error: BaseException, setting: str = "output_dir") -> TrainerError:
     """What a failed write under `path` means for the run: OutputNotWritable (exit 1) when the storage refuses it,
     RetryableError (exit 42) for transient I/O (EIO, a dropped connection, a timeout)."""
     unusable = isinstance(error, (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError)) or (
         os_errno(error) in UNUSABLE_ERRNOS
     )
     if unusable:
-        return OutputNotWritable(path, error)
+        return OutputNotWritable(path, error, setting)
     return RetryableError(f"cannot write {path}: {type(error).__name__}: {error}")

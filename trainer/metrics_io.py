@@ -156,14 +156,15 @@ class RunFiles:
 
     @contextlib.contextmanager
     def _writing(self, where: str | None = None):
-        """An OSError while writing the run directory (or `where`) as OutputNotWritable (exit 1) or RetryableError
-        (exit 42)."""
+        """An OSError while writing the run directory (or `where`, the events folder) as OutputNotWritable (exit
+        1) or RetryableError (exit 42)."""
         from trainer.exit_codes import storage_failure
 
         try:
             yield
         except OSError as e:
-            raise storage_failure(where or self.run_dir, e) from None
+            setting = "logging.tensorboard_dir" if where is not None and where != self.run_dir else "output_dir"
+            raise storage_failure(where or self.run_dir, e, setting) from None
 
     def _replace(self, name: str, payload: str) -> None:
         target = self.path(name)
@@ -285,7 +286,7 @@ def _is_local(fs) -> bool:
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
-def check_writable(directory: str) -> None:
+def check_writable(directory: str, setting: str = "output_dir") -> None:
     """Check that `directory` (a local path or fsspec URL) can be written, creating nothing: a probe file is
     written and deleted in it, or, while it does not exist yet, in its nearest existing ancestor (a run that
     fails before training leaves no folders behind).
@@ -309,9 +310,9 @@ def check_writable(directory: str) -> None:
         fs.rm_file(probe)
     except FileNotFoundError as e:
         # A folder that exists yet cannot hold a new file (/proc, /sys): no retry changes that (it was exit 42).
-        raise OutputNotWritable(directory, e) from None
+        raise OutputNotWritable(directory, e, setting) from None
     except OSError as e:
-        raise storage_failure(directory, e) from None
+        raise storage_failure(directory, e, setting) from None
 
 
 def failure_name(process_index: int) -> str:

@@ -1073,7 +1073,8 @@ def train(spec: DistillSpec, session: _Session, stop: Callable[[], Any] | _Stop)
         + ([events] if events else [])
         + ([f"{run_dir}/checkpoints"] if spec.checkpoint.enabled else [])
     ):
-        check_writable(directory)
+        moved = directory == events and spec.logging.tensorboard_dir is not None
+        check_writable(directory, "logging.tensorboard_dir" if moved else "output_dir")
     if index == 0:
         _hold_run_dir(session, run_dir)
     if index != 0:

@@ -802,8 +802,8 @@ def _warn_stopped_runs(expansion, backend, path=None, *, dry_run: bool = False) 
             (),
             "stopped_runs_superseded",
             f"{len(stopped)} run(s) of sweep {expansion.sweep.name} that `cancel` stopped are for points this file no "
-            f"longer has: {listed}{' ...' if len(stopped) > 10 else ''}; the edit gave those points new ids, which "
-            "start from step 0",
+            f"longer has: {listed}{' ...' if len(stopped) > 10 else ''}; an edited point gets a new id, and its run "
+            "starts from step 0",
             f"to resume one instead, put the file back as it was and run `distillctl sweep {path or 'FILE'}`; the "
             f"stopped runs' outputs stay under {expansion.sweep.target.output_base}",
             severity="warning",

@@ -286,7 +286,9 @@ class LocalBackend:
         except OSError as e:  # an unreadable run folder or log (permissions, a folder in its place): said, not a bug
             raise UsageError(
                 f"cannot read {run.label}'s log: {e.strerror or e} ({e.filename or run.output_path})",
-                "check the permissions of the run's folder and its trainer.log",
+                "move that file away (the run's outputs are a folder of that name)"
+                if isinstance(e, NotADirectoryError)
+                else "check the permissions of the run's folder and its trainer.log",
             ) from None
 
     def _log_lines(self, run: Point, request: LogRequest) -> Iterator[str]:
@@ -296,6 +298,8 @@ class LocalBackend:
         while request.follow and not path.exists() and _log_may_grow(local_claims.read_claim(run.output_path)):
             time.sleep(0.2)
         if not path.exists():  # raises PermissionError for a folder that cannot be searched
+            if path.parent.exists() and not path.parent.is_dir():  # "has no log yet" of a run that succeeded
+                raise NotADirectoryError(20, "a file is where the run's folder goes", str(path.parent))
             raise UsageError(f"{run.label} has no log yet ({path})", "it has not started; `distillctl status` says why")
         with path.open("r", errors="replace") as f:
             lines = f.readlines()
