@@ -783,3 +783,16 @@ def test_a_report_path_that_holds_the_users_file_is_refused_and_kept(sweep, tmp_
         out = invoke("regress", path, "--golden", golden, "--junit", junit_path, "--summary", summary_path)
         assert out.exit_code == ExitCode.OK, out.output
     assert "distillctl regress" in summary_path.read_text() and "<testsuite" in junit_path.read_text()
+
+
+def test_a_checked_metric_that_became_nan_is_a_regression_not_infrastructure(sweep):
+    """A run of the code under test whose checked metric is NaN: regress said exit 2 (infrastructure, which CI
+    retries); the numbers the code computed are its regression, exit 1."""
+    path, golden, result = sweep
+    log = Path(result.points[1].output_path) / "metrics.jsonl"
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    lines[-1]["metrics"]["distill/kl_div_T1"]["sum"] = float("nan")
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = invoke("regress", path, "--golden", golden)
+    assert out.exit_code == ExitCode.FAILED, out.output
+    assert "| nan |" in out.stdout and "1 regressed, 0 infrastructure" in out.stdout, out.stdout

@@ -131,16 +131,20 @@ def evaluate(golden: GoldenFile, observed: Mapping[str, Observed], *, timed_out:
             continue
         for name, check in point.checks.items():
             value = seen.metrics.get(name)
-            if value is None or not math.isfinite(value):
+            if value is None:
+                outcomes.append(
+                    Outcome(point.run_id, label, name, "infra", check.describe(), value, f"{name} was not logged")
+                )
+            elif not math.isfinite(value):  # what the code under test computed: a regression, not CI's trouble
                 outcomes.append(
                     Outcome(
                         point.run_id,
                         label,
                         name,
-                        "infra",
-                        check.describe(),
+                        "regression",
+                        check.describe(precise=True),
                         value,
-                        f"{name} was not logged" if value is None else f"{name} is {value}",
+                        f"{name} is {value}, expected {check.describe(precise=True)}",
                     )
                 )
             elif check.passes(value):
