@@ -585,6 +585,7 @@ def test_outputs_that_cannot_be_read_are_said_not_read_as_never_started(finished
     out = invoke("status", str(finished.source.file))
     said = " ".join(out.stdout.split())
     assert out.exit_code == 0 and "NotObserved" in said and "NotCreated" not in said, out.output
+    assert "a file is where the run's folder goes" in said, out.stdout  # the table's why column says which path
     # `sweep` does not submit them as never created (a succeeded run then read Failed (OutputNotWritable))
     launched = invoke("sweep", str(finished.source.file), "--dry-run=server")
     said = " ".join(launched.output.split())

@@ -76,6 +76,7 @@ _WAITING_FOR_YOU = (
     PendingReason.SUPERVISOR_GONE,
     PendingReason.PREREQUISITE_FAILED,
     PendingReason.NOT_ACCEPTED,  # the sweep service refused the sweep: the reason is the fix
+    PendingReason.NOT_OBSERVED,  # its outputs cannot be read: which path, and why
 )
 
 
