@@ -371,6 +371,8 @@ def read_columns(path: str, source: str) -> Columns | None:
         first = files[0] if "://" not in path else fs.unstrip_protocol(files[0])
         if "://" not in first and not stat.S_ISREG(os.stat(first).st_mode):  # a FIFO hung the check
             return Columns(first, error="is not a regular file (a pipe or a device)")
+        if source == "text":  # no columns: only whether the trainer would refuse its bytes at start
+            return _text_kind(first)
         if source == "jsonl":
             return _jsonl_columns(first)
         if source == "parquet":
@@ -390,20 +392,29 @@ def read_columns(path: str, source: str) -> Columns | None:
     return None
 
 
-def _jsonl_columns(file: str) -> Columns | None:
-    """The first record's keys; an `error` where the trainer would stop on the file (`trainer.corpus`'s words): a
-    compressed or binary file, a JSON array or another JSON value than an object."""
+def _text_kind(file: str) -> Columns | None:
+    """An `error` for a text file that is compressed or binary (the trainer refuses it at start); None otherwise."""
     import fsspec
 
     from distillspec.text_magic import HEAD, kind_of
 
     with fsspec.open(file, "rb") as f:
         found = kind_of(f.read(HEAD))
-    if found is not None:
-        what, todo = found
-        return Columns(
-            file, error=f"is {what}, not UTF-8 text ({todo.replace('FILE', file).replace('FIELD', 'data.path')})"
-        )
+    if found is None:
+        return None
+    what, todo = found
+    return Columns(
+        file, error=f"is {what}, not UTF-8 text ({todo.replace('FILE', file).replace('FIELD', 'data.path')})"
+    )
+
+
+def _jsonl_columns(file: str) -> Columns | None:
+    """The first record's keys; an `error` where the trainer would stop on the file (`trainer.corpus`'s words): a
+    compressed or binary file, a JSON array or another JSON value than an object."""
+    import fsspec
+
+    if (binary := _text_kind(file)) is not None:
+        return binary
     with fsspec.open(file, "r", encoding="utf-8-sig", errors="strict") as f:
         for line in iter(lambda: f.readline(FIRST_LINE_LIMIT), ""):
             if not line.strip():

@@ -647,6 +647,7 @@ def test_a_column_the_data_files_do_not_have_is_an_error_before_launch(tmp_path)
         ("jsonl", "bin/g.jsonl", "a line that is not a JSON object"),
         ("jsonl", "bin/h.jsonl", "is gzip-compressed, not UTF-8 text (decompress it (gunzip"),
         ("jsonl", "bin/i.jsonl", "is UTF-16 text (it starts with a byte-order mark)"),
+        ("text", "bin/h.jsonl", "is gzip-compressed, not UTF-8 text"),  # source text: the trainer's same refusal
         ("hf_disk", "notsaved", "is not a dataset saved by save_to_disk"),
     ):
         ((code, loc, message),) = problems_for(source, str(tmp_path / path))

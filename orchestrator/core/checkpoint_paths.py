@@ -341,10 +341,24 @@ def _records_as_text(spec: DistillSpec, read_columns: ReadColumns) -> list[Probl
     ]
 
 
+def _unreadable(loc, found, source: str) -> Problem:
+    """`data_unreadable`: the first file at a data path is one the trainer refuses at start."""
+    return Problem(
+        loc,
+        "data_unreadable",
+        f"{found.file} {found.error}: the trainer would stop at start",
+        f"check data.source ({source}) against the files {'.'.join(loc)} names",
+    )
+
+
 def _column_problems(spec: DistillSpec, read_columns: ReadColumns) -> list[Problem]:
     """The trainer's "has no column" and "holds splits" (exit 1 at start), said before launch from the first
     file's columns."""
     if spec.data.source == "text":
+        for loc, path in data_paths(spec):
+            found = read_columns(path, "text")
+            if found is not None and found.error:
+                return [_unreadable(loc, found, spec.data.source)]
         return _records_as_text(spec, read_columns)
     if spec.data.source not in DOCUMENT_SOURCES:
         return []
@@ -360,14 +374,7 @@ def _column_problems(spec: DistillSpec, read_columns: ReadColumns) -> list[Probl
         if found is None:
             continue
         if found.error:
-            problems.append(
-                Problem(
-                    loc,
-                    "data_unreadable",
-                    f"{found.file} {found.error}: the trainer would stop at start",
-                    f"check data.source ({data.source}) against the files {'.'.join(loc)} names",
-                )
-            )
+            problems.append(_unreadable(loc, found, data.source))
             continue
         if found.splits:
             problems.append(
