@@ -357,18 +357,24 @@ def test_a_trainer_a_dead_supervisor_left_running_holds_its_slot_and_is_resumed_
         distillctl("cancel", str(sweep), "--yes")
 
 
+def _one_run_sweep(tmp_path: Path, name: str, overrides: str) -> tuple[Path, dict, Path]:
+    """A sweep of the tiny teacher alone with `overrides` (flow YAML), parallelism 1: its file, its one run's status
+    row and its supervisor's folder."""
+    (tmp_path / "teacher.yaml").write_text(TEACHER)
+    sweep = tmp_path / f"{name}.yaml"
+    sweep.write_text(
+        f"name: {name}\nspec: teacher.yaml\noverrides: {overrides}\n"
+        f"target: {{kind: local, output_base: {tmp_path / 'runs'}, parallelism: 1}}\n"
+    )
+    [run] = status(sweep).values()
+    return sweep, run, state.state_dir(str(tmp_path / "runs"), name)
+
+
 def test_a_sweep_with_nothing_new_to_run_still_hands_an_orphan_to_a_supervisor(tmp_path):
     """kill -9 of the supervisor of a one-run sweep: its trainer runs on, and `sweep` again, with nothing to create,
     started no supervisor ("0 created"), so nothing resumed the run when that trainer died (Pending (Orphaned)
     until a third `sweep`)."""
-    (tmp_path / "teacher.yaml").write_text(TEACHER)
-    sweep = tmp_path / "alone.yaml"
-    sweep.write_text(
-        f"name: alone\nspec: teacher.yaml\noverrides: {{steps: 100000}}\n"
-        f"target: {{kind: local, output_base: {tmp_path / 'runs'}, parallelism: 1}}\n"
-    )
-    [run] = status(sweep).values()
-    folder = state.state_dir(str(tmp_path / "runs"), "alone")
+    sweep, run, folder = _one_run_sweep(tmp_path, "alone", "{steps: 100000}")
     distillctl("sweep", str(sweep), check=True)
     try:
         orphan = _orphan_trainer(folder, run["output_path"])
@@ -390,14 +396,7 @@ def test_a_sweep_with_nothing_new_to_run_still_hands_an_orphan_to_a_supervisor(t
 def test_an_adopted_trainer_that_ends_on_its_own_leaves_its_claim_exited(tmp_path):
     """A trainer a dead supervisor left running, handed to a new one, that then finished by itself: its claim read
     `running` (under the dead supervisor) for ever."""
-    (tmp_path / "teacher.yaml").write_text(TEACHER)
-    sweep = tmp_path / "ends.yaml"
-    sweep.write_text(
-        f"name: ends\nspec: teacher.yaml\noverrides: {{steps: 300, checkpoint.every_steps: 10}}\n"
-        f"target: {{kind: local, output_base: {tmp_path / 'runs'}, parallelism: 1}}\n"
-    )
-    [run] = status(sweep).values()
-    folder = state.state_dir(str(tmp_path / "runs"), "ends")
+    sweep, run, folder = _one_run_sweep(tmp_path, "ends", "{steps: 300, checkpoint.every_steps: 10}")
     distillctl("sweep", str(sweep), check=True)
     try:
         orphan = _orphan_trainer(folder, run["output_path"])

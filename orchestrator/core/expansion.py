@@ -296,16 +296,12 @@ def _relative_path_problems(
     for loc, path in paths.items():
         if not path or path.startswith(("/", "~")) or is_remote(path):
             continue
-        problem = Problem(
-            loc,
-            "relative_path_on_cluster",
-            ("" if prerequisite is None else f"prerequisite {prerequisite!r}: ")
-            + f"{path!r} is a relative path: the {sweep.target.kind} target's pods resolve it in the trainer "
-            "container's working directory, not this machine's",
-            "use a bucket (gs://my-bucket/...) or an absolute path on a volume target.volumes mounts",
-            severity="warning",
+        said = (
+            f"{path!r} is a relative path: the {sweep.target.kind} target's pods resolve it in the trainer "
+            "container's working directory, not this machine's"
         )
-        found.append(_where_set(sweep, source, problem, prerequisite))
+        hint = "use a bucket (gs://my-bucket/...) or an absolute path on a volume target.volumes mounts"
+        found.append(_pod_path(sweep, source, prerequisite, loc, "relative_path_on_cluster", said, hint))
     events = spec.logging.tensorboard_dir if spec.logging.tensorboard else None
     mounted = any(
         events.rstrip("/") == m.mountPath.rstrip("/") or events.startswith(m.mountPath.rstrip("/") + "/")
@@ -313,17 +309,23 @@ def _relative_path_problems(
         if events
     )
     if events and not is_remote(events) and not mounted:  # as output_base_not_shared
-        problem = Problem(
-            ("logging", "tensorboard_dir"),
-            "tensorboard_dir_not_shared",
-            ("" if prerequisite is None else f"prerequisite {prerequisite!r}: ")
-            + f"logging.tensorboard_dir {events!r} is a path inside the {sweep.target.kind} target's trainer "
-            "container: the events are lost with the pod",
-            "use a bucket (gs://my-bucket/tensorboard) or a path on a volume target.volume_mounts mounts",
-            severity="warning",
+        said = (
+            f"logging.tensorboard_dir {events!r} is a path inside the {sweep.target.kind} target's trainer "
+            "container: the events are lost with the pod"
         )
-        found.append(_where_set(sweep, source, problem, prerequisite))
+        hint = "use a bucket (gs://my-bucket/tensorboard) or a path on a volume target.volume_mounts mounts"
+        loc = ("logging", "tensorboard_dir")
+        found.append(_pod_path(sweep, source, prerequisite, loc, "tensorboard_dir_not_shared", said, hint))
     return found
+
+
+def _pod_path(
+    sweep: Sweep, source: SweepSource, prerequisite: str | None, loc: Loc, code: str, said: str, hint: str
+) -> Problem:
+    """A warning about a path a cluster's pods use, located where the sweep file sets it (`_where_set`)."""
+    prefix = "" if prerequisite is None else f"prerequisite {prerequisite!r}: "
+    problem = Problem(loc, code, prefix + said, hint, severity="warning")
+    return _where_set(sweep, source, problem, prerequisite)
 
 
 def _where_set(sweep: Sweep, source: SweepSource, problem: Problem, prerequisite: str | None = None) -> Problem:
