@@ -607,7 +607,7 @@ RUN_FILES = ("summary.json", "metrics.jsonl", "spec.json")
 
 def local_unreadable(path: str) -> tuple[str, ...]:
     """For a local run folder: `cannot read ...` for the folder or one of its files that is there but cannot be read
-    (permissions, a file where the folder goes, a folder where a file goes); () for an object store."""
+    (permissions, a folder where a file goes); () for an object store."""
     import os
 
     if "://" in path and not path.startswith("file://"):
@@ -615,10 +615,10 @@ def local_unreadable(path: str) -> tuple[str, ...]:
     folder = path.removeprefix("file://")
     try:
         os.listdir(folder)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
+        # absent, or a file where the folder goes (or where output_base goes): no run wrote there, so none can have
+        # succeeded; `sweep` submits it and it fails at once naming the path (OutputNotWritable)
         return ()
-    except NotADirectoryError:
-        return (f"cannot read {folder}: a file is where the run's folder goes",)
     except OSError as e:
         return (f"cannot read {folder}: {e.strerror or e}",)
     found = []

@@ -564,48 +564,56 @@ def test_results_json_is_strict_json_when_a_summary_holds_an_infinite_time(tmp_p
 
 
 def test_outputs_that_cannot_be_read_are_said_not_read_as_never_started(finished):
-    """A succeeded run whose folder (or its summary.json) could not be read showed "Pending (NotCreated): not
-    submitted yet" in status, results and regress (which then advised `distillctl sweep`). Here a file is where one
-    run's folder goes and a folder where another's summary.json goes (permissions do the same for a user other
-    than root)."""
+    """A succeeded run whose files could not be read showed "Pending (NotCreated): not submitted yet" in status,
+    results and regress (which then advised `distillctl sweep`). Here a folder is where one run's summary.json goes,
+    and another's metrics.jsonl (permissions do the same for a user other than root). A file where a run's whole
+    folder goes is no run at all: NotCreated, and `sweep` fails it at once naming the path (test_local_faults)."""
     import shutil
 
-    first, second = finished.points[0], finished.points[1]
-    shutil.rmtree(first.output_path)
-    Path(first.output_path).write_text("not a folder")
-    summary = Path(second.output_path) / "summary.json"
-    summary.unlink()
-    summary.mkdir()
+    first, second, third = finished.points[0], finished.points[1], finished.points[2]
+    for point, name in ((first, "metrics.jsonl"), (second, "summary.json")):
+        (Path(point.output_path) / name).unlink()
+        (Path(point.output_path) / name).mkdir()
+    shutil.rmtree(third.output_path)
+    Path(third.output_path).write_text("not a folder")
     rows = {r.run_id: r for r in table(finished).rows}
-    for point, said in ((first, "a file is where the run's folder goes"), (second, "summary.json: Is a directory")):
-        row = rows[point.run_id]
-        assert (row.status.phase, row.status.reason) == ("Pending", "NotObserved"), row.status
-        assert said in row.status.message and "cannot read" in row.status.message, row.status.message
-        assert row.damage and not row.best
+    row = rows[second.run_id]
+    assert (row.status.phase, row.status.reason) == ("Pending", "NotObserved"), row.status
+    assert "cannot read" in row.status.message and "summary.json: Is a directory" in row.status.message, row.status
+    # its verdict readable, its log not: Succeeded, and damaged (never ranked, its metrics are not there)
+    assert (
+        rows[first.run_id].status.phase == "Succeeded"
+        and "metrics.jsonl: Is a directory" in rows[first.run_id].damage[0]
+    )
+    assert rows[first.run_id].damage and rows[second.run_id].damage and not (rows[first.run_id].best or row.best)
+    assert rows[third.run_id].status.reason == "NotObserved" and not rows[third.run_id].damage  # results: no outputs
     out = invoke("status", str(finished.source.file))
     said = " ".join(out.stdout.split())
-    assert out.exit_code == 0 and "NotObserved" in said and "NotCreated" not in said, out.output
-    assert "a file is where the run's folder goes" in said, out.stdout  # the table's why column says which path
+    assert out.exit_code == 0 and said.count("NotObserved") == 1 and said.count("NotCreated") == 1, out.output
+    assert "summary.json: Is a directory" in said, out.stdout  # the table's why column says which path
     # `sweep` does not submit them as never created (a succeeded run then read Failed (OutputNotWritable))
     launched = invoke("sweep", str(finished.source.file), "--dry-run=server")
     said = " ".join(launched.output.split())
-    assert launched.exit_code == 0 and "would create" not in said, launched.output
-    assert said.count("submitted once its outputs can be read") == 2, launched.output
+    assert launched.exit_code == 0 and said.count("would create") == 1, launched.output
+    assert said.count("submitted once its outputs can be read") == 1, launched.output
 
 
 def test_status_says_what_results_says_of_damaged_outputs(finished):
     """A succeeded run's metrics.jsonl cut at its last record: `results` warned (damaged_metrics) while `status`
-    showed the earlier step's kl_div_T1 without a word; an unreadable folder gets the permissions hint."""
+    showed the earlier step's kl_div_T1 without a word; unreadable files get the permissions hint."""
     import shutil
 
     cut, moved = finished.points[0], finished.points[1]
     log = Path(cut.output_path) / "metrics.jsonl"
     log.write_text(log.read_text()[:-40])
-    shutil.rmtree(moved.output_path)
-    Path(moved.output_path).write_text("")
+    (Path(moved.output_path) / "summary.json").unlink()
+    (Path(moved.output_path) / "summary.json").mkdir()
     out = invoke("status", str(finished.source.file))
     said = " ".join(out.stderr.split())
     assert out.exit_code == 0 and said.count("warning[damaged_metrics]") == 2, out.output
-    assert "the files were edited, cut or replaced" in said and "move that file away" in said
+    assert "the files were edited, cut or replaced" in said and "check the permissions" in said
+    # `logs` of a run whose folder is a file says so (it said "has no log yet: it has not started")
+    shutil.rmtree(moved.output_path)
+    Path(moved.output_path).write_text("")
     logs = invoke("logs", str(finished.source.file), moved.key)
     assert logs.exit_code == ExitCode.USAGE and "a file is where the run's folder goes" in logs.stderr, logs.output

@@ -240,8 +240,7 @@ def derive(
             )
         if outputs.unreadable:  # read as absent, a run that succeeded read "not submitted yet"
             said = "; ".join(outputs.unreadable)
-            todo = "move that file away" if "a file is where" in said else "check its permissions"
-            return RunStatus(Phase.PENDING, PendingReason.NOT_OBSERVED, f"{said}: {todo}", **common)
+            return RunStatus(Phase.PENDING, PendingReason.NOT_OBSERVED, f"{said}: check its permissions", **common)
         return RunStatus(Phase.PENDING, PendingReason.NOT_CREATED, "not submitted yet", **common)
     if observation.suspended or observation.queue_reason:
         reason = observation.queue_reason or QueuedReason.SUSPENDED

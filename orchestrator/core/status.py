@@ -100,11 +100,9 @@ def damage_warnings(outputs: Mapping[str, RunOutputs]) -> tuple[Problem, ...]:
     for run in outputs.values():
         if not run.damage:
             continue
-        placed = any("a file is where" in said for said in run.unreadable)
         hint = (
-            "move that file away (the run's outputs are a folder of that name)"
-            if placed
-            else "check the permissions of the run's folder and its files (the user running distillctl must read them)"
+            "check the permissions of the run's folder and its files (the user running distillctl must read them), "
+            "and that nothing else is in their place"
             if run.unreadable
             else "the files were edited, cut or replaced: copy the run's folder again from where it was written, or "
             "delete it and `distillctl sweep` to run the point again (a running trainer rewrites metrics.jsonl from "
