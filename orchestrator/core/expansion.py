@@ -301,7 +301,8 @@ def _relative_path_problems(
             "container's working directory, not this machine's"
         )
         hint = "use a bucket (gs://my-bucket/...) or an absolute path on a volume target.volumes mounts"
-        found.append(_pod_path(sweep, source, prerequisite, loc, "relative_path_on_cluster", said, hint))
+        problem = Problem(loc, "relative_path_on_cluster", said, hint, severity="warning")
+        found.append(_of_run(sweep, source, problem, prerequisite))
     events = spec.logging.tensorboard_dir if spec.logging.tensorboard else None
     mounted = any(
         events.rstrip("/") == m.mountPath.rstrip("/") or events.startswith(m.mountPath.rstrip("/") + "/")
@@ -314,17 +315,16 @@ def _relative_path_problems(
             "container: the events are lost with the pod"
         )
         hint = "use a bucket (gs://my-bucket/tensorboard) or a path on a volume target.volume_mounts mounts"
-        loc = ("logging", "tensorboard_dir")
-        found.append(_pod_path(sweep, source, prerequisite, loc, "tensorboard_dir_not_shared", said, hint))
+        problem = Problem(("logging", "tensorboard_dir"), "tensorboard_dir_not_shared", said, hint, severity="warning")
+        found.append(_of_run(sweep, source, problem, prerequisite))
     return found
 
 
-def _pod_path(
-    sweep: Sweep, source: SweepSource, prerequisite: str | None, loc: Loc, code: str, said: str, hint: str
-) -> Problem:
-    """A warning about a path a cluster's pods use, located where the sweep file sets it (`_where_set`)."""
-    prefix = "" if prerequisite is None else f"prerequisite {prerequisite!r}: "
-    problem = Problem(loc, code, prefix + said, hint, severity="warning")
+def _of_run(sweep: Sweep, source: SweepSource, problem: Problem, prerequisite: str | None) -> Problem:
+    """`problem` of a point's spec or of `prerequisite`'s, its message naming the prerequisite, located where the
+    sweep file sets the field (`_where_set`)."""
+    if prerequisite is not None:
+        problem = dataclasses.replace(problem, message=f"prerequisite {prerequisite!r}: {problem.message}")
     return _where_set(sweep, source, problem, prerequisite)
 
 
@@ -361,13 +361,8 @@ def _layout_problems(
         layout.check(spec.mesh, spec.batch.per_device_batch_size, devices, target.slices)
     except layout.LayoutError as e:
         where = f"{target.slices} × {target.tpu_type} ({devices} devices)"
-        problem = Problem(
-            e.field,
-            "layout_does_not_fit",
-            ("" if prerequisite is None else f"prerequisite {prerequisite!r}: ") + f"on {where}: {e.message}",
-            e.hint,
-        )
-        return [_where_set(sweep, source, problem, prerequisite)]
+        problem = Problem(e.field, "layout_does_not_fit", f"on {where}: {e.message}", e.hint)
+        return [_of_run(sweep, source, problem, prerequisite)]
     if target.slices > 1:
         shape = layout.mesh_shape(spec.mesh, devices, target.slices)
         across = dict(zip(layout.MESH_AXES, layout.dcn_split(shape, target.slices)))
@@ -376,8 +371,7 @@ def _layout_problems(
             problem = Problem(
                 ("mesh",),
                 "mesh_axis_across_slices",
-                ("" if prerequisite is None else f"prerequisite {prerequisite!r}: ")
-                + f"mesh {dict(zip(layout.MESH_AXES, shape))} on {target.slices} slices puts "
+                f"mesh {dict(zip(layout.MESH_AXES, shape))} on {target.slices} slices puts "
                 + " and ".join(f"{axis} across {across[axis]} slices" for axis in crossing)
                 + ": "
                 + ("every layer's weight all-gather" if "fsdp" in crossing else "every tensor-parallel reduction")
@@ -386,7 +380,7 @@ def _layout_problems(
                 "unset (data-parallel across slices, FSDP inside each)",
                 severity="warning",
             )
-            return [_where_set(sweep, source, problem, prerequisite)]
+            return [_of_run(sweep, source, problem, prerequisite)]
     return []
 
 
