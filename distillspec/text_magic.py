@@ -42,11 +42,15 @@ _NOT_TEXT: tuple[tuple[re.Pattern[bytes], str, str], ...] = tuple(
 HEAD = 1024  # bytes `not_text` looks at (UTF-16 is told by its bytes' pattern over hundreds of them)
 
 
-def kind_of(head: bytes) -> tuple[str, str] | None:
+def kind_of(head: bytes, file: str, field: str) -> tuple[str, str] | None:
     """`(what the file is, what to do instead)` for a file whose first bytes (`head`, `HEAD` of them or more) are
-    those of a compressed or binary format (gzip, bzip2, xz, zstd, lz4, zip, .npy, UTF-16, Parquet, Arrow); in
-    the advice, FILE stands for the file and FIELD for the spec field that names it. None for anything else."""
-    return next(((what, todo) for magic, what, todo in _NOT_TEXT if magic.match(head)), None) or _utf16(head)
+    those of a compressed or binary format (gzip, bzip2, xz, zstd, lz4, zip, .npy, UTF-16, Parquet, Arrow), the
+    advice naming `file` and the spec `field` that names it. None for anything else."""
+    found = next(((what, todo) for magic, what, todo in _NOT_TEXT if magic.match(head)), None) or _utf16(head)
+    if found is None:
+        return None
+    what, todo = found
+    return what, todo.replace("FILE", file).replace("FIELD", field)
 
 
 _CONTROL = frozenset(set(range(0x20)) - {0x09, 0x0A, 0x0D})  # bytes UTF-8 text does not hold (tab, newlines apart)

@@ -399,13 +399,11 @@ def _text_kind(file: str) -> Columns | None:
     from distillspec.text_magic import HEAD, kind_of
 
     with fsspec.open(file, "rb") as f:
-        found = kind_of(f.read(HEAD))
+        found = kind_of(f.read(HEAD), file, "data.path")
     if found is None:
         return None
     what, todo = found
-    return Columns(
-        file, error=f"is {what}, not UTF-8 text ({todo.replace('FILE', file).replace('FIELD', 'data.path')})"
-    )
+    return Columns(file, error=f"is {what}, not UTF-8 text ({todo})")
 
 
 def _jsonl_columns(file: str) -> Columns | None:
@@ -641,9 +639,8 @@ def check_output_base(path: str) -> None:
     if path.startswith("file://"):
         path = path.removeprefix("file://")  # the same folder: `file:///nowhere` passed where `/nowhere` did not
     elif "://" in path:
-        scheme, rest = path.split("://", 1)
-        problem = buckets.bucket_name_problem(rest.split("/", 1)[0]) if scheme in buckets.SCHEMES else ""
-        if problem:
+        bucket = buckets.bucket_of(path)
+        if bucket is not None and (problem := buckets.bucket_name_problem(bucket)):
             raise UsageError(f"--output-base {path!r} {problem}", buckets.HINT)
         return  # an object store has no folders: its bucket is asked when the runs are read (`check_store`)
     import os

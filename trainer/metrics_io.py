@@ -134,12 +134,12 @@ class RunFiles:
         if self._events_dir is not None:
             from tensorboardX import SummaryWriter
 
-            events_fs, events_root = fsspec.core.url_to_fs(self._events_dir)
+            events_fs, self._events_root = fsspec.core.url_to_fs(self._events_dir)
             self._events_fs = None if _is_local(events_fs) else events_fs
             with self._writing(self._events_dir):
                 if self._events_fs is None:
-                    os.makedirs(events_root, exist_ok=True)
-            self._tb_local_dir = events_root if self._events_fs is None else tempfile.mkdtemp()
+                    os.makedirs(self._events_root, exist_ok=True)
+            self._tb_local_dir = self._events_root if self._events_fs is None else tempfile.mkdtemp()
             # Started at step S (0 for a fresh start): the events an earlier attempt logged after S (replayed now)
             # are purged from the view (TensorBoard's SessionLog.START), as metrics.jsonl drops its lines after S;
             # they showed twice.
@@ -269,8 +269,7 @@ class RunFiles:
         with self._writing(self._events_dir):
             self._tb.flush()
             if self._events_fs is not None:
-                _, root = fsspec.core.url_to_fs(self._events_dir)
-                self._events_fs.put(self._tb_local_dir + "/", root, recursive=True)
+                self._events_fs.put(self._tb_local_dir + "/", self._events_root, recursive=True)
 
     def close(self) -> None:
         if not self.local and self._lines:

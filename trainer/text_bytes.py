@@ -21,13 +21,13 @@ UNDECODABLE_SHARE = 1e-3
 def not_text(head: bytes, name: str, field: str) -> UserError | None:
     """The error for a file whose first bytes (`head`, `HEAD` of them or more) are those of a compressed or binary
     format (`distillspec.text_magic.kind_of`); None for anything else."""
-    found = kind_of(head)
+    found = kind_of(head, name, field)
     if found is None:
         return None
     what, todo = found
     return UserError(
         f"{name} is {what}, not UTF-8 text: the trainer reads text files as they are",
-        f"{todo.replace('FILE', name).replace('FIELD', field)}, or leave the file out of {field}",
+        f"{todo}, or leave the file out of {field}",
     )
 
 
