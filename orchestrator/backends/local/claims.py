@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from orchestrator.backends.local import state
+
 CLAIM_FILE = "local-run.json"
 # Left by `cancel` in a run it stopped (the claim goes: nothing restarts the run), so a later edit that gives the
 # run's point a new id can say that the stopped run, and its checkpoint, are no longer the file's. Removed when the
@@ -120,25 +122,18 @@ def try_claim(output_path: str, run_id: str, sweep: str, submission: str = "") -
 
 def mark_cancelled(output_path: str, claim: Claim) -> None:
     """Record that `cancel` stopped the run `claim` held (its sweep and id). Raises OSError."""
-    payload = {"run_id": claim.run_id, "sweep": claim.sweep, "at": time.time(), "said": False}
-    tmp = Path(output_path) / f".{CANCELLED_FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, Path(output_path) / CANCELLED_FILE)
+    record = {"run_id": claim.run_id, "sweep": claim.sweep, "at": time.time(), "said": False}
+    state.write_json(Path(output_path) / CANCELLED_FILE, record)
 
 
 def read_cancelled(output_path: str) -> dict[str, Any] | None:
-    try:
-        found = json.loads((Path(output_path) / CANCELLED_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+    found = state.read_json(Path(output_path) / CANCELLED_FILE)
     return found if isinstance(found, dict) and isinstance(found.get("sweep"), str) else None
 
 
 def note_said(output_path: str, record: dict[str, Any]) -> None:
     """Mark the cancelled record as said (the warning about it is given once). Raises OSError."""
-    tmp = Path(output_path) / f".{CANCELLED_FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps({**record, "said": True}))
-    os.replace(tmp, Path(output_path) / CANCELLED_FILE)
+    state.write_json(Path(output_path) / CANCELLED_FILE, {**record, "said": True})
 
 
 def release(output_path: str, token: str | None = None) -> bool:

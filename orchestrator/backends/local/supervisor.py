@@ -238,14 +238,13 @@ class Supervisor:
                         f"{orphan.order.run_id}: its trainer (pid {orphan.pid}, left by a dead supervisor) ended: {summary['status']}"
                     )
                     continue
-                local_claims.write_claim(
-                    orphan.order.output_path, dataclasses.replace(kept, restarts=held.restarts + 1)
-                )
+                resumed = dataclasses.replace(kept, restarts=held.restarts + 1)
+                local_claims.write_claim(orphan.order.output_path, resumed)
             except OSError as e:
                 self._fail(orphan.order, "", e)
                 continue
             _log(f"{orphan.order.run_id}: its trainer (pid {orphan.pid}, left by a dead supervisor) exited; resuming")
-            self.pending.append((orphan.order, dataclasses.replace(kept, restarts=held.restarts + 1)))
+            self.pending.append((orphan.order, resumed))
         self.orphans = still
 
     def take_orders(self) -> None:
