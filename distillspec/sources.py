@@ -1,4 +1,5 @@
-"""Which trainer code a run is trained with: a digest of the installed trainer's Python sources. The orchestrator
+"""Which trainer code a run is trained with: a digest of the installed trainer's Python sources and of this spec
+package's, which the trainer imports (its defaults, the loss choice, the checkpoint readers). The orchestrator
 puts it in a local run's id when the sweep asks (`target.code_in_run_id`); the trainer records it in summary.json
 (`trainer_code`), so results under one run id (which hashes the spec, not the code) say which code made them."""
 
@@ -12,18 +13,30 @@ from pathlib import Path
 CODE_HASH_LENGTH = 32  # hex characters: fits a label value (<= 63), as the spec hash
 
 
+TRAINER_PACKAGES = ("trainer", "distillspec")  # the trainer runs code from both: a change to either is other code
+
+
 @functools.cache
-def trainer_code_hash(package: str = "trainer") -> str | None:
-    """Hex sha256 (`CODE_HASH_LENGTH` characters) of the installed trainer's Python sources: their paths relative to
-    the package and their bytes, in path order. Found without importing the package (no JAX); None when it is not
-    installed. Computed once per process: the sources do not change under a running sweep."""
+def trainer_code_hash(packages: tuple[str, ...] = TRAINER_PACKAGES) -> str | None:
+    """Hex sha256 (`CODE_HASH_LENGTH` characters) of the packages' Python sources: each file's package, path in it
+    and bytes, in that order. Found without importing the packages (no JAX); None when the trainer (the first) is
+    not installed. Computed once per process: the sources do not change under a running sweep."""
+    digest = hashlib.sha256()
+    for index, package in enumerate(packages):
+        root = _package_root(package)
+        if root is None:
+            if index == 0:
+                return None
+            continue
+        for path in sorted(root.rglob("*.py")):
+            relative = path.relative_to(root).as_posix()
+            digest.update(f"{package}/{relative}\0{path.stat().st_size}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:CODE_HASH_LENGTH]
+
+
+def _package_root(package: str) -> Path | None:
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
         return None
-    root = Path(next(iter(found.submodule_search_locations)))
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        relative = path.relative_to(root).as_posix()
-        digest.update(f"{relative}\0{path.stat().st_size}\0".encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:CODE_HASH_LENGTH]
+    return Path(next(iter(found.submodule_search_locations)))

@@ -66,13 +66,25 @@ def test_the_trainer_code_hash_follows_the_sources_without_importing_them(tmp_pa
     (package / "models").mkdir(parents=True)
     (package / "__init__.py").write_text("raise ImportError('never imported')\n")
     (package / "models" / "layers.py").write_text("X = 1\n")
+    spec = tmp_path / "fake_spec"
+    spec.mkdir()
+    (spec / "__init__.py").write_text("raise ImportError('never imported')\n")
+    (spec / "defaults.py").write_text("STEPS = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
-    first = identity.trainer_code_hash.__wrapped__("fake_trainer")
-    assert first == identity.trainer_code_hash.__wrapped__("fake_trainer") and len(first) == identity.SPEC_HASH_LENGTH
+    both = ("fake_trainer", "fake_spec")
+    first = identity.trainer_code_hash.__wrapped__(both)
+    assert first == identity.trainer_code_hash.__wrapped__(both) and len(first) == identity.SPEC_HASH_LENGTH
     (package / "models" / "layers.py").write_text("X = 2\n")
-    assert identity.trainer_code_hash.__wrapped__("fake_trainer") != first
+    second = identity.trainer_code_hash.__wrapped__(both)
+    assert second != first
     (package / "models" / "layers.py").rename(package / "layers.py")  # same bytes, another module
-    assert identity.trainer_code_hash.__wrapped__("fake_trainer") not in (first, None)
-    assert "fake_trainer" not in sys.modules
-    assert identity.trainer_code_hash.__wrapped__("no_such_package_here") is None
+    third = identity.trainer_code_hash.__wrapped__(both)
+    assert third not in (first, second, None)
+    # the spec package the trainer imports is its code too
+    (spec / "defaults.py").write_text("STEPS = 2\n")
+    assert identity.trainer_code_hash.__wrapped__(both) not in (first, second, third, None)
+    assert "fake_trainer" not in sys.modules and "fake_spec" not in sys.modules
+    assert identity.trainer_code_hash.__wrapped__(("no_such_package_here", "fake_spec")) is None
+    # the real hash covers the trainer and distillspec
+    assert identity.trainer_code_hash.__wrapped__() != identity.trainer_code_hash.__wrapped__(("trainer",))
