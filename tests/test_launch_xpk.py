@@ -241,3 +241,9 @@ def test_no_kubeconfig_and_no_xpk_are_said_together(tmp_path, monkeypatch):
     assert result.exit_code == ExitCode.CLUSTER_UNREACHABLE, result.output
     said = " ".join(result.stderr.split())
     assert "no kubeconfig at" in said and "`xpk` is not on PATH" in said and "pip install xpk" in said, said
+    # `status`, `logs` and `cancel` never run xpk: theirs is the kubeconfig alone (they named xpk as missing too)
+    for command in (["status"], ["logs", "0"], ["cancel", "--yes"]):
+        read = runner.invoke(app, [*command[:1], str(path), *command[1:], "--kubeconfig", str(tmp_path / "absent")])
+        said = " ".join(read.stderr.split())
+        assert read.exit_code == ExitCode.CLUSTER_UNREACHABLE, (command, read.output)
+        assert "no kubeconfig at" in said and "not on PATH" not in said, (command, said)

@@ -95,8 +95,9 @@ class Backend(Protocol):
         """Release connections; a local backend leaves its runs running."""
 
 
-def backend_for(target: Target, access: ClusterAccess) -> Backend:
-    """The backend of `target.kind`; each is imported only when used (the Kubernetes client takes a while)."""
+def backend_for(target: Target, access: ClusterAccess, *, launching: bool = False) -> Backend:
+    """The backend of `target.kind`; each is imported only when used (the Kubernetes client takes a while).
+    `launching`: for `sweep`, which needs what creates runs (the `xpk` binary) as well as the cluster."""
     if target.kind == "local":
         from orchestrator.backends.local.backend import LocalBackend
 
@@ -104,7 +105,7 @@ def backend_for(target: Target, access: ClusterAccess) -> Backend:
     if target.kind == "xpk":
         from orchestrator.backends.xpk.backend import XpkBackend
 
-        return XpkBackend(target, access)
+        return XpkBackend(target, access, launching=launching)
     from orchestrator.backends.kubernetes.backend import KubernetesBackend
 
     return KubernetesBackend(target, access)

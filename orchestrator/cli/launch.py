@@ -211,7 +211,7 @@ def sweep(
         _apply_to_service(ctx, output, service_fields, paths)
         return
     # served: a file that leaves its image to the service is still recognised as a served sweep (and refused here)
-    expansion, backend = ctx.open(paths, served=True)
+    expansion, backend = ctx.open(paths, served=True, launching=True)
     try:
         unknown = functools.partial(console.warn_once, _service_unknown(expansion.sweep.name))
         if dry_run is None and views.service_view(expansion, backend, on_forbidden=unknown) is not None:

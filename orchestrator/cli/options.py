@@ -343,13 +343,14 @@ class SweepContext:
                 soft_wrap=True,
             )
 
-    def open(self, check=None, about: tuple[str, ...] | None = None, *, served: bool = False):
+    def open(self, check=None, about: tuple[str, ...] | None = None, *, served: bool = False, launching: bool = False):
         """`(expansion, backend)`: the expanded sweep and its target's backend (close it when done). Warnings of
         the expansion are printed (as `expanded` filters them by `about`, and fills it as `served` says);
-        `check(expansion)` runs before the backend connects (a command's options that the sweep can refuse)."""
+        `check(expansion)` runs before the backend connects (a command's options that the sweep can refuse);
+        `launching`: `sweep`'s backend (see `backend_for`)."""
         from orchestrator.backends import backend_for
 
         expansion = self.expanded(about, served=served)
         if check is not None:
             check(expansion)
-        return expansion, backend_for(expansion.sweep.target, self.access)
+        return expansion, backend_for(expansion.sweep.target, self.access, launching=launching)
