@@ -124,6 +124,18 @@ def weight_map(text: bytes | str, index: str) -> dict[str, str]:
     return mapping
 
 
+def stored_name(name: str, names: Mapping[str, str]) -> str:
+    """How the folder whose tensors are `names` (ours -> stored, `language_model_names`) names, or would name, the
+    tensor the trainer knows as `name`: an image-text model's missing tensor under the prefix its others have."""
+    if name in names:
+        return names[name]
+    for ours, stored in names.items():
+        for old, new in _LANGUAGE_MODEL_PREFIXES:
+            if stored.startswith(old) and ours.startswith(new) and name.startswith(new):
+                return old + name[len(new) :]
+    return name
+
+
 def locate(stored: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
     """`(names, where)` of a folder's tensors `stored` (name as stored -> its file): each tensor's name as the
     trainer knows it -> the name stored (`language_model_names`), and -> the file holding it."""
@@ -190,29 +202,38 @@ _BUFFERS = (".rotary_emb.inv_freq",)
 
 
 def mismatch(
-    path: str, where: Mapping[str, str], header: Callable[[str], tuple[Shape, str]], shape: ModelShape
+    path: str,
+    where: Mapping[str, str],
+    header: Callable[[str], tuple[Shape, str]],
+    shape: ModelShape,
+    names: Mapping[str, str] | None = None,
 ) -> tuple[str, str] | None:
     """(message, hint) naming every tensor of the folder at `path` that is missing, extra, of another shape or of
     a dtype the trainer does not load; None when they fit. `where`: tensor name (as `language_model_names` gives)
-    -> its file; `header(name)`: its (shape, safetensors dtype)."""
+    -> its file; `header(name)`: its (shape, safetensors dtype); `names`: ours -> as stored, so that the message
+    names the tensors as the folder does (an image-text Gemma 3's under `language_model.`)."""
     want = tensor_table(shape)
-    problems = [f"{name}: expected {want[name]}, missing" for name in want if name not in where]
+
+    def shown(name: str) -> str:
+        return stored_name(name, names) if names else name
+
+    problems = [f"{shown(name)}: expected {want[name]}, missing" for name in want if name not in where]
     bad_dtypes: list[str] = []  # the dtype of each tensor refused for its dtype alone
     for name in want:
         if name in where:
             found, dtype = header(name)
             base = where[name].rsplit("/", 1)[-1]
             if found != want[name]:
-                problems.append(f"{name} in {base}: expected {want[name]}, found {found}")
+                problems.append(f"{shown(name)} in {base}: expected {want[name]}, found {found}")
             elif dtype not in ALLOWED_DTYPES:
                 bad_dtypes.append(dtype)
-                problems.append(f"{name} in {base}: dtype {dtype} not one of F32/BF16/F16")
+                problems.append(f"{shown(name)} in {base}: dtype {dtype} not one of F32/BF16/F16")
     extra = sorted(
         n
         for n in where
         if n not in want and not (shape.tie_embeddings and n == "lm_head.weight") and not n.endswith(_BUFFERS)
     )
-    problems += [f"{name}: not part of this model" for name in extra]
+    problems += [f"{shown(name)}: not part of this model" for name in extra]
     if not problems:
         return None
     missing = [name for name in want if name not in where]

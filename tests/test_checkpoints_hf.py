@@ -783,6 +783,35 @@ def test_an_image_text_gemma3_folder_gives_its_language_model(folders):
     assert shape.family == "gemma3" and shape.vocab_size == 100 and shape.tie_embeddings
 
 
+def test_an_image_text_gemma3_folders_wrong_tensors_are_named_as_the_folder_stores_them(folders, tmp_path):
+    # They were named as the trainer knows them (`model.layers.0...`), names that are nowhere in the folder.
+    from safetensors.numpy import load_file, save_file
+
+    from orchestrator.core.checkpoint_paths import _tensor_problems
+    from orchestrator.outputs import read_text, safetensors_header
+
+    bad = tmp_path / "gemma3_mm"
+    shutil.copytree(folders["gemma3_mm"], bad)
+    tensors = load_file(bad / hf.SINGLE)
+    prefix = next(n for n in tensors if n.endswith("layers.0.mlp.up_proj.weight")).removesuffix(
+        "layers.0.mlp.up_proj.weight"
+    )
+    assert prefix in ("language_model.model.", "model.language_model."), prefix  # as transformers wrote it
+    del tensors[f"{prefix}layers.1.mlp.up_proj.weight"]
+    gate = f"{prefix}layers.0.mlp.gate_proj.weight"
+    tensors[gate] = tensors[gate][:, :-1].copy()
+    save_file(tensors, bad / hf.SINGLE, metadata={"format": "pt"})
+    with pytest.raises(UserError) as e:
+        load_model(str(bad))
+    said = e.value.message
+    assert f"{prefix}layers.1.mlp.up_proj.weight: expected" in said and f"{gate} in model.safetensors: expected" in said
+    assert " model.layers." not in said, said
+    # the launch-time check says the same
+    shape = hf.shape_from_config(json.loads((bad / hf.CONFIG).read_text()))
+    problems = _tensor_problems(str(bad), hf.SINGLE, shape, ("teacher",), read_text, safetensors_header)
+    assert problems and f"{gate} in model.safetensors" in problems[0].message, problems
+
+
 def test_an_image_text_gemma3_teachers_positions_and_token_ids_travel_to_the_export(folders):
     # They live in text_config: the export read the top level and left them out, silently.
     from trainer.export import carried_config

@@ -248,7 +248,7 @@ def _tensor_problems(
         def header_of(name: str) -> tuple[tuple[int, ...], str]:
             return hf_tensors.tensor_header(headers[where[name]], where[name], names[name])
 
-        found_mismatch = hf_tensors.mismatch(path, where, header_of, shape)
+        found_mismatch = hf_tensors.mismatch(path, where, header_of, shape, names)
     except ConfigError as e:
         return [Problem(loc, _config_code(e), e.message, e.hint)]
     except OSError as e:

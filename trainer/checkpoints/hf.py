@@ -312,7 +312,7 @@ class RemoteFiles:
 
 def check(files: Files | RemoteFiles, shape: ModelShape) -> None:
     """Raise UserError naming every tensor that is missing, extra, of another shape or of a disallowed dtype."""
-    found = hf_tensors.mismatch(files.path, files.where, files.header, shape)
+    found = hf_tensors.mismatch(files.path, files.where, files.header, shape, files.stored)
     if found is not None:
         raise UserError(*found)
     if shape.tie_embeddings and "lm_head.weight" in files.where:
@@ -328,7 +328,8 @@ def _check_tied_head(files: Files | RemoteFiles) -> None:
         return
     raise UserError(
         f"the Hugging Face checkpoint at {files.path}: config.json ties the output head to the embedding "
-        "(tie_word_embeddings), but the weights hold an lm_head.weight that differs from model.embed_tokens.weight; "
+        f"(tie_word_embeddings), but the weights hold an {hf_tensors.stored_name('lm_head.weight', files.stored)} that "
+        f"differs from {hf_tensors.stored_name('model.embed_tokens.weight', files.stored)}; "
         "transformers uses that head (untied), this trainer would tie it: two different models",
         "if the head is meant to be tied, save the model again without it (model.tie_weights(); "
         "model.save_pretrained(DIR)); if not, set tie_word_embeddings: false in config.json and use a model "
