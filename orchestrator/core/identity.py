@@ -110,9 +110,8 @@ def _without_later_defaults(resolved: dict[str, Any]) -> dict[str, Any]:
 def _payload(resolved: dict[str, Any], target: Target) -> dict[str, Any]:
     """The identity of a run from its resolved spec as JSON data (not modified)."""
     spec = {k: v for k, v in _without_later_defaults(resolved).items() if k not in ("name", "output_dir")}
-    # An extra copy of the result in another format, not a different result.
-    spec["checkpoint"] = _without_export(spec["checkpoint"])
-    spec["logging"] = _without_event_folder(spec["logging"])
+    for block in NOT_IN_IDENTITY:
+        spec[block] = _identity_part(block, spec[block])
     return {"scheme": IDENTITY_SCHEME, "spec": spec, "run": target_identity(target)}
 
 
@@ -155,13 +154,13 @@ def identify(spec: DistillSpec, target: Target, encodings: Encodings | None = No
             blocks[name] = known.text(name, objects, functools.partial(_block_data, spec, name))
         else:
             blocks[name] = canonical_json(value)  # a plain field resolves to itself
-    # An extra copy of the result in another format, not a different result (as in `_payload`).
     checkpoint = known.text(
-        "checkpoint/identity", (spec.checkpoint,), lambda: _without_export(spec.resolved_block("checkpoint"))
+        "checkpoint/identity",
+        (spec.checkpoint,),
+        lambda: _identity_part("checkpoint", spec.resolved_block("checkpoint")),
     )
-    # Where its TensorBoard events go, not what it computes (as `_payload`).
     logging = known.text(
-        "logging/identity", (spec.logging,), lambda: _without_event_folder(_block_data(spec, "logging"))
+        "logging/identity", (spec.logging,), lambda: _identity_part("logging", _block_data(spec, "logging"))
     )
     payload = _object(
         {
@@ -189,12 +188,13 @@ def _block_data(spec: DistillSpec, name: str) -> Any:
     return {k: v for k, v in data.items() if k not in defaults or v != defaults[k]}
 
 
-def _without_export(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in checkpoint.items() if k != "export"}
+# A field of a block that is not part of run ids: an extra copy of the result in another format (`export`), where
+# its TensorBoard events go (`tensorboard_dir`): not what the run computes.
+NOT_IN_IDENTITY = {"checkpoint": "export", "logging": "tensorboard_dir"}
 
 
-def _without_event_folder(logging: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in logging.items() if k != "tensorboard_dir"}
+def _identity_part(block: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k != NOT_IN_IDENTITY[block]}
 
 
 def _object(encoded: dict[str, str]) -> str:
