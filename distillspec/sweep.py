@@ -294,6 +294,21 @@ class Target(_Block):
     def on_cluster(self) -> bool:
         return self.kind != "local"
 
+    def shared_mount(self, path: str) -> VolumeMount | None:
+        """The writable mount that puts `path` on storage every pod shares (a PersistentVolumeClaim or a CSI
+        volume such as gcsfuse or Filestore); None for a path inside the container, an emptyDir (one per pod,
+        gone with it), a Secret or a ConfigMap."""
+        shared = {v.name for v in self.volumes if v.persistentVolumeClaim is not None or v.csi is not None}
+        for mount in self.volume_mounts:
+            root = mount.mountPath.rstrip("/")
+            if (
+                mount.name in shared
+                and not mount.readOnly
+                and (path.rstrip("/") == root or path.startswith(root + "/"))
+            ):
+                return mount
+        return None
+
 
 class Prerequisite(_Block):
     """A run that points depend on (e.g. the teacher's pre-training)."""
@@ -1109,14 +1124,15 @@ def _target(sweep: Sweep) -> list[Problem]:
                         "defaults.image)",
                     )
                 )
-        if not is_remote(t.output_base):
+        if not is_remote(t.output_base) and t.shared_mount(t.output_base) is None:
             out.append(
                 Problem(
                     ("target", "output_base"),
                     "output_base_not_shared",
                     f"output_base {t.output_base!r} is a "
                     "local path: pods on different hosts would each write their own copy",
-                    "use a bucket such as gs://my-bucket/distill",
+                    "use a bucket such as gs://my-bucket/distill, or a path on a shared volume (a PersistentVolumeClaim "
+                    "or CSI volume in target.volumes) that target.volume_mounts mounts",
                     severity="warning",
                 )
             )
@@ -1191,13 +1207,20 @@ def _target(sweep: Sweep) -> list[Problem]:
             )
     for field in ("namespace", "queue", "priority", "workload_priority_class", "service_account"):
         value = getattr(t, field)
-        if value is not None and (not DNS_1123_SUBDOMAIN.match(value) or len(value) > 63):
+        # A namespace is a DNS-1123 label (no dots); the others are subdomains, at most 63 characters here since
+        # the queue and priority names are label values too.
+        label = field == "namespace"
+        if value is not None and (
+            not (DNS_1123_LABEL if label else DNS_1123_SUBDOMAIN).match(value) or len(value) > 63
+        ):
             out.append(
                 Problem(
                     ("target", field),
                     "bad_k8s_name",
-                    f"target.{field} {value!r} is not a Kubernetes name",
-                    "lower-case letters, digits and '-', at most 63 characters",
+                    f"target.{field} {value!r} is not a Kubernetes {'namespace' if label else 'name'}",
+                    "lower-case letters, digits and '-'"
+                    + ("" if label else " ('.' between them)")
+                    + ", starting and ending with a letter or digit, at most 63 characters",
                 )
             )
     for key, value in t.labels.items():

@@ -495,12 +495,22 @@ def test_a_tensorboard_folder_inside_a_clusters_pods_is_a_warning_at_its_line(tm
         ("gs://bucket/tb", {}),
         (
             "/mnt/shared/tb",
-            {"volumes": [{"name": "v", "emptyDir": {}}], "volume_mounts": [{"name": "v", "mountPath": "/mnt/shared"}]},
+            {
+                "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "runs"}}],
+                "volume_mounts": [{"name": "v", "mountPath": "/mnt/shared"}],
+            },
         ),
     ):
         data = sweep_data(spec="spec.yaml", overrides={"logging.tensorboard_dir": where})
         data["target"].update(target)
         assert not [p for p in expanded(tmp_path, data).problems if p.code == "tensorboard_dir_not_shared"]
+    # an emptyDir is the pod's own, gone with it: still said
+    data = sweep_data(spec="spec.yaml", overrides={"logging.tensorboard_dir": "/mnt/scratch/tb"})
+    data["target"] |= {
+        "volumes": [{"name": "v", "emptyDir": {}}],
+        "volume_mounts": [{"name": "v", "mountPath": "/mnt/scratch"}],
+    }
+    assert [p for p in expanded(tmp_path, data).problems if p.code == "tensorboard_dir_not_shared"]
     local = sweep_data(
         spec="spec.yaml",
         overrides={"logging.tensorboard_dir": "/tmp/tb"},

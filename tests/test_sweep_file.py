@@ -203,6 +203,23 @@ def test_a_local_output_base_on_a_cluster_is_a_warning(tmp_path):
     assert source.ok and [p.code for p in source.problems] == ["output_base_not_shared"]
 
 
+def test_an_output_base_on_a_shared_volume_is_not_a_warning_and_one_on_the_pods_own_is(tmp_path):
+    # It warned "each would write their own copy" for a PVC every pod mounts; an emptyDir or a read-only mount is
+    # still no place to write results.
+    def codes(volume: dict, **mount) -> list[str]:
+        target = sweep_data()["target"] | {
+            "output_base": "/mnt/shared/runs",
+            "volumes": [{"name": "v", **volume}],
+            "volume_mounts": [{"name": "v", "mountPath": "/mnt/shared", **mount}],
+        }
+        return [p.code for p in load(tmp_path, sweep_data(target=target)).problems]
+
+    assert codes({"persistentVolumeClaim": {"claimName": "runs"}}) == []
+    assert codes({"csi": {"driver": "gcsfuse.csi.storage.gke.io"}}) == []
+    assert codes({"emptyDir": {}}) == ["output_base_not_shared"]
+    assert codes({"persistentVolumeClaim": {"claimName": "runs"}}, readOnly=True) == ["output_base_not_shared"]
+
+
 @pytest.mark.parametrize(
     ("target", "code"),
     [
@@ -211,11 +228,18 @@ def test_a_local_output_base_on_a_cluster_is_a_warning(tmp_path):
         ({"env": {"1BAD": "x"}}, "bad_env_name"),
         ({"secret_env": {"TOKEN": {"secret": "Not_A_Name", "key": "k"}}}, "bad_secret_name"),
         ({"queue": "Multi Slice"}, "bad_k8s_name"),
+        ({"namespace": "team.a"}, "bad_k8s_name"),  # a namespace has no dots (a queue name may)
         ({"kind": "xpk"}, "target_field_missing"),
     ],
 )
 def test_target_rules(tmp_path, target, code):
     assert error_codes(load(tmp_path, sweep_data(target={**sweep_data()["target"], **target}))) == [code]
+
+
+def test_a_dotted_queue_name_is_a_name_and_a_dotted_namespace_is_not(tmp_path):
+    assert error_codes(load(tmp_path, sweep_data(target={**sweep_data()["target"], "queue": "team.a"}))) == []
+    (problem,) = load(tmp_path, sweep_data(target={**sweep_data()["target"], "namespace": "team.a"})).problems
+    assert "is not a Kubernetes namespace" in problem.message and "('.'" not in problem.hint
 
 
 def test_env_values_must_be_strings(tmp_path):

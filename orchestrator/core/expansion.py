@@ -304,17 +304,15 @@ def _relative_path_problems(
         problem = Problem(loc, "relative_path_on_cluster", said, hint, severity="warning")
         found.append(_of_run(sweep, source, problem, prerequisite))
     events = spec.logging.tensorboard_dir if spec.logging.tensorboard else None
-    mounted = any(
-        events.rstrip("/") == m.mountPath.rstrip("/") or events.startswith(m.mountPath.rstrip("/") + "/")
-        for m in sweep.target.volume_mounts
-        if events
-    )
-    if events and not is_remote(events) and not mounted:  # as output_base_not_shared
+    if events and not is_remote(events) and sweep.target.shared_mount(events) is None:  # as output_base_not_shared
         said = (
             f"logging.tensorboard_dir {events!r} is a path inside the {sweep.target.kind} target's trainer "
             "container: the events are lost with the pod"
         )
-        hint = "use a bucket (gs://my-bucket/tensorboard) or a path on a volume target.volume_mounts mounts"
+        hint = (
+            "use a bucket (gs://my-bucket/tensorboard) or a path on a shared volume (a PersistentVolumeClaim or CSI "
+            "volume) that target.volume_mounts mounts"
+        )
         problem = Problem(("logging", "tensorboard_dir"), "tensorboard_dir_not_shared", said, hint, severity="warning")
         found.append(_of_run(sweep, source, problem, prerequisite))
     return found
