@@ -14,12 +14,13 @@ CODE_HASH_LENGTH = 32  # hex characters: fits a label value (<= 63), as the spec
 
 
 TRAINER_PACKAGES = ("trainer", "distillspec")  # the trainer runs code from both: a change to either is other code
+SOURCE_SUFFIXES = (".py", ".cc")  # .cc: the CPU loss kernel the trainer compiles and runs (trainer/logit_rows.cc)
 
 
 @functools.cache
 def trainer_code_hash(packages: tuple[str, ...] = TRAINER_PACKAGES) -> str | None:
-    """Hex sha256 (`CODE_HASH_LENGTH` characters) of the packages' Python sources: each file's package, path in it
-    and bytes, in that order. Found without importing the packages (no JAX); None when the trainer (the first) is
+    """Hex sha256 (`CODE_HASH_LENGTH` characters) of the packages' sources (`SOURCE_SUFFIXES`): each file's package,
+    path in it and bytes, in that order. Found without importing the packages (no JAX); None when the trainer (the first) is
     not installed. Computed once per process: the sources do not change under a running sweep."""
     digest = hashlib.sha256()
     for index, package in enumerate(packages):
@@ -28,7 +29,7 @@ def trainer_code_hash(packages: tuple[str, ...] = TRAINER_PACKAGES) -> str | Non
             if index == 0:
                 return None
             continue
-        for path in sorted(root.rglob("*.py")):
+        for path in sorted(p for p in root.rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file()):
             relative = path.relative_to(root).as_posix()
             digest.update(f"{package}/{relative}\0{path.stat().st_size}\0".encode())
             digest.update(path.read_bytes())

@@ -81,6 +81,16 @@ def test_the_trainer_code_hash_follows_the_sources_without_importing_them(tmp_pa
     (package / "models" / "layers.py").rename(package / "layers.py")  # same bytes, another module
     third = identity.trainer_code_hash.__wrapped__(both)
     assert third not in (first, second, None)
+    # so is a C++ kernel it compiles, and not its other files
+    (package / "kernel.cc").write_text("int f() { return 1; }\n")
+    with_kernel = identity.trainer_code_hash.__wrapped__(both)
+    assert with_kernel != third
+    (package / "kernel.cc").write_text("int f() { return 2; }\n")
+    assert identity.trainer_code_hash.__wrapped__(both) != with_kernel
+    (package / "notes.txt").write_text("not code\n")
+    third = identity.trainer_code_hash.__wrapped__(both)
+    (package / "notes.txt").write_text("still not code\n")
+    assert identity.trainer_code_hash.__wrapped__(both) == third
     # the spec package the trainer imports is its code too
     (spec / "defaults.py").write_text("STEPS = 2\n")
     assert identity.trainer_code_hash.__wrapped__(both) not in (first, second, third, None)
