@@ -448,6 +448,10 @@ def test_runs_of_points_an_edit_removed_are_listed_and_stopped_by_cancel_orphans
         assert f"`distillctl cancel {sweep} --orphans` stops them" in edited.stderr
         listed = distillctl("status", str(sweep), check=True)
         assert "4 run(s)" in listed.stderr and status(sweep)[new_teacher["run_id"]]["phase"] == "Queued"
+        # A plain cancel stops the file's runs only, and says what it leaves (it said nothing of them)
+        plain = distillctl("cancel", str(sweep))  # no terminal to ask on
+        assert plain.returncode == 2 and "warning[orphaned_runs]" in plain.stderr, plain.stderr
+        assert f"`distillctl cancel {sweep} --orphans` stops them" in plain.stderr
         refused = distillctl("cancel", str(sweep), "--orphans")  # no terminal to ask on
         assert refused.returncode == 2 and "cancel would stop 4 run(s)" in refused.stderr, refused.stderr
         done = distillctl("cancel", str(sweep), "--orphans", "--yes", "--output", "json", check=True)

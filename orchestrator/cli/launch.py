@@ -894,6 +894,8 @@ def cancel(
                 raise UsageError("--orphans takes no runs", "drop the run arguments")
             _cancel_orphans(expansion, backend, yes=yes, output=output, wait=wait, timeout=timeout)
             return
+        if not runs:  # an edited file: the runs of the points it dropped are not its runs, and go on (said)
+            _warn_orphans(expansion, backend, ctx.path)
         asked = [find_run(expansion, key) for key in runs] if runs else list(expansion.runs)
         existing = backend.observe(expansion)
         chosen = [run for run in asked if run.run_id in existing and existing[run.run_id].exists]
