@@ -71,3 +71,30 @@ def _utf16(head: bytes) -> tuple[str, str] | None:
                 f"convert it (iconv -f UTF-16{order} -t UTF-8 FILE > FILE.utf8) and point FIELD at that",
             )
     return None
+
+
+# Above this share of bytes that are not UTF-8 a file is refused; below it they are read as U+FFFD, with a warning.
+# In text stored as Latin-1 or Windows-1252 every accented letter or curly quote is such a byte: 1-4% of the bytes
+# of French, German or Spanish prose. A UTF-8 corpus with a few stray bytes (a cut crawl, a mangled record) stays
+# far below one in a thousand and is worth training on; so may English with a few Windows-1252 quotes, warned of.
+UNDECODABLE_SHARE = 1e-3
+
+
+def undecodable(raw: bytes, *, cut: bool = False) -> tuple[int, int]:
+    """`(how many bytes of raw are not UTF-8, where the first is)`; (0, -1) for UTF-8. `cut`: raw is the head of a
+    longer file, so a character cut at its end is not counted."""
+    try:
+        raw.decode("utf-8")
+        return 0, -1
+    except UnicodeDecodeError as e:
+        if cut and e.reason == "unexpected end of data":
+            return 0, -1  # the only error is the last character, cut
+        first = e.start
+    if cut:
+        raw = raw[: len(raw) - 3]  # a character cut at the end is at most its first 3 bytes
+    # surrogateescape turns each byte that is not UTF-8 into one lone surrogate, which encoding drops
+    return len(raw) - len(raw.decode("utf-8", "surrogateescape").encode("utf-8", "ignore")), first
+
+
+def too_undecodable(bad: int, size: int) -> bool:
+    return bad > UNDECODABLE_SHARE * size

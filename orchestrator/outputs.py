@@ -372,7 +372,7 @@ def read_columns(path: str, source: str) -> Columns | None:
         if "://" not in first and not stat.S_ISREG(os.stat(first).st_mode):  # a FIFO hung the check
             return Columns(first, error="is not a regular file (a pipe or a device)")
         if source == "text":  # no columns: only whether the trainer would refuse its bytes at start
-            return _text_kind(first)
+            return _text_kind(first, encoding=True)
         if source == "jsonl":
             return _jsonl_columns(first)
         if source == "parquet":
@@ -392,18 +392,34 @@ def read_columns(path: str, source: str) -> Columns | None:
     return None
 
 
-def _text_kind(file: str) -> Columns | None:
-    """An `error` for a text file that is compressed or binary (the trainer refuses it at start); None otherwise."""
+TEXT_CHECK_BYTES = 1 << 20  # of a plain text file, read for its share of bytes that are not UTF-8
+
+
+def _text_kind(file: str, *, encoding: bool = False) -> Columns | None:
+    """An `error` for a text file that is compressed or binary (the trainer refuses it at start), or with
+    `encoding`, one whose first MiB holds more bytes that are not UTF-8 than the trainer accepts in a file (Latin-1
+    or Windows-1252 text: the trainer refuses it at start); None otherwise."""
     import fsspec
 
-    from distillspec.text_magic import HEAD, kind_of
+    from distillspec.text_magic import HEAD, UNDECODABLE_SHARE, kind_of, too_undecodable, undecodable
 
     with fsspec.open(file, "rb") as f:
-        found = kind_of(f.read(HEAD), file, "data.path")
-    if found is None:
-        return None
-    what, todo = found
-    return Columns(file, error=f"is {what}, not UTF-8 text ({todo})")
+        head = f.read(TEXT_CHECK_BYTES if encoding else HEAD)
+        cut = len(head) == TEXT_CHECK_BYTES and bool(f.read(1))
+    found = kind_of(head[:HEAD], file, "data.path")
+    if found is not None:
+        what, todo = found
+        return Columns(file, error=f"is {what}, not UTF-8 text ({todo})")
+    if encoding:
+        bad, first = undecodable(head, cut=cut)
+        if too_undecodable(bad, len(head)):
+            return Columns(
+                file,
+                error=f"is not UTF-8 text: {bad} of its {'first ' if cut else ''}{len(head)} bytes "
+                f"({bad / len(head):.1%}, more than {UNDECODABLE_SHARE:.1%}) are not UTF-8, the first at byte {first} "
+                f"(convert it: iconv -f CP1252 -t UTF-8 {file} > {file}.utf8, for Latin-1 or Windows-1252 text)",
+            )
+    return None
 
 
 def _jsonl_columns(file: str) -> Columns | None:
@@ -455,6 +471,8 @@ def _dataset_columns(folder: str) -> Columns | None:
     features = (info or {}).get("features")
     if isinstance(features, dict):
         return Columns(folder, tuple(features))
+    if "://" not in folder and os.path.isfile(folder):
+        return Columns(folder, error="is a file, not a folder that datasets' save_to_disk wrote")
     if "://" not in folder and os.path.isdir(folder) and info is None:  # the trainer: "neither a Dataset ... nor"
         return Columns(
             folder, error="is not a dataset saved by save_to_disk (no dataset_info.json or dataset_dict.json)"

@@ -637,6 +637,8 @@ def test_a_column_the_data_files_do_not_have_is_an_error_before_launch(tmp_path)
     (tmp_path / "bin" / "h.jsonl").write_bytes(gzip.compress(b'{"text": "a"}\n'))
     (tmp_path / "notsaved").mkdir()
     (tmp_path / "notsaved" / "x.txt").write_text("x")
+    (tmp_path / "bin" / "latin1.txt").write_bytes("Un café très léger, à peine sucré.\n".encode("latin-1") * 50)
+    (tmp_path / "bin" / "saved.arrow").write_bytes(b"not a folder")
     for source, path, said in (
         ("parquet", "bin/a.parquet", "cannot be read as Parquet"),
         ("jsonl", "bin/b.jsonl", "cannot be read as JSON Lines (UnicodeDecodeError"),
@@ -649,9 +651,24 @@ def test_a_column_the_data_files_do_not_have_is_an_error_before_launch(tmp_path)
         ("jsonl", "bin/i.jsonl", "is UTF-16 text (it starts with a byte-order mark)"),
         ("text", "bin/h.jsonl", "is gzip-compressed, not UTF-8 text"),  # source text: the trainer's same refusal
         ("hf_disk", "notsaved", "is not a dataset saved by save_to_disk"),
+        ("hf_disk", "bin/saved.arrow", "is a file, not a folder that datasets' save_to_disk wrote"),
+        ("text", "bin/latin1.txt", "is not UTF-8 text: 250 of its 1750 bytes (14.3%, more than 0.1%)"),
     ):
         ((code, loc, message),) = problems_for(source, str(tmp_path / path))
         assert (code, loc) == ("data_unreadable", ("data", "path")) and said in message, message
+
+
+def test_text_the_trainer_reads_as_utf8_passes_the_encoding_check(tmp_path):
+    # What the trainer accepts passes: a stray byte in a large file (read as U+FFFD, warned of), and a file longer
+    # than the MiB read whose character is cut at that MiB's end.
+    from orchestrator.outputs import TEXT_CHECK_BYTES, read_columns
+
+    stray = tmp_path / "stray.txt"
+    stray.write_bytes(b"plain words " * 10_000 + b"\xe9 and more\n")
+    long = tmp_path / "long.txt"
+    long.write_bytes(b"x" * (TEXT_CHECK_BYTES - 1) + "é and the rest\n".encode())  # é's 2 bytes straddle the MiB
+    for path in (stray, long):
+        assert read_columns(str(path), "text") is None, path
 
 
 def test_an_index_naming_a_shard_that_is_not_there_is_named_before_launch(tmp_path):

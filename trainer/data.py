@@ -346,7 +346,7 @@ def _expand(path: str | None) -> list[fsspec.core.OpenFile]:
 
 def read_texts(path: str | None) -> list[str]:
     """The UTF-8 texts at `path`, in sorted file order. Raises UserError for a compressed or binary file, or one
-    with more than `text_bytes.UNDECODABLE_SHARE` of bytes that are not UTF-8; fewer are read as U+FFFD, and a
+    with more than `text_magic.UNDECODABLE_SHARE` of bytes that are not UTF-8; fewer are read as U+FFFD, and a
     warning says how many."""
     files = _expand(path)
     if not files:

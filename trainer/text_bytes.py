@@ -8,14 +8,8 @@ common case, costs what it did.
 
 from __future__ import annotations
 
-from distillspec.text_magic import HEAD, kind_of  # noqa: F401 - HEAD: the readers ask for that many bytes
+from distillspec.text_magic import HEAD, kind_of, too_undecodable, undecodable  # noqa: F401 - HEAD: for the readers
 from trainer.exit_codes import UserError
-
-# Above this share of bytes that are not UTF-8 a file is refused; below it they are read as U+FFFD, with a warning.
-# In text stored as Latin-1 or Windows-1252 every accented letter or curly quote is such a byte: 1-4% of the bytes
-# of French, German or Spanish prose. A UTF-8 corpus with a few stray bytes (a cut crawl, a mangled record) stays
-# far below one in a thousand and is worth training on; so may English with a few Windows-1252 quotes, warned of.
-UNDECODABLE_SHARE = 1e-3
 
 
 def not_text(head: bytes, name: str, field: str) -> UserError | None:
@@ -33,14 +27,12 @@ def not_text(head: bytes, name: str, field: str) -> UserError | None:
 
 def decode(raw: bytes, name: str, field: str) -> tuple[str, int]:
     """The text of a file's bytes `raw` and how many of them are not UTF-8 (each read as U+FFFD). Raises
-    UserError, naming the file, the share and the first such byte, when they are more than `UNDECODABLE_SHARE`."""
-    try:
+    UserError, naming the file, the share and the first such byte, when they are more than
+    `text_magic.UNDECODABLE_SHARE`."""
+    bad, first = undecodable(raw)
+    if bad == 0:
         return raw.decode("utf-8"), 0
-    except UnicodeDecodeError as e:
-        first = e.start
-    # surrogateescape turns each byte that is not UTF-8 into one lone surrogate, which encoding drops
-    bad = len(raw) - len(raw.decode("utf-8", "surrogateescape").encode("utf-8", "ignore"))
-    if bad > UNDECODABLE_SHARE * len(raw):
+    if too_undecodable(bad, len(raw)):
         raise UserError(
             f"{name} is not UTF-8 text: {bad} of its {len(raw)} bytes ({bad / len(raw):.1%}) are not UTF-8, the "
             f"first at byte {first} ({raw[first]:#04x})",
