@@ -182,6 +182,11 @@ def native_value(key: str, value: Any) -> Any:
     return value
 
 
+def both_models_key(key: str) -> bool:
+    """A MaxText model key that, at a file's top level, sets both models (`base_num_decoder_layers`)."""
+    return key in MODEL_KEYS or key in MODEL_KEY_ALIASES
+
+
 def _set(data: dict, loc: Loc, value: Any) -> None:
     for key in loc[:-1]:
         data = data.setdefault(key, {})

@@ -52,6 +52,8 @@ def maxtext_paths() -> dict[str, Loc]:
     out: dict[str, Loc] = dict(maxtext_format.TOP_LEVEL)
     for key in maxtext_format.DATA_PATH_KEYS:
         out[key] = ("data", "path")
+    out |= maxtext_format.EVAL_KEYS
+    out[maxtext_format.REMAT_KEY] = ("student", "remat")  # the student's alone, as in a MaxText file
     for block, side in maxtext_format.OVERRIDE_BLOCKS.items():
         for key, field in maxtext_format.MODEL_KEYS.items():
             out[f"{block}.{key}"] = (side, field)
@@ -99,6 +101,8 @@ def assign(data: dict[str, Any], text: str, value: Any) -> Loc:
     native = resolve(text)
     if text not in native_paths():
         value = maxtext_format.native_value(text.rsplit(".", 1)[-1], value)
+        if text == maxtext_format.REMAT_KEY and isinstance(value, str):
+            value = maxtext_format.REMAT_POLICIES.get(value, value)  # `minimal` is `dots`; other names are refused
     set_value(data, native, value)
     return native
 

@@ -654,6 +654,13 @@ def _path_problem(loc: Loc, text: str) -> Problem | None:
     try:
         native = spec_paths.resolve(text)
     except spec_paths.UnknownPath as e:
+        if isinstance(text, str) and maxtext_format.both_models_key(text):
+            return Problem(
+                loc,
+                "unknown_axis_path",
+                f"{text!r} sets both models at a MaxText file's top level; a sweep path sets one field",
+                f"say which model: student_overrides.{text} or teacher_overrides.{text}",
+            )
         hint = (
             f"did you mean {', '.join(repr(s) for s in e.suggestions)}?"
             if e.suggestions

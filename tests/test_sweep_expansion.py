@@ -238,6 +238,29 @@ def test_flat_axis_values_mean_what_they_mean_in_a_maxtext_file(tmp_path):
     assert problem.code == "wrong_type" and "write null" in problem.hint
 
 
+def test_the_maxtext_files_remat_and_eval_keys_are_sweep_paths_and_a_both_models_key_says_which(tmp_path):
+    # remat_policy, eval_interval and eval_steps work in a MaxText file and were unknown_axis_path in a sweep; a
+    # top-level model key (both models there) was unknown too, with suggestions that had nothing to do with it.
+    from sweep_support import SWEEPS
+
+    from distillspec import spec_paths
+
+    spec = str(SWEEPS / "maxtext-distillation.yml")
+    result = expanded(tmp_path, sweep_data(spec=spec, axes={"remat_policy": ["full", "minimal"]}))
+    assert result.ok, [str(p) for p in result.problems if p.is_error]
+    assert sorted(p.spec.student.remat for p in result.points) == ["dots", "full"]
+    assert spec_paths.resolve("eval_interval") == ("eval", "every_steps")  # this spec's text data has no eval set
+    assert spec_paths.resolve("eval_steps") == ("eval", "batches")
+    assert all(
+        p.spec.teacher.remat == expanded(tmp_path, sweep_data(spec=spec)).points[0].spec.teacher.remat
+        for p in result.points
+    )
+    for key in ("base_num_decoder_layers", "num_decoder_layers", "model_name"):
+        (problem,) = [p for p in expanded(tmp_path, sweep_data(spec=spec, axes={key: [2, 4]})).problems if p.is_error]
+        assert problem.code == "unknown_axis_path" and "sets both models" in problem.message, problem
+        assert f"student_overrides.{key} or teacher_overrides.{key}" in problem.hint
+
+
 def test_the_same_point_in_two_example_sweeps_has_one_id():
     from sweep_support import SWEEPS
 
