@@ -482,3 +482,17 @@ def test_a_run_the_cluster_saw_end_is_not_shown_going_from_a_stale_resource():
     assert behind == 1 and merged["a"].shown == "Failed (UserError)"
     assert merged["b"] is service["b"] and merged["c"] is service["c"]
     assert "1 run(s) it shows going have ended" in behind_problem("s", "team", 1).message
+
+
+def test_a_deleted_sweeps_runs_go_to_the_first_live_sweep_that_has_them():
+    from orchestrator.service.controller import inheritance
+
+    def jobset(name, run_id, deleting=False):
+        metadata = {"name": name, "labels": {"distillctl.dev/run-id": run_id}}
+        return {"metadata": {**metadata, **({"deletionTimestamp": "2026-12-06T00:00:00Z"} if deleting else {})}}
+
+    mine = [jobset("teacher", "r1"), jobset("point", "r2"), jobset("going", "r3", deleting=True)]
+    live = {"zeta": frozenset({"r1"}), "beta": frozenset({"r1", "r3"}), "other": frozenset({"r9"})}
+    # shared: to the first sweep by name that has it; unshared and already going: nobody's
+    assert inheritance(mine, live) == {"teacher": "beta"}
+    assert inheritance(mine, {}) == {}

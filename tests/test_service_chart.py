@@ -121,7 +121,9 @@ def test_role_grants_exactly_what_the_controller_calls(helm):
     assert granted == {
         *{("distillctl.dev", "distillationsweeps", v, ()) for v in ("get", "list", "watch", "patch")},
         ("distillctl.dev", "distillationsweeps/status", "patch", ()),
-        *{("jobset.x-k8s.io", "jobsets", v, ()) for v in ("get", "list", "watch", "create", "delete")},
+        *{
+            ("jobset.x-k8s.io", "jobsets", v, ()) for v in ("get", "list", "watch", "create", "patch", "delete")
+        },  # patch: a deleted sweep hands shared runs on
         *{("kueue.x-k8s.io", "workloads", v, ()) for v in ("get", "list", "watch")},
         ("kueue.x-k8s.io", "localqueues", "get", ()),
         ("", "events", "create", ()),

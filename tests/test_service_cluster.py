@@ -202,6 +202,7 @@ def test_chart_role_allows_what_the_controller_uses_and_nothing_else(control_pla
         ("patch", "distillationsweeps/status", GROUP),
         ("create", "jobsets", "jobset.x-k8s.io"),
         ("delete", "jobsets", "jobset.x-k8s.io"),
+        ("patch", "jobsets", "jobset.x-k8s.io"),
         ("watch", "jobsets", "jobset.x-k8s.io"),
         ("list", "workloads", "kueue.x-k8s.io"),
         ("get", "localqueues", "kueue.x-k8s.io"),
@@ -538,6 +539,38 @@ def test_sweep_applied_as_a_resource_runs_to_the_end_with_no_client(control_plan
     said = " ".join(gone.stderr.split())
     assert gone.exit_code == 2 and "there is no DistillationSweep svc-a in namespace" in said, gone.output
     assert "give --image IMAGE" in said
+
+
+def test_a_deleted_sweep_hands_a_run_another_sweep_shares_to_it(control_plane, controllers, tmp_path):
+    """Two served sweeps with the same prerequisite share its JobSet; deleting the one that created it hands the
+    JobSet to the other instead of deleting it (a running teacher killed) or leaving it to a sweep that is gone
+    (its status read "owned by sweep <deleted>" for ever, and a failure was never retried)."""
+    cp = control_plane
+    kube = ["--kubeconfig", str(cp.kubeconfig)]
+    for name, temperatures in (("share-a", "[1.0, 2.0]"), ("share-b", "[4.0]")):
+        text = SWEEP.format(name=name, queue="multislice-queue", image=IMAGE, base=tmp_path / "runs")
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text.replace("[1.0, 2.0]", temperatures).replace('"2s"', '"600s"'))  # the teacher runs on
+        applied = CliRunner().invoke(app, ["sweep", str(path), "--service", *kube])
+        assert applied.exit_code == 0, applied.output
+        if name == "share-a":
+            cp.wait_for(lambda: len(jobsets(cp, "share-a")) == 1, 60, "share-a's teacher JobSet")
+    (teacher,) = jobsets(cp, "share-a")
+
+    def teacher_state(sweep: str) -> dict:
+        runs = ((resource(cp, sweep) or {}).get("status") or {}).get("runs") or []
+        return next((r for r in runs if r["role"] == "prerequisite"), {})
+
+    cp.wait_for(lambda: teacher_state("share-b").get("owner") == "share-a", 60, "share-b to see share-a's teacher")
+    client.CustomObjectsApi(cp.client).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "share-a")
+    cp.wait_for(lambda: resource(cp, "share-a") is None, 60, "share-a to go")
+    (kept,) = jobsets(cp, "share-b")
+    assert kept["metadata"]["uid"] == teacher["metadata"]["uid"] and not kept["metadata"].get("deletionTimestamp")
+    cp.wait_for(lambda: teacher_state("share-b").get("owner") == "", 60, "share-b to take the teacher as its own")
+    assert teacher_state("share-b")["phase"] in ("Running", "Queued", "Pending"), teacher_state("share-b")
+    assert not jobsets(cp, "share-a")
+    client.CustomObjectsApi(cp.client).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "share-b")
+    cp.wait_for(lambda: resource(cp, "share-b") is None, 60, "share-b to go")
 
 
 def test_bad_resources_are_refused_at_admission_or_get_a_condition(control_plane, controllers, tmp_path):

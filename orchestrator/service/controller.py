@@ -9,8 +9,9 @@
   created through the Kubernetes backend (409 on a create is "exists": never a duplicate), failed runs deleted
   for a retry, the status subresource, and Events.
 - Only the holder of the Lease acts; the others keep their caches warm.
-- The finalizer: a sweep being deleted has its JobSets deleted (`deletionPolicy: Delete`) or left
-  (`Keep`) before the finalizer is removed.
+- The finalizer: a sweep being deleted hands each JobSet another live sweep also has (a shared prerequisite or
+  point) to that sweep, relabelled, and has the rest deleted (`deletionPolicy: Delete`) or left (`Keep`) before the
+  finalizer is removed.
 """
 
 from __future__ import annotations
@@ -232,6 +233,8 @@ class Controller:
         self._stop = threading.Event()
         self._last: dict[str, SweepStatus] = {}  # by uid: what we last wrote (the cache may not show it yet)
         self._run_index: dict[str, set[str]] = {}  # run id -> sweeps that have it
+        # sweep -> its run ids at its last pass (empty while it is refused): who inherits a deleted sweep's JobSets
+        self._runs_of: dict[str, frozenset[str]] = {}
         custom = cluster.custom
         common = {"resync": options.resync, "metrics": self.metrics, "stop": self._stop, "namespace": self.namespace}
         self.sweeps = Informer(
@@ -383,11 +386,13 @@ class Controller:
         resource = self.sweeps.get(name)
         if resource is None:
             self.metrics.set_runs(name, {})
+            self._runs_of.pop(name, None)
             return
         metadata = resource["metadata"]
         if metadata.get("deletionTimestamp"):
             self._finalize(resource)
             return
+        self._runs_of.setdefault(name, frozenset())
         if FINALIZER not in (metadata.get("finalizers") or []):
             self._patch(name, {"metadata": {"finalizers": [*(metadata.get("finalizers") or []), FINALIZER]}})
         previous = self._previous(resource)
@@ -426,6 +431,7 @@ class Controller:
             return
         for run in expanded.runs:
             self._run_index.setdefault(run.run_id, set()).add(name)
+        self._runs_of[name] = frozenset(run.run_id for run in expanded.runs)
         jobsets = self.jobsets.items()
         chosen = choose_jobsets(jobsets, expanded)
         workloads = workloads_by_owner(self.workloads.items()) if self.workloads else {}
@@ -542,25 +548,42 @@ class Controller:
         )
 
     def _finalize(self, resource: dict) -> None:
-        """Delete the sweep's JobSets (unless its policy keeps them), then let the resource go."""
+        """Hand the JobSets another live sweep also has to it, delete the rest (unless the policy keeps them), then
+        let the resource go."""
         metadata = resource["metadata"]
         finalizers = metadata.get("finalizers") or []
         if FINALIZER not in finalizers:
             return
+        live = [
+            s["metadata"]["name"]
+            for s in self.sweeps.items()
+            if s["metadata"]["name"] != metadata["name"] and not s["metadata"].get("deletionTimestamp")
+        ]
+        if unseen := [other for other in live if other not in self._runs_of]:
+            # A new leader has not read every sweep yet: read them first, or a shared run would be deleted (or
+            # left labelled with a sweep that is gone, which no sweep retries).
+            for other in unseen:
+                self.queue.add(other)
+            self.queue.add(metadata["name"])
+            return
+        mine = [
+            j for j in self.jobsets.items() if (j["metadata"].get("labels") or {}).get(LABEL_SWEEP) == metadata["name"]
+        ]
+        heirs = inheritance(mine, {other: self._runs_of[other] for other in live})
+        for jobset, heir in heirs.items():
+            self._relabel(jobset, heir)
+        if heirs:
+            log.info("%s: handed %d shared run(s) to the sweeps that also have them", metadata["name"], len(heirs))
         spec = resource.get("spec") or {}
         if spec.get("deletionPolicy", "Delete") == "Delete":
-            mine = [
+            going = [
                 j["metadata"]["name"]
-                for j in self.jobsets.items()
-                if (j["metadata"].get("labels") or {}).get(LABEL_SWEEP) == metadata["name"]
+                for j in mine
+                if j["metadata"]["name"] not in heirs and not j["metadata"].get("deletionTimestamp")
             ]
-            if mine:
-                going = [
-                    n
-                    for n in mine
-                    if not (self.jobsets.get(n) or {"metadata": {}})["metadata"].get("deletionTimestamp")
-                ]
+            if going:
                 KubernetesBackend(Target(kind="kubernetes"), None, cluster=self.cluster).delete_jobsets(going)
+            if going or any(j["metadata"]["name"] not in heirs for j in mine):
                 return  # their deletion events queue the sweep again
         self._patch(
             metadata["name"],
@@ -572,7 +595,32 @@ class Controller:
             },
         )
         self._last.pop(metadata.get("uid", ""), None)
+        self._runs_of.pop(metadata["name"], None)
         self.metrics.set_runs(metadata["name"], {})
+
+    def _relabel(self, jobset: str, sweep: str) -> None:
+        """Make `sweep` the JobSet's sweep: it then retries, stops and cancels the run as its own."""
+        self.cluster.call(
+            f"hand JobSet {jobset} to sweep {sweep}",
+            self.cluster.custom.patch_namespaced_custom_object,
+            *JOBSET[:2],
+            self.namespace,
+            JOBSET[2],
+            jobset,
+            {"metadata": {"labels": {LABEL_SWEEP: sweep}}},
+        )
+
+
+def inheritance(jobsets: list[dict], runs_of: dict[str, frozenset[str]]) -> dict[str, str]:
+    """For a deleted sweep's JobSets (not being deleted): the live sweep, first by name, that has the same run, by
+    JobSet name. A run no other sweep has is not inherited."""
+    heirs = {}
+    for jobset in jobsets:
+        run_id = (jobset["metadata"].get("labels") or {}).get(LABEL_RUN_ID)
+        having = sorted(name for name, runs in runs_of.items() if run_id in runs)
+        if having and not jobset["metadata"].get("deletionTimestamp"):
+            heirs[jobset["metadata"]["name"]] = having[0]
+    return heirs
 
 
 def _at(generation, previous, now) -> dict:
