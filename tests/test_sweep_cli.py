@@ -613,7 +613,7 @@ def test_a_service_dry_run_checks_the_file_as_the_service_takes_it(tmp_path):
     assert as_json.exit_code == ExitCode.OK and json.loads(as_json.stdout)["kind"] == "DistillationSweep"
 
 
-@pytest.mark.parametrize("command", [["sweep", "--dry-run"], ["plan"], ["tpus"]])
+@pytest.mark.parametrize("command", [["sweep", "--dry-run"], ["plan"], ["tpus"], ["--help"], ["plan", "--help"]])
 def test_a_reader_that_stops_early_is_not_a_failure(command):
     """`distillctl sweep FILE --dry-run | head -1` exited 1 without a word (rich ends the process with 1 when stdout's
     reader goes away); every command now exits 0 then, as the error boundary says."""
@@ -621,7 +621,7 @@ def test_a_reader_that_stops_early_is_not_a_failure(command):
     import subprocess
     import sys
 
-    args = [*command[:1], *([str(SWEEPS / "quickstart.yaml")] if command[0] != "tpus" else []), *command[1:]]
+    args = [*command[:1], *([str(SWEEPS / "quickstart.yaml")] if command[0] in ("sweep", "plan") else []), *command[1:]]
     reader = subprocess.Popen(["head", "-1"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     done = subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", *args],

@@ -103,7 +103,46 @@ def main() -> None:
         sys.argv[2:] = bare_dry_run(sys.argv[2:])
     # Only a known command name in first place narrows the tree: `--help`, no arguments or a typo get the whole
     # tree, so usage and "No such command" read as they always did.
-    build_app([first] if first in COMMANDS else COMMANDS)()
+    stdout_before = _file_id(1)
+    try:
+        build_app([first] if first in COMMANDS else COMMANDS)()
+    except SystemExit as e:
+        if e.code == 1 and _ended_for_a_broken_pipe(stdout_before):
+            raise SystemExit(0) from None  # `distillctl --help | head -1`: the reader has what it wanted
+        raise
+
+
+def _file_id(fd: int) -> tuple[int, int] | None:
+    import os
+
+    try:
+        found = os.fstat(fd)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _ended_for_a_broken_pipe(stdout_before: tuple[int, int] | None) -> bool:
+    """Whether Typer's help (printed by rich) or click ended the process with 1 because stdout's reader went away:
+    rich points stdout at /dev/null before it exits 1, click wraps it in its PacifyFlushWrapper; neither does so
+    otherwise. A command's own exit 1 (`regress` found a regression) is not this."""
+    import os
+
+    from click.utils import PacifyFlushWrapper
+
+    devnull = _file_id_of(os.devnull)
+    pointed_away = stdout_before != devnull and _file_id(1) == devnull
+    return pointed_away or isinstance(sys.stdout, PacifyFlushWrapper)
+
+
+def _file_id_of(path: str) -> tuple[int, int] | None:
+    import os
+
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _ended(command, *args) -> int:
