@@ -124,6 +124,9 @@ def test_runs_whose_folders_cannot_be_written_fail_alone(tmp_path):
             row = status(sweep)[run["run_id"]]
             assert (row["phase"], row["reason"]) == ("Failed", "OutputNotWritable"), row
             assert row["message"].startswith(str(path)), row["message"]
+        # the file is named as the cause (it read "File exists"), and the hint says to fix the folders first
+        assert "a file is where the run's folder goes" in status(sweep)[points[0]["run_id"]]["message"]
+        assert "make the named output folders writable first" in " ".join(done.stderr.split())
         rows = status(sweep)
         assert rows[teacher["run_id"]]["phase"] == rows[points[2]["run_id"]]["phase"] == "Succeeded"
         assert json.loads((healthy / "summary.json").read_text())["status"] == "succeeded"

@@ -529,9 +529,12 @@ def _follow(
 def _unsucceeded_hint(statuses, *, blocked: bool) -> str:
     """What to do about runs a follow ended on: a failed one (or a blocked point) takes --retry-failed; a stopped
     one (cancelled, preempted: Pending) only `sweep` again, which resumes it."""
+    from distillspec.contract import FailedReason
     from orchestrator.core.run_status import Phase
 
     hint = ["`distillctl status` says why (`distillctl logs` shows a run's output)"]
+    if any(s.reason == FailedReason.OUTPUT_NOT_WRITABLE for s in statuses):
+        hint.append("make the named output folders writable first (each run would fail the same way again)")
     if blocked or any(s.phase in (Phase.FAILED, Phase.DIVERGED) for s in statuses):
         hint.append("--retry-failed runs the failed ones again")
     if any(s.phase == Phase.PENDING for s in statuses):

@@ -149,8 +149,12 @@ def dependency_state(output_path: str, failed: frozenset[str] = frozenset()) -> 
 
 
 def not_writable(path: str, error: OSError) -> str:
-    """`<path>: <error>` for a run's storage fault."""
-    return f"{error.filename or path}: {error.strerror or error}"
+    """`<path>: <error>` for a run's storage fault; a file where a folder goes said as such (mkdir's "File exists"
+    named no cause)."""
+    where = error.filename or path
+    if isinstance(error, (FileExistsError, NotADirectoryError)) and os.path.exists(where) and not os.path.isdir(where):
+        return f"{where}: a file is where the run's folder goes (move or delete it, then run the sweep again)"
+    return f"{where}: {error.strerror or error}"
 
 
 # --- the supervisor --------------------------------------------------------------------------------------------
