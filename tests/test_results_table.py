@@ -384,6 +384,13 @@ def test_reading_a_local_sweep_from_another_directory_says_where_its_output_base
         out = invoke(*command)
         assert "warning[output_base_missing]" in out.stderr, out.output
         assert f"relative to the current directory, {elsewhere}" in out.stderr and "absolute path" in out.stderr
+    # a file in the folder's place: said too (every run read NotCreated without a word; `sweep` refuses it)
+    (elsewhere / "runs").mkdir()
+    (elsewhere / "runs" / "here").write_text("not a folder")
+    for command in (["results", str(path)], ["status", str(path)], ["cancel", str(path), "--yes"]):
+        out = invoke(*command)
+        said = " ".join(out.stderr.split())
+        assert "warning[output_base_missing]" in said and "is a file, not a folder" in said, (command, out.output)
 
 
 def test_a_local_sweep_read_from_a_copy_takes_its_statuses_from_the_copy(tmp_path):

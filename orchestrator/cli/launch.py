@@ -897,6 +897,7 @@ def cancel(
                 raise UsageError("--orphans takes no runs", "drop the run arguments")
             _cancel_orphans(expansion, backend, yes=yes, output=output, wait=wait, timeout=timeout)
             return
+        ctx.warn_if_nothing_written(expansion)  # from another directory: "nothing to cancel" while they run
         if not runs:  # an edited file: the runs of the points it dropped are not its runs, and go on (said)
             _warn_orphans(expansion, backend, ctx.path)
         asked = [find_run(expansion, key) for key in runs] if runs else list(expansion.runs)

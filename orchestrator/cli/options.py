@@ -203,7 +203,19 @@ class SweepContext:
         from orchestrator.cli import console
 
         target = expansion.sweep.target
-        if target.kind != "local" or "://" in target.output_base or os.path.exists(target.output_base):
+        if target.kind != "local" or "://" in target.output_base or os.path.isdir(target.output_base):
+            return
+        if os.path.exists(target.output_base):  # `sweep` refuses it; the readers said every run NotCreated
+            console.print_problem(
+                Problem(
+                    ("target", "output_base"),
+                    "output_base_missing",
+                    f"target.output_base {target.output_base} is a file, not a folder: no run of this sweep can write "
+                    "here",
+                    "point target.output_base at a folder (or move the file away)",
+                    severity="warning",
+                )
+            )
             return
         relative = not os.path.isabs(target.output_base)
         console.print_problem(
