@@ -140,40 +140,50 @@ def _memory_advice(m: memory.MemoryEstimate, spec, tpu_type: tpu.TpuType) -> str
     """What would shrink the largest part of the estimate. The sharded state (parameters, gradients, optimizer
     state, the teacher) shrinks with more chips; the gathered vocabulary tables, the activations and the loss or a
     layer's working set are per chip whatever the chip count, so "more chips" is advised only when the rest fits.
-    (It was advised to runs whose per-chip part alone was over the chip's HBM, on the largest slice there is.)"""
+    (It was advised to runs whose per-chip part alone was over the chip's HBM, on the largest slice there is.) When
+    both are too large (a 405B student on 8 chips), both are said: fixing the per-chip part alone still did not fit."""
     sharded = m.student_params + m.gradients + m.optimizer_state + m.teacher_params
     per_chip = m.total - sharded
-    batch = spec.batch
-    # the loss and a layer's working set are alternatives (`MemoryEstimate.total`): only the larger counts
     activations = m.activations + (m.working_set if m.working_set > m.loss else 0)
     loss = m.loss if m.loss >= m.working_set else 0
     hbm = m.hbm_per_chip or 0
     if per_chip >= hbm or max(activations, loss, m.gathered_weights) >= sharded:
-        if m.gathered_weights >= max(activations, loss):
-            return (
-                f"{per_chip / GB:.1f} GB of it is per chip whatever the chip count, {m.gathered_weights / GB:.1f} GB "
-                "of that the embedding and LM-head tables FSDP gathers for their matmuls: mesh.tensor (2, 4, ...) "
-                "splits them along the vocabulary, or a TPU type with more HBM per chip"
-            )
-        if activations >= loss:
-            fixes = []
-            if batch.per_device_batch_size > 1:
-                fixes.append(
-                    "a smaller batch.per_device_batch_size (batch.gradient_accumulation_steps keeps the global batch)"
-                )
-            fixes.append(
-                f"a shorter batch.max_target_length (attention holds {batch.max_target_length}² scores per head)"
-            )
-            if spec.student.remat != "full":  # the teacher has no backward pass: nothing kept to remat
-                fixes.append("student.remat: full (it keeps one array per layer)")
-            return (
-                f"activations are {activations / GB:.1f} GB of it, per chip whatever the chip count (more chips or "
-                "sharding do not shrink them): " + ", or ".join(fixes)
-            )
+        advice = _per_chip_advice(m, spec, per_chip, activations, loss)
+        if sharded >= hbm / 2:  # more than the per-chip fix leaves room for
+            advice += "; and " + _sharded_advice(m, spec, tpu_type, sharded)
+        return advice
+    return _sharded_advice(m, spec, tpu_type, sharded)
+
+
+def _per_chip_advice(m: memory.MemoryEstimate, spec, per_chip: float, activations: float, loss: float) -> str:
+    batch = spec.batch
+    # the loss and a layer's working set are alternatives (`MemoryEstimate.total`): only the larger counts
+    if m.gathered_weights >= max(activations, loss):
         return (
-            f"the loss's logits are {loss / GB:.1f} GB of it: a smaller batch.per_device_batch_size "
-            "(batch.gradient_accumulation_steps keeps the global batch)"
+            f"{per_chip / GB:.1f} GB of it is per chip whatever the chip count, {m.gathered_weights / GB:.1f} GB "
+            "of that the embedding and LM-head tables FSDP gathers for their matmuls: mesh.tensor (2, 4, ...) "
+            "splits them along the vocabulary, or a TPU type with more HBM per chip"
         )
+    if activations >= loss:
+        fixes = []
+        if batch.per_device_batch_size > 1:
+            fixes.append(
+                "a smaller batch.per_device_batch_size (batch.gradient_accumulation_steps keeps the global batch)"
+            )
+        fixes.append(f"a shorter batch.max_target_length (attention holds {batch.max_target_length}² scores per head)")
+        if spec.student.remat != "full":  # the teacher has no backward pass: nothing kept to remat
+            fixes.append("student.remat: full (it keeps one array per layer)")
+        return (
+            f"activations are {activations / GB:.1f} GB of it, per chip whatever the chip count (more chips or "
+            "sharding do not shrink them): " + ", or ".join(fixes)
+        )
+    return (
+        f"the loss's logits are {loss / GB:.1f} GB of it: a smaller batch.per_device_batch_size "
+        "(batch.gradient_accumulation_steps keeps the global batch)"
+    )
+
+
+def _sharded_advice(m: memory.MemoryEstimate, spec, tpu_type: tpu.TpuType, sharded: float) -> str:
     fixes = []
     if m.replicated:  # an fsdp that does not divide emb_dim shards nothing: name one that does
         widths = [spec.student_block().shape().emb_dim] + (
