@@ -81,8 +81,11 @@ def _paths(spec: DistillSpec) -> list[Problem]:
                 Problem(
                     loc,
                     "unsupported_scheme",
-                    f"{name} {path!r}: the trainer's image reads gs:// and local paths, not {scheme}://",
-                    "copy the files to a bucket (gs://...) or a volume the pods mount (target.volumes)",
+                    f"{name} {path!r}: the trainer's image {'writes' if loc in WRITTEN else 'reads'} gs:// and local "
+                    f"paths, not {scheme}://",
+                    f"point {name} at a bucket (gs://...) or a volume the pods mount (target.volumes)"
+                    if loc in WRITTEN
+                    else "copy the files to a bucket (gs://...) or a volume the pods mount (target.volumes)",
                     severity="warning",
                 )
             )
@@ -101,8 +104,20 @@ def tilde_path(loc: tuple[str, ...], name: str, path: str) -> Problem:
     )
 
 
+WRITTEN = {("output_dir",), ("logging", "tensorboard_dir")}  # places the trainer writes, not reads
+
+
 def _hub_path(loc: tuple[str, ...], name: str, path: str) -> Problem:
     """An `hf://` path: the trainer reads folders and buckets, never the Hub (the pods would fail on it)."""
+    if loc in WRITTEN:
+        return Problem(
+            loc,
+            "hub_path_not_read",
+            f"{name} {path!r} names the Hugging Face Hub; the trainer writes to a folder or a bucket and uploads "
+            "nothing",
+            f"point {name} at a folder or a bucket (gs://...); to publish a model, `distillctl export` writes a "
+            "Hugging Face folder to upload",
+        )
     if loc[-1] == "load_parameters_path":
         repo = path.removeprefix("hf://").removeprefix("models/").strip("/")
         return Problem(

@@ -590,6 +590,20 @@ def test_a_hub_path_anywhere_is_refused_before_anything_asks_the_hub(field):
     assert "hub_path_not_read" in codes(spec_data(**edits))
 
 
+def test_a_hub_path_where_the_trainer_writes_says_where_to_write_instead():
+    # It advised "download it first" for output_dir and tensorboard_dir, places the trainer writes to.
+    from distillspec.specfile import validate_data
+
+    for field in ("output_dir", "logging.tensorboard_dir"):
+        _, problems = validate_data(spec_data(**{field: "hf://org/name"}))
+        (problem,) = [p for p in problems if p.code == "hub_path_not_read"]
+        assert "the trainer writes to a folder or a bucket" in problem.message, problem
+        assert "download" not in problem.hint and "gs://" in problem.hint and "export" in problem.hint, problem
+    _, problems = validate_data(spec_data(output_dir="s3://bucket/runs"))
+    (problem,) = [p for p in problems if p.code == "unsupported_scheme"]
+    assert "writes gs://" in problem.message and "copy the files" not in problem.hint, problem
+
+
 def test_a_tensor_axis_that_does_not_divide_the_kv_heads_is_a_warning_for_either_model():
     # An error for the student's kv heads alone (the trainer runs it: those weights stay whole on the axis), none for
     # the teacher's, and none for `tensor: -1` filling to the same size.
