@@ -371,6 +371,8 @@ def read_columns(path: str, source: str) -> Columns | None:
         first = files[0] if "://" not in path else fs.unstrip_protocol(files[0])
         if "://" not in first and not stat.S_ISREG(os.stat(first).st_mode):  # a FIFO hung the check
             return Columns(first, error="is not a regular file (a pipe or a device)")
+        if len(files) == 1 and fs.size(files[0]) == 0:  # the trainer: "holds no document with text"
+            return Columns(first, error="is empty: the only data file holds no document to train on")
         if source == "text":  # no columns: only whether the trainer would refuse its bytes at start
             return _text_kind(first, encoding=True)
         if source == "jsonl":

@@ -639,6 +639,9 @@ def test_a_column_the_data_files_do_not_have_is_an_error_before_launch(tmp_path)
     (tmp_path / "notsaved" / "x.txt").write_text("x")
     (tmp_path / "bin" / "latin1.txt").write_bytes("Un café très léger, à peine sucré.\n".encode("latin-1") * 50)
     (tmp_path / "bin" / "saved.arrow").write_bytes(b"not a folder")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "e.jsonl").write_bytes(b"")
+    (tmp_path / "empty" / "e.txt").write_bytes(b"")
     for source, path, said in (
         ("parquet", "bin/a.parquet", "cannot be read as Parquet"),
         ("jsonl", "bin/b.jsonl", "cannot be read as JSON Lines (UnicodeDecodeError"),
@@ -652,6 +655,8 @@ def test_a_column_the_data_files_do_not_have_is_an_error_before_launch(tmp_path)
         ("text", "bin/h.jsonl", "is gzip-compressed, not UTF-8 text"),  # source text: the trainer's same refusal
         ("hf_disk", "notsaved", "is not a dataset saved by save_to_disk"),
         ("hf_disk", "bin/saved.arrow", "is a file, not a folder that datasets' save_to_disk wrote"),
+        ("jsonl", "empty/e.jsonl", "is empty: the only data file holds no document"),
+        ("text", "empty/e.txt", "is empty: the only data file holds no document"),
         ("text", "bin/latin1.txt", "is not UTF-8 text: 250 of its 1750 bytes (14.3%, more than 0.1%)"),
     ):
         ((code, loc, message),) = problems_for(source, str(tmp_path / path))
