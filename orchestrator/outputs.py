@@ -656,12 +656,19 @@ def check_output_base(path: str) -> None:
     bucket URL names no valid bucket (`gs://` read as runs that wrote nothing, under `gs:/<run id>`)."""
     from distillspec import buckets
 
+    given = path
     if path.startswith("file://"):
         path = path.removeprefix("file://")  # the same folder: `file:///nowhere` passed where `/nowhere` did not
+        if path.startswith("localhost/"):
+            path = path.removeprefix("localhost")  # RFC 8089's file://localhost/abs is /abs
+        if not path:
+            raise UsageError(f"--output-base {given!r} names no folder", "write file:///abs/path, or the path itself")
     elif "://" in path:
         bucket = buckets.bucket_of(path)
         if bucket is not None and (problem := buckets.bucket_name_problem(bucket)):
             raise UsageError(f"--output-base {path!r} {problem}", buckets.HINT)
+        if not path.split("://", 1)[1].split("/", 1)[0]:  # s3://, az:///x: read as runs that wrote nothing
+            raise UsageError(f"--output-base {path!r} names no bucket", "write SCHEME://BUCKET/path")
         return  # an object store has no folders: its bucket is asked when the runs are read (`check_store`)
     import os
 
