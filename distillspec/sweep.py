@@ -654,6 +654,14 @@ def _path_problem(loc: Loc, text: str) -> Problem | None:
     try:
         native = spec_paths.resolve(text)
     except spec_paths.UnknownPath as e:
+        if isinstance(text, str) and text in maxtext_format.OVERRIDE_BLOCKS:
+            return Problem(
+                loc,
+                "unknown_axis_path",
+                f"{text!r} is MaxText's block of the {maxtext_format.OVERRIDE_BLOCKS[text]}'s model keys; a sweep "
+                "names each key as a path",
+                f"write one line per key, e.g. {text}.num_decoder_layers: 3",
+            )
         if isinstance(text, str) and maxtext_format.both_models_key(text):
             return Problem(
                 loc,
@@ -814,7 +822,10 @@ def _exclude(sweep: Sweep) -> list[Problem]:
             )
         for key in entry:
             if key not in varied:
-                close = get_close_matches(key, sorted(varied), n=1, cutoff=0.5)
+                # the same field under its other spelling (loss.alpha.end for the axis distill_alpha_end) first
+                close = [v for v in sorted(varied) if _same_field(v, key)] or get_close_matches(
+                    key, sorted(varied), n=1, cutoff=0.5
+                )
                 out.append(
                     Problem(
                         ("exclude", i, key),
@@ -826,6 +837,13 @@ def _exclude(sweep: Sweep) -> list[Problem]:
                     )
                 )
     return out
+
+
+def _same_field(a: str, b: str) -> bool:
+    try:
+        return spec_paths.resolve(a) == spec_paths.resolve(b)
+    except spec_paths.UnknownPath:
+        return False
 
 
 def placeholders_in(value: Any) -> list[str]:

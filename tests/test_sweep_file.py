@@ -99,6 +99,18 @@ def test_exclude_must_name_an_axis(tmp_path):
     source = load(tmp_path, sweep_data(axes={"loss.alpha.end": [0.3, 0.5]}, exclude=[{"loss.alpha.ends": 0.3}]))
     (problem,) = source.problems
     assert problem.code == "exclude_not_an_axis" and "'loss.alpha.end'" in problem.hint
+    # the same field under its other spelling: that axis is named (it suggested loss.beta.end)
+    axes = {"distill_alpha_end": [0.3, 0.5], "loss.beta.end": [0.1, 0.2]}
+    (problem,) = load(tmp_path, sweep_data(axes=axes, exclude=[{"loss.alpha.end": 0.3}])).problems
+    assert problem.code == "exclude_not_an_axis" and "'distill_alpha_end'" in problem.hint, problem
+
+
+def test_a_maxtext_override_block_is_told_to_name_each_key(tmp_path):
+    # It was "not a field of the spec", suggesting student_overrides.dtype, .mlp_dim, .emb_dim.
+    source = load(tmp_path, sweep_data(overrides={"student_overrides": {"num_decoder_layers": 3}}))
+    (problem,) = [p for p in source.problems if p.is_error]
+    assert "MaxText's block of the student's model keys" in problem.message, problem
+    assert "student_overrides.num_decoder_layers: 3" in problem.hint
 
 
 def test_placeholders_must_name_a_prerequisite(tmp_path):
