@@ -848,8 +848,26 @@ def _shuffling(data) -> list[Problem]:
 
 
 def _event_folder(spec: DistillSpec) -> list[Problem]:
-    """A TensorBoard folder where no events are written: TensorBoard off, or a teacher_logits run (it logs none)."""
-    if spec.logging.tensorboard_dir is None or (spec.logging.tensorboard and spec.mode != "teacher_logits"):
+    """A TensorBoard folder where no events are written: TensorBoard off, or a teacher_logits run (it logs none);
+    one inside the run's own checkpoints folder (an events folder among the checkpoint steps resume reads, as
+    `export -o` there is refused)."""
+    if spec.logging.tensorboard_dir is None:
+        return []
+    if spec.logging.tensorboard and spec.mode != "teacher_logits":
+        events = _normal(f"{spec.logging.tensorboard_dir}/{spec.name}")
+        checkpoints = _normal(f"{spec.output_dir}/{spec.name}/checkpoints")
+        if events == checkpoints or events.startswith(checkpoints + "/"):
+            return [
+                Problem(
+                    ("logging", "tensorboard_dir"),
+                    "tensorboard_dir_in_checkpoints",
+                    f"logging.tensorboard_dir {spec.logging.tensorboard_dir!r} puts the events ({events}) inside the "
+                    "run's checkpoints folder, among the steps a resume reads",
+                    f"point it elsewhere, e.g. {spec.output_dir.rstrip('/')}/tensorboard (or leave it unset: events "
+                    "then go to the run's tensorboard/ folder)",
+                    severity="warning",
+                )
+            ]
         return []
     why, hint = (
         ("a teacher_logits run writes no events", "remove tensorboard_dir")
@@ -865,6 +883,14 @@ def _event_folder(spec: DistillSpec) -> list[Problem]:
             severity="warning",
         )
     ]
+
+
+def _normal(path: str) -> str:
+    """A path as written, `.` and `..` and doubled or trailing slashes resolved (not symlinks: nothing is read)."""
+    import posixpath
+
+    scheme, sep, rest = path.rpartition("://")
+    return f"{scheme}{sep}{posixpath.normpath(rest)}"
 
 
 def _mesh(spec: DistillSpec) -> list[Problem]:

@@ -613,3 +613,17 @@ def test_a_tensor_axis_that_does_not_divide_the_kv_heads_is_a_warning_for_either
         if p.code == "tensor_axis_indivisible"
     ]
     assert found == [("tensor_axis_indivisible", "warning", True), ("tensor_axis_indivisible", "warning", False)]
+
+
+def test_a_tensorboard_dir_inside_the_runs_checkpoints_is_a_warning():
+    # Accepted without a word: an events folder among the checkpoint steps (as `export -o` there is refused).
+    from distillspec.specfile import validate_data
+
+    def codes_for(folder: str) -> list[str]:
+        data = spec_data(output_dir="runs/x/..", name="t", **{"logging.tensorboard_dir": folder})
+        return [p.code for p in validate_data(data)[1]]
+
+    assert "tensorboard_dir_in_checkpoints" in codes_for("runs/t/checkpoints")  # runs/x/.. is runs
+    assert "tensorboard_dir_in_checkpoints" in codes_for("./runs//t/checkpoints/events/")
+    assert "tensorboard_dir_in_checkpoints" not in codes_for("runs")  # the run folder itself: harmless
+    assert "tensorboard_dir_in_checkpoints" not in codes_for("runs/tensorboard")
