@@ -463,6 +463,8 @@ def test_runs_of_points_an_edit_removed_are_listed_and_stopped_by_cancel_orphans
         assert not trainers_of(old_teacher["output_path"])
         assert all(local_claims.read_claim(r["output_path"]) is None for r in [old_teacher, *old_points])
         assert "step" in (Path(old_teacher["output_path"]) / "summary.json").read_text()  # it saved and said so
+        # recorded as a cancel (the next sweep says once that the edited teacher starts from step 0)
+        assert local_claims.read_cancelled(old_teacher["output_path"]) is not None
         # The slot it held goes to the file's own teacher; the orphans are never started.
         wait_until(lambda: trainers_of(new_teacher["output_path"]), 60, "the new teacher to start")
         again = distillctl("cancel", str(sweep), "--orphans", "--yes", check=True)

@@ -259,9 +259,10 @@ class LocalBackend:
 
     def delete_orphans(self, names: Sequence[str]) -> list[str]:
         """`cancel --orphans`: stop the runs `orphans` named (a trainer saves its checkpoint; a queued run is never
-        started)."""
+        started), recorded as `cancel` records them: `sweep` then says once that the edited points start from 0
+        (`stopped_runs_superseded`), and putting the file back resumes them."""
         chosen = [(orphan.name, path, claim) for orphan, path, claim in self._held() if orphan.name in names]
-        _stop([(path, claim) for _, path, claim in chosen])
+        _stop([(path, claim) for _, path, claim in chosen], mark=True)
         return [name for name, _, _ in chosen]
 
     def _held(self) -> list[tuple[Orphan, str, local_claims.Claim]]:
