@@ -39,6 +39,33 @@ def test_plots_are_written_non_empty_with_their_sizes(tmp_path):
     assert png_size(tmp_path / "plots" / "kl_div_T1.png") == (1950, 1020)  # 13 × 6.8 in at 150 dpi
     assert png_size(tmp_path / "plots" / "hard_loss.png") == (1950, 1020)
     assert png_size(tmp_path / "plots" / "schedules.png") == (2100, 930)  # 14 × 6.2 in
+    # written again over its own plots: fine
+    again = runner.invoke(app, ["results", str(tmp_path / "sweep.yaml"), "--plot", str(tmp_path / "plots")])
+    assert again.exit_code == ExitCode.OK, again.output
+
+
+def test_plots_never_replace_a_users_file_or_an_input_through_a_link(tmp_path):
+    # A user's kl_div_T1.png (notes) was replaced, and a hard_loss.png linking to the sweep file made it a PNG;
+    # `--plot ""` (an unset shell variable) wrote into the current directory.
+    result = expanded(write_sweep(tmp_path))
+    finish_all(result)
+    sweep = tmp_path / "sweep.yaml"
+    kept = sweep.read_text()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "kl_div_T1.png").write_text("my notes")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "hard_loss.png").symlink_to(sweep)
+    for folder, said in (
+        (mine, "kl_div_T1.png exists and is not a plot distillctl wrote"),
+        (linked, "is the sweep file: writing it would replace it"),
+        ("", "--plot is blank"),
+    ):
+        out = runner.invoke(app, ["results", str(sweep), "--plot", str(folder)])
+        assert out.exit_code == ExitCode.USAGE and said in " ".join(out.stderr.split()), out.output
+        assert out.stdout == ""
+    assert (mine / "kl_div_T1.png").read_text() == "my notes" and sweep.read_text() == kept
 
 
 def test_metric_curves_have_one_labelled_line_per_point(tmp_path):

@@ -23,7 +23,17 @@ from matplotlib.ticker import FuncFormatter, LogLocator
 
 from distillspec.config import DistillSpec
 from orchestrator.core import aggregate
-from orchestrator.core.results import EVAL, HARD_LOSS, KL_T1, TRAIN, Results, Row
+from orchestrator.core.results import (
+    EVAL,
+    HARD_LOSS,
+    KL_T1,
+    PLOT_FILES,
+    PLOT_SOFTWARE,
+    SCHEDULES_FILE,
+    TRAIN,
+    Results,
+    Row,
+)
 from orchestrator.outputs import LogLine
 
 TEACHER_LOSS = "distill/teacher_loss"
@@ -331,17 +341,13 @@ def schedules_figure(sweep: str, curves: Mapping[str, Sequence[Curve]]) -> Figur
     return figure
 
 
-FILES = {KL_T1: "kl_div_T1.png", HARD_LOSS: "hard_loss.png"}
-SCHEDULES_FILE = "schedules.png"
-
-
 def write_plots(
     results: Results, logs: Mapping[str, Sequence[LogLine]], specs: Mapping[str, DistillSpec], out_dir: Path
 ) -> list[Path]:
     """Write `kl_div_T1.png`, `hard_loss.png` and `schedules.png` to `out_dir` (created); returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, filename in FILES.items():
+    for name, filename in PLOT_FILES.items():
         reference = reference_curve(results, logs) if name == HARD_LOSS else None
         note = source_note(results, logs, name)
         figure = metric_figure(results.sweep, name, metric_curves(results, logs, name), reference, note)
@@ -352,5 +358,5 @@ def write_plots(
 
 
 def _save(figure: Figure, path: Path) -> Path:
-    figure.savefig(path, format="png", dpi=DPI)
+    figure.savefig(path, format="png", dpi=DPI, metadata={"Software": PLOT_SOFTWARE})
     return path

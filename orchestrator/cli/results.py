@@ -177,8 +177,10 @@ def results_command(
     ] = ResultsFormat.table,
     window: WindowOption = DEFAULT_WINDOW,
     plot: Annotated[
-        Optional[Path],
-        typer.Option("--plot", help="write kl_div_T1.png, hard_loss.png and schedules.png to this folder"),
+        Optional[str],  # not Path: a blank value (an unset shell variable) would read as "."
+        typer.Option(
+            "--plot", metavar="<path>", help="write kl_div_T1.png, hard_loss.png and schedules.png to this folder"
+        ),
     ] = None,
     output_base: OutputBaseOption = None,
     tpu_type: TpuOption = None,
@@ -213,7 +215,7 @@ def results_command(
     if output_base is None:
         ctx.warn_if_nothing_written(expansion)
     if plot is not None:  # before the table is printed: a script must not get a whole table and exit 2
-        _refuse_clobbering({"--plot": Path(plot)}, {"the sweep file": Path(sweep)}, expansion, output_base)
+        _refuse_plot_clobbering(Path(plot), plot, sweep, expansion, output_base)
         try:
             Path(plot).mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -237,7 +239,7 @@ def results_command(
         logs = {run_id: out.log for run_id, out in outputs.items()}
         specs = {run.run_id: run.spec for run in expansion.runs}
         try:
-            written = plots.write_plots(table, logs, specs, plot)
+            written = plots.write_plots(table, logs, specs, Path(plot))
         except OSError as e:
             failed = Path(e.filename) if e.filename else Path(plot)
             raise cannot_write(failed, e, folder=failed == Path(plot)) from None
@@ -307,6 +309,40 @@ def _refuse_clobbering(
                 f"{flag} {path} exists and is not a report regress wrote: writing it would replace it",
                 f"give {flag} a new path (or delete that file first)",
             )
+
+
+def _refuse_plot_clobbering(folder: Path, given: str, sweep, expansion, output_base: str | None) -> None:
+    """UsageError for a `--plot` folder that is blank or an input, or that holds, under a plot's name, a file that
+    is not a plot distillctl wrote or that is (through a link) one of the inputs: a user's kl_div_T1.png, and a
+    link to the sweep file, were replaced by a PNG."""
+    from orchestrator.core.results import PLOT_FILES, PLOT_SOFTWARE, SCHEDULES_FILE
+    from orchestrator.errors import UsageError
+
+    if not given.strip():  # `--plot "$OUT"` with OUT unset wrote into the current directory
+        raise UsageError("--plot is blank", "give the folder to write the plots to")
+    files = {f"--plot's {name}": folder / name for name in (*PLOT_FILES.values(), SCHEDULES_FILE)}
+    _refuse_clobbering({"--plot": folder, **files}, {"the sweep file": Path(sweep)}, expansion, output_base)
+    for path in files.values():
+        if path.is_symlink() or (path.exists() and not _our_plot(path, PLOT_SOFTWARE)):
+            raise UsageError(
+                f"--plot {folder}: {path} exists and is not a plot distillctl wrote"
+                + (" (it is a link)" if path.is_symlink() else "")
+                + ": writing it would replace it",
+                "give --plot another folder (or move that file away)",
+            )
+
+
+def _our_plot(path: Path, software: str) -> bool:
+    """A PNG that `results --plot` wrote (its Software text; Matplotlib's before it said so), empty, or unreadable
+    (the write then says what is wrong)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return True
+    if not head:
+        return True
+    return head.startswith(b"\x89PNG") and (software.encode() in head or b"Software\x00Matplotlib" in head)
 
 
 # How an earlier report of each kind begins (`regress.junit_xml`'s suite name, `regress.markdown`'s title line): a

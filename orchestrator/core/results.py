@@ -37,6 +37,10 @@ from orchestrator.outputs import RunOutputs
 PERPLEXITY = "distill/student_perplexity"
 TOP1 = "distill/top1_agreement"
 TABLE_METRICS = (KL_T1, HARD_LOSS, PERPLEXITY, TOP1)
+# The files `results --plot DIR` writes (`orchestrator.cli.plots`), named here where no matplotlib is imported.
+PLOT_FILES = {KL_T1: "kl_div_T1.png", HARD_LOSS: "hard_loss.png"}
+SCHEDULES_FILE = "schedules.png"
+PLOT_SOFTWARE = "distillctl results --plot"  # the PNGs' Software text: a file there that lacks it is not ours
 DEFAULT_WINDOW = 5
 EVAL, TRAIN = "eval", "train"  # where a row's metrics come from
 # Some from the last evaluation, the rest from training: metrics an evaluation does not log (an offline student's
