@@ -49,6 +49,14 @@ def test_throughput_from_token_and_time_deltas():
     assert aggregate.tokens_per_sec(log[:1], 1) == pytest.approx(1.0)  # no earlier record: the logged rate
 
 
+def test_a_window_over_every_record_is_the_whole_runs_throughput():
+    # The first record's tokens (since the run began, at its logged rate) were left out: a 3-record run read 11,492
+    # tok/s where its summary said 8,859.
+    log = [line(1, tokens=100, time=10.0, rate=50.0), line(2, tokens=300, time=12.0, rate=100.0)]
+    assert aggregate.tokens_per_sec(log, 0) == pytest.approx(300 / 4.0)  # 100 tokens in 2 s, 200 in 2 s
+    assert aggregate.tokens_per_sec(log, 1) == pytest.approx(100.0)  # the last record alone
+
+
 def test_throughput_across_a_resume_leaves_out_the_downtime():
     # Killed after step 2 and retried an hour later: the wall clock between the records held the hour (733 tok/s
     # shown for a run that trained at ~20,000); each record's own rate is the time the trainer took.

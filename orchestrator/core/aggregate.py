@@ -94,12 +94,15 @@ def tokens_per_sec(log: Sequence[LogLine], window: int) -> float | None:
     start_index = len(log) - len(records) - 1
     tokens = seconds = 0.0
     for previous, record in zip([log[start_index] if start_index >= 0 else None, *records[:-1]], records):
-        if previous is None or None in (previous.tokens, record.tokens):
+        # The log's first record counts the tokens since the run began (its rate is over them, compilation left
+        # out): a window over every record is the whole run, as summary.json's rate is (it dropped that interval).
+        before = 0 if previous is None else previous.tokens
+        if None in (before, record.tokens):
             continue
-        added = record.tokens - previous.tokens
+        added = record.tokens - before
         if record.tokens_per_sec:
             took = added / record.tokens_per_sec
-        elif None not in (previous.time, record.time) and record.time > previous.time:
+        elif previous is not None and None not in (previous.time, record.time) and record.time > previous.time:
             took = record.time - previous.time
         else:
             continue
