@@ -84,6 +84,9 @@ def trainer_process_env(env: Mapping[str, str]) -> dict[str, str]:
 
 # --- Files in a run's output storage besides the trainer's documented outputs -----------------------------------------
 
+# The verdicts summary.json's `status` holds (trainer/metrics_io.py documents them); any other value is damage.
+SUMMARY_STATUSES = ("running", "succeeded", "failed", "diverged", "preempted")
+
 # A process other than 0 that fails leaves `<run dir>/failures/process-<i>.json` (summary.json's keys plus
 # `process_index`): the orchestrator's verdict when summary.json is missing or still says running.
 FAILURES_DIR = "failures"

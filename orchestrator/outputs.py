@@ -32,7 +32,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from distillspec.contract import FAILURES_DIR, METRICS_PART_PATTERN, METRICS_PARTS_DIR, STOPPED_FILE
+from distillspec.contract import FAILURES_DIR, METRICS_PART_PATTERN, METRICS_PARTS_DIR, STOPPED_FILE, SUMMARY_STATUSES
 from orchestrator.errors import UsageError
 from orchestrator.exit_codes import ExitCode
 
@@ -129,6 +129,8 @@ class RunOutputs:
                 )
         if self.summary_unreadable:
             found.append("summary.json is not a JSON object, so the run's verdict cannot be read from it")
+        elif self.summary is not None:
+            found += _summary_fields_damage(self.summary)
         elif self.summary is None and self.log and not self.failures:  # the trainer writes it before its first record
             found.append("metrics.jsonl holds records but there is no summary.json (deleted, or a copy cut short?)")
         return tuple(found)
@@ -278,6 +280,28 @@ def _one_line(error: BaseException) -> str:
     """The error's text on one line (gcsfs puts the server's message on a second one)."""
     text = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
     return text or type(error).__name__
+
+
+def _summary_fields_damage(summary: Mapping[str, Any]) -> list[str]:
+    """A summary.json that is a JSON object but not the trainer's: a status that is no verdict, a step or a rate
+    that is no number (a hand edit; another program's file). Its run read Pending ("no outputs") or Succeeded, its
+    numbers shown as they were."""
+    found = []
+    status = summary.get("status")
+    if status not in SUMMARY_STATUSES:
+        found.append(
+            f"summary.json's status {status!r} is none of the trainer's ({', '.join(SUMMARY_STATUSES)}), so the run's "
+            "verdict cannot be read from it"
+        )
+    for field in ("step", "total_steps", "tokens"):
+        value = summary.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            found.append(f"summary.json's {field} {value!r} is not a whole number")
+    for field in ("wall_time_sec", "tokens_per_sec", "compile_time_sec"):
+        value = summary.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            found.append(f"summary.json's {field} {value!r} is not a number")
+    return found
 
 
 def read_text(path: str, errors: str = "strict", limit: int | None = None) -> str | None:

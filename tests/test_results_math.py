@@ -124,6 +124,10 @@ def _run_folder(tmp_path, steps: list[int], summary: dict | str | None, tail: st
         ([10, 20, 10], {"status": "succeeded", "step": 20}, "", "distill", "ends at step 10"),  # a stale line appended
         ([10], '{"status": "succ', "", "distill", "summary.json is not a JSON object"),
         ([10], {"status": "failed", "step": 15}, '{"st', "distill", "cut off, though the run has ended (failed)"),
+        # A JSON object that is not the trainer's (a hand edit): a run with records read "no outputs", or Succeeded.
+        ([10], {"status": "weird", "step": 10}, "", "distill", "status 'weird' is none of the trainer's"),
+        ([10], {"status": "failed", "step": "forty"}, "", "distill", "summary.json's step 'forty' is not a whole"),
+        ([10], {"status": "failed", "step": 10, "wall_time_sec": "fast"}, "", "distill", "wall_time_sec 'fast' is"),
         # Intact: a write in progress, a failed run that logged every 10 steps, a logits cache writer (no log).
         ([], None, "", "distill", None),
         ([10], {"status": "running", "step": 10}, '{"st', "distill", None),

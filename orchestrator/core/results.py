@@ -172,7 +172,11 @@ def statuses_from_outputs(
             # No outputs says nothing of whether it exists: a table pasted from an unreachable cluster's sweep
             # read "NotCreated" for runs that were running.
             status = dataclasses.replace(
-                status, reason=PendingReason.NOT_OBSERVED, message="no outputs, and its backend was not asked"
+                status,
+                reason=PendingReason.NOT_OBSERVED,
+                message="its outputs hold no verdict that can be read, and its backend was not asked"
+                if found.exists
+                else "no outputs, and its backend was not asked",
             )
         out[run.run_id] = status
     return out
