@@ -156,6 +156,14 @@ def test_a_point_with_a_damaged_log_is_an_infrastructure_failure_not_a_regressio
     again = invoke("golden", "update", path, "-o", tmp_path / "new.yaml")
     assert again.exit_code == ExitCode.USAGE and "1 run(s) have damaged outputs" in again.stderr, again.output
     assert not (tmp_path / "new.yaml").exists()
+    # two damaged runs: both named (only the first was)
+    other = result.points[0]
+    with (Path(other.output_path) / "metrics.jsonl").open("a") as f:
+        f.write("not a record\n")
+    twice = invoke("golden", "update", path, "-o", tmp_path / "new.yaml")
+    said = " ".join(twice.stderr.split())
+    assert "2 run(s) have damaged outputs" in said and "are not metric records" in said, said
+    assert "metrics.jsonl is cut off" in said
 
 
 def test_a_point_that_never_ran_is_an_infrastructure_failure(sweep):

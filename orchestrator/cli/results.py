@@ -630,10 +630,11 @@ def golden_update(
         )
     damaged = [run for run in expansion.runs if outputs[run.run_id].damage]
     if damaged:  # its values would be another step's, written into the file every later run is held to
-        first = outputs[damaged[0].run_id]
+        listed = "; ".join(
+            f"{run.label or run.run_id}: {', '.join(outputs[run.run_id].damage)}" for run in damaged[:5]
+        ) + (f"; and {len(damaged) - 5} more" if len(damaged) > 5 else "")
         raise UsageError(
-            f"{len(damaged)} run(s) have damaged outputs ({damaged[0].label or damaged[0].run_id}: "
-            f"{'; '.join(first.damage)})",
+            f"{len(damaged)} run(s) have damaged outputs ({listed})",
             "golden values come from intact outputs: copy the run folders again from where they were written, or "
             "delete the damaged ones and `distillctl sweep` to run those points again",
         )
