@@ -112,11 +112,12 @@ def main() -> None:
         raise
 
 
-def _file_id(fd: int) -> tuple[int, int] | None:
+def _file_id(file: int | str) -> tuple[int, int] | None:
+    """(device, inode) of an open descriptor or a path; None when there is none."""
     import os
 
     try:
-        found = os.fstat(fd)
+        found = os.stat(file)
     except OSError:
         return None
     return found.st_dev, found.st_ino
@@ -130,19 +131,9 @@ def _ended_for_a_broken_pipe(stdout_before: tuple[int, int] | None) -> bool:
 
     from click.utils import PacifyFlushWrapper
 
-    devnull = _file_id_of(os.devnull)
+    devnull = _file_id(os.devnull)
     pointed_away = stdout_before != devnull and _file_id(1) == devnull
     return pointed_away or isinstance(sys.stdout, PacifyFlushWrapper)
-
-
-def _file_id_of(path: str) -> tuple[int, int] | None:
-    import os
-
-    try:
-        found = os.stat(path)
-    except OSError:
-        return None
-    return found.st_dev, found.st_ino
 
 
 def _ended(command, *args) -> int:
