@@ -158,6 +158,16 @@ def test_replay_reads_the_runs_outputs_and_counts_chip_hours_saved(tmp_path):
         log.write("garbage\n" + json.dumps({"step": 999, "metrics": {}}) + "\n")
     damaged = CliRunner().invoke(app, ["early-stop", "replay", str(path)])
     assert damaged.exit_code == 0 and "warning[damaged_metrics]" in damaged.stderr, damaged.output
+    # The run ids of a sweep launched with --image (the file's image is another): replayed with the same --image
+    # (the command had no such option, so those runs could not be replayed)
+    other = path.with_name("other-image.yaml")
+    other.write_text(path.read_text().replace("example.invalid/t:1", "example.invalid/t:0"))
+    moved = CliRunner().invoke(app, ["early-stop", "replay", str(other), "--output", "json"])
+    assert moved.exit_code == 2 and "nothing to replay" in moved.stderr, moved.output
+    same = CliRunner().invoke(
+        app, ["early-stop", "replay", str(other), "--image", "example.invalid/t:1", "--output", "json"]
+    )
+    assert same.exit_code == 0 and {r["key"]: r["rule"] for r in json.loads(same.stdout)}["1"] == "no_improvement"
 
 
 def test_replay_says_what_plan_says_of_the_rules_and_refuses_to_replay_nothing(tmp_path):

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from orchestrator.cli.options import OutputBaseOption, OutputFormat, OutputOption, SweepArgument
+from orchestrator.cli.options import (
+    ImageOption,
+    OutputBaseOption,
+    OutputFormat,
+    OutputOption,
+    SlicesOption,
+    SweepArgument,
+    TpuOption,
+)
 
 early_stop_app = typer.Typer(help="Early stopping: try a sweep's rules on what its runs wrote.", no_args_is_help=True)
 
@@ -14,6 +22,9 @@ def replay(
     sweep: SweepArgument,
     output_base: OutputBaseOption = None,
     output: OutputOption = OutputFormat.text,
+    tpu_type: TpuOption = None,
+    slices: SlicesOption = None,
+    image: ImageOption = None,
 ) -> None:
     """Which points each rule would have stopped, at which step, and the chip-hours that would have saved."""
     from rich.table import Table
@@ -24,7 +35,8 @@ def replay(
     from orchestrator.core.status import damage_warnings
     from orchestrator.errors import UsageError
 
-    ctx = SweepContext.build(sweep, yes=True)
+    # The options that are part of run ids: a sweep launched with --image is replayed with the same --image.
+    ctx = SweepContext.build(sweep, yes=True, tpu_type=tpu_type, slices=slices, image=image)
     expansion = ctx.expanded(about=("early_stopping",))  # a rule that never fires, a metric not logged
     if not expansion.sweep.early_stopping.any:
         raise UsageError(
