@@ -463,6 +463,10 @@ def test_a_damaged_run_is_never_the_best_and_a_diverged_one_gets_no_delta(finish
     assert f"Best point: **{t.best.label}**" in text and "Succeeded ⚠ damaged outputs" in text
     [shown] = [r for r in results_format.to_json(t)["runs"] if r["run_id"] == best.run_id]
     assert shown["damage"] == list(rows[best.run_id].damage) and not shown["best"]
+    # why it diverged is said beside the table and in the CSV (only the JSON carried the message)
+    message = rows[diverged.run_id].status.message
+    assert message and f"why: {rows[diverged.run_id].name} Diverged" in text and message in text
+    assert "message" in results_format.csv_text(t).splitlines()[0].split(",")
 
 
 def test_with_seeds_the_best_is_the_configuration_with_the_lowest_mean(tmp_path):

@@ -134,6 +134,13 @@ def legend(results: Results) -> str:
             "and one bucket for the rest: lower than over the whole vocabulary for the same student, so compared "
             f"only with points of the same kind, and {BEST} goes to a whole-vocabulary point when there is one"
         )
+    failed = [r for r in results.rows if r.status.phase in (Phase.FAILED, Phase.DIVERGED) and r.status.message]
+    if failed:  # the status column says Failed (UserError); why is what a reader wants next (`status` says it too)
+        parts.append(
+            "why: "
+            + "; ".join(f"{r.name} {r.status.phase} ({r.status.reason}): {r.status.message}" for r in failed[:3])
+            + (f"; and {len(failed) - 3} more (`distillctl status`)" if len(failed) > 3 else "")
+        )
     damaged = [r for r in results.rows if r.damage]
     if damaged:
         parts.append(
@@ -253,7 +260,18 @@ def csv_text(results: Results) -> str:
     columns = (
         CSV_FIXED
         + [f"axis:{a}" for a in axes]
-        + ["seed", "phase", "reason", "restarts", "step", "total_steps", "window", "metrics_from", "kl_div_T1_over"]
+        + [
+            "seed",
+            "phase",
+            "reason",
+            "message",
+            "restarts",
+            "step",
+            "total_steps",
+            "window",
+            "metrics_from",
+            "kl_div_T1_over",
+        ]
         + [short_metric(m) for m in TABLE_METRICS]
         + [
             "tokens_per_sec",
@@ -277,6 +295,7 @@ def csv_text(results: Results) -> str:
                 row.seed,
                 row.status.phase,
                 row.status.reason,
+                row.status.message,
                 row.status.restarts,
                 _csv(row.step),
                 _csv(row.total_steps),
