@@ -80,6 +80,11 @@ def test_metric_curves_have_one_labelled_line_per_point(tmp_path):
     assert curves[0].steps == (10, 20, 30, 40) and curves[0].values[0] > curves[0].values[-1]
     reference = plots.reference_curve(table, logs)
     assert reference is not None and reference.values == pytest.approx([2.3] * 4)
+    # a diverged point's curve says so in the legend (its last values are no result)
+    write_outputs(result.points[1], status="diverged", steps=30)
+    table, logs, _ = build(result)
+    labels = [c.label for c in plots.metric_curves(table, logs, results.KL_T1)]
+    assert labels[1].endswith("[diverged]") and not labels[0].endswith("]"), labels
 
 
 def test_schedules_come_from_the_logs_or_else_the_spec(tmp_path):

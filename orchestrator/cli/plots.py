@@ -34,6 +34,7 @@ from orchestrator.core.results import (
     Results,
     Row,
 )
+from orchestrator.core.run_status import Phase
 from orchestrator.outputs import LogLine
 
 TEACHER_LOSS = "distill/teacher_loss"
@@ -73,9 +74,11 @@ class Curve:
 
 def _legend_label(row: Row) -> str:
     star = "★ " if row.best else ""
+    # a curve that ended in a failure or a divergence says so: its last values are no result
+    ended = f" [{row.status.phase.lower()}]" if row.status.phase in (Phase.FAILED, Phase.DIVERGED) else ""
     if row.role == "baseline":
-        return f"{star}{row.name}: baseline ({row.label})"
-    return f"{star}{row.name}: {row.label}"
+        return f"{star}{row.name}: baseline ({row.label}){ended}"
+    return f"{star}{row.name}: {row.label}{ended}"
 
 
 def plotted_rows(results: Results) -> list[Row]:
