@@ -683,8 +683,6 @@ def check_output_base(path: str) -> None:
     given = path
     if path.startswith("file://"):
         path = path.removeprefix("file://")  # the same folder: `file:///nowhere` passed where `/nowhere` did not
-        if path.startswith("localhost/"):
-            path = path.removeprefix("localhost")  # RFC 8089's file://localhost/abs is /abs
         if not path:
             raise UsageError(f"--output-base {given!r} names no folder", "write file:///abs/path, or the path itself")
     elif "://" in path:

@@ -360,10 +360,15 @@ def test_an_output_base_that_is_not_a_folder_is_a_usage_error(tmp_path):
         ("gs://A_B/x", "names no valid bucket"),
         ("file://", "'file://' names no folder"),  # it read "--output-base : no such folder"
         (f"file://localhost{tmp_path / 'absent'}", f"{tmp_path / 'absent'}: no such folder"),  # RFC 8089's form
+        ("file://otherhost/x", "names the host 'otherhost'"),
         ("s3://", "names no bucket"),  # it passed: runs that wrote nothing
     ):
         result = CliRunner().invoke(app, ["results", str(path), "--output-base", str(base)])
         assert result.exit_code == ExitCode.USAGE and said in " ".join(result.stderr.split()), result.output
+    # every reader gets /abs for file://localhost/abs (the check alone did: the runs were read under `localhost/`)
+    from orchestrator.cli.options import _local_file_url
+
+    assert _local_file_url("file://localhost/a/b") == "/a/b" and _local_file_url("file:///a/b") == "file:///a/b"
 
 
 def test_a_markdown_cell_keeps_its_row_whole():

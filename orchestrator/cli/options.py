@@ -146,12 +146,33 @@ WindowOption = Annotated[
         "(token-weighted, from the (sum, count) pairs); 0: every record",
     ),
 ]
+
+
+def _local_file_url(value: str | None) -> str | None:
+    """`file://localhost/abs` (RFC 8089's spelling of /abs) as /abs, for every reader of the runs (the check alone
+    took it so, and the runs were read under a folder named `localhost`); a file URL on another host is refused."""
+    if value is None or not value.startswith("file://"):
+        return value
+    host, slash, path = value.removeprefix("file://").partition("/")
+    if host == "":
+        return value  # file:///abs, or file:// (named no folder by the check)
+    if host == "localhost" and slash:
+        return "/" + path
+    from orchestrator.errors import UsageError
+
+    raise UsageError(
+        f"--output-base {value!r} names {'no folder' if host == 'localhost' else f'the host {host!r}'}",
+        "give a folder on this machine (/abs/path or file:///abs/path)",
+    )
+
+
 OutputBaseOption = Annotated[
     Optional[str],
     typer.Option(
         "--output-base",
         help="read the runs' outputs under this path or URL (gs://bucket/prefix) instead of the "
         "sweep's target.output_base; run ids do not change",
+        callback=_local_file_url,
     ),
 ]
 
