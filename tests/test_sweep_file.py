@@ -230,6 +230,15 @@ def test_an_output_base_on_a_shared_volume_is_not_a_warning_and_one_on_the_pods_
     assert codes({"csi": {"driver": "gcsfuse.csi.storage.gke.io"}}) == []
     assert codes({"emptyDir": {}}) == ["output_base_not_shared"]
     assert codes({"persistentVolumeClaim": {"claimName": "runs"}}, readOnly=True) == ["output_base_not_shared"]
+    # an emptyDir mounted inside the PVC's mount is where the runs would go: the pod's own
+    target = sweep_data()["target"] | {
+        "output_base": "/mnt/out/runs",
+        "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "c"}}, {"name": "e", "emptyDir": {}}],
+        "volume_mounts": [{"name": "v", "mountPath": "/mnt/out"}, {"name": "e", "mountPath": "/mnt/out/runs"}],
+    }
+    assert [p.code for p in load(tmp_path, sweep_data(target=target)).problems] == ["output_base_not_shared"]
+    target["output_base"] = "/mnt/out/runs/../kept"  # `..` out of the emptyDir, into the PVC
+    assert [p.code for p in load(tmp_path, sweep_data(target=target)).problems] == []
 
 
 @pytest.mark.parametrize(
