@@ -174,7 +174,8 @@ def _per_chip_advice(m: memory.MemoryEstimate, spec, per_chip: float, activation
         if spec.student.remat != "full":  # the teacher has no backward pass: nothing kept to remat
             fixes.append("student.remat: full (it keeps one array per layer)")
         return (
-            f"activations are {activations / GB:.1f} GB of it, per chip whatever the chip count (more chips or "
+            f"activations{'' if activations == m.activations else ' and a layer' + chr(39) + 's working set'} are "
+            f"{activations / GB:.1f} GB of it, per chip whatever the chip count (more chips or "
             "sharding do not shrink them): " + ", or ".join(fixes)
         )
     return (

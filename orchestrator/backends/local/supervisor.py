@@ -153,7 +153,7 @@ def not_writable(path: str, error: OSError) -> str:
     named no cause)."""
     where = error.filename or path
     if isinstance(error, (FileExistsError, NotADirectoryError)) and os.path.exists(where) and not os.path.isdir(where):
-        return f"{where}: a file is where the run's folder goes (move or delete it, then run the sweep again)"
+        return f"{where}: a file is where the run's folder goes (move or delete it, then `distillctl sweep --retry-failed`)"
     return f"{where}: {error.strerror or error}"
 
 
