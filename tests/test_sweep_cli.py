@@ -154,7 +154,10 @@ def test_plan_advice_for_activations_names_what_shrinks_them(tmp_path):
     data = json.loads(invoke("plan", str(path), "--output", "json").stdout)
     (problem,) = [p for p in data["problems"] if p["code"] == "memory_over_hbm"]
     hint = problem["hint"]
-    assert hint.startswith("activations and a layer's working set are") and "more chips or sharding do not shrink them" in hint
+    assert (
+        hint.startswith("activations and a layer's working set are")
+        and "more chips or sharding do not shrink them" in hint
+    )
     assert "smaller batch.per_device_batch_size" in hint and "16384² scores per head" in hint
     assert "student.remat: full" in hint and "mesh.fsdp" not in hint
 
