@@ -395,8 +395,13 @@ def read_columns(path: str, source: str) -> Columns | None:
         first = files[0] if "://" not in path else fs.unstrip_protocol(files[0])
         if "://" not in first and not stat.S_ISREG(os.stat(first).st_mode):  # a FIFO hung the check
             return Columns(first, error="is not a regular file (a pipe or a device)")
-        if len(files) == 1 and fs.size(files[0]) == 0:  # the trainer: "holds no document with text"
-            return Columns(first, error="is empty: the only data file holds no document to train on")
+        if len(files) <= EMPTY_CHECK_FILES and all(fs.size(f) == 0 for f in files):  # the trainer: no document
+            return Columns(
+                first,
+                error="is empty: the only data file holds no document to train on"
+                if len(files) == 1
+                else f"is empty, as are the other {len(files) - 1} data file(s): no document to train on",
+            )
         if source == "text":  # no columns: only whether the trainer would refuse its bytes at start
             return _text_kind(first, encoding=True)
         if source == "jsonl":
@@ -418,6 +423,7 @@ def read_columns(path: str, source: str) -> Columns | None:
     return None
 
 
+EMPTY_CHECK_FILES = 100  # a data path of at most this many files is checked for all of them being empty
 TEXT_CHECK_BYTES = 1 << 20  # of a plain text file, read for its share of bytes that are not UTF-8
 
 
