@@ -102,7 +102,12 @@ def assign(data: dict[str, Any], text: str, value: Any) -> Loc:
     if text not in native_paths():
         value = maxtext_format.native_value(text.rsplit(".", 1)[-1], value)
         if text == maxtext_format.REMAT_KEY and isinstance(value, str):
-            value = maxtext_format.REMAT_POLICIES.get(value, value)  # `minimal` is `dots`; other names are refused
+            # `minimal` is `dots`, and so is a named-tensor policy, as in a MaxText file (which warns of it)
+            value = (
+                "dots"
+                if value in maxtext_format.REMAT_NEAREST_DOTS
+                else maxtext_format.REMAT_POLICIES.get(value, value)
+            )
     set_value(data, native, value)
     return native
 

@@ -448,7 +448,7 @@ def _text_kind(file: str, *, encoding: bool = False) -> Columns | None:
             return Columns(
                 file,
                 error=f"is not UTF-8 text: {bad} of its {'first ' if cut else ''}{len(head)} bytes "
-                f"({bad / len(head):.1%}, more than {UNDECODABLE_SHARE:.1%}) are not UTF-8, the first at byte {first} "
+                f"({bad / len(head):.2%}, more than {UNDECODABLE_SHARE:.1%}) are not UTF-8, the first at byte {first} "
                 f"(convert it: iconv -f CP1252 -t UTF-8 {file} > {file}.utf8, for Latin-1 or Windows-1252 text)",
             )
     return None

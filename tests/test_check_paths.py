@@ -661,7 +661,7 @@ def test_a_column_the_data_files_do_not_have_is_an_error_before_launch(tmp_path)
         ("jsonl", "empty/e.jsonl", "is empty: the only data file holds no document"),
         ("text", "empty/e.txt", "is empty: the only data file holds no document"),
         ("jsonl", "empties", "is empty, as are the other 1 data file(s)"),
-        ("text", "bin/latin1.txt", "is not UTF-8 text: 250 of its 1750 bytes (14.3%, more than 0.1%)"),
+        ("text", "bin/latin1.txt", "is not UTF-8 text: 250 of its 1750 bytes (14.29%, more than 0.1%)"),
     ):
         ((code, loc, message),) = problems_for(source, str(tmp_path / path))
         assert (code, loc) == ("data_unreadable", ("data", "path")) and said in message, message

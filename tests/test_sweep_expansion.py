@@ -249,6 +249,9 @@ def test_the_maxtext_files_remat_and_eval_keys_are_sweep_paths_and_a_both_models
     result = expanded(tmp_path, sweep_data(spec=spec, axes={"remat_policy": ["full", "minimal"]}))
     assert result.ok, [str(p) for p in result.problems if p.is_error]
     assert sorted(p.spec.student.remat for p in result.points) == ["dots", "full"]
+    # a named-tensor policy is `dots` as in a MaxText file: the same point as `minimal`, said as a duplicate
+    both = expanded(tmp_path, sweep_data(spec=spec, axes={"remat_policy": ["minimal", "minimal_flash"]}))
+    assert [p.code for p in both.problems if p.is_error] == ["duplicate_point"]
     assert spec_paths.resolve("eval_interval") == ("eval", "every_steps")  # this spec's text data has no eval set
     assert spec_paths.resolve("eval_steps") == ("eval", "batches")
     assert all(

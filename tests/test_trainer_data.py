@@ -258,7 +258,7 @@ def test_text_in_another_encoding_is_refused_and_a_few_stray_bytes_are_warned_of
     with pytest.raises(UserError) as e:
         D.make_source(DataSpec(source="text", path=str(latin)), 256, 33)
     # 20 times "î" (0xee); "œ" is not Latin-1, written as "?"
-    said = f"{latin} is not UTF-8 text: 20 of its 1640 bytes (1.2%) are not UTF-8, the first at byte 44 (0xee)"
+    said = f"{latin} is not UTF-8 text: 20 of its 1640 bytes (1.22%) are not UTF-8, the first at byte 44 (0xee)"
     assert said in e.value.message
     assert "iconv -f CP1252 -t UTF-8" in e.value.hint
     # One stray byte in 3,000: kept (read as U+FFFD), and said.

@@ -34,7 +34,7 @@ def decode(raw: bytes, name: str, field: str) -> tuple[str, int]:
         return raw.decode("utf-8"), 0
     if too_undecodable(bad, len(raw)):
         raise UserError(
-            f"{name} is not UTF-8 text: {bad} of its {len(raw)} bytes ({bad / len(raw):.1%}) are not UTF-8, the "
+            f"{name} is not UTF-8 text: {bad} of its {len(raw)} bytes ({bad / len(raw):.2%}) are not UTF-8, the "
             f"first at byte {first} ({raw[first]:#04x})",
             f"convert it to UTF-8 (for Latin-1 or Windows-1252 text: iconv -f CP1252 -t UTF-8 {name} > "
             f"{name}.utf8) and point {field} at that, or leave the file out of {field} (a glob such as "
