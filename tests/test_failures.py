@@ -160,3 +160,17 @@ def test_trainer_errors_keep_their_code_and_hint():
 def test_anything_else_is_internal():
     failure = classify(KeyError("params"))
     assert failure.code == TrainerExit.INTERNAL and "DISTILLCTL_DEBUG" in failure.message
+
+
+def test_an_output_on_a_scheme_with_no_filesystem_here_is_not_retried():
+    # `output_dir: hdfs://x/y` exited 42 ("Unable to load libjvm"): the JobSet restarted it to the same end.
+    from trainer.exit_codes import OutputNotWritable, storage_failure
+    from trainer.metrics_io import check_writable
+
+    for url in ("hdfs://x/y", "nosuchscheme://x/y"):
+        with pytest.raises(OutputNotWritable) as refused:
+            check_writable(url)
+        assert url in refused.value.message and "output_dir" in refused.value.hint, refused.value
+    # any write failure on such a scheme, as on the storage the trainer knows only a refusal, is not retried
+    assert isinstance(storage_failure("hdfs://x/y", OSError("flaky")), OutputNotWritable)
+    assert not isinstance(storage_failure("gs://b/y", OSError("flaky")), OutputNotWritable)

@@ -297,7 +297,12 @@ def check_writable(directory: str, setting: str = "output_dir") -> None:
 
     from trainer.exit_codes import OutputNotWritable, storage_failure
 
-    fs, root = fsspec.core.url_to_fs(directory.rstrip("/"))
+    try:
+        # inside: a scheme with no filesystem here (hdfs:// failing to load libjvm, s3:// without s3fs) is the
+        # setting's fault, not transient (it was exit 42, retried to the same end)
+        fs, root = fsspec.core.url_to_fs(directory.rstrip("/"))
+    except (ImportError, ValueError, OSError) as e:
+        raise OutputNotWritable(directory, e, setting) from None
     try:
         where = root
         while not fs.exists(where) and "/" in where.strip("/"):
