@@ -405,7 +405,7 @@ def read_columns(path: str, source: str) -> Columns | None:
         if source == "text":  # no columns: only whether the trainer would refuse its bytes at start
             return _text_kind(first, encoding=True)
         if source == "jsonl":
-            return _jsonl_columns(first)
+            return _jsonl_columns(first, only=len(files) == 1)
         if source == "parquet":
             import fsspec
             import pyarrow.parquet as pq
@@ -454,7 +454,7 @@ def _text_kind(file: str, *, encoding: bool = False) -> Columns | None:
     return None
 
 
-def _jsonl_columns(file: str) -> Columns | None:
+def _jsonl_columns(file: str, *, only: bool = False) -> Columns | None:
     """The first record's keys; an `error` where the trainer would stop on the file (`trainer.corpus`'s words): a
     compressed or binary file, a JSON array or another JSON value than an object."""
     import fsspec
@@ -476,6 +476,8 @@ def _jsonl_columns(file: str) -> Columns | None:
             if not isinstance(record, dict):
                 return Columns(file, error="holds a line that is not a JSON object (JSON Lines: one object per line)")
             return Columns(file, tuple(record))
+    if only:  # the trainer: "holds no document with text"
+        return Columns(file, error="holds only blank lines: the only data file has no document to train on")
     return None
 
 

@@ -642,6 +642,8 @@ def test_a_column_the_data_files_do_not_have_is_an_error_before_launch(tmp_path)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "e.jsonl").write_bytes(b"")
     (tmp_path / "empty" / "e.txt").write_bytes(b"")
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "blank" / "b.jsonl").write_text("\n\n  \n")
     (tmp_path / "empties").mkdir()
     for name in ("a.jsonl", "b.jsonl"):
         (tmp_path / "empties" / name).write_bytes(b"")
@@ -661,6 +663,7 @@ def test_a_column_the_data_files_do_not_have_is_an_error_before_launch(tmp_path)
         ("jsonl", "empty/e.jsonl", "is empty: the only data file holds no document"),
         ("text", "empty/e.txt", "is empty: the only data file holds no document"),
         ("jsonl", "empties", "is empty, as are the other 1 data file(s)"),
+        ("jsonl", "blank/b.jsonl", "holds only blank lines"),
         ("text", "bin/latin1.txt", "is not UTF-8 text: 250 of its 1750 bytes (14.29%, more than 0.1%)"),
     ):
         ((code, loc, message),) = problems_for(source, str(tmp_path / path))

@@ -52,7 +52,8 @@ def replay(
         where = output_base or expansion.sweep.target.output_base
         raise UsageError(
             f"no point of sweep {expansion.sweep.name} has logged metrics under {where}: nothing to replay",
-            "run the sweep first, or point --output-base at where its run folders are",
+            "run the sweep first, point --output-base at where its run folders are, or give the --image, "
+            "--tpu-type or --slices it was launched with (they are part of run ids)",
         )
     if output is OutputFormat.json:
         console.print_json(
