@@ -472,6 +472,14 @@ def test_a_damaged_run_is_never_the_best_and_a_diverged_one_gets_no_delta(finish
     message = rows[diverged.run_id].status.message
     assert message and f"why: {rows[diverged.run_id].name} Diverged" in text and message in text
     assert "message" in results_format.csv_text(t).splitlines()[0].split(",")
+    # a message that reads as rich markup is printed as it is (`[/data/x]` ended results and status with exit 70)
+    summary = Path(diverged.output_path) / "summary.json"
+    said = "missing file [/data/train.jsonl] and [bold]x[/bold]"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "message": said}))
+    sweep_file = Path(finished.source.file)
+    for command in ("results", "status"):
+        out = invoke(command, str(sweep_file))
+        assert out.exit_code == 0 and "[/data/train.jsonl]" in " ".join(out.stdout.split()), out.output
 
 
 def test_with_seeds_the_best_is_the_configuration_with_the_lowest_mean(tmp_path):
@@ -636,3 +644,14 @@ def test_status_says_what_results_says_of_damaged_outputs(finished):
     Path(moved.output_path).write_text("")
     logs = invoke("logs", str(finished.source.file), moved.key)
     assert logs.exit_code == ExitCode.USAGE and "a file is where the run's folder goes" in logs.stderr, logs.output
+
+
+def test_the_same_warning_about_two_runs_is_said_for_each(capsys):
+    # warn_once keyed on the words alone: a second run whose log was cut alike went unsaid in the same command
+    from distillspec.problems import Problem
+    from orchestrator.cli import console
+
+    for folder in ("runs/a", "runs/b", "runs/a"):
+        console.warn_once(Problem((), "damaged_metrics", "the same words", "h", severity="warning", file=folder))
+    said = capsys.readouterr().err
+    assert said.count("the same words") == 2 and "runs/a" in said and "runs/b" in said, said

@@ -177,13 +177,14 @@ def axis_text(values) -> str:
     return ", ".join(f"{k}={v}" for k, v in dict(values).items()) or "—"
 
 
-_warned: set[tuple[str, str]] = set()
+_warned: set[tuple[str, str | None, str]] = set()
 json_problems = False  # the command answers in JSON (`--output json`): an invalid file's problems go to stdout too
 
 
 def warn_once(problem: Problem) -> None:
-    """Print a warning the first time this process meets it (polling loops meet the same one every round)."""
-    key = (problem.code, problem.message)
+    """Print a warning the first time this process meets it (polling loops meet the same one every round); the
+    same words about another file (two runs' logs cut alike) are another warning."""
+    key = (problem.code, problem.file, problem.message)
     if key not in _warned:
         _warned.add(key)
         print_problem(problem)

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.core.markdown import cell as md_cell
 from orchestrator.core.results import (
@@ -204,12 +205,16 @@ def _cells(results: Results, row: Row) -> list[str]:
 
 
 def text_table(results: Results) -> Table:
-    table = Table(title=title(results), title_justify="left", caption=legend(results), caption_justify="left")
+    # Text, not markup: a trainer's message or an axis value may hold `[/data/x.jsonl]`, which rich read as a tag
+    # (a closing tag that matches none ended the command as an internal error)
+    table = Table(
+        title=Text(title(results)), title_justify="left", caption=Text(legend(results)), caption_justify="left"
+    )
     for i, header in enumerate(_headers(results, "\n")):
-        table.add_column(header, justify="right" if i >= 4 else "left")
+        table.add_column(Text(header), justify="right" if i >= 4 else "left")
     for row in results.rows:
         style = "bold green" if row.best else ("dim" if row.role == "prerequisite" else None)
-        table.add_row(*_cells(results, row), style=style)
+        table.add_row(*(Text(cell) for cell in _cells(results, row)), style=style)
     return table
 
 

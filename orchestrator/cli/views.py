@@ -54,11 +54,11 @@ def status_table(expansion: Expansion, statuses) -> Table:
     for run in expansion.runs:
         s = statuses[run.run_id]
         step = "—" if s.step is None else f"{s.step}/{s.total_steps or '?'}"
-        extra = ((s.message if _says_why(s) else ""),) if why else ()
+        extra = (Text(s.message if _says_why(s) else ""),) if why else ()  # Text: a message is no markup
         table.add_row(
             run.key,
             run.run_id,
-            console.axis_text(run.axis_values),
+            Text(console.axis_text(run.axis_values)),
             Text(s.shown, style=PHASE_STYLE.get(s.phase, "")),
             str(s.restarts),
             step,
