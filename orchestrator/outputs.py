@@ -288,15 +288,17 @@ def _summary_fields_damage(summary: Mapping[str, Any]) -> list[str]:
     numbers shown as they were."""
     found = []
     status = summary.get("status")
-    if status not in SUMMARY_STATUSES:
+    if "status" not in summary:
+        found.append("summary.json has no status, so the run's verdict cannot be read from it")
+    elif status not in SUMMARY_STATUSES:
         found.append(
             f"summary.json's status {status!r} is none of the trainer's ({', '.join(SUMMARY_STATUSES)}), so the run's "
             "verdict cannot be read from it"
         )
     for field in ("step", "total_steps", "tokens"):
         value = summary.get(field)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            found.append(f"summary.json's {field} {value!r} is not a whole number")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            found.append(f"summary.json's {field} {value!r} is not a count (an integer, 0 or more)")
     for field in ("wall_time_sec", "tokens_per_sec", "compile_time_sec"):
         value = summary.get(field)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):

@@ -54,11 +54,21 @@ def test_plots_never_replace_a_users_file_or_an_input_through_a_link(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "kl_div_T1.png").write_text("my notes")
+    theirs = tmp_path / "theirs"  # a figure of the user's own, made with Matplotlib too
+    theirs.mkdir()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    Figure(figsize=(4, 3)).savefig(theirs / "hard_loss.png", format="png")
+    kept_png = (theirs / "hard_loss.png").read_bytes()
     linked = tmp_path / "linked"
     linked.mkdir()
     (linked / "hard_loss.png").symlink_to(sweep)
     for folder, said in (
         (mine, "kl_div_T1.png exists and is not a plot distillctl wrote"),
+        (theirs, "hard_loss.png exists and is not a plot distillctl wrote"),
         (linked, "is the sweep file: writing it would replace it"),
         ("", "--plot is blank"),
     ):
@@ -66,6 +76,7 @@ def test_plots_never_replace_a_users_file_or_an_input_through_a_link(tmp_path):
         assert out.exit_code == ExitCode.USAGE and said in " ".join(out.stderr.split()), out.output
         assert out.stdout == ""
     assert (mine / "kl_div_T1.png").read_text() == "my notes" and sweep.read_text() == kept
+    assert (theirs / "hard_loss.png").read_bytes() == kept_png
 
 
 def test_metric_curves_have_one_labelled_line_per_point(tmp_path):

@@ -126,7 +126,9 @@ def _run_folder(tmp_path, steps: list[int], summary: dict | str | None, tail: st
         ([10], {"status": "failed", "step": 15}, '{"st', "distill", "cut off, though the run has ended (failed)"),
         # A JSON object that is not the trainer's (a hand edit): a run with records read "no outputs", or Succeeded.
         ([10], {"status": "weird", "step": 10}, "", "distill", "status 'weird' is none of the trainer's"),
-        ([10], {"status": "failed", "step": "forty"}, "", "distill", "summary.json's step 'forty' is not a whole"),
+        ([10], {"status": "failed", "step": "forty"}, "", "distill", "summary.json's step 'forty' is not a count"),
+        ([10], {"status": "failed", "step": -5}, "", "distill", "summary.json's step -5 is not a count"),
+        ([10], {"step": 10}, "", "distill", "summary.json has no status"),
         ([10], {"status": "failed", "step": 10, "wall_time_sec": "fast"}, "", "distill", "wall_time_sec 'fast' is"),
         # Intact: a write in progress, a failed run that logged every 10 steps, a logits cache writer (no log).
         ([], None, "", "distill", None),

@@ -472,6 +472,11 @@ def test_a_damaged_run_is_never_the_best_and_a_diverged_one_gets_no_delta(finish
     message = rows[diverged.run_id].status.message
     assert message and f"why: {rows[diverged.run_id].name} Diverged" in text and message in text
     assert "message" in results_format.csv_text(t).splitlines()[0].split(",")
+    import csv
+    import io
+
+    by_id = {r["run_id"]: r for r in csv.DictReader(io.StringIO(results_format.csv_text(t)))}
+    assert "metrics.jsonl" in by_id[best.run_id]["damage"] and by_id[t.best.run_id]["damage"] == ""
     # a message that reads as rich markup is printed as it is (`[/data/x]` ended results and status with exit 70)
     summary = Path(diverged.output_path) / "summary.json"
     said = "missing file [/data/train.jsonl] and [bold]x[/bold]"

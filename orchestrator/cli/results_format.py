@@ -122,9 +122,12 @@ def legend(results: Results) -> str:
         for r in results.rows
         if r.role != "prerequisite" and r.status.phase in (Phase.FAILED, Phase.DIVERGED, Phase.STOPPED)
     ]
-    why_none = (
-        " (no finished point logged it)" if finished else (" (no point succeeded)" if ended else " (none finished yet)")
-    )
+    if finished and all(r.damage for r in finished):  # they logged it: their outputs are not to be trusted
+        why_none = " (the finished points' outputs are damaged)"
+    elif finished:
+        why_none = " (no finished point logged it)"
+    else:
+        why_none = " (no point succeeded)" if ended else " (none finished yet)"
     parts.append(f"{BEST} lowest kl_div_T1 among finished points" + ("" if results.best else why_none))
     if len(results.best_rows) > 1:
         parts[-1] += " (with seeds: the configuration with the lowest mean over its seeds, each seed marked)"
@@ -286,6 +289,7 @@ def csv_text(results: Results) -> str:
             "delta_kl_div_T1_relative",
             "baseline_run_id",
             "best",
+            "damage",
             "output_path",
         ]
     )
@@ -317,6 +321,7 @@ def csv_text(results: Results) -> str:
                 _csv(row.delta_kl_relative),
                 row.baseline_run_id or "",
                 "true" if row.best else "false",
+                "; ".join(row.damage),  # a damaged row is never ranked: a CSV reader must not rank it either
                 row.output_path,
             ]
         )
