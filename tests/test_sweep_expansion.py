@@ -507,6 +507,9 @@ def test_a_mapping_that_replaces_a_block_of_the_base_spec_is_said(tmp_path):
     assert said.dotted_loc == "prerequisites.teacher.overrides.optimizer"
     (said,) = warnings(axes={"optimizer": [{"learning_rate": 1e-3}, {"learning_rate": 1e-4}]})  # once per axis
     assert said.dotted_loc.startswith("axes.optimizer")
+    # a key that is no field of the block is never the hint's example (it advised `optimizer.lr: ...`, refused)
+    said = warnings(overrides={"optimizer": {"lr": 1e-3}})
+    assert said and "optimizer.lr:" not in said[0].hint and "optimizer.learning_rate: ..." in said[0].hint, said
 
 
 def test_a_tensorboard_folder_inside_a_clusters_pods_is_a_warning_at_its_line(tmp_path):

@@ -689,7 +689,9 @@ def _replaced_blocks(sweep: Sweep, base: SpecSource, prerequisites: Mapping[str,
         dropped = [key for key in current if key not in value and current[key] is not None and key not in again]
         if dropped:
             dotted = ".".join(native)
-            example = next(iter(value), "field")
+            # a field the block has (the user's own key may not be one: `student: {remat_policy: ...}`)
+            known = [k for k in value if f"{dotted}.{k}" in spec_paths.native_paths()]
+            example = next(iter(known or current), "field")
             found.append(
                 Problem(
                     loc,
