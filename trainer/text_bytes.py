@@ -29,9 +29,11 @@ def decode(raw: bytes, name: str, field: str) -> tuple[str, int]:
     """The text of a file's bytes `raw` and how many of them are not UTF-8 (each read as U+FFFD). Raises
     UserError, naming the file, the share and the first such byte, when they are more than
     `text_magic.UNDECODABLE_SHARE`."""
+    try:
+        return raw.decode("utf-8"), 0  # the common case, decoded once
+    except UnicodeDecodeError:
+        pass
     bad, first = undecodable(raw)
-    if bad == 0:
-        return raw.decode("utf-8"), 0
     if too_undecodable(bad, len(raw)):
         raise UserError(
             f"{name} is not UTF-8 text: {bad} of its {len(raw)} bytes ({bad / len(raw):.2%}) are not UTF-8, the "
