@@ -854,8 +854,8 @@ def _event_folder(spec: DistillSpec) -> list[Problem]:
     if spec.logging.tensorboard_dir is None:
         return []
     if spec.logging.tensorboard and spec.mode != "teacher_logits":
-        events = _normal(f"{spec.logging.tensorboard_dir}/{spec.name}")
-        checkpoints = _normal(f"{spec.output_dir}/{spec.name}/checkpoints")
+        events = place(f"{spec.logging.tensorboard_dir}/{spec.name}")
+        checkpoints = place(f"{spec.output_dir}/{spec.name}/checkpoints")
         if events == checkpoints or events.startswith(checkpoints + "/"):
             return [
                 Problem(
@@ -883,14 +883,6 @@ def _event_folder(spec: DistillSpec) -> list[Problem]:
             severity="warning",
         )
     ]
-
-
-def _normal(path: str) -> str:
-    """A path as written, `.` and `..` and doubled or trailing slashes resolved (not symlinks: nothing is read)."""
-    import posixpath
-
-    scheme, sep, rest = path.rpartition("://")
-    return f"{scheme}{sep}{posixpath.normpath(rest)}"
 
 
 def _mesh(spec: DistillSpec) -> list[Problem]:

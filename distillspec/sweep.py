@@ -298,19 +298,16 @@ class Target(_Block):
         """The writable mount that puts `path` on storage every pod shares (a PersistentVolumeClaim or a CSI
         volume such as gcsfuse or Filestore); None for a path inside the container, an emptyDir (one per pod,
         gone with it), a Secret or a ConfigMap."""
-        import posixpath
+        from distillspec.places import place
 
         shared = {v.name for v in self.volumes if v.persistentVolumeClaim is not None or v.csi is not None}
-        path = posixpath.normpath(path)
-        holding = [
-            m
-            for m in self.volume_mounts
-            if path == posixpath.normpath(m.mountPath) or path.startswith(posixpath.normpath(m.mountPath) + "/")
-        ]
+        path = place(path)
+        roots = {place(m.mountPath): m for m in self.volume_mounts}
+        holding = [root for root in roots if path == root or path.startswith(root + "/")]
         if not holding:
             return None
         # the deepest mount is where the path is: an emptyDir mounted inside a PVC's mount is the pod's own
-        mount = max(holding, key=lambda m: len(posixpath.normpath(m.mountPath)))
+        mount = roots[max(holding, key=len)]
         return mount if mount.name in shared and not mount.readOnly else None
 
 
