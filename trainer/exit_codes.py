@@ -96,18 +96,17 @@ def os_errno(error: BaseException) -> int | None:
     return int(found.group(1)) if found else None
 
 
-KNOWN_SCHEMES = ("file", "gs", "gcs", "memory")  # what the trainer writes to; `validate` warns of the others
-
-
 def storage_failure(path: str, error: BaseException, setting: str = "output_dir") -> TrainerError:
     """What a failed write under `path` means for the run: OutputNotWritable (exit 1) when the storage refuses it,
     RetryableError (exit 42) for transient I/O (EIO, a dropped connection, a timeout)."""
+    from distillspec.checks import READ_SCHEMES  # the storage the trainer's image has; `validate` warns of others
+
     scheme = path.split("://", 1)[0] if "://" in path else "file"
     unusable = (
         isinstance(error, (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError, ImportError))
         or os_errno(error) in UNUSABLE_ERRNOS
         # a scheme the trainer's image has no filesystem for (hdfs:// failed loading libjvm): a retry fails alike
-        or scheme not in KNOWN_SCHEMES
+        or scheme not in READ_SCHEMES
     )
     if unusable:
         return OutputNotWritable(path, error, setting)
