@@ -335,21 +335,20 @@ def _refuse_plot_clobbering(folder: Path, given: str, sweep, expansion, output_b
 def _our_plot(path: Path, software: str) -> bool:
     """A PNG that `results --plot` wrote (its Software text; Matplotlib's before it said so), empty, or unreadable
     (the write then says what is wrong)."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return True
-    if not head:
-        return True
-    if not head.startswith(b"\x89PNG"):
-        return False
-    if software.encode() in head:
-        return True
-    # Before the Software text, distillctl's plots said only Matplotlib: one of that size (13 × 6.8 in or 14 × 6.2
-    # in at 150 dpi) is taken for one; a user's own Matplotlib figure of another size is not replaced.
-    size = (int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"))
-    return b"Software\x00Matplotlib" in head and size in ((1950, 1020), (2100, 930))
+
+    def ours(head: bytes) -> bool:
+        if not head:
+            return True
+        if not head.startswith(b"\x89PNG"):
+            return False
+        if software.encode() in head:
+            return True
+        # Before the Software text, distillctl's plots said only Matplotlib: one of that size (13 × 6.8 in or
+        # 14 × 6.2 in at 150 dpi) is taken for one; a user's own Matplotlib figure of another size is not replaced.
+        size = (int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"))
+        return b"Software\x00Matplotlib" in head and size in ((1950, 1020), (2100, 930))
+
+    return _head_says(path, ours)
 
 
 # How an earlier report of each kind begins (`regress.junit_xml`'s suite name, `regress.markdown`'s title line): a
@@ -363,12 +362,21 @@ REPORT_MARKERS = {
 def _replaceable(path: Path, marker: re.Pattern) -> bool:
     """Whether an existing file may be written over: empty, an earlier report (it begins as `marker` says), or
     unreadable (the write then says what is wrong)."""
+    return _head_says(
+        path,
+        lambda head: not head.strip() or marker.match(head.decode("utf-8", errors="replace").lstrip()) is not None,
+    )
+
+
+def _head_says(path: Path, ours) -> bool:
+    """`ours(the file's first 4 KiB)`: whether an output file in the way is one of ours to write over; True when it
+    cannot be read (the write then says what is wrong)."""
     try:
         with path.open("rb") as f:
             head = f.read(4096)
     except OSError:
         return True
-    return not head.strip() or marker.match(head.decode("utf-8", errors="replace").lstrip()) is not None
+    return ours(head)
 
 
 def _spec_files(expansion) -> dict[str, Path]:
