@@ -67,12 +67,15 @@ def kubernetes_name(value: str | None, param: typer.CallbackParam) -> str | None
     usage error and not a cluster that seems empty ("no runs created")."""
     if not value:  # unset ("" too: as the command treats it)
         return value
-    from distillspec.sweep import DNS_1123_SUBDOMAIN
+    from distillspec.sweep import DNS_1123_LABEL, DNS_1123_SUBDOMAIN
 
     limit = 253 if param.name == "lease" else 63
-    if not DNS_1123_SUBDOMAIN.match(value) or len(value) > limit:
+    # A namespace is a DNS-1123 label (no dots), as target.namespace is checked; other names are subdomains.
+    namespace = param.name == "namespace"
+    if not (DNS_1123_LABEL if namespace else DNS_1123_SUBDOMAIN).match(value) or len(value) > limit:
+        allowed = "lower-case letters, digits and '-'" + ("" if namespace else " ('.' between parts)")
         raise typer.BadParameter(
-            f"{value!r} is not a Kubernetes name: use lower-case letters, digits and '-' "
+            f"{value!r} is not a Kubernetes {'namespace' if namespace else 'name'}: use {allowed} "
             f"(at most {limit} characters), e.g. {_name_like(value)!r}"
         )
     return value
