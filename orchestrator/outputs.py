@@ -372,6 +372,7 @@ class Columns:
     names: tuple[str, ...] = ()
     splits: tuple[str, ...] = ()
     error: str = ""  # the first file is there but the trainer cannot read it in that format: why
+    blank: str = ""  # the trainer reads the files, but they hold nothing but whitespace: what was read
 
 
 FIRST_LINE_LIMIT = 1 << 20  # characters of a JSONL file's first record read to learn its columns
@@ -405,7 +406,7 @@ def read_columns(path: str, source: str) -> Columns | None:
                 else f"is empty, as are the other {len(files) - 1} data file(s): no document to train on",
             )
         if source == "text":  # no columns: only whether the trainer would refuse its bytes at start
-            return _text_kind(first, encoding=True)
+            return _text_kind(first, encoding=True) or _blank_text(fs, files, first)
         if source == "jsonl":
             return _jsonl_columns(first, only=len(files) == 1)
         if source == "parquet":
@@ -454,6 +455,21 @@ def _text_kind(file: str, *, encoding: bool = False) -> Columns | None:
                 f"(convert it: iconv -f CP1252 -t UTF-8 {file} > {file}.utf8, for Latin-1 or Windows-1252 text)",
             )
     return None
+
+
+def _blank_text(fs, files: list[str], first: str) -> Columns | None:
+    """`blank` for a text path whose files (up to 100, each at most 1 MiB) hold whitespace alone: the trainer
+    reads it and trains on spaces and line breaks, a file written empty by a tool that adds a line break."""
+    if len(files) > EMPTY_CHECK_FILES or any(fs.size(f) > TEXT_CHECK_BYTES for f in files):
+        return None
+    if any(fs.cat_file(f).strip() for f in files):
+        return None
+    return Columns(
+        first,
+        blank="holds whitespace alone"
+        if len(files) == 1
+        else f"and the other {len(files) - 1} data file(s) hold whitespace alone",
+    )
 
 
 def _jsonl_columns(file: str, *, only: bool = False) -> Columns | None:

@@ -670,6 +670,30 @@ def test_a_column_the_data_files_do_not_have_is_an_error_before_launch(tmp_path)
         assert (code, loc) == ("data_unreadable", ("data", "path")) and said in message, message
 
 
+def test_text_files_of_whitespace_alone_are_warned_of(tmp_path):
+    # They passed, and the trainer trained on spaces and line breaks (a tool that writes "\n" for nothing).
+    from orchestrator.outputs import count_files, read_columns
+
+    teacher = hf_folder(tmp_path / "teacher", "tiny-4l")
+    (tmp_path / "one.txt").write_text("  \n\n\t \n")
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "a.txt").write_text("\n")
+    (tmp_path / "two" / "b.txt").write_bytes(b"")
+
+    def problems_for(path: str):
+        edits = {"data": {"source": "text", "path": path}, "teacher.load_parameters_path": teacher}
+        spec, found = validate_data(spec_data(**edits))
+        assert spec is not None, found
+        return [(p.code, p.severity, p.message) for p in check_paths(spec, read_text, None, count_files, read_columns)]
+
+    ((code, severity, message),) = problems_for(str(tmp_path / "one.txt"))
+    assert (code, severity) == ("data_blank", "warning") and "one.txt holds whitespace alone" in message, message
+    ((code, severity, message),) = problems_for(str(tmp_path / "two"))
+    assert code == "data_blank" and "and the other 1 data file(s) hold whitespace alone" in message, message
+    (tmp_path / "two" / "b.txt").write_text("\none word\n")  # one file with text: nothing to say
+    assert problems_for(str(tmp_path / "two")) == []
+
+
 def test_text_the_trainer_reads_as_utf8_passes_the_encoding_check(tmp_path):
     # What the trainer accepts passes: a stray byte in a large file (read as U+FFFD, warned of), and a file longer
     # than the MiB read whose character is cut at that MiB's end.

@@ -351,6 +351,17 @@ def _unreadable(loc, found, source: str) -> Problem:
     )
 
 
+def _blank(loc, found) -> Problem:
+    """`data_blank`: the text files at a data path hold whitespace alone (the trainer reads them: no error)."""
+    return Problem(
+        loc,
+        "data_blank",
+        f"{found.file} {found.blank}: the trainer would train on spaces and line breaks",
+        f"check the files {'.'.join(loc)} names (written empty by a tool that adds a line break?)",
+        severity="warning",
+    )
+
+
 def _column_problems(spec: DistillSpec, read_columns: ReadColumns) -> list[Problem]:
     """The trainer's "has no column" and "holds splits" (exit 1 at start), said before launch from the first
     file's columns."""
@@ -359,6 +370,8 @@ def _column_problems(spec: DistillSpec, read_columns: ReadColumns) -> list[Probl
             found = read_columns(path, "text")
             if found is not None and found.error:
                 return [_unreadable(loc, found, spec.data.source)]
+            if found is not None and found.blank:
+                return [_blank(loc, found)]
         return _records_as_text(spec, read_columns)
     if spec.data.source not in DOCUMENT_SOURCES:
         return []
