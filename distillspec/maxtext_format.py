@@ -193,6 +193,37 @@ def _set(data: dict, loc: Loc, value: Any) -> None:
     data[loc[-1]] = value
 
 
+def eval_off(key: str, value: Any) -> bool:
+    """MaxText's `eval_interval` at -1 (its default) or 0: no evaluation; -1 or 0 `eval_steps` is its "all"."""
+    return key in EVAL_KEYS and (
+        value is None or (isinstance(value, int) and not isinstance(value, bool) and value <= 0)
+    )
+
+
+def _evaluation(flat: dict[str, Any], out: Translation) -> None:
+    """The eval block of eval_interval and eval_steps, as MaxText evaluates: only every eval_interval > 0 steps.
+    eval_steps without one evaluated every 100 steps (the spec's default), where MaxText never evaluates."""
+    interval, batches = (_none(flat.get(key)) for key in EVAL_KEYS)
+    if eval_off("eval_interval", interval):
+        if not eval_off("eval_steps", batches):
+            said = "is -1 (MaxText's default: never)" if "eval_interval" not in flat else f"{interval!r} turns it off"
+            out.problems.append(
+                Problem(
+                    ("eval_steps",),
+                    "eval_steps_unused",
+                    f"eval_steps {batches!r} is not read: there is no evaluation, as eval_interval {said}",
+                    "set eval_interval to the steps between evaluations, or remove eval_steps",
+                    severity="warning",
+                )
+            )
+        return
+    for key, value in zip(EVAL_KEYS, (interval, batches)):
+        if not eval_off(key, value):  # eval_steps -1 or 0 (MaxText's "all") leaves the spec's default
+            _set(out.data, EVAL_KEYS[key], value)
+            out.file_locs[EVAL_KEYS[key]] = (key,)
+    out.file_locs.setdefault(("eval",), ("eval_interval",))  # the eval block's own problems: at this key
+
+
 def from_maxtext(flat: dict[str, Any]) -> Translation:
     out = Translation({"mode": "distill"}, {}, [])
     shared_model: dict[str, tuple[Any, Loc]] = {}
@@ -209,10 +240,7 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
         elif key == REMAT_KEY:
             remat = _remat(value, out.problems)
         elif key in EVAL_KEYS:
-            if not (isinstance(value, int) and not isinstance(value, bool) and value <= 0) and value is not None:
-                _set(out.data, EVAL_KEYS[key], value)  # -1 or 0 (MaxText's "off"/"all") leave the spec's default
-                out.file_locs[EVAL_KEYS[key]] = (key,)
-                out.file_locs.setdefault(("eval",), (key,))  # the eval block's own problems: at this key
+            continue  # below: eval_steps means something only beside an eval_interval that evaluates
         elif (field := _model_field(key)) is not None:
             shared_model[field] = (value, (key,))
         elif key in OVERRIDE_BLOCKS:
@@ -221,6 +249,7 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
             out.problems.append(_unknown((key,), key, KNOWN_KEYS))
         elif (problem := _accepted_value(key, value, flat)) is not None:
             out.problems.append(problem)
+    _evaluation(flat, out)
     for block, side in OVERRIDE_BLOCKS.items():
         overrides = _none(flat.get(block)) or {}
         out.file_locs[(side,)] = (block,)

@@ -99,6 +99,9 @@ def assign(data: dict[str, Any], text: str, value: Any) -> Loc:
     """Set the field `text` names (`resolve`) in native spec data, as `set_value`; a value under a MaxText name
     means what it means in a MaxText file (`None` is null: `distill_alpha_end: [None, 0.5]`). Its native loc."""
     native = resolve(text)
+    if text == "eval_interval" and maxtext_format.eval_off(text, value):
+        set_value(data, ("eval",), None)  # -1 or 0: no evaluation, as in a MaxText file
+        return native
     if text not in native_paths():
         value = maxtext_format.native_value(text.rsplit(".", 1)[-1], value)
         if text == maxtext_format.REMAT_KEY and isinstance(value, str):

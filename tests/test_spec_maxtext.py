@@ -269,6 +269,15 @@ def test_eval_interval_and_eval_steps_set_the_held_out_evaluation():
     assert "eval" not in off  # MaxText's default: no evaluation
 
 
+def test_eval_steps_without_an_eval_interval_that_evaluates_is_unused_as_in_maxtext():
+    # It made an eval block that evaluated every 100 steps (the spec's default), where MaxText never evaluates.
+    for tail, said in (("", "is -1 (MaxText's default: never)"), ("eval_interval: -1\n", "-1 turns it off")):
+        text = RUNNABLE + "eval_steps: 8\n" + tail
+        assert "eval" not in maxtext_format.from_maxtext(yaml.safe_load(text)).data
+        (problem,) = [p for p in read_spec_text(text, file="d.yml").problems if p.code == "eval_steps_unused"]
+        assert problem.severity == "warning" and problem.dotted_loc == "eval_steps" and said in problem.message
+
+
 def test_remat_and_eval_convert_back_to_maxtext_keys():
     native = {
         "mode": "distill",

@@ -254,6 +254,13 @@ def test_the_maxtext_files_remat_and_eval_keys_are_sweep_paths_and_a_both_models
     assert [p.code for p in both.problems if p.is_error] == ["duplicate_point"]
     assert spec_paths.resolve("eval_interval") == ("eval", "every_steps")  # this spec's text data has no eval set
     assert spec_paths.resolve("eval_steps") == ("eval", "batches")
+    # eval_interval -1 (or 0) is MaxText's "never": that point has no evaluation (it was refused as every_steps -1)
+    result = expanded(
+        tmp_path,
+        sweep_data(spec=spec, axes={"eval_interval": [-1, 50], "dataset_type": ["synthetic"], "dataset_path": [None]}),
+    )
+    assert result.ok, [str(p) for p in result.problems if p.is_error]
+    assert sorted(str(p.spec.eval and p.spec.eval.every_steps) for p in result.points) == ["50", "None"]
     assert all(
         p.spec.teacher.remat == expanded(tmp_path, sweep_data(spec=spec)).points[0].spec.teacher.remat
         for p in result.points
