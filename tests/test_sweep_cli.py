@@ -712,3 +712,12 @@ def test_plan_advice_does_not_offer_more_chips_for_what_is_per_chip(tmp_path):
             assert sharded.startswith("weights, gradients and optimizer state are") and "more chips" in sharded, hint
         else:
             assert not sharded, hint
+
+
+def test_plan_prints_axis_values_as_written_not_as_markup(tmp_path):
+    # plan read them as rich markup: `[/data]` in a path ended it with exit 70 and `[bold]` was eaten.
+    paths = ["gs://bucket/x/[/data]", "gs://bucket/y/[bold]z"]
+    path = write(tmp_path, sweep_data(axes={"teacher.load_parameters_path": paths}))
+    result = invoke("plan", str(path))
+    shown = " ".join(result.stdout.replace("│", "").split())
+    assert result.exit_code == 0 and all(p in shown for p in paths), result.output

@@ -21,6 +21,7 @@ from distillspec.problems import Problem
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
 out: Console
 err: Console
@@ -173,8 +174,11 @@ def parameter_count(n: int) -> str:
     return str(n)
 
 
-def axis_text(values) -> str:
-    return ", ".join(f"{k}={v}" for k, v in dict(values).items()) or "—"
+def axis_text(values) -> Text:
+    """A run's axis values for a table cell: as written, never read as markup (a path may hold `[/data]`)."""
+    from rich.text import Text
+
+    return Text(", ".join(f"{k}={v}" for k, v in dict(values).items()) or "—")
 
 
 _warned: set[tuple[str, str | None, str]] = set()

@@ -28,6 +28,7 @@ def replay(
 ) -> None:
     """Which points each rule would have stopped, at which step, and the chip-hours that would have saved."""
     from rich.table import Table
+    from rich.text import Text
 
     from orchestrator.cli import console
     from orchestrator.cli.options import SweepContext
@@ -76,17 +77,16 @@ def replay(
     for column in ("#", "run id", "axis values", "stopped by", "at step", "ran to", "chip-h saved", "why"):
         table.add_column(column)
     for r in rows:
-        values = ", ".join(f"{k}={v}" for k, v in r.run.axis_values.items()) or "—"
         hours = "—" if r.chip_hours_saved is None else f"{r.chip_hours_saved:.3g}"
         table.add_row(
             r.run.key,
             r.run.run_id,
-            values,
+            console.axis_text(r.run.axis_values),
             r.stop.rule if r.stop else "—",
             str(r.stop.step) if r.stop else "—",
             "—" if r.last_step is None else str(r.last_step),
             hours if r.stop else "—",
-            r.stop.message if r.stop else "",
+            Text(r.stop.message if r.stop else ""),  # a metric's message, never markup
         )
     console.print_wide(table)
     stopped = [r for r in rows if r.stop]

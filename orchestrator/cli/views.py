@@ -58,7 +58,7 @@ def status_table(expansion: Expansion, statuses) -> Table:
         table.add_row(
             run.key,
             run.run_id,
-            Text(console.axis_text(run.axis_values)),
+            console.axis_text(run.axis_values),
             Text(s.shown, style=PHASE_STYLE.get(s.phase, "")),
             str(s.restarts),
             step,
