@@ -66,7 +66,14 @@ def test_plots_never_replace_a_users_file_or_an_input_through_a_link(tmp_path):
     linked = tmp_path / "linked"
     linked.mkdir()
     (linked / "hard_loss.png").symlink_to(sweep)
+    # a folder of a plot's name, and a dangling link as the folder: the table was printed, then exit 2
+    held = tmp_path / "held"
+    (held / "schedules.png").mkdir(parents=True)
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
     for folder, said in (
+        (held, "schedules.png is a folder: a plot cannot be written there"),
+        (dangling, "a link to " + str(tmp_path / "nowhere") + ", which does not exist"),
         (mine, "kl_div_T1.png exists and is not a plot distillctl wrote"),
         (theirs, "hard_loss.png exists and is not a plot distillctl wrote"),
         (linked, "is the sweep file: writing it would replace it"),
@@ -76,6 +83,7 @@ def test_plots_never_replace_a_users_file_or_an_input_through_a_link(tmp_path):
         assert out.exit_code == ExitCode.USAGE and said in " ".join(out.stderr.split()), out.output
         assert out.stdout == ""
     assert (mine / "kl_div_T1.png").read_text() == "my notes" and sweep.read_text() == kept
+    assert sorted(p.name for p in held.iterdir()) == ["schedules.png"] and not dangling.exists()
     assert (theirs / "hard_loss.png").read_bytes() == kept_png
 
 

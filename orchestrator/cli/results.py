@@ -11,6 +11,7 @@ statuses fall back to the outputs alone, with a warning: results still read from
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from collections.abc import Mapping
@@ -320,9 +321,20 @@ def _refuse_plot_clobbering(folder: Path, given: str, sweep, expansion, output_b
 
     if not given.strip():  # `--plot "$OUT"` with OUT unset wrote into the current directory
         raise UsageError("--plot is blank", "give the folder to write the plots to")
+    if folder.is_symlink() and not folder.exists():  # mkdir said only "File exists"
+        raise UsageError(
+            f"--plot {given}: a link to {os.readlink(folder)}, which does not exist",
+            "create the folder it points to, or give --plot another folder",
+        )
     files = {f"--plot's {name}": folder / name for name in (*PLOT_FILES.values(), SCHEDULES_FILE)}
     _refuse_clobbering({"--plot": folder, **files}, {"the sweep file": Path(sweep)}, expansion, output_base)
     for path in files.values():
+        if path.exists() and not path.is_file():  # found only after the table was printed, with exit 2
+            raise UsageError(
+                f"--plot {folder}: {path} is {'a folder' if path.is_dir() else 'not a file'}: a plot cannot be "
+                "written there",
+                "give --plot another folder (or move it away)",
+            )
         if path.is_symlink() or (path.exists() and not _our_plot(path, PLOT_SOFTWARE)):
             raise UsageError(
                 f"--plot {folder}: {path} exists and is not a plot distillctl wrote"
