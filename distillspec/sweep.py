@@ -1119,6 +1119,18 @@ def _target(sweep: Sweep) -> list[Problem]:
     out = (
         [checks.tilde_path(("target", "output_base"), "output_base", t.output_base)] if t.output_base[:1] == "~" else []
     )
+    if not t.on_cluster and t.output_base.startswith("file://"):
+        # `sweep` refused it; status and cancel read it another way (`file://localhost/abs` as a folder
+        # `localhost`): said once, for every command. Other URLs are read by results (runs copied to a bucket).
+        path = t.output_base.removeprefix("file://").removeprefix("localhost")
+        out.append(
+            Problem(
+                ("target", "output_base"),
+                "local_output_base_url",
+                f"target.output_base {t.output_base!r} is a URL, but a local target's runs write to a local folder",
+                f"write it as a path ({path})" if path.startswith("/") else "write it as a local path",
+            )
+        )
     bucket = buckets.bucket_of(t.output_base)
     if bucket is not None and (problem := buckets.bucket_name_problem(bucket)):
         out.append(

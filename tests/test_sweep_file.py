@@ -215,6 +215,18 @@ def test_a_local_output_base_on_a_cluster_is_a_warning(tmp_path):
     assert source.ok and [p.code for p in source.problems] == ["output_base_not_shared"]
 
 
+@pytest.mark.parametrize(
+    ("output_base", "fix"),
+    [("file:///abs/runs", "(/abs/runs)"), ("file://localhost/abs/runs", "(/abs/runs)"), ("file://runs", "local path")],
+)
+def test_a_file_url_as_a_local_targets_output_base_is_an_error_for_every_command(tmp_path, output_base, fix):
+    # `sweep` refused it while status read file://localhost/abs as a folder `localhost` (every run NotCreated, and
+    # cancel said nothing to cancel) and file:///abs as /abs.
+    source = load(tmp_path, sweep_data(target={"kind": "local", "output_base": output_base}))
+    (problem,) = [p for p in source.problems if p.is_error]
+    assert problem.code == "local_output_base_url" and fix in problem.hint and problem.line > 1, problem
+
+
 def test_an_output_base_on_a_shared_volume_is_not_a_warning_and_one_on_the_pods_own_is(tmp_path):
     # It warned "each would write their own copy" for a PVC every pod mounts; an emptyDir or a read-only mount is
     # still no place to write results.
