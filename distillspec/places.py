@@ -14,3 +14,12 @@ def place(path: str, *, absolute: bool = False) -> str:
     if not path or "://" in path:
         return path.rstrip("/") or path
     return posixpath.normpath(os.path.abspath(path) if absolute else path)
+
+
+def inside(folder: str, name: str) -> str:
+    """`folder/name`, as a run's folder is named under an output base: one `/` between them, whatever `folder`
+    ends with. The root (`/`, `file:///`) keeps its own; no folder ("") is `name` alone."""
+    head = folder.rstrip("/")
+    if head and not head.endswith(":"):
+        return f"{head}/{name}"
+    return f"{folder}{name}"  # `/` and `file:///` were `name` (relative) and `file:/name`

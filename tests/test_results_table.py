@@ -369,6 +369,9 @@ def test_an_output_base_that_is_not_a_folder_is_a_usage_error(tmp_path):
     from orchestrator.cli.options import _local_file_url
 
     assert _local_file_url("file://localhost/a/b") == "/a/b" and _local_file_url("file:///a/b") == "file:///a/b"
+    # scheme and host in any case (RFC 3986), and RFC 8089's one-slash form: they were refused or read as no folder
+    for spelled, read in (("FILE://LocalHost/a/b", "/a/b"), ("File:///a/b", "file:///a/b"), ("file:/a/b", "/a/b")):
+        assert _local_file_url(spelled) == read, spelled
 
 
 def test_a_markdown_cell_keeps_its_row_whole():

@@ -103,6 +103,16 @@ def test_points_carry_the_run_identity_and_output_path(tmp_path):
     assert len(point.spec_hash) == 32 and point.sweep == "t"
 
 
+def test_a_run_folder_is_named_alike_by_the_orchestrator_and_the_trainer_under_any_output_base():
+    # Under `/` the orchestrator read `<run id>` (relative to where it ran) while the trainer wrote `/<run id>`;
+    # under `file:///` the run was `file:/<run id>`.
+    from distillspec.places import inside
+    from orchestrator.core.identity import output_path
+
+    for base, path in (("runs", "runs/r"), ("runs//", "runs/r"), ("/", "/r"), ("file:///", "file:///r"), ("", "r")):
+        assert output_path(base, "r") == inside(base, "r") == path, base
+
+
 def test_an_invalid_point_names_the_point_its_axis_values_and_the_value_in_the_file(tmp_path):
     path = write(tmp_path, sweep_data(axes={"loss.alpha.end": [0.5, 1.5], "loss.temperature": [1.0, 2.0]}))
     from distillspec.sweep import load_sweep

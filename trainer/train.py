@@ -31,7 +31,7 @@ import numpy as np
 
 from distillspec.config import DOCUMENT_SOURCES, DistillSpec
 from distillspec.contract import ENV_RUN_ID
-from distillspec.places import place
+from distillspec.places import inside, place
 from trainer.exit_codes import RetryableError, RunRefused, TrainerError, TrainerExit, UserError
 from trainer.failures import classify
 
@@ -122,7 +122,7 @@ def with_overrides(spec: DistillSpec, *, output_dir: str | None = None, steps: i
 
 
 def run_dir_of(spec: DistillSpec) -> str:
-    return f"{spec.output_dir.rstrip('/')}/{spec.name}"
+    return inside(spec.output_dir, spec.name)  # where the orchestrator reads it (identity.output_path)
 
 
 def events_dir_of(spec: DistillSpec) -> str | None:

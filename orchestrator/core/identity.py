@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from pydantic._internal._model_construction import ModelMetaclass
 
+from distillspec import places
 from distillspec.config import RESOLUTION_INPUTS, DistillSpec
 from distillspec.problems import Loc, Problem
 from distillspec.registry import CONSTANT_FIELDS
@@ -239,7 +240,7 @@ def jobset_name(sweep: str, run: str) -> str:
 
 def output_path(output_base: str, run: str) -> str:
     """Where a run writes: `<output_base>/<run id>` (the trainer's `<output_dir>/<name>`)."""
-    return f"{output_base.rstrip('/')}/{run}" if output_base.rstrip("/") else run
+    return places.inside(output_base, run)
 
 
 def longest_job_name(name: str, slices: int) -> str:
