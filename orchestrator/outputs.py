@@ -405,9 +405,17 @@ def read_columns(path: str, source: str) -> Columns | None:
                 if len(files) == 1
                 else f"is empty, as are the other {len(files) - 1} data file(s): no document to train on",
             )
-        if source == "text":  # no columns: only whether the trainer would refuse its bytes at start
-            return _text_kind(first, encoding=True) or _blank_text(fs, files, first)
+        if source == "text":  # no columns: whether the trainer would refuse a file's bytes, or train on blanks
+            return _text_files_kind(fs, files, path) or (
+                Columns(first, blank=_blank_words(len(files))) if _whitespace_alone(fs, files) else None
+            )
         if source == "jsonl":
+            if len(files) > 1 and _whitespace_alone(fs, files):  # the trainer: "holds no document with text"
+                return Columns(
+                    first,
+                    error=f"holds only blank lines, as do the other {len(files) - 1} data file(s): "
+                    "no document to train on",
+                )
             return _jsonl_columns(first, only=len(files) == 1)
         if source == "parquet":
             import fsspec
@@ -457,19 +465,42 @@ def _text_kind(file: str, *, encoding: bool = False) -> Columns | None:
     return None
 
 
-def _blank_text(fs, files: list[str], first: str) -> Columns | None:
-    """`blank` for a text path whose files (up to 100, each at most 1 MiB) hold whitespace alone: the trainer
-    reads it and trains on spaces and line breaks, a file written empty by a tool that adds a line break."""
-    if len(files) > EMPTY_CHECK_FILES or any(fs.size(f) > TEXT_CHECK_BYTES for f in files):
-        return None
-    if any(fs.cat_file(f).strip() for f in files):
-        return None
-    return Columns(
-        first,
-        blank="holds whitespace alone"
-        if len(files) == 1
-        else f"and the other {len(files) - 1} data file(s) hold whitespace alone",
-    )
+def _whitespace_alone(fs, files: list[str]) -> bool:
+    """Whether the files (up to 100, each at most 1 MiB: else not read) hold whitespace alone."""
+    if len(files) > EMPTY_CHECK_FILES or any(not _regular(fs, f) or fs.size(f) > TEXT_CHECK_BYTES for f in files):
+        return False
+    return not any(fs.cat_file(f).strip() for f in files)
+
+
+def _regular(fs, name: str) -> bool:
+    """Not a local pipe or device, which a read would wait on for ever."""
+    import os
+    import stat
+
+    return "file" not in fs.protocol or stat.S_ISREG(os.stat(name).st_mode)
+
+
+def _blank_words(count: int) -> str:
+    return "holds whitespace alone" if count == 1 else f"and the other {count - 1} data file(s) hold whitespace alone"
+
+
+TEXT_CHECK_TOTAL = 32 << 20  # bytes read of a text path's files for their encoding: the first MiB of each, in order
+
+
+def _text_files_kind(fs, files: list[str], path: str) -> Columns | None:
+    """`_text_kind` (compressed, binary, not UTF-8) of each of the first 100 files, up to 32 MiB read in all: the
+    trainer refuses each such file when it reaches it, a later one after hours of training."""
+    read = 0
+    for name in files[:EMPTY_CHECK_FILES]:
+        if read >= TEXT_CHECK_TOTAL:
+            break
+        file = name if "://" not in path else fs.unstrip_protocol(name)
+        if not _regular(fs, name):
+            continue
+        if (found := _text_kind(file, encoding=True)) is not None:
+            return found
+        read += min(fs.size(name) or 0, TEXT_CHECK_BYTES)
+    return None
 
 
 def _jsonl_columns(file: str, *, only: bool = False) -> Columns | None:

@@ -647,6 +647,13 @@ def test_a_column_the_data_files_do_not_have_is_an_error_before_launch(tmp_path)
     (tmp_path / "empties").mkdir()
     for name in ("a.jsonl", "b.jsonl"):
         (tmp_path / "empties" / name).write_bytes(b"")
+    # the neighbours of those: blank files beside an empty one, and Latin-1 text in a later file than the first
+    (tmp_path / "blanks").mkdir()
+    (tmp_path / "blanks" / "a.jsonl").write_bytes(b"")
+    (tmp_path / "blanks" / "b.jsonl").write_text("\r\n\n")
+    (tmp_path / "latin").mkdir()
+    (tmp_path / "latin" / "a.txt").write_text("good text\n")
+    (tmp_path / "latin" / "b.txt").write_bytes((tmp_path / "bin" / "latin1.txt").read_bytes())
     for source, path, said in (
         ("parquet", "bin/a.parquet", "cannot be read as Parquet"),
         ("jsonl", "bin/b.jsonl", "cannot be read as JSON Lines (UnicodeDecodeError"),
@@ -665,6 +672,8 @@ def test_a_column_the_data_files_do_not_have_is_an_error_before_launch(tmp_path)
         ("jsonl", "empties", "is empty, as are the other 1 data file(s)"),
         ("jsonl", "blank/b.jsonl", "holds only blank lines"),
         ("text", "bin/latin1.txt", "is not UTF-8 text: 250 of its 1750 bytes (14.29%, more than 0.1%)"),
+        ("jsonl", "blanks", "holds only blank lines, as do the other 1 data file(s): no document to train on"),
+        ("text", "latin", "latin/b.txt is not UTF-8 text: 250 of its 1750 bytes"),
     ):
         ((code, loc, message),) = problems_for(source, str(tmp_path / path))
         assert (code, loc) == ("data_unreadable", ("data", "path")) and said in message, message
