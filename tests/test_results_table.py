@@ -488,6 +488,11 @@ def test_a_damaged_run_is_never_the_best_and_a_diverged_one_gets_no_delta(finish
     for command in ("results", "status"):
         out = invoke(command, str(sweep_file))
         assert out.exit_code == 0 and "[/data/train.jsonl]" in " ".join(out.stdout.split()), out.output
+    # a terminal escape in it is written out, not sent to the reader's terminal (it coloured what followed)
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "message": "bad \x1b[31mred"}))
+    for command in ("results", "status"):
+        out = invoke(command, str(sweep_file))
+        assert "\x1b" not in out.stdout and "\\x1b[31mred" in out.stdout, out.output
 
 
 def test_with_seeds_the_best_is_the_configuration_with_the_lowest_mean(tmp_path):

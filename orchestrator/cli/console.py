@@ -174,6 +174,15 @@ def parameter_count(n: int) -> str:
     return str(n)
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if chr(c) not in "\n\t"}
+
+
+def printable(text: str) -> str:
+    """`text` read from a run's files (a trainer's message) with its control characters written as `\\x1b`: a
+    terminal escape in it would colour, move or clear what follows on the reader's terminal."""
+    return text.translate(_CONTROL)
+
+
 def axis_text(values) -> Text:
     """A run's axis values for a table cell: as written, never read as markup (a path may hold `[/data]`)."""
     from rich.text import Text

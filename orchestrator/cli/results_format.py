@@ -15,6 +15,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.cli.console import printable
 from orchestrator.core.markdown import cell as md_cell
 from orchestrator.core.results import (
     EVAL,
@@ -142,7 +143,9 @@ def legend(results: Results) -> str:
     if failed:  # the status column says Failed (UserError); why is what a reader wants next (`status` says it too)
         parts.append(
             "why: "
-            + "; ".join(f"{r.name} {r.status.phase} ({r.status.reason}): {r.status.message}" for r in failed[:3])
+            + "; ".join(
+                f"{r.name} {r.status.phase} ({r.status.reason}): {printable(r.status.message)}" for r in failed[:3]
+            )
             + (f"; and {len(failed) - 3} more (`distillctl status`)" if len(failed) > 3 else "")
         )
     damaged = [r for r in results.rows if r.damage]

@@ -54,7 +54,7 @@ def status_table(expansion: Expansion, statuses) -> Table:
     for run in expansion.runs:
         s = statuses[run.run_id]
         step = "—" if s.step is None else f"{s.step}/{s.total_steps or '?'}"
-        extra = (Text(s.message if _says_why(s) else ""),) if why else ()  # Text: a message is no markup
+        extra = (Text(console.printable(s.message) if _says_why(s) else ""),) if why else ()  # Text: no markup
         table.add_row(
             run.key,
             run.run_id,
