@@ -721,3 +721,36 @@ def test_plan_prints_axis_values_as_written_not_as_markup(tmp_path):
     result = invoke("plan", str(path))
     shown = " ".join(result.stdout.replace("│", "").split())
     assert result.exit_code == 0 and all(p in shown for p in paths), result.output
+
+
+@pytest.mark.parametrize(
+    ("command", "code"),
+    [
+        (["validate", "{bad}"], ExitCode.INVALID_SPEC),
+        (["validate", "{bad}", "--output", "json"], ExitCode.INVALID_SPEC),
+        (["status", "--bogus"], 1),
+        (["sweep"], 1),
+        (["--help"], 0),
+    ],
+)
+def test_a_reader_gone_before_a_failure_is_said_leaves_the_failure(tmp_path, command, code):
+    """`distillctl validate bad.yaml 2>&1 | head -1` exited 0 under pipefail, and so did a usage error: a CI gate
+    passed an invalid spec. (Click ends a usage error whose reader went away with 1, not 2: still a failure.)"""
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsteps: -1\n")
+    read, written = os.pipe()
+    os.close(read)  # the reader has gone before the first line: every write breaks the pipe
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", *(a.format(bad=bad) for a in command)],
+            stdout=written,
+            stderr=written,
+            timeout=120,
+        )
+    finally:
+        os.close(written)
+    assert done.returncode == code, done.returncode

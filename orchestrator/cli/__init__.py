@@ -107,7 +107,7 @@ def main() -> None:
     try:
         build_app([first] if first in COMMANDS else COMMANDS)()
     except SystemExit as e:
-        if e.code == 1 and _ended_for_a_broken_pipe(stdout_before):
+        if e.code == 1 and _asked_for_help(sys.argv[1:]) and _ended_for_a_broken_pipe(stdout_before):
             raise SystemExit(0) from None  # `distillctl --help | head -1`: the reader has what it wanted
         raise
 
@@ -121,6 +121,14 @@ def _file_id(file: int | str) -> tuple[int, int] | None:
     except OSError:
         return None
     return found.st_dev, found.st_ino
+
+
+def _asked_for_help(arguments: list[str]) -> bool:
+    """Whether the command line asks for help (`--help`, no arguments, a group alone): a usage error (an unknown
+    option, a missing argument) whose reader went away ends the same way, and stays a failure."""
+    if "--help" in arguments:
+        return all(word in COMMANDS for word in arguments[:1] if not word.startswith("-"))
+    return not arguments or (len(arguments) == 1 and COMMANDS.get(arguments[0], ("", ""))[1].endswith("_app"))
 
 
 def _ended_for_a_broken_pipe(stdout_before: tuple[int, int] | None) -> bool:

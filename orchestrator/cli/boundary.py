@@ -48,11 +48,9 @@ def exit_code(e: BaseException) -> int | None:
             console.print_stopped(note)
         return int(interrupted_code(e))
     if isinstance(e, BrokenPipeError):
-        if not _stdout_closed():
-            return None  # a pipe to something else broke: not the reader going away
-        # `distillctl status --output json | head`: the reader has what it wanted.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        # `distillctl status --output json | head`: the reader has what it wanted. (A command whose exit code is a
+        # verdict, validate's and regress's, catches it itself and exits with the verdict.)
+        return 0 if reader_gone() else None  # else a pipe to something else broke: not the reader going away
     if not isinstance(e, Exception):
         return None
     # Anything else is a bug: say so briefly unless debugging.
@@ -63,6 +61,15 @@ def exit_code(e: BaseException) -> int | None:
         "this is a bug in distillctl; rerun with DISTILLCTL_DEBUG=1 for the traceback and report it",
     )
     return int(ExitCode.INTERNAL)
+
+
+def reader_gone() -> bool:
+    """After a BrokenPipeError: whether it was stdout's reader that went away; if so, stdout now writes to
+    /dev/null, so the flush at exit raises nothing."""
+    if not _stdout_closed():
+        return False
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return True
 
 
 def _stdout_closed() -> bool:

@@ -61,16 +61,25 @@ def run(arguments: Arguments) -> int:
     if arguments.check_paths:
         reports = _with_checked_paths(reports)
     problems = [p for report in reports for p in report.problems]
-    if arguments.output == "json":
-        console.print_json([p.to_json() for p in problems])
-    else:
-        for report in reports:
-            _print_report(report, strict=arguments.strict)
     strict = arguments.strict
     invalid = [r for r in reports if has_errors(list(r.problems)) or (strict and r.problems)]
     if any(p.code not in USAGE_CODES for r in invalid for p in r.problems if p.is_error or strict):
-        return int(ExitCode.INVALID_SPEC)
-    return int(ExitCode.USAGE) if invalid else 0
+        verdict = int(ExitCode.INVALID_SPEC)
+    else:
+        verdict = int(ExitCode.USAGE) if invalid else 0
+    try:
+        if arguments.output == "json":
+            console.print_json([p.to_json() for p in problems])
+        else:
+            for report in reports:
+                _print_report(report, strict=strict)
+    except BrokenPipeError:
+        from orchestrator.cli import boundary
+
+        if not boundary.reader_gone():
+            raise
+        # `validate spec.yaml | head -1`: the reader went away, the spec is still invalid (it exited 0)
+    return verdict
 
 
 # A checkpoint folder's text files (config.json, tokenizer.json: Gemma's is 34 MB) are read up to this size.
