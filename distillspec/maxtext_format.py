@@ -238,7 +238,7 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
                 _set(out.data, ("data", "path"), value)
                 out.file_locs[("data", "path")] = (key,)
         elif key == REMAT_KEY:
-            remat = _remat(value, out.problems)
+            remat = remat_of(value, out.problems)
         elif key in EVAL_KEYS:
             continue  # below: eval_steps means something only beside an eval_interval that evaluates
         elif (field := _model_field(key)) is not None:
@@ -286,7 +286,7 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
     return out
 
 
-def _remat(value: Any, problems: list[Problem]) -> Any:
+def remat_of(value: Any, problems: list[Problem]) -> Any:
     """The spec's `remat` for MaxText's remat_policy; a problem for a value it cannot be."""
     if isinstance(value, str) and value in REMAT_POLICIES:
         return REMAT_POLICIES[value]

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from distillspec import maxtext_format
 from distillspec.config import DistillSpec, ScheduledValue
-from distillspec.problems import Loc
+from distillspec.problems import Loc, Problem
 from distillspec.specfile import model_in
 
 # Fields a sweep derives for every run: the run id names the run, the target's output base holds it.
@@ -105,7 +105,7 @@ def assign(data: dict[str, Any], text: str, value: Any) -> Loc:
     if text not in native_paths():
         value = maxtext_format.native_value(text.rsplit(".", 1)[-1], value)
         if text == maxtext_format.REMAT_KEY and isinstance(value, str):
-            # `minimal` is `dots`, and so is a named-tensor policy, as in a MaxText file (which warns of it)
+            # `minimal` is `dots`, and so is a named-tensor policy, as in a MaxText file (value_warnings says so)
             value = (
                 "dots"
                 if value in maxtext_format.REMAT_NEAREST_DOTS
@@ -113,6 +113,16 @@ def assign(data: dict[str, Any], text: str, value: Any) -> Loc:
             )
     set_value(data, native, value)
     return native
+
+
+def value_warnings(text: str, value: Any) -> list[Problem]:
+    """What a MaxText file warns of the same value under the same key, for a value `assign` takes: a named-tensor
+    remat_policy trains as `dots` (a sweep's point said nothing of it)."""
+    if text != maxtext_format.REMAT_KEY or value not in maxtext_format.REMAT_NEAREST_DOTS:
+        return []
+    found: list[Problem] = []
+    maxtext_format.remat_of(value, found)
+    return found
 
 
 def set_value(data: dict[str, Any], loc: Loc, value: Any) -> None:

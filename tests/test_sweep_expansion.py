@@ -262,6 +262,12 @@ def test_the_maxtext_files_remat_and_eval_keys_are_sweep_paths_and_a_both_models
     # a named-tensor policy is `dots` as in a MaxText file: the same point as `minimal`, said as a duplicate
     both = expanded(tmp_path, sweep_data(spec=spec, axes={"remat_policy": ["minimal", "minimal_flash"]}))
     assert [p.code for p in both.problems if p.is_error] == ["duplicate_point"]
+    # and warned of, as in a MaxText file (a point trained as `dots` without a word)
+    named = expanded(tmp_path, sweep_data(spec=spec, axes={"remat_policy": ["save_qkv_proj", "full"]}))
+    (warning,) = [p for p in named.problems if p.code == "maxtext_value_ignored"]
+    assert warning.loc == ("axes", "remat_policy", 0) and "'save_qkv_proj'" in warning.message, warning
+    held = expanded(tmp_path, sweep_data(spec=spec, overrides={"remat_policy": "save_qkv_proj"}))
+    assert [p.loc for p in held.problems if p.code == "maxtext_value_ignored"] == [("overrides", "remat_policy")]
     assert spec_paths.resolve("eval_interval") == ("eval", "every_steps")  # this spec's text data has no eval set
     assert spec_paths.resolve("eval_steps") == ("eval", "batches")
     # eval_interval -1 (or 0) is MaxText's "never": that point has no evaluation (it was refused as every_steps -1)

@@ -603,7 +603,12 @@ def _build(
     if common is not None:
         data = _reuse(data, common.data, common.spec)
     spec, found = validate_data(data, owned=common is not None)
-    located = []
+    located = [
+        _locate_in_sweep(p, file_loc)
+        for file_loc, text, value in [*((override_loc + (t,), t, v) for t, v in overrides.items()), *assignments]
+        if isinstance(value, str)
+        for p in spec_paths.value_warnings(text, value)
+    ]
     for p in found:
         origin = next((file_loc for native, file_loc in reversed(origins) if p.loc[: len(native)] == native), None)
         located.append(_locate_in_sweep(p, origin) if origin is not None else base.locate(p))
