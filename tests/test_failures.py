@@ -167,10 +167,13 @@ def test_an_output_on_a_scheme_with_no_filesystem_here_is_not_retried():
     from trainer.exit_codes import OutputNotWritable, storage_failure
     from trainer.metrics_io import check_writable
 
-    for url in ("hdfs://x/y", "nosuchscheme://x/y"):
+    for url in ("hdfs://x/y", "nosuchscheme://x/y", "s3://b/y"):
         with pytest.raises(OutputNotWritable) as refused:
             check_writable(url)
-        assert url in refused.value.message and "output_dir" in refused.value.hint, refused.value
+        # in one line, validate's words: it was fsspec's (89 lines of libjvm for hdfs://, "Install s3fs" for s3://)
+        said = refused.value.message
+        assert url in said and "writes gs:// and local paths, not" in said and "\n" not in said, said
+        assert "output_dir at a bucket" in refused.value.hint, refused.value
     # any write failure on such a scheme, as on the storage the trainer knows only a refusal, is not retried
     assert isinstance(storage_failure("hdfs://x/y", OSError("flaky")), OutputNotWritable)
     assert not isinstance(storage_failure("gs://b/y", OSError("flaky")), OutputNotWritable)

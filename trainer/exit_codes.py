@@ -68,16 +68,19 @@ UNUSABLE_ERRNOS: frozenset[int] = frozenset(
 class OutputNotWritable(UserError):
     """The run's output or checkpoint storage cannot be written: `OutputNotWritable: <path>: <error>`, exit 1."""
 
-    def __init__(self, path: str, error: BaseException | str, setting: str = "output_dir"):
+    def __init__(self, path: str, error: BaseException | str, setting: str = "output_dir", hint: str | None = None):
         """`setting`: the spec field that names the path (the hint's other choice)."""
         full = not isinstance(error, str) and os_errno(error) in (errno.ENOSPC, errno.EDQUOT)
         super().__init__(
             f"OutputNotWritable: {path}: {error}",
             # A full disk or quota is writable, so the permissions hint sent people looking at the wrong thing.
-            "free space there (old runs, old checkpoints: checkpoint.keep) or raise the quota, then run again: it "
-            "resumes from the last checkpoint"
-            if full
-            else f"make the path a writable directory (or choose another {setting}), then run again",
+            hint
+            or (
+                "free space there (old runs, old checkpoints: checkpoint.keep) or raise the quota, then run again: "
+                "it resumes from the last checkpoint"
+                if full
+                else f"make the path a writable directory (or choose another {setting}), then run again"
+            ),
             reason="output_not_writable",  # status: Failed (OutputNotWritable), as the local supervisor's own
         )
         self.path = path

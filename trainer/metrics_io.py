@@ -48,6 +48,7 @@ from typing import Any
 
 import fsspec
 
+from distillspec.checks import READ_SCHEMES
 from distillspec.contract import FAILURES_DIR, METRICS_PART_PATTERN, METRICS_PARTS_DIR
 from trainer.loss import metric_value
 
@@ -297,9 +298,17 @@ def check_writable(directory: str, setting: str = "output_dir") -> None:
 
     from trainer.exit_codes import OutputNotWritable, storage_failure
 
+    scheme = directory.split("://", 1)[0] if "://" in directory else "file"
+    if scheme not in READ_SCHEMES:  # `validate` warns alike; fsspec's own words were 89 lines of libjvm for hdfs://
+        raise OutputNotWritable(
+            directory,
+            f"the trainer's image writes gs:// and local paths, not {scheme}://",
+            setting,
+            hint=f"point {setting} at a bucket (gs://...) or a volume the pods mount (target.volumes)",
+        )
     try:
-        # inside: a scheme with no filesystem here (hdfs:// failing to load libjvm, s3:// without s3fs) is the
-        # setting's fault, not transient (it was exit 42, retried to the same end)
+        # inside: a scheme with no filesystem here (s3:// without s3fs) is the setting's fault, not transient (it
+        # was exit 42, retried to the same end)
         fs, root = fsspec.core.url_to_fs(directory.rstrip("/"))
     except (ImportError, ValueError, OSError) as e:
         raise OutputNotWritable(directory, e, setting) from None
