@@ -6,6 +6,8 @@ the file's keys and positions). Each rule has a stable code.
 
 from __future__ import annotations
 
+import math
+
 from distillspec import buckets, layer_presets
 from distillspec.config import (
     BUNDLED_DATA_SOURCES,
@@ -33,6 +35,7 @@ def check(spec: DistillSpec) -> list[Problem]:
         _mesh,
         _paths,
         _event_folder,
+        _batch_and_rate,
     ):
         problems.extend(rule(spec))
     return problems
@@ -973,3 +976,37 @@ def record_format_suffix(path: str | None) -> str | None:
     for compressed in (".gz", ".zst", ".bz2", ".xz"):
         name = name.removesuffix(compressed)
     return next((s for s in (".jsonl", ".json", ".parquet", ".arrow") if name.endswith(s)), None)
+
+
+LEARNING_RATE_HIGH = 0.1  # AdamW's peak for language models is of order 1e-5 to 1e-2; from here up it diverges
+
+
+def _batch_and_rate(spec: DistillSpec) -> list[Problem]:
+    """A device's rows of tokens past int32 (each field alone is below it), and a learning rate no AdamW run of a
+    language model trains at (1e30 passed without a word)."""
+    out = []
+    batch = spec.batch
+    tokens = math.ceil(batch.per_device_batch_size) * batch.max_target_length
+    if tokens >= 2**31:
+        out.append(
+            Problem(
+                ("batch", "per_device_batch_size"),
+                "batch_too_large",
+                f"a device's batch is {tokens:,} tokens (per_device_batch_size {batch.per_device_batch_size:g} × "
+                f"max_target_length {batch.max_target_length:,}): past 2**31, which the compiled step counts in int32",
+                "lower per_device_batch_size or max_target_length (gradient_accumulation_steps keeps the global batch)",
+            )
+        )
+    rate = spec.optimizer.learning_rate
+    if rate >= LEARNING_RATE_HIGH:
+        out.append(
+            Problem(
+                ("optimizer", "learning_rate"),
+                "learning_rate_high",
+                f"learning_rate {rate:g} is far above AdamW's peaks for language models (of order 1e-5 to 1e-2): "
+                "the run would diverge in its first steps",
+                "use a peak of order 1e-4 (3e-4 is the spec's default)",
+                severity="warning",
+            )
+        )
+    return out

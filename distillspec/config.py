@@ -368,9 +368,10 @@ class EvalSpec(_Block):
 class BatchSpec(_Block):
     """The one batch shape both models see (MaxText rejects it inside *_overrides for the same reason)."""
 
-    per_device_batch_size: Annotated[float, Field(gt=0)] = 1.0
-    max_target_length: PositiveInt = 128
-    gradient_accumulation_steps: PositiveInt = 1
+    # Each below 2**31: the compiled step counts rows, positions and micro-steps in int32 (2**63 passed).
+    per_device_batch_size: Annotated[float, Field(gt=0, lt=2**31)] = 1.0
+    max_target_length: Annotated[int, Field(gt=0, lt=2**31)] = 128
+    gradient_accumulation_steps: Annotated[int, Field(gt=0, lt=2**31)] = 1
 
 
 class OptimizerSpec(_Block):

@@ -482,6 +482,26 @@ def test_beta_and_temperature_outside_the_guides_scales_are_warned_of(settings, 
     assert codes(data, errors_only=False) == found
 
 
+@pytest.mark.parametrize(
+    ("settings", "errors", "warnings"),
+    [
+        # each passed: 2**63 positions, 1e30 rows, a learning rate of 1e30
+        ({"batch.max_target_length": 2**63}, ["out_of_range"], []),
+        ({"batch.per_device_batch_size": 1e30}, ["out_of_range"], []),
+        ({"batch.gradient_accumulation_steps": 2**31}, ["out_of_range"], []),
+        ({"batch.per_device_batch_size": 2**16, "batch.max_target_length": 2**15}, ["batch_too_large"], []),
+        ({"batch.per_device_batch_size": 2**15, "batch.max_target_length": 2**15}, [], []),
+        ({"optimizer.learning_rate": 1e30}, [], ["learning_rate_high"]),
+        ({"optimizer.learning_rate": 0.1}, [], ["learning_rate_high"]),
+        ({"optimizer.learning_rate": 0.01}, [], []),
+    ],
+)
+def test_a_batch_past_int32_is_an_error_and_a_learning_rate_no_run_trains_at_a_warning(settings, errors, warnings):
+    data = spec_data(**settings)
+    assert codes(data) == errors
+    assert [c for c in codes(data, errors_only=False) if c not in errors] == warnings
+
+
 def test_the_scale_warnings_point_at_the_value_that_leaves_the_range_and_say_what_to_use():
     report = report_for(spec_data(**{"loss.feature_loss_type": "l2"}))
     (problem,) = report.problems
