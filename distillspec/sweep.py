@@ -250,18 +250,18 @@ class Target(_Block):
     # Restarts after a retryable failure (exit 42, a signal: an OOM kill's 137, a SIGTERM's 143). On a cluster a
     # preemption (a pod with the DisruptionTarget condition) does not count: it restarts for free (the JobSet's
     # RestartJobSetAndIgnoreMaxRestarts); a plain exit 143 counts, so a trainer that keeps exiting 143 stops.
-    max_restarts: NonNegativeInt = 3
+    max_restarts: Annotated[int, Field(ge=0, le=MAX_JOBSET_INT)] = 3  # int32 in the JobSet, as the others
     restartable_exit_codes: list[ExitCode] = []  # in addition to the contract's RETRYABLE_EXIT_CODES
     # gs://bucket/prefix, or a local path (relative to the current directory); "" would be the current directory
     output_base: Annotated[str, Field(min_length=1)] = "runs"
     service_account: str | None = None
     env: dict[str, str] = {}
     secret_env: dict[str, SecretRef] = {}
-    ttl_seconds_after_finished: NonNegativeInt = 43_200  # 12 h, XPK's default
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0, le=MAX_JOBSET_INT)] = 43_200  # 12 h, XPK's default
     # XPK's choice for every TPU pod: the host's network stack for DCN traffic between slices. GKE's Workload
     # Identity and Autopilot do not take host-network pods: set false there (see the README's "Networking").
     host_network: bool = True
-    termination_grace_seconds: NonNegativeInt = 300  # time to write a checkpoint after SIGTERM
+    termination_grace_seconds: Annotated[int, Field(ge=0, le=MAX_JOBSET_INT)] = 300  # to checkpoint after SIGTERM
     jobset_version: Literal["v0.10.1", "v0.12.0"] = "v0.10.1"
     cluster: str | None = None  # xpk
     project: str | None = None  # xpk

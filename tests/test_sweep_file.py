@@ -417,3 +417,11 @@ def test_a_sweep_naming_itself_or_a_blank_spec_is_said_as_such(tmp_path):
     blank = load(tmp_path, {"name": "s", "spec": " ", "target": {"kind": "local"}})
     (problem,) = [p for p in blank.problems if p.is_error]
     assert problem.code == "blank_path" and problem.message == "spec is blank" and problem.line == 2, problem
+
+
+@pytest.mark.parametrize("field", ["termination_grace_seconds", "ttl_seconds_after_finished", "max_restarts"])
+def test_a_target_count_past_what_the_manifest_holds_is_an_error(tmp_path, field):
+    # 2**63 passed plan and render, and the API server would have refused the JobSet at launch.
+    source = load(tmp_path, sweep_data(target={**sweep_data()["target"], field: 2**63}))
+    (problem,) = [p for p in source.problems if p.is_error]
+    assert problem.code == "out_of_range" and problem.loc == ("target", field) and problem.line > 1, problem
