@@ -316,3 +316,14 @@ def test_help_texts_are_not_broken_mid_sentence():
     wide = runner.invoke(app, ["sweep", "--help"], terminal_width=200)
     assert "an interrupted run or two at once still end with one run per point" in " ".join(wide.stdout.split())
     assert not re.search(r"or two at *\n", wide.stdout), wide.stdout
+
+
+def test_a_problem_is_one_line_whatever_its_value_holds(tmp_path):
+    # A name holding a line break split `file:line:col: error[...]` in two; a zero-width space and a terminal
+    # escape were written out raw (invisible, or acted on by the terminal).
+    path = write(tmp_path, 'name: "tiny\\ndistill\\u200b\\x1b[31m"\nstudent: {model: tiny-2l}\nmode: pretrain\n')
+    result = runner.invoke(app, ["validate", str(path)])
+    lines = [line for line in result.output.splitlines() if "bad_run_name" in line]
+    assert len(lines) == 1, result.output
+    line = lines[0]
+    assert "'tiny\\ndistill\\u200b\\x1b[31m'" in line and "\x1b" not in line, result.stderr

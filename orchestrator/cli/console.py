@@ -109,13 +109,13 @@ def problem_line(problem: Problem) -> Line:
     """`file:line:col: error[code] loc: message → hint` as one line (for `echo`)."""
     line = []
     if problem.where:
-        line.append((problem.where + ": ", "bold"))
+        line.append((printable(problem.where, one_line=True) + ": ", "bold"))
     line.append((f"{problem.severity}[{problem.code}]", "bold red" if problem.is_error else "bold yellow"))
     if problem.loc:
-        line.append((f" {problem.dotted_loc}", "cyan"))
-    line.append((f": {problem.message}", ""))
+        line.append((f" {printable(problem.dotted_loc, one_line=True)}", "cyan"))
+    line.append((f": {printable(problem.message, one_line=True)}", ""))
     if problem.hint:
-        line.append((f" → {problem.hint}", "dim"))
+        line.append((f" → {printable(problem.hint, one_line=True)}", "dim"))
     return tuple(line)
 
 
@@ -175,12 +175,15 @@ def parameter_count(n: int) -> str:
 
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if chr(c) not in "\n\t"}
+_ONE_LINE_CONTROL = {**_CONTROL, ord("\n"): "\\n", ord("\t"): "\\t", 0x200B: "\\u200b", 0xFEFF: "\\ufeff"}
 
 
-def printable(text: str) -> str:
-    """`text` read from a run's files (a trainer's message) with its control characters written as `\\x1b`: a
-    terminal escape in it would colour, move or clear what follows on the reader's terminal."""
-    return text.translate(_CONTROL)
+def printable(text: str, *, one_line: bool = False) -> str:
+    """`text` read from a run's files (a trainer's message) or a user's file with its control characters written
+    as `\\x1b`: a terminal escape in it would colour, move or clear what follows on the reader's terminal.
+    `one_line`: line breaks, tabs and the invisible zero-width space too (a value `tiny-2l\\u200b` read as the
+    known name it is not)."""
+    return text.translate(_ONE_LINE_CONTROL if one_line else _CONTROL)
 
 
 def axis_text(values) -> Text:
