@@ -7,6 +7,7 @@ the file's keys and positions). Each rule has a stable code.
 from __future__ import annotations
 
 import math
+import re
 
 from distillspec import buckets, layer_presets
 from distillspec.config import (
@@ -68,6 +69,9 @@ def _paths(spec: DistillSpec) -> list[Problem]:
         if not path.strip():
             out.append(Problem(loc, "blank_path", f"{name} is blank", f"write the path, or remove {name}"))
             continue
+        if (malformed := malformed_path(path)) is not None:  # ` gs://b/x` passed, or was told to copy files to gs://
+            out.append(Problem(loc, "path_malformed", f"{name} {path!r} {malformed[0]}", malformed[1]))
+            continue
         if path.startswith("~"):
             out.append(tilde_path(loc, name, path))
         if "://" not in path:
@@ -93,6 +97,25 @@ def _paths(spec: DistillSpec) -> list[Problem]:
                 )
             )
     return out
+
+
+URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")  # RFC 3986
+
+
+def malformed_path(path: str) -> tuple[str, str] | None:
+    """(what is wrong, the fix) for a path with a typo no storage has: whitespace at an end, a control or
+    zero-width character, a URL scheme in capitals or that is no scheme (`g s://`)."""
+    if path != path.strip():
+        return "begins or ends with whitespace", f"write it without: {path.strip()!r}"
+    if any(ord(c) < 0x20 or c in "\x7f\u200b\ufeff" for c in path):
+        return "holds a control or zero-width character", "write the path again by hand, or copy it from a listing"
+    if "://" in path:
+        scheme = path.split("://", 1)[0]
+        if not URL_SCHEME.fullmatch(scheme):
+            return f"has no URL scheme: {scheme!r} is not one", "write the URL as gs://BUCKET/path, without spaces"
+        if scheme != scheme.lower():
+            return f"spells its scheme {scheme}://", f"write it in lower case: {scheme.lower()}://"
+    return None
 
 
 def tilde_path(loc: tuple[str, ...], name: str, path: str) -> Problem:

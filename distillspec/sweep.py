@@ -1119,6 +1119,15 @@ def _target(sweep: Sweep) -> list[Problem]:
     out = (
         [checks.tilde_path(("target", "output_base"), "output_base", t.output_base)] if t.output_base[:1] == "~" else []
     )
+    if (malformed := checks.malformed_path(t.output_base)) is not None:
+        out.append(
+            Problem(
+                ("target", "output_base"),
+                "path_malformed",
+                f"output_base {t.output_base!r} {malformed[0]}",
+                malformed[1],
+            )
+        )
     if not t.on_cluster and t.output_base.startswith("file://"):
         # `sweep` refused it; status and cancel read it another way (`file://localhost/abs` as a folder
         # `localhost`): said once, for every command. Other URLs are read by results (runs copied to a bucket).

@@ -565,6 +565,12 @@ def test_a_student_pruned_from_the_teacher_and_loaded_from_a_path_is_one_too_man
         ("gs://my bucket/x", "bad_bucket"),
         ("gs://ab/x", "bad_bucket"),  # too short for Cloud Storage: it passed and failed in the pods
         ("gs://runs-/x", "bad_bucket"),
+        # typos no storage has: the first two were told to copy the files to gs://, the others passed
+        (" gs://my-bucket/x", "path_malformed"),
+        ("GS://my-bucket/x", "path_malformed"),
+        ("g s://my-bucket/x", "path_malformed"),
+        ("gs://my-bucket/x\n", "path_malformed"),
+        ("runs/x\u200b", "path_malformed"),
     ],
 )
 def test_a_path_broken_before_anything_reads_it_is_an_error(path, code):

@@ -425,3 +425,9 @@ def test_a_target_count_past_what_the_manifest_holds_is_an_error(tmp_path, field
     source = load(tmp_path, sweep_data(target={**sweep_data()["target"], field: 2**63}))
     (problem,) = [p for p in source.problems if p.is_error]
     assert problem.code == "out_of_range" and problem.loc == ("target", field) and problem.line > 1, problem
+
+
+def test_an_output_base_with_a_typo_no_storage_has_is_an_error(tmp_path):
+    source = load(tmp_path, sweep_data(target={**sweep_data()["target"], "output_base": "GS://bucket/runs"}))
+    (problem,) = [p for p in source.problems if p.is_error]
+    assert problem.code == "path_malformed" and "lower case: gs://" in problem.hint, problem
