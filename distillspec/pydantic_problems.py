@@ -7,6 +7,7 @@ one problem; each kind of error gets a stable code and a hint: `unknown_key` (wi
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Collection, Mapping
 from difflib import get_close_matches
@@ -86,6 +87,8 @@ def _problem(
         return Problem(loc, kind, err["msg"], hints.get(kind) or _type_hint(err.get("input"), err))
     if kind == "string_too_short" and value == "":
         return Problem(loc, "empty_value", f"{where} is empty", f"give {where} a value, or leave the key out")
+    if value is None and "input" in err and not _block_error(err):  # `name:` with nothing after it
+        return Problem(loc, "empty_value", f"{where} has no value", f"give {where} a value after the colon")
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         return Problem(loc, "bad_value", f"{key} must be {expected}; got {value!r}", _literal_hint(value, expected))
@@ -94,6 +97,11 @@ def _problem(
         return Problem(loc, "out_of_range", f"{name}{_must(err['msg'])}, got {value!r}", _range_hint(_must(err["msg"])))
     expected = " or ".join(dict.fromkeys(_must(e["msg"]).removeprefix("must be ") for e in errors))
     return Problem(loc, "wrong_type", f"expected {expected}, got {_describe(value)}", _type_hint(value, err))
+
+
+def _block_error(err: dict) -> bool:
+    """A mapping was expected (a block such as `student:`)."""
+    return "dictionary" in err["msg"] or "mapping" in err["msg"] or err["type"] in ("dict_type", "model_type")
 
 
 def _range_hint(must: str) -> str:
@@ -158,7 +166,8 @@ def _type_hint(value: Any, err: dict) -> str:
         return f"write {int(value.strip(), 8)} (the YAML read here takes 0o as text)"
     if isinstance(value, str):
         try:
-            float(value)
+            if not math.isfinite(float(value)):  # `nan`, `inf`, `1e309`: YAML reads them as text, unquoted
+                return "write a finite number (NaN and infinity are no setting)"
             return "remove the quotes around the number"
         except ValueError:
             pass
@@ -168,13 +177,20 @@ def _type_hint(value: Any, err: dict) -> str:
         if written is not None:
             return written
     if isinstance(value, float) and value.is_integer() and "integer" in err["msg"]:
-        return f"write {int(value)} (a whole number)"
+        # 1e30 was "write 1000000000000000019884624838656", which the field's range then refused
+        return f"write {int(value)} (a whole number)" if abs(value) < 1e15 else "write a whole number"
     if "valid string" in err["msg"]:
         return "quote the value to make it a string"
     if "valid list" in err["msg"] and isinstance(value, dict):
         return "write it as a list: each item on its own line starting with `- ` (or [a, b] on one line)"
     if ("valid dictionary" in err["msg"] or "mapping" in err["msg"]) and isinstance(value, list):
         return "write it as `key: value` lines (a mapping), not `- ` items"
+    if "start, end and schedule" in err["msg"]:  # a ScheduledValue
+        return "write a number (0.5), or a mapping such as {start: 0.9, end: 0.5, schedule: cosine}"
+    if _block_error(err):
+        return "write its fields under it as indented `key: value` lines"
+    if "valid list" in err["msg"]:
+        return "write it as a list, e.g. [a, b] (or each item on its own line starting with `- `)"
     if "valid integer" in err["msg"]:
         return "write a whole number, e.g. 2"
     if "valid number" in err["msg"]:

@@ -181,12 +181,31 @@ loss: {alpha: 0.5}
         ("steps: 08", "08 is not a number in YAML (a leading 0 means octal): write 8"),
         ("steps: 0o10", "write 8 (the YAML read here takes 0o as text)"),
         ("optimizer: {warmup_fraction: 10%}", "write 0.1 (a fraction, not a percentage)"),
+        # hints that were wrong: no quotes to remove, a whole number the range then refused, none at all
+        ("optimizer: {learning_rate: nan}", "write a finite number (NaN and infinity are no setting)"),
+        ("steps: 1.0e+30", "write a whole number"),
+        ("loss: {alpha: abc}", "write a number (0.5), or a mapping such as {start: 0.9, end: 0.5, schedule: cosine}"),
+        (
+            "loss: {layer_indices: 12345}",
+            "write it as a list, e.g. [a, b] (or each item on its own line starting with `- `)",
+        ),
+        ("data: abc", "write its fields under it as indented `key: value` lines"),
     ],
 )
 def test_a_number_written_as_people_write_it_gets_what_to_write(line, hint):
     text = f"student: {{model: tiny-2l}}\nmode: pretrain\n{line}\n"
     (problem,) = [p for p in read_spec_text(text, file="spec.yaml").problems if p.is_error]
     assert problem.code == "wrong_type" and problem.hint == hint, problem
+
+
+def test_a_key_with_no_value_is_empty_value_as_the_readme_says():
+    # `name:` was "expected a valid string, got null → quote the value", and there was no value to quote.
+    text = "name:\nstudent: {model: tiny-2l}\nmode: pretrain\noutput_dir:\n"
+    found = [(p.code, p.dotted_loc, p.hint) for p in read_spec_text(text, file="spec.yaml").problems]
+    assert found == [
+        ("empty_value", "name", "give name a value after the colon"),
+        ("empty_value", "output_dir", "give output_dir a value after the colon"),
+    ], found
 
 
 def test_a_choice_in_another_case_or_misspelt_gets_did_you_mean():
