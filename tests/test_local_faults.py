@@ -396,6 +396,25 @@ def test_a_sweep_with_nothing_new_to_run_still_hands_an_orphan_to_a_supervisor(t
         distillctl("cancel", str(sweep), "--yes")
 
 
+def test_a_supervisor_stopped_by_sigterm_stops_the_trainers_it_adopted_too(tmp_path):
+    """SIGTERM to a supervisor stopped its own trainers alone: one it had adopted from a dead supervisor trained on
+    with nobody to resume it (Pending (Orphaned) after it died)."""
+    sweep, run, folder = _one_run_sweep(tmp_path, "adopted", "{steps: 100000}")
+    distillctl("sweep", str(sweep), check=True)
+    try:
+        orphan = _orphan_trainer(folder, run["output_path"])
+        distillctl("sweep", str(sweep), check=True)
+        [supervisor] = wait_until(lambda: supervisors(folder), 30, "a supervisor that adopts the trainer")
+        os.kill(supervisor, signal.SIGTERM)
+        wait_until(lambda: not supervisors(folder) and not local_claims.alive(orphan), 90, "the stop")
+        assert "stopped by SIGTERM: stopping 1 trainer(s)" in (folder / state.LOG).read_text()
+        row = status(sweep)[run["run_id"]]
+        assert (row["phase"], row["reason"]) == ("Pending", "Preempted"), row  # its checkpoint saved; resumable
+        assert json.loads((Path(run["output_path"]) / "summary.json").read_text())["status"] == "preempted"
+    finally:
+        distillctl("cancel", str(sweep), "--yes")
+
+
 def test_an_adopted_trainer_that_ends_on_its_own_leaves_its_claim_exited(tmp_path):
     """A trainer a dead supervisor left running, handed to a new one, that then finished by itself: its claim read
     `running` (under the dead supervisor) for ever."""
@@ -523,3 +542,33 @@ def test_a_changed_parallelism_reaches_the_running_supervisor(tmp_path):
         assert "parallelism 2 → 1" not in log  # the first orders set it: not said as a change from the cores'
     finally:
         distillctl("cancel", str(sweep), "--yes")
+
+
+def test_a_run_cancel_is_stopping_is_claimed_again_by_a_sweep_and_starts_once_its_trainer_exited(tmp_path):
+    # `sweep` while `cancel` stopped a run answered "exists" (the supervisor still listed it), and nothing ran it
+    # afterwards: Pending (Preempted) until someone ran `sweep` again.
+    from orchestrator.backends.local.supervisor import Order, Supervisor, _Running
+
+    supervisor = Supervisor(tmp_path / "supervisor")
+    queued = Order("q1", "s", str(tmp_path / "q1"), "{}")
+    assert supervisor._claim(queued, "a") == "created"
+    local_claims.release(queued.output_path)  # cancel, before the supervisor looked again
+    assert supervisor._claim(queued, "b") == "created" and len(supervisor.pending) == 1
+    assert supervisor._claim(queued, "c") == "exists"  # claimed: taken care of
+    # a running one: its trainer is still saving its checkpoint when the order comes
+    running = Order("r1", "s", str(tmp_path / "r1"), "{}")
+    claim = local_claims.try_claim(running.output_path, "r1", "s")
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        supervisor.pending = []
+        supervisor.running = [_Running(running, claim, trainer)]
+        local_claims.release(running.output_path)
+        assert supervisor._claim(running, "d") == "created"
+        supervisor.parallelism = 4
+        supervisor._start_ready()  # not while the cancelled trainer runs: two trainers in one folder
+        assert [o.run_id for o, _ in supervisor.pending] == ["r1"] and len(supervisor.running) == 1
+    finally:
+        trainer.kill()
+        trainer.wait()
+    supervisor._reap()
+    assert supervisor.running == [] and [o.run_id for o, _ in supervisor.pending] == ["r1"]

@@ -195,19 +195,36 @@ class Supervisor:
         """SIGTERM or SIGINT: stop the trainers as `cancel` does (each saves a checkpoint and exits 143) and give
         their runs back (their outputs say preempted: `sweep` resumes them); queued runs wait for the next `sweep`
         (Pending, SupervisorGone)."""
-        _log(f"stopped by {self.stopping}: stopping {len(self.running)} trainer(s); `distillctl sweep` resumes them")
-        for item in self.running:
+        count = len(self.running) + len(self.orphans)
+        _log(f"stopped by {self.stopping}: stopping {count} trainer(s); `distillctl sweep` resumes them")
+        # The trainers a dead supervisor left are stopped too: they ran on with nobody to resume them when they died.
+        orphans = [o for o in self.orphans if local_claims.alive(o.pid, o.pid_start)]
+        for pid in [item.process.pid for item in self.running] + [o.pid for o in orphans]:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(item.process.pid, signal.SIGTERM)
+                os.killpg(pid, signal.SIGTERM)
+
+        def left() -> bool:
+            return any(item.process.poll() is None for item in self.running) or any(
+                local_claims.alive(o.pid, o.pid_start) for o in orphans
+            )
+
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        while time.monotonic() < deadline and any(item.process.poll() is None for item in self.running):
+        while time.monotonic() < deadline and left():
             time.sleep(POLL_SECONDS)
         for item in self.running:
             if item.process.poll() is None:
                 _kill(item.process)
             with contextlib.suppress(OSError):
                 local_claims.release(item.order.output_path, item.claim.token)
-        self.running = []
+        for orphan in orphans:
+            if local_claims.alive(orphan.pid, orphan.pid_start):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(orphan.pid, signal.SIGKILL)
+            held = local_claims.read_claim(orphan.order.output_path)
+            if held is not None and held.pid == orphan.pid:
+                with contextlib.suppress(OSError):
+                    local_claims.release(orphan.order.output_path, held.token)
+        self.running, self.orphans = [], []
 
     def _adopt(self) -> None:
         """Orphans that have exited: their runs are taken over, unless they finished."""
@@ -269,9 +286,12 @@ class Supervisor:
             state.write_receipt(self.folder, submission, outcomes)
 
     def _claim(self, order: Order, submission: str) -> str:
-        mine = [o for o, _ in self.pending] + [r.order for r in self.running]
-        if any(o.run_id == order.run_id for o in mine):
+        # Ours while its claim is: one `cancel` removed (a trainer still saving its checkpoint, a queued run not yet
+        # dropped) is claimed again, else the run stayed stopped though `sweep` said it "exists".
+        mine = [(o, c) for o, c in self.pending] + [(r.order, r.claim) for r in self.running]
+        if any(o.run_id == order.run_id and self._still_ours(o, c) for o, c in mine):
             return "exists"
+        self.pending = [(o, c) for o, c in self.pending if o.run_id != order.run_id]
         try:
             claim = local_claims.try_claim(order.output_path, order.run_id, order.sweep, submission)
         except OSError as e:
@@ -304,6 +324,11 @@ class Supervisor:
 
     def _start_ready(self) -> None:
         live = [(order, claim) for order, claim in self.pending if self._still_ours(order, claim)]  # else cancelled
+        # A run claimed again while its cancelled trainer still stops starts once that one has exited (two
+        # trainers in one folder: the second refuses, and the run would fail)
+        stopping = {item.order.run_id for item in self.running}
+        held = [(order, claim) for order, claim in live if order.run_id in stopping]
+        live = [(order, claim) for order, claim in live if order.run_id not in stopping]
         failed = state.failed_paths(self.folder)
         steps = schedule(
             [[dependency_state(path, failed) for path in order.depends_on] for order, _ in live],
@@ -321,7 +346,7 @@ class Supervisor:
                     keep.append((order, noted))
             except OSError as e:
                 self._fail(order, claim.token, e)
-        self.pending = keep
+        self.pending = held + keep
 
     def _note(self, order: Order, claim: Claim, reason: str) -> Claim | None:
         """The claim with its queue reason, or None when the run is no longer ours."""
