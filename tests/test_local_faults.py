@@ -415,6 +415,27 @@ def test_a_supervisor_stopped_by_sigterm_stops_the_trainers_it_adopted_too(tmp_p
         distillctl("cancel", str(sweep), "--yes")
 
 
+def test_logs_follow_through_a_cancel_shows_the_trainers_last_lines(tmp_path):
+    """`logs --follow` ended as `cancel` removed the claim, before the trainer wrote its last line: whether its
+    checkpoint was saved, the line a user following it wants, was never shown."""
+    sweep, run, folder = _one_run_sweep(tmp_path, "followed", "{steps: 100000}")
+    distillctl("sweep", str(sweep), check=True)
+    try:
+        wait_until(lambda: has_checkpoint(run["output_path"]), what="the run's first checkpoint")
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "logs", str(sweep), "0", "--follow"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(2)
+        distillctl("cancel", str(sweep), "--yes", check=True)
+        out, err = follower.communicate(timeout=120)
+        assert follower.returncode == 0 and "checkpoint saved" in out.splitlines()[-1], (out[-2000:], err)
+    finally:
+        distillctl("cancel", str(sweep), "--yes")
+
+
 def test_an_adopted_trainer_that_ends_on_its_own_leaves_its_claim_exited(tmp_path):
     """A trainer a dead supervisor left running, handed to a new one, that then finished by itself: its claim read
     `running` (under the dead supervisor) for ever."""

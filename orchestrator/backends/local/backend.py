@@ -305,12 +305,16 @@ class LocalBackend:
         with path.open("r", errors="replace") as f:
             lines = f.readlines()
             yield from (lines[-request.tail :] if request.tail else lines)
+            seen = None  # the last claim read: `cancel` removes it before its trainer has written its last lines
             while request.follow:
                 line = f.readline()
                 if line:
                     yield line
                     continue
-                if not _log_may_grow(local_claims.read_claim(run.output_path)):
+                claim = local_claims.read_claim(run.output_path)
+                seen = claim or seen
+                stopping = claim is None and seen is not None and local_claims.alive(seen.pid, seen.pid_start)
+                if not stopping and not _log_may_grow(claim):
                     yield from f.readlines()
                     return
                 time.sleep(0.2)
