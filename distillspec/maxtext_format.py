@@ -81,6 +81,16 @@ MODEL_KEYS: dict[str, str] = {
     "normalization_layer_epsilon": "norm_eps",
     "sliding_window_size": "sliding_window",
 }
+# The keys a MaxText model file (configs/models/<model_name>.yml) sets: set again in an override block, they need
+# `override_model_config: true`.
+MODEL_CONFIG_KEYS = frozenset(MODEL_KEYS) - {
+    "model_name",
+    "load_parameters_path",
+    "scan_layers",
+    "enable_nnx",
+    "weight_dtype",
+    "dtype",
+}
 # Names the guide uses for the same settings ("varying e.g. `num_decoder_layers` ... per side"): read, never written.
 MODEL_KEY_ALIASES = {
     "num_decoder_layers": "base_num_decoder_layers",
@@ -431,6 +441,10 @@ def to_maxtext(native: dict[str, Any]) -> dict[str, Any]:
     for side, block_name in (("student", "student_overrides"), ("teacher", "teacher_overrides")):
         block = native.get(side) or {}
         flat[block_name] = {key: block[field] for key, field in MODEL_KEYS.items() if block.get(field) is not None}
+    if any(key in MODEL_CONFIG_KEYS for block in OVERRIDE_BLOCKS for key in flat[block]):
+        # MaxText refuses a key its model file sets that an override sets again ("overridden by both model config
+        # and CLI/kwargs") unless told: a pruned student's base_num_decoder_layers is one
+        flat["override_model_config"] = True
     for key, loc in TOP_LEVEL.items():
         value: Any = native
         for part in loc:

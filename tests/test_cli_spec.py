@@ -327,3 +327,22 @@ def test_a_problem_is_one_line_whatever_its_value_holds(tmp_path):
     assert len(lines) == 1, result.output
     line = lines[0]
     assert "'tiny\\ndistill\\u200b\\x1b[31m'" in line and "\x1b" not in line, result.stderr
+
+
+def test_convert_to_maxtext_of_a_pruned_student_says_the_teacher_layers_it_cannot_keep(tmp_path):
+    # A straddle preset matched teacher layers [19, 22]; the file's distill_layer_indices [19, 20] is taken of both
+    # models by MaxText, silently. The pruned student's base_num_decoder_layers needs override_model_config, or
+    # MaxText refuses a key its model file sets twice.
+    spec = """\
+student: {model: llama3.1-8b, num_layers: 30, load_parameters_path: gs://my-bucket/pruned30-hf}
+teacher: {model: llama3.1-8b, load_parameters_path: gs://my-bucket/base-hf}
+loss: {alpha: 0.5, beta: 1.0, layer_indices: "straddle:[20, 21]"}
+"""
+    result = runner.invoke(app, ["convert", "--to", "maxtext", str(write(tmp_path, spec))])
+    assert result.exit_code == ExitCode.OK, result.output
+    said = " ".join(result.stderr.split())
+    assert "warning[not_in_maxtext] loss.layer_indices: the teacher's layers [19, 22] cannot be written" in said
+    flat = yaml.safe_load(result.stdout)
+    assert flat["override_model_config"] is True and flat["student_overrides"]["base_num_decoder_layers"] == 30
+    plain = runner.invoke(app, ["convert", "--to", "maxtext", str(ROOT / "sweeps" / "tiny.yaml")])
+    assert "override_model_config" not in plain.stdout  # registry shapes: nothing is set twice

@@ -136,6 +136,19 @@ def _warn_dropped(spec, flat: dict) -> None:
                 severity="warning",
             )
         )
+    if spec.loss.feature_loss_on and spec.teacher_layer_indices() != back.teacher_layer_indices():
+        # a preset that spreads the student's layers over a deeper teacher: the file pairs layer i with layer i
+        console.print_problem(
+            Problem(
+                ("loss", "layer_indices"),
+                "not_in_maxtext",
+                f"the teacher's layers {spec.teacher_layer_indices()} cannot be written: MaxText takes "
+                f"distill_layer_indices of both models, so the file matches teacher layers "
+                f"{back.teacher_layer_indices()}",
+                "keep this spec in distillctl's layout to keep them, or choose layers that are the same in both",
+                severity="warning",
+            )
+        )
 
 
 def models(output: OutputOption = OutputFormat.text) -> None:
