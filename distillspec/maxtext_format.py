@@ -464,4 +464,6 @@ def to_maxtext(native: dict[str, Any]) -> dict[str, Any]:
     data = native.get("data") or {}
     if data.get("path") is not None:
         flat[DATA_PATH_KEY_BY_SOURCE.get(data.get("source"), "dataset_path")] = data["path"]
+    if flat.get("tokenizer_path") not in (None, "byte"):
+        flat["tokenizer_type"] = "huggingface"  # a tokenizer.json; MaxText's default reads SentencePiece models
     return flat

@@ -170,7 +170,14 @@ def test_convert_to_maxtext_and_back(tmp_path):
         app, ["convert", "--to", "maxtext", str(ROOT / "sweeps" / "llama3.1-8b-pruning-recovery.yaml")]
     )
     assert pruning.exit_code == ExitCode.OK and "distill_layer_indices:" in pruning.stdout
-    assert "not_in_maxtext" not in pruning.stderr, pruning.stderr
+    # but its default tokenizer (the teacher folder's tokenizer.json) has no key: MaxText needs a tokenizer_path
+    dropped = [line.split()[1] for line in pruning.stderr.splitlines() if "[not_in_maxtext]" in line]
+    assert dropped == ["data.tokenizer:"], pruning.stderr
+    # a tokenizer.json is written with MaxText's tokenizer_type for it (its default reads SentencePiece models)
+    flat = yaml.safe_load(
+        runner.invoke(app, ["convert", "--to", "maxtext", str(ROOT / "sweeps" / "maxtext-distillation.yml")]).stdout
+    )
+    assert flat["tokenizer_type"] == "huggingface" and flat["tokenizer_path"].endswith("tokenizer.json"), flat
 
 
 def test_convert_to_maxtext_names_each_setting_it_leaves_out_and_keeps_clipping_off(tmp_path):
@@ -187,7 +194,7 @@ checkpoint: {export: hf}
     result = runner.invoke(app, ["convert", "--to", "maxtext", str(write(tmp_path, spec))])
     assert result.exit_code == ExitCode.OK, result.output
     dropped = [line.split()[1].rstrip(":") for line in result.stderr.splitlines() if "[not_in_maxtext]" in line]
-    assert dropped == ["data.text_column", "eval", "checkpoint.export"], result.stderr
+    assert dropped == ["data.text_column", "eval", "checkpoint.export", "data.tokenizer"], result.stderr
     assert "remat_policy: none" in result.stdout  # MaxText's key for it
     back = runner.invoke(app, ["explain", str(write(tmp_path, result.stdout, "d.yml")), "--output", "json"])
     assert json.loads(back.stdout)["spec"]["optimizer"]["grad_clip_norm"] is None, back.output

@@ -136,6 +136,21 @@ def _warn_dropped(spec, flat: dict) -> None:
                 severity="warning",
             )
         )
+    tokenizer = spec.data.tokenizer
+    if spec.data.source != "synthetic" and tokenizer in (None, "byte"):
+        # MaxText loads a tokenizer_path of its own kinds; distillctl's byte one and its default have no key there
+        console.print_problem(
+            Problem(
+                ("data", "tokenizer"),
+                "not_in_maxtext",
+                "MaxText has no byte tokenizer: the file's tokenizer_path 'byte' is distillctl's alone"
+                if tokenizer == "byte"
+                else "data.tokenizer is unset (the teacher folder's tokenizer.json): MaxText needs a tokenizer_path, "
+                "and the file has none",
+                "set data.tokenizer to the tokenizer.json the models were trained with",
+                severity="warning",
+            )
+        )
     if spec.loss.feature_loss_on and spec.teacher_layer_indices() != back.teacher_layer_indices():
         # a preset that spreads the student's layers over a deeper teacher: the file pairs layer i with layer i
         console.print_problem(
