@@ -234,6 +234,32 @@ def _evaluation(flat: dict[str, Any], out: Translation) -> None:
     out.file_locs.setdefault(("eval",), ("eval_interval",))  # the eval block's own problems: at this key
 
 
+# MaxText base.yml's defaults where distillctl's differ: a key a MaxText file leaves out is read with distillctl's
+# (the file is read alone, not merged over base.yml), which MaxText given the same file would not train with.
+# {key: (distillctl's default, MaxText's)}
+MAXTEXT_DEFAULTS = {
+    "dtype": ("float32", "bfloat16"),
+    "per_device_batch_size": (1, 12),
+    "max_target_length": (128, 2048),
+    "steps": (1000, 150_001),
+    "learning_rate": (3e-4, 3e-5),
+    "checkpoint_period": ("the end only", 10_000),
+    "log_period": (10, 100),
+}
+
+
+def _unstated_defaults(flat: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, distillctl's default, MaxText's) for each MAXTEXT_DEFAULTS key the file does not set; `dtype` counts
+    as set when the top level or both override blocks set it."""
+    out = []
+    for key, (ours, theirs) in MAXTEXT_DEFAULTS.items():
+        blocks = [_none(flat.get(block)) or {} for block in OVERRIDE_BLOCKS] if key == "dtype" else []
+        stated = key in flat or (blocks and all(isinstance(b, dict) and key in b for b in blocks))
+        if not stated:
+            out.append((key, ours, theirs))
+    return out
+
+
 def from_maxtext(flat: dict[str, Any]) -> Translation:
     out = Translation({"mode": "distill"}, {}, [])
     shared_model: dict[str, tuple[Any, Loc]] = {}
@@ -260,6 +286,18 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
         elif (problem := _accepted_value(key, value, flat)) is not None:
             out.problems.append(problem)
     _evaluation(flat, out)
+    unstated = _unstated_defaults(flat)
+    if unstated:
+        out.problems.append(
+            Problem(
+                ("base_config",) if "base_config" in flat else (),
+                "maxtext_default_differs",
+                "not set in this file, so distillctl's default applies where MaxText's base.yml has another: "
+                + ", ".join(f"{key} {ours} (MaxText: {theirs})" for key, ours, theirs in unstated),
+                "set each in the file to say what the run does (convert --to maxtext writes distillctl's values)",
+                severity="warning",
+            )
+        )
     for block, side in OVERRIDE_BLOCKS.items():
         overrides = _none(flat.get(block)) or {}
         out.file_locs[(side,)] = (block,)
@@ -325,6 +363,16 @@ def remat_of(value: Any, problems: list[Problem]) -> Any:
 
 def _accepted_value(key: str, value: Any, flat: dict[str, Any]) -> Problem | None:
     """The problem with an accepted key's value the trainer does not match (None: it matches, or any does)."""
+    if key == "base_config" and str(value).rsplit("/", 1)[-1] != "base.yml":
+        # MaxText's distillation-sft.yml names distillation.yml: every key of that one is inherited there
+        return Problem(
+            (key,),
+            "maxtext_base_config_not_read",
+            f"base_config {value!r} is not read: distillctl reads this file alone, so the keys MaxText inherits from "
+            "that file are not set (their defaults are distillctl's)",
+            f"copy the keys this run needs from {value} into this file",
+            severity="warning",
+        )
     rule = ACCEPTED[key]
     if rule is None:
         return None

@@ -47,7 +47,13 @@ RUNNABLE = (
         'dataset_path: "gs://bucket/corpus/*.txt"\ndataset_type: "text"',
     )
     .replace('tokenizer_path: "meta-llama/Llama-3.1-8B"', 'tokenizer_path: "gs://bucket/teacher-hf/tokenizer.json"')
+    + 'dtype: "float32"\n'  # stated: MaxText's default is bfloat16 (maxtext_default_differs)
 )
+
+
+def own(problems):
+    """The problems a test is about: the warning of MaxText defaults a short file leaves out aside."""
+    return [p for p in problems if p.code != "maxtext_default_differs"]
 
 
 def test_maxtext_starter_config_is_rejected_where_the_trainer_cannot_run_it():
@@ -55,8 +61,20 @@ def test_maxtext_starter_config_is_rejected_where_the_trainer_cannot_run_it():
     run time (its MaxText `…/0/items` checkpoint it does read)."""
     report = read_spec_text(MAXTEXT_STARTER, file="distillation.yml")
     assert report.format == "maxtext" and not report.ok
-    assert [p.code for p in report.problems] == ["hub_dataset_not_read"]
-    assert all(p.is_error and p.hint for p in report.problems)
+    assert [p.code for p in report.problems if p.is_error] == ["hub_dataset_not_read"]
+    assert all(p.hint for p in report.problems)
+    # the one default it leaves to MaxText's base.yml that distillctl's differs from: said, not silently float32
+    (warning,) = [p for p in report.problems if not p.is_error]
+    assert warning.code == "maxtext_default_differs" and warning.message.endswith("dtype float32 (MaxText: bfloat16)")
+
+
+def test_maxtext_defaults_a_file_leaves_out_are_said_where_distillctls_differ():
+    report = read_spec_text("student_overrides: {model_name: tiny-2l}\nmode: pretrain\n", file="d.yml")
+    (warning,) = [p for p in report.problems if p.code == "maxtext_default_differs"]
+    for said in ("steps 1000 (MaxText: 150001)", "learning_rate 0.0003 (MaxText: 3e-05)", "log_period 10"):
+        assert said in warning.message, warning.message
+    both = "student_overrides: {model_name: tiny-2l, dtype: float32}\nteacher_overrides: {dtype: float32}\n"
+    assert "dtype" not in [p.message for p in read_spec_text(both, file="d.yml").problems if "MaxText:" in p.message][0]
 
 
 def test_runnable_maxtext_config_validates():
@@ -102,7 +120,7 @@ def test_maxtext_typos_are_errors_with_suggestions_and_foreign_keys_are_warnings
     assert by_key["distill_alpa"].code == "unknown_key" and "distill_alpha" in by_key["distill_alpa"].hint
     assert by_key["per_device_batch_sise"].code == "unknown_key"
     assert by_key["ici_sequence_parallelism"].severity == "warning"
-    assert by_key["distill_alpa"].line == 25
+    assert by_key["distill_alpa"].line == 26
 
 
 def test_maxtext_keys_the_trainer_matches_are_said_when_their_value_asks_for_something_else():
@@ -206,14 +224,14 @@ def test_maxtext_files_hear_their_own_keys_in_problems_and_fixes():
     # β offline: distill_beta, not loss.beta; and an offline file can set the cache's k (it was ignored, then
     # required: no MaxText file could pass).
     text = head + "model_name: tiny-2l\noffline_data_dir: /cache\ntop_k: 8\ndistill_beta: 0.5\n"
-    (problem,) = read_spec_text(text).problems
+    (problem,) = own(read_spec_text(text).problems)
     assert problem.code == "offline_feature_loss" and "set distill_beta to 0.0" in problem.hint
     report = read_spec_text(text.replace("distill_beta: 0.5\n", ""))
-    assert report.ok and not report.problems and report.spec.top_k == 8
+    assert report.ok and not own(report.problems) and report.spec.top_k == 8
     # Layer indices: distill_layer_indices.
     text = head + "student_overrides:\n  model_name: tiny-2l\nteacher_overrides:\n  model_name: tiny-4l\n"
     text += "  load_parameters_path: /x\ndistill_beta: 0.5\n"
-    (problem,) = read_spec_text(text).problems
+    (problem,) = own(read_spec_text(text).problems)
     assert (
         problem.code == "layer_indices_missing" and "distill_layer_indices: full_depth:2" in problem.hint
     )  # the student has 2
@@ -227,7 +245,7 @@ def test_the_guides_names_for_a_models_shape_set_it():
     text += "  num_decoder_layers: 2\n  num_query_heads: 2\nteacher_overrides:\n  model_name: tiny-4l\n"
     text += "  load_parameters_path: /x\n"
     report = read_spec_text(text)
-    assert report.ok and not report.problems, report.problems
+    assert report.ok and not own(report.problems), report.problems
     assert report.spec.student.shape().num_layers == 2 and report.spec.student.shape().num_query_heads == 2
     assert (
         "num_decoder_layers" not in maxtext_format.to_maxtext(report.spec.model_dump(mode="json"))["student_overrides"]
@@ -237,7 +255,7 @@ def test_the_guides_names_for_a_models_shape_set_it():
 def test_a_top_level_model_key_wrong_for_both_models_is_said_once():
     text = "base_config: base.yml\nrun_name: mx\nsteps: 10\nmodel_name: tiny-2l\nscan_layers: 'True'\n"
     text += "teacher_overrides:\n  model_name: tiny-4l\n  load_parameters_path: /x\n"
-    problems = read_spec_text(text).problems
+    problems = own(read_spec_text(text).problems)
     assert [(p.code, p.line) for p in problems] == [("wrong_type", 5)], problems
 
 
