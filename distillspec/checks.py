@@ -340,15 +340,13 @@ def _mode_and_teacher(spec: DistillSpec) -> list[Problem]:
                 "set loss.beta to 0.0, or remove offline_data_dir to distill online",
             )
         )
-    if (offline or spec.mode == "teacher_logits") and spec.top_k is None:
+    if spec.mode == "teacher_logits" and spec.top_k is None:  # an offline run reads its cache's k when unset
         out.append(
             Problem(
-                ("offline_data_dir",) if offline else ("mode",),  # the key that asks for it (top_k is not written)
+                ("mode",),  # the key that asks for it (top_k is not written)
                 "top_k_missing",
-                "teacher_logits runs write, and offline runs read, the teacher's top-k log-probabilities; top_k is "
-                "not set",
-                "set top_k (e.g. 64; the vocabulary size keeps every logit) — an offline run's top_k must equal its "
-                "cache's",
+                "a teacher_logits run writes the teacher's top-k log-probabilities; top_k is not set",
+                "set top_k (e.g. 64; the vocabulary size keeps every logit)",
             )
         )
     elif spec.top_k is not None and not (offline or spec.mode == "teacher_logits"):

@@ -68,11 +68,13 @@ def expected(spec: DistillSpec, tokenizer: dict[str, Any] | None = None) -> dict
     `tokenizer` (`{"name", "sha256"}`) when the caller read it, else the tokenizer is not compared."""
     entries = {
         "teacher": teacher_identity(spec),
-        "top_k": spec.top_k,
+        "top_k": spec.top_k,  # an offline run without one reads the cache's (MaxText's files have no top_k key)
         "vocab_size": spec.teacher.shape().vocab_size if spec.teacher is not None else None,
         "data": data_identity(spec),
         "max_target_length": spec.batch.max_target_length,
     }
+    if spec.top_k is None:
+        del entries["top_k"]
     return entries if tokenizer is None else {**entries, "tokenizer": tokenizer}
 
 

@@ -336,6 +336,19 @@ def test_a_damaged_cache_file_is_a_user_error_naming_it(runs, tmp_path, damage, 
 
 
 @pytest.mark.slow
+def test_an_offline_run_without_top_k_reads_its_caches(runs):
+    # MaxText's distillation config has no top_k key (its trainer reads k from the cache): a MaxText offline file
+    # was refused (top_k_missing), and no offline file was valid in both tools.
+    spec = _offline_spec(runs, name="cache-k", top_k=None)
+    assert spec.top_k is None and run(spec) == TrainerExit.OK
+    assert [r["step"] for r in read_metrics(runs["out"] / "cache-k")] == [1, 2]
+    first = read_metrics(runs["out"] / "offline")[0]
+    assert metric(read_metrics(runs["out"] / "cache-k")[0], "distill/kl_div_at_T") == metric(
+        first, "distill/kl_div_at_T"
+    )
+
+
+@pytest.mark.slow
 def test_a_finished_offline_run_started_again_stays_succeeded(runs):
     # The cache holds exactly `steps` micro-batches; started again, the finished run read one past the last to
     # compile, failed (exit 1, "write the cache again") and its summary read failed.

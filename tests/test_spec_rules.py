@@ -200,9 +200,11 @@ def test_online_distillation_needs_teacher_path():
     assert problem.dotted_loc == "teacher.load_parameters_path"
 
 
-def test_offline_mode_needs_no_teacher_path_but_rejects_beta_and_needs_top_k():
+def test_offline_mode_needs_no_teacher_path_but_rejects_beta_and_reads_top_k_from_its_cache():
     offline = {"teacher.load_parameters_path": DELETE, "offline_data_dir": "gs://bkt/topk"}
-    assert sorted(codes(spec_data(**offline))) == ["offline_feature_loss", "top_k_missing"]
+    # top_k unset: the cache's (a MaxText file has no key for it; it was top_k_missing)
+    assert sorted(codes(spec_data(**offline))) == ["offline_feature_loss"]
+    assert codes(spec_data(**offline, **{"loss.beta": 0.0})) == []
     assert codes(spec_data(**offline, **{"loss.beta": 0.0, "top_k": 8})) == []
     assert codes(spec_data(**offline, **{"loss.beta": 0.0, "top_k": 100_000})) == ["top_k_over_vocab"]
     # A top_k of the wrong type or range is that error alone: "top_k is not set" was said of it too.

@@ -435,7 +435,13 @@ def open_batches(spec: DistillSpec, rows: int, shard, position: int = 0) -> Cach
     path, manifest = read_manifest(spec.offline_data_dir)
     check(spec, path, manifest, rows=rows, processes=shard.count)
     _warn_teacher_moved_on(spec, path, manifest, shard)
-    shape = (rows // shard.count, spec.batch.max_target_length, spec.top_k)
+    k = spec.top_k or manifest.get("top_k")  # unset in the spec (a MaxText file has no key): the cache's
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise UserError(
+            f"the logit cache {path} says its top_k is {k!r}, not a number: its manifest is damaged",
+            "write the cache again (a `mode: teacher_logits` run)",
+        )
+    shape = (rows // shard.count, spec.batch.max_target_length, k)
     batches = CacheBatches(
         spec.offline_data_dir,
         shard,
