@@ -452,6 +452,11 @@ STATED_IN_NATIVE = {
 DATA_PATH_KEY_BY_SOURCE = {"hf": "hf_path", "grain": "grain_train_files"}
 
 
+# distillctl's keys a MaxText-layout file may hold, never written into one: MaxText's config refuses unknown keys
+# (`top_k` is save_top_k_teacher_logits.py's flag; its trainer reads k from the cache).
+READ_NOT_WRITTEN = ("top_k",)
+
+
 class NotRepresentable(ValueError):
     """A spec feature MaxText's distillation config has no key for."""
 
@@ -494,6 +499,8 @@ def to_maxtext(native: dict[str, Any]) -> dict[str, Any]:
         # and CLI/kwargs") unless told: a pruned student's base_num_decoder_layers is one
         flat["override_model_config"] = True
     for key, loc in TOP_LEVEL.items():
+        if key in READ_NOT_WRITTEN:
+            continue
         value: Any = native
         for part in loc:
             value = value.get(part) if isinstance(value, dict) else None
