@@ -59,6 +59,11 @@ _MAXTEXT_KEY |= {loc[:-1]: (key,) for key, loc in TOP_LEVEL.items() if loc[-1] =
 
 CLIPPING = "gradient_clipping_threshold"
 DATA_PATH_KEYS = ("dataset_path", "hf_path", "grain_train_files")
+# MaxText's spellings of files the trainer reads: `dataset_type: hf` with `hf_path: json|parquet` (Hugging Face
+# datasets' builders) reads the `hf_train_files`; `dataset_type: grain` with `grain_file_type: parquet` reads the
+# `grain_train_files`. (Its grain ArrayRecord files hold tf.Example protos, not the JSON records the trainer reads.)
+HF_FILE_BUILDERS = {"json": "jsonl", "parquet": "parquet"}
+DATA_FILE_KEYS = ("hf_train_files", "grain_file_type", "train_data_columns")
 
 # MaxText model key -> native ModelSpec field; valid at the top level (both models) and in *_overrides.
 MODEL_KEYS: dict[str, str] = {
@@ -143,6 +148,7 @@ KNOWN_KEYS = (
     | {REMAT_KEY}
     | set(EVAL_KEYS)
     | set(DATA_PATH_KEYS)
+    | set(DATA_FILE_KEYS)
     | set(MODEL_KEYS)
     | set(MODEL_KEY_ALIASES)
     | set(OVERRIDE_BLOCKS)
@@ -208,6 +214,48 @@ def eval_off(key: str, value: Any) -> bool:
     return key in EVAL_KEYS and (
         value is None or (isinstance(value, int) and not isinstance(value, bool) and value <= 0)
     )
+
+
+def _data_files(flat: dict[str, Any], out: Translation) -> None:
+    """MaxText's spellings of files: `hf` + `hf_path: json|parquet` + `hf_train_files`, `grain` +
+    `grain_file_type: parquet` + `grain_train_files`, as the sources that read them (they were a hub dataset named
+    `json`, and grain "not read yet")."""
+    kind, builder = _none(flat.get("dataset_type")), _none(flat.get("hf_path"))
+    files = _none(flat.get("hf_train_files"))
+    columns = _none(flat.get("train_data_columns"))
+    if isinstance(columns, str):
+        columns = [columns]
+    if isinstance(columns, list) and len(columns) == 1 and isinstance(columns[0], str):
+        _set(out.data, ("data", "text_column"), columns[0])  # the column of text each record is read by
+        out.file_locs[("data", "text_column")] = ("train_data_columns",)
+    elif columns is not None:
+        out.problems.append(
+            Problem(
+                ("train_data_columns",),
+                "maxtext_value_unsupported",
+                f"train_data_columns {columns!r}: the trainer reads one text column (or a prompt and a completion "
+                "column, in distillctl's layout)",
+                "name one column, e.g. [text]",
+            )
+        )
+    if kind == "hf" and builder in HF_FILE_BUILDERS and files not in (None, ""):
+        _set(out.data, ("data", "source"), HF_FILE_BUILDERS[builder])
+        _set(out.data, ("data", "path"), files)
+        out.file_locs[("data", "path")] = ("hf_train_files",)
+    elif kind == "grain" and _none(flat.get("grain_file_type")) == "parquet":
+        _set(out.data, ("data", "source"), "parquet")
+    elif files is not None or "grain_file_type" in flat:
+        key = "hf_train_files" if files is not None else "grain_file_type"
+        out.problems.append(
+            Problem(
+                (key,),
+                "maxtext_key_ignored",
+                f"MaxText key {key!r} is read with dataset_type hf and hf_path json or parquet (hf_train_files), or "
+                "dataset_type grain (grain_file_type: parquet); here it is ignored",
+                "set dataset_type and hf_path (or grain_file_type) to name the files' format",
+                severity="warning",
+            )
+        )
 
 
 def _evaluation(flat: dict[str, Any], out: Translation) -> None:
@@ -277,6 +325,8 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
             remat = remat_of(value, out.problems)
         elif key in EVAL_KEYS:
             continue  # below: eval_steps means something only beside an eval_interval that evaluates
+        elif key in DATA_FILE_KEYS:
+            continue  # below, with dataset_type
         elif (field := _model_field(key)) is not None:
             shared_model[field] = (value, (key,))
         elif key in OVERRIDE_BLOCKS:
@@ -286,6 +336,7 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
         elif (problem := _accepted_value(key, value, flat)) is not None:
             out.problems.append(problem)
     _evaluation(flat, out)
+    _data_files(flat, out)
     unstated = _unstated_defaults(flat)
     if unstated:
         out.problems.append(
@@ -517,7 +568,12 @@ def to_maxtext(native: dict[str, Any]) -> dict[str, Any]:
             if evaluation.get(field) is not None:
                 flat[key] = evaluation[field]
     data = native.get("data") or {}
-    if data.get("path") is not None:
+    builder = {source: name for name, source in HF_FILE_BUILDERS.items()}.get(data.get("source"))
+    if builder is not None and data.get("path") is not None:  # MaxText's own spelling of JSONL and Parquet files
+        flat.update({"dataset_type": "hf", "hf_path": builder, "hf_train_files": data["path"]})
+    if data.get("text_column") not in (None, "text") and not data.get("prompt_column"):
+        flat["train_data_columns"] = [data["text_column"]]  # MaxText's default is [text]
+    elif data.get("path") is not None:
         flat[DATA_PATH_KEY_BY_SOURCE.get(data.get("source"), "dataset_path")] = data["path"]
     if flat.get("tokenizer_path") not in (None, "byte"):
         flat["tokenizer_type"] = "huggingface"  # a tokenizer.json; MaxText's default reads SentencePiece models

@@ -170,9 +170,9 @@ def test_convert_to_maxtext_and_back(tmp_path):
         app, ["convert", "--to", "maxtext", str(ROOT / "sweeps" / "llama3.1-8b-pruning-recovery.yaml")]
     )
     assert pruning.exit_code == ExitCode.OK and "distill_layer_indices:" in pruning.stdout
-    # but its default tokenizer (the teacher folder's tokenizer.json) has no key: MaxText needs a tokenizer_path
+    # but its text files and its default tokenizer (the teacher folder's tokenizer.json) have no MaxText key
     dropped = [line.split()[1] for line in pruning.stderr.splitlines() if "[not_in_maxtext]" in line]
-    assert dropped == ["data.tokenizer:"], pruning.stderr
+    assert dropped == ["data.source:", "data.tokenizer:"], pruning.stderr
     # a tokenizer.json is written with MaxText's tokenizer_type for it (its default reads SentencePiece models)
     flat = yaml.safe_load(
         runner.invoke(app, ["convert", "--to", "maxtext", str(ROOT / "sweeps" / "maxtext-distillation.yml")]).stdout
@@ -194,7 +194,11 @@ checkpoint: {export: hf}
     result = runner.invoke(app, ["convert", "--to", "maxtext", str(write(tmp_path, spec))])
     assert result.exit_code == ExitCode.OK, result.output
     dropped = [line.split()[1].rstrip(":") for line in result.stderr.splitlines() if "[not_in_maxtext]" in line]
-    assert dropped == ["data.text_column", "eval", "checkpoint.export", "data.tokenizer"], result.stderr
+    assert dropped == ["eval", "checkpoint.export", "data.tokenizer"], result.stderr
+    # JSONL files in MaxText's words: the hf pipeline's json builder over the files, the column it reads
+    flat = yaml.safe_load(result.stdout)
+    assert (flat["dataset_type"], flat["hf_path"], flat["hf_train_files"]) == ("hf", "json", "/d.jsonl"), flat
+    assert flat["train_data_columns"] == ["body"] and "dataset_path" not in flat
     assert "remat_policy: none" in result.stdout  # MaxText's key for it
     back = runner.invoke(app, ["explain", str(write(tmp_path, result.stdout, "d.yml")), "--output", "json"])
     assert json.loads(back.stdout)["spec"]["optimizer"]["grad_clip_norm"] is None, back.output

@@ -347,3 +347,25 @@ def test_a_tensorboard_dir_of_a_teacher_logits_run_is_said_unused():
     text = (SWEEPS / "tiny-teacher-logits.yaml").read_text() + "logging: {tensorboard_dir: tb}\n"
     (unused,) = [p for p in read_spec_text(text).problems if p.code == "tensorboard_dir_unused"]
     assert "a teacher_logits run writes no events" in unused.message and unused.severity == "warning"
+
+
+def test_maxtexts_own_spellings_of_jsonl_and_parquet_files_are_read_as_those_sources():
+    # `hf_path: json` with hf_train_files was "a Hugging Face hub dataset (json)", grain Parquet "not read yet".
+    head = RUNNABLE.replace('dataset_path: "gs://bucket/corpus/*.txt"\ndataset_type: "text"\n', "")
+    text = (
+        head + 'dataset_type: hf\nhf_path: json\nhf_train_files: "gs://bucket/c/*.jsonl"\ntrain_data_columns: [body]\n'
+    )
+    report = read_spec_text(text, file="d.yml")
+    assert report.ok and not own(report.problems), report.problems
+    data = report.spec.data
+    assert (data.source, data.path, data.text_column) == ("jsonl", "gs://bucket/c/*.jsonl", "body")
+    text = head + 'dataset_type: grain\ngrain_file_type: parquet\ngrain_train_files: "gs://bucket/c/*.parquet"\n'
+    report = read_spec_text(text, file="d.yml")
+    assert report.ok and (report.spec.data.source, report.spec.data.path) == ("parquet", "gs://bucket/c/*.parquet")
+    # and written so: convert gives MaxText the hf pipeline's json builder over the files
+    flat = maxtext_format.to_maxtext(report.spec.model_dump(mode="json"))
+    assert (flat["dataset_type"], flat["hf_path"], flat["hf_train_files"]) == (
+        "hf",
+        "parquet",
+        "gs://bucket/c/*.parquet",
+    )

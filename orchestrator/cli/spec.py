@@ -136,6 +136,17 @@ def _warn_dropped(spec, flat: dict) -> None:
                 severity="warning",
             )
         )
+    if spec.data.source in ("text", "tokens", "hf_disk"):  # MaxText's are synthetic, hf (json, parquet), grain, tfds
+        console.print_problem(
+            Problem(
+                ("data", "source"),
+                "not_in_maxtext",
+                f"MaxText has no dataset_type for {spec.data.source} data: the file's dataset_type "
+                f"{spec.data.source!r} is distillctl's alone",
+                "use jsonl or parquet files to give the file to MaxText (dataset_type hf, hf_path json or parquet)",
+                severity="warning",
+            )
+        )
     tokenizer = spec.data.tokenizer
     if spec.data.source != "synthetic" and tokenizer in (None, "byte"):
         # MaxText loads a tokenizer_path of its own kinds; distillctl's byte one and its default have no key there
