@@ -50,8 +50,9 @@ def native_paths() -> dict[str, Loc]:
 def maxtext_paths() -> dict[str, Loc]:
     """MaxText flat names accepted as paths -> native loc."""
     out: dict[str, Loc] = dict(maxtext_format.TOP_LEVEL)
-    for key in maxtext_format.DATA_PATH_KEYS:
+    for key in (*maxtext_format.DATA_PATH_KEYS, "hf_train_files"):
         out[key] = ("data", "path")
+    out["train_data_columns"] = ("data", "text_column")  # a one-column list: assign's value
     out |= maxtext_format.EVAL_KEYS
     out[maxtext_format.REMAT_KEY] = ("student", "remat")  # the student's alone, as in a MaxText file
     for block, side in maxtext_format.OVERRIDE_BLOCKS.items():
@@ -102,6 +103,8 @@ def assign(data: dict[str, Any], text: str, value: Any) -> Loc:
     if text == "eval_interval" and maxtext_format.eval_off(text, value):
         set_value(data, ("eval",), None)  # -1 or 0: no evaluation, as in a MaxText file
         return native
+    if text == "train_data_columns" and isinstance(value, list) and len(value) == 1:
+        value = value[0]  # MaxText's list of the one column read
     if text not in native_paths():
         value = maxtext_format.native_value(text.rsplit(".", 1)[-1], value)
         if text == maxtext_format.REMAT_KEY and isinstance(value, str):

@@ -270,6 +270,9 @@ def test_the_maxtext_files_remat_and_eval_keys_are_sweep_paths_and_a_both_models
     assert [p.loc for p in held.problems if p.code == "maxtext_value_ignored"] == [("overrides", "remat_policy")]
     assert spec_paths.resolve("eval_interval") == ("eval", "every_steps")  # this spec's text data has no eval set
     assert spec_paths.resolve("eval_steps") == ("eval", "batches")
+    # MaxText's names for the files and the column the hf pipeline reads
+    assert spec_paths.resolve("hf_train_files") == ("data", "path")
+    assert spec_paths.assign({}, "train_data_columns", ["body"]) == ("data", "text_column")
     # eval_interval -1 (or 0) is MaxText's "never": that point has no evaluation (it was refused as every_steps -1)
     result = expanded(
         tmp_path,
