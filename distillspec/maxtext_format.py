@@ -292,15 +292,24 @@ MAXTEXT_DEFAULTS = {
     "steps": (1000, 150_001),
     "learning_rate": (3e-4, 3e-5),
     "checkpoint_period": ("the end only", 10_000),
+    "max_num_checkpoints_to_keep": (3, "every one"),
     "log_period": (10, 100),
+    "dataset_type": ("synthetic", "tfds"),
 }
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _unstated_defaults(flat: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(key, distillctl's default, MaxText's) for each MAXTEXT_DEFAULTS key the file does not set; `dtype` counts
     as set when the top level or both override blocks set it."""
     out = []
+    saves = flat.get("enable_checkpointing", True) not in (False, "false", "False")
     for key, (ours, theirs) in MAXTEXT_DEFAULTS.items():
+        if not saves and key in ("checkpoint_period", "max_num_checkpoints_to_keep"):
+            continue  # no checkpoint either way
         blocks = [_none(flat.get(block)) or {} for block in OVERRIDE_BLOCKS] if key == "dtype" else []
         stated = key in flat or (blocks and all(isinstance(b, dict) and key in b for b in blocks))
         if not stated:
@@ -337,6 +346,9 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
             out.problems.append(problem)
     _evaluation(flat, out)
     _data_files(flat, out)
+    period, steps = _none(flat.get("checkpoint_period")), _none(flat.get("steps", 1000))
+    if _whole(period) and _whole(steps) and period >= steps:  # MaxText's spelling of "at the end only"
+        out.data.setdefault("checkpoint", {})["every_steps"] = None
     unstated = _unstated_defaults(flat)
     if unstated:
         out.problems.append(
@@ -414,7 +426,7 @@ def remat_of(value: Any, problems: list[Problem]) -> Any:
 
 def _accepted_value(key: str, value: Any, flat: dict[str, Any]) -> Problem | None:
     """The problem with an accepted key's value the trainer does not match (None: it matches, or any does)."""
-    if key == "base_config" and str(value).rsplit("/", 1)[-1] != "base.yml":
+    if key == "base_config" and str(value).strip().rsplit("/", 1)[-1].lower() not in ("base.yml", "base.yaml"):
         # MaxText's distillation-sft.yml names distillation.yml: every key of that one is inherited there
         return Problem(
             (key,),
@@ -557,6 +569,9 @@ def to_maxtext(native: dict[str, Any]) -> dict[str, Any]:
             value = value.get(part) if isinstance(value, dict) else None
         if value is not None:
             flat[key] = value
+    checkpoint = native.get("checkpoint") or {}
+    if checkpoint.get("enabled", True) and checkpoint.get("every_steps") is None and native.get("steps"):
+        flat["checkpoint_period"] = native["steps"]  # the end only: MaxText's period is a number (10000 unset)
     if (native.get("optimizer") or {}).get("grad_clip_norm", 1.0) is None:
         flat[CLIPPING] = 0.0  # clipping off, as MaxText says it
     remat = (native.get("student") or {}).get("remat")

@@ -357,3 +357,16 @@ loss: {alpha: 0.5, beta: 1.0, layer_indices: "straddle:[20, 21]"}
     assert flat["override_model_config"] is True and flat["student_overrides"]["base_num_decoder_layers"] == 30
     plain = runner.invoke(app, ["convert", "--to", "maxtext", str(ROOT / "sweeps" / "tiny.yaml")])
     assert "override_model_config" not in plain.stdout  # registry shapes: nothing is set twice
+
+
+def test_a_spec_converted_to_maxtext_states_every_default_maxtext_would_read_otherwise(tmp_path):
+    # It failed `validate --strict` (maxtext_default_differs: checkpoint_period "the end only", which MaxText
+    # spells as a period of `steps`; its own default is every 10000 steps).
+    spec = "student: {model: tiny-2l}\nteacher: {model: tiny-4l, load_parameters_path: /x}\n"
+    result = runner.invoke(app, ["convert", "--to", "maxtext", str(write(tmp_path, spec))])
+    flat = yaml.safe_load(result.stdout)
+    assert flat["checkpoint_period"] == flat["steps"] == 1000, flat
+    strict = runner.invoke(app, ["validate", "--strict", str(write(tmp_path, result.stdout, "d.yml"))])
+    assert strict.exit_code == ExitCode.OK, strict.output
+    back = runner.invoke(app, ["explain", str(tmp_path / "d.yml"), "--output", "json"])
+    assert json.loads(back.stdout)["spec"]["checkpoint"]["every_steps"] is None  # the end only, as it was

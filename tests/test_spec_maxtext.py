@@ -47,7 +47,7 @@ RUNNABLE = (
         'dataset_path: "gs://bucket/corpus/*.txt"\ndataset_type: "text"',
     )
     .replace('tokenizer_path: "meta-llama/Llama-3.1-8B"', 'tokenizer_path: "gs://bucket/teacher-hf/tokenizer.json"')
-    + 'dtype: "float32"\n'  # stated: MaxText's default is bfloat16 (maxtext_default_differs)
+    + 'dtype: "float32"\nmax_num_checkpoints_to_keep: 3\n'  # stated: MaxText's are bfloat16 and every one
 )
 
 
@@ -65,7 +65,9 @@ def test_maxtext_starter_config_is_rejected_where_the_trainer_cannot_run_it():
     assert all(p.hint for p in report.problems)
     # the one default it leaves to MaxText's base.yml that distillctl's differs from: said, not silently float32
     (warning,) = [p for p in report.problems if not p.is_error]
-    assert warning.code == "maxtext_default_differs" and warning.message.endswith("dtype float32 (MaxText: bfloat16)")
+    assert warning.code == "maxtext_default_differs" and warning.message.endswith(
+        "dtype float32 (MaxText: bfloat16), max_num_checkpoints_to_keep 3 (MaxText: every one)"
+    )
 
 
 def test_maxtext_defaults_a_file_leaves_out_are_said_where_distillctls_differ():
@@ -120,7 +122,7 @@ def test_maxtext_typos_are_errors_with_suggestions_and_foreign_keys_are_warnings
     assert by_key["distill_alpa"].code == "unknown_key" and "distill_alpha" in by_key["distill_alpa"].hint
     assert by_key["per_device_batch_sise"].code == "unknown_key"
     assert by_key["ici_sequence_parallelism"].severity == "warning"
-    assert by_key["distill_alpa"].line == 26
+    assert by_key["distill_alpa"].line == len(RUNNABLE.splitlines()) + 1
 
 
 def test_maxtext_keys_the_trainer_matches_are_said_when_their_value_asks_for_something_else():
