@@ -85,7 +85,11 @@ MODEL_KEYS: dict[str, str] = {
     "logits_via_embedding": "tie_embeddings",
     "normalization_layer_epsilon": "norm_eps",
     "sliding_window_size": "sliding_window",
+    "local_rope_max_timescale": "rope_local_theta",  # -1 (MaxText's "as rope_max_timescale"): unset
+    "attn_logits_soft_cap": "attn_softcap",  # 0 (MaxText's "no cap"): `none`
+    "final_logits_soft_cap": "final_softcap",
 }
+SOFT_CAPS = ("attn_logits_soft_cap", "final_logits_soft_cap")
 # The keys a MaxText model file (configs/models/<model_name>.yml) sets: set again in an override block, they need
 # `override_model_config: true`.
 MODEL_CONFIG_KEYS = frozenset(MODEL_KEYS) - {
@@ -193,8 +197,13 @@ def native_value(key: str, value: Any) -> Any:
     """A value written under MaxText's flat `key` (a file's, or a sweep axis's) as the native field holds it:
     MaxText's `None` is null, and a clipping threshold of 0 or less is clipping off."""
     value = _none(value)
-    if key == CLIPPING and isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key == CLIPPING and number and value <= 0:
         return None  # MaxText clips only above 0: 0 is clipping off
+    if key in SOFT_CAPS and number and value <= 0:
+        return "none"  # MaxText caps only above 0 (its model files write 0.0 for none)
+    if key == "local_rope_max_timescale" and number and value <= 0:
+        return None  # -1: the sliding-window layers use rope_max_timescale too
     return value
 
 
@@ -379,7 +388,7 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
             model[field] = value
             out.file_locs[(side, field)] = loc
         for key, value in overrides.items():
-            value = _none(value)
+            value = native_value(key, value)
             if (field := _model_field(key)) is not None:
                 model[field] = value
                 out.file_locs[(side, field)] = (block, key)
@@ -504,9 +513,6 @@ def _unknown(loc: Loc, key: str, known: set[str]) -> Problem:
 
 # MaxText keys for constants a native model block states (MaxText writes 0 for "none", which the block spells `none`).
 STATED_IN_NATIVE = {
-    "attn_logits_soft_cap": "attn_softcap",
-    "final_logits_soft_cap": "final_softcap",
-    "local_rope_max_timescale": "rope_local_theta",
     "rope_type": "rope_scaling",
     "query_pre_attn_scalar": "query_pre_attn_scalar",
 }
@@ -556,7 +562,11 @@ def to_maxtext(native: dict[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {"base_config": "base.yml"}
     for side, block_name in (("student", "student_overrides"), ("teacher", "teacher_overrides")):
         block = native.get(side) or {}
-        flat[block_name] = {key: block[field] for key, field in MODEL_KEYS.items() if block.get(field) is not None}
+        flat[block_name] = {
+            key: 0.0 if key in SOFT_CAPS and block[field] == "none" else block[field]
+            for key, field in MODEL_KEYS.items()
+            if block.get(field) is not None
+        }
     if any(key in MODEL_CONFIG_KEYS for block in OVERRIDE_BLOCKS for key in flat[block]):
         # MaxText refuses a key its model file sets that an override sets again ("overridden by both model config
         # and CLI/kwargs") unless told: a pruned student's base_num_decoder_layers is one

@@ -326,10 +326,30 @@ def test_a_checkpoints_constants_round_trip_through_maxtexts_own_keys():
 
 
 def test_maxtext_keys_for_constants_the_trainer_computes_say_where_to_state_them():
-    # They were "not used by distillctl's trainer", which computes soft-caps, the local RoPE base and RoPE scaling.
-    text = RUNNABLE.replace("teacher_overrides:\n", "teacher_overrides:\n  final_logits_soft_cap: 30.0\n")
+    # They were "not used by distillctl's trainer", which computes RoPE scaling.
+    text = RUNNABLE.replace("teacher_overrides:\n", "teacher_overrides:\n  rope_type: llama3\n")
     (problem,) = [p for p in read_spec_text(text).problems if p.code == "maxtext_key_ignored"]
-    assert "not read from this layout" in problem.message and "`final_softcap`" in problem.hint
+    assert "not read from this layout" in problem.message and "`rope_scaling`" in problem.hint
+
+
+def test_gemmas_soft_caps_and_local_rope_base_round_trip_through_maxtexts_keys():
+    # They were written nowhere and read as "not read from this layout": a Gemma 2 checkpoint's caps came back as
+    # the registry's (none -> 50.0, 20.0 -> 30.0), silently but for a not_in_maxtext warning.
+    native = {
+        "mode": "distill",
+        "student": {"model": "gemma2-2b", "attn_softcap": "none", "final_softcap": 20.0, "rope_local_theta": 2e4},
+        "teacher": {"model": "gemma2-2b", "load_parameters_path": "/t"},
+    }
+    flat = maxtext_format.to_maxtext(native)
+    assert {k: flat["student_overrides"][k] for k in ("attn_logits_soft_cap", "final_logits_soft_cap")} == {
+        "attn_logits_soft_cap": 0.0,  # MaxText's "no cap"
+        "final_logits_soft_cap": 20.0,
+    }
+    assert flat["student_overrides"]["local_rope_max_timescale"] == 2e4 and flat["override_model_config"] is True
+    student = maxtext_format.from_maxtext(flat).data["student"]
+    assert (student["attn_softcap"], student["final_softcap"], student["rope_local_theta"]) == ("none", 20.0, 2e4)
+    unset = {"student_overrides": {"model_name": "gemma2-2b", "local_rope_max_timescale": -1}}
+    assert maxtext_format.from_maxtext(unset).data["student"].get("rope_local_theta") is None  # -1: the registry's
 
 
 def test_the_guides_tensorboard_dir_is_read_and_warned_about_when_unused():
