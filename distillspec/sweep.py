@@ -1119,7 +1119,8 @@ def _target(sweep: Sweep) -> list[Problem]:
     out = (
         [checks.tilde_path(("target", "output_base"), "output_base", t.output_base)] if t.output_base[:1] == "~" else []
     )
-    if (malformed := checks.malformed_path(t.output_base)) is not None:
+    local_url = not t.on_cluster and t.output_base[:5].lower() == "file:"
+    if not local_url and (malformed := checks.malformed_path(t.output_base)) is not None:
         out.append(
             Problem(
                 ("target", "output_base"),
@@ -1128,10 +1129,14 @@ def _target(sweep: Sweep) -> list[Problem]:
                 malformed[1],
             )
         )
-    if not t.on_cluster and t.output_base.startswith("file://"):
-        # `sweep` refused it; status and cancel read it another way (`file://localhost/abs` as a folder
-        # `localhost`): said once, for every command. Other URLs are read by results (runs copied to a bucket).
-        path = t.output_base.removeprefix("file://").removeprefix("localhost")
+    if local_url:
+        # `sweep` refused file://; status and cancel read it another way (`file://localhost/abs` as a folder
+        # `localhost`), and `file:/abs` split each run between /abs and ./file:/abs: said once, for every command.
+        # Other URLs are read by results (runs copied to a bucket).
+        path = t.output_base[5:]
+        if path.startswith("//"):
+            host, _, rest = path[2:].partition("/")
+            path = "/" + rest if host.lower() in ("", "localhost") else ""
         out.append(
             Problem(
                 ("target", "output_base"),

@@ -217,7 +217,16 @@ def test_a_local_output_base_on_a_cluster_is_a_warning(tmp_path):
 
 @pytest.mark.parametrize(
     ("output_base", "fix"),
-    [("file:///abs/runs", "(/abs/runs)"), ("file://localhost/abs/runs", "(/abs/runs)"), ("file://runs", "local path")],
+    [
+        ("file:///abs/runs", "(/abs/runs)"),
+        ("file://localhost/abs/runs", "(/abs/runs)"),
+        ("file://runs", "local path"),
+        # RFC 8089's short form passed, and split each run between /abs and ./file:/abs; capitals were
+        # path_malformed, whose fix (file://) was this error's
+        ("file:/abs/runs", "(/abs/runs)"),
+        ("FILE:///abs/runs", "(/abs/runs)"),
+        ("File://LocalHost/abs/runs", "(/abs/runs)"),
+    ],
 )
 def test_a_file_url_as_a_local_targets_output_base_is_an_error_for_every_command(tmp_path, output_base, fix):
     # `sweep` refused it while status read file://localhost/abs as a folder `localhost` (every run NotCreated, and
