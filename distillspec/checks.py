@@ -109,6 +109,8 @@ def malformed_path(path: str) -> tuple[str, str] | None:
         return "begins or ends with whitespace", f"write it without: {path.strip()!r}"
     if any(ord(c) < 0x20 or c in "\x7f\u200b\ufeff" for c in path):
         return "holds a control or zero-width character", "write the path again by hand, or copy it from a listing"
+    if path[:5].lower() == "file:" and path[5:7] != "//":  # RFC 8089's short form: fsspec's /abs, a folder for pathlib
+        return "is a file: URL in its short form, read as two places", f"write it as a path ({path[5:]})"
     if "://" in path:
         scheme = path.split("://", 1)[0]
         if not URL_SCHEME.fullmatch(scheme):

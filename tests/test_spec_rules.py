@@ -573,6 +573,7 @@ def test_a_student_pruned_from_the_teacher_and_loaded_from_a_path_is_one_too_man
         ("g s://my-bucket/x", "path_malformed"),
         ("gs://my-bucket/x\n", "path_malformed"),
         ("runs/x\u200b", "path_malformed"),
+        ("file:/tmp/runs", "path_malformed"),  # the trainer's metrics went to /tmp/runs, its checkpoints to ./file:
     ],
 )
 def test_a_path_broken_before_anything_reads_it_is_an_error(path, code):
