@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 
 from distillspec import buckets, layer_presets
 from distillspec.config import (
@@ -107,7 +108,7 @@ def malformed_path(path: str) -> tuple[str, str] | None:
     zero-width character, a URL scheme in capitals or that is no scheme (`g s://`)."""
     if path != path.strip():
         return "begins or ends with whitespace", f"write it without: {path.strip()!r}"
-    if any(ord(c) < 0x20 or c in "\x7f\u200b\ufeff" for c in path):
+    if any(unicodedata.category(c) in ("Cc", "Cf") for c in path):  # controls, and the invisible format characters
         return "holds a control or zero-width character", "write the path again by hand, or copy it from a listing"
     if path[:5].lower() == "file:" and path[5:7] != "//":  # RFC 8089's short form: fsspec's /abs, a folder for pathlib
         return "is a file: URL in its short form, read as two places", f"write it as a path ({path[5:]})"

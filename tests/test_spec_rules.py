@@ -573,6 +573,8 @@ def test_a_student_pruned_from_the_teacher_and_loaded_from_a_path_is_one_too_man
         ("g s://my-bucket/x", "path_malformed"),
         ("gs://my-bucket/x\n", "path_malformed"),
         ("runs/x\u200b", "path_malformed"),
+        ("runs/x\u200d.txt", "path_malformed"),  # a zero-width joiner, and a C1 control: they passed
+        ("runs/e\x85.txt", "path_malformed"),
         ("file:/tmp/runs", "path_malformed"),  # the trainer's metrics went to /tmp/runs, its checkpoints to ./file:
     ],
 )

@@ -175,7 +175,8 @@ def parameter_count(n: int) -> str:
 
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if chr(c) not in "\n\t"}
-_ONE_LINE_CONTROL = {**_CONTROL, ord("\n"): "\\n", ord("\t"): "\\t", 0x200B: "\\u200b", 0xFEFF: "\\ufeff"}
+_INVISIBLE = (0x00AD, 0x200B, 0x200C, 0x200D, 0x200E, 0x200F, 0x2060, 0xFEFF)  # format characters that show nothing
+_ONE_LINE_CONTROL = {**_CONTROL, ord("\n"): "\\n", ord("\t"): "\\t", **{c: f"\\u{c:04x}" for c in _INVISIBLE}}
 
 
 def printable(text: str, *, one_line: bool = False) -> str:
