@@ -370,6 +370,7 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
                 severity="warning",
             )
         )
+    student_remat_loc: Loc = (REMAT_KEY,)
     for block, side in OVERRIDE_BLOCKS.items():
         overrides = _none(flat.get(block)) or {}
         out.file_locs[(side,)] = (block,)
@@ -395,6 +396,28 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
             elif key in BATCH_KEYS:
                 model[key] = value  # reported by the batch-shape rule, with both values
                 out.file_locs[(side, key)] = (block, key)
+            elif (key in TOP_LEVEL or key == REMAT_KEY) and side == "student":
+                # MaxText's trainer runs on the student's config: its loss, optimizer and checkpoint settings are
+                # the run's, over the top level's (they were "not used by distillctl's trainer")
+                if key == REMAT_KEY:
+                    found: list[Problem] = []
+                    remat = remat_of(value, found)
+                    out.problems += [dataclasses.replace(p, loc=(block, key)) for p in found]
+                    student_remat_loc = (block, key)
+                else:
+                    _set(out.data, TOP_LEVEL[key], value)
+                    out.file_locs[TOP_LEVEL[key]] = (block, key)
+            elif key in TOP_LEVEL or key == REMAT_KEY:
+                out.problems.append(
+                    Problem(
+                        (block, key),
+                        "maxtext_key_ignored",
+                        f"{key} in {block} is not read: the run's settings are the student's (MaxText trains on the "
+                        "student's config)",
+                        f"move {key} to the top level or into student_overrides",
+                        severity="warning",
+                    )
+                )
             elif key not in ACCEPTED:
                 out.problems.append(
                     _unknown((block, key), key, set(MODEL_KEYS) | set(MODEL_KEY_ALIASES) | set(BATCH_KEYS))
@@ -402,7 +425,7 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
         out.data[side] = model
     if remat is not None:
         out.data["student"]["remat"] = remat
-        out.file_locs[("student", "remat")] = (REMAT_KEY,)
+        out.file_locs[("student", "remat")] = student_remat_loc
     return out
 
 

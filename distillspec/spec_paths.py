@@ -55,6 +55,10 @@ def maxtext_paths() -> dict[str, Loc]:
     out["train_data_columns"] = ("data", "text_column")  # a one-column list: assign's value
     out |= maxtext_format.EVAL_KEYS
     out[maxtext_format.REMAT_KEY] = ("student", "remat")  # the student's alone, as in a MaxText file
+    # the run's settings in the student's block, as a MaxText file reads them (MaxText trains on its config)
+    for key, loc in maxtext_format.TOP_LEVEL.items():
+        out[f"student_overrides.{key}"] = loc
+    out[f"student_overrides.{maxtext_format.REMAT_KEY}"] = ("student", "remat")
     for block, side in maxtext_format.OVERRIDE_BLOCKS.items():
         for key, field in maxtext_format.MODEL_KEYS.items():
             out[f"{block}.{key}"] = (side, field)
@@ -107,7 +111,7 @@ def assign(data: dict[str, Any], text: str, value: Any) -> Loc:
         value = value[0]  # MaxText's list of the one column read
     if text not in native_paths():
         value = maxtext_format.native_value(text.rsplit(".", 1)[-1], value)
-        if text == maxtext_format.REMAT_KEY and isinstance(value, str):
+        if text.rsplit(".", 1)[-1] == maxtext_format.REMAT_KEY and isinstance(value, str):
             # `minimal` is `dots`, and so is a named-tensor policy, as in a MaxText file (value_warnings says so)
             value = (
                 "dots"
@@ -121,7 +125,7 @@ def assign(data: dict[str, Any], text: str, value: Any) -> Loc:
 def value_warnings(text: str, value: Any) -> list[Problem]:
     """What a MaxText file warns of the same value under the same key, for a value `assign` takes: a named-tensor
     remat_policy trains as `dots` (a sweep's point said nothing of it)."""
-    if text != maxtext_format.REMAT_KEY or value not in maxtext_format.REMAT_NEAREST_DOTS:
+    if text.rsplit(".", 1)[-1] != maxtext_format.REMAT_KEY or value not in maxtext_format.REMAT_NEAREST_DOTS:
         return []
     found: list[Problem] = []
     maxtext_format.remat_of(value, found)

@@ -391,3 +391,25 @@ def test_maxtexts_own_spellings_of_jsonl_and_parquet_files_are_read_as_those_sou
         "parquet",
         "gs://bucket/c/*.parquet",
     )
+
+
+def test_run_settings_in_student_overrides_are_the_runs_as_maxtext_reads_them():
+    # MaxText's trainer runs on the student's config: learning_rate, remat_policy and distill_* set there are the
+    # run's. They were dropped as "not used by distillctl's trainer" (distill_alpha: "unknown key").
+    text = RUNNABLE.replace(
+        'student_overrides:\n  model_name: "llama3.1-8b"\n',
+        'student_overrides:\n  model_name: "llama3.1-8b"\n  learning_rate: 1.0e-4\n  remat_policy: minimal\n'
+        "  distill_alpha: 0.3\n",
+    )
+    report = read_spec_text(text, file="d.yml")
+    assert report.ok and not own(report.problems), report.problems
+    spec = report.spec
+    assert (spec.optimizer.learning_rate, spec.student.remat, spec.loss.alpha.start) == (1e-4, "dots", 0.3)
+    # the teacher's are not the run's: said, with where they go
+    text = RUNNABLE.replace(
+        '  load_parameters_path: "gs://bucket/teacher-hf"\n',
+        '  load_parameters_path: "gs://bucket/teacher-hf"\n  learning_rate: 1.0e-4\n',
+    )
+    (problem,) = own(read_spec_text(text, file="d.yml").problems)
+    assert problem.code == "maxtext_key_ignored" and problem.loc == ("teacher_overrides", "learning_rate")
+    assert "into student_overrides" in problem.hint and problem.line > 1
