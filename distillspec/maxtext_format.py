@@ -534,6 +534,13 @@ def _unknown(loc: Loc, key: str, known: set[str]) -> Problem:
     )
 
 
+# Registry models MaxText has no model config for (its src/MaxText/configs/models/): a file naming one is distillctl's
+# alone; MaxText given it would build another model.
+NO_MAXTEXT_CONFIG = frozenset(
+    {"tiny-2l", "tiny-4l", "mid-2l", "mid-4l", "llama3.2-1b", "llama3.2-3b", "gemma3-1b", "qwen3-1.7b"}
+)
+
+
 # MaxText keys for constants a native model block states (MaxText writes 0 for "none", which the block spells `none`).
 STATED_IN_NATIVE = {
     "rope_type": "rope_scaling",

@@ -136,6 +136,20 @@ def _warn_dropped(spec, flat: dict) -> None:
                 severity="warning",
             )
         )
+    for side in ("student", "teacher"):
+        block = getattr(spec, side)
+        if block is not None and block.model in maxtext_format.NO_MAXTEXT_CONFIG:
+            console.print_problem(
+                Problem(
+                    (side, "model"),
+                    "not_in_maxtext",
+                    f"MaxText has no model config named {block.model!r}: given this file, it would not build that "
+                    "model",
+                    "use the file with distillctl (its registry has the model), or give MaxText a model config of "
+                    "that name",
+                    severity="warning",
+                )
+            )
     if spec.data.source in ("text", "tokens", "hf_disk"):  # MaxText's are synthetic, hf (json, parquet), grain, tfds
         console.print_problem(
             Problem(
