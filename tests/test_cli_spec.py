@@ -372,3 +372,13 @@ def test_a_spec_converted_to_maxtext_states_every_default_maxtext_would_read_oth
     assert strict.exit_code == ExitCode.OK, strict.output
     back = runner.invoke(app, ["explain", str(tmp_path / "d.yml"), "--output", "json"])
     assert json.loads(back.stdout)["spec"]["checkpoint"]["every_steps"] is None  # the end only, as it was
+
+
+def test_convert_quotes_a_string_the_reader_would_take_for_a_number(tmp_path):
+    # `name: 1e3` was written unquoted and read back as the float 1000.0: convert's own output failed validate.
+    spec = (
+        "name: '1e3'\nstudent: {model: tiny-2l}\nmode: pretrain\ndata: {source: jsonl, path: /d, text_column: '2E5'}\n"
+    )
+    native = runner.invoke(app, ["convert", "--to", "native", str(write(tmp_path, spec))])
+    again = runner.invoke(app, ["validate", str(write(tmp_path, native.stdout, "again.yaml"))])
+    assert "name: '1e3'" in native.stdout and again.exit_code == ExitCode.OK, (native.stdout, again.output)
