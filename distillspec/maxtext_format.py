@@ -609,6 +609,11 @@ def to_maxtext(native: dict[str, Any]) -> dict[str, Any]:
             value = value.get(part) if isinstance(value, dict) else None
         if value is not None:
             flat[key] = value
+    if isinstance(flat.get("distill_layer_indices"), str):
+        del flat["distill_layer_indices"]  # an unresolved preset (β = 0: unused); MaxText takes a list of layers
+    batch = flat.get("per_device_batch_size")
+    if isinstance(batch, float) and batch.is_integer():
+        flat["per_device_batch_size"] = int(batch)  # 2, as MaxText's files write it (2.0 read the same)
     checkpoint = native.get("checkpoint") or {}
     if checkpoint.get("enabled", True) and checkpoint.get("every_steps") is None and native.get("steps"):
         flat["checkpoint_period"] = native["steps"]  # the end only: MaxText's period is a number (10000 unset)

@@ -413,3 +413,10 @@ def test_run_settings_in_student_overrides_are_the_runs_as_maxtext_reads_them():
     (problem,) = own(read_spec_text(text, file="d.yml").problems)
     assert problem.code == "maxtext_key_ignored" and problem.loc == ("teacher_overrides", "learning_rate")
     assert "into student_overrides" in problem.hint and problem.line > 1
+
+
+def test_convert_writes_what_maxtext_reads_a_batch_as_a_whole_number_and_no_preset_string():
+    native = {"mode": "distill", "batch": {"per_device_batch_size": 2.0}, "loss": {"layer_indices": "first:2"}}
+    flat = maxtext_format.to_maxtext(native)
+    assert flat["per_device_batch_size"] == 2 and isinstance(flat["per_device_batch_size"], int)
+    assert "distill_layer_indices" not in flat  # MaxText takes a list; a preset unresolved (β = 0) is unused
