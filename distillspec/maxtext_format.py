@@ -64,6 +64,7 @@ DATA_PATH_KEYS = ("dataset_path", "hf_path", "grain_train_files")
 # `grain_train_files`. (Its grain ArrayRecord files hold tf.Example protos, not the JSON records the trainer reads.)
 HF_FILE_BUILDERS = {"json": "jsonl", "parquet": "parquet"}
 DATA_FILE_KEYS = ("hf_train_files", "grain_file_type", "train_data_columns")
+EVAL_FILE_KEYS = ("hf_eval_files", "grain_eval_files")  # MaxText's held-out files, beside the training files'
 
 # MaxText model key -> native ModelSpec field; valid at the top level (both models) and in *_overrides.
 MODEL_KEYS: dict[str, str] = {
@@ -153,6 +154,7 @@ KNOWN_KEYS = (
     | set(EVAL_KEYS)
     | set(DATA_PATH_KEYS)
     | set(DATA_FILE_KEYS)
+    | set(EVAL_FILE_KEYS)
     | set(MODEL_KEYS)
     | set(MODEL_KEY_ALIASES)
     | set(OVERRIDE_BLOCKS)
@@ -289,6 +291,10 @@ def _evaluation(flat: dict[str, Any], out: Translation) -> None:
             _set(out.data, EVAL_KEYS[key], value)
             out.file_locs[EVAL_KEYS[key]] = (key,)
     out.file_locs.setdefault(("eval",), ("eval_interval",))  # the eval block's own problems: at this key
+    for key in EVAL_FILE_KEYS:  # the held-out files, read like the training files
+        if _none(flat.get(key)) not in (None, ""):
+            _set(out.data, ("eval", "path"), flat[key])
+            out.file_locs[("eval", "path")] = (key,)
 
 
 # MaxText base.yml's defaults where distillctl's differ: a key a MaxText file leaves out is read with distillctl's
@@ -343,8 +349,8 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
             remat = remat_of(value, out.problems)
         elif key in EVAL_KEYS:
             continue  # below: eval_steps means something only beside an eval_interval that evaluates
-        elif key in DATA_FILE_KEYS:
-            continue  # below, with dataset_type
+        elif key in DATA_FILE_KEYS or key in EVAL_FILE_KEYS:
+            continue  # below, with dataset_type and eval_interval
         elif (field := _model_field(key)) is not None:
             shared_model[field] = (value, (key,))
         elif key in OVERRIDE_BLOCKS:
@@ -623,12 +629,15 @@ def to_maxtext(native: dict[str, Any]) -> dict[str, Any]:
     if remat not in (None, "full"):  # full is MaxText's default too
         flat[REMAT_KEY] = {v: k for k, v in REMAT_POLICIES.items()}[remat]
     evaluation = native.get("eval") or {}
-    if evaluation and evaluation.get("path") is None:  # a held-out path has no key here: the eval block is dropped
+    data = native.get("data") or {}
+    builder = {source: name for name, source in HF_FILE_BUILDERS.items()}.get(data.get("source"))
+    # a held-out path has a key beside MaxText's files (hf_eval_files); beside others the eval block is dropped
+    if evaluation and (evaluation.get("path") is None or builder is not None):
         for key, (_, field) in EVAL_KEYS.items():
             if evaluation.get(field) is not None:
                 flat[key] = evaluation[field]
-    data = native.get("data") or {}
-    builder = {source: name for name, source in HF_FILE_BUILDERS.items()}.get(data.get("source"))
+        if evaluation.get("path") is not None:
+            flat["hf_eval_files"] = evaluation["path"]
     if builder is not None and data.get("path") is not None:  # MaxText's own spelling of JSONL and Parquet files
         flat.update({"dataset_type": "hf", "hf_path": builder, "hf_train_files": data["path"]})
     if data.get("text_column") not in (None, "text") and not data.get("prompt_column"):

@@ -196,11 +196,13 @@ checkpoint: {export: hf}
     result = runner.invoke(app, ["convert", "--to", "maxtext", str(write(tmp_path, spec))])
     assert result.exit_code == ExitCode.OK, result.output
     dropped = [line.split()[1].rstrip(":") for line in result.stderr.splitlines() if "[not_in_maxtext]" in line]
-    assert dropped == ["eval", "checkpoint.export", "student.model", "teacher.model", "data.tokenizer"], result.stderr
+    assert dropped == ["checkpoint.export", "student.model", "teacher.model", "data.tokenizer"], result.stderr
     # JSONL files in MaxText's words: the hf pipeline's json builder over the files, the column it reads
     flat = yaml.safe_load(result.stdout)
     assert (flat["dataset_type"], flat["hf_path"], flat["hf_train_files"]) == ("hf", "json", "/d.jsonl"), flat
     assert flat["train_data_columns"] == ["body"] and "dataset_path" not in flat
+    # the held-out files beside them: MaxText's hf_eval_files (the eval block was dropped)
+    assert (flat["hf_eval_files"], flat["eval_interval"], flat["eval_steps"]) == ("/h.jsonl", 20, 2), flat
     assert "remat_policy: none" in result.stdout  # MaxText's key for it
     back = runner.invoke(app, ["explain", str(write(tmp_path, result.stdout, "d.yml")), "--output", "json"])
     assert json.loads(back.stdout)["spec"]["optimizer"]["grad_clip_norm"] is None, back.output
