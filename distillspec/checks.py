@@ -84,6 +84,16 @@ def _paths(spec: DistillSpec) -> list[Problem]:
                 out.append(Problem(loc, "bad_bucket", f"{name} {path!r} {problem}", buckets.HINT))
         elif scheme == "hf":  # `--check-paths` crashed asking the Hub from a machine without network
             out.append(_hub_path(loc, name, path))
+        elif loc in WRITTEN and scheme in ("file", "memory"):  # read, never written: orbax took it for a bug (exit 70)
+            local = rest if scheme == "file" and rest.startswith("/") else ""
+            out.append(
+                Problem(
+                    loc,
+                    "unsupported_scheme",
+                    f"{name} {path!r}: the trainer writes its checkpoints to gs:// and local paths, not {scheme}://",
+                    f"write it as a path ({local})" if local else f"point {name} at a bucket (gs://...) or a folder",
+                )
+            )
         elif scheme not in READ_SCHEMES:
             out.append(
                 Problem(
@@ -94,7 +104,9 @@ def _paths(spec: DistillSpec) -> list[Problem]:
                     f"point {name} at a bucket (gs://...) or a volume the pods mount (target.volumes)"
                     if loc in WRITTEN
                     else "copy the files to a bucket (gs://...) or a volume the pods mount (target.volumes)",
-                    severity="warning",
+                    # the trainer refuses to write there at start (OutputNotWritable); a read may work in an image
+                    # with that filesystem
+                    severity="error" if loc in WRITTEN else "warning",
                 )
             )
     return out

@@ -1129,6 +1129,17 @@ def _target(sweep: Sweep) -> list[Problem]:
                 malformed[1],
             )
         )
+    scheme = t.output_base.split("://", 1)[0].lower() if "://" in t.output_base else ""
+    if t.on_cluster and scheme in ("file", "memory"):  # the pods' trainer would stop at start (orbax: exit 70)
+        out.append(
+            Problem(
+                ("target", "output_base"),
+                "unsupported_scheme",
+                f"target.output_base {t.output_base!r}: the trainer writes its checkpoints to gs:// and local paths, "
+                f"not {scheme}://",
+                "use a bucket (gs://...), or a path on a volume the pods mount (target.volumes)",
+            )
+        )
     if local_url:
         # `sweep` refused file://; status and cancel read it another way (`file://localhost/abs` as a folder
         # `localhost`), and `file:/abs` split each run between /abs and ./file:/abs: said once, for every command.

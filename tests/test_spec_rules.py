@@ -633,6 +633,12 @@ def test_a_hub_path_where_the_trainer_writes_says_where_to_write_instead():
     _, problems = validate_data(spec_data(output_dir="s3://bucket/runs"))
     (problem,) = [p for p in problems if p.code == "unsupported_scheme"]
     assert "writes gs://" in problem.message and "copy the files" not in problem.hint, problem
+    assert problem.is_error  # the trainer refuses to write there at start (exit 1)
+    # file:// and memory:// are read, but orbax cannot write checkpoints there: the run died as a bug (exit 70)
+    for output, fix in (("file:///tmp/runs", "write it as a path (/tmp/runs)"), ("memory://runs", "a bucket")):
+        _, problems = validate_data(spec_data(output_dir=output))
+        (problem,) = [p for p in problems if p.code == "unsupported_scheme"]
+        assert problem.is_error and fix in problem.hint, problem
 
 
 def test_a_tensor_axis_that_does_not_divide_the_kv_heads_is_a_warning_for_either_model():

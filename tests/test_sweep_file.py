@@ -440,3 +440,10 @@ def test_an_output_base_with_a_typo_no_storage_has_is_an_error(tmp_path):
     source = load(tmp_path, sweep_data(target={**sweep_data()["target"], "output_base": "GS://bucket/runs"}))
     (problem,) = [p for p in source.problems if p.is_error]
     assert problem.code == "path_malformed" and "lower case: gs://" in problem.hint, problem
+
+
+def test_a_cluster_output_base_the_trainer_cannot_write_checkpoints_to_is_an_error(tmp_path):
+    # file:///mnt/shared passed plan without even output_base_not_shared; the pods' trainer died as a bug (exit 70).
+    source = load(tmp_path, sweep_data(target={**sweep_data()["target"], "output_base": "file:///mnt/shared/out"}))
+    (problem,) = [p for p in source.problems if p.is_error]
+    assert problem.code == "unsupported_scheme" and problem.loc == ("target", "output_base"), problem
