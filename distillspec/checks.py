@@ -741,6 +741,16 @@ def _data(spec: DistillSpec) -> list[Problem]:
                 "set data.path to a file, directory, glob or fsspec URL",
             )
         )
+    if (data.tokenizer or "").rstrip("/").endswith(".model"):  # MaxText's default kind; the trainer stopped at start
+        out.append(
+            Problem(
+                ("data", "tokenizer"),
+                "tokenizer_sentencepiece",
+                f"data.tokenizer {data.tokenizer!r} is a SentencePiece model: the trainer reads Hugging Face "
+                "tokenizer.json files",
+                "point it at the tokenizer.json beside it (a Hugging Face checkpoint folder has one)",
+            )
+        )
     if data.source == "synthetic" and data.path:  # a forgotten `source:` trained on synthetic tokens, exit 0
         out.append(
             Problem(

@@ -644,6 +644,6 @@ def to_maxtext(native: dict[str, Any]) -> dict[str, Any]:
         flat["train_data_columns"] = [data["text_column"]]  # MaxText's default is [text]
     elif data.get("path") is not None:
         flat[DATA_PATH_KEY_BY_SOURCE.get(data.get("source"), "dataset_path")] = data["path"]
-    if flat.get("tokenizer_path") not in (None, "byte"):
+    if flat.get("tokenizer_path") not in (None, "byte") and not str(flat["tokenizer_path"]).endswith(".model"):
         flat["tokenizer_type"] = "huggingface"  # a tokenizer.json; MaxText's default reads SentencePiece models
     return flat

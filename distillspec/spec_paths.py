@@ -107,6 +107,8 @@ def assign(data: dict[str, Any], text: str, value: Any) -> Loc:
     if text == "eval_interval" and maxtext_format.eval_off(text, value):
         set_value(data, ("eval",), None)  # -1 or 0: no evaluation, as in a MaxText file
         return native
+    if text == "eval_steps" and maxtext_format.eval_off(text, value):
+        return native  # -1 or 0 (MaxText's "all"): the spec's default, as in a MaxText file (it was refused)
     if text == "train_data_columns" and isinstance(value, list) and len(value) == 1:
         value = value[0]  # MaxText's list of the one column read
     if text not in native_paths():

@@ -664,3 +664,9 @@ def test_a_tensorboard_dir_inside_the_runs_checkpoints_is_a_warning():
     assert "tensorboard_dir_in_checkpoints" in codes_for("./runs//t/checkpoints/events/")
     assert "tensorboard_dir_in_checkpoints" not in codes_for("runs")  # the run folder itself: harmless
     assert "tensorboard_dir_in_checkpoints" not in codes_for("runs/tensorboard")
+
+
+def test_a_sentencepiece_tokenizer_is_an_error_before_launch():
+    # MaxText's default kind; the trainer reads tokenizer.json files and stopped at start.
+    assert "tokenizer_sentencepiece" in codes(spec_data(**{"data.tokenizer": "gs://bkt/llama/tokenizer.model"}))
+    assert "tokenizer_sentencepiece" not in codes(spec_data(**{"data.tokenizer": "gs://bkt/llama/tokenizer.json"}))

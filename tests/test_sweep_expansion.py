@@ -280,6 +280,10 @@ def test_the_maxtext_files_remat_and_eval_keys_are_sweep_paths_and_a_both_models
     )
     assert result.ok, [str(p) for p in result.problems if p.is_error]
     assert sorted(str(p.spec.eval and p.spec.eval.every_steps) for p in result.points) == ["50", "None"]
+    # eval_steps -1 (MaxText's "all") is the spec's default there too: it was refused as batches -1
+    held = {"eval_interval": [50], "dataset_type": ["synthetic"], "dataset_path": [None], "eval_steps": [-1, 2]}
+    result = expanded(tmp_path, sweep_data(spec=spec, axes=held))
+    assert result.ok and sorted(p.spec.eval.batches for p in result.points) == [2, 4], result.problems
     assert all(
         p.spec.teacher.remat == expanded(tmp_path, sweep_data(spec=spec)).points[0].spec.teacher.remat
         for p in result.points
