@@ -429,6 +429,20 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
                     _unknown((block, key), key, set(MODEL_KEYS) | set(MODEL_KEY_ALIASES) | set(BATCH_KEYS))
                 )
         out.data[side] = model
+        set_again = [key for key in overrides if MODEL_KEY_ALIASES.get(key, key) in MODEL_CONFIG_KEYS]
+        allowed = str(_none(flat.get("override_model_config"))).lower() == "true"
+        if set_again and not allowed and model.get("model") not in NO_MAXTEXT_CONFIG:
+            out.problems.append(
+                Problem(
+                    (block, set_again[0]),
+                    "maxtext_override_refused",
+                    f"MaxText refuses {', '.join(set_again)} in {block} where its model file "
+                    f"(configs/models/{model.get('model')}.yml) sets another value, unless override_model_config is "
+                    "true (distillctl reads it either way)",
+                    "add `override_model_config: true` at the top level",
+                    severity="warning",
+                )
+            )
     if remat is not None:
         out.data["student"]["remat"] = remat
         out.file_locs[("student", "remat")] = student_remat_loc

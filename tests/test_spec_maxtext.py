@@ -420,3 +420,17 @@ def test_convert_writes_what_maxtext_reads_a_batch_as_a_whole_number_and_no_pres
     flat = maxtext_format.to_maxtext(native)
     assert flat["per_device_batch_size"] == 2 and isinstance(flat["per_device_batch_size"], int)
     assert "distill_layer_indices" not in flat  # MaxText takes a list; a preset unresolved (β = 0) is unused
+
+
+def test_a_model_key_set_again_without_override_model_config_is_warned_of_as_maxtext_refuses_it():
+    # convert writes override_model_config for a pruned student; validate passed the same file without it.
+    text = RUNNABLE.replace(
+        'student_overrides:\n  model_name: "llama3.1-8b"\n',
+        'student_overrides:\n  model_name: "llama3.1-8b"\n  base_num_decoder_layers: 30\n',
+    )
+    (problem,) = own(read_spec_text(text, file="d.yml").problems)
+    assert problem.code == "maxtext_override_refused" and problem.loc == (
+        "student_overrides",
+        "base_num_decoder_layers",
+    )
+    assert not own(read_spec_text(text + "override_model_config: true\n", file="d.yml").problems)
