@@ -347,6 +347,20 @@ def test_a_data_path_that_names_no_file_is_an_error_before_launch(tmp_path):
     named = str(tmp_path / "corpus")
     for path in (named, f"{named}/a.jsonl", f"{named}/*.jsonl"):
         assert problems_for(path) == [], path
+    # a `[` in a folder's name is a glob's character class: the hint says how to write it
+    (tmp_path / "[v2]").mkdir()
+    (tmp_path / "[v2]" / "a.jsonl").write_text('{"text": "x"}\n')
+    assert problems_for(str(tmp_path / "[[]v2]" / "a.jsonl")) == []
+    spec, _ = validate_data(
+        spec_data(
+            **{
+                "data": {"source": "jsonl", "path": str(tmp_path / "[v2]" / "a.jsonl")},
+                "teacher.load_parameters_path": teacher,
+            }
+        )
+    )
+    (problem,) = check_paths(spec, read_text, None, count_files)
+    assert problem.code == "data_path_not_found" and "write `[[]` for a `[`" in problem.hint, problem
     for path in (f"{named}/*.md", str(tmp_path / "empty"), str(tmp_path / "absent.jsonl")):
         assert problems_for(path) == [("data_path_not_found", ("data", "path"))], path
     assert problems_for(named, str(tmp_path / "held-out.jsonl")) == [("data_path_not_found", ("eval", "path"))]

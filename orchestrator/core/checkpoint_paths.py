@@ -314,7 +314,12 @@ def _data_problems(spec: DistillSpec, count_files: CountFiles) -> list[Problem]:
                     loc,
                     "data_path_not_found",
                     f"{'.'.join(loc)} {path!r} names no file: the trainer would stop at start",
-                    "check the path: a file, a folder (every file under it) or a glob, local or an fsspec URL",
+                    "check the path: a file, a folder (every file under it) or a glob, local or an fsspec URL"
+                    + (
+                        " (`[` and `]` are a glob's character class: write `[[]` for a `[` in a name)"
+                        if "[" in path
+                        else ""
+                    ),
                 )
             )
     return problems
