@@ -342,6 +342,11 @@ def test_a_problem_is_one_line_whatever_its_value_holds(tmp_path):
     assert len(lines) == 1, result.output
     line = lines[0]
     assert "'tiny\\ndistill\\u200b\\x1b[31m'" in line and "\x1b" not in line, result.stderr
+    # and the verdict line of a file whose name holds a line break
+    odd = tmp_path / "bad\nname.yaml"
+    odd.write_text(path.read_text())
+    verdict = runner.invoke(app, ["validate", str(odd)]).output.splitlines()[-1]
+    assert verdict.startswith("✗ ") and verdict.endswith("bad\\nname.yaml: 1 error(s), 0 warning(s)"), verdict
 
 
 def test_convert_to_maxtext_of_a_pruned_student_says_the_teacher_layers_it_cannot_keep(tmp_path):

@@ -125,9 +125,10 @@ def print_problem(problem: Problem, *, err: bool = True) -> None:
 
 
 def print_error(message: str, hint: str = "") -> None:
-    echo((("error: ", "bold red"), (message, "")), err=True)
+    # Terminal escapes in a message (a file name, a value) are written out; its line breaks stay (some list).
+    echo((("error: ", "bold red"), (printable(message), "")), err=True)
     if hint:
-        echo((("hint: " + hint, "dim"),), err=True)
+        echo((("hint: " + printable(hint), "dim"),), err=True)
 
 
 def print_stopped(message: str, hint: str = "") -> None:

@@ -182,9 +182,10 @@ def _print_report(report, *, strict: bool = False) -> None:
         console.print_problem(problem, err=False)
     errors = sum(p.is_error for p in report.problems)
     warnings = len(report.problems) - errors
+    file = console.printable(str(report.file), one_line=True)  # a name with a line break split the verdict
     if errors or (strict and warnings):  # a green tick above a failed CI step read as a pass
         why = "" if errors else " (--strict: warnings fail)"
-        console.echo(((f"✗ {report.file}: {errors} error(s), {warnings} warning(s){why}", "red"),))
+        console.echo(((f"✗ {file}: {errors} error(s), {warnings} warning(s){why}", "red"),))
     else:
         kind = "MaxText distillation config" if report.format == "maxtext" else "spec"
-        console.echo(((f"✓ {report.file}: valid {kind}" + (f", {warnings} warning(s)" if warnings else ""), "green"),))
+        console.echo(((f"✓ {file}: valid {kind}" + (f", {warnings} warning(s)" if warnings else ""), "green"),))
