@@ -87,7 +87,8 @@ def _problem(
         return Problem(loc, kind, err["msg"], hints.get(kind) or _type_hint(err.get("input"), err))
     if kind == "string_too_short" and value == "":
         return Problem(loc, "empty_value", f"{where} is empty", f"give {where} a value, or leave the key out")
-    if value is None and "input" in err and not _block_error(err):  # `name:` with nothing after it
+    # `name:` with nothing after it (a block's too where a number would do: `alpha:`)
+    if value is None and "input" in err and (not _block_error(err) or _takes_a_number(err)):
         return Problem(loc, "empty_value", f"{where} has no value", f"give {where} a value after the colon")
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
@@ -97,6 +98,11 @@ def _problem(
         return Problem(loc, "out_of_range", f"{name}{_must(err['msg'])}, got {value!r}", _range_hint(_must(err["msg"])))
     expected = " or ".join(dict.fromkeys(_must(e["msg"]).removeprefix("must be ") for e in errors))
     return Problem(loc, "wrong_type", f"expected {expected}, got {_describe(value)}", _type_hint(value, err))
+
+
+def _takes_a_number(err: dict) -> bool:
+    """A block that a number also sets (α, β, T: `ScheduledValue` and its subclasses, named `...Schedule`)."""
+    return str(err.get("ctx", {}).get("class_name", "")).endswith(("Schedule", "ScheduledValue"))
 
 
 def _block_error(err: dict) -> bool:
@@ -176,6 +182,8 @@ def _type_hint(value: Any, err: dict) -> str:
         written = _suffixed_number(value)
         if written is not None:
             return written
+    if isinstance(value, float) and not math.isfinite(value):  # YAML's .inf and .nan, read as floats
+        return "write a finite number (NaN and infinity are no setting)"
     if isinstance(value, float) and value.is_integer() and "integer" in err["msg"]:
         # 1e30 was "write 1000000000000000019884624838656", which the field's range then refused
         return f"write {int(value)} (a whole number)" if abs(value) < 1e15 else "write a whole number"

@@ -184,6 +184,7 @@ loss: {alpha: 0.5}
         # hints that were wrong: no quotes to remove, a whole number the range then refused, none at all
         ("optimizer: {learning_rate: nan}", "write a finite number (NaN and infinity are no setting)"),
         ("steps: 1.0e+30", "write a whole number"),
+        ("steps: .nan", "write a finite number (NaN and infinity are no setting)"),  # YAML's own, read as a float
         ("loss: {alpha: abc}", "write a number (0.5), or a mapping such as {start: 0.9, end: 0.5, schedule: cosine}"),
         (
             "loss: {layer_indices: 12345}",
@@ -200,11 +201,12 @@ def test_a_number_written_as_people_write_it_gets_what_to_write(line, hint):
 
 def test_a_key_with_no_value_is_empty_value_as_the_readme_says():
     # `name:` was "expected a valid string, got null → quote the value", and there was no value to quote.
-    text = "name:\nstudent: {model: tiny-2l}\nmode: pretrain\noutput_dir:\n"
+    text = "name:\nstudent: {model: tiny-2l}\nmode: pretrain\noutput_dir:\nloss: {alpha: }\n"
     found = [(p.code, p.dotted_loc, p.hint) for p in read_spec_text(text, file="spec.yaml").problems]
     assert found == [
         ("empty_value", "name", "give name a value after the colon"),
         ("empty_value", "output_dir", "give output_dir a value after the colon"),
+        ("empty_value", "loss.alpha", "give loss.alpha a value after the colon"),  # a number would do
     ], found
 
 
