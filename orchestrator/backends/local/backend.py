@@ -361,9 +361,12 @@ def _receipt(
             error = state.crash_of(folder, supervisor.pid, None) or f"exit code {code}"
             raise DistillctlError(f"the local supervisor failed: {error}", f"its log: {log_path}")
         if time.monotonic() > deadline:
+            # The order stays posted: a supervisor that is alive but slow (stopped, swapping) takes it later.
+            who = f" (pid {running[0]})" if running is not None else ""
             raise DistillctlError(
-                f"the local supervisor did not take the runs within {RECEIPT_TIMEOUT_SECONDS:.0f}s",
-                f"its log: {log_path}",
+                f"the local supervisor{who} did not take the runs within {RECEIPT_TIMEOUT_SECONDS:.0f}s; they stay "
+                "posted for it, and start when it takes them",
+                f"`distillctl status` says when they do; its log: {log_path}",
             )
         time.sleep(0.05)
     return receipt
