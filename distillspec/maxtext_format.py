@@ -654,10 +654,10 @@ def to_maxtext(native: dict[str, Any]) -> dict[str, Any]:
             flat["hf_eval_files"] = evaluation["path"]
     if builder is not None and data.get("path") is not None:  # MaxText's own spelling of JSONL and Parquet files
         flat.update({"dataset_type": "hf", "hf_path": builder, "hf_train_files": data["path"]})
-    if data.get("text_column") not in (None, "text") and not data.get("prompt_column"):
-        flat["train_data_columns"] = [data["text_column"]]  # MaxText's default is [text]
     elif data.get("path") is not None:
         flat[DATA_PATH_KEY_BY_SOURCE.get(data.get("source"), "dataset_path")] = data["path"]
+    if data.get("text_column") not in (None, "text") and not data.get("prompt_column"):
+        flat["train_data_columns"] = [data["text_column"]]  # MaxText's default is [text]
     if flat.get("tokenizer_path") not in (None, "byte") and not str(flat["tokenizer_path"]).endswith(".model"):
         flat["tokenizer_type"] = "huggingface"  # a tokenizer.json; MaxText's default reads SentencePiece models
     return flat

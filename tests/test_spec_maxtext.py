@@ -434,3 +434,14 @@ def test_a_model_key_set_again_without_override_model_config_is_warned_of_as_max
         "base_num_decoder_layers",
     )
     assert not own(read_spec_text(text + "override_model_config: true\n", file="d.yml").problems)
+
+
+def test_convert_writes_one_data_path_key_whatever_the_column():
+    # JSONL with the default column was written as both hf_train_files and dataset_path; text files with another
+    # column lost their path.
+    jsonl = maxtext_format.to_maxtext(
+        {"mode": "distill", "data": {"source": "jsonl", "path": "/d", "text_column": "text"}}
+    )
+    assert jsonl["hf_train_files"] == "/d" and "dataset_path" not in jsonl and "train_data_columns" not in jsonl
+    text = maxtext_format.to_maxtext({"mode": "distill", "data": {"source": "text", "path": "/t", "text_column": "x"}})
+    assert text["dataset_path"] == "/t", text
