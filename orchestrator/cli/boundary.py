@@ -6,9 +6,11 @@ commands alike.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 
 from orchestrator.errors import DistillctlError, InvalidSpecError
 from orchestrator.exit_codes import ExitCode
@@ -61,6 +63,17 @@ def exit_code(e: BaseException) -> int | None:
         "this is a bug in distillctl; rerun with DISTILLCTL_DEBUG=1 for the traceback and report it",
     )
     return int(ExitCode.INTERNAL)
+
+
+@contextlib.contextmanager
+def printing_a_verdict() -> Iterator[None]:
+    """Around the output of a command whose exit code is a verdict (validate's, regress's): a reader that goes away
+    (`| head -1`) ends the printing, not the command, whose verdict stands (it was exit 0 under pipefail)."""
+    try:
+        yield
+    except BrokenPipeError:
+        if not reader_gone():
+            raise
 
 
 def reader_gone() -> bool:

@@ -510,15 +510,11 @@ def regress(
         on_wait=_progress,
     )
     text = regression.markdown(report)
-    try:
+    from orchestrator.cli import boundary
+
+    with boundary.printing_a_verdict():  # the report files and the verdict come whoever reads stdout
         console.out.file.write(text)  # first: the verdict reaches the log whatever happens to the report files
         console.out.file.flush()
-    except BrokenPipeError:
-        from orchestrator.cli import boundary
-
-        if not boundary.reader_gone():
-            raise
-        # `regress ... | head`: the reader went away; the report files and the verdict still come (it exited 0)
     code = report.exit_code
     for path, content in ((junit, lambda: regression.junit_xml(report)), (summary, lambda: text)):
         if path is None:

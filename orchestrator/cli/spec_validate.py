@@ -67,18 +67,14 @@ def run(arguments: Arguments) -> int:
         verdict = int(ExitCode.INVALID_SPEC)
     else:
         verdict = int(ExitCode.USAGE) if invalid else 0
-    try:
+    from orchestrator.cli import boundary
+
+    with boundary.printing_a_verdict():
         if arguments.output == "json":
             console.print_json([p.to_json() for p in problems])
         else:
             for report in reports:
                 _print_report(report, strict=strict)
-    except BrokenPipeError:
-        from orchestrator.cli import boundary
-
-        if not boundary.reader_gone():
-            raise
-        # `validate spec.yaml | head -1`: the reader went away, the spec is still invalid (it exited 0)
     return verdict
 
 
