@@ -206,6 +206,8 @@ def native_value(key: str, value: Any) -> Any:
         return "none"  # MaxText caps only above 0 (its model files write 0.0 for none)
     if key == "local_rope_max_timescale" and number and value <= 0:
         return None  # -1: the sliding-window layers use rope_max_timescale too
+    if key == "sliding_window_size" and number and value <= 0:
+        return None  # 0, base.yml's: no sliding window (the model's own)
     return value
 
 
@@ -322,9 +324,12 @@ def _unstated_defaults(flat: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     as set when the top level or both override blocks set it."""
     out = []
     saves = flat.get("enable_checkpointing", True) not in (False, "false", "False")
+    steps = _none(flat.get("steps", MAXTEXT_DEFAULTS["steps"][0]))
     for key, (ours, theirs) in MAXTEXT_DEFAULTS.items():
         if not saves and key in ("checkpoint_period", "max_num_checkpoints_to_keep"):
             continue  # no checkpoint either way
+        if key == "checkpoint_period" and _whole(steps) and steps <= theirs:
+            continue  # MaxText's period past the last step: it saves at the end only too
         blocks = [_none(flat.get(block)) or {} for block in OVERRIDE_BLOCKS] if key == "dtype" else []
         stated = key in flat or (blocks and all(isinstance(b, dict) and key in b for b in blocks))
         if not stated:
@@ -332,7 +337,63 @@ def _unstated_defaults(flat: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     return out
 
 
+def _capped(name: Any) -> bool:
+    """Whether the registry model soft-caps anything (Gemma 2): only there is MaxText's 0.0 a change."""
+    from distillspec.registry import MODELS
+
+    shape = MODELS.get(name) if isinstance(name, str) else None
+    return shape is not None and (shape.attn_softcap is not None or shape.final_softcap is not None)
+
+
+def _set_again(name: Any, overrides: dict[str, Any]) -> list[str]:
+    """The keys of an override block that MaxText refuses without override_model_config: those its model file
+    (configs/models/<name>.yml, whose values the registry has) sets to another value."""
+    from distillspec.registry import MODELS
+
+    shape = MODELS.get(name) if isinstance(name, str) and name not in NO_MAXTEXT_CONFIG else None
+    out = []
+    for key, value in overrides.items():
+        canonical = MODEL_KEY_ALIASES.get(key, key)
+        if shape is None or canonical not in MODEL_CONFIG_KEYS:
+            continue
+        theirs = getattr(shape, MODEL_KEYS[canonical], None)
+        ours = native_value(canonical, value)
+        if theirs is not None and (None if ours == "none" else ours) != theirs:
+            out.append(key)
+    return out
+
+
+def _run_key(key: str) -> bool:
+    """A key of the run's settings (loss, optimizer, data, eval, checkpoints, remat): not a model's or the batch's."""
+    return (
+        key in KNOWN_KEYS
+        and _model_field(key) is None
+        and key not in BATCH_KEYS
+        and key not in OVERRIDE_BLOCKS
+        and key != "base_config"
+    )
+
+
 def from_maxtext(flat: dict[str, Any]) -> Translation:
+    """The native spec data of a MaxText file. MaxText trains on the student's config, so run settings in
+    `student_overrides` (learning_rate, eval_interval, dataset_type, opt_type, ...) are the run's, over the top
+    level's: read as if written there, and located in the block (they were "not used by distillctl's trainer")."""
+    block = _none(flat.get("student_overrides"))
+    promoted = {key: value for key, value in block.items() if _run_key(key)} if isinstance(block, dict) else {}
+    if not promoted:
+        return _from_flat(flat)
+    merged = {**flat, **promoted, "student_overrides": {k: v for k, v in block.items() if k not in promoted}}
+    out = _from_flat(merged)
+
+    def moved(loc: Loc) -> Loc:
+        return ("student_overrides", *loc) if loc and loc[0] in promoted else loc
+
+    out.problems = [dataclasses.replace(p, loc=moved(p.loc)) for p in out.problems]
+    out.file_locs = {native: moved(loc) for native, loc in out.file_locs.items()}
+    return out
+
+
+def _from_flat(flat: dict[str, Any]) -> Translation:
     out = Translation({"mode": "distill"}, {}, [])
     shared_model: dict[str, tuple[Any, Loc]] = {}
     remat = None  # the student's alone: the frozen teacher has no backward pass to rematerialise
@@ -370,13 +431,12 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
             Problem(
                 ("base_config",) if "base_config" in flat else (),
                 "maxtext_default_differs",
-                "not set in this file, so distillctl's default applies where MaxText's base.yml has another: "
+                "keys this file leaves out take distillctl's defaults where MaxText's base.yml has others: "
                 + ", ".join(f"{key} {ours} (MaxText: {theirs})" for key, ours, theirs in unstated),
                 "set each in the file to say what the run does (convert --to maxtext writes distillctl's values)",
                 severity="warning",
             )
         )
-    student_remat_loc: Loc = (REMAT_KEY,)
     for block, side in OVERRIDE_BLOCKS.items():
         overrides = _none(flat.get(block)) or {}
         out.file_locs[(side,)] = (block,)
@@ -402,18 +462,7 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
             elif key in BATCH_KEYS:
                 model[key] = value  # reported by the batch-shape rule, with both values
                 out.file_locs[(side, key)] = (block, key)
-            elif (key in TOP_LEVEL or key == REMAT_KEY) and side == "student":
-                # MaxText's trainer runs on the student's config: its loss, optimizer and checkpoint settings are
-                # the run's, over the top level's (they were "not used by distillctl's trainer")
-                if key == REMAT_KEY:
-                    found: list[Problem] = []
-                    remat = remat_of(value, found)
-                    out.problems += [dataclasses.replace(p, loc=(block, key)) for p in found]
-                    student_remat_loc = (block, key)
-                else:
-                    _set(out.data, TOP_LEVEL[key], value)
-                    out.file_locs[TOP_LEVEL[key]] = (block, key)
-            elif key in TOP_LEVEL or key == REMAT_KEY:
+            elif _run_key(key):  # the teacher's (the student's were read as the run's: from_maxtext)
                 out.problems.append(
                     Problem(
                         (block, key),
@@ -428,10 +477,15 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
                 out.problems.append(
                     _unknown((block, key), key, set(MODEL_KEYS) | set(MODEL_KEY_ALIASES) | set(BATCH_KEYS))
                 )
+        for field in ("attn_softcap", "final_softcap"):  # base.yml's 0.0 (no cap) on a model without one: its own
+            if model.get(field) == "none" and not _capped(model.get("model")):
+                del model[field]
         out.data[side] = model
-        set_again = [key for key in overrides if MODEL_KEY_ALIASES.get(key, key) in MODEL_CONFIG_KEYS]
-        allowed = str(_none(flat.get("override_model_config"))).lower() == "true"
-        if set_again and not allowed and model.get("model") not in NO_MAXTEXT_CONFIG:
+        set_again = _set_again(model.get("model"), overrides)
+        allowed = any(
+            str(_none(where.get("override_model_config"))).lower() == "true" for where in (flat, overrides)
+        )  # the top level's, or the block's own (MaxText reads it from the model's kwargs too)
+        if set_again and not allowed:
             out.problems.append(
                 Problem(
                     (block, set_again[0]),
@@ -445,7 +499,7 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
             )
     if remat is not None:
         out.data["student"]["remat"] = remat
-        out.file_locs[("student", "remat")] = student_remat_loc
+        out.file_locs[("student", "remat")] = (REMAT_KEY,)
     return out
 
 
@@ -556,9 +610,7 @@ def _unknown(loc: Loc, key: str, known: set[str]) -> Problem:
 
 # Registry models MaxText has no model config for (its src/MaxText/configs/models/): a file naming one is distillctl's
 # alone; MaxText given it would build another model.
-NO_MAXTEXT_CONFIG = frozenset(
-    {"tiny-2l", "tiny-4l", "mid-2l", "mid-4l", "llama3.2-1b", "llama3.2-3b", "gemma3-1b", "qwen3-1.7b"}
-)
+NO_MAXTEXT_CONFIG = frozenset({"tiny-2l", "tiny-4l", "mid-2l", "mid-4l", "llama3.2-1b", "llama3.2-3b", "gemma3-1b"})
 
 
 # MaxText keys for constants a native model block states (MaxText writes 0 for "none", which the block spells `none`).

@@ -445,3 +445,45 @@ def test_convert_writes_one_data_path_key_whatever_the_column():
     assert jsonl["hf_train_files"] == "/d" and "dataset_path" not in jsonl and "train_data_columns" not in jsonl
     text = maxtext_format.to_maxtext({"mode": "distill", "data": {"source": "text", "path": "/t", "text_column": "x"}})
     assert text["dataset_path"] == "/t", text
+
+
+def test_every_run_setting_in_student_overrides_is_the_runs_and_counts_as_stated():
+    # opt_type: sgd there passed silently (AdamW trained), eval and data keys were "not used", and keys set there
+    # were listed by maxtext_default_differs with values the run did not have.
+    base = RUNNABLE.replace(
+        'student_overrides:\n  model_name: "llama3.1-8b"\n',
+        'student_overrides:\n  model_name: "llama3.1-8b"\n  opt_type: sgd\n',
+    )
+    (problem,) = [p for p in read_spec_text(base, file="d.yml").problems if p.is_error]
+    assert problem.code == "maxtext_value_unsupported" and problem.loc == ("student_overrides", "opt_type")
+    moved = (
+        RUNNABLE.replace("\nsteps: 200000\n", "\n")
+        .replace("schedule_steps: 200000", "schedule_steps: -1")
+        .replace(
+            'student_overrides:\n  model_name: "llama3.1-8b"\n',
+            'student_overrides:\n  model_name: "llama3.1-8b"\n  steps: 20\n  eval_interval: 5\n',
+        )
+        .replace('dataset_path: "gs://bucket/corpus/*.txt"\ndataset_type: "text"\n', "dataset_type: synthetic\n")
+    )
+    report = read_spec_text(moved, file="d.yml")
+    assert report.ok and not report.problems, report.problems  # steps stated (in the block); period past the end
+    assert (report.spec.steps, report.spec.eval.every_steps) == (20, 5)
+
+
+def test_maxtext_override_refused_only_where_the_model_file_sets_another_value():
+    def refused(block: str, top: str = "") -> list:
+        text = (
+            RUNNABLE.replace(
+                'student_overrides:\n  model_name: "llama3.1-8b"\n',
+                'student_overrides:\n  model_name: "llama3.1-8b"\n' + block,
+            )
+            + top
+        )
+        return [p.loc for p in read_spec_text(text, file="d.yml").problems if p.code == "maxtext_override_refused"]
+
+    assert refused("  base_num_decoder_layers: 30\n") == [("student_overrides", "base_num_decoder_layers")]
+    assert refused("  base_num_decoder_layers: 32\n") == []  # llama3.1-8b.yml's own value
+    assert refused("  sliding_window_size: 0\n  attn_logits_soft_cap: 0.0\n") == []  # base.yml's "none": llama's own
+    assert refused("  base_num_decoder_layers: 30\n  override_model_config: true\n") == []  # the block's own say
+    # qwen3-1.7b has a MaxText config (it was said to have none, and its overrides went unchecked)
+    assert "qwen3-1.7b" not in maxtext_format.NO_MAXTEXT_CONFIG
