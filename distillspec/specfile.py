@@ -237,17 +237,18 @@ def _batch_shape_in_models(data: dict[str, Any], home: str) -> list[Problem]:
     """Rule: the batch shape is shared by both models, so it cannot be set per model."""
     problems = []
     batch = data.get("batch") if isinstance(data.get("batch"), dict) else {}
-    for side, other in (("student", "teacher"), ("teacher", "student")):
-        block = data.get(side)
-        if not isinstance(block, dict):
+    blocks = {side: data[side] for side in ("student", "teacher") if isinstance(data.get(side), dict)}
+    for key in BATCH_SHAPE_KEYS:
+        values = {side: block[key] for side, block in blocks.items() if key in block}
+        if len(values) == 2 and values["student"] == values["teacher"]:
+            # the same in both blocks: both models see one batch (MaxText refuses only a difference), the run's
+            data["batch"] = {**batch, key: values["student"]}
+            batch = data["batch"]
             continue
-        for key in BATCH_SHAPE_KEYS:
-            if key not in block:
-                continue
-            mine = block[key]
-            other_block = data.get(other) if isinstance(data.get(other), dict) else {}
-            theirs = other_block.get(key, batch.get(key, getattr(BatchSpec(), key)))
-            where = "its block" if key in other_block else (home if key in batch else "the default")
+        for side, mine in values.items():
+            other = "teacher" if side == "student" else "student"
+            theirs = values.get(other, batch.get(key, getattr(BatchSpec(), key)))
+            where = "its block" if other in values else (home if key in batch else "the default")
             problems.append(
                 Problem(
                     (side, key),
@@ -257,6 +258,7 @@ def _batch_shape_in_models(data: dict[str, Any], home: str) -> list[Problem]:
                     f"set {key} once, at {home}, and remove it from the {side}'s block",
                 )
             )
+    for block in blocks.values():
         for key in BATCH_SHAPE_KEYS:
             block.pop(key, None)
     return problems

@@ -176,6 +176,15 @@ def test_maxtext_batch_shape_in_overrides_is_rejected(key):
     assert problem.code == "batch_shape_in_override"
     assert problem.dotted_loc == f"student_overrides.{key}"
     assert "set in the student's block (8) while the teacher gets" in problem.message and "top level" in problem.hint
+    # the same value in both blocks: one batch for both, as MaxText takes it (four errors that contradicted
+    # themselves: "the student gets 1.0 (from the default)" of a block that set it)
+    both = text.replace("teacher_overrides:\n", f"teacher_overrides:\n  {key}: 8\n")
+    report = read_spec_text(both)
+    assert report.ok and getattr(report.spec.batch, key) == 8, report.problems
+    other = text.replace("teacher_overrides:\n", f"teacher_overrides:\n  {key}: 4\n")
+    said = [p.message for p in read_spec_text(other).problems if p.code == "batch_shape_in_override"]
+    assert len(said) == 2 and "student's block (8) while the teacher gets 4 (from its block)" in said[0], said
+    assert "teacher's block (4) while the student gets 8 (from its block)" in said[1], said
 
 
 def test_maxtext_model_keys_map_to_shapes():
