@@ -334,6 +334,8 @@ def _unstated_defaults(flat: dict[str, Any]) -> list[tuple[str, Any, Any]]:
         stated = key in flat or (blocks and all(isinstance(b, dict) and key in b for b in blocks))
         if not stated:
             out.append((key, ours, theirs))
+    if _none(flat.get("tokenizer_path")) not in (None, "", "byte") and "tokenizer_type" not in flat:
+        out.append(("tokenizer_type", "huggingface", "sentencepiece"))  # MaxText would not read the tokenizer.json
     return out
 
 

@@ -129,7 +129,12 @@ def test_maxtext_keys_the_trainer_matches_are_said_when_their_value_asks_for_som
     # Accepted whatever their value: an SGD run trained with AdamW, a 50k-step schedule decayed over 200k, exit 0.
     keys = ("opt_type", "packing", "learning_rate_schedule_steps", "save_checkpoint_on_completion", "tokenizer_type")
     base = "".join(line + "\n" for line in RUNNABLE.splitlines() if not line.startswith(keys))
-    assert not read_spec_text(base + "opt_type: adamw\npacking: true\nlearning_rate_schedule_steps: -1\n").problems
+    matched = read_spec_text(base + "opt_type: adamw\npacking: true\nlearning_rate_schedule_steps: -1\n").problems
+    (unstated,) = matched  # tokenizer_type left out beside a tokenizer.json: MaxText's default reads SentencePiece
+    assert (
+        unstated.code == "maxtext_default_differs"
+        and "tokenizer_type huggingface (MaxText: sentencepiece)" in unstated.message
+    )
     text = base + (
         "opt_type: sgd\npacking: false\nlearning_rate_schedule_steps: 50000\nsave_checkpoint_on_completion: false\n"
         "tokenizer_type: sentencepiece\nasync_checkpointing: false\n"
@@ -147,7 +152,7 @@ def test_maxtext_keys_the_trainer_matches_are_said_when_their_value_asks_for_som
     assert all(p.severity == "warning" for k, p in by_key.items() if k != "opt_type")
     assert "schedule spans `steps`" in by_key["learning_rate_schedule_steps"].message
     steps = next(line for line in RUNNABLE.splitlines() if line.startswith("steps:")).split(":")[1].strip()
-    assert not read_spec_text(base + f"learning_rate_schedule_steps: {steps}\n").problems  # the run's own
+    assert not own(read_spec_text(base + f"learning_rate_schedule_steps: {steps}\n").problems)  # the run's own
 
 
 def test_maxtext_beta_asymmetry_cannot_happen():
