@@ -53,6 +53,8 @@ def maxtext_paths() -> dict[str, Loc]:
     for key in (*maxtext_format.DATA_PATH_KEYS, "hf_train_files"):
         out[key] = ("data", "path")
     out["train_data_columns"] = ("data", "text_column")  # a one-column list: assign's value
+    for key in maxtext_format.EVAL_FILE_KEYS:
+        out[key] = ("eval", "path")
     out |= maxtext_format.EVAL_KEYS
     out[maxtext_format.REMAT_KEY] = ("student", "remat")  # the student's alone, as in a MaxText file
     # the run's settings in the student's block, as a MaxText file reads them (MaxText trains on its config)

@@ -272,6 +272,7 @@ def test_the_maxtext_files_remat_and_eval_keys_are_sweep_paths_and_a_both_models
     assert spec_paths.resolve("eval_steps") == ("eval", "batches")
     # MaxText's names for the files and the column the hf pipeline reads
     assert spec_paths.resolve("hf_train_files") == ("data", "path")
+    assert spec_paths.resolve("hf_eval_files") == spec_paths.resolve("grain_eval_files") == ("eval", "path")
     assert spec_paths.assign({}, "train_data_columns", ["body"]) == ("data", "text_column")
     # eval_interval -1 (or 0) is MaxText's "never": that point has no evaluation (it was refused as every_steps -1)
     result = expanded(
