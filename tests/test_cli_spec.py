@@ -389,3 +389,11 @@ def test_convert_quotes_a_string_the_reader_would_take_for_a_number(tmp_path):
     native = runner.invoke(app, ["convert", "--to", "native", str(write(tmp_path, spec))])
     again = runner.invoke(app, ["validate", str(write(tmp_path, native.stdout, "again.yaml"))])
     assert "name: '1e3'" in native.stdout and again.exit_code == ExitCode.OK, (native.stdout, again.output)
+
+
+def test_convert_to_maxtext_says_json_arrayrecord_data_is_distillctls_alone(tmp_path):
+    # It was written as dataset_type: arrayrecord without a word (MaxText's grain ArrayRecord holds tf.Example).
+    spec = "student: {model: llama3.1-8b}\nteacher: {model: llama3.1-8b, load_parameters_path: /t}\n"
+    spec += "data: {source: arrayrecord, path: /d, tokenizer: /t/tokenizer.json}\n"
+    result = runner.invoke(app, ["convert", "--to", "maxtext", str(write(tmp_path, spec))])
+    assert "warning[not_in_maxtext] data.source: MaxText has no dataset_type for JSON ArrayRecord data" in result.stderr

@@ -150,12 +150,14 @@ def _warn_dropped(spec, flat: dict) -> None:
                     severity="warning",
                 )
             )
-    if spec.data.source in ("text", "tokens", "hf_disk"):  # MaxText's are synthetic, hf (json, parquet), grain, tfds
+    if spec.data.source in ("text", "tokens", "hf_disk", "arrayrecord"):  # MaxText's: synthetic, hf, grain, tfds
+        # (MaxText's grain reads ArrayRecord files of tf.Example protos; the trainer's hold JSON records)
+        kind = "JSON ArrayRecord" if spec.data.source == "arrayrecord" else spec.data.source
         console.print_problem(
             Problem(
                 ("data", "source"),
                 "not_in_maxtext",
-                f"MaxText has no dataset_type for {spec.data.source} data: the file's dataset_type "
+                f"MaxText has no dataset_type for {kind} data: the file's dataset_type "
                 f"{spec.data.source!r} is distillctl's alone",
                 "use jsonl or parquet files to give the file to MaxText (dataset_type hf, hf_path json or parquet)",
                 severity="warning",
