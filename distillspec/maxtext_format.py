@@ -56,6 +56,7 @@ TOP_LEVEL |= {
 
 _MAXTEXT_KEY: dict[Loc, Loc] = {loc: (key,) for key, loc in TOP_LEVEL.items()}  # the first key for each place
 _MAXTEXT_KEY |= {loc[:-1]: (key,) for key, loc in TOP_LEVEL.items() if loc[-1] == "start"}  # loss.beta: distill_beta
+_MAXTEXT_KEY |= {("data", "path"): ("dataset_path",), ("eval", "path"): ("hf_eval_files",)}  # MaxText's file keys
 
 CLIPPING = "gradient_clipping_threshold"
 DATA_PATH_KEYS = ("dataset_path", "hf_path", "grain_train_files")
@@ -185,10 +186,12 @@ class Translation:
             return found
         if len(loc) >= 2 and loc[0] in _BLOCK_OF and loc[1] in _MODEL_KEY:  # a model field the block does not set
             return (_BLOCK_OF[loc[0]], _MODEL_KEY[loc[1]], *loc[2:])
+        if (found := _MAXTEXT_KEY.get(tuple(loc))) is not None:  # MaxText's key, before a made-up `eval_interval.path`
+            return found
         for end in range(len(loc) - 1, 0, -1):
             if (found := self.file_locs.get(tuple(loc[:end]))) is not None:
                 return found + tuple(loc[end:])
-        return _MAXTEXT_KEY.get(tuple(loc), loc)
+        return loc
 
 
 def _none(value: Any) -> Any:
@@ -683,6 +686,11 @@ def to_maxtext(native: dict[str, Any]) -> dict[str, Any]:
             value = value.get(part) if isinstance(value, dict) else None
         if value is not None:
             flat[key] = value
+    from distillspec.checks import STREAMED_SOURCES
+
+    if (native.get("data") or {}).get("source") in STREAMED_SOURCES:
+        # read in file order but in a shuffle_window, which has no MaxText key: read back, the seed changes nothing
+        flat.pop("data_shuffle_seed", None)
     if isinstance(flat.get("distill_layer_indices"), str):
         del flat["distill_layer_indices"]  # an unresolved preset (β = 0: unused); MaxText takes a list of layers
     batch = flat.get("per_device_batch_size")

@@ -173,7 +173,7 @@ def _unexpanded_strings(data: Any, loc: Loc = ()) -> list[Problem]:
     return []
 
 
-_NATIVE_PATH = re.compile(r"\b(?:student|teacher|loss|batch|optimizer|checkpoint|logging|mesh|data)(?:\.[a-z_]+)+")
+_NATIVE_PATH = re.compile(r"\b(?:student|teacher|loss|batch|optimizer|checkpoint|logging|mesh|data|eval)(?:\.[a-z_]+)+")
 
 
 def _in_file_terms(problem: Problem, translation: maxtext_format.Translation) -> Problem:

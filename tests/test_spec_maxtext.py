@@ -501,3 +501,19 @@ def test_maxtext_override_refused_only_where_the_model_file_sets_another_value()
     assert refused("  base_num_decoder_layers: 30\n  override_model_config: true\n") == []  # the block's own say
     # qwen3-1.7b has a MaxText config (it was said to have none, and its overrides went unchecked)
     assert "qwen3-1.7b" not in maxtext_format.NO_MAXTEXT_CONFIG
+
+
+def test_a_converted_file_passes_validate_strict_and_names_maxtexts_own_keys_in_its_problems(tmp_path):
+    from distillspec.specfile import read_spec_text as read
+
+    # data_shuffle_seed was written without the shuffle_window that gives it a meaning, and the file failed --strict
+    native = {"mode": "distill", "data": {"source": "jsonl", "path": "/d", "seed": 7, "shuffle_window": 100}}
+    assert "data_shuffle_seed" not in maxtext_format.to_maxtext(native)
+    # an eval set without files beside JSONL: the hint names hf_eval_files, not eval.path at `eval_interval.path`
+    text = RUNNABLE.replace(
+        'dataset_path: "gs://bucket/corpus/*.txt"\ndataset_type: "text"\n',
+        "dataset_type: hf\nhf_path: json\nhf_train_files: /d\n",
+    )
+    (problem,) = [p for p in read(text + "eval_interval: 50\n", file="d.yml").problems if p.is_error]
+    assert problem.code == "eval_path_missing" and problem.dotted_loc == "hf_eval_files", problem
+    assert "set hf_eval_files" in problem.hint and "eval.path" not in problem.hint, problem
