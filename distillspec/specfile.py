@@ -113,6 +113,17 @@ def validate_document(document: YamlDocument, *, file: str | None = None) -> Spe
             column=1,
         )
         return SpecReport(file, None, (problem,))
+    if isinstance(data.get("points"), list) and "sweep" in data and "student" not in data:
+        problem = Problem(
+            (),
+            "golden_not_spec",
+            "this is a golden file (`distillctl golden update` writes them), not a spec",
+            "`distillctl regress SWEEP --golden FILE` reads it; `validate` takes a spec",
+            file=file,
+            line=1,
+            column=1,
+        )
+        return SpecReport(file, None, (problem,))
     problems = document.duplicate_key_problems() + document.other_base_problems()
     translation = None
     if maxtext_format.looks_like_maxtext(data):

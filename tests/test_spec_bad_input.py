@@ -111,6 +111,9 @@ def test_a_sweep_file_given_as_a_spec_says_which_commands_take_it():
     report = read_spec_file(Path(__file__).parent.parent / "sweeps" / "quickstart.yaml")
     problem = only_problem(report)
     assert problem.code == "sweep_not_spec" and "distillctl plan" in problem.hint and problem.line == 1
+    # a golden file: said so, not five errors about its keys ("unknown key 'points' → did you mean 'checkpoint'?")
+    golden = only_problem(read_spec_file(Path(__file__).parent.parent / "sweeps" / "quickstart.golden.yaml"))
+    assert golden.code == "golden_not_spec" and "regress SWEEP --golden FILE" in golden.hint, golden
 
 
 @pytest.mark.parametrize(
