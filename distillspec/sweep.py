@@ -1130,7 +1130,8 @@ def _target(sweep: Sweep) -> list[Problem]:
             )
         )
     scheme = t.output_base.split("://", 1)[0].lower() if "://" in t.output_base else ""
-    if t.on_cluster and scheme in ("file", "memory"):  # the pods' trainer would stop at start (orbax: exit 70)
+    if t.on_cluster and scheme and scheme not in buckets.SCHEMES:  # the pods' trainer would stop at start (exit 1;
+        # file:// and memory:// an orbax crash, exit 70)
         out.append(
             Problem(
                 ("target", "output_base"),

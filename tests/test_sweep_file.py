@@ -442,8 +442,10 @@ def test_an_output_base_with_a_typo_no_storage_has_is_an_error(tmp_path):
     assert problem.code == "path_malformed" and "lower case: gs://" in problem.hint, problem
 
 
-def test_a_cluster_output_base_the_trainer_cannot_write_checkpoints_to_is_an_error(tmp_path):
-    # file:///mnt/shared passed plan without even output_base_not_shared; the pods' trainer died as a bug (exit 70).
-    source = load(tmp_path, sweep_data(target={**sweep_data()["target"], "output_base": "file:///mnt/shared/out"}))
+@pytest.mark.parametrize("output_base", ["file:///mnt/shared/out", "memory://out", "s3://bucket/out"])
+def test_a_cluster_output_base_the_trainer_cannot_write_checkpoints_to_is_an_error(tmp_path, output_base):
+    # file:///mnt/shared passed plan without even output_base_not_shared; the pods' trainer died as a bug (exit 70),
+    # and refused s3:// at start (exit 1) after the launch.
+    source = load(tmp_path, sweep_data(target={**sweep_data()["target"], "output_base": output_base}))
     (problem,) = [p for p in source.problems if p.is_error]
     assert problem.code == "unsupported_scheme" and problem.loc == ("target", "output_base"), problem
