@@ -3,10 +3,12 @@ processes."""
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -127,6 +129,41 @@ def test_observe_claim_failure_record_speaks_unless_a_newer_owner_holds_the_run(
         assert (seen.reason, seen.message) == ("OutputNotWritable", failure.message)
     newer = observe_claim(claim(token="t2", state="running"), failure=failure)
     assert newer.active and not newer.condition("Failed")
+
+
+def test_a_run_cancel_stopped_reads_preempted_while_its_trainer_still_saves(tmp_path):
+    """`cancel` removes the claim, then the trainer takes a while to save its checkpoint and write "preempted":
+    meanwhile its outputs said running, the run read Pending (Orphaned), and a `sweep --wait` following it handed it
+    over again (the cancel was undone; CI saw it once). Cancel's record makes it read stopped on purpose."""
+    from distillspec.sweep import load_sweep, override_target
+    from orchestrator.backends.local.backend import LocalBackend
+    from orchestrator.core import follow
+    from orchestrator.core.expansion import expand
+    from orchestrator.core.status import look
+    from tests.sweep_support import SWEEPS
+
+    expansion = expand(override_target(load_sweep(SWEEPS / "quickstart.yaml"), output_base=str(tmp_path)))
+    teacher = expansion.prerequisites[0]
+    os.makedirs(teacher.output_path)
+    state.write_json(Path(teacher.output_path) / "summary.json", {"status": "running", "step": 10})
+    backend = LocalBackend(expansion.sweep.target)
+
+    def teacher_status():
+        return look(expansion, backend, now=1e9, strict_outputs=False).statuses[teacher.run_id]
+
+    assert teacher_status().shown == "Pending (Orphaned)"  # no cancel said so: a run lost to a crash
+    held = claim(run_id=teacher.run_id, sweep=teacher.sweep, state="running")
+    local_claims.mark_cancelled(teacher.output_path, held)
+    stopping = teacher_status()
+    assert stopping.shown == "Pending (Preempted)" and stopping.message.startswith("cancelled;"), stopping
+    assert follow._stopped_on_purpose(stopping)
+    # The trainer's own word, once written, speaks
+    state.write_json(Path(teacher.output_path) / "summary.json", {"status": "preempted", "step": 10})
+    assert teacher_status().message == "stopped at step 10 with a checkpoint; resumes from it when submitted again"
+    # Another sweep's record of cancelling its own run with this id says nothing of this sweep's
+    state.write_json(Path(teacher.output_path) / "summary.json", {"status": "running", "step": 10})
+    local_claims.mark_cancelled(teacher.output_path, dataclasses.replace(held, sweep="other"))
+    assert teacher_status().shown == "Pending (Orphaned)"
 
 
 # --- claims ----------------------------------------------------------------------------------------------------

@@ -121,6 +121,9 @@ class Observation:
     failed_worker: str = ""  # a failed run's first failed worker and its exit (`slice 0, worker 3 exited 137 (...)`)
     claimed_at: float | None = None  # no run yet, but `owner` claimed it then (unix seconds) and may create it
     claim_expires_at: float | None = None  # when that claim turns stale and any sweep may take the run over
+    # Stopped by `cancel` (a local run's record of it): its trainer may still be saving its checkpoint, its outputs
+    # still saying running. Read "Orphaned" then, `sweep --wait` handed it over again and undid the cancel.
+    cancelled: bool = False
 
     @property
     def queue(self) -> str:
@@ -231,6 +234,8 @@ def derive(
             return RunStatus(Phase.FAILED, FailedReason.TRAINER_EXIT, _failure_message(final), **common)
         if verdict == "preempted":  # stopped by SIGTERM (cancel, preemption): it resumes when created again
             return RunStatus(Phase.PENDING, PendingReason.PREEMPTED, _preempted_message(final), **common)
+        if observation.cancelled and verdict in (None, "running"):
+            return RunStatus(Phase.PENDING, PendingReason.PREEMPTED, CANCELLED_MESSAGE, **common)
         if verdict == "running":  # nothing runs it any more (deleted, or its machine went away)
             return RunStatus(
                 Phase.PENDING,
@@ -274,6 +279,9 @@ def _claimed_message(observation: Observation, now: float) -> str:
         f"claimed {age} s ago by sweep {observation.owner}, which has not created its run yet; if it never does "
         f"(killed in between), a sweep takes the point over in {left} s"
     )
+
+
+CANCELLED_MESSAGE = "cancelled; resumes from its latest checkpoint when submitted again"
 
 
 def _preempted_message(final: dict) -> str:

@@ -78,7 +78,10 @@ class LocalBackend:
         if stale and claim.state == "queued":
             error = state.crash_of(folder, claim.supervisor_pid, claim.supervisor_start)
             crashed = None if error is None else f"{error} (its log: {folder / state.LOG})"
-        observed = observe_claim(claim, stale=stale, failure=state.read_failure(folder, run.run_id), crashed=crashed)
+        record = local_claims.read_cancelled(run.output_path) if claim is None else None
+        cancelled = record is not None and (record.get("run_id"), record["sweep"]) == (run.run_id, run.sweep)
+        failure = state.read_failure(folder, run.run_id)
+        observed = observe_claim(claim, stale=stale, failure=failure, crashed=crashed, cancelled=cancelled)
         if observed.exists and claim is not None and claim.sweep != run.sweep:
             # The same point in another sweep, started by it: its to stop (`cancel` leaves it), as on a cluster.
             name = identity.jobset_name(claim.sweep, run.run_id)
@@ -378,6 +381,7 @@ def observe_claim(
     stale: bool = False,
     failure: state.Failure | None = None,
     crashed: str | None = None,
+    cancelled: bool = False,
 ) -> Observation:
     """A run's claim as an Observation: queued (waiting for a slot or a prerequisite), running, or exited with a
     code. Pure: the caller says whether the claim is `stale` (its owner is gone), the supervisor's `failure` record
@@ -385,7 +389,8 @@ def observe_claim(
 
     A failure record speaks unless a newer live owner holds the run; a stale claim is no run at all (the outputs
     then speak), except one its supervisor left queued: that fails with the supervisor's error when it recorded
-    one, and otherwise is a submitted run nothing will start (Pending, SupervisorGone: `sweep` submits it again)."""
+    one, and otherwise is a submitted run nothing will start (Pending, SupervisorGone: `sweep` submits it again).
+    `cancelled`: no claim, and `cancel` left its record of stopping this run."""
     if failure is not None and (claim is None or stale or claim.token == failure.token):
         return Observation(
             exists=True,
@@ -394,7 +399,7 @@ def observe_claim(
             created_at=claim.created_at if claim else failure.at,
         )
     if claim is None:
-        return Observation(exists=False)
+        return Observation(exists=False, cancelled=cancelled)
     if stale:
         if claim.state != "queued":
             return Observation(exists=False)  # its trainer is gone: the outputs say how far it got
