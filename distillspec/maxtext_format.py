@@ -227,9 +227,7 @@ def _set(data: dict, loc: Loc, value: Any) -> None:
 
 def eval_off(key: str, value: Any) -> bool:
     """MaxText's `eval_interval` at -1 (its default) or 0: no evaluation; -1 or 0 `eval_steps` is its "all"."""
-    return key in EVAL_KEYS and (
-        value is None or (isinstance(value, int) and not isinstance(value, bool) and value <= 0)
-    )
+    return key in EVAL_KEYS and (value is None or (_whole(value) and value <= 0))
 
 
 def _data_files(flat: dict[str, Any], out: Translation) -> None:
@@ -342,20 +340,25 @@ def _unstated_defaults(flat: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     return out
 
 
-def _capped(name: Any) -> bool:
-    """Whether the registry model soft-caps anything (Gemma 2): only there is MaxText's 0.0 a change."""
+def _registry_shape(name: Any):
+    """The registry's model of this name (a file's model_name may be anything), or None."""
     from distillspec.registry import MODELS
 
-    shape = MODELS.get(name) if isinstance(name, str) else None
+    return MODELS.get(name) if isinstance(name, str) else None
+
+
+def _capped(name: Any) -> bool:
+    """Whether the registry model soft-caps anything (Gemma 2): only there is MaxText's 0.0 a change."""
+    shape = _registry_shape(name)
     return shape is not None and (shape.attn_softcap is not None or shape.final_softcap is not None)
 
 
 def _set_again(name: Any, overrides: dict[str, Any]) -> list[str]:
     """The keys of an override block that MaxText refuses without override_model_config: those its model file
     (configs/models/<name>.yml, whose values the registry has) sets to another value."""
-    from distillspec.registry import MODELS
-
-    shape = MODELS.get(name) if isinstance(name, str) and name not in NO_MAXTEXT_CONFIG else None
+    shape = _registry_shape(name)
+    if shape is not None and name in NO_MAXTEXT_CONFIG:  # a shape is a string's: hashable
+        shape = None
     out = []
     for key, value in overrides.items():
         canonical = MODEL_KEY_ALIASES.get(key, key)

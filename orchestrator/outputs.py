@@ -383,9 +383,6 @@ def read_columns(path: str, source: str) -> Columns | None:
     schema, a local ArrayRecord file's first record's keys, a saved Hugging Face dataset's features; None when they
     cannot be learnt cheaply (pyarrow or array_record not installed, ArrayRecord files in a bucket, an unreadable
     first record: the trainer says why at start)."""
-    import os
-    import stat
-
     from distillspec.data_files import data_files
 
     first = path
@@ -396,7 +393,7 @@ def read_columns(path: str, source: str) -> Columns | None:
         if not files:
             return None
         first = files[0] if "://" not in path else fs.unstrip_protocol(files[0])
-        if "://" not in first and not stat.S_ISREG(os.stat(first).st_mode):  # a FIFO hung the check
+        if not _regular(fs, files[0]):  # a FIFO hung the check
             return Columns(first, error="is not a regular file (a pipe or a device)")
         if len(files) <= EMPTY_CHECK_FILES and all(fs.size(f) == 0 for f in files):  # the trainer: no document
             return Columns(
