@@ -23,3 +23,16 @@ def inside(folder: str, name: str) -> str:
     if head and not head.endswith(":"):
         return f"{head}/{name}"
     return f"{folder}{name}"  # `/` and `file:///` were `name` (relative) and `file:/name`
+
+
+def file_url(value: str) -> tuple[str, str] | None:
+    """A `file:` URL's host and path, as RFC 8089 spells them (its scheme and host are case-insensitive):
+    `file:/abs` and `file:///abs` are ("", "/abs"), `file://localhost/abs` ("localhost", "/abs"), `file:rel`
+    ("", "rel"); None for what is not a file URL."""
+    if value[:5].lower() != "file:":
+        return None
+    rest = value[5:]
+    if rest[:2] != "//":
+        return "", rest
+    host, slash, path = rest[2:].partition("/")
+    return host, slash + path

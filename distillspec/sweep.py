@@ -1145,10 +1145,11 @@ def _target(sweep: Sweep) -> list[Problem]:
         # `sweep` refused file://; status and cancel read it another way (`file://localhost/abs` as a folder
         # `localhost`), and `file:/abs` split each run between /abs and ./file:/abs: said once, for every command.
         # Other URLs are read by results (runs copied to a bucket).
-        path = t.output_base[5:]
-        if path.startswith("//"):
-            host, _, rest = path[2:].partition("/")
-            path = "/" + rest if host.lower() in ("", "localhost") else ""
+        from distillspec.places import file_url
+
+        host, path = file_url(t.output_base)
+        if host.lower() not in ("", "localhost"):
+            path = ""
         out.append(
             Problem(
                 ("target", "output_base"),

@@ -372,6 +372,17 @@ def test_an_output_base_that_is_not_a_folder_is_a_usage_error(tmp_path):
     # scheme and host in any case (RFC 3986), and RFC 8089's one-slash form: they were refused or read as no folder
     for spelled, read in (("FILE://LocalHost/a/b", "/a/b"), ("File:///a/b", "file:///a/b"), ("file:/a/b", "/a/b")):
         assert _local_file_url(spelled) == read, spelled
+    # the parsing both readers share (the sweep check's hint: "write it as a path (/a/b)")
+    from distillspec.places import file_url
+
+    assert [file_url(u) for u in ("file:/a", "file:///a", "FILE://LocalHost/a", "file:a", "file://h", "gs://b/a")] == [
+        ("", "/a"),
+        ("", "/a"),
+        ("LocalHost", "/a"),
+        ("", "a"),
+        ("h", ""),
+        None,
+    ]
 
 
 def test_a_markdown_cell_keeps_its_row_whole():

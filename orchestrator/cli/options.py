@@ -154,15 +154,18 @@ WindowOption = Annotated[
 def _local_file_url(value: str | None) -> str | None:
     """`file://localhost/abs` (RFC 8089's spelling of /abs) as /abs, for every reader of the runs (the check alone
     took it so, and the runs were read under a folder named `localhost`); a file URL on another host is refused."""
-    if value is None or value[:5].lower() != "file:":
+    from distillspec.places import file_url
+
+    parts = None if value is None else file_url(value)
+    if parts is None:
         return value
+    host, path = parts
     if value[5:7] != "//":  # file:/abs, RFC 8089's short form
-        return value[5:] if value[5:6] == "/" else value
-    host, slash, path = value[7:].partition("/")
+        return path if path.startswith("/") else value
     if host == "":
-        return "file://" + value[7:]  # file:///abs (the scheme in lower case), or file:// (no folder: the check says)
-    if host.lower() == "localhost" and slash:  # a URL's scheme and host are case-insensitive (RFC 3986)
-        return "/" + path
+        return "file://" + path  # file:///abs (the scheme in lower case), or file:// (no folder: the check says)
+    if host.lower() == "localhost" and path:
+        return path
     from orchestrator.errors import UsageError
 
     raise UsageError(
