@@ -436,9 +436,9 @@ def _stop(held: Sequence[tuple[str, local_claims.Claim]], mark: bool = False) ->
     running = []
     for output_path, claim in held:
         try:
-            local_claims.release(output_path)
-            if mark and claim.state == "running":
+            if mark and claim.state == "running":  # first: no look between the two finds the run unexplained
                 local_claims.mark_cancelled(output_path, claim)
+            local_claims.release(output_path)
         except OSError:
             pass  # an unwritable run folder: its claim stays, and goes stale with its processes
         if claim.state == "running" and local_claims.alive(claim.pid, claim.pid_start):
