@@ -189,7 +189,7 @@ def _schedules(spec: DistillSpec) -> list[Problem]:
                     ("loss", name, "schedule"),
                     "schedule_without_end",
                     f"{name} schedule is {value.schedule!r} but {name} has no end value: it stays at {value.start}",
-                    f"set loss.{name}.end to the value to reach at the last step, or use schedule: constant",
+                    f"set loss.{name}.end to the value to reach at the last step, or set loss.{name}.schedule: constant",
                     severity="warning",
                 )
             )
@@ -218,9 +218,12 @@ def _beta_ramp(spec: DistillSpec) -> list[Problem]:
     beta = spec.loss.beta
     if not _ramps_from_zero(beta):
         return []
-    hint = f"start at a small positive value such as 1e-6 and keep end: {beta.end}"
+    hint = f"set loss.beta.start to a small positive value such as 1e-6 and keep loss.beta.end: {beta.end}"
     if beta.schedule == "constant":
-        hint += ", with schedule: linear or cosine (a constant schedule ignores end); or remove end to keep β at 0"
+        hint += (
+            ", with loss.beta.schedule: linear or cosine (a constant schedule ignores its end); or remove "
+            "loss.beta.end to keep β at 0"
+        )
     return [
         Problem(
             ("loss", "beta", "start"),
@@ -261,7 +264,7 @@ def _magnitudes(spec: DistillSpec) -> list[Problem]:
                     f"β reaches {beta} with the L2 feature loss, which is unbounded: the guide's β for L2 is of "
                     "order 0.01–0.1 (at cosine's scale the feature term swamps the logit losses)"
                 )
-                fix = "scale β down for L2, e.g. start 0.05, end 0.005 (the guide's L2 row)"
+                fix = "scale β down for L2, e.g. loss.beta.start: 0.05, loss.beta.end: 0.005 (the guide's L2 row)"
             else:
                 message = (
                     f"β reaches {beta}: the cosine feature loss is bounded in [0, 2] per element, so the guide's β is "
@@ -413,7 +416,7 @@ def _feature_loss(spec: DistillSpec) -> list[Problem]:
                         f"feature_loss_needs_{flag}",
                         f"a β > 0 (feature loss) requires {flag}: true on both models; the {side} has {flag}: false",
                         f"set {side}.{flag}: true (features are stacked along the scanned layer axis and sown with NNX), "
-                        "or set β to 0.0 for logit-only distillation",
+                        "or set loss.beta: 0.0 for logit-only distillation",
                     )
                 )
     student, teacher = spec.student.shape(), spec.teacher.shape()
@@ -424,7 +427,7 @@ def _feature_loss(spec: DistillSpec) -> list[Problem]:
                 "feature_width_mismatch",
                 f"feature loss compares attention outputs, but the student's width is {student.emb_dim} and the "
                 f"teacher's is {teacher.emb_dim}",
-                "distill features only between models of the same emb_dim, or set β to 0.0",
+                "distill features only between models of the same width, or set loss.beta: 0.0",
             )
         )
     out.extend(_layer_indices(spec, student.num_layers, teacher.num_layers))
@@ -476,7 +479,7 @@ def _layer_indices(spec: DistillSpec, student_depth: int, teacher_depth: int) ->
                     loc,
                     "layer_indices_empty",
                     "layer_indices is empty but β > 0",
-                    "list the layers to align, e.g. full_depth:8, or set β to 0.0",
+                    "list the layers to align, e.g. full_depth:8, or set loss.beta: 0.0",
                 )
             ]
         what = ""
@@ -770,7 +773,7 @@ def _data(spec: DistillSpec) -> list[Problem]:
                 "text_source_of_records",
                 f"data.source is text but data.path {data.path!r} names {suffix} files: they would be trained on as "
                 "plain text, their syntax and column names included",
-                f"set data.source: {source} (with text_column, or prompt_column and completion_column)",
+                f"set data.source: {source} (with data.text_column, or data.prompt_column and data.completion_column)",
                 severity="warning",
             )
         )
@@ -782,7 +785,7 @@ def _data(spec: DistillSpec) -> list[Problem]:
                 f"data.source 'hf' names a Hugging Face hub dataset ({data.path or 'no path'}); the trainer does not "
                 "download data at run time",
                 "save it to disk or a bucket first (datasets.load_dataset(...)['train'].save_to_disk('gs://bucket/"
-                "corpus')) and use source: hf_disk with path: that folder (or export it as jsonl/parquet files)",
+                "corpus')) and use data.source: hf_disk with data.path: that folder (or export it as jsonl/parquet files)",
             )
         )
     elif data.source not in BUNDLED_DATA_SOURCES:
@@ -791,7 +794,7 @@ def _data(spec: DistillSpec) -> list[Problem]:
                 ("data", "source"),
                 "data_source_not_bundled",
                 f"the bundled trainer reads {', '.join(BUNDLED_DATA_SOURCES)} data; {data.source!r} is not read yet",
-                "use source: jsonl, parquet, arrayrecord or hf_disk (documents, packed), text (files tokenized by "
+                "use data.source: jsonl, parquet, arrayrecord or hf_disk (documents, packed), text (files tokenized by "
                 "data.tokenizer) or tokens (a pre-tokenized .npy or raw uint16/int32 file) instead",
             )
         )
@@ -823,7 +826,7 @@ def _data(spec: DistillSpec) -> list[Problem]:
                 ("checkpoint", "every_steps"),
                 "checkpoint_disabled",
                 "checkpoint.enabled is false: checkpoint.every_steps does nothing (no checkpoint is written)",
-                "remove enabled: false to save checkpoints, or remove checkpoint.every_steps",
+                "set checkpoint.enabled: true to save checkpoints, or remove checkpoint.every_steps",
                 severity="warning",
             )
         )
@@ -919,9 +922,9 @@ def _event_folder(spec: DistillSpec) -> list[Problem]:
             ]
         return []
     why, hint = (
-        ("a teacher_logits run writes no events", "remove tensorboard_dir")
+        ("a teacher_logits run writes no events", "remove logging.tensorboard_dir")
         if spec.mode == "teacher_logits"
-        else ("logging.tensorboard is false", "remove tensorboard_dir, or set tensorboard: true")
+        else ("logging.tensorboard is false", "remove logging.tensorboard_dir, or set logging.tensorboard: true")
     )
     return [
         Problem(

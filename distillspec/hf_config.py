@@ -324,17 +324,18 @@ def mismatch_hint(side: str, found: ModelShape, expected: ModelShape) -> str:
     if not fixed:
         # What to write, as a block writes it: `rope_scaling: none` (Meta-Llama-3-8B under llama3.1-8b).
         lines = ", ".join(
-            f"{n}: {_yaml_flow(constant_in_spec_terms(n, getattr(found, n)) if n in CONSTANT_FIELDS else getattr(found, n))}"
+            f"{side}.{n}: "
+            f"{_yaml_flow(constant_in_spec_terms(n, getattr(found, n)) if n in CONSTANT_FIELDS else getattr(found, n))}"
             for n in differing
         )
         other = "student" if side == "teacher" else "teacher"
         shared = (
-            f"; vocab_size in the {other} block too (the two models share a vocabulary: Hugging Face's Gemma 2 has "
+            f"; {other}.vocab_size too (the two models share a vocabulary: Hugging Face's Gemma 2 has "
             "256000 rows where MaxText pads to 256128, image-text Gemma 3 has 262208)"
             if "vocab_size" in differing
             else ""
         )
-        return f"set in the {side} block the checkpoint's {lines} (or choose a registry model that has them){shared}"
+        return f"set {lines} (the checkpoint's; or choose a registry model that has them){shared}"
     fixed_fields = [n for n in COMPARED if n not in settable]
     like = [name for name, s in MODELS.items() if all(getattr(s, n) == getattr(found, n) for n in fixed_fields)]
     cannot = f"{', '.join(fixed)} cannot be set in a model block"

@@ -9,10 +9,11 @@ are kept out of the spec with a warning, while likely typos of keys we do use ar
 from __future__ import annotations
 
 import dataclasses
+import re
 from difflib import get_close_matches
 from typing import Any
 
-from distillspec.problems import Loc, Problem
+from distillspec.problems import Loc, Problem, format_loc
 
 # MaxText key -> native location.
 TOP_LEVEL: dict[str, Loc] = {
@@ -127,7 +128,11 @@ ACCEPTED: dict[str, tuple[tuple[Any, ...], str, bool] | None] = {
     "packing": ((True,), "the trainer packs documents into rows (with segment ids)", False),
     "tokenizer_type": (("huggingface",), "the trainer reads Hugging Face tokenizer.json files", False),
     "learning_rate_schedule_steps": ((-1, "steps"), "the trainer's schedule spans `steps`", False),
-    "opt_type": (("adamw",), "the bundled trainer trains with AdamW (optimizer.weight_decay and friends)", True),
+    "opt_type": (
+        ("adamw",),
+        "the bundled trainer trains with AdamW (adam_weight_decay, adam_b1, adam_b2, adam_eps)",
+        True,
+    ),
 }
 # MaxText's remat_policy (a top-level key: the student's per-layer rematerialisation) -> the spec's `remat`.
 # `minimal` saves the weight matmuls (jax's checkpoint_dots_with_no_batch_dims): the trainer's `dots`. MaxText's
@@ -193,6 +198,69 @@ class Translation:
                 return found + tuple(loc[end:])
         return loc
 
+    def in_file_terms(self, problem: Problem) -> Problem:
+        """The problem at the file's location, said in the file's words: `teacher_overrides.load_parameters_path`,
+        not `teacher.load_parameters_path`, to a MaxText user."""
+        loc = self.to_file_loc(problem.loc)
+        return dataclasses.replace(self.in_file_words(problem, loc), loc=loc)
+
+    def in_file_words(self, problem: Problem, loc: Loc | None = None) -> Problem:
+        """The problem's message and hint in the file's words, its location kept (a sweep file's): every native
+        path they name (`checkpoint.every_steps`), and the native field a sentence is about (`every_steps must be
+        greater than 0`, `point output_dir at ...`), as the file's key. Quoted values are the user's, kept as
+        written (a path holding `eval.jsonl` read `eval_interval.jsonl`)."""
+        loc = self.to_file_loc(problem.loc) if loc is None else loc
+        leaf, file_leaf = (problem.loc[-1], loc[-1]) if problem.loc and loc else (None, None)
+        named = format_loc(loc) if isinstance(leaf, str) and leaf != file_leaf and loc != problem.loc else None
+
+        def words(text: str, first: bool) -> str:
+            parts = _QUOTED.split(text)
+            for i in range(0, len(parts), 2):  # outside quotes
+                part = _NATIVE_PATH.sub(lambda m: format_loc(self.to_file_loc(tuple(m.group(0).split(".")))), parts[i])
+                if named is not None:
+                    part = part.replace(f"`{leaf}:`", f"`{file_leaf}:`")  # "add `model:`": the file's `model_name:`
+                    if "_" in leaf:  # a field name no sentence uses as a word (`output_dir`, `every_steps`)
+                        part = re.sub(rf"(?<![\w.]){re.escape(leaf)}(?![\w.])", named, part)
+                    elif first and i == 0 and part.startswith(f"{leaf} "):  # "keep must be greater than 0"
+                        part = named + part[len(leaf) :]
+                parts[i] = part
+            return "".join(parts)
+
+        hint = MAXTEXT_HINTS.get(problem.code) or words(problem.hint, False)
+        return dataclasses.replace(problem, message=words(problem.message, True), hint=hint)
+
+
+# Fixes whose native words have no MaxText spelling (a `data.source: jsonl`, a shuffle window): what to write in a
+# MaxText file instead.
+_FILES = "dataset_type: hf with hf_path: json or parquet and hf_train_files: the files"
+MAXTEXT_HINTS = {
+    "text_source_of_records": f"read them as records: {_FILES} (train_data_columns: [the column of text])",
+    "data_seed_changes_nothing": "this layout has no key for the trainer's shuffle window: remove data_shuffle_seed, "
+    "or keep the spec in distillctl's layout (`distillctl convert FILE --to native`) and set data.shuffle_window",
+    "eval_needs_documents": f"evaluate on records: {_FILES}, and hf_eval_files; or set eval_interval: -1 (no "
+    "evaluation)",
+    "hub_dataset_not_read": "save it to disk or a bucket first (datasets.load_dataset(...)['train'].save_to_disk("
+    "'gs://bucket/corpus')) and read it with dataset_type: hf_disk and dataset_path: that folder, or export it as "
+    "JSONL or Parquet files (hf_path: json or parquet, hf_train_files)",
+    "data_source_not_bundled": f"read files: {_FILES}, or dataset_type: grain with grain_file_type: parquet and "
+    "grain_train_files; or distillctl's dataset_type text (tokenized by tokenizer_path), tokens, arrayrecord or "
+    "hf_disk with dataset_path",
+}
+# Where a problem with a key the file leaves out is shown: at the key that asks for it, not the file's first line.
+NEAR_KEYS: dict[str, tuple[str, ...]] = {
+    "hf_train_files": ("hf_path", "dataset_type"),
+    "dataset_path": ("dataset_type",),
+    "hf_eval_files": ("eval_interval", "eval_steps"),
+}
+
+
+# distillctl's own paths as messages and hints name them; not inside a path or URL (`corpus/eval.jsonl`)
+_NATIVE_PATH = re.compile(
+    r"(?<![\w./:-])(?:student|teacher|loss|batch|optimizer|checkpoint|logging|mesh|data|eval)(?:\.[a-z_]+)+(?![\w/-])"
+)
+# A quoted value ('gs://b/eval.jsonl', or "it's" as repr writes one holding a quote): not an apostrophe (MaxText's)
+_QUOTED = re.compile(r"""((?<!\w)'[^'\n]*'(?!\w)|(?<!\w)"[^"\n]*"(?!\w))""")
+
 
 def _none(value: Any) -> Any:
     return None if value == "None" else value  # MaxText's YAML writes None for null
@@ -252,10 +320,21 @@ def _data_files(flat: dict[str, Any], out: Translation) -> None:
                 "name one column, e.g. [text]",
             )
         )
-    if kind == "hf" and builder in HF_FILE_BUILDERS and files not in (None, ""):
+    if kind == "hf" and builder in HF_FILE_BUILDERS:
         _set(out.data, ("data", "source"), HF_FILE_BUILDERS[builder])
-        _set(out.data, ("data", "path"), files)
         out.file_locs[("data", "path")] = ("hf_train_files",)
+        if files not in (None, ""):
+            _set(out.data, ("data", "path"), files)
+        else:  # it read as a hub dataset named `json`, whose fix was to save it to disk
+            suffix = HF_FILE_BUILDERS[builder]
+            out.problems.append(
+                Problem(
+                    ("hf_train_files",),
+                    "data_path_missing",
+                    f"hf_path {builder!r} reads the files hf_train_files names, and the file names none",
+                    f"set hf_train_files to the {suffix} file(s), e.g. gs://my-bucket/corpus/*.{suffix}",
+                )
+            )
     elif kind == "grain" and _none(flat.get("grain_file_type")) == "parquet":
         _set(out.data, ("data", "source"), "parquet")
     elif files is not None or "grain_file_type" in flat:

@@ -129,7 +129,7 @@ def validate_document(document: YamlDocument, *, file: str | None = None) -> Spe
     if maxtext_format.looks_like_maxtext(data):
         translation = maxtext_format.from_maxtext(data)
         spec, found = validate_data(translation.data, batch_keys_home="the top level of the file")
-        in_file = [_in_file_terms(p, translation) for p in found]
+        in_file = [translation.in_file_terms(p) for p in found]
         # A block the translation refused (student_overrides: 5) is not also missing its keys.
         refused = [t.loc for t in translation.problems if t.is_error]
         problems += translation.problems + [p for p in in_file if not any(_related(p.loc, r) for r in refused)]
@@ -140,11 +140,12 @@ def validate_document(document: YamlDocument, *, file: str | None = None) -> Spe
         fmt = "native"
     problems += _unexpanded_strings(data)
     # One key of a MaxText file can set both models (a top-level `scan_layers`): its problem is said once.
-    located = list(dict.fromkeys(_locate(p, document, file) for p in problems))
+    near = maxtext_format.NEAR_KEYS if translation else {}
+    located = list(dict.fromkeys(_locate(p, document, file, near) for p in problems))
     located.sort(key=lambda p: (p.line or 0, p.column or 0, p.code))
 
     def locate(problem: Problem) -> Problem:
-        return _locate(_in_file_terms(problem, translation) if translation else problem, document, file)
+        return _locate(translation.in_file_terms(problem) if translation else problem, document, file, near)
 
     return SpecReport(file, spec if not has_errors(located) else None, tuple(located), fmt, locate)
 
@@ -184,24 +185,16 @@ def _unexpanded_strings(data: Any, loc: Loc = ()) -> list[Problem]:
     return []
 
 
-_NATIVE_PATH = re.compile(r"\b(?:student|teacher|loss|batch|optimizer|checkpoint|logging|mesh|data|eval)(?:\.[a-z_]+)+")
-
-
-def _in_file_terms(problem: Problem, translation: maxtext_format.Translation) -> Problem:
-    """Say `teacher_overrides.load_parameters_path`, not `teacher.load_parameters_path`, to a MaxText user."""
-
-    def rename(match: re.Match) -> str:
-        return format_loc(translation.to_file_loc(tuple(match.group(0).split("."))))
-
-    loc = translation.to_file_loc(problem.loc)
-    message, hint = _NATIVE_PATH.sub(rename, problem.message), _NATIVE_PATH.sub(rename, problem.hint)
-    if problem.loc and loc and loc[-1] != problem.loc[-1]:  # "add `model:`" names the file's key: `model_name:`
-        hint = hint.replace(f"`{problem.loc[-1]}:`", f"`{loc[-1]}:`")
-    return dataclasses.replace(problem, loc=loc, message=message, hint=hint)
-
-
-def _locate(problem: Problem, document: YamlDocument, file: str | None) -> Problem:
-    position = document.position_of(problem.loc)
+def _locate(
+    problem: Problem, document: YamlDocument, file: str | None, near: dict[str, tuple[str, ...]] = {}
+) -> Problem:
+    """The problem at its key's line; a key the file leaves out at a `near` key that asks for it, else at its
+    nearest ancestor."""
+    position = document.positions.get(tuple(problem.loc))
+    for key in near.get(problem.loc[0], ()) if position is None and len(problem.loc) == 1 else ():
+        if (position := document.positions.get((key,))) is not None:
+            break
+    position = position or document.position_of(problem.loc)
     return dataclasses.replace(
         problem, file=file, line=position.line if position else None, column=position.column if position else None
     )

@@ -410,8 +410,17 @@ class SpecSource:
         return copy_plain(dict(self.data))
 
     def locate(self, problem: Problem) -> Problem:
-        loc = self.translation.to_file_loc(problem.loc) if self.translation else problem.loc
-        return _at(problem, self.prefix + tuple(loc), self.document, self.file)
+        """The problem at its key in the spec's file, in the file's words (a MaxText file's)."""
+        if self.translation is not None:
+            problem = self.translation.in_file_terms(problem)
+        return _at(problem, self.prefix + tuple(problem.loc), self.document, self.file)
+
+    def in_file_words(self, problem: Problem, *, native_loc: bool = True) -> Problem:
+        """A problem shown elsewhere (at the sweep's override of a key) in this spec file's words. `native_loc`:
+        its loc is still the spec's (the field its sentence is about is named as the file names it too)."""
+        if self.translation is None:
+            return problem
+        return self.translation.in_file_words(problem, None if native_loc else ())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -379,7 +379,7 @@ def test_a_data_path_that_names_no_file_is_an_error_before_launch(tmp_path):
 def test_the_hint_names_what_a_model_block_can_set_and_what_it_cannot(tmp_path):
     # "choose the registry model (and overrides)" for tied embeddings: no override exists (unknown_key).
     (problem,) = check_paths(spec_with(hf_folder(tmp_path / "deeper", "tiny-4l", num_layers=6)), read_text)
-    assert problem.hint.startswith("set in the teacher block the checkpoint's num_layers: 6"), problem.hint
+    assert problem.hint.startswith("set teacher.num_layers: 6 (the checkpoint's"), problem.hint
     # A checkpoint whose constants no registry model has (Meta-Llama-3-8B: Llama 3.1's shape, no RoPE scaling; a
     # SmolLM-style Llama: another RoPE base, tied): refused as "distillctl cannot build this model", though the
     # trainer computes it exactly. The hint now says what to write, and the block that writes it passes.
@@ -391,7 +391,7 @@ def test_the_hint_names_what_a_model_block_can_set_and_what_it_cannot(tmp_path):
     (problem,) = check_paths(spec_with(str(tied)), read_text)
     assert "tie_embeddings: expected false, found true" in problem.message
     assert problem.hint.startswith(
-        "set in the teacher block the checkpoint's tie_embeddings: true, rope_theta: 100000.0"
+        "set teacher.tie_embeddings: true, teacher.rope_theta: 100000.0 (the checkpoint's"
     ), problem.hint
     edits = {"teacher.load_parameters_path": str(tied), "teacher.tie_embeddings": True, "teacher.rope_theta": 1e5}
     spec, problems = validate_data(spec_data(**edits))
@@ -405,7 +405,7 @@ def test_the_hint_names_what_a_model_block_can_set_and_what_it_cannot(tmp_path):
 
     found = shape_from_config(config)
     hint = mismatch_hint("teacher", found, ModelSpec(model="llama3.1-8b").shape())
-    assert hint.startswith("set in the teacher block the checkpoint's rope_scaling: none"), hint
+    assert hint.startswith("set teacher.rope_scaling: none (the checkpoint's"), hint
     assert ModelSpec(model="llama3.1-8b", rope_scaling="none").shape() == found
     # What a block cannot set: another family's math (Qwen 3's qk-norm under a Llama model).
     qwen = tmp_path / "qwen"

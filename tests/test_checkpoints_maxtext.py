@@ -314,6 +314,6 @@ def test_validate_check_paths_reads_maxtext_shapes(models, tmp_path):
     assert any("config.json holds a different teacher model: num_layers: expected 4, found 2" in m for m in messages)
     # The config's mismatches are one problem, and every problem carries the block lines that match the checkpoint.
     assert len([m for m in messages if "config.json holds" in m]) == 1
-    assert all(p.hint.startswith("set in the teacher block the checkpoint's") for p in problems), problems
+    assert all(p.hint.startswith("set teacher.") and "(the checkpoint's" in p.hint for p in problems), problems
     (missing,) = check_paths(spec_with(str(tmp_path / "gone" / "0" / "items")), read_text, read_checkpoint)
     assert missing.code == "checkpoint_unreadable" and "does not exist" in missing.message

@@ -517,3 +517,88 @@ def test_a_converted_file_passes_validate_strict_and_names_maxtexts_own_keys_in_
     (problem,) = [p for p in read(text + "eval_interval: 50\n", file="d.yml").problems if p.is_error]
     assert problem.code == "eval_path_missing" and problem.dotted_loc == "hf_eval_files", problem
     assert "set hf_eval_files" in problem.hint and "eval.path" not in problem.hint, problem
+
+
+def test_problems_in_a_maxtext_file_say_maxtexts_keys_and_their_fixes_work_when_written_into_it():
+    """Hints named distillctl's spellings (`remove enabled: false`, `set tensorboard: true`, `use schedule:
+    constant`, `keep end: 0.1`, `point output_dir at`): written into the MaxText file, each left the problem and
+    added an ignored-key warning. Sentences about a field named its native leaf (`every_steps must be ...`)."""
+
+    def problems(text: str) -> list:
+        return own(read_spec_text(text, file="d.yml").problems)
+
+    def said(text: str, code: str) -> str:
+        (problem,) = [p for p in problems(text) if p.code == code]
+        return f"{problem.message} → {problem.hint}"
+
+    base = RUNNABLE
+    fixes = [  # (the file's mistake, its code, the MaxText words said, the fix as the hint says it)
+        ("enable_checkpointing: false\n", "checkpoint_disabled", "set enable_checkpointing: true", None),
+        (
+            "enable_tensorboard: false\ntensorboard_dir: gs://b/tb\n",
+            "tensorboard_dir_unused",
+            "or set enable_tensorboard: true",
+            "enable_tensorboard: true\ntensorboard_dir: gs://b/tb\n",
+        ),
+        (
+            "distill_alpha_schedule: cosine\n",
+            "schedule_without_end",
+            "or set distill_alpha_schedule: constant",
+            "distill_alpha_schedule: constant\n",
+        ),
+        (
+            "distill_beta: 0.0\ndistill_beta_end: 0.1\ndistill_layer_indices: [1]\n",
+            "beta_ramp_from_zero",
+            "set distill_beta to a small positive value such as 1e-6 and keep distill_beta_end: 0.1",
+            "distill_beta: 1.0e-6\ndistill_beta_end: 0.1\ndistill_layer_indices: [1]\n",
+        ),
+    ]
+    for mistake, code, words, fix in fixes:
+        text = said(base + mistake, code)
+        assert words in text, text
+        if fix is not None:
+            fixed = problems(base + fix)
+            assert not [p for p in fixed if p.code in (code, "maxtext_key_ignored")], fixed
+    assert "checkpoint_period must be greater than 0, got -5" in said(
+        base.replace("checkpoint_period: 2000", "checkpoint_period: -5"), "out_of_range"
+    )
+    assert said(base + "max_num_checkpoints_to_keep: 0\n", "out_of_range").startswith(
+        "max_num_checkpoints_to_keep must be"
+    )
+    assert said(base + "distill_alpha_schedule: exponential\n", "bad_value").startswith("distill_alpha_schedule must")
+    output = said(base + "base_output_directory: s3://b/out\n", "unsupported_scheme")
+    assert "output_dir" not in output.replace("base_output_directory", ""), output
+    assert "(adam_weight_decay, adam_b1, adam_b2, adam_eps)" in said(
+        base + "opt_type: sgd\n", "maxtext_value_unsupported"
+    )
+
+
+def test_values_quoted_from_a_maxtext_file_are_printed_as_written():
+    # The rewrite of native paths ran over quoted values too: `corpus/eval.jsonl` read `corpus/eval_interval.jsonl`,
+    # in the message and in the fix, which then validated clean and named a file that does not exist.
+    text = RUNNABLE.replace('"gs://bucket/corpus/*.txt"', '"gs://b/loss.alpha/eval.jsonl/*.txt "')
+    (problem,) = [p for p in read_spec_text(text, file="d.yml").problems if p.code == "path_malformed"]
+    assert "'gs://b/loss.alpha/eval.jsonl/*.txt '" in problem.message
+    assert problem.hint.endswith("'gs://b/loss.alpha/eval.jsonl/*.txt'"), problem.hint
+
+
+def test_maxtext_data_settings_get_fixes_a_maxtext_file_can_hold():
+    def one(text: str, code: str):
+        (problem,) = [p for p in read_spec_text(text, file="d.yml").problems if p.code == code]
+        return problem
+
+    # hf + hf_path json without files read as a hub dataset named `json` ("save it to disk first")
+    no_files = RUNNABLE.replace(
+        'dataset_path: "gs://bucket/corpus/*.txt"\ndataset_type: "text"', 'dataset_type: "hf"\nhf_path: "json"'
+    )
+    missing = one(no_files, "data_path_missing")
+    assert missing.loc == ("hf_train_files",) and "set hf_train_files to the jsonl file(s)" in missing.hint
+    assert missing.line == no_files.splitlines().index('hf_path: "json"') + 1  # at the key that asks for them
+    assert not [p for p in read_spec_text(no_files, file="d.yml").problems if p.code == "hub_dataset_not_read"]
+    # .jsonl files read as text: the fix is MaxText's record reader, not distillctl's `text_column`
+    records = RUNNABLE.replace("corpus/*.txt", "corpus/*.jsonl")
+    assert "dataset_type: hf with hf_path: json" in one(records, "text_source_of_records").hint
+    seeded = no_files.replace('hf_path: "json"', 'hf_path: "json"\nhf_train_files: "gs://b/c/*.jsonl"')
+    seed = one(seeded + "data_shuffle_seed: 7\n", "data_seed_changes_nothing")
+    assert "this layout has no key for the trainer's shuffle window" in seed.hint
+    assert "set hf_eval_files" in one(seeded + "eval_interval: 100\n", "eval_path_missing").hint

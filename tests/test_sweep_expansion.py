@@ -593,3 +593,31 @@ def test_a_mesh_that_puts_fsdp_or_tensor_across_slices_is_a_warning_at_its_line(
     for overrides in ({}, {"mesh.data": 2, "mesh.fsdp": -1}):
         fine = expanded(tmp_path, sweep_data(spec="spec.yaml", overrides=overrides))
         assert not [p for p in fine.problems if p.code == "mesh_axis_across_slices"], overrides
+
+
+def test_a_sweep_over_a_maxtext_spec_says_its_problems_in_the_spec_files_words_at_the_key_that_set_them(tmp_path):
+    """`plan` spoke distillctl's paths to a MaxText user (`checkpoint.enabled is false`, `set loss.beta to 0.0`,
+    `vary data.seed`), where `validate` of the same file spoke MaxText's; an override of `eval_interval` was blamed
+    on the spec file's first line (`base_config`) at a made-up `eval`."""
+    from sweep_support import SWEEPS
+
+    spec = str(SWEEPS / "maxtext-distillation.yml")
+
+    def problem(code: str, **fields):
+        (found,) = [p for p in expanded(tmp_path, sweep_data(spec=spec, **fields)).problems if p.code == code]
+        return found
+
+    tensorboard = problem(
+        "tensorboard_dir_unused", overrides={"enable_tensorboard": False, "tensorboard_dir": "gs://b/tb"}
+    )
+    assert "enable_tensorboard is false" in tensorboard.message and "set enable_tensorboard: true" in tensorboard.hint
+    checkpoints = problem("checkpoint_disabled", overrides={"enable_checkpointing": False})
+    assert checkpoints.loc == ("checkpoint_period",) and checkpoints.file == spec
+    assert "enable_checkpointing is false: checkpoint_period does nothing" in checkpoints.message
+    evaluation = problem("eval_needs_documents", overrides={"eval_interval": 100})
+    assert evaluation.loc == ("overrides", "eval_interval") and evaluation.file.endswith("sweep.yaml")
+    assert "dataset_type 'text'" in evaluation.message and "eval_interval: -1" in evaluation.hint
+    seeds = problem("seed_changes_nothing", seeds=[0, 1])
+    assert "axes: {data_shuffle_seed: [0, 1, 2]}" in seeds.hint, seeds.hint
+    offline = problem("offline_feature_loss", overrides={"offline_data_dir": "gs://b/logits"})
+    assert "set distill_beta to 0.0" in offline.hint, offline.hint

@@ -208,13 +208,13 @@ def expand(source: SweepSource, *, max_points: int | None = DEFAULT_MAX_POINTS) 
         point, found = _point(sweep, source, draft, outputs, templated, common, encodings)
         if point is not None:  # early-stopping rules on a metric this point does not log, or after its end
             rules = sweep.early_stopping
-            found += [
-                source.locate(p) for p in unlogged_metric_problems(rules, point.spec, is_baseline=draft.is_baseline)
-            ]
-            if not draft.is_baseline:
-                found += [source.locate(p) for p in late_rule_problems(rules, point.spec)]
-            found += [source.locate(p) for p in _seed_problems(sweep, point.spec)]
-            found += [source.locate(p) for p in _cache_problems(point.spec, prerequisites)]
+            sweeps = [
+                *unlogged_metric_problems(rules, point.spec, is_baseline=draft.is_baseline),
+                *(late_rule_problems(rules, point.spec) if not draft.is_baseline else ()),
+                *_seed_problems(sweep, point.spec),
+                *_cache_problems(point.spec, prerequisites),
+            ]  # at the sweep file's keys, in the words of its spec's file (a MaxText one's)
+            found += [source.locate(source.base.in_file_words(p, native_loc=False)) for p in sweeps]
             found += _relative_path_problems(sweep, source, point.spec)
             found += _layout_problems(sweep, source, point.spec)
         for p in found:
@@ -610,8 +610,17 @@ def _build(
         for p in spec_paths.value_warnings(text, value)
     ]
     for p in found:
-        origin = next((file_loc for native, file_loc in reversed(origins) if p.loc[: len(native)] == native), None)
-        located.append(_locate_in_sweep(p, origin) if origin is not None else base.locate(p))
+        # Set by the sweep: a problem at or under an override's place, or at a block the override sets a key of
+        # (`eval` for `eval_interval`: it was put at the spec file's first line)
+        origin = next(
+            (
+                file_loc
+                for native, file_loc in reversed(origins)
+                if p.loc[: len(native)] == native or (p.loc and native[: len(p.loc)] == p.loc)
+            ),
+            None,
+        )
+        located.append(_locate_in_sweep(base.in_file_words(p), origin) if origin is not None else base.locate(p))
     return spec, depends_on, located
 
 
