@@ -169,7 +169,11 @@ KNOWN_KEYS = (
 
 
 def looks_like_maxtext(data: dict) -> bool:
-    """MaxText's flat layout, unless the file has distillctl's blocks (then stray MaxText keys are typos)."""
+    """MaxText's flat layout: a file with its override blocks or base_config (no native file has them; a stray
+    native block in it is said as such, where one `loss:` read the whole file as native: 34 errors); else one with
+    distill_* keys and none of distillctl's blocks (there stray MaxText keys are typos)."""
+    if any(key in data for key in (*OVERRIDE_BLOCKS, "base_config")):
+        return True
     if any(key in data for key in ("student", "teacher", "loss")):
         return False
     return any(
@@ -356,14 +360,16 @@ def _evaluation(flat: dict[str, Any], out: Translation) -> None:
     eval_steps without one evaluated every 100 steps (the spec's default), where MaxText never evaluates."""
     interval, batches = (_none(flat.get(key)) for key in EVAL_KEYS)
     if eval_off("eval_interval", interval):
-        if not eval_off("eval_steps", batches):
-            said = "is -1 (MaxText's default: never)" if "eval_interval" not in flat else f"{interval!r} turns it off"
+        said = "is -1 (MaxText's default: never)" if "eval_interval" not in flat else f"{interval!r} turns it off"
+        files = [(key, value) for key in EVAL_FILE_KEYS if (value := _none(flat.get(key))) not in (None, "")]
+        unread = ([] if eval_off("eval_steps", batches) else [("eval_steps", batches)]) + files
+        for key, value in unread:  # held-out files too: they read as an evaluation that never ran
             out.problems.append(
                 Problem(
-                    ("eval_steps",),
+                    (key,),
                     "eval_steps_unused",
-                    f"eval_steps {batches!r} is not read: there is no evaluation, as eval_interval {said}",
-                    "set eval_interval to the steps between evaluations, or remove eval_steps",
+                    f"{key} {value!r} is not read: there is no evaluation, as eval_interval {said}",
+                    f"set eval_interval to the steps between evaluations, or remove {key}",
                     severity="warning",
                 )
             )
@@ -482,6 +488,9 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
 
 def _from_flat(flat: dict[str, Any]) -> Translation:
     out = Translation({"mode": "distill"}, {}, [])
+    steps, schedule = flat.get("steps"), _none(flat.get("learning_rate_schedule_steps"))
+    if steps == -1 and _whole(steps) and _whole(schedule) and schedule > 0:
+        flat = {**flat, "steps": schedule}  # MaxText's -1: "inherit the value from learning_rate_schedule_steps"
     shared_model: dict[str, tuple[Any, Loc]] = {}
     remat = None  # the student's alone: the frozen teacher has no backward pass to rematerialise
     for key, value in flat.items():
@@ -503,6 +512,8 @@ def _from_flat(flat: dict[str, Any]) -> Translation:
             shared_model[field] = (value, (key,))
         elif key in OVERRIDE_BLOCKS:
             continue
+        elif key in NATIVE_BLOCKS:
+            out.problems.append(_native_block(key))
         elif key not in ACCEPTED:
             out.problems.append(_unknown((key,), key, KNOWN_KEYS))
         elif (problem := _accepted_value(key, value, flat)) is not None:
@@ -665,6 +676,36 @@ def _edit_distance(a: str, b: str) -> int:
     return previous[-1]
 
 
+# distillctl's own blocks (and keys no MaxText file has), and the MaxText keys that say the same in this layout
+NATIVE_BLOCKS = {
+    "student": "student_overrides (model_name, load_parameters_path, base_* keys)",
+    "teacher": "teacher_overrides (model_name, load_parameters_path)",
+    "loss": "distill_alpha, distill_temperature, distill_beta, distill_layer_indices and the other distill_* keys",
+    "data": "dataset_type with dataset_path (or hf_path and hf_train_files), tokenizer_path, data_shuffle_seed",
+    "eval": "eval_interval, eval_steps and hf_eval_files",
+    "batch": "per_device_batch_size, max_target_length and gradient_accumulation_steps",
+    "optimizer": "learning_rate, warmup_steps_fraction, learning_rate_final_fraction, adam_b1, adam_b2, "
+    "adam_weight_decay and gradient_clipping_threshold",
+    "checkpoint": "enable_checkpointing, checkpoint_period and max_num_checkpoints_to_keep",
+    "logging": "log_period, enable_tensorboard and tensorboard_dir",
+    "mesh": "the ici_*_parallelism and dcn_*_parallelism keys",
+    "mode": "offline_data_dir for distillation from a logit cache (a MaxText file is a distillation run)",
+    "name": "run_name",
+    "output_dir": "base_output_directory",
+}
+
+
+def _native_block(key: str) -> Problem:
+    """A block of distillctl's layout in a MaxText file: read by nothing (a `checkpoint: {enabled: false}` was a
+    warning, and the run saved checkpoints)."""
+    return Problem(
+        (key,),
+        "unknown_key",
+        f"`{key}:` is distillctl's own layout, not read in a file in MaxText's layout (as this one is)",
+        f"write MaxText's keys instead: {NATIVE_BLOCKS[key]}",
+    )
+
+
 def _unknown(loc: Loc, key: str, known: set[str]) -> Problem:
     # MaxText has hundreds of keys we do not use; only a near-miss of one we do use is treated as a typo.
     typo_budget = 1 if len(key) < 8 else 2
@@ -689,7 +730,7 @@ def _unknown(loc: Loc, key: str, known: set[str]) -> Problem:
     return Problem(
         loc,
         "maxtext_key_ignored",
-        f"MaxText key {key!r} is not used by distillctl's trainer and is ignored",
+        f"key {key!r} is not one distillctl's trainer uses (MaxText has many it does not): ignored",
         "remove it if it was meant for something else",
         severity="warning",
     )

@@ -224,7 +224,7 @@ def validate_data(
 # Checks said at another key than the field they judge (the key that asks for it): with that field's own value
 # refused (and repaired to its default for the checks), they judged the default ("top_k is not set" of a
 # `top_k: "16"`, beside the type error that names it).
-JUDGES: dict[str, tuple[Loc, ...]] = {"top_k_missing": (("top_k",),)}
+JUDGES: dict[str, tuple[Loc, ...]] = {"top_k_missing": (("top_k",),), "checkpoint_after_end": (("steps",),)}
 
 
 def _related(a: Loc, b: Loc) -> bool:

@@ -602,3 +602,31 @@ def test_maxtext_data_settings_get_fixes_a_maxtext_file_can_hold():
     seed = one(seeded + "data_shuffle_seed: 7\n", "data_seed_changes_nothing")
     assert "this layout has no key for the trainer's shuffle window" in seed.hint
     assert "set hf_eval_files" in one(seeded + "eval_interval: 100\n", "eval_path_missing").hint
+
+
+def test_a_native_block_in_a_maxtext_file_is_an_error_naming_maxtexts_keys_not_a_reason_to_read_it_as_native():
+    # One `loss:` read the whole file as distillctl's layout (34 errors: "add `student:`"); a `checkpoint: {enabled:
+    # false}` was an ignored "MaxText key" and the run saved checkpoints.
+    for block, keys in (("loss:\n  alpha: 0.5\n", "distill_alpha"), ("checkpoint:\n  enabled: false\n", "enable_")):
+        report = read_spec_text(RUNNABLE + block, file="d.yml")
+        (problem,) = [p for p in report.problems if p.is_error]
+        assert problem.code == "unknown_key" and "distillctl's own layout" in problem.message
+        assert keys in problem.hint and report.format == "maxtext", problem
+
+
+def test_maxtexts_steps_minus_one_takes_the_schedules_steps_and_a_refused_steps_is_not_judged_as_the_default():
+    report = read_spec_text(RUNNABLE.replace("steps: 200000\ncheckpoint", "steps: -1\ncheckpoint"), file="d.yml")
+    assert report.spec is not None and report.spec.steps == 200000, report.problems
+    # steps refused: checkpoint_after_end judged the default 1000 ("lower checkpoint_period")
+    refused = read_spec_text(RUNNABLE.replace("steps: 200000\ncheckpoint", "steps: 2.5\ncheckpoint"), file="d.yml")
+    assert "checkpoint_after_end" not in [p.code for p in refused.problems], refused.problems
+
+
+def test_held_out_files_without_an_evaluation_are_said_unread():
+    text = RUNNABLE.replace(
+        'dataset_path: "gs://bucket/corpus/*.txt"\ndataset_type: "text"',
+        'dataset_type: "hf"\nhf_path: "json"\nhf_train_files: "gs://b/train/*.jsonl"\nhf_eval_files: "gs://b/e/*.jsonl"',
+    )
+    (problem,) = [p for p in read_spec_text(text, file="d.yml").problems if p.code == "eval_steps_unused"]
+    assert problem.loc == ("hf_eval_files",) and "remove hf_eval_files" in problem.hint
+    assert not [p for p in read_spec_text(text + "eval_interval: 50\n").problems if p.code == "eval_steps_unused"]

@@ -113,6 +113,13 @@ def convert(
     console.out.print(console.to_yaml(native).rstrip(), markup=False)
 
 
+# Settings MaxText has a key for that the file still leaves out, and why (it said MaxText had no key for data.seed)
+_DROPPED_WHY = {
+    "data.seed": "data.seed (MaxText's data_shuffle_seed) changes nothing there: the trainer reads these files in "
+    "order but in a data.shuffle_window, which MaxText's layout has no key for",
+}
+
+
 def _warn_dropped(spec, flat: dict) -> None:
     """On stderr: each setting of `spec` that its MaxText form `flat` loses (read back, it trains otherwise)."""
     from distillspec import maxtext_format
@@ -131,7 +138,8 @@ def _warn_dropped(spec, flat: dict) -> None:
             Problem(
                 tuple(setting.split(".")),
                 "not_in_maxtext",
-                f"MaxText's distillation config has no key for {setting}: the file leaves it out",
+                _DROPPED_WHY.get(setting, f"MaxText's distillation config has no key for {setting}")
+                + ": the file leaves it out",
                 "keep this spec in distillctl's layout to keep it",
                 severity="warning",
             )
