@@ -1030,6 +1030,11 @@ def record_format_suffix(path: str | None) -> str | None:
 LEARNING_RATE_HIGH = 0.1  # AdamW's peak for language models is of order 1e-5 to 1e-2; from here up it diverges
 
 
+def _number(value: float) -> str:
+    """A number as the file wrote it: 1048576, not 1.04858e+06; 0.25 as 0.25."""
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
 def _batch_and_rate(spec: DistillSpec) -> list[Problem]:
     """A device's rows of tokens past int32 (each field alone is below it), and a learning rate no AdamW run of a
     language model trains at (1e30 passed without a word)."""
@@ -1041,7 +1046,7 @@ def _batch_and_rate(spec: DistillSpec) -> list[Problem]:
             Problem(
                 ("batch", "per_device_batch_size"),
                 "batch_too_large",
-                f"a device's batch is {tokens:,} tokens (per_device_batch_size {batch.per_device_batch_size:g} × "
+                f"a device's batch is {tokens:,} tokens (per_device_batch_size {_number(batch.per_device_batch_size)} × "
                 f"max_target_length {batch.max_target_length:,}): past 2**31, which the compiled step counts in int32",
                 "lower per_device_batch_size or max_target_length (gradient_accumulation_steps keeps the global batch)",
             )

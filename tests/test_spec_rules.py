@@ -504,6 +504,13 @@ def test_a_batch_past_int32_is_an_error_and_a_learning_rate_no_run_trains_at_a_w
     assert [c for c in codes(data, errors_only=False) if c not in errors] == warnings
 
 
+def test_a_batch_past_int32_says_the_batch_size_as_written():
+    (problem,) = report_for(
+        spec_data(**{"batch.per_device_batch_size": 2**20, "batch.max_target_length": 2**12})
+    ).problems
+    assert "per_device_batch_size 1,048,576 ×" in problem.message, problem.message  # it read 1.04858e+06
+
+
 def test_the_scale_warnings_point_at_the_value_that_leaves_the_range_and_say_what_to_use():
     report = report_for(spec_data(**{"loss.feature_loss_type": "l2"}))
     (problem,) = report.problems
