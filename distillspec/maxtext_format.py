@@ -187,6 +187,7 @@ class Translation:
     data: dict[str, Any]
     file_locs: dict[Loc, Loc]  # native loc -> the file's loc
     problems: list[Problem]  # with file locs
+    blocks: frozenset[str] = frozenset()  # the override blocks the file has
 
     def to_file_loc(self, loc: Loc) -> Loc:
         """The file's name for a native location: the key the file used, else MaxText's own key for it (a hint
@@ -206,6 +207,13 @@ class Translation:
         """The problem at the file's location, said in the file's words: `teacher_overrides.load_parameters_path`,
         not `teacher.load_parameters_path`, to a MaxText user."""
         loc = self.to_file_loc(problem.loc)
+        if problem.code == "missing_key" and loc[:1] != problem.loc[:1] and loc[0] not in self.blocks:
+            # the whole block is missing: "add `model_name:`" alone would be written at the top level
+            block = loc[0]
+            hint = f"add a `{block}:` block with `model_name:`" + (
+                " and `load_parameters_path:`" if block == "teacher_overrides" else ""
+            )
+            problem = dataclasses.replace(problem, hint=hint)
         return dataclasses.replace(self.in_file_words(problem, loc), loc=loc)
 
     def in_file_words(self, problem: Problem, loc: Loc | None = None) -> Problem:
@@ -255,6 +263,8 @@ NEAR_KEYS: dict[str, tuple[str, ...]] = {
     "hf_train_files": ("hf_path", "dataset_type"),
     "dataset_path": ("dataset_type",),
     "hf_eval_files": ("eval_interval", "eval_steps"),
+    "teacher_overrides": ("student_overrides",),
+    "student_overrides": ("teacher_overrides",),
 }
 
 
@@ -487,7 +497,7 @@ def from_maxtext(flat: dict[str, Any]) -> Translation:
 
 
 def _from_flat(flat: dict[str, Any]) -> Translation:
-    out = Translation({"mode": "distill"}, {}, [])
+    out = Translation({"mode": "distill"}, {}, [], frozenset(b for b in OVERRIDE_BLOCKS if b in flat))
     steps, schedule = flat.get("steps"), _none(flat.get("learning_rate_schedule_steps"))
     if steps == -1 and _whole(steps) and _whole(schedule) and schedule > 0:
         flat = {**flat, "steps": schedule}  # MaxText's -1: "inherit the value from learning_rate_schedule_steps"

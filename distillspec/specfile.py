@@ -191,7 +191,8 @@ def _locate(
     """The problem at its key's line; a key the file leaves out at a `near` key that asks for it, else at its
     nearest ancestor."""
     position = document.positions.get(tuple(problem.loc))
-    for key in near.get(problem.loc[0], ()) if position is None and len(problem.loc) == 1 else ():
+    absent = problem.loc and position is None and (problem.loc[0],) not in document.positions
+    for key in near.get(problem.loc[0], ()) if absent else ():
         if (position := document.positions.get((key,))) is not None:
             break
     position = position or document.position_of(problem.loc)

@@ -630,3 +630,14 @@ def test_held_out_files_without_an_evaluation_are_said_unread():
     (problem,) = [p for p in read_spec_text(text, file="d.yml").problems if p.code == "eval_steps_unused"]
     assert problem.loc == ("hf_eval_files",) and "remove hf_eval_files" in problem.hint
     assert not [p for p in read_spec_text(text + "eval_interval: 50\n").problems if p.code == "eval_steps_unused"]
+
+
+def test_a_missing_override_block_says_to_add_the_block_at_the_other_ones_line():
+    # "add `model_name:`" at the file's first line: written there, it was the top level's (both models')
+    text = RUNNABLE.replace(
+        'teacher_overrides:\n  model_name: "llama3.1-8b"\n  load_parameters_path: "gs://bucket/teacher-hf"\n', ""
+    )
+    assert "teacher_overrides" not in text
+    (problem,) = [p for p in read_spec_text(text, file="d.yml").problems if p.is_error]
+    assert problem.hint == "add a `teacher_overrides:` block with `model_name:` and `load_parameters_path:`"
+    assert problem.line == text.splitlines().index("student_overrides:") + 1
