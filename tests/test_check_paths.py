@@ -505,6 +505,11 @@ def test_a_named_tokenizer_that_is_not_there_or_not_json_is_named_before_launch(
     (tmp_path / "teacher" / "tokenizer.json").write_text("<html>")
     (problem,) = check_paths(spec, read_text)
     assert problem.code == "tokenizer_unreadable" and problem.loc == ("teacher", "load_parameters_path")
+    # A named one that is not JSON beside a folder's own: unreadable, not also "tokenises differently (its one of
+    # them is not JSON differ)"
+    (tmp_path / "teacher" / "tokenizer.json").write_text('{"model": {"type": "WordLevel", "vocab": {"a": 0}}}')
+    spec, _ = validate_data(spec_data(**teacher, data={**corpus, "tokenizer": str(tmp_path / "cut.json")}))
+    assert [p.code for p in check_paths(spec, read_text)] == ["tokenizer_unreadable"]
 
 
 def test_an_offline_spec_is_checked_against_its_logit_cache_before_launch(tmp_path):
