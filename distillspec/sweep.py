@@ -679,6 +679,14 @@ def _path_problem(loc: Loc, text: str) -> Problem | None:
                 f"{text!r} sets both models at a MaxText file's top level; a sweep path sets one field",
                 f"say which model: student_overrides.{text} or teacher_overrides.{text}",
             )
+        if isinstance(text, str) and maxtext_format.ACCEPTED.get(text):
+            matched, does, _ = maxtext_format.ACCEPTED[text]
+            return Problem(  # a MaxText key a file may hold at what the trainer does (it read "did you mean ...")
+                loc,
+                "unknown_axis_path",
+                f"{text!r} is a MaxText key distillctl's trainer has one behaviour for: {does}",
+                "vary steps instead" if text == "learning_rate_schedule_steps" else f"remove {text} from the sweep",
+            )
         hint = (
             f"did you mean {', '.join(repr(s) for s in e.suggestions)}?"
             if e.suggestions

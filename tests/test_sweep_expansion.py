@@ -621,3 +621,13 @@ def test_a_sweep_over_a_maxtext_spec_says_its_problems_in_the_spec_files_words_a
     assert "axes: {data_shuffle_seed: [0, 1, 2]}" in seeds.hint, seeds.hint
     offline = problem("offline_feature_loss", overrides={"offline_data_dir": "gs://b/logits"})
     assert "set distill_beta to 0.0" in offline.hint, offline.hint
+
+
+def test_a_maxtext_key_the_trainer_has_one_behaviour_for_is_no_axis_and_says_why(tmp_path):
+    # It read "did you mean 'learning_rate', 'learning_rate_final_fraction'?"
+    from sweep_support import SWEEPS
+
+    data = sweep_data(spec=str(SWEEPS / "maxtext-distillation.yml"), axes={"learning_rate_schedule_steps": [1, 2]})
+    (problem,) = [p for p in load(tmp_path, data).problems if p.is_error]
+    assert problem.code == "unknown_axis_path" and "schedule spans `steps`" in problem.message
+    assert problem.hint == "vary steps instead"
