@@ -142,6 +142,8 @@ def validate_document(document: YamlDocument, *, file: str | None = None) -> Spe
     # One key of a MaxText file can set both models (a top-level `scan_layers`): its problem is said once.
     near = maxtext_format.NEAR_KEYS if translation else {}
     located = list(dict.fromkeys(_locate(p, document, file, near) for p in problems))
+    if translation is not None:
+        located = _said_once(located)
     located.sort(key=lambda p: (p.line or 0, p.column or 0, p.code))
 
     def locate(problem: Problem) -> Problem:
@@ -183,6 +185,33 @@ def _unexpanded_strings(data: Any, loc: Loc = ()) -> list[Problem]:
             )
         ]
     return []
+
+
+_SIDES = (
+    ("the student has", "the teacher has", "both models have"),
+    ("the student's", "the teacher's", "both models'"),
+)
+
+
+def _said_once(problems: list[Problem]) -> list[Problem]:
+    """One key of a MaxText file sets both models (a top-level `scan_layers`): a check that fails for each model
+    at that key is said once, of both models (it was said twice on one line, once per model)."""
+    out: list[Problem] = []
+    at: dict[tuple, int] = {}
+    for problem in problems:
+        message = problem.message
+        for student, teacher, _ in _SIDES:
+            message = message.replace(teacher, student)
+        key = (problem.code, problem.loc, problem.line, problem.column, problem.hint, message)
+        if key not in at:
+            at[key] = len(out)
+            out.append(problem)
+            continue
+        both = out[at[key]].message
+        for student, teacher, models in _SIDES:
+            both = both.replace(student, models).replace(teacher, models)
+        out[at[key]] = dataclasses.replace(out[at[key]], message=both)
+    return out
 
 
 def _locate(

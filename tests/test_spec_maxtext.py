@@ -641,3 +641,11 @@ def test_a_missing_override_block_says_to_add_the_block_at_the_other_ones_line()
     (problem,) = [p for p in read_spec_text(text, file="d.yml").problems if p.is_error]
     assert problem.hint == "add a `teacher_overrides:` block with `model_name:` and `load_parameters_path:`"
     assert problem.line == text.splitlines().index("student_overrides:") + 1
+
+
+def test_a_check_failing_for_both_models_at_one_top_level_key_is_said_once_of_both():
+    # Two errors on one line, "the student has scan_layers: false" and "the teacher has ...", for one key.
+    text = RUNNABLE + "distill_beta: 1.0\ndistill_layer_indices: [1]\nscan_layers: false\n"
+    problems = [p for p in own(read_spec_text(text, file="d.yml").problems) if p.code.startswith("feature_loss")]
+    assert [p.code for p in problems] == ["feature_loss_needs_scan_layers"], problems
+    assert "both models have scan_layers: false" in problems[0].message
