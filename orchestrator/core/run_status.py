@@ -234,7 +234,7 @@ def derive(
             return RunStatus(Phase.FAILED, FailedReason.TRAINER_EXIT, _failure_message(final), **common)
         if verdict == "preempted":  # stopped by SIGTERM (cancel, preemption): it resumes when created again
             return RunStatus(Phase.PENDING, PendingReason.PREEMPTED, _preempted_message(final), **common)
-        if observation.cancelled and verdict in (None, "running"):
+        if observation.cancelled and verdict == "running":
             return RunStatus(Phase.PENDING, PendingReason.PREEMPTED, CANCELLED_MESSAGE, **common)
         if verdict == "running":  # nothing runs it any more (deleted, or its machine went away)
             return RunStatus(
@@ -246,7 +246,10 @@ def derive(
         if outputs.unreadable:  # read as absent, a run that succeeded read "not submitted yet"
             said = "; ".join(outputs.unreadable)
             return RunStatus(Phase.PENDING, PendingReason.NOT_OBSERVED, f"{said}: check its permissions", **common)
-        return RunStatus(Phase.PENDING, PendingReason.NOT_CREATED, "not submitted yet", **common)
+        said = (
+            "cancelled before it started; submitted again by `sweep`" if observation.cancelled else "not submitted yet"
+        )
+        return RunStatus(Phase.PENDING, PendingReason.NOT_CREATED, said, **common)
     if observation.suspended or observation.queue_reason:
         reason = observation.queue_reason or QueuedReason.SUSPENDED
         return RunStatus(Phase.QUEUED, reason, observation.queue_message, **common)

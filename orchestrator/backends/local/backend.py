@@ -436,7 +436,7 @@ def _stop(held: Sequence[tuple[str, local_claims.Claim]], mark: bool = False) ->
     running = []
     for output_path, claim in held:
         try:
-            if mark and claim.state == "running":  # first: no look between the two finds the run unexplained
+            if mark and claim.state in ("running", "queued"):  # first: no look between the two finds it unexplained
                 local_claims.mark_cancelled(output_path, claim)
             local_claims.release(output_path)
         except OSError:
