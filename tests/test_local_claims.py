@@ -190,8 +190,10 @@ def stale_claim(path: str, pid: int) -> None:
 def test_try_claim_takes_over_only_a_stale_claim(tmp_path):
     path = str(tmp_path / "run")
     stale_claim(path, dead_pid())
+    state.write_json(local_claims.claim_path(path), claim(supervisor_pid=dead_pid(), token="s", restarts=2).to_json())
     mine = local_claims.try_claim(path, "r", "s", "sub1")
     assert mine is not None and local_claims.read_claim(path) == mine and mine.submission == "sub1"
+    assert (mine.restarts, mine.created_at) == (2, 100.0)  # the run's history, kept from the dead supervisor's claim
     assert local_claims.try_claim(path, "r", "s") is None  # this process is alive: not stale
     assert not local_claims.write_claim(path, claim(token="other"))  # not the owner
     assert local_claims.write_claim(path, mine.__class__(**{**mine.to_json(), "reason": "WaitingForSlot"}))

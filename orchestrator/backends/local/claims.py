@@ -114,6 +114,10 @@ def try_claim(output_path: str, run_id: str, sweep: str, submission: str = "") -
         # fresh claim another supervisor wrote after we first looked is seen here and not replaced.
         pid = os.getpid()
         claim = Claim(run_id, sweep, secrets.token_hex(8), pid, process_start_time(pid), submission=submission)
+        if existing is not None and (existing.run_id, existing.sweep) == (run_id, sweep):
+            # taken over from a dead supervisor: the run keeps its age and the restarts it used (they reset, and a
+            # run that kept crashing got its max_restarts again with each supervisor)
+            claim = dataclasses.replace(claim, created_at=existing.created_at, restarts=existing.restarts)
         _replace(output_path, claim)
         with contextlib.suppress(OSError):
             (Path(output_path) / CANCELLED_FILE).unlink()
