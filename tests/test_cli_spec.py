@@ -158,6 +158,12 @@ def test_explain_invalid_spec_exits_4_on_stderr(tmp_path):
     assert "alpha_out_of_range" in result.stderr and result.stdout == ""
 
 
+def left_out(stderr: str) -> list[str]:
+    """The locs `convert --to maxtext` warned of as left out (each line: `file:line:col: warning[...] loc: ...`)."""
+    marker = "warning[not_in_maxtext] "
+    return [line.split(marker, 1)[1].split()[0] for line in stderr.splitlines() if marker in line]
+
+
 def test_convert_to_maxtext_and_back(tmp_path):
     result = runner.invoke(app, ["convert", "--to", "maxtext", str(ROOT / "sweeps" / "tiny.yaml")])
     assert result.exit_code == ExitCode.OK, result.output
@@ -165,7 +171,7 @@ def test_convert_to_maxtext_and_back(tmp_path):
     back = runner.invoke(app, ["convert", str(write(tmp_path, result.stdout, "d.yml"))])
     assert back.exit_code == ExitCode.OK and "model: tiny-2l" in back.stdout
     # everything tiny.yaml says has a MaxText key, but MaxText has no config of its CPU-sized models
-    dropped = [line.split()[1] for line in result.stderr.splitlines() if "[not_in_maxtext]" in line]
+    dropped = left_out(result.stderr)
     assert dropped == ["student.model:", "teacher.model:"] and "named 'tiny-2l'" in result.stderr, result.stderr
     # A layer preset is written as the layers it names: nothing is left out (it was warned of as dropped).
     pruning = runner.invoke(
@@ -173,13 +179,16 @@ def test_convert_to_maxtext_and_back(tmp_path):
     )
     assert pruning.exit_code == ExitCode.OK and "distill_layer_indices:" in pruning.stdout
     # but its text files and its default tokenizer (the teacher folder's tokenizer.json) have no MaxText key
-    dropped = [line.split()[1] for line in pruning.stderr.splitlines() if "[not_in_maxtext]" in line]
+    dropped = left_out(pruning.stderr)
     assert dropped == ["data.source:", "data.tokenizer:"], pruning.stderr
     # a tokenizer.json is written with MaxText's tokenizer_type for it (its default reads SentencePiece models)
-    flat = yaml.safe_load(
-        runner.invoke(app, ["convert", "--to", "maxtext", str(ROOT / "sweeps" / "maxtext-distillation.yml")]).stdout
-    )
+    example = ROOT / "sweeps" / "maxtext-distillation.yml"
+    converted = runner.invoke(app, ["convert", "--to", "maxtext", str(example)])
+    flat = yaml.safe_load(converted.stdout)
     assert flat["tokenizer_type"] == "huggingface" and flat["tokenizer_path"].endswith("tokenizer.json"), flat
+    # a MaxText file's settings left out are said at their lines, in its keys (they read `data.source`, no line)
+    line = example.read_text().splitlines().index('dataset_type: "text"') + 1
+    assert f"{example}:{line}:1: warning[not_in_maxtext] dataset_type:" in converted.stderr, converted.stderr
 
 
 def test_convert_to_maxtext_names_each_setting_it_leaves_out_and_keeps_clipping_off(tmp_path):
@@ -195,7 +204,7 @@ checkpoint: {export: hf}
 """
     result = runner.invoke(app, ["convert", "--to", "maxtext", str(write(tmp_path, spec))])
     assert result.exit_code == ExitCode.OK, result.output
-    dropped = [line.split()[1].rstrip(":") for line in result.stderr.splitlines() if "[not_in_maxtext]" in line]
+    dropped = [loc.rstrip(":") for loc in left_out(result.stderr)]
     assert dropped == ["checkpoint.export", "student.model", "teacher.model", "data.tokenizer"], result.stderr
     # JSONL files in MaxText's words: the hf pipeline's json builder over the files, the column it reads
     flat = yaml.safe_load(result.stdout)

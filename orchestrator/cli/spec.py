@@ -101,7 +101,8 @@ def convert(
     from orchestrator.core.specs import load_valid_spec
     from orchestrator.errors import UsageError
 
-    spec = load_valid_spec(file).spec
+    report = load_valid_spec(file)
+    spec = report.spec
     native = spec.model_dump(mode="json", exclude_defaults=to is SpecLayout.native)
     if to is SpecLayout.maxtext:
         native["loss"]["layer_indices"] = spec.layer_indices() if spec.loss.feature_loss_on else spec.loss.layer_indices
@@ -109,23 +110,27 @@ def convert(
             native = maxtext_format.to_maxtext(native)
         except maxtext_format.NotRepresentable as e:
             raise UsageError(str(e), "keep this spec in distillctl's layout") from None
-        _warn_dropped(spec, native)
+        _warn_dropped(spec, native, report.locate or (lambda problem: problem))
     console.out.print(console.to_yaml(native).rstrip(), markup=False)
 
 
 # Settings MaxText has a key for that the file still leaves out, and why (it said MaxText had no key for data.seed)
 _DROPPED_WHY = {
-    "data.seed": "data.seed (MaxText's data_shuffle_seed) changes nothing there: the trainer reads these files in "
-    "order but in a data.shuffle_window, which MaxText's layout has no key for",
+    "data.seed": "data.seed changes nothing in a MaxText file: the trainer reads these files in order but in a "
+    "data.shuffle_window, which MaxText's layout has no key for",
 }
 
 
-def _warn_dropped(spec, flat: dict) -> None:
-    """On stderr: each setting of `spec` that its MaxText form `flat` loses (read back, it trains otherwise)."""
+def _warn_dropped(spec, flat: dict, locate) -> None:
+    """On stderr: each setting of `spec` that its MaxText form `flat` loses (read back, it trains otherwise), at its
+    line in the spec's file (`locate`), in its words (a MaxText file's)."""
     from distillspec import maxtext_format
     from distillspec.problems import Problem
     from distillspec.specfile import validate_data
     from orchestrator.cli import console
+
+    def say(problem: Problem) -> None:
+        console.print_problem(locate(problem))
 
     back, _ = validate_data(maxtext_format.from_maxtext(flat).data)
     if back is None:
@@ -134,7 +139,7 @@ def _warn_dropped(spec, flat: dict) -> None:
     if spec.loss.feature_loss_on and spec.layer_indices() == back.layer_indices():
         mine["loss"]["layer_indices"] = theirs["loss"]["layer_indices"]  # a preset, written as the layers it names
     for setting in maxtext_format.dropped_settings(mine, theirs):
-        console.print_problem(
+        say(
             Problem(
                 tuple(setting.split(".")),
                 "not_in_maxtext",
@@ -147,7 +152,7 @@ def _warn_dropped(spec, flat: dict) -> None:
     for side in ("student", "teacher"):
         block = getattr(spec, side)
         if block is not None and block.model in maxtext_format.NO_MAXTEXT_CONFIG:
-            console.print_problem(
+            say(
                 Problem(
                     (side, "model"),
                     "not_in_maxtext",
@@ -161,7 +166,7 @@ def _warn_dropped(spec, flat: dict) -> None:
     if spec.data.source in ("text", "tokens", "hf_disk", "arrayrecord"):  # MaxText's: synthetic, hf, grain, tfds
         # (MaxText's grain reads ArrayRecord files of tf.Example protos; the trainer's hold JSON records)
         kind = "JSON ArrayRecord" if spec.data.source == "arrayrecord" else spec.data.source
-        console.print_problem(
+        say(
             Problem(
                 ("data", "source"),
                 "not_in_maxtext",
@@ -174,7 +179,7 @@ def _warn_dropped(spec, flat: dict) -> None:
     tokenizer = spec.data.tokenizer
     if spec.data.source != "synthetic" and tokenizer in (None, "byte"):
         # MaxText loads a tokenizer_path of its own kinds; distillctl's byte one and its default have no key there
-        console.print_problem(
+        say(
             Problem(
                 ("data", "tokenizer"),
                 "not_in_maxtext",
@@ -188,7 +193,7 @@ def _warn_dropped(spec, flat: dict) -> None:
         )
     if spec.loss.feature_loss_on and spec.teacher_layer_indices() != back.teacher_layer_indices():
         # a preset that spreads the student's layers over a deeper teacher: the file pairs layer i with layer i
-        console.print_problem(
+        say(
             Problem(
                 ("loss", "layer_indices"),
                 "not_in_maxtext",
