@@ -306,7 +306,9 @@ def test_sigterm_while_a_teacher_store_does_not_answer_ends_the_run_at_once(tmp_
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(8)  # JAX imported, the first request refused and being retried
+    # JAX imported (its signal handlers in place), the first request refused and being retried: 8 s on an idle
+    # machine; gcsfs retries for about a minute, so a loaded one gets more before the signal
+    time.sleep(15)
     assert trainer.poll() is None, trainer.communicate()
     signalled = time.monotonic()
     trainer.send_signal(signal.SIGTERM)
