@@ -945,7 +945,7 @@ def _mesh(spec: DistillSpec) -> list[Problem]:
             Problem(
                 ("mesh", fills[1]),
                 "mesh_two_fills",
-                f"mesh axes {' and '.join(fills)} are both -1",
+                f"{' and '.join(f'mesh.{axis}' for axis in fills)} are both -1",
                 "let one axis take the remaining devices (-1) and size the others",
             )
         ]
