@@ -215,13 +215,13 @@ def _said_once(problems: list[Problem]) -> list[Problem]:
 
 
 def _locate(
-    problem: Problem, document: YamlDocument, file: str | None, near: dict[str, tuple[str, ...]] = {}
+    problem: Problem, document: YamlDocument, file: str | None, near: dict[str, tuple[str, ...]] | None = None
 ) -> Problem:
     """The problem at its key's line; a key the file leaves out at a `near` key that asks for it, else at its
     nearest ancestor."""
     position = document.positions.get(tuple(problem.loc))
     absent = problem.loc and position is None and (problem.loc[0],) not in document.positions
-    for key in near.get(problem.loc[0], ()) if absent else ():
+    for key in (near or {}).get(problem.loc[0], ()) if absent else ():
         if (position := document.positions.get((key,))) is not None:
             break
     position = position or document.position_of(problem.loc)

@@ -680,7 +680,7 @@ def _path_problem(loc: Loc, text: str) -> Problem | None:
                 f"say which model: student_overrides.{text} or teacher_overrides.{text}",
             )
         if isinstance(text, str) and maxtext_format.ACCEPTED.get(text):
-            matched, does, _ = maxtext_format.ACCEPTED[text]
+            _, does, _ = maxtext_format.ACCEPTED[text]
             return Problem(  # a MaxText key a file may hold at what the trainer does (it read "did you mean ...")
                 loc,
                 "unknown_axis_path",
