@@ -201,7 +201,7 @@ def _schedules(spec: DistillSpec) -> list[Problem]:
                     ("loss", name, "end"),
                     "end_ignored",
                     f"{name} end {value.end} is ignored: the schedule is constant, so {name} stays at {value.start}",
-                    f"set loss.{name}.schedule to linear or cosine to move towards the end value, or remove the end",
+                    f"set loss.{name}.schedule to linear or cosine to move towards the end value, or remove loss.{name}.end",
                     severity="warning",
                 )
             )

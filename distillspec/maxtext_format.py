@@ -221,14 +221,22 @@ class Translation:
         path they name (`checkpoint.every_steps`), and the native field a sentence is about (`every_steps must be
         greater than 0`, `point output_dir at ...`), as the file's key. Quoted values are the user's, kept as
         written (a path holding `eval.jsonl` read `eval_interval.jsonl`)."""
+        from distillspec.spec_paths import native_paths
+
+        paths = native_paths()
         loc = self.to_file_loc(problem.loc) if loc is None else loc
         leaf, file_leaf = (problem.loc[-1], loc[-1]) if problem.loc and loc else (None, None)
+
+        def rename(match: re.Match) -> str:  # a field's path; a user's relative path (`teacher.hf`) is kept
+            text = match.group(0)
+            return format_loc(self.to_file_loc(tuple(text.split(".")))) if text in paths else text
+
         named = format_loc(loc) if isinstance(leaf, str) and leaf != file_leaf and loc != problem.loc else None
 
         def words(text: str, first: bool) -> str:
             parts = _QUOTED.split(text)
             for i in range(0, len(parts), 2):  # outside quotes
-                part = _NATIVE_PATH.sub(lambda m: format_loc(self.to_file_loc(tuple(m.group(0).split(".")))), parts[i])
+                part = _NATIVE_PATH.sub(rename, parts[i])
                 if named is not None:
                     part = part.replace(f"`{leaf}:`", f"`{file_leaf}:`")  # "add `model:`": the file's `model_name:`
                     if "_" in leaf:  # a field name no sentence uses as a word (`output_dir`, `every_steps`)
@@ -657,14 +665,19 @@ def _accepted_value(key: str, value: Any, flat: dict[str, Any]) -> Problem | Non
     matched = [flat.get("steps") if v == "steps" else v for v in values]
     if value in matched or (isinstance(value, str) and value.lower() in [str(v).lower() for v in matched]):
         return None
-    shown = ", ".join(repr(v) for v in values if v != "steps")
+    shown = ", ".join(_as_written(v) for v in values if v != "steps")
     return Problem(
         (key,),
         "maxtext_value_unsupported" if error else "maxtext_value_ignored",
-        f"{value!r} is not what distillctl's trainer does: {instead}",
+        f"{_as_written(value)} is not what distillctl's trainer does: {instead}",
         f"remove {key} (or set it to {shown})" + ("" if error else " to say what the run will do"),
         severity="error" if error else "warning",
     )
+
+
+def _as_written(value: Any) -> str:
+    """A YAML scalar as the file writes it: `false`, not Python's `False`."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def _model_field(key: str) -> str | None:
@@ -698,7 +711,7 @@ NATIVE_BLOCKS = {
     "adam_weight_decay and gradient_clipping_threshold",
     "checkpoint": "enable_checkpointing, checkpoint_period and max_num_checkpoints_to_keep",
     "logging": "log_period, enable_tensorboard and tensorboard_dir",
-    "mesh": "the ici_*_parallelism and dcn_*_parallelism keys",
+    "mesh": "ici_data_parallelism, ici_fsdp_parallelism and ici_tensor_parallelism",
     "mode": "offline_data_dir for distillation from a logit cache (a MaxText file is a distillation run)",
     "name": "run_name",
     "output_dir": "base_output_directory",

@@ -157,15 +157,19 @@ def test_a_run_cancel_stopped_reads_preempted_while_its_trainer_still_saves(tmp_
     stopping = teacher_status()
     assert stopping.shown == "Pending (Preempted)" and stopping.message.startswith("cancelled;"), stopping
     assert follow._stopped_on_purpose(stopping)
-    # The trainer's own word, once written, speaks
+    # The trainer's own word, once written, speaks, saying it was a cancel (not a preemption)
     state.write_json(Path(teacher.output_path) / "summary.json", {"status": "preempted", "step": 10})
-    assert teacher_status().message == "stopped at step 10 with a checkpoint; resumes from it when submitted again"
+    said = "cancelled: stopped at step 10 with a checkpoint; resumes from it when submitted again"
+    assert teacher_status().message == said
     # A point cancelled while it was queued: no outputs, and not "not submitted yet"
     point = expansion.runs[-1]
     os.makedirs(point.output_path)
     local_claims.mark_cancelled(point.output_path, claim(run_id=point.run_id, sweep=point.sweep))
     queued = look(expansion, backend, now=1e9, strict_outputs=False).statuses[point.run_id]
     assert queued.shown == "Pending (NotCreated)" and queued.message.startswith("cancelled before it started")
+    from orchestrator.cli.views import _says_why
+
+    assert _says_why(queued)  # in status's why column too, unlike "not submitted yet"
     # Another sweep's record of cancelling its own run with this id says nothing of this sweep's
     state.write_json(Path(teacher.output_path) / "summary.json", {"status": "running", "step": 10})
     local_claims.mark_cancelled(teacher.output_path, dataclasses.replace(held, sweep="other"))

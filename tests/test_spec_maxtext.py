@@ -580,6 +580,13 @@ def test_values_quoted_from_a_maxtext_file_are_printed_as_written():
     (problem,) = [p for p in read_spec_text(text, file="d.yml").problems if p.code == "path_malformed"]
     assert "'gs://b/loss.alpha/eval.jsonl/*.txt '" in problem.message
     assert problem.hint.endswith("'gs://b/loss.alpha/eval.jsonl/*.txt'"), problem.hint
+    # and unquoted: a relative path that begins with a block's name is no field's path
+    same = RUNNABLE.replace(
+        'dataset_path: "gs://bucket/corpus/*.txt"\ndataset_type: "text"',
+        "dataset_type: hf\nhf_path: json\nhf_train_files: eval.jsonl\nhf_eval_files: eval.jsonl\neval_interval: 10",
+    )
+    (problem,) = [p for p in read_spec_text(same, file="d.yml").problems if p.code == "eval_is_training_data"]
+    assert "hf_eval_files is hf_train_files (eval.jsonl)" in problem.message, problem.message
 
 
 def test_maxtext_data_settings_get_fixes_a_maxtext_file_can_hold():

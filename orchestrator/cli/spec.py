@@ -116,7 +116,7 @@ def convert(
 
 # Settings MaxText has a key for that the file still leaves out, and why (it said MaxText had no key for data.seed)
 _DROPPED_WHY = {
-    "data.seed": "data.seed changes nothing in a MaxText file: the trainer reads these files in order but in a "
+    "data.seed": "data.seed changes nothing in a MaxText file: the trainer shuffles these files only in a "
     "data.shuffle_window, which MaxText's layout has no key for",
 }
 

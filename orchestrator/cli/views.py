@@ -14,7 +14,7 @@ from orchestrator.core.expansion import Expansion
 from orchestrator.core.identity import jobset_name
 from orchestrator.core.launch import DRY_RUN_RECREATE, LaunchReport
 from orchestrator.core.reconcile import ActionKind, Waiting
-from orchestrator.core.run_status import Phase, RunStatus
+from orchestrator.core.run_status import NOT_SUBMITTED, Phase, RunStatus
 
 PHASE_STYLE = {
     Phase.SUCCEEDED: "green",
@@ -87,6 +87,8 @@ def _says_why(s: RunStatus) -> bool:
     # stopped it
     if s.phase in (Phase.STUCK, Phase.FAILED, Phase.DIVERGED, Phase.QUEUED, Phase.STOPPED):
         return True
+    if s.phase == Phase.PENDING and s.reason == PendingReason.NOT_CREATED:  # "cancelled before it started" waits
+        return s.message != NOT_SUBMITTED  # for you too; "not submitted yet" for the sweep
     return s.phase == Phase.PENDING and (s.reason in _WAITING_FOR_YOU or s.reason == PendingReason.CLAIMED)
 
 

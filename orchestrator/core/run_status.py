@@ -233,7 +233,9 @@ def derive(
         if verdict == "failed":
             return RunStatus(Phase.FAILED, FailedReason.TRAINER_EXIT, _failure_message(final), **common)
         if verdict == "preempted":  # stopped by SIGTERM (cancel, preemption): it resumes when created again
-            return RunStatus(Phase.PENDING, PendingReason.PREEMPTED, _preempted_message(final), **common)
+            said = _preempted_message(final)
+            said = f"cancelled: {said}" if observation.cancelled else said  # not a preemption's
+            return RunStatus(Phase.PENDING, PendingReason.PREEMPTED, said, **common)
         if observation.cancelled and verdict == "running":
             return RunStatus(Phase.PENDING, PendingReason.PREEMPTED, CANCELLED_MESSAGE, **common)
         if verdict == "running":  # nothing runs it any more (deleted, or its machine went away)
@@ -246,9 +248,7 @@ def derive(
         if outputs.unreadable:  # read as absent, a run that succeeded read "not submitted yet"
             said = "; ".join(outputs.unreadable)
             return RunStatus(Phase.PENDING, PendingReason.NOT_OBSERVED, f"{said}: check its permissions", **common)
-        said = (
-            "cancelled before it started; submitted again by `sweep`" if observation.cancelled else "not submitted yet"
-        )
+        said = "cancelled before it started; submitted again by `sweep`" if observation.cancelled else NOT_SUBMITTED
         return RunStatus(Phase.PENDING, PendingReason.NOT_CREATED, said, **common)
     if observation.suspended or observation.queue_reason:
         reason = observation.queue_reason or QueuedReason.SUSPENDED
@@ -284,6 +284,7 @@ def _claimed_message(observation: Observation, now: float) -> str:
     )
 
 
+NOT_SUBMITTED = "not submitted yet"
 CANCELLED_MESSAGE = "cancelled; resumes from its latest checkpoint when submitted again"
 
 
