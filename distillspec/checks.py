@@ -31,6 +31,7 @@ def check(spec: DistillSpec) -> list[Problem]:
         _mode_and_teacher,
         _feature_loss,
         _pruning,
+        _attention_heads,
         _constants,
         _global_layers,
         _data,
@@ -593,6 +594,32 @@ def _pruning(spec: DistillSpec) -> list[Problem]:
                     f"{getattr(t, field)}, or use init: random",
                 )
             )
+    return out
+
+
+def _attention_heads(spec: DistillSpec) -> list[Problem]:
+    """Grouped-query attention shares each kv head among num_query_heads / num_kv_heads query heads: a count that
+    does not divide passed, and the trainer failed at start with a reshape error."""
+    out = []
+    for side in ("student", "teacher"):
+        model = getattr(spec, side)
+        if model is None:
+            continue
+        shape = model.shape()
+        queries, kv = shape.num_query_heads, shape.num_kv_heads
+        if queries % kv == 0:
+            continue
+        field = next((f for f in ("num_kv_heads", "num_query_heads") if getattr(model, f) is not None), "model")
+        divisors = [d for d in range(1, queries + 1) if queries % d == 0]
+        out.append(
+            Problem(
+                (side, field),
+                "kv_heads_indivisible",
+                f"the {side}'s {queries} query heads cannot be shared out among its {kv} kv heads: grouped-query "
+                "attention needs the query heads to be a multiple of the kv heads",
+                f"set {side}.num_kv_heads to a divisor of {queries} ({', '.join(map(str, divisors[-6:]))})",
+            )
+        )
     return out
 
 

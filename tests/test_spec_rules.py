@@ -677,3 +677,11 @@ def test_a_sentencepiece_tokenizer_is_an_error_before_launch():
     # MaxText's default kind; the trainer reads tokenizer.json files and stopped at start.
     assert "tokenizer_sentencepiece" in codes(spec_data(**{"data.tokenizer": "gs://bkt/llama/tokenizer.model"}))
     assert "tokenizer_sentencepiece" not in codes(spec_data(**{"data.tokenizer": "gs://bkt/llama/tokenizer.json"}))
+
+
+def test_kv_heads_that_do_not_divide_the_query_heads_are_refused_before_launch():
+    # tiny-2l has 4 query heads: 3 kv heads passed, and the trainer failed at start ("cannot reshape array")
+    (problem,) = report_for(spec_data(**{"student.num_kv_heads": 3})).problems
+    assert (problem.code, problem.dotted_loc) == ("kv_heads_indivisible", "student.num_kv_heads")
+    assert problem.hint == "set student.num_kv_heads to a divisor of 4 (1, 2, 4)"
+    assert report_for(spec_data(**{"student.num_kv_heads": 2})).problems == ()
