@@ -347,6 +347,16 @@ def _data_files(flat: dict[str, Any], out: Translation) -> None:
         out.file_locs[("data", "path")] = ("hf_train_files",)
         if files not in (None, ""):
             _set(out.data, ("data", "path"), files)
+            if _none(flat.get("dataset_path")) not in (None, ""):  # it was read over, without a word
+                out.problems.append(
+                    Problem(
+                        ("dataset_path",),
+                        "maxtext_key_ignored",
+                        f"dataset_path is not read: with hf_path {builder!r} the files are hf_train_files's",
+                        "remove dataset_path (or put its files in hf_train_files)",
+                        severity="warning",
+                    )
+                )
         else:  # it read as a hub dataset named `json`, whose fix was to save it to disk
             suffix = HF_FILE_BUILDERS[builder]
             out.problems.append(

@@ -28,11 +28,14 @@ def inside(folder: str, name: str) -> str:
 def file_url(value: str) -> tuple[str, str] | None:
     """A `file:` URL's host and path, as RFC 8089 spells them (its scheme and host are case-insensitive):
     `file:/abs` and `file:///abs` are ("", "/abs"), `file://localhost/abs` ("localhost", "/abs"), `file:rel`
-    ("", "rel"); None for what is not a file URL."""
+    ("", "rel"); None for what is not a file URL. The path is percent-decoded, as a URL's is (`sp%20ace` is the
+    folder `sp ace`)."""
+    from urllib.parse import unquote
+
     if value[:5].lower() != "file:":
         return None
     rest = value[5:]
     if rest[:2] != "//":
-        return "", rest
+        return "", unquote(rest)
     host, slash, path = rest[2:].partition("/")
-    return host, slash + path
+    return host, unquote(slash + path)

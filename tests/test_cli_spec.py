@@ -170,6 +170,8 @@ def test_convert_to_maxtext_and_back(tmp_path):
     assert "distill_alpha: 0.9" in result.stdout and "student_overrides:" in result.stdout
     back = runner.invoke(app, ["convert", str(write(tmp_path, result.stdout, "d.yml"))])
     assert back.exit_code == ExitCode.OK and "model: tiny-2l" in back.stdout
+    assert yaml.safe_load(back.stdout)["batch"]["per_device_batch_size"] == 8, back.stdout  # as written, not 8.0
+    assert "per_device_batch_size: 8\n" in back.stdout
     # everything tiny.yaml says has a MaxText key, but MaxText has no config of its CPU-sized models
     dropped = left_out(result.stderr)
     assert dropped == ["student.model:", "teacher.model:"] and "named 'tiny-2l'" in result.stderr, result.stderr

@@ -375,6 +375,7 @@ def test_an_output_base_that_is_not_a_folder_is_a_usage_error(tmp_path):
     # the parsing both readers share (the sweep check's hint: "write it as a path (/a/b)")
     from distillspec.places import file_url
 
+    assert file_url("file:///sp%20ace/a") == ("", "/sp ace/a")  # a URL's path is percent-encoded
     assert [file_url(u) for u in ("file:/a", "file:///a", "FILE://LocalHost/a", "file:a", "file://h", "gs://b/a")] == [
         ("", "/a"),
         ("", "/a"),

@@ -609,6 +609,9 @@ def test_maxtext_data_settings_get_fixes_a_maxtext_file_can_hold():
     seed = one(seeded + "data_shuffle_seed: 7\n", "data_seed_changes_nothing")
     assert "this layout has no key for the trainer's shuffle window" in seed.hint
     assert "set hf_eval_files" in one(seeded + "eval_interval: 100\n", "eval_path_missing").hint
+    # a dataset_path beside the files hf_path reads was read over without a word
+    unread = one(seeded + 'dataset_path: "gs://b/other/*.jsonl"\n', "maxtext_key_ignored")
+    assert unread.loc == ("dataset_path",) and "the files are hf_train_files's" in unread.message
 
 
 def test_a_native_block_in_a_maxtext_file_is_an_error_naming_maxtexts_keys_not_a_reason_to_read_it_as_native():

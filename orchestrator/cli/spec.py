@@ -111,6 +111,10 @@ def convert(
         except maxtext_format.NotRepresentable as e:
             raise UsageError(str(e), "keep this spec in distillctl's layout") from None
         _warn_dropped(spec, native, report.locate or (lambda problem: problem))
+    else:
+        batch = native.get("batch") or {}
+        if isinstance(batch.get("per_device_batch_size"), float) and batch["per_device_batch_size"].is_integer():
+            batch["per_device_batch_size"] = int(batch["per_device_batch_size"])  # 8, as written (it read 8.0)
     console.out.print(console.to_yaml(native).rstrip(), markup=False)
 
 
