@@ -247,6 +247,15 @@ class Translation:
             return "".join(parts)
 
         hint = MAXTEXT_HINTS.get(problem.code) or words(problem.hint, False)
+        block = self.data.get(problem.loc[0]) if problem.loc else None
+        model = block.get("model") if isinstance(block, dict) else None
+        if (
+            problem.code == "checkpoint_mismatch"
+            and isinstance(model, str)
+            and model not in NO_MAXTEXT_CONFIG
+            and any(f"_overrides.{key}:" in hint for key in MODEL_CONFIG_KEYS)
+        ):  # else the fix leads to maxtext_override_refused
+            hint += "; with override_model_config: true, as MaxText refuses a key its model file sets otherwise"
         return dataclasses.replace(problem, message=words(problem.message, True), hint=hint)
 
 

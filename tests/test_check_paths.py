@@ -906,3 +906,25 @@ def test_a_cluster_sweeps_local_paths_are_the_pods_and_not_read_here(tmp_path):
     assert result.exit_code == ExitCode.OK and "checkpoint_not_found" not in result.output, result.output
     said = " ".join(result.stderr.split())  # not in silence: the option reads as if every path were checked
     assert "local path(s) of this cluster target are read in the pods" in said and str(tmp_path / "absent") in said
+
+
+def test_a_maxtext_files_layer_fix_says_override_model_config_where_maxtexts_model_file_sets_the_key(tmp_path):
+    # Applied, `student_overrides.base_num_decoder_layers: 30` led to maxtext_override_refused: a second round.
+    from distillspec.specfile import read_spec_text
+
+    student = hf_folder(tmp_path / "s", "llama3.1-8b", weights=False, num_layers=30)
+    teacher = hf_folder(tmp_path / "t", "llama3.1-8b", weights=False)
+    text = (
+        f"base_config: base.yml\nstudent_overrides:\n  model_name: llama3.1-8b\n  load_parameters_path: {student}\n"
+        f"teacher_overrides:\n  model_name: llama3.1-8b\n  load_parameters_path: {teacher}\n"
+    )
+    report = read_spec_text(text, file="d.yml")
+    (problem,) = [report.locate(p) for p in check_paths(report.spec, read_text) if p.code == "checkpoint_mismatch"]
+    assert problem.hint.startswith("set student_overrides.base_num_decoder_layers: 30"), problem.hint
+    assert "override_model_config: true" in problem.hint
+    tiny = text.replace("llama3.1-8b", "tiny-4l")  # no MaxText model file: nothing to override
+    hf_folder(tmp_path / "s", "tiny-4l", weights=False, num_layers=6)
+    hf_folder(tmp_path / "t", "tiny-4l", weights=False)
+    report = read_spec_text(tiny, file="d.yml")
+    (problem,) = [report.locate(p) for p in check_paths(report.spec, read_text) if p.code == "checkpoint_mismatch"]
+    assert "override_model_config" not in problem.hint, problem.hint
