@@ -16,6 +16,7 @@ from distillspec.config import (
     DOCUMENT_SOURCES,
     DistillSpec,
     ScheduledValue,
+    integral,
 )
 from distillspec.places import place
 from distillspec.problems import Problem
@@ -1059,7 +1060,8 @@ LEARNING_RATE_HIGH = 0.1  # AdamW's peak for language models is of order 1e-5 to
 
 def _number(value: float) -> str:
     """A number as the file wrote it: 1048576, not 1.04858e+06; 0.25 as 0.25."""
-    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+    whole = integral(float(value))
+    return f"{whole:,}" if isinstance(whole, int) else f"{value:g}"
 
 
 def _batch_and_rate(spec: DistillSpec) -> list[Problem]:

@@ -445,6 +445,12 @@ class MeshSpec(_Block):
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+def integral(value: Any) -> Any:
+    """An integral float as the int it equals, as a file writes it (`per_device_batch_size` takes fractions, so it
+    holds 8 as 8.0); any other value as it is."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _run_name(value: str) -> str:
     if not _RUN_NAME.match(value) or len(value) > 128:
         raise PydanticCustomError(

@@ -12,6 +12,7 @@ import os
 import re
 from typing import TYPE_CHECKING
 
+from distillspec.config import integral
 from distillspec.problems import Loc
 from distillspec.registry import (
     BLOCK_FIELDS,
@@ -385,10 +386,6 @@ def _rope_parameters(theta: float, scaling: RopeScaling | None) -> dict:
     }
 
 
-def _whole(value: float) -> float | int:
-    return int(value) if float(value).is_integer() else value
-
-
 def config_of(shape: ModelShape, dtype: str = "float32") -> dict:
     """The config.json (transformers 5 layout) that `shape_from_config` reads back as `shape`."""
     s = shape
@@ -413,7 +410,7 @@ def config_of(shape: ModelShape, dtype: str = "float32") -> dict:
             "hidden_activation": "gelu_pytorch_tanh",
             "sliding_window": s.sliding_window,
             # an int in transformers' Gemma configs (its strict config classes refuse 16.0)
-            "query_pre_attn_scalar": _whole(s.query_pre_attn_scalar or s.head_dim),
+            "query_pre_attn_scalar": integral(float(s.query_pre_attn_scalar or s.head_dim)),
             "attn_logit_softcapping": s.attn_softcap,
             "final_logit_softcapping": s.final_softcap,
             "layer_types": layer_types(s),

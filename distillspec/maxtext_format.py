@@ -13,6 +13,7 @@ import re
 from difflib import get_close_matches
 from typing import Any
 
+from distillspec.config import integral
 from distillspec.problems import Loc, Problem, format_loc
 
 # MaxText key -> native location.
@@ -858,9 +859,8 @@ def to_maxtext(native: dict[str, Any]) -> dict[str, Any]:
         flat.pop("data_shuffle_seed", None)
     if isinstance(flat.get("distill_layer_indices"), str):
         del flat["distill_layer_indices"]  # an unresolved preset (β = 0: unused); MaxText takes a list of layers
-    batch = flat.get("per_device_batch_size")
-    if isinstance(batch, float) and batch.is_integer():
-        flat["per_device_batch_size"] = int(batch)  # 2, as MaxText's files write it (2.0 read the same)
+    if "per_device_batch_size" in flat:  # 2, as MaxText's files write it (2.0 read the same)
+        flat["per_device_batch_size"] = integral(flat["per_device_batch_size"])
     checkpoint = native.get("checkpoint") or {}
     if checkpoint.get("enabled", True) and checkpoint.get("every_steps") is None and native.get("steps"):
         flat["checkpoint_period"] = native["steps"]  # the end only: MaxText's period is a number (10000 unset)

@@ -112,9 +112,11 @@ def convert(
             raise UsageError(str(e), "keep this spec in distillctl's layout") from None
         _warn_dropped(spec, native, report.locate or (lambda problem: problem))
     else:
+        from distillspec.config import integral
+
         batch = native.get("batch") or {}
-        if isinstance(batch.get("per_device_batch_size"), float) and batch["per_device_batch_size"].is_integer():
-            batch["per_device_batch_size"] = int(batch["per_device_batch_size"])  # 8, as written (it read 8.0)
+        if "per_device_batch_size" in batch:  # 8, as written (it read 8.0)
+            batch["per_device_batch_size"] = integral(batch["per_device_batch_size"])
     console.out.print(console.to_yaml(native).rstrip(), markup=False)
 
 
