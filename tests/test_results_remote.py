@@ -70,6 +70,17 @@ def test_output_base_override_reads_a_copy_elsewhere(tmp_path):
     assert out.stdout.count(",Succeeded,") == 6 and str(tmp_path / "copy") in out.stdout
 
 
+def test_each_command_in_one_process_says_its_own_warnings(tmp_path):
+    """The CLI run twice in one process (the tests, anything embedding it) warned only the first time: the second
+    `results` of a wrong --output-base said nothing (a service test's `status` lost the orphan warning its
+    `sweep --service` had given)."""
+    path = write_sweep(tmp_path, output_base="gs://never-read/runs")
+    (tmp_path / "empty").mkdir()
+    for _ in range(2):
+        out = runner.invoke(app, ["results", str(path), "--output-base", str(tmp_path / "empty")])
+        assert "warning[no_outputs]" in out.stderr, out.output
+
+
 def test_gs_without_gcsfs_says_which_extra_to_install(tmp_path, monkeypatch):
     real = fsspec.get_filesystem_class
 

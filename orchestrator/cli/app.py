@@ -64,4 +64,4 @@ def new_app() -> typer.Typer:
 def _no_options() -> None:
     from orchestrator.cli import console
 
-    console.json_problems = False  # each command says anew (its --output option); one process may run several
+    console.new_command()

@@ -205,6 +205,15 @@ _warned: set[tuple[str, str | None, str]] = set()
 json_problems = False  # the command answers in JSON (`--output json`): an invalid file's problems go to stdout too
 
 
+def new_command() -> None:
+    """Forget what an earlier command in this process said: each command says its own warnings and answers in its
+    own format (the tests, and anything embedding the CLI, run several commands in one process; a warning the
+    previous command gave was left out of the next one's output)."""
+    global json_problems
+    json_problems = False
+    _warned.clear()
+
+
 def warn_once(problem: Problem) -> None:
     """Print a warning the first time this process meets it (polling loops meet the same one every round); the
     same words about another file (two runs' logs cut alike) are another warning."""
