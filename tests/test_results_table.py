@@ -362,6 +362,9 @@ def test_an_output_base_that_is_not_a_folder_is_a_usage_error(tmp_path):
         (f"file://localhost{tmp_path / 'absent'}", f"{tmp_path / 'absent'}: no such folder"),  # RFC 8089's form
         ("file://otherhost/x", "names the host 'otherhost'"),
         ("s3://", "names no bucket"),  # it passed: runs that wrote nothing
+        # read as a folder named `file:rel` ("no such folder" beside an existing ./rel), and `file:` as `file:`
+        ("file:rel", "'file:rel' is a file URL with a relative path (rel) hint: write the path itself (rel)"),
+        ("file:", "'file:' names no folder"),
     ):
         result = CliRunner().invoke(app, ["results", str(path), "--output-base", str(base)])
         assert result.exit_code == ExitCode.USAGE and said in " ".join(result.stderr.split()), result.output

@@ -159,15 +159,22 @@ def _local_file_url(value: str | None) -> str | None:
     parts = None if value is None else file_url(value)
     if parts is None:
         return value
+    from orchestrator.errors import UsageError
+
     host, path = parts
-    if value[5:7] != "//":  # file:/abs, RFC 8089's short form
-        return path if path.startswith("/") else value
+    if value[5:7] != "//":  # file:/abs, RFC 8089's short form; a file URL's path is absolute
+        if path.startswith("/"):
+            return path
+        # `file:rel` read as a folder named `file:rel` ("no such folder" beside an existing ./rel)
+        raise UsageError(
+            f"--output-base {value!r} "
+            + (f"is a file URL with a relative path ({path})" if path else "names no folder"),
+            f"write the path itself ({path})" if path else "write file:///abs/path, or the path itself",
+        )
     if host == "":
         return "file://" + path  # file:///abs (the scheme in lower case), or file:// (no folder: the check says)
     if host.lower() == "localhost" and path:
         return path
-    from orchestrator.errors import UsageError
-
     raise UsageError(
         f"--output-base {value!r} names {'no folder' if host == 'localhost' else f'the host {host!r}'}",
         "give a folder on this machine (/abs/path or file:///abs/path)",
