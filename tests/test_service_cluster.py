@@ -576,7 +576,11 @@ def test_a_deleted_sweep_hands_a_run_another_sweep_shares_to_it(control_plane, c
 def test_bad_resources_are_refused_at_admission_or_get_a_condition(control_plane, controllers, tmp_path):
     cp = control_plane
     api = client.CustomObjectsApi(cp.client)
-    base = yaml.safe_load(SWEEP.format(name="svc-bad", queue="multislice-queue", image=IMAGE, base=tmp_path / "runs"))
+    # Its own teacher (11 steps): another test's sweep with the same prerequisite, left behind when that test failed,
+    # shared its run, and this status showed it Succeeded (one failure read as two).
+    own = SWEEP.replace("      steps: 10\naxes:", "      steps: 11\naxes:")
+    assert own != SWEEP
+    base = yaml.safe_load(own.format(name="svc-bad", queue="multislice-queue", image=IMAGE, base=tmp_path / "runs"))
     del base["name"]
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DistillationSweep", "metadata": {"name": "svc-bad"}}
 
@@ -610,7 +614,7 @@ def test_bad_resources_are_refused_at_admission_or_get_a_condition(control_plane
     assert resource(cp, "svc-bad")["status"]["phase"] == "Refused"  # `kubectl get`'s Status column
     # `status` says the runs will not be created and why: it read "Pending (NotCreated)", as if about to be.
     path = tmp_path / "svc-bad.yaml"
-    path.write_text(SWEEP.format(name="svc-bad", queue="no-such-queue", image=IMAGE, base=tmp_path / "runs"))
+    path.write_text(own.format(name="svc-bad", queue="no-such-queue", image=IMAGE, base=tmp_path / "runs"))
     shown = CliRunner().invoke(app, ["status", str(path), "--output", "json", "--kubeconfig", str(cp.kubeconfig)])
     assert shown.exit_code == 0, shown.output
     runs = json.loads(shown.stdout)
