@@ -8,6 +8,7 @@ Read: transformers 5's `rope_parameters` (per layer type for Gemma 3) and 4.x's 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from typing import TYPE_CHECKING
@@ -57,7 +58,13 @@ def _rope(params: dict | None, legacy_theta, legacy_scaling: dict | None, defaul
     p = dict(params or {})
     if legacy_scaling:
         p = {**legacy_scaling, **p}
-    theta = p.get("rope_theta") or legacy_theta or default_theta
+    theta = next((t for t in (p.get("rope_theta"), legacy_theta) if t is not None), default_theta)
+    # A theta of 0 read as the family's default, and NaN led to a hint (`rope_theta: nan`) no block takes.
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not math.isfinite(theta) or theta <= 0:
+        raise ConfigError(
+            f"{file}: rope_theta must be a positive number, got {theta!r}",
+            "use the config.json saved with the checkpoint's weights",
+        )
     kind = p.get("rope_type") or p.get("type") or "default"
     if kind == "default":
         return float(theta), None
@@ -89,8 +96,25 @@ def language_config(config: dict) -> dict:
     text = config.get("text_config")
     if config.get("model_type") == "gemma3" and isinstance(text, dict):
         tie = config.get("tie_word_embeddings", text.get("tie_word_embeddings", True))
-        return {"tie_word_embeddings": tie, **text, "model_type": "gemma3_text"}
+        # transformers writes a nested config as its difference from the class's defaults: the published 4B's
+        # text_config has no heads and no vocab_size, the 12B's and 27B's no vocab_size (all three were refused).
+        return {**GEMMA3_TEXT_DEFAULTS, "tie_word_embeddings": tie, **text, "model_type": "gemma3_text"}
     return config
+
+
+# transformers' Gemma3TextConfig defaults for what a config states (the rest of its RoPE: `_shape`'s defaults).
+GEMMA3_TEXT_DEFAULTS = {
+    "vocab_size": 262_208,
+    "hidden_size": 2304,
+    "intermediate_size": 9216,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 256,
+    "rms_norm_eps": 1e-6,
+    "query_pre_attn_scalar": 256,
+    "sliding_window": 4096,
+}
 
 
 def shape_from_config(config: dict, file: str = CONFIG) -> ModelShape:
@@ -145,6 +169,10 @@ _REQUIRED_SIZES = ("num_attention_heads", "num_hidden_layers", "hidden_size", "i
 _OPTIONAL_SIZES = ("num_key_value_heads", "head_dim")
 
 
+_MAX_SIZE = 1 << 24  # a width, head count or vocabulary (the largest published are ~256k)
+_MAX_SIZES = {"num_hidden_layers": 10_000}
+
+
 def _sizes(c: dict, file: str) -> None:
     for key in _REQUIRED_SIZES + _OPTIONAL_SIZES:
         value = c.get(key)
@@ -155,6 +183,11 @@ def _sizes(c: dict, file: str) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(
                 f"{file}: {key} must be a positive integer, got {value!r}",
+                "use the config.json saved with the checkpoint's weights",
+            )
+        if value > _MAX_SIZES.get(key, _MAX_SIZE):  # 10**30 layers: a per-layer list grew until memory ran out
+            raise ConfigError(
+                f"{file}: {key} {value:,} is past any model's (at most {_MAX_SIZES.get(key, _MAX_SIZE):,})",
                 "use the config.json saved with the checkpoint's weights",
             )
 

@@ -91,6 +91,12 @@ def test_nothing_there_and_a_damaged_config_are_errors(tmp_path):
         ({"head_dim": -1}, "head_dim must be a positive integer"),
         ({"rms_norm_eps": "small"}, "wrong type or value"),
         ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4}}, "'factor' is missing"),
+        # a per-layer list over 10**30 layers grew until memory ran out (validate never ended)
+        ({"num_hidden_layers": 10**30}, "num_hidden_layers 1,000,000,000,000,000,000,000,000,000,000 is past any"),
+        ({"vocab_size": 1 << 40}, "vocab_size 1,099,511,627,776 is past any model's"),
+        # NaN gave the hint `rope_theta: nan` (no block takes it); 0 read as the family's default (found 10000.0)
+        ({"rope_parameters": {"rope_type": "default", "rope_theta": float("nan")}}, "positive number, got nan"),
+        ({"rope_parameters": None, "rope_theta": 0}, "rope_theta must be a positive number, got 0"),
     ],
 )
 def test_a_config_with_a_field_absent_or_of_the_wrong_type_is_named(tmp_path, change, said):
@@ -414,6 +420,69 @@ def test_the_hint_names_what_a_model_block_can_set_and_what_it_cannot(tmp_path):
     (qwen / CONFIG).write_text(json.dumps({**config, "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"]}))
     (problem,) = check_paths(spec_with(str(qwen)), read_text)
     assert "cannot be set in a model block" in problem.hint and "family" in problem.hint, problem.hint
+
+
+def test_two_checkpoints_of_different_vocabularies_get_one_fix_that_fits_both(tmp_path):
+    """Gemma 3 4B (262208 rows) → 1B (262144): the hint set both blocks to the teacher's vocabulary, and then the
+    student's checkpoint disagreed, its hint setting both back: no spec validated."""
+    teacher = hf_folder(tmp_path / "t", "tiny-4l", weights=False, vocab_size=320)
+    student = hf_folder(tmp_path / "s", "tiny-2l", weights=False)
+    spec, problems = validate_data(
+        spec_data(**{"teacher.load_parameters_path": teacher, "student.load_parameters_path": student})
+    )
+    assert spec is not None, problems
+    (problem,) = check_paths(spec, read_text)
+    assert problem.code == "checkpoint_mismatch" and problem.loc == ("teacher", "load_parameters_path")
+    said = problem.hint
+    assert "vocabularies differ (teacher 320 rows, student 256)" in said, said
+    assert "model.resize_token_embeddings(256)" in said and "keep vocab_size 256 in both blocks" in said, said
+    # one checkpoint alone: its vocabulary, in both blocks, is still the fix
+    spec, _ = validate_data(spec_data(**{"teacher.load_parameters_path": teacher}))
+    (problem,) = check_paths(spec, read_text)
+    assert problem.hint.startswith("set teacher.vocab_size: 320") and "student.vocab_size too" in problem.hint
+
+
+def test_published_image_text_gemma3_configs_are_read_with_transformers_defaults():
+    """Gemma 3 4B, 12B and 27B as published: transformers writes their text_config as its difference from
+    Gemma3TextConfig's defaults (no vocab_size in any, no heads in the 4B's), and all three were refused as
+    unreadable ("num_attention_heads is missing"). Read now, they differ from the registry's models in the
+    vocabulary alone (image-text Gemma 3 has 262208 rows)."""
+    from distillspec.hf_config import shape_from_config, shape_mismatches
+
+    scaled = {"rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024}
+    text_configs = {  # the published config.json's text_config, verbatim
+        "gemma3-4b": {"hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 34, **scaled},
+        "gemma3-12b": {
+            "hidden_size": 3840,
+            "intermediate_size": 15360,
+            "num_attention_heads": 16,
+            "num_hidden_layers": 48,
+            "num_key_value_heads": 8,
+            **scaled,
+        },
+        "gemma3-27b": {
+            "head_dim": 128,
+            "hidden_size": 5376,
+            "intermediate_size": 21504,
+            "num_attention_heads": 32,
+            "num_hidden_layers": 62,
+            "num_key_value_heads": 16,
+            "query_pre_attn_scalar": 168,
+            **scaled,
+        },
+    }
+    for model, text in text_configs.items():
+        config = {
+            "architectures": ["Gemma3ForConditionalGeneration"],
+            "model_type": "gemma3",
+            "text_config": {**text, "model_type": "gemma3_text"},
+            "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152},
+        }
+        found = shape_from_config(config)
+        assert shape_mismatches(found, ModelSpec(model=model).shape()) == [
+            "vocab_size: expected 262144, found 262208"
+        ], model
+        assert ModelSpec(model=model, vocab_size=262208).shape() == found, model
 
 
 def test_a_home_path_and_a_hub_id_say_what_to_do(tmp_path, monkeypatch):
@@ -921,6 +990,8 @@ def test_a_maxtext_files_layer_fix_says_override_model_config_where_maxtexts_mod
     report = read_spec_text(text, file="d.yml")
     (problem,) = [report.locate(p) for p in check_paths(report.spec, read_text) if p.code == "checkpoint_mismatch"]
     assert problem.hint.startswith("set student_overrides.base_num_decoder_layers: 30"), problem.hint
+    # and the message names the key too (it said `num_layers: expected 32, found 30`, a field this file has not)
+    assert "base_num_decoder_layers: expected 32, found 30" in problem.message, problem.message
     assert "override_model_config: true" in problem.hint
     tiny = text.replace("llama3.1-8b", "tiny-4l")  # no MaxText model file: nothing to override
     hf_folder(tmp_path / "s", "tiny-4l", weights=False, num_layers=6)

@@ -79,6 +79,7 @@ def check_paths(
     problems = _data_problems(spec, count_files) if count_files is not None else []
     if read_columns is not None and not problems:
         problems += _column_problems(spec, read_columns)
+    vocabularies: dict[str, int] = {}  # each Hugging Face checkpoint's rows, by side
     for side in ("teacher", "student"):
         # the student as built: a pruned Gemma 3 student's layer kinds come from the teacher
         model: ModelSpec | None = spec.student_block() if side == "student" else spec.teacher
@@ -127,6 +128,7 @@ def check_paths(
                         severity="warning",
                     )
                 )
+        vocabularies[side] = found.vocab_size
         mismatches = shape_mismatches(found, model.shape())
         if mismatches:  # one problem, one hint: the hint lists every field to set (it was repeated per field)
             problems.append(
@@ -142,8 +144,29 @@ def check_paths(
         beyond = beyond_max_position(config or {}, where, spec.batch.max_target_length, side)
         if beyond is not None:
             problems.append(Problem(loc, "beyond_max_position", *beyond, severity="warning"))
+    if len(set(vocabularies.values())) == 2:
+        problems = [_two_vocabularies(p, vocabularies) for p in problems]
     problems += _cache_problems(spec, read_text, digest)
     return problems + _tokenizer_problems(spec, read_text) + _tokenizer_size_problems(spec, read_text)
+
+
+def _two_vocabularies(problem: Problem, vocabularies: dict[str, int]) -> Problem:
+    """A vocabulary mismatch when the two checkpoints' vocabularies differ: no vocab_size fits both, and the hint
+    to set both sides to one checkpoint's (Gemma 3 4B's 262208 rows against 1B's 262144) sent the user back and
+    forth between the two errors."""
+    if problem.code != "checkpoint_mismatch" or "vocab_size: expected" not in problem.message:
+        return problem
+    big, small = sorted(vocabularies, key=vocabularies.get, reverse=True)
+    rows = vocabularies[small]
+    hint = (
+        f"the two checkpoints' vocabularies differ ({big} {vocabularies[big]:,} rows, {small} {rows:,}) and the "
+        f"models share one: when the {big}'s extra rows are tokens the data never holds (image-text Gemma 3's are "
+        f"its image tokens), save a copy of the {big} with model.resize_token_embeddings({rows}) and "
+        f"save_pretrained, point {big}.load_parameters_path at it, and keep vocab_size {rows} in both blocks"
+    )
+    if problem.message.count(": expected ") > 1:  # other fields differ too: what the block must say of them
+        hint += f"; for the other fields: {problem.hint}"
+    return dataclasses.replace(problem, hint=hint)
 
 
 def _cache_problems(spec: DistillSpec, read_text: ReadText, digest: Digest | None = None) -> list[Problem]:
