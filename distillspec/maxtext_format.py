@@ -257,7 +257,10 @@ class Translation:
             and any(f"_overrides.{key}:" in hint for key in MODEL_CONFIG_KEYS)
         ):  # else the fix leads to maxtext_override_refused
             hint += "; with override_model_config: true, as MaxText refuses a key its model file sets otherwise"
-        return dataclasses.replace(problem, message=words(problem.message, True), hint=hint)
+        message = words(problem.message, True)
+        if problem.code == "checkpoint_mismatch":  # `num_layers: expected 32, found 30`: the override's key
+            message = _MISMATCHED_FIELD.sub(lambda m: f"{_MODEL_KEY[m.group(1)]}: expected", message)
+        return dataclasses.replace(problem, message=message, hint=hint)
 
 
 # Fixes whose native words have no MaxText spelling (a `data.source: jsonl`, a shuffle window): what to write in a
@@ -289,6 +292,10 @@ NEAR_KEYS: dict[str, tuple[str, ...]] = {
 # distillctl's own paths as messages and hints name them; not inside a path or URL (`corpus/eval.jsonl`)
 _NATIVE_PATH = re.compile(
     r"(?<![\w./:-])(?:student|teacher|loss|batch|optimizer|checkpoint|logging|mesh|data|eval)(?:\.[a-z_]+)+(?![\w/-])"
+)
+# A model field a checkpoint's config differs in (`hf_config.shape_mismatches`), where MaxText names it otherwise
+_MISMATCHED_FIELD = re.compile(
+    rf"(?<![\w./])({'|'.join(field for field, key in _MODEL_KEY.items() if field != key)}): expected"
 )
 # A quoted value ('gs://b/eval.jsonl', or "it's" as repr writes one holding a quote): not an apostrophe (MaxText's)
 _QUOTED = re.compile(r"""((?<!\w)'[^'\n]*'(?!\w)|(?<!\w)"[^"\n]*"(?!\w))""")
