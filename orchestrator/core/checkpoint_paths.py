@@ -160,8 +160,8 @@ def _two_vocabularies(problem: Problem, vocabularies: dict[str, int]) -> Problem
     rows = vocabularies[small]
     hint = (
         f"the two checkpoints' vocabularies differ ({big} {vocabularies[big]:,} rows, {small} {rows:,}) and the "
-        f"models share one: when the {big}'s extra rows are tokens the data never holds (image-text Gemma 3's are "
-        f"its image tokens), save a copy of the {big} with model.resize_token_embeddings({rows}) and "
+        f"models share one: when the {big}'s extra rows are tokens the data never holds (image-text Gemma 3's are its "
+        f"image token and padding), save a copy of the {big} with model.resize_token_embeddings({rows}) and "
         f"save_pretrained, point {big}.load_parameters_path at it, and keep vocab_size {rows} in both blocks"
     )
     if problem.message.count(": expected ") > 1:  # other fields differ too: what the block must say of them
