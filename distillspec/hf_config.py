@@ -55,9 +55,23 @@ class ConfigError(ValueError):
 
 def _rope(params: dict | None, legacy_theta, legacy_scaling: dict | None, default_theta: float, file: str):
     """(theta, RopeScaling | None) from one `rope_parameters` entry or the 4.x fields."""
+    for name, value in (("rope_parameters", params), ("rope_scaling", legacy_scaling)):
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(
+                f"{file}: {name} must be a JSON object or null, got {value!r}",
+                "use the config.json saved with the checkpoint's weights",
+            )
     p = dict(params or {})
     if legacy_scaling:
         p = {**legacy_scaling, **p}
+    field = "rope_parameters" if params else "rope_scaling"
+    for key in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+        value = p.get(key)
+        if key in p and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+            raise ConfigError(
+                f"{file}: {field}.{key} must be a number, got {value!r}",
+                "use the config.json saved with the checkpoint's weights",
+            )
     theta = next((t for t in (p.get("rope_theta"), legacy_theta) if t is not None), default_theta)
     # A theta of 0 read as the family's default, and NaN led to a hint (`rope_theta: nan`) no block takes.
     if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not math.isfinite(theta) or theta <= 0:
@@ -68,6 +82,13 @@ def _rope(params: dict | None, legacy_theta, legacy_scaling: dict | None, defaul
     kind = p.get("rope_type") or p.get("type") or "default"
     if kind == "default":
         return float(theta), None
+    needed = {"llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+    for key in needed.get(kind, ("factor",) if kind == "linear" else ()):
+        if key not in p:
+            raise ConfigError(
+                f"{file}: {field}.{key} is missing (RoPE type {kind!r})",
+                "use the config.json saved with the checkpoint's weights",
+            )
     if kind == "llama3":
         return float(theta), RopeScaling(
             "llama3",
@@ -89,12 +110,18 @@ def _rope(params: dict | None, legacy_theta, legacy_scaling: dict | None, defaul
     )
 
 
-def language_config(config: dict) -> dict:
+def language_config(config: dict, file: str = CONFIG) -> dict:
     """The language model's settings of a config.json: the config itself, or an image-text Gemma 3's `text_config`
     (Gemma 3 4B, 12B and 27B are published as Gemma3ForConditionalGeneration; the trainer distils their language
     model and leaves the vision tower out)."""
     text = config.get("text_config")
-    if config.get("model_type") == "gemma3" and isinstance(text, dict):
+    if config.get("model_type") == "gemma3" and not isinstance(text, dict):
+        raise ConfigError(
+            f"{file}: model_type gemma3 (image-text Gemma 3) needs a text_config object, the language model's "
+            f"settings; got {text!r}",
+            "use the config.json saved with the checkpoint's weights",
+        )
+    if config.get("model_type") == "gemma3":
         tie = config.get("tie_word_embeddings", text.get("tie_word_embeddings", True))
         # transformers writes a nested config as its difference from the class's defaults: the published 4B's
         # text_config has no heads and no vocab_size, the 12B's and 27B's no vocab_size (all three were refused).
@@ -120,7 +147,7 @@ GEMMA3_TEXT_DEFAULTS = {
 def shape_from_config(config: dict, file: str = CONFIG) -> ModelShape:
     """The `ModelShape` a Hugging Face config.json describes; raises ConfigError for what the trainer cannot build."""
     _not_quantized(config, file)
-    config = language_config(config)
+    config = language_config(config, file)
     model_type = config.get("model_type")
     family = MODEL_TYPES.get(model_type) if isinstance(model_type, str) else None
     if model_type is None:
@@ -192,8 +219,39 @@ def _sizes(c: dict, file: str) -> None:
             )
 
 
+# Settings read beside the sizes, each of one JSON type: `"tie_word_embeddings": "false"` read as tied (bool of a
+# non-empty string), `"sliding_window": "512"` as a mismatch "expected 512, found 512" that no block could fix.
+_NUMBER = (int, float)
+_TYPED: dict[str, tuple[tuple[type, ...], bool, str]] = {  # key: (types, null allowed, what to write)
+    "tie_word_embeddings": ((bool,), True, "true or false"),
+    "rms_norm_eps": (_NUMBER, False, "a positive number"),
+    "sliding_window": ((int,), True, "a whole number or null"),
+    "attn_logit_softcapping": (_NUMBER, True, "a number or null"),
+    "final_logit_softcapping": (_NUMBER, True, "a number or null"),
+    "query_pre_attn_scalar": (_NUMBER, False, "a positive number"),
+}
+
+
+def _typed(c: dict, file: str) -> None:
+    for key, (types, nullable, what) in _TYPED.items():
+        if key not in c:
+            continue
+        value = c[key]
+        if value is None and nullable:
+            continue
+        wrong = value is None or not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        if not wrong and types is _NUMBER and (not math.isfinite(value) or (not nullable and value <= 0)):
+            wrong = True
+        if wrong:
+            raise ConfigError(
+                f"{file}: {key} must be {what}, got {value!r}",
+                "use the config.json saved with the checkpoint's weights",
+            )
+
+
 def _shape(c: dict, family: str, file: str) -> ModelShape:
     _sizes(c, file)
+    _typed(c, file)
     heads = c["num_attention_heads"]
     depth = c["num_hidden_layers"]
     gemma = family.startswith("gemma")

@@ -89,14 +89,22 @@ def test_nothing_there_and_a_damaged_config_are_errors(tmp_path):
         ({"hidden_size": 0}, "hidden_size must be a positive integer, got 0"),
         ({"vocab_size": 1.5}, "vocab_size must be a positive integer"),
         ({"head_dim": -1}, "head_dim must be a positive integer"),
-        ({"rms_norm_eps": "small"}, "wrong type or value"),
-        ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4}}, "'factor' is missing"),
+        ({"rms_norm_eps": "small"}, "rms_norm_eps must be a positive number, got 'small'"),
+        ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4}}, "rope_parameters.factor is missing"),
         # a per-layer list over 10**30 layers grew until memory ran out (validate never ended)
         ({"num_hidden_layers": 10**30}, "num_hidden_layers 1,000,000,000,000,000,000,000,000,000,000 is past any"),
         ({"vocab_size": 1 << 40}, "vocab_size 1,099,511,627,776 is past any model's"),
         # NaN gave the hint `rope_theta: nan` (no block takes it); 0 read as the family's default (found 10000.0)
         ({"rope_parameters": {"rope_type": "default", "rope_theta": float("nan")}}, "positive number, got nan"),
         ({"rope_parameters": None, "rope_theta": 0}, "rope_theta must be a positive number, got 0"),
+        # each setting of its JSON type: "false" read as tied, "512" as "expected 512, found 512", and Python's
+        # words without the field ("float() argument must be ... not 'NoneType'")
+        ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false, got 'false'"),
+        ({"sliding_window": "512"}, "sliding_window must be a whole number or null, got '512'"),
+        ({"sliding_window": 4096, "attn_logit_softcapping": 50.0}, None),  # of their types: a llama reads neither
+        ({"rope_parameters": None, "rope_scaling": "llama3"}, "rope_scaling must be a JSON object or null"),
+        ({"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4, "factor": "8"}}, "rope_parameters.factor must"),
+        ({"model_type": "gemma3", "text_config": None}, "model_type gemma3 (image-text Gemma 3) needs a text_config"),
     ],
 )
 def test_a_config_with_a_field_absent_or_of_the_wrong_type_is_named(tmp_path, change, said):
@@ -106,8 +114,16 @@ def test_a_config_with_a_field_absent_or_of_the_wrong_type_is_named(tmp_path, ch
     config.update(change)
     config = {k: v for k, v in config.items() if v is not None}
     (folder / CONFIG).write_text(json.dumps(config))
+    if said is None:
+        assert check_paths(spec_with(str(folder)), read_text) == []
+        return
     (problem,) = check_paths(spec_with(str(folder)), read_text)
     assert problem.code == "checkpoint_unreadable" and said in problem.message, problem.message
+    # the file's own text: a null written out is not a key left out
+    config = {**config_of(ModelSpec(model="tiny-4l").shape()), "rms_norm_eps": None}
+    (folder / CONFIG).write_text(json.dumps(config))
+    (problem,) = check_paths(spec_with(str(folder)), read_text)
+    assert "rms_norm_eps must be a positive number, got None" in problem.message, problem.message
 
 
 @pytest.mark.parametrize(
@@ -420,6 +436,15 @@ def test_the_hint_names_what_a_model_block_can_set_and_what_it_cannot(tmp_path):
     (qwen / CONFIG).write_text(json.dumps({**config, "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"]}))
     (problem,) = check_paths(spec_with(str(qwen)), read_text)
     assert "cannot be set in a model block" in problem.hint and "family" in problem.hint, problem.hint
+
+
+def test_a_path_to_a_file_of_the_folder_names_the_folder(tmp_path):
+    folder = hf_folder(tmp_path / "t", "tiny-4l")
+    for name in (CONFIG, SINGLE):  # it said "no config.json" at config.json
+        (problem,) = check_paths(spec_with(f"{folder}/{name}"), read_text)
+        assert problem.code == "checkpoint_not_found" and "names a file of a checkpoint folder" in problem.message
+        assert problem.hint == f"point load_parameters_path at the folder that holds it: {folder}"
+        assert check_paths(spec_with(folder), read_text) == []
 
 
 def test_two_checkpoints_of_different_vocabularies_get_one_fix_that_fits_both(tmp_path):

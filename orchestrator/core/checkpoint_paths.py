@@ -301,6 +301,12 @@ def _not_found(path: str) -> tuple[str, str]:
     """(message, hint) for a checkpoint path with neither a config.json nor a run's spec.json: a `~` and a Hub id
     have fixes of their own."""
     message = f"nothing to load at {path}: no {CONFIG} (a Hugging Face folder) and no spec.json of a run above it"
+    folder, _, name = path.rstrip("/").rpartition("/")
+    if folder and (name in (CONFIG, INDEX) or name.endswith(".safetensors")):  # "no config.json" at config.json
+        return (
+            f"{path} names a file of a checkpoint folder, not the folder",
+            f"point load_parameters_path at the folder that holds it: {folder}",
+        )
     home = unexpanded_home(path)
     if home is not None:
         return f"{message}; {home[0]}", home[1]
