@@ -381,7 +381,10 @@ def shape_mismatches(found: ModelShape, expected: ModelShape) -> list[str]:
             want, got = (_yaml_flow(constant_in_spec_terms(name, getattr(x, name))) for x in (expected, found))
             out.append(f"{name}: expected {want}, found {got}")
             continue
-        out.append(f"{name}: expected {getattr(expected, name)}, found {getattr(found, name)}")
+        said = f"{name}: expected {getattr(expected, name)}, found {getattr(found, name)}"
+        if name == "num_layers" and found.layers_per_block > 1:  # config.json says 24 where this says 12
+            said += f" (blocks of {found.layers_per_block} layers: {found.depth} layers)"
+        out.append(said)
     return out
 
 

@@ -467,6 +467,15 @@ def test_two_checkpoints_of_different_vocabularies_get_one_fix_that_fits_both(tm
     assert problem.hint.startswith("set teacher.vocab_size: 320") and "student.vocab_size too" in problem.hint
 
 
+def test_a_pruned_gemma2_says_its_depth_in_the_configs_layers_too():
+    # "found 12" was attributed to a config.json that says num_hidden_layers 24
+    from distillspec.hf_config import shape_mismatches
+
+    pruned = ModelSpec(model="gemma2-2b", num_layers=12).shape()
+    said = shape_mismatches(pruned, ModelSpec(model="gemma2-2b").shape())
+    assert said == ["num_layers: expected 13, found 12 (blocks of 2 layers: 24 layers)"]
+
+
 def test_published_image_text_gemma3_configs_are_read_with_transformers_defaults():
     """Gemma 3 4B, 12B and 27B as published: transformers writes their text_config as its difference from
     Gemma3TextConfig's defaults (no vocab_size in any, no heads in the 4B's), and all three were refused as
