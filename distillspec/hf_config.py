@@ -307,8 +307,23 @@ def _shape(c: dict, family: str, file: str) -> ModelShape:
         # A pruned Gemma 3 keeps its layers' kinds; the shape normalises a list that is the pattern to None.
         shape = dataclasses.replace(shape, global_layers=tuple(i for i, t in enumerate(types) if t == _KINDS[1]))
     expected = layer_types(shape)
+    if isinstance(types, list) and len(types) != depth:  # a 62-layer model's two lists were printed whole
+        raise ConfigError(
+            f"{file}: layer_types has {len(types)} entries, num_hidden_layers is {depth}",
+            "use the config.json saved with the checkpoint's weights",
+        )
     if types is not None and list(types) != expected:
-        problems.append(f"layer_types {types} differ from the {family} pattern {expected}")
+        if not isinstance(types, list):
+            raise ConfigError(
+                f"{file}: layer_types must be a list, got {types!r}",
+                "use the config.json saved with the checkpoint's weights",
+            )
+        differ = [i for i, (got, want) in enumerate(zip(types, expected, strict=True)) if got != want]
+        shown = ", ".join(f"layer {i} is {types[i]!r} (the pattern's {expected[i]!r})" for i in differ[:5])
+        problems.append(
+            f"layer_types differ from the {family} pattern at {len(differ)} layer(s): {shown}"
+            + (" ..." if len(differ) > 5 else "")
+        )
     if family == "gemma3":
         # What transformers' Gemma 3 does not compute, or computes otherwise than the published models do.
         if c.get("use_bidirectional_attention"):

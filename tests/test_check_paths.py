@@ -467,6 +467,25 @@ def test_two_checkpoints_of_different_vocabularies_get_one_fix_that_fits_both(tm
     assert problem.hint.startswith("set teacher.vocab_size: 320") and "student.vocab_size too" in problem.hint
 
 
+def test_layer_types_of_another_length_or_kind_are_said_in_a_line(tmp_path):
+    # the two whole lists were printed (~124 entries for a 62-layer model)
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    config = config_of(ModelSpec(model="tiny-4l").shape())
+    for types, code, said in (
+        (["full_attention"] * 3, "checkpoint_unreadable", "layer_types has 3 entries, num_hidden_layers is 4"),
+        (
+            ["full_attention", "sliding_attention"] * 2,
+            "checkpoint_unsupported",
+            "differ from the llama pattern at 2 layer(s): layer 1 is 'sliding_attention' (the pattern's "
+            "'full_attention'), layer 3",
+        ),
+    ):
+        (folder / CONFIG).write_text(json.dumps({**config, "layer_types": types}))
+        (problem,) = check_paths(spec_with(str(folder)), read_text)
+        assert problem.code == code and said in problem.message, problem.message
+
+
 def test_a_pruned_gemma2_says_its_depth_in_the_configs_layers_too():
     # "found 12" was attributed to a config.json that says num_hidden_layers 24
     from distillspec.hf_config import shape_mismatches
