@@ -105,6 +105,10 @@ def _rope(params: dict | None, legacy_theta, legacy_scaling: dict | None, defaul
         "dynamic scaling is the default RoPE up to max_position_embeddings: for sequences no longer than that, a copy "
         "of the folder with rope_type default computes the same"
         if kind == "dynamic"
+        else "YaRN is added to a model's config for contexts past its trained length (Qwen 3's model card adds it "
+        "past 32,768 tokens; the weights are the same without it): in a copy of config.json, remove rope_scaling (or set "
+        "rope_parameters' rope_type: default) and keep batch.max_target_length within original_max_position_embeddings"
+        if kind == "yarn"
         else "use a model whose RoPE is default, llama3 or linear",
         unsupported=True,
     )

@@ -838,7 +838,13 @@ def test_a_gemma2_config_with_rope_scaling_is_refused():
         hf.shape_from_config(config)
 
 
-@pytest.mark.parametrize(("kind", "said"), [("dynamic", "rope_type default computes the same"), ("yarn", "is default")])
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [
+        ("dynamic", "rope_type default computes the same"),
+        ("yarn", "remove rope_scaling (or set rope_parameters' rope_type: default)"),
+    ],
+)
 def test_an_unsupported_rope_type_names_the_key_and_what_to_do(kind, said):
     # "RoPE type 'dynamic' is not supported / use a llama3, linear or default RoPE model": which key, and for a
     # dynamic one (the default RoPE up to max_position_embeddings), nothing on what would do.
