@@ -53,13 +53,25 @@ class ConfigError(ValueError):
         self.message, self.hint, self.unsupported = message, hint, unsupported
 
 
-def _rope(params: dict | None, legacy_theta, legacy_scaling: dict | None, default_theta: float, file: str):
-    """(theta, RopeScaling | None) from one `rope_parameters` entry or the 4.x fields."""
+# The fix for a config.json that is not as transformers writes it (a value absent, of another type, past any model's)
+DAMAGED = "use the config.json saved with the checkpoint's weights"
+
+
+def _rope(
+    params: dict | None,
+    legacy_theta,
+    legacy_scaling: dict | None,
+    default_theta: float,
+    file: str,
+    theta_key: str = "rope_theta",
+):
+    """(theta, RopeScaling | None) from one `rope_parameters` entry or the 4.x fields (`theta_key`: the 4.x name
+    of the base, Gemma 3's local layers' `rope_local_base_freq`)."""
     for name, value in (("rope_parameters", params), ("rope_scaling", legacy_scaling)):
         if value is not None and not isinstance(value, dict):
             raise ConfigError(
                 f"{file}: {name} must be a JSON object or null, got {value!r}",
-                "use the config.json saved with the checkpoint's weights",
+                DAMAGED,
             )
     p = dict(params or {})
     if legacy_scaling:
@@ -70,14 +82,14 @@ def _rope(params: dict | None, legacy_theta, legacy_scaling: dict | None, defaul
         if key in p and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
             raise ConfigError(
                 f"{file}: {field}.{key} must be a number, got {value!r}",
-                "use the config.json saved with the checkpoint's weights",
+                DAMAGED,
             )
     theta = next((t for t in (p.get("rope_theta"), legacy_theta) if t is not None), default_theta)
     # A theta of 0 read as the family's default, and NaN led to a hint (`rope_theta: nan`) no block takes.
     if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not math.isfinite(theta) or theta <= 0:
         raise ConfigError(
-            f"{file}: rope_theta must be a positive number, got {theta!r}",
-            "use the config.json saved with the checkpoint's weights",
+            f"{file}: {theta_key} must be a positive number, got {theta!r}",
+            DAMAGED,
         )
     kind = p.get("rope_type") or p.get("type") or "default"
     if kind == "default":
@@ -87,7 +99,7 @@ def _rope(params: dict | None, legacy_theta, legacy_scaling: dict | None, defaul
         if key not in p:
             raise ConfigError(
                 f"{file}: {field}.{key} is missing (RoPE type {kind!r})",
-                "use the config.json saved with the checkpoint's weights",
+                DAMAGED,
             )
     if kind == "llama3":
         return float(theta), RopeScaling(
@@ -123,7 +135,7 @@ def language_config(config: dict, file: str = CONFIG) -> dict:
         raise ConfigError(
             f"{file}: model_type gemma3 (image-text Gemma 3) needs a text_config object, the language model's "
             f"settings; got {text!r}",
-            "use the config.json saved with the checkpoint's weights",
+            DAMAGED,
         )
     if config.get("model_type") == "gemma3":
         tie = config.get("tie_word_embeddings", text.get("tie_word_embeddings", True))
@@ -170,7 +182,7 @@ def shape_from_config(config: dict, file: str = CONFIG) -> ModelShape:
         if isinstance(e, ConfigError):
             raise
         what = f"{e.args[0]!r} is missing" if isinstance(e, KeyError) else f"a field has the wrong type or value ({e})"
-        raise ConfigError(f"{file}: {what}", "use the config.json saved with the checkpoint's weights") from None
+        raise ConfigError(f"{file}: {what}", DAMAGED) from None
 
 
 def _not_quantized(config: dict, file: str) -> None:
@@ -210,16 +222,16 @@ def _sizes(c: dict, file: str) -> None:
         if value is None and key in _OPTIONAL_SIZES:
             continue
         if value is None:
-            raise ConfigError(f"{file}: {key} is missing", "use the config.json saved with the checkpoint's weights")
+            raise ConfigError(f"{file}: {key} is missing", DAMAGED)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(
                 f"{file}: {key} must be a positive integer, got {value!r}",
-                "use the config.json saved with the checkpoint's weights",
+                DAMAGED,
             )
         if value > _MAX_SIZES.get(key, _MAX_SIZE):  # 10**30 layers: a per-layer list grew until memory ran out
             raise ConfigError(
                 f"{file}: {key} {value:,} is past any model's (at most {_MAX_SIZES.get(key, _MAX_SIZE):,})",
-                "use the config.json saved with the checkpoint's weights",
+                DAMAGED,
             )
 
 
@@ -249,7 +261,7 @@ def _typed(c: dict, file: str) -> None:
         if wrong:
             raise ConfigError(
                 f"{file}: {key} must be {what}, got {value!r}",
-                "use the config.json saved with the checkpoint's weights",
+                DAMAGED,
             )
 
 
@@ -265,7 +277,12 @@ def _shape(c: dict, family: str, file: str) -> ModelShape:
             rope_params.get("full_attention"), c.get("rope_theta"), c.get("rope_scaling"), 1_000_000.0, file
         )
         local_theta, local_scaling = _rope(
-            rope_params.get("sliding_attention"), c.get("rope_local_base_freq"), None, 10_000.0, file
+            rope_params.get("sliding_attention"),
+            c.get("rope_local_base_freq"),
+            None,
+            10_000.0,
+            file,
+            "rope_local_base_freq",
         )
     else:
         theta, scaling = _rope(rope_params, c.get("rope_theta"), c.get("rope_scaling"), 10_000.0, file)
@@ -314,13 +331,13 @@ def _shape(c: dict, family: str, file: str) -> ModelShape:
     if isinstance(types, list) and len(types) != depth:  # a 62-layer model's two lists were printed whole
         raise ConfigError(
             f"{file}: layer_types has {len(types)} entries, num_hidden_layers is {depth}",
-            "use the config.json saved with the checkpoint's weights",
+            DAMAGED,
         )
     if types is not None and list(types) != expected:
         if not isinstance(types, list):
             raise ConfigError(
                 f"{file}: layer_types must be a list, got {types!r}",
-                "use the config.json saved with the checkpoint's weights",
+                DAMAGED,
             )
         differ = [i for i, (got, want) in enumerate(zip(types, expected, strict=True)) if got != want]
         shown = ", ".join(f"layer {i} is {types[i]!r} (the pattern's {expected[i]!r})" for i in differ[:5])

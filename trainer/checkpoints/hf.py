@@ -77,7 +77,7 @@ def read_config(path: str) -> dict:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {file}: {e}", "point load_parameters_path at a save_pretrained folder") from None
     if not isinstance(config, dict):
-        raise UserError(f"{file} is not a JSON object", "use the config.json saved with the checkpoint's weights")
+        raise UserError(f"{file} is not a JSON object", hf_config.DAMAGED)
     return config
 
 
