@@ -167,9 +167,22 @@ def unreadable(file: str, why: str = "") -> ConfigError:
     )
 
 
+# What a clone of a model repository without git-lfs holds in place of each weights file (~130 bytes of text)
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def lfs_pointer(file: str) -> ConfigError:
+    return ConfigError(
+        f"{file} is a Git LFS pointer, not the weights (the repository was cloned without git-lfs)",
+        "fetch the weights: `git lfs pull` in the clone, or download the files themselves",
+    )
+
+
 def parse_header(file: str, size: int, read: Callable[[int, int], bytes]) -> tuple[dict, int]:
     """(header without `__metadata__`, where the data starts) of the safetensors file `file` of `size` bytes,
     read through `read(start, end)`; ConfigError when it is not a safetensors file or is cut short."""
+    if size < 1024 and read(0, min(size, len(LFS_POINTER))) == LFS_POINTER:
+        raise lfs_pointer(file)
     if size < 8:
         raise unreadable(file)
     length = int.from_bytes(read(0, 8), "little")

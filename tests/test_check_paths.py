@@ -260,6 +260,12 @@ def test_validate_check_paths_reads_a_url_folders_config(tmp_path):
     fs.pipe_file("/cli/teacher/model.safetensors", b"\0")  # its header is read too
     result = runner.invoke(app, ["validate", "--check-paths", str(spec)])
     assert result.exit_code == ExitCode.INVALID_SPEC and "not a readable safetensors file" in result.output
+    # a clone without git-lfs: a pointer where the weights go (it said "not a readable safetensors file")
+    pointer = b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 2471645608\n"
+    fs.pipe_file("/cli/teacher/model.safetensors", pointer)
+    result = runner.invoke(app, ["validate", "--check-paths", str(spec)])
+    said = " ".join(result.output.split())
+    assert "is a Git LFS pointer, not the weights" in said and "`git lfs pull` in the clone" in said, said
     fs.pipe_file("/cli/teacher/model.safetensors", save(zeros_of(ModelSpec(model="tiny-4l").shape())))
     assert runner.invoke(app, ["validate", "--check-paths", str(spec)]).exit_code == ExitCode.OK
     spec.write_text(yaml.safe_dump(spec_data(**{"teacher.load_parameters_path": "memory://cli/absent"})))

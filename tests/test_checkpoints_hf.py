@@ -253,6 +253,10 @@ def test_truncated_file_names_the_file(folders, tmp_path):
     with pytest.raises(UserError) as e:
         load_model(str(bad))
     assert str(bad / hf.SINGLE) in e.value.message and "not a readable safetensors file" in e.value.message
+    (bad / hf.SINGLE).write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n")
+    with pytest.raises(UserError) as e:  # a clone without git-lfs
+        load_model(str(bad))
+    assert "is a Git LFS pointer" in e.value.message and "git lfs pull" in e.value.hint, e.value.message
 
 
 @pytest.mark.parametrize(

@@ -205,6 +205,10 @@ class Files:
         try:
             handle = self._open(file, framework="numpy")
         except self._errors as e:  # SafetensorError for truncated or corrupted files
+            with open(file, "rb") as f:
+                if f.read(len(hf_tensors.LFS_POINTER)) == hf_tensors.LFS_POINTER:
+                    pointer = hf_tensors.lfs_pointer(file)
+                    raise UserError(pointer.message, pointer.hint) from None
             raise UserError(
                 f"{file} is not a readable safetensors file: {e}", "download or copy the file again"
             ) from None
