@@ -166,6 +166,8 @@ def shape_from_config(config: dict, file: str = CONFIG) -> ModelShape:
     config = language_config(config, file)
     model_type = config.get("model_type")
     family = MODEL_TYPES.get(model_type) if isinstance(model_type, str) else None
+    if model_type is not None and not isinstance(model_type, str):  # not "model_type 3 is not supported"
+        raise ConfigError(f"{file}: model_type must be a string, got {model_type!r}", DAMAGED)
     if model_type is None:
         raise ConfigError(
             f"{file} has no model_type", f"a Hugging Face config.json names its family: one of {', '.join(MODEL_TYPES)}"

@@ -105,6 +105,7 @@ def test_nothing_there_and_a_damaged_config_are_errors(tmp_path):
         ({"rope_parameters": None, "rope_scaling": "llama3"}, "rope_scaling must be a JSON object or null"),
         ({"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4, "factor": "8"}}, "rope_parameters.factor must"),
         ({"model_type": "gemma3", "text_config": None}, "model_type gemma3 (image-text Gemma 3) needs a text_config"),
+        ({"model_type": 3}, "model_type must be a string, got 3"),  # "model_type 3 is not supported"
     ],
 )
 def test_a_config_with_a_field_absent_or_of_the_wrong_type_is_named(tmp_path, change, said):
