@@ -11,7 +11,8 @@ import dataclasses
 import math
 import os
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from distillspec.config import integral
 from distillspec.problems import Loc
@@ -53,6 +54,10 @@ class ConfigError(ValueError):
         self.message, self.hint, self.unsupported = message, hint, unsupported
 
 
+def _positive_number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
 # The fix for a config.json that is not as transformers writes it (a value absent, of another type, past any model's)
 DAMAGED = "use the config.json saved with the checkpoint's weights"
 
@@ -64,10 +69,11 @@ def _rope(
     default_theta: float,
     file: str,
     theta_key: str = "rope_theta",
+    params_name: str = "rope_parameters",
 ):
-    """(theta, RopeScaling | None) from one `rope_parameters` entry or the 4.x fields (`theta_key`: the 4.x name
-    of the base, Gemma 3's local layers' `rope_local_base_freq`)."""
-    for name, value in (("rope_parameters", params), ("rope_scaling", legacy_scaling)):
+    """(theta, RopeScaling | None) from one `rope_parameters` entry (`params_name`: where it is in the file) or the
+    4.x fields (`theta_key`: the 4.x name of the base, Gemma 3's local layers' `rope_local_base_freq`)."""
+    for name, value in ((params_name, params), ("rope_scaling", legacy_scaling)):
         if value is not None and not isinstance(value, dict):
             raise ConfigError(
                 f"{file}: {name} must be a JSON object or null, got {value!r}",
@@ -76,31 +82,22 @@ def _rope(
     p = dict(params or {})
     if legacy_scaling:
         p = {**legacy_scaling, **p}
-    field = "rope_parameters" if params else "rope_scaling"
-    for key in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
-        value = p.get(key)
-        if key in p and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
-            raise ConfigError(
-                f"{file}: {field}.{key} must be a number, got {value!r}",
-                DAMAGED,
-            )
+    field = params_name if params else "rope_scaling"
     theta = next((t for t in (p.get("rope_theta"), legacy_theta) if t is not None), default_theta)
     # A theta of 0 read as the family's default, and NaN led to a hint (`rope_theta: nan`) no block takes.
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not math.isfinite(theta) or theta <= 0:
-        raise ConfigError(
-            f"{file}: {theta_key} must be a positive number, got {theta!r}",
-            DAMAGED,
-        )
+    if not _positive_number(theta):
+        said = f"{params_name}.rope_theta" if params and params.get("rope_theta") is not None else theta_key
+        raise ConfigError(f"{file}: {said} must be a positive number, got {theta!r}", DAMAGED)
     kind = p.get("rope_type") or p.get("type") or "default"
     if kind == "default":
         return float(theta), None
+    # What the RoPE types the trainer computes read; another type's keys are its own (YaRN's are said below).
     needed = {"llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
     for key in needed.get(kind, ("factor",) if kind == "linear" else ()):
         if key not in p:
-            raise ConfigError(
-                f"{file}: {field}.{key} is missing (RoPE type {kind!r})",
-                DAMAGED,
-            )
+            raise ConfigError(f"{file}: {field}.{key} is missing (RoPE type {kind!r})", DAMAGED)
+        if not _positive_number(p[key]):
+            raise ConfigError(f"{file}: {field}.{key} must be a positive number, got {p[key]!r}", DAMAGED)
     if kind == "llama3":
         return float(theta), RopeScaling(
             "llama3",
@@ -157,6 +154,7 @@ GEMMA3_TEXT_DEFAULTS = {
     "rms_norm_eps": 1e-6,
     "query_pre_attn_scalar": 256,
     "sliding_window": 4096,
+    "max_position_embeddings": 131_072,
 }
 
 
@@ -239,28 +237,26 @@ def _sizes(c: dict, file: str) -> None:
 
 # Settings read beside the sizes, each of one JSON type: `"tie_word_embeddings": "false"` read as tied (bool of a
 # non-empty string), `"sliding_window": "512"` as a mismatch "expected 512, found 512" that no block could fix.
-_NUMBER = (int, float)
-_TYPED: dict[str, tuple[tuple[type, ...], bool, str]] = {  # key: (types, null allowed, what to write)
-    "tie_word_embeddings": ((bool,), True, "true or false"),
-    "rms_norm_eps": (_NUMBER, False, "a positive number"),
-    "sliding_window": ((int,), True, "a whole number or null"),
-    "attn_logit_softcapping": (_NUMBER, True, "a number or null"),
-    "final_logit_softcapping": (_NUMBER, True, "a number or null"),
-    "query_pre_attn_scalar": (_NUMBER, False, "a positive number"),
+_TYPED: dict[str, tuple[Callable[[Any], bool], str]] = {  # key: (whether a value other than null reads, what to write)
+    "tie_word_embeddings": (lambda v: isinstance(v, bool), "true or false"),
+    "rms_norm_eps": (_positive_number, "a positive number"),
+    "sliding_window": (
+        lambda v: not isinstance(v, bool) and isinstance(v, int) and v > 0,
+        "a positive whole number or null",
+    ),
+    "attn_logit_softcapping": (_positive_number, "a positive number or null"),
+    "final_logit_softcapping": (_positive_number, "a positive number or null"),
+    "query_pre_attn_scalar": (_positive_number, "a positive number"),
 }
+_NOT_NULL = ("rms_norm_eps", "query_pre_attn_scalar")  # transformers computes with them
 
 
 def _typed(c: dict, file: str) -> None:
-    for key, (types, nullable, what) in _TYPED.items():
-        if key not in c:
+    for key, (reads, what) in _TYPED.items():
+        if key not in c or (c[key] is None and key not in _NOT_NULL):
             continue
         value = c[key]
-        if value is None and nullable:
-            continue
-        wrong = value is None or not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
-        if not wrong and types is _NUMBER and (not math.isfinite(value) or (not nullable and value <= 0)):
-            wrong = True
-        if wrong:
+        if value is None or not reads(value):
             raise ConfigError(
                 f"{file}: {key} must be {what}, got {value!r}",
                 DAMAGED,
@@ -274,9 +270,16 @@ def _shape(c: dict, family: str, file: str) -> ModelShape:
     depth = c["num_hidden_layers"]
     gemma = family.startswith("gemma")
     rope_params = c.get("rope_parameters") or {}
+    if not isinstance(rope_params, dict):  # Gemma 3's is read per layer kind below: an AttributeError there
+        raise ConfigError(f"{file}: rope_parameters must be a JSON object or null, got {rope_params!r}", DAMAGED)
     if family == "gemma3":
         theta, scaling = _rope(
-            rope_params.get("full_attention"), c.get("rope_theta"), c.get("rope_scaling"), 1_000_000.0, file
+            rope_params.get("full_attention"),
+            c.get("rope_theta"),
+            c.get("rope_scaling"),
+            1_000_000.0,
+            file,
+            params_name="rope_parameters.full_attention",
         )
         local_theta, local_scaling = _rope(
             rope_params.get("sliding_attention"),
@@ -285,6 +288,7 @@ def _shape(c: dict, family: str, file: str) -> ModelShape:
             10_000.0,
             file,
             "rope_local_base_freq",
+            "rope_parameters.sliding_attention",
         )
     else:
         theta, scaling = _rope(rope_params, c.get("rope_theta"), c.get("rope_scaling"), 10_000.0, file)
@@ -672,7 +676,10 @@ def beyond_max_position(config: dict, file: str, max_target_length: int, side: s
     when the config does not say). A warning, not an error: RoPE runs past that length, but the model's quality
     falls there without anything failing. `validate --check-paths`' problem and the trainer's start-up warning,
     worded once."""
-    limit = language_config(config).get("max_position_embeddings")
+    try:
+        limit = language_config(config).get("max_position_embeddings")
+    except ConfigError:  # said where the model is read (the trainer raised it here, before, as an internal error)
+        return None
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1 or max_target_length <= limit:
         return None
     return (

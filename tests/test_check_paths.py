@@ -100,7 +100,7 @@ def test_nothing_there_and_a_damaged_config_are_errors(tmp_path):
         # each setting of its JSON type: "false" read as tied, "512" as "expected 512, found 512", and Python's
         # words without the field ("float() argument must be ... not 'NoneType'")
         ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false, got 'false'"),
-        ({"sliding_window": "512"}, "sliding_window must be a whole number or null, got '512'"),
+        ({"sliding_window": "512"}, "sliding_window must be a positive whole number or null, got '512'"),
         ({"sliding_window": 4096, "attn_logit_softcapping": 50.0}, None),  # of their types: a llama reads neither
         ({"rope_parameters": None, "rope_scaling": "llama3"}, "rope_scaling must be a JSON object or null"),
         ({"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4, "factor": "8"}}, "rope_parameters.factor must"),
@@ -450,7 +450,7 @@ def test_a_path_to_a_file_of_the_folder_names_the_folder(tmp_path):
     for name in (CONFIG, SINGLE):  # it said "no config.json" at config.json
         (problem,) = check_paths(spec_with(f"{folder}/{name}"), read_text)
         assert problem.code == "checkpoint_not_found" and "names a file of a checkpoint folder" in problem.message
-        assert problem.hint == f"point load_parameters_path at the folder that holds it: {folder}"
+        assert problem.hint == f"point load_parameters_path at the folder, {folder}"
         assert check_paths(spec_with(folder), read_text) == []
 
 
@@ -468,6 +468,18 @@ def test_two_checkpoints_of_different_vocabularies_get_one_fix_that_fits_both(tm
     said = problem.hint
     assert "vocabularies differ (teacher 320 rows, student 256)" in said, said
     assert "model.resize_token_embeddings(256)" in said and "keep vocab_size 256 in both blocks" in said, said
+    assert "read the student's tokenizer (data.tokenizer: its folder)" in said
+    # another field differs too: its fix, without the vocabulary's (it said "set teacher.vocab_size: 320 ...
+    # student.vocab_size too" after "keep vocab_size 256")
+    deeper = hf_folder(tmp_path / "t6", "tiny-4l", weights=False, vocab_size=320, num_layers=6)
+    spec, _ = validate_data(
+        spec_data(**{"teacher.load_parameters_path": deeper, "student.load_parameters_path": student})
+    )
+    (problem,) = check_paths(spec, read_text)
+    assert problem.hint.endswith(
+        "; for the other fields: set teacher.num_layers: 6 (the checkpoint's; or choose a registry model that has them)"
+    ), problem.hint
+    assert "vocab_size: 320" not in problem.hint
     # one checkpoint alone: its vocabulary, in both blocks, is still the fix
     spec, _ = validate_data(spec_data(**{"teacher.load_parameters_path": teacher}))
     (problem,) = check_paths(spec, read_text)
@@ -491,6 +503,25 @@ def test_layer_types_of_another_length_or_kind_are_said_in_a_line(tmp_path):
         (folder / CONFIG).write_text(json.dumps({**config, "layer_types": types}))
         (problem,) = check_paths(spec_with(str(folder)), read_text)
         assert problem.code == code and said in problem.message, problem.message
+
+
+def test_gemma3_rope_settings_are_named_where_the_file_has_them():
+    from distillspec.hf_config import ConfigError, beyond_max_position, shape_from_config
+
+    base = config_of(ModelSpec(model="gemma3-1b").shape())
+    for rope, said in (
+        ("x", "rope_parameters must be a JSON object or null, got 'x'"),  # an AttributeError (exit 70)
+        (
+            {"full_attention": {"rope_type": "default", "rope_theta": 1e6}, "sliding_attention": {"rope_theta": 0}},
+            "rope_parameters.sliding_attention.rope_theta must be a positive number, got 0",  # not rope_local_base_freq
+        ),
+        ({"full_attention": {"rope_type": "linear", "factor": None}}, "rope_parameters.full_attention.factor must"),
+    ):
+        with pytest.raises(ConfigError) as e:
+            shape_from_config({**base, "rope_parameters": rope})
+        assert said in e.value.message, e.value.message
+    # the trainer's start-up warning reads the same file before the model: an internal error there (exit 70)
+    assert beyond_max_position({"model_type": "gemma3"}, CONFIG, 1 << 20, "teacher") is None
 
 
 def test_a_pruned_gemma2_says_its_depth_in_the_configs_layers_too():

@@ -79,7 +79,7 @@ def check_paths(
     problems = _data_problems(spec, count_files) if count_files is not None else []
     if read_columns is not None and not problems:
         problems += _column_problems(spec, read_columns)
-    vocabularies: dict[str, int] = {}  # each Hugging Face checkpoint's rows, by side
+    shapes: dict[str, tuple[ModelShape, ModelShape]] = {}  # each checkpoint's model and the block's, by side
     for side in ("teacher", "student"):
         # the student as built: a pruned Gemma 3 student's layer kinds come from the teacher
         model: ModelSpec | None = spec.student_block() if side == "student" else spec.teacher
@@ -128,7 +128,7 @@ def check_paths(
                         severity="warning",
                     )
                 )
-        vocabularies[side] = found.vocab_size
+        shapes[side] = (found, model.shape())
         mismatches = shape_mismatches(found, model.shape())
         if mismatches:  # one problem, one hint: the hint lists every field to set (it was repeated per field)
             problems.append(
@@ -144,28 +144,33 @@ def check_paths(
         beyond = beyond_max_position(config or {}, where, spec.batch.max_target_length, side)
         if beyond is not None:
             problems.append(Problem(loc, "beyond_max_position", *beyond, severity="warning"))
-    if len(set(vocabularies.values())) == 2:
-        problems = [_two_vocabularies(p, vocabularies) for p in problems]
+    if len({found.vocab_size for found, _ in shapes.values()}) == 2:
+        problems = [_two_vocabularies(p, shapes) for p in problems]
     problems += _cache_problems(spec, read_text, digest)
     return problems + _tokenizer_problems(spec, read_text) + _tokenizer_size_problems(spec, read_text)
 
 
-def _two_vocabularies(problem: Problem, vocabularies: dict[str, int]) -> Problem:
+def _two_vocabularies(problem: Problem, shapes: dict[str, tuple[ModelShape, ModelShape]]) -> Problem:
     """A vocabulary mismatch when the two checkpoints' vocabularies differ: no vocab_size fits both, and the hint
     to set both sides to one checkpoint's (Gemma 3 4B's 262208 rows against 1B's 262144) sent the user back and
     forth between the two errors."""
     if problem.code != "checkpoint_mismatch" or "vocab_size: expected" not in problem.message:
         return problem
-    big, small = sorted(vocabularies, key=vocabularies.get, reverse=True)
-    rows = vocabularies[small]
+    rows = {side: found.vocab_size for side, (found, _) in shapes.items()}
+    big, small = sorted(rows, key=rows.get, reverse=True)
     hint = (
-        f"the two checkpoints' vocabularies differ ({big} {vocabularies[big]:,} rows, {small} {rows:,}) and the "
+        f"the two checkpoints' vocabularies differ ({big} {rows[big]:,} rows, {small} {rows[small]:,}) and the "
         f"models share one: when the {big}'s extra rows are tokens the data never holds (image-text Gemma 3's are its "
-        f"image token and padding), save a copy of the {big} with model.resize_token_embeddings({rows}) and "
-        f"save_pretrained, point {big}.load_parameters_path at it, and keep vocab_size {rows} in both blocks"
+        f"image token and padding), save a copy of the {big} with model.resize_token_embeddings({rows[small]}) and "
+        f"save_pretrained, point {big}.load_parameters_path at it, keep vocab_size {rows[small]} in both blocks, "
+        f"and read the {small}'s tokenizer (data.tokenizer: its folder)"
     )
-    if problem.message.count(": expected ") > 1:  # other fields differ too: what the block must say of them
-        hint += f"; for the other fields: {problem.hint}"
+    found, expected = shapes.get(problem.loc[0], (None, None))
+    rest = None if found is None else dataclasses.replace(found, vocab_size=expected.vocab_size)
+    if rest is not None and shape_mismatches(
+        rest, expected
+    ):  # other fields differ too: what the block must say of them
+        hint += f"; for the other fields: {mismatch_hint(problem.loc[0], rest, expected)}"
     return dataclasses.replace(problem, hint=hint)
 
 
@@ -301,15 +306,15 @@ def _not_found(path: str) -> tuple[str, str]:
     """(message, hint) for a checkpoint path with neither a config.json nor a run's spec.json: a `~` and a Hub id
     have fixes of their own."""
     message = f"nothing to load at {path}: no {CONFIG} (a Hugging Face folder) and no spec.json of a run above it"
+    home = unexpanded_home(path)
+    if home is not None:
+        return f"{message}; {home[0]}", home[1]
     folder, _, name = path.rstrip("/").rpartition("/")
     if folder and (name in (CONFIG, INDEX) or name.endswith(".safetensors")):  # "no config.json" at config.json
         return (
             f"{path} names a file of a checkpoint folder, not the folder",
-            f"point load_parameters_path at the folder that holds it: {folder}",
+            f"point load_parameters_path at the folder, {folder}",
         )
-    home = unexpanded_home(path)
-    if home is not None:
-        return f"{message}; {home[0]}", home[1]
     hint = "check the path; a prerequisite's checkpoint exists only once it has run"
     if HUB_ID.fullmatch(path):
         hint = f"{hint}; {hub_download_hint(path)}"

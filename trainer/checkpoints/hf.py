@@ -205,10 +205,9 @@ class Files:
         try:
             handle = self._open(file, framework="numpy")
         except self._errors as e:  # SafetensorError for truncated or corrupted files
-            with open(file, "rb") as f:
-                if f.read(len(hf_tensors.LFS_POINTER)) == hf_tensors.LFS_POINTER:
-                    pointer = hf_tensors.lfs_pointer(file)
-                    raise UserError(pointer.message, pointer.hint) from None
+            if _starts_with(file, hf_tensors.LFS_POINTER):
+                pointer = hf_tensors.lfs_pointer(file)
+                raise UserError(pointer.message, pointer.hint) from None
             raise UserError(
                 f"{file} is not a readable safetensors file: {e}", "download or copy the file again"
             ) from None
@@ -458,3 +457,12 @@ def save(
     )
     with open(os.path.join(out_dir, CONFIG), "w") as f:
         json.dump(config_of(shape, dtype) | (extra or {}), f, indent=2)
+
+
+def _starts_with(file: str, prefix: bytes) -> bool:
+    """Whether the local `file` begins with `prefix` (False when it cannot be read: the caller's error stands)."""
+    try:
+        with open(file, "rb") as f:
+            return f.read(len(prefix)) == prefix
+    except OSError:
+        return False
