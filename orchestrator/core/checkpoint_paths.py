@@ -167,9 +167,8 @@ def _two_vocabularies(problem: Problem, shapes: dict[str, tuple[ModelShape, Mode
     )
     found, expected = shapes.get(problem.loc[0], (None, None))
     rest = None if found is None else dataclasses.replace(found, vocab_size=expected.vocab_size)
-    if rest is not None and shape_mismatches(
-        rest, expected
-    ):  # other fields differ too: what the block must say of them
+    # other fields differ too: what the block must say of them
+    if rest is not None and shape_mismatches(rest, expected):
         hint += f"; for the other fields: {mismatch_hint(problem.loc[0], rest, expected)}"
     return dataclasses.replace(problem, hint=hint)
 
