@@ -195,6 +195,12 @@ def test_ctrl_c_while_the_supervisor_takes_the_runs_says_they_run_on(tmp_path):
         try:
             if command.returncode == 0 and attempt < 2:
                 continue  # the command ended before the interrupt came
+            if command.returncode == 130 and "were handed" not in err and attempt < 2:
+                # Interrupted inside Popen (the supervisor had exec'd; Popen had not returned): the orders were
+                # withdrawn, so nothing runs and "interrupted" alone is true. Seen once in a fresh clone.
+                time.sleep(3)
+                assert not any(r["phase"] in ("Queued", "Running") for r in status(sweep).values()), err
+                continue
             assert command.returncode == 130, err
             assert "4 run(s) were handed to the sweep's local supervisor before it stopped, and run on" in err, err
             wait_until(lambda: any(r["phase"] in ("Queued", "Running") for r in status(sweep).values()), what="a run")
