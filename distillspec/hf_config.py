@@ -58,6 +58,10 @@ def _positive_number(value) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+def _positive_integer(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value > 0
+
+
 # The fix for a config.json that is not as transformers writes it (a value absent, of another type, past any model's)
 DAMAGED = "use the config.json saved with the checkpoint's weights"
 
@@ -223,16 +227,11 @@ def _sizes(c: dict, file: str) -> None:
             continue
         if value is None:
             raise ConfigError(f"{file}: {key} is missing", DAMAGED)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(
-                f"{file}: {key} must be a positive integer, got {value!r}",
-                DAMAGED,
-            )
-        if value > _MAX_SIZES.get(key, _MAX_SIZE):  # 10**30 layers: a per-layer list grew until memory ran out
-            raise ConfigError(
-                f"{file}: {key} {value:,} is past any model's (at most {_MAX_SIZES.get(key, _MAX_SIZE):,})",
-                DAMAGED,
-            )
+        if not _positive_integer(value):
+            raise ConfigError(f"{file}: {key} must be a positive integer, got {value!r}", DAMAGED)
+        most = _MAX_SIZES.get(key, _MAX_SIZE)
+        if value > most:  # 10**30 layers: a per-layer list grew until memory ran out
+            raise ConfigError(f"{file}: {key} {value:,} is past any model's (at most {most:,})", DAMAGED)
 
 
 # Settings read beside the sizes, each of one JSON type: `"tie_word_embeddings": "false"` read as tied (bool of a
@@ -240,10 +239,7 @@ def _sizes(c: dict, file: str) -> None:
 _TYPED: dict[str, tuple[Callable[[Any], bool], str]] = {  # key: (whether a value other than null reads, what to write)
     "tie_word_embeddings": (lambda v: isinstance(v, bool), "true or false"),
     "rms_norm_eps": (_positive_number, "a positive number"),
-    "sliding_window": (
-        lambda v: not isinstance(v, bool) and isinstance(v, int) and v > 0,
-        "a positive whole number or null",
-    ),
+    "sliding_window": (_positive_integer, "a positive whole number or null"),
     "attn_logit_softcapping": (_positive_number, "a positive number or null"),
     "final_logit_softcapping": (_positive_number, "a positive number or null"),
     "query_pre_attn_scalar": (_positive_number, "a positive number"),

@@ -128,19 +128,20 @@ def check_paths(
                         severity="warning",
                     )
                 )
-        shapes[side] = (found, model.shape())
-        mismatches = shape_mismatches(found, model.shape())
+        expected = model.shape()
+        shapes[side] = (found, expected)
+        mismatches = shape_mismatches(found, expected)
         if mismatches:  # one problem, one hint: the hint lists every field to set (it was repeated per field)
             problems.append(
                 Problem(
                     loc,
                     "checkpoint_mismatch",
                     f"{where} holds a different {side} model: {'; '.join(mismatches)}",
-                    mismatch_hint(side, found, model.shape()),
+                    mismatch_hint(side, found, expected),
                 )
             )
         elif weights is not None and read_header is not None:  # config.json fits: do the tensors?
-            problems += _tensor_problems(path.rstrip("/"), weights, model.shape(), loc, read_text, read_header)
+            problems += _tensor_problems(path.rstrip("/"), weights, expected, loc, read_text, read_header)
         beyond = beyond_max_position(config or {}, where, spec.batch.max_target_length, side)
         if beyond is not None:
             problems.append(Problem(loc, "beyond_max_position", *beyond, severity="warning"))
